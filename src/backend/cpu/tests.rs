@@ -1,0 +1,132 @@
+use super::*;
+use crate::demo::{demo_config, random_weights};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn rand_vec(rng: &mut ChaCha8Rng, n: usize, a: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-a..a)).collect()
+}
+
+/// ‖a − b‖ / ‖b‖ in f64; NaN anywhere makes it NaN (and so fails every `<` check).
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((*x - *y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+#[test]
+fn gdn_chunked_matches_recurrent() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    // (T, chunk): lengths around and across chunk boundaries, and odd chunk sizes.
+    for &(t, chunk) in &[(1, 64), (5, 64), (63, 64), (64, 64), (65, 64), (130, 64), (37, 7)] {
+        let s = GdnShape { nk: 2, nv: 4, dk: 16, dv: 8 };
+        let mut q = rand_vec(&mut rng, t * s.nk * s.dk, 1.0);
+        let mut k = rand_vec(&mut rng, t * s.nk * s.dk, 1.0);
+        ops::l2norm_rows(&mut q, s.dk, 1e-6);
+        ops::l2norm_rows(&mut k, s.dk, 1e-6);
+        let v = rand_vec(&mut rng, t * s.nv * s.dv, 1.0);
+        let g: Vec<f32> = (0..t * s.nv).map(|_| -rng.gen_range(0.0..1.5f32)).collect();
+        let beta: Vec<f32> = (0..t * s.nv).map(|_| rng.gen_range(0.0..1.0f32)).collect();
+        let init = rand_vec(&mut rng, s.nv * s.dk * s.dv, 0.5);
+        let (mut s1, mut s2) = (init.clone(), init.clone());
+        let a = ops::gdn_recurrent(&q, &k, &v, &g, &beta, s, &mut s1);
+        let b = ops::gdn_chunked(&q, &k, &v, &g, &beta, s, chunk, &mut s2);
+        // Both are f32 evaluations of the same function; the chunked form reorders
+        // sums and multiplies exponentials, so agreement is at f32 rounding times the
+        // depth of the chunk recurrences (measured ~1e-6): 1e-4 leaves margin and still
+        // catches any indexing or masking mistake (those give errors near 1).
+        let (eo, es) = (rel_err(&b, &a), rel_err(&s2, &s1));
+        assert!(eo < 1e-4 && es < 1e-4, "T={t} chunk={chunk}: output err {eo:e}, state err {es:e}");
+    }
+}
+
+fn small_cfg(vocab: usize) -> ModelConfig {
+    ModelConfig { vocab_size: vocab, ..demo_config() }
+}
+
+fn backend(vocab: usize, slots: usize) -> CpuBackend {
+    let cfg = small_cfg(vocab);
+    let w = random_weights(&cfg, 7);
+    CpuBackend::new(cfg, w, Capacity { slots, block_size: 16, kv_blocks: 64, max_seq_len: 512 }).unwrap()
+}
+
+fn prompt(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.gen_range(0..vocab as u32)).collect()
+}
+
+fn chunk<'a>(slot: usize, start: usize, tokens: &'a [u32], want: Want) -> SeqChunk<'a> {
+    SeqChunk { slot, start_pos: start, tokens, blocks: &[], want }
+}
+
+#[test]
+fn split_prefill_equals_one_call() {
+    let v = 300;
+    let p = prompt(150, v, 3);
+    let mut one = backend(v, 1);
+    let full = one.forward(&[chunk(0, 0, &p, Want::All)]).unwrap().remove(0);
+    let mut split = backend(v, 1);
+    let mut rows = Vec::new();
+    let mut pos = 0;
+    for piece in [64usize, 1, 50, 35] {
+        let out = split.forward(&[chunk(0, pos, &p[pos..pos + piece], Want::All)]).unwrap().remove(0);
+        rows.extend(out.data);
+        pos += piece;
+    }
+    // Different chunk boundaries change only the order of f32 operations.
+    let e = rel_err(&rows, &full.data);
+    assert!(e < 1e-4, "split prefill vs one call: {e:e}");
+}
+
+#[test]
+fn batch_equals_alone_and_slots_are_isolated() {
+    let v = 300;
+    let prompts: Vec<Vec<u32>> = [5usize, 70, 1, 33].iter().enumerate().map(|(i, n)| prompt(*n, v, 10 + i as u64)).collect();
+    let mut alone = Vec::new();
+    for p in &prompts {
+        let mut b = backend(v, 1);
+        alone.push(b.forward(&[chunk(0, 0, p, Want::Last)]).unwrap().remove(0).data);
+    }
+    let mut b = backend(v, 4);
+    let chunks: Vec<_> = prompts.iter().enumerate().map(|(i, p)| chunk(i, 0, p, Want::Last)).collect();
+    let batched = b.forward(&chunks).unwrap();
+    for (i, out) in batched.iter().enumerate() {
+        assert_eq!(out.data, alone[i], "sequence {i} differs inside a batch");
+    }
+    // Reset frees a slot for a new sequence from position 0.
+    b.reset_slot(2).unwrap();
+    let again = b.forward(&[chunk(2, 0, &prompts[2], Want::Last)]).unwrap().remove(0);
+    assert_eq!(again.data, alone[2]);
+}
+
+#[test]
+fn rejects_bad_chunks() {
+    let mut b = backend(300, 2);
+    let p = prompt(4, 300, 1);
+    let e = b.forward(&[chunk(0, 3, &p, Want::Last)]).unwrap_err().to_string();
+    assert!(e.contains("starts at 3"), "{e}");
+    let e = b.forward(&[chunk(0, 0, &p, Want::Last), chunk(0, 0, &p, Want::Last)]).unwrap_err().to_string();
+    assert!(e.contains("twice"), "{e}");
+    let bad = [300u32];
+    let e = b.forward(&[chunk(1, 0, &bad, Want::Last)]).unwrap_err().to_string();
+    assert!(e.contains("outside the vocabulary"), "{e}");
+}
+
+#[test]
+fn rope_rotates_only_the_rotary_dims() {
+    let mut x: Vec<f32> = (0..64).map(|i| i as f32 * 0.1 - 3.0).collect();
+    let orig = x.clone();
+    ops::rope_partial(&mut x, 7, 16, 1e7);
+    assert_eq!(&x[16..], &orig[16..]);
+    // Position 0 is the identity; a rotation keeps each (i, i + half) pair's norm.
+    let mut y = orig.clone();
+    ops::rope_partial(&mut y, 0, 16, 1e7);
+    assert_eq!(y, orig);
+    for i in 0..8 {
+        let n0 = orig[i].hypot(orig[i + 8]);
+        let n1 = x[i].hypot(x[i + 8]);
+        assert!((n0 - n1).abs() < 1e-5);
+    }
+    assert_ne!(&x[..16], &orig[..16]);
+}

@@ -1,0 +1,72 @@
+//! The backend trait: what the scheduler asks of a device. One implementation per
+//! device kind (`cpu` is the f32 reference; `cuda` is the engine). The scheduler owns
+//! slot and KV-block bookkeeping; a backend owns the memory behind them.
+
+pub mod cpu;
+
+use crate::config::ModelConfig;
+use anyhow::Result;
+
+/// What a backend can hold at once, fixed at start-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Per-sequence state slots (Gated DeltaNet recurrent + conv state).
+    pub slots: usize,
+    /// Tokens per paged KV block of the full-attention layers.
+    pub block_size: usize,
+    /// KV blocks in the pool (shared by all slots).
+    pub kv_blocks: usize,
+    /// Longest sequence (prompt + output) one slot may reach.
+    pub max_seq_len: usize,
+}
+
+/// Which logits a chunk wants back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// Nothing (an intermediate prefill chunk).
+    Nothing,
+    /// Logits of the chunk's last position.
+    Last,
+    /// Logits of every position of the chunk (prompt logprobs).
+    All,
+}
+
+/// One sequence's share of a step: `tokens` continue the sequence in `slot` at
+/// position `start_pos` (the number of tokens the slot has already seen).
+#[derive(Clone, Debug)]
+pub struct SeqChunk<'a> {
+    pub slot: usize,
+    pub start_pos: usize,
+    pub tokens: &'a [u32],
+    /// KV blocks owned by this sequence, in order; covers start_pos + tokens.len().
+    pub blocks: &'a [u32],
+    pub want: Want,
+}
+
+/// Logits for one chunk: `rows` rows of `vocab` f32 each (0, 1 or tokens.len() rows).
+#[derive(Clone, Debug, Default)]
+pub struct ChunkLogits {
+    pub rows: usize,
+    pub data: Vec<f32>,
+}
+
+impl ChunkLogits {
+    pub fn row(&self, i: usize) -> &[f32] {
+        let v = self.data.len() / self.rows.max(1);
+        &self.data[i * v..(i + 1) * v]
+    }
+    pub fn last(&self) -> Option<&[f32]> {
+        (self.rows > 0).then(|| self.row(self.rows - 1))
+    }
+}
+
+pub trait Backend: Send {
+    fn name(&self) -> &'static str;
+    fn config(&self) -> &ModelConfig;
+    fn capacity(&self) -> Capacity;
+    /// Runs one step over several sequences (prefill chunks and decode tokens mixed).
+    /// Chunks name distinct slots. Returns one `ChunkLogits` per chunk, in order.
+    fn forward(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<ChunkLogits>>;
+    /// Clears a slot's recurrent state so a new sequence can start in it.
+    fn reset_slot(&mut self, slot: usize) -> Result<()>;
+}
