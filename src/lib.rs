@@ -9,3 +9,5 @@ pub mod config;
 pub mod demo;
 pub mod generate;
 pub mod tokenizer;
+pub mod sampling;
+pub mod scheduler;

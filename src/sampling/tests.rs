@@ -1,0 +1,90 @@
+use super::*;
+
+fn row(v: &[f32]) -> Vec<f32> {
+    v.to_vec()
+}
+
+#[test]
+fn greedy_first_index_wins_ties_and_padding_is_masked() {
+    let mut s = Sampler::new(SamplingParams::greedy());
+    let r = row(&[0.0, 3.0, 3.0, 1.0, 9.0]);
+    // id 4 is a padding row (limit 4): never chosen.
+    assert_eq!(s.sample(&r, 4, &[], &LogprobWant::default()).token, 1);
+    assert_eq!(s.sample(&r, 5, &[], &LogprobWant::default()).token, 4);
+}
+
+#[test]
+fn banned_ids_are_never_chosen() {
+    let mut s = Sampler::new(SamplingParams::greedy());
+    let r = row(&[0.0, 3.0, 2.0]);
+    assert_eq!(s.sample(&r, 3, &[1], &LogprobWant::default()).token, 2);
+}
+
+#[test]
+fn logprobs_match_log_softmax() {
+    let mut s = Sampler::new(SamplingParams::greedy());
+    let r = row(&[1.0, 2.0, 3.0]);
+    let want = LogprobWant { token: true, top_n: 2, ids: vec![0] };
+    let out = s.sample(&r, 3, &[], &want);
+    let z: f64 = r.iter().map(|v| (*v as f64).exp()).sum();
+    let lp = |i: usize| (r[i] as f64 - z.ln()) as f32;
+    assert_eq!(out.token, 2);
+    assert!((out.logprob.unwrap() - lp(2)).abs() < 1e-6);
+    assert_eq!(out.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![2, 1]);
+    assert!((out.top[1].1 - lp(1)).abs() < 1e-6);
+    assert!((out.ids[0].1 - lp(0)).abs() < 1e-6);
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_spreads() {
+    let p = SamplingParams { temperature: 1.0, seed: Some(7), ..Default::default() };
+    let r = row(&[0.0, 0.1, 0.2, 0.3, 0.0, 0.1]);
+    let draw = |p: &SamplingParams| {
+        let mut s = Sampler::new(p.clone());
+        (0..200).map(|_| s.sample(&r, 6, &[], &LogprobWant::default()).token).collect::<Vec<_>>()
+    };
+    let a = draw(&p);
+    assert_eq!(a, draw(&p));
+    let distinct: std::collections::HashSet<_> = a.iter().collect();
+    assert!(distinct.len() >= 5, "sampling should cover the vocabulary: {distinct:?}");
+}
+
+#[test]
+fn top_k_top_p_min_p_restrict_the_support() {
+    let r = row(&[5.0, 4.0, 3.0, 0.0, -1.0]);
+    let support = |p: SamplingParams| {
+        let mut s = Sampler::new(SamplingParams { seed: Some(1), ..p });
+        let mut seen: Vec<u32> = (0..500).map(|_| s.sample(&r, 5, &[], &LogprobWant::default()).token).collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    };
+    assert_eq!(support(SamplingParams { top_k: 2, ..Default::default() }), vec![0, 1]);
+    // p = softmax: [0.665, 0.245, 0.090, ...]; top_p 0.8 keeps the first two.
+    assert_eq!(support(SamplingParams { top_p: 0.8, ..Default::default() }), vec![0, 1]);
+    assert_eq!(support(SamplingParams { top_p: 0.5, ..Default::default() }), vec![0]);
+    // min_p 0.3: keep p >= 0.3 * 0.665 = 0.2 -> ids 0 and 1.
+    assert_eq!(support(SamplingParams { min_p: 0.3, ..Default::default() }), vec![0, 1]);
+}
+
+#[test]
+fn penalties_change_greedy_choice() {
+    let r = row(&[2.0, 1.9, 0.0]);
+    let mut s = Sampler::new(SamplingParams { frequency_penalty: 0.5, ..SamplingParams::greedy() });
+    assert_eq!(s.sample(&r, 3, &[], &LogprobWant::default()).token, 0);
+    s.observe(0);
+    assert_eq!(s.sample(&r, 3, &[], &LogprobWant::default()).token, 1);
+    let mut s = Sampler::new(SamplingParams { presence_penalty: 0.2, ..SamplingParams::greedy() });
+    s.observe(0);
+    s.observe(0);
+    assert_eq!(s.sample(&r, 3, &[], &LogprobWant::default()).token, 1);
+    let mut s = Sampler::new(SamplingParams { repetition_penalty: 1.5, ..SamplingParams::greedy() });
+    s.observe(0);
+    assert_eq!(s.sample(&r, 3, &[], &LogprobWant::default()).token, 1);
+}
+
+#[test]
+fn top_n_orders_and_breaks_ties_by_index() {
+    assert_eq!(top_n(&[1.0, 3.0, 3.0, 2.0], 3), vec![1, 2, 3]);
+    assert_eq!(argmax(&[f32::NAN, 1.0, 1.0]), 1);
+}

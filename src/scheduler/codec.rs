@@ -1,0 +1,35 @@
+//! The text side the scheduler and server need from a tokenizer, as a trait so tests can
+//! run the whole stack on a tiny byte-level codec. `kiln::tokenizer::Tokenizer` is the
+//! real implementation.
+
+use anyhow::Result;
+use serde_json::{Map, Value};
+
+pub trait Codec: Send + Sync + 'static {
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>>;
+    fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String>;
+    /// Valid ids are `0..vocab_size()`; logits rows beyond are padding and never sampled.
+    fn vocab_size(&self) -> usize;
+    /// The tokenizer's EOS ids (the server unions them with the model config's).
+    fn eos_token_ids(&self) -> Vec<u32>;
+    /// Renders a chat with the model's template and the generation prompt appended.
+    fn render_chat(&self, messages: &Value, tools: Option<&Value>, kwargs: &Map<String, Value>) -> Result<String>;
+}
+
+impl Codec for crate::tokenizer::Tokenizer {
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        crate::tokenizer::Tokenizer::encode(self, text, add_special_tokens)
+    }
+    fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        crate::tokenizer::Tokenizer::decode(self, ids, skip_special_tokens)
+    }
+    fn vocab_size(&self) -> usize {
+        crate::tokenizer::Tokenizer::vocab_size(self)
+    }
+    fn eos_token_ids(&self) -> Vec<u32> {
+        crate::tokenizer::Tokenizer::eos_token_ids(self).to_vec()
+    }
+    fn render_chat(&self, messages: &Value, tools: Option<&Value>, kwargs: &Map<String, Value>) -> Result<String> {
+        self.apply_chat_template(messages, tools, true, kwargs)
+    }
+}

@@ -1,0 +1,600 @@
+//! The scheduler loop (runs on its own thread, owns the backend).
+
+use super::pool::{BlockPool, SlotPool};
+use super::request::{FinishReason, GenRequest, Output, TokenLogprob};
+use super::stats::Stats;
+use super::text::{Detok, StopStep, StopStrings};
+use super::{Codec, Command, SchedulerConfig, Submission};
+use crate::backend::{Backend, SeqChunk, Want};
+use crate::sampling::{self, LogprobWant, Sampler};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// One request inside the scheduler.
+struct Seq {
+    id: u64,
+    req: GenRequest,
+    tx: UnboundedSender<Output>,
+    /// Prompt followed by the generated tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens already in the slot's state (the next chunk starts here).
+    fed: usize,
+    slot: Option<usize>,
+    blocks: Vec<u32>,
+    max_new: usize,
+    sampler: Sampler,
+    detok: Detok,
+    stopper: StopStrings,
+    lp_want: LogprobWant,
+    /// Prompt logprobs: still to compute (first pass only), and those gathered so far.
+    input_lp_pending: bool,
+    input_lp: Vec<TokenLogprob>,
+    first_token_at: Option<Instant>,
+    last_token_at: Option<Instant>,
+    ever_admitted: bool,
+}
+
+impl Seq {
+    fn out_len(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+    /// Positions whose logits rows give prompt logprobs: [lo, hi] inclusive.
+    fn input_lp_rows(&self) -> Option<(usize, usize)> {
+        if !self.input_lp_pending || self.prompt_len < 2 {
+            return None;
+        }
+        let lo = input_lp_start(&self.req, self.prompt_len);
+        let hi = self.prompt_len - 2;
+        (lo <= hi).then_some((lo, hi))
+    }
+}
+
+fn input_lp_start(req: &GenRequest, prompt_len: usize) -> usize {
+    let s = req.logprobs.start_len;
+    if s < 0 { prompt_len - 1 } else { (s as usize).min(prompt_len - 1) }
+}
+
+pub(crate) struct Engine {
+    backend: Box<dyn Backend>,
+    codec: Arc<dyn Codec>,
+    cfg: SchedulerConfig,
+    vocab_limit: usize,
+    stats: Arc<Stats>,
+    rx: Receiver<Command>,
+    slots: SlotPool,
+    blocks: BlockPool,
+    waiting: VecDeque<Seq>,
+    /// In admission order (the last is the newest, retracted first).
+    running: Vec<Seq>,
+    drain_deadline: Option<Instant>,
+    disconnected: bool,
+}
+
+impl Engine {
+    pub fn new(
+        backend: Box<dyn Backend>,
+        codec: Arc<dyn Codec>,
+        cfg: SchedulerConfig,
+        vocab_limit: usize,
+        stats: Arc<Stats>,
+        rx: Receiver<Command>,
+    ) -> Self {
+        let cap = backend.capacity();
+        Engine {
+            slots: SlotPool::new(cap.slots),
+            blocks: BlockPool::new(cap.kv_blocks, cap.block_size),
+            backend,
+            codec,
+            cfg,
+            vocab_limit,
+            stats,
+            rx,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            drain_deadline: None,
+            disconnected: false,
+        }
+    }
+
+    pub fn run(mut self) {
+        loop {
+            self.pump_commands();
+            if let Some(deadline) = self.drain_deadline {
+                if Instant::now() >= deadline {
+                    self.abort_everything("the server shut down before this request finished", Some(503));
+                }
+            }
+            if self.running.is_empty() && self.waiting.is_empty() && (self.drain_deadline.is_some() || self.disconnected) {
+                break;
+            }
+            self.reap_closed();
+            self.admit();
+            if !self.running.is_empty() {
+                self.step();
+            }
+            self.publish();
+        }
+        // Submissions that raced with the end: answer them rather than drop them.
+        while let Ok(c) = self.rx.try_recv() {
+            if let Command::Submit(sub) = c {
+                self.stats.queued.fetch_sub(1, Relaxed);
+                self.stats.requests_aborted.fetch_add(1, Relaxed);
+                let _ = sub.tx.send(Output {
+                    finish: Some(FinishReason::abort("the server is shutting down", Some(503))),
+                    prompt_tokens: sub.req.prompt.len(),
+                    ..Default::default()
+                });
+            }
+        }
+        self.publish();
+    }
+
+    // ---- commands ----
+
+    fn pump_commands(&mut self) {
+        let idle = self.running.is_empty() && self.waiting.is_empty();
+        if idle && !self.disconnected && self.drain_deadline.is_none() {
+            match self.rx.recv() {
+                Ok(c) => self.command(c),
+                Err(_) => self.disconnected = true,
+            }
+        }
+        loop {
+            match self.rx.try_recv() {
+                Ok(c) => self.command(c),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.disconnected = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Submit(s) => self.enqueue(*s),
+            Command::Cancel(id) => self.abort_where(|s| s.id == id, "the client disconnected", None),
+            Command::AbortRid(rid) => self.abort_where(|s| s.req.rid == rid, "aborted by /abort_request", None),
+            Command::AbortAll => self.abort_where(|_| true, "aborted by /abort_request (abort_all)", None),
+            Command::Shutdown { grace } => {
+                let d = Instant::now() + grace;
+                self.drain_deadline = Some(self.drain_deadline.map_or(d, |old| old.min(d)));
+            }
+        }
+    }
+
+    fn enqueue(&mut self, sub: Submission) {
+        let Submission { id, req, tx } = sub;
+        self.stats.prompt_tokens.fetch_add(req.prompt.len() as u64, Relaxed);
+        let prompt_len = req.prompt.len();
+        let reject = if self.drain_deadline.is_some() {
+            Some(("the server is shutting down".to_string(), 503))
+        } else if prompt_len == 0 {
+            Some(("the prompt is empty".to_string(), 400))
+        } else if prompt_len >= self.cfg.context_len {
+            Some((
+                format!("The input ({prompt_len} tokens) is longer than the model's context length ({} tokens).", self.cfg.context_len),
+                400,
+            ))
+        } else if let Some(bad) = req.prompt.iter().find(|&&t| t as usize >= self.vocab_limit) {
+            Some((format!("token id {bad} is outside the vocabulary (0..{})", self.vocab_limit), 400))
+        } else {
+            None
+        };
+        if let Some((message, status)) = reject {
+            self.stats.queued.fetch_sub(1, Relaxed);
+            self.stats.requests_aborted.fetch_add(1, Relaxed);
+            let _ = tx.send(Output {
+                finish: Some(FinishReason::abort(message, Some(status))),
+                prompt_tokens: prompt_len,
+                ..Default::default()
+            });
+            return;
+        }
+        let max_new = req.stop.max_new_tokens.min(self.cfg.context_len - prompt_len);
+        let lp_want = LogprobWant {
+            token: req.logprobs.enabled,
+            top_n: if req.logprobs.enabled { req.logprobs.top_n } else { 0 },
+            ids: if req.logprobs.enabled { req.logprobs.token_ids.clone() } else { vec![] },
+        };
+        let mut input_lp = Vec::new();
+        if req.logprobs.enabled {
+            let start = input_lp_start(&req, prompt_len);
+            input_lp.push(TokenLogprob { id: req.prompt[start], logprob: None, top: vec![], ids: vec![] });
+        }
+        let seq = Seq {
+            id,
+            tokens: req.prompt.clone(),
+            prompt_len,
+            fed: 0,
+            slot: None,
+            blocks: Vec::new(),
+            max_new,
+            sampler: Sampler::new(req.sampling.clone()),
+            detok: Detok::new(&*self.codec, &req.prompt, req.stop.skip_special_tokens),
+            stopper: StopStrings::new(req.stop.stop.clone(), req.stop.no_stop_trim),
+            lp_want,
+            input_lp_pending: req.logprobs.enabled,
+            input_lp,
+            first_token_at: None,
+            last_token_at: None,
+            ever_admitted: false,
+            req,
+            tx,
+        };
+        if seq.max_new == 0 {
+            // Nothing to generate (max_new_tokens 0): finish at once, as SGLang does.
+            let mut seq = seq;
+            self.stats.queued.fetch_sub(1, Relaxed);
+            let out = self.final_output(&mut seq, FinishReason::Length(0), String::new());
+            self.finish(seq, out);
+            return;
+        }
+        self.waiting.push_back(seq);
+    }
+
+    // ---- aborts and release ----
+
+    fn abort_where(&mut self, pred: impl Fn(&Seq) -> bool, message: &str, status: Option<u16>) {
+        let mut i = 0;
+        while i < self.waiting.len() {
+            if pred(&self.waiting[i]) {
+                let mut s = self.waiting.remove(i).expect("index checked");
+                self.stats.queued.fetch_sub(1, Relaxed);
+                let out = self.final_output(&mut s, FinishReason::abort(message, status), String::new());
+                self.finish(s, out);
+            } else {
+                i += 1;
+            }
+        }
+        let mut i = 0;
+        while i < self.running.len() {
+            if pred(&self.running[i]) {
+                let mut s = self.running.remove(i);
+                let out = self.final_output(&mut s, FinishReason::abort(message, status), String::new());
+                self.finish(s, out);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn abort_everything(&mut self, message: &str, status: Option<u16>) {
+        self.abort_where(|_| true, message, status);
+    }
+
+    /// Requests whose client went away (output receiver dropped).
+    fn reap_closed(&mut self) {
+        if self.waiting.iter().chain(self.running.iter()).any(|s| s.tx.is_closed()) {
+            self.abort_where(|s| s.tx.is_closed(), "the client disconnected", None);
+        }
+    }
+
+    /// Frees a sequence's slot and blocks; `take`/`drain` make a second call a no-op.
+    fn release(&mut self, s: &mut Seq) {
+        if let Some(slot) = s.slot.take() {
+            self.slots.release(slot, s.id);
+        }
+        self.blocks.release_all(&mut s.blocks, s.id);
+    }
+
+    /// Releases `s`, sends its final output and records it.
+    fn finish(&mut self, mut s: Seq, out: Output) {
+        self.release(&mut s);
+        let aborted = matches!(out.finish, Some(FinishReason::Abort { .. }));
+        let _ = s.tx.send(out);
+        if aborted {
+            self.stats.requests_aborted.fetch_add(1, Relaxed);
+        } else {
+            self.stats.requests_finished.fetch_add(1, Relaxed);
+        }
+        self.stats.e2e.observe(s.req.arrival.elapsed().as_secs_f64());
+    }
+
+    fn final_output(&self, s: &mut Seq, reason: FinishReason, mut text: String) -> Output {
+        if matches!(reason, FinishReason::Abort { .. }) {
+            text.push_str(&s.stopper.flush());
+        }
+        Output {
+            text,
+            input_logprobs: self.take_input_lp(s),
+            finish: Some(reason),
+            prompt_tokens: s.prompt_len,
+            ..Default::default()
+        }
+    }
+
+    fn take_input_lp(&self, s: &mut Seq) -> Option<Vec<TokenLogprob>> {
+        (s.req.logprobs.enabled && !s.input_lp.is_empty()).then(|| std::mem::take(&mut s.input_lp))
+    }
+
+    // ---- admission ----
+
+    fn admit(&mut self) {
+        while let Some(front) = self.waiting.front() {
+            if self.running.len() >= self.cfg.max_running || self.slots.free_count() == 0 {
+                break;
+            }
+            let need = self.blocks.blocks_for(front.tokens.len() + 1);
+            // Keep one block of growth room per running sequence.
+            if self.blocks.free_count() < need + self.running.len() {
+                break;
+            }
+            let mut s = self.waiting.pop_front().expect("front exists");
+            self.stats.queued.fetch_sub(1, Relaxed);
+            let slot = self.slots.alloc(s.id).expect("a slot is free");
+            s.slot = Some(slot);
+            let grown = self.blocks.grow(&mut s.blocks, s.tokens.len() + 1, s.id);
+            debug_assert!(grown);
+            s.fed = 0;
+            if !s.ever_admitted {
+                s.ever_admitted = true;
+                self.stats.queue_time.observe(s.req.arrival.elapsed().as_secs_f64());
+            }
+            if let Err(e) = self.backend.reset_slot(slot) {
+                self.stats.backend_errors.fetch_add(1, Relaxed);
+                let out = self.final_output(&mut s, FinishReason::abort(format!("backend error: {e:#}"), Some(500)), String::new());
+                self.finish(s, out);
+                continue;
+            }
+            self.running.push(s);
+        }
+    }
+
+    /// Puts the sequence at `idx` back at the front of the queue, freeing its state.
+    fn retract(&mut self, idx: usize) {
+        let mut s = self.running.remove(idx);
+        self.release(&mut s);
+        s.fed = 0;
+        if s.input_lp_pending {
+            s.input_lp.truncate(1);
+        }
+        self.stats.retractions.fetch_add(1, Relaxed);
+        self.stats.queued.fetch_add(1, Relaxed);
+        self.waiting.push_front(s);
+    }
+
+    /// Makes sure every running sequence has blocks for the tokens it holds after this
+    /// step, retracting the newest sequences when the pool runs dry.
+    fn reserve_blocks(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            let (id, need) = (self.running[i].id, self.running[i].tokens.len());
+            let s = &mut self.running[i];
+            if self.blocks.grow(&mut s.blocks, need, id) {
+                i += 1;
+                continue;
+            }
+            if self.running.len() == 1 {
+                // Cannot happen when the pool holds one full-length sequence (checked at
+                // start-up); fail the request rather than spin.
+                let mut s = self.running.remove(0);
+                let out = self.final_output(&mut s, FinishReason::abort("KV cache exhausted", Some(500)), String::new());
+                self.finish(s, out);
+                return;
+            }
+            let victim = self.running.len() - 1;
+            self.retract(victim);
+            // Retry i (unless it was the victim itself).
+        }
+    }
+
+    // ---- one step ----
+
+    fn step(&mut self) {
+        self.reserve_blocks();
+        if self.running.is_empty() {
+            return;
+        }
+        // Plan: (index into running, tokens, want).
+        let mut budget = self.cfg.chunked_prefill_size;
+        let mut plan: Vec<(usize, usize, Want)> = Vec::new();
+        for (i, s) in self.running.iter().enumerate() {
+            let remaining = s.tokens.len() - s.fed;
+            let n = if remaining == 1 {
+                1
+            } else {
+                if budget == 0 {
+                    continue;
+                }
+                let n = remaining.min(budget);
+                budget -= n;
+                n
+            };
+            let needs_rows = s.input_lp_rows().is_some_and(|(lo, hi)| s.fed <= hi && s.fed + n > lo);
+            let last = s.fed + n == s.tokens.len();
+            let want = if needs_rows { Want::All } else if last { Want::Last } else { Want::Nothing };
+            plan.push((i, n, want));
+        }
+        let t0 = Instant::now();
+        let result = {
+            let chunks: Vec<SeqChunk<'_>> = plan
+                .iter()
+                .map(|&(i, n, want)| {
+                    let s = &self.running[i];
+                    SeqChunk {
+                        slot: s.slot.expect("running sequences hold a slot"),
+                        start_pos: s.fed,
+                        tokens: &s.tokens[s.fed..s.fed + n],
+                        blocks: &s.blocks,
+                        want,
+                    }
+                })
+                .collect();
+            self.backend.forward(&chunks)
+        };
+        self.stats.steps.fetch_add(1, Relaxed);
+        let logits = match result {
+            Ok(l) if l.len() == plan.len() => l,
+            other => {
+                let msg = match other {
+                    Err(e) => format!("backend error: {e:#}"),
+                    Ok(l) => format!("backend error: {} logits for {} chunks", l.len(), plan.len()),
+                };
+                tracing::error!("{msg}");
+                self.stats.backend_errors.fetch_add(1, Relaxed);
+                let ids: Vec<u64> = plan.iter().map(|&(i, _, _)| self.running[i].id).collect();
+                self.abort_where(|s| ids.contains(&s.id), &msg, Some(500));
+                return;
+            }
+        };
+        let mut done: Vec<(usize, Output)> = Vec::new();
+        let mut generated = 0usize;
+        for (&(i, n, want), l) in plan.iter().zip(&logits) {
+            let start = self.running[i].fed;
+            self.running[i].fed += n;
+            if want == Want::All {
+                self.collect_input_lp(i, start, n, l);
+            }
+            let s = &self.running[i];
+            if s.fed < s.tokens.len() {
+                continue;
+            }
+            if s.fed >= s.prompt_len {
+                self.running[i].input_lp_pending = false;
+            }
+            let Some(row) = l.last() else {
+                let out = Output { finish: Some(FinishReason::abort("backend error: no logits", Some(500))), ..Default::default() };
+                done.push((i, out));
+                continue;
+            };
+            generated += 1;
+            if let Some(out) = self.on_logits(i, row) {
+                done.push((i, out));
+            }
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        if generated > 0 && dt > 0.0 {
+            let old = self.stats.gen_throughput();
+            let now = generated as f64 / dt;
+            let v = if old == 0.0 { now } else { 0.9 * old + 0.1 * now };
+            self.stats.gen_throughput_bits.store(v.to_bits(), Relaxed);
+        }
+        // Remove finished sequences (highest index first so indices stay valid).
+        done.sort_by(|a, b| b.0.cmp(&a.0));
+        for (i, out) in done {
+            let s = self.running.remove(i);
+            self.finish(s, out);
+        }
+    }
+
+    fn collect_input_lp(&mut self, i: usize, start: usize, n: usize, l: &crate::backend::ChunkLogits) {
+        let limit = self.vocab_limit;
+        let s = &mut self.running[i];
+        let Some((lo, hi)) = s.input_lp_rows() else { return };
+        for r in 0..n.min(l.rows) {
+            let p = start + r;
+            if p < lo || p > hi {
+                continue;
+            }
+            let row = &l.row(r)[..limit.min(l.row(r).len())];
+            let next = s.tokens[p + 1];
+            let lse = sampling::log_sum_exp(row, 1.0);
+            let lp = |id: usize| (row[id] as f64 - lse) as f32;
+            s.input_lp.push(TokenLogprob {
+                id: next,
+                logprob: Some(if (next as usize) < row.len() { lp(next as usize) } else { f32::NEG_INFINITY }),
+                top: sampling::top_n(row, s.lp_want.top_n).into_iter().map(|t| (t as u32, lp(t))).collect(),
+                ids: s.lp_want.ids.iter().map(|&t| (t, if (t as usize) < row.len() { lp(t as usize) } else { f32::NEG_INFINITY })).collect(),
+            });
+        }
+    }
+
+    /// Samples the next token of running[i] from its logits row; sends a streaming
+    /// update, or returns the final output when the request is done.
+    fn on_logits(&mut self, i: usize, row: &[f32]) -> Option<Output> {
+        let eos = &self.cfg.eos_token_ids;
+        let codec = self.codec.clone();
+        let s = &mut self.running[i];
+        let banned: Vec<u32> = if s.out_len() < s.req.stop.min_new_tokens {
+            eos.iter().chain(&s.req.stop.stop_token_ids).copied().collect()
+        } else {
+            vec![]
+        };
+        let sampled = s.sampler.sample(row, self.vocab_limit, &banned, &s.lp_want);
+        let t = sampled.token;
+        s.sampler.observe(t);
+        s.tokens.push(t);
+        let now = Instant::now();
+        match s.last_token_at {
+            None => self.stats.ttft.observe(now.duration_since(s.req.arrival).as_secs_f64()),
+            Some(prev) => self.stats.itl.observe(now.duration_since(prev).as_secs_f64()),
+        }
+        s.first_token_at.get_or_insert(now);
+        s.last_token_at = Some(now);
+        self.stats.generation_tokens.fetch_add(1, Relaxed);
+
+        let stop = &s.req.stop;
+        let mut finish = if s.out_len() >= s.max_new {
+            Some(FinishReason::Length(s.max_new))
+        } else if !stop.ignore_eos && (stop.stop_token_ids.contains(&t) || eos.contains(&t)) {
+            Some(FinishReason::StopToken(t))
+        } else {
+            None
+        };
+        let trim_token = matches!(finish, Some(FinishReason::StopToken(_))) && !stop.no_stop_trim;
+        let mut text = if trim_token { String::new() } else { s.detok.push(&*codec, t) };
+        if finish.is_some() {
+            text.push_str(&s.detok.finish(&*codec));
+            let mut all = s.stopper.flush();
+            all.push_str(&text);
+            text = all;
+        } else {
+            match s.stopper.push(&text) {
+                StopStep::Emit(e) => text = e,
+                StopStep::Matched { emit, stop } => {
+                    text = emit;
+                    finish = Some(FinishReason::StopString(stop));
+                }
+            }
+        }
+        let lp = TokenLogprob { id: t, logprob: sampled.logprob, top: sampled.top, ids: sampled.ids };
+        let mut out = Output {
+            ids: vec![t],
+            text,
+            logprobs: if s.req.logprobs.enabled { vec![lp] } else { vec![] },
+            input_logprobs: None,
+            finish,
+            prompt_tokens: s.prompt_len,
+            cached_tokens: 0,
+        };
+        if s.req.logprobs.enabled && !s.input_lp.is_empty() {
+            out.input_logprobs = Some(std::mem::take(&mut s.input_lp));
+        }
+        if out.finish.is_some() {
+            return Some(out);
+        }
+        if s.tx.send(out).is_err() {
+            return Some(Output { finish: Some(FinishReason::abort("the client disconnected", None)), ..Default::default() });
+        }
+        None
+    }
+
+    // ---- bookkeeping ----
+
+    fn publish(&mut self) {
+        let st = &self.stats;
+        st.running.store(self.running.len(), Relaxed);
+        st.slots_used.store(self.slots.used(), Relaxed);
+        st.blocks_used.store(self.blocks.used(), Relaxed);
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
+    }
+
+    fn check_invariants(&self) {
+        if let Err(e) = self.slots.check().and_then(|_| self.blocks.check()) {
+            panic!("scheduler invariant broken: {e}");
+        }
+        let held: usize = self.running.iter().map(|s| s.blocks.len()).sum();
+        assert_eq!(held, self.blocks.used(), "blocks held by running sequences != blocks in use");
+        assert_eq!(self.running.len(), self.slots.used(), "running sequences != slots in use");
+        assert!(self.waiting.iter().all(|s| s.slot.is_none() && s.blocks.is_empty()), "a waiting sequence holds state");
+    }
+}

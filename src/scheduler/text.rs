@@ -1,0 +1,161 @@
+//! Output text for one request: incremental detokenization (never emitting a broken
+//! UTF-8 character) and stop-string matching that holds back any tail which could still
+//! become a stop string, so a stop string is never emitted, even when it spans tokens.
+
+use super::codec::Codec;
+
+const CONTEXT_TOKENS: usize = 5;
+
+/// The prefix/read-offset scheme: decode `ids[prefix..]` and `ids[prefix..read]`; when
+/// the longer text does not end in U+FFFD, emit what follows the shorter one.
+pub struct Detok {
+    ids: Vec<u32>,
+    prefix: usize,
+    read: usize,
+    skip_special: bool,
+}
+
+impl Detok {
+    pub fn new(codec: &dyn Codec, prompt: &[u32], skip_special: bool) -> Self {
+        let tail = &prompt[prompt.len().saturating_sub(CONTEXT_TOKENS)..];
+        let ok = codec.decode(tail, skip_special).map(|t| !t.ends_with('\u{FFFD}')).unwrap_or(false);
+        let ids = if ok { tail.to_vec() } else { vec![] };
+        let n = ids.len();
+        Detok { ids, prefix: 0, read: n, skip_special }
+    }
+
+    pub fn push(&mut self, codec: &dyn Codec, id: u32) -> String {
+        self.ids.push(id);
+        self.emit(codec, false)
+    }
+
+    /// Whatever is left (an incomplete character comes out as U+FFFD).
+    pub fn finish(&mut self, codec: &dyn Codec) -> String {
+        self.emit(codec, true)
+    }
+
+    fn emit(&mut self, codec: &dyn Codec, flush: bool) -> String {
+        let dec = |ids: &[u32]| codec.decode(ids, self.skip_special).unwrap_or_default();
+        let before = dec(&self.ids[self.prefix..self.read]);
+        let now = dec(&self.ids[self.prefix..]);
+        if now.len() <= before.len() || (!flush && now.ends_with('\u{FFFD}')) || !now.is_char_boundary(before.len()) {
+            return String::new();
+        }
+        let delta = now[before.len()..].to_string();
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        if self.prefix > 256 {
+            self.ids.drain(..self.prefix);
+            self.read -= self.prefix;
+            self.prefix = 0;
+        }
+        delta
+    }
+}
+
+/// Result of feeding text to [`StopStrings`].
+#[derive(Debug, PartialEq)]
+pub enum StopStep {
+    /// Text safe to emit now (may be empty).
+    Emit(String),
+    /// A stop string matched: emit this (the text before it, or through it with
+    /// `no_stop_trim`) and finish.
+    Matched { emit: String, stop: String },
+}
+
+pub struct StopStrings {
+    stops: Vec<String>,
+    keep_stop: bool,
+    held: String,
+}
+
+impl StopStrings {
+    pub fn new(stops: Vec<String>, no_stop_trim: bool) -> Self {
+        let stops = stops.into_iter().filter(|s| !s.is_empty()).collect();
+        StopStrings { stops, keep_stop: no_stop_trim, held: String::new() }
+    }
+
+    pub fn push(&mut self, delta: &str) -> StopStep {
+        if self.stops.is_empty() {
+            return StopStep::Emit(delta.to_string());
+        }
+        self.held.push_str(delta);
+        // Earliest match wins; among matches at the same place, the first listed.
+        let mut best: Option<(usize, usize)> = None;
+        for (i, s) in self.stops.iter().enumerate() {
+            if let Some(p) = self.held.find(s.as_str()) {
+                if best.map_or(true, |(bp, _)| p < bp) {
+                    best = Some((p, i));
+                }
+            }
+        }
+        if let Some((p, i)) = best {
+            let stop = self.stops[i].clone();
+            let end = if self.keep_stop { p + stop.len() } else { p };
+            let emit = self.held[..end].to_string();
+            self.held.clear();
+            return StopStep::Matched { emit, stop };
+        }
+        // Hold back the longest tail that is a proper prefix of some stop string.
+        let mut hold = 0;
+        for s in &self.stops {
+            for (k, _) in s.char_indices().skip(1) {
+                if k > hold && self.held.ends_with(&s[..k]) {
+                    hold = k;
+                }
+            }
+        }
+        let cut = self.held.len() - hold;
+        let emit = self.held[..cut].to_string();
+        self.held.drain(..cut);
+        StopStep::Emit(emit)
+    }
+
+    /// Releases held text (the request ended for another reason).
+    pub fn flush(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, Option<String>) {
+        let mut s = StopStrings::new(stops.iter().map(|s| s.to_string()).collect(), false);
+        let mut out = String::new();
+        for p in pieces {
+            match s.push(p) {
+                StopStep::Emit(e) => out.push_str(&e),
+                StopStep::Matched { emit, stop } => {
+                    out.push_str(&emit);
+                    return (out, Some(stop));
+                }
+            }
+        }
+        out.push_str(&s.flush());
+        (out, None)
+    }
+
+    #[test]
+    fn stop_across_pieces_is_never_emitted() {
+        assert_eq!(run(&["END"], &["abc E", "N", "Dxyz"]), ("abc ".into(), Some("END".into())));
+        assert_eq!(run(&["END"], &["abc E", "N", "x"]), ("abc ENx".into(), None));
+        assert_eq!(run(&["\n\n", "b"], &["a\n", "\nb"]), ("a".into(), Some("\n\n".into())));
+        assert_eq!(run(&["xy", "ab"], &["zzab xy"]), ("zz".into(), Some("ab".into())));
+    }
+
+    #[test]
+    fn held_text_is_only_a_possible_prefix() {
+        let mut s = StopStrings::new(vec!["STOP".into()], false);
+        assert_eq!(s.push("aST"), StopStep::Emit("a".into()));
+        assert_eq!(s.push("x"), StopStep::Emit("STx".into()));
+        assert_eq!(s.push("é S"), StopStep::Emit("é ".into()));
+    }
+
+    #[test]
+    fn no_stop_trim_keeps_the_stop() {
+        let mut s = StopStrings::new(vec!["b".into()], true);
+        assert_eq!(s.push("abc"), StopStep::Matched { emit: "ab".into(), stop: "b".into() });
+    }
+}
