@@ -1,0 +1,140 @@
+// kiln kernels: shared definitions.
+//
+// Every kernel source includes this header. The model's dimensions are compile-time
+// constants passed with -D by src/backend/cuda/compile.rs (KernelDims::defines):
+//   HIDDEN, INTER, VOCAB                      hidden size, MLP width, embedding rows
+//   NUM_HEADS, NUM_KV_HEADS, HEAD_DIM         full attention (GQA)
+//   ROTARY_DIM, ROPE_THETA                    partial rotate-half RoPE (first ROTARY_DIM dims)
+//   LIN_NK, LIN_NV, LIN_DK, LIN_DV            Gated DeltaNet key/value heads and widths
+//   CONV_K                                    depthwise causal conv kernel size
+//   RMS_EPS                                   RMSNorm epsilon (float literal)
+// Storage is bf16 (weights, activations between GEMMs, KV cache) or fp32 (residual
+// stream, recurrent and conv state, norms' statistics); arithmetic is fp32.
+// Only instructions that exist on both sm_90 and sm_100 are used (mma.sync, ld.global.nc).
+#pragma once
+#include <cuda_bf16.h>
+
+#if !defined(HIDDEN) || !defined(INTER) || !defined(VOCAB) || !defined(NUM_HEADS) ||        \
+    !defined(NUM_KV_HEADS) || !defined(HEAD_DIM) || !defined(ROTARY_DIM) ||                 \
+    !defined(ROPE_THETA) || !defined(LIN_NK) || !defined(LIN_NV) || !defined(LIN_DK) ||      \
+    !defined(LIN_DV) || !defined(CONV_K) || !defined(RMS_EPS)
+#error "kiln kernels need the model dimensions as -D defines (see compile.rs)"
+#endif
+
+typedef __nv_bfloat16 bf16;
+typedef __nv_bfloat162 bf162;
+
+// Derived Gated DeltaNet sizes: conv/qkv channels are [q (NK*DK) | k (NK*DK) | v (NV*DV)].
+#define LIN_KEY_DIM (LIN_NK * LIN_DK)
+#define LIN_VALUE_DIM (LIN_NV * LIN_DV)
+#define CONV_DIM (2 * LIN_KEY_DIM + LIN_VALUE_DIM)
+#define GQA_GROUP (NUM_HEADS / NUM_KV_HEADS)
+#define GDN_GROUP (LIN_NV / LIN_NK)
+
+static_assert(HIDDEN % 8 == 0, "HIDDEN must be a multiple of 8 (16-byte vectors)");
+static_assert(NUM_HEADS % NUM_KV_HEADS == 0, "query heads must be a multiple of KV heads");
+static_assert(LIN_NV % LIN_NK == 0, "value heads must be a multiple of key heads");
+static_assert(HEAD_DIM % 32 == 0 && HEAD_DIM <= 256, "HEAD_DIM must be a multiple of 32, at most 256");
+static_assert(ROTARY_DIM % 2 == 0 && ROTARY_DIM <= HEAD_DIM, "ROTARY_DIM must be even and <= HEAD_DIM");
+static_assert(CONV_K >= 2 && CONV_K <= 8, "CONV_K out of range");
+
+namespace kiln {
+
+#define KILN_INF __int_as_float(0x7f800000)
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+    bf162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned*>(&v);
+}
+__device__ __forceinline__ float bf16lo(unsigned v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float bf16hi(unsigned v) { return __uint_as_float(v & 0xffff0000u); }
+
+// 8 consecutive elements <-> 8 floats (16-byte aligned for bf16, 32-byte for float).
+__device__ __forceinline__ void load8(const bf16* p, float* o) {
+    uint4 u = *reinterpret_cast<const uint4*>(p);
+    o[0] = bf16lo(u.x); o[1] = bf16hi(u.x); o[2] = bf16lo(u.y); o[3] = bf16hi(u.y);
+    o[4] = bf16lo(u.z); o[5] = bf16hi(u.z); o[6] = bf16lo(u.w); o[7] = bf16hi(u.w);
+}
+__device__ __forceinline__ void load8(const float* p, float* o) {
+    float4 a = *reinterpret_cast<const float4*>(p);
+    float4 b = *reinterpret_cast<const float4*>(p + 4);
+    o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+}
+__device__ __forceinline__ void store8(bf16* p, const float* v) {
+    uint4 u;
+    u.x = pack_bf16x2(v[0], v[1]); u.y = pack_bf16x2(v[2], v[3]);
+    u.z = pack_bf16x2(v[4], v[5]); u.w = pack_bf16x2(v[6], v[7]);
+    *reinterpret_cast<uint4*>(p) = u;
+}
+__device__ __forceinline__ void store8(float* p, const float* v) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    *reinterpret_cast<float4*>(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+// N consecutive elements (N in 1, 2, 4, 8), vectorised.
+template <int N> __device__ __forceinline__ void loadn(const bf16* p, float* o) {
+    if constexpr (N == 8) {
+        load8(p, o);
+    } else if constexpr (N == 4) {
+        uint2 u = *reinterpret_cast<const uint2*>(p);
+        o[0] = bf16lo(u.x); o[1] = bf16hi(u.x); o[2] = bf16lo(u.y); o[3] = bf16hi(u.y);
+    } else if constexpr (N == 2) {
+        unsigned u = *reinterpret_cast<const unsigned*>(p);
+        o[0] = bf16lo(u); o[1] = bf16hi(u);
+    } else {
+        o[0] = __bfloat162float(*p);
+    }
+}
+template <int N> __device__ __forceinline__ void loadn(const float* p, float* o) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) o[i] = p[i];
+}
+template <int N> __device__ __forceinline__ void storen(bf16* p, const float* v) {
+    if constexpr (N == 8) {
+        store8(p, v);
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) p[i] = __float2bfloat16_rn(v[i]);
+    }
+}
+template <int N> __device__ __forceinline__ void storen(float* p, const float* v) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) p[i] = v[i];
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the whole block (blockDim.x a multiple of 32, at most 1024). `red` is
+// shared scratch of 32 floats. Every thread gets the result. Contains barriers.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // red may still be read by a previous call
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float t = lane < nw ? red[lane] : 0.f;
+    return warp_sum(t);
+}
+
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
+__device__ __forceinline__ float siluf_(float x) { return x / (1.f + expf(-x)); }
+// torch.nn.functional.softplus (beta 1, threshold 20).
+__device__ __forceinline__ float softplusf_(float x) { return x > 20.f ? x : log1pf(expf(x)); }
+
+}  // namespace kiln

@@ -1,0 +1,123 @@
+// Small elementwise and reduction kernels.
+//
+// kiln_output_gate_{g}_{out}(const float* attn, const G* gate, int ld_gate, int gate_hs,
+//                            OUT* out, int ld_out, int T)
+//   out[t*ld_out + h*HEAD_DIM + d] = attn[(t*NUM_HEADS + h)*HEAD_DIM + d]
+//                                    * sigmoid(gate[t*ld_gate + h*gate_hs + d])
+//   (with the fused q_proj layout, gate = qg + HEAD_DIM and gate_hs = 2*HEAD_DIM).
+//   grid (ceil(NUM_HEADS*HEAD_DIM/256), T), block 256.
+//
+// kiln_silu_mul_{in}_{out}(const IN* gu, int ld_in, int up_off, OUT* out, int ld_out, int n, int M)
+//   out[m*ld_out + i] = silu(gu[m*ld_in + i]) * gu[m*ld_in + up_off + i], i < n
+//   (gate and up fused: [gate (INTER) | up (INTER)] gives up_off = INTER).
+//   grid (ceil(n/256), M), block 256.
+//
+// kiln_argmax_{f32,bf16}(const T* logits, int ld, int n, int* out, int M)
+//   out[m] = the index of the largest of logits[m*ld + 0 .. n); the first index wins
+//   ties; NaN never wins (an all-NaN row gives 0). grid (M), block 1024.
+#include "common.cuh"
+
+using namespace kiln;
+
+template <typename G, typename OUT>
+__device__ __forceinline__ void output_gate(const float* __restrict__ attn, const G* __restrict__ gate,
+                                            int ld_gate, int gate_hs, OUT* __restrict__ out, int ld_out,
+                                            int T) {
+    const int t = blockIdx.y;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= T || i >= NUM_HEADS * HEAD_DIM) return;
+    const int h = i / HEAD_DIM, d = i % HEAD_DIM;
+    const float a = attn[(size_t)t * NUM_HEADS * HEAD_DIM + i];
+    const float g = to_f(gate[(size_t)t * ld_gate + (size_t)h * gate_hs + d]);
+    out[(size_t)t * ld_out + i] = from_f<OUT>(a * sigmoidf_(g));
+}
+
+#define OUTPUT_GATE(NAME, G, OUT)                                                                 \
+    extern "C" __global__ void __launch_bounds__(256)                                             \
+        NAME(const float* attn, const G* gate, int ld_gate, int gate_hs, OUT* out, int ld_out,    \
+             int T) {                                                                             \
+        output_gate<G, OUT>(attn, gate, ld_gate, gate_hs, out, ld_out, T);                        \
+    }
+OUTPUT_GATE(kiln_output_gate_f32_f32, float, float)
+OUTPUT_GATE(kiln_output_gate_f32_bf16, float, bf16)
+OUTPUT_GATE(kiln_output_gate_bf16_f32, bf16, float)
+OUTPUT_GATE(kiln_output_gate_bf16_bf16, bf16, bf16)
+
+template <typename IN, typename OUT>
+__device__ __forceinline__ void silu_mul(const IN* __restrict__ gu, int ld_in, int up_off, OUT* __restrict__ out,
+                                         int ld_out, int n, int M) {
+    const int m = blockIdx.y;
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (m >= M || i >= n) return;
+    const float g = to_f(gu[(size_t)m * ld_in + i]);
+    const float u = to_f(gu[(size_t)m * ld_in + up_off + i]);
+    out[(size_t)m * ld_out + i] = from_f<OUT>(siluf_(g) * u);
+}
+
+#define SILU_MUL(NAME, IN, OUT)                                                                   \
+    extern "C" __global__ void __launch_bounds__(256)                                             \
+        NAME(const IN* gu, int ld_in, int up_off, OUT* out, int ld_out, int n, int M) {           \
+        silu_mul<IN, OUT>(gu, ld_in, up_off, out, ld_out, n, M);                                  \
+    }
+SILU_MUL(kiln_silu_mul_f32_f32, float, float)
+SILU_MUL(kiln_silu_mul_f32_bf16, float, bf16)
+SILU_MUL(kiln_silu_mul_bf16_f32, bf16, float)
+SILU_MUL(kiln_silu_mul_bf16_bf16, bf16, bf16)
+
+// (value, index) pairs: a beats b if a.v > b.v, or equal with a smaller index; NaN loses.
+__device__ __forceinline__ void amax_merge(float& v, int& i, float ov, int oi) {
+    const bool take = (ov > v) || (ov == v && oi < i) || (v != v && ov == ov);
+    if (take) {
+        v = ov;
+        i = oi;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void argmax(const T* __restrict__ logits, int ld, int n, int* __restrict__ out, int M) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const int m = blockIdx.x;
+    if (m >= M) return;
+    const T* row = logits + (size_t)m * ld;
+    float best = -KILN_INF;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = to_f(row[i]);
+        if (v > best || (bi == 0x7fffffff && v == v)) {  // strict >: the first index seen wins ties
+            best = v;
+            bi = i;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        amax_merge(best, bi, ov, oi);
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        sv[warp] = best;
+        si[warp] = bi;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        const int nw = blockDim.x >> 5;
+        best = lane < nw ? sv[lane] : -KILN_INF;
+        bi = lane < nw ? si[lane] : 0x7fffffff;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            amax_merge(best, bi, ov, oi);
+        }
+        if (lane == 0) out[m] = bi == 0x7fffffff ? 0 : bi;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(1024) kiln_argmax_f32(const float* logits, int ld, int n, int* out, int M) {
+    argmax<float>(logits, ld, n, out, M);
+}
+extern "C" __global__ void __launch_bounds__(1024) kiln_argmax_bf16(const bf16* logits, int ld, int n, int* out, int M) {
+    argmax<bf16>(logits, ld, n, out, M);
+}

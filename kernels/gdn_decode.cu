@@ -1,0 +1,166 @@
+// Gated DeltaNet fused decode step: one token per sequence.
+//
+// kiln_gdn_decode_{in}_{out}(const IN* qkv, int ld_qkv, const IN* z, int ld_z,
+//     const IN* b, const IN* a, int ld_ba, const bf16* conv_w, float* conv_state,
+//     float* state, const float* A_log, const float* dt_bias, const bf16* norm_w,
+//     const int* slots, const int* pos, OUT* out, int ld_out, int B)
+//   Row bi of each input belongs to sequence bi (bi < B):
+//   qkv [B][ld_qkv]  in_proj_qkv output before the conv: [q (LIN_NK*LIN_DK) | k | v (LIN_NV*LIN_DV)]
+//   z   [B][ld_z]    in_proj_z output (LIN_NV*LIN_DV)
+//   b, a [B][ld_ba]  in_proj_b / in_proj_a outputs (LIN_NV each)
+//   conv_w [CONV_DIM][CONV_K] bf16; conv_state [slots][CONV_K][CONV_DIM] fp32 ring (see conv.cu)
+//   state [slots][LIN_NV][LIN_DK][LIN_DV] fp32, S[i][j] at i*LIN_DV + j, updated in place
+//   A_log, dt_bias [LIN_NV] fp32; norm_w [LIN_DV] bf16 (applied plainly, not 1 + w)
+//   slots[bi] (< 0: padding row, skipped), pos[bi] = tokens the slot has already seen
+//   out [B][ld_out]: head h at h*LIN_DV, the gated RMSNorm output (input of out_proj).
+//   Per (sequence, value head h, key head kh = h / (LIN_NV/LIN_NK)):
+//     conv update + SiLU of the head's q, k, v channels; q, k L2-normalised (eps 1e-6),
+//     q *= 1/sqrt(LIN_DK); beta = sigmoid(b); g = -exp(A_log) * softplus(a + dt_bias);
+//     S *= exp(g); S += k (x) (beta * (v - S^T k)); o = S^T q;
+//     out = o * rsqrt(mean(o^2) + RMS_EPS) * norm_w * silu(z).
+//   grid (LIN_NV, B), block LIN_DV * 4: thread (j, part) owns column j, rows
+//   [part*LIN_DK/4, (part+1)*LIN_DK/4) of S in registers.
+//   The q/k conv channels are shared by GDN_GROUP value heads: all of them compute the
+//   conv, only the first writes the ring row (never read in the same step).
+#include "common.cuh"
+
+using namespace kiln;
+
+#define GDN_PARTS 4
+#define GDN_DEC_THREADS (LIN_DV * GDN_PARTS)
+#define GDN_ROWS (LIN_DK / GDN_PARTS)
+static_assert(GDN_DEC_THREADS <= 1024 && LIN_DV % 32 == 0, "LIN_DV must be a multiple of 32, at most 256");
+static_assert(LIN_DK % GDN_PARTS == 0, "LIN_DK must be a multiple of 4");
+
+template <typename IN, typename OUT>
+__device__ __forceinline__ void gdn_decode(const IN* __restrict__ qkv, int ld_qkv, const IN* __restrict__ z,
+                                           int ld_z, const IN* __restrict__ b, const IN* __restrict__ a,
+                                           int ld_ba, const bf16* __restrict__ conv_w,
+                                           float* __restrict__ conv_state, float* __restrict__ state,
+                                           const float* __restrict__ A_log, const float* __restrict__ dt_bias,
+                                           const bf16* __restrict__ norm_w, const int* __restrict__ slots,
+                                           const int* __restrict__ pos, OUT* __restrict__ out, int ld_out,
+                                           int B) {
+    __shared__ float qs[LIN_DK], ks[LIN_DK], vs[LIN_DV];
+    __shared__ float red[GDN_PARTS][LIN_DV];
+    __shared__ float sc[4];
+    __shared__ float wred[32];
+    const int h = blockIdx.x, bi = blockIdx.y;
+    if (bi >= B) return;
+    const int slot = slots[bi];
+    if (slot < 0) return;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int j = tid % LIN_DV, part = tid / LIN_DV;
+    const int kh = h / GDN_GROUP;
+
+    // State loads first so their latency overlaps the conv.
+    float* S = state + ((size_t)slot * LIN_NV + h) * LIN_DK * LIN_DV + (size_t)part * GDN_ROWS * LIN_DV + j;
+    float s[GDN_ROWS];
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; ++r) s[r] = S[(size_t)r * LIN_DV];
+
+    // Conv update + SiLU of this head's channels.
+    const int p = pos[bi];
+    float* ring = conv_state + (size_t)slot * CONV_K * CONV_DIM;
+    const bool first = (h % GDN_GROUP) == 0;
+    for (int i = tid; i < 2 * LIN_DK + LIN_DV; i += GDN_DEC_THREADS) {
+        int ch;
+        bool own;
+        float* dst;
+        if (i < LIN_DK) {
+            ch = kh * LIN_DK + i; own = first; dst = qs + i;
+        } else if (i < 2 * LIN_DK) {
+            ch = LIN_KEY_DIM + kh * LIN_DK + (i - LIN_DK); own = first; dst = ks + (i - LIN_DK);
+        } else {
+            ch = 2 * LIN_KEY_DIM + h * LIN_DV + (i - 2 * LIN_DK); own = true; dst = vs + (i - 2 * LIN_DK);
+        }
+        const float xv = to_f(qkv[(size_t)bi * ld_qkv + ch]);
+        float acc = __bfloat162float(conv_w[ch * CONV_K + CONV_K - 1]) * xv;
+#pragma unroll
+        for (int jj = 0; jj < CONV_K - 1; ++jj) {
+            const int pp = p - (CONV_K - 1) + jj;
+            if (pp >= 0) acc += __bfloat162float(conv_w[ch * CONV_K + jj]) * ring[(size_t)(pp % CONV_K) * CONV_DIM + ch];
+        }
+        *dst = siluf_(acc);
+        if (own) ring[(size_t)(p % CONV_K) * CONV_DIM + ch] = xv;
+    }
+    if (tid == 0) {
+        const float bb = to_f(b[(size_t)bi * ld_ba + h]);
+        const float aa = to_f(a[(size_t)bi * ld_ba + h]);
+        sc[2] = sigmoidf_(bb);
+        sc[3] = expf(-expf(A_log[h]) * softplusf_(aa + dt_bias[h]));
+    }
+    __syncthreads();
+    // L2 norms of q (warp 0) and k (warp 1).
+    if (warp < 2) {
+        float* v = warp == 0 ? qs : ks;
+        float ss = 0.f;
+        for (int i = lane; i < LIN_DK; i += 32) ss += v[i] * v[i];
+        ss = warp_sum(ss);
+        if (lane == 0) sc[warp] = rsqrtf(ss + 1e-6f) * (warp == 0 ? rsqrtf((float)LIN_DK) : 1.f);
+    }
+    __syncthreads();
+    for (int i = tid; i < 2 * LIN_DK; i += GDN_DEC_THREADS) {
+        if (i < LIN_DK) qs[i] *= sc[0];
+        else ks[i - LIN_DK] *= sc[1];
+    }
+    __syncthreads();
+
+    const float beta = sc[2], eg = sc[3];
+    const float* kp = ks + part * GDN_ROWS;
+    const float* qp = qs + part * GDN_ROWS;
+    float kv0 = 0.f, kv1 = 0.f;
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; r += 2) {
+        s[r] *= eg;
+        kv0 += s[r] * kp[r];
+        if (r + 1 < GDN_ROWS) {
+            s[r + 1] *= eg;
+            kv1 += s[r + 1] * kp[r + 1];
+        }
+    }
+    red[part][j] = kv0 + kv1;
+    __syncthreads();
+    float kv = 0.f;
+#pragma unroll
+    for (int q = 0; q < GDN_PARTS; ++q) kv += red[q][j];
+    const float delta = beta * (vs[j] - kv);
+    float o0 = 0.f, o1 = 0.f;
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; r += 2) {
+        s[r] += kp[r] * delta;
+        o0 += s[r] * qp[r];
+        if (r + 1 < GDN_ROWS) {
+            s[r + 1] += kp[r + 1] * delta;
+            o1 += s[r + 1] * qp[r + 1];
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; ++r) S[(size_t)r * LIN_DV] = s[r];
+    __syncthreads();  // everyone has read red[][] (kv) before it is reused
+    red[part][j] = o0 + o1;
+    __syncthreads();
+    float o = 0.f;
+#pragma unroll
+    for (int q = 0; q < GDN_PARTS; ++q) o += red[q][j];
+    const float tot = block_sum(part == 0 ? o * o : 0.f, wred);
+    if (part == 0) {
+        const float zz = to_f(z[(size_t)bi * ld_z + h * LIN_DV + j]);
+        const float y = o * rsqrtf(tot / (float)LIN_DV + RMS_EPS) * __bfloat162float(norm_w[j]) * siluf_(zz);
+        out[(size_t)bi * ld_out + h * LIN_DV + j] = from_f<OUT>(y);
+    }
+}
+
+#define GDN_DECODE(NAME, IN, OUT)                                                                  \
+    extern "C" __global__ void __launch_bounds__(GDN_DEC_THREADS, 2)                                \
+        NAME(const IN* qkv, int ld_qkv, const IN* z, int ld_z, const IN* b, const IN* a, int ld_ba, \
+             const bf16* conv_w, float* conv_state, float* state, const float* A_log,              \
+             const float* dt_bias, const bf16* norm_w, const int* slots, const int* pos, OUT* out, \
+             int ld_out, int B) {                                                                  \
+        gdn_decode<IN, OUT>(qkv, ld_qkv, z, ld_z, b, a, ld_ba, conv_w, conv_state, state, A_log,   \
+                            dt_bias, norm_w, slots, pos, out, ld_out, B);                          \
+    }
+GDN_DECODE(kiln_gdn_decode_f32_f32, float, float)
+GDN_DECODE(kiln_gdn_decode_f32_bf16, float, bf16)
+GDN_DECODE(kiln_gdn_decode_bf16_f32, bf16, float)
+GDN_DECODE(kiln_gdn_decode_bf16_bf16, bf16, bf16)

@@ -1,0 +1,214 @@
+// Skinny GEMM for decode: y[M][N] = x[M][K] . W[N][K]^T, M = 1..64.
+//
+// kiln_gemm_x{f32,bf16}_y{f32,bf16}_m{8,16,32,64}(
+//     const bf16* W, const X* x, Y* y, float* ws, unsigned* counters,
+//     int M, int N, int K, int ks, int splits)
+//   W [N][K] bf16 row-major (as Hugging Face stores a Linear weight); x [M][K] (fp32 or
+//   bf16, row stride K); y [M][N] (fp32 or bf16, row stride N). K % 8 == 0, pointers
+//   16-byte aligned. The _mNN suffix is the largest M the variant takes (pick the
+//   smallest that covers M; rows past M are neither read nor written).
+//   Split-K: blockIdx.y = s covers k in [s*ks, min(K, (s+1)*ks)), ks % 32 == 0,
+//   splits = ceil(K / ks). With splits > 1 each block writes its partial sums to
+//   ws [splits][M][N] fp32, and the last block of a row group to arrive (counted in
+//   counters[blockIdx.x], which must be zero before the first launch and is left zero)
+//   adds the partials in split order and writes y. The result is therefore
+//   deterministic, and row m of y does not depend on M or on the other rows: the
+//   arithmetic for one output is fixed by (K, ks) alone.
+//   grid (ceil(N / (64 * RW)), splits), block 128 (4 warps), RW = 1 for _m8/_m16 and
+//   2 for _m32/_m64.
+//
+// How: each warp owns RW*16 rows of W and streams them once with 16-byte
+// ld.global.nc loads (P chunks of 32 k in flight per row pair). Products use
+// mma.sync m16n8k16 (bf16 in, fp32 accumulate) with W as the A operand (16 rows) and
+// x as the B operand (8 batch rows per tile). The k order inside each 32-wide chunk
+// is permuted identically for A and B so that one 16-byte load per lane of W row r
+// holds exactly the A fragments of two k16 steps, and x needs one 8-element load per
+// lane and batch tile. fp32 x is split into bf16 hi + lo parts (two MMAs), which keeps
+// about 16 mantissa bits of x: near-fp32 accuracy at no extra weight traffic.
+#include "common.cuh"
+
+using namespace kiln;
+
+#define GEMM_THREADS 128
+
+__device__ __forceinline__ uint4 ld_stream(const bf16* p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ void mma_bf16(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                         unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// x fragment of one batch tile for the lane: 8 consecutive k of row m, as bf16 pairs.
+template <bool XF32>
+__device__ __forceinline__ void load_x(const void* xv, int m, int K, int k, bool ok, unsigned* hi,
+                                       unsigned* lo) {
+    if (!ok) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) hi[i] = lo[i] = 0u;
+        return;
+    }
+    if constexpr (XF32) {
+        const float* p = reinterpret_cast<const float*>(xv) + (size_t)m * K + k;
+        const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+        const float4 b = __ldg(reinterpret_cast<const float4*>(p + 4));
+        const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            hi[i] = pack_bf16x2(v[2 * i], v[2 * i + 1]);
+            lo[i] = pack_bf16x2(v[2 * i] - bf16lo(hi[i]), v[2 * i + 1] - bf16hi(hi[i]));
+        }
+    } else {
+        const bf16* p = reinterpret_cast<const bf16*>(xv) + (size_t)m * K + k;
+        const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+        hi[0] = u.x; hi[1] = u.y; hi[2] = u.z; hi[3] = u.w;
+    }
+}
+
+template <typename Y> __device__ __forceinline__ void store_y(Y* y, size_t i, float v);
+template <> __device__ __forceinline__ void store_y<float>(float* y, size_t i, float v) { y[i] = v; }
+template <> __device__ __forceinline__ void store_y<bf16>(bf16* y, size_t i, float v) {
+    y[i] = __float2bfloat16_rn(v);
+}
+
+template <int NT, bool XF32, typename Y>
+__device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const void* __restrict__ x,
+                                            Y* __restrict__ y, float* __restrict__ ws,
+                                            unsigned* __restrict__ counters, int M, int N, int K,
+                                            int ks, int splits) {
+    constexpr int RW = NT >= 4 ? 2 : 1;      // 16-row tiles of W per warp
+    constexpr int P = RW == 1 ? 4 : 2;       // chunks of 32 k in flight
+    constexpr int RB = 4 * 16 * RW;          // rows per block
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int row0 = blockIdx.x * RB + warp * 16 * RW;
+    const int kb = blockIdx.y * ks;
+    const int ke = min(K, kb + ks);
+    const int nchunks = ke > kb ? (ke - kb + 31) / 32 : 0;
+
+    const bf16* wp[RW][2];
+    bool wok[RW][2];
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = row0 + r * 16 + h * 8 + g;
+            wok[r][h] = row < N;
+            wp[r][h] = W + (size_t)(wok[r][h] ? row : 0) * K + t * 8;
+        }
+
+    float acc[RW][NT][4];
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
+
+    uint4 wr[P][RW][2];
+    auto load_w = [&](uint4(&buf)[RW][2], int c) {
+        const int k = kb + c * 32 + t * 8;
+        const bool kok = c < nchunks && k < ke;
+#pragma unroll
+        for (int r = 0; r < RW; ++r)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                buf[r][h] = (kok && wok[r][h]) ? ld_stream(wp[r][h] + kb + c * 32) : make_uint4(0, 0, 0, 0);
+    };
+#pragma unroll
+    for (int p = 0; p < P; ++p) load_w(wr[p], p);
+
+    for (int c0 = 0; c0 < nchunks; c0 += P) {
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+            const int c = c0 + p;
+            if (c < nchunks) {
+                const int k = kb + c * 32 + t * 8;
+                const bool kok = k < ke;
+#pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    const int m = j * 8 + g;
+                    unsigned hi[4], lo[4];
+                    load_x<XF32>(x, m, K, k, kok && m < M, hi, lo);
+#pragma unroll
+                    for (int r = 0; r < RW; ++r) {
+                        const uint4 a = wr[p][r][0], b = wr[p][r][1];
+                        mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, hi[0], hi[1]);
+                        mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, hi[2], hi[3]);
+                        if constexpr (XF32) {
+                            mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, lo[0], lo[1]);
+                            mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, lo[2], lo[3]);
+                        }
+                    }
+                }
+                load_w(wr[p], c + P);
+            }
+        }
+    }
+
+    // Accumulator e of tile (r, j): row n = row0 + r*16 + g + 8*(e/2), batch m = j*8 + 2t + (e%2).
+    if (splits == 1) {
+#pragma unroll
+        for (int r = 0; r < RW; ++r)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int n = row0 + r * 16 + g + 8 * (e >> 1), m = j * 8 + 2 * t + (e & 1);
+                    if (n < N && m < M) store_y<Y>(y, (size_t)m * N + n, acc[r][j][e]);
+                }
+        return;
+    }
+    float* part = ws + (size_t)blockIdx.y * M * N;
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int n = row0 + r * 16 + g + 8 * (e >> 1), m = j * 8 + 2 * t + (e & 1);
+                if (n < N && m < M) __stcg(part + (size_t)m * N + n, acc[r][j][e]);
+            }
+    __threadfence();
+    __syncthreads();
+    __shared__ unsigned last;
+    if (threadIdx.x == 0) last = atomicAdd(&counters[blockIdx.x], 1u) == (unsigned)(splits - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const int nb = blockIdx.x * RB;
+    for (int i = threadIdx.x; i < RB * M; i += GEMM_THREADS) {
+        const int n = nb + i % RB, m = i / RB;
+        if (n >= N) continue;
+        float s = 0.f;
+        for (int sp = 0; sp < splits; ++sp) s += __ldcg(ws + ((size_t)sp * M + m) * N + n);
+        store_y<Y>(y, (size_t)m * N + n, s);
+    }
+    if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
+}
+
+#define GEMM_VARIANT(XN, XT, XF, YN, YT, MM, NT)                                                  \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                    \
+        kiln_gemm_x##XN##_y##YN##_m##MM(const bf16* W, const XT* x, YT* y, float* ws,             \
+                                        unsigned* counters, int M, int N, int K, int ks,          \
+                                        int splits) {                                             \
+        skinny_gemm<NT, XF, YT>(W, x, y, ws, counters, M, N, K, ks, splits);                      \
+    }
+#define GEMM_ALL_M(XN, XT, XF, YN, YT)        \
+    GEMM_VARIANT(XN, XT, XF, YN, YT, 8, 1)    \
+    GEMM_VARIANT(XN, XT, XF, YN, YT, 16, 2)   \
+    GEMM_VARIANT(XN, XT, XF, YN, YT, 32, 4)   \
+    GEMM_VARIANT(XN, XT, XF, YN, YT, 64, 8)
+GEMM_ALL_M(f32, float, true, f32, float)
+GEMM_ALL_M(f32, float, true, bf16, bf16)
+GEMM_ALL_M(bf16, bf16, false, f32, float)
+GEMM_ALL_M(bf16, bf16, false, bf16, bf16)

@@ -1,0 +1,139 @@
+// Embedding gather and RMSNorms.
+//
+// kiln_embed(const bf16* table, const int* ids, float* out, int M)
+//   table [VOCAB][HIDDEN] bf16; ids [M]; out [M][HIDDEN] fp32 (the residual stream).
+//   An id outside [0, VOCAB) gives a zero row. grid (M), block 256.
+//
+// kiln_add_rmsnorm_{f32,bf16}(float* residual, const T* delta, int ld_delta,
+//                             const bf16* w, bf16* out_bf16, float* out_f32, int M)
+//   residual [M][HIDDEN] fp32, updated in place: residual += delta (delta [M][ld_delta]
+//   of type T, nullable: then the residual is only normalised). Then
+//   y = residual * rsqrt(mean(residual^2) + RMS_EPS) * (1 + w), w [HIDDEN] bf16;
+//   y is written to out_bf16 [M][HIDDEN] and/or out_f32 [M][HIDDEN] (each nullable).
+//   grid (M), block 256. Rows are independent (no cross-row arithmetic).
+//
+// kiln_gated_rmsnorm_{in}_{out}(const float* o, const IN* z, int ld_z, const bf16* w,
+//                               OUT* out, int T)
+//   The Gated DeltaNet output norm for prefill (decode fuses it in gdn_decode.cu):
+//   for token t and value head h, x = o[t][h*LIN_DV ..] (fp32, [T][LIN_NV*LIN_DV]),
+//   out[t][h*LIN_DV + j] = x_j * rsqrt(mean(x^2) + RMS_EPS) * w_j * silu(z[t*ld_z + h*LIN_DV + j]),
+//   w [LIN_DV] bf16 applied plainly (not 1 + w). grid (ceil(T*LIN_NV/8)), block 256 (a warp per head).
+#include "common.cuh"
+
+using namespace kiln;
+
+extern "C" __global__ void __launch_bounds__(256) kiln_embed(const bf16* __restrict__ table,
+                                                             const int* __restrict__ ids,
+                                                             float* __restrict__ out, int M) {
+    const int m = blockIdx.x;
+    if (m >= M) return;
+    const int id = ids[m];
+    const bool ok = id >= 0 && id < VOCAB;
+    const bf16* src = table + (size_t)(ok ? id : 0) * HIDDEN;
+    float* dst = out + (size_t)m * HIDDEN;
+    for (int i = threadIdx.x * 8; i < HIDDEN; i += blockDim.x * 8) {
+        float v[8];
+        if (ok) {
+            load8(src + i, v);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v[e] = 0.f;
+        }
+        store8(dst + i, v);
+    }
+}
+
+// Vectors of 8 per thread; VPT vectors per thread cover the row with 256 threads.
+#define NORM_THREADS 256
+#define NORM_VPT ((HIDDEN / 8 + NORM_THREADS - 1) / NORM_THREADS)
+
+template <typename T>
+__device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, const T* __restrict__ delta,
+                                            int ld_delta, const bf16* __restrict__ w,
+                                            bf16* __restrict__ out_bf16, float* __restrict__ out_f32,
+                                            int M) {
+    __shared__ float red[32];
+    const int m = blockIdx.x;
+    if (m >= M) return;
+    float* res = residual + (size_t)m * HIDDEN;
+    float v[NORM_VPT][8];
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < NORM_VPT; ++j) {
+        const int i = (threadIdx.x + j * NORM_THREADS) * 8;
+        if (i < HIDDEN) {
+            load8(res + i, v[j]);
+            if (delta != nullptr) {
+                float d[8];
+                load8(delta + (size_t)m * ld_delta + i, d);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) v[j][e] += d[e];
+                store8(res + i, v[j]);
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) ss += v[j][e] * v[j][e];
+        }
+    }
+    const float inv = rsqrtf(block_sum(ss, red) / (float)HIDDEN + RMS_EPS);
+#pragma unroll
+    for (int j = 0; j < NORM_VPT; ++j) {
+        const int i = (threadIdx.x + j * NORM_THREADS) * 8;
+        if (i < HIDDEN) {
+            float wv[8], y[8];
+            load8(w + i, wv);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) y[e] = v[j][e] * inv * (1.f + wv[e]);
+            if (out_bf16 != nullptr) store8(out_bf16 + (size_t)m * HIDDEN + i, y);
+            if (out_f32 != nullptr) store8(out_f32 + (size_t)m * HIDDEN + i, y);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(NORM_THREADS)
+    kiln_add_rmsnorm_f32(float* residual, const float* delta, int ld_delta, const bf16* w,
+                         bf16* out_bf16, float* out_f32, int M) {
+    add_rmsnorm<float>(residual, delta, ld_delta, w, out_bf16, out_f32, M);
+}
+extern "C" __global__ void __launch_bounds__(NORM_THREADS)
+    kiln_add_rmsnorm_bf16(float* residual, const bf16* delta, int ld_delta, const bf16* w,
+                          bf16* out_bf16, float* out_f32, int M) {
+    add_rmsnorm<bf16>(residual, delta, ld_delta, w, out_bf16, out_f32, M);
+}
+
+// ---------------------------------------------------------------------------------
+// Gated RMSNorm (Gated DeltaNet output), one warp per (token, value head).
+#define GN_PER_LANE (LIN_DV / 32)
+static_assert(LIN_DV % 32 == 0 && GN_PER_LANE <= 8, "LIN_DV must be a multiple of 32, at most 256");
+
+template <typename IN, typename OUT>
+__device__ __forceinline__ void gated_rmsnorm(const float* __restrict__ o, const IN* __restrict__ z,
+                                              int ld_z, const bf16* __restrict__ w,
+                                              OUT* __restrict__ out, int T) {
+    const int lane = threadIdx.x & 31;
+    const int item = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (item >= T * LIN_NV) return;
+    const int t = item / LIN_NV, h = item % LIN_NV;
+    const int d0 = lane * GN_PER_LANE;
+    float x[GN_PER_LANE], zz[GN_PER_LANE], wv[GN_PER_LANE];
+    loadn<GN_PER_LANE>(o + (size_t)t * LIN_VALUE_DIM + h * LIN_DV + d0, x);
+    loadn<GN_PER_LANE>(z + (size_t)t * ld_z + h * LIN_DV + d0, zz);
+    loadn<GN_PER_LANE>(w + d0, wv);
+    float ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < GN_PER_LANE; ++e) ss += x[e] * x[e];
+    const float inv = rsqrtf(warp_sum(ss) / (float)LIN_DV + RMS_EPS);
+    float y[GN_PER_LANE];
+#pragma unroll
+    for (int e = 0; e < GN_PER_LANE; ++e) y[e] = x[e] * inv * wv[e] * siluf_(zz[e]);
+    storen<GN_PER_LANE>(out + (size_t)t * LIN_VALUE_DIM + h * LIN_DV + d0, y);
+}
+
+#define GATED_NORM(NAME, IN, OUT)                                                               \
+    extern "C" __global__ void __launch_bounds__(256)                                           \
+        NAME(const float* o, const IN* z, int ld_z, const bf16* w, OUT* out, int T) {           \
+        gated_rmsnorm<IN, OUT>(o, z, ld_z, w, out, T);                                          \
+    }
+GATED_NORM(kiln_gated_rmsnorm_f32_f32, float, float)
+GATED_NORM(kiln_gated_rmsnorm_f32_bf16, float, bf16)
+GATED_NORM(kiln_gated_rmsnorm_bf16_f32, bf16, float)
+GATED_NORM(kiln_gated_rmsnorm_bf16_bf16, bf16, bf16)
