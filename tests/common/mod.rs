@@ -1,0 +1,4 @@
+//! Shared test helpers: the mock backend and codec, and an in-process server.
+#![allow(dead_code)]
+
+pub mod mock;
