@@ -93,12 +93,13 @@ impl ModelConfig {
             ),
         };
         // tie_word_embeddings lives at the top level of the official config and may be
-        // repeated inside text_config; transformers defaults it to true for Qwen3.5.
+        // repeated inside text_config; transformers' default is false (then lm_head.weight
+        // must be in the checkpoint).
         let tie = text
             .get("tie_word_embeddings")
             .or_else(|| root.get("tie_word_embeddings"))
             .and_then(Value::as_bool)
-            .unwrap_or(true);
+            .unwrap_or(false);
 
         let num_layers = usize_field(text, "num_hidden_layers")?;
         let layer_kinds = match text.get("layer_types") {
@@ -126,7 +127,8 @@ impl ModelConfig {
         let rope = text.get("rope_parameters").or_else(|| text.get("rope_scaling"));
         let pick = |name: &str| rope.and_then(|r| r.get(name)).or_else(|| text.get(name));
         let rope_theta = pick("rope_theta").and_then(Value::as_f64).unwrap_or(10_000.0);
-        let partial = pick("partial_rotary_factor").and_then(Value::as_f64).unwrap_or(1.0);
+        // transformers' Qwen3.5 config defaults partial_rotary_factor to 0.25.
+        let partial = pick("partial_rotary_factor").and_then(Value::as_f64).unwrap_or(0.25);
         if let Some(rt) = rope.and_then(|r| r.get("rope_type")).and_then(Value::as_str) {
             if rt != "default" {
                 bail!("config.json: rope_type `{rt}` is not supported (expected `default`)");
