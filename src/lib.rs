@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod demo;
 pub mod generate;
+pub mod plan;
 pub mod tokenizer;
 pub mod sampling;
 pub mod scheduler;
