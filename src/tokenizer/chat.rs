@@ -119,7 +119,8 @@ impl ChatTemplate {
     /// entry of `kwargs` is used instead (HF passes tools either way). `kwargs` are extra
     /// template variables such as `enable_thinking`.
     ///
-    /// One input fix-up, as SGLang does before rendering: a tool call whose
+    /// Input fix-ups: as transformers 5.x does, a message's `reasoning` or `thinking` field
+    /// also fills `reasoning_content`; as SGLang does, a tool call whose
     /// `function.arguments` is a JSON-object *string* (the OpenAI wire format) is parsed
     /// into an object, because templates iterate it with `|items`.
     pub fn render(
@@ -151,7 +152,26 @@ impl ChatTemplate {
     }
 }
 
-/// Checks the shape of `messages` and parses string tool-call arguments.
+/// transformers 5.x fills `reasoning_content` from the first non-null of
+/// `reasoning_content`, `thinking`, `reasoning` (and `thinking` for templates that read
+/// that): `{"thinking": r, **message, "reasoning_content": r}`.
+fn alias_reasoning_fields(obj: &mut JsonMap<String, Json>) {
+    let reasoning = ["reasoning_content", "thinking", "reasoning"]
+        .iter()
+        .find_map(|k| obj.get(*k).filter(|v| !v.is_null()).cloned());
+    if let Some(r) = reasoning {
+        let mut aliased = JsonMap::with_capacity(obj.len() + 2);
+        if !obj.contains_key("thinking") {
+            aliased.insert("thinking".into(), r.clone());
+        }
+        aliased.extend(std::mem::take(obj));
+        aliased.insert("reasoning_content".into(), r);
+        *obj = aliased;
+    }
+}
+
+/// Checks the shape of `messages`, aliases reasoning fields and parses string tool-call
+/// arguments.
 fn normalize_messages(messages: &Json) -> Result<Json, ChatTemplateError> {
     let list = messages
         .as_array()
@@ -162,6 +182,7 @@ fn normalize_messages(messages: &Json) -> Result<Json, ChatTemplateError> {
         let obj = m
             .as_object_mut()
             .ok_or_else(|| ChatTemplateError::Input(format!("messages[{i}] must be an object")))?;
+        alias_reasoning_fields(obj);
         if let Some(Json::Array(calls)) = obj.get_mut("tool_calls") {
             for call in calls.iter_mut() {
                 let target = match call.get_mut("function") {

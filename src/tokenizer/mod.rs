@@ -6,13 +6,14 @@
 //! them. [`Tokenizer::bundled`] embeds `assets/qwen3_5/` (see its README) for tests and
 //! the demo model.
 //!
-//! Files: `mod.rs` (this: loading, encode/decode), `files.rs` (side-file parsing),
+//! Files: `mod.rs` (this: loading, encode/decode), `files.rs` (side-file parsing), `load.rs` (fast tokenizer.json parsing),
 //! `detok.rs` (streaming detokenizer), `chat.rs` (template rendering), `pycompat.rs`
 //! (Python behaviour for templates: methods, `str()`), `pyjson.rs` (`tojson`), `pytime.rs` (`strftime_now`).
 
 mod chat;
 mod detok;
 mod files;
+mod load;
 mod pycompat;
 mod pyjson;
 mod pytime;
@@ -27,7 +28,7 @@ use tokenizers::AddedToken;
 pub use chat::{ChatTemplate, ChatTemplateError};
 pub use detok::IncrementalDetokenizer;
 
-const BUNDLED_TOKENIZER_JSON: &[u8] = include_bytes!("../../assets/qwen3_5/tokenizer.json");
+pub(crate) const BUNDLED_TOKENIZER_JSON: &[u8] = include_bytes!("../../assets/qwen3_5/tokenizer.json");
 const BUNDLED_TOKENIZER_CONFIG: &str = include_str!("../../assets/qwen3_5/tokenizer_config.json");
 const BUNDLED_CHAT_TEMPLATE: &str = include_str!("../../assets/qwen3_5/chat_template.jinja");
 
@@ -107,8 +108,7 @@ impl Tokenizer {
         gen: Option<&Json>,
         template: Option<String>,
     ) -> Result<Self> {
-        let mut hf = tokenizers::Tokenizer::from_bytes(tokenizer_json)
-            .map_err(|e| anyhow!("invalid tokenizer.json: {e}"))?;
+        let mut hf = load::load_tokenizer_json(tokenizer_json)?;
         let empty = json!({});
         let cfg = tok_cfg.unwrap_or(&empty);
 
@@ -258,3 +258,4 @@ mod tests {
         check_send::<IncrementalDetokenizer>();
     }
 }
+
