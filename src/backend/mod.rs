@@ -3,6 +3,7 @@
 //! slot and KV-block bookkeeping; a backend owns the memory behind them.
 
 pub mod cpu;
+pub mod layout;
 
 use crate::config::ModelConfig;
 use anyhow::Result;

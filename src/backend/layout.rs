@@ -1,0 +1,122 @@
+//! The flat, device-ready description of one step: which token rows belong to which
+//! sequence, their positions, where their keys and values go in the paged KV cache, and
+//! which rows need logits. Pure host logic (tested without a GPU); the cuda backend
+//! uploads these arrays once per step.
+
+use super::{SeqChunk, Want};
+use anyhow::{ensure, Result};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepLayout {
+    /// Token ids of all chunks, concatenated [T].
+    pub ids: Vec<i32>,
+    /// Absolute position of each token [T].
+    pub pos: Vec<i32>,
+    /// Sequence s owns token rows cu_seqlens[s]..cu_seqlens[s+1] [nseq + 1].
+    pub cu_seqlens: Vec<i32>,
+    /// State slot of each sequence [nseq].
+    pub slots: Vec<i32>,
+    /// Tokens each sequence had seen before this step [nseq].
+    pub start_pos: Vec<i32>,
+    /// Keys visible to each sequence's last token after this step [nseq].
+    pub ctx_lens: Vec<i32>,
+    /// KV cache row (block * block_size + offset) of each token [T].
+    pub kv_loc: Vec<i32>,
+    /// Physical KV blocks per sequence, padded with 0 to `bt_stride` [nseq * bt_stride].
+    pub block_tables: Vec<i32>,
+    pub bt_stride: usize,
+    /// Token rows whose logits are returned, in output order.
+    pub logit_rows: Vec<i32>,
+    /// Per chunk: how many of `logit_rows` are its own (0, 1 or its length).
+    pub logit_counts: Vec<usize>,
+}
+
+impl StepLayout {
+    pub fn new(chunks: &[SeqChunk<'_>], block_size: usize) -> Result<Self> {
+        let mut l = StepLayout { bt_stride: 1, ..Default::default() };
+        l.bt_stride = chunks.iter().map(|c| c.blocks.len()).max().unwrap_or(1).max(1);
+        l.cu_seqlens.push(0);
+        for c in chunks {
+            ensure!(!c.tokens.is_empty(), "chunk for slot {} has no tokens", c.slot);
+            let end = c.start_pos + c.tokens.len();
+            ensure!(
+                c.blocks.len() * block_size >= end,
+                "slot {}: {} KV blocks of {block_size} cannot hold {end} tokens",
+                c.slot,
+                c.blocks.len()
+            );
+            let row0 = l.ids.len();
+            for (i, &t) in c.tokens.iter().enumerate() {
+                let p = c.start_pos + i;
+                l.ids.push(t as i32);
+                l.pos.push(p as i32);
+                l.kv_loc.push((c.blocks[p / block_size] as usize * block_size + p % block_size) as i32);
+            }
+            l.cu_seqlens.push(l.ids.len() as i32);
+            l.slots.push(c.slot as i32);
+            l.start_pos.push(c.start_pos as i32);
+            l.ctx_lens.push(end as i32);
+            l.block_tables.extend(c.blocks.iter().map(|b| *b as i32));
+            l.block_tables.extend(std::iter::repeat(0).take(l.bt_stride - c.blocks.len()));
+            let rows: Vec<i32> = match c.want {
+                Want::Nothing => vec![],
+                Want::Last => vec![(l.ids.len() - 1) as i32],
+                Want::All => (row0..l.ids.len()).map(|r| r as i32).collect(),
+            };
+            l.logit_counts.push(rows.len());
+            l.logit_rows.extend(rows);
+        }
+        Ok(l)
+    }
+
+    pub fn num_tokens(&self) -> usize {
+        self.ids.len()
+    }
+    pub fn num_seqs(&self) -> usize {
+        self.slots.len()
+    }
+    /// Every sequence contributes exactly one token: the decode path (and its graphs).
+    pub fn is_decode(&self) -> bool {
+        self.num_tokens() == self.num_seqs()
+    }
+    pub fn max_seq_tokens(&self) -> usize {
+        self.cu_seqlens.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lays_out_mixed_prefill_and_decode() {
+        let (p, d) = ([5u32, 6, 7], [9u32]);
+        let (bp, bd) = ([3u32, 8], [1u32, 4, 2]);
+        let chunks = [
+            SeqChunk { slot: 2, start_pos: 3, tokens: &p, blocks: &bp, want: Want::All },
+            SeqChunk { slot: 0, start_pos: 9, tokens: &d, blocks: &bd, want: Want::Last },
+        ];
+        let l = StepLayout::new(&chunks, 4).unwrap();
+        assert_eq!(l.ids, vec![5, 6, 7, 9]);
+        assert_eq!(l.pos, vec![3, 4, 5, 9]);
+        assert_eq!(l.cu_seqlens, vec![0, 3, 4]);
+        assert_eq!(l.slots, vec![2, 0]);
+        assert_eq!(l.ctx_lens, vec![6, 10]);
+        // pos 3 -> block 3 offset 3 = 15; pos 4 -> block 8 offset 0 = 32; pos 9 -> block 2 offset 1 = 9.
+        assert_eq!(l.kv_loc, vec![15, 32, 33, 9]);
+        assert_eq!(l.bt_stride, 3);
+        assert_eq!(l.block_tables, vec![3, 8, 0, 1, 4, 2]);
+        assert_eq!(l.logit_rows, vec![0, 1, 2, 3]);
+        assert_eq!(l.logit_counts, vec![3, 1]);
+        assert!(!l.is_decode());
+        assert_eq!(l.max_seq_tokens(), 3);
+    }
+
+    #[test]
+    fn refuses_too_few_blocks() {
+        let t = [1u32, 2];
+        let c = [SeqChunk { slot: 0, start_pos: 3, tokens: &t, blocks: &[0], want: Want::Nothing }];
+        let e = StepLayout::new(&c, 4).unwrap_err().to_string();
+        assert!(e.contains("cannot hold 5 tokens"), "{e}");
+    }
+}
