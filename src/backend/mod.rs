@@ -3,6 +3,8 @@
 //! slot and KV-block bookkeeping; a backend owns the memory behind them.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod layout;
 
 use crate::config::ModelConfig;

@@ -1,0 +1,327 @@
+//! NVRTC compilation of the kiln kernels (`kernels/*.cu`, embedded in the binary) to
+//! CUBIN for one exact GPU architecture (`sm_90a` on H200, `sm_100a` on B200), with the
+//! model's dimensions as compile-time constants. Needs only libnvrtc (no GPU, no
+//! driver): `scripts/ci_nvrtc.sh` sets it up on a machine without a CUDA toolkit.
+
+use crate::config::ModelConfig;
+use anyhow::{bail, ensure, Context, Result};
+use cudarc::nvrtc::sys as nv;
+use std::ffi::{c_char, CStr, CString};
+use std::path::{Path, PathBuf};
+
+/// The architectures an engine plan can be built for.
+pub const ARCHES: &[&str] = &["sm_90a", "sm_100a"];
+
+/// SHA-256 of the kernel sources (computed by build.rs); goes into the plan header.
+pub const KERNEL_SOURCE_HASH: &str = env!("KILN_KERNEL_HASH");
+
+/// The shared header every kernel source includes.
+pub const HEADER: (&str, &str) = ("common.cuh", include_str!("../../../kernels/common.cuh"));
+
+/// Kernel sources, one CUDA module each: (module name, source).
+pub const SOURCES: &[(&str, &str)] = &[
+    ("norm", include_str!("../../../kernels/norm.cu")),
+    ("gemm", include_str!("../../../kernels/gemm.cu")),
+    ("conv", include_str!("../../../kernels/conv.cu")),
+    ("gdn_decode", include_str!("../../../kernels/gdn_decode.cu")),
+    ("gdn_prefill", include_str!("../../../kernels/gdn_prefill.cu")),
+    ("rope_kv", include_str!("../../../kernels/rope_kv.cu")),
+    ("attn_prefill", include_str!("../../../kernels/attn_prefill.cu")),
+    ("attn_decode", include_str!("../../../kernels/attn_decode.cu")),
+    ("elementwise", include_str!("../../../kernels/elementwise.cu")),
+];
+
+/// The model dimensions the kernels are specialised for (passed as `-D` defines).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct KernelDims {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub vocab: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rotary_dim: usize,
+    pub rope_theta: f64,
+    pub lin_num_k_heads: usize,
+    pub lin_num_v_heads: usize,
+    pub lin_k_dim: usize,
+    pub lin_v_dim: usize,
+    pub conv_kernel: usize,
+    pub rms_eps: f64,
+}
+
+impl KernelDims {
+    pub fn from_config(c: &ModelConfig) -> Self {
+        KernelDims {
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            vocab: c.vocab_size,
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            rotary_dim: c.rotary_dim,
+            rope_theta: c.rope_theta,
+            lin_num_k_heads: c.linear_num_key_heads,
+            lin_num_v_heads: c.linear_num_value_heads,
+            lin_k_dim: c.linear_key_head_dim,
+            lin_v_dim: c.linear_value_head_dim,
+            conv_kernel: c.conv_kernel,
+            rms_eps: c.rms_norm_eps,
+        }
+    }
+
+    /// Qwen3.5-4B's text model.
+    pub fn qwen3_5_4b() -> Self {
+        KernelDims {
+            hidden: 2560,
+            intermediate: 9216,
+            vocab: 248320,
+            num_heads: 16,
+            num_kv_heads: 4,
+            head_dim: 256,
+            rotary_dim: 64,
+            rope_theta: 1e7,
+            lin_num_k_heads: 16,
+            lin_num_v_heads: 32,
+            lin_k_dim: 128,
+            lin_v_dim: 128,
+            conv_kernel: 4,
+            rms_eps: 1e-6,
+        }
+    }
+
+    /// Gated DeltaNet conv/qkv channels: q | k | v.
+    pub fn conv_dim(&self) -> usize {
+        2 * self.lin_num_k_heads * self.lin_k_dim + self.lin_num_v_heads * self.lin_v_dim
+    }
+
+    /// What the kernels assume of the dimensions; an error names the first violation.
+    pub fn validate(&self) -> Result<()> {
+        let d = self;
+        let g = d.num_heads / d.num_kv_heads.max(1);
+        let checks: [(bool, &str); 12] = [
+            (d.hidden > 0 && d.hidden % 8 == 0, "hidden_size must be a positive multiple of 8"),
+            (d.intermediate % 8 == 0, "intermediate_size must be a multiple of 8"),
+            (d.num_kv_heads > 0 && d.num_heads % d.num_kv_heads == 0, "num_heads must be a multiple of num_kv_heads"),
+            (matches!(g, 1 | 2 | 4 | 8), "the GQA group (num_heads / num_kv_heads) must be 1, 2, 4 or 8"),
+            (d.head_dim % 32 == 0 && d.head_dim > 0 && d.head_dim <= 256, "head_dim must be a multiple of 32, at most 256"),
+            (d.rotary_dim % 2 == 0 && d.rotary_dim <= d.head_dim, "rotary_dim must be even and at most head_dim"),
+            (d.lin_num_k_heads > 0 && d.lin_num_v_heads % d.lin_num_k_heads == 0, "linear value heads must be a multiple of key heads"),
+            (d.lin_k_dim % 16 == 0 && d.lin_k_dim > 0, "linear_key_head_dim must be a positive multiple of 16"),
+            (d.lin_v_dim % 32 == 0 && d.lin_v_dim > 0 && d.lin_v_dim <= 256, "linear_value_head_dim must be a multiple of 32, at most 256"),
+            ((2..=8).contains(&d.conv_kernel), "linear_conv_kernel_dim must be between 2 and 8"),
+            (d.vocab > 0 && d.vocab < i32::MAX as usize, "vocab_size out of range"),
+            (d.rms_eps > 0.0 && d.rope_theta > 0.0, "rms_norm_eps and rope_theta must be positive"),
+        ];
+        for (ok, what) in checks {
+            ensure!(ok, "kernel dimensions: {what} ({d:?})");
+        }
+        Ok(())
+    }
+
+    /// The `-D` defines of this shape.
+    pub fn defines(&self) -> Vec<String> {
+        let d = self;
+        vec![
+            format!("-DHIDDEN={}", d.hidden),
+            format!("-DINTER={}", d.intermediate),
+            format!("-DVOCAB={}", d.vocab),
+            format!("-DNUM_HEADS={}", d.num_heads),
+            format!("-DNUM_KV_HEADS={}", d.num_kv_heads),
+            format!("-DHEAD_DIM={}", d.head_dim),
+            format!("-DROTARY_DIM={}", d.rotary_dim),
+            format!("-DROPE_THETA={:e}", d.rope_theta),
+            format!("-DLIN_NK={}", d.lin_num_k_heads),
+            format!("-DLIN_NV={}", d.lin_num_v_heads),
+            format!("-DLIN_DK={}", d.lin_k_dim),
+            format!("-DLIN_DV={}", d.lin_v_dim),
+            format!("-DCONV_K={}", d.conv_kernel),
+            format!("-DRMS_EPS={:e}f", d.rms_eps as f32),
+        ]
+    }
+}
+
+/// One compiled kernel module.
+#[derive(Clone, Debug)]
+pub struct CompiledModule {
+    pub name: String,
+    pub cubin: Vec<u8>,
+}
+
+/// Whether libnvrtc can be loaded (it is found through the library search path, e.g.
+/// LD_LIBRARY_PATH; `scripts/ci_nvrtc.sh` prints the setting).
+pub fn nvrtc_available() -> bool {
+    unsafe { nv::is_culib_present() }
+}
+
+/// NVRTC's (major, minor) version.
+pub fn nvrtc_version() -> Result<(i32, i32)> {
+    ensure!(nvrtc_available(), "NVRTC not found: libnvrtc is not on the library search path (see scripts/ci_nvrtc.sh)");
+    let (mut major, mut minor) = (0, 0);
+    unsafe { nv::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(|e| anyhow::anyhow!("nvrtcVersion: {e:?}"))?;
+    Ok((major, minor))
+}
+
+fn has_bf16_header(dir: &Path) -> bool {
+    dir.join("cuda_bf16.h").is_file()
+}
+
+/// The CUDA include folder holding cuda_bf16.h: env KILN_CUDA_INCLUDE, else
+/// /usr/local/cuda/include (or $CUDA_HOME/include), else the pip wheel's
+/// `nvidia/cu13/include` inside the venv named by KILN_NVRTC_VENV or VIRTUAL_ENV, else
+/// the venv scripts/ci_nvrtc.sh makes (target/venv-nvrtc).
+pub fn find_cuda_include() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_CUDA_INCLUDE") {
+        let p = PathBuf::from(p);
+        if has_bf16_header(&p) {
+            return Some(p);
+        }
+    }
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(p) = std::env::var_os(var) {
+            roots.push(PathBuf::from(p).join("include"));
+        }
+    }
+    roots.push(PathBuf::from("/usr/local/cuda/include"));
+    if let Some(p) = roots.into_iter().find(|p| has_bf16_header(p)) {
+        return Some(p);
+    }
+    let mut venvs: Vec<PathBuf> = ["KILN_NVRTC_VENV", "VIRTUAL_ENV"]
+        .iter()
+        .filter_map(|v| std::env::var_os(v).map(PathBuf::from))
+        .collect();
+    venvs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv-nvrtc"));
+    for venv in venvs {
+        let Ok(rd) = std::fs::read_dir(venv.join("lib")) else { continue };
+        for e in rd.flatten() {
+            let inc = e.path().join("site-packages/nvidia/cu13/include");
+            if has_bf16_header(&inc) {
+                return Some(inc);
+            }
+        }
+    }
+    None
+}
+
+/// The architecture to compile for on a device of this compute capability.
+pub fn arch_for_compute_capability(major: i32, minor: i32) -> Option<&'static str> {
+    match (major, minor) {
+        (9, 0) => Some("sm_90a"),
+        (10, 0) => Some("sm_100a"),
+        _ => None,
+    }
+}
+
+fn check_arch(arch: &str) -> Result<()> {
+    let ok = arch
+        .strip_prefix("sm_")
+        .map(|r| {
+            let digits = r.strip_suffix('a').unwrap_or(r);
+            !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
+        })
+        .unwrap_or(false);
+    ensure!(ok, "unknown GPU architecture `{arch}` (expected e.g. sm_90a or sm_100a)");
+    Ok(())
+}
+
+/// Compiles every kernel module for `arch` ("sm_90a", "sm_100a", ...). `include_dirs`
+/// must hold cuda_bf16.h; when empty, `find_cuda_include()` is used. Modules compile in
+/// parallel. An error names the module and carries NVRTC's log.
+pub fn compile_all(arch: &str, dims: &KernelDims, include_dirs: &[PathBuf]) -> Result<Vec<CompiledModule>> {
+    check_arch(arch)?;
+    dims.validate()?;
+    ensure!(nvrtc_available(), "NVRTC not found: libnvrtc is not on the library search path (see scripts/ci_nvrtc.sh)");
+    let mut incs: Vec<PathBuf> = include_dirs.to_vec();
+    if incs.is_empty() {
+        incs.extend(find_cuda_include());
+    }
+    ensure!(
+        incs.iter().any(|p| has_bf16_header(p)),
+        "no CUDA include folder with cuda_bf16.h found (set KILN_CUDA_INCLUDE; scripts/ci_nvrtc.sh prints it)"
+    );
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(SOURCES.len());
+    let mut out: Vec<Option<Result<CompiledModule>>> = (0..SOURCES.len()).map(|_| None).collect();
+    std::thread::scope(|sc| {
+        let chunks: Vec<Vec<usize>> = (0..threads).map(|t| (t..SOURCES.len()).step_by(threads).collect()).collect();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|idx| {
+                let incs = &incs;
+                sc.spawn(move || {
+                    idx.into_iter()
+                        .map(|i| (i, compile_module(SOURCES[i].0, SOURCES[i].1, arch, dims, incs)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for (i, r) in h.join().expect("NVRTC compile thread panicked") {
+                out[i] = Some(r);
+            }
+        }
+    });
+    out.into_iter().map(|r| r.expect("every module compiled")).collect()
+}
+
+/// Compiles one module (`src` may `#include "common.cuh"`) to a CUBIN for `arch`.
+pub fn compile_module(name: &str, src: &str, arch: &str, dims: &KernelDims, include_dirs: &[PathBuf]) -> Result<CompiledModule> {
+    check_arch(arch)?;
+    let c = |s: &str| CString::new(s).context("NUL byte in a kernel source or option");
+    let src_c = c(src)?;
+    let name_c = c(&format!("{name}.cu"))?;
+    let hdr_src = c(HEADER.1)?;
+    let hdr_name = c(HEADER.0)?;
+    let headers = [hdr_src.as_ptr()];
+    let header_names = [hdr_name.as_ptr()];
+    let mut opts: Vec<String> = vec![format!("--gpu-architecture={arch}"), "-std=c++17".into()];
+    opts.extend(include_dirs.iter().map(|p| format!("--include-path={}", p.display())));
+    opts.extend(dims.defines());
+    let opts_c: Vec<CString> = opts.iter().map(|o| c(o)).collect::<Result<_>>()?;
+    let opt_ptrs: Vec<*const c_char> = opts_c.iter().map(|o| o.as_ptr()).collect();
+
+    unsafe {
+        let mut prog: nv::nvrtcProgram = std::ptr::null_mut();
+        nv::nvrtcCreateProgram(&mut prog, src_c.as_ptr(), name_c.as_ptr(), 1, headers.as_ptr(), header_names.as_ptr())
+            .result()
+            .map_err(|e| anyhow::anyhow!("kernel module `{name}`: nvrtcCreateProgram failed: {e:?}"))?;
+        let res = nv::nvrtcCompileProgram(prog, opt_ptrs.len() as i32, opt_ptrs.as_ptr());
+        let log = program_log(prog);
+        let out = if res != nv::nvrtcResult::NVRTC_SUCCESS {
+            Err(anyhow::anyhow!(
+                "kernel module `{name}` does not compile for {arch} ({res:?}); NVRTC log:\n{}",
+                log.trim_end()
+            ))
+        } else {
+            cubin(prog).map_err(|e| anyhow::anyhow!("kernel module `{name}` for {arch}: {e}"))
+        };
+        let _ = nv::nvrtcDestroyProgram(&mut prog);
+        Ok(CompiledModule { name: name.to_string(), cubin: out? })
+    }
+}
+
+unsafe fn program_log(prog: nv::nvrtcProgram) -> String {
+    let mut n = 0usize;
+    if nv::nvrtcGetProgramLogSize(prog, &mut n) != nv::nvrtcResult::NVRTC_SUCCESS || n == 0 {
+        return String::new();
+    }
+    let mut buf = vec![0 as c_char; n];
+    if nv::nvrtcGetProgramLog(prog, buf.as_mut_ptr()) != nv::nvrtcResult::NVRTC_SUCCESS {
+        return String::new();
+    }
+    CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+}
+
+unsafe fn cubin(prog: nv::nvrtcProgram) -> Result<Vec<u8>> {
+    let mut n = 0usize;
+    let r = nv::nvrtcGetCUBINSize(prog, &mut n);
+    if r != nv::nvrtcResult::NVRTC_SUCCESS || n == 0 {
+        bail!("nvrtcGetCUBINSize: {r:?} (size {n}); was a real architecture (sm_XX) given?");
+    }
+    let mut buf = vec![0u8; n];
+    let r = nv::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char);
+    ensure!(r == nv::nvrtcResult::NVRTC_SUCCESS, "nvrtcGetCUBIN: {r:?}");
+    Ok(buf)
+}

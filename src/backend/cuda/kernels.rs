@@ -1,0 +1,221 @@
+//! Typed launchers for the kiln CUDA kernels (see docs/kernels.md and the header of each
+//! `kernels/*.cu` for layouts).
+//!
+//! - Arguments are raw device pointers (`DevPtr`, a CUdeviceptr) into buffers the caller
+//!   owns; launchers allocate nothing on the device and never synchronise, so every
+//!   launch can be captured into a CUDA graph on the given stream.
+//! - The caller's thread must have the context current (`ctx.bind_to_thread()`); cudarc's
+//!   own calls (allocation, copies, module loading) do that themselves.
+//! - Grid and block shapes are computed here; a launch with no work (M = 0, ...) is
+//!   skipped.
+
+mod attention;
+mod gdn;
+mod gemm;
+mod misc;
+
+pub use attention::{AttnDecode, AttnPrefill, QkNormRope};
+pub use gdn::{Conv1d, GdnDecode, GdnPrefill};
+pub use gemm::{GemmPlan, GemmScratch};
+
+use super::compile::{self, CompiledModule, KernelDims};
+use anyhow::{anyhow, ensure, Context, Result};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// A device address (CUdeviceptr). 0 is null (optional arguments).
+pub type DevPtr = u64;
+pub const NULL: DevPtr = 0;
+
+/// Element type of an activation buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    BF16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::BF16 => 2,
+        }
+    }
+    fn idx(self) -> usize {
+        match self {
+            DType::F32 => 0,
+            DType::BF16 => 1,
+        }
+    }
+    pub fn suffix(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+        }
+    }
+}
+
+/// A row-major matrix view: `ptr` to element (0, 0), `ld` elements between rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mat {
+    pub ptr: DevPtr,
+    pub ld: usize,
+    pub dtype: DType,
+}
+
+impl Mat {
+    pub fn f32(ptr: DevPtr, ld: usize) -> Self {
+        Mat { ptr, ld, dtype: DType::F32 }
+    }
+    pub fn bf16(ptr: DevPtr, ld: usize) -> Self {
+        Mat { ptr, ld, dtype: DType::BF16 }
+    }
+    /// The same rows starting `cols` columns to the right.
+    pub fn cols(self, cols: usize) -> Self {
+        Mat { ptr: self.ptr + (cols * self.dtype.size()) as u64, ..self }
+    }
+}
+
+/// Pointers to typed locals, as cuLaunchKernel wants its parameters.
+macro_rules! params {
+    ($($x:ident),* $(,)?) => { [$( &$x as *const _ as *mut ::std::ffi::c_void ),*] };
+}
+pub(crate) use params;
+
+pub(crate) fn int(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| anyhow!("{what} = {v} does not fit a 32-bit int"))
+}
+
+/// Dynamic shared memory of kiln_attn_prefill (mirrors AP_SMEM_BYTES in attn_prefill.cu).
+pub(crate) fn attn_prefill_smem(head_dim: usize) -> usize {
+    64 * head_dim * 4 + 32 * (head_dim + 8) * 2 + 32 * head_dim * 2 + 8 * 8 * 32 * 4
+}
+
+/// Every kernel function, loaded from the compiled modules.
+pub struct Kernels {
+    pub(crate) dims: KernelDims,
+    pub(crate) num_sms: u32,
+    funcs: HashMap<String, CudaFunction>,
+    _modules: Vec<Arc<CudaModule>>,
+}
+
+impl Kernels {
+    /// Loads compiled modules (all of `compile::SOURCES`) into `ctx`.
+    pub fn load(ctx: &Arc<CudaContext>, modules: &[CompiledModule], dims: &KernelDims) -> Result<Self> {
+        dims.validate()?;
+        let mut funcs = HashMap::new();
+        let mut loaded = Vec::new();
+        for (name, _) in compile::SOURCES {
+            let m = modules
+                .iter()
+                .find(|m| m.name == *name)
+                .with_context(|| format!("kernel module `{name}` missing from the compiled set"))?;
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(m.cubin.clone()))
+                .map_err(|e| anyhow!("loading kernel module `{name}`: {e:?} (built for another GPU architecture?)"))?;
+            for f in function_names(name) {
+                let func = module
+                    .load_function(&f)
+                    .map_err(|e| anyhow!("kernel `{f}` not found in module `{name}`: {e:?}"))?;
+                funcs.insert(f, func);
+            }
+            loaded.push(module);
+        }
+        let smem = attn_prefill_smem(dims.head_dim) as i32;
+        funcs["kiln_attn_prefill"]
+            .set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)
+            .map_err(|e| anyhow!("raising kiln_attn_prefill's shared memory to {smem} bytes: {e:?}"))?;
+        let num_sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| anyhow!("reading the multiprocessor count: {e:?}"))? as u32;
+        Ok(Kernels { dims: dims.clone(), num_sms, funcs, _modules: loaded })
+    }
+
+    /// Compiles every kernel for the device's architecture (NVRTC) and loads it.
+    pub fn compile_and_load(ctx: &Arc<CudaContext>, dims: &KernelDims) -> Result<Self> {
+        let (major, minor) = ctx.compute_capability().map_err(|e| anyhow!("compute capability: {e:?}"))?;
+        let arch = compile::arch_for_compute_capability(major, minor)
+            .with_context(|| format!("no kernel architecture for compute capability {major}.{minor}"))?;
+        let modules = compile::compile_all(arch, dims, &[])?;
+        Self::load(ctx, &modules, dims)
+    }
+
+    pub fn dims(&self) -> &KernelDims {
+        &self.dims
+    }
+
+    pub fn num_sms(&self) -> u32 {
+        self.num_sms
+    }
+
+    /// A loaded kernel by entry-point name (panics if unknown).
+    pub fn func(&self, name: &str) -> &CudaFunction {
+        &self.funcs[name]
+    }
+
+    /// Launches `name` on `stream`. `params` point at the kernel's arguments in order.
+    pub(crate) fn launch(
+        &self,
+        name: &str,
+        stream: &CudaStream,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
+        let f = self.funcs.get(name).with_context(|| format!("unknown kernel `{name}`"))?;
+        unsafe {
+            cudarc::driver::result::launch_kernel(f.cu_function(), grid, (block, 1, 1), smem, stream.cu_stream(), params)
+        }
+        .map_err(|e| anyhow!("launching {name} (grid {grid:?}, block {block}): {e:?}"))
+    }
+}
+
+/// The entry points of one module (see the header of each .cu file).
+fn function_names(module: &str) -> Vec<String> {
+    let dt = ["f32", "bf16"];
+    let pairs = || dt.iter().flat_map(|a| dt.iter().map(move |b| format!("{a}_{b}")));
+    match module {
+        "norm" => {
+            let mut v = vec!["kiln_embed".to_string()];
+            v.extend(dt.iter().map(|d| format!("kiln_add_rmsnorm_{d}")));
+            v.extend(pairs().map(|p| format!("kiln_gated_rmsnorm_{p}")));
+            v
+        }
+        "gemm" => {
+            let mut v = Vec::new();
+            for x in dt {
+                for y in dt {
+                    for m in [8, 16, 32, 64] {
+                        v.push(format!("kiln_gemm_x{x}_y{y}_m{m}"));
+                    }
+                }
+            }
+            v
+        }
+        "conv" => dt.iter().map(|d| format!("kiln_conv1d_{d}")).collect(),
+        "gdn_decode" => pairs().map(|p| format!("kiln_gdn_decode_{p}")).collect(),
+        "gdn_prefill" => dt.iter().map(|d| format!("kiln_gdn_prefill_{d}")).collect(),
+        "rope_kv" => dt.iter().map(|d| format!("kiln_qk_norm_rope_{d}")).collect(),
+        "attn_prefill" => vec!["kiln_attn_prefill".to_string()],
+        "attn_decode" => {
+            let mut v = vec!["kiln_attn_decode_partial".to_string()];
+            v.extend(dt.iter().map(|d| format!("kiln_attn_decode_combine_{d}")));
+            v
+        }
+        "elementwise" => {
+            let mut v: Vec<String> = pairs().map(|p| format!("kiln_output_gate_{p}")).collect();
+            v.extend(pairs().map(|p| format!("kiln_silu_mul_{p}")));
+            v.extend(dt.iter().map(|d| format!("kiln_argmax_{d}")));
+            v
+        }
+        _ => Vec::new(),
+    }
+}
+
+pub(crate) fn check_aligned(p: DevPtr, bytes: u64, what: &str) -> Result<()> {
+    ensure!(p % bytes == 0, "{what}: device pointer {p:#x} is not {bytes}-byte aligned");
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! The skinny decode GEMM: y[M][N] = x[M][K] . W[N][K]^T for M = 1..64.
+
+use super::{check_aligned, int, params, DType, DevPtr, Kernels};
+use anyhow::{ensure, Result};
+use cudarc::driver::CudaStream;
+
+const NAMES: [[[&str; 4]; 2]; 2] = [
+    [
+        ["kiln_gemm_xf32_yf32_m8", "kiln_gemm_xf32_yf32_m16", "kiln_gemm_xf32_yf32_m32", "kiln_gemm_xf32_yf32_m64"],
+        ["kiln_gemm_xf32_ybf16_m8", "kiln_gemm_xf32_ybf16_m16", "kiln_gemm_xf32_ybf16_m32", "kiln_gemm_xf32_ybf16_m64"],
+    ],
+    [
+        ["kiln_gemm_xbf16_yf32_m8", "kiln_gemm_xbf16_yf32_m16", "kiln_gemm_xbf16_yf32_m32", "kiln_gemm_xbf16_yf32_m64"],
+        ["kiln_gemm_xbf16_ybf16_m8", "kiln_gemm_xbf16_ybf16_m16", "kiln_gemm_xbf16_ybf16_m32", "kiln_gemm_xbf16_ybf16_m64"],
+    ],
+];
+
+/// Largest M the skinny GEMM takes.
+pub const GEMM_MAX_M: usize = 64;
+
+/// How K is split across blocks: `splits` slices of `ks` columns (ks % 32 == 0).
+/// Depends on (N, K) and the device only, never on M, so a row's result does not
+/// depend on the batch it is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmPlan {
+    pub splits: usize,
+    pub ks: usize,
+}
+
+/// Scratch for split-K: `ws` fp32 of at least `Kernels::gemm_workspace_floats` elements,
+/// `counters` u32 of at least `Kernels::gemm_counters_len` elements, zeroed once at
+/// allocation (every launch leaves them zero). Launches that share scratch must be
+/// ordered (same stream).
+#[derive(Clone, Copy, Debug)]
+pub struct GemmScratch {
+    pub ws: DevPtr,
+    pub ws_floats: usize,
+    pub counters: DevPtr,
+    pub counters_len: usize,
+}
+
+/// Resident warps per SM the default plan aims at.
+const TARGET_WARPS_PER_SM: usize = 24;
+
+impl Kernels {
+    /// The default split of K for an N x K weight on this device.
+    pub fn gemm_plan(&self, n: usize, k: usize) -> GemmPlan {
+        Self::gemm_plan_for(self.num_sms as usize, TARGET_WARPS_PER_SM, n, k)
+    }
+
+    /// The split for `sms` multiprocessors aiming at `warps_per_sm` warps each: enough
+    /// 16-row x ks warp tiles to fill the device, each slice at least 256 columns.
+    pub fn gemm_plan_for(sms: usize, warps_per_sm: usize, n: usize, k: usize) -> GemmPlan {
+        let row_warps = n.div_ceil(16).max(1);
+        let target = (sms * warps_per_sm) as f64 / row_warps as f64;
+        let max_splits = (k / 256).max(1);
+        let s = (target.round() as usize).clamp(1, max_splits);
+        let ks = (k.div_ceil(s)).div_ceil(32) * 32;
+        GemmPlan { splits: k.div_ceil(ks).max(1), ks }
+    }
+
+    /// fp32 workspace elements a GEMM of up to `max_m` rows needs for this N x K.
+    pub fn gemm_workspace_floats(&self, max_m: usize, n: usize, k: usize) -> usize {
+        let p = self.gemm_plan(n, k);
+        if p.splits == 1 {
+            0
+        } else {
+            p.splits * max_m * n
+        }
+    }
+
+    /// Counters needed for an N-row weight (one per 64 rows).
+    pub fn gemm_counters_len(n: usize) -> usize {
+        n.div_ceil(64)
+    }
+
+    /// y[M][N] = x[M][K] . W[N][K]^T with the default plan. x (row stride K) and y (row
+    /// stride N) are fp32 or bf16; W bf16; K % 8 == 0; M <= 64.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(&self, stream: &CudaStream, w: DevPtr, x: DevPtr, x_dtype: DType, y: DevPtr, y_dtype: DType, m: usize, n: usize, k: usize, scratch: &GemmScratch) -> Result<()> {
+        let plan = self.gemm_plan(n, k);
+        self.gemm_with_plan(stream, w, x, x_dtype, y, y_dtype, m, n, k, scratch, plan)
+    }
+
+    /// `gemm` with an explicit split (for tuning).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_with_plan(
+        &self,
+        stream: &CudaStream,
+        w: DevPtr,
+        x: DevPtr,
+        x_dtype: DType,
+        y: DevPtr,
+        y_dtype: DType,
+        m: usize,
+        n: usize,
+        k: usize,
+        scratch: &GemmScratch,
+        plan: GemmPlan,
+    ) -> Result<()> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        ensure!(m <= GEMM_MAX_M, "gemm: M = {m} exceeds {GEMM_MAX_M} (use cuBLASLt for prefill)");
+        ensure!(k > 0 && k % 8 == 0, "gemm: K = {k} must be a positive multiple of 8");
+        ensure!(plan.ks % 32 == 0 && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
+        check_aligned(w, 16, "gemm W")?;
+        check_aligned(x, 16, "gemm x")?;
+        if plan.splits > 1 {
+            ensure!(scratch.ws_floats >= plan.splits * m * n, "gemm: workspace of {} floats < {} needed", scratch.ws_floats, plan.splits * m * n);
+            ensure!(scratch.counters_len >= Self::gemm_counters_len(n), "gemm: {} counters < {} needed", scratch.counters_len, Self::gemm_counters_len(n));
+        }
+        let mi = match m {
+            1..=8 => 0,
+            9..=16 => 1,
+            17..=32 => 2,
+            _ => 3,
+        };
+        let rows_per_block = if mi >= 2 { 128 } else { 64 };
+        let (ws, counters) = (scratch.ws, scratch.counters);
+        let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
+        let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
+        let grid = (n.div_ceil(rows_per_block) as u32, plan.splits as u32, 1);
+        self.launch(NAMES[x_dtype.idx()][y_dtype.idx()][mi], stream, grid, 128, 0, &mut p)
+    }
+}

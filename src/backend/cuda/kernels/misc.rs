@@ -1,0 +1,107 @@
+//! Embedding, norms and elementwise kernels.
+
+use super::{check_aligned, int, params, DType, DevPtr, Kernels, Mat, NULL};
+use anyhow::{ensure, Result};
+use cudarc::driver::CudaStream;
+
+const ADD_RMSNORM: [&str; 2] = ["kiln_add_rmsnorm_f32", "kiln_add_rmsnorm_bf16"];
+const GATED_RMSNORM: [[&str; 2]; 2] = [
+    ["kiln_gated_rmsnorm_f32_f32", "kiln_gated_rmsnorm_f32_bf16"],
+    ["kiln_gated_rmsnorm_bf16_f32", "kiln_gated_rmsnorm_bf16_bf16"],
+];
+const OUTPUT_GATE: [[&str; 2]; 2] = [
+    ["kiln_output_gate_f32_f32", "kiln_output_gate_f32_bf16"],
+    ["kiln_output_gate_bf16_f32", "kiln_output_gate_bf16_bf16"],
+];
+const SILU_MUL: [[&str; 2]; 2] = [
+    ["kiln_silu_mul_f32_f32", "kiln_silu_mul_f32_bf16"],
+    ["kiln_silu_mul_bf16_f32", "kiln_silu_mul_bf16_bf16"],
+];
+const ARGMAX: [&str; 2] = ["kiln_argmax_f32", "kiln_argmax_bf16"];
+
+impl Kernels {
+    /// out[m][..HIDDEN] (fp32) = table[ids[m]] (bf16 [VOCAB][HIDDEN]); bad ids give zeros.
+    pub fn embed(&self, stream: &CudaStream, table: DevPtr, ids: DevPtr, out: DevPtr, m: usize) -> Result<()> {
+        if m == 0 {
+            return Ok(());
+        }
+        check_aligned(table, 16, "embed table")?;
+        check_aligned(out, 32, "embed out")?;
+        let mi = int(m, "rows")?;
+        let mut p = params!(table, ids, out, mi);
+        self.launch("kiln_embed", stream, (m as u32, 1, 1), 256, 0, &mut p)
+    }
+
+    /// residual[m] += delta[m] (if given); y = rmsnorm(residual) * (1 + w) written to
+    /// `out_bf16` and/or `out_f32` ([M][HIDDEN], either may be NULL). residual is fp32
+    /// [M][HIDDEN]; w bf16 [HIDDEN].
+    pub fn add_rmsnorm(
+        &self,
+        stream: &CudaStream,
+        residual: DevPtr,
+        delta: Option<Mat>,
+        w: DevPtr,
+        out_bf16: DevPtr,
+        out_f32: DevPtr,
+        m: usize,
+    ) -> Result<()> {
+        if m == 0 {
+            return Ok(());
+        }
+        let (dp, ld, dt) = match delta {
+            Some(d) => {
+                ensure!(d.ld % 8 == 0, "add_rmsnorm: delta row stride {} must be a multiple of 8", d.ld);
+                (d.ptr, d.ld, d.dtype)
+            }
+            None => (NULL, 0, DType::F32),
+        };
+        let (ldi, mi) = (int(ld, "ld")?, int(m, "rows")?);
+        let mut p = params!(residual, dp, ldi, w, out_bf16, out_f32, mi);
+        self.launch(ADD_RMSNORM[dt.idx()], stream, (m as u32, 1, 1), 256, 0, &mut p)
+    }
+
+    /// Gated DeltaNet output norm over the prefill core output `o` (fp32 [T][NV*DV]):
+    /// out ([T][NV*DV], dtype `out_dtype`) = rmsnorm(o per head) * w * silu(z).
+    pub fn gated_rmsnorm(&self, stream: &CudaStream, o: DevPtr, z: Mat, w: DevPtr, out: DevPtr, out_dtype: DType, t: usize) -> Result<()> {
+        if t == 0 {
+            return Ok(());
+        }
+        ensure!(z.ld % 8 == 0, "gated_rmsnorm: z row stride {} must be a multiple of 8", z.ld);
+        let items = t * self.dims.lin_num_v_heads;
+        let (zp, ldz, ti) = (z.ptr, int(z.ld, "ld_z")?, int(t, "tokens")?);
+        let mut p = params!(o, zp, ldz, w, out, ti);
+        self.launch(GATED_RMSNORM[z.dtype.idx()][out_dtype.idx()], stream, (items.div_ceil(8) as u32, 1, 1), 256, 0, &mut p)
+    }
+
+    /// out[t][h*HEAD_DIM + d] = attn[t][h][d] * sigmoid(gate[t*ld + h*gate_hs + d]).
+    /// `attn` is fp32 [T][NUM_HEADS][HEAD_DIM].
+    pub fn output_gate(&self, stream: &CudaStream, attn: DevPtr, gate: Mat, gate_hs: usize, out: Mat, t: usize) -> Result<()> {
+        if t == 0 {
+            return Ok(());
+        }
+        let width = self.dims.num_heads * self.dims.head_dim;
+        let (gp, ldg, hs, op, ldo, ti) = (gate.ptr, int(gate.ld, "ld_gate")?, int(gate_hs, "gate_hs")?, out.ptr, int(out.ld, "ld_out")?, int(t, "tokens")?);
+        let mut p = params!(attn, gp, ldg, hs, op, ldo, ti);
+        self.launch(OUTPUT_GATE[gate.dtype.idx()][out.dtype.idx()], stream, (width.div_ceil(256) as u32, t as u32, 1), 256, 0, &mut p)
+    }
+
+    /// out[m][i] = silu(gu[m][i]) * gu[m][up_off + i] for i < n.
+    pub fn silu_mul(&self, stream: &CudaStream, gu: Mat, up_off: usize, out: Mat, n: usize, m: usize) -> Result<()> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let (gp, ldi, uo, op, ldo, ni, mi) = (gu.ptr, int(gu.ld, "ld_in")?, int(up_off, "up_off")?, out.ptr, int(out.ld, "ld_out")?, int(n, "n")?, int(m, "rows")?);
+        let mut p = params!(gp, ldi, uo, op, ldo, ni, mi);
+        self.launch(SILU_MUL[gu.dtype.idx()][out.dtype.idx()], stream, (n.div_ceil(256) as u32, m as u32, 1), 256, 0, &mut p)
+    }
+
+    /// out[m] (i32) = argmax of logits row m over its first n columns (first index wins ties).
+    pub fn argmax(&self, stream: &CudaStream, logits: Mat, n: usize, out: DevPtr, m: usize) -> Result<()> {
+        if m == 0 {
+            return Ok(());
+        }
+        let (lp, ld, ni, mi) = (logits.ptr, int(logits.ld, "ld")?, int(n, "n")?, int(m, "rows")?);
+        let mut p = params!(lp, ld, ni, out, mi);
+        self.launch(ARGMAX[logits.dtype.idx()], stream, (m as u32, 1, 1), 1024, 0, &mut p)
+    }
+}
