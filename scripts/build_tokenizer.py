@@ -148,7 +148,9 @@ def build_tokenizer_config(added, chat_template):
     return {
         "add_bos_token": False,
         "add_prefix_space": False,
-        "added_tokens_decoder": {str(t["id"]): added_token_entry(t) for t in added},
+        "added_tokens_decoder": {
+            str(t["id"]): {k: v for k, v in added_token_entry(t).items() if k != "id"} for t in added
+        },
         "additional_special_tokens": None,
         "bos_token": None,
         "chat_template": chat_template,
