@@ -93,6 +93,10 @@ impl ChatTemplate {
         env.add_filter("tojson", super::pyjson::tojson_filter);
         env.add_filter("string", pycompat::string_filter);
         env.add_filter("trim", pycompat::trim_filter);
+        // jinja2's `sequence` test accepts anything with len() and [] (str, list, dict)
+        env.add_test("sequence", |v: Value| {
+            matches!(v.kind(), minijinja::value::ValueKind::Seq | minijinja::value::ValueKind::String | minijinja::value::ValueKind::Map)
+        });
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", |fmt: String| super::pytime::strftime_now(&fmt));
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
@@ -221,6 +225,12 @@ mod tests {
         assert_eq!(render("{{ d|tojson(indent=2) }}", json!({"d": {"a": [1], "b": {}}})), "{\n  \"a\": [\n    1\n  ],\n  \"b\": {}\n}");
         assert_eq!(render("{{ d|tojson(ensure_ascii=true) }}", json!({"d": "é😀"})), r#""\u00e9\ud83d\ude00""#);
         assert_eq!(render("{{ '<b>' }}", json!({})), "<b>");
+    }
+
+    #[test]
+    fn jinja2_tests() {
+        let src = "{{ s is sequence }} {{ l is sequence }} {{ d is sequence }} {{ n is sequence }} {{ s is iterable }} {{ d is mapping }} {{ f is false }} {{ z is false }}";
+        assert_eq!(render(src, json!({"s": "x", "l": [1], "d": {}, "n": 1, "f": false, "z": 0})), "True True True False True True True False");
     }
 
     #[test]
