@@ -88,9 +88,6 @@ pub struct TensorEntry {
     pub shape: Vec<usize>,
     pub offset: u64,
     pub len: u64,
-    /// Stored value = 1 + checkpoint value (norms applied as (1 + w)), computed in f32.
-    #[serde(default)]
-    pub plus_one: bool,
     pub parts: Vec<TensorPart>,
 }
 

@@ -7,11 +7,13 @@
 //! - fused matrices are row concatenations of whole checkpoint matrices, each keeping
 //!   its stored row order (so a fused GEMM's output is the concatenation of the
 //!   separate outputs);
-//! - every vector (norm weights, conv taps, A_log, dt_bias) is f32;
-//! - the weights of norms applied as (1 + w) are stored with the 1 already added (in
-//!   f32, bit-identical to HF's `1.0 + w.float()`), so every RMSNorm kernel multiplies
-//!   by the stored weight; the Gated DeltaNet output norm (applied as plain w) is stored
-//!   raw.
+//! - the Gated DeltaNet conv taps are bf16 [channels, kernel];
+//! - norm weights, A_log and dt_bias are f32 (exact for bf16/f16 checkpoints; kernels
+//!   compute norms in fp32);
+//! - norm weights are stored raw, as in the checkpoint: the decoder norms
+//!   (`input_norm`, `post_attention_norm`, `norm`, `attn.q_norm`, `attn.k_norm`, the MTP
+//!   norms) are applied as (1 + w), computed in fp32 by the kernel exactly as HF's
+//!   `1.0 + w.float()`; `gdn.norm` is applied as plain w.
 
 use super::format::DType;
 use crate::config::{LayerKind, ModelConfig};
@@ -26,8 +28,6 @@ pub struct PackedSpec {
     /// Checkpoint tensors (canonical names) and the rows each gives, concatenated along
     /// dim 0 in this order.
     pub sources: Vec<(String, usize)>,
-    /// Store 1 + w (norms applied as (1 + w)).
-    pub plus_one: bool,
 }
 
 impl PackedSpec {
@@ -41,28 +41,28 @@ impl PackedSpec {
     }
 }
 
-fn spec(name: String, dtype: DType, shape: &[usize], sources: Vec<(String, usize)>, plus_one: bool) -> PackedSpec {
-    PackedSpec { name, dtype, shape: shape.to_vec(), sources, plus_one }
+fn spec(name: String, dtype: DType, shape: &[usize], sources: Vec<(String, usize)>) -> PackedSpec {
+    PackedSpec { name, dtype, shape: shape.to_vec(), sources }
 }
 
 /// A bf16 matrix: row concatenation of `sources` (name, rows).
 fn matrix(name: String, shape: &[usize], sources: Vec<(String, usize)>) -> PackedSpec {
-    spec(name, DType::Bf16, shape, sources, false)
+    spec(name, DType::Bf16, shape, sources)
 }
 
 /// A matrix with one source.
 fn matrix1(name: String, shape: &[usize], source: String) -> PackedSpec {
-    spec(name, DType::Bf16, shape, vec![(source, shape[0])], false)
+    spec(name, DType::Bf16, shape, vec![(source, shape[0])])
 }
 
-/// A norm applied as (1 + w): f32, 1 pre-added.
-fn norm1(name: String, n: usize, source: String) -> PackedSpec {
-    spec(name, DType::F32, &[n], vec![(source, n)], true)
+/// A norm weight: f32, raw w (the kernel applies (1 + w) or w, see the module doc).
+fn norm(name: String, n: usize, source: String) -> PackedSpec {
+    spec(name, DType::F32, &[n], vec![(source, n)])
 }
 
 /// An f32 vector or small table with one source.
 fn vector(name: String, shape: &[usize], source: String) -> PackedSpec {
-    spec(name, DType::F32, shape, vec![(source, shape[0])], false)
+    spec(name, DType::F32, shape, vec![(source, shape[0])])
 }
 
 /// Packed tensor names. `p` is a layer prefix: `layers.{i}` or `mtp.layers.{j}`.
@@ -140,8 +140,8 @@ fn full_attention(p: &str, src: &str, c: &ModelConfig) -> Vec<PackedSpec> {
             vec![(a("q_proj"), 2 * c.num_heads * hd), (a("k_proj"), c.num_kv_heads * hd), (a("v_proj"), c.num_kv_heads * hd)],
         ),
         matrix1(names::o(p), &[h, c.num_heads * hd], a("o_proj")),
-        norm1(names::q_norm(p), hd, a("q_norm")),
-        norm1(names::k_norm(p), hd, a("k_norm")),
+        norm(names::q_norm(p), hd, a("q_norm")),
+        norm(names::k_norm(p), hd, a("k_norm")),
     ]
 }
 
@@ -155,24 +155,24 @@ fn linear_attention(p: &str, src: &str, c: &ModelConfig) -> Vec<PackedSpec> {
         matrix(names::qkvz(p), &[qkv + vd, h], vec![(a("in_proj_qkv.weight"), qkv), (a("in_proj_z.weight"), vd)]),
         // [in_proj_b | in_proj_a], one row per value head each
         matrix(names::ba(p), &[2 * nv, h], vec![(a("in_proj_b.weight"), nv), (a("in_proj_a.weight"), nv)]),
-        // [channels, kernel]: the stored [channels, 1, kernel] without its singleton dim
-        vector(names::conv(p), &[qkv, c.conv_kernel], a("conv1d.weight")),
+        // bf16 [channels, kernel]: the stored [channels, 1, kernel] without its singleton dim
+        matrix1(names::conv(p), &[qkv, c.conv_kernel], a("conv1d.weight")),
         vector(names::a_log(p), &[nv], a("A_log")),
         vector(names::dt_bias(p), &[nv], a("dt_bias")),
-        // applied as plain w (not 1 + w): stored raw
-        vector(names::gdn_norm(p), &[c.linear_value_head_dim], a("norm.weight")),
+        // applied as plain w (not 1 + w)
+        norm(names::gdn_norm(p), c.linear_value_head_dim, a("norm.weight")),
         matrix1(names::gdn_out(p), &[h, vd], a("out_proj.weight")),
     ]
 }
 
 fn layer(p: &str, src: &str, kind: LayerKind, c: &ModelConfig) -> Vec<PackedSpec> {
     let (h, i) = (c.hidden_size, c.intermediate_size);
-    let mut out = vec![norm1(names::input_norm(p), h, format!("{src}.input_layernorm.weight"))];
+    let mut out = vec![norm(names::input_norm(p), h, format!("{src}.input_layernorm.weight"))];
     out.extend(match kind {
         LayerKind::Linear => linear_attention(p, src, c),
         LayerKind::Full => full_attention(p, src, c),
     });
-    out.push(norm1(names::post_attention_norm(p), h, format!("{src}.post_attention_layernorm.weight")));
+    out.push(norm(names::post_attention_norm(p), h, format!("{src}.post_attention_layernorm.weight")));
     out.push(matrix(
         names::gate_up(p),
         &[2 * i, h],
@@ -191,20 +191,20 @@ pub fn packed_specs(c: &ModelConfig, lm_head: bool, mtp: bool) -> Vec<PackedSpec
         let p = names::layer(i);
         out.extend(layer(&p, &p, *kind, c));
     }
-    out.push(norm1(names::NORM.into(), h, "norm.weight".into()));
+    out.push(norm(names::NORM.into(), h, "norm.weight".into()));
     if lm_head {
         out.push(matrix1(names::LM_HEAD.into(), &[v, h], "lm_head.weight".into()));
     }
     if mtp {
-        out.push(norm1(names::MTP_PRE_FC_NORM_EMBEDDING.into(), h, "mtp.pre_fc_norm_embedding.weight".into()));
-        out.push(norm1(names::MTP_PRE_FC_NORM_HIDDEN.into(), h, "mtp.pre_fc_norm_hidden.weight".into()));
+        out.push(norm(names::MTP_PRE_FC_NORM_EMBEDDING.into(), h, "mtp.pre_fc_norm_embedding.weight".into()));
+        out.push(norm(names::MTP_PRE_FC_NORM_HIDDEN.into(), h, "mtp.pre_fc_norm_hidden.weight".into()));
         // [hidden, 2 * hidden]: input is concat(norm_embedding(embed), norm_hidden(hidden)) as stored
         out.push(matrix1(names::MTP_FC.into(), &[h, 2 * h], "mtp.fc.weight".into()));
         for j in 0..c.mtp_num_layers {
             let p = names::mtp_layer(j);
             out.extend(layer(&p, &p, LayerKind::Full, c));
         }
-        out.push(norm1(names::MTP_NORM.into(), h, "mtp.norm.weight".into()));
+        out.push(norm(names::MTP_NORM.into(), h, "mtp.norm.weight".into()));
     }
     out
 }

@@ -115,22 +115,21 @@ fn read_f32(dtype: Dtype, b: &[u8], i: usize) -> f32 {
     }
 }
 
-/// Converts `src` (of `dtype`, `n` elements) to `to`, adding 1 when `plus_one`, into `out`.
-fn convert(dtype: Dtype, src: &[u8], n: usize, to: DType, plus_one: bool, out: &mut Vec<u8>) {
+/// Converts `src` (of `dtype`, `n` elements) to `to` into `out`.
+fn convert(dtype: Dtype, src: &[u8], n: usize, to: DType, out: &mut Vec<u8>) {
     out.clear();
     out.reserve(n * to.size());
-    let add = if plus_one { 1.0f32 } else { 0.0 };
     match to {
         DType::Bf16 => {
             for i in 0..n {
                 // f32 -> bf16 rounds to nearest, ties to even (half's from_f32).
-                let v = half::bf16::from_f32(read_f32(dtype, src, i) + add);
+                let v = half::bf16::from_f32(read_f32(dtype, src, i));
                 out.extend_from_slice(&v.to_bits().to_le_bytes());
             }
         }
         DType::F32 => {
             for i in 0..n {
-                out.extend_from_slice(&(read_f32(dtype, src, i) + add).to_le_bytes());
+                out.extend_from_slice(&read_f32(dtype, src, i).to_le_bytes());
             }
         }
     }
@@ -155,14 +154,14 @@ pub fn write_packed(
             other => bail!("tensor `{}`: dtype {other:?} is not supported", info.stored_name),
         };
         let n = bytes.len() / esize;
-        let direct = info.dtype == Dtype::BF16 && spec.dtype == DType::Bf16 && !spec.plus_one;
+        let direct = info.dtype == Dtype::BF16 && spec.dtype == DType::Bf16;
         for start in (0..n).step_by(CHUNK_ELEMS) {
             let m = CHUNK_ELEMS.min(n - start);
             let chunk = &bytes[start * esize..(start + m) * esize];
             let data: &[u8] = if direct {
                 chunk
             } else {
-                convert(info.dtype, chunk, m, spec.dtype, spec.plus_one, &mut buf);
+                convert(info.dtype, chunk, m, spec.dtype, &mut buf);
                 &buf
             };
             out.write_all(data).with_context(|| format!("writing packed tensor `{}`", spec.name))?;

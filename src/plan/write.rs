@@ -78,7 +78,6 @@ pub fn make_header(
             shape: s.shape.clone(),
             offset: pos,
             len,
-            plus_one: s.plus_one,
             parts,
         });
         pos = align_up(pos + len, ALIGN);

@@ -1,0 +1,154 @@
+//! A tiny random Qwen3.5 checkpoint directory (config.json, tokenizer.json,
+//! model.safetensors) for the plan tests, and a plan built from it without kernels.
+#![allow(dead_code)]
+
+use kiln::checkpoint::{expected_tensors, Checkpoint};
+use kiln::config::ModelConfig;
+use kiln::plan::{plan_packing, write_plan, Arch, BuildInfo, KernelImage, Limits, PlanHeader};
+use rand::{Rng, SeedableRng};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub struct Opts {
+    /// `model.language_model.` (official) or `model.` (text-only).
+    pub prefix: &'static str,
+    pub tie: bool,
+    pub mtp: bool,
+    /// Dtype for each tensor by canonical name (default bf16).
+    pub dtype: fn(&str) -> Dtype,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts { prefix: "model.language_model.", tie: true, mtp: true, dtype: |_| Dtype::BF16 }
+    }
+}
+
+/// The official config.json shape (model_type qwen3_5, text settings in text_config) at
+/// toy size: 4 layers (3 linear + 1 full), hidden 32.
+pub fn config_json(o: &Opts) -> serde_json::Value {
+    json!({
+        "model_type": "qwen3_5",
+        "tie_word_embeddings": o.tie,
+        "text_config": {
+            "model_type": "qwen3_5_text",
+            "hidden_size": 32,
+            "intermediate_size": 48,
+            "num_hidden_layers": 4,
+            "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+            "vocab_size": 40,
+            "rms_norm_eps": 1e-6,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25},
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,
+            "linear_key_head_dim": 8,
+            "linear_value_head_dim": 8,
+            "linear_conv_kernel_dim": 4,
+            "mtp_num_hidden_layers": if o.mtp { 1 } else { 0 },
+            "hidden_act": "silu",
+            "attn_output_gate": true,
+            "eos_token_id": 39
+        }
+    })
+}
+
+/// Canonical name -> (shape, f32 values as written, dtype written).
+pub type Stored = HashMap<String, (Vec<usize>, Vec<f32>, Dtype)>;
+
+fn encode(v: &[f32], dt: Dtype) -> Vec<u8> {
+    match dt {
+        Dtype::BF16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes()).collect(),
+        Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_bits().to_le_bytes()).collect(),
+        Dtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        _ => unreachable!(),
+    }
+}
+
+fn decode(v: &[f32], dt: Dtype) -> Vec<f32> {
+    match dt {
+        Dtype::BF16 => v.iter().map(|x| half::bf16::from_f32(*x).to_f32()).collect(),
+        Dtype::F16 => v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect(),
+        _ => v.to_vec(),
+    }
+}
+
+/// Writes the checkpoint directory; returns the config and what each tensor holds
+/// (values after the round trip through its stored dtype).
+pub fn write_model(dir: &Path, o: &Opts, seed: u64) -> (ModelConfig, Stored) {
+    let cfg_json = config_json(o);
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg_json).unwrap()).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), format!("{{\"model\": \"toy tokenizer {seed}\"}}")).unwrap();
+    let cfg = ModelConfig::from_json(&cfg_json).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut stored = Stored::new();
+    let mut files: Vec<(String, Vec<usize>, Vec<u8>, Dtype)> = Vec::new();
+    for s in expected_tensors(&cfg) {
+        if s.name == "lm_head.weight" && o.tie {
+            continue;
+        }
+        if s.name.starts_with("mtp.") && !o.mtp {
+            continue;
+        }
+        let n: usize = s.shape.iter().product();
+        let vals: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+        let dt = (o.dtype)(&s.name);
+        let file_name = if s.name.starts_with("mtp.") || s.name == "lm_head.weight" {
+            s.name.clone()
+        } else {
+            format!("{}{}", o.prefix, s.name)
+        };
+        files.push((file_name, s.shape.clone(), encode(&vals, dt), dt));
+        stored.insert(s.name.clone(), (s.shape.clone(), decode(&vals, dt), dt));
+    }
+    // A vision tensor the loader skips.
+    files.push(("model.visual.patch_embed.proj.weight".into(), vec![2, 2], vec![0u8; 8], Dtype::BF16));
+    let views: HashMap<String, TensorView> = files
+        .iter()
+        .map(|(n, s, b, dt)| (n.clone(), TensorView::new(*dt, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(&views, &None, &dir.join("model.safetensors")).unwrap();
+    (cfg, stored)
+}
+
+pub fn build_info(model: &Path, arch: Option<Arch>) -> BuildInfo {
+    BuildInfo {
+        builder_version: "plan tests".into(),
+        arch,
+        tokenizer_hash: kiln::plan::tokenizer_hash(&model.join("tokenizer.json")).unwrap(),
+        limits: Limits { max_context: 4096, max_batch: 8 },
+        source: model.display().to_string(),
+    }
+}
+
+/// Packs the model in `model` into `out` (no kernels unless given).
+pub fn build_plan(model: &Path, out: &Path, arch: Option<Arch>, kernels: &[KernelImage]) -> PlanHeader {
+    let cfg = ModelConfig::from_file(&model.join("config.json")).unwrap();
+    let ck = Checkpoint::open(model).unwrap();
+    let packing = plan_packing(&ck, &cfg).unwrap();
+    write_plan(out, &ck, &cfg, &packing, &build_info(model, arch), kernels, &mut |_, _| {}).unwrap()
+}
+
+/// A model dir and a plan built from it, in one temp dir.
+pub struct Built {
+    pub tmp: tempfile::TempDir,
+    pub model: PathBuf,
+    pub plan: PathBuf,
+    pub cfg: ModelConfig,
+    pub stored: Stored,
+}
+
+pub fn built(o: &Opts, arch: Option<Arch>, kernels: &[KernelImage]) -> Built {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let (cfg, stored) = write_model(&model, o, 7);
+    let plan = tmp.path().join("engines").join("toy.plan");
+    build_plan(&model, &plan, arch, kernels);
+    Built { tmp, model, plan, cfg, stored }
+}
