@@ -12,3 +12,4 @@ pub mod plan;
 pub mod tokenizer;
 pub mod sampling;
 pub mod scheduler;
+pub mod server;

@@ -1,7 +1,7 @@
 //! Token sampling on CPU logits: penalties, greedy, temperature, top-k, top-p, min-p,
 //! seeded per-request RNG, and log-probabilities.
 //!
-//! Order (as SGLang applies it): penalties on the raw logits (repetition, frequency,
+//! Order (as SGLang applies it): logit_bias, penalties on the raw logits (repetition, frequency,
 //! presence; output tokens only), minimum-length bans, padding-row mask (ids at or above
 //! the tokenizer's vocabulary), then either argmax (greedy: temperature below 1e-6 or
 //! top_k == 1; first index wins ties) or softmax(logits / temperature) filtered by top-k,
@@ -29,6 +29,8 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     /// Per-request RNG seed; `None` draws one from the OS.
     pub seed: Option<u64>,
+    /// Added to the logits of these ids before anything else.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -42,6 +44,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
             seed: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -54,7 +57,10 @@ impl SamplingParams {
         self.temperature < GREEDY_EPS || self.top_k == 1
     }
     fn has_penalties(&self) -> bool {
-        self.repetition_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0
+        self.repetition_penalty != 1.0
+            || self.frequency_penalty != 0.0
+            || self.presence_penalty != 0.0
+            || !self.logit_bias.is_empty()
     }
 }
 
@@ -153,6 +159,11 @@ impl Sampler {
 
     fn apply_penalties(&self, logits: &mut [f32]) {
         let p = &self.params;
+        for &(tok, b) in &p.logit_bias {
+            if let Some(x) = logits.get_mut(tok as usize) {
+                *x += b;
+            }
+        }
         for (&tok, &n) in &self.counts {
             let Some(x) = logits.get_mut(tok as usize) else { continue };
             if p.repetition_penalty != 1.0 {

@@ -1,0 +1,235 @@
+//! The HTTP server: SGLang's native API and the OpenAI-compatible API over the scheduler.
+//! Handlers validate, tokenize and talk to the scheduler through tickets; they never
+//! touch the device. See `shared/docs/sglang-api.md` for the contract.
+//!
+//! Files: `mod.rs` (this: state, app, start/stop, auth), `errors.rs`, `validate.rs`,
+//! `exec.rs` (submit/collect), `sse.rs`, `native.rs` (`/generate`), `openai.rs`
+//! (`/v1/completions`, `/v1/chat/completions`), `chat.rs` (chat request -> prompt),
+//! `admin.rs` (health, info, abort, flush, tokenize), `metrics.rs` (Prometheus).
+
+mod admin;
+mod chat;
+pub mod errors;
+mod exec;
+mod metrics;
+mod native;
+mod openai;
+mod sse;
+pub mod validate;
+
+pub use validate::SamplingDefaults;
+
+use crate::scheduler::{Codec, GenRequest, SchedulerHandle, StopConfig};
+use actix_web::body::{BoxBody, EitherBody};
+use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde_json::{json, Map, Value};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Server settings (from the command line).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Id shown by `/v1/models`.
+    pub served_model_name: String,
+    pub model_path: String,
+    pub tokenizer_path: String,
+    pub api_key: Option<String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Chat sampling defaults from generation_config.json.
+    pub chat_defaults: SamplingDefaults,
+    /// How long in-flight requests may run after SIGTERM before they are aborted.
+    pub shutdown_grace: Duration,
+    pub workers: usize,
+    /// Every server flag, for `/get_server_info`.
+    pub server_args: Map<String, Value>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            served_model_name: "default".into(),
+            model_path: "default".into(),
+            tokenizer_path: "default".into(),
+            api_key: None,
+            max_body_bytes: 32 << 20,
+            chat_defaults: SamplingDefaults::default(),
+            shutdown_grace: Duration::from_secs(20),
+            workers: 2,
+            server_args: Map::new(),
+        }
+    }
+}
+
+/// Shared by all handlers.
+pub struct AppState {
+    pub cfg: ServerConfig,
+    pub sched: SchedulerHandle,
+    pub codec: Arc<dyn Codec>,
+    ready: AtomicBool,
+    shutting_down: AtomicBool,
+    pub created: u64,
+    pub started: Instant,
+    pub http: metrics::HttpCounters,
+}
+
+pub type State = web::Data<AppState>;
+
+pub fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+impl AppState {
+    pub fn new(cfg: ServerConfig, sched: SchedulerHandle, codec: Arc<dyn Codec>) -> Arc<Self> {
+        Arc::new(AppState {
+            cfg,
+            sched,
+            codec,
+            ready: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            created: unix_now() as u64,
+            started: Instant::now(),
+            http: metrics::HttpCounters::default(),
+        })
+    }
+    pub fn context_len(&self) -> usize {
+        self.sched.info().config.context_len
+    }
+    pub fn vocab(&self) -> usize {
+        self.sched.info().vocab_limit
+    }
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed) && !self.shutting_down.load(Relaxed) && self.sched.is_alive()
+    }
+    pub fn set_ready(&self) {
+        self.ready.store(true, Relaxed);
+    }
+
+    /// One short greedy request through the whole stack (tokenizer, scheduler, backend).
+    /// Blocking; call before serving.
+    pub fn warm_up(&self) -> anyhow::Result<()> {
+        let prompt = self.codec.encode("The capital city of France is", false)?;
+        let stop = StopConfig { max_new_tokens: 8, ..Default::default() };
+        let req = GenRequest::new("WARMUP", prompt, crate::sampling::SamplingParams::greedy(), stop);
+        let mut t = self.sched.submit(req)?;
+        loop {
+            let o = t.blocking_recv().ok_or_else(|| anyhow::anyhow!("the scheduler stopped during warm-up"))?;
+            match o.finish {
+                Some(crate::scheduler::FinishReason::Abort { message, .. }) => anyhow::bail!("warm-up failed: {message}"),
+                Some(_) => return Ok(()),
+                None => {}
+            }
+        }
+    }
+
+    /// Stops taking requests, lets in-flight ones finish for the grace period, aborts the
+    /// rest (each gets an explicit 503 / abort finish), then stops the HTTP server.
+    pub async fn graceful_stop(self: &Arc<Self>, server: ServerHandle) {
+        self.shutting_down.store(true, Relaxed);
+        let me = self.clone();
+        let grace = self.cfg.shutdown_grace;
+        let _ = tokio::task::spawn_blocking(move || me.sched.shutdown(grace)).await;
+        server.stop(true).await;
+    }
+}
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let method_not_allowed = || web::to(|| async { HttpResponse::MethodNotAllowed().json(json!({"detail": "Method Not Allowed"})) });
+    let r = |path: &str| web::resource(path).default_service(method_not_allowed());
+    cfg.service(r("/generate").route(web::post().to(native::generate)).route(web::put().to(native::generate)))
+        .service(r("/v1/completions").route(web::post().to(openai::completions)))
+        .service(r("/v1/chat/completions").route(web::post().to(openai::chat_completions)))
+        .service(r("/v1/models").route(web::get().to(admin::models)))
+        .service(r("/v1/models/{model:.*}").route(web::get().to(admin::model_card)))
+        .service(r("/health").route(web::get().to(admin::health)))
+        .service(r("/health_generate").route(web::get().to(admin::health_generate)))
+        .service(r("/ping").route(web::get().to(admin::ping)))
+        .service(r("/model_info").route(web::get().to(admin::model_info)))
+        .service(r("/get_model_info").route(web::get().to(admin::model_info)))
+        .service(r("/server_info").route(web::get().to(admin::server_info)))
+        .service(r("/get_server_info").route(web::get().to(admin::server_info)))
+        .service(r("/get_load").route(web::get().to(admin::load)))
+        .service(r("/v1/loads").route(web::get().to(admin::load)))
+        .service(r("/flush_cache").route(web::post().to(admin::flush_cache)).route(web::get().to(admin::flush_cache)))
+        .service(r("/abort_request").route(web::post().to(admin::abort_request)))
+        .service(r("/tokenize").route(web::post().to(admin::tokenize)))
+        .service(r("/v1/tokenize").route(web::post().to(admin::tokenize)))
+        .service(r("/detokenize").route(web::post().to(admin::detokenize)))
+        .service(r("/v1/detokenize").route(web::post().to(admin::detokenize)))
+        .service(r("/metrics").route(web::get().to(metrics::metrics)))
+        .default_service(web::to(|| async { HttpResponse::NotFound().json(json!({"detail": "Not Found"})) }));
+}
+
+/// API-key check (everything but `/health*`, `/metrics` and OPTIONS) and HTTP counters.
+async fn gatekeeper(
+    req: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<EitherBody<BoxBody>>, actix_web::Error> {
+    let state = req.app_data::<State>().cloned();
+    if let Some(state) = &state {
+        if let Some(key) = &state.cfg.api_key {
+            let path = req.path();
+            let open = path.starts_with("/health") || path.starts_with("/metrics") || req.method() == actix_web::http::Method::OPTIONS;
+            let ok = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.strip_prefix("Bearer ").is_some_and(|k| k.trim() == key));
+            if !open && !ok {
+                state.http.record("unauthorized", 401);
+                let resp = HttpResponse::Unauthorized().json(json!({"error": "Unauthorized"}));
+                return Ok(req.into_response(resp).map_into_right_body());
+            }
+        }
+    }
+    let pattern = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let res = next.call(req).await?;
+    if let Some(state) = &state {
+        state.http.record(&pattern, res.status().as_u16());
+    }
+    Ok(res.map_into_left_body())
+}
+
+/// A started HTTP server.
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    pub handle: ServerHandle,
+    pub server: actix_web::dev::Server,
+}
+
+/// Builds the HTTP server on `listener` (not yet polled: await `Running::server`).
+pub fn start(state: Arc<AppState>, listener: TcpListener) -> std::io::Result<Running> {
+    let addr = listener.local_addr()?;
+    let workers = state.cfg.workers.max(1);
+    let grace = state.cfg.shutdown_grace;
+    let data = web::Data::from(state);
+    let server = HttpServer::new(move || App::new().app_data(data.clone()).wrap(from_fn(gatekeeper)).configure(configure))
+        .workers(workers)
+        .disable_signals()
+        .keep_alive(Duration::from_secs(5))
+        .shutdown_timeout(grace.as_secs() + 5)
+        .listen(listener)?
+        .run();
+    Ok(Running { addr, handle: server.handle(), server })
+}
+
+/// Serves until SIGTERM/SIGINT (or the server stops), then shuts down gracefully.
+/// Run inside an actix/tokio runtime.
+pub async fn serve_until_signal(state: Arc<AppState>, running: Running) -> std::io::Result<()> {
+    let Running { handle, server, .. } = running;
+    let server_task = tokio::spawn(server);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining in-flight requests"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining in-flight requests"),
+    }
+    state.graceful_stop(handle).await;
+    let _ = server_task.await;
+    tracing::info!("server stopped");
+    Ok(())
+}

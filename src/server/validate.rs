@@ -1,0 +1,376 @@
+//! Request parsing and validation: body size and JSON syntax, typed field access with
+//! messages that name the field, the value and the limit, and the sampling parameters
+//! shared by `/generate` (native names) and the OpenAI routes (OpenAI names).
+
+use super::errors::{ApiError, ApiResult};
+use crate::sampling::SamplingParams;
+use crate::scheduler::StopConfig;
+use actix_web::{web, HttpRequest};
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+
+/// A JSON value shortened for an error message.
+pub fn show(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 60 {
+        format!("{}...", s.chars().take(57).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// Reads the body (at most `limit` bytes) and parses it as a JSON object.
+pub async fn read_json(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> ApiResult<Map<String, Value>> {
+    let too_big = |n: String| {
+        ApiError::bad("body", format!("request body is {n} bytes, over the limit of {limit} bytes"))
+    };
+    if let Some(len) = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(too_big(len.to_string()));
+        }
+    }
+    let mut buf = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad("body", format!("could not read the request body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_big(format!("more than {limit}")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if buf.is_empty() {
+        return Err(ApiError::bad("body", "the request body is empty; expected a JSON object"));
+    }
+    let v: Value = serde_json::from_slice(&buf)
+        .map_err(|e| ApiError::bad("body", format!("the request body is not valid JSON: {e}")))?;
+    match v {
+        Value::Object(m) => Ok(m),
+        other => Err(ApiError::bad("body", format!("the request body must be a JSON object, got {}", show(&other)))),
+    }
+}
+
+/// OpenAI routes require `Content-Type: application/json`.
+pub fn require_json_content_type(req: &HttpRequest) -> ApiResult<()> {
+    let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            "Content-Type",
+            format!("Unsupported Media Type: Only 'application/json' is allowed (got Content-Type {ct:?})"),
+        ))
+    }
+}
+
+fn type_err(path: &str, want: &str, v: &Value) -> ApiError {
+    ApiError::bad(path, format!("`{path}` must be {want}, got {}", show(v)))
+}
+
+/// Non-null field of an object.
+pub fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.get(key).filter(|v| !v.is_null())
+}
+
+pub fn as_bool(path: &str, v: &Value) -> ApiResult<bool> {
+    v.as_bool().ok_or_else(|| type_err(path, "a boolean", v))
+}
+
+pub fn as_f64(path: &str, v: &Value) -> ApiResult<f64> {
+    // serde_json cannot hold NaN/inf; a JSON number is always finite.
+    v.as_f64().ok_or_else(|| type_err(path, "a number", v))
+}
+
+pub fn as_i64(path: &str, v: &Value) -> ApiResult<i64> {
+    match v {
+        Value::Number(n) if n.is_i64() => Ok(n.as_i64().unwrap()),
+        Value::Number(n) if n.is_u64() => Err(ApiError::bad(path, format!("`{path}` = {n} is too large"))),
+        _ => Err(type_err(path, "an integer", v)),
+    }
+}
+
+pub fn as_str<'a>(path: &str, v: &'a Value) -> ApiResult<&'a str> {
+    v.as_str().ok_or_else(|| type_err(path, "a string", v))
+}
+
+/// A string or a list of strings.
+pub fn as_str_list(path: &str, v: &Value) -> ApiResult<Vec<String>> {
+    match v {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| as_str(&format!("{path}[{i}]"), x).map(str::to_string))
+            .collect(),
+        _ => Err(type_err(path, "a string or a list of strings", v)),
+    }
+}
+
+/// A list of token ids, each in `0..vocab`.
+pub fn as_token_ids(path: &str, v: &Value, vocab: usize) -> ApiResult<Vec<u32>> {
+    let a = v.as_array().ok_or_else(|| type_err(path, "a list of token ids", v))?;
+    a.iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let p = format!("{path}[{i}]");
+            let id = as_i64(&p, x)?;
+            if id < 0 || id as u64 >= vocab as u64 {
+                return Err(ApiError::bad(
+                    path,
+                    format!("`{p}` = {id} is outside the vocabulary: token ids must be in [0, {vocab})"),
+                ));
+            }
+            Ok(id as u32)
+        })
+        .collect()
+}
+
+/// Checks `lo <op> v <op> hi` and names the field and range on failure.
+pub fn check_range(path: &str, v: f64, lo: f64, lo_incl: bool, hi: f64, hi_incl: bool) -> ApiResult<()> {
+    let ok_lo = if lo_incl { v >= lo } else { v > lo };
+    let ok_hi = if hi_incl { v <= hi } else { v < hi };
+    if v.is_finite() && ok_lo && ok_hi {
+        return Ok(());
+    }
+    let l = if lo_incl { "[" } else { "(" };
+    let r = if hi_incl { "]" } else { ")" };
+    let hi_s = if hi.is_infinite() { "inf".to_string() } else { hi.to_string() };
+    Err(ApiError::bad(path, format!("`{path}` = {v} is out of range: must be in {l}{lo}, {hi_s}{r}")))
+}
+
+/// How many tokens to generate, before the context check.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MaxNew {
+    /// The route's default (clamped to the context silently).
+    Default(usize),
+    /// Given by the client (over the context is an error).
+    Explicit(usize),
+    /// Up to the context limit.
+    Unlimited,
+}
+
+/// Where sampling fields live and what they are called.
+pub struct Names {
+    /// Prefix for messages (`sampling_params.` or ``).
+    pub prefix: &'static str,
+    /// (canonical name, name in this API) pairs that differ.
+    pub rename: &'static [(&'static str, &'static str)],
+    /// Reject keys not in the known list (native `sampling_params`).
+    pub strict: bool,
+}
+
+pub const NATIVE: Names = Names { prefix: "sampling_params.", rename: &[], strict: true };
+pub const OPENAI: Names = Names {
+    prefix: "",
+    rename: &[("max_new_tokens", "max_tokens"), ("min_new_tokens", "min_tokens"), ("sampling_seed", "seed")],
+    strict: false,
+};
+
+const NATIVE_KEYS: &[&str] = &[
+    "max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "min_p", "frequency_penalty",
+    "presence_penalty", "repetition_penalty", "stop", "stop_token_ids", "stop_regex", "ignore_eos",
+    "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim", "n", "json_schema", "regex",
+    "ebnf", "structural_tag", "logit_bias", "sampling_seed", "stream_interval", "custom_params",
+];
+
+/// Chat-route defaults from the model's generation_config.json.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SamplingDefaults {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+/// Sampling and stop settings of one request, validated.
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    pub sampling: SamplingParams,
+    pub stop: StopConfig,
+    pub max_new: MaxNew,
+    pub n: usize,
+}
+
+pub struct Ctx<'a> {
+    pub vocab: usize,
+    pub defaults: &'a SamplingDefaults,
+}
+
+/// Parses sampling fields from `obj` under the naming of `names`.
+pub fn parse_sampling(obj: &Map<String, Value>, names: &Names, ctx: &Ctx<'_>, default_max: MaxNew) -> ApiResult<Parsed> {
+    let key_of = |canon: &'static str| -> &'static str {
+        names.rename.iter().find(|(c, _)| *c == canon).map_or(canon, |(_, k)| *k)
+    };
+    let path = |canon: &'static str| format!("{}{}", names.prefix, key_of(canon));
+    let get = |canon: &'static str| field(obj, key_of(canon)).map(|v| (v, path(canon)));
+    if names.strict {
+        for k in obj.keys() {
+            if !NATIVE_KEYS.contains(&k.as_str()) {
+                return Err(ApiError::bad(
+                    format!("{}{k}", names.prefix),
+                    format!("unknown field `{}{k}`; known fields: {}", names.prefix, NATIVE_KEYS.join(", ")),
+                ));
+            }
+        }
+    }
+    let num = |canon: &'static str| -> ApiResult<Option<(f64, String)>> {
+        get(canon).map(|(v, p)| as_f64(&p, v).map(|x| (x, p))).transpose()
+    };
+    let mut sp = SamplingParams::default();
+    let d = ctx.defaults;
+    sp.temperature = d.temperature.unwrap_or(1.0);
+    sp.top_p = d.top_p.unwrap_or(1.0);
+    sp.top_k = d.top_k.unwrap_or(-1);
+    sp.min_p = d.min_p.unwrap_or(0.0);
+    sp.repetition_penalty = d.repetition_penalty.unwrap_or(1.0);
+    if let Some((t, p)) = num("temperature")? {
+        check_range(&p, t, 0.0, true, f64::INFINITY, false)?;
+        sp.temperature = t as f32;
+    }
+    if let Some((t, p)) = num("top_p")? {
+        check_range(&p, t, 0.0, false, 1.0, true)?;
+        sp.top_p = t as f32;
+    }
+    if let Some((v, p)) = get("top_k") {
+        let k = as_i64(&p, v)?;
+        if k < 1 && k != -1 {
+            return Err(ApiError::bad(&p, format!("`{p}` = {k} is out of range: must be -1 (whole vocabulary) or >= 1")));
+        }
+        sp.top_k = k;
+    }
+    if let Some((t, p)) = num("min_p")? {
+        check_range(&p, t, 0.0, true, 1.0, true)?;
+        sp.min_p = t as f32;
+    }
+    if let Some((t, p)) = num("frequency_penalty")? {
+        check_range(&p, t, -2.0, true, 2.0, true)?;
+        sp.frequency_penalty = t as f32;
+    }
+    if let Some((t, p)) = num("presence_penalty")? {
+        check_range(&p, t, -2.0, true, 2.0, true)?;
+        sp.presence_penalty = t as f32;
+    }
+    if let Some((t, p)) = num("repetition_penalty")? {
+        check_range(&p, t, 0.0, false, 2.0, true)?;
+        sp.repetition_penalty = t as f32;
+    }
+    if let Some((v, p)) = get("sampling_seed") {
+        let s = as_i64(&p, v)?;
+        sp.seed = Some(s as u64);
+    }
+    if let Some((v, p)) = get("logit_bias") {
+        let m = v.as_object().ok_or_else(|| type_err(&p, "an object of token id -> bias", v))?;
+        for (k, b) in m {
+            let id: u64 = k.parse().map_err(|_| ApiError::bad(&p, format!("`{p}` key {k:?} is not a token id")))?;
+            if id >= ctx.vocab as u64 {
+                return Err(ApiError::bad(&p, format!("`{p}` key {id} is outside the vocabulary: token ids must be in [0, {})", ctx.vocab)));
+            }
+            let bp = format!("{p}.{k}");
+            let b = as_f64(&bp, b)?;
+            check_range(&bp, b, -100.0, true, 100.0, true)?;
+            sp.logit_bias.push((id as u32, b as f32));
+        }
+    }
+    for canon in ["stop_regex", "json_schema", "regex", "ebnf", "structural_tag"] {
+        if let Some((_, p)) = get(canon) {
+            return Err(ApiError::bad(&p, format!("`{p}` is not supported by this server (no constrained decoding)")));
+        }
+    }
+
+    let mut stop = StopConfig::default();
+    let max_new = match obj.get(key_of("max_new_tokens")) {
+        None => default_max,
+        Some(Value::Null) => MaxNew::Unlimited,
+        Some(v) => {
+            let p = path("max_new_tokens");
+            let m = as_i64(&p, v)?;
+            if m < 0 {
+                return Err(ApiError::bad(&p, format!("`{p}` = {m} is out of range: must be >= 0")));
+            }
+            MaxNew::Explicit(m as usize)
+        }
+    };
+    if let Some((v, p)) = get("min_new_tokens") {
+        let m = as_i64(&p, v)?;
+        if m < 0 {
+            return Err(ApiError::bad(&p, format!("`{p}` = {m} is out of range: must be >= 0")));
+        }
+        if let MaxNew::Explicit(mx) = max_new {
+            if m as usize > mx {
+                return Err(ApiError::bad(&p, format!("`{p}` = {m} is larger than max_new_tokens ({mx})")));
+            }
+        }
+        stop.min_new_tokens = m as usize;
+    }
+    if let Some((v, p)) = get("stop") {
+        stop.stop = as_str_list(&p, v)?;
+        if stop.stop.iter().any(|s| s.is_empty()) {
+            return Err(ApiError::bad(&p, format!("`{p}` contains an empty string")));
+        }
+    }
+    if let Some((v, p)) = get("stop_token_ids") {
+        stop.stop_token_ids = as_token_ids(&p, v, ctx.vocab)?;
+    }
+    if let Some((v, p)) = get("ignore_eos") {
+        stop.ignore_eos = as_bool(&p, v)?;
+    }
+    if let Some((v, p)) = get("no_stop_trim") {
+        stop.no_stop_trim = as_bool(&p, v)?;
+    }
+    if let Some((v, p)) = get("skip_special_tokens") {
+        stop.skip_special_tokens = as_bool(&p, v)?;
+    }
+    if let Some((v, p)) = get("spaces_between_special_tokens") {
+        as_bool(&p, v)?;
+    }
+    if let Some((v, p)) = get("stream_interval") {
+        as_i64(&p, v)?;
+    }
+    let mut n = 1;
+    if let Some((v, p)) = get("n") {
+        let x = as_i64(&p, v)?;
+        if !(1..=128).contains(&x) {
+            return Err(ApiError::bad(&p, format!("`{p}` = {x} is out of range: must be in [1, 128]")));
+        }
+        n = x as usize;
+    }
+    Ok(Parsed { sampling: sp, stop, max_new, n })
+}
+
+/// Applies the context limit to a prompt of `prompt_len` tokens (SGLang's checks and
+/// messages). `prompt_param` / `max_param` name the fields in errors.
+pub fn resolve_max_new(prompt_len: usize, context: usize, max_new: MaxNew, prompt_param: &str, max_param: &str) -> ApiResult<usize> {
+    if prompt_len == 0 {
+        return Err(ApiError::bad(prompt_param, format!("`{prompt_param}` is empty: the prompt must have at least one token")));
+    }
+    if prompt_len >= context {
+        return Err(ApiError::bad(
+            prompt_param,
+            format!("The input ({prompt_len} tokens) is longer than the model's context length ({context} tokens)."),
+        ));
+    }
+    let room = context - 1 - prompt_len;
+    Ok(match max_new {
+        MaxNew::Default(d) => d.min(room),
+        MaxNew::Unlimited => room,
+        MaxNew::Explicit(m) => {
+            if prompt_len + m >= context {
+                return Err(ApiError::bad(
+                    max_param,
+                    format!(
+                        "Requested token count exceeds the model's maximum context length of {context} tokens. \
+                         You requested a total of {} tokens: {prompt_len} tokens from the input messages and {m} \
+                         tokens for the completion (`{max_param}`). Please reduce the number of tokens in the input \
+                         messages or the completion to fit within the limit.",
+                        prompt_len + m
+                    ),
+                ));
+            }
+            m
+        }
+    })
+}
