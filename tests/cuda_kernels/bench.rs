@@ -1,0 +1,201 @@
+//! Kernel timings on the device (run only with KILN_CUDA_BENCH=1): CUDA events around
+//! repeated launches after warm-up, median of several repeats; weights rotated among
+//! copies so that each launch streams from HBM, not L2.
+
+use crate::harness::*;
+use cudarc::driver::{sys, CudaSlice, CudaStream};
+use half::bf16;
+use kiln::backend::cuda::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, GdnDecode, GdnPrefill, GemmPlan, GemmScratch, Kernels, Mat};
+use std::sync::Arc;
+
+/// Median milliseconds of one call of `f` (each repeat times `iters` calls).
+fn time_ms(s: &Arc<CudaStream>, iters: usize, mut f: impl FnMut(usize)) -> f64 {
+    for i in 0..3 {
+        f(i);
+    }
+    s.synchronize().unwrap();
+    let mut t = Vec::new();
+    for _ in 0..7 {
+        let a = s.record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+        for i in 0..iters {
+            f(i);
+        }
+        let b = s.record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+        b.synchronize().unwrap();
+        t.push(a.elapsed_ms(&b).unwrap() as f64 / iters as f64);
+    }
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[t.len() / 2]
+}
+
+fn gbps(bytes: f64, ms: f64) -> f64 {
+    bytes / (ms * 1e-3) / 1e9
+}
+
+#[test]
+fn bench_kernels() {
+    if std::env::var("KILN_CUDA_BENCH").ok().as_deref() != Some("1") {
+        println!("skipped: set KILN_CUDA_BENCH=1 to time the kernels");
+        return;
+    }
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let k = &e.k;
+    let mut g = rng(99);
+
+    // Copy bandwidth (bytes read + written).
+    let n = 1usize << 29; // 1 GiB of u16
+    let src = s.alloc_zeros::<u16>(n).unwrap();
+    let mut dst = s.alloc_zeros::<u16>(n).unwrap();
+    let ms = time_ms(&s, 5, |_| s.memcpy_dtod(&src, &mut dst).unwrap());
+    println!("BENCH copy d2d 1 GiB: {ms:.3} ms, {:.0} GB/s (read + write)", gbps(2.0 * 2.0 * n as f64, ms));
+    drop((src, dst));
+
+    // Skinny GEMM: weight GB/s (x, y, and split-K partials not counted).
+    let shapes = [("gate_up", 18432usize, 2560usize), ("down", 2560, 9216), ("qkvz", 12288, 2560), ("lm_head", 248320, 2560)];
+    for (name, n, kk) in shapes {
+        let wbytes = n * kk * 2;
+        let copies = (400_000_000usize).div_ceil(wbytes).clamp(1, 8);
+        // Random-ish weights (a random row repeated) rather than zeros.
+        let row = to_bf16(&randn_vec(&mut g, kk, 0.05));
+        let mut big: Vec<bf16> = Vec::with_capacity(n * kk);
+        for _ in 0..n {
+            big.extend_from_slice(&row);
+        }
+        let ws: Vec<CudaSlice<bf16>> = (0..copies).map(|_| up(&s, &big)).collect();
+        drop(big);
+        let wps: Vec<u64> = ws.iter().map(|w| ptr(&s, w)).collect();
+        let mut plans = vec![("default", k.gemm_plan(n, kk))];
+        if name == "down" || name == "gate_up" {
+            for wps_ in [8usize, 16, 48] {
+                plans.push((["w8", "w16", "w48"][[8, 16, 48].iter().position(|x| *x == wps_).unwrap()], Kernels::gemm_plan_for(k.num_sms() as usize, wps_, n, kk)));
+            }
+        }
+        let max_splits = plans.iter().map(|p| p.1.splits).max().unwrap();
+        let wsb = s.alloc_zeros::<f32>((64 * n * max_splits).max(1)).unwrap();
+        let cnt = s.alloc_zeros::<u32>(Kernels::gemm_counters_len(n)).unwrap();
+        let scratch = GemmScratch { ws: ptr(&s, &wsb), ws_floats: wsb.len(), counters: ptr(&s, &cnt), counters_len: cnt.len() };
+        let x = up(&s, &randn_vec(&mut g, 64 * kk, 1.0));
+        let xb = up(&s, &to_bf16(&randn_vec(&mut g, 64 * kk, 1.0)));
+        let y = s.alloc_zeros::<f32>(64 * n).unwrap();
+        for (pname, plan) in &plans {
+            for (m, xt) in [(1usize, DType::F32), (8, DType::F32), (32, DType::F32), (64, DType::F32), (1, DType::BF16), (32, DType::BF16), (64, DType::BF16)] {
+                if *pname != "default" && xt == DType::BF16 {
+                    continue;
+                }
+                let xp = if xt == DType::F32 { ptr(&s, &x) } else { ptr(&s, &xb) };
+                let yp = ptr(&s, &y);
+                let ms = time_ms(&s, 20, |i| {
+                    k.gemm_with_plan(&s, wps[i % copies], xp, xt, yp, DType::F32, m, n, kk, &scratch, *plan).unwrap()
+                });
+                println!(
+                    "BENCH gemm {name:8} N={n:6} K={kk:5} M={m:2} x {xt:?} plan {pname:7} (splits {:2}): {:8.1} us, {:6.0} GB/s",
+                    plan.splits,
+                    ms * 1e3,
+                    gbps(wbytes as f64, ms)
+                );
+            }
+        }
+    }
+    bench_gdn(e, &s, &mut g);
+    bench_attention(e, &s, &mut g);
+}
+
+fn bench_gdn(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng) {
+    let k = &e.k;
+    let d = k.dims().clone();
+    let (c, nv, dk, dv) = (d.conv_dim(), d.lin_num_v_heads, d.lin_k_dim, d.lin_v_dim);
+    let ssz = nv * dk * dv;
+    let ld = c + nv * dv;
+    for b in [1usize, 8, 32] {
+        let rotate = 4;
+        let state = up(s, &randn_vec(g, rotate * b * ssz, 0.1));
+        let ring = up(s, &randn_vec(g, rotate * b * 4 * c, 1.0));
+        let x = up(s, &randn_vec(g, b * ld, 1.0));
+        let ba = up(s, &randn_vec(g, b * 2 * nv, 1.0));
+        let cw = up(s, &to_bf16(&randn_vec(g, c * 4, 0.5)));
+        let al = up(s, &vec![0.5f32; nv]);
+        let dtb = up(s, &vec![0.0f32; nv]);
+        let nw = up(s, &to_bf16(&vec![1.0f32; dv]));
+        let pos = up(s, &vec![10i32; b]);
+        let slot_sets: Vec<CudaSlice<i32>> = (0..rotate).map(|r| up(s, &(0..b as i32).map(|i| (r * b) as i32 + i).collect::<Vec<_>>())).collect();
+        let out = s.alloc_zeros::<f32>(b * nv * dv).unwrap();
+        let xm = Mat::f32(ptr(s, &x), ld);
+        let bm = Mat::f32(ptr(s, &ba), 2 * nv);
+        let mut args = GdnDecode {
+            qkv: xm, z: xm.cols(c), b: bm, a: bm.cols(nv), conv_w: ptr(s, &cw), conv_state: ptr(s, &ring), state: ptr(s, &state),
+            a_log: ptr(s, &al), dt_bias: ptr(s, &dtb), norm_w: ptr(s, &nw), slots: 0, pos: ptr(s, &pos), out: Mat::f32(ptr(s, &out), nv * dv), batch: b,
+        };
+        let sl: Vec<u64> = slot_sets.iter().map(|v| ptr(s, v)).collect();
+        let ms = time_ms(s, 20, |i| {
+            args.slots = sl[i % rotate];
+            k.gdn_decode(s, &args).unwrap()
+        });
+        let bytes = (b * ssz * 4 * 2) as f64;
+        println!("BENCH gdn_decode B={b:2}: {:7.1} us, state {:6.0} GB/s (read + write)", ms * 1e3, gbps(bytes, ms));
+    }
+    // Prefill of one 1024-token sequence: conv, recurrence.
+    let t = 1024usize;
+    let x = up(s, &randn_vec(g, t * ld, 1.0));
+    let cw = up(s, &to_bf16(&randn_vec(g, c * 4, 0.5)));
+    let ring = s.alloc_zeros::<f32>(4 * c).unwrap();
+    let state = s.alloc_zeros::<f32>(ssz).unwrap();
+    let conv_out = s.alloc_zeros::<f32>(t * c).unwrap();
+    let raw = s.alloc_zeros::<f32>(t * nv * dv).unwrap();
+    let ba = up(s, &randn_vec(g, t * 2 * nv, 1.0));
+    let (al, dtb) = (up(s, &vec![0.5f32; nv]), up(s, &vec![0.0f32; nv]));
+    let (cu, sl, sp) = (up(s, &[0i32, t as i32]), up(s, &[0i32]), up(s, &[0i32]));
+    let conv = Conv1d { x: Mat::f32(ptr(s, &x), ld), w: ptr(s, &cw), conv_state: ptr(s, &ring), cu_seqlens: ptr(s, &cu), slots: ptr(s, &sl), start_pos: ptr(s, &sp), out: ptr(s, &conv_out), ld_out: c, nseq: 1 };
+    let ms = time_ms(s, 5, |_| k.conv1d(s, &conv).unwrap());
+    println!("BENCH conv1d prefill T={t}: {:.1} us", ms * 1e3);
+    let bm = Mat::f32(ptr(s, &ba), 2 * nv);
+    let pre = GdnPrefill {
+        qkv: ptr(s, &conv_out), ld_qkv: c, b: bm, a: bm.cols(nv), a_log: ptr(s, &al), dt_bias: ptr(s, &dtb), state: ptr(s, &state),
+        cu_seqlens: ptr(s, &cu), slots: ptr(s, &sl), out: ptr(s, &raw), ld_out: nv * dv, nseq: 1,
+    };
+    let ms = time_ms(s, 3, |_| k.gdn_prefill(s, &pre).unwrap());
+    println!("BENCH gdn_prefill (sequential) T={t}, one sequence: {:.1} us per layer", ms * 1e3);
+}
+
+fn bench_attention(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng) {
+    let k = &e.k;
+    let d = k.dims().clone();
+    let (nh, nkv, hd) = (d.num_heads, d.num_kv_heads, d.head_dim);
+    let (bs, ctx) = (16usize, 1024usize);
+    for b in [1usize, 8, 32] {
+        let blocks = b * ctx / bs;
+        let kc = up(s, &to_bf16(&randn_vec(g, blocks * nkv * bs * hd, 1.0)));
+        let vc = up(s, &to_bf16(&randn_vec(g, blocks * nkv * bs * hd, 1.0)));
+        let tables: Vec<i32> = (0..blocks as i32).collect();
+        let bt = up(s, &tables);
+        let q = up(s, &randn_vec(g, b * nh * hd, 1.0));
+        let cl = up(s, &vec![ctx as i32; b]);
+        let max_parts = 16;
+        let (na, nm) = k.attn_decode_scratch(b, max_parts);
+        let (pa, pm) = (s.alloc_zeros::<f32>(na).unwrap(), s.alloc_zeros::<f32>(nm).unwrap());
+        let out = s.alloc_zeros::<f32>(b * nh * hd).unwrap();
+        let args = AttnDecode {
+            q: ptr(s, &q), k_cache: ptr(s, &kc), v_cache: ptr(s, &vc), block_tables: ptr(s, &bt), bt_stride: ctx / bs, ctx_lens: ptr(s, &cl),
+            block_size: bs, part_acc: ptr(s, &pa), part_ml: ptr(s, &pm), max_parts, gate: None, gate_hs: 2 * hd, out: Mat::f32(ptr(s, &out), nh * hd), batch: b,
+        };
+        let ms = time_ms(s, 20, |_| k.attn_decode(s, &args).unwrap());
+        let bytes = (b * ctx * nkv * hd * 2 * 2) as f64;
+        println!("BENCH attn_decode ctx={ctx} B={b:2}: {:7.1} us (partial + combine), KV {:6.0} GB/s", ms * 1e3, gbps(bytes, ms));
+    }
+    let t = 1024usize;
+    let blocks = t / bs;
+    let kc = up(s, &to_bf16(&randn_vec(g, blocks * nkv * bs * hd, 1.0)));
+    let vc = up(s, &to_bf16(&randn_vec(g, blocks * nkv * bs * hd, 1.0)));
+    let bt = up(s, &(0..blocks as i32).collect::<Vec<_>>());
+    let q = up(s, &randn_vec(g, t * nh * hd, 1.0));
+    let (cu, st) = (up(s, &[0i32, t as i32]), up(s, &[0i32]));
+    let out = s.alloc_zeros::<f32>(t * nh * hd).unwrap();
+    let args = AttnPrefill {
+        q: ptr(s, &q), k_cache: ptr(s, &kc), v_cache: ptr(s, &vc), cu_seqlens: ptr(s, &cu), start_pos: ptr(s, &st), block_tables: ptr(s, &bt),
+        bt_stride: blocks, block_size: bs, out: ptr(s, &out), nseq: 1, max_tokens: t,
+    };
+    let ms = time_ms(s, 3, |_| k.attn_prefill(s, &args).unwrap());
+    let flops = 4.0 * nh as f64 * hd as f64 * (t * (t + 1) / 2) as f64;
+    println!("BENCH attn_prefill T={t} (causal, one sequence): {:.1} us per layer, {:.1} TFLOP/s", ms * 1e3, flops / (ms * 1e-3) / 1e12);
+    let _: Option<GemmPlan> = None;
+}

@@ -1,0 +1,231 @@
+//! NVRTC compilation (no GPU needed), embedding, norms, elementwise kernels, argmax.
+
+use crate::harness::*;
+use crate::reference as r;
+use half::bf16;
+use kiln::backend::cpu::ops;
+use kiln::backend::cuda::compile::{self, KernelDims};
+use kiln::backend::cuda::kernels::{DType, Mat, NULL};
+use rand::Rng;
+
+#[test]
+fn nvrtc_compiles_every_kernel_for_sm90a_and_sm100a() {
+    if !compile::nvrtc_available() {
+        println!("skipped: NVRTC not found (source scripts/ci_nvrtc.sh to get it without a GPU)");
+        return;
+    }
+    let Some(inc) = compile::find_cuda_include() else {
+        println!("skipped: NVRTC found but no CUDA include folder with cuda_bf16.h (set KILN_CUDA_INCLUDE)");
+        return;
+    };
+    println!("NVRTC {:?}, include {}", compile::nvrtc_version().unwrap(), inc.display());
+    let full = KernelDims::qwen3_5_4b();
+    for arch in compile::ARCHES {
+        let t = std::time::Instant::now();
+        let mods = compile::compile_all(arch, &full, &[inc.clone()]).unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+        assert_eq!(mods.len(), compile::SOURCES.len());
+        for m in &mods {
+            assert!(m.cubin.len() > 1000 && m.cubin.starts_with(b"\x7fELF"), "{arch} {}: not a cubin", m.name);
+        }
+        let total: usize = mods.iter().map(|m| m.cubin.len()).sum();
+        println!("{arch}: {} modules, {total} bytes of cubin, {:.1} s", mods.len(), t.elapsed().as_secs_f64());
+    }
+    // The tiny test model's shape compiles too (one source serves every size).
+    let tiny = KernelDims {
+        hidden: 64, intermediate: 128, vocab: 1024, num_heads: 4, num_kv_heads: 2, head_dim: 64, rotary_dim: 16,
+        rope_theta: 1e7, lin_num_k_heads: 2, lin_num_v_heads: 4, lin_k_dim: 32, lin_v_dim: 32, conv_kernel: 4, rms_eps: 1e-6,
+    };
+    compile::compile_all("sm_90a", &tiny, &[inc.clone()]).unwrap_or_else(|e| panic!("tiny shape: {e:#}"));
+    // A broken kernel gives an error naming the module and carrying NVRTC's log.
+    let err = compile::compile_module("broken", "extern \"C\" __global__ void f() { undefined_thing(); }", "sm_90a", &full, &[inc])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("broken") && err.contains("undefined_thing"), "unhelpful error: {err}");
+}
+
+#[test]
+fn embed_gathers_rows() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let (v, h) = (e.k.dims().vocab, e.k.dims().hidden);
+    let mut g = rng(1);
+    // A few rows of a full-size table suffice: fill only the rows we use.
+    let mut table_dev = s.alloc_zeros::<bf16>(v * h).unwrap();
+    for m in [1usize, 3, 17] {
+        let mut ids: Vec<i32> = (0..m).map(|_| g.gen_range(0..v as i32)).collect();
+        if m > 1 {
+            ids[1] = -1; // out of range: zero row
+            ids[0] = v as i32 - 1;
+        }
+        let mut expect = vec![0f32; m * h];
+        for (i, id) in ids.iter().enumerate() {
+            if *id < 0 {
+                continue;
+            }
+            let row = round_bf16(&rand_vec(&mut g, h, 1.0));
+            let mut dst = table_dev.slice_mut(*id as usize * h..(*id as usize + 1) * h);
+            let rb = to_bf16(&row);
+            s.memcpy_htod(&rb, &mut dst).unwrap();
+            expect[i * h..(i + 1) * h].copy_from_slice(&row);
+        }
+        let ids_d = up(&s, &ids);
+        let out = poison_f32(&s, m * h);
+        e.k.embed(&s, ptr(&s, &table_dev), ptr(&s, &ids_d), ptr(&s, &out), m).unwrap();
+        // Exact: a gather.
+        check(&format!("embed M={m}"), &down(&s, &out), &expect, 0.0);
+    }
+}
+
+#[test]
+fn add_rmsnorm_matches_cpu() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let h = e.k.dims().hidden;
+    let eps = e.k.dims().rms_eps as f32;
+    let mut g = rng(2);
+    for (m, delta) in [(1usize, Some(DType::F32)), (3, Some(DType::BF16)), (17, None), (64, Some(DType::F32))] {
+        let res = randn_vec(&mut g, m * h, 1.0);
+        let w = round_bf16(&rand_vec(&mut g, h, 0.5));
+        let ld = h + 8; // a strided delta
+        let d = randn_vec(&mut g, m * ld, 1.0);
+        let d_used = match delta {
+            Some(DType::BF16) => round_bf16(&d),
+            _ => d.clone(),
+        };
+        let mut new_res = res.clone();
+        if delta.is_some() {
+            for i in 0..m {
+                for j in 0..h {
+                    new_res[i * h + j] += d_used[i * ld + j];
+                }
+            }
+        }
+        let expect = ops::rms_norm(&new_res, &w, eps, 1.0);
+        let res_d = up(&s, &res);
+        let w_d = up(&s, &to_bf16(&w));
+        let d_f = up(&s, &d);
+        let d_b = up(&s, &to_bf16(&d));
+        let dm = match delta {
+            Some(DType::F32) => Some(Mat::f32(ptr(&s, &d_f), ld)),
+            Some(DType::BF16) => Some(Mat::bf16(ptr(&s, &d_b), ld)),
+            None => None,
+        };
+        let (ob, of) = (poison_bf16(&s, m * h), poison_f32(&s, m * h));
+        e.k.add_rmsnorm(&s, ptr(&s, &res_d), dm, ptr(&s, &w_d), ptr(&s, &ob), ptr(&s, &of), m).unwrap();
+        // Residual: one fp32 add, identical rounding.
+        check(&format!("add_rmsnorm M={m} {delta:?} residual"), &down(&s, &res_d), &new_res, 1e-7);
+        // fp32 norm: sum-of-squares order differs (2560 terms): 1e-5.
+        check(&format!("add_rmsnorm M={m} {delta:?} out f32"), &down(&s, &of), &expect, 1e-5);
+        check(&format!("add_rmsnorm M={m} {delta:?} out bf16"), &from_bf16(&down(&s, &ob)), &expect, 1e-2);
+    }
+}
+
+#[test]
+fn gated_rmsnorm_matches_cpu() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let d = e.k.dims().clone();
+    let width = d.lin_num_v_heads * d.lin_v_dim;
+    let mut g = rng(3);
+    for (t, zt, ot) in [(1usize, DType::F32, DType::F32), (5, DType::BF16, DType::BF16), (130, DType::F32, DType::BF16)] {
+        let o = randn_vec(&mut g, t * width, 1.0);
+        let ldz = width + 64;
+        let z = randn_vec(&mut g, t * ldz, 2.0);
+        let z_used = if zt == DType::BF16 { round_bf16(&z) } else { z.clone() };
+        let w = round_bf16(&rand_vec(&mut g, d.lin_v_dim, 1.0));
+        let expect = r::gated_rmsnorm(&o, &z_used, ldz, &w, d.rms_eps as f32);
+        let o_d = up(&s, &o);
+        let (z_f, z_b) = (up(&s, &z), up(&s, &to_bf16(&z)));
+        let zm = if zt == DType::F32 { Mat::f32(ptr(&s, &z_f), ldz) } else { Mat::bf16(ptr(&s, &z_b), ldz) };
+        let w_d = up(&s, &to_bf16(&w));
+        let (of, ob) = (poison_f32(&s, t * width), poison_bf16(&s, t * width));
+        let op = if ot == DType::F32 { ptr(&s, &of) } else { ptr(&s, &ob) };
+        e.k.gated_rmsnorm(&s, ptr(&s, &o_d), zm, ptr(&s, &w_d), op, ot, t).unwrap();
+        let out = if ot == DType::F32 { down(&s, &of) } else { from_bf16(&down(&s, &ob)) };
+        // fp32 with exp in silu: 1e-5; bf16 out: 1e-2.
+        check(&format!("gated_rmsnorm T={t} z {zt:?} out {ot:?}"), &out, &expect, if ot == DType::F32 { 1e-5 } else { 1e-2 });
+    }
+}
+
+#[test]
+fn output_gate_and_silu_mul_match_cpu() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let d = e.k.dims().clone();
+    let (nh, hd) = (d.num_heads, d.head_dim);
+    let mut g = rng(4);
+    for (t, gt, ot) in [(1usize, DType::F32, DType::F32), (7, DType::BF16, DType::BF16), (33, DType::F32, DType::BF16)] {
+        let attn = randn_vec(&mut g, t * nh * hd, 1.0);
+        let ldg = 2 * nh * hd + 2048; // the fused q+gate rows of the attention projection
+        let qg = randn_vec(&mut g, t * ldg, 2.0);
+        let qg_used = if gt == DType::BF16 { round_bf16(&qg) } else { qg.clone() };
+        let mut expect = vec![0f32; t * nh * hd];
+        for i in 0..t {
+            for h in 0..nh {
+                for j in 0..hd {
+                    expect[(i * nh + h) * hd + j] = attn[(i * nh + h) * hd + j] * ops::sigmoid(qg_used[i * ldg + h * 2 * hd + hd + j]);
+                }
+            }
+        }
+        let a_d = up(&s, &attn);
+        let (qf, qb) = (up(&s, &qg), up(&s, &to_bf16(&qg)));
+        let gm = if gt == DType::F32 { Mat::f32(ptr(&s, &qf), ldg) } else { Mat::bf16(ptr(&s, &qb), ldg) };
+        let (of, ob) = (poison_f32(&s, t * nh * hd), poison_bf16(&s, t * nh * hd));
+        let om = if ot == DType::F32 { Mat::f32(ptr(&s, &of), nh * hd) } else { Mat::bf16(ptr(&s, &ob), nh * hd) };
+        e.k.output_gate(&s, ptr(&s, &a_d), gm.cols(hd), 2 * hd, om, t).unwrap();
+        let out = if ot == DType::F32 { down(&s, &of) } else { from_bf16(&down(&s, &ob)) };
+        check(&format!("output_gate T={t} {gt:?}->{ot:?}"), &out, &expect, if ot == DType::F32 { 1e-6 } else { 1e-2 });
+    }
+    let inter = d.intermediate;
+    for (m, it, ot) in [(1usize, DType::F32, DType::F32), (3, DType::BF16, DType::F32), (64, DType::F32, DType::BF16)] {
+        let gu = randn_vec(&mut g, m * 2 * inter, 2.0);
+        let gu_used = if it == DType::BF16 { round_bf16(&gu) } else { gu.clone() };
+        let mut expect = Vec::with_capacity(m * inter);
+        for i in 0..m {
+            let row = &gu_used[i * 2 * inter..(i + 1) * 2 * inter];
+            expect.extend(ops::silu_mul(&row[..inter], &row[inter..]));
+        }
+        let (gf, gb) = (up(&s, &gu), up(&s, &to_bf16(&gu)));
+        let gm = if it == DType::F32 { Mat::f32(ptr(&s, &gf), 2 * inter) } else { Mat::bf16(ptr(&s, &gb), 2 * inter) };
+        let (of, ob) = (poison_f32(&s, m * inter), poison_bf16(&s, m * inter));
+        let om = if ot == DType::F32 { Mat::f32(ptr(&s, &of), inter) } else { Mat::bf16(ptr(&s, &ob), inter) };
+        e.k.silu_mul(&s, gm, inter, om, inter, m).unwrap();
+        let out = if ot == DType::F32 { down(&s, &of) } else { from_bf16(&down(&s, &ob)) };
+        check(&format!("silu_mul M={m} {it:?}->{ot:?}"), &out, &expect, if ot == DType::F32 { 1e-6 } else { 1e-2 });
+    }
+}
+
+#[test]
+fn argmax_takes_first_max_and_skips_nan() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let v = e.k.dims().vocab;
+    let mut g = rng(5);
+    for (m, n, dt) in [(1usize, v, DType::F32), (5, v - 243, DType::BF16), (3, 1000, DType::F32)] {
+        let ld = v;
+        let mut x = randn_vec(&mut g, m * ld, 3.0);
+        if dt == DType::BF16 {
+            x = round_bf16(&x);
+        }
+        // Row 0: a tie between two maxima (first wins); row 1: NaNs and a max past n (ignored).
+        let big = 1000.0;
+        x[7] = big;
+        x[n - 1] = big;
+        if m > 1 {
+            x[ld + 3] = f32::NAN;
+            x[ld + n / 2] = f32::NAN;
+            x[ld + n] = 2.0 * big;
+            x[ld + n - 2] = big;
+        }
+        let expect: Vec<i32> = (0..m).map(|i| ops::argmax(&x[i * ld..i * ld + n]) as i32).collect();
+        let (xf, xb) = (up(&s, &x), up(&s, &to_bf16(&x)));
+        let lm = if dt == DType::F32 { Mat::f32(ptr(&s, &xf), ld) } else { Mat::bf16(ptr(&s, &xb), ld) };
+        let out = up(&s, &vec![-7i32; m]);
+        e.k.argmax(&s, lm, n, ptr(&s, &out), m).unwrap();
+        let got = down(&s, &out);
+        println!("argmax M={m} n={n} {dt:?}: {got:?} (expect {expect:?})");
+        assert_eq!(got, expect);
+        assert_eq!(got[0], 7);
+    }
+    let _ = NULL;
+}

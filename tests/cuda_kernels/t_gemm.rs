@@ -1,0 +1,109 @@
+//! The skinny decode GEMM against an f64 reference; determinism and batch invariance.
+
+use crate::harness::*;
+use crate::reference as r;
+use cudarc::driver::{CudaSlice, CudaStream};
+use half::bf16;
+use kiln::backend::cuda::kernels::{DType, GemmPlan, GemmScratch, Kernels};
+use std::sync::Arc;
+
+struct Scratch {
+    ws: CudaSlice<f32>,
+    counters: CudaSlice<u32>,
+}
+
+fn scratch(s: &Arc<CudaStream>, floats: usize, n: usize) -> Scratch {
+    Scratch { ws: s.alloc_zeros::<f32>(floats.max(1)).unwrap(), counters: s.alloc_zeros::<u32>(Kernels::gemm_counters_len(n)).unwrap() }
+}
+
+fn as_gs(s: &Arc<CudaStream>, sc: &Scratch) -> GemmScratch {
+    GemmScratch { ws: ptr(s, &sc.ws), ws_floats: sc.ws.len(), counters: ptr(s, &sc.counters), counters_len: sc.counters.len() }
+}
+
+/// Runs one GEMM; returns y as f32.
+#[allow(clippy::too_many_arguments)]
+fn run(e: &Env, s: &Arc<CudaStream>, w: &CudaSlice<bf16>, x: &[f32], xt: DType, yt: DType, m: usize, n: usize, k: usize, plan: GemmPlan, sc: &Scratch) -> Vec<f32> {
+    let (xf, xb) = (up(s, x), up(s, &to_bf16(x)));
+    let xp = if xt == DType::F32 { ptr(s, &xf) } else { ptr(s, &xb) };
+    let (yf, yb) = (poison_f32(s, m * n), poison_bf16(s, m * n));
+    let yp = if yt == DType::F32 { ptr(s, &yf) } else { ptr(s, &yb) };
+    e.k.gemm_with_plan(s, ptr(s, w), xp, xt, yp, yt, m, n, k, &as_gs(s, sc), plan).unwrap();
+    if yt == DType::F32 {
+        down(s, &yf)
+    } else {
+        from_bf16(&down(s, &yb))
+    }
+}
+
+#[test]
+fn gemm_matches_f64_reference() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let mut g = rng(10);
+    // (N, K, plans): awkward N (not tile multiples), K from one chunk to several splits.
+    let shapes: &[(usize, usize)] = &[(64, 64), (200, 200), (130, 2560), (2560, 200), (1000, 9216), (72, 4096)];
+    for &(n, k) in shapes {
+        let w = round_bf16(&randn_vec(&mut g, n * k, 0.05));
+        let w_d = up(&s, &to_bf16(&w));
+        let default = e.k.gemm_plan(n, k);
+        // The default plan and a forced many-split plan with a short last slice.
+        let forced = {
+            let ks = (k / 3).div_ceil(32).max(1) * 32;
+            GemmPlan { splits: k.div_ceil(ks), ks }
+        };
+        let sc = scratch(&s, 64 * n * default.splits.max(forced.splits), n);
+        for &m in &[1usize, 3, 8, 9, 17, 33, 64] {
+            let x = randn_vec(&mut g, m * k, 1.0);
+            let xb = round_bf16(&x);
+            let ref_f = r::gemm(&x, &w, m, n, k);
+            let ref_b = r::gemm(&xb, &w, m, n, k);
+            for (xt, yt) in [(DType::F32, DType::F32), (DType::BF16, DType::F32), (DType::F32, DType::BF16), (DType::BF16, DType::BF16)] {
+                // Only the cheap shapes get all four dtype pairs at every M.
+                if n * k > 600_000 && !(xt == DType::F32 && yt == DType::F32) && m != 17 {
+                    continue;
+                }
+                for plan in [default, forced] {
+                    let y = run(e, &s, &w_d, &x, xt, yt, m, n, k, plan, &sc);
+                    let reference = if xt == DType::F32 { &ref_f } else { &ref_b };
+                    // x f32 (hi+lo bf16 split): 1e-4; x bf16 (exact products, fp32 sums): 1e-5;
+                    // bf16 output: 1e-2.
+                    let tol = match (xt, yt) {
+                        (_, DType::BF16) => 1e-2,
+                        (DType::F32, _) => 1e-4,
+                        _ => 1e-5,
+                    };
+                    check(&format!("gemm M={m} N={n} K={k} x {xt:?} y {yt:?} splits {}", plan.splits), &y, reference, tol);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_is_deterministic_and_batch_invariant() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let mut g = rng(11);
+    for &(n, k) in &[(2560usize, 9216usize), (1000, 2560)] {
+        let w = to_bf16(&randn_vec(&mut g, n * k, 0.05));
+        let w_d = up(&s, &w);
+        let plan = e.k.gemm_plan(n, k);
+        let sc = scratch(&s, 64 * n * plan.splits, n);
+        let x = randn_vec(&mut g, 64 * k, 1.0);
+        for xt in [DType::F32, DType::BF16] {
+            let all = run(e, &s, &w_d, &x, xt, DType::F32, 64, n, k, plan, &sc);
+            let again = run(e, &s, &w_d, &x, xt, DType::F32, 64, n, k, plan, &sc);
+            assert!(all.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "gemm N={n} K={k} {xt:?}: two runs differ");
+            // Row 5 alone, inside 9 rows and inside 37 rows: bit-identical.
+            for m in [1usize, 9, 37] {
+                let off = if m == 1 { 5 } else { 0 };
+                let xs = &x[off * k..(off + m) * k];
+                let y = run(e, &s, &w_d, xs, xt, DType::F32, m, n, k, plan, &sc);
+                let row = if m == 1 { 0 } else { 5 };
+                let same = y[row * n..(row + 1) * n].iter().zip(&all[5 * n..6 * n]).all(|(a, b)| a.to_bits() == b.to_bits());
+                println!("gemm N={n} K={k} {xt:?}: row 5 within M={m} identical to within M=64: {same}");
+                assert!(same, "gemm N={n} K={k} {xt:?}: row 5 differs between M={m} and M=64");
+            }
+        }
+    }
+}
