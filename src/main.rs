@@ -1,1 +1,343 @@
-fn main() {}
+//! The `kiln` command: `kiln serve` (the HTTP server, SGLang launch flags) and
+//! `kiln generate` (direct greedy generation on the CPU backend).
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use kiln::backend::cpu::CpuBackend;
+use kiln::backend::{Backend, Capacity};
+use kiln::config::ModelConfig;
+use kiln::scheduler::{self, SchedulerConfig};
+use kiln::server::{self, AppState, SamplingDefaults, ServerConfig};
+use kiln::tokenizer::Tokenizer;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Qwen3.5 inference engine and SGLang-compatible HTTP server")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the SGLang native and OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
+    /// Greedy-generate a continuation of a prompt on the CPU backend and print it.
+    Generate(GenerateArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum BackendKind {
+    /// cuda when a GPU and an engine plan are present, else the demo model.
+    Auto,
+    Cuda,
+    /// The f32 CPU backend on --model-path (slow; for small checkpoints).
+    Cpu,
+    /// The embedded demo model.
+    Demo,
+}
+
+#[derive(Args, Debug, serde::Serialize)]
+#[command(infer_long_args = true)]
+struct ServeArgs {
+    /// Hugging Face checkpoint folder.
+    #[arg(long = "model-path", alias = "model")]
+    model_path: Option<PathBuf>,
+    #[arg(long)]
+    tokenizer_path: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 30000)]
+    port: u16,
+    /// Longest sequence (prompt + output).
+    #[arg(long)]
+    context_length: Option<usize>,
+    #[arg(long)]
+    max_running_requests: Option<usize>,
+    /// Tokens per scheduler step (prefill chunks share what decode leaves).
+    #[arg(long)]
+    chunked_prefill_size: Option<usize>,
+    /// Requests that may wait; beyond, 503 with Retry-After.
+    #[arg(long, default_value_t = 4096)]
+    max_queued_requests: usize,
+    #[arg(long)]
+    mem_fraction_static: Option<f64>,
+    #[arg(long)]
+    served_model_name: Option<String>,
+    #[serde(skip)]
+    #[arg(long)]
+    api_key: Option<String>,
+    #[arg(long, alias = "tensor-parallel-size", default_value_t = 1)]
+    tp_size: usize,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendKind,
+    /// Engine plan for the cuda backend.
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// Seconds in-flight requests may run after SIGTERM before they are aborted.
+    #[arg(long, default_value_t = 20)]
+    shutdown_grace_secs: u64,
+    /// Largest request body in MiB.
+    #[arg(long, default_value_t = 32)]
+    max_request_mib: usize,
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    #[arg(long)]
+    skip_server_warmup: bool,
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    /// Checkpoint folder; without it, the embedded demo model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    /// Render the prompt as one user message with the chat template.
+    #[arg(long)]
+    chat: bool,
+}
+
+/// SGLang flags we do not implement are accepted with a warning (SGLang itself would
+/// exit): drops `--flag`, `--flag=value` and `--flag value` for unknown flags. Known
+/// flags may be abbreviated to a unique prefix, as with argparse.
+fn lenient(argv: Vec<String>) -> Vec<String> {
+    if argv.get(1).map(String::as_str) != Some("serve") {
+        return argv;
+    }
+    let cmd = Cli::command();
+    let serve = cmd.find_subcommand("serve").expect("serve subcommand");
+    let known: Vec<String> = serve
+        .get_arguments()
+        .flat_map(|a| a.get_long_and_visible_aliases().unwrap_or_default().into_iter().chain(a.get_all_aliases().unwrap_or_default()))
+        .map(str::to_string)
+        .chain(["help".to_string(), "version".to_string()])
+        .collect();
+    let mut out = argv[..2].to_vec();
+    let mut i = 2;
+    while i < argv.len() {
+        let a = &argv[i];
+        i += 1;
+        let Some(name) = a.strip_prefix("--") else {
+            out.push(a.clone());
+            continue;
+        };
+        let name = name.split('=').next().unwrap_or("");
+        if known.iter().any(|k| k.starts_with(name)) && !name.is_empty() {
+            out.push(a.clone());
+            continue;
+        }
+        let mut dropped = a.clone();
+        if !a.contains('=') && i < argv.len() && !argv[i].starts_with("--") {
+            dropped = format!("{a} {}", argv[i]);
+            i += 1;
+        }
+        eprintln!("kiln: warning: ignoring unsupported SGLang flag `{dropped}`");
+    }
+    out
+}
+
+fn main() {
+    let cli = Cli::parse_from(lenient(std::env::args().collect()));
+    let r = match cli.cmd {
+        Cmd::Serve(a) => serve(a),
+        Cmd::Generate(a) => generate(a),
+    };
+    if let Err(e) = r {
+        eprintln!("kiln: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},actix_server=warn,actix_web=warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+/// Union of the model config's and the tokenizer's EOS ids.
+fn eos_ids(cfg: &ModelConfig, tok: &Tokenizer) -> Vec<u32> {
+    let mut e: Vec<u32> = cfg.eos_token_ids.iter().chain(tok.eos_token_ids()).copied().collect();
+    e.sort_unstable();
+    e.dedup();
+    e
+}
+
+fn chat_defaults(model_dir: Option<&Path>) -> SamplingDefaults {
+    let Some(text) = model_dir.and_then(|d| std::fs::read_to_string(d.join("generation_config.json")).ok()) else {
+        return SamplingDefaults::default();
+    };
+    let g: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let f = |k: &str| g.get(k).and_then(Value::as_f64).map(|v| v as f32);
+    SamplingDefaults {
+        temperature: f("temperature"),
+        top_p: f("top_p"),
+        top_k: g.get("top_k").and_then(Value::as_i64),
+        min_p: f("min_p"),
+        repetition_penalty: f("repetition_penalty"),
+    }
+}
+
+fn cpu_capacity(slots: usize, context: usize) -> Capacity {
+    let block_size = 16;
+    Capacity { slots, block_size, kv_blocks: slots * context.div_ceil(block_size), max_seq_len: context }
+}
+
+fn gpu_present() -> bool {
+    std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .map(|o| o.status.success() && !o.stdout.is_empty())
+        .unwrap_or(false)
+}
+
+/// The backend, its tokenizer and a label; `Some(reason)` when serving the demo model.
+fn build_backend(a: &ServeArgs) -> Result<(Box<dyn Backend>, Tokenizer, Option<String>)> {
+    if a.tp_size != 1 {
+        bail!("--tp-size {} is not supported: kiln runs on one GPU (use --tp-size 1)", a.tp_size);
+    }
+    let demo_reason = match (a.backend, &a.model_path) {
+        (BackendKind::Demo, _) => Some("--backend demo".to_string()),
+        (_, None) => Some("no --model-path was given".to_string()),
+        (BackendKind::Auto, Some(_)) if !cfg!(feature = "cuda") => Some("this build has no cuda backend".to_string()),
+        (BackendKind::Auto, Some(_)) if !gpu_present() => Some("no GPU was found (nvidia-smi -L)".to_string()),
+        (BackendKind::Auto, Some(_)) if !a.plan.as_ref().is_some_and(|p| p.exists()) => {
+            Some(format!("no engine plan was found ({})", a.plan.as_ref().map_or("no --plan".into(), |p| p.display().to_string())))
+        }
+        _ => None,
+    };
+    let slots = a.max_running_requests.unwrap_or(16).max(1);
+    if let Some(reason) = demo_reason {
+        tracing::info!(
+            "kiln: serving the embedded DEMO model (a small random Qwen3.5-shaped model with the real tokenizer; its text is meaningless) because {reason}"
+        );
+        let (cfg, w) = kiln::demo::demo_weights();
+        let context = a.context_length.unwrap_or(8192);
+        let tok = Tokenizer::bundled()?;
+        return Ok((Box::new(CpuBackend::new(cfg, w, cpu_capacity(slots, context))?), tok, Some(reason)));
+    }
+    let dir = a.model_path.clone().expect("checked above");
+    let tok_dir = a.tokenizer_path.clone().unwrap_or_else(|| dir.clone());
+    let tok = Tokenizer::from_dir(&tok_dir)?;
+    match a.backend {
+        BackendKind::Cpu => {
+            tracing::info!("kiln: serving {} on the CPU backend (f32 reference; slow)", dir.display());
+            let (cfg, w) = kiln::checkpoint::load(&dir)?;
+            let context = a.context_length.unwrap_or(cfg.max_position_embeddings.min(8192));
+            Ok((Box::new(CpuBackend::new(cfg, w, cpu_capacity(slots, context))?), tok, None))
+        }
+        _ => cuda_backend(a, &dir, tok),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_backend(a: &ServeArgs, dir: &Path, tok: Tokenizer) -> Result<(Box<dyn Backend>, Tokenizer, Option<String>)> {
+    use kiln::backend::cuda::{CudaBackend, CudaOptions};
+    let plan = a.plan.clone().context("the cuda backend needs --plan (launch_server.sh passes it)")?;
+    tracing::info!("kiln: serving {} on the cuda backend (plan {})", dir.display(), plan.display());
+    let d = CudaOptions::default();
+    let opt = CudaOptions {
+        max_slots: a.max_running_requests.unwrap_or(d.max_slots),
+        max_seq_len: a.context_length.unwrap_or(d.max_seq_len),
+        max_step_tokens: a.chunked_prefill_size.unwrap_or(d.max_step_tokens),
+        mem_fraction: a.mem_fraction_static.unwrap_or(d.mem_fraction),
+        ..d
+    };
+    let b = CudaBackend::load(&plan, Some(dir), &opt)?;
+    Ok((Box::new(b), tok, None))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_backend(_a: &ServeArgs, _dir: &Path, _tok: Tokenizer) -> Result<(Box<dyn Backend>, Tokenizer, Option<String>)> {
+    bail!("this kiln binary was built without the cuda feature")
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    init_logging(&a.log_level);
+    let (backend, tok, demo) = build_backend(&a)?;
+    let eos = eos_ids(backend.config(), &tok);
+    let cap = backend.capacity();
+    let sched_cfg = SchedulerConfig {
+        max_running: a.max_running_requests.unwrap_or(cap.slots),
+        chunked_prefill_size: a.chunked_prefill_size.unwrap_or(if demo.is_some() { 512 } else { 2048 }),
+        max_queued: a.max_queued_requests,
+        context_len: a.context_length.unwrap_or(cap.max_seq_len),
+        eos_token_ids: eos,
+    };
+    let model_label = match (&demo, &a.model_path) {
+        (None, Some(p)) => p.display().to_string(),
+        _ => "kiln-demo".to_string(),
+    };
+    let defaults = chat_defaults(if demo.is_none() { a.model_path.as_deref() } else { None });
+    if defaults != SamplingDefaults::default() {
+        tracing::info!("Using default chat sampling params from model generation config: {}", json!(defaults));
+    }
+    let mut args = serde_json::to_value(&a)?.as_object().cloned().unwrap_or_default();
+    args.insert("api_key".into(), json!(a.api_key.as_ref().map(|_| "<set>")));
+    let cfg = ServerConfig {
+        served_model_name: a.served_model_name.clone().unwrap_or_else(|| model_label.clone()),
+        model_path: model_label.clone(),
+        tokenizer_path: a.tokenizer_path.as_ref().map_or(model_label.clone(), |p| p.display().to_string()),
+        api_key: a.api_key.clone(),
+        max_body_bytes: a.max_request_mib << 20,
+        chat_defaults: defaults,
+        shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
+        workers: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
+        server_args: args,
+    };
+    let tok_codec: Arc<dyn scheduler::Codec> = Arc::new(tok);
+    let sched = scheduler::spawn(backend, tok_codec.clone(), sched_cfg)?;
+    let info = sched.info().clone();
+    tracing::info!(
+        "backend {}: {} slots, {} KV blocks of {} tokens, context {}, step budget {} tokens",
+        info.backend, info.capacity.slots, info.capacity.kv_blocks, info.capacity.block_size, info.config.context_len, info.config.chunked_prefill_size
+    );
+    let state = AppState::new(cfg, sched, tok_codec);
+    if !a.skip_server_warmup {
+        state.warm_up().context("warm-up request failed")?;
+    }
+    state.set_ready();
+    let listener = std::net::TcpListener::bind((a.host.as_str(), a.port)).with_context(|| format!("binding {}:{}", a.host, a.port))?;
+    actix_web::rt::System::new().block_on(async move {
+        let running = server::start(state.clone(), listener)?;
+        tracing::info!("The server is fired up and ready to roll! Listening on http://{}", running.addr);
+        server::serve_until_signal(state, running).await
+    })?;
+    Ok(())
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let (cfg, w, tok) = match &a.model {
+        Some(dir) => {
+            let (cfg, w) = kiln::checkpoint::load(dir)?;
+            (cfg, w, Tokenizer::from_dir(dir)?)
+        }
+        None => {
+            let (cfg, w) = kiln::demo::demo_weights();
+            (cfg, w, Tokenizer::bundled()?)
+        }
+    };
+    let text = if a.chat {
+        let msgs = json!([{"role": "user", "content": a.prompt}]);
+        tok.apply_chat_template(&msgs, None, true, &Default::default())?
+    } else {
+        a.prompt.clone()
+    };
+    let ids = tok.encode(&text, true)?;
+    if ids.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let eos = eos_ids(&cfg, &tok);
+    let len = ids.len() + a.max_new_tokens;
+    let cap = Capacity { slots: 1, block_size: 16, kv_blocks: len.div_ceil(16), max_seq_len: len };
+    let mut backend = CpuBackend::new(cfg, w, cap)?;
+    let out = kiln::generate::greedy(&mut backend, &ids, a.max_new_tokens, &eos)?;
+    println!("{}", tok.decode(&out, true)?);
+    Ok(())
+}

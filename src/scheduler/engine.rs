@@ -392,8 +392,10 @@ impl Engine {
         if self.running.is_empty() {
             return;
         }
-        // Plan: (index into running, tokens, want).
-        let mut budget = self.cfg.chunked_prefill_size;
+        // Plan: (index into running, tokens, want). The budget covers every token of the
+        // step: one per decoding sequence first, prefill chunks from what is left.
+        let decoding = self.running.iter().filter(|s| s.tokens.len() - s.fed == 1).count();
+        let mut budget = self.cfg.chunked_prefill_size.saturating_sub(decoding);
         let mut plan: Vec<(usize, usize, Want)> = Vec::new();
         for (i, s) in self.running.iter().enumerate() {
             let remaining = s.tokens.len() - s.fed;

@@ -2,7 +2,7 @@
 //!
 //! Each step it drops cancelled requests, admits waiting ones (FIFO) while state slots
 //! and KV blocks allow, gives every decoding sequence one token and the prefilling ones
-//! chunks under the `chunked_prefill_size` token budget, runs one `forward`, samples,
+//! chunks from what is left of the `chunked_prefill_size` per-step token budget, runs one `forward`, samples,
 //! applies the stop rules, and sends each request its `Output`. When decode needs a KV
 //! block and none is free, the newest sequence is retracted (its blocks freed, put back
 //! at the front of the queue to be re-prefilled from its tokens so far).
@@ -37,7 +37,7 @@ use tokio::sync::mpsc as tmpsc;
 pub struct SchedulerConfig {
     /// Most sequences running at once (capped by the backend's slots).
     pub max_running: usize,
-    /// Prefill tokens per step (decode tokens come on top, one per running sequence).
+    /// Tokens per step: one per decoding sequence, prefill chunks share the rest.
     pub chunked_prefill_size: usize,
     /// Requests that may wait for a slot; beyond this, submissions are refused.
     pub max_queued: usize,
@@ -116,7 +116,8 @@ pub fn spawn(backend: Box<dyn Backend>, codec: Arc<dyn Codec>, mut cfg: Schedule
     ensure!(cap.slots > 0, "backend has no state slots");
     ensure!(cap.kv_blocks > 0 && cap.block_size > 0, "backend has no KV blocks");
     cfg.max_running = cfg.max_running.clamp(1, cap.slots);
-    cfg.chunked_prefill_size = cfg.chunked_prefill_size.max(1);
+    // The step budget must leave room for a prefill token beside a full decode batch.
+    cfg.chunked_prefill_size = cfg.chunked_prefill_size.max(cfg.max_running + 1);
     // One sequence must always fit: its tokens in max_seq_len and its blocks in the pool.
     cfg.context_len = cfg.context_len.min(cap.max_seq_len).min(cap.kv_blocks * cap.block_size);
     ensure!(cfg.context_len >= 2, "context length {} is too small", cfg.context_len);
