@@ -1,1 +1,225 @@
-fn main() {}
+//! kiln-build: turns a Hugging Face Qwen3.5 checkpoint into a kiln engine plan.
+//!
+//! ```text
+//! kiln-build --model DIR [--out engines] [--arch auto|sm_90a|sm_100a] [--name NAME]
+//!            [--no-kernels] [--max-context N] [--max-batch N] [--include DIR]...
+//! kiln-build --compile-only --arch sm_90a,sm_100a [--model DIR]
+//! ```
+//!
+//! A build reads config.json and tokenizer.json, opens and checks every tensor of the
+//! checkpoint, compiles the kernels for the GPU's architecture, packs the weights into
+//! the kernels' layouts and writes `OUT/NAME.plan` atomically, then reopens it and checks
+//! it as the server will. `--compile-only` compiles every kernel for each named
+//! architecture (no GPU needed) and reports the cubin sizes.
+
+mod gpu;
+mod kernels;
+mod qwen3_5_4b;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln::checkpoint::Checkpoint;
+use kiln::config::ModelConfig;
+use kiln::plan::{plan_packing, tokenizer_hash, write_plan, Arch, BuildInfo, Expected, Limits, Plan};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(name = "kiln-build", version, about = "Builds a kiln engine plan from a Hugging Face Qwen3.5 checkpoint")]
+struct Args {
+    /// Checkpoint folder: config.json, tokenizer.json and the safetensors shards.
+    /// With --compile-only, only its config.json is read (default: Qwen3.5-4B's).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// Folder the plan is written to.
+    #[arg(long, value_name = "DIR", default_value = "engines")]
+    out: PathBuf,
+    /// GPU architecture: sm_90a (H100/H200), sm_100a (B200) or auto (ask GPU 0).
+    /// With --compile-only, a comma-separated list. Default: auto.
+    #[arg(long, value_name = "ARCH")]
+    arch: Option<String>,
+    /// Plan name: the file is OUT/NAME.plan. Default: <model folder name>.<arch>.
+    #[arg(long)]
+    name: Option<String>,
+    /// Compile every kernel for each --arch and report cubin sizes; write nothing.
+    #[arg(long)]
+    compile_only: bool,
+    /// Pack the weights without compiling kernels (a plan for the CPU backend and tests).
+    #[arg(long, conflicts_with = "compile_only")]
+    no_kernels: bool,
+    /// Longest sequence (prompt + output) the plan serves. Default: the config's
+    /// max_position_embeddings.
+    #[arg(long, value_name = "TOKENS")]
+    max_context: Option<usize>,
+    /// Largest decode batch the plan serves.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_batch: usize,
+    /// Folder holding cuda_bf16.h for NVRTC (repeatable). Default: KILN_CUDA_INCLUDE,
+    /// CUDA_HOME/include, /usr/local/cuda/include, or the venv of scripts/ci_nvrtc.sh.
+    #[arg(long = "include", value_name = "DIR")]
+    include: Vec<PathBuf>,
+}
+
+fn builder_version() -> String {
+    format!("kiln-build {} ({})", env!("CARGO_PKG_VERSION"), env!("KILN_BUILD_GIT"))
+}
+
+/// Runs one phase and prints how long it took.
+fn phase<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let t = Instant::now();
+    let out = f()?;
+    eprintln!("  {name:<28} {:>8.2} s", t.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+fn resolve_arch(s: &str) -> Result<Arch> {
+    if s.trim() == "auto" {
+        let a = gpu::detect_arch()?;
+        eprintln!("GPU 0 is {a}");
+        Ok(a)
+    } else {
+        s.parse()
+    }
+}
+
+fn mib(n: u64) -> f64 {
+    n as f64 / (1 << 20) as f64
+}
+
+fn compile_only(args: &Args) -> Result<()> {
+    let t0 = Instant::now();
+    let list = args.arch.as_deref().unwrap_or("auto");
+    let archs: Vec<Arch> = list.split(',').filter(|s| !s.trim().is_empty()).map(resolve_arch).collect::<Result<_>>()?;
+    if archs.is_empty() {
+        bail!("--compile-only needs --arch, e.g. --arch sm_90a,sm_100a");
+    }
+    let (cfg, what) = match &args.model {
+        Some(dir) => (ModelConfig::from_file(&dir.join("config.json"))?, format!("{}/config.json", dir.display())),
+        None => (qwen3_5_4b::config()?, "Qwen3.5-4B (built in)".to_string()),
+    };
+    let include = kernels::include_dirs(&args.include);
+    eprintln!("compiling the kiln kernels for {what} with {}", kernels::nvrtc_banner());
+    match include.first() {
+        Some(dir) => eprintln!("CUDA headers: {}", dir.display()),
+        None => eprintln!("CUDA headers: none found (set KILN_CUDA_INCLUDE or pass --include)"),
+    }
+    for arch in archs {
+        let t = Instant::now();
+        let modules = kernels::compile(arch, &cfg, &include)?;
+        let total: usize = modules.iter().map(|m| m.cubin.len()).sum();
+        println!("{arch}: {} modules, {total} bytes of cubin, {:.2} s", modules.len(), t.elapsed().as_secs_f64());
+        for m in &modules {
+            println!("  {:<16} {:>10} bytes", m.name, m.cubin.len());
+        }
+    }
+    eprintln!("done in {:.2} s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `Qwen3.5-4B` -> `qwen3.5-4b`: lower case, anything but [a-z0-9._-] becomes '-'.
+fn default_name(model: &Path) -> String {
+    let base = std::fs::canonicalize(model)
+        .ok()
+        .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into());
+    base.to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .collect()
+}
+
+fn build(args: &Args) -> Result<()> {
+    let t0 = Instant::now();
+    let Some(model) = args.model.as_deref() else {
+        bail!("--model DIR is required (the checkpoint folder), unless --compile-only");
+    };
+    if args.no_kernels && args.arch.is_some() {
+        bail!("--no-kernels builds a plan without kernels, so --arch does not apply");
+    }
+    eprintln!("{}", builder_version());
+    let arch = if args.no_kernels { None } else { Some(resolve_arch(args.arch.as_deref().unwrap_or("auto"))?) };
+    let name = args.name.clone().unwrap_or_else(|| {
+        format!("{}.{}", default_name(model), arch.map_or("nokernels", |a| a.as_str()))
+    });
+    let path = args.out.join(format!("{name}.plan"));
+
+    let (cfg, tok_hash) = phase("config + tokenizer", || {
+        let cfg = ModelConfig::from_file(&model.join("config.json"))?;
+        let tok = model.join("tokenizer.json");
+        if !tok.is_file() {
+            bail!("{} has no tokenizer.json (the plan records its hash, and the server needs it)", model.display());
+        }
+        Ok((cfg, tokenizer_hash(&tok)?))
+    })?;
+    let limits = Limits { max_context: args.max_context.unwrap_or(cfg.max_position_embeddings), max_batch: args.max_batch };
+    if limits.max_context == 0 || limits.max_batch == 0 {
+        bail!("--max-context and --max-batch must be positive");
+    }
+    let (ck, packing) = phase("open + check checkpoint", || {
+        let ck = Checkpoint::open(model)?;
+        let packing = plan_packing(&ck, &cfg)?;
+        Ok((ck, packing))
+    })?;
+    let kernels = match arch {
+        Some(a) => {
+            let include = kernels::include_dirs(&args.include);
+            phase(&format!("compile kernels ({a})"), || kernels::compile(a, &cfg, &include))?
+        }
+        None => Vec::new(),
+    };
+
+    let info = BuildInfo {
+        builder_version: builder_version(),
+        arch,
+        tokenizer_hash: tok_hash.clone(),
+        limits,
+        source: format!("{} ({})", model.display(), cfg.model_type),
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("  packing [{bar:32}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    let t_pack = Instant::now();
+    let header = phase("pack + write", || {
+        write_plan(&path, &ck, &cfg, &packing, &info, &kernels, &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .with_context(|| format!("writing {}", path.display()))
+    })?;
+    bar.finish_and_clear();
+    let pack_secs = t_pack.elapsed().as_secs_f64();
+
+    phase("verify", || {
+        let plan = Plan::open(&path)?;
+        let mut want = Expected { arch, ..Expected::default() }.with_model_dir(model)?;
+        if arch.is_some() {
+            want.kernel_hash = Some(kiln::plan::KERNEL_HASH.to_string());
+        }
+        plan.check(&want)
+    })?;
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {} ({:.1} MiB: {} tensors, {} kernel modules, {} skipped) in {:.2} s; packing ran at {:.0} MiB/s",
+        path.display(),
+        mib(size),
+        header.tensors.len(),
+        header.kernels.len(),
+        header.skipped.len(),
+        t0.elapsed().as_secs_f64(),
+        mib(header.payload_len) / pack_secs.max(1e-9)
+    );
+    Ok(())
+}
+
+fn main() {
+    let args = Args::parse();
+    let r = if args.compile_only { compile_only(&args) } else { build(&args) };
+    if let Err(e) = r {
+        eprintln!("kiln-build: {e:#}");
+        std::process::exit(1);
+    }
+}

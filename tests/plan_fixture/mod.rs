@@ -19,17 +19,21 @@ pub struct Opts {
     pub mtp: bool,
     /// Dtype for each tensor by canonical name (default bf16).
     pub dtype: fn(&str) -> Dtype,
+    /// Head sizes the CUDA kernels accept (head_dim 32, linear heads 16 / 32 wide), so
+    /// the kernels compile for this model; default: smaller heads.
+    pub kernel_dims: bool,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Opts { prefix: "model.language_model.", tie: true, mtp: true, dtype: |_| Dtype::BF16 }
+        Opts { prefix: "model.language_model.", tie: true, mtp: true, dtype: |_| Dtype::BF16, kernel_dims: false }
     }
 }
 
 /// The official config.json shape (model_type qwen3_5, text settings in text_config) at
 /// toy size: 4 layers (3 linear + 1 full), hidden 32.
 pub fn config_json(o: &Opts) -> serde_json::Value {
+    let (hd, lk, lv) = if o.kernel_dims { (32, 16, 32) } else { (16, 8, 8) };
     json!({
         "model_type": "qwen3_5",
         "tie_word_embeddings": o.tie,
@@ -43,12 +47,12 @@ pub fn config_json(o: &Opts) -> serde_json::Value {
             "rms_norm_eps": 1e-6,
             "num_attention_heads": 2,
             "num_key_value_heads": 1,
-            "head_dim": 16,
+            "head_dim": hd,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25},
             "linear_num_key_heads": 2,
             "linear_num_value_heads": 4,
-            "linear_key_head_dim": 8,
-            "linear_value_head_dim": 8,
+            "linear_key_head_dim": lk,
+            "linear_value_head_dim": lv,
             "linear_conv_kernel_dim": 4,
             "mtp_num_hidden_layers": if o.mtp { 1 } else { 0 },
             "hidden_act": "silu",

@@ -1,0 +1,34 @@
+//! Compiling the CUDA kernels for one architecture (NVRTC, no GPU needed), through
+//! `kiln::backend::cuda::compile`.
+
+use anyhow::{Context, Result};
+use kiln::backend::cuda::compile::{compile_all, find_cuda_include, nvrtc_version, KernelDims};
+use kiln::config::ModelConfig;
+use kiln::plan::{Arch, KernelImage};
+use std::path::PathBuf;
+
+/// The include folders to give NVRTC: `--include` if given, else the one the compile
+/// module finds (KILN_CUDA_INCLUDE, CUDA_HOME, /usr/local/cuda, the CI venv).
+pub fn include_dirs(given: &[PathBuf]) -> Vec<PathBuf> {
+    if given.is_empty() {
+        find_cuda_include().into_iter().collect()
+    } else {
+        given.to_vec()
+    }
+}
+
+/// One line naming the NVRTC in use, for the build log.
+pub fn nvrtc_banner() -> String {
+    match nvrtc_version() {
+        Ok((a, b)) => format!("NVRTC {a}.{b}"),
+        Err(e) => format!("NVRTC unavailable ({e})"),
+    }
+}
+
+/// Every kernel module for `arch`, specialised to `cfg`'s dimensions.
+pub fn compile(arch: Arch, cfg: &ModelConfig, include: &[PathBuf]) -> Result<Vec<KernelImage>> {
+    let dims = KernelDims::from_config(cfg);
+    let modules = compile_all(arch.as_str(), &dims, include)
+        .with_context(|| format!("compiling the CUDA kernels for {arch}"))?;
+    Ok(modules.into_iter().map(|m| KernelImage { name: m.name, cubin: m.cubin }).collect())
+}
