@@ -57,16 +57,20 @@ fn embed_gathers_rows() {
             ids[1] = -1; // out of range: zero row
             ids[0] = v as i32 - 1;
         }
+        // One random row per distinct id (ids may repeat).
+        let mut rows = std::collections::HashMap::new();
+        for id in ids.iter().filter(|id| **id >= 0) {
+            rows.entry(*id).or_insert_with(|| round_bf16(&rand_vec(&mut g, h, 1.0)));
+        }
+        for (id, row) in &rows {
+            let mut dst = table_dev.slice_mut(*id as usize * h..(*id as usize + 1) * h);
+            s.memcpy_htod(&to_bf16(row), &mut dst).unwrap();
+        }
         let mut expect = vec![0f32; m * h];
         for (i, id) in ids.iter().enumerate() {
-            if *id < 0 {
-                continue;
+            if let Some(row) = rows.get(id) {
+                expect[i * h..(i + 1) * h].copy_from_slice(row);
             }
-            let row = round_bf16(&rand_vec(&mut g, h, 1.0));
-            let mut dst = table_dev.slice_mut(*id as usize * h..(*id as usize + 1) * h);
-            let rb = to_bf16(&row);
-            s.memcpy_htod(&rb, &mut dst).unwrap();
-            expect[i * h..(i + 1) * h].copy_from_slice(&row);
         }
         let ids_d = up(&s, &ids);
         let out = poison_f32(&s, m * h);
