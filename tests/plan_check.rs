@@ -179,12 +179,17 @@ fn a_header_whose_blobs_do_not_fit_is_refused() {
     let good = std::fs::read(&b.plan).unwrap();
     let hlen = u64::from_le_bytes(good[16..24].try_into().unwrap()) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&good[64..64 + hlen]).unwrap();
-    let last = header["tensors"].as_array().unwrap().len() - 1;
-    // All nines, as many digits as the stored length: the header does not grow.
+    // All nines, as many digits as the stored length (the header does not grow), on a
+    // tensor for which that runs past the payload.
+    let payload = header["payload_len"].as_u64().unwrap();
+    let nines = |len: u64| -> u64 { "9".repeat(len.to_string().len()).parse().unwrap() };
+    let tensors = header["tensors"].as_array().unwrap();
+    let last = (0..tensors.len())
+        .rev()
+        .find(|&i| tensors[i]["offset"].as_u64().unwrap() + nines(tensors[i]["len"].as_u64().unwrap()) > payload)
+        .expect("some tensor can be made to run past the payload");
     let len = header["tensors"][last]["len"].as_u64().unwrap();
-    let nines: u64 = "9".repeat(len.to_string().len()).parse().unwrap();
-    assert!(nines > len + 256);
-    header["tensors"][last]["len"] = nines.into();
+    header["tensors"][last]["len"] = nines(len).into();
     let mut json = serde_json::to_vec(&header).unwrap();
     json.resize(hlen, b' '); // same length keeps the payload offset
     assert_eq!(json.len(), hlen, "patched header must not grow");

@@ -65,9 +65,9 @@ fn check_layouts(plan: &Plan, c: &ModelConfig, s: &Stored, prefix: &str, src_pre
             same!(rows(&qgkv, h, k0 + nkv * hd, nkv * hd), src(s, &sp("self_attn.v_proj.weight")), "{prefix} v rows");
             same!(get(plan, &names::o(prefix)).2, src(s, &sp("self_attn.o_proj.weight")));
             let (shape, dt, qn) = get(plan, &names::q_norm(prefix));
-            assert_eq!((shape, dt), (vec![hd], DType::F32));
-            same!(qn, src(s, &sp("self_attn.q_norm.weight")), "norms are stored raw (kernel applies 1 + w)");
-            same!(get(plan, &names::k_norm(prefix)).2, src(s, &sp("self_attn.k_norm.weight")));
+            assert_eq!((shape, dt), (vec![hd], DType::Bf16));
+            same!(qn, bf16(src(s, &sp("self_attn.q_norm.weight"))), "norms are stored raw (kernel applies 1 + w)");
+            same!(get(plan, &names::k_norm(prefix)).2, bf16(src(s, &sp("self_attn.k_norm.weight"))));
         }
         LayerKind::Linear => {
             let (qkv, vd, nv) = (c.linear_qkv_dim(), c.linear_value_dim(), c.linear_num_value_heads);
@@ -92,7 +92,7 @@ fn check_layouts(plan: &Plan, c: &ModelConfig, s: &Stored, prefix: &str, src_pre
                 assert_eq!((shape, dt), (vec![nv], DType::F32));
                 same!(v, src(s, &sp(f)), "{n}");
             }
-            same!(get(plan, &names::gdn_norm(prefix)).2, src(s, &sp("linear_attn.norm.weight")));
+            same!(get(plan, &names::gdn_norm(prefix)).2, bf16(src(s, &sp("linear_attn.norm.weight"))));
             same!(get(plan, &names::gdn_out(prefix)).2, src(s, &sp("linear_attn.out_proj.weight")));
         }
     }
@@ -102,8 +102,8 @@ fn check_layouts(plan: &Plan, c: &ModelConfig, s: &Stored, prefix: &str, src_pre
     same!(rows(&gu, h, 0, i), src(s, &sp("mlp.gate_proj.weight")), "{prefix} gate");
     same!(rows(&gu, h, i, i), src(s, &sp("mlp.up_proj.weight")), "{prefix} up");
     same!(get(plan, &names::down(prefix)).2, src(s, &sp("mlp.down_proj.weight")));
-    same!(get(plan, &names::input_norm(prefix)).2, src(s, &sp("input_layernorm.weight")));
-    same!(get(plan, &names::post_attention_norm(prefix)).2, src(s, &sp("post_attention_layernorm.weight")));
+    same!(get(plan, &names::input_norm(prefix)).2, bf16(src(s, &sp("input_layernorm.weight"))));
+    same!(get(plan, &names::post_attention_norm(prefix)).2, bf16(src(s, &sp("post_attention_layernorm.weight"))));
 }
 
 #[test]
@@ -118,7 +118,7 @@ fn official_layout_round_trips_with_fused_layouts() {
     check_layouts(&plan, c, s, &names::mtp_layer(0), "mtp.layers.0", LayerKind::Full);
     same!(get(&plan, names::EMBED).2, src(s, "embed_tokens.weight"));
     assert_eq!(get(&plan, names::EMBED).0, vec![c.vocab_size, c.hidden_size]);
-    same!(get(&plan, names::NORM).2, src(s, "norm.weight"));
+    same!(get(&plan, names::NORM).2, bf16(src(s, "norm.weight")));
     assert!(!plan.has_tensor(names::LM_HEAD), "tied: no lm_head in the plan");
     same!(get(&plan, names::MTP_FC).2, src(s, "mtp.fc.weight"));
     for (n, f) in [
@@ -126,7 +126,7 @@ fn official_layout_round_trips_with_fused_layouts() {
         (names::MTP_PRE_FC_NORM_HIDDEN, "mtp.pre_fc_norm_hidden.weight"),
         (names::MTP_NORM, "mtp.norm.weight"),
     ] {
-        assert_eq!(get(&plan, n), (vec![c.hidden_size], DType::F32, src(s, f).to_vec()), "{n}");
+        assert_eq!(get(&plan, n), (vec![c.hidden_size], DType::Bf16, bf16(src(s, f))), "{n}");
     }
     // Every checkpoint tensor is accounted for exactly once by the part table.
     let mut parts: Vec<&str> =
@@ -186,9 +186,9 @@ fn f32_and_f16_inputs_convert_to_bf16_round_to_nearest_even() {
     let b = built(&o, None, &[]);
     let plan = Plan::open(&b.plan).unwrap();
     let s = &b.stored;
-    // f32 -> bf16 for matrices; f32 stays exact for norms.
+    // f32 -> bf16 with round-to-nearest-even, matrices and norms alike.
     same!(get(&plan, names::EMBED).2, bf16(src(s, "embed_tokens.weight")));
-    same!(get(&plan, names::NORM).2, src(s, "norm.weight"));
+    same!(get(&plan, names::NORM).2, bf16(src(s, "norm.weight")));
     let h = b.cfg.hidden_size;
     let i = b.cfg.intermediate_size;
     let gu = get(&plan, &names::gate_up("layers.0")).2;

@@ -8,8 +8,7 @@
 //!   its stored row order (so a fused GEMM's output is the concatenation of the
 //!   separate outputs);
 //! - the Gated DeltaNet conv taps are bf16 [channels, kernel];
-//! - norm weights, A_log and dt_bias are f32 (exact for bf16/f16 checkpoints; kernels
-//!   compute norms in fp32);
+//! - norm weights are bf16 (the kernels widen them to fp32); A_log and dt_bias are f32;
 //! - norm weights are stored raw, as in the checkpoint: the decoder norms
 //!   (`input_norm`, `post_attention_norm`, `norm`, `attn.q_norm`, `attn.k_norm`, the MTP
 //!   norms) are applied as (1 + w), computed in fp32 by the kernel exactly as HF's
@@ -55,9 +54,10 @@ fn matrix1(name: String, shape: &[usize], source: String) -> PackedSpec {
     spec(name, DType::Bf16, shape, vec![(source, shape[0])])
 }
 
-/// A norm weight: f32, raw w (the kernel applies (1 + w) or w, see the module doc).
+/// A norm weight: bf16 (as the checkpoint stores it; the kernels read bf16 norm
+/// weights and widen them to fp32), raw w (applied as (1 + w) or w, see the module doc).
 fn norm(name: String, n: usize, source: String) -> PackedSpec {
-    spec(name, DType::F32, &[n], vec![(source, n)])
+    spec(name, DType::Bf16, &[n], vec![(source, n)])
 }
 
 /// An f32 vector or small table with one source.

@@ -3,3 +3,9 @@
 
 pub mod compile;
 pub mod kernels;
+pub mod backend;
+mod memory;
+mod pools;
+mod weights;
+
+pub use backend::{CudaBackend, CudaOptions};

@@ -1,0 +1,322 @@
+//! The cuda backend: loads a plan (weights and kernels compiled for this GPU), sizes its
+//! pools from free memory, and runs steps of mixed prefill and decode.
+
+use super::compile::{CompiledModule, KernelDims};
+use super::kernels::{
+    AttnDecode, AttnPrefill, Conv1d, DType, DevPtr, GdnDecode, GdnPrefill, Kernels, Mat, QkNormRope, NULL,
+};
+use super::memory::{copy_d2d, download, memset0, upload};
+use super::pools::{block_bytes, slot_bytes, Meta, Scratch, StatePools, LOGIT_ROWS};
+use super::weights::{DeviceWeights, MixerPtrs};
+use crate::backend::layout::StepLayout;
+use crate::backend::{Backend, Capacity, ChunkLogits, SeqChunk};
+use crate::config::ModelConfig;
+use crate::plan::{Arch, Expected, Plan};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use cudarc::driver::{CudaContext, CudaStream};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Start-up choices (the server's flags).
+#[derive(Clone, Debug)]
+pub struct CudaOptions {
+    /// Most sequences in flight (state slots).
+    pub max_slots: usize,
+    /// Longest sequence, prompt + output.
+    pub max_seq_len: usize,
+    /// Most tokens in one step (the chunked-prefill budget).
+    pub max_step_tokens: usize,
+    /// Fraction of the GPU's memory kiln may use (weights + pools + scratch).
+    pub mem_fraction: f64,
+    pub block_size: usize,
+    /// Decode attention partitions per sequence (fixed: results depend on it).
+    pub max_parts: usize,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions { max_slots: 64, max_seq_len: 32768, max_step_tokens: 2048, mem_fraction: 0.85, block_size: 16, max_parts: 32 }
+    }
+}
+
+pub struct CudaBackend {
+    cfg: ModelConfig,
+    cap: Capacity,
+    _ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    k: Kernels,
+    w: DeviceWeights,
+    pools: StatePools,
+    s: Scratch,
+    max_blocks_per_seq: usize,
+    pub device_name: String,
+}
+
+// The backend is owned and driven by one scheduler thread at a time; the raw device
+// addresses it holds are only used from that thread (with the context bound).
+unsafe impl Send for CudaBackend {}
+
+impl CudaBackend {
+    /// Opens `plan_path`, checks it against this GPU (and the model dir's tokenizer when
+    /// given), uploads the weights and sizes the pools.
+    pub fn load(plan_path: &Path, model_dir: Option<&Path>, opt: &CudaOptions) -> Result<Self> {
+        let ctx = CudaContext::new(0).map_err(|e| anyhow!("no usable CUDA device: {e:?}"))?;
+        ctx.bind_to_thread().map_err(|e| anyhow!("binding the CUDA context: {e:?}"))?;
+        let (major, minor) = ctx.compute_capability().map_err(|e| anyhow!("compute capability: {e:?}"))?;
+        let arch = Arch::from_compute_capability(major, minor)?;
+        let plan = Plan::open(plan_path)?;
+        let mut want = Expected::for_gpu(arch);
+        if let Some(dir) = model_dir {
+            want = want.with_model_dir(dir)?;
+        }
+        plan.check(&want)?;
+        let cfg = plan.model_config()?;
+        let dims = KernelDims::from_config(&cfg);
+        let modules: Vec<CompiledModule> = plan
+            .header
+            .kernels
+            .iter()
+            .map(|k| Ok(CompiledModule { name: k.name.clone(), cubin: plan.kernel(&k.name)?.to_vec() }))
+            .collect::<Result<_>>()?;
+        let k = Kernels::load(&ctx, &modules, &dims)?;
+        let stream = ctx.default_stream();
+        let w = DeviceWeights::upload(&stream, &plan, &cfg)?;
+        let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        Self::with_parts(cfg, ctx, stream, k, w, opt, device_name)
+    }
+
+    fn with_parts(
+        cfg: ModelConfig,
+        ctx: Arc<CudaContext>,
+        stream: Arc<CudaStream>,
+        k: Kernels,
+        w: DeviceWeights,
+        opt: &CudaOptions,
+        device_name: String,
+    ) -> Result<Self> {
+        ensure!(opt.max_slots > 0 && opt.max_slots <= 64, "max running requests must be 1..=64 (got {})", opt.max_slots);
+        ensure!(opt.max_step_tokens >= opt.max_slots, "the step token budget must cover one token per running request");
+        let max_blocks_per_seq = opt.max_seq_len.div_ceil(opt.block_size);
+        let s = Scratch::new(&cfg, &k, opt.max_step_tokens, opt.max_slots, max_blocks_per_seq, opt.max_parts)?;
+        // Pools from what is left of the memory budget.
+        let (free, total) = ctx.mem_get_info().map_err(|e| anyhow!("reading free GPU memory: {e:?}"))?;
+        let used = total - free;
+        let budget = (total as f64 * opt.mem_fraction) as usize;
+        let state = opt.max_slots * slot_bytes(&cfg);
+        let left = budget.saturating_sub(used).saturating_sub(state);
+        let per_block = block_bytes(&cfg, opt.block_size);
+        let want_blocks = opt.max_slots * max_blocks_per_seq;
+        let kv_blocks = (left / per_block).min(want_blocks);
+        ensure!(
+            kv_blocks >= max_blocks_per_seq.min(want_blocks),
+            "not enough GPU memory for one full-length sequence: {} KV blocks fit, {} needed (raise --mem-fraction-static or lower --context-length)",
+            kv_blocks,
+            max_blocks_per_seq
+        );
+        let pools = StatePools::new(&cfg, opt.max_slots, kv_blocks, opt.block_size)?;
+        let cap = Capacity { slots: opt.max_slots, block_size: opt.block_size, kv_blocks, max_seq_len: opt.max_seq_len };
+        tracing::info!(
+            slots = cap.slots,
+            kv_blocks,
+            kv_tokens = kv_blocks * opt.block_size,
+            state_mib = state >> 20,
+            "cuda backend ready on {device_name}"
+        );
+        Ok(CudaBackend { cfg, cap, _ctx: ctx, stream, k, w, pools, s, max_blocks_per_seq, device_name })
+    }
+
+    /// y[M][N] = x[M][K] . W[N][K]^T for any M (64-row pieces; a row's result does not
+    /// depend on which piece it is in).
+    fn gemm(&self, w: DevPtr, x: DevPtr, y: DevPtr, m: usize, n: usize, kdim: usize, x_ld: usize, y_ld: usize) -> Result<()> {
+        ensure!(x_ld == kdim && y_ld == n, "gemm: packed rows expected");
+        let mut r = 0;
+        while r < m {
+            let rows = (m - r).min(64);
+            let xo = x + (r * kdim * 4) as u64;
+            let yo = y + (r * n * 4) as u64;
+            self.k.gemm(&self.stream, w, xo, DType::F32, yo, DType::F32, rows, n, kdim, &self.s.gemm)?;
+            r += rows;
+        }
+        Ok(())
+    }
+
+    fn upload_meta(&self, l: &StepLayout) -> Result<Meta> {
+        let m = Meta::layout(l.num_tokens(), l.num_seqs(), l.bt_stride);
+        ensure!(m.end <= self.s.meta_len, "step metadata ({} ints) exceeds its buffer ({})", m.end, self.s.meta_len);
+        let mut host = vec![0i32; m.end];
+        host[m.ids..m.ids + l.ids.len()].copy_from_slice(&l.ids);
+        host[m.pos..m.pos + l.pos.len()].copy_from_slice(&l.pos);
+        host[m.kv_loc..m.kv_loc + l.kv_loc.len()].copy_from_slice(&l.kv_loc);
+        host[m.cu_seqlens..m.cu_seqlens + l.cu_seqlens.len()].copy_from_slice(&l.cu_seqlens);
+        host[m.slots..m.slots + l.slots.len()].copy_from_slice(&l.slots);
+        host[m.start_pos..m.start_pos + l.start_pos.len()].copy_from_slice(&l.start_pos);
+        host[m.ctx_lens..m.ctx_lens + l.ctx_lens.len()].copy_from_slice(&l.ctx_lens);
+        host[m.block_tables..m.block_tables + l.block_tables.len()].copy_from_slice(&l.block_tables);
+        upload(&self.stream, self.s.meta.ptr, &host)?;
+        // The host vector dies here: wait for the copy (the step synchronises anyway).
+        self.stream.synchronize().map_err(|e| anyhow!("uploading step metadata: {e:?}"))?;
+        Ok(m)
+    }
+
+    fn run_step(&mut self, l: &StepLayout) -> Result<Vec<f32>> {
+        let c = &self.cfg;
+        let (t, h) = (l.num_tokens(), c.hidden_size);
+        let meta = self.upload_meta(l)?;
+        let mp = |off: usize| self.s.meta.at(off * 4);
+        let decode = l.is_decode();
+        let st = &self.stream;
+        let k = &self.k;
+        let s = &self.s;
+        k.embed(st, self.w.embed, mp(meta.ids), s.resid.ptr, t)?;
+        let qkv_dim = c.linear_qkv_dim();
+        let vd = c.linear_value_dim();
+        let nv = c.linear_num_value_heads;
+        let attn_w = c.num_heads * c.head_dim;
+        let qgkv_w = (2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+        let mut delta: Option<Mat> = None;
+        let (mut li, mut fi) = (0, 0);
+        for layer in &self.w.layers {
+            k.add_rmsnorm(st, s.resid.ptr, delta, layer.input_norm, NULL, s.normed.ptr, t)?;
+            match &layer.mixer {
+                MixerPtrs::Linear(g) => {
+                    let wide_w = qkv_dim + vd;
+                    self.gemm(g.qkvz, s.normed.ptr, s.wide.ptr, t, wide_w, h, h, wide_w)?;
+                    self.gemm(g.ba, s.normed.ptr, s.ba.ptr, t, 2 * nv, h, h, 2 * nv)?;
+                    let qkvz = Mat::f32(s.wide.ptr, wide_w);
+                    let ba = Mat::f32(s.ba.ptr, 2 * nv);
+                    let out = Mat::f32(s.mix_in.ptr, vd);
+                    if decode {
+                        k.gdn_decode(st, &GdnDecode {
+                            qkv: qkvz, z: qkvz.cols(qkv_dim), b: ba, a: ba.cols(nv),
+                            conv_w: g.conv, conv_state: self.pools.conv_layer(li), state: self.pools.recurrent_layer(li),
+                            a_log: g.a_log, dt_bias: g.dt_bias, norm_w: g.norm,
+                            slots: mp(meta.slots), pos: mp(meta.pos), out, batch: t,
+                        })?;
+                    } else {
+                        k.conv1d(st, &Conv1d {
+                            x: qkvz, w: g.conv, conv_state: self.pools.conv_layer(li),
+                            cu_seqlens: mp(meta.cu_seqlens), slots: mp(meta.slots), start_pos: mp(meta.start_pos),
+                            out: s.conv_out.ptr, ld_out: qkv_dim, nseq: l.num_seqs(),
+                        })?;
+                        k.gdn_prefill(st, &GdnPrefill {
+                            qkv: s.conv_out.ptr, ld_qkv: qkv_dim, b: ba, a: ba.cols(nv),
+                            a_log: g.a_log, dt_bias: g.dt_bias, state: self.pools.recurrent_layer(li),
+                            cu_seqlens: mp(meta.cu_seqlens), slots: mp(meta.slots),
+                            out: s.core.ptr, ld_out: vd, nseq: l.num_seqs(),
+                        })?;
+                        k.gated_rmsnorm(st, s.core.ptr, qkvz.cols(qkv_dim), g.norm, s.mix_in.ptr, DType::F32, t)?;
+                    }
+                    self.gemm(g.out, s.mix_in.ptr, s.delta.ptr, t, h, vd, vd, h)?;
+                    li += 1;
+                }
+                MixerPtrs::Full(a) => {
+                    self.gemm(a.qgkv, s.normed.ptr, s.wide.ptr, t, qgkv_w, h, h, qgkv_w)?;
+                    let qg = Mat::f32(s.wide.ptr, qgkv_w);
+                    let kq = 2 * c.num_heads * c.head_dim;
+                    let (kc, vc) = (self.pools.k_layer(fi), self.pools.v_layer(fi));
+                    k.qk_norm_rope(st, &QkNormRope {
+                        qg, k: qg.cols(kq), v: qg.cols(kq + c.num_kv_heads * c.head_dim),
+                        q_norm_w: a.q_norm, k_norm_w: a.k_norm, pos: mp(meta.pos), kv_loc: mp(meta.kv_loc),
+                        q_out: s.q.ptr, k_cache: kc, v_cache: vc, block_size: self.pools.block_size, tokens: t,
+                    })?;
+                    let out = Mat::f32(s.mix_in.ptr, attn_w);
+                    if decode {
+                        k.attn_decode(st, &AttnDecode {
+                            q: s.q.ptr, k_cache: kc, v_cache: vc, block_tables: mp(meta.block_tables), bt_stride: l.bt_stride,
+                            ctx_lens: mp(meta.ctx_lens), block_size: self.pools.block_size,
+                            part_acc: s.part_acc.ptr, part_ml: s.part_ml.ptr, max_parts: s.max_parts,
+                            gate: Some(qg.cols(c.head_dim)), gate_hs: 2 * c.head_dim, out, batch: t,
+                        })?;
+                    } else {
+                        k.attn_prefill(st, &AttnPrefill {
+                            q: s.q.ptr, k_cache: kc, v_cache: vc, cu_seqlens: mp(meta.cu_seqlens), start_pos: mp(meta.start_pos),
+                            block_tables: mp(meta.block_tables), bt_stride: l.bt_stride, block_size: self.pools.block_size,
+                            out: s.core.ptr, nseq: l.num_seqs(), max_tokens: l.max_seq_tokens(),
+                        })?;
+                        k.output_gate(st, s.core.ptr, qg.cols(c.head_dim), 2 * c.head_dim, out, t)?;
+                    }
+                    self.gemm(a.o, s.mix_in.ptr, s.delta.ptr, t, h, attn_w, attn_w, h)?;
+                    fi += 1;
+                }
+            }
+            k.add_rmsnorm(st, s.resid.ptr, Some(Mat::f32(s.delta.ptr, h)), layer.post_norm, NULL, s.normed.ptr, t)?;
+            let i2 = 2 * c.intermediate_size;
+            self.gemm(layer.gate_up, s.normed.ptr, s.wide.ptr, t, i2, h, h, i2)?;
+            k.silu_mul(st, Mat::f32(s.wide.ptr, i2), c.intermediate_size, Mat::f32(s.mix_in.ptr, c.intermediate_size), c.intermediate_size, t)?;
+            self.gemm(layer.down, s.mix_in.ptr, s.delta.ptr, t, h, c.intermediate_size, c.intermediate_size, h)?;
+            delta = Some(Mat::f32(s.delta.ptr, h));
+        }
+        k.add_rmsnorm(st, s.resid.ptr, delta, self.w.norm, NULL, s.normed.ptr, t)?;
+
+        // Logits of the wanted rows, 64 at a time.
+        let v = c.vocab_size;
+        let rows = &l.logit_rows;
+        let mut out = vec![0f32; rows.len() * v];
+        let contiguous = rows.iter().enumerate().all(|(i, r)| *r as usize == i);
+        for (ci, piece) in rows.chunks(LOGIT_ROWS).enumerate() {
+            let src = if contiguous {
+                s.normed.at(ci * LOGIT_ROWS * h * 4)
+            } else {
+                for (j, r) in piece.iter().enumerate() {
+                    copy_d2d(st, s.sel.at(j * h * 4), s.normed.at(*r as usize * h * 4), h * 4)?;
+                }
+                s.sel.ptr
+            };
+            self.k.gemm(st, self.w.lm_head, src, DType::F32, s.logits.ptr, DType::F32, piece.len(), v, h, &s.gemm)?;
+            let base = ci * LOGIT_ROWS * v;
+            download(st, &mut out[base..base + piece.len() * v], s.logits.ptr)?;
+        }
+        st.synchronize().map_err(|e| anyhow!("CUDA step failed: {e:?}"))?;
+        Ok(out)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn capacity(&self) -> Capacity {
+        self.cap
+    }
+    fn forward(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<ChunkLogits>> {
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        for (i, c) in chunks.iter().enumerate() {
+            ensure!(c.slot < self.cap.slots, "slot {} out of range ({} slots)", c.slot, self.cap.slots);
+            ensure!(chunks[..i].iter().all(|o| o.slot != c.slot), "slot {} appears twice in one step", c.slot);
+            ensure!(c.start_pos + c.tokens.len() <= self.cap.max_seq_len, "slot {} would pass max_seq_len", c.slot);
+            ensure!(c.blocks.len() <= self.max_blocks_per_seq, "slot {} holds more KV blocks than a sequence may", c.slot);
+            ensure!(c.blocks.iter().all(|b| (*b as usize) < self.cap.kv_blocks), "slot {} names a KV block outside the pool", c.slot);
+            for &tok in c.tokens {
+                ensure!((tok as usize) < self.cfg.vocab_size, "token id {tok} is outside the vocabulary ({})", self.cfg.vocab_size);
+            }
+        }
+        let layout = StepLayout::new(chunks, self.cap.block_size)?;
+        if layout.num_tokens() > self.s.max_tokens {
+            bail!("step of {} tokens exceeds the step budget of {}", layout.num_tokens(), self.s.max_tokens);
+        }
+        let data = self.run_step(&layout).context("cuda step")?;
+        let v = self.cfg.vocab_size;
+        let mut out = Vec::with_capacity(chunks.len());
+        let mut off = 0;
+        for n in &layout.logit_counts {
+            out.push(ChunkLogits { rows: *n, data: data[off * v..(off + n) * v].to_vec() });
+            off += n;
+        }
+        Ok(out)
+    }
+    fn reset_slot(&mut self, slot: usize) -> Result<()> {
+        ensure!(slot < self.cap.slots, "slot {slot} out of range");
+        // The conv ring needs no clearing (positions < 0 read as zeros); the recurrent
+        // state starts from zero.
+        for l in 0..self.cfg.num_linear_layers() {
+            let (p, bytes) = self.pools.recurrent_slot(l, slot);
+            memset0(&self.stream, p, bytes)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! Fixed device pools, sized once at start-up: Gated DeltaNet state slots (fp32
+//! recurrent state and conv ring per linear layer) and paged KV blocks for the
+//! full-attention layers; plus the per-step scratch buffers.
+
+use super::kernels::{DevPtr, Kernels, GemmScratch};
+use super::memory::DevBuf;
+use crate::config::ModelConfig;
+use anyhow::Result;
+
+pub struct StatePools {
+    /// [linear layer][slot][nv][dk][dv] fp32.
+    pub recurrent: DevBuf,
+    /// [linear layer][slot][conv_k][channels] fp32 ring.
+    pub conv: DevBuf,
+    /// [full layer][block][nkv][block_size][head_dim] bf16, keys and values.
+    pub k_cache: DevBuf,
+    pub v_cache: DevBuf,
+    pub slots: usize,
+    pub block_size: usize,
+    recurrent_per_slot: usize,
+    conv_per_slot: usize,
+    kv_per_layer: usize,
+}
+
+/// Bytes one slot of state takes across all linear layers.
+pub fn slot_bytes(c: &ModelConfig) -> usize {
+    c.num_linear_layers()
+        * 4
+        * (c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim + c.conv_kernel * c.linear_qkv_dim())
+}
+
+/// Bytes one KV block takes across all full-attention layers (keys and values).
+pub fn block_bytes(c: &ModelConfig, block_size: usize) -> usize {
+    c.num_full_layers() * 2 * 2 * c.num_kv_heads * block_size * c.head_dim
+}
+
+impl StatePools {
+    pub fn new(c: &ModelConfig, slots: usize, kv_blocks: usize, block_size: usize) -> Result<Self> {
+        let recurrent_per_slot = c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim * 4;
+        let conv_per_slot = c.conv_kernel * c.linear_qkv_dim() * 4;
+        let kv_per_layer = kv_blocks * c.num_kv_heads * block_size * c.head_dim * 2;
+        let nl = c.num_linear_layers();
+        let nf = c.num_full_layers();
+        Ok(StatePools {
+            recurrent: DevBuf::zeroed(nl * slots * recurrent_per_slot, "the Gated DeltaNet state pool")?,
+            conv: DevBuf::zeroed(nl * slots * conv_per_slot, "the conv state pool")?,
+            k_cache: DevBuf::zeroed(nf * kv_per_layer, "the key cache")?,
+            v_cache: DevBuf::zeroed(nf * kv_per_layer, "the value cache")?,
+            slots,
+            block_size,
+            recurrent_per_slot,
+            conv_per_slot,
+            kv_per_layer,
+        })
+    }
+    /// Base of linear layer `l`'s recurrent state ([slot][nv][dk][dv]).
+    pub fn recurrent_layer(&self, l: usize) -> DevPtr {
+        self.recurrent.at(l * self.slots * self.recurrent_per_slot)
+    }
+    pub fn recurrent_slot(&self, l: usize, slot: usize) -> (DevPtr, usize) {
+        (self.recurrent.at((l * self.slots + slot) * self.recurrent_per_slot), self.recurrent_per_slot)
+    }
+    pub fn conv_layer(&self, l: usize) -> DevPtr {
+        self.conv.at(l * self.slots * self.conv_per_slot)
+    }
+    pub fn k_layer(&self, f: usize) -> DevPtr {
+        self.k_cache.at(f * self.kv_per_layer)
+    }
+    pub fn v_layer(&self, f: usize) -> DevPtr {
+        self.v_cache.at(f * self.kv_per_layer)
+    }
+}
+
+/// Scratch for one step of up to `max_tokens` tokens (all fp32 activations: the
+/// residual stream and every GEMM input stay fp32, which costs nothing at decode where
+/// the weights dominate the traffic).
+pub struct Scratch {
+    pub max_tokens: usize,
+    pub resid: DevBuf,
+    pub normed: DevBuf,
+    /// Widest projection output: qkvz, qgkv or gate_up.
+    pub wide: DevBuf,
+    pub ba: DevBuf,
+    pub conv_out: DevBuf,
+    pub core: DevBuf,
+    pub q: DevBuf,
+    pub mix_in: DevBuf,
+    pub delta: DevBuf,
+    /// i32 metadata of the step (ids, positions, tables...), see `Meta`.
+    pub meta: DevBuf,
+    pub meta_len: usize,
+    /// Rows whose logits are wanted, gathered: [64][hidden] fp32; logits [64][vocab] fp32.
+    pub sel: DevBuf,
+    pub logits: DevBuf,
+    pub part_acc: DevBuf,
+    pub part_ml: DevBuf,
+    pub max_parts: usize,
+    _gemm_ws: DevBuf,
+    _gemm_counters: DevBuf,
+    pub gemm: GemmScratch,
+}
+
+/// Rows the lm_head GEMM takes at once (the skinny GEMM's limit).
+pub const LOGIT_ROWS: usize = 64;
+
+impl Scratch {
+    pub fn new(c: &ModelConfig, k: &Kernels, max_tokens: usize, max_seqs: usize, max_blocks_per_seq: usize, max_parts: usize) -> Result<Self> {
+        let t = max_tokens;
+        let f = 4usize;
+        let h = c.hidden_size;
+        let qkvz = c.linear_qkv_dim() + c.linear_value_dim();
+        let qgkv = (2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+        let wide_ld = qkvz.max(qgkv).max(2 * c.intermediate_size);
+        let attn_w = c.num_heads * c.head_dim;
+        let mix_in_ld = c.linear_value_dim().max(attn_w).max(c.intermediate_size);
+        // Every GEMM the model runs, for the split-K workspace size.
+        let shapes = [
+            (qkvz, h),
+            (2 * c.linear_num_value_heads, h),
+            (h, c.linear_value_dim()),
+            (qgkv, h),
+            (h, attn_w),
+            (2 * c.intermediate_size, h),
+            (h, c.intermediate_size),
+            (c.vocab_size, h),
+        ];
+        let ws = shapes.iter().map(|(n, kk)| k.gemm_workspace_floats(64, *n, *kk)).max().unwrap_or(0);
+        let counters = shapes.iter().map(|(n, _)| Kernels::gemm_counters_len(*n)).max().unwrap_or(1);
+        let gemm_ws = DevBuf::zeroed(ws * 4, "the GEMM split-K workspace")?;
+        let gemm_counters = DevBuf::zeroed(counters * 4, "the GEMM counters")?;
+        let gemm = GemmScratch { ws: gemm_ws.ptr, ws_floats: ws, counters: gemm_counters.ptr, counters_len: counters };
+        let (acc, ml) = k.attn_decode_scratch(max_seqs, max_parts);
+        let meta_len = Meta::len(max_tokens, max_seqs, max_blocks_per_seq);
+        Ok(Scratch {
+            max_tokens,
+            resid: DevBuf::zeroed(t * h * f, "the residual stream")?,
+            normed: DevBuf::zeroed(t * h * f, "normed activations")?,
+            wide: DevBuf::zeroed(t * wide_ld * f, "projection outputs")?,
+            ba: DevBuf::zeroed(t * 2 * c.linear_num_value_heads * f, "b/a projections")?,
+            conv_out: DevBuf::zeroed(t * c.linear_qkv_dim() * f, "conv outputs")?,
+            core: DevBuf::zeroed(t * c.linear_value_dim().max(attn_w) * f, "mixer core outputs")?,
+            q: DevBuf::zeroed(t * attn_w * f, "attention queries")?,
+            mix_in: DevBuf::zeroed(t * mix_in_ld * f, "mixer outputs")?,
+            delta: DevBuf::zeroed(t * h * f, "residual updates")?,
+            meta: DevBuf::zeroed(meta_len * 4, "step metadata")?,
+            meta_len,
+            sel: DevBuf::zeroed(LOGIT_ROWS * h * f, "selected rows")?,
+            logits: DevBuf::zeroed(LOGIT_ROWS * c.vocab_size * f, "logits")?,
+            part_acc: DevBuf::zeroed(acc * f, "decode attention partials")?,
+            part_ml: DevBuf::zeroed(ml * f, "decode attention partials")?,
+            max_parts,
+            _gemm_ws: gemm_ws,
+            _gemm_counters: gemm_counters,
+            gemm,
+        })
+    }
+}
+
+/// Offsets (in i32 elements) of each metadata array inside `Scratch::meta`.
+#[derive(Clone, Copy, Debug)]
+pub struct Meta {
+    pub ids: usize,
+    pub pos: usize,
+    pub kv_loc: usize,
+    pub cu_seqlens: usize,
+    pub slots: usize,
+    pub start_pos: usize,
+    pub ctx_lens: usize,
+    pub block_tables: usize,
+    pub end: usize,
+}
+
+impl Meta {
+    pub fn layout(t: usize, s: usize, bt: usize) -> Self {
+        // Each array starts on a 16-element boundary (64 bytes).
+        let r = |x: usize| x.div_ceil(16) * 16;
+        let ids = 0;
+        let pos = ids + r(t);
+        let kv_loc = pos + r(t);
+        let cu_seqlens = kv_loc + r(t);
+        let slots = cu_seqlens + r(s + 1);
+        let start_pos = slots + r(s);
+        let ctx_lens = start_pos + r(s);
+        let block_tables = ctx_lens + r(s);
+        let end = block_tables + r(s * bt);
+        Meta { ids, pos, kv_loc, cu_seqlens, slots, start_pos, ctx_lens, block_tables, end }
+    }
+    pub fn len(t: usize, s: usize, bt: usize) -> usize {
+        Self::layout(t, s, bt).end
+    }
+}

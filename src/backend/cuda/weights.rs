@@ -1,0 +1,102 @@
+//! The plan's packed weights on the device (one upload), resolved to per-layer
+//! addresses the forward pass reads.
+
+use super::kernels::DevPtr;
+use super::memory::{upload, DevBuf};
+use crate::config::{LayerKind, ModelConfig};
+use crate::plan::{self, names, Plan};
+use anyhow::{ensure, Context, Result};
+use cudarc::driver::CudaStream;
+
+pub struct LinearPtrs {
+    pub qkvz: DevPtr,
+    pub ba: DevPtr,
+    pub conv: DevPtr,
+    pub a_log: DevPtr,
+    pub dt_bias: DevPtr,
+    pub norm: DevPtr,
+    pub out: DevPtr,
+}
+
+pub struct FullPtrs {
+    pub qgkv: DevPtr,
+    pub o: DevPtr,
+    pub q_norm: DevPtr,
+    pub k_norm: DevPtr,
+}
+
+pub enum MixerPtrs {
+    Linear(LinearPtrs),
+    Full(FullPtrs),
+}
+
+pub struct LayerPtrs {
+    pub input_norm: DevPtr,
+    pub post_norm: DevPtr,
+    pub mixer: MixerPtrs,
+    pub gate_up: DevPtr,
+    pub down: DevPtr,
+}
+
+pub struct DeviceWeights {
+    _buf: DevBuf,
+    pub embed: DevPtr,
+    pub lm_head: DevPtr,
+    pub norm: DevPtr,
+    pub layers: Vec<LayerPtrs>,
+}
+
+impl DeviceWeights {
+    /// Uploads every packed tensor in one copy and checks each tensor's dtype against
+    /// what the kernels read.
+    pub fn upload(stream: &CudaStream, plan: &Plan, cfg: &ModelConfig) -> Result<Self> {
+        let bytes = plan.weights();
+        let buf = DevBuf::zeroed(bytes.len(), "the model weights")?;
+        upload(stream, buf.ptr, bytes)?;
+        stream.synchronize().map_err(|e| anyhow::anyhow!("uploading weights: {e:?}"))?;
+        let base = plan.header.weights_offset;
+        let ptr = |name: &str, dtype: plan::DType| -> Result<DevPtr> {
+            let t = plan.tensor(name)?;
+            ensure!(
+                t.entry.dtype == dtype,
+                "plan tensor `{name}` is {:?}, the kernels read {:?}; rebuild the plan with this kiln-build",
+                t.entry.dtype,
+                dtype
+            );
+            Ok(buf.ptr + (t.entry.offset - base))
+        };
+        use plan::DType::{Bf16, F32};
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for (i, kind) in cfg.layer_kinds.iter().enumerate() {
+            let p = names::layer(i);
+            let mixer = match kind {
+                LayerKind::Linear => MixerPtrs::Linear(LinearPtrs {
+                    qkvz: ptr(&names::qkvz(&p), Bf16)?,
+                    ba: ptr(&names::ba(&p), Bf16)?,
+                    conv: ptr(&names::conv(&p), Bf16)?,
+                    a_log: ptr(&names::a_log(&p), F32)?,
+                    dt_bias: ptr(&names::dt_bias(&p), F32)?,
+                    norm: ptr(&names::gdn_norm(&p), Bf16)?,
+                    out: ptr(&names::gdn_out(&p), Bf16)?,
+                }),
+                LayerKind::Full => MixerPtrs::Full(FullPtrs {
+                    qgkv: ptr(&names::qgkv(&p), Bf16)?,
+                    o: ptr(&names::o(&p), Bf16)?,
+                    q_norm: ptr(&names::q_norm(&p), Bf16)?,
+                    k_norm: ptr(&names::k_norm(&p), Bf16)?,
+                }),
+            };
+            layers.push(LayerPtrs {
+                input_norm: ptr(&names::input_norm(&p), Bf16)?,
+                post_norm: ptr(&names::post_attention_norm(&p), Bf16)?,
+                mixer,
+                gate_up: ptr(&names::gate_up(&p), Bf16)?,
+                down: ptr(&names::down(&p), Bf16)?,
+            });
+        }
+        let embed = ptr(names::EMBED, Bf16)?;
+        let lm_head = if plan.has_tensor(names::LM_HEAD) { ptr(names::LM_HEAD, Bf16)? } else { embed };
+        let norm = ptr(names::NORM, Bf16).context("final norm")?;
+        Ok(DeviceWeights { _buf: buf, embed, lm_head, norm, layers })
+    }
+}
