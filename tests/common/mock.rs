@@ -224,7 +224,10 @@ impl Codec for ByteCodec {
         let mut s = String::new();
         for m in messages.as_array().into_iter().flatten() {
             let role = m["role"].as_str().unwrap_or("user");
-            let content = m["content"].as_str().unwrap_or("");
+            let content: String = match &m["content"] {
+                Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+                c => c.as_str().unwrap_or("").to_string(),
+            };
             s.push_str(&format!("<{role}>{content}\n"));
         }
         s.push_str("<assistant>");
