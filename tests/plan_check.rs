@@ -33,6 +33,7 @@ fn a_matching_plan_passes_and_holds_its_kernels() {
     let plan = Plan::open(&b.plan).unwrap();
     let want = Expected::for_gpu(Arch::Sm100a).with_model_dir(&b.model).unwrap();
     plan.check(&want).unwrap();
+    plan.prefetch_weights();
     Expected::default().with_model_dir(&b.model).and_then(|w| plan.check(&w)).unwrap();
     for k in kernels() {
         assert_eq!(plan.kernel(&k.name).unwrap(), &k.cubin[..]);

@@ -75,6 +75,9 @@ impl Plan {
         // SAFETY: mapped read-only; a plan rewritten in place while mapped is outside
         // what we support (kiln-build replaces plans by rename, which keeps our inode).
         let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("mapping plan {}", path.display()))?;
+        // Plans are read front to back once (upload): read ahead aggressively.
+        #[cfg(unix)]
+        let _ = mmap.advise(memmap2::Advice::Sequential);
         let file_len = mmap.len() as u64;
         if mmap.len() < PREFIX_LEN {
             if mmap.len() >= 8 && &mmap[..8] == super::format::MAGIC {
@@ -173,6 +176,15 @@ impl Plan {
     /// 256-byte aligned in the file (and so in the mapping).
     pub fn payload(&self) -> &[u8] {
         &self.mmap[self.payload_offset..]
+    }
+
+    /// Asks the kernel to start reading the weights region into the page cache now
+    /// (MADV_WILLNEED), so a later one-pass upload overlaps disk reads with other
+    /// start-up work (creating the CUDA context, allocating pools). Advisory only.
+    pub fn prefetch_weights(&self) {
+        let start = self.payload_offset + self.header.weights_offset as usize;
+        #[cfg(unix)]
+        let _ = self.mmap.advise_range(memmap2::Advice::WillNeed, start, self.header.weights_len as usize);
     }
 
     /// The contiguous region holding every tensor (upload it in one copy; a tensor's

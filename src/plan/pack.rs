@@ -106,32 +106,37 @@ pub fn plan_packing(ck: &Checkpoint, cfg: &ModelConfig) -> Result<Packing> {
 /// Elements converted per chunk (bounds the scratch buffer and progress granularity).
 const CHUNK_ELEMS: usize = 1 << 21;
 
-fn read_f32(dtype: Dtype, b: &[u8], i: usize) -> f32 {
-    match dtype {
-        Dtype::BF16 => half::bf16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32(),
-        Dtype::F16 => half::f16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32(),
-        Dtype::F32 => f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]),
-        _ => unreachable!("dtype checked by plan_packing"),
-    }
-}
-
-/// Converts `src` (of `dtype`, `n` elements) to `to` into `out`.
-fn convert(dtype: Dtype, src: &[u8], n: usize, to: DType, out: &mut Vec<u8>) {
+/// Converts `src` (little-endian `dtype` values) to `to` into `out`. f32 -> bf16 rounds to
+/// nearest, ties to even (half's `from_f32`); bf16/f16 -> f32 is exact.
+fn convert(dtype: Dtype, src: &[u8], to: DType, out: &mut Vec<u8>) {
     out.clear();
-    out.reserve(n * to.size());
-    match to {
-        DType::Bf16 => {
-            for i in 0..n {
-                // f32 -> bf16 rounds to nearest, ties to even (half's from_f32).
-                let v = half::bf16::from_f32(read_f32(dtype, src, i));
-                out.extend_from_slice(&v.to_bits().to_le_bytes());
+    let u16s = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
+    let f32s = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let bf = |x: f32| half::bf16::from_f32(x).to_bits().to_le_bytes();
+    match (dtype, to) {
+        (Dtype::BF16, DType::Bf16) => out.extend_from_slice(src),
+        (Dtype::F16, DType::Bf16) => {
+            for c in src.chunks_exact(2) {
+                out.extend_from_slice(&bf(half::f16::from_bits(u16s(c)).to_f32()));
             }
         }
-        DType::F32 => {
-            for i in 0..n {
-                out.extend_from_slice(&read_f32(dtype, src, i).to_le_bytes());
+        (Dtype::F32, DType::Bf16) => {
+            for c in src.chunks_exact(4) {
+                out.extend_from_slice(&bf(f32s(c)));
             }
         }
+        (Dtype::BF16, DType::F32) => {
+            for c in src.chunks_exact(2) {
+                out.extend_from_slice(&half::bf16::from_bits(u16s(c)).to_f32().to_le_bytes());
+            }
+        }
+        (Dtype::F16, DType::F32) => {
+            for c in src.chunks_exact(2) {
+                out.extend_from_slice(&half::f16::from_bits(u16s(c)).to_f32().to_le_bytes());
+            }
+        }
+        (Dtype::F32, DType::F32) => out.extend_from_slice(src),
+        _ => unreachable!("dtype checked by plan_packing"),
     }
 }
 
@@ -161,7 +166,7 @@ pub fn write_packed(
             let data: &[u8] = if direct {
                 chunk
             } else {
-                convert(info.dtype, chunk, m, spec.dtype, &mut buf);
+                convert(info.dtype, chunk, spec.dtype, &mut buf);
                 &buf
             };
             out.write_all(data).with_context(|| format!("writing packed tensor `{}`", spec.name))?;
