@@ -145,6 +145,10 @@ pub async fn abort_request(state: State, req: HttpRequest, body: web::Payload) -
 }
 
 pub async fn tokenize(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
+    tokenize_inner(state, req, body).await.map_err(|e| e.shape(Shape::Native))
+}
+
+async fn tokenize_inner(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     let obj = v::read_json(&req, body, state.cfg.max_body_bytes).await?;
     let add = v::field(&obj, "add_special_tokens").map(|x| v::as_bool("add_special_tokens", x)).transpose()?.unwrap_or(true);
     let enc = |s: &str| state.codec.encode(s, add).map_err(|e| ApiError::bad("prompt", format!("could not tokenize `prompt`: {e}")));
@@ -165,6 +169,10 @@ pub async fn tokenize(state: State, req: HttpRequest, body: web::Payload) -> Res
 }
 
 pub async fn detokenize(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
+    detokenize_inner(state, req, body).await.map_err(|e| e.shape(Shape::Native))
+}
+
+async fn detokenize_inner(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     let obj = v::read_json(&req, body, state.cfg.max_body_bytes).await?;
     let skip = v::field(&obj, "skip_special_tokens").map(|x| v::as_bool("skip_special_tokens", x)).transpose()?.unwrap_or(true);
     let ids = v::as_token_ids("tokens", obj.get("tokens").unwrap_or(&Value::Null), state.vocab())?;
