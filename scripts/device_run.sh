@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One device call: full-size correctness and speed on the GPU machine.
+# Run from the repo root on the device with the release binaries in .devbin/ and the
+# peer in .peer/ (see docs/perf.md). Stages (space-separated in $STAGES, default all):
+#   make     seeded random Qwen3.5-4B checkpoint (transformers, bf16, official layout)
+#   build    kiln-build the plan (timed)
+#   bench    kiln-eval bench: decode steps at batch 1/8/32/64, ctx 1024; prefill 1024
+#   peer     shared/bench/peer_torch_graph.py in the same call
+#   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
+#   eval     kiln-eval logits + compare against the references
+#   serve    launch_server.sh --model-path: time to /health 200, one request
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+CKPT=/tmp/qwen35_4b_random; REFS=/tmp/refs; ENG=/tmp/engines
+STAGES=${STAGES:-"make build bench peer refs eval"}
+N=${N:-32}
+export PYTHONUNBUFFERED=1
+log() { echo "[$(date +%T)] $*"; }
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+if has make && [ ! -f "$CKPT/config.json" ]; then
+  log make; t=$(date +%s); python3 scripts/gpu_reference.py make --ckpt "$CKPT" 2>&1 | tail -3; log "make took $(( $(date +%s) - t )) s"
+fi
+if has build; then
+  log build; t=$(date +%s%N)
+  .devbin/kiln-build --model "$CKPT" --out "$ENG" --name q4b 2>&1 | tail -15
+  log "kiln-build took $(( ($(date +%s%N) - t) / 1000000 )) ms"; ls -la "$ENG"
+fi
+if has bench; then
+  log bench; .devbin/kiln-eval bench --plan "$ENG/q4b.plan" 2>&1 | grep -v "^\s*$" | tail -12
+fi
+if has peer; then
+  log peer; python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/*.whl 2>&1 | tail -2
+  PYTHONPATH=/tmp/site python3 .peer/peer_torch_graph.py --batch 1,8,32,64 --ctx 1024 2>&1 | tail -12
+fi
+if has refs; then
+  log refs; t=$(date +%s); python3 scripts/gpu_reference.py refs --ckpt "$CKPT" --out "$REFS" --n "$N" 2>&1 | tail -3; log "refs took $(( $(date +%s) - t )) s"
+fi
+if has eval; then
+  log eval; .devbin/kiln-eval logits --plan "$ENG/q4b.plan" --cases "$REFS/cases.json" --out /tmp/ours.f32 2>&1 | tail -5
+  python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours.f32 2>&1 | tee "$OUT/compare.json" | tail -40
+fi
+if has serve; then
+  log serve; t=$(date +%s%N)
+  KILN_BIN_DIR=.devbin ./launch_server.sh --model-path "$CKPT" --port 30111 > "$OUT/serve.log" 2>&1 &
+  for i in $(seq 1 600); do curl -sf localhost:30111/health >/dev/null && break; sleep 0.1; done
+  log "launch to /health 200: $(( ($(date +%s%N) - t) / 1000000 )) ms"
+  curl -s localhost:30111/generate -d '{"input_ids":[1,2,3,4],"sampling_params":{"temperature":0,"max_new_tokens":8}}' | head -c 600; echo
+  kill %1; tail -5 "$OUT/serve.log"
+fi
+log done

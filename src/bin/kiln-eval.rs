@@ -1,0 +1,188 @@
+//! kiln-eval: correctness and speed measurements of a backend on the GPU machine.
+//!
+//!   kiln-eval logits --plan P --cases cases.json --out ours.f32
+//!       teacher-forced logits at every continuation position (the rows
+//!       scripts/gpu_reference.py compares with HF fp32/bf16), free-running greedy
+//!       match, and batch invariance (one request alone vs among 31 others).
+//!   kiln-eval bench --plan P [--batch 1,8,32,64] [--ctx 1024] [--prefill 1024]
+//!       decode-step and prefill timings.
+
+use anyhow::{ensure, Context, Result};
+use clap::{Parser, Subcommand};
+use kiln::backend::cpu::ops::argmax;
+use kiln::backend::cuda::{CudaBackend, CudaOptions};
+use kiln::backend::{Backend, SeqChunk, Want};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    Logits {
+        #[arg(long)]
+        plan: PathBuf,
+        #[arg(long)]
+        cases: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    Bench {
+        #[arg(long)]
+        plan: PathBuf,
+        #[arg(long, default_value = "1,8,32,64")]
+        batch: String,
+        #[arg(long, default_value_t = 1024)]
+        ctx: usize,
+        #[arg(long, default_value_t = 1024)]
+        prefill: usize,
+        #[arg(long, default_value_t = 30)]
+        iters: usize,
+    },
+}
+
+/// Blocks 0.. for slot `slot` when every slot owns a fixed stripe of `per` blocks.
+fn stripe(slot: usize, per: usize) -> Vec<u32> {
+    ((slot * per) as u32..((slot + 1) * per) as u32).collect()
+}
+
+/// Prefills `prompt` into `slot` in pieces of at most `budget` tokens; returns the last row.
+fn prefill(be: &mut dyn Backend, slot: usize, prompt: &[u32], blocks: &[u32], budget: usize) -> Result<Vec<f32>> {
+    be.reset_slot(slot)?;
+    let mut pos = 0;
+    let mut last = Vec::new();
+    while pos < prompt.len() {
+        let end = (pos + budget).min(prompt.len());
+        let want = if end == prompt.len() { Want::Last } else { Want::Nothing };
+        let c = SeqChunk { slot, start_pos: pos, tokens: &prompt[pos..end], blocks, want };
+        let mut out = be.forward(&[c])?;
+        if want == Want::Last {
+            last = out.remove(0).data;
+        }
+        pos = end;
+    }
+    Ok(last)
+}
+
+fn logits(plan: PathBuf, cases: PathBuf, out: PathBuf) -> Result<()> {
+    let opt = CudaOptions { max_slots: 32, max_seq_len: 4096, ..Default::default() };
+    let mut be = CudaBackend::load(&plan, None, &opt)?;
+    let per = opt.max_seq_len / be.capacity().block_size;
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cases)?)?;
+    let prompts: Vec<Vec<u32>> = serde_json::from_value(v["prompts"].clone())?;
+    let conts: Vec<Vec<u32>> = serde_json::from_value(v["continuations"].clone())?;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&out)?);
+    let (mut free_match, mut free_total) = (0usize, 0usize);
+    for (p, c) in prompts.iter().zip(&conts) {
+        let blocks = stripe(0, per);
+        let mut row = prefill(&mut be, 0, p, &blocks, 2048)?;
+        let mut free_ok = true;
+        for (i, &tok) in c.iter().enumerate() {
+            for x in &row {
+                f.write_all(&x.to_le_bytes())?;
+            }
+            if free_ok && argmax(&row) as u32 == tok {
+                free_match += 1;
+            } else {
+                free_ok = false;
+            }
+            free_total += 1;
+            let feed = [tok];
+            let ch = SeqChunk { slot: 0, start_pos: p.len() + i, tokens: &feed, blocks: &blocks, want: Want::Last };
+            row = be.forward(&[ch])?.remove(0).data;
+        }
+        for x in &row {
+            f.write_all(&x.to_le_bytes())?;
+        }
+    }
+    f.flush()?;
+    println!("free-running greedy prefix match with HF fp32: {free_match}/{free_total} tokens");
+
+    // Batch invariance: prompt 0 alone, then in slot 5 among 31 other sequences.
+    let greedy = |be: &mut CudaBackend, others: bool| -> Result<Vec<u32>> {
+        let n = if others { 32 } else { 1 };
+        let target = if others { 5 } else { 0 };
+        let mut toks = vec![0u32; n];
+        let mut lens = vec![0usize; n];
+        for s in 0..n {
+            let pr = if s == target { &prompts[0] } else { &prompts[(s + 1) % prompts.len()] };
+            let row = prefill(be, s, pr, &stripe(s, per), 2048)?;
+            toks[s] = argmax(&row) as u32;
+            lens[s] = pr.len();
+        }
+        let mut out = vec![toks[target]];
+        let all_blocks: Vec<Vec<u32>> = (0..n).map(|s| stripe(s, per)).collect();
+        for _ in 0..31 {
+            let feeds: Vec<[u32; 1]> = toks.iter().map(|t| [*t]).collect();
+            let chunks: Vec<SeqChunk> = (0..n)
+                .map(|s| SeqChunk { slot: s, start_pos: lens[s], tokens: &feeds[s], blocks: &all_blocks[s], want: Want::Last })
+                .collect();
+            let rows = be.forward(&chunks)?;
+            for s in 0..n {
+                toks[s] = argmax(&rows[s].data) as u32;
+                lens[s] += 1;
+            }
+            out.push(toks[target]);
+        }
+        Ok(out)
+    };
+    let alone = greedy(&mut be, false)?;
+    let batched = greedy(&mut be, true)?;
+    println!("batch invariance (32 greedy tokens, alone vs among 31 others): {}", if alone == batched { "identical" } else { "DIFFERENT" });
+    ensure!(alone == batched, "batch invariance failed: {alone:?} vs {batched:?}");
+    Ok(())
+}
+
+fn bench(plan: PathBuf, batch: String, ctx: usize, prefill_len: usize, iters: usize) -> Result<()> {
+    let batches: Vec<usize> = batch.split(',').map(|b| b.trim().parse().context("--batch")).collect::<Result<_>>()?;
+    let maxb = *batches.iter().max().unwrap();
+    let opt = CudaOptions { max_slots: maxb.max(1), max_seq_len: (ctx + iters + 16).max(prefill_len + 16), ..Default::default() };
+    let mut be = CudaBackend::load(&plan, None, &opt)?;
+    let per = opt.max_seq_len.div_ceil(be.capacity().block_size);
+    let vocab = be.config().vocab_size as u32;
+    let prompt: Vec<u32> = (0..prefill_len.max(ctx) as u32).map(|i| (i * 7919 + 13) % 248_000 % vocab).collect();
+    // Prefill timing.
+    let blocks0 = stripe(0, per);
+    prefill(&mut be, 0, &prompt[..prefill_len], &blocks0, 2048)?;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        prefill(&mut be, 0, &prompt[..prefill_len], &blocks0, 2048)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!("prefill {prefill_len} tokens: median {:.2} ms", times[times.len() / 2]);
+    // Decode steps at ctx, per batch size (every slot holds the same context).
+    for s in 0..maxb {
+        prefill(&mut be, s, &prompt[..ctx], &stripe(s, per), 2048)?;
+    }
+    for &b in &batches {
+        let all_blocks: Vec<Vec<u32>> = (0..b).map(|s| stripe(s, per)).collect();
+        let mut ts = Vec::new();
+        for it in 0..iters {
+            let feeds: Vec<[u32; 1]> = (0..b).map(|s| [(s as u32 * 31 + it as u32) % vocab]).collect();
+            let chunks: Vec<SeqChunk> = (0..b)
+                .map(|s| SeqChunk { slot: s, start_pos: ctx, tokens: &feeds[s], blocks: &all_blocks[s], want: Want::Last })
+                .collect();
+            let t0 = Instant::now();
+            be.forward(&chunks)?;
+            ts.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!("decode batch {b} ctx {ctx}: median {:.3} ms/step (incl. logits copy to host), min {:.3}", ts[ts.len() / 2], ts[0]);
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt().with_env_filter("info").init();
+    match Cli::parse().cmd {
+        Cmd::Logits { plan, cases, out } => logits(plan, cases, out),
+        Cmd::Bench { plan, batch, ctx, prefill, iters } => bench(plan, batch, ctx, prefill, iters),
+    }
+}
