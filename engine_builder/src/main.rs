@@ -117,16 +117,40 @@ fn compile_only(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// `Qwen3.5-4B` -> `qwen3.5-4b`: lower case, anything but [a-z0-9._-] becomes '-'.
+/// `Qwen3.5-4B` -> `qwen3.5-4b`: the folder name in lower case, anything but
+/// [a-z0-9._-] turned into '-'. For a Hugging Face cache snapshot
+/// (`models--Qwen--Qwen3.5-4B/snapshots/<commit>`) the repository's name is used.
 fn default_name(model: &Path) -> String {
-    let base = std::fs::canonicalize(model)
-        .ok()
-        .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "model".into());
+    let path = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf());
+    let comps: Vec<String> = path.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    let n = comps.len();
+    let base = match comps.as_slice() {
+        [.., repo, snaps, _commit] if snaps == "snapshots" && repo.starts_with("models--") => {
+            repo.rsplit("--").next().unwrap_or(repo).to_string()
+        }
+        _ if n > 0 => comps[n - 1].clone(),
+        _ => "model".into(),
+    };
     base.to_lowercase()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_name;
+    use std::path::Path;
+
+    #[test]
+    fn default_names() {
+        assert_eq!(default_name(Path::new("/nonexistent/Qwen3.5-4B")), "qwen3.5-4b");
+        assert_eq!(
+            default_name(Path::new("/hf/hub/models--Qwen--Qwen3.5-4B/snapshots/851bf6e806efd8d0a36b00ddf55e13ccb7b8cd0a")),
+            "qwen3.5-4b"
+        );
+        assert_eq!(default_name(Path::new("/m/My Model+v2")), "my-model-v2");
+    }
 }
 
 fn build(args: &Args) -> Result<()> {

@@ -52,7 +52,7 @@ fn corrupt(path: &Path, what: impl std::fmt::Display) -> anyhow::Error {
 /// Checks one blob's range against the payload: in bounds, aligned, not overlapping
 /// the previous blob (blobs are stored in increasing offset order).
 fn check_blob(path: &Path, kind: &str, name: &str, offset: u64, len: u64, end_prev: &mut u64, payload: u64) -> Result<()> {
-    if offset % ALIGN != 0 {
+    if !offset.is_multiple_of(ALIGN) {
         return Err(corrupt(path, format!("{kind} `{name}` starts at payload offset {offset}, not a multiple of {ALIGN}")));
     }
     if offset < *end_prev {
@@ -131,7 +131,7 @@ impl Plan {
             }
         }
         let wend = header.weights_offset.checked_add(header.weights_len);
-        if header.weights_offset < end_prev || wend.map_or(true, |e| e > payload) {
+        if header.weights_offset < end_prev || wend.is_none_or(|e| e > payload) {
             return Err(corrupt(path, "the weights region overlaps the kernels or runs past the payload"));
         }
         end_prev = header.weights_offset;
