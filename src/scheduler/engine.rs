@@ -114,6 +114,7 @@ impl Engine {
             }
             self.reap_closed();
             self.admit();
+            self.publish();
             if !self.running.is_empty() {
                 self.step();
             }
@@ -123,6 +124,7 @@ impl Engine {
         while let Ok(c) = self.rx.try_recv() {
             if let Command::Submit(sub) = c {
                 self.stats.queued.fetch_sub(1, Relaxed);
+                self.stats.active.fetch_sub(1, Relaxed);
                 self.stats.requests_aborted.fetch_add(1, Relaxed);
                 let _ = sub.tx.send(Output {
                     finish: Some(FinishReason::abort("the server is shutting down", Some(503))),
@@ -189,6 +191,7 @@ impl Engine {
         };
         if let Some((message, status)) = reject {
             self.stats.queued.fetch_sub(1, Relaxed);
+            self.stats.active.fetch_sub(1, Relaxed);
             self.stats.requests_aborted.fetch_add(1, Relaxed);
             let _ = tx.send(Output {
                 finish: Some(FinishReason::abort(message, Some(status))),
@@ -289,6 +292,7 @@ impl Engine {
         self.release(&mut s);
         let aborted = matches!(out.finish, Some(FinishReason::Abort { .. }));
         let _ = s.tx.send(out);
+        self.stats.active.fetch_sub(1, Relaxed);
         if aborted {
             self.stats.requests_aborted.fetch_add(1, Relaxed);
         } else {

@@ -177,8 +177,11 @@ impl SchedulerHandle {
         let id = self.shared.next_id.fetch_add(1, Relaxed);
         let (tx, rx) = tmpsc::unbounded_channel();
         st.requests_submitted.fetch_add(1, Relaxed);
+        st.active.fetch_add(1, Relaxed);
         if !self.send(Command::Submit(Box::new(Submission { id, req, tx }))) {
             st.queued.fetch_sub(1, Relaxed);
+            st.active.fetch_sub(1, Relaxed);
+            st.requests_aborted.fetch_add(1, Relaxed);
             return Err(SubmitError::ShuttingDown);
         }
         Ok(Ticket { id, rx, handle: self.clone(), done: false })

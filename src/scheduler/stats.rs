@@ -46,6 +46,8 @@ const LATENCY_BOUNDS: &[f64] = &[
 
 pub struct Stats {
     // Gauges.
+    /// Requests submitted and not yet finished (queued, running, or in the channel).
+    pub active: AtomicUsize,
     pub queued: AtomicUsize,
     pub running: AtomicUsize,
     pub slots_used: AtomicUsize,
@@ -74,6 +76,7 @@ pub struct Stats {
 impl Default for Stats {
     fn default() -> Self {
         Stats {
+            active: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             slots_used: AtomicUsize::new(0),
@@ -104,7 +107,8 @@ impl Stats {
     }
     /// True when nothing is queued or running and no slot or block is held.
     pub fn is_idle(&self) -> bool {
-        self.queued.load(Relaxed) == 0
+        self.active.load(Relaxed) == 0
+            && self.queued.load(Relaxed) == 0
             && self.running.load(Relaxed) == 0
             && self.slots_used.load(Relaxed) == 0
             && self.blocks_used.load(Relaxed) == 0

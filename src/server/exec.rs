@@ -4,7 +4,9 @@
 use super::errors::{ApiError, ApiResult};
 use super::AppState;
 use crate::scheduler::{FinishReason, GenRequest, Output, SubmitError, Ticket, TokenLogprob};
-use futures_util::stream::{self, Stream};
+use super::conn::{self, ConnProbe};
+use futures_util::stream::{self, Stream, StreamExt};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Everything a request produced so far.
@@ -83,10 +85,19 @@ pub async fn run_to_end(mut t: Ticket, mut acc: Acc) -> ApiResult<Acc> {
     }
 }
 
-/// Waits for all requests (in order); the first error fails the whole batch.
-pub async fn run_all(items: Vec<(Ticket, Acc)>) -> ApiResult<Vec<Acc>> {
+/// Waits for all requests (in order); the first error fails the whole batch. If the
+/// client hangs up first, the tickets are dropped (aborting the requests).
+pub async fn run_all(items: Vec<(Ticket, Acc)>, probe: Option<Arc<ConnProbe>>) -> ApiResult<Vec<Acc>> {
     let futs = items.into_iter().map(|(t, a)| run_to_end(t, a));
-    futures_util::future::join_all(futs).await.into_iter().collect()
+    tokio::select! {
+        r = futures_util::future::join_all(futs) => r.into_iter().collect(),
+        _ = conn::closed(probe) => Err(ApiError::new(actix_web::http::StatusCode::from_u16(499).unwrap(), "client closed the connection")),
+    }
+}
+
+/// Ends `events` (dropping the tickets inside it) when the client hangs up.
+pub fn until_closed<S: Stream + 'static>(events: S, probe: Option<Arc<ConnProbe>>) -> impl Stream<Item = S::Item> {
+    events.take_until(Box::pin(conn::closed(probe)))
 }
 
 /// The outputs of one ticket as a stream; a scheduler that goes away without finishing

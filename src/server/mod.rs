@@ -3,12 +3,13 @@
 //! touch the device. See `shared/docs/sglang-api.md` for the contract.
 //!
 //! Files: `mod.rs` (this: state, app, start/stop, auth), `errors.rs`, `validate.rs`,
-//! `exec.rs` (submit/collect), `sse.rs`, `native.rs` (`/generate`), `openai.rs`
+//! `exec.rs` (submit/collect), `conn.rs` (disconnect probe), `sse.rs`, `native.rs` (`/generate`), `openai.rs`
 //! (`/v1/completions`, `/v1/chat/completions`), `chat.rs` (chat request -> prompt),
 //! `admin.rs` (health, info, abort, flush, tokenize), `metrics.rs` (Prometheus).
 
 mod admin;
 mod chat;
+mod conn;
 pub mod errors;
 mod exec;
 mod metrics;
@@ -210,6 +211,7 @@ pub fn start(state: Arc<AppState>, listener: TcpListener) -> std::io::Result<Run
     let data = web::Data::from(state);
     let server = HttpServer::new(move || App::new().app_data(data.clone()).wrap(from_fn(gatekeeper)).configure(configure))
         .workers(workers)
+        .on_connect(conn::on_connect)
         .disable_signals()
         .keep_alive(Duration::from_secs(5))
         .shutdown_timeout(grace.as_secs() + 5)

@@ -3,7 +3,7 @@
 use super::errors::{ApiError, ApiResult, Shape};
 use super::exec::{self, Acc};
 use super::validate::{self as v, MaxNew, NATIVE};
-use super::{sse, unix_now, AppState, State};
+use super::{conn, sse, unix_now, AppState, State};
 use crate::scheduler::{Codec, FinishReason, GenRequest, LogprobConfig, TokenLogprob};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::stream::{self, StreamExt};
@@ -33,7 +33,7 @@ pub async fn generate(state: State, req: HttpRequest, body: web::Payload) -> Res
     let items = exec::submit_all(&state, plan.reqs).map_err(native)?;
     let codec = state.codec.clone();
     if !plan.stream {
-        let accs = exec::run_all(items).await.map_err(native)?;
+        let accs = exec::run_all(items, conn::probe(&req)).await.map_err(native)?;
         let out: Vec<Value> = accs.iter().zip(&plan.lps).map(|(a, lp)| item_json(a, lp, &*codec, true, None)).collect();
         return Ok(HttpResponse::Ok().json(if plan.batch { Value::Array(out) } else { out.into_iter().next().unwrap() }));
     }
@@ -52,7 +52,7 @@ pub async fn generate(state: State, req: HttpRequest, body: web::Payload) -> Res
             .boxed_local()
     });
     let events = stream::select_all(streams).chain(stream::once(async { sse::done() }));
-    Ok(sse::response(events))
+    Ok(sse::response(exec::until_closed(events, conn::probe(&req))))
 }
 
 fn parse(state: &AppState, obj: &Map<String, Value>) -> ApiResult<Plan> {

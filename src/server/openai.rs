@@ -4,7 +4,7 @@
 use super::errors::{ApiError, ApiResult};
 use super::exec::{self, Acc};
 use super::validate::{self as v, MaxNew, Parsed, OPENAI};
-use super::{chat, sse, unix_now, AppState, State};
+use super::{chat, conn, sse, unix_now, AppState, State};
 use crate::scheduler::{Codec, FinishReason, GenRequest, LogprobConfig, Output, TokenLogprob};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::stream::{self, StreamExt};
@@ -63,7 +63,7 @@ pub async fn completions(state: State, req: HttpRequest, body: web::Payload) -> 
     } else {
         vec![]
     };
-    run(state, &obj, Kind::Completion, prompts, parsed, logprobs, echo_texts).await
+    run(state, &req, &obj, Kind::Completion, prompts, parsed, logprobs, echo_texts).await
 }
 
 pub async fn chat_completions(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
@@ -89,7 +89,7 @@ pub async fn chat_completions(state: State, req: HttpRequest, body: web::Payload
             k as usize
         }
     };
-    run(state, &obj, Kind::Chat, vec![prompt], parsed, want_lp.then_some(top), vec![]).await
+    run(state, &req, &obj, Kind::Chat, vec![prompt], parsed, want_lp.then_some(top), vec![]).await
 }
 
 fn completion_prompts(state: &AppState, obj: &Map<String, Value>) -> ApiResult<Vec<Vec<u32>>> {
@@ -124,8 +124,10 @@ fn completion_prompts(state: &AppState, obj: &Map<String, Value>) -> ApiResult<V
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     state: State,
+    req: &HttpRequest,
     obj: &Map<String, Value>,
     kind: Kind,
     prompts: Vec<Vec<u32>>,
@@ -189,10 +191,10 @@ async fn run(
     let items = exec::submit_all(&state, reqs)?;
     let codec = state.codec.clone();
     if !stream {
-        let accs = exec::run_all(items).await?;
+        let accs = exec::run_all(items, conn::probe(req)).await?;
         return Ok(HttpResponse::Ok().json(full_response(&meta, &accs, &*codec)));
     }
-    Ok(stream_response(meta, items, codec))
+    Ok(stream_response(meta, items, codec, conn::probe(req)))
 }
 
 fn usage(prompt: usize, completion: usize) -> Value {
@@ -359,7 +361,12 @@ fn choice_events(meta: &Meta, st: &mut ChoiceState, o: &Output, codec: &dyn Code
     evs
 }
 
-fn stream_response(meta: Arc<Meta>, items: Vec<(crate::scheduler::Ticket, Acc)>, codec: Arc<dyn Codec>) -> HttpResponse {
+fn stream_response(
+    meta: Arc<Meta>,
+    items: Vec<(crate::scheduler::Ticket, Acc)>,
+    codec: Arc<dyn Codec>,
+    probe: Option<Arc<conn::ConnProbe>>,
+) -> HttpResponse {
     let completion = Arc::new(Mutex::new(0usize));
     let streams = items.into_iter().enumerate().map(|(k, (t, acc))| {
         let (meta, codec, completion) = (meta.clone(), codec.clone(), completion.clone());
@@ -386,5 +393,5 @@ fn stream_response(meta: Arc<Meta>, items: Vec<(crate::scheduler::Ticket, Acc)>,
         out.extend_from_slice(&sse::done());
         web::Bytes::from(out)
     });
-    sse::response(stream::select_all(streams).chain(tail))
+    sse::response(exec::until_closed(stream::select_all(streams).chain(tail), probe))
 }
