@@ -20,14 +20,16 @@ has() { [[ " $STAGES " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if has make && [ ! -f "$CKPT/config.json" ]; then
   log make; t=$(date +%s); python3 scripts/gpu_reference.py make --ckpt "$CKPT" 2>&1 | tail -3; log "make took $(( $(date +%s) - t )) s"
+  # A real checkpoint ships its tokenizer; give the random one the bundled Qwen3.5 files.
+  cp assets/qwen3_5/tokenizer.json assets/qwen3_5/tokenizer_config.json assets/qwen3_5/chat_template.jinja "$CKPT/"
 fi
 if has build; then
   log build; t=$(date +%s%N)
-  .devbin/kiln-build --model "$CKPT" --out "$ENG" --name q4b 2>&1 | tail -15
+  .devbin/kiln-build --model "$CKPT" --out "$ENG" --name qwen35_4b_random 2>&1 | tail -15
   log "kiln-build took $(( ($(date +%s%N) - t) / 1000000 )) ms"; ls -la "$ENG"
 fi
 if has bench; then
-  log bench; .devbin/kiln-eval bench --plan "$ENG/q4b.plan" 2>&1 | grep -v "^\s*$" | tail -12
+  log bench; .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -v "^\s*$" | tail -12
 fi
 if has peer; then
   log peer; python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/*.whl 2>&1 | tail -2
@@ -37,12 +39,12 @@ if has refs; then
   log refs; t=$(date +%s); python3 scripts/gpu_reference.py refs --ckpt "$CKPT" --out "$REFS" --n "$N" 2>&1 | tail -3; log "refs took $(( $(date +%s) - t )) s"
 fi
 if has eval; then
-  log eval; .devbin/kiln-eval logits --plan "$ENG/q4b.plan" --cases "$REFS/cases.json" --out /tmp/ours.f32 2>&1 | tail -5
+  log eval; .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours.f32 2>&1 | tail -5
   python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours.f32 2>&1 | tee "$OUT/compare.json" | tail -40
 fi
 if has serve; then
   log serve; t=$(date +%s%N)
-  KILN_BIN_DIR=.devbin ./launch_server.sh --model-path "$CKPT" --port 30111 > "$OUT/serve.log" 2>&1 &
+  KILN_BIN=.devbin/kiln KILN_BUILD_BIN=.devbin/kiln-build KILN_ENGINES="$ENG" ./launch_server.sh --model-path "$CKPT" --port 30111 > "$OUT/serve.log" 2>&1 &
   for i in $(seq 1 600); do curl -sf localhost:30111/health >/dev/null && break; sleep 0.1; done
   log "launch to /health 200: $(( ($(date +%s%N) - t) / 1000000 )) ms"
   curl -s localhost:30111/generate -d '{"input_ids":[1,2,3,4],"sampling_params":{"temperature":0,"max_new_tokens":8}}' | head -c 600; echo
