@@ -42,6 +42,7 @@ extern "C" __global__ void __launch_bounds__(AP_THREADS, 2)
                       const bf16* __restrict__ v_cache, const int* __restrict__ cu_seqlens,
                       const int* __restrict__ start_pos, const int* __restrict__ block_tables, int bt_stride,
                       int block_size, float* __restrict__ out, int nseq) {
+    KILN_PDL_ENTER();
     extern __shared__ __align__(16) unsigned char smem[];
     float* qs = reinterpret_cast<float*>(smem);
     bf16* ks = reinterpret_cast<bf16*>(smem + AP_SMEM_Q);

@@ -38,6 +38,20 @@ static_assert(HEAD_DIM % 32 == 0 && HEAD_DIM <= 256, "HEAD_DIM must be a multipl
 static_assert(ROTARY_DIM % 2 == 0 && ROTARY_DIM <= HEAD_DIM, "ROTARY_DIM must be even and <= HEAD_DIM");
 static_assert(CONV_K >= 2 && CONV_K <= 8, "CONV_K out of range");
 
+// Programmatic dependent launch (sm_90+): a kernel launched with the programmatic
+// stream serialization attribute may start before its predecessor finishes; it must
+// execute KILN_PDL_WAIT() before touching anything a predecessor writes. Every kiln
+// kernel does (weights, which nothing writes, may be prefetched before the wait).
+// KILN_PDL_TRIGGER() lets the successor launch early. Both are no-ops for an ordinary
+// launch.
+#define KILN_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define KILN_PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#define KILN_PDL_ENTER() \
+    do {                 \
+        KILN_PDL_WAIT(); \
+        KILN_PDL_TRIGGER(); \
+    } while (0)
+
 namespace kiln {
 
 #define KILN_INF __int_as_float(0x7f800000)

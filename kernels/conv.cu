@@ -17,44 +17,60 @@
 //     is written (the fused decode step relies on this).
 //   slots[s] < 0 skips the sequence; start_pos[s] = tokens the slot has already seen.
 //   out [T_total][ld_out] fp32 = silu(conv(x)), channels [0, CONV_DIM).
-//   grid (ceil(CONV_DIM/128), nseq), block 128: one thread per channel walks the chunk.
+//   grid (ceil(CONV_DIM/128), G, nseq) for any G >= 1, block 128: block y computes one
+//   channel per thread for the time blocks y, y+G, ... of CV_TB tokens each (inputs before
+//   a time block's first token come from x, or from the ring before the chunk). Only
+//   blocks with y == 0 read or write the ring (writing it last, from x): no block reads
+//   what another writes.
 #include "common.cuh"
 
 using namespace kiln;
+
+#define CV_TB 64
 
 template <typename T>
 __device__ __forceinline__ void conv1d(const T* __restrict__ x, int ld_x, const bf16* __restrict__ w,
                                        float* __restrict__ conv_state, const int* __restrict__ cu_seqlens,
                                        const int* __restrict__ slots, const int* __restrict__ start_pos,
                                        float* __restrict__ out, int ld_out, int nseq) {
+    KILN_PDL_ENTER();
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    const int s = blockIdx.y;
+    const int s = blockIdx.z;
     if (c >= CONV_DIM || s >= nseq) return;
     const int slot = slots[s];
     if (slot < 0) return;
     const int t0 = cu_seqlens[s], t1 = cu_seqlens[s + 1];
     const int p0 = start_pos[s];
     float* ring = conv_state + (size_t)slot * CONV_K * CONV_DIM + c;
-    float wk[CONV_K], win[CONV_K - 1];
+    float wk[CONV_K];
 #pragma unroll
     for (int j = 0; j < CONV_K; ++j) wk[j] = __bfloat162float(w[c * CONV_K + j]);
-    // win[j] = input at position p0 - (CONV_K-1) + j.
+    for (int tb = t0 + blockIdx.y * CV_TB; tb < t1; tb += gridDim.y * CV_TB) {
+        const int te = min(t1, tb + CV_TB);
+        // win[j] = input at token tb - (CONV_K-1) + j: from x inside the chunk, else the ring.
+        float win[CONV_K - 1];
 #pragma unroll
-    for (int j = 0; j < CONV_K - 1; ++j) {
-        const int p = p0 - (CONV_K - 1) + j;
-        win[j] = p >= 0 ? ring[(size_t)(p % CONV_K) * CONV_DIM] : 0.f;
+        for (int j = 0; j < CONV_K - 1; ++j) {
+            const int tt = tb - (CONV_K - 1) + j;
+            const int p = p0 + (tt - t0);
+            win[j] = tt >= t0 ? to_f(x[(size_t)tt * ld_x + c]) : (p >= 0 ? ring[(size_t)(p % CONV_K) * CONV_DIM] : 0.f);
+        }
+        for (int t = tb; t < te; ++t) {
+            const float xv = to_f(x[(size_t)t * ld_x + c]);
+            float acc = wk[CONV_K - 1] * xv;
+#pragma unroll
+            for (int j = 0; j < CONV_K - 1; ++j) acc += wk[j] * win[j];
+            out[(size_t)t * ld_out + c] = siluf_(acc);
+#pragma unroll
+            for (int j = 0; j < CONV_K - 2; ++j) win[j] = win[j + 1];
+            win[CONV_K - 2] = xv;
+        }
     }
-    for (int t = t0; t < t1; ++t) {
-        const float xv = to_f(x[(size_t)t * ld_x + c]);
-        float acc = wk[CONV_K - 1] * xv;
-#pragma unroll
-        for (int j = 0; j < CONV_K - 1; ++j) acc += wk[j] * win[j];
-        out[(size_t)t * ld_out + c] = siluf_(acc);
-#pragma unroll
-        for (int j = 0; j < CONV_K - 2; ++j) win[j] = win[j + 1];
-        win[CONV_K - 2] = xv;
-        const int p = p0 + (t - t0);
-        if (t >= t1 - CONV_K) ring[(size_t)(p % CONV_K) * CONV_DIM] = xv;
+    if (blockIdx.y == 0) {  // ring rows of the chunk's last CONV_K positions
+        for (int t = max(t0, t1 - CONV_K); t < t1; ++t) {
+            const int p = p0 + (t - t0);
+            ring[(size_t)(p % CONV_K) * CONV_DIM] = to_f(x[(size_t)t * ld_x + c]);
+        }
     }
 }
 

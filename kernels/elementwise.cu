@@ -23,6 +23,7 @@ template <typename G, typename OUT>
 __device__ __forceinline__ void output_gate(const float* __restrict__ attn, const G* __restrict__ gate,
                                             int ld_gate, int gate_hs, OUT* __restrict__ out, int ld_out,
                                             int T) {
+    KILN_PDL_ENTER();
     const int t = blockIdx.y;
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= T || i >= NUM_HEADS * HEAD_DIM) return;
@@ -46,6 +47,7 @@ OUTPUT_GATE(kiln_output_gate_bf16_bf16, bf16, bf16)
 template <typename IN, typename OUT>
 __device__ __forceinline__ void silu_mul(const IN* __restrict__ gu, int ld_in, int up_off, OUT* __restrict__ out,
                                          int ld_out, int n, int M) {
+    KILN_PDL_ENTER();
     const int m = blockIdx.y;
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (m >= M || i >= n) return;
@@ -75,6 +77,7 @@ __device__ __forceinline__ void amax_merge(float& v, int& i, float ov, int oi) {
 
 template <typename T>
 __device__ __forceinline__ void argmax(const T* __restrict__ logits, int ld, int n, int* __restrict__ out, int M) {
+    KILN_PDL_ENTER();
     __shared__ float sv[32];
     __shared__ int si[32];
     const int m = blockIdx.x;

@@ -41,6 +41,7 @@ __device__ __forceinline__ void gdn_decode(const IN* __restrict__ qkv, int ld_qk
                                            const bf16* __restrict__ norm_w, const int* __restrict__ slots,
                                            const int* __restrict__ pos, OUT* __restrict__ out, int ld_out,
                                            int B) {
+    KILN_PDL_ENTER();
     __shared__ float qs[LIN_DK], ks[LIN_DK], vs[LIN_DV];
     __shared__ float red[GDN_PARTS][LIN_DV];
     __shared__ float sc[4];

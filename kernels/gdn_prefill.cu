@@ -13,18 +13,27 @@
 //     end (the fp32 state carried across chunks and requests); slots[s] < 0 skips.
 //   out [T_total][ld_out] fp32: o = S^T q per value head at h*LIN_DV, before the gated
 //     RMSNorm (apply kiln_gated_rmsnorm_* next).
-//   Same per-token arithmetic as gdn_decode.cu. grid (LIN_DV/32, LIN_NV, nseq), block 128:
-//   each block owns 32 columns of one head's S; lane = 4*column + part, part p holding
-//   rows {16r + 4p + e} in registers, so the S^T k and S^T q sums over rows finish with
-//   two shuffles. Tokens are staged GP_TC at a time in shared memory (q, k normalised).
+//   Same per-token arithmetic as gdn_decode.cu. grid (LIN_DV/32, LIN_NV, nseq), block
+//   32 * GP_PARTS (GP_PARTS = 16 when LIN_DK % 64 == 0, else 8 or 4): each block owns 32
+//   columns of one head's S; lane = GP_PARTS*column + part, part p holding the rows of
+//   float4 groups {r*GP_PARTS + p} in registers, so the S^T k and S^T q sums over rows
+//   finish with log2(GP_PARTS) shuffles. Tokens are staged GP_TC at a time in shared
+//   memory (q, k normalised).
 #include "common.cuh"
 
 using namespace kiln;
 
 #define GP_COLS 32
-#define GP_THREADS 128
+#if LIN_DK % 64 == 0
+#define GP_PARTS 16
+#elif LIN_DK % 32 == 0
+#define GP_PARTS 8
+#else
+#define GP_PARTS 4
+#endif
+#define GP_THREADS (GP_COLS * GP_PARTS)
 #define GP_TC 32
-#define GP_R4 (LIN_DK / 16)  // float4 groups per thread
+#define GP_R4 (LIN_DK / (4 * GP_PARTS))  // float4 groups per thread
 static_assert(LIN_DK % 16 == 0, "LIN_DK must be a multiple of 16");
 static_assert(LIN_DV % GP_COLS == 0, "LIN_DV must be a multiple of 32");
 
@@ -38,13 +47,14 @@ __device__ __forceinline__ void gdn_prefill(const float* __restrict__ qkv, int l
     __shared__ __align__(16) float kn[GP_TC][LIN_DK];
     __shared__ float vv[GP_TC][GP_COLS];
     __shared__ float gb[GP_TC][2];
+    KILN_PDL_ENTER();
     const int cg = blockIdx.x, h = blockIdx.y, sq = blockIdx.z;
     if (sq >= nseq) return;
     const int slot = slots[sq];
     if (slot < 0) return;
     const int t0 = cu_seqlens[sq], t1 = cu_seqlens[sq + 1];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int cl = warp * 8 + (lane >> 2), p = lane & 3;
+    const int cl = warp * (32 / GP_PARTS) + lane / GP_PARTS, p = lane % GP_PARTS;
     const int j = cg * GP_COLS + cl;
     const int kh = h / GDN_GROUP;
 
@@ -53,7 +63,7 @@ __device__ __forceinline__ void gdn_prefill(const float* __restrict__ qkv, int l
 #pragma unroll
     for (int r = 0; r < GP_R4; ++r)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[r][e] = S[(size_t)(16 * r + 4 * p + e) * LIN_DV];
+        for (int e = 0; e < 4; ++e) s[r][e] = S[(size_t)(4 * (r * GP_PARTS + p) + e) * LIN_DV];
     const float neg_a = -expf(A_log[h]), dtb = dt_bias[h];
 
     for (int tb = t0; tb < t1; tb += GP_TC) {
@@ -97,35 +107,35 @@ __device__ __forceinline__ void gdn_prefill(const float* __restrict__ qkv, int l
             float kv0 = 0.f, kv1 = 0.f;
 #pragma unroll
             for (int r = 0; r < GP_R4; ++r) {
-                const float4 kk = k4[4 * r + p];
+                const float4 kk = k4[r * GP_PARTS + p];
                 s[r][0] *= eg; s[r][1] *= eg; s[r][2] *= eg; s[r][3] *= eg;
                 kv0 += s[r][0] * kk.x + s[r][1] * kk.y;
                 kv1 += s[r][2] * kk.z + s[r][3] * kk.w;
             }
             float kv = kv0 + kv1;
-            kv += __shfl_xor_sync(0xffffffffu, kv, 1);
-            kv += __shfl_xor_sync(0xffffffffu, kv, 2);
+#pragma unroll
+            for (int o = 1; o < GP_PARTS; o <<= 1) kv += __shfl_xor_sync(0xffffffffu, kv, o);
             const float delta = beta * (vv[tt][cl] - kv);
             float o0 = 0.f, o1 = 0.f;
 #pragma unroll
             for (int r = 0; r < GP_R4; ++r) {
-                const float4 kk = k4[4 * r + p];
-                const float4 qq = q4[4 * r + p];
+                const float4 kk = k4[r * GP_PARTS + p];
+                const float4 qq = q4[r * GP_PARTS + p];
                 s[r][0] += kk.x * delta; s[r][1] += kk.y * delta;
                 s[r][2] += kk.z * delta; s[r][3] += kk.w * delta;
                 o0 += s[r][0] * qq.x + s[r][1] * qq.y;
                 o1 += s[r][2] * qq.z + s[r][3] * qq.w;
             }
             float o = o0 + o1;
-            o += __shfl_xor_sync(0xffffffffu, o, 1);
-            o += __shfl_xor_sync(0xffffffffu, o, 2);
+#pragma unroll
+            for (int q = 1; q < GP_PARTS; q <<= 1) o += __shfl_xor_sync(0xffffffffu, o, q);
             if (p == 0) out[(size_t)(tb + tt) * ld_out + h * LIN_DV + j] = o;
         }
     }
 #pragma unroll
     for (int r = 0; r < GP_R4; ++r)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) S[(size_t)(16 * r + 4 * p + e) * LIN_DV] = s[r][e];
+        for (int e = 0; e < 4; ++e) S[(size_t)(4 * (r * GP_PARTS + p) + e) * LIN_DV] = s[r][e];
 }
 
 extern "C" __global__ void __launch_bounds__(GP_THREADS)

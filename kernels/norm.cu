@@ -25,6 +25,7 @@ using namespace kiln;
 extern "C" __global__ void __launch_bounds__(256) kiln_embed(const bf16* __restrict__ table,
                                                              const int* __restrict__ ids,
                                                              float* __restrict__ out, int M) {
+    KILN_PDL_ENTER();
     const int m = blockIdx.x;
     if (m >= M) return;
     const int id = ids[m];
@@ -52,6 +53,7 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, const 
                                             int ld_delta, const bf16* __restrict__ w,
                                             bf16* __restrict__ out_bf16, float* __restrict__ out_f32,
                                             int M) {
+    KILN_PDL_ENTER();
     __shared__ float red[32];
     const int m = blockIdx.x;
     if (m >= M) return;
@@ -109,6 +111,7 @@ template <typename IN, typename OUT>
 __device__ __forceinline__ void gated_rmsnorm(const float* __restrict__ o, const IN* __restrict__ z,
                                               int ld_z, const bf16* __restrict__ w,
                                               OUT* __restrict__ out, int T) {
+    KILN_PDL_ENTER();
     const int lane = threadIdx.x & 31;
     const int item = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (item >= T * LIN_NV) return;

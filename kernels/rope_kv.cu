@@ -31,6 +31,7 @@ __device__ __forceinline__ void qk_norm_rope(const IN* __restrict__ qg, int ld_q
                                              const int* __restrict__ kv_loc, float* __restrict__ q_out,
                                              bf16* __restrict__ k_cache, bf16* __restrict__ v_cache,
                                              int block_size, int T) {
+    KILN_PDL_ENTER();
     __shared__ float buf[RK_WARPS][HEAD_DIM];
     const int t = blockIdx.x;
     if (t >= T) return;

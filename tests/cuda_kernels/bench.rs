@@ -5,7 +5,7 @@
 use crate::harness::*;
 use cudarc::driver::{sys, CudaSlice, CudaStream};
 use half::bf16;
-use kiln::backend::cuda::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, GdnDecode, GdnPrefill, GemmPlan, GemmScratch, Kernels, Mat};
+use kiln::backend::cuda::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, GdnDecode, GdnPrefill, GemmKind, GemmPlan, GemmScratch, Kernels, Mat};
 use std::sync::Arc;
 
 /// Median milliseconds of one call of `f` (each repeat times `iters` calls).
@@ -79,17 +79,31 @@ fn bench_kernels() {
         let xb = up(&s, &to_bf16(&randn_vec(&mut g, 64 * kk, 1.0)));
         let y = s.alloc_zeros::<f32>(64 * n).unwrap();
         for (pname, plan) in &plans {
-            for (m, xt) in [(1usize, DType::F32), (8, DType::F32), (32, DType::F32), (64, DType::F32), (1, DType::BF16), (32, DType::BF16), (64, DType::BF16)] {
-                if *pname != "default" && xt == DType::BF16 {
-                    continue;
-                }
+            let configs: &[(usize, DType, GemmKind)] = if *pname == "default" {
+                &[
+                    (1, DType::F32, GemmKind::Auto),
+                    (8, DType::F32, GemmKind::Auto),
+                    (16, DType::F32, GemmKind::Auto),
+                    (32, DType::F32, GemmKind::Register),
+                    (32, DType::F32, GemmKind::Staged),
+                    (64, DType::F32, GemmKind::Register),
+                    (64, DType::F32, GemmKind::Staged),
+                    (1, DType::BF16, GemmKind::Auto),
+                    (32, DType::BF16, GemmKind::Staged),
+                    (64, DType::BF16, GemmKind::Register),
+                    (64, DType::BF16, GemmKind::Staged),
+                ]
+            } else {
+                &[(1, DType::F32, GemmKind::Auto), (8, DType::F32, GemmKind::Auto), (64, DType::F32, GemmKind::Staged)]
+            };
+            for &(m, xt, kind) in configs {
                 let xp = if xt == DType::F32 { ptr(&s, &x) } else { ptr(&s, &xb) };
                 let yp = ptr(&s, &y);
                 let ms = time_ms(&s, 20, |i| {
-                    k.gemm_with_plan(&s, wps[i % copies], xp, xt, yp, DType::F32, m, n, kk, &scratch, *plan).unwrap()
+                    k.gemm_ex(&s, wps[i % copies], xp, xt, yp, DType::F32, m, n, kk, &scratch, *plan, kind).unwrap()
                 });
                 println!(
-                    "BENCH gemm {name:8} N={n:6} K={kk:5} M={m:2} x {xt:?} plan {pname:7} (splits {:2}): {:8.1} us, {:6.0} GB/s",
+                    "BENCH gemm {name:8} N={n:6} K={kk:5} M={m:2} x {xt:?} {kind:?} plan {pname:7} (splits {:2}): {:8.1} us, {:6.0} GB/s",
                     plan.splits,
                     ms * 1e3,
                     gbps(wbytes as f64, ms)
@@ -97,8 +111,49 @@ fn bench_kernels() {
             }
         }
     }
+    bench_pdl_chain(e, &s, &mut g);
     bench_gdn(e, &s, &mut g);
     bench_attention(e, &s, &mut g);
+}
+
+/// A decode-like chain: per "layer" the MLP projections (gate+up N=18432 K=2560, down
+/// N=2560 K=9216) and a qkvz-sized projection, 8 layers with their own weights, back to
+/// back; effective weight GB/s with ordinary launches and with PDL.
+fn bench_pdl_chain(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng) {
+    let k = &e.k;
+    let layers = 8;
+    let shapes = [(18432usize, 2560usize), (2560, 9216), (12288, 2560)];
+    let mut ws = Vec::new();
+    for _ in 0..layers {
+        for &(n, kk) in &shapes {
+            ws.push((up(s, &to_bf16(&randn_vec(g, n * kk, 0.05))), n, kk));
+        }
+    }
+    let bytes: usize = ws.iter().map(|(_, n, kk)| n * kk * 2).sum();
+    let x = up(s, &randn_vec(g, 64 * 9216, 1.0));
+    let y = s.alloc_zeros::<f32>(64 * 18432).unwrap();
+    let max_ws = shapes.iter().map(|&(n, kk)| 64 * n * k.gemm_plan(n, kk).splits).max().unwrap();
+    let wsb = s.alloc_zeros::<f32>(max_ws).unwrap();
+    let cnt = s.alloc_zeros::<u32>(Kernels::gemm_counters_len(18432)).unwrap();
+    let scratch = GemmScratch { ws: ptr(s, &wsb), ws_floats: wsb.len(), counters: ptr(s, &cnt), counters_len: cnt.len() };
+    for m in [1usize, 8, 32] {
+        for pdl in [false, true] {
+            k.set_pdl(pdl);
+            let ms = time_ms(s, 3, |_| {
+                for (w, n, kk) in &ws {
+                    k.gemm(s, ptr(s, w), ptr(s, &x), DType::F32, ptr(s, &y), DType::F32, m, *n, *kk, &scratch).unwrap();
+                }
+            });
+            println!(
+                "BENCH chain of {} GEMMs ({:.2} GB of weights) M={m:2} x F32 pdl={pdl}: {:8.1} us, {:6.0} GB/s",
+                ws.len(),
+                bytes as f64 / 1e9,
+                ms * 1e3,
+                gbps(bytes as f64, ms)
+            );
+        }
+    }
+    k.set_pdl(false);
 }
 
 fn bench_gdn(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng) {

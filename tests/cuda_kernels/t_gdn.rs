@@ -33,7 +33,7 @@ fn conv1d_matches_cpu_with_ring_state() {
     let ld_x = c + d.lin_num_v_heads * d.lin_v_dim; // fused qkv | z rows
     let nslots = 6;
     let mut g = rng(20);
-    let cases: &[&[(usize, usize, i32)]] = &[&[(1, 0, 2), (5, 2, 0), (64, 7, 5)], &[(130, 0, 1), (1, 1000, 3), (3, 1, -1), (2, 2, 4)]];
+    let cases: &[&[(usize, usize, i32)]] = &[&[(1, 0, 2), (5, 2, 0), (64, 7, 5)], &[(130, 0, 1), (1, 1000, 3), (3, 1, -1), (2, 2, 4)], &[(1100, 5, 3), (65, 0, 0)]];
     for (ci, seqs) in cases.iter().enumerate() {
         for dt in [DType::F32, DType::BF16] {
             let tt: usize = seqs.iter().map(|q| q.0).sum();

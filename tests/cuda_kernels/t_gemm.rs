@@ -4,7 +4,8 @@ use crate::harness::*;
 use crate::reference as r;
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
-use kiln::backend::cuda::kernels::{DType, GemmPlan, GemmScratch, Kernels};
+use kiln::backend::cuda::kernels::{DType, GemmKind, GemmPlan, GemmScratch, Kernels, Mat};
+use kiln::backend::cpu::ops;
 use std::sync::Arc;
 
 struct Scratch {
@@ -23,11 +24,16 @@ fn as_gs(s: &Arc<CudaStream>, sc: &Scratch) -> GemmScratch {
 /// Runs one GEMM; returns y as f32.
 #[allow(clippy::too_many_arguments)]
 fn run(e: &Env, s: &Arc<CudaStream>, w: &CudaSlice<bf16>, x: &[f32], xt: DType, yt: DType, m: usize, n: usize, k: usize, plan: GemmPlan, sc: &Scratch) -> Vec<f32> {
+    run_kind(e, s, w, x, xt, yt, m, n, k, plan, sc, GemmKind::Auto)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_kind(e: &Env, s: &Arc<CudaStream>, w: &CudaSlice<bf16>, x: &[f32], xt: DType, yt: DType, m: usize, n: usize, k: usize, plan: GemmPlan, sc: &Scratch, kind: GemmKind) -> Vec<f32> {
     let (xf, xb) = (up(s, x), up(s, &to_bf16(x)));
     let xp = if xt == DType::F32 { ptr(s, &xf) } else { ptr(s, &xb) };
     let (yf, yb) = (poison_f32(s, m * n), poison_bf16(s, m * n));
     let yp = if yt == DType::F32 { ptr(s, &yf) } else { ptr(s, &yb) };
-    e.k.gemm_with_plan(s, ptr(s, w), xp, xt, yp, yt, m, n, k, &as_gs(s, sc), plan).unwrap();
+    e.k.gemm_ex(s, ptr(s, w), xp, xt, yp, yt, m, n, k, &as_gs(s, sc), plan, kind).unwrap();
     if yt == DType::F32 {
         down(s, &yf)
     } else {
@@ -63,16 +69,25 @@ fn gemm_matches_f64_reference() {
                     continue;
                 }
                 for plan in [default, forced] {
-                    let y = run(e, &s, &w_d, &x, xt, yt, m, n, k, plan, &sc);
-                    let reference = if xt == DType::F32 { &ref_f } else { &ref_b };
-                    // x f32 (hi+lo bf16 split): 1e-4; x bf16 (exact products, fp32 sums): 1e-5;
-                    // bf16 output: 1e-2.
-                    let tol = match (xt, yt) {
-                        (_, DType::BF16) => 1e-2,
-                        (DType::F32, _) => 1e-4,
-                        _ => 1e-5,
-                    };
-                    check(&format!("gemm M={m} N={n} K={k} x {xt:?} y {yt:?} splits {}", plan.splits), &y, reference, tol);
+                    let kinds: &[GemmKind] = if m > 16 { &[GemmKind::Register, GemmKind::Staged] } else { &[GemmKind::Auto] };
+                    let mut first: Option<Vec<f32>> = None;
+                    for &kind in kinds {
+                        let y = run_kind(e, &s, &w_d, &x, xt, yt, m, n, k, plan, &sc, kind);
+                        let reference = if xt == DType::F32 { &ref_f } else { &ref_b };
+                        // x f32 (hi+lo bf16 split): 1e-4; x bf16 (exact products, fp32 sums): 1e-5;
+                        // bf16 output: 1e-2.
+                        let tol = match (xt, yt) {
+                            (_, DType::BF16) => 1e-2,
+                            (DType::F32, _) => 1e-4,
+                            _ => 1e-5,
+                        };
+                        check(&format!("gemm M={m} N={n} K={k} x {xt:?} y {yt:?} splits {} {kind:?}", plan.splits), &y, reference, tol);
+                        // The register and staged kernels do the same arithmetic.
+                        if let Some(f) = &first {
+                            assert!(f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "gemm M={m} N={n} K={k}: staged and register kernels differ");
+                        }
+                        first = Some(y);
+                    }
                 }
             }
         }
@@ -106,4 +121,47 @@ fn gemm_is_deterministic_and_batch_invariant() {
             }
         }
     }
+}
+
+/// A decode-like chain (GEMM -> SiLU-mul -> GEMM -> add+RMSNorm) gives bit-identical
+/// results with programmatic dependent launch on and off.
+#[test]
+fn pdl_chain_matches_ordinary_launches() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let (h, inter) = (e.k.dims().hidden, 2048usize);
+    let mut g = rng(12);
+    let m = 3;
+    let w1 = up(&s, &to_bf16(&randn_vec(&mut g, 2 * inter * h, 0.05)));
+    let w2 = up(&s, &to_bf16(&randn_vec(&mut g, h * inter, 0.05)));
+    let nw = up(&s, &to_bf16(&rand_vec(&mut g, h, 0.3)));
+    let x0 = randn_vec(&mut g, m * h, 1.0);
+    let res0 = randn_vec(&mut g, m * h, 1.0);
+    let (p1, p2) = (e.k.gemm_plan(2 * inter, h), e.k.gemm_plan(h, inter));
+    let sc = scratch(&s, m * 2 * inter * p1.splits.max(p2.splits) + m * h * p2.splits, 2 * inter);
+    let gs = as_gs(&s, &sc);
+    let mut outs = Vec::new();
+    for pdl in [false, true, true] {
+        e.k.set_pdl(pdl);
+        let x = up(&s, &x0);
+        let res = up(&s, &res0);
+        let (y1, y2, y3) = (poison_f32(&s, m * 2 * inter), poison_f32(&s, m * inter), poison_f32(&s, m * h));
+        let out = poison_f32(&s, m * h);
+        for _ in 0..3 {
+            e.k.gemm(&s, ptr(&s, &w1), ptr(&s, &x), DType::F32, ptr(&s, &y1), DType::F32, m, 2 * inter, h, &gs).unwrap();
+            e.k.silu_mul(&s, Mat::f32(ptr(&s, &y1), 2 * inter), inter, Mat::f32(ptr(&s, &y2), inter), inter, m).unwrap();
+            e.k.gemm(&s, ptr(&s, &w2), ptr(&s, &y2), DType::F32, ptr(&s, &y3), DType::F32, m, h, inter, &gs).unwrap();
+            e.k.add_rmsnorm(&s, ptr(&s, &res), Some(Mat::f32(ptr(&s, &y3), h)), ptr(&s, &nw), 0, ptr(&s, &x), m).unwrap();
+        }
+        e.k.add_rmsnorm(&s, ptr(&s, &res), None, ptr(&s, &nw), 0, ptr(&s, &out), m).unwrap();
+        outs.push(down(&s, &out));
+    }
+    e.k.set_pdl(false);
+    assert!(outs[0].iter().all(|v| v.is_finite()), "chain produced non-finite values");
+    for (i, o) in outs.iter().enumerate().skip(1) {
+        let same = o.iter().zip(&outs[0]).all(|(a, b)| a.to_bits() == b.to_bits());
+        println!("pdl chain run {i}: identical to ordinary launches: {same}");
+        assert!(same, "PDL changed the results");
+    }
+    let _ = ops::silu(0.0);
 }

@@ -16,13 +16,14 @@ mod misc;
 
 pub use attention::{AttnDecode, AttnPrefill, QkNormRope};
 pub use gdn::{Conv1d, GdnDecode, GdnPrefill};
-pub use gemm::{GemmPlan, GemmScratch};
+pub use gemm::{GemmKind, GemmPlan, GemmScratch, GEMM_MAX_M};
 
 use super::compile::{self, CompiledModule, KernelDims};
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream};
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// A device address (CUdeviceptr). 0 is null (optional arguments).
@@ -93,12 +94,22 @@ pub(crate) fn attn_prefill_smem(head_dim: usize) -> usize {
     64 * head_dim * 4 + 32 * (head_dim + 8) * 2 + 32 * head_dim * 2 + 8 * 8 * 32 * 4
 }
 
+/// Dynamic shared memory of the staged GEMM (GS_STAGES * NT*8 rows * GS_LD * sizeof(x)).
+pub(crate) fn gemm_staged_smem(x: DType, max_m: usize) -> usize {
+    let (ld, es) = match x {
+        DType::F32 => (64 + 4, 4),
+        DType::BF16 => (64 + 32, 2),
+    };
+    3 * max_m * ld * es
+}
+
 /// Every kernel function, loaded from the compiled modules.
 pub struct Kernels {
     pub(crate) dims: KernelDims,
     pub(crate) num_sms: u32,
     funcs: HashMap<String, CudaFunction>,
     _modules: Vec<Arc<CudaModule>>,
+    pdl: AtomicBool,
 }
 
 impl Kernels {
@@ -123,14 +134,23 @@ impl Kernels {
             }
             loaded.push(module);
         }
-        let smem = attn_prefill_smem(dims.head_dim) as i32;
-        funcs["kiln_attn_prefill"]
-            .set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)
-            .map_err(|e| anyhow!("raising kiln_attn_prefill's shared memory to {smem} bytes: {e:?}"))?;
+        let mut big_smem: Vec<(String, usize)> = vec![("kiln_attn_prefill".into(), attn_prefill_smem(dims.head_dim))];
+        for x in [DType::F32, DType::BF16] {
+            for y in ["f32", "bf16"] {
+                for m in [32, 64] {
+                    big_smem.push((format!("kiln_gemm_sx_x{}_y{y}_m{m}", x.suffix()), gemm_staged_smem(x, m)));
+                }
+            }
+        }
+        for (name, bytes) in big_smem {
+            funcs[&name]
+                .set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+                .map_err(|e| anyhow!("raising {name}'s shared memory to {bytes} bytes: {e:?}"))?;
+        }
         let num_sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| anyhow!("reading the multiprocessor count: {e:?}"))? as u32;
-        Ok(Kernels { dims: dims.clone(), num_sms, funcs, _modules: loaded })
+        Ok(Kernels { dims: dims.clone(), num_sms, funcs, _modules: loaded, pdl: AtomicBool::new(false) })
     }
 
     /// Compiles every kernel for the device's architecture (NVRTC) and loads it.
@@ -155,6 +175,18 @@ impl Kernels {
         &self.funcs[name]
     }
 
+    /// Programmatic dependent launch: when on, every launch lets the kernel start while
+    /// its predecessor on the stream finishes (each kiln kernel waits for the
+    /// predecessor's writes with griddepcontrol.wait before reading them; the GEMMs first
+    /// prefetch weights). Needs sm_90+; also valid inside stream capture. Off by default.
+    pub fn set_pdl(&self, on: bool) {
+        self.pdl.store(on, Ordering::Relaxed);
+    }
+
+    pub fn pdl(&self) -> bool {
+        self.pdl.load(Ordering::Relaxed)
+    }
+
     /// Launches `name` on `stream`. `params` point at the kernel's arguments in order.
     pub(crate) fn launch(
         &self,
@@ -166,10 +198,31 @@ impl Kernels {
         params: &mut [*mut c_void],
     ) -> Result<()> {
         let f = self.funcs.get(name).with_context(|| format!("unknown kernel `{name}`"))?;
-        unsafe {
-            cudarc::driver::result::launch_kernel(f.cu_function(), grid, (block, 1, 1), smem, stream.cu_stream(), params)
-        }
-        .map_err(|e| anyhow!("launching {name} (grid {grid:?}, block {block}): {e:?}"))
+        let r = if self.pdl() {
+            unsafe {
+                let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+                attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+                attr.value.programmaticStreamSerializationAllowed = 1;
+                let cfg = sys::CUlaunchConfig {
+                    gridDimX: grid.0,
+                    gridDimY: grid.1,
+                    gridDimZ: grid.2,
+                    blockDimX: block,
+                    blockDimY: 1,
+                    blockDimZ: 1,
+                    sharedMemBytes: smem,
+                    hStream: stream.cu_stream(),
+                    attrs: &mut attr,
+                    numAttrs: 1,
+                };
+                sys::cuLaunchKernelEx(&cfg, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()).result()
+            }
+        } else {
+            unsafe {
+                cudarc::driver::result::launch_kernel(f.cu_function(), grid, (block, 1, 1), smem, stream.cu_stream(), params)
+            }
+        };
+        r.map_err(|e| anyhow!("launching {name} (grid {grid:?}, block {block}): {e:?}"))
     }
 }
 
@@ -190,6 +243,9 @@ fn function_names(module: &str) -> Vec<String> {
                 for y in dt {
                     for m in [8, 16, 32, 64] {
                         v.push(format!("kiln_gemm_x{x}_y{y}_m{m}"));
+                    }
+                    for m in [32, 64] {
+                        v.push(format!("kiln_gemm_sx_x{x}_y{y}_m{m}"));
                     }
                 }
             }

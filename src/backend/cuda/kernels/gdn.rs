@@ -30,6 +30,10 @@ pub struct Conv1d {
     pub nseq: usize,
 }
 
+/// Time blocks of 64 tokens per sequence that run in parallel in conv1d (each block
+/// takes time blocks y, y + CONV_TIME_BLOCKS, ...; empty ones exit at once).
+const CONV_TIME_BLOCKS: u32 = 16;
+
 /// One fused decode step for B sequences (kernels/gdn_decode.cu). `qkv`, `z`, `b`, `a`
 /// share one dtype; `b` and `a` share a row stride (`b.ld`).
 #[derive(Clone, Copy, Debug)]
@@ -84,7 +88,8 @@ impl Kernels {
         let (xp, ldx, w, st, cu, sl, sp, out) = (c.x.ptr, int(c.x.ld, "ld_x")?, c.w, c.conv_state, c.cu_seqlens, c.slots, c.start_pos, c.out);
         let (ldo, ns) = (int(c.ld_out, "ld_out")?, int(c.nseq, "nseq")?);
         let mut p = params!(xp, ldx, w, st, cu, sl, sp, out, ldo, ns);
-        self.launch(CONV[c.x.dtype.idx()], stream, (cd.div_ceil(128) as u32, c.nseq as u32, 1), 128, 0, &mut p)
+        let grid = (cd.div_ceil(128) as u32, CONV_TIME_BLOCKS, c.nseq as u32);
+        self.launch(CONV[c.x.dtype.idx()], stream, grid, 128, 0, &mut p)
     }
 
     pub fn gdn_decode(&self, stream: &CudaStream, g: &GdnDecode) -> Result<()> {
@@ -112,6 +117,9 @@ impl Kernels {
         let (al, dtb, st, cu, sl, out, ldo, ns) = (g.a_log, g.dt_bias, g.state, g.cu_seqlens, g.slots, g.out, int(g.ld_out, "ld_out")?, int(g.nseq, "nseq")?);
         let mut p = params!(qkv, ldq, b, a, ldba, al, dtb, st, cu, sl, out, ldo, ns);
         let grid = ((self.dims.lin_v_dim / 32) as u32, self.dims.lin_num_v_heads as u32, g.nseq as u32);
-        self.launch(PREFILL[g.b.dtype.idx()], stream, grid, 128, 0, &mut p)
+        // Row parts per column (GP_PARTS in gdn_prefill.cu).
+        let dk = self.dims.lin_k_dim;
+        let parts = if dk % 64 == 0 { 16 } else if dk % 32 == 0 { 8 } else { 4 };
+        self.launch(PREFILL[g.b.dtype.idx()], stream, grid, 32 * parts, 0, &mut p)
     }
 }

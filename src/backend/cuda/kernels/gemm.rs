@@ -1,6 +1,6 @@
 //! The skinny decode GEMM: y[M][N] = x[M][K] . W[N][K]^T for M = 1..64.
 
-use super::{check_aligned, int, params, DType, DevPtr, Kernels};
+use super::{check_aligned, gemm_staged_smem, int, params, DType, DevPtr, Kernels};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
 
@@ -14,6 +14,22 @@ const NAMES: [[[&str; 4]; 2]; 2] = [
         ["kiln_gemm_xbf16_ybf16_m8", "kiln_gemm_xbf16_ybf16_m16", "kiln_gemm_xbf16_ybf16_m32", "kiln_gemm_xbf16_ybf16_m64"],
     ],
 ];
+
+const STAGED: [[[&str; 2]; 2]; 2] = [
+    [["kiln_gemm_sx_xf32_yf32_m32", "kiln_gemm_sx_xf32_yf32_m64"], ["kiln_gemm_sx_xf32_ybf16_m32", "kiln_gemm_sx_xf32_ybf16_m64"]],
+    [["kiln_gemm_sx_xbf16_yf32_m32", "kiln_gemm_sx_xbf16_yf32_m64"], ["kiln_gemm_sx_xbf16_ybf16_m32", "kiln_gemm_sx_xbf16_ybf16_m64"]],
+];
+
+/// Which kernel computes a skinny GEMM. Both give bit-identical results for one plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmKind {
+    /// Register for M <= 16, staged above.
+    Auto,
+    /// Each warp reads x through L1 (kiln_gemm_x*).
+    Register,
+    /// x staged in shared memory for the block's 8 warps (kiln_gemm_sx_x*; M > 16 only).
+    Staged,
+}
 
 /// Largest M the skinny GEMM takes.
 pub const GEMM_MAX_M: usize = 64;
@@ -84,7 +100,13 @@ impl Kernels {
 
     /// `gemm` with an explicit split (for tuning).
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_with_plan(
+    pub fn gemm_with_plan(&self, stream: &CudaStream, w: DevPtr, x: DevPtr, x_dtype: DType, y: DevPtr, y_dtype: DType, m: usize, n: usize, k: usize, scratch: &GemmScratch, plan: GemmPlan) -> Result<()> {
+        self.gemm_ex(stream, w, x, x_dtype, y, y_dtype, m, n, k, scratch, plan, GemmKind::Auto)
+    }
+
+    /// `gemm` with an explicit split and kernel choice.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_ex(
         &self,
         stream: &CudaStream,
         w: DevPtr,
@@ -97,6 +119,7 @@ impl Kernels {
         k: usize,
         scratch: &GemmScratch,
         plan: GemmPlan,
+        kind: GemmKind,
     ) -> Result<()> {
         if m == 0 || n == 0 {
             return Ok(());
@@ -116,10 +139,24 @@ impl Kernels {
             17..=32 => 2,
             _ => 3,
         };
-        let rows_per_block = if mi >= 2 { 128 } else { 64 };
+        let staged = match kind {
+            GemmKind::Auto => m > 16,
+            GemmKind::Register => false,
+            GemmKind::Staged => {
+                ensure!(m > 16, "gemm: the staged kernel takes M > 16 (got {m})");
+                true
+            }
+        };
         let (ws, counters) = (scratch.ws, scratch.counters);
         let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
         let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
+        if staged {
+            let (si, max_m) = if m <= 32 { (0, 32) } else { (1, 64) };
+            let grid = (n.div_ceil(256) as u32, plan.splits as u32, 1);
+            let smem = gemm_staged_smem(x_dtype, max_m) as u32;
+            return self.launch(STAGED[x_dtype.idx()][y_dtype.idx()][si], stream, grid, 256, smem, &mut p);
+        }
+        let rows_per_block = if mi >= 2 { 128 } else { 64 };
         let grid = (n.div_ceil(rows_per_block) as u32, plan.splits as u32, 1);
         self.launch(NAMES[x_dtype.idx()][y_dtype.idx()][mi], stream, grid, 128, 0, &mut p)
     }
