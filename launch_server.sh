@@ -75,4 +75,4 @@ if [[ -n "$MODEL" && -d "$MODEL" ]] && gpu_present; then
     [[ -f "$PLAN" ]] && PLAN_ARGS=(--plan "$PLAN")
 fi
 
-exec "$BIN" serve "$@" "${PLAN_ARGS[@]}"
+exec "$BIN" serve "$@" ${PLAN_ARGS[@]+"${PLAN_ARGS[@]}"}

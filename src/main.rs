@@ -107,9 +107,9 @@ struct GenerateArgs {
 /// SGLang flags we do not implement are accepted with a warning (SGLang itself would
 /// exit): drops `--flag`, `--flag=value` and `--flag value` for unknown flags. Known
 /// flags may be abbreviated to a unique prefix, as with argparse.
-fn lenient(argv: Vec<String>) -> Vec<String> {
+fn lenient(argv: Vec<String>) -> (Vec<String>, Vec<String>) {
     if argv.get(1).map(String::as_str) != Some("serve") {
-        return argv;
+        return (argv, vec![]);
     }
     let cmd = Cli::command();
     let serve = cmd.find_subcommand("serve").expect("serve subcommand");
@@ -120,6 +120,7 @@ fn lenient(argv: Vec<String>) -> Vec<String> {
         .chain(["help".to_string(), "version".to_string()])
         .collect();
     let mut out = argv[..2].to_vec();
+    let mut ignored = vec![];
     let mut i = 2;
     while i < argv.len() {
         let a = &argv[i];
@@ -138,15 +139,16 @@ fn lenient(argv: Vec<String>) -> Vec<String> {
             dropped = format!("{a} {}", argv[i]);
             i += 1;
         }
-        eprintln!("kiln: warning: ignoring unsupported SGLang flag `{dropped}`");
+        ignored.push(dropped);
     }
-    out
+    (out, ignored)
 }
 
 fn main() {
-    let cli = Cli::parse_from(lenient(std::env::args().collect()));
+    let (argv, ignored) = lenient(std::env::args().collect());
+    let cli = Cli::parse_from(argv);
     let r = match cli.cmd {
-        Cmd::Serve(a) => serve(a),
+        Cmd::Serve(a) => serve(a, &ignored),
         Cmd::Generate(a) => generate(a),
     };
     if let Err(e) = r {
@@ -158,7 +160,8 @@ fn main() {
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},actix_server=warn,actix_web=warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
 }
 
 /// Union of the model config's and the tokenizer's EOS ids.
@@ -258,9 +261,12 @@ fn cuda_backend(_a: &ServeArgs, _dir: &Path, _tok: Tokenizer) -> Result<(Box<dyn
     bail!("this kiln binary was built without the cuda feature")
 }
 
-fn serve(a: ServeArgs) -> Result<()> {
+fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
     init_logging(&a.log_level);
     let (backend, tok, demo) = build_backend(&a)?;
+    for flag in ignored {
+        tracing::warn!("ignoring unsupported SGLang flag `{flag}`");
+    }
     let eos = eos_ids(backend.config(), &tok);
     let cap = backend.capacity();
     let sched_cfg = SchedulerConfig {
