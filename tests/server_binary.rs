@@ -1,0 +1,160 @@
+//! The real binaries: `kiln serve` and `launch_server.sh` on the demo model (first log
+//! line says so, /health after warm-up, SIGTERM drains or fails in-flight requests
+//! explicitly and exits 0), and `kiln generate`.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+        let (tx, rx) = mpsc::channel();
+        for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(r).lines().map_while(Result::ok) {
+                    let _ = tx.send(l);
+                }
+            });
+        }
+        Proc { child, lines: rx, log: vec![] }
+    }
+
+    /// Waits for the ready line; returns the base URL.
+    fn wait_ready(&mut self) -> String {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                self.log.push(l.clone());
+                if l.contains("The server is fired up and ready to roll!") {
+                    let url = l.split("Listening on ").nth(1).expect("address in the ready line").trim().to_string();
+                    return url;
+                }
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("server exited early ({st}): {:#?}", self.log);
+            }
+        }
+        panic!("server not ready in time: {:#?}", self.log);
+    }
+
+    fn sigterm(&self) {
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok);
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                    self.log.push(l);
+                }
+                return st;
+            }
+            assert!(t0.elapsed() < within, "server did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiln_serve_demo_then_sigterm_drains_and_exits() {
+    let mut cmd = Command::new(KILN);
+    cmd.args(["serve", "--port", "0", "--shutdown-grace-secs", "1", "--max-running-requests", "4"]);
+    let mut p = Proc::spawn(cmd);
+    let base = p.wait_ready();
+    assert!(p.log[0].contains("DEMO"), "first log line must say it serves the demo model: {:?}", p.log[0]);
+    let c = client();
+    assert_eq!(c.get(format!("{base}/health")).send().await.unwrap().status(), 200);
+    let r: Value = c
+        .post(format!("{base}/generate"))
+        .json(&json!({"text": "Hello", "sampling_params": {"temperature": 0, "max_new_tokens": 4}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(r["meta_info"]["completion_tokens"].as_u64().unwrap() >= 1);
+    // An in-flight request far longer than the 1 s grace period.
+    let long = tokio::spawn({
+        let c = c.clone();
+        let url = format!("{base}/generate");
+        async move {
+            let r = c.post(url).json(&json!({"text": "Hello", "sampling_params": {"max_new_tokens": 3000, "ignore_eos": true}})).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.sigterm();
+    let (status, body) = long.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shut down"), "{body}");
+    let st = p.wait_exit(Duration::from_secs(15));
+    assert!(st.success(), "exit status {st}: {:#?}", p.log);
+    assert!(p.log.iter().any(|l| l.contains("SIGTERM")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_server_script_from_another_dir_with_sglang_flags() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/launch_server.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("bash");
+    cmd.arg(script)
+        .args(["--host", "127.0.0.1", "--port=0", "--served-model-name", "qwen-demo", "--tp", "1", "--trust-remote-code"])
+        .args(["--cuda-graph-max-bs", "8", "--mem-fraction-static", "0.8", "--context-length", "2048", "--api-key", "k"])
+        .current_dir(dir.path())
+        .env("KILN_BIN", KILN);
+    let mut p = Proc::spawn(cmd);
+    let base = p.wait_ready();
+    assert!(p.log[0].contains("DEMO"), "{:?}", p.log);
+    assert!(p.log.iter().any(|l| l.contains("ignoring unsupported SGLang flag `--cuda-graph-max-bs 8`")), "{:#?}", p.log);
+    let c = client();
+    assert_eq!(c.get(format!("{base}/health")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(format!("{base}/v1/models")).send().await.unwrap().status(), 401);
+    let m: Value = c.get(format!("{base}/v1/models")).bearer_auth("k").send().await.unwrap().json().await.unwrap();
+    assert_eq!(m["data"][0]["id"], "qwen-demo");
+    assert_eq!(m["data"][0]["max_model_len"], 2048);
+    p.sigterm();
+    assert!(p.wait_exit(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn kiln_generate_prints_the_greedy_text() {
+    let out = Command::new(KILN).args(["generate", "--prompt", "The capital of France is", "--max-new-tokens", "6"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tok = kiln::tokenizer::Tokenizer::bundled().unwrap();
+    let (cfg, w) = kiln::demo::demo_weights();
+    let prompt = tok.encode("The capital of France is", true).unwrap();
+    let cap = kiln::backend::Capacity { slots: 1, block_size: 16, kv_blocks: 8, max_seq_len: 64 };
+    let mut b = kiln::backend::cpu::CpuBackend::new(cfg, w, cap).unwrap();
+    let mut eos = tok.eos_token_ids().to_vec();
+    eos.extend(kiln::demo::demo_config().eos_token_ids);
+    let ids = kiln::generate::greedy(&mut b, &prompt, 6, &eos).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'), tok.decode(&ids, true).unwrap());
+}
