@@ -187,15 +187,31 @@ impl Sampler {
             let total: f64 = probs.iter().sum();
             return pick(&mut self.rng, total, probs.iter().enumerate().map(|(i, &q)| (i, q)));
         }
-        // Candidates sorted by probability (descending), ties by lower id.
-        let mut cand: Vec<usize> = (0..logits.len()).filter(|&i| probs[i] > 0.0).collect();
+        // Candidates sorted by probability (descending), ties by lower id. Sorting the
+        // whole vocabulary is slow, so first try only tokens within 1e-4 of the top one:
+        // they are a prefix of the sorted order, so when they hold the top-p mass (and
+        // top-k / min-p cut inside them) the result is the same as with every token.
         let by_prob = |a: &usize, b: &usize| probs[*b].total_cmp(&probs[*a]).then(a.cmp(b));
+        let total_all: f64 = probs.iter().sum();
+        let thresh = (1e-4f64).max(p.min_p as f64);
+        let mut cand: Vec<usize> = (0..logits.len()).filter(|&i| probs[i] >= thresh).collect();
+        let mass: f64 = cand.iter().map(|&i| probs[i]).sum();
+        let use_prefix = if full {
+            // The nucleus ends inside the prefix, or min-p drops everything outside it.
+            (p.top_p < 1.0 && mass > p.top_p as f64 * total_all) || p.min_p as f64 >= 1e-4
+        } else {
+            (p.top_k as usize) <= cand.len()
+        };
+        if !use_prefix {
+            cand = (0..logits.len()).filter(|&i| probs[i] > 0.0).collect();
+        }
         if !full && (p.top_k as usize) < cand.len() {
             cand.select_nth_unstable_by(p.top_k as usize - 1, by_prob);
             cand.truncate(p.top_k as usize);
         }
         cand.sort_unstable_by(by_prob);
-        let total: f64 = cand.iter().map(|&i| probs[i]).sum();
+        // top-p is relative to the whole distribution, or to the top-k set.
+        let total: f64 = if full { total_all } else { cand.iter().map(|&i| probs[i]).sum() };
         if p.top_p < 1.0 {
             let mut cum = 0.0;
             let mut keep = 0;

@@ -88,3 +88,34 @@ fn top_n_orders_and_breaks_ties_by_index() {
     assert_eq!(top_n(&[1.0, 3.0, 3.0, 2.0], 3), vec![1, 2, 3]);
     assert_eq!(argmax(&[f32::NAN, 1.0, 1.0]), 1);
 }
+
+#[test]
+fn nucleus_on_a_large_vocabulary_matches_the_full_sort() {
+    // A peaked distribution over 50k ids: the prefilter path must give the same draws
+    // as a sampler forced through the full sort (min_p 0, top_p just under the mass).
+    let mut r = vec![-20.0f32; 50_000];
+    for (i, v) in r.iter_mut().enumerate().take(40) {
+        *v = 5.0 - i as f32 * 0.1;
+    }
+    let draw = |p: SamplingParams| {
+        let mut s = Sampler::new(SamplingParams { seed: Some(3), ..p });
+        (0..300).map(|_| s.sample(&r, r.len(), &[], &LogprobWant::default()).token).collect::<Vec<_>>()
+    };
+    let fast = draw(SamplingParams { top_p: 0.9, ..Default::default() });
+    assert!(fast.iter().all(|&t| t < 40));
+    // Reference: the same nucleus computed by hand.
+    let probs: Vec<f64> = r.iter().map(|&x| ((x - 5.0) as f64).exp()).collect();
+    let total: f64 = probs.iter().sum();
+    let mut cum = 0.0;
+    let mut keep = 0;
+    for p in probs.iter().take(40) {
+        if keep > 0 && cum > 0.9 * total {
+            break;
+        }
+        cum += p;
+        keep += 1;
+    }
+    assert!(fast.iter().all(|&t| (t as usize) < keep), "drew outside the nucleus of {keep}");
+    let distinct: std::collections::HashSet<_> = fast.iter().collect();
+    assert!(distinct.len() > keep / 2);
+}
