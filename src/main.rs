@@ -86,6 +86,12 @@ struct ServeArgs {
     max_request_mib: usize,
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Split chat output into reasoning_content / content at `</think>` (qwen3, ...).
+    #[arg(long)]
+    reasoning_parser: Option<String>,
+    /// A Jinja chat template file to use instead of the model's.
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
     #[arg(long)]
     skip_server_warmup: bool,
 }
@@ -267,6 +273,11 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
     for flag in ignored {
         tracing::warn!("ignoring unsupported SGLang flag `{flag}`");
     }
+    if let Some(p) = &a.reasoning_parser {
+        if !server::REASONING_PARSERS.contains(&p.as_str()) {
+            bail!("--reasoning-parser {p} is not supported (one of {})", server::REASONING_PARSERS.join(", "));
+        }
+    }
     let eos = eos_ids(backend.config(), &tok);
     let cap = backend.capacity();
     let sched_cfg = SchedulerConfig {
@@ -296,8 +307,21 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
         shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
         workers: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
         server_args: args,
+        reasoning_parser: a.reasoning_parser.clone(),
     };
-    let tok_codec: Arc<dyn scheduler::Codec> = Arc::new(tok);
+    let tok_codec: Arc<dyn scheduler::Codec> = match &a.chat_template {
+        Some(p) if p.is_file() => {
+            let src = std::fs::read_to_string(p).with_context(|| format!("reading --chat-template {}", p.display()))?;
+            let template = kiln::tokenizer::ChatTemplate::new(&src).with_context(|| format!("compiling {}", p.display()))?;
+            tracing::info!("using the chat template {}", p.display());
+            Arc::new(scheduler::codec::WithTemplate { tokenizer: tok, template })
+        }
+        Some(p) => {
+            tracing::warn!("--chat-template {}: not a file (named built-in templates are not supported); using the model's template", p.display());
+            Arc::new(tok)
+        }
+        None => Arc::new(tok),
+    };
     let sched = scheduler::spawn(backend, tok_codec.clone(), sched_cfg)?;
     let info = sched.info().clone();
     tracing::info!(

@@ -343,3 +343,32 @@ async fn api_key_guards_everything_but_health_and_metrics() {
     assert_eq!(s.get("/health_generate").await.status(), 200);
     assert_eq!(s.get("/metrics").await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasoning_parser_splits_thinking_from_content() {
+    let cfg = ServerConfig { reasoning_parser: Some("qwen3".into()), ..Default::default() };
+    let (s, _) = TestServer::mock(cap(4, 128, 16, 512), SchedulerConfig::default(), cfg);
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    // The prompt opened a think block and the output never closes it: all reasoning.
+    let body = json!({"messages": msgs, "temperature": 0, "max_tokens": 8, "ignore_eos": true, "chat_template_kwargs": {"mock_think": true}});
+    let r = s.post_json("/v1/chat/completions", &body, 200).await;
+    let m = &r["choices"][0]["message"];
+    let thought = m["reasoning_content"].as_str().unwrap().to_string();
+    assert!(!thought.is_empty());
+    assert!(m["content"].is_null());
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let evs = s.post_sse("/v1/chat/completions", &sb).await;
+    let streamed: String = evs.iter().filter_map(|e| e["choices"][0]["delta"]["reasoning_content"].as_str()).collect();
+    assert_eq!(streamed.trim(), thought);
+    assert!(evs.iter().all(|e| e["choices"][0]["delta"]["content"].as_str().map_or(true, str::is_empty)));
+    // No think block in the prompt: plain content, and separate_reasoning=false disables it.
+    let plain = json!({"messages": msgs, "temperature": 0, "max_tokens": 8, "ignore_eos": true});
+    let r = s.post_json("/v1/chat/completions", &plain, 200).await;
+    assert!(r["choices"][0]["message"]["reasoning_content"].is_null());
+    assert!(r["choices"][0]["message"]["content"].is_string());
+    let mut off = body.clone();
+    off["separate_reasoning"] = json!(false);
+    let r = s.post_json("/v1/chat/completions", &off, 200).await;
+    assert!(r["choices"][0]["message"]["reasoning_content"].is_null());
+}

@@ -33,3 +33,27 @@ impl Codec for crate::tokenizer::Tokenizer {
         self.apply_chat_template(messages, tools, true, kwargs)
     }
 }
+
+/// A tokenizer served with another chat template (`--chat-template FILE`).
+pub struct WithTemplate {
+    pub tokenizer: crate::tokenizer::Tokenizer,
+    pub template: crate::tokenizer::ChatTemplate,
+}
+
+impl Codec for WithTemplate {
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text, add_special_tokens)
+    }
+    fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.tokenizer.decode(ids, skip_special_tokens)
+    }
+    fn vocab_size(&self) -> usize {
+        self.tokenizer.vocab_size()
+    }
+    fn eos_token_ids(&self) -> Vec<u32> {
+        self.tokenizer.eos_token_ids().to_vec()
+    }
+    fn render_chat(&self, messages: &Value, tools: Option<&Value>, kwargs: &Map<String, Value>) -> Result<String> {
+        self.template.render(messages, tools, true, kwargs)
+    }
+}

@@ -67,8 +67,8 @@ fn normalise(messages: &Value) -> ApiResult<Value> {
     Ok(Value::Array(out))
 }
 
-/// Renders the chat and tokenizes it.
-pub fn prompt_ids(state: &AppState, obj: &Map<String, Value>) -> ApiResult<Vec<u32>> {
+/// Renders the chat and tokenizes it: (ids, rendered text).
+pub fn prompt_ids(state: &AppState, obj: &Map<String, Value>) -> ApiResult<(Vec<u32>, String)> {
     let messages = normalise(obj.get("messages").unwrap_or(&Value::Null))?;
     let tools = v::field(obj, "tools");
     if let Some(t) = tools {
@@ -89,5 +89,6 @@ pub fn prompt_ids(state: &AppState, obj: &Map<String, Value>) -> ApiResult<Vec<u
         .codec
         .render_chat(&messages, tools, &kwargs)
         .map_err(|e| ApiError::bad("messages", format!("the chat template failed on these messages: {e:#}")))?;
-    state.codec.encode(&text, false).map_err(|e| ApiError::bad("messages", format!("could not tokenize the rendered chat: {e}")))
+    let ids = state.codec.encode(&text, false).map_err(|e| ApiError::bad("messages", format!("could not tokenize the rendered chat: {e}")))?;
+    Ok((ids, text))
 }

@@ -5,7 +5,8 @@
 //! Files: `mod.rs` (this: state, app, start/stop, auth), `errors.rs`, `validate.rs`,
 //! `exec.rs` (submit/collect), `conn.rs` (disconnect probe), `sse.rs`, `native.rs` (`/generate`), `openai.rs`
 //! (`/v1/completions`, `/v1/chat/completions`), `chat.rs` (chat request -> prompt),
-//! `admin.rs` (health, info, abort, flush, tokenize), `metrics.rs` (Prometheus).
+//! `admin.rs` (health, info, abort, flush, tokenize), `metrics.rs` (Prometheus),
+//! `reasoning.rs` (`--reasoning-parser`).
 
 mod admin;
 mod chat;
@@ -15,9 +16,11 @@ mod exec;
 mod metrics;
 mod native;
 mod openai;
+mod reasoning;
 mod sse;
 pub mod validate;
 
+pub use reasoning::PARSERS as REASONING_PARSERS;
 pub use validate::SamplingDefaults;
 
 use crate::scheduler::{Codec, GenRequest, SchedulerHandle, StopConfig};
@@ -48,6 +51,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Every server flag, for `/get_server_info`.
     pub server_args: Map<String, Value>,
+    /// `--reasoning-parser` (e.g. `qwen3`): split chat output at `</think>`.
+    pub reasoning_parser: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +67,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(20),
             workers: 2,
             server_args: Map::new(),
+            reasoning_parser: None,
         }
     }
 }

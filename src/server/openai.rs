@@ -4,7 +4,7 @@
 use super::errors::{ApiError, ApiResult};
 use super::exec::{self, Acc};
 use super::validate::{self as v, MaxNew, Parsed, OPENAI};
-use super::{chat, conn, sse, unix_now, AppState, State};
+use super::{chat, conn, reasoning, sse, unix_now, AppState, State};
 use crate::scheduler::{Codec, FinishReason, GenRequest, LogprobConfig, Output, TokenLogprob};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::stream::{self, StreamExt};
@@ -32,6 +32,8 @@ struct Meta {
     prompt_tokens: usize,
     include_usage: bool,
     continuous_usage: bool,
+    /// With a reasoning parser: whether the prompt already opened the think block.
+    reasoning: Option<bool>,
 }
 
 pub async fn completions(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
@@ -63,13 +65,15 @@ pub async fn completions(state: State, req: HttpRequest, body: web::Payload) -> 
     } else {
         vec![]
     };
-    run(state, &req, &obj, Kind::Completion, prompts, parsed, logprobs, echo_texts).await
+    run(state, &req, &obj, Kind::Completion, prompts, parsed, logprobs, echo_texts, None).await
 }
 
 pub async fn chat_completions(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     v::require_json_content_type(&req)?;
     let mut obj = v::read_json(&req, body, state.cfg.max_body_bytes).await?;
-    let prompt = chat::prompt_ids(&state, &obj)?;
+    let (prompt, prompt_text) = chat::prompt_ids(&state, &obj)?;
+    let separate = v::field(&obj, "separate_reasoning").map(|x| v::as_bool("separate_reasoning", x)).transpose()?.unwrap_or(true);
+    let reasoning = (state.cfg.reasoning_parser.is_some() && separate).then(|| reasoning::forced(&prompt_text));
     // max_completion_tokens wins over max_tokens; both default to "up to the context".
     if let Some(m) = v::field(&obj, "max_completion_tokens").cloned() {
         obj.insert("max_tokens".into(), m);
@@ -89,7 +93,7 @@ pub async fn chat_completions(state: State, req: HttpRequest, body: web::Payload
             k as usize
         }
     };
-    run(state, &req, &obj, Kind::Chat, vec![prompt], parsed, want_lp.then_some(top), vec![]).await
+    run(state, &req, &obj, Kind::Chat, vec![prompt], parsed, want_lp.then_some(top), vec![], reasoning).await
 }
 
 fn completion_prompts(state: &AppState, obj: &Map<String, Value>) -> ApiResult<Vec<Vec<u32>>> {
@@ -134,6 +138,7 @@ async fn run(
     parsed: Parsed,
     logprobs: Option<usize>,
     echo: Vec<String>,
+    reasoning: Option<bool>,
 ) -> Result<HttpResponse, ApiError> {
     if let MaxNew::Explicit(0) = parsed.max_new {
         return Err(ApiError::bad("max_tokens", "`max_tokens` = 0 is out of range: must be >= 1"));
@@ -193,6 +198,7 @@ async fn run(
         prompt_tokens,
         include_usage,
         continuous_usage,
+        reasoning,
     });
     let items = exec::submit_all(&state, reqs)?;
     let codec = state.codec.clone();
@@ -266,9 +272,13 @@ fn full_response(meta: &Meta, accs: &[Acc], codec: &dyn Codec) -> Value {
                            "matched_stop": matched_stop(&a.finish)})
                 }
                 Kind::Chat => {
-                    let content = if a.text.is_empty() { Value::Null } else { json!(a.text) };
+                    let (r, c) = match meta.reasoning {
+                        Some(force) => reasoning::split(&a.text, force),
+                        None => (None, a.text.clone()),
+                    };
+                    let content = if c.is_empty() { Value::Null } else { json!(c) };
                     json!({"index": k,
-                           "message": {"role": "assistant", "content": content, "reasoning_content": Value::Null, "tool_calls": Value::Null},
+                           "message": {"role": "assistant", "content": content, "reasoning_content": r, "tool_calls": Value::Null},
                            "logprobs": lp, "finish_reason": finish_kind(&a.finish), "matched_stop": matched_stop(&a.finish)})
                 }
             }
@@ -286,6 +296,7 @@ struct ChoiceState {
     pending_lp: Vec<TokenLogprob>,
     completion: usize,
     prompt: usize,
+    reason: Option<reasoning::Stream>,
 }
 
 fn chunk(meta: &Meta, choices: Vec<Value>, usage: Value) -> Value {
@@ -295,6 +306,10 @@ fn chunk(meta: &Meta, choices: Vec<Value>, usage: Value) -> Value {
 
 fn delta(role: Option<&str>, content: Option<&str>) -> Value {
     json!({"role": role, "content": content, "reasoning_content": Value::Null, "tool_calls": Value::Null})
+}
+
+fn reasoning_delta(text: &str) -> Value {
+    json!({"role": Value::Null, "content": Value::Null, "reasoning_content": text, "tool_calls": Value::Null})
 }
 
 /// Events for one output of one choice.
@@ -341,6 +356,26 @@ fn choice_events(meta: &Meta, st: &mut ChoiceState, o: &Output, codec: &dyn Code
                     usage_now.clone(),
                 ));
             }
+            let (thought, text) = match st.reason.as_mut() {
+                Some(r) => {
+                    let (mut a, mut b) = r.push(&text);
+                    if o.finish.is_some() {
+                        let (c, d) = r.finish();
+                        a.push_str(&c);
+                        b.push_str(&d);
+                    }
+                    (a, b)
+                }
+                None => (String::new(), text),
+            };
+            if !thought.is_empty() {
+                evs.push(chunk(
+                    meta,
+                    vec![json!({"index": st.index, "delta": reasoning_delta(&thought), "logprobs": Value::Null,
+                                "finish_reason": Value::Null, "matched_stop": Value::Null})],
+                    usage_now.clone(),
+                ));
+            }
             if !text.is_empty() {
                 let lp = take_lp(st);
                 evs.push(chunk(
@@ -376,7 +411,8 @@ fn stream_response(
     let completion = Arc::new(Mutex::new(0usize));
     let streams = items.into_iter().enumerate().map(|(k, (t, acc))| {
         let (meta, codec, completion) = (meta.clone(), codec.clone(), completion.clone());
-        let st = ChoiceState { index: k, started: false, pending_lp: vec![], completion: 0, prompt: acc.prompt_tokens };
+        let reason = meta.reasoning.map(reasoning::Stream::new);
+        let st = ChoiceState { index: k, started: false, pending_lp: vec![], completion: 0, prompt: acc.prompt_tokens, reason };
         exec::outputs(t)
             .scan(st, move |st, o| {
                 *completion.lock().unwrap() += o.ids.len();

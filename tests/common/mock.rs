@@ -234,6 +234,9 @@ impl Codec for ByteCodec {
         if kwargs.get("enable_thinking") == Some(&Value::Bool(false)) {
             s.push_str("<nothink>");
         }
+        if kwargs.get("mock_think") == Some(&Value::Bool(true)) {
+            s.push_str("<think>\n");
+        }
         Ok(s)
     }
 }
