@@ -98,7 +98,8 @@ mod tests {
 
     #[test]
     fn split_full_text() {
-        assert_eq!(split("think a bit\n</think>\n\nAnswer.", true), (Some("think a bit".into()), "Answer.".into()));
+        // As SGLang: the reasoning keeps its trailing newline, the content is stripped.
+        assert_eq!(split("think a bit\n</think>\n\nAnswer.", true), (Some("think a bit\n".into()), "Answer.".into()));
         assert_eq!(split("Answer.", false), (None, "Answer.".into()));
         assert_eq!(split("<think>x</think>y", false), (Some("x".into()), "y".into()));
         assert_eq!(split("still thinking", true), (Some("still thinking".into()), String::new()));
