@@ -1,9 +1,10 @@
 //! The scheduler loop (runs on its own thread, owns the backend).
 
 use super::pool::{BlockPool, SlotPool};
-use super::request::{FinishReason, GenRequest, Output, TokenLogprob};
+use super::request::{FinishReason, Output, TokenLogprob};
 use super::stats::Stats;
 use super::text::{Detok, StopStep, StopStrings};
+use super::seq::{input_lp_start, Seq};
 use super::{Codec, Command, SchedulerConfig, Submission};
 use crate::backend::{Backend, SeqChunk, Want};
 use crate::sampling::{self, LogprobWant, Sampler};
@@ -12,52 +13,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc::UnboundedSender;
-
-/// One request inside the scheduler.
-struct Seq {
-    id: u64,
-    req: GenRequest,
-    tx: UnboundedSender<Output>,
-    /// Prompt followed by the generated tokens.
-    tokens: Vec<u32>,
-    prompt_len: usize,
-    /// Tokens already in the slot's state (the next chunk starts here).
-    fed: usize,
-    slot: Option<usize>,
-    blocks: Vec<u32>,
-    max_new: usize,
-    sampler: Sampler,
-    detok: Detok,
-    stopper: StopStrings,
-    lp_want: LogprobWant,
-    /// Prompt logprobs: still to compute (first pass only), and those gathered so far.
-    input_lp_pending: bool,
-    input_lp: Vec<TokenLogprob>,
-    first_token_at: Option<Instant>,
-    last_token_at: Option<Instant>,
-    ever_admitted: bool,
-}
-
-impl Seq {
-    fn out_len(&self) -> usize {
-        self.tokens.len() - self.prompt_len
-    }
-    /// Positions whose logits rows give prompt logprobs: [lo, hi] inclusive.
-    fn input_lp_rows(&self) -> Option<(usize, usize)> {
-        if !self.input_lp_pending || self.prompt_len < 2 {
-            return None;
-        }
-        let lo = input_lp_start(&self.req, self.prompt_len);
-        let hi = self.prompt_len - 2;
-        (lo <= hi).then_some((lo, hi))
-    }
-}
-
-fn input_lp_start(req: &GenRequest, prompt_len: usize) -> usize {
-    let s = req.logprobs.start_len;
-    if s < 0 { prompt_len - 1 } else { (s as usize).min(prompt_len - 1) }
-}
 
 pub(crate) struct Engine {
     backend: Box<dyn Backend>,

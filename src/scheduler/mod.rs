@@ -8,13 +8,14 @@
 //! at the front of the queue to be re-prefilled from its tokens so far).
 //!
 //! Files: `mod.rs` (this: config, handle, tickets), `engine.rs` (the loop), `pool.rs`
-//! (slot and block pools), `request.rs` (request/output types), `text.rs` (detokenizer,
+//! (slot and block pools), `request.rs` (request/output types), `seq.rs` (per-request state), `text.rs` (detokenizer,
 //! stop strings), `codec.rs` (tokenizer trait), `stats.rs` (metrics).
 
 pub mod codec;
 mod engine;
 pub mod pool;
 pub mod request;
+mod seq;
 pub mod stats;
 pub mod text;
 
