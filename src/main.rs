@@ -286,6 +286,7 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
         max_queued: a.max_queued_requests,
         context_len: a.context_length.unwrap_or(cap.max_seq_len),
         eos_token_ids: eos,
+        sample_threads: 0,
     };
     let model_label = match (&demo, &a.model_path) {
         (None, Some(p)) => p.display().to_string(),

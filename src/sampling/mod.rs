@@ -250,13 +250,38 @@ fn pick(rng: &mut ChaCha20Rng, total: f64, items: impl Iterator<Item = (usize, f
 }
 
 /// Index of the largest value; the first index wins ties; NaN never wins.
+///
+/// Runs 16 independent lanes (each keeps the first index of its maximum) so the compiler
+/// can vectorise it; a vocabulary-sized row is the scheduler's hottest loop per token.
 pub fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
+    const L: usize = 16;
+    let mut m = [f32::NEG_INFINITY; L];
+    let mut idx = [0u32; L];
+    let chunks = x.chunks_exact(L);
+    let tail = chunks.remainder();
+    for (c, chunk) in chunks.enumerate() {
+        let base = (c * L) as u32;
+        for l in 0..L {
+            let v = chunk[l];
+            let better = v > m[l];
+            m[l] = if better { v } else { m[l] };
+            idx[l] = if better { base + l as u32 } else { idx[l] };
+        }
+    }
+    // Largest lane maximum; on ties the lowest index. Lanes still at -inf saw nothing.
+    let mut best = 0usize;
     let mut bv = f32::NEG_INFINITY;
-    for (i, &v) in x.iter().enumerate() {
+    for l in 0..L {
+        if m[l] > bv || (m[l] == bv && m[l] > f32::NEG_INFINITY && (idx[l] as usize) < best) {
+            bv = m[l];
+            best = idx[l] as usize;
+        }
+    }
+    let start = x.len() - tail.len();
+    for (i, &v) in tail.iter().enumerate() {
         if v > bv {
-            best = i;
             bv = v;
+            best = start + i;
         }
     }
     best

@@ -1,4 +1,6 @@
 use super::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
 
 fn row(v: &[f32]) -> Vec<f32> {
     v.to_vec()
@@ -118,4 +120,35 @@ fn nucleus_on_a_large_vocabulary_matches_the_full_sort() {
     assert!(fast.iter().all(|&t| (t as usize) < keep), "drew outside the nucleus of {keep}");
     let distinct: std::collections::HashSet<_> = fast.iter().collect();
     assert!(distinct.len() > keep / 2);
+}
+
+#[test]
+fn fast_argmax_matches_the_simple_scan() {
+    fn simple(x: &[f32]) -> usize {
+        let mut best = 0;
+        let mut bv = f32::NEG_INFINITY;
+        for (i, &v) in x.iter().enumerate() {
+            if v > bv {
+                best = i;
+                bv = v;
+            }
+        }
+        best
+    }
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    for n in [1usize, 3, 15, 16, 17, 33, 100, 1000, 4099] {
+        for _ in 0..50 {
+            // Few distinct values so ties are common; some NaN and -inf.
+            let x: Vec<f32> = (0..n)
+                .map(|_| match rng.gen_range(0..20) {
+                    0 => f32::NAN,
+                    1 => f32::NEG_INFINITY,
+                    k => (k % 5) as f32,
+                })
+                .collect();
+            assert_eq!(argmax(&x), simple(&x), "{x:?}");
+        }
+    }
+    assert_eq!(argmax(&[f32::NEG_INFINITY; 40]), 0);
+    assert_eq!(argmax(&[f32::NAN; 40]), 0);
 }

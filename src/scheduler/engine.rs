@@ -7,7 +7,7 @@ use super::text::{Detok, StopStep, StopStrings};
 use super::seq::{input_lp_start, Seq};
 use super::{Codec, Command, SchedulerConfig, Submission};
 use crate::backend::{Backend, SeqChunk, Want};
-use crate::sampling::{self, LogprobWant, Sampler};
+use crate::sampling::{self, LogprobWant, Sampled, Sampler};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -28,6 +28,8 @@ pub(crate) struct Engine {
     running: Vec<Seq>,
     drain_deadline: Option<Instant>,
     disconnected: bool,
+    /// Threads for sampling large batches.
+    sample_threads: usize,
 }
 
 impl Engine {
@@ -40,6 +42,10 @@ impl Engine {
         rx: Receiver<Command>,
     ) -> Self {
         let cap = backend.capacity();
+        let sample_threads = match cfg.sample_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).clamp(1, 8),
+            n => n,
+        };
         Engine {
             slots: SlotPool::new(cap.slots),
             blocks: BlockPool::new(cap.kv_blocks, cap.block_size),
@@ -53,6 +59,7 @@ impl Engine {
             running: Vec::new(),
             drain_deadline: None,
             disconnected: false,
+            sample_threads,
         }
     }
 
@@ -406,6 +413,7 @@ impl Engine {
             }
         };
         let mut done: Vec<(usize, Output)> = Vec::new();
+        let mut jobs: Vec<(usize, &[f32])> = Vec::new();
         let mut generated = 0usize;
         for (&(i, n, want), l) in plan.iter().zip(&logits) {
             let start = self.running[i].fed;
@@ -425,8 +433,12 @@ impl Engine {
                 done.push((i, out));
                 continue;
             };
+            jobs.push((i, row));
+        }
+        let sampled = self.sample_all(&jobs);
+        for (&(i, _), smp) in jobs.iter().zip(sampled) {
             generated += 1;
-            if let Some(out) = self.on_logits(i, row) {
+            if let Some(out) = self.on_token(i, smp) {
                 done.push((i, out));
             }
         }
@@ -467,20 +479,50 @@ impl Engine {
         }
     }
 
-    /// Samples the next token of running[i] from its logits row; sends a streaming
-    /// update, or returns the final output when the request is done.
-    fn on_logits(&mut self, i: usize, row: &[f32]) -> Option<Output> {
+    /// Samples the next token of every sequence in `jobs` (running index, logits row; in
+    /// increasing index order). Large batches are spread over a few threads: each
+    /// sequence's sampler is independent, and a vocabulary-sized row per token is the
+    /// scheduler's main CPU cost.
+    fn sample_all(&mut self, jobs: &[(usize, &[f32])]) -> Vec<Sampled> {
+        let (eos, limit) = (&self.cfg.eos_token_ids, self.vocab_limit);
+        let mut work: Vec<(&mut Seq, &[f32])> = Vec::with_capacity(jobs.len());
+        let mut next = jobs.iter().peekable();
+        for (i, s) in self.running.iter_mut().enumerate() {
+            if let Some(&&(j, row)) = next.peek() {
+                if i == j {
+                    work.push((s, row));
+                    next.next();
+                }
+            }
+        }
+        let one = |(s, row): &mut (&mut Seq, &[f32])| {
+            let banned: Vec<u32> = if s.out_len() < s.req.stop.min_new_tokens {
+                eos.iter().chain(&s.req.stop.stop_token_ids).copied().collect()
+            } else {
+                vec![]
+            };
+            let smp = s.sampler.sample(row, limit, &banned, &s.lp_want);
+            s.sampler.observe(smp.token);
+            smp
+        };
+        let threads = if work.len() >= 16 { self.sample_threads.min(work.len() / 8) } else { 1 };
+        if threads <= 1 {
+            return work.iter_mut().map(one).collect();
+        }
+        let per = work.len().div_ceil(threads);
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = work.chunks_mut(per).map(|ch| sc.spawn(move || ch.iter_mut().map(one).collect::<Vec<_>>())).collect();
+            handles.into_iter().flat_map(|h| h.join().expect("sampling thread panicked")).collect()
+        })
+    }
+
+    /// Appends a sampled token to running[i], applies the stop rules and sends a
+    /// streaming update, or returns the final output when the request is done.
+    fn on_token(&mut self, i: usize, sampled: Sampled) -> Option<Output> {
         let eos = &self.cfg.eos_token_ids;
         let codec = self.codec.clone();
         let s = &mut self.running[i];
-        let banned: Vec<u32> = if s.out_len() < s.req.stop.min_new_tokens {
-            eos.iter().chain(&s.req.stop.stop_token_ids).copied().collect()
-        } else {
-            vec![]
-        };
-        let sampled = s.sampler.sample(row, self.vocab_limit, &banned, &s.lp_want);
         let t = sampled.token;
-        s.sampler.observe(t);
         s.tokens.push(t);
         let now = Instant::now();
         match s.last_token_at {

@@ -46,6 +46,8 @@ pub struct SchedulerConfig {
     pub context_len: usize,
     /// Ids that end generation unless `ignore_eos` (config ∪ generation_config ∪ tokenizer).
     pub eos_token_ids: Vec<u32>,
+    /// Threads that sample large batches (0 = one less than the cores, at most 8).
+    pub sample_threads: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -56,6 +58,7 @@ impl Default for SchedulerConfig {
             max_queued: 4096,
             context_len: usize::MAX,
             eos_token_ids: vec![],
+            sample_threads: 0,
         }
     }
 }
