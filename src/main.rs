@@ -22,6 +22,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)]
 enum Cmd {
     /// Serve the SGLang native and OpenAI-compatible HTTP API.
     Serve(ServeArgs),

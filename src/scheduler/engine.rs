@@ -450,7 +450,7 @@ impl Engine {
             self.stats.gen_throughput_bits.store(v.to_bits(), Relaxed);
         }
         // Remove finished sequences (highest index first so indices stay valid).
-        done.sort_by(|a, b| b.0.cmp(&a.0));
+        done.sort_by_key(|d| std::cmp::Reverse(d.0));
         for (i, out) in done {
             let s = self.running.remove(i);
             self.finish(s, out);

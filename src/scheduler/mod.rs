@@ -227,7 +227,7 @@ impl Ticket {
     /// The next update; `None` if the scheduler went away without finishing it.
     pub async fn recv(&mut self) -> Option<Output> {
         let o = self.rx.recv().await;
-        if o.as_ref().map_or(true, |o| o.finish.is_some()) {
+        if o.as_ref().is_none_or(|o| o.finish.is_some()) {
             self.done = true;
         }
         o
@@ -235,7 +235,7 @@ impl Ticket {
     /// Blocking variant for non-async callers (tests, warm-up).
     pub fn blocking_recv(&mut self) -> Option<Output> {
         let o = self.rx.blocking_recv();
-        if o.as_ref().map_or(true, |o| o.finish.is_some()) {
+        if o.as_ref().is_none_or(|o| o.finish.is_some()) {
             self.done = true;
         }
         o

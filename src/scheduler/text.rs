@@ -84,7 +84,7 @@ impl StopStrings {
         let mut best: Option<(usize, usize)> = None;
         for (i, s) in self.stops.iter().enumerate() {
             if let Some(p) = self.held.find(s.as_str()) {
-                if best.map_or(true, |(bp, _)| p < bp) {
+                if best.is_none_or(|(bp, _)| p < bp) {
                     best = Some((p, i));
                 }
             }

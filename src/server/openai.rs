@@ -59,7 +59,7 @@ pub async fn completions(state: State, req: HttpRequest, body: web::Payload) -> 
             .iter()
             .flat_map(|p| {
                 let t = state.codec.decode(p, false).unwrap_or_default();
-                std::iter::repeat(t).take(parsed.n)
+                std::iter::repeat_n(t, parsed.n)
             })
             .collect()
     } else {
