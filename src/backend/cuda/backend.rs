@@ -42,7 +42,7 @@ impl Default for CudaOptions {
 pub struct CudaBackend {
     cfg: ModelConfig,
     cap: Capacity,
-    _ctx: Arc<CudaContext>,
+    ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     k: Kernels,
     w: DeviceWeights,
@@ -122,7 +122,13 @@ impl CudaBackend {
             state_mib = state >> 20,
             "cuda backend ready on {device_name}"
         );
-        Ok(CudaBackend { cfg, cap, _ctx: ctx, stream, k, w, pools, s, max_blocks_per_seq, device_name })
+        Ok(CudaBackend { cfg, cap, ctx, stream, k, w, pools, s, max_blocks_per_seq, device_name })
+    }
+
+    /// Makes the context current on the calling thread: the backend is built on one
+    /// thread and driven by the scheduler's.
+    fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| anyhow!("binding the CUDA context to this thread: {e:?}"))
     }
 
     /// y[M][N] = x[M][K] . W[N][K]^T for any M (64-row pieces; a row's result does not
@@ -285,6 +291,7 @@ impl Backend for CudaBackend {
         if chunks.is_empty() {
             return Ok(Vec::new());
         }
+        self.bind()?;
         for (i, c) in chunks.iter().enumerate() {
             ensure!(c.slot < self.cap.slots, "slot {} out of range ({} slots)", c.slot, self.cap.slots);
             ensure!(chunks[..i].iter().all(|o| o.slot != c.slot), "slot {} appears twice in one step", c.slot);
@@ -311,6 +318,7 @@ impl Backend for CudaBackend {
     }
     fn reset_slot(&mut self, slot: usize) -> Result<()> {
         ensure!(slot < self.cap.slots, "slot {slot} out of range");
+        self.bind()?;
         // The conv ring needs no clearing (positions < 0 read as zeros); the recurrent
         // state starts from zero.
         for l in 0..self.cfg.num_linear_layers() {
