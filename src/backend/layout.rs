@@ -60,7 +60,7 @@ impl StepLayout {
             l.block_tables.extend(std::iter::repeat(0).take(l.bt_stride - c.blocks.len()));
             let rows: Vec<i32> = match c.want {
                 Want::Nothing => vec![],
-                Want::Last => vec![(l.ids.len() - 1) as i32],
+                Want::Last | Want::Argmax { .. } => vec![(l.ids.len() - 1) as i32],
                 Want::All => (row0..l.ids.len()).map(|r| r as i32).collect(),
             };
             l.logit_counts.push(rows.len());

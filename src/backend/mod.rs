@@ -32,6 +32,10 @@ pub enum Want {
     Last,
     /// Logits of every position of the chunk (prompt logprobs).
     All,
+    /// Only the greedy token of the chunk's last position: the argmax over ids below
+    /// `limit` (the padding rows of the vocabulary never win; the first index wins ties).
+    /// Lets a device backend skip copying a vocabulary-sized row to the host.
+    Argmax { limit: usize },
 }
 
 /// One sequence's share of a step: `tokens` continue the sequence in `slot` at
@@ -46,11 +50,13 @@ pub struct SeqChunk<'a> {
     pub want: Want,
 }
 
-/// Logits for one chunk: `rows` rows of `vocab` f32 each (0, 1 or tokens.len() rows).
+/// Logits for one chunk: `rows` rows of `vocab` f32 each (0, 1 or tokens.len() rows),
+/// and for `Want::Argmax` the greedy token (a backend may then return no rows).
 #[derive(Clone, Debug, Default)]
 pub struct ChunkLogits {
     pub rows: usize,
     pub data: Vec<f32>,
+    pub argmax: Option<u32>,
 }
 
 impl ChunkLogits {

@@ -167,14 +167,14 @@ fn bench(plan: PathBuf, batch: String, ctx: usize, prefill_len: usize, iters: us
         for it in 0..iters {
             let feeds: Vec<[u32; 1]> = (0..b).map(|s| [(s as u32 * 31 + it as u32) % vocab]).collect();
             let chunks: Vec<SeqChunk> = (0..b)
-                .map(|s| SeqChunk { slot: s, start_pos: ctx, tokens: &feeds[s], blocks: &all_blocks[s], want: Want::Last })
+                .map(|s| SeqChunk { slot: s, start_pos: ctx, tokens: &feeds[s], blocks: &all_blocks[s], want: Want::Argmax { limit: 248_077.min(vocab as usize) } })
                 .collect();
             let t0 = Instant::now();
             be.forward(&chunks)?;
             ts.push(t0.elapsed().as_secs_f64() * 1e3);
         }
         ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        println!("decode batch {b} ctx {ctx}: median {:.3} ms/step (incl. logits copy to host), min {:.3}", ts[ts.len() / 2], ts[0]);
+        println!("decode batch {b} ctx {ctx}: median {:.3} ms/step (greedy on device), min {:.3}", ts[ts.len() / 2], ts[0]);
     }
     Ok(())
 }

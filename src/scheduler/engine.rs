@@ -363,6 +363,7 @@ impl Engine {
         let decoding = self.running.iter().filter(|s| s.tokens.len() - s.fed == 1).count();
         let mut budget = self.cfg.chunked_prefill_size.saturating_sub(decoding);
         let mut plan: Vec<(usize, usize, Want)> = Vec::new();
+        let vocab_limit = self.vocab_limit;
         for (i, s) in self.running.iter().enumerate() {
             let remaining = s.tokens.len() - s.fed;
             let n = if remaining == 1 {
@@ -377,7 +378,19 @@ impl Engine {
             };
             let needs_rows = s.input_lp_rows().is_some_and(|(lo, hi)| s.fed <= hi && s.fed + n > lo);
             let last = s.fed + n == s.tokens.len();
-            let want = if needs_rows { Want::All } else if last { Want::Last } else { Want::Nothing };
+            // Plain greedy (no penalties, logprobs or banned stop tokens) needs only the
+            // argmax, which a device backend computes without copying the logits out.
+            let p = s.sampler.params();
+            let plain_greedy = p.is_greedy() && !p.has_penalties() && !s.lp_want.any() && s.out_len() >= s.req.stop.min_new_tokens;
+            let want = if needs_rows {
+                Want::All
+            } else if last && plain_greedy {
+                Want::Argmax { limit: vocab_limit }
+            } else if last {
+                Want::Last
+            } else {
+                Want::Nothing
+            };
             plan.push((i, n, want));
         }
         let t0 = Instant::now();
@@ -414,6 +427,7 @@ impl Engine {
         };
         let mut done: Vec<(usize, Output)> = Vec::new();
         let mut jobs: Vec<(usize, &[f32])> = Vec::new();
+        let mut greedy_tokens: Vec<(usize, u32)> = Vec::new();
         let mut generated = 0usize;
         for (&(i, n, want), l) in plan.iter().zip(&logits) {
             let start = self.running[i].fed;
@@ -428,6 +442,10 @@ impl Engine {
             if s.fed >= s.prompt_len {
                 self.running[i].input_lp_pending = false;
             }
+            if let Some(tok) = l.argmax {
+                greedy_tokens.push((i, tok));
+                continue;
+            }
             let Some(row) = l.last() else {
                 let out = Output { finish: Some(FinishReason::abort("backend error: no logits", Some(500))), ..Default::default() };
                 done.push((i, out));
@@ -436,6 +454,13 @@ impl Engine {
             jobs.push((i, row));
         }
         let sampled = self.sample_all(&jobs);
+        for (i, tok) in greedy_tokens {
+            generated += 1;
+            self.running[i].sampler.observe(tok);
+            if let Some(out) = self.on_token(i, Sampled { token: tok, ..Default::default() }) {
+                done.push((i, out));
+            }
+        }
         for (&(i, _), smp) in jobs.iter().zip(sampled) {
             generated += 1;
             if let Some(out) = self.on_token(i, smp) {

@@ -165,14 +165,18 @@ impl Backend for MockBackend {
                 hist.push(t);
                 let want = match c.want {
                     Want::Nothing => false,
-                    Want::Last => i + 1 == c.tokens.len(),
+                    Want::Last | Want::Argmax { .. } => i + 1 == c.tokens.len(),
                     Want::All => true,
                 };
                 if want {
                     rows.extend(logits_for(history_hash(hist)));
                 }
             }
-            out.push(ChunkLogits { rows: rows.len() / ROWS, data: rows });
+            let argmax = match c.want {
+                Want::Argmax { limit } => Some(kiln::backend::cpu::ops::argmax(&rows[rows.len() - ROWS..][..limit.min(ROWS)]) as u32),
+                _ => None,
+            };
+            out.push(ChunkLogits { rows: rows.len() / ROWS, data: rows, argmax });
         }
         Ok(out)
     }

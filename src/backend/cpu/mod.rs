@@ -74,11 +74,16 @@ impl CpuBackend {
         st.len += tokens.len();
         let rows: &[f32] = match want {
             Want::Nothing => return Ok(ChunkLogits::default()),
-            Want::Last => &x[(tokens.len() - 1) * h..],
+            Want::Last | Want::Argmax { .. } => &x[(tokens.len() - 1) * h..],
             Want::All => &x,
         };
         let normed = ops::rms_norm(rows, &self.w.norm, eps, 1.0);
-        Ok(ChunkLogits { rows: normed.len() / h, data: ops::matmul_wt(&normed, self.w.lm_head(), h) })
+        let data = ops::matmul_wt(&normed, self.w.lm_head(), h);
+        let argmax = match want {
+            Want::Argmax { limit } => Some(ops::argmax(&data[..limit.clamp(1, data.len())]) as u32),
+            _ => None,
+        };
+        Ok(ChunkLogits { rows: normed.len() / h, data, argmax })
     }
 }
 

@@ -130,3 +130,17 @@ fn rope_rotates_only_the_rotary_dims() {
     }
     assert_ne!(&x[..16], &orig[..16]);
 }
+
+#[test]
+fn argmax_want_respects_the_vocab_limit() {
+    let v = 300;
+    let p = prompt(9, v, 5);
+    let mut b = backend(v, 1);
+    let last = b.forward(&[chunk(0, 0, &p, Want::Last)]).unwrap().remove(0);
+    let row = last.last().unwrap().to_vec();
+    for limit in [v, 150, 7] {
+        b.reset_slot(0).unwrap();
+        let out = b.forward(&[chunk(0, 0, &p, Want::Argmax { limit })]).unwrap().remove(0);
+        assert_eq!(out.argmax, Some(ops::argmax(&row[..limit]) as u32), "limit {limit}");
+    }
+}

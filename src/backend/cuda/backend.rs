@@ -9,7 +9,7 @@ use super::memory::{copy_d2d, download, memset0, upload};
 use super::pools::{block_bytes, slot_bytes, Meta, Scratch, StatePools, LOGIT_ROWS};
 use super::weights::{DeviceWeights, MixerPtrs};
 use crate::backend::layout::StepLayout;
-use crate::backend::{Backend, Capacity, ChunkLogits, SeqChunk};
+use crate::backend::{Backend, Capacity, ChunkLogits, SeqChunk, Want};
 use crate::config::ModelConfig;
 use crate::plan::{Arch, Expected, Plan};
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -164,7 +164,10 @@ impl CudaBackend {
         Ok(m)
     }
 
-    fn run_step(&mut self, l: &StepLayout) -> Result<Vec<f32>> {
+    /// Runs one step. `need_data[r]`: logit row r goes back to the host; `argmax_limit`:
+    /// when some rows want only their greedy token, the vocabulary bound for it.
+    /// Returns the host rows (in order, only those needed) and each row's argmax.
+    fn run_step(&mut self, l: &StepLayout, need_data: &[bool], argmax_limit: Option<usize>) -> Result<(Vec<f32>, Vec<i32>)> {
         let c = &self.cfg;
         let (t, h) = (l.num_tokens(), c.hidden_size);
         let meta = self.upload_meta(l)?;
@@ -257,7 +260,8 @@ impl CudaBackend {
         // Logits of the wanted rows, 64 at a time.
         let v = c.vocab_size;
         let rows = &l.logit_rows;
-        let mut out = vec![0f32; rows.len() * v];
+        let mut out = vec![0f32; need_data.iter().filter(|n| **n).count() * v];
+        let mut filled = 0;
         let contiguous = rows.iter().enumerate().all(|(i, r)| *r as usize == i);
         for (ci, piece) in rows.chunks(LOGIT_ROWS).enumerate() {
             let src = if contiguous {
@@ -269,11 +273,24 @@ impl CudaBackend {
                 s.sel.ptr
             };
             self.k.gemm(st, self.w.lm_head, src, DType::F32, s.logits.ptr, DType::F32, piece.len(), v, h, &s.gemm)?;
-            let base = ci * LOGIT_ROWS * v;
-            download(st, &mut out[base..base + piece.len() * v], s.logits.ptr)?;
+            if let Some(limit) = argmax_limit {
+                k.argmax(st, Mat::f32(s.logits.ptr, v), limit.min(v), s.argmax.at(ci * LOGIT_ROWS * 4), piece.len())?;
+            }
+            let need = &need_data[ci * LOGIT_ROWS..ci * LOGIT_ROWS + piece.len()];
+            if need.iter().all(|n| *n) {
+                download(st, &mut out[filled * v..(filled + piece.len()) * v], s.logits.ptr)?;
+                filled += piece.len();
+            } else {
+                for (j, _) in need.iter().enumerate().filter(|(_, n)| **n) {
+                    download(st, &mut out[filled * v..(filled + 1) * v], s.logits.at(j * v * 4))?;
+                    filled += 1;
+                }
+            }
         }
+        let mut tokens = vec![0i32; if argmax_limit.is_some() { rows.len() } else { 0 }];
+        download(st, &mut tokens, s.argmax.ptr)?;
         st.synchronize().map_err(|e| anyhow!("CUDA step failed: {e:?}"))?;
-        Ok(out)
+        Ok((out, tokens))
     }
 }
 
@@ -306,13 +323,27 @@ impl Backend for CudaBackend {
         if layout.num_tokens() > self.s.max_tokens {
             bail!("step of {} tokens exceeds the step budget of {}", layout.num_tokens(), self.s.max_tokens);
         }
-        let data = self.run_step(&layout).context("cuda step")?;
+        let mut need_data = Vec::with_capacity(layout.logit_rows.len());
+        let mut argmax_limit = None;
+        for (c, n) in chunks.iter().zip(&layout.logit_counts) {
+            if let Want::Argmax { limit } = c.want {
+                ensure!(argmax_limit.is_none_or(|l| l == limit), "one step must use one argmax vocabulary limit");
+                argmax_limit = Some(limit);
+            }
+            need_data.extend(std::iter::repeat(!matches!(c.want, Want::Argmax { .. })).take(*n));
+        }
+        let (data, tokens) = self.run_step(&layout, &need_data, argmax_limit).context("cuda step")?;
         let v = self.cfg.vocab_size;
         let mut out = Vec::with_capacity(chunks.len());
-        let mut off = 0;
-        for n in &layout.logit_counts {
-            out.push(ChunkLogits { rows: *n, data: data[off * v..(off + n) * v].to_vec() });
-            off += n;
+        let (mut row, mut off) = (0, 0);
+        for (c, n) in chunks.iter().zip(&layout.logit_counts) {
+            if matches!(c.want, Want::Argmax { .. }) {
+                out.push(ChunkLogits { rows: 0, data: Vec::new(), argmax: Some(tokens[row] as u32) });
+            } else {
+                out.push(ChunkLogits { rows: *n, data: data[off * v..(off + n) * v].to_vec(), argmax: None });
+                off += n;
+            }
+            row += n;
         }
         Ok(out)
     }

@@ -92,6 +92,8 @@ pub struct Scratch {
     /// Rows whose logits are wanted, gathered: [64][hidden] fp32; logits [64][vocab] fp32.
     pub sel: DevBuf,
     pub logits: DevBuf,
+    /// i32 greedy token per logit row.
+    pub argmax: DevBuf,
     pub part_acc: DevBuf,
     pub part_ml: DevBuf,
     pub max_parts: usize,
@@ -146,6 +148,7 @@ impl Scratch {
             meta_len,
             sel: DevBuf::zeroed(LOGIT_ROWS * h * f, "selected rows")?,
             logits: DevBuf::zeroed(LOGIT_ROWS * c.vocab_size * f, "logits")?,
+            argmax: DevBuf::zeroed(t * 4, "greedy tokens")?,
             part_acc: DevBuf::zeroed(acc * f, "decode attention partials")?,
             part_ml: DevBuf::zeroed(ml * f, "decode attention partials")?,
             max_parts,
