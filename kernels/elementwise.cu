@@ -12,6 +12,10 @@
 //   (gate and up fused: [gate (INTER) | up (INTER)] gives up_off = INTER).
 //   grid (ceil(n/256), M), block 256.
 //
+// kiln_f32_to_bf16(const float* x, bf16* y, int n)
+//   y[i] = bf16(x[i]) rounded to nearest even, i < n (cuBLASLt's prefill GEMMs take bf16
+//   activations). grid (ceil(n/1024)), block 256, 4 elements per thread.
+//
 // kiln_argmax_{f32,bf16}(const T* logits, int ld, int n, int* out, int M)
 //   out[m] = the index of the largest of logits[m*ld + 0 .. n); the first index wins
 //   ties; NaN never wins (an all-NaN row gives 0). grid (M), block 1024.
@@ -123,4 +127,16 @@ extern "C" __global__ void __launch_bounds__(1024) kiln_argmax_f32(const float* 
 }
 extern "C" __global__ void __launch_bounds__(1024) kiln_argmax_bf16(const bf16* logits, int ld, int n, int* out, int M) {
     argmax<bf16>(logits, ld, n, out, M);
+}
+
+extern "C" __global__ void __launch_bounds__(256) kiln_f32_to_bf16(const float* __restrict__ x, bf16* __restrict__ y, int n) {
+    const int i = (blockIdx.x * 256 + threadIdx.x) * 4;
+    if (i + 3 < n) {
+        const float4 v = *reinterpret_cast<const float4*>(x + i);
+        bf162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+        *reinterpret_cast<bf162*>(y + i) = lo;
+        *reinterpret_cast<bf162*>(y + i + 2) = hi;
+    } else {
+        for (int j = i; j < n; j++) y[j] = __float2bfloat16_rn(x[j]);
+    }
 }

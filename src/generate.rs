@@ -3,12 +3,13 @@
 
 use crate::backend::{Backend, SeqChunk, Want};
 use crate::backend::cpu::ops::argmax;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 /// Greedy-decodes up to `max_new_tokens` after `prompt` in slot 0 (which it resets),
 /// stopping after the first token in `eos`. Returns the new tokens (EOS included, as
-/// SGLang counts it). Logits rows at or beyond `valid_vocab` (padding rows) never win.
-pub fn greedy(backend: &mut dyn Backend, prompt: &[u32], max_new_tokens: usize, eos: &[u32]) -> Result<Vec<u32>> {
+/// SGLang counts it). Ids at or above `vocab_limit` (the embedding's padding rows,
+/// beyond the tokenizer's vocabulary) never win.
+pub fn greedy(backend: &mut dyn Backend, prompt: &[u32], max_new_tokens: usize, eos: &[u32], vocab_limit: usize) -> Result<Vec<u32>> {
     ensure!(!prompt.is_empty(), "greedy: empty prompt");
     let cap = backend.capacity();
     ensure!(
@@ -25,11 +26,13 @@ pub fn greedy(backend: &mut dyn Backend, prompt: &[u32], max_new_tokens: usize, 
     let mut pos = 0;
     let mut feed: Vec<u32> = prompt.to_vec();
     while out.len() < max_new_tokens {
-        let chunk = SeqChunk { slot: 0, start_pos: pos, tokens: &feed, blocks: &blocks, want: Want::Last };
-        let logits = backend.forward(&[chunk])?;
+        let chunk = SeqChunk { slot: 0, start_pos: pos, tokens: &feed, blocks: &blocks, want: Want::Argmax { limit: vocab_limit } };
+        let out0 = backend.forward(&[chunk])?.remove(0);
         pos += feed.len();
-        let row = logits[0].last().expect("Want::Last returns a row");
-        let next = argmax(row) as u32;
+        let next = match out0.argmax {
+            Some(t) => t,
+            None => argmax(&out0.last().context("the backend returned neither a token nor logits")?[..vocab_limit]) as u32,
+        };
         out.push(next);
         if eos.contains(&next) {
             break;

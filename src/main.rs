@@ -369,7 +369,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let len = ids.len() + a.max_new_tokens;
     let cap = Capacity { slots: 1, block_size: 16, kv_blocks: len.div_ceil(16), max_seq_len: len };
     let mut backend = CpuBackend::new(cfg, w, cap)?;
-    let out = kiln::generate::greedy(&mut backend, &ids, a.max_new_tokens, &eos)?;
+    let out = kiln::generate::greedy(&mut backend, &ids, a.max_new_tokens, &eos, tok.vocab_size())?;
     println!("{}", tok.decode(&out, true)?);
     Ok(())
 }

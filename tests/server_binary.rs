@@ -155,6 +155,6 @@ fn kiln_generate_prints_the_greedy_text() {
     let mut b = kiln::backend::cpu::CpuBackend::new(cfg, w, cap).unwrap();
     let mut eos = tok.eos_token_ids().to_vec();
     eos.extend(kiln::demo::demo_config().eos_token_ids);
-    let ids = kiln::generate::greedy(&mut b, &prompt, 6, &eos).unwrap();
+    let ids = kiln::generate::greedy(&mut b, &prompt, 6, &eos, tok.vocab_size()).unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'), tok.decode(&ids, true).unwrap());
 }

@@ -37,7 +37,7 @@ fn library_greedy(prompt: &[u32], n: usize) -> Vec<u32> {
     let mut b = CpuBackend::new(cfg, w, demo_cap(1)).unwrap();
     let tok = Tokenizer::bundled().unwrap();
     let _ = b.config();
-    kiln::generate::greedy(&mut b, prompt, n, &eos(&tok)).unwrap()
+    kiln::generate::greedy(&mut b, prompt, n, &eos(&tok), tok.vocab_size()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {

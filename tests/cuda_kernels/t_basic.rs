@@ -233,3 +233,20 @@ fn argmax_takes_first_max_and_skips_nan() {
     }
     let _ = NULL;
 }
+
+#[test]
+fn f32_to_bf16_rounds_to_nearest_even() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let mut g = rng(9);
+    // Lengths with and without a partial vector of 4 at the end.
+    for n in [1usize, 3, 4, 1023, 4096 + 6] {
+        let x = randn_vec(&mut g, n, 5.0);
+        let out = poison_bf16(&s, n);
+        e.k.f32_to_bf16(&s, ptr(&s, &up(&s, &x)), ptr(&s, &out), n).unwrap();
+        // The CPU twin is half's round-to-nearest-even conversion: results must be identical.
+        let got = down(&s, &out);
+        let want = to_bf16(&x);
+        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "n = {n}");
+    }
+}

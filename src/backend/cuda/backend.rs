@@ -1,6 +1,7 @@
 //! The cuda backend: loads a plan (weights and kernels compiled for this GPU), sizes its
 //! pools from free memory, and runs steps of mixed prefill and decode.
 
+use super::blaslt::BlasLt;
 use super::compile::{CompiledModule, KernelDims};
 use super::kernels::{
     AttnDecode, AttnPrefill, Conv1d, DType, DevPtr, GdnDecode, GdnPrefill, Kernels, Mat, QkNormRope, NULL,
@@ -45,6 +46,7 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     k: Kernels,
+    blas: std::cell::RefCell<BlasLt>,
     w: DeviceWeights,
     pools: StatePools,
     s: Scratch,
@@ -122,7 +124,8 @@ impl CudaBackend {
             state_mib = state >> 20,
             "cuda backend ready on {device_name}"
         );
-        Ok(CudaBackend { cfg, cap, ctx, stream, k, w, pools, s, max_blocks_per_seq, device_name })
+        let blas = std::cell::RefCell::new(BlasLt::new()?);
+        Ok(CudaBackend { cfg, cap, ctx, stream, k, blas, w, pools, s, max_blocks_per_seq, device_name })
     }
 
     /// Makes the context current on the calling thread: the backend is built on one
@@ -131,19 +134,35 @@ impl CudaBackend {
         self.ctx.bind_to_thread().map_err(|e| anyhow!("binding the CUDA context to this thread: {e:?}"))
     }
 
-    /// y[M][N] = x[M][K] . W[N][K]^T for any M (64-row pieces; a row's result does not
-    /// depend on which piece it is in).
-    fn gemm(&self, w: DevPtr, x: DevPtr, y: DevPtr, m: usize, n: usize, kdim: usize, x_ld: usize, y_ld: usize) -> Result<()> {
-        ensure!(x_ld == kdim && y_ld == n, "gemm: packed rows expected");
-        let mut r = 0;
-        while r < m {
-            let rows = (m - r).min(64);
-            let xo = x + (r * kdim * 4) as u64;
-            let yo = y + (r * n * 4) as u64;
-            self.k.gemm(&self.stream, w, xo, DType::F32, yo, DType::F32, rows, n, kdim, &self.s.gemm)?;
-            r += rows;
+    /// y[T][N] = x[T][K] . W[N][K]^T over the step's rows. A sequence whose chunk is
+    /// longer than 64 tokens (prefill) goes through cuBLASLt (bf16 activations, one call
+    /// with M = its chunk length); every other row through the skinny GEMM (fp32
+    /// activations, 64-row pieces). Either way a row's result depends only on its own
+    /// sequence's chunk, never on what else is in the step.
+    fn gemm(&self, w: DevPtr, x: DevPtr, y: DevPtr, n: usize, kdim: usize, l: &StepLayout) -> Result<()> {
+        let skinny = |r0: usize, r1: usize| -> Result<()> {
+            let mut r = r0;
+            while r < r1 {
+                let rows = (r1 - r).min(64);
+                let xo = x + (r * kdim * 4) as u64;
+                let yo = y + (r * n * 4) as u64;
+                self.k.gemm(&self.stream, w, xo, DType::F32, yo, DType::F32, rows, n, kdim, &self.s.gemm)?;
+                r += rows;
+            }
+            Ok(())
+        };
+        let mut run = 0; // start of the pending run of short chunks
+        for seq in l.cu_seqlens.windows(2) {
+            let (r0, r1) = (seq[0] as usize, seq[1] as usize);
+            if r1 - r0 <= 64 {
+                continue;
+            }
+            skinny(run, r0)?;
+            self.k.f32_to_bf16(&self.stream, x + (r0 * kdim * 4) as u64, self.s.x_bf16.ptr, (r1 - r0) * kdim)?;
+            self.blas.borrow_mut().gemm(&self.stream, w, self.s.x_bf16.ptr, y + (r0 * n * 4) as u64, r1 - r0, n, kdim)?;
+            run = r1;
         }
-        Ok(())
+        skinny(run, l.num_tokens())
     }
 
     fn upload_meta(&self, l: &StepLayout) -> Result<Meta> {
@@ -189,8 +208,8 @@ impl CudaBackend {
             match &layer.mixer {
                 MixerPtrs::Linear(g) => {
                     let wide_w = qkv_dim + vd;
-                    self.gemm(g.qkvz, s.normed.ptr, s.wide.ptr, t, wide_w, h, h, wide_w)?;
-                    self.gemm(g.ba, s.normed.ptr, s.ba.ptr, t, 2 * nv, h, h, 2 * nv)?;
+                    self.gemm(g.qkvz, s.normed.ptr, s.wide.ptr, wide_w, h, l)?;
+                    self.gemm(g.ba, s.normed.ptr, s.ba.ptr, 2 * nv, h, l)?;
                     let qkvz = Mat::f32(s.wide.ptr, wide_w);
                     let ba = Mat::f32(s.ba.ptr, 2 * nv);
                     let out = Mat::f32(s.mix_in.ptr, vd);
@@ -215,11 +234,11 @@ impl CudaBackend {
                         })?;
                         k.gated_rmsnorm(st, s.core.ptr, qkvz.cols(qkv_dim), g.norm, s.mix_in.ptr, DType::F32, t)?;
                     }
-                    self.gemm(g.out, s.mix_in.ptr, s.delta.ptr, t, h, vd, vd, h)?;
+                    self.gemm(g.out, s.mix_in.ptr, s.delta.ptr, h, vd, l)?;
                     li += 1;
                 }
                 MixerPtrs::Full(a) => {
-                    self.gemm(a.qgkv, s.normed.ptr, s.wide.ptr, t, qgkv_w, h, h, qgkv_w)?;
+                    self.gemm(a.qgkv, s.normed.ptr, s.wide.ptr, qgkv_w, h, l)?;
                     let qg = Mat::f32(s.wide.ptr, qgkv_w);
                     let kq = 2 * c.num_heads * c.head_dim;
                     let (kc, vc) = (self.pools.k_layer(fi), self.pools.v_layer(fi));
@@ -244,15 +263,15 @@ impl CudaBackend {
                         })?;
                         k.output_gate(st, s.core.ptr, qg.cols(c.head_dim), 2 * c.head_dim, out, t)?;
                     }
-                    self.gemm(a.o, s.mix_in.ptr, s.delta.ptr, t, h, attn_w, attn_w, h)?;
+                    self.gemm(a.o, s.mix_in.ptr, s.delta.ptr, h, attn_w, l)?;
                     fi += 1;
                 }
             }
             k.add_rmsnorm(st, s.resid.ptr, Some(Mat::f32(s.delta.ptr, h)), layer.post_norm, NULL, s.normed.ptr, t)?;
             let i2 = 2 * c.intermediate_size;
-            self.gemm(layer.gate_up, s.normed.ptr, s.wide.ptr, t, i2, h, h, i2)?;
+            self.gemm(layer.gate_up, s.normed.ptr, s.wide.ptr, i2, h, l)?;
             k.silu_mul(st, Mat::f32(s.wide.ptr, i2), c.intermediate_size, Mat::f32(s.mix_in.ptr, c.intermediate_size), c.intermediate_size, t)?;
-            self.gemm(layer.down, s.mix_in.ptr, s.delta.ptr, t, h, c.intermediate_size, c.intermediate_size, h)?;
+            self.gemm(layer.down, s.mix_in.ptr, s.delta.ptr, h, c.intermediate_size, l)?;
             delta = Some(Mat::f32(s.delta.ptr, h));
         }
         k.add_rmsnorm(st, s.resid.ptr, delta, self.w.norm, NULL, s.normed.ptr, t)?;

@@ -265,6 +265,7 @@ fn function_names(module: &str) -> Vec<String> {
             let mut v: Vec<String> = pairs().map(|p| format!("kiln_output_gate_{p}")).collect();
             v.extend(pairs().map(|p| format!("kiln_silu_mul_{p}")));
             v.extend(dt.iter().map(|d| format!("kiln_argmax_{d}")));
+            v.push("kiln_f32_to_bf16".to_string());
             v
         }
         _ => Vec::new(),

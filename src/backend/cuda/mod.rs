@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod kernels;
 pub mod backend;
+mod blaslt;
 mod memory;
 mod pools;
 mod weights;

@@ -86,6 +86,8 @@ pub struct Scratch {
     pub q: DevBuf,
     pub mix_in: DevBuf,
     pub delta: DevBuf,
+    /// bf16 copy of a GEMM input for cuBLASLt: [T][widest K].
+    pub x_bf16: DevBuf,
     /// i32 metadata of the step (ids, positions, tables...), see `Meta`.
     pub meta: DevBuf,
     pub meta_len: usize,
@@ -112,9 +114,9 @@ impl Scratch {
         let h = c.hidden_size;
         let qkvz = c.linear_qkv_dim() + c.linear_value_dim();
         let qgkv = (2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
-        let wide_ld = qkvz.max(qgkv).max(2 * c.intermediate_size);
+        let wide_w = qkvz.max(qgkv).max(2 * c.intermediate_size);
         let attn_w = c.num_heads * c.head_dim;
-        let mix_in_ld = c.linear_value_dim().max(attn_w).max(c.intermediate_size);
+        let mix_in_w = c.linear_value_dim().max(attn_w).max(c.intermediate_size);
         // Every GEMM the model runs, for the split-K workspace size.
         let shapes = [
             (qkvz, h),
@@ -137,13 +139,14 @@ impl Scratch {
             max_tokens,
             resid: DevBuf::zeroed(t * h * f, "the residual stream")?,
             normed: DevBuf::zeroed(t * h * f, "normed activations")?,
-            wide: DevBuf::zeroed(t * wide_ld * f, "projection outputs")?,
+            wide: DevBuf::zeroed(t * wide_w * f, "projection outputs")?,
             ba: DevBuf::zeroed(t * 2 * c.linear_num_value_heads * f, "b/a projections")?,
             conv_out: DevBuf::zeroed(t * c.linear_qkv_dim() * f, "conv outputs")?,
             core: DevBuf::zeroed(t * c.linear_value_dim().max(attn_w) * f, "mixer core outputs")?,
             q: DevBuf::zeroed(t * attn_w * f, "attention queries")?,
-            mix_in: DevBuf::zeroed(t * mix_in_ld * f, "mixer outputs")?,
+            mix_in: DevBuf::zeroed(t * mix_in_w * f, "mixer outputs")?,
             delta: DevBuf::zeroed(t * h * f, "residual updates")?,
+            x_bf16: DevBuf::zeroed(t * h.max(mix_in_w) * 2, "bf16 GEMM inputs")?,
             meta: DevBuf::zeroed(meta_len * 4, "step metadata")?,
             meta_len,
             sel: DevBuf::zeroed(LOGIT_ROWS * h * f, "selected rows")?,

@@ -95,6 +95,18 @@ impl Kernels {
         self.launch(SILU_MUL[gu.dtype.idx()][out.dtype.idx()], stream, (n.div_ceil(256) as u32, m as u32, 1), 256, 0, &mut p)
     }
 
+    /// y[i] = bf16(x[i]) (round to nearest even) for i < n; x 16-byte aligned.
+    pub fn f32_to_bf16(&self, stream: &CudaStream, x: DevPtr, y: DevPtr, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        check_aligned(x, 16, "f32_to_bf16 x")?;
+        check_aligned(y, 8, "f32_to_bf16 y")?;
+        let ni = int(n, "n")?;
+        let mut p = params!(x, y, ni);
+        self.launch("kiln_f32_to_bf16", stream, (n.div_ceil(1024) as u32, 1, 1), 256, 0, &mut p)
+    }
+
     /// out[m] (i32) = argmax of logits row m over its first n columns (first index wins ties).
     pub fn argmax(&self, stream: &CudaStream, logits: Mat, n: usize, out: DevPtr, m: usize) -> Result<()> {
         if m == 0 {
