@@ -29,11 +29,12 @@ if has build; then
   log "kiln-build took $(( ($(date +%s%N) - t) / 1000000 )) ms"; ls -la "$ENG"
 fi
 if has bench; then
-  log bench; .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -v "^\s*$" | tail -12
+  log bench; .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -v "^\s*$" | tee "$OUT/bench.txt" | tail -8
 fi
 if has peer; then
   log peer; python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/*.whl 2>&1 | tail -2
-  PYTHONPATH=/tmp/site python3 .peer/peer_torch_graph.py --batch 1,8,32,64 --ctx 1024 2>&1 | tail -12
+  PYTHONPATH=/tmp/site python3 .peer/peer_torch_graph.py --batch 1,8,32,64 --ctx 1024 > "$OUT/peer.txt" 2>&1
+  grep -E '"[0-9]+": \{|"ms"' "$OUT/peer.txt" | paste - - 
 fi
 if has refs; then
   log refs; t=$(date +%s); python3 scripts/gpu_reference.py refs --ckpt "$CKPT" --out "$REFS" --n "$N" 2>&1 | tail -3; log "refs took $(( $(date +%s) - t )) s"
