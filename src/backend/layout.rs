@@ -79,6 +79,34 @@ impl StepLayout {
     pub fn is_decode(&self) -> bool {
         self.num_tokens() == self.num_seqs()
     }
+    /// This decode layout padded to `b` sequences with table stride `bt_stride`, the fixed
+    /// shape of a captured decode graph. Padding rows name no slot (-1), see no keys
+    /// (ctx_len 0) and write no KV (kv_loc -1): every kernel skips them. `logit_rows` and
+    /// `logit_counts` stay those of the real sequences.
+    pub fn padded_decode(&self, b: usize, bt_stride: usize) -> Result<StepLayout> {
+        let n = self.num_seqs();
+        ensure!(self.is_decode() && n <= b && self.bt_stride <= bt_stride, "padded_decode: not a decode layout that fits {b} x {bt_stride}");
+        let pad = |v: &[i32], fill: i32| -> Vec<i32> { v.iter().copied().chain(std::iter::repeat(fill).take(b - n)).collect() };
+        let mut block_tables = vec![0i32; b * bt_stride];
+        for s in 0..n {
+            let row = &self.block_tables[s * self.bt_stride..(s + 1) * self.bt_stride];
+            block_tables[s * bt_stride..s * bt_stride + self.bt_stride].copy_from_slice(row);
+        }
+        Ok(StepLayout {
+            ids: pad(&self.ids, 0),
+            pos: pad(&self.pos, 0),
+            cu_seqlens: (0..=b as i32).collect(),
+            slots: pad(&self.slots, -1),
+            start_pos: pad(&self.start_pos, 0),
+            ctx_lens: pad(&self.ctx_lens, 0),
+            kv_loc: pad(&self.kv_loc, -1),
+            block_tables,
+            bt_stride,
+            logit_rows: self.logit_rows.clone(),
+            logit_counts: self.logit_counts.clone(),
+        })
+    }
+
     pub fn max_seq_tokens(&self) -> usize {
         self.cu_seqlens.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0)
     }
@@ -110,6 +138,25 @@ mod tests {
         assert_eq!(l.logit_counts, vec![3, 1]);
         assert!(!l.is_decode());
         assert_eq!(l.max_seq_tokens(), 3);
+    }
+
+    #[test]
+    fn pads_a_decode_step_to_a_graph_bucket() {
+        let (a, b) = ([5u32], [6u32]);
+        let chunks = [
+            SeqChunk { slot: 3, start_pos: 4, tokens: &a, blocks: &[7, 9], want: Want::Argmax { limit: 10 } },
+            SeqChunk { slot: 1, start_pos: 0, tokens: &b, blocks: &[2], want: Want::Argmax { limit: 10 } },
+        ];
+        let l = StepLayout::new(&chunks, 4).unwrap();
+        let p = l.padded_decode(4, 3).unwrap();
+        assert_eq!(p.ids, vec![5, 6, 0, 0]);
+        assert_eq!(p.slots, vec![3, 1, -1, -1]);
+        assert_eq!(p.ctx_lens, vec![5, 1, 0, 0]);
+        assert_eq!(p.kv_loc, vec![36, 8, -1, -1]);
+        assert_eq!(p.cu_seqlens, vec![0, 1, 2, 3, 4]);
+        assert_eq!(p.block_tables, vec![7, 9, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(p.logit_rows, vec![0, 1]);
+        assert!(l.padded_decode(1, 3).is_err());
     }
 
     #[test]

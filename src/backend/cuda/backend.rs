@@ -32,11 +32,21 @@ pub struct CudaOptions {
     pub block_size: usize,
     /// Decode attention partitions per sequence (fixed: results depend on it).
     pub max_parts: usize,
+    /// Replay decode steps as CUDA graphs (env KILN_CUDA_GRAPHS=0 turns them off).
+    pub graphs: bool,
 }
 
 impl Default for CudaOptions {
     fn default() -> Self {
-        CudaOptions { max_slots: 64, max_seq_len: 32768, max_step_tokens: 2048, mem_fraction: 0.85, block_size: 16, max_parts: 32 }
+        CudaOptions {
+            max_slots: 64,
+            max_seq_len: 32768,
+            max_step_tokens: 2048,
+            mem_fraction: 0.85,
+            block_size: 16,
+            max_parts: 32,
+            graphs: std::env::var("KILN_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+        }
     }
 }
 
@@ -52,7 +62,12 @@ pub struct CudaBackend {
     s: Scratch,
     max_blocks_per_seq: usize,
     pub device_name: String,
+    graphs_enabled: bool,
+    graphs: std::collections::HashMap<(usize, Option<usize>), cudarc::driver::CudaGraph>,
 }
+
+/// Decode batch sizes with a captured graph (a batch runs in the smallest that holds it).
+const GRAPH_BUCKETS: [usize; 9] = [1, 2, 4, 8, 16, 24, 32, 48, 64];
 
 // The backend is owned and driven by one scheduler thread at a time; the raw device
 // addresses it holds are only used from that thread (with the context bound).
@@ -81,7 +96,8 @@ impl CudaBackend {
             .map(|k| Ok(CompiledModule { name: k.name.clone(), cubin: plan.kernel(&k.name)?.to_vec() }))
             .collect::<Result<_>>()?;
         let k = Kernels::load(&ctx, &modules, &dims)?;
-        let stream = ctx.default_stream();
+        // A created stream: graph capture is not allowed on the legacy default stream.
+        let stream = ctx.new_stream().map_err(|e| anyhow!("creating a CUDA stream: {e:?}"))?;
         let w = DeviceWeights::upload(&stream, &plan, &cfg)?;
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         Self::with_parts(cfg, ctx, stream, k, w, opt, device_name)
@@ -125,7 +141,21 @@ impl CudaBackend {
             "cuda backend ready on {device_name}"
         );
         let blas = std::cell::RefCell::new(BlasLt::new()?);
-        Ok(CudaBackend { cfg, cap, ctx, stream, k, blas, w, pools, s, max_blocks_per_seq, device_name })
+        Ok(CudaBackend {
+            cfg,
+            cap,
+            ctx,
+            stream,
+            k,
+            blas,
+            w,
+            pools,
+            s,
+            max_blocks_per_seq,
+            device_name,
+            graphs_enabled: opt.graphs,
+            graphs: Default::default(),
+        })
     }
 
     /// Makes the context current on the calling thread: the backend is built on one
@@ -187,9 +217,67 @@ impl CudaBackend {
     /// when some rows want only their greedy token, the vocabulary bound for it.
     /// Returns the host rows (in order, only those needed) and each row's argmax.
     fn run_step(&mut self, l: &StepLayout, need_data: &[bool], argmax_limit: Option<usize>) -> Result<(Vec<f32>, Vec<i32>)> {
+        if l.is_decode() && self.graphs_enabled && l.num_seqs() <= self.cap.slots.min(LOGIT_ROWS) {
+            return self.run_decode_graph(l, need_data, argmax_limit);
+        }
+        let meta = self.upload_meta(l)?;
+        self.encode(l, &meta)?;
+        self.read_logits(l, need_data, argmax_limit)
+    }
+
+    /// Decode steps replay a CUDA graph captured once per (batch bucket, argmax limit):
+    /// the batch is padded to the bucket with rows every kernel skips.
+    fn run_decode_graph(&mut self, l: &StepLayout, need_data: &[bool], argmax_limit: Option<usize>) -> Result<(Vec<f32>, Vec<i32>)> {
+        let n = l.num_seqs();
+        let max = self.cap.slots.min(LOGIT_ROWS);
+        let b = GRAPH_BUCKETS.iter().copied().find(|&x| x >= n && x <= max).unwrap_or(max);
+        let p = l.padded_decode(b, self.max_blocks_per_seq)?;
+        let meta = self.upload_meta(&p)?;
+        let key = (b, argmax_limit);
+        if !self.graphs.contains_key(&key) {
+            let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+            self.stream.begin_capture(mode).map_err(|e| anyhow!("starting graph capture: {e:?}"))?;
+            let r = self.encode(&p, &meta).and_then(|_| self.head(b, argmax_limit));
+            let g = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags_enum(0));
+            r.context("capturing a decode graph")?;
+            let g = g.map_err(|e| anyhow!("instantiating a decode graph: {e:?}"))?.context("graph capture produced no graph")?;
+            tracing::debug!(bucket = b, "captured a decode graph");
+            self.graphs.insert(key, g);
+        }
+        self.graphs[&key].launch().map_err(|e| anyhow!("launching a decode graph: {e:?}"))?;
+        let v = self.cfg.vocab_size;
+        let st = &self.stream;
+        let mut out = vec![0f32; need_data.iter().filter(|x| **x).count() * v];
+        if need_data.iter().all(|x| *x) {
+            download(st, &mut out, self.s.logits.ptr)?;
+        } else {
+            let mut filled = 0;
+            for (j, _) in need_data.iter().enumerate().filter(|(_, x)| **x) {
+                download(st, &mut out[filled * v..(filled + 1) * v], self.s.logits.at(j * v * 4))?;
+                filled += 1;
+            }
+        }
+        let mut tokens = vec![0i32; if argmax_limit.is_some() { n } else { 0 }];
+        download(st, &mut tokens, self.s.argmax.ptr)?;
+        st.synchronize().map_err(|e| anyhow!("CUDA decode step failed: {e:?}"))?;
+        Ok((out, tokens))
+    }
+
+    /// lm_head (and the greedy argmax) over the first `rows` (<= 64) normed rows.
+    fn head(&self, rows: usize, argmax_limit: Option<usize>) -> Result<()> {
+        let (s, v, h) = (&self.s, self.cfg.vocab_size, self.cfg.hidden_size);
+        self.k.gemm(&self.stream, self.w.lm_head, s.normed.ptr, DType::F32, s.logits.ptr, DType::F32, rows, v, h, &s.gemm)?;
+        if let Some(limit) = argmax_limit {
+            self.k.argmax(&self.stream, Mat::f32(s.logits.ptr, v), limit.min(v), s.argmax.ptr, rows)?;
+        }
+        Ok(())
+    }
+
+    /// Embedding, every layer and the final norm over the step's tokens (no host
+    /// synchronisation: capturable into a graph).
+    fn encode(&self, l: &StepLayout, meta: &Meta) -> Result<()> {
         let c = &self.cfg;
         let (t, h) = (l.num_tokens(), c.hidden_size);
-        let meta = self.upload_meta(l)?;
         let mp = |off: usize| self.s.meta.at(off * 4);
         let decode = l.is_decode();
         let st = &self.stream;
@@ -276,6 +364,13 @@ impl CudaBackend {
         }
         k.add_rmsnorm(st, s.resid.ptr, delta, self.w.norm, NULL, s.normed.ptr, t)?;
 
+        Ok(())
+    }
+
+    /// Logits of the wanted rows (64 at a time), their argmax, and the host copies.
+    fn read_logits(&self, l: &StepLayout, need_data: &[bool], argmax_limit: Option<usize>) -> Result<(Vec<f32>, Vec<i32>)> {
+        let (c, st, k, s) = (&self.cfg, &self.stream, &self.k, &self.s);
+        let h = c.hidden_size;
         // Logits of the wanted rows, 64 at a time.
         let v = c.vocab_size;
         let rows = &l.logit_rows;
