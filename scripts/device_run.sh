@@ -12,7 +12,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 CKPT=/tmp/qwen35_4b_random; REFS=/tmp/refs; ENG=/tmp/engines
-STAGES=${STAGES:-"make build bench peer refs eval"}
+STAGES=${STAGES:-"make build bench nograph peer refs eval"}
 N=${N:-32}
 export PYTHONUNBUFFERED=1
 log() { echo "[$(date +%T)] $*"; }
@@ -30,6 +30,12 @@ if has build; then
 fi
 if has bench; then
   log bench; .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -v "^\s*$" | tee "$OUT/bench.txt" | tail -8
+fi
+if has nograph; then
+  log "bench without CUDA graphs"; KILN_CUDA_GRAPHS=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,32 --prefill 64 2>&1 | grep "decode batch"
+fi
+if has kernels; then
+  log "kernel tests"; for t in .devbin/cuda_kernels*; do [ -x "$t" ] && "$t" --test-threads=1 2>&1 | grep -E "^test |test result|panicked" | tail -25; done
 fi
 if has peer; then
   log peer; python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/*.whl 2>&1 | tail -2
