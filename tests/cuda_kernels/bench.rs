@@ -5,6 +5,7 @@
 use crate::harness::*;
 use cudarc::driver::{sys, CudaSlice, CudaStream};
 use half::bf16;
+use kiln::backend::cuda::compile;
 use kiln::backend::cuda::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, GdnDecode, GdnPrefill, GemmKind, GemmPlan, GemmScratch, Kernels, Mat};
 use std::sync::Arc;
 
@@ -189,27 +190,91 @@ fn bench_gdn(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng) {
         let bytes = (b * ssz * 4 * 2) as f64;
         println!("BENCH gdn_decode B={b:2}: {:7.1} us, state {:6.0} GB/s (read + write)", ms * 1e3, gbps(bytes, ms));
     }
-    // Prefill of one 1024-token sequence: conv, recurrence.
+    // Prefill of one 1024-token sequence: conv, then the recurrence.
     let t = 1024usize;
     let x = up(s, &randn_vec(g, t * ld, 1.0));
     let cw = up(s, &to_bf16(&randn_vec(g, c * 4, 0.5)));
     let ring = s.alloc_zeros::<f32>(4 * c).unwrap();
-    let state = s.alloc_zeros::<f32>(ssz).unwrap();
     let conv_out = s.alloc_zeros::<f32>(t * c).unwrap();
-    let raw = s.alloc_zeros::<f32>(t * nv * dv).unwrap();
-    let ba = up(s, &randn_vec(g, t * 2 * nv, 1.0));
-    let (al, dtb) = (up(s, &vec![0.5f32; nv]), up(s, &vec![0.0f32; nv]));
     let (cu, sl, sp) = (up(s, &[0i32, t as i32]), up(s, &[0i32]), up(s, &[0i32]));
     let conv = Conv1d { x: Mat::f32(ptr(s, &x), ld), w: ptr(s, &cw), conv_state: ptr(s, &ring), cu_seqlens: ptr(s, &cu), slots: ptr(s, &sl), start_pos: ptr(s, &sp), out: ptr(s, &conv_out), ld_out: c, nseq: 1 };
     let ms = time_ms(s, 5, |_| k.conv1d(s, &conv).unwrap());
     println!("BENCH conv1d prefill T={t}: {:.1} us", ms * 1e3);
+    bench_gdn_prefill_on(e, s, g);
+}
+
+/// GDN prefill alone: `KILN_CUDA_BENCH=1 cargo test --release --test cuda_kernels
+/// bench_gdn_prefill -- --nocapture`. With KILN_GDN_PREFILL_BASELINE=<path of another
+/// gdn_prefill.cu with the same entry points> (e.g. the sequential kernel of commit
+/// 3aab5ce, launched as it was: grid (DV/32, NV, nseq), block 512, no dynamic shared
+/// memory), that kernel is timed on the same inputs too.
+#[test]
+fn bench_gdn_prefill() {
+    if std::env::var("KILN_CUDA_BENCH").ok().as_deref() != Some("1") {
+        println!("skipped: set KILN_CUDA_BENCH=1 to time the kernels");
+        return;
+    }
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    bench_gdn_prefill_on(e, &s, &mut rng(98));
+}
+
+/// One 1024-token sequence (the 4B model's 24 linear layers each run this once per 1K
+/// prompt) and 8 sequences of 128 tokens, from random conv outputs and states.
+fn bench_gdn_prefill_on(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng) {
+    let k = &e.k;
+    let d = k.dims().clone();
+    let (c, nv, dk, dv) = (d.conv_dim(), d.lin_num_v_heads, d.lin_k_dim, d.lin_v_dim);
+    let ssz = nv * dk * dv;
+    let t = 1024usize;
+    let conv_out = up(s, &randn_vec(g, t * c, 1.0));
+    let raw = s.alloc_zeros::<f32>(t * nv * dv).unwrap();
+    let ba = up(s, &randn_vec(g, t * 2 * nv, 1.0));
+    let al = up(s, &(0..nv).map(|i| (1.0 + i as f32 * 0.2).ln()).collect::<Vec<_>>());
+    let dtb = up(s, &randn_vec(g, nv, 0.5));
     let bm = Mat::f32(ptr(s, &ba), 2 * nv);
-    let pre = GdnPrefill {
-        qkv: ptr(s, &conv_out), ld_qkv: c, b: bm, a: bm.cols(nv), a_log: ptr(s, &al), dt_bias: ptr(s, &dtb), state: ptr(s, &state),
-        cu_seqlens: ptr(s, &cu), slots: ptr(s, &sl), out: ptr(s, &raw), ld_out: nv * dv, nseq: 1,
-    };
-    let ms = time_ms(s, 3, |_| k.gdn_prefill(s, &pre).unwrap());
-    println!("BENCH gdn_prefill (sequential) T={t}, one sequence: {:.1} us per layer", ms * 1e3);
+    for nseq in [1usize, 8] {
+        let len = t / nseq;
+        let state = up(s, &randn_vec(g, nseq * ssz, 0.1));
+        let cu = up(s, &(0..=nseq).map(|i| (i * len) as i32).collect::<Vec<_>>());
+        let sl = up(s, &(0..nseq as i32).collect::<Vec<_>>());
+        let pre = GdnPrefill {
+            qkv: ptr(s, &conv_out), ld_qkv: c, b: bm, a: bm.cols(nv), a_log: ptr(s, &al), dt_bias: ptr(s, &dtb), state: ptr(s, &state),
+            cu_seqlens: ptr(s, &cu), slots: ptr(s, &sl), out: ptr(s, &raw), ld_out: nv * dv, nseq,
+        };
+        let ms = time_ms(s, 5, |_| k.gdn_prefill(s, &pre).unwrap());
+        println!("BENCH gdn_prefill (chunked) T={t} as {nseq} x {len}: {:.1} us per layer", ms * 1e3);
+        if let Ok(path) = std::env::var("KILN_GDN_PREFILL_BASELINE") {
+            match bench_gdn_prefill_baseline(e, s, &path, &pre) {
+                Ok(ms) => println!("BENCH gdn_prefill (baseline {path}) T={t} as {nseq} x {len}: {:.1} us per layer", ms * 1e3),
+                Err(err) => println!("BENCH gdn_prefill baseline not timed: {err:#}"),
+            }
+        }
+    }
+}
+
+/// Times the f32 entry point of another gdn_prefill.cu (block 512, no dynamic shared memory).
+fn bench_gdn_prefill_baseline(e: &Env, s: &Arc<CudaStream>, path: &str, a: &GdnPrefill) -> anyhow::Result<f64> {
+    use std::ffi::c_void;
+    let src = std::fs::read_to_string(path)?;
+    let (major, minor) = e.ctx.compute_capability()?;
+    let arch = compile::arch_for_compute_capability(major, minor).ok_or_else(|| anyhow::anyhow!("no arch for {major}.{minor}"))?;
+    let inc: Vec<_> = compile::find_cuda_include().into_iter().collect();
+    let m = compile::compile_module("gdn_prefill_baseline", &src, arch, e.k.dims(), &inc)?;
+    let module = e.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(m.cubin))?;
+    let f = module.load_function("kiln_gdn_prefill_f32")?;
+    let d = e.k.dims();
+    let grid = ((d.lin_v_dim / 32) as u32, d.lin_num_v_heads as u32, a.nseq as u32);
+    let (mut qkv, mut ldq, mut b, mut aa, mut ldba) = (a.qkv, a.ld_qkv as i32, a.b.ptr, a.a.ptr, a.b.ld as i32);
+    let (mut al, mut dtb, mut st, mut cu, mut sl, mut out, mut ldo, mut ns) = (a.a_log, a.dt_bias, a.state, a.cu_seqlens, a.slots, a.out, a.ld_out as i32, a.nseq as i32);
+    let mut p: Vec<*mut c_void> = vec![
+        &mut qkv as *mut _ as *mut c_void, &mut ldq as *mut _ as *mut c_void, &mut b as *mut _ as *mut c_void, &mut aa as *mut _ as *mut c_void,
+        &mut ldba as *mut _ as *mut c_void, &mut al as *mut _ as *mut c_void, &mut dtb as *mut _ as *mut c_void, &mut st as *mut _ as *mut c_void,
+        &mut cu as *mut _ as *mut c_void, &mut sl as *mut _ as *mut c_void, &mut out as *mut _ as *mut c_void, &mut ldo as *mut _ as *mut c_void,
+        &mut ns as *mut _ as *mut c_void,
+    ];
+    let ms = time_ms(s, 3, |_| unsafe { cudarc::driver::result::launch_kernel(f.cu_function(), grid, (512, 1, 1), 0, s.cu_stream(), &mut p).unwrap() });
+    Ok(ms)
 }
 
 fn bench_attention(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng) {

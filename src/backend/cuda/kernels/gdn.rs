@@ -1,8 +1,8 @@
-//! Gated DeltaNet: causal conv1d, fused decode step, sequential prefill.
+//! Gated DeltaNet: causal conv1d, fused decode step, chunked (UT/WY) prefill.
 
 use super::{int, params, DevPtr, Kernels, Mat};
-use anyhow::{ensure, Result};
-use cudarc::driver::CudaStream;
+use anyhow::{anyhow, ensure, Result};
+use cudarc::driver::{sys, CudaStream};
 
 const CONV: [&str; 2] = ["kiln_conv1d_f32", "kiln_conv1d_bf16"];
 const DECODE: [[&str; 2]; 2] = [
@@ -10,6 +10,20 @@ const DECODE: [[&str; 2]; 2] = [
     ["kiln_gdn_decode_bf16_f32", "kiln_gdn_decode_bf16_bf16"],
 ];
 const PREFILL: [&str; 2] = ["kiln_gdn_prefill_f32", "kiln_gdn_prefill_bf16"];
+
+/// Threads of a kiln_gdn_prefill block (GP_THREADS) and value columns it owns (GP_W).
+const PREFILL_THREADS: u32 = 256;
+const PREFILL_COLS: usize = 32;
+
+/// Dynamic shared memory of kiln_gdn_prefill_* (mirrors GP_SMEM_BYTES in gdn_prefill.cu;
+/// the kernel traps if launched with less): split q, k rows and S^T; P, -A, V'^T, (wV')^T;
+/// two copies of the diagonal inverses; v slab, e q S, R; diagonal blocks of A; per-token
+/// vectors. 190208 bytes at dk 128.
+pub(crate) fn gdn_prefill_smem(dk: usize) -> usize {
+    let (c, w) = (64, PREFILL_COLS);
+    let (ldk, ldt) = (dk / 2 + 4, c / 2 + 4);
+    2 * c * ldk * 8 + w * ldk * 8 + 2 * c * ldt * 8 + 2 * w * ldt * 8 + 2 * c * 12 * 8 + c * (w + 4) * 4 + 2 * c * (w + 8) * 4 + c * 17 * 4 + 6 * c * 4
+}
 
 /// Causal conv1d + SiLU over a chunk of several sequences (kernels/conv.cu).
 #[derive(Clone, Copy, Debug)]
@@ -58,8 +72,8 @@ pub struct GdnDecode {
     pub batch: usize,
 }
 
-/// Sequential-in-time prefill over conv outputs (kernels/gdn_prefill.cu); follow with
-/// `gated_rmsnorm`.
+/// Chunked (64-token UT/WY) prefill over conv outputs (kernels/gdn_prefill.cu); follow
+/// with `gated_rmsnorm`. `qkv` must be 16-byte aligned with `ld_qkv % 4 == 0`.
 #[derive(Clone, Copy, Debug)]
 pub struct GdnPrefill {
     /// fp32 [T_total][ld] conv + SiLU output.
@@ -113,13 +127,18 @@ impl Kernels {
             return Ok(());
         }
         ensure!(g.b.dtype == g.a.dtype && g.b.ld == g.a.ld, "gdn_prefill: b and a must share dtype and row stride");
+        ensure!(g.ld_qkv.is_multiple_of(4) && g.qkv.is_multiple_of(16), "gdn_prefill: qkv must be 16-byte aligned with ld_qkv % 4 == 0 (ld_qkv = {})", g.ld_qkv);
         let (qkv, ldq, b, a, ldba) = (g.qkv, int(g.ld_qkv, "ld_qkv")?, g.b.ptr, g.a.ptr, int(g.b.ld, "ld_ba")?);
         let (al, dtb, st, cu, sl, out, ldo, ns) = (g.a_log, g.dt_bias, g.state, g.cu_seqlens, g.slots, g.out, int(g.ld_out, "ld_out")?, int(g.nseq, "nseq")?);
         let mut p = params!(qkv, ldq, b, a, ldba, al, dtb, st, cu, sl, out, ldo, ns);
-        let grid = ((self.dims.lin_v_dim / 32) as u32, self.dims.lin_num_v_heads as u32, g.nseq as u32);
-        // Row parts per column (GP_PARTS in gdn_prefill.cu).
-        let dk = self.dims.lin_k_dim;
-        let parts = if dk % 64 == 0 { 16 } else if dk % 32 == 0 { 8 } else { 4 };
-        self.launch(PREFILL[g.b.dtype.idx()], stream, grid, 32 * parts, 0, &mut p)
+        let grid = ((self.dims.lin_v_dim / PREFILL_COLS) as u32, self.dims.lin_num_v_heads as u32, g.nseq as u32);
+        let name = PREFILL[g.b.dtype.idx()];
+        let smem = gdn_prefill_smem(self.dims.lin_k_dim);
+        // More than 48 KB of dynamic shared memory needs the function's limit raised
+        // (a cheap host call; done per launch because the loader's list is not ours).
+        self.func(name)
+            .set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+            .map_err(|e| anyhow!("raising {name}'s shared memory to {smem} bytes: {e:?}"))?;
+        self.launch(name, stream, grid, PREFILL_THREADS, smem as u32, &mut p)
     }
 }
