@@ -31,6 +31,9 @@ fi
 if has bench; then
   log bench; .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -v "^\s*$" | tee "$OUT/bench.txt" | tail -8
 fi
+if has bench_bf16; then
+  log "bench with bf16 GEMM inputs"; KILN_ACT=bf16 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -E "decode batch|prefill"
+fi
 if has nograph; then
   log "bench without CUDA graphs"; KILN_CUDA_GRAPHS=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,32 --prefill 64 2>&1 | grep "decode batch"
 fi
@@ -48,6 +51,10 @@ fi
 if has eval; then
   log eval; .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours.f32 2>&1 | tail -5
   python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours.f32 2>&1 | tee "$OUT/compare.json" | tail -40
+fi
+if has eval_bf16; then
+  log "eval with bf16 GEMM inputs"; KILN_ACT=bf16 .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours16.f32 2>&1 | tail -2
+  python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours16.f32 2>&1 | tee "$OUT/compare_bf16.json" | tr -d '\n ' | head -c 900; echo
 fi
 if has serve; then
   log serve; t=$(date +%s%N)

@@ -34,6 +34,11 @@ pub struct CudaOptions {
     pub max_parts: usize,
     /// Replay decode steps as CUDA graphs (env KILN_CUDA_GRAPHS=0 turns them off).
     pub graphs: bool,
+    /// Dtype of the GEMM inputs (normed activations and mixer outputs). fp32 keeps
+    /// them exact (the skinny GEMM splits them into two bf16 MMAs); bf16 halves the
+    /// matrix-unit work. Every step uses the same one, so rows stay batch invariant.
+    /// Env KILN_ACT=bf16 or f32.
+    pub act: DType,
 }
 
 impl Default for CudaOptions {
@@ -46,6 +51,7 @@ impl Default for CudaOptions {
             block_size: 16,
             max_parts: 32,
             graphs: std::env::var("KILN_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            act: if std::env::var("KILN_ACT").is_ok_and(|v| v == "bf16") { DType::BF16 } else { DType::F32 },
         }
     }
 }
@@ -63,6 +69,7 @@ pub struct CudaBackend {
     max_blocks_per_seq: usize,
     pub device_name: String,
     graphs_enabled: bool,
+    act: DType,
     graphs: std::collections::HashMap<(usize, Option<usize>), cudarc::driver::CudaGraph>,
 }
 
@@ -154,6 +161,7 @@ impl CudaBackend {
             max_blocks_per_seq,
             device_name,
             graphs_enabled: opt.graphs,
+            act: opt.act,
             graphs: Default::default(),
         })
     }
@@ -174,9 +182,9 @@ impl CudaBackend {
             let mut r = r0;
             while r < r1 {
                 let rows = (r1 - r).min(64);
-                let xo = x + (r * kdim * 4) as u64;
+                let xo = x + (r * kdim * self.act.size()) as u64;
                 let yo = y + (r * n * 4) as u64;
-                self.k.gemm(&self.stream, w, xo, DType::F32, yo, DType::F32, rows, n, kdim, &self.s.gemm)?;
+                self.k.gemm(&self.stream, w, xo, self.act, yo, DType::F32, rows, n, kdim, &self.s.gemm)?;
                 r += rows;
             }
             Ok(())
@@ -188,8 +196,13 @@ impl CudaBackend {
                 continue;
             }
             skinny(run, r0)?;
-            self.k.f32_to_bf16(&self.stream, x + (r0 * kdim * 4) as u64, self.s.x_bf16.ptr, (r1 - r0) * kdim)?;
-            self.blas.borrow_mut().gemm(&self.stream, w, self.s.x_bf16.ptr, y + (r0 * n * 4) as u64, r1 - r0, n, kdim)?;
+            let xb = if self.act == DType::BF16 {
+                x + (r0 * kdim * 2) as u64
+            } else {
+                self.k.f32_to_bf16(&self.stream, x + (r0 * kdim * 4) as u64, self.s.x_bf16.ptr, (r1 - r0) * kdim)?;
+                self.s.x_bf16.ptr
+            };
+            self.blas.borrow_mut().gemm(&self.stream, w, xb, y + (r0 * n * 4) as u64, r1 - r0, n, kdim)?;
             run = r1;
         }
         skinny(run, l.num_tokens())
@@ -266,7 +279,7 @@ impl CudaBackend {
     /// lm_head (and the greedy argmax) over the first `rows` (<= 64) normed rows.
     fn head(&self, rows: usize, argmax_limit: Option<usize>) -> Result<()> {
         let (s, v, h) = (&self.s, self.cfg.vocab_size, self.cfg.hidden_size);
-        self.k.gemm(&self.stream, self.w.lm_head, s.normed.ptr, DType::F32, s.logits.ptr, DType::F32, rows, v, h, &s.gemm)?;
+        self.k.gemm(&self.stream, self.w.lm_head, s.normed.ptr, self.act, s.logits.ptr, DType::F32, rows, v, h, &s.gemm)?;
         if let Some(limit) = argmax_limit {
             self.k.argmax(&self.stream, Mat::f32(s.logits.ptr, v), limit.min(v), s.argmax.ptr, rows)?;
         }
@@ -284,6 +297,9 @@ impl CudaBackend {
         let k = &self.k;
         let s = &self.s;
         k.embed(st, self.w.embed, mp(meta.ids), s.resid.ptr, t)?;
+        // Normed activations go to `normed` in the GEMM input dtype.
+        let act = self.act;
+        let (nb, nf) = if act == DType::BF16 { (s.normed.ptr, NULL) } else { (NULL, s.normed.ptr) };
         let qkv_dim = c.linear_qkv_dim();
         let vd = c.linear_value_dim();
         let nv = c.linear_num_value_heads;
@@ -292,7 +308,7 @@ impl CudaBackend {
         let mut delta: Option<Mat> = None;
         let (mut li, mut fi) = (0, 0);
         for layer in &self.w.layers {
-            k.add_rmsnorm(st, s.resid.ptr, delta, layer.input_norm, NULL, s.normed.ptr, t)?;
+            k.add_rmsnorm(st, s.resid.ptr, delta, layer.input_norm, nb, nf, t)?;
             match &layer.mixer {
                 MixerPtrs::Linear(g) => {
                     let wide_w = qkv_dim + vd;
@@ -300,7 +316,7 @@ impl CudaBackend {
                     self.gemm(g.ba, s.normed.ptr, s.ba.ptr, 2 * nv, h, l)?;
                     let qkvz = Mat::f32(s.wide.ptr, wide_w);
                     let ba = Mat::f32(s.ba.ptr, 2 * nv);
-                    let out = Mat::f32(s.mix_in.ptr, vd);
+                    let out = Mat { ptr: s.mix_in.ptr, ld: vd, dtype: act };
                     if decode {
                         k.gdn_decode(st, &GdnDecode {
                             qkv: qkvz, z: qkvz.cols(qkv_dim), b: ba, a: ba.cols(nv),
@@ -320,7 +336,7 @@ impl CudaBackend {
                             cu_seqlens: mp(meta.cu_seqlens), slots: mp(meta.slots),
                             out: s.core.ptr, ld_out: vd, nseq: l.num_seqs(),
                         })?;
-                        k.gated_rmsnorm(st, s.core.ptr, qkvz.cols(qkv_dim), g.norm, s.mix_in.ptr, DType::F32, t)?;
+                        k.gated_rmsnorm(st, s.core.ptr, qkvz.cols(qkv_dim), g.norm, s.mix_in.ptr, act, t)?;
                     }
                     self.gemm(g.out, s.mix_in.ptr, s.delta.ptr, h, vd, l)?;
                     li += 1;
@@ -335,14 +351,20 @@ impl CudaBackend {
                         q_norm_w: a.q_norm, k_norm_w: a.k_norm, pos: mp(meta.pos), kv_loc: mp(meta.kv_loc),
                         q_out: s.q.ptr, k_cache: kc, v_cache: vc, block_size: self.pools.block_size, tokens: t,
                     })?;
-                    let out = Mat::f32(s.mix_in.ptr, attn_w);
+                    // The decode combine writes its output in the gate's dtype (fp32 here);
+                    // with bf16 activations it goes to `core` and is converted.
+                    let out = Mat { ptr: s.mix_in.ptr, ld: attn_w, dtype: act };
+                    let combine_out = if act == DType::BF16 { Mat::f32(s.core.ptr, attn_w) } else { out };
                     if decode {
                         k.attn_decode(st, &AttnDecode {
                             q: s.q.ptr, k_cache: kc, v_cache: vc, block_tables: mp(meta.block_tables), bt_stride: l.bt_stride,
                             ctx_lens: mp(meta.ctx_lens), block_size: self.pools.block_size,
                             part_acc: s.part_acc.ptr, part_ml: s.part_ml.ptr, max_parts: s.max_parts,
-                            gate: Some(qg.cols(c.head_dim)), gate_hs: 2 * c.head_dim, out, batch: t,
+                            gate: Some(qg.cols(c.head_dim)), gate_hs: 2 * c.head_dim, out: combine_out, batch: t,
                         })?;
+                        if act == DType::BF16 {
+                            k.f32_to_bf16(st, s.core.ptr, s.mix_in.ptr, t * attn_w)?;
+                        }
                     } else {
                         k.attn_prefill(st, &AttnPrefill {
                             q: s.q.ptr, k_cache: kc, v_cache: vc, cu_seqlens: mp(meta.cu_seqlens), start_pos: mp(meta.start_pos),
@@ -355,14 +377,14 @@ impl CudaBackend {
                     fi += 1;
                 }
             }
-            k.add_rmsnorm(st, s.resid.ptr, Some(Mat::f32(s.delta.ptr, h)), layer.post_norm, NULL, s.normed.ptr, t)?;
+            k.add_rmsnorm(st, s.resid.ptr, Some(Mat::f32(s.delta.ptr, h)), layer.post_norm, nb, nf, t)?;
             let i2 = 2 * c.intermediate_size;
             self.gemm(layer.gate_up, s.normed.ptr, s.wide.ptr, i2, h, l)?;
-            k.silu_mul(st, Mat::f32(s.wide.ptr, i2), c.intermediate_size, Mat::f32(s.mix_in.ptr, c.intermediate_size), c.intermediate_size, t)?;
+            k.silu_mul(st, Mat::f32(s.wide.ptr, i2), c.intermediate_size, Mat { ptr: s.mix_in.ptr, ld: c.intermediate_size, dtype: act }, c.intermediate_size, t)?;
             self.gemm(layer.down, s.mix_in.ptr, s.delta.ptr, h, c.intermediate_size, l)?;
             delta = Some(Mat::f32(s.delta.ptr, h));
         }
-        k.add_rmsnorm(st, s.resid.ptr, delta, self.w.norm, NULL, s.normed.ptr, t)?;
+        k.add_rmsnorm(st, s.resid.ptr, delta, self.w.norm, nb, nf, t)?;
 
         Ok(())
     }
@@ -378,15 +400,16 @@ impl CudaBackend {
         let mut filled = 0;
         let contiguous = rows.iter().enumerate().all(|(i, r)| *r as usize == i);
         for (ci, piece) in rows.chunks(LOGIT_ROWS).enumerate() {
+            let es = self.act.size();
             let src = if contiguous {
-                s.normed.at(ci * LOGIT_ROWS * h * 4)
+                s.normed.at(ci * LOGIT_ROWS * h * es)
             } else {
                 for (j, r) in piece.iter().enumerate() {
-                    copy_d2d(st, s.sel.at(j * h * 4), s.normed.at(*r as usize * h * 4), h * 4)?;
+                    copy_d2d(st, s.sel.at(j * h * es), s.normed.at(*r as usize * h * es), h * es)?;
                 }
                 s.sel.ptr
             };
-            self.k.gemm(st, self.w.lm_head, src, DType::F32, s.logits.ptr, DType::F32, piece.len(), v, h, &s.gemm)?;
+            self.k.gemm(st, self.w.lm_head, src, self.act, s.logits.ptr, DType::F32, piece.len(), v, h, &s.gemm)?;
             if let Some(limit) = argmax_limit {
                 k.argmax(st, Mat::f32(s.logits.ptr, v), limit.min(v), s.argmax.at(ci * LOGIT_ROWS * 4), piece.len())?;
             }
