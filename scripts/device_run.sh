@@ -9,6 +9,7 @@
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
 #   eval     kiln-eval logits + compare against the references
 #   serve    launch_server.sh --model-path: time to /health 200, one request
+#   serving  (with serve) scripts/bench_serving.py against that server
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 CKPT=/tmp/qwen35_4b_random; REFS=/tmp/refs; ENG=/tmp/engines
@@ -62,6 +63,10 @@ if has serve; then
   for i in $(seq 1 600); do curl -sf localhost:30111/health >/dev/null && break; sleep 0.1; done
   log "launch to /health 200: $(( ($(date +%s%N) - t) / 1000000 )) ms"
   curl -s localhost:30111/generate -d '{"input_ids":[1,2,3,4],"sampling_params":{"temperature":0,"max_new_tokens":8}}' | head -c 600; echo
+  if has serving; then
+    log "bench_serving (sequential, 16 and 64 in flight; inputs 32..4000, outputs 64..512, greedy)"
+    python3 scripts/bench_serving.py --url http://127.0.0.1:30111 --workloads seq,c16,c64 --num-seq 8 --num 64 2>&1 | tee "$OUT/serving.txt"
+  fi
   kill %1; tail -5 "$OUT/serve.log"
 fi
 log done
