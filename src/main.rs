@@ -259,7 +259,8 @@ fn cuda_backend(a: &ServeArgs, dir: &Path, tok: Tokenizer) -> Result<(Box<dyn Ba
         mem_fraction: a.mem_fraction_static.unwrap_or(d.mem_fraction),
         ..d
     };
-    let b = CudaBackend::load(&plan, Some(dir), &opt)?;
+    let mut b = CudaBackend::load(&plan, Some(dir), &opt)?;
+    b.capture_decode_graphs(tok.vocab_size())?;
     Ok((Box::new(b), tok, None))
 }
 

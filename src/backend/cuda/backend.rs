@@ -247,16 +247,7 @@ impl CudaBackend {
         let p = l.padded_decode(b, self.max_blocks_per_seq)?;
         let meta = self.upload_meta(&p)?;
         let key = (b, argmax_limit);
-        if !self.graphs.contains_key(&key) {
-            let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
-            self.stream.begin_capture(mode).map_err(|e| anyhow!("starting graph capture: {e:?}"))?;
-            let r = self.encode(&p, &meta).and_then(|_| self.head(b, argmax_limit));
-            let g = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags_enum(0));
-            r.context("capturing a decode graph")?;
-            let g = g.map_err(|e| anyhow!("instantiating a decode graph: {e:?}"))?.context("graph capture produced no graph")?;
-            tracing::debug!(bucket = b, "captured a decode graph");
-            self.graphs.insert(key, g);
-        }
+        self.ensure_graph(&p, &meta, argmax_limit)?;
         self.graphs[&key].launch().map_err(|e| anyhow!("launching a decode graph: {e:?}"))?;
         let v = self.cfg.vocab_size;
         let st = &self.stream;
@@ -274,6 +265,59 @@ impl CudaBackend {
         download(st, &mut tokens, self.s.argmax.ptr)?;
         st.synchronize().map_err(|e| anyhow!("CUDA decode step failed: {e:?}"))?;
         Ok((out, tokens))
+    }
+
+    /// Captures the decode graph for `p`'s bucket (p.num_seqs()) unless it exists. Only
+    /// the shape of `p` matters: graphs read the step's metadata from device memory.
+    fn ensure_graph(&mut self, p: &StepLayout, meta: &Meta, argmax_limit: Option<usize>) -> Result<()> {
+        let b = p.num_seqs();
+        if self.graphs.contains_key(&(b, argmax_limit)) {
+            return Ok(());
+        }
+        let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        self.stream.begin_capture(mode).map_err(|e| anyhow!("starting graph capture: {e:?}"))?;
+        let r = self.encode(p, meta).and_then(|_| self.head(b, argmax_limit));
+        let g = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags_enum(0));
+        r.context("capturing a decode graph")?;
+        let g = g.map_err(|e| anyhow!("instantiating a decode graph: {e:?}"))?.context("graph capture produced no graph")?;
+        tracing::debug!(bucket = b, "captured a decode graph");
+        self.graphs.insert((b, argmax_limit), g);
+        Ok(())
+    }
+
+    /// Captures every decode graph (each batch bucket, greedy-on-device with
+    /// `argmax_limit` and logits-out) at start-up, so no request pays for a capture.
+    pub fn capture_decode_graphs(&mut self, argmax_limit: usize) -> Result<()> {
+        if !self.graphs_enabled {
+            return Ok(());
+        }
+        self.bind()?;
+        let t0 = std::time::Instant::now();
+        let max = self.cap.slots.min(LOGIT_ROWS);
+        let mut buckets: Vec<usize> = GRAPH_BUCKETS.iter().copied().filter(|&b| b <= max).collect();
+        if buckets.last() != Some(&max) {
+            buckets.push(max);
+        }
+        for &b in &buckets {
+            let pad = StepLayout {
+                ids: vec![0; b],
+                pos: vec![0; b],
+                cu_seqlens: (0..=b as i32).collect(),
+                slots: vec![-1; b],
+                start_pos: vec![0; b],
+                ctx_lens: vec![0; b],
+                kv_loc: vec![-1; b],
+                block_tables: vec![0; b * self.max_blocks_per_seq],
+                bt_stride: self.max_blocks_per_seq,
+                logit_rows: Vec::new(),
+                logit_counts: Vec::new(),
+            };
+            let meta = Meta::layout(b, b, self.max_blocks_per_seq);
+            self.ensure_graph(&pad, &meta, Some(argmax_limit))?;
+            self.ensure_graph(&pad, &meta, None)?;
+        }
+        tracing::info!("captured {} decode graphs in {:.0} ms", self.graphs.len(), t0.elapsed().as_secs_f64() * 1e3);
+        Ok(())
     }
 
     /// lm_head (and the greedy argmax) over the first `rows` (<= 64) normed rows.
