@@ -12,4 +12,4 @@ source scripts/ci_nvrtc.sh
 
 cargo build --workspace --release --bins
 target/release/kiln-build --compile-only --arch sm_90a,sm_100a
-cargo test --workspace
+cargo test --workspace --release
