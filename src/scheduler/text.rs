@@ -3,53 +3,30 @@
 //! become a stop string, so a stop string is never emitted, even when it spans tokens.
 
 use super::codec::Codec;
+use crate::tokenizer::DetokState;
 
-const CONTEXT_TOKENS: usize = 5;
-
-/// The prefix/read-offset scheme: decode `ids[prefix..]` and `ids[prefix..read]`; when
-/// the longer text does not end in U+FFFD, emit what follows the shorter one.
+/// Incremental detokenization over the scheduler's `Codec` (the algorithm is
+/// `tokenizer::DetokState`'s).
 pub struct Detok {
-    ids: Vec<u32>,
-    prefix: usize,
-    read: usize,
+    state: DetokState,
     skip_special: bool,
 }
 
 impl Detok {
     pub fn new(codec: &dyn Codec, prompt: &[u32], skip_special: bool) -> Self {
-        let tail = &prompt[prompt.len().saturating_sub(CONTEXT_TOKENS)..];
-        let ok = codec.decode(tail, skip_special).map(|t| !t.ends_with('\u{FFFD}')).unwrap_or(false);
-        let ids = if ok { tail.to_vec() } else { vec![] };
-        let n = ids.len();
-        Detok { ids, prefix: 0, read: n, skip_special }
+        let decode = |ids: &[u32]| codec.decode(ids, skip_special).unwrap_or_else(|_| "\u{FFFD}".into());
+        Detok { state: DetokState::new(prompt, decode), skip_special }
     }
 
     pub fn push(&mut self, codec: &dyn Codec, id: u32) -> String {
-        self.ids.push(id);
-        self.emit(codec, false)
+        let skip = self.skip_special;
+        self.state.push(&[id], |ids: &[u32]| codec.decode(ids, skip).unwrap_or_default())
     }
 
     /// Whatever is left (an incomplete character comes out as U+FFFD).
     pub fn finish(&mut self, codec: &dyn Codec) -> String {
-        self.emit(codec, true)
-    }
-
-    fn emit(&mut self, codec: &dyn Codec, flush: bool) -> String {
-        let dec = |ids: &[u32]| codec.decode(ids, self.skip_special).unwrap_or_default();
-        let before = dec(&self.ids[self.prefix..self.read]);
-        let now = dec(&self.ids[self.prefix..]);
-        if now.len() <= before.len() || (!flush && now.ends_with('\u{FFFD}')) || !now.is_char_boundary(before.len()) {
-            return String::new();
-        }
-        let delta = now[before.len()..].to_string();
-        self.prefix = self.read;
-        self.read = self.ids.len();
-        if self.prefix > 256 {
-            self.ids.drain(..self.prefix);
-            self.read -= self.prefix;
-            self.prefix = 0;
-        }
-        delta
+        let skip = self.skip_special;
+        self.state.finish(|ids: &[u32]| codec.decode(ids, skip).unwrap_or_default())
     }
 }
 

@@ -20,59 +20,39 @@ const CONTEXT_TOKENS: usize = 5;
 const COMPACT_AT: usize = 256;
 
 /// Incremental decoder for one output stream.
-#[derive(Debug, Clone)]
-pub struct IncrementalDetokenizer {
-    tokenizer: Tokenizer,
-    skip_special_tokens: bool,
+/// The detokenization algorithm itself, over any decode function (the scheduler runs it
+/// over its `Codec`): decode `ids[prefix..]` and `ids[prefix..read]`; when the longer
+/// text does not end in U+FFFD, emit what follows the shorter one.
+#[derive(Debug, Clone, Default)]
+pub struct DetokState {
     ids: Vec<u32>,
-    /// Start of the ids decoded for context.
     prefix_offset: usize,
-    /// Everything before this has been emitted.
     read_offset: usize,
 }
 
-impl IncrementalDetokenizer {
-    /// `prompt_ids_tail_for_context`: the prompt (or its last few ids); only the last
-    /// `CONTEXT_TOKENS` are kept, and none if they end inside a multi-byte character.
-    pub fn new(tokenizer: &Tokenizer, prompt_ids_tail_for_context: &[u32], skip_special_tokens: bool) -> Self {
+impl DetokState {
+    /// Starts after the last few prompt tokens (context for spacing), unless they end
+    /// mid-character.
+    pub fn new(prompt_ids_tail_for_context: &[u32], decode: impl Fn(&[u32]) -> String) -> Self {
         let tail = &prompt_ids_tail_for_context[prompt_ids_tail_for_context.len().saturating_sub(CONTEXT_TOKENS)..];
-        let ctx_ok = tokenizer
-            .decode(tail, skip_special_tokens)
-            .map(|t| !t.ends_with('\u{FFFD}'))
-            .unwrap_or(false);
-        let ids = if ctx_ok { tail.to_vec() } else { Vec::new() };
+        let ids = if decode(tail).ends_with('\u{FFFD}') { Vec::new() } else { tail.to_vec() };
         let n = ids.len();
-        Self { tokenizer: tokenizer.clone(), skip_special_tokens, ids, prefix_offset: 0, read_offset: n }
+        DetokState { ids, prefix_offset: 0, read_offset: n }
     }
 
-    fn decode(&self, ids: &[u32]) -> String {
-        // Byte-level decoding cannot fail; an error would mean an unusable tokenizer, for
-        // which an empty delta is the least harmful answer in a stream.
-        self.tokenizer.decode(ids, self.skip_special_tokens).unwrap_or_default()
-    }
-
-    /// Text completed since the previous call, given when it is certain not to change; may
-    /// be empty (e.g. while a multi-byte character is split across tokens).
-    pub fn push(&mut self, id: u32) -> String {
-        self.ids.push(id);
-        self.emit(false)
-    }
-
-    /// Pushes several ids; returns the combined delta.
-    pub fn push_all(&mut self, ids: &[u32]) -> String {
+    pub fn push(&mut self, ids: &[u32], decode: impl Fn(&[u32]) -> String) -> String {
         self.ids.extend_from_slice(ids);
-        self.emit(false)
+        self.emit(false, decode)
     }
 
-    /// Everything not emitted yet, including an incomplete trailing character (as U+FFFD,
-    /// exactly as `decode` renders it). Call once at the end of the stream.
-    pub fn finish(&mut self) -> String {
-        self.emit(true)
+    /// Whatever is left (an incomplete character comes out as U+FFFD).
+    pub fn finish(&mut self, decode: impl Fn(&[u32]) -> String) -> String {
+        self.emit(true, decode)
     }
 
-    fn emit(&mut self, flush: bool) -> String {
-        let prefix_text = self.decode(&self.ids[self.prefix_offset..self.read_offset]);
-        let new_text = self.decode(&self.ids[self.prefix_offset..]);
+    fn emit(&mut self, flush: bool, decode: impl Fn(&[u32]) -> String) -> String {
+        let prefix_text = decode(&self.ids[self.prefix_offset..self.read_offset]);
+        let new_text = decode(&self.ids[self.prefix_offset..]);
         let ready = new_text.len() > prefix_text.len()
             && (flush || !new_text.ends_with('\u{FFFD}'))
             && new_text.is_char_boundary(prefix_text.len());
@@ -88,5 +68,35 @@ impl IncrementalDetokenizer {
             self.prefix_offset = 0;
         }
         delta
+    }
+}
+
+/// `DetokState` bound to a `Tokenizer`.
+#[derive(Debug, Clone)]
+pub struct IncrementalDetokenizer {
+    tokenizer: Tokenizer,
+    skip_special_tokens: bool,
+    state: DetokState,
+}
+
+impl IncrementalDetokenizer {
+    pub fn new(tokenizer: &Tokenizer, prompt_ids_tail_for_context: &[u32], skip_special_tokens: bool) -> Self {
+        let decode = |ids: &[u32]| tokenizer.decode(ids, skip_special_tokens).unwrap_or_else(|_| "\u{FFFD}".into());
+        let state = DetokState::new(prompt_ids_tail_for_context, decode);
+        Self { tokenizer: tokenizer.clone(), skip_special_tokens, state }
+    }
+
+    pub fn push(&mut self, id: u32) -> String {
+        self.push_all(&[id])
+    }
+
+    pub fn push_all(&mut self, ids: &[u32]) -> String {
+        let (tok, skip) = (self.tokenizer.clone(), self.skip_special_tokens);
+        self.state.push(ids, |x: &[u32]| tok.decode(x, skip).unwrap_or_default())
+    }
+
+    pub fn finish(&mut self) -> String {
+        let (tok, skip) = (self.tokenizer.clone(), self.skip_special_tokens);
+        self.state.finish(|x: &[u32]| tok.decode(x, skip).unwrap_or_default())
     }
 }

@@ -26,7 +26,7 @@ use serde_json::{json, Value as Json};
 use tokenizers::AddedToken;
 
 pub use chat::{ChatTemplate, ChatTemplateError};
-pub use detok::IncrementalDetokenizer;
+pub use detok::{DetokState, IncrementalDetokenizer};
 
 pub(crate) const BUNDLED_TOKENIZER_JSON: &[u8] = include_bytes!("../../assets/qwen3_5/tokenizer.json");
 const BUNDLED_TOKENIZER_CONFIG: &str = include_str!("../../assets/qwen3_5/tokenizer_config.json");
