@@ -354,6 +354,254 @@ __device__ __forceinline__ void skinny_gemm_staged(const bf16* __restrict__ W, c
     gemm_epilogue<RW, NT, RB, GS_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits);
 }
 
+// ---------------------------------------------------------------------------------
+// v2 (mode 1 of the _sx kernels; any M up to the variant's): x is converted once per
+// block into bf16 hi/lo pairs in shared memory (64-k slabs, two slots, the next slab
+// prefetched into registers while the current one is multiplied), so the warps only
+// load ready fragments; batch tiles past ceil(M/8) are skipped at run time; the split-K
+// reduction loads all partials of 4 outputs at once (float4, 8 splits in flight). The
+// W stream, k order and MMA sequence of every accumulator, and the order of the
+// split sum, are those of skinny_gemm: all variants give bit-identical results for
+// one plan. grid (ceil(N/256), splits), block 256, dynamic shared memory
+// 2 * NTM*8 * V2_LDB bytes (fits the staged allocation).
+#define V2_SK 64
+template <bool XF32> struct V2Ldb { static constexpr int v = XF32 ? 320 : 192; };  // bytes, = 64 mod 128
+
+template <int RB, int THREADS>
+__device__ __forceinline__ void v2_reduce_store_f4(float* __restrict__ yv, const float* __restrict__ ws, int M,
+                                                   int N, int splits, int nb) {
+    // Every (m, 4 consecutive n) group: sum the splits in order, 8 partials in flight.
+    const size_t stride = (size_t)M * N;
+    for (int i = threadIdx.x; i < (RB / 4) * M; i += THREADS) {
+        const int n = nb + (i % (RB / 4)) * 4, m = i / (RB / 4);
+        if (n >= N) continue;
+        const float* p = ws + (size_t)m * N + n;
+        float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+        int sp = 0;
+        for (; sp + 8 <= splits; sp += 8) {
+            float4 a[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) a[u] = __ldcg(reinterpret_cast<const float4*>(p + (size_t)(sp + u) * stride));
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                s.x += a[u].x; s.y += a[u].y; s.z += a[u].z; s.w += a[u].w;
+            }
+        }
+        for (; sp < splits; ++sp) {
+            const float4 a = __ldcg(reinterpret_cast<const float4*>(p + (size_t)sp * stride));
+            s.x += a.x; s.y += a.y; s.z += a.z; s.w += a.w;
+        }
+        yv[(size_t)m * N + n] = s.x;
+        yv[(size_t)m * N + n + 1] = s.y;
+        yv[(size_t)m * N + n + 2] = s.z;
+        yv[(size_t)m * N + n + 3] = s.w;
+    }
+}
+
+template <int RW, int NT, int RB, int THREADS, typename Y>
+__device__ __forceinline__ void gemm_epilogue_v2(const float (&acc)[RW][NT][4], int row0, int g, int t,
+                                                 Y* __restrict__ y, float* __restrict__ ws,
+                                                 unsigned* __restrict__ counters, int M, int N, int splits,
+                                                 int jt) {
+    if (splits == 1) {
+#pragma unroll
+        for (int r = 0; r < RW; ++r)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+                if (j < jt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int n = row0 + r * 16 + g + 8 * (e >> 1), m = j * 8 + 2 * t + (e & 1);
+                        if (n < N && m < M) store_y<Y>(y, (size_t)m * N + n, acc[r][j][e]);
+                    }
+        return;
+    }
+    float* part = ws + (size_t)blockIdx.y * M * N;
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+            if (j < jt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int n = row0 + r * 16 + g + 8 * (e >> 1), m = j * 8 + 2 * t + (e & 1);
+                    if (n < N && m < M) __stcg(part + (size_t)m * N + n, acc[r][j][e]);
+                }
+    __threadfence();
+    __syncthreads();
+    __shared__ unsigned v2_last;
+    if (threadIdx.x == 0) v2_last = atomicAdd(&counters[blockIdx.x], 1u) == (unsigned)(splits - 1);
+    __syncthreads();
+    if (!v2_last) return;
+    __threadfence();
+    const int nb = blockIdx.x * RB;
+    if (sizeof(Y) == 4 && (N & 3) == 0 && (reinterpret_cast<size_t>(ws) & 15) == 0) {
+        v2_reduce_store_f4<RB, THREADS>(reinterpret_cast<float*>(y), ws, M, N, splits, nb);
+    } else {
+        const size_t stride = (size_t)M * N;
+        for (int i = threadIdx.x; i < RB * M; i += THREADS) {
+            const int n = nb + i % RB, m = i / RB;
+            if (n >= N) continue;
+            const float* p = ws + (size_t)m * N + n;
+            float s = 0.f;
+            int sp = 0;
+            for (; sp + 8 <= splits; sp += 8) {
+                float a[8];
+#pragma unroll
+                for (int u = 0; u < 8; ++u) a[u] = __ldcg(p + (size_t)(sp + u) * stride);
+#pragma unroll
+                for (int u = 0; u < 8; ++u) s += a[u];
+            }
+            for (; sp < splits; ++sp) s += __ldcg(p + (size_t)sp * stride);
+            store_y<Y>(y, (size_t)m * N + n, s);
+        }
+    }
+    if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
+}
+
+template <int NTM, bool XF32, typename Y>
+__device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const void* __restrict__ x,
+                                               Y* __restrict__ y, float* __restrict__ ws,
+                                               unsigned* __restrict__ counters, int M, int N, int K, int ks,
+                                               int splits) {
+    constexpr int RW = 2, P = 2, RB = 8 * 16 * RW, MP = NTM * 8;
+    constexpr int LDB = V2Ldb<XF32>::v;
+    constexpr int SLOT = MP * LDB;
+    constexpr int XV = MP * (V2_SK / 8) / GS_THREADS;  // 8-element x vectors per thread per slab
+    static_assert(XV >= 1 && MP * (V2_SK / 8) % GS_THREADS == 0, "v2 x staging");
+    extern __shared__ __align__(16) unsigned char gs_smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int row0 = blockIdx.x * RB + warp * 16 * RW;
+    const int kb = blockIdx.y * ks;
+    const int ke = min(K, kb + ks);
+    const int nchunks = ke > kb ? (ke - kb + 31) / 32 : 0;
+    const int nslab = (nchunks + 1) / 2;
+    const int jt = (M + 7) >> 3;
+
+    const bf16* wp[RW][2];
+    bool wok[RW][2];
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = row0 + r * 16 + h * 8 + g;
+            wok[r][h] = row < N;
+            wp[r][h] = W + (size_t)(wok[r][h] ? row : 0) * K + t * 8;
+        }
+    float acc[RW][NTM][4];
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int j = 0; j < NTM; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
+
+    uint4 wr[P][RW][2];
+    auto load_w = [&](uint4(&buf)[RW][2], int c) {
+        const int k = kb + c * 32 + t * 8;
+        const bool kok = c < nchunks && k < ke;
+#pragma unroll
+        for (int r = 0; r < RW; ++r)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                buf[r][h] = (kok && wok[r][h]) ? ld_stream(wp[r][h] + kb + c * 32) : make_uint4(0, 0, 0, 0);
+    };
+
+    // x staging: vector v = threadIdx.x + q * 256 is row v / 8, k offset (v % 8) * 8 of the slab.
+    constexpr int XR = XF32 ? 8 : 4;  // 32-bit registers per vector
+    unsigned xr[XV][XR];
+    auto load_xs = [&](int st) {
+#pragma unroll
+        for (int q = 0; q < XV; ++q) {
+            const int v = threadIdx.x + q * GS_THREADS;
+            const int m = v >> 3, k = kb + st * V2_SK + (v & 7) * 8;
+            const bool ok = st < nslab && m < M && k < ke;
+            if constexpr (XF32) {
+                float4 a = make_float4(0.f, 0.f, 0.f, 0.f), b = a;
+                if (ok) {
+                    const float* p = reinterpret_cast<const float*>(x) + (size_t)m * K + k;
+                    a = __ldg(reinterpret_cast<const float4*>(p));
+                    b = __ldg(reinterpret_cast<const float4*>(p + 4));
+                }
+                xr[q][0] = __float_as_uint(a.x); xr[q][1] = __float_as_uint(a.y);
+                xr[q][2] = __float_as_uint(a.z); xr[q][3] = __float_as_uint(a.w);
+                xr[q][4] = __float_as_uint(b.x); xr[q][5] = __float_as_uint(b.y);
+                xr[q][6] = __float_as_uint(b.z); xr[q][7] = __float_as_uint(b.w);
+            } else {
+                uint4 u = make_uint4(0, 0, 0, 0);
+                if (ok) u = __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const bf16*>(x) + (size_t)m * K + k));
+                xr[q][0] = u.x; xr[q][1] = u.y; xr[q][2] = u.z; xr[q][3] = u.w;
+            }
+        }
+    };
+    auto store_xs = [&](int slot) {
+        unsigned char* base = gs_smem + (size_t)slot * SLOT;
+#pragma unroll
+        for (int q = 0; q < XV; ++q) {
+            const int v = threadIdx.x + q * GS_THREADS;
+            unsigned char* row = base + (size_t)(v >> 3) * LDB + (v & 7) * 16;
+            if constexpr (XF32) {
+                unsigned hi[4], lo[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const float v0 = __uint_as_float(xr[q][2 * i]), v1 = __uint_as_float(xr[q][2 * i + 1]);
+                    hi[i] = pack_bf16x2(v0, v1);
+                    lo[i] = pack_bf16x2(v0 - bf16lo(hi[i]), v1 - bf16hi(hi[i]));
+                }
+                *reinterpret_cast<uint4*>(row) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+                *reinterpret_cast<uint4*>(row + 128) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+            } else {
+                *reinterpret_cast<uint4*>(row) = make_uint4(xr[q][0], xr[q][1], xr[q][2], xr[q][3]);
+            }
+        }
+    };
+
+#pragma unroll
+    for (int p = 0; p < P; ++p) load_w(wr[p], p);
+    KILN_PDL_WAIT();
+    KILN_PDL_TRIGGER();
+    load_xs(0);
+    store_xs(0);
+    load_xs(1);
+    __syncthreads();
+
+    for (int st = 0; st < nslab; ++st) {
+        const unsigned char* slot = gs_smem + (size_t)(st & 1) * SLOT;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int c = 2 * st + h;
+            if (c < nchunks) {
+#pragma unroll
+                for (int j = 0; j < NTM; ++j) {
+                    if (j < jt) {
+                        const unsigned char* xp = slot + (size_t)(j * 8 + g) * LDB + h * 64 + t * 16;
+                        const uint4 hi = *reinterpret_cast<const uint4*>(xp);
+#pragma unroll
+                        for (int r = 0; r < RW; ++r) {
+                            const uint4 a = wr[h][r][0], b = wr[h][r][1];
+                            mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, hi.x, hi.y);
+                            mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, hi.z, hi.w);
+                            if constexpr (XF32) {
+                                const uint4 lo = *reinterpret_cast<const uint4*>(xp + 128);
+                                mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, lo.x, lo.y);
+                                mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, lo.z, lo.w);
+                            }
+                        }
+                    }
+                }
+                load_w(wr[h], c + P);
+            }
+        }
+        if (st + 1 < nslab) {
+            store_xs((st + 1) & 1);  // slot last read in iteration st - 1
+            load_xs(st + 2);
+        }
+        __syncthreads();
+    }
+    gemm_epilogue_v2<RW, NTM, RB, GS_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits, jt);
+}
+
 #define GEMM_VARIANT(XN, XT, XF, YN, YT, MM, NT)                                                  \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                    \
         kiln_gemm_x##XN##_y##YN##_m##MM(const bf16* W, const XT* x, YT* y, float* ws,             \
@@ -375,8 +623,11 @@ GEMM_ALL_M(bf16, bf16, false, bf16, bf16)
     extern "C" __global__ void __launch_bounds__(GS_THREADS, 2)                                   \
         kiln_gemm_sx_x##XN##_y##YN##_m##MM(const bf16* W, const XT* x, YT* y, float* ws,          \
                                            unsigned* counters, int M, int N, int K, int ks,       \
-                                           int splits) {                                          \
-        skinny_gemm_staged<NT, XF, YT>(W, x, y, ws, counters, M, N, K, ks, splits);               \
+                                           int splits, int mode) {                                \
+        if (mode == 1)                                                                            \
+            skinny_gemm_v2<NT, XF, YT>(W, x, y, ws, counters, M, N, K, ks, splits);               \
+        else                                                                                      \
+            skinny_gemm_staged<NT, XF, YT>(W, x, y, ws, counters, M, N, K, ks, splits);           \
     }
 #define GEMM_STAGED_M(XN, XT, XF, YN, YT)       \
     GEMM_STAGED(XN, XT, XF, YN, YT, 32, 4)      \

@@ -117,6 +117,98 @@ fn bench_kernels() {
     bench_attention(e, &s, &mut g);
 }
 
+/// The skinny GEMM on every decode shape of the model at M = 1, 8, 32, 64 (x f32): the
+/// previous default (register kernel M <= 16, staged above, 16-warp plan) against v2
+/// under several K splits. KILN_CUDA_BENCH=1 cargo test --test cuda_kernels gemm_sweep.
+#[test]
+fn bench_gemm_sweep() {
+    if std::env::var("KILN_CUDA_BENCH").ok().as_deref() != Some("1") {
+        println!("skipped: set KILN_CUDA_BENCH=1 to time the kernels");
+        return;
+    }
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let k = &e.k;
+    let sms = k.num_sms() as usize;
+    let mut g = rng(98);
+    let shapes = [
+        ("qkvz", 12288usize, 2560usize),
+        ("ba", 64, 2560),
+        ("out", 2560, 4096),
+        ("qgkv", 10240, 2560),
+        ("gate_up", 18432, 2560),
+        ("down", 2560, 9216),
+        ("lm_head", 248320, 2560),
+    ];
+    for (name, n, kk) in shapes {
+        let wbytes = n * kk * 2;
+        let copies = (400_000_000usize).div_ceil(wbytes).clamp(1, 8);
+        let row = to_bf16(&randn_vec(&mut g, kk, 0.05));
+        let mut big: Vec<bf16> = Vec::with_capacity(n * kk);
+        for _ in 0..n {
+            big.extend_from_slice(&row);
+        }
+        let ws: Vec<CudaSlice<bf16>> = (0..copies).map(|_| up(&s, &big)).collect();
+        drop(big);
+        let wps: Vec<u64> = ws.iter().map(|w| ptr(&s, w)).collect();
+        let old = Kernels::gemm_plan_for(sms, 16, n, kk);
+        // Candidate splits: 1 .. K/256 (ks a multiple of 32), at most 8 spread over the
+        // range where ceil(N/256) * splits stays within [0.5, 6] blocks per SM.
+        let rb = n.div_ceil(256);
+        let mut cands: Vec<GemmPlan> = Vec::new();
+        for sp in 1..=(kk / 256).max(1) {
+            let ks = kk.div_ceil(sp).div_ceil(32) * 32;
+            let p = GemmPlan { splits: kk.div_ceil(ks), ks };
+            let units = rb * p.splits;
+            if (units * 2 >= sms || p.splits == 1) && units <= 6 * sms && !cands.contains(&p) {
+                cands.push(p);
+            }
+        }
+        while cands.len() > 8 {
+            let i = cands.len() / 2;
+            cands.remove(i);
+        }
+        if !cands.contains(&old) {
+            cands.push(old);
+        }
+        if !cands.contains(&k.gemm_plan(n, kk)) {
+            cands.push(k.gemm_plan(n, kk));
+        }
+        let max_splits = cands.iter().map(|p| p.splits).max().unwrap();
+        let wsb = s.alloc_zeros::<f32>(64 * n * max_splits).unwrap();
+        let cnt = s.alloc_zeros::<u32>(Kernels::gemm_counters_len(n)).unwrap();
+        let scratch = GemmScratch { ws: ptr(&s, &wsb), ws_floats: wsb.len(), counters: ptr(&s, &cnt), counters_len: cnt.len() };
+        let x = up(&s, &randn_vec(&mut g, 64 * kk, 1.0));
+        let xb = up(&s, &to_bf16(&randn_vec(&mut g, 64 * kk, 1.0)));
+        let y = s.alloc_zeros::<f32>(64 * n).unwrap();
+        let iters = if wbytes > 500_000_000 { 4 } else { 20 };
+        let one = |m: usize, xt: DType, kind: GemmKind, plan: GemmPlan, tag: &str| {
+            let xp = if xt == DType::F32 { ptr(&s, &x) } else { ptr(&s, &xb) };
+            let yp = ptr(&s, &y);
+            let ms = time_ms(&s, iters, |i| k.gemm_ex(&s, wps[i % copies], xp, xt, yp, DType::F32, m, n, kk, &scratch, plan, kind).unwrap());
+            println!(
+                "SWEEP {name:8} N={n:6} K={kk:5} M={m:2} x {xt:?} {tag:4} {kind:?} splits {:2} ks {:5}: {:8.1} us, {:6.0} GB/s",
+                plan.splits,
+                plan.ks,
+                ms * 1e3,
+                gbps(wbytes as f64, ms)
+            );
+        };
+        for m in [1usize, 8, 32, 64] {
+            let base = if m <= 16 { GemmKind::Register } else { GemmKind::Staged };
+            one(m, DType::F32, base, old, "old");
+            for &p in &cands {
+                one(m, DType::F32, GemmKind::V2, p, if p == k.gemm_plan(n, kk) { "dflt" } else { "cand" });
+            }
+        }
+        for m in [1usize, 32, 64] {
+            let base = if m <= 16 { GemmKind::Register } else { GemmKind::Staged };
+            one(m, DType::BF16, base, old, "old");
+            one(m, DType::BF16, GemmKind::V2, k.gemm_plan(n, kk), "dflt");
+        }
+    }
+}
+
 /// A decode-like chain: per "layer" the MLP projections (gate+up N=18432 K=2560, down
 /// N=2560 K=9216) and a qkvz-sized projection, 8 layers with their own weights, back to
 /// back; effective weight GB/s with ordinary launches and with PDL.
