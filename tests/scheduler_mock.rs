@@ -90,6 +90,13 @@ fn concurrent_requests_are_batch_invariant_with_chunked_prefill_and_retraction()
     assert!(st.max_chunks.load(Relaxed) > 1, "requests were never batched");
     assert!(st.max_step_tokens.load(Relaxed) <= 16, "a step went over the token budget");
     assert!(st.mixed_steps.load(Relaxed) > 0, "prefill never mixed with decode");
+    // Prefill chunks are cut at multiples of 16 - 4 (budget less one token per slot)
+    // whatever else is running, so a prompt is split the same way alone or under load.
+    let cuts = st.prefill_chunks.lock().unwrap().clone();
+    assert!(cuts.iter().any(|&(_, n)| n == 12), "no full aligned chunk was seen: {cuts:?}");
+    for (start, n) in cuts {
+        assert!(start % 12 == 0 && n <= 12, "prefill chunk at {start} of {n} tokens is not aligned to 12");
+    }
     assert!(h.stats().retractions.load(Relaxed) > 0, "the test should exercise retraction");
 }
 

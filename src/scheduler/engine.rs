@@ -362,6 +362,12 @@ impl Engine {
         // step: one per decoding sequence first, prefill chunks from what is left.
         let decoding = self.running.iter().filter(|s| s.tokens.len() - s.fed == 1).count();
         let mut budget = self.cfg.chunked_prefill_size.saturating_sub(decoding);
+        // Prefill chunks end at multiples of `align` tokens of their sequence, never where
+        // the budget happens to run out: a prompt is then cut the same way alone or under
+        // load, so its numerics (GEMM path, GDN chunking) never depend on other requests.
+        // `align` leaves room for one decode token per running sequence, so an aligned
+        // chunk always fits a step and no prompt waits forever.
+        let align = self.cfg.chunked_prefill_size.saturating_sub(self.cfg.max_running).max(1);
         let mut plan: Vec<(usize, usize, Want)> = Vec::new();
         let vocab_limit = self.vocab_limit;
         for (i, s) in self.running.iter().enumerate() {
@@ -369,10 +375,10 @@ impl Engine {
             let n = if remaining == 1 {
                 1
             } else {
-                if budget == 0 {
+                let n = remaining.min(align - s.fed % align);
+                if n > budget {
                     continue;
                 }
-                let n = remaining.min(budget);
                 budget -= n;
                 n
             };

@@ -77,6 +77,8 @@ pub struct MockStats {
     pub max_step_tokens: AtomicUsize,
     pub max_prefill_chunk: AtomicUsize,
     pub mixed_steps: AtomicU64,
+    /// (start position, length) of every multi-token (prefill) chunk.
+    pub prefill_chunks: Mutex<Vec<(usize, usize)>>,
     pub resets: AtomicU64,
     pub delay_ms: AtomicU64,
     pub fail_next: AtomicBool,
@@ -150,6 +152,7 @@ impl Backend for MockBackend {
         }
         st.max_chunks.fetch_max(chunks.len(), Relaxed);
         st.max_step_tokens.fetch_max(chunks.iter().map(|c| c.tokens.len()).sum(), Relaxed);
+        st.prefill_chunks.lock().unwrap().extend(chunks.iter().filter(|c| c.tokens.len() > 1).map(|c| (c.start_pos, c.tokens.len())));
         let prefill: Vec<usize> = chunks.iter().map(|c| c.tokens.len()).filter(|&n| n > 1).collect();
         if let Some(m) = prefill.iter().max() {
             st.max_prefill_chunk.fetch_max(*m, Relaxed);
