@@ -47,7 +47,7 @@ impl Engine {
             n => n,
         };
         Engine {
-            slots: SlotPool::new(cap.slots),
+            slots: SlotPool::new(cap.slots, "slot"),
             blocks: BlockPool::new(cap.kv_blocks, cap.block_size),
             backend,
             codec,

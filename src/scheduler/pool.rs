@@ -7,16 +7,19 @@
 /// Who holds a slot or block: the scheduler's internal request id.
 pub type Owner = u64;
 
+/// A pool of `n` numbered items, each free or held by one owner. `what` names the
+/// items in messages ("slot", "block").
 #[derive(Debug)]
-pub struct SlotPool {
+pub struct OwnedPool {
     owner: Vec<Option<Owner>>,
     free: Vec<usize>,
+    what: &'static str,
 }
 
-impl SlotPool {
-    pub fn new(n: usize) -> Self {
-        // Hand out low slots first (pop from the end of a reversed list).
-        SlotPool { owner: vec![None; n], free: (0..n).rev().collect() }
+impl OwnedPool {
+    pub fn new(n: usize, what: &'static str) -> Self {
+        // Hand out low numbers first (pop from the end of a reversed list).
+        OwnedPool { owner: vec![None; n], free: (0..n).rev().collect(), what }
     }
     pub fn total(&self) -> usize {
         self.owner.len()
@@ -33,42 +36,46 @@ impl SlotPool {
         self.owner[s] = Some(who);
         Some(s)
     }
-    pub fn release(&mut self, slot: usize, who: Owner) {
-        assert_eq!(self.owner[slot], Some(who), "slot {slot} released by {who}, owned by {:?}", self.owner[slot]);
-        self.owner[slot] = None;
-        self.free.push(slot);
+    pub fn release(&mut self, item: usize, who: Owner) {
+        let w = self.what;
+        assert_eq!(self.owner[item], Some(who), "{w} {item} released by {who}, owned by {:?}", self.owner[item]);
+        self.owner[item] = None;
+        self.free.push(item);
     }
     pub fn check(&self) -> Result<(), String> {
-        let held = self.owner.iter().filter(|o| o.is_some()).count();
+        let (w, held) = (self.what, self.owner.iter().filter(|o| o.is_some()).count());
         if held + self.free.len() != self.total() {
-            return Err(format!("slots: {held} held + {} free != {} total", self.free.len(), self.total()));
+            return Err(format!("{w}s: {held} held + {} free != {} total", self.free.len(), self.total()));
         }
         if self.free.iter().any(|&s| self.owner[s].is_some()) {
-            return Err("slots: a free slot has an owner".into());
+            return Err(format!("{w}s: a free {w} has an owner"));
         }
         Ok(())
     }
 }
 
+/// Per-sequence state slots.
+pub type SlotPool = OwnedPool;
+
+/// Paged KV blocks of `block_size` tokens.
 #[derive(Debug)]
 pub struct BlockPool {
-    owner: Vec<Option<Owner>>,
-    free: Vec<u32>,
+    ids: OwnedPool,
     block_size: usize,
 }
 
 impl BlockPool {
     pub fn new(n: usize, block_size: usize) -> Self {
-        BlockPool { owner: vec![None; n], free: (0..n as u32).rev().collect(), block_size: block_size.max(1) }
+        BlockPool { ids: OwnedPool::new(n, "block"), block_size: block_size.max(1) }
     }
     pub fn total(&self) -> usize {
-        self.owner.len()
+        self.ids.total()
     }
     pub fn free_count(&self) -> usize {
-        self.free.len()
+        self.ids.free_count()
     }
     pub fn used(&self) -> usize {
-        self.total() - self.free_count()
+        self.ids.used()
     }
     pub fn block_size(&self) -> usize {
         self.block_size
@@ -80,35 +87,22 @@ impl BlockPool {
     /// Grows `list` so it covers `tokens` tokens; all or nothing.
     pub fn grow(&mut self, list: &mut Vec<u32>, tokens: usize, who: Owner) -> bool {
         let need = self.blocks_for(tokens).saturating_sub(list.len());
-        if need > self.free.len() {
+        if need > self.ids.free_count() {
             return false;
         }
         for _ in 0..need {
-            let b = self.free.pop().expect("counted above");
-            debug_assert!(self.owner[b as usize].is_none());
-            self.owner[b as usize] = Some(who);
-            list.push(b);
+            list.push(self.ids.alloc(who).expect("counted above") as u32);
         }
         true
     }
     /// Returns every block of `list` to the pool and empties it.
     pub fn release_all(&mut self, list: &mut Vec<u32>, who: Owner) {
         for b in list.drain(..) {
-            let o = &mut self.owner[b as usize];
-            assert_eq!(*o, Some(who), "block {b} released by {who}, owned by {o:?}");
-            *o = None;
-            self.free.push(b);
+            self.ids.release(b as usize, who);
         }
     }
     pub fn check(&self) -> Result<(), String> {
-        let held = self.owner.iter().filter(|o| o.is_some()).count();
-        if held + self.free.len() != self.total() {
-            return Err(format!("blocks: {held} held + {} free != {} total", self.free.len(), self.total()));
-        }
-        if self.free.iter().any(|&b| self.owner[b as usize].is_some()) {
-            return Err("blocks: a free block has an owner".into());
-        }
-        Ok(())
+        self.ids.check()
     }
 }
 
@@ -118,7 +112,7 @@ mod tests {
 
     #[test]
     fn slots_alloc_release_and_invariants() {
-        let mut p = SlotPool::new(2);
+        let mut p = SlotPool::new(2, "slot");
         let a = p.alloc(1).unwrap();
         let b = p.alloc(2).unwrap();
         assert_ne!(a, b);
@@ -134,7 +128,7 @@ mod tests {
     #[test]
     #[should_panic]
     fn slot_double_free_panics() {
-        let mut p = SlotPool::new(2);
+        let mut p = SlotPool::new(2, "slot");
         let a = p.alloc(1).unwrap();
         p.release(a, 1);
         p.release(a, 1);
