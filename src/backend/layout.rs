@@ -107,14 +107,69 @@ impl StepLayout {
         })
     }
 
+    /// Where each logit row's values go on the host: `(chunk, row within the chunk)`,
+    /// or None for a chunk that wants only its argmax. `wants_data[c]` per chunk.
+    pub fn logit_destinations(&self, wants_data: &[bool]) -> Vec<Option<(usize, usize)>> {
+        self.logit_counts
+            .iter()
+            .zip(wants_data)
+            .enumerate()
+            .flat_map(|(c, (&n, &want))| (0..n).map(move |j| want.then_some((c, j))))
+            .collect()
+    }
+
     pub fn max_seq_tokens(&self) -> usize {
         self.cu_seqlens.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0)
     }
 }
 
+/// One device-to-host copy: `rows` logit rows starting at logit row `row` go to rows
+/// `chunk_row..` of chunk `chunk`'s host buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowCopy {
+    pub row: usize,
+    pub rows: usize,
+    pub chunk: usize,
+    pub chunk_row: usize,
+}
+
+/// Groups the logit rows `range` (with `dest` from `logit_destinations`) into as few
+/// copies as possible: consecutive rows of one chunk travel together.
+pub fn row_copies(dest: &[Option<(usize, usize)>], range: std::ops::Range<usize>) -> Vec<RowCopy> {
+    let mut out: Vec<RowCopy> = Vec::new();
+    for r in range {
+        let Some((chunk, chunk_row)) = dest[r] else { continue };
+        match out.last_mut() {
+            Some(c) if c.chunk == chunk && c.row + c.rows == r && c.chunk_row + c.rows == chunk_row => c.rows += 1,
+            _ => out.push(RowCopy { row: r, rows: 1, chunk, chunk_row }),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_host_copies_by_chunk() {
+        let (a, b, c) = ([1u32, 2, 3], [4u32], [5u32]);
+        let blocks = [0u32];
+        let chunks = [
+            SeqChunk { slot: 0, start_pos: 0, tokens: &a, blocks: &blocks, want: Want::All },
+            SeqChunk { slot: 1, start_pos: 0, tokens: &b, blocks: &blocks, want: Want::Argmax { limit: 9 } },
+            SeqChunk { slot: 2, start_pos: 0, tokens: &c, blocks: &blocks, want: Want::Last },
+        ];
+        let l = StepLayout::new(&chunks, 4).unwrap();
+        let dest = l.logit_destinations(&[true, false, true]);
+        assert_eq!(dest, vec![Some((0, 0)), Some((0, 1)), Some((0, 2)), None, Some((2, 0))]);
+        assert_eq!(
+            row_copies(&dest, 0..5),
+            vec![RowCopy { row: 0, rows: 3, chunk: 0, chunk_row: 0 }, RowCopy { row: 4, rows: 1, chunk: 2, chunk_row: 0 }]
+        );
+        // A 64-row piece boundary splits a chunk's rows into two copies.
+        assert_eq!(row_copies(&dest, 1..3), vec![RowCopy { row: 1, rows: 2, chunk: 0, chunk_row: 1 }]);
+    }
 
     #[test]
     fn lays_out_mixed_prefill_and_decode() {

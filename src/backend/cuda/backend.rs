@@ -9,7 +9,7 @@ use super::kernels::{
 use super::memory::{copy_d2d, download, memset0, upload};
 use super::pools::{block_bytes, slot_bytes, Meta, Scratch, StatePools, LOGIT_ROWS};
 use super::weights::{DeviceWeights, MixerPtrs};
-use crate::backend::layout::StepLayout;
+use crate::backend::layout::{row_copies, StepLayout};
 use crate::backend::{Backend, Capacity, ChunkLogits, SeqChunk, Want};
 use crate::config::ModelConfig;
 use crate::plan::{Arch, Expected, Plan};
@@ -220,27 +220,37 @@ impl CudaBackend {
         host[m.start_pos..m.start_pos + l.start_pos.len()].copy_from_slice(&l.start_pos);
         host[m.ctx_lens..m.ctx_lens + l.ctx_lens.len()].copy_from_slice(&l.ctx_lens);
         host[m.block_tables..m.block_tables + l.block_tables.len()].copy_from_slice(&l.block_tables);
+        // `host` is pageable: the driver has staged it by the time the call returns, so it
+        // may be dropped without waiting for the stream.
         upload(&self.stream, self.s.meta.ptr, &host)?;
-        // The host vector dies here: wait for the copy (the step synchronises anyway).
-        self.stream.synchronize().map_err(|e| anyhow!("uploading step metadata: {e:?}"))?;
         Ok(m)
     }
 
-    /// Runs one step. `need_data[r]`: logit row r goes back to the host; `argmax_limit`:
-    /// when some rows want only their greedy token, the vocabulary bound for it.
-    /// Returns the host rows (in order, only those needed) and each row's argmax.
-    fn run_step(&mut self, l: &StepLayout, need_data: &[bool], argmax_limit: Option<usize>) -> Result<(Vec<f32>, Vec<i32>)> {
+    /// Runs one step. `dest[r]`: where logit row r goes on the host (chunk, row), copied
+    /// straight into `bufs[chunk]`; `argmax_limit`: when some rows want only their greedy
+    /// token, the vocabulary bound for it. Returns each logit row's argmax (when asked).
+    fn run_step(&mut self, l: &StepLayout, dest: &[Option<(usize, usize)>], bufs: &mut [Vec<f32>], argmax_limit: Option<usize>) -> Result<Vec<i32>> {
         if l.is_decode() && self.graphs_enabled && l.num_seqs() <= self.cap.slots.min(LOGIT_ROWS) {
-            return self.run_decode_graph(l, need_data, argmax_limit);
+            return self.run_decode_graph(l, dest, bufs, argmax_limit);
         }
         let meta = self.upload_meta(l)?;
         self.encode(l, &meta)?;
-        self.read_logits(l, need_data, argmax_limit)
+        self.read_logits(l, dest, bufs, argmax_limit)
+    }
+
+    /// Copies logit rows `range` (held in `s.logits` from row `range.start`) to the host.
+    fn download_rows(&self, dest: &[Option<(usize, usize)>], range: std::ops::Range<usize>, bufs: &mut [Vec<f32>]) -> Result<()> {
+        let v = self.cfg.vocab_size;
+        for c in row_copies(dest, range.clone()) {
+            let src = self.s.logits.at((c.row - range.start) * v * 4);
+            download(&self.stream, &mut bufs[c.chunk][c.chunk_row * v..(c.chunk_row + c.rows) * v], src)?;
+        }
+        Ok(())
     }
 
     /// Decode steps replay a CUDA graph captured once per (batch bucket, argmax limit):
     /// the batch is padded to the bucket with rows every kernel skips.
-    fn run_decode_graph(&mut self, l: &StepLayout, need_data: &[bool], argmax_limit: Option<usize>) -> Result<(Vec<f32>, Vec<i32>)> {
+    fn run_decode_graph(&mut self, l: &StepLayout, dest: &[Option<(usize, usize)>], bufs: &mut [Vec<f32>], argmax_limit: Option<usize>) -> Result<Vec<i32>> {
         let n = l.num_seqs();
         let max = self.cap.slots.min(LOGIT_ROWS);
         let b = GRAPH_BUCKETS.iter().copied().find(|&x| x >= n && x <= max).unwrap_or(max);
@@ -249,22 +259,11 @@ impl CudaBackend {
         let key = (b, argmax_limit);
         self.ensure_graph(&p, &meta, argmax_limit)?;
         self.graphs[&key].launch().map_err(|e| anyhow!("launching a decode graph: {e:?}"))?;
-        let v = self.cfg.vocab_size;
-        let st = &self.stream;
-        let mut out = vec![0f32; need_data.iter().filter(|x| **x).count() * v];
-        if need_data.iter().all(|x| *x) {
-            download(st, &mut out, self.s.logits.ptr)?;
-        } else {
-            let mut filled = 0;
-            for (j, _) in need_data.iter().enumerate().filter(|(_, x)| **x) {
-                download(st, &mut out[filled * v..(filled + 1) * v], self.s.logits.at(j * v * 4))?;
-                filled += 1;
-            }
-        }
+        self.download_rows(dest, 0..n, bufs)?;
         let mut tokens = vec![0i32; if argmax_limit.is_some() { n } else { 0 }];
-        download(st, &mut tokens, self.s.argmax.ptr)?;
-        st.synchronize().map_err(|e| anyhow!("CUDA decode step failed: {e:?}"))?;
-        Ok((out, tokens))
+        download(&self.stream, &mut tokens, self.s.argmax.ptr)?;
+        self.stream.synchronize().map_err(|e| anyhow!("CUDA decode step failed: {e:?}"))?;
+        Ok(tokens)
     }
 
     /// Captures the decode graph for `p`'s bucket (p.num_seqs()) unless it exists. Only
@@ -434,14 +433,12 @@ impl CudaBackend {
     }
 
     /// Logits of the wanted rows (64 at a time), their argmax, and the host copies.
-    fn read_logits(&self, l: &StepLayout, need_data: &[bool], argmax_limit: Option<usize>) -> Result<(Vec<f32>, Vec<i32>)> {
+    fn read_logits(&self, l: &StepLayout, dest: &[Option<(usize, usize)>], bufs: &mut [Vec<f32>], argmax_limit: Option<usize>) -> Result<Vec<i32>> {
         let (c, st, k, s) = (&self.cfg, &self.stream, &self.k, &self.s);
         let h = c.hidden_size;
         // Logits of the wanted rows, 64 at a time.
         let v = c.vocab_size;
         let rows = &l.logit_rows;
-        let mut out = vec![0f32; need_data.iter().filter(|n| **n).count() * v];
-        let mut filled = 0;
         let contiguous = rows.iter().enumerate().all(|(i, r)| *r as usize == i);
         for (ci, piece) in rows.chunks(LOGIT_ROWS).enumerate() {
             let es = self.act.size();
@@ -457,21 +454,12 @@ impl CudaBackend {
             if let Some(limit) = argmax_limit {
                 k.argmax(st, Mat::f32(s.logits.ptr, v), limit.min(v), s.argmax.at(ci * LOGIT_ROWS * 4), piece.len())?;
             }
-            let need = &need_data[ci * LOGIT_ROWS..ci * LOGIT_ROWS + piece.len()];
-            if need.iter().all(|n| *n) {
-                download(st, &mut out[filled * v..(filled + piece.len()) * v], s.logits.ptr)?;
-                filled += piece.len();
-            } else {
-                for (j, _) in need.iter().enumerate().filter(|(_, n)| **n) {
-                    download(st, &mut out[filled * v..(filled + 1) * v], s.logits.at(j * v * 4))?;
-                    filled += 1;
-                }
-            }
+            self.download_rows(dest, ci * LOGIT_ROWS..ci * LOGIT_ROWS + piece.len(), bufs)?;
         }
         let mut tokens = vec![0i32; if argmax_limit.is_some() { rows.len() } else { 0 }];
         download(st, &mut tokens, s.argmax.ptr)?;
         st.synchronize().map_err(|e| anyhow!("CUDA step failed: {e:?}"))?;
-        Ok((out, tokens))
+        Ok(tokens)
     }
 }
 
@@ -504,26 +492,28 @@ impl Backend for CudaBackend {
         if layout.num_tokens() > self.s.max_tokens {
             bail!("step of {} tokens exceeds the step budget of {}", layout.num_tokens(), self.s.max_tokens);
         }
-        let mut need_data = Vec::with_capacity(layout.logit_rows.len());
         let mut argmax_limit = None;
-        for (c, n) in chunks.iter().zip(&layout.logit_counts) {
+        for c in chunks {
             if let Want::Argmax { limit } = c.want {
                 ensure!(argmax_limit.is_none_or(|l| l == limit), "one step must use one argmax vocabulary limit");
                 argmax_limit = Some(limit);
             }
-            need_data.extend(std::iter::repeat(!matches!(c.want, Want::Argmax { .. })).take(*n));
         }
-        let (data, tokens) = self.run_step(&layout, &need_data, argmax_limit).context("cuda step")?;
+        let wants_data: Vec<bool> = chunks.iter().map(|c| !matches!(c.want, Want::Argmax { .. })).collect();
+        let dest = layout.logit_destinations(&wants_data);
         let v = self.cfg.vocab_size;
+        // Logits land straight in each chunk's own buffer (no second host copy).
+        let mut bufs: Vec<Vec<f32>> =
+            layout.logit_counts.iter().zip(&wants_data).map(|(n, w)| if *w { vec![0f32; n * v] } else { Vec::new() }).collect();
+        let tokens = self.run_step(&layout, &dest, &mut bufs, argmax_limit).context("cuda step")?;
         let mut out = Vec::with_capacity(chunks.len());
-        let (mut row, mut off) = (0, 0);
-        for (c, n) in chunks.iter().zip(&layout.logit_counts) {
-            if matches!(c.want, Want::Argmax { .. }) {
-                out.push(ChunkLogits { rows: 0, data: Vec::new(), argmax: Some(tokens[row] as u32) });
+        let mut row = 0;
+        for ((n, w), data) in layout.logit_counts.iter().zip(&wants_data).zip(bufs) {
+            out.push(if *w {
+                ChunkLogits { rows: *n, data, argmax: None }
             } else {
-                out.push(ChunkLogits { rows: *n, data: data[off * v..(off + n) * v].to_vec(), argmax: None });
-                off += n;
-            }
+                ChunkLogits { rows: 0, data, argmax: Some(tokens[row] as u32) }
+            });
             row += n;
         }
         Ok(out)
