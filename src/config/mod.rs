@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::Path;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LayerKind {
     /// Gated DeltaNet (linear attention with a recurrent state).
     Linear,
@@ -14,7 +14,10 @@ pub enum LayerKind {
     Full,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+/// Serialized into plan headers and read back from them (unknown fields refused, so
+/// a plan written by another ModelConfig shape is refused).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// `qwen3_5` (official, multimodal wrapper) or `qwen3_5_text`.
     pub model_type: String,
