@@ -1,6 +1,5 @@
-// Prefill attention over the paged KV cache: causal, GQA, online softmax in fp32.
-// (First, simple version: CUDA-core dot products from shared-memory tiles. A flash-style
-// mma.sync version is the follow-up.)
+// Prefill attention over the paged KV cache: causal, GQA, flash-style (online softmax,
+// tensor cores via mma.sync m16n8k16, fp32 accumulation).
 //
 // kiln_attn_prefill(const float* q, const bf16* k_cache, const bf16* v_cache,
 //     const int* cu_seqlens, const int* start_pos, const int* block_tables, int bt_stride,
@@ -12,30 +11,34 @@
 //     block ids; key position n of sequence s is in block block_tables[s*bt_stride + n/block_size].
 //   out [T_total][NUM_HEADS][HEAD_DIM] fp32 (before the sigmoid output gate).
 //   Query at position p attends to keys 0..p; scale HEAD_DIM^-0.5.
-//   grid (ceil(max_T / AP_QT), NUM_KV_HEADS, nseq), block 256, dynamic shared memory
-//   AP_SMEM_BYTES = 64*HEAD_DIM*4 + 32*(HEAD_DIM+8)*2 + 32*HEAD_DIM*2 + 8*8*32*4 (the launcher): a block holds the AP_QT queries of
-//   all GQA_GROUP heads of one KV head (64 rows, 8 per warp) and streams 32-key tiles.
+//   grid (ceil(max_T / AP_QT), NUM_KV_HEADS, nseq), block 128 (4 warps), dynamic shared
+//   memory AP_SMEM_BYTES (the launcher mirrors it: attn_prefill_smem in kernels.rs).
+//
+// A block holds AP_QT queries of all GQA_GROUP heads of one KV head (64 rows, row r =
+// head r / AP_QT, query r % AP_QT; 16 rows per warp) and streams 32-key tiles of K and V
+// through shared memory. Precision: K and V are bf16 already (exact mma operands); the
+// fp32 queries and the fp32 probabilities are split into bf16 hi + lo (x ~= hi + lo to
+// ~16 mantissa bits) and each product is two MMAs (hi*B + lo*B), so the scores and the
+// output carry ~1e-5 relative error, like the fp32 CUDA-core version this replaced,
+// instead of bf16's 4e-3. Softmax in base 2 with the scale folded into q.
+// The key loop's length depends only on the block's own queries, and every row's sums run
+// in the same order for any batch, so results do not depend on other sequences.
 #include "common.cuh"
 
 using namespace kiln;
 
-#define AP_THREADS 256
+#define AP_THREADS 128
 #define AP_ROWS 64                      // rows (head, query) per block
-#define AP_RPW (AP_ROWS / 8)            // rows per warp
 #define AP_QT (AP_ROWS / GQA_GROUP)     // queries per block
 #define AP_KT 32                        // keys per tile
-#define AP_DPL (HEAD_DIM / 32)          // output dims per lane
-#define AP_KPAD (HEAD_DIM + 8)          // padded K row (bf16 elements), 16-byte aligned
-static_assert(AP_ROWS % GQA_GROUP == 0 && AP_QT % AP_RPW == 0, "GQA group must divide 64 and leave 8-row warps in one head");
-static_assert(HEAD_DIM % 8 == 0, "HEAD_DIM must be a multiple of 8");
+#define AP_LD (HEAD_DIM + 8)            // padded bf16 row (16-byte aligned, conflict-free ldmatrix)
+#define AP_KS (HEAD_DIM / 16)           // k16 steps of q.k
+#define AP_NT (HEAD_DIM / 8)            // n8 tiles of the output
+static_assert(AP_ROWS % GQA_GROUP == 0, "GQA group must divide 64");
+static_assert(HEAD_DIM % 16 == 0, "HEAD_DIM must be a multiple of 16");
 
-// Shared layout (bytes): q fp32 [AP_ROWS][HEAD_DIM] | k bf16 [AP_KT][AP_KPAD] | v bf16 [AP_KT][HEAD_DIM] | p fp32 [8][AP_RPW][AP_KT]
-#define AP_SMEM_Q (AP_ROWS * HEAD_DIM * 4)
-#define AP_SMEM_K (AP_KT * AP_KPAD * 2)
-#define AP_SMEM_V (AP_KT * HEAD_DIM * 2)
-#define AP_SMEM_P (8 * AP_RPW * AP_KT * 4)
-// Dynamic shared memory (the launcher computes the same sum):
-#define AP_SMEM_BYTES (AP_SMEM_Q + AP_SMEM_K + AP_SMEM_V + AP_SMEM_P)
+// Shared layout (bf16 elements): q hi [AP_ROWS][AP_LD] | q lo | k [AP_KT][AP_LD] | v [AP_KT][AP_LD]
+#define AP_SMEM_BYTES ((2 * AP_ROWS + 2 * AP_KT) * AP_LD * 2)
 
 extern "C" __global__ void __launch_bounds__(AP_THREADS, 2)
     kiln_attn_prefill(const float* __restrict__ q, const bf16* __restrict__ k_cache,
@@ -44,45 +47,53 @@ extern "C" __global__ void __launch_bounds__(AP_THREADS, 2)
                       int block_size, float* __restrict__ out, int nseq) {
     KILN_PDL_ENTER();
     extern __shared__ __align__(16) unsigned char smem[];
-    float* qs = reinterpret_cast<float*>(smem);
-    bf16* ks = reinterpret_cast<bf16*>(smem + AP_SMEM_Q);
-    bf16* vs = reinterpret_cast<bf16*>(smem + AP_SMEM_Q + AP_SMEM_K);
-    float* ps = reinterpret_cast<float*>(smem + AP_SMEM_Q + AP_SMEM_K + AP_SMEM_V);
+    bf16* qh = reinterpret_cast<bf16*>(smem);
+    bf16* ql = qh + AP_ROWS * AP_LD;
+    bf16* ks = ql + AP_ROWS * AP_LD;
+    bf16* vs = ks + AP_KT * AP_LD;
 
     const int s = blockIdx.z, kvh = blockIdx.y;
     if (s >= nseq) return;
     const int t0 = cu_seqlens[s], tlen = cu_seqlens[s + 1] - t0;
-    const int q0 = blockIdx.x * AP_QT;  // first query (index within the sequence)
+    // Heaviest (latest) query blocks first: they see the most keys.
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * AP_QT;
     if (q0 >= tlen) return;
     const int start = start_pos[s];
     const int nq = min(AP_QT, tlen - q0);
     const int kend = start + q0 + nq;  // keys [0, kend) are visible to some row
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
     const float qscale = rsqrtf((float)HEAD_DIM) * 1.4426950408889634f;  // softmax in base 2
 
-    // Stage the block's queries (scaled); rows of missing queries are zero.
+    // Stage the block's queries, scaled and split; rows of missing queries are zero.
     for (int idx = tid; idx < AP_ROWS * HEAD_DIM / 4; idx += AP_THREADS) {
         const int r = idx / (HEAD_DIM / 4), d = (idx % (HEAD_DIM / 4)) * 4;
         const int hq = r / AP_QT, qi = r % AP_QT;
         float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (qi < nq) {
+        if (qi < nq)
             v = *reinterpret_cast<const float4*>(
                 q + ((size_t)(t0 + q0 + qi) * NUM_HEADS + kvh * GQA_GROUP + hq) * HEAD_DIM + d);
-            v.x *= qscale; v.y *= qscale; v.z *= qscale; v.w *= qscale;
-        }
-        *reinterpret_cast<float4*>(qs + r * HEAD_DIM + d) = v;
+        const float x[4] = {v.x * qscale, v.y * qscale, v.z * qscale, v.w * qscale};
+        const unsigned h0 = pack_bf16x2(x[0], x[1]), h1 = pack_bf16x2(x[2], x[3]);
+        const unsigned l0 = pack_bf16x2(x[0] - bf16lo(h0), x[1] - bf16hi(h0));
+        const unsigned l1 = pack_bf16x2(x[2] - bf16lo(h1), x[3] - bf16hi(h1));
+        *reinterpret_cast<uint2*>(qh + r * AP_LD + d) = make_uint2(h0, h1);
+        *reinterpret_cast<uint2*>(ql + r * AP_LD + d) = make_uint2(l0, l1);
     }
 
-    const int row0 = warp * AP_RPW;  // this warp's rows: same head, consecutive queries
-    float m[AP_RPW], l[AP_RPW], acc[AP_RPW][AP_DPL];
+    // This thread's two rows: warp tile rows g and g + 8.
+    int qpos[2];
 #pragma unroll
-    for (int r = 0; r < AP_RPW; ++r) {
-        m[r] = -KILN_INF;
-        l[r] = 0.f;
+    for (int h = 0; h < 2; ++h) qpos[h] = start + q0 + (warp * 16 + g + 8 * h) % AP_QT;
+    float m[2] = {-KILN_INF, -KILN_INF}, l[2] = {0.f, 0.f};
+    float o[AP_NT][4];
 #pragma unroll
-        for (int e = 0; e < AP_DPL; ++e) acc[r][e] = 0.f;
-    }
+    for (int j = 0; j < AP_NT; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
     const int* bt = block_tables + (size_t)s * bt_stride;
+    // ldmatrix row addresses: lane gives row lane%8 of matrix lane/8.
+    const int lm = lane >> 3, lr = lane & 7;
+    const bf16* qh_w = qh + (warp * 16 + (lm & 1) * 8 + lr) * AP_LD + (lm >> 1) * 8;
+    const bf16* ql_w = ql + (warp * 16 + (lm & 1) * 8 + lr) * AP_LD + (lm >> 1) * 8;
 
     for (int kt = 0; kt < kend; kt += AP_KT) {
         __syncthreads();  // previous tile fully consumed (and q staged, first time)
@@ -96,68 +107,104 @@ extern "C" __global__ void __launch_bounds__(AP_THREADS, 2)
                 kv = *reinterpret_cast<const uint4*>(k_cache + off);
                 vv = *reinterpret_cast<const uint4*>(v_cache + off);
             }
-            *reinterpret_cast<uint4*>(ks + kk * AP_KPAD + d) = kv;
-            *reinterpret_cast<uint4*>(vs + kk * HEAD_DIM + d) = vv;
+            *reinterpret_cast<uint4*>(ks + kk * AP_LD + d) = kv;
+            *reinterpret_cast<uint4*>(vs + kk * AP_LD + d) = vv;
         }
         __syncthreads();
 
-        // Scores: lane = key.
-        float sc[AP_RPW];
+        // Scores S[16 rows][32 keys] = q . k: four n8 tiles of keys.
+        float sc[AP_KT / 8][4];
 #pragma unroll
-        for (int r = 0; r < AP_RPW; ++r) sc[r] = 0.f;
-        const bf16* krow = ks + lane * AP_KPAD;
+        for (int j = 0; j < AP_KT / 8; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
 #pragma unroll 4
-        for (int d = 0; d < HEAD_DIM; d += 8) {
-            float kf[8];
-            load8(krow + d, kf);
+        for (int kk = 0; kk < AP_KS; ++kk) {
+            unsigned ah[4], al[4];
+            ldsm_x4(ah, qh_w + kk * 16);
+            ldsm_x4(al, ql_w + kk * 16);
 #pragma unroll
-            for (int r = 0; r < AP_RPW; ++r) {
-                float qf[8];
-                load8(qs + (row0 + r) * HEAD_DIM + d, qf);
-#pragma unroll
-                for (int e = 0; e < 8; ++e) sc[r] += qf[e] * kf[e];
+            for (int jp = 0; jp < AP_KT / 16; ++jp) {
+                // Matrices: keys 16jp+0..7 at d 16kk, +8; keys 16jp+8..15 at d 16kk, +8.
+                unsigned b[4];
+                ldsm_x4(b, ks + (16 * jp + (lm >> 1) * 8 + lr) * AP_LD + kk * 16 + (lm & 1) * 8);
+                mma_16816(sc[2 * jp], al, b);
+                mma_16816(sc[2 * jp], ah, b);
+                mma_16816(sc[2 * jp + 1], al, b + 2);
+                mma_16816(sc[2 * jp + 1], ah, b + 2);
             }
         }
-        const int n = kt + lane;
-        float corr[AP_RPW];
+
+        // Online softmax per row (the row's 32 keys live in the 4 lanes of its quad).
+        float corr[2];
 #pragma unroll
-        for (int r = 0; r < AP_RPW; ++r) {
-            const int qi = (row0 + r) % AP_QT;
-            const int qpos = start + q0 + qi;
-            const float sv = (n <= qpos && n < kend) ? sc[r] : -KILN_INF;
-            const float mn = fmaxf(m[r], warp_max(sv));
-            const float p = mn == -KILN_INF ? 0.f : exp2f(sv - mn);
-            corr[r] = mn == -KILN_INF ? 1.f : exp2f(m[r] - mn);
-            l[r] = l[r] * corr[r] + warp_sum(p);
-            m[r] = mn;
-            ps[(warp * AP_RPW + r) * AP_KT + lane] = p;
+        for (int h = 0; h < 2; ++h) {
+            float mx = -KILN_INF;
+#pragma unroll
+            for (int j = 0; j < AP_KT / 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int n = kt + 8 * j + 2 * t + e;
+                    float& v = sc[j][2 * h + e];
+                    v = (n <= qpos[h] && n < kend) ? v : -KILN_INF;
+                    mx = fmaxf(mx, v);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mn = fmaxf(m[h], mx);
+            corr[h] = mn == -KILN_INF ? 1.f : exp2f(m[h] - mn);
+            float sum = 0.f;
+#pragma unroll
+            for (int j = 0; j < AP_KT / 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    float& v = sc[j][2 * h + e];
+                    v = mn == -KILN_INF ? 0.f : exp2f(v - mn);
+                    sum += v;
+                }
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            l[h] = l[h] * corr[h] + sum;
+            m[h] = mn;
         }
-        __syncwarp();
-        // P.V: lane owns AP_DPL consecutive dims.
 #pragma unroll
-        for (int r = 0; r < AP_RPW; ++r)
+        for (int j = 0; j < AP_NT; ++j) {
+            o[j][0] *= corr[0]; o[j][1] *= corr[0];
+            o[j][2] *= corr[1]; o[j][3] *= corr[1];
+        }
+
+        // O += P . V, P split hi + lo; P's A fragments come straight from the score tiles.
 #pragma unroll
-            for (int e = 0; e < AP_DPL; ++e) acc[r][e] *= corr[r];
-        for (int kk = 0; kk < AP_KT; ++kk) {
-            float vf[AP_DPL];
-            loadn<AP_DPL>(vs + kk * HEAD_DIM + lane * AP_DPL, vf);
+        for (int kk = 0; kk < AP_KT / 16; ++kk) {
+            const float* p0 = sc[2 * kk];
+            const float* p1 = sc[2 * kk + 1];
+            unsigned ph[4], pl[4];
+            ph[0] = pack_bf16x2(p0[0], p0[1]); ph[1] = pack_bf16x2(p0[2], p0[3]);
+            ph[2] = pack_bf16x2(p1[0], p1[1]); ph[3] = pack_bf16x2(p1[2], p1[3]);
+            pl[0] = pack_bf16x2(p0[0] - bf16lo(ph[0]), p0[1] - bf16hi(ph[0]));
+            pl[1] = pack_bf16x2(p0[2] - bf16lo(ph[1]), p0[3] - bf16hi(ph[1]));
+            pl[2] = pack_bf16x2(p1[0] - bf16lo(ph[2]), p1[1] - bf16hi(ph[2]));
+            pl[3] = pack_bf16x2(p1[2] - bf16lo(ph[3]), p1[3] - bf16hi(ph[3]));
 #pragma unroll
-            for (int r = 0; r < AP_RPW; ++r) {
-                const float p = ps[(warp * AP_RPW + r) * AP_KT + kk];
-#pragma unroll
-                for (int e = 0; e < AP_DPL; ++e) acc[r][e] += p * vf[e];
+            for (int jp = 0; jp < AP_NT / 2; ++jp) {
+                // Matrices (transposed): keys 16kk+0..7, +8..15 at dims 16jp; the same at 16jp+8.
+                unsigned b[4];
+                ldsm_x4_trans(b, vs + (16 * kk + (lm & 1) * 8 + lr) * AP_LD + 16 * jp + (lm >> 1) * 8);
+                mma_16816(o[2 * jp], pl, b);
+                mma_16816(o[2 * jp], ph, b);
+                mma_16816(o[2 * jp + 1], pl, b + 2);
+                mma_16816(o[2 * jp + 1], ph, b + 2);
             }
         }
     }
 
 #pragma unroll
-    for (int r = 0; r < AP_RPW; ++r) {
-        const int hq = (row0 + r) / AP_QT, qi = (row0 + r) % AP_QT;
+    for (int h = 0; h < 2; ++h) {
+        const int r = warp * 16 + g + 8 * h;
+        const int hq = r / AP_QT, qi = r % AP_QT;
         if (qi >= nq) continue;
-        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-        float o[AP_DPL];
+        const float inv = l[h] > 0.f ? 1.f / l[h] : 0.f;
+        float* dst = out + ((size_t)(t0 + q0 + qi) * NUM_HEADS + kvh * GQA_GROUP + hq) * HEAD_DIM + 2 * t;
 #pragma unroll
-        for (int e = 0; e < AP_DPL; ++e) o[e] = acc[r][e] * inv;
-        storen<AP_DPL>(out + ((size_t)(t0 + q0 + qi) * NUM_HEADS + kvh * GQA_GROUP + hq) * HEAD_DIM + lane * AP_DPL, o);
+        for (int j = 0; j < AP_NT; ++j)
+            *reinterpret_cast<float2*>(dst + 8 * j) = make_float2(o[j][2 * h] * inv, o[j][2 * h + 1] * inv);
     }
 }

@@ -172,19 +172,21 @@ impl CudaBackend {
         self.ctx.bind_to_thread().map_err(|e| anyhow!("binding the CUDA context to this thread: {e:?}"))
     }
 
-    /// y[T][N] = x[T][K] . W[N][K]^T over the step's rows. A sequence whose chunk is
-    /// longer than 64 tokens (prefill) goes through cuBLASLt (bf16 activations, one call
-    /// with M = its chunk length); every other row through the skinny GEMM (fp32
-    /// activations, 64-row pieces). Either way a row's result depends only on its own
-    /// sequence's chunk, never on what else is in the step.
-    fn gemm(&self, w: DevPtr, x: DevPtr, y: DevPtr, n: usize, kdim: usize, l: &StepLayout) -> Result<()> {
+    /// y[T][N] = x[T][K] . W[N][K]^T over the step's rows; x is in the step's GEMM input
+    /// dtype `xdt` (see `gemm_input`). A sequence whose chunk is longer than 64 tokens
+    /// (prefill) goes through cuBLASLt (bf16 activations, one call with M = its chunk
+    /// length); every other row through the skinny GEMM (64-row pieces). Either way a
+    /// row's result depends only on its own sequence's chunk, never on what else is in
+    /// the step.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(&self, w: DevPtr, x: DevPtr, xdt: DType, y: DevPtr, n: usize, kdim: usize, l: &StepLayout) -> Result<()> {
         let skinny = |r0: usize, r1: usize| -> Result<()> {
             let mut r = r0;
             while r < r1 {
                 let rows = (r1 - r).min(64);
-                let xo = x + (r * kdim * self.act.size()) as u64;
+                let xo = x + (r * kdim * xdt.size()) as u64;
                 let yo = y + (r * n * 4) as u64;
-                self.k.gemm(&self.stream, w, xo, self.act, yo, DType::F32, rows, n, kdim, &self.s.gemm)?;
+                self.k.gemm(&self.stream, w, xo, xdt, yo, DType::F32, rows, n, kdim, &self.s.gemm)?;
                 r += rows;
             }
             Ok(())
@@ -196,7 +198,7 @@ impl CudaBackend {
                 continue;
             }
             skinny(run, r0)?;
-            let xb = if self.act == DType::BF16 {
+            let xb = if xdt == DType::BF16 {
                 x + (r0 * kdim * 2) as u64
             } else {
                 self.k.f32_to_bf16(&self.stream, x + (r0 * kdim * 4) as u64, self.s.x_bf16.ptr, (r1 - r0) * kdim)?;
@@ -206,6 +208,18 @@ impl CudaBackend {
             run = r1;
         }
         skinny(run, l.num_tokens())
+    }
+
+    /// The dtype the layers' GEMM inputs are written in for step `l`: bf16 when every
+    /// chunk is longer than 64 tokens (all rows go to cuBLASLt, which reads bf16: the
+    /// producers write it directly, bit-identical to converting their fp32 output),
+    /// else the engine's activation dtype.
+    fn gemm_input(&self, l: &StepLayout) -> DType {
+        if l.cu_seqlens.windows(2).all(|w| w[1] - w[0] > 64) {
+            DType::BF16
+        } else {
+            self.act
+        }
     }
 
     fn upload_meta(&self, l: &StepLayout) -> Result<Meta> {
@@ -340,9 +354,11 @@ impl CudaBackend {
         let k = &self.k;
         let s = &self.s;
         k.embed(st, self.w.embed, mp(meta.ids), s.resid.ptr, t)?;
-        // Normed activations go to `normed` in the GEMM input dtype.
-        let act = self.act;
+        // Normed activations go to `normed` in the GEMM input dtype; the final norm's in
+        // the engine's activation dtype (the lm_head reads it through the skinny GEMM).
+        let act = self.gemm_input(l);
         let (nb, nf) = if act == DType::BF16 { (s.normed.ptr, NULL) } else { (NULL, s.normed.ptr) };
+        let (fnb, fnf) = if self.act == DType::BF16 { (s.normed.ptr, NULL) } else { (NULL, s.normed.ptr) };
         let qkv_dim = c.linear_qkv_dim();
         let vd = c.linear_value_dim();
         let nv = c.linear_num_value_heads;
@@ -355,8 +371,8 @@ impl CudaBackend {
             match &layer.mixer {
                 MixerPtrs::Linear(g) => {
                     let wide_w = qkv_dim + vd;
-                    self.gemm(g.qkvz, s.normed.ptr, s.wide.ptr, wide_w, h, l)?;
-                    self.gemm(g.ba, s.normed.ptr, s.ba.ptr, 2 * nv, h, l)?;
+                    self.gemm(g.qkvz, s.normed.ptr, act, s.wide.ptr, wide_w, h, l)?;
+                    self.gemm(g.ba, s.normed.ptr, act, s.ba.ptr, 2 * nv, h, l)?;
                     let qkvz = Mat::f32(s.wide.ptr, wide_w);
                     let ba = Mat::f32(s.ba.ptr, 2 * nv);
                     let out = Mat { ptr: s.mix_in.ptr, ld: vd, dtype: act };
@@ -381,11 +397,11 @@ impl CudaBackend {
                         })?;
                         k.gated_rmsnorm(st, s.core.ptr, qkvz.cols(qkv_dim), g.norm, s.mix_in.ptr, act, t)?;
                     }
-                    self.gemm(g.out, s.mix_in.ptr, s.delta.ptr, h, vd, l)?;
+                    self.gemm(g.out, s.mix_in.ptr, act, s.delta.ptr, h, vd, l)?;
                     li += 1;
                 }
                 MixerPtrs::Full(a) => {
-                    self.gemm(a.qgkv, s.normed.ptr, s.wide.ptr, qgkv_w, h, l)?;
+                    self.gemm(a.qgkv, s.normed.ptr, act, s.wide.ptr, qgkv_w, h, l)?;
                     let qg = Mat::f32(s.wide.ptr, qgkv_w);
                     let kq = 2 * c.num_heads * c.head_dim;
                     let (kc, vc) = (self.pools.k_layer(fi), self.pools.v_layer(fi));
@@ -416,18 +432,18 @@ impl CudaBackend {
                         })?;
                         k.output_gate(st, s.core.ptr, qg.cols(c.head_dim), 2 * c.head_dim, out, t)?;
                     }
-                    self.gemm(a.o, s.mix_in.ptr, s.delta.ptr, h, attn_w, l)?;
+                    self.gemm(a.o, s.mix_in.ptr, act, s.delta.ptr, h, attn_w, l)?;
                     fi += 1;
                 }
             }
             k.add_rmsnorm(st, s.resid.ptr, Some(Mat::f32(s.delta.ptr, h)), layer.post_norm, nb, nf, t)?;
             let i2 = 2 * c.intermediate_size;
-            self.gemm(layer.gate_up, s.normed.ptr, s.wide.ptr, i2, h, l)?;
+            self.gemm(layer.gate_up, s.normed.ptr, act, s.wide.ptr, i2, h, l)?;
             k.silu_mul(st, Mat::f32(s.wide.ptr, i2), c.intermediate_size, Mat { ptr: s.mix_in.ptr, ld: c.intermediate_size, dtype: act }, c.intermediate_size, t)?;
-            self.gemm(layer.down, s.mix_in.ptr, s.delta.ptr, h, c.intermediate_size, l)?;
+            self.gemm(layer.down, s.mix_in.ptr, act, s.delta.ptr, h, c.intermediate_size, l)?;
             delta = Some(Mat::f32(s.delta.ptr, h));
         }
-        k.add_rmsnorm(st, s.resid.ptr, delta, self.w.norm, nb, nf, t)?;
+        k.add_rmsnorm(st, s.resid.ptr, delta, self.w.norm, fnb, fnf, t)?;
 
         Ok(())
     }

@@ -279,6 +279,11 @@ pub fn compile_module(name: &str, src: &str, arch: &str, dims: &KernelDims, incl
     let mut opts: Vec<String> = vec![format!("--gpu-architecture={arch}"), "-std=c++17".into()];
     opts.extend(include_dirs.iter().map(|p| format!("--include-path={}", p.display())));
     opts.extend(dims.defines());
+    // KILN_PTXAS_VERBOSE=1: print ptxas's registers / spills / shared memory per kernel.
+    let verbose = std::env::var("KILN_PTXAS_VERBOSE").is_ok_and(|v| v == "1");
+    if verbose {
+        opts.push("--ptxas-options=-v".into());
+    }
     let opts_c: Vec<CString> = opts.iter().map(|o| c(o)).collect::<Result<_>>()?;
     let opt_ptrs: Vec<*const c_char> = opts_c.iter().map(|o| o.as_ptr()).collect();
 
@@ -289,6 +294,9 @@ pub fn compile_module(name: &str, src: &str, arch: &str, dims: &KernelDims, incl
             .map_err(|e| anyhow::anyhow!("kernel module `{name}`: nvrtcCreateProgram failed: {e:?}"))?;
         let res = nv::nvrtcCompileProgram(prog, opt_ptrs.len() as i32, opt_ptrs.as_ptr());
         let log = program_log(prog);
+        if verbose {
+            eprintln!("{name} ({arch}):\n{}", log.trim_end());
+        }
         let out = if res != nv::nvrtcResult::NVRTC_SUCCESS {
             Err(anyhow::anyhow!(
                 "kernel module `{name}` does not compile for {arch} ({res:?}); NVRTC log:\n{}",

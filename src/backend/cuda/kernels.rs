@@ -91,7 +91,8 @@ pub(crate) fn int(v: usize, what: &str) -> Result<i32> {
 
 /// Dynamic shared memory of kiln_attn_prefill (mirrors AP_SMEM_BYTES in attn_prefill.cu).
 pub(crate) fn attn_prefill_smem(head_dim: usize) -> usize {
-    64 * head_dim * 4 + 32 * (head_dim + 8) * 2 + 32 * head_dim * 2 + 8 * 8 * 32 * 4
+    // q hi + lo [64 rows] and k, v [32 keys], bf16 rows padded by 8 (AP_SMEM_BYTES).
+    (2 * 64 + 2 * 32) * (head_dim + 8) * 2
 }
 
 /// Dynamic shared memory of the staged GEMM (GS_STAGES * NT*8 rows * GS_LD * sizeof(x)).

@@ -102,7 +102,7 @@ impl Kernels {
         let mut p = params!(q, kc, vc, cu, sp, bt, bts, bs, out, ns);
         let grid = (a.max_tokens.div_ceil(qt) as u32, self.dims.num_kv_heads as u32, a.nseq as u32);
         let smem = attn_prefill_smem(self.dims.head_dim) as u32;
-        self.launch("kiln_attn_prefill", stream, grid, 256, smem, &mut p)
+        self.launch("kiln_attn_prefill", stream, grid, 128, smem, &mut p)
     }
 
     /// Partition + combine launches (max_parts partition blocks per sequence and KV head).
