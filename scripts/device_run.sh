@@ -36,7 +36,9 @@ if has profile; then
   log "ncu: per-kernel times of one 1024-token prefill"
   ncu --clock-control none --metrics gpu__time_duration.sum --csv --log-file /tmp/ncu.csv \
     .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1 --ctx 16 --prefill 1024 --iters 1 > /dev/null 2>&1
-  python3 scripts/ncu_summary.py /tmp/ncu.csv --runs 6  # 6 prefills of 1024 tokens (1 warm + 5 timed); the one 16-token prefill and few decode steps add little | tee "$OUT/profile.txt" | head -40
+  # 6 prefills of 1024 tokens (1 warm + 5 timed); the one 16-token prefill and the few
+  # decode steps of the run are in the log too (small).
+  python3 scripts/ncu_summary.py /tmp/ncu.csv --runs 6 | tee "$OUT/profile.txt" | head -40
 fi
 if has bench_bf16; then
   log "bench with bf16 GEMM inputs"; KILN_ACT=bf16 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -E "decode batch|prefill"
