@@ -16,7 +16,8 @@
 //
 // A block holds AP_QT queries of all GQA_GROUP heads of one KV head (64 rows, row r =
 // head r / AP_QT, query r % AP_QT; 16 rows per warp) and streams 32-key tiles of K and V
-// through shared memory. Precision: K and V are bf16 already (exact mma operands); the
+// through double-buffered shared memory (cp.async: the next tile's paged loads are in
+// flight while this one computes; ~135 KB, one block per SM). Precision: K and V are bf16 already (exact mma operands); the
 // fp32 queries and the fp32 probabilities are split into bf16 hi + lo (x ~= hi + lo to
 // ~16 mantissa bits) and each product is two MMAs (hi*B + lo*B), so the scores and the
 // output carry ~1e-5 relative error, like the fp32 CUDA-core version this replaced,
@@ -37,10 +38,12 @@ using namespace kiln;
 static_assert(AP_ROWS % GQA_GROUP == 0, "GQA group must divide 64");
 static_assert(HEAD_DIM % 16 == 0, "HEAD_DIM must be a multiple of 16");
 
-// Shared layout (bf16 elements): q hi [AP_ROWS][AP_LD] | q lo | k [AP_KT][AP_LD] | v [AP_KT][AP_LD]
-#define AP_SMEM_BYTES ((2 * AP_ROWS + 2 * AP_KT) * AP_LD * 2)
+// Shared layout (bf16 elements): q hi [AP_ROWS][AP_LD] | q lo | k [2][AP_KT][AP_LD] | v [2][AP_KT][AP_LD]
+#define AP_BUF (AP_KT * AP_LD)
+#define AP_SMEM_BYTES ((2 * AP_ROWS + 4 * AP_KT) * AP_LD * 2)
+static_assert(AP_KT * HEAD_DIM / 8 % AP_THREADS == 0, "a key tile must split evenly over the threads");
 
-extern "C" __global__ void __launch_bounds__(AP_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(AP_THREADS, 1)
     kiln_attn_prefill(const float* __restrict__ q, const bf16* __restrict__ k_cache,
                       const bf16* __restrict__ v_cache, const int* __restrict__ cu_seqlens,
                       const int* __restrict__ start_pos, const int* __restrict__ block_tables, int bt_stride,
@@ -50,7 +53,7 @@ extern "C" __global__ void __launch_bounds__(AP_THREADS, 2)
     bf16* qh = reinterpret_cast<bf16*>(smem);
     bf16* ql = qh + AP_ROWS * AP_LD;
     bf16* ks = ql + AP_ROWS * AP_LD;
-    bf16* vs = ks + AP_KT * AP_LD;
+    bf16* vs = ks + 2 * AP_BUF;
 
     const int s = blockIdx.z, kvh = blockIdx.y;
     if (s >= nseq) return;
@@ -95,22 +98,33 @@ extern "C" __global__ void __launch_bounds__(AP_THREADS, 2)
     const bf16* qh_w = qh + (warp * 16 + (lm & 1) * 8 + lr) * AP_LD + (lm >> 1) * 8;
     const bf16* ql_w = ql + (warp * 16 + (lm & 1) * 8 + lr) * AP_LD + (lm >> 1) * 8;
 
-    for (int kt = 0; kt < kend; kt += AP_KT) {
-        __syncthreads();  // previous tile fully consumed (and q staged, first time)
-        for (int idx = tid; idx < AP_KT * HEAD_DIM / 8; idx += AP_THREADS) {
+    // Key tiles are double-buffered: tile i+1 streams in (cp.async) while tile i computes.
+    auto fetch = [&](int kt, int buf) {
+        bf16* kd = ks + buf * AP_BUF;
+        bf16* vd = vs + buf * AP_BUF;
+#pragma unroll
+        for (int it = 0; it < AP_KT * HEAD_DIM / 8 / AP_THREADS; ++it) {
+            const int idx = tid + it * AP_THREADS;
             const int kk = idx / (HEAD_DIM / 8), d = (idx % (HEAD_DIM / 8)) * 8;
             const int n = kt + kk;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-            if (n < kend) {
-                const size_t blk = (size_t)bt[n / block_size];
-                const size_t off = (((blk * NUM_KV_HEADS) + kvh) * block_size + (n % block_size)) * HEAD_DIM + d;
-                kv = *reinterpret_cast<const uint4*>(k_cache + off);
-                vv = *reinterpret_cast<const uint4*>(v_cache + off);
-            }
-            *reinterpret_cast<uint4*>(ks + kk * AP_LD + d) = kv;
-            *reinterpret_cast<uint4*>(vs + kk * AP_LD + d) = vv;
+            size_t off = 0;
+            if (n < kend) off = ((((size_t)bt[n / block_size] * NUM_KV_HEADS) + kvh) * block_size + (n % block_size)) * HEAD_DIM + d;
+            cp_async16(kd + kk * AP_LD + d, k_cache + off, n < kend);
+            cp_async16(vd + kk * AP_LD + d, v_cache + off, n < kend);
         }
-        __syncthreads();
+        cp_async_commit();
+    };
+    fetch(0, 0);
+    for (int kt = 0, buf = 0; kt < kend; kt += AP_KT, buf ^= 1) {
+        if (kt + AP_KT < kend) {
+            fetch(kt + AP_KT, buf ^ 1);  // that buffer was released by the barrier ending the last tile
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // tile kt visible to every warp (and q staged, first time)
+        const bf16* kb = ks + buf * AP_BUF;
+        const bf16* vb = vs + buf * AP_BUF;
 
         // Scores S[16 rows][32 keys] = q . k: four n8 tiles of keys.
         float sc[AP_KT / 8][4];
@@ -125,7 +139,7 @@ extern "C" __global__ void __launch_bounds__(AP_THREADS, 2)
             for (int jp = 0; jp < AP_KT / 16; ++jp) {
                 // Matrices: keys 16jp+0..7 at d 16kk, +8; keys 16jp+8..15 at d 16kk, +8.
                 unsigned b[4];
-                ldsm_x4(b, ks + (16 * jp + (lm >> 1) * 8 + lr) * AP_LD + kk * 16 + (lm & 1) * 8);
+                ldsm_x4(b, kb + (16 * jp + (lm >> 1) * 8 + lr) * AP_LD + kk * 16 + (lm & 1) * 8);
                 mma_16816(sc[2 * jp], al, b);
                 mma_16816(sc[2 * jp], ah, b);
                 mma_16816(sc[2 * jp + 1], al, b + 2);
@@ -187,13 +201,14 @@ extern "C" __global__ void __launch_bounds__(AP_THREADS, 2)
             for (int jp = 0; jp < AP_NT / 2; ++jp) {
                 // Matrices (transposed): keys 16kk+0..7, +8..15 at dims 16jp; the same at 16jp+8.
                 unsigned b[4];
-                ldsm_x4_trans(b, vs + (16 * kk + (lm & 1) * 8 + lr) * AP_LD + 16 * jp + (lm >> 1) * 8);
+                ldsm_x4_trans(b, vb + (16 * kk + (lm & 1) * 8 + lr) * AP_LD + 16 * jp + (lm >> 1) * 8);
                 mma_16816(o[2 * jp], pl, b);
                 mma_16816(o[2 * jp], ph, b);
                 mma_16816(o[2 * jp + 1], pl, b + 2);
                 mma_16816(o[2 * jp + 1], ph, b + 2);
             }
         }
+        __syncthreads();  // every warp is done with this buffer before it is refilled
     }
 
 #pragma unroll

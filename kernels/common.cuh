@@ -107,20 +107,31 @@ template <int N> __device__ __forceinline__ void loadn(const bf16* p, float* o) 
     }
 }
 template <int N> __device__ __forceinline__ void loadn(const float* p, float* o) {
+    if constexpr (N == 4) {
+        const float4 v = *reinterpret_cast<const float4*>(p);
+        o[0] = v.x; o[1] = v.y; o[2] = v.z; o[3] = v.w;
+    } else {
 #pragma unroll
-    for (int i = 0; i < N; ++i) o[i] = p[i];
+        for (int i = 0; i < N; ++i) o[i] = p[i];
+    }
 }
 template <int N> __device__ __forceinline__ void storen(bf16* p, const float* v) {
     if constexpr (N == 8) {
         store8(p, v);
+    } else if constexpr (N == 4) {
+        *reinterpret_cast<uint2*>(p) = make_uint2(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]));
     } else {
 #pragma unroll
         for (int i = 0; i < N; ++i) p[i] = __float2bfloat16_rn(v[i]);
     }
 }
 template <int N> __device__ __forceinline__ void storen(float* p, const float* v) {
+    if constexpr (N == 4) {
+        *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    } else {
 #pragma unroll
-    for (int i = 0; i < N; ++i) p[i] = v[i];
+        for (int i = 0; i < N; ++i) p[i] = v[i];
+    }
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -174,5 +185,16 @@ __device__ __forceinline__ void ldsm_x4_trans(unsigned* r, const bf16* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
+
+// 16 bytes global -> shared without registers (L2 only); ok = false zero-fills the
+// destination and reads nothing. Completion: cp_async_commit() closes a group,
+// cp_async_wait<N>() waits until at most N groups are still in flight.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool ok) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    const int n = ok ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
 }  // namespace kiln

@@ -223,14 +223,6 @@ template <bool XF32> struct StageLd;
 template <> struct StageLd<true> { static constexpr int v = GS_K + 4; };    // floats: row offset 4 banks
 template <> struct StageLd<false> { static constexpr int v = GS_K + 32; };  // bf16: row offset 16 banks
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool ok) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    const int n = ok ? 16 : 0;  // 0: zero-fill
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
-
 template <int NT, bool XF32, typename Y>
 __device__ __forceinline__ void skinny_gemm_staged(const bf16* __restrict__ W, const void* __restrict__ x,
                                                    Y* __restrict__ y, float* __restrict__ ws,

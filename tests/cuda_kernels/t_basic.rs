@@ -197,6 +197,18 @@ fn output_gate_and_silu_mul_match_cpu() {
         let out = if ot == DType::F32 { down(&s, &of) } else { from_bf16(&down(&s, &ob)) };
         check(&format!("silu_mul M={m} {it:?}->{ot:?}"), &out, &expect, if ot == DType::F32 { 1e-6 } else { 1e-2 });
     }
+    // A width and strides that are not multiples of 4 take the element-by-element path.
+    let (m, n, ld_in, up_off, ld_out) = (3usize, 1001usize, 2 * 1001 + 5, 1003usize, 1001usize);
+    let gu = randn_vec(&mut g, m * ld_in, 2.0);
+    let (gf, of) = (up(&s, &gu), poison_f32(&s, m * ld_out));
+    e.k.silu_mul(&s, Mat::f32(ptr(&s, &gf), ld_in), up_off, Mat::f32(ptr(&s, &of), ld_out), n, m).unwrap();
+    let mut expect = Vec::with_capacity(m * n);
+    for i in 0..m {
+        let row = &gu[i * ld_in..(i + 1) * ld_in];
+        expect.extend(ops::silu_mul(&row[..n], &row[up_off..up_off + n]));
+    }
+    // Exact f32 arithmetic in both; 1e-6 covers expf's ulps.
+    check("silu_mul unaligned", &down(&s, &of), &expect, 1e-6);
 }
 
 #[test]

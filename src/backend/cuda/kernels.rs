@@ -91,8 +91,8 @@ pub(crate) fn int(v: usize, what: &str) -> Result<i32> {
 
 /// Dynamic shared memory of kiln_attn_prefill (mirrors AP_SMEM_BYTES in attn_prefill.cu).
 pub(crate) fn attn_prefill_smem(head_dim: usize) -> usize {
-    // q hi + lo [64 rows] and k, v [32 keys], bf16 rows padded by 8 (AP_SMEM_BYTES).
-    (2 * 64 + 2 * 32) * (head_dim + 8) * 2
+    // q hi + lo [64 rows] and k, v [2 buffers][32 keys], bf16 rows padded by 8 (AP_SMEM_BYTES).
+    (2 * 64 + 4 * 32) * (head_dim + 8) * 2
 }
 
 /// Dynamic shared memory of the staged GEMM (GS_STAGES * NT*8 rows * GS_LD * sizeof(x)).

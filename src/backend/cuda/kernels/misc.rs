@@ -92,7 +92,8 @@ impl Kernels {
         }
         let (gp, ldi, uo, op, ldo, ni, mi) = (gu.ptr, int(gu.ld, "ld_in")?, int(up_off, "up_off")?, out.ptr, int(out.ld, "ld_out")?, int(n, "n")?, int(m, "rows")?);
         let mut p = params!(gp, ldi, uo, op, ldo, ni, mi);
-        self.launch(SILU_MUL[gu.dtype.idx()][out.dtype.idx()], stream, (n.div_ceil(256) as u32, m as u32, 1), 256, 0, &mut p)
+        // Four elements per thread (16-byte accesses when every stride allows).
+        self.launch(SILU_MUL[gu.dtype.idx()][out.dtype.idx()], stream, (n.div_ceil(4 * 256) as u32, m as u32, 1), 256, 0, &mut p)
     }
 
     /// y[i] = bf16(x[i]) (round to nearest even) for i < n; x 16-byte aligned.
