@@ -71,19 +71,17 @@ fn check_layouts(plan: &Plan, c: &ModelConfig, s: &Stored, prefix: &str, src_pre
         }
         LayerKind::Linear => {
             let (qkv, vd, nv) = (c.linear_qkv_dim(), c.linear_value_dim(), c.linear_num_value_heads);
-            let (shape, dt, qkvz) = get(plan, &names::qkvz(prefix));
-            assert_eq!((shape, dt), (vec![qkv + vd, h], DType::Bf16));
+            let (shape, dt, qkvz) = get(plan, &names::qkvzba(prefix));
+            assert_eq!((shape, dt), (vec![qkv + vd + 2 * nv, h], DType::Bf16));
             let in_qkv = src(s, &sp("linear_attn.in_proj_qkv.weight"));
             let kd = c.linear_num_key_heads * c.linear_key_head_dim;
-            // q rows, k rows, v rows as stored, then z.
+            // q rows, k rows, v rows as stored, then z, b, a.
             same!(rows(&qkvz, h, 0, kd), rows(in_qkv, h, 0, kd), "{prefix} q");
             same!(rows(&qkvz, h, kd, kd), rows(in_qkv, h, kd, kd), "{prefix} k");
             same!(rows(&qkvz, h, 2 * kd, vd), rows(in_qkv, h, 2 * kd, vd), "{prefix} v");
             same!(rows(&qkvz, h, qkv, vd), src(s, &sp("linear_attn.in_proj_z.weight")), "{prefix} z");
-            let (shape, _, ba) = get(plan, &names::ba(prefix));
-            assert_eq!(shape, vec![2 * nv, h]);
-            same!(rows(&ba, h, 0, nv), src(s, &sp("linear_attn.in_proj_b.weight")), "{prefix} b");
-            same!(rows(&ba, h, nv, nv), src(s, &sp("linear_attn.in_proj_a.weight")), "{prefix} a");
+            same!(rows(&qkvz, h, qkv + vd, nv), src(s, &sp("linear_attn.in_proj_b.weight")), "{prefix} b");
+            same!(rows(&qkvz, h, qkv + vd + nv, nv), src(s, &sp("linear_attn.in_proj_a.weight")), "{prefix} a");
             let (shape, dt, conv) = get(plan, &names::conv(prefix));
             assert_eq!((shape, dt), (vec![qkv, c.conv_kernel], DType::Bf16));
             same!(conv, src(s, &sp("linear_attn.conv1d.weight")));

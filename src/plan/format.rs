@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 8] = b"KILNPLAN";
 /// Bump when the byte layout, the header schema or any packed tensor layout changes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Alignment of the payload and of every blob in it (bytes).
 pub const ALIGN: u64 = 256;
 /// Length of the fixed prefix before the JSON header.

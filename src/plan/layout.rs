@@ -105,11 +105,8 @@ pub mod names {
     pub fn k_norm(p: &str) -> String {
         format!("{p}.attn.k_norm")
     }
-    pub fn qkvz(p: &str) -> String {
-        format!("{p}.gdn.qkvz")
-    }
-    pub fn ba(p: &str) -> String {
-        format!("{p}.gdn.ba")
+    pub fn qkvzba(p: &str) -> String {
+        format!("{p}.gdn.qkvzba")
     }
     pub fn conv(p: &str) -> String {
         format!("{p}.gdn.conv")
@@ -151,10 +148,13 @@ fn linear_attention(p: &str, src: &str, c: &ModelConfig) -> Vec<PackedSpec> {
     let (qkv, vd) = (c.linear_qkv_dim(), c.linear_value_dim());
     let a = |n: &str| format!("{src}.linear_attn.{n}");
     vec![
-        // [in_proj_qkv rows as stored (q: key heads x dk, k: key heads x dk, v: value heads x dv) | in_proj_z]
-        matrix(names::qkvz(p), &[qkv + vd, h], vec![(a("in_proj_qkv.weight"), qkv), (a("in_proj_z.weight"), vd)]),
-        // [in_proj_b | in_proj_a], one row per value head each
-        matrix(names::ba(p), &[2 * nv, h], vec![(a("in_proj_b.weight"), nv), (a("in_proj_a.weight"), nv)]),
+        // [in_proj_qkv rows as stored (q: key heads x dk, k: key heads x dk, v: value heads x dv)
+        //  | in_proj_z | in_proj_b | in_proj_a (one row per value head each)]: one GEMM.
+        matrix(
+            names::qkvzba(p),
+            &[qkv + vd + 2 * nv, h],
+            vec![(a("in_proj_qkv.weight"), qkv), (a("in_proj_z.weight"), vd), (a("in_proj_b.weight"), nv), (a("in_proj_a.weight"), nv)],
+        ),
         // bf16 [channels, kernel]: the stored [channels, 1, kernel] without its singleton dim
         matrix1(names::conv(p), &[qkv, c.conv_kernel], a("conv1d.weight")),
         vector(names::a_log(p), &[nv], a("A_log")),

@@ -370,11 +370,11 @@ impl CudaBackend {
             k.add_rmsnorm(st, s.resid.ptr, delta, layer.input_norm, nb, nf, t)?;
             match &layer.mixer {
                 MixerPtrs::Linear(g) => {
-                    let wide_w = qkv_dim + vd;
-                    self.gemm(g.qkvz, s.normed.ptr, act, s.wide.ptr, wide_w, h, l)?;
-                    self.gemm(g.ba, s.normed.ptr, act, s.ba.ptr, 2 * nv, h, l)?;
+                    // One GEMM for [qkv | z | b | a]; the consumers read views of its rows.
+                    let wide_w = qkv_dim + vd + 2 * nv;
+                    self.gemm(g.qkvzba, s.normed.ptr, act, s.wide.ptr, wide_w, h, l)?;
                     let qkvz = Mat::f32(s.wide.ptr, wide_w);
-                    let ba = Mat::f32(s.ba.ptr, 2 * nv);
+                    let ba = qkvz.cols(qkv_dim + vd);
                     let out = Mat { ptr: s.mix_in.ptr, ld: vd, dtype: act };
                     if decode {
                         k.gdn_decode(st, &GdnDecode {

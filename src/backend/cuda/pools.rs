@@ -78,9 +78,8 @@ pub struct Scratch {
     pub max_tokens: usize,
     pub resid: DevBuf,
     pub normed: DevBuf,
-    /// Widest projection output: qkvz, qgkv or gate_up.
+    /// Widest projection output: qkvzba, qgkv or gate_up.
     pub wide: DevBuf,
-    pub ba: DevBuf,
     pub conv_out: DevBuf,
     pub core: DevBuf,
     pub q: DevBuf,
@@ -112,7 +111,7 @@ impl Scratch {
         let t = max_tokens;
         let f = 4usize;
         let h = c.hidden_size;
-        let qkvz = c.linear_qkv_dim() + c.linear_value_dim();
+        let qkvz = c.linear_qkv_dim() + c.linear_value_dim() + 2 * c.linear_num_value_heads;
         let qgkv = (2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
         let wide_w = qkvz.max(qgkv).max(2 * c.intermediate_size);
         let attn_w = c.num_heads * c.head_dim;
@@ -120,7 +119,6 @@ impl Scratch {
         // Every GEMM the model runs, for the split-K workspace size.
         let shapes = [
             (qkvz, h),
-            (2 * c.linear_num_value_heads, h),
             (h, c.linear_value_dim()),
             (qgkv, h),
             (h, attn_w),
@@ -140,7 +138,6 @@ impl Scratch {
             resid: DevBuf::zeroed(t * h * f, "the residual stream")?,
             normed: DevBuf::zeroed(t * h * f, "normed activations")?,
             wide: DevBuf::zeroed(t * wide_w * f, "projection outputs")?,
-            ba: DevBuf::zeroed(t * 2 * c.linear_num_value_heads * f, "b/a projections")?,
             conv_out: DevBuf::zeroed(t * c.linear_qkv_dim() * f, "conv outputs")?,
             core: DevBuf::zeroed(t * c.linear_value_dim().max(attn_w) * f, "mixer core outputs")?,
             q: DevBuf::zeroed(t * attn_w * f, "attention queries")?,

@@ -9,8 +9,8 @@ use anyhow::{ensure, Context, Result};
 use cudarc::driver::CudaStream;
 
 pub struct LinearPtrs {
-    pub qkvz: DevPtr,
-    pub ba: DevPtr,
+    /// Fused [qkv | z | b | a] projection rows.
+    pub qkvzba: DevPtr,
     pub conv: DevPtr,
     pub a_log: DevPtr,
     pub dt_bias: DevPtr,
@@ -71,8 +71,7 @@ impl DeviceWeights {
             let p = names::layer(i);
             let mixer = match kind {
                 LayerKind::Linear => MixerPtrs::Linear(LinearPtrs {
-                    qkvz: ptr(&names::qkvz(&p), Bf16)?,
-                    ba: ptr(&names::ba(&p), Bf16)?,
+                    qkvzba: ptr(&names::qkvzba(&p), Bf16)?,
                     conv: ptr(&names::conv(&p), Bf16)?,
                     a_log: ptr(&names::a_log(&p), F32)?,
                     dt_bias: ptr(&names::dt_bias(&p), F32)?,
