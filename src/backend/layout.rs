@@ -147,9 +147,42 @@ pub fn row_copies(dest: &[Option<(usize, usize)>], range: std::ops::Range<usize>
     out
 }
 
+/// The order in which a step lays out its chunks: single-token chunks (decode) first, the
+/// rest after, each group in the caller's order. `order[i]` is the caller's index of the
+/// i-th laid-out chunk.
+pub fn decode_first(chunks: &[SeqChunk<'_>]) -> Vec<usize> {
+    let (mut order, rest): (Vec<usize>, Vec<usize>) = (0..chunks.len()).partition(|&i| chunks[i].tokens.len() == 1);
+    order.extend(rest);
+    order
+}
+
+impl StepLayout {
+    /// How many leading sequences have exactly one token (the decode rows).
+    pub fn decode_seqs(&self) -> usize {
+        self.cu_seqlens.windows(2).take_while(|w| w[1] - w[0] == 1).count()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_chunks_lead_in_a_stable_order() {
+        let (long, one) = ([1u32, 2, 3], [4u32]);
+        let blocks = [0u32];
+        let chunks: Vec<SeqChunk> = [(0, &long[..]), (1, &one[..]), (2, &long[..]), (3, &one[..]), (4, &one[..])]
+            .into_iter()
+            .map(|(slot, tokens)| SeqChunk { slot, start_pos: 5, tokens, blocks: &blocks, want: Want::Last })
+            .collect();
+        let order = decode_first(&chunks);
+        assert_eq!(order, vec![1, 3, 4, 0, 2]);
+        let laid: Vec<SeqChunk> = order.iter().map(|&i| chunks[i].clone()).collect();
+        let l = StepLayout::new(&laid, 16).unwrap();
+        assert_eq!(l.decode_seqs(), 3);
+        assert_eq!(StepLayout::new(&chunks, 16).unwrap().decode_seqs(), 0);
+        assert_eq!(decode_first(&chunks[1..2]), vec![0]);
+    }
 
     #[test]
     fn groups_host_copies_by_chunk() {

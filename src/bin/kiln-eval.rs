@@ -135,6 +135,57 @@ fn logits(plan: PathBuf, cases: PathBuf, out: PathBuf) -> Result<()> {
     let batched = greedy(&mut be, true)?;
     println!("batch invariance (32 greedy tokens, alone vs among 31 others): {}", if alone == batched { "identical" } else { "DIFFERENT" });
     ensure!(alone == batched, "batch invariance failed: {alone:?} vs {batched:?}");
+    mixed_step_invariance(&mut be, &prompts, per)
+}
+
+/// Prompt 0's 32 greedy steps alone, then again while every step also carries prefill
+/// chunks of other prompts (one of 100 tokens: the cuBLASLt path; one of 17: the skinny
+/// path). Its logits rows must be bit-identical: a decode row's arithmetic may not
+/// depend on what shares its step.
+fn mixed_step_invariance(be: &mut CudaBackend, prompts: &[Vec<u32>], per: usize) -> Result<()> {
+    let run = |be: &mut CudaBackend, mixed: bool| -> Result<Vec<Vec<f32>>> {
+        let target = 3;
+        let tb = stripe(target, per);
+        let mut row = prefill(be, target, &prompts[0], &tb, 2048)?;
+        let mut len = prompts[0].len();
+        let mut rows = Vec::new();
+        // Companions: (slot, prompt, chunk size, position reached).
+        let mut comp: Vec<(usize, &Vec<u32>, usize, usize)> = if mixed {
+            vec![(8, &prompts[1 % prompts.len()], 100, 0), (9, &prompts[2 % prompts.len()], 17, 0)]
+        } else {
+            Vec::new()
+        };
+        let comp_blocks: Vec<Vec<u32>> = comp.iter().map(|c| stripe(c.0, per)).collect();
+        for c in &comp {
+            be.reset_slot(c.0)?;
+        }
+        for _ in 0..32 {
+            let tok = [argmax(&row) as u32];
+            let mut chunks = vec![SeqChunk { slot: target, start_pos: len, tokens: &tok, blocks: &tb, want: Want::Last }];
+            for (c, blocks) in comp.iter_mut().zip(&comp_blocks) {
+                if c.3 >= c.1.len() {
+                    be.reset_slot(c.0)?;
+                    c.3 = 0;
+                }
+                let end = (c.3 + c.2).min(c.1.len());
+                chunks.push(SeqChunk { slot: c.0, start_pos: c.3, tokens: &c.1[c.3..end], blocks, want: Want::Nothing });
+                c.3 = end;
+            }
+            row = be.forward(&chunks)?.remove(0).data;
+            rows.push(row.clone());
+            len += 1;
+        }
+        Ok(rows)
+    };
+    let alone = run(be, false)?;
+    let mixed = run(be, true)?;
+    let max_diff = alone.iter().flatten().zip(mixed.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let same = alone.iter().flatten().zip(mixed.iter().flatten()).all(|(a, b)| a.to_bits() == b.to_bits());
+    println!(
+        "mixed-step invariance (32 decode steps alone vs sharing steps with prefill chunks of 100 and 17 tokens): {}",
+        if same { "bit-identical logits".to_string() } else { format!("DIFFERENT (max abs logit difference {max_diff:.3e})") }
+    );
+    ensure!(same, "mixed-step invariance failed: max abs logit difference {max_diff:.3e}");
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use super::kernels::{
 use super::memory::{copy_d2d, download, memset0, upload};
 use super::pools::{block_bytes, slot_bytes, Meta, Scratch, StatePools, LOGIT_ROWS};
 use super::weights::{DeviceWeights, MixerPtrs};
-use crate::backend::layout::{row_copies, StepLayout};
+use crate::backend::layout::{decode_first, row_copies, StepLayout};
 use crate::backend::{Backend, Capacity, ChunkLogits, SeqChunk, Want};
 use crate::config::ModelConfig;
 use crate::plan::{Arch, Expected, Plan};
@@ -349,7 +349,11 @@ impl CudaBackend {
         let c = &self.cfg;
         let (t, h) = (l.num_tokens(), c.hidden_size);
         let mp = |off: usize| self.s.meta.at(off * 4);
-        let decode = l.is_decode();
+        // The leading single-token sequences (every one in a decode step) go through the
+        // decode kernels, the rest (`pm`: their metadata) through the prefill kernels, so a
+        // decode row computes the same way whatever shares its step.
+        let (nd, np) = (l.decode_seqs(), l.num_seqs() - l.decode_seqs());
+        let pm = meta.skip_seqs(nd, l.bt_stride);
         let st = &self.stream;
         let k = &self.k;
         let s = &self.s;
@@ -376,26 +380,28 @@ impl CudaBackend {
                     let qkvz = Mat::f32(s.wide.ptr, wide_w);
                     let ba = qkvz.cols(qkv_dim + vd);
                     let out = Mat { ptr: s.mix_in.ptr, ld: vd, dtype: act };
-                    if decode {
+                    if nd > 0 {
                         k.gdn_decode(st, &GdnDecode {
                             qkv: qkvz, z: qkvz.cols(qkv_dim), b: ba, a: ba.cols(nv),
                             conv_w: g.conv, conv_state: self.pools.conv_layer(li), state: self.pools.recurrent_layer(li),
                             a_log: g.a_log, dt_bias: g.dt_bias, norm_w: g.norm,
-                            slots: mp(meta.slots), pos: mp(meta.pos), out, batch: t,
+                            slots: mp(meta.slots), pos: mp(meta.pos), out, batch: nd,
                         })?;
-                    } else {
+                    }
+                    if np > 0 {
                         k.conv1d(st, &Conv1d {
                             x: qkvz, w: g.conv, conv_state: self.pools.conv_layer(li),
-                            cu_seqlens: mp(meta.cu_seqlens), slots: mp(meta.slots), start_pos: mp(meta.start_pos),
-                            out: s.conv_out.ptr, ld_out: qkv_dim, nseq: l.num_seqs(),
+                            cu_seqlens: mp(pm.cu_seqlens), slots: mp(pm.slots), start_pos: mp(pm.start_pos),
+                            out: s.conv_out.ptr, ld_out: qkv_dim, nseq: np,
                         })?;
                         k.gdn_prefill(st, &GdnPrefill {
                             qkv: s.conv_out.ptr, ld_qkv: qkv_dim, b: ba, a: ba.cols(nv),
                             a_log: g.a_log, dt_bias: g.dt_bias, state: self.pools.recurrent_layer(li),
-                            cu_seqlens: mp(meta.cu_seqlens), slots: mp(meta.slots),
-                            out: s.core.ptr, ld_out: vd, nseq: l.num_seqs(),
+                            cu_seqlens: mp(pm.cu_seqlens), slots: mp(pm.slots),
+                            out: s.core.ptr, ld_out: vd, nseq: np,
                         })?;
-                        k.gated_rmsnorm(st, s.core.ptr, qkvz.cols(qkv_dim), g.norm, s.mix_in.ptr, act, t)?;
+                        let core = Mat::f32(s.core.ptr, vd).rows(nd);
+                        k.gated_rmsnorm(st, core.ptr, qkvz.cols(qkv_dim).rows(nd), g.norm, out.rows(nd).ptr, act, t - nd)?;
                     }
                     self.gemm(g.out, s.mix_in.ptr, act, s.delta.ptr, h, vd, l)?;
                     li += 1;
@@ -414,23 +420,25 @@ impl CudaBackend {
                     // with bf16 activations it goes to `core` and is converted.
                     let out = Mat { ptr: s.mix_in.ptr, ld: attn_w, dtype: act };
                     let combine_out = if act == DType::BF16 { Mat::f32(s.core.ptr, attn_w) } else { out };
-                    if decode {
+                    if nd > 0 {
                         k.attn_decode(st, &AttnDecode {
                             q: s.q.ptr, k_cache: kc, v_cache: vc, block_tables: mp(meta.block_tables), bt_stride: l.bt_stride,
                             ctx_lens: mp(meta.ctx_lens), block_size: self.pools.block_size,
                             part_acc: s.part_acc.ptr, part_ml: s.part_ml.ptr, max_parts: s.max_parts,
-                            gate: Some(qg.cols(c.head_dim)), gate_hs: 2 * c.head_dim, out: combine_out, batch: t,
+                            gate: Some(qg.cols(c.head_dim)), gate_hs: 2 * c.head_dim, out: combine_out, batch: nd,
                         })?;
                         if act == DType::BF16 {
-                            k.f32_to_bf16(st, s.core.ptr, s.mix_in.ptr, t * attn_w)?;
+                            k.f32_to_bf16(st, s.core.ptr, s.mix_in.ptr, nd * attn_w)?;
                         }
-                    } else {
+                    }
+                    if np > 0 {
                         k.attn_prefill(st, &AttnPrefill {
-                            q: s.q.ptr, k_cache: kc, v_cache: vc, cu_seqlens: mp(meta.cu_seqlens), start_pos: mp(meta.start_pos),
-                            block_tables: mp(meta.block_tables), bt_stride: l.bt_stride, block_size: self.pools.block_size,
-                            out: s.core.ptr, nseq: l.num_seqs(), max_tokens: l.max_seq_tokens(),
+                            q: s.q.ptr, k_cache: kc, v_cache: vc, cu_seqlens: mp(pm.cu_seqlens), start_pos: mp(pm.start_pos),
+                            block_tables: mp(pm.block_tables), bt_stride: l.bt_stride, block_size: self.pools.block_size,
+                            out: s.core.ptr, nseq: np, max_tokens: l.max_seq_tokens(),
                         })?;
-                        k.output_gate(st, s.core.ptr, qg.cols(c.head_dim), 2 * c.head_dim, out, t)?;
+                        let core = Mat::f32(s.core.ptr, attn_w).rows(nd);
+                        k.output_gate(st, core.ptr, qg.cols(c.head_dim).rows(nd), 2 * c.head_dim, out.rows(nd), t - nd)?;
                     }
                     self.gemm(a.o, s.mix_in.ptr, act, s.delta.ptr, h, attn_w, l)?;
                     fi += 1;
@@ -504,6 +512,11 @@ impl Backend for CudaBackend {
                 ensure!((tok as usize) < self.cfg.vocab_size, "token id {tok} is outside the vocabulary ({})", self.cfg.vocab_size);
             }
         }
+        // Single-token chunks (decode) go first, so a step's decode rows are one leading
+        // run that `encode` sends through the decode kernels, whatever else the step holds.
+        let order = decode_first(chunks);
+        let chunks: Vec<SeqChunk<'_>> = order.iter().map(|&i| chunks[i].clone()).collect();
+        let chunks = &chunks[..];
         let layout = StepLayout::new(chunks, self.cap.block_size)?;
         if layout.num_tokens() > self.s.max_tokens {
             bail!("step of {} tokens exceeds the step budget of {}", layout.num_tokens(), self.s.max_tokens);
@@ -532,7 +545,12 @@ impl Backend for CudaBackend {
             });
             row += n;
         }
-        Ok(out)
+        // Back to the caller's chunk order.
+        let mut back: Vec<Option<ChunkLogits>> = (0..out.len()).map(|_| None).collect();
+        for (o, i) in out.into_iter().zip(&order) {
+            back[*i] = Some(o);
+        }
+        Ok(back.into_iter().map(|o| o.expect("every chunk has an output")).collect())
     }
     fn reset_slot(&mut self, slot: usize) -> Result<()> {
         ensure!(slot < self.cap.slots, "slot {slot} out of range");

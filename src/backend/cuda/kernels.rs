@@ -77,6 +77,10 @@ impl Mat {
     pub fn cols(self, cols: usize) -> Self {
         Mat { ptr: self.ptr + (cols * self.dtype.size()) as u64, ..self }
     }
+    /// The same columns starting `rows` rows down.
+    pub fn rows(self, rows: usize) -> Self {
+        Mat { ptr: self.ptr + (rows * self.ld * self.dtype.size()) as u64, ..self }
+    }
 }
 
 /// Pointers to typed locals, as cuLaunchKernel wants its parameters.

@@ -191,4 +191,16 @@ impl Meta {
     pub fn len(t: usize, s: usize, bt: usize) -> usize {
         Self::layout(t, s, bt).end
     }
+    /// The per-sequence arrays seen from sequence `d` on (`bt`: the block-table stride);
+    /// token rows keep their absolute numbers (cu_seqlens holds row numbers).
+    pub fn skip_seqs(&self, d: usize, bt: usize) -> Self {
+        Meta {
+            cu_seqlens: self.cu_seqlens + d,
+            slots: self.slots + d,
+            start_pos: self.start_pos + d,
+            ctx_lens: self.ctx_lens + d,
+            block_tables: self.block_tables + d * bt,
+            ..*self
+        }
+    }
 }
