@@ -330,12 +330,14 @@ fn bench_gdn_prefill_on(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCh
         let state = up(s, &randn_vec(g, nseq * ssz, 0.1));
         let cu = up(s, &(0..=nseq).map(|i| (i * len) as i32).collect::<Vec<_>>());
         let sl = up(s, &(0..nseq as i32).collect::<Vec<_>>());
+        let ws = s.alloc_zeros::<u8>(k.gdn_prefill_workspace(t, nseq)).unwrap();
         let pre = GdnPrefill {
             qkv: ptr(s, &conv_out), ld_qkv: c, b: bm, a: bm.cols(nv), a_log: ptr(s, &al), dt_bias: ptr(s, &dtb), state: ptr(s, &state),
             cu_seqlens: ptr(s, &cu), slots: ptr(s, &sl), out: ptr(s, &raw), ld_out: nv * dv, nseq,
+            tokens: t, max_tokens: len, workspace: ptr(s, &ws), workspace_bytes: ws.len(),
         };
         let ms = time_ms(s, 5, |_| k.gdn_prefill(s, &pre).unwrap());
-        println!("BENCH gdn_prefill (chunked) T={t} as {nseq} x {len}: {:.1} us per layer", ms * 1e3);
+        println!("BENCH gdn_prefill (prep + scan) T={t} as {nseq} x {len}: {:.1} us per layer", ms * 1e3);
         if let Ok(path) = std::env::var("KILN_GDN_PREFILL_BASELINE") {
             match bench_gdn_prefill_baseline(e, s, &path, &pre) {
                 Ok(ms) => println!("BENCH gdn_prefill (baseline {path}) T={t} as {nseq} x {len}: {:.1} us per layer", ms * 1e3),

@@ -239,6 +239,7 @@ fn prefill_case(e: &Env, s: &std::sync::Arc<cudarc::driver::CudaStream>, g: &mut
     let slots: Vec<i32> = seqs.iter().map(|q| q.1).collect();
     let (cu_d, sl_d) = (up(s, &cu), up(s, &slots));
     let out = poison_f32(s, rows * ldo);
+    let ws = poison_f32(s, e.k.gdn_prefill_workspace(tt, seqs.len()).div_ceil(4));
     let args = GdnPrefill {
         qkv: ptr(s, &q_d),
         ld_qkv: ldq,
@@ -252,6 +253,10 @@ fn prefill_case(e: &Env, s: &std::sync::Arc<cudarc::driver::CudaStream>, g: &mut
         out: ptr(s, &out),
         ld_out: ldo,
         nseq: seqs.len(),
+        tokens: tt,
+        max_tokens: seqs.iter().map(|q| q.0).max().unwrap_or(0),
+        workspace: ptr(s, &ws),
+        workspace_bytes: ws.len() * 4,
     };
     e.k.gdn_prefill(s, &args).unwrap();
     let got = down(s, &out);
@@ -294,6 +299,10 @@ fn gdn_prefill_matches_cpu_and_chunks_compose() {
     for dt in [DType::F32, DType::BF16] {
         prefill_case(e, &s, &mut g, &p, mixed, dt, 6, "mixed");
     }
+    // Chunk records start at cu/64 + s: sequences starting mid-chunk, several chunks each,
+    // a 63-token one and a long one after a skipped 300-token one.
+    let mixed2: &[(usize, i32)] = &[(63, 2), (300, 0), (1, 5), (65, 1), (300, -1), (130, 3), (64, 4), (5, 6)];
+    prefill_case(e, &s, &mut g, &p, mixed2, DType::F32, 7, "mixed2");
 
     // 130 tokens in one launch vs 64 + 66 tokens in two launches: the second launch starts
     // its chunks at token 64, exactly where the one-shot launch starts its second chunk, so
@@ -309,6 +318,7 @@ fn gdn_prefill_matches_cpu_and_chunks_compose() {
         let (al, dtb) = (up(&s, &p.a_log), up(&s, &p.dt_bias));
         let state2 = up(&s, &run.state0);
         let out = poison_f32(&s, t_long * (sh.nv * sh.dv + 4));
+        let ws = poison_f32(&s, e.k.gdn_prefill_workspace(t_long, 1).div_ceil(4));
         for (a0, len) in [(0usize, 64usize), (64, 66)] {
             let cu2 = up(&s, &[a0 as i32, (a0 + len) as i32]);
             let sl2 = up(&s, &[slot]);
@@ -325,6 +335,10 @@ fn gdn_prefill_matches_cpu_and_chunks_compose() {
                 out: ptr(&s, &out),
                 ld_out: sh.nv * sh.dv + 4,
                 nseq: 1,
+                tokens: a0 + len,
+                max_tokens: len,
+                workspace: ptr(&s, &ws),
+                workspace_bytes: ws.len() * 4,
             };
             e.k.gdn_prefill(&s, &args).unwrap();
             s.synchronize().unwrap();

@@ -399,6 +399,7 @@ impl CudaBackend {
                             a_log: g.a_log, dt_bias: g.dt_bias, state: self.pools.recurrent_layer(li),
                             cu_seqlens: mp(pm.cu_seqlens), slots: mp(pm.slots),
                             out: s.core.ptr, ld_out: vd, nseq: np,
+                            tokens: t, max_tokens: l.max_seq_tokens(), workspace: s.gdn_ws.ptr, workspace_bytes: s.gdn_ws.bytes,
                         })?;
                         let core = Mat::f32(s.core.ptr, vd).rows(nd);
                         k.gated_rmsnorm(st, core.ptr, qkvz.cols(qkv_dim).rows(nd), g.norm, out.rows(nd).ptr, act, t - nd)?;

@@ -147,6 +147,10 @@ impl Kernels {
                 }
             }
         }
+        for d in ["f32", "bf16"] {
+            big_smem.push((format!("kiln_gdn_prefill_prep_{d}"), gdn::gdn_prefill_prep_smem(dims.lin_k_dim, dims.lin_v_dim)));
+        }
+        big_smem.push(("kiln_gdn_prefill_scan".into(), gdn::gdn_prefill_scan_smem(dims.lin_k_dim)));
         for (name, bytes) in big_smem {
             funcs[&name]
                 .set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
@@ -258,7 +262,11 @@ fn function_names(module: &str) -> Vec<String> {
         }
         "conv" => dt.iter().map(|d| format!("kiln_conv1d_{d}")).collect(),
         "gdn_decode" => pairs().map(|p| format!("kiln_gdn_decode_{p}")).collect(),
-        "gdn_prefill" => dt.iter().map(|d| format!("kiln_gdn_prefill_{d}")).collect(),
+        "gdn_prefill" => {
+            let mut v: Vec<String> = dt.iter().map(|d| format!("kiln_gdn_prefill_prep_{d}")).collect();
+            v.push("kiln_gdn_prefill_scan".to_string());
+            v
+        }
         "rope_kv" => dt.iter().map(|d| format!("kiln_qk_norm_rope_{d}")).collect(),
         "attn_prefill" => vec!["kiln_attn_prefill".to_string()],
         "attn_decode" => {

@@ -98,6 +98,8 @@ pub struct Scratch {
     pub part_acc: DevBuf,
     pub part_ml: DevBuf,
     pub max_parts: usize,
+    /// GDN prefill pre-pass output (Kernels::gdn_prefill_workspace).
+    pub gdn_ws: DevBuf,
     _gemm_ws: DevBuf,
     _gemm_counters: DevBuf,
     pub gemm: GemmScratch,
@@ -152,6 +154,7 @@ impl Scratch {
             part_acc: DevBuf::zeroed(acc * f, "decode attention partials")?,
             part_ml: DevBuf::zeroed(ml * f, "decode attention partials")?,
             max_parts,
+            gdn_ws: DevBuf::zeroed(k.gdn_prefill_workspace(max_tokens, max_seqs), "the GDN prefill workspace")?,
             _gemm_ws: gemm_ws,
             _gemm_counters: gemm_counters,
             gemm,

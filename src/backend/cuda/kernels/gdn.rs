@@ -1,28 +1,43 @@
 //! Gated DeltaNet: causal conv1d, fused decode step, chunked (UT/WY) prefill.
 
 use super::{int, params, DevPtr, Kernels, Mat};
-use anyhow::{anyhow, ensure, Result};
-use cudarc::driver::{sys, CudaStream};
+use anyhow::{ensure, Result};
+use cudarc::driver::CudaStream;
 
 const CONV: [&str; 2] = ["kiln_conv1d_f32", "kiln_conv1d_bf16"];
 const DECODE: [[&str; 2]; 2] = [
     ["kiln_gdn_decode_f32_f32", "kiln_gdn_decode_f32_bf16"],
     ["kiln_gdn_decode_bf16_f32", "kiln_gdn_decode_bf16_bf16"],
 ];
-const PREFILL: [&str; 2] = ["kiln_gdn_prefill_f32", "kiln_gdn_prefill_bf16"];
+const PREP: [&str; 2] = ["kiln_gdn_prefill_prep_f32", "kiln_gdn_prefill_prep_bf16"];
+const SCAN: &str = "kiln_gdn_prefill_scan";
 
-/// Threads of a kiln_gdn_prefill block (GP_THREADS) and value columns it owns (GP_W).
+/// Threads of a prefill block (GR_THREADS), value columns a scan block owns, tokens per chunk.
 const PREFILL_THREADS: u32 = 256;
-const PREFILL_COLS: usize = 32;
+const SCAN_COLS: usize = 32;
+const CHUNK: usize = 64;
 
-/// Dynamic shared memory of kiln_gdn_prefill_* (mirrors GP_SMEM_BYTES in gdn_prefill.cu;
-/// the kernel traps if launched with less): split q, k rows and S^T; P, -A, V'^T, (wV')^T;
-/// two copies of the diagonal inverses; v slab, e q S, R; diagonal blocks of A; per-token
-/// vectors. 190208 bytes at dk 128.
-pub(crate) fn gdn_prefill_smem(dk: usize) -> usize {
-    let (c, w) = (64, PREFILL_COLS);
-    let (ldk, ldt) = (dk / 2 + 4, c / 2 + 4);
-    2 * c * ldk * 8 + w * ldk * 8 + 2 * c * ldt * 8 + 2 * w * ldt * 8 + 2 * c * 12 * 8 + c * (w + 4) * 4 + 2 * c * (w + 8) * 4 + c * 17 * 4 + 6 * c * 4
+/// Floats of one workspace record (one chunk of one value head, GR_REC in gdn_prefill.cu):
+/// -W, Q' and Kd as split B tiles (64 x dk each), U^T and O0^T as fp32 C tiles (64 x dv
+/// each), exp(cum_last) padded to 16 bytes.
+pub(crate) fn gdn_prefill_record_floats(dk: usize, dv: usize) -> usize {
+    192 * dk + 128 * dv + 4
+}
+
+/// Dynamic shared memory of kiln_gdn_prefill_prep_* (mirrors GR_SMEM_BYTES; the kernel
+/// traps if launched with less): q, k, v, W rows (fp32, padded); P, -A (split pairs);
+/// the diagonal inverses and diagonal blocks of A; per-token vectors. 183824 bytes at
+/// dk = dv = 128.
+pub(crate) fn gdn_prefill_prep_smem(dk: usize, dv: usize) -> usize {
+    let c = CHUNK;
+    let ldx = dk.max(dv) + 4;
+    4 * c * ldx * 4 + 2 * c * (c / 2 + 4) * 8 + c * 12 * 8 + c * 17 * 4 + 5 * c * 4 + 16
+}
+
+/// Dynamic shared memory of kiln_gdn_prefill_scan (mirrors GS_SMEM_BYTES): two chunk
+/// buffers of {-W, Q', Kd} tiles, S^T and V'^T as A tiles. 221184 bytes at dk = 128.
+pub(crate) fn gdn_prefill_scan_smem(dk: usize) -> usize {
+    (2 * 48 * dk + 2 * (dk / 16) * 64 + 8 * 64) * 16
 }
 
 /// Causal conv1d + SiLU over a chunk of several sequences (kernels/conv.cu).
@@ -72,8 +87,9 @@ pub struct GdnDecode {
     pub batch: usize,
 }
 
-/// Chunked (64-token UT/WY) prefill over conv outputs (kernels/gdn_prefill.cu); follow
-/// with `gated_rmsnorm`. `qkv` must be 16-byte aligned with `ld_qkv % 4 == 0`.
+/// Chunked (64-token UT/WY) prefill over conv outputs (kernels/gdn_prefill.cu): a parallel
+/// pre-pass per (chunk, head) into `workspace`, then the sequential scan over chunks;
+/// follow with `gated_rmsnorm`. `qkv` must be 16-byte aligned with `ld_qkv % 4 == 0`.
 #[derive(Clone, Copy, Debug)]
 pub struct GdnPrefill {
     /// fp32 [T_total][ld] conv + SiLU output.
@@ -91,6 +107,13 @@ pub struct GdnPrefill {
     pub out: DevPtr,
     pub ld_out: usize,
     pub nseq: usize,
+    /// Rows of this launch (cu_seqlens[nseq]) and the longest sequence (sizes the grid).
+    pub tokens: usize,
+    pub max_tokens: usize,
+    /// fp32 scratch of at least `Kernels::gdn_prefill_workspace(tokens, nseq)` bytes,
+    /// 16-byte aligned.
+    pub workspace: DevPtr,
+    pub workspace_bytes: usize,
 }
 
 impl Kernels {
@@ -122,23 +145,34 @@ impl Kernels {
         self.launch(DECODE[dt.idx()][g.out.dtype.idx()], stream, grid, threads, 0, &mut p)
     }
 
+    /// Bytes of the `GdnPrefill` workspace for launches of at most `max_tokens` rows and
+    /// `max_seqs` sequences: one record per chunk and value head, chunks bounded by
+    /// max_tokens/64 + max_seqs (each sequence's chunks start at record cu[s]/64 + s).
+    pub fn gdn_prefill_workspace(&self, max_tokens: usize, max_seqs: usize) -> usize {
+        let d = &self.dims;
+        (max_tokens / CHUNK + max_seqs) * d.lin_num_v_heads * gdn_prefill_record_floats(d.lin_k_dim, d.lin_v_dim) * 4
+    }
+
     pub fn gdn_prefill(&self, stream: &CudaStream, g: &GdnPrefill) -> Result<()> {
-        if g.nseq == 0 {
+        if g.nseq == 0 || g.max_tokens == 0 {
             return Ok(());
         }
         ensure!(g.b.dtype == g.a.dtype && g.b.ld == g.a.ld, "gdn_prefill: b and a must share dtype and row stride");
         ensure!(g.ld_qkv.is_multiple_of(4) && g.qkv.is_multiple_of(16), "gdn_prefill: qkv must be 16-byte aligned with ld_qkv % 4 == 0 (ld_qkv = {})", g.ld_qkv);
+        let need = self.gdn_prefill_workspace(g.tokens, g.nseq);
+        ensure!(g.workspace.is_multiple_of(16) && g.workspace_bytes >= need, "gdn_prefill: the workspace must be 16-byte aligned and hold {need} bytes (has {})", g.workspace_bytes);
+        let d = &self.dims;
+        let rec_bytes = d.lin_num_v_heads * gdn_prefill_record_floats(d.lin_k_dim, d.lin_v_dim) * 4;
+        let wsc = int(g.workspace_bytes / rec_bytes, "workspace chunks")?;
         let (qkv, ldq, b, a, ldba) = (g.qkv, int(g.ld_qkv, "ld_qkv")?, g.b.ptr, g.a.ptr, int(g.b.ld, "ld_ba")?);
-        let (al, dtb, st, cu, sl, out, ldo, ns) = (g.a_log, g.dt_bias, g.state, g.cu_seqlens, g.slots, g.out, int(g.ld_out, "ld_out")?, int(g.nseq, "nseq")?);
-        let mut p = params!(qkv, ldq, b, a, ldba, al, dtb, st, cu, sl, out, ldo, ns);
-        let grid = ((self.dims.lin_v_dim / PREFILL_COLS) as u32, self.dims.lin_num_v_heads as u32, g.nseq as u32);
-        let name = PREFILL[g.b.dtype.idx()];
-        let smem = gdn_prefill_smem(self.dims.lin_k_dim);
-        // More than 48 KB of dynamic shared memory needs the function's limit raised
-        // (a cheap host call; done per launch because the loader's list is not ours).
-        self.func(name)
-            .set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-            .map_err(|e| anyhow!("raising {name}'s shared memory to {smem} bytes: {e:?}"))?;
-        self.launch(name, stream, grid, PREFILL_THREADS, smem as u32, &mut p)
+        let (al, dtb, st, cu, sl, out, ldo, ns, ws) = (g.a_log, g.dt_bias, g.state, g.cu_seqlens, g.slots, g.out, int(g.ld_out, "ld_out")?, int(g.nseq, "nseq")?, g.workspace);
+        let nv = d.lin_num_v_heads as u32;
+        let mut p = params!(qkv, ldq, b, a, ldba, al, dtb, cu, sl, ws, wsc, ns);
+        let grid = (g.max_tokens.div_ceil(CHUNK) as u32, nv, g.nseq as u32);
+        let smem = gdn_prefill_prep_smem(d.lin_k_dim, d.lin_v_dim) as u32;
+        self.launch(PREP[g.b.dtype.idx()], stream, grid, PREFILL_THREADS, smem, &mut p)?;
+        let mut p = params!(ws, st, cu, sl, out, ldo, wsc, ns);
+        let grid = ((d.lin_v_dim / SCAN_COLS) as u32, nv, g.nseq as u32);
+        self.launch(SCAN, stream, grid, PREFILL_THREADS, gdn_prefill_scan_smem(d.lin_k_dim) as u32, &mut p)
     }
 }
