@@ -40,6 +40,13 @@ if has profile; then
   # decode steps of the run are in the log too (small).
   python3 scripts/ncu_summary.py /tmp/ncu.csv --runs 6 | tee "$OUT/profile.txt" | head -40
 fi
+if has stalls; then
+  log "ncu: stall reasons of ${STALL_KERNELS:=kiln_attn_prefill|kiln_gdn_prefill}"
+  ncu --clock-control none -k "regex:$STALL_KERNELS" -c "${STALL_COUNT:-8}" --section SpeedOfLight --section WarpStateStats \
+    --section Occupancy --section LaunchStats .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" \
+    --batch 1 --ctx 16 --prefill 1024 --iters 1 > "$OUT/stalls.txt" 2>&1
+  grep -vE "^\s*$|^==PROF==|^\s*-+\s*$|prefill 1024|decode batch|INFO" "$OUT/stalls.txt" | sed -E 's/ +/ /g' | head -300
+fi
 if has bench_bf16; then
   log "bench with bf16 GEMM inputs"; KILN_ACT=bf16 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -E "decode batch|prefill"
 fi
