@@ -19,7 +19,7 @@ pub struct Opts {
     pub mtp: bool,
     /// Dtype for each tensor by canonical name (default bf16).
     pub dtype: fn(&str) -> Dtype,
-    /// Head sizes the CUDA kernels accept (head_dim 32, linear heads 16 / 32 wide), so
+    /// Head sizes the CUDA kernels accept (head_dim 32, linear heads 32 wide), so
     /// the kernels compile for this model; default: smaller heads.
     pub kernel_dims: bool,
 }
@@ -33,7 +33,7 @@ impl Default for Opts {
 /// The official config.json shape (model_type qwen3_5, text settings in text_config) at
 /// toy size: 4 layers (3 linear + 1 full), hidden 32.
 pub fn config_json(o: &Opts) -> serde_json::Value {
-    let (hd, lk, lv) = if o.kernel_dims { (32, 16, 32) } else { (16, 8, 8) };
+    let (hd, lk, lv) = if o.kernel_dims { (32, 32, 32) } else { (16, 8, 8) };
     json!({
         "model_type": "qwen3_5",
         "tie_word_embeddings": o.tie,
