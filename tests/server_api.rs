@@ -316,7 +316,7 @@ async fn info_health_admin_and_metrics_routes() {
         assert!(metrics.contains(name), "missing {name} in\n{metrics}");
     }
     let gen_line = metrics.lines().find(|l| l.starts_with("sglang:generation_tokens_total")).unwrap();
-    assert!(gen_line.split(' ').last().unwrap().parse::<u64>().unwrap() > 0);
+    assert!(gen_line.split(' ').next_back().unwrap().parse::<u64>().unwrap() > 0);
 
     // Unknown route and wrong method.
     let r = s.get("/nope").await;
@@ -361,7 +361,7 @@ async fn reasoning_parser_splits_thinking_from_content() {
     let evs = s.post_sse("/v1/chat/completions", &sb).await;
     let streamed: String = evs.iter().filter_map(|e| e["choices"][0]["delta"]["reasoning_content"].as_str()).collect();
     assert_eq!(streamed.trim(), thought);
-    assert!(evs.iter().all(|e| e["choices"][0]["delta"]["content"].as_str().map_or(true, str::is_empty)));
+    assert!(evs.iter().all(|e| e["choices"][0]["delta"]["content"].as_str().is_none_or(str::is_empty)));
     // No think block in the prompt: plain content, and separate_reasoning=false disables it.
     let plain = json!({"messages": msgs, "temperature": 0, "max_tokens": 8, "ignore_eos": true});
     let r = s.post_json("/v1/chat/completions", &plain, 200).await;

@@ -137,22 +137,6 @@ fn default_name(model: &Path) -> String {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::default_name;
-    use std::path::Path;
-
-    #[test]
-    fn default_names() {
-        assert_eq!(default_name(Path::new("/nonexistent/Qwen3.5-4B")), "qwen3.5-4b");
-        assert_eq!(
-            default_name(Path::new("/hf/hub/models--Qwen--Qwen3.5-4B/snapshots/851bf6e806efd8d0a36b00ddf55e13ccb7b8cd0a")),
-            "qwen3.5-4b"
-        );
-        assert_eq!(default_name(Path::new("/m/My Model+v2")), "my-model-v2");
-    }
-}
-
 fn build(args: &Args) -> Result<()> {
     let t0 = Instant::now();
     let Some(model) = args.model.as_deref() else {
@@ -245,5 +229,21 @@ fn main() {
     if let Err(e) = r {
         eprintln!("kiln-build: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_name;
+    use std::path::Path;
+
+    #[test]
+    fn default_names() {
+        assert_eq!(default_name(Path::new("/nonexistent/Qwen3.5-4B")), "qwen3.5-4b");
+        assert_eq!(
+            default_name(Path::new("/hf/hub/models--Qwen--Qwen3.5-4B/snapshots/851bf6e806efd8d0a36b00ddf55e13ccb7b8cd0a")),
+            "qwen3.5-4b"
+        );
+        assert_eq!(default_name(Path::new("/m/My Model+v2")), "my-model-v2");
     }
 }

@@ -57,7 +57,7 @@ impl StepLayout {
             l.start_pos.push(c.start_pos as i32);
             l.ctx_lens.push(end as i32);
             l.block_tables.extend(c.blocks.iter().map(|b| *b as i32));
-            l.block_tables.extend(std::iter::repeat(0).take(l.bt_stride - c.blocks.len()));
+            l.block_tables.extend(std::iter::repeat_n(0, l.bt_stride - c.blocks.len()));
             let rows: Vec<i32> = match c.want {
                 Want::Nothing => vec![],
                 Want::Last | Want::Argmax { .. } => vec![(l.ids.len() - 1) as i32],
@@ -86,7 +86,7 @@ impl StepLayout {
     pub fn padded_decode(&self, b: usize, bt_stride: usize) -> Result<StepLayout> {
         let n = self.num_seqs();
         ensure!(self.is_decode() && n <= b && self.bt_stride <= bt_stride, "padded_decode: not a decode layout that fits {b} x {bt_stride}");
-        let pad = |v: &[i32], fill: i32| -> Vec<i32> { v.iter().copied().chain(std::iter::repeat(fill).take(b - n)).collect() };
+        let pad = |v: &[i32], fill: i32| -> Vec<i32> { v.iter().copied().chain(std::iter::repeat_n(fill, b - n)).collect() };
         let mut block_tables = vec![0i32; b * bt_stride];
         for s in 0..n {
             let row = &self.block_tables[s * self.bt_stride..(s + 1) * self.bt_stride];

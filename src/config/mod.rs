@@ -215,21 +215,21 @@ impl ModelConfig {
                 bail!("config.json: `{name}` must be positive, got 0");
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             bail!(
                 "config.json: num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_heads,
                 self.num_kv_heads
             );
         }
-        if self.linear_num_value_heads % self.linear_num_key_heads != 0 {
+        if !self.linear_num_value_heads.is_multiple_of(self.linear_num_key_heads) {
             bail!(
                 "config.json: linear_num_value_heads ({}) must be a multiple of linear_num_key_heads ({})",
                 self.linear_num_value_heads,
                 self.linear_num_key_heads
             );
         }
-        if self.rotary_dim == 0 || self.rotary_dim % 2 != 0 || self.rotary_dim > self.head_dim {
+        if self.rotary_dim == 0 || !self.rotary_dim.is_multiple_of(2) || self.rotary_dim > self.head_dim {
             bail!(
                 "config.json: partial_rotary_factor gives {} rotary dims of head_dim {} (must be even, 2..=head_dim)",
                 self.rotary_dim,

@@ -23,7 +23,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// y[rows, n_out] = x[rows, n_in] · w[n_out, n_in]ᵀ.
 pub fn matmul_wt(x: &[f32], w: &[f32], n_in: usize) -> Vec<f32> {
-    assert!(n_in > 0 && x.len() % n_in == 0 && w.len() % n_in == 0, "matmul_wt: bad shapes");
+    assert!(n_in > 0 && x.len().is_multiple_of(n_in) && w.len().is_multiple_of(n_in), "matmul_wt: bad shapes");
     let rows = x.len() / n_in;
     let n_out = w.len() / n_in;
     let mut y = vec![0f32; rows * n_out];

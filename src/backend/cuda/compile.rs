@@ -100,15 +100,15 @@ impl KernelDims {
         let d = self;
         let g = d.num_heads / d.num_kv_heads.max(1);
         let checks: [(bool, &str); 12] = [
-            (d.hidden > 0 && d.hidden % 8 == 0, "hidden_size must be a positive multiple of 8"),
-            (d.intermediate % 8 == 0, "intermediate_size must be a multiple of 8"),
-            (d.num_kv_heads > 0 && d.num_heads % d.num_kv_heads == 0, "num_heads must be a multiple of num_kv_heads"),
+            (d.hidden > 0 && d.hidden.is_multiple_of(8), "hidden_size must be a positive multiple of 8"),
+            (d.intermediate.is_multiple_of(8), "intermediate_size must be a multiple of 8"),
+            (d.num_kv_heads > 0 && d.num_heads.is_multiple_of(d.num_kv_heads), "num_heads must be a multiple of num_kv_heads"),
             (matches!(g, 1 | 2 | 4 | 8), "the GQA group (num_heads / num_kv_heads) must be 1, 2, 4 or 8"),
-            (d.head_dim % 32 == 0 && d.head_dim > 0 && d.head_dim <= 256, "head_dim must be a multiple of 32, at most 256"),
-            (d.rotary_dim % 2 == 0 && d.rotary_dim <= d.head_dim, "rotary_dim must be even and at most head_dim"),
-            (d.lin_num_k_heads > 0 && d.lin_num_v_heads % d.lin_num_k_heads == 0, "linear value heads must be a multiple of key heads"),
-            (d.lin_k_dim % 16 == 0 && d.lin_k_dim > 0, "linear_key_head_dim must be a positive multiple of 16"),
-            (d.lin_v_dim % 32 == 0 && d.lin_v_dim > 0 && d.lin_v_dim <= 256, "linear_value_head_dim must be a multiple of 32, at most 256"),
+            (d.head_dim.is_multiple_of(32) && d.head_dim > 0 && d.head_dim <= 256, "head_dim must be a multiple of 32, at most 256"),
+            (d.rotary_dim.is_multiple_of(2) && d.rotary_dim <= d.head_dim, "rotary_dim must be even and at most head_dim"),
+            (d.lin_num_k_heads > 0 && d.lin_num_v_heads.is_multiple_of(d.lin_num_k_heads), "linear value heads must be a multiple of key heads"),
+            (d.lin_k_dim.is_multiple_of(16) && d.lin_k_dim > 0, "linear_key_head_dim must be a positive multiple of 16"),
+            (d.lin_v_dim.is_multiple_of(32) && d.lin_v_dim > 0 && d.lin_v_dim <= 256, "linear_value_head_dim must be a multiple of 32, at most 256"),
             ((2..=8).contains(&d.conv_kernel), "linear_conv_kernel_dim must be between 2 and 8"),
             (d.vocab > 0 && d.vocab < i32::MAX as usize, "vocab_size out of range"),
             (d.rms_eps > 0.0 && d.rope_theta > 0.0, "rms_norm_eps and rope_theta must be positive"),

@@ -286,6 +286,6 @@ fn function_names(module: &str) -> Vec<String> {
 }
 
 pub(crate) fn check_aligned(p: DevPtr, bytes: u64, what: &str) -> Result<()> {
-    ensure!(p % bytes == 0, "{what}: device pointer {p:#x} is not {bytes}-byte aligned");
+    ensure!(p.is_multiple_of(bytes), "{what}: device pointer {p:#x} is not {bytes}-byte aligned");
     Ok(())
 }

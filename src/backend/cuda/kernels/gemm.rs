@@ -152,8 +152,8 @@ impl Kernels {
             return Ok(());
         }
         ensure!(m <= GEMM_MAX_M, "gemm: M = {m} exceeds {GEMM_MAX_M} (use cuBLASLt for prefill)");
-        ensure!(k > 0 && k % 8 == 0, "gemm: K = {k} must be a positive multiple of 8");
-        ensure!(plan.ks % 32 == 0 && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
+        ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
+        ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
         check_aligned(w, 16, "gemm W")?;
         check_aligned(x, 16, "gemm x")?;
         if plan.splits > 1 {

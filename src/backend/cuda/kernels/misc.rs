@@ -66,7 +66,7 @@ impl Kernels {
         if t == 0 {
             return Ok(());
         }
-        ensure!(z.ld % 8 == 0, "gated_rmsnorm: z row stride {} must be a multiple of 8", z.ld);
+        ensure!(z.ld.is_multiple_of(8), "gated_rmsnorm: z row stride {} must be a multiple of 8", z.ld);
         let items = t * self.dims.lin_num_v_heads;
         let (zp, ldz, ti) = (z.ptr, int(z.ld, "ld_z")?, int(t, "tokens")?);
         let mut p = params!(o, zp, ldz, w, out, ti);
