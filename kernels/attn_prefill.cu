@@ -77,11 +77,9 @@ extern "C" __global__ void __launch_bounds__(AP_THREADS, 1)
             v = *reinterpret_cast<const float4*>(
                 q + ((size_t)(t0 + q0 + qi) * NUM_HEADS + kvh * GQA_GROUP + hq) * HEAD_DIM + d);
         const float x[4] = {v.x * qscale, v.y * qscale, v.z * qscale, v.w * qscale};
-        const unsigned h0 = pack_bf16x2(x[0], x[1]), h1 = pack_bf16x2(x[2], x[3]);
-        const unsigned l0 = pack_bf16x2(x[0] - bf16lo(h0), x[1] - bf16hi(h0));
-        const unsigned l1 = pack_bf16x2(x[2] - bf16lo(h1), x[3] - bf16hi(h1));
-        *reinterpret_cast<uint2*>(qh + r * AP_LD + d) = make_uint2(h0, h1);
-        *reinterpret_cast<uint2*>(ql + r * AP_LD + d) = make_uint2(l0, l1);
+        const uint2 s0 = split_bf16x2(x[0], x[1]), s1 = split_bf16x2(x[2], x[3]);
+        *reinterpret_cast<uint2*>(qh + r * AP_LD + d) = make_uint2(s0.x, s1.x);
+        *reinterpret_cast<uint2*>(ql + r * AP_LD + d) = make_uint2(s0.y, s1.y);
     }
 
     // This thread's two rows: warp tile rows g and g + 8.
@@ -190,13 +188,9 @@ extern "C" __global__ void __launch_bounds__(AP_THREADS, 1)
         for (int kk = 0; kk < AP_KT / 16; ++kk) {
             const float* p0 = sc[2 * kk];
             const float* p1 = sc[2 * kk + 1];
-            unsigned ph[4], pl[4];
-            ph[0] = pack_bf16x2(p0[0], p0[1]); ph[1] = pack_bf16x2(p0[2], p0[3]);
-            ph[2] = pack_bf16x2(p1[0], p1[1]); ph[3] = pack_bf16x2(p1[2], p1[3]);
-            pl[0] = pack_bf16x2(p0[0] - bf16lo(ph[0]), p0[1] - bf16hi(ph[0]));
-            pl[1] = pack_bf16x2(p0[2] - bf16lo(ph[1]), p0[3] - bf16hi(ph[1]));
-            pl[2] = pack_bf16x2(p1[0] - bf16lo(ph[2]), p1[1] - bf16hi(ph[2]));
-            pl[3] = pack_bf16x2(p1[2] - bf16lo(ph[3]), p1[3] - bf16hi(ph[3]));
+            const uint2 ps[4] = {split_bf16x2(p0[0], p0[1]), split_bf16x2(p0[2], p0[3]), split_bf16x2(p1[0], p1[1]),
+                                split_bf16x2(p1[2], p1[3])};
+            const unsigned ph[4] = {ps[0].x, ps[1].x, ps[2].x, ps[3].x}, pl[4] = {ps[0].y, ps[1].y, ps[2].y, ps[3].y};
 #pragma unroll
             for (int jp = 0; jp < AP_NT / 2; ++jp) {
                 // Matrices (transposed): keys 16kk+0..7, +8..15 at dims 16jp; the same at 16jp+8.

@@ -69,6 +69,12 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
 }
 __device__ __forceinline__ float bf16lo(unsigned v) { return __uint_as_float(v << 16); }
 __device__ __forceinline__ float bf16hi(unsigned v) { return __uint_as_float(v & 0xffff0000u); }
+// {bf16x2 hi, bf16x2 lo} of two floats: x ~= hi + lo to about 16 mantissa bits (how the
+// kernels feed fp32 operands to bf16 tensor cores at near-fp32 accuracy).
+__device__ __forceinline__ uint2 split_bf16x2(float x0, float x1) {
+    const unsigned hi = pack_bf16x2(x0, x1);
+    return make_uint2(hi, pack_bf16x2(x0 - bf16lo(hi), x1 - bf16hi(hi)));
+}
 
 // 8 consecutive elements <-> 8 floats (16-byte aligned for bf16, 32-byte for float).
 __device__ __forceinline__ void load8(const bf16* p, float* o) {

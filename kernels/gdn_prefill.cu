@@ -130,13 +130,6 @@ static_assert(GR_SMEM_BYTES <= 232448, "LIN_DK/LIN_DV too large for the prefill 
 #define GS_NP ((GR_KT + 3) / 4)              // 16-wide dk blocks of S^T per warp (ks = q + 4p)
 static_assert(GS_SMEM_BYTES <= 232448, "LIN_DK too large for the prefill scan's shared memory");
 
-// {bf16x2 hi, bf16x2 lo} of two floats: x ~= hi + lo to about 16 mantissa bits.
-__device__ __forceinline__ uint2 gr_split(float x0, float x1) {
-    const unsigned hi = pack_bf16x2(x0, x1);
-    const unsigned lo = pack_bf16x2(x0 - bf16lo(hi), x1 - bf16hi(hi));
-    return make_uint2(hi, lo);
-}
-
 // d += a * b for split operands (small terms first).
 __device__ __forceinline__ void mma3(float* d, const unsigned* ah, const unsigned* al, const unsigned* bh,
                                      const unsigned* bl) {
@@ -148,8 +141,8 @@ __device__ __forceinline__ void mma3(float* d, const unsigned* ah, const unsigne
 // The A fragment (times s) of the 16x16 block formed by accumulator tiles c0 (columns
 // 0-7) and c1 (columns 8-15) of the same 16 rows.
 __device__ __forceinline__ void acc_to_a(const float* c0, const float* c1, float s, unsigned* ah, unsigned* al) {
-    const uint2 p0 = gr_split(s * c0[0], s * c0[1]), p1 = gr_split(s * c0[2], s * c0[3]);
-    const uint2 p2 = gr_split(s * c1[0], s * c1[1]), p3 = gr_split(s * c1[2], s * c1[3]);
+    const uint2 p0 = split_bf16x2(s * c0[0], s * c0[1]), p1 = split_bf16x2(s * c0[2], s * c0[3]);
+    const uint2 p2 = split_bf16x2(s * c1[0], s * c1[1]), p3 = split_bf16x2(s * c1[2], s * c1[3]);
     ah[0] = p0.x; ah[1] = p1.x; ah[2] = p2.x; ah[3] = p3.x;
     al[0] = p0.y; al[1] = p1.y; al[2] = p2.y; al[3] = p3.y;
 }
@@ -180,7 +173,7 @@ __device__ __forceinline__ void lda_f32(const float* m, int ld, int row0, int co
     const float* p = m + (row0 + g) * ld + col0 + 2 * t;
     const float2 v0 = *reinterpret_cast<const float2*>(p), v1 = *reinterpret_cast<const float2*>(p + 8 * ld);
     const float2 v2 = *reinterpret_cast<const float2*>(p + 8), v3 = *reinterpret_cast<const float2*>(p + 8 * ld + 8);
-    const uint2 p0 = gr_split(v0.x, v0.y), p1 = gr_split(v1.x, v1.y), p2 = gr_split(v2.x, v2.y), p3 = gr_split(v3.x, v3.y);
+    const uint2 p0 = split_bf16x2(v0.x, v0.y), p1 = split_bf16x2(v1.x, v1.y), p2 = split_bf16x2(v2.x, v2.y), p3 = split_bf16x2(v3.x, v3.y);
     ah[0] = p0.x; ah[1] = p1.x; ah[2] = p2.x; ah[3] = p3.x;
     al[0] = p0.y; al[1] = p1.y; al[2] = p2.y; al[3] = p3.y;
 }
@@ -190,7 +183,7 @@ __device__ __forceinline__ void ldb_f32(const float* m, int ld, int n0, int k0, 
                                         unsigned* bl) {
     const float* p = m + (n0 + g) * ld + k0 + 2 * t;
     const float2 v0 = *reinterpret_cast<const float2*>(p), v1 = *reinterpret_cast<const float2*>(p + 8);
-    const uint2 p0 = gr_split(v0.x, v0.y), p1 = gr_split(v1.x, v1.y);
+    const uint2 p0 = split_bf16x2(v0.x, v0.y), p1 = split_bf16x2(v1.x, v1.y);
     bh[0] = p0.x; bh[1] = p1.x;
     bl[0] = p0.y; bl[1] = p1.y;
 }
@@ -367,8 +360,8 @@ __device__ __forceinline__ void gdn_prep(const float* __restrict__ qkv, int ld_q
                     p1 = gq[r][2 * hr + 1] * d;
                     if (j0 + 1 < i) a1 = bi * gk[r][2 * hr + 1] * d;
                 }
-                sP[i * GR_LDT + 4 * nt + t] = gr_split(p0, p1);
-                sAm[i * GR_LDT + 4 * nt + t] = gr_split(-a0, -a1);
+                sP[i * GR_LDT + 4 * nt + t] = split_bf16x2(p0, p1);
+                sAm[i * GR_LDT + 4 * nt + t] = split_bf16x2(-a0, -a1);
                 if ((nt >> 1) == mt) {
                     sAd[i * GR_LDA + j0 - 16 * mt] = a0;
                     sAd[i * GR_LDA + j0 + 1 - 16 * mt] = a1;
@@ -396,7 +389,7 @@ __device__ __forceinline__ void gdn_prep(const float* __restrict__ qkv, int ld_q
 #pragma unroll
         for (int r = 0; r < 16; ++r) {
             const float y = __shfl_xor_sync(full, x[r], 1);
-            if (!(lc & 1)) sD[(16 * bb + r) * GR_LDD + (lc >> 1)] = gr_split(x[r], y);
+            if (!(lc & 1)) sD[(16 * bb + r) * GR_LDD + (lc >> 1)] = split_bf16x2(x[r], y);
         }
     }
     __syncthreads();
@@ -538,8 +531,8 @@ __device__ __forceinline__ void gdn_prep(const float* __restrict__ qkv, int ld_q
                 const int i = 8 * (tile & 7) + fg, dk = 16 * (tile >> 3) + 2 * ft;
                 const float* w = sW + i * GR_LDX + dk;
                 const float* q = sQ + i * GR_LDX + dk;
-                const uint2 w0 = gr_split(-w[0], -w[1]), w1 = gr_split(-w[8], -w[9]);
-                const uint2 q0 = gr_split(q[0], q[1]), q1 = gr_split(q[8], q[9]);
+                const uint2 w0 = split_bf16x2(-w[0], -w[1]), w1 = split_bf16x2(-w[8], -w[9]);
+                const uint2 q0 = split_bf16x2(q[0], q[1]), q1 = split_bf16x2(q[8], q[9]);
                 wb[f] = make_uint4(w0.x, w1.x, w0.y, w1.y);
                 qb[f] = make_uint4(q0.x, q1.x, q0.y, q1.y);
             }
@@ -547,8 +540,8 @@ __device__ __forceinline__ void gdn_prep(const float* __restrict__ qkv, int ld_q
                 // (kk, nt) = (tile / (DK/8), tile % (DK/8)): B(k = j, n = dk) = d_j K[j][dk]
                 const int j = 16 * (tile / (LIN_DK / 8)) + 2 * ft, dk = 8 * (tile % (LIN_DK / 8)) + fg;
                 const float* k = sK + j * GR_LDX + dk;
-                const uint2 k0 = gr_split(sDk[j] * k[0], sDk[j + 1] * k[GR_LDX]);
-                const uint2 k1 = gr_split(sDk[j + 8] * k[8 * GR_LDX], sDk[j + 9] * k[9 * GR_LDX]);
+                const uint2 k0 = split_bf16x2(sDk[j] * k[0], sDk[j + 1] * k[GR_LDX]);
+                const uint2 k1 = split_bf16x2(sDk[j + 8] * k[8 * GR_LDX], sDk[j + 9] * k[9 * GR_LDX]);
                 kb[f] = make_uint4(k0.x, k1.x, k0.y, k1.y);
             }
         }
