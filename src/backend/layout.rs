@@ -156,6 +156,14 @@ pub fn decode_first(chunks: &[SeqChunk<'_>]) -> Vec<usize> {
     order
 }
 
+/// Per-chunk results in laid-out order back in the caller's order (`order` from
+/// `decode_first`).
+pub fn in_caller_order<T>(order: &[usize], laid_out: Vec<T>) -> Vec<T> {
+    let mut v: Vec<(usize, T)> = order.iter().copied().zip(laid_out).collect();
+    v.sort_unstable_by_key(|(i, _)| *i);
+    v.into_iter().map(|(_, x)| x).collect()
+}
+
 impl StepLayout {
     /// How many leading sequences have exactly one token (the decode rows).
     pub fn decode_seqs(&self) -> usize {
@@ -182,6 +190,9 @@ mod tests {
         assert_eq!(l.decode_seqs(), 3);
         assert_eq!(StepLayout::new(&chunks, 16).unwrap().decode_seqs(), 0);
         assert_eq!(decode_first(&chunks[1..2]), vec![0]);
+        // Results computed in laid-out order go back to the caller's chunks.
+        let laid_out_slots: Vec<usize> = laid.iter().map(|c| c.slot).collect();
+        assert_eq!(in_caller_order(&order, laid_out_slots), vec![0, 1, 2, 3, 4]);
     }
 
     #[test]

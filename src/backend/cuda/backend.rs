@@ -9,7 +9,7 @@ use super::kernels::{
 use super::memory::{copy_d2d, download, memset0, upload};
 use super::pools::{block_bytes, slot_bytes, Meta, Scratch, StatePools, LOGIT_ROWS};
 use super::weights::{DeviceWeights, MixerPtrs};
-use crate::backend::layout::{decode_first, row_copies, StepLayout};
+use crate::backend::layout::{decode_first, in_caller_order, row_copies, StepLayout};
 use crate::backend::{Backend, Capacity, ChunkLogits, SeqChunk, Want};
 use crate::config::ModelConfig;
 use crate::plan::{Arch, Expected, Plan};
@@ -352,7 +352,8 @@ impl CudaBackend {
         // The leading single-token sequences (every one in a decode step) go through the
         // decode kernels, the rest (`pm`: their metadata) through the prefill kernels, so a
         // decode row computes the same way whatever shares its step.
-        let (nd, np) = (l.decode_seqs(), l.num_seqs() - l.decode_seqs());
+        let nd = l.decode_seqs();
+        let np = l.num_seqs() - nd;
         let pm = meta.skip_seqs(nd, l.bt_stride);
         let st = &self.stream;
         let k = &self.k;
@@ -515,9 +516,16 @@ impl Backend for CudaBackend {
         }
         // Single-token chunks (decode) go first, so a step's decode rows are one leading
         // run that `encode` sends through the decode kernels, whatever else the step holds.
+        // (Usually they already are: then nothing is copied or permuted.)
         let order = decode_first(chunks);
-        let chunks: Vec<SeqChunk<'_>> = order.iter().map(|&i| chunks[i].clone()).collect();
-        let chunks = &chunks[..];
+        let in_order = order.iter().enumerate().all(|(i, &o)| i == o);
+        let reordered: Vec<SeqChunk<'_>>;
+        let chunks = if in_order {
+            chunks
+        } else {
+            reordered = order.iter().map(|&i| chunks[i].clone()).collect();
+            &reordered[..]
+        };
         let layout = StepLayout::new(chunks, self.cap.block_size)?;
         if layout.num_tokens() > self.s.max_tokens {
             bail!("step of {} tokens exceeds the step budget of {}", layout.num_tokens(), self.s.max_tokens);
@@ -546,12 +554,7 @@ impl Backend for CudaBackend {
             });
             row += n;
         }
-        // Back to the caller's chunk order.
-        let mut back: Vec<Option<ChunkLogits>> = (0..out.len()).map(|_| None).collect();
-        for (o, i) in out.into_iter().zip(&order) {
-            back[*i] = Some(o);
-        }
-        Ok(back.into_iter().map(|o| o.expect("every chunk has an output")).collect())
+        Ok(if in_order { out } else { in_caller_order(&order, out) })
     }
     fn reset_slot(&mut self, slot: usize) -> Result<()> {
         ensure!(slot < self.cap.slots, "slot {slot} out of range");
