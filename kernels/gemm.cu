@@ -39,65 +39,13 @@ __device__ __forceinline__ uint4 ld_stream(const bf16* p) {
     return r;
 }
 
-// acc += (one 32-k chunk of a 16-row W tile, as two 16-byte loads a, b per lane) x (the
-// lane's x fragment of that chunk): two k16 MMAs, then the same two with x's lo part.
-template <bool XF32>
-__device__ __forceinline__ void mma_w_x(float* acc, uint4 a, uint4 b, const unsigned* hi, const unsigned* lo) {
-    const unsigned a0[4] = {a.x, b.x, a.y, b.y}, a1[4] = {a.z, b.z, a.w, b.w};
-    mma_16816(acc, a0, hi);
-    mma_16816(acc, a1, hi + 2);
-    if constexpr (XF32) {
-        mma_16816(acc, a0, lo);
-        mma_16816(acc, a1, lo + 2);
-    }
-}
-
-// 8 floats -> bf16 pairs hi[4] + lo[4] (x ~= hi + lo).
-__device__ __forceinline__ void split8(const float* v, unsigned* hi, unsigned* lo) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const uint2 s = split_bf16x2(v[2 * i], v[2 * i + 1]);
-        hi[i] = s.x;
-        lo[i] = s.y;
-    }
-}
-
-// The W rows one warp streams: RW 16-row tiles (rows row0 + r*16 + h*8 + g), k in
-// [kb, ke) in chunks of 32, each lane 8 consecutive k of a chunk per row.
-template <int RW> struct WStream {
-    const bf16* wp[RW][2];
-    bool wok[RW][2];
-    int kb, ke, nchunks, t;
-    __device__ __forceinline__ WStream(const bf16* W, int N, int K, int row0, int g, int t_, int kb_, int ke_)
-        : kb(kb_), ke(ke_), nchunks(ke_ > kb_ ? (ke_ - kb_ + 31) / 32 : 0), t(t_) {
-#pragma unroll
-        for (int r = 0; r < RW; ++r)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int row = row0 + r * 16 + h * 8 + g;
-                wok[r][h] = row < N;
-                wp[r][h] = W + (size_t)(wok[r][h] ? row : 0) * K + t * 8;
-            }
-    }
-    // Chunk c into buf (zeros past the slice or past N).
-    __device__ __forceinline__ void load(uint4 (&buf)[RW][2], int c) const {
-        const int k = kb + c * 32 + t * 8;
-        const bool kok = c < nchunks && k < ke;
-#pragma unroll
-        for (int r = 0; r < RW; ++r)
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-                buf[r][h] = (kok && wok[r][h]) ? ld_stream(wp[r][h] + kb + c * 32) : make_uint4(0, 0, 0, 0);
-    }
-};
-
-template <int RW, int NT> __device__ __forceinline__ void zero_acc(float (&acc)[RW][NT][4]) {
-#pragma unroll
-    for (int r = 0; r < RW; ++r)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
+__device__ __forceinline__ void mma_bf16(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                         unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 // x fragment of one batch tile for the lane: 8 consecutive k of row m, as bf16 pairs.
@@ -114,7 +62,11 @@ __device__ __forceinline__ void load_x(const void* xv, int m, int K, int k, bool
         const float4 a = __ldg(reinterpret_cast<const float4*>(p));
         const float4 b = __ldg(reinterpret_cast<const float4*>(p + 4));
         const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-        split8(v, hi, lo);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            hi[i] = pack_bf16x2(v[2 * i], v[2 * i + 1]);
+            lo[i] = pack_bf16x2(v[2 * i] - bf16lo(hi[i]), v[2 * i + 1] - bf16hi(hi[i]));
+        }
     } else {
         const bf16* p = reinterpret_cast<const bf16*>(xv) + (size_t)m * K + k;
         const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
@@ -128,57 +80,23 @@ template <> __device__ __forceinline__ void store_y<bf16>(bf16* y, size_t i, flo
     y[i] = __float2bfloat16_rn(v);
 }
 
-template <int RB, int THREADS>
-__device__ __forceinline__ void reduce_store_f4(float* __restrict__ yv, const float* __restrict__ ws, int M,
-                                                   int N, int splits, int nb) {
-    // Every (m, 4 consecutive n) group: sum the splits in order, 8 partials in flight.
-    const size_t stride = (size_t)M * N;
-    for (int i = threadIdx.x; i < (RB / 4) * M; i += THREADS) {
-        const int n = nb + (i % (RB / 4)) * 4, m = i / (RB / 4);
-        if (n >= N) continue;
-        const float* p = ws + (size_t)m * N + n;
-        float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-        int sp = 0;
-        for (; sp + 8 <= splits; sp += 8) {
-            float4 a[8];
-#pragma unroll
-            for (int u = 0; u < 8; ++u) a[u] = __ldcg(reinterpret_cast<const float4*>(p + (size_t)(sp + u) * stride));
-#pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                s.x += a[u].x; s.y += a[u].y; s.z += a[u].z; s.w += a[u].w;
-            }
-        }
-        for (; sp < splits; ++sp) {
-            const float4 a = __ldcg(reinterpret_cast<const float4*>(p + (size_t)sp * stride));
-            s.x += a.x; s.y += a.y; s.z += a.z; s.w += a.w;
-        }
-        yv[(size_t)m * N + n] = s.x;
-        yv[(size_t)m * N + n + 1] = s.y;
-        yv[(size_t)m * N + n + 2] = s.z;
-        yv[(size_t)m * N + n + 3] = s.w;
-    }
-}
-
-// Writes the accumulators of batch tiles j < jt (directly, or as split-K partials with
-// the last block of the row group adding them in split order, from 0, one split after
-// the other: the same sum whichever variant ran). Accumulator e of tile (r, j): row
+// Writes the accumulators (directly, or as split-K partials with the last block of the
+// row group adding them in split order). Accumulator e of tile (r, j): row
 // n = row0 + r*16 + g + 8*(e/2), batch m = j*8 + 2t + (e%2).
 template <int RW, int NT, int RB, int THREADS, typename Y>
-__device__ __forceinline__ void gemm_epilogue(const float (&acc)[RW][NT][4], int row0, int g, int t,
-                                                 Y* __restrict__ y, float* __restrict__ ws,
-                                                 unsigned* __restrict__ counters, int M, int N, int splits,
-                                                 int jt) {
+__device__ __forceinline__ void gemm_epilogue(const float (&acc)[RW][NT][4], int row0, int g, int t, Y* __restrict__ y,
+                                              float* __restrict__ ws, unsigned* __restrict__ counters, int M,
+                                              int N, int splits) {
     if (splits == 1) {
 #pragma unroll
         for (int r = 0; r < RW; ++r)
 #pragma unroll
             for (int j = 0; j < NT; ++j)
-                if (j < jt)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int n = row0 + r * 16 + g + 8 * (e >> 1), m = j * 8 + 2 * t + (e & 1);
-                        if (n < N && m < M) store_y<Y>(y, (size_t)m * N + n, acc[r][j][e]);
-                    }
+                for (int e = 0; e < 4; ++e) {
+                    const int n = row0 + r * 16 + g + 8 * (e >> 1), m = j * 8 + 2 * t + (e & 1);
+                    if (n < N && m < M) store_y<Y>(y, (size_t)m * N + n, acc[r][j][e]);
+                }
         return;
     }
     float* part = ws + (size_t)blockIdx.y * M * N;
@@ -186,12 +104,11 @@ __device__ __forceinline__ void gemm_epilogue(const float (&acc)[RW][NT][4], int
     for (int r = 0; r < RW; ++r)
 #pragma unroll
         for (int j = 0; j < NT; ++j)
-            if (j < jt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int n = row0 + r * 16 + g + 8 * (e >> 1), m = j * 8 + 2 * t + (e & 1);
-                    if (n < N && m < M) __stcg(part + (size_t)m * N + n, acc[r][j][e]);
-                }
+            for (int e = 0; e < 4; ++e) {
+                const int n = row0 + r * 16 + g + 8 * (e >> 1), m = j * 8 + 2 * t + (e & 1);
+                if (n < N && m < M) __stcg(part + (size_t)m * N + n, acc[r][j][e]);
+            }
     __threadfence();
     __syncthreads();
     __shared__ unsigned last;
@@ -200,26 +117,12 @@ __device__ __forceinline__ void gemm_epilogue(const float (&acc)[RW][NT][4], int
     if (!last) return;
     __threadfence();
     const int nb = blockIdx.x * RB;
-    if (sizeof(Y) == 4 && (N & 3) == 0 && (reinterpret_cast<size_t>(ws) & 15) == 0) {
-        reduce_store_f4<RB, THREADS>(reinterpret_cast<float*>(y), ws, M, N, splits, nb);
-    } else {
-        const size_t stride = (size_t)M * N;
-        for (int i = threadIdx.x; i < RB * M; i += THREADS) {
-            const int n = nb + i % RB, m = i / RB;
-            if (n >= N) continue;
-            const float* p = ws + (size_t)m * N + n;
-            float s = 0.f;
-            int sp = 0;
-            for (; sp + 8 <= splits; sp += 8) {
-                float a[8];
-#pragma unroll
-                for (int u = 0; u < 8; ++u) a[u] = __ldcg(p + (size_t)(sp + u) * stride);
-#pragma unroll
-                for (int u = 0; u < 8; ++u) s += a[u];
-            }
-            for (; sp < splits; ++sp) s += __ldcg(p + (size_t)sp * stride);
-            store_y<Y>(y, (size_t)m * N + n, s);
-        }
+    for (int i = threadIdx.x; i < RB * M; i += THREADS) {
+        const int n = nb + i % RB, m = i / RB;
+        if (n >= N) continue;
+        float s = 0.f;
+        for (int sp = 0; sp < splits; ++sp) s += __ldcg(ws + ((size_t)sp * M + m) * N + n);
+        store_y<Y>(y, (size_t)m * N + n, s);
     }
     if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
 }
@@ -236,13 +139,38 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
     const int g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * RB + warp * 16 * RW;
     const int kb = blockIdx.y * ks;
-    const WStream<RW> ws_w(W, N, K, row0, g, t, kb, min(K, kb + ks));
-    const int ke = ws_w.ke, nchunks = ws_w.nchunks;
+    const int ke = min(K, kb + ks);
+    const int nchunks = ke > kb ? (ke - kb + 31) / 32 : 0;
+
+    const bf16* wp[RW][2];
+    bool wok[RW][2];
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = row0 + r * 16 + h * 8 + g;
+            wok[r][h] = row < N;
+            wp[r][h] = W + (size_t)(wok[r][h] ? row : 0) * K + t * 8;
+        }
 
     float acc[RW][NT][4];
-    zero_acc(acc);
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
+
     uint4 wr[P][RW][2];
-    auto load_w = [&](uint4(&buf)[RW][2], int c) { ws_w.load(buf, c); };
+    auto load_w = [&](uint4(&buf)[RW][2], int c) {
+        const int k = kb + c * 32 + t * 8;
+        const bool kok = c < nchunks && k < ke;
+#pragma unroll
+        for (int r = 0; r < RW; ++r)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                buf[r][h] = (kok && wok[r][h]) ? ld_stream(wp[r][h] + kb + c * 32) : make_uint4(0, 0, 0, 0);
+    };
 #pragma unroll
     for (int p = 0; p < P; ++p) load_w(wr[p], p);
     // Weights are never written: their first loads may overlap the predecessor kernel.
@@ -262,14 +190,22 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
                     unsigned hi[4], lo[4];
                     load_x<XF32>(x, m, K, k, kok && m < M, hi, lo);
 #pragma unroll
-                    for (int r = 0; r < RW; ++r) mma_w_x<XF32>(acc[r][j], wr[p][r][0], wr[p][r][1], hi, lo);
+                    for (int r = 0; r < RW; ++r) {
+                        const uint4 a = wr[p][r][0], b = wr[p][r][1];
+                        mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, hi[0], hi[1]);
+                        mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, hi[2], hi[3]);
+                        if constexpr (XF32) {
+                            mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, lo[0], lo[1]);
+                            mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, lo[2], lo[3]);
+                        }
+                    }
                 }
                 load_w(wr[p], c + P);
             }
         }
     }
 
-    gemm_epilogue<RW, NT, RB, GEMM_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits, NT);
+    gemm_epilogue<RW, NT, RB, GEMM_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits);
 }
 
 // ---------------------------------------------------------------------------------
@@ -302,15 +238,39 @@ __device__ __forceinline__ void skinny_gemm_staged(const bf16* __restrict__ W, c
     const int g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * RB + warp * 16 * RW;
     const int kb = blockIdx.y * ks;
-    const WStream<RW> ws_w(W, N, K, row0, g, t, kb, min(K, kb + ks));
-    const int ke = ws_w.ke, nchunks = ws_w.nchunks;
+    const int ke = min(K, kb + ks);
+    const int nchunks = ke > kb ? (ke - kb + 31) / 32 : 0;
     const int nst = (nchunks + 1) / 2;
     const unsigned char* xb = reinterpret_cast<const unsigned char*>(x);
 
+    const bf16* wp[RW][2];
+    bool wok[RW][2];
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = row0 + r * 16 + h * 8 + g;
+            wok[r][h] = row < N;
+            wp[r][h] = W + (size_t)(wok[r][h] ? row : 0) * K + t * 8;
+        }
     float acc[RW][NT][4];
-    zero_acc(acc);
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
+
     uint4 wr[P][RW][2];
-    auto load_w = [&](uint4(&buf)[RW][2], int c) { ws_w.load(buf, c); };
+    auto load_w = [&](uint4(&buf)[RW][2], int c) {
+        const int k = kb + c * 32 + t * 8;
+        const bool kok = c < nchunks && k < ke;
+#pragma unroll
+        for (int r = 0; r < RW; ++r)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                buf[r][h] = (kok && wok[r][h]) ? ld_stream(wp[r][h] + kb + c * 32) : make_uint4(0, 0, 0, 0);
+    };
     auto issue_x = [&](int st) {
         if (st < nst) {
             unsigned char* slot = gs_smem + (size_t)(st % GS_STAGES) * MP * LD * ES;
@@ -355,15 +315,26 @@ __device__ __forceinline__ void skinny_gemm_staged(const bf16* __restrict__ W, c
                                 const float4 a = *reinterpret_cast<const float4*>(p);
                                 const float4 b = *reinterpret_cast<const float4*>(p + 4);
                                 const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-                                split8(v, hi, lo);
+#pragma unroll
+                                for (int i = 0; i < 4; ++i) {
+                                    hi[i] = pack_bf16x2(v[2 * i], v[2 * i + 1]);
+                                    lo[i] = pack_bf16x2(v[2 * i] - bf16lo(hi[i]), v[2 * i + 1] - bf16hi(hi[i]));
+                                }
                             } else {
                                 const uint4 u = *reinterpret_cast<const uint4*>(
                                     reinterpret_cast<const bf16*>(slot) + m * LD + h * 32 + t * 8);
                                 hi[0] = u.x; hi[1] = u.y; hi[2] = u.z; hi[3] = u.w;
                             }
 #pragma unroll
-                            for (int r = 0; r < RW; ++r)
-                                mma_w_x<XF32>(acc[r][j], wr[2 * q + h][r][0], wr[2 * q + h][r][1], hi, lo);
+                            for (int r = 0; r < RW; ++r) {
+                                const uint4 a = wr[2 * q + h][r][0], b = wr[2 * q + h][r][1];
+                                mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, hi[0], hi[1]);
+                                mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, hi[2], hi[3]);
+                                if constexpr (XF32) {
+                                    mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, lo[0], lo[1]);
+                                    mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, lo[2], lo[3]);
+                                }
+                            }
                         }
                         load_w(wr[2 * q + h], c + P);
                     }
@@ -372,7 +343,7 @@ __device__ __forceinline__ void skinny_gemm_staged(const bf16* __restrict__ W, c
         }
     }
     cp_async_wait<0>();
-    gemm_epilogue<RW, NT, RB, GS_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits, NT);
+    gemm_epilogue<RW, NT, RB, GS_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits);
 }
 
 // ---------------------------------------------------------------------------------
@@ -387,6 +358,98 @@ __device__ __forceinline__ void skinny_gemm_staged(const bf16* __restrict__ W, c
 // 2 * NTM*8 * V2_LDB bytes (fits the staged allocation).
 #define V2_SK 64
 template <bool XF32> struct V2Ldb { static constexpr int v = XF32 ? 320 : 192; };  // bytes, = 64 mod 128
+
+template <int RB, int THREADS>
+__device__ __forceinline__ void v2_reduce_store_f4(float* __restrict__ yv, const float* __restrict__ ws, int M,
+                                                   int N, int splits, int nb) {
+    // Every (m, 4 consecutive n) group: sum the splits in order, 8 partials in flight.
+    const size_t stride = (size_t)M * N;
+    for (int i = threadIdx.x; i < (RB / 4) * M; i += THREADS) {
+        const int n = nb + (i % (RB / 4)) * 4, m = i / (RB / 4);
+        if (n >= N) continue;
+        const float* p = ws + (size_t)m * N + n;
+        float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+        int sp = 0;
+        for (; sp + 8 <= splits; sp += 8) {
+            float4 a[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) a[u] = __ldcg(reinterpret_cast<const float4*>(p + (size_t)(sp + u) * stride));
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                s.x += a[u].x; s.y += a[u].y; s.z += a[u].z; s.w += a[u].w;
+            }
+        }
+        for (; sp < splits; ++sp) {
+            const float4 a = __ldcg(reinterpret_cast<const float4*>(p + (size_t)sp * stride));
+            s.x += a.x; s.y += a.y; s.z += a.z; s.w += a.w;
+        }
+        yv[(size_t)m * N + n] = s.x;
+        yv[(size_t)m * N + n + 1] = s.y;
+        yv[(size_t)m * N + n + 2] = s.z;
+        yv[(size_t)m * N + n + 3] = s.w;
+    }
+}
+
+template <int RW, int NT, int RB, int THREADS, typename Y>
+__device__ __forceinline__ void gemm_epilogue_v2(const float (&acc)[RW][NT][4], int row0, int g, int t,
+                                                 Y* __restrict__ y, float* __restrict__ ws,
+                                                 unsigned* __restrict__ counters, int M, int N, int splits,
+                                                 int jt) {
+    if (splits == 1) {
+#pragma unroll
+        for (int r = 0; r < RW; ++r)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+                if (j < jt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int n = row0 + r * 16 + g + 8 * (e >> 1), m = j * 8 + 2 * t + (e & 1);
+                        if (n < N && m < M) store_y<Y>(y, (size_t)m * N + n, acc[r][j][e]);
+                    }
+        return;
+    }
+    float* part = ws + (size_t)blockIdx.y * M * N;
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+            if (j < jt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int n = row0 + r * 16 + g + 8 * (e >> 1), m = j * 8 + 2 * t + (e & 1);
+                    if (n < N && m < M) __stcg(part + (size_t)m * N + n, acc[r][j][e]);
+                }
+    __threadfence();
+    __syncthreads();
+    __shared__ unsigned v2_last;
+    if (threadIdx.x == 0) v2_last = atomicAdd(&counters[blockIdx.x], 1u) == (unsigned)(splits - 1);
+    __syncthreads();
+    if (!v2_last) return;
+    __threadfence();
+    const int nb = blockIdx.x * RB;
+    if (sizeof(Y) == 4 && (N & 3) == 0 && (reinterpret_cast<size_t>(ws) & 15) == 0) {
+        v2_reduce_store_f4<RB, THREADS>(reinterpret_cast<float*>(y), ws, M, N, splits, nb);
+    } else {
+        const size_t stride = (size_t)M * N;
+        for (int i = threadIdx.x; i < RB * M; i += THREADS) {
+            const int n = nb + i % RB, m = i / RB;
+            if (n >= N) continue;
+            const float* p = ws + (size_t)m * N + n;
+            float s = 0.f;
+            int sp = 0;
+            for (; sp + 8 <= splits; sp += 8) {
+                float a[8];
+#pragma unroll
+                for (int u = 0; u < 8; ++u) a[u] = __ldcg(p + (size_t)(sp + u) * stride);
+#pragma unroll
+                for (int u = 0; u < 8; ++u) s += a[u];
+            }
+            for (; sp < splits; ++sp) s += __ldcg(p + (size_t)sp * stride);
+            store_y<Y>(y, (size_t)m * N + n, s);
+        }
+    }
+    if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
+}
 
 template <int NTM, bool XF32, typename Y>
 __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const void* __restrict__ x,
@@ -403,15 +466,39 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
     const int g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * RB + warp * 16 * RW;
     const int kb = blockIdx.y * ks;
-    const WStream<RW> ws_w(W, N, K, row0, g, t, kb, min(K, kb + ks));
-    const int ke = ws_w.ke, nchunks = ws_w.nchunks;
+    const int ke = min(K, kb + ks);
+    const int nchunks = ke > kb ? (ke - kb + 31) / 32 : 0;
     const int nslab = (nchunks + 1) / 2;
     const int jt = (M + 7) >> 3;
 
+    const bf16* wp[RW][2];
+    bool wok[RW][2];
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = row0 + r * 16 + h * 8 + g;
+            wok[r][h] = row < N;
+            wp[r][h] = W + (size_t)(wok[r][h] ? row : 0) * K + t * 8;
+        }
     float acc[RW][NTM][4];
-    zero_acc(acc);
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int j = 0; j < NTM; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
+
     uint4 wr[P][RW][2];
-    auto load_w = [&](uint4(&buf)[RW][2], int c) { ws_w.load(buf, c); };
+    auto load_w = [&](uint4(&buf)[RW][2], int c) {
+        const int k = kb + c * 32 + t * 8;
+        const bool kok = c < nchunks && k < ke;
+#pragma unroll
+        for (int r = 0; r < RW; ++r)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                buf[r][h] = (kok && wok[r][h]) ? ld_stream(wp[r][h] + kb + c * 32) : make_uint4(0, 0, 0, 0);
+    };
 
     // x staging: vector v = threadIdx.x + q * 256 is row v / 8, k offset (v % 8) * 8 of the slab.
     constexpr int XR = XF32 ? 8 : 4;  // 32-bit registers per vector
@@ -447,11 +534,13 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
             const int v = threadIdx.x + q * GS_THREADS;
             unsigned char* row = base + (size_t)(v >> 3) * LDB + (v & 7) * 16;
             if constexpr (XF32) {
-                float v[8];
-#pragma unroll
-                for (int i = 0; i < 8; ++i) v[i] = __uint_as_float(xr[q][i]);
                 unsigned hi[4], lo[4];
-                split8(v, hi, lo);
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const float v0 = __uint_as_float(xr[q][2 * i]), v1 = __uint_as_float(xr[q][2 * i + 1]);
+                    hi[i] = pack_bf16x2(v0, v1);
+                    lo[i] = pack_bf16x2(v0 - bf16lo(hi[i]), v1 - bf16hi(hi[i]));
+                }
                 *reinterpret_cast<uint4*>(row) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
                 *reinterpret_cast<uint4*>(row + 128) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
             } else {
@@ -479,15 +568,18 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
                 for (int j = 0; j < NTM; ++j) {
                     if (j < jt) {
                         const unsigned char* xp = slot + (size_t)(j * 8 + g) * LDB + h * 64 + t * 16;
-                        const uint4 h4 = *reinterpret_cast<const uint4*>(xp);
-                        const unsigned hi[4] = {h4.x, h4.y, h4.z, h4.w};
-                        unsigned lo[4] = {0u, 0u, 0u, 0u};
-                        if constexpr (XF32) {
-                            const uint4 l4 = *reinterpret_cast<const uint4*>(xp + 128);
-                            lo[0] = l4.x; lo[1] = l4.y; lo[2] = l4.z; lo[3] = l4.w;
-                        }
+                        const uint4 hi = *reinterpret_cast<const uint4*>(xp);
 #pragma unroll
-                        for (int r = 0; r < RW; ++r) mma_w_x<XF32>(acc[r][j], wr[h][r][0], wr[h][r][1], hi, lo);
+                        for (int r = 0; r < RW; ++r) {
+                            const uint4 a = wr[h][r][0], b = wr[h][r][1];
+                            mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, hi.x, hi.y);
+                            mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, hi.z, hi.w);
+                            if constexpr (XF32) {
+                                const uint4 lo = *reinterpret_cast<const uint4*>(xp + 128);
+                                mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, lo.x, lo.y);
+                                mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, lo.z, lo.w);
+                            }
+                        }
                     }
                 }
                 load_w(wr[h], c + P);
@@ -499,7 +591,7 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
         }
         __syncthreads();
     }
-    gemm_epilogue<RW, NTM, RB, GS_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits, jt);
+    gemm_epilogue_v2<RW, NTM, RB, GS_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits, jt);
 }
 
 #define GEMM_VARIANT(XN, XT, XF, YN, YT, MM, NT)                                                  \
