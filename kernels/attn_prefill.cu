@@ -12,7 +12,7 @@
 //   out [T_total][NUM_HEADS][HEAD_DIM] fp32 (before the sigmoid output gate).
 //   Query at position p attends to keys 0..p; scale HEAD_DIM^-0.5.
 //   grid (ceil(max_T / AP_QT), NUM_KV_HEADS, nseq), block 128 (4 warps), dynamic shared
-//   memory AP_SMEM_BYTES (the launcher mirrors it: attn_prefill_smem in kernels.rs).
+//   memory AP_SMEM_BYTES (checked against the launcher's KILN_SMEM_ATTN_PREFILL from registry.rs).
 //
 // A block holds AP_QT queries of all GQA_GROUP heads of one KV head (64 rows, row r =
 // head r / AP_QT, query r % AP_QT; 16 rows per warp) and streams 32-key tiles of K and V
@@ -41,6 +41,7 @@ static_assert(HEAD_DIM % 16 == 0, "HEAD_DIM must be a multiple of 16");
 // Shared layout (bf16 elements): q hi [AP_ROWS][AP_LD] | q lo | k [2][AP_KT][AP_LD] | v [2][AP_KT][AP_LD]
 #define AP_BUF (AP_KT * AP_LD)
 #define AP_SMEM_BYTES ((2 * AP_ROWS + 4 * AP_KT) * AP_LD * 2)
+static_assert(AP_SMEM_BYTES == KILN_SMEM_ATTN_PREFILL, "the launcher's shared memory (registry.rs) differs from this layout");
 static_assert(AP_KT * HEAD_DIM / 8 % AP_THREADS == 0, "a key tile must split evenly over the threads");
 
 extern "C" __global__ void __launch_bounds__(AP_THREADS, 1)

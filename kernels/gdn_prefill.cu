@@ -119,6 +119,7 @@ static_assert(LIN_DV % 32 == 0, "LIN_DV must be a multiple of 32");
 #define GR_OFF_AD (GR_OFF_D + GR_C * GR_LDD * 8)
 #define GR_OFF_VEC (GR_OFF_AD + GR_C * GR_LDA * 4)
 #define GR_SMEM_BYTES (GR_OFF_VEC + 5 * GR_C * 4 + 16)
+static_assert(GR_SMEM_BYTES == KILN_SMEM_GDN_PREP, "the launcher's shared memory (registry.rs) differs from this layout");
 static_assert(GR_SMEM_BYTES <= 232448, "LIN_DK/LIN_DV too large for the prefill pre-pass's shared memory");
 
 // Scan shared memory (uint4 units): two chunk buffers of {-W, Q', Kd} tiles, S^T and
@@ -128,6 +129,7 @@ static_assert(GR_SMEM_BYTES <= 232448, "LIN_DK/LIN_DV too large for the prefill 
 #define GS_OFF_VA (GS_OFF_SA + 2 * GR_KT * 64)  // 2 x 4 A tiles of V'^T
 #define GS_SMEM_BYTES ((GS_OFF_VA + 8 * 64) * 16)
 #define GS_NP ((GR_KT + 3) / 4)              // 16-wide dk blocks of S^T per warp (ks = q + 4p)
+static_assert(GS_SMEM_BYTES == KILN_SMEM_GDN_SCAN, "the launcher's shared memory (registry.rs) differs from this layout");
 static_assert(GS_SMEM_BYTES <= 232448, "LIN_DK too large for the prefill scan's shared memory");
 
 // d += a * b for split operands (small terms first).

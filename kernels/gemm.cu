@@ -209,153 +209,18 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
 }
 
 // ---------------------------------------------------------------------------------
-// Staged variant for M = 17..64 (_sx kernels): the block's 8 warps share x, which is
-// copied chunk by chunk into shared memory with cp.async (GS_STAGES deep, zero-filled
-// past M and K) instead of each warp reading it through L1. W streaming, the k order and
-// the MMA sequence of every accumulator are those of skinny_gemm, so both variants
-// give bit-identical results for the same plan. grid (ceil(N/256), splits), block 256,
-// dynamic shared memory GS_STAGES * NT*8 * GS_LD * sizeof(X).
 #define GS_THREADS 256
-#define GS_STAGES 3
-#define GS_K 64  // k per stage (two 32-wide chunks)
-
-template <bool XF32> struct StageLd;
-template <> struct StageLd<true> { static constexpr int v = GS_K + 4; };    // floats: row offset 4 banks
-template <> struct StageLd<false> { static constexpr int v = GS_K + 32; };  // bf16: row offset 16 banks
-
-template <int NT, bool XF32, typename Y>
-__device__ __forceinline__ void skinny_gemm_staged(const bf16* __restrict__ W, const void* __restrict__ x,
-                                                   Y* __restrict__ y, float* __restrict__ ws,
-                                                   unsigned* __restrict__ counters, int M, int N, int K,
-                                                   int ks, int splits) {
-    constexpr int RW = 2, P = 2, RB = 8 * 16 * RW, MP = NT * 8;
-    constexpr int ES = XF32 ? 4 : 2;              // bytes per x element
-    constexpr int LD = StageLd<XF32>::v;          // smem row stride (elements)
-    constexpr int VPR = GS_K * ES / 16;           // 16-byte vectors per row per stage
-    constexpr int EPV = 16 / ES;                  // elements per vector
-    extern __shared__ __align__(16) unsigned char gs_smem[];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int g = lane >> 2, t = lane & 3;
-    const int row0 = blockIdx.x * RB + warp * 16 * RW;
-    const int kb = blockIdx.y * ks;
-    const int ke = min(K, kb + ks);
-    const int nchunks = ke > kb ? (ke - kb + 31) / 32 : 0;
-    const int nst = (nchunks + 1) / 2;
-    const unsigned char* xb = reinterpret_cast<const unsigned char*>(x);
-
-    const bf16* wp[RW][2];
-    bool wok[RW][2];
-#pragma unroll
-    for (int r = 0; r < RW; ++r)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int row = row0 + r * 16 + h * 8 + g;
-            wok[r][h] = row < N;
-            wp[r][h] = W + (size_t)(wok[r][h] ? row : 0) * K + t * 8;
-        }
-    float acc[RW][NT][4];
-#pragma unroll
-    for (int r = 0; r < RW; ++r)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
-
-    uint4 wr[P][RW][2];
-    auto load_w = [&](uint4(&buf)[RW][2], int c) {
-        const int k = kb + c * 32 + t * 8;
-        const bool kok = c < nchunks && k < ke;
-#pragma unroll
-        for (int r = 0; r < RW; ++r)
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-                buf[r][h] = (kok && wok[r][h]) ? ld_stream(wp[r][h] + kb + c * 32) : make_uint4(0, 0, 0, 0);
-    };
-    auto issue_x = [&](int st) {
-        if (st < nst) {
-            unsigned char* slot = gs_smem + (size_t)(st % GS_STAGES) * MP * LD * ES;
-            const int k0 = kb + st * GS_K;
-            for (int i = threadIdx.x; i < MP * VPR; i += GS_THREADS) {
-                const int m = i / VPR, v = i % VPR;
-                const int k = k0 + v * EPV;
-                const bool ok = m < M && k < ke;
-                const unsigned char* src = xb + (ok ? ((size_t)m * K + k) * ES : 0);
-                cp_async16(slot + ((size_t)m * LD + v * EPV) * ES, src, ok);
-            }
-        }
-        cp_async_commit();  // possibly empty: keeps the group count uniform
-    };
-
-#pragma unroll
-    for (int p = 0; p < P; ++p) load_w(wr[p], p);
-    KILN_PDL_WAIT();
-    KILN_PDL_TRIGGER();
-#pragma unroll
-    for (int st = 0; st < GS_STAGES - 1; ++st) issue_x(st);
-
-    for (int st0 = 0; st0 < nst; st0 += P / 2) {
-#pragma unroll
-        for (int q = 0; q < P / 2; ++q) {  // stage st0 + q holds chunks using wr[2q], wr[2q+1]
-            const int st = st0 + q;
-            if (st < nst) {
-                cp_async_wait<GS_STAGES - 2>();
-                __syncthreads();  // stage st is in; everyone is done with stage st-1's slot
-                issue_x(st + GS_STAGES - 1);
-                const unsigned char* slot = gs_smem + (size_t)(st % GS_STAGES) * MP * LD * ES;
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const int c = 2 * st + h;
-                    if (c < nchunks) {
-#pragma unroll
-                        for (int j = 0; j < NT; ++j) {
-                            const int m = j * 8 + g;
-                            unsigned hi[4], lo[4];
-                            if constexpr (XF32) {
-                                const float* p = reinterpret_cast<const float*>(slot) + m * LD + h * 32 + t * 8;
-                                const float4 a = *reinterpret_cast<const float4*>(p);
-                                const float4 b = *reinterpret_cast<const float4*>(p + 4);
-                                const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-#pragma unroll
-                                for (int i = 0; i < 4; ++i) {
-                                    hi[i] = pack_bf16x2(v[2 * i], v[2 * i + 1]);
-                                    lo[i] = pack_bf16x2(v[2 * i] - bf16lo(hi[i]), v[2 * i + 1] - bf16hi(hi[i]));
-                                }
-                            } else {
-                                const uint4 u = *reinterpret_cast<const uint4*>(
-                                    reinterpret_cast<const bf16*>(slot) + m * LD + h * 32 + t * 8);
-                                hi[0] = u.x; hi[1] = u.y; hi[2] = u.z; hi[3] = u.w;
-                            }
-#pragma unroll
-                            for (int r = 0; r < RW; ++r) {
-                                const uint4 a = wr[2 * q + h][r][0], b = wr[2 * q + h][r][1];
-                                mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, hi[0], hi[1]);
-                                mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, hi[2], hi[3]);
-                                if constexpr (XF32) {
-                                    mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, lo[0], lo[1]);
-                                    mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, lo[2], lo[3]);
-                                }
-                            }
-                        }
-                        load_w(wr[2 * q + h], c + P);
-                    }
-                }
-            }
-        }
-    }
-    cp_async_wait<0>();
-    gemm_epilogue<RW, NT, RB, GS_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits);
-}
 
 // ---------------------------------------------------------------------------------
-// v2 (mode 1 of the _sx kernels; any M up to the variant's): x is converted once per
+// Shared-x variant (the _sx kernels; any M up to the variant's): x is converted once per
 // block into bf16 hi/lo pairs in shared memory (64-k slabs, two slots, the next slab
 // prefetched into registers while the current one is multiplied), so the warps only
 // load ready fragments; batch tiles past ceil(M/8) are skipped at run time; the split-K
 // reduction loads all partials of 4 outputs at once (float4, 8 splits in flight). The
 // W stream, k order and MMA sequence of every accumulator, and the order of the
-// split sum, are those of skinny_gemm: all variants give bit-identical results for
+// split sum, are those of skinny_gemm: both variants give bit-identical results for
 // one plan. grid (ceil(N/256), splits), block 256, dynamic shared memory
-// 2 * NTM*8 * V2_LDB bytes (fits the staged allocation).
+// 2 * NTM*8 * V2_LDB bytes (KILN_SMEM_GEMM_SX_*, from the registry).
 #define V2_SK 64
 template <bool XF32> struct V2Ldb { static constexpr int v = XF32 ? 320 : 192; };  // bytes, = 64 mod 128
 
@@ -611,20 +476,19 @@ GEMM_ALL_M(f32, float, true, bf16, bf16)
 GEMM_ALL_M(bf16, bf16, false, f32, float)
 GEMM_ALL_M(bf16, bf16, false, bf16, bf16)
 
-#define GEMM_STAGED(XN, XT, XF, YN, YT, MM, NT)                                                   \
+#define GEMM_SHARED_X(XN, XT, XF, YN, YT, MM, NT)                                                \
+    static_assert(2 * NT * 8 * V2Ldb<XF>::v == KILN_SMEM_GEMM_SX_##XN##_M##MM,                    \
+                  "the launcher's shared memory (registry.rs) differs from this layout");       \
     extern "C" __global__ void __launch_bounds__(GS_THREADS, 2)                                   \
         kiln_gemm_sx_x##XN##_y##YN##_m##MM(const bf16* W, const XT* x, YT* y, float* ws,          \
                                            unsigned* counters, int M, int N, int K, int ks,       \
-                                           int splits, int mode) {                                \
-        if (mode == 1)                                                                            \
-            skinny_gemm_v2<NT, XF, YT>(W, x, y, ws, counters, M, N, K, ks, splits);               \
-        else                                                                                      \
-            skinny_gemm_staged<NT, XF, YT>(W, x, y, ws, counters, M, N, K, ks, splits);           \
+                                           int splits) {                                          \
+        skinny_gemm_v2<NT, XF, YT>(W, x, y, ws, counters, M, N, K, ks, splits);                   \
     }
-#define GEMM_STAGED_M(XN, XT, XF, YN, YT)       \
-    GEMM_STAGED(XN, XT, XF, YN, YT, 32, 4)      \
-    GEMM_STAGED(XN, XT, XF, YN, YT, 64, 8)
-GEMM_STAGED_M(f32, float, true, f32, float)
-GEMM_STAGED_M(f32, float, true, bf16, bf16)
-GEMM_STAGED_M(bf16, bf16, false, f32, float)
-GEMM_STAGED_M(bf16, bf16, false, bf16, bf16)
+#define GEMM_SHARED_X_M(XN, XT, XF, YN, YT)       \
+    GEMM_SHARED_X(XN, XT, XF, YN, YT, 32, 4)      \
+    GEMM_SHARED_X(XN, XT, XF, YN, YT, 64, 8)
+GEMM_SHARED_X_M(f32, float, true, f32, float)
+GEMM_SHARED_X_M(f32, float, true, bf16, bf16)
+GEMM_SHARED_X_M(bf16, bf16, false, f32, float)
+GEMM_SHARED_X_M(bf16, bf16, false, bf16, bf16)

@@ -59,6 +59,9 @@ struct ServeArgs {
     context_length: Option<usize>,
     #[arg(long)]
     max_running_requests: Option<usize>,
+    /// Largest decode batch replayed as a CUDA graph (default: every running request).
+    #[arg(long)]
+    cuda_graph_max_bs: Option<usize>,
     /// Tokens per scheduler step (prefill chunks share what decode leaves).
     #[arg(long)]
     chunked_prefill_size: Option<usize>,
@@ -253,7 +256,8 @@ fn cuda_backend(a: &ServeArgs, dir: &Path, tok: Tokenizer) -> Result<(Box<dyn Ba
     tracing::info!("kiln: serving {} on the cuda backend (plan {})", dir.display(), plan.display());
     let d = CudaOptions::default();
     let opt = CudaOptions {
-        max_slots: a.max_running_requests.unwrap_or(d.max_slots),
+        max_running: a.max_running_requests,
+        graph_max_bs: a.cuda_graph_max_bs.unwrap_or(d.graph_max_bs),
         max_seq_len: a.context_length.unwrap_or(d.max_seq_len),
         max_step_tokens: a.chunked_prefill_size.unwrap_or(d.max_step_tokens),
         mem_fraction: a.mem_fraction_static.unwrap_or(d.mem_fraction),

@@ -5,7 +5,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-pub mod layout;
+pub mod step;
 
 use crate::config::ModelConfig;
 use anyhow::Result;

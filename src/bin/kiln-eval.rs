@@ -70,7 +70,7 @@ fn prefill(be: &mut dyn Backend, slot: usize, prompt: &[u32], blocks: &[u32], bu
 }
 
 fn logits(plan: PathBuf, cases: PathBuf, out: PathBuf) -> Result<()> {
-    let opt = CudaOptions { max_slots: 32, max_seq_len: 4096, ..Default::default() };
+    let opt = CudaOptions { max_running: Some(32), max_seq_len: 4096, ..Default::default() };
     let mut be = CudaBackend::load(&plan, None, &opt)?;
     let per = opt.max_seq_len / be.capacity().block_size;
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cases)?)?;
@@ -192,7 +192,7 @@ fn mixed_step_invariance(be: &mut CudaBackend, prompts: &[Vec<u32>], per: usize)
 fn bench(plan: PathBuf, batch: String, ctx: usize, prefill_len: usize, iters: usize) -> Result<()> {
     let batches: Vec<usize> = batch.split(',').map(|b| b.trim().parse().context("--batch")).collect::<Result<_>>()?;
     let maxb = *batches.iter().max().unwrap();
-    let opt = CudaOptions { max_slots: maxb.max(1), max_seq_len: (ctx + iters + 16).max(prefill_len + 16), ..Default::default() };
+    let opt = CudaOptions { max_running: Some(maxb.max(1)), max_seq_len: (ctx + iters + 16).max(prefill_len + 16), ..Default::default() };
     let mut be = CudaBackend::load(&plan, None, &opt)?;
     let per = opt.max_seq_len.div_ceil(be.capacity().block_size);
     let vocab = be.config().vocab_size as u32;

@@ -52,6 +52,7 @@ impl Paged {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
 fn qk_norm_rope_writes_q_and_the_paged_cache() {
     let Some(e) = env() else { return };
     let s = stream(e);
@@ -123,6 +124,7 @@ fn qk_norm_rope_writes_q_and_the_paged_cache() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
 fn attn_prefill_matches_cpu() {
     let Some(e) = env() else { return };
     let s = stream(e);
@@ -170,6 +172,7 @@ fn attn_prefill_matches_cpu() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
 fn attn_decode_matches_cpu_and_is_batch_invariant() {
     let Some(e) = env() else { return };
     let s = stream(e);

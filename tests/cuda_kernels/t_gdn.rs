@@ -25,6 +25,7 @@ fn params(g: &mut rand_chacha::ChaCha8Rng, c: usize, k: usize, nv: usize, dv: us
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
 fn conv1d_matches_cpu_with_ring_state() {
     let Some(e) = env() else { return };
     let s = stream(e);
@@ -103,6 +104,7 @@ struct DecodeCase {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
 fn gdn_decode_matches_cpu() {
     let Some(e) = env() else { return };
     let s = stream(e);
@@ -280,6 +282,7 @@ fn prefill_case(e: &Env, s: &std::sync::Arc<cudarc::driver::CudaStream>, g: &mut
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
 fn gdn_prefill_matches_cpu_and_chunks_compose() {
     let Some(e) = env() else { return };
     let s = stream(e);

@@ -279,6 +279,7 @@ pub fn compile_module(name: &str, src: &str, arch: &str, dims: &KernelDims, incl
     let mut opts: Vec<String> = vec![format!("--gpu-architecture={arch}"), "-std=c++17".into()];
     opts.extend(include_dirs.iter().map(|p| format!("--include-path={}", p.display())));
     opts.extend(dims.defines());
+    opts.extend(super::registry::smem_defines(dims));
     // KILN_PTXAS_VERBOSE=1: print ptxas's registers / spills / shared memory per kernel.
     let verbose = std::env::var("KILN_PTXAS_VERBOSE").is_ok_and(|v| v == "1");
     if verbose {

@@ -19,6 +19,7 @@ pub use gdn::{Conv1d, GdnDecode, GdnPrefill};
 pub use gemm::{GemmKind, GemmPlan, GemmScratch, GEMM_MAX_M, TARGET_WARPS_PER_SM};
 
 use super::compile::{self, CompiledModule, KernelDims};
+use super::registry;
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream};
 use std::collections::HashMap;
@@ -44,7 +45,7 @@ impl DType {
             DType::BF16 => 2,
         }
     }
-    fn idx(self) -> usize {
+    pub(crate) fn idx(self) -> usize {
         match self {
             DType::F32 => 0,
             DType::BF16 => 1,
@@ -93,21 +94,6 @@ pub(crate) fn int(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| anyhow!("{what} = {v} does not fit a 32-bit int"))
 }
 
-/// Dynamic shared memory of kiln_attn_prefill (mirrors AP_SMEM_BYTES in attn_prefill.cu).
-pub(crate) fn attn_prefill_smem(head_dim: usize) -> usize {
-    // q hi + lo [64 rows] and k, v [2 buffers][32 keys], bf16 rows padded by 8 (AP_SMEM_BYTES).
-    (2 * 64 + 4 * 32) * (head_dim + 8) * 2
-}
-
-/// Dynamic shared memory of the staged GEMM (GS_STAGES * NT*8 rows * GS_LD * sizeof(x)).
-pub(crate) fn gemm_staged_smem(x: DType, max_m: usize) -> usize {
-    let (ld, es) = match x {
-        DType::F32 => (64 + 4, 4),
-        DType::BF16 => (64 + 32, 2),
-    };
-    3 * max_m * ld * es
-}
-
 /// Every kernel function, loaded from the compiled modules.
 pub struct Kernels {
     pub(crate) dims: KernelDims,
@@ -123,6 +109,7 @@ impl Kernels {
         dims.validate()?;
         let mut funcs = HashMap::new();
         let mut loaded = Vec::new();
+        let entries = registry::entries(dims);
         for (name, _) in compile::SOURCES {
             let m = modules
                 .iter()
@@ -131,30 +118,17 @@ impl Kernels {
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(m.cubin.clone()))
                 .map_err(|e| anyhow!("loading kernel module `{name}`: {e:?} (built for another GPU architecture?)"))?;
-            for f in function_names(name) {
+            for e in entries.iter().filter(|e| e.module == *name) {
                 let func = module
-                    .load_function(&f)
-                    .map_err(|e| anyhow!("kernel `{f}` not found in module `{name}`: {e:?}"))?;
-                funcs.insert(f, func);
+                    .load_function(e.name)
+                    .map_err(|err| anyhow!("kernel `{}` not found in module `{name}`: {err:?}", e.name))?;
+                if e.smem > 48 * 1024 {
+                    func.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, e.smem as i32)
+                        .map_err(|err| anyhow!("raising {}'s shared memory to {} bytes: {err:?}", e.name, e.smem))?;
+                }
+                funcs.insert(e.name.to_string(), func);
             }
             loaded.push(module);
-        }
-        let mut big_smem: Vec<(String, usize)> = vec![("kiln_attn_prefill".into(), attn_prefill_smem(dims.head_dim))];
-        for x in [DType::F32, DType::BF16] {
-            for y in ["f32", "bf16"] {
-                for m in [32, 64] {
-                    big_smem.push((format!("kiln_gemm_sx_x{}_y{y}_m{m}", x.suffix()), gemm_staged_smem(x, m)));
-                }
-            }
-        }
-        for d in ["f32", "bf16"] {
-            big_smem.push((format!("kiln_gdn_prefill_prep_{d}"), gdn::gdn_prefill_prep_smem(dims.lin_k_dim, dims.lin_v_dim)));
-        }
-        big_smem.push(("kiln_gdn_prefill_scan".into(), gdn::gdn_prefill_scan_smem(dims.lin_k_dim)));
-        for (name, bytes) in big_smem {
-            funcs[&name]
-                .set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
-                .map_err(|e| anyhow!("raising {name}'s shared memory to {bytes} bytes: {e:?}"))?;
         }
         let num_sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -232,56 +206,6 @@ impl Kernels {
             }
         };
         r.map_err(|e| anyhow!("launching {name} (grid {grid:?}, block {block}): {e:?}"))
-    }
-}
-
-/// The entry points of one module (see the header of each .cu file).
-fn function_names(module: &str) -> Vec<String> {
-    let dt = ["f32", "bf16"];
-    let pairs = || dt.iter().flat_map(|a| dt.iter().map(move |b| format!("{a}_{b}")));
-    match module {
-        "norm" => {
-            let mut v = vec!["kiln_embed".to_string()];
-            v.extend(dt.iter().map(|d| format!("kiln_add_rmsnorm_{d}")));
-            v.extend(pairs().map(|p| format!("kiln_gated_rmsnorm_{p}")));
-            v
-        }
-        "gemm" => {
-            let mut v = Vec::new();
-            for x in dt {
-                for y in dt {
-                    for m in [8, 16, 32, 64] {
-                        v.push(format!("kiln_gemm_x{x}_y{y}_m{m}"));
-                    }
-                    for m in [32, 64] {
-                        v.push(format!("kiln_gemm_sx_x{x}_y{y}_m{m}"));
-                    }
-                }
-            }
-            v
-        }
-        "conv" => dt.iter().map(|d| format!("kiln_conv1d_{d}")).collect(),
-        "gdn_decode" => pairs().map(|p| format!("kiln_gdn_decode_{p}")).collect(),
-        "gdn_prefill" => {
-            let mut v: Vec<String> = dt.iter().map(|d| format!("kiln_gdn_prefill_prep_{d}")).collect();
-            v.push("kiln_gdn_prefill_scan".to_string());
-            v
-        }
-        "rope_kv" => dt.iter().map(|d| format!("kiln_qk_norm_rope_{d}")).collect(),
-        "attn_prefill" => vec!["kiln_attn_prefill".to_string()],
-        "attn_decode" => {
-            let mut v = vec!["kiln_attn_decode_partial".to_string()];
-            v.extend(dt.iter().map(|d| format!("kiln_attn_decode_combine_{d}")));
-            v
-        }
-        "elementwise" => {
-            let mut v: Vec<String> = pairs().map(|p| format!("kiln_output_gate_{p}")).collect();
-            v.extend(pairs().map(|p| format!("kiln_silu_mul_{p}")));
-            v.extend(dt.iter().map(|d| format!("kiln_argmax_{d}")));
-            v.push("kiln_f32_to_bf16".to_string());
-            v
-        }
-        _ => Vec::new(),
     }
 }
 

@@ -6,7 +6,10 @@ pub mod kernels;
 pub mod backend;
 mod blaslt;
 mod memory;
+mod model;
 mod pools;
+pub mod registry;
+pub mod sizing;
 mod weights;
 
 pub use backend::{CudaBackend, CudaOptions};

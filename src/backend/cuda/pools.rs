@@ -4,6 +4,7 @@
 
 use super::kernels::{DevPtr, Kernels, GemmScratch};
 use super::memory::DevBuf;
+use crate::backend::step::MetaOffsets;
 use crate::config::ModelConfig;
 use anyhow::Result;
 
@@ -87,10 +88,11 @@ pub struct Scratch {
     pub delta: DevBuf,
     /// bf16 copy of a GEMM input for cuBLASLt: [T][widest K].
     pub x_bf16: DevBuf,
-    /// i32 metadata of the step (ids, positions, tables...), see `Meta`.
+    /// i32 metadata image of the step (ids, positions, tables...), see `MetaOffsets`.
     pub meta: DevBuf,
     pub meta_len: usize,
-    /// Rows whose logits are wanted, gathered: [64][hidden] fp32; logits [64][vocab] fp32.
+    /// Rows whose logits are wanted, gathered: [64][hidden] fp32; logits
+    /// [logit rows][vocab] fp32 (64, or the largest decode graph's batch).
     pub sel: DevBuf,
     pub logits: DevBuf,
     /// i32 greedy token per logit row.
@@ -109,7 +111,9 @@ pub struct Scratch {
 pub const LOGIT_ROWS: usize = 64;
 
 impl Scratch {
-    pub fn new(c: &ModelConfig, k: &Kernels, max_tokens: usize, max_seqs: usize, max_blocks_per_seq: usize, max_parts: usize) -> Result<Self> {
+    /// Scratch for steps of up to `max_tokens` rows and `max_seqs` sequences, and an
+    /// lm_head output of `logit_rows` rows.
+    pub fn new(c: &ModelConfig, k: &Kernels, max_tokens: usize, max_seqs: usize, max_blocks_per_seq: usize, max_parts: usize, logit_rows: usize) -> Result<Self> {
         let t = max_tokens;
         let f = 4usize;
         let h = c.hidden_size;
@@ -134,7 +138,7 @@ impl Scratch {
         let gemm_counters = DevBuf::zeroed(counters * 4, "the GEMM counters")?;
         let gemm = GemmScratch { ws: gemm_ws.ptr, ws_floats: ws, counters: gemm_counters.ptr, counters_len: counters };
         let (acc, ml) = k.attn_decode_scratch(max_seqs, max_parts);
-        let meta_len = Meta::len(max_tokens, max_seqs, max_blocks_per_seq);
+        let meta_len = MetaOffsets::len(max_tokens, max_seqs, max_blocks_per_seq);
         Ok(Scratch {
             max_tokens,
             resid: DevBuf::zeroed(t * h * f, "the residual stream")?,
@@ -149,8 +153,8 @@ impl Scratch {
             meta: DevBuf::zeroed(meta_len * 4, "step metadata")?,
             meta_len,
             sel: DevBuf::zeroed(LOGIT_ROWS * h * f, "selected rows")?,
-            logits: DevBuf::zeroed(LOGIT_ROWS * c.vocab_size * f, "logits")?,
-            argmax: DevBuf::zeroed(t * 4, "greedy tokens")?,
+            logits: DevBuf::zeroed(logit_rows.max(LOGIT_ROWS) * c.vocab_size * f, "logits")?,
+            argmax: DevBuf::zeroed(t.max(logit_rows) * 4, "greedy tokens")?,
             part_acc: DevBuf::zeroed(acc * f, "decode attention partials")?,
             part_ml: DevBuf::zeroed(ml * f, "decode attention partials")?,
             max_parts,
@@ -159,51 +163,5 @@ impl Scratch {
             _gemm_counters: gemm_counters,
             gemm,
         })
-    }
-}
-
-/// Offsets (in i32 elements) of each metadata array inside `Scratch::meta`.
-#[derive(Clone, Copy, Debug)]
-pub struct Meta {
-    pub ids: usize,
-    pub pos: usize,
-    pub kv_loc: usize,
-    pub cu_seqlens: usize,
-    pub slots: usize,
-    pub start_pos: usize,
-    pub ctx_lens: usize,
-    pub block_tables: usize,
-    pub end: usize,
-}
-
-impl Meta {
-    pub fn layout(t: usize, s: usize, bt: usize) -> Self {
-        // Each array starts on a 16-element boundary (64 bytes).
-        let r = |x: usize| x.div_ceil(16) * 16;
-        let ids = 0;
-        let pos = ids + r(t);
-        let kv_loc = pos + r(t);
-        let cu_seqlens = kv_loc + r(t);
-        let slots = cu_seqlens + r(s + 1);
-        let start_pos = slots + r(s);
-        let ctx_lens = start_pos + r(s);
-        let block_tables = ctx_lens + r(s);
-        let end = block_tables + r(s * bt);
-        Meta { ids, pos, kv_loc, cu_seqlens, slots, start_pos, ctx_lens, block_tables, end }
-    }
-    pub fn len(t: usize, s: usize, bt: usize) -> usize {
-        Self::layout(t, s, bt).end
-    }
-    /// The per-sequence arrays seen from sequence `d` on (`bt`: the block-table stride);
-    /// token rows keep their absolute numbers (cu_seqlens holds row numbers).
-    pub fn skip_seqs(&self, d: usize, bt: usize) -> Self {
-        Meta {
-            cu_seqlens: self.cu_seqlens + d,
-            slots: self.slots + d,
-            start_pos: self.start_pos + d,
-            ctx_lens: self.ctx_lens + d,
-            block_tables: self.block_tables + d * bt,
-            ..*self
-        }
     }
 }

@@ -1,11 +1,10 @@
 //! Full attention: q/k norm + RoPE + paged KV write, prefill and decode attention.
 
-use super::{attn_prefill_smem, int, params, DevPtr, Kernels, Mat, NULL};
+use super::{int, params, DevPtr, Kernels, Mat, NULL};
+use crate::backend::cuda::registry::{attn_prefill_smem, ATTN_DECODE_COMBINE as COMBINE, ATTN_DECODE_PARTIAL, ATTN_PREFILL, QK_NORM_ROPE as ROPE};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
 
-const ROPE: [&str; 2] = ["kiln_qk_norm_rope_f32", "kiln_qk_norm_rope_bf16"];
-const COMBINE: [&str; 2] = ["kiln_attn_decode_combine_f32", "kiln_attn_decode_combine_bf16"];
 
 /// q/k RMSNorm (1 + w), partial RoPE, K/V into the paged cache (kernels/rope_kv.cu).
 #[derive(Clone, Copy, Debug)]
@@ -102,7 +101,7 @@ impl Kernels {
         let mut p = params!(q, kc, vc, cu, sp, bt, bts, bs, out, ns);
         let grid = (a.max_tokens.div_ceil(qt) as u32, self.dims.num_kv_heads as u32, a.nseq as u32);
         let smem = attn_prefill_smem(self.dims.head_dim) as u32;
-        self.launch("kiln_attn_prefill", stream, grid, 128, smem, &mut p)
+        self.launch(ATTN_PREFILL, stream, grid, 128, smem, &mut p)
     }
 
     /// Partition + combine launches (max_parts partition blocks per sequence and KV head).
@@ -115,7 +114,7 @@ impl Kernels {
         let (bs, pa, pm, mp, b) = (int(a.block_size, "block_size")?, a.part_acc, a.part_ml, int(a.max_parts, "max_parts")?, int(a.batch, "batch")?);
         let mut p = params!(q, kc, vc, bt, bts, cl, bs, pa, pm, mp, b);
         let grid = (a.max_parts as u32, self.dims.num_kv_heads as u32, a.batch as u32);
-        self.launch("kiln_attn_decode_partial", stream, grid, 128, 0, &mut p)?;
+        self.launch(ATTN_DECODE_PARTIAL, stream, grid, 128, 0, &mut p)?;
 
         let (gp, ldg) = match a.gate {
             Some(g) => {

@@ -1,43 +1,22 @@
 //! Gated DeltaNet: causal conv1d, fused decode step, chunked (UT/WY) prefill.
 
 use super::{int, params, DevPtr, Kernels, Mat};
+use crate::backend::cuda::registry::{
+    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_PREFILL_PREP as PREP,
+    GDN_PREFILL_SCAN as SCAN,
+};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
-
-const CONV: [&str; 2] = ["kiln_conv1d_f32", "kiln_conv1d_bf16"];
-const DECODE: [[&str; 2]; 2] = [
-    ["kiln_gdn_decode_f32_f32", "kiln_gdn_decode_f32_bf16"],
-    ["kiln_gdn_decode_bf16_f32", "kiln_gdn_decode_bf16_bf16"],
-];
-const PREP: [&str; 2] = ["kiln_gdn_prefill_prep_f32", "kiln_gdn_prefill_prep_bf16"];
-const SCAN: &str = "kiln_gdn_prefill_scan";
 
 /// Threads of a prefill block (GR_THREADS), value columns a scan block owns, tokens per chunk.
 const PREFILL_THREADS: u32 = 256;
 const SCAN_COLS: usize = 32;
-const CHUNK: usize = 64;
 
 /// Floats of one workspace record (one chunk of one value head, GR_REC in gdn_prefill.cu):
 /// -W, Q' and Kd as split B tiles (64 x dk each), U^T and O0^T as fp32 C tiles (64 x dv
 /// each), exp(cum_last) padded to 16 bytes.
 pub(crate) fn gdn_prefill_record_floats(dk: usize, dv: usize) -> usize {
     192 * dk + 128 * dv + 4
-}
-
-/// Dynamic shared memory of kiln_gdn_prefill_prep_* (mirrors GR_SMEM_BYTES; the kernel
-/// traps if launched with less): q, k, v, W rows (fp32, padded); P, -A (split pairs);
-/// the diagonal inverses and diagonal blocks of A; per-token vectors. 183824 bytes at
-/// dk = dv = 128.
-pub(crate) fn gdn_prefill_prep_smem(dk: usize, dv: usize) -> usize {
-    let c = CHUNK;
-    let ldx = dk.max(dv) + 4;
-    4 * c * ldx * 4 + 2 * c * (c / 2 + 4) * 8 + c * 12 * 8 + c * 17 * 4 + 5 * c * 4 + 16
-}
-
-/// Dynamic shared memory of kiln_gdn_prefill_scan (mirrors GS_SMEM_BYTES): two chunk
-/// buffers of {-W, Q', Kd} tiles, S^T and V'^T as A tiles. 221184 bytes at dk = 128.
-pub(crate) fn gdn_prefill_scan_smem(dk: usize) -> usize {
-    (2 * 48 * dk + 2 * (dk / 16) * 64 + 8 * 64) * 16
 }
 
 /// Causal conv1d + SiLU over a chunk of several sequences (kernels/conv.cu).

@@ -1,58 +1,33 @@
 //! The skinny decode GEMM: y[M][N] = x[M][K] . W[N][K]^T for M = 1..64.
 
-use super::{check_aligned, gemm_staged_smem, int, params, DType, DevPtr, Kernels};
+use super::{check_aligned, int, params, DType, DevPtr, Kernels};
+use crate::backend::cuda::registry::{gemm_sx_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
 
-const NAMES: [[[&str; 4]; 2]; 2] = [
-    [
-        ["kiln_gemm_xf32_yf32_m8", "kiln_gemm_xf32_yf32_m16", "kiln_gemm_xf32_yf32_m32", "kiln_gemm_xf32_yf32_m64"],
-        ["kiln_gemm_xf32_ybf16_m8", "kiln_gemm_xf32_ybf16_m16", "kiln_gemm_xf32_ybf16_m32", "kiln_gemm_xf32_ybf16_m64"],
-    ],
-    [
-        ["kiln_gemm_xbf16_yf32_m8", "kiln_gemm_xbf16_yf32_m16", "kiln_gemm_xbf16_yf32_m32", "kiln_gemm_xbf16_yf32_m64"],
-        ["kiln_gemm_xbf16_ybf16_m8", "kiln_gemm_xbf16_ybf16_m16", "kiln_gemm_xbf16_ybf16_m32", "kiln_gemm_xbf16_ybf16_m64"],
-    ],
-];
-
-const STAGED: [[[&str; 2]; 2]; 2] = [
-    [["kiln_gemm_sx_xf32_yf32_m32", "kiln_gemm_sx_xf32_yf32_m64"], ["kiln_gemm_sx_xf32_ybf16_m32", "kiln_gemm_sx_xf32_ybf16_m64"]],
-    [["kiln_gemm_sx_xbf16_yf32_m32", "kiln_gemm_sx_xbf16_yf32_m64"], ["kiln_gemm_sx_xbf16_ybf16_m32", "kiln_gemm_sx_xbf16_ybf16_m64"]],
-];
-
-/// Which kernel computes a skinny GEMM. Both give bit-identical results for one plan.
+/// Which kernel computes a skinny GEMM. Both give bit-identical results for one plan
+/// (same W stream, k order, MMA sequence and split-K sum order; tested), so choosing by
+/// M keeps rows batch invariant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmKind {
-    /// Register for M <= 16; above, v2 when K is split, else staged (`auto_kind`).
+    /// Register for M <= 16, SharedX above (`auto_kind`).
     Auto,
     /// Each warp reads x through L1 (kiln_gemm_x*).
     Register,
-    /// x staged in shared memory for the block's 8 warps (kiln_gemm_sx_x*; M > 16 only).
-    Staged,
     /// x converted once per block to bf16 hi/lo in shared memory, batch tiles past M
-    /// skipped, vectorised split-K reduction (kiln_gemm_sx_x* in mode 1; any M).
-    V2,
+    /// skipped, vectorised split-K reduction (kiln_gemm_sx_x*; any M).
+    SharedX,
 }
 
-/// The kernel `GemmKind::Auto` runs. All kinds give bit-identical results for one plan
-/// (tested), so choosing by M keeps rows batch invariant. Measured on the H200
-/// (docs/kernels.md): the register kernel is fastest at M <= 8 (v2 is 10-25% slower
-/// there); above M = 16 v2 beats the staged kernel by 1.2-2x wherever K is split, and
-/// ties or loses slightly (lm_head) where it is not.
-fn auto_kind(m: usize, plan: GemmPlan) -> GemmKind {
+/// The kernel `GemmKind::Auto` runs. Measured on the H200 (docs/kernels.md): the
+/// register kernel is fastest at M <= 8 (SharedX is 10-25% slower there); above M = 16
+/// SharedX beats the register kernel wherever K is split.
+fn auto_kind(m: usize) -> GemmKind {
     if m <= 16 {
         GemmKind::Register
-    } else if plan.splits > 1 {
-        GemmKind::V2
     } else {
-        GemmKind::Staged
+        GemmKind::SharedX
     }
-}
-
-/// Dynamic shared memory of the v2 path: two slabs of 64 k for max_m rows, row stride
-/// 320 bytes (fp32 x as bf16 hi + lo) or 192 (bf16 x). Within `gemm_staged_smem`.
-fn gemm_v2_smem(x: DType, max_m: usize) -> usize {
-    2 * max_m * if x == DType::F32 { 320 } else { 192 }
 }
 
 /// Largest M the skinny GEMM takes.
@@ -166,23 +141,15 @@ impl Kernels {
             17..=32 => 2,
             _ => 3,
         };
-        let kind = match kind {
-            GemmKind::Auto => auto_kind(m, plan),
-            GemmKind::Staged => {
-                ensure!(m > 16, "gemm: the staged kernel takes M > 16 (got {m})");
-                GemmKind::Staged
-            }
-            other => other,
-        };
+        let kind = if kind == GemmKind::Auto { auto_kind(m) } else { kind };
         let (ws, counters) = (scratch.ws, scratch.counters);
         let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
-        if kind == GemmKind::Staged || kind == GemmKind::V2 {
-            let mode: i32 = if kind == GemmKind::V2 { 1 } else { 0 };
-            let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp, mode);
-            let (si, max_m) = if m <= 32 { (0, 32) } else { (1, 64) };
+        if kind == GemmKind::SharedX {
+            let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
+            let si = if m <= GEMM_SX_MAX_M[0] { 0 } else { 1 };
             let grid = (n.div_ceil(256) as u32, plan.splits as u32, 1);
-            let smem = if mode == 1 { gemm_v2_smem(x_dtype, max_m) } else { gemm_staged_smem(x_dtype, max_m) } as u32;
-            return self.launch(STAGED[x_dtype.idx()][y_dtype.idx()][si], stream, grid, 256, smem, &mut p);
+            let smem = gemm_sx_smem(x_dtype, GEMM_SX_MAX_M[si]) as u32;
+            return self.launch(GEMM_SX[x_dtype.idx()][y_dtype.idx()][si], stream, grid, 256, smem, &mut p);
         }
         let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
         let rows_per_block = if mi >= 2 { 128 } else { 64 };

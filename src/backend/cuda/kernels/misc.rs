@@ -1,23 +1,10 @@
 //! Embedding, norms and elementwise kernels.
 
 use super::{check_aligned, int, params, DType, DevPtr, Kernels, Mat, NULL};
+use crate::backend::cuda::registry::{ADD_RMSNORM, ARGMAX, EMBED, F32_TO_BF16, GATED_RMSNORM, OUTPUT_GATE, SILU_MUL};
+
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
-
-const ADD_RMSNORM: [&str; 2] = ["kiln_add_rmsnorm_f32", "kiln_add_rmsnorm_bf16"];
-const GATED_RMSNORM: [[&str; 2]; 2] = [
-    ["kiln_gated_rmsnorm_f32_f32", "kiln_gated_rmsnorm_f32_bf16"],
-    ["kiln_gated_rmsnorm_bf16_f32", "kiln_gated_rmsnorm_bf16_bf16"],
-];
-const OUTPUT_GATE: [[&str; 2]; 2] = [
-    ["kiln_output_gate_f32_f32", "kiln_output_gate_f32_bf16"],
-    ["kiln_output_gate_bf16_f32", "kiln_output_gate_bf16_bf16"],
-];
-const SILU_MUL: [[&str; 2]; 2] = [
-    ["kiln_silu_mul_f32_f32", "kiln_silu_mul_f32_bf16"],
-    ["kiln_silu_mul_bf16_f32", "kiln_silu_mul_bf16_bf16"],
-];
-const ARGMAX: [&str; 2] = ["kiln_argmax_f32", "kiln_argmax_bf16"];
 
 impl Kernels {
     /// out[m][..HIDDEN] (fp32) = table[ids[m]] (bf16 [VOCAB][HIDDEN]); bad ids give zeros.
@@ -29,7 +16,7 @@ impl Kernels {
         check_aligned(out, 32, "embed out")?;
         let mi = int(m, "rows")?;
         let mut p = params!(table, ids, out, mi);
-        self.launch("kiln_embed", stream, (m as u32, 1, 1), 256, 0, &mut p)
+        self.launch(EMBED, stream, (m as u32, 1, 1), 256, 0, &mut p)
     }
 
     /// residual[m] += delta[m] (if given); y = rmsnorm(residual) * (1 + w) written to
@@ -105,7 +92,7 @@ impl Kernels {
         check_aligned(y, 8, "f32_to_bf16 y")?;
         let ni = int(n, "n")?;
         let mut p = params!(x, y, ni);
-        self.launch("kiln_f32_to_bf16", stream, (n.div_ceil(1024) as u32, 1, 1), 256, 0, &mut p)
+        self.launch(F32_TO_BF16, stream, (n.div_ceil(1024) as u32, 1, 1), 256, 0, &mut p)
     }
 
     /// out[m] (i32) = argmax of logits row m over its first n columns (first index wins ties).

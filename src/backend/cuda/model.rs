@@ -1,0 +1,287 @@
+//! The layer stack of Qwen3.5 on the device: embedding, every layer, the final norm and
+//! the lm_head, over a step's named row groups (`RowGroups`: decode rows through the
+//! decode kernels, prefill chunks through the prefill kernels). It owns no device state:
+//! it borrows the backend's weights, pools, scratch and kernels for one step, enqueues
+//! work on one stream and never synchronises, so a decode step can be captured whole
+//! into a CUDA graph.
+
+use super::blaslt::BlasLt;
+use super::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, DevPtr, GdnDecode, GdnPrefill, Kernels, Mat, QkNormRope, NULL};
+use super::memory::copy_d2d;
+use super::pools::{Scratch, StatePools, LOGIT_ROWS};
+use super::weights::{DeviceWeights, FullPtrs, LayerPtrs, LinearPtrs, MixerPtrs};
+use crate::backend::step::{MetaOffsets, Step, StepLayout};
+use crate::config::ModelConfig;
+use anyhow::Result;
+use cudarc::driver::CudaStream;
+use std::cell::RefCell;
+
+/// Longest chunk the skinny GEMM computes; longer chunks (prefill) go to cuBLASLt.
+const SKINNY_MAX_CHUNK: usize = 64;
+
+/// The backend's device state, borrowed for one step.
+pub(super) struct LayerStack<'a> {
+    pub cfg: &'a ModelConfig,
+    pub k: &'a Kernels,
+    pub blas: &'a RefCell<BlasLt>,
+    pub w: &'a DeviceWeights,
+    pub pools: &'a StatePools,
+    pub s: &'a Scratch,
+    pub stream: &'a CudaStream,
+    /// The engine's GEMM input dtype (see `CudaOptions::act`).
+    pub act: DType,
+}
+
+/// Where one step's rows and metadata are: the step itself and the device address of
+/// its uploaded metadata image.
+struct Rows<'s> {
+    l: &'s StepLayout,
+    meta: MetaOffsets,
+    /// The prefill group's view of the per-sequence arrays.
+    prefill_meta: MetaOffsets,
+    decode_seqs: usize,
+    prefill_seqs: usize,
+    meta_base: DevPtr,
+    /// The dtype the layers' GEMM inputs are written in for this step.
+    act: DType,
+}
+
+impl Rows<'_> {
+    /// Device address of the i32 at element offset `off` of the metadata image.
+    fn at(&self, off: usize) -> DevPtr {
+        self.meta_base + (off * 4) as u64
+    }
+}
+
+impl LayerStack<'_> {
+    /// Embedding, every layer and the final norm over `step`'s rows, whose metadata
+    /// image is already at `s.meta`. Leaves the normed final hidden rows in `s.normed`.
+    pub fn forward(&self, step: &Step) -> Result<()> {
+        let l = &step.layout;
+        let rows = Rows {
+            l,
+            meta: step.meta,
+            prefill_meta: step.meta.skip_seqs(step.groups.decode_seqs, l.bt_stride),
+            decode_seqs: step.groups.decode_seqs,
+            prefill_seqs: step.groups.prefill_seqs,
+            meta_base: self.s.meta.ptr,
+            act: self.gemm_input(l),
+        };
+        let (t, h, s) = (l.num_tokens(), self.cfg.hidden_size, self.s);
+        self.k.embed(self.stream, self.w.embed, rows.at(rows.meta.ids), s.resid.ptr, t)?;
+        // Normed activations go to `normed` in the step's GEMM input dtype.
+        let (nb, nf) = split_by_dtype(rows.act, s.normed.ptr);
+        let mut delta: Option<Mat> = None;
+        let (mut linear, mut full) = (0, 0);
+        for layer in &self.w.layers {
+            self.k.add_rmsnorm(self.stream, s.resid.ptr, delta, layer.input_norm, nb, nf, t)?;
+            match &layer.mixer {
+                MixerPtrs::Linear(g) => {
+                    self.gated_deltanet(g, linear, &rows)?;
+                    linear += 1;
+                }
+                MixerPtrs::Full(a) => {
+                    self.full_attention(a, full, &rows)?;
+                    full += 1;
+                }
+            }
+            self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(Mat::f32(s.delta.ptr, h)), layer.post_norm, nb, nf, t)?;
+            self.mlp(layer, &rows)?;
+            delta = Some(Mat::f32(s.delta.ptr, h));
+        }
+        // The final norm in the engine's dtype: the lm_head reads it through the skinny GEMM.
+        let (fnb, fnf) = split_by_dtype(self.act, s.normed.ptr);
+        self.k.add_rmsnorm(self.stream, s.resid.ptr, delta, self.w.norm, fnb, fnf, t)
+    }
+
+    /// The lm_head (and, with `argmax_limit`, the greedy argmax) over normed rows
+    /// `0..rows`, 64 at a time: logits of row r land at `s.logits` row r, its argmax at
+    /// `s.argmax[r]`. `rows` is at most the logits buffer's rows.
+    pub fn lm_head(&self, rows: usize, argmax_limit: Option<usize>) -> Result<()> {
+        let (s, v, h) = (self.s, self.cfg.vocab_size, self.cfg.hidden_size);
+        let es = self.act.size();
+        for r0 in (0..rows).step_by(LOGIT_ROWS) {
+            let n = (rows - r0).min(LOGIT_ROWS);
+            self.lm_head_piece(s.normed.at(r0 * h * es), n, s.logits.at(r0 * v * 4), s.argmax.at(r0 * 4), argmax_limit)?;
+        }
+        Ok(())
+    }
+
+    /// The lm_head over the normed rows `rows` (any rows, at most 64) into logits rows
+    /// 0.. (and argmaxes 0.. at `argmax_at`): non-contiguous rows are gathered first.
+    pub fn lm_head_rows(&self, rows: &[i32], argmax_at: DevPtr, argmax_limit: Option<usize>) -> Result<()> {
+        let (s, h) = (self.s, self.cfg.hidden_size);
+        let es = self.act.size();
+        let first = rows.first().copied().unwrap_or(0) as usize;
+        let contiguous = rows.iter().enumerate().all(|(i, r)| *r as usize == first + i);
+        let src = if contiguous {
+            s.normed.at(first * h * es)
+        } else {
+            for (j, r) in rows.iter().enumerate() {
+                copy_d2d(self.stream, s.sel.at(j * h * es), s.normed.at(*r as usize * h * es), h * es)?;
+            }
+            s.sel.ptr
+        };
+        self.lm_head_piece(src, rows.len(), s.logits.ptr, argmax_at, argmax_limit)
+    }
+
+    fn lm_head_piece(&self, x: DevPtr, rows: usize, logits: DevPtr, argmax: DevPtr, argmax_limit: Option<usize>) -> Result<()> {
+        let (s, v, h) = (self.s, self.cfg.vocab_size, self.cfg.hidden_size);
+        self.k.gemm(self.stream, self.w.lm_head, x, self.act, logits, DType::F32, rows, v, h, &s.gemm)?;
+        if let Some(limit) = argmax_limit {
+            self.k.argmax(self.stream, Mat::f32(logits, v), limit.min(v), argmax, rows)?;
+        }
+        Ok(())
+    }
+
+    /// One Gated DeltaNet mixer (linear layer `li`): fused projection, then the decode
+    /// rows through the fused decode step and the prefill chunks through conv + chunked
+    /// scan + gated norm, then out_proj into `s.delta`.
+    fn gated_deltanet(&self, g: &LinearPtrs, li: usize, r: &Rows) -> Result<()> {
+        let (c, k, st, s) = (self.cfg, self.k, self.stream, self.s);
+        let (h, t, nd) = (c.hidden_size, r.l.num_tokens(), r.decode_seqs);
+        let (qkv_dim, vd, nv) = (c.linear_qkv_dim(), c.linear_value_dim(), c.linear_num_value_heads);
+        // One GEMM for [qkv | z | b | a]; the consumers read views of its rows.
+        let wide_w = qkv_dim + vd + 2 * nv;
+        self.gemm(g.qkvzba, s.normed.ptr, r.act, s.wide.ptr, wide_w, h, r.l)?;
+        let qkvz = Mat::f32(s.wide.ptr, wide_w);
+        let ba = qkvz.cols(qkv_dim + vd);
+        let out = Mat { ptr: s.mix_in.ptr, ld: vd, dtype: r.act };
+        let (conv_state, state) = (self.pools.conv_layer(li), self.pools.recurrent_layer(li));
+        if nd > 0 {
+            k.gdn_decode(st, &GdnDecode {
+                qkv: qkvz, z: qkvz.cols(qkv_dim), b: ba, a: ba.cols(nv),
+                conv_w: g.conv, conv_state, state, a_log: g.a_log, dt_bias: g.dt_bias, norm_w: g.norm,
+                slots: r.at(r.meta.slots), pos: r.at(r.meta.pos), out, batch: nd,
+            })?;
+        }
+        if r.prefill_seqs > 0 {
+            let pm = &r.prefill_meta;
+            k.conv1d(st, &Conv1d {
+                x: qkvz, w: g.conv, conv_state,
+                cu_seqlens: r.at(pm.cu_seqlens), slots: r.at(pm.slots), start_pos: r.at(pm.start_pos),
+                out: s.conv_out.ptr, ld_out: qkv_dim, nseq: r.prefill_seqs,
+            })?;
+            k.gdn_prefill(st, &GdnPrefill {
+                qkv: s.conv_out.ptr, ld_qkv: qkv_dim, b: ba, a: ba.cols(nv), a_log: g.a_log, dt_bias: g.dt_bias, state,
+                cu_seqlens: r.at(pm.cu_seqlens), slots: r.at(pm.slots), out: s.core.ptr, ld_out: vd, nseq: r.prefill_seqs,
+                tokens: t, max_tokens: r.l.max_seq_tokens(), workspace: s.gdn_ws.ptr, workspace_bytes: s.gdn_ws.bytes,
+            })?;
+            let core = Mat::f32(s.core.ptr, vd).rows(nd);
+            k.gated_rmsnorm(st, core.ptr, qkvz.cols(qkv_dim).rows(nd), g.norm, out.rows(nd).ptr, r.act, t - nd)?;
+        }
+        self.gemm(g.out, s.mix_in.ptr, r.act, s.delta.ptr, h, vd, r.l)
+    }
+
+    /// One full-attention mixer (full layer `fi`): fused q/gate/k/v projection, q/k norm
+    /// + RoPE + KV write, decode attention over pages for the decode rows and flash
+    /// prefill attention for the chunks, the sigmoid output gate, then o_proj into
+    /// `s.delta`.
+    fn full_attention(&self, a: &FullPtrs, fi: usize, r: &Rows) -> Result<()> {
+        let (c, k, st, s) = (self.cfg, self.k, self.stream, self.s);
+        let (h, t, nd) = (c.hidden_size, r.l.num_tokens(), r.decode_seqs);
+        let attn_w = c.num_heads * c.head_dim;
+        let qgkv_w = (2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
+        self.gemm(a.qgkv, s.normed.ptr, r.act, s.wide.ptr, qgkv_w, h, r.l)?;
+        let qg = Mat::f32(s.wide.ptr, qgkv_w);
+        let kq = 2 * c.num_heads * c.head_dim;
+        let (kc, vc) = (self.pools.k_layer(fi), self.pools.v_layer(fi));
+        k.qk_norm_rope(st, &QkNormRope {
+            qg, k: qg.cols(kq), v: qg.cols(kq + c.num_kv_heads * c.head_dim),
+            q_norm_w: a.q_norm, k_norm_w: a.k_norm, pos: r.at(r.meta.pos), kv_loc: r.at(r.meta.kv_loc),
+            q_out: s.q.ptr, k_cache: kc, v_cache: vc, block_size: self.pools.block_size, tokens: t,
+        })?;
+        // The decode combine writes its output in the gate's dtype (fp32 here); with
+        // bf16 activations it goes to `core` and is converted.
+        let out = Mat { ptr: s.mix_in.ptr, ld: attn_w, dtype: r.act };
+        let combine_out = if r.act == DType::BF16 { Mat::f32(s.core.ptr, attn_w) } else { out };
+        if nd > 0 {
+            k.attn_decode(st, &AttnDecode {
+                q: s.q.ptr, k_cache: kc, v_cache: vc, block_tables: r.at(r.meta.block_tables), bt_stride: r.l.bt_stride,
+                ctx_lens: r.at(r.meta.ctx_lens), block_size: self.pools.block_size,
+                part_acc: s.part_acc.ptr, part_ml: s.part_ml.ptr, max_parts: s.max_parts,
+                gate: Some(qg.cols(c.head_dim)), gate_hs: 2 * c.head_dim, out: combine_out, batch: nd,
+            })?;
+            if r.act == DType::BF16 {
+                k.f32_to_bf16(st, s.core.ptr, s.mix_in.ptr, nd * attn_w)?;
+            }
+        }
+        if r.prefill_seqs > 0 {
+            let pm = &r.prefill_meta;
+            k.attn_prefill(st, &AttnPrefill {
+                q: s.q.ptr, k_cache: kc, v_cache: vc, cu_seqlens: r.at(pm.cu_seqlens), start_pos: r.at(pm.start_pos),
+                block_tables: r.at(pm.block_tables), bt_stride: r.l.bt_stride, block_size: self.pools.block_size,
+                out: s.core.ptr, nseq: r.prefill_seqs, max_tokens: r.l.max_seq_tokens(),
+            })?;
+            let core = Mat::f32(s.core.ptr, attn_w).rows(nd);
+            k.output_gate(st, core.ptr, qg.cols(c.head_dim).rows(nd), 2 * c.head_dim, out.rows(nd), t - nd)?;
+        }
+        self.gemm(a.o, s.mix_in.ptr, r.act, s.delta.ptr, h, attn_w, r.l)
+    }
+
+    /// The SiLU-gated MLP of one layer into `s.delta`.
+    fn mlp(&self, layer: &LayerPtrs, r: &Rows) -> Result<()> {
+        let (c, s) = (self.cfg, self.s);
+        let (h, i, t) = (c.hidden_size, c.intermediate_size, r.l.num_tokens());
+        self.gemm(layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, 2 * i, h, r.l)?;
+        self.k.silu_mul(self.stream, Mat::f32(s.wide.ptr, 2 * i), i, Mat { ptr: s.mix_in.ptr, ld: i, dtype: r.act }, i, t)?;
+        self.gemm(layer.down, s.mix_in.ptr, r.act, s.delta.ptr, h, i, r.l)
+    }
+
+    /// y[T][N] = x[T][K] . W[N][K]^T over the step's rows; x is in dtype `xdt` (see
+    /// `gemm_input`). A chunk longer than 64 tokens (prefill) goes through cuBLASLt
+    /// (bf16 activations, one call with M = its length); every other row through the
+    /// skinny GEMM in 64-row pieces. Either way a row's result depends only on its own
+    /// chunk, never on what else is in the step (the skinny GEMM's result does not
+    /// depend on M).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(&self, w: DevPtr, x: DevPtr, xdt: DType, y: DevPtr, n: usize, kdim: usize, l: &StepLayout) -> Result<()> {
+        let s = self.s;
+        let skinny = |r0: usize, r1: usize| -> Result<()> {
+            for r in (r0..r1).step_by(SKINNY_MAX_CHUNK) {
+                let rows = (r1 - r).min(SKINNY_MAX_CHUNK);
+                let (xo, yo) = (x + (r * kdim * xdt.size()) as u64, y + (r * n * 4) as u64);
+                self.k.gemm(self.stream, w, xo, xdt, yo, DType::F32, rows, n, kdim, &s.gemm)?;
+            }
+            Ok(())
+        };
+        let mut run = 0; // start of the pending run of short chunks
+        for seq in l.cu_seqlens.windows(2) {
+            let (r0, r1) = (seq[0] as usize, seq[1] as usize);
+            if r1 - r0 <= SKINNY_MAX_CHUNK {
+                continue;
+            }
+            skinny(run, r0)?;
+            let xb = if xdt == DType::BF16 {
+                x + (r0 * kdim * 2) as u64
+            } else {
+                self.k.f32_to_bf16(self.stream, x + (r0 * kdim * 4) as u64, s.x_bf16.ptr, (r1 - r0) * kdim)?;
+                s.x_bf16.ptr
+            };
+            self.blas.borrow_mut().gemm(self.stream, w, xb, y + (r0 * n * 4) as u64, r1 - r0, n, kdim)?;
+            run = r1;
+        }
+        skinny(run, l.num_tokens())
+    }
+
+    /// The dtype the layers' GEMM inputs are written in for step `l`: bf16 when every
+    /// chunk is longer than 64 tokens (all rows go to cuBLASLt, which reads bf16: the
+    /// producers write it directly, bit-identical to converting their fp32 output),
+    /// else the engine's activation dtype.
+    fn gemm_input(&self, l: &StepLayout) -> DType {
+        if l.cu_seqlens.windows(2).all(|w| (w[1] - w[0]) as usize > SKINNY_MAX_CHUNK) {
+            DType::BF16
+        } else {
+            self.act
+        }
+    }
+}
+
+/// (bf16 output, fp32 output) arguments of a norm kernel writing `ptr` in `dt`.
+fn split_by_dtype(dt: DType, ptr: DevPtr) -> (DevPtr, DevPtr) {
+    if dt == DType::BF16 {
+        (ptr, NULL)
+    } else {
+        (NULL, ptr)
+    }
+}

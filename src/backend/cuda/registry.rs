@@ -1,0 +1,185 @@
+//! The kernel registry: every entry point of every module and the dynamic shared memory
+//! it is launched with, declared once. The loader takes its function list and shared
+//! memory limits from here, the launchers their names and sizes, and the NVRTC compile
+//! passes the sizes to the kernels as `KILN_SMEM_*` defines, where each kernel
+//! static-asserts its own layout against them (so a drift fails the compile in CI). A
+//! CPU test checks that the compiled modules export exactly these names.
+
+use super::compile::KernelDims;
+use super::kernels::DType;
+
+/// One entry point: its module (a `kernels/*.cu` file) and the dynamic shared memory it
+/// needs beyond the default (0: none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub module: &'static str,
+    pub name: &'static str,
+    pub smem: usize,
+}
+
+/// Rows of `[x dtype][y dtype]` tables: index 0 is f32, 1 is bf16 (`DType::idx`).
+type ByXY<T> = [[T; 2]; 2];
+
+pub const EMBED: &str = "kiln_embed";
+pub const ADD_RMSNORM: [&str; 2] = ["kiln_add_rmsnorm_f32", "kiln_add_rmsnorm_bf16"];
+pub const GATED_RMSNORM: ByXY<&str> = [
+    ["kiln_gated_rmsnorm_f32_f32", "kiln_gated_rmsnorm_f32_bf16"],
+    ["kiln_gated_rmsnorm_bf16_f32", "kiln_gated_rmsnorm_bf16_bf16"],
+];
+/// Register skinny GEMM, one kernel per largest M: [x][y][m8, m16, m32, m64].
+pub const GEMM: ByXY<[&str; 4]> = [
+    [
+        ["kiln_gemm_xf32_yf32_m8", "kiln_gemm_xf32_yf32_m16", "kiln_gemm_xf32_yf32_m32", "kiln_gemm_xf32_yf32_m64"],
+        ["kiln_gemm_xf32_ybf16_m8", "kiln_gemm_xf32_ybf16_m16", "kiln_gemm_xf32_ybf16_m32", "kiln_gemm_xf32_ybf16_m64"],
+    ],
+    [
+        ["kiln_gemm_xbf16_yf32_m8", "kiln_gemm_xbf16_yf32_m16", "kiln_gemm_xbf16_yf32_m32", "kiln_gemm_xbf16_yf32_m64"],
+        ["kiln_gemm_xbf16_ybf16_m8", "kiln_gemm_xbf16_ybf16_m16", "kiln_gemm_xbf16_ybf16_m32", "kiln_gemm_xbf16_ybf16_m64"],
+    ],
+];
+/// Skinny GEMM with x split once per block into shared memory: [x][y][m32, m64].
+pub const GEMM_SX: ByXY<[&str; 2]> = [
+    [["kiln_gemm_sx_xf32_yf32_m32", "kiln_gemm_sx_xf32_yf32_m64"], ["kiln_gemm_sx_xf32_ybf16_m32", "kiln_gemm_sx_xf32_ybf16_m64"]],
+    [["kiln_gemm_sx_xbf16_yf32_m32", "kiln_gemm_sx_xbf16_yf32_m64"], ["kiln_gemm_sx_xbf16_ybf16_m32", "kiln_gemm_sx_xbf16_ybf16_m64"]],
+];
+/// The largest M of each `GEMM_SX` column.
+pub const GEMM_SX_MAX_M: [usize; 2] = [32, 64];
+pub const CONV1D: [&str; 2] = ["kiln_conv1d_f32", "kiln_conv1d_bf16"];
+pub const GDN_DECODE: ByXY<&str> = [
+    ["kiln_gdn_decode_f32_f32", "kiln_gdn_decode_f32_bf16"],
+    ["kiln_gdn_decode_bf16_f32", "kiln_gdn_decode_bf16_bf16"],
+];
+pub const GDN_PREFILL_PREP: [&str; 2] = ["kiln_gdn_prefill_prep_f32", "kiln_gdn_prefill_prep_bf16"];
+pub const GDN_PREFILL_SCAN: &str = "kiln_gdn_prefill_scan";
+pub const QK_NORM_ROPE: [&str; 2] = ["kiln_qk_norm_rope_f32", "kiln_qk_norm_rope_bf16"];
+pub const ATTN_PREFILL: &str = "kiln_attn_prefill";
+pub const ATTN_DECODE_PARTIAL: &str = "kiln_attn_decode_partial";
+pub const ATTN_DECODE_COMBINE: [&str; 2] = ["kiln_attn_decode_combine_f32", "kiln_attn_decode_combine_bf16"];
+pub const OUTPUT_GATE: ByXY<&str> = [
+    ["kiln_output_gate_f32_f32", "kiln_output_gate_f32_bf16"],
+    ["kiln_output_gate_bf16_f32", "kiln_output_gate_bf16_bf16"],
+];
+pub const SILU_MUL: ByXY<&str> = [
+    ["kiln_silu_mul_f32_f32", "kiln_silu_mul_f32_bf16"],
+    ["kiln_silu_mul_bf16_f32", "kiln_silu_mul_bf16_bf16"],
+];
+pub const ARGMAX: [&str; 2] = ["kiln_argmax_f32", "kiln_argmax_bf16"];
+pub const F32_TO_BF16: &str = "kiln_f32_to_bf16";
+
+/// Tokens per GDN prefill chunk (GR_C / GS_C in gdn_prefill.cu).
+pub const GDN_CHUNK: usize = 64;
+
+/// Dynamic shared memory of kiln_attn_prefill: q hi + lo [64 rows] and k, v [2
+/// buffers][32 keys], bf16 rows padded by 8 (AP_SMEM_BYTES).
+pub fn attn_prefill_smem(head_dim: usize) -> usize {
+    (2 * 64 + 4 * 32) * (head_dim + 8) * 2
+}
+
+/// Dynamic shared memory of kiln_gdn_prefill_prep_* (GR_SMEM_BYTES; the kernel traps if
+/// launched with less): q, k, v, W rows (fp32, padded); P, -A (split pairs); the
+/// diagonal inverses and diagonal blocks of A; per-token vectors. 183824 bytes at dk =
+/// dv = 128.
+pub fn gdn_prefill_prep_smem(dk: usize, dv: usize) -> usize {
+    let c = GDN_CHUNK;
+    let ldx = dk.max(dv) + 4;
+    4 * c * ldx * 4 + 2 * c * (c / 2 + 4) * 8 + c * 12 * 8 + c * 17 * 4 + 5 * c * 4 + 16
+}
+
+/// Dynamic shared memory of kiln_gdn_prefill_scan (GS_SMEM_BYTES): two chunk buffers of
+/// {-W, Q', Kd} tiles, S^T and V'^T as A tiles. 221184 bytes at dk = 128.
+pub fn gdn_prefill_scan_smem(dk: usize) -> usize {
+    (2 * 48 * dk + 2 * (dk / 16) * 64 + 8 * 64) * 16
+}
+
+/// Dynamic shared memory of kiln_gemm_sx_*: two slabs of 64 k for `max_m` rows, row
+/// stride 320 bytes (fp32 x as bf16 hi + lo) or 192 (bf16 x).
+pub fn gemm_sx_smem(x: DType, max_m: usize) -> usize {
+    2 * max_m * if x == DType::F32 { 320 } else { 192 }
+}
+
+const BOTH: [DType; 2] = [DType::F32, DType::BF16];
+
+/// Every entry point, module by module (the order of `compile::SOURCES`).
+pub fn entries(d: &KernelDims) -> Vec<Entry> {
+    let mut v = Vec::new();
+    let mut add = |module: &'static str, names: &[&'static str], smem: usize| {
+        v.extend(names.iter().map(|&name| Entry { module, name, smem }));
+    };
+    add("norm", &[EMBED], 0);
+    add("norm", &ADD_RMSNORM, 0);
+    add("norm", GATED_RMSNORM.as_flattened(), 0);
+    add("gemm", GEMM.as_flattened().as_flattened(), 0);
+    for x in BOTH {
+        for y in BOTH {
+            for (i, m) in GEMM_SX_MAX_M.iter().enumerate() {
+                add("gemm", &[GEMM_SX[x.idx()][y.idx()][i]], gemm_sx_smem(x, *m));
+            }
+        }
+    }
+    add("conv", &CONV1D, 0);
+    add("gdn_decode", GDN_DECODE.as_flattened(), 0);
+    add("gdn_prefill", &GDN_PREFILL_PREP, gdn_prefill_prep_smem(d.lin_k_dim, d.lin_v_dim));
+    add("gdn_prefill", &[GDN_PREFILL_SCAN], gdn_prefill_scan_smem(d.lin_k_dim));
+    add("rope_kv", &QK_NORM_ROPE, 0);
+    add("attn_prefill", &[ATTN_PREFILL], attn_prefill_smem(d.head_dim));
+    add("attn_decode", &[ATTN_DECODE_PARTIAL], 0);
+    add("attn_decode", &ATTN_DECODE_COMBINE, 0);
+    add("elementwise", OUTPUT_GATE.as_flattened(), 0);
+    add("elementwise", SILU_MUL.as_flattened(), 0);
+    add("elementwise", &ARGMAX, 0);
+    add("elementwise", &[F32_TO_BF16], 0);
+    v
+}
+
+/// The shared-memory sizes as NVRTC defines, which the kernels static-assert their own
+/// layouts against.
+pub fn smem_defines(d: &KernelDims) -> Vec<String> {
+    let mut v = vec![
+        format!("-DKILN_SMEM_ATTN_PREFILL={}", attn_prefill_smem(d.head_dim)),
+        format!("-DKILN_SMEM_GDN_PREP={}", gdn_prefill_prep_smem(d.lin_k_dim, d.lin_v_dim)),
+        format!("-DKILN_SMEM_GDN_SCAN={}", gdn_prefill_scan_smem(d.lin_k_dim)),
+    ];
+    for x in BOTH {
+        for m in GEMM_SX_MAX_M {
+            v.push(format!("-DKILN_SMEM_GEMM_SX_{}_M{m}={}", x.suffix(), gemm_sx_smem(x, m)));
+        }
+    }
+    v
+}
+
+/// The entry points a compiled module (cubin) exports: the NUL-terminated names in its
+/// string table that start with `kiln_` (section names such as `.text.kiln_x` start
+/// with a dot and are not counted).
+pub fn exported_names(cubin: &[u8]) -> std::collections::BTreeSet<String> {
+    cubin
+        .split(|b| *b == 0)
+        .filter(|s| s.starts_with(b"kiln_") && s.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_'))
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_is_listed_once_and_sizes_match_the_documented_ones() {
+        let d = KernelDims::qwen3_5_4b();
+        let e = entries(&d);
+        let names: std::collections::BTreeSet<&str> = e.iter().map(|x| x.name).collect();
+        assert_eq!(names.len(), e.len(), "an entry point is listed twice");
+        // The sizes the kernel headers document for Qwen3.5-4B.
+        assert_eq!(gdn_prefill_prep_smem(128, 128), 183824);
+        assert_eq!(gdn_prefill_scan_smem(128), 221184);
+        assert_eq!(attn_prefill_smem(256), 135168);
+        let big: Vec<&str> = e.iter().filter(|x| x.smem > 48 * 1024).map(|x| x.name).collect();
+        assert!(big.contains(&ATTN_PREFILL) && big.contains(&GDN_PREFILL_SCAN), "{big:?}");
+    }
+
+    #[test]
+    fn exported_names_skip_section_names_and_symbols_of_other_kinds() {
+        let fake = b"\0.text.kiln_embed\0kiln_embed\0kiln_f32_to_bf16\0$kiln_x\0_Z3fooi\0kiln_bad name\0";
+        let got: Vec<String> = exported_names(fake).into_iter().collect();
+        assert_eq!(got, vec!["kiln_embed".to_string(), "kiln_f32_to_bf16".to_string()]);
+    }
+}
