@@ -4,12 +4,16 @@
 # peer in .peer/ (see docs/perf.md). Stages (space-separated in $STAGES, default all):
 #   make     seeded random Qwen3.5-4B checkpoint (transformers, bf16, official layout)
 #   build    kiln-build the plan (timed)
-#   bench    kiln-eval bench: decode steps at batch 1/8/32/64, ctx 1024; prefill 1024
+#   bench    kiln-eval bench: decode steps at batch 1..256, ctx 1024; prefill 1024; batch 1 at
+#            ctx 8192 and prefill 8192 (bench8k.txt)
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
 #   eval     kiln-eval logits + compare against the references
 #   serve    launch_server.sh --model-path: time to /health 200, one request
 #   serving  (with serve) scripts/bench_serving.py against that server
+# Always last: scripts/perf_record.py writes the run's line ($OUT/run.json, and appends it
+# to docs/perf/runs.jsonl here; copy it into the checkout's docs/perf/runs.jsonl).
+# KILN_COMMIT names the commit (the device's copy has no .git).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 CKPT=/tmp/qwen35_4b_random; REFS=/tmp/refs; ENG=/tmp/engines
@@ -31,6 +35,7 @@ if has build; then
 fi
 if has bench; then
   log bench; .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -v "^\s*$" | tee "$OUT/bench.txt" | tail -8
+  .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1 --ctx 8192 --prefill 8192 2>&1 | grep -v "^\s*$" | tee "$OUT/bench8k.txt" | tail -2
 fi
 if has profile; then
   log "ncu: per-kernel times of one 1024-token prefill"
@@ -60,14 +65,14 @@ if has kernels; then
 fi
 if has peer; then
   log peer; python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/*.whl 2>&1 | tail -2
-  PYTHONPATH=/tmp/site python3 .peer/peer_torch_graph.py --batch 1,8,32,64 --ctx 1024 > "$OUT/peer.txt" 2>&1
+  PYTHONPATH=/tmp/site python3 .peer/peer_torch_graph.py --batch 1,8,32,64,128,256 --ctx 1024 > "$OUT/peer.txt" 2>&1
   grep -E '"[0-9]+": \{|"ms"' "$OUT/peer.txt" | paste - - 
 fi
 if has refs; then
   log refs; t=$(date +%s); python3 scripts/gpu_reference.py refs --ckpt "$CKPT" --out "$REFS" --n "$N" 2>&1 | tail -3; log "refs took $(( $(date +%s) - t )) s"
 fi
 if has eval; then
-  log eval; .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours.f32 2>&1 | tail -5
+  log eval; .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours.f32 2>&1 | tee "$OUT/eval.txt" | tail -6
   python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours.f32 2>&1 | tee "$OUT/compare.json" | tail -40
 fi
 if has eval_bf16; then
@@ -86,4 +91,7 @@ if has serve; then
   fi
   kill %1; tail -5 "$OUT/serve.log"
 fi
+GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+mkdir -p docs/perf
+python3 scripts/perf_record.py --out "$OUT" --commit "${KILN_COMMIT:-unknown}" --gpu "$GPU_NAME" --append docs/perf/runs.jsonl | tee "$OUT/run.json"
 log done

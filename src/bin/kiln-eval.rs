@@ -35,7 +35,7 @@ enum Cmd {
     Bench {
         #[arg(long)]
         plan: PathBuf,
-        #[arg(long, default_value = "1,8,32,64")]
+        #[arg(long, default_value = "1,8,32,64,128,256")]
         batch: String,
         #[arg(long, default_value_t = 1024)]
         ctx: usize,
@@ -70,7 +70,7 @@ fn prefill(be: &mut dyn Backend, slot: usize, prompt: &[u32], blocks: &[u32], bu
 }
 
 fn logits(plan: PathBuf, cases: PathBuf, out: PathBuf) -> Result<()> {
-    let opt = CudaOptions { max_running: Some(32), max_seq_len: 4096, ..Default::default() };
+    let opt = CudaOptions { max_running: Some(256), max_seq_len: 4096, ..Default::default() };
     let mut be = CudaBackend::load(&plan, None, &opt)?;
     let per = opt.max_seq_len / be.capacity().block_size;
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cases)?)?;
@@ -103,10 +103,9 @@ fn logits(plan: PathBuf, cases: PathBuf, out: PathBuf) -> Result<()> {
     f.flush()?;
     println!("free-running greedy prefix match with HF fp32: {free_match}/{free_total} tokens");
 
-    // Batch invariance: prompt 0 alone, then in slot 5 among 31 other sequences.
-    let greedy = |be: &mut CudaBackend, others: bool| -> Result<Vec<u32>> {
-        let n = if others { 32 } else { 1 };
-        let target = if others { 5 } else { 0 };
+    // Batch invariance: prompt 0 alone, then in slot 5 among 7, 63 and 255 other sequences.
+    let greedy = |be: &mut CudaBackend, n: usize| -> Result<Vec<u32>> {
+        let target = if n > 1 { 5 } else { 0 };
         let mut toks = vec![0u32; n];
         let mut lens = vec![0usize; n];
         for s in 0..n {
@@ -131,10 +130,16 @@ fn logits(plan: PathBuf, cases: PathBuf, out: PathBuf) -> Result<()> {
         }
         Ok(out)
     };
-    let alone = greedy(&mut be, false)?;
-    let batched = greedy(&mut be, true)?;
-    println!("batch invariance (32 greedy tokens, alone vs among 31 others): {}", if alone == batched { "identical" } else { "DIFFERENT" });
-    ensure!(alone == batched, "batch invariance failed: {alone:?} vs {batched:?}");
+    let alone = greedy(&mut be, 1)?;
+    for n in [8, 64, 256] {
+        let batched = greedy(&mut be, n)?;
+        println!(
+            "batch invariance (32 greedy tokens, alone vs among {} others): {}",
+            n - 1,
+            if alone == batched { "identical" } else { "DIFFERENT" }
+        );
+        ensure!(alone == batched, "batch invariance failed at batch {n}: {alone:?} vs {batched:?}");
+    }
     mixed_step_invariance(&mut be, &prompts, per)
 }
 

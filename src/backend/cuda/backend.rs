@@ -38,6 +38,10 @@ pub struct CudaOptions {
     pub max_parts: usize,
     /// Replay decode steps as CUDA graphs (env KILN_CUDA_GRAPHS=0 turns them off).
     pub graphs: bool,
+    /// Capture the decode graphs with programmatic dependent launch, so each kernel's
+    /// launch and weight prefetch overlap its predecessor's tail (every kiln kernel waits
+    /// for its predecessor's writes first). Env KILN_PDL=0 turns it off.
+    pub pdl: bool,
     /// Dtype of the GEMM inputs (normed activations and mixer outputs). fp32 keeps
     /// them exact (the skinny GEMM splits them into two bf16 MMAs); bf16 halves the
     /// matrix-unit work. Every step uses the same one, so rows stay batch invariant.
@@ -56,6 +60,7 @@ impl Default for CudaOptions {
             block_size: 16,
             max_parts: 32,
             graphs: std::env::var("KILN_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            pdl: std::env::var("KILN_PDL").map_or(true, |v| v != "0"),
             act: if std::env::var("KILN_ACT").is_ok_and(|v| v == "bf16") { DType::BF16 } else { DType::F32 },
         }
     }
@@ -74,6 +79,8 @@ pub struct CudaBackend {
     max_blocks_per_seq: usize,
     pub device_name: String,
     graphs_enabled: bool,
+    /// Capture decode graphs with PDL (`CudaOptions::pdl`); cleared if a capture fails.
+    pdl: bool,
     /// Largest captured decode bucket (`CudaOptions::graph_max_bs`, at most the slots).
     graph_max_bs: usize,
     act: DType,
@@ -194,6 +201,7 @@ impl CudaBackend {
             device_name,
             graphs_enabled: opt.graphs && graph_max_bs > 0,
             graph_max_bs,
+            pdl: opt.pdl,
             act: opt.act,
             graphs: Default::default(),
         })
@@ -283,16 +291,32 @@ impl CudaBackend {
         if self.graphs.contains_key(&(b, argmax_limit)) {
             return Ok(());
         }
-        let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
-        self.stream.begin_capture(mode).map_err(|e| anyhow!("starting graph capture: {e:?}"))?;
-        let stack = self.stack();
-        let r = stack.forward(padded).and_then(|_| stack.lm_head(b, argmax_limit));
-        let g = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags_enum(0));
-        r.context("capturing a decode graph")?;
-        let g = g.map_err(|e| anyhow!("instantiating a decode graph: {e:?}"))?.context("graph capture produced no graph")?;
-        tracing::debug!(bucket = b, "captured a decode graph");
+        let g = match self.capture(padded, argmax_limit, self.pdl) {
+            Ok(g) => g,
+            Err(e) if self.pdl => {
+                tracing::warn!("capturing a decode graph with programmatic dependent launch failed ({e:#}); capturing without it");
+                self.pdl = false;
+                self.graphs.clear();
+                self.capture(padded, argmax_limit, false)?
+            }
+            Err(e) => return Err(e),
+        };
+        tracing::debug!(bucket = b, pdl = self.pdl, "captured a decode graph");
         self.graphs.insert((b, argmax_limit), g);
         Ok(())
+    }
+
+    /// Captures one decode step (layers + lm_head) on the stream into a graph.
+    fn capture(&self, padded: &Step, argmax_limit: Option<usize>, pdl: bool) -> Result<cudarc::driver::CudaGraph> {
+        let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        self.stream.begin_capture(mode).map_err(|e| anyhow!("starting graph capture: {e:?}"))?;
+        self.k.set_pdl(pdl);
+        let stack = self.stack();
+        let r = stack.forward(padded).and_then(|_| stack.lm_head(padded.layout.num_seqs(), argmax_limit));
+        self.k.set_pdl(false);
+        let g = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags_enum(0));
+        r.context("capturing a decode graph")?;
+        g.map_err(|e| anyhow!("instantiating a decode graph: {e:?}"))?.context("graph capture produced no graph")
     }
 
     /// Captures every decode graph (each batch bucket, greedy-on-device with
@@ -308,7 +332,7 @@ impl CudaBackend {
             self.ensure_graph(&shape, Some(argmax_limit))?;
             self.ensure_graph(&shape, None)?;
         }
-        tracing::info!("captured {} decode graphs in {:.0} ms", self.graphs.len(), t0.elapsed().as_secs_f64() * 1e3);
+        tracing::info!(pdl = self.pdl, "captured {} decode graphs in {:.0} ms", self.graphs.len(), t0.elapsed().as_secs_f64() * 1e3);
         Ok(())
     }
 

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""One JSON line per device run (docs/perf/runs.jsonl), built from what
+scripts/device_run.sh left in its output folder:
+
+  bench.txt      kiln-eval bench (decode batches at ctx 1024, prefill 1024)
+  bench8k.txt    kiln-eval bench --batch 1 --ctx 8192 --prefill 8192
+  peer.txt       shared/bench/peer_torch_graph.py (its last JSON object; copy bandwidth)
+  compare.json   scripts/gpu_reference.py compare (logits error, agreement by margin)
+  eval.txt       kiln-eval logits (batch and mixed-step invariance lines)
+  serving.txt    scripts/bench_serving.py (one "workload {json}" line per workload)
+
+Missing files leave their fields out; nothing is invented. Usage:
+  perf_record.py --out DIR --commit SHA --gpu NAME [--append docs/perf/runs.jsonl]
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def last_json_object(text):
+    """The last top-level {...} in text (a script may print lines around it)."""
+    end = text.rfind("}")
+    depth = 0
+    for i in range(end, -1, -1):
+        depth += text[i] == "}"
+        depth -= text[i] == "{"
+        if depth == 0:
+            return json.loads(text[i:end + 1])
+    raise ValueError("no JSON object")
+
+
+def parse_bench(text, key_ctx=None):
+    decode, prefill = {}, {}
+    for m in re.finditer(r"decode batch (\d+) ctx (\d+): median ([0-9.]+) ms/step", text):
+        if key_ctx is None or int(m.group(2)) == key_ctx:
+            decode[m.group(1)] = float(m.group(3))
+    for m in re.finditer(r"prefill (\d+) tokens: median ([0-9.]+) ms", text):
+        prefill[m.group(1)] = float(m.group(2))
+    return decode, prefill
+
+
+def parse_compare(rep):
+    agree, hf = {}, {}
+    for k, v in rep["agreement_with_fp32"].items():
+        key = k.lstrip(">")
+        key = "0" if float(key) == 0 else key
+        agree[key], hf[key] = v["ours"], v["hf_bf16"]
+    return {"rel_err": rep["rel_err_vs_fp32"]["ours"], "hf_bf16_rel_err": rep["rel_err_vs_fp32"]["hf_bf16"],
+            "agree": agree, "hf_bf16_agree": hf, "nan": rep.get("nan_in_ours")}
+
+
+def record(out, commit, gpu):
+    line = {"date": datetime.date.today().isoformat(), "commit": commit, "gpu": gpu}
+    bench = read(os.path.join(out, "bench.txt"))
+    if bench:
+        line["decode_ms"], line["prefill_ms"] = parse_bench(bench, 1024)
+    bench8k = read(os.path.join(out, "bench8k.txt"))
+    if bench8k:
+        d, p = parse_bench(bench8k, 8192)
+        if "1" in d:
+            line["decode_ms_ctx8192"] = d["1"]
+        line.setdefault("prefill_ms", {}).update(p)
+    peer = read(os.path.join(out, "peer.txt"))
+    if peer:
+        rep = last_json_object(peer)
+        line["peer_ms"] = {str(b): v["ms"] for b, v in rep["steps"].items()}
+        line["copy_tbps"] = round(rep["copy_bw_TBps"], 3)
+    compare = read(os.path.join(out, "compare.json"))
+    if compare:
+        line["correctness"] = parse_compare(last_json_object(compare))
+    ev = read(os.path.join(out, "eval.txt"))
+    if ev:
+        c = line.setdefault("correctness", {})
+        inv = re.findall(r"batch invariance \(.*?among (\d+) others\): (\w+)", ev)
+        if inv:
+            c["batch_invariant"] = all(r == "identical" for _, r in inv)
+            c["batch_invariant_sizes"] = [int(n) + 1 for n, _ in inv]
+        mixed = re.search(r"mixed-step invariance \(.*?\): (.*)", ev)
+        if mixed:
+            c["mixed_invariant"] = mixed.group(1).startswith("bit-identical")
+    serving = read(os.path.join(out, "serving.txt"))
+    if serving:
+        line["serving"] = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"^(\w+) (\{.*\})$", serving, re.M)}
+    return line
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--commit", required=True)
+    ap.add_argument("--gpu", required=True)
+    ap.add_argument("--append")
+    a = ap.parse_args()
+    line = json.dumps(record(a.out, a.commit, a.gpu), sort_keys=False)
+    print(line)
+    if a.append:
+        with open(a.append, "a") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
