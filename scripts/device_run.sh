@@ -9,6 +9,7 @@
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
 #   eval     kiln-eval logits + compare against the references
+#   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
 #   serve    launch_server.sh --model-path: time to /health 200, one request
 #   serving  (with serve) scripts/bench_serving.py against that server
 # Always last: scripts/perf_record.py writes the run's line ($OUT/run.json, and appends it
@@ -62,6 +63,9 @@ if has kernels; then
   log "kernel tests"; for t in .devbin/cuda_kernels*; do [ -x "$t" ] && "$t" --ignored --test-threads=1 --nocapture > "$OUT/kernels.txt" 2>&1; grep -E "^test |test result|panicked|rel err" "$OUT/kernels.txt" | tail -70
     KILN_CUDA_BENCH=1 "$t" bench_gdn_prefill bench_kernels --ignored --test-threads=1 --nocapture 2>&1 | grep BENCH | tee "$OUT/kernel_bench.txt"
   done
+fi
+if has backend; then
+  log "cuda backend vs cpu backend on the toy model"; for t in .devbin/cuda_backend*; do [ -x "$t" ] && "$t" --ignored --test-threads=1 --nocapture 2>&1 | tee "$OUT/backend.txt" | grep -E "^test |test result|panicked" ; done
 fi
 if has peer; then
   log peer; python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/*.whl 2>&1 | tail -2
