@@ -165,3 +165,210 @@ GDN_DECODE(kiln_gdn_decode_f32_f32, float, float)
 GDN_DECODE(kiln_gdn_decode_f32_bf16, float, bf16)
 GDN_DECODE(kiln_gdn_decode_bf16_f32, bf16, float)
 GDN_DECODE(kiln_gdn_decode_bf16_bf16, bf16, bf16)
+
+// ---------------------------------------------------------------------------------
+// Column-split variant, kiln_gdn_decode_split_{in}_{out}: the same arguments and
+// results, with more parallelism per sequence. grid (LIN_NV * GDV_VS, B), block 128,
+// clusters of GDV_VS blocks (the slices of one value head). Block (h, slice) owns columns
+// [slice * GDV_CW, +GDV_CW) of the head's state for all LIN_DK rows, as float4s: thread
+// (cg, rg) holds rows [rg * GDV_RPT, +GDV_RPT) of columns cg*4 .. cg*4 + 3. Each column
+// of S is updated independently (kv_j = S[:, j] . k, delta_j, S[:, j] += k delta_j,
+// o_j = S[:, j] . q), so a block needs only the head's q and k (recomputed from the conv
+// ring by every slice: 2 * LIN_DK channels, cheap) and its own v and z columns. The
+// gated RMSNorm's sum of o^2 over the head is summed over the cluster's blocks in rank
+// order through distributed shared memory. Every sum has a fixed order that depends on
+// nothing but the head's shape, so a row's result does not depend on B.
+#define GDV_VS (LIN_DV / 16 < 8 ? LIN_DV / 16 : 8)  // slices per head (a portable cluster is <= 8)
+#define GDV_CW (LIN_DV / GDV_VS)                    // columns per block
+#define GDV_CG (GDV_CW / 4)                         // float4 column groups per block
+#define GDV_THREADS 128
+#define GDV_WARPS (GDV_THREADS / 32)
+#define GDV_RG (GDV_THREADS / GDV_CG)  // row groups
+#define GDV_RPT (LIN_DK / GDV_RG)      // rows per thread
+static_assert(LIN_DV % GDV_VS == 0 && GDV_CW % 4 == 0 && GDV_CW <= 32 && 32 % GDV_CG == 0, "GDN split: column layout");
+static_assert(LIN_DK % GDV_RG == 0 && GDV_RPT >= 1, "GDN split: LIN_DK must be a multiple of the row groups");
+
+__device__ __forceinline__ void cluster_barrier() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// The float at `p` (this block's shared memory) in the shared memory of cluster block `rank`.
+__device__ __forceinline__ float ld_cluster_f32(const float* p, unsigned rank) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    unsigned remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(a), "r"(rank));
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void f4_fma(float4& acc, const float4& s, float x) {
+    acc.x += s.x * x; acc.y += s.y * x; acc.z += s.z * x; acc.w += s.w * x;
+}
+
+// Sums v over the lanes of this warp that share a column group (fixed butterfly order).
+__device__ __forceinline__ float4 rowgroup_sum(float4 v) {
+#pragma unroll
+    for (int off = GDV_CG; off < 32; off <<= 1) {
+        v.x += __shfl_xor_sync(0xffffffffu, v.x, off);
+        v.y += __shfl_xor_sync(0xffffffffu, v.y, off);
+        v.z += __shfl_xor_sync(0xffffffffu, v.z, off);
+        v.w += __shfl_xor_sync(0xffffffffu, v.w, off);
+    }
+    return v;
+}
+
+// Column sums of per-thread float4 partials over the whole block: warp partials into
+// red[warp][col], then summed over warps in order. Returns this thread's 4 columns.
+__device__ __forceinline__ float4 column_sum(float4 v, float (*red)[GDV_CW], int warp, int lane, int cg) {
+    v = rowgroup_sum(v);
+    if (lane < GDV_CG) {
+        red[warp][cg * 4 + 0] = v.x; red[warp][cg * 4 + 1] = v.y;
+        red[warp][cg * 4 + 2] = v.z; red[warp][cg * 4 + 3] = v.w;
+    }
+    __syncthreads();
+    float4 t = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < GDV_WARPS; ++w) {
+        t.x += red[w][cg * 4 + 0]; t.y += red[w][cg * 4 + 1];
+        t.z += red[w][cg * 4 + 2]; t.w += red[w][cg * 4 + 3];
+    }
+    return t;
+}
+
+template <typename IN, typename OUT>
+__device__ __forceinline__ void gdn_decode_split(const IN* __restrict__ qkv, int ld_qkv, const IN* __restrict__ z,
+                                                 int ld_z, const IN* __restrict__ b, const IN* __restrict__ a,
+                                                 int ld_ba, const bf16* __restrict__ conv_w,
+                                                 float* __restrict__ conv_state, float* __restrict__ state,
+                                                 const float* __restrict__ A_log, const float* __restrict__ dt_bias,
+                                                 const bf16* __restrict__ norm_w, const int* __restrict__ slots,
+                                                 const int* __restrict__ pos, OUT* __restrict__ out, int ld_out,
+                                                 int B) {
+    KILN_PDL_ENTER();
+    __shared__ float qs[LIN_DK], ks[LIN_DK], vs[GDV_CW], zs[GDV_CW];
+    __shared__ float red[GDV_WARPS][GDV_CW];
+    __shared__ float sc[4];
+    __shared__ float sq_part;  // this block's sum of o^2, read by the whole cluster
+    const int h = blockIdx.x / GDV_VS, slice = blockIdx.x % GDV_VS, bi = blockIdx.y;
+    // A whole cluster shares (h, bi), so it exits together (no cluster barrier waits).
+    if (bi >= B) return;
+    const int slot = slots[bi];
+    if (slot < 0) return;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int cg = tid % GDV_CG, rg = tid / GDV_CG;
+    const int c0 = slice * GDV_CW, r0 = rg * GDV_RPT;
+    const int kh = h / GDN_GROUP;
+
+    // State loads first so their latency overlaps the conv.
+    float* S = state + ((size_t)slot * LIN_NV + h) * LIN_DK * LIN_DV + (size_t)r0 * LIN_DV + c0 + cg * 4;
+    float4 s[GDV_RPT];
+#pragma unroll
+    for (int r = 0; r < GDV_RPT; ++r) s[r] = *reinterpret_cast<const float4*>(S + (size_t)r * LIN_DV);
+
+    // Conv update + SiLU of the head's q, k channels and this slice's v channels.
+    const int p = pos[bi];
+    float* ring = conv_state + (size_t)slot * CONV_K * CONV_DIM;
+    const bool qk_owner = (h % GDN_GROUP) == 0 && slice == 0;
+    for (int i = tid; i < 2 * LIN_DK + GDV_CW; i += GDV_THREADS) {
+        int ch;
+        bool own;
+        float* dst;
+        if (i < LIN_DK) {
+            ch = kh * LIN_DK + i; own = qk_owner; dst = qs + i;
+        } else if (i < 2 * LIN_DK) {
+            ch = LIN_KEY_DIM + kh * LIN_DK + (i - LIN_DK); own = qk_owner; dst = ks + (i - LIN_DK);
+        } else {
+            ch = 2 * LIN_KEY_DIM + h * LIN_DV + c0 + (i - 2 * LIN_DK); own = true; dst = vs + (i - 2 * LIN_DK);
+        }
+        const float xv = to_f(qkv[(size_t)bi * ld_qkv + ch]);
+        float acc = __bfloat162float(conv_w[ch * CONV_K + CONV_K - 1]) * xv;
+#pragma unroll
+        for (int jj = 0; jj < CONV_K - 1; ++jj) {
+            const int pp = p - (CONV_K - 1) + jj;
+            if (pp >= 0) acc += __bfloat162float(conv_w[ch * CONV_K + jj]) * ring[(size_t)(pp % CONV_K) * CONV_DIM + ch];
+        }
+        *dst = siluf_(acc);
+        // The ring row written (position p) is not one any block reads in this step.
+        if (own) ring[(size_t)(p % CONV_K) * CONV_DIM + ch] = xv;
+    }
+    if (tid < GDV_CW) zs[tid] = to_f(z[(size_t)bi * ld_z + h * LIN_DV + c0 + tid]);
+    if (tid == 0) {
+        const float bb = to_f(b[(size_t)bi * ld_ba + h]);
+        const float aa = to_f(a[(size_t)bi * ld_ba + h]);
+        sc[2] = sigmoidf_(bb);
+        sc[3] = expf(-expf(A_log[h]) * softplusf_(aa + dt_bias[h]));
+    }
+    __syncthreads();
+    // L2 norms of q (warp 0) and k (warp 1), as in gdn_decode.
+    if (warp < 2) {
+        float* v = warp == 0 ? qs : ks;
+        float ss = 0.f;
+        for (int i = lane; i < LIN_DK; i += 32) ss += v[i] * v[i];
+        ss = warp_sum(ss);
+        if (lane == 0) sc[warp] = rsqrtf(ss + 1e-6f) * (warp == 0 ? rsqrtf((float)LIN_DK) : 1.f);
+    }
+    __syncthreads();
+    for (int i = tid; i < 2 * LIN_DK; i += GDV_THREADS) {
+        if (i < LIN_DK) qs[i] *= sc[0];
+        else ks[i - LIN_DK] *= sc[1];
+    }
+    __syncthreads();
+
+    const float beta = sc[2], eg = sc[3];
+    float4 kv = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int r = 0; r < GDV_RPT; ++r) {
+        s[r].x *= eg; s[r].y *= eg; s[r].z *= eg; s[r].w *= eg;
+        f4_fma(kv, s[r], ks[r0 + r]);
+    }
+    const float4 kt = column_sum(kv, red, warp, lane, cg);
+    const float4 delta = make_float4(beta * (vs[cg * 4 + 0] - kt.x), beta * (vs[cg * 4 + 1] - kt.y),
+                                     beta * (vs[cg * 4 + 2] - kt.z), beta * (vs[cg * 4 + 3] - kt.w));
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int r = 0; r < GDV_RPT; ++r) {
+        const float kr = ks[r0 + r];
+        s[r].x += kr * delta.x; s[r].y += kr * delta.y; s[r].z += kr * delta.z; s[r].w += kr * delta.w;
+        f4_fma(o, s[r], qs[r0 + r]);
+    }
+#pragma unroll
+    for (int r = 0; r < GDV_RPT; ++r) *reinterpret_cast<float4*>(S + (size_t)r * LIN_DV) = s[r];
+    __syncthreads();  // everyone has read red[][] (kv) before it is reused
+    const float4 ot = column_sum(o, red, warp, lane, cg);
+    // This block's sum of o^2 (warp 0, one column per lane), then the head's over the
+    // cluster in rank order.
+    float oc = 0.f;
+    if (warp == 0) {
+        oc = lane < GDV_CW ? red[0][lane] : 0.f;
+#pragma unroll
+        for (int w = 1; w < GDV_WARPS; ++w) oc += lane < GDV_CW ? red[w][lane] : 0.f;
+        const float part = warp_sum(oc * oc);
+        if (lane == 0) sq_part = part;
+    }
+    cluster_barrier();
+    float tot = 0.f;
+#pragma unroll
+    for (int rank = 0; rank < GDV_VS; ++rank) tot += ld_cluster_f32(&sq_part, (unsigned)rank);
+    cluster_barrier();  // no block leaves while another still reads its sq_part
+    (void)ot;
+    if (warp == 0 && lane < GDV_CW) {
+        const int j = c0 + lane;
+        const float y = oc * rsqrtf(tot / (float)LIN_DV + RMS_EPS) * __bfloat162float(norm_w[j]) * siluf_(zs[lane]);
+        out[(size_t)bi * ld_out + h * LIN_DV + j] = from_f<OUT>(y);
+    }
+}
+
+#define GDN_DECODE_SPLIT(NAME, IN, OUT)                                                            \
+    extern "C" __global__ void __cluster_dims__(GDV_VS, 1, 1) __launch_bounds__(GDV_THREADS)        \
+        NAME(const IN* qkv, int ld_qkv, const IN* z, int ld_z, const IN* b, const IN* a, int ld_ba, \
+             const bf16* conv_w, float* conv_state, float* state, const float* A_log,              \
+             const float* dt_bias, const bf16* norm_w, const int* slots, const int* pos, OUT* out, \
+             int ld_out, int B) {                                                                  \
+        gdn_decode_split<IN, OUT>(qkv, ld_qkv, z, ld_z, b, a, ld_ba, conv_w, conv_state, state,    \
+                                  A_log, dt_bias, norm_w, slots, pos, out, ld_out, B);             \
+    }
+GDN_DECODE_SPLIT(kiln_gdn_decode_split_f32_f32, float, float)
+GDN_DECODE_SPLIT(kiln_gdn_decode_split_f32_bf16, float, bf16)
+GDN_DECODE_SPLIT(kiln_gdn_decode_split_bf16_f32, bf16, float)
+GDN_DECODE_SPLIT(kiln_gdn_decode_split_bf16_bf16, bf16, bf16)

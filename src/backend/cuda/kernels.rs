@@ -101,6 +101,7 @@ pub struct Kernels {
     funcs: HashMap<String, CudaFunction>,
     _modules: Vec<Arc<CudaModule>>,
     pdl: AtomicBool,
+    gdn_split: AtomicBool,
 }
 
 impl Kernels {
@@ -133,7 +134,10 @@ impl Kernels {
         let num_sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| anyhow!("reading the multiprocessor count: {e:?}"))? as u32;
-        Ok(Kernels { dims: dims.clone(), num_sms, funcs, _modules: loaded, pdl: AtomicBool::new(false) })
+        // The column-split GDN decode kernel is opt-in (env KILN_GDN_SPLIT=1) until a device
+        // run has checked and timed it.
+        let gdn_split = std::env::var("KILN_GDN_SPLIT").is_ok_and(|v| v == "1");
+        Ok(Kernels { dims: dims.clone(), num_sms, funcs, _modules: loaded, pdl: AtomicBool::new(false), gdn_split: AtomicBool::new(gdn_split) })
     }
 
     /// Compiles every kernel for the device's architecture (NVRTC) and loads it.
@@ -168,6 +172,17 @@ impl Kernels {
 
     pub fn pdl(&self) -> bool {
         self.pdl.load(Ordering::Relaxed)
+    }
+
+    /// Which GDN decode kernel `gdn_decode` runs: the column-split one (clusters of
+    /// blocks per value head) or the one-block-per-head one. Both compute the same
+    /// function; an engine uses one of them for every decode row.
+    pub fn set_gdn_split(&self, on: bool) {
+        self.gdn_split.store(on, Ordering::Relaxed);
+    }
+
+    pub fn gdn_split(&self) -> bool {
+        self.gdn_split.load(Ordering::Relaxed)
     }
 
     /// Launches `name` on `stream`. `params` point at the kernel's arguments in order.

@@ -49,6 +49,11 @@ pub const GDN_DECODE: ByXY<&str> = [
     ["kiln_gdn_decode_f32_f32", "kiln_gdn_decode_f32_bf16"],
     ["kiln_gdn_decode_bf16_f32", "kiln_gdn_decode_bf16_bf16"],
 ];
+/// The column-split GDN decode step (clusters of up to 8 blocks per value head).
+pub const GDN_DECODE_SPLIT: ByXY<&str> = [
+    ["kiln_gdn_decode_split_f32_f32", "kiln_gdn_decode_split_f32_bf16"],
+    ["kiln_gdn_decode_split_bf16_f32", "kiln_gdn_decode_split_bf16_bf16"],
+];
 pub const GDN_PREFILL_PREP: [&str; 2] = ["kiln_gdn_prefill_prep_f32", "kiln_gdn_prefill_prep_bf16"];
 pub const GDN_PREFILL_SCAN: &str = "kiln_gdn_prefill_scan";
 pub const QK_NORM_ROPE: [&str; 2] = ["kiln_qk_norm_rope_f32", "kiln_qk_norm_rope_bf16"];
@@ -118,6 +123,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     }
     add("conv", &CONV1D, 0);
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
+    add("gdn_decode", GDN_DECODE_SPLIT.as_flattened(), 0);
     add("gdn_prefill", &GDN_PREFILL_PREP, gdn_prefill_prep_smem(d.lin_k_dim, d.lin_v_dim));
     add("gdn_prefill", &[GDN_PREFILL_SCAN], gdn_prefill_scan_smem(d.lin_k_dim));
     add("rope_kv", &QK_NORM_ROPE, 0);
