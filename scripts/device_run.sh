@@ -6,6 +6,8 @@
 #   build    kiln-build the plan (timed)
 #   bench    kiln-eval bench: decode steps at batch 1..256, ctx 1024; prefill 1024; batch 1 at
 #            ctx 8192 and prefill 8192 (bench8k.txt)
+#   bench_split  bench with KILN_GDN_SPLIT=1 (column-split GDN decode kernel)
+#   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
 #   eval     kiln-eval logits + compare against the references
@@ -56,6 +58,12 @@ fi
 if has bench_bf16; then
   log "bench with bf16 GEMM inputs"; KILN_ACT=bf16 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -E "decode batch|prefill"
 fi
+if has bench_split; then
+  log "bench with the column-split GDN decode kernel"; KILN_GDN_SPLIT=1 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -E "decode batch|prefill" | tee "$OUT/bench_split.txt"
+fi
+if has nopdl; then
+  log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
+fi
 if has nograph; then
   log "bench without CUDA graphs"; KILN_CUDA_GRAPHS=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,32 --prefill 64 2>&1 | grep "decode batch"
 fi
@@ -78,6 +86,10 @@ fi
 if has eval; then
   log eval; .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours.f32 2>&1 | tee "$OUT/eval.txt" | tail -6
   python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours.f32 2>&1 | tee "$OUT/compare.json" | tail -40
+fi
+if has eval_split; then
+  log "eval with the column-split GDN decode kernel"; KILN_GDN_SPLIT=1 .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours_split.f32 2>&1 | tee "$OUT/eval_split.txt" | tail -6
+  python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours_split.f32 2>&1 | tee "$OUT/compare_split.json" | tr -d '\n ' | head -c 900; echo
 fi
 if has eval_bf16; then
   log "eval with bf16 GEMM inputs"; KILN_ACT=bf16 .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours16.f32 2>&1 | tail -2
