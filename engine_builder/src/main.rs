@@ -52,8 +52,9 @@ struct Args {
     /// max_position_embeddings.
     #[arg(long, value_name = "TOKENS")]
     max_context: Option<usize>,
-    /// Largest decode batch the plan serves.
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    /// Largest decode batch the plan serves (recorded in the header; the server's
+    /// --max-running-requests default is 256).
+    #[arg(long, value_name = "N", default_value_t = 256)]
     max_batch: usize,
     /// Folder holding cuda_bf16.h for NVRTC (repeatable). Default: KILN_CUDA_INCLUDE,
     /// CUDA_HOME/include, /usr/local/cuda/include, or the venv of scripts/ci_nvrtc.sh.

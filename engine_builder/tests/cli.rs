@@ -57,7 +57,7 @@ fn builds_a_plan_without_kernels() {
     plan.check(&Expected::default().with_model_dir(&m).unwrap()).unwrap();
     assert!(plan.header.builder_version.starts_with("kiln-build 0.1.0 ("), "{}", plan.header.builder_version);
     assert_eq!(plan.header.limits.max_context, 262_144);
-    assert_eq!(plan.header.limits.max_batch, 64);
+    assert_eq!(plan.header.limits.max_batch, 256);
     assert!(log.contains("wrote ") && log.contains("MiB/s"), "{log}");
 }
 
