@@ -7,6 +7,7 @@ use super::kernels::{DType, Kernels};
 use super::memory::{download, memset0, upload};
 use super::model::LayerStack;
 use super::pools::{block_bytes, slot_bytes, Scratch, StatePools, LOGIT_ROWS};
+use super::snapshots::SnapshotPool;
 use super::sizing::{size_pools, DeviceMemory, PoolRequest, MAX_RUNNING_LIMIT};
 use super::weights::DeviceWeights;
 use crate::backend::step::{row_copies, Step, StepLimits};
@@ -38,6 +39,9 @@ pub struct CudaOptions {
     pub max_parts: usize,
     /// Replay decode steps as CUDA graphs (env KILN_CUDA_GRAPHS=0 turns them off).
     pub graphs: bool,
+    /// Share of the memory left after the running requests' state that holds
+    /// prefix-cache state snapshots (0: no prefix cache on this backend).
+    pub snapshot_fraction: f64,
     /// Capture the decode graphs with programmatic dependent launch, so each kernel's
     /// launch and weight prefetch overlap its predecessor's tail (every kiln kernel waits
     /// for its predecessor's writes first). Env KILN_PDL=0 turns it off.
@@ -61,6 +65,7 @@ impl Default for CudaOptions {
             max_parts: 32,
             graphs: std::env::var("KILN_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             pdl: std::env::var("KILN_PDL").map_or(true, |v| v != "0"),
+            snapshot_fraction: 0.1,
             act: if std::env::var("KILN_ACT").is_ok_and(|v| v == "bf16") { DType::BF16 } else { DType::F32 },
         }
     }
@@ -75,6 +80,8 @@ pub struct CudaBackend {
     blas: std::cell::RefCell<BlasLt>,
     w: DeviceWeights,
     pools: StatePools,
+    /// Prefix-cache state snapshots.
+    snapshots: SnapshotPool,
     s: Scratch,
     max_blocks_per_seq: usize,
     pub device_name: String,
@@ -172,10 +179,12 @@ impl CudaBackend {
                 block_size: opt.block_size,
                 slot_bytes: slot_bytes(&cfg),
                 block_bytes: block_bytes(&cfg, opt.block_size),
+                snapshot_fraction: opt.snapshot_fraction,
             },
         )?;
         let kv_blocks = sizes.kv_blocks;
         let pools = StatePools::new(&cfg, sizes.slots, kv_blocks, opt.block_size)?;
+        let snapshots = SnapshotPool::new(sizes.snapshots, slot_bytes(&cfg))?;
         let cap = Capacity { slots: sizes.slots, block_size: opt.block_size, kv_blocks, max_seq_len: opt.max_seq_len };
         let graph_max_bs = graph_max_bs.min(sizes.slots);
         tracing::info!(
@@ -183,6 +192,7 @@ impl CudaBackend {
             kv_blocks,
             kv_tokens = kv_blocks * opt.block_size,
             state_mib = (sizes.slots * slot_bytes(&cfg)) >> 20,
+            snapshots = sizes.snapshots,
             graph_max_bs,
             "cuda backend ready on {device_name}"
         );
@@ -196,6 +206,7 @@ impl CudaBackend {
             blas,
             w,
             pools,
+            snapshots,
             s,
             max_blocks_per_seq,
             device_name,

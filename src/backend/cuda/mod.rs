@@ -8,6 +8,7 @@ mod blaslt;
 mod memory;
 mod model;
 mod pools;
+mod snapshots;
 pub mod registry;
 pub mod sizing;
 mod weights;

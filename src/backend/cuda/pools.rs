@@ -61,6 +61,10 @@ impl StatePools {
     pub fn recurrent_slot(&self, l: usize, slot: usize) -> (DevPtr, usize) {
         (self.recurrent.at((l * self.slots + slot) * self.recurrent_per_slot), self.recurrent_per_slot)
     }
+    /// Linear layer `l`'s conv ring of `slot`, and its size in bytes.
+    pub fn conv_slot(&self, l: usize, slot: usize) -> (DevPtr, usize) {
+        (self.conv.at((l * self.slots + slot) * self.conv_per_slot), self.conv_per_slot)
+    }
     pub fn conv_layer(&self, l: usize) -> DevPtr {
         self.conv.at(l * self.slots * self.conv_per_slot)
     }

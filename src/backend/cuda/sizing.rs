@@ -30,11 +30,16 @@ pub struct PoolRequest {
     pub slot_bytes: usize,
     /// Bytes one KV block takes across all full-attention layers.
     pub block_bytes: usize,
+    /// Share of the memory left after the slots' state (and one sequence's KV) that
+    /// holds prefix-cache state snapshots (`slot_bytes` each); 0 for none.
+    pub snapshot_fraction: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolSizes {
     pub slots: usize,
+    /// Prefix-cache state snapshots.
+    pub snapshots: usize,
     pub kv_blocks: usize,
     pub max_blocks_per_seq: usize,
 }
@@ -91,8 +96,11 @@ pub fn size_pools(mem: DeviceMemory, req: &PoolRequest) -> Result<PoolSizes> {
             gib(mem.total)
         );
     }
-    let kv_blocks = ((avail - slots * req.slot_bytes) / req.block_bytes.max(1)).min(slots * max_blocks_per_seq);
-    Ok(PoolSizes { slots, kv_blocks, max_blocks_per_seq })
+    ensure!((0.0..1.0).contains(&req.snapshot_fraction), "the snapshot share must be in [0, 1) (got {})", req.snapshot_fraction);
+    let spare = avail - need;
+    let snapshots = (spare as f64 * req.snapshot_fraction) as usize / req.slot_bytes.max(1);
+    let kv_blocks = ((avail - (slots + snapshots) * req.slot_bytes) / req.block_bytes.max(1)).min(slots * max_blocks_per_seq);
+    Ok(PoolSizes { slots, snapshots, kv_blocks, max_blocks_per_seq })
 }
 
 #[cfg(test)]
@@ -107,7 +115,7 @@ mod tests {
     const BLOCK: usize = 8 * 2 * 2 * 4 * 16 * 256;
 
     fn req(max_running: Option<usize>, max_seq_len: usize, mem_fraction: f64) -> PoolRequest {
-        PoolRequest { mem_fraction, max_running, max_seq_len, block_size: 16, slot_bytes: SLOT, block_bytes: BLOCK }
+        PoolRequest { mem_fraction, max_running, max_seq_len, block_size: 16, slot_bytes: SLOT, block_bytes: BLOCK, snapshot_fraction: 0.0 }
     }
 
     #[test]
@@ -133,6 +141,20 @@ mod tests {
         assert_eq!(size_pools(mem, &req(Some(100), 8192, 0.9)).unwrap().slots, 100);
         let e = size_pools(mem, &req(Some(200), 8192, 0.9)).unwrap_err().to_string();
         assert!(e.contains("not enough GPU memory: 200 running requests") && e.contains("--mem-fraction-static 0.9"), "{e}");
+    }
+
+    #[test]
+    fn snapshots_take_their_share_of_what_is_left_and_kv_the_rest() {
+        let mem = DeviceMemory { free: 130 * GIB, total: 141 * GIB };
+        let r = PoolRequest { snapshot_fraction: 0.1, ..req(None, 32768, 0.85) };
+        let p = size_pools(mem, &r).unwrap();
+        let spare = ((141 * GIB) as f64 * 0.85) as usize - 11 * GIB - 256 * SLOT - 2048 * BLOCK;
+        assert_eq!(p.snapshots, (spare as f64 * 0.1) as usize / SLOT);
+        assert!(p.snapshots > 150, "{p:?}");
+        let without = size_pools(mem, &req(None, 32768, 0.85)).unwrap();
+        assert_eq!(without.snapshots, 0);
+        assert!(without.kv_blocks > p.kv_blocks);
+        assert!(size_pools(mem, &PoolRequest { snapshot_fraction: 1.0, ..r }).is_err());
     }
 
     #[test]
