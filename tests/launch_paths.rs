@@ -175,3 +175,63 @@ fn backend_cpu_serves_the_named_model_itself() {
     let want: Vec<u64> = case["greedy_ids"].as_array().unwrap()[..8].iter().map(|x| x.as_u64().unwrap()).collect();
     assert_eq!(got, want, "{r}");
 }
+
+/// launch_server.sh's plan decisions with stand-in binaries (the real `kiln probe` needs a
+/// GPU to say yes): a missing plan is built, a plan `kiln probe --plan` refuses (exit 2)
+/// is rebuilt with the reason logged, a fitting one is served as is.
+#[test]
+fn the_script_builds_a_missing_plan_and_rebuilds_one_that_does_not_fit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let m = t.join("Fine-Tune");
+    std::fs::create_dir(&m).unwrap();
+    let calls = t.join("calls");
+    // A kiln whose probe finds a GPU and answers --plan with $PLAN_VERDICT; serve just logs.
+    let kiln = t.join("kiln");
+    std::fs::write(
+        &kiln,
+        format!(
+            "#!/bin/bash\necho \"kiln $*\" >> {c}\nif [[ $1 == probe && $2 == --plan ]]; then\n  \
+             [[ $PLAN_VERDICT == 2 ]] && {{ echo 'kiln: x.plan was built from other weights than m; rebuild it with kiln-build' >&2; exit 2; }}\nfi\nexit 0\n",
+            c = calls.display()
+        ),
+    )
+    .unwrap();
+    let builder = t.join("kiln-build");
+    std::fs::write(&builder, format!("#!/bin/bash\necho \"kiln-build $*\" >> {c}\ntouch \"$4/$6.plan\"\n", c = calls.display())).unwrap();
+    for f in [&kiln, &builder] {
+        Command::new("chmod").arg("+x").arg(f).status().unwrap();
+    }
+    let engines = t.join("engines");
+    let run = |verdict: &str| -> (Output, String) {
+        let _ = std::fs::remove_file(&calls);
+        let o = Command::new("bash")
+            .arg(SCRIPT)
+            .args(["--model-path", m.to_str().unwrap(), "--port", "0", "--context-length", "4096"])
+            .env("KILN_BIN", &kiln)
+            .env("KILN_BUILD_BIN", &builder)
+            .env("KILN_ENGINES", &engines)
+            .env("PLAN_VERDICT", verdict)
+            .output()
+            .unwrap();
+        (o, std::fs::read_to_string(&calls).unwrap_or_default())
+    };
+    let plan = engines.join("Fine-Tune.plan");
+    let serve = format!("kiln serve --model-path {} --port 0 --context-length 4096 --plan {}", m.display(), plan.display());
+    let build = format!("kiln-build --model {} --out {} --name Fine-Tune --max-context 4096", m.display(), engines.display());
+
+    let (o, calls_made) = run("0");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(calls_made.lines().collect::<Vec<_>>(), vec!["kiln probe", &build, &serve], "{}", stderr(&o));
+    assert!(stderr(&o).contains("(there is no engine plan"), "{}", stderr(&o));
+
+    let (o, calls_made) = run("2");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let probe_plan = format!("kiln probe --plan {} --model-path {}", plan.display(), m.display());
+    assert_eq!(calls_made.lines().collect::<Vec<_>>(), vec!["kiln probe", &probe_plan, &build, &serve]);
+    assert!(stderr(&o).contains("(x.plan was built from other weights than m; rebuild it with kiln-build)"), "{}", stderr(&o));
+
+    let (o, calls_made) = run("0");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(calls_made.lines().collect::<Vec<_>>(), vec!["kiln probe", &probe_plan, &serve]);
+}
