@@ -78,9 +78,6 @@ fn phase<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 fn resolve_arch(s: &str) -> Result<(Arch, Option<(u32, u32)>)> {
     if s.trim() == "auto" {
         let g = gpu::detect()?;
-        if let Some(l) = kiln::backend::cuda::libs::loaded().into_iter().find(|l| l.lib == kiln::backend::cuda::libs::CudaLib::Driver) {
-            eprintln!("{}", l.line());
-        }
         eprintln!("GPU 0 is {} ({})", g.name, g.arch);
         Ok((g.arch, Some(g.driver_cuda)))
     } else {
@@ -113,8 +110,18 @@ fn mib(n: u64) -> f64 {
     n as f64 / (1 << 20) as f64
 }
 
+/// The first log line after the version: the driver and its file, or that there is none
+/// (fine when --arch names the target).
+fn log_driver() {
+    match kiln::backend::cuda::libs::require(kiln::backend::cuda::libs::CudaLib::Driver) {
+        Ok(l) => eprintln!("{}", l.line()),
+        Err(_) => eprintln!("CUDA driver: none found (only --arch auto needs one)"),
+    }
+}
+
 fn compile_only(args: &Args) -> Result<()> {
     let t0 = Instant::now();
+    log_driver();
     let list = args.arch.as_deref().unwrap_or("auto");
     let (nvrtc, nvrtc_line) = kernels::nvrtc()?;
     eprintln!("{nvrtc_line}");
@@ -179,6 +186,9 @@ fn build(args: &Args) -> Result<()> {
         bail!("--no-kernels builds a plan without kernels, so --arch does not apply");
     }
     eprintln!("{}", builder_version());
+    if !args.no_kernels {
+        log_driver();
+    }
     let (arch, nvrtc) = if args.no_kernels {
         (None, None)
     } else {

@@ -7,9 +7,13 @@
 //! (RTLD_GLOBAL, never closed), and only then let cudarc in: its by-name `dlopen` of the
 //! file's soname (`libnvrtc.so.12` for a CUDA 12.x wheel) matches the loaded object, so a
 //! library found only in a wheel folder or a toolkit outside the loader path is the one it
-//! uses. The symbols cudarc's `cuda-13000` bindings call for NVRTC (`nvrtcVersion`,
-//! `nvrtcCreateProgram`, `nvrtcCompileProgram`, `nvrtcGetCUBIN`, ...) and cuBLASLt are
-//! present in 12.8 and 12.9 as well; cudarc resolves each symbol lazily, by name.
+//! uses. cudarc resolves each symbol lazily, by name, so CUDA 12.8/12.9 libraries work
+//! with its `cuda-13000` bindings as long as kiln calls nothing 13-only. Checked against
+//! the 12.8 files (libnvrtc.so.12 12.8.93, libcublasLt.so.12 12.8.5, cuda.h 12.8): every
+//! NVRTC, cuBLASLt and driver function kiln or cudarc's safe layer reaches is there, with
+//! the same attribute values and struct sizes; the 13-only ones cudarc binds
+//! (`nvrtcGetTileIR`, the bundled-header calls, `cuLogs*`, the v2 batch copies, ...) are
+//! never called. CI compiles every kernel with NVRTC 12.8 (scripts/test.sh).
 
 use super::search::{parse_ldconfig, search, where_looked, CudaLib, Env, Found, Place};
 use anyhow::{anyhow, bail, Result};
@@ -142,7 +146,7 @@ fn present(lib: CudaLib) -> bool {
 }
 
 fn load(env: &dyn Env, lib: CudaLib) -> Result<Loaded> {
-    let found = search(env, lib, &candidate_names(lib));
+    let found = search(env, lib, &candidate_names(lib), true);
     let Some(Found { path, place }) = found.first().cloned() else {
         bail!("{}", not_found_sentence(env, lib));
     };

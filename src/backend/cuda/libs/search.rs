@@ -137,9 +137,18 @@ fn toolkit_roots(env: &dyn Env) -> Vec<PathBuf> {
     roots
 }
 
-/// The folders of steps 2 to 4, each with its place, in search order.
-pub fn folders(env: &dyn Env, lib: CudaLib) -> Vec<(PathBuf, Place)> {
+/// The folders of steps 2 and 3 (`wheels` false) or of step 4 (`wheels` true), each with
+/// its place, in search order.
+pub fn folders(env: &dyn Env, lib: CudaLib, wheels: bool) -> Vec<(PathBuf, Place)> {
     let mut out = Vec::new();
+    if wheels {
+        if !lib.wheel_dirs().is_empty() {
+            for site in env.python_paths() {
+                out.extend(lib.wheel_dirs().iter().map(|w| (site.join(w), Place::Wheel)));
+            }
+        }
+        return out;
+    }
     for var in ["CUDA_HOME", "CUDA_PATH"] {
         if let Some(root) = env.var(var).filter(|v| !v.is_empty()) {
             out.extend(toolkit_lib_dirs(env, Path::new(&root)).into_iter().map(|d| (d, Place::CudaHome)));
@@ -148,19 +157,15 @@ pub fn folders(env: &dyn Env, lib: CudaLib) -> Vec<(PathBuf, Place)> {
     for root in toolkit_roots(env) {
         out.extend(toolkit_lib_dirs(env, &root).into_iter().map(|d| (d, Place::Toolkit)));
     }
-    if !lib.wheel_dirs().is_empty() {
-        for site in env.python_paths() {
-            out.extend(lib.wheel_dirs().iter().map(|w| (site.join(w), Place::Wheel)));
-        }
-    }
     out
 }
 
-/// Every file that could be `lib`, best first. `names` are the file names cudarc tries, in
-/// its order (`cudarc::get_lib_name_candidates`). Step 1 tries each name through the whole
-/// loader path before the next name, as `dlopen(name)` does, so its first hit is the very
-/// file cudarc's own by-name load would open.
-pub fn search(env: &dyn Env, lib: CudaLib, names: &[String]) -> Vec<Found> {
+/// Every file that could be `lib`, best first (with `first_only`, stops after the step that
+/// found one, so python3 is only asked when nothing else has the library). `names` are the
+/// file names cudarc tries, in its order (`cudarc::get_lib_name_candidates`). Step 1 tries
+/// each name through the whole loader path before the next name, as `dlopen(name)` does,
+/// so its first hit is the very file cudarc's own by-name load would open.
+pub fn search(env: &dyn Env, lib: CudaLib, names: &[String], first_only: bool) -> Vec<Found> {
     let mut out: Vec<Found> = Vec::new();
     let push = |path: PathBuf, place: Place, out: &mut Vec<Found>| {
         if !is_stub(&path) && !out.iter().any(|f| f.path == path) {
@@ -188,11 +193,16 @@ pub fn search(env: &dyn Env, lib: CudaLib, names: &[String]) -> Vec<Found> {
             }
         }
     }
-    for (dir, place) in folders(env, lib) {
-        for name in names {
-            let p = dir.join(name);
-            if env.is_file(&p) {
-                push(p, place, &mut out);
+    for wheels in [false, true] {
+        if first_only && !out.is_empty() {
+            break;
+        }
+        for (dir, place) in folders(env, lib, wheels) {
+            for name in names {
+                let p = dir.join(name);
+                if env.is_file(&p) {
+                    push(p, place, &mut out);
+                }
             }
         }
     }
@@ -234,7 +244,7 @@ pub fn parse_ldconfig(text: &str) -> Vec<(String, PathBuf)> {
     text.lines()
         .filter_map(|l| {
             let (left, path) = l.split_once(" => ")?;
-            let name = left.trim().split_whitespace().next()?;
+            let name = left.split_whitespace().next()?;
             Some((name.to_string(), PathBuf::from(path.trim())))
         })
         .collect()

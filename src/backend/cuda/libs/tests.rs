@@ -14,11 +14,13 @@ struct FakeEnv {
     vars: HashMap<String, String>,
     cache: Vec<(String, PathBuf)>,
     python: Vec<PathBuf>,
+    /// How often python3 was asked (it costs a process start).
+    python_calls: std::cell::Cell<usize>,
 }
 
 impl FakeEnv {
     fn new() -> Self {
-        FakeEnv { root: tempfile::tempdir().unwrap(), vars: HashMap::new(), cache: vec![], python: vec![] }
+        FakeEnv { root: tempfile::tempdir().unwrap(), vars: HashMap::new(), cache: vec![], python: vec![], python_calls: 0.into() }
     }
     fn real(&self, p: &Path) -> PathBuf {
         self.root.path().join(p.strip_prefix("/").unwrap_or(p))
@@ -44,6 +46,7 @@ impl Env for FakeEnv {
         self.cache.clone()
     }
     fn python_paths(&self) -> Vec<PathBuf> {
+        self.python_calls.set(self.python_calls.get() + 1);
         self.python.clone()
     }
     fn is_file(&self, path: &Path) -> bool {
@@ -56,7 +59,7 @@ impl Env for FakeEnv {
 }
 
 fn found(env: &FakeEnv, lib: CudaLib) -> Vec<Found> {
-    search(env, lib, &candidate_names(lib))
+    search(env, lib, &candidate_names(lib), false)
 }
 
 fn first(env: &FakeEnv, lib: CudaLib) -> Option<(String, Place)> {
@@ -118,6 +121,11 @@ fn the_search_order_is_loader_cuda_home_toolkit_wheels() {
         wheel,
     ];
     assert_eq!(all, want);
+    // The loader's choice ends the search: python3 is not asked.
+    env.python_calls.set(0);
+    let first = search(&env, CudaLib::Nvrtc, &candidate_names(CudaLib::Nvrtc), true);
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert_eq!(env.python_calls.get(), 0);
 }
 
 #[test]
