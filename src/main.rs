@@ -30,7 +30,8 @@ enum Cmd {
     /// Greedy-generate a continuation of a prompt on the CPU backend and print it.
     Generate(GenerateArgs),
     /// Report the NVIDIA driver, the GPUs and the CUDA libraries kiln would load. Exit 0
-    /// when GPU 0 can run kiln, 1 (with one sentence) when not, 2 when --plan does not fit.
+    /// when GPU 0 can serve (driver, a supported GPU, cuBLASLt), 1 (with one sentence) when
+    /// not, 2 when --plan does not fit.
     Probe(ProbeArgs),
 }
 
@@ -334,6 +335,11 @@ fn probe(a: &ProbeArgs) -> Result<i32> {
             return Ok(1);
         }
     };
+    // Serving needs cuBLASLt (NVRTC only builds plans): without it GPU 0 is of no use.
+    if let Err(e) = libs::require(CudaLib::CublasLt) {
+        eprintln!("kiln: {e}");
+        return Ok(1);
+    }
     println!("usable: GPU 0 ({}) runs {arch} plans", gpu.name);
     if let Some(plan) = &a.plan {
         let dir = a.model_path.as_deref().context("--plan needs --model-path (the checkpoint it must match)")?;
