@@ -3,24 +3,30 @@
 #
 #   ./launch_server.sh --model-path /models/Qwen3.5-4B --host 0.0.0.0 --port 30000 \
 #       [--context-length N] [--max-running-requests N] [--chunked-prefill-size N] \
-#       [--mem-fraction-static F] [--served-model-name NAME] [--api-key KEY] [--tp-size 1]
+#       [--mem-fraction-static F] [--served-model-name NAME] [--api-key KEY] [--tp-size 1] \
+#       [--backend cpu]
 #
 # Other SGLang flags are accepted with a warning. `--flag=value` works too.
 #
 # 1. Finds the kiln binary: $KILN_BIN, else target/release/kiln, else builds it with
-#    `cargo build --release`.
-# 2. With a GPU (nvidia-smi works) and a model, builds the engine plan
-#    engines/<model folder name>.plan once if it is missing (target/release/kiln-build).
-# 3. Execs `kiln serve` with the same flags (plus --plan). Without a GPU or a model the
-#    server serves the embedded demo model and says so in its first log line. It logs
-#    "The server is fired up and ready to roll!" once warm; /health answers 200 from then.
+#    `cargo build --release` (with no Rust toolchain, says how to get one and exits 1).
+# 2. Without --model-path: serves the embedded demo model (its first log line says so).
+#    With --backend cpu: serves --model-path on the CPU backend (slow; small checkpoints).
+# 3. Otherwise asks the CUDA driver, through `kiln probe` (not nvidia-smi), whether GPU 0
+#    can run kiln. If not, `kiln serve` refuses in one sentence and exits 1: a named model
+#    is never replaced by the demo model.
+# 4. Builds the engine plan engines/<model folder name>.plan with kiln-build when it is
+#    missing or no longer fits (another checkpoint, GPU, driver, kernels or config:
+#    `kiln probe --plan` says which), then execs `kiln serve` with the same flags plus
+#    --plan. It logs "The server is fired up and ready to roll!" once warm; /health
+#    answers 200 from then.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 log() { echo "[launch_server] $*" >&2; }
 
 # Read the flags this script needs, leaving "$@" untouched for kiln.
-MODEL="" CTX="" MAXRUN=""
+MODEL="" CTX="" MAXRUN="" BACKEND=""
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
     a="${args[$i]}"
@@ -32,47 +38,57 @@ for ((i = 0; i < ${#args[@]}; i++)); do
         --context-length) CTX="$next" ;;
         --max-running-requests=*) MAXRUN="${a#*=}" ;;
         --max-running-requests) MAXRUN="$next" ;;
+        --backend=*) BACKEND="${a#*=}" ;;
+        --backend) BACKEND="$next" ;;
     esac
 done
 
 have_cargo() { command -v cargo >/dev/null 2>&1; }
+NO_TOOLCHAIN="install a Rust toolchain (rustup) and run \`cargo build --release\` in $ROOT, or set KILN_BIN and KILN_BUILD_BIN to built binaries"
 
 BIN="${KILN_BIN:-}"
 if [[ -z "$BIN" ]]; then
     BIN="$ROOT/target/release/kiln"
     if [[ ! -x "$BIN" ]]; then
-        have_cargo || { log "no kiln binary at $BIN and no cargo to build it"; exit 1; }
+        have_cargo || { log "no kiln binary at $BIN and no cargo to build one: $NO_TOOLCHAIN"; exit 1; }
         log "building kiln (cargo build --release; one time) ..."
         (cd "$ROOT" && cargo build --release --bin kiln >&2)
     fi
 fi
 [[ -x "$BIN" ]] || { log "kiln binary $BIN is missing or not executable"; exit 1; }
 
-gpu_present() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+# No model named, or the CPU backend asked for: nothing to build.
+if [[ -z "$MODEL" || "$BACKEND" == "cpu" || "$BACKEND" == "demo" ]]; then
+    exec "$BIN" serve "$@"
+fi
+[[ -d "$MODEL" ]] || { log "--model-path $MODEL is not a folder"; exit 1; }
 
-PLAN_ARGS=()
-if [[ -n "$MODEL" && -d "$MODEL" ]] && gpu_present; then
-    NAME="$(basename "$(cd "$MODEL" && pwd)")"
-    ENGINES="${KILN_ENGINES:-$ROOT/engines}"
-    PLAN="$ENGINES/$NAME.plan"
-    if [[ ! -f "$PLAN" ]]; then
-        BUILDER="${KILN_BUILD_BIN:-$ROOT/target/release/kiln-build}"
-        if [[ ! -x "$BUILDER" ]] && have_cargo && [[ -z "${KILN_BUILD_BIN:-}" ]]; then
-            log "building kiln-build (cargo build --release -p kiln-build; one time) ..."
-            (cd "$ROOT" && cargo build --release -p kiln-build >&2) || log "could not build kiln-build"
-        fi
-        if [[ -x "$BUILDER" ]]; then
-            log "building the engine plan $PLAN from $MODEL (one time) ..."
-            mkdir -p "$ENGINES"
-            build_args=(--model "$MODEL" --out "$ENGINES" --name "$NAME")
-            [[ -n "$CTX" ]] && build_args+=(--max-context "$CTX")
-            [[ -n "$MAXRUN" ]] && build_args+=(--max-batch "$MAXRUN")
-            "$BUILDER" "${build_args[@]}" >&2 || { log "the engine build failed"; exit 1; }
-        else
-            log "no engine builder at $BUILDER; skipping the engine build"
-        fi
+# No usable GPU: `kiln serve` refuses in one sentence (it asks the driver the same way).
+"$BIN" probe >/dev/null 2>&1 || exec "$BIN" serve "$@"
+
+NAME="$(basename "$(cd "$MODEL" && pwd)")"
+ENGINES="${KILN_ENGINES:-$ROOT/engines}"
+PLAN="$ENGINES/$NAME.plan"
+if [[ -f "$PLAN" ]]; then
+    # 0: fits; 2: built for another checkpoint, GPU, driver, kernels or config.
+    why="$("$BIN" probe --plan "$PLAN" --model-path "$MODEL" 2>&1 >/dev/null)" && rebuild="" || rebuild="${why#kiln: }"
+else
+    rebuild="there is no engine plan $PLAN yet"
+fi
+if [[ -n "$rebuild" ]]; then
+    BUILDER="${KILN_BUILD_BIN:-$ROOT/target/release/kiln-build}"
+    if [[ ! -x "$BUILDER" && -z "${KILN_BUILD_BIN:-}" ]]; then
+        have_cargo || { log "no kiln-build at $BUILDER and no cargo to build one: $NO_TOOLCHAIN"; exit 1; }
+        log "building kiln-build (cargo build --release -p kiln-build; one time) ..."
+        (cd "$ROOT" && cargo build --release -p kiln-build >&2)
     fi
-    [[ -f "$PLAN" ]] && PLAN_ARGS=(--plan "$PLAN")
+    [[ -x "$BUILDER" ]] || { log "kiln-build $BUILDER is missing or not executable"; exit 1; }
+    log "building the engine plan $PLAN from $MODEL ($rebuild) ..."
+    mkdir -p "$ENGINES"
+    build_args=(--model "$MODEL" --out "$ENGINES" --name "$NAME")
+    [[ -n "$CTX" ]] && build_args+=(--max-context "$CTX")
+    [[ -n "$MAXRUN" ]] && build_args+=(--max-batch "$MAXRUN")
+    "$BUILDER" "${build_args[@]}" >&2 || { log "the engine build failed (see above)"; exit 1; }
 fi
 
-exec "$BIN" serve "$@" ${PLAN_ARGS[@]+"${PLAN_ARGS[@]}"}
+exec "$BIN" serve "$@" --plan "$PLAN"

@@ -9,7 +9,7 @@ Usage (from the repository root):
 
     python scripts/make_fixtures.py --out tests/fixtures
 
-Writes two models, each a complete Hugging Face checkpoint directory plus references:
+Writes three models, each a complete Hugging Face checkpoint directory plus references:
 
   <out>/tiny_official/  model_type `qwen3_5` (Qwen3_5ForConditionalGeneration): text settings
                         under `text_config`, a tiny `vision_config` (so `model.visual.*` tensors
@@ -19,6 +19,11 @@ Writes two models, each a complete Hugging Face checkpoint directory plus refere
   <out>/tiny_text/      model_type `qwen3_5_text` (Qwen3_5ForCausalLM): flat config, weights under
                         `model.*`, tied embeddings, `mtp.*` tensors, f32, one `model.safetensors`.
                         8 layers: L L L F L L L F.
+  <out>/tiny_saved_tied/ a fine-tune as transformers 5 saves it: `save_pretrained` of a model made
+                        from `Qwen3_5Config(..., tie_word_embeddings=True)` writes `true` at the top
+                        level but `false` inside `text_config`, and no `lm_head.weight`; transformers
+                        ties the head (the composite config's value governs). bf16, one file, no
+                        `mtp.*`, 4 layers, three cases.
 
 and in each directory `expected.json` + `expected.safetensors` (see tests/fixtures/README.md for
 the exact row conventions). References are computed in float32 by HF transformers from the
@@ -338,9 +343,9 @@ def cross_check(model, prompt, r, counter):
     )
 
 
-def write_expected(model_dir, name, dtype_name, model, n_linear, rng, counter):
+def write_expected(model_dir, name, dtype_name, model, n_linear, rng, counter, lengths=PROMPT_LENGTHS):
     cases, tensors, max_diff = [], {}, 0.0
-    for L in PROMPT_LENGTHS:
+    for L in lengths:
         # Draw prompts until every greedy decision (prompt_logits[-1] and all 32 decode rows) has a
         # top-1/top-2 margin of at least MIN_MARGIN, so an f32 reimplementation cannot flip one.
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -608,6 +613,36 @@ def make_text(out_root, counter):
     return doc
 
 
+def make_saved_tied(out_root, counter):
+    name = "tiny_saved_tied"
+    d = os.path.join(out_root, name)
+    clean_dir(d)
+    tset = text_settings(4)
+    del tset["tie_word_embeddings"]  # the text config keeps its own default (false)
+    cfg = Qwen3_5Config(text_config=tset, vision_config=VISION_SETTINGS, tie_word_embeddings=True)
+    cfg.architectures = ["Qwen3_5ForConditionalGeneration"]
+    torch.manual_seed(SEED + 20)
+    model = Qwen3_5ForConditionalGeneration(cfg).eval()
+    randomize(model, torch.Generator().manual_seed(SEED + 21))  # lm_head shares embed_tokens' tensor
+    model.to(torch.bfloat16).save_pretrained(d)  # exactly what transformers writes: config, weights
+    del model
+    with open(os.path.join(d, "config.json")) as f:
+        saved = json.load(f)
+    assert saved["tie_word_embeddings"] is True and saved["text_config"]["tie_word_embeddings"] is False, saved
+    with safetensors.safe_open(os.path.join(d, "model.safetensors"), "pt") as f:
+        assert not [k for k in f.keys() if "lm_head" in k or k.startswith("mtp.")]
+
+    model, info = Qwen3_5ForConditionalGeneration.from_pretrained(
+        d, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr(), "not tied"
+    model.eval()
+    doc = write_expected(d, name, "bfloat16", model, 3, np.random.default_rng(SEED + 23), counter, lengths=[7, 20, 64])
+    independent_check(d, model.config.text_config)
+    return doc
+
+
 def check_loading(info, model, sd):
     assert not info["missing_keys"], info["missing_keys"]
     unexpected = [k for k in info["unexpected_keys"] if not k.startswith("mtp.")]
@@ -625,6 +660,7 @@ def check_loading(info, model, sd):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="tests/fixtures", help="output folder (default tests/fixtures)")
+    ap.add_argument("--only", nargs="*", metavar="NAME", help="make only these models (default: all)")
     args = ap.parse_args()
 
     major = int(transformers.__version__.split(".")[0])
@@ -645,9 +681,11 @@ def main():
     counter = PathCounter()
 
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, safetensors {safetensors.__version__}")
-    make_official(args.out, counter)
-    make_text(args.out, counter)
-    for n in ("tiny_official", "tiny_text"):
+    makers = {"tiny_official": make_official, "tiny_text": make_text, "tiny_saved_tied": make_saved_tied}
+    names = args.only or list(makers)
+    for n in names:
+        makers[n](args.out, counter)
+    for n in names:
         d = os.path.join(args.out, n)
         size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
         print(f"{d}: {size / 1e6:.2f} MB in {len(os.listdir(d))} files")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on any machine (no GPU needed): every Rust test, plus every CUDA
-# kernel compiled for sm_90a (H200) and sm_100a (B200) with NVRTC from PyPI.
+# kernel compiled for sm_90a (H200) and sm_100a (B200) with NVRTC 13.0 and 12.8 from PyPI.
 # GPU tests are #[ignore]d here (listed as ignored); the device runs them with --ignored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +12,11 @@ source scripts/ci_nvrtc.sh
 
 cargo build --workspace --release --bins
 target/release/kiln-build --compile-only --arch sm_90a,sm_100a
+# NVRTC 12.8 (CUDA 12.8/12.9 containers), found as beside torch: only through the wheels
+# of the python3 on PATH, nothing on LD_LIBRARY_PATH, headers from the runtime wheel.
+cu12_bin="$(scripts/ci_nvrtc.sh --cu12)"
+out="$(env -u LD_LIBRARY_PATH -u KILN_CUDA_INCLUDE PATH="$cu12_bin:$PATH" \
+    target/release/kiln-build --compile-only --arch sm_90a,sm_100a 2>&1)" || { echo "$out" >&2; exit 1; }
+grep -E '^(NVRTC|sm_)' <<<"$out"
+grep -q '^NVRTC 12\.8 from .*(pip wheel)$' <<<"$out" || { echo "test.sh: NVRTC 12.8 was not found through its wheel" >&2; exit 1; }
 cargo test --workspace --release

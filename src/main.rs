@@ -1,5 +1,6 @@
-//! The `kiln` command: `kiln serve` (the HTTP server, SGLang launch flags) and
-//! `kiln generate` (direct greedy generation on the CPU backend).
+//! The `kiln` command: `kiln serve` (the HTTP server, SGLang launch flags), `kiln generate`
+//! (direct greedy generation on the CPU backend) and `kiln probe` (the driver, GPUs and
+//! CUDA libraries, asked through the CUDA driver; launch_server.sh decides with it).
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
@@ -28,12 +29,27 @@ enum Cmd {
     Serve(ServeArgs),
     /// Greedy-generate a continuation of a prompt on the CPU backend and print it.
     Generate(GenerateArgs),
+    /// Report the NVIDIA driver, the GPUs and the CUDA libraries kiln would load. Exit 0
+    /// when GPU 0 can serve (driver, a supported GPU, cuBLASLt), 1 (with one sentence) when
+    /// not, 2 when --plan does not fit.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ProbeArgs {
+    /// Also check this engine plan against the GPU, the driver and --model-path.
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// The checkpoint folder the plan must have been built from.
+    #[arg(long = "model-path", alias = "model")]
+    model_path: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 enum BackendKind {
-    /// cuda when a GPU and an engine plan are present, else the demo model.
+    /// The demo model without --model-path; with it, the cuda backend (a usable GPU and
+    /// --plan are required: never the demo model in its place).
     Auto,
     Cuda,
     /// The f32 CPU backend on --model-path (slow; for small checkpoints).
@@ -160,6 +176,10 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Serve(a) => serve(a, &ignored),
         Cmd::Generate(a) => generate(a),
+        Cmd::Probe(a) => match probe(&a) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
     };
     if let Err(e) = r {
         eprintln!("kiln: error: {e:#}");
@@ -202,27 +222,16 @@ fn cpu_capacity(slots: usize, context: usize) -> Capacity {
     Capacity { slots, block_size, kv_blocks: slots * context.div_ceil(block_size), max_seq_len: context }
 }
 
-fn gpu_present() -> bool {
-    std::process::Command::new("nvidia-smi")
-        .arg("-L")
-        .output()
-        .map(|o| o.status.success() && !o.stdout.is_empty())
-        .unwrap_or(false)
-}
-
 /// The backend, its tokenizer and a label; `Some(reason)` when serving the demo model.
 fn build_backend(a: &ServeArgs) -> Result<(Box<dyn Backend>, Tokenizer, Option<String>)> {
     if a.tp_size != 1 {
         bail!("--tp-size {} is not supported: kiln runs on one GPU (use --tp-size 1)", a.tp_size);
     }
+    // The demo model only when asked for or when no model was named: an explicit
+    // --model-path is served as named, or refused in one sentence.
     let demo_reason = match (a.backend, &a.model_path) {
         (BackendKind::Demo, _) => Some("--backend demo".to_string()),
         (_, None) => Some("no --model-path was given".to_string()),
-        (BackendKind::Auto, Some(_)) if !cfg!(feature = "cuda") => Some("this build has no cuda backend".to_string()),
-        (BackendKind::Auto, Some(_)) if !gpu_present() => Some("no GPU was found (nvidia-smi -L)".to_string()),
-        (BackendKind::Auto, Some(_)) if !a.plan.as_ref().is_some_and(|p| p.exists()) => {
-            Some(format!("no engine plan was found ({})", a.plan.as_ref().map_or("no --plan".into(), |p| p.display().to_string())))
-        }
         _ => None,
     };
     let slots = a.max_running_requests.unwrap_or(16).max(1);
@@ -237,22 +246,43 @@ fn build_backend(a: &ServeArgs) -> Result<(Box<dyn Backend>, Tokenizer, Option<S
     }
     let dir = a.model_path.clone().expect("checked above");
     let tok_dir = a.tokenizer_path.clone().unwrap_or_else(|| dir.clone());
-    let tok = Tokenizer::from_dir(&tok_dir)?;
     match a.backend {
         BackendKind::Cpu => {
+            let tok = Tokenizer::from_dir(&tok_dir)?;
             tracing::info!("kiln: serving {} on the CPU backend (f32 reference; slow)", dir.display());
             let (cfg, w) = kiln::checkpoint::load(&dir)?;
             let context = a.context_length.unwrap_or(cfg.max_position_embeddings.min(8192));
             Ok((Box::new(CpuBackend::new(cfg, w, cpu_capacity(slots, context))?), tok, None))
         }
-        _ => cuda_backend(a, &dir, tok),
+        _ => cuda_backend(a, &dir, &tok_dir),
     }
 }
 
+/// The sentence for an explicit model that cannot go on the GPU.
+fn no_stand_in(dir: &Path, why: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{why}; kiln does not serve the demo model in place of --model-path {}: pass --backend cpu to serve it on the \
+         CPU backend (slow), or leave out --model-path for the demo model",
+        dir.display()
+    )
+}
+
 #[cfg(feature = "cuda")]
-fn cuda_backend(a: &ServeArgs, dir: &Path, tok: Tokenizer) -> Result<(Box<dyn Backend>, Tokenizer, Option<String>)> {
+fn cuda_backend(a: &ServeArgs, dir: &Path, tok_dir: &Path) -> Result<(Box<dyn Backend>, Tokenizer, Option<String>)> {
+    use kiln::backend::cuda::libs::{self, CudaLib};
     use kiln::backend::cuda::{CudaBackend, CudaOptions};
-    let plan = a.plan.clone().context("the cuda backend needs --plan (launch_server.sh passes it)")?;
+    let facts = libs::probe();
+    let (gpu, arch) = libs::usable_gpu(&facts).map_err(|e| no_stand_in(dir, e))?;
+    libs::require(CudaLib::CublasLt)?;
+    for l in libs::loaded() {
+        tracing::info!("{}", l.line());
+    }
+    tracing::info!("GPU 0: {} ({arch})", gpu.name);
+    let tok = Tokenizer::from_dir(tok_dir)?;
+    let plan = a.plan.clone().with_context(|| {
+        format!("serving {} on the GPU needs an engine plan: pass --plan (launch_server.sh builds one with kiln-build)", dir.display())
+    })?;
+    check_plan(&plan, dir, arch)?;
     tracing::info!("kiln: serving {} on the cuda backend (plan {})", dir.display(), plan.display());
     let d = CudaOptions::default();
     let opt = CudaOptions {
@@ -268,9 +298,68 @@ fn cuda_backend(a: &ServeArgs, dir: &Path, tok: Tokenizer) -> Result<(Box<dyn Ba
     Ok((Box::new(b), tok, None))
 }
 
+/// Refuses, in one sentence, a plan that does not fit this GPU, driver and checkpoint.
+#[cfg(feature = "cuda")]
+fn check_plan(plan: &Path, dir: &Path, arch: kiln::plan::Arch) -> Result<()> {
+    use kiln::backend::cuda::libs::{require, CudaLib};
+    let p = kiln::plan::Plan::open(plan)?;
+    if let Some((a, b)) = p.header.nvrtc_version {
+        tracing::info!("plan {}: kernels compiled by NVRTC {a}.{b} for {}", plan.display(), p.header.arch.map_or("-", |x| x.as_str()));
+    }
+    let mut want = kiln::plan::Expected::for_gpu(arch).with_model_dir(dir)?;
+    want.driver_cuda = Some(require(CudaLib::Driver)?.version);
+    p.check(&want)
+}
+
 #[cfg(not(feature = "cuda"))]
-fn cuda_backend(_a: &ServeArgs, _dir: &Path, _tok: Tokenizer) -> Result<(Box<dyn Backend>, Tokenizer, Option<String>)> {
-    bail!("this kiln binary was built without the cuda feature")
+fn cuda_backend(a: &ServeArgs, dir: &Path, _tok_dir: &Path) -> Result<(Box<dyn Backend>, Tokenizer, Option<String>)> {
+    let _ = a;
+    Err(no_stand_in(dir, "this kiln binary was built without the cuda feature"))
+}
+
+/// `kiln probe`: prints what the driver and the library search found; the exit code is the
+/// verdict (0 usable, 1 no usable GPU, 2 the plan does not fit).
+#[cfg(feature = "cuda")]
+fn probe(a: &ProbeArgs) -> Result<i32> {
+    use kiln::backend::cuda::libs::{self, CudaLib};
+    let facts = libs::probe();
+    for lib in CudaLib::ALL {
+        match libs::require(lib) {
+            Ok(l) => println!("{}", l.line()),
+            Err(e) => println!("{e}"),
+        }
+    }
+    for line in libs::describe(&facts) {
+        println!("{line}");
+    }
+    let (gpu, arch) = match libs::usable_gpu(&facts) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("kiln: {e}");
+            return Ok(1);
+        }
+    };
+    // Serving needs cuBLASLt (NVRTC only builds plans): without it GPU 0 is of no use.
+    if let Err(e) = libs::require(CudaLib::CublasLt) {
+        eprintln!("kiln: {e}");
+        return Ok(1);
+    }
+    println!("usable: GPU 0 ({}) runs {arch} plans", gpu.name);
+    if let Some(plan) = &a.plan {
+        let dir = a.model_path.as_deref().context("--plan needs --model-path (the checkpoint it must match)")?;
+        if let Err(e) = check_plan(plan, dir, arch) {
+            eprintln!("kiln: {e:#}");
+            return Ok(2);
+        }
+        println!("plan {} fits this GPU, driver and {}", plan.display(), dir.display());
+    }
+    Ok(0)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn probe(_a: &ProbeArgs) -> Result<i32> {
+    eprintln!("kiln: this kiln binary was built without the cuda feature, so it cannot use a GPU");
+    Ok(1)
 }
 
 fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {

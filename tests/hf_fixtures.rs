@@ -1,6 +1,7 @@
 //! The CPU reference model against Hugging Face transformers: logits and greedy tokens
 //! recorded by scripts/make_fixtures.py for small random Qwen3.5 checkpoints in both
-//! layouts (tests/fixtures/README.md describes the files and the row convention).
+//! layouts, and for a checkpoint as transformers saves a tied fine-tune
+//! (tests/fixtures/README.md describes the files and the row convention).
 
 use kiln::backend::cpu::{ops::argmax, CpuBackend};
 use kiln::backend::{Backend, Capacity, SeqChunk, Want};
@@ -117,4 +118,17 @@ fn chunked_prefill_matches_hf() {
     // 17-token piece crosses them at odd places.
     run_model("tiny_official", Some(17));
     run_model("tiny_text", Some(64));
+}
+
+/// A fine-tune as transformers 5 saves it: `tie_word_embeddings` true at the top level,
+/// false inside `text_config`, no `lm_head.weight`. transformers ties the head (for
+/// `qwen3_5` the composite config's value governs), so must we.
+#[test]
+fn transformers_saved_tied_checkpoint_matches_hf() {
+    let dir = fixture_dir("tiny_saved_tied");
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!((&cfg["tie_word_embeddings"], &cfg["text_config"]["tie_word_embeddings"]), (&Value::Bool(true), &Value::Bool(false)));
+    let ck = kiln::checkpoint::Checkpoint::open(&dir).unwrap();
+    assert!(ck.info("lm_head.weight").is_err(), "the fixture must have no lm_head.weight");
+    run_model("tiny_saved_tied", None);
 }

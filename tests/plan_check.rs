@@ -3,8 +3,8 @@
 
 mod plan_fixture;
 
-use kiln::plan::{Arch, Expected, KernelImage, Plan, FORMAT_VERSION, KERNEL_HASH};
-use plan_fixture::{built, Built, Opts};
+use kiln::plan::{driver_loads_cubins, Arch, Expected, KernelImage, Plan, FORMAT_VERSION, KERNEL_HASH};
+use plan_fixture::{built, write_model, Built, Opts};
 use std::path::Path;
 
 fn kernels() -> Vec<KernelImage> {
@@ -95,6 +95,81 @@ fn refuses_another_tokenizer() {
     let want = Expected::for_gpu(Arch::Sm100a).with_model_dir(&b.model).unwrap();
     let e = err_of(&plan, &want);
     assert!(e.contains("was built with another tokenizer.json"), "{e}");
+}
+
+/// Two checkpoints that differ only in their weights (same config, tokenizer, tensor
+/// names and shapes): a plan built from one is refused for the other.
+#[test]
+fn refuses_a_checkpoint_with_other_weights() {
+    let b = gpu_plan();
+    let other = b.tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    write_model(&other, &Opts::default(), 8);
+    std::fs::copy(b.model.join("tokenizer.json"), other.join("tokenizer.json")).unwrap();
+    let plan = Plan::open(&b.plan).unwrap();
+    assert_eq!(plan.header.checkpoint.shards.len(), 1);
+    assert_eq!(plan.header.checkpoint.shards[0].file, "model.safetensors");
+    let want = Expected::for_gpu(Arch::Sm100a).with_model_dir(&other).unwrap();
+    let e = err_of(&plan, &want);
+    let other_s = other.display().to_string();
+    assert!(e.contains(&format!("was built from other weights than {other_s} (checkpoint fingerprint")), "{e}");
+    assert!(e.contains("model.safetensors holds other weights (same tensors, other bytes)"), "{e}");
+    // Config and tokenizer alone would have let it through.
+    let lax = Expected { checkpoint: None, ..want };
+    plan.check(&lax).unwrap();
+}
+
+/// A checkpoint updated in place: the first bytes of one tensor change.
+#[test]
+fn refuses_a_checkpoint_changed_in_place() {
+    let b = gpu_plan();
+    let plan = Plan::open(&b.plan).unwrap();
+    let start = kiln::checkpoint::Checkpoint::open(&b.model).unwrap().info("layers.1.mlp.up_proj.weight").unwrap().start;
+    patch(&b.model.join("model.safetensors"), |d| d[start] ^= 0x40);
+    let e = err_of(&plan, &Expected::for_gpu(Arch::Sm100a).with_model_dir(&b.model).unwrap());
+    assert!(e.contains("holds other weights"), "{e}");
+    // A renamed tensor changes the safetensors header.
+    let b = gpu_plan();
+    let plan = Plan::open(&b.plan).unwrap();
+    patch(&b.model.join("model.safetensors"), |d| {
+        let at = d.windows(7).position(|w| w == b"visual.").unwrap();
+        d[at] = b'V';
+    });
+    let e = err_of(&plan, &Expected::for_gpu(Arch::Sm100a).with_model_dir(&b.model).unwrap());
+    assert!(e.contains("model.safetensors lists other tensors (its safetensors header differs)"), "{e}");
+}
+
+/// Cubins load on a driver of the same or a newer CUDA major (minor version
+/// compatibility), never on an older major.
+#[test]
+fn the_driver_must_load_the_plans_cubins() {
+    for (nvrtc, driver, ok) in [
+        ((13, 0), (13, 0), true),
+        ((12, 8), (12, 8), true),
+        ((12, 9), (12, 8), true),
+        ((12, 8), (13, 0), true),
+        ((13, 0), (12, 9), false),
+        ((13, 1), (12, 8), false),
+    ] {
+        assert_eq!(driver_loads_cubins(nvrtc, driver), ok, "NVRTC {nvrtc:?} on a CUDA {driver:?} driver");
+    }
+    let b = gpu_plan();
+    let plan = Plan::open(&b.plan).unwrap();
+    assert_eq!(plan.header.nvrtc_version, Some((13, 0)));
+    plan.check(&Expected { driver_cuda: Some((13, 0)), ..Expected::for_gpu(Arch::Sm100a) }).unwrap();
+    let e = plan.check(&Expected { driver_cuda: Some((12, 8)), ..Expected::for_gpu(Arch::Sm100a) }).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{} holds kernels compiled by NVRTC 13.0 but the NVIDIA driver here supports CUDA 12.8 and cannot load them; \
+             rebuild it with kiln-build using a CUDA 12.x NVRTC (pip install nvidia-cuda-nvrtc-cu12==12.8.* \
+             nvidia-cuda-runtime-cu12==12.8.*), or upgrade the driver to one for CUDA 13.0",
+            b.plan.display()
+        )
+    );
+    // A plan without kernels never meets the driver.
+    let b = built(&Opts::default(), None, &[]);
+    Plan::open(&b.plan).unwrap().check(&Expected { driver_cuda: Some((11, 8)), ..Expected::default() }).unwrap();
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! `kiln::backend::cuda::compile`.
 
 use anyhow::{Context, Result};
-use kiln::backend::cuda::compile::{compile_all, find_cuda_include, nvrtc_version, KernelDims};
+use kiln::backend::cuda::compile::{compile_all, find_cuda_include, KernelDims};
+use kiln::backend::cuda::libs::{require, CudaLib};
 use kiln::config::ModelConfig;
 use kiln::plan::{Arch, KernelImage};
 use std::path::PathBuf;
@@ -17,12 +18,10 @@ pub fn include_dirs(given: &[PathBuf]) -> Vec<PathBuf> {
     }
 }
 
-/// One line naming the NVRTC in use, for the build log.
-pub fn nvrtc_banner() -> String {
-    match nvrtc_version() {
-        Ok((a, b)) => format!("NVRTC {a}.{b}"),
-        Err(e) => format!("NVRTC unavailable ({e})"),
-    }
+/// Finds and loads NVRTC; returns its version and the log line naming it and its file.
+pub fn nvrtc() -> Result<((u32, u32), String)> {
+    let l = require(CudaLib::Nvrtc)?;
+    Ok((l.version, l.line()))
 }
 
 /// Every kernel module for `arch`, specialised to `cfg`'s dimensions.

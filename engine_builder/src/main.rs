@@ -74,24 +74,64 @@ fn phase<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     Ok(out)
 }
 
-fn resolve_arch(s: &str) -> Result<Arch> {
+/// The architecture named, or GPU 0's for `auto`; with `auto` also the driver's CUDA
+/// version (the plan's cubins must load there).
+fn resolve_arch(s: &str) -> Result<(Arch, Option<(u32, u32)>)> {
     if s.trim() == "auto" {
-        let a = gpu::detect_arch()?;
-        eprintln!("GPU 0 is {a}");
-        Ok(a)
+        let g = gpu::detect()?;
+        eprintln!("GPU 0 is {} ({})", g.name, g.arch);
+        Ok((g.arch, Some(g.driver_cuda)))
     } else {
-        s.parse()
+        Ok((s.parse()?, None))
     }
+}
+
+/// Refuses to compile kernels the local driver could not load (one sentence).
+fn check_nvrtc_for_driver(nvrtc: (u32, u32), driver: Option<(u32, u32)>) -> Result<()> {
+    if let Some(d) = driver {
+        if !kiln::plan::driver_loads_cubins(nvrtc, d) {
+            bail!(
+                "NVRTC {}.{} makes cubins the NVIDIA driver here (CUDA {}.{}) cannot load; put a CUDA {}.x NVRTC first \
+                 on the library path ({}), or upgrade the driver to one for CUDA {}.{}",
+                nvrtc.0,
+                nvrtc.1,
+                d.0,
+                d.1,
+                d.0,
+                kiln::plan::nvrtc_for_driver(d.0),
+                nvrtc.0,
+                nvrtc.1
+            );
+        }
+    }
+    Ok(())
 }
 
 fn mib(n: u64) -> f64 {
     n as f64 / (1 << 20) as f64
 }
 
+/// The first log line after the version: the driver and its file, or that there is none
+/// (fine when --arch names the target).
+fn log_driver() {
+    match kiln::backend::cuda::libs::require(kiln::backend::cuda::libs::CudaLib::Driver) {
+        Ok(l) => eprintln!("{}", l.line()),
+        Err(_) => eprintln!("CUDA driver: none found (only --arch auto needs one)"),
+    }
+}
+
 fn compile_only(args: &Args) -> Result<()> {
     let t0 = Instant::now();
+    log_driver();
     let list = args.arch.as_deref().unwrap_or("auto");
-    let archs: Vec<Arch> = list.split(',').filter(|s| !s.trim().is_empty()).map(resolve_arch).collect::<Result<_>>()?;
+    let (nvrtc, nvrtc_line) = kernels::nvrtc()?;
+    eprintln!("{nvrtc_line}");
+    let mut archs: Vec<Arch> = Vec::new();
+    for s in list.split(',').filter(|s| !s.trim().is_empty()) {
+        let (arch, driver) = resolve_arch(s)?;
+        check_nvrtc_for_driver(nvrtc, driver)?;
+        archs.push(arch);
+    }
     if archs.is_empty() {
         bail!("--compile-only needs --arch, e.g. --arch sm_90a,sm_100a");
     }
@@ -100,7 +140,7 @@ fn compile_only(args: &Args) -> Result<()> {
         None => (qwen3_5_4b::config()?, "Qwen3.5-4B (built in)".to_string()),
     };
     let include = kernels::include_dirs(&args.include);
-    eprintln!("compiling the kiln kernels for {what} with {}", kernels::nvrtc_banner());
+    eprintln!("compiling the kiln kernels for {what} with NVRTC {}.{}", nvrtc.0, nvrtc.1);
     match include.first() {
         Some(dir) => eprintln!("CUDA headers: {}", dir.display()),
         None => eprintln!("CUDA headers: none found (set KILN_CUDA_INCLUDE or pass --include)"),
@@ -147,7 +187,18 @@ fn build(args: &Args) -> Result<()> {
         bail!("--no-kernels builds a plan without kernels, so --arch does not apply");
     }
     eprintln!("{}", builder_version());
-    let arch = if args.no_kernels { None } else { Some(resolve_arch(args.arch.as_deref().unwrap_or("auto"))?) };
+    if !args.no_kernels {
+        log_driver();
+    }
+    let (arch, nvrtc) = if args.no_kernels {
+        (None, None)
+    } else {
+        let (arch, driver) = resolve_arch(args.arch.as_deref().unwrap_or("auto"))?;
+        let (nvrtc, nvrtc_line) = kernels::nvrtc()?;
+        eprintln!("{nvrtc_line}");
+        check_nvrtc_for_driver(nvrtc, driver)?;
+        (Some(arch), Some(nvrtc))
+    };
     let name = args.name.clone().unwrap_or_else(|| {
         format!("{}.{}", default_name(model), arch.map_or("nokernels", |a| a.as_str()))
     });
@@ -181,6 +232,7 @@ fn build(args: &Args) -> Result<()> {
     let info = BuildInfo {
         builder_version: builder_version(),
         arch,
+        nvrtc_version: nvrtc,
         tokenizer_hash: tok_hash.clone(),
         limits,
         source: format!("{} ({})", model.display(), cfg.model_type),

@@ -6,9 +6,11 @@
 //! (official) and `model.layers.0.mlp.up_proj.weight` (text-only) both become
 //! `layers.0.mlp.up_proj.weight`; `mtp.*` and `lm_head.weight` keep their names.
 
+mod fingerprint;
 mod spec;
 mod weights;
 
+pub use fingerprint::{Fingerprint, ShardPrint};
 pub use spec::{expected_tensors, TensorSpec};
 pub use weights::{load, load_weights, FullAttnWeights, LayerWeights, LinearAttnWeights, Mixer, MlpWeights, MtpWeights, Weights};
 
@@ -33,6 +35,8 @@ pub struct TensorInfo {
 pub struct Checkpoint {
     pub dir: PathBuf,
     shards: Vec<Mmap>,
+    /// The shard files, in `shards` order.
+    pub shard_paths: Vec<PathBuf>,
     /// Canonical name -> location.
     pub tensors: BTreeMap<String, TensorInfo>,
 }
@@ -106,7 +110,7 @@ impl Checkpoint {
             }
             shards.push(mmap);
         }
-        Ok(Checkpoint { dir: dir.to_path_buf(), shards, tensors })
+        Ok(Checkpoint { dir: dir.to_path_buf(), shards, shard_paths: files, tensors })
     }
 
     pub fn info(&self, name: &str) -> Result<&TensorInfo> {

@@ -74,6 +74,17 @@ fn ids(v: Option<&Value>) -> Vec<u32> {
     }
 }
 
+/// Whether lm_head is tied to embed_tokens, by transformers' (5.x) rule: a model class
+/// reads `tie_word_embeddings` from its own config, default false. Both shapes keep that
+/// at the top of config.json: for `qwen3_5` (`Qwen3_5ForConditionalGeneration`) it is the
+/// composite config's value, whatever `text_config` says (transformers saves
+/// `Qwen3_5Config(..., tie_word_embeddings=True)` with `true` at the top and `false` inside
+/// `text_config`, and ties the head); for `qwen3_5_text` (`Qwen3_5ForCausalLM`) the flat
+/// config is the text config.
+pub fn tie_word_embeddings(root: &Value) -> bool {
+    root.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false)
+}
+
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -95,14 +106,7 @@ impl ModelConfig {
                 "config.json: model_type `{other}` is not supported (expected `qwen3_5` or `qwen3_5_text`)"
             ),
         };
-        // tie_word_embeddings lives at the top level of the official config and may be
-        // repeated inside text_config; transformers' default is false (then lm_head.weight
-        // must be in the checkpoint).
-        let tie = text
-            .get("tie_word_embeddings")
-            .or_else(|| root.get("tie_word_embeddings"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        let tie = tie_word_embeddings(root);
 
         let num_layers = usize_field(text, "num_hidden_layers")?;
         let layer_kinds = match text.get("layer_types") {

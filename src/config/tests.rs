@@ -44,6 +44,31 @@ fn parses_flat_text_layout() {
     assert_eq!(c.hidden_size, 2560);
 }
 
+/// transformers' rule (checked against transformers 5.24 by scripts/make_fixtures.py's
+/// `tiny_saved_tied`): for `qwen3_5` the composite config's top-level value governs, for
+/// `qwen3_5_text` the flat config's own; absent means false.
+#[test]
+fn tie_word_embeddings_follows_transformers() {
+    let tie = |v: &Value| ModelConfig::from_json(v).unwrap().tie_word_embeddings;
+    // As transformers 5 saves Qwen3_5Config(..., tie_word_embeddings=True): true at the top,
+    // false inside text_config. The head is tied.
+    let mut saved = official();
+    saved["text_config"]["tie_word_embeddings"] = json!(false);
+    assert!(tie(&saved));
+    // The converse: text_config's true does not tie a composite config without the top-level flag.
+    let mut v = official();
+    v.as_object_mut().unwrap().remove("tie_word_embeddings");
+    v["text_config"]["tie_word_embeddings"] = json!(true);
+    assert!(!tie(&v));
+    v["tie_word_embeddings"] = json!(false);
+    assert!(!tie(&v));
+    // qwen3_5_text: its own value, default false.
+    let mut flat = official()["text_config"].clone();
+    assert!(!tie(&flat));
+    flat["tie_word_embeddings"] = json!(true);
+    assert!(tie(&flat));
+}
+
 #[test]
 fn refuses_bad_fields_by_name() {
     let cases: Vec<(&str, Value, &str)> = vec![

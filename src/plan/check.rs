@@ -4,6 +4,7 @@
 use super::arch::Arch;
 use super::format::{PlanHeader, FORMAT_VERSION, KERNEL_HASH, PLAN_DTYPE};
 use super::ident::{config_hash, tokenizer_hash};
+use crate::checkpoint::{Checkpoint, Fingerprint};
 use crate::config::ModelConfig;
 use anyhow::{bail, Result};
 use std::path::Path;
@@ -18,6 +19,11 @@ pub struct Expected {
     pub kernel_hash: Option<String>,
     pub config_hash: Option<String>,
     pub tokenizer_hash: Option<String>,
+    /// The checkpoint in the model folder (its weights).
+    pub checkpoint: Option<Fingerprint>,
+    /// The CUDA version (major, minor) of the installed driver, which must be able to load
+    /// the plan's cubins.
+    pub driver_cuda: Option<(u32, u32)>,
     /// Where the expected config and tokenizer came from (used in messages only).
     pub model_dir: Option<String>,
 }
@@ -30,6 +36,8 @@ impl Default for Expected {
             kernel_hash: None,
             config_hash: None,
             tokenizer_hash: None,
+            checkpoint: None,
+            driver_cuda: None,
             model_dir: None,
         }
     }
@@ -41,15 +49,33 @@ impl Expected {
         Expected { arch: Some(arch), kernel_hash: Some(KERNEL_HASH.to_string()), ..Default::default() }
     }
 
-    /// Also require the model in `dir`: its config.json and tokenizer.json.
+    /// Also require the model in `dir`: its config.json, tokenizer.json and weights.
     pub fn with_model_dir(self, dir: &Path) -> Result<Self> {
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
         Ok(Expected {
             config_hash: Some(config_hash(&cfg)),
             tokenizer_hash: Some(tokenizer_hash(&dir.join("tokenizer.json"))?),
+            checkpoint: Some(Checkpoint::open(dir)?.fingerprint()),
             model_dir: Some(dir.display().to_string()),
             ..self
         })
+    }
+}
+
+/// Whether a driver supporting CUDA `driver` (major, minor) loads cubins compiled by NVRTC
+/// `nvrtc`. Within a CUDA major, minor version compatibility lets an older driver load
+/// cubins (not PTX) of a newer toolkit, and newer drivers load older cubins; across majors
+/// an older driver cannot (CUDA 13 cubins need a CUDA 13 driver, 580+).
+pub fn driver_loads_cubins(nvrtc: (u32, u32), driver: (u32, u32)) -> bool {
+    nvrtc.0 <= driver.0
+}
+
+/// The pip packages of an NVRTC a CUDA `major` driver can use, for the fix in a refusal.
+pub fn nvrtc_for_driver(major: u32) -> String {
+    match major {
+        12 => "pip install nvidia-cuda-nvrtc-cu12==12.8.* nvidia-cuda-runtime-cu12==12.8.*".into(),
+        13 => "pip install nvidia-cuda-nvrtc==13.0.* nvidia-cuda-runtime==13.0.*".into(),
+        m => format!("an NVRTC of CUDA {m}.x"),
     }
 }
 
@@ -94,6 +120,23 @@ impl PlanHeader {
                 );
             }
         }
+        if let (Some(driver), Some(nvrtc)) = (want.driver_cuda, self.nvrtc_version) {
+            if !driver_loads_cubins(nvrtc, driver) {
+                bail!(
+                    "{plan} holds kernels compiled by NVRTC {}.{} but the NVIDIA driver here supports CUDA {}.{} and \
+                     cannot load them; rebuild it with kiln-build using a CUDA {}.x NVRTC ({}), or upgrade the driver \
+                     to one for CUDA {}.{}",
+                    nvrtc.0,
+                    nvrtc.1,
+                    driver.0,
+                    driver.1,
+                    driver.0,
+                    nvrtc_for_driver(driver.0),
+                    nvrtc.0,
+                    nvrtc.1
+                );
+            }
+        }
         if let Some(c) = &want.config_hash {
             if &self.model_config_hash != c {
                 bail!(
@@ -111,6 +154,17 @@ impl PlanHeader {
                      rebuild it with kiln-build",
                     short(&self.tokenizer_hash),
                     short(t)
+                );
+            }
+        }
+        if let Some(f) = &want.checkpoint {
+            if self.checkpoint.digest != f.digest {
+                bail!(
+                    "{plan} was built from other weights than {model} (checkpoint fingerprint {}, {model}'s is {}: {}); \
+                     rebuild it with kiln-build",
+                    short(&self.checkpoint.digest),
+                    short(&f.digest),
+                    self.checkpoint.difference(f)
                 );
             }
         }

@@ -18,11 +18,13 @@
 //! file ends exactly at P + L; anything else is a truncated or damaged file.
 
 use super::arch::Arch;
+use crate::checkpoint::Fingerprint;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 8] = b"KILNPLAN";
 /// Bump when the byte layout, the header schema or any packed tensor layout changes.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: the header records the NVRTC version and the checkpoint fingerprint.
+pub const FORMAT_VERSION: u32 = 3;
 /// Alignment of the payload and of every blob in it (bytes).
 pub const ALIGN: u64 = 256;
 /// Length of the fixed prefix before the JSON header.
@@ -110,12 +112,17 @@ pub struct PlanHeader {
     pub kernel_hash: String,
     /// Target architecture of the kernels; None when built without kernels.
     pub arch: Option<Arch>,
+    /// The NVRTC (major, minor) that compiled the kernels; None without kernels. A driver
+    /// of an older CUDA major cannot load its cubins.
+    pub nvrtc_version: Option<(u32, u32)>,
     /// SHA-256 of the canonical serialization of `model_config` (see `config_hash`).
     pub model_config_hash: String,
     /// The `ModelConfig` the weights were packed and the kernels compiled for.
     pub model_config: serde_json::Value,
     /// SHA-256 of tokenizer.json.
     pub tokenizer_hash: String,
+    /// The checkpoint the weights were packed from (see `checkpoint::Fingerprint`).
+    pub checkpoint: Fingerprint,
     /// Weight dtype (`bf16`).
     pub dtype: String,
     pub limits: Limits,

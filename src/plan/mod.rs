@@ -25,7 +25,7 @@ pub mod pack;
 pub mod write;
 
 pub use arch::Arch;
-pub use check::Expected;
+pub use check::{driver_loads_cubins, nvrtc_for_driver, Expected};
 pub use file::{Plan, TensorRef};
 pub use format::{
     DType, KernelEntry, Limits, PlanHeader, Skipped, TensorEntry, TensorPart, ALIGN, FORMAT_VERSION, KERNEL_HASH, MAGIC,

@@ -9,7 +9,7 @@ use super::format::{
 };
 use super::ident::{config_hash, sha256_hex};
 use super::pack::{write_packed, Packing};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, Fingerprint};
 use crate::config::ModelConfig;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -22,6 +22,8 @@ pub struct BuildInfo {
     pub builder_version: String,
     /// Kernel target; None with no kernels.
     pub arch: Option<Arch>,
+    /// The NVRTC that compiled the kernels; None with no kernels.
+    pub nvrtc_version: Option<(u32, u32)>,
     pub tokenizer_hash: String,
     pub limits: Limits,
     pub source: String,
@@ -40,9 +42,10 @@ pub fn make_header(
     packing: &Packing,
     info: &BuildInfo,
     kernels: &[KernelImage],
+    checkpoint: Fingerprint,
 ) -> Result<PlanHeader> {
-    if kernels.is_empty() != info.arch.is_none() {
-        bail!("internal: a plan has kernels exactly when it has an arch");
+    if kernels.is_empty() != info.arch.is_none() || info.arch.is_none() != info.nvrtc_version.is_none() {
+        bail!("internal: a plan has kernels exactly when it has an arch and an NVRTC version");
     }
     let mut pos = 0u64;
     let mut kentries = Vec::with_capacity(kernels.len());
@@ -91,9 +94,11 @@ pub fn make_header(
         builder_version: info.builder_version.clone(),
         kernel_hash: KERNEL_HASH.to_string(),
         arch: info.arch,
+        nvrtc_version: info.nvrtc_version,
         model_config_hash: config_hash(cfg),
         model_config: serde_json::to_value(cfg).context("serializing ModelConfig")?,
         tokenizer_hash: info.tokenizer_hash.clone(),
+        checkpoint,
         dtype: PLAN_DTYPE.to_string(),
         limits: info.limits.clone(),
         source: info.source.clone(),
@@ -157,7 +162,7 @@ pub fn write_plan(
     kernels: &[KernelImage],
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<PlanHeader> {
-    let header = make_header(cfg, packing, info, kernels)?;
+    let header = make_header(cfg, packing, info, kernels, ck.fingerprint())?;
     let json = serde_json::to_vec(&header).context("serializing the plan header")?;
     let prefix = Prefix {
         version: FORMAT_VERSION,

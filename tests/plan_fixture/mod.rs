@@ -124,6 +124,7 @@ pub fn build_info(model: &Path, arch: Option<Arch>) -> BuildInfo {
     BuildInfo {
         builder_version: "plan tests".into(),
         arch,
+        nvrtc_version: arch.map(|_| (13, 0)),
         tokenizer_hash: kiln::plan::tokenizer_hash(&model.join("tokenizer.json")).unwrap(),
         limits: Limits { max_context: 4096, max_batch: 8 },
         source: model.display().to_string(),

@@ -122,6 +122,7 @@ impl CudaBackend {
     /// Opens `plan_path`, checks it against this GPU (and the model dir's tokenizer when
     /// given), uploads the weights and sizes the pools.
     pub fn load(plan_path: &Path, model_dir: Option<&Path>, opt: &CudaOptions) -> Result<Self> {
+        super::libs::require_each(&[super::libs::CudaLib::Driver, super::libs::CudaLib::CublasLt])?;
         let ctx = CudaContext::new(0).map_err(|e| anyhow!("no usable CUDA device: {e:?}"))?;
         ctx.bind_to_thread().map_err(|e| anyhow!("binding the CUDA context: {e:?}"))?;
         let (major, minor) = ctx.compute_capability().map_err(|e| anyhow!("compute capability: {e:?}"))?;

@@ -1,8 +1,10 @@
 //! NVRTC compilation of the kiln kernels (`kernels/*.cu`, embedded in the binary) to
 //! CUBIN for one exact GPU architecture (`sm_90a` on H200, `sm_100a` on B200), with the
 //! model's dimensions as compile-time constants. Needs only libnvrtc (no GPU, no
-//! driver): `scripts/ci_nvrtc.sh` sets it up on a machine without a CUDA toolkit.
+//! driver), found by `libs` (library path, CUDA_HOME, /usr/local/cuda*, pip wheels):
+//! `scripts/ci_nvrtc.sh` sets one up on a machine without a CUDA toolkit.
 
+use super::libs::{require, CudaLib};
 use crate::config::ModelConfig;
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::nvrtc::sys as nv;
@@ -148,27 +150,24 @@ pub struct CompiledModule {
     pub cubin: Vec<u8>,
 }
 
-/// Whether libnvrtc can be loaded (it is found through the library search path, e.g.
-/// LD_LIBRARY_PATH; `scripts/ci_nvrtc.sh` prints the setting).
+/// Whether libnvrtc was found and loaded (see `libs`; the first call searches).
 pub fn nvrtc_available() -> bool {
-    unsafe { nv::is_culib_present() }
+    require(CudaLib::Nvrtc).is_ok()
 }
 
-/// NVRTC's (major, minor) version.
+/// NVRTC's (major, minor) version; the error says where NVRTC was looked for.
 pub fn nvrtc_version() -> Result<(i32, i32)> {
-    ensure!(nvrtc_available(), "NVRTC not found: libnvrtc is not on the library search path (see scripts/ci_nvrtc.sh)");
-    let (mut major, mut minor) = (0, 0);
-    unsafe { nv::nvrtcVersion(&mut major, &mut minor) }
-        .result()
-        .map_err(|e| anyhow::anyhow!("nvrtcVersion: {e:?}"))?;
-    Ok((major, minor))
+    let (a, b) = require(CudaLib::Nvrtc)?.version;
+    Ok((a as i32, b as i32))
 }
 
 fn has_bf16_header(dir: &Path) -> bool {
     dir.join("cuda_bf16.h").is_file()
 }
 
-/// The CUDA include folder holding cuda_bf16.h: env KILN_CUDA_INCLUDE, else
+/// The CUDA include folder holding cuda_bf16.h: env KILN_CUDA_INCLUDE, else the headers
+/// that came with the NVRTC in use (`targets/*/include` or `include` of its toolkit; the
+/// `nvidia/cu13/include` or `nvidia/cuda_runtime/include` wheel beside its wheel), else
 /// /usr/local/cuda/include (or $CUDA_HOME/include), else the pip wheel's
 /// `nvidia/cu13/include` inside the venv named by KILN_NVRTC_VENV or VIRTUAL_ENV, else
 /// the venv scripts/ci_nvrtc.sh makes (target/venv-nvrtc).
@@ -176,6 +175,11 @@ pub fn find_cuda_include() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("KILN_CUDA_INCLUDE") {
         let p = PathBuf::from(p);
         if has_bf16_header(&p) {
+            return Some(p);
+        }
+    }
+    if let Ok(nvrtc) = require(CudaLib::Nvrtc) {
+        if let Some(p) = headers_beside(&nvrtc.path).into_iter().find(|p| has_bf16_header(p)) {
             return Some(p);
         }
     }
@@ -206,6 +210,22 @@ pub fn find_cuda_include() -> Option<PathBuf> {
     None
 }
 
+/// Where the headers matching the NVRTC at `lib` would be (same release, so the headers
+/// and the compiler agree).
+pub fn headers_beside(lib: &Path) -> Vec<PathBuf> {
+    let Some(dir) = lib.parent() else { return vec![] };
+    let mut out = vec![];
+    if let Some(up) = dir.parent() {
+        out.push(up.join("include")); // <toolkit>/lib64 -> include, targets/x/lib -> targets/x/include, cu13/lib -> cu13/include
+        if dir.ends_with("cuda_nvrtc/lib") {
+            if let Some(nvidia) = up.parent() {
+                out.push(nvidia.join("cuda_runtime/include")); // the nvidia-cuda-runtime-cu12 wheel
+            }
+        }
+    }
+    out
+}
+
 /// The architecture to compile for on a device of this compute capability.
 pub fn arch_for_compute_capability(major: i32, minor: i32) -> Option<&'static str> {
     match (major, minor) {
@@ -233,7 +253,7 @@ fn check_arch(arch: &str) -> Result<()> {
 pub fn compile_all(arch: &str, dims: &KernelDims, include_dirs: &[PathBuf]) -> Result<Vec<CompiledModule>> {
     check_arch(arch)?;
     dims.validate()?;
-    ensure!(nvrtc_available(), "NVRTC not found: libnvrtc is not on the library search path (see scripts/ci_nvrtc.sh)");
+    require(CudaLib::Nvrtc)?;
     let mut incs: Vec<PathBuf> = include_dirs.to_vec();
     if incs.is_empty() {
         incs.extend(find_cuda_include());
@@ -269,6 +289,7 @@ pub fn compile_all(arch: &str, dims: &KernelDims, include_dirs: &[PathBuf]) -> R
 /// Compiles one module (`src` may `#include "common.cuh"`) to a CUBIN for `arch`.
 pub fn compile_module(name: &str, src: &str, arch: &str, dims: &KernelDims, include_dirs: &[PathBuf]) -> Result<CompiledModule> {
     check_arch(arch)?;
+    require(CudaLib::Nvrtc)?; // loaded before cudarc's first NVRTC call, which would panic without it
     let c = |s: &str| CString::new(s).context("NUL byte in a kernel source or option");
     let src_c = c(src)?;
     let name_c = c(&format!("{name}.cu"))?;

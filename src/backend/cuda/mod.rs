@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod kernels;
+pub mod libs;
 pub mod backend;
 mod blaslt;
 mod memory;
