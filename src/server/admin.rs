@@ -123,10 +123,19 @@ pub async fn load(state: State) -> HttpResponse {
 
 const FLUSH_TEXT: &str = "Cache flushed.\nPlease check backend logs for more details. (When there are running or waiting requests, the operation will not be performed.)\n";
 
-/// There is no prefix cache to drop; like SGLang, refuse while requests are in flight.
+/// Empties the prefix cache; like SGLang, refused (400, same text) while requests are
+/// running or waiting, with the reason in the log.
 pub async fn flush_cache(state: State) -> HttpResponse {
-    let b = if state.sched.stats().is_idle() { HttpResponse::Ok() } else { HttpResponse::BadRequest() };
-    let mut b = b;
+    let mut b = match state.sched.flush_cache().await {
+        Ok(()) => {
+            tracing::info!("Cache flushed successfully!");
+            HttpResponse::Ok()
+        }
+        Err(why) => {
+            tracing::warn!("Cache not flushed because there are pending requests: {why}");
+            HttpResponse::BadRequest()
+        }
+    };
     b.content_type("text/plain; charset=utf-8").body(FLUSH_TEXT)
 }
 
