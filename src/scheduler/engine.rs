@@ -670,6 +670,7 @@ impl Engine {
     fn publish(&mut self) {
         let st = &self.stats;
         st.running.store(self.running.len(), Relaxed);
+        st.waiting_tokens.store(self.waiting.iter().map(|s| s.tokens.len()).sum(), Relaxed);
         st.slots_used.store(self.slots.used(), Relaxed);
         let cached = self.prefix_cache.as_ref().map_or(0, |c| c.evictable_blocks(&self.blocks));
         st.blocks_used.store(self.blocks.used() - cached, Relaxed);

@@ -60,6 +60,8 @@ pub struct Stats {
     pub blocks_cached: AtomicUsize,
     /// State snapshots the prefix cache holds.
     pub snapshots_cached: AtomicUsize,
+    /// Tokens of the requests waiting to start.
+    pub waiting_tokens: AtomicUsize,
     /// Tokens per second over the last decode-bearing steps (f64 bits).
     pub gen_throughput_bits: AtomicU64,
     // Counters.
@@ -93,6 +95,7 @@ impl Default for Stats {
             blocks_total: AtomicUsize::new(0),
             blocks_cached: AtomicUsize::new(0),
             snapshots_cached: AtomicUsize::new(0),
+            waiting_tokens: AtomicUsize::new(0),
             gen_throughput_bits: AtomicU64::new(0),
             requests_submitted: AtomicU64::new(0),
             requests_finished: AtomicU64::new(0),

@@ -110,15 +110,26 @@ pub async fn server_info(state: State) -> HttpResponse {
     HttpResponse::Ok().json(Value::Object(out))
 }
 
+/// SGLang 0.5.9's `/get_load`: one entry per data-parallel rank (kiln has one) with
+/// `num_reqs` (running + waiting), `num_waiting_reqs` and `num_tokens` (KV tokens held by
+/// requests, not by the evictable prefix cache, plus the prompts still waiting). The
+/// sglang-router sums `num_tokens` over ranks as a worker's load. kiln's own counters
+/// follow in the same entry.
 pub async fn load(state: State) -> HttpResponse {
     let st = state.sched.stats();
     let r = std::sync::atomic::Ordering::Relaxed;
-    HttpResponse::Ok().json(json!({
-        "num_running_reqs": st.running.load(r),
-        "num_waiting_reqs": st.queued.load(r),
+    let block_size = state.sched.info().capacity.block_size;
+    let (running, waiting) = (st.running.load(r), st.queued.load(r));
+    HttpResponse::Ok().json(json!([{
+        "dp_rank": 0,
+        "num_reqs": running + waiting,
+        "num_waiting_reqs": waiting,
+        "num_tokens": st.blocks_used.load(r) * block_size + st.waiting_tokens.load(r),
+        "num_running_reqs": running,
         "num_used_kv_blocks": st.blocks_used.load(r),
+        "num_cached_kv_blocks": st.blocks_cached.load(r),
         "num_total_kv_blocks": st.blocks_total.load(r),
-    }))
+    }]))
 }
 
 const FLUSH_TEXT: &str = "Cache flushed.\nPlease check backend logs for more details. (When there are running or waiting requests, the operation will not be performed.)\n";

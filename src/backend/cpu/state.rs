@@ -43,7 +43,10 @@ impl PagedKv {
         let row = c.num_kv_heads * c.head_dim;
         let n = cap.kv_blocks * cap.block_size * row;
         let layers = c.num_full_layers();
-        PagedKv { k: vec![vec![0.0; n]; layers], v: vec![vec![0.0; n]; layers], row, block_size: cap.block_size, blocks: cap.kv_blocks }
+        // One zeroed allocation per layer (not clones of one): pages are only touched
+        // when a block is written.
+        let pool = || (0..layers).map(|_| vec![0.0f32; n]).collect::<Vec<_>>();
+        PagedKv { k: pool(), v: pool(), row, block_size: cap.block_size, blocks: cap.kv_blocks }
     }
 
     /// Checks that `blocks` are real pages that hold `tokens` tokens.
