@@ -228,6 +228,40 @@ fn eviction_under_pressure_keeps_results_exact() {
     assert_empty_after_flush(&h);
 }
 
+/// A request asking for prompt logprobs from position `from` (runs alone): its cache hit
+/// and its input logprobs.
+fn prompt_logprobs(h: &SchedulerHandle, prompt: &[u32], from: i64) -> (usize, Vec<scheduler::TokenLogprob>) {
+    let mut r = req(prompt, 2);
+    r.logprobs = scheduler::LogprobConfig { enabled: true, start_len: from, top_n: 2, token_ids: vec![] };
+    let mut t = h.submit(r).unwrap();
+    let mut input = vec![];
+    loop {
+        let o = t.blocking_recv().unwrap();
+        input.extend(o.input_logprobs.unwrap_or_default());
+        if o.finish.is_some() {
+            return (o.cached_tokens, input);
+        }
+    }
+}
+
+#[test]
+fn prompt_logprob_rows_are_computed_never_skipped() {
+    // The HF fixture: a 1024-row vocabulary keeps 200 rows of prompt logits cheap.
+    let (h, rows) = start(fixture_backend(cap4()), sched_cfg());
+    let p = tokens(200, 6);
+    let fresh_all = { fresh(&h, &rows, &p, 1); h.flush_cache_blocking().unwrap(); prompt_logprobs(&h, &p, 0) };
+    let fresh_tail = { h.flush_cache_blocking().unwrap(); prompt_logprobs(&h, &p, 100) };
+    run(&h, &rows, &p, 1);
+    // From position 0 nothing may come from the cache; from 100, the cut at 64 may.
+    let all = prompt_logprobs(&h, &p, 0);
+    let tail = prompt_logprobs(&h, &p, 100);
+    assert_eq!((all.0, tail.0), (0, 64));
+    assert_eq!(all.1.len(), 200);
+    assert_eq!(all.1, fresh_all.1);
+    assert_eq!(tail.1, fresh_tail.1);
+    assert_empty_after_flush(&h);
+}
+
 #[test]
 fn flush_is_refused_while_requests_run_or_wait() {
     let (h, rows) = start(demo_backend(cap4()), sched_cfg());
