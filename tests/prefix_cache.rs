@@ -310,6 +310,8 @@ async fn http_reports_hits_and_serves_them_exactly() {
     let p: Vec<u32> = tokens(300, 8).iter().map(|t| t + 1000).collect();
     let body = json!({"input_ids": p, "return_logprob": true, "top_logprobs_num": 3,
                       "sampling_params": {"temperature": 0, "max_new_tokens": 6, "ignore_eos": true}});
+    let info: Value = s.get("/get_server_info").await.json().await.unwrap();
+    assert_eq!(info["disable_radix_cache"], false);
     let first = s.post_json("/generate", &body, 200).await;
     let again = s.post_json("/generate", &body, 200).await;
     assert_eq!(first["meta_info"]["cached_tokens"], 0);

@@ -275,6 +275,7 @@ async fn info_health_admin_and_metrics_routes() {
         assert!(si["internal_states"][0]["last_gen_throughput"].is_number());
         assert!(si["version"].is_string());
         assert_eq!(si["max_total_num_tokens"], 128 * 16);
+        assert_eq!(si["disable_radix_cache"], true, "the mock backend keeps no snapshots");
     }
     let load: Value = s.get("/get_load").await.json().await.unwrap();
     assert_eq!(load[0]["num_reqs"], 0);

@@ -92,6 +92,8 @@ pub async fn server_info(state: State) -> HttpResponse {
     args.insert("max_running_requests".into(), json!(info.config.max_running));
     args.insert("chunked_prefill_size".into(), json!(info.config.chunked_prefill_size));
     args.insert("max_queued_requests".into(), json!(info.config.max_queued));
+    // Effective: a backend without state snapshots has no prefix cache whatever the flag.
+    args.insert("disable_radix_cache".into(), json!(!info.config.prefix_cache));
     args.insert("served_model_name".into(), json!(state.cfg.served_model_name));
     let mut internal = args.clone();
     internal.insert("last_gen_throughput".into(), json!(st.gen_throughput()));
