@@ -136,7 +136,7 @@ impl PrefixCache {
         let mut adopted = vec![];
         while pos < end {
             let next = cuts.next_cut(pos);
-            assert!(next <= end && next % bs == 0, "prefix cache: {end} is not a cut on whole blocks");
+            assert!(next <= end && next.is_multiple_of(bs), "prefix cache: {end} is not a cut on whole blocks");
             let key = &tokens[pos..next];
             let child = match self.node(cur).children.get(key) {
                 Some(&c) => c,
