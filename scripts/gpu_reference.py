@@ -47,6 +47,12 @@ def make(out, seed):
             # Norm weights, A_log, dt_bias, conv: away from their init values.
             if name.endswith("norm.weight") or "A_log" in name or "dt_bias" in name or "conv1d" in name:
                 p.add_(torch.randn(p.shape, generator=g, device="cuda", dtype=torch.float32).to(p.dtype) * 0.1)
+        # The official checkpoint's dtype mix: linear_attn.A_log and linear_attn.norm.weight
+        # are stored F32, everything else BF16 (the values stay bf16-exact, so HF's bf16
+        # and fp32 loads see the same numbers as before).
+        for name, p in model.named_parameters():
+            if name.endswith("linear_attn.A_log") or name.endswith("linear_attn.norm.weight"):
+                p.data = p.data.float()
     model.save_pretrained(out, max_shard_size="2GB")
     # transformers does not create the MTP head; add it as its own shard.
     H = 2560

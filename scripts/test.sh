@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/ci_nvrtc.sh
 source scripts/ci_nvrtc.sh
 
+# SGLang's router from PyPI into target/venv-router (once), for tests/router.rs.
+scripts/ci_router.sh >/dev/null
+
 cargo build --workspace --release --bins
 target/release/kiln-build --compile-only --arch sm_90a,sm_100a
 # NVRTC 12.8 (CUDA 12.8/12.9 containers), found as beside torch: only through the wheels

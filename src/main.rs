@@ -114,6 +114,16 @@ struct ServeArgs {
     chat_template: Option<PathBuf>,
     #[arg(long)]
     skip_server_warmup: bool,
+    /// Turn the prefix cache off (it is on by default, as in SGLang).
+    #[arg(long)]
+    disable_radix_cache: bool,
+    /// Tokens to the first cached state (and first prefill chunk) of a prompt; later
+    /// cache points double up to the step budget.
+    #[arg(long, default_value_t = 256)]
+    mamba_track_interval: usize,
+    /// OpenAI usage reports `prompt_tokens_details.cached_tokens`.
+    #[arg(long)]
+    enable_cache_report: bool,
 }
 
 #[derive(Args, Debug)]
@@ -382,6 +392,9 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
         context_len: a.context_length.unwrap_or(cap.max_seq_len),
         eos_token_ids: eos,
         sample_threads: 0,
+        prefix_cache: !a.disable_radix_cache,
+        prefix_cache_interval: a.mamba_track_interval,
+        check_invariants: false,
     };
     let model_label = match (&demo, &a.model_path) {
         (None, Some(p)) => p.display().to_string(),
@@ -404,6 +417,7 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
         workers: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
         server_args: args,
         reasoning_parser: a.reasoning_parser.clone(),
+        enable_cache_report: a.enable_cache_report,
     };
     let tok_codec: Arc<dyn scheduler::Codec> = match &a.chat_template {
         Some(p) if p.is_file() => {
@@ -421,8 +435,9 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
     let sched = scheduler::spawn(backend, tok_codec.clone(), sched_cfg)?;
     let info = sched.info().clone();
     tracing::info!(
-        "backend {}: {} slots, {} KV blocks of {} tokens, context {}, step budget {} tokens",
-        info.backend, info.capacity.slots, info.capacity.kv_blocks, info.capacity.block_size, info.config.context_len, info.config.chunked_prefill_size
+        "backend {}: {} slots, {} KV blocks of {} tokens, context {}, step budget {} tokens, prefix cache {}",
+        info.backend, info.capacity.slots, info.capacity.kv_blocks, info.capacity.block_size, info.config.context_len, info.config.chunked_prefill_size,
+        if info.config.prefix_cache { "on" } else { "off" }
     );
     let state = AppState::new(cfg, sched, tok_codec);
     if !a.skip_server_warmup {

@@ -59,6 +59,7 @@ fn run_model(name: &str, prefill_piece: Option<usize>) -> f64 {
     let (cfg, w) = kiln::checkpoint::load(&dir).unwrap();
     let vocab = cfg.vocab_size;
     let mut be = CpuBackend::new(cfg, w, Capacity { slots: 1, block_size: 16, kv_blocks: 64, max_seq_len: 1024 }).unwrap();
+    let blocks: Vec<u32> = (0..64).collect();
     let mut worst = 0f64;
     let cases = expected["cases"].as_array().expect("cases");
     assert!(cases.len() >= 3, "fixture {name} has too few cases");
@@ -76,7 +77,7 @@ fn run_model(name: &str, prefill_piece: Option<usize>) -> f64 {
         let mut pos = 0;
         while pos < prompt.len() {
             let end = (pos + piece).min(prompt.len());
-            let c = SeqChunk { slot: 0, start_pos: pos, tokens: &prompt[pos..end], blocks: &[], want: Want::All };
+            let c = SeqChunk { slot: 0, start_pos: pos, tokens: &prompt[pos..end], blocks: &blocks, want: Want::All };
             ours.extend(be.forward(&[c]).unwrap().remove(0).data);
             pos = end;
         }
@@ -89,7 +90,7 @@ fn run_model(name: &str, prefill_piece: Option<usize>) -> f64 {
         let mut got = vec![tok];
         for i in 0..greedy.len() - 1 {
             let feed = [tok];
-            let c = SeqChunk { slot: 0, start_pos: prompt.len() + i, tokens: &feed, blocks: &[], want: Want::Last };
+            let c = SeqChunk { slot: 0, start_pos: prompt.len() + i, tokens: &feed, blocks: &blocks, want: Want::Last };
             let row = be.forward(&[c]).unwrap().remove(0).data;
             let e = compare(&row, &want_decode[i * vocab..(i + 1) * vocab], &format!("{name}/{cname} decode step {i}"));
             worst = worst.max(e.rel);

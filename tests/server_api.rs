@@ -275,9 +275,11 @@ async fn info_health_admin_and_metrics_routes() {
         assert!(si["internal_states"][0]["last_gen_throughput"].is_number());
         assert!(si["version"].is_string());
         assert_eq!(si["max_total_num_tokens"], 128 * 16);
+        assert_eq!(si["disable_radix_cache"], true, "the mock backend keeps no snapshots");
     }
     let load: Value = s.get("/get_load").await.json().await.unwrap();
-    assert_eq!(load["num_running_reqs"], 0);
+    assert_eq!(load[0]["num_reqs"], 0);
+    assert_eq!((load[0]["dp_rank"].as_u64(), load[0]["num_tokens"].as_u64()), (Some(0), Some(0)));
     let t: Value = s.post_json("/tokenize", &json!({"prompt": "hey"}), 200).await;
     assert_eq!(t, json!({"tokens": bytes("hey"), "count": 3, "max_model_len": 512}));
     let d = s.post_json("/detokenize", &json!({"tokens": bytes("hey")}), 200).await;

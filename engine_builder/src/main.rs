@@ -4,14 +4,18 @@
 //! kiln-build --model DIR [--out engines] [--arch auto|sm_90a|sm_100a] [--name NAME]
 //!            [--no-kernels] [--max-context N] [--max-batch N] [--include DIR]...
 //! kiln-build --compile-only --arch sm_90a,sm_100a [--model DIR]
+//! kiln-build --check-only --model DIR
 //! ```
 //!
 //! A build reads config.json and tokenizer.json, opens and checks every tensor of the
 //! checkpoint, compiles the kernels for the GPU's architecture, packs the weights into
 //! the kernels' layouts and writes `OUT/NAME.plan` atomically, then reopens it and checks
 //! it as the server will. `--compile-only` compiles every kernel for each named
-//! architecture (no GPU needed) and reports the cubin sizes.
+//! architecture (no GPU needed) and reports the cubin sizes. `--check-only` checks a
+//! checkpoint as a build would from its config, tokenizer and safetensors headers alone
+//! (no tensor data read, nothing written) and prints one line.
 
+mod check;
 mod gpu;
 mod kernels;
 mod qwen3_5_4b;
@@ -45,6 +49,10 @@ struct Args {
     /// Compile every kernel for each --arch and report cubin sizes; write nothing.
     #[arg(long)]
     compile_only: bool,
+    /// Check --model as a build would (config, tokenizer, every tensor's name, shape and
+    /// dtype, every conversion) from the safetensors headers alone; write nothing.
+    #[arg(long, conflicts_with_all = ["compile_only", "no_kernels"])]
+    check_only: bool,
     /// Pack the weights without compiling kernels (a plan for the CPU backend and tests).
     #[arg(long, conflicts_with = "compile_only")]
     no_kernels: bool,
@@ -276,9 +284,24 @@ fn build(args: &Args) -> Result<()> {
     Ok(())
 }
 
+fn check_only(args: &Args) -> Result<()> {
+    let Some(model) = args.model.as_deref() else {
+        bail!("--check-only needs --model DIR (the checkpoint folder)");
+    };
+    let report = check::check(model)?;
+    println!("{}", report.summary(model));
+    Ok(())
+}
+
 fn main() {
     let args = Args::parse();
-    let r = if args.compile_only { compile_only(&args) } else { build(&args) };
+    let r = if args.compile_only {
+        compile_only(&args)
+    } else if args.check_only {
+        check_only(&args)
+    } else {
+        build(&args)
+    };
     if let Err(e) = r {
         eprintln!("kiln-build: {e:#}");
         std::process::exit(1);

@@ -8,7 +8,10 @@ pub mod cuda;
 pub mod step;
 
 use crate::config::ModelConfig;
-use anyhow::Result;
+use anyhow::{bail, Result};
+
+/// A backend's handle to a saved sequence state (see `Backend::snapshot_state`).
+pub type SnapshotId = u64;
 
 /// What a backend can hold at once, fixed at start-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,4 +81,26 @@ pub trait Backend: Send {
     fn forward(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<ChunkLogits>>;
     /// Clears a slot's recurrent state so a new sequence can start in it.
     fn reset_slot(&mut self, slot: usize) -> Result<()>;
+
+    // ---- prefix cache: state snapshots (a backend without them has no prefix cache) ----
+
+    /// How many snapshots the backend can hold at once; 0 turns the prefix cache off.
+    fn snapshot_capacity(&self) -> usize {
+        0
+    }
+    /// Saves the state `slot` holds now, between steps: the Gated DeltaNet fp32
+    /// recurrent state and conv window of every linear layer, and the token count. (Full
+    /// attention KV stays in the slot's KV blocks, which the scheduler shares.)
+    fn snapshot_state(&mut self, slot: usize) -> Result<SnapshotId> {
+        bail!("the {} backend does not support state snapshots (prefix caching); slot {slot} was not saved", self.name())
+    }
+    /// Makes `slot` continue from `snapshot`, as if it had just run that many tokens; the
+    /// snapshot stays. The chunks that follow name the shared KV blocks of the prefix.
+    fn restore_state(&mut self, snapshot: SnapshotId, slot: usize) -> Result<()> {
+        bail!("the {} backend does not support state snapshots (prefix caching); cannot restore {snapshot} into slot {slot}", self.name())
+    }
+    /// Frees a snapshot.
+    fn drop_snapshot(&mut self, snapshot: SnapshotId) -> Result<()> {
+        bail!("the {} backend does not support state snapshots (prefix caching); cannot drop {snapshot}", self.name())
+    }
 }

@@ -113,6 +113,16 @@ impl Checkpoint {
         Ok(Checkpoint { dir: dir.to_path_buf(), shards, shard_paths: files, tensors })
     }
 
+    /// Reads only what the shard headers say (names, dtypes, shapes, offsets, and that
+    /// each file is exactly as long as its header implies) and keeps no mapping, so no
+    /// tensor byte can be read afterwards: `bytes` and `to_f32` then fail. Parsing a
+    /// header touches only the header's pages of the map.
+    pub fn open_headers(dir: &Path) -> Result<Self> {
+        let mut ck = Self::open(dir)?;
+        ck.shards.clear();
+        Ok(ck)
+    }
+
     pub fn info(&self, name: &str) -> Result<&TensorInfo> {
         self.tensors
             .get(name)
@@ -122,7 +132,10 @@ impl Checkpoint {
     /// Raw little-endian bytes of a tensor as stored.
     pub fn bytes(&self, name: &str) -> Result<&[u8]> {
         let i = self.info(name)?;
-        Ok(&self.shards[i.shard][i.start..i.end])
+        let shard = self.shards.get(i.shard).with_context(|| {
+            format!("tensor `{}`: checkpoint {} was opened for its headers only", i.stored_name, self.dir.display())
+        })?;
+        Ok(&shard[i.start..i.end])
     }
 
     /// A tensor converted to f32 (from bf16, f16 or f32).

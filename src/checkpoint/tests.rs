@@ -94,3 +94,16 @@ fn canonical_names() {
     assert_eq!(canonical_name("mtp.fc.weight").as_deref(), Some("mtp.fc.weight"));
     assert_eq!(canonical_name("model.visual.blocks.0.attn.qkv.weight"), None);
 }
+
+#[test]
+fn a_header_only_checkpoint_lists_tensors_and_refuses_their_bytes() {
+    let (cfg, tensors) = tiny();
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), "model.language_model.", &tensors);
+    let ck = Checkpoint::open_headers(dir.path()).unwrap();
+    ck.validate(&expected_tensors(&cfg)).unwrap();
+    assert_eq!(ck.tensors.len(), Checkpoint::open(dir.path()).unwrap().tensors.len());
+    let e = ck.bytes("embed_tokens.weight").unwrap_err().to_string();
+    assert!(e.contains("opened for its headers only"), "{e}");
+    assert!(load_weights(&ck, &cfg).is_err());
+}

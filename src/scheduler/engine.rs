@@ -1,6 +1,9 @@
 //! The scheduler loop (runs on its own thread, owns the backend).
 
+use super::cache::{self, PrefixCacheState};
+use super::policy::{self, CutSchedule};
 use super::pool::{BlockPool, SlotPool};
+use super::prefix_cache::Hit;
 use super::request::{FinishReason, Output, TokenLogprob};
 use super::stats::Stats;
 use super::text::{Detok, StopStep, StopStrings};
@@ -30,6 +33,9 @@ pub(crate) struct Engine {
     disconnected: bool,
     /// Threads for sampling large batches.
     sample_threads: usize,
+    /// Where prompts are cut into prefill chunks (the prefix cache's cuts when it is on).
+    cuts: CutSchedule,
+    prefix_cache: Option<PrefixCacheState>,
 }
 
 impl Engine {
@@ -46,6 +52,12 @@ impl Engine {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).clamp(1, 8),
             n => n,
         };
+        // Prefill chunks end at fixed absolute positions, never where the budget happens to
+        // run out: a prompt is then cut the same way alone or under load, so its numerics
+        // (GEMM path, GDN chunking) never depend on other requests.
+        let snapshots = backend.snapshot_capacity();
+        let prefix_cache = cache::cache_cuts(&cfg, &cap, snapshots).map(|cuts| PrefixCacheState::new(cuts, cap.block_size, snapshots));
+        let cuts = prefix_cache.as_ref().map_or(CutSchedule::uniform(cache::chunk_budget(&cfg)), |c| *c.cuts());
         Engine {
             slots: SlotPool::new(cap.slots, "slot"),
             blocks: BlockPool::new(cap.kv_blocks, cap.block_size),
@@ -60,6 +72,8 @@ impl Engine {
             drain_deadline: None,
             disconnected: false,
             sample_threads,
+            cuts,
+            prefix_cache,
         }
     }
 
@@ -130,6 +144,21 @@ impl Engine {
                 let d = Instant::now() + grace;
                 self.drain_deadline = Some(self.drain_deadline.map_or(d, |old| old.min(d)));
             }
+            Command::FlushCache(reply) => {
+                let flushed = self.flush_cache();
+                self.publish();
+                let _ = reply.send(flushed);
+            }
+        }
+    }
+
+    fn flush_cache(&mut self) -> Result<(), String> {
+        if !self.running.is_empty() || !self.waiting.is_empty() {
+            return Err(format!("{} requests are running and {} waiting", self.running.len(), self.waiting.len()));
+        }
+        match self.prefix_cache.as_mut() {
+            Some(c) => c.flush(&mut self.blocks, &mut *self.backend),
+            None => Ok(()),
         }
     }
 
@@ -190,6 +219,9 @@ impl Engine {
             first_token_at: None,
             last_token_at: None,
             ever_admitted: false,
+            cached_tokens: 0,
+            prefill_end: 0,
+            cache_node: None,
             req,
             tx,
         };
@@ -246,7 +278,10 @@ impl Engine {
         if let Some(slot) = s.slot.take() {
             self.slots.release(slot, s.id);
         }
-        self.blocks.release_all(&mut s.blocks, s.id);
+        self.blocks.release_all(&mut s.blocks);
+        if let Some(c) = self.prefix_cache.as_mut() {
+            c.release(s, &mut self.blocks, &mut *self.backend);
+        }
     }
 
     /// Releases `s`, sends its final output and records it.
@@ -272,6 +307,7 @@ impl Engine {
             input_logprobs: self.take_input_lp(s),
             finish: Some(reason),
             prompt_tokens: s.prompt_len,
+            cached_tokens: s.cached_tokens,
             ..Default::default()
         }
     }
@@ -287,23 +323,38 @@ impl Engine {
             if self.running.len() >= self.cfg.max_running || self.slots.free_count() == 0 {
                 break;
             }
-            let need = self.blocks.blocks_for(front.tokens.len() + 1);
-            // Keep one block of growth room per running sequence.
-            if self.blocks.free_count() < need + self.running.len() {
-                break;
-            }
+            // The cached prefix to resume from (its path locked), or a fresh start.
+            let running = self.running.len();
+            let hit = match self.prefix_cache.as_mut() {
+                Some(c) => {
+                    let limit = policy::resume_limit(front.tokens.len(), front.input_lp_rows().map(|(lo, _)| lo));
+                    c.admit(&front.tokens, limit, running, &mut self.blocks, &mut *self.backend)
+                }
+                None => policy::admits(self.blocks.free_count(), self.blocks.blocks_for(front.tokens.len() + 1), running).then(Hit::default),
+            };
+            let Some(hit) = hit else { break };
             let mut s = self.waiting.pop_front().expect("front exists");
             self.stats.queued.fetch_sub(1, Relaxed);
             let slot = self.slots.alloc(s.id).expect("a slot is free");
             s.slot = Some(slot);
-            let grown = self.blocks.grow(&mut s.blocks, s.tokens.len() + 1, s.id);
+            self.blocks.retain(&hit.blocks);
+            s.blocks.clone_from(&hit.blocks);
+            let grown = self.blocks.grow(&mut s.blocks, s.tokens.len() + 1);
             debug_assert!(grown);
-            s.fed = 0;
+            s.fed = hit.pos;
+            s.cached_tokens = hit.pos;
+            self.stats.cached_tokens.fetch_add(hit.pos as u64, Relaxed);
+            s.prefill_end = s.tokens.len();
+            s.cache_node = self.prefix_cache.is_some().then_some(hit.node);
             if !s.ever_admitted {
                 s.ever_admitted = true;
                 self.stats.queue_time.observe(s.req.arrival.elapsed().as_secs_f64());
             }
-            if let Err(e) = self.backend.reset_slot(slot) {
+            let started = match hit.snapshot {
+                Some(snapshot) => self.backend.restore_state(snapshot, slot),
+                None => self.backend.reset_slot(slot),
+            };
+            if let Err(e) = started {
                 self.stats.backend_errors.fetch_add(1, Relaxed);
                 let out = self.final_output(&mut s, FinishReason::abort(format!("backend error: {e:#}"), Some(500)), String::new());
                 self.finish(s, out);
@@ -331,11 +382,18 @@ impl Engine {
     fn reserve_blocks(&mut self) {
         let mut i = 0;
         while i < self.running.len() {
-            let (id, need) = (self.running[i].id, self.running[i].tokens.len());
+            let need = self.running[i].tokens.len();
             let s = &mut self.running[i];
-            if self.blocks.grow(&mut s.blocks, need, id) {
+            if self.blocks.grow(&mut s.blocks, need) {
                 i += 1;
                 continue;
+            }
+            // Cached spans nobody uses go before a running sequence does.
+            let short = self.blocks.blocks_for(need) - s.blocks.len();
+            if let Some(c) = self.prefix_cache.as_mut() {
+                if c.make_room(short, &mut self.blocks, &mut *self.backend) {
+                    continue;
+                }
             }
             if self.running.len() == 1 {
                 // Cannot happen when the pool holds one full-length sequence (checked at
@@ -362,12 +420,6 @@ impl Engine {
         // step: one per decoding sequence first, prefill chunks from what is left.
         let decoding = self.running.iter().filter(|s| s.tokens.len() - s.fed == 1).count();
         let mut budget = self.cfg.chunked_prefill_size.saturating_sub(decoding);
-        // Prefill chunks end at multiples of `align` tokens of their sequence, never where
-        // the budget happens to run out: a prompt is then cut the same way alone or under
-        // load, so its numerics (GEMM path, GDN chunking) never depend on other requests.
-        // `align` leaves room for one decode token per running sequence, so an aligned
-        // chunk always fits a step and no prompt waits forever.
-        let align = self.cfg.chunked_prefill_size.saturating_sub(self.cfg.max_running).max(1);
         let mut plan: Vec<(usize, usize, Want)> = Vec::new();
         let vocab_limit = self.vocab_limit;
         for (i, s) in self.running.iter().enumerate() {
@@ -375,7 +427,7 @@ impl Engine {
             let n = if remaining == 1 {
                 1
             } else {
-                let n = remaining.min(align - s.fed % align);
+                let n = policy::chunk_len(s.fed, s.tokens.len(), &self.cuts);
                 if n > budget {
                     continue;
                 }
@@ -438,6 +490,9 @@ impl Engine {
         for (&(i, n, want), l) in plan.iter().zip(&logits) {
             let start = self.running[i].fed;
             self.running[i].fed += n;
+            if let Some(c) = self.prefix_cache.as_mut() {
+                c.after_chunk(&mut self.running[i], &mut self.blocks, &mut *self.backend);
+            }
             if want == Want::All {
                 self.collect_input_lp(i, start, n, l);
             }
@@ -596,7 +651,7 @@ impl Engine {
             input_logprobs: None,
             finish,
             prompt_tokens: s.prompt_len,
-            cached_tokens: 0,
+            cached_tokens: s.cached_tokens,
         };
         if s.req.logprobs.enabled && !s.input_lp.is_empty() {
             out.input_logprobs = Some(std::mem::take(&mut s.input_lp));
@@ -615,9 +670,13 @@ impl Engine {
     fn publish(&mut self) {
         let st = &self.stats;
         st.running.store(self.running.len(), Relaxed);
+        st.waiting_tokens.store(self.waiting.iter().map(|s| s.tokens.len()).sum(), Relaxed);
         st.slots_used.store(self.slots.used(), Relaxed);
-        st.blocks_used.store(self.blocks.used(), Relaxed);
-        if cfg!(debug_assertions) {
+        let cached = self.prefix_cache.as_ref().map_or(0, |c| c.evictable_blocks(&self.blocks));
+        st.blocks_used.store(self.blocks.used() - cached, Relaxed);
+        st.blocks_cached.store(cached, Relaxed);
+        st.snapshots_cached.store(self.prefix_cache.as_ref().map_or(0, |c| c.tree().snapshot_count()), Relaxed);
+        if cfg!(debug_assertions) || self.cfg.check_invariants {
             self.check_invariants();
         }
     }
@@ -626,8 +685,19 @@ impl Engine {
         if let Err(e) = self.slots.check().and_then(|_| self.blocks.check()) {
             panic!("scheduler invariant broken: {e}");
         }
-        let held: usize = self.running.iter().map(|s| s.blocks.len()).sum();
-        assert_eq!(held, self.blocks.used(), "blocks held by running sequences != blocks in use");
+        // Each block's references: one per running sequence listing it, one if the cache holds it.
+        let mut refs = std::collections::HashMap::<u32, u32>::new();
+        let cached = self.prefix_cache.iter().flat_map(|c| c.tree().blocks());
+        for b in self.running.iter().flat_map(|s| s.blocks.iter().copied()).chain(cached) {
+            *refs.entry(b).or_default() += 1;
+        }
+        assert_eq!(refs.len(), self.blocks.used(), "blocks referenced != blocks in use");
+        if let Some((b, n)) = refs.iter().find(|(b, n)| self.blocks.refcount(**b) != **n) {
+            panic!("block {b}: {n} holders but refcount {}", self.blocks.refcount(*b));
+        }
+        if let Some(c) = &self.prefix_cache {
+            c.tree().check().unwrap_or_else(|e| panic!("prefix cache: {e}"));
+        }
         assert_eq!(self.running.len(), self.slots.used(), "running sequences != slots in use");
         assert!(self.waiting.iter().all(|s| s.slot.is_none() && s.blocks.is_empty()), "a waiting sequence holds state");
     }

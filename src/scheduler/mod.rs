@@ -7,13 +7,22 @@
 //! block and none is free, the newest sequence is retracted (its blocks freed, put back
 //! at the front of the queue to be re-prefilled from its tokens so far).
 //!
-//! Files: `mod.rs` (this: config, handle, tickets), `engine.rs` (the loop), `pool.rs`
-//! (slot and block pools), `request.rs` (request/output types), `seq.rs` (per-request state), `text.rs` (detokenizer,
+//! A prefix cache (on unless `--disable-radix-cache`, and only on a backend with state
+//! snapshots) lets a request resume from the longest cached prefix of its prompt, with
+//! bit-identical results (see `policy.rs`).
+//!
+//! Files: `mod.rs` (this: config, handle, tickets), `engine.rs` (the loop), `policy.rs`
+//! (pure decisions: chunk cuts, admission, what to cache), `pool.rs` (slot and block
+//! pools), `prefix_cache.rs` (the cache's tree), `cache.rs` (the cache in the loop),
+//! `request.rs` (request/output types), `seq.rs` (per-request state), `text.rs` (detokenizer,
 //! stop strings), `codec.rs` (tokenizer trait), `stats.rs` (metrics).
 
+mod cache;
 pub mod codec;
 mod engine;
+pub mod policy;
 pub mod pool;
+pub mod prefix_cache;
 pub mod request;
 mod seq;
 pub mod stats;
@@ -48,6 +57,16 @@ pub struct SchedulerConfig {
     pub eos_token_ids: Vec<u32>,
     /// Threads that sample large batches (0 = one less than the cores, at most 8).
     pub sample_threads: usize,
+    /// Prefix cache (`--disable-radix-cache` turns it off; a backend without state
+    /// snapshots has none).
+    pub prefix_cache: bool,
+    /// Tokens to the first cached state, and the first prefill chunk, when the prefix
+    /// cache is on (later cuts double up to the step budget): SGLang's
+    /// `--mamba-track-interval`.
+    pub prefix_cache_interval: usize,
+    /// Check the pool and cache invariants after every step (always in debug builds;
+    /// tests turn it on in release builds).
+    pub check_invariants: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -59,6 +78,9 @@ impl Default for SchedulerConfig {
             context_len: usize::MAX,
             eos_token_ids: vec![],
             sample_threads: 0,
+            prefix_cache: true,
+            prefix_cache_interval: 256,
+            check_invariants: false,
         }
     }
 }
@@ -81,6 +103,8 @@ pub(crate) enum Command {
     AbortRid(String),
     AbortAll,
     Shutdown { grace: Duration },
+    /// Empty the prefix cache; refused (Err with the reason) while requests run or wait.
+    FlushCache(tokio::sync::oneshot::Sender<std::result::Result<(), String>>),
 }
 
 pub(crate) struct Submission {
@@ -125,6 +149,8 @@ pub fn spawn(backend: Box<dyn Backend>, codec: Arc<dyn Codec>, mut cfg: Schedule
     // One sequence must always fit: its tokens in max_seq_len and its blocks in the pool.
     cfg.context_len = cfg.context_len.min(cap.max_seq_len).min(cap.kv_blocks * cap.block_size);
     ensure!(cfg.context_len >= 2, "context length {} is too small", cfg.context_len);
+    // Record whether the prefix cache really runs (the backend may keep no snapshots).
+    cfg.prefix_cache = cache::cache_cuts(&cfg, &cap, backend.snapshot_capacity()).is_some();
     let vocab_limit = codec.vocab_size().min(backend.config().vocab_size);
     let info = SchedulerInfo { backend: backend.name(), model: backend.config().clone(), capacity: cap, config: cfg.clone(), vocab_limit };
     let stats = Arc::new(Stats::default());
@@ -201,6 +227,24 @@ impl SchedulerHandle {
     }
     pub fn abort_all(&self) {
         self.send(Command::AbortAll);
+    }
+
+    /// Empties the prefix cache, as SGLang's `/flush_cache`: refused (with the reason)
+    /// while requests are running or waiting.
+    pub async fn flush_cache(&self) -> std::result::Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if !self.send(Command::FlushCache(tx)) {
+            return Err("the scheduler is not running".into());
+        }
+        rx.await.unwrap_or_else(|_| Err("the scheduler stopped".into()))
+    }
+    /// `flush_cache` for callers outside an async runtime.
+    pub fn flush_cache_blocking(&self) -> std::result::Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if !self.send(Command::FlushCache(tx)) {
+            return Err("the scheduler is not running".into());
+        }
+        rx.blocking_recv().unwrap_or_else(|_| Err("the scheduler stopped".into()))
     }
 
     /// Stops accepting requests; running and queued ones may finish for `grace`, then

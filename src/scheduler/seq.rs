@@ -29,6 +29,13 @@ pub(crate) struct Seq {
     pub(crate) first_token_at: Option<Instant>,
     pub(crate) last_token_at: Option<Instant>,
     pub(crate) ever_admitted: bool,
+    // Prefix cache.
+    /// Tokens the last admission took from the cache.
+    pub(crate) cached_tokens: usize,
+    /// Tokens held at the last admission: states up to here come from prefill alone.
+    pub(crate) prefill_end: usize,
+    /// The cache node whose path this sequence holds locked (None: cache off or not running).
+    pub(crate) cache_node: Option<super::prefix_cache::NodeId>,
 }
 
 impl Seq {

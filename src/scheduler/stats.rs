@@ -52,8 +52,16 @@ pub struct Stats {
     pub running: AtomicUsize,
     pub slots_used: AtomicUsize,
     pub slots_total: AtomicUsize,
+    /// KV blocks held by requests (shared ones counted once; not those only the prefix
+    /// cache holds).
     pub blocks_used: AtomicUsize,
     pub blocks_total: AtomicUsize,
+    /// KV blocks only the prefix cache holds (free for the taking by eviction).
+    pub blocks_cached: AtomicUsize,
+    /// State snapshots the prefix cache holds.
+    pub snapshots_cached: AtomicUsize,
+    /// Tokens of the requests waiting to start.
+    pub waiting_tokens: AtomicUsize,
     /// Tokens per second over the last decode-bearing steps (f64 bits).
     pub gen_throughput_bits: AtomicU64,
     // Counters.
@@ -62,6 +70,8 @@ pub struct Stats {
     pub requests_aborted: AtomicU64,
     pub requests_rejected: AtomicU64,
     pub prompt_tokens: AtomicU64,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: AtomicU64,
     pub generation_tokens: AtomicU64,
     pub steps: AtomicU64,
     pub retractions: AtomicU64,
@@ -83,12 +93,16 @@ impl Default for Stats {
             slots_total: AtomicUsize::new(0),
             blocks_used: AtomicUsize::new(0),
             blocks_total: AtomicUsize::new(0),
+            blocks_cached: AtomicUsize::new(0),
+            snapshots_cached: AtomicUsize::new(0),
+            waiting_tokens: AtomicUsize::new(0),
             gen_throughput_bits: AtomicU64::new(0),
             requests_submitted: AtomicU64::new(0),
             requests_finished: AtomicU64::new(0),
             requests_aborted: AtomicU64::new(0),
             requests_rejected: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
+            cached_tokens: AtomicU64::new(0),
             generation_tokens: AtomicU64::new(0),
             steps: AtomicU64::new(0),
             retractions: AtomicU64::new(0),

@@ -92,6 +92,8 @@ pub async fn server_info(state: State) -> HttpResponse {
     args.insert("max_running_requests".into(), json!(info.config.max_running));
     args.insert("chunked_prefill_size".into(), json!(info.config.chunked_prefill_size));
     args.insert("max_queued_requests".into(), json!(info.config.max_queued));
+    // Effective: a backend without state snapshots has no prefix cache whatever the flag.
+    args.insert("disable_radix_cache".into(), json!(!info.config.prefix_cache));
     args.insert("served_model_name".into(), json!(state.cfg.served_model_name));
     let mut internal = args.clone();
     internal.insert("last_gen_throughput".into(), json!(st.gen_throughput()));
@@ -110,23 +112,43 @@ pub async fn server_info(state: State) -> HttpResponse {
     HttpResponse::Ok().json(Value::Object(out))
 }
 
+/// SGLang 0.5.9's `/get_load`: one entry per data-parallel rank (kiln has one) with
+/// `num_reqs` (running + waiting), `num_waiting_reqs` and `num_tokens` (KV tokens held by
+/// requests, not by the evictable prefix cache, plus the prompts still waiting). The
+/// sglang-router sums `num_tokens` over ranks as a worker's load. kiln's own counters
+/// follow in the same entry.
 pub async fn load(state: State) -> HttpResponse {
     let st = state.sched.stats();
     let r = std::sync::atomic::Ordering::Relaxed;
-    HttpResponse::Ok().json(json!({
-        "num_running_reqs": st.running.load(r),
-        "num_waiting_reqs": st.queued.load(r),
+    let block_size = state.sched.info().capacity.block_size;
+    let (running, waiting) = (st.running.load(r), st.queued.load(r));
+    HttpResponse::Ok().json(json!([{
+        "dp_rank": 0,
+        "num_reqs": running + waiting,
+        "num_waiting_reqs": waiting,
+        "num_tokens": st.blocks_used.load(r) * block_size + st.waiting_tokens.load(r),
+        "num_running_reqs": running,
         "num_used_kv_blocks": st.blocks_used.load(r),
+        "num_cached_kv_blocks": st.blocks_cached.load(r),
         "num_total_kv_blocks": st.blocks_total.load(r),
-    }))
+    }]))
 }
 
 const FLUSH_TEXT: &str = "Cache flushed.\nPlease check backend logs for more details. (When there are running or waiting requests, the operation will not be performed.)\n";
 
-/// There is no prefix cache to drop; like SGLang, refuse while requests are in flight.
+/// Empties the prefix cache; like SGLang, refused (400, same text) while requests are
+/// running or waiting, with the reason in the log.
 pub async fn flush_cache(state: State) -> HttpResponse {
-    let b = if state.sched.stats().is_idle() { HttpResponse::Ok() } else { HttpResponse::BadRequest() };
-    let mut b = b;
+    let mut b = match state.sched.flush_cache().await {
+        Ok(()) => {
+            tracing::info!("Cache flushed successfully!");
+            HttpResponse::Ok()
+        }
+        Err(why) => {
+            tracing::warn!("Cache not flushed because there are pending requests: {why}");
+            HttpResponse::BadRequest()
+        }
+    };
     b.content_type("text/plain; charset=utf-8").body(FLUSH_TEXT)
 }
 

@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub server_args: Map<String, Value>,
     /// `--reasoning-parser` (e.g. `qwen3`): split chat output at `</think>`.
     pub reasoning_parser: Option<String>,
+    /// `--enable-cache-report`: OpenAI usage reports `prompt_tokens_details.cached_tokens`.
+    pub enable_cache_report: bool,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +70,7 @@ impl Default for ServerConfig {
             workers: 2,
             server_args: Map::new(),
             reasoning_parser: None,
+            enable_cache_report: false,
         }
     }
 }

@@ -34,6 +34,8 @@ struct Meta {
     continuous_usage: bool,
     /// With a reasoning parser: whether the prompt already opened the think block.
     reasoning: Option<bool>,
+    /// `--enable-cache-report`: usage carries `prompt_tokens_details.cached_tokens`.
+    cache_report: bool,
 }
 
 pub async fn completions(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
@@ -199,6 +201,7 @@ async fn run(
         include_usage,
         continuous_usage,
         reasoning,
+        cache_report: state.cfg.enable_cache_report,
     });
     let items = exec::submit_all(&state, reqs)?;
     let codec = state.codec.clone();
@@ -209,9 +212,12 @@ async fn run(
     Ok(stream_response(meta, items, codec, conn::probe(req)))
 }
 
-fn usage(prompt: usize, completion: usize) -> Value {
+/// OpenAI usage; `cached` (prompt tokens served from the prefix cache, summed over the
+/// choices as SGLang does) only with `--enable-cache-report`.
+fn usage(prompt: usize, completion: usize, cached: Option<usize>) -> Value {
+    let details = cached.map_or(Value::Null, |c| json!({"cached_tokens": c}));
     json!({"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion,
-           "prompt_tokens_details": Value::Null, "reasoning_tokens": 0})
+           "prompt_tokens_details": details, "reasoning_tokens": 0})
 }
 
 fn matched_stop(f: &Option<FinishReason>) -> Value {
@@ -286,7 +292,7 @@ fn full_response(meta: &Meta, accs: &[Acc], codec: &dyn Codec) -> Value {
         .collect();
     let object = if meta.kind == Kind::Chat { "chat.completion" } else { "text_completion" };
     json!({"id": meta.id, "object": object, "created": meta.created, "model": meta.model, "choices": choices,
-           "usage": usage(meta.prompt_tokens, completion), "metadata": {"weight_version": "default"}})
+           "usage": usage(meta.prompt_tokens, completion, meta.cache_report.then(|| accs.iter().map(|a| a.cached_tokens).sum())), "metadata": {"weight_version": "default"}})
 }
 
 /// Per-choice streaming state.
@@ -320,7 +326,7 @@ fn choice_events(meta: &Meta, st: &mut ChoiceState, o: &Output, codec: &dyn Code
     }
     st.completion += o.ids.len();
     st.pending_lp.extend(o.logprobs.iter().cloned());
-    let usage_now = if meta.continuous_usage { usage(st.prompt, st.completion) } else { Value::Null };
+    let usage_now = if meta.continuous_usage { usage(st.prompt, st.completion, meta.cache_report.then_some(o.cached_tokens)) } else { Value::Null };
     let mut text = o.text.clone();
     if !st.started && meta.kind == Kind::Completion {
         if let Some(e) = meta.echo.get(st.index) {
@@ -409,13 +415,15 @@ fn stream_response(
     probe: Option<Arc<conn::ConnProbe>>,
 ) -> HttpResponse {
     let completion = Arc::new(Mutex::new(0usize));
+    let cached = Arc::new(Mutex::new(vec![0usize; items.len()]));
     let streams = items.into_iter().enumerate().map(|(k, (t, acc))| {
-        let (meta, codec, completion) = (meta.clone(), codec.clone(), completion.clone());
+        let (meta, codec, completion, cached) = (meta.clone(), codec.clone(), completion.clone(), cached.clone());
         let reason = meta.reasoning.map(reasoning::Stream::new);
         let st = ChoiceState { index: k, started: false, pending_lp: vec![], completion: 0, prompt: acc.prompt_tokens, reason };
         exec::outputs(t)
             .scan(st, move |st, o| {
                 *completion.lock().unwrap() += o.ids.len();
+                cached.lock().unwrap()[k] = o.cached_tokens;
                 let evs: Vec<_> = choice_events(&meta, st, &o, &*codec).iter().map(sse::event).collect();
                 futures_util::future::ready(Some(stream::iter(evs)))
             })
@@ -428,7 +436,8 @@ fn stream_response(
         let mut out = Vec::new();
         if tail_meta.include_usage {
             let c = *completion.lock().unwrap();
-            let mut u = usage(tail_meta.prompt_tokens, c);
+            let cached_sum = tail_meta.cache_report.then(|| cached.lock().unwrap().iter().sum());
+            let mut u = usage(tail_meta.prompt_tokens, c, cached_sum);
             u.as_object_mut().unwrap().retain(|_, v| !v.is_null());
             out.extend_from_slice(&sse::event(&chunk(&tail_meta, vec![], u)));
         }

@@ -7,28 +7,46 @@ pub mod ops;
 mod state;
 
 use self::ops::GdnShape;
-use self::state::SlotState;
-use super::{Backend, Capacity, ChunkLogits, SeqChunk, Want};
+use self::state::{PagedKv, SlotState};
+use super::{Backend, Capacity, ChunkLogits, SeqChunk, SnapshotId, Want};
 use crate::checkpoint::{FullAttnWeights, LinearAttnWeights, Mixer, Weights};
 use crate::config::ModelConfig;
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
+use std::collections::HashMap;
 
 /// Chunk length of the UT/WY form of the Gated DeltaNet prefill (as transformers and
 /// flash-linear-attention use).
 pub const GDN_CHUNK: usize = 64;
+
+/// Snapshots a CPU backend holds unless told otherwise (`with_snapshots`): a few per
+/// slot (each is one slot's Gated DeltaNet state, small at the sizes the CPU runs).
+pub const DEFAULT_SNAPSHOTS_PER_SLOT: usize = 8;
 
 pub struct CpuBackend {
     cfg: ModelConfig,
     w: Weights,
     cap: Capacity,
     slots: Vec<SlotState>,
+    kv: PagedKv,
+    /// Saved slot states for the prefix cache, by id.
+    snapshots: HashMap<SnapshotId, SlotState>,
+    max_snapshots: usize,
+    next_snapshot: SnapshotId,
 }
 
 impl CpuBackend {
     pub fn new(cfg: ModelConfig, w: Weights, cap: Capacity) -> Result<Self> {
         ensure!(cap.slots > 0 && cap.max_seq_len > 0, "cpu backend: capacity must have slots and a max length");
         let slots = (0..cap.slots).map(|_| SlotState::new(&cfg)).collect();
-        Ok(CpuBackend { cfg, w, cap, slots })
+        let kv = PagedKv::new(&cfg, &cap);
+        let max_snapshots = cap.slots * DEFAULT_SNAPSHOTS_PER_SLOT;
+        Ok(CpuBackend { cfg, w, cap, slots, kv, snapshots: HashMap::new(), max_snapshots, next_snapshot: 1 })
+    }
+
+    /// Sets how many prefix-cache snapshots the backend holds (0: no prefix cache).
+    pub fn with_snapshots(mut self, n: usize) -> Self {
+        self.max_snapshots = n;
+        self
     }
 
     pub fn weights(&self) -> &Weights {
@@ -37,10 +55,11 @@ impl CpuBackend {
 
     /// Runs `tokens` through the model for one slot; returns the final hidden states
     /// (after the final norm) of the rows `want` asks for.
-    fn run_sequence(&mut self, slot: usize, start: usize, tokens: &[u32], want: Want) -> Result<ChunkLogits> {
+    fn run_sequence(&mut self, slot: usize, start: usize, tokens: &[u32], blocks: &[u32], want: Want) -> Result<ChunkLogits> {
         let cfg = &self.cfg;
         let h = cfg.hidden_size;
         let st = &mut self.slots[slot];
+        let kv = &mut self.kv;
         ensure!(
             st.len == start,
             "cpu backend: slot {slot} holds {} tokens but the chunk starts at {start}",
@@ -52,6 +71,7 @@ impl CpuBackend {
             start + tokens.len(),
             self.cap.max_seq_len
         );
+        kv.check(blocks, start + tokens.len())?;
         let mut x = Vec::with_capacity(tokens.len() * h);
         for &t in tokens {
             ensure!((t as usize) < cfg.vocab_size, "token id {t} is outside the vocabulary ({})", cfg.vocab_size);
@@ -62,7 +82,7 @@ impl CpuBackend {
             let normed = ops::rms_norm(&x, &layer.input_norm, eps, 1.0);
             let mixed = match &layer.mixer {
                 Mixer::Linear(lw) => gated_delta_net(cfg, lw, &normed, st, cfg.kind_index(li)),
-                Mixer::Full(fw) => full_attention(cfg, fw, &normed, st, cfg.kind_index(li), start),
+                Mixer::Full(fw) => full_attention(cfg, fw, &normed, kv, cfg.kind_index(li), start, blocks),
             };
             x.iter_mut().zip(&mixed).for_each(|(a, b)| *a += b);
             let normed = ops::rms_norm(&x, &layer.post_norm, eps, 1.0);
@@ -139,8 +159,9 @@ fn gated_delta_net(cfg: &ModelConfig, w: &LinearAttnWeights, x: &[f32], st: &mut
     ops::matmul_wt(&normed, &w.out, s.nv * s.dv)
 }
 
-/// One gated full-attention mixer over T tokens at positions start.., appending K/V.
-fn full_attention(cfg: &ModelConfig, w: &FullAttnWeights, x: &[f32], st: &mut SlotState, idx: usize, start: usize) -> Vec<f32> {
+/// One gated full-attention mixer over T tokens at positions start.., writing their K/V
+/// into the sequence's pages `blocks` and attending over positions 0..start+T.
+fn full_attention(cfg: &ModelConfig, w: &FullAttnWeights, x: &[f32], kv: &mut PagedKv, idx: usize, start: usize, blocks: &[u32]) -> Vec<f32> {
     let h = cfg.hidden_size;
     let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
     let t_len = x.len() / h;
@@ -164,9 +185,9 @@ fn full_attention(cfg: &ModelConfig, w: &FullAttnWeights, x: &[f32], st: &mut Sl
             ops::rope_partial(head, start + t, cfg.rotary_dim, cfg.rope_theta);
         }
     }
-    st.k[idx].extend_from_slice(&k);
-    st.v[idx].extend_from_slice(&v);
-    let mut o = ops::attention_causal(&q, &st.k[idx], &st.v[idx], start, nh, nkv, hd);
+    kv.write(idx, blocks, start, &k, &v);
+    let (keys, values) = kv.gather(idx, blocks, start + t_len);
+    let mut o = ops::attention_causal(&q, &keys, &values, start, nh, nkv, hd);
     o.iter_mut().zip(&gate).for_each(|(a, g)| *a *= ops::sigmoid(*g));
     ops::matmul_wt(&o, &w.o, nh * hd)
 }
@@ -191,12 +212,36 @@ impl Backend for CpuBackend {
         }
         // Sequences are independent, so a batch is the same computation as each alone:
         // batch invariance holds by construction here.
-        chunks.iter().map(|c| self.run_sequence(c.slot, c.start_pos, c.tokens, c.want)).collect()
+        chunks.iter().map(|c| self.run_sequence(c.slot, c.start_pos, c.tokens, c.blocks, c.want)).collect()
     }
     fn reset_slot(&mut self, slot: usize) -> Result<()> {
         ensure!(slot < self.slots.len(), "slot {slot} out of range");
         self.slots[slot] = SlotState::new(&self.cfg);
         Ok(())
+    }
+    fn snapshot_capacity(&self) -> usize {
+        self.max_snapshots
+    }
+    fn snapshot_state(&mut self, slot: usize) -> Result<SnapshotId> {
+        ensure!(slot < self.slots.len(), "slot {slot} out of range");
+        ensure!(
+            self.snapshots.len() < self.max_snapshots,
+            "cpu backend: all {} snapshots are in use; drop one first",
+            self.max_snapshots
+        );
+        let id = self.next_snapshot;
+        self.next_snapshot += 1;
+        self.snapshots.insert(id, self.slots[slot].clone());
+        Ok(id)
+    }
+    fn restore_state(&mut self, snapshot: SnapshotId, slot: usize) -> Result<()> {
+        ensure!(slot < self.slots.len(), "slot {slot} out of range");
+        let saved = self.snapshots.get(&snapshot).with_context(|| format!("cpu backend: no snapshot {snapshot}"))?;
+        self.slots[slot].clone_from(saved);
+        Ok(())
+    }
+    fn drop_snapshot(&mut self, snapshot: SnapshotId) -> Result<()> {
+        self.snapshots.remove(&snapshot).map(|_| ()).with_context(|| format!("cpu backend: no snapshot {snapshot} to drop"))
     }
 }
 

@@ -48,7 +48,23 @@ fn small_cfg(vocab: usize) -> ModelConfig {
 fn backend(vocab: usize, slots: usize) -> CpuBackend {
     let cfg = small_cfg(vocab);
     let w = random_weights(&cfg, 7);
-    CpuBackend::new(cfg, w, Capacity { slots, block_size: 16, kv_blocks: 64, max_seq_len: 512 }).unwrap()
+    CpuBackend::new(cfg, w, Capacity { slots, block_size: 16, kv_blocks: slots * BLOCKS_PER_SLOT, max_seq_len: 512 }).unwrap()
+}
+
+/// Slot s owns KV blocks s * 32 .. (s + 1) * 32 (512 tokens of 16) in these tests.
+const BLOCKS_PER_SLOT: usize = 32;
+static BLOCK_IDS: [u32; 4 * BLOCKS_PER_SLOT] = {
+    let mut a = [0u32; 4 * BLOCKS_PER_SLOT];
+    let mut i = 0;
+    while i < a.len() {
+        a[i] = i as u32;
+        i += 1;
+    }
+    a
+};
+
+fn slot_blocks(slot: usize) -> &'static [u32] {
+    &BLOCK_IDS[slot * BLOCKS_PER_SLOT..(slot + 1) * BLOCKS_PER_SLOT]
 }
 
 fn prompt(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
@@ -57,7 +73,7 @@ fn prompt(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 }
 
 fn chunk<'a>(slot: usize, start: usize, tokens: &'a [u32], want: Want) -> SeqChunk<'a> {
-    SeqChunk { slot, start_pos: start, tokens, blocks: &[], want }
+    SeqChunk { slot, start_pos: start, tokens, blocks: slot_blocks(slot), want }
 }
 
 #[test]
@@ -143,4 +159,58 @@ fn argmax_want_respects_the_vocab_limit() {
         let out = b.forward(&[chunk(0, 0, &p, Want::Argmax { limit })]).unwrap().remove(0);
         assert_eq!(out.argmax, Some(ops::argmax(&row[..limit]) as u32), "limit {limit}");
     }
+}
+
+#[test]
+fn kv_pages_in_any_order_give_the_same_logits() {
+    let v = 300;
+    let p = prompt(70, v, 21);
+    let mut a = backend(v, 2);
+    let want = a.forward(&[chunk(0, 0, &p, Want::All)]).unwrap().remove(0);
+    // Slot 1 with its pages scattered backwards through the pool.
+    let scattered: Vec<u32> = (0..5u32).map(|i| 60 - 7 * i).collect();
+    let mut b = backend(v, 2);
+    let got = b.forward(&[SeqChunk { slot: 1, start_pos: 0, tokens: &p, blocks: &scattered, want: Want::All }]).unwrap().remove(0);
+    assert_eq!(got.data, want.data);
+    let e = b.forward(&[SeqChunk { slot: 0, start_pos: 0, tokens: &p, blocks: &scattered[..4], want: Want::Last }]).unwrap_err();
+    assert!(e.to_string().contains("cannot hold 70 tokens"), "{e}");
+}
+
+#[test]
+fn restored_snapshot_with_shared_pages_continues_bit_identically() {
+    let v = 300;
+    let p = prompt(100, v, 22);
+    // A fresh run: chunks [0, 64) and [64, 100), then one decode token.
+    let mut fresh = backend(v, 2);
+    fresh.forward(&[chunk(0, 0, &p[..64], Want::Nothing)]).unwrap();
+    let want = fresh.forward(&[chunk(0, 64, &p[64..], Want::All)]).unwrap().remove(0);
+    let want_next = fresh.forward(&[chunk(0, 100, &[7], Want::Last)]).unwrap().remove(0);
+
+    // Slot 0 runs the shared prefix [0, 64) and is saved; slot 1 resumes from the save,
+    // reading the prefix's KV pages (blocks 0..4 of slot 0) and writing its own after.
+    let mut b = backend(v, 2);
+    b.forward(&[chunk(0, 0, &p[..64], Want::Nothing)]).unwrap();
+    let snap = b.snapshot_state(0).unwrap();
+    // Slot 0 moves on (its state changes; the snapshot must not).
+    b.forward(&[chunk(0, 64, &p[64..80], Want::Nothing)]).unwrap();
+    b.restore_state(snap, 1).unwrap();
+    let shared: Vec<u32> = slot_blocks(0)[..4].iter().chain(&slot_blocks(1)[4..]).copied().collect();
+    let got = b.forward(&[SeqChunk { slot: 1, start_pos: 64, tokens: &p[64..], blocks: &shared, want: Want::All }]).unwrap().remove(0);
+    assert_eq!(got.data, want.data, "prompt logits after a restore");
+    let next = b.forward(&[SeqChunk { slot: 1, start_pos: 100, tokens: &[7], blocks: &shared, want: Want::Last }]).unwrap().remove(0);
+    assert_eq!(next.data, want_next.data, "decode after a restore");
+    b.drop_snapshot(snap).unwrap();
+    assert!(b.restore_state(snap, 1).is_err());
+    assert!(b.drop_snapshot(snap).is_err());
+}
+
+#[test]
+fn snapshots_are_bounded() {
+    let mut b = backend(300, 1).with_snapshots(2);
+    assert_eq!(b.snapshot_capacity(), 2);
+    let (x, _y) = (b.snapshot_state(0).unwrap(), b.snapshot_state(0).unwrap());
+    let e = b.snapshot_state(0).unwrap_err().to_string();
+    assert!(e.contains("all 2 snapshots are in use"), "{e}");
+    b.drop_snapshot(x).unwrap();
+    b.snapshot_state(0).unwrap();
 }
