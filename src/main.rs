@@ -301,6 +301,8 @@ fn cuda_backend(a: &ServeArgs, dir: &Path, tok_dir: &Path) -> Result<(Box<dyn Ba
         max_seq_len: a.context_length.unwrap_or(d.max_seq_len),
         max_step_tokens: a.chunked_prefill_size.unwrap_or(d.max_step_tokens),
         mem_fraction: a.mem_fraction_static.unwrap_or(d.mem_fraction),
+        // No snapshot pool without the prefix cache (its memory goes to KV instead).
+        snapshot_fraction: if a.disable_radix_cache { 0.0 } else { d.snapshot_fraction },
         ..d
     };
     let mut b = CudaBackend::load(&plan, Some(dir), &opt)?;

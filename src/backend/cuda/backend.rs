@@ -11,7 +11,7 @@ use super::snapshots::SnapshotPool;
 use super::sizing::{size_pools, DeviceMemory, PoolRequest, MAX_RUNNING_LIMIT};
 use super::weights::DeviceWeights;
 use crate::backend::step::{row_copies, Step, StepLimits};
-use crate::backend::{Backend, Capacity, ChunkLogits, SeqChunk};
+use crate::backend::{Backend, Capacity, ChunkLogits, SeqChunk, SnapshotId};
 use crate::config::ModelConfig;
 use crate::plan::{Arch, Expected, Plan};
 use anyhow::{anyhow, ensure, Context, Result};
@@ -395,6 +395,20 @@ impl Backend for CudaBackend {
             memset0(&self.stream, p, bytes)?;
         }
         Ok(())
+    }
+    fn snapshot_capacity(&self) -> usize {
+        self.snapshots.capacity()
+    }
+    fn snapshot_state(&mut self, slot: usize) -> Result<SnapshotId> {
+        self.bind()?;
+        self.snapshots.save(&self.stream, &self.pools, self.cfg.num_linear_layers(), slot)
+    }
+    fn restore_state(&mut self, snapshot: SnapshotId, slot: usize) -> Result<()> {
+        self.bind()?;
+        self.snapshots.restore(&self.stream, &self.pools, self.cfg.num_linear_layers(), snapshot, slot)
+    }
+    fn drop_snapshot(&mut self, snapshot: SnapshotId) -> Result<()> {
+        self.snapshots.drop_snapshot(snapshot)
     }
 }
 
