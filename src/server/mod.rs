@@ -6,7 +6,8 @@
 //! `exec.rs` (submit/collect), `conn.rs` (disconnect probe), `sse.rs`, `native.rs` (`/generate`), `openai.rs`
 //! (`/v1/completions`, `/v1/chat/completions`), `chat.rs` (chat request -> prompt),
 //! `admin.rs` (health, info, abort, flush, tokenize), `metrics.rs` (Prometheus),
-//! `reasoning.rs` (`--reasoning-parser`).
+//! `reasoning.rs` (`--reasoning-parser`), `tool_choice.rs` + `tool_calls.rs` (`tools`,
+//! `--tool-call-parser`).
 
 mod admin;
 mod chat;
@@ -18,9 +19,12 @@ mod native;
 mod openai;
 mod reasoning;
 mod sse;
+mod tool_calls;
+mod tool_choice;
 pub mod validate;
 
 pub use reasoning::PARSERS as REASONING_PARSERS;
+pub use tool_calls::PARSERS as TOOL_CALL_PARSERS;
 pub use validate::SamplingDefaults;
 
 use crate::scheduler::{Codec, GenRequest, SchedulerHandle, StopConfig};
@@ -53,6 +57,8 @@ pub struct ServerConfig {
     pub server_args: Map<String, Value>,
     /// `--reasoning-parser` (e.g. `qwen3`): split chat output at `</think>`.
     pub reasoning_parser: Option<String>,
+    /// `--tool-call-parser` (`qwen3_coder`, the default): parse tool calls in chat output.
+    pub tool_call_parser: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +74,7 @@ impl Default for ServerConfig {
             workers: 2,
             server_args: Map::new(),
             reasoning_parser: None,
+            tool_call_parser: Some("qwen3_coder".into()),
         }
     }
 }

@@ -4,6 +4,7 @@
 use super::errors::{ApiError, ApiResult};
 use super::exec::{self, Acc};
 use super::validate::{self as v, MaxNew, Parsed, OPENAI};
+use super::tool_calls::{self, ToolCall, ToolCallParser, ToolEvent, ToolSet};
 use super::{chat, conn, reasoning, sse, unix_now, AppState, State};
 use crate::scheduler::{Codec, FinishReason, GenRequest, LogprobConfig, Output, TokenLogprob};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -34,6 +35,19 @@ struct Meta {
     continuous_usage: bool,
     /// With a reasoning parser: whether the prompt already opened the think block.
     reasoning: Option<bool>,
+    /// Chat with tools and a tool-call parser: the tools to parse the output against.
+    tools: Option<ToolSet>,
+    /// A tool-call start appended to the prompt (`tool_choice` required / named): the
+    /// parser reads it before the output.
+    forced: String,
+}
+
+/// What only chat requests carry into `run`.
+#[derive(Default)]
+struct ChatExtras {
+    reasoning: Option<bool>,
+    tools: Option<ToolSet>,
+    forced: String,
 }
 
 pub async fn completions(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
@@ -65,15 +79,16 @@ pub async fn completions(state: State, req: HttpRequest, body: web::Payload) -> 
     } else {
         vec![]
     };
-    run(state, &req, &obj, Kind::Completion, prompts, parsed, logprobs, echo_texts, None).await
+    run(state, &req, &obj, Kind::Completion, prompts, parsed, logprobs, echo_texts, ChatExtras::default()).await
 }
 
 pub async fn chat_completions(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     v::require_json_content_type(&req)?;
     let mut obj = v::read_json(&req, body, state.cfg.max_body_bytes).await?;
-    let (prompt, prompt_text) = chat::prompt_ids(&state, &obj)?;
+    let prompt = chat::prompt_ids(&state, &obj)?;
     let separate = v::field(&obj, "separate_reasoning").map(|x| v::as_bool("separate_reasoning", x)).transpose()?.unwrap_or(true);
-    let reasoning = (state.cfg.reasoning_parser.is_some() && separate).then(|| reasoning::forced(&prompt_text));
+    let reasoning = (state.cfg.reasoning_parser.is_some() && separate).then(|| reasoning::forced(&prompt.text));
+    let extras = ChatExtras { reasoning, tools: prompt.tools.parse, forced: prompt.forced.unwrap_or_default() };
     // max_completion_tokens wins over max_tokens; both default to "up to the context".
     if let Some(m) = v::field(&obj, "max_completion_tokens").cloned() {
         obj.insert("max_tokens".into(), m);
@@ -93,7 +108,7 @@ pub async fn chat_completions(state: State, req: HttpRequest, body: web::Payload
             k as usize
         }
     };
-    run(state, &req, &obj, Kind::Chat, vec![prompt], parsed, want_lp.then_some(top), vec![], reasoning).await
+    run(state, &req, &obj, Kind::Chat, vec![prompt.ids], parsed, want_lp.then_some(top), vec![], extras).await
 }
 
 fn completion_prompts(state: &AppState, obj: &Map<String, Value>) -> ApiResult<Vec<Vec<u32>>> {
@@ -138,7 +153,7 @@ async fn run(
     parsed: Parsed,
     logprobs: Option<usize>,
     echo: Vec<String>,
-    reasoning: Option<bool>,
+    extras: ChatExtras,
 ) -> Result<HttpResponse, ApiError> {
     if let MaxNew::Explicit(0) = parsed.max_new {
         return Err(ApiError::bad("max_tokens", "`max_tokens` = 0 is out of range: must be >= 1"));
@@ -198,7 +213,9 @@ async fn run(
         prompt_tokens,
         include_usage,
         continuous_usage,
-        reasoning,
+        reasoning: extras.reasoning,
+        tools: extras.tools,
+        forced: extras.forced,
     });
     let items = exec::submit_all(&state, reqs)?;
     let codec = state.codec.clone();
@@ -224,6 +241,24 @@ fn matched_stop(f: &Option<FinishReason>) -> Value {
 
 fn finish_kind(f: &Option<FinishReason>) -> Value {
     f.as_ref().map_or(Value::Null, |f| json!(f.kind()))
+}
+
+/// A chat choice that stopped after making tool calls finishes with "tool_calls" (as
+/// OpenAI and SGLang); one cut off by `max_tokens` stays "length".
+fn chat_finish_kind(f: &Option<FinishReason>, made_calls: bool) -> Value {
+    match f {
+        Some(FinishReason::StopToken(_) | FinishReason::StopString(_)) if made_calls => json!("tool_calls"),
+        _ => finish_kind(f),
+    }
+}
+
+fn call_id() -> String {
+    format!("call_{}", &uuid::Uuid::new_v4().simple().to_string()[..24])
+}
+
+/// `message.tool_calls[i]` of a non-streaming response.
+fn tool_call_json(c: &ToolCall) -> Value {
+    json!({"id": call_id(), "type": "function", "function": {"name": c.name, "arguments": c.arguments_json()}})
 }
 
 fn token_str(codec: &dyn Codec, id: u32) -> String {
@@ -276,10 +311,16 @@ fn full_response(meta: &Meta, accs: &[Acc], codec: &dyn Codec) -> Value {
                         Some(force) => reasoning::split(&a.text, force),
                         None => (None, a.text.clone()),
                     };
+                    let (c, calls) = match &meta.tools {
+                        Some(tools) => tool_calls::parse_complete(&format!("{}{c}", meta.forced), tools),
+                        None => (c, vec![]),
+                    };
                     let content = if c.is_empty() { Value::Null } else { json!(c) };
+                    let tool_calls = if calls.is_empty() { Value::Null } else { calls.iter().map(tool_call_json).collect() };
                     json!({"index": k,
-                           "message": {"role": "assistant", "content": content, "reasoning_content": r, "tool_calls": Value::Null},
-                           "logprobs": lp, "finish_reason": finish_kind(&a.finish), "matched_stop": matched_stop(&a.finish)})
+                           "message": {"role": "assistant", "content": content, "reasoning_content": r, "tool_calls": tool_calls},
+                           "logprobs": lp, "finish_reason": chat_finish_kind(&a.finish, !calls.is_empty()),
+                           "matched_stop": matched_stop(&a.finish)})
                 }
             }
         })
@@ -297,6 +338,9 @@ struct ChoiceState {
     completion: usize,
     prompt: usize,
     reason: Option<reasoning::Stream>,
+    /// Chat with tools: the tool-call parser and how many calls it has streamed.
+    tools: Option<ToolCallParser>,
+    calls_sent: usize,
 }
 
 fn chunk(meta: &Meta, choices: Vec<Value>, usage: Value) -> Value {
@@ -310,6 +354,19 @@ fn delta(role: Option<&str>, content: Option<&str>) -> Value {
 
 fn reasoning_delta(text: &str) -> Value {
     json!({"role": Value::Null, "content": Value::Null, "reasoning_content": text, "tool_calls": Value::Null})
+}
+
+/// Streamed deltas of one tool call, OpenAI style: the id and name first (empty
+/// arguments), then the arguments in fragments (one per parameter, see
+/// `ToolCall::argument_fragments`).
+fn tool_call_deltas(call: &ToolCall, index: usize) -> Vec<Value> {
+    let item = |id: Value, ty: Value, name: Value, args: &str| {
+        json!({"role": Value::Null, "content": Value::Null, "reasoning_content": Value::Null,
+               "tool_calls": [{"index": index, "id": id, "type": ty, "function": {"name": name, "arguments": args}}]})
+    };
+    let mut out = vec![item(json!(call_id()), json!("function"), json!(call.name), "")];
+    out.extend(call.argument_fragments().iter().map(|f| item(Value::Null, Value::Null, Value::Null, f)));
+    out
 }
 
 /// Events for one output of one choice.
@@ -376,11 +433,35 @@ fn choice_events(meta: &Meta, st: &mut ChoiceState, o: &Output, codec: &dyn Code
                     usage_now.clone(),
                 ));
             }
-            if !text.is_empty() {
-                let lp = take_lp(st);
+            // with tools, the text goes through the tool-call parser: content deltas for
+            // plain text, tool_calls deltas for each call
+            let deltas: Vec<Value> = match st.tools.as_mut() {
+                None if text.is_empty() => vec![],
+                None => vec![delta(None, Some(&text))],
+                Some(p) => {
+                    let mut events = p.push(&text);
+                    if o.finish.is_some() {
+                        events.extend(p.finish());
+                    }
+                    let mut out = vec![];
+                    for e in events {
+                        match e {
+                            ToolEvent::Text(t) => out.push(delta(None, Some(&t))),
+                            ToolEvent::Call(c) => {
+                                out.extend(tool_call_deltas(&c, st.calls_sent));
+                                st.calls_sent += 1;
+                            }
+                        }
+                    }
+                    out
+                }
+            };
+            for (i, d) in deltas.into_iter().enumerate() {
+                // the output's logprobs go with its first delta
+                let lp = if i == 0 { take_lp(st) } else { Value::Null };
                 evs.push(chunk(
                     meta,
-                    vec![json!({"index": st.index, "delta": delta(None, Some(&text)), "logprobs": lp,
+                    vec![json!({"index": st.index, "delta": d, "logprobs": lp,
                                 "finish_reason": Value::Null, "matched_stop": Value::Null})],
                     usage_now.clone(),
                 ));
@@ -390,7 +471,7 @@ fn choice_events(meta: &Meta, st: &mut ChoiceState, o: &Output, codec: &dyn Code
                 evs.push(chunk(
                     meta,
                     vec![json!({"index": st.index, "delta": delta(None, None), "logprobs": lp,
-                                "finish_reason": finish_kind(&o.finish), "matched_stop": matched_stop(&o.finish)})],
+                                "finish_reason": chat_finish_kind(&o.finish, st.calls_sent > 0), "matched_stop": matched_stop(&o.finish)})],
                     usage_now,
                 ));
             }
@@ -412,7 +493,13 @@ fn stream_response(
     let streams = items.into_iter().enumerate().map(|(k, (t, acc))| {
         let (meta, codec, completion) = (meta.clone(), codec.clone(), completion.clone());
         let reason = meta.reasoning.map(reasoning::Stream::new);
-        let st = ChoiceState { index: k, started: false, pending_lp: vec![], completion: 0, prompt: acc.prompt_tokens, reason };
+        let tools = meta.tools.clone().map(|t| {
+            let mut p = ToolCallParser::new(t);
+            // a forced call start produces no events by itself (it is an open block)
+            let _ = p.push(&meta.forced);
+            p
+        });
+        let st = ChoiceState { index: k, started: false, pending_lp: vec![], completion: 0, prompt: acc.prompt_tokens, reason, tools, calls_sent: 0 };
         exec::outputs(t)
             .scan(st, move |st, o| {
                 *completion.lock().unwrap() += o.ids.len();
