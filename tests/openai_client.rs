@@ -10,14 +10,9 @@ mod common;
 
 use common::scripted::scripted_server;
 use common::server::TestServer;
-use kiln::backend::cpu::CpuBackend;
 use kiln::backend::Capacity;
-use kiln::scheduler::SchedulerConfig;
-use kiln::server::ServerConfig;
-use kiln::tokenizer::Tokenizer;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_tools.py");
 
@@ -53,13 +48,6 @@ async fn openai_client_tool_calling_example_on_a_scripted_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_client_accepts_a_tools_response_from_the_demo_model() {
     let Some(python) = python_with_openai() else { return };
-    let (cfg, w) = kiln::demo::demo_weights();
-    let backend = CpuBackend::new(cfg, w, Capacity { slots: 2, block_size: 16, kv_blocks: 2 * 128, max_seq_len: 2048 }).unwrap();
-    let tok = Tokenizer::bundled().unwrap();
-    let mut eos: Vec<u32> = kiln::demo::demo_config().eos_token_ids.iter().chain(tok.eos_token_ids()).copied().collect();
-    eos.sort_unstable();
-    eos.dedup();
-    let sched = SchedulerConfig { eos_token_ids: eos, ..Default::default() };
-    let s = TestServer::start(Box::new(backend), Arc::new(tok), sched, ServerConfig::default());
+    let s = TestServer::demo(Capacity { slots: 2, block_size: 16, kv_blocks: 2 * 128, max_seq_len: 2048 });
     run_client(python, s.base.clone(), "demo").await;
 }

@@ -7,11 +7,12 @@
 //! (`/v1/completions`, `/v1/chat/completions`), `chat.rs` (chat request -> prompt),
 //! `admin.rs` (health, info, abort, flush, tokenize), `metrics.rs` (Prometheus),
 //! `reasoning.rs` (`--reasoning-parser`), `tool_choice.rs` + `tool_calls.rs` (`tools`,
-//! `--tool-call-parser`).
+//! `--tool-call-parser`), `constraint.rs` (structured output).
 
 mod admin;
 mod chat;
 mod conn;
+mod constraint;
 pub mod errors;
 mod exec;
 mod metrics;
@@ -89,6 +90,8 @@ pub struct AppState {
     pub created: u64,
     pub started: Instant,
     pub http: metrics::HttpCounters,
+    /// The grammar engine for structured output, built on first use (`constraint.rs`).
+    grammar: std::sync::OnceLock<Result<Arc<crate::sampling::grammar::GrammarEngine>, String>>,
 }
 
 pub type State = web::Data<AppState>;
@@ -108,6 +111,7 @@ impl AppState {
             created: unix_now() as u64,
             started: Instant::now(),
             http: metrics::HttpCounters::default(),
+            grammar: std::sync::OnceLock::new(),
         })
     }
     pub fn context_len(&self) -> usize {

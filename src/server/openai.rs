@@ -150,7 +150,7 @@ async fn run(
     obj: &Map<String, Value>,
     kind: Kind,
     prompts: Vec<Vec<u32>>,
-    parsed: Parsed,
+    mut parsed: Parsed,
     logprobs: Option<usize>,
     echo: Vec<String>,
     extras: ChatExtras,
@@ -158,12 +158,7 @@ async fn run(
     if let MaxNew::Explicit(0) = parsed.max_new {
         return Err(ApiError::bad("max_tokens", "`max_tokens` = 0 is out of range: must be >= 1"));
     }
-    if let Some(rf) = v::field(obj, "response_format") {
-        let ty = rf.get("type").and_then(Value::as_str).unwrap_or("");
-        if ty != "text" {
-            return Err(ApiError::bad("response_format", format!("`response_format.type` = {ty:?} is not supported (no constrained decoding; use \"text\")")));
-        }
-    }
+    super::constraint::apply(&state, obj, "", true, &mut parsed.sampling)?;
     let stream = v::field(obj, "stream").map(|x| v::as_bool("stream", x)).transpose()?.unwrap_or(false);
     let (mut include_usage, mut continuous_usage) = (false, false);
     if let Some(so) = v::field(obj, "stream_options") {
