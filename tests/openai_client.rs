@@ -1,7 +1,8 @@
 //! The `openai` Python client against kiln's HTTP server (tests/python/openai_tools.py):
-//! its tool-calling example on a scripted model (the real server with a backend that
-//! writes a chosen reply, see `common/scripted.rs`), and a tools request on the demo
-//! model (real tokenizer and template, random weights).
+//! its tool-calling and structured-output (`parse` with a pydantic model) examples on a
+//! scripted model (the real server with a backend that writes a chosen reply, see
+//! `common/scripted.rs`), and tools and `response_format` requests on the demo model
+//! (real tokenizer and template, random weights).
 //!
 //! Needs a python with `openai`: `$KILN_TEST_PYTHON`, else `target/venv-openai/bin/python`
 //! (scripts/test.sh creates it). Without one the tests print "skipped: ..." and pass.
@@ -38,15 +39,16 @@ async fn run_client(python: PathBuf, base: String, mode: &'static str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openai_client_tool_calling_example_on_a_scripted_model() {
+async fn openai_client_tool_calling_and_structured_output_examples_on_a_scripted_model() {
     let Some(python) = python_with_openai() else { return };
     let call = "<tool_call>\n<function=get_current_weather>\n<parameter=location>\nBoston, MA\n</parameter>\n<parameter=unit>\nfahrenheit\n</parameter>\n</function>\n</tool_call>";
-    let s = scripted_server(&[("<user>", call), ("<tool>", "It is 72 degrees and sunny in Boston.")]);
+    let event = r#"{"name": "Science Fair", "date": "Friday", "participants": ["Alice", "Bob"]}"#;
+    let s = scripted_server(&[("<user>", call), ("<tool>", "It is 72 degrees and sunny in Boston."), ("science fair", event)]);
     run_client(python, s.base.clone(), "scripted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openai_client_accepts_a_tools_response_from_the_demo_model() {
+async fn openai_client_tools_and_json_schema_on_the_demo_model() {
     let Some(python) = python_with_openai() else { return };
     let s = TestServer::demo(Capacity { slots: 2, block_size: 16, kv_blocks: 2 * 128, max_seq_len: 2048 });
     run_client(python, s.base.clone(), "demo").await;
