@@ -101,10 +101,13 @@ fn rename_refs(body: &str) -> String {
     out
 }
 
+/// The tokenizer's own encoding of a text (no special tokens added).
+pub type TokenizeFn = Box<dyn Fn(&str) -> Vec<u32> + Send + Sync>;
+
 /// The tokenizer as llguidance sees it: the token trie and an exact tokenize function.
 struct Env {
     trie: TokTrie,
-    tokenize: Box<dyn Fn(&str) -> Vec<u32> + Send + Sync>,
+    tokenize: TokenizeFn,
 }
 
 impl TokenizerEnv for Env {
@@ -131,7 +134,7 @@ impl GrammarEngine {
     /// `token_bytes[id]`: what token `id` writes (special tokens prefixed with 0xFF, as
     /// llguidance marks them; empty for unused ids); `eos`: the token that ends output;
     /// `tokenize`: the tokenizer's own encoding of a text (no special tokens added).
-    pub fn new(token_bytes: Vec<Vec<u8>>, eos: u32, tokenize: Box<dyn Fn(&str) -> Vec<u32> + Send + Sync>) -> anyhow::Result<Self> {
+    pub fn new(token_bytes: Vec<Vec<u8>>, eos: u32, tokenize: TokenizeFn) -> anyhow::Result<Self> {
         let info = TokRxInfo::new(token_bytes.len() as u32, eos);
         let env: TokEnv = Arc::new(Env { trie: TokTrie::from(&info, &token_bytes), tokenize });
         let mut factory = ParserFactory::new_simple(&env)?;

@@ -67,7 +67,9 @@ const PERSON: fn() -> Value = || {
 
 /// (name, grammar, check, bias). A grammar with unbounded strings or nesting (any JSON
 /// object) only ends under random logits if closing characters are likely.
-fn cases() -> Vec<(&'static str, GrammarSpec, Check, &'static [(u8, f32)])> {
+type Case = (&'static str, GrammarSpec, Check, &'static [(u8, f32)]);
+
+fn cases() -> Vec<Case> {
     const CLOSERS: &[(u8, f32)] = &[(b'}', 5.0), (b'"', 5.0), (b']', 5.0), (b'1', 4.0)];
     vec![
         ("json_object", GrammarSpec::JsonObject, |t| assert!(json_of(t).is_object(), "{t}"), CLOSERS),

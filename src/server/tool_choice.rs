@@ -53,7 +53,7 @@ pub fn plan(obj: &Map<String, Value>, parser_on: bool) -> ApiResult<ToolPlan> {
     for (i, t) in tools.into_iter().flatten().enumerate() {
         if function_name(t).is_none() {
             return Err(ApiError::bad(
-                &format!("tools[{i}]"),
+                format!("tools[{i}]"),
                 format!("`tools[{i}]` must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got {}", v::show(t)),
             ));
         }

@@ -173,9 +173,8 @@ fn py_strip(s: &str, chars: Option<&str>, left: bool, right: bool) -> String {
 /// Python's rule for `str.islower()` / `str.isupper()`: at least one cased character and
 /// none of the other case (digits and punctuation don't count).
 fn py_is_case(s: &str, lower: bool) -> bool {
-    let (want, other): (fn(char) -> bool, fn(char) -> bool) =
-        if lower { (char::is_lowercase, char::is_uppercase) } else { (char::is_uppercase, char::is_lowercase) };
-    s.chars().any(want) && !s.chars().any(other)
+    let (lowers, uppers) = (s.chars().any(char::is_lowercase), s.chars().any(char::is_uppercase));
+    if lower { lowers && !uppers } else { uppers && !lowers }
 }
 
 /// minijinja's unknown-method callback: Python `str` / `dict` / `list` methods from
