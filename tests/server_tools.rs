@@ -20,7 +20,7 @@ fn tools() -> Value {
 
 fn request(extra: Value) -> Value {
     let mut body = json!({"model": "default", "messages": [{"role": "user", "content": "Weather in Boston?"}],
-                          "tools": tools(), "max_tokens": 400});
+                          "tools": tools(), "max_tokens": 400, "temperature": 0});
     for (k, v) in extra.as_object().unwrap() {
         body[k] = v.clone();
     }
@@ -123,23 +123,33 @@ async fn a_call_cut_off_by_max_tokens_comes_back_as_text() {
 }
 
 #[actix_web::test]
-async fn a_named_tool_choice_is_forced_in_the_prompt() {
-    let s = scripted_server(&[("<user>", CALL.trim_start_matches("I'll check.\n\n"))]);
+async fn tool_choice_required_and_named_force_a_call() {
+    // the scripted model answers in prose; the grammar turns the answer into a call
+    let s = scripted_server(&[("<user>", "Sure, no tools needed!")]);
     let auto = s.post_json("/v1/chat/completions", &request(json!({})), 200).await;
+    assert_eq!(auto["choices"][0]["message"]["content"], "Sure, no tools needed!");
     let named = request(json!({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}));
+    for body in [named.clone(), request(json!({"tool_choice": "required"}))] {
+        let r = s.post_json("/v1/chat/completions", &body, 200).await;
+        assert_eq!(r["usage"]["prompt_tokens"], auto["usage"]["prompt_tokens"], "the prompt is not changed");
+        assert_eq!(r["choices"][0]["message"]["content"], Value::Null, "{r}");
+        assert_eq!(r["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+        assert_eq!(r["choices"][0]["finish_reason"], "tool_calls");
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        let (content, calls, finish) = collect_stream(&s.post_sse("/v1/chat/completions", &streamed).await);
+        assert_eq!((content.as_str(), calls.len(), finish.as_str()), ("", 1, "tool_calls"));
+        assert_eq!(calls[0].1, r["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap());
+    }
+    // a call the model writes itself passes through the grammar unchanged
+    let s = scripted_server(&[("<user>", CALL.trim_start_matches("I'll check.\n\n"))]);
     let r = s.post_json("/v1/chat/completions", &named, 200).await;
-    let forced = "<tool_call>\n<function=get_weather>\n";
-    let prompt = |r: &Value| r["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
-    assert_eq!(prompt(&r), prompt(&auto) + forced.len(), "the call start is appended to the prompt");
-    assert_eq!(r["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather");
-    assert_eq!(r["choices"][0]["message"]["content"], Value::Null);
-    assert_eq!(r["choices"][0]["finish_reason"], "tool_calls");
-    let mut streamed = named.clone();
-    streamed["stream"] = json!(true);
-    let events = s.post_sse("/v1/chat/completions", &streamed).await;
-    let (content, calls, finish) = collect_stream(&events);
-    assert_eq!((content.as_str(), calls.len(), finish.as_str()), ("", 1, "tool_calls"));
-    assert_eq!(calls[0].1, r["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap());
+    let args: Value = serde_json::from_str(r["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"city": "Boston, MA", "days": 3}));
+    // a named choice and response_format both constrain: refused
+    let both = request(json!({"tool_choice": "required", "response_format": {"type": "json_object"}}));
+    let r = s.post_json("/v1/chat/completions", &both, 400).await;
+    assert!(r["message"].as_str().unwrap().contains("`response_format` cannot be combined"), "{r}");
 }
 
 #[actix_web::test]
@@ -170,5 +180,22 @@ async fn bad_tool_fields_are_rejected_with_400() {
     ] {
         let r = s.post_json("/v1/chat/completions", &body, 400).await;
         assert!(r["message"].as_str().unwrap().contains(&format!("`{field}`")), "{r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_choice_makes_the_random_demo_model_call() {
+    // real tokenizer and template, random weights: only the grammar makes this a call
+    let s = TestServer::demo(kiln::backend::Capacity { slots: 2, block_size: 16, kv_blocks: 256, max_seq_len: 2048 });
+    let tools = json!([{"type": "function", "function": {"name": "get_time", "description": "The time now",
+                                                          "parameters": {"type": "object", "properties": {}}}}]);
+    for seed in 0..2 {
+        let body = json!({"messages": [{"role": "user", "content": "What time is it?"}], "tools": tools, "seed": seed,
+                          "tool_choice": {"type": "function", "function": {"name": "get_time"}}, "max_tokens": 300,
+                          "chat_template_kwargs": {"enable_thinking": false}});
+        let r = s.post_json("/v1/chat/completions", &body, 200).await;
+        let calls = r["choices"][0]["message"]["tool_calls"].as_array().unwrap_or_else(|| panic!("no tool_calls: {r}"));
+        assert!(calls.iter().all(|c| c["function"]["name"] == "get_time" && c["function"]["arguments"] == "{}"), "{r}");
+        assert_eq!(r["choices"][0]["finish_reason"], "tool_calls", "{r}");
     }
 }

@@ -235,6 +235,14 @@ impl GrammarMatcher {
     }
 }
 
+/// An engine over a byte-level vocabulary (ids 0..256 are bytes, 256 is EOS), for tests.
+#[cfg(test)]
+pub(crate) fn byte_level_engine() -> GrammarEngine {
+    let mut bytes: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+    bytes.push(b"\xff<eos>".to_vec());
+    GrammarEngine::new(bytes, 256, Box::new(|s: &str| s.bytes().map(u32::from).collect())).unwrap()
+}
+
 #[cfg(test)]
 #[path = "grammar_tests.rs"]
 mod tests;

@@ -5,7 +5,7 @@
 use super::errors::{ApiError, ApiResult};
 use super::validate::{self as v};
 use super::tool_choice::{self, ToolPlan};
-use super::{reasoning, AppState};
+use super::AppState;
 use serde_json::{Map, Value};
 
 const ROLES: &[&str] = &["system", "user", "assistant", "tool", "function", "developer"];
@@ -72,12 +72,9 @@ fn normalise(messages: &Value) -> ApiResult<Value> {
 /// A rendered chat prompt.
 pub struct ChatPrompt {
     pub ids: Vec<u32>,
-    /// The rendered template (without `forced`).
+    /// The rendered template.
     pub text: String,
     pub tools: ToolPlan,
-    /// The start of a tool call appended after the template (`tool_choice` required or
-    /// named; see `tool_choice.rs`); the output continues it.
-    pub forced: Option<String>,
 }
 
 /// Renders the chat and tokenizes it.
@@ -97,8 +94,6 @@ pub fn prompt_ids(state: &AppState, obj: &Map<String, Value>) -> ApiResult<ChatP
         .codec
         .render_chat(&messages, tools.render.as_ref(), &kwargs)
         .map_err(|e| ApiError::bad("messages", format!("the chat template failed on these messages: {e:#}")))?;
-    let forced = tools.forced_prefix(reasoning::forced(&text)).map(str::to_string);
-    let full = format!("{text}{}", forced.as_deref().unwrap_or(""));
-    let ids = state.codec.encode(&full, false).map_err(|e| ApiError::bad("messages", format!("could not tokenize the rendered chat: {e}")))?;
-    Ok(ChatPrompt { ids, text, tools, forced })
+    let ids = state.codec.encode(&text, false).map_err(|e| ApiError::bad("messages", format!("could not tokenize the rendered chat: {e}")))?;
+    Ok(ChatPrompt { ids, text, tools })
 }

@@ -10,7 +10,7 @@
 use super::errors::{ApiError, ApiResult};
 use super::validate::{self as v};
 use super::AppState;
-use crate::sampling::grammar::{ebnf_to_lark, GrammarEngine, GrammarSpec};
+use crate::sampling::grammar::{ebnf_to_lark, Grammar, GrammarEngine, GrammarSpec};
 use crate::sampling::SamplingParams;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -76,12 +76,19 @@ fn engine(state: &AppState) -> ApiResult<Arc<GrammarEngine>> {
     built.clone().map_err(|e| ApiError::bad_request(format!("constrained decoding is unavailable: {e}")))
 }
 
+/// Compiles `spec`, asked for by `field` (named in the 400 if the grammar is bad).
+pub fn compile(state: &AppState, field: &str, spec: &GrammarSpec) -> ApiResult<Grammar> {
+    engine(state)?.compile(spec).map_err(|e| ApiError::bad(field, format!("`{field}` is not a valid grammar: {e}")))
+}
+
 /// Reads the request's constraint (if any), compiles it and puts it in `sampling`.
 /// `prefix` names the fields in errors (`sampling_params.` on `/generate`).
 pub fn apply(state: &AppState, obj: &Map<String, Value>, prefix: &str, openai: bool, sampling: &mut SamplingParams) -> ApiResult<()> {
     let Some((field, spec)) = read_spec(obj, prefix, openai)? else { return Ok(()) };
-    let grammar = engine(state)?.compile(&spec).map_err(|e| ApiError::bad(&field, format!("`{field}` is not a valid grammar: {e}")))?;
-    sampling.grammar = Some(grammar);
+    if sampling.grammar.is_some() {
+        return Err(ApiError::bad(&field, format!("`{field}` cannot be combined with `tool_choice` \"required\" or a named function (both constrain the output)")));
+    }
+    sampling.grammar = Some(compile(state, &field, &spec)?);
     Ok(())
 }
 

@@ -5,7 +5,8 @@ use super::errors::{ApiError, ApiResult};
 use super::exec::{self, Acc};
 use super::validate::{self as v, MaxNew, Parsed, OPENAI};
 use super::tool_calls::{self, ToolCall, ToolCallParser, ToolEvent, ToolSet};
-use super::{chat, conn, reasoning, sse, unix_now, AppState, State};
+use super::{chat, conn, constraint, reasoning, sse, unix_now, AppState, State};
+use crate::sampling::grammar::GrammarSpec;
 use crate::scheduler::{Codec, FinishReason, GenRequest, LogprobConfig, Output, TokenLogprob};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::stream::{self, StreamExt};
@@ -37,9 +38,6 @@ struct Meta {
     reasoning: Option<bool>,
     /// Chat with tools and a tool-call parser: the tools to parse the output against.
     tools: Option<ToolSet>,
-    /// A tool-call start appended to the prompt (`tool_choice` required / named): the
-    /// parser reads it before the output.
-    forced: String,
 }
 
 /// What only chat requests carry into `run`.
@@ -47,7 +45,6 @@ struct Meta {
 struct ChatExtras {
     reasoning: Option<bool>,
     tools: Option<ToolSet>,
-    forced: String,
 }
 
 pub async fn completions(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
@@ -88,14 +85,19 @@ pub async fn chat_completions(state: State, req: HttpRequest, body: web::Payload
     let prompt = chat::prompt_ids(&state, &obj)?;
     let separate = v::field(&obj, "separate_reasoning").map(|x| v::as_bool("separate_reasoning", x)).transpose()?.unwrap_or(true);
     let reasoning = (state.cfg.reasoning_parser.is_some() && separate).then(|| reasoning::forced(&prompt.text));
-    let extras = ChatExtras { reasoning, tools: prompt.tools.parse, forced: prompt.forced.unwrap_or_default() };
+    let call_grammar = prompt.tools.call_grammar(reasoning::forced(&prompt.text));
+    let extras = ChatExtras { reasoning, tools: prompt.tools.parse };
     // max_completion_tokens wins over max_tokens; both default to "up to the context".
     if let Some(m) = v::field(&obj, "max_completion_tokens").cloned() {
         obj.insert("max_tokens".into(), m);
     }
     let defaults = state.cfg.chat_defaults.clone();
     let ctx = v::Ctx { vocab: state.vocab(), defaults: &defaults };
-    let parsed = v::parse_sampling(&obj, &OPENAI, &ctx, MaxNew::Unlimited)?;
+    let mut parsed = v::parse_sampling(&obj, &OPENAI, &ctx, MaxNew::Unlimited)?;
+    // tool_choice required / named: decoding is constrained to calls (tool_choice.rs)
+    if let Some(g) = call_grammar {
+        parsed.sampling.grammar = Some(constraint::compile(&state, "tool_choice", &GrammarSpec::Lark(g))?);
+    }
     let want_lp = v::field(&obj, "logprobs").map(|x| v::as_bool("logprobs", x)).transpose()?.unwrap_or(false);
     let top = match v::field(&obj, "top_logprobs") {
         None => 0,
@@ -158,7 +160,7 @@ async fn run(
     if let MaxNew::Explicit(0) = parsed.max_new {
         return Err(ApiError::bad("max_tokens", "`max_tokens` = 0 is out of range: must be >= 1"));
     }
-    super::constraint::apply(&state, obj, "", true, &mut parsed.sampling)?;
+    constraint::apply(&state, obj, "", true, &mut parsed.sampling)?;
     let stream = v::field(obj, "stream").map(|x| v::as_bool("stream", x)).transpose()?.unwrap_or(false);
     let (mut include_usage, mut continuous_usage) = (false, false);
     if let Some(so) = v::field(obj, "stream_options") {
@@ -210,7 +212,6 @@ async fn run(
         continuous_usage,
         reasoning: extras.reasoning,
         tools: extras.tools,
-        forced: extras.forced,
     });
     let items = exec::submit_all(&state, reqs)?;
     let codec = state.codec.clone();
@@ -307,7 +308,7 @@ fn full_response(meta: &Meta, accs: &[Acc], codec: &dyn Codec) -> Value {
                         None => (None, a.text.clone()),
                     };
                     let (c, calls) = match &meta.tools {
-                        Some(tools) => tool_calls::parse_complete(&format!("{}{c}", meta.forced), tools),
+                        Some(tools) => tool_calls::parse_complete(&c, tools),
                         None => (c, vec![]),
                     };
                     let content = if c.is_empty() { Value::Null } else { json!(c) };
@@ -488,12 +489,7 @@ fn stream_response(
     let streams = items.into_iter().enumerate().map(|(k, (t, acc))| {
         let (meta, codec, completion) = (meta.clone(), codec.clone(), completion.clone());
         let reason = meta.reasoning.map(reasoning::Stream::new);
-        let tools = meta.tools.clone().map(|t| {
-            let mut p = ToolCallParser::new(t);
-            // a forced call start produces no events by itself (it is an open block)
-            let _ = p.push(&meta.forced);
-            p
-        });
+        let tools = meta.tools.clone().map(ToolCallParser::new);
         let st = ChoiceState { index: k, started: false, pending_lp: vec![], completion: 0, prompt: acc.prompt_tokens, reason, tools, calls_sent: 0 };
         exec::outputs(t)
             .scan(st, move |st, o| {

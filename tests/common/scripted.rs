@@ -5,8 +5,8 @@
 //! The reply is picked from the rendered prompt (`<role>content\n...<assistant>`): of
 //! the `(trigger, reply)` rules, the one whose trigger appears last in the prompt wins
 //! (e.g. `("<user>", call)` and `("<tool>", answer)` answer a tool result with text).
-//! Tokens already after `<assistant>` (a prefix the server appended, such as a forced
-//! tool-call start) count as written, so a forced prefix must match the reply's start.
+//! Tokens already after `<assistant>` count as written. Where a grammar masks the
+//! scripted byte, EOS comes first if allowed, else the lowest allowed id.
 //! Everything else (the HTTP server, scheduler, sampler, detokenizer) is the real code.
 
 use super::mock::{mock_config, ByteCodec, EOS, ROWS};
@@ -73,7 +73,10 @@ impl Backend for ScriptedBackend {
                     Want::All => true,
                 };
                 if want {
+                    // EOS leads the rest, so where a grammar forbids the scripted byte
+                    // the reply ends as soon as the grammar allows
                     let mut row = vec![0.0f32; ROWS];
+                    row[EOS as usize] = 1.0;
                     row[self.next_token(&self.slots[c.slot]) as usize] = 1e4;
                     rows.extend(row);
                 }
