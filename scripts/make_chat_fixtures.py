@@ -6,7 +6,8 @@ Renders every case below with transformers' own code path
 `transformers.utils.chat_template_utils.render_jinja_template`) using
 assets/qwen3_5/chat_template.jinja and assets/qwen3_5/tokenizer.json, and writes
 tests/data/tokenizer/chat_cases.json: per case the inputs, then either the rendered text and
-its token ids, or the error message the template raised.
+its token ids, or the error message the template raised; plus `method_cases`, one-line
+templates that exercise the Python methods and value printing templates rely on.
 
 Usage (from the repo root; needs transformers 5.x, jinja2 >= 3.1.6, tokenizers):
     /work/pyenv/bin/python scripts/make_chat_fixtures.py
@@ -133,6 +134,30 @@ CASES = [
                   {"role": "user", "content": "<tool_response>\nx\n</tool_response>"}]},
     {"name": "special_characters_in_content", "add_generation_prompt": True,
      "messages": [{"role": "user", "content": "{{ not a template }} {% raw %} <|im_end|> \\n \t tab e\u0301 👩\u200d💻"}]},
+    {"name": "openai_client_second_turn", "add_generation_prompt": True, "tools": [WEATHER],
+     "kwargs": {"enable_thinking": False},
+     "messages": [{"role": "user", "content": "What's the weather like in Boston today?"},
+                  {"role": "assistant", "content": None,
+                   "tool_calls": [{"id": "call_abc", "type": "function",
+                                   "function": {"name": "get_weather", "arguments": {"city": "Boston, MA", "unit": "fahrenheit"}}}]},
+                  {"role": "tool", "tool_call_id": "call_abc", "content": "{\"temperature\": 72}"}]},
+    {"name": "parallel_calls_results_then_new_question", "add_generation_prompt": True, "tools": [WEATHER, SEARCH],
+     "messages": [{"role": "system", "content": "Be helpful."},
+                  {"role": "user", "content": "Rome and Paris?"},
+                  {"role": "assistant", "content": "Two lookups.\n",
+                   "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Roma"}}},
+                                  {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}}]},
+                  {"role": "tool", "content": "sunny"},
+                  {"role": "tool", "content": "rain\nlater"},
+                  {"role": "assistant", "content": "Rome: sunny. Paris: rain.", "reasoning_content": "combine"},
+                  {"role": "user", "content": "And Oslo?"}]},
+    {"name": "tool_call_argument_values", "add_generation_prompt": False, "tools": [SEARCH],
+     "messages": [{"role": "user", "content": "Q"},
+                  {"role": "assistant", "content": "",
+                   "tool_calls": [{"type": "function", "function": {"name": "search", "arguments": {
+                       "q": "multi\nline  text ", "k": 0, "f": -1.5e-07, "big": 12345678901234567890, "b": False,
+                       "nested": {"a": [1, {"b": None}], "é": "ü"}, "empty": "", "list": []}}}]},
+                  {"role": "tool", "content": ""}]},
     # errors: the template's raise_exception text
     {"name": "error_no_messages", "add_generation_prompt": True, "messages": []},
     {"name": "error_system_not_first", "add_generation_prompt": True,
@@ -144,6 +169,33 @@ CASES = [
     {"name": "error_image_in_system", "add_generation_prompt": True,
      "messages": [{"role": "system", "content": [{"type": "image", "image": "x.png"}]}, {"role": "user", "content": "hi"}]},
 ]
+
+
+# Python string / dict methods and value printing, each through HF's renderer with a
+# one-line template (tests/chat_template.rs renders them with kiln's environment).
+METHOD_VARS = {"ws": "\x1c\t hi \x1f\n", "ab": "abcba", "u": "aéxé x", "csv": "a,b,,c", "words": "  one two  three ",
+               "lines": "l1\nl2\r\nl3", "title": "hello wORLD-x", "d": {"y": 1, "x": [2, "é"], "z": None},
+               "l": ["p", "q"], "f": 1e20, "g": 0.1, "t": True, "n": None}
+METHOD_CASES = [
+    ("strip_python_whitespace", "[{{ ws.strip() }}][{{ ws.lstrip() }}][{{ ws.rstrip() }}][{{ ab.strip('ac') }}][{{ ab.lstrip('ab') }}][{{ ab.rstrip('a') }}]"),
+    ("find_counts_characters", "{{ u.find('x') }} {{ u.rfind('é') }} {{ u.find('zz') }} {{ ab.count('b') }}"),
+    ("join_and_split", "{{ '-'.join(l) }}|{{ csv.split(',') }}|{{ csv.split(',', 1) }}|{{ words.split() }}|{{ words.split(None, 1) }}|{{ lines.splitlines() }}"),
+    ("predicates", "{{ ''.isspace() }} {{ ' '.isspace() }} {{ 'ab1'.islower() }} {{ 'AB!'.isupper() }} {{ '12'.isdigit() }} {{ ''.isalpha() }} {{ 'x1'.isalnum() }}"),
+    ("affixes", "{{ ab.startswith('ab') }} {{ ab.endswith('cb') }} {{ ab.startswith(('zz', 'abc')) }} {{ ab.endswith(('q',)) }}"),
+    ("case_and_replace", "{{ title.upper() }}|{{ title.lower() }}|{{ title.title() }}|{{ title.capitalize() }}|{{ ab.replace('b', 'B') }}|{{ ab.replace('b', 'B', 1) }}"),
+    ("dict_methods", "{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}|{% for k in d.keys() %}{{ k }}{% endfor %}|{% for v in d.values() %}{{ v }}{% endfor %}|{{ d.get('x') }}|{{ d.get('nope', 7) }}|{{ d.get('nope') }}"),
+    ("python_values", "{{ t }} {{ n }} {{ f }} {{ g }} {{ d }} {{ l }} {{ t|string }} {{ ws|trim }}"),
+    ("tojson", "{{ d|tojson }}|{{ d|tojson(indent=2) }}|{{ l|tojson(separators=(',', ':')) }}|{{ d|tojson(sort_keys=true) }}|{{ f|tojson }}|{{ u|tojson(ensure_ascii=true) }}"),
+]
+
+
+def method_cases(template_kwargs):
+    out = []
+    for name, template in METHOD_CASES:
+        text = render_jinja_template(conversations=[[{"role": "user", "content": "x"}]], chat_template=template,
+                                     **template_kwargs, **METHOD_VARS)[0][0]
+        out.append({"name": name, "template": template, "rendered": text})
+    return out
 
 
 def main():
@@ -204,6 +256,8 @@ def main():
             "tokenizers": tokenizers.__version__,
         },
         "cases": out_cases,
+        "method_vars": METHOD_VARS,
+        "method_cases": method_cases({"eos_token": tok.eos_token, "pad_token": tok.pad_token}),
     }
     with open(OUT, "w", encoding="utf-8") as f:
         json.dump(doc, f, ensure_ascii=False, indent=1)

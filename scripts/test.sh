@@ -12,6 +12,13 @@ source scripts/ci_nvrtc.sh
 
 # SGLang's router from PyPI into target/venv-router (once), for tests/router.rs.
 scripts/ci_router.sh >/dev/null
+# The `openai` Python client for tests/openai_client.rs, once, into target/venv-openai
+# (a few MB of wheels); if it cannot be installed the test prints "skipped: ...".
+if ! target/venv-openai/bin/python -c 'import openai' 2>/dev/null; then
+    { python3 -m venv target/venv-openai \
+        && target/venv-openai/bin/python -m pip install --quiet --disable-pip-version-check 'openai>=1.40'; } \
+        || echo "test.sh: could not install the openai client; tests/openai_client.rs will skip" >&2
+fi
 
 cargo build --workspace --release --bins
 target/release/kiln-build --compile-only --arch sm_90a,sm_100a

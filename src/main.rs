@@ -109,6 +109,10 @@ struct ServeArgs {
     /// Split chat output into reasoning_content / content at `</think>` (qwen3, ...).
     #[arg(long)]
     reasoning_parser: Option<String>,
+    /// Parse tool calls in chat output into `tool_calls` (`qwen3_coder`, Qwen3.5's format;
+    /// `none` returns the model's text as is).
+    #[arg(long, default_value = "qwen3_coder")]
+    tool_call_parser: String,
     /// A Jinja chat template file to use instead of the model's.
     #[arg(long)]
     chat_template: Option<PathBuf>,
@@ -385,6 +389,9 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
             bail!("--reasoning-parser {p} is not supported (one of {})", server::REASONING_PARSERS.join(", "));
         }
     }
+    if a.tool_call_parser != "none" && !server::TOOL_CALL_PARSERS.contains(&a.tool_call_parser.as_str()) {
+        bail!("--tool-call-parser {} is not supported (one of {}, none)", a.tool_call_parser, server::TOOL_CALL_PARSERS.join(", "));
+    }
     let eos = eos_ids(backend.config(), &tok);
     let cap = backend.capacity();
     let sched_cfg = SchedulerConfig {
@@ -420,6 +427,7 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
         server_args: args,
         reasoning_parser: a.reasoning_parser.clone(),
         enable_cache_report: a.enable_cache_report,
+        tool_call_parser: (a.tool_call_parser != "none").then(|| a.tool_call_parser.clone()),
     };
     let tok_codec: Arc<dyn scheduler::Codec> = match &a.chat_template {
         Some(p) if p.is_file() => {

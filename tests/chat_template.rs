@@ -1,7 +1,8 @@
 //! The official Qwen3.5 chat template rendered by kiln against Hugging Face transformers'
 //! own `apply_chat_template` output (tests/data/tokenizer/chat_cases.json, recorded by
 //! scripts/make_chat_fixtures.py): byte-exact text, the same token ids, and the same error
-//! messages where the template raises.
+//! messages where the template raises; and one-line templates exercising the Python
+//! methods and value printing (`method_cases`) rendered the same as HF's jinja2.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -23,6 +24,21 @@ fn cases() -> Vec<Value> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tokenizer/chat_cases.json");
     let doc: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     doc["cases"].as_array().unwrap().clone()
+}
+
+#[test]
+fn python_methods_render_like_hf() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tokenizer/chat_cases.json");
+    let doc: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let vars = doc["method_vars"].as_object().unwrap();
+    let cases = doc["method_cases"].as_array().unwrap();
+    assert!(cases.len() >= 9);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let t = ChatTemplate::new(case["template"].as_str().unwrap()).unwrap();
+        let got = t.render(&json!([{"role": "user", "content": "x"}]), None, false, vars).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(got, case["rendered"].as_str().unwrap(), "{name}");
+    }
 }
 
 fn render_case(t: &ChatTemplate, case: &Value) -> anyhow::Result<String> {

@@ -7,7 +7,11 @@
 //! top_k == 1; first index wins ties) or softmax(logits / temperature) filtered by top-k,
 //! top-p and min-p and sampled with the request's ChaCha RNG. Log-probabilities are
 //! log_softmax of the penalised, temperature-scaled logits (f64 accumulation, max
-//! subtracted), before top-k/top-p/min-p filtering.
+//! subtracted), before top-k/top-p/min-p filtering. A request with a grammar
+//! (`grammar.rs`, structured output) also has every token its grammar forbids masked to
+//! -inf after the bans, so the log-probabilities are those of the constrained choice.
+
+pub mod grammar;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -31,6 +35,8 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Added to the logits of these ids before anything else.
     pub logit_bias: Vec<(u32, f32)>,
+    /// Structured output: the grammar the output must follow.
+    pub grammar: Option<grammar::Grammar>,
 }
 
 impl Default for SamplingParams {
@@ -45,6 +51,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             seed: None,
             logit_bias: Vec::new(),
+            grammar: None,
         }
     }
 }
@@ -55,6 +62,10 @@ impl SamplingParams {
     }
     pub fn is_greedy(&self) -> bool {
         self.temperature < GREEDY_EPS || self.top_k == 1
+    }
+    /// Whether a grammar masks the logits (so the host needs the whole row).
+    pub fn is_constrained(&self) -> bool {
+        self.grammar.is_some()
     }
     pub fn has_penalties(&self) -> bool {
         self.repetition_penalty != 1.0
@@ -96,6 +107,7 @@ pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha20Rng,
     counts: HashMap<u32, u32>,
+    grammar: Option<grammar::GrammarMatcher>,
 }
 
 impl Sampler {
@@ -104,16 +116,21 @@ impl Sampler {
             Some(s) => ChaCha20Rng::seed_from_u64(s),
             None => ChaCha20Rng::from_entropy(),
         };
-        Sampler { params, rng, counts: HashMap::new() }
+        let grammar = params.grammar.as_ref().map(grammar::Grammar::matcher);
+        Sampler { params, rng, counts: HashMap::new(), grammar }
     }
 
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }
 
-    /// Records a generated token (for frequency/presence/repetition penalties).
+    /// Records a generated token (for frequency/presence/repetition penalties, and to
+    /// advance the grammar).
     pub fn observe(&mut self, token: u32) {
         *self.counts.entry(token).or_insert(0) += 1;
+        if let Some(g) = &mut self.grammar {
+            g.accept(token);
+        }
     }
 
     /// Picks the next token from one row of logits. `vocab_limit`: ids at or above it are
@@ -121,7 +138,7 @@ impl Sampler {
     /// tokens before `min_new_tokens`).
     pub fn sample(&mut self, row: &[f32], vocab_limit: usize, banned: &[u32], want: &LogprobWant) -> Sampled {
         let limit = vocab_limit.min(row.len()).max(1);
-        let needs_copy = self.params.has_penalties() || !banned.is_empty();
+        let needs_copy = self.params.has_penalties() || !banned.is_empty() || self.grammar.is_some();
         let mut owned;
         let logits: &[f32] = if needs_copy {
             owned = row[..limit].to_vec();
@@ -130,6 +147,9 @@ impl Sampler {
                 if (b as usize) < limit {
                     owned[b as usize] = f32::NEG_INFINITY;
                 }
+            }
+            if let Some(g) = &mut self.grammar {
+                g.mask_logits(&mut owned);
             }
             &owned
         } else {

@@ -14,6 +14,11 @@ pub trait Codec: Send + Sync + 'static {
     fn eos_token_ids(&self) -> Vec<u32>;
     /// Renders a chat with the model's template and the generation prompt appended.
     fn render_chat(&self, messages: &Value, tools: Option<&Value>, kwargs: &Map<String, Value>) -> Result<String>;
+    /// What each token id writes, as bytes (special tokens prefixed with 0xFF), for the
+    /// structured-output grammar engine; `None` if this codec cannot say.
+    fn token_bytes(&self) -> Option<Vec<Vec<u8>>> {
+        None
+    }
 }
 
 impl Codec for crate::tokenizer::Tokenizer {
@@ -31,6 +36,9 @@ impl Codec for crate::tokenizer::Tokenizer {
     }
     fn render_chat(&self, messages: &Value, tools: Option<&Value>, kwargs: &Map<String, Value>) -> Result<String> {
         self.apply_chat_template(messages, tools, true, kwargs)
+    }
+    fn token_bytes(&self) -> Option<Vec<Vec<u8>>> {
+        crate::tokenizer::Tokenizer::token_bytes(self).ok()
     }
 }
 
@@ -55,5 +63,8 @@ impl Codec for WithTemplate {
     }
     fn render_chat(&self, messages: &Value, tools: Option<&Value>, kwargs: &Map<String, Value>) -> Result<String> {
         self.template.render(messages, tools, true, kwargs)
+    }
+    fn token_bytes(&self) -> Option<Vec<Vec<u8>>> {
+        self.tokenizer.token_bytes().ok()
     }
 }

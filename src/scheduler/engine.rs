@@ -436,10 +436,10 @@ impl Engine {
             };
             let needs_rows = s.input_lp_rows().is_some_and(|(lo, hi)| s.fed <= hi && s.fed + n > lo);
             let last = s.fed + n == s.tokens.len();
-            // Plain greedy (no penalties, logprobs or banned stop tokens) needs only the
+            // Plain greedy (no penalties, grammar, logprobs or banned stop tokens) needs only the
             // argmax, which a device backend computes without copying the logits out.
             let p = s.sampler.params();
-            let plain_greedy = p.is_greedy() && !p.has_penalties() && !s.lp_want.any() && s.out_len() >= s.req.stop.min_new_tokens;
+            let plain_greedy = p.is_greedy() && !p.has_penalties() && !p.is_constrained() && !s.lp_want.any() && s.out_len() >= s.req.stop.min_new_tokens;
             let want = if needs_rows {
                 Want::All
             } else if last && plain_greedy {

@@ -1,8 +1,10 @@
 //! Chat request -> prompt: message checks, the model's chat template with
-//! `add_generation_prompt`, `chat_template_kwargs` (e.g. `enable_thinking`) and tools.
+//! `add_generation_prompt`, `chat_template_kwargs` (e.g. `enable_thinking`) and tools
+//! (as `tool_choice` asks: `tool_choice.rs`).
 
 use super::errors::{ApiError, ApiResult};
 use super::validate::{self as v};
+use super::tool_choice::{self, ToolPlan};
 use super::AppState;
 use serde_json::{Map, Value};
 
@@ -67,15 +69,18 @@ fn normalise(messages: &Value) -> ApiResult<Value> {
     Ok(Value::Array(out))
 }
 
-/// Renders the chat and tokenizes it: (ids, rendered text).
-pub fn prompt_ids(state: &AppState, obj: &Map<String, Value>) -> ApiResult<(Vec<u32>, String)> {
+/// A rendered chat prompt.
+pub struct ChatPrompt {
+    pub ids: Vec<u32>,
+    /// The rendered template.
+    pub text: String,
+    pub tools: ToolPlan,
+}
+
+/// Renders the chat and tokenizes it.
+pub fn prompt_ids(state: &AppState, obj: &Map<String, Value>) -> ApiResult<ChatPrompt> {
     let messages = normalise(obj.get("messages").unwrap_or(&Value::Null))?;
-    let tools = v::field(obj, "tools");
-    if let Some(t) = tools {
-        if !t.is_array() {
-            return Err(ApiError::bad("tools", format!("`tools` must be a list, got {}", v::show(t))));
-        }
-    }
+    let tools = tool_choice::plan(obj, state.cfg.tool_call_parser.is_some())?;
     let mut kwargs = match v::field(obj, "chat_template_kwargs") {
         None => Map::new(),
         Some(Value::Object(m)) => m.clone(),
@@ -87,8 +92,8 @@ pub fn prompt_ids(state: &AppState, obj: &Map<String, Value>) -> ApiResult<(Vec<
     }
     let text = state
         .codec
-        .render_chat(&messages, tools, &kwargs)
+        .render_chat(&messages, tools.render.as_ref(), &kwargs)
         .map_err(|e| ApiError::bad("messages", format!("the chat template failed on these messages: {e:#}")))?;
     let ids = state.codec.encode(&text, false).map_err(|e| ApiError::bad("messages", format!("could not tokenize the rendered chat: {e}")))?;
-    Ok((ids, text))
+    Ok(ChatPrompt { ids, text, tools })
 }

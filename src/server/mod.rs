@@ -6,11 +6,13 @@
 //! `exec.rs` (submit/collect), `conn.rs` (disconnect probe), `sse.rs`, `native.rs` (`/generate`), `openai.rs`
 //! (`/v1/completions`, `/v1/chat/completions`), `chat.rs` (chat request -> prompt),
 //! `admin.rs` (health, info, abort, flush, tokenize), `metrics.rs` (Prometheus),
-//! `reasoning.rs` (`--reasoning-parser`).
+//! `reasoning.rs` (`--reasoning-parser`), `tool_choice.rs` + `tool_calls.rs` (`tools`,
+//! `--tool-call-parser`), `constraint.rs` (structured output).
 
 mod admin;
 mod chat;
 mod conn;
+mod constraint;
 pub mod errors;
 mod exec;
 mod metrics;
@@ -18,9 +20,12 @@ mod native;
 mod openai;
 mod reasoning;
 mod sse;
+mod tool_calls;
+mod tool_choice;
 pub mod validate;
 
 pub use reasoning::PARSERS as REASONING_PARSERS;
+pub use tool_calls::PARSERS as TOOL_CALL_PARSERS;
 pub use validate::SamplingDefaults;
 
 use crate::scheduler::{Codec, GenRequest, SchedulerHandle, StopConfig};
@@ -55,6 +60,8 @@ pub struct ServerConfig {
     pub reasoning_parser: Option<String>,
     /// `--enable-cache-report`: OpenAI usage reports `prompt_tokens_details.cached_tokens`.
     pub enable_cache_report: bool,
+    /// `--tool-call-parser` (`qwen3_coder`, the default): parse tool calls in chat output.
+    pub tool_call_parser: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +78,7 @@ impl Default for ServerConfig {
             server_args: Map::new(),
             reasoning_parser: None,
             enable_cache_report: false,
+            tool_call_parser: Some("qwen3_coder".into()),
         }
     }
 }
@@ -85,6 +93,8 @@ pub struct AppState {
     pub created: u64,
     pub started: Instant,
     pub http: metrics::HttpCounters,
+    /// The grammar engine for structured output, built on first use (`constraint.rs`).
+    grammar: std::sync::OnceLock<Result<Arc<crate::sampling::grammar::GrammarEngine>, String>>,
 }
 
 pub type State = web::Data<AppState>;
@@ -104,6 +114,7 @@ impl AppState {
             created: unix_now() as u64,
             started: Instant::now(),
             http: metrics::HttpCounters::default(),
+            grammar: std::sync::OnceLock::new(),
         })
     }
     pub fn context_len(&self) -> usize {

@@ -131,7 +131,8 @@ fn parse(state: &AppState, obj: &Map<String, Value>) -> ApiResult<Plan> {
             Some(Value::Object(m)) => m,
             Some(x) => return Err(ApiError::bad(&sp_path, format!("`{sp_path}` must be an object, got {}", v::show(x)))),
         };
-        let parsed = v::parse_sampling(sp_obj, &NATIVE, &ctx, MaxNew::Default(128))?;
+        let mut parsed = v::parse_sampling(sp_obj, &NATIVE, &ctx, MaxNew::Default(128))?;
+        super::constraint::apply(state, sp_obj, &format!("{sp_path}."), false, &mut parsed.sampling)?;
         let pp = if batch { format!("{prompt_param}[{i}]") } else { prompt_param.to_string() };
         let max_new = v::resolve_max_new(prompt.len(), context, parsed.max_new, &pp, "sampling_params.max_new_tokens")?;
         let enabled = ret_lp[i].map(|x| v::as_bool("return_logprob", x)).transpose()?.unwrap_or(false);

@@ -4,7 +4,9 @@
 use super::errors::{ApiError, ApiResult};
 use super::exec::{self, Acc};
 use super::validate::{self as v, MaxNew, Parsed, OPENAI};
-use super::{chat, conn, reasoning, sse, unix_now, AppState, State};
+use super::tool_calls::{self, ToolCall, ToolCallParser, ToolEvent, ToolSet};
+use super::{chat, conn, constraint, reasoning, sse, unix_now, AppState, State};
+use crate::sampling::grammar::GrammarSpec;
 use crate::scheduler::{Codec, FinishReason, GenRequest, LogprobConfig, Output, TokenLogprob};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::stream::{self, StreamExt};
@@ -36,6 +38,15 @@ struct Meta {
     reasoning: Option<bool>,
     /// `--enable-cache-report`: usage carries `prompt_tokens_details.cached_tokens`.
     cache_report: bool,
+    /// Chat with tools and a tool-call parser: the tools to parse the output against.
+    tools: Option<ToolSet>,
+}
+
+/// What only chat requests carry into `run`.
+#[derive(Default)]
+struct ChatExtras {
+    reasoning: Option<bool>,
+    tools: Option<ToolSet>,
 }
 
 pub async fn completions(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
@@ -67,22 +78,28 @@ pub async fn completions(state: State, req: HttpRequest, body: web::Payload) -> 
     } else {
         vec![]
     };
-    run(state, &req, &obj, Kind::Completion, prompts, parsed, logprobs, echo_texts, None).await
+    run(state, &req, &obj, Kind::Completion, prompts, parsed, logprobs, echo_texts, ChatExtras::default()).await
 }
 
 pub async fn chat_completions(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     v::require_json_content_type(&req)?;
     let mut obj = v::read_json(&req, body, state.cfg.max_body_bytes).await?;
-    let (prompt, prompt_text) = chat::prompt_ids(&state, &obj)?;
+    let prompt = chat::prompt_ids(&state, &obj)?;
     let separate = v::field(&obj, "separate_reasoning").map(|x| v::as_bool("separate_reasoning", x)).transpose()?.unwrap_or(true);
-    let reasoning = (state.cfg.reasoning_parser.is_some() && separate).then(|| reasoning::forced(&prompt_text));
+    let reasoning = (state.cfg.reasoning_parser.is_some() && separate).then(|| reasoning::forced(&prompt.text));
+    let call_grammar = prompt.tools.call_grammar(reasoning::forced(&prompt.text));
+    let extras = ChatExtras { reasoning, tools: prompt.tools.parse };
     // max_completion_tokens wins over max_tokens; both default to "up to the context".
     if let Some(m) = v::field(&obj, "max_completion_tokens").cloned() {
         obj.insert("max_tokens".into(), m);
     }
     let defaults = state.cfg.chat_defaults.clone();
     let ctx = v::Ctx { vocab: state.vocab(), defaults: &defaults };
-    let parsed = v::parse_sampling(&obj, &OPENAI, &ctx, MaxNew::Unlimited)?;
+    let mut parsed = v::parse_sampling(&obj, &OPENAI, &ctx, MaxNew::Unlimited)?;
+    // tool_choice required / named: decoding is constrained to calls (tool_choice.rs)
+    if let Some(g) = call_grammar {
+        parsed.sampling.grammar = Some(constraint::compile(&state, "tool_choice", &GrammarSpec::Lark(g))?);
+    }
     let want_lp = v::field(&obj, "logprobs").map(|x| v::as_bool("logprobs", x)).transpose()?.unwrap_or(false);
     let top = match v::field(&obj, "top_logprobs") {
         None => 0,
@@ -95,7 +112,7 @@ pub async fn chat_completions(state: State, req: HttpRequest, body: web::Payload
             k as usize
         }
     };
-    run(state, &req, &obj, Kind::Chat, vec![prompt], parsed, want_lp.then_some(top), vec![], reasoning).await
+    run(state, &req, &obj, Kind::Chat, vec![prompt.ids], parsed, want_lp.then_some(top), vec![], extras).await
 }
 
 fn completion_prompts(state: &AppState, obj: &Map<String, Value>) -> ApiResult<Vec<Vec<u32>>> {
@@ -137,20 +154,15 @@ async fn run(
     obj: &Map<String, Value>,
     kind: Kind,
     prompts: Vec<Vec<u32>>,
-    parsed: Parsed,
+    mut parsed: Parsed,
     logprobs: Option<usize>,
     echo: Vec<String>,
-    reasoning: Option<bool>,
+    extras: ChatExtras,
 ) -> Result<HttpResponse, ApiError> {
     if let MaxNew::Explicit(0) = parsed.max_new {
         return Err(ApiError::bad("max_tokens", "`max_tokens` = 0 is out of range: must be >= 1"));
     }
-    if let Some(rf) = v::field(obj, "response_format") {
-        let ty = rf.get("type").and_then(Value::as_str).unwrap_or("");
-        if ty != "text" {
-            return Err(ApiError::bad("response_format", format!("`response_format.type` = {ty:?} is not supported (no constrained decoding; use \"text\")")));
-        }
-    }
+    constraint::apply(&state, obj, "", true, &mut parsed.sampling)?;
     let stream = v::field(obj, "stream").map(|x| v::as_bool("stream", x)).transpose()?.unwrap_or(false);
     let (mut include_usage, mut continuous_usage) = (false, false);
     if let Some(so) = v::field(obj, "stream_options") {
@@ -200,8 +212,9 @@ async fn run(
         prompt_tokens,
         include_usage,
         continuous_usage,
-        reasoning,
+        reasoning: extras.reasoning,
         cache_report: state.cfg.enable_cache_report,
+        tools: extras.tools,
     });
     let items = exec::submit_all(&state, reqs)?;
     let codec = state.codec.clone();
@@ -230,6 +243,24 @@ fn matched_stop(f: &Option<FinishReason>) -> Value {
 
 fn finish_kind(f: &Option<FinishReason>) -> Value {
     f.as_ref().map_or(Value::Null, |f| json!(f.kind()))
+}
+
+/// A chat choice that stopped after making tool calls finishes with "tool_calls" (as
+/// OpenAI and SGLang); one cut off by `max_tokens` stays "length".
+fn chat_finish_kind(f: &Option<FinishReason>, made_calls: bool) -> Value {
+    match f {
+        Some(FinishReason::StopToken(_) | FinishReason::StopString(_)) if made_calls => json!("tool_calls"),
+        _ => finish_kind(f),
+    }
+}
+
+fn call_id() -> String {
+    format!("call_{}", &uuid::Uuid::new_v4().simple().to_string()[..24])
+}
+
+/// `message.tool_calls[i]` of a non-streaming response.
+fn tool_call_json(c: &ToolCall) -> Value {
+    json!({"id": call_id(), "type": "function", "function": {"name": c.name, "arguments": c.arguments_json()}})
 }
 
 fn token_str(codec: &dyn Codec, id: u32) -> String {
@@ -282,10 +313,16 @@ fn full_response(meta: &Meta, accs: &[Acc], codec: &dyn Codec) -> Value {
                         Some(force) => reasoning::split(&a.text, force),
                         None => (None, a.text.clone()),
                     };
+                    let (c, calls) = match &meta.tools {
+                        Some(tools) => tool_calls::parse_complete(&c, tools),
+                        None => (c, vec![]),
+                    };
                     let content = if c.is_empty() { Value::Null } else { json!(c) };
+                    let tool_calls = if calls.is_empty() { Value::Null } else { calls.iter().map(tool_call_json).collect() };
                     json!({"index": k,
-                           "message": {"role": "assistant", "content": content, "reasoning_content": r, "tool_calls": Value::Null},
-                           "logprobs": lp, "finish_reason": finish_kind(&a.finish), "matched_stop": matched_stop(&a.finish)})
+                           "message": {"role": "assistant", "content": content, "reasoning_content": r, "tool_calls": tool_calls},
+                           "logprobs": lp, "finish_reason": chat_finish_kind(&a.finish, !calls.is_empty()),
+                           "matched_stop": matched_stop(&a.finish)})
                 }
             }
         })
@@ -303,6 +340,9 @@ struct ChoiceState {
     completion: usize,
     prompt: usize,
     reason: Option<reasoning::Stream>,
+    /// Chat with tools: the tool-call parser and how many calls it has streamed.
+    tools: Option<ToolCallParser>,
+    calls_sent: usize,
 }
 
 fn chunk(meta: &Meta, choices: Vec<Value>, usage: Value) -> Value {
@@ -316,6 +356,19 @@ fn delta(role: Option<&str>, content: Option<&str>) -> Value {
 
 fn reasoning_delta(text: &str) -> Value {
     json!({"role": Value::Null, "content": Value::Null, "reasoning_content": text, "tool_calls": Value::Null})
+}
+
+/// Streamed deltas of one tool call, OpenAI style: the id and name first (empty
+/// arguments), then the arguments in fragments (one per parameter, see
+/// `ToolCall::argument_fragments`).
+fn tool_call_deltas(call: &ToolCall, index: usize) -> Vec<Value> {
+    let item = |id: Value, ty: Value, name: Value, args: &str| {
+        json!({"role": Value::Null, "content": Value::Null, "reasoning_content": Value::Null,
+               "tool_calls": [{"index": index, "id": id, "type": ty, "function": {"name": name, "arguments": args}}]})
+    };
+    let mut out = vec![item(json!(call_id()), json!("function"), json!(call.name), "")];
+    out.extend(call.argument_fragments().iter().map(|f| item(Value::Null, Value::Null, Value::Null, f)));
+    out
 }
 
 /// Events for one output of one choice.
@@ -382,11 +435,35 @@ fn choice_events(meta: &Meta, st: &mut ChoiceState, o: &Output, codec: &dyn Code
                     usage_now.clone(),
                 ));
             }
-            if !text.is_empty() {
-                let lp = take_lp(st);
+            // with tools, the text goes through the tool-call parser: content deltas for
+            // plain text, tool_calls deltas for each call
+            let deltas: Vec<Value> = match st.tools.as_mut() {
+                None if text.is_empty() => vec![],
+                None => vec![delta(None, Some(&text))],
+                Some(p) => {
+                    let mut events = p.push(&text);
+                    if o.finish.is_some() {
+                        events.extend(p.finish());
+                    }
+                    let mut out = vec![];
+                    for e in events {
+                        match e {
+                            ToolEvent::Text(t) => out.push(delta(None, Some(&t))),
+                            ToolEvent::Call(c) => {
+                                out.extend(tool_call_deltas(&c, st.calls_sent));
+                                st.calls_sent += 1;
+                            }
+                        }
+                    }
+                    out
+                }
+            };
+            for (i, d) in deltas.into_iter().enumerate() {
+                // the output's logprobs go with its first delta
+                let lp = if i == 0 { take_lp(st) } else { Value::Null };
                 evs.push(chunk(
                     meta,
-                    vec![json!({"index": st.index, "delta": delta(None, Some(&text)), "logprobs": lp,
+                    vec![json!({"index": st.index, "delta": d, "logprobs": lp,
                                 "finish_reason": Value::Null, "matched_stop": Value::Null})],
                     usage_now.clone(),
                 ));
@@ -396,7 +473,7 @@ fn choice_events(meta: &Meta, st: &mut ChoiceState, o: &Output, codec: &dyn Code
                 evs.push(chunk(
                     meta,
                     vec![json!({"index": st.index, "delta": delta(None, None), "logprobs": lp,
-                                "finish_reason": finish_kind(&o.finish), "matched_stop": matched_stop(&o.finish)})],
+                                "finish_reason": chat_finish_kind(&o.finish, st.calls_sent > 0), "matched_stop": matched_stop(&o.finish)})],
                     usage_now,
                 ));
             }
@@ -419,7 +496,8 @@ fn stream_response(
     let streams = items.into_iter().enumerate().map(|(k, (t, acc))| {
         let (meta, codec, completion, cached) = (meta.clone(), codec.clone(), completion.clone(), cached.clone());
         let reason = meta.reasoning.map(reasoning::Stream::new);
-        let st = ChoiceState { index: k, started: false, pending_lp: vec![], completion: 0, prompt: acc.prompt_tokens, reason };
+        let tools = meta.tools.clone().map(ToolCallParser::new);
+        let st = ChoiceState { index: k, started: false, pending_lp: vec![], completion: 0, prompt: acc.prompt_tokens, reason, tools, calls_sent: 0 };
         exec::outputs(t)
             .scan(st, move |st, o| {
                 *completion.lock().unwrap() += o.ids.len();

@@ -275,9 +275,10 @@ pub fn parse_sampling(obj: &Map<String, Value>, names: &Names, ctx: &Ctx<'_>, de
             sp.logit_bias.push((id as u32, b as f32));
         }
     }
-    for canon in ["stop_regex", "json_schema", "regex", "ebnf", "structural_tag"] {
+    // json_schema / regex / ebnf are read by `constraint.rs`
+    for canon in ["stop_regex", "structural_tag"] {
         if let Some((_, p)) = get(canon) {
-            return Err(ApiError::bad(&p, format!("`{p}` is not supported by this server (no constrained decoding)")));
+            return Err(ApiError::bad(&p, format!("`{p}` is not supported by this server")));
         }
     }
 

@@ -168,6 +168,15 @@ impl Tokenizer {
         Ok(Self { inner: Arc::new(Inner { hf, eos_token_ids, chat_template, vocab_size }) })
     }
 
+    /// What each token id writes, as bytes (special tokens prefixed with 0xFF, unused ids
+    /// empty), read from the tokenizer.json model by llguidance (for structured output).
+    pub fn token_bytes(&self) -> Result<Vec<Vec<u8>>> {
+        let json: Json = serde_json::from_str(&self.inner.hf.to_string(false).map_err(|e| anyhow!("{e}"))?)?;
+        let mut bytes = llguidance::token_bytes_from_tokenizer_json(&json)?;
+        bytes.resize(bytes.len().max(self.inner.vocab_size), vec![]);
+        Ok(bytes)
+    }
+
     /// Token ids of `text`. Literal spellings of added tokens (`<|im_start|>`, `<think>`)
     /// become their ids, as in HF. Qwen adds no BOS/EOS, so `add_special_tokens` changes
     /// nothing for it (kept for tokenizers that do).

@@ -1,10 +1,11 @@
 //! Python behaviour that Hugging Face chat templates rely on, for minijinja.
 //!
 //! HF renders templates with Python's jinja2, so values print the Python way (`True`,
-//! `None`, `1e+16`), `tojson` is `json.dumps(ensure_ascii=False)` with `", "` / `": "`
-//! separators, and templates call Python `str` / `dict` methods (`.startswith`, `.split`,
-//! `.items()`, ...). This file provides those pieces; `chat.rs` wires them into the
-//! environment.
+//! `None`, `1e+16`) and templates call Python `str` / `dict` methods (`.startswith`,
+//! `.split`, `.items()`, ...). The methods come from `minijinja-contrib`'s `pycompat`;
+//! this file keeps only what that library does differently from Python (listed on
+//! [`unknown_method`]) and the value printing (`str()`, `repr()`) minijinja has no switch
+//! for. `tojson` is in `pyjson.rs`; `chat.rs` wires everything into the environment.
 
 use minijinja::value::ValueKind;
 use minijinja::{Error, ErrorKind, State, Value};
@@ -169,196 +170,62 @@ fn py_strip(s: &str, chars: Option<&str>, left: bool, right: bool) -> String {
 
 // ---------------------------------------------------------------- methods
 
-fn arg_str(args: &[Value], i: usize, method: &str) -> Result<Option<String>, Error> {
-    match args.get(i) {
-        None => Ok(None),
-        Some(v) if v.is_none() || v.is_undefined() => Ok(None),
-        Some(v) if v.kind() == ValueKind::String => Ok(Some(v.as_str().unwrap_or_default().into())),
-        Some(v) => Err(invalid(format!("{method}() argument must be str or None, not {}", v.kind()))),
-    }
+/// Python's rule for `str.islower()` / `str.isupper()`: at least one cased character and
+/// none of the other case (digits and punctuation don't count).
+fn py_is_case(s: &str, lower: bool) -> bool {
+    let (lowers, uppers) = (s.chars().any(char::is_lowercase), s.chars().any(char::is_uppercase));
+    if lower { lowers && !uppers } else { uppers && !lowers }
 }
 
-fn arg_int(args: &[Value], i: usize, default: i64) -> Result<i64, Error> {
-    match args.get(i) {
-        None => Ok(default),
-        Some(v) if v.is_none() => Ok(default),
-        Some(v) => v.as_i64().ok_or_else(|| invalid("expected an integer argument")),
+/// minijinja's unknown-method callback: Python `str` / `dict` / `list` methods from
+/// `minijinja_contrib::pycompat`, except where that library differs from Python (and so
+/// from HF's jinja2):
+/// - `strip` / `lstrip` / `rstrip` without characters: Python strips `str.isspace()`
+///   characters, which include U+001C..U+001F that Rust's `trim` keeps;
+/// - `find` / `rfind`: Python counts characters, the library returns byte offsets;
+/// - `join`: Python refuses non-`str` items, the library prints them the Rust way
+///   (`true` where Python would have raised or printed `True`);
+/// - `is*` predicates: Python answers False on an empty string (the library: True), and
+///   `islower` / `isupper` ignore uncased characters.
+pub fn unknown_method(state: &State, value: &Value, method: &str, args: &[Value]) -> Result<Value, Error> {
+    if let Some(s) = value.as_str() {
+        let no_chars = args.first().is_none_or(|a| a.is_none() || a.is_undefined());
+        match method {
+            "strip" | "lstrip" | "rstrip" if args.len() <= 1 && no_chars => {
+                return Ok(Value::from(py_strip(s, None, method != "rstrip", method != "lstrip")));
+            }
+            "find" | "rfind" if args.len() == 1 && args[0].kind() == ValueKind::String => {
+                let sub = args[0].as_str().unwrap_or_default();
+                let pos = if method == "find" { s.find(sub) } else { s.rfind(sub) };
+                return Ok(Value::from(pos.map_or(-1, |b| s[..b].chars().count() as i64)));
+            }
+            "join" if args.len() == 1 => {
+                let mut parts = Vec::new();
+                for (i, item) in args[0].try_iter()?.enumerate() {
+                    let text = item.as_str().ok_or_else(|| {
+                        invalid(format!("sequence item {i}: expected str instance, {} found", item.kind()))
+                    })?;
+                    parts.push(text.to_string());
+                }
+                return Ok(Value::from(parts.join(s)));
+            }
+            "isspace" | "isdigit" | "isnumeric" | "isalpha" | "isalnum" | "islower" | "isupper" if args.is_empty() => {
+                return Ok(Value::from(match method {
+                    "isspace" => !s.is_empty() && s.chars().all(py_isspace),
+                    "islower" | "isupper" => py_is_case(s, method == "islower"),
+                    _ => !s.is_empty() && minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)?.is_true(),
+                }));
+            }
+            _ => {}
+        }
     }
-}
-
-/// Python `str.split` / `str.rsplit`.
-fn py_split(s: &str, sep: Option<&str>, maxsplit: i64, from_right: bool) -> Result<Vec<String>, Error> {
-    let max = if maxsplit < 0 { usize::MAX } else { maxsplit as usize };
-    match sep {
-        Some("") => Err(invalid("empty separator")),
-        Some(sep) => Ok(if from_right {
-            let mut v: Vec<String> = s.rsplitn(max.saturating_add(1), sep).map(String::from).collect();
-            v.reverse();
-            v
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args).map_err(|e| {
+        if e.kind() == ErrorKind::UnknownMethod {
+            Error::new(ErrorKind::UnknownMethod, format!("{} has no method named {method}", value.kind()))
         } else {
-            s.splitn(max.saturating_add(1), sep).map(String::from).collect()
-        }),
-        None => {
-            // whitespace runs; leading/trailing whitespace ignored; the unsplit remainder
-            // keeps its inner whitespace
-            let mut parts = Vec::new();
-            let mut rest = if from_right { s.trim_end_matches(py_isspace) } else { s.trim_start_matches(py_isspace) };
-            while !rest.is_empty() {
-                if parts.len() == max {
-                    let r = if from_right { rest.trim_end_matches(py_isspace) } else { rest.trim_start_matches(py_isspace) };
-                    parts.push(r.to_string());
-                    break;
-                }
-                if from_right {
-                    let start = rest.rfind(py_isspace).map(|i| i + rest[i..].chars().next().unwrap().len_utf8()).unwrap_or(0);
-                    parts.push(rest[start..].to_string());
-                    rest = rest[..start].trim_end_matches(py_isspace);
-                } else {
-                    let end = rest.find(py_isspace).unwrap_or(rest.len());
-                    parts.push(rest[..end].to_string());
-                    rest = rest[end..].trim_start_matches(py_isspace);
-                }
-            }
-            if from_right {
-                parts.reverse();
-            }
-            Ok(parts)
+            e
         }
-    }
-}
-
-fn affix_match(s: &str, arg: &Value, start: bool) -> Result<bool, Error> {
-    let test = |p: &str| if start { s.starts_with(p) } else { s.ends_with(p) };
-    match arg.kind() {
-        ValueKind::String => Ok(test(arg.as_str().unwrap_or_default())),
-        ValueKind::Seq => {
-            for p in arg.try_iter()? {
-                match p.as_str() {
-                    Some(p) if p.is_empty() || test(p) => return Ok(true),
-                    Some(_) => {}
-                    None => return Err(invalid("tuple for startswith/endswith must only contain str")),
-                }
-            }
-            Ok(false)
-        }
-        other => Err(invalid(format!("startswith/endswith first arg must be str or a tuple of str, not {other}"))),
-    }
-}
-
-fn char_slice(s: &str, start: i64, end: Option<i64>) -> &str {
-    let n = s.chars().count() as i64;
-    let norm = |i: i64| if i < 0 { (n + i).max(0) } else { i.min(n) } as usize;
-    let (a, b) = (norm(start), norm(end.unwrap_or(n)));
-    if a >= b {
-        return "";
-    }
-    let byte = |ci: usize| s.char_indices().nth(ci).map(|(i, _)| i).unwrap_or(s.len());
-    &s[byte(a)..byte(b)]
-}
-
-fn string_method(s: &str, method: &str, args: &[Value]) -> Result<Value, Error> {
-    let strs = |v: Vec<String>| Value::from(v.into_iter().map(Value::from).collect::<Vec<_>>());
-    Ok(match method {
-        "startswith" | "endswith" => {
-            let arg = args.first().ok_or_else(|| invalid(format!("{method}() takes at least 1 argument")))?;
-            let start = arg_int(args, 1, 0)?;
-            let end = args.get(2).and_then(|v| v.as_i64());
-            Value::from(affix_match(char_slice(s, start, end), arg, method == "startswith")?)
-        }
-        "split" | "rsplit" => {
-            let sep = arg_str(args, 0, method)?;
-            let parts = py_split(s, sep.as_deref(), arg_int(args, 1, -1)?, method == "rsplit")?;
-            strs(parts)
-        }
-        "strip" | "lstrip" | "rstrip" => {
-            let chars = arg_str(args, 0, method)?;
-            Value::from(py_strip(s, chars.as_deref(), method != "rstrip", method != "lstrip"))
-        }
-        "upper" => Value::from(s.to_uppercase()),
-        "lower" => Value::from(s.to_lowercase()),
-        "capitalize" => {
-            let mut c = s.chars();
-            Value::from(match c.next() {
-                Some(f) => f.to_uppercase().collect::<String>() + &c.as_str().to_lowercase(),
-                None => String::new(),
-            })
-        }
-        "title" => {
-            let mut out = String::with_capacity(s.len());
-            let mut prev_cased = false;
-            for ch in s.chars() {
-                if prev_cased { out.extend(ch.to_lowercase()) } else { out.extend(ch.to_uppercase()) }
-                prev_cased = ch.is_alphabetic();
-            }
-            Value::from(out)
-        }
-        "replace" => {
-            let old = arg_str(args, 0, method)?.unwrap_or_default();
-            let new = arg_str(args, 1, method)?.unwrap_or_default();
-            let count = arg_int(args, 2, -1)?;
-            Value::from(if count < 0 { s.replace(&old, &new) } else { s.replacen(&old, &new, count as usize) })
-        }
-        "find" | "rfind" | "index" | "rindex" | "count" => {
-            let sub = arg_str(args, 0, method)?.unwrap_or_default();
-            if method == "count" {
-                return Ok(Value::from(if sub.is_empty() { s.chars().count() + 1 } else { s.matches(sub.as_str()).count() }));
-            }
-            let pos = if method.starts_with('r') { s.rfind(sub.as_str()) } else { s.find(sub.as_str()) };
-            match pos {
-                Some(b) => Value::from(s[..b].chars().count() as i64),
-                None if method.ends_with("find") => Value::from(-1),
-                None => return Err(invalid("substring not found")),
-            }
-        }
-        "join" => {
-            let items = args.first().ok_or_else(|| invalid("join() takes exactly one argument"))?;
-            let parts: Vec<String> = items.try_iter()?.map(|v| py_str(&v)).collect();
-            Value::from(parts.join(s))
-        }
-        "splitlines" => strs(s.lines().map(String::from).collect()),
-        "isspace" => Value::from(!s.is_empty() && s.chars().all(py_isspace)),
-        "isdigit" | "isnumeric" | "isdecimal" => Value::from(!s.is_empty() && s.chars().all(|c| c.is_numeric())),
-        "isalpha" => Value::from(!s.is_empty() && s.chars().all(char::is_alphabetic)),
-        "isalnum" => Value::from(!s.is_empty() && s.chars().all(char::is_alphanumeric)),
-        "islower" => Value::from(s.chars().any(char::is_lowercase) && !s.chars().any(char::is_uppercase)),
-        "isupper" => Value::from(s.chars().any(char::is_uppercase) && !s.chars().any(char::is_lowercase)),
-        _ => return Err(Error::new(ErrorKind::UnknownMethod, format!("str has no method named {method}"))),
     })
-}
-
-fn map_method(map: &Value, method: &str, args: &[Value]) -> Result<Value, Error> {
-    let keys: Vec<Value> = map.try_iter()?.collect();
-    Ok(match method {
-        "items" => Value::from(
-            keys.into_iter()
-                .map(|k| {
-                    let v = map.get_item(&k).unwrap_or_default();
-                    Value::from(vec![k, v])
-                })
-                .collect::<Vec<_>>(),
-        ),
-        "keys" => Value::from(keys),
-        "values" => Value::from(keys.iter().map(|k| map.get_item(k).unwrap_or_default()).collect::<Vec<_>>()),
-        "get" => {
-            let key = args.first().ok_or_else(|| invalid("get() takes at least 1 argument"))?;
-            let v = map.get_item(key)?;
-            if v.is_undefined() {
-                args.get(1).cloned().unwrap_or(Value::from(()))
-            } else {
-                v
-            }
-        }
-        _ => return Err(Error::new(ErrorKind::UnknownMethod, format!("dict has no method named {method}"))),
-    })
-}
-
-/// minijinja's unknown-method callback: Python `str` and `dict` methods.
-pub fn unknown_method(_state: &State, value: &Value, method: &str, args: &[Value]) -> Result<Value, Error> {
-    match value.kind() {
-        ValueKind::String => string_method(value.as_str().unwrap_or_default(), method, args),
-        ValueKind::Map => map_method(value, method, args),
-        kind => Err(Error::new(ErrorKind::UnknownMethod, format!("{kind} has no method named {method}"))),
-    }
 }
 
 #[cfg(test)]
@@ -374,17 +241,5 @@ mod tests {
         ] {
             assert_eq!(py_float_repr(f), s, "{f}");
         }
-    }
-
-    #[test]
-    fn split_matches_python() {
-        let sp = |s, sep, m, r| py_split(s, sep, m, r).unwrap();
-        assert_eq!(sp("a</think>b</think>c", Some("</think>"), -1, false), ["a", "b", "c"]);
-        assert_eq!(sp("a,b,c", Some(","), 1, true), ["a,b", "c"]);
-        assert_eq!(sp("  a b  c ", None, -1, false), ["a", "b", "c"]);
-        assert_eq!(sp("  a b  c ", None, 1, false), ["a", "b  c "]);
-        assert_eq!(sp("  a b  c ", None, 1, true), ["  a b", "c"]);
-        assert_eq!(sp("", None, -1, false), Vec::<String>::new());
-        assert_eq!(sp("", Some(","), -1, false), [""]);
     }
 }

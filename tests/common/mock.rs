@@ -227,6 +227,11 @@ impl Codec for ByteCodec {
     fn eos_token_ids(&self) -> Vec<u32> {
         vec![EOS]
     }
+    fn token_bytes(&self) -> Option<Vec<Vec<u8>>> {
+        let mut bytes: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        bytes.push(b"\xff<eos>".to_vec());
+        Some(bytes)
+    }
     fn render_chat(&self, messages: &Value, _tools: Option<&Value>, kwargs: &Map<String, Value>) -> Result<String> {
         let mut s = String::new();
         for m in messages.as_array().into_iter().flatten() {

@@ -48,6 +48,19 @@ impl TestServer {
         (Self::start(Box::new(b), Arc::new(ByteCodec), sched, cfg), st)
     }
 
+    /// A server over the CPU backend with the demo model and the bundled tokenizer
+    /// (EOS: the demo config's and the tokenizer's).
+    pub fn demo(c: Capacity) -> Self {
+        let (cfg, w) = kiln::demo::demo_weights();
+        let backend = kiln::backend::cpu::CpuBackend::new(cfg, w, c).unwrap();
+        let tok = kiln::tokenizer::Tokenizer::bundled().unwrap();
+        let mut eos: Vec<u32> = kiln::demo::demo_config().eos_token_ids.iter().chain(tok.eos_token_ids()).copied().collect();
+        eos.sort_unstable();
+        eos.dedup();
+        let sched = SchedulerConfig { eos_token_ids: eos, ..Default::default() };
+        Self::start(Box::new(backend), Arc::new(tok), sched, ServerConfig::default())
+    }
+
     pub fn mock_default() -> (Self, Arc<MockStats>) {
         Self::mock(cap(8, 256, 16, 512), SchedulerConfig::default(), ServerConfig::default())
     }
