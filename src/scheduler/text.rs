@@ -44,12 +44,13 @@ pub struct StopStrings {
     stops: Vec<String>,
     keep_stop: bool,
     held: String,
+    work: u64,
 }
 
 impl StopStrings {
     pub fn new(stops: Vec<String>, no_stop_trim: bool) -> Self {
         let stops = stops.into_iter().filter(|s| !s.is_empty()).collect();
-        StopStrings { stops, keep_stop: no_stop_trim, held: String::new() }
+        StopStrings { stops, keep_stop: no_stop_trim, held: String::new(), work: 0 }
     }
 
     pub fn push(&mut self, delta: &str) -> StopStep {
@@ -60,6 +61,7 @@ impl StopStrings {
         // Earliest match wins; among matches at the same place, the first listed.
         let mut best: Option<(usize, usize)> = None;
         for (i, s) in self.stops.iter().enumerate() {
+            self.work += (self.held.len() + s.len()) as u64;
             if let Some(p) = self.held.find(s.as_str()) {
                 if best.is_none_or(|(bp, _)| p < bp) {
                     best = Some((p, i));
@@ -77,6 +79,7 @@ impl StopStrings {
         let mut hold = 0;
         for s in &self.stops {
             for (k, _) in s.char_indices().skip(1) {
+                self.work += 1;
                 if k > hold && self.held.ends_with(&s[..k]) {
                     hold = k;
                 }
@@ -86,6 +89,11 @@ impl StopStrings {
         let emit = self.held[..cut].to_string();
         self.held.drain(..cut);
         StopStep::Emit(emit)
+    }
+
+    /// Bytes examined so far (a cost measure independent of the machine's load).
+    pub fn work(&self) -> u64 {
+        self.work
     }
 
     /// Releases held text (the request ended for another reason).
@@ -128,6 +136,32 @@ mod tests {
         assert_eq!(s.push("aST"), StopStep::Emit("a".into()));
         assert_eq!(s.push("x"), StopStep::Emit("STx".into()));
         assert_eq!(s.push("é S"), StopStep::Emit("é ".into()));
+    }
+
+    /// Generated text pushed token by token (3-byte pieces) with one stop string; returns
+    /// the work per pushed byte.
+    fn work_per_byte(stop: &str, text: &str) -> f64 {
+        let mut s = StopStrings::new(vec![stop.to_string()], false);
+        let mut pushed = 0;
+        for piece in text.as_bytes().chunks(3) {
+            let piece = std::str::from_utf8(piece).unwrap();
+            pushed += piece.len();
+            assert!(matches!(s.push(piece), StopStep::Emit(_)), "no match expected");
+        }
+        s.work() as f64 / pushed as f64
+    }
+
+    #[test]
+    fn per_token_work_does_not_grow_with_the_stop_string_length() {
+        // The text never matches; the long stop shares a prefix with it over and over
+        // ("ab" repeated), the worst case for re-scanning.
+        let text = "ab".repeat(3000) + &"xyz ".repeat(1500);
+        let short = work_per_byte("abc", &text);
+        for len in [1 << 12, 1 << 16, 1 << 20] {
+            let long = "ab".repeat(len / 2) + "c";
+            let w = work_per_byte(&long, &text);
+            assert!(w <= short.max(1.0) * 4.0, "stop of {len} bytes: {w:.1} units of work per byte vs {short:.1} for a 3-byte stop");
+        }
     }
 
     #[test]

@@ -2,4 +2,5 @@
 #![allow(dead_code)]
 
 pub mod mock;
+pub mod proc;
 pub mod server;

@@ -48,6 +48,16 @@ impl TestServer {
         (Self::start(Box::new(b), Arc::new(ByteCodec), sched, cfg), st)
     }
 
+    /// A server over the CPU backend with the embedded demo model and the real tokenizer.
+    pub fn demo(slots: usize, chunk: usize, max_seq_len: usize, cfg: ServerConfig) -> Self {
+        let (model, w) = kiln::demo::demo_weights();
+        let c = Capacity { slots, block_size: 16, kv_blocks: slots * max_seq_len.div_ceil(16), max_seq_len };
+        let backend = kiln::backend::cpu::CpuBackend::new(model, w, c).unwrap();
+        let tok = kiln::tokenizer::Tokenizer::bundled().unwrap();
+        let sched = SchedulerConfig { eos_token_ids: demo_eos(&tok), chunked_prefill_size: chunk, ..Default::default() };
+        Self::start(Box::new(backend), Arc::new(tok), sched, cfg)
+    }
+
     pub fn mock_default() -> (Self, Arc<MockStats>) {
         Self::mock(cap(8, 256, 16, 512), SchedulerConfig::default(), ServerConfig::default())
     }
@@ -105,6 +115,14 @@ impl Drop for TestServer {
             let _ = t.join();
         }
     }
+}
+
+/// The demo model's EOS ids: its config's and the tokenizer's.
+pub fn demo_eos(tok: &kiln::tokenizer::Tokenizer) -> Vec<u32> {
+    let mut e: Vec<u32> = kiln::demo::demo_config().eos_token_ids.iter().chain(tok.eos_token_ids()).copied().collect();
+    e.sort_unstable();
+    e.dedup();
+    e
 }
 
 /// Splits an SSE body into event JSONs; asserts `data: ...\n\n` framing and a final [DONE].
