@@ -1,0 +1,264 @@
+//! Tokenizing untrusted text with bounded work. Two tools:
+//!
+//! * a cheap lower bound on the token count, so a text that cannot fit the context is
+//!   refused before any of it is tokenized: every token stands for at most
+//!   `max_token_bytes` bytes of the normalized text (128 for Qwen3.5: byte-level BPE, one
+//!   vocabulary character per byte; added tokens count by their spelling), and NFC
+//!   normalization shrinks UTF-8 text at most [`NFC_MAX_SHRINK`]-fold (none at all for
+//!   text that is already NFC, which a quick check tells);
+//! * encoding in pieces cut where the tokenizer's own splits surely fall, stopping as soon
+//!   as a limit is passed: memory is bounded by the piece size, time by the limit. The
+//!   cuts are proven only for Qwen's pre-tokenizer (see [`is_safe_cut`]); any other
+//!   tokenizer is encoded whole.
+
+use anyhow::{anyhow, Result};
+use serde_json::{json, Value};
+use unicode_normalization::{is_nfc_quick, IsNormalized};
+
+/// The outcome of [`TextBound::encode_within`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Bounded {
+    Ids(Vec<u32>),
+    /// More tokens than allowed: `tokens` of them at least (`exact` when counted in full).
+    TooLong { tokens: usize, exact: bool },
+}
+
+/// NFC can turn at most 3 bytes of UTF-8 into 1: the Kelvin sign (3 bytes) becomes `K`, a
+/// Hangul syllable (3 bytes) composes from three 3-byte jamo. The unit test
+/// `nfc_shrinks_utf8_at_most_threefold` checks every code point's decomposition.
+pub const NFC_MAX_SHRINK: usize = 3;
+
+/// Text per piece when encoding in pieces (the tokenizer needs a few hundred bytes of
+/// memory per byte of input).
+const PIECE_BYTES: usize = 32 << 10;
+
+/// Qwen2/2.5/3/3.5's pre-tokenizer regex (tokenizer.json `pre_tokenizer`).
+const QWEN_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Normalizer {
+    None,
+    Nfc,
+    /// Anything else: no bound is claimed.
+    Other,
+}
+
+/// What a tokenizer guarantees about token counts, worked out once from its files.
+#[derive(Clone, Debug)]
+pub(crate) struct TextBound {
+    max_token_bytes: usize,
+    normalizer: Normalizer,
+    /// Pieces cut by [`is_safe_cut`] encode exactly like the whole text.
+    piecewise: bool,
+}
+
+impl TextBound {
+    pub(crate) fn of(hf: &tokenizers::Tokenizer) -> Self {
+        let pre = hf.get_pre_tokenizer().and_then(|p| serde_json::to_value(p).ok()).unwrap_or(Value::Null);
+        let byte_level = pre.to_string().contains("\"ByteLevel\"");
+        let normalizer = match hf.get_normalizer().and_then(|n| serde_json::to_value(n).ok()) {
+            None | Some(Value::Null) => Normalizer::None,
+            Some(v) if v == json!({"type": "NFC"}) => Normalizer::Nfc,
+            Some(_) => Normalizer::Other,
+        };
+        let added = hf.get_added_tokens_decoder();
+        // A byte-level vocabulary spells each byte as one character; otherwise a token's
+        // UTF-8 spelling is at least as long as what it stands for (SentencePiece's `▁`,
+        // byte fallback's `<0x41>`).
+        let vocab_max = hf
+            .get_vocab(false)
+            .keys()
+            .map(|t| if byte_level { t.chars().count() } else { t.len() })
+            .max()
+            .unwrap_or(1);
+        let added_max = added.values().map(|t| t.content.len()).max().unwrap_or(1);
+        let qwen_pre = json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN_SPLIT}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]});
+        let piecewise = pre == qwen_pre
+            && normalizer != Normalizer::Other
+            && hf.get_truncation().is_none()
+            && hf.get_padding().is_none()
+            && hf.get_post_processor().is_none_or(|p| tokenizers::PostProcessor::added_tokens(p, false) == 0)
+            // No added token may span a cut or reach across one by stripping whitespace.
+            && added.values().all(|t| !t.lstrip && !t.rstrip && !t.content.chars().any(char::is_whitespace));
+        TextBound { max_token_bytes: vocab_max.max(added_max).max(1), normalizer, piecewise }
+    }
+
+    /// A lower bound on the number of tokens of `text`, in one linear pass (no allocation).
+    pub(crate) fn min_tokens(&self, text: &str) -> usize {
+        let normalized_bytes = match self.normalizer {
+            Normalizer::None => text.len(),
+            Normalizer::Nfc if is_nfc_quick(text.chars()) == IsNormalized::Yes => text.len(),
+            Normalizer::Nfc => text.len().div_ceil(NFC_MAX_SHRINK),
+            Normalizer::Other => return 0,
+        };
+        normalized_bytes.div_ceil(self.max_token_bytes)
+    }
+
+    /// `hf.encode_fast(text)`'s ids, or `TooLong` as soon as there are more than
+    /// `max_tokens` of them (often without tokenizing most of the text).
+    pub(crate) fn encode_within(&self, hf: &tokenizers::Tokenizer, text: &str, add_special_tokens: bool, max_tokens: usize) -> Result<Bounded> {
+        let bound = self.min_tokens(text);
+        if bound > max_tokens {
+            return Ok(Bounded::TooLong { tokens: bound, exact: false });
+        }
+        let encode = |piece: &str, special: bool| -> Result<Vec<u32>> {
+            let enc = hf.encode_fast(piece, special).map_err(|e| anyhow!("tokenizer encode failed: {e}"))?;
+            Ok(enc.get_ids().to_vec())
+        };
+        if !self.piecewise || text.len() <= PIECE_BYTES {
+            let ids = encode(text, add_special_tokens)?;
+            return Ok(if ids.len() > max_tokens { Bounded::TooLong { tokens: ids.len(), exact: true } } else { Bounded::Ids(ids) });
+        }
+        let mut ids = Vec::new();
+        let mut from = 0;
+        while from < text.len() {
+            let to = next_cut(text.as_bytes(), from + PIECE_BYTES);
+            ids.extend(encode(&text[from..to], add_special_tokens && from == 0)?);
+            if ids.len() > max_tokens {
+                return Ok(Bounded::TooLong { tokens: ids.len(), exact: to == text.len() });
+            }
+            from = to;
+        }
+        Ok(Bounded::Ids(ids))
+    }
+}
+
+/// The first safe cut at or after `at` (or the end of the text).
+fn next_cut(b: &[u8], at: usize) -> usize {
+    (at.max(1)..b.len()).find(|&i| is_safe_cut(b, i)).unwrap_or(b.len())
+}
+
+/// Whether Qwen's tokenizer surely splits between `b[i - 1]` and `b[i]`, so the text
+/// before and after encode independently:
+///
+/// * after `\n` or `\r`, before a visible ASCII character: of the pre-tokenizer's
+///   alternatives only `\s*[\r\n]+`, `\s+...` (whitespace only) and ` ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*`
+///   (newlines only at its end) can hold a newline, so no piece holds a newline followed
+///   by a non-space;
+/// * after an ASCII letter or digit, before a space: no alternative holds a letter or
+///   digit followed by a space (letters come last in theirs; the optional one-character
+///   prefix of `[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+` is never a letter or digit).
+///
+/// The regex has no look-behind, so matching after the cut starts as it would on the
+/// whole text. NFC never acts across either cut: the character after it is ASCII (a
+/// starter that composes with nothing before it). Added tokens hold no whitespace (checked
+/// in [`TextBound::of`]), so none spans a cut.
+fn is_safe_cut(b: &[u8], i: usize) -> bool {
+    let (prev, next) = (b[i - 1], b[i]);
+    (matches!(prev, b'\n' | b'\r') && next.is_ascii_graphic()) || (prev.is_ascii_alphanumeric() && next == b' ')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unicode_normalization::UnicodeNormalization;
+
+    fn qwen() -> crate::tokenizer::Tokenizer {
+        crate::tokenizer::Tokenizer::bundled().unwrap()
+    }
+
+    #[test]
+    fn qwen_bound_facts() {
+        let t = qwen();
+        let b = TextBound::of(t.hf());
+        assert_eq!(b.max_token_bytes, 128, "the longest Qwen3.5 token is 128 spaces");
+        assert_eq!(b.normalizer, Normalizer::Nfc);
+        assert!(b.piecewise);
+    }
+
+    /// Every code point `x` stands, after canonical decomposition, for code points `d`;
+    /// `widest[d]` is the longest single code point decomposing to `d` alone (the Kelvin
+    /// sign for `K`). An NFC output character `c` comes from input whose code points
+    /// decompose to exactly `c`'s decomposition, so its input is at most
+    /// `sum(widest[d] for d in nfd(c))` bytes long.
+    #[test]
+    fn nfc_shrinks_utf8_at_most_threefold() {
+        let chars = || (0..=0x10FFFFu32).filter_map(char::from_u32);
+        let mut widest = std::collections::HashMap::<char, usize>::new();
+        for x in chars() {
+            let d: Vec<char> = x.to_string().nfd().collect();
+            if d.len() == 1 {
+                let w = widest.entry(d[0]).or_insert(d[0].len_utf8());
+                *w = (*w).max(x.len_utf8());
+            }
+        }
+        let width = |d: char| widest.get(&d).copied().unwrap_or(d.len_utf8());
+        let mut worst = (0.0f64, 'a');
+        for x in chars() {
+            let d: Vec<char> = x.to_string().nfd().collect();
+            let input: usize = d.iter().map(|&c| width(c)).sum();
+            // A code point standing for several is never longer than their widest spellings.
+            assert!(x.len_utf8() <= input, "{x:?}");
+            let ratio = input as f64 / x.len_utf8() as f64;
+            if ratio > worst.0 {
+                worst = (ratio, x);
+            }
+        }
+        assert!(worst.0 <= NFC_MAX_SHRINK as f64, "U+{:04X} shrinks {}-fold", worst.1 as u32, worst.0);
+        // And the bound is met: three jamo (9 bytes) compose to one syllable (3 bytes).
+        assert_eq!("\u{1100}\u{1161}\u{11A8}".nfc().collect::<String>().len(), 3);
+    }
+
+    #[test]
+    fn min_tokens_never_exceeds_the_real_count() {
+        let t = qwen();
+        let b = TextBound::of(t.hf());
+        let spaces = " ".repeat(128 * 5);
+        let texts = [
+            "hello world", spaces.as_str(), "\u{212A}\u{212A}\u{212A}", "\u{1100}\u{1161}\u{11A8}",
+            "e\u{301}\u{301}\u{301}", "<|im_start|><|im_end|>", "中文字符，标点。", "🦀🦀🦀",
+        ];
+        for text in texts {
+            let real = t.encode(text, false).unwrap().len();
+            let big = text.repeat(1000);
+            let real_big = t.encode(&big, false).unwrap().len();
+            assert!(b.min_tokens(text) <= real, "{text:?}: bound {} > {real}", b.min_tokens(text));
+            assert!(b.min_tokens(&big) <= real_big, "{text:?} x1000: bound {} > {real_big}", b.min_tokens(&big));
+        }
+        // 640 spaces are exactly 5 tokens of 128: the bound is tight there.
+        assert_eq!(t.encode(&spaces, false).unwrap().len(), 5);
+        assert_eq!(b.min_tokens(&spaces), 5);
+    }
+
+    /// Random text over characters that stress every alternative of the regex, NFC and
+    /// added tokens, encoded in pieces, equals the text encoded whole.
+    #[test]
+    fn pieces_encode_exactly_like_the_whole_text() {
+        let t = qwen();
+        let b = TextBound::of(t.hf());
+        let atoms = [
+            "a", "Z", "9", " ", "  ", "\n", "\r\n", "\n\n", "\t", "'s", "'", "!", "?!", ".", "-", "é", "e\u{301}",
+            "\u{301}", "\u{1100}", "\u{1161}", "中", "，", "🦀", "\u{a0}", "<|im_start|>", "<think>", "\u{212A}", "x ",
+            "\n ", " \n", "ab", "The", "12", "_", "\u{3000}",
+        ];
+        let mut x = 1u64;
+        for _ in 0..40 {
+            let mut text = String::new();
+            while text.len() < 3 * PIECE_BYTES {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                text.push_str(atoms[(x >> 33) as usize % atoms.len()]);
+            }
+            let whole = t.encode(&text, true).unwrap();
+            let pieces = b.encode_within(t.hf(), &text, true, usize::MAX).unwrap();
+            assert_eq!(pieces, Bounded::Ids(whole));
+        }
+    }
+
+    #[test]
+    fn encoding_stops_soon_after_the_limit() {
+        let t = qwen();
+        let b = TextBound::of(t.hf());
+        let text = "word ".repeat(200_000);
+        match b.encode_within(t.hf(), &text, false, 1000).unwrap() {
+            Bounded::TooLong { tokens, exact } => {
+                assert!(!exact);
+                assert!(tokens > 1000 && tokens < 1000 + PIECE_BYTES, "{tokens}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Far over: refused by the bound alone.
+        assert!(matches!(b.encode_within(t.hf(), &text, false, 10).unwrap(), Bounded::TooLong { exact: false, .. }));
+    }
+}
