@@ -81,7 +81,7 @@ async fn sigterm_exits_within_the_grace_period_whatever_clients_do() {
     let mut stalled: Vec<TcpStream> = (0..3).map(|_| stalled_body(&base)).collect();
     // One request far longer than the grace period.
     let c = client();
-    let long = tokio::spawn(c.post(format!("{base}/generate")).json(&json!({"text": "Hello", "sampling_params": {"max_new_tokens": 5000, "ignore_eos": true}})).send());
+    let long = tokio::spawn(c.post(format!("{base}/generate")).json(&json!({"text": "Hello", "sampling_params": {"max_new_tokens": 8000, "ignore_eos": true}})).send());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t0 = Instant::now();
     p.sigterm();
@@ -104,11 +104,16 @@ async fn sigterm_exits_within_the_grace_period_whatever_clients_do() {
 async fn requests_queued_at_sigterm_get_503_at_once() {
     let (mut p, base) = serve(&["--shutdown-grace-secs", "6", "--max-running-requests", "1"]);
     let c = client();
-    let body = json!({"text": "Hello", "sampling_params": {"max_new_tokens": 5000, "ignore_eos": true}});
+    let body = json!({"text": "Hello", "sampling_params": {"max_new_tokens": 8000, "ignore_eos": true}});
     let running = tokio::spawn(c.post(format!("{base}/generate")).json(&body).send());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load = || async { c.get(format!("{base}/get_load")).send().await.unwrap().json::<serde_json::Value>().await.unwrap() };
+    while load().await["num_running_reqs"] != 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let queued = tokio::spawn(c.post(format!("{base}/generate")).json(&body).send());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    while load().await["num_waiting_reqs"] != 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let t0 = Instant::now();
     p.sigterm();
     let r = queued.await.unwrap().unwrap();

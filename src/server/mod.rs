@@ -4,7 +4,7 @@
 //!
 //! Files: `mod.rs` (this: state, app, start/stop, auth), `errors.rs`, `validate.rs`,
 //! `exec.rs` (submit/collect), `conn.rs` (disconnect probe), `prompt_pool.rs` (tokenizing
-//! off the HTTP workers), `sse.rs`, `native.rs` (`/generate`), `openai.rs`
+//! off the HTTP workers), `head_limit.rs` (a message for 431), `sse.rs`, `native.rs` (`/generate`), `openai.rs`
 //! (`/v1/completions`, `/v1/chat/completions`), `chat.rs` (chat request -> prompt),
 //! `admin.rs` (health, info, abort, flush, tokenize), `metrics.rs` (Prometheus),
 //! `reasoning.rs` (`--reasoning-parser`).
@@ -14,6 +14,7 @@ mod chat;
 mod conn;
 pub mod errors;
 mod exec;
+mod head_limit;
 mod metrics;
 mod native;
 mod openai;
@@ -29,7 +30,7 @@ use crate::scheduler::{Codec, GenRequest, SchedulerHandle, StopConfig};
 use actix_web::body::{BoxBody, EitherBody};
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpResponse};
 use serde_json::{json, Map, Value};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -87,6 +88,9 @@ pub struct AppState {
     shutting_down: AtomicBool,
     /// Flips to true at shutdown: wakes handlers still reading a body.
     shutdown_tx: tokio::sync::watch::Sender<bool>,
+    /// Flips to true when the HTTP server stops (after the drain): idle keep-alive
+    /// connections close.
+    http_stop_tx: tokio::sync::watch::Sender<bool>,
     /// Threads that tokenize prompts, so HTTP workers never do.
     pub prompts: prompt_pool::PromptPool,
     pub created: u64,
@@ -103,6 +107,9 @@ pub fn unix_now() -> f64 {
 impl AppState {
     pub fn new(cfg: ServerConfig, sched: SchedulerHandle, codec: Arc<dyn Codec>) -> Arc<Self> {
         let prompts = prompt_pool::PromptPool::new(cfg.workers.clamp(1, 4));
+        // The tokenizer works out its token-count bound on first use (a vocabulary scan):
+        // now, rather than in the first request.
+        let _ = codec.encode_within("", false, 0);
         Arc::new(AppState {
             cfg,
             sched,
@@ -110,6 +117,7 @@ impl AppState {
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             shutdown_tx: tokio::sync::watch::channel(false).0,
+            http_stop_tx: tokio::sync::watch::channel(false).0,
             prompts,
             created: unix_now() as u64,
             started: Instant::now(),
@@ -160,6 +168,7 @@ impl AppState {
         let me = self.clone();
         let grace = self.cfg.shutdown_grace;
         let _ = tokio::task::spawn_blocking(move || me.sched.shutdown(grace)).await;
+        self.http_stop_tx.send_replace(true);
         server.stop(true).await;
     }
 }
@@ -233,18 +242,43 @@ pub struct Running {
     pub server: actix_web::dev::Server,
 }
 
-/// Builds the HTTP server on `listener` (not yet polled: await `Running::server`).
+/// Builds the HTTP server on `listener` (not yet polled: await `Running::server`). It is
+/// actix-web's `HttpServer::listen` spelled out, to put [`head_limit::HeadLimitIo`] under
+/// the HTTP/1 service.
 pub fn start(state: Arc<AppState>, listener: TcpListener) -> std::io::Result<Running> {
+    use actix_http::{HttpService, Protocol};
+    use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
+    use actix_web::dev::{fn_service, AppConfig};
     let addr = listener.local_addr()?;
     let workers = state.cfg.workers.max(1);
     let data = web::Data::from(state);
-    let server = HttpServer::new(move || App::new().app_data(data.clone()).wrap(from_fn(gatekeeper)).configure(configure))
+    let server = actix_web::dev::Server::build()
         .workers(workers)
-        .on_connect(conn::on_connect)
         .disable_signals()
-        .keep_alive(Duration::from_secs(5))
         .shutdown_timeout(STOP_TIMEOUT.as_secs())
-        .listen(listener)?
+        .listen("kiln-http", listener, move || {
+            let stopping = data.clone();
+            let app = App::new().app_data(data.clone()).wrap(from_fn(gatekeeper)).configure(configure);
+            let app = app.into_factory().map_err(|e: actix_web::Error| e.error_response());
+            let http = HttpService::build()
+                .keep_alive(Duration::from_secs(5))
+                .client_request_timeout(Duration::from_secs(5))
+                .local_addr(addr)
+                // Idle keep-alive connections close when the server stops.
+                .graceful_shutdown_signal(move || {
+                    let mut rx = stopping.http_stop_tx.subscribe();
+                    async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    }
+                })
+                .on_connect_ext(|io: &head_limit::HeadLimitIo, ext: &mut actix_web::dev::Extensions| conn::on_connect(io.get_ref(), ext))
+                .finish(map_config(app, move |_| AppConfig::__priv_test_new(false, addr.to_string(), addr)));
+            fn_service(|io: actix_web::rt::net::TcpStream| async move {
+                let peer = io.peer_addr().ok();
+                Ok::<_, actix_http::error::DispatchError>((head_limit::HeadLimitIo::new(io), Protocol::Http1, peer))
+            })
+            .and_then(http)
+        })?
         .run();
     Ok(Running { addr, handle: server.handle(), server })
 }
