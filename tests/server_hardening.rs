@@ -22,7 +22,7 @@ fn prose(bytes: usize) -> String {
     while out.len() < bytes {
         x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         out.push_str(words[(x >> 33) as usize % words.len()]);
-        out.push(if (x >> 20) % 13 == 0 { '\n' } else { ' ' });
+        out.push(if (x >> 20).is_multiple_of(13) { '\n' } else { ' ' });
     }
     out
 }

@@ -87,7 +87,7 @@ async fn read_body(mut payload: web::Payload, buf: &mut web::BytesMut, limit: us
 
 /// "1 s", "1.5 s", "250 ms".
 fn show_duration(d: std::time::Duration) -> String {
-    if d.as_millis() % 1000 == 0 {
+    if d.subsec_millis() == 0 {
         format!("{} s", d.as_secs())
     } else if d < std::time::Duration::from_secs(1) {
         format!("{} ms", d.as_millis())
