@@ -69,10 +69,11 @@ async fn a_prompt_far_over_the_context_is_refused_before_tokenizing() {
 async fn health_answers_within_50ms_while_the_biggest_allowed_prompts_are_tokenized() {
     let s = std::sync::Arc::new(TestServer::demo(1, 512, 8192, ServerConfig::default()));
     // The biggest texts the cheap bound lets through for an 8192-token context (the
-    // longest Qwen3.5 token is 128 bytes): prose, and one unsplittable word. More of them
+    // longest Qwen3.5 token is 128 bytes): prose, and one unsplittable word, more of them
     // than there are HTTP workers.
     let allowed = 8191 * 128 - 16;
-    let bodies = [prose(allowed), one_word(allowed), prose(allowed), one_word(allowed)];
+    // And the biggest body (32 MiB by default), refused by the bound after parsing.
+    let bodies = [prose(allowed), one_word(allowed), prose(allowed), one_word(allowed), prose(30 << 20)];
     let mut tasks = vec![];
     for text in bodies {
         let s = s.clone();
