@@ -164,6 +164,7 @@ fn tokenize_json(state: &AppState, obj: &serde_json::Map<String, Value>) -> Resu
     let enc = |s: &str| match state.codec.encode_within(s, add, usize::MAX) {
         Ok(Bounded::Ids(ids)) => Ok(ids),
         Ok(Bounded::TooLong { .. }) => unreachable!("no limit"),
+        Ok(Bounded::Uncuttable { bytes }) => Err(v::uncuttable("prompt", bytes)),
         Err(e) => Err(ApiError::bad("prompt", format!("could not tokenize `prompt`: {e}"))),
     };
     let max = state.context_len();

@@ -471,8 +471,20 @@ pub fn encode_prompt(codec: &dyn Codec, text: &str, add_special_tokens: bool, co
             let n = if exact { format!("{tokens} tokens") } else { format!("at least {tokens} tokens") };
             Err(ApiError::bad(param, format!("The input ({n}) is longer than the model's context length ({context} tokens).")))
         }
+        Ok(Bounded::Uncuttable { bytes }) => Err(uncuttable(param, bytes)),
         Err(e) => Err(ApiError::bad(param, format!("could not tokenize `{param}`: {e}"))),
     }
+}
+
+pub fn uncuttable(param: &str, bytes: usize) -> ApiError {
+    ApiError::bad(
+        param,
+        format!(
+            "`{param}` has a run of {bytes} bytes with no space, line break or punctuation to split it at; \
+             at most {} bytes can be tokenized in one piece",
+            crate::tokenizer::MAX_UNCUT_BYTES
+        ),
+    )
 }
 
 /// Applies the context limit to a prompt of `prompt_len` tokens (SGLang's checks and

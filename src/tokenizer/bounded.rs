@@ -9,10 +9,12 @@
 //! * encoding in pieces cut where the tokenizer's own splits surely fall, stopping as soon
 //!   as a limit is passed: memory is bounded by the piece size, time by the limit. The
 //!   cuts are proven only for Qwen's pre-tokenizer (see [`is_safe_cut`]); any other
-//!   tokenizer is encoded whole.
+//!   tokenizer is encoded whole. A run longer than [`MAX_UNCUT_BYTES`] with nowhere to
+//!   cut (a megabyte of letters with no space, line break or punctuation) is refused.
 
 use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
+use unicode_normalization::char::canonical_combining_class;
 use unicode_normalization::{is_nfc_quick, IsNormalized};
 
 /// The outcome of [`TextBound::encode_within`].
@@ -21,7 +23,15 @@ pub enum Bounded {
     Ids(Vec<u32>),
     /// More tokens than allowed: `tokens` of them at least (`exact` when counted in full).
     TooLong { tokens: usize, exact: bool },
+    /// A run of `bytes` bytes with nowhere to cut it, over [`MAX_UNCUT_BYTES`]: encoding
+    /// it would take the tokenizer a few hundred bytes of memory per byte.
+    Uncuttable { bytes: usize },
 }
+
+/// The longest run of text without a safe cut that is tokenized (a run of letters with
+/// no space, line break or punctuation, of spaces, of symbols). Real text of any language
+/// has cuts every few hundred bytes.
+pub const MAX_UNCUT_BYTES: usize = 1 << 20;
 
 /// NFC turns at most 7 bytes of UTF-8 into 2 (`(7, 2)`): U+1FBE U+0308 U+0301 (3 + 2 + 2
 /// bytes) compose to U+0390 `ΐ`; next come the Kelvin sign (3 bytes) becoming `K` and
@@ -51,6 +61,8 @@ pub(crate) struct TextBound {
     normalizer: Normalizer,
     /// Pieces cut by [`is_safe_cut`] encode exactly like the whole text.
     piecewise: bool,
+    /// Added tokens' spellings: no cut falls inside one.
+    added: Vec<String>,
 }
 
 impl TextBound {
@@ -81,9 +93,11 @@ impl TextBound {
             && hf.get_truncation().is_none()
             && hf.get_padding().is_none()
             && hf.get_post_processor().is_none_or(|p| tokenizers::PostProcessor::added_tokens(p, false) == 0)
-            // No added token may span a cut or reach across one by stripping whitespace.
-            && added.values().all(|t| !t.lstrip && !t.rstrip && !t.content.chars().any(char::is_whitespace));
-        TextBound { max_token_bytes: vocab_max.max(added_max).max(1), normalizer, piecewise }
+            // An added token may not reach across a cut by stripping whitespace, nor match
+            // differently because its neighbour is on the other side.
+            && added.values().all(|t| !t.lstrip && !t.rstrip && !t.single_word);
+        let added = added.into_values().map(|t| t.content).filter(|c| !c.is_empty()).collect();
+        TextBound { max_token_bytes: vocab_max.max(added_max).max(1), normalizer, piecewise, added }
     }
 
     /// A lower bound on the number of tokens of `text`, in one linear pass (no allocation).
@@ -115,7 +129,10 @@ impl TextBound {
         let mut ids = Vec::new();
         let mut from = 0;
         while from < text.len() {
-            let to = next_cut(text.as_bytes(), from + PIECE_BYTES);
+            let to = self.next_cut(text, from + PIECE_BYTES);
+            if to - from > MAX_UNCUT_BYTES + PIECE_BYTES {
+                return Ok(Bounded::Uncuttable { bytes: to - from });
+            }
             ids.extend(encode(&text[from..to], add_special_tokens && from == 0)?);
             if ids.len() > max_tokens {
                 return Ok(Bounded::TooLong { tokens: ids.len(), exact: to == text.len() });
@@ -124,31 +141,73 @@ impl TextBound {
         }
         Ok(Bounded::Ids(ids))
     }
+
+    /// The first safe cut at or after byte `at` (or the end of the text).
+    fn next_cut(&self, text: &str, at: usize) -> usize {
+        let mut at = at.max(1).min(text.len());
+        while !text.is_char_boundary(at) {
+            at += 1;
+        }
+        let mut prev = text[..at].chars().next_back();
+        for (i, c) in text[at..].char_indices() {
+            if prev.is_some_and(|p| is_safe_cut(p, c)) && !self.inside_added(text, at + i) {
+                return at + i;
+            }
+            prev = Some(c);
+        }
+        text.len()
+    }
+
+    /// Whether an occurrence of an added token spans byte `i` (starts before it, ends after).
+    fn inside_added(&self, text: &str, i: usize) -> bool {
+        self.added.iter().any(|t| {
+            let mut lo = i.saturating_sub(t.len() - 1);
+            while !text.is_char_boundary(lo) {
+                lo -= 1;
+            }
+            let mut hi = (i + t.len() - 1).min(text.len());
+            while !text.is_char_boundary(hi) {
+                hi += 1;
+            }
+            text[lo..hi].match_indices(t.as_str()).any(|(p, _)| lo + p < i && i < lo + p + t.len())
+        })
+    }
 }
 
-/// The first safe cut at or after `at` (or the end of the text).
-fn next_cut(b: &[u8], at: usize) -> usize {
-    (at.max(1)..b.len()).find(|&i| is_safe_cut(b, i)).unwrap_or(b.len())
-}
-
-/// Whether Qwen's tokenizer surely splits between `b[i - 1]` and `b[i]`, so the text
-/// before and after encode independently:
+/// Whether Qwen's tokenizer surely splits between `prev` and `next`, so the text before
+/// and after encode independently. The regex's alternatives are
+/// (1) `(?i:'s|'t|...)`, (2) `[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+`, (3) `\p{N}`,
+/// (4) ` ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*`, (5) `\s*[\r\n]+`, (6) `\s+(?!\S)`, (7) `\s+`:
 ///
-/// * after `\n` or `\r`, before a visible ASCII character: of the pre-tokenizer's
-///   alternatives only `\s*[\r\n]+`, `\s+...` (whitespace only) and ` ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*`
-///   (newlines only at its end) can hold a newline, so no piece holds a newline followed
-///   by a non-space;
-/// * after an ASCII letter or digit, before a space: no alternative holds a letter or
-///   digit followed by a space (letters come last in theirs; the optional one-character
-///   prefix of `[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+` is never a letter or digit).
+/// * a newline, then anything but whitespace: only (4), (5), (6), (7) hold a newline, and
+///   never followed by a non-space;
+/// * a letter or digit, then a space or a punctuation mark: letters end (1) and (2) (whose
+///   optional one-character prefix is never a letter or digit), a digit is (3) alone, and
+///   (4) holds no letter or digit;
+/// * a digit, then a letter or digit: a digit is (3) alone.
 ///
 /// The regex has no look-behind, so matching after the cut starts as it would on the
-/// whole text. NFC never acts across either cut: the character after it is ASCII (a
-/// starter that composes with nothing before it). Added tokens hold no whitespace (checked
-/// in [`TextBound::of`]), so none spans a cut.
-fn is_safe_cut(b: &[u8], i: usize) -> bool {
-    let (prev, next) = (b[i - 1], b[i]);
-    (matches!(prev, b'\n' | b'\r') && next.is_ascii_graphic()) || (prev.is_ascii_alphanumeric() && next == b' ')
+/// whole text. NFC never acts across the cut: `next` has combining class 0 and NFC quick
+/// check "yes" (it composes with nothing before it). A cut inside an added token's
+/// spelling is refused by the caller.
+fn is_safe_cut(prev: char, next: char) -> bool {
+    let rule = (matches!(prev, '\n' | '\r') && !next.is_whitespace())
+        || (is_word(prev) && (next == ' ' || is_punct(next)))
+        || (prev.is_ascii_digit() && is_word(next));
+    rule && canonical_combining_class(next) == 0 && is_nfc_quick(std::iter::once(next)) == IsNormalized::Yes
+}
+
+/// Certainly `\p{L}` or `\p{N}` (and nothing else): ASCII letters and digits, CJK
+/// unified ideographs (all `Lo`).
+fn is_word(c: char) -> bool {
+    c.is_ascii_alphanumeric() || ('\u{4E00}'..='\u{9FFF}').contains(&c)
+}
+
+/// Certainly none of `\p{L}`, `\p{M}`, `\p{N}`, whitespace: ASCII punctuation, CJK
+/// punctuation `、。〃` and the fullwidth punctuation blocks.
+fn is_punct(c: char) -> bool {
+    c.is_ascii_punctuation()
+        || matches!(c, '\u{3001}'..='\u{3003}' | '\u{FF01}'..='\u{FF0F}' | '\u{FF1A}'..='\u{FF20}' | '\u{FF3B}'..='\u{FF40}' | '\u{FF5B}'..='\u{FF65}')
 }
 
 #[cfg(test)]
@@ -234,7 +293,8 @@ mod tests {
         let atoms = [
             "a", "Z", "9", " ", "  ", "\n", "\r\n", "\n\n", "\t", "'s", "'", "!", "?!", ".", "-", "é", "e\u{301}",
             "\u{301}", "\u{1100}", "\u{1161}", "中", "，", "🦀", "\u{a0}", "<|im_start|>", "<think>", "\u{212A}", "x ",
-            "\n ", " \n", "ab", "The", "12", "_", "\u{3000}",
+            "\n ", " \n", "ab", "The", "12", "_", "\u{3000}", ",", "\"", "{", ":", "中文", "。", "、", "（", "：",
+            "<|im_end|>", "|", "<", "ｱ", "Ⓐ", "\u{1161}\u{11A8}", "don't",
         ];
         let mut x = 1u64;
         for _ in 0..12 {
@@ -263,5 +323,32 @@ mod tests {
         }
         // Far over: refused by the bound alone.
         assert!(matches!(b.encode_within(t.hf(), &text, false, 10).unwrap(), Bounded::TooLong { exact: false, .. }));
+        // Nowhere to cut for over a megabyte: refused before tokenizing.
+        let word = "ab".repeat(MAX_UNCUT_BYTES);
+        assert!(matches!(b.encode_within(t.hf(), &word, false, usize::MAX).unwrap(), Bounded::Uncuttable { .. }));
+    }
+
+    #[test]
+    fn cuts_fall_between_pieces_of_every_script_and_never_inside_added_tokens() {
+        let b = TextBound::of(qwen().hf());
+        let cuts = |text: &str| -> Vec<usize> {
+            let mut out = vec![];
+            let mut at = 1;
+            while at < text.len() {
+                let c = b.next_cut(text, at);
+                if c < text.len() {
+                    out.push(c);
+                }
+                at = c + 1;
+            }
+            out
+        };
+        assert_eq!(cuts("ab cd\nef,12x"), vec![2, 6, 8, 10, 11]);
+        // After 文 before ，; after the newline before 中 (CJK: 3 bytes a character).
+        assert_eq!(cuts("中文，中文\n中"), vec![6, 16]);
+        // `m` then `_` would be a cut, but not inside `<|im_start|>`.
+        assert_eq!(cuts("x<|im_start|>y"), vec![1]);
+        // No cut before a combining mark or a jamo that composes backwards.
+        assert!(cuts("a\n\u{301}").is_empty() && cuts("\n\u{1161}").is_empty());
     }
 }

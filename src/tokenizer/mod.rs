@@ -26,7 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value as Json};
 use tokenizers::AddedToken;
 
-pub use bounded::Bounded;
+pub use bounded::{Bounded, MAX_UNCUT_BYTES};
 pub use chat::{ChatTemplate, ChatTemplateError};
 pub use detok::{DetokState, IncrementalDetokenizer};
 
