@@ -49,6 +49,8 @@ pub async fn read_json(req: &HttpRequest, payload: web::Payload, limit: usize) -
     let mut buf = web::BytesMut::new();
     let read = read_body(payload, &mut buf, limit, &too_big);
     let outcome = tokio::select! {
+        // A body already here is read even during shutdown (e.g. /abort_request).
+        biased;
         r = tokio::time::timeout(deadline, read) => r,
         _ = stopping => return Err(ApiError::unavailable("the server is shutting down").param("body")),
     };
