@@ -98,12 +98,16 @@ struct ServeArgs {
     /// Engine plan for the cuda backend.
     #[arg(long)]
     plan: Option<PathBuf>,
-    /// Seconds in-flight requests may run after SIGTERM before they are aborted.
+    /// Seconds in-flight requests may run after SIGTERM before they are aborted (the
+    /// process exits at most a few seconds later; queued requests get 503 at once).
     #[arg(long, default_value_t = 20)]
     shutdown_grace_secs: u64,
-    /// Largest request body in MiB.
+    /// Largest request body in MiB (413 beyond).
     #[arg(long, default_value_t = 32)]
     max_request_mib: usize,
+    /// Seconds a client may take to send a request body (408 after).
+    #[arg(long, default_value_t = 60)]
+    body_read_timeout_secs: u64,
     #[arg(long, default_value = "info")]
     log_level: String,
     /// Split chat output into reasoning_content / content at `</think>` (qwen3, ...).
@@ -421,6 +425,7 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
         tokenizer_path: a.tokenizer_path.as_ref().map_or(model_label.clone(), |p| p.display().to_string()),
         api_key: a.api_key.clone(),
         max_body_bytes: a.max_request_mib << 20,
+        body_read_timeout: Duration::from_secs(a.body_read_timeout_secs),
         chat_defaults: defaults,
         shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
         workers: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),

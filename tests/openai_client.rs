@@ -50,6 +50,6 @@ async fn openai_client_tool_calling_and_structured_output_examples_on_a_scripted
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_client_tools_and_json_schema_on_the_demo_model() {
     let Some(python) = python_with_openai() else { return };
-    let s = TestServer::demo(Capacity { slots: 2, block_size: 16, kv_blocks: 2 * 128, max_seq_len: 2048 });
+    let s = TestServer::demo_with_capacity(Capacity { slots: 2, block_size: 16, kv_blocks: 2 * 128, max_seq_len: 2048 });
     run_client(python, s.base.clone(), "demo").await;
 }

@@ -224,7 +224,12 @@ fn shutdown_drains_then_aborts_explicitly() {
     short.stop.ignore_eos = true;
     let mut long = req(&prompt(2, 4), 10_000);
     long.stop.ignore_eos = true;
-    let (t1, t2) = (h.submit(short).unwrap(), h.submit(long).unwrap());
+    let t1 = h.submit(short).unwrap();
+    // The short one runs before shutdown starts (a request still queued then gets 503 at once).
+    while h.stats().running.load(Relaxed) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let t2 = h.submit(long).unwrap();
     let h2 = h.clone();
     let j = std::thread::spawn(move || h2.shutdown(Duration::from_millis(300)));
     let (ids, _, f) = collect(t1);
@@ -234,6 +239,30 @@ fn shutdown_drains_then_aborts_explicitly() {
     j.join().unwrap();
     assert!(!h.is_alive());
     assert_eq!(h.submit(req(&prompt(1, 4), 3)).err(), Some(SubmitError::ShuttingDown));
+}
+
+#[test]
+fn requests_queued_at_shutdown_get_503_at_once() {
+    let (h, st) = start(cap(1, 16, 16, 256), SchedulerConfig::default());
+    // 252 tokens (the context) at 10 ms a step outlast the 1.5 s grace.
+    st.delay_ms.store(10, Relaxed);
+    let mut long = req(&prompt(1, 4), 10_000);
+    long.stop.ignore_eos = true;
+    let running = h.submit(long.clone()).unwrap();
+    while h.stats().running.load(Relaxed) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let queued = h.submit(long).unwrap();
+    let h2 = h.clone();
+    let t0 = Instant::now();
+    let j = std::thread::spawn(move || h2.shutdown(Duration::from_millis(1500)));
+    let (_, _, f) = collect(queued);
+    assert!(matches!(f, FinishReason::Abort { status: Some(503), .. }), "{f:?}");
+    assert!(t0.elapsed() < Duration::from_millis(500), "the queued request waited {:?}", t0.elapsed());
+    let (_, _, f) = collect(running);
+    assert!(matches!(f, FinishReason::Abort { status: Some(503), .. }), "{f:?}");
+    assert!(t0.elapsed() >= Duration::from_millis(1400), "the running request lost its grace period");
+    j.join().unwrap();
 }
 
 #[test]

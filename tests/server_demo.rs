@@ -4,32 +4,20 @@
 
 mod common;
 
-use common::server::TestServer;
+use common::server::{demo_eos, TestServer};
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::{Backend, Capacity};
-use kiln::scheduler::SchedulerConfig;
 use kiln::server::ServerConfig;
 use kiln::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 use std::sync::Arc;
-
-fn eos(tok: &Tokenizer) -> Vec<u32> {
-    let mut e: Vec<u32> = kiln::demo::demo_config().eos_token_ids.iter().chain(tok.eos_token_ids()).copied().collect();
-    e.sort_unstable();
-    e.dedup();
-    e
-}
 
 fn demo_cap(slots: usize) -> Capacity {
     Capacity { slots, block_size: 16, kv_blocks: slots * 32, max_seq_len: 512 }
 }
 
 fn demo_server(slots: usize, chunk: usize) -> TestServer {
-    let (cfg, w) = kiln::demo::demo_weights();
-    let backend = CpuBackend::new(cfg, w, demo_cap(slots)).unwrap();
-    let tok = Tokenizer::bundled().unwrap();
-    let sched = SchedulerConfig { eos_token_ids: eos(&tok), chunked_prefill_size: chunk, ..Default::default() };
-    TestServer::start(Box::new(backend), Arc::new(tok), sched, ServerConfig::default())
+    TestServer::demo(slots, chunk, 512, ServerConfig::default())
 }
 
 fn library_greedy(prompt: &[u32], n: usize) -> Vec<u32> {
@@ -37,7 +25,7 @@ fn library_greedy(prompt: &[u32], n: usize) -> Vec<u32> {
     let mut b = CpuBackend::new(cfg, w, demo_cap(1)).unwrap();
     let tok = Tokenizer::bundled().unwrap();
     let _ = b.config();
-    kiln::generate::greedy(&mut b, prompt, n, &eos(&tok), tok.vocab_size()).unwrap()
+    kiln::generate::greedy(&mut b, prompt, n, &demo_eos(&tok), tok.vocab_size()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {

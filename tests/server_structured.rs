@@ -123,7 +123,7 @@ async fn bad_constraints_are_400_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_model_with_the_real_tokenizer_writes_schema_valid_json() {
-    let s = TestServer::demo(Capacity { slots: 2, block_size: 16, kv_blocks: 64, max_seq_len: 512 });
+    let s = TestServer::demo_with_capacity(Capacity { slots: 2, block_size: 16, kv_blocks: 64, max_seq_len: 512 });
     let rf = json!({"type": "json_schema", "json_schema": {"name": "person", "schema": person()}});
     for seed in 0..2 {
         let body = chat(json!({"response_format": rf, "temperature": 1.0, "seed": seed,

@@ -186,7 +186,7 @@ async fn bad_tool_fields_are_rejected_with_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_named_choice_makes_the_random_demo_model_call() {
     // real tokenizer and template, random weights: only the grammar makes this a call
-    let s = TestServer::demo(kiln::backend::Capacity { slots: 2, block_size: 16, kv_blocks: 256, max_seq_len: 2048 });
+    let s = TestServer::demo_with_capacity(kiln::backend::Capacity { slots: 2, block_size: 16, kv_blocks: 256, max_seq_len: 2048 });
     let tools = json!([{"type": "function", "function": {"name": "get_time", "description": "The time now",
                                                           "parameters": {"type": "object", "properties": {}}}}]);
     for seed in 0..2 {

@@ -5,8 +5,16 @@
 use anyhow::Result;
 use serde_json::{Map, Value};
 
+pub use crate::tokenizer::Bounded;
+
 pub trait Codec: Send + Sync + 'static {
     fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>>;
+    /// `encode` for untrusted text: more than `max_tokens` tokens is `TooLong`. The real
+    /// tokenizer finds that out without tokenizing the whole text.
+    fn encode_within(&self, text: &str, add_special_tokens: bool, max_tokens: usize) -> Result<Bounded> {
+        let ids = self.encode(text, add_special_tokens)?;
+        Ok(if ids.len() > max_tokens { Bounded::TooLong { tokens: ids.len(), exact: true } } else { Bounded::Ids(ids) })
+    }
     fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String>;
     /// Valid ids are `0..vocab_size()`; logits rows beyond are padding and never sampled.
     fn vocab_size(&self) -> usize;
@@ -24,6 +32,9 @@ pub trait Codec: Send + Sync + 'static {
 impl Codec for crate::tokenizer::Tokenizer {
     fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         crate::tokenizer::Tokenizer::encode(self, text, add_special_tokens)
+    }
+    fn encode_within(&self, text: &str, add_special_tokens: bool, max_tokens: usize) -> Result<Bounded> {
+        crate::tokenizer::Tokenizer::encode_within(self, text, add_special_tokens, max_tokens)
     }
     fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         crate::tokenizer::Tokenizer::decode(self, ids, skip_special_tokens)
@@ -51,6 +62,9 @@ pub struct WithTemplate {
 impl Codec for WithTemplate {
     fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         self.tokenizer.encode(text, add_special_tokens)
+    }
+    fn encode_within(&self, text: &str, add_special_tokens: bool, max_tokens: usize) -> Result<Bounded> {
+        self.tokenizer.encode_within(text, add_special_tokens, max_tokens)
     }
     fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.tokenizer.decode(ids, skip_special_tokens)

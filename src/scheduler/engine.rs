@@ -143,6 +143,8 @@ impl Engine {
             Command::Shutdown { grace } => {
                 let d = Instant::now() + grace;
                 self.drain_deadline = Some(self.drain_deadline.map_or(d, |old| old.min(d)));
+                // Requests that never started get their 503 now, not after the grace period.
+                self.abort_where(|s| !s.ever_admitted, "the server is shutting down", Some(503));
             }
             Command::FlushCache(reply) => {
                 let flushed = self.flush_cache();

@@ -2,8 +2,9 @@
 
 use super::errors::{ApiError, Shape};
 use super::validate as v;
-use super::State;
+use super::{AppState, State};
 use crate::sampling::SamplingParams;
+use crate::scheduler::codec::Bounded;
 use crate::scheduler::{FinishReason, GenRequest, StopConfig};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
@@ -173,18 +174,31 @@ pub async fn tokenize(state: State, req: HttpRequest, body: web::Payload) -> Res
 
 async fn tokenize_inner(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     let obj = v::read_json(&req, body, state.cfg.max_body_bytes).await?;
-    let add = v::field(&obj, "add_special_tokens").map(|x| v::as_bool("add_special_tokens", x)).transpose()?.unwrap_or(true);
-    let enc = |s: &str| state.codec.encode(s, add).map_err(|e| ApiError::bad("prompt", format!("could not tokenize `prompt`: {e}")));
+    // Tokenizing may be long: off the HTTP worker.
+    let st = state.clone();
+    let out = state.prompts.run(move || tokenize_json(&st, &obj)).await??;
+    Ok(HttpResponse::Ok().json(out))
+}
+
+fn tokenize_json(state: &AppState, obj: &serde_json::Map<String, Value>) -> Result<Value, ApiError> {
+    let add = v::field(obj, "add_special_tokens").map(|x| v::as_bool("add_special_tokens", x)).transpose()?.unwrap_or(true);
+    // No token limit here, but encoding in pieces keeps the tokenizer's memory bounded.
+    let enc = |s: &str| match state.codec.encode_within(s, add, usize::MAX) {
+        Ok(Bounded::Ids(ids)) => Ok(ids),
+        Ok(Bounded::TooLong { .. }) => unreachable!("no limit"),
+        Ok(Bounded::Uncuttable { bytes }) => Err(v::uncuttable("prompt", bytes)),
+        Err(e) => Err(ApiError::bad("prompt", format!("could not tokenize `prompt`: {e}"))),
+    };
     let max = state.context_len();
-    match v::field(&obj, "prompt") {
+    match v::field(obj, "prompt") {
         Some(Value::String(s)) => {
             let t = enc(s)?;
-            Ok(HttpResponse::Ok().json(json!({"tokens": t, "count": t.len(), "max_model_len": max})))
+            Ok(json!({"tokens": t, "count": t.len(), "max_model_len": max}))
         }
         Some(Value::Array(a)) => {
             let ts = a.iter().enumerate().map(|(i, x)| enc(v::as_str(&format!("prompt[{i}]"), x)?)).collect::<Result<Vec<_>, _>>()?;
             let counts: Vec<usize> = ts.iter().map(Vec::len).collect();
-            Ok(HttpResponse::Ok().json(json!({"tokens": ts, "count": counts, "max_model_len": max})))
+            Ok(json!({"tokens": ts, "count": counts, "max_model_len": max}))
         }
         Some(x) => Err(ApiError::bad("prompt", format!("`prompt` must be a string or a list of strings, got {}", v::show(x)))),
         None => Err(ApiError::bad("prompt", "`prompt` is required")),

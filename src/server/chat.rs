@@ -94,6 +94,6 @@ pub fn prompt_ids(state: &AppState, obj: &Map<String, Value>) -> ApiResult<ChatP
         .codec
         .render_chat(&messages, tools.render.as_ref(), &kwargs)
         .map_err(|e| ApiError::bad("messages", format!("the chat template failed on these messages: {e:#}")))?;
-    let ids = state.codec.encode(&text, false).map_err(|e| ApiError::bad("messages", format!("could not tokenize the rendered chat: {e}")))?;
+    let ids = v::encode_prompt(&*state.codec, &text, false, state.context_len(), "messages")?;
     Ok(ChatPrompt { ids, text, tools })
 }

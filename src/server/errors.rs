@@ -49,6 +49,10 @@ impl ApiError {
         }
         e
     }
+    pub fn param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
     pub fn shape(mut self, shape: Shape) -> Self {
         self.shape = shape;
         self
@@ -59,6 +63,9 @@ impl ApiError {
             400 => "BadRequestError".into(),
             401 => "AuthenticationError".into(),
             404 => "NotFoundError".into(),
+            408 => "RequestTimeoutError".into(),
+            413 => "PayloadTooLargeError".into(),
+            431 => "RequestHeaderFieldsTooLargeError".into(),
             500 => "InternalServerError".into(),
             c => c.to_string(),
         }

@@ -3,7 +3,8 @@
 //! touch the device. See `shared/docs/sglang-api.md` for the contract.
 //!
 //! Files: `mod.rs` (this: state, app, start/stop, auth), `errors.rs`, `validate.rs`,
-//! `exec.rs` (submit/collect), `conn.rs` (disconnect probe), `sse.rs`, `native.rs` (`/generate`), `openai.rs`
+//! `exec.rs` (submit/collect), `conn.rs` (disconnect probe), `prompt_pool.rs` (tokenizing
+//! off the HTTP workers), `head_limit.rs` (a message for 431), `sse.rs`, `native.rs` (`/generate`), `openai.rs`
 //! (`/v1/completions`, `/v1/chat/completions`), `chat.rs` (chat request -> prompt),
 //! `admin.rs` (health, info, abort, flush, tokenize), `metrics.rs` (Prometheus),
 //! `reasoning.rs` (`--reasoning-parser`), `tool_choice.rs` + `tool_calls.rs` (`tools`,
@@ -15,9 +16,11 @@ mod conn;
 mod constraint;
 pub mod errors;
 mod exec;
+mod head_limit;
 mod metrics;
 mod native;
 mod openai;
+mod prompt_pool;
 mod reasoning;
 mod sse;
 mod tool_calls;
@@ -32,7 +35,7 @@ use crate::scheduler::{Codec, GenRequest, SchedulerHandle, StopConfig};
 use actix_web::body::{BoxBody, EitherBody};
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpResponse};
 use serde_json::{json, Map, Value};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -47,11 +50,14 @@ pub struct ServerConfig {
     pub model_path: String,
     pub tokenizer_path: String,
     pub api_key: Option<String>,
-    /// Largest accepted request body.
+    /// Largest accepted request body (413 beyond).
     pub max_body_bytes: usize,
+    /// Longest time a client may take to send a request body (408 after).
+    pub body_read_timeout: Duration,
     /// Chat sampling defaults from generation_config.json.
     pub chat_defaults: SamplingDefaults,
-    /// How long in-flight requests may run after SIGTERM before they are aborted.
+    /// How long in-flight requests may run after SIGTERM before they are aborted; the
+    /// process exits at most [`STOP_TIMEOUT`] later.
     pub shutdown_grace: Duration,
     pub workers: usize,
     /// Every server flag, for `/get_server_info`.
@@ -72,6 +78,7 @@ impl Default for ServerConfig {
             tokenizer_path: "default".into(),
             api_key: None,
             max_body_bytes: 32 << 20,
+            body_read_timeout: Duration::from_secs(60),
             chat_defaults: SamplingDefaults::default(),
             shutdown_grace: Duration::from_secs(20),
             workers: 2,
@@ -90,6 +97,13 @@ pub struct AppState {
     pub codec: Arc<dyn Codec>,
     ready: AtomicBool,
     shutting_down: AtomicBool,
+    /// Flips to true at shutdown: wakes handlers still reading a body.
+    shutdown_tx: tokio::sync::watch::Sender<bool>,
+    /// Flips to true when the HTTP server stops (after the drain): idle keep-alive
+    /// connections close.
+    http_stop_tx: tokio::sync::watch::Sender<bool>,
+    /// Threads that tokenize prompts, so HTTP workers never do.
+    pub prompts: prompt_pool::PromptPool,
     pub created: u64,
     pub started: Instant,
     pub http: metrics::HttpCounters,
@@ -105,12 +119,19 @@ pub fn unix_now() -> f64 {
 
 impl AppState {
     pub fn new(cfg: ServerConfig, sched: SchedulerHandle, codec: Arc<dyn Codec>) -> Arc<Self> {
+        let prompts = prompt_pool::PromptPool::new(cfg.workers.clamp(1, 4));
+        // The tokenizer works out its token-count bound on first use (a vocabulary scan):
+        // now, rather than in the first request.
+        let _ = codec.encode_within("", false, 0);
         Arc::new(AppState {
             cfg,
             sched,
             codec,
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
+            shutdown_tx: tokio::sync::watch::channel(false).0,
+            http_stop_tx: tokio::sync::watch::channel(false).0,
+            prompts,
             created: unix_now() as u64,
             started: Instant::now(),
             http: metrics::HttpCounters::default(),
@@ -128,6 +149,10 @@ impl AppState {
     }
     pub fn set_ready(&self) {
         self.ready.store(true, Relaxed);
+    }
+    /// Resolves (`wait_for(|s| *s)`) once the server starts shutting down.
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
     }
 
     /// One short greedy request through the whole stack (tokenizer, scheduler, backend).
@@ -147,13 +172,17 @@ impl AppState {
         }
     }
 
-    /// Stops taking requests, lets in-flight ones finish for the grace period, aborts the
-    /// rest (each gets an explicit 503 / abort finish), then stops the HTTP server.
+    /// Stops taking requests: queued ones and bodies still being read get 503 at once,
+    /// running ones may finish for the grace period, the rest are aborted (each gets an
+    /// explicit 503 / abort finish), then the HTTP server stops, giving connections at most
+    /// [`STOP_TIMEOUT`] to take their last bytes.
     pub async fn graceful_stop(self: &Arc<Self>, server: ServerHandle) {
         self.shutting_down.store(true, Relaxed);
+        self.shutdown_tx.send_replace(true);
         let me = self.clone();
         let grace = self.cfg.shutdown_grace;
         let _ = tokio::task::spawn_blocking(move || me.sched.shutdown(grace)).await;
+        self.http_stop_tx.send_replace(true);
         server.stop(true).await;
     }
 }
@@ -216,6 +245,10 @@ async fn gatekeeper(
     Ok(res.map_into_left_body())
 }
 
+/// After the scheduler has drained at shutdown, how long connections may still take to
+/// receive their last bytes (a client that stopped reading cannot hold the process).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A started HTTP server.
 pub struct Running {
     pub addr: std::net::SocketAddr,
@@ -223,19 +256,43 @@ pub struct Running {
     pub server: actix_web::dev::Server,
 }
 
-/// Builds the HTTP server on `listener` (not yet polled: await `Running::server`).
+/// Builds the HTTP server on `listener` (not yet polled: await `Running::server`). It is
+/// actix-web's `HttpServer::listen` spelled out, to put [`head_limit::HeadLimitIo`] under
+/// the HTTP/1 service.
 pub fn start(state: Arc<AppState>, listener: TcpListener) -> std::io::Result<Running> {
+    use actix_http::{HttpService, Protocol};
+    use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
+    use actix_web::dev::{fn_service, AppConfig};
     let addr = listener.local_addr()?;
     let workers = state.cfg.workers.max(1);
-    let grace = state.cfg.shutdown_grace;
     let data = web::Data::from(state);
-    let server = HttpServer::new(move || App::new().app_data(data.clone()).wrap(from_fn(gatekeeper)).configure(configure))
+    let server = actix_web::dev::Server::build()
         .workers(workers)
-        .on_connect(conn::on_connect)
         .disable_signals()
-        .keep_alive(Duration::from_secs(5))
-        .shutdown_timeout(grace.as_secs() + 5)
-        .listen(listener)?
+        .shutdown_timeout(STOP_TIMEOUT.as_secs())
+        .listen("kiln-http", listener, move || {
+            let stopping = data.clone();
+            let app = App::new().app_data(data.clone()).wrap(from_fn(gatekeeper)).configure(configure);
+            let app = app.into_factory().map_err(|e: actix_web::Error| e.error_response());
+            let http = HttpService::build()
+                .keep_alive(Duration::from_secs(5))
+                .client_request_timeout(Duration::from_secs(5))
+                .local_addr(addr)
+                // Idle keep-alive connections close when the server stops.
+                .graceful_shutdown_signal(move || {
+                    let mut rx = stopping.http_stop_tx.subscribe();
+                    async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    }
+                })
+                .on_connect_ext(|io: &head_limit::HeadLimitIo, ext: &mut actix_web::dev::Extensions| conn::on_connect(io.get_ref(), ext))
+                .finish(map_config(app, move |_| AppConfig::__priv_test_new(false, addr.to_string(), addr)));
+            fn_service(|io: actix_web::rt::net::TcpStream| async move {
+                let peer = io.peer_addr().ok();
+                Ok::<_, actix_http::error::DispatchError>((head_limit::HeadLimitIo::new(io), Protocol::Http1, peer))
+            })
+            .and_then(http)
+        })?
         .run();
     Ok(Running { addr, handle: server.handle(), server })
 }

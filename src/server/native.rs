@@ -29,7 +29,9 @@ struct Plan {
 pub async fn generate(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     let native = |e: ApiError| e.shape(Shape::Native);
     let obj = v::read_json(&req, body, state.cfg.max_body_bytes).await.map_err(native)?;
-    let plan = parse(&state, &obj).map_err(native)?;
+    // Tokenizing may be long: off the HTTP worker.
+    let st = state.clone();
+    let plan = state.prompts.run(move || parse(&st, &obj)).await.and_then(|p| p).map_err(native)?;
     let items = exec::submit_all(&state, plan.reqs).map_err(native)?;
     let codec = state.codec.clone();
     if !plan.stream {
@@ -72,7 +74,7 @@ fn parse(state: &AppState, obj: &Map<String, Value>) -> ApiResult<Plan> {
     let (prompts, batch, prompt_param): (Vec<Vec<u32>>, bool, &str) = match (v::field(obj, "text"), v::field(obj, "input_ids")) {
         (Some(_), Some(_)) => return Err(ApiError::bad("text", "Either text or input_ids should be provided, not both.")),
         (None, None) => return Err(ApiError::bad("text", "Either text or input_ids should be provided.")),
-        (Some(Value::String(s)), None) => (vec![encode(&*state.codec, s, "text")?], false, "text"),
+        (Some(Value::String(s)), None) => (vec![encode(state, s, "text")?], false, "text"),
         (Some(Value::Array(a)), None) => {
             if a.is_empty() {
                 return Err(ApiError::bad("text", "`text` is an empty list: give at least one prompt"));
@@ -80,7 +82,7 @@ fn parse(state: &AppState, obj: &Map<String, Value>) -> ApiResult<Plan> {
             let p = a
                 .iter()
                 .enumerate()
-                .map(|(i, x)| encode(&*state.codec, v::as_str(&format!("text[{i}]"), x)?, &format!("text[{i}]")))
+                .map(|(i, x)| encode(state, v::as_str(&format!("text[{i}]"), x)?, &format!("text[{i}]")))
                 .collect::<ApiResult<Vec<_>>>()?;
             (p, true, "text")
         }
@@ -172,11 +174,11 @@ fn parse(state: &AppState, obj: &Map<String, Value>) -> ApiResult<Plan> {
     Ok(Plan { reqs, lps, batch: batch || expanded, stream })
 }
 
-fn encode(codec: &dyn Codec, text: &str, param: &str) -> ApiResult<Vec<u32>> {
+fn encode(state: &AppState, text: &str, param: &str) -> ApiResult<Vec<u32>> {
     if text.is_empty() {
         return Err(ApiError::bad(param, format!("`{param}` is empty: the prompt must have at least one token")));
     }
-    codec.encode(text, true).map_err(|e| ApiError::bad(param, format!("could not tokenize `{param}`: {e}")))
+    v::encode_prompt(&*state.codec, text, true, state.context_len(), param)
 }
 
 pub fn finish_json(f: &Option<FinishReason>) -> Value {

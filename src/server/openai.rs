@@ -52,7 +52,10 @@ struct ChatExtras {
 pub async fn completions(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     v::require_json_content_type(&req)?;
     let obj = v::read_json(&req, body, state.cfg.max_body_bytes).await?;
-    let prompts = completion_prompts(&state, &obj)?;
+    // Tokenizing may be long: off the HTTP worker.
+    let st = state.clone();
+    let (prompts, obj) = state.prompts.run(move || (completion_prompts(&st, &obj), obj)).await?;
+    let prompts = prompts?;
     if matches!(obj.get("max_tokens"), Some(Value::Null)) {
         return Err(ApiError::bad("max_tokens", "`max_tokens` must be an integer >= 1, got null"));
     }
@@ -83,8 +86,11 @@ pub async fn completions(state: State, req: HttpRequest, body: web::Payload) -> 
 
 pub async fn chat_completions(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     v::require_json_content_type(&req)?;
-    let mut obj = v::read_json(&req, body, state.cfg.max_body_bytes).await?;
-    let prompt = chat::prompt_ids(&state, &obj)?;
+    let obj = v::read_json(&req, body, state.cfg.max_body_bytes).await?;
+    // Templating and tokenizing may be long: off the HTTP worker.
+    let st = state.clone();
+    let (prompt, mut obj) = state.prompts.run(move || (chat::prompt_ids(&st, &obj), obj)).await?;
+    let prompt = prompt?;
     let separate = v::field(&obj, "separate_reasoning").map(|x| v::as_bool("separate_reasoning", x)).transpose()?.unwrap_or(true);
     let reasoning = (state.cfg.reasoning_parser.is_some() && separate).then(|| reasoning::forced(&prompt.text));
     let call_grammar = prompt.tools.call_grammar(reasoning::forced(&prompt.text));
@@ -122,7 +128,7 @@ fn completion_prompts(state: &AppState, obj: &Map<String, Value>) -> ApiResult<V
         if s.is_empty() {
             return Err(empty());
         }
-        state.codec.encode(s, true).map_err(|e| ApiError::bad("prompt", format!("could not tokenize `prompt`: {e}")))
+        v::encode_prompt(&*state.codec, s, true, state.context_len(), "prompt")
     };
     match obj.get("prompt") {
         None | Some(Value::Null) => Err(ApiError::bad("prompt", "`prompt` is required")),

@@ -4,6 +4,8 @@
 
 use super::errors::{ApiError, ApiResult};
 use crate::sampling::SamplingParams;
+use actix_web::http::StatusCode;
+use crate::scheduler::codec::{Bounded, Codec};
 use crate::scheduler::StopConfig;
 use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
@@ -19,22 +21,71 @@ pub fn show(v: &Value) -> String {
     }
 }
 
-/// Reads the body (at most `limit` bytes) and parses it as a JSON object.
-pub async fn read_json(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> ApiResult<Map<String, Value>> {
+/// Reads the body (at most `limit` bytes: 413 beyond) and parses it as a JSON object.
+/// The read has a deadline (408: a stalled client cannot hold a handler) and ends at
+/// once with 503 when the server starts shutting down.
+pub async fn read_json(req: &HttpRequest, payload: web::Payload, limit: usize) -> ApiResult<Map<String, Value>> {
     let too_big = |n: String| {
-        ApiError::bad("body", format!("request body is {n} bytes, over the limit of {limit} bytes"))
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is {n} bytes, over the limit of {limit} bytes"))
+            .param("body")
     };
-    if let Some(len) = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
+    let declared = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if let Some(len) = declared {
         if len > limit {
             return Err(too_big(len.to_string()));
         }
     }
+    let state = req.app_data::<super::State>();
+    let deadline = state.map_or(super::ServerConfig::default().body_read_timeout, |s| s.cfg.body_read_timeout);
+    let mut shutdown = state.map(|s| s.shutdown_signal());
+    let stopping = async {
+        match shutdown.as_mut() {
+            Some(rx) => {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     let mut buf = web::BytesMut::new();
+    let read = read_body(payload, &mut buf, limit, &too_big);
+    let outcome = tokio::select! {
+        // A body already here is read even during shutdown (e.g. /abort_request).
+        biased;
+        r = tokio::time::timeout(deadline, read) => r,
+        _ = stopping => return Err(ApiError::unavailable("the server is shutting down").param("body")),
+    };
+    match outcome {
+        Ok(r) => r?,
+        Err(_) => {
+            let of = declared.map_or(String::new(), |n| format!(" of {n}"));
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("reading the request body took longer than the limit of {} (got {} bytes{of})", show_duration(deadline), buf.len()),
+            )
+            .param("body"));
+        }
+    }
+    if buf.is_empty() {
+        return Err(ApiError::bad("body", "the request body is empty; expected a JSON object"));
+    }
+    let big = buf.len() > PARSE_INLINE_BYTES;
+    let parse = move || serde_json::from_slice::<Value>(&buf);
+    // Parsing megabytes takes a while: off the HTTP worker, like tokenizing.
+    let parsed = match state {
+        Some(s) if big => s.prompts.run(parse).await?,
+        _ => parse(),
+    };
+    let v = parsed.map_err(|e| ApiError::bad("body", format!("the request body is not valid JSON: {e}")))?;
+    match v {
+        Value::Object(m) => Ok(m),
+        other => Err(ApiError::bad("body", format!("the request body must be a JSON object, got {}", show(&other)))),
+    }
+}
+
+/// Bodies up to this size are parsed on the HTTP worker (well under a millisecond).
+const PARSE_INLINE_BYTES: usize = 64 << 10;
+
+async fn read_body(mut payload: web::Payload, buf: &mut web::BytesMut, limit: usize, too_big: &dyn Fn(String) -> ApiError) -> ApiResult<()> {
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad("body", format!("could not read the request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
@@ -42,14 +93,17 @@ pub async fn read_json(req: &HttpRequest, mut payload: web::Payload, limit: usiz
         }
         buf.extend_from_slice(&chunk);
     }
-    if buf.is_empty() {
-        return Err(ApiError::bad("body", "the request body is empty; expected a JSON object"));
-    }
-    let v: Value = serde_json::from_slice(&buf)
-        .map_err(|e| ApiError::bad("body", format!("the request body is not valid JSON: {e}")))?;
-    match v {
-        Value::Object(m) => Ok(m),
-        other => Err(ApiError::bad("body", format!("the request body must be a JSON object, got {}", show(&other)))),
+    Ok(())
+}
+
+/// "1 s", "1.5 s", "250 ms".
+fn show_duration(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else if d < std::time::Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{} s", d.as_secs_f64())
     }
 }
 
@@ -84,10 +138,42 @@ pub fn as_f64(path: &str, v: &Value) -> ApiResult<f64> {
     v.as_f64().ok_or_else(|| type_err(path, "a number", v))
 }
 
+/// An integer; a float with no fractional part (`4.0`) counts, as pydantic's lax mode
+/// (and so SGLang) accepts it.
 pub fn as_i64(path: &str, v: &Value) -> ApiResult<i64> {
     match v {
         Value::Number(n) if n.is_i64() => Ok(n.as_i64().unwrap()),
         Value::Number(n) if n.is_u64() => Err(ApiError::bad(path, format!("`{path}` = {n} is too large"))),
+        Value::Number(n) => match integral(n) {
+            Some(f) if (-TWO_63..TWO_63).contains(&f) => Ok(f as i64),
+            Some(_) => Err(ApiError::bad(path, format!("`{path}` = {n} is too large"))),
+            None => Err(type_err(path, "an integer", v)),
+        },
+        _ => Err(type_err(path, "an integer", v)),
+    }
+}
+
+const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+const TWO_64: f64 = 18_446_744_073_709_551_616.0;
+
+/// The value of a JSON float that is a whole number.
+fn integral(n: &serde_json::Number) -> Option<f64> {
+    n.as_f64().filter(|f| f.fract() == 0.0)
+}
+
+/// A random seed: any integer in [-2^63, 2^64), as torch's `manual_seed` takes (negative
+/// seeds wrap, as there).
+pub fn as_seed(path: &str, v: &Value) -> ApiResult<u64> {
+    let out_of_range = |n: &dyn std::fmt::Display| ApiError::bad(path, format!("`{path}` = {n} is out of range: must be an integer in [-2^63, 2^64)"));
+    match v {
+        Value::Number(n) if n.is_u64() => Ok(n.as_u64().unwrap()),
+        Value::Number(n) if n.is_i64() => Ok(n.as_i64().unwrap() as u64),
+        Value::Number(n) => match integral(n) {
+            Some(f) if (0.0..TWO_64).contains(&f) => Ok(f as u64),
+            Some(f) if (-TWO_63..0.0).contains(&f) => Ok(f as i64 as u64),
+            Some(_) => Err(out_of_range(n)),
+            None => Err(type_err(path, "an integer", v)),
+        },
         _ => Err(type_err(path, "an integer", v)),
     }
 }
@@ -130,9 +216,26 @@ pub fn as_token_ids(path: &str, v: &Value, vocab: usize) -> ApiResult<Vec<u32>> 
 
 /// Checks `lo <op> v <op> hi` and names the field and range on failure.
 pub fn check_range(path: &str, v: f64, lo: f64, lo_incl: bool, hi: f64, hi_incl: bool) -> ApiResult<()> {
-    let ok_lo = if lo_incl { v >= lo } else { v > lo };
-    let ok_hi = if hi_incl { v <= hi } else { v < hi };
-    if v.is_finite() && ok_lo && ok_hi {
+    range_check(path, v, v, lo, lo_incl, hi, hi_incl)
+}
+
+/// Converts to the f32 the sampler uses, then checks the range on the converted value
+/// (1e39 overflows to inf, 1e-50 underflows to 0); errors show the value as sent.
+pub fn check_range_f32(path: &str, v: f64, lo: f64, lo_incl: bool, hi: f64, hi_incl: bool) -> ApiResult<f32> {
+    let x = v as f32;
+    if v.is_finite() && !x.is_finite() {
+        return Err(ApiError::bad(path, format!("`{path}` = {v:e} is out of range: must be at most {:e} (the largest f32)", f32::MAX)));
+    }
+    range_check(path, x as f64, v, lo, lo_incl, hi, hi_incl)?;
+    Ok(x)
+}
+
+/// Checks `x` against the range; messages show `shown` (the value as sent).
+fn range_check(path: &str, x: f64, shown: f64, lo: f64, lo_incl: bool, hi: f64, hi_incl: bool) -> ApiResult<()> {
+    let v = shown;
+    let ok_lo = if lo_incl { x >= lo } else { x > lo };
+    let ok_hi = if hi_incl { x <= hi } else { x < hi };
+    if x.is_finite() && ok_lo && ok_hi {
         return Ok(());
     }
     let l = if lo_incl { "[" } else { "(" };
@@ -228,12 +331,10 @@ pub fn parse_sampling(obj: &Map<String, Value>, names: &Names, ctx: &Ctx<'_>, de
     sp.min_p = d.min_p.unwrap_or(0.0);
     sp.repetition_penalty = d.repetition_penalty.unwrap_or(1.0);
     if let Some((t, p)) = num("temperature")? {
-        check_range(&p, t, 0.0, true, f64::INFINITY, false)?;
-        sp.temperature = t as f32;
+        sp.temperature = check_range_f32(&p, t, 0.0, true, f64::INFINITY, false)?;
     }
     if let Some((t, p)) = num("top_p")? {
-        check_range(&p, t, 0.0, false, 1.0, true)?;
-        sp.top_p = t as f32;
+        sp.top_p = check_range_f32(&p, t, 0.0, false, 1.0, true)?;
     }
     if let Some((v, p)) = get("top_k") {
         let k = as_i64(&p, v)?;
@@ -243,24 +344,19 @@ pub fn parse_sampling(obj: &Map<String, Value>, names: &Names, ctx: &Ctx<'_>, de
         sp.top_k = k;
     }
     if let Some((t, p)) = num("min_p")? {
-        check_range(&p, t, 0.0, true, 1.0, true)?;
-        sp.min_p = t as f32;
+        sp.min_p = check_range_f32(&p, t, 0.0, true, 1.0, true)?;
     }
     if let Some((t, p)) = num("frequency_penalty")? {
-        check_range(&p, t, -2.0, true, 2.0, true)?;
-        sp.frequency_penalty = t as f32;
+        sp.frequency_penalty = check_range_f32(&p, t, -2.0, true, 2.0, true)?;
     }
     if let Some((t, p)) = num("presence_penalty")? {
-        check_range(&p, t, -2.0, true, 2.0, true)?;
-        sp.presence_penalty = t as f32;
+        sp.presence_penalty = check_range_f32(&p, t, -2.0, true, 2.0, true)?;
     }
     if let Some((t, p)) = num("repetition_penalty")? {
-        check_range(&p, t, 0.0, false, 2.0, true)?;
-        sp.repetition_penalty = t as f32;
+        sp.repetition_penalty = check_range_f32(&p, t, 0.0, false, 2.0, true)?;
     }
     if let Some((v, p)) = get("sampling_seed") {
-        let s = as_i64(&p, v)?;
-        sp.seed = Some(s as u64);
+        sp.seed = Some(as_seed(&p, v)?);
     }
     if let Some((v, p)) = get("logit_bias") {
         let m = v.as_object().ok_or_else(|| type_err(&p, "an object of token id -> bias", v))?;
@@ -270,9 +366,8 @@ pub fn parse_sampling(obj: &Map<String, Value>, names: &Names, ctx: &Ctx<'_>, de
                 return Err(ApiError::bad(&p, format!("`{p}` key {id} is outside the vocabulary: token ids must be in [0, {})", ctx.vocab)));
             }
             let bp = format!("{p}.{k}");
-            let b = as_f64(&bp, b)?;
-            check_range(&bp, b, -100.0, true, 100.0, true)?;
-            sp.logit_bias.push((id as u32, b as f32));
+            let b = check_range_f32(&bp, as_f64(&bp, b)?, -100.0, true, 100.0, true)?;
+            sp.logit_bias.push((id as u32, b));
         }
     }
     // json_schema / regex / ebnf are read by `constraint.rs`
@@ -312,8 +407,12 @@ pub fn parse_sampling(obj: &Map<String, Value>, names: &Names, ctx: &Ctx<'_>, de
         if stop.stop.iter().any(|s| s.is_empty()) {
             return Err(ApiError::bad(&p, format!("`{p}` contains an empty string")));
         }
+        check_stop_limits(&p, &stop.stop)?;
     }
     if let Some((v, p)) = get("stop_token_ids") {
+        if let Some(n) = v.as_array().map(Vec::len).filter(|&n| n > MAX_STOP_TOKEN_IDS) {
+            return Err(ApiError::bad(&p, format!("`{p}` has {n} token ids; at most {MAX_STOP_TOKEN_IDS} are allowed")));
+        }
         stop.stop_token_ids = as_token_ids(&p, v, ctx.vocab)?;
     }
     if let Some((v, p)) = get("ignore_eos") {
@@ -340,6 +439,55 @@ pub fn parse_sampling(obj: &Map<String, Value>, names: &Names, ctx: &Ctx<'_>, de
         n = x as usize;
     }
     Ok(Parsed { sampling: sp, stop, max_new, n })
+}
+
+/// Most stop strings per request. OpenAI allows 4 and SGLang sets no limit; prompts with
+/// a few dozen stop words exist, hundreds do not. The scheduler's per-token cost grows
+/// with the number of stop strings (not their length).
+pub const MAX_STOP_STRINGS: usize = 64;
+/// Most bytes of stop strings per request (their matcher's memory lives as long as the
+/// request): 512 bytes for each of 64, far beyond any real stop sequence.
+pub const MAX_STOP_BYTES: usize = 32 << 10;
+/// Most `stop_token_ids` (checked on every generated token).
+pub const MAX_STOP_TOKEN_IDS: usize = 1024;
+
+fn check_stop_limits(p: &str, stops: &[String]) -> ApiResult<()> {
+    if stops.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::bad(p, format!("`{p}` has {} stop strings; at most {MAX_STOP_STRINGS} are allowed", stops.len())));
+    }
+    let total: usize = stops.iter().map(String::len).sum();
+    if total > MAX_STOP_BYTES {
+        return Err(ApiError::bad(
+            p,
+            format!("`{p}` totals {total} bytes of stop strings; at most {MAX_STOP_BYTES} bytes are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// Tokenizes an untrusted prompt for a context of `context` tokens: a text that cannot
+/// fit is refused without tokenizing all of it (`param` names the field in errors).
+pub fn encode_prompt(codec: &dyn Codec, text: &str, add_special_tokens: bool, context: usize, param: &str) -> ApiResult<Vec<u32>> {
+    match codec.encode_within(text, add_special_tokens, context.saturating_sub(1)) {
+        Ok(Bounded::Ids(ids)) => Ok(ids),
+        Ok(Bounded::TooLong { tokens, exact }) => {
+            let n = if exact { format!("{tokens} tokens") } else { format!("at least {tokens} tokens") };
+            Err(ApiError::bad(param, format!("The input ({n}) is longer than the model's context length ({context} tokens).")))
+        }
+        Ok(Bounded::Uncuttable { bytes }) => Err(uncuttable(param, bytes)),
+        Err(e) => Err(ApiError::bad(param, format!("could not tokenize `{param}`: {e}"))),
+    }
+}
+
+pub fn uncuttable(param: &str, bytes: usize) -> ApiError {
+    ApiError::bad(
+        param,
+        format!(
+            "`{param}` has a run of {bytes} bytes with no space, line break or punctuation to split it at; \
+             at most {} bytes can be tokenized in one piece",
+            crate::tokenizer::MAX_UNCUT_BYTES
+        ),
+    )
 }
 
 /// Applies the context limit to a prompt of `prompt_len` tokens (SGLang's checks and

@@ -6,10 +6,11 @@
 //! them. [`Tokenizer::bundled`] embeds `assets/qwen3_5/` (see its README) for tests and
 //! the demo model.
 //!
-//! Files: `mod.rs` (this: loading, encode/decode), `files.rs` (side-file parsing), `load.rs` (fast tokenizer.json parsing),
+//! Files: `mod.rs` (this: loading, encode/decode), `bounded.rs` (token-count bound, encoding with a limit), `files.rs` (side-file parsing), `load.rs` (fast tokenizer.json parsing),
 //! `detok.rs` (streaming detokenizer), `chat.rs` (template rendering), `pycompat.rs`
 //! (Python behaviour for templates: methods, `str()`), `pyjson.rs` (`tojson`), `pytime.rs` (`strftime_now`).
 
+mod bounded;
 mod chat;
 mod detok;
 mod files;
@@ -25,6 +26,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value as Json};
 use tokenizers::AddedToken;
 
+pub use bounded::{Bounded, MAX_UNCUT_BYTES};
 pub use chat::{ChatTemplate, ChatTemplateError};
 pub use detok::{DetokState, IncrementalDetokenizer};
 
@@ -44,6 +46,8 @@ struct Inner {
     eos_token_ids: Vec<u32>,
     chat_template: Option<ChatTemplate>,
     vocab_size: usize,
+    /// Worked out on first use (it scans the vocabulary).
+    bound: std::sync::OnceLock<bounded::TextBound>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -165,7 +169,7 @@ impl Tokenizer {
             None => None,
         };
         let vocab_size = hf.get_vocab_size(true);
-        Ok(Self { inner: Arc::new(Inner { hf, eos_token_ids, chat_template, vocab_size }) })
+        Ok(Self { inner: Arc::new(Inner { hf, eos_token_ids, chat_template, vocab_size, bound: Default::default() }) })
     }
 
     /// What each token id writes, as bytes (special tokens prefixed with 0xFF, unused ids
@@ -187,6 +191,14 @@ impl Tokenizer {
             .encode_fast(text, add_special_tokens)
             .map_err(|e| anyhow!("tokenizer encode failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// [`Tokenizer::encode`] for untrusted text: more than `max_tokens` tokens is
+    /// `TooLong`, found out cheaply (a bound on the count, then encoding in pieces that
+    /// stops at the limit), so the work and memory stay bounded whatever the text.
+    pub fn encode_within(&self, text: &str, add_special_tokens: bool, max_tokens: usize) -> Result<Bounded> {
+        let bound = self.inner.bound.get_or_init(|| bounded::TextBound::of(&self.inner.hf));
+        bound.encode_within(&self.inner.hf, text, add_special_tokens, max_tokens)
     }
 
     /// Text of `ids`. Invalid UTF-8 becomes U+FFFD. Ids outside the vocabulary (e.g. the

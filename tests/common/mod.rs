@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod mock;
+pub mod proc;
 pub mod scripted;
 pub mod server;

@@ -50,7 +50,7 @@ impl TestServer {
 
     /// A server over the CPU backend with the demo model and the bundled tokenizer
     /// (EOS: the demo config's and the tokenizer's).
-    pub fn demo(c: Capacity) -> Self {
+    pub fn demo_with_capacity(c: Capacity) -> Self {
         let (cfg, w) = kiln::demo::demo_weights();
         let backend = kiln::backend::cpu::CpuBackend::new(cfg, w, c).unwrap();
         let tok = kiln::tokenizer::Tokenizer::bundled().unwrap();
@@ -59,6 +59,16 @@ impl TestServer {
         eos.dedup();
         let sched = SchedulerConfig { eos_token_ids: eos, ..Default::default() };
         Self::start(Box::new(backend), Arc::new(tok), sched, ServerConfig::default())
+    }
+
+    /// A server over the CPU backend with the embedded demo model and the real tokenizer.
+    pub fn demo(slots: usize, chunk: usize, max_seq_len: usize, cfg: ServerConfig) -> Self {
+        let (model, w) = kiln::demo::demo_weights();
+        let c = Capacity { slots, block_size: 16, kv_blocks: slots * max_seq_len.div_ceil(16), max_seq_len };
+        let backend = kiln::backend::cpu::CpuBackend::new(model, w, c).unwrap();
+        let tok = kiln::tokenizer::Tokenizer::bundled().unwrap();
+        let sched = SchedulerConfig { eos_token_ids: demo_eos(&tok), chunked_prefill_size: chunk, ..Default::default() };
+        Self::start(Box::new(backend), Arc::new(tok), sched, cfg)
     }
 
     pub fn mock_default() -> (Self, Arc<MockStats>) {
@@ -118,6 +128,14 @@ impl Drop for TestServer {
             let _ = t.join();
         }
     }
+}
+
+/// The demo model's EOS ids: its config's and the tokenizer's.
+pub fn demo_eos(tok: &kiln::tokenizer::Tokenizer) -> Vec<u32> {
+    let mut e: Vec<u32> = kiln::demo::demo_config().eos_token_ids.iter().chain(tok.eos_token_ids()).copied().collect();
+    e.sort_unstable();
+    e.dedup();
+    e
 }
 
 /// Splits an SSE body into event JSONs; asserts `data: ...\n\n` framing and a final [DONE].
