@@ -6,9 +6,11 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod layout;
+pub mod speculative;
 
 use crate::config::ModelConfig;
-use anyhow::Result;
+use anyhow::{bail, Result};
+pub use speculative::{DraftChunk, Verified, VerifyChunk};
 
 /// What a backend can hold at once, fixed at start-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,4 +80,23 @@ pub trait Backend: Send {
     fn forward(&mut self, chunks: &[SeqChunk<'_>]) -> Result<Vec<ChunkLogits>>;
     /// Clears a slot's recurrent state so a new sequence can start in it.
     fn reset_slot(&mut self, slot: usize) -> Result<()>;
+
+    // ---- speculative decoding (MTP); see `speculative.rs`. A backend without it keeps
+    // these defaults, and the scheduler never calls `draft`/`verify` on it. ----
+
+    /// Whether `draft` and `verify` work (the model has an MTP head and the backend runs it).
+    fn supports_speculation(&self) -> bool {
+        false
+    }
+    /// Proposes `steps` draft tokens per sequence with the MTP head (chained), after
+    /// bringing the MTP layer's KV cache up to the sequence's position. Leaves the main
+    /// model's state untouched.
+    fn draft(&mut self, _seqs: &[DraftChunk<'_>]) -> Result<Vec<Vec<u32>>> {
+        bail!(speculative::NOT_SUPPORTED)
+    }
+    /// Verifies drafts: every position computes exactly as a single-token decode step;
+    /// keeps the accepted tokens in each slot and discards the rest (see `Verified`).
+    fn verify(&mut self, _seqs: &[VerifyChunk<'_>]) -> Result<Vec<Verified>> {
+        bail!(speculative::NOT_SUPPORTED)
+    }
 }

@@ -4,12 +4,13 @@
 //! embedded demo model.
 
 pub mod ops;
+mod speculative;
 mod state;
 
 use self::ops::GdnShape;
 use self::state::SlotState;
-use super::{Backend, Capacity, ChunkLogits, SeqChunk, Want};
-use crate::checkpoint::{FullAttnWeights, LinearAttnWeights, Mixer, Weights};
+use super::{Backend, Capacity, ChunkLogits, DraftChunk, SeqChunk, Verified, VerifyChunk, Want};
+use crate::checkpoint::{FullAttnWeights, LayerWeights, LinearAttnWeights, Mixer, Weights};
 use crate::config::ModelConfig;
 use anyhow::{bail, ensure, Result};
 
@@ -35,9 +36,9 @@ impl CpuBackend {
         &self.w
     }
 
-    /// Runs `tokens` through the model for one slot; returns the final hidden states
-    /// (after the final norm) of the rows `want` asks for.
-    fn run_sequence(&mut self, slot: usize, start: usize, tokens: &[u32], want: Want) -> Result<ChunkLogits> {
+    /// Runs `tokens` through the decoder layers for one slot, advancing its state;
+    /// returns the residual stream after the last layer (before the final norm), every row.
+    fn run_layers(&mut self, slot: usize, start: usize, tokens: &[u32]) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let h = cfg.hidden_size;
         let st = &mut self.slots[slot];
@@ -60,18 +61,29 @@ impl CpuBackend {
         let eps = cfg.rms_norm_eps as f32;
         for (li, layer) in self.w.layers.iter().enumerate() {
             let normed = ops::rms_norm(&x, &layer.input_norm, eps, 1.0);
+            let idx = cfg.kind_index(li);
             let mixed = match &layer.mixer {
-                Mixer::Linear(lw) => gated_delta_net(cfg, lw, &normed, st, cfg.kind_index(li)),
-                Mixer::Full(fw) => full_attention(cfg, fw, &normed, st, cfg.kind_index(li), start),
+                Mixer::Linear(lw) => gated_delta_net(cfg, lw, &normed, st, idx),
+                Mixer::Full(fw) => full_attention(cfg, fw, &normed, &mut st.k[idx], &mut st.v[idx], start),
             };
             x.iter_mut().zip(&mixed).for_each(|(a, b)| *a += b);
-            let normed = ops::rms_norm(&x, &layer.post_norm, eps, 1.0);
-            let gate = ops::matmul_wt(&normed, &layer.mlp.gate, h);
-            let up = ops::matmul_wt(&normed, &layer.mlp.up, h);
-            let down = ops::matmul_wt(&ops::silu_mul(&gate, &up), &layer.mlp.down, cfg.intermediate_size);
-            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+            mlp_residual(cfg, layer, &mut x);
         }
         st.len += tokens.len();
+        Ok(x)
+    }
+
+    /// Runs `tokens` through the model for one slot; returns the logits of the rows
+    /// `want` asks for.
+    fn run_sequence(&mut self, slot: usize, start: usize, tokens: &[u32], want: Want) -> Result<ChunkLogits> {
+        let x = self.run_layers(slot, start, tokens)?;
+        let h = self.cfg.hidden_size;
+        let eps = self.cfg.rms_norm_eps as f32;
+        if self.w.mtp.is_some() {
+            // The MTP head drafts from the final-normed hidden state of every position.
+            let normed = ops::rms_norm(&x, &self.w.norm, eps, 1.0);
+            speculative::record_hidden(&mut self.slots[slot].mtp, tokens, &normed);
+        }
         let rows: &[f32] = match want {
             Want::Nothing => return Ok(ChunkLogits::default()),
             Want::Last | Want::Argmax { .. } => &x[(tokens.len() - 1) * h..],
@@ -85,6 +97,17 @@ impl CpuBackend {
         };
         Ok(ChunkLogits { rows: normed.len() / h, data, argmax })
     }
+}
+
+/// The second half of a decoder layer, in place: x += down(silu(gate(n)) * up(n)) with
+/// n = post_attention_layernorm(x).
+fn mlp_residual(cfg: &ModelConfig, layer: &LayerWeights, x: &mut [f32]) {
+    let h = cfg.hidden_size;
+    let normed = ops::rms_norm(x, &layer.post_norm, cfg.rms_norm_eps as f32, 1.0);
+    let gate = ops::matmul_wt(&normed, &layer.mlp.gate, h);
+    let up = ops::matmul_wt(&normed, &layer.mlp.up, h);
+    let down = ops::matmul_wt(&ops::silu_mul(&gate, &up), &layer.mlp.down, cfg.intermediate_size);
+    x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
 }
 
 /// One Gated DeltaNet mixer over T tokens of one sequence, advancing its conv and
@@ -139,8 +162,9 @@ fn gated_delta_net(cfg: &ModelConfig, w: &LinearAttnWeights, x: &[f32], st: &mut
     ops::matmul_wt(&normed, &w.out, s.nv * s.dv)
 }
 
-/// One gated full-attention mixer over T tokens at positions start.., appending K/V.
-fn full_attention(cfg: &ModelConfig, w: &FullAttnWeights, x: &[f32], st: &mut SlotState, idx: usize, start: usize) -> Vec<f32> {
+/// One gated full-attention mixer over T tokens at positions start.., appending K/V to
+/// `k_cache` / `v_cache` ([positions, kv heads, head_dim], holding `start` positions).
+fn full_attention(cfg: &ModelConfig, w: &FullAttnWeights, x: &[f32], k_cache: &mut Vec<f32>, v_cache: &mut Vec<f32>, start: usize) -> Vec<f32> {
     let h = cfg.hidden_size;
     let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
     let t_len = x.len() / h;
@@ -164,9 +188,9 @@ fn full_attention(cfg: &ModelConfig, w: &FullAttnWeights, x: &[f32], st: &mut Sl
             ops::rope_partial(head, start + t, cfg.rotary_dim, cfg.rope_theta);
         }
     }
-    st.k[idx].extend_from_slice(&k);
-    st.v[idx].extend_from_slice(&v);
-    let mut o = ops::attention_causal(&q, &st.k[idx], &st.v[idx], start, nh, nkv, hd);
+    k_cache.extend_from_slice(&k);
+    v_cache.extend_from_slice(&v);
+    let mut o = ops::attention_causal(&q, k_cache, v_cache, start, nh, nkv, hd);
     o.iter_mut().zip(&gate).for_each(|(a, g)| *a *= ops::sigmoid(*g));
     ops::matmul_wt(&o, &w.o, nh * hd)
 }
@@ -197,6 +221,17 @@ impl Backend for CpuBackend {
         ensure!(slot < self.slots.len(), "slot {slot} out of range");
         self.slots[slot] = SlotState::new(&self.cfg);
         Ok(())
+    }
+    fn supports_speculation(&self) -> bool {
+        self.w.mtp.is_some()
+    }
+    fn draft(&mut self, seqs: &[DraftChunk<'_>]) -> Result<Vec<Vec<u32>>> {
+        self.check_distinct_slots(seqs.iter().map(|s| s.slot))?;
+        seqs.iter().map(|s| self.draft_one(s)).collect()
+    }
+    fn verify(&mut self, seqs: &[VerifyChunk<'_>]) -> Result<Vec<Verified>> {
+        self.check_distinct_slots(seqs.iter().map(|s| s.slot))?;
+        seqs.iter().map(|s| self.verify_one(s)).collect()
     }
 }
 
