@@ -61,17 +61,29 @@ pub fn random_weights(c: &ModelConfig, seed: u64) -> Weights {
     let layers = c.layer_kinds.iter().map(|k| random_layer(c, *k, &mut g)).collect();
     let embed = g.t(c.vocab_size * c.hidden_size, 1.0);
     let norm = g.t(c.hidden_size, 0.2);
-    let mtp = (c.mtp_num_layers > 0).then(|| {
-        let h = c.hidden_size;
-        MtpWeights {
-            pre_fc_norm_embedding: g.t(h, 0.2),
-            pre_fc_norm_hidden: g.t(h, 0.2),
-            fc: g.t(h * 2 * h, 1.0 / (2.0 * h as f32).sqrt()),
-            layers: (0..c.mtp_num_layers).map(|_| random_layer(c, LayerKind::Full, &mut g)).collect(),
-            norm: g.t(h, 0.2),
-        }
-    });
+    let mtp = (c.mtp_num_layers > 0).then(|| random_mtp(c, &mut g));
     Weights { embed, lm_head: None, norm, layers, mtp }
+}
+
+/// A random MTP head that leans toward copying its input token: fc passes half the
+/// embedding through beside noise, and the layer adds only a little to the residual. The
+/// demo model tends to repeat tokens, so about half to all of its drafts are accepted
+/// (measured 1.9-3.9 tokens per verify on three prompts, k = 3): full, partial and no
+/// acceptance all occur. A purely random head accepts nothing.
+fn random_mtp(c: &ModelConfig, g: &mut Gen) -> MtpWeights {
+    let h = c.hidden_size;
+    let mut fc = g.t(h * 2 * h, 1.5 / (2.0 * h as f32).sqrt());
+    for r in 0..h {
+        fc[r * 2 * h + r] += 0.5;
+    }
+    let mut layers: Vec<LayerWeights> = (0..c.mtp_num_layers).map(|_| random_layer(c, LayerKind::Full, g)).collect();
+    for l in &mut layers {
+        l.mlp.down.iter_mut().for_each(|v| *v *= 0.1);
+        if let Mixer::Full(a) = &mut l.mixer {
+            a.o.iter_mut().for_each(|v| *v *= 0.1);
+        }
+    }
+    MtpWeights { pre_fc_norm_embedding: g.t(h, 0.2), pre_fc_norm_hidden: g.t(h, 0.2), fc, layers, norm: g.t(h, 0.2) }
 }
 
 fn random_layer(c: &ModelConfig, kind: LayerKind, g: &mut Gen) -> LayerWeights {

@@ -1,5 +1,5 @@
 //! The `kiln` command: `kiln serve` (the HTTP server, SGLang launch flags) and
-//! `kiln generate` (direct greedy generation on the CPU backend).
+//! `kiln generate` (direct greedy generation on the CPU backend, plain or speculative).
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
@@ -95,6 +95,53 @@ struct ServeArgs {
     chat_template: Option<PathBuf>,
     #[arg(long)]
     skip_server_warmup: bool,
+    #[command(flatten)]
+    speculative: SpecArgs,
+}
+
+/// SGLang's speculative-decoding flags (MTP), shared by `serve` and `generate`.
+#[derive(Args, Debug, Clone, serde::Serialize)]
+struct SpecArgs {
+    /// Speculative decoding with the model's MTP head: NEXTN (EAGLE runs the same way for
+    /// Qwen3.5), or none.
+    #[arg(long)]
+    speculative_algorithm: Option<String>,
+    /// Chained MTP draft steps per cycle (default 3).
+    #[arg(long)]
+    speculative_num_steps: Option<usize>,
+    /// Draft chains per sequence: only 1.
+    #[arg(long)]
+    speculative_eagle_topk: Option<usize>,
+    /// Tokens verified per cycle: only --speculative-num-steps + 1.
+    #[arg(long)]
+    speculative_num_draft_tokens: Option<usize>,
+    /// kiln: when to speculate: auto (per step, from measured costs) or always.
+    #[arg(long, value_enum, default_value = "auto")]
+    speculative_policy: SpecPolicyArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum SpecPolicyArg {
+    Auto,
+    Always,
+}
+
+impl SpecArgs {
+    fn resolve(&self) -> Result<Option<scheduler::SpecConfig>> {
+        let policy = match self.speculative_policy {
+            SpecPolicyArg::Auto => scheduler::SpecPolicy::Auto,
+            SpecPolicyArg::Always => scheduler::SpecPolicy::Always,
+        };
+        scheduler::speculative::resolve(
+            self.speculative_algorithm.as_deref(),
+            self.speculative_num_steps,
+            self.speculative_eagle_topk,
+            self.speculative_num_draft_tokens,
+            policy,
+        )
+        .map_err(anyhow::Error::msg)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -109,6 +156,8 @@ struct GenerateArgs {
     /// Render the prompt as one user message with the chat template.
     #[arg(long)]
     chat: bool,
+    #[command(flatten)]
+    speculative: SpecArgs,
 }
 
 /// SGLang flags we do not implement are accepted with a warning (SGLang itself would
@@ -280,6 +329,10 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
             bail!("--reasoning-parser {p} is not supported (one of {})", server::REASONING_PARSERS.join(", "));
         }
     }
+    let speculative = a.speculative.resolve()?;
+    if let Some(sp) = &speculative {
+        tracing::info!("speculative decoding: MTP, {} draft steps per cycle, policy {:?}", sp.num_steps, sp.policy);
+    }
     let eos = eos_ids(backend.config(), &tok);
     let cap = backend.capacity();
     let sched_cfg = SchedulerConfig {
@@ -289,6 +342,7 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
         context_len: a.context_length.unwrap_or(cap.max_seq_len),
         eos_token_ids: eos,
         sample_threads: 0,
+        speculative,
     };
     let model_label = match (&demo, &a.model_path) {
         (None, Some(p)) => p.display().to_string(),
@@ -370,7 +424,20 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let len = ids.len() + a.max_new_tokens;
     let cap = Capacity { slots: 1, block_size: 16, kv_blocks: len.div_ceil(16), max_seq_len: len };
     let mut backend = CpuBackend::new(cfg, w, cap)?;
-    let out = kiln::generate::greedy(&mut backend, &ids, a.max_new_tokens, &eos, tok.vocab_size())?;
+    let out = match a.speculative.resolve()? {
+        Some(sp) => {
+            let (out, counts) = kiln::generate::greedy_speculative(&mut backend, &ids, a.max_new_tokens, &eos, tok.vocab_size(), sp.num_steps)?;
+            eprintln!(
+                "speculative: {} verify passes, {:.2} tokens per pass, {}/{} drafts accepted",
+                counts.verify_ct,
+                counts.accept_length(),
+                counts.accepted_drafts,
+                counts.draft_tokens
+            );
+            out
+        }
+        None => kiln::generate::greedy(&mut backend, &ids, a.max_new_tokens, &eos, tok.vocab_size())?,
+    };
     println!("{}", tok.decode(&out, true)?);
     Ok(())
 }

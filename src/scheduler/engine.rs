@@ -5,6 +5,7 @@ use super::request::{FinishReason, Output, TokenLogprob};
 use super::stats::Stats;
 use super::text::{Detok, StopStep, StopStrings};
 use super::seq::{input_lp_start, Seq};
+use super::speculative::SpecRuntime;
 use super::{Codec, Command, SchedulerConfig, Submission};
 use crate::backend::{Backend, SeqChunk, Want};
 use crate::sampling::{self, LogprobWant, Sampled, Sampler};
@@ -13,6 +14,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
+
+// Speculative decoding: the per-step cycle of draft + verify + burst emission.
+#[path = "spec_step.rs"]
+mod spec_step;
 
 pub(crate) struct Engine {
     backend: Box<dyn Backend>,
@@ -30,6 +35,8 @@ pub(crate) struct Engine {
     disconnected: bool,
     /// Threads for sampling large batches.
     sample_threads: usize,
+    /// Speculative decoding policy and measurements (None: off).
+    spec: Option<SpecRuntime>,
 }
 
 impl Engine {
@@ -46,6 +53,7 @@ impl Engine {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).clamp(1, 8),
             n => n,
         };
+        let spec = cfg.speculative.clone().map(SpecRuntime::new);
         Engine {
             slots: SlotPool::new(cap.slots, "slot"),
             blocks: BlockPool::new(cap.kv_blocks, cap.block_size),
@@ -60,6 +68,7 @@ impl Engine {
             drain_deadline: None,
             disconnected: false,
             sample_threads,
+            spec,
         }
     }
 
@@ -190,6 +199,7 @@ impl Engine {
             first_token_at: None,
             last_token_at: None,
             ever_admitted: false,
+            spec: Default::default(),
             req,
             tx,
         };
@@ -358,10 +368,16 @@ impl Engine {
         if self.running.is_empty() {
             return;
         }
+        // Sequences that run a draft + verify cycle this step (spec_step.rs).
+        let spec_rows = self.plan_speculation();
+        let mut speculating = vec![false; self.running.len()];
+        spec_rows.iter().for_each(|r| speculating[r.idx] = true);
+        let spec_extra: usize = spec_rows.iter().map(|r| r.k).sum();
         // Plan: (index into running, tokens, want). The budget covers every token of the
-        // step: one per decoding sequence first, prefill chunks from what is left.
+        // step: one per decoding sequence first (k + 1 per speculating one), prefill chunks
+        // from what is left.
         let decoding = self.running.iter().filter(|s| s.tokens.len() - s.fed == 1).count();
-        let mut budget = self.cfg.chunked_prefill_size.saturating_sub(decoding);
+        let mut budget = self.cfg.chunked_prefill_size.saturating_sub(decoding + spec_extra);
         // Prefill chunks end at multiples of `align` tokens of their sequence, never where
         // the budget happens to run out: a prompt is then cut the same way alone or under
         // load, so its numerics (GEMM path, GDN chunking) never depend on other requests.
@@ -371,6 +387,9 @@ impl Engine {
         let mut plan: Vec<(usize, usize, Want)> = Vec::new();
         let vocab_limit = self.vocab_limit;
         for (i, s) in self.running.iter().enumerate() {
+            if speculating[i] {
+                continue;
+            }
             let remaining = s.tokens.len() - s.fed;
             let n = if remaining == 1 {
                 1
@@ -400,7 +419,9 @@ impl Engine {
             plan.push((i, n, want));
         }
         let t0 = Instant::now();
-        let result = {
+        let result = if plan.is_empty() {
+            Ok(vec![])
+        } else {
             let chunks: Vec<SeqChunk<'_>> = plan
                 .iter()
                 .map(|&(i, n, want)| {
@@ -416,6 +437,7 @@ impl Engine {
                 .collect();
             self.backend.forward(&chunks)
         };
+        self.observe_plain_step(&plan, spec_rows.is_empty(), t0.elapsed().as_secs_f64());
         self.stats.steps.fetch_add(1, Relaxed);
         let logits = match result {
             Ok(l) if l.len() == plan.len() => l,
@@ -473,6 +495,7 @@ impl Engine {
                 done.push((i, out));
             }
         }
+        generated += self.run_speculation(&spec_rows, &mut done);
         let dt = t0.elapsed().as_secs_f64();
         if generated > 0 && dt > 0.0 {
             let old = self.stats.gen_throughput();
@@ -550,6 +573,12 @@ impl Engine {
     /// Appends a sampled token to running[i], applies the stop rules and sends a
     /// streaming update, or returns the final output when the request is done.
     fn on_token(&mut self, i: usize, sampled: Sampled) -> Option<Output> {
+        let out = self.append_token(i, sampled);
+        self.deliver(i, out)
+    }
+
+    /// Appends a token to running[i] and applies the stop rules: the update it makes.
+    fn append_token(&mut self, i: usize, sampled: Sampled) -> Output {
         let eos = &self.cfg.eos_token_ids;
         let codec = self.codec.clone();
         let s = &mut self.running[i];
@@ -597,14 +626,21 @@ impl Engine {
             finish,
             prompt_tokens: s.prompt_len,
             cached_tokens: 0,
+            spec: self.spec.as_ref().map(|_| s.spec),
         };
         if s.req.logprobs.enabled && !s.input_lp.is_empty() {
             out.input_logprobs = Some(std::mem::take(&mut s.input_lp));
         }
+        out
+    }
+
+    /// Sends a non-final update; returns the output instead when the request is done
+    /// (finished, or its client went away).
+    fn deliver(&mut self, i: usize, out: Output) -> Option<Output> {
         if out.finish.is_some() {
             return Some(out);
         }
-        if s.tx.send(out).is_err() {
+        if self.running[i].tx.send(out).is_err() {
             return Some(Output { finish: Some(FinishReason::abort("the client disconnected", None)), ..Default::default() });
         }
         None

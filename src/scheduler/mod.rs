@@ -9,17 +9,20 @@
 //!
 //! Files: `mod.rs` (this: config, handle, tickets), `engine.rs` (the loop), `pool.rs`
 //! (slot and block pools), `request.rs` (request/output types), `seq.rs` (per-request state), `text.rs` (detokenizer,
-//! stop strings), `codec.rs` (tokenizer trait), `stats.rs` (metrics).
+//! stop strings), `codec.rs` (tokenizer trait), `stats.rs` (metrics), `speculative.rs` (MTP
+//! speculation policy) with `spec_step.rs` (its step in the loop).
 
 pub mod codec;
 mod engine;
 pub mod pool;
 pub mod request;
 mod seq;
+pub mod speculative;
 pub mod stats;
 pub mod text;
 
 pub use codec::Codec;
+pub use speculative::{SpecConfig, SpecCounts, SpecPolicy};
 pub use request::{FinishReason, GenRequest, LogprobConfig, Output, StopConfig, TokenLogprob};
 pub use stats::Stats;
 
@@ -48,6 +51,8 @@ pub struct SchedulerConfig {
     pub eos_token_ids: Vec<u32>,
     /// Threads that sample large batches (0 = one less than the cores, at most 8).
     pub sample_threads: usize,
+    /// Speculative decoding with the model's MTP head (None: off).
+    pub speculative: Option<SpecConfig>,
 }
 
 impl Default for SchedulerConfig {
@@ -59,6 +64,7 @@ impl Default for SchedulerConfig {
             context_len: usize::MAX,
             eos_token_ids: vec![],
             sample_threads: 0,
+            speculative: None,
         }
     }
 }
@@ -125,6 +131,11 @@ pub fn spawn(backend: Box<dyn Backend>, codec: Arc<dyn Codec>, mut cfg: Schedule
     // One sequence must always fit: its tokens in max_seq_len and its blocks in the pool.
     cfg.context_len = cfg.context_len.min(cap.max_seq_len).min(cap.kv_blocks * cap.block_size);
     ensure!(cfg.context_len >= 2, "context length {} is too small", cfg.context_len);
+    ensure!(
+        cfg.speculative.is_none() || backend.supports_speculation(),
+        "speculative decoding needs a model with an MTP head (mtp.* tensors) on a backend that runs it; the {} backend here cannot",
+        backend.name()
+    );
     let vocab_limit = codec.vocab_size().min(backend.config().vocab_size);
     let info = SchedulerInfo { backend: backend.name(), model: backend.config().clone(), capacity: cap, config: cfg.clone(), vocab_limit };
     let stats = Arc::new(Stats::default());

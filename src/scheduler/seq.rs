@@ -1,6 +1,7 @@
 //! One request's state inside the scheduler.
 
 use super::request::{GenRequest, Output, TokenLogprob};
+use super::speculative::SpecCounts;
 use super::text::{Detok, StopStrings};
 use crate::sampling::{LogprobWant, Sampler};
 use std::time::Instant;
@@ -29,6 +30,8 @@ pub(crate) struct Seq {
     pub(crate) first_token_at: Option<Instant>,
     pub(crate) last_token_at: Option<Instant>,
     pub(crate) ever_admitted: bool,
+    /// Speculative decoding counters (meta_info's spec_* fields).
+    pub(crate) spec: SpecCounts,
 }
 
 impl Seq {
