@@ -5,6 +5,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod forced_draft;
 pub mod layout;
 pub mod speculative;
 
