@@ -74,7 +74,7 @@ impl Backend for SpecMock {
                 (0..c.steps)
                     .map(|j| {
                         let g = greedy_after(&seq, c.limit);
-                        let wrong = self.wrong_one_in > 0 && history_hash(&seq).wrapping_add(j as u64) % self.wrong_one_in == 0;
+                        let wrong = self.wrong_one_in > 0 && history_hash(&seq).wrapping_add(j as u64).is_multiple_of(self.wrong_one_in);
                         let d = if wrong { (g + 1) % c.limit as u32 } else { g };
                         seq.push(d);
                         d
@@ -133,16 +133,16 @@ fn prompt(seed: u32, len: usize) -> Vec<u32> {
 fn request(seed: u32) -> GenRequest {
     let stop = StopConfig {
         max_new_tokens: 5 + (seed as usize * 7) % 40,
-        min_new_tokens: if seed % 5 == 0 { 3 } else { 0 },
+        min_new_tokens: if seed.is_multiple_of(5) { 3 } else { 0 },
         stop: match seed % 4 {
             0 => vec![],
             1 => vec!["e".into()],
             2 => vec!["ab".into(), "q".into()],
             _ => vec![" t".into()],
         },
-        stop_token_ids: if seed % 3 == 0 { vec![0x61 + seed % 26] } else { vec![] },
+        stop_token_ids: if seed.is_multiple_of(3) { vec![0x61 + seed % 26] } else { vec![] },
         ignore_eos: seed % 6 == 1,
-        no_stop_trim: seed % 7 == 0,
+        no_stop_trim: seed.is_multiple_of(7),
         ..Default::default()
     };
     GenRequest::new(format!("r{seed}"), prompt(seed, 3 + seed as usize % 13), SamplingParams::greedy(), stop)
