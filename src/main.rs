@@ -96,6 +96,7 @@ struct ServeArgs {
     #[arg(long)]
     skip_server_warmup: bool,
     #[command(flatten)]
+    #[serde(flatten)]
     speculative: SpecArgs,
 }
 
