@@ -4,7 +4,9 @@
 #   ./launch_server.sh --model-path /models/Qwen3.5-4B --host 0.0.0.0 --port 30000 \
 #       [--context-length N] [--max-running-requests N] [--chunked-prefill-size N] \
 #       [--mem-fraction-static F] [--served-model-name NAME] [--api-key KEY] [--tp-size 1] \
-#       [--backend cpu]
+#       [--backend cpu] \
+#       [--speculative-algorithm NEXTN --speculative-num-steps 3 --speculative-eagle-topk 1 \
+#        --speculative-num-draft-tokens 4]
 #
 # Other SGLang flags are accepted with a warning. `--flag=value` works too.
 #

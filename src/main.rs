@@ -1,6 +1,7 @@
 //! The `kiln` command: `kiln serve` (the HTTP server, SGLang launch flags), `kiln generate`
-//! (direct greedy generation on the CPU backend) and `kiln probe` (the driver, GPUs and
-//! CUDA libraries, asked through the CUDA driver; launch_server.sh decides with it).
+//! (direct greedy generation on the CPU backend, plain or speculative) and `kiln probe`
+//! (the driver, GPUs and CUDA libraries, asked through the CUDA driver; launch_server.sh
+//! decides with it).
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
@@ -132,6 +133,54 @@ struct ServeArgs {
     /// OpenAI usage reports `prompt_tokens_details.cached_tokens`.
     #[arg(long)]
     enable_cache_report: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    speculative: SpecArgs,
+}
+
+/// SGLang's speculative-decoding flags (MTP), shared by `serve` and `generate`.
+#[derive(Args, Debug, Clone, serde::Serialize)]
+struct SpecArgs {
+    /// Speculative decoding with the model's MTP head: NEXTN (EAGLE runs the same way for
+    /// Qwen3.5), or none.
+    #[arg(long)]
+    speculative_algorithm: Option<String>,
+    /// Chained MTP draft steps per cycle (default 3).
+    #[arg(long)]
+    speculative_num_steps: Option<usize>,
+    /// Draft chains per sequence: only 1.
+    #[arg(long)]
+    speculative_eagle_topk: Option<usize>,
+    /// Tokens verified per cycle: only --speculative-num-steps + 1.
+    #[arg(long)]
+    speculative_num_draft_tokens: Option<usize>,
+    /// kiln: when to speculate: auto (per step, from measured costs) or always.
+    #[arg(long, value_enum, default_value = "auto")]
+    speculative_policy: SpecPolicyArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum SpecPolicyArg {
+    Auto,
+    Always,
+}
+
+impl SpecArgs {
+    fn resolve(&self) -> Result<Option<scheduler::SpecConfig>> {
+        let policy = match self.speculative_policy {
+            SpecPolicyArg::Auto => scheduler::SpecPolicy::Auto,
+            SpecPolicyArg::Always => scheduler::SpecPolicy::Always,
+        };
+        scheduler::speculative::resolve(
+            self.speculative_algorithm.as_deref(),
+            self.speculative_num_steps,
+            self.speculative_eagle_topk,
+            self.speculative_num_draft_tokens,
+            policy,
+        )
+        .map_err(anyhow::Error::msg)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -146,6 +195,8 @@ struct GenerateArgs {
     /// Render the prompt as one user message with the chat template.
     #[arg(long)]
     chat: bool,
+    #[command(flatten)]
+    speculative: SpecArgs,
 }
 
 /// SGLang flags we do not implement are accepted with a warning (SGLang itself would
@@ -396,6 +447,10 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
     if a.tool_call_parser != "none" && !server::TOOL_CALL_PARSERS.contains(&a.tool_call_parser.as_str()) {
         bail!("--tool-call-parser {} is not supported (one of {}, none)", a.tool_call_parser, server::TOOL_CALL_PARSERS.join(", "));
     }
+    let speculative = a.speculative.resolve()?;
+    if let Some(sp) = &speculative {
+        tracing::info!("speculative decoding: MTP, {} draft steps per cycle, policy {:?}", sp.num_steps, sp.policy);
+    }
     let eos = eos_ids(backend.config(), &tok);
     let cap = backend.capacity();
     let sched_cfg = SchedulerConfig {
@@ -408,6 +463,7 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
         prefix_cache: !a.disable_radix_cache,
         prefix_cache_interval: a.mamba_track_interval,
         check_invariants: false,
+        speculative,
     };
     let model_label = match (&demo, &a.model_path) {
         (None, Some(p)) => p.display().to_string(),
@@ -493,7 +549,20 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let len = ids.len() + a.max_new_tokens;
     let cap = Capacity { slots: 1, block_size: 16, kv_blocks: len.div_ceil(16), max_seq_len: len };
     let mut backend = CpuBackend::new(cfg, w, cap)?;
-    let out = kiln::generate::greedy(&mut backend, &ids, a.max_new_tokens, &eos, tok.vocab_size())?;
+    let out = match a.speculative.resolve()? {
+        Some(sp) => {
+            let (out, counts) = kiln::generate::greedy_speculative(&mut backend, &ids, a.max_new_tokens, &eos, tok.vocab_size(), sp.num_steps)?;
+            eprintln!(
+                "speculative: {} verify passes, {:.2} tokens per pass, {}/{} drafts accepted",
+                counts.verify_ct,
+                counts.accept_length(),
+                counts.accepted_drafts,
+                counts.draft_tokens
+            );
+            out
+        }
+        None => kiln::generate::greedy(&mut backend, &ids, a.max_new_tokens, &eos, tok.vocab_size())?,
+    };
     println!("{}", tok.decode(&out, true)?);
     Ok(())
 }

@@ -5,10 +5,13 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod forced_draft;
+pub mod speculative;
 pub mod step;
 
 use crate::config::ModelConfig;
 use anyhow::{bail, Result};
+pub use speculative::{DraftChunk, Verified, VerifyChunk};
 
 /// A backend's handle to a saved sequence state (see `Backend::snapshot_state`).
 pub type SnapshotId = u64;
@@ -102,5 +105,24 @@ pub trait Backend: Send {
     /// Frees a snapshot.
     fn drop_snapshot(&mut self, snapshot: SnapshotId) -> Result<()> {
         bail!("the {} backend does not support state snapshots (prefix caching); cannot drop {snapshot}", self.name())
+    }
+
+    // ---- speculative decoding (MTP); see `speculative.rs`. A backend without it keeps
+    // these defaults, and the scheduler never calls `draft`/`verify` on it. ----
+
+    /// Whether `draft` and `verify` work (the model has an MTP head and the backend runs it).
+    fn supports_speculation(&self) -> bool {
+        false
+    }
+    /// Proposes `steps` draft tokens per sequence with the MTP head (chained), after
+    /// bringing the MTP layer's KV cache up to the sequence's position. Leaves the main
+    /// model's state untouched.
+    fn draft(&mut self, _seqs: &[DraftChunk<'_>]) -> Result<Vec<Vec<u32>>> {
+        bail!(speculative::NOT_SUPPORTED)
+    }
+    /// Verifies drafts: every position computes exactly as a single-token decode step;
+    /// keeps the accepted tokens in each slot and discards the rest (see `Verified`).
+    fn verify(&mut self, _seqs: &[VerifyChunk<'_>]) -> Result<Vec<Verified>> {
+        bail!(speculative::NOT_SUPPORTED)
     }
 }

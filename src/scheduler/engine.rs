@@ -8,6 +8,7 @@ use super::request::{FinishReason, Output, TokenLogprob};
 use super::stats::Stats;
 use super::text::{Detok, StopStep, StopStrings};
 use super::seq::{input_lp_start, Seq};
+use super::speculative::SpecRuntime;
 use super::{Codec, Command, SchedulerConfig, Submission};
 use crate::backend::{Backend, SeqChunk, Want};
 use crate::sampling::{self, LogprobWant, Sampled, Sampler};
@@ -16,6 +17,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
+
+// Speculative decoding: the per-step cycle of draft + verify + burst emission.
+#[path = "spec_step.rs"]
+mod spec_step;
 
 pub(crate) struct Engine {
     backend: Box<dyn Backend>,
@@ -36,6 +41,8 @@ pub(crate) struct Engine {
     /// Where prompts are cut into prefill chunks (the prefix cache's cuts when it is on).
     cuts: CutSchedule,
     prefix_cache: Option<PrefixCacheState>,
+    /// Speculative decoding policy and measurements (None: off).
+    spec: Option<SpecRuntime>,
 }
 
 impl Engine {
@@ -58,6 +65,7 @@ impl Engine {
         let snapshots = backend.snapshot_capacity();
         let prefix_cache = cache::cache_cuts(&cfg, &cap, snapshots).map(|cuts| PrefixCacheState::new(cuts, cap.block_size, snapshots));
         let cuts = prefix_cache.as_ref().map_or(CutSchedule::uniform(cache::chunk_budget(&cfg)), |c| *c.cuts());
+        let spec = cfg.speculative.clone().map(SpecRuntime::new);
         Engine {
             slots: SlotPool::new(cap.slots, "slot"),
             blocks: BlockPool::new(cap.kv_blocks, cap.block_size),
@@ -74,6 +82,7 @@ impl Engine {
             sample_threads,
             cuts,
             prefix_cache,
+            spec,
         }
     }
 
@@ -224,6 +233,7 @@ impl Engine {
             cached_tokens: 0,
             prefill_end: 0,
             cache_node: None,
+            spec: Default::default(),
             req,
             tx,
         };
@@ -418,13 +428,22 @@ impl Engine {
         if self.running.is_empty() {
             return;
         }
+        // Sequences that run a draft + verify cycle this step (spec_step.rs).
+        let spec_rows = self.plan_speculation();
+        let mut speculating = vec![false; self.running.len()];
+        spec_rows.iter().for_each(|r| speculating[r.idx] = true);
+        let spec_extra: usize = spec_rows.iter().map(|r| r.k).sum();
         // Plan: (index into running, tokens, want). The budget covers every token of the
-        // step: one per decoding sequence first, prefill chunks from what is left.
+        // step: one per decoding sequence first (k + 1 per speculating one), prefill chunks
+        // from what is left.
         let decoding = self.running.iter().filter(|s| s.tokens.len() - s.fed == 1).count();
-        let mut budget = self.cfg.chunked_prefill_size.saturating_sub(decoding);
+        let mut budget = self.cfg.chunked_prefill_size.saturating_sub(decoding + spec_extra);
         let mut plan: Vec<(usize, usize, Want)> = Vec::new();
         let vocab_limit = self.vocab_limit;
         for (i, s) in self.running.iter().enumerate() {
+            if speculating[i] {
+                continue;
+            }
             let remaining = s.tokens.len() - s.fed;
             let n = if remaining == 1 {
                 1
@@ -454,7 +473,9 @@ impl Engine {
             plan.push((i, n, want));
         }
         let t0 = Instant::now();
-        let result = {
+        let result = if plan.is_empty() {
+            Ok(vec![])
+        } else {
             let chunks: Vec<SeqChunk<'_>> = plan
                 .iter()
                 .map(|&(i, n, want)| {
@@ -470,6 +491,7 @@ impl Engine {
                 .collect();
             self.backend.forward(&chunks)
         };
+        self.observe_plain_step(&plan, spec_rows.is_empty(), t0.elapsed().as_secs_f64());
         self.stats.steps.fetch_add(1, Relaxed);
         let logits = match result {
             Ok(l) if l.len() == plan.len() => l,
@@ -530,6 +552,7 @@ impl Engine {
                 done.push((i, out));
             }
         }
+        generated += self.run_speculation(&spec_rows, &mut done);
         let dt = t0.elapsed().as_secs_f64();
         if generated > 0 && dt > 0.0 {
             let old = self.stats.gen_throughput();
@@ -607,6 +630,12 @@ impl Engine {
     /// Appends a sampled token to running[i], applies the stop rules and sends a
     /// streaming update, or returns the final output when the request is done.
     fn on_token(&mut self, i: usize, sampled: Sampled) -> Option<Output> {
+        let out = self.append_token(i, sampled);
+        self.deliver(i, out)
+    }
+
+    /// Appends a token to running[i] and applies the stop rules: the update it makes.
+    fn append_token(&mut self, i: usize, sampled: Sampled) -> Output {
         let eos = &self.cfg.eos_token_ids;
         let codec = self.codec.clone();
         let s = &mut self.running[i];
@@ -654,14 +683,21 @@ impl Engine {
             finish,
             prompt_tokens: s.prompt_len,
             cached_tokens: s.cached_tokens,
+            spec: self.spec.as_ref().map(|_| s.spec),
         };
         if s.req.logprobs.enabled && !s.input_lp.is_empty() {
             out.input_logprobs = Some(std::mem::take(&mut s.input_lp));
         }
+        out
+    }
+
+    /// Sends a non-final update; returns the output instead when the request is done
+    /// (finished, or its client went away).
+    fn deliver(&mut self, i: usize, out: Output) -> Option<Output> {
         if out.finish.is_some() {
             return Some(out);
         }
-        if s.tx.send(out).is_err() {
+        if self.running[i].tx.send(out).is_err() {
             return Some(Output { finish: Some(FinishReason::abort("the client disconnected", None)), ..Default::default() });
         }
         None

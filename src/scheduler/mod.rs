@@ -15,7 +15,8 @@
 //! (pure decisions: chunk cuts, admission, what to cache), `pool.rs` (slot and block
 //! pools), `prefix_cache.rs` (the cache's tree), `cache.rs` (the cache in the loop),
 //! `request.rs` (request/output types), `seq.rs` (per-request state), `text.rs` (detokenizer,
-//! stop strings), `codec.rs` (tokenizer trait), `stats.rs` (metrics).
+//! stop strings), `codec.rs` (tokenizer trait), `stats.rs` (metrics), `speculative.rs` (MTP
+//! speculation policy) with `spec_step.rs` (its step in the loop).
 
 mod cache;
 pub mod codec;
@@ -25,10 +26,12 @@ pub mod pool;
 pub mod prefix_cache;
 pub mod request;
 mod seq;
+pub mod speculative;
 pub mod stats;
 pub mod text;
 
 pub use codec::Codec;
+pub use speculative::{SpecConfig, SpecCounts, SpecPolicy};
 pub use request::{FinishReason, GenRequest, LogprobConfig, Output, StopConfig, TokenLogprob};
 pub use stats::Stats;
 
@@ -67,6 +70,8 @@ pub struct SchedulerConfig {
     /// Check the pool and cache invariants after every step (always in debug builds;
     /// tests turn it on in release builds).
     pub check_invariants: bool,
+    /// Speculative decoding with the model's MTP head (None: off).
+    pub speculative: Option<SpecConfig>,
 }
 
 impl Default for SchedulerConfig {
@@ -81,6 +86,7 @@ impl Default for SchedulerConfig {
             prefix_cache: true,
             prefix_cache_interval: 256,
             check_invariants: false,
+            speculative: None,
         }
     }
 }
@@ -151,6 +157,11 @@ pub fn spawn(backend: Box<dyn Backend>, codec: Arc<dyn Codec>, mut cfg: Schedule
     ensure!(cfg.context_len >= 2, "context length {} is too small", cfg.context_len);
     // Record whether the prefix cache really runs (the backend may keep no snapshots).
     cfg.prefix_cache = cache::cache_cuts(&cfg, &cap, backend.snapshot_capacity()).is_some();
+    ensure!(
+        cfg.speculative.is_none() || backend.supports_speculation(),
+        "speculative decoding needs a model with an MTP head (mtp.* tensors) on a backend that runs it; the {} backend here cannot",
+        backend.name()
+    );
     let vocab_limit = codec.vocab_size().min(backend.config().vocab_size);
     let info = SchedulerInfo { backend: backend.name(), model: backend.config().clone(), capacity: cap, config: cfg.clone(), vocab_limit };
     let stats = Arc::new(Stats::default());

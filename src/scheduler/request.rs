@@ -1,5 +1,6 @@
 //! What the server submits to the scheduler and what comes back.
 
+use super::speculative::SpecCounts;
 use crate::sampling::SamplingParams;
 use std::time::Instant;
 
@@ -120,4 +121,6 @@ pub struct Output {
     pub finish: Option<FinishReason>,
     pub prompt_tokens: usize,
     pub cached_tokens: usize,
+    /// The request's speculation counters so far, when the server speculates.
+    pub spec: Option<SpecCounts>,
 }

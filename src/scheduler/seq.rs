@@ -1,6 +1,7 @@
 //! One request's state inside the scheduler.
 
 use super::request::{GenRequest, Output, TokenLogprob};
+use super::speculative::SpecCounts;
 use super::text::{Detok, StopStrings};
 use crate::sampling::{LogprobWant, Sampler};
 use std::time::Instant;
@@ -36,6 +37,8 @@ pub(crate) struct Seq {
     pub(crate) prefill_end: usize,
     /// The cache node whose path this sequence holds locked (None: cache off or not running).
     pub(crate) cache_node: Option<super::prefix_cache::NodeId>,
+    /// Speculative decoding counters (meta_info's spec_* fields).
+    pub(crate) spec: SpecCounts,
 }
 
 impl Seq {

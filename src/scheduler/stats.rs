@@ -76,6 +76,9 @@ pub struct Stats {
     pub steps: AtomicU64,
     pub retractions: AtomicU64,
     pub backend_errors: AtomicU64,
+    /// Speculative verify passes (one per sequence per cycle) and the tokens they produced.
+    pub spec_verify_ct: AtomicU64,
+    pub spec_verify_tokens: AtomicU64,
     // Histograms.
     pub ttft: Histogram,
     pub itl: Histogram,
@@ -107,6 +110,8 @@ impl Default for Stats {
             steps: AtomicU64::new(0),
             retractions: AtomicU64::new(0),
             backend_errors: AtomicU64::new(0),
+            spec_verify_ct: AtomicU64::new(0),
+            spec_verify_tokens: AtomicU64::new(0),
             ttft: Histogram::new(LATENCY_BOUNDS),
             itl: Histogram::new(LATENCY_BOUNDS),
             e2e: Histogram::new(LATENCY_BOUNDS),
@@ -118,6 +123,11 @@ impl Default for Stats {
 impl Stats {
     pub fn gen_throughput(&self) -> f64 {
         f64::from_bits(self.gen_throughput_bits.load(Relaxed))
+    }
+    /// Tokens per speculative verify pass (bonus included), once speculation has run.
+    pub fn avg_spec_accept_length(&self) -> Option<f64> {
+        let ct = self.spec_verify_ct.load(Relaxed);
+        (ct > 0).then(|| self.spec_verify_tokens.load(Relaxed) as f64 / ct as f64)
     }
     /// True when nothing is queued or running and no slot or block is held.
     pub fn is_idle(&self) -> bool {

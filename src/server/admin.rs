@@ -103,7 +103,7 @@ pub async fn server_info(state: State) -> HttpResponse {
         json!({"weight": 0, "kvcache": 0, "token_capacity": cap.kv_blocks * cap.block_size, "graph": 0}),
     );
     internal.insert("effective_max_running_requests_per_dp".into(), json!(info.config.max_running));
-    internal.insert("avg_spec_accept_length".into(), Value::Null);
+    internal.insert("avg_spec_accept_length".into(), json!(st.avg_spec_accept_length()));
     let mut out = args;
     out.insert("status".into(), json!(if state.is_ready() { "ready" } else { "not ready" }));
     out.insert("max_total_num_tokens".into(), json!(cap.kv_blocks * cap.block_size));

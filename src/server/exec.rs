@@ -3,7 +3,7 @@
 
 use super::errors::{ApiError, ApiResult};
 use super::AppState;
-use crate::scheduler::{FinishReason, GenRequest, Output, SubmitError, Ticket, TokenLogprob};
+use crate::scheduler::{FinishReason, GenRequest, Output, SpecCounts, SubmitError, Ticket, TokenLogprob};
 use super::conn::{self, ConnProbe};
 use futures_util::stream::{self, Stream, StreamExt};
 use std::sync::Arc;
@@ -21,6 +21,8 @@ pub struct Acc {
     pub prompt_tokens: usize,
     pub cached_tokens: usize,
     pub arrival: Option<Instant>,
+    /// Speculation counters (the latest update's), when the server speculates.
+    pub spec: Option<SpecCounts>,
 }
 
 impl Acc {
@@ -39,6 +41,9 @@ impl Acc {
         }
         self.prompt_tokens = o.prompt_tokens.max(self.prompt_tokens);
         self.cached_tokens = o.cached_tokens;
+        if o.spec.is_some() {
+            self.spec = o.spec;
+        }
     }
     pub fn e2e_latency(&self) -> f64 {
         self.arrival.map(|a| a.elapsed().as_secs_f64()).unwrap_or(0.0)

@@ -250,6 +250,14 @@ fn item_json(acc: &Acc, lp: &LpOpts, codec: &dyn Codec, finished: bool, index: O
             m.insert("output_token_ids_logprobs".into(), ido);
         }
     }
+    if let Some(sp) = &acc.spec {
+        // SGLang's speculative fields (spec_accept_length: tokens per verify pass).
+        m.insert("spec_verify_ct".into(), json!(sp.verify_ct));
+        m.insert("spec_accept_length".into(), json!(sp.accept_length()));
+        m.insert("spec_accept_rate".into(), json!(sp.accept_rate()));
+        m.insert("spec_accept_token_num".into(), json!(sp.accepted_drafts));
+        m.insert("spec_draft_token_num".into(), json!(sp.draft_tokens));
+    }
     if finished {
         m.insert("e2e_latency".into(), json!(acc.e2e_latency()));
         m.insert("response_sent_to_client_ts".into(), json!(unix_now()));

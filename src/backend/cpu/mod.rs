@@ -4,12 +4,13 @@
 //! embedded demo model.
 
 pub mod ops;
+mod speculative;
 mod state;
 
 use self::ops::GdnShape;
 use self::state::{PagedKv, SlotState};
-use super::{Backend, Capacity, ChunkLogits, SeqChunk, SnapshotId, Want};
-use crate::checkpoint::{FullAttnWeights, LinearAttnWeights, Mixer, Weights};
+use super::{Backend, Capacity, ChunkLogits, DraftChunk, SeqChunk, SnapshotId, Verified, VerifyChunk, Want};
+use crate::checkpoint::{FullAttnWeights, LayerWeights, LinearAttnWeights, Mixer, Weights};
 use crate::config::ModelConfig;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
@@ -53,9 +54,10 @@ impl CpuBackend {
         &self.w
     }
 
-    /// Runs `tokens` through the model for one slot; returns the final hidden states
-    /// (after the final norm) of the rows `want` asks for.
-    fn run_sequence(&mut self, slot: usize, start: usize, tokens: &[u32], blocks: &[u32], want: Want) -> Result<ChunkLogits> {
+    /// Runs `tokens` through the decoder layers for one slot, advancing its state and
+    /// writing K/V into its pages `blocks`; returns the residual stream after the last
+    /// layer (before the final norm), every row.
+    fn run_layers(&mut self, slot: usize, start: usize, tokens: &[u32], blocks: &[u32]) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let h = cfg.hidden_size;
         let st = &mut self.slots[slot];
@@ -80,18 +82,29 @@ impl CpuBackend {
         let eps = cfg.rms_norm_eps as f32;
         for (li, layer) in self.w.layers.iter().enumerate() {
             let normed = ops::rms_norm(&x, &layer.input_norm, eps, 1.0);
+            let idx = cfg.kind_index(li);
             let mixed = match &layer.mixer {
-                Mixer::Linear(lw) => gated_delta_net(cfg, lw, &normed, st, cfg.kind_index(li)),
-                Mixer::Full(fw) => full_attention(cfg, fw, &normed, kv, cfg.kind_index(li), start, blocks),
+                Mixer::Linear(lw) => gated_delta_net(cfg, lw, &normed, st, idx),
+                Mixer::Full(fw) => full_attention(cfg, fw, &normed, KvStore::Paged { kv: &mut *kv, layer: idx, blocks }, start),
             };
             x.iter_mut().zip(&mixed).for_each(|(a, b)| *a += b);
-            let normed = ops::rms_norm(&x, &layer.post_norm, eps, 1.0);
-            let gate = ops::matmul_wt(&normed, &layer.mlp.gate, h);
-            let up = ops::matmul_wt(&normed, &layer.mlp.up, h);
-            let down = ops::matmul_wt(&ops::silu_mul(&gate, &up), &layer.mlp.down, cfg.intermediate_size);
-            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+            mlp_residual(cfg, layer, &mut x);
         }
         st.len += tokens.len();
+        Ok(x)
+    }
+
+    /// Runs `tokens` through the model for one slot; returns the logits of the rows
+    /// `want` asks for.
+    fn run_sequence(&mut self, slot: usize, start: usize, tokens: &[u32], blocks: &[u32], want: Want) -> Result<ChunkLogits> {
+        let x = self.run_layers(slot, start, tokens, blocks)?;
+        let h = self.cfg.hidden_size;
+        let eps = self.cfg.rms_norm_eps as f32;
+        if self.w.mtp.is_some() {
+            // The MTP head drafts from the final-normed hidden state of every position.
+            let normed = ops::rms_norm(&x, &self.w.norm, eps, 1.0);
+            speculative::record_hidden(&mut self.slots[slot].mtp, tokens, &normed);
+        }
         let rows: &[f32] = match want {
             Want::Nothing => return Ok(ChunkLogits::default()),
             Want::Last | Want::Argmax { .. } => &x[(tokens.len() - 1) * h..],
@@ -105,6 +118,17 @@ impl CpuBackend {
         };
         Ok(ChunkLogits { rows: normed.len() / h, data, argmax })
     }
+}
+
+/// The second half of a decoder layer, in place: x += down(silu(gate(n)) * up(n)) with
+/// n = post_attention_layernorm(x).
+fn mlp_residual(cfg: &ModelConfig, layer: &LayerWeights, x: &mut [f32]) {
+    let h = cfg.hidden_size;
+    let normed = ops::rms_norm(x, &layer.post_norm, cfg.rms_norm_eps as f32, 1.0);
+    let gate = ops::matmul_wt(&normed, &layer.mlp.gate, h);
+    let up = ops::matmul_wt(&normed, &layer.mlp.up, h);
+    let down = ops::matmul_wt(&ops::silu_mul(&gate, &up), &layer.mlp.down, cfg.intermediate_size);
+    x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
 }
 
 /// One Gated DeltaNet mixer over T tokens of one sequence, advancing its conv and
@@ -159,9 +183,17 @@ fn gated_delta_net(cfg: &ModelConfig, w: &LinearAttnWeights, x: &[f32], st: &mut
     ops::matmul_wt(&normed, &w.out, s.nv * s.dv)
 }
 
-/// One gated full-attention mixer over T tokens at positions start.., writing their K/V
-/// into the sequence's pages `blocks` and attending over positions 0..start+T.
-fn full_attention(cfg: &ModelConfig, w: &FullAttnWeights, x: &[f32], kv: &mut PagedKv, idx: usize, start: usize, blocks: &[u32]) -> Vec<f32> {
+/// Where a full-attention layer keeps its keys and values.
+enum KvStore<'a> {
+    /// The main model's layer `layer` in the sequence's pages `blocks`.
+    Paged { kv: &'a mut PagedKv, layer: usize, blocks: &'a [u32] },
+    /// A contiguous cache holding `start` positions, appended to (the MTP layer's).
+    Contiguous { k: &'a mut Vec<f32>, v: &'a mut Vec<f32> },
+}
+
+/// One gated full-attention mixer over T tokens at positions start.., storing their K/V
+/// in `store` and attending over positions 0..start+T.
+fn full_attention(cfg: &ModelConfig, w: &FullAttnWeights, x: &[f32], store: KvStore<'_>, start: usize) -> Vec<f32> {
     let h = cfg.hidden_size;
     let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
     let t_len = x.len() / h;
@@ -185,9 +217,18 @@ fn full_attention(cfg: &ModelConfig, w: &FullAttnWeights, x: &[f32], kv: &mut Pa
             ops::rope_partial(head, start + t, cfg.rotary_dim, cfg.rope_theta);
         }
     }
-    kv.write(idx, blocks, start, &k, &v);
-    let (keys, values) = kv.gather(idx, blocks, start + t_len);
-    let mut o = ops::attention_causal(&q, &keys, &values, start, nh, nkv, hd);
+    let mut o = match store {
+        KvStore::Paged { kv, layer, blocks } => {
+            kv.write(layer, blocks, start, &k, &v);
+            let (keys, values) = kv.gather(layer, blocks, start + t_len);
+            ops::attention_causal(&q, &keys, &values, start, nh, nkv, hd)
+        }
+        KvStore::Contiguous { k: k_cache, v: v_cache } => {
+            k_cache.extend_from_slice(&k);
+            v_cache.extend_from_slice(&v);
+            ops::attention_causal(&q, k_cache, v_cache, start, nh, nkv, hd)
+        }
+    };
     o.iter_mut().zip(&gate).for_each(|(a, g)| *a *= ops::sigmoid(*g));
     ops::matmul_wt(&o, &w.o, nh * hd)
 }
@@ -218,6 +259,17 @@ impl Backend for CpuBackend {
         ensure!(slot < self.slots.len(), "slot {slot} out of range");
         self.slots[slot] = SlotState::new(&self.cfg);
         Ok(())
+    }
+    fn supports_speculation(&self) -> bool {
+        self.w.mtp.is_some()
+    }
+    fn draft(&mut self, seqs: &[DraftChunk<'_>]) -> Result<Vec<Vec<u32>>> {
+        self.check_distinct_slots(seqs.iter().map(|s| s.slot))?;
+        seqs.iter().map(|s| self.draft_one(s)).collect()
+    }
+    fn verify(&mut self, seqs: &[VerifyChunk<'_>]) -> Result<Vec<Verified>> {
+        self.check_distinct_slots(seqs.iter().map(|s| s.slot))?;
+        seqs.iter().map(|s| self.verify_one(s)).collect()
     }
     fn snapshot_capacity(&self) -> usize {
         self.max_snapshots

@@ -1,0 +1,190 @@
+//! The engine's speculative step (a child of `engine.rs`): which decoding sequences run a
+//! draft + verify cycle this step, the two backend calls, and the emission of each burst
+//! of accepted tokens through the same stop rules as one token at a time: the burst ends
+//! at the first stop (nothing after it is emitted) and arrives as one update (no token lost).
+//!
+//! Only plain greedy sequences speculate (no logprobs, penalties or banned stop tokens):
+//! their output is exactly plain decoding's, whatever is accepted. Sampled and logprob
+//! requests decode plainly in the same step.
+
+use super::Engine;
+use crate::backend::{DraftChunk, VerifyChunk};
+use crate::sampling::Sampled;
+use crate::scheduler::request::{FinishReason, Output};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+/// A sequence that speculates this step: its index in `running` and its draft count.
+pub(super) struct SpecRow {
+    pub idx: usize,
+    pub k: usize,
+}
+
+impl Engine {
+    /// Whether running[i] may speculate: it is decoding (its last token sampled, not yet
+    /// fed) and needs nothing but greedy tokens.
+    fn spec_eligible(&self, i: usize) -> bool {
+        let s = &self.running[i];
+        let p = s.sampler.params();
+        s.tokens.len() - s.fed == 1
+            && s.out_len() >= 1
+            && s.out_len() >= s.req.stop.min_new_tokens
+            && p.is_greedy()
+            && !p.has_penalties()
+            && !s.lp_want.any()
+            && !s.req.logprobs.enabled
+            && !s.input_lp_pending
+    }
+
+    /// Decides this step's speculation (the policy, then per sequence its draft count
+    /// within its output and context room) and reserves KV blocks for the verified tokens.
+    pub(super) fn plan_speculation(&mut self) -> Vec<SpecRow> {
+        if self.spec.is_none() {
+            return vec![];
+        }
+        let eligible: Vec<usize> = (0..self.running.len()).filter(|&i| self.spec_eligible(i)).collect();
+        let decoding = self.running.iter().filter(|s| s.tokens.len() - s.fed == 1).count();
+        let Some(rt) = self.spec.as_mut() else { return vec![] };
+        if eligible.is_empty() || !rt.decide(decoding) {
+            return vec![];
+        }
+        let k_max = rt.cfg.num_steps;
+        let mut rows = Vec::with_capacity(eligible.len());
+        for i in eligible {
+            let s = &mut self.running[i];
+            // A cycle emits up to k + 1 tokens and fills positions up to n + k.
+            let room_out = s.max_new.saturating_sub(s.out_len()).saturating_sub(1);
+            let room_ctx = self.cfg.context_len.saturating_sub(s.tokens.len());
+            let k = k_max.min(room_out).min(room_ctx);
+            if k == 0 || !self.blocks.grow(&mut s.blocks, s.tokens.len() + k) {
+                continue;
+            }
+            rows.push(SpecRow { idx: i, k });
+        }
+        rows
+    }
+
+    /// Records the cost of a step of plain decode rows only (the cost model's baseline).
+    pub(super) fn observe_plain_step(&mut self, plan: &[(usize, usize, crate::backend::Want)], no_spec: bool, secs: f64) {
+        if let Some(rt) = self.spec.as_mut() {
+            if no_spec && !plan.is_empty() && plan.iter().all(|p| p.1 == 1) {
+                rt.costs.observe_plain(plan.len(), secs);
+            }
+        }
+    }
+
+    /// Drafts, verifies and emits for `rows`; finished sequences go onto `done`. Returns
+    /// the number of tokens emitted.
+    pub(super) fn run_speculation(&mut self, rows: &[SpecRow], done: &mut Vec<(usize, Output)>) -> usize {
+        if rows.is_empty() {
+            return 0;
+        }
+        let limit = self.vocab_limit;
+        let t0 = Instant::now();
+        let drafts = {
+            let chunks: Vec<DraftChunk<'_>> = rows
+                .iter()
+                .map(|r| {
+                    let s = &self.running[r.idx];
+                    let next = *s.tokens.last().expect("a decoding sequence has tokens");
+                    DraftChunk { slot: s.slot.expect("running sequences hold a slot"), pos: s.fed, next, steps: r.k, blocks: &s.blocks, limit }
+                })
+                .collect();
+            self.backend.draft(&chunks)
+        };
+        let draft_secs = t0.elapsed().as_secs_f64();
+        let drafts = match drafts {
+            Ok(d) if d.len() == rows.len() && d.iter().zip(rows).all(|(d, r)| d.len() == r.k) => d,
+            Ok(_) => return self.fail_rows(rows, "backend error: the draft returned the wrong number of tokens".into(), done),
+            Err(e) => return self.fail_rows(rows, format!("backend error: {e:#}"), done),
+        };
+        let fed: Vec<Vec<u32>> = rows
+            .iter()
+            .zip(drafts)
+            .map(|(r, d)| std::iter::once(*self.running[r.idx].tokens.last().expect("tokens")).chain(d).collect())
+            .collect();
+        let t1 = Instant::now();
+        let verified = {
+            let chunks: Vec<VerifyChunk<'_>> = rows
+                .iter()
+                .zip(&fed)
+                .map(|(r, f)| {
+                    let s = &self.running[r.idx];
+                    VerifyChunk { slot: s.slot.expect("running sequences hold a slot"), start_pos: s.fed, tokens: f, blocks: &s.blocks, limit }
+                })
+                .collect();
+            self.backend.verify(&chunks)
+        };
+        let verify_secs = t1.elapsed().as_secs_f64();
+        let verified = match verified {
+            Ok(v) if v.len() == rows.len() && v.iter().zip(&fed).all(|(v, f)| v.greedy.len() == f.len() && (1..=f.len()).contains(&v.accepted)) => v,
+            Ok(_) => return self.fail_rows(rows, "backend error: the verify returned malformed results".into(), done),
+            Err(e) => return self.fail_rows(rows, format!("backend error: {e:#}"), done),
+        };
+        let accepted: Vec<usize> = verified.iter().map(|v| v.accepted).collect();
+        if let Some(rt) = self.spec.as_mut() {
+            let k_max = rows.iter().map(|r| r.k).max().unwrap_or(1);
+            rt.costs.observe_draft(rows.len(), k_max, draft_secs);
+            rt.costs.observe_verify(rows.len(), verify_secs);
+            rt.observe_acceptance(&accepted);
+        }
+        self.stats.spec_verify_ct.fetch_add(rows.len() as u64, Relaxed);
+        self.stats.spec_verify_tokens.fetch_add(accepted.iter().sum::<usize>() as u64, Relaxed);
+        let mut generated = 0;
+        for (r, v) in rows.iter().zip(&verified) {
+            let s = &mut self.running[r.idx];
+            s.fed += v.accepted;
+            s.spec.record(r.k, v.accepted);
+            let (n, out) = self.emit_burst(r.idx, v.emitted());
+            generated += n;
+            if let Some(out) = out {
+                done.push((r.idx, out));
+            }
+        }
+        generated
+    }
+
+    /// Appends `tokens` to running[i] one at a time through the stop rules, stopping at
+    /// the first finish, and delivers them as one update. Returns the tokens appended and
+    /// the final output when the request is done.
+    fn emit_burst(&mut self, i: usize, tokens: &[u32]) -> (usize, Option<Output>) {
+        let mut merged: Option<Output> = None;
+        let mut n = 0;
+        for &t in tokens {
+            self.running[i].sampler.observe(t);
+            let out = self.append_token(i, Sampled { token: t, ..Default::default() });
+            n += 1;
+            let m = merged.get_or_insert_with(Output::default);
+            merge(m, out);
+            if m.finish.is_some() {
+                break;
+            }
+        }
+        (n, merged.and_then(|m| self.deliver(i, m)))
+    }
+
+    /// Ends every request in `rows` with a 500 (a backend failure mid-cycle).
+    fn fail_rows(&mut self, rows: &[SpecRow], msg: String, done: &mut Vec<(usize, Output)>) -> usize {
+        tracing::error!("{msg}");
+        self.stats.backend_errors.fetch_add(1, Relaxed);
+        for r in rows {
+            let prompt_tokens = self.running[r.idx].prompt_len;
+            done.push((r.idx, Output { finish: Some(FinishReason::abort(msg.clone(), Some(500))), prompt_tokens, ..Default::default() }));
+        }
+        0
+    }
+}
+
+/// Folds the update of one more token into the burst's update.
+fn merge(into: &mut Output, o: Output) {
+    into.ids.extend(o.ids);
+    into.text.push_str(&o.text);
+    into.logprobs.extend(o.logprobs);
+    if into.input_logprobs.is_none() {
+        into.input_logprobs = o.input_logprobs;
+    }
+    into.finish = o.finish;
+    into.prompt_tokens = o.prompt_tokens;
+    into.cached_tokens = o.cached_tokens;
+    into.spec = o.spec;
+}
