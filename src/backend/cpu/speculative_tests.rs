@@ -10,6 +10,16 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const V: usize = 300;
+/// Slot 0's KV pages: enough for max_seq_len 512 in blocks of 16.
+const BLOCKS: [u32; 32] = {
+    let mut b = [0u32; 32];
+    let mut i = 0;
+    while i < 32 {
+        b[i] = i as u32;
+        i += 1;
+    }
+    b
+};
 
 fn model(slots: usize) -> CpuBackend {
     let cfg = ModelConfig { vocab_size: V, ..demo_config() };
@@ -24,7 +34,7 @@ fn prompt(n: usize, seed: u64) -> Vec<u32> {
 }
 
 fn feed(b: &mut CpuBackend, slot: usize, start: usize, tokens: &[u32], want: Want) -> Vec<f32> {
-    let c = SeqChunk { slot, start_pos: start, tokens, blocks: &[], want };
+    let c = SeqChunk { slot, start_pos: start, tokens, blocks: &BLOCKS, want };
     b.forward(&[c]).unwrap().remove(0).data
 }
 
@@ -43,7 +53,7 @@ fn plain(b: &mut CpuBackend, p: &[u32], n: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
 }
 
 fn verify(b: &mut CpuBackend, start: usize, tokens: &[u32]) -> crate::backend::Verified {
-    b.verify(&[VerifyChunk { slot: 0, start_pos: start, tokens, blocks: &[], limit: V }]).unwrap().remove(0)
+    b.verify(&[VerifyChunk { slot: 0, start_pos: start, tokens, blocks: &BLOCKS, limit: V }]).unwrap().remove(0)
 }
 
 #[test]
@@ -87,7 +97,7 @@ fn drafts_leave_the_main_state_alone_and_do_not_depend_on_how_the_cache_caught_u
         pos += 1;
     }
     let draft = |b: &mut CpuBackend, pos: usize, next: u32| {
-        b.mtp_logits(&DraftChunk { slot: 0, pos, next, steps: 3, blocks: &[], limit: V }).unwrap()
+        b.mtp_logits(&DraftChunk { slot: 0, pos, next, steps: 3, blocks: &BLOCKS, limit: V }).unwrap()
     };
     let da = draft(&mut a, pos, want[4]);
     assert_eq!(da.len(), 3);
@@ -107,7 +117,7 @@ fn drafts_leave_the_main_state_alone_and_do_not_depend_on_how_the_cache_caught_u
     // Drafting never touched the main model: decoding goes on exactly as plain decoding.
     assert_eq!(feed(&mut a, 0, pos, &[want[4]], Want::Last), rows[4]);
     // The backend's `draft` is the argmax of these logits.
-    let toks = a.draft(&[DraftChunk { slot: 0, pos: pos + 1, next: want[5], steps: 2, blocks: &[], limit: 7 }]).unwrap();
+    let toks = a.draft(&[DraftChunk { slot: 0, pos: pos + 1, next: want[5], steps: 2, blocks: &BLOCKS, limit: 7 }]).unwrap();
     assert_eq!(toks[0].len(), 2);
     assert!(toks[0].iter().all(|&t| t < 7), "drafts respect the vocabulary limit: {toks:?}");
 }
@@ -129,7 +139,7 @@ fn verify_feeds_the_mtp_cache_like_decode() {
     let v = verify(&mut ver, p.len(), &[want[0], want[1], want[2], 0]);
     assert_eq!(v.accepted, if want[3] == 0 { 4 } else { 3 });
     if v.accepted == 3 {
-        let d = |b: &mut CpuBackend| b.mtp_logits(&DraftChunk { slot: 0, pos: p.len() + 3, next: want[3], steps: 2, blocks: &[], limit: V }).unwrap();
+        let d = |b: &mut CpuBackend| b.mtp_logits(&DraftChunk { slot: 0, pos: p.len() + 3, next: want[3], steps: 2, blocks: &BLOCKS, limit: V }).unwrap();
         assert_eq!(d(&mut ver), d(&mut dec));
     }
 }
@@ -139,19 +149,19 @@ fn speculation_errors_are_clear() {
     let mut b = model(2);
     let p = prompt(5, 4);
     feed(&mut b, 0, 0, &p, Want::Last);
-    let e = b.draft(&[DraftChunk { slot: 0, pos: 3, next: 1, steps: 2, blocks: &[], limit: V }]).unwrap_err().to_string();
+    let e = b.draft(&[DraftChunk { slot: 0, pos: 3, next: 1, steps: 2, blocks: &BLOCKS, limit: V }]).unwrap_err().to_string();
     assert!(e.contains("holds 5 tokens"), "{e}");
-    let e = b.draft(&[DraftChunk { slot: 1, pos: 0, next: 1, steps: 2, blocks: &[], limit: V }]).unwrap_err().to_string();
+    let e = b.draft(&[DraftChunk { slot: 1, pos: 0, next: 1, steps: 2, blocks: &BLOCKS, limit: V }]).unwrap_err().to_string();
     assert!(e.contains("no token to draft from"), "{e}");
-    let c = VerifyChunk { slot: 0, start_pos: 5, tokens: &[1, 2], blocks: &[], limit: V };
+    let c = VerifyChunk { slot: 0, start_pos: 5, tokens: &[1, 2], blocks: &BLOCKS, limit: V };
     let e = b.verify(&[c.clone(), c]).unwrap_err().to_string();
     assert!(e.contains("twice"), "{e}");
     // A model without an MTP head says so.
     let cfg = ModelConfig { vocab_size: V, mtp_num_layers: 0, ..demo_config() };
     let w = random_weights(&cfg, 1);
-    let mut plain = CpuBackend::new(cfg, w, Capacity { slots: 1, block_size: 16, kv_blocks: 8, max_seq_len: 64 }).unwrap();
+    let mut plain = CpuBackend::new(cfg, w, Capacity { slots: 1, block_size: 16, kv_blocks: 32, max_seq_len: 64 }).unwrap();
     assert!(!plain.supports_speculation());
     feed(&mut plain, 0, 0, &p, Want::Last);
-    let e = plain.draft(&[DraftChunk { slot: 0, pos: 5, next: 1, steps: 1, blocks: &[], limit: V }]).unwrap_err().to_string();
+    let e = plain.draft(&[DraftChunk { slot: 0, pos: 5, next: 1, steps: 1, blocks: &BLOCKS, limit: V }]).unwrap_err().to_string();
     assert!(e.contains("no MTP head"), "{e}");
 }
