@@ -32,6 +32,8 @@ fn check_model(name: &str) -> usize {
     let vocab = cfg.vocab_size;
     let mut b = CpuBackend::new(cfg, w, Capacity { slots: 1, block_size: 16, kv_blocks: 64, max_seq_len: 1024 }).unwrap();
     let steps = mtp["steps"].as_u64().unwrap() as usize;
+    // The slot's KV pages (the CPU backend pages its KV): all 64, enough for 1024 tokens.
+    let blocks: Vec<u32> = (0..64).collect();
     let mut checked = 0;
     for (case, m) in cases["cases"].as_array().unwrap().iter().zip(mtp["cases"].as_array().unwrap()) {
         assert_eq!(case["name"], m["name"]);
@@ -41,8 +43,8 @@ fn check_model(name: &str) -> usize {
             let pos = s["pos"].as_u64().unwrap() as usize;
             assert_eq!(s["next"].as_u64().unwrap() as u32, seq[pos]);
             b.reset_slot(0).unwrap();
-            b.forward(&[SeqChunk { slot: 0, start_pos: 0, tokens: &seq[..pos], blocks: &[], want: Want::Last }]).unwrap();
-            let rows = b.mtp_logits(&DraftChunk { slot: 0, pos, next: seq[pos], steps, blocks: &[], limit: vocab }).unwrap();
+            b.forward(&[SeqChunk { slot: 0, start_pos: 0, tokens: &seq[..pos], blocks: &blocks, want: Want::Last }]).unwrap();
+            let rows = b.mtp_logits(&DraftChunk { slot: 0, pos, next: seq[pos], steps, blocks: &blocks, limit: vocab }).unwrap();
             let what = format!("{name} {} start {i} (pos {pos})", m["name"]);
             let t = st.tensor(&format!("{}.mtp{i}.draft_logits", m["name"].as_str().unwrap())).unwrap();
             let theirs: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
