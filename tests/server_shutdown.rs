@@ -106,12 +106,16 @@ async fn requests_queued_at_sigterm_get_503_at_once() {
     let c = client();
     let body = json!({"text": "Hello", "sampling_params": {"max_new_tokens": 8000, "ignore_eos": true}});
     let running = tokio::spawn(c.post(format!("{base}/generate")).json(&body).send());
-    let load = || async { c.get(format!("{base}/get_load")).send().await.unwrap().json::<serde_json::Value>().await.unwrap() };
+    // /get_load answers SGLang's shape: one entry per data-parallel rank (kiln has one).
+    let load = || async { c.get(format!("{base}/get_load")).send().await.unwrap().json::<serde_json::Value>().await.unwrap()[0].clone() };
+    let t = Instant::now();
     while load().await["num_running_reqs"] != 1 {
+        assert!(t.elapsed() < Duration::from_secs(30), "the first request never ran: {}", load().await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let queued = tokio::spawn(c.post(format!("{base}/generate")).json(&body).send());
     while load().await["num_waiting_reqs"] != 1 {
+        assert!(t.elapsed() < Duration::from_secs(30), "the second request never queued: {}", load().await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let t0 = Instant::now();
