@@ -281,3 +281,46 @@ async fn launch_server_with_sglang_speculative_flags_serves_plain_greedy_output(
     assert_eq!(info["speculative_num_steps"], 2, "{info}");
     assert!(info["internal_states"][0]["avg_spec_accept_length"].as_f64().unwrap() >= 1.0, "{info}");
 }
+
+/// Submits the requests one after the other (each after the previous finished); returns
+/// each one's ids, verify count and the prompt tokens it took from the prefix cache.
+fn run_one_by_one(backend: Box<dyn Backend>, cfg: SchedulerConfig, reqs: &[GenRequest]) -> Vec<(Vec<u32>, u64, usize)> {
+    let h = scheduler::spawn(backend, Arc::new(FixtureCodec), cfg).unwrap();
+    reqs.iter()
+        .map(|r| {
+            let mut t = h.submit(r.clone()).unwrap();
+            let (mut ids, mut cached) = (vec![], 0);
+            loop {
+                let o = t.blocking_recv().unwrap();
+                ids.extend(o.ids);
+                cached = cached.max(o.cached_tokens);
+                if o.finish.is_some() {
+                    assert!(!matches!(o.finish, Some(kiln::scheduler::FinishReason::Abort { .. })), "{:?}", o.finish);
+                    return (ids, o.spec.map_or(0, |s| s.verify_ct), cached);
+                }
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn speculation_resumed_from_the_prefix_cache_equals_plain() {
+    let (dir, prompts) = fixture("tiny_text");
+    // A 100-token prompt, then one sharing its first 80 tokens: with cuts at 32 and 64 the
+    // second resumes from the snapshot at 64, MTP cache included, and must still speculate
+    // to exactly the plain tokens.
+    let long: Vec<u32> = prompts.iter().flatten().copied().cycle().take(100).collect();
+    let follow: Vec<u32> = long[..80].iter().chain(prompts[1].iter()).copied().take(110).collect();
+    let reqs = [greedy_req(0, &long, 40), greedy_req(1, &follow, 40), greedy_req(2, &long, 40)];
+    let base = SchedulerConfig { chunked_prefill_size: 64, prefix_cache_interval: 32, ..Default::default() };
+    let plain = run_one_by_one(Box::new(cpu(Some(&dir), 2)), SchedulerConfig { prefix_cache: false, ..base.clone() }, &reqs);
+    let spec_cfg = SchedulerConfig { speculative: Some(SpecConfig { num_steps: 3, policy: SpecPolicy::Always }), ..base };
+    let spec = run_one_by_one(Box::new(cpu(Some(&dir), 2)), spec_cfg, &reqs);
+    for (i, (p, s)) in plain.iter().zip(&spec).enumerate() {
+        assert_eq!(s.0, p.0, "request {i}: speculation after a cache hit differs from plain decoding");
+        assert!(s.1 > 0, "request {i} did not speculate");
+        assert_eq!(p.2, 0, "the plain run has no cache");
+    }
+    assert_eq!(spec[0].2, 0, "the first request finds an empty cache");
+    assert!(spec[1].2 >= 64 && spec[2].2 >= 64, "later requests resume from the cache: {:?}", spec.iter().map(|s| s.2).collect::<Vec<_>>());
+}
