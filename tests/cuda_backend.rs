@@ -108,10 +108,10 @@ fn cuda_backend_matches_the_cpu_backend_on_the_toy_model() {
     let alone = run(&mut gpu, 0, &prompt, 64, &feed, &blocks);
     let stripes: Vec<Vec<u32>> = (0..8u32).map(|s| (s * 16..(s + 1) * 16).collect()).collect();
     let mut gpu8 = CudaBackend::load(&b.plan, None, &CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, ..Default::default() }).unwrap();
-    for s in 0..8 {
+    for (s, stripe) in stripes.iter().enumerate() {
         let p: Vec<u32> = if s == 0 { prompt.clone() } else { (0..(20 + s as u32 * 9)).map(|i| (i * 13 + s as u32) % vocab).collect() };
         gpu8.reset_slot(s).unwrap();
-        gpu8.forward(&[SeqChunk { slot: s, start_pos: 0, tokens: &p, blocks: &stripes[s], want: Want::Nothing }]).unwrap();
+        gpu8.forward(&[SeqChunk { slot: s, start_pos: 0, tokens: &p, blocks: stripe, want: Want::Nothing }]).unwrap();
     }
     let lens: Vec<usize> = (0..8).map(|s| if s == 0 { prompt.len() } else { 20 + s * 9 }).collect();
     for (i, t) in feed.iter().enumerate() {

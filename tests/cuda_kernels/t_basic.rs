@@ -20,7 +20,7 @@ fn nvrtc_compiles_every_kernel_for_sm90a_and_sm100a() {
     let full = KernelDims::qwen3_5_4b();
     for arch in compile::ARCHES {
         let t = std::time::Instant::now();
-        let mods = compile::compile_all(arch, &full, &[inc.clone()]).unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+        let mods = compile::compile_all(arch, &full, std::slice::from_ref(&inc)).unwrap_or_else(|e| panic!("{arch}: {e:#}"));
         assert_eq!(mods.len(), compile::SOURCES.len());
         let entries = registry::entries(&full);
         for m in &mods {
@@ -38,7 +38,7 @@ fn nvrtc_compiles_every_kernel_for_sm90a_and_sm100a() {
         hidden: 64, intermediate: 128, vocab: 1024, num_heads: 4, num_kv_heads: 2, head_dim: 64, rotary_dim: 16,
         rope_theta: 1e7, lin_num_k_heads: 2, lin_num_v_heads: 4, lin_k_dim: 32, lin_v_dim: 32, conv_kernel: 4, rms_eps: 1e-6,
     };
-    compile::compile_all("sm_90a", &tiny, &[inc.clone()]).unwrap_or_else(|e| panic!("tiny shape: {e:#}"));
+    compile::compile_all("sm_90a", &tiny, std::slice::from_ref(&inc)).unwrap_or_else(|e| panic!("tiny shape: {e:#}"));
     // A broken kernel gives an error naming the module and carrying NVRTC's log.
     let err = compile::compile_module("broken", "extern \"C\" __global__ void f() { undefined_thing(); }", "sm_90a", &full, &[inc])
         .unwrap_err()

@@ -174,8 +174,8 @@ impl LayerStack<'_> {
     }
 
     /// One full-attention mixer (full layer `fi`): fused q/gate/k/v projection, q/k norm
-    /// + RoPE + KV write, decode attention over pages for the decode rows and flash
-    /// prefill attention for the chunks, the sigmoid output gate, then o_proj into
+    /// with RoPE and the KV write, decode attention over pages for the decode rows and
+    /// flash prefill attention for the chunks, the sigmoid output gate, then o_proj into
     /// `s.delta`.
     fn full_attention(&self, a: &FullPtrs, fi: usize, r: &Rows) -> Result<()> {
         let (c, k, st, s) = (self.cfg, self.k, self.stream, self.s);
