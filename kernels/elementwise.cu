@@ -16,6 +16,10 @@
 //   y[i] = bf16(x[i]) rounded to nearest even, i < n (cuBLASLt's prefill GEMMs take bf16
 //   activations). grid (ceil(n/1024)), block 256, 4 elements per thread.
 //
+// kiln_gather_rows_{f32,bf16}(const T* src, const int* rows, T* dst, int width, int n)
+//   dst[i][0..width) = src[rows[i]][0..width), i < n (the lm_head's input rows of a step,
+//   in one launch instead of a copy per row). grid (n), block 256.
+//
 // kiln_argmax_{f32,bf16}(const T* logits, int ld, int n, int* out, int M)
 //   out[m] = the index of the largest of logits[m*ld + 0 .. n); the first index wins
 //   ties; NaN never wins (an all-NaN row gives 0). grid (M), block 1024.
@@ -141,6 +145,9 @@ extern "C" __global__ void __launch_bounds__(1024) kiln_argmax_bf16(const bf16* 
 }
 
 extern "C" __global__ void __launch_bounds__(256) kiln_f32_to_bf16(const float* __restrict__ x, bf16* __restrict__ y, int n) {
+    // Like every kiln kernel: under PDL (the decode graphs), wait for the predecessor's
+    // writes (with KILN_ACT=bf16 this reads the attention combine's output).
+    KILN_PDL_ENTER();
     const int i = (blockIdx.x * 256 + threadIdx.x) * 4;
     if (i + 3 < n) {
         const float4 v = *reinterpret_cast<const float4*>(x + i);
@@ -150,4 +157,24 @@ extern "C" __global__ void __launch_bounds__(256) kiln_f32_to_bf16(const float* 
     } else {
         for (int j = i; j < n; j++) y[j] = __float2bfloat16_rn(x[j]);
     }
+}
+
+template <typename T>
+__device__ __forceinline__ void gather_rows(const T* __restrict__ src, const int* __restrict__ rows, T* __restrict__ dst,
+                                            int width, int n) {
+    KILN_PDL_ENTER();
+    const int i = blockIdx.x;
+    if (i >= n) return;
+    const T* s = src + (size_t)rows[i] * width;
+    T* d = dst + (size_t)i * width;
+    for (int j = threadIdx.x; j < width; j += 256) d[j] = s[j];
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    kiln_gather_rows_f32(const float* src, const int* rows, float* dst, int width, int n) {
+    gather_rows<float>(src, rows, dst, width, n);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    kiln_gather_rows_bf16(const bf16* src, const int* rows, bf16* dst, int width, int n) {
+    gather_rows<bf16>(src, rows, dst, width, n);
 }

@@ -208,6 +208,8 @@ pub struct MetaOffsets {
     pub start_pos: usize,
     pub ctx_lens: usize,
     pub block_tables: usize,
+    /// Token rows whose logits are wanted (at most one per token row).
+    pub logit_rows: usize,
     pub end: usize,
 }
 
@@ -224,8 +226,9 @@ impl MetaOffsets {
         let start_pos = slots + r(s);
         let ctx_lens = start_pos + r(s);
         let block_tables = ctx_lens + r(s);
-        let end = block_tables + r(s * bt);
-        MetaOffsets { ids, pos, kv_loc, cu_seqlens, slots, start_pos, ctx_lens, block_tables, end }
+        let logit_rows = block_tables + r(s * bt);
+        let end = logit_rows + r(t);
+        MetaOffsets { ids, pos, kv_loc, cu_seqlens, slots, start_pos, ctx_lens, block_tables, logit_rows, end }
     }
     /// i32 elements the image of the largest step takes (the device buffer's size).
     pub fn len(t: usize, s: usize, bt: usize) -> usize {
@@ -255,6 +258,7 @@ impl MetaOffsets {
         put(self.start_pos, &l.start_pos);
         put(self.ctx_lens, &l.ctx_lens);
         put(self.block_tables, &l.block_tables);
+        put(self.logit_rows, &l.logit_rows);
         host
     }
 }
@@ -497,6 +501,8 @@ mod tests {
         assert_eq!(&st.packed[m.cu_seqlens..m.cu_seqlens + 3], &[0, 1, 4]);
         assert_eq!(&st.packed[m.slots..m.slots + 2], &[0, 2]);
         assert_eq!(&st.packed[m.block_tables..m.block_tables + 6], &[1, 4, 2, 3, 8, 0]);
+        // Logit rows: the decode row 0, then all 3 rows of the prefill chunk.
+        assert_eq!(&st.packed[m.logit_rows..m.logit_rows + 4], &[0, 1, 2, 3]);
         // The prefill group's view starts at its own sequence, rows keep their numbers.
         let pm = m.skip_seqs(st.groups.decode_seqs, l.bt_stride);
         assert_eq!(st.packed[pm.slots], 2);

@@ -271,3 +271,26 @@ fn f32_to_bf16_rounds_to_nearest_even() {
         assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "n = {n}");
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn gather_rows_copies_the_named_rows_exactly() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let mut g = rng(10);
+    // Widths that are and are not multiples of the block; rows repeated and out of order.
+    for (width, rows) in [(2560usize, vec![3i32, 0, 7, 7, 1]), (37, vec![5, 2]), (1, vec![0])] {
+        let src = randn_vec(&mut g, 8 * width, 1.0);
+        let want: Vec<f32> = rows.iter().flat_map(|r| src[*r as usize * width..(*r as usize + 1) * width].to_vec()).collect();
+        let (src_d, rows_d, out) = (up(&s, &src), up(&s, &rows), poison_f32(&s, rows.len() * width));
+        e.k.gather_rows(&s, ptr(&s, &src_d), DType::F32, ptr(&s, &rows_d), ptr(&s, &out), width, rows.len()).unwrap();
+        // A copy: bit-identical, and every element written (outputs start as NaN).
+        assert_eq!(down(&s, &out), want, "width {width}, rows {rows:?}");
+        let srcb = to_bf16(&src);
+        let outb = poison_bf16(&s, rows.len() * width);
+        e.k.gather_rows(&s, ptr(&s, &up(&s, &srcb)), DType::BF16, ptr(&s, &rows_d), ptr(&s, &outb), width, rows.len()).unwrap();
+        let got: Vec<u16> = down(&s, &outb).iter().map(|x| x.to_bits()).collect();
+        let wantb: Vec<u16> = rows.iter().flat_map(|r| srcb[*r as usize * width..(*r as usize + 1) * width].iter().map(|x| x.to_bits())).collect();
+        assert_eq!(got, wantb, "bf16 width {width}");
+    }
+}

@@ -354,7 +354,8 @@ impl CudaBackend {
         let stack = self.stack();
         for (ci, piece) in rows.chunks(LOGIT_ROWS).enumerate() {
             let r0 = ci * LOGIT_ROWS;
-            stack.lm_head_rows(piece, self.s.argmax.at(r0 * 4), step.argmax_limit)?;
+            let rows_dev = self.s.meta.at((step.meta.logit_rows + r0) * 4);
+            stack.lm_head_rows(piece, rows_dev, self.s.argmax.at(r0 * 4), step.argmax_limit)?;
             self.download_rows(&step.dest, r0..r0 + piece.len(), bufs)?;
         }
         let mut tokens = vec![0i32; if step.argmax_limit.is_some() { rows.len() } else { 0 }];

@@ -7,7 +7,6 @@
 
 use super::blaslt::BlasLt;
 use super::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, DevPtr, GdnDecode, GdnPrefill, Kernels, Mat, QkNormRope, NULL};
-use super::memory::copy_d2d;
 use super::pools::{Scratch, StatePools, LOGIT_ROWS};
 use super::weights::{DeviceWeights, FullPtrs, LayerPtrs, LinearPtrs, MixerPtrs};
 use crate::backend::step::{MetaOffsets, Step, StepLayout};
@@ -107,9 +106,10 @@ impl LayerStack<'_> {
         Ok(())
     }
 
-    /// The lm_head over the normed rows `rows` (any rows, at most 64) into logits rows
-    /// 0.. (and argmaxes 0.. at `argmax_at`): non-contiguous rows are gathered first.
-    pub fn lm_head_rows(&self, rows: &[i32], argmax_at: DevPtr, argmax_limit: Option<usize>) -> Result<()> {
+    /// The lm_head over the normed rows `rows` (any rows, at most 64; the same i32s are at
+    /// `rows_dev` on the device) into logits rows 0.. (and argmaxes 0.. at `argmax_at`):
+    /// non-contiguous rows are first gathered in one launch.
+    pub fn lm_head_rows(&self, rows: &[i32], rows_dev: DevPtr, argmax_at: DevPtr, argmax_limit: Option<usize>) -> Result<()> {
         let (s, h) = (self.s, self.cfg.hidden_size);
         let es = self.act.size();
         let first = rows.first().copied().unwrap_or(0) as usize;
@@ -117,9 +117,7 @@ impl LayerStack<'_> {
         let src = if contiguous {
             s.normed.at(first * h * es)
         } else {
-            for (j, r) in rows.iter().enumerate() {
-                copy_d2d(self.stream, s.sel.at(j * h * es), s.normed.at(*r as usize * h * es), h * es)?;
-            }
+            self.k.gather_rows(self.stream, s.normed.ptr, self.act, rows_dev, s.sel.ptr, h, rows.len())?;
             s.sel.ptr
         };
         self.lm_head_piece(src, rows.len(), s.logits.ptr, argmax_at, argmax_limit)

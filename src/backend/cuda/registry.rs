@@ -70,6 +70,7 @@ pub const SILU_MUL: ByXY<&str> = [
 ];
 pub const ARGMAX: [&str; 2] = ["kiln_argmax_f32", "kiln_argmax_bf16"];
 pub const F32_TO_BF16: &str = "kiln_f32_to_bf16";
+pub const GATHER_ROWS: [&str; 2] = ["kiln_gather_rows_f32", "kiln_gather_rows_bf16"];
 
 /// Tokens per GDN prefill chunk (GR_C / GS_C in gdn_prefill.cu).
 pub const GDN_CHUNK: usize = 64;
@@ -134,6 +135,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("elementwise", SILU_MUL.as_flattened(), 0);
     add("elementwise", &ARGMAX, 0);
     add("elementwise", &[F32_TO_BF16], 0);
+    add("elementwise", &GATHER_ROWS, 0);
     v
 }
 

@@ -1,7 +1,7 @@
 //! Embedding, norms and elementwise kernels.
 
 use super::{check_aligned, int, params, DType, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{ADD_RMSNORM, ARGMAX, EMBED, F32_TO_BF16, GATED_RMSNORM, OUTPUT_GATE, SILU_MUL};
+use crate::backend::cuda::registry::{ADD_RMSNORM, ARGMAX, EMBED, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
 
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -93,6 +93,18 @@ impl Kernels {
         let ni = int(n, "n")?;
         let mut p = params!(x, y, ni);
         self.launch(F32_TO_BF16, stream, (n.div_ceil(1024) as u32, 1, 1), 256, 0, &mut p)
+    }
+
+    /// dst[i] = src[rows[i]] for i < n: rows of `width` elements of `dtype`; `rows` is an
+    /// i32 device array (the step's metadata image).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gather_rows(&self, stream: &CudaStream, src: DevPtr, dtype: DType, rows: DevPtr, dst: DevPtr, width: usize, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let (wi, ni) = (int(width, "width")?, int(n, "n")?);
+        let mut p = params!(src, rows, dst, wi, ni);
+        self.launch(GATHER_ROWS[dtype.idx()], stream, (n as u32, 1, 1), 256, 0, &mut p)
     }
 
     /// out[m] (i32) = argmax of logits row m over its first n columns (first index wins ties).
