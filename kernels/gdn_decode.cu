@@ -32,6 +32,64 @@ using namespace kiln;
 static_assert(GDN_DEC_THREADS <= 1024 && LIN_DV % 32 == 0, "LIN_DV must be a multiple of 32, at most 256");
 static_assert(LIN_DK % GDN_PARTS == 0, "LIN_DK must be a multiple of 4");
 
+// The prologue both decode kernels share, per (sequence, value head h): the conv update +
+// SiLU of the key head's q and k channels and of v columns [v0, v0 + NV_COLS) into qs, ks,
+// vs (rows of `qkv_row`, ring of the slot, `p` tokens seen); beta = sigmoid(b) and
+// exp(g) into sc[2], sc[3]; q and k L2-normalised (eps 1e-6), q scaled by 1/sqrt(LIN_DK).
+// Ends synchronised. `own_qk`: this block writes the q/k ring rows (one block per key head);
+// every block writes its own v rows. The ring row written (position p) is not one any block
+// reads in this step.
+template <typename IN, int THREADS, int NV_COLS>
+__device__ __forceinline__ void gdn_decode_prologue(const IN* __restrict__ qkv_row, IN b_h, IN a_h,
+                                                    const bf16* __restrict__ conv_w, float* __restrict__ ring,
+                                                    int p, int h, int v0, bool own_qk,
+                                                    const float* __restrict__ A_log,
+                                                    const float* __restrict__ dt_bias, float* qs, float* ks,
+                                                    float* vs, float* sc) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int kh = h / GDN_GROUP;
+    for (int i = tid; i < 2 * LIN_DK + NV_COLS; i += THREADS) {
+        int ch;
+        bool own;
+        float* dst;
+        if (i < LIN_DK) {
+            ch = kh * LIN_DK + i; own = own_qk; dst = qs + i;
+        } else if (i < 2 * LIN_DK) {
+            ch = LIN_KEY_DIM + kh * LIN_DK + (i - LIN_DK); own = own_qk; dst = ks + (i - LIN_DK);
+        } else {
+            ch = 2 * LIN_KEY_DIM + h * LIN_DV + v0 + (i - 2 * LIN_DK); own = true; dst = vs + (i - 2 * LIN_DK);
+        }
+        const float xv = to_f(qkv_row[ch]);
+        float acc = __bfloat162float(conv_w[ch * CONV_K + CONV_K - 1]) * xv;
+#pragma unroll
+        for (int jj = 0; jj < CONV_K - 1; ++jj) {
+            const int pp = p - (CONV_K - 1) + jj;
+            if (pp >= 0) acc += __bfloat162float(conv_w[ch * CONV_K + jj]) * ring[(size_t)(pp % CONV_K) * CONV_DIM + ch];
+        }
+        *dst = siluf_(acc);
+        if (own) ring[(size_t)(p % CONV_K) * CONV_DIM + ch] = xv;
+    }
+    if (tid == 0) {
+        sc[2] = sigmoidf_(to_f(b_h));
+        sc[3] = expf(-expf(A_log[h]) * softplusf_(to_f(a_h) + dt_bias[h]));
+    }
+    __syncthreads();
+    // L2 norms of q (warp 0) and k (warp 1).
+    if (warp < 2) {
+        float* v = warp == 0 ? qs : ks;
+        float ss = 0.f;
+        for (int i = lane; i < LIN_DK; i += 32) ss += v[i] * v[i];
+        ss = warp_sum(ss);
+        if (lane == 0) sc[warp] = rsqrtf(ss + 1e-6f) * (warp == 0 ? rsqrtf((float)LIN_DK) : 1.f);
+    }
+    __syncthreads();
+    for (int i = tid; i < 2 * LIN_DK; i += THREADS) {
+        if (i < LIN_DK) qs[i] *= sc[0];
+        else ks[i - LIN_DK] *= sc[1];
+    }
+    __syncthreads();
+}
+
 template <typename IN, typename OUT>
 __device__ __forceinline__ void gdn_decode(const IN* __restrict__ qkv, int ld_qkv, const IN* __restrict__ z,
                                            int ld_z, const IN* __restrict__ b, const IN* __restrict__ a,
@@ -50,9 +108,8 @@ __device__ __forceinline__ void gdn_decode(const IN* __restrict__ qkv, int ld_qk
     if (bi >= B) return;
     const int slot = slots[bi];
     if (slot < 0) return;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x;
     const int j = tid % LIN_DV, part = tid / LIN_DV;
-    const int kh = h / GDN_GROUP;
 
     // State loads first so their latency overlaps the conv.
     float* S = state + ((size_t)slot * LIN_NV + h) * LIN_DK * LIN_DV + (size_t)part * GDN_ROWS * LIN_DV + j;
@@ -60,52 +117,11 @@ __device__ __forceinline__ void gdn_decode(const IN* __restrict__ qkv, int ld_qk
 #pragma unroll
     for (int r = 0; r < GDN_ROWS; ++r) s[r] = S[(size_t)r * LIN_DV];
 
-    // Conv update + SiLU of this head's channels.
-    const int p = pos[bi];
-    float* ring = conv_state + (size_t)slot * CONV_K * CONV_DIM;
-    const bool first = (h % GDN_GROUP) == 0;
-    for (int i = tid; i < 2 * LIN_DK + LIN_DV; i += GDN_DEC_THREADS) {
-        int ch;
-        bool own;
-        float* dst;
-        if (i < LIN_DK) {
-            ch = kh * LIN_DK + i; own = first; dst = qs + i;
-        } else if (i < 2 * LIN_DK) {
-            ch = LIN_KEY_DIM + kh * LIN_DK + (i - LIN_DK); own = first; dst = ks + (i - LIN_DK);
-        } else {
-            ch = 2 * LIN_KEY_DIM + h * LIN_DV + (i - 2 * LIN_DK); own = true; dst = vs + (i - 2 * LIN_DK);
-        }
-        const float xv = to_f(qkv[(size_t)bi * ld_qkv + ch]);
-        float acc = __bfloat162float(conv_w[ch * CONV_K + CONV_K - 1]) * xv;
-#pragma unroll
-        for (int jj = 0; jj < CONV_K - 1; ++jj) {
-            const int pp = p - (CONV_K - 1) + jj;
-            if (pp >= 0) acc += __bfloat162float(conv_w[ch * CONV_K + jj]) * ring[(size_t)(pp % CONV_K) * CONV_DIM + ch];
-        }
-        *dst = siluf_(acc);
-        if (own) ring[(size_t)(p % CONV_K) * CONV_DIM + ch] = xv;
-    }
-    if (tid == 0) {
-        const float bb = to_f(b[(size_t)bi * ld_ba + h]);
-        const float aa = to_f(a[(size_t)bi * ld_ba + h]);
-        sc[2] = sigmoidf_(bb);
-        sc[3] = expf(-expf(A_log[h]) * softplusf_(aa + dt_bias[h]));
-    }
-    __syncthreads();
-    // L2 norms of q (warp 0) and k (warp 1).
-    if (warp < 2) {
-        float* v = warp == 0 ? qs : ks;
-        float ss = 0.f;
-        for (int i = lane; i < LIN_DK; i += 32) ss += v[i] * v[i];
-        ss = warp_sum(ss);
-        if (lane == 0) sc[warp] = rsqrtf(ss + 1e-6f) * (warp == 0 ? rsqrtf((float)LIN_DK) : 1.f);
-    }
-    __syncthreads();
-    for (int i = tid; i < 2 * LIN_DK; i += GDN_DEC_THREADS) {
-        if (i < LIN_DK) qs[i] *= sc[0];
-        else ks[i - LIN_DK] *= sc[1];
-    }
-    __syncthreads();
+    // Conv update + SiLU of this head's channels, gates, q/k norms.
+    gdn_decode_prologue<IN, GDN_DEC_THREADS, LIN_DV>(qkv + (size_t)bi * ld_qkv, b[(size_t)bi * ld_ba + h],
+                                                     a[(size_t)bi * ld_ba + h], conv_w,
+                                                     conv_state + (size_t)slot * CONV_K * CONV_DIM, pos[bi], h, 0,
+                                                     (h % GDN_GROUP) == 0, A_log, dt_bias, qs, ks, vs, sc);
 
     const float beta = sc[2], eg = sc[3];
     const float* kp = ks + part * GDN_ROWS;
@@ -258,7 +274,6 @@ __device__ __forceinline__ void gdn_decode_split(const IN* __restrict__ qkv, int
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int cg = tid % GDV_CG, rg = tid / GDV_CG;
     const int c0 = slice * GDV_CW, r0 = rg * GDV_RPT;
-    const int kh = h / GDN_GROUP;
 
     // State loads first so their latency overlaps the conv.
     float* S = state + ((size_t)slot * LIN_NV + h) * LIN_DK * LIN_DV + (size_t)r0 * LIN_DV + c0 + cg * 4;
@@ -266,54 +281,13 @@ __device__ __forceinline__ void gdn_decode_split(const IN* __restrict__ qkv, int
 #pragma unroll
     for (int r = 0; r < GDV_RPT; ++r) s[r] = *reinterpret_cast<const float4*>(S + (size_t)r * LIN_DV);
 
-    // Conv update + SiLU of the head's q, k channels and this slice's v channels.
-    const int p = pos[bi];
-    float* ring = conv_state + (size_t)slot * CONV_K * CONV_DIM;
-    const bool qk_owner = (h % GDN_GROUP) == 0 && slice == 0;
-    for (int i = tid; i < 2 * LIN_DK + GDV_CW; i += GDV_THREADS) {
-        int ch;
-        bool own;
-        float* dst;
-        if (i < LIN_DK) {
-            ch = kh * LIN_DK + i; own = qk_owner; dst = qs + i;
-        } else if (i < 2 * LIN_DK) {
-            ch = LIN_KEY_DIM + kh * LIN_DK + (i - LIN_DK); own = qk_owner; dst = ks + (i - LIN_DK);
-        } else {
-            ch = 2 * LIN_KEY_DIM + h * LIN_DV + c0 + (i - 2 * LIN_DK); own = true; dst = vs + (i - 2 * LIN_DK);
-        }
-        const float xv = to_f(qkv[(size_t)bi * ld_qkv + ch]);
-        float acc = __bfloat162float(conv_w[ch * CONV_K + CONV_K - 1]) * xv;
-#pragma unroll
-        for (int jj = 0; jj < CONV_K - 1; ++jj) {
-            const int pp = p - (CONV_K - 1) + jj;
-            if (pp >= 0) acc += __bfloat162float(conv_w[ch * CONV_K + jj]) * ring[(size_t)(pp % CONV_K) * CONV_DIM + ch];
-        }
-        *dst = siluf_(acc);
-        // The ring row written (position p) is not one any block reads in this step.
-        if (own) ring[(size_t)(p % CONV_K) * CONV_DIM + ch] = xv;
-    }
+    // Conv update + SiLU of the head's q, k channels and this slice's v channels, gates,
+    // q/k norms (the q/k ring rows are written by slice 0 of the key head's first value head).
     if (tid < GDV_CW) zs[tid] = to_f(z[(size_t)bi * ld_z + h * LIN_DV + c0 + tid]);
-    if (tid == 0) {
-        const float bb = to_f(b[(size_t)bi * ld_ba + h]);
-        const float aa = to_f(a[(size_t)bi * ld_ba + h]);
-        sc[2] = sigmoidf_(bb);
-        sc[3] = expf(-expf(A_log[h]) * softplusf_(aa + dt_bias[h]));
-    }
-    __syncthreads();
-    // L2 norms of q (warp 0) and k (warp 1), as in gdn_decode.
-    if (warp < 2) {
-        float* v = warp == 0 ? qs : ks;
-        float ss = 0.f;
-        for (int i = lane; i < LIN_DK; i += 32) ss += v[i] * v[i];
-        ss = warp_sum(ss);
-        if (lane == 0) sc[warp] = rsqrtf(ss + 1e-6f) * (warp == 0 ? rsqrtf((float)LIN_DK) : 1.f);
-    }
-    __syncthreads();
-    for (int i = tid; i < 2 * LIN_DK; i += GDV_THREADS) {
-        if (i < LIN_DK) qs[i] *= sc[0];
-        else ks[i - LIN_DK] *= sc[1];
-    }
-    __syncthreads();
+    gdn_decode_prologue<IN, GDV_THREADS, GDV_CW>(qkv + (size_t)bi * ld_qkv, b[(size_t)bi * ld_ba + h],
+                                                 a[(size_t)bi * ld_ba + h], conv_w,
+                                                 conv_state + (size_t)slot * CONV_K * CONV_DIM, pos[bi], h, c0,
+                                                 (h % GDN_GROUP) == 0 && slice == 0, A_log, dt_bias, qs, ks, vs, sc);
 
     const float beta = sc[2], eg = sc[3];
     float4 kv = make_float4(0.f, 0.f, 0.f, 0.f);
