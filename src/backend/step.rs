@@ -297,8 +297,15 @@ impl Step {
             }
         }
         let order = decode_first(chunks);
-        let laid: Vec<SeqChunk<'_>> = order.iter().map(|&i| chunks[i].clone()).collect();
-        let layout = StepLayout::new(&laid, lim.block_size)?;
+        // Usually the chunks already come decode-first: then nothing is copied or permuted.
+        let permuted: Vec<SeqChunk<'_>>;
+        let laid = if is_identity(&order) {
+            chunks
+        } else {
+            permuted = order.iter().map(|&i| chunks[i].clone()).collect();
+            &permuted[..]
+        };
+        let layout = StepLayout::new(laid, lim.block_size)?;
         ensure!(
             layout.num_tokens() <= lim.max_tokens,
             "step of {} tokens exceeds the step budget of {}",
@@ -306,7 +313,7 @@ impl Step {
             lim.max_tokens
         );
         let mut argmax_limit = None;
-        for c in &laid {
+        for c in laid {
             if let Want::Argmax { limit } = c.want {
                 ensure!(argmax_limit.is_none_or(|l| l == limit), "one step must use one argmax vocabulary limit");
                 argmax_limit = Some(limit);
@@ -376,8 +383,13 @@ impl Step {
             });
             row += n;
         }
-        Ok(in_caller_order(&self.order, out))
+        Ok(if is_identity(&self.order) { out } else { in_caller_order(&self.order, out) })
     }
+}
+
+/// Whether a layout order keeps the caller's order.
+fn is_identity(order: &[usize]) -> bool {
+    order.iter().enumerate().all(|(i, &o)| i == o)
 }
 
 #[cfg(test)]

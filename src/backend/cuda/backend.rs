@@ -85,10 +85,10 @@ pub struct CudaBackend {
     s: Scratch,
     max_blocks_per_seq: usize,
     pub device_name: String,
-    graphs_enabled: bool,
     /// Capture decode graphs with PDL (`CudaOptions::pdl`); cleared if a capture fails.
     pdl: bool,
-    /// Largest captured decode bucket (`CudaOptions::graph_max_bs`, at most the slots).
+    /// Largest captured decode bucket (`CudaOptions::graph_max_bs`, at most the slots; 0:
+    /// no decode graphs).
     graph_max_bs: usize,
     act: DType,
     graphs: std::collections::HashMap<(usize, Option<usize>), cudarc::driver::CudaGraph>,
@@ -109,9 +109,10 @@ fn graph_buckets(max_bs: usize) -> Vec<usize> {
     v
 }
 
-/// The smallest captured bucket that holds a decode batch of `n`.
+/// The smallest captured bucket that holds a decode batch of `n` (every decode step asks:
+/// no allocation).
 fn graph_bucket(n: usize, max_bs: usize) -> Option<usize> {
-    graph_buckets(max_bs).into_iter().find(|&b| b >= n)
+    GRAPH_BUCKETS.iter().copied().filter(|&b| b < max_bs).chain((max_bs > 0).then_some(max_bs)).find(|&b| b >= n)
 }
 
 // The backend is owned and driven by one scheduler thread at a time; the raw device
@@ -211,7 +212,6 @@ impl CudaBackend {
             s,
             max_blocks_per_seq,
             device_name,
-            graphs_enabled: opt.graphs && graph_max_bs > 0,
             graph_max_bs,
             pdl: opt.pdl,
             act: opt.act,
@@ -262,7 +262,7 @@ impl CudaBackend {
     /// Runs one step; logit rows go straight into `bufs` (per laid-out chunk). Returns
     /// each logit row's argmax when the step asked for it.
     fn run_step(&mut self, step: &Step, bufs: &mut [Vec<f32>]) -> Result<Vec<i32>> {
-        if step.is_decode() && self.graphs_enabled && step.layout.num_seqs() <= self.graph_max_bs {
+        if step.is_decode() && step.layout.num_seqs() <= self.graph_max_bs {
             return self.run_decode_graph(step, bufs);
         }
         self.upload_meta(step)?;
@@ -334,7 +334,7 @@ impl CudaBackend {
     /// Captures every decode graph (each batch bucket, greedy-on-device with
     /// `argmax_limit` and logits-out) at start-up, so no request pays for a capture.
     pub fn capture_decode_graphs(&mut self, argmax_limit: usize) -> Result<()> {
-        if !self.graphs_enabled {
+        if self.graph_max_bs == 0 {
             return Ok(());
         }
         self.bind()?;
