@@ -14,6 +14,9 @@
 #   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
 #   serve    launch_server.sh --model-path: time to /health 200, one request
 #   serving  (with serve) scripts/bench_serving.py against that server
+#   wheel_nvrtc  issue 11: hide the toolkit's libnvrtc from the loader, give python3 only the
+#            NVRTC 13.0 wheel (the device's own torch wheels if they have it, else the one
+#            carried as .devbin/nvrtc13.tar.xz), and let launch_server.sh build and serve a plan
 # Always last: scripts/perf_record.py writes the run's line ($OUT/run.json, and appends it
 # to docs/perf/runs.jsonl here; copy it into the checkout's docs/perf/runs.jsonl).
 # KILN_COMMIT names the commit (the device's copy has no .git).
@@ -106,6 +109,28 @@ if has serve; then
     python3 scripts/bench_serving.py --url http://127.0.0.1:30111 --workloads seq,c16,c64 --num-seq 8 --num 64 2>&1 | tee "$OUT/serving.txt"
   fi
   kill %1; tail -5 "$OUT/serve.log"
+fi
+if has wheel_nvrtc; then
+  log "issue 11: plan built with NVRTC found only through the pip wheel"
+  mkdir -p /tmp/hidden_nvrtc
+  for f in /usr/local/cuda*/targets/*/lib/libnvrtc* /usr/local/cuda*/lib64/libnvrtc* /usr/lib/x86_64-linux-gnu/libnvrtc*; do
+    [ -e "$f" ] && echo "$f" >> /tmp/hidden_nvrtc/list && mv "$f" "/tmp/hidden_nvrtc/$(echo "$f" | tr / _)"
+  done
+  ldconfig; echo "loader cache now: $(ldconfig -p | grep -c nvrtc) nvrtc entries"
+  WSITE=$(python3 -c 'import sys,glob; print(" ".join(p for p in sys.path if glob.glob(p+"/nvidia/*/lib/libnvrtc.so*")))')
+  if [ -z "$WSITE" ] && [ -f .devbin/nvrtc13.tar.xz ]; then
+    mkdir -p /tmp/wheel/site-packages && tar -xJf .devbin/nvrtc13.tar.xz -C /tmp/wheel/site-packages
+    export PYTHONPATH=/tmp/wheel/site-packages${PYTHONPATH:+:$PYTHONPATH}; WSITE="/tmp/wheel/site-packages (carried nvidia-cuda-nvrtc 13.0 wheel)"
+  fi
+  echo "python3's site-packages with an NVRTC wheel: ${WSITE:-none}"
+  t=$(date +%s%N)
+  KILN_BIN=.devbin/kiln KILN_BUILD_BIN=.devbin/kiln-build KILN_ENGINES=/tmp/engines_wheel ./launch_server.sh --model-path "$CKPT" --port 30112 > "$OUT/wheel_serve.log" 2>&1 & WPID=$!
+  for i in $(seq 1 1200); do curl -sf localhost:30112/health >/dev/null && break; sleep 0.1; done
+  log "wheel NVRTC: launch (plan build included) to /health 200: $(( ($(date +%s%N) - t) / 1000000 )) ms"
+  grep -iE "nvrtc|cublas|driver|libcuda" "$OUT/wheel_serve.log" | head -12
+  curl -s localhost:30112/generate -d '{"input_ids":[1,2,3,4],"sampling_params":{"temperature":0,"max_new_tokens":8}}' | head -c 400; echo
+  kill $WPID 2>/dev/null; pkill -f -- "--port 30112" 2>/dev/null; sleep 1
+  while read -r f; do mv "/tmp/hidden_nvrtc/$(echo "$f" | tr / _)" "$f"; done < /tmp/hidden_nvrtc/list; rm -f /tmp/hidden_nvrtc/list; ldconfig
 fi
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 mkdir -p docs/perf
