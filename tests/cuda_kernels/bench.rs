@@ -74,29 +74,31 @@ fn bench_kernels() {
             }
         }
         let max_splits = plans.iter().map(|p| p.1.splits).max().unwrap();
-        let wsb = s.alloc_zeros::<f32>((64 * n * max_splits).max(1)).unwrap();
+        let wsb = s.alloc_zeros::<f32>((256 * n * max_splits).max(1)).unwrap();
         let cnt = s.alloc_zeros::<u32>(Kernels::gemm_counters_len(n)).unwrap();
         let scratch = GemmScratch { ws: ptr(&s, &wsb), ws_floats: wsb.len(), counters: ptr(&s, &cnt), counters_len: cnt.len() };
-        let x = up(&s, &randn_vec(&mut g, 64 * kk, 1.0));
-        let xb = up(&s, &to_bf16(&randn_vec(&mut g, 64 * kk, 1.0)));
-        let y = s.alloc_zeros::<f32>(64 * n).unwrap();
+        let x = up(&s, &randn_vec(&mut g, 256 * kk, 1.0));
+        let xb = up(&s, &to_bf16(&randn_vec(&mut g, 256 * kk, 1.0)));
+        let y = s.alloc_zeros::<f32>(256 * n).unwrap();
         for (pname, plan) in &plans {
             let configs: &[(usize, DType, GemmKind)] = if *pname == "default" {
                 &[
                     (1, DType::F32, GemmKind::Auto),
                     (8, DType::F32, GemmKind::Auto),
                     (16, DType::F32, GemmKind::Auto),
-                    (32, DType::F32, GemmKind::Register),
                     (32, DType::F32, GemmKind::SharedX),
-                    (64, DType::F32, GemmKind::Register),
+                    (32, DType::F32, GemmKind::Tiled),
                     (64, DType::F32, GemmKind::SharedX),
+                    (64, DType::F32, GemmKind::Tiled),
+                    (128, DType::F32, GemmKind::Tiled),
+                    (256, DType::F32, GemmKind::Tiled),
                     (1, DType::BF16, GemmKind::Auto),
-                    (32, DType::BF16, GemmKind::SharedX),
-                    (64, DType::BF16, GemmKind::Register),
                     (64, DType::BF16, GemmKind::SharedX),
+                    (64, DType::BF16, GemmKind::Tiled),
+                    (256, DType::BF16, GemmKind::Tiled),
                 ]
             } else {
-                &[(1, DType::F32, GemmKind::Auto), (8, DType::F32, GemmKind::Auto), (64, DType::F32, GemmKind::SharedX)]
+                &[(1, DType::F32, GemmKind::Auto), (8, DType::F32, GemmKind::Auto), (64, DType::F32, GemmKind::Tiled)]
             };
             for &(m, xt, kind) in configs {
                 let xp = if xt == DType::F32 { ptr(&s, &x) } else { ptr(&s, &xb) };
@@ -105,7 +107,7 @@ fn bench_kernels() {
                     k.gemm_ex(&s, wps[i % copies], xp, xt, yp, DType::F32, m, n, kk, &scratch, *plan, kind).unwrap()
                 });
                 println!(
-                    "BENCH gemm {name:8} N={n:6} K={kk:5} M={m:2} x {xt:?} {kind:?} plan {pname:7} (splits {:2}): {:8.1} us, {:6.0} GB/s",
+                    "BENCH gemm {name:8} N={n:6} K={kk:5} M={m:3} x {xt:?} {kind:?} plan {pname:7} (splits {:2}): {:8.1} us, {:6.0} GB/s",
                     plan.splits,
                     ms * 1e3,
                     gbps(wbytes as f64, ms)

@@ -58,20 +58,27 @@ fn gemm_matches_f64_reference() {
             let ks = (k / 3).div_ceil(32).max(1) * 32;
             GemmPlan { splits: k.div_ceil(ks), ks }
         };
-        let sc = scratch(&s, 64 * n * default.splits.max(forced.splits), n);
-        for &m in &[1usize, 3, 8, 9, 17, 33, 64] {
+        let sc = scratch(&s, 256 * n * default.splits.max(forced.splits), n);
+        for &m in &[1usize, 3, 8, 9, 17, 33, 64, 65, 130, 256] {
             let x = randn_vec(&mut g, m * k, 1.0);
             let xb = round_bf16(&x);
             let ref_f = r::gemm(&x, &w, m, n, k);
             let ref_b = r::gemm(&xb, &w, m, n, k);
             for (xt, yt) in [(DType::F32, DType::F32), (DType::BF16, DType::F32), (DType::F32, DType::BF16), (DType::BF16, DType::BF16)] {
                 // Only the cheap shapes get all four dtype pairs at every M.
-                if n * k > 600_000 && !(xt == DType::F32 && yt == DType::F32) && m != 17 {
+                if n * k > 600_000 && !(xt == DType::F32 && yt == DType::F32) && m != 17 && m != 130 {
                     continue;
                 }
                 for plan in [default, forced] {
-                    let kinds: &[GemmKind] = &[GemmKind::Register, GemmKind::SharedX];
-                    let mut first: Option<Vec<f32>> = None;
+                    // Up to 64 rows all three kernels; above, the tiled kernel against the
+                    // register kernel run on 64-row pieces.
+                    let kinds: &[GemmKind] = if m <= 64 { &[GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled] } else { &[GemmKind::Tiled] };
+                    let mut first: Option<Vec<f32>> = (m > 64).then(|| {
+                        (0..m).step_by(64).flat_map(|r| {
+                            let rows = (m - r).min(64);
+                            run_kind(e, &s, &w_d, &x[r * k..(r + rows) * k], xt, yt, rows, n, k, plan, &sc, GemmKind::Register)
+                        }).collect()
+                    });
                     for &kind in kinds {
                         let y = run_kind(e, &s, &w_d, &x, xt, yt, m, n, k, plan, &sc, kind);
                         let reference = if xt == DType::F32 { &ref_f } else { &ref_b };
@@ -83,7 +90,7 @@ fn gemm_matches_f64_reference() {
                             _ => 1e-5,
                         };
                         check(&format!("gemm M={m} N={n} K={k} x {xt:?} y {yt:?} splits {} {kind:?}", plan.splits), &y, reference, tol);
-                        // The register and staged kernels do the same arithmetic.
+                        // The register, shared-x and tiled kernels do the same arithmetic.
                         if let Some(f) = &first {
                             assert!(f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "gemm M={m} N={n} K={k}: {kind:?} differs from the register kernel");
                         }
@@ -105,21 +112,21 @@ fn gemm_is_deterministic_and_batch_invariant() {
         let w = to_bf16(&randn_vec(&mut g, n * k, 0.05));
         let w_d = up(&s, &w);
         let plan = e.k.gemm_plan(n, k);
-        let sc = scratch(&s, 64 * n * plan.splits, n);
-        let x = randn_vec(&mut g, 64 * k, 1.0);
+        let sc = scratch(&s, 256 * n * plan.splits, n);
+        let x = randn_vec(&mut g, 256 * k, 1.0);
         for xt in [DType::F32, DType::BF16] {
-            let all = run(e, &s, &w_d, &x, xt, DType::F32, 64, n, k, plan, &sc);
-            let again = run(e, &s, &w_d, &x, xt, DType::F32, 64, n, k, plan, &sc);
+            let all = run(e, &s, &w_d, &x, xt, DType::F32, 256, n, k, plan, &sc);
+            let again = run(e, &s, &w_d, &x, xt, DType::F32, 256, n, k, plan, &sc);
             assert!(all.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "gemm N={n} K={k} {xt:?}: two runs differ");
-            // Row 5 alone, inside 9 rows and inside 37 rows: bit-identical.
-            for m in [1usize, 9, 37] {
+            // Row 5 alone and inside 9, 37, 64, 100 and 256 rows (every kernel Auto picks): bit-identical.
+            for m in [1usize, 9, 37, 64, 100] {
                 let off = if m == 1 { 5 } else { 0 };
                 let xs = &x[off * k..(off + m) * k];
                 let y = run(e, &s, &w_d, xs, xt, DType::F32, m, n, k, plan, &sc);
                 let row = if m == 1 { 0 } else { 5 };
                 let same = y[row * n..(row + 1) * n].iter().zip(&all[5 * n..6 * n]).all(|(a, b)| a.to_bits() == b.to_bits());
-                println!("gemm N={n} K={k} {xt:?}: row 5 within M={m} identical to within M=64: {same}");
-                assert!(same, "gemm N={n} K={k} {xt:?}: row 5 differs between M={m} and M=64");
+                println!("gemm N={n} K={k} {xt:?}: row 5 within M={m} identical to within M=256: {same}");
+                assert!(same, "gemm N={n} K={k} {xt:?}: row 5 differs between M={m} and M=256");
             }
         }
     }

@@ -24,6 +24,7 @@ pub const HEADER: (&str, &str) = ("common.cuh", include_str!("../../../kernels/c
 pub const SOURCES: &[(&str, &str)] = &[
     ("norm", include_str!("../../../kernels/norm.cu")),
     ("gemm", include_str!("../../../kernels/gemm.cu")),
+    ("gemm_tiled", include_str!("../../../kernels/gemm_tiled.cu")),
     ("conv", include_str!("../../../kernels/conv.cu")),
     ("gdn_decode", include_str!("../../../kernels/gdn_decode.cu")),
     ("gdn_prefill", include_str!("../../../kernels/gdn_prefill.cu")),

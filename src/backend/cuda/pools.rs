@@ -2,7 +2,7 @@
 //! recurrent state and conv ring per linear layer) and paged KV blocks for the
 //! full-attention layers; plus the per-step scratch buffers.
 
-use super::kernels::{DevPtr, Kernels, GemmScratch};
+use super::kernels::{DevPtr, GemmScratch, Kernels, GEMM_MAX_M};
 use super::memory::DevBuf;
 use crate::backend::step::MetaOffsets;
 use crate::config::ModelConfig;
@@ -136,7 +136,7 @@ impl Scratch {
             (h, c.intermediate_size),
             (c.vocab_size, h),
         ];
-        let ws = shapes.iter().map(|(n, kk)| k.gemm_workspace_floats(64, *n, *kk)).max().unwrap_or(0);
+        let ws = shapes.iter().map(|(n, kk)| k.gemm_workspace_floats(GEMM_MAX_M, *n, *kk)).max().unwrap_or(0);
         let counters = shapes.iter().map(|(n, _)| Kernels::gemm_counters_len(*n)).max().unwrap_or(1);
         let gemm_ws = DevBuf::zeroed(ws * 4, "the GEMM split-K workspace")?;
         let gemm_counters = DevBuf::zeroed(counters * 4, "the GEMM counters")?;

@@ -42,6 +42,11 @@ pub const GEMM_SX: ByXY<[&str; 2]> = [
     [["kiln_gemm_sx_xf32_yf32_m32", "kiln_gemm_sx_xf32_yf32_m64"], ["kiln_gemm_sx_xf32_ybf16_m32", "kiln_gemm_sx_xf32_ybf16_m64"]],
     [["kiln_gemm_sx_xbf16_yf32_m32", "kiln_gemm_sx_xbf16_yf32_m64"], ["kiln_gemm_sx_xbf16_ybf16_m32", "kiln_gemm_sx_xbf16_ybf16_m64"]],
 ];
+/// Tiled tensor-core GEMM for M = 17..256 (kernels/gemm_tiled.cu): [x][y].
+pub const GEMM_TILED: ByXY<&str> = [
+    ["kiln_gemm_tiled_xf32_yf32", "kiln_gemm_tiled_xf32_ybf16"],
+    ["kiln_gemm_tiled_xbf16_yf32", "kiln_gemm_tiled_xbf16_ybf16"],
+];
 /// The largest M of each `GEMM_SX` column.
 pub const GEMM_SX_MAX_M: [usize; 2] = [32, 64];
 pub const CONV1D: [&str; 2] = ["kiln_conv1d_f32", "kiln_conv1d_bf16"];
@@ -103,6 +108,12 @@ pub fn gemm_sx_smem(x: DType, max_m: usize) -> usize {
     2 * max_m * if x == DType::F32 { 320 } else { 192 }
 }
 
+/// Dynamic shared memory of kiln_gemm_tiled_*: three stages of 64 k, each a 128-row W
+/// tile and a 64-row x tile (hi, and lo for fp32 x), 128 bytes per row.
+pub fn gemm_tiled_smem(x: DType) -> usize {
+    3 * 128 * (128 + 64 * if x == DType::F32 { 2 } else { 1 })
+}
+
 const BOTH: [DType; 2] = [DType::F32, DType::BF16];
 
 /// Every entry point, module by module (the order of `compile::SOURCES`).
@@ -121,6 +132,9 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
                 add("gemm", &[GEMM_SX[x.idx()][y.idx()][i]], gemm_sx_smem(x, *m));
             }
         }
+    }
+    for x in BOTH {
+        add("gemm_tiled", &GEMM_TILED[x.idx()], gemm_tiled_smem(x));
     }
     add("conv", &CONV1D, 0);
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
@@ -151,6 +165,7 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
         for m in GEMM_SX_MAX_M {
             v.push(format!("-DKILN_SMEM_GEMM_SX_{}_M{m}={}", x.suffix(), gemm_sx_smem(x, m)));
         }
+        v.push(format!("-DKILN_SMEM_GEMM_TILED_{}={}", x.suffix(), gemm_tiled_smem(x)));
     }
     v
 }

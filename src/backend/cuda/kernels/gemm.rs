@@ -1,7 +1,8 @@
-//! The skinny decode GEMM: y[M][N] = x[M][K] . W[N][K]^T for M = 1..64.
+//! The decode GEMM: y[M][N] = x[M][K] . W[N][K]^T for M = 1..256 (skinny kernels up to
+//! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, DevPtr, Kernels};
-use crate::backend::cuda::registry::{gemm_sx_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
 
@@ -15,23 +16,31 @@ pub enum GemmKind {
     /// Each warp reads x through L1 (kiln_gemm_x*).
     Register,
     /// x converted once per block to bf16 hi/lo in shared memory, batch tiles past M
-    /// skipped, vectorised split-K reduction (kiln_gemm_sx_x*; any M).
+    /// skipped, vectorised split-K reduction (kiln_gemm_sx_x*; M <= 64).
     SharedX,
+    /// 128 x 64 output tiles, W and x staged through shared memory three deep
+    /// (kiln_gemm_tiled_x*; any M up to `GEMM_MAX_M`).
+    Tiled,
 }
 
-/// The kernel `GemmKind::Auto` runs. Measured on the H200 (docs/kernels.md): the
-/// register kernel is fastest at M <= 8 (SharedX is 10-25% slower there); above M = 16
-/// SharedX beats the register kernel wherever K is split.
+/// The kernel `GemmKind::Auto` runs: the register kernel up to M = 16 (fastest at M <= 8,
+/// docs/kernels.md), above it the tiled kernel, or the shared-x kernel up to M = 64 when
+/// `KILN_GEMM_MID=sx` (the previous default, kept to compare on the device).
 fn auto_kind(m: usize) -> GemmKind {
+    static MID_SX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if m <= 16 {
         GemmKind::Register
-    } else {
+    } else if m <= SKINNY_MAX_M && *MID_SX.get_or_init(|| std::env::var("KILN_GEMM_MID").is_ok_and(|v| v == "sx")) {
         GemmKind::SharedX
+    } else {
+        GemmKind::Tiled
     }
 }
 
-/// Largest M the skinny GEMM takes.
-pub const GEMM_MAX_M: usize = 64;
+/// Largest M the register and shared-x kernels take.
+pub const SKINNY_MAX_M: usize = 64;
+/// Largest M of one GEMM launch (the tiled kernel's batch tiles: 4 x 64).
+pub const GEMM_MAX_M: usize = 256;
 
 /// How K is split across blocks: `splits` slices of `ks` columns (ks % 32 == 0).
 /// Depends on (N, K) and the device only, never on M, so a row's result does not
@@ -87,9 +96,10 @@ impl Kernels {
         }
     }
 
-    /// Counters needed for an N-row weight (one per 64 rows).
+    /// Counters needed for an N-row weight: one per 64 rows (register and shared-x
+    /// kernels) or per 128-row W tile and 64-row batch tile (tiled kernel, up to 4).
     pub fn gemm_counters_len(n: usize) -> usize {
-        n.div_ceil(64)
+        n.div_ceil(128) * GEMM_MAX_M.div_ceil(64)
     }
 
     /// y[M][N] = x[M][K] . W[N][K]^T with the default plan. x (row stride K) and y (row
@@ -127,6 +137,8 @@ impl Kernels {
             return Ok(());
         }
         ensure!(m <= GEMM_MAX_M, "gemm: M = {m} exceeds {GEMM_MAX_M} (use cuBLASLt for prefill)");
+        let kind = if kind == GemmKind::Auto { auto_kind(m) } else { kind };
+        ensure!(m <= SKINNY_MAX_M || kind == GemmKind::Tiled, "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
         ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
         ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
         check_aligned(w, 16, "gemm W")?;
@@ -141,9 +153,13 @@ impl Kernels {
             17..=32 => 2,
             _ => 3,
         };
-        let kind = if kind == GemmKind::Auto { auto_kind(m) } else { kind };
         let (ws, counters) = (scratch.ws, scratch.counters);
         let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
+        if kind == GemmKind::Tiled {
+            let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
+            let grid = ((n.div_ceil(128) * m.div_ceil(64)) as u32, plan.splits as u32, 1);
+            return self.launch(GEMM_TILED[x_dtype.idx()][y_dtype.idx()], stream, grid, 256, gemm_tiled_smem(x_dtype) as u32, &mut p);
+        }
         if kind == GemmKind::SharedX {
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
             let si = if m <= GEMM_SX_MAX_M[0] { 0 } else { 1 };
