@@ -7,6 +7,8 @@
 #   bench    kiln-eval bench: decode steps at batch 1..256, ctx 1024; prefill 1024; batch 1 at
 #            ctx 8192 and prefill 8192 (bench8k.txt)
 #   bench_split  bench with KILN_GDN_SPLIT=1 (column-split GDN decode kernel)
+#   bench_sx bench at batch 32/64 with the shared-x GEMM for M = 17..64 (KILN_GEMM_MID=sx,
+#            the default before the tiled kernel)
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
@@ -63,6 +65,9 @@ if has bench_bf16; then
 fi
 if has bench_split; then
   log "bench with the column-split GDN decode kernel"; KILN_GDN_SPLIT=1 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -E "decode batch|prefill" | tee "$OUT/bench_split.txt"
+fi
+if has bench_sx; then
+  log "bench with the shared-x GEMM up to M = 64"; KILN_GEMM_MID=sx .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 32,64 2>&1 | grep "decode batch" | tee "$OUT/bench_sx.txt"
 fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
