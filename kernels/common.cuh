@@ -44,8 +44,23 @@ static_assert(CONV_K >= 2 && CONV_K <= 8, "CONV_K out of range");
 // kernel does (weights, which nothing writes, may be prefetched before the wait).
 // KILN_PDL_TRIGGER() lets the successor launch early. Both are no-ops for an ordinary
 // launch.
+// KILN_PDL_EARLY=1 (an experiment, set by `KILN_PDL_EARLY=1 kiln-build`): every kernel
+// lets its successor launch as soon as it reaches its wait, so a chain of kernels can
+// become resident ahead of the one running and the GEMMs pull their first weights into
+// L2 meanwhile. The wait still orders every read after the predecessor's writes (it
+// waits for the predecessor's completion, which waited for its own predecessor).
+#ifndef KILN_PDL_EARLY
+#define KILN_PDL_EARLY 0
+#endif
+#if KILN_PDL_EARLY
+#define KILN_PDL_WAIT() asm volatile("griddepcontrol.launch_dependents;\n\tgriddepcontrol.wait;" ::: "memory")
+#define KILN_PDL_TRIGGER() \
+    do {                   \
+    } while (0)
+#else
 #define KILN_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
 #define KILN_PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#endif
 #define KILN_PDL_ENTER() \
     do {                 \
         KILN_PDL_WAIT(); \
@@ -199,6 +214,18 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool ok
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     const int n = ok ? 16 : 0;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(n) : "memory");
+}
+// Asks L2 to fetch `bytes` (a multiple of 16) from a 16-byte-aligned global address; no
+// registers, no completion to wait for (sm_90+: cp.async.bulk, also on sm_100).
+__device__ __forceinline__ void prefetch_l2(const void* gmem, unsigned bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(gmem), "r"(bytes) : "memory");
+}
+// Columns of each weight row a GEMM block asks L2 for before its PDL wait (KILN_PDL_EARLY),
+// as long as the whole GEMM's request stays under KILN_PF_BUDGET bytes (a share of L2).
+#define KILN_PF_K 256
+#define KILN_PF_BUDGET (24u << 20)
+__device__ __forceinline__ bool prefetch_fits(int N, int splits, int ks) {
+    return (size_t)N * splits * (size_t)min(ks, KILN_PF_K) * 2 <= KILN_PF_BUDGET;
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }

@@ -173,6 +173,11 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
     };
 #pragma unroll
     for (int p = 0; p < P; ++p) load_w(wr[p], p);
+#if KILN_PDL_EARLY
+    // One lane per row of this warp: the row's next columns into L2.
+    if (lane < RW * 16 && row0 + lane < N && ke - kb > P * 32 && prefetch_fits(N, splits, ks))
+        prefetch_l2(W + (size_t)(row0 + lane) * K + kb + P * 32, (unsigned)min(ke - kb - P * 32, KILN_PF_K) * 2);
+#endif
     // Weights are never written: their first loads may overlap the predecessor kernel.
     KILN_PDL_WAIT();
     KILN_PDL_TRIGGER();

@@ -142,6 +142,11 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     // predecessor kernel finishes (PDL); x only after. Group 0 = W0, W1, x0; group 1 = x1.
     load_w(0);
     load_w(1);
+#if KILN_PDL_EARLY
+    // One thread per W row of the tile: the row's next columns into L2.
+    if (tid < TG_BN && n0 + tid < N && ke - kb > 2 * TG_SK && prefetch_fits(N, splits, ks))
+        prefetch_l2(W + (size_t)(n0 + tid) * K + kb + 2 * TG_SK, (unsigned)min(ke - kb - 2 * TG_SK, KILN_PF_K) * 2);
+#endif
     KILN_PDL_WAIT();
     KILN_PDL_TRIGGER();
     if constexpr (XF32) {

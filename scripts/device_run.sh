@@ -9,6 +9,9 @@
 #   bench_split  bench with KILN_GDN_SPLIT=1 (column-split GDN decode kernel)
 #   bench_sx bench at batch 32/64 with the shared-x GEMM for M = 17..64 (KILN_GEMM_MID=sx,
 #            the default before the tiled kernel)
+#   pdl_early  a second plan built with KILN_PDL_EARLY=1 (successors launch at their
+#            predecessor's wait, GEMMs prefetch weights into L2 before theirs): bench at
+#            batch 1/8/64, and its logits against the references when refs exist
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
@@ -68,6 +71,15 @@ if has bench_split; then
 fi
 if has bench_sx; then
   log "bench with the shared-x GEMM up to M = 64"; KILN_GEMM_MID=sx .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 32,64 2>&1 | grep "decode batch" | tee "$OUT/bench_sx.txt"
+fi
+if has pdl_early; then
+  log "plan with KILN_PDL_EARLY=1"; KILN_PDL_EARLY=1 .devbin/kiln-build --model "$CKPT" --out /tmp/engines_early --name qwen35_4b_random 2>&1 | tail -2
+  .devbin/kiln-eval bench --plan /tmp/engines_early/qwen35_4b_random.plan --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_pdl_early.txt"
+  if [ -f "$REFS/cases.json" ]; then
+    .devbin/kiln-eval logits --plan /tmp/engines_early/qwen35_4b_random.plan --cases "$REFS/cases.json" --out /tmp/ours_early.f32 2>&1 | tail -2
+    python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours_early.f32 2>&1 | tee "$OUT/compare_pdl_early.json" | tr -d '\n ' | head -c 600; echo
+    cmp /tmp/ours.f32 /tmp/ours_early.f32 && echo "pdl_early logits bit-identical to the default plan's"
+  fi
 fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
