@@ -117,13 +117,13 @@ if has eval_bf16; then
 fi
 if has serve; then
   log serve; t=$(date +%s%N)
-  KILN_BIN=.devbin/kiln KILN_BUILD_BIN=.devbin/kiln-build KILN_ENGINES="$ENG" ./launch_server.sh --model-path "$CKPT" --port 30111 > "$OUT/serve.log" 2>&1 &
+  KILN_BIN=.devbin/kiln KILN_BUILD_BIN=.devbin/kiln-build KILN_ENGINES="$ENG" ./launch_server.sh --model-path "$CKPT" --port 30111 --enable-cache-report > "$OUT/serve.log" 2>&1 &
   for i in $(seq 1 600); do curl -sf localhost:30111/health >/dev/null && break; sleep 0.1; done
   log "launch to /health 200: $(( ($(date +%s%N) - t) / 1000000 )) ms"
   curl -s localhost:30111/generate -d '{"input_ids":[1,2,3,4],"sampling_params":{"temperature":0,"max_new_tokens":8}}' | head -c 600; echo
   if has serving; then
-    log "bench_serving (sequential, 16 and 64 in flight; inputs 32..4000, outputs 64..512, greedy)"
-    python3 scripts/bench_serving.py --url http://127.0.0.1:30111 --workloads seq,c16,c64 --num-seq 8 --num 64 2>&1 | tee "$OUT/serving.txt"
+    log "bench_serving (sequential, 16 and 64 in flight; inputs 32..4000, outputs 64..512, greedy; 16 chats sharing a 1500-token system prompt, 4 turns)"
+    python3 scripts/bench_serving.py --url http://127.0.0.1:30111 --workloads seq,c16,c64,shared16 --num-seq 8 --num 64 2>&1 | tee "$OUT/serving.txt"
   fi
   kill %1; tail -5 "$OUT/serve.log"
 fi
