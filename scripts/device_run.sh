@@ -7,6 +7,8 @@
 #   bench    kiln-eval bench: decode steps at batch 1..256, ctx 1024; prefill 1024; batch 1 at
 #            ctx 8192 and prefill 8192 (bench8k.txt)
 #   bench_split  bench with KILN_GDN_SPLIT=1 (column-split GDN decode kernel)
+#   profile_decode  ncu over one decode step at batch 1 and at batch 64 (ctx 1024): time, DRAM
+#            bytes and achieved bandwidth per kernel (profile_decode.txt)
 #   bench_sx bench at batch 32/64 with the shared-x GEMM for M = 17..64 (KILN_GEMM_MID=sx,
 #            the default before the tiled kernel)
 #   pdl_early  a second plan built with KILN_PDL_EARLY=1 (successors launch at their
@@ -55,6 +57,16 @@ if has profile; then
   # 6 prefills of 1024 tokens (1 warm + 5 timed); the one 16-token prefill and the few
   # decode steps of the run are in the log too (small).
   python3 scripts/ncu_summary.py /tmp/ncu.csv --runs 6 | tee "$OUT/profile.txt" | head -40
+fi
+if has profile_decode; then
+  for b in 1 64; do
+    log "ncu: one decode step at batch $b, ctx 1024"
+    KILN_PROFILE_DECODE=1 ncu --profile-from-start off --clock-control none \
+      --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum --csv --log-file /tmp/ncu_dec$b.csv \
+      .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch $b --ctx 1024 --prefill 16 --iters 3 > /dev/null 2>&1
+    echo "batch $b:" | tee -a "$OUT/profile_decode.txt"
+    python3 scripts/ncu_summary.py /tmp/ncu_dec$b.csv | tee -a "$OUT/profile_decode.txt" | head -24
+  done
 fi
 if has stalls; then
   log "ncu: stall reasons of ${STALL_KERNELS:=kiln_attn_prefill|kiln_gdn_prefill}"

@@ -214,6 +214,7 @@ fn bench(plan: PathBuf, batch: String, ctx: usize, prefill_len: usize, iters: us
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!("prefill {prefill_len} tokens: median {:.2} ms", times[times.len() / 2]);
     // Decode steps at ctx, per batch size (every slot holds the same context).
+    let profile = std::env::var("KILN_PROFILE_DECODE").is_ok_and(|v| v == "1");
     for s in 0..maxb {
         prefill(&mut be, s, &prompt[..ctx], &stripe(s, per), 2048)?;
     }
@@ -225,9 +226,13 @@ fn bench(plan: PathBuf, batch: String, ctx: usize, prefill_len: usize, iters: us
             let chunks: Vec<SeqChunk> = (0..b)
                 .map(|s| SeqChunk { slot: s, start_pos: ctx, tokens: &feeds[s], blocks: &all_blocks[s], want: Want::Argmax { limit: 248_077.min(vocab as usize) } })
                 .collect();
+            // KILN_PROFILE_DECODE=1: the last step of each batch size between
+            // cuProfilerStart/Stop, for `ncu --profile-from-start off` (device_run.sh).
+            let prof = (profile && it + 1 == iters).then(cudarc::driver::Profiler::new).transpose()?;
             let t0 = Instant::now();
             be.forward(&chunks)?;
             ts.push(t0.elapsed().as_secs_f64() * 1e3);
+            drop(prof);
         }
         ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!("decode batch {b} ctx {ctx}: median {:.3} ms/step (greedy on device), min {:.3}", ts[ts.len() / 2], ts[0]);
