@@ -21,6 +21,8 @@
 #   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
 #   serve    launch_server.sh --model-path: time to /health 200, one request
 #   serving  (with serve) scripts/bench_serving.py against that server
+#   soak     (with serve) scripts/soak.py for $SOAK_S seconds (default 240): mixed traffic with
+#            cut streams and aborts, then memory flat, every slot and block free, nothing lost
 #   wheel_nvrtc  issue 11: hide the toolkit's libnvrtc from the loader, give python3 only the
 #            NVRTC 13.0 wheel (the device's own torch wheels if they have it, else the one
 #            carried as .devbin/nvrtc13.tar.xz), and let launch_server.sh build and serve a plan
@@ -136,6 +138,10 @@ if has serve; then
   if has serving; then
     log "bench_serving (sequential, 16 and 64 in flight; inputs 32..4000, outputs 64..512, greedy; 16 chats sharing a 1500-token system prompt, 4 turns)"
     python3 scripts/bench_serving.py --url http://127.0.0.1:30111 --workloads seq,c16,c64,shared16 --num-seq 8 --num 64 2>&1 | tee "$OUT/serving.txt"
+  fi
+  if has soak; then
+    log "soak ${SOAK_S:=240} s"; SPID=$(pgrep -f "devbin/kiln serve" | head -1)
+    python3 scripts/soak.py --url http://127.0.0.1:30111 --duration "$SOAK_S" --concurrency 32 --pid "${SPID:-0}" 2>&1 | tee "$OUT/soak.txt" | grep -E "^soak|sample" | tail -8
   fi
   kill %1; tail -5 "$OUT/serve.log"
 fi
