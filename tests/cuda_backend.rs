@@ -38,7 +38,7 @@ fn run(be: &mut dyn Backend, slot: usize, prompt: &[u32], chunk: usize, feed: &[
     while pos < prompt.len() {
         let end = (pos + chunk).min(prompt.len());
         let want = if end == prompt.len() { Want::Last } else { Want::Nothing };
-        let out = be.forward(&[SeqChunk { slot, start_pos: pos, tokens: &prompt[pos..end], blocks, want }]).unwrap();
+        let out = be.forward(&[SeqChunk { slot, start_pos: pos, tokens: &prompt[pos..end], blocks, want, allowed: None }]).unwrap();
         if want == Want::Last {
             rows.push(out[0].data.clone());
         }
@@ -46,7 +46,7 @@ fn run(be: &mut dyn Backend, slot: usize, prompt: &[u32], chunk: usize, feed: &[
     }
     for (i, t) in feed.iter().enumerate() {
         let tok = [*t];
-        let out = be.forward(&[SeqChunk { slot, start_pos: prompt.len() + i, tokens: &tok, blocks, want: Want::Last }]).unwrap();
+        let out = be.forward(&[SeqChunk { slot, start_pos: prompt.len() + i, tokens: &tok, blocks, want: Want::Last, allowed: None }]).unwrap();
         rows.push(out[0].data.clone());
     }
     rows
@@ -111,13 +111,13 @@ fn cuda_backend_matches_the_cpu_backend_on_the_toy_model() {
     for (s, stripe) in stripes.iter().enumerate() {
         let p: Vec<u32> = if s == 0 { prompt.clone() } else { (0..(20 + s as u32 * 9)).map(|i| (i * 13 + s as u32) % vocab).collect() };
         gpu8.reset_slot(s).unwrap();
-        gpu8.forward(&[SeqChunk { slot: s, start_pos: 0, tokens: &p, blocks: stripe, want: Want::Nothing }]).unwrap();
+        gpu8.forward(&[SeqChunk { slot: s, start_pos: 0, tokens: &p, blocks: stripe, want: Want::Nothing, allowed: None }]).unwrap();
     }
     let lens: Vec<usize> = (0..8).map(|s| if s == 0 { prompt.len() } else { 20 + s * 9 }).collect();
     for (i, t) in feed.iter().enumerate() {
         let toks: Vec<[u32; 1]> = (0..8).map(|s| if s == 0 { [*t] } else { [(s as u32 + i as u32) % vocab] }).collect();
         let chunks: Vec<SeqChunk> =
-            (0..8).map(|s| SeqChunk { slot: s, start_pos: lens[s] + i, tokens: &toks[s], blocks: &stripes[s], want: Want::Last }).collect();
+            (0..8).map(|s| SeqChunk { slot: s, start_pos: lens[s] + i, tokens: &toks[s], blocks: &stripes[s], want: Want::Last, allowed: None }).collect();
         let out = gpu8.forward(&chunks).unwrap();
         assert_eq!(out[0].data, alone[1 + i], "decode row {i} differs when 7 other sequences share its step");
     }

@@ -94,7 +94,7 @@ impl Backend for SpecMock {
             }).collect();
             let accepted = accepted_len(c.tokens, &greedy);
             let keep = &c.tokens[..accepted];
-            self.inner.forward(&[SeqChunk { slot: c.slot, start_pos: c.start_pos, tokens: keep, blocks: c.blocks, want: Want::Nothing }])?;
+            self.inner.forward(&[SeqChunk { slot: c.slot, start_pos: c.start_pos, tokens: keep, blocks: c.blocks, want: Want::Nothing, allowed: None }])?;
             self.history[c.slot].extend_from_slice(keep);
             out.push(Verified { greedy, accepted });
         }

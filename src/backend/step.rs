@@ -292,6 +292,7 @@ impl Step {
             ensure!(c.start_pos + c.tokens.len() <= lim.max_seq_len, "slot {} would pass max_seq_len ({})", c.slot, lim.max_seq_len);
             ensure!(c.blocks.len() <= lim.max_blocks_per_seq, "slot {} holds more KV blocks than a sequence may ({})", c.slot, lim.max_blocks_per_seq);
             ensure!(c.blocks.iter().all(|b| (*b as usize) < lim.kv_blocks), "slot {} names a KV block outside the pool", c.slot);
+            ensure!(c.allowed.is_none(), "slot {}: token masks are not supported by this backend yet", c.slot);
             if let Some(&tok) = c.tokens.iter().find(|&&t| t as usize >= lim.vocab) {
                 bail!("token id {tok} is outside the vocabulary ({})", lim.vocab);
             }
@@ -402,7 +403,7 @@ mod tests {
         let blocks = [0u32];
         let chunks: Vec<SeqChunk> = [(0, &long[..]), (1, &one[..]), (2, &long[..]), (3, &one[..]), (4, &one[..])]
             .into_iter()
-            .map(|(slot, tokens)| SeqChunk { slot, start_pos: 5, tokens, blocks: &blocks, want: Want::Last })
+            .map(|(slot, tokens)| SeqChunk { slot, start_pos: 5, tokens, blocks: &blocks, want: Want::Last, allowed: None })
             .collect();
         let order = decode_first(&chunks);
         assert_eq!(order, vec![1, 3, 4, 0, 2]);
@@ -421,9 +422,9 @@ mod tests {
         let (a, b, c) = ([1u32, 2, 3], [4u32], [5u32]);
         let blocks = [0u32];
         let chunks = [
-            SeqChunk { slot: 0, start_pos: 0, tokens: &a, blocks: &blocks, want: Want::All },
-            SeqChunk { slot: 1, start_pos: 0, tokens: &b, blocks: &blocks, want: Want::Argmax { limit: 9 } },
-            SeqChunk { slot: 2, start_pos: 0, tokens: &c, blocks: &blocks, want: Want::Last },
+            SeqChunk { slot: 0, start_pos: 0, tokens: &a, blocks: &blocks, want: Want::All, allowed: None },
+            SeqChunk { slot: 1, start_pos: 0, tokens: &b, blocks: &blocks, want: Want::Argmax { limit: 9 }, allowed: None },
+            SeqChunk { slot: 2, start_pos: 0, tokens: &c, blocks: &blocks, want: Want::Last, allowed: None },
         ];
         let l = StepLayout::new(&chunks, 4).unwrap();
         let dest = l.logit_destinations(&[true, false, true]);
@@ -441,8 +442,8 @@ mod tests {
         let (p, d) = ([5u32, 6, 7], [9u32]);
         let (bp, bd) = ([3u32, 8], [1u32, 4, 2]);
         let chunks = [
-            SeqChunk { slot: 2, start_pos: 3, tokens: &p, blocks: &bp, want: Want::All },
-            SeqChunk { slot: 0, start_pos: 9, tokens: &d, blocks: &bd, want: Want::Last },
+            SeqChunk { slot: 2, start_pos: 3, tokens: &p, blocks: &bp, want: Want::All, allowed: None },
+            SeqChunk { slot: 0, start_pos: 9, tokens: &d, blocks: &bd, want: Want::Last, allowed: None },
         ];
         let l = StepLayout::new(&chunks, 4).unwrap();
         assert_eq!(l.ids, vec![5, 6, 7, 9]);
@@ -464,8 +465,8 @@ mod tests {
     fn pads_a_decode_step_to_a_graph_bucket() {
         let (a, b) = ([5u32], [6u32]);
         let chunks = [
-            SeqChunk { slot: 3, start_pos: 4, tokens: &a, blocks: &[7, 9], want: Want::Argmax { limit: 10 } },
-            SeqChunk { slot: 1, start_pos: 0, tokens: &b, blocks: &[2], want: Want::Argmax { limit: 10 } },
+            SeqChunk { slot: 3, start_pos: 4, tokens: &a, blocks: &[7, 9], want: Want::Argmax { limit: 10 }, allowed: None },
+            SeqChunk { slot: 1, start_pos: 0, tokens: &b, blocks: &[2], want: Want::Argmax { limit: 10 }, allowed: None },
         ];
         let l = StepLayout::new(&chunks, 4).unwrap();
         let p = l.padded_decode(4, 3).unwrap();
@@ -482,7 +483,7 @@ mod tests {
     #[test]
     fn refuses_too_few_blocks() {
         let t = [1u32, 2];
-        let c = [SeqChunk { slot: 0, start_pos: 3, tokens: &t, blocks: &[0], want: Want::Nothing }];
+        let c = [SeqChunk { slot: 0, start_pos: 3, tokens: &t, blocks: &[0], want: Want::Nothing, allowed: None }];
         let e = StepLayout::new(&c, 4).unwrap_err().to_string();
         assert!(e.contains("cannot hold 5 tokens"), "{e}");
     }
@@ -496,8 +497,8 @@ mod tests {
         let (p, d) = ([5u32, 6, 7], [9u32]);
         let (bp, bd) = ([3u32, 8], [1u32, 4, 2]);
         let chunks = [
-            SeqChunk { slot: 2, start_pos: 3, tokens: &p, blocks: &bp, want: Want::All },
-            SeqChunk { slot: 0, start_pos: 9, tokens: &d, blocks: &bd, want: Want::Argmax { limit: 90 } },
+            SeqChunk { slot: 2, start_pos: 3, tokens: &p, blocks: &bp, want: Want::All, allowed: None },
+            SeqChunk { slot: 0, start_pos: 9, tokens: &d, blocks: &bd, want: Want::Argmax { limit: 90 }, allowed: None },
         ];
         let st = Step::build(&chunks, &limits()).unwrap();
         // The decode chunk is laid out first.
@@ -534,7 +535,7 @@ mod tests {
     fn a_step_refuses_what_breaks_a_limit() {
         let t = [1u32];
         let ok_blocks = [0u32];
-        let chunk = |slot, start_pos, tokens, blocks, want| SeqChunk { slot, start_pos, tokens, blocks, want };
+        let chunk = |slot, start_pos, tokens, blocks, want| SeqChunk { slot, start_pos, tokens, blocks, want, allowed: None };
         let cases: Vec<(Vec<SeqChunk>, &str)> = vec![
             (vec![], "at least one chunk"),
             (vec![chunk(8, 0, &t[..], &ok_blocks[..], Want::Last)], "slot 8 out of range"),
@@ -558,8 +559,8 @@ mod tests {
     fn a_padded_decode_step_keeps_its_results_mapping() {
         let (a, b) = ([5u32], [6u32]);
         let chunks = [
-            SeqChunk { slot: 3, start_pos: 4, tokens: &a, blocks: &[7, 9], want: Want::Argmax { limit: 10 } },
-            SeqChunk { slot: 1, start_pos: 0, tokens: &b, blocks: &[2], want: Want::Last },
+            SeqChunk { slot: 3, start_pos: 4, tokens: &a, blocks: &[7, 9], want: Want::Argmax { limit: 10 }, allowed: None },
+            SeqChunk { slot: 1, start_pos: 0, tokens: &b, blocks: &[2], want: Want::Last, allowed: None },
         ];
         let st = Step::build(&chunks, &limits()).unwrap().padded_decode(4, 3).unwrap();
         assert_eq!(st.groups, RowGroups { decode_seqs: 4, prefill_seqs: 0 });
