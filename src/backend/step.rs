@@ -31,6 +31,12 @@ pub struct StepLayout {
     pub logit_rows: Vec<i32>,
     /// Per chunk: how many of `logit_rows` are its own (0, 1 or its length).
     pub logit_counts: Vec<usize>,
+    /// Per logit row: the index of its token mask in `masks`, or -1 (no mask).
+    pub mask_rows: Vec<i32>,
+    /// The greedy rows' token masks (`SeqChunk::allowed`), `mask_words` words each: cut
+    /// or zero-padded to the argmax limit, as i32 bit patterns for the metadata image.
+    pub masks: Vec<i32>,
+    pub mask_words: usize,
 }
 
 impl StepLayout {
@@ -65,6 +71,17 @@ impl StepLayout {
                 Want::Last | Want::Argmax { .. } => vec![(l.ids.len() - 1) as i32],
                 Want::All => (row0..l.ids.len()).map(|r| r as i32).collect(),
             };
+            match (c.allowed, c.want) {
+                (Some(mask), Want::Argmax { limit }) => {
+                    // One step has one argmax limit (Step::build checks), so one mask size.
+                    l.mask_words = limit.div_ceil(32);
+                    l.mask_rows.push((l.masks.len() / l.mask_words) as i32);
+                    let words = mask.iter().map(|&w| w as i32).chain(std::iter::repeat(0));
+                    l.masks.extend(words.take(l.mask_words));
+                }
+                (Some(_), _) => c.check_mask()?,
+                (None, _) => l.mask_rows.extend(std::iter::repeat_n(-1, rows.len())),
+            }
             l.logit_counts.push(rows.len());
             l.logit_rows.extend(rows);
         }
@@ -106,6 +123,9 @@ impl StepLayout {
             bt_stride,
             logit_rows: self.logit_rows.clone(),
             logit_counts: self.logit_counts.clone(),
+            mask_rows: self.mask_rows.clone(),
+            masks: self.masks.clone(),
+            mask_words: self.mask_words,
         })
     }
 
@@ -210,12 +230,18 @@ pub struct MetaOffsets {
     pub block_tables: usize,
     /// Token rows whose logits are wanted (at most one per token row).
     pub logit_rows: usize,
+    /// Per logit row: its token mask's index, or -1 (`StepLayout::mask_rows`).
+    pub mask_rows: usize,
+    /// The token masks (`StepLayout::masks`), last: the arrays before them keep their
+    /// offsets whatever the masks, so a captured decode graph reads the same addresses.
+    pub masks: usize,
     pub end: usize,
 }
 
 impl MetaOffsets {
-    /// Offsets for `t` token rows, `s` sequences and block-table stride `bt`.
-    pub fn layout(t: usize, s: usize, bt: usize) -> Self {
+    /// Offsets for `t` token rows, `s` sequences, block-table stride `bt` and `mask_len`
+    /// i32s of token masks.
+    pub fn layout(t: usize, s: usize, bt: usize, mask_len: usize) -> Self {
         // Each array starts on a 16-element boundary (64 bytes).
         let r = |x: usize| x.div_ceil(16) * 16;
         let ids = 0;
@@ -227,12 +253,15 @@ impl MetaOffsets {
         let ctx_lens = start_pos + r(s);
         let block_tables = ctx_lens + r(s);
         let logit_rows = block_tables + r(s * bt);
-        let end = logit_rows + r(t);
-        MetaOffsets { ids, pos, kv_loc, cu_seqlens, slots, start_pos, ctx_lens, block_tables, logit_rows, end }
+        let mask_rows = logit_rows + r(t);
+        let masks = mask_rows + r(t);
+        let end = masks + r(mask_len);
+        MetaOffsets { ids, pos, kv_loc, cu_seqlens, slots, start_pos, ctx_lens, block_tables, logit_rows, mask_rows, masks, end }
     }
-    /// i32 elements the image of the largest step takes (the device buffer's size).
-    pub fn len(t: usize, s: usize, bt: usize) -> usize {
-        Self::layout(t, s, bt).end
+    /// i32 elements the image of the largest step takes (the device buffer's size), with
+    /// a token mask for each of its `s` sequences over a vocabulary of `vocab`.
+    pub fn len(t: usize, s: usize, bt: usize, vocab: usize) -> usize {
+        Self::layout(t, s, bt, s * vocab.div_ceil(32)).end
     }
     /// The per-sequence arrays seen from sequence `d` on (`bt`: the block-table stride);
     /// token rows keep their absolute numbers (cu_seqlens holds row numbers).
@@ -259,6 +288,8 @@ impl MetaOffsets {
         put(self.ctx_lens, &l.ctx_lens);
         put(self.block_tables, &l.block_tables);
         put(self.logit_rows, &l.logit_rows);
+        put(self.mask_rows, &l.mask_rows);
+        put(self.masks, &l.masks);
         host
     }
 }
@@ -292,7 +323,7 @@ impl Step {
             ensure!(c.start_pos + c.tokens.len() <= lim.max_seq_len, "slot {} would pass max_seq_len ({})", c.slot, lim.max_seq_len);
             ensure!(c.blocks.len() <= lim.max_blocks_per_seq, "slot {} holds more KV blocks than a sequence may ({})", c.slot, lim.max_blocks_per_seq);
             ensure!(c.blocks.iter().all(|b| (*b as usize) < lim.kv_blocks), "slot {} names a KV block outside the pool", c.slot);
-            ensure!(c.allowed.is_none(), "slot {}: token masks are not supported by this backend yet", c.slot);
+            c.check_mask()?;
             if let Some(&tok) = c.tokens.iter().find(|&&t| t as usize >= lim.vocab) {
                 bail!("token id {tok} is outside the vocabulary ({})", lim.vocab);
             }
@@ -306,13 +337,6 @@ impl Step {
             permuted = order.iter().map(|&i| chunks[i].clone()).collect();
             &permuted[..]
         };
-        let layout = StepLayout::new(laid, lim.block_size)?;
-        ensure!(
-            layout.num_tokens() <= lim.max_tokens,
-            "step of {} tokens exceeds the step budget of {}",
-            layout.num_tokens(),
-            lim.max_tokens
-        );
         let mut argmax_limit = None;
         for c in laid {
             if let Want::Argmax { limit } = c.want {
@@ -320,6 +344,13 @@ impl Step {
                 argmax_limit = Some(limit);
             }
         }
+        let layout = StepLayout::new(laid, lim.block_size)?;
+        ensure!(
+            layout.num_tokens() <= lim.max_tokens,
+            "step of {} tokens exceeds the step budget of {}",
+            layout.num_tokens(),
+            lim.max_tokens
+        );
         let wants_data: Vec<bool> = laid.iter().map(|c| !matches!(c.want, Want::Argmax { .. })).collect();
         Ok(Step::from_layout(order, layout, argmax_limit, wants_data))
     }
@@ -327,7 +358,7 @@ impl Step {
     fn from_layout(order: Vec<usize>, layout: StepLayout, argmax_limit: Option<usize>, wants_data: Vec<bool>) -> Step {
         let decode_seqs = layout.decode_seqs();
         let groups = RowGroups { decode_seqs, prefill_seqs: layout.num_seqs() - decode_seqs };
-        let meta = MetaOffsets::layout(layout.num_tokens(), layout.num_seqs(), layout.bt_stride);
+        let meta = MetaOffsets::layout(layout.num_tokens(), layout.num_seqs(), layout.bt_stride, layout.masks.len());
         let packed = meta.pack(&layout);
         let dest = layout.logit_destinations(&wants_data);
         Step { order, layout, groups, meta, packed, argmax_limit, wants_data, dest }
@@ -360,6 +391,9 @@ impl Step {
             bt_stride,
             logit_rows: Vec::new(),
             logit_counts: Vec::new(),
+            mask_rows: Vec::new(),
+            masks: Vec::new(),
+            mask_words: 0,
         };
         Step::from_layout(Vec::new(), layout, None, Vec::new())
     }
