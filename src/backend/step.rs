@@ -515,6 +515,41 @@ mod tests {
     }
 
     #[test]
+    fn token_masks_travel_in_the_image_after_every_other_array() {
+        let (a, b, c, p) = ([5u32], [6u32], [7u32], [1u32, 2, 3]);
+        let (m_long, m_short) = ([u32::MAX; 6], [0b1010u32]);
+        let blocks = [0u32, 1];
+        let chunks = [
+            SeqChunk { slot: 4, start_pos: 0, tokens: &p, blocks: &blocks, want: Want::Argmax { limit: 70 }, allowed: Some(&m_short) },
+            SeqChunk { slot: 1, start_pos: 0, tokens: &a, blocks: &blocks, want: Want::Argmax { limit: 70 }, allowed: Some(&m_long) },
+            SeqChunk { slot: 2, start_pos: 0, tokens: &b, blocks: &blocks, want: Want::Argmax { limit: 70 }, allowed: None },
+            SeqChunk { slot: 3, start_pos: 0, tokens: &c, blocks: &blocks, want: Want::Last, allowed: None },
+        ];
+        let st = Step::build(&chunks, &limits()).unwrap();
+        // Decode rows first: slots 1, 2, 3, then the prefill chunk of slot 4.
+        assert_eq!(st.layout.mask_rows, vec![0, -1, -1, 1]);
+        assert_eq!(st.layout.mask_words, 3);
+        // Cut to ceil(70 / 32) = 3 words, or zero-padded to them.
+        assert_eq!(st.layout.masks, vec![-1, -1, -1, 0b1010, 0, 0]);
+        let m = st.meta;
+        assert_eq!(&st.packed[m.mask_rows..m.mask_rows + 4], &[0, -1, -1, 1]);
+        assert_eq!(&st.packed[m.masks..m.masks + 6], &st.layout.masks[..]);
+        assert!(m.masks > m.mask_rows && m.mask_rows > m.logit_rows && m.end >= m.masks + 6);
+        // The same step without masks names the same offsets up to the masks.
+        let plain: Vec<SeqChunk> = chunks.iter().map(|c| SeqChunk { allowed: None, ..c.clone() }).collect();
+        let q = Step::build(&plain, &limits()).unwrap();
+        assert_eq!(q.layout.mask_rows, vec![-1; 4]);
+        assert_eq!(MetaOffsets { masks: 0, end: 0, ..q.meta }, MetaOffsets { masks: 0, end: 0, ..m });
+        // A decode step keeps its masks when padded to a graph bucket.
+        let dec = Step::build(&chunks[1..3], &limits()).unwrap().padded_decode(4, 16).unwrap();
+        assert_eq!((dec.layout.mask_rows.clone(), dec.layout.masks.len()), (vec![0, -1], 3));
+        assert_eq!(&dec.packed[dec.meta.masks..dec.meta.masks + 3], &[-1, -1, -1]);
+        // A mask on a chunk that wants logits is refused.
+        let bad = [SeqChunk { allowed: Some(&m_short), ..chunks[3].clone() }];
+        assert!(Step::build(&bad, &limits()).unwrap_err().to_string().contains("token mask"));
+    }
+
+    #[test]
     fn refuses_too_few_blocks() {
         let t = [1u32, 2];
         let c = [SeqChunk { slot: 0, start_pos: 3, tokens: &t, blocks: &[0], want: Want::Nothing, allowed: None }];
