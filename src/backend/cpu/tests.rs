@@ -174,8 +174,9 @@ fn masked_argmax_twin_on_awkward_cases() {
     let inf = f32::INFINITY;
     let mut x: Vec<f32> = (0..100).map(|i| ((i * 37) % 23) as f32).collect();
     x[5] = 50.0;
-    // (logits, limit, allowed ids, mask words, expected)
-    let cases: Vec<(Vec<f32>, usize, Vec<usize>, usize, usize, &str)> = vec![
+    // (logits, limit, allowed ids, mask words, expected, what)
+    type Case = (Vec<f32>, usize, Vec<usize>, usize, usize, &'static str);
+    let cases: Vec<Case> = vec![
         (x.clone(), 100, vec![17], 4, 17, "one allowed id wins over a larger forbidden one"),
         (x.clone(), 100, (0..100).collect(), 4, 5, "everything allowed: the plain argmax"),
         (x.clone(), 70, vec![3, 69, 70, 99], 4, if x[3] >= x[69] { 3 } else { 69 }, "limit not a multiple of 32 cuts 70 and 99"),
