@@ -23,6 +23,14 @@
 // kiln_argmax_{f32,bf16}(const T* logits, int ld, int n, int* out, int M)
 //   out[m] = the index of the largest of logits[m*ld + 0 .. n); the first index wins
 //   ties; NaN never wins (an all-NaN row gives 0). grid (M), block 1024.
+//
+// kiln_argmax_masked_f32(const float* logits, int ld, int n, const int* mask_rows,
+//                        const unsigned* masks, int words, int* out, int M)
+//   Structured output's greedy token: for each row m with mask_rows[m] >= 0, out[m] = the
+//   argmax of logits[m*ld + i] over the i < n whose bit i % 32 of word i / 32 of mask
+//   masks[mask_rows[m]*words ..] is set, with kiln_argmax's rules (0 when no allowed
+//   value is a number). Rows with mask_rows[m] < 0 keep out[m]. n <= 32*words.
+//   grid (M), block 1024.
 #include "common.cuh"
 
 using namespace kiln;
@@ -94,17 +102,16 @@ __device__ __forceinline__ void amax_merge(float& v, int& i, float ov, int oi) {
     }
 }
 
-template <typename T>
-__device__ __forceinline__ void argmax(const T* __restrict__ logits, int ld, int n, int* __restrict__ out, int M) {
-    KILN_PDL_ENTER();
+// MASKED: only the ids whose bit is set in `mask` compete (nullptr otherwise).
+template <typename T, bool MASKED>
+__device__ __forceinline__ void argmax_row(const T* __restrict__ row, int n, const unsigned* __restrict__ mask,
+                                           int* __restrict__ out) {
     __shared__ float sv[32];
     __shared__ int si[32];
-    const int m = blockIdx.x;
-    if (m >= M) return;
-    const T* row = logits + (size_t)m * ld;
     float best = -KILN_INF;
     int bi = 0x7fffffff;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        if (MASKED && !((mask[i >> 5] >> (i & 31)) & 1u)) continue;
         const float v = to_f(row[i]);
         if (v > best || (bi == 0x7fffffff && v == v)) {  // strict >: the first index seen wins ties
             best = v;
@@ -133,8 +140,16 @@ __device__ __forceinline__ void argmax(const T* __restrict__ logits, int ld, int
             const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
             amax_merge(best, bi, ov, oi);
         }
-        if (lane == 0) out[m] = bi == 0x7fffffff ? 0 : bi;
+        if (lane == 0) *out = bi == 0x7fffffff ? 0 : bi;
     }
+}
+
+template <typename T>
+__device__ __forceinline__ void argmax(const T* __restrict__ logits, int ld, int n, int* __restrict__ out, int M) {
+    KILN_PDL_ENTER();
+    const int m = blockIdx.x;
+    if (m >= M) return;
+    argmax_row<T, false>(logits + (size_t)m * ld, n, nullptr, out + m);
 }
 
 extern "C" __global__ void __launch_bounds__(1024) kiln_argmax_f32(const float* logits, int ld, int n, int* out, int M) {
@@ -142,6 +157,18 @@ extern "C" __global__ void __launch_bounds__(1024) kiln_argmax_f32(const float* 
 }
 extern "C" __global__ void __launch_bounds__(1024) kiln_argmax_bf16(const bf16* logits, int ld, int n, int* out, int M) {
     argmax<bf16>(logits, ld, n, out, M);
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    kiln_argmax_masked_f32(const float* logits, int ld, int n, const int* mask_rows, const unsigned* masks, int words,
+                           int* out, int M) {
+    KILN_PDL_ENTER();
+    const int m = blockIdx.x;
+    if (m >= M) return;
+    const int k = mask_rows[m];
+    if (k < 0) return;  // the whole block: no barrier is skipped by part of it
+    n = min(n, 32 * words);
+    argmax_row<float, true>(logits + (size_t)m * ld, n, masks + (size_t)k * words, out + m);
 }
 
 extern "C" __global__ void __launch_bounds__(256) kiln_f32_to_bf16(const float* __restrict__ x, bf16* __restrict__ y, int n) {

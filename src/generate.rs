@@ -17,7 +17,7 @@ pub fn greedy(backend: &mut dyn Backend, prompt: &[u32], max_new_tokens: usize, 
     let mut pos = 0;
     let mut feed: Vec<u32> = prompt.to_vec();
     while out.len() < max_new_tokens {
-        let chunk = SeqChunk { slot: 0, start_pos: pos, tokens: &feed, blocks: &blocks, want: Want::Argmax { limit: vocab_limit } };
+        let chunk = SeqChunk { slot: 0, start_pos: pos, tokens: &feed, blocks: &blocks, want: Want::Argmax { limit: vocab_limit }, allowed: None };
         let out0 = backend.forward(&[chunk])?.remove(0);
         pos += feed.len();
         let next = match out0.argmax {
@@ -67,7 +67,7 @@ pub fn greedy_speculative(
     if max_new_tokens == 0 {
         return Ok((out, counts));
     }
-    let first = backend.forward(&[SeqChunk { slot: 0, start_pos: 0, tokens: prompt, blocks: &blocks, want: Want::Argmax { limit: vocab_limit } }])?.remove(0);
+    let first = backend.forward(&[SeqChunk { slot: 0, start_pos: 0, tokens: prompt, blocks: &blocks, want: Want::Argmax { limit: vocab_limit }, allowed: None }])?.remove(0);
     let next = match first.argmax {
         Some(t) => t,
         None => argmax(&first.last().context("the backend returned neither a token nor logits")?[..vocab_limit]) as u32,

@@ -38,7 +38,7 @@ fn run(be: &mut dyn Backend, slot: usize, prompt: &[u32], chunk: usize, feed: &[
     while pos < prompt.len() {
         let end = (pos + chunk).min(prompt.len());
         let want = if end == prompt.len() { Want::Last } else { Want::Nothing };
-        let out = be.forward(&[SeqChunk { slot, start_pos: pos, tokens: &prompt[pos..end], blocks, want }]).unwrap();
+        let out = be.forward(&[SeqChunk { slot, start_pos: pos, tokens: &prompt[pos..end], blocks, want, allowed: None }]).unwrap();
         if want == Want::Last {
             rows.push(out[0].data.clone());
         }
@@ -46,15 +46,14 @@ fn run(be: &mut dyn Backend, slot: usize, prompt: &[u32], chunk: usize, feed: &[
     }
     for (i, t) in feed.iter().enumerate() {
         let tok = [*t];
-        let out = be.forward(&[SeqChunk { slot, start_pos: prompt.len() + i, tokens: &tok, blocks, want: Want::Last }]).unwrap();
+        let out = be.forward(&[SeqChunk { slot, start_pos: prompt.len() + i, tokens: &tok, blocks, want: Want::Last, allowed: None }]).unwrap();
         rows.push(out[0].data.clone());
     }
     rows
 }
 
-#[test]
-#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
-fn cuda_backend_matches_the_cpu_backend_on_the_toy_model() {
+/// The toy model's plan, built with kernels for this GPU.
+fn toy_plan() -> plan_fixture::Built {
     let ctx = cudarc::driver::CudaContext::new(0).expect("a CUDA device");
     let (major, minor) = ctx.compute_capability().unwrap();
     let arch = Arch::from_compute_capability(major, minor).unwrap();
@@ -68,7 +67,13 @@ fn cuda_backend_matches_the_cpu_backend_on_the_toy_model() {
         .into_iter()
         .map(|m| KernelImage { name: m.name, cubin: m.cubin })
         .collect();
-    let b = built(&o, Some(arch), &kernels);
+    built(&o, Some(arch), &kernels)
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn cuda_backend_matches_the_cpu_backend_on_the_toy_model() {
+    let b = toy_plan();
     let opt = CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, ..Default::default() };
     let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
     let (cpu_cfg, w) = kiln::checkpoint::load(&b.model).unwrap();
@@ -111,14 +116,78 @@ fn cuda_backend_matches_the_cpu_backend_on_the_toy_model() {
     for (s, stripe) in stripes.iter().enumerate() {
         let p: Vec<u32> = if s == 0 { prompt.clone() } else { (0..(20 + s as u32 * 9)).map(|i| (i * 13 + s as u32) % vocab).collect() };
         gpu8.reset_slot(s).unwrap();
-        gpu8.forward(&[SeqChunk { slot: s, start_pos: 0, tokens: &p, blocks: stripe, want: Want::Nothing }]).unwrap();
+        gpu8.forward(&[SeqChunk { slot: s, start_pos: 0, tokens: &p, blocks: stripe, want: Want::Nothing, allowed: None }]).unwrap();
     }
     let lens: Vec<usize> = (0..8).map(|s| if s == 0 { prompt.len() } else { 20 + s * 9 }).collect();
     for (i, t) in feed.iter().enumerate() {
         let toks: Vec<[u32; 1]> = (0..8).map(|s| if s == 0 { [*t] } else { [(s as u32 + i as u32) % vocab] }).collect();
         let chunks: Vec<SeqChunk> =
-            (0..8).map(|s| SeqChunk { slot: s, start_pos: lens[s] + i, tokens: &toks[s], blocks: &stripes[s], want: Want::Last }).collect();
+            (0..8).map(|s| SeqChunk { slot: s, start_pos: lens[s] + i, tokens: &toks[s], blocks: &stripes[s], want: Want::Last, allowed: None }).collect();
         let out = gpu8.forward(&chunks).unwrap();
         assert_eq!(out[0].data, alone[1 + i], "decode row {i} differs when 7 other sequences share its step");
+    }
+}
+
+/// Structured output's greedy token on the device: steps mixing masked argmax rows,
+/// plain argmax rows and logit rows (decode steps through the graphs, and an eager step
+/// with a prefill chunk) give each masked row the CPU twin's masked argmax of the logits
+/// the same row gets when it asks for them (a row's result never depends on its step).
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn masked_greedy_rows_take_the_argmax_over_their_allowed_ids() {
+    use kiln::backend::cpu::ops::argmax_masked;
+    let b = toy_plan();
+    let opt = CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, ..Default::default() };
+    let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
+    let vocab = b.cfg.vocab_size;
+    let limit = vocab - 5;
+    let words = vocab.div_ceil(32);
+    let stripes: Vec<Vec<u32>> = (0..4u32).map(|s| (s * 16..(s + 1) * 16).collect()).collect();
+    let prompts: Vec<Vec<u32>> = (0..4u32).map(|s| (0..(10 + s * 7)).map(|i| (i * 13 + s) % vocab as u32).collect()).collect();
+    let mut seed = 0x9e37_79b9u32;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    // Steps 0..3: all four slots decode (graph); step 3 adds slot 3's prefill (eager).
+    for step in 0..4 {
+        let masks: Vec<Vec<u32>> = (0..4).map(|s| match (s + step) % 4 {
+            0 => (0..words).map(|_| rand()).collect(),
+            1 => { let mut m = vec![0u32; words]; let id = rand() as usize % limit; m[id / 32] = 1 << (id % 32); m }
+            2 => vec![u32::MAX; words],
+            _ => (0..words).map(|_| rand() & rand() & rand()).collect(),
+        }).collect();
+        let run = |gpu: &mut CudaBackend, masked: bool| {
+            for s in 0..4 {
+                gpu.reset_slot(s).unwrap();
+                let p = &prompts[s];
+                let n = if step == 3 && s == 3 { p.len() - 4 } else { p.len() - 1 };
+                gpu.forward(&[SeqChunk { slot: s, start_pos: 0, tokens: &p[..n], blocks: &stripes[s], want: Want::Nothing, allowed: None }]).unwrap();
+            }
+            let chunks: Vec<SeqChunk> = (0..4)
+                .map(|s| {
+                    let p = &prompts[s];
+                    let n = if step == 3 && s == 3 { p.len() - 4 } else { p.len() - 1 };
+                    // Slot 2 stays unmasked; with `masked` off every row wants its logits.
+                    let (want, allowed) = match (masked, s) {
+                        (false, _) => (Want::Last, None),
+                        (true, 2) => (Want::Argmax { limit }, None),
+                        (true, _) => (Want::Argmax { limit }, Some(&masks[s][..])),
+                    };
+                    SeqChunk { slot: s, start_pos: n, tokens: &p[n..], blocks: &stripes[s], want, allowed }
+                })
+                .collect();
+            gpu.forward(&chunks).unwrap()
+        };
+        let rows = run(&mut gpu, false);
+        let got = run(&mut gpu, true);
+        for s in 0..4 {
+            let row = rows[s].last().unwrap();
+            let want = if s == 2 { argmax_masked(row, limit, &vec![u32::MAX; words]) } else { argmax_masked(row, limit, &masks[s]) };
+            assert_eq!(got[s].argmax, Some(want as u32), "step {step} slot {s}");
+            assert!(got[s].data.is_empty(), "step {step} slot {s}: an argmax row copied its logits out");
+        }
     }
 }

@@ -77,7 +77,7 @@ fn run_model(name: &str, prefill_piece: Option<usize>) -> f64 {
         let mut pos = 0;
         while pos < prompt.len() {
             let end = (pos + piece).min(prompt.len());
-            let c = SeqChunk { slot: 0, start_pos: pos, tokens: &prompt[pos..end], blocks: &blocks, want: Want::All };
+            let c = SeqChunk { slot: 0, start_pos: pos, tokens: &prompt[pos..end], blocks: &blocks, want: Want::All, allowed: None };
             ours.extend(be.forward(&[c]).unwrap().remove(0).data);
             pos = end;
         }
@@ -90,7 +90,7 @@ fn run_model(name: &str, prefill_piece: Option<usize>) -> f64 {
         let mut got = vec![tok];
         for i in 0..greedy.len() - 1 {
             let feed = [tok];
-            let c = SeqChunk { slot: 0, start_pos: prompt.len() + i, tokens: &feed, blocks: &blocks, want: Want::Last };
+            let c = SeqChunk { slot: 0, start_pos: prompt.len() + i, tokens: &feed, blocks: &blocks, want: Want::Last, allowed: None };
             let row = be.forward(&[c]).unwrap().remove(0).data;
             let e = compare(&row, &want_decode[i * vocab..(i + 1) * vocab], &format!("{name}/{cname} decode step {i}"));
             worst = worst.max(e.rel);

@@ -43,7 +43,7 @@ fn check_model(name: &str) -> usize {
             let pos = s["pos"].as_u64().unwrap() as usize;
             assert_eq!(s["next"].as_u64().unwrap() as u32, seq[pos]);
             b.reset_slot(0).unwrap();
-            b.forward(&[SeqChunk { slot: 0, start_pos: 0, tokens: &seq[..pos], blocks: &blocks, want: Want::Last }]).unwrap();
+            b.forward(&[SeqChunk { slot: 0, start_pos: 0, tokens: &seq[..pos], blocks: &blocks, want: Want::Last, allowed: None }]).unwrap();
             let rows = b.mtp_logits(&DraftChunk { slot: 0, pos, next: seq[pos], steps, blocks: &blocks, limit: vocab }).unwrap();
             let what = format!("{name} {} start {i} (pos {pos})", m["name"]);
             let t = st.tensor(&format!("{}.mtp{i}.draft_logits", m["name"].as_str().unwrap())).unwrap();

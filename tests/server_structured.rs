@@ -8,6 +8,7 @@ mod common;
 use common::server::TestServer;
 use kiln::backend::Capacity;
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// Every string, number and list is bounded, so a random model must finish the object.
@@ -57,8 +58,7 @@ async fn response_format_json_schema_parses_on_a_random_model() {
 #[actix_web::test]
 async fn json_object_regex_and_ebnf_constrain_generate() {
     let (s, _) = TestServer::mock_default();
-    let regex = "(yes|no)-[0-9]{2}";
-    let ebnf = "root ::= greeting \" \" name\ngreeting ::= \"hi\" | \"hello\"\nname ::= [a-z] [a-z]?";
+    let (regex, ebnf) = (REGEX, EBNF);
     for seed in 0..3 {
         let sp = |extra: Value| {
             let mut p = json!({"max_new_tokens": 200, "temperature": 1.0, "sampling_seed": seed});
@@ -106,6 +106,66 @@ async fn unconstrained_requests_keep_their_tokens_beside_constrained_ones() {
     }
 }
 
+const REGEX: &str = "(yes|no)-[0-9]{2}";
+const EBNF: &str = "root ::= greeting \" \" name\ngreeting ::= \"hi\" | \"hello\"\nname ::= [a-z] [a-z]?";
+
+/// A greedy /generate body with `constraint` in its sampling params; with logprobs the
+/// scheduler keeps the host path (the sampler masks the whole row), without them the
+/// backend takes the masked argmax (`SeqChunk::allowed`).
+fn greedy_constrained(constraint: &Value, prompt: &str, logprobs: bool) -> Value {
+    let mut p = json!({"max_new_tokens": 300, "temperature": 0});
+    for (k, v) in constraint.as_object().unwrap() {
+        p[k] = v.clone();
+    }
+    json!({"text": prompt, "sampling_params": p, "return_logprob": logprobs})
+}
+
+#[actix_web::test]
+async fn greedy_constrained_tokens_are_the_same_masked_on_the_device_or_on_the_host() {
+    let (s, st) = TestServer::mock_default();
+    for c in [json!({"regex": REGEX}), json!({"ebnf": EBNF}), json!({"json_schema": person().to_string()})] {
+        for prompt in ["go", "abc", "Describe a person."] {
+            let before = st.masked_argmax.load(Relaxed);
+            let dev = s.post_json("/generate", &greedy_constrained(&c, prompt, false), 200).await;
+            let masked = st.masked_argmax.load(Relaxed) - before;
+            let n = dev["output_ids"].as_array().unwrap().len() as u64;
+            assert_eq!(masked, n, "{c}: every token of a greedy constrained request is a masked argmax");
+            let host = s.post_json("/generate", &greedy_constrained(&c, prompt, true), 200).await;
+            assert_eq!(st.masked_argmax.load(Relaxed) - before, masked, "{c}: a logprob request keeps the host path");
+            assert_eq!(dev["output_ids"], host["output_ids"], "{c} {prompt:?}: device mask and host mask disagree");
+            assert_eq!(dev["meta_info"]["finish_reason"]["type"], "stop", "{dev}");
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_step_mixing_masked_and_unmasked_rows_gives_each_request_its_tokens_alone() {
+    let (s, st) = TestServer::mock_default();
+    let s = Arc::new(s);
+    let bodies = [
+        greedy_constrained(&json!({"json_schema": person().to_string()}), "abc", false),
+        json!({"text": "abc", "sampling_params": {"max_new_tokens": 40, "temperature": 0}}),
+        greedy_constrained(&json!({"regex": REGEX}), "xy", false),
+        json!({"text": "abc", "sampling_params": {"max_new_tokens": 300, "temperature": 1.0, "sampling_seed": 5, "json_schema": person().to_string()}}),
+        greedy_constrained(&json!({"ebnf": EBNF}), "q", false),
+    ];
+    let mut alone = vec![];
+    for b in &bodies {
+        alone.push(s.post_json("/generate", b, 200).await["output_ids"].clone());
+    }
+    // Twice each at once, so steps hold masked, unmasked and host-sampled rows together.
+    let mut tasks = vec![];
+    for k in 0..2 * bodies.len() {
+        let (s, body) = (s.clone(), bodies[k % bodies.len()].clone());
+        tasks.push(tokio::spawn(async move { (k, s.post_json("/generate", &body, 200).await) }));
+    }
+    for t in tasks {
+        let (k, r) = t.await.unwrap();
+        assert_eq!(r["output_ids"], alone[k % bodies.len()], "request {k} changed in a mixed batch");
+    }
+    assert!(st.max_chunks.load(Relaxed) > 1, "the requests never shared a step");
+}
+
 #[actix_web::test]
 async fn bad_constraints_are_400_naming_the_field() {
     let (s, _) = TestServer::mock_default();
@@ -132,4 +192,11 @@ async fn the_demo_model_with_the_real_tokenizer_writes_schema_valid_json() {
         assert_eq!(r["choices"][0]["finish_reason"], "stop", "{r}");
         check_person(r["choices"][0]["message"]["content"].as_str().unwrap());
     }
+    // Greedy: the CPU backend's masked argmax (no logprobs) and the sampler's host mask
+    // (logprobs on) pick the same tokens.
+    let greedy = |logprobs: bool| chat(json!({"response_format": rf, "temperature": 0, "logprobs": logprobs, "max_tokens": 120,
+                                              "chat_template_kwargs": {"enable_thinking": false}}));
+    let dev = s.post_json("/v1/chat/completions", &greedy(false), 200).await;
+    let host = s.post_json("/v1/chat/completions", &greedy(true), 200).await;
+    assert_eq!(dev["choices"][0]["message"]["content"], host["choices"][0]["message"]["content"], "{dev}\n{host}");
 }

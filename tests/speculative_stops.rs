@@ -94,7 +94,7 @@ impl Backend for SpecMock {
             }).collect();
             let accepted = accepted_len(c.tokens, &greedy);
             let keep = &c.tokens[..accepted];
-            self.inner.forward(&[SeqChunk { slot: c.slot, start_pos: c.start_pos, tokens: keep, blocks: c.blocks, want: Want::Nothing }])?;
+            self.inner.forward(&[SeqChunk { slot: c.slot, start_pos: c.start_pos, tokens: keep, blocks: c.blocks, want: Want::Nothing, allowed: None }])?;
             self.history[c.slot].extend_from_slice(keep);
             out.push(Verified { greedy, accepted });
         }
@@ -186,7 +186,15 @@ fn sampled_and_logprob_requests_decode_plainly_beside_speculating_ones() {
     sampled.sampling = SamplingParams { temperature: 0.8, seed: Some(5), ..SamplingParams::default() };
     let mut lp = request(4);
     lp.logprobs.enabled = true;
-    let reqs = vec![greedy, sampled, lp];
+    // Greedy under a grammar: drafts and verification know nothing of the mask.
+    let codec = ByteCodec;
+    let enc = |s: &str| s.bytes().map(u32::from).collect();
+    let engine = kiln::sampling::grammar::GrammarEngine::new(kiln::scheduler::Codec::token_bytes(&codec).unwrap(), EOS, Box::new(enc)).unwrap();
+    let mut constrained = request(6);
+    constrained.stop = StopConfig { max_new_tokens: 40, ..Default::default() };
+    let grammar = engine.compile(&kiln::sampling::grammar::GrammarSpec::Regex("[a-f]{3}x[0-9]*".into())).unwrap();
+    constrained.sampling = SamplingParams { grammar: Some(grammar), ..SamplingParams::greedy() };
+    let reqs = vec![greedy, sampled, lp, constrained];
     let plain = run_all(Box::new(MockBackend::new(c)), SchedulerConfig { eos_token_ids: vec![EOS], ..Default::default() }, &reqs);
     let spec = run_all(Box::new(SpecMock::new(c, 0)), spec_cfg(), &reqs);
     for (p, s) in plain.iter().zip(&spec) {
@@ -196,6 +204,9 @@ fn sampled_and_logprob_requests_decode_plainly_beside_speculating_ones() {
     assert!(verify_ct(&spec[0]) > 0, "the greedy request speculates");
     assert_eq!(verify_ct(&spec[1]), 0, "a sampled request never speculates");
     assert_eq!(verify_ct(&spec[2]), 0, "a logprobs request never speculates");
+    assert_eq!(verify_ct(&spec[3]), 0, "a constrained request never speculates");
+    let text = &spec[3].1;
+    assert!(text.len() >= 4 && text[..3].bytes().all(|b| (b'a'..=b'f').contains(&b)) && &text[3..4] == "x", "{text:?}");
     // Logprobs still come one per token.
     let lp_entries: usize = spec[2].3.iter().map(|o| o.logprobs.len()).sum();
     assert_eq!(lp_entries, spec[2].0.len());

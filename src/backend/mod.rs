@@ -54,6 +54,28 @@ pub struct SeqChunk<'a> {
     /// KV blocks owned by this sequence, in order; covers start_pos + tokens.len().
     pub blocks: &'a [u32],
     pub want: Want,
+    /// A token mask for `Want::Argmax` (structured output): bit `id % 32` of word
+    /// `id / 32` set = token `id` allowed (llguidance's layout); ids past the last word
+    /// are not allowed. The result is then the argmax over the allowed ids below `limit`
+    /// with the unmasked argmax's rules (first index wins ties, NaN never wins; an
+    /// allowed `-inf` still beats nothing), 0 when no allowed id below `limit` has a
+    /// non-NaN value. A mask on any other `Want` is an error.
+    pub allowed: Option<&'a [u32]>,
+}
+
+/// Whether token `id` is allowed by a `SeqChunk::allowed` mask.
+pub fn mask_allows(mask: &[u32], id: usize) -> bool {
+    mask.get(id / 32).is_some_and(|w| w >> (id % 32) & 1 == 1)
+}
+
+impl SeqChunk<'_> {
+    /// Rejects a token mask on a chunk that does not want its argmax.
+    pub fn check_mask(&self) -> Result<()> {
+        if self.allowed.is_some() && !matches!(self.want, Want::Argmax { .. }) {
+            bail!("slot {}: a token mask needs Want::Argmax, not {:?}", self.slot, self.want);
+        }
+        Ok(())
+    }
 }
 
 /// Logits for one chunk: `rows` rows of `vocab` f32 each (0, 1 or tokens.len() rows),

@@ -31,6 +31,12 @@ pub struct StepLayout {
     pub logit_rows: Vec<i32>,
     /// Per chunk: how many of `logit_rows` are its own (0, 1 or its length).
     pub logit_counts: Vec<usize>,
+    /// Per logit row: the index of its token mask in `masks`, or -1 (no mask).
+    pub mask_rows: Vec<i32>,
+    /// The greedy rows' token masks (`SeqChunk::allowed`), `mask_words` words each: cut
+    /// or zero-padded to the argmax limit, as i32 bit patterns for the metadata image.
+    pub masks: Vec<i32>,
+    pub mask_words: usize,
 }
 
 impl StepLayout {
@@ -65,6 +71,17 @@ impl StepLayout {
                 Want::Last | Want::Argmax { .. } => vec![(l.ids.len() - 1) as i32],
                 Want::All => (row0..l.ids.len()).map(|r| r as i32).collect(),
             };
+            match (c.allowed, c.want) {
+                (Some(mask), Want::Argmax { limit }) => {
+                    // One step has one argmax limit (Step::build checks), so one mask size.
+                    l.mask_words = limit.div_ceil(32);
+                    l.mask_rows.push((l.masks.len() / l.mask_words) as i32);
+                    let words = mask.iter().map(|&w| w as i32).chain(std::iter::repeat(0));
+                    l.masks.extend(words.take(l.mask_words));
+                }
+                (Some(_), _) => c.check_mask()?,
+                (None, _) => l.mask_rows.extend(std::iter::repeat_n(-1, rows.len())),
+            }
             l.logit_counts.push(rows.len());
             l.logit_rows.extend(rows);
         }
@@ -106,6 +123,9 @@ impl StepLayout {
             bt_stride,
             logit_rows: self.logit_rows.clone(),
             logit_counts: self.logit_counts.clone(),
+            mask_rows: self.mask_rows.clone(),
+            masks: self.masks.clone(),
+            mask_words: self.mask_words,
         })
     }
 
@@ -210,12 +230,18 @@ pub struct MetaOffsets {
     pub block_tables: usize,
     /// Token rows whose logits are wanted (at most one per token row).
     pub logit_rows: usize,
+    /// Per logit row: its token mask's index, or -1 (`StepLayout::mask_rows`).
+    pub mask_rows: usize,
+    /// The token masks (`StepLayout::masks`), last: the arrays before them keep their
+    /// offsets whatever the masks, so a captured decode graph reads the same addresses.
+    pub masks: usize,
     pub end: usize,
 }
 
 impl MetaOffsets {
-    /// Offsets for `t` token rows, `s` sequences and block-table stride `bt`.
-    pub fn layout(t: usize, s: usize, bt: usize) -> Self {
+    /// Offsets for `t` token rows, `s` sequences, block-table stride `bt` and `mask_len`
+    /// i32s of token masks.
+    pub fn layout(t: usize, s: usize, bt: usize, mask_len: usize) -> Self {
         // Each array starts on a 16-element boundary (64 bytes).
         let r = |x: usize| x.div_ceil(16) * 16;
         let ids = 0;
@@ -227,12 +253,15 @@ impl MetaOffsets {
         let ctx_lens = start_pos + r(s);
         let block_tables = ctx_lens + r(s);
         let logit_rows = block_tables + r(s * bt);
-        let end = logit_rows + r(t);
-        MetaOffsets { ids, pos, kv_loc, cu_seqlens, slots, start_pos, ctx_lens, block_tables, logit_rows, end }
+        let mask_rows = logit_rows + r(t);
+        let masks = mask_rows + r(t);
+        let end = masks + r(mask_len);
+        MetaOffsets { ids, pos, kv_loc, cu_seqlens, slots, start_pos, ctx_lens, block_tables, logit_rows, mask_rows, masks, end }
     }
-    /// i32 elements the image of the largest step takes (the device buffer's size).
-    pub fn len(t: usize, s: usize, bt: usize) -> usize {
-        Self::layout(t, s, bt).end
+    /// i32 elements the image of the largest step takes (the device buffer's size), with
+    /// a token mask for each of its `s` sequences over a vocabulary of `vocab`.
+    pub fn len(t: usize, s: usize, bt: usize, vocab: usize) -> usize {
+        Self::layout(t, s, bt, s * vocab.div_ceil(32)).end
     }
     /// The per-sequence arrays seen from sequence `d` on (`bt`: the block-table stride);
     /// token rows keep their absolute numbers (cu_seqlens holds row numbers).
@@ -259,6 +288,8 @@ impl MetaOffsets {
         put(self.ctx_lens, &l.ctx_lens);
         put(self.block_tables, &l.block_tables);
         put(self.logit_rows, &l.logit_rows);
+        put(self.mask_rows, &l.mask_rows);
+        put(self.masks, &l.masks);
         host
     }
 }
@@ -292,6 +323,7 @@ impl Step {
             ensure!(c.start_pos + c.tokens.len() <= lim.max_seq_len, "slot {} would pass max_seq_len ({})", c.slot, lim.max_seq_len);
             ensure!(c.blocks.len() <= lim.max_blocks_per_seq, "slot {} holds more KV blocks than a sequence may ({})", c.slot, lim.max_blocks_per_seq);
             ensure!(c.blocks.iter().all(|b| (*b as usize) < lim.kv_blocks), "slot {} names a KV block outside the pool", c.slot);
+            c.check_mask()?;
             if let Some(&tok) = c.tokens.iter().find(|&&t| t as usize >= lim.vocab) {
                 bail!("token id {tok} is outside the vocabulary ({})", lim.vocab);
             }
@@ -305,13 +337,6 @@ impl Step {
             permuted = order.iter().map(|&i| chunks[i].clone()).collect();
             &permuted[..]
         };
-        let layout = StepLayout::new(laid, lim.block_size)?;
-        ensure!(
-            layout.num_tokens() <= lim.max_tokens,
-            "step of {} tokens exceeds the step budget of {}",
-            layout.num_tokens(),
-            lim.max_tokens
-        );
         let mut argmax_limit = None;
         for c in laid {
             if let Want::Argmax { limit } = c.want {
@@ -319,6 +344,13 @@ impl Step {
                 argmax_limit = Some(limit);
             }
         }
+        let layout = StepLayout::new(laid, lim.block_size)?;
+        ensure!(
+            layout.num_tokens() <= lim.max_tokens,
+            "step of {} tokens exceeds the step budget of {}",
+            layout.num_tokens(),
+            lim.max_tokens
+        );
         let wants_data: Vec<bool> = laid.iter().map(|c| !matches!(c.want, Want::Argmax { .. })).collect();
         Ok(Step::from_layout(order, layout, argmax_limit, wants_data))
     }
@@ -326,7 +358,7 @@ impl Step {
     fn from_layout(order: Vec<usize>, layout: StepLayout, argmax_limit: Option<usize>, wants_data: Vec<bool>) -> Step {
         let decode_seqs = layout.decode_seqs();
         let groups = RowGroups { decode_seqs, prefill_seqs: layout.num_seqs() - decode_seqs };
-        let meta = MetaOffsets::layout(layout.num_tokens(), layout.num_seqs(), layout.bt_stride);
+        let meta = MetaOffsets::layout(layout.num_tokens(), layout.num_seqs(), layout.bt_stride, layout.masks.len());
         let packed = meta.pack(&layout);
         let dest = layout.logit_destinations(&wants_data);
         Step { order, layout, groups, meta, packed, argmax_limit, wants_data, dest }
@@ -359,6 +391,9 @@ impl Step {
             bt_stride,
             logit_rows: Vec::new(),
             logit_counts: Vec::new(),
+            mask_rows: Vec::new(),
+            masks: Vec::new(),
+            mask_words: 0,
         };
         Step::from_layout(Vec::new(), layout, None, Vec::new())
     }
@@ -402,7 +437,7 @@ mod tests {
         let blocks = [0u32];
         let chunks: Vec<SeqChunk> = [(0, &long[..]), (1, &one[..]), (2, &long[..]), (3, &one[..]), (4, &one[..])]
             .into_iter()
-            .map(|(slot, tokens)| SeqChunk { slot, start_pos: 5, tokens, blocks: &blocks, want: Want::Last })
+            .map(|(slot, tokens)| SeqChunk { slot, start_pos: 5, tokens, blocks: &blocks, want: Want::Last, allowed: None })
             .collect();
         let order = decode_first(&chunks);
         assert_eq!(order, vec![1, 3, 4, 0, 2]);
@@ -421,9 +456,9 @@ mod tests {
         let (a, b, c) = ([1u32, 2, 3], [4u32], [5u32]);
         let blocks = [0u32];
         let chunks = [
-            SeqChunk { slot: 0, start_pos: 0, tokens: &a, blocks: &blocks, want: Want::All },
-            SeqChunk { slot: 1, start_pos: 0, tokens: &b, blocks: &blocks, want: Want::Argmax { limit: 9 } },
-            SeqChunk { slot: 2, start_pos: 0, tokens: &c, blocks: &blocks, want: Want::Last },
+            SeqChunk { slot: 0, start_pos: 0, tokens: &a, blocks: &blocks, want: Want::All, allowed: None },
+            SeqChunk { slot: 1, start_pos: 0, tokens: &b, blocks: &blocks, want: Want::Argmax { limit: 9 }, allowed: None },
+            SeqChunk { slot: 2, start_pos: 0, tokens: &c, blocks: &blocks, want: Want::Last, allowed: None },
         ];
         let l = StepLayout::new(&chunks, 4).unwrap();
         let dest = l.logit_destinations(&[true, false, true]);
@@ -441,8 +476,8 @@ mod tests {
         let (p, d) = ([5u32, 6, 7], [9u32]);
         let (bp, bd) = ([3u32, 8], [1u32, 4, 2]);
         let chunks = [
-            SeqChunk { slot: 2, start_pos: 3, tokens: &p, blocks: &bp, want: Want::All },
-            SeqChunk { slot: 0, start_pos: 9, tokens: &d, blocks: &bd, want: Want::Last },
+            SeqChunk { slot: 2, start_pos: 3, tokens: &p, blocks: &bp, want: Want::All, allowed: None },
+            SeqChunk { slot: 0, start_pos: 9, tokens: &d, blocks: &bd, want: Want::Last, allowed: None },
         ];
         let l = StepLayout::new(&chunks, 4).unwrap();
         assert_eq!(l.ids, vec![5, 6, 7, 9]);
@@ -464,8 +499,8 @@ mod tests {
     fn pads_a_decode_step_to_a_graph_bucket() {
         let (a, b) = ([5u32], [6u32]);
         let chunks = [
-            SeqChunk { slot: 3, start_pos: 4, tokens: &a, blocks: &[7, 9], want: Want::Argmax { limit: 10 } },
-            SeqChunk { slot: 1, start_pos: 0, tokens: &b, blocks: &[2], want: Want::Argmax { limit: 10 } },
+            SeqChunk { slot: 3, start_pos: 4, tokens: &a, blocks: &[7, 9], want: Want::Argmax { limit: 10 }, allowed: None },
+            SeqChunk { slot: 1, start_pos: 0, tokens: &b, blocks: &[2], want: Want::Argmax { limit: 10 }, allowed: None },
         ];
         let l = StepLayout::new(&chunks, 4).unwrap();
         let p = l.padded_decode(4, 3).unwrap();
@@ -480,9 +515,44 @@ mod tests {
     }
 
     #[test]
+    fn token_masks_travel_in_the_image_after_every_other_array() {
+        let (a, b, c, p) = ([5u32], [6u32], [7u32], [1u32, 2, 3]);
+        let (m_long, m_short) = ([u32::MAX; 6], [0b1010u32]);
+        let blocks = [0u32, 1];
+        let chunks = [
+            SeqChunk { slot: 4, start_pos: 0, tokens: &p, blocks: &blocks, want: Want::Argmax { limit: 70 }, allowed: Some(&m_short) },
+            SeqChunk { slot: 1, start_pos: 0, tokens: &a, blocks: &blocks, want: Want::Argmax { limit: 70 }, allowed: Some(&m_long) },
+            SeqChunk { slot: 2, start_pos: 0, tokens: &b, blocks: &blocks, want: Want::Argmax { limit: 70 }, allowed: None },
+            SeqChunk { slot: 3, start_pos: 0, tokens: &c, blocks: &blocks, want: Want::Last, allowed: None },
+        ];
+        let st = Step::build(&chunks, &limits()).unwrap();
+        // Decode rows first: slots 1, 2, 3, then the prefill chunk of slot 4.
+        assert_eq!(st.layout.mask_rows, vec![0, -1, -1, 1]);
+        assert_eq!(st.layout.mask_words, 3);
+        // Cut to ceil(70 / 32) = 3 words, or zero-padded to them.
+        assert_eq!(st.layout.masks, vec![-1, -1, -1, 0b1010, 0, 0]);
+        let m = st.meta;
+        assert_eq!(&st.packed[m.mask_rows..m.mask_rows + 4], &[0, -1, -1, 1]);
+        assert_eq!(&st.packed[m.masks..m.masks + 6], &st.layout.masks[..]);
+        assert!(m.masks > m.mask_rows && m.mask_rows > m.logit_rows && m.end >= m.masks + 6);
+        // The same step without masks names the same offsets up to the masks.
+        let plain: Vec<SeqChunk> = chunks.iter().map(|c| SeqChunk { allowed: None, ..c.clone() }).collect();
+        let q = Step::build(&plain, &limits()).unwrap();
+        assert_eq!(q.layout.mask_rows, vec![-1; 4]);
+        assert_eq!(MetaOffsets { masks: 0, end: 0, ..q.meta }, MetaOffsets { masks: 0, end: 0, ..m });
+        // A decode step keeps its masks when padded to a graph bucket.
+        let dec = Step::build(&chunks[1..3], &limits()).unwrap().padded_decode(4, 16).unwrap();
+        assert_eq!((dec.layout.mask_rows.clone(), dec.layout.masks.len()), (vec![0, -1], 3));
+        assert_eq!(&dec.packed[dec.meta.masks..dec.meta.masks + 3], &[-1, -1, -1]);
+        // A mask on a chunk that wants logits is refused.
+        let bad = [SeqChunk { allowed: Some(&m_short), ..chunks[3].clone() }];
+        assert!(Step::build(&bad, &limits()).unwrap_err().to_string().contains("token mask"));
+    }
+
+    #[test]
     fn refuses_too_few_blocks() {
         let t = [1u32, 2];
-        let c = [SeqChunk { slot: 0, start_pos: 3, tokens: &t, blocks: &[0], want: Want::Nothing }];
+        let c = [SeqChunk { slot: 0, start_pos: 3, tokens: &t, blocks: &[0], want: Want::Nothing, allowed: None }];
         let e = StepLayout::new(&c, 4).unwrap_err().to_string();
         assert!(e.contains("cannot hold 5 tokens"), "{e}");
     }
@@ -496,8 +566,8 @@ mod tests {
         let (p, d) = ([5u32, 6, 7], [9u32]);
         let (bp, bd) = ([3u32, 8], [1u32, 4, 2]);
         let chunks = [
-            SeqChunk { slot: 2, start_pos: 3, tokens: &p, blocks: &bp, want: Want::All },
-            SeqChunk { slot: 0, start_pos: 9, tokens: &d, blocks: &bd, want: Want::Argmax { limit: 90 } },
+            SeqChunk { slot: 2, start_pos: 3, tokens: &p, blocks: &bp, want: Want::All, allowed: None },
+            SeqChunk { slot: 0, start_pos: 9, tokens: &d, blocks: &bd, want: Want::Argmax { limit: 90 }, allowed: None },
         ];
         let st = Step::build(&chunks, &limits()).unwrap();
         // The decode chunk is laid out first.
@@ -534,7 +604,7 @@ mod tests {
     fn a_step_refuses_what_breaks_a_limit() {
         let t = [1u32];
         let ok_blocks = [0u32];
-        let chunk = |slot, start_pos, tokens, blocks, want| SeqChunk { slot, start_pos, tokens, blocks, want };
+        let chunk = |slot, start_pos, tokens, blocks, want| SeqChunk { slot, start_pos, tokens, blocks, want, allowed: None };
         let cases: Vec<(Vec<SeqChunk>, &str)> = vec![
             (vec![], "at least one chunk"),
             (vec![chunk(8, 0, &t[..], &ok_blocks[..], Want::Last)], "slot 8 out of range"),
@@ -558,8 +628,8 @@ mod tests {
     fn a_padded_decode_step_keeps_its_results_mapping() {
         let (a, b) = ([5u32], [6u32]);
         let chunks = [
-            SeqChunk { slot: 3, start_pos: 4, tokens: &a, blocks: &[7, 9], want: Want::Argmax { limit: 10 } },
-            SeqChunk { slot: 1, start_pos: 0, tokens: &b, blocks: &[2], want: Want::Last },
+            SeqChunk { slot: 3, start_pos: 4, tokens: &a, blocks: &[7, 9], want: Want::Argmax { limit: 10 }, allowed: None },
+            SeqChunk { slot: 1, start_pos: 0, tokens: &b, blocks: &[2], want: Want::Last, allowed: None },
         ];
         let st = Step::build(&chunks, &limits()).unwrap().padded_decode(4, 3).unwrap();
         assert_eq!(st.groups, RowGroups { decode_seqs: 4, prefill_seqs: 0 });

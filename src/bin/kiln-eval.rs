@@ -59,7 +59,7 @@ fn prefill(be: &mut dyn Backend, slot: usize, prompt: &[u32], blocks: &[u32], bu
     while pos < prompt.len() {
         let end = (pos + budget).min(prompt.len());
         let want = if end == prompt.len() { Want::Last } else { Want::Nothing };
-        let c = SeqChunk { slot, start_pos: pos, tokens: &prompt[pos..end], blocks, want };
+        let c = SeqChunk { slot, start_pos: pos, tokens: &prompt[pos..end], blocks, want, allowed: None };
         let mut out = be.forward(&[c])?;
         if want == Want::Last {
             last = out.remove(0).data;
@@ -93,7 +93,7 @@ fn logits(plan: PathBuf, cases: PathBuf, out: PathBuf) -> Result<()> {
             }
             free_total += 1;
             let feed = [tok];
-            let ch = SeqChunk { slot: 0, start_pos: p.len() + i, tokens: &feed, blocks: &blocks, want: Want::Last };
+            let ch = SeqChunk { slot: 0, start_pos: p.len() + i, tokens: &feed, blocks: &blocks, want: Want::Last, allowed: None };
             row = be.forward(&[ch])?.remove(0).data;
         }
         for x in &row {
@@ -119,7 +119,7 @@ fn logits(plan: PathBuf, cases: PathBuf, out: PathBuf) -> Result<()> {
         for _ in 0..31 {
             let feeds: Vec<[u32; 1]> = toks.iter().map(|t| [*t]).collect();
             let chunks: Vec<SeqChunk> = (0..n)
-                .map(|s| SeqChunk { slot: s, start_pos: lens[s], tokens: &feeds[s], blocks: &all_blocks[s], want: Want::Last })
+                .map(|s| SeqChunk { slot: s, start_pos: lens[s], tokens: &feeds[s], blocks: &all_blocks[s], want: Want::Last, allowed: None })
                 .collect();
             let rows = be.forward(&chunks)?;
             for s in 0..n {
@@ -166,14 +166,14 @@ fn mixed_step_invariance(be: &mut CudaBackend, prompts: &[Vec<u32>], per: usize)
         }
         for _ in 0..32 {
             let tok = [argmax(&row) as u32];
-            let mut chunks = vec![SeqChunk { slot: target, start_pos: len, tokens: &tok, blocks: &tb, want: Want::Last }];
+            let mut chunks = vec![SeqChunk { slot: target, start_pos: len, tokens: &tok, blocks: &tb, want: Want::Last, allowed: None }];
             for (c, blocks) in comp.iter_mut().zip(&comp_blocks) {
                 if c.3 >= c.1.len() {
                     be.reset_slot(c.0)?;
                     c.3 = 0;
                 }
                 let end = (c.3 + c.2).min(c.1.len());
-                chunks.push(SeqChunk { slot: c.0, start_pos: c.3, tokens: &c.1[c.3..end], blocks, want: Want::Nothing });
+                chunks.push(SeqChunk { slot: c.0, start_pos: c.3, tokens: &c.1[c.3..end], blocks, want: Want::Nothing, allowed: None });
                 c.3 = end;
             }
             row = be.forward(&chunks)?.remove(0).data;
@@ -224,7 +224,7 @@ fn bench(plan: PathBuf, batch: String, ctx: usize, prefill_len: usize, iters: us
         for it in 0..iters {
             let feeds: Vec<[u32; 1]> = (0..b).map(|s| [(s as u32 * 31 + it as u32) % vocab]).collect();
             let chunks: Vec<SeqChunk> = (0..b)
-                .map(|s| SeqChunk { slot: s, start_pos: ctx, tokens: &feeds[s], blocks: &all_blocks[s], want: Want::Argmax { limit: 248_077.min(vocab as usize) } })
+                .map(|s| SeqChunk { slot: s, start_pos: ctx, tokens: &feeds[s], blocks: &all_blocks[s], want: Want::Argmax { limit: 248_077.min(vocab as usize) }, allowed: None })
                 .collect();
             // KILN_PROFILE_DECODE=1: the last step of each batch size between
             // cuProfilerStart/Stop, for `ncu --profile-from-start off` (device_run.sh).

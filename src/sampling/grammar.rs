@@ -6,9 +6,10 @@
 //! bad schema is the client's error); each sequence's sampler then owns a
 //! [`GrammarMatcher`]: before a token is sampled, [`GrammarMatcher::mask_logits`] sets
 //! every token the grammar forbids to -inf; after, [`GrammarMatcher::accept`] advances it.
-//! When the grammar is complete only EOS is allowed, so the request stops there. The
-//! mask is applied to host logits; applying it on the device (no vocabulary-sized copy
-//! per token) is a later GPU step.
+//! When the grammar is complete only EOS is allowed, so the request stops there. A
+//! greedy request hands the mask itself ([`GrammarMatcher::mask_words`]) to the backend,
+//! which takes the argmax over the allowed ids on the device (no vocabulary-sized copy
+//! per token); other requests mask host logits.
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
@@ -197,26 +198,26 @@ impl Clone for GrammarMatcher {
 }
 
 impl GrammarMatcher {
-    /// Sets every logit the grammar forbids now to -inf (ids past the tokenizer's
-    /// vocabulary included). Once the grammar is complete, or if the matcher failed,
-    /// only EOS stays allowed, so the output ends.
-    pub fn mask_logits(&mut self, logits: &mut [f32]) {
+    /// The tokens the grammar allows now, as bitmask words (bit `id % 32` of word
+    /// `id / 32`; ids past the last word are forbidden). Once the grammar is complete,
+    /// or if the matcher failed, only EOS is allowed, so the output ends.
+    pub fn mask_words(&mut self) -> Vec<u32> {
         match self.inner.compute_mask_or_eos() {
-            Ok(mask) => {
-                let words = mask.as_slice();
-                for (id, x) in logits.iter_mut().enumerate() {
-                    let allowed = words.get(id / 32).is_some_and(|w| w >> (id % 32) & 1 == 1);
-                    if !allowed {
-                        *x = f32::NEG_INFINITY;
-                    }
-                }
-            }
+            Ok(mask) => mask.as_slice().to_vec(),
             Err(_) => {
-                for (id, x) in logits.iter_mut().enumerate() {
-                    if id as u32 != self.eos {
-                        *x = f32::NEG_INFINITY;
-                    }
-                }
+                let mut words = vec![0u32; self.eos as usize / 32 + 1];
+                words[self.eos as usize / 32] = 1 << (self.eos % 32);
+                words
+            }
+        }
+    }
+
+    /// Sets every logit the grammar forbids now (`mask_words`) to -inf.
+    pub fn mask_logits(&mut self, logits: &mut [f32]) {
+        let words = self.mask_words();
+        for (id, x) in logits.iter_mut().enumerate() {
+            if !crate::backend::mask_allows(&words, id) {
+                *x = f32::NEG_INFINITY;
             }
         }
     }

@@ -166,3 +166,57 @@ fn bad_grammars_are_refused_with_a_reason() {
 fn ebnf_rules_become_lark_rules() {
     assert_eq!(ebnf_to_lark("root ::= a-b \"x-y\" [a-z]\na-b ::= \"q\""), "start: root\nroot: a_b \"x-y\" /[a-z]/\na_b: \"q\"\n");
 }
+
+#[test]
+fn greedy_through_the_device_mask_picks_the_host_masks_tokens() {
+    let engine = engine();
+    for (name, spec, _, bias) in cases() {
+        let grammar = engine.compile(&spec).unwrap();
+        for seed in 0..4 {
+            let params = SamplingParams { temperature: 0.0, grammar: Some(grammar.clone()), ..Default::default() };
+            let (mut host, mut dev) = (Sampler::new(params.clone()), Sampler::new(params));
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            for step in 0..600 {
+                let mut logits: Vec<f32> = (0..VOCAB).map(|_| rng.gen_range(0.0..4.0)).collect();
+                bias.iter().for_each(|&(b, x)| logits[b as usize] += x);
+                let want = host.sample(&logits, VOCAB, &[], &LogprobWant::default()).token;
+                let mask = dev.device_mask().expect("a constrained sampler has a mask");
+                let got = crate::backend::cpu::ops::argmax_masked(&logits, VOCAB, &mask) as u32;
+                assert_eq!(got, want, "{name} seed {seed} step {step}");
+                host.observe(want);
+                dev.observe(got);
+                if want == EOS {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_failed_or_complete_matcher_allows_only_eos_in_both_forms() {
+    let grammar = engine().compile(&GrammarSpec::Regex("ab".into())).unwrap();
+    let eos_only = {
+        let mut w = vec![0u32; EOS as usize / 32 + 1];
+        w[EOS as usize / 32] = 1 << (EOS % 32);
+        w
+    };
+    let only_eos_finite = |m: &mut GrammarMatcher| {
+        let mut x = vec![1.0f32; VOCAB];
+        m.mask_logits(&mut x);
+        x.iter().enumerate().all(|(i, v)| v.is_finite() == (i as u32 == EOS))
+    };
+    let mut failed = grammar.matcher();
+    assert!(!only_eos_finite(&mut failed), "a fresh matcher allows 'a'");
+    failed.accept(b'z' as u32); // forbidden: the error state
+    let words = failed.mask_words();
+    assert!((0..VOCAB).all(|i| crate::backend::mask_allows(&words, i) == (i as u32 == EOS)), "{words:?}");
+    assert_eq!(words, eos_only);
+    assert!(only_eos_finite(&mut failed));
+    let mut done = grammar.matcher();
+    done.accept(b'a' as u32);
+    done.accept(b'b' as u32);
+    let words = done.mask_words();
+    assert!((0..VOCAB).all(|i| crate::backend::mask_allows(&words, i) == (i as u32 == EOS)), "{words:?}");
+    assert!(only_eos_finite(&mut done));
+}

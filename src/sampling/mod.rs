@@ -63,7 +63,7 @@ impl SamplingParams {
     pub fn is_greedy(&self) -> bool {
         self.temperature < GREEDY_EPS || self.top_k == 1
     }
-    /// Whether a grammar masks the logits (so the host needs the whole row).
+    /// Whether a grammar masks the logits (greedy: on the device, see `Sampler::device_mask`).
     pub fn is_constrained(&self) -> bool {
         self.grammar.is_some()
     }
@@ -131,6 +131,13 @@ impl Sampler {
         if let Some(g) = &mut self.grammar {
             g.accept(token);
         }
+    }
+
+    /// The grammar's current token mask (`GrammarMatcher::mask_words`), for a backend
+    /// that takes the greedy argmax over the allowed ids itself; None without a grammar.
+    /// `observe` then advances the grammar past the chosen token.
+    pub fn device_mask(&mut self) -> Option<Vec<u32>> {
+        self.grammar.as_mut().map(grammar::GrammarMatcher::mask_words)
     }
 
     /// Picks the next token from one row of logits. `vocab_limit`: ids at or above it are

@@ -457,13 +457,14 @@ impl Engine {
             };
             let needs_rows = s.input_lp_rows().is_some_and(|(lo, hi)| s.fed <= hi && s.fed + n > lo);
             let last = s.fed + n == s.tokens.len();
-            // Plain greedy (no penalties, grammar, logprobs or banned stop tokens) needs only the
-            // argmax, which a device backend computes without copying the logits out.
+            // Greedy without penalties, logprobs or banned stop tokens needs only the argmax,
+            // which a device backend computes without copying the logits out; a grammar's
+            // mask goes along (`SeqChunk::allowed`), computed below for the rows that run.
             let p = s.sampler.params();
-            let plain_greedy = p.is_greedy() && !p.has_penalties() && !p.is_constrained() && !s.lp_want.any() && s.out_len() >= s.req.stop.min_new_tokens;
+            let device_greedy = p.is_greedy() && !p.has_penalties() && !s.lp_want.any() && s.out_len() >= s.req.stop.min_new_tokens;
             let want = if needs_rows {
                 Want::All
-            } else if last && plain_greedy {
+            } else if last && device_greedy {
                 Want::Argmax { limit: vocab_limit }
             } else if last {
                 Want::Last
@@ -472,13 +473,23 @@ impl Engine {
             };
             plan.push((i, n, want));
         }
+        // Grammar masks of the greedy rows, computed on the CPU before the step and alive
+        // through `forward`; the chosen token advances the grammar in `observe`.
+        let masks: Vec<Option<Vec<u32>>> = plan
+            .iter()
+            .map(|&(i, _, want)| match want {
+                Want::Argmax { .. } => self.running[i].sampler.device_mask(),
+                _ => None,
+            })
+            .collect();
         let t0 = Instant::now();
         let result = if plan.is_empty() {
             Ok(vec![])
         } else {
             let chunks: Vec<SeqChunk<'_>> = plan
                 .iter()
-                .map(|&(i, n, want)| {
+                .zip(&masks)
+                .map(|(&(i, n, want), mask)| {
                     let s = &self.running[i];
                     SeqChunk {
                         slot: s.slot.expect("running sequences hold a slot"),
@@ -486,6 +497,7 @@ impl Engine {
                         tokens: &s.tokens[s.fed..s.fed + n],
                         blocks: &s.blocks,
                         want,
+                        allowed: mask.as_deref(),
                     }
                 })
                 .collect();

@@ -3,7 +3,7 @@
 //! of accepted tokens through the same stop rules as one token at a time: the burst ends
 //! at the first stop (nothing after it is emitted) and arrives as one update (no token lost).
 //!
-//! Only plain greedy sequences speculate (no logprobs, penalties or banned stop tokens):
+//! Only plain greedy sequences speculate (no logprobs, penalties, grammar or banned stop tokens):
 //! their output is exactly plain decoding's, whatever is accepted. Sampled and logprob
 //! requests decode plainly in the same step.
 
@@ -31,6 +31,7 @@ impl Engine {
             && s.out_len() >= s.req.stop.min_new_tokens
             && p.is_greedy()
             && !p.has_penalties()
+            && !p.is_constrained() // drafts and verification know nothing of the grammar
             && !s.lp_want.any()
             && !s.req.logprobs.enabled
             && !s.input_lp_pending

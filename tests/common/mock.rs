@@ -80,6 +80,8 @@ pub struct MockStats {
     /// (start position, length) of every multi-token (prefill) chunk.
     pub prefill_chunks: Mutex<Vec<(usize, usize)>>,
     pub resets: AtomicU64,
+    /// Chunks that asked for a greedy argmax under a token mask (structured output).
+    pub masked_argmax: AtomicU64,
     pub delay_ms: AtomicU64,
     pub fail_next: AtomicBool,
     pub errors: Mutex<Vec<String>>,
@@ -176,7 +178,16 @@ impl Backend for MockBackend {
                 }
             }
             let argmax = match c.want {
-                Want::Argmax { limit } => Some(kiln::backend::cpu::ops::argmax(&rows[rows.len() - ROWS..][..limit.min(ROWS)]) as u32),
+                Want::Argmax { limit } => {
+                    let last = &rows[rows.len() - ROWS..];
+                    Some(match c.allowed {
+                        Some(mask) => {
+                            st.masked_argmax.fetch_add(1, Relaxed);
+                            kiln::backend::cpu::ops::argmax_masked(last, limit, mask)
+                        }
+                        None => kiln::backend::cpu::ops::argmax(&last[..limit.min(ROWS)]),
+                    } as u32)
+                }
                 _ => None,
             };
             out.push(ChunkLogits { rows: rows.len() / ROWS, data: rows, argmax });

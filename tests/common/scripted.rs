@@ -81,8 +81,10 @@ impl Backend for ScriptedBackend {
                     rows.extend(row);
                 }
             }
-            let argmax = match c.want {
-                Want::Argmax { .. } => Some(self.next_token(&self.slots[c.slot])),
+            // A grammar's mask (greedy structured output) picks from the row above.
+            let argmax = match (c.want, c.allowed) {
+                (Want::Argmax { limit }, Some(mask)) => Some(kiln::backend::cpu::ops::argmax_masked(&rows[rows.len() - ROWS..], limit, mask) as u32),
+                (Want::Argmax { .. }, None) => Some(self.next_token(&self.slots[c.slot])),
                 _ => None,
             };
             out.push(ChunkLogits { rows: rows.len() / ROWS, data: rows, argmax });

@@ -256,6 +256,55 @@ fn argmax_takes_first_max_and_skips_nan() {
 
 #[test]
 #[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn masked_argmax_matches_its_cpu_twin() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let v = e.k.dims().vocab;
+    let mut g = rng(6);
+    // (rows, n, words): full vocabulary, n not a multiple of 32, a mask longer than n
+    // needs, a single word, a single column.
+    for (m, n, words) in [(6usize, v, v.div_ceil(32)), (7, v - 243, (v - 243).div_ceil(32)), (5, 1000, 40), (4, 33, 2), (3, 1, 1)] {
+        let ld = v;
+        let mut x = randn_vec(&mut g, m * ld, 3.0);
+        // Ties (ids 7 and n-1) and NaNs; a huge value past n must not count.
+        for r in 0..m {
+            x[r * ld + 7 % n] = 50.0;
+            x[r * ld + n - 1] = 50.0;
+            x[r * ld + n / 2] = f32::NAN;
+            if n < ld {
+                x[r * ld + n] = 1e9;
+            }
+        }
+        // Masks: dense random, one id, nothing allowed, everything, only NaN/the tie.
+        let mut masks: Vec<u32> = Vec::new();
+        let mut push = |f: &dyn Fn(usize) -> bool| masks.extend((0..words).map(|w| (0..32).filter(|b| f(w * 32 + b)).fold(0u32, |a, b| a | 1 << b)));
+        let dense: Vec<u32> = (0..words).map(|_| g.gen()).collect();
+        let one = g.gen_range(0..n);
+        push(&|i| dense[i / 32] >> (i % 32) & 1 == 1);
+        push(&|i| i == one);
+        push(&|_| false);
+        push(&|_| true);
+        push(&|i| i == n / 2 || i == n - 1);
+        let k = masks.len() / words;
+        // Row r uses mask r % (k + 1), the last choice being none (-1: keeps its out).
+        let mask_rows: Vec<i32> = (0..m).map(|r| if r % (k + 1) == k { -1 } else { (r % (k + 1)) as i32 }).collect();
+        let expect: Vec<i32> = (0..m)
+            .map(|r| match mask_rows[r] {
+                -1 => -7,
+                i => ops::argmax_masked(&x[r * ld..(r + 1) * ld], n, &masks[i as usize * words..(i as usize + 1) * words]) as i32,
+            })
+            .collect();
+        let (xd, md, rd) = (up(&s, &x), up(&s, &masks), up(&s, &mask_rows));
+        let out = up(&s, &vec![-7i32; m]);
+        e.k.argmax_masked(&s, Mat::f32(ptr(&s, &xd), ld), n, ptr(&s, &rd), ptr(&s, &md), words, ptr(&s, &out), m).unwrap();
+        let got = down(&s, &out);
+        println!("masked argmax M={m} n={n} words={words}: {got:?} (expect {expect:?})");
+        assert_eq!(got, expect);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
 fn f32_to_bf16_rounds_to_nearest_even() {
     let Some(e) = env() else { return };
     let s = stream(e);

@@ -96,7 +96,8 @@ impl CpuBackend {
 
     /// Runs `tokens` through the model for one slot; returns the logits of the rows
     /// `want` asks for.
-    fn run_sequence(&mut self, slot: usize, start: usize, tokens: &[u32], blocks: &[u32], want: Want) -> Result<ChunkLogits> {
+    fn run_sequence(&mut self, c: &SeqChunk<'_>) -> Result<ChunkLogits> {
+        let (slot, start, tokens, blocks, want) = (c.slot, c.start_pos, c.tokens, c.blocks, c.want);
         let x = self.run_layers(slot, start, tokens, blocks)?;
         let h = self.cfg.hidden_size;
         let eps = self.cfg.rms_norm_eps as f32;
@@ -113,7 +114,10 @@ impl CpuBackend {
         let normed = ops::rms_norm(rows, &self.w.norm, eps, 1.0);
         let data = ops::matmul_wt(&normed, self.w.lm_head(), h);
         let argmax = match want {
-            Want::Argmax { limit } => Some(ops::argmax(&data[..limit.clamp(1, data.len())]) as u32),
+            Want::Argmax { limit } => Some(match c.allowed {
+                Some(mask) => ops::argmax_masked(&data, limit, mask),
+                None => ops::argmax(&data[..limit.clamp(1, data.len())]),
+            } as u32),
             _ => None,
         };
         Ok(ChunkLogits { rows: normed.len() / h, data, argmax })
@@ -250,10 +254,11 @@ impl Backend for CpuBackend {
             if chunks[..i].iter().any(|o| o.slot == c.slot) {
                 bail!("slot {} appears twice in one step", c.slot);
             }
+            c.check_mask()?;
         }
         // Sequences are independent, so a batch is the same computation as each alone:
         // batch invariance holds by construction here.
-        chunks.iter().map(|c| self.run_sequence(c.slot, c.start_pos, c.tokens, c.blocks, c.want)).collect()
+        chunks.iter().map(|c| self.run_sequence(c)).collect()
     }
     fn reset_slot(&mut self, slot: usize) -> Result<()> {
         ensure!(slot < self.slots.len(), "slot {slot} out of range");

@@ -281,6 +281,22 @@ pub fn attention_causal(q: &[f32], k_cache: &[f32], v_cache: &[f32], start: usiz
     out
 }
 
+/// The masked twin of the device's greedy argmax (`SeqChunk::allowed`): the largest
+/// value among the allowed ids below `limit`, the first index winning ties; NaN never
+/// wins, an allowed -inf beats nothing; 0 when no allowed id has a non-NaN value.
+pub fn argmax_masked(x: &[f32], limit: usize, allowed: &[u32]) -> usize {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in x[..limit.min(x.len())].iter().enumerate() {
+        if v.is_nan() || !crate::backend::mask_allows(allowed, i) {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map_or(0, |(i, _)| i)
+}
+
 /// Index of the largest value; the first index wins ties; NaN never wins.
 pub fn argmax(x: &[f32]) -> usize {
     let mut best = 0;

@@ -34,7 +34,7 @@ fn prompt(n: usize, seed: u64) -> Vec<u32> {
 }
 
 fn feed(b: &mut CpuBackend, slot: usize, start: usize, tokens: &[u32], want: Want) -> Vec<f32> {
-    let c = SeqChunk { slot, start_pos: start, tokens, blocks: &BLOCKS, want };
+    let c = SeqChunk { slot, start_pos: start, tokens, blocks: &BLOCKS, want, allowed: None };
     b.forward(&[c]).unwrap().remove(0).data
 }
 

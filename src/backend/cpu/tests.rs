@@ -73,7 +73,7 @@ fn prompt(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 }
 
 fn chunk<'a>(slot: usize, start: usize, tokens: &'a [u32], want: Want) -> SeqChunk<'a> {
-    SeqChunk { slot, start_pos: start, tokens, blocks: slot_blocks(slot), want }
+    SeqChunk { slot, start_pos: start, tokens, blocks: slot_blocks(slot), want, allowed: None }
 }
 
 #[test]
@@ -161,6 +161,60 @@ fn argmax_want_respects_the_vocab_limit() {
     }
 }
 
+/// Mask words with exactly `ids` set, `words` long.
+fn mask_of(ids: &[usize], words: usize) -> Vec<u32> {
+    let mut m = vec![0u32; words];
+    ids.iter().for_each(|&i| m[i / 32] |= 1 << (i % 32));
+    m
+}
+
+#[test]
+fn masked_argmax_twin_on_awkward_cases() {
+    let nan = f32::NAN;
+    let inf = f32::INFINITY;
+    let mut x: Vec<f32> = (0..100).map(|i| ((i * 37) % 23) as f32).collect();
+    x[5] = 50.0;
+    // (logits, limit, allowed ids, mask words, expected, what)
+    type Case = (Vec<f32>, usize, Vec<usize>, usize, usize, &'static str);
+    let cases: Vec<Case> = vec![
+        (x.clone(), 100, vec![17], 4, 17, "one allowed id wins over a larger forbidden one"),
+        (x.clone(), 100, (0..100).collect(), 4, 5, "everything allowed: the plain argmax"),
+        (x.clone(), 70, vec![3, 69, 70, 99], 4, if x[3] >= x[69] { 3 } else { 69 }, "limit not a multiple of 32 cuts 70 and 99"),
+        (x.clone(), 50, vec![60, 99], 4, 0, "nothing allowed below the limit: 0"),
+        ({ let mut v = vec![0.0f32; 100]; v[80] = 9.0; v[3] = 1.0; v }, 100, (0..64).collect(), 2, 3, "ids past the mask's last word are forbidden"),
+        (vec![1.0, 4.0, 4.0, 4.0, 2.0], 5, vec![0, 2, 3], 1, 2, "ties: the first allowed index"),
+        (vec![nan, 9.0, nan, 1.0], 4, vec![0, 2, 3], 1, 3, "NaN never wins"),
+        (vec![nan, 9.0, nan], 3, vec![0, 2], 1, 0, "only NaN allowed: 0"),
+        (vec![1.0, -inf, -inf, 3.0], 4, vec![1, 2], 1, 1, "an allowed -inf beats nothing"),
+        (vec![inf, 2.0, inf], 3, vec![1, 2], 1, 2, "+inf allowed"),
+        ({ let mut v = vec![0.0f32; 33]; v[32] = 1.0; v }, 33, vec![31, 32], 2, 32, "the bit in the second word"),
+    ];
+    for (x, limit, ids, words, want, what) in cases {
+        assert_eq!(ops::argmax_masked(&x, limit, &mask_of(&ids, words)), want, "{what}");
+    }
+}
+
+#[test]
+fn argmax_want_with_a_mask_is_the_masked_argmax_of_the_row() {
+    let v = 300;
+    let p = prompt(9, v, 5);
+    let mut b = backend(v, 1);
+    let row = b.forward(&[chunk(0, 0, &p, Want::Last)]).unwrap().remove(0).last().unwrap().to_vec();
+    let top = ops::argmax(&row);
+    let second = ops::argmax_masked(&row, v, &mask_of(&(0..v).filter(|&i| i != top).collect::<Vec<_>>(), 10));
+    for (ids, limit) in [(vec![top, second], v), (vec![second, 257, 299], v), (vec![1, 2, 3, 250], 200), ((0..v).collect(), 263)] {
+        b.reset_slot(0).unwrap();
+        let mask = mask_of(&ids, 10);
+        let c = SeqChunk { allowed: Some(&mask), ..chunk(0, 0, &p, Want::Argmax { limit }) };
+        let out = b.forward(&[c]).unwrap().remove(0);
+        assert_eq!(out.argmax, Some(ops::argmax_masked(&row, limit, &mask) as u32), "{ids:?} below {limit}");
+    }
+    // A mask on a chunk that wants logits is refused.
+    let mask = mask_of(&[1], 10);
+    let c = SeqChunk { allowed: Some(&mask), ..chunk(0, 0, &p, Want::Last) };
+    assert!(b.forward(&[c]).unwrap_err().to_string().contains("token mask"));
+}
+
 #[test]
 fn kv_pages_in_any_order_give_the_same_logits() {
     let v = 300;
@@ -170,9 +224,9 @@ fn kv_pages_in_any_order_give_the_same_logits() {
     // Slot 1 with its pages scattered backwards through the pool.
     let scattered: Vec<u32> = (0..5u32).map(|i| 60 - 7 * i).collect();
     let mut b = backend(v, 2);
-    let got = b.forward(&[SeqChunk { slot: 1, start_pos: 0, tokens: &p, blocks: &scattered, want: Want::All }]).unwrap().remove(0);
+    let got = b.forward(&[SeqChunk { slot: 1, start_pos: 0, tokens: &p, blocks: &scattered, want: Want::All, allowed: None }]).unwrap().remove(0);
     assert_eq!(got.data, want.data);
-    let e = b.forward(&[SeqChunk { slot: 0, start_pos: 0, tokens: &p, blocks: &scattered[..4], want: Want::Last }]).unwrap_err();
+    let e = b.forward(&[SeqChunk { slot: 0, start_pos: 0, tokens: &p, blocks: &scattered[..4], want: Want::Last, allowed: None }]).unwrap_err();
     assert!(e.to_string().contains("cannot hold 70 tokens"), "{e}");
 }
 
@@ -195,9 +249,9 @@ fn restored_snapshot_with_shared_pages_continues_bit_identically() {
     b.forward(&[chunk(0, 64, &p[64..80], Want::Nothing)]).unwrap();
     b.restore_state(snap, 1).unwrap();
     let shared: Vec<u32> = slot_blocks(0)[..4].iter().chain(&slot_blocks(1)[4..]).copied().collect();
-    let got = b.forward(&[SeqChunk { slot: 1, start_pos: 64, tokens: &p[64..], blocks: &shared, want: Want::All }]).unwrap().remove(0);
+    let got = b.forward(&[SeqChunk { slot: 1, start_pos: 64, tokens: &p[64..], blocks: &shared, want: Want::All, allowed: None }]).unwrap().remove(0);
     assert_eq!(got.data, want.data, "prompt logits after a restore");
-    let next = b.forward(&[SeqChunk { slot: 1, start_pos: 100, tokens: &[7], blocks: &shared, want: Want::Last }]).unwrap().remove(0);
+    let next = b.forward(&[SeqChunk { slot: 1, start_pos: 100, tokens: &[7], blocks: &shared, want: Want::Last, allowed: None }]).unwrap().remove(0);
     assert_eq!(next.data, want_next.data, "decode after a restore");
     b.drop_snapshot(snap).unwrap();
     assert!(b.restore_state(snap, 1).is_err());

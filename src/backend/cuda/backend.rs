@@ -3,7 +3,7 @@
 
 use super::blaslt::BlasLt;
 use super::compile::{CompiledModule, KernelDims};
-use super::kernels::{DType, Kernels};
+use super::kernels::{DType, Kernels, Mat};
 use super::memory::{download, memset0, upload};
 use super::model::LayerStack;
 use super::pools::{block_bytes, slot_bytes, Scratch, StatePools, LOGIT_ROWS};
@@ -289,6 +289,9 @@ impl CudaBackend {
         self.upload_meta(&padded)?;
         self.ensure_graph(&padded, step.argmax_limit)?;
         self.graphs[&(b, step.argmax_limit)].launch().map_err(|e| anyhow!("launching a decode graph: {e:?}"))?;
+        // Outside the graph, so graphs stay one per (bucket, limit): logit row r is at
+        // `s.logits` row r, and the masks follow the arrays the graph reads.
+        self.masked_argmax(&padded, 0, n)?;
         self.download_rows(&step.dest, 0..n, bufs)?;
         let mut tokens = vec![0i32; if step.argmax_limit.is_some() { n } else { 0 }];
         download(&self.stream, &mut tokens, self.s.argmax.ptr)?;
@@ -348,6 +351,17 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Structured output: the greedy token of each of logit rows `r0..r0 + rows` that has
+    /// a token mask, over its allowed ids (the rows' logits at `s.logits` rows 0..,
+    /// `step`'s metadata image uploaded). It overwrites the plain argmax those rows got
+    /// from `lm_head`; rows without a mask keep theirs. Only the masks went to the device.
+    fn masked_argmax(&self, step: &Step, r0: usize, rows: usize) -> Result<()> {
+        let (Some(limit), false) = (step.argmax_limit, step.layout.masks.is_empty()) else { return Ok(()) };
+        let v = self.cfg.vocab_size;
+        let (mask_rows, masks) = (self.s.meta.at((step.meta.mask_rows + r0) * 4), self.s.meta.at(step.meta.masks * 4));
+        self.k.argmax_masked(&self.stream, Mat::f32(self.s.logits.ptr, v), limit.min(v), mask_rows, masks, step.layout.mask_words, self.s.argmax.at(r0 * 4), rows)
+    }
+
     /// Logits of the wanted rows (64 at a time), their argmax, and the host copies.
     fn read_logits(&self, step: &Step, bufs: &mut [Vec<f32>]) -> Result<Vec<i32>> {
         let rows = &step.layout.logit_rows;
@@ -356,6 +370,7 @@ impl CudaBackend {
             let r0 = ci * LOGIT_ROWS;
             let rows_dev = self.s.meta.at((step.meta.logit_rows + r0) * 4);
             stack.lm_head_rows(piece, rows_dev, self.s.argmax.at(r0 * 4), step.argmax_limit)?;
+            self.masked_argmax(step, r0, piece.len())?;
             self.download_rows(&step.dest, r0..r0 + piece.len(), bufs)?;
         }
         let mut tokens = vec![0i32; if step.argmax_limit.is_some() { rows.len() } else { 0 }];

@@ -142,7 +142,7 @@ impl Scratch {
         let gemm_counters = DevBuf::zeroed(counters * 4, "the GEMM counters")?;
         let gemm = GemmScratch { ws: gemm_ws.ptr, ws_floats: ws, counters: gemm_counters.ptr, counters_len: counters };
         let (acc, ml) = k.attn_decode_scratch(max_seqs, max_parts);
-        let meta_len = MetaOffsets::len(max_tokens, max_seqs, max_blocks_per_seq);
+        let meta_len = MetaOffsets::len(max_tokens, max_seqs, max_blocks_per_seq, c.vocab_size);
         Ok(Scratch {
             max_tokens,
             resid: DevBuf::zeroed(t * h * f, "the residual stream")?,

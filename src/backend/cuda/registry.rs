@@ -74,6 +74,7 @@ pub const SILU_MUL: ByXY<&str> = [
     ["kiln_silu_mul_bf16_f32", "kiln_silu_mul_bf16_bf16"],
 ];
 pub const ARGMAX: [&str; 2] = ["kiln_argmax_f32", "kiln_argmax_bf16"];
+pub const ARGMAX_MASKED: &str = "kiln_argmax_masked_f32";
 pub const F32_TO_BF16: &str = "kiln_f32_to_bf16";
 pub const GATHER_ROWS: [&str; 2] = ["kiln_gather_rows_f32", "kiln_gather_rows_bf16"];
 
@@ -148,6 +149,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("elementwise", OUTPUT_GATE.as_flattened(), 0);
     add("elementwise", SILU_MUL.as_flattened(), 0);
     add("elementwise", &ARGMAX, 0);
+    add("elementwise", &[ARGMAX_MASKED], 0);
     add("elementwise", &[F32_TO_BF16], 0);
     add("elementwise", &GATHER_ROWS, 0);
     v

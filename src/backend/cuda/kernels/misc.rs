@@ -1,7 +1,7 @@
 //! Embedding, norms and elementwise kernels.
 
 use super::{check_aligned, int, params, DType, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{ADD_RMSNORM, ARGMAX, EMBED, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
+use crate::backend::cuda::registry::{ADD_RMSNORM, ARGMAX, ARGMAX_MASKED, EMBED, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
 
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -115,5 +115,20 @@ impl Kernels {
         let (lp, ld, ni, mi) = (logits.ptr, int(logits.ld, "ld")?, int(n, "n")?, int(m, "rows")?);
         let mut p = params!(lp, ld, ni, out, mi);
         self.launch(ARGMAX[logits.dtype.idx()], stream, (m as u32, 1, 1), 1024, 0, &mut p)
+    }
+
+    /// For each f32 logits row m < `m` whose `mask_rows[m]` (i32, device) is >= 0:
+    /// out[m] = the argmax over the first n columns whose bit is set in token mask
+    /// `masks[mask_rows[m] * words ..]` (u32 words, device; `SeqChunk::allowed`'s layout).
+    /// Other rows keep out[m]. n must fit the mask (n <= 32 * words).
+    #[allow(clippy::too_many_arguments)]
+    pub fn argmax_masked(&self, stream: &CudaStream, logits: Mat, n: usize, mask_rows: DevPtr, masks: DevPtr, words: usize, out: DevPtr, m: usize) -> Result<()> {
+        if m == 0 {
+            return Ok(());
+        }
+        ensure!(logits.dtype == DType::F32 && n <= 32 * words, "argmax_masked: f32 logits and n <= 32 * words ({n}, {words})");
+        let (lp, ld, ni, wi, mi) = (logits.ptr, int(logits.ld, "ld")?, int(n, "n")?, int(words, "words")?, int(m, "rows")?);
+        let mut p = params!(lp, ld, ni, mask_rows, masks, wi, out, mi);
+        self.launch(ARGMAX_MASKED, stream, (m as u32, 1, 1), 1024, 0, &mut p)
     }
 }
