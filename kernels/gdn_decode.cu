@@ -3,7 +3,7 @@
 // kiln_gdn_decode_{in}_{out}(const IN* qkv, int ld_qkv, const IN* z, int ld_z,
 //     const IN* b, const IN* a, int ld_ba, const bf16* conv_w, float* conv_state,
 //     float* state, const float* A_log, const float* dt_bias, const bf16* norm_w,
-//     const int* slots, const int* pos, OUT* out, int ld_out, int B)
+//     const int* slots, const int* pos, const int2* state_io, OUT* out, int ld_out, int B)
 //   Row bi of each input belongs to sequence bi (bi < B):
 //   qkv [B][ld_qkv]  in_proj_qkv output before the conv: [q (LIN_NK*LIN_DK) | k | v (LIN_NV*LIN_DV)]
 //   z   [B][ld_z]    in_proj_z output (LIN_NV*LIN_DV)
@@ -12,6 +12,10 @@
 //   state [slots][LIN_NV][LIN_DK][LIN_DV] fp32, S[i][j] at i*LIN_DV + j, updated in place
 //   A_log, dt_bias [LIN_NV] fp32; norm_w [LIN_DV] bf16 (applied plainly, not 1 + w)
 //   slots[bi] (< 0: padding row, skipped), pos[bi] = tokens the slot has already seen
+//   state_io: null (decode: the state of slots[bi] is read and written in place), or per
+//     row the state entry read (.x) and the one written (.y): speculative verification
+//     feeds positions one launch at a time from the slot's state through scratch entries,
+//     computing each exactly as a decode step does; the conv ring stays the slot's.
 //   out [B][ld_out]: head h at h*LIN_DV, the gated RMSNorm output (input of out_proj).
 //   Per (sequence, value head h, key head kh = h / (LIN_NV/LIN_NK)):
 //     conv update + SiLU of the head's q, k, v channels; q, k L2-normalised (eps 1e-6),
@@ -97,8 +101,8 @@ __device__ __forceinline__ void gdn_decode(const IN* __restrict__ qkv, int ld_qk
                                            float* __restrict__ conv_state, float* __restrict__ state,
                                            const float* __restrict__ A_log, const float* __restrict__ dt_bias,
                                            const bf16* __restrict__ norm_w, const int* __restrict__ slots,
-                                           const int* __restrict__ pos, OUT* __restrict__ out, int ld_out,
-                                           int B) {
+                                           const int* __restrict__ pos, const int2* __restrict__ state_io,
+                                           OUT* __restrict__ out, int ld_out, int B) {
     KILN_PDL_ENTER();
     __shared__ float qs[LIN_DK], ks[LIN_DK], vs[LIN_DV];
     __shared__ float red[GDN_PARTS][LIN_DV];
@@ -111,11 +115,14 @@ __device__ __forceinline__ void gdn_decode(const IN* __restrict__ qkv, int ld_qk
     const int tid = threadIdx.x;
     const int j = tid % LIN_DV, part = tid / LIN_DV;
 
+    const int2 io = state_io ? state_io[bi] : make_int2(slot, slot);
     // State loads first so their latency overlaps the conv.
-    float* S = state + ((size_t)slot * LIN_NV + h) * LIN_DK * LIN_DV + (size_t)part * GDN_ROWS * LIN_DV + j;
+    const size_t in_head = (size_t)part * GDN_ROWS * LIN_DV + j;
+    const float* Si = state + ((size_t)io.x * LIN_NV + h) * LIN_DK * LIN_DV + in_head;
+    float* S = state + ((size_t)io.y * LIN_NV + h) * LIN_DK * LIN_DV + in_head;
     float s[GDN_ROWS];
 #pragma unroll
-    for (int r = 0; r < GDN_ROWS; ++r) s[r] = S[(size_t)r * LIN_DV];
+    for (int r = 0; r < GDN_ROWS; ++r) s[r] = Si[(size_t)r * LIN_DV];
 
     // Conv update + SiLU of this head's channels, gates, q/k norms.
     gdn_decode_prologue<IN, GDN_DEC_THREADS, LIN_DV>(qkv + (size_t)bi * ld_qkv, b[(size_t)bi * ld_ba + h],
@@ -172,10 +179,10 @@ __device__ __forceinline__ void gdn_decode(const IN* __restrict__ qkv, int ld_qk
     extern "C" __global__ void __launch_bounds__(GDN_DEC_THREADS, 2)                                \
         NAME(const IN* qkv, int ld_qkv, const IN* z, int ld_z, const IN* b, const IN* a, int ld_ba, \
              const bf16* conv_w, float* conv_state, float* state, const float* A_log,              \
-             const float* dt_bias, const bf16* norm_w, const int* slots, const int* pos, OUT* out, \
-             int ld_out, int B) {                                                                  \
+             const float* dt_bias, const bf16* norm_w, const int* slots, const int* pos, \
+             const int2* state_io, OUT* out, int ld_out, int B) {                                  \
         gdn_decode<IN, OUT>(qkv, ld_qkv, z, ld_z, b, a, ld_ba, conv_w, conv_state, state, A_log,   \
-                            dt_bias, norm_w, slots, pos, out, ld_out, B);                          \
+                            dt_bias, norm_w, slots, pos, state_io, out, ld_out, B);                \
     }
 GDN_DECODE(kiln_gdn_decode_f32_f32, float, float)
 GDN_DECODE(kiln_gdn_decode_f32_bf16, float, bf16)
@@ -259,8 +266,8 @@ __device__ __forceinline__ void gdn_decode_split(const IN* __restrict__ qkv, int
                                                  float* __restrict__ conv_state, float* __restrict__ state,
                                                  const float* __restrict__ A_log, const float* __restrict__ dt_bias,
                                                  const bf16* __restrict__ norm_w, const int* __restrict__ slots,
-                                                 const int* __restrict__ pos, OUT* __restrict__ out, int ld_out,
-                                                 int B) {
+                                                 const int* __restrict__ pos, const int2* __restrict__ state_io,
+                                                 OUT* __restrict__ out, int ld_out, int B) {
     KILN_PDL_ENTER();
     __shared__ float qs[LIN_DK], ks[LIN_DK], vs[GDV_CW], zs[GDV_CW];
     __shared__ float red[GDV_WARPS][GDV_CW];
@@ -275,11 +282,14 @@ __device__ __forceinline__ void gdn_decode_split(const IN* __restrict__ qkv, int
     const int cg = tid % GDV_CG, rg = tid / GDV_CG;
     const int c0 = slice * GDV_CW, r0 = rg * GDV_RPT;
 
+    const int2 io = state_io ? state_io[bi] : make_int2(slot, slot);
     // State loads first so their latency overlaps the conv.
-    float* S = state + ((size_t)slot * LIN_NV + h) * LIN_DK * LIN_DV + (size_t)r0 * LIN_DV + c0 + cg * 4;
+    const size_t in_head = (size_t)r0 * LIN_DV + c0 + cg * 4;
+    const float* Si = state + ((size_t)io.x * LIN_NV + h) * LIN_DK * LIN_DV + in_head;
+    float* S = state + ((size_t)io.y * LIN_NV + h) * LIN_DK * LIN_DV + in_head;
     float4 s[GDV_RPT];
 #pragma unroll
-    for (int r = 0; r < GDV_RPT; ++r) s[r] = *reinterpret_cast<const float4*>(S + (size_t)r * LIN_DV);
+    for (int r = 0; r < GDV_RPT; ++r) s[r] = *reinterpret_cast<const float4*>(Si + (size_t)r * LIN_DV);
 
     // Conv update + SiLU of the head's q, k channels and this slice's v channels, gates,
     // q/k norms (the q/k ring rows are written by slice 0 of the key head's first value head).
@@ -337,10 +347,10 @@ __device__ __forceinline__ void gdn_decode_split(const IN* __restrict__ qkv, int
     extern "C" __global__ void __cluster_dims__(GDV_VS, 1, 1) __launch_bounds__(GDV_THREADS)        \
         NAME(const IN* qkv, int ld_qkv, const IN* z, int ld_z, const IN* b, const IN* a, int ld_ba, \
              const bf16* conv_w, float* conv_state, float* state, const float* A_log,              \
-             const float* dt_bias, const bf16* norm_w, const int* slots, const int* pos, OUT* out, \
-             int ld_out, int B) {                                                                  \
+             const float* dt_bias, const bf16* norm_w, const int* slots, const int* pos, \
+             const int2* state_io, OUT* out, int ld_out, int B) {                                  \
         gdn_decode_split<IN, OUT>(qkv, ld_qkv, z, ld_z, b, a, ld_ba, conv_w, conv_state, state,    \
-                                  A_log, dt_bias, norm_w, slots, pos, out, ld_out, B);             \
+                                  A_log, dt_bias, norm_w, slots, pos, state_io, out, ld_out, B);   \
     }
 GDN_DECODE_SPLIT(kiln_gdn_decode_split_f32_f32, float, float)
 GDN_DECODE_SPLIT(kiln_gdn_decode_split_f32_bf16, float, bf16)

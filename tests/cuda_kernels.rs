@@ -32,5 +32,7 @@ mod t_attn;
 mod t_basic;
 #[path = "cuda_kernels/t_gdn.rs"]
 mod t_gdn;
+#[path = "cuda_kernels/t_gdn_verify.rs"]
+mod t_gdn_verify;
 #[path = "cuda_kernels/t_gemm.rs"]
 mod t_gemm;

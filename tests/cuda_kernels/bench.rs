@@ -277,7 +277,7 @@ fn bench_gdn(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng) {
         let bm = Mat::f32(ptr(s, &ba), 2 * nv);
         let mut args = GdnDecode {
             qkv: xm, z: xm.cols(c), b: bm, a: bm.cols(nv), conv_w: ptr(s, &cw), conv_state: ptr(s, &ring), state: ptr(s, &state),
-            a_log: ptr(s, &al), dt_bias: ptr(s, &dtb), norm_w: ptr(s, &nw), slots: 0, pos: ptr(s, &pos), out: Mat::f32(ptr(s, &out), nv * dv), batch: b,
+            a_log: ptr(s, &al), dt_bias: ptr(s, &dtb), norm_w: ptr(s, &nw), slots: 0, pos: ptr(s, &pos), state_io: 0, out: Mat::f32(ptr(s, &out), nv * dv), batch: b,
         };
         let sl: Vec<u64> = slot_sets.iter().map(|v| ptr(s, v)).collect();
         let ms = time_ms(s, 20, |i| {

@@ -8,14 +8,14 @@ use kiln::backend::cpu::ops::{self, GdnShape};
 use kiln::backend::cuda::kernels::{Conv1d, DType, GdnDecode, GdnPrefill, Mat};
 use rand::Rng;
 
-struct Params {
-    conv_w: Vec<f32>,
-    a_log: Vec<f32>,
-    dt_bias: Vec<f32>,
-    norm_w: Vec<f32>,
+pub(crate) struct Params {
+    pub conv_w: Vec<f32>,
+    pub a_log: Vec<f32>,
+    pub dt_bias: Vec<f32>,
+    pub norm_w: Vec<f32>,
 }
 
-fn params(g: &mut rand_chacha::ChaCha8Rng, c: usize, k: usize, nv: usize, dv: usize) -> Params {
+pub(crate) fn params(g: &mut rand_chacha::ChaCha8Rng, c: usize, k: usize, nv: usize, dv: usize) -> Params {
     Params {
         conv_w: round_bf16(&rand_vec(g, c * k, 0.6)),
         a_log: (0..nv).map(|_| g.gen_range(0.5f32..8.0).ln()).collect(),
@@ -177,6 +177,7 @@ fn gdn_decode_matches_cpu() {
             norm_w: ptr(&s, &nw),
             slots: ptr(&s, &sl),
             pos: ptr(&s, &ps),
+            state_io: 0,
             out: om,
             batch: bsz,
         };

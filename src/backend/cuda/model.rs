@@ -150,7 +150,7 @@ impl LayerStack<'_> {
             k.gdn_decode(st, &GdnDecode {
                 qkv: qkvz, z: qkvz.cols(qkv_dim), b: ba, a: ba.cols(nv),
                 conv_w: g.conv, conv_state, state, a_log: g.a_log, dt_bias: g.dt_bias, norm_w: g.norm,
-                slots: r.at(r.meta.slots), pos: r.at(r.meta.pos), out, batch: nd,
+                slots: r.at(r.meta.slots), pos: r.at(r.meta.pos), state_io: NULL, out, batch: nd,
             })?;
         }
         if r.prefill_seqs > 0 {

@@ -68,6 +68,10 @@ pub struct GdnDecode {
     /// i32 [B] slots (< 0: padding row) and positions (tokens already seen).
     pub slots: DevPtr,
     pub pos: DevPtr,
+    /// NULL for decode (each slot's state updated in place), or i32 pairs [B][2]: the
+    /// state entry each row reads and the one it writes (speculative verification, one
+    /// position per launch through scratch entries; see kernels/gdn_decode.cu).
+    pub state_io: DevPtr,
     /// [B][ld] gated-norm output, head h at h*LIN_DV.
     pub out: Mat,
     pub batch: usize,
@@ -123,9 +127,9 @@ impl Kernels {
         ensure!(g.z.dtype == dt && g.b.dtype == dt && g.a.dtype == dt, "gdn_decode: qkv, z, b, a must share a dtype");
         ensure!(g.a.ld == g.b.ld, "gdn_decode: b and a must share a row stride");
         let (qkv, ldq, z, ldz, b, a, ldba) = (g.qkv.ptr, int(g.qkv.ld, "ld_qkv")?, g.z.ptr, int(g.z.ld, "ld_z")?, g.b.ptr, g.a.ptr, int(g.b.ld, "ld_ba")?);
-        let (cw, cs, st, al, dtb, nw, sl, ps) = (g.conv_w, g.conv_state, g.state, g.a_log, g.dt_bias, g.norm_w, g.slots, g.pos);
+        let (cw, cs, st, al, dtb, nw, sl, ps, io) = (g.conv_w, g.conv_state, g.state, g.a_log, g.dt_bias, g.norm_w, g.slots, g.pos, g.state_io);
         let (out, ldo, bb) = (g.out.ptr, int(g.out.ld, "ld_out")?, int(g.batch, "batch")?);
-        let mut p = params!(qkv, ldq, z, ldz, b, a, ldba, cw, cs, st, al, dtb, nw, sl, ps, out, ldo, bb);
+        let mut p = params!(qkv, ldq, z, ldz, b, a, ldba, cw, cs, st, al, dtb, nw, sl, ps, io, out, ldo, bb);
         let nv = self.dims.lin_num_v_heads as u32;
         if self.gdn_split() {
             // Column-split kernel: clusters of `gdn_split_slices` blocks per head.

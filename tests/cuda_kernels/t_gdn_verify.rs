@@ -1,0 +1,94 @@
+//! Speculative verification's Gated DeltaNet step (issue 9): feeding T positions of each
+//! sequence one launch at a time through scratch state entries (`GdnDecode::state_io`)
+//! computes every position bit for bit as plain decode steps do, leaves the slot's own
+//! state untouched, and the commit rule (the state after the last accepted position
+//! copied into the slot; the conv ring rows of rejected positions restored from the ring
+//! saved before the verify, valid for T <= CONV_K) ends exactly where plain decoding of
+//! the accepted tokens ends.
+
+use crate::harness::*;
+use crate::t_gdn::params;
+use kiln::backend::cuda::kernels::{GdnDecode, Mat};
+
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn verify_positions_through_scratch_equal_decode_steps_and_commit_exactly() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let d = e.k.dims().clone();
+    let (c, k, nv, dk, dv) = (d.conv_dim(), d.conv_kernel, d.lin_num_v_heads, d.lin_k_dim, d.lin_v_dim);
+    let (vd, ssz) = (nv * dv, nv * dk * dv);
+    let (ld, ld_ba) = (c + vd, 2 * nv);
+    let t = k; // the most positions one verify may feed (the ring restore needs T <= CONV_K)
+    let nslots = 5;
+    let slots: Vec<i32> = vec![3, 0, 4];
+    let start: Vec<i32> = vec![5, 100, 2]; // 2: the conv reads before position 0 are zeros
+    let accept: Vec<usize> = vec![1, 3, t];
+    let ns = slots.len();
+    let mut g = rng(23);
+    let p = params(&mut g, c, k, nv, dv);
+    // Rows seq-major: row i*T + q is sequence i at position start[i] + q.
+    let qkvz = randn_vec(&mut g, ns * t * ld, 1.0);
+    let ba = randn_vec(&mut g, ns * t * ld_ba, 1.5);
+    let ring0 = randn_vec(&mut g, nslots * k * c, 1.0);
+    // The slots' states, then one scratch entry per (sequence, position).
+    let scratch = |i: usize, q: usize| (nslots + i * t + q) as i32;
+    let mut state0 = randn_vec(&mut g, nslots * ssz, 0.1);
+    state0.extend(vec![0f32; ns * t * ssz]);
+    let (x, bad) = (up(&s, &qkvz), up(&s, &ba));
+    let (cw, al, dtb, nw) = (up(&s, &to_bf16(&p.conv_w)), up(&s, &p.a_log), up(&s, &p.dt_bias), up(&s, &to_bf16(&p.norm_w)));
+    let sl = up(&s, &slots);
+    let launch = |q: usize, ring: u64, state: u64, out: u64, io: u64, pos: u64| {
+        let xm = Mat::f32(ptr(&s, &x) + (q * ld * 4) as u64, t * ld);
+        let bm = Mat::f32(ptr(&s, &bad) + (q * ld_ba * 4) as u64, t * ld_ba);
+        let args = GdnDecode {
+            qkv: xm, z: xm.cols(c), b: bm, a: bm.cols(nv), conv_w: ptr(&s, &cw), conv_state: ring, state,
+            a_log: ptr(&s, &al), dt_bias: ptr(&s, &dtb), norm_w: ptr(&s, &nw), slots: ptr(&s, &sl), pos,
+            state_io: io, out: Mat::f32(out + (q * vd * 4) as u64, t * vd), batch: ns,
+        };
+        e.k.gdn_decode(&s, &args).unwrap();
+    };
+    for split in [false, true] {
+        e.k.set_gdn_split(split);
+        // Plain decode, one position per step; the slot state and ring after each.
+        let (ring_a, state_a, out_a) = (up(&s, &ring0), up(&s, &state0), poison_f32(&s, ns * t * vd));
+        let (mut rings, mut states) = (Vec::new(), Vec::new());
+        for q in 0..t {
+            let pos = up(&s, &start.iter().map(|p| p + q as i32).collect::<Vec<_>>());
+            launch(q, ptr(&s, &ring_a), ptr(&s, &state_a), ptr(&s, &out_a), 0, ptr(&s, &pos));
+            rings.push(down(&s, &ring_a));
+            states.push(down(&s, &state_a));
+        }
+        // Verify: the same positions through scratch entries.
+        let (ring_b, state_b, out_b) = (up(&s, &ring0), up(&s, &state0), poison_f32(&s, ns * t * vd));
+        for q in 0..t {
+            let pos = up(&s, &start.iter().map(|p| p + q as i32).collect::<Vec<_>>());
+            let io: Vec<i32> = (0..ns).flat_map(|i| [if q == 0 { slots[i] } else { scratch(i, q - 1) }, scratch(i, q)]).collect();
+            let io = up(&s, &io);
+            launch(q, ptr(&s, &ring_b), ptr(&s, &state_b), ptr(&s, &out_b), ptr(&s, &io), ptr(&s, &pos));
+        }
+        let (oa, ob) = (down(&s, &out_a), down(&s, &out_b));
+        assert!(oa.iter().all(|v| v.is_finite()), "split={split}: plain decode left rows unwritten");
+        assert!(oa.iter().zip(&ob).all(|(a, b)| a.to_bits() == b.to_bits()), "split={split}: verify outputs differ from decode steps");
+        let mut st = down(&s, &state_b);
+        assert!(st[..nslots * ssz].iter().zip(&state0).all(|(a, b)| a.to_bits() == b.to_bits()), "split={split}: verify wrote a slot's own state");
+        // Commit, per sequence: state after the last accepted position into the slot;
+        // ring rows of rejected positions back from the ring saved before the verify.
+        let mut ring = down(&s, &ring_b);
+        for i in 0..ns {
+            let (slot, a) = (slots[i] as usize, accept[i]);
+            let from = scratch(i, a - 1) as usize * ssz;
+            st.copy_within(from..from + ssz, slot * ssz);
+            for q in a..t {
+                let row = (slot * k + (start[i] as usize + q) % k) * c;
+                ring[row..row + c].copy_from_slice(&ring0[row..row + c]);
+            }
+            let (want_s, want_r) = (&states[a - 1], &rings[a - 1]);
+            let same_s = st[slot * ssz..(slot + 1) * ssz].iter().zip(&want_s[slot * ssz..(slot + 1) * ssz]).all(|(x, y)| x.to_bits() == y.to_bits());
+            let same_r = ring[slot * k * c..(slot + 1) * k * c].iter().zip(&want_r[slot * k * c..(slot + 1) * k * c]).all(|(x, y)| x.to_bits() == y.to_bits());
+            println!("gdn verify split={split} seq {i} accepted {a}/{t}: state {same_s}, conv ring {same_r}");
+            assert!(same_s && same_r, "split={split}: sequence {i} after committing {a} of {t} differs from {a} decode steps");
+        }
+    }
+    e.k.set_gdn_split(false);
+}
