@@ -9,8 +9,9 @@
 #   bench_split  bench with KILN_GDN_SPLIT=1 (column-split GDN decode kernel)
 #   profile_decode  ncu over one decode step at batch 1 and at batch 64 (ctx 1024): time, DRAM
 #            bytes and achieved bandwidth per kernel (profile_decode.txt)
-#   bench_sx bench at batch 32/64 with the shared-x GEMM for M = 17..64 (KILN_GEMM_MID=sx,
-#            the default before the tiled kernel)
+#   bench_tiled  bench with the tiled decode GEMM for M = 17..256 (KILN_GEMM_TILED=1, opt-in
+#            until checked): batch 8..256
+#   eval_tiled   logits, accuracy and batch invariance (8/64/256) with KILN_GEMM_TILED=1
 #   pdl_early  a second plan built with KILN_PDL_EARLY=1 (successors launch at their
 #            predecessor's wait, GEMMs prefetch weights into L2 before theirs): bench at
 #            batch 1/8/64, and its logits against the references when refs exist
@@ -91,8 +92,13 @@ fi
 if has bench_split; then
   log "bench with the column-split GDN decode kernel"; KILN_GDN_SPLIT=1 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -E "decode batch|prefill" | tee "$OUT/bench_split.txt"
 fi
-if has bench_sx; then
-  log "bench with the shared-x GEMM up to M = 64"; KILN_GEMM_MID=sx .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 32,64 2>&1 | grep "decode batch" | tee "$OUT/bench_sx.txt"
+if has bench_tiled; then
+  log "bench with the tiled decode GEMM"; KILN_GEMM_TILED=1 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 8,32,64,128,256 2>&1 | grep "decode batch" | tee "$OUT/bench_tiled.txt"
+fi
+if has eval_tiled && [ -f "$REFS/cases.json" ]; then
+  log "eval with the tiled decode GEMM"; KILN_GEMM_TILED=1 .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours_tiled.f32 2>&1 | tee "$OUT/eval_tiled.txt" | tail -6
+  python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours_tiled.f32 2>&1 | tee "$OUT/compare_tiled.json" | tr -d '\n ' | head -c 900; echo
+  cmp /tmp/ours.f32 /tmp/ours_tiled.f32 && echo "tiled GEMM: teacher-forced logits bit-identical to the default path's"
 fi
 if has pdl_early; then
   log "plan with KILN_PDL_EARLY=1"; KILN_PDL_EARLY=1 .devbin/kiln-build --model "$CKPT" --out /tmp/engines_early --name qwen35_4b_random 2>&1 | tail -2

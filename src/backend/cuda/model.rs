@@ -6,7 +6,7 @@
 //! into a CUDA graph.
 
 use super::blaslt::BlasLt;
-use super::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, DevPtr, GdnDecode, GdnPrefill, Kernels, Mat, QkNormRope, GEMM_MAX_M, NULL};
+use super::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, DevPtr, GdnDecode, GdnPrefill, Kernels, Mat, QkNormRope, decode_gemm_rows, NULL};
 use super::pools::{Scratch, StatePools, LOGIT_ROWS};
 use super::weights::{DeviceWeights, FullPtrs, LayerPtrs, LinearPtrs, MixerPtrs};
 use crate::backend::step::{MetaOffsets, Step, StepLayout};
@@ -229,15 +229,16 @@ impl LayerStack<'_> {
     /// y[T][N] = x[T][K] . W[N][K]^T over the step's rows; x is in dtype `xdt` (see
     /// `gemm_input`). A chunk longer than 64 tokens (prefill) goes through cuBLASLt
     /// (bf16 activations, one call with M = its length); every other row through the
-    /// decode GEMM in pieces of up to 256 rows. Either way a row's result depends only on its own
+    /// decode GEMM in pieces of up to 64 rows (256 with `KILN_GEMM_TILED=1`). Either way a row's result depends only on its own
     /// chunk, never on what else is in the step (the skinny GEMM's result does not
     /// depend on M).
     #[allow(clippy::too_many_arguments)]
     fn gemm(&self, w: DevPtr, x: DevPtr, xdt: DType, y: DevPtr, n: usize, kdim: usize, l: &StepLayout) -> Result<()> {
         let s = self.s;
         let skinny = |r0: usize, r1: usize| -> Result<()> {
-            for r in (r0..r1).step_by(GEMM_MAX_M) {
-                let rows = (r1 - r).min(GEMM_MAX_M);
+            let piece = decode_gemm_rows();
+            for r in (r0..r1).step_by(piece) {
+                let rows = (r1 - r).min(piece);
                 let (xo, yo) = (x + (r * kdim * xdt.size()) as u64, y + (r * n * 4) as u64);
                 self.k.gemm(self.stream, w, xo, xdt, yo, DType::F32, rows, n, kdim, &s.gemm)?;
             }

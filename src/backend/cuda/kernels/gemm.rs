@@ -23,14 +23,31 @@ pub enum GemmKind {
     Tiled,
 }
 
+/// Whether decode GEMMs of 17..256 rows use the tiled kernel (`KILN_GEMM_TILED=1`): opt-in
+/// until a device run has checked it (bit-identity with the register kernel, the model's
+/// batch invariance) and timed it; without it the shared-x kernel takes 17..64 rows and
+/// the backend cuts decode GEMMs into 64-row pieces, as before.
+pub fn tiled_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_GEMM_TILED").is_ok_and(|v| v == "1"))
+}
+
+/// Rows of one decode GEMM launch: 256 with the tiled kernel, else 64.
+pub fn decode_gemm_rows() -> usize {
+    if tiled_enabled() {
+        GEMM_MAX_M
+    } else {
+        SKINNY_MAX_M
+    }
+}
+
 /// The kernel `GemmKind::Auto` runs: the register kernel up to M = 16 (fastest at M <= 8,
-/// docs/kernels.md), above it the tiled kernel, or the shared-x kernel up to M = 64 when
-/// `KILN_GEMM_MID=sx` (the previous default, kept to compare on the device).
+/// docs/kernels.md); above it the shared-x kernel up to M = 64, or the tiled kernel with
+/// `KILN_GEMM_TILED=1`; the tiled kernel always above 64 (the only one that takes it).
 fn auto_kind(m: usize) -> GemmKind {
-    static MID_SX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if m <= 16 {
         GemmKind::Register
-    } else if m <= SKINNY_MAX_M && *MID_SX.get_or_init(|| std::env::var("KILN_GEMM_MID").is_ok_and(|v| v == "sx")) {
+    } else if m <= SKINNY_MAX_M && !tiled_enabled() {
         GemmKind::SharedX
     } else {
         GemmKind::Tiled
