@@ -18,11 +18,15 @@ Standard library only, so it runs anywhere python3 does.
 import argparse, http.client, json, random, statistics, threading, time, urllib.parse
 
 
-def one_request(url, prompt, max_tokens, model):
+CONSTRAINT = "[A-Za-z0-9 ,.]*"  # a grammar that never ends, so ignore_eos lengths still hold
+
+
+def one_request(url, prompt, max_tokens, model, constrained=False):
     u = urllib.parse.urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=600)
     body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                       "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}})
+                       "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+                       **({"regex": CONSTRAINT} if constrained else {})})
     t0 = time.perf_counter()
     conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
     resp = conn.getresponse()
@@ -51,7 +55,7 @@ def one_request(url, prompt, max_tokens, model):
     out = max_tokens
     cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     return {"ttft": ttft or e2e, "e2e": e2e, "out": out, "tpot": (e2e - (ttft or e2e)) / max(out - 1, 1),
-            "prompt": len(prompt), "cached": cached}
+            "prompt": len(prompt), "cached": cached, "constrained": constrained}
 
 
 def pct(v, p):
@@ -59,9 +63,9 @@ def pct(v, p):
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
 
 
-def run(url, reqs, concurrency, model):
+def run(url, reqs, concurrency, model, constrained=0.0):
     """`reqs`: (prompt, max_tokens) pairs, or lists of them (a chat: its turns in order,
-    on one worker)."""
+    on one worker). A `constrained` fraction of the requests (every k-th) carries a regex."""
     results, lock, it = [], threading.Lock(), iter(reqs)
 
     def worker():
@@ -71,7 +75,8 @@ def run(url, reqs, concurrency, model):
             if r is None:
                 return
             for prompt, n in (r if isinstance(r, list) else [r]):
-                res = one_request(url, prompt, n, model)
+                pick = constrained > 0 and sum(prompt[:4]) % 1000 < constrained * 1000
+                res = one_request(url, prompt, n, model, pick)
                 with lock:
                     results.append(res)
 
@@ -90,6 +95,12 @@ def run(url, reqs, concurrency, model):
                               "p90": round(pct(vals, 90), 2), "p99": round(pct(vals, 99), 2)}
         rep["output_tok_per_s"] = round(sum(r["out"] for r in ok) / wall, 1)
         rep["cache_hit_rate"] = round(sum(r["cached"] for r in ok) / max(1, sum(r["prompt"] for r in ok)), 3)
+        if constrained > 0:
+            # Does structured output slow the unconstrained requests that share its steps?
+            for tag, grp in (("constrained", [r for r in ok if r["constrained"]]), ("unconstrained", [r for r in ok if not r["constrained"]])):
+                if grp:
+                    vals = [r["tpot"] * 1000 for r in grp]
+                    rep[f"tpot_ms_{tag}"] = {"n": len(grp), "p50": round(pct(vals, 50), 2), "p99": round(pct(vals, 99), 2)}
     if errs:
         rep["first_error"] = errs[0]
     return rep
@@ -108,6 +119,8 @@ def main():
     ap.add_argument("--max-out", type=int, default=512)
     ap.add_argument("--vocab", type=int, default=150000, help="prompt ids are drawn from [1000, vocab)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--constrained", type=float, default=0.0,
+                    help="fraction of requests with a regex constraint (cK workloads; TPOT reported per group)")
     ap.add_argument("--shared-len", type=int, default=1500, help="system prompt tokens of the shared workload")
     ap.add_argument("--turns", type=int, default=4, help="turns per chat of the shared workload")
     ap.add_argument("--turn-in", type=int, default=200, help="new user tokens per turn (shared workload)")
@@ -144,7 +157,7 @@ def main():
             k = int(w[6:])
             report[w] = run(a.url, chats(max(k, a.num // a.turns)), k, a.model)
         else:
-            report[w] = run(a.url, make(a.num), int(w[1:]), a.model)
+            report[w] = run(a.url, make(a.num), int(w[1:]), a.model, a.constrained)
         print(w, json.dumps(report[w]), flush=True)
     return report
 

@@ -22,6 +22,8 @@
 #   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
 #   serve    launch_server.sh --model-path: time to /health 200, one request
 #   serving  (with serve) scripts/bench_serving.py against that server
+#   serving_constrained  (with serve) 16 in flight, half of them with a regex constraint:
+#            TPOT of the unconstrained half against serving's c16 (issue 12: no slowdown)
 #   soak     (with serve) scripts/soak.py for $SOAK_S seconds (default 240): mixed traffic with
 #            cut streams and aborts, then memory flat, every slot and block free, nothing lost
 #   wheel_nvrtc  issue 11: hide the toolkit's libnvrtc from the loader, give python3 only the
@@ -145,6 +147,10 @@ if has serve; then
   if has serving; then
     log "bench_serving (sequential, 16 and 64 in flight; inputs 32..4000, outputs 64..512, greedy; 16 chats sharing a 1500-token system prompt, 4 turns)"
     python3 scripts/bench_serving.py --url http://127.0.0.1:30111 --workloads seq,c16,c64,shared16 --num-seq 8 --num 64 2>&1 | tee "$OUT/serving.txt"
+  fi
+  if has serving_constrained; then
+    log "bench_serving c16 with half the requests constrained (regex)"
+    python3 scripts/bench_serving.py --url http://127.0.0.1:30111 --workloads c16 --num 64 --constrained 0.5 2>&1 | tee "$OUT/serving_constrained.txt"
   fi
   if has soak; then
     log "soak ${SOAK_S:=240} s"; SPID=$(pgrep -f "devbin/kiln serve" | head -1)
