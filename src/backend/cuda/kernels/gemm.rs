@@ -190,3 +190,29 @@ impl Kernels {
         self.launch(NAMES[x_dtype.idx()][y_dtype.idx()][mi], stream, grid, 128, 0, &mut p)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tiled_kernel_is_opt_in_below_65_rows_and_the_only_kernel_above() {
+        // CI never sets KILN_GEMM_TILED: the measured kernels keep M <= 64 until a device
+        // run has checked the tiled one, and decode GEMMs stay in 64-row pieces.
+        assert!(std::env::var("KILN_GEMM_TILED").is_err());
+        assert!(!tiled_enabled());
+        assert_eq!(decode_gemm_rows(), SKINNY_MAX_M);
+        assert_eq!(auto_kind(1), GemmKind::Register);
+        assert_eq!(auto_kind(16), GemmKind::Register);
+        assert_eq!(auto_kind(17), GemmKind::SharedX);
+        assert_eq!(auto_kind(64), GemmKind::SharedX);
+        assert_eq!(auto_kind(65), GemmKind::Tiled);
+        assert_eq!(auto_kind(GEMM_MAX_M), GemmKind::Tiled);
+        // Counters cover the tiled kernel's (W tile, batch tile) pairs and the skinny
+        // kernels' 64-row groups.
+        for n in [1usize, 64, 65, 128, 129, 2560, 248_320] {
+            assert!(Kernels::gemm_counters_len(n) >= n.div_ceil(128) * GEMM_MAX_M.div_ceil(64));
+            assert!(Kernels::gemm_counters_len(n) >= n.div_ceil(64));
+        }
+    }
+}
