@@ -54,10 +54,6 @@ __device__ __forceinline__ void mma_w_x(float* acc, const uint4& a, const uint4&
     mma_16816(acc, s1, x23);
 }
 
-template <typename Y> __device__ __forceinline__ void tg_store(Y* y, size_t i, float v);
-template <> __device__ __forceinline__ void tg_store<float>(float* y, size_t i, float v) { y[i] = v; }
-template <> __device__ __forceinline__ void tg_store<bf16>(bf16* y, size_t i, float v) { y[i] = __float2bfloat16_rn(v); }
-
 template <bool XF32, typename Y>
 __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const void* __restrict__ x, Y* __restrict__ y,
                                            float* __restrict__ ws, unsigned* __restrict__ counters, int M, int N,
@@ -214,20 +210,9 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     cp_async_wait<0>();
 
     // Epilogue: as gemm.cu's. Accumulator e of (r, j): W row n0 + wn*32 + r*16 + g + 8*(e/2),
-    // batch row m0 + wm*32 + j*8 + 2t + e%2.
-    if (splits == 1) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r)
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int n = n0 + wn * 32 + r * 16 + g + 8 * (e >> 1), m = m0 + wm * 32 + j * 8 + 2 * t + (e & 1);
-                    if (n < N && m < M) tg_store<Y>(y, (size_t)m * N + n, acc[r][j][e]);
-                }
-        return;
-    }
-    float* part = ws + (size_t)blockIdx.y * M * N;
+    // batch row m0 + wm*32 + j*8 + 2t + e%2. One split: straight to y; else the partial to
+    // ws, and the tile's last block to arrive sums the splits.
+    float* part = splits == 1 ? nullptr : ws + (size_t)blockIdx.y * M * N;
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
@@ -235,8 +220,11 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int n = n0 + wn * 32 + r * 16 + g + 8 * (e >> 1), m = m0 + wm * 32 + j * 8 + 2 * t + (e & 1);
-                if (n < N && m < M) __stcg(part + (size_t)m * N + n, acc[r][j][e]);
+                if (n >= N || m >= M) continue;
+                if (part) __stcg(part + (size_t)m * N + n, acc[r][j][e]);
+                else y[(size_t)m * N + n] = from_f<Y>(acc[r][j][e]);
             }
+    if (!part) return;
     __threadfence();
     __syncthreads();
     __shared__ unsigned tg_last;
@@ -265,7 +253,7 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
         }
 #pragma unroll
         for (int e = 0; e < 4; ++e)
-            if (n + e < N) tg_store<Y>(y, (size_t)m * N + n + e, s4[e]);
+            if (n + e < N) y[(size_t)m * N + n + e] = from_f<Y>(s4[e]);
     }
     if (tid == 0) counters[blockIdx.x] = 0u;
 }
