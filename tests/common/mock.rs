@@ -180,13 +180,10 @@ impl Backend for MockBackend {
             let argmax = match c.want {
                 Want::Argmax { limit } => {
                     let last = &rows[rows.len() - ROWS..];
-                    Some(match c.allowed {
-                        Some(mask) => {
-                            st.masked_argmax.fetch_add(1, Relaxed);
-                            kiln::backend::cpu::ops::argmax_masked(last, limit, mask)
-                        }
-                        None => kiln::backend::cpu::ops::argmax(&last[..limit.min(ROWS)]),
-                    } as u32)
+                    if c.allowed.is_some() {
+                        st.masked_argmax.fetch_add(1, Relaxed);
+                    }
+                    Some(kiln::backend::cpu::ops::greedy(last, limit, c.allowed) as u32)
                 }
                 _ => None,
             };

@@ -114,10 +114,7 @@ impl CpuBackend {
         let normed = ops::rms_norm(rows, &self.w.norm, eps, 1.0);
         let data = ops::matmul_wt(&normed, self.w.lm_head(), h);
         let argmax = match want {
-            Want::Argmax { limit } => Some(match c.allowed {
-                Some(mask) => ops::argmax_masked(&data, limit, mask),
-                None => ops::argmax(&data[..limit.clamp(1, data.len())]),
-            } as u32),
+            Want::Argmax { limit } => Some(ops::greedy(&data, limit, c.allowed) as u32),
             _ => None,
         };
         Ok(ChunkLogits { rows: normed.len() / h, data, argmax })

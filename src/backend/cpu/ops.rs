@@ -297,6 +297,15 @@ pub fn argmax_masked(x: &[f32], limit: usize, allowed: &[u32]) -> usize {
     best.map_or(0, |(i, _)| i)
 }
 
+/// The greedy token of a logits row for `Want::Argmax { limit }`: the argmax below
+/// `limit`, over the allowed ids only when the chunk carries a token mask.
+pub fn greedy(row: &[f32], limit: usize, allowed: Option<&[u32]>) -> usize {
+    match allowed {
+        Some(mask) => argmax_masked(row, limit, mask),
+        None => argmax(&row[..limit.clamp(1, row.len())]),
+    }
+}
+
 /// Index of the largest value; the first index wins ties; NaN never wins.
 pub fn argmax(x: &[f32]) -> usize {
     let mut best = 0;
