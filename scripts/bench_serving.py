@@ -21,6 +21,21 @@ import argparse, http.client, json, random, statistics, threading, time, urllib.
 CONSTRAINT = "[A-Za-z0-9 ,.]*"  # a grammar that never ends, so ignore_eos lengths still hold
 
 
+def stream_events(resp):
+    """Yields the JSON events of a server-sent-events response until [DONE] or the end."""
+    while True:
+        line = resp.readline()
+        if not line:
+            return
+        line = line.strip()
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return
+        yield json.loads(data)
+
+
 def one_request(url, prompt, max_tokens, model, constrained=False):
     u = urllib.parse.urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=600)
@@ -32,24 +47,12 @@ def one_request(url, prompt, max_tokens, model, constrained=False):
     resp = conn.getresponse()
     if resp.status != 200:
         return {"error": f"HTTP {resp.status}: {resp.read()[:200]!r}"}
-    ttft, chunks, usage = None, 0, None
-    while True:
-        line = resp.readline()
-        if not line:
-            break
-        line = line.strip()
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            break
-        ev = json.loads(data)
+    ttft, usage = None, None
+    for ev in stream_events(resp):
         if ev.get("usage"):
             usage = ev["usage"]
-        if ev.get("choices") and ev["choices"][0].get("text") is not None:
-            if ttft is None:
-                ttft = time.perf_counter() - t0
-            chunks += 1
+        if ev.get("choices") and ev["choices"][0].get("text") is not None and ttft is None:
+            ttft = time.perf_counter() - t0
     e2e = time.perf_counter() - t0
     conn.close()
     out = max_tokens

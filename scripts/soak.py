@@ -22,6 +22,8 @@ Prints one line `soak {json}` and exits non-zero if a check fails. Standard libr
 """
 import argparse, http.client, json, random, re, subprocess, threading, time, urllib.parse
 
+from bench_serving import stream_events  # scripts/ is on sys.path when this script runs
+
 
 def conn(url, timeout=600):
     u = urllib.parse.urlparse(url)
@@ -42,21 +44,6 @@ def get(url, path):
     data = r.read()
     c.close()
     return r.status, data
-
-
-def stream_events(resp):
-    """Yields the JSON events of an SSE response until [DONE] or the end."""
-    while True:
-        line = resp.readline()
-        if not line:
-            return
-        line = line.strip()
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            return
-        yield json.loads(data)
 
 
 def one(url, kind, prompt, n, rng, rid):
