@@ -31,6 +31,13 @@
 //   masks[mask_rows[m]*words ..] is set, with kiln_argmax's rules (0 when no allowed
 //   value is a number). Rows with mask_rows[m] < 0 keep out[m]. n <= 32*words.
 //   grid (M), block 1024.
+//
+// kiln_copy_segments(const unsigned long long* segs, int n)
+//   For each segment s < n: copies segs[3s + 2] bytes from device address segs[3s] to
+//   segs[3s + 1]. Addresses 16-byte aligned, sizes multiples of 16, segments disjoint.
+//   Speculative verification saves the conv rings and commits the accepted state with
+//   one launch each instead of a copy per layer and sequence. grid (blocks per segment,
+//   n), block 256.
 #include "common.cuh"
 
 using namespace kiln;
@@ -204,4 +211,14 @@ extern "C" __global__ void __launch_bounds__(256)
 extern "C" __global__ void __launch_bounds__(256)
     kiln_gather_rows_bf16(const bf16* src, const int* rows, bf16* dst, int width, int n) {
     gather_rows<bf16>(src, rows, dst, width, n);
+}
+
+extern "C" __global__ void __launch_bounds__(256) kiln_copy_segments(const unsigned long long* segs, int n) {
+    KILN_PDL_ENTER();
+    const int seg = blockIdx.y;
+    if (seg >= n) return;
+    const int4* src = reinterpret_cast<const int4*>(segs[3 * seg]);
+    int4* dst = reinterpret_cast<int4*>(segs[3 * seg + 1]);
+    const size_t n16 = segs[3 * seg + 2] / 16;
+    for (size_t i = (size_t)blockIdx.x * 256 + threadIdx.x; i < n16; i += (size_t)gridDim.x * 256) dst[i] = src[i];
 }

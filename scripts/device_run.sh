@@ -19,6 +19,8 @@
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
 #   eval     kiln-eval logits + compare against the references
+#   verify   kiln-eval verify: speculative verification exact against plain decoding at batch
+#            1/4/8 (3 drafts), and a verify call's time against a decode step's
 #   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
 #   serve    launch_server.sh --model-path: time to /health 200, one request
 #   serving  (with serve) scripts/bench_serving.py against that server
@@ -62,6 +64,11 @@ fi
 if has eval; then
   log eval; .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours.f32 2>&1 | tee "$OUT/eval.txt" | tail -6
   python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours.f32 2>&1 | tee "$OUT/compare.json" | tail -40
+fi
+if has verify; then
+  # Issue 9: speculative verification against plain decoding (exact tokens, accepted
+  # lengths, bit-identical logits after the commit), and a verify call's time.
+  log verify; .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify.txt" | tail -5
 fi
 if has profile; then
   log "ncu: per-kernel times of one 1024-token prefill"

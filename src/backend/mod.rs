@@ -8,6 +8,8 @@ pub mod cuda;
 pub mod forced_draft;
 pub mod speculative;
 pub mod step;
+pub mod verify_check;
+pub mod verify_step;
 
 use crate::config::ModelConfig;
 use anyhow::{bail, Result};

@@ -37,6 +37,13 @@ pub struct StepLayout {
     /// or zero-padded to the argmax limit, as i32 bit patterns for the metadata image.
     pub masks: Vec<i32>,
     pub mask_words: usize,
+    /// Speculative verification only (`Step::build_verify`), else empty: per token row, the
+    /// Gated DeltaNet state entry it reads and the one it writes, as i32 pairs.
+    pub state_io: Vec<i32>,
+    /// Speculative verification only, else empty: the decode rows go through the GDN in
+    /// these sequential launches (first row, rows), one per verified position, so each
+    /// position reads the state its predecessor wrote.
+    pub gdn_launches: Vec<(usize, usize)>,
 }
 
 impl StepLayout {
@@ -126,6 +133,8 @@ impl StepLayout {
             mask_rows: self.mask_rows.clone(),
             masks: self.masks.clone(),
             mask_words: self.mask_words,
+            state_io: Vec::new(),
+            gdn_launches: Vec::new(),
         })
     }
 
@@ -232,6 +241,8 @@ pub struct MetaOffsets {
     pub logit_rows: usize,
     /// Per logit row: its token mask's index, or -1 (`StepLayout::mask_rows`).
     pub mask_rows: usize,
+    /// Per token row, an i32 pair (`StepLayout::state_io`; none outside verification).
+    pub state_io: usize,
     /// The token masks (`StepLayout::masks`), last: the arrays before them keep their
     /// offsets whatever the masks, so a captured decode graph reads the same addresses.
     pub masks: usize,
@@ -239,9 +250,9 @@ pub struct MetaOffsets {
 }
 
 impl MetaOffsets {
-    /// Offsets for `t` token rows, `s` sequences, block-table stride `bt` and `mask_len`
-    /// i32s of token masks.
-    pub fn layout(t: usize, s: usize, bt: usize, mask_len: usize) -> Self {
+    /// Offsets for `t` token rows, `s` sequences, block-table stride `bt`, `io_len` i32s of
+    /// state entries and `mask_len` i32s of token masks.
+    pub fn layout(t: usize, s: usize, bt: usize, io_len: usize, mask_len: usize) -> Self {
         // Each array starts on a 16-element boundary (64 bytes).
         let r = |x: usize| x.div_ceil(16) * 16;
         let ids = 0;
@@ -254,14 +265,15 @@ impl MetaOffsets {
         let block_tables = ctx_lens + r(s);
         let logit_rows = block_tables + r(s * bt);
         let mask_rows = logit_rows + r(t);
-        let masks = mask_rows + r(t);
+        let state_io = mask_rows + r(t);
+        let masks = state_io + r(io_len);
         let end = masks + r(mask_len);
-        MetaOffsets { ids, pos, kv_loc, cu_seqlens, slots, start_pos, ctx_lens, block_tables, logit_rows, mask_rows, masks, end }
+        MetaOffsets { ids, pos, kv_loc, cu_seqlens, slots, start_pos, ctx_lens, block_tables, logit_rows, mask_rows, state_io, masks, end }
     }
     /// i32 elements the image of the largest step takes (the device buffer's size), with
     /// a token mask for each of its `s` sequences over a vocabulary of `vocab`.
     pub fn len(t: usize, s: usize, bt: usize, vocab: usize) -> usize {
-        Self::layout(t, s, bt, s * vocab.div_ceil(32)).end
+        Self::layout(t, s, bt, 2 * t, s * vocab.div_ceil(32)).end
     }
     /// The per-sequence arrays seen from sequence `d` on (`bt`: the block-table stride);
     /// token rows keep their absolute numbers (cu_seqlens holds row numbers).
@@ -289,6 +301,7 @@ impl MetaOffsets {
         put(self.block_tables, &l.block_tables);
         put(self.logit_rows, &l.logit_rows);
         put(self.mask_rows, &l.mask_rows);
+        put(self.state_io, &l.state_io);
         put(self.masks, &l.masks);
         host
     }
@@ -355,10 +368,10 @@ impl Step {
         Ok(Step::from_layout(order, layout, argmax_limit, wants_data))
     }
 
-    fn from_layout(order: Vec<usize>, layout: StepLayout, argmax_limit: Option<usize>, wants_data: Vec<bool>) -> Step {
+    pub(super) fn from_layout(order: Vec<usize>, layout: StepLayout, argmax_limit: Option<usize>, wants_data: Vec<bool>) -> Step {
         let decode_seqs = layout.decode_seqs();
         let groups = RowGroups { decode_seqs, prefill_seqs: layout.num_seqs() - decode_seqs };
-        let meta = MetaOffsets::layout(layout.num_tokens(), layout.num_seqs(), layout.bt_stride, layout.masks.len());
+        let meta = MetaOffsets::layout(layout.num_tokens(), layout.num_seqs(), layout.bt_stride, layout.state_io.len(), layout.masks.len());
         let packed = meta.pack(&layout);
         let dest = layout.logit_destinations(&wants_data);
         Step { order, layout, groups, meta, packed, argmax_limit, wants_data, dest }
@@ -392,8 +405,7 @@ impl Step {
             logit_rows: Vec::new(),
             logit_counts: Vec::new(),
             mask_rows: Vec::new(),
-            masks: Vec::new(),
-            mask_words: 0,
+            ..Default::default()
         };
         Step::from_layout(Vec::new(), layout, None, Vec::new())
     }

@@ -6,6 +6,9 @@
 //!       match, and batch invariance (one request alone vs among 31 others).
 //!   kiln-eval bench --plan P [--batch 1,8,32,64] [--ctx 1024] [--prefill 1024]
 //!       decode-step and prefill timings.
+//!   kiln-eval verify --plan P [--batch 1,4,8] [--drafts 3] [--steps 24] [--ctx 1024]
+//!       speculative verification against plain decoding (exact tokens, accepted
+//!       lengths, bit-identical logits after the commit) and its time per call.
 
 use anyhow::{ensure, Context, Result};
 use clap::{Parser, Subcommand};
@@ -43,6 +46,18 @@ enum Cmd {
         prefill: usize,
         #[arg(long, default_value_t = 30)]
         iters: usize,
+    },
+    Verify {
+        #[arg(long)]
+        plan: PathBuf,
+        #[arg(long, default_value = "1,4,8")]
+        batch: String,
+        #[arg(long, default_value_t = 3)]
+        drafts: usize,
+        #[arg(long, default_value_t = 24)]
+        steps: usize,
+        #[arg(long, default_value_t = 1024)]
+        ctx: usize,
     },
 }
 
@@ -240,10 +255,38 @@ fn bench(plan: PathBuf, batch: String, ctx: usize, prefill_len: usize, iters: us
     Ok(())
 }
 
+/// `kiln::backend::verify_check` on the GPU at each batch size: exactness, then the time
+/// of one verify call of `drafts + 1` tokens per sequence against one plain decode step.
+fn verify(plan: PathBuf, batch: String, drafts: usize, steps: usize, ctx: usize) -> Result<()> {
+    let batches: Vec<usize> = batch.split(',').map(|b| b.trim().parse().context("--batch")).collect::<Result<_>>()?;
+    let maxb = *batches.iter().max().context("--batch")?;
+    let max_seq_len = ctx + maxb * 3 + steps + 16;
+    let opt = CudaOptions { max_running: Some(maxb), max_seq_len, spec_positions: drafts + 1, spec_rows: maxb, ..Default::default() };
+    let mut be = CudaBackend::load(&plan, None, &opt)?;
+    let per = max_seq_len.div_ceil(be.capacity().block_size);
+    let vocab = be.config().vocab_size;
+    let limit = 248_077.min(vocab);
+    for &b in &batches {
+        let prompts: Vec<Vec<u32>> = (0..b).map(|s| (0..(ctx + 3 * s) as u32).map(|i| (i * 7919 + 13 + 101 * s as u32) % limit as u32).collect()).collect();
+        let blocks: Vec<Vec<u32>> = (0..b).map(|s| stripe(s, per)).collect();
+        let r = kiln::backend::verify_check::check(&mut be, &prompts, &blocks, steps, drafts, limit)?;
+        println!(
+            "verify batch {b} ctx {ctx} drafts {drafts}: exact ({} cycles, {:.2} tokens per cycle); decode step median {:.3} ms, verify median {:.3} ms ({:.2}x a decode step)",
+            r.cycles,
+            r.accepted_tokens as f64 / (r.cycles * b).max(1) as f64,
+            r.decode_secs * 1e3,
+            r.verify_secs * 1e3,
+            r.verify_secs / r.decode_secs
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt().with_env_filter("info").init();
     match Cli::parse().cmd {
         Cmd::Logits { plan, cases, out } => logits(plan, cases, out),
         Cmd::Bench { plan, batch, ctx, prefill, iters } => bench(plan, batch, ctx, prefill, iters),
+        Cmd::Verify { plan, batch, drafts, steps, ctx } => verify(plan, batch, drafts, steps, ctx),
     }
 }

@@ -343,3 +343,35 @@ fn gather_rows_copies_the_named_rows_exactly() {
         assert_eq!(got, wantb, "bf16 width {width}");
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn copy_segments_matches_its_cpu_twin() {
+    use kiln::backend::verify_step::{apply_segments, segment_words, Segment};
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let mut g = rng(7);
+    // One buffer of random words; segments of awkward sizes (16 bytes to 2 MB, not
+    // multiples of a block's stride) copied between disjoint places of it.
+    let words = 3 << 20;
+    let host: Vec<u32> = (0..words).map(|_| g.gen()).collect();
+    let dev = up(&s, &host);
+    let base = ptr(&s, &dev);
+    let sizes = [16usize, 48, 4096 + 16, 2 << 20, 32 * 1024, 1 << 20];
+    let mut segs = Vec::new();
+    let (mut src, mut dst) = (0usize, 6 << 20); // bytes: sources in the first half, destinations after
+    for &n in &sizes {
+        segs.push(Segment { src: src as u64, dst: dst as u64, bytes: n as u64 });
+        src += n + 32;
+        dst += n + 64;
+    }
+    let mut want: Vec<u8> = host.iter().flat_map(|w| w.to_le_bytes()).collect();
+    apply_segments(&mut want, &segs);
+    let on_dev: Vec<Segment> = segs.iter().map(|x| Segment { src: x.src + base, dst: x.dst + base, ..*x }).collect();
+    let seg_dev = up(&s, &segment_words(&on_dev));
+    e.k.copy_segments(&s, ptr(&s, &seg_dev), on_dev.len(), 2 << 20).unwrap();
+    let got: Vec<u8> = down(&s, &dev).iter().flat_map(|w| w.to_le_bytes()).collect();
+    assert!(got == want, "kiln_copy_segments differs from apply_segments");
+    // Zero segments launch nothing.
+    e.k.copy_segments(&s, ptr(&s, &seg_dev), 0, 0).unwrap();
+}

@@ -54,6 +54,14 @@ impl CpuBackend {
         &self.w
     }
 
+    /// Sets how many tokens `slot` holds without touching its state (tests that need a
+    /// backend which breaks the state contract).
+    #[cfg(test)]
+    pub(crate) fn truncate_for_test(&mut self, slot: usize, len: usize) -> Result<()> {
+        self.slots.get_mut(slot).context("slot out of range")?.len = len;
+        Ok(())
+    }
+
     /// Runs `tokens` through the decoder layers for one slot, advancing its state and
     /// writing K/V into its pages `blocks`; returns the residual stream after the last
     /// layer (before the final norm), every row.

@@ -11,13 +11,17 @@ use super::snapshots::SnapshotPool;
 use super::sizing::{size_pools, DeviceMemory, PoolRequest, MAX_RUNNING_LIMIT};
 use super::weights::DeviceWeights;
 use crate::backend::step::{row_copies, Step, StepLimits};
-use crate::backend::{Backend, Capacity, ChunkLogits, SeqChunk, SnapshotId};
+use crate::backend::{Backend, Capacity, ChunkLogits, SeqChunk, SnapshotId, Verified, VerifyChunk};
+use verify::VerifyScratch;
 use crate::config::ModelConfig;
 use crate::plan::{Arch, Expected, Plan};
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{CudaContext, CudaStream};
 use std::path::Path;
 use std::sync::Arc;
+
+#[path = "verify.rs"]
+mod verify;
 
 /// Start-up choices (the server's flags).
 #[derive(Clone, Debug)]
@@ -51,6 +55,13 @@ pub struct CudaOptions {
     /// matrix-unit work. Every step uses the same one, so rows stay batch invariant.
     /// Env KILN_ACT=bf16 or f32.
     pub act: DType,
+    /// Speculative verification: most fed tokens per sequence in one verify (the sampled
+    /// token and its drafts, `--speculative-num-draft-tokens`; at most the conv window);
+    /// 0: no verify scratch, `verify` refuses.
+    pub spec_positions: usize,
+    /// Most sequences in one verify (bounded by the running requests). Each takes
+    /// `spec_positions` fp32 states of every linear layer (48 MB each for Qwen3.5-4B).
+    pub spec_rows: usize,
 }
 
 impl Default for CudaOptions {
@@ -67,6 +78,8 @@ impl Default for CudaOptions {
             pdl: std::env::var("KILN_PDL").map_or(true, |v| v != "0"),
             snapshot_fraction: 0.1,
             act: if std::env::var("KILN_ACT").is_ok_and(|v| v == "bf16") { DType::BF16 } else { DType::F32 },
+            spec_positions: 0,
+            spec_rows: 8,
         }
     }
 }
@@ -92,6 +105,8 @@ pub struct CudaBackend {
     graph_max_bs: usize,
     act: DType,
     graphs: std::collections::HashMap<(usize, Option<usize>), cudarc::driver::CudaGraph>,
+    /// Speculative verification's scratch (None: started without it).
+    verify: Option<VerifyScratch>,
 }
 
 /// Decode batch sizes with a captured graph (a batch runs in the smallest that holds it).
@@ -170,10 +185,16 @@ impl CudaBackend {
         // Scratch for the largest ask first (it is small next to the pools), then the
         // pools from what is left of the memory budget.
         let logit_rows = LOGIT_ROWS.max(graph_max_bs);
-        let s = Scratch::new(&cfg, &k, opt.max_step_tokens, asked_slots, max_blocks_per_seq, opt.max_parts, logit_rows)?;
+        // A verify step's rows are decode rows of their own (one per fed position).
+        let (spec_rows, spec_positions) = if opt.spec_positions > 0 { (opt.spec_rows.clamp(1, asked_slots), opt.spec_positions) } else { (0, 0) };
+        let max_row_seqs = asked_slots.max(spec_rows * spec_positions);
+        let s = Scratch::new(&cfg, &k, opt.max_step_tokens, max_row_seqs, max_blocks_per_seq, opt.max_parts, logit_rows)?;
+        let mut verify = (spec_positions > 0).then(|| VerifyScratch::new(&cfg, 0, spec_rows, spec_positions)).transpose()?;
+        let spec_state = VerifyScratch::recurrent_bytes(&cfg, spec_rows, spec_positions);
         let (free, total) = ctx.mem_get_info().map_err(|e| anyhow!("reading free GPU memory: {e:?}"))?;
         let sizes = size_pools(
-            DeviceMemory { free, total },
+            // The verify scratch states are reserved before the pools are sized.
+            DeviceMemory { free: free.saturating_sub(spec_state), total },
             &PoolRequest {
                 mem_fraction: opt.mem_fraction,
                 max_running: opt.max_running,
@@ -185,7 +206,11 @@ impl CudaBackend {
             },
         )?;
         let kv_blocks = sizes.kv_blocks;
-        let pools = StatePools::new(&cfg, sizes.slots, kv_blocks, opt.block_size)?;
+        let pools = StatePools::new(&cfg, sizes.slots, spec_rows * spec_positions, kv_blocks, opt.block_size)?;
+        if let Some(v) = verify.as_mut() {
+            // Scratch entries follow the slots the pools were sized for.
+            v.shape.slots = sizes.slots;
+        }
         let snapshots = SnapshotPool::new(sizes.snapshots, slot_bytes(&cfg))?;
         let cap = Capacity { slots: sizes.slots, block_size: opt.block_size, kv_blocks, max_seq_len: opt.max_seq_len };
         let graph_max_bs = graph_max_bs.min(sizes.slots);
@@ -216,6 +241,7 @@ impl CudaBackend {
             pdl: opt.pdl,
             act: opt.act,
             graphs: Default::default(),
+            verify,
         })
     }
 
@@ -425,6 +451,12 @@ impl Backend for CudaBackend {
     }
     fn drop_snapshot(&mut self, snapshot: SnapshotId) -> Result<()> {
         self.snapshots.drop_snapshot(snapshot)
+    }
+    // No `supports_speculation` yet: the MTP draft does not run on this backend, so the
+    // scheduler never speculates here; `verify` serves tests and benchmarks (forced drafts).
+    fn verify(&mut self, seqs: &[VerifyChunk<'_>]) -> Result<Vec<Verified>> {
+        self.bind()?;
+        self.verify_on_device(seqs).context("cuda verify")
     }
 }
 

@@ -146,11 +146,17 @@ impl LayerStack<'_> {
         let ba = qkvz.cols(qkv_dim + vd);
         let out = Mat { ptr: s.mix_in.ptr, ld: vd, dtype: r.act };
         let (conv_state, state) = (self.pools.conv_layer(li), self.pools.recurrent_layer(li));
-        if nd > 0 {
+        // Decode rows in one launch, updating each slot's state in place; a verify step's
+        // rows in one launch per fed position, each reading the state entry its
+        // predecessor wrote (`StepLayout::state_io`).
+        let one = [(0, nd)];
+        let launches = if r.l.gdn_launches.is_empty() { &one[..] } else { &r.l.gdn_launches[..] };
+        for &(r0, n) in launches.iter().filter(|l| l.1 > 0) {
+            let io = if r.l.state_io.is_empty() { NULL } else { r.at(r.meta.state_io + 2 * r0) };
             k.gdn_decode(st, &GdnDecode {
-                qkv: qkvz, z: qkvz.cols(qkv_dim), b: ba, a: ba.cols(nv),
+                qkv: qkvz.rows(r0), z: qkvz.cols(qkv_dim).rows(r0), b: ba.rows(r0), a: ba.cols(nv).rows(r0),
                 conv_w: g.conv, conv_state, state, a_log: g.a_log, dt_bias: g.dt_bias, norm_w: g.norm,
-                slots: r.at(r.meta.slots), pos: r.at(r.meta.pos), state_io: NULL, out, batch: nd,
+                slots: r.at(r.meta.slots + r0), pos: r.at(r.meta.pos + r0), state_io: io, out: out.rows(r0), batch: n,
             })?;
         }
         if r.prefill_seqs > 0 {

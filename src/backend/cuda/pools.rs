@@ -9,7 +9,8 @@ use crate::config::ModelConfig;
 use anyhow::Result;
 
 pub struct StatePools {
-    /// [linear layer][slot][nv][dk][dv] fp32.
+    /// [linear layer][entry][nv][dk][dv] fp32: the slots' states, then `spec_entries`
+    /// scratch entries per layer (speculative verification's per-position states).
     pub recurrent: DevBuf,
     /// [linear layer][slot][conv_k][channels] fp32 ring.
     pub conv: DevBuf,
@@ -17,6 +18,8 @@ pub struct StatePools {
     pub k_cache: DevBuf,
     pub v_cache: DevBuf,
     pub slots: usize,
+    /// Recurrent entries per linear layer: the slots, then the verify scratch.
+    pub entries: usize,
     pub block_size: usize,
     recurrent_per_slot: usize,
     conv_per_slot: usize,
@@ -36,30 +39,36 @@ pub fn block_bytes(c: &ModelConfig, block_size: usize) -> usize {
 }
 
 impl StatePools {
-    pub fn new(c: &ModelConfig, slots: usize, kv_blocks: usize, block_size: usize) -> Result<Self> {
+    /// Pools for `slots` sequences, `spec_entries` verify scratch states per linear layer
+    /// and `kv_blocks` KV blocks.
+    pub fn new(c: &ModelConfig, slots: usize, spec_entries: usize, kv_blocks: usize, block_size: usize) -> Result<Self> {
         let recurrent_per_slot = c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim * 4;
         let conv_per_slot = c.conv_kernel * c.linear_qkv_dim() * 4;
         let kv_per_layer = kv_blocks * c.num_kv_heads * block_size * c.head_dim * 2;
         let nl = c.num_linear_layers();
         let nf = c.num_full_layers();
         Ok(StatePools {
-            recurrent: DevBuf::zeroed(nl * slots * recurrent_per_slot, "the Gated DeltaNet state pool")?,
+            recurrent: DevBuf::zeroed(nl * (slots + spec_entries) * recurrent_per_slot, "the Gated DeltaNet state pool")?,
             conv: DevBuf::zeroed(nl * slots * conv_per_slot, "the conv state pool")?,
             k_cache: DevBuf::zeroed(nf * kv_per_layer, "the key cache")?,
             v_cache: DevBuf::zeroed(nf * kv_per_layer, "the value cache")?,
             slots,
+            entries: slots + spec_entries,
             block_size,
             recurrent_per_slot,
             conv_per_slot,
             kv_per_layer,
         })
     }
-    /// Base of linear layer `l`'s recurrent state ([slot][nv][dk][dv]).
+    /// Base of linear layer `l`'s recurrent state ([entry][nv][dk][dv]).
     pub fn recurrent_layer(&self, l: usize) -> DevPtr {
-        self.recurrent.at(l * self.slots * self.recurrent_per_slot)
+        self.recurrent.at(l * self.entries * self.recurrent_per_slot)
     }
-    pub fn recurrent_slot(&self, l: usize, slot: usize) -> (DevPtr, usize) {
-        (self.recurrent.at((l * self.slots + slot) * self.recurrent_per_slot), self.recurrent_per_slot)
+    /// Recurrent entry `e` (a slot, or a verify scratch entry) of linear layer `l`, and its
+    /// size in bytes.
+    pub fn recurrent_slot(&self, l: usize, e: usize) -> (DevPtr, usize) {
+        debug_assert!(e < self.entries);
+        (self.recurrent.at((l * self.entries + e) * self.recurrent_per_slot), self.recurrent_per_slot)
     }
     /// Linear layer `l`'s conv ring of `slot`, and its size in bytes.
     pub fn conv_slot(&self, l: usize, slot: usize) -> (DevPtr, usize) {

@@ -77,6 +77,7 @@ pub const ARGMAX: [&str; 2] = ["kiln_argmax_f32", "kiln_argmax_bf16"];
 pub const ARGMAX_MASKED: &str = "kiln_argmax_masked_f32";
 pub const F32_TO_BF16: &str = "kiln_f32_to_bf16";
 pub const GATHER_ROWS: [&str; 2] = ["kiln_gather_rows_f32", "kiln_gather_rows_bf16"];
+pub const COPY_SEGMENTS: &str = "kiln_copy_segments";
 
 /// Tokens per GDN prefill chunk (GR_C / GS_C in gdn_prefill.cu).
 pub const GDN_CHUNK: usize = 64;
@@ -152,6 +153,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("elementwise", &[ARGMAX_MASKED], 0);
     add("elementwise", &[F32_TO_BF16], 0);
     add("elementwise", &GATHER_ROWS, 0);
+    add("elementwise", &[COPY_SEGMENTS], 0);
     v
 }
 

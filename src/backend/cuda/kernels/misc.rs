@@ -1,7 +1,7 @@
 //! Embedding, norms and elementwise kernels.
 
 use super::{check_aligned, int, params, DType, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{ADD_RMSNORM, ARGMAX, ARGMAX_MASKED, EMBED, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
+use crate::backend::cuda::registry::{ADD_RMSNORM, ARGMAX, ARGMAX_MASKED, COPY_SEGMENTS, EMBED, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
 
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -105,6 +105,20 @@ impl Kernels {
         let (wi, ni) = (int(width, "width")?, int(n, "n")?);
         let mut p = params!(src, rows, dst, wi, ni);
         self.launch(GATHER_ROWS[dtype.idx()], stream, (n as u32, 1, 1), 256, 0, &mut p)
+    }
+
+    /// Copies `n` segments in one launch: segment s is the u64 triple (src, dst, bytes) at
+    /// `segs[3s..]` on the device (see `Segment`); `max_bytes` is the largest one (it sizes
+    /// the grid). Addresses 16-byte aligned, sizes multiples of 16, segments disjoint.
+    pub fn copy_segments(&self, stream: &CudaStream, segs: DevPtr, n: usize, max_bytes: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        // Up to 4 int4 per thread before a block strides again; at most 64 blocks a segment.
+        let blocks = (max_bytes / 16).div_ceil(256 * 4).clamp(1, 64) as u32;
+        let ni = int(n, "segments")?;
+        let mut p = params!(segs, ni);
+        self.launch(COPY_SEGMENTS, stream, (blocks, n as u32, 1), 256, 0, &mut p)
     }
 
     /// out[m] (i32) = argmax of logits row m over its first n columns (first index wins ties).

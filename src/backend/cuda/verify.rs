@@ -1,0 +1,116 @@
+//! Speculative verification on the cuda backend; the host plan (layout, state entries,
+//! commit copies) is `backend::verify_step`, tested without a GPU. One `verify` call:
+//! save the verified slots' conv rings (one copy launch), one step whose rows are every
+//! fed position as a decode row (the GDN in one launch per position through scratch
+//! entries), the greedy token of every row, and the commit (one copy launch).
+
+use crate::backend::cuda::kernels::DevPtr;
+use crate::backend::cuda::memory::{upload, DevBuf};
+use crate::backend::cuda::pools::StatePools;
+use super::CudaBackend;
+use crate::backend::speculative::accepted_len;
+use crate::backend::verify_step::{commit, save_rings, segment_words, Segment, StateAddrs, VerifyShape, VerifyStep};
+use crate::backend::{Verified, VerifyChunk};
+use crate::config::ModelConfig;
+use anyhow::{ensure, Context, Result};
+
+/// Device memory of speculative verification beside the recurrent scratch entries (which
+/// live in the state pool, `StatePools::entries`).
+pub struct VerifyScratch {
+    pub shape: VerifyShape,
+    /// Saved conv rings: [verify sequence][linear layer][conv_k][conv channels] fp32.
+    ring_save: DevBuf,
+    ring_bytes: usize,
+    /// Two areas of copy segments (the save's and the commit's), `seg_cap` u64 triples each.
+    segs: DevBuf,
+    seg_cap: usize,
+}
+
+impl VerifyScratch {
+    /// Scratch for `rows` sequences of up to `positions` fed tokens (positions <= conv_k).
+    pub fn new(c: &ModelConfig, slots: usize, rows: usize, positions: usize) -> Result<Self> {
+        ensure!(
+            (1..=c.conv_kernel).contains(&positions),
+            "--speculative-num-draft-tokens {positions} must be between 1 and the conv window {} (the commit restores at most that many ring rows)",
+            c.conv_kernel
+        );
+        let nl = c.num_linear_layers();
+        let ring_bytes = c.conv_kernel * c.linear_qkv_dim() * 4;
+        // The commit copies one state and up to positions - 1 ring rows per sequence and layer.
+        let seg_cap = rows * nl * (1 + positions);
+        Ok(VerifyScratch {
+            shape: VerifyShape { slots, rows, positions },
+            ring_save: DevBuf::zeroed(rows * nl * ring_bytes, "the verify conv-ring save area")?,
+            ring_bytes,
+            segs: DevBuf::zeroed(2 * seg_cap * 24, "the verify copy segments")?,
+            seg_cap,
+        })
+    }
+
+    /// Bytes of recurrent scratch entries the state pool must add (all linear layers).
+    pub fn recurrent_bytes(c: &ModelConfig, rows: usize, positions: usize) -> usize {
+        c.num_linear_layers() * rows * positions * c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim * 4
+    }
+}
+
+/// The state pools' addresses as the commit plan reads them.
+struct Addrs<'a> {
+    pools: &'a StatePools,
+    v: &'a VerifyScratch,
+    cfg: &'a ModelConfig,
+}
+
+impl StateAddrs for Addrs<'_> {
+    fn linear_layers(&self) -> usize {
+        self.cfg.num_linear_layers()
+    }
+    fn recurrent(&self, layer: usize, entry: usize) -> u64 {
+        self.pools.recurrent_slot(layer, entry).0
+    }
+    fn recurrent_bytes(&self) -> usize {
+        self.pools.recurrent_slot(0, 0).1
+    }
+    fn ring(&self, layer: usize, slot: usize) -> u64 {
+        self.pools.conv_slot(layer, slot).0
+    }
+    fn ring_row_bytes(&self) -> usize {
+        self.cfg.linear_qkv_dim() * 4
+    }
+    fn conv_k(&self) -> usize {
+        self.cfg.conv_kernel
+    }
+    fn saved_ring(&self, i: usize, layer: usize) -> u64 {
+        self.v.ring_save.at((i * self.cfg.num_linear_layers() + layer) * self.v.ring_bytes)
+    }
+}
+
+impl CudaBackend {
+    /// `Backend::verify` (see the module doc).
+    pub(super) fn verify_on_device(&mut self, seqs: &[VerifyChunk<'_>]) -> Result<Vec<Verified>> {
+        let v = self.verify.as_ref().context("this cuda backend was started without verify scratch (speculation off)")?;
+        let plan = VerifyStep::build(seqs, &self.limits(), &v.shape)?;
+        let addrs = Addrs { pools: &self.pools, v, cfg: &self.cfg };
+        self.copy_segments(&save_rings(seqs, &addrs), 0)?;
+        self.upload_meta(&plan.step)?;
+        self.stack().forward(&plan.step)?;
+        let mut no_rows = plan.step.host_buffers(self.cfg.vocab_size);
+        let tokens = self.read_logits(&plan.step, &mut no_rows)?;
+        let greedy = plan.greedy(&tokens)?;
+        let accepted: Vec<usize> = seqs.iter().zip(&greedy).map(|(c, g)| accepted_len(c.tokens, g)).collect();
+        let v = self.verify.as_ref().context("verify scratch")?;
+        let addrs = Addrs { pools: &self.pools, v, cfg: &self.cfg };
+        self.copy_segments(&commit(seqs, &accepted, &v.shape, &addrs)?, 1)?;
+        Ok(greedy.into_iter().zip(accepted).map(|(greedy, accepted)| Verified { greedy, accepted }).collect())
+    }
+
+    /// Copies `segs` in one launch, through segment area `area` (0: save, 1: commit; two
+    /// areas, so the commit's upload never lands on segments the save still reads).
+    fn copy_segments(&self, segs: &[Segment], area: usize) -> Result<()> {
+        let v = self.verify.as_ref().context("verify scratch")?;
+        ensure!(segs.len() <= v.seg_cap, "{} copy segments exceed the verify scratch's {}", segs.len(), v.seg_cap);
+        let at: DevPtr = v.segs.at(area * v.seg_cap * 24);
+        upload(&self.stream, at, &segment_words(segs))?;
+        let max_bytes = segs.iter().map(|s| s.bytes as usize).max().unwrap_or(0);
+        self.k.copy_segments(&self.stream, at, segs.len(), max_bytes)
+    }
+}
