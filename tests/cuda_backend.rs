@@ -191,3 +191,29 @@ fn masked_greedy_rows_take_the_argmax_over_their_allowed_ids() {
         }
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn cuda_verify_is_exact_against_its_own_plain_decoding() {
+    // kiln::backend::verify_check on the toy plan: every verified position's greedy token
+    // is plain decoding's, accepted lengths follow the drafts, and the step after each
+    // commit is bit-identical to plain decoding (batch 1 and 5, sequences of unequal
+    // lengths, ring wrap-around at every offset).
+    let b = toy_plan();
+    let opt = CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, spec_positions: 4, spec_rows: 8, ..Default::default() };
+    let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
+    let vocab = gpu.config().vocab_size;
+    let per = 256 / gpu.capacity().block_size;
+    for n in [1usize, 5] {
+        let prompts: Vec<Vec<u32>> = (0..n).map(|s| (0..20 + 7 * s as u32).map(|i| (i * 131 + 7 * s as u32 + 3) % vocab as u32).collect()).collect();
+        let blocks: Vec<Vec<u32>> = (0..n).map(|s| ((s * per) as u32..((s + 1) * per) as u32).collect()).collect();
+        let r = kiln::backend::verify_check::check(&mut gpu, &prompts, &blocks, 30, 3, vocab).unwrap();
+        println!("batch {n}: {r:?}");
+    }
+    // Without verify scratch the backend refuses clearly.
+    let mut plain = CudaBackend::load(&b.plan, None, &CudaOptions { max_running: Some(2), max_seq_len: 256, max_step_tokens: 512, ..Default::default() }).unwrap();
+    let t = [1u32, 2];
+    let blocks: Vec<u32> = (0..16).collect();
+    let err = plain.verify(&[kiln::backend::VerifyChunk { slot: 0, start_pos: 0, tokens: &t, blocks: &blocks, limit: vocab }]).unwrap_err();
+    assert!(format!("{err:#}").contains("without verify scratch"), "{err:#}");
+}
