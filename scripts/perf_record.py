@@ -7,6 +7,7 @@ scripts/device_run.sh left in its output folder:
   peer.txt       shared/bench/peer_torch_graph.py (its last JSON object; copy bandwidth)
   compare.json   scripts/gpu_reference.py compare (logits error, agreement by margin)
   eval.txt       kiln-eval logits (batch and mixed-step invariance lines)
+  verify.txt     kiln-eval verify (speculative verification: exact, ms per call)
   serving.txt    scripts/bench_serving.py (one "workload {json}" line per workload)
 
 Missing files leave their fields out; nothing is invented. Usage:
@@ -88,6 +89,12 @@ def record(out, commit, gpu):
         mixed = re.search(r"mixed-step invariance \(.*?\): (.*)", ev)
         if mixed:
             c["mixed_invariant"] = mixed.group(1).startswith("bit-identical")
+    verify = read(os.path.join(out, "verify.txt"))
+    if verify:
+        rows = re.findall(r"verify batch (\d+) .*?: (\w+) \(.*?(\d+\.\d+) tokens per cycle\); decode step median ([\d.]+) ms, verify median ([\d.]+) ms", verify)
+        line["verify"] = {b: {"exact": ok == "exact", "tokens_per_cycle": float(t), "decode_ms": float(d), "verify_ms": float(v)} for b, ok, t, d, v in rows}
+        if "Error" in verify or "panicked" in verify:
+            line["verify"]["error"] = verify.strip().splitlines()[-1][:300]
     serving = read(os.path.join(out, "serving.txt"))
     if serving:
         line["serving"] = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"^(\w+) (\{.*\})$", serving, re.M)}
