@@ -58,6 +58,12 @@ if has bench; then
   .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1 --ctx 8192 --prefill 8192 2>&1 | grep -v "^\s*$" | tee "$OUT/bench8k.txt" | tail -2
 fi
 # Accuracy right after speed: a call cut short by its time limit still has both.
+# The peer right after our own speed: every ratio needs it from the same call.
+if has peer; then
+  log peer; python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/*.whl 2>&1 | tail -2
+  PYTHONPATH=/tmp/site python3 .peer/peer_torch_graph.py --batch 1,8,32,64,128,256 --ctx 1024 > "$OUT/peer.txt" 2>&1
+  grep -E '"[0-9]+": \{|"ms"' "$OUT/peer.txt" | paste - - 
+fi
 if has refs; then
   log refs; t=$(date +%s); python3 scripts/gpu_reference.py refs --ckpt "$CKPT" --out "$REFS" --n "$N" 2>&1 | tail -3; log "refs took $(( $(date +%s) - t )) s"
 fi
@@ -131,11 +137,6 @@ if has kernels; then
 fi
 if has backend; then
   log "cuda backend vs cpu backend on the toy model"; for t in .devbin/cuda_backend*; do [ -x "$t" ] && "$t" --ignored --test-threads=1 --nocapture 2>&1 | tee "$OUT/backend.txt" | grep -E "^test |test result|panicked" ; done
-fi
-if has peer; then
-  log peer; python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/*.whl 2>&1 | tail -2
-  PYTHONPATH=/tmp/site python3 .peer/peer_torch_graph.py --batch 1,8,32,64,128,256 --ctx 1024 > "$OUT/peer.txt" 2>&1
-  grep -E '"[0-9]+": \{|"ms"' "$OUT/peer.txt" | paste - - 
 fi
 if has eval_split; then
   log "eval with the column-split GDN decode kernel"; KILN_GDN_SPLIT=1 .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours_split.f32 2>&1 | tee "$OUT/eval_split.txt" | tail -6
