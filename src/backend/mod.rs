@@ -6,6 +6,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod forced_draft;
+pub mod mtp_rows;
 pub mod speculative;
 pub mod step;
 pub mod verify_check;
