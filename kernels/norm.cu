@@ -18,6 +18,14 @@
 //   for token t and value head h, x = o[t][h*LIN_DV ..] (fp32, [T][LIN_NV*LIN_DV]),
 //   out[t][h*LIN_DV + j] = x_j * rsqrt(mean(x^2) + RMS_EPS) * w_j * silu(z[t*ld_z + h*LIN_DV + j]),
 //   w [LIN_DV] bf16 applied plainly (not 1 + w). grid (ceil(T*LIN_NV/8)), block 256 (a warp per head).
+//
+// kiln_mtp_fc_input_{f32,bf16}(const bf16* table, const int* ids, const float* hid,
+//                              const float* pending, const int* hid_rows, const bf16* w_e,
+//                              const bf16* w_h, OUT* out, int M)
+//   The MTP head's fc input, row m of out [M][2*HIDDEN]: [rmsnorm(table[ids[m]]) * (1 + w_e) |
+//   rmsnorm(h) * (1 + w_h)] with h = hid[hid_rows[m]] when hid_rows[m] >= 0, else
+//   pending[-1 - hid_rows[m]] (both fp32 [.][HIDDEN]). An id outside [0, VOCAB) gives a
+//   zero embedding (and a zero half). grid (M, 2): blockIdx.y picks the half; block 256.
 #include "common.cuh"
 
 using namespace kiln;
@@ -101,6 +109,67 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
                           bf16* out_bf16, float* out_f32, int M) {
     add_rmsnorm<bf16>(residual, delta, ld_delta, w, out_bf16, out_f32, M);
 }
+
+template <typename OUT>
+__device__ __forceinline__ void mtp_fc_input(const bf16* __restrict__ table, const int* __restrict__ ids,
+                                             const float* __restrict__ hid, const float* __restrict__ pending,
+                                             const int* __restrict__ hid_rows, const bf16* __restrict__ w_e,
+                                             const bf16* __restrict__ w_h, OUT* __restrict__ out, int M) {
+    KILN_PDL_ENTER();
+    __shared__ float red[32];
+    const int m = blockIdx.x, half = blockIdx.y;
+    if (m >= M) return;
+    const bf16* emb = nullptr;
+    const float* h = nullptr;
+    if (half == 0) {
+        const int id = ids[m];
+        if (id >= 0 && id < VOCAB) emb = table + (size_t)id * HIDDEN;
+    } else {
+        const int r = hid_rows[m];
+        h = r >= 0 ? hid + (size_t)r * HIDDEN : pending + (size_t)(-1 - r) * HIDDEN;
+    }
+    float v[NORM_VPT][8];
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < NORM_VPT; ++j) {
+        const int i = (threadIdx.x + j * NORM_THREADS) * 8;
+        if (i < HIDDEN) {
+            if (h != nullptr) {
+                load8(h + i, v[j]);
+            } else if (emb != nullptr) {
+                load8(emb + i, v[j]);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) v[j][e] = 0.f;
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) ss += v[j][e] * v[j][e];
+        }
+    }
+    const float inv = rsqrtf(block_sum(ss, red) / (float)HIDDEN + RMS_EPS);
+    const bf16* w = half == 0 ? w_e : w_h;
+    OUT* o = out + (size_t)m * 2 * HIDDEN + half * HIDDEN;
+#pragma unroll
+    for (int j = 0; j < NORM_VPT; ++j) {
+        const int i = (threadIdx.x + j * NORM_THREADS) * 8;
+        if (i < HIDDEN) {
+            float wv[8], y[8];
+            load8(w + i, wv);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) y[e] = v[j][e] * inv * (1.f + wv[e]);
+            store8(o + i, y);
+        }
+    }
+}
+
+#define MTP_FC_INPUT(NAME, OUT)                                                                        \
+    extern "C" __global__ void __launch_bounds__(NORM_THREADS)                                         \
+        NAME(const bf16* table, const int* ids, const float* hid, const float* pending,                \
+             const int* hid_rows, const bf16* w_e, const bf16* w_h, OUT* out, int M) {                  \
+        mtp_fc_input<OUT>(table, ids, hid, pending, hid_rows, w_e, w_h, out, M);                       \
+    }
+MTP_FC_INPUT(kiln_mtp_fc_input_f32, float)
+MTP_FC_INPUT(kiln_mtp_fc_input_bf16, bf16)
 
 // ---------------------------------------------------------------------------------
 // Gated RMSNorm (Gated DeltaNet output), one warp per (token, value head).

@@ -375,3 +375,46 @@ fn copy_segments_matches_its_cpu_twin() {
     // Zero segments launch nothing.
     e.k.copy_segments(&s, ptr(&s, &seg_dev), 0, 0).unwrap();
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn mtp_fc_input_matches_cpu() {
+    // The CPU twin is cpu/speculative.rs's mtp_forward input: rms_norm(embed) and
+    // rms_norm(hidden) side by side.
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let (v, h) = (e.k.dims().vocab, e.k.dims().hidden);
+    let eps = e.k.dims().rms_eps as f32;
+    let mut g = rng(9);
+    let m = 7;
+    // ids: in range, one out of range (a zero embedding half).
+    let mut ids: Vec<i32> = (0..m).map(|_| g.gen_range(0..v as i32)).collect();
+    ids[3] = -1;
+    let mut table = vec![0f32; v * h];
+    for &id in ids.iter().filter(|&&i| i >= 0) {
+        let row = round_bf16(&randn_vec(&mut g, h, 1.0));
+        table[id as usize * h..(id as usize + 1) * h].copy_from_slice(&row);
+    }
+    let (hid, pending) = (randn_vec(&mut g, 4 * h, 1.0), randn_vec(&mut g, 3 * h, 2.0));
+    // Rows 0, 2, 5 read pending slots 2, 0, 1; the others hid rows.
+    let hid_rows: Vec<i32> = vec![-3, 1, -1, 0, 3, -2, 2];
+    let (we, wh) = (round_bf16(&rand_vec(&mut g, h, 0.5)), round_bf16(&rand_vec(&mut g, h, 0.5)));
+    let mut expect = Vec::with_capacity(m * 2 * h);
+    for r in 0..m {
+        let emb = if ids[r] >= 0 { table[ids[r] as usize * h..(ids[r] as usize + 1) * h].to_vec() } else { vec![0f32; h] };
+        let hr = hid_rows[r];
+        let hrow = if hr >= 0 { &hid[hr as usize * h..(hr as usize + 1) * h] } else { &pending[(-1 - hr) as usize * h..(-hr) as usize * h] };
+        expect.extend(ops::rms_norm(&emb, &we, eps, 1.0));
+        expect.extend(ops::rms_norm(hrow, &wh, eps, 1.0));
+    }
+    let (table_d, ids_d, hid_d, pend_d, rows_d) = (up(&s, &to_bf16(&table)), up(&s, &ids), up(&s, &hid), up(&s, &pending), up(&s, &hid_rows));
+    let (we_d, wh_d) = (up(&s, &to_bf16(&we)), up(&s, &to_bf16(&wh)));
+    let (of, ob) = (poison_f32(&s, m * 2 * h), poison_bf16(&s, m * 2 * h));
+    let p = |x: &cudarc::driver::CudaSlice<f32>| ptr(&s, x);
+    for (out, dt) in [(p(&of), DType::F32), (ptr(&s, &ob), DType::BF16)] {
+        e.k.mtp_fc_input(&s, ptr(&s, &table_d), ptr(&s, &ids_d), p(&hid_d), p(&pend_d), ptr(&s, &rows_d), ptr(&s, &we_d), ptr(&s, &wh_d), out, dt, m).unwrap();
+    }
+    // fp32: the sum-of-squares order differs (2560 terms): 1e-5; bf16 output rounding: 1e-2.
+    check("mtp_fc_input f32", &down(&s, &of), &expect, 1e-5);
+    check("mtp_fc_input bf16", &from_bf16(&down(&s, &ob)), &expect, 1e-2);
+}

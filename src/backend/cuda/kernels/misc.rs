@@ -1,7 +1,7 @@
 //! Embedding, norms and elementwise kernels.
 
 use super::{check_aligned, int, params, DType, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{ADD_RMSNORM, ARGMAX, ARGMAX_MASKED, COPY_SEGMENTS, EMBED, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
+use crate::backend::cuda::registry::{ADD_RMSNORM, ARGMAX, ARGMAX_MASKED, COPY_SEGMENTS, EMBED, MTP_FC_INPUT, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
 
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -45,6 +45,22 @@ impl Kernels {
         let (ldi, mi) = (int(ld, "ld")?, int(m, "rows")?);
         let mut p = params!(residual, dp, ldi, w, out_bf16, out_f32, mi);
         self.launch(ADD_RMSNORM[dt.idx()], stream, (m as u32, 1, 1), 256, 0, &mut p)
+    }
+
+    /// The MTP head's fc input: row m of `out` ([M][2*HIDDEN], dtype `out_dtype`) is
+    /// [rmsnorm(table[ids[m]]) * (1 + w_e) | rmsnorm(h_m) * (1 + w_h)], h_m = `hid` row
+    /// `hid_rows[m]` when >= 0, else `pending` row `-1 - hid_rows[m]` (fp32 [.][HIDDEN]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mtp_fc_input(&self, stream: &CudaStream, table: DevPtr, ids: DevPtr, hid: DevPtr, pending: DevPtr, hid_rows: DevPtr, w_e: DevPtr, w_h: DevPtr, out: DevPtr, out_dtype: DType, m: usize) -> Result<()> {
+        if m == 0 {
+            return Ok(());
+        }
+        for (p, what) in [(hid, "mtp hidden rows"), (pending, "mtp pending rows"), (out, "mtp fc input")] {
+            check_aligned(p, 32, what)?;
+        }
+        let mi = int(m, "rows")?;
+        let mut p = params!(table, ids, hid, pending, hid_rows, w_e, w_h, out, mi);
+        self.launch(MTP_FC_INPUT[out_dtype.idx()], stream, (m as u32, 2, 1), 256, 0, &mut p)
     }
 
     /// Gated DeltaNet output norm over the prefill core output `o` (fp32 [T][NV*DV]):
