@@ -217,3 +217,36 @@ fn cuda_verify_is_exact_against_its_own_plain_decoding() {
     let err = plain.verify(&[kiln::backend::VerifyChunk { slot: 0, start_pos: 0, tokens: &t, blocks: &blocks, limit: vocab }]).unwrap_err();
     assert!(format!("{err:#}").contains("without verify scratch"), "{err:#}");
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn cuda_speculation_with_the_mtp_head_gives_plain_greedy_output() {
+    // The whole cycle on the device with real MTP drafts: the output equals plain greedy
+    // decoding (on the same backend), and the device drafts agree with the CPU backend's
+    // MTP head on the toy model (a wrong pairing or position accepts about nothing).
+    let b = toy_plan();
+    let opt = CudaOptions { max_running: Some(2), max_seq_len: 256, max_step_tokens: 512, spec_positions: 4, spec_rows: 2, ..Default::default() };
+    let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
+    assert!(gpu.supports_speculation());
+    let vocab = gpu.config().vocab_size;
+    let (cpu_cfg, w) = kiln::checkpoint::load(&b.model).unwrap();
+    let mut cpu = CpuBackend::new(cpu_cfg, w, Capacity { slots: 2, block_size: 16, kv_blocks: 32, max_seq_len: 256 }).unwrap();
+    for len in [1usize, 9, 70] {
+        let prompt: Vec<u32> = (0..len as u32).map(|i| (i * 29 + 5) % vocab as u32).collect();
+        let plain = kiln::generate::greedy(&mut gpu, &prompt, 40, &[], vocab).unwrap();
+        let (spec, counts) = kiln::generate::greedy_speculative(&mut gpu, &prompt, 40, &[], vocab, 3).unwrap();
+        assert_eq!(spec, plain, "prompt {len}: speculative output differs from plain greedy");
+        println!("prompt {len}: {counts:?}");
+        // Drafts from the same state on both backends (after the same prefill).
+        let blocks: Vec<u32> = (0..16).collect();
+        let mut drafts = Vec::new();
+        for be in [&mut gpu as &mut dyn Backend, &mut cpu] {
+            be.reset_slot(0).unwrap();
+            be.forward(&[SeqChunk { slot: 0, start_pos: 0, tokens: &prompt, blocks: &blocks, want: Want::Nothing, allowed: None }]).unwrap();
+            let d = be.draft(&[kiln::backend::DraftChunk { slot: 0, pos: len, next: plain[0], steps: 3, blocks: &blocks, limit: vocab }]).unwrap();
+            drafts.push(d[0].clone());
+        }
+        println!("prompt {len}: cuda drafts {:?}, cpu drafts {:?}", drafts[0], drafts[1]);
+        assert_eq!(drafts[0][0], drafts[1][0], "prompt {len}: the first draft differs from the CPU MTP head's");
+    }
+}

@@ -14,7 +14,8 @@
 //! pending h_{p-1} with the sampled x_p at position p - 1; step j pairs the MTP's own
 //! output of step j - 1 with its draft at position p - 1 + j.
 
-use super::step::StepLayout;
+use super::step::{MetaOffsets, StepLayout};
+use super::verify_step::{segment_words, Segment};
 use super::DraftChunk;
 
 /// The MTP layer's rows for one pass: a step layout of pairs (ids = x_{t+1}, pos = t,
@@ -129,6 +130,47 @@ impl MtpRows {
         l.start_pos.push(start);
         l.ctx_lens.push(ctx);
         l.block_tables.extend_from_slice(table);
+    }
+}
+
+/// An MTP pass's metadata image, uploaded beside the step's: the layout's arrays at
+/// `meta`, then the `hidden` rows, then the pending copies as u64 triples.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MtpImage {
+    pub meta: MetaOffsets,
+    pub hidden: usize,
+    pub segs: usize,
+    pub nsegs: usize,
+    pub packed: Vec<i32>,
+}
+
+impl MtpImage {
+    /// i32s the image of a pass over `t` rows and `s` chunks (block-table stride `bt`)
+    /// takes at most (the device buffer's size).
+    pub fn len(t: usize, s: usize, bt: usize) -> usize {
+        let r = |x: usize| x.div_ceil(16) * 16;
+        MetaOffsets::layout(t, s, bt, 0, 0).end + r(t) + r(6 * s)
+    }
+}
+
+impl MtpRows {
+    /// The image with the pending copies `segs` (from `pending`, by the backend, which
+    /// knows the addresses), padded with empty copies to one per chunk so that a decode
+    /// graph's copy launch keeps its size.
+    pub fn image(&self, segs: &[Segment]) -> MtpImage {
+        let r = |x: usize| x.div_ceil(16) * 16;
+        let l = &self.layout;
+        let meta = MetaOffsets::layout(l.num_tokens(), l.num_seqs(), l.bt_stride, 0, 0);
+        let mut packed = meta.pack(l);
+        let hidden = packed.len();
+        packed.extend(&self.hidden);
+        packed.resize(hidden + r(self.hidden.len()), 0);
+        let segs_at = packed.len();
+        let nsegs = segs.len().max(l.num_seqs());
+        let mut words = segment_words(segs);
+        words.resize(3 * nsegs, 0);
+        packed.extend(words.iter().flat_map(|w| [*w as u32 as i32, (*w >> 32) as u32 as i32]));
+        MtpImage { meta, hidden, segs: segs_at, nsegs, packed }
     }
 }
 

@@ -137,3 +137,20 @@ fn draft_steps_chain_from_the_pending_state() {
     assert_eq!(m2.layout.kv_loc[1] as usize, blocks(4)[10 / BS] as usize * BS + 10 % BS);
     assert!(m2.pending.is_empty());
 }
+
+#[test]
+fn the_image_holds_the_layout_the_hidden_rows_and_the_copies() {
+    let (b1, t) = (blocks(1), [7u32]);
+    let chunks = [SeqChunk { slot: 1, start_pos: 6, tokens: &t, blocks: &b1, want: Want::Last, allowed: None }];
+    let padded = Step::build(&chunks, &limits()).unwrap().padded_decode(2, 8).unwrap();
+    let m = MtpRows::for_step(&padded.layout, BS);
+    let seg = crate::backend::verify_step::Segment { src: 0x1_0000_0010, dst: 0x20, bytes: 10240 };
+    let img = m.image(&[seg]);
+    assert_eq!(img.nsegs, 2, "padded to one copy per chunk");
+    assert_eq!(&img.packed[img.meta.pos..img.meta.pos + 2], &[5, 0]);
+    assert_eq!(&img.packed[img.hidden..img.hidden + 2], &[pending_of(1), 0]);
+    // u64 little-endian halves: src, dst, bytes, then an empty copy.
+    assert_eq!(&img.packed[img.segs..img.segs + 12], &[0x10, 1, 0x20, 0, 10240, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(img.segs % 2, 0, "u64 words stay 8-byte aligned");
+    assert!(img.packed.len() <= MtpImage::len(2, 2, 8));
+}

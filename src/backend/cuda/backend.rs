@@ -12,6 +12,7 @@ use super::sizing::{size_pools, DeviceMemory, PoolRequest, MAX_RUNNING_LIMIT};
 use super::weights::DeviceWeights;
 use crate::backend::step::{row_copies, Step, StepLimits};
 use crate::backend::{Backend, Capacity, ChunkLogits, SeqChunk, SnapshotId, Verified, VerifyChunk};
+use draft::MtpDevice;
 use verify::VerifyScratch;
 use crate::config::ModelConfig;
 use crate::plan::{Arch, Expected, Plan};
@@ -20,6 +21,8 @@ use cudarc::driver::{CudaContext, CudaStream};
 use std::path::Path;
 use std::sync::Arc;
 
+#[path = "draft.rs"]
+mod draft;
 #[path = "verify.rs"]
 mod verify;
 
@@ -107,6 +110,8 @@ pub struct CudaBackend {
     graphs: std::collections::HashMap<(usize, Option<usize>), cudarc::driver::CudaGraph>,
     /// Speculative verification's scratch (None: started without it).
     verify: Option<VerifyScratch>,
+    /// The MTP head's buffers, when it runs (speculation on and the plan has it).
+    mtp: Option<MtpDevice>,
 }
 
 /// Decode batch sizes with a captured graph (a batch runs in the smallest that holds it).
@@ -191,6 +196,10 @@ impl CudaBackend {
         let s = Scratch::new(&cfg, &k, opt.max_step_tokens, max_row_seqs, max_blocks_per_seq, opt.max_parts, logit_rows)?;
         let mut verify = (spec_positions > 0).then(|| VerifyScratch::new(&cfg, 0, spec_rows, spec_positions)).transpose()?;
         let spec_state = VerifyScratch::recurrent_bytes(&cfg, spec_rows, spec_positions);
+        // With speculation on, the MTP layer runs in every step and keeps its KV in the
+        // block pool after the model's full-attention layers.
+        let run_mtp = spec_positions > 0 && w.mtp.is_some();
+        let kv_layers = cfg.num_full_layers() + run_mtp as usize;
         let (free, total) = ctx.mem_get_info().map_err(|e| anyhow!("reading free GPU memory: {e:?}"))?;
         let sizes = size_pools(
             // The verify scratch states are reserved before the pools are sized.
@@ -201,16 +210,24 @@ impl CudaBackend {
                 max_seq_len: opt.max_seq_len,
                 block_size: opt.block_size,
                 slot_bytes: slot_bytes(&cfg),
-                block_bytes: block_bytes(&cfg, opt.block_size),
+                block_bytes: block_bytes(&cfg, opt.block_size, kv_layers),
                 snapshot_fraction: opt.snapshot_fraction,
             },
         )?;
         let kv_blocks = sizes.kv_blocks;
-        let pools = StatePools::new(&cfg, sizes.slots, spec_rows * spec_positions, kv_blocks, opt.block_size)?;
+        let pools = StatePools::new(&cfg, sizes.slots, spec_rows * spec_positions, kv_blocks, opt.block_size, kv_layers)?;
         if let Some(v) = verify.as_mut() {
             // Scratch entries follow the slots the pools were sized for.
             v.shape.slots = sizes.slots;
         }
+        if run_mtp {
+            ensure!(opt.act == DType::F32, "MTP speculation needs fp32 GEMM inputs (unset KILN_ACT=bf16)");
+        }
+        let mtp = if run_mtp {
+            Some(MtpDevice::new(&cfg, sizes.slots, opt.max_step_tokens, max_row_seqs, max_blocks_per_seq, cfg.num_full_layers())?)
+        } else {
+            None
+        };
         let snapshots = SnapshotPool::new(sizes.snapshots, slot_bytes(&cfg))?;
         let cap = Capacity { slots: sizes.slots, block_size: opt.block_size, kv_blocks, max_seq_len: opt.max_seq_len };
         let graph_max_bs = graph_max_bs.min(sizes.slots);
@@ -242,6 +259,7 @@ impl CudaBackend {
             act: opt.act,
             graphs: Default::default(),
             verify,
+            mtp,
         })
     }
 
@@ -292,8 +310,13 @@ impl CudaBackend {
             return self.run_decode_graph(step, bufs);
         }
         self.upload_meta(step)?;
+        let mtp = self.mtp_for_step(&step.layout)?;
         self.stack().forward(step)?;
-        self.read_logits(step, bufs)
+        self.mtp_inputs(&mtp)?;
+        let tokens = self.read_logits(step, bufs)?;
+        // After the lm_head: the MTP layer reuses the step's scratch.
+        self.mtp_layer(&mtp)?;
+        Ok(tokens)
     }
 
     /// Copies logit rows `range` (held in `s.logits` from row `range.start`) to the host.
@@ -314,6 +337,8 @@ impl CudaBackend {
         let padded = step.padded_decode(b, self.max_blocks_per_seq)?;
         self.upload_meta(&padded)?;
         self.ensure_graph(&padded, step.argmax_limit)?;
+        // The graph reads the MTP pass's image too (a capture uploads its own first).
+        self.mtp_for_step(&padded.layout)?;
         self.graphs[&(b, step.argmax_limit)].launch().map_err(|e| anyhow!("launching a decode graph: {e:?}"))?;
         // Outside the graph, so graphs stay one per (bucket, limit): logit row r is at
         // `s.logits` row r, and the masks follow the arrays the graph reads.
@@ -349,11 +374,17 @@ impl CudaBackend {
 
     /// Captures one decode step (layers + lm_head) on the stream into a graph.
     fn capture(&self, padded: &Step, argmax_limit: Option<usize>, pdl: bool) -> Result<cudarc::driver::CudaGraph> {
+        // Uploads happen outside the capture: the graph reads the image's fixed address.
+        let mtp = self.mtp_for_step(&padded.layout)?;
         let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
         self.stream.begin_capture(mode).map_err(|e| anyhow!("starting graph capture: {e:?}"))?;
         self.k.set_pdl(pdl);
         let stack = self.stack();
-        let r = stack.forward(padded).and_then(|_| stack.lm_head(padded.layout.num_seqs(), argmax_limit));
+        let r = stack
+            .forward(padded)
+            .and_then(|_| self.mtp_inputs(&mtp))
+            .and_then(|_| stack.lm_head(padded.layout.num_seqs(), argmax_limit))
+            .and_then(|_| self.mtp_layer(&mtp));
         self.k.set_pdl(false);
         let g = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags_enum(0));
         r.context("capturing a decode graph")?;
@@ -452,8 +483,13 @@ impl Backend for CudaBackend {
     fn drop_snapshot(&mut self, snapshot: SnapshotId) -> Result<()> {
         self.snapshots.drop_snapshot(snapshot)
     }
-    // No `supports_speculation` yet: the MTP draft does not run on this backend, so the
-    // scheduler never speculates here; `verify` serves tests and benchmarks (forced drafts).
+    fn supports_speculation(&self) -> bool {
+        self.mtp.is_some() && self.verify.is_some()
+    }
+    fn draft(&mut self, seqs: &[crate::backend::DraftChunk<'_>]) -> Result<Vec<Vec<u32>>> {
+        self.bind()?;
+        self.draft_on_device(seqs).context("cuda draft")
+    }
     fn verify(&mut self, seqs: &[VerifyChunk<'_>]) -> Result<Vec<Verified>> {
         self.bind()?;
         self.verify_on_device(seqs).context("cuda verify")

@@ -15,6 +15,9 @@ use anyhow::Result;
 use cudarc::driver::CudaStream;
 use std::cell::RefCell;
 
+#[path = "mtp.rs"]
+pub(super) mod mtp;
+
 /// Longest chunk the skinny GEMM computes; longer chunks (prefill) go to cuBLASLt.
 const SKINNY_MAX_CHUNK: usize = 64;
 

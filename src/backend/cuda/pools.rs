@@ -33,20 +33,21 @@ pub fn slot_bytes(c: &ModelConfig) -> usize {
         * (c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim + c.conv_kernel * c.linear_qkv_dim())
 }
 
-/// Bytes one KV block takes across all full-attention layers (keys and values).
-pub fn block_bytes(c: &ModelConfig, block_size: usize) -> usize {
-    c.num_full_layers() * 2 * 2 * c.num_kv_heads * block_size * c.head_dim
+/// Bytes one KV block takes across `kv_layers` full-attention layers (keys and values).
+pub fn block_bytes(c: &ModelConfig, block_size: usize, kv_layers: usize) -> usize {
+    kv_layers * 2 * 2 * c.num_kv_heads * block_size * c.head_dim
 }
 
 impl StatePools {
     /// Pools for `slots` sequences, `spec_entries` verify scratch states per linear layer
-    /// and `kv_blocks` KV blocks.
-    pub fn new(c: &ModelConfig, slots: usize, spec_entries: usize, kv_blocks: usize, block_size: usize) -> Result<Self> {
+    /// and `kv_blocks` KV blocks of `kv_layers` layers (the full-attention layers, and the
+    /// MTP layer's after them when it runs).
+    pub fn new(c: &ModelConfig, slots: usize, spec_entries: usize, kv_blocks: usize, block_size: usize, kv_layers: usize) -> Result<Self> {
         let recurrent_per_slot = c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim * 4;
         let conv_per_slot = c.conv_kernel * c.linear_qkv_dim() * 4;
         let kv_per_layer = kv_blocks * c.num_kv_heads * block_size * c.head_dim * 2;
         let nl = c.num_linear_layers();
-        let nf = c.num_full_layers();
+        let nf = kv_layers;
         Ok(StatePools {
             recurrent: DevBuf::zeroed(nl * (slots + spec_entries) * recurrent_per_slot, "the Gated DeltaNet state pool")?,
             conv: DevBuf::zeroed(nl * slots * conv_per_slot, "the conv state pool")?,

@@ -8,6 +8,7 @@ use crate::backend::cuda::kernels::DevPtr;
 use crate::backend::cuda::memory::{upload, DevBuf};
 use crate::backend::cuda::pools::StatePools;
 use super::CudaBackend;
+use crate::backend::mtp_rows::MtpRows;
 use crate::backend::speculative::accepted_len;
 use crate::backend::verify_step::{commit, save_rings, segment_words, Segment, StateAddrs, VerifyShape, VerifyStep};
 use crate::backend::{Verified, VerifyChunk};
@@ -36,8 +37,9 @@ impl VerifyScratch {
         );
         let nl = c.num_linear_layers();
         let ring_bytes = c.conv_kernel * c.linear_qkv_dim() * 4;
-        // The commit copies one state and up to positions - 1 ring rows per sequence and layer.
-        let seg_cap = rows * nl * (1 + positions);
+        // The commit copies one state and up to positions - 1 ring rows per sequence and
+        // layer, and one pending MTP state per sequence.
+        let seg_cap = rows * nl * (1 + positions) + rows;
         Ok(VerifyScratch {
             shape: VerifyShape { slots, rows, positions },
             ring_save: DevBuf::zeroed(rows * nl * ring_bytes, "the verify conv-ring save area")?,
@@ -92,14 +94,31 @@ impl CudaBackend {
         let addrs = Addrs { pools: &self.pools, v, cfg: &self.cfg };
         self.copy_segments(&save_rings(seqs, &addrs), 0)?;
         self.upload_meta(&plan.step)?;
+        // The MTP pairs of every fed position; the pending state is set by the commit.
+        let mtp = match self.mtp.is_some() {
+            true => {
+                let rows = MtpRows::for_verify(&plan.step.layout, &plan.rows, self.cap.block_size);
+                let img = self.upload_mtp(&rows, &[])?;
+                Some((rows, img))
+            }
+            false => None,
+        };
         self.stack().forward(&plan.step)?;
+        self.mtp_inputs(&mtp)?;
         let mut no_rows = plan.step.host_buffers(self.cfg.vocab_size);
         let tokens = self.read_logits(&plan.step, &mut no_rows)?;
         let greedy = plan.greedy(&tokens)?;
         let accepted: Vec<usize> = seqs.iter().zip(&greedy).map(|(c, g)| accepted_len(c.tokens, g)).collect();
         let v = self.verify.as_ref().context("verify scratch")?;
         let addrs = Addrs { pools: &self.pools, v, cfg: &self.cfg };
-        self.copy_segments(&commit(seqs, &accepted, &v.shape, &addrs)?, 1)?;
+        let mut segs = commit(seqs, &accepted, &v.shape, &addrs)?;
+        if self.mtp.is_some() {
+            // The last accepted position's hidden state becomes the slot's pending one.
+            let last = plan.rows.iter().zip(&accepted).zip(seqs).map(|((rs, &a), c)| (rs[a - 1], c.slot));
+            segs.extend(self.pending_copies(last)?);
+        }
+        self.copy_segments(&segs, 1)?;
+        self.mtp_layer(&mtp)?;
         Ok(greedy.into_iter().zip(accepted).map(|(greedy, accepted)| Verified { greedy, accepted }).collect())
     }
 

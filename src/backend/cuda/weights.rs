@@ -38,12 +38,25 @@ pub struct LayerPtrs {
     pub down: DevPtr,
 }
 
+/// The MTP head (`mtp.*`): the fc input norms, fc, its one decoder layer (full
+/// attention) and its final norm; the lm_head is the model's.
+pub struct MtpPtrs {
+    pub norm_embedding: DevPtr,
+    pub norm_hidden: DevPtr,
+    /// [hidden][2 * hidden]: the embedding half first.
+    pub fc: DevPtr,
+    pub layer: LayerPtrs,
+    pub norm: DevPtr,
+}
+
 pub struct DeviceWeights {
     _buf: DevBuf,
     pub embed: DevPtr,
     pub lm_head: DevPtr,
     pub norm: DevPtr,
     pub layers: Vec<LayerPtrs>,
+    /// The MTP head, when the plan packs one.
+    pub mtp: Option<MtpPtrs>,
 }
 
 impl DeviceWeights {
@@ -66,36 +79,47 @@ impl DeviceWeights {
             Ok(buf.ptr + (t.entry.offset - base))
         };
         use plan::DType::{Bf16, F32};
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for (i, kind) in cfg.layer_kinds.iter().enumerate() {
-            let p = names::layer(i);
+        let layer = |p: &str, kind: &LayerKind| -> Result<LayerPtrs> {
             let mixer = match kind {
                 LayerKind::Linear => MixerPtrs::Linear(LinearPtrs {
-                    qkvzba: ptr(&names::qkvzba(&p), Bf16)?,
-                    conv: ptr(&names::conv(&p), Bf16)?,
-                    a_log: ptr(&names::a_log(&p), F32)?,
-                    dt_bias: ptr(&names::dt_bias(&p), F32)?,
-                    norm: ptr(&names::gdn_norm(&p), Bf16)?,
-                    out: ptr(&names::gdn_out(&p), Bf16)?,
+                    qkvzba: ptr(&names::qkvzba(p), Bf16)?,
+                    conv: ptr(&names::conv(p), Bf16)?,
+                    a_log: ptr(&names::a_log(p), F32)?,
+                    dt_bias: ptr(&names::dt_bias(p), F32)?,
+                    norm: ptr(&names::gdn_norm(p), Bf16)?,
+                    out: ptr(&names::gdn_out(p), Bf16)?,
                 }),
                 LayerKind::Full => MixerPtrs::Full(FullPtrs {
-                    qgkv: ptr(&names::qgkv(&p), Bf16)?,
-                    o: ptr(&names::o(&p), Bf16)?,
-                    q_norm: ptr(&names::q_norm(&p), Bf16)?,
-                    k_norm: ptr(&names::k_norm(&p), Bf16)?,
+                    qgkv: ptr(&names::qgkv(p), Bf16)?,
+                    o: ptr(&names::o(p), Bf16)?,
+                    q_norm: ptr(&names::q_norm(p), Bf16)?,
+                    k_norm: ptr(&names::k_norm(p), Bf16)?,
                 }),
             };
-            layers.push(LayerPtrs {
-                input_norm: ptr(&names::input_norm(&p), Bf16)?,
-                post_norm: ptr(&names::post_attention_norm(&p), Bf16)?,
+            Ok(LayerPtrs {
+                input_norm: ptr(&names::input_norm(p), Bf16)?,
+                post_norm: ptr(&names::post_attention_norm(p), Bf16)?,
                 mixer,
-                gate_up: ptr(&names::gate_up(&p), Bf16)?,
-                down: ptr(&names::down(&p), Bf16)?,
-            });
-        }
+                gate_up: ptr(&names::gate_up(p), Bf16)?,
+                down: ptr(&names::down(p), Bf16)?,
+            })
+        };
+        let layers = cfg.layer_kinds.iter().enumerate().map(|(i, kind)| layer(&names::layer(i), kind)).collect::<Result<Vec<_>>>()?;
+        let mtp = if plan.has_tensor(names::MTP_FC) {
+            Some(MtpPtrs {
+                norm_embedding: ptr(names::MTP_PRE_FC_NORM_EMBEDDING, Bf16)?,
+                norm_hidden: ptr(names::MTP_PRE_FC_NORM_HIDDEN, Bf16)?,
+                fc: ptr(names::MTP_FC, Bf16)?,
+                // Qwen3.5 ships one MTP layer, a full-attention decoder layer.
+                layer: layer(&names::mtp_layer(0), &LayerKind::Full).context("the MTP layer")?,
+                norm: ptr(names::MTP_NORM, Bf16)?,
+            })
+        } else {
+            None
+        };
         let embed = ptr(names::EMBED, Bf16)?;
         let lm_head = if plan.has_tensor(names::LM_HEAD) { ptr(names::LM_HEAD, Bf16)? } else { embed };
         let norm = ptr(names::NORM, Bf16).context("final norm")?;
-        Ok(DeviceWeights { _buf: buf, embed, lm_head, norm, layers })
+        Ok(DeviceWeights { _buf: buf, embed, lm_head, norm, layers, mtp })
     }
 }

@@ -1,0 +1,111 @@
+//! The MTP head on the cuda backend: its buffers, the pass every step runs when
+//! speculation is on (the pairs the step feeds, `MtpRows::for_step`), and `draft`: one
+//! MTP step per draft token from each slot's pending state, with the drafts copied to
+//! the host once at the end.
+
+use super::CudaBackend;
+use crate::backend::cuda::memory::{download, upload, DevBuf};
+use crate::backend::cuda::model::mtp::MtpBuffers;
+use crate::backend::mtp_rows::{MtpImage, MtpRows};
+use crate::backend::step::StepLayout;
+use crate::backend::verify_step::Segment;
+use crate::backend::DraftChunk;
+use crate::config::ModelConfig;
+use anyhow::{anyhow, ensure, Context, Result};
+
+/// The MTP head's device buffers.
+pub struct MtpDevice {
+    pub buf: MtpBuffers,
+    meta_len: usize,
+    _allocs: [DevBuf; 4],
+}
+
+impl MtpDevice {
+    /// Buffers for passes of up to `max_rows` rows and `max_seqs` chunks over `slots` slots.
+    pub fn new(c: &ModelConfig, slots: usize, max_rows: usize, max_seqs: usize, max_blocks_per_seq: usize, kv_layer: usize) -> Result<Self> {
+        let h = c.hidden_size;
+        let meta_len = MtpImage::len(max_rows, max_seqs, max_blocks_per_seq);
+        let pending = DevBuf::zeroed(slots * h * 4, "the MTP pending hidden states")?;
+        let cat = DevBuf::zeroed(max_rows * 2 * h * 4, "the MTP fc input")?;
+        let out = DevBuf::zeroed(max_rows * h * 4, "the MTP outputs")?;
+        let meta = DevBuf::zeroed(meta_len * 4, "the MTP metadata")?;
+        let buf = MtpBuffers { pending: pending.ptr, cat: cat.ptr, out: out.ptr, meta: meta.ptr, kv_layer };
+        Ok(MtpDevice { buf, meta_len, _allocs: [pending, cat, out, meta] })
+    }
+}
+
+impl CudaBackend {
+    /// The copies that make main-step rows their slots' pending states: (row, slot).
+    pub(super) fn pending_copies(&self, rows: impl IntoIterator<Item = (usize, usize)>) -> Result<Vec<Segment>> {
+        let m = self.mtp.as_ref().context("the MTP head is not running")?;
+        let hb = self.cfg.hidden_size * 4;
+        Ok(rows.into_iter().map(|(r, slot)| Segment { src: self.s.normed.at(r * hb), dst: m.buf.pending + (slot * hb) as u64, bytes: hb as u64 }).collect())
+    }
+
+    /// Uploads the MTP pass of `rows` (with `segs` as its pending copies).
+    pub(super) fn upload_mtp(&self, rows: &MtpRows, segs: &[Segment]) -> Result<MtpImage> {
+        let m = self.mtp.as_ref().context("the MTP head is not running")?;
+        let img = rows.image(segs);
+        ensure!(img.packed.len() <= m.meta_len, "MTP metadata ({} ints) exceeds its buffer ({})", img.packed.len(), m.meta_len);
+        upload(&self.stream, m.buf.meta, &img.packed)?;
+        Ok(img)
+    }
+
+    /// The MTP pass of a forward step laid out as `l`, uploaded; None without the MTP head.
+    pub(super) fn mtp_for_step(&self, l: &StepLayout) -> Result<Option<(MtpRows, MtpImage)>> {
+        if self.mtp.is_none() {
+            return Ok(None);
+        }
+        let rows = MtpRows::for_step(l, self.cap.block_size);
+        let segs = self.pending_copies(rows.pending.iter().copied())?;
+        let img = self.upload_mtp(&rows, &segs)?;
+        Ok(Some((rows, img)))
+    }
+
+    /// Enqueues the MTP inputs of `pass` (right after the step's final norm).
+    pub(super) fn mtp_inputs(&self, pass: &Option<(MtpRows, MtpImage)>) -> Result<()> {
+        let (Some((rows, img)), Some(m), Some(mw)) = (pass, &self.mtp, &self.w.mtp) else { return Ok(()) };
+        let ids = m.buf.meta + (img.meta.ids * 4) as u64;
+        self.stack().mtp_inputs(mw, &m.buf, &rows.layout, img, self.s.normed.ptr, ids)
+    }
+
+    /// Enqueues the MTP layer of `pass` (after the step's lm_head).
+    pub(super) fn mtp_layer(&self, pass: &Option<(MtpRows, MtpImage)>) -> Result<()> {
+        let (Some((rows, img)), Some(m), Some(mw)) = (pass, &self.mtp, &self.w.mtp) else { return Ok(()) };
+        self.stack().mtp_layer(mw, &m.buf, &rows.layout, img)
+    }
+
+    /// `Backend::draft`: `max(steps)` chained MTP steps over every sequence.
+    pub(super) fn draft_on_device(&mut self, chunks: &[DraftChunk<'_>]) -> Result<Vec<Vec<u32>>> {
+        let (m, mw) = match (&self.mtp, &self.w.mtp) {
+            (Some(m), Some(mw)) => (m.buf, mw),
+            _ => anyhow::bail!("this cuda backend runs no MTP head (the plan has none, or speculation is off)"),
+        };
+        let n = chunks.len();
+        let k = chunks.iter().map(|c| c.steps).max().unwrap_or(0);
+        ensure!(n > 0 && k > 0, "a draft needs sequences and steps");
+        ensure!(n <= super::LOGIT_ROWS && n * k <= self.s.max_tokens, "{n} sequences x {k} draft steps exceed the draft buffers");
+        let limit = chunks[0].limit;
+        for c in chunks {
+            ensure!(c.slot < self.cap.slots && c.pos >= 1, "slot {}: nothing to draft from at position {}", c.slot, c.pos);
+            ensure!(c.limit == limit, "one draft call must use one argmax vocabulary limit");
+            ensure!(c.blocks.len() * self.cap.block_size >= c.pos + k, "slot {}: its KV blocks do not cover the draft positions", c.slot);
+            ensure!((c.next as usize) < self.cfg.vocab_size, "token id {} is outside the vocabulary", c.next);
+        }
+        for j in 0..k {
+            let rows = MtpRows::for_draft(chunks, j, self.cap.block_size);
+            let img = self.upload_mtp(&rows, &[])?;
+            let stack = self.stack();
+            // Step 0 reads the sampled tokens from the image and the pending states; step j
+            // the previous step's drafts and outputs.
+            let (ids, hid) = if j == 0 { (m.meta + (img.meta.ids * 4) as u64, m.out) } else { (self.s.argmax.at((j - 1) * n * 4), m.out) };
+            stack.mtp_inputs(mw, &m, &rows.layout, &img, hid, ids)?;
+            stack.mtp_layer(mw, &m, &rows.layout, &img)?;
+            stack.mtp_draft_tokens(m.out, n, self.s.argmax.at(j * n * 4), limit.min(self.cfg.vocab_size))?;
+        }
+        let mut tokens = vec![0i32; n * k];
+        download(&self.stream, &mut tokens, self.s.argmax.ptr)?;
+        self.stream.synchronize().map_err(|e| anyhow!("CUDA draft failed: {e:?}"))?;
+        Ok(chunks.iter().enumerate().map(|(i, c)| (0..c.steps).map(|j| tokens[j * n + i] as u32).collect()).collect())
+    }
+}

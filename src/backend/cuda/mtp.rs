@@ -1,0 +1,73 @@
+//! The MTP head on the device, as two stages of the layer stack (which pairs a pass
+//! computes is `backend::mtp_rows`): `mtp_inputs` builds the fc input from the step's
+//! final-normed rows (or the slots' pending states) and moves each chunk's last row into
+//! its slot's pending state; it runs right after the final norm, before anything
+//! overwrites those rows. `mtp_layer` runs fc, the MTP decoder layer (its KV in the block
+//! pool's last layer) and mtp.norm into fp32 rows, which the lm_head (drafts) and the
+//! next chained draft step read. Drafts only propose tokens, which verification checks,
+//! so nothing here needs to be bit-identical to anything: only the main model's rows do.
+
+use super::{split_by_dtype, LayerStack, Rows};
+use crate::backend::cuda::kernels::{DevPtr, Mat, NULL};
+use crate::backend::cuda::weights::{MixerPtrs, MtpPtrs};
+use crate::backend::mtp_rows::MtpImage;
+use crate::backend::step::StepLayout;
+use anyhow::{bail, Result};
+
+/// Device buffers of the MTP head (owned by the backend).
+#[derive(Clone, Copy, Debug)]
+pub struct MtpBuffers {
+    /// fp32 [slots][hidden]: each slot's pending final-normed hidden state.
+    pub pending: DevPtr,
+    /// [rows][2 * hidden] fc input, in the pass's GEMM input dtype.
+    pub cat: DevPtr,
+    /// fp32 [rows][hidden]: mtp.norm output.
+    pub out: DevPtr,
+    /// The pass's metadata image (`MtpImage`).
+    pub meta: DevPtr,
+    /// The MTP layer's index in the KV pool (after the model's full-attention layers).
+    pub kv_layer: usize,
+}
+
+impl LayerStack<'_> {
+    /// The fc input of `img`'s rows of `l` (hidden rows from fp32 rows `hid` or the
+    /// pending states; token ids at `ids`, device i32), then the pending copies.
+    pub fn mtp_inputs(&self, m: &MtpPtrs, b: &MtpBuffers, l: &StepLayout, img: &MtpImage, hid: DevPtr, ids: DevPtr) -> Result<()> {
+        let at = |off: usize| b.meta + (off * 4) as u64;
+        let act = self.gemm_input(l);
+        let h = self.cfg.hidden_size;
+        self.k.mtp_fc_input(self.stream, self.w.embed, ids, hid, b.pending, at(img.hidden), m.norm_embedding, m.norm_hidden, b.cat, act, l.num_tokens())?;
+        self.k.copy_segments(self.stream, at(img.segs), img.nsegs, h * 4)
+    }
+
+    /// fc, the MTP layer and mtp.norm over `img`'s rows of `l` (fc input in `b.cat`);
+    /// leaves the fp32 mtp.norm rows in `b.out`.
+    pub fn mtp_layer(&self, m: &MtpPtrs, b: &MtpBuffers, l: &StepLayout, img: &MtpImage) -> Result<()> {
+        let MixerPtrs::Full(attn) = &m.layer.mixer else { bail!("the MTP layer must be a full-attention layer") };
+        let decode_seqs = l.decode_seqs();
+        let rows = Rows {
+            l,
+            meta: img.meta,
+            prefill_meta: img.meta.skip_seqs(decode_seqs, l.bt_stride),
+            decode_seqs,
+            prefill_seqs: l.num_seqs() - decode_seqs,
+            meta_base: b.meta,
+            act: self.gemm_input(l),
+        };
+        let (s, h, t) = (self.s, self.cfg.hidden_size, l.num_tokens());
+        self.gemm(m.fc, b.cat, rows.act, s.resid.ptr, h, 2 * h, l)?;
+        let (nb, nf) = split_by_dtype(rows.act, s.normed.ptr);
+        self.k.add_rmsnorm(self.stream, s.resid.ptr, None, m.layer.input_norm, nb, nf, t)?;
+        self.full_attention(attn, b.kv_layer, &rows)?;
+        let delta = Mat::f32(s.delta.ptr, h);
+        self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(delta), m.layer.post_norm, nb, nf, t)?;
+        self.mlp(&m.layer, &rows)?;
+        self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(delta), m.norm, NULL, b.out, t)
+    }
+
+    /// Drafts of `rows` fp32 rows at `x` (the MTP output): the lm_head over the first
+    /// `vocab` rows of the tied embedding and the argmax below `limit` into `argmax`.
+    pub fn mtp_draft_tokens(&self, x: DevPtr, rows: usize, argmax: DevPtr, limit: usize) -> Result<()> {
+        self.lm_head_piece(x, rows, self.s.logits.ptr, argmax, Some(limit))
+    }
+}
