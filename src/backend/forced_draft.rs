@@ -4,9 +4,9 @@
 //! position (nothing accepted). Either way the output must equal plain decoding; the first
 //! measures a cycle at full acceptance, the second the rollback on every cycle.
 //!
-//! The wrapper forwards every call to the inner backend (its `draft` too, so the MTP cache
-//! and the draft cost stay real) and follows each slot's token history to look up the
-//! continuation.
+//! The wrapper forwards every call to the inner backend (its `draft` too when it has an
+//! MTP head, so the MTP cache and the draft cost stay real; without one, verification is
+//! still measured) and follows each slot's token history to look up the continuation.
 
 use super::{Backend, Capacity, ChunkLogits, DraftChunk, SeqChunk, Verified, VerifyChunk};
 use crate::config::ModelConfig;
@@ -34,6 +34,11 @@ impl ForcedDraft {
     pub fn new(inner: Box<dyn Backend>, mode: DraftMode, known: Vec<Vec<u32>>) -> Self {
         let slots = inner.capacity().slots;
         ForcedDraft { inner, mode, known, history: vec![Vec::new(); slots] }
+    }
+
+    /// The wrapped backend back.
+    pub fn into_inner(self) -> Box<dyn Backend> {
+        self.inner
     }
 
     /// The `steps` known tokens after `seq`, from the first known sequence extending it.
@@ -72,10 +77,10 @@ impl Backend for ForcedDraft {
         Ok(())
     }
     fn supports_speculation(&self) -> bool {
-        self.inner.supports_speculation()
+        true
     }
     fn draft(&mut self, seqs: &[DraftChunk<'_>]) -> Result<Vec<Vec<u32>>> {
-        let real = self.inner.draft(seqs)?;
+        let real = if self.inner.supports_speculation() { self.inner.draft(seqs)? } else { seqs.iter().map(|c| vec![0; c.steps]).collect() };
         let mut out = Vec::with_capacity(seqs.len());
         for (c, real) in seqs.iter().zip(real) {
             let mut seq = self.history.get(c.slot).context("slot out of range")?.clone();

@@ -279,6 +279,40 @@ fn verify(plan: PathBuf, batch: String, drafts: usize, steps: usize, ctx: usize)
             r.verify_secs / r.decode_secs
         );
     }
+    spec_tpot(Box::new(be), ctx, drafts, limit)
+}
+
+/// Batch 1: time per output token of plain greedy decoding and of whole speculative
+/// cycles (the MTP head's drafts when the plan has one, else none) at full and at zero
+/// acceptance (forced drafts), each from the time of 65 tokens less that of 1 (the
+/// prefill); every output must equal plain greedy.
+fn spec_tpot(mut be: Box<dyn Backend>, ctx: usize, drafts: usize, limit: usize) -> Result<()> {
+    use kiln::backend::forced_draft::{DraftMode, ForcedDraft};
+    use kiln::generate::{greedy, greedy_speculative};
+    let prompt: Vec<u32> = (0..ctx as u32).map(|i| (i * 104_729 + 7) % limit as u32).collect();
+    let n = 65;
+    let timed = |f: &mut dyn FnMut(usize) -> Result<Vec<u32>>| -> Result<(f64, Vec<u32>)> {
+        let t0 = Instant::now();
+        f(1)?;
+        let one = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let out = f(n)?;
+        Ok(((t1.elapsed().as_secs_f64() - one) / (n - 1) as f64, out))
+    };
+    let (plain_tpot, plain) = timed(&mut |k| greedy(be.as_mut(), &prompt, k, &[], limit))?;
+    println!("batch 1 ctx {ctx}: plain greedy {:.3} ms per token", plain_tpot * 1e3);
+    let known = vec![prompt.iter().chain(&plain).copied().collect::<Vec<u32>>()];
+    for mode in [DraftMode::Oracle, DraftMode::Adversarial] {
+        let mut fd = ForcedDraft::new(be, mode, known.clone());
+        let (tpot, out) = timed(&mut |k| greedy_speculative(&mut fd, &prompt, k, &[], limit, drafts).map(|r| r.0))?;
+        ensure!(out == plain, "speculative output ({mode:?} drafts) differs from plain greedy");
+        println!(
+            "batch 1 ctx {ctx}: speculative, {mode:?} drafts ({drafts} per cycle): {:.3} ms per token ({:.2}x plain), output identical",
+            tpot * 1e3,
+            tpot / plain_tpot
+        );
+        be = fd.into_inner();
+    }
     Ok(())
 }
 
