@@ -362,6 +362,9 @@ fn cuda_backend(a: &ServeArgs, dir: &Path, tok_dir: &Path) -> Result<(Box<dyn Ba
         mem_fraction: a.mem_fraction_static.unwrap_or(d.mem_fraction),
         // No snapshot pool without the prefix cache (its memory goes to KV instead).
         snapshot_fraction: if a.disable_radix_cache { 0.0 } else { d.snapshot_fraction },
+        // Speculation: verify scratch for `spec_rows` sequences of k + 1 tokens; the MTP
+        // head then runs in every step.
+        spec_positions: a.speculative.resolve()?.map_or(0, |sp| sp.num_steps + 1),
         ..d
     };
     let mut b = CudaBackend::load(&plan, Some(dir), &opt)?;

@@ -324,3 +324,61 @@ fn speculation_resumed_from_the_prefix_cache_equals_plain() {
     assert_eq!(spec[0].2, 0, "the first request finds an empty cache");
     assert!(spec[1].2 >= 64 && spec[2].2 >= 64, "later requests resume from the cache: {:?}", spec.iter().map(|s| s.2).collect::<Vec<_>>());
 }
+
+/// A CPU backend whose verify takes at most `cap` sequences (as the cuda backend's verify
+/// scratch does); it records the largest verify it was given.
+struct VerifyCap {
+    inner: CpuBackend,
+    cap: usize,
+    largest: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Backend for VerifyCap {
+    fn name(&self) -> &'static str {
+        "verify-cap"
+    }
+    fn config(&self) -> &kiln::config::ModelConfig {
+        self.inner.config()
+    }
+    fn capacity(&self) -> Capacity {
+        self.inner.capacity()
+    }
+    fn forward(&mut self, chunks: &[kiln::backend::SeqChunk<'_>]) -> anyhow::Result<Vec<kiln::backend::ChunkLogits>> {
+        self.inner.forward(chunks)
+    }
+    fn reset_slot(&mut self, slot: usize) -> anyhow::Result<()> {
+        self.inner.reset_slot(slot)
+    }
+    fn supports_speculation(&self) -> bool {
+        true
+    }
+    fn max_verify_rows(&self) -> usize {
+        self.cap
+    }
+    fn draft(&mut self, seqs: &[kiln::backend::DraftChunk<'_>]) -> anyhow::Result<Vec<Vec<u32>>> {
+        self.inner.draft(seqs)
+    }
+    fn verify(&mut self, seqs: &[kiln::backend::VerifyChunk<'_>]) -> anyhow::Result<Vec<kiln::backend::Verified>> {
+        anyhow::ensure!(seqs.len() <= self.cap, "{} sequences in one verify, over the cap of {}", seqs.len(), self.cap);
+        self.largest.fetch_max(seqs.len(), std::sync::atomic::Ordering::Relaxed);
+        self.inner.verify(seqs)
+    }
+}
+
+#[test]
+fn the_scheduler_verifies_no_more_sequences_than_the_backend_takes() {
+    // Four greedy requests at once against a verify that takes two: two speculate each
+    // step, the others decode plainly beside them, and every output equals plain greedy.
+    let (dir, prompts) = fixture("tiny_text");
+    let reqs: Vec<GenRequest> = (0..4).map(|i| greedy_req(i, &prompts[i % prompts.len()], 40)).collect();
+    let codec: Arc<dyn Codec> = Arc::new(FixtureCodec);
+    let plain = run(Box::new(cpu(Some(&dir), 4)), codec.clone(), SchedulerConfig::default(), &reqs);
+    let largest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let capped = VerifyCap { inner: cpu(Some(&dir), 4), cap: 2, largest: largest.clone() };
+    let spec = run(Box::new(capped), codec, spec_cfg(SpecPolicy::Always), &reqs);
+    for (i, (p, s)) in plain.iter().zip(&spec).enumerate() {
+        assert_eq!(s.0, p.0, "request {i} differs with speculation");
+    }
+    assert_eq!(largest.load(std::sync::atomic::Ordering::Relaxed), 2, "verify calls used the cap");
+    assert!(spec.iter().all(|s| s.1 > 0), "every request speculated at some step: {:?}", spec.iter().map(|s| s.1).collect::<Vec<_>>());
+}

@@ -79,6 +79,9 @@ impl Backend for ForcedDraft {
     fn supports_speculation(&self) -> bool {
         true
     }
+    fn max_verify_rows(&self) -> usize {
+        self.inner.max_verify_rows()
+    }
     fn draft(&mut self, seqs: &[DraftChunk<'_>]) -> Result<Vec<Vec<u32>>> {
         let real = if self.inner.supports_speculation() { self.inner.draft(seqs)? } else { seqs.iter().map(|c| vec![0; c.steps]).collect() };
         let mut out = Vec::with_capacity(seqs.len());

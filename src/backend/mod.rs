@@ -145,6 +145,11 @@ pub trait Backend: Send {
     fn draft(&mut self, _seqs: &[DraftChunk<'_>]) -> Result<Vec<Vec<u32>>> {
         bail!(speculative::NOT_SUPPORTED)
     }
+    /// Most sequences one `verify` call takes (the scheduler speculates with at most this
+    /// many per step; the rest decode plainly beside them).
+    fn max_verify_rows(&self) -> usize {
+        usize::MAX
+    }
     /// Verifies drafts: every position computes exactly as a single-token decode step;
     /// keeps the accepted tokens in each slot and discards the rest (see `Verified`).
     fn verify(&mut self, _seqs: &[VerifyChunk<'_>]) -> Result<Vec<Verified>> {

@@ -50,8 +50,17 @@ impl Engine {
             return vec![];
         }
         let k_max = rt.cfg.num_steps;
-        let mut rows = Vec::with_capacity(eligible.len());
-        for i in eligible {
+        let max_rows = self.backend.max_verify_rows();
+        // More eligible than the backend's verify takes: the rest decode plainly beside
+        // them, and the next step starts after the last one taken (round robin).
+        let first = if eligible.len() > max_rows { rt.next_first % eligible.len() } else { 0 };
+        let mut rows = Vec::with_capacity(eligible.len().min(max_rows));
+        let mut taken = 0;
+        for (n, i) in eligible.iter().cycle().skip(first).take(eligible.len()).copied().enumerate() {
+            if rows.len() == max_rows {
+                break;
+            }
+            taken = first + n + 1;
             let s = &mut self.running[i];
             // A cycle emits up to k + 1 tokens and fills positions up to n + k.
             let room_out = s.max_new.saturating_sub(s.out_len()).saturating_sub(1);
@@ -61,6 +70,9 @@ impl Engine {
                 continue;
             }
             rows.push(SpecRow { idx: i, k });
+        }
+        if let Some(rt) = self.spec.as_mut() {
+            rt.next_first = taken;
         }
         rows
     }

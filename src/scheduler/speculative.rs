@@ -158,6 +158,9 @@ pub struct SpecRuntime {
     /// Moving average of tokens per verified sequence (accepted drafts + 1).
     pub expected_accept_len: f64,
     steps_without: usize,
+    /// Where the next step starts picking sequences when the backend's verify takes fewer
+    /// than are eligible (round robin, so none waits for the others to finish).
+    pub next_first: usize,
 }
 
 /// While the cost model says no, one step in this many speculates anyway (Auto policy).
@@ -167,7 +170,7 @@ impl SpecRuntime {
     pub fn new(cfg: SpecConfig) -> Self {
         // Before any measurement, assume half the drafts are accepted.
         let prior = 1.0 + 0.5 * cfg.num_steps as f64;
-        SpecRuntime { cfg, costs: CostTable::default(), expected_accept_len: prior, steps_without: 0 }
+        SpecRuntime { cfg, costs: CostTable::default(), expected_accept_len: prior, steps_without: 0, next_first: 0 }
     }
 
     /// Decides for a step with `batch` decoding sequences.

@@ -486,6 +486,9 @@ impl Backend for CudaBackend {
     fn supports_speculation(&self) -> bool {
         self.mtp.is_some() && self.verify.is_some()
     }
+    fn max_verify_rows(&self) -> usize {
+        self.verify.as_ref().map_or(0, |v| v.shape.rows)
+    }
     fn draft(&mut self, seqs: &[crate::backend::DraftChunk<'_>]) -> Result<Vec<Vec<u32>>> {
         self.bind()?;
         self.draft_on_device(seqs).context("cuda draft")
