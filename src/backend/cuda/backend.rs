@@ -228,7 +228,10 @@ impl CudaBackend {
         } else {
             None
         };
-        let snapshots = SnapshotPool::new(sizes.snapshots, slot_bytes(&cfg))?;
+        // A snapshot holds the slot's pending MTP state too, so a sequence resumed from the
+        // prefix cache drafts from the right hidden state.
+        let pending = mtp.as_ref().map(|m| (m.buf.pending, cfg.hidden_size * 4));
+        let snapshots = SnapshotPool::new(sizes.snapshots, slot_bytes(&cfg), pending)?;
         let cap = Capacity { slots: sizes.slots, block_size: opt.block_size, kv_blocks, max_seq_len: opt.max_seq_len };
         let graph_max_bs = graph_max_bs.min(sizes.slots);
         tracing::info!(

@@ -5,6 +5,7 @@
 //! stream, so they are ordered with the steps around them, and a restored slot holds
 //! bit for bit the state the saved one had.
 
+use super::kernels::DevPtr;
 use super::memory::{copy_d2d, DevBuf};
 use super::pools::StatePools;
 use anyhow::{bail, ensure, Result};
@@ -20,13 +21,18 @@ pub struct SnapshotPool {
     /// Handle -> index in the pool. Handles are never reused, so a stale one is refused.
     live: HashMap<u64, usize>,
     next_id: u64,
+    /// Per-slot state saved beside the layers' (the MTP head's pending hidden state, when
+    /// it runs): base address and bytes per slot.
+    extra: Option<(DevPtr, usize)>,
 }
 
 impl SnapshotPool {
-    /// A pool of `capacity` snapshots of `per_snapshot` bytes (`pools::slot_bytes`).
-    pub fn new(capacity: usize, per_snapshot: usize) -> Result<Self> {
+    /// A pool of `capacity` snapshots of `per_snapshot` bytes (`pools::slot_bytes`), plus
+    /// `extra`'s bytes per slot when given.
+    pub fn new(capacity: usize, per_snapshot: usize, extra: Option<(DevPtr, usize)>) -> Result<Self> {
+        let per_snapshot = per_snapshot + extra.map_or(0, |e| e.1);
         let buf = DevBuf::zeroed(capacity * per_snapshot, "the prefix-cache state snapshots")?;
-        Ok(SnapshotPool { buf, per_snapshot, capacity, free: (0..capacity).rev().collect(), live: HashMap::new(), next_id: 1 })
+        Ok(SnapshotPool { buf, per_snapshot, capacity, free: (0..capacity).rev().collect(), live: HashMap::new(), next_id: 1, extra })
     }
 
     pub fn capacity(&self) -> usize {
@@ -65,17 +71,17 @@ impl SnapshotPool {
     /// Copies between `slot` and pool entry `idx` (to the pool when `save`).
     fn copy(&self, stream: &CudaStream, pools: &StatePools, layers: usize, slot: usize, idx: usize, save: bool) -> Result<()> {
         let mut at = idx * self.per_snapshot;
-        for l in 0..layers {
-            for (p, bytes) in [pools.recurrent_slot(l, slot), pools.conv_slot(l, slot)] {
-                ensure!(at + bytes <= (idx + 1) * self.per_snapshot, "snapshot layout overflows its entry");
-                let snap = self.buf.at(at);
-                if save {
-                    copy_d2d(stream, snap, p, bytes)?;
-                } else {
-                    copy_d2d(stream, p, snap, bytes)?;
-                }
-                at += bytes;
+        let extra = self.extra.map(|(base, bytes)| (base + (slot * bytes) as u64, bytes));
+        let per_layer = (0..layers).flat_map(|l| [pools.recurrent_slot(l, slot), pools.conv_slot(l, slot)]);
+        for (p, bytes) in per_layer.chain(extra) {
+            ensure!(at + bytes <= (idx + 1) * self.per_snapshot, "snapshot layout overflows its entry");
+            let snap = self.buf.at(at);
+            if save {
+                copy_d2d(stream, snap, p, bytes)?;
+            } else {
+                copy_d2d(stream, p, snap, bytes)?;
             }
+            at += bytes;
         }
         Ok(())
     }
