@@ -224,7 +224,7 @@ impl CudaBackend {
             ensure!(opt.act == DType::F32, "MTP speculation needs fp32 GEMM inputs (unset KILN_ACT=bf16)");
         }
         let mtp = if run_mtp {
-            Some(MtpDevice::new(&cfg, sizes.slots, opt.max_step_tokens, max_row_seqs, max_blocks_per_seq, cfg.num_full_layers())?)
+            Some(MtpDevice::new(&cfg, sizes.slots, opt.max_step_tokens, max_row_seqs, max_blocks_per_seq, cfg.num_full_layers(), spec_positions - 1)?)
         } else {
             None
         };

@@ -17,12 +17,17 @@ use anyhow::{anyhow, ensure, Context, Result};
 pub struct MtpDevice {
     pub buf: MtpBuffers,
     meta_len: usize,
+    /// The images of a draft's chained steps, uploaded at once (one region per step, so
+    /// the host never waits for step j before enqueueing step j + 1).
+    draft_meta: DevBuf,
+    draft_region: usize,
     _allocs: [DevBuf; 4],
 }
 
 impl MtpDevice {
-    /// Buffers for passes of up to `max_rows` rows and `max_seqs` chunks over `slots` slots.
-    pub fn new(c: &ModelConfig, slots: usize, max_rows: usize, max_seqs: usize, max_blocks_per_seq: usize, kv_layer: usize) -> Result<Self> {
+    /// Buffers for passes of up to `max_rows` rows and `max_seqs` chunks over `slots` slots,
+    /// and drafts of up to `max_steps` chained steps.
+    pub fn new(c: &ModelConfig, slots: usize, max_rows: usize, max_seqs: usize, max_blocks_per_seq: usize, kv_layer: usize, max_steps: usize) -> Result<Self> {
         let h = c.hidden_size;
         let meta_len = MtpImage::len(max_rows, max_seqs, max_blocks_per_seq);
         let pending = DevBuf::zeroed(slots * h * 4, "the MTP pending hidden states")?;
@@ -30,7 +35,9 @@ impl MtpDevice {
         let out = DevBuf::zeroed(max_rows * h * 4, "the MTP outputs")?;
         let meta = DevBuf::zeroed(meta_len * 4, "the MTP metadata")?;
         let buf = MtpBuffers { pending: pending.ptr, cat: cat.ptr, out: out.ptr, meta: meta.ptr, kv_layer };
-        Ok(MtpDevice { buf, meta_len, _allocs: [pending, cat, out, meta] })
+        let draft_region = MtpImage::len(super::LOGIT_ROWS, super::LOGIT_ROWS, max_blocks_per_seq);
+        let draft_meta = DevBuf::zeroed(max_steps.max(1) * draft_region * 4, "the MTP draft metadata")?;
+        Ok(MtpDevice { buf, meta_len, draft_meta, draft_region, _allocs: [pending, cat, out, meta] })
     }
 }
 
@@ -92,15 +99,30 @@ impl CudaBackend {
             ensure!(c.blocks.len() * self.cap.block_size >= c.pos + k, "slot {}: its KV blocks do not cover the draft positions", c.slot);
             ensure!((c.next as usize) < self.cfg.vocab_size, "token id {} is outside the vocabulary", c.next);
         }
-        for j in 0..k {
-            let rows = MtpRows::for_draft(chunks, j, self.cap.block_size);
-            let img = self.upload_mtp(&rows, &[])?;
+        let dev = self.mtp.as_ref().context("the MTP head is not running")?;
+        ensure!(k * dev.draft_region * 4 <= dev.draft_meta.bytes, "{k} draft steps exceed the draft buffers (--speculative-num-steps)");
+        // Every step's image in one upload, step j at region j.
+        let steps: Vec<(MtpRows, MtpImage)> = (0..k)
+            .map(|j| {
+                let rows = MtpRows::for_draft(chunks, j, self.cap.block_size);
+                let img = rows.image(&[]);
+                (rows, img)
+            })
+            .collect();
+        let mut packed = vec![0i32; k * dev.draft_region];
+        for (j, (_, img)) in steps.iter().enumerate() {
+            ensure!(img.packed.len() <= dev.draft_region, "draft metadata exceeds its region");
+            packed[j * dev.draft_region..j * dev.draft_region + img.packed.len()].copy_from_slice(&img.packed);
+        }
+        upload(&self.stream, dev.draft_meta.ptr, &packed)?;
+        for (j, (rows, img)) in steps.iter().enumerate() {
+            let m = MtpBuffers { meta: dev.draft_meta.at(j * dev.draft_region * 4), ..m };
             let stack = self.stack();
             // Step 0 reads the sampled tokens from the image and the pending states; step j
             // the previous step's drafts and outputs.
             let (ids, hid) = if j == 0 { (m.meta + (img.meta.ids * 4) as u64, m.out) } else { (self.s.argmax.at((j - 1) * n * 4), m.out) };
-            stack.mtp_inputs(mw, &m, &rows.layout, &img, hid, ids)?;
-            stack.mtp_layer(mw, &m, &rows.layout, &img)?;
+            stack.mtp_inputs(mw, &m, &rows.layout, img, hid, ids)?;
+            stack.mtp_layer(mw, &m, &rows.layout, img)?;
             stack.mtp_draft_tokens(m.out, n, self.s.argmax.at(j * n * 4), limit.min(self.cfg.vocab_size))?;
         }
         let mut tokens = vec![0i32; n * k];
