@@ -157,6 +157,10 @@ struct SpecArgs {
     /// kiln: when to speculate: auto (per step, from measured costs) or always.
     #[arg(long, value_enum, default_value = "auto")]
     speculative_policy: SpecPolicyArg,
+    /// kiln: drafts are argmaxes over the first N token ids only (the draft's lm_head then
+    /// reads N rows of the table; verification keeps the output exact). Unset: all.
+    #[arg(long)]
+    speculative_draft_vocab: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, ValueEnum, serde::Serialize)]
@@ -179,7 +183,12 @@ impl SpecArgs {
             self.speculative_num_draft_tokens,
             policy,
         )
-        .map_err(anyhow::Error::msg)
+        .map_err(anyhow::Error::msg)?
+        .map(|c| match self.speculative_draft_vocab {
+            Some(0) => anyhow::bail!("--speculative-draft-vocab must be at least 1"),
+            d => Ok(scheduler::SpecConfig { draft_vocab: d, ..c }),
+        })
+        .transpose()
     }
 }
 

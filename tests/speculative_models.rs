@@ -88,7 +88,7 @@ fn forced_drafts_give_plain_output_with_full_and_no_acceptance() {
 }
 
 fn spec_cfg(policy: SpecPolicy) -> SchedulerConfig {
-    SchedulerConfig { speculative: Some(SpecConfig { num_steps: 3, policy }), ..Default::default() }
+    SchedulerConfig { speculative: Some(SpecConfig { num_steps: 3, policy, draft_vocab: None }), ..Default::default() }
 }
 
 fn greedy_req(rid: usize, prompt: &[u32], max_new: usize) -> GenRequest {
@@ -314,7 +314,7 @@ fn speculation_resumed_from_the_prefix_cache_equals_plain() {
     let reqs = [greedy_req(0, &long, 40), greedy_req(1, &follow, 40), greedy_req(2, &long, 40)];
     let base = SchedulerConfig { chunked_prefill_size: 64, prefix_cache_interval: 32, ..Default::default() };
     let plain = run_one_by_one(Box::new(cpu(Some(&dir), 2)), SchedulerConfig { prefix_cache: false, ..base.clone() }, &reqs);
-    let spec_cfg = SchedulerConfig { speculative: Some(SpecConfig { num_steps: 3, policy: SpecPolicy::Always }), ..base };
+    let spec_cfg = SchedulerConfig { speculative: Some(SpecConfig { num_steps: 3, policy: SpecPolicy::Always, draft_vocab: None }), ..base };
     let spec = run_one_by_one(Box::new(cpu(Some(&dir), 2)), spec_cfg, &reqs);
     for (i, (p, s)) in plain.iter().zip(&spec).enumerate() {
         assert_eq!(s.0, p.0, "request {i}: speculation after a cache hit differs from plain decoding");
@@ -331,6 +331,8 @@ struct VerifyCap {
     inner: CpuBackend,
     cap: usize,
     largest: Arc<std::sync::atomic::AtomicUsize>,
+    /// The largest draft vocabulary limit asked for.
+    draft_limit: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Backend for VerifyCap {
@@ -356,6 +358,9 @@ impl Backend for VerifyCap {
         self.cap
     }
     fn draft(&mut self, seqs: &[kiln::backend::DraftChunk<'_>]) -> anyhow::Result<Vec<Vec<u32>>> {
+        for c in seqs {
+            self.draft_limit.fetch_max(c.limit, std::sync::atomic::Ordering::Relaxed);
+        }
         self.inner.draft(seqs)
     }
     fn verify(&mut self, seqs: &[kiln::backend::VerifyChunk<'_>]) -> anyhow::Result<Vec<kiln::backend::Verified>> {
@@ -374,11 +379,30 @@ fn the_scheduler_verifies_no_more_sequences_than_the_backend_takes() {
     let codec: Arc<dyn Codec> = Arc::new(FixtureCodec);
     let plain = run(Box::new(cpu(Some(&dir), 4)), codec.clone(), SchedulerConfig::default(), &reqs);
     let largest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let capped = VerifyCap { inner: cpu(Some(&dir), 4), cap: 2, largest: largest.clone() };
+    let capped = VerifyCap { inner: cpu(Some(&dir), 4), cap: 2, largest: largest.clone(), draft_limit: Default::default() };
     let spec = run(Box::new(capped), codec, spec_cfg(SpecPolicy::Always), &reqs);
     for (i, (p, s)) in plain.iter().zip(&spec).enumerate() {
         assert_eq!(s.0, p.0, "request {i} differs with speculation");
     }
     assert_eq!(largest.load(std::sync::atomic::Ordering::Relaxed), 2, "verify calls used the cap");
     assert!(spec.iter().all(|s| s.1 > 0), "every request speculated at some step: {:?}", spec.iter().map(|s| s.1).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_draft_vocabulary_prefix_keeps_the_output_exact() {
+    // --speculative-draft-vocab 16: drafts are argmaxes over ids below 16 only (most are
+    // then rejected on this fixture), and the output is still plain greedy's.
+    let (dir, prompts) = fixture("tiny_text");
+    let reqs: Vec<GenRequest> = (0..2).map(|i| greedy_req(i, &prompts[i % prompts.len()], 30)).collect();
+    let codec: Arc<dyn Codec> = Arc::new(FixtureCodec);
+    let plain = run(Box::new(cpu(Some(&dir), 2)), codec.clone(), SchedulerConfig::default(), &reqs);
+    let draft_limit = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let be = VerifyCap { inner: cpu(Some(&dir), 2), cap: 8, largest: Default::default(), draft_limit: draft_limit.clone() };
+    let mut cfg = spec_cfg(SpecPolicy::Always);
+    cfg.speculative.as_mut().unwrap().draft_vocab = Some(16);
+    let spec = run(Box::new(be), codec, cfg, &reqs);
+    for (i, (p, s)) in plain.iter().zip(&spec).enumerate() {
+        assert_eq!(s.0, p.0, "request {i} differs with a draft vocabulary of 16");
+    }
+    assert_eq!(draft_limit.load(std::sync::atomic::Ordering::Relaxed), 16, "drafts were limited to the first 16 ids");
 }

@@ -106,7 +106,7 @@ impl Backend for SpecMock {
 fn spec_cfg() -> SchedulerConfig {
     SchedulerConfig {
         eos_token_ids: vec![EOS],
-        speculative: Some(SpecConfig { num_steps: 3, policy: SpecPolicy::Always }),
+        speculative: Some(SpecConfig { num_steps: 3, policy: SpecPolicy::Always, draft_vocab: None }),
         ..Default::default()
     }
 }

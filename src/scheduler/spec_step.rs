@@ -93,6 +93,7 @@ impl Engine {
             return 0;
         }
         let limit = self.vocab_limit;
+        let draft_limit = self.spec.as_ref().and_then(|rt| rt.cfg.draft_vocab).map_or(limit, |d| d.clamp(1, limit));
         let t0 = Instant::now();
         let drafts = {
             let chunks: Vec<DraftChunk<'_>> = rows
@@ -100,7 +101,7 @@ impl Engine {
                 .map(|r| {
                     let s = &self.running[r.idx];
                     let next = *s.tokens.last().expect("a decoding sequence has tokens");
-                    DraftChunk { slot: s.slot.expect("running sequences hold a slot"), pos: s.fed, next, steps: r.k, blocks: &s.blocks, limit }
+                    DraftChunk { slot: s.slot.expect("running sequences hold a slot"), pos: s.fed, next, steps: r.k, blocks: &s.blocks, limit: draft_limit }
                 })
                 .collect();
             self.backend.draft(&chunks)

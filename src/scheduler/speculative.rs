@@ -24,6 +24,11 @@ pub struct SpecConfig {
     /// Chained MTP draft steps per cycle (k); a cycle verifies k + 1 tokens.
     pub num_steps: usize,
     pub policy: SpecPolicy,
+    /// Drafts are argmaxes over the first this many token ids only (kiln's
+    /// `--speculative-draft-vocab`; None: the whole vocabulary). The ids of a BPE vocabulary
+    /// come roughly in frequency order, so a prefix keeps most drafts while the draft's
+    /// lm_head reads a fraction of the table; verification keeps the output exact.
+    pub draft_vocab: Option<usize>,
 }
 
 /// Resolves SGLang's flags: `--speculative-algorithm` (NEXTN; EAGLE, which SGLang runs the
@@ -61,7 +66,7 @@ pub fn resolve(
             steps + 1
         ));
     }
-    Ok(Some(SpecConfig { num_steps: steps, policy }))
+    Ok(Some(SpecConfig { num_steps: steps, policy, draft_vocab: None }))
 }
 
 /// Seconds one step takes for a given batch: a plain decode step, one chained draft step,

@@ -7,7 +7,7 @@ fn flags_resolve_as_sglang_names_them() {
     let a = SpecPolicy::Auto;
     assert_eq!(resolve(None, None, None, None, a), Ok(None));
     assert_eq!(resolve(Some("none"), Some(5), None, None, a), Ok(None));
-    let three = Ok(Some(SpecConfig { num_steps: 3, policy: a }));
+    let three = Ok(Some(SpecConfig { num_steps: 3, policy: a, draft_vocab: None }));
     assert_eq!(resolve(Some("NEXTN"), None, None, None, a), three.clone());
     assert_eq!(resolve(Some("EAGLE"), Some(3), Some(1), Some(4), a), three.clone());
     assert_eq!(resolve(Some("nextn"), Some(2), None, None, SpecPolicy::Always).unwrap().unwrap().num_steps, 2);
@@ -63,7 +63,7 @@ fn the_decision_uses_measured_costs_by_batch_and_assumes_before_measuring() {
 
 #[test]
 fn the_runtime_follows_acceptance_and_probes_while_off() {
-    let mut r = SpecRuntime::new(SpecConfig { num_steps: 3, policy: SpecPolicy::Auto });
+    let mut r = SpecRuntime::new(SpecConfig { num_steps: 3, policy: SpecPolicy::Auto, draft_vocab: None });
     assert!(r.decide(1), "speculation starts on");
     // Measured: nothing is ever accepted (random weights), verify costs more than a step.
     r.costs.observe_plain(1, 1.0);
@@ -82,7 +82,7 @@ fn the_runtime_follows_acceptance_and_probes_while_off() {
     }
     assert!(r.decide(1));
     // Always speculates whenever there is a batch.
-    let mut always = SpecRuntime::new(SpecConfig { num_steps: 3, policy: SpecPolicy::Always });
+    let mut always = SpecRuntime::new(SpecConfig { num_steps: 3, policy: SpecPolicy::Always, draft_vocab: None });
     always.costs = r.costs.clone();
     always.observe_acceptance(&[1]);
     assert!(always.decide(3) && !always.decide(0));
