@@ -75,6 +75,8 @@ if has verify; then
   # Issue 9: speculative verification against plain decoding (exact tokens, accepted
   # lengths, bit-identical logits after the commit), and a verify call's time.
   log verify; .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify.txt" | tail -5
+  # The same with verify steps replayed as CUDA graphs (opt-in until measured).
+  log "verify (graphs)"; KILN_VERIFY_GRAPHS=1 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_graphs.txt" | tail -5
 fi
 if has profile; then
   log "ncu: per-kernel times of one 1024-token prefill"

@@ -200,16 +200,17 @@ fn cuda_verify_is_exact_against_its_own_plain_decoding() {
     // commit is bit-identical to plain decoding (batch 1 and 5, sequences of unequal
     // lengths, ring wrap-around at every offset).
     let b = toy_plan();
-    let opt = CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, spec_positions: 4, spec_rows: 8, ..Default::default() };
-    let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
-    let vocab = gpu.config().vocab_size;
-    let per = 256 / gpu.capacity().block_size;
-    for n in [1usize, 5] {
+    for (verify_graphs, n) in [(false, 1usize), (false, 5), (true, 1), (true, 5)] {
+        let opt = CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, spec_positions: 4, spec_rows: 8, verify_graphs, ..Default::default() };
+        let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
+        let vocab = gpu.config().vocab_size;
+        let per = 256 / gpu.capacity().block_size;
         let prompts: Vec<Vec<u32>> = (0..n).map(|s| (0..20 + 7 * s as u32).map(|i| (i * 131 + 7 * s as u32 + 3) % vocab as u32).collect()).collect();
         let blocks: Vec<Vec<u32>> = (0..n).map(|s| ((s * per) as u32..((s + 1) * per) as u32).collect()).collect();
         let r = kiln::backend::verify_check::check(&mut gpu, &prompts, &blocks, 30, 3, vocab).unwrap();
-        println!("batch {n}: {r:?}");
+        println!("batch {n}, verify graphs {verify_graphs}: {r:?}");
     }
+    let vocab = b.cfg.vocab_size;
     // Without verify scratch the backend refuses clearly.
     let mut plain = CudaBackend::load(&b.plan, None, &CudaOptions { max_running: Some(2), max_seq_len: 256, max_step_tokens: 512, ..Default::default() }).unwrap();
     let t = [1u32, 2];

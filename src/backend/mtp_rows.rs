@@ -87,10 +87,17 @@ impl MtpRows {
             }
         }
         for r in 0..l.num_tokens() {
+            let table = &l.block_tables[r * l.bt_stride..(r + 1) * l.bt_stride];
+            if l.slots[r] < 0 {
+                // A padding row of a captured verify graph.
+                m.push_row(0, 0, 0, -1);
+                m.close_chunk(-1, 0, 0, table);
+                continue;
+            }
             let (slot, t) = (l.slots[r], l.pos[r] as usize - 1);
             let hidden = if prev[r] == usize::MAX { pending_of(slot as usize) } else { prev[r] as i32 };
             m.push_row(l.ids[r], t as i32, hidden, kv_row(l, r, t, block_size));
-            m.close_chunk(slot, t as i32, t as i32 + 1, &l.block_tables[r * l.bt_stride..(r + 1) * l.bt_stride]);
+            m.close_chunk(slot, t as i32, t as i32 + 1, table);
         }
         m
     }

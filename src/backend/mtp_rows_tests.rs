@@ -107,7 +107,7 @@ fn verify_rows_pair_each_position_with_its_predecessor() {
         VerifyChunk { slot: 5, start_pos: 10, tokens: &a, blocks: &ba, limit: 90 },
         VerifyChunk { slot: 2, start_pos: 4, tokens: &b, blocks: &bb, limit: 90 },
     ];
-    let v = VerifyStep::build(&chunks, &limits(), &VerifyShape { slots: 8, rows: 2, positions: 4 }).unwrap();
+    let v = VerifyStep::build(&chunks, &limits(), &VerifyShape { slots: 8, rows: 2, positions: 4 }, None).unwrap();
     let m = MtpRows::for_verify(&v.step.layout, &v.rows, BS);
     // Rows: (0,0) (1,0) (0,1) (1,1) (0,2).
     assert_eq!(m.hidden, vec![pending_of(5), pending_of(2), 0, 1, 2]);
@@ -153,4 +153,17 @@ fn the_image_holds_the_layout_the_hidden_rows_and_the_copies() {
     assert_eq!(&img.packed[img.segs..img.segs + 12], &[0x10, 1, 0x20, 0, 10240, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(img.segs % 2, 0, "u64 words stay 8-byte aligned");
     assert!(img.packed.len() <= MtpImage::len(2, 2, 8));
+}
+
+#[test]
+fn padding_rows_of_a_verify_graph_are_padding_mtp_rows() {
+    let a = [11u32, 12];
+    let ba = blocks(5);
+    let chunks = [VerifyChunk { slot: 5, start_pos: 10, tokens: &a, blocks: &ba, limit: 90 }];
+    let v = VerifyStep::build(&chunks, &limits(), &VerifyShape { slots: 8, rows: 2, positions: 4 }, Some(2)).unwrap();
+    let m = MtpRows::for_verify(&v.step.layout, &v.rows, BS);
+    assert_eq!(m.layout.slots, vec![5, -1, 5, -1]);
+    assert_eq!(m.hidden, vec![pending_of(5), 0, 0, 0]);
+    assert_eq!(m.layout.kv_loc[1], -1);
+    assert_eq!(m.layout.ctx_lens, vec![10, 0, 11, 0]);
 }

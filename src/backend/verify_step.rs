@@ -51,8 +51,11 @@ pub struct VerifyStep {
 
 impl VerifyStep {
     /// Lays out `chunks` (each `tokens` = the sampled token and its drafts) as decode rows.
-    /// Every error names the chunk's slot and the limit it breaks.
-    pub fn build(chunks: &[VerifyChunk<'_>], lim: &StepLimits, shape: &VerifyShape) -> Result<VerifyStep> {
+    /// With `pad = Some(b)`, the fixed shape of a captured verify graph: every position has
+    /// `b` rows (padding rows name no slot, see no keys and write no KV, so every kernel
+    /// skips them) and block tables have the stride `lim.max_blocks_per_seq`. Every error
+    /// names the chunk's slot and the limit it breaks.
+    pub fn build(chunks: &[VerifyChunk<'_>], lim: &StepLimits, shape: &VerifyShape, pad: Option<usize>) -> Result<VerifyStep> {
         ensure!(!chunks.is_empty(), "a verify step needs at least one sequence");
         ensure!(
             chunks.len() <= shape.rows,
@@ -81,7 +84,11 @@ impl VerifyStep {
                 anyhow::bail!("token id {tok} is outside the vocabulary ({})", lim.vocab);
             }
         }
-        let bt_stride = chunks.iter().map(|c| c.blocks.len()).max().unwrap_or(1).max(1);
+        ensure!(pad.is_none_or(|b| b >= chunks.len()), "a verify graph of {} rows per position cannot hold {} sequences", pad.unwrap_or(0), chunks.len());
+        let bt_stride = match pad {
+            Some(_) => lim.max_blocks_per_seq,
+            None => chunks.iter().map(|c| c.blocks.len()).max().unwrap_or(1).max(1),
+        };
         let longest = chunks.iter().map(|c| c.tokens.len()).max().unwrap_or(1);
         let mut l = StepLayout { bt_stride, cu_seqlens: vec![0], ..Default::default() };
         let mut rows = vec![Vec::new(); chunks.len()];
@@ -104,6 +111,17 @@ impl VerifyStep {
                 l.state_io.extend([read as i32, shape.entry(i, q) as i32]);
                 l.logit_counts.push(1);
                 l.mask_rows.push(-1);
+            }
+            while pad.is_some_and(|b| l.ids.len() - first < b) {
+                l.ids.push(0);
+                l.pos.push(0);
+                l.kv_loc.push(-1);
+                l.cu_seqlens.push(l.ids.len() as i32);
+                l.slots.push(-1);
+                l.start_pos.push(0);
+                l.ctx_lens.push(0);
+                l.block_tables.extend(std::iter::repeat_n(0, bt_stride));
+                l.state_io.extend([0, 0]);
             }
             l.gdn_launches.push((first, l.ids.len() - first));
         }

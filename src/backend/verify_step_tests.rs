@@ -15,7 +15,7 @@ fn positions_are_decode_rows_in_position_major_order() {
         VerifyChunk { slot: 5, start_pos: 10, tokens: &a, blocks: &ba, limit: 90 },
         VerifyChunk { slot: 2, start_pos: 4, tokens: &b, blocks: &bb, limit: 90 },
     ];
-    let v = VerifyStep::build(&chunks, &limits(), &SHAPE).unwrap();
+    let v = VerifyStep::build(&chunks, &limits(), &SHAPE, None).unwrap();
     let l = &v.step.layout;
     assert_eq!(v.rows, vec![vec![0, 2, 4], vec![1, 3]]);
     assert_eq!(l.ids, vec![11, 21, 12, 22, 13]);
@@ -48,8 +48,8 @@ fn a_verify_step_refuses_what_breaks_a_limit() {
     let t = [1u32, 2];
     let blocks = [0u32, 1];
     let ok = VerifyChunk { slot: 1, start_pos: 3, tokens: &t, blocks: &blocks, limit: 90 };
-    let err = |chunks: &[VerifyChunk]| VerifyStep::build(chunks, &limits(), &SHAPE).unwrap_err().to_string();
-    assert!(VerifyStep::build(&[ok.clone()], &limits(), &SHAPE).is_ok());
+    let err = |chunks: &[VerifyChunk]| VerifyStep::build(chunks, &limits(), &SHAPE, None).unwrap_err().to_string();
+    assert!(VerifyStep::build(&[ok.clone()], &limits(), &SHAPE, None).is_ok());
     let many = [ok.clone(), VerifyChunk { slot: 2, ..ok.clone() }, VerifyChunk { slot: 3, ..ok.clone() }, VerifyChunk { slot: 4, ..ok.clone() }];
     assert!(err(&many).contains("verify scratch holds 3"), "{}", err(&many));
     let five = [1u32; 5];
@@ -141,7 +141,7 @@ fn verify_then_commit_leaves_the_state_plain_decoding_leaves() {
     let history: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 997).collect();
     // Every start (wrapping the ring and not), fed length and accepted length, for two
     // sequences at once whose lengths differ.
-    for start in 0..9 {
+    for (start, pad) in (0..9).flat_map(|s| [(s, None), (s, Some(2))]) {
         for fed in 1..=4 {
             for acc in 1..=fed {
                 let mut plain = vec![0u8; p.bytes()];
@@ -168,11 +168,11 @@ fn verify_then_commit_leaves_the_state_plain_decoding_leaves() {
                     .zip(&fed_tokens)
                     .map(|(&(slot, n), toks)| VerifyChunk { slot, start_pos: n, tokens: toks, blocks: &blocks, limit: 1000 })
                     .collect();
-                let v = VerifyStep::build(&chunks, &lim, &p.shape).unwrap();
+                let v = VerifyStep::build(&chunks, &lim, &p.shape, pad).unwrap();
                 apply_segments(&mut spec, &save_rings(&chunks, &p));
                 let l = &v.step.layout;
                 for &(first, n) in &l.gdn_launches {
-                    for r in first..first + n {
+                    for r in (first..first + n).filter(|&r| l.slots[r] >= 0) {
                         let io = (l.state_io[2 * r] as usize, l.state_io[2 * r + 1] as usize);
                         toy_decode(&p, &mut spec, l.slots[r] as usize, l.pos[r] as usize, l.ids[r] as u32, io);
                     }
@@ -202,4 +202,26 @@ fn commit_refuses_a_verify_longer_than_the_ring() {
     assert!(commit(&c, &[2], &p.shape, &p).unwrap_err().to_string().contains("restores at most 4"));
     assert!(commit(&c, &[0], &p.shape, &p).is_err());
     assert_eq!(segment_words(&[Segment { src: 1, dst: 2, bytes: 3 }]), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_padded_verify_step_has_the_fixed_shape_of_a_graph() {
+    let (a, b) = ([11u32, 12, 13], [21u32, 22]);
+    let (ba, bb) = ([3u32, 7, 9, 1], [5u32, 6]);
+    let chunks = [
+        VerifyChunk { slot: 5, start_pos: 10, tokens: &a, blocks: &ba, limit: 90 },
+        VerifyChunk { slot: 2, start_pos: 4, tokens: &b, blocks: &bb, limit: 90 },
+    ];
+    let v = VerifyStep::build(&chunks, &limits(), &SHAPE, Some(3)).unwrap();
+    let l = &v.step.layout;
+    assert_eq!(l.gdn_launches, vec![(0, 3), (3, 3), (6, 3)], "every position has 3 rows");
+    assert_eq!(l.slots, vec![5, 2, -1, 5, 2, -1, 5, -1, -1]);
+    assert_eq!(l.bt_stride, 16, "the table stride of the largest sequence a graph may see");
+    assert_eq!(v.rows, vec![vec![0, 3, 6], vec![1, 4]]);
+    // Padding rows: no KV write, no keys.
+    assert!((0..9).filter(|&r| l.slots[r] < 0).all(|r| l.kv_loc[r] == -1 && l.ctx_lens[r] == 0));
+    // The same shape whatever the sequences: the image offsets a graph reads stay put.
+    let one = VerifyStep::build(&chunks[..1], &limits(), &SHAPE, Some(3)).unwrap();
+    assert_eq!(one.step.meta, v.step.meta);
+    assert!(VerifyStep::build(&chunks, &limits(), &SHAPE, Some(1)).is_err(), "a bucket must hold every sequence");
 }

@@ -65,6 +65,9 @@ pub struct CudaOptions {
     /// Most sequences in one verify (bounded by the running requests). Each takes
     /// `spec_positions` fp32 states of every linear layer (48 MB each for Qwen3.5-4B).
     pub spec_rows: usize,
+    /// Replay verify steps as CUDA graphs (opt-in until a device run has measured them:
+    /// env KILN_VERIFY_GRAPHS=1).
+    pub verify_graphs: bool,
 }
 
 impl Default for CudaOptions {
@@ -83,6 +86,7 @@ impl Default for CudaOptions {
             act: if std::env::var("KILN_ACT").is_ok_and(|v| v == "bf16") { DType::BF16 } else { DType::F32 },
             spec_positions: 0,
             spec_rows: 8,
+            verify_graphs: std::env::var("KILN_VERIFY_GRAPHS").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -112,6 +116,9 @@ pub struct CudaBackend {
     verify: Option<VerifyScratch>,
     /// The MTP head's buffers, when it runs (speculation on and the plan has it).
     mtp: Option<MtpDevice>,
+    /// Replay verify steps as CUDA graphs (`CudaOptions::verify_graphs`).
+    verify_graphs: bool,
+    verify_graph_map: std::collections::HashMap<(usize, usize, usize), cudarc::driver::CudaGraph>,
 }
 
 /// Decode batch sizes with a captured graph (a batch runs in the smallest that holds it).
@@ -189,10 +196,12 @@ impl CudaBackend {
         let graph_max_bs = if opt.graphs { opt.graph_max_bs.min(asked_slots).min(MAX_GRAPH_BS) } else { 0 };
         // Scratch for the largest ask first (it is small next to the pools), then the
         // pools from what is left of the memory budget.
-        let logit_rows = LOGIT_ROWS.max(graph_max_bs);
-        // A verify step's rows are decode rows of their own (one per fed position).
+        // A verify step's rows are decode rows of their own (one per fed position); a verify
+        // graph pads them to a power of two per position.
         let (spec_rows, spec_positions) = if opt.spec_positions > 0 { (opt.spec_rows.clamp(1, asked_slots), opt.spec_positions) } else { (0, 0) };
-        let max_row_seqs = asked_slots.max(spec_rows * spec_positions);
+        let max_row_seqs = asked_slots.max(spec_rows.next_power_of_two() * spec_positions);
+        // A verify graph's lm_head writes the logits of all its rows.
+        let logit_rows = LOGIT_ROWS.max(graph_max_bs).max(spec_rows.next_power_of_two() * spec_positions);
         let s = Scratch::new(&cfg, &k, opt.max_step_tokens, max_row_seqs, max_blocks_per_seq, opt.max_parts, logit_rows)?;
         let mut verify = (spec_positions > 0).then(|| VerifyScratch::new(&cfg, 0, spec_rows, spec_positions)).transpose()?;
         let spec_state = VerifyScratch::recurrent_bytes(&cfg, spec_rows, spec_positions);
@@ -263,6 +272,8 @@ impl CudaBackend {
             graphs: Default::default(),
             verify,
             mtp,
+            verify_graphs: opt.graphs && opt.verify_graphs,
+            verify_graph_map: Default::default(),
         })
     }
 

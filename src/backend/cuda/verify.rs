@@ -5,15 +5,19 @@
 //! entries), the greedy token of every row, and the commit (one copy launch).
 
 use crate::backend::cuda::kernels::DevPtr;
-use crate::backend::cuda::memory::{upload, DevBuf};
+use crate::backend::cuda::memory::{download, upload, DevBuf};
 use crate::backend::cuda::pools::StatePools;
 use super::CudaBackend;
-use crate::backend::mtp_rows::MtpRows;
+use crate::backend::mtp_rows::{MtpImage, MtpRows};
 use crate::backend::speculative::accepted_len;
 use crate::backend::verify_step::{commit, save_rings, segment_words, Segment, StateAddrs, VerifyShape, VerifyStep};
 use crate::backend::{Verified, VerifyChunk};
 use crate::config::ModelConfig;
-use anyhow::{ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
+
+/// Rows per position of the captured verify graphs (a verify runs in the smallest that
+/// holds its sequences; larger ones run launch by launch).
+const VERIFY_BUCKETS: [usize; 4] = [1, 2, 4, 8];
 
 /// Device memory of speculative verification beside the recurrent scratch entries (which
 /// live in the state pool, `StatePools::entries`).
@@ -90,7 +94,11 @@ impl CudaBackend {
     /// `Backend::verify` (see the module doc).
     pub(super) fn verify_on_device(&mut self, seqs: &[VerifyChunk<'_>]) -> Result<Vec<Verified>> {
         let v = self.verify.as_ref().context("this cuda backend was started without verify scratch (speculation off)")?;
-        let plan = VerifyStep::build(seqs, &self.limits(), &v.shape)?;
+        // Verify graphs (opt-in until measured): the batch padded to a bucket of rows per
+        // position, one graph per (bucket, positions, argmax limit). Scratch covers
+        // spec_rows rounded up to a bucket.
+        let bucket = self.verify_graphs.then(|| VERIFY_BUCKETS.iter().copied().find(|&b| b >= seqs.len() && b <= v.shape.rows.next_power_of_two())).flatten();
+        let plan = VerifyStep::build(seqs, &self.limits(), &v.shape, bucket)?;
         let addrs = Addrs { pools: &self.pools, v, cfg: &self.cfg };
         self.copy_segments(&save_rings(seqs, &addrs), 0)?;
         self.upload_meta(&plan.step)?;
@@ -103,10 +111,15 @@ impl CudaBackend {
             }
             false => None,
         };
-        self.stack().forward(&plan.step)?;
-        self.mtp_inputs(&mtp)?;
-        let mut no_rows = plan.step.host_buffers(self.cfg.vocab_size);
-        let tokens = self.read_logits(&plan.step, &mut no_rows)?;
+        let tokens = match bucket {
+            Some(b) => self.run_verify_graph(&plan, b, &mtp)?,
+            None => {
+                self.stack().forward(&plan.step)?;
+                self.mtp_inputs(&mtp)?;
+                let mut no_rows = plan.step.host_buffers(self.cfg.vocab_size);
+                self.read_logits(&plan.step, &mut no_rows)?
+            }
+        };
         let greedy = plan.greedy(&tokens)?;
         let accepted: Vec<usize> = seqs.iter().zip(&greedy).map(|(c, g)| accepted_len(c.tokens, g)).collect();
         let v = self.verify.as_ref().context("verify scratch")?;
@@ -120,6 +133,30 @@ impl CudaBackend {
         self.copy_segments(&segs, 1)?;
         self.mtp_layer(&mtp)?;
         Ok(greedy.into_iter().zip(accepted).map(|(greedy, accepted)| Verified { greedy, accepted }).collect())
+    }
+
+    /// Replays (capturing it first if new) the verify graph of `plan`'s shape: the layers,
+    /// the MTP inputs and the lm_head with its argmax over every row. Returns the argmax of
+    /// every row (metadata and MTP image already uploaded).
+    fn run_verify_graph(&mut self, plan: &VerifyStep, bucket: usize, mtp: &Option<(MtpRows, MtpImage)>) -> Result<Vec<i32>> {
+        let (rows, limit) = (plan.step.layout.num_tokens(), plan.step.argmax_limit);
+        let key = (bucket, rows / bucket, limit.unwrap_or(0));
+        if !self.verify_graph_map.contains_key(&key) {
+            let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+            self.stream.begin_capture(mode).map_err(|e| anyhow!("starting verify graph capture: {e:?}"))?;
+            self.k.set_pdl(self.pdl);
+            let stack = self.stack();
+            let r = stack.forward(&plan.step).and_then(|_| self.mtp_inputs(mtp)).and_then(|_| stack.lm_head(rows, limit));
+            self.k.set_pdl(false);
+            let g = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags_enum(0));
+            r.context("capturing a verify graph")?;
+            let g = g.map_err(|e| anyhow!("instantiating a verify graph: {e:?}"))?.context("verify graph capture produced no graph")?;
+            self.verify_graph_map.insert(key, g);
+        }
+        self.verify_graph_map[&key].launch().map_err(|e| anyhow!("launching a verify graph: {e:?}"))?;
+        let mut tokens = vec![0i32; rows];
+        download(&self.stream, &mut tokens, self.s.argmax.ptr)?;
+        Ok(tokens)
     }
 
     /// Copies `segs` in one launch, through segment area `area` (0: save, 1: commit; two
