@@ -36,8 +36,9 @@ impl VerifyScratch {
     pub fn new(c: &ModelConfig, slots: usize, rows: usize, positions: usize) -> Result<Self> {
         ensure!(
             (1..=c.conv_kernel).contains(&positions),
-            "--speculative-num-draft-tokens {positions} must be between 1 and the conv window {} (the commit restores at most that many ring rows)",
-            c.conv_kernel
+            "speculation verifies --speculative-num-steps + 1 = {positions} tokens per cycle, but the cuda backend rolls back at most the conv window of {} positions: use --speculative-num-steps {} or fewer",
+            c.conv_kernel,
+            c.conv_kernel - 1
         );
         let nl = c.num_linear_layers();
         let ring_bytes = c.conv_kernel * c.linear_qkv_dim() * 4;
