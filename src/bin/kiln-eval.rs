@@ -313,6 +313,29 @@ fn spec_tpot(mut be: Box<dyn Backend>, ctx: usize, drafts: usize, limit: usize) 
         );
         be = fd.into_inner();
     }
+    if be.supports_speculation() {
+        draft_times(be.as_mut(), &prompt, &plain, drafts, limit)?;
+    }
+    Ok(())
+}
+
+/// Batch 1: the time of one draft call (`drafts` chained MTP steps) over the whole
+/// vocabulary and over the first 32768 ids (`--speculative-draft-vocab 32768`).
+fn draft_times(be: &mut dyn Backend, prompt: &[u32], plain: &[u32], drafts: usize, limit: usize) -> Result<()> {
+    let blocks: Vec<u32> = (0..(prompt.len() + drafts + 16).div_ceil(be.capacity().block_size) as u32).collect();
+    be.reset_slot(0)?;
+    be.forward(&[SeqChunk { slot: 0, start_pos: 0, tokens: prompt, blocks: &blocks, want: Want::Nothing, allowed: None }])?;
+    for vocab in [limit, 32768.min(limit)] {
+        let chunk = kiln::backend::DraftChunk { slot: 0, pos: prompt.len(), next: plain[0], steps: drafts, blocks: &blocks, limit: vocab };
+        let mut ts = Vec::new();
+        for _ in 0..20 {
+            let t0 = Instant::now();
+            be.draft(std::slice::from_ref(&chunk))?;
+            ts.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        ts.sort_by(f64::total_cmp);
+        println!("batch 1: a draft of {drafts} MTP steps over the first {vocab} ids: median {:.3} ms", ts[ts.len() / 2]);
+    }
     Ok(())
 }
 
