@@ -406,3 +406,59 @@ fn a_draft_vocabulary_prefix_keeps_the_output_exact() {
     }
     assert_eq!(draft_limit.load(std::sync::atomic::Ordering::Relaxed), 16, "drafts were limited to the first 16 ids");
 }
+
+/// A CPU backend whose draft fails from its third call on.
+struct DraftFails {
+    inner: CpuBackend,
+    drafts: usize,
+    verifies_after_failure: usize,
+}
+
+impl Backend for DraftFails {
+    fn name(&self) -> &'static str {
+        "draft-fails"
+    }
+    fn config(&self) -> &kiln::config::ModelConfig {
+        self.inner.config()
+    }
+    fn capacity(&self) -> Capacity {
+        self.inner.capacity()
+    }
+    fn forward(&mut self, chunks: &[kiln::backend::SeqChunk<'_>]) -> anyhow::Result<Vec<kiln::backend::ChunkLogits>> {
+        self.inner.forward(chunks)
+    }
+    fn reset_slot(&mut self, slot: usize) -> anyhow::Result<()> {
+        self.inner.reset_slot(slot)
+    }
+    fn supports_speculation(&self) -> bool {
+        true
+    }
+    fn draft(&mut self, seqs: &[kiln::backend::DraftChunk<'_>]) -> anyhow::Result<Vec<Vec<u32>>> {
+        self.drafts += 1;
+        anyhow::ensure!(self.drafts < 3, "a device fault in the MTP head (test)");
+        self.inner.draft(seqs)
+    }
+    fn verify(&mut self, seqs: &[kiln::backend::VerifyChunk<'_>]) -> anyhow::Result<Vec<kiln::backend::Verified>> {
+        if self.drafts >= 3 {
+            self.verifies_after_failure += 1;
+        }
+        assert_eq!(self.verifies_after_failure, 0, "no verify after a failed draft");
+        self.inner.verify(seqs)
+    }
+}
+
+#[test]
+fn a_failed_draft_turns_speculation_off_and_loses_nothing() {
+    // The third draft fails: speculation stops for good, nobody's request fails, and every
+    // output is still plain greedy's.
+    let (dir, prompts) = fixture("tiny_text");
+    let reqs: Vec<GenRequest> = (0..2).map(|i| greedy_req(i, &prompts[i % prompts.len()], 30)).collect();
+    let codec: Arc<dyn Codec> = Arc::new(FixtureCodec);
+    let plain = run(Box::new(cpu(Some(&dir), 2)), codec.clone(), SchedulerConfig::default(), &reqs);
+    let be = DraftFails { inner: cpu(Some(&dir), 2), drafts: 0, verifies_after_failure: 0 };
+    let spec = run(Box::new(be), codec, spec_cfg(SpecPolicy::Always), &reqs);
+    for (i, (p, s)) in plain.iter().zip(&spec).enumerate() {
+        assert_eq!(s.0, p.0, "request {i} differs after the draft failed");
+    }
+    assert!(spec.iter().all(|s| s.1 == 2), "two verified cycles each before the failure: {:?}", spec.iter().map(|s| s.1).collect::<Vec<_>>());
+}

@@ -109,8 +109,8 @@ impl Engine {
         let draft_secs = t0.elapsed().as_secs_f64();
         let drafts = match drafts {
             Ok(d) if d.len() == rows.len() && d.iter().zip(rows).all(|(d, r)| d.len() == r.k) => d,
-            Ok(_) => return self.fail_rows(rows, "backend error: the draft returned the wrong number of tokens".into(), done),
-            Err(e) => return self.fail_rows(rows, format!("backend error: {e:#}"), done),
+            Ok(_) => return self.turn_off("the draft returned the wrong number of tokens".into()),
+            Err(e) => return self.turn_off(format!("{e:#}")),
         };
         let fed: Vec<Vec<u32>> = rows
             .iter()
@@ -178,6 +178,17 @@ impl Engine {
     }
 
     /// Ends every request in `rows` with a 500 (a backend failure mid-cycle).
+    /// A failed draft touched only the MTP head's state: speculation stops for good and the
+    /// sequences decode plainly from the next step (nothing was emitted or fed this step).
+    fn turn_off(&mut self, why: String) -> usize {
+        tracing::error!("speculative decoding turned off: the MTP draft failed ({why}); every sequence decodes plainly from now on");
+        self.stats.backend_errors.fetch_add(1, Relaxed);
+        if let Some(rt) = self.spec.as_mut() {
+            rt.turned_off = true;
+        }
+        0
+    }
+
     fn fail_rows(&mut self, rows: &[SpecRow], msg: String, done: &mut Vec<(usize, Output)>) -> usize {
         tracing::error!("{msg}");
         self.stats.backend_errors.fetch_add(1, Relaxed);

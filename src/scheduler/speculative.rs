@@ -166,6 +166,9 @@ pub struct SpecRuntime {
     /// Where the next step starts picking sequences when the backend's verify takes fewer
     /// than are eligible (round robin, so none waits for the others to finish).
     pub next_first: usize,
+    /// Set when a draft failed: the MTP head is not trusted any more and every sequence
+    /// decodes plainly from then on (the main model's state was untouched by the draft).
+    pub turned_off: bool,
 }
 
 /// While the cost model says no, one step in this many speculates anyway (Auto policy).
@@ -175,11 +178,14 @@ impl SpecRuntime {
     pub fn new(cfg: SpecConfig) -> Self {
         // Before any measurement, assume half the drafts are accepted.
         let prior = 1.0 + 0.5 * cfg.num_steps as f64;
-        SpecRuntime { cfg, costs: CostTable::default(), expected_accept_len: prior, steps_without: 0, next_first: 0 }
+        SpecRuntime { cfg, costs: CostTable::default(), expected_accept_len: prior, steps_without: 0, next_first: 0, turned_off: false }
     }
 
     /// Decides for a step with `batch` decoding sequences.
     pub fn decide(&mut self, batch: usize) -> bool {
+        if self.turned_off {
+            return false;
+        }
         let yes = match self.cfg.policy {
             SpecPolicy::Always => batch > 0,
             SpecPolicy::Auto => {
