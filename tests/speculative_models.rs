@@ -325,31 +325,43 @@ fn speculation_resumed_from_the_prefix_cache_equals_plain() {
     assert!(spec[1].2 >= 64 && spec[2].2 >= 64, "later requests resume from the cache: {:?}", spec.iter().map(|s| s.2).collect::<Vec<_>>());
 }
 
-/// A CPU backend whose verify takes at most `cap` sequences (as the cuda backend's verify
-/// scratch does); it records the largest verify it was given.
-struct VerifyCap {
-    inner: CpuBackend,
+/// A CPU backend with the cuda backend's verify limit (`cap` sequences), which records the
+/// largest verify and draft vocabulary limit it was given, and whose draft can be made to
+/// fail from its `fail_draft_from`-th call on.
+#[derive(Default)]
+struct Probe {
+    inner: Option<CpuBackend>,
     cap: usize,
     largest: Arc<std::sync::atomic::AtomicUsize>,
-    /// The largest draft vocabulary limit asked for.
     draft_limit: Arc<std::sync::atomic::AtomicUsize>,
+    fail_draft_from: Option<usize>,
+    drafts: usize,
 }
 
-impl Backend for VerifyCap {
+impl Probe {
+    fn new(inner: CpuBackend, cap: usize) -> Self {
+        Probe { inner: Some(inner), cap, ..Default::default() }
+    }
+    fn cpu(&mut self) -> &mut CpuBackend {
+        self.inner.as_mut().expect("a backend")
+    }
+}
+
+impl Backend for Probe {
     fn name(&self) -> &'static str {
-        "verify-cap"
+        "probe"
     }
     fn config(&self) -> &kiln::config::ModelConfig {
-        self.inner.config()
+        self.inner.as_ref().expect("a backend").config()
     }
     fn capacity(&self) -> Capacity {
-        self.inner.capacity()
+        self.inner.as_ref().expect("a backend").capacity()
     }
     fn forward(&mut self, chunks: &[kiln::backend::SeqChunk<'_>]) -> anyhow::Result<Vec<kiln::backend::ChunkLogits>> {
-        self.inner.forward(chunks)
+        self.cpu().forward(chunks)
     }
     fn reset_slot(&mut self, slot: usize) -> anyhow::Result<()> {
-        self.inner.reset_slot(slot)
+        self.cpu().reset_slot(slot)
     }
     fn supports_speculation(&self) -> bool {
         true
@@ -358,15 +370,18 @@ impl Backend for VerifyCap {
         self.cap
     }
     fn draft(&mut self, seqs: &[kiln::backend::DraftChunk<'_>]) -> anyhow::Result<Vec<Vec<u32>>> {
+        self.drafts += 1;
+        anyhow::ensure!(self.fail_draft_from.is_none_or(|n| self.drafts < n), "a device fault in the MTP head (test)");
         for c in seqs {
             self.draft_limit.fetch_max(c.limit, std::sync::atomic::Ordering::Relaxed);
         }
-        self.inner.draft(seqs)
+        self.cpu().draft(seqs)
     }
     fn verify(&mut self, seqs: &[kiln::backend::VerifyChunk<'_>]) -> anyhow::Result<Vec<kiln::backend::Verified>> {
         anyhow::ensure!(seqs.len() <= self.cap, "{} sequences in one verify, over the cap of {}", seqs.len(), self.cap);
+        assert!(self.fail_draft_from.is_none_or(|n| self.drafts < n), "no verify after a failed draft");
         self.largest.fetch_max(seqs.len(), std::sync::atomic::Ordering::Relaxed);
-        self.inner.verify(seqs)
+        self.cpu().verify(seqs)
     }
 }
 
@@ -379,7 +394,7 @@ fn the_scheduler_verifies_no_more_sequences_than_the_backend_takes() {
     let codec: Arc<dyn Codec> = Arc::new(FixtureCodec);
     let plain = run(Box::new(cpu(Some(&dir), 4)), codec.clone(), SchedulerConfig::default(), &reqs);
     let largest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let capped = VerifyCap { inner: cpu(Some(&dir), 4), cap: 2, largest: largest.clone(), draft_limit: Default::default() };
+    let capped = Probe { largest: largest.clone(), ..Probe::new(cpu(Some(&dir), 4), 2) };
     let spec = run(Box::new(capped), codec, spec_cfg(SpecPolicy::Always), &reqs);
     for (i, (p, s)) in plain.iter().zip(&spec).enumerate() {
         assert_eq!(s.0, p.0, "request {i} differs with speculation");
@@ -397,7 +412,7 @@ fn a_draft_vocabulary_prefix_keeps_the_output_exact() {
     let codec: Arc<dyn Codec> = Arc::new(FixtureCodec);
     let plain = run(Box::new(cpu(Some(&dir), 2)), codec.clone(), SchedulerConfig::default(), &reqs);
     let draft_limit = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let be = VerifyCap { inner: cpu(Some(&dir), 2), cap: 8, largest: Default::default(), draft_limit: draft_limit.clone() };
+    let be = Probe { draft_limit: draft_limit.clone(), ..Probe::new(cpu(Some(&dir), 2), 8) };
     let mut cfg = spec_cfg(SpecPolicy::Always);
     cfg.speculative.as_mut().unwrap().draft_vocab = Some(16);
     let spec = run(Box::new(be), codec, cfg, &reqs);
@@ -405,46 +420,6 @@ fn a_draft_vocabulary_prefix_keeps_the_output_exact() {
         assert_eq!(s.0, p.0, "request {i} differs with a draft vocabulary of 16");
     }
     assert_eq!(draft_limit.load(std::sync::atomic::Ordering::Relaxed), 16, "drafts were limited to the first 16 ids");
-}
-
-/// A CPU backend whose draft fails from its third call on.
-struct DraftFails {
-    inner: CpuBackend,
-    drafts: usize,
-    verifies_after_failure: usize,
-}
-
-impl Backend for DraftFails {
-    fn name(&self) -> &'static str {
-        "draft-fails"
-    }
-    fn config(&self) -> &kiln::config::ModelConfig {
-        self.inner.config()
-    }
-    fn capacity(&self) -> Capacity {
-        self.inner.capacity()
-    }
-    fn forward(&mut self, chunks: &[kiln::backend::SeqChunk<'_>]) -> anyhow::Result<Vec<kiln::backend::ChunkLogits>> {
-        self.inner.forward(chunks)
-    }
-    fn reset_slot(&mut self, slot: usize) -> anyhow::Result<()> {
-        self.inner.reset_slot(slot)
-    }
-    fn supports_speculation(&self) -> bool {
-        true
-    }
-    fn draft(&mut self, seqs: &[kiln::backend::DraftChunk<'_>]) -> anyhow::Result<Vec<Vec<u32>>> {
-        self.drafts += 1;
-        anyhow::ensure!(self.drafts < 3, "a device fault in the MTP head (test)");
-        self.inner.draft(seqs)
-    }
-    fn verify(&mut self, seqs: &[kiln::backend::VerifyChunk<'_>]) -> anyhow::Result<Vec<kiln::backend::Verified>> {
-        if self.drafts >= 3 {
-            self.verifies_after_failure += 1;
-        }
-        assert_eq!(self.verifies_after_failure, 0, "no verify after a failed draft");
-        self.inner.verify(seqs)
-    }
 }
 
 #[test]
@@ -455,7 +430,7 @@ fn a_failed_draft_turns_speculation_off_and_loses_nothing() {
     let reqs: Vec<GenRequest> = (0..2).map(|i| greedy_req(i, &prompts[i % prompts.len()], 30)).collect();
     let codec: Arc<dyn Codec> = Arc::new(FixtureCodec);
     let plain = run(Box::new(cpu(Some(&dir), 2)), codec.clone(), SchedulerConfig::default(), &reqs);
-    let be = DraftFails { inner: cpu(Some(&dir), 2), drafts: 0, verifies_after_failure: 0 };
+    let be = Probe { fail_draft_from: Some(3), ..Probe::new(cpu(Some(&dir), 2), 8) };
     let spec = run(Box::new(be), codec, spec_cfg(SpecPolicy::Always), &reqs);
     for (i, (p, s)) in plain.iter().zip(&spec).enumerate() {
         assert_eq!(s.0, p.0, "request {i} differs after the draft failed");
