@@ -73,7 +73,9 @@ pub fn check(be: &mut dyn Backend, prompts: &[Vec<u32>], blocks: &[Vec<u32>], st
     let mut report = VerifyReport::default();
     let mut verify_times = Vec::new();
     loop {
-        let live: Vec<usize> = (0..n).filter(|&s| fed[s] + drafts < steps).collect();
+        // A cycle may keep drafts + 1 tokens; the final check needs plain decoding's logits
+        // at the position after (index fed < steps).
+        let live: Vec<usize> = (0..n).filter(|&s| fed[s] + drafts + 1 < steps).collect();
         if live.is_empty() {
             break;
         }
