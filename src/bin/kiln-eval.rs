@@ -260,7 +260,8 @@ fn bench(plan: PathBuf, batch: String, ctx: usize, prefill_len: usize, iters: us
 fn verify(plan: PathBuf, batch: String, drafts: usize, steps: usize, ctx: usize) -> Result<()> {
     let batches: Vec<usize> = batch.split(',').map(|b| b.trim().parse().context("--batch")).collect::<Result<_>>()?;
     let maxb = *batches.iter().max().context("--batch")?;
-    let max_seq_len = ctx + maxb * 3 + steps + 16;
+    // Room for the check (steps + prompts up to 3 * batch longer) and spec_tpot (65 tokens).
+    let max_seq_len = ctx + maxb * 3 + steps.max(65) + 16;
     let opt = CudaOptions { max_running: Some(maxb), max_seq_len, spec_positions: drafts + 1, spec_rows: maxb, ..Default::default() };
     let mut be = CudaBackend::load(&plan, None, &opt)?;
     let per = max_seq_len.div_ceil(be.capacity().block_size);
