@@ -44,7 +44,7 @@ static_assert(CONV_K >= 2 && CONV_K <= 8, "CONV_K out of range");
 // kernel does (weights, which nothing writes, may be prefetched before the wait).
 // KILN_PDL_TRIGGER() lets the successor launch early. Both are no-ops for an ordinary
 // launch.
-// KILN_PDL_EARLY=1 (an experiment, set by `KILN_PDL_EARLY=1 kiln-build`): every kernel
+// KILN_PDL_EARLY=1 (the default kiln-build passes; KILN_PDL_EARLY=0 kiln-build opts out): every kernel
 // lets its successor launch as soon as it reaches its wait, so a chain of kernels can
 // become resident ahead of the one running and the GEMMs pull their first weights into
 // L2 meanwhile. The wait still orders every read after the predecessor's writes (it

@@ -9,12 +9,12 @@
 #   bench_split  bench with KILN_GDN_SPLIT=1 (column-split GDN decode kernel)
 #   profile_decode  ncu over one decode step at batch 1 and at batch 64 (ctx 1024): time, DRAM
 #            bytes and achieved bandwidth per kernel (profile_decode.txt)
-#   bench_tiled  bench with the tiled decode GEMM for M = 17..256 (KILN_GEMM_TILED=1, opt-in
-#            until checked): batch 8..256
-#   eval_tiled   logits, accuracy and batch invariance (8/64/256) with KILN_GEMM_TILED=1
-#   pdl_early  a second plan built with KILN_PDL_EARLY=1 (successors launch at their
-#            predecessor's wait, GEMMs prefetch weights into L2 before theirs): bench at
-#            batch 1/8/64, and its logits against the references when refs exist
+#   bench_tiled  bench with the pre-tiled decode GEMMs (KILN_GEMM_TILED=0: shared-x for M = 17..64,
+#            64-row pieces; the tiled kernel is the default since 2026-12-05): batch 8..256
+#   eval_tiled   logits, accuracy and batch invariance (8/64/256) with KILN_GEMM_TILED=0
+#   pdl_early  a second plan built with KILN_PDL_EARLY=0 (the kernels before early PDL
+#            triggers and L2 weight prefetch, the default since 2026-12-05): bench at
+#            batch 1/8/64, and its logits against the default plan's when refs exist
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
@@ -75,8 +75,8 @@ if has verify; then
   # Issue 9: speculative verification against plain decoding (exact tokens, accepted
   # lengths, bit-identical logits after the commit), and a verify call's time.
   log verify; .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify.txt" | tail -5
-  # The same with verify steps replayed as CUDA graphs (opt-in until measured).
-  log "verify (graphs)"; KILN_VERIFY_GRAPHS=1 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_graphs.txt" | tail -5
+  # The same with verify steps launch by launch (graphs are the default).
+  log "verify (no graphs)"; KILN_VERIFY_GRAPHS=0 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_graphs.txt" | tail -5
 fi
 if has profile; then
   log "ncu: per-kernel times of one 1024-token prefill"
@@ -110,20 +110,20 @@ if has bench_split; then
   log "bench with the column-split GDN decode kernel"; KILN_GDN_SPLIT=1 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -E "decode batch|prefill" | tee "$OUT/bench_split.txt"
 fi
 if has bench_tiled; then
-  log "bench with the tiled decode GEMM"; KILN_GEMM_TILED=1 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 8,32,64,128,256 2>&1 | grep "decode batch" | tee "$OUT/bench_tiled.txt"
+  log "bench without the tiled decode GEMM"; KILN_GEMM_TILED=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 8,32,64,128,256 2>&1 | grep "decode batch" | tee "$OUT/bench_tiled.txt"
 fi
 if has eval_tiled && [ -f "$REFS/cases.json" ]; then
-  log "eval with the tiled decode GEMM"; KILN_GEMM_TILED=1 .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours_tiled.f32 2>&1 | tee "$OUT/eval_tiled.txt" | tail -6
+  log "eval without the tiled decode GEMM"; KILN_GEMM_TILED=0 .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours_tiled.f32 2>&1 | tee "$OUT/eval_tiled.txt" | tail -6
   python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours_tiled.f32 2>&1 | tee "$OUT/compare_tiled.json" | tr -d '\n ' | head -c 900; echo
-  cmp /tmp/ours.f32 /tmp/ours_tiled.f32 && echo "tiled GEMM: teacher-forced logits bit-identical to the default path's"
+  cmp /tmp/ours.f32 /tmp/ours_tiled.f32 && echo "shared-x and tiled GEMMs: teacher-forced logits bit-identical" | tee -a "$OUT/eval_tiled.txt"
 fi
 if has pdl_early; then
-  log "plan with KILN_PDL_EARLY=1"; KILN_PDL_EARLY=1 .devbin/kiln-build --model "$CKPT" --out /tmp/engines_early --name qwen35_4b_random 2>&1 | tail -2
+  log "plan with KILN_PDL_EARLY=0"; KILN_PDL_EARLY=0 .devbin/kiln-build --model "$CKPT" --out /tmp/engines_early --name qwen35_4b_random 2>&1 | tail -2
   .devbin/kiln-eval bench --plan /tmp/engines_early/qwen35_4b_random.plan --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_pdl_early.txt"
   if [ -f "$REFS/cases.json" ]; then
     .devbin/kiln-eval logits --plan /tmp/engines_early/qwen35_4b_random.plan --cases "$REFS/cases.json" --out /tmp/ours_early.f32 2>&1 | tail -2
     python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours_early.f32 2>&1 | tee "$OUT/compare_pdl_early.json" | tr -d '\n ' | head -c 600; echo
-    cmp /tmp/ours.f32 /tmp/ours_early.f32 && echo "pdl_early logits bit-identical to the default plan's"
+    cmp /tmp/ours.f32 /tmp/ours_early.f32 && echo "KILN_PDL_EARLY=0 plan: logits bit-identical to the default plan's" | tee -a "$OUT/bench_pdl_early.txt"
   fi
 fi
 if has nopdl; then

@@ -238,7 +238,7 @@ impl LayerStack<'_> {
     /// y[T][N] = x[T][K] . W[N][K]^T over the step's rows; x is in dtype `xdt` (see
     /// `gemm_input`). A chunk longer than 64 tokens (prefill) goes through cuBLASLt
     /// (bf16 activations, one call with M = its length); every other row through the
-    /// decode GEMM in pieces of up to 64 rows (256 with `KILN_GEMM_TILED=1`). Either way a row's result depends only on its own
+    /// decode GEMM in pieces of up to 256 rows (64 with `KILN_GEMM_TILED=0`). Either way a row's result depends only on its own
     /// chunk, never on what else is in the step (the skinny GEMM's result does not
     /// depend on M).
     #[allow(clippy::too_many_arguments)]

@@ -95,7 +95,7 @@ impl CudaBackend {
     /// `Backend::verify` (see the module doc).
     pub(super) fn verify_on_device(&mut self, seqs: &[VerifyChunk<'_>]) -> Result<Vec<Verified>> {
         let v = self.verify.as_ref().context("this cuda backend was started without verify scratch (speculation off)")?;
-        // Verify graphs (opt-in until measured): the batch padded to a bucket of rows per
+        // Verify graphs (KILN_VERIFY_GRAPHS=0 turns them off): the batch padded to a bucket of rows per
         // position, one graph per (bucket, positions, argmax limit). Scratch covers
         // spec_rows rounded up to a bucket.
         let bucket = self.verify_graphs.then(|| VERIFY_BUCKETS.iter().copied().find(|&b| b >= seqs.len() && b <= v.shape.rows.next_power_of_two())).flatten();

@@ -23,13 +23,13 @@ pub enum GemmKind {
     Tiled,
 }
 
-/// Whether decode GEMMs of 17..256 rows use the tiled kernel (`KILN_GEMM_TILED=1`): opt-in
-/// until a device run has checked it (bit-identity with the register kernel, the model's
-/// batch invariance) and timed it; without it the shared-x kernel takes 17..64 rows and
-/// the backend cuts decode GEMMs into 64-row pieces, as before.
+/// Whether decode GEMMs of 17..256 rows use the tiled kernel: the default since the H100
+/// run of 2026-12-05 (bit-identical logits and batch invariance to 256, steps at batch
+/// 32/64/128/256 10/27/36/40 % faster, docs/perf.md). `KILN_GEMM_TILED=0` goes back to
+/// the shared-x kernel for 17..64 rows and 64-row pieces.
 pub fn tiled_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_GEMM_TILED").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("KILN_GEMM_TILED").map_or(true, |v| v != "0"))
 }
 
 /// Rows of one decode GEMM launch: 256 with the tiled kernel, else 64.
@@ -196,16 +196,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_tiled_kernel_is_opt_in_below_65_rows_and_the_only_kernel_above() {
-        // CI never sets KILN_GEMM_TILED: the measured kernels keep M <= 64 until a device
-        // run has checked the tiled one, and decode GEMMs stay in 64-row pieces.
+    fn the_tiled_kernel_takes_17_rows_and_up_by_default() {
+        // CI never sets KILN_GEMM_TILED: the default, measured on the device, is the tiled
+        // kernel from 17 rows, and decode GEMMs in 256-row pieces.
         assert!(std::env::var("KILN_GEMM_TILED").is_err());
-        assert!(!tiled_enabled());
-        assert_eq!(decode_gemm_rows(), SKINNY_MAX_M);
+        assert!(tiled_enabled());
+        assert_eq!(decode_gemm_rows(), GEMM_MAX_M);
         assert_eq!(auto_kind(1), GemmKind::Register);
         assert_eq!(auto_kind(16), GemmKind::Register);
-        assert_eq!(auto_kind(17), GemmKind::SharedX);
-        assert_eq!(auto_kind(64), GemmKind::SharedX);
+        assert_eq!(auto_kind(17), GemmKind::Tiled);
+        assert_eq!(auto_kind(64), GemmKind::Tiled);
         assert_eq!(auto_kind(65), GemmKind::Tiled);
         assert_eq!(auto_kind(GEMM_MAX_M), GemmKind::Tiled);
         // Counters cover the tiled kernel's (W tile, batch tile) pairs and the skinny
