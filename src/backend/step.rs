@@ -382,6 +382,13 @@ impl Step {
         self.layout.is_decode()
     }
 
+    /// Whether a captured decode graph can run this step: one token per sequence, and a
+    /// logit row for every one (the graph computes logit row r from token row r; a
+    /// one-token chunk that wants nothing, an intermediate prefill piece, breaks that).
+    pub fn fits_decode_graph(&self) -> bool {
+        self.is_decode() && self.layout.logit_rows.len() == self.layout.num_seqs()
+    }
+
     /// This decode step padded to `b` sequences and table stride `bt_stride` (the shape
     /// of a captured decode graph); results still go to the real chunks.
     pub fn padded_decode(&self, b: usize, bt_stride: usize) -> Result<Step> {
@@ -654,5 +661,17 @@ mod tests {
         let g = Step::graph_shape(2, 3);
         assert_eq!(g.groups, RowGroups { decode_seqs: 2, prefill_seqs: 0 });
         assert_eq!(&g.packed[g.meta.kv_loc..g.meta.kv_loc + 2], &[-1, -1]);
+    }
+
+    #[test]
+    fn a_one_token_chunk_that_wants_nothing_keeps_a_step_off_the_decode_graphs() {
+        // The device run of 2026-12-05 found it: the graph maps logit row r to token row r.
+        let (a, b) = ([5u32], [6u32]);
+        let blocks = [0u32];
+        let chunk = |slot, tokens, want| SeqChunk { slot, start_pos: 3, tokens, blocks: &blocks, want, allowed: None };
+        let all = Step::build(&[chunk(0, &a[..], Want::Argmax { limit: 9 }), chunk(1, &b[..], Want::Last)], &limits()).unwrap();
+        assert!(all.fits_decode_graph());
+        let piece = Step::build(&[chunk(0, &a[..], Want::Nothing), chunk(1, &b[..], Want::Argmax { limit: 9 })], &limits()).unwrap();
+        assert!(piece.is_decode() && !piece.fits_decode_graph());
     }
 }

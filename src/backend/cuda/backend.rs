@@ -320,10 +320,7 @@ impl CudaBackend {
     /// Runs one step; logit rows go straight into `bufs` (per laid-out chunk). Returns
     /// each logit row's argmax when the step asked for it.
     fn run_step(&mut self, step: &Step, bufs: &mut [Vec<f32>]) -> Result<Vec<i32>> {
-        // The graph computes logit row r from token row r: only when every chunk wants one
-        // row (a one-token chunk may want nothing: an intermediate prefill piece).
-        let every_row_wanted = step.layout.logit_rows.len() == step.layout.num_seqs();
-        if step.is_decode() && every_row_wanted && step.layout.num_seqs() <= self.graph_max_bs {
+        if step.fits_decode_graph() && step.layout.num_seqs() <= self.graph_max_bs {
             return self.run_decode_graph(step, bufs);
         }
         self.upload_meta(step)?;
