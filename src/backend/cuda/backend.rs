@@ -203,16 +203,15 @@ impl CudaBackend {
         // A verify graph's lm_head writes the logits of all its rows.
         let logit_rows = LOGIT_ROWS.max(graph_max_bs).max(spec_rows.next_power_of_two() * spec_positions);
         let s = Scratch::new(&cfg, &k, opt.max_step_tokens, max_row_seqs, max_blocks_per_seq, opt.max_parts, logit_rows)?;
-        let mut verify = (spec_positions > 0).then(|| VerifyScratch::new(&cfg, 0, spec_rows, spec_positions)).transpose()?;
-        let spec_state = VerifyScratch::recurrent_bytes(&cfg, spec_rows, spec_positions);
+        let spec_bytes = if spec_positions > 0 { VerifyScratch::device_bytes(&cfg, spec_rows, spec_positions)? } else { 0 };
         // With speculation on, the MTP layer runs in every step and keeps its KV in the
         // block pool after the model's full-attention layers.
         let run_mtp = spec_positions > 0 && w.mtp.is_some();
         let kv_layers = cfg.num_full_layers() + run_mtp as usize;
         let (free, total) = ctx.mem_get_info().map_err(|e| anyhow!("reading free GPU memory: {e:?}"))?;
         let sizes = size_pools(
-            // The verify scratch states are reserved before the pools are sized.
-            DeviceMemory { free: free.saturating_sub(spec_state), total },
+            // The verify scratch is reserved before the pools are sized.
+            DeviceMemory { free: free.saturating_sub(spec_bytes), total },
             &PoolRequest {
                 mem_fraction: opt.mem_fraction,
                 max_running: opt.max_running,
@@ -225,10 +224,8 @@ impl CudaBackend {
         )?;
         let kv_blocks = sizes.kv_blocks;
         let pools = StatePools::new(&cfg, sizes.slots, spec_rows * spec_positions, kv_blocks, opt.block_size, kv_layers)?;
-        if let Some(v) = verify.as_mut() {
-            // Scratch entries follow the slots the pools were sized for.
-            v.shape.slots = sizes.slots;
-        }
+        // Its state entries follow the slots in the recurrent pool.
+        let verify = (spec_positions > 0).then(|| VerifyScratch::new(&cfg, sizes.slots, spec_rows, spec_positions)).transpose()?;
         if run_mtp {
             ensure!(opt.act == DType::F32, "MTP speculation needs fp32 GEMM inputs (unset KILN_ACT=bf16)");
         }
@@ -390,19 +387,26 @@ impl CudaBackend {
     fn capture(&self, padded: &Step, argmax_limit: Option<usize>, pdl: bool) -> Result<cudarc::driver::CudaGraph> {
         // Uploads happen outside the capture: the graph reads the image's fixed address.
         let mtp = self.mtp_for_step(&padded.layout)?;
+        self.capture_graph("decode", pdl, |stack| {
+            stack.forward(padded)?;
+            self.mtp_inputs(&mtp)?;
+            stack.lm_head(padded.layout.num_seqs(), argmax_limit)?;
+            self.mtp_layer(&mtp)
+        })
+    }
+
+    /// Captures what `enqueue` puts on the stream into a graph (`what` names it in errors),
+    /// its launches with programmatic dependent launch when `pdl`. Nothing is uploaded
+    /// during a capture: graphs read metadata from fixed device buffers.
+    fn capture_graph(&self, what: &str, pdl: bool, enqueue: impl FnOnce(&LayerStack<'_>) -> Result<()>) -> Result<cudarc::driver::CudaGraph> {
         let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
-        self.stream.begin_capture(mode).map_err(|e| anyhow!("starting graph capture: {e:?}"))?;
+        self.stream.begin_capture(mode).map_err(|e| anyhow!("starting {what} graph capture: {e:?}"))?;
         self.k.set_pdl(pdl);
-        let stack = self.stack();
-        let r = stack
-            .forward(padded)
-            .and_then(|_| self.mtp_inputs(&mtp))
-            .and_then(|_| stack.lm_head(padded.layout.num_seqs(), argmax_limit))
-            .and_then(|_| self.mtp_layer(&mtp));
+        let r = enqueue(&self.stack());
         self.k.set_pdl(false);
         let g = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags_enum(0));
-        r.context("capturing a decode graph")?;
-        g.map_err(|e| anyhow!("instantiating a decode graph: {e:?}"))?.context("graph capture produced no graph")
+        r.with_context(|| format!("capturing a {what} graph"))?;
+        g.map_err(|e| anyhow!("instantiating a {what} graph: {e:?}"))?.with_context(|| format!("{what} graph capture produced no graph"))
     }
 
     /// Captures every decode graph (each batch bucket, greedy-on-device with

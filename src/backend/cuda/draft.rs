@@ -11,7 +11,7 @@ use crate::backend::step::StepLayout;
 use crate::backend::verify_step::Segment;
 use crate::backend::DraftChunk;
 use crate::config::ModelConfig;
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
 /// The MTP head's device buffers.
 pub struct MtpDevice {
@@ -84,8 +84,8 @@ impl CudaBackend {
 
     /// `Backend::draft`: `max(steps)` chained MTP steps over every sequence.
     pub(super) fn draft_on_device(&mut self, chunks: &[DraftChunk<'_>]) -> Result<Vec<Vec<u32>>> {
-        let (m, mw) = match (&self.mtp, &self.w.mtp) {
-            (Some(m), Some(mw)) => (m.buf, mw),
+        let (dev, mw) = match (&self.mtp, &self.w.mtp) {
+            (Some(dev), Some(mw)) => (dev, mw),
             _ => anyhow::bail!("this cuda backend runs no MTP head (the plan has none, or speculation is off)"),
         };
         let n = chunks.len();
@@ -99,7 +99,6 @@ impl CudaBackend {
             ensure!(c.blocks.len() * self.cap.block_size >= c.pos + k, "slot {}: its KV blocks do not cover the draft positions", c.slot);
             ensure!((c.next as usize) < self.cfg.vocab_size, "token id {} is outside the vocabulary", c.next);
         }
-        let dev = self.mtp.as_ref().context("the MTP head is not running")?;
         ensure!(k * dev.draft_region * 4 <= dev.draft_meta.bytes, "{k} draft steps exceed the draft buffers (--speculative-num-steps)");
         // Every step's image in one upload, step j at region j.
         let steps: Vec<(MtpRows, MtpImage)> = (0..k)
@@ -116,18 +115,18 @@ impl CudaBackend {
         }
         upload(&self.stream, dev.draft_meta.ptr, &packed)?;
         for (j, (rows, img)) in steps.iter().enumerate() {
-            let m = MtpBuffers { meta: dev.draft_meta.at(j * dev.draft_region * 4), ..m };
+            let m = MtpBuffers { meta: dev.draft_meta.at(j * dev.draft_region * 4), ..dev.buf };
             let stack = self.stack();
-            // Step 0 reads the sampled tokens from the image and the pending states; step j
-            // the previous step's drafts and outputs.
-            let (ids, hid) = if j == 0 { (m.meta + (img.meta.ids * 4) as u64, m.out) } else { (self.s.argmax.at((j - 1) * n * 4), m.out) };
-            stack.mtp_inputs(mw, &m, &rows.layout, img, hid, ids)?;
+            // Step 0 reads the sampled tokens from the image (and only pending states); step
+            // j the previous step's drafts and outputs.
+            let ids = if j == 0 { m.meta + (img.meta.ids * 4) as u64 } else { self.s.argmax.at((j - 1) * n * 4) };
+            stack.mtp_inputs(mw, &m, &rows.layout, img, m.out, ids)?;
             stack.mtp_layer(mw, &m, &rows.layout, img)?;
             stack.mtp_draft_tokens(m.out, n, self.s.argmax.at(j * n * 4), limit.min(self.cfg.vocab_size))?;
         }
+        // `download` synchronises the stream: the draft's launches have finished.
         let mut tokens = vec![0i32; n * k];
         download(&self.stream, &mut tokens, self.s.argmax.ptr)?;
-        self.stream.synchronize().map_err(|e| anyhow!("CUDA draft failed: {e:?}"))?;
         Ok(chunks.iter().enumerate().map(|(i, c)| (0..c.steps).map(|j| tokens[j * n + i] as u32).collect()).collect())
     }
 }

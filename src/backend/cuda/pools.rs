@@ -26,11 +26,19 @@ pub struct StatePools {
     kv_per_layer: usize,
 }
 
+/// Bytes of one linear layer's fp32 recurrent state of one sequence.
+pub fn recurrent_entry_bytes(c: &ModelConfig) -> usize {
+    c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim * 4
+}
+
+/// Bytes of one linear layer's fp32 conv ring of one sequence (conv_k rows).
+pub fn conv_ring_bytes(c: &ModelConfig) -> usize {
+    c.conv_kernel * c.linear_qkv_dim() * 4
+}
+
 /// Bytes one slot of state takes across all linear layers.
 pub fn slot_bytes(c: &ModelConfig) -> usize {
-    c.num_linear_layers()
-        * 4
-        * (c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim + c.conv_kernel * c.linear_qkv_dim())
+    c.num_linear_layers() * (recurrent_entry_bytes(c) + conv_ring_bytes(c))
 }
 
 /// Bytes one KV block takes across `kv_layers` full-attention layers (keys and values).
@@ -43,8 +51,7 @@ impl StatePools {
     /// and `kv_blocks` KV blocks of `kv_layers` layers (the full-attention layers, and the
     /// MTP layer's after them when it runs).
     pub fn new(c: &ModelConfig, slots: usize, spec_entries: usize, kv_blocks: usize, block_size: usize, kv_layers: usize) -> Result<Self> {
-        let recurrent_per_slot = c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim * 4;
-        let conv_per_slot = c.conv_kernel * c.linear_qkv_dim() * 4;
+        let (recurrent_per_slot, conv_per_slot) = (recurrent_entry_bytes(c), conv_ring_bytes(c));
         let kv_per_layer = kv_blocks * c.num_kv_heads * block_size * c.head_dim * 2;
         let nl = c.num_linear_layers();
         let nf = kv_layers;

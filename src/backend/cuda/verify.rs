@@ -6,7 +6,7 @@
 
 use crate::backend::cuda::kernels::DevPtr;
 use crate::backend::cuda::memory::{download, upload, DevBuf};
-use crate::backend::cuda::pools::StatePools;
+use crate::backend::cuda::pools::{conv_ring_bytes, recurrent_entry_bytes, StatePools};
 use super::CudaBackend;
 use crate::backend::mtp_rows::{MtpImage, MtpRows};
 use crate::backend::speculative::accepted_len;
@@ -31,32 +31,37 @@ pub struct VerifyScratch {
     seg_cap: usize,
 }
 
+/// The commit copies one state and up to positions - 1 ring rows per sequence and layer,
+/// and one pending MTP state per sequence.
+fn segment_capacity(c: &ModelConfig, rows: usize, positions: usize) -> usize {
+    rows * c.num_linear_layers() * (1 + positions) + rows
+}
+
 impl VerifyScratch {
-    /// Scratch for `rows` sequences of up to `positions` fed tokens (positions <= conv_k).
+    /// Scratch for `rows` sequences of up to `positions` fed tokens (positions <= conv_k),
+    /// whose state entries follow `slots` slots in the recurrent pool.
     pub fn new(c: &ModelConfig, slots: usize, rows: usize, positions: usize) -> Result<Self> {
+        let seg_cap = segment_capacity(c, rows, positions);
+        Ok(VerifyScratch {
+            shape: VerifyShape { slots, rows, positions },
+            ring_save: DevBuf::zeroed(rows * c.num_linear_layers() * conv_ring_bytes(c), "the verify conv-ring save area")?,
+            ring_bytes: conv_ring_bytes(c),
+            segs: DevBuf::zeroed(2 * seg_cap * 24, "the verify copy segments")?,
+            seg_cap,
+        })
+    }
+
+    /// Device bytes of the verify scratch: the recurrent entries the state pool adds, the
+    /// ring save area and the copy segments. Refuses more positions than the conv window.
+    pub fn device_bytes(c: &ModelConfig, rows: usize, positions: usize) -> Result<usize> {
         ensure!(
             (1..=c.conv_kernel).contains(&positions),
             "speculation verifies --speculative-num-steps + 1 = {positions} tokens per cycle, but the cuda backend rolls back at most the conv window of {} positions: use --speculative-num-steps {} or fewer",
             c.conv_kernel,
             c.conv_kernel - 1
         );
-        let nl = c.num_linear_layers();
-        let ring_bytes = c.conv_kernel * c.linear_qkv_dim() * 4;
-        // The commit copies one state and up to positions - 1 ring rows per sequence and
-        // layer, and one pending MTP state per sequence.
-        let seg_cap = rows * nl * (1 + positions) + rows;
-        Ok(VerifyScratch {
-            shape: VerifyShape { slots, rows, positions },
-            ring_save: DevBuf::zeroed(rows * nl * ring_bytes, "the verify conv-ring save area")?,
-            ring_bytes,
-            segs: DevBuf::zeroed(2 * seg_cap * 24, "the verify copy segments")?,
-            seg_cap,
-        })
-    }
-
-    /// Bytes of recurrent scratch entries the state pool must add (all linear layers).
-    pub fn recurrent_bytes(c: &ModelConfig, rows: usize, positions: usize) -> usize {
-        c.num_linear_layers() * rows * positions * c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim * 4
+        let per_row = c.num_linear_layers() * (positions * recurrent_entry_bytes(c) + conv_ring_bytes(c));
+        Ok(rows * per_row + 2 * segment_capacity(c, rows, positions) * 24)
     }
 }
 
@@ -104,13 +109,13 @@ impl CudaBackend {
         self.copy_segments(&save_rings(seqs, &addrs), 0)?;
         self.upload_meta(&plan.step)?;
         // The MTP pairs of every fed position; the pending state is set by the commit.
-        let mtp = match self.mtp.is_some() {
-            true => {
+        let mtp = match self.mtp {
+            Some(_) => {
                 let rows = MtpRows::for_verify(&plan.step.layout, &plan.rows, self.cap.block_size);
                 let img = self.upload_mtp(&rows, &[])?;
                 Some((rows, img))
             }
-            false => None,
+            None => None,
         };
         let tokens = match bucket {
             Some(b) => self.run_verify_graph(&plan, b, &mtp)?,
@@ -143,15 +148,11 @@ impl CudaBackend {
         let (rows, limit) = (plan.step.layout.num_tokens(), plan.step.argmax_limit);
         let key = (bucket, rows / bucket, limit.unwrap_or(0));
         if !self.verify_graph_map.contains_key(&key) {
-            let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
-            self.stream.begin_capture(mode).map_err(|e| anyhow!("starting verify graph capture: {e:?}"))?;
-            self.k.set_pdl(self.pdl);
-            let stack = self.stack();
-            let r = stack.forward(&plan.step).and_then(|_| self.mtp_inputs(mtp)).and_then(|_| stack.lm_head(rows, limit));
-            self.k.set_pdl(false);
-            let g = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags_enum(0));
-            r.context("capturing a verify graph")?;
-            let g = g.map_err(|e| anyhow!("instantiating a verify graph: {e:?}"))?.context("verify graph capture produced no graph")?;
+            let g = self.capture_graph("verify", self.pdl, |stack| {
+                stack.forward(&plan.step)?;
+                self.mtp_inputs(mtp)?;
+                stack.lm_head(rows, limit)
+            })?;
             self.verify_graph_map.insert(key, g);
         }
         self.verify_graph_map[&key].launch().map_err(|e| anyhow!("launching a verify graph: {e:?}"))?;
