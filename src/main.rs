@@ -301,7 +301,8 @@ fn cpu_capacity(slots: usize, context: usize) -> Capacity {
 }
 
 /// The backend, its tokenizer and a label; `Some(reason)` when serving the demo model.
-fn build_backend(a: &ServeArgs) -> Result<(Box<dyn Backend>, Tokenizer, Option<String>)> {
+/// `spec`: the resolved speculation flags (the cuda backend sizes its verify scratch by them).
+fn build_backend(a: &ServeArgs, spec: Option<&scheduler::SpecConfig>) -> Result<(Box<dyn Backend>, Tokenizer, Option<String>)> {
     if a.tp_size != 1 {
         bail!("--tp-size {} is not supported: kiln runs on one GPU (use --tp-size 1)", a.tp_size);
     }
@@ -332,7 +333,7 @@ fn build_backend(a: &ServeArgs) -> Result<(Box<dyn Backend>, Tokenizer, Option<S
             let context = a.context_length.unwrap_or(cfg.max_position_embeddings.min(8192));
             Ok((Box::new(CpuBackend::new(cfg, w, cpu_capacity(slots, context))?), tok, None))
         }
-        _ => cuda_backend(a, &dir, &tok_dir),
+        _ => cuda_backend(a, &dir, &tok_dir, spec),
     }
 }
 
@@ -346,7 +347,7 @@ fn no_stand_in(dir: &Path, why: impl std::fmt::Display) -> anyhow::Error {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_backend(a: &ServeArgs, dir: &Path, tok_dir: &Path) -> Result<(Box<dyn Backend>, Tokenizer, Option<String>)> {
+fn cuda_backend(a: &ServeArgs, dir: &Path, tok_dir: &Path, spec: Option<&scheduler::SpecConfig>) -> Result<(Box<dyn Backend>, Tokenizer, Option<String>)> {
     use kiln::backend::cuda::libs::{self, CudaLib};
     use kiln::backend::cuda::{CudaBackend, CudaOptions};
     let facts = libs::probe();
@@ -373,7 +374,7 @@ fn cuda_backend(a: &ServeArgs, dir: &Path, tok_dir: &Path) -> Result<(Box<dyn Ba
         snapshot_fraction: if a.disable_radix_cache { 0.0 } else { d.snapshot_fraction },
         // Speculation: verify scratch for `spec_rows` sequences of k + 1 tokens; the MTP
         // head then runs in every step.
-        spec_positions: a.speculative.resolve()?.map_or(0, |sp| sp.num_steps + 1),
+        spec_positions: spec.map_or(0, |sp| sp.num_steps + 1),
         ..d
     };
     let mut b = CudaBackend::load(&plan, Some(dir), &opt)?;
@@ -395,7 +396,7 @@ fn check_plan(plan: &Path, dir: &Path, arch: kiln::plan::Arch) -> Result<()> {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_backend(a: &ServeArgs, dir: &Path, _tok_dir: &Path) -> Result<(Box<dyn Backend>, Tokenizer, Option<String>)> {
+fn cuda_backend(a: &ServeArgs, dir: &Path, _tok_dir: &Path, _spec: Option<&scheduler::SpecConfig>) -> Result<(Box<dyn Backend>, Tokenizer, Option<String>)> {
     let _ = a;
     Err(no_stand_in(dir, "this kiln binary was built without the cuda feature"))
 }
@@ -447,7 +448,8 @@ fn probe(_a: &ProbeArgs) -> Result<i32> {
 
 fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
     init_logging(&a.log_level);
-    let (backend, tok, demo) = build_backend(&a)?;
+    let speculative = a.speculative.resolve()?;
+    let (backend, tok, demo) = build_backend(&a, speculative.as_ref())?;
     for flag in ignored {
         tracing::warn!("ignoring unsupported SGLang flag `{flag}`");
     }
@@ -459,7 +461,6 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
     if a.tool_call_parser != "none" && !server::TOOL_CALL_PARSERS.contains(&a.tool_call_parser.as_str()) {
         bail!("--tool-call-parser {} is not supported (one of {}, none)", a.tool_call_parser, server::TOOL_CALL_PARSERS.join(", "));
     }
-    let speculative = a.speculative.resolve()?;
     if let Some(sp) = &speculative {
         tracing::info!("speculative decoding: MTP, {} draft steps per cycle, policy {:?}", sp.num_steps, sp.policy);
     }

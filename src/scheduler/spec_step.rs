@@ -177,7 +177,6 @@ impl Engine {
         (n, merged.and_then(|m| self.deliver(i, m)))
     }
 
-    /// Ends every request in `rows` with a 500 (a backend failure mid-cycle).
     /// A failed draft touched only the MTP head's state: speculation stops for good and the
     /// sequences decode plainly from the next step (nothing was emitted or fed this step).
     fn turn_off(&mut self, why: String) -> usize {
@@ -189,6 +188,7 @@ impl Engine {
         0
     }
 
+    /// Ends every request in `rows` with a 500 (a backend failure mid-cycle).
     fn fail_rows(&mut self, rows: &[SpecRow], msg: String, done: &mut Vec<(usize, Output)>) -> usize {
         tracing::error!("{msg}");
         self.stats.backend_errors.fetch_add(1, Relaxed);

@@ -42,8 +42,8 @@ pub fn decode_gemm_rows() -> usize {
 }
 
 /// The kernel `GemmKind::Auto` runs: the register kernel up to M = 16 (fastest at M <= 8,
-/// docs/kernels.md); above it the shared-x kernel up to M = 64, or the tiled kernel with
-/// `KILN_GEMM_TILED=1`; the tiled kernel always above 64 (the only one that takes it).
+/// docs/kernels.md), the tiled kernel above (the only one that takes M > 64), or the
+/// shared-x kernel for 17..64 with `KILN_GEMM_TILED=0`.
 fn auto_kind(m: usize) -> GemmKind {
     if m <= 16 {
         GemmKind::Register
