@@ -56,6 +56,24 @@ extern "C" __global__ void __launch_bounds__(256) kiln_embed(const bf16* __restr
 #define NORM_THREADS 256
 #define NORM_VPT ((HIDDEN / 8 + NORM_THREADS - 1) / NORM_THREADS)
 
+// Stores y = v * inv * (1 + w) for the vectors of one HIDDEN row this thread holds in v
+// (vector j at element (threadIdx.x + j * NORM_THREADS) * 8) to the row at o.
+template <typename OUT>
+__device__ __forceinline__ void store_rmsnorm(const float (&v)[NORM_VPT][8], float inv, const bf16* __restrict__ w,
+                                              OUT* __restrict__ o) {
+#pragma unroll
+    for (int j = 0; j < NORM_VPT; ++j) {
+        const int i = (threadIdx.x + j * NORM_THREADS) * 8;
+        if (i < HIDDEN) {
+            float wv[8], y[8];
+            load8(w + i, wv);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) y[e] = v[j][e] * inv * (1.f + wv[e]);
+            store8(o + i, y);
+        }
+    }
+}
+
 template <typename T>
 __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, const T* __restrict__ delta,
                                             int ld_delta, const bf16* __restrict__ w,
@@ -85,18 +103,8 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, const 
         }
     }
     const float inv = rsqrtf(block_sum(ss, red) / (float)HIDDEN + RMS_EPS);
-#pragma unroll
-    for (int j = 0; j < NORM_VPT; ++j) {
-        const int i = (threadIdx.x + j * NORM_THREADS) * 8;
-        if (i < HIDDEN) {
-            float wv[8], y[8];
-            load8(w + i, wv);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) y[e] = v[j][e] * inv * (1.f + wv[e]);
-            if (out_bf16 != nullptr) store8(out_bf16 + (size_t)m * HIDDEN + i, y);
-            if (out_f32 != nullptr) store8(out_f32 + (size_t)m * HIDDEN + i, y);
-        }
-    }
+    if (out_bf16 != nullptr) store_rmsnorm(v, inv, w, out_bf16 + (size_t)m * HIDDEN);
+    if (out_f32 != nullptr) store_rmsnorm(v, inv, w, out_f32 + (size_t)m * HIDDEN);
 }
 
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
@@ -147,19 +155,7 @@ __device__ __forceinline__ void mtp_fc_input(const bf16* __restrict__ table, con
         }
     }
     const float inv = rsqrtf(block_sum(ss, red) / (float)HIDDEN + RMS_EPS);
-    const bf16* w = half == 0 ? w_e : w_h;
-    OUT* o = out + (size_t)m * 2 * HIDDEN + half * HIDDEN;
-#pragma unroll
-    for (int j = 0; j < NORM_VPT; ++j) {
-        const int i = (threadIdx.x + j * NORM_THREADS) * 8;
-        if (i < HIDDEN) {
-            float wv[8], y[8];
-            load8(w + i, wv);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) y[e] = v[j][e] * inv * (1.f + wv[e]);
-            store8(o + i, y);
-        }
-    }
+    store_rmsnorm(v, inv, half == 0 ? w_e : w_h, out + (size_t)m * 2 * HIDDEN + half * HIDDEN);
 }
 
 #define MTP_FC_INPUT(NAME, OUT)                                                                        \
