@@ -328,9 +328,8 @@ fn speculation_resumed_from_the_prefix_cache_equals_plain() {
 /// A CPU backend with the cuda backend's verify limit (`cap` sequences), which records the
 /// largest verify and draft vocabulary limit it was given, and whose draft can be made to
 /// fail from its `fail_draft_from`-th call on.
-#[derive(Default)]
 struct Probe {
-    inner: Option<CpuBackend>,
+    inner: CpuBackend,
     cap: usize,
     largest: Arc<std::sync::atomic::AtomicUsize>,
     draft_limit: Arc<std::sync::atomic::AtomicUsize>,
@@ -340,11 +339,23 @@ struct Probe {
 
 impl Probe {
     fn new(inner: CpuBackend, cap: usize) -> Self {
-        Probe { inner: Some(inner), cap, ..Default::default() }
+        Probe { inner, cap, largest: Default::default(), draft_limit: Default::default(), fail_draft_from: None, drafts: 0 }
     }
-    fn cpu(&mut self) -> &mut CpuBackend {
-        self.inner.as_mut().expect("a backend")
+}
+
+/// Runs `n` greedy requests of `new` tokens on the tiny fixture plainly and through `probe`
+/// with speculation (`cfg`); every output must equal plain greedy's. Returns each
+/// speculative request's verify count.
+fn plain_and_probe(n: usize, new: usize, probe: impl FnOnce(CpuBackend) -> Probe, cfg: SchedulerConfig) -> Vec<u64> {
+    let (dir, prompts) = fixture("tiny_text");
+    let reqs: Vec<GenRequest> = (0..n).map(|i| greedy_req(i, &prompts[i % prompts.len()], new)).collect();
+    let codec: Arc<dyn Codec> = Arc::new(FixtureCodec);
+    let plain = run(Box::new(cpu(Some(&dir), n)), codec.clone(), SchedulerConfig::default(), &reqs);
+    let spec = run(Box::new(probe(cpu(Some(&dir), n))), codec, cfg, &reqs);
+    for (i, (p, s)) in plain.iter().zip(&spec).enumerate() {
+        assert_eq!(s.0, p.0, "request {i} differs with speculation");
     }
+    spec.iter().map(|s| s.1).collect()
 }
 
 impl Backend for Probe {
@@ -352,16 +363,16 @@ impl Backend for Probe {
         "probe"
     }
     fn config(&self) -> &kiln::config::ModelConfig {
-        self.inner.as_ref().expect("a backend").config()
+        self.inner.config()
     }
     fn capacity(&self) -> Capacity {
-        self.inner.as_ref().expect("a backend").capacity()
+        self.inner.capacity()
     }
     fn forward(&mut self, chunks: &[kiln::backend::SeqChunk<'_>]) -> anyhow::Result<Vec<kiln::backend::ChunkLogits>> {
-        self.cpu().forward(chunks)
+        self.inner.forward(chunks)
     }
     fn reset_slot(&mut self, slot: usize) -> anyhow::Result<()> {
-        self.cpu().reset_slot(slot)
+        self.inner.reset_slot(slot)
     }
     fn supports_speculation(&self) -> bool {
         true
@@ -375,13 +386,13 @@ impl Backend for Probe {
         for c in seqs {
             self.draft_limit.fetch_max(c.limit, std::sync::atomic::Ordering::Relaxed);
         }
-        self.cpu().draft(seqs)
+        self.inner.draft(seqs)
     }
     fn verify(&mut self, seqs: &[kiln::backend::VerifyChunk<'_>]) -> anyhow::Result<Vec<kiln::backend::Verified>> {
         anyhow::ensure!(seqs.len() <= self.cap, "{} sequences in one verify, over the cap of {}", seqs.len(), self.cap);
         assert!(self.fail_draft_from.is_none_or(|n| self.drafts < n), "no verify after a failed draft");
         self.largest.fetch_max(seqs.len(), std::sync::atomic::Ordering::Relaxed);
-        self.cpu().verify(seqs)
+        self.inner.verify(seqs)
     }
 }
 
@@ -389,51 +400,27 @@ impl Backend for Probe {
 fn the_scheduler_verifies_no_more_sequences_than_the_backend_takes() {
     // Four greedy requests at once against a verify that takes two: two speculate each
     // step, the others decode plainly beside them, and every output equals plain greedy.
-    let (dir, prompts) = fixture("tiny_text");
-    let reqs: Vec<GenRequest> = (0..4).map(|i| greedy_req(i, &prompts[i % prompts.len()], 40)).collect();
-    let codec: Arc<dyn Codec> = Arc::new(FixtureCodec);
-    let plain = run(Box::new(cpu(Some(&dir), 4)), codec.clone(), SchedulerConfig::default(), &reqs);
     let largest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let capped = Probe { largest: largest.clone(), ..Probe::new(cpu(Some(&dir), 4), 2) };
-    let spec = run(Box::new(capped), codec, spec_cfg(SpecPolicy::Always), &reqs);
-    for (i, (p, s)) in plain.iter().zip(&spec).enumerate() {
-        assert_eq!(s.0, p.0, "request {i} differs with speculation");
-    }
+    let verifies = plain_and_probe(4, 40, |be| Probe { largest: largest.clone(), ..Probe::new(be, 2) }, spec_cfg(SpecPolicy::Always));
     assert_eq!(largest.load(std::sync::atomic::Ordering::Relaxed), 2, "verify calls used the cap");
-    assert!(spec.iter().all(|s| s.1 > 0), "every request speculated at some step: {:?}", spec.iter().map(|s| s.1).collect::<Vec<_>>());
+    assert!(verifies.iter().all(|&v| v > 0), "every request speculated at some step: {verifies:?}");
 }
 
 #[test]
 fn a_draft_vocabulary_prefix_keeps_the_output_exact() {
     // --speculative-draft-vocab 16: drafts are argmaxes over ids below 16 only (most are
     // then rejected on this fixture), and the output is still plain greedy's.
-    let (dir, prompts) = fixture("tiny_text");
-    let reqs: Vec<GenRequest> = (0..2).map(|i| greedy_req(i, &prompts[i % prompts.len()], 30)).collect();
-    let codec: Arc<dyn Codec> = Arc::new(FixtureCodec);
-    let plain = run(Box::new(cpu(Some(&dir), 2)), codec.clone(), SchedulerConfig::default(), &reqs);
     let draft_limit = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let be = Probe { draft_limit: draft_limit.clone(), ..Probe::new(cpu(Some(&dir), 2), 8) };
     let mut cfg = spec_cfg(SpecPolicy::Always);
     cfg.speculative.as_mut().unwrap().draft_vocab = Some(16);
-    let spec = run(Box::new(be), codec, cfg, &reqs);
-    for (i, (p, s)) in plain.iter().zip(&spec).enumerate() {
-        assert_eq!(s.0, p.0, "request {i} differs with a draft vocabulary of 16");
-    }
+    plain_and_probe(2, 30, |be| Probe { draft_limit: draft_limit.clone(), ..Probe::new(be, 8) }, cfg);
     assert_eq!(draft_limit.load(std::sync::atomic::Ordering::Relaxed), 16, "drafts were limited to the first 16 ids");
 }
 
 #[test]
 fn a_failed_draft_turns_speculation_off_and_loses_nothing() {
-    // The third draft fails: speculation stops for good, nobody's request fails, and every
-    // output is still plain greedy's.
-    let (dir, prompts) = fixture("tiny_text");
-    let reqs: Vec<GenRequest> = (0..2).map(|i| greedy_req(i, &prompts[i % prompts.len()], 30)).collect();
-    let codec: Arc<dyn Codec> = Arc::new(FixtureCodec);
-    let plain = run(Box::new(cpu(Some(&dir), 2)), codec.clone(), SchedulerConfig::default(), &reqs);
-    let be = Probe { fail_draft_from: Some(3), ..Probe::new(cpu(Some(&dir), 2), 8) };
-    let spec = run(Box::new(be), codec, spec_cfg(SpecPolicy::Always), &reqs);
-    for (i, (p, s)) in plain.iter().zip(&spec).enumerate() {
-        assert_eq!(s.0, p.0, "request {i} differs after the draft failed");
-    }
-    assert!(spec.iter().all(|s| s.1 == 2), "two verified cycles each before the failure: {:?}", spec.iter().map(|s| s.1).collect::<Vec<_>>());
+    // The third draft fails: speculation stops for good, nobody's request fails (`run`
+    // refuses an abort), and every output is still plain greedy's.
+    let verifies = plain_and_probe(2, 30, |be| Probe { fail_draft_from: Some(3), ..Probe::new(be, 8) }, spec_cfg(SpecPolicy::Always));
+    assert!(verifies.iter().all(|&v| v == 2), "two verified cycles each before the failure: {verifies:?}");
 }

@@ -7,14 +7,17 @@ fn limits() -> StepLimits {
 
 const SHAPE: VerifyShape = VerifyShape { slots: 8, rows: 3, positions: 4 };
 
+/// Slot 5 verifies 3 tokens at position 10, slot 2 verifies 2 at position 4.
+fn two_sequences() -> [VerifyChunk<'static>; 2] {
+    [
+        VerifyChunk { slot: 5, start_pos: 10, tokens: &[11, 12, 13], blocks: &[3, 7, 9, 1], limit: 90 },
+        VerifyChunk { slot: 2, start_pos: 4, tokens: &[21, 22], blocks: &[5, 6], limit: 90 },
+    ]
+}
+
 #[test]
 fn positions_are_decode_rows_in_position_major_order() {
-    let (a, b) = ([11u32, 12, 13], [21u32, 22]);
-    let (ba, bb) = ([3u32, 7, 9, 1], [5u32, 6]);
-    let chunks = [
-        VerifyChunk { slot: 5, start_pos: 10, tokens: &a, blocks: &ba, limit: 90 },
-        VerifyChunk { slot: 2, start_pos: 4, tokens: &b, blocks: &bb, limit: 90 },
-    ];
+    let chunks = two_sequences();
     let v = VerifyStep::build(&chunks, &limits(), &SHAPE, None).unwrap();
     let l = &v.step.layout;
     assert_eq!(v.rows, vec![vec![0, 2, 4], vec![1, 3]]);
@@ -206,12 +209,7 @@ fn commit_refuses_a_verify_longer_than_the_ring() {
 
 #[test]
 fn a_padded_verify_step_has_the_fixed_shape_of_a_graph() {
-    let (a, b) = ([11u32, 12, 13], [21u32, 22]);
-    let (ba, bb) = ([3u32, 7, 9, 1], [5u32, 6]);
-    let chunks = [
-        VerifyChunk { slot: 5, start_pos: 10, tokens: &a, blocks: &ba, limit: 90 },
-        VerifyChunk { slot: 2, start_pos: 4, tokens: &b, blocks: &bb, limit: 90 },
-    ];
+    let chunks = two_sequences();
     let v = VerifyStep::build(&chunks, &limits(), &SHAPE, Some(3)).unwrap();
     let l = &v.step.layout;
     assert_eq!(l.gdn_launches, vec![(0, 3), (3, 3), (6, 3)], "every position has 3 rows");
