@@ -20,17 +20,25 @@
 //   dst[i][0..width) = src[rows[i]][0..width), i < n (the lm_head's input rows of a step,
 //   in one launch instead of a copy per row). grid (n), block 256.
 //
-// kiln_argmax_{f32,bf16}(const T* logits, int ld, int n, int* out, int M)
+// kiln_argmax_{f32,bf16}(const T* logits, int ld, int n, int* out, int M,
+//                        unsigned long long* keys, unsigned* counters)
 //   out[m] = the index of the largest of logits[m*ld + 0 .. n); the first index wins
-//   ties; NaN never wins (an all-NaN row gives 0). grid (M), block 1024.
+//   ties (-0 ties +0); NaN never wins (an all-NaN row gives 0). grid (ceil(n/2048), M),
+//   block 256: each block takes the best of a 2048-wide slice, folds it into keys[m]
+//   with a 64-bit atomicMax of (value order, -index), and the last block of the row
+//   (counters[m]) writes out[m]. keys and counters (M of each) must be zero before the
+//   first launch and are left zero. The result is the row's maximum under a total
+//   order, so it does not depend on which block arrives first. (One 1024-thread block
+//   per row took 99 us for the 248K-wide vocabulary at M = 1 on the H100.)
 //
 // kiln_argmax_masked_f32(const float* logits, int ld, int n, const int* mask_rows,
-//                        const unsigned* masks, int words, int* out, int M)
+//                        const unsigned* masks, int words, int* out, int M,
+//                        unsigned long long* keys, unsigned* counters)
 //   Structured output's greedy token: for each row m with mask_rows[m] >= 0, out[m] = the
 //   argmax of logits[m*ld + i] over the i < n whose bit i % 32 of word i / 32 of mask
 //   masks[mask_rows[m]*words ..] is set, with kiln_argmax's rules (0 when no allowed
 //   value is a number). Rows with mask_rows[m] < 0 keep out[m]. n <= 32*words.
-//   grid (M), block 1024.
+//   grid and scratch as kiln_argmax.
 //
 // kiln_copy_segments(const unsigned long long* segs, int n)
 //   For each segment s < n: copies segs[3s + 2] bytes from device address segs[3s] to
@@ -100,82 +108,94 @@ SILU_MUL(kiln_silu_mul_f32_bf16, float, bf16)
 SILU_MUL(kiln_silu_mul_bf16_f32, bf16, float)
 SILU_MUL(kiln_silu_mul_bf16_bf16, bf16, bf16)
 
-// (value, index) pairs: a beats b if a.v > b.v, or equal with a smaller index; NaN loses.
-__device__ __forceinline__ void amax_merge(float& v, int& i, float ov, int oi) {
-    const bool take = (ov > v) || (ov == v && oi < i) || (v != v && ov == ov);
-    if (take) {
-        v = ov;
-        i = oi;
-    }
+// A (value, index) candidate as one 64-bit key: larger key = better candidate. High
+// word: the float's bits mapped to an unsigned order (-0 first made +0, so the two
+// tie); low word: 0x7fffffff - index, so the smaller index wins a tie. NaN (and "no
+// candidate") is key 0, below every number, -inf included.
+__device__ __forceinline__ unsigned long long amax_key(float v, int i) {
+    if (v != v) return 0ull;
+    if (v == 0.f) v = 0.f;
+    unsigned b = __float_as_uint(v);
+    b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    return ((unsigned long long)b << 32) | (unsigned)(0x7fffffff - i);
+}
+__device__ __forceinline__ int amax_index(unsigned long long key) {
+    return key == 0ull ? 0 : 0x7fffffff - (int)(unsigned)(key & 0xffffffffull);
 }
 
-// MASKED: only the ids whose bit is set in `mask` compete (nullptr otherwise).
+#define AMAX_THREADS 256
+#define AMAX_PER_THREAD 8
+#define AMAX_SLICE (AMAX_THREADS * AMAX_PER_THREAD)
+static_assert(AMAX_SLICE == KILN_ARGMAX_SLICE, "the launcher's slice (registry.rs) differs from this kernel's");
+
+// MASKED: only the ids whose bit is set in `mask` compete (nullptr otherwise). One
+// block: the best key of slice blockIdx.x of the row, folded into keys[m]; the row's
+// last block writes out[m] and leaves keys[m] and counters[m] zero.
 template <typename T, bool MASKED>
-__device__ __forceinline__ void argmax_row(const T* __restrict__ row, int n, const unsigned* __restrict__ mask,
-                                           int* __restrict__ out) {
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    float best = -KILN_INF;
-    int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        if (MASKED && !((mask[i >> 5] >> (i & 31)) & 1u)) continue;
-        const float v = to_f(row[i]);
-        if (v > best || (bi == 0x7fffffff && v == v)) {  // strict >: the first index seen wins ties
-            best = v;
-            bi = i;
-        }
+__device__ __forceinline__ void argmax_slice(const T* __restrict__ row, int n, const unsigned* __restrict__ mask,
+                                             int m, int* __restrict__ out, unsigned long long* __restrict__ keys,
+                                             unsigned* __restrict__ counters) {
+    __shared__ unsigned long long sk[AMAX_THREADS / 32];
+    const int base = blockIdx.x * AMAX_SLICE + threadIdx.x;
+    float v[AMAX_PER_THREAD];
+#pragma unroll
+    for (int j = 0; j < AMAX_PER_THREAD; ++j) {  // coalesced, all loads in flight at once
+        const int i = base + j * AMAX_THREADS;
+        v[j] = i < n ? to_f(row[i]) : __int_as_float(0x7fc00000);
+    }
+    unsigned long long best = 0ull;
+#pragma unroll
+    for (int j = 0; j < AMAX_PER_THREAD; ++j) {
+        const int i = base + j * AMAX_THREADS;
+        if (MASKED && i < n && !((mask[i >> 5] >> (i & 31)) & 1u)) continue;
+        best = max(best, amax_key(v[j], i));
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        amax_merge(best, bi, ov, oi);
-    }
+    for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xffffffffu, best, o));
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) {
-        sv[warp] = best;
-        si[warp] = bi;
-    }
+    if (lane == 0) sk[warp] = best;
     __syncthreads();
-    if (warp == 0) {
-        const int nw = blockDim.x >> 5;
-        best = lane < nw ? sv[lane] : -KILN_INF;
-        bi = lane < nw ? si[lane] : 0x7fffffff;
+    if (threadIdx.x == 0) {
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            amax_merge(best, bi, ov, oi);
+        for (int w = 1; w < AMAX_THREADS / 32; ++w) best = max(best, sk[w]);
+        if (best != 0ull) atomicMax(&keys[m], best);
+        __threadfence();
+        if (atomicAdd(&counters[m], 1u) == gridDim.x - 1) {
+            __threadfence();
+            out[m] = amax_index(atomicExch(&keys[m], 0ull));
+            counters[m] = 0u;
         }
-        if (lane == 0) *out = bi == 0x7fffffff ? 0 : bi;
     }
 }
 
 template <typename T>
-__device__ __forceinline__ void argmax(const T* __restrict__ logits, int ld, int n, int* __restrict__ out, int M) {
+__device__ __forceinline__ void argmax(const T* __restrict__ logits, int ld, int n, int* __restrict__ out, int M,
+                                       unsigned long long* __restrict__ keys, unsigned* __restrict__ counters) {
     KILN_PDL_ENTER();
-    const int m = blockIdx.x;
+    const int m = blockIdx.y;
     if (m >= M) return;
-    argmax_row<T, false>(logits + (size_t)m * ld, n, nullptr, out + m);
+    argmax_slice<T, false>(logits + (size_t)m * ld, n, nullptr, m, out, keys, counters);
 }
 
-extern "C" __global__ void __launch_bounds__(1024) kiln_argmax_f32(const float* logits, int ld, int n, int* out, int M) {
-    argmax<float>(logits, ld, n, out, M);
+extern "C" __global__ void __launch_bounds__(AMAX_THREADS)
+    kiln_argmax_f32(const float* logits, int ld, int n, int* out, int M, unsigned long long* keys, unsigned* counters) {
+    argmax<float>(logits, ld, n, out, M, keys, counters);
 }
-extern "C" __global__ void __launch_bounds__(1024) kiln_argmax_bf16(const bf16* logits, int ld, int n, int* out, int M) {
-    argmax<bf16>(logits, ld, n, out, M);
+extern "C" __global__ void __launch_bounds__(AMAX_THREADS)
+    kiln_argmax_bf16(const bf16* logits, int ld, int n, int* out, int M, unsigned long long* keys, unsigned* counters) {
+    argmax<bf16>(logits, ld, n, out, M, keys, counters);
 }
 
-extern "C" __global__ void __launch_bounds__(1024)
+extern "C" __global__ void __launch_bounds__(AMAX_THREADS)
     kiln_argmax_masked_f32(const float* logits, int ld, int n, const int* mask_rows, const unsigned* masks, int words,
-                           int* out, int M) {
+                           int* out, int M, unsigned long long* keys, unsigned* counters) {
     KILN_PDL_ENTER();
-    const int m = blockIdx.x;
+    const int m = blockIdx.y;
     if (m >= M) return;
     const int k = mask_rows[m];
-    if (k < 0) return;  // the whole block: no barrier is skipped by part of it
+    if (k < 0) return;  // every block of the row: its counter is never touched
     n = min(n, 32 * words);
-    argmax_row<float, true>(logits + (size_t)m * ld, n, masks + (size_t)k * words, out + m);
+    argmax_slice<float, true>(logits + (size_t)m * ld, n, masks + (size_t)k * words, m, out, keys, counters);
 }
 
 extern "C" __global__ void __launch_bounds__(256) kiln_f32_to_bf16(const float* __restrict__ x, bf16* __restrict__ y, int n) {

@@ -80,6 +80,66 @@ template <> __device__ __forceinline__ void store_y<bf16>(bf16* y, size_t i, flo
     y[i] = __float2bfloat16_rn(v);
 }
 
+template <int RB, int THREADS>
+__device__ __forceinline__ void reduce_store_f4(float* __restrict__ yv, const float* __restrict__ ws, int M,
+                                                   int N, int splits, int nb) {
+    // Every (m, 4 consecutive n) group: sum the splits in order, 8 partials in flight.
+    const size_t stride = (size_t)M * N;
+    for (int i = threadIdx.x; i < (RB / 4) * M; i += THREADS) {
+        const int n = nb + (i % (RB / 4)) * 4, m = i / (RB / 4);
+        if (n >= N) continue;
+        const float* p = ws + (size_t)m * N + n;
+        float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+        int sp = 0;
+        for (; sp + 8 <= splits; sp += 8) {
+            float4 a[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) a[u] = __ldcg(reinterpret_cast<const float4*>(p + (size_t)(sp + u) * stride));
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                s.x += a[u].x; s.y += a[u].y; s.z += a[u].z; s.w += a[u].w;
+            }
+        }
+        for (; sp < splits; ++sp) {
+            const float4 a = __ldcg(reinterpret_cast<const float4*>(p + (size_t)sp * stride));
+            s.x += a.x; s.y += a.y; s.z += a.z; s.w += a.w;
+        }
+        yv[(size_t)m * N + n] = s.x;
+        yv[(size_t)m * N + n + 1] = s.y;
+        yv[(size_t)m * N + n + 2] = s.z;
+        yv[(size_t)m * N + n + 3] = s.w;
+    }
+}
+
+// The last block of a row group: y rows [nb, nb + RB) = the sum of the splits'
+// partials in split order from 0 (8 partials in flight per output; the order of the
+// additions, and so the bits, do not depend on how the loads are batched).
+template <int RB, int THREADS, typename Y>
+__device__ __forceinline__ void reduce_splits(Y* __restrict__ y, const float* __restrict__ ws, int M, int N,
+                                              int splits, int nb) {
+    if (sizeof(Y) == 4 && (N & 3) == 0 && (reinterpret_cast<size_t>(ws) & 15) == 0) {
+        reduce_store_f4<RB, THREADS>(reinterpret_cast<float*>(y), ws, M, N, splits, nb);
+        return;
+    }
+    const size_t stride = (size_t)M * N;
+    for (int i = threadIdx.x; i < RB * M; i += THREADS) {
+        const int n = nb + i % RB, m = i / RB;
+        if (n >= N) continue;
+        const float* p = ws + (size_t)m * N + n;
+        float s = 0.f;
+        int sp = 0;
+        for (; sp + 8 <= splits; sp += 8) {
+            float a[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) a[u] = __ldcg(p + (size_t)(sp + u) * stride);
+#pragma unroll
+            for (int u = 0; u < 8; ++u) s += a[u];
+        }
+        for (; sp < splits; ++sp) s += __ldcg(p + (size_t)sp * stride);
+        store_y<Y>(y, (size_t)m * N + n, s);
+    }
+}
+
 // Writes the accumulators (directly, or as split-K partials with the last block of the
 // row group adding them in split order). Accumulator e of tile (r, j): row
 // n = row0 + r*16 + g + 8*(e/2), batch m = j*8 + 2t + (e%2).
@@ -116,14 +176,7 @@ __device__ __forceinline__ void gemm_epilogue(const float (&acc)[RW][NT][4], int
     __syncthreads();
     if (!last) return;
     __threadfence();
-    const int nb = blockIdx.x * RB;
-    for (int i = threadIdx.x; i < RB * M; i += THREADS) {
-        const int n = nb + i % RB, m = i / RB;
-        if (n >= N) continue;
-        float s = 0.f;
-        for (int sp = 0; sp < splits; ++sp) s += __ldcg(ws + ((size_t)sp * M + m) * N + n);
-        store_y<Y>(y, (size_t)m * N + n, s);
-    }
+    reduce_splits<RB, THREADS, Y>(y, ws, M, N, splits, blockIdx.x * RB);
     if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
 }
 
@@ -229,37 +282,6 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
 #define V2_SK 64
 template <bool XF32> struct V2Ldb { static constexpr int v = XF32 ? 320 : 192; };  // bytes, = 64 mod 128
 
-template <int RB, int THREADS>
-__device__ __forceinline__ void v2_reduce_store_f4(float* __restrict__ yv, const float* __restrict__ ws, int M,
-                                                   int N, int splits, int nb) {
-    // Every (m, 4 consecutive n) group: sum the splits in order, 8 partials in flight.
-    const size_t stride = (size_t)M * N;
-    for (int i = threadIdx.x; i < (RB / 4) * M; i += THREADS) {
-        const int n = nb + (i % (RB / 4)) * 4, m = i / (RB / 4);
-        if (n >= N) continue;
-        const float* p = ws + (size_t)m * N + n;
-        float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-        int sp = 0;
-        for (; sp + 8 <= splits; sp += 8) {
-            float4 a[8];
-#pragma unroll
-            for (int u = 0; u < 8; ++u) a[u] = __ldcg(reinterpret_cast<const float4*>(p + (size_t)(sp + u) * stride));
-#pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                s.x += a[u].x; s.y += a[u].y; s.z += a[u].z; s.w += a[u].w;
-            }
-        }
-        for (; sp < splits; ++sp) {
-            const float4 a = __ldcg(reinterpret_cast<const float4*>(p + (size_t)sp * stride));
-            s.x += a.x; s.y += a.y; s.z += a.z; s.w += a.w;
-        }
-        yv[(size_t)m * N + n] = s.x;
-        yv[(size_t)m * N + n + 1] = s.y;
-        yv[(size_t)m * N + n + 2] = s.z;
-        yv[(size_t)m * N + n + 3] = s.w;
-    }
-}
-
 template <int RW, int NT, int RB, int THREADS, typename Y>
 __device__ __forceinline__ void gemm_epilogue_v2(const float (&acc)[RW][NT][4], int row0, int g, int t,
                                                  Y* __restrict__ y, float* __restrict__ ws,
@@ -296,28 +318,7 @@ __device__ __forceinline__ void gemm_epilogue_v2(const float (&acc)[RW][NT][4], 
     __syncthreads();
     if (!v2_last) return;
     __threadfence();
-    const int nb = blockIdx.x * RB;
-    if (sizeof(Y) == 4 && (N & 3) == 0 && (reinterpret_cast<size_t>(ws) & 15) == 0) {
-        v2_reduce_store_f4<RB, THREADS>(reinterpret_cast<float*>(y), ws, M, N, splits, nb);
-    } else {
-        const size_t stride = (size_t)M * N;
-        for (int i = threadIdx.x; i < RB * M; i += THREADS) {
-            const int n = nb + i % RB, m = i / RB;
-            if (n >= N) continue;
-            const float* p = ws + (size_t)m * N + n;
-            float s = 0.f;
-            int sp = 0;
-            for (; sp + 8 <= splits; sp += 8) {
-                float a[8];
-#pragma unroll
-                for (int u = 0; u < 8; ++u) a[u] = __ldcg(p + (size_t)(sp + u) * stride);
-#pragma unroll
-                for (int u = 0; u < 8; ++u) s += a[u];
-            }
-            for (; sp < splits; ++sp) s += __ldcg(p + (size_t)sp * stride);
-            store_y<Y>(y, (size_t)m * N + n, s);
-        }
-    }
+    reduce_splits<RB, THREADS, Y>(y, ws, M, N, splits, blockIdx.x * RB);
     if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
 }
 

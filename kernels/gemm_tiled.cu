@@ -241,7 +241,18 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
         const float* p = ws + (size_t)m * N + n;
         float s4[4] = {0.f, 0.f, 0.f, 0.f};
         if (vec) {
-            for (int sp = 0; sp < splits; ++sp) {
+            // 4 partials in flight; the additions stay in split order (same bits).
+            int sp = 0;
+            for (; sp + 4 <= splits; sp += 4) {
+                float4 a[4];
+#pragma unroll
+                for (int u = 0; u < 4; ++u) a[u] = __ldcg(reinterpret_cast<const float4*>(p + (sp + u) * stride));
+#pragma unroll
+                for (int u = 0; u < 4; ++u) {
+                    s4[0] += a[u].x; s4[1] += a[u].y; s4[2] += a[u].z; s4[3] += a[u].w;
+                }
+            }
+            for (; sp < splits; ++sp) {
                 const float4 a = __ldcg(reinterpret_cast<const float4*>(p + sp * stride));
                 s4[0] += a.x; s4[1] += a.y; s4[2] += a.z; s4[3] += a.w;
             }

@@ -15,6 +15,10 @@
 #   pdl_early  a second plan built with KILN_PDL_EARLY=0 (the kernels before early PDL
 #            triggers and L2 weight prefetch, the default since 2026-12-05): bench at
 #            batch 1/8/64, and its logits against the default plan's when refs exist
+#   cmp_prev  a plan built by an earlier commit's binaries (.devbin/old_<sha>.tar.xz: kiln-build and
+#            kiln-eval): its teacher-forced logits against this commit's, byte for byte (a change
+#            meant to keep every bit, such as a reduction's load batching, proves it here)
+#   sweep    the decode GEMM on every shape under candidate K splits (bench_gemm_sweep: sweep.txt)
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
@@ -125,6 +129,19 @@ if has pdl_early; then
     python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours_early.f32 2>&1 | tee "$OUT/compare_pdl_early.json" | tr -d '\n ' | head -c 600; echo
     cmp /tmp/ours.f32 /tmp/ours_early.f32 && echo "KILN_PDL_EARLY=0 plan: logits bit-identical to the default plan's" | tee -a "$OUT/bench_pdl_early.txt"
   fi
+fi
+if has cmp_prev && [ -f "$REFS/cases.json" ]; then
+  for a in .devbin/old_*.tar.xz; do
+    [ -f "$a" ] || continue; old=$(basename "$a" .tar.xz); mkdir -p "/tmp/$old"; tar -xJf "$a" -C "/tmp/$old"
+    log "logits of a plan built by $old"
+    "/tmp/$old/kiln-build" --model "$CKPT" --out "/tmp/engines_$old" --name qwen35_4b_random 2>&1 | tail -1
+    "/tmp/$old/kiln-eval" logits --plan "/tmp/engines_$old/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out "/tmp/ours_$old.f32" 2>&1 | tail -1
+    if cmp /tmp/ours.f32 "/tmp/ours_$old.f32"; then echo "$old: teacher-forced logits bit-identical to this commit's"; else echo "$old: logits DIFFER from this commit's"; fi | tee -a "$OUT/cmp_prev.txt"
+    rm -rf "/tmp/engines_$old"
+  done
+fi
+if has sweep; then
+  log "decode GEMM sweep"; for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_CUDA_BENCH=1 "$t" bench_gemm_sweep --ignored --nocapture 2>&1 | grep SWEEP > "$OUT/sweep.txt"; done; wc -l "$OUT/sweep.txt"
 fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"

@@ -120,9 +120,9 @@ fn bench_kernels() {
     bench_attention(e, &s, &mut g);
 }
 
-/// The skinny GEMM on every decode shape of the model at M = 1, 8, 32, 64 (x f32): the
-/// previous default (register kernel M <= 16, staged above, 16-warp plan) against v2
-/// under several K splits. KILN_CUDA_BENCH=1 cargo test --test cuda_kernels gemm_sweep.
+/// The decode GEMM on every decode shape of the model at M = 1, 8, 32, 64 (x f32): the
+/// register kernel at M <= 8 and the shared-x (M <= 16) or tiled (M > 16) kernel under
+/// several K splits, against the 16-warp plan. KILN_CUDA_BENCH=1 cargo test --test cuda_kernels gemm_sweep.
 #[test]
 #[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
 fn bench_gemm_sweep() {
@@ -201,8 +201,16 @@ fn bench_gemm_sweep() {
         for m in [1usize, 8, 32, 64] {
             let base = GemmKind::Register;
             one(m, DType::F32, base, old, "old");
+            // The register kernel (M <= 16) under every candidate split: the plan may not
+            // depend on M, so the batch-1 optimum per shape is what a plan table would take.
+            if m <= 8 {
+                for &p in &cands {
+                    one(m, DType::F32, base, p, if p == k.gemm_plan(n, kk) { "dflt" } else { "cand" });
+                }
+            }
+            let kind = if m > 16 { GemmKind::Tiled } else { GemmKind::SharedX };
             for &p in &cands {
-                one(m, DType::F32, GemmKind::SharedX, p, if p == k.gemm_plan(n, kk) { "dflt" } else { "cand" });
+                one(m, DType::F32, kind, p, if p == k.gemm_plan(n, kk) { "dflt" } else { "cand" });
             }
         }
         for m in [1usize, 32, 64] {

@@ -6,7 +6,9 @@ use half::bf16;
 use kiln::backend::cpu::ops;
 use kiln::backend::cuda::compile::{self, KernelDims};
 use kiln::backend::cuda::registry;
-use kiln::backend::cuda::kernels::{DType, Mat, NULL};
+use cudarc::driver::{CudaSlice, CudaStream};
+use kiln::backend::cuda::kernels::{ArgmaxScratch, DType, Mat, NULL};
+use std::sync::Arc;
 use rand::Rng;
 
 #[test]
@@ -225,33 +227,63 @@ fn argmax_takes_first_max_and_skips_nan() {
     let s = stream(e);
     let v = e.k.dims().vocab;
     let mut g = rng(5);
-    for (m, n, dt) in [(1usize, v, DType::F32), (5, v - 243, DType::BF16), (3, 1000, DType::F32)] {
+    let (keys, counters, ws) = argmax_scratch(&s, 8);
+    // (rows, n, dtype): the whole vocabulary (many slices), a ragged n, one partial slice,
+    // exactly one slice plus one, a single column.
+    for (m, n, dt) in [(1usize, v, DType::F32), (5, v - 243, DType::BF16), (3, 1000, DType::F32), (4, 2049, DType::F32), (2, 1, DType::F32)] {
         let ld = v;
         let mut x = randn_vec(&mut g, m * ld, 3.0);
         if dt == DType::BF16 {
             x = round_bf16(&x);
         }
-        // Row 0: a tie between two maxima (first wins); row 1: NaNs and a max past n (ignored).
+        // Row 0: a tie between two maxima in different slices (first wins); row 1: NaNs
+        // and a max past n (ignored); row 2: all NaN (gives 0); row 3: the maximum is a
+        // zero, -0 before +0 (they tie, so the first wins).
         let big = 1000.0;
-        x[7] = big;
+        x[7 % n] = big;
         x[n - 1] = big;
-        if m > 1 {
+        if m > 1 && n > 2 {
             x[ld + 3] = f32::NAN;
             x[ld + n / 2] = f32::NAN;
             x[ld + n] = 2.0 * big;
             x[ld + n - 2] = big;
         }
+        if m > 2 {
+            x[2 * ld..2 * ld + n].fill(f32::NAN);
+        }
+        if m > 3 {
+            for (i, xv) in x[3 * ld..3 * ld + n].iter_mut().enumerate() {
+                *xv = if i == 5 { -0.0 } else if i == n - 3 { 0.0 } else { -1.0 - xv.abs() };
+            }
+        }
         let expect: Vec<i32> = (0..m).map(|i| ops::argmax(&x[i * ld..i * ld + n]) as i32).collect();
         let (xf, xb) = (up(&s, &x), up(&s, &to_bf16(&x)));
         let lm = if dt == DType::F32 { Mat::f32(ptr(&s, &xf), ld) } else { Mat::bf16(ptr(&s, &xb), ld) };
-        let out = up(&s, &vec![-7i32; m]);
-        e.k.argmax(&s, lm, n, ptr(&s, &out), m).unwrap();
-        let got = down(&s, &out);
-        println!("argmax M={m} n={n} {dt:?}: {got:?} (expect {expect:?})");
-        assert_eq!(got, expect);
-        assert_eq!(got[0], 7);
+        // Twice: the scratch must come back zero for the next launch.
+        for round in 0..2 {
+            let out = up(&s, &vec![-7i32; m]);
+            e.k.argmax(&s, lm, n, ptr(&s, &out), m, &ws).unwrap();
+            let got = down(&s, &out);
+            println!("argmax M={m} n={n} {dt:?} round {round}: {got:?} (expect {expect:?})");
+            assert_eq!(got, expect);
+            assert_eq!(got[0], if n > 7 { 7 } else { 0 });
+            if m > 2 {
+                assert_eq!(got[2], 0, "an all-NaN row gives 0");
+            }
+            if m > 3 {
+                assert_eq!(got[3], 5, "-0 ties +0 and comes first");
+            }
+            assert!(down(&s, &keys).iter().all(|k| *k == 0) && down(&s, &counters).iter().all(|c| *c == 0), "scratch left non-zero");
+        }
     }
     let _ = NULL;
+}
+
+/// Zeroed argmax scratch for `rows` rows (the buffers, then the kernels' view of them).
+fn argmax_scratch(s: &Arc<CudaStream>, rows: usize) -> (CudaSlice<u64>, CudaSlice<u32>, ArgmaxScratch) {
+    let (keys, counters) = (up(s, &vec![0u64; rows]), up(s, &vec![0u32; rows]));
+    let ws = ArgmaxScratch { keys: ptr(s, &keys), counters: ptr(s, &counters), rows };
+    (keys, counters, ws)
 }
 
 #[test]
@@ -259,6 +291,7 @@ fn argmax_takes_first_max_and_skips_nan() {
 fn masked_argmax_matches_its_cpu_twin() {
     let Some(e) = env() else { return };
     let s = stream(e);
+    let (_keys, _counters, ws) = argmax_scratch(&s, 8);
     let v = e.k.dims().vocab;
     let mut g = rng(6);
     // (rows, n, words): full vocabulary, n not a multiple of 32, a mask longer than n
@@ -296,7 +329,7 @@ fn masked_argmax_matches_its_cpu_twin() {
             .collect();
         let (xd, md, rd) = (up(&s, &x), up(&s, &masks), up(&s, &mask_rows));
         let out = up(&s, &vec![-7i32; m]);
-        e.k.argmax_masked(&s, Mat::f32(ptr(&s, &xd), ld), n, ptr(&s, &rd), ptr(&s, &md), words, ptr(&s, &out), m).unwrap();
+        e.k.argmax_masked(&s, Mat::f32(ptr(&s, &xd), ld), n, ptr(&s, &rd), ptr(&s, &md), words, ptr(&s, &out), m, &ws).unwrap();
         let got = down(&s, &out);
         println!("masked argmax M={m} n={n} words={words}: {got:?} (expect {expect:?})");
         assert_eq!(got, expect);

@@ -306,11 +306,12 @@ pub fn greedy(row: &[f32], limit: usize, allowed: Option<&[u32]>) -> usize {
     }
 }
 
-/// Index of the largest value; the first index wins ties; NaN never wins.
+/// Index of the largest value; the first index wins ties; NaN never wins (an all-NaN
+/// row gives 0, as on the device).
 pub fn argmax(x: &[f32]) -> usize {
     let mut best = 0;
     for (i, v) in x.iter().enumerate() {
-        if *v > x[best] || x[best].is_nan() {
+        if *v > x[best] || (x[best].is_nan() && !v.is_nan()) {
             best = i;
         }
     }

@@ -434,7 +434,7 @@ impl CudaBackend {
         let (Some(limit), false) = (step.argmax_limit, step.layout.masks.is_empty()) else { return Ok(()) };
         let v = self.cfg.vocab_size;
         let (mask_rows, masks) = (self.s.meta.at((step.meta.mask_rows + r0) * 4), self.s.meta.at(step.meta.masks * 4));
-        self.k.argmax_masked(&self.stream, Mat::f32(self.s.logits.ptr, v), limit.min(v), mask_rows, masks, step.layout.mask_words, self.s.argmax.at(r0 * 4), rows)
+        self.k.argmax_masked(&self.stream, Mat::f32(self.s.logits.ptr, v), limit.min(v), mask_rows, masks, step.layout.mask_words, self.s.argmax.at(r0 * 4), rows, &self.s.argmax_ws)
     }
 
     /// Logits of the wanted rows (64 at a time), their argmax, and the host copies.

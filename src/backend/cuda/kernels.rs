@@ -17,6 +17,7 @@ mod misc;
 pub use attention::{AttnDecode, AttnPrefill, QkNormRope};
 pub use gdn::{Conv1d, GdnDecode, GdnPrefill};
 pub use gemm::{decode_gemm_rows, tiled_enabled, GemmKind, GemmPlan, GemmScratch, GEMM_MAX_M, TARGET_WARPS_PER_SM};
+pub use misc::ArgmaxScratch;
 
 use super::compile::{self, CompiledModule, KernelDims};
 use super::registry;

@@ -130,7 +130,7 @@ impl LayerStack<'_> {
         let (s, v, h) = (self.s, self.cfg.vocab_size, self.cfg.hidden_size);
         self.k.gemm(self.stream, self.w.lm_head, x, self.act, logits, DType::F32, rows, v, h, &s.gemm)?;
         if let Some(limit) = argmax_limit {
-            self.k.argmax(self.stream, Mat::f32(logits, v), limit.min(v), argmax, rows)?;
+            self.k.argmax(self.stream, Mat::f32(logits, v), limit.min(v), argmax, rows, &s.argmax_ws)?;
         }
         Ok(())
     }

@@ -72,6 +72,6 @@ impl LayerStack<'_> {
         let (s, v, h) = (self.s, self.cfg.vocab_size, self.cfg.hidden_size);
         let n = limit.div_ceil(128).saturating_mul(128).min(v);
         self.k.gemm(self.stream, self.w.lm_head, x, self.act, s.logits.ptr, DType::F32, rows, n, h, &s.gemm)?;
-        self.k.argmax(self.stream, Mat::f32(s.logits.ptr, n), limit.min(n), argmax, rows)
+        self.k.argmax(self.stream, Mat::f32(s.logits.ptr, n), limit.min(n), argmax, rows, &s.argmax_ws)
     }
 }

@@ -2,7 +2,7 @@
 //! recurrent state and conv ring per linear layer) and paged KV blocks for the
 //! full-attention layers; plus the per-step scratch buffers.
 
-use super::kernels::{DevPtr, GemmScratch, Kernels, GEMM_MAX_M};
+use super::kernels::{ArgmaxScratch, DevPtr, GemmScratch, Kernels, GEMM_MAX_M};
 use super::memory::DevBuf;
 use crate::backend::step::MetaOffsets;
 use crate::config::ModelConfig;
@@ -118,6 +118,9 @@ pub struct Scratch {
     pub logits: DevBuf,
     /// i32 greedy token per logit row.
     pub argmax: DevBuf,
+    _argmax_keys: DevBuf,
+    _argmax_counters: DevBuf,
+    pub argmax_ws: ArgmaxScratch,
     pub part_acc: DevBuf,
     pub part_ml: DevBuf,
     pub max_parts: usize,
@@ -160,6 +163,11 @@ impl Scratch {
         let gemm_ws = DevBuf::zeroed(ws * 4, "the GEMM split-K workspace")?;
         let gemm_counters = DevBuf::zeroed(counters * 4, "the GEMM counters")?;
         let gemm = GemmScratch { ws: gemm_ws.ptr, ws_floats: ws, counters: gemm_counters.ptr, counters_len: counters };
+        let argmax_rows = t.max(logit_rows).max(LOGIT_ROWS);
+        let (key_bytes, counter_bytes) = ArgmaxScratch::bytes(argmax_rows);
+        let argmax_keys = DevBuf::zeroed(key_bytes, "the argmax keys")?;
+        let argmax_counters = DevBuf::zeroed(counter_bytes, "the argmax counters")?;
+        let argmax_ws = ArgmaxScratch { keys: argmax_keys.ptr, counters: argmax_counters.ptr, rows: argmax_rows };
         let (acc, ml) = k.attn_decode_scratch(max_seqs, max_parts);
         let meta_len = MetaOffsets::len(max_tokens, max_seqs, max_blocks_per_seq, c.vocab_size);
         Ok(Scratch {
@@ -178,6 +186,9 @@ impl Scratch {
             sel: DevBuf::zeroed(LOGIT_ROWS * h * f, "selected rows")?,
             logits: DevBuf::zeroed(logit_rows.max(LOGIT_ROWS) * c.vocab_size * f, "logits")?,
             argmax: DevBuf::zeroed(t.max(logit_rows) * 4, "greedy tokens")?,
+            _argmax_keys: argmax_keys,
+            _argmax_counters: argmax_counters,
+            argmax_ws,
             part_acc: DevBuf::zeroed(acc * f, "decode attention partials")?,
             part_ml: DevBuf::zeroed(ml * f, "decode attention partials")?,
             max_parts,

@@ -77,6 +77,9 @@ pub const SILU_MUL: ByXY<&str> = [
 ];
 pub const ARGMAX: [&str; 2] = ["kiln_argmax_f32", "kiln_argmax_bf16"];
 pub const ARGMAX_MASKED: &str = "kiln_argmax_masked_f32";
+/// Logits per argmax block (AMAX_SLICE in elementwise.cu): a row of n takes
+/// ceil(n / ARGMAX_SLICE) blocks.
+pub const ARGMAX_SLICE: usize = 2048;
 pub const F32_TO_BF16: &str = "kiln_f32_to_bf16";
 pub const GATHER_ROWS: [&str; 2] = ["kiln_gather_rows_f32", "kiln_gather_rows_bf16"];
 pub const COPY_SEGMENTS: &str = "kiln_copy_segments";
@@ -167,6 +170,7 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
         format!("-DKILN_SMEM_ATTN_PREFILL={}", attn_prefill_smem(d.head_dim)),
         format!("-DKILN_SMEM_GDN_PREP={}", gdn_prefill_prep_smem(d.lin_k_dim, d.lin_v_dim)),
         format!("-DKILN_SMEM_GDN_SCAN={}", gdn_prefill_scan_smem(d.lin_k_dim)),
+        format!("-DKILN_ARGMAX_SLICE={ARGMAX_SLICE}"),
     ];
     for x in BOTH {
         for m in GEMM_SX_MAX_M {

@@ -1,7 +1,7 @@
 //! Embedding, norms and elementwise kernels.
 
 use super::{check_aligned, int, params, DType, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{ADD_RMSNORM, ARGMAX, ARGMAX_MASKED, COPY_SEGMENTS, EMBED, MTP_FC_INPUT, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
+use crate::backend::cuda::registry::{ADD_RMSNORM, ARGMAX, ARGMAX_MASKED, ARGMAX_SLICE, COPY_SEGMENTS, EMBED, MTP_FC_INPUT, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
 
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -137,14 +137,17 @@ impl Kernels {
         self.launch(COPY_SEGMENTS, stream, (blocks, n as u32, 1), 256, 0, &mut p)
     }
 
-    /// out[m] (i32) = argmax of logits row m over its first n columns (first index wins ties).
-    pub fn argmax(&self, stream: &CudaStream, logits: Mat, n: usize, out: DevPtr, m: usize) -> Result<()> {
+    /// out[m] (i32) = argmax of logits row m over its first n columns (first index wins
+    /// ties), `ceil(n / ARGMAX_SLICE)` blocks per row.
+    pub fn argmax(&self, stream: &CudaStream, logits: Mat, n: usize, out: DevPtr, m: usize, scratch: &ArgmaxScratch) -> Result<()> {
         if m == 0 {
             return Ok(());
         }
+        scratch.check(m)?;
         let (lp, ld, ni, mi) = (logits.ptr, int(logits.ld, "ld")?, int(n, "n")?, int(m, "rows")?);
-        let mut p = params!(lp, ld, ni, out, mi);
-        self.launch(ARGMAX[logits.dtype.idx()], stream, (m as u32, 1, 1), 1024, 0, &mut p)
+        let (keys, counters) = (scratch.keys, scratch.counters);
+        let mut p = params!(lp, ld, ni, out, mi, keys, counters);
+        self.launch(ARGMAX[logits.dtype.idx()], stream, (argmax_slices(n), m as u32, 1), 256, 0, &mut p)
     }
 
     /// For each f32 logits row m < `m` whose `mask_rows[m]` (i32, device) is >= 0:
@@ -152,13 +155,42 @@ impl Kernels {
     /// `masks[mask_rows[m] * words ..]` (u32 words, device; `SeqChunk::allowed`'s layout).
     /// Other rows keep out[m]. n must fit the mask (n <= 32 * words).
     #[allow(clippy::too_many_arguments)]
-    pub fn argmax_masked(&self, stream: &CudaStream, logits: Mat, n: usize, mask_rows: DevPtr, masks: DevPtr, words: usize, out: DevPtr, m: usize) -> Result<()> {
+    pub fn argmax_masked(&self, stream: &CudaStream, logits: Mat, n: usize, mask_rows: DevPtr, masks: DevPtr, words: usize, out: DevPtr, m: usize, scratch: &ArgmaxScratch) -> Result<()> {
         if m == 0 {
             return Ok(());
         }
+        scratch.check(m)?;
         ensure!(logits.dtype == DType::F32 && n <= 32 * words, "argmax_masked: f32 logits and n <= 32 * words ({n}, {words})");
         let (lp, ld, ni, wi, mi) = (logits.ptr, int(logits.ld, "ld")?, int(n, "n")?, int(words, "words")?, int(m, "rows")?);
-        let mut p = params!(lp, ld, ni, mask_rows, masks, wi, out, mi);
-        self.launch(ARGMAX_MASKED, stream, (m as u32, 1, 1), 1024, 0, &mut p)
+        let (keys, counters) = (scratch.keys, scratch.counters);
+        let mut p = params!(lp, ld, ni, mask_rows, masks, wi, out, mi, keys, counters);
+        self.launch(ARGMAX_MASKED, stream, (argmax_slices(n.min(32 * words)), m as u32, 1), 256, 0, &mut p)
+    }
+}
+
+/// Blocks per row of an argmax over n columns (at least one, which writes 0 when n = 0).
+fn argmax_slices(n: usize) -> u32 {
+    n.div_ceil(ARGMAX_SLICE).max(1) as u32
+}
+
+/// Scratch of the argmax kernels: a u64 key and a u32 counter per row of one launch,
+/// zeroed at allocation (every launch leaves them zero). Launches that share it must be
+/// ordered (same stream).
+#[derive(Clone, Copy, Debug)]
+pub struct ArgmaxScratch {
+    pub keys: DevPtr,
+    pub counters: DevPtr,
+    pub rows: usize,
+}
+
+impl ArgmaxScratch {
+    /// Bytes of keys and of counters for `rows` rows.
+    pub fn bytes(rows: usize) -> (usize, usize) {
+        (rows * 8, rows * 4)
+    }
+
+    fn check(&self, m: usize) -> Result<()> {
+        ensure!(m <= self.rows, "argmax: {m} rows exceed the scratch's {}", self.rows);
+        check_aligned(self.keys, 8, "argmax keys")
     }
 }
