@@ -8,7 +8,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::{Backend, Capacity};
 use kiln::config::ModelConfig;
-use kiln::scheduler::{self, SchedulerConfig};
+use kiln::scheduler::{self, SchedulePolicy, SchedulerConfig};
 use kiln::server::{self, AppState, SamplingDefaults, ServerConfig};
 use kiln::tokenizer::Tokenizer;
 use serde_json::{json, Value};
@@ -82,6 +82,10 @@ struct ServeArgs {
     /// Tokens per scheduler step (prefill chunks share what decode leaves).
     #[arg(long)]
     chunked_prefill_size: Option<usize>,
+    /// Which prefills take a step's budget first: `shortest-prefill` (fewest prompt
+    /// tokens left, aged by waiting) or `fcfs` (admission order).
+    #[arg(long, default_value = "shortest-prefill")]
+    schedule_policy: String,
     /// Requests that may wait; beyond, 503 with Retry-After.
     #[arg(long, default_value_t = 4096)]
     max_queued_requests: usize,
@@ -449,6 +453,7 @@ fn probe(_a: &ProbeArgs) -> Result<i32> {
 fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
     init_logging(&a.log_level);
     let speculative = a.speculative.resolve()?;
+    let schedule_policy = SchedulePolicy::parse(&a.schedule_policy).map_err(|e| anyhow::anyhow!(e))?;
     let (backend, tok, demo) = build_backend(&a, speculative.as_ref())?;
     for flag in ignored {
         tracing::warn!("ignoring unsupported SGLang flag `{flag}`");
@@ -477,6 +482,7 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
         prefix_cache_interval: a.mamba_track_interval,
         check_invariants: false,
         speculative,
+        schedule_policy,
     };
     let model_label = match (&demo, &a.model_path) {
         (None, Some(p)) => p.display().to_string(),

@@ -330,3 +330,36 @@ fn parallel_sampling_of_a_large_batch_matches_direct_greedy_and_seeded_draws() {
     }
     wait_idle(&h);
 }
+
+/// `--schedule-policy`: with a step budget that holds one prefill chunk at a time, short
+/// prompts that arrive behind a long one get their prefill first under shortest-prefill
+/// and only after the long one's last chunk under fcfs. Both give every request its
+/// direct greedy tokens.
+#[test]
+fn shortest_prefill_runs_short_prompts_before_a_long_one_and_fcfs_does_not() {
+    use kiln::scheduler::SchedulePolicy;
+    for policy in [SchedulePolicy::ShortestPrefill, SchedulePolicy::Fcfs] {
+        // Budget 16 with 4 slots: chunks of up to 12 tokens, so a 12-token chunk of the
+        // long prompt leaves no room for an 8-token short one.
+        let cfg = SchedulerConfig { chunked_prefill_size: 16, prefix_cache: false, schedule_policy: policy, ..Default::default() };
+        let (h, st) = start(cap(4, 64, 16, 256), cfg);
+        st.delay_ms.store(10, Relaxed);
+        let (long, shorts) = (prompt(1, 120), [prompt(2, 8), prompt(3, 8)]);
+        let mut tickets = vec![(long.clone(), h.submit(req(&long, 2)).unwrap())];
+        tickets.extend(shorts.iter().map(|p| (p.clone(), h.submit(req(p, 2)).unwrap())));
+        for (p, t) in tickets {
+            assert_eq!(collect(t).0, reference_greedy(&p, 2, true), "{policy:?}");
+        }
+        wait_idle(&h);
+        let chunks = st.prefill_chunks.lock().unwrap().clone();
+        // The long prompt's last chunk ends at 120; the short prompts' chunks are (0, 8).
+        let last_long = chunks.iter().position(|&(s, n)| s + n == 120).expect("the long prompt's last chunk");
+        let shorts_at: Vec<usize> = chunks.iter().enumerate().filter(|(_, &c)| c == (0, 8)).map(|(i, _)| i).collect();
+        assert_eq!(shorts_at.len(), 2, "{policy:?}: {chunks:?}");
+        match policy {
+            SchedulePolicy::ShortestPrefill => assert!(shorts_at.iter().all(|&i| i < last_long), "{policy:?}: {chunks:?}"),
+            SchedulePolicy::Fcfs => assert!(shorts_at.iter().all(|&i| i > last_long), "{policy:?}: {chunks:?}"),
+        }
+        assert!(st.errors.lock().unwrap().is_empty());
+    }
+}

@@ -440,10 +440,8 @@ impl Engine {
         let mut budget = self.cfg.chunked_prefill_size.saturating_sub(decoding + spec_extra);
         let mut plan: Vec<(usize, usize, Want)> = Vec::new();
         let vocab_limit = self.vocab_limit;
-        for (i, s) in self.running.iter().enumerate() {
-            if speculating[i] {
-                continue;
-            }
+        for i in self.visit_order(&speculating) {
+            let s = &self.running[i];
             let remaining = s.tokens.len() - s.fed;
             let n = if remaining == 1 {
                 1
@@ -578,6 +576,24 @@ impl Engine {
             let s = self.running.remove(i);
             self.finish(s, out);
         }
+    }
+
+    /// The running sequences a step plans, minus the speculating ones: the decoding ones
+    /// in running order, then the prefilling ones in the schedule policy's order (the
+    /// order in which they take the step budget).
+    fn visit_order(&self, speculating: &[bool]) -> Vec<usize> {
+        let now = Instant::now();
+        let (mut visit, prefill): (Vec<usize>, Vec<usize>) =
+            (0..self.running.len()).filter(|&i| !speculating[i]).partition(|&i| self.running[i].tokens.len() - self.running[i].fed == 1);
+        let cands: Vec<(usize, f64)> = prefill
+            .iter()
+            .map(|&i| {
+                let s = &self.running[i];
+                (s.tokens.len() - s.fed, now.saturating_duration_since(s.req.arrival).as_secs_f64() * 1e3)
+            })
+            .collect();
+        visit.extend(self.cfg.schedule_policy.prefill_order(&cands).into_iter().map(|j| prefill[j]));
+        visit
     }
 
     fn collect_input_lp(&mut self, i: usize, start: usize, n: usize, l: &crate::backend::ChunkLogits) {

@@ -31,6 +31,7 @@ pub mod stats;
 pub mod text;
 
 pub use codec::Codec;
+pub use policy::SchedulePolicy;
 pub use speculative::{SpecConfig, SpecCounts, SpecPolicy};
 pub use request::{FinishReason, GenRequest, LogprobConfig, Output, StopConfig, TokenLogprob};
 pub use stats::Stats;
@@ -72,6 +73,8 @@ pub struct SchedulerConfig {
     pub check_invariants: bool,
     /// Speculative decoding with the model's MTP head (None: off).
     pub speculative: Option<SpecConfig>,
+    /// Which prefill chunks take the step budget first (`--schedule-policy`).
+    pub schedule_policy: SchedulePolicy,
 }
 
 impl Default for SchedulerConfig {
@@ -87,6 +90,7 @@ impl Default for SchedulerConfig {
             prefix_cache_interval: 256,
             check_invariants: false,
             speculative: None,
+            schedule_policy: SchedulePolicy::ShortestPrefill,
         }
     }
 }
