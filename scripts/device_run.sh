@@ -30,6 +30,8 @@
 #   serving  (with serve) scripts/bench_serving.py against that server
 #   serving_constrained  (with serve) 16 in flight, half of them with a regex constraint:
 #            TPOT of the unconstrained half against serving's c16 (issue 12: no slowdown)
+#   serving_fcfs  a second server with --schedule-policy fcfs (the policy before shortest-prefill
+#            became the default): bench_serving seq,c16,c64, the same draws as serving (serving_fcfs.txt)
 #   soak     (with serve) scripts/soak.py for $SOAK_S seconds (default 240): mixed traffic with
 #            cut streams and aborts, then memory flat, every slot and block free, nothing lost
 #   wheel_nvrtc  issue 11: hide the toolkit's libnvrtc from the loader, give python3 only the
@@ -184,6 +186,13 @@ if has serve; then
     python3 scripts/soak.py --url http://127.0.0.1:30111 --duration "$SOAK_S" --concurrency 32 --pid "${SPID:-0}" 2>&1 | tee "$OUT/soak.txt" | grep -E "^soak|sample" | tail -8
   fi
   kill %1; tail -5 "$OUT/serve.log"
+fi
+if has serving_fcfs; then
+  log "serving with --schedule-policy fcfs"
+  KILN_BIN=.devbin/kiln KILN_BUILD_BIN=.devbin/kiln-build KILN_ENGINES="$ENG" ./launch_server.sh --model-path "$CKPT" --port 30113 --schedule-policy fcfs > "$OUT/serve_fcfs.log" 2>&1 & FPID=$!
+  for i in $(seq 1 600); do curl -sf localhost:30113/health >/dev/null && break; sleep 0.1; done
+  python3 scripts/bench_serving.py --url http://127.0.0.1:30113 --workloads seq,c16,c64 --num-seq 8 --num 64 2>&1 | tee "$OUT/serving_fcfs.txt"
+  kill $FPID 2>/dev/null; pkill -f -- "--port 30113" 2>/dev/null; sleep 1
 fi
 if has wheel_nvrtc; then
   log "issue 11: plan built with NVRTC found only through the pip wheel"
