@@ -7,6 +7,8 @@
 #   bench    kiln-eval bench: decode steps at batch 1..256, ctx 1024; prefill 1024; batch 1 at
 #            ctx 8192 and prefill 8192 (bench8k.txt)
 #   bench_split  bench with KILN_GDN_SPLIT=1 (column-split GDN decode kernel)
+#   nsys_decode  nsys over one decode step at batch 1 (ctx 1024) as the graph runs it: kernel time
+#            and the idle gaps between kernels, per kernel (nsys_decode.txt; skipped without nsys)
 #   profile_decode  ncu over one decode step at batch 1 and at batch 64 (ctx 1024): time, DRAM
 #            bytes and achieved bandwidth per kernel (profile_decode.txt)
 #   bench_tiled  bench with the pre-tiled decode GEMMs (KILN_GEMM_TILED=0: shared-x for M = 17..64,
@@ -91,6 +93,17 @@ if has profile; then
   # 6 prefills of 1024 tokens (1 warm + 5 timed); the one 16-token prefill and the few
   # decode steps of the run are in the log too (small).
   python3 scripts/ncu_summary.py /tmp/ncu.csv --runs 6 | tee "$OUT/profile.txt" | head -40
+fi
+if has nsys_decode; then
+  NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/*/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys 2>/dev/null | head -1)
+  if [ -z "$NSYS" ]; then echo "nsys_decode: no nsys on this machine" | tee "$OUT/nsys_decode.txt"; else
+    log "nsys ($NSYS): one decode step at batch 1, ctx 1024"
+    KILN_PROFILE_DECODE=1 "$NSYS" profile --cuda-graph-trace=node --capture-range=cudaProfilerApi -f true -o /tmp/nsys_dec1 \
+      .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1 --ctx 1024 --prefill 16 --iters 5 > /tmp/nsys_run.txt 2>&1 || tail -5 /tmp/nsys_run.txt
+    "$NSYS" stats --report cuda_gpu_trace --format csv -o /tmp/nsys_dec1 /tmp/nsys_dec1.nsys-rep > /dev/null 2>&1
+    f=$(ls /tmp/nsys_dec1*cuda_gpu_trace*.csv 2>/dev/null | head -1)
+    [ -n "$f" ] && python3 scripts/nsys_gaps.py "$f" | tee "$OUT/nsys_decode.txt" | head -16
+  fi
 fi
 if has profile_decode; then
   for b in 1 64; do
