@@ -471,6 +471,9 @@ impl Engine {
             };
             plan.push((i, n, want));
         }
+        // The policy chose which chunks run; they run in running order (what the sampling
+        // below and the step's consumers expect).
+        plan.sort_by_key(|p| p.0);
         // Grammar masks of the greedy rows, computed on the CPU before the step and alive
         // through `forward`; the chosen token advances the grammar in `observe`.
         let masks: Vec<Option<Vec<u32>>> = plan
@@ -634,6 +637,7 @@ impl Engine {
                 }
             }
         }
+        assert_eq!(work.len(), jobs.len(), "sampling jobs must come in running order");
         let one = |(s, row): &mut (&mut Seq, &[f32])| {
             let banned: Vec<u32> = if s.out_len() < s.req.stop.min_new_tokens {
                 eos.iter().chain(&s.req.stop.stop_token_ids).copied().collect()
