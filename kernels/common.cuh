@@ -52,9 +52,6 @@ static_assert(CONV_K >= 2 && CONV_K <= 8, "CONV_K out of range");
 #ifndef KILN_PDL_EARLY
 #define KILN_PDL_EARLY 0
 #endif
-#ifndef KILN_GEMM_L2PF
-#define KILN_GEMM_L2PF 0
-#endif
 #if KILN_PDL_EARLY
 #define KILN_PDL_WAIT() asm volatile("griddepcontrol.launch_dependents;\n\tgriddepcontrol.wait;" ::: "memory")
 #define KILN_PDL_TRIGGER() \

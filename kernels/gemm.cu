@@ -30,7 +30,6 @@
 using namespace kiln;
 
 #define GEMM_THREADS 128
-#define SK_PF 8  // chunks of 32 k per L2 prefetch request, and how far ahead (KILN_GEMM_L2PF)
 
 __device__ __forceinline__ uint4 ld_stream(const bf16* p) {
     uint4 r;
@@ -237,14 +236,6 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
     KILN_PDL_TRIGGER();
 
     for (int c0 = 0; c0 < nchunks; c0 += P) {
-#if KILN_GEMM_L2PF
-        // Deeper than the P chunks in registers: every SK_PF chunks, one lane per row of
-        // this warp asks L2 for the row's next SK_PF chunks, SK_PF chunks ahead.
-        if (c0 % SK_PF == 0 && lane < RW * 16 && row0 + lane < N) {
-            const int k = kb + (c0 + SK_PF) * 32;
-            if (k < ke) prefetch_l2(W + (size_t)(row0 + lane) * K + k, (unsigned)min(ke - k, SK_PF * 32) * 2);
-        }
-#endif
 #pragma unroll
         for (int p = 0; p < P; ++p) {
             const int c = c0 + p;

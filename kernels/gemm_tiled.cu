@@ -30,7 +30,6 @@ using namespace kiln;
 #define TG_SK 64      // k per stage (two 32-k chunks)
 #define TG_STAGES 3
 #define TG_ROWB 128   // bytes per shared-memory row: 64 bf16
-#define TG_PF 4       // stages per L2 prefetch request, and how far ahead (KILN_GEMM_L2PF)
 
 template <bool XF32> struct TgLayout {
     static constexpr int W = TG_BN * TG_ROWB;  // 16 KB
@@ -172,14 +171,6 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
         cp_async_wait<1>();  // stage s has landed (stage s + 1 may still be in flight)
         __syncthreads();     // ... for every thread; and stage s - 1's slot is free
         load_w(s + 2);
-#if KILN_GEMM_L2PF
-        // Deeper than the three shared-memory stages: every TG_PF stages, one thread per W
-        // row asks L2 for the row's next TG_PF stages, TG_PF stages ahead of their loads.
-        if (s % TG_PF == 0 && tid < TG_BN && n0 + tid < N) {
-            const int k = kb + (s + TG_PF) * TG_SK;
-            if (k < ke) prefetch_l2(W + (size_t)(n0 + tid) * K + k, (unsigned)min(ke - k, TG_PF * TG_SK) * 2);
-        }
-#endif
         if constexpr (XF32) {
             load_x_regs(s + 2);
         } else {

@@ -22,6 +22,7 @@ using namespace kiln;
 
 #define RK_DPL (HEAD_DIM / 32)
 #define RK_WARPS (NUM_HEADS + NUM_KV_HEADS)
+static_assert(ROTARY_DIM >= 2 && ROTARY_DIM / 2 <= RK_WARPS * 32, "one thread per rotary pair of the block");
 
 template <typename IN>
 __device__ __forceinline__ void qk_norm_rope(const IN* __restrict__ qg, int ld_qg, const IN* __restrict__ k,
@@ -32,9 +33,19 @@ __device__ __forceinline__ void qk_norm_rope(const IN* __restrict__ qg, int ld_q
                                              bf16* __restrict__ k_cache, bf16* __restrict__ v_cache,
                                              int block_size, int T) {
     KILN_PDL_ENTER();
+    constexpr int half = ROTARY_DIM / 2;
     __shared__ float buf[RK_WARPS][HEAD_DIM];
+    __shared__ float rcos[half], rsin[half];
     const int t = blockIdx.x;
-    if (t >= T) return;
+    if (t >= T) return;  // the whole block
+    // The token's rotation, once per block (each of its heads rotates by the same angles):
+    // the double-precision pow and the sincosf are the kernel's costliest instructions.
+    if (threadIdx.x < half) {
+        const int i = threadIdx.x;
+        const float inv_freq = (float)(1.0 / pow((double)ROPE_THETA, (double)(2 * i) / (double)ROTARY_DIM));
+        sincosf((float)pos[t] * inv_freq, &rsin[i], &rcos[i]);
+    }
+    __syncthreads();
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int d0 = lane * RK_DPL;
     const bool is_q = w < NUM_HEADS;
@@ -57,16 +68,12 @@ __device__ __forceinline__ void qk_norm_rope(const IN* __restrict__ qg, int ld_q
         buf[w][d0 + e] = x[e];
     }
     __syncwarp();
-    const float fpos = (float)pos[t];
-    constexpr int half = ROTARY_DIM / 2;
 #pragma unroll
     for (int e = 0; e < RK_DPL; ++e) {
         const int d = d0 + e;
         if (d < ROTARY_DIM) {
             const int i = d < half ? d : d - half;
-            const float inv_freq = (float)(1.0 / pow((double)ROPE_THETA, (double)(2 * i) / (double)ROTARY_DIM));
-            float sn, cs;
-            sincosf(fpos * inv_freq, &sn, &cs);
+            const float sn = rsin[i], cs = rcos[i];
             x[e] = d < half ? buf[w][d] * cs - buf[w][d + half] * sn : buf[w][d] * cs + buf[w][d - half] * sn;
         }
     }

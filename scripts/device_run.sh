@@ -21,14 +21,13 @@
 #            kiln-eval): its teacher-forced logits against this commit's, byte for byte (a change
 #            meant to keep every bit, such as a reduction's load batching, proves it here)
 #   sweep    the decode GEMM on every shape under candidate K splits (bench_gemm_sweep: sweep.txt)
-#   l2pf     a second plan built with KILN_GEMM_L2PF=0 (decode GEMMs without the in-loop L2
-#            prefetch): bench at batch 1/8/64/256, and its logits against the default plan's
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
 #   eval     kiln-eval logits + compare against the references
 #   verify   kiln-eval verify: speculative verification exact against plain decoding at batch
 #            1/4/8 (3 drafts), and a verify call's time against a decode step's
+#            (KERNEL_BENCH=0: the kernel tests without the kernel bench)
 #   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
 #   serve    launch_server.sh --model-path: time to /health 200, one request
 #   serving  (with serve) scripts/bench_serving.py against that server
@@ -160,15 +159,6 @@ fi
 if has sweep; then
   log "decode GEMM sweep"; for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_CUDA_BENCH=1 "$t" bench_gemm_sweep --ignored --nocapture 2>&1 | grep SWEEP > "$OUT/sweep.txt"; done; wc -l "$OUT/sweep.txt"
 fi
-if has l2pf; then
-  log "plan with KILN_GEMM_L2PF=0"; KILN_GEMM_L2PF=0 .devbin/kiln-build --model "$CKPT" --out /tmp/engines_l2pf --name qwen35_4b_random 2>&1 | tail -1
-  .devbin/kiln-eval bench --plan /tmp/engines_l2pf/qwen35_4b_random.plan --batch 1,8,64,256 2>&1 | grep "decode batch" | tee "$OUT/bench_l2pf0.txt"
-  if [ -f "$REFS/cases.json" ]; then
-    .devbin/kiln-eval logits --plan /tmp/engines_l2pf/qwen35_4b_random.plan --cases "$REFS/cases.json" --out /tmp/ours_l2pf.f32 2>&1 | tail -1
-    if cmp /tmp/ours.f32 /tmp/ours_l2pf.f32; then echo "KILN_GEMM_L2PF=0 plan: logits bit-identical to the default plan's"; else echo "KILN_GEMM_L2PF=0 plan: logits DIFFER"; fi | tee -a "$OUT/bench_l2pf0.txt"
-  fi
-  rm -rf /tmp/engines_l2pf
-fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
 fi
@@ -177,7 +167,7 @@ if has nograph; then
 fi
 if has kernels; then
   log "kernel tests"; for t in .devbin/cuda_kernels*; do [ -x "$t" ] && "$t" --ignored --test-threads=1 --nocapture > "$OUT/kernels.txt" 2>&1; grep -E "^test |test result|panicked|rel err" "$OUT/kernels.txt" | tail -70
-    KILN_CUDA_BENCH=1 "$t" bench_gdn_prefill bench_kernels --ignored --test-threads=1 --nocapture 2>&1 | grep BENCH | tee "$OUT/kernel_bench.txt"
+    [ "${KERNEL_BENCH:-1}" = 1 ] && KILN_CUDA_BENCH=1 "$t" bench_gdn_prefill bench_kernels --ignored --test-threads=1 --nocapture 2>&1 | grep BENCH | tee "$OUT/kernel_bench.txt"
   done
 fi
 if has backend; then

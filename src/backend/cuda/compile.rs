@@ -308,11 +308,6 @@ pub fn compile_module(name: &str, src: &str, arch: &str, dims: &KernelDims, incl
     // KILN_PDL_EARLY=0 builds the previous kernels.
     let early = std::env::var("KILN_PDL_EARLY").map_or(true, |v| v != "0");
     opts.push(format!("-DKILN_PDL_EARLY={}", early as u8));
-    // The decode GEMMs ask L2 for each weight row's next columns a few stages ahead of
-    // their loads (deeper than the loads in flight; the same arithmetic). Default on;
-    // KILN_GEMM_L2PF=0 builds the kernels without it (device_run.sh stage l2pf compares).
-    let l2pf = std::env::var("KILN_GEMM_L2PF").map_or(true, |v| v != "0");
-    opts.push(format!("-DKILN_GEMM_L2PF={}", l2pf as u8));
     // KILN_PTXAS_VERBOSE=1: print ptxas's registers / spills / shared memory per kernel.
     let verbose = std::env::var("KILN_PTXAS_VERBOSE").is_ok_and(|v| v == "1");
     if verbose {
