@@ -41,31 +41,22 @@ pub fn decode_gemm_rows() -> usize {
     }
 }
 
-/// The kernel `GemmKind::Auto` runs for an M x N output: up to M = 16 the shared-x kernel
-/// for the wide weights (N >= SHARED_X_MIN_N) and the register kernel for the others, the
-/// tiled kernel above (the only one that takes M > 64), or the shared-x kernel for 17..64
-/// with `KILN_GEMM_TILED=0`. All are bit-identical for one plan, so the choice may depend
-/// on M and N freely.
-fn auto_kind(m: usize, n: usize) -> GemmKind {
+/// The kernel `GemmKind::Auto` runs: the register kernel up to M = 16, the tiled kernel
+/// above (the only one that takes M > 64), or the shared-x kernel for 17..64 with
+/// `KILN_GEMM_TILED=0`. All are bit-identical for one plan, so the choice may depend on M.
+/// The shared-x kernel is faster alone at M = 1 for the wide weights (H100 sweep, 2026-12-05:
+/// lm_head 448 against 545 µs, qkvz 32.6 against 35.5), but taking it there made the
+/// batch-1 step slower (5.21 against 4.89 ms, docs/perf.md session 6): it has no early L2
+/// weight prefetch before its PDL wait, which the register kernel has.
+fn auto_kind(m: usize) -> GemmKind {
     if m <= 16 {
-        if n >= SHARED_X_MIN_N {
-            GemmKind::SharedX
-        } else {
-            GemmKind::Register
-        }
+        GemmKind::Register
     } else if m <= SKINNY_MAX_M && !tiled_enabled() {
         GemmKind::SharedX
     } else {
         GemmKind::Tiled
     }
 }
-
-/// From this many output columns, GEMMs of up to 16 rows run the shared-x kernel. Measured on
-/// the H100 (2026-12-05, `bench_gemm_sweep`, M = 1, same run): against the register kernel
-/// it takes the lm_head 447.6 against 544.7 µs, qkvz 32.6 against 35.5, gate_up 46.6 against
-/// 49.6 (2 splits) and 41.5 against 50.9 (3), qgkv ties, and the out projection (N = 2560)
-/// 15.7 against 15.2.
-pub const SHARED_X_MIN_N: usize = 10240;
 
 /// Largest M the register and shared-x kernels take.
 pub const SKINNY_MAX_M: usize = 64;
@@ -100,11 +91,13 @@ pub struct GemmScratch {
 pub const TARGET_WARPS_PER_SM: usize = 16;
 
 /// The target for the wide weights (N >= WIDE_N: qkvz, gate_up; the lm_head's split stays 1
-/// either way). Measured on the H100 (2026-12-05, `bench_gemm_sweep`, one run), the splits
-/// it gives beat the 16-warp ones at every batch: qkvz 4 splits against 3: M = 1 (shared-x)
-/// 31.3 against 32.6 µs, M = 32 (tiled) 54.0 against 63.0, M = 64 58.9 against 69.1;
-/// gate_up 3 against 2: M = 1 41.5 against 46.6, M = 32 65.1 against 75.7, M = 64 86.3
-/// against 95.3. For qgkv (N = 10240), down and out the 16-warp splits were best.
+/// either way). Measured on the H100 (2026-12-05, `bench_gemm_sweep`, one run), the tiled
+/// kernel is faster with the splits it gives: qkvz 4 splits against 3: M = 32 54.0 against
+/// 63.0 µs, M = 64 58.9 against 69.1; gate_up 3 against 2: M = 32 65.1 against 75.7, M = 64
+/// 86.3 against 95.3. The register kernel at M = 1 is about 1 µs slower with them (qkvz
+/// 36.5 against 35.5, gate_up 50.9 against 49.6). The whole step with them: batch 32 8.26
+/// against 9.16 ms, 64 11.97 against 12.64. For qgkv (N = 10240), down and out the 16-warp
+/// splits were best.
 pub const WIDE_TARGET_WARPS_PER_SM: usize = 24;
 /// Output columns from which `WIDE_TARGET_WARPS_PER_SM` applies.
 pub const WIDE_N: usize = 12288;
@@ -178,7 +171,7 @@ impl Kernels {
             return Ok(());
         }
         ensure!(m <= GEMM_MAX_M, "gemm: M = {m} exceeds {GEMM_MAX_M} (use cuBLASLt for prefill)");
-        let kind = if kind == GemmKind::Auto { auto_kind(m, n) } else { kind };
+        let kind = if kind == GemmKind::Auto { auto_kind(m) } else { kind };
         ensure!(m <= SKINNY_MAX_M || kind == GemmKind::Tiled, "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
         ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
         ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
@@ -226,15 +219,12 @@ mod tests {
         assert!(std::env::var("KILN_GEMM_TILED").is_err());
         assert!(tiled_enabled());
         assert_eq!(decode_gemm_rows(), GEMM_MAX_M);
-        for n in [64, 2560, 12352, 248_320] {
-            let small = if n >= SHARED_X_MIN_N { GemmKind::SharedX } else { GemmKind::Register };
-            assert_eq!(auto_kind(1, n), small);
-            assert_eq!(auto_kind(16, n), small);
-            assert_eq!(auto_kind(17, n), GemmKind::Tiled);
-            assert_eq!(auto_kind(64, n), GemmKind::Tiled);
-            assert_eq!(auto_kind(65, n), GemmKind::Tiled);
-            assert_eq!(auto_kind(GEMM_MAX_M, n), GemmKind::Tiled);
-        }
+        assert_eq!(auto_kind(1), GemmKind::Register);
+        assert_eq!(auto_kind(16), GemmKind::Register);
+        assert_eq!(auto_kind(17), GemmKind::Tiled);
+        assert_eq!(auto_kind(64), GemmKind::Tiled);
+        assert_eq!(auto_kind(65), GemmKind::Tiled);
+        assert_eq!(auto_kind(GEMM_MAX_M), GemmKind::Tiled);
         // Counters cover the tiled kernel's (W tile, batch tile) pairs and the skinny
         // kernels' 64-row groups.
         for n in [1usize, 64, 65, 128, 129, 2560, 248_320] {
