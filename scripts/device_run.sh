@@ -21,6 +21,8 @@
 #            kiln-eval): its teacher-forced logits against this commit's, byte for byte (a change
 #            meant to keep every bit, such as a reduction's load batching, proves it here)
 #   sweep    the decode GEMM on every shape under candidate K splits (bench_gemm_sweep: sweep.txt)
+#   small_sx  bench at batch 1/8 with KILN_GEMM_SMALL_SX=1 (the shared-x kernel for the wide
+#            weights up to 16 rows, now with the early L2 weight prefetch)
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
@@ -158,6 +160,9 @@ if has cmp_prev && [ -f "$REFS/cases.json" ]; then
 fi
 if has sweep; then
   log "decode GEMM sweep"; for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_CUDA_BENCH=1 "$t" bench_gemm_sweep --ignored --nocapture 2>&1 | grep SWEEP > "$OUT/sweep.txt"; done; wc -l "$OUT/sweep.txt"
+fi
+if has small_sx; then
+  log "bench with the shared-x kernel for wide weights up to 16 rows"; KILN_GEMM_SMALL_SX=1 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8 2>&1 | grep "decode batch" | tee "$OUT/bench_small_sx.txt"
 fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"

@@ -48,15 +48,29 @@ pub fn decode_gemm_rows() -> usize {
 /// lm_head 448 against 545 µs, qkvz 32.6 against 35.5), but taking it there made the
 /// batch-1 step slower (5.21 against 4.89 ms, docs/perf.md session 6): it has no early L2
 /// weight prefetch before its PDL wait, which the register kernel has.
-fn auto_kind(m: usize) -> GemmKind {
+fn auto_kind(m: usize, n: usize) -> GemmKind {
     if m <= 16 {
-        GemmKind::Register
+        if n >= SHARED_X_MIN_N && small_shared_x() {
+            GemmKind::SharedX
+        } else {
+            GemmKind::Register
+        }
     } else if m <= SKINNY_MAX_M && !tiled_enabled() {
         GemmKind::SharedX
     } else {
         GemmKind::Tiled
     }
 }
+
+/// `KILN_GEMM_SMALL_SX=1`: GEMMs of up to 16 rows with N >= SHARED_X_MIN_N run the shared-x
+/// kernel (which now prefetches its weights into L2 before the PDL wait, as the register
+/// kernel does). Off by default until measured in the step (device_run.sh stage small_sx).
+fn small_shared_x() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_GEMM_SMALL_SX").is_ok_and(|v| v == "1"))
+}
+/// The wide weights (qkvz, qgkv, gate_up, lm_head) for `KILN_GEMM_SMALL_SX`.
+pub const SHARED_X_MIN_N: usize = 10240;
 
 /// Largest M the register and shared-x kernels take.
 pub const SKINNY_MAX_M: usize = 64;
@@ -171,7 +185,7 @@ impl Kernels {
             return Ok(());
         }
         ensure!(m <= GEMM_MAX_M, "gemm: M = {m} exceeds {GEMM_MAX_M} (use cuBLASLt for prefill)");
-        let kind = if kind == GemmKind::Auto { auto_kind(m) } else { kind };
+        let kind = if kind == GemmKind::Auto { auto_kind(m, n) } else { kind };
         ensure!(m <= SKINNY_MAX_M || kind == GemmKind::Tiled, "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
         ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
         ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
@@ -219,12 +233,15 @@ mod tests {
         assert!(std::env::var("KILN_GEMM_TILED").is_err());
         assert!(tiled_enabled());
         assert_eq!(decode_gemm_rows(), GEMM_MAX_M);
-        assert_eq!(auto_kind(1), GemmKind::Register);
-        assert_eq!(auto_kind(16), GemmKind::Register);
-        assert_eq!(auto_kind(17), GemmKind::Tiled);
-        assert_eq!(auto_kind(64), GemmKind::Tiled);
-        assert_eq!(auto_kind(65), GemmKind::Tiled);
-        assert_eq!(auto_kind(GEMM_MAX_M), GemmKind::Tiled);
+        assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err());
+        for n in [64, 2560, 12352, 248_320] {
+            assert_eq!(auto_kind(1, n), GemmKind::Register);
+            assert_eq!(auto_kind(16, n), GemmKind::Register);
+            assert_eq!(auto_kind(17, n), GemmKind::Tiled);
+            assert_eq!(auto_kind(64, n), GemmKind::Tiled);
+            assert_eq!(auto_kind(65, n), GemmKind::Tiled);
+            assert_eq!(auto_kind(GEMM_MAX_M, n), GemmKind::Tiled);
+        }
         // Counters cover the tiled kernel's (W tile, batch tile) pairs and the skinny
         // kernels' 64-row groups.
         for n in [1usize, 64, 65, 128, 129, 2560, 248_320] {
