@@ -7,6 +7,11 @@
 #   bench    kiln-eval bench: decode steps at batch 1..256, ctx 1024; prefill 1024; batch 1 at
 #            ctx 8192 and prefill 8192 (bench8k.txt)
 #   bench_split  bench with KILN_GDN_SPLIT=1 (column-split GDN decode kernel)
+#   profile  ncu: per-kernel times of one 1024-token prefill (profile.txt)
+#   stalls   ncu's SpeedOfLight / WarpStateStats / Occupancy sections for the kernels matching
+#            $STALL_KERNELS (default the prefill attention and GDN kernels), $STALL_COUNT launches,
+#            during `kiln-eval bench $STALL_BENCH` (default a 1024-token prefill). The tiled decode
+#            GEMM at batch 64: STALL_KERNELS=kiln_gemm_tiled STALL_BENCH="--batch 64 --ctx 1024 --prefill 16 --iters 2"
 #   nsys_decode  nsys over one decode step at batch 1 (ctx 1024) as the graph runs it: kernel time
 #            and the idle gaps between kernels, per kernel (nsys_decode.txt; skipped without nsys)
 #   profile_decode  ncu over one decode step at batch 1 and at batch 64 (ctx 1024): time, DRAM
@@ -122,7 +127,7 @@ if has stalls; then
   log "ncu: stall reasons of ${STALL_KERNELS:=kiln_attn_prefill|kiln_gdn_prefill}"
   ncu --clock-control none -k "regex:$STALL_KERNELS" -c "${STALL_COUNT:-8}" --section SpeedOfLight --section WarpStateStats \
     --section Occupancy --section LaunchStats .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" \
-    --batch 1 --ctx 16 --prefill 1024 --iters 1 > "$OUT/stalls.txt" 2>&1
+    ${STALL_BENCH:---batch 1 --ctx 16 --prefill 1024 --iters 1} > "$OUT/stalls.txt" 2>&1
   grep -vE "^\s*$|^==PROF==|^\s*-+\s*$|prefill 1024|decode batch|INFO" "$OUT/stalls.txt" | sed -E 's/ +/ /g' | head -300
 fi
 if has bench_bf16; then
