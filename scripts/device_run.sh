@@ -42,6 +42,11 @@
 #            TPOT of the unconstrained half against serving's c16 (issue 12: no slowdown)
 #   serving_fcfs  a second server with --schedule-policy fcfs (the policy before shortest-prefill
 #            became the default): bench_serving seq,c16,c64, the same draws as serving (serving_fcfs.txt)
+#   serving_mtp  a second server with --speculative-algorithm NEXTN (policy auto: speculation
+#            per step from the measured costs and acceptance, probing while it does not pay):
+#            bench_serving seq,c16, the same draws as serving (serving_mtp.txt). With random
+#            weights the MTP head accepts almost nothing, so this is the policy's cost when
+#            speculation does not pay; the win needs a real checkpoint
 #   soak     (with serve) scripts/soak.py for $SOAK_S seconds (default 240): mixed traffic with
 #            cut streams and aborts, then memory flat, every slot and block free, nothing lost
 #   wheel_nvrtc  issue 11: hide the toolkit's libnvrtc from the loader, give python3 only the
@@ -217,6 +222,14 @@ if has serving_fcfs; then
   for i in $(seq 1 600); do curl -sf localhost:30113/health >/dev/null && break; sleep 0.1; done
   python3 scripts/bench_serving.py --url http://127.0.0.1:30113 --workloads seq,c16,c64 --num-seq 8 --num 64 2>&1 | tee "$OUT/serving_fcfs.txt"
   kill $FPID 2>/dev/null; pkill -f -- "--port 30113" 2>/dev/null; sleep 1
+fi
+if has serving_mtp; then
+  log "serving with --speculative-algorithm NEXTN (auto policy)"
+  KILN_BIN=.devbin/kiln KILN_BUILD_BIN=.devbin/kiln-build KILN_ENGINES="$ENG" ./launch_server.sh --model-path "$CKPT" --port 30114 --speculative-algorithm NEXTN > "$OUT/serve_mtp.log" 2>&1 & MPID=$!
+  for i in $(seq 1 600); do curl -sf localhost:30114/health >/dev/null && break; sleep 0.1; done
+  python3 scripts/bench_serving.py --url http://127.0.0.1:30114 --workloads seq,c16 --num-seq 8 --num 64 2>&1 | tee "$OUT/serving_mtp.txt"
+  curl -s localhost:30114/get_server_info | python3 -c 'import json,sys; d=json.load(sys.stdin); print("avg_spec_accept_length", d["internal_states"][0].get("avg_spec_accept_length"))' | tee -a "$OUT/serving_mtp.txt"
+  kill $MPID 2>/dev/null; pkill -f -- "--port 30114" 2>/dev/null; sleep 1
 fi
 if has wheel_nvrtc; then
   log "issue 11: plan built with NVRTC found only through the pip wheel"
