@@ -42,6 +42,9 @@
 #            TPOT of the unconstrained half against serving's c16 (issue 12: no slowdown)
 #   serving_fcfs  a second server with --schedule-policy fcfs (the policy before shortest-prefill
 #            became the default): bench_serving seq,c16,c64, the same draws as serving (serving_fcfs.txt)
+#   serving_chunk  a second server with --chunked-prefill-size $CHUNK (default 8192, SGLang's H200
+#            default; kiln's is 2048): bench_serving seq,c16,c64 with serving's draws
+#            (serving_chunk.txt), to choose the step budget from measurements
 #   serving_mtp  a second server with --speculative-algorithm NEXTN (policy auto: speculation
 #            per step from the measured costs and acceptance, probing while it does not pay):
 #            bench_serving seq,c16, the same draws as serving (serving_mtp.txt). With random
@@ -222,6 +225,13 @@ if has serving_fcfs; then
   for i in $(seq 1 600); do curl -sf localhost:30113/health >/dev/null && break; sleep 0.1; done
   python3 scripts/bench_serving.py --url http://127.0.0.1:30113 --workloads seq,c16,c64 --num-seq 8 --num 64 2>&1 | tee "$OUT/serving_fcfs.txt"
   kill $FPID 2>/dev/null; pkill -f -- "--port 30113" 2>/dev/null; sleep 1
+fi
+if has serving_chunk; then
+  log "serving with --chunked-prefill-size ${CHUNK:=8192}"
+  KILN_BIN=.devbin/kiln KILN_BUILD_BIN=.devbin/kiln-build KILN_ENGINES="$ENG" ./launch_server.sh --model-path "$CKPT" --port 30115 --chunked-prefill-size "$CHUNK" > "$OUT/serve_chunk.log" 2>&1 & CPID=$!
+  for i in $(seq 1 600); do curl -sf localhost:30115/health >/dev/null && break; sleep 0.1; done
+  python3 scripts/bench_serving.py --url http://127.0.0.1:30115 --workloads seq,c16,c64 --num-seq 8 --num 64 2>&1 | tee "$OUT/serving_chunk.txt"
+  kill $CPID 2>/dev/null; pkill -f -- "--port 30115" 2>/dev/null; sleep 1
 fi
 if has serving_mtp; then
   log "serving with --speculative-algorithm NEXTN (auto policy)"
