@@ -64,7 +64,7 @@ extern "C" __global__ void __launch_bounds__(AD_THREADS)
                              const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,
                              int bt_stride, const int* __restrict__ ctx_lens, int block_size,
                              float* __restrict__ part_acc, float* __restrict__ part_ml, int max_parts, int B) {
-    KILN_PDL_ENTER();
+    KILN_PDL_ENTER_ROWS(B);
     __shared__ float wm[AD_WARPS][GQA_GROUP], wl[AD_WARPS][GQA_GROUP];
     __shared__ float wacc[AD_WARPS][GQA_GROUP][HEAD_DIM];
     const int b = blockIdx.z, kvh = blockIdx.y;
@@ -185,7 +185,7 @@ __device__ __forceinline__ void decode_combine(const float* __restrict__ part_ac
                                                const int* __restrict__ ctx_lens, int max_parts,
                                                const OUT* __restrict__ gate, int ld_gate, int gate_hs,
                                                OUT* __restrict__ out, int ld_out, int B) {
-    KILN_PDL_ENTER();
+    KILN_PDL_ENTER_ROWS(B);
     const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
     if (b >= B || d >= HEAD_DIM) return;
     const int L = ctx_lens[b];

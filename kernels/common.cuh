@@ -66,6 +66,24 @@ static_assert(CONV_K >= 2 && CONV_K <= 8, "CONV_K out of range");
         KILN_PDL_WAIT(); \
         KILN_PDL_TRIGGER(); \
     } while (0)
+// KILN_PDL_ENTER for a launch over `rows` rows (batch rows of a decode kernel). With
+// KILN_PDL_EARLY, launches of up to KILN_PDL_EARLY_ROWS rows let their successor launch
+// before their own wait (the early order, measured -8 % per step at batch 1 and 8 on the
+// H100), and bigger ones only after it (the late order: at batch 64 the early one cost
+// 2.8 %, its successor's waiting blocks holding registers and shared memory that a big
+// grid's later blocks need). The branch is uniform: `rows` is a launch argument.
+#define KILN_PDL_EARLY_ROWS 16
+#if KILN_PDL_EARLY
+#define KILN_PDL_ENTER_ROWS(rows)                                                                      \
+    do {                                                                                               \
+        if ((rows) <= KILN_PDL_EARLY_ROWS)                                                             \
+            asm volatile("griddepcontrol.launch_dependents;\n\tgriddepcontrol.wait;" ::: "memory");      \
+        else                                                                                           \
+            asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory");      \
+    } while (0)
+#else
+#define KILN_PDL_ENTER_ROWS(rows) KILN_PDL_ENTER()
+#endif
 
 namespace kiln {
 

@@ -80,7 +80,7 @@ OUTPUT_GATE(kiln_output_gate_bf16_bf16, bf16, bf16)
 template <typename IN, typename OUT>
 __device__ __forceinline__ void silu_mul(const IN* __restrict__ gu, int ld_in, int up_off, OUT* __restrict__ out,
                                          int ld_out, int n, int M) {
-    KILN_PDL_ENTER();
+    KILN_PDL_ENTER_ROWS(M);
     const int m = blockIdx.y;
     const int i = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (m >= M || i >= n) return;

@@ -103,7 +103,7 @@ __device__ __forceinline__ void gdn_decode(const IN* __restrict__ qkv, int ld_qk
                                            const bf16* __restrict__ norm_w, const int* __restrict__ slots,
                                            const int* __restrict__ pos, const int2* __restrict__ state_io,
                                            OUT* __restrict__ out, int ld_out, int B) {
-    KILN_PDL_ENTER();
+    KILN_PDL_ENTER_ROWS(B);
     __shared__ float qs[LIN_DK], ks[LIN_DK], vs[LIN_DV];
     __shared__ float red[GDN_PARTS][LIN_DV];
     __shared__ float sc[4];
@@ -268,7 +268,7 @@ __device__ __forceinline__ void gdn_decode_split(const IN* __restrict__ qkv, int
                                                  const bf16* __restrict__ norm_w, const int* __restrict__ slots,
                                                  const int* __restrict__ pos, const int2* __restrict__ state_io,
                                                  OUT* __restrict__ out, int ld_out, int B) {
-    KILN_PDL_ENTER();
+    KILN_PDL_ENTER_ROWS(B);
     __shared__ float qs[LIN_DK], ks[LIN_DK], vs[GDV_CW], zs[GDV_CW];
     __shared__ float red[GDV_WARPS][GDV_CW];
     __shared__ float sc[4];

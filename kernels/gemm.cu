@@ -238,8 +238,7 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
     for (int p = 0; p < P; ++p) load_w(wr[p], p);
     prefetch_warp_rows(W, row0, RW * 16, lane, N, K, kb, ke, P * 32, splits, ks);
     // Weights are never written: their first loads may overlap the predecessor kernel.
-    KILN_PDL_WAIT();
-    KILN_PDL_TRIGGER();
+    KILN_PDL_ENTER_ROWS(M);
 
     for (int c0 = 0; c0 < nchunks; c0 += P) {
 #pragma unroll
@@ -429,8 +428,7 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
 #pragma unroll
     for (int p = 0; p < P; ++p) load_w(wr[p], p);
     prefetch_warp_rows(W, row0, RW * 16, lane, N, K, kb, ke, P * 32, splits, ks);
-    KILN_PDL_WAIT();
-    KILN_PDL_TRIGGER();
+    KILN_PDL_ENTER_ROWS(M);
     load_xs(0);
     store_xs(0);
     load_xs(1);

@@ -143,8 +143,7 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     if (tid < TG_BN && n0 + tid < N && ke - kb > 2 * TG_SK && prefetch_fits(N, splits, ks))
         prefetch_l2(W + (size_t)(n0 + tid) * K + kb + 2 * TG_SK, (unsigned)min(ke - kb - 2 * TG_SK, KILN_PF_K) * 2);
 #endif
-    KILN_PDL_WAIT();
-    KILN_PDL_TRIGGER();
+    KILN_PDL_ENTER_ROWS(M);
     if constexpr (XF32) {
         load_x_regs(0);
         store_x_regs(0);

@@ -79,7 +79,7 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, const 
                                             int ld_delta, const bf16* __restrict__ w,
                                             bf16* __restrict__ out_bf16, float* __restrict__ out_f32,
                                             int M) {
-    KILN_PDL_ENTER();
+    KILN_PDL_ENTER_ROWS(M);
     __shared__ float red[32];
     const int m = blockIdx.x;
     if (m >= M) return;
