@@ -28,6 +28,10 @@
 
 using namespace kiln;
 
+#ifndef KILN_ATTN_P_BF16
+#define KILN_ATTN_P_BF16 0
+#endif
+
 #define AP_THREADS 128
 #define AP_ROWS 64                      // rows (head, query) per block
 #define AP_QT (AP_ROWS / GQA_GROUP)     // queries per block
@@ -185,21 +189,30 @@ extern "C" __global__ void __launch_bounds__(AP_THREADS, 1)
         }
 
         // O += P . V, P split hi + lo; P's A fragments come straight from the score tiles.
+        // KILN_ATTN_P_BF16 (an experiment, off by default): P's bf16 part only, half the
+        // P.V MMAs, P rounded to bf16 (4e-3 relative per probability).
 #pragma unroll
         for (int kk = 0; kk < AP_KT / 16; ++kk) {
             const float* p0 = sc[2 * kk];
             const float* p1 = sc[2 * kk + 1];
             const uint2 ps[4] = {split_bf16x2(p0[0], p0[1]), split_bf16x2(p0[2], p0[3]), split_bf16x2(p1[0], p1[1]),
                                 split_bf16x2(p1[2], p1[3])};
-            const unsigned ph[4] = {ps[0].x, ps[1].x, ps[2].x, ps[3].x}, pl[4] = {ps[0].y, ps[1].y, ps[2].y, ps[3].y};
+            const unsigned ph[4] = {ps[0].x, ps[1].x, ps[2].x, ps[3].x};
+#if !KILN_ATTN_P_BF16
+            const unsigned pl[4] = {ps[0].y, ps[1].y, ps[2].y, ps[3].y};
+#endif
 #pragma unroll
             for (int jp = 0; jp < AP_NT / 2; ++jp) {
                 // Matrices (transposed): keys 16kk+0..7, +8..15 at dims 16jp; the same at 16jp+8.
                 unsigned b[4];
                 ldsm_x4_trans(b, vb + (16 * kk + (lm & 1) * 8 + lr) * AP_LD + 16 * jp + (lm >> 1) * 8);
+#if !KILN_ATTN_P_BF16
                 mma_16816(o[2 * jp], pl, b);
+#endif
                 mma_16816(o[2 * jp], ph, b);
+#if !KILN_ATTN_P_BF16
                 mma_16816(o[2 * jp + 1], pl, b + 2);
+#endif
                 mma_16816(o[2 * jp + 1], ph, b + 2);
             }
         }

@@ -26,6 +26,9 @@
 #            kiln-eval): its teacher-forced logits against this commit's, byte for byte (a change
 #            meant to keep every bit, such as a reduction's load batching, proves it here)
 #   sweep    the decode GEMM on every shape under candidate K splits (bench_gemm_sweep: sweep.txt)
+#   attn_pbf16  a second plan built with KILN_ATTN_P_BF16=1 (prefill attention with bf16
+#            probabilities: half its P.V MMAs): prefill 1024 and 8192, and its accuracy
+#            against the references (compare_attn_pbf16.json)
 #   small_sx  bench at batch 1/8 with KILN_GEMM_SMALL_SX=1 (the shared-x kernel for the wide
 #            weights up to 16 rows, now with the early L2 weight prefetch)
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
@@ -173,6 +176,16 @@ if has cmp_prev && [ -f "$REFS/cases.json" ]; then
 fi
 if has sweep; then
   log "decode GEMM sweep"; for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_CUDA_BENCH=1 "$t" bench_gemm_sweep --ignored --nocapture 2>&1 | grep SWEEP > "$OUT/sweep.txt"; done; wc -l "$OUT/sweep.txt"
+fi
+if has attn_pbf16; then
+  log "plan with KILN_ATTN_P_BF16=1"; KILN_ATTN_P_BF16=1 .devbin/kiln-build --model "$CKPT" --out /tmp/engines_pbf16 --name qwen35_4b_random 2>&1 | tail -1
+  .devbin/kiln-eval bench --plan /tmp/engines_pbf16/qwen35_4b_random.plan --batch 1 --ctx 8192 --prefill 8192 2>&1 | grep -E "prefill" | tee "$OUT/bench_attn_pbf16.txt"
+  .devbin/kiln-eval bench --plan /tmp/engines_pbf16/qwen35_4b_random.plan --batch 1 --ctx 1024 --prefill 1024 2>&1 | grep -E "prefill" | tee -a "$OUT/bench_attn_pbf16.txt"
+  if [ -f "$REFS/cases.json" ]; then
+    .devbin/kiln-eval logits --plan /tmp/engines_pbf16/qwen35_4b_random.plan --cases "$REFS/cases.json" --out /tmp/ours_pbf16.f32 2>&1 | tail -1
+    python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours_pbf16.f32 2>&1 | tee "$OUT/compare_attn_pbf16.json" | tr -d '\n ' | head -c 600; echo
+  fi
+  rm -rf /tmp/engines_pbf16
 fi
 if has small_sx; then
   log "bench with the shared-x kernel for wide weights up to 16 rows"; KILN_GEMM_SMALL_SX=1 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8 2>&1 | grep "decode batch" | tee "$OUT/bench_small_sx.txt"

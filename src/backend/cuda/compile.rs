@@ -308,6 +308,12 @@ pub fn compile_module(name: &str, src: &str, arch: &str, dims: &KernelDims, incl
     // KILN_PDL_EARLY=0 builds the previous kernels.
     let early = std::env::var("KILN_PDL_EARLY").map_or(true, |v| v != "0");
     opts.push(format!("-DKILN_PDL_EARLY={}", early as u8));
+    // KILN_ATTN_P_BF16=1 (an experiment, off by default): prefill attention multiplies V by
+    // the probabilities' bf16 part only, half its P.V MMAs (device_run.sh stage attn_pbf16
+    // measures speed and accuracy).
+    if std::env::var("KILN_ATTN_P_BF16").is_ok_and(|v| v == "1") {
+        opts.push("-DKILN_ATTN_P_BF16=1".into());
+    }
     // KILN_PTXAS_VERBOSE=1: print ptxas's registers / spills / shared memory per kernel.
     let verbose = std::env::var("KILN_PTXAS_VERBOSE").is_ok_and(|v| v == "1");
     if verbose {
