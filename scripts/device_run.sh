@@ -29,6 +29,8 @@
 #   attn_pbf16  a second plan built with KILN_ATTN_P_BF16=1 (prefill attention with bf16
 #            probabilities: half its P.V MMAs): prefill 1024 and 8192, and its accuracy
 #            against the references (compare_attn_pbf16.json)
+#   attn_parts  batch 1 and 8 at ctx 8192 with KILN_ATTN_MAX_PARTS=64 and 128 (decode attention
+#            split into more parts at long context; the default 32 gives 256-key parts at 8K)
 #   small_sx  bench at batch 1/8 with KILN_GEMM_SMALL_SX=1 (the shared-x kernel for the wide
 #            weights up to 16 rows, now with the early L2 weight prefetch)
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
@@ -186,6 +188,11 @@ if has attn_pbf16; then
     python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours_pbf16.f32 2>&1 | tee "$OUT/compare_attn_pbf16.json" | tr -d '\n ' | head -c 600; echo
   fi
   rm -rf /tmp/engines_pbf16
+fi
+if has attn_parts; then
+  for p in 32 64 128; do
+    log "decode at ctx 8192 with KILN_ATTN_MAX_PARTS=$p"; KILN_ATTN_MAX_PARTS=$p .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8 --ctx 8192 --prefill 16 2>&1 | grep "decode batch" | sed "s/^/parts $p: /" | tee -a "$OUT/attn_parts.txt"
+  done
 fi
 if has small_sx; then
   log "bench with the shared-x kernel for wide weights up to 16 rows"; KILN_GEMM_SMALL_SX=1 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8 2>&1 | grep "decode batch" | tee "$OUT/bench_small_sx.txt"

@@ -79,7 +79,9 @@ impl Default for CudaOptions {
             max_step_tokens: 2048,
             mem_fraction: 0.85,
             block_size: 16,
-            max_parts: 32,
+            // KILN_ATTN_MAX_PARTS: an experiment (stage attn_parts); the default 32 keeps
+            // every context up to 2048 at one part per 64 keys.
+            max_parts: std::env::var("KILN_ATTN_MAX_PARTS").ok().and_then(|v| v.parse().ok()).filter(|&p: &usize| (1..=512).contains(&p)).unwrap_or(32),
             graphs: std::env::var("KILN_CUDA_GRAPHS").map_or(true, |v| v != "0"),
             pdl: std::env::var("KILN_PDL").map_or(true, |v| v != "0"),
             snapshot_fraction: 0.1,
