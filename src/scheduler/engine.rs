@@ -437,22 +437,15 @@ impl Engine {
         // step: one per decoding sequence first (k + 1 per speculating one), prefill chunks
         // from what is left.
         let decoding = self.running.iter().filter(|s| s.tokens.len() - s.fed == 1).count();
-        let mut budget = self.cfg.chunked_prefill_size.saturating_sub(decoding + spec_extra);
+        let budget = self.cfg.chunked_prefill_size.saturating_sub(decoding + spec_extra);
+        let prefill_len = self.prefills_that_fit(&speculating, budget);
         let mut plan: Vec<(usize, usize, Want)> = Vec::new();
         let vocab_limit = self.vocab_limit;
-        for i in self.visit_order(&speculating) {
-            let s = &self.running[i];
-            let remaining = s.tokens.len() - s.fed;
-            let n = if remaining == 1 {
-                1
-            } else {
-                let n = policy::chunk_len(s.fed, s.tokens.len(), &self.cuts);
-                if n > budget {
-                    continue;
-                }
-                budget -= n;
-                n
-            };
+        for (i, s) in self.running.iter().enumerate() {
+            // A decode row always runs (speculating ones run in their own cycle); a prefill
+            // chunk when the policy fitted it into the budget.
+            let decode = !speculating[i] && s.tokens.len() - s.fed == 1;
+            let Some(n) = (if decode { Some(1) } else { prefill_len[i] }) else { continue };
             let needs_rows = s.input_lp_rows().is_some_and(|(lo, hi)| s.fed <= hi && s.fed + n > lo);
             let last = s.fed + n == s.tokens.len();
             // Greedy without penalties, logprobs or banned stop tokens needs only the argmax,
@@ -471,9 +464,6 @@ impl Engine {
             };
             plan.push((i, n, want));
         }
-        // The policy chose which chunks run; they run in running order (what the sampling
-        // below and the step's consumers expect).
-        plan.sort_by_key(|p| p.0);
         // Grammar masks of the greedy rows, computed on the CPU before the step and alive
         // through `forward`; the chosen token advances the grammar in `observe`.
         let masks: Vec<Option<Vec<u32>>> = plan
@@ -581,13 +571,11 @@ impl Engine {
         }
     }
 
-    /// The running sequences a step plans, minus the speculating ones: the decoding ones
-    /// in running order, then the prefilling ones in the schedule policy's order (the
-    /// order in which they take the step budget).
-    fn visit_order(&self, speculating: &[bool]) -> Vec<usize> {
+    /// The chunk length of each prefilling sequence that runs this step (None for the
+    /// others): the schedule policy's order decides which chunks take the `budget` first.
+    fn prefills_that_fit(&self, speculating: &[bool], mut budget: usize) -> Vec<Option<usize>> {
         let now = Instant::now();
-        let (mut visit, prefill): (Vec<usize>, Vec<usize>) =
-            (0..self.running.len()).filter(|&i| !speculating[i]).partition(|&i| self.running[i].tokens.len() - self.running[i].fed == 1);
+        let prefill: Vec<usize> = (0..self.running.len()).filter(|&i| !speculating[i] && self.running[i].tokens.len() - self.running[i].fed > 1).collect();
         let cands: Vec<(usize, f64)> = prefill
             .iter()
             .map(|&i| {
@@ -595,8 +583,16 @@ impl Engine {
                 (s.tokens.len() - s.fed, now.saturating_duration_since(s.req.arrival).as_secs_f64() * 1e3)
             })
             .collect();
-        visit.extend(self.cfg.schedule_policy.prefill_order(&cands).into_iter().map(|j| prefill[j]));
-        visit
+        let mut len = vec![None; self.running.len()];
+        for j in self.cfg.schedule_policy.prefill_order(&cands) {
+            let s = &self.running[prefill[j]];
+            let n = policy::chunk_len(s.fed, s.tokens.len(), &self.cuts);
+            if n <= budget {
+                budget -= n;
+                len[prefill[j]] = Some(n);
+            }
+        }
+        len
     }
 
     fn collect_input_lp(&mut self, i: usize, start: usize, n: usize, l: &crate::backend::ChunkLogits) {
