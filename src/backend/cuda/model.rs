@@ -104,7 +104,7 @@ impl LayerStack<'_> {
         let es = self.act.size();
         for r0 in (0..rows).step_by(LOGIT_ROWS) {
             let n = (rows - r0).min(LOGIT_ROWS);
-            self.lm_head_piece(s.normed.at(r0 * h * es), n, s.logits.at(r0 * v * 4), s.argmax.at(r0 * 4), argmax_limit)?;
+            self.lm_head_piece(s.normed.at(r0 * h * es), n, v, s.logits.at(r0 * v * 4), s.argmax.at(r0 * 4), argmax_limit)?;
         }
         Ok(())
     }
@@ -123,14 +123,16 @@ impl LayerStack<'_> {
             self.k.gather_rows(self.stream, s.normed.ptr, self.act, rows_dev, s.sel.ptr, h, rows.len())?;
             s.sel.ptr
         };
-        self.lm_head_piece(src, rows.len(), s.logits.ptr, argmax_at, argmax_limit)
+        self.lm_head_piece(src, rows.len(), self.cfg.vocab_size, s.logits.ptr, argmax_at, argmax_limit)
     }
 
-    fn lm_head_piece(&self, x: DevPtr, rows: usize, logits: DevPtr, argmax: DevPtr, argmax_limit: Option<usize>) -> Result<()> {
-        let (s, v, h) = (self.s, self.cfg.vocab_size, self.cfg.hidden_size);
-        self.k.gemm(self.stream, self.w.lm_head, x, self.act, logits, DType::F32, rows, v, h, &s.gemm)?;
+    /// Logits of `rows` rows at `x` over the first `cols` rows of the (tied) lm_head table
+    /// ([rows][cols] at `logits`), and their argmax below `argmax_limit` when asked.
+    fn lm_head_piece(&self, x: DevPtr, rows: usize, cols: usize, logits: DevPtr, argmax: DevPtr, argmax_limit: Option<usize>) -> Result<()> {
+        let (s, h) = (self.s, self.cfg.hidden_size);
+        self.k.gemm(self.stream, self.w.lm_head, x, self.act, logits, DType::F32, rows, cols, h, &s.gemm)?;
         if let Some(limit) = argmax_limit {
-            self.k.argmax(self.stream, Mat::f32(logits, v), limit.min(v), argmax, rows, &s.argmax_ws)?;
+            self.k.argmax(self.stream, Mat::f32(logits, cols), limit.min(cols), argmax, rows, &s.argmax_ws)?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@
 //! so nothing here needs to be bit-identical to anything: only the main model's rows do.
 
 use super::{split_by_dtype, LayerStack, Rows};
-use crate::backend::cuda::kernels::{DType, DevPtr, Mat, NULL};
+use crate::backend::cuda::kernels::{DevPtr, Mat, NULL};
 use crate::backend::cuda::weights::{MixerPtrs, MtpPtrs};
 use crate::backend::mtp_rows::MtpImage;
 use crate::backend::step::StepLayout;
@@ -69,9 +69,7 @@ impl LayerStack<'_> {
     /// `argmax`, from logits of only the lm_head rows below `limit` (rounded up to 128):
     /// a draft vocabulary of 32K ids reads an eighth of the table.
     pub fn mtp_draft_tokens(&self, x: DevPtr, rows: usize, argmax: DevPtr, limit: usize) -> Result<()> {
-        let (s, v, h) = (self.s, self.cfg.vocab_size, self.cfg.hidden_size);
-        let n = limit.div_ceil(128).saturating_mul(128).min(v);
-        self.k.gemm(self.stream, self.w.lm_head, x, self.act, s.logits.ptr, DType::F32, rows, n, h, &s.gemm)?;
-        self.k.argmax(self.stream, Mat::f32(s.logits.ptr, n), limit.min(n), argmax, rows, &s.argmax_ws)
+        let cols = limit.div_ceil(128).saturating_mul(128).min(self.cfg.vocab_size);
+        self.lm_head_piece(x, rows, cols, self.s.logits.ptr, argmax, Some(limit))
     }
 }

@@ -109,14 +109,14 @@ impl CudaBackend {
         self.copy_segments(&save_rings(seqs, &addrs), 0)?;
         self.upload_meta(&plan.step)?;
         // The MTP pairs of every fed position; the pending state is set by the commit.
-        let mtp = match self.mtp {
-            Some(_) => {
+        let mtp = self
+            .mtp
+            .as_ref()
+            .map(|_| {
                 let rows = MtpRows::for_verify(&plan.step.layout, &plan.rows, self.cap.block_size);
-                let img = self.upload_mtp(&rows, &[])?;
-                Some((rows, img))
-            }
-            None => None,
-        };
+                self.upload_mtp(&rows, &[]).map(|img| (rows, img))
+            })
+            .transpose()?;
         let tokens = match bucket {
             Some(b) => self.run_verify_graph(&plan, b, &mtp)?,
             None => {

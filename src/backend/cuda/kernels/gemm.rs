@@ -116,11 +116,19 @@ pub const WIDE_TARGET_WARPS_PER_SM: usize = 24;
 /// Output columns from which `WIDE_TARGET_WARPS_PER_SM` applies.
 pub const WIDE_N: usize = 12288;
 
+/// The warps per SM the default plan of an N-column weight aims at.
+pub fn target_warps_per_sm(n: usize) -> usize {
+    if n >= WIDE_N {
+        WIDE_TARGET_WARPS_PER_SM
+    } else {
+        TARGET_WARPS_PER_SM
+    }
+}
+
 impl Kernels {
     /// The default split of K for an N x K weight on this device.
     pub fn gemm_plan(&self, n: usize, k: usize) -> GemmPlan {
-        let warps = if n >= WIDE_N { WIDE_TARGET_WARPS_PER_SM } else { TARGET_WARPS_PER_SM };
-        Self::gemm_plan_for(self.num_sms as usize, warps, n, k)
+        Self::gemm_plan_for(self.num_sms as usize, target_warps_per_sm(n), n, k)
     }
 
     /// The split for `sms` multiprocessors aiming at `warps_per_sm` warps each: enough
@@ -254,10 +262,7 @@ mod tests {
     fn the_measured_splits_of_the_model_shapes_on_132_sms() {
         // H100 / H200 (132 SMs), Qwen3.5-4B: qkvz (with b, a) 4 splits, gate_up 3, qgkv 3,
         // down and out 13, the lm_head 1 (docs/perf.md, session 6).
-        let plan = |n: usize, k: usize| {
-            let warps = if n >= WIDE_N { WIDE_TARGET_WARPS_PER_SM } else { TARGET_WARPS_PER_SM };
-            Kernels::gemm_plan_for(132, warps, n, k).splits
-        };
+        let plan = |n: usize, k: usize| Kernels::gemm_plan_for(132, target_warps_per_sm(n), n, k).splits;
         assert_eq!(plan(12352, 2560), 4);
         assert_eq!(plan(18432, 2560), 3);
         assert_eq!(plan(10240, 2560), 3);
