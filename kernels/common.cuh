@@ -39,51 +39,37 @@ static_assert(ROTARY_DIM % 2 == 0 && ROTARY_DIM <= HEAD_DIM, "ROTARY_DIM must be
 static_assert(CONV_K >= 2 && CONV_K <= 8, "CONV_K out of range");
 
 // Programmatic dependent launch (sm_90+): a kernel launched with the programmatic
-// stream serialization attribute may start before its predecessor finishes; it must
-// execute KILN_PDL_WAIT() before touching anything a predecessor writes. Every kiln
-// kernel does (weights, which nothing writes, may be prefetched before the wait).
-// KILN_PDL_TRIGGER() lets the successor launch early. Both are no-ops for an ordinary
-// launch.
-// KILN_PDL_EARLY=1 (the default kiln-build passes; KILN_PDL_EARLY=0 kiln-build opts out): every kernel
-// lets its successor launch as soon as it reaches its wait, so a chain of kernels can
-// become resident ahead of the one running and the GEMMs pull their first weights into
-// L2 meanwhile. The wait still orders every read after the predecessor's writes (it
-// waits for the predecessor's completion, which waited for its own predecessor).
+// stream serialization attribute may start before its predecessor finishes; it must wait
+// (griddepcontrol.wait) before touching anything a predecessor writes, and it lets its
+// successor launch with griddepcontrol.launch_dependents. Every kiln kernel enters through
+// KILN_PDL_ENTER() or KILN_PDL_ENTER_ROWS(rows), which do both (weights, which nothing
+// writes, may be prefetched before). Both are no-ops for an ordinary launch.
+// Two orders: late (wait, then launch the successor) and early (launch the successor,
+// then wait), where a chain of kernels can become resident ahead of the one running and
+// the GEMMs pull their first weights into L2 meanwhile. The wait still orders every read
+// after the predecessor's writes (it waits for the predecessor's completion, which waited
+// for its own predecessor).
+// KILN_PDL_EARLY=1 (the default kiln-build passes; KILN_PDL_EARLY=0 opts out) takes the
+// early order in KILN_PDL_ENTER(), and in KILN_PDL_ENTER_ROWS(rows) for launches of up to
+// KILN_PDL_EARLY_ROWS rows (batch rows of a decode kernel): measured -8 % per step at
+// batch 1 and 8 on the H100, but +2.8 % at batch 64, where the successor's waiting blocks
+// hold registers and shared memory that a big grid's later blocks need. The branch is
+// uniform: `rows` is a launch argument.
 #ifndef KILN_PDL_EARLY
 #define KILN_PDL_EARLY 0
 #endif
-#if KILN_PDL_EARLY
-#define KILN_PDL_WAIT() asm volatile("griddepcontrol.launch_dependents;\n\tgriddepcontrol.wait;" ::: "memory")
-#define KILN_PDL_TRIGGER() \
-    do {                   \
-    } while (0)
-#else
-#define KILN_PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
-#define KILN_PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
-#endif
-#define KILN_PDL_ENTER() \
-    do {                 \
-        KILN_PDL_WAIT(); \
-        KILN_PDL_TRIGGER(); \
-    } while (0)
-// KILN_PDL_ENTER for a launch over `rows` rows (batch rows of a decode kernel). With
-// KILN_PDL_EARLY, launches of up to KILN_PDL_EARLY_ROWS rows let their successor launch
-// before their own wait (the early order, measured -8 % per step at batch 1 and 8 on the
-// H100), and bigger ones only after it (the late order: at batch 64 the early one cost
-// 2.8 %, its successor's waiting blocks holding registers and shared memory that a big
-// grid's later blocks need). The branch is uniform: `rows` is a launch argument.
 #define KILN_PDL_EARLY_ROWS 16
-#if KILN_PDL_EARLY
-#define KILN_PDL_ENTER_ROWS(rows)                                                                      \
-    do {                                                                                               \
-        if ((rows) <= KILN_PDL_EARLY_ROWS)                                                             \
-            asm volatile("griddepcontrol.launch_dependents;\n\tgriddepcontrol.wait;" ::: "memory");      \
-        else                                                                                           \
-            asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory");      \
+#define KILN_GRIDDEP_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define KILN_GRIDDEP_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#define KILN_PDL_ENTER_IF_EARLY(early)            \
+    do {                                          \
+        const bool kiln_pdl_early_ = (early);     \
+        if (kiln_pdl_early_) KILN_GRIDDEP_LAUNCH(); \
+        KILN_GRIDDEP_WAIT();                      \
+        if (!kiln_pdl_early_) KILN_GRIDDEP_LAUNCH(); \
     } while (0)
-#else
-#define KILN_PDL_ENTER_ROWS(rows) KILN_PDL_ENTER()
-#endif
+#define KILN_PDL_ENTER() KILN_PDL_ENTER_IF_EARLY(KILN_PDL_EARLY)
+#define KILN_PDL_ENTER_ROWS(rows) KILN_PDL_ENTER_IF_EARLY(KILN_PDL_EARLY && (rows) <= KILN_PDL_EARLY_ROWS)
 
 namespace kiln {
 
@@ -244,6 +230,16 @@ __device__ __forceinline__ void prefetch_l2(const void* gmem, unsigned bytes) {
 #define KILN_PF_BUDGET (24u << 20)
 __device__ __forceinline__ bool prefetch_fits(int N, int splits, int ks) {
     return (size_t)N * splits * (size_t)min(ks, KILN_PF_K) * 2 <= KILN_PF_BUDGET;
+}
+// KILN_PDL_EARLY: before the PDL wait, thread `idx` of a group that owns W rows row0 ..
+// row0 + rows (one thread per row) asks L2 for its row's columns after the `skip` its
+// split already loads.
+__device__ __forceinline__ void prefetch_rows_early(const bf16* __restrict__ W, int row0, int rows, int idx, int N,
+                                                    int K, int kb, int ke, int skip, int splits, int ks) {
+#if KILN_PDL_EARLY
+    if (idx < rows && row0 + idx < N && ke - kb > skip && prefetch_fits(N, splits, ks))
+        prefetch_l2(W + (size_t)(row0 + idx) * K + kb + skip, (unsigned)min(ke - kb - skip, KILN_PF_K) * 2);
+#endif
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }

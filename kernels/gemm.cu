@@ -180,16 +180,6 @@ __device__ __forceinline__ void gemm_epilogue(const float (&acc)[RW][NT][4], int
     if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
 }
 
-// KILN_PDL_EARLY: before the PDL wait, one lane per W row of this warp (rows row0 ..
-// row0 + rows) asks L2 for the row's columns after the `skip` its split already loads.
-__device__ __forceinline__ void prefetch_warp_rows(const bf16* __restrict__ W, int row0, int rows, int lane, int N,
-                                                   int K, int kb, int ke, int skip, int splits, int ks) {
-#if KILN_PDL_EARLY
-    if (lane < rows && row0 + lane < N && ke - kb > skip && prefetch_fits(N, splits, ks))
-        prefetch_l2(W + (size_t)(row0 + lane) * K + kb + skip, (unsigned)min(ke - kb - skip, KILN_PF_K) * 2);
-#endif
-}
-
 template <int NT, bool XF32, typename Y>
 __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const void* __restrict__ x,
                                             Y* __restrict__ y, float* __restrict__ ws,
@@ -236,7 +226,7 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
     };
 #pragma unroll
     for (int p = 0; p < P; ++p) load_w(wr[p], p);
-    prefetch_warp_rows(W, row0, RW * 16, lane, N, K, kb, ke, P * 32, splits, ks);
+    prefetch_rows_early(W, row0, RW * 16, lane, N, K, kb, ke, P * 32, splits, ks);
     // Weights are never written: their first loads may overlap the predecessor kernel.
     KILN_PDL_ENTER_ROWS(M);
 
@@ -427,7 +417,7 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
 
 #pragma unroll
     for (int p = 0; p < P; ++p) load_w(wr[p], p);
-    prefetch_warp_rows(W, row0, RW * 16, lane, N, K, kb, ke, P * 32, splits, ks);
+    prefetch_rows_early(W, row0, RW * 16, lane, N, K, kb, ke, P * 32, splits, ks);
     KILN_PDL_ENTER_ROWS(M);
     load_xs(0);
     store_xs(0);

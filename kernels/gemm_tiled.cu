@@ -138,12 +138,9 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     // predecessor kernel finishes (PDL); x only after. Group 0 = W0, W1, x0; group 1 = x1.
     load_w(0);
     load_w(1);
-#if KILN_PDL_EARLY
     // One thread per W row of the tile: the row's next columns into L2.
-    if (tid < TG_BN && n0 + tid < N && ke - kb > 2 * TG_SK && prefetch_fits(N, splits, ks))
-        prefetch_l2(W + (size_t)(n0 + tid) * K + kb + 2 * TG_SK, (unsigned)min(ke - kb - 2 * TG_SK, KILN_PF_K) * 2);
-#endif
-    KILN_PDL_ENTER_ROWS(M);
+    prefetch_rows_early(W, n0, TG_BN, tid, N, K, kb, ke, 2 * TG_SK, splits, ks);
+    KILN_PDL_ENTER();
     if constexpr (XF32) {
         load_x_regs(0);
         store_x_regs(0);
@@ -231,68 +228,39 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     __syncthreads();
     if (!tg_last) return;
     __threadfence();
-    // The tile's sums, 4 consecutive outputs per item, splits added in order from 0 (the
-    // bits of a one-at-a-time sum). Vectorised: per pair of splits, every item of this
-    // thread loads at once (16 loads in flight), so the last block waits about splits / 2
-    // L2 round trips instead of one per item and split.
-    constexpr int TG_ITEMS = (TG_BN / 4) * TG_BM / TG_THREADS;
-    static_assert(TG_ITEMS * TG_THREADS == (TG_BN / 4) * TG_BM, "whole items per thread");
+    // The tile's sums, 4 consecutive outputs per item, splits added in order from 0.
     const size_t stride = (size_t)M * N;
     const bool vec = (N & 3) == 0 && (reinterpret_cast<size_t>(ws) & 15) == 0;
-    if (vec) {
-        const float* p[TG_ITEMS];
-        bool live[TG_ITEMS];
-        float4 s4[TG_ITEMS];
+    for (int i = tid; i < (TG_BN / 4) * TG_BM; i += TG_THREADS) {
+        const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
+        if (n >= N || m >= M) continue;
+        const float* p = ws + (size_t)m * N + n;
+        float s4[4] = {0.f, 0.f, 0.f, 0.f};
+        if (vec) {
+            // 4 partials in flight; the additions stay in split order (same bits).
+            int sp = 0;
+            for (; sp + 4 <= splits; sp += 4) {
+                float4 a[4];
 #pragma unroll
-        for (int q = 0; q < TG_ITEMS; ++q) {
-            const int i = tid + q * TG_THREADS;
-            const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
-            live[q] = n < N && m < M;
-            p[q] = ws + (live[q] ? (size_t)m * N + n : 0);
-            s4[q] = make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-        auto add = [](float4& s, const float4& v) { s.x += v.x; s.y += v.y; s.z += v.z; s.w += v.w; };
-        int sp = 0;
-        for (; sp + 2 <= splits; sp += 2) {
-            float4 a[TG_ITEMS], b[TG_ITEMS];
+                for (int u = 0; u < 4; ++u) a[u] = __ldcg(reinterpret_cast<const float4*>(p + (sp + u) * stride));
 #pragma unroll
-            for (int q = 0; q < TG_ITEMS; ++q) {
-                a[q] = live[q] ? __ldcg(reinterpret_cast<const float4*>(p[q] + sp * stride)) : s4[q];
-                b[q] = live[q] ? __ldcg(reinterpret_cast<const float4*>(p[q] + (sp + 1) * stride)) : s4[q];
+                for (int u = 0; u < 4; ++u) {
+                    s4[0] += a[u].x; s4[1] += a[u].y; s4[2] += a[u].z; s4[3] += a[u].w;
+                }
             }
-#pragma unroll
-            for (int q = 0; q < TG_ITEMS; ++q) {
-                add(s4[q], a[q]);
-                add(s4[q], b[q]);
+            for (; sp < splits; ++sp) {
+                const float4 a = __ldcg(reinterpret_cast<const float4*>(p + sp * stride));
+                s4[0] += a.x; s4[1] += a.y; s4[2] += a.z; s4[3] += a.w;
             }
-        }
-        if (sp < splits) {
-#pragma unroll
-            for (int q = 0; q < TG_ITEMS; ++q)
-                if (live[q]) add(s4[q], __ldcg(reinterpret_cast<const float4*>(p[q] + sp * stride)));
-        }
-#pragma unroll
-        for (int q = 0; q < TG_ITEMS; ++q) {
-            if (!live[q]) continue;
-            const int i = tid + q * TG_THREADS;
-            const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
-            Y* o = y + (size_t)m * N + n;
-            o[0] = from_f<Y>(s4[q].x); o[1] = from_f<Y>(s4[q].y); o[2] = from_f<Y>(s4[q].z); o[3] = from_f<Y>(s4[q].w);
-        }
-    } else {
-        for (int i = tid; i < (TG_BN / 4) * TG_BM; i += TG_THREADS) {
-            const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
-            if (n >= N || m >= M) continue;
-            const float* p = ws + (size_t)m * N + n;
-            float s4[4] = {0.f, 0.f, 0.f, 0.f};
+        } else {
             for (int sp = 0; sp < splits; ++sp)
 #pragma unroll
                 for (int e = 0; e < 4; ++e)
                     if (n + e < N) s4[e] += __ldcg(p + sp * stride + e);
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-                if (n + e < N) y[(size_t)m * N + n + e] = from_f<Y>(s4[e]);
         }
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            if (n + e < N) y[(size_t)m * N + n + e] = from_f<Y>(s4[e]);
     }
     if (tid == 0) counters[blockIdx.x] = 0u;
 }
