@@ -12,8 +12,6 @@
 #            $STALL_KERNELS (default the prefill attention and GDN kernels), $STALL_COUNT launches,
 #            during `kiln-eval bench $STALL_BENCH` (default a 1024-token prefill). The tiled decode
 #            GEMM at batch 64: STALL_KERNELS=kiln_gemm_tiled STALL_BENCH="--batch 64 --ctx 1024 --prefill 16 --iters 2"
-#   nsys_decode  nsys over one decode step at batch 1 (ctx 1024) as the graph runs it: kernel time
-#            and the idle gaps between kernels, per kernel (nsys_decode.txt; skipped without nsys)
 #   profile_decode  ncu over one decode step at batch 1 and at batch 64 (ctx 1024): time, DRAM
 #            bytes and achieved bandwidth per kernel (profile_decode.txt)
 #   bench_tiled  bench with the pre-tiled decode GEMMs (KILN_GEMM_TILED=0: shared-x for M = 17..64,
@@ -24,7 +22,8 @@
 #            batch 1/8/64, and its logits against the default plan's when refs exist
 #   cmp_prev  a plan built by an earlier commit's binaries (.devbin/old_<sha>.tar.xz: kiln-build and
 #            kiln-eval): its teacher-forced logits against this commit's, byte for byte (a change
-#            meant to keep every bit, such as a reduction's load batching, proves it here)
+#            meant to keep every bit, such as a reduction's load batching, proves it here).
+#            Every "bit-identical to the default plan's" line goes to cmp.txt
 #   sweep    the decode GEMM on every shape under candidate K splits (bench_gemm_sweep: sweep.txt)
 #   attn_pbf16  a second plan built with KILN_ATTN_P_BF16=1 (prefill attention with bf16
 #            probabilities: half its P.V MMAs): prefill 1024 and 8192, and its accuracy
@@ -39,7 +38,8 @@
 #   eval     kiln-eval logits + compare against the references
 #   verify   kiln-eval verify: speculative verification exact against plain decoding at batch
 #            1/4/8 (3 drafts), and a verify call's time against a decode step's
-#            (KERNEL_BENCH=0: the kernel tests without the kernel bench)
+#   kernels  tests/cuda_kernels (.devbin/cuda_kernels-*) with --ignored, then the kernel bench
+#            (KERNEL_BENCH=0: the tests only)
 #   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
 #   serve    launch_server.sh --model-path: time to /health 200, one request
 #   serving  (with serve) scripts/bench_serving.py against that server
@@ -71,6 +71,29 @@ N=${N:-32}
 export PYTHONUNBUFFERED=1
 log() { echo "[$(date +%T)] $*"; }
 has() { [[ " $STAGES " == *" $1 "* ]]; }
+# logits_check TAG PLAN [VAR=value ...]: teacher-forced logits of PLAN (with those variables
+# set) as /tmp/ours_TAG.f32, their accuracy against the references ($OUT/compare_TAG.json),
+# and whether they are bit-identical to the default plan's (eval stage) ($OUT/cmp.txt).
+logits_check() {
+  local tag=$1 plan=$2; shift 2
+  env "$@" .devbin/kiln-eval logits --plan "$plan" --cases "$REFS/cases.json" --out "/tmp/ours_$tag.f32" 2>&1 | tee "$OUT/eval_$tag.txt" | tail -2
+  python3 scripts/gpu_reference.py compare --out "$REFS" --ours "/tmp/ours_$tag.f32" 2>&1 | tee "$OUT/compare_$tag.json" | tr -d '\n ' | head -c 600; echo
+  if [ -f /tmp/ours.f32 ]; then
+    if cmp -s /tmp/ours.f32 "/tmp/ours_$tag.f32"; then echo "$tag: teacher-forced logits bit-identical to the default plan's"; else echo "$tag: logits DIFFER from the default plan's"; fi | tee -a "$OUT/cmp.txt"
+  fi
+}
+# second_server TAG PORT WORKLOADS [kiln flags ...]: another server on the default plan with
+# those flags, bench_serving WORKLOADS with serving's draws ($OUT/serving_TAG.txt, ending
+# with its avg_spec_accept_length), then stopped.
+second_server() {
+  local tag=$1 port=$2 workloads=$3; shift 3
+  log "serving with $*"
+  KILN_BIN=.devbin/kiln KILN_BUILD_BIN=.devbin/kiln-build KILN_ENGINES="$ENG" ./launch_server.sh --model-path "$CKPT" --port "$port" "$@" > "$OUT/serve_$tag.log" 2>&1 & local pid=$!
+  for i in $(seq 1 600); do curl -sf "localhost:$port/health" >/dev/null && break; sleep 0.1; done
+  python3 scripts/bench_serving.py --url "http://127.0.0.1:$port" --workloads "$workloads" --num-seq 8 --num 64 2>&1 | tee "$OUT/serving_$tag.txt"
+  curl -s "localhost:$port/get_server_info" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("avg_spec_accept_length", d["internal_states"][0].get("avg_spec_accept_length"))' | tee -a "$OUT/serving_$tag.txt"
+  kill $pid 2>/dev/null; pkill -f -- "--port $port" 2>/dev/null; sleep 1
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if has make && [ ! -f "$CKPT/config.json" ]; then
   log make; t=$(date +%s); python3 scripts/gpu_reference.py make --ckpt "$CKPT" 2>&1 | tail -3; log "make took $(( $(date +%s) - t )) s"
@@ -115,17 +138,6 @@ if has profile; then
   # decode steps of the run are in the log too (small).
   python3 scripts/ncu_summary.py /tmp/ncu.csv --runs 6 | tee "$OUT/profile.txt" | head -40
 fi
-if has nsys_decode; then
-  NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/*/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys 2>/dev/null | head -1)
-  if [ -z "$NSYS" ]; then echo "nsys_decode: no nsys on this machine" | tee "$OUT/nsys_decode.txt"; else
-    log "nsys ($NSYS): one decode step at batch 1, ctx 1024"
-    KILN_PROFILE_DECODE=1 "$NSYS" profile --cuda-graph-trace=node --capture-range=cudaProfilerApi -f true -o /tmp/nsys_dec1 \
-      .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1 --ctx 1024 --prefill 16 --iters 5 > /tmp/nsys_run.txt 2>&1 || tail -5 /tmp/nsys_run.txt
-    "$NSYS" stats --report cuda_gpu_trace --format csv -o /tmp/nsys_dec1 /tmp/nsys_dec1.nsys-rep > /dev/null 2>&1
-    f=$(ls /tmp/nsys_dec1*cuda_gpu_trace*.csv 2>/dev/null | head -1)
-    [ -n "$f" ] && python3 scripts/nsys_gaps.py "$f" | tee "$OUT/nsys_decode.txt" | head -16
-  fi
-fi
 if has profile_decode; then
   for b in 1 64; do
     log "ncu: one decode step at batch $b, ctx 1024"
@@ -153,26 +165,21 @@ if has bench_tiled; then
   log "bench without the tiled decode GEMM"; KILN_GEMM_TILED=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 8,32,64,128,256 2>&1 | grep "decode batch" | tee "$OUT/bench_tiled.txt"
 fi
 if has eval_tiled && [ -f "$REFS/cases.json" ]; then
-  log "eval without the tiled decode GEMM"; KILN_GEMM_TILED=0 .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours_tiled.f32 2>&1 | tee "$OUT/eval_tiled.txt" | tail -6
-  python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours_tiled.f32 2>&1 | tee "$OUT/compare_tiled.json" | tr -d '\n ' | head -c 900; echo
-  cmp /tmp/ours.f32 /tmp/ours_tiled.f32 && echo "shared-x and tiled GEMMs: teacher-forced logits bit-identical" | tee -a "$OUT/eval_tiled.txt"
+  log "eval without the tiled decode GEMM"; logits_check tiled "$ENG/qwen35_4b_random.plan" KILN_GEMM_TILED=0
 fi
 if has pdl_early; then
   log "plan with KILN_PDL_EARLY=0"; KILN_PDL_EARLY=0 .devbin/kiln-build --model "$CKPT" --out /tmp/engines_early --name qwen35_4b_random 2>&1 | tail -2
   .devbin/kiln-eval bench --plan /tmp/engines_early/qwen35_4b_random.plan --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_pdl_early.txt"
-  if [ -f "$REFS/cases.json" ]; then
-    .devbin/kiln-eval logits --plan /tmp/engines_early/qwen35_4b_random.plan --cases "$REFS/cases.json" --out /tmp/ours_early.f32 2>&1 | tail -2
-    python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours_early.f32 2>&1 | tee "$OUT/compare_pdl_early.json" | tr -d '\n ' | head -c 600; echo
-    cmp /tmp/ours.f32 /tmp/ours_early.f32 && echo "KILN_PDL_EARLY=0 plan: logits bit-identical to the default plan's" | tee -a "$OUT/bench_pdl_early.txt"
-  fi
+  [ -f "$REFS/cases.json" ] && logits_check pdl_early0 /tmp/engines_early/qwen35_4b_random.plan
 fi
 if has cmp_prev && [ -f "$REFS/cases.json" ]; then
   for a in .devbin/old_*.tar.xz; do
     [ -f "$a" ] || continue; old=$(basename "$a" .tar.xz); mkdir -p "/tmp/$old"; tar -xJf "$a" -C "/tmp/$old"
     log "logits of a plan built by $old"
     "/tmp/$old/kiln-build" --model "$CKPT" --out "/tmp/engines_$old" --name qwen35_4b_random 2>&1 | tail -1
+    # Its own kiln-eval reads the plan (the plan format is the old binary's).
     "/tmp/$old/kiln-eval" logits --plan "/tmp/engines_$old/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out "/tmp/ours_$old.f32" 2>&1 | tail -1
-    if cmp /tmp/ours.f32 "/tmp/ours_$old.f32"; then echo "$old: teacher-forced logits bit-identical to this commit's"; else echo "$old: logits DIFFER from this commit's"; fi | tee -a "$OUT/cmp_prev.txt"
+    if cmp -s /tmp/ours.f32 "/tmp/ours_$old.f32"; then echo "$old: teacher-forced logits bit-identical to this commit's"; else echo "$old: logits DIFFER from this commit's"; fi | tee -a "$OUT/cmp.txt"
     rm -rf "/tmp/engines_$old"
   done
 fi
@@ -183,10 +190,7 @@ if has attn_pbf16; then
   log "plan with KILN_ATTN_P_BF16=1"; KILN_ATTN_P_BF16=1 .devbin/kiln-build --model "$CKPT" --out /tmp/engines_pbf16 --name qwen35_4b_random 2>&1 | tail -1
   .devbin/kiln-eval bench --plan /tmp/engines_pbf16/qwen35_4b_random.plan --batch 1 --ctx 8192 --prefill 8192 2>&1 | grep -E "prefill" | tee "$OUT/bench_attn_pbf16.txt"
   .devbin/kiln-eval bench --plan /tmp/engines_pbf16/qwen35_4b_random.plan --batch 1 --ctx 1024 --prefill 1024 2>&1 | grep -E "prefill" | tee -a "$OUT/bench_attn_pbf16.txt"
-  if [ -f "$REFS/cases.json" ]; then
-    .devbin/kiln-eval logits --plan /tmp/engines_pbf16/qwen35_4b_random.plan --cases "$REFS/cases.json" --out /tmp/ours_pbf16.f32 2>&1 | tail -1
-    python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours_pbf16.f32 2>&1 | tee "$OUT/compare_attn_pbf16.json" | tr -d '\n ' | head -c 600; echo
-  fi
+  [ -f "$REFS/cases.json" ] && logits_check attn_pbf16 /tmp/engines_pbf16/qwen35_4b_random.plan
   rm -rf /tmp/engines_pbf16
 fi
 if has attn_parts; then
@@ -212,12 +216,10 @@ if has backend; then
   log "cuda backend vs cpu backend on the toy model"; for t in .devbin/cuda_backend*; do [ -x "$t" ] && "$t" --ignored --test-threads=1 --nocapture 2>&1 | tee "$OUT/backend.txt" | grep -E "^test |test result|panicked" ; done
 fi
 if has eval_split; then
-  log "eval with the column-split GDN decode kernel"; KILN_GDN_SPLIT=1 .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours_split.f32 2>&1 | tee "$OUT/eval_split.txt" | tail -6
-  python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours_split.f32 2>&1 | tee "$OUT/compare_split.json" | tr -d '\n ' | head -c 900; echo
+  log "eval with the column-split GDN decode kernel"; logits_check split "$ENG/qwen35_4b_random.plan" KILN_GDN_SPLIT=1
 fi
 if has eval_bf16; then
-  log "eval with bf16 GEMM inputs"; KILN_ACT=bf16 .devbin/kiln-eval logits --plan "$ENG/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out /tmp/ours16.f32 2>&1 | tail -2
-  python3 scripts/gpu_reference.py compare --out "$REFS" --ours /tmp/ours16.f32 2>&1 | tee "$OUT/compare_bf16.json" | tr -d '\n ' | head -c 900; echo
+  log "eval with bf16 GEMM inputs"; logits_check bf16 "$ENG/qwen35_4b_random.plan" KILN_ACT=bf16
 fi
 if has serve; then
   log serve; t=$(date +%s%N)
@@ -239,28 +241,9 @@ if has serve; then
   fi
   kill %1; tail -5 "$OUT/serve.log"
 fi
-if has serving_fcfs; then
-  log "serving with --schedule-policy fcfs"
-  KILN_BIN=.devbin/kiln KILN_BUILD_BIN=.devbin/kiln-build KILN_ENGINES="$ENG" ./launch_server.sh --model-path "$CKPT" --port 30113 --schedule-policy fcfs > "$OUT/serve_fcfs.log" 2>&1 & FPID=$!
-  for i in $(seq 1 600); do curl -sf localhost:30113/health >/dev/null && break; sleep 0.1; done
-  python3 scripts/bench_serving.py --url http://127.0.0.1:30113 --workloads seq,c16,c64 --num-seq 8 --num 64 2>&1 | tee "$OUT/serving_fcfs.txt"
-  kill $FPID 2>/dev/null; pkill -f -- "--port 30113" 2>/dev/null; sleep 1
-fi
-if has serving_chunk; then
-  log "serving with --chunked-prefill-size ${CHUNK:=8192}"
-  KILN_BIN=.devbin/kiln KILN_BUILD_BIN=.devbin/kiln-build KILN_ENGINES="$ENG" ./launch_server.sh --model-path "$CKPT" --port 30115 --chunked-prefill-size "$CHUNK" > "$OUT/serve_chunk.log" 2>&1 & CPID=$!
-  for i in $(seq 1 600); do curl -sf localhost:30115/health >/dev/null && break; sleep 0.1; done
-  python3 scripts/bench_serving.py --url http://127.0.0.1:30115 --workloads seq,c16,c64 --num-seq 8 --num 64 2>&1 | tee "$OUT/serving_chunk.txt"
-  kill $CPID 2>/dev/null; pkill -f -- "--port 30115" 2>/dev/null; sleep 1
-fi
-if has serving_mtp; then
-  log "serving with --speculative-algorithm NEXTN (auto policy)"
-  KILN_BIN=.devbin/kiln KILN_BUILD_BIN=.devbin/kiln-build KILN_ENGINES="$ENG" ./launch_server.sh --model-path "$CKPT" --port 30114 --speculative-algorithm NEXTN > "$OUT/serve_mtp.log" 2>&1 & MPID=$!
-  for i in $(seq 1 600); do curl -sf localhost:30114/health >/dev/null && break; sleep 0.1; done
-  python3 scripts/bench_serving.py --url http://127.0.0.1:30114 --workloads seq,c16 --num-seq 8 --num 64 2>&1 | tee "$OUT/serving_mtp.txt"
-  curl -s localhost:30114/get_server_info | python3 -c 'import json,sys; d=json.load(sys.stdin); print("avg_spec_accept_length", d["internal_states"][0].get("avg_spec_accept_length"))' | tee -a "$OUT/serving_mtp.txt"
-  kill $MPID 2>/dev/null; pkill -f -- "--port 30114" 2>/dev/null; sleep 1
-fi
+if has serving_fcfs; then second_server fcfs 30113 seq,c16,c64 --schedule-policy fcfs; fi
+if has serving_chunk; then second_server chunk 30115 seq,c16,c64 --chunked-prefill-size "${CHUNK:=8192}"; fi
+if has serving_mtp; then second_server mtp 30114 seq,c16 --speculative-algorithm NEXTN; fi
 if has wheel_nvrtc; then
   log "issue 11: plan built with NVRTC found only through the pip wheel"
   mkdir -p /tmp/hidden_nvrtc
