@@ -224,21 +224,28 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool ok
 __device__ __forceinline__ void prefetch_l2(const void* gmem, unsigned bytes) {
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(gmem), "r"(bytes) : "memory");
 }
-// Columns of each weight row a GEMM block asks L2 for before its PDL wait (KILN_PDL_EARLY),
-// as long as the whole GEMM's request stays under KILN_PF_BUDGET bytes (a share of L2).
+// Columns of each weight row a GEMM block asks L2 for before its PDL wait (KILN_PDL_EARLY):
+// KILN_PF_K, or fewer where the whole GEMM's request (N rows x splits) would pass
+// KILN_PF_BUDGET bytes (a share of L2), and none below KILN_PF_MIN_K (the lm_head's
+// 248K rows). Shortening instead of switching off matters: with the 24-warp splits
+// (qkvz 4, gate_up 3) the all-or-nothing rule dropped their prefetch, and the batch-1
+// step went from 4.89 to 5.50 ms on the H100 (docs/perf.md, session 7).
 #define KILN_PF_K 256
+#define KILN_PF_MIN_K 64
 #define KILN_PF_BUDGET (24u << 20)
-__device__ __forceinline__ bool prefetch_fits(int N, int splits, int ks) {
-    return (size_t)N * splits * (size_t)min(ks, KILN_PF_K) * 2 <= KILN_PF_BUDGET;
+__device__ __forceinline__ int prefetch_cols(int N, int splits, int ks) {
+    const size_t fit = (size_t)KILN_PF_BUDGET / ((size_t)N * splits * 2);
+    const int cols = (int)min((size_t)min(ks, KILN_PF_K), fit) & ~7;  // 16-byte multiples
+    return cols >= KILN_PF_MIN_K ? cols : 0;
 }
 // KILN_PDL_EARLY: before the PDL wait, thread `idx` of a group that owns W rows row0 ..
-// row0 + rows (one thread per row) asks L2 for its row's columns after the `skip` its
-// split already loads.
+// row0 + rows (one thread per row) asks L2 for up to prefetch_cols of its row's columns
+// after the `skip` its split already loads.
 __device__ __forceinline__ void prefetch_rows_early(const bf16* __restrict__ W, int row0, int rows, int idx, int N,
                                                     int K, int kb, int ke, int skip, int splits, int ks) {
 #if KILN_PDL_EARLY
-    if (idx < rows && row0 + idx < N && ke - kb > skip && prefetch_fits(N, splits, ks))
-        prefetch_l2(W + (size_t)(row0 + idx) * K + kb + skip, (unsigned)min(ke - kb - skip, KILN_PF_K) * 2);
+    const int cols = min(ke - kb - skip, prefetch_cols(N, splits, ks));
+    if (idx < rows && row0 + idx < N && cols > 0) prefetch_l2(W + (size_t)(row0 + idx) * K + kb + skip, (unsigned)cols * 2);
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
