@@ -233,19 +233,22 @@ __device__ __forceinline__ void prefetch_l2(const void* gmem, unsigned bytes) {
 #define KILN_PF_K 256
 #define KILN_PF_MIN_K 64
 #define KILN_PF_BUDGET (24u << 20)
+#ifndef KILN_PF_MAX_ROWS
+#define KILN_PF_MAX_ROWS 1024  // launches of more batch rows skip it (an experiment; all by default)
+#endif
 __device__ __forceinline__ int prefetch_cols(int N, int splits, int ks) {
     const size_t fit = (size_t)KILN_PF_BUDGET / ((size_t)N * splits * 2);
     const int cols = (int)min((size_t)min(ks, KILN_PF_K), fit) & ~7;  // 16-byte multiples
     return cols >= KILN_PF_MIN_K ? cols : 0;
 }
 // KILN_PDL_EARLY: before the PDL wait, thread `idx` of a group that owns W rows row0 ..
-// row0 + rows (one thread per row) asks L2 for up to prefetch_cols of its row's columns
-// after the `skip` its split already loads.
-__device__ __forceinline__ void prefetch_rows_early(const bf16* __restrict__ W, int row0, int rows, int idx, int N,
-                                                    int K, int kb, int ke, int skip, int splits, int ks) {
+// row0 + rows (one thread per row) of a launch over M batch rows asks L2 for up to
+// prefetch_cols of its row's columns after the `skip` its split already loads.
+__device__ __forceinline__ void prefetch_rows_early(const bf16* __restrict__ W, int row0, int rows, int idx, int M,
+                                                    int N, int K, int kb, int ke, int skip, int splits, int ks) {
 #if KILN_PDL_EARLY
     const int cols = min(ke - kb - skip, prefetch_cols(N, splits, ks));
-    if (idx < rows && row0 + idx < N && cols > 0) prefetch_l2(W + (size_t)(row0 + idx) * K + kb + skip, (unsigned)cols * 2);
+    if (M <= KILN_PF_MAX_ROWS && idx < rows && row0 + idx < N && cols > 0) prefetch_l2(W + (size_t)(row0 + idx) * K + kb + skip, (unsigned)cols * 2);
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }

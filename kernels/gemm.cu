@@ -226,7 +226,7 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
     };
 #pragma unroll
     for (int p = 0; p < P; ++p) load_w(wr[p], p);
-    prefetch_rows_early(W, row0, RW * 16, lane, N, K, kb, ke, P * 32, splits, ks);
+    prefetch_rows_early(W, row0, RW * 16, lane, M, N, K, kb, ke, P * 32, splits, ks);
     // Weights are never written: their first loads may overlap the predecessor kernel.
     KILN_PDL_ENTER_ROWS(M);
 
@@ -417,7 +417,7 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
 
 #pragma unroll
     for (int p = 0; p < P; ++p) load_w(wr[p], p);
-    prefetch_rows_early(W, row0, RW * 16, lane, N, K, kb, ke, P * 32, splits, ks);
+    prefetch_rows_early(W, row0, RW * 16, lane, M, N, K, kb, ke, P * 32, splits, ks);
     KILN_PDL_ENTER_ROWS(M);
     load_xs(0);
     store_xs(0);

@@ -139,7 +139,7 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     load_w(0);
     load_w(1);
     // One thread per W row of the tile: the row's next columns into L2.
-    prefetch_rows_early(W, n0, TG_BN, tid, N, K, kb, ke, 2 * TG_SK, splits, ks);
+    prefetch_rows_early(W, n0, TG_BN, tid, M, N, K, kb, ke, 2 * TG_SK, splits, ks);
     KILN_PDL_ENTER_ROWS(M);
     if constexpr (XF32) {
         load_x_regs(0);

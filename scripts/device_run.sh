@@ -32,6 +32,10 @@
 #            split into more parts at long context; the default 32 gives 256-key parts at 8K)
 #   small_sx  bench at batch 1/8 with KILN_GEMM_SMALL_SX=1 (the shared-x kernel for the wide
 #            weights up to 16 rows, now with the early L2 weight prefetch)
+#   splits   the decode GEMM experiments of session 7, each against the default in the same
+#            call (splits.txt): KILN_GEMM_WIDE_WARPS=16 (qkvz 3 / gate_up 2 splits, before the
+#            24-warp target) at batch 1/8/32/64; KILN_GEMM_SMALL_SX=1 alone and with it at 1/8;
+#            a plan built with KILN_PF_MAX_ROWS=16 (no early L2 prefetch above 16 rows) at 32/64
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
@@ -200,6 +204,19 @@ if has attn_parts; then
 fi
 if has small_sx; then
   log "bench with the shared-x kernel for wide weights up to 16 rows"; KILN_GEMM_SMALL_SX=1 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8 2>&1 | grep "decode batch" | tee "$OUT/bench_small_sx.txt"
+fi
+if has splits; then
+  sb() { local tag=$1 plan=$2 batches=$3; shift 3
+    env "$@" .devbin/kiln-eval bench --plan "$plan" --batch "$batches" 2>&1 | grep "decode batch" | sed "s/^/$tag: /" | tee -a "$OUT/splits.txt"; }
+  log "decode GEMM experiments"; P="$ENG/qwen35_4b_random.plan"
+  sb default "$P" 1,8,32,64
+  sb wide16 "$P" 1,8,32,64 KILN_GEMM_WIDE_WARPS=16
+  sb small_sx "$P" 1,8 KILN_GEMM_SMALL_SX=1
+  sb small_sx_wide16 "$P" 1,8 KILN_GEMM_SMALL_SX=1 KILN_GEMM_WIDE_WARPS=16
+  KILN_PF_MAX_ROWS=16 .devbin/kiln-build --model "$CKPT" --out /tmp/engines_pf16 --name qwen35_4b_random 2>&1 | tail -1
+  sb pf_max_rows16 /tmp/engines_pf16/qwen35_4b_random.plan 1,32,64
+  sb default_again "$P" 1,32,64
+  rm -rf /tmp/engines_pf16
 fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
