@@ -314,8 +314,8 @@ pub fn compile_module(name: &str, src: &str, arch: &str, dims: &KernelDims, incl
     if std::env::var("KILN_ATTN_P_BF16").is_ok_and(|v| v == "1") {
         opts.push("-DKILN_ATTN_P_BF16=1".into());
     }
-    // KILN_PF_MAX_ROWS=R (an experiment): the GEMMs' early L2 weight prefetch only in
-    // launches of up to R batch rows (default all; device_run.sh stage `splits`).
+    // KILN_PF_MAX_ROWS=R: the GEMMs' early L2 weight prefetch only in launches of up to R
+    // batch rows (default 16, kernels/common.cuh; device_run.sh stage `splits`).
     if let Some(r) = std::env::var("KILN_PF_MAX_ROWS").ok().and_then(|v| v.parse::<u32>().ok()) {
         opts.push(format!("-DKILN_PF_MAX_ROWS={r}"));
     }

@@ -41,13 +41,16 @@ pub fn decode_gemm_rows() -> usize {
     }
 }
 
-/// The kernel `GemmKind::Auto` runs: the register kernel up to M = 16, the tiled kernel
-/// above (the only one that takes M > 64), or the shared-x kernel for 17..64 with
-/// `KILN_GEMM_TILED=0`. All are bit-identical for one plan, so the choice may depend on M.
-/// The shared-x kernel is faster alone at M = 1 for the wide weights (H100 sweep, 2026-12-05:
-/// lm_head 448 against 545 µs, qkvz 32.6 against 35.5), but taking it there made the
-/// batch-1 step slower (5.21 against 4.89 ms, docs/perf.md session 6): it has no early L2
-/// weight prefetch before its PDL wait, which the register kernel has.
+/// The kernel `GemmKind::Auto` runs: up to M = 16 the shared-x kernel for the wide weights
+/// (N >= SHARED_X_MIN_N) and the register kernel for the rest; the tiled kernel above (the
+/// only one that takes M > 64), or the shared-x kernel for 17..64 with `KILN_GEMM_TILED=0`.
+/// All are bit-identical for one plan, so the choice may depend on M.
+/// Why shared-x for the wide weights at M <= 16: with the 24-warp splits the register
+/// kernel streams them slower (H100, 2026-12-05, session 7, one call: batch 1 5.30 against
+/// 5.02 ms, batch 8 6.06 against 5.72), and going back to the 16-warp splits instead costs
+/// batch 32 and 64 about 0.5 ms each. The shared-x kernel lost in the step before
+/// (session 6: 5.21 against 4.89 ms) because its early L2 prefetch was missing and then
+/// over budget; `prefetch_cols` fixed both.
 fn auto_kind(m: usize, n: usize) -> GemmKind {
     if m <= 16 {
         if n >= SHARED_X_MIN_N && small_shared_x() {
@@ -62,14 +65,13 @@ fn auto_kind(m: usize, n: usize) -> GemmKind {
     }
 }
 
-/// `KILN_GEMM_SMALL_SX=1`: GEMMs of up to 16 rows with N >= SHARED_X_MIN_N run the shared-x
-/// kernel (which now prefetches its weights into L2 before the PDL wait, as the register
-/// kernel does). Off by default until measured in the step (device_run.sh stage small_sx).
+/// The shared-x kernel for the wide weights up to 16 rows (default); `KILN_GEMM_SMALL_SX=0`
+/// takes the register kernel there, as before session 7.
 fn small_shared_x() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_GEMM_SMALL_SX").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("KILN_GEMM_SMALL_SX").map_or(true, |v| v != "0"))
 }
-/// The wide weights (qkvz, qgkv, gate_up, lm_head) for `KILN_GEMM_SMALL_SX`.
+/// The wide weights (qkvz, qgkv, gate_up, lm_head) that take the shared-x kernel up to 16 rows.
 pub const SHARED_X_MIN_N: usize = 10240;
 
 /// Largest M the register and shared-x kernels take.
@@ -247,9 +249,10 @@ mod tests {
         assert!(tiled_enabled());
         assert_eq!(decode_gemm_rows(), GEMM_MAX_M);
         assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err());
-        for n in [64, 2560, 12352, 248_320] {
-            assert_eq!(auto_kind(1, n), GemmKind::Register);
-            assert_eq!(auto_kind(16, n), GemmKind::Register);
+        for n in [64, 2560, 10239, 10240, 12352, 248_320] {
+            let small = if n >= SHARED_X_MIN_N { GemmKind::SharedX } else { GemmKind::Register };
+            assert_eq!(auto_kind(1, n), small);
+            assert_eq!(auto_kind(16, n), small);
             assert_eq!(auto_kind(17, n), GemmKind::Tiled);
             assert_eq!(auto_kind(64, n), GemmKind::Tiled);
             assert_eq!(auto_kind(65, n), GemmKind::Tiled);
