@@ -182,6 +182,85 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
     return warp_sum(t);
 }
 
+// kiln_add_rmsnorm's arithmetic for one row, shared by kernels/norm.cu (V = 1: a block of
+// NORM_THREADS threads) and the fused GEMM epilogue in kernels/gemm.cu (V = 2: 128 threads).
+// Each real thread plays the V virtual threads threadIdx.x + u * (NORM_THREADS / V) of a
+// NORM_THREADS-thread block: the same loads, additions, per-thread sums of squares and
+// warp sums (a virtual warp is always one real warp), then the NORM_THREADS / 32 warp sums
+// in warp order, so the bits do not depend on V. res (fp32 [HIDDEN]) += delta (nullable);
+// then rmsnorm(res) * (1 + w) into ob (bf16) and/or of (fp32), each nullable. red holds
+// NORM_THREADS / 32 floats. CG: read delta through L2 only (written by other blocks of
+// the same kernel).
+#define NORM_THREADS 256
+#define NORM_VPT ((HIDDEN / 8 + NORM_THREADS - 1) / NORM_THREADS)
+__device__ __forceinline__ void load8_cg(const float* p, float* o) {
+    const float4 a = __ldcg(reinterpret_cast<const float4*>(p));
+    const float4 b = __ldcg(reinterpret_cast<const float4*>(p + 4));
+    o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+}
+template <int V, bool CG, typename T>
+__device__ __forceinline__ void add_rmsnorm_row(float* __restrict__ res, const T* __restrict__ delta,
+                                                const bf16* __restrict__ w, bf16* __restrict__ ob,
+                                                float* __restrict__ of, float* red) {
+    constexpr int RT = NORM_THREADS / V;  // real threads
+    static_assert(V >= 1 && NORM_THREADS % (32 * V) == 0, "virtual threads must fill real warps");
+    static_assert(!CG || sizeof(T) == 4, "L2-only delta loads are fp32");
+    float v[V][NORM_VPT][8];
+    float ss[V];
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+        const int vt = threadIdx.x + u * RT;
+        ss[u] = 0.f;
+#pragma unroll
+        for (int j = 0; j < NORM_VPT; ++j) {
+            const int i = (vt + j * NORM_THREADS) * 8;
+            if (i < HIDDEN) {
+                load8(res + i, v[u][j]);
+                if (delta != nullptr) {
+                    float d[8];
+                    if constexpr (CG) {
+                        load8_cg(reinterpret_cast<const float*>(delta) + i, d);
+                    } else {
+                        load8(delta + i, d);
+                    }
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) v[u][j][e] += d[e];
+                    store8(res + i, v[u][j]);
+                }
+#pragma unroll
+                for (int e = 0; e < 8; ++e) ss[u] += v[u][j][e] * v[u][j][e];
+            }
+        }
+    }
+    // block_sum over the virtual block: virtual warp (vt >> 5) = warp + u * RT / 32.
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int u = 0; u < V; ++u) ss[u] = warp_sum(ss[u]);
+    __syncthreads();  // red may still be read by a previous row
+    if (lane == 0)
+#pragma unroll
+        for (int u = 0; u < V; ++u) red[warp + u * (RT / 32)] = ss[u];
+    __syncthreads();
+    const float total = warp_sum(lane < NORM_THREADS / 32 ? red[lane] : 0.f);
+    const float inv = rsqrtf(total / (float)HIDDEN + RMS_EPS);
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+        const int vt = threadIdx.x + u * RT;
+#pragma unroll
+        for (int j = 0; j < NORM_VPT; ++j) {
+            const int i = (vt + j * NORM_THREADS) * 8;
+            if (i < HIDDEN) {
+                float wv[8], y[8];
+                load8(w + i, wv);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) y[e] = v[u][j][e] * inv * (1.f + wv[e]);
+                if (ob != nullptr) store8(ob + i, y);
+                if (of != nullptr) store8(of + i, y);
+            }
+        }
+    }
+}
+
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
 __device__ __forceinline__ float siluf_(float x) { return x / (1.f + expf(-x)); }
 // torch.nn.functional.softplus (beta 1, threshold 20).

@@ -36,14 +36,17 @@
 #            call (splits.txt): KILN_GEMM_WIDE_WARPS=16 (qkvz 3 / gate_up 2 splits, before the
 #            24-warp target) at batch 1/8/32/64; KILN_GEMM_SMALL_SX=1 alone and with it at 1/8;
 #            a plan built with KILN_PF_MAX_ROWS=16 (no early L2 prefetch above 16 rows) at 32/64
+#   fuse_norm  the residual add + RMSNorm fused into the down/out GEMM (kiln_gemm_norm, up to
+#            KILN_FUSE_NORM_ROWS rows, default 4): bench at batch 1/2/4/8 with 0 (never), the
+#            default and 8 (fuse_norm.txt), and the logits with 0 against the default plan's
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
 #   eval     kiln-eval logits + compare against the references
 #   verify   kiln-eval verify: speculative verification exact against plain decoding at batch
 #            1/4/8 (3 drafts), and a verify call's time against a decode step's
-#   kernels  tests/cuda_kernels (.devbin/cuda_kernels-*) with --ignored, then the kernel bench
-#            (KERNEL_BENCH=0: the tests only)
+#   kernels  tests/cuda_kernels (.devbin/cuda_kernels-*) with --ignored (KERNEL_TESTS: name
+#            filters), then the kernel bench (KERNEL_BENCH=0: the tests only)
 #   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
 #   serve    launch_server.sh --model-path: time to /health 200, one request
 #   serving  (with serve) scripts/bench_serving.py against that server
@@ -218,6 +221,12 @@ if has splits; then
   sb default_again "$P" 1,32,64
   rm -rf /tmp/engines_pf16
 fi
+if has fuse_norm; then
+  for r in 0 4 8; do
+    log "bench with KILN_FUSE_NORM_ROWS=$r"; KILN_FUSE_NORM_ROWS=$r .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,2,4,8 2>&1 | grep "decode batch" | sed "s/^/fuse rows $r: /" | tee -a "$OUT/fuse_norm.txt"
+  done
+  [ -f "$REFS/cases.json" ] && logits_check fuse_norm0 "$ENG/qwen35_4b_random.plan" KILN_FUSE_NORM_ROWS=0
+fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
 fi
@@ -225,7 +234,8 @@ if has nograph; then
   log "bench without CUDA graphs"; KILN_CUDA_GRAPHS=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,32 --prefill 64 2>&1 | grep "decode batch"
 fi
 if has kernels; then
-  log "kernel tests"; for t in .devbin/cuda_kernels*; do [ -x "$t" ] && "$t" --ignored --test-threads=1 --nocapture > "$OUT/kernels.txt" 2>&1; grep -E "^test |test result|panicked|rel err" "$OUT/kernels.txt" | tail -70
+  # KERNEL_TESTS: name filters (e.g. "gemm add_rmsnorm"); all tests by default.
+  log "kernel tests"; for t in .devbin/cuda_kernels*; do [ -x "$t" ] && "$t" ${KERNEL_TESTS:-} --ignored --test-threads=1 --nocapture > "$OUT/kernels.txt" 2>&1; grep -E "^test |test result|panicked|rel err|bit-identical" "$OUT/kernels.txt" | tail -70
     [ "${KERNEL_BENCH:-1}" = 1 ] && KILN_CUDA_BENCH=1 "$t" bench_gdn_prefill bench_kernels --ignored --test-threads=1 --nocapture 2>&1 | grep BENCH | tee "$OUT/kernel_bench.txt"
   done
 fi
