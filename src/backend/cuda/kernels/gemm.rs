@@ -266,22 +266,7 @@ impl Kernels {
     /// then `add_rmsnorm(residual, y, norm_w, out_bf16, out_f32, m)`, in one launch with the
     /// same bits as the two (kernels/gemm.cu, kiln_gemm_norm_*). Only where `gemm_norm_takes`.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_norm(
-        &self,
-        stream: &CudaStream,
-        w: DevPtr,
-        x: DevPtr,
-        x_dtype: DType,
-        y: DevPtr,
-        m: usize,
-        n: usize,
-        k: usize,
-        scratch: &GemmScratch,
-        residual: DevPtr,
-        norm_w: DevPtr,
-        out_bf16: DevPtr,
-        out_f32: DevPtr,
-    ) -> Result<()> {
+    pub fn gemm_norm(&self, stream: &CudaStream, w: DevPtr, x: DevPtr, x_dtype: DType, y: DevPtr, m: usize, n: usize, k: usize, scratch: &GemmScratch, residual: DevPtr, norm_w: DevPtr, out_bf16: DevPtr, out_f32: DevPtr) -> Result<()> {
         ensure!(self.gemm_norm_takes(m, n), "gemm_norm: M = {m}, N = {n} cannot be fused (N must be the hidden size {}, M 1..16)", self.dims.hidden);
         ensure!(k > 0 && k.is_multiple_of(8), "gemm_norm: K = {k} must be a positive multiple of 8");
         let plan = self.gemm_plan(n, k);
