@@ -17,12 +17,6 @@
 //   grid (ceil(N / (64 * RW)), splits), block 128 (4 warps), RW = 1 for _m8/_m16 and
 //   2 for _m32/_m64.
 //
-// kiln_gemm_norm_x{f32,bf16}_m{8,16}(W, x, float* y, ws, counters, M, N, K, ks, splits,
-//     float* residual, const bf16* norm_w, bf16* out_bf16, float* out_f32)
-//   The same GEMM (y fp32, N = HIDDEN), then kiln_add_rmsnorm(residual, y, N, norm_w,
-//   out_bf16, out_f32, M) with the same bits, by the last row group's block;
-//   counters[gridDim.x] must be zero too and is left zero.
-//
 // How: each warp owns RW*16 rows of W and streams them once with 16-byte
 // ld.global.nc loads (P chunks of 32 k in flight per row pair). Products use
 // mma.sync m16n8k16 (bf16 in, fp32 accumulate) with W as the A operand (16 rows) and
@@ -148,10 +142,9 @@ __device__ __forceinline__ void reduce_splits(Y* __restrict__ y, const float* __
 
 // Writes the accumulators (directly, or as split-K partials with the last block of the
 // row group adding them in split order). Accumulator e of tile (r, j): row
-// n = row0 + r*16 + g + 8*(e/2), batch m = j*8 + 2t + (e%2). Returns whether this block
-// wrote its row group's final y (always without split-K; else only the last block).
+// n = row0 + r*16 + g + 8*(e/2), batch m = j*8 + 2t + (e%2).
 template <int RW, int NT, int RB, int THREADS, typename Y>
-__device__ __forceinline__ bool gemm_epilogue(const float (&acc)[RW][NT][4], int row0, int g, int t, Y* __restrict__ y,
+__device__ __forceinline__ void gemm_epilogue(const float (&acc)[RW][NT][4], int row0, int g, int t, Y* __restrict__ y,
                                               float* __restrict__ ws, unsigned* __restrict__ counters, int M,
                                               int N, int splits) {
     if (splits == 1) {
@@ -164,7 +157,7 @@ __device__ __forceinline__ bool gemm_epilogue(const float (&acc)[RW][NT][4], int
                     const int n = row0 + r * 16 + g + 8 * (e >> 1), m = j * 8 + 2 * t + (e & 1);
                     if (n < N && m < M) store_y<Y>(y, (size_t)m * N + n, acc[r][j][e]);
                 }
-        return true;
+        return;
     }
     float* part = ws + (size_t)blockIdx.y * M * N;
 #pragma unroll
@@ -181,15 +174,14 @@ __device__ __forceinline__ bool gemm_epilogue(const float (&acc)[RW][NT][4], int
     __shared__ unsigned last;
     if (threadIdx.x == 0) last = atomicAdd(&counters[blockIdx.x], 1u) == (unsigned)(splits - 1);
     __syncthreads();
-    if (!last) return false;
+    if (!last) return;
     __threadfence();
     reduce_splits<RB, THREADS, Y>(y, ws, M, N, splits, blockIdx.x * RB);
     if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
-    return true;
 }
 
 template <int NT, bool XF32, typename Y>
-__device__ __forceinline__ bool skinny_gemm(const bf16* __restrict__ W, const void* __restrict__ x,
+__device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const void* __restrict__ x,
                                             Y* __restrict__ y, float* __restrict__ ws,
                                             unsigned* __restrict__ counters, int M, int N, int K,
                                             int ks, int splits) {
@@ -266,40 +258,7 @@ __device__ __forceinline__ bool skinny_gemm(const bf16* __restrict__ W, const vo
         }
     }
 
-    return gemm_epilogue<RW, NT, RB, GEMM_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits);
-}
-
-// The register kernel for a projection to N = HIDDEN (down, out: y is the layer's fp32
-// delta) followed by kiln_add_rmsnorm over its M rows in the same launch (the
-// kiln_gemm_norm_* kernels). The block that finalises a row group's y counts itself in
-// counters[gridDim.x]; the last of the gridDim.x row groups adds y to the residual and
-// writes the normed rows, with add_rmsnorm_row's 2 virtual threads per thread: the
-// separate kernel's bits. Its rows go one after another through that one block, so the
-// launcher fuses only launches of few rows.
-template <int NT, bool XF32>
-__device__ __forceinline__ void skinny_gemm_norm(const bf16* __restrict__ W, const void* __restrict__ x,
-                                                 float* __restrict__ y, float* __restrict__ ws,
-                                                 unsigned* __restrict__ counters, int M, int N, int K, int ks,
-                                                 int splits, float* __restrict__ residual,
-                                                 const bf16* __restrict__ norm_w, bf16* __restrict__ out_bf16,
-                                                 float* __restrict__ out_f32) {
-    static_assert(NORM_THREADS % GEMM_THREADS == 0, "the norm's virtual block");
-    __shared__ float red[NORM_THREADS / 32];
-    __shared__ unsigned last_group;
-    if (!skinny_gemm<NT, XF32, float>(W, x, y, ws, counters, M, N, K, ks, splits)) return;
-    __threadfence();  // this block's y before its count
-    __syncthreads();
-    if (threadIdx.x == 0) last_group = atomicAdd(&counters[gridDim.x], 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last_group) return;
-    __threadfence();
-    for (int m = 0; m < M; ++m) {
-        const size_t o = (size_t)m * HIDDEN;
-        add_rmsnorm_row<NORM_THREADS / GEMM_THREADS, true, float>(residual + o, y + (size_t)m * N, norm_w,
-                                                                  out_bf16 == nullptr ? nullptr : out_bf16 + o,
-                                                                  out_f32 == nullptr ? nullptr : out_f32 + o, red);
-    }
-    if (threadIdx.x == 0) counters[gridDim.x] = 0u;
+    gemm_epilogue<RW, NT, RB, GEMM_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits);
 }
 
 // ---------------------------------------------------------------------------------
@@ -517,20 +476,6 @@ GEMM_ALL_M(f32, float, true, f32, float)
 GEMM_ALL_M(f32, float, true, bf16, bf16)
 GEMM_ALL_M(bf16, bf16, false, f32, float)
 GEMM_ALL_M(bf16, bf16, false, bf16, bf16)
-
-#define GEMM_NORM_VARIANT(XN, XT, XF, MM, NT)                                                     \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                    \
-        kiln_gemm_norm_x##XN##_m##MM(const bf16* W, const XT* x, float* y, float* ws,             \
-                                     unsigned* counters, int M, int N, int K, int ks, int splits, \
-                                     float* residual, const bf16* norm_w, bf16* out_bf16,         \
-                                     float* out_f32) {                                            \
-        skinny_gemm_norm<NT, XF>(W, x, y, ws, counters, M, N, K, ks, splits, residual, norm_w,    \
-                                 out_bf16, out_f32);                                              \
-    }
-GEMM_NORM_VARIANT(f32, float, true, 8, 1)
-GEMM_NORM_VARIANT(f32, float, true, 16, 2)
-GEMM_NORM_VARIANT(bf16, bf16, false, 8, 1)
-GEMM_NORM_VARIANT(bf16, bf16, false, 16, 2)
 
 #define GEMM_SHARED_X(XN, XT, XF, YN, YT, MM, NT)                                                \
     static_assert(2 * NT * 8 * V2Ldb<XF>::v == KILN_SMEM_GEMM_SX_##XN##_M##MM,                    \

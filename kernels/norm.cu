@@ -52,7 +52,11 @@ extern "C" __global__ void __launch_bounds__(256) kiln_embed(const bf16* __restr
     }
 }
 
-// Writes rmsnorm output y = v * inv * (1 + w) for the thread's NORM_VPT vectors
+// Vectors of 8 per thread; VPT vectors per thread cover the row with 256 threads.
+#define NORM_THREADS 256
+#define NORM_VPT ((HIDDEN / 8 + NORM_THREADS - 1) / NORM_THREADS)
+
+// Stores y = v * inv * (1 + w) for the vectors of one HIDDEN row this thread holds in v
 // (vector j at element (threadIdx.x + j * NORM_THREADS) * 8) to the row at o.
 template <typename OUT>
 __device__ __forceinline__ void store_rmsnorm(const float (&v)[NORM_VPT][8], float inv, const bf16* __restrict__ w,
@@ -76,12 +80,31 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, const 
                                             bf16* __restrict__ out_bf16, float* __restrict__ out_f32,
                                             int M) {
     KILN_PDL_ENTER_ROWS(M);
-    __shared__ float red[NORM_THREADS / 32];
+    __shared__ float red[32];
     const int m = blockIdx.x;
     if (m >= M) return;
-    add_rmsnorm_row<1, false, T>(residual + (size_t)m * HIDDEN, delta == nullptr ? nullptr : delta + (size_t)m * ld_delta, w,
-                                 out_bf16 == nullptr ? nullptr : out_bf16 + (size_t)m * HIDDEN,
-                                 out_f32 == nullptr ? nullptr : out_f32 + (size_t)m * HIDDEN, red);
+    float* res = residual + (size_t)m * HIDDEN;
+    float v[NORM_VPT][8];
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < NORM_VPT; ++j) {
+        const int i = (threadIdx.x + j * NORM_THREADS) * 8;
+        if (i < HIDDEN) {
+            load8(res + i, v[j]);
+            if (delta != nullptr) {
+                float d[8];
+                load8(delta + (size_t)m * ld_delta + i, d);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) v[j][e] += d[e];
+                store8(res + i, v[j]);
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) ss += v[j][e] * v[j][e];
+        }
+    }
+    const float inv = rsqrtf(block_sum(ss, red) / (float)HIDDEN + RMS_EPS);
+    if (out_bf16 != nullptr) store_rmsnorm(v, inv, w, out_bf16 + (size_t)m * HIDDEN);
+    if (out_f32 != nullptr) store_rmsnorm(v, inv, w, out_f32 + (size_t)m * HIDDEN);
 }
 
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)

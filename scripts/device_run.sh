@@ -36,9 +36,6 @@
 #            call (splits.txt): KILN_GEMM_WIDE_WARPS=16 (qkvz 3 / gate_up 2 splits, before the
 #            24-warp target) at batch 1/8/32/64; KILN_GEMM_SMALL_SX=1 alone and with it at 1/8;
 #            a plan built with KILN_PF_MAX_ROWS=16 (no early L2 prefetch above 16 rows) at 32/64
-#   fuse_norm  the residual add + RMSNorm fused into the down/out GEMM (kiln_gemm_norm, up to
-#            KILN_FUSE_NORM_ROWS rows, default 4): bench at batch 1/2/4/8 with 0 (never), the
-#            default and 8 (fuse_norm.txt), and the logits with 0 against the default plan's
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
@@ -220,12 +217,6 @@ if has splits; then
   sb pf_max_rows16 /tmp/engines_pf16/qwen35_4b_random.plan 1,32,64
   sb default_again "$P" 1,32,64
   rm -rf /tmp/engines_pf16
-fi
-if has fuse_norm; then
-  for r in 0 4 8; do
-    log "bench with KILN_FUSE_NORM_ROWS=$r"; KILN_FUSE_NORM_ROWS=$r .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,2,4,8 2>&1 | grep "decode batch" | sed "s/^/fuse rows $r: /" | tee -a "$OUT/fuse_norm.txt"
-  done
-  [ -f "$REFS/cases.json" ] && logits_check fuse_norm0 "$ENG/qwen35_4b_random.plan" KILN_FUSE_NORM_ROWS=0
 fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"

@@ -1,5 +1,4 @@
-//! The skinny decode GEMM against an f64 reference; determinism and batch invariance; the
-//! GEMM with the residual add + RMSNorm fused against the two kernels it replaces.
+//! The skinny decode GEMM against an f64 reference; determinism and batch invariance.
 
 use crate::harness::*;
 use crate::reference as r;
@@ -175,67 +174,4 @@ fn pdl_chain_matches_ordinary_launches() {
         assert!(same, "PDL changed the results");
     }
     let _ = ops::silu(0.0);
-}
-
-/// kiln_gemm_norm (the down / out projection with the next residual add + RMSNorm in its
-/// last block) against the GEMM and kiln_add_rmsnorm it replaces, bit for bit (delta,
-/// residual and normed rows), at every M it takes, for both x dtypes and both output
-/// dtypes; and against the CPU twins (f64 GEMM, then ops::rms_norm).
-#[test]
-#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
-fn gemm_norm_matches_gemm_then_add_rmsnorm() {
-    let Some(e) = env() else { return };
-    let s = stream(e);
-    let (h, eps) = (e.k.dims().hidden, e.k.dims().rms_eps as f32);
-    let mut g = rng(13);
-    let nw = round_bf16(&rand_vec(&mut g, h, 0.5));
-    let nw_d = up(&s, &to_bf16(&nw));
-    for k in [9216usize, 4096] {
-        let w = round_bf16(&randn_vec(&mut g, h * k, 0.05));
-        let w_d = up(&s, &to_bf16(&w));
-        let plan = e.k.gemm_plan(h, k);
-        let sc = scratch(&s, 16 * h * plan.splits, h);
-        let gs = as_gs(&s, &sc);
-        for m in [1usize, 2, 3, 5, 8, 9, 13, 16] {
-            assert!(e.k.gemm_norm_takes(m, h));
-            let x = randn_vec(&mut g, m * k, 1.0);
-            let res0 = randn_vec(&mut g, m * h, 1.0);
-            for (xt, ot) in [(DType::F32, DType::F32), (DType::BF16, DType::BF16), (DType::F32, DType::BF16)] {
-                let (xf, xb) = (up(&s, &x), up(&s, &to_bf16(&x)));
-                let xp = if xt == DType::F32 { ptr(&s, &xf) } else { ptr(&s, &xb) };
-                // [two kernels, fused]: (delta, residual, normed rows as f32)
-                let mut got = Vec::new();
-                for fused in [false, true] {
-                    let (y, res) = (poison_f32(&s, m * h), up(&s, &res0));
-                    let (of, ob) = (poison_f32(&s, m * h), poison_bf16(&s, m * h));
-                    let (pf, pb) = if ot == DType::F32 { (ptr(&s, &of), 0) } else { (0, ptr(&s, &ob)) };
-                    if fused {
-                        e.k.gemm_norm(&s, ptr(&s, &w_d), xp, xt, ptr(&s, &y), m, h, k, &gs, ptr(&s, &res), ptr(&s, &nw_d), pb, pf).unwrap();
-                    } else {
-                        e.k.gemm_ex(&s, ptr(&s, &w_d), xp, xt, ptr(&s, &y), DType::F32, m, h, k, &gs, plan, GemmKind::Register).unwrap();
-                        e.k.add_rmsnorm(&s, ptr(&s, &res), Some(Mat::f32(ptr(&s, &y), h)), ptr(&s, &nw_d), pb, pf, m).unwrap();
-                    }
-                    let out = if ot == DType::F32 { down(&s, &of) } else { from_bf16(&down(&s, &ob)) };
-                    got.push((down(&s, &y), down(&s, &res), out));
-                }
-                let what = format!("gemm_norm M={m} K={k} x {xt:?} out {ot:?}");
-                let same = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
-                assert!(same(&got[0].0, &got[1].0), "{what}: delta differs from the GEMM's");
-                assert!(same(&got[0].1, &got[1].1), "{what}: residual differs from add_rmsnorm's");
-                assert!(same(&got[0].2, &got[1].2), "{what}: normed rows differ from add_rmsnorm's");
-                // The CPU twins: the f64 GEMM (x as the kernel reads it), the fp32 residual
-                // add, ops::rms_norm. Tolerances as gemm_matches_f64_reference and
-                // add_rmsnorm_matches_cpu take them: x f32 1e-4, x bf16 1e-5 for the delta
-                // (fp32 sums over up to 9216 terms); the norm rescales by the row's rms,
-                // which keeps relative error; bf16 output 1e-2.
-                let xr = if xt == DType::F32 { x.clone() } else { round_bf16(&x) };
-                let delta = r::gemm(&xr, &w, m, h, k);
-                check(&format!("{what} delta"), &got[1].0, &delta, if xt == DType::F32 { 1e-4 } else { 1e-5 });
-                let res: Vec<f32> = res0.iter().zip(&delta).map(|(a, b)| a + b).collect();
-                let expect = ops::rms_norm(&res, &nw, eps, 1.0);
-                check(&format!("{what} normed"), &got[1].2, &expect, if ot == DType::F32 { 1e-4 } else { 1e-2 });
-                println!("{what}: bit-identical to gemm + add_rmsnorm");
-            }
-        }
-    }
 }

@@ -69,39 +69,31 @@ impl LayerStack<'_> {
             meta_base: self.s.meta.ptr,
             act: self.gemm_input(l),
         };
-        let (t, s) = (l.num_tokens(), self.s);
+        let (t, h, s) = (l.num_tokens(), self.cfg.hidden_size, self.s);
         self.k.embed(self.stream, self.w.embed, rows.at(rows.meta.ids), s.resid.ptr, t)?;
-        // Normed activations go to `normed` in the step's GEMM input dtype; each layer's
-        // out and down projections end with the next norm (`project_and_norm`).
+        // Normed activations go to `normed` in the step's GEMM input dtype.
         let (nb, nf) = split_by_dtype(rows.act, s.normed.ptr);
-        let layers = &self.w.layers;
-        if let Some(first) = layers.first() {
-            self.k.add_rmsnorm(self.stream, s.resid.ptr, None, first.input_norm, nb, nf, t)?;
-        }
+        let mut delta: Option<Mat> = None;
         let (mut linear, mut full) = (0, 0);
-        for (i, layer) in layers.iter().enumerate() {
-            let post = NormAfter { w: layer.post_norm, out_bf16: nb, out_f32: nf };
+        for layer in &self.w.layers {
+            self.k.add_rmsnorm(self.stream, s.resid.ptr, delta, layer.input_norm, nb, nf, t)?;
             match &layer.mixer {
                 MixerPtrs::Linear(g) => {
-                    self.gated_deltanet(g, linear, &rows, post)?;
+                    self.gated_deltanet(g, linear, &rows)?;
                     linear += 1;
                 }
                 MixerPtrs::Full(a) => {
-                    self.full_attention(a, full, &rows, post)?;
+                    self.full_attention(a, full, &rows)?;
                     full += 1;
                 }
             }
-            let next = match layers.get(i + 1) {
-                Some(next) => NormAfter { w: next.input_norm, out_bf16: nb, out_f32: nf },
-                // The final norm in the engine's dtype: the lm_head reads it through the skinny GEMM.
-                None => {
-                    let (fnb, fnf) = split_by_dtype(self.act, s.normed.ptr);
-                    NormAfter { w: self.w.norm, out_bf16: fnb, out_f32: fnf }
-                }
-            };
-            self.mlp(layer, &rows, next)?;
+            self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(Mat::f32(s.delta.ptr, h)), layer.post_norm, nb, nf, t)?;
+            self.mlp(layer, &rows)?;
+            delta = Some(Mat::f32(s.delta.ptr, h));
         }
-        Ok(())
+        // The final norm in the engine's dtype: the lm_head reads it through the skinny GEMM.
+        let (fnb, fnf) = split_by_dtype(self.act, s.normed.ptr);
+        self.k.add_rmsnorm(self.stream, s.resid.ptr, delta, self.w.norm, fnb, fnf, t)
     }
 
     /// The lm_head (and, with `argmax_limit`, the greedy argmax) over normed rows
@@ -147,8 +139,8 @@ impl LayerStack<'_> {
 
     /// One Gated DeltaNet mixer (linear layer `li`): fused projection, then the decode
     /// rows through the fused decode step and the prefill chunks through conv + chunked
-    /// scan + gated norm, then out_proj into `s.delta` and the norm `after`.
-    fn gated_deltanet(&self, g: &LinearPtrs, li: usize, r: &Rows, after: NormAfter) -> Result<()> {
+    /// scan + gated norm, then out_proj into `s.delta`.
+    fn gated_deltanet(&self, g: &LinearPtrs, li: usize, r: &Rows) -> Result<()> {
         let (c, k, st, s) = (self.cfg, self.k, self.stream, self.s);
         let (h, t, nd) = (c.hidden_size, r.l.num_tokens(), r.decode_seqs);
         let (qkv_dim, vd, nv) = (c.linear_qkv_dim(), c.linear_value_dim(), c.linear_num_value_heads);
@@ -187,14 +179,14 @@ impl LayerStack<'_> {
             let core = Mat::f32(s.core.ptr, vd).rows(nd);
             k.gated_rmsnorm(st, core.ptr, qkvz.cols(qkv_dim).rows(nd), g.norm, out.rows(nd).ptr, r.act, t - nd)?;
         }
-        self.project_and_norm(g.out, s.mix_in.ptr, r.act, vd, r.l, after)
+        self.gemm(g.out, s.mix_in.ptr, r.act, s.delta.ptr, h, vd, r.l)
     }
 
     /// One full-attention mixer (full layer `fi`): fused q/gate/k/v projection, q/k norm
     /// with RoPE and the KV write, decode attention over pages for the decode rows and
     /// flash prefill attention for the chunks, the sigmoid output gate, then o_proj into
-    /// `s.delta` and the norm `after`.
-    fn full_attention(&self, a: &FullPtrs, fi: usize, r: &Rows, after: NormAfter) -> Result<()> {
+    /// `s.delta`.
+    fn full_attention(&self, a: &FullPtrs, fi: usize, r: &Rows) -> Result<()> {
         let (c, k, st, s) = (self.cfg, self.k, self.stream, self.s);
         let (h, t, nd) = (c.hidden_size, r.l.num_tokens(), r.decode_seqs);
         let attn_w = c.num_heads * c.head_dim;
@@ -233,30 +225,16 @@ impl LayerStack<'_> {
             let core = Mat::f32(s.core.ptr, attn_w).rows(nd);
             k.output_gate(st, core.ptr, qg.cols(c.head_dim).rows(nd), 2 * c.head_dim, out.rows(nd), t - nd)?;
         }
-        self.project_and_norm(a.o, s.mix_in.ptr, r.act, attn_w, r.l, after)
+        self.gemm(a.o, s.mix_in.ptr, r.act, s.delta.ptr, h, attn_w, r.l)
     }
 
-    /// The SiLU-gated MLP of one layer into `s.delta`, then the norm `after`.
-    fn mlp(&self, layer: &LayerPtrs, r: &Rows, after: NormAfter) -> Result<()> {
+    /// The SiLU-gated MLP of one layer into `s.delta`.
+    fn mlp(&self, layer: &LayerPtrs, r: &Rows) -> Result<()> {
         let (c, s) = (self.cfg, self.s);
         let (h, i, t) = (c.hidden_size, c.intermediate_size, r.l.num_tokens());
         self.gemm(layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, 2 * i, h, r.l)?;
         self.k.silu_mul(self.stream, Mat::f32(s.wide.ptr, 2 * i), i, Mat { ptr: s.mix_in.ptr, ld: i, dtype: r.act }, i, t)?;
-        self.project_and_norm(layer.down, s.mix_in.ptr, r.act, i, r.l, after)
-    }
-
-    /// `s.delta` = x . W^T (N = hidden) over the step's rows, then residual += delta and
-    /// the norm `after`: in one launch when every row goes through one decode GEMM launch
-    /// the register kernel can fuse (`Kernels::fuses_norm`: a few rows), else the GEMM and
-    /// kiln_add_rmsnorm. Both give the same bits.
-    fn project_and_norm(&self, w: DevPtr, x: DevPtr, xdt: DType, kdim: usize, l: &StepLayout, after: NormAfter) -> Result<()> {
-        let (s, h, t) = (self.s, self.cfg.hidden_size, l.num_tokens());
-        let all_skinny = l.cu_seqlens.windows(2).all(|c| (c[1] - c[0]) as usize <= SKINNY_MAX_CHUNK);
-        if all_skinny && self.k.fuses_norm(t, h) {
-            return self.k.gemm_norm(self.stream, w, x, xdt, s.delta.ptr, t, h, kdim, &s.gemm, s.resid.ptr, after.w, after.out_bf16, after.out_f32);
-        }
-        self.gemm(w, x, xdt, s.delta.ptr, h, kdim, l)?;
-        self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(Mat::f32(s.delta.ptr, h)), after.w, after.out_bf16, after.out_f32, t)
+        self.gemm(layer.down, s.mix_in.ptr, r.act, s.delta.ptr, h, i, r.l)
     }
 
     /// y[T][N] = x[T][K] . W[N][K]^T over the step's rows; x is in dtype `xdt` (see
@@ -307,15 +285,6 @@ impl LayerStack<'_> {
             self.act
         }
     }
-}
-
-/// The residual add + RMSNorm that follows a projection into `s.delta`: the norm's
-/// weight and where its rows go (one of the two outputs, the other NULL).
-#[derive(Clone, Copy, Debug)]
-struct NormAfter {
-    w: DevPtr,
-    out_bf16: DevPtr,
-    out_f32: DevPtr,
 }
 
 /// (bf16 output, fp32 output) arguments of a norm kernel writing `ptr` in `dt`.

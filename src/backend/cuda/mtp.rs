@@ -7,8 +7,8 @@
 //! next chained draft step read. Drafts only propose tokens, which verification checks,
 //! so nothing here needs to be bit-identical to anything: only the main model's rows do.
 
-use super::{split_by_dtype, LayerStack, NormAfter, Rows};
-use crate::backend::cuda::kernels::{DevPtr, NULL};
+use super::{split_by_dtype, LayerStack, Rows};
+use crate::backend::cuda::kernels::{DevPtr, Mat, NULL};
 use crate::backend::cuda::weights::{MixerPtrs, MtpPtrs};
 use crate::backend::mtp_rows::MtpImage;
 use crate::backend::step::StepLayout;
@@ -58,8 +58,11 @@ impl LayerStack<'_> {
         self.gemm(m.fc, b.cat, rows.act, s.resid.ptr, h, 2 * h, l)?;
         let (nb, nf) = split_by_dtype(rows.act, s.normed.ptr);
         self.k.add_rmsnorm(self.stream, s.resid.ptr, None, m.layer.input_norm, nb, nf, t)?;
-        self.full_attention(attn, b.kv_layer, &rows, NormAfter { w: m.layer.post_norm, out_bf16: nb, out_f32: nf })?;
-        self.mlp(&m.layer, &rows, NormAfter { w: m.norm, out_bf16: NULL, out_f32: b.out })
+        self.full_attention(attn, b.kv_layer, &rows)?;
+        let delta = Mat::f32(s.delta.ptr, h);
+        self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(delta), m.layer.post_norm, nb, nf, t)?;
+        self.mlp(&m.layer, &rows)?;
+        self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(delta), m.norm, NULL, b.out, t)
     }
 
     /// Drafts of `rows` fp32 rows at `x` (the MTP output): the argmax below `limit` into

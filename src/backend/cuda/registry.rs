@@ -39,11 +39,6 @@ pub const GEMM: ByXY<[&str; 4]> = [
         ["kiln_gemm_xbf16_ybf16_m8", "kiln_gemm_xbf16_ybf16_m16", "kiln_gemm_xbf16_ybf16_m32", "kiln_gemm_xbf16_ybf16_m64"],
     ],
 ];
-/// The register GEMM with the residual add + RMSNorm fused (y fp32, N = hidden): [x][m8, m16].
-pub const GEMM_NORM: [[&str; 2]; 2] = [
-    ["kiln_gemm_norm_xf32_m8", "kiln_gemm_norm_xf32_m16"],
-    ["kiln_gemm_norm_xbf16_m8", "kiln_gemm_norm_xbf16_m16"],
-];
 /// Skinny GEMM with x split once per block into shared memory: [x][y][m32, m64].
 pub const GEMM_SX: ByXY<[&str; 2]> = [
     [["kiln_gemm_sx_xf32_yf32_m32", "kiln_gemm_sx_xf32_yf32_m64"], ["kiln_gemm_sx_xf32_ybf16_m32", "kiln_gemm_sx_xf32_ybf16_m64"]],
@@ -139,7 +134,6 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("norm", &MTP_FC_INPUT, 0);
     add("norm", GATED_RMSNORM.as_flattened(), 0);
     add("gemm", GEMM.as_flattened().as_flattened(), 0);
-    add("gemm", GEMM_NORM.as_flattened(), 0);
     for x in BOTH {
         for y in BOTH {
             for (i, m) in GEMM_SX_MAX_M.iter().enumerate() {

@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, DevPtr, Kernels};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_NORM, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
 
@@ -73,17 +73,6 @@ fn small_shared_x() -> bool {
 }
 /// The wide weights (qkvz, qgkv, gate_up, lm_head) that take the shared-x kernel up to 16 rows.
 pub const SHARED_X_MIN_N: usize = 10240;
-
-/// Decode launches of up to this many rows fuse the residual add + RMSNorm after the down
-/// and out projections into the GEMM (`Kernels::gemm_norm`): the norm then runs its rows
-/// one after another in one block, which pays for a few rows only.
-pub const FUSE_NORM_ROWS: usize = 4;
-
-/// `FUSE_NORM_ROWS`, or `KILN_FUSE_NORM_ROWS=R` (0: never fuse; at most 16).
-pub fn fuse_norm_rows() -> usize {
-    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *ROWS.get_or_init(|| std::env::var("KILN_FUSE_NORM_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(FUSE_NORM_ROWS).min(16))
-}
 
 /// Largest M the register and shared-x kernels take.
 pub const SKINNY_MAX_M: usize = 64;
@@ -245,44 +234,6 @@ impl Kernels {
         let rows_per_block = if mi >= 2 { 128 } else { 64 };
         let grid = (n.div_ceil(rows_per_block) as u32, plan.splits as u32, 1);
         self.launch(NAMES[x_dtype.idx()][y_dtype.idx()][mi], stream, grid, 128, 0, &mut p)
-    }
-}
-
-impl Kernels {
-    /// Whether `gemm_norm` can take an M x N projection: N is the hidden size, M at most
-    /// 16 (its kernels' variants), and `gemm` runs the register kernel there (whose bits
-    /// it repeats).
-    pub fn gemm_norm_takes(&self, m: usize, n: usize) -> bool {
-        (1..=16).contains(&m) && n == self.dims.hidden && auto_kind(m, n) == GemmKind::Register
-    }
-
-    /// Whether the layer stack fuses the norm after an M x N projection: `gemm_norm`
-    /// takes it and M is at most `fuse_norm_rows()`.
-    pub fn fuses_norm(&self, m: usize, n: usize) -> bool {
-        m <= fuse_norm_rows() && self.gemm_norm_takes(m, n)
-    }
-
-    /// y = x . W^T as `gemm` computes it (fp32 y, the default plan, the register kernel),
-    /// then `add_rmsnorm(residual, y, norm_w, out_bf16, out_f32, m)`, in one launch with the
-    /// same bits as the two (kernels/gemm.cu, kiln_gemm_norm_*). Only where `gemm_norm_takes`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemm_norm(&self, stream: &CudaStream, w: DevPtr, x: DevPtr, x_dtype: DType, y: DevPtr, m: usize, n: usize, k: usize, scratch: &GemmScratch, residual: DevPtr, norm_w: DevPtr, out_bf16: DevPtr, out_f32: DevPtr) -> Result<()> {
-        ensure!(self.gemm_norm_takes(m, n), "gemm_norm: M = {m}, N = {n} cannot be fused (N must be the hidden size {}, M 1..16)", self.dims.hidden);
-        ensure!(k > 0 && k.is_multiple_of(8), "gemm_norm: K = {k} must be a positive multiple of 8");
-        let plan = self.gemm_plan(n, k);
-        for (p, what) in [(w, "gemm_norm W"), (x, "gemm_norm x"), (y, "gemm_norm y"), (residual, "gemm_norm residual"), (norm_w, "gemm_norm weight"), (out_bf16, "gemm_norm out"), (out_f32, "gemm_norm out")] {
-            check_aligned(p, 16, what)?;
-        }
-        // One counter per 64-row group, and the norm's after them.
-        ensure!(scratch.counters_len > n.div_ceil(64), "gemm_norm: {} counters < {} needed", scratch.counters_len, n.div_ceil(64) + 1);
-        if plan.splits > 1 {
-            ensure!(scratch.ws_floats >= plan.splits * m * n, "gemm_norm: workspace of {} floats < {} needed", scratch.ws_floats, plan.splits * m * n);
-        }
-        let (ws, counters) = (scratch.ws, scratch.counters);
-        let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
-        let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp, residual, norm_w, out_bf16, out_f32);
-        let grid = (n.div_ceil(64) as u32, plan.splits as u32, 1);
-        self.launch(GEMM_NORM[x_dtype.idx()][usize::from(m > 8)], stream, grid, 128, 0, &mut p)
     }
 }
 
