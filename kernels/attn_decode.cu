@@ -33,6 +33,9 @@ using namespace kiln;
 #define AD_KG (32 / GQA_GROUP)      // keys per warp group
 #define AD_DPL (HEAD_DIM / 32)
 #define AD_MINP 64
+#ifndef KILN_ATTN_V_EARLY
+#define KILN_ATTN_V_EARLY 0
+#endif
 static_assert(32 % GQA_GROUP == 0, "GQA group must divide 32");
 
 __device__ __forceinline__ void decode_parts(int L, int max_parts, int& nparts, int& ps) {
@@ -104,6 +107,14 @@ extern "C" __global__ void __launch_bounds__(AD_THREADS)
                 const size_t blk = (size_t)bt[n / block_size];
                 off[kk] = ((blk * NUM_KV_HEADS + kvh) * block_size + (n % block_size)) * HEAD_DIM + lane * AD_DPL;
             }
+#if KILN_ATTN_V_EARLY
+            // The group's values are loaded with its keys (their addresses are known), so
+            // their latency overlaps the dot products and the softmax instead of following
+            // them; the arithmetic is unchanged.
+            float vf_all[AD_KG][AD_DPL];
+#pragma unroll
+            for (int kk = 0; kk < AD_KG; ++kk) loadn<AD_DPL>(v_cache + off[kk], vf_all[kk]);
+#endif
 #pragma unroll
             for (int kk = 0; kk < AD_KG; ++kk) {
                 float kf[AD_DPL];
@@ -137,8 +148,12 @@ extern "C" __global__ void __launch_bounds__(AD_THREADS)
             }
 #pragma unroll
             for (int kk = 0; kk < AD_KG; ++kk) {
+#if KILN_ATTN_V_EARLY
+                const float(&vf)[AD_DPL] = vf_all[kk];
+#else
                 float vf[AD_DPL];
                 loadn<AD_DPL>(v_cache + off[kk], vf);
+#endif
 #pragma unroll
                 for (int h = 0; h < GQA_GROUP; ++h) {
                     const float pk = __shfl_sync(0xffffffffu, p, h * AD_KG + kk);

@@ -230,9 +230,14 @@ __device__ __forceinline__ void prefetch_l2(const void* gmem, unsigned bytes) {
 // 248K rows). Shortening instead of switching off matters: with the 24-warp splits
 // (qkvz 4, gate_up 3) the all-or-nothing rule dropped their prefetch, and the batch-1
 // step went from 4.89 to 5.50 ms on the H100 (docs/perf.md, session 7).
+#ifndef KILN_PF_K
 #define KILN_PF_K 256
+#endif
 #define KILN_PF_MIN_K 64
-#define KILN_PF_BUDGET (24u << 20)
+#ifndef KILN_PF_BUDGET_MB
+#define KILN_PF_BUDGET_MB 24
+#endif
+#define KILN_PF_BUDGET ((size_t)KILN_PF_BUDGET_MB << 20)
 // Launches of more than KILN_PF_MAX_ROWS batch rows skip it: the tiled GEMM at batch 32
 // and 64 steps 0.27 and 0.36 ms faster without it (H100, session 7); the prefetch's L2
 // requests compete with the bigger grid's own loads. KILN_PF_MAX_ROWS=R (kiln-build) sets it.
@@ -240,7 +245,7 @@ __device__ __forceinline__ void prefetch_l2(const void* gmem, unsigned bytes) {
 #define KILN_PF_MAX_ROWS 16
 #endif
 __device__ __forceinline__ int prefetch_cols(int N, int splits, int ks) {
-    const size_t fit = (size_t)KILN_PF_BUDGET / ((size_t)N * splits * 2);
+    const size_t fit = KILN_PF_BUDGET / ((size_t)N * splits * 2);
     const int cols = (int)min((size_t)min(ks, KILN_PF_K), fit) & ~7;  // 16-byte multiples
     return cols >= KILN_PF_MIN_K ? cols : 0;
 }

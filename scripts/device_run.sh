@@ -36,6 +36,13 @@
 #            call (splits.txt): KILN_GEMM_WIDE_WARPS=16 (qkvz 3 / gate_up 2 splits, before the
 #            24-warp target) at batch 1/8/32/64; KILN_GEMM_SMALL_SX=1 alone and with it at 1/8;
 #            a plan built with KILN_PF_MAX_ROWS=16 (no early L2 prefetch above 16 rows) at 32/64
+#   knobs    session 7's prepared experiments, each against the default in the same call
+#            (knobs.txt): the shared-x GEMM for every weight up to 16 rows
+#            (KILN_GEMM_SX_MIN_N=0) at batch 1/8; plans built with a longer early L2 prefetch
+#            (KILN_PF_K=512) and a bigger budget (KILN_PF_BUDGET_MB=48, and both) at 1/8;
+#            a plan with KILN_ATTN_V_EARLY=1 (decode attention loads values with keys) at
+#            batch 1/8 ctx 8192 and 64 ctx 1024; and the logits of the V-early plan against
+#            the default plan's (the same arithmetic: bit-identical expected)
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
@@ -59,6 +66,8 @@
 #            bench_serving seq,c16, the same draws as serving (serving_mtp.txt). With random
 #            weights the MTP head accepts almost nothing, so this is the policy's cost when
 #            speculation does not pay; the win needs a real checkpoint
+#   serving_mtp_full  serving_mtp with KILN_MTP_FULL_UPKEEP=1 (forward steps run the whole MTP
+#            layer, as before session 7, instead of only its KV): what the KV-only upkeep saves
 #   soak     (with serve) scripts/soak.py for $SOAK_S seconds (default 240): mixed traffic with
 #            cut streams and aborts, then memory flat, every slot and block free, nothing lost
 #   wheel_nvrtc  issue 11: hide the toolkit's libnvrtc from the loader, give python3 only the
@@ -218,6 +227,25 @@ if has splits; then
   sb default_again "$P" 1,32,64
   rm -rf /tmp/engines_pf16
 fi
+if has knobs; then
+  kb() { local tag=$1 plan=$2; shift 2
+    .devbin/kiln-eval bench --plan "$plan" "$@" 2>&1 | grep "decode batch" | sed "s/^/$tag: /" | tee -a "$OUT/knobs.txt"; }
+  kplan() { local tag=$1; shift
+    env "$@" .devbin/kiln-build --model "$CKPT" --out "/tmp/engines_$tag" --name qwen35_4b_random 2>&1 | tail -1; }
+  log "kernel knobs"; P="$ENG/qwen35_4b_random.plan"
+  kb default "$P" --batch 1,8
+  KILN_GEMM_SX_MIN_N=0 kb sx_all "$P" --batch 1,8
+  for v in "pf_k512 KILN_PF_K=512" "pf_budget48 KILN_PF_BUDGET_MB=48" "pf_both KILN_PF_K=512 KILN_PF_BUDGET_MB=48"; do
+    set -- $v; tag=$1; shift; kplan "$tag" "$@"; kb "$tag" "/tmp/engines_$tag/qwen35_4b_random.plan" --batch 1,8; rm -rf "/tmp/engines_$tag"
+  done
+  kb default_8k "$P" --batch 1,8 --ctx 8192 --prefill 16
+  kb default_b64 "$P" --batch 64
+  kplan v_early KILN_ATTN_V_EARLY=1
+  kb v_early_8k /tmp/engines_v_early/qwen35_4b_random.plan --batch 1,8 --ctx 8192 --prefill 16
+  kb v_early_b64 /tmp/engines_v_early/qwen35_4b_random.plan --batch 64
+  [ -f "$REFS/cases.json" ] && logits_check v_early /tmp/engines_v_early/qwen35_4b_random.plan
+  rm -rf /tmp/engines_v_early
+fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
 fi
@@ -262,6 +290,7 @@ fi
 if has serving_fcfs; then second_server fcfs 30113 seq,c16,c64 --schedule-policy fcfs; fi
 if has serving_chunk; then second_server chunk 30115 seq,c16,c64 --chunked-prefill-size "${CHUNK:=8192}"; fi
 if has serving_mtp; then second_server mtp 30114 seq,c16 --speculative-algorithm NEXTN; fi
+if has serving_mtp_full; then KILN_MTP_FULL_UPKEEP=1 second_server mtp_full 30116 seq,c16 --speculative-algorithm NEXTN; fi
 if has wheel_nvrtc; then
   log "issue 11: plan built with NVRTC found only through the pip wheel"
   mkdir -p /tmp/hidden_nvrtc

@@ -34,6 +34,14 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("elementwise", include_str!("../../../kernels/elementwise.cu")),
 ];
 
+/// Kernel knobs kiln-build takes from the environment (numbers; the defaults live in the
+/// kernels as `#ifndef`s, docs/kernels.md): `KILN_PF_MAX_ROWS` (the early L2 weight
+/// prefetch only in launches of up to that many batch rows, default 16), `KILN_PF_K` (its
+/// columns per weight row, 256), `KILN_PF_BUDGET_MB` (its bytes per GEMM, 24), and
+/// `KILN_ATTN_V_EARLY` (1: decode attention loads a key group's values with its keys,
+/// default 0). device_run.sh stage `knobs` measures them.
+pub const BUILD_KNOBS: [&str; 4] = ["KILN_PF_MAX_ROWS", "KILN_PF_K", "KILN_PF_BUDGET_MB", "KILN_ATTN_V_EARLY"];
+
 /// The model dimensions the kernels are specialised for (passed as `-D` defines).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct KernelDims {
@@ -314,10 +322,12 @@ pub fn compile_module(name: &str, src: &str, arch: &str, dims: &KernelDims, incl
     if std::env::var("KILN_ATTN_P_BF16").is_ok_and(|v| v == "1") {
         opts.push("-DKILN_ATTN_P_BF16=1".into());
     }
-    // KILN_PF_MAX_ROWS=R: the GEMMs' early L2 weight prefetch only in launches of up to R
-    // batch rows (default 16, kernels/common.cuh; device_run.sh stage `splits`).
-    if let Some(r) = std::env::var("KILN_PF_MAX_ROWS").ok().and_then(|v| v.parse::<u32>().ok()) {
-        opts.push(format!("-DKILN_PF_MAX_ROWS={r}"));
+    // Numeric kernel knobs for measurements (each a `#ifndef` default in the kernels),
+    // passed through when set in the environment.
+    for name in BUILD_KNOBS {
+        if let Some(v) = std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok()) {
+            opts.push(format!("-D{name}={v}"));
+        }
     }
     // KILN_PTXAS_VERBOSE=1: print ptxas's registers / spills / shared memory per kernel.
     let verbose = std::env::var("KILN_PTXAS_VERBOSE").is_ok_and(|v| v == "1");

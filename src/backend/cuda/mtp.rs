@@ -8,7 +8,7 @@
 //! so nothing here needs to be bit-identical to anything: only the main model's rows do.
 
 use super::{split_by_dtype, LayerStack, Rows};
-use crate::backend::cuda::kernels::{DevPtr, Mat, NULL};
+use crate::backend::cuda::kernels::{DevPtr, Mat, QkNormRope, NULL};
 use crate::backend::cuda::weights::{MixerPtrs, MtpPtrs};
 use crate::backend::mtp_rows::MtpImage;
 use crate::backend::step::StepLayout;
@@ -44,6 +44,43 @@ impl LayerStack<'_> {
     /// leaves the fp32 mtp.norm rows in `b.out`.
     pub fn mtp_layer(&self, m: &MtpPtrs, b: &MtpBuffers, l: &StepLayout, img: &MtpImage) -> Result<()> {
         let MixerPtrs::Full(attn) = &m.layer.mixer else { bail!("the MTP layer must be a full-attention layer") };
+        let rows = self.mtp_fc_and_norm(m, b, l, img)?;
+        let (s, h, t) = (self.s, self.cfg.hidden_size, l.num_tokens());
+        let (nb, nf) = split_by_dtype(rows.act, s.normed.ptr);
+        self.full_attention(attn, b.kv_layer, &rows)?;
+        let delta = Mat::f32(s.delta.ptr, h);
+        self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(delta), m.layer.post_norm, nb, nf, t)?;
+        self.mlp(&m.layer, &rows)?;
+        self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(delta), m.norm, NULL, b.out, t)
+    }
+
+    /// What a plain step needs of the MTP layer over `img`'s rows of `l`: its KV at their
+    /// positions (fc, the input norm, the k and v rows of the q/gate/k/v projection, k norm
+    /// + RoPE and the cache write). The rest of the layer feeds only drafts, and a draft
+    /// runs the whole layer itself. Drafts need not be exact (verification keeps the
+    /// output exact), so this k/v GEMM, with its own split, may round differently from
+    /// the whole projection's. `KILN_MTP_FULL_UPKEEP=1` runs the whole layer instead.
+    pub fn mtp_layer_kv(&self, m: &MtpPtrs, b: &MtpBuffers, l: &StepLayout, img: &MtpImage) -> Result<()> {
+        let MixerPtrs::Full(attn) = &m.layer.mixer else { bail!("the MTP layer must be a full-attention layer") };
+        let rows = self.mtp_fc_and_norm(m, b, l, img)?;
+        let (c, s, h) = (self.cfg, self.s, self.cfg.hidden_size);
+        let (kq, kv_w) = (2 * c.num_heads * c.head_dim, 2 * c.num_kv_heads * c.head_dim);
+        // Rows kq.. of the [q | gate | k | v] weight are k and v.
+        let w_kv = attn.qgkv + (kq * h * 2) as u64;
+        self.gemm(w_kv, s.normed.ptr, rows.act, s.wide.ptr, kv_w, h, l)?;
+        let kv = Mat::f32(s.wide.ptr, kv_w);
+        // qk_norm_rope normalises queries too: it reads them from the k/v rows (within
+        // `wide`, sized for the whole projection) and writes them to `q`, unused.
+        self.k.qk_norm_rope(self.stream, &QkNormRope {
+            qg: kv, k: kv, v: kv.cols(c.num_kv_heads * c.head_dim),
+            q_norm_w: attn.q_norm, k_norm_w: attn.k_norm, pos: rows.at(rows.meta.pos), kv_loc: rows.at(rows.meta.kv_loc),
+            q_out: s.q.ptr, k_cache: self.pools.k_layer(b.kv_layer), v_cache: self.pools.v_layer(b.kv_layer),
+            block_size: self.pools.block_size, tokens: l.num_tokens(),
+        })
+    }
+
+    /// The rows of an MTP pass, after fc (into the residual) and the layer's input norm.
+    fn mtp_fc_and_norm<'l>(&self, m: &MtpPtrs, b: &MtpBuffers, l: &'l StepLayout, img: &MtpImage) -> Result<Rows<'l>> {
         let decode_seqs = l.decode_seqs();
         let rows = Rows {
             l,
@@ -58,11 +95,7 @@ impl LayerStack<'_> {
         self.gemm(m.fc, b.cat, rows.act, s.resid.ptr, h, 2 * h, l)?;
         let (nb, nf) = split_by_dtype(rows.act, s.normed.ptr);
         self.k.add_rmsnorm(self.stream, s.resid.ptr, None, m.layer.input_norm, nb, nf, t)?;
-        self.full_attention(attn, b.kv_layer, &rows)?;
-        let delta = Mat::f32(s.delta.ptr, h);
-        self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(delta), m.layer.post_norm, nb, nf, t)?;
-        self.mlp(&m.layer, &rows)?;
-        self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(delta), m.norm, NULL, b.out, t)
+        Ok(rows)
     }
 
     /// Drafts of `rows` fp32 rows at `x` (the MTP output): the argmax below `limit` into

@@ -155,8 +155,9 @@ impl Scratch {
             (2 * c.intermediate_size, h),
             (h, c.intermediate_size),
             (c.vocab_size, h),
-            // The MTP head's fc.
+            // The MTP head's fc, and the k/v rows of its projection alone (`mtp_layer_kv`).
             (h, 2 * h),
+            (2 * c.num_kv_heads * c.head_dim, h),
         ];
         let ws = shapes.iter().map(|(n, kk)| k.gemm_workspace_floats(GEMM_MAX_M, *n, *kk)).max().unwrap_or(0);
         let counters = shapes.iter().map(|(n, _)| Kernels::gemm_counters_len(*n)).max().unwrap_or(1);

@@ -53,7 +53,7 @@ pub fn decode_gemm_rows() -> usize {
 /// over budget; `prefetch_cols` fixed both.
 fn auto_kind(m: usize, n: usize) -> GemmKind {
     if m <= 16 {
-        if n >= SHARED_X_MIN_N && small_shared_x() {
+        if n >= shared_x_min_n() && small_shared_x() {
             GemmKind::SharedX
         } else {
             GemmKind::Register
@@ -73,6 +73,13 @@ fn small_shared_x() -> bool {
 }
 /// The wide weights (qkvz, qgkv, gate_up, lm_head) that take the shared-x kernel up to 16 rows.
 pub const SHARED_X_MIN_N: usize = 10240;
+
+/// `SHARED_X_MIN_N`, or `KILN_GEMM_SX_MIN_N=N` (an experiment: 0 takes the shared-x kernel
+/// for every weight up to 16 rows; device_run.sh stage `knobs`).
+fn shared_x_min_n() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::env::var("KILN_GEMM_SX_MIN_N").ok().and_then(|v| v.parse().ok()).unwrap_or(SHARED_X_MIN_N))
+}
 
 /// Largest M the register and shared-x kernels take.
 pub const SKINNY_MAX_M: usize = 64;
@@ -248,7 +255,7 @@ mod tests {
         assert!(std::env::var("KILN_GEMM_TILED").is_err());
         assert!(tiled_enabled());
         assert_eq!(decode_gemm_rows(), GEMM_MAX_M);
-        assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err());
+        assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err() && std::env::var("KILN_GEMM_SX_MIN_N").is_err());
         for n in [64, 2560, 10239, 10240, 12352, 248_320] {
             let small = if n >= SHARED_X_MIN_N { GemmKind::SharedX } else { GemmKind::Register };
             assert_eq!(auto_kind(1, n), small);
