@@ -38,7 +38,9 @@
 #            a plan built with KILN_PF_MAX_ROWS=16 (no early L2 prefetch above 16 rows) at 32/64
 #   knobs    session 7's prepared experiments, each against the default in the same call
 #            (knobs.txt): the shared-x GEMM for every weight up to 16 rows
-#            (KILN_GEMM_SX_MIN_N=0) at batch 1/8; plans built with a longer early L2 prefetch
+#            (KILN_GEMM_SX_MIN_N=0) at batch 1/8; the split target of the weights below
+#            N = 12288 (KILN_GEMM_WARPS=12/20/24, default 16) at 1/8/64 and of the wide ones
+#            (KILN_GEMM_WIDE_WARPS=32, default 24) at 1/32/64; plans built with a longer early L2 prefetch
 #            (KILN_PF_K=512) and a bigger budget (KILN_PF_BUDGET_MB=48, and both) at 1/8;
 #            a plan with KILN_ATTN_V_EARLY=1 (decode attention loads values with keys) at
 #            batch 1/8 ctx 8192 and 64 ctx 1024; and the logits of the V-early plan against
@@ -235,6 +237,8 @@ if has knobs; then
   log "kernel knobs"; P="$ENG/qwen35_4b_random.plan"
   kb default "$P" --batch 1,8
   KILN_GEMM_SX_MIN_N=0 kb sx_all "$P" --batch 1,8
+  for w in 12 20 24; do KILN_GEMM_WARPS=$w kb "warps$w" "$P" --batch 1,8,64; done
+  KILN_GEMM_WIDE_WARPS=32 kb wide_warps32 "$P" --batch 1,32,64
   for v in "pf_k512 KILN_PF_K=512" "pf_budget48 KILN_PF_BUDGET_MB=48" "pf_both KILN_PF_K=512 KILN_PF_BUDGET_MB=48"; do
     set -- $v; tag=$1; shift; kplan "$tag" "$@"; kb "$tag" "/tmp/engines_$tag/qwen35_4b_random.plan" --batch 1,8; rm -rf "/tmp/engines_$tag"
   done

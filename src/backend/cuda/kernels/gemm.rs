@@ -128,14 +128,15 @@ pub const WIDE_N: usize = 12288;
 /// The warps per SM the default plan of an N-column weight aims at. `KILN_GEMM_WIDE_WARPS=W`
 /// (an experiment) sets the wide weights' target instead (16 gives the splits before
 /// 2026-12-05: qkvz 3, gate_up 2); device_run.sh stage `splits` measures it.
+/// `KILN_GEMM_WARPS=W` (an experiment) sets the other weights' target the same way.
 pub fn target_warps_per_sm(n: usize) -> usize {
     static WIDE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    static OTHER: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let from_env = |var: &str, default: usize| std::env::var(var).ok().and_then(|v| v.parse().ok()).filter(|&w| w > 0).unwrap_or(default);
     if n >= WIDE_N {
-        *WIDE.get_or_init(|| {
-            std::env::var("KILN_GEMM_WIDE_WARPS").ok().and_then(|v| v.parse().ok()).filter(|&w| w > 0).unwrap_or(WIDE_TARGET_WARPS_PER_SM)
-        })
+        *WIDE.get_or_init(|| from_env("KILN_GEMM_WIDE_WARPS", WIDE_TARGET_WARPS_PER_SM))
     } else {
-        TARGET_WARPS_PER_SM
+        *OTHER.get_or_init(|| from_env("KILN_GEMM_WARPS", TARGET_WARPS_PER_SM))
     }
 }
 
