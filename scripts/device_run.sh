@@ -13,7 +13,7 @@
 #            during `kiln-eval bench $STALL_BENCH` (default a 1024-token prefill). The tiled decode
 #            GEMM at batch 64: STALL_KERNELS=kiln_gemm_tiled STALL_BENCH="--batch 64 --ctx 1024 --prefill 16 --iters 2"
 #   profile_decode  ncu over one decode step at batch 1 and at batch 64 (ctx 1024): time, DRAM
-#            bytes and achieved bandwidth per kernel (profile_decode.txt)
+#            bytes and achieved bandwidth per kernel, and per GEMM weight (grid) (profile_decode.txt)
 #   bench_tiled  bench with the pre-tiled decode GEMMs (KILN_GEMM_TILED=0: shared-x for M = 17..64,
 #            64-row pieces; the tiled kernel is the default since 2026-12-05): batch 8..256
 #   eval_tiled   logits, accuracy and batch invariance (8/64/256) with KILN_GEMM_TILED=0
@@ -161,6 +161,8 @@ if has profile_decode; then
       .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch $b --ctx 1024 --prefill 16 --iters 3 > /dev/null 2>&1
     echo "batch $b:" | tee -a "$OUT/profile_decode.txt"
     python3 scripts/ncu_summary.py /tmp/ncu_dec$b.csv | tee -a "$OUT/profile_decode.txt" | head -24
+    echo "batch $b, per kernel and grid (the GEMMs per weight):" | tee -a "$OUT/profile_decode.txt"
+    python3 scripts/ncu_summary.py /tmp/ncu_dec$b.csv --by-grid | tee -a "$OUT/profile_decode.txt" | grep gemm | head -16
   done
 fi
 if has stalls; then

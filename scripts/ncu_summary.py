@@ -3,14 +3,18 @@
 where the log has dram__bytes_read.sum / dram__bytes_write.sum, each kernel's DRAM bytes
 and achieved bandwidth.
 
-usage: ncu_summary.py ncu.csv [--runs N]   (N: how many identical runs the log holds;
-times are divided by it so the table reads per run)
+usage: ncu_summary.py ncu.csv [--runs N] [--by-grid]
+  --runs N    how many identical runs the log holds (times are divided by it, so the table
+              reads per run)
+  --by-grid   one line per kernel and grid size (the decode GEMMs' grids tell the weights
+              apart: each weight's time, bytes and bandwidth)
 """
 import argparse, collections, csv, io
 
 ap = argparse.ArgumentParser()
 ap.add_argument("csv")
 ap.add_argument("--runs", type=int, default=1)
+ap.add_argument("--by-grid", action="store_true")
 a = ap.parse_args()
 text = open(a.csv, errors="replace").read()
 # ncu prints its own lines (==PROF==) before the CSV header.
@@ -22,6 +26,8 @@ dram = collections.defaultdict(float)
 BYTES = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "KB": 1e3, "MB": 1e6, "GB": 1e9}
 for r in rows:
     name = r["Kernel Name"].split("(")[0][:70]
+    if a.by_grid:
+        name = f"{name} grid {r.get('Grid Size', '?')}"
     if r.get("Metric Name", "").startswith("dram__bytes_"):
         dram[name] += float(r["Metric Value"].replace(",", "")) * BYTES.get(r.get("Metric Unit", "byte"), 1)
         continue
