@@ -11,13 +11,18 @@
 //     block ids; key position n of sequence s is in block block_tables[s*bt_stride + n/block_size].
 //   out [T_total][NUM_HEADS][HEAD_DIM] fp32 (before the sigmoid output gate).
 //   Query at position p attends to keys 0..p; scale HEAD_DIM^-0.5.
-//   grid (ceil(max_T / AP_QT), NUM_KV_HEADS, nseq), block 128 (4 warps), dynamic shared
-//   memory AP_SMEM_BYTES (checked against the launcher's KILN_SMEM_ATTN_PREFILL from registry.rs).
+//   grid (ceil(max_T / QT), NUM_KV_HEADS, nseq), block 2 * R threads (R / 16 warps),
+//   dynamic shared memory SMEM bytes (checked against the launcher's
+//   KILN_SMEM_ATTN_PREFILL_R<R> from registry.rs).
+// kiln_attn_prefill_r128: the same with R = 128 rows per block (an experiment, the launcher
+//   takes it with KILN_ATTN_PREFILL_ROWS=128): twice the warps share each K/V tile (~198 KB,
+//   still one block per SM). A row's sums are the same: tiles past a row's last key add
+//   exact zeros (corr 1, p 0), so both variants give the same bits.
 //
-// A block holds AP_QT queries of all GQA_GROUP heads of one KV head (64 rows, row r =
-// head r / AP_QT, query r % AP_QT; 16 rows per warp) and streams 32-key tiles of K and V
-// through double-buffered shared memory (cp.async: the next tile's paged loads are in
-// flight while this one computes; ~135 KB, one block per SM). Precision: K and V are bf16 already (exact mma operands); the
+// A block holds QT = R / GQA_GROUP queries of all GQA_GROUP heads of one KV head (R = 64
+// rows by default, row r = head r / QT, query r % QT; 16 rows per warp) and streams 32-key
+// tiles of K and V through double-buffered shared memory (cp.async: the next tile's paged
+// loads are in flight while this one computes; ~135 KB, one block per SM). Precision: K and V are bf16 already (exact mma operands); the
 // fp32 queries and the fp32 probabilities are split into bf16 hi + lo (x ~= hi + lo to
 // ~16 mantissa bits) and each product is two MMAs (hi*B + lo*B), so the scores and the
 // output carry ~1e-5 relative error, like the fp32 CUDA-core version this replaced,
@@ -32,27 +37,29 @@ using namespace kiln;
 #define KILN_ATTN_P_BF16 0
 #endif
 
-#define AP_THREADS 128
-#define AP_ROWS 64                      // rows (head, query) per block
-#define AP_QT (AP_ROWS / GQA_GROUP)     // queries per block
 #define AP_KT 32                        // keys per tile
 #define AP_LD (HEAD_DIM + 8)            // padded bf16 row (16-byte aligned, conflict-free ldmatrix)
 #define AP_KS (HEAD_DIM / 16)           // k16 steps of q.k
 #define AP_NT (HEAD_DIM / 8)            // n8 tiles of the output
-static_assert(AP_ROWS % GQA_GROUP == 0, "GQA group must divide 64");
+#define AP_BUF (AP_KT * AP_LD)
 static_assert(HEAD_DIM % 16 == 0, "HEAD_DIM must be a multiple of 16");
 
-// Shared layout (bf16 elements): q hi [AP_ROWS][AP_LD] | q lo | k [2][AP_KT][AP_LD] | v [2][AP_KT][AP_LD]
-#define AP_BUF (AP_KT * AP_LD)
-#define AP_SMEM_BYTES ((2 * AP_ROWS + 4 * AP_KT) * AP_LD * 2)
-static_assert(AP_SMEM_BYTES == KILN_SMEM_ATTN_PREFILL, "the launcher's shared memory (registry.rs) differs from this layout");
-static_assert(AP_KT * HEAD_DIM / 8 % AP_THREADS == 0, "a key tile must split evenly over the threads");
+// Shared layout (bf16 elements): q hi [R][AP_LD] | q lo | k [2][AP_KT][AP_LD] | v [2][AP_KT][AP_LD]
+template <int R> struct ApShape {
+    static constexpr int ROWS = R;                   // rows (head, query) per block
+    static constexpr int THREADS = 2 * R;            // a warp per 16 rows
+    static constexpr int QT = R / GQA_GROUP;         // queries per block
+    static constexpr int SMEM = (2 * R + 4 * AP_KT) * AP_LD * 2;
+    static_assert(R % 16 == 0 && R % GQA_GROUP == 0, "a warp per 16 rows; the GQA group must divide the rows");
+};
 
-extern "C" __global__ void __launch_bounds__(AP_THREADS, 1)
-    kiln_attn_prefill(const float* __restrict__ q, const bf16* __restrict__ k_cache,
-                      const bf16* __restrict__ v_cache, const int* __restrict__ cu_seqlens,
-                      const int* __restrict__ start_pos, const int* __restrict__ block_tables, int bt_stride,
-                      int block_size, float* __restrict__ out, int nseq) {
+template <int R>
+__device__ __forceinline__ void attn_prefill(const float* __restrict__ q, const bf16* __restrict__ k_cache,
+                                             const bf16* __restrict__ v_cache, const int* __restrict__ cu_seqlens,
+                                             const int* __restrict__ start_pos, const int* __restrict__ block_tables,
+                                             int bt_stride, int block_size, float* __restrict__ out, int nseq) {
+    using S = ApShape<R>;
+    constexpr int AP_ROWS = S::ROWS, AP_THREADS = S::THREADS, AP_QT = S::QT;
     KILN_PDL_ENTER();
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* qh = reinterpret_cast<bf16*>(smem);
@@ -105,11 +112,15 @@ extern "C" __global__ void __launch_bounds__(AP_THREADS, 1)
     auto fetch = [&](int kt, int buf) {
         bf16* kd = ks + buf * AP_BUF;
         bf16* vd = vs + buf * AP_BUF;
+        // 16-byte vectors per tile over the threads (the toy model's tile of the 128-row
+        // variant has fewer vectors than threads: the rest load nothing).
+        constexpr int ITERS = (AP_KT * HEAD_DIM / 8 + AP_THREADS - 1) / AP_THREADS;
 #pragma unroll
-        for (int it = 0; it < AP_KT * HEAD_DIM / 8 / AP_THREADS; ++it) {
+        for (int it = 0; it < ITERS; ++it) {
             const int idx = tid + it * AP_THREADS;
             const int kk = idx / (HEAD_DIM / 8), d = (idx % (HEAD_DIM / 8)) * 8;
             const int n = kt + kk;
+            if ((AP_KT * HEAD_DIM / 8) % AP_THREADS != 0 && kk >= AP_KT) break;
             size_t off = 0;
             if (n < kend) off = ((((size_t)bt[n / block_size] * NUM_KV_HEADS) + kvh) * block_size + (n % block_size)) * HEAD_DIM + d;
             cp_async16(kd + kk * AP_LD + d, k_cache + off, n < kend);
@@ -231,3 +242,16 @@ extern "C" __global__ void __launch_bounds__(AP_THREADS, 1)
             *reinterpret_cast<float2*>(dst + 8 * j) = make_float2(o[j][2 * h] * inv, o[j][2 * h + 1] * inv);
     }
 }
+
+#define ATTN_PREFILL_VARIANT(NAME, R)                                                                  \
+    static_assert(ApShape<R>::SMEM == KILN_SMEM_ATTN_PREFILL_R##R,                                     \
+                  "the launcher's shared memory (registry.rs) differs from this layout");              \
+    extern "C" __global__ void __launch_bounds__(2 * R, 1)                                             \
+        NAME(const float* q, const bf16* k_cache, const bf16* v_cache, const int* cu_seqlens,          \
+             const int* start_pos, const int* block_tables, int bt_stride, int block_size, float* out, \
+             int nseq) {                                                                               \
+        attn_prefill<R>(q, k_cache, v_cache, cu_seqlens, start_pos, block_tables, bt_stride,          \
+                        block_size, out, nseq);                                                        \
+    }
+ATTN_PREFILL_VARIANT(kiln_attn_prefill, 64)
+ATTN_PREFILL_VARIANT(kiln_attn_prefill_r128, 128)

@@ -44,7 +44,9 @@
 #            (KILN_PF_K=512) and a bigger budget (KILN_PF_BUDGET_MB=48, and both) at 1/8;
 #            a plan with KILN_ATTN_V_EARLY=1 (decode attention loads values with keys) at
 #            batch 1/8 ctx 8192 and 64 ctx 1024; and the logits of the V-early plan against
-#            the default plan's (the same arithmetic: bit-identical expected)
+#            the default plan's (the same arithmetic: bit-identical expected); prefill 1024
+#            and 8192 with KILN_ATTN_PREFILL_ROWS=64 and 128 (the prefill attention kernel
+#            with 8 warps per block sharing each K/V tile), and its logits (bit-identical)
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
@@ -251,6 +253,12 @@ if has knobs; then
   kb v_early_b64 /tmp/engines_v_early/qwen35_4b_random.plan --batch 64
   [ -f "$REFS/cases.json" ] && logits_check v_early /tmp/engines_v_early/qwen35_4b_random.plan
   rm -rf /tmp/engines_v_early
+  for r in 64 128; do
+    log "prefill with KILN_ATTN_PREFILL_ROWS=$r"
+    KILN_ATTN_PREFILL_ROWS=$r .devbin/kiln-eval bench --plan "$P" --batch 1 --ctx 8192 --prefill 8192 2>&1 | grep prefill | sed "s/^/attn rows $r: /" | tee -a "$OUT/knobs.txt"
+    KILN_ATTN_PREFILL_ROWS=$r .devbin/kiln-eval bench --plan "$P" --batch 1 --ctx 1024 --prefill 1024 2>&1 | grep prefill | sed "s/^/attn rows $r: /" | tee -a "$OUT/knobs.txt"
+  done
+  [ -f "$REFS/cases.json" ] && logits_check attn_rows128 "$P" KILN_ATTN_PREFILL_ROWS=128
 fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"

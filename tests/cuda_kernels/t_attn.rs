@@ -4,6 +4,7 @@ use crate::harness::*;
 use crate::reference as r;
 use kiln::backend::cpu::ops;
 use kiln::backend::cuda::kernels::{AttnDecode, AttnPrefill, DType, Mat, QkNormRope};
+use kiln::backend::cuda::registry::ATTN_PREFILL_ROWS;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
@@ -164,11 +165,21 @@ fn attn_prefill_matches_cpu() {
         nseq: seqs.len(),
         max_tokens: seqs.iter().map(|q| q.1).max().unwrap(),
     };
-    e.k.attn_prefill(&s, &args).unwrap();
-    // q and the probabilities enter the tensor cores split into bf16 hi + lo (~16
-    // mantissa bits, ~1.5e-5 relative), K/V are bf16 exactly, sums are fp32: 1e-4 leaves
-    // room for that and is 40x below what a plain bf16 q or P (4e-3) would give.
-    check("attn_prefill", &down(&s, &out), &expect, 1e-4);
+    // Both block shapes (64 and 128 rows); the same bits, since tiles past a row's last
+    // key add exact zeros.
+    let mut outs = Vec::new();
+    for rows in ATTN_PREFILL_ROWS {
+        e.k.attn_prefill_with_rows(&s, &args, rows).unwrap();
+        // q and the probabilities enter the tensor cores split into bf16 hi + lo (~16
+        // mantissa bits, ~1.5e-5 relative), K/V are bf16 exactly, sums are fp32: 1e-4 leaves
+        // room for that and is 40x below what a plain bf16 q or P (4e-3) would give.
+        let got = down(&s, &out);
+        check(&format!("attn_prefill {rows} rows per block"), &got, &expect, 1e-4);
+        outs.push(got);
+    }
+    let same = outs[0].iter().zip(&outs[1]).all(|(a, b)| a.to_bits() == b.to_bits());
+    println!("attn_prefill: 128 rows per block bit-identical to 64: {same}");
+    assert!(same, "attn_prefill: the 128-row variant differs from the 64-row one");
 }
 
 #[test]

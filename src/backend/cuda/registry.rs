@@ -64,7 +64,10 @@ pub const GDN_DECODE_SPLIT: ByXY<&str> = [
 pub const GDN_PREFILL_PREP: [&str; 2] = ["kiln_gdn_prefill_prep_f32", "kiln_gdn_prefill_prep_bf16"];
 pub const GDN_PREFILL_SCAN: &str = "kiln_gdn_prefill_scan";
 pub const QK_NORM_ROPE: [&str; 2] = ["kiln_qk_norm_rope_f32", "kiln_qk_norm_rope_bf16"];
-pub const ATTN_PREFILL: &str = "kiln_attn_prefill";
+/// Prefill attention by rows (head, query) per block: 64 (default) or 128
+/// (`KILN_ATTN_PREFILL_ROWS=128`, an experiment).
+pub const ATTN_PREFILL: [&str; 2] = ["kiln_attn_prefill", "kiln_attn_prefill_r128"];
+pub const ATTN_PREFILL_ROWS: [usize; 2] = [64, 128];
 pub const ATTN_DECODE_PARTIAL: &str = "kiln_attn_decode_partial";
 pub const ATTN_DECODE_COMBINE: [&str; 2] = ["kiln_attn_decode_combine_f32", "kiln_attn_decode_combine_bf16"];
 pub const OUTPUT_GATE: ByXY<&str> = [
@@ -87,10 +90,10 @@ pub const COPY_SEGMENTS: &str = "kiln_copy_segments";
 /// Tokens per GDN prefill chunk (GR_C / GS_C in gdn_prefill.cu).
 pub const GDN_CHUNK: usize = 64;
 
-/// Dynamic shared memory of kiln_attn_prefill: q hi + lo [64 rows] and k, v [2
-/// buffers][32 keys], bf16 rows padded by 8 (AP_SMEM_BYTES).
-pub fn attn_prefill_smem(head_dim: usize) -> usize {
-    (2 * 64 + 4 * 32) * (head_dim + 8) * 2
+/// Dynamic shared memory of kiln_attn_prefill{,_r128}: q hi + lo [rows] and k, v [2
+/// buffers][32 keys], bf16 rows padded by 8 (ApShape::SMEM).
+pub fn attn_prefill_smem(head_dim: usize, rows: usize) -> usize {
+    (2 * rows + 4 * 32) * (head_dim + 8) * 2
 }
 
 /// Dynamic shared memory of kiln_gdn_prefill_prep_* (GR_SMEM_BYTES; the kernel traps if
@@ -150,7 +153,9 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("gdn_prefill", &GDN_PREFILL_PREP, gdn_prefill_prep_smem(d.lin_k_dim, d.lin_v_dim));
     add("gdn_prefill", &[GDN_PREFILL_SCAN], gdn_prefill_scan_smem(d.lin_k_dim));
     add("rope_kv", &QK_NORM_ROPE, 0);
-    add("attn_prefill", &[ATTN_PREFILL], attn_prefill_smem(d.head_dim));
+    for (name, rows) in ATTN_PREFILL.iter().zip(ATTN_PREFILL_ROWS) {
+        add("attn_prefill", &[name], attn_prefill_smem(d.head_dim, rows));
+    }
     add("attn_decode", &[ATTN_DECODE_PARTIAL], 0);
     add("attn_decode", &ATTN_DECODE_COMBINE, 0);
     add("elementwise", OUTPUT_GATE.as_flattened(), 0);
@@ -167,11 +172,13 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
 /// layouts against.
 pub fn smem_defines(d: &KernelDims) -> Vec<String> {
     let mut v = vec![
-        format!("-DKILN_SMEM_ATTN_PREFILL={}", attn_prefill_smem(d.head_dim)),
         format!("-DKILN_SMEM_GDN_PREP={}", gdn_prefill_prep_smem(d.lin_k_dim, d.lin_v_dim)),
         format!("-DKILN_SMEM_GDN_SCAN={}", gdn_prefill_scan_smem(d.lin_k_dim)),
         format!("-DKILN_ARGMAX_SLICE={ARGMAX_SLICE}"),
     ];
+    for rows in ATTN_PREFILL_ROWS {
+        v.push(format!("-DKILN_SMEM_ATTN_PREFILL_R{rows}={}", attn_prefill_smem(d.head_dim, rows)));
+    }
     for x in BOTH {
         for m in GEMM_SX_MAX_M {
             v.push(format!("-DKILN_SMEM_GEMM_SX_{}_M{m}={}", x.suffix(), gemm_sx_smem(x, m)));
@@ -205,9 +212,12 @@ mod tests {
         // The sizes the kernel headers document for Qwen3.5-4B.
         assert_eq!(gdn_prefill_prep_smem(128, 128), 183824);
         assert_eq!(gdn_prefill_scan_smem(128), 221184);
-        assert_eq!(attn_prefill_smem(256), 135168);
+        assert_eq!(attn_prefill_smem(256, 64), 135168);
+        // The 128-row variant still fits one block's shared memory on sm_90 and sm_100 (227 KB).
+        assert_eq!(attn_prefill_smem(256, 128), 202752);
+        assert!(e.iter().all(|x| x.smem <= 232448), "an entry point needs more than 227 KB of shared memory");
         let big: Vec<&str> = e.iter().filter(|x| x.smem > 48 * 1024).map(|x| x.name).collect();
-        assert!(big.contains(&ATTN_PREFILL) && big.contains(&GDN_PREFILL_SCAN), "{big:?}");
+        assert!(big.contains(&ATTN_PREFILL[0]) && big.contains(&ATTN_PREFILL[1]) && big.contains(&GDN_PREFILL_SCAN), "{big:?}");
     }
 
     #[test]

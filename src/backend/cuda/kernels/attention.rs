@@ -1,8 +1,8 @@
 //! Full attention: q/k norm + RoPE + paged KV write, prefill and decode attention.
 
 use super::{int, params, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{attn_prefill_smem, ATTN_DECODE_COMBINE as COMBINE, ATTN_DECODE_PARTIAL, ATTN_PREFILL, QK_NORM_ROPE as ROPE};
-use anyhow::{ensure, Result};
+use crate::backend::cuda::registry::{attn_prefill_smem, ATTN_DECODE_COMBINE as COMBINE, ATTN_DECODE_PARTIAL, ATTN_PREFILL, ATTN_PREFILL_ROWS, QK_NORM_ROPE as ROPE};
+use anyhow::{ensure, Context, Result};
 use cudarc::driver::CudaStream;
 
 
@@ -91,17 +91,23 @@ impl Kernels {
     }
 
     pub fn attn_prefill(&self, stream: &CudaStream, a: &AttnPrefill) -> Result<()> {
+        self.attn_prefill_with_rows(stream, a, ATTN_PREFILL_ROWS[attn_prefill_variant()])
+    }
+
+    /// `attn_prefill` with the variant of `rows` rows per block (`ATTN_PREFILL_ROWS`).
+    pub fn attn_prefill_with_rows(&self, stream: &CudaStream, a: &AttnPrefill, rows: usize) -> Result<()> {
         if a.nseq == 0 || a.max_tokens == 0 {
             return Ok(());
         }
+        let v = ATTN_PREFILL_ROWS.iter().position(|&r| r == rows).with_context(|| format!("attn_prefill: no variant of {rows} rows per block"))?;
         let group = self.dims.num_heads / self.dims.num_kv_heads;
-        let qt = 64 / group;
+        let qt = rows / group;
         let (q, kc, vc, cu, sp, bt) = (a.q, a.k_cache, a.v_cache, a.cu_seqlens, a.start_pos, a.block_tables);
         let (bts, bs, out, ns) = (int(a.bt_stride, "bt_stride")?, int(a.block_size, "block_size")?, a.out, int(a.nseq, "nseq")?);
         let mut p = params!(q, kc, vc, cu, sp, bt, bts, bs, out, ns);
         let grid = (a.max_tokens.div_ceil(qt) as u32, self.dims.num_kv_heads as u32, a.nseq as u32);
-        let smem = attn_prefill_smem(self.dims.head_dim) as u32;
-        self.launch(ATTN_PREFILL, stream, grid, 128, smem, &mut p)
+        let smem = attn_prefill_smem(self.dims.head_dim, rows) as u32;
+        self.launch(ATTN_PREFILL[v], stream, grid, 2 * rows as u32, smem, &mut p)
     }
 
     /// Partition + combine launches (max_parts partition blocks per sequence and KV head).
@@ -134,4 +140,11 @@ impl Kernels {
         let rows = batch * self.dims.num_heads * max_parts;
         (rows * self.dims.head_dim, rows * 2)
     }
+}
+
+/// Which `ATTN_PREFILL` variant runs: 64 rows per block, or 128 with
+/// `KILN_ATTN_PREFILL_ROWS=128` (an experiment; both give the same bits).
+fn attn_prefill_variant() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| usize::from(std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "128")))
 }
