@@ -20,7 +20,8 @@
 # 4. Builds the engine plan engines/<model folder name>.plan with kiln-build when it is
 #    missing or no longer fits (another checkpoint, GPU, driver, kernels or config:
 #    `kiln probe --plan` says which), then execs `kiln serve` with the same flags plus
-#    --plan. It logs "The server is fired up and ready to roll!" once warm; /health
+#    --plan, and `--speculative-algorithm auto` when no algorithm is given (MTP kept
+#    only if a start-up trial measures it faster with exactly plain decoding's tokens). It logs "The server is fired up and ready to roll!" once warm; /health
 #    answers 200 from then.
 set -euo pipefail
 
@@ -28,7 +29,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 log() { echo "[launch_server] $*" >&2; }
 
 # Read the flags this script needs, leaving "$@" untouched for kiln.
-MODEL="" CTX="" MAXRUN="" BACKEND=""
+MODEL="" CTX="" MAXRUN="" BACKEND="" SPEC=""
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
     a="${args[$i]}"
@@ -42,6 +43,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
         --max-running-requests) MAXRUN="$next" ;;
         --backend=*) BACKEND="${a#*=}" ;;
         --backend) BACKEND="$next" ;;
+        --speculative-algorithm | --speculative-algorithm=*) SPEC=1 ;;
     esac
 done
 
@@ -93,4 +95,9 @@ if [[ -n "$rebuild" ]]; then
     "$BUILDER" "${build_args[@]}" >&2 || { log "the engine build failed (see above)"; exit 1; }
 fi
 
-exec "$BIN" serve "$@" --plan "$PLAN"
+# MTP speculation unless the flags say otherwise: `auto` keeps it only when a start-up trial
+# measures it faster at concurrency 1 with plain decoding's exact tokens
+# (`--speculative-algorithm none` turns it off without a trial).
+spec_default=()
+[[ -z "$SPEC" ]] && spec_default=(--speculative-algorithm auto)
+exec "$BIN" serve "$@" "${spec_default[@]}" --plan "$PLAN"

@@ -286,6 +286,7 @@ if has serve; then
   KILN_BIN=.devbin/kiln KILN_BUILD_BIN=.devbin/kiln-build KILN_ENGINES="$ENG" ./launch_server.sh --model-path "$CKPT" --port 30111 --enable-cache-report > "$OUT/serve.log" 2>&1 &
   for i in $(seq 1 600); do curl -sf localhost:30111/health >/dev/null && break; sleep 0.1; done
   log "launch to /health 200: $(( ($(date +%s%N) - t) / 1000000 )) ms"
+  grep -h "speculative decoding (auto)" "$OUT/serve.log" | sed 's/.*speculative/speculative/' | head -2
   curl -s localhost:30111/generate -d '{"input_ids":[1,2,3,4],"sampling_params":{"temperature":0,"max_new_tokens":8}}' | head -c 600; echo
   if has serving; then
     log "bench_serving (sequential, 16 and 64 in flight; inputs 32..4000, outputs 64..512, greedy; 16 chats sharing a 1500-token system prompt, 4 turns)"

@@ -6,6 +6,7 @@ use crate::backend::{Backend, DraftChunk, SeqChunk, VerifyChunk, Want};
 use crate::backend::cpu::ops::argmax;
 use crate::scheduler::SpecCounts;
 use anyhow::{ensure, Context, Result};
+use std::time::Instant;
 
 /// Greedy-decodes up to `max_new_tokens` after `prompt` in slot 0 (which it resets),
 /// stopping after the first token in `eos`. Returns the new tokens (EOS included, as
@@ -95,4 +96,68 @@ pub fn greedy_speculative(
         }
     }
     Ok((out, counts))
+}
+
+/// A start-up trial of speculation (`kiln serve --speculative-algorithm auto`): the same
+/// prompt decoded plainly and with speculation on slot 0, each timed after a short warm-up
+/// of its path (graph captures and first-use costs do not count).
+#[derive(Clone, Debug)]
+pub struct SpeculationTrial {
+    pub tokens: usize,
+    pub plain_s: f64,
+    pub spec_s: f64,
+    /// Whether speculation gave exactly plain decoding's tokens (it must).
+    pub identical: bool,
+    pub counts: SpecCounts,
+}
+
+/// Speculation must be at least this much faster per token in the trial to be turned on.
+pub const SPEC_TRIAL_MARGIN: f64 = 0.9;
+
+impl SpeculationTrial {
+    /// On when speculation reproduced plain decoding and beat it by the margin.
+    pub fn pays(&self) -> bool {
+        self.identical && self.tokens > 0 && self.spec_s < SPEC_TRIAL_MARGIN * self.plain_s
+    }
+}
+
+/// Runs the trial: `new_tokens` after `prompt`, plainly and with `draft_steps` drafts per cycle.
+pub fn speculation_trial(backend: &mut dyn Backend, prompt: &[u32], new_tokens: usize, eos: &[u32], vocab_limit: usize, draft_steps: usize) -> Result<SpeculationTrial> {
+    let warm = new_tokens.min(8);
+    greedy(backend, prompt, warm, eos, vocab_limit)?;
+    greedy_speculative(backend, prompt, warm, eos, vocab_limit, draft_steps)?;
+    let t = Instant::now();
+    let plain = greedy(backend, prompt, new_tokens, eos, vocab_limit)?;
+    let plain_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let (spec, counts) = greedy_speculative(backend, prompt, new_tokens, eos, vocab_limit, draft_steps)?;
+    let spec_s = t.elapsed().as_secs_f64();
+    Ok(SpeculationTrial { tokens: plain.len(), plain_s, spec_s, identical: plain == spec, counts })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trial_turns_speculation_on_only_when_exact_and_faster() {
+        let t = |plain_s: f64, spec_s: f64, identical: bool| SpeculationTrial { tokens: 64, plain_s, spec_s, identical, counts: SpecCounts::default() };
+        assert!(t(0.32, 0.15, true).pays());
+        assert!(!t(0.32, 0.30, true).pays(), "within the margin: plain decoding");
+        assert!(!t(0.32, 0.40, true).pays());
+        assert!(!t(0.32, 0.15, false).pays(), "a speculative output that differs never turns it on");
+        assert!(!SpeculationTrial { tokens: 0, ..t(0.0, 0.0, true) }.pays());
+    }
+
+    #[test]
+    fn the_trial_on_the_demo_model_gives_plain_decodings_tokens() {
+        let (cfg, w) = crate::demo::demo_weights();
+        let cap = crate::backend::Capacity { slots: 1, block_size: 16, kv_blocks: 16, max_seq_len: 256 };
+        let mut be = crate::backend::cpu::CpuBackend::new(cfg, w, cap).unwrap();
+        let vocab = be.config().vocab_size;
+        let trial = speculation_trial(&mut be, &[1, 2, 3, 4, 5], 24, &[], vocab, 3).unwrap();
+        assert_eq!(trial.tokens, 24);
+        assert!(trial.identical, "speculation changed the demo model's greedy tokens");
+        assert!(trial.counts.verify_ct > 0 && trial.plain_s > 0.0 && trial.spec_s > 0.0, "{trial:?}");
+    }
 }

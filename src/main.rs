@@ -146,7 +146,9 @@ struct ServeArgs {
 #[derive(Args, Debug, Clone, serde::Serialize)]
 struct SpecArgs {
     /// Speculative decoding with the model's MTP head: NEXTN (EAGLE runs the same way for
-    /// Qwen3.5), or none.
+    /// Qwen3.5), none, or kiln's auto (serve on the cuda backend: on when a start-up trial
+    /// measures it faster at concurrency 1 with exactly plain decoding's tokens;
+    /// launch_server.sh passes it when no algorithm is given).
     #[arg(long)]
     speculative_algorithm: Option<String>,
     /// Chained MTP draft steps per cycle (default 3).
@@ -175,13 +177,18 @@ enum SpecPolicyArg {
 }
 
 impl SpecArgs {
+    /// `--speculative-algorithm auto`: NEXTN's settings, kept only if the trial says so.
+    fn is_auto(&self) -> bool {
+        self.speculative_algorithm.as_deref().is_some_and(|a| a.eq_ignore_ascii_case("auto"))
+    }
+
     fn resolve(&self) -> Result<Option<scheduler::SpecConfig>> {
         let policy = match self.speculative_policy {
             SpecPolicyArg::Auto => scheduler::SpecPolicy::Auto,
             SpecPolicyArg::Always => scheduler::SpecPolicy::Always,
         };
         scheduler::speculative::resolve(
-            self.speculative_algorithm.as_deref(),
+            if self.is_auto() { Some("NEXTN") } else { self.speculative_algorithm.as_deref() },
             self.speculative_num_steps,
             self.speculative_eagle_topk,
             self.speculative_num_draft_tokens,
@@ -277,6 +284,48 @@ fn init_logging(level: &str) {
 }
 
 /// Union of the model config's and the tokenizer's EOS ids.
+/// The text the start-up speculation trial continues: plain English prose, where a real
+/// MTP head drafts well and a random one does not.
+const SPEC_TRIAL_TEXT: &str = "The history of the bicycle begins in the early nineteenth century, when inventors in Europe \
+     first tried to build a machine that a person could ride by pushing against the ground. Over the following decades";
+
+/// `--speculative-algorithm auto`: whether to speculate, and why (logged and reported in
+/// /get_server_info as `speculative_auto`). Only the cuda backend with an MTP head runs the
+/// trial; any error turns speculation off and the server starts anyway.
+fn auto_speculation(backend: &mut dyn Backend, tok: &Tokenizer, spec: Option<&scheduler::SpecConfig>) -> (bool, String) {
+    let decision = (|| -> Result<(bool, String)> {
+        let Some(sp) = spec else { return Ok((false, "off: no speculation settings".into())) };
+        if backend.name() != "cuda" {
+            return Ok((false, format!("off: the trial runs on the cuda backend only (this is the {} backend)", backend.name())));
+        }
+        if !backend.supports_speculation() {
+            return Ok((false, "off: the plan has no MTP head".into()));
+        }
+        let prompt = tok.encode(SPEC_TRIAL_TEXT, false)?;
+        let eos = eos_ids(backend.config(), tok);
+        let t = kiln::generate::speculation_trial(backend, &prompt, 64, &eos, tok.vocab_size(), sp.num_steps)?;
+        let per_tok = |secs: f64| secs * 1e3 / t.tokens.max(1) as f64;
+        let on = t.pays();
+        let why = format!(
+            "{}: {} tokens at concurrency 1 took {:.2} ms per token plainly and {:.2} speculatively ({:.2} tokens per verify){}",
+            if on { "on" } else { "off" },
+            t.tokens,
+            per_tok(t.plain_s),
+            per_tok(t.spec_s),
+            t.counts.accept_length(),
+            if t.identical { "" } else { "; the speculative tokens DIFFERED from plain decoding's" }
+        );
+        Ok((on, why))
+    })();
+    let (on, why) = decision.unwrap_or_else(|e| (false, format!("off: the start-up trial failed ({e:#})")));
+    if why.contains("DIFFERED") || why.contains("failed") {
+        tracing::warn!("speculative decoding (auto) {why}");
+    } else {
+        tracing::info!("speculative decoding (auto) {why}");
+    }
+    (on, why)
+}
+
 fn eos_ids(cfg: &ModelConfig, tok: &Tokenizer) -> Vec<u32> {
     let mut e: Vec<u32> = cfg.eos_token_ids.iter().chain(tok.eos_token_ids()).copied().collect();
     e.sort_unstable();
@@ -454,7 +503,16 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
     init_logging(&a.log_level);
     let speculative = a.speculative.resolve()?;
     let schedule_policy = SchedulePolicy::parse(&a.schedule_policy).map_err(|e| anyhow::anyhow!(e))?;
-    let (backend, tok, demo) = build_backend(&a, speculative.as_ref())?;
+    let (mut backend, tok, demo) = build_backend(&a, speculative.as_ref())?;
+    let auto_decision = a.speculative.is_auto().then(|| auto_speculation(&mut *backend, &tok, speculative.as_ref()));
+    let speculative = match &auto_decision {
+        Some((true, _)) => speculative,
+        Some((false, _)) => {
+            backend.stop_speculation()?;
+            None
+        }
+        None => speculative,
+    };
     for flag in ignored {
         tracing::warn!("ignoring unsupported SGLang flag `{flag}`");
     }
@@ -494,6 +552,11 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
     }
     let mut args = serde_json::to_value(&a)?.as_object().cloned().unwrap_or_default();
     args.insert("api_key".into(), json!(a.api_key.as_ref().map(|_| "<set>")));
+    if let Some((on, why)) = &auto_decision {
+        // What auto became, as SGLang reports the algorithm; the trial's numbers beside it.
+        args.insert("speculative_algorithm".into(), json!(on.then_some("NEXTN")));
+        args.insert("speculative_auto".into(), json!(why));
+    }
     let cfg = ServerConfig {
         served_model_name: a.served_model_name.clone().unwrap_or_else(|| model_label.clone()),
         model_path: model_label.clone(),

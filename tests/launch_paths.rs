@@ -178,7 +178,8 @@ fn backend_cpu_serves_the_named_model_itself() {
 
 /// launch_server.sh's plan decisions with stand-in binaries (the real `kiln probe` needs a
 /// GPU to say yes): a missing plan is built, a plan `kiln probe --plan` refuses (exit 2)
-/// is rebuilt with the reason logged, a fitting one is served as is.
+/// is rebuilt with the reason logged, a fitting one is served as is; `--speculative-algorithm
+/// auto` is added unless an algorithm is given.
 #[test]
 fn the_script_builds_a_missing_plan_and_rebuilds_one_that_does_not_fit() {
     let tmp = tempfile::tempdir().unwrap();
@@ -203,11 +204,12 @@ fn the_script_builds_a_missing_plan_and_rebuilds_one_that_does_not_fit() {
         Command::new("chmod").arg("+x").arg(f).status().unwrap();
     }
     let engines = t.join("engines");
-    let run = |verdict: &str| -> (Output, String) {
+    let run_with = |verdict: &str, extra: &[&str]| -> (Output, String) {
         let _ = std::fs::remove_file(&calls);
         let o = Command::new("bash")
             .arg(SCRIPT)
             .args(["--model-path", m.to_str().unwrap(), "--port", "0", "--context-length", "4096"])
+            .args(extra)
             .env("KILN_BIN", &kiln)
             .env("KILN_BUILD_BIN", &builder)
             .env("KILN_ENGINES", &engines)
@@ -216,8 +218,10 @@ fn the_script_builds_a_missing_plan_and_rebuilds_one_that_does_not_fit() {
             .unwrap();
         (o, std::fs::read_to_string(&calls).unwrap_or_default())
     };
+    let run = |verdict: &str| run_with(verdict, &[]);
     let plan = engines.join("Fine-Tune.plan");
-    let serve = format!("kiln serve --model-path {} --port 0 --context-length 4096 --plan {}", m.display(), plan.display());
+    // With no speculative flag the script asks for the start-up trial (auto).
+    let serve = format!("kiln serve --model-path {} --port 0 --context-length 4096 --speculative-algorithm auto --plan {}", m.display(), plan.display());
     let build = format!("kiln-build --model {} --out {} --name Fine-Tune --max-context 4096", m.display(), engines.display());
 
     let (o, calls_made) = run("0");
@@ -234,4 +238,10 @@ fn the_script_builds_a_missing_plan_and_rebuilds_one_that_does_not_fit() {
     let (o, calls_made) = run("0");
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(calls_made.lines().collect::<Vec<_>>(), vec!["kiln probe", &probe_plan, &serve]);
+
+    // An explicit algorithm (here: none) is passed as given, with no trial asked for.
+    let (o, calls_made) = run_with("0", &["--speculative-algorithm", "none"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let explicit = format!("kiln serve --model-path {} --port 0 --context-length 4096 --speculative-algorithm none --plan {}", m.display(), plan.display());
+    assert_eq!(calls_made.lines().collect::<Vec<_>>(), vec!["kiln probe", &probe_plan, &explicit]);
 }

@@ -282,6 +282,29 @@ async fn launch_server_with_sglang_speculative_flags_serves_plain_greedy_output(
     assert!(info["internal_states"][0]["avg_spec_accept_length"].as_f64().unwrap() >= 1.0, "{info}");
 }
 
+/// `--speculative-algorithm auto` runs the start-up trial only on the cuda backend: the demo
+/// model (CPU) starts without speculation and says why in /get_server_info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_speculation_on_the_cpu_backend_starts_plain_and_says_why() {
+    let mut cmd = Command::new(KILN);
+    cmd.args(["serve", "--port", "0", "--speculative-algorithm", "auto"]);
+    let mut server = common::proc::Proc::spawn(cmd);
+    let base = server.wait_ready();
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let info: Value = c.get(format!("{base}/get_server_info")).send().await.unwrap().json().await.unwrap();
+    let body = json!({"input_ids": [1, 2, 3], "sampling_params": {"temperature": 0, "max_new_tokens": 4, "ignore_eos": true}});
+    let r: Value = c.post(format!("{base}/generate")).json(&body).send().await.unwrap().json().await.unwrap();
+    server.sigterm();
+    server.wait_exit(std::time::Duration::from_secs(30));
+    let log = &server.log;
+    assert!(info["speculative_algorithm"].is_null(), "{info}");
+    assert!(info["speculative_auto"].as_str().unwrap().starts_with("off: the trial runs on the cuda backend only"), "{info}");
+    assert!(log.iter().any(|l| l.contains("speculative decoding (auto) off")), "{log:#?}");
+    assert!(!log.iter().any(|l| l.contains("speculative decoding: MTP")), "{log:#?}");
+    assert_eq!(r["meta_info"]["completion_tokens"], 4, "{r}");
+    assert!(r["meta_info"].get("spec_verify_ct").is_none_or(|v| v.is_null() || v == 0), "{r}");
+}
+
 /// Submits the requests one after the other (each after the previous finished); returns
 /// each one's ids, verify count and the prompt tokens it took from the prefix cache.
 fn run_one_by_one(backend: Box<dyn Backend>, cfg: SchedulerConfig, reqs: &[GenRequest]) -> Vec<(Vec<u32>, u64, usize)> {

@@ -139,6 +139,12 @@ pub trait Backend: Send {
     fn supports_speculation(&self) -> bool {
         false
     }
+    /// Stops running the MTP head for good (`--speculative-algorithm auto` decided against
+    /// speculation): forward steps stop keeping its KV and `supports_speculation` turns
+    /// false. A backend without one has nothing to stop.
+    fn stop_speculation(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Proposes `steps` draft tokens per sequence with the MTP head (chained), after
     /// bringing the MTP layer's KV cache up to the sequence's position. Leaves the main
     /// model's state untouched.

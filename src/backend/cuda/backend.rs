@@ -118,6 +118,9 @@ pub struct CudaBackend {
     verify: Option<VerifyScratch>,
     /// The MTP head's buffers, when it runs (speculation on and the plan has it).
     mtp: Option<MtpDevice>,
+    /// False once `stop_speculation` ran: the buffers stay (snapshots point at the pending
+    /// states), but no step runs the MTP head.
+    mtp_on: bool,
     /// Replay verify steps as CUDA graphs (`CudaOptions::verify_graphs`).
     verify_graphs: bool,
     verify_graph_map: std::collections::HashMap<(usize, usize, usize), cudarc::driver::CudaGraph>,
@@ -270,6 +273,7 @@ impl CudaBackend {
             act: opt.act,
             graphs: Default::default(),
             verify,
+            mtp_on: mtp.is_some(),
             mtp,
             verify_graphs: opt.graphs && opt.verify_graphs,
             verify_graph_map: Default::default(),
@@ -504,7 +508,22 @@ impl Backend for CudaBackend {
         self.snapshots.drop_snapshot(snapshot)
     }
     fn supports_speculation(&self) -> bool {
-        self.mtp.is_some() && self.verify.is_some()
+        self.mtp_on && self.mtp.is_some() && self.verify.is_some()
+    }
+    fn stop_speculation(&mut self) -> Result<()> {
+        if !self.mtp_on {
+            return Ok(());
+        }
+        self.mtp_on = false;
+        self.verify_graph_map.clear();
+        // The decode graphs hold the MTP pass: capture them again without it.
+        let keys: Vec<(usize, Option<usize>)> = self.graphs.keys().copied().collect();
+        self.graphs.clear();
+        self.bind()?;
+        for (b, limit) in keys {
+            self.ensure_graph(&Step::graph_shape(b, self.max_blocks_per_seq), limit)?;
+        }
+        Ok(())
     }
     fn max_verify_rows(&self) -> usize {
         self.verify.as_ref().map_or(0, |v| v.shape.rows)

@@ -60,7 +60,7 @@ impl CudaBackend {
 
     /// The MTP pass of a forward step laid out as `l`, uploaded; None without the MTP head.
     pub(super) fn mtp_for_step(&self, l: &StepLayout) -> Result<Option<(MtpRows, MtpImage)>> {
-        if self.mtp.is_none() {
+        if self.mtp.is_none() || !self.mtp_on {
             return Ok(None);
         }
         let rows = MtpRows::for_step(l, self.cap.block_size);
