@@ -283,7 +283,6 @@ fn init_logging(level: &str) {
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
 }
 
-/// Union of the model config's and the tokenizer's EOS ids.
 /// The text the start-up speculation trial continues: plain English prose, where a real
 /// MTP head drafts well and a random one does not.
 const SPEC_TRIAL_TEXT: &str = "The history of the bicycle begins in the early nineteenth century, when inventors in Europe \
@@ -293,13 +292,14 @@ const SPEC_TRIAL_TEXT: &str = "The history of the bicycle begins in the early ni
 /// /get_server_info as `speculative_auto`). Only the cuda backend with an MTP head runs the
 /// trial; any error turns speculation off and the server starts anyway.
 fn auto_speculation(backend: &mut dyn Backend, tok: &Tokenizer, spec: Option<&scheduler::SpecConfig>) -> (bool, String) {
-    let decision = (|| -> Result<(bool, String)> {
-        let Some(sp) = spec else { return Ok((false, "off: no speculation settings".into())) };
+    // (on, why, whether the log should warn)
+    let decision = (|| -> Result<(bool, String, bool)> {
+        let Some(sp) = spec else { return Ok((false, "off: no speculation settings".into(), false)) };
         if backend.name() != "cuda" {
-            return Ok((false, format!("off: the trial runs on the cuda backend only (this is the {} backend)", backend.name())));
+            return Ok((false, format!("off: the trial runs on the cuda backend only (this is the {} backend)", backend.name()), false));
         }
         if !backend.supports_speculation() {
-            return Ok((false, "off: the plan has no MTP head".into()));
+            return Ok((false, "off: the plan has no MTP head".into(), false));
         }
         let prompt = tok.encode(SPEC_TRIAL_TEXT, false)?;
         let eos = eos_ids(backend.config(), tok);
@@ -315,10 +315,10 @@ fn auto_speculation(backend: &mut dyn Backend, tok: &Tokenizer, spec: Option<&sc
             t.counts.accept_length(),
             if t.identical { "" } else { "; the speculative tokens DIFFERED from plain decoding's" }
         );
-        Ok((on, why))
+        Ok((on, why, !t.identical))
     })();
-    let (on, why) = decision.unwrap_or_else(|e| (false, format!("off: the start-up trial failed ({e:#})")));
-    if why.contains("DIFFERED") || why.contains("failed") {
+    let (on, why, warn) = decision.unwrap_or_else(|e| (false, format!("off: the start-up trial failed ({e:#})"), true));
+    if warn {
         tracing::warn!("speculative decoding (auto) {why}");
     } else {
         tracing::info!("speculative decoding (auto) {why}");
@@ -326,6 +326,7 @@ fn auto_speculation(backend: &mut dyn Backend, tok: &Tokenizer, spec: Option<&sc
     (on, why)
 }
 
+/// Union of the model config's and the tokenizer's EOS ids.
 fn eos_ids(cfg: &ModelConfig, tok: &Tokenizer) -> Vec<u32> {
     let mut e: Vec<u32> = cfg.eos_token_ids.iter().chain(tok.eos_token_ids()).copied().collect();
     e.sort_unstable();
