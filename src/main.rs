@@ -504,8 +504,23 @@ fn serve(a: ServeArgs, ignored: &[String]) -> Result<()> {
     init_logging(&a.log_level);
     let speculative = a.speculative.resolve()?;
     let schedule_policy = SchedulePolicy::parse(&a.schedule_policy).map_err(|e| anyhow::anyhow!(e))?;
-    let (mut backend, tok, demo) = build_backend(&a, speculative.as_ref())?;
-    let auto_decision = a.speculative.is_auto().then(|| auto_speculation(&mut *backend, &tok, speculative.as_ref()));
+    let auto = a.speculative.is_auto();
+    let (mut backend, tok, demo, auto_failed) = match build_backend(&a, speculative.as_ref()) {
+        Ok((b, t, d)) => (b, t, d, None),
+        // auto is a default, not a request: a backend that cannot be built with speculation
+        // (memory, --speculative-num-steps past the conv window) is built without it.
+        Err(e) if auto && speculative.is_some() => {
+            let why = format!("off: the backend could not be built with it ({e:#})");
+            tracing::warn!("speculative decoding (auto) {why}");
+            let (b, t, d) = build_backend(&a, None)?;
+            (b, t, d, Some(why))
+        }
+        Err(e) => return Err(e),
+    };
+    let auto_decision = match auto_failed {
+        Some(why) => Some((false, why)),
+        None => auto.then(|| auto_speculation(&mut *backend, &tok, speculative.as_ref())),
+    };
     let speculative = match &auto_decision {
         Some((true, _)) => speculative,
         Some((false, _)) => {
