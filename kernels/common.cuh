@@ -58,7 +58,9 @@ static_assert(CONV_K >= 2 && CONV_K <= 8, "CONV_K out of range");
 #ifndef KILN_PDL_EARLY
 #define KILN_PDL_EARLY 0
 #endif
+#ifndef KILN_PDL_EARLY_ROWS
 #define KILN_PDL_EARLY_ROWS 16
+#endif
 #define KILN_GRIDDEP_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
 #define KILN_GRIDDEP_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
 #define KILN_PDL_ENTER_IF_EARLY(early)            \

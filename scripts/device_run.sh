@@ -40,7 +40,8 @@
 #            (knobs.txt): the shared-x GEMM for every weight up to 16 rows
 #            (KILN_GEMM_SX_MIN_N=0) at batch 1/8; the split target of the weights below
 #            N = 12288 (KILN_GEMM_WARPS=12/20/24, default 16) at 1/8/64 and of the wide ones
-#            (KILN_GEMM_WIDE_WARPS=32, default 24) at 1/32/64; plans built with a longer early L2 prefetch
+#            (KILN_GEMM_WIDE_WARPS=32, default 24) at 1/32/64; a plan with the early PDL
+#            order up to 64 rows (KILN_PDL_EARLY_ROWS=64, default 16) at 32/64; plans built with a longer early L2 prefetch
 #            (KILN_PF_K=512) and a bigger budget (KILN_PF_BUDGET_MB=48, and both) at 1/8;
 #            a plan with KILN_ATTN_V_EARLY=1 (decode attention loads values with keys) at
 #            batch 1/8 ctx 8192 and 64 ctx 1024; and the logits of the V-early plan against
@@ -246,6 +247,8 @@ if has knobs; then
   for v in "pf_k512 KILN_PF_K=512" "pf_budget48 KILN_PF_BUDGET_MB=48" "pf_both KILN_PF_K=512 KILN_PF_BUDGET_MB=48"; do
     set -- $v; tag=$1; shift; kplan "$tag" "$@"; kb "$tag" "/tmp/engines_$tag/qwen35_4b_random.plan" --batch 1,8; rm -rf "/tmp/engines_$tag"
   done
+  kplan pdl_rows64 KILN_PDL_EARLY_ROWS=64; kb pdl_rows64 /tmp/engines_pdl_rows64/qwen35_4b_random.plan --batch 32,64; rm -rf /tmp/engines_pdl_rows64
+  kb default_32_64 "$P" --batch 32,64
   kb default_8k "$P" --batch 1,8 --ctx 8192 --prefill 16
   kb default_b64 "$P" --batch 64
   kplan v_early KILN_ATTN_V_EARLY=1

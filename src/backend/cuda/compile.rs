@@ -39,8 +39,9 @@ pub const SOURCES: &[(&str, &str)] = &[
 /// prefetch only in launches of up to that many batch rows, default 16), `KILN_PF_K` (its
 /// columns per weight row, 256), `KILN_PF_BUDGET_MB` (its bytes per GEMM, 24), and
 /// `KILN_ATTN_V_EARLY` (1: decode attention loads a key group's values with its keys,
-/// default 0). device_run.sh stage `knobs` measures them.
-pub const BUILD_KNOBS: [&str; 4] = ["KILN_PF_MAX_ROWS", "KILN_PF_K", "KILN_PF_BUDGET_MB", "KILN_ATTN_V_EARLY"];
+/// default 0), and `KILN_PDL_EARLY_ROWS` (decode kernels of up to that many batch rows
+/// take the early PDL order, default 16). device_run.sh stage `knobs` measures them.
+pub const BUILD_KNOBS: [&str; 5] = ["KILN_PF_MAX_ROWS", "KILN_PF_K", "KILN_PF_BUDGET_MB", "KILN_ATTN_V_EARLY", "KILN_PDL_EARLY_ROWS"];
 
 /// The model dimensions the kernels are specialised for (passed as `-D` defines).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
