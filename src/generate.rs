@@ -113,11 +113,14 @@ pub struct SpeculationTrial {
 
 /// Speculation must be at least this much faster per token in the trial to be turned on.
 pub const SPEC_TRIAL_MARGIN: f64 = 0.9;
+/// Fewer tokens than this (an early EOS) are too few to time: the trial says no.
+pub const SPEC_TRIAL_MIN_TOKENS: usize = 16;
 
 impl SpeculationTrial {
-    /// On when speculation reproduced plain decoding and beat it by the margin.
+    /// On when speculation reproduced plain decoding over enough tokens to time and beat
+    /// it by the margin.
     pub fn pays(&self) -> bool {
-        self.identical && self.tokens > 0 && self.spec_s < SPEC_TRIAL_MARGIN * self.plain_s
+        self.identical && self.tokens >= SPEC_TRIAL_MIN_TOKENS && self.spec_s < SPEC_TRIAL_MARGIN * self.plain_s
     }
 }
 
@@ -147,6 +150,7 @@ mod tests {
         assert!(!t(0.32, 0.40, true).pays());
         assert!(!t(0.32, 0.15, false).pays(), "a speculative output that differs never turns it on");
         assert!(!SpeculationTrial { tokens: 0, ..t(0.0, 0.0, true) }.pays());
+        assert!(!SpeculationTrial { tokens: SPEC_TRIAL_MIN_TOKENS - 1, ..t(0.32, 0.15, true) }.pays(), "an early EOS is too few tokens to time");
     }
 
     #[test]
