@@ -16,7 +16,7 @@ mod misc;
 
 pub use attention::{AttnDecode, AttnPrefill, QkNormRope};
 pub use gdn::{Conv1d, GdnDecode, GdnPrefill};
-pub use gemm::{decode_gemm_rows, tiled_enabled, GemmKind, GemmPlan, GemmScratch, GEMM_MAX_M, TARGET_WARPS_PER_SM};
+pub use gemm::{GemmChoices, GemmKind, GemmPlan, GemmScratch, GEMM_MAX_M, TARGET_WARPS_PER_SM};
 pub use misc::ArgmaxScratch;
 
 use super::compile::{self, CompiledModule, KernelDims};
@@ -103,6 +103,11 @@ pub struct Kernels {
     _modules: Vec<Arc<CudaModule>>,
     pdl: AtomicBool,
     gdn_split: AtomicBool,
+    /// Which decode GEMM kernel takes which shape, and the K splits (read at load).
+    pub(crate) gemm_choices: GemmChoices,
+    /// Rows per block of the prefill attention kernel (`ATTN_PREFILL_ROWS`): 64, or 128
+    /// with `KILN_ATTN_PREFILL_ROWS=128` (an experiment; both give the same bits).
+    pub(crate) attn_prefill_rows: usize,
 }
 
 impl Kernels {
@@ -138,7 +143,17 @@ impl Kernels {
         // The column-split GDN decode kernel is opt-in (env KILN_GDN_SPLIT=1) until a device
         // run has checked and timed it.
         let gdn_split = std::env::var("KILN_GDN_SPLIT").is_ok_and(|v| v == "1");
-        Ok(Kernels { dims: dims.clone(), num_sms, funcs, _modules: loaded, pdl: AtomicBool::new(false), gdn_split: AtomicBool::new(gdn_split) })
+        let attn_prefill_rows = if std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "128") { 128 } else { 64 };
+        Ok(Kernels {
+            dims: dims.clone(),
+            num_sms,
+            funcs,
+            _modules: loaded,
+            pdl: AtomicBool::new(false),
+            gdn_split: AtomicBool::new(gdn_split),
+            gemm_choices: GemmChoices::from_env(),
+            attn_prefill_rows,
+        })
     }
 
     /// Compiles every kernel for the device's architecture (NVRTC) and loads it.
@@ -184,6 +199,10 @@ impl Kernels {
 
     pub fn gdn_split(&self) -> bool {
         self.gdn_split.load(Ordering::Relaxed)
+    }
+
+    pub fn gemm_choices(&self) -> &GemmChoices {
+        &self.gemm_choices
     }
 
     /// Launches `name` on `stream`. `params` point at the kernel's arguments in order.

@@ -6,7 +6,7 @@
 //! into a CUDA graph.
 
 use super::blaslt::BlasLt;
-use super::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, DevPtr, GdnDecode, GdnPrefill, Kernels, Mat, QkNormRope, decode_gemm_rows, NULL};
+use super::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, DevPtr, GdnDecode, GdnPrefill, Kernels, Mat, QkNormRope, NULL};
 use super::pools::{Scratch, StatePools, LOGIT_ROWS};
 use super::weights::{DeviceWeights, FullPtrs, LayerPtrs, LinearPtrs, MixerPtrs};
 use crate::backend::step::{MetaOffsets, Step, StepLayout};
@@ -247,7 +247,7 @@ impl LayerStack<'_> {
     fn gemm(&self, w: DevPtr, x: DevPtr, xdt: DType, y: DevPtr, n: usize, kdim: usize, l: &StepLayout) -> Result<()> {
         let s = self.s;
         let skinny = |r0: usize, r1: usize| -> Result<()> {
-            let piece = decode_gemm_rows();
+            let piece = self.k.gemm_choices().decode_gemm_rows();
             for r in (r0..r1).step_by(piece) {
                 let rows = (r1 - r).min(piece);
                 let (xo, yo) = (x + (r * kdim * xdt.size()) as u64, y + (r * n * 4) as u64);

@@ -91,7 +91,7 @@ impl Kernels {
     }
 
     pub fn attn_prefill(&self, stream: &CudaStream, a: &AttnPrefill) -> Result<()> {
-        self.attn_prefill_with_rows(stream, a, ATTN_PREFILL_ROWS[attn_prefill_variant()])
+        self.attn_prefill_with_rows(stream, a, self.attn_prefill_rows)
     }
 
     /// `attn_prefill` with the variant of `rows` rows per block (`ATTN_PREFILL_ROWS`).
@@ -140,11 +140,4 @@ impl Kernels {
         let rows = batch * self.dims.num_heads * max_parts;
         (rows * self.dims.head_dim, rows * 2)
     }
-}
-
-/// Which `ATTN_PREFILL` variant runs: 64 rows per block, or 128 with
-/// `KILN_ATTN_PREFILL_ROWS=128` (an experiment; both give the same bits).
-fn attn_prefill_variant() -> usize {
-    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *V.get_or_init(|| usize::from(std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "128")))
 }

@@ -23,63 +23,95 @@ pub enum GemmKind {
     Tiled,
 }
 
-/// Whether decode GEMMs of 17..256 rows use the tiled kernel: the default since the H100
-/// run of 2026-12-05 (bit-identical logits and batch invariance to 256, steps at batch
-/// 32/64/128/256 10/27/36/40 % faster, docs/perf.md). `KILN_GEMM_TILED=0` goes back to
-/// the shared-x kernel for 17..64 rows and 64-row pieces.
-pub fn tiled_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_GEMM_TILED").map_or(true, |v| v != "0"))
+/// How decode GEMMs are launched: which kernel takes which M and N, and how K is split.
+/// `Kernels::load` reads it from the environment once (`from_env`); the defaults are the
+/// measured ones, each environment variable an experiment that device_run.sh measures.
+/// Every choice keeps the bits of a row the same for one plan, except the split targets,
+/// which every row of an engine shares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmChoices {
+    /// Decode GEMMs of 17..256 rows run the tiled kernel: the default since the H100 run of
+    /// 2026-12-05 (bit-identical logits and batch invariance to 256, steps at batch
+    /// 32/64/128/256 10/27/36/40 % faster, docs/perf.md). `KILN_GEMM_TILED=0` goes back to
+    /// the shared-x kernel for 17..64 rows and 64-row pieces.
+    pub tiled: bool,
+    /// Up to 16 rows, the shared-x kernel for the weights of at least `shared_x_min_n`
+    /// columns (`KILN_GEMM_SMALL_SX=0`: the register kernel, as before session 7;
+    /// `KILN_GEMM_SX_MIN_N=N` moves the bound, 0 taking shared-x for every weight).
+    pub small_shared_x: bool,
+    pub shared_x_min_n: usize,
+    /// Warps per SM the split of a weight below `WIDE_N` columns aims at (`KILN_GEMM_WARPS`)
+    /// and of a wide one (`KILN_GEMM_WIDE_WARPS`; 16 gives the splits before 2026-12-05).
+    pub warps: usize,
+    pub wide_warps: usize,
 }
 
-/// Rows of one decode GEMM launch: 256 with the tiled kernel, else 64.
-pub fn decode_gemm_rows() -> usize {
-    if tiled_enabled() {
-        GEMM_MAX_M
-    } else {
-        SKINNY_MAX_M
+impl Default for GemmChoices {
+    fn default() -> Self {
+        GemmChoices { tiled: true, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM }
     }
 }
 
-/// The kernel `GemmKind::Auto` runs: up to M = 16 the shared-x kernel for the wide weights
-/// (N >= SHARED_X_MIN_N) and the register kernel for the rest; the tiled kernel above (the
-/// only one that takes M > 64), or the shared-x kernel for 17..64 with `KILN_GEMM_TILED=0`.
-/// All are bit-identical for one plan, so the choice may depend on M.
-/// Why shared-x for the wide weights at M <= 16: with the 24-warp splits the register
-/// kernel streams them slower (H100, 2026-12-05, session 7, one call: batch 1 5.30 against
-/// 5.02 ms, batch 8 6.06 against 5.72), and going back to the 16-warp splits instead costs
-/// batch 32 and 64 about 0.5 ms each. The shared-x kernel lost in the step before
-/// (session 6: 5.21 against 4.89 ms) because its early L2 prefetch was missing and then
-/// over budget; `prefetch_cols` fixed both.
-fn auto_kind(m: usize, n: usize) -> GemmKind {
-    if m <= 16 {
-        if n >= shared_x_min_n() && small_shared_x() {
+impl GemmChoices {
+    /// The defaults, with the environment's experiments applied.
+    pub fn from_env() -> Self {
+        let d = Self::default();
+        let flag = |var: &str, default: bool| std::env::var(var).map_or(default, |v| v != "0");
+        let num = |var: &str, default: usize| std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+        GemmChoices {
+            tiled: flag("KILN_GEMM_TILED", d.tiled),
+            small_shared_x: flag("KILN_GEMM_SMALL_SX", d.small_shared_x),
+            shared_x_min_n: num("KILN_GEMM_SX_MIN_N", d.shared_x_min_n),
+            warps: num("KILN_GEMM_WARPS", d.warps).max(1),
+            wide_warps: num("KILN_GEMM_WIDE_WARPS", d.wide_warps).max(1),
+        }
+    }
+
+    /// Rows of one decode GEMM launch: 256 with the tiled kernel, else 64.
+    pub fn decode_gemm_rows(&self) -> usize {
+        if self.tiled {
+            GEMM_MAX_M
+        } else {
+            SKINNY_MAX_M
+        }
+    }
+
+    /// The kernel `GemmKind::Auto` runs: up to M = 16 the shared-x kernel for the wide
+    /// weights and the register kernel for the rest; the tiled kernel above (the only one
+    /// that takes M > 64), or the shared-x kernel for 17..64 without it. All are
+    /// bit-identical for one plan, so the choice may depend on M.
+    /// Why shared-x for the wide weights at M <= 16: with the 24-warp splits the register
+    /// kernel streams them slower (H100, 2026-12-05, session 7, one call: batch 1 5.30
+    /// against 5.02 ms, batch 8 6.06 against 5.72), and going back to the 16-warp splits
+    /// instead costs batch 32 and 64 about 0.5 ms each. The shared-x kernel lost in the
+    /// step before (session 6: 5.21 against 4.89 ms) because its early L2 prefetch was
+    /// missing and then over budget; `prefetch_cols` fixed both.
+    pub fn auto_kind(&self, m: usize, n: usize) -> GemmKind {
+        if m <= 16 {
+            if self.small_shared_x && n >= self.shared_x_min_n {
+                GemmKind::SharedX
+            } else {
+                GemmKind::Register
+            }
+        } else if m <= SKINNY_MAX_M && !self.tiled {
             GemmKind::SharedX
         } else {
-            GemmKind::Register
+            GemmKind::Tiled
         }
-    } else if m <= SKINNY_MAX_M && !tiled_enabled() {
-        GemmKind::SharedX
-    } else {
-        GemmKind::Tiled
+    }
+
+    /// The warps per SM the default plan of an N-column weight aims at.
+    pub fn target_warps_per_sm(&self, n: usize) -> usize {
+        if n >= WIDE_N {
+            self.wide_warps
+        } else {
+            self.warps
+        }
     }
 }
 
-/// The shared-x kernel for the wide weights up to 16 rows (default); `KILN_GEMM_SMALL_SX=0`
-/// takes the register kernel there, as before session 7.
-fn small_shared_x() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_GEMM_SMALL_SX").map_or(true, |v| v != "0"))
-}
 /// The wide weights (qkvz, qgkv, gate_up, lm_head) that take the shared-x kernel up to 16 rows.
 pub const SHARED_X_MIN_N: usize = 10240;
-
-/// `SHARED_X_MIN_N`, or `KILN_GEMM_SX_MIN_N=N` (an experiment: 0 takes the shared-x kernel
-/// for every weight up to 16 rows; device_run.sh stage `knobs`).
-fn shared_x_min_n() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| std::env::var("KILN_GEMM_SX_MIN_N").ok().and_then(|v| v.parse().ok()).unwrap_or(SHARED_X_MIN_N))
-}
 
 /// Largest M the register and shared-x kernels take.
 pub const SKINNY_MAX_M: usize = 64;
@@ -125,25 +157,10 @@ pub const WIDE_TARGET_WARPS_PER_SM: usize = 24;
 /// Output columns from which `WIDE_TARGET_WARPS_PER_SM` applies.
 pub const WIDE_N: usize = 12288;
 
-/// The warps per SM the default plan of an N-column weight aims at. `KILN_GEMM_WIDE_WARPS=W`
-/// (an experiment) sets the wide weights' target instead (16 gives the splits before
-/// 2026-12-05: qkvz 3, gate_up 2); device_run.sh stage `splits` measures it.
-/// `KILN_GEMM_WARPS=W` (an experiment) sets the other weights' target the same way.
-pub fn target_warps_per_sm(n: usize) -> usize {
-    static WIDE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    static OTHER: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let from_env = |var: &str, default: usize| std::env::var(var).ok().and_then(|v| v.parse().ok()).filter(|&w| w > 0).unwrap_or(default);
-    if n >= WIDE_N {
-        *WIDE.get_or_init(|| from_env("KILN_GEMM_WIDE_WARPS", WIDE_TARGET_WARPS_PER_SM))
-    } else {
-        *OTHER.get_or_init(|| from_env("KILN_GEMM_WARPS", TARGET_WARPS_PER_SM))
-    }
-}
-
 impl Kernels {
     /// The default split of K for an N x K weight on this device.
     pub fn gemm_plan(&self, n: usize, k: usize) -> GemmPlan {
-        Self::gemm_plan_for(self.num_sms as usize, target_warps_per_sm(n), n, k)
+        Self::gemm_plan_for(self.num_sms as usize, self.gemm_choices.target_warps_per_sm(n), n, k)
     }
 
     /// The split for `sms` multiprocessors aiming at `warps_per_sm` warps each: enough
@@ -208,7 +225,7 @@ impl Kernels {
             return Ok(());
         }
         ensure!(m <= GEMM_MAX_M, "gemm: M = {m} exceeds {GEMM_MAX_M} (use cuBLASLt for prefill)");
-        let kind = if kind == GemmKind::Auto { auto_kind(m, n) } else { kind };
+        let kind = if kind == GemmKind::Auto { self.gemm_choices.auto_kind(m, n) } else { kind };
         ensure!(m <= SKINNY_MAX_M || kind == GemmKind::Tiled, "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
         ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
         ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
@@ -254,17 +271,21 @@ mod tests {
         // CI never sets KILN_GEMM_TILED: the default, measured on the device, is the tiled
         // kernel from 17 rows, and decode GEMMs in 256-row pieces.
         assert!(std::env::var("KILN_GEMM_TILED").is_err());
-        assert!(tiled_enabled());
-        assert_eq!(decode_gemm_rows(), GEMM_MAX_M);
         assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err() && std::env::var("KILN_GEMM_SX_MIN_N").is_err());
+        assert!(std::env::var("KILN_GEMM_WARPS").is_err() && std::env::var("KILN_GEMM_WIDE_WARPS").is_err());
+        // With none of the experiments set, the environment gives the defaults.
+        let c = GemmChoices::from_env();
+        assert_eq!(c, GemmChoices::default());
+        assert!(c.tiled);
+        assert_eq!(c.decode_gemm_rows(), GEMM_MAX_M);
         for n in [64, 2560, 10239, 10240, 12352, 248_320] {
             let small = if n >= SHARED_X_MIN_N { GemmKind::SharedX } else { GemmKind::Register };
-            assert_eq!(auto_kind(1, n), small);
-            assert_eq!(auto_kind(16, n), small);
-            assert_eq!(auto_kind(17, n), GemmKind::Tiled);
-            assert_eq!(auto_kind(64, n), GemmKind::Tiled);
-            assert_eq!(auto_kind(65, n), GemmKind::Tiled);
-            assert_eq!(auto_kind(GEMM_MAX_M, n), GemmKind::Tiled);
+            assert_eq!(c.auto_kind(1, n), small);
+            assert_eq!(c.auto_kind(16, n), small);
+            assert_eq!(c.auto_kind(17, n), GemmKind::Tiled);
+            assert_eq!(c.auto_kind(64, n), GemmKind::Tiled);
+            assert_eq!(c.auto_kind(65, n), GemmKind::Tiled);
+            assert_eq!(c.auto_kind(GEMM_MAX_M, n), GemmKind::Tiled);
         }
         // Counters cover the tiled kernel's (W tile, batch tile) pairs and the skinny
         // kernels' 64-row groups.
@@ -278,7 +299,8 @@ mod tests {
     fn the_measured_splits_of_the_model_shapes_on_132_sms() {
         // H100 / H200 (132 SMs), Qwen3.5-4B: qkvz (with b, a) 4 splits, gate_up 3, qgkv 3,
         // down and out 13, the lm_head 1 (docs/perf.md, session 6).
-        let plan = |n: usize, k: usize| Kernels::gemm_plan_for(132, target_warps_per_sm(n), n, k).splits;
+        let c = GemmChoices::default();
+        let plan = |n: usize, k: usize| Kernels::gemm_plan_for(132, c.target_warps_per_sm(n), n, k).splits;
         assert_eq!(plan(12352, 2560), 4);
         assert_eq!(plan(18432, 2560), 3);
         assert_eq!(plan(10240, 2560), 3);
