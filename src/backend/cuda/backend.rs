@@ -68,6 +68,10 @@ pub struct CudaOptions {
     /// Replay verify steps as CUDA graphs (measured exact and 5 % faster per token than
     /// launch by launch on the H100, 2026-12-05; env KILN_VERIFY_GRAPHS=0 turns them off).
     pub verify_graphs: bool,
+    /// Forward and verify steps run the whole MTP layer (as before session 7) instead of
+    /// only the part that writes its KV (`mtp_layer_kv`): its output feeds nothing there.
+    /// Env KILN_MTP_FULL_UPKEEP=1 (device_run.sh stage serving_mtp_full compares).
+    pub mtp_full_upkeep: bool,
 }
 
 impl Default for CudaOptions {
@@ -89,6 +93,7 @@ impl Default for CudaOptions {
             spec_positions: 0,
             spec_rows: 8,
             verify_graphs: std::env::var("KILN_VERIFY_GRAPHS").map_or(true, |v| v != "0"),
+            mtp_full_upkeep: std::env::var("KILN_MTP_FULL_UPKEEP").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -121,6 +126,8 @@ pub struct CudaBackend {
     /// False once `stop_speculation` ran: the buffers stay (snapshots point at the pending
     /// states), but no step runs the MTP head.
     mtp_on: bool,
+    /// `CudaOptions::mtp_full_upkeep`.
+    mtp_full_upkeep: bool,
     /// Replay verify steps as CUDA graphs (`CudaOptions::verify_graphs`).
     verify_graphs: bool,
     verify_graph_map: std::collections::HashMap<(usize, usize, usize), cudarc::driver::CudaGraph>,
@@ -274,6 +281,7 @@ impl CudaBackend {
             graphs: Default::default(),
             verify,
             mtp_on: mtp.is_some(),
+            mtp_full_upkeep: opt.mtp_full_upkeep,
             mtp,
             verify_graphs: opt.graphs && opt.verify_graphs,
             verify_graph_map: Default::default(),

@@ -77,10 +77,10 @@ impl CudaBackend {
     }
 
     /// Enqueues the MTP layer of a forward step's `pass` (after the step's lm_head): only
-    /// what keeps its KV current (`mtp_layer_kv`), unless `KILN_MTP_FULL_UPKEEP=1`.
+    /// what keeps its KV current (`mtp_layer_kv`), unless `CudaOptions::mtp_full_upkeep`.
     pub(super) fn mtp_layer(&self, pass: &Option<(MtpRows, MtpImage)>) -> Result<()> {
         let (Some((rows, img)), Some(m), Some(mw)) = (pass, &self.mtp, &self.w.mtp) else { return Ok(()) };
-        if full_upkeep() {
+        if self.mtp_full_upkeep {
             self.stack().mtp_layer(mw, &m.buf, &rows.layout, img)
         } else {
             self.stack().mtp_layer_kv(mw, &m.buf, &rows.layout, img)
@@ -134,11 +134,4 @@ impl CudaBackend {
         download(&self.stream, &mut tokens, self.s.argmax.ptr)?;
         Ok(chunks.iter().enumerate().map(|(i, c)| (0..c.steps).map(|j| tokens[j * n + i] as u32).collect()).collect())
     }
-}
-
-/// `KILN_MTP_FULL_UPKEEP=1`: forward steps run the whole MTP layer, as before session 7
-/// (its output is unused there; with random weights it cost about 5 % of TPOT on the H100).
-fn full_upkeep() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_MTP_FULL_UPKEEP").is_ok_and(|v| v == "1"))
 }
