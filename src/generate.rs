@@ -122,6 +122,20 @@ impl SpeculationTrial {
     pub fn pays(&self) -> bool {
         self.identical && self.tokens >= SPEC_TRIAL_MIN_TOKENS && self.spec_s < SPEC_TRIAL_MARGIN * self.plain_s
     }
+
+    /// The decision and its numbers in one sentence ("on: ..." or "off: ...").
+    pub fn summary(&self) -> String {
+        let per_tok = |secs: f64| secs * 1e3 / self.tokens.max(1) as f64;
+        format!(
+            "{}: {} tokens at concurrency 1 took {:.2} ms per token plainly and {:.2} speculatively ({:.2} tokens per verify){}",
+            if self.pays() { "on" } else { "off" },
+            self.tokens,
+            per_tok(self.plain_s),
+            per_tok(self.spec_s),
+            self.counts.accept_length(),
+            if self.identical { "" } else { "; the speculative tokens DIFFERED from plain decoding's" }
+        )
+    }
 }
 
 /// Runs the trial: `new_tokens` after `prompt`, plainly and with `draft_steps` drafts per cycle.
@@ -151,6 +165,8 @@ mod tests {
         assert!(!t(0.32, 0.15, false).pays(), "a speculative output that differs never turns it on");
         assert!(!SpeculationTrial { tokens: 0, ..t(0.0, 0.0, true) }.pays());
         assert!(!SpeculationTrial { tokens: SPEC_TRIAL_MIN_TOKENS - 1, ..t(0.32, 0.15, true) }.pays(), "an early EOS is too few tokens to time");
+        assert!(t(0.32, 0.15, true).summary().starts_with("on: 64 tokens"));
+        assert!(t(0.32, 0.15, false).summary().contains("DIFFERED"));
     }
 
     #[test]

@@ -288,42 +288,38 @@ fn init_logging(level: &str) {
 const SPEC_TRIAL_TEXT: &str = "The history of the bicycle begins in the early nineteenth century, when inventors in Europe \
      first tried to build a machine that a person could ride by pushing against the ground. Over the following decades";
 
-/// `--speculative-algorithm auto`: whether to speculate, and why (logged and reported in
+/// `--speculative-algorithm auto`: whether to speculate, and why (logged, and reported in
 /// /get_server_info as `speculative_auto`). Only the cuda backend with an MTP head runs the
 /// trial; any error turns speculation off and the server starts anyway.
 fn auto_speculation(backend: &mut dyn Backend, tok: &Tokenizer, spec: Option<&scheduler::SpecConfig>) -> (bool, String) {
-    // (on, why, whether the log should warn)
-    let decision = (|| -> Result<(bool, String, bool)> {
-        let Some(sp) = spec else { return Ok((false, "off: no speculation settings".into(), false)) };
-        if backend.name() != "cuda" {
-            return Ok((false, format!("off: the trial runs on the cuda backend only (this is the {} backend)", backend.name()), false));
-        }
-        if !backend.supports_speculation() {
-            return Ok((false, "off: the plan has no MTP head".into(), false));
-        }
-        let prompt = tok.encode(SPEC_TRIAL_TEXT, false)?;
-        let eos = eos_ids(backend.config(), tok);
-        let t = kiln::generate::speculation_trial(backend, &prompt, 64, &eos, tok.vocab_size(), sp.num_steps)?;
-        let per_tok = |secs: f64| secs * 1e3 / t.tokens.max(1) as f64;
-        let on = t.pays();
-        let why = format!(
-            "{}: {} tokens at concurrency 1 took {:.2} ms per token plainly and {:.2} speculatively ({:.2} tokens per verify){}",
-            if on { "on" } else { "off" },
-            t.tokens,
-            per_tok(t.plain_s),
-            per_tok(t.spec_s),
-            t.counts.accept_length(),
-            if t.identical { "" } else { "; the speculative tokens DIFFERED from plain decoding's" }
-        );
-        Ok((on, why, !t.identical))
-    })();
-    let (on, why, warn) = decision.unwrap_or_else(|e| (false, format!("off: the start-up trial failed ({e:#})"), true));
-    if warn {
-        tracing::warn!("speculative decoding (auto) {why}");
-    } else {
+    let off = |why: String| {
         tracing::info!("speculative decoding (auto) {why}");
+        (false, why)
+    };
+    let Some(sp) = spec else { return off("off: no speculation settings".into()) };
+    if backend.name() != "cuda" {
+        return off(format!("off: the trial runs on the cuda backend only (this is the {} backend)", backend.name()));
     }
-    (on, why)
+    if !backend.supports_speculation() {
+        return off("off: the plan has no MTP head".into());
+    }
+    let eos = eos_ids(backend.config(), tok);
+    let trial = tok.encode(SPEC_TRIAL_TEXT, false).and_then(|p| kiln::generate::speculation_trial(backend, &p, 64, &eos, tok.vocab_size(), sp.num_steps));
+    match trial {
+        Ok(t) if t.identical => {
+            tracing::info!("speculative decoding (auto) {}", t.summary());
+            (t.pays(), t.summary())
+        }
+        Ok(t) => {
+            tracing::warn!("speculative decoding (auto) {}", t.summary());
+            (false, t.summary())
+        }
+        Err(e) => {
+            let why = format!("off: the start-up trial failed ({e:#})");
+            tracing::warn!("speculative decoding (auto) {why}");
+            (false, why)
+        }
+    }
 }
 
 /// Union of the model config's and the tokenizer's EOS ids.
