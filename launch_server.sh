@@ -21,8 +21,9 @@
 #    missing or no longer fits (another checkpoint, GPU, driver, kernels or config:
 #    `kiln probe --plan` says which), then execs `kiln serve` with the same flags plus
 #    --plan, and `--speculative-algorithm auto` when no algorithm is given (MTP kept
-#    only if a start-up trial measures it faster with exactly plain decoding's tokens). It logs "The server is fired up and ready to roll!" once warm; /health
-#    answers 200 from then.
+#    only if a start-up trial measures it faster with exactly plain decoding's tokens).
+#    It logs "The server is fired up and ready to roll!" once warm; /health answers 200
+#    from then.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
