@@ -30,12 +30,6 @@
 #            against the references (compare_attn_pbf16.json)
 #   attn_parts  batch 1 and 8 at ctx 8192 with KILN_ATTN_MAX_PARTS=64 and 128 (decode attention
 #            split into more parts at long context; the default 32 gives 256-key parts at 8K)
-#   small_sx  bench at batch 1/8 with KILN_GEMM_SMALL_SX=1 (the shared-x kernel for the wide
-#            weights up to 16 rows, now with the early L2 weight prefetch)
-#   splits   the decode GEMM experiments of session 7, each against the default in the same
-#            call (splits.txt): KILN_GEMM_WIDE_WARPS=16 (qkvz 3 / gate_up 2 splits, before the
-#            24-warp target) at batch 1/8/32/64; KILN_GEMM_SMALL_SX=1 alone and with it at 1/8;
-#            a plan built with KILN_PF_MAX_ROWS=16 (no early L2 prefetch above 16 rows) at 32/64
 #   knobs    session 7's prepared experiments, each against the default in the same call
 #            (knobs.txt): the shared-x GEMM for every weight up to 16 rows
 #            (KILN_GEMM_SX_MIN_N=0) at batch 1/8; the split target of the weights below
@@ -99,6 +93,19 @@ logits_check() {
   if [ -f /tmp/ours.f32 ]; then
     if cmp -s /tmp/ours.f32 "/tmp/ours_$tag.f32"; then echo "$tag: teacher-forced logits bit-identical to the default plan's"; else echo "$tag: logits DIFFER from the default plan's"; fi | tee -a "$OUT/cmp.txt"
   fi
+}
+# plan_with TAG [VAR=value ...]: the checkpoint's plan built with those variables set, at
+# /tmp/engines_TAG/qwen35_4b_random.plan (a kernel knob or experiment compiled in).
+plan_with() {
+  local tag=$1; shift
+  env "$@" .devbin/kiln-build --model "$CKPT" --out "/tmp/engines_$tag" --name qwen35_4b_random 2>&1 | tail -1
+}
+# bench_as TAG FILE PLAN [VAR=value ...] -- [kiln-eval bench flags]: the bench's decode and
+# prefill lines with those variables set, each prefixed with TAG, appended to $OUT/FILE.
+bench_as() {
+  local tag=$1 file=$2 plan=$3; shift 3
+  local vars=(); while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do vars+=("$1"); shift; done; shift
+  env "${vars[@]}" .devbin/kiln-eval bench --plan "$plan" "$@" 2>&1 | grep -E "decode batch|prefill" | sed "s/^/$tag: /" | tee -a "$OUT/$file"
 }
 # second_server TAG PORT WORKLOADS [kiln flags ...]: another server on the default plan with
 # those flags, bench_serving WORKLOADS with serving's draws ($OUT/serving_TAG.txt, ending
@@ -188,8 +195,8 @@ if has eval_tiled && [ -f "$REFS/cases.json" ]; then
   log "eval without the tiled decode GEMM"; logits_check tiled "$ENG/qwen35_4b_random.plan" KILN_GEMM_TILED=0
 fi
 if has pdl_early; then
-  log "plan with KILN_PDL_EARLY=0"; KILN_PDL_EARLY=0 .devbin/kiln-build --model "$CKPT" --out /tmp/engines_early --name qwen35_4b_random 2>&1 | tail -2
-  .devbin/kiln-eval bench --plan /tmp/engines_early/qwen35_4b_random.plan --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_pdl_early.txt"
+  log "plan with KILN_PDL_EARLY=0"; plan_with early KILN_PDL_EARLY=0
+  bench_as pdl_early0 bench_pdl_early.txt /tmp/engines_early/qwen35_4b_random.plan -- --batch 1,8,64
   [ -f "$REFS/cases.json" ] && logits_check pdl_early0 /tmp/engines_early/qwen35_4b_random.plan
 fi
 if has cmp_prev && [ -f "$REFS/cases.json" ]; then
@@ -207,9 +214,8 @@ if has sweep; then
   log "decode GEMM sweep"; for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_CUDA_BENCH=1 "$t" bench_gemm_sweep --ignored --nocapture 2>&1 | grep SWEEP > "$OUT/sweep.txt"; done; wc -l "$OUT/sweep.txt"
 fi
 if has attn_pbf16; then
-  log "plan with KILN_ATTN_P_BF16=1"; KILN_ATTN_P_BF16=1 .devbin/kiln-build --model "$CKPT" --out /tmp/engines_pbf16 --name qwen35_4b_random 2>&1 | tail -1
-  .devbin/kiln-eval bench --plan /tmp/engines_pbf16/qwen35_4b_random.plan --batch 1 --ctx 8192 --prefill 8192 2>&1 | grep -E "prefill" | tee "$OUT/bench_attn_pbf16.txt"
-  .devbin/kiln-eval bench --plan /tmp/engines_pbf16/qwen35_4b_random.plan --batch 1 --ctx 1024 --prefill 1024 2>&1 | grep -E "prefill" | tee -a "$OUT/bench_attn_pbf16.txt"
+  log "plan with KILN_ATTN_P_BF16=1"; plan_with pbf16 KILN_ATTN_P_BF16=1
+  for c in 8192 1024; do bench_as pbf16 bench_attn_pbf16.txt /tmp/engines_pbf16/qwen35_4b_random.plan -- --batch 1 --ctx $c --prefill $c; done
   [ -f "$REFS/cases.json" ] && logits_check attn_pbf16 /tmp/engines_pbf16/qwen35_4b_random.plan
   rm -rf /tmp/engines_pbf16
 fi
@@ -218,48 +224,28 @@ if has attn_parts; then
     log "decode at ctx 8192 with KILN_ATTN_MAX_PARTS=$p"; KILN_ATTN_MAX_PARTS=$p .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8 --ctx 8192 --prefill 16 2>&1 | grep "decode batch" | sed "s/^/parts $p: /" | tee -a "$OUT/attn_parts.txt"
   done
 fi
-if has small_sx; then
-  log "bench with the shared-x kernel for wide weights up to 16 rows"; KILN_GEMM_SMALL_SX=1 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8 2>&1 | grep "decode batch" | tee "$OUT/bench_small_sx.txt"
-fi
-if has splits; then
-  sb() { local tag=$1 plan=$2 batches=$3; shift 3
-    env "$@" .devbin/kiln-eval bench --plan "$plan" --batch "$batches" 2>&1 | grep "decode batch" | sed "s/^/$tag: /" | tee -a "$OUT/splits.txt"; }
-  log "decode GEMM experiments"; P="$ENG/qwen35_4b_random.plan"
-  sb default "$P" 1,8,32,64
-  sb wide16 "$P" 1,8,32,64 KILN_GEMM_WIDE_WARPS=16
-  sb small_sx "$P" 1,8 KILN_GEMM_SMALL_SX=1
-  sb small_sx_wide16 "$P" 1,8 KILN_GEMM_SMALL_SX=1 KILN_GEMM_WIDE_WARPS=16
-  KILN_PF_MAX_ROWS=16 .devbin/kiln-build --model "$CKPT" --out /tmp/engines_pf16 --name qwen35_4b_random 2>&1 | tail -1
-  sb pf_max_rows16 /tmp/engines_pf16/qwen35_4b_random.plan 1,32,64
-  sb default_again "$P" 1,32,64
-  rm -rf /tmp/engines_pf16
-fi
 if has knobs; then
-  kb() { local tag=$1 plan=$2; shift 2
-    .devbin/kiln-eval bench --plan "$plan" "$@" 2>&1 | grep "decode batch" | sed "s/^/$tag: /" | tee -a "$OUT/knobs.txt"; }
-  kplan() { local tag=$1; shift
-    env "$@" .devbin/kiln-build --model "$CKPT" --out "/tmp/engines_$tag" --name qwen35_4b_random 2>&1 | tail -1; }
   log "kernel knobs"; P="$ENG/qwen35_4b_random.plan"
-  kb default "$P" --batch 1,8
-  KILN_GEMM_SX_MIN_N=0 kb sx_all "$P" --batch 1,8
-  for w in 12 20 24; do KILN_GEMM_WARPS=$w kb "warps$w" "$P" --batch 1,8,64; done
-  KILN_GEMM_WIDE_WARPS=32 kb wide_warps32 "$P" --batch 1,32,64
-  for v in "pf_k512 KILN_PF_K=512" "pf_budget48 KILN_PF_BUDGET_MB=48" "pf_both KILN_PF_K=512 KILN_PF_BUDGET_MB=48"; do
-    set -- $v; tag=$1; shift; kplan "$tag" "$@"; kb "$tag" "/tmp/engines_$tag/qwen35_4b_random.plan" --batch 1,8; rm -rf "/tmp/engines_$tag"
+  knob() { bench_as "$1" knobs.txt "$2" "${@:3}"; }  # TAG PLAN [VAR=value ...] -- bench flags
+  knob default "$P" -- --batch 1,8,32,64
+  knob sx_all "$P" KILN_GEMM_SX_MIN_N=0 -- --batch 1,8
+  for w in 12 20 24; do knob "warps$w" "$P" KILN_GEMM_WARPS=$w -- --batch 1,8,64; done
+  knob wide_warps32 "$P" KILN_GEMM_WIDE_WARPS=32 -- --batch 1,32,64
+  for v in "pf_k512 1,8 KILN_PF_K=512" "pf_budget48 1,8 KILN_PF_BUDGET_MB=48" "pf_both 1,8 KILN_PF_K=512 KILN_PF_BUDGET_MB=48" \
+           "pdl_rows64 32,64 KILN_PDL_EARLY_ROWS=64"; do
+    set -- $v; tag=$1 batches=$2; shift 2
+    plan_with "$tag" "$@"; knob "$tag" "/tmp/engines_$tag/qwen35_4b_random.plan" -- --batch "$batches"; rm -rf "/tmp/engines_$tag"
   done
-  kplan pdl_rows64 KILN_PDL_EARLY_ROWS=64; kb pdl_rows64 /tmp/engines_pdl_rows64/qwen35_4b_random.plan --batch 32,64; rm -rf /tmp/engines_pdl_rows64
-  kb default_32_64 "$P" --batch 32,64
-  kb default_8k "$P" --batch 1,8 --ctx 8192 --prefill 16
-  kb default_b64 "$P" --batch 64
-  kplan v_early KILN_ATTN_V_EARLY=1
-  kb v_early_8k /tmp/engines_v_early/qwen35_4b_random.plan --batch 1,8 --ctx 8192 --prefill 16
-  kb v_early_b64 /tmp/engines_v_early/qwen35_4b_random.plan --batch 64
+  plan_with v_early KILN_ATTN_V_EARLY=1
+  for p in "$P" /tmp/engines_v_early/qwen35_4b_random.plan; do
+    tag=$([ "$p" = "$P" ] && echo default || echo v_early)
+    knob "${tag}_8k" "$p" -- --batch 1,8 --ctx 8192 --prefill 16
+    knob "${tag}_b64" "$p" -- --batch 64
+  done
   [ -f "$REFS/cases.json" ] && logits_check v_early /tmp/engines_v_early/qwen35_4b_random.plan
   rm -rf /tmp/engines_v_early
   for r in 64 128; do
-    log "prefill with KILN_ATTN_PREFILL_ROWS=$r"
-    KILN_ATTN_PREFILL_ROWS=$r .devbin/kiln-eval bench --plan "$P" --batch 1 --ctx 8192 --prefill 8192 2>&1 | grep prefill | sed "s/^/attn rows $r: /" | tee -a "$OUT/knobs.txt"
-    KILN_ATTN_PREFILL_ROWS=$r .devbin/kiln-eval bench --plan "$P" --batch 1 --ctx 1024 --prefill 1024 2>&1 | grep prefill | sed "s/^/attn rows $r: /" | tee -a "$OUT/knobs.txt"
+    for c in 8192 1024; do knob "attn_rows$r" "$P" KILN_ATTN_PREFILL_ROWS=$r -- --batch 1 --ctx $c --prefill $c; done
   done
   [ -f "$REFS/cases.json" ] && logits_check attn_rows128 "$P" KILN_ATTN_PREFILL_ROWS=128
 fi
