@@ -38,8 +38,9 @@
 #            order up to 64 rows (KILN_PDL_EARLY_ROWS=64, default 16) at 32/64; plans built with a longer early L2 prefetch
 #            (KILN_PF_K=512) and a bigger budget (KILN_PF_BUDGET_MB=48, and both) at 1/8;
 #            a plan with KILN_ATTN_V_EARLY=1 (decode attention loads values with keys) at
-#            batch 1/8 ctx 8192 and 64 ctx 1024; and the logits of the V-early plan against
-#            the default plan's (the same arithmetic: bit-identical expected); prefill 1024
+#            batch 1/8 ctx 8192 and 64 ctx 1024, its kernel against the CPU twin
+#            (attn_decode test), and its logits against the default plan's (the same
+#            arithmetic: bit-identical expected); prefill 1024
 #            and 8192 with KILN_ATTN_PREFILL_ROWS=64 and 128 (the prefill attention kernel
 #            with 8 warps per block sharing each K/V tile), and its logits (bit-identical)
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
@@ -244,6 +245,9 @@ if has knobs; then
   done
   [ -f "$REFS/cases.json" ] && logits_check v_early /tmp/engines_v_early/qwen35_4b_random.plan
   rm -rf /tmp/engines_v_early
+  # The V-early decode attention kernel against its CPU twin (the test compiles the kernels
+  # with the environment's knobs).
+  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_ATTN_V_EARLY=1 "$t" attn_decode --ignored --nocapture 2>&1 | grep -E "^test |rel err|panicked" | sed "s/^/v_early: /" | tee -a "$OUT/knobs.txt"; done
   for r in 64 128; do
     for c in 8192 1024; do knob "attn_rows$r" "$P" KILN_ATTN_PREFILL_ROWS=$r -- --batch 1 --ctx $c --prefill $c; done
   done
