@@ -54,6 +54,9 @@
 #   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
 #   serve    launch_server.sh --model-path: time to /health 200, one request
 #   serving  (with serve) scripts/bench_serving.py against that server
+#   serving_steps  a second server, the seq workload only, then the server's mean decode step
+#            (backend forward and whole scheduler step, /metrics) beside the client's TPOT:
+#            where serving's time per token goes beside the bench's step
 #   serving_constrained  (with serve) 16 in flight, half of them with a regex constraint:
 #            TPOT of the unconstrained half against serving's c16 (issue 12: no slowdown)
 #   serving_fcfs  a second server with --schedule-policy fcfs (the policy before shortest-prefill
@@ -108,6 +111,20 @@ bench_as() {
   local vars=(); while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do vars+=("$1"); shift; done; shift
   env "${vars[@]}" .devbin/kiln-eval bench --plan "$plan" "$@" 2>&1 | grep -E "decode batch|prefill" | sed "s/^/$tag: /" | tee -a "$OUT/$file"
 }
+# step_means PORT: the server's mean decode-only step (backend forward, whole scheduler
+# step) and inter-token latency from /metrics, to set against the client's TPOT.
+step_means() {
+  curl -s "localhost:$1/metrics" | python3 -c '
+import sys
+v = {}
+for line in sys.stdin:
+    if line.startswith(("kiln:decode_", "sglang:inter_token_latency_seconds_")) and ("_sum" in line or "_count" in line):
+        name, val = line.split("{")[0], float(line.split()[-1])
+        v[name] = val
+for h in ("kiln:decode_forward_seconds", "kiln:decode_step_seconds", "sglang:inter_token_latency_seconds"):
+    n, total = v.get(h + "_count", 0), v.get(h + "_sum", 0)
+    print(f"{h}: mean {1e3 * total / n:.3f} ms over {n:.0f}" if n else f"{h}: none")'
+}
 # second_server TAG PORT WORKLOADS [kiln flags ...]: another server on the default plan with
 # those flags, bench_serving WORKLOADS with serving's draws ($OUT/serving_TAG.txt, ending
 # with its avg_spec_accept_length), then stopped.
@@ -118,6 +135,7 @@ second_server() {
   for i in $(seq 1 600); do curl -sf "localhost:$port/health" >/dev/null && break; sleep 0.1; done
   python3 scripts/bench_serving.py --url "http://127.0.0.1:$port" --workloads "$workloads" --num-seq 8 --num 64 2>&1 | tee "$OUT/serving_$tag.txt"
   curl -s "localhost:$port/get_server_info" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("avg_spec_accept_length", d["internal_states"][0].get("avg_spec_accept_length"))' | tee -a "$OUT/serving_$tag.txt"
+  step_means "$port" | tee -a "$OUT/serving_$tag.txt"
   kill $pid 2>/dev/null; pkill -f -- "--port $port" 2>/dev/null; sleep 1
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -295,6 +313,7 @@ if has serve; then
   fi
   kill %1; tail -5 "$OUT/serve.log"
 fi
+if has serving_steps; then second_server steps 30116 seq; fi
 if has serving_fcfs; then second_server fcfs 30113 seq,c16,c64 --schedule-policy fcfs; fi
 if has serving_chunk; then second_server chunk 30115 seq,c16,c64 --chunked-prefill-size "${CHUNK:=8192}"; fi
 if has serving_mtp; then second_server mtp 30114 seq,c16 --speculative-algorithm NEXTN; fi

@@ -317,8 +317,15 @@ async fn info_health_admin_and_metrics_routes() {
     ] {
         assert!(metrics.contains(name), "missing {name} in\n{metrics}");
     }
-    let gen_line = metrics.lines().find(|l| l.starts_with("sglang:generation_tokens_total")).unwrap();
-    assert!(gen_line.split(' ').next_back().unwrap().parse::<u64>().unwrap() > 0);
+    let value = |prefix: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("missing {prefix} in\n{metrics}"));
+        line.split(' ').next_back().unwrap().parse().unwrap()
+    };
+    assert!(value("sglang:generation_tokens_total") > 0.0);
+    // Decode-only steps ran: each whole step takes at least its forward.
+    assert!(value("kiln:decode_forward_seconds_count") > 0.0);
+    assert_eq!(value("kiln:decode_step_seconds_count"), value("kiln:decode_forward_seconds_count"));
+    assert!(value("kiln:decode_step_seconds_sum") >= value("kiln:decode_forward_seconds_sum"));
 
     // Unknown route and wrong method.
     let r = s.get("/nope").await;

@@ -424,6 +424,7 @@ impl Engine {
     // ---- one step ----
 
     fn step(&mut self) {
+        let started = Instant::now();
         self.reserve_blocks();
         if self.running.is_empty() {
             return;
@@ -494,6 +495,10 @@ impl Engine {
                 .collect();
             self.backend.forward(&chunks)
         };
+        let decode_only = spec_rows.is_empty() && !plan.is_empty() && plan.iter().all(|p| p.1 == 1);
+        if decode_only {
+            self.stats.decode_forward.observe(t0.elapsed().as_secs_f64());
+        }
         self.observe_plain_step(&plan, spec_rows.is_empty(), t0.elapsed().as_secs_f64());
         self.stats.steps.fetch_add(1, Relaxed);
         let logits = match result {
@@ -568,6 +573,9 @@ impl Engine {
         for (i, out) in done {
             let s = self.running.remove(i);
             self.finish(s, out);
+        }
+        if decode_only {
+            self.stats.decode_step.observe(started.elapsed().as_secs_f64());
         }
     }
 

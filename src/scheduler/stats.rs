@@ -44,6 +44,9 @@ const LATENCY_BOUNDS: &[f64] = &[
     2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0,
 ];
 
+/// Decode step times: 1 ms to 160 ms.
+const STEP_BOUNDS: &[f64] = &[0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.08, 0.16];
+
 pub struct Stats {
     // Gauges.
     /// Requests submitted and not yet finished (queued, running, or in the channel).
@@ -84,6 +87,11 @@ pub struct Stats {
     pub itl: Histogram,
     pub e2e: Histogram,
     pub queue_time: Histogram,
+    /// Steps of decode rows only (no prefill chunk, no speculation): the backend's
+    /// `forward`, and the whole step with the host's work on its tokens. Their means
+    /// against the client's TPOT tell where serving time goes beside the GPU step.
+    pub decode_forward: Histogram,
+    pub decode_step: Histogram,
 }
 
 impl Default for Stats {
@@ -116,6 +124,8 @@ impl Default for Stats {
             itl: Histogram::new(LATENCY_BOUNDS),
             e2e: Histogram::new(LATENCY_BOUNDS),
             queue_time: Histogram::new(LATENCY_BOUNDS),
+            decode_forward: Histogram::new(STEP_BOUNDS),
+            decode_step: Histogram::new(STEP_BOUNDS),
         }
     }
 }

@@ -75,6 +75,8 @@ pub async fn metrics(state: State) -> HttpResponse {
     histogram(&mut out, "sglang:inter_token_latency_seconds", "Time between tokens of a request.", &labels, &st.itl);
     histogram(&mut out, "sglang:e2e_request_latency_seconds", "Request latency, arrival to finish.", &labels, &st.e2e);
     histogram(&mut out, "sglang:queue_time_seconds", "Time from arrival to admission.", &labels, &st.queue_time);
+    histogram(&mut out, "kiln:decode_forward_seconds", "Backend forward of steps with decode rows only.", &labels, &st.decode_forward);
+    histogram(&mut out, "kiln:decode_step_seconds", "Whole scheduler steps with decode rows only (forward and the host's work).", &labels, &st.decode_step);
     header(&mut out, "kiln:http_responses_total", "counter", "HTTP responses by route and status.");
     if let Ok(m) = state.http.counts.lock() {
         for ((route, code), n) in m.iter() {
