@@ -63,12 +63,81 @@ static_assert(CONV_K >= 2 && CONV_K <= 8, "CONV_K out of range");
 #endif
 #define KILN_GRIDDEP_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
 #define KILN_GRIDDEP_LAUNCH() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+
+// In-graph timeline (a diagnostic build: kiln-build with KILN_TIMELINE=1; kiln-eval
+// timeline reads it). Thread 0 of every block of every kernel that enters through
+// KILN_PDL_ENTER* keeps three %globaltimer readings: when it reached the PDL entry (before
+// the wait), when the wait released it, and when it returned; with the launch's %gridid,
+// its SM and block, and the module and source line of the entry, it writes them as one
+// record into the buffer the host put in `kiln_timeline` (null: nothing is recorded).
+// The record's slot is claimed with an atomic issued at the entry whose result is first
+// used at the return, so the block does not wait for it. Buffer: [0] records claimed,
+// [1] capacity, [2] the module's index (set per module), records of 6 u64 from [8].
+// Every KILN_PDL_ENTER* call sits at the top scope of its kernel's function, so the
+// record's destructor runs at the block's return.
+#ifndef KILN_TIMELINE
+#define KILN_TIMELINE 0
+#endif
+#if KILN_TIMELINE
+extern "C" {
+__device__ unsigned long long* kiln_timeline = nullptr;
+__device__ unsigned long long kiln_timeline_module = 0;
+}
+namespace kiln {
+__device__ __forceinline__ unsigned long long globaltimer() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+struct TimelineBlock {
+    unsigned long long* buf;
+    unsigned long long slot, t_enter, t_wait;
+    int line;
+    __device__ explicit TimelineBlock(int source_line) : buf(nullptr), slot(0), t_enter(0), t_wait(0), line(source_line) {
+        if (threadIdx.x + threadIdx.y + threadIdx.z != 0 || kiln_timeline == nullptr) return;
+        buf = kiln_timeline;
+        t_enter = globaltimer();
+        slot = atomicAdd(buf, 1ull);
+    }
+    __device__ void waited() {
+        if (buf) t_wait = globaltimer();
+    }
+    __device__ ~TimelineBlock() {
+        if (!buf) return;
+        const unsigned long long t_end = globaltimer();
+        if (slot >= buf[1]) return;
+        unsigned long long grid, smid;
+        asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
+        asm volatile("{ .reg .u32 s; mov.u32 s, %%smid; cvt.u64.u32 %0, s; }" : "=l"(smid));
+        const unsigned long long blk = blockIdx.x + (unsigned long long)gridDim.x * (blockIdx.y + (unsigned long long)gridDim.y * blockIdx.z);
+        unsigned long long* r = buf + 8 + 6 * slot;
+        r[0] = t_enter;
+        r[1] = t_wait;
+        r[2] = t_end;
+        r[3] = grid;
+        r[4] = (smid << 32) | (blk & 0xffffffffull);
+        r[5] = (kiln_timeline_module << 32) | (unsigned)line;
+    }
+};
+}  // namespace kiln
+#define KILN_TL_ENTER kiln::TimelineBlock kiln_timeline_block_(__LINE__);
+#define KILN_TL_WAITED kiln_timeline_block_.waited();
+#else
+#define KILN_TL_ENTER
+#define KILN_TL_WAITED
+#endif
+
+// Not wrapped in do { } while (0): with KILN_TIMELINE the record lives in the caller's scope.
 #define KILN_PDL_ENTER_IF_EARLY(early)            \
+    KILN_TL_ENTER                                 \
     do {                                          \
         const bool kiln_pdl_early_ = (early);     \
         if (kiln_pdl_early_) KILN_GRIDDEP_LAUNCH(); \
         KILN_GRIDDEP_WAIT();                      \
         if (!kiln_pdl_early_) KILN_GRIDDEP_LAUNCH(); \
+    } while (0);                                  \
+    KILN_TL_WAITED                                \
+    do {                                          \
     } while (0)
 #define KILN_PDL_ENTER() KILN_PDL_ENTER_IF_EARLY(KILN_PDL_EARLY)
 #define KILN_PDL_ENTER_ROWS(rows) KILN_PDL_ENTER_IF_EARLY(KILN_PDL_EARLY && (rows) <= KILN_PDL_EARLY_ROWS)

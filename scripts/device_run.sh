@@ -30,6 +30,10 @@
 #            against the references (compare_attn_pbf16.json)
 #   attn_parts  batch 1 and 8 at ctx 8192 with KILN_ATTN_MAX_PARTS=64 and 128 (decode attention
 #            split into more parts at long context; the default 32 gives 256-key parts at 8K)
+#   timeline a plan built with KILN_TIMELINE=1, then kiln-eval timeline at batch $TL_BATCH (default
+#            1,8,64): one decode step replayed from its graph with every kernel's blocks timed
+#            (entry, PDL release, end): how far each launch moves the step and each GEMM's
+#            weight bandwidth inside the graph ($OUT/timeline.txt, timeline.jsonl)
 #   knobs    session 7's prepared experiments, each against the default in the same call
 #            (knobs.txt): the shared-x GEMM for every weight up to 16 rows
 #            (KILN_GEMM_SX_MIN_N=0) at batch 1/8; the split target of the weights below
@@ -242,6 +246,14 @@ if has attn_parts; then
   for p in 32 64 128; do
     log "decode at ctx 8192 with KILN_ATTN_MAX_PARTS=$p"; KILN_ATTN_MAX_PARTS=$p .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8 --ctx 8192 --prefill 16 2>&1 | grep "decode batch" | sed "s/^/parts $p: /" | tee -a "$OUT/attn_parts.txt"
   done
+fi
+if has timeline; then
+  log "timeline: decode steps at batch ${TL_BATCH:=1,8,64} replayed from their graphs, every kernel's blocks timed (a KILN_TIMELINE=1 plan)"
+  plan_with tl KILN_TIMELINE=1
+  .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch "$TL_BATCH" --out "$OUT/timeline.jsonl" > "$OUT/timeline.txt" 2>&1
+  # The log keeps each batch's head line, its first 24 launches (the embedding and the
+  # first layers) and the per-kernel sums; timeline.txt and .jsonl have every launch.
+  awk '/^batch/ {n = 0; print; next} /^  +[0-9]+ / {if (n++ < 24) print; next} {print}' "$OUT/timeline.txt" | grep -v "^\s*$"
 fi
 if has knobs; then
   log "kernel knobs"; P="$ENG/qwen35_4b_random.plan"

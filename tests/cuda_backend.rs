@@ -251,3 +251,48 @@ fn cuda_speculation_with_the_mtp_head_gives_plain_greedy_output() {
         assert_eq!(drafts[0][0], drafts[1][0], "prompt {len}: the first draft differs from the CPU MTP head's");
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn a_timeline_build_times_every_launch_of_a_decode_graph() {
+    // Kernels built with KILN_TIMELINE=1 (the diagnostic of `kiln-eval timeline`): one
+    // graph-replayed decode step leaves one timed launch per logged launch, in order.
+    // (Other tests compiling meanwhile may get the timeline too: it changes no result.)
+    std::env::set_var("KILN_TIMELINE", "1");
+    let b = toy_plan();
+    std::env::remove_var("KILN_TIMELINE");
+    let opt = CudaOptions { max_running: Some(4), max_seq_len: 256, max_step_tokens: 512, ..Default::default() };
+    let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
+    assert!(gpu.kernels().timeline().is_some(), "the timeline build's modules have no kiln_timeline");
+    let vocab = gpu.config().vocab_size as u32;
+    let stripes: Vec<Vec<u32>> = (0..4u32).map(|s| (s * 16..(s + 1) * 16).collect()).collect();
+    let prompt: Vec<u32> = (0..20u32).map(|i| (i * 11 + 2) % vocab).collect();
+    for (s, blocks) in stripes.iter().enumerate() {
+        gpu.reset_slot(s).unwrap();
+        gpu.forward(&[SeqChunk { slot: s, start_pos: 0, tokens: &prompt, blocks, want: Want::Nothing, allowed: None }]).unwrap();
+    }
+    let step = |gpu: &mut CudaBackend, pos: usize| {
+        let toks: Vec<[u32; 1]> = (0..4u32).map(|s| [(s * 3 + pos as u32) % vocab]).collect();
+        let chunks: Vec<SeqChunk> = (0..4).map(|s| SeqChunk { slot: s, start_pos: pos, tokens: &toks[s], blocks: &stripes[s], want: Want::Argmax { limit: vocab as usize }, allowed: None }).collect();
+        gpu.forward(&chunks).unwrap();
+    };
+    gpu.kernels().record_launches(true);
+    step(&mut gpu, 20); // captures the graph of bucket 4
+    let log = gpu.kernels().record_launches(false);
+    assert!(log.len() > 10, "the capture logged {} launches", log.len());
+    gpu.take_timeline().unwrap();
+    step(&mut gpu, 21);
+    let (records, lost) = gpu.take_timeline().unwrap();
+    assert!(!lost && !records.is_empty());
+    assert!(records.iter().all(|r| r.t_enter <= r.t_wait && r.t_wait <= r.t_end && r.t_end > 0), "unordered times in a record");
+    let launches = kiln::backend::cuda::timeline::launches(&records);
+    assert_eq!(launches.len(), log.len(), "every logged launch of the graph is on the timeline once");
+    let rows = kiln::backend::cuda::timeline::rows(&launches, &log, |m, l| format!("{m}:{l}"));
+    for (r, l) in rows.iter().zip(&log) {
+        assert_eq!(r.name, l.name, "launch order");
+        assert!(r.blocks <= l.blocks && r.blocks > 0, "{}: {} blocks recorded of {}", l.name, r.blocks, l.blocks);
+    }
+    assert!(rows.iter().any(|r| r.weight_bytes > 0), "the GEMMs carry their weight bytes");
+    assert!(rows.windows(2).all(|w| w[0].enter_us <= w[1].enter_us));
+    println!("toy decode step at batch 4: {:.1} us over {} launches", rows.iter().map(|r| r.advance_us).sum::<f64>(), rows.len());
+}

@@ -288,6 +288,21 @@ impl CudaBackend {
         })
     }
 
+    /// The kernels (their launch log and, in a `KILN_TIMELINE=1` build, the timeline).
+    pub fn kernels(&self) -> &Kernels {
+        &self.k
+    }
+
+    /// A timeline build's block records since the last call, and whether some were lost
+    /// to the buffer's capacity; the buffer is then emptied. Between steps only.
+    pub fn take_timeline(&self) -> Result<(Vec<crate::backend::cuda::timeline::BlockRecord>, bool)> {
+        let t = self.k.timeline().context("the plan's kernels were built without the timeline (kiln-build with KILN_TIMELINE=1)")?;
+        let r = t.read(&self.stream)?;
+        t.reset(&self.stream)?;
+        self.stream.synchronize().map_err(|e| anyhow!("emptying the timeline: {e:?}"))?;
+        Ok(r)
+    }
+
     /// Makes the context current on the calling thread: the backend is built on one
     /// thread and driven by the scheduler's.
     fn bind(&self) -> Result<()> {

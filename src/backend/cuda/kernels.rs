@@ -21,12 +21,13 @@ pub use misc::ArgmaxScratch;
 
 use super::compile::{self, CompiledModule, KernelDims};
 use super::registry;
+use super::timeline::{LaunchInfo, Timeline};
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A device address (CUdeviceptr). 0 is null (optional arguments).
 pub type DevPtr = u64;
@@ -108,7 +109,15 @@ pub struct Kernels {
     /// Rows per block of the prefill attention kernel (`ATTN_PREFILL_ROWS`): 64, or 128
     /// with `KILN_ATTN_PREFILL_ROWS=128` (an experiment; both give the same bits).
     pub(crate) attn_prefill_rows: usize,
+    /// The in-graph timeline of a `KILN_TIMELINE=1` build (None otherwise).
+    timeline: Option<Timeline>,
+    /// While Some, every launch is appended (`record_launches`; the timeline names its
+    /// launches with it).
+    launch_log: Mutex<Option<Vec<LaunchInfo>>>,
 }
+
+/// Records of a timeline build's buffer: enough for a decode step at batch 256.
+const TIMELINE_RECORDS: usize = 1 << 20;
 
 impl Kernels {
     /// Loads compiled modules (all of `compile::SOURCES`) into `ctx`.
@@ -144,6 +153,7 @@ impl Kernels {
         // run has checked and timed it.
         let gdn_split = std::env::var("KILN_GDN_SPLIT").is_ok_and(|v| v == "1");
         let attn_prefill_rows = if std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "128") { 128 } else { 64 };
+        let timeline = Timeline::attach(&loaded, &ctx.default_stream(), TIMELINE_RECORDS)?;
         Ok(Kernels {
             dims: dims.clone(),
             num_sms,
@@ -153,7 +163,28 @@ impl Kernels {
             gdn_split: AtomicBool::new(gdn_split),
             gemm_choices: GemmChoices::from_env(),
             attn_prefill_rows,
+            timeline,
+            launch_log: Mutex::new(None),
         })
+    }
+
+    /// The in-graph timeline, when the plan's kernels were built with it.
+    pub fn timeline(&self) -> Option<&Timeline> {
+        self.timeline.as_ref()
+    }
+
+    /// Starts (`true`) or stops appending every launch to the launch log; stopping
+    /// returns what was logged.
+    pub fn record_launches(&self, on: bool) -> Vec<LaunchInfo> {
+        let mut log = self.launch_log.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *log, on.then(Vec::new)).unwrap_or_default()
+    }
+
+    /// Notes the weight bytes of the last logged launch (a GEMM's).
+    pub(crate) fn note_weight_bytes(&self, bytes: u64) {
+        if let Some(last) = self.launch_log.lock().unwrap_or_else(|e| e.into_inner()).as_mut().and_then(|l| l.last_mut()) {
+            last.weight_bytes = bytes;
+        }
     }
 
     /// Compiles every kernel for the device's architecture (NVRTC) and loads it.
@@ -216,6 +247,9 @@ impl Kernels {
         params: &mut [*mut c_void],
     ) -> Result<()> {
         let f = self.funcs.get(name).with_context(|| format!("unknown kernel `{name}`"))?;
+        if let Some(log) = self.launch_log.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            log.push(LaunchInfo { name: name.to_string(), blocks: grid.0 as u64 * grid.1 as u64 * grid.2 as u64, weight_bytes: 0 });
+        }
         let r = if self.pdl() {
             unsafe {
                 let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();

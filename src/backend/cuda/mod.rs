@@ -12,6 +12,7 @@ mod pools;
 mod snapshots;
 pub mod registry;
 pub mod sizing;
+pub mod timeline;
 mod weights;
 
 pub use backend::{CudaBackend, CudaOptions};

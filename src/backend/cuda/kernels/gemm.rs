@@ -195,7 +195,10 @@ impl Kernels {
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(&self, stream: &CudaStream, w: DevPtr, x: DevPtr, x_dtype: DType, y: DevPtr, y_dtype: DType, m: usize, n: usize, k: usize, scratch: &GemmScratch) -> Result<()> {
         let plan = self.gemm_plan(n, k);
-        self.gemm_with_plan(stream, w, x, x_dtype, y, y_dtype, m, n, k, scratch, plan)
+        self.gemm_with_plan(stream, w, x, x_dtype, y, y_dtype, m, n, k, scratch, plan)?;
+        // The launch log (timeline builds) gives each GEMM its weight bytes.
+        self.note_weight_bytes((n * k * 2) as u64);
+        Ok(())
     }
 
     /// `gemm` with an explicit split (for tuning).

@@ -1,0 +1,249 @@
+//! The in-graph timeline of a diagnostic build (kiln-build with `KILN_TIMELINE=1`, see
+//! kernels/common.cuh): every block of every kernel records when it entered, when its
+//! PDL wait released it and when it returned, so one decode step replayed from its CUDA
+//! graph shows where its time goes between and inside the kernels, which ncu (kernels
+//! replayed alone) cannot. `kiln-eval timeline` runs it; the analysis below is plain
+//! host code, tested without a GPU.
+
+use super::kernels::DevPtr;
+use super::memory::{download, memset0, upload, DevBuf};
+use anyhow::{anyhow, Result};
+use cudarc::driver::{CudaModule, CudaStream, DevicePtr};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// u64 words before the records: [0] records claimed, [1] capacity, the rest spare.
+const HEADER: usize = 8;
+/// u64 words per record (common.cuh's `TimelineBlock`).
+const WORDS: usize = 6;
+
+/// One block's record.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockRecord {
+    pub t_enter: u64,
+    pub t_wait: u64,
+    pub t_end: u64,
+    pub grid: u64,
+    pub sm: u32,
+    pub block: u32,
+    pub module: u32,
+    pub line: u32,
+}
+
+impl BlockRecord {
+    fn parse(w: &[u64]) -> Self {
+        BlockRecord {
+            t_enter: w[0],
+            t_wait: w[1],
+            t_end: w[2],
+            grid: w[3],
+            sm: (w[4] >> 32) as u32,
+            block: w[4] as u32,
+            module: (w[5] >> 32) as u32,
+            line: w[5] as u32,
+        }
+    }
+}
+
+/// The device buffer every module's `kiln_timeline` points at.
+pub struct Timeline {
+    buf: DevBuf,
+    capacity: usize,
+}
+
+impl Timeline {
+    /// Points the modules of a timeline build at a new buffer of `capacity` records (module
+    /// i records index i); None when the modules were built without the timeline.
+    pub fn attach(modules: &[Arc<CudaModule>], stream: &Arc<CudaStream>, capacity: usize) -> Result<Option<Self>> {
+        let Some(first) = modules.first() else { return Ok(None) };
+        if first.get_global("kiln_timeline", stream).is_err() {
+            return Ok(None);
+        }
+        let buf = DevBuf::zeroed((HEADER + WORDS * capacity) * 8, "the kernel timeline")?;
+        upload(stream, buf.at(8), &[capacity as u64])?;
+        for (i, m) in modules.iter().enumerate() {
+            let global = |name: &str| -> Result<DevPtr> {
+                let view = m.get_global(name, stream).map_err(|e| anyhow!("module {i} of a timeline build lacks `{name}`: {e:?}"))?;
+                let (ptr, _sync) = view.device_ptr(stream);
+                Ok(ptr)
+            };
+            upload(stream, global("kiln_timeline")?, &[buf.ptr])?;
+            upload(stream, global("kiln_timeline_module")?, &[i as u64])?;
+        }
+        stream.synchronize().map_err(|e| anyhow!("setting up the kernel timeline: {e:?}"))?;
+        Ok(Some(Timeline { buf, capacity }))
+    }
+
+    /// Forgets the records so far (enqueued on `stream`).
+    pub fn reset(&self, stream: &CudaStream) -> Result<()> {
+        memset0(stream, self.buf.ptr, 8)
+    }
+
+    /// The records since the last reset (synchronises `stream`), and whether some were
+    /// lost to the capacity.
+    pub fn read(&self, stream: &CudaStream) -> Result<(Vec<BlockRecord>, bool)> {
+        let mut count = [0u64];
+        download(stream, &mut count, self.buf.ptr)?;
+        let n = (count[0] as usize).min(self.capacity);
+        let mut words = vec![0u64; n * WORDS];
+        download(stream, &mut words, self.buf.at(HEADER * 8))?;
+        Ok((words.chunks(WORDS).map(BlockRecord::parse).collect(), count[0] as usize > self.capacity))
+    }
+}
+
+/// A launch as the host enqueued it (the launch log, in stream order).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LaunchInfo {
+    pub name: String,
+    pub blocks: u64,
+    /// Weight bytes a GEMM streams (0 for other kernels).
+    pub weight_bytes: u64,
+}
+
+/// One launch seen on the timeline: its blocks' records grouped by %gridid.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Launch {
+    pub module: u32,
+    pub line: u32,
+    pub blocks: u64,
+    pub first_enter: u64,
+    pub first_wait: u64,
+    pub last_end: u64,
+}
+
+/// Groups records by launch, in launch order (the order of their first block's entry:
+/// a launch's blocks start only after its predecessor's have all started).
+pub fn launches(records: &[BlockRecord]) -> Vec<Launch> {
+    let mut by_grid: BTreeMap<u64, Launch> = BTreeMap::new();
+    for r in records {
+        let l = by_grid.entry(r.grid).or_insert(Launch { module: r.module, line: r.line, blocks: 0, first_enter: u64::MAX, first_wait: u64::MAX, last_end: 0 });
+        l.blocks += 1;
+        l.first_enter = l.first_enter.min(r.t_enter);
+        l.first_wait = l.first_wait.min(r.t_wait);
+        l.last_end = l.last_end.max(r.t_end);
+    }
+    let mut v: Vec<Launch> = by_grid.into_values().collect();
+    v.sort_by_key(|l| (l.first_enter, l.last_end));
+    v
+}
+
+/// One row of the report: a launch, what the host called it, and its times in µs from
+/// the step's first entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub name: String,
+    pub blocks: u64,
+    pub enter_us: f64,
+    pub release_us: f64,
+    pub end_us: f64,
+    /// How far this launch moved the step's end: its end minus the previous launch's.
+    pub advance_us: f64,
+    pub weight_bytes: u64,
+}
+
+/// Names the launches with the host's log: in order, a log entry matches the next launch
+/// when the launch recorded no more blocks than the entry launched (blocks that return
+/// before their PDL entry record nothing); a log entry with no such launch (a kernel
+/// without the entry hook) is skipped. Unmatched launches keep their source site.
+pub fn rows(launches: &[Launch], log: &[LaunchInfo], site: impl Fn(u32, u32) -> String) -> Vec<Row> {
+    let t0 = launches.iter().map(|l| l.first_enter).min().unwrap_or(0);
+    let us = |t: u64| t.saturating_sub(t0) as f64 / 1e3;
+    let mut log_i = 0;
+    let mut prev_end = t0;
+    launches
+        .iter()
+        .map(|l| {
+            while log_i < log.len() && log[log_i].blocks < l.blocks {
+                log_i += 1;
+            }
+            let (name, weight_bytes) = match log.get(log_i) {
+                Some(e) => {
+                    log_i += 1;
+                    (e.name.clone(), e.weight_bytes)
+                }
+                None => (site(l.module, l.line), 0),
+            };
+            let advance_us = l.last_end.saturating_sub(prev_end) as f64 / 1e3;
+            prev_end = prev_end.max(l.last_end);
+            Row { name, blocks: l.blocks, enter_us: us(l.first_enter), release_us: us(l.first_wait), end_us: us(l.last_end), advance_us, weight_bytes }
+        })
+        .collect()
+}
+
+/// Per kernel name (the variant suffixes dropped): launches, the step time they advanced,
+/// and for the GEMMs the weight bytes over that time (GB/s), largest advance first.
+pub fn by_kernel(rows: &[Row]) -> Vec<(String, usize, f64, f64)> {
+    let mut m: BTreeMap<String, (usize, f64, u64)> = BTreeMap::new();
+    for r in rows {
+        let e = m.entry(kernel_family(&r.name)).or_default();
+        e.0 += 1;
+        e.1 += r.advance_us;
+        e.2 += r.weight_bytes;
+    }
+    let mut v: Vec<(String, usize, f64, f64)> =
+        m.into_iter().map(|(k, (n, us, bytes))| (k, n, us, if us > 0.0 { bytes as f64 / us / 1e3 } else { 0.0 })).collect();
+    v.sort_by(|a, b| b.2.total_cmp(&a.2));
+    v
+}
+
+/// A kernel's name without its dtype and size suffixes: `kiln_gemm_xf32_yf32_m8` ->
+/// `kiln_gemm`, `kiln_gdn_decode_f32_bf16` -> `kiln_gdn_decode`.
+fn kernel_family(name: &str) -> String {
+    let suffix = |p: &str| {
+        let dtype = |d: &str| d == "f32" || d == "bf16";
+        dtype(p) || ((p.starts_with('x') || p.starts_with('y')) && dtype(&p[1..])) || (p.len() > 1 && p.starts_with('m') && p[1..].bytes().all(|b| b.is_ascii_digit()))
+    };
+    let parts: Vec<&str> = name.split('_').filter(|p| !suffix(p)).collect();
+    parts.join("_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(grid: u64, t_enter: u64, t_wait: u64, t_end: u64, line: u32) -> BlockRecord {
+        BlockRecord { t_enter, t_wait, t_end, grid, sm: 0, block: 0, module: 1, line }
+    }
+
+    #[test]
+    fn records_group_into_launches_in_start_order_and_take_the_log_names() {
+        // Three launches; the second (grid 9) starts before the first ends (PDL) and
+        // the log has one kernel without the hook (no records) between 2 and 3.
+        let recs = [rec(7, 100, 100, 900, 10), rec(7, 120, 120, 1000, 10), rec(9, 500, 1010, 1500, 20), rec(3, 1600, 1700, 2300, 30)];
+        let ls = launches(&recs);
+        assert_eq!(ls.iter().map(|l| (l.line, l.blocks)).collect::<Vec<_>>(), vec![(10, 2), (20, 1), (30, 1)]);
+        assert_eq!((ls[0].first_enter, ls[0].first_wait, ls[0].last_end), (100, 100, 1000));
+        let log = [
+            LaunchInfo { name: "kiln_gemm_xf32_yf32_m8".into(), blocks: 2, weight_bytes: 2_000_000 },
+            LaunchInfo { name: "kiln_add_rmsnorm_f32".into(), blocks: 1, weight_bytes: 0 },
+            LaunchInfo { name: "kiln_unhooked".into(), blocks: 0, weight_bytes: 0 },
+            LaunchInfo { name: "kiln_gemm_tiled_xf32_yf32".into(), blocks: 4, weight_bytes: 1_000_000 },
+        ];
+        let rows = rows(&ls, &log, |m, l| format!("{m}:{l}"));
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["kiln_gemm_xf32_yf32_m8", "kiln_add_rmsnorm_f32", "kiln_gemm_tiled_xf32_yf32"]);
+        // Times from the first entry, in µs; advances sum to the step's span.
+        assert_eq!((rows[1].enter_us, rows[1].release_us, rows[1].end_us), (0.4, 0.91, 1.4));
+        assert_eq!(rows.iter().map(|r| r.advance_us).collect::<Vec<_>>(), vec![0.9, 0.5, 0.8]);
+        let fam = by_kernel(&rows);
+        assert_eq!(fam[0].0, "kiln_gemm");
+        assert!((fam[0].3 - 2_000_000.0 / 0.9 / 1e3).abs() < 1e-6, "GB/s of the GEMM: {fam:?}");
+        assert_eq!(fam.iter().find(|f| f.0 == "kiln_gemm_tiled").unwrap().1, 1);
+    }
+
+    #[test]
+    fn a_launch_beyond_the_log_keeps_its_source_site() {
+        let ls = launches(&[rec(1, 0, 0, 10, 42)]);
+        let rows = rows(&ls, &[], |m, l| format!("module {m} line {l}"));
+        assert_eq!(rows[0].name, "module 1 line 42");
+    }
+
+    #[test]
+    fn kernel_families_drop_the_dtype_and_size_suffixes() {
+        assert_eq!(kernel_family("kiln_gemm_sx_xf32_yf32_m16"), "kiln_gemm_sx");
+        assert_eq!(kernel_family("kiln_gemm_xbf16_ybf16_m64"), "kiln_gemm");
+        assert_eq!(kernel_family("kiln_gemm_tiled_xf32_ybf16"), "kiln_gemm_tiled");
+        assert_eq!(kernel_family("kiln_add_rmsnorm_f32"), "kiln_add_rmsnorm");
+        assert_eq!(kernel_family("kiln_gdn_decode_f32_bf16"), "kiln_gdn_decode");
+    }
+}
