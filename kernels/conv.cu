@@ -27,6 +27,7 @@
 using namespace kiln;
 
 #define CV_TB 64
+#define CV_U 8  // tokens whose inputs one thread loads at once
 
 template <typename T>
 __device__ __forceinline__ void conv1d(const T* __restrict__ x, int ld_x, const bf16* __restrict__ w,
@@ -55,15 +56,24 @@ __device__ __forceinline__ void conv1d(const T* __restrict__ x, int ld_x, const 
             const int p = p0 + (tt - t0);
             win[j] = tt >= t0 ? to_f(x[(size_t)tt * ld_x + c]) : (p >= 0 ? ring[(size_t)(p % CONV_K) * CONV_DIM] : 0.f);
         }
-        for (int t = tb; t < te; ++t) {
-            const float xv = to_f(x[(size_t)t * ld_x + c]);
-            float acc = wk[CONV_K - 1] * xv;
+        // CV_U tokens' inputs are loaded before any is used (CV_U loads in flight per
+        // thread, not one); each token's arithmetic is the same as one at a time.
+        for (int t0u = tb; t0u < te; t0u += CV_U) {
+            float xs[CV_U];
 #pragma unroll
-            for (int j = 0; j < CONV_K - 1; ++j) acc += wk[j] * win[j];
-            out[(size_t)t * ld_out + c] = siluf_(acc);
+            for (int u = 0; u < CV_U; ++u) xs[u] = t0u + u < te ? to_f(x[(size_t)(t0u + u) * ld_x + c]) : 0.f;
 #pragma unroll
-            for (int j = 0; j < CONV_K - 2; ++j) win[j] = win[j + 1];
-            win[CONV_K - 2] = xv;
+            for (int u = 0; u < CV_U; ++u) {
+                if (t0u + u >= te) break;
+                const float xv = xs[u];
+                float acc = wk[CONV_K - 1] * xv;
+#pragma unroll
+                for (int j = 0; j < CONV_K - 1; ++j) acc += wk[j] * win[j];
+                out[(size_t)(t0u + u) * ld_out + c] = siluf_(acc);
+#pragma unroll
+                for (int j = 0; j < CONV_K - 2; ++j) win[j] = win[j + 1];
+                win[CONV_K - 2] = xv;
+            }
         }
     }
     if (blockIdx.y == 0) {  // ring rows of the chunk's last CONV_K positions
