@@ -33,7 +33,8 @@
 #   timeline a plan built with KILN_TIMELINE=1, then kiln-eval timeline at batch $TL_BATCH (default
 #            1,8,64): one decode step replayed from its graph with every kernel's blocks timed
 #            (entry, PDL release, end): how far each launch moves the step and each GEMM's
-#            weight bandwidth inside the graph ($OUT/timeline.txt, timeline.jsonl)
+#            weight bandwidth inside the graph, and a 1024-token prefill chunk launch by launch
+#            ($OUT/timeline.txt, timeline.jsonl)
 #   knobs    session 7's prepared experiments, each against the default in the same call
 #            (knobs.txt): the shared-x GEMM for every weight up to 16 rows
 #            (KILN_GEMM_SX_MIN_N=0) at batch 1/8; the split target of the weights below
@@ -250,10 +251,10 @@ fi
 if has timeline; then
   log "timeline: decode steps at batch ${TL_BATCH:=1,8,64} replayed from their graphs, every kernel's blocks timed (a KILN_TIMELINE=1 plan)"
   plan_with tl KILN_TIMELINE=1
-  .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch "$TL_BATCH" --out "$OUT/timeline.jsonl" > "$OUT/timeline.txt" 2>&1
+  .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch "$TL_BATCH" --prefill 1024 --out "$OUT/timeline.jsonl" > "$OUT/timeline.txt" 2>&1
   # The log keeps each batch's head line, its first 24 launches (the embedding and the
   # first layers) and the per-kernel sums; timeline.txt and .jsonl have every launch.
-  awk '/^batch/ {n = 0; print; next} /^  +[0-9]+ / {if (n++ < 24) print; next} {print}' "$OUT/timeline.txt" | grep -v "^\s*$"
+  awk '/^(decode|prefill)/ {n = 0; print; next} /^  +[0-9]+ / {if (n++ < 24) print; next} {print}' "$OUT/timeline.txt" | grep -v "^\s*$"
 fi
 if has knobs; then
   log "kernel knobs"; P="$ENG/qwen35_4b_random.plan"

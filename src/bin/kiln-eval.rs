@@ -9,7 +9,7 @@
 //!   kiln-eval verify --plan P [--batch 1,4,8] [--drafts 3] [--steps 24] [--ctx 1024]
 //!       speculative verification against plain decoding (exact tokens, accepted
 //!       lengths, bit-identical logits after the commit) and its time per call.
-//!   kiln-eval timeline --plan P [--batch 1,8,64] [--ctx 1024] [--steps 5] [--out F]
+//!   kiln-eval timeline --plan P [--batch 1,8,64] [--ctx 1024] [--steps 5] [--prefill N] [--out F]
 //!       one decode step per batch size replayed from its graph, every kernel's blocks
 //!       timed inside it (a plan built with KILN_TIMELINE=1, backend/cuda/timeline.rs).
 
@@ -71,6 +71,9 @@ enum Cmd {
         ctx: usize,
         #[arg(long, default_value_t = 5)]
         steps: usize,
+        /// Also a prefill of this many tokens in one chunk (0: none).
+        #[arg(long, default_value_t = 0)]
+        prefill: usize,
         /// Every launch of each batch's median step as JSON lines.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -362,31 +365,64 @@ fn main() -> Result<()> {
         Cmd::Logits { plan, cases, out } => logits(plan, cases, out),
         Cmd::Bench { plan, batch, ctx, prefill, iters } => bench(plan, batch, ctx, prefill, iters),
         Cmd::Verify { plan, batch, drafts, steps, ctx } => verify(plan, batch, drafts, steps, ctx),
-        Cmd::Timeline { plan, batch, ctx, steps, out } => timeline(plan, batch, ctx, steps, out),
+        Cmd::Timeline { plan, batch, ctx, steps, prefill, out } => timeline(plan, batch, ctx, steps, prefill, out),
     }
 }
 
 /// `kiln-eval timeline`: per batch size, the decode graph captured with the launch log on
 /// (to name the launches), then `steps` steps each timed block by block; the step with
-/// the median span is printed launch by launch and summed per kernel.
-fn timeline(plan: PathBuf, batch: String, ctx: usize, steps: usize, out: Option<PathBuf>) -> Result<()> {
-    use kiln::backend::cuda::timeline::{by_kernel, launches, rows};
+/// the median span is printed launch by launch and summed per kernel. With `prefill`, a
+/// prefill of that many tokens in one chunk (launch by launch) the same way.
+fn timeline(plan: PathBuf, batch: String, ctx: usize, steps: usize, prefill_len: usize, out: Option<PathBuf>) -> Result<()> {
+    use kiln::backend::cuda::timeline::{launches, rows, Row};
     let batches: Vec<usize> = batch.split(',').map(|b| b.trim().parse().context("--batch")).collect::<Result<_>>()?;
     let maxb = *batches.iter().max().context("--batch")?;
-    let opt = CudaOptions { max_running: Some(maxb), max_seq_len: ctx + steps + 32, ..Default::default() };
+    let max_seq_len = (ctx + steps + 32).max(prefill_len + 16);
+    let opt = CudaOptions { max_running: Some(maxb), max_seq_len, max_step_tokens: prefill_len.max(2048), ..Default::default() };
     let mut be = CudaBackend::load(&plan, None, &opt)?;
     be.take_timeline()?;
     let per = opt.max_seq_len.div_ceil(be.capacity().block_size);
     let vocab = be.config().vocab_size as u32;
-    let prompt: Vec<u32> = (0..ctx as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let prompt: Vec<u32> = (0..max_seq_len as u32).map(|i| (i * 7919 + 13) % vocab).collect();
     for s in 0..maxb {
-        prefill(&mut be, s, &prompt, &stripe(s, per), 2048)?;
+        prefill(&mut be, s, &prompt[..ctx], &stripe(s, per), 2048)?;
     }
     let site = |m: u32, l: u32| format!("{}:{l}", kiln::backend::cuda::compile::SOURCES.get(m as usize).map_or("?", |s| s.0));
     let mut json = out.as_ref().map(std::fs::File::create).transpose()?.map(std::io::BufWriter::new);
+    // Times `runs` repetitions of `run` with the launches named by `log`; prints the median.
+    let mut report = |title: String, tag: &str, log: &[kiln::backend::cuda::timeline::LaunchInfo], be: &mut CudaBackend, runs: usize, run: &mut dyn FnMut(&mut CudaBackend, usize) -> Result<()>| -> Result<()> {
+        be.take_timeline()?;
+        let mut timed: Vec<(f64, Vec<Row>)> = Vec::new();
+        for it in 0..runs.max(1) {
+            run(be, it)?;
+            let (records, lost) = be.take_timeline()?;
+            ensure!(!lost, "{title}: the timeline buffer overflowed");
+            let r = rows(&launches(&records), log, site);
+            timed.push((r.iter().map(|x| x.advance_us).sum(), r));
+        }
+        timed.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (span, r) = &timed[timed.len() / 2];
+        println!("{title}: span {span:.1} us over {} launches (median of {}; {} launches logged)", r.len(), timed.len(), log.len());
+        println!("  {:>4} {:<34} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}", "#", "kernel", "blocks", "enter", "release", "end", "advance", "busy", "GB/s");
+        for (i, x) in r.iter().enumerate() {
+            let gbs = if x.weight_bytes > 0 && x.advance_us > 0.0 { format!("{:.0}", x.weight_bytes as f64 / x.advance_us / 1e3) } else { String::new() };
+            println!("  {i:>4} {:<34} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>8.1} {:>8.1} {gbs:>6}", x.name, x.blocks, x.enter_us, x.release_us, x.end_us, x.advance_us, x.busy_us);
+            if let Some(f) = json.as_mut() {
+                let v = serde_json::json!({"run": tag, "i": i, "kernel": x.name, "blocks": x.blocks, "enter_us": x.enter_us, "release_us": x.release_us,
+                    "end_us": x.end_us, "advance_us": x.advance_us, "busy_us": x.busy_us, "weight_bytes": x.weight_bytes});
+                writeln!(f, "{v}")?;
+            }
+        }
+        println!("  per kernel: launches, step time advanced (share), busy, weight GB/s over the advance");
+        for k in kiln::backend::cuda::timeline::by_kernel(r) {
+            let gbs = if k.weight_gbs > 0.0 { format!("{:.0}", k.weight_gbs) } else { String::new() };
+            println!("    {:<28} {:>4} {:>9.1} us ({:>4.1} %) {:>9.1} us {gbs:>6}", k.kernel, k.launches, k.advance_us, 100.0 * k.advance_us / span, k.busy_us);
+        }
+        Ok(())
+    };
     for &b in &batches {
         let blocks: Vec<Vec<u32>> = (0..b).map(|s| stripe(s, per)).collect();
-        let step = |it: usize, be: &mut CudaBackend| -> Result<()> {
+        let mut step = |be: &mut CudaBackend, it: usize| -> Result<()> {
             let feeds: Vec<[u32; 1]> = (0..b).map(|s| [(s as u32 * 31 + it as u32) % vocab]).collect();
             let chunks: Vec<SeqChunk> = (0..b)
                 .map(|s| SeqChunk { slot: s, start_pos: ctx, tokens: &feeds[s], blocks: &blocks[s], want: Want::Argmax { limit: vocab as usize }, allowed: None })
@@ -395,35 +431,23 @@ fn timeline(plan: PathBuf, batch: String, ctx: usize, steps: usize, out: Option<
         };
         // The first step captures this bucket's graph: its launches, in graph order.
         be.kernels().record_launches(true);
-        step(0, &mut be)?;
+        step(&mut be, 0)?;
         let log = be.kernels().record_launches(false);
-        step(1, &mut be)?;
-        be.take_timeline()?;
-        let mut runs = Vec::new();
-        for it in 0..steps.max(1) {
-            step(2 + it, &mut be)?;
-            let (records, lost) = be.take_timeline()?;
-            ensure!(!lost, "batch {b}: the timeline buffer overflowed");
-            let r = rows(&launches(&records), &log, site);
-            let span: f64 = r.iter().map(|x| x.advance_us).sum();
-            runs.push((span, r));
-        }
-        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (span, r) = &runs[runs.len() / 2];
-        println!("batch {b} ctx {ctx}: step span {:.1} us over {} launches (median of {}; {} launches logged at capture)", span, r.len(), runs.len(), log.len());
-        println!("  {:>4} {:<34} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8}", "#", "kernel", "blocks", "enter", "release", "end", "advance", "GB/s");
-        for (i, x) in r.iter().enumerate() {
-            let gbs = if x.weight_bytes > 0 && x.advance_us > 0.0 { format!("{:.0}", x.weight_bytes as f64 / x.advance_us / 1e3) } else { String::new() };
-            println!("  {i:>4} {:<34} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>8.1} {:>8}", x.name, x.blocks, x.enter_us, x.release_us, x.end_us, x.advance_us, gbs);
-            if let Some(f) = json.as_mut() {
-                let v = serde_json::json!({"batch": b, "i": i, "kernel": x.name, "blocks": x.blocks, "enter_us": x.enter_us, "release_us": x.release_us, "end_us": x.end_us, "advance_us": x.advance_us, "weight_bytes": x.weight_bytes});
-                writeln!(f, "{v}")?;
-            }
-        }
-        println!("  per kernel (launches, step time advanced, share, weight GB/s over it):");
-        for (k, n, us, gbs) in by_kernel(r) {
-            println!("    {k:<28} {n:>4} {us:>9.1} us {:>5.1} % {:>6}", 100.0 * us / span, if gbs > 0.0 { format!("{gbs:.0}") } else { String::new() });
-        }
+        step(&mut be, 1)?;
+        report(format!("decode batch {b} ctx {ctx}"), &format!("decode{b}"), &log, &mut be, steps, &mut step)?;
+    }
+    if prefill_len > 0 {
+        // Launch by launch (a prefill chunk has no graph): the log of each run is its own.
+        let blocks = stripe(0, per);
+        let mut chunk = |be: &mut CudaBackend, _it: usize| -> Result<()> {
+            be.reset_slot(0)?;
+            let c = SeqChunk { slot: 0, start_pos: 0, tokens: &prompt[..prefill_len], blocks: &blocks, want: Want::Last, allowed: None };
+            be.forward(&[c]).map(|_| ())
+        };
+        be.kernels().record_launches(true);
+        chunk(&mut be, 0)?;
+        let log = be.kernels().record_launches(false);
+        report(format!("prefill {prefill_len} tokens (one chunk; cuBLASLt GEMMs record nothing: they show in the next launch's advance)"), &format!("prefill{prefill_len}"), &log, &mut be, steps, &mut chunk)?;
     }
     Ok(())
 }

@@ -116,8 +116,9 @@ pub struct Kernels {
     launch_log: Mutex<Option<Vec<LaunchInfo>>>,
 }
 
-/// Records of a timeline build's buffer: enough for a decode step at batch 256.
-const TIMELINE_RECORDS: usize = 1 << 20;
+/// Records of a timeline build's buffer (48 bytes each): a decode step at batch 256 or a
+/// 1024-token prefill chunk fits.
+const TIMELINE_RECORDS: usize = 1 << 21;
 
 impl Kernels {
     /// Loads compiled modules (all of `compile::SOURCES`) into `ctx`.

@@ -136,8 +136,11 @@ pub struct Row {
     pub enter_us: f64,
     pub release_us: f64,
     pub end_us: f64,
-    /// How far this launch moved the step's end: its end minus the previous launch's.
+    /// How far this launch moved the step's end: its end minus the previous launch's
+    /// (work between them that records nothing, such as cuBLASLt's GEMMs, counts here).
     pub advance_us: f64,
+    /// From the first block's release to the last block's end.
+    pub busy_us: f64,
     pub weight_bytes: u64,
 }
 
@@ -165,24 +168,44 @@ pub fn rows(launches: &[Launch], log: &[LaunchInfo], site: impl Fn(u32, u32) -> 
             };
             let advance_us = l.last_end.saturating_sub(prev_end) as f64 / 1e3;
             prev_end = prev_end.max(l.last_end);
-            Row { name, blocks: l.blocks, enter_us: us(l.first_enter), release_us: us(l.first_wait), end_us: us(l.last_end), advance_us, weight_bytes }
+            let busy_us = l.last_end.saturating_sub(l.first_wait) as f64 / 1e3;
+            Row { name, blocks: l.blocks, enter_us: us(l.first_enter), release_us: us(l.first_wait), end_us: us(l.last_end), advance_us, busy_us, weight_bytes }
         })
         .collect()
 }
 
-/// Per kernel name (the variant suffixes dropped): launches, the step time they advanced,
-/// and for the GEMMs the weight bytes over that time (GB/s), largest advance first.
-pub fn by_kernel(rows: &[Row]) -> Vec<(String, usize, f64, f64)> {
-    let mut m: BTreeMap<String, (usize, f64, u64)> = BTreeMap::new();
+/// One kernel's share of a step (`by_kernel`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelShare {
+    pub kernel: String,
+    pub launches: usize,
+    pub advance_us: f64,
+    pub busy_us: f64,
+    /// Weight bytes over the advanced time (GEMMs; 0 for the others).
+    pub weight_gbs: f64,
+}
+
+/// Per kernel name (the variant suffixes dropped), largest advance first.
+pub fn by_kernel(rows: &[Row]) -> Vec<KernelShare> {
+    let mut m: BTreeMap<String, (usize, f64, f64, u64)> = BTreeMap::new();
     for r in rows {
         let e = m.entry(kernel_family(&r.name)).or_default();
         e.0 += 1;
         e.1 += r.advance_us;
-        e.2 += r.weight_bytes;
+        e.2 += r.busy_us;
+        e.3 += r.weight_bytes;
     }
-    let mut v: Vec<(String, usize, f64, f64)> =
-        m.into_iter().map(|(k, (n, us, bytes))| (k, n, us, if us > 0.0 { bytes as f64 / us / 1e3 } else { 0.0 })).collect();
-    v.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let mut v: Vec<KernelShare> = m
+        .into_iter()
+        .map(|(kernel, (launches, advance_us, busy_us, bytes))| KernelShare {
+            kernel,
+            launches,
+            advance_us,
+            busy_us,
+            weight_gbs: if advance_us > 0.0 { bytes as f64 / advance_us / 1e3 } else { 0.0 },
+        })
+        .collect();
+    v.sort_by(|a, b| b.advance_us.total_cmp(&a.advance_us));
     v
 }
 
@@ -225,10 +248,11 @@ mod tests {
         // Times from the first entry, in µs; advances sum to the step's span.
         assert_eq!((rows[1].enter_us, rows[1].release_us, rows[1].end_us), (0.4, 0.91, 1.4));
         assert_eq!(rows.iter().map(|r| r.advance_us).collect::<Vec<_>>(), vec![0.9, 0.5, 0.8]);
+        assert_eq!(rows.iter().map(|r| r.busy_us).collect::<Vec<_>>(), vec![0.9, 0.49, 0.6]);
         let fam = by_kernel(&rows);
-        assert_eq!(fam[0].0, "kiln_gemm");
-        assert!((fam[0].3 - 2_000_000.0 / 0.9 / 1e3).abs() < 1e-6, "GB/s of the GEMM: {fam:?}");
-        assert_eq!(fam.iter().find(|f| f.0 == "kiln_gemm_tiled").unwrap().1, 1);
+        assert_eq!(fam[0].kernel, "kiln_gemm");
+        assert!((fam[0].weight_gbs - 2_000_000.0 / 0.9 / 1e3).abs() < 1e-6, "GB/s of the GEMM: {fam:?}");
+        assert_eq!(fam.iter().find(|f| f.kernel == "kiln_gemm_tiled").unwrap().launches, 1);
     }
 
     #[test]
