@@ -229,38 +229,68 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     if (!tg_last) return;
     __threadfence();
     // The tile's sums, 4 consecutive outputs per item, splits added in order from 0.
+    // A thread owns TG_ITEMS items; it loads TG_RS splits of TG_IG items at once (16
+    // float4 in flight) before adding them, so a tile of 13 splits takes 8 dependent
+    // L2 round trips per thread instead of 32. The additions, and so the bits, are
+    // those of a sum one partial at a time.
     const size_t stride = (size_t)M * N;
     const bool vec = (N & 3) == 0 && (reinterpret_cast<size_t>(ws) & 15) == 0;
-    for (int i = tid; i < (TG_BN / 4) * TG_BM; i += TG_THREADS) {
-        const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
-        if (n >= N || m >= M) continue;
-        const float* p = ws + (size_t)m * N + n;
-        float s4[4] = {0.f, 0.f, 0.f, 0.f};
-        if (vec) {
-            // 4 partials in flight; the additions stay in split order (same bits).
-            int sp = 0;
-            for (; sp + 4 <= splits; sp += 4) {
-                float4 a[4];
+    if (vec) {
+        constexpr int TG_ITEMS = (TG_BN / 4) * TG_BM / TG_THREADS, TG_IG = 4, TG_RS = 4;
+        static_assert(TG_ITEMS % TG_IG == 0, "whole groups of items per thread");
+#pragma unroll 1
+        for (int g0 = 0; g0 < TG_ITEMS; g0 += TG_IG) {
+            const float* p[TG_IG];
+            bool ok[TG_IG];
+            float4 s4[TG_IG];
 #pragma unroll
-                for (int u = 0; u < 4; ++u) a[u] = __ldcg(reinterpret_cast<const float4*>(p + (sp + u) * stride));
+            for (int u = 0; u < TG_IG; ++u) {
+                const int i = tid + (g0 + u) * TG_THREADS;
+                const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
+                ok[u] = n < N && m < M;
+                p[u] = ws + (size_t)(ok[u] ? m : 0) * N + (ok[u] ? n : 0);
+                s4[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+#pragma unroll 1
+            for (int sp = 0; sp < splits; sp += TG_RS) {
+                float4 a[TG_IG][TG_RS];
 #pragma unroll
-                for (int u = 0; u < 4; ++u) {
-                    s4[0] += a[u].x; s4[1] += a[u].y; s4[2] += a[u].z; s4[3] += a[u].w;
-                }
+                for (int u = 0; u < TG_IG; ++u)
+#pragma unroll
+                    for (int r = 0; r < TG_RS; ++r)
+                        a[u][r] = ok[u] && sp + r < splits ? __ldcg(reinterpret_cast<const float4*>(p[u] + (sp + r) * stride))
+                                                           : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                for (int u = 0; u < TG_IG; ++u)
+#pragma unroll
+                    for (int r = 0; r < TG_RS; ++r)
+                        if (sp + r < splits) {
+                            s4[u].x += a[u][r].x; s4[u].y += a[u][r].y; s4[u].z += a[u][r].z; s4[u].w += a[u][r].w;
+                        }
             }
-            for (; sp < splits; ++sp) {
-                const float4 a = __ldcg(reinterpret_cast<const float4*>(p + sp * stride));
-                s4[0] += a.x; s4[1] += a.y; s4[2] += a.z; s4[3] += a.w;
+#pragma unroll
+            for (int u = 0; u < TG_IG; ++u) {
+                if (!ok[u]) continue;
+                const int i = tid + (g0 + u) * TG_THREADS;
+                const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
+                Y* dst = y + (size_t)m * N + n;
+                dst[0] = from_f<Y>(s4[u].x); dst[1] = from_f<Y>(s4[u].y); dst[2] = from_f<Y>(s4[u].z); dst[3] = from_f<Y>(s4[u].w);
             }
-        } else {
+        }
+    } else {
+        for (int i = tid; i < (TG_BN / 4) * TG_BM; i += TG_THREADS) {
+            const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
+            if (n >= N || m >= M) continue;
+            const float* p = ws + (size_t)m * N + n;
+            float s4[4] = {0.f, 0.f, 0.f, 0.f};
             for (int sp = 0; sp < splits; ++sp)
 #pragma unroll
                 for (int e = 0; e < 4; ++e)
                     if (n + e < N) s4[e] += __ldcg(p + sp * stride + e);
-        }
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-            if (n + e < N) y[(size_t)m * N + n + e] = from_f<Y>(s4[e]);
+            for (int e = 0; e < 4; ++e)
+                if (n + e < N) y[(size_t)m * N + n + e] = from_f<Y>(s4[e]);
+        }
     }
     if (tid == 0) counters[blockIdx.x] = 0u;
 }
