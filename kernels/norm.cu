@@ -56,19 +56,28 @@ extern "C" __global__ void __launch_bounds__(256) kiln_embed(const bf16* __restr
 #define NORM_THREADS 256
 #define NORM_VPT ((HIDDEN / 8 + NORM_THREADS - 1) / NORM_THREADS)
 
+// This thread's vectors of a HIDDEN-long norm weight (vector j at element
+// (threadIdx.x + j * NORM_THREADS) * 8).
+__device__ __forceinline__ void load_norm_w(const bf16* __restrict__ w, float (&wv)[NORM_VPT][8]) {
+#pragma unroll
+    for (int j = 0; j < NORM_VPT; ++j) {
+        const int i = (threadIdx.x + j * NORM_THREADS) * 8;
+        if (i < HIDDEN) load8(w + i, wv[j]);
+    }
+}
+
 // Stores y = v * inv * (1 + w) for the vectors of one HIDDEN row this thread holds in v
-// (vector j at element (threadIdx.x + j * NORM_THREADS) * 8) to the row at o.
+// (weights in wv, both laid out as load_norm_w's) to the row at o.
 template <typename OUT>
-__device__ __forceinline__ void store_rmsnorm(const float (&v)[NORM_VPT][8], float inv, const bf16* __restrict__ w,
+__device__ __forceinline__ void store_rmsnorm(const float (&v)[NORM_VPT][8], float inv, const float (&wv)[NORM_VPT][8],
                                               OUT* __restrict__ o) {
 #pragma unroll
     for (int j = 0; j < NORM_VPT; ++j) {
         const int i = (threadIdx.x + j * NORM_THREADS) * 8;
         if (i < HIDDEN) {
-            float wv[8], y[8];
-            load8(w + i, wv);
+            float y[8];
 #pragma unroll
-            for (int e = 0; e < 8; ++e) y[e] = v[j][e] * inv * (1.f + wv[e]);
+            for (int e = 0; e < 8; ++e) y[e] = v[j][e] * inv * (1.f + wv[j][e]);
             store8(o + i, y);
         }
     }
@@ -79,6 +88,10 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, const 
                                             int ld_delta, const bf16* __restrict__ w,
                                             bf16* __restrict__ out_bf16, float* __restrict__ out_f32,
                                             int M) {
+    // The norm weight is never written: it loads before the PDL wait (early order), not
+    // after the row's sum of squares, one dependent round trip less.
+    float wv[NORM_VPT][8];
+    load_norm_w(w, wv);
     KILN_PDL_ENTER_ROWS(M);
     __shared__ float red[32];
     const int m = blockIdx.x;
@@ -103,8 +116,8 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, const 
         }
     }
     const float inv = rsqrtf(block_sum(ss, red) / (float)HIDDEN + RMS_EPS);
-    if (out_bf16 != nullptr) store_rmsnorm(v, inv, w, out_bf16 + (size_t)m * HIDDEN);
-    if (out_f32 != nullptr) store_rmsnorm(v, inv, w, out_f32 + (size_t)m * HIDDEN);
+    if (out_bf16 != nullptr) store_rmsnorm(v, inv, wv, out_bf16 + (size_t)m * HIDDEN);
+    if (out_f32 != nullptr) store_rmsnorm(v, inv, wv, out_f32 + (size_t)m * HIDDEN);
 }
 
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
@@ -123,6 +136,8 @@ __device__ __forceinline__ void mtp_fc_input(const bf16* __restrict__ table, con
                                              const float* __restrict__ hid, const float* __restrict__ pending,
                                              const int* __restrict__ hid_rows, const bf16* __restrict__ w_e,
                                              const bf16* __restrict__ w_h, OUT* __restrict__ out, int M) {
+    float wv[NORM_VPT][8];
+    load_norm_w(blockIdx.y == 0 ? w_e : w_h, wv);  // a weight: before the PDL wait
     KILN_PDL_ENTER();
     __shared__ float red[32];
     const int m = blockIdx.x, half = blockIdx.y;
@@ -155,7 +170,7 @@ __device__ __forceinline__ void mtp_fc_input(const bf16* __restrict__ table, con
         }
     }
     const float inv = rsqrtf(block_sum(ss, red) / (float)HIDDEN + RMS_EPS);
-    store_rmsnorm(v, inv, half == 0 ? w_e : w_h, out + (size_t)m * 2 * HIDDEN + half * HIDDEN);
+    store_rmsnorm(v, inv, wv, out + (size_t)m * 2 * HIDDEN + half * HIDDEN);
 }
 
 #define MTP_FC_INPUT(NAME, OUT)                                                                        \
