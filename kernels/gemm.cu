@@ -80,29 +80,28 @@ template <> __device__ __forceinline__ void store_y<bf16>(bf16* y, size_t i, flo
     y[i] = __float2bfloat16_rn(v);
 }
 
-template <int RB, int THREADS>
+template <int RB, int THREADS, int IN>
 __device__ __forceinline__ void reduce_store_f4(float* __restrict__ yv, const float* __restrict__ ws, int M,
                                                    int N, int splits, int nb) {
-    // Every (m, 4 consecutive n) group: sum the splits in order, 8 partials in flight.
+    // Every (m, 4 consecutive n) group: sum the splits in order, IN partials in flight
+    // (the last batch predicated, not one partial at a time): 13 splits take 2 dependent
+    // L2 round trips with IN = 8, 1 with 16.
     const size_t stride = (size_t)M * N;
     for (int i = threadIdx.x; i < (RB / 4) * M; i += THREADS) {
         const int n = nb + (i % (RB / 4)) * 4, m = i / (RB / 4);
         if (n >= N) continue;
         const float* p = ws + (size_t)m * N + n;
         float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-        int sp = 0;
-        for (; sp + 8 <= splits; sp += 8) {
-            float4 a[8];
+        for (int sp = 0; sp < splits; sp += IN) {
+            float4 a[IN];
 #pragma unroll
-            for (int u = 0; u < 8; ++u) a[u] = __ldcg(reinterpret_cast<const float4*>(p + (size_t)(sp + u) * stride));
+            for (int u = 0; u < IN; ++u)
+                a[u] = sp + u < splits ? __ldcg(reinterpret_cast<const float4*>(p + (size_t)(sp + u) * stride)) : make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                s.x += a[u].x; s.y += a[u].y; s.z += a[u].z; s.w += a[u].w;
-            }
-        }
-        for (; sp < splits; ++sp) {
-            const float4 a = __ldcg(reinterpret_cast<const float4*>(p + (size_t)sp * stride));
-            s.x += a.x; s.y += a.y; s.z += a.z; s.w += a.w;
+            for (int u = 0; u < IN; ++u)
+                if (sp + u < splits) {
+                    s.x += a[u].x; s.y += a[u].y; s.z += a[u].z; s.w += a[u].w;
+                }
         }
         yv[(size_t)m * N + n] = s.x;
         yv[(size_t)m * N + n + 1] = s.y;
@@ -114,11 +113,13 @@ __device__ __forceinline__ void reduce_store_f4(float* __restrict__ yv, const fl
 // The last block of a row group: y rows [nb, nb + RB) = the sum of the splits'
 // partials in split order from 0 (8 partials in flight per output; the order of the
 // additions, and so the bits, do not depend on how the loads are batched).
-template <int RB, int THREADS, typename Y>
+// IN: partials in flight per output group (registers: the register kernel, whose blocks
+// have no register cap, keeps 8 so its occupancy stays; the shared-x kernel takes 16).
+template <int RB, int THREADS, typename Y, int IN>
 __device__ __forceinline__ void reduce_splits(Y* __restrict__ y, const float* __restrict__ ws, int M, int N,
                                               int splits, int nb) {
     if (sizeof(Y) == 4 && (N & 3) == 0 && (reinterpret_cast<size_t>(ws) & 15) == 0) {
-        reduce_store_f4<RB, THREADS>(reinterpret_cast<float*>(y), ws, M, N, splits, nb);
+        reduce_store_f4<RB, THREADS, IN>(reinterpret_cast<float*>(y), ws, M, N, splits, nb);
         return;
     }
     const size_t stride = (size_t)M * N;
@@ -176,7 +177,7 @@ __device__ __forceinline__ void gemm_epilogue(const float (&acc)[RW][NT][4], int
     __syncthreads();
     if (!last) return;
     __threadfence();
-    reduce_splits<RB, THREADS, Y>(y, ws, M, N, splits, blockIdx.x * RB);
+    reduce_splits<RB, THREADS, Y, 8>(y, ws, M, N, splits, blockIdx.x * RB);
     if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
 }
 
@@ -313,7 +314,7 @@ __device__ __forceinline__ void gemm_epilogue_v2(const float (&acc)[RW][NT][4], 
     __syncthreads();
     if (!v2_last) return;
     __threadfence();
-    reduce_splits<RB, THREADS, Y>(y, ws, M, N, splits, blockIdx.x * RB);
+    reduce_splits<RB, THREADS, Y, 16>(y, ws, M, N, splits, blockIdx.x * RB);
     if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
 }
 
