@@ -55,9 +55,11 @@ __device__ __forceinline__ void qk_norm_rope(const IN* __restrict__ qg, int ld_q
 
     const IN* src = is_q ? qg + (size_t)t * ld_qg + (size_t)w * 2 * HEAD_DIM
                         : k + (size_t)t * ld_kv + (size_t)kvh * HEAD_DIM;
-    float x[RK_DPL], wv[RK_DPL];
+    float x[RK_DPL], wv[RK_DPL], vx[RK_DPL];
     loadn<RK_DPL>(src + d0, x);
     loadn<RK_DPL>((is_q ? q_norm_w : k_norm_w) + d0, wv);
+    // A key warp's value row loads with its key, not after the norm and rotation.
+    if (!is_q) loadn<RK_DPL>(v + (size_t)t * ld_kv + (size_t)kvh * HEAD_DIM + d0, vx);
     float ss = 0.f;
 #pragma unroll
     for (int e = 0; e < RK_DPL; ++e) ss += x[e] * x[e];
@@ -84,8 +86,6 @@ __device__ __forceinline__ void qk_norm_rope(const IN* __restrict__ qg, int ld_q
     const size_t blk = (size_t)(loc / block_size), off = (size_t)(loc % block_size);
     const size_t base = ((blk * NUM_KV_HEADS + kvh) * block_size + off) * HEAD_DIM + d0;
     storen<RK_DPL>(k_cache + base, x);
-    float vx[RK_DPL];
-    loadn<RK_DPL>(v + (size_t)t * ld_kv + (size_t)kvh * HEAD_DIM + d0, vx);
     storen<RK_DPL>(v_cache + base, vx);
 }
 
