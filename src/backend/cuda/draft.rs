@@ -119,16 +119,26 @@ impl CudaBackend {
             packed[j * dev.draft_region..j * dev.draft_region + img.packed.len()].copy_from_slice(&img.packed);
         }
         upload(&self.stream, dev.draft_meta.ptr, &packed)?;
-        for (j, (rows, img)) in steps.iter().enumerate() {
-            let m = MtpBuffers { meta: dev.draft_meta.at(j * dev.draft_region * 4), ..dev.buf };
-            let stack = self.stack();
-            // Step 0 reads the sampled tokens from the image (and only pending states); step
-            // j the previous step's drafts and outputs.
-            let ids = if j == 0 { m.meta + (img.meta.ids * 4) as u64 } else { self.s.argmax.at((j - 1) * n * 4) };
-            stack.mtp_inputs(mw, &m, &rows.layout, img, m.out, ids)?;
-            stack.mtp_layer(mw, &m, &rows.layout, img)?;
-            stack.mtp_draft_tokens(m.out, n, self.s.argmax.at(j * n * 4), limit.min(self.cfg.vocab_size))?;
-        }
+        // The draft's launches (all kiln kernels, each waiting for its predecessor's
+        // writes) take programmatic dependent launch as the decode graphs do, so each
+        // GEMM's blocks can start and prefetch their weights while the kernel before
+        // them finishes.
+        self.k.set_pdl(self.pdl);
+        let enqueued = (|| -> Result<()> {
+            for (j, (rows, img)) in steps.iter().enumerate() {
+                let m = MtpBuffers { meta: dev.draft_meta.at(j * dev.draft_region * 4), ..dev.buf };
+                let stack = self.stack();
+                // Step 0 reads the sampled tokens from the image (and only pending states);
+                // step j the previous step's drafts and outputs.
+                let ids = if j == 0 { m.meta + (img.meta.ids * 4) as u64 } else { self.s.argmax.at((j - 1) * n * 4) };
+                stack.mtp_inputs(mw, &m, &rows.layout, img, m.out, ids)?;
+                stack.mtp_layer(mw, &m, &rows.layout, img)?;
+                stack.mtp_draft_tokens(m.out, n, self.s.argmax.at(j * n * 4), limit.min(self.cfg.vocab_size))?;
+            }
+            Ok(())
+        })();
+        self.k.set_pdl(false);
+        enqueued?;
         // `download` synchronises the stream: the draft's launches have finished.
         let mut tokens = vec![0i32; n * k];
         download(&self.stream, &mut tokens, self.s.argmax.ptr)?;
