@@ -87,12 +87,13 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     // x stage s: 64 rows x 8 segments, 2 per thread.
     constexpr int XQ = TG_BM * 8 / TG_THREADS;
     float xr[XQ][8];
+    using XRegs = float[XQ][8];
     auto x_ok = [&](int s, int i, int& m, int& k) {
         m = m0 + (i >> 3);
         k = kb + s * TG_SK + (i & 7) * 8;
         return s < nst && m < M && k < ke;
     };
-    auto load_x_regs = [&](int s) {  // fp32 x: global -> registers
+    auto load_x_regs = [&](int s, XRegs& dst) {  // fp32 x: global -> registers
 #pragma unroll
         for (int q = 0; q < XQ; ++q) {
             int m, k;
@@ -103,11 +104,11 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
                 a = __ldg(reinterpret_cast<const float4*>(p));
                 b = __ldg(reinterpret_cast<const float4*>(p + 4));
             }
-            xr[q][0] = a.x; xr[q][1] = a.y; xr[q][2] = a.z; xr[q][3] = a.w;
-            xr[q][4] = b.x; xr[q][5] = b.y; xr[q][6] = b.z; xr[q][7] = b.w;
+            dst[q][0] = a.x; dst[q][1] = a.y; dst[q][2] = a.z; dst[q][3] = a.w;
+            dst[q][4] = b.x; dst[q][5] = b.y; dst[q][6] = b.z; dst[q][7] = b.w;
         }
     };
-    auto store_x_regs = [&](int s) {  // registers -> bf16 hi / lo tiles
+    auto store_x_regs = [&](int s, const XRegs& src) {  // registers -> bf16 hi / lo tiles
         unsigned char* hi_t = tg_smem + (s % TG_STAGES) * L::STAGE + L::W;
 #pragma unroll
         for (int q = 0; q < XQ; ++q) {
@@ -115,8 +116,8 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
             unsigned hi[4], lo[4];
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                hi[e] = pack_bf16x2(xr[q][2 * e], xr[q][2 * e + 1]);
-                lo[e] = pack_bf16x2(xr[q][2 * e] - bf16lo(hi[e]), xr[q][2 * e + 1] - bf16hi(hi[e]));
+                hi[e] = pack_bf16x2(src[q][2 * e], src[q][2 * e + 1]);
+                lo[e] = pack_bf16x2(src[q][2 * e] - bf16lo(hi[e]), src[q][2 * e + 1] - bf16hi(hi[e]));
             }
             *reinterpret_cast<uint4*>(hi_t + tg_off(row, seg)) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
             *reinterpret_cast<uint4*>(hi_t + L::X + tg_off(row, seg)) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
@@ -142,10 +143,13 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     prefetch_rows_early(W, n0, TG_BN, tid, M, N, K, kb, ke, 2 * TG_SK, splits, ks);
     KILN_PDL_ENTER_ROWS(M);
     if constexpr (XF32) {
-        load_x_regs(0);
-        store_x_regs(0);
-        load_x_regs(1);
-        store_x_regs(1);
+        // Both stages' x loads in flight before either is stored: one dependent L2 round
+        // trip at the block's start, not two.
+        float xr1[XQ][8];
+        load_x_regs(0, xr);
+        load_x_regs(1, xr1);
+        store_x_regs(0, xr);
+        store_x_regs(1, xr1);
         cp_async_commit();
         cp_async_commit();
     } else {
@@ -168,7 +172,7 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
         __syncthreads();     // ... for every thread; and stage s - 1's slot is free
         load_w(s + 2);
         if constexpr (XF32) {
-            load_x_regs(s + 2);
+            load_x_regs(s + 2, xr);
         } else {
             load_x_async(s + 2);
         }
@@ -201,7 +205,7 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
                 }
             }
         }
-        if constexpr (XF32) store_x_regs(s + 2);  // slot of stage s - 1, free since the barrier
+        if constexpr (XF32) store_x_regs(s + 2, xr);  // slot of stage s - 1, free since the barrier
     }
     cp_async_wait<0>();
 

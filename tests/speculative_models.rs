@@ -444,6 +444,9 @@ fn a_draft_vocabulary_prefix_keeps_the_output_exact() {
 fn a_failed_draft_turns_speculation_off_and_loses_nothing() {
     // The third draft fails: speculation stops for good, nobody's request fails (`run`
     // refuses an abort), and every output is still plain greedy's.
+    // The first request is in both good drafts; the second may have been admitted a step
+    // later (it is submitted after the scheduler starts), so it has one or two.
     let verifies = plain_and_probe(2, 30, |be| Probe { fail_draft_from: Some(3), ..Probe::new(be, 8) }, spec_cfg(SpecPolicy::Always));
-    assert!(verifies.iter().all(|&v| v == 2), "two verified cycles each before the failure: {verifies:?}");
+    assert_eq!(verifies[0], 2, "the first request verified in both drafts before the failure: {verifies:?}");
+    assert!(verifies.iter().all(|&v| v <= 2), "no verified cycle after the failed draft: {verifies:?}");
 }
