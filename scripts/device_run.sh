@@ -47,7 +47,9 @@
 #            (attn_decode test), and its logits against the default plan's (the same
 #            arithmetic: bit-identical expected); prefill 1024
 #            and 8192 with KILN_ATTN_PREFILL_ROWS=64 and 128 (the prefill attention kernel
-#            with 8 warps per block sharing each K/V tile), and its logits (bit-identical)
+#            with 8 warps per block sharing each K/V tile), and its logits (bit-identical);
+#            prefill 1024 and 8192 with KILN_PDL_STREAM=1 (launch-by-launch steps with PDL)
+#            and its logits (bit-identical)
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
@@ -283,6 +285,10 @@ if has knobs; then
     for c in 8192 1024; do knob "attn_rows$r" "$P" KILN_ATTN_PREFILL_ROWS=$r -- --batch 1 --ctx $c --prefill $c; done
   done
   [ -f "$REFS/cases.json" ] && logits_check attn_rows128 "$P" KILN_ATTN_PREFILL_ROWS=128
+  # Launch-by-launch steps (prefill) with programmatic dependent launch (KILN_PDL_STREAM=1;
+  # the attn_rows64 lines above are the default's): same kernels, so the same bits.
+  for c in 8192 1024; do knob pdl_stream "$P" KILN_PDL_STREAM=1 -- --batch 1 --ctx $c --prefill $c; done
+  [ -f "$REFS/cases.json" ] && logits_check pdl_stream "$P" KILN_PDL_STREAM=1
 fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"

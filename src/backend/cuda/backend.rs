@@ -72,6 +72,11 @@ pub struct CudaOptions {
     /// only the part that writes its KV (`mtp_layer_kv`): its output feeds nothing there.
     /// Env KILN_MTP_FULL_UPKEEP=1 (device_run.sh stage serving_mtp_full compares).
     pub mtp_full_upkeep: bool,
+    /// Steps that run launch by launch (prefill chunks, mixed steps) launch kiln's kernels
+    /// with programmatic dependent launch too, as the graphs do (cuBLASLt's GEMMs between
+    /// them launch plainly and are waited for in full). An experiment, env
+    /// KILN_PDL_STREAM=1 (stage knobs times prefill with it).
+    pub pdl_stream: bool,
 }
 
 impl Default for CudaOptions {
@@ -94,6 +99,7 @@ impl Default for CudaOptions {
             spec_rows: 8,
             verify_graphs: std::env::var("KILN_VERIFY_GRAPHS").map_or(true, |v| v != "0"),
             mtp_full_upkeep: std::env::var("KILN_MTP_FULL_UPKEEP").is_ok_and(|v| v == "1"),
+            pdl_stream: std::env::var("KILN_PDL_STREAM").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -128,6 +134,8 @@ pub struct CudaBackend {
     mtp_on: bool,
     /// `CudaOptions::mtp_full_upkeep`.
     mtp_full_upkeep: bool,
+    /// `CudaOptions::pdl_stream`.
+    pdl_stream: bool,
     /// Replay verify steps as CUDA graphs (`CudaOptions::verify_graphs`).
     verify_graphs: bool,
     verify_graph_map: std::collections::HashMap<(usize, usize, usize), cudarc::driver::CudaGraph>,
@@ -282,6 +290,7 @@ impl CudaBackend {
             verify,
             mtp_on: mtp.is_some(),
             mtp_full_upkeep: opt.mtp_full_upkeep,
+            pdl_stream: opt.pdl_stream,
             mtp,
             verify_graphs: opt.graphs && opt.verify_graphs,
             verify_graph_map: Default::default(),
@@ -351,8 +360,10 @@ impl CudaBackend {
         }
         self.upload_meta(step)?;
         let mtp = self.mtp_for_step(&step.layout)?;
-        self.stack().forward(step)?;
-        self.mtp_inputs(&mtp)?;
+        self.k.set_pdl(self.pdl_stream && self.pdl);
+        let layers = self.stack().forward(step).and_then(|_| self.mtp_inputs(&mtp));
+        self.k.set_pdl(false);
+        layers?;
         let tokens = self.read_logits(step, bufs)?;
         // After the lm_head: the MTP layer reuses the step's scratch.
         self.mtp_layer(&mtp)?;
