@@ -203,6 +203,9 @@ __device__ __forceinline__ void decode_combine(const float* __restrict__ part_ac
     KILN_PDL_ENTER_ROWS(B);
     const int h = blockIdx.x, b = blockIdx.y, d = threadIdx.x;
     if (b >= B || d >= HEAD_DIM) return;
+    // The gate depends on nothing below: its load overlaps the partitions' instead of
+    // following them.
+    const float gv = gate != nullptr ? to_f(gate[(size_t)b * ld_gate + (size_t)h * gate_hs + d]) : 0.f;
     const int L = ctx_lens[b];
     if (L <= 0) return;
     int nparts, ps;
@@ -217,7 +220,7 @@ __device__ __forceinline__ void decode_combine(const float* __restrict__ part_ac
         ls += f * part_ml[(row0 + p) * 2 + 1];
     }
     float y = a / ls;
-    if (gate != nullptr) y *= sigmoidf_(to_f(gate[(size_t)b * ld_gate + (size_t)h * gate_hs + d]));
+    if (gate != nullptr) y *= sigmoidf_(gv);
     out[(size_t)b * ld_out + (size_t)h * HEAD_DIM + d] = from_f<OUT>(y);
 }
 
