@@ -402,21 +402,28 @@ fn timeline(plan: PathBuf, batch: String, ctx: usize, steps: usize, prefill_len:
         }
         timed.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (span, r) = &timed[timed.len() / 2];
-        println!("{title}: span {span:.1} us over {} launches (median of {}; {} launches logged)", r.len(), timed.len(), log.len());
-        println!("  {:>4} {:<34} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6}", "#", "kernel", "blocks", "enter", "release", "end", "advance", "busy", "GB/s");
+        let handoffs: f64 = r.iter().map(|x| x.handoff_us).sum();
+        println!("{title}: span {span:.1} us over {} launches, {handoffs:.1} us of it in hand-offs (median of {}; {} launches logged)", r.len(), timed.len(), log.len());
+        println!("  {:>4} {:<34} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>6}", "#", "kernel", "blocks", "enter", "release", "end", "advance", "busy", "handoff", "GB/s");
         for (i, x) in r.iter().enumerate() {
             let gbs = if x.weight_bytes > 0 && x.advance_us > 0.0 { format!("{:.0}", x.weight_bytes as f64 / x.advance_us / 1e3) } else { String::new() };
-            println!("  {i:>4} {:<34} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>8.1} {:>8.1} {gbs:>6}", x.name, x.blocks, x.enter_us, x.release_us, x.end_us, x.advance_us, x.busy_us);
+            println!(
+                "  {i:>4} {:<34} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>8.1} {:>8.1} {:>7.1} {gbs:>6}",
+                x.name, x.blocks, x.enter_us, x.release_us, x.end_us, x.advance_us, x.busy_us, x.handoff_us
+            );
             if let Some(f) = json.as_mut() {
                 let v = serde_json::json!({"run": tag, "i": i, "kernel": x.name, "blocks": x.blocks, "enter_us": x.enter_us, "release_us": x.release_us,
-                    "end_us": x.end_us, "advance_us": x.advance_us, "busy_us": x.busy_us, "weight_bytes": x.weight_bytes});
+                    "end_us": x.end_us, "advance_us": x.advance_us, "busy_us": x.busy_us, "handoff_us": x.handoff_us, "weight_bytes": x.weight_bytes});
                 writeln!(f, "{v}")?;
             }
         }
-        println!("  per kernel: launches, step time advanced (share), busy, weight GB/s over the advance");
+        println!("  per kernel: launches, step time advanced (share), busy, hand-offs, weight GB/s over the advance");
         for k in kiln::backend::cuda::timeline::by_kernel(r) {
             let gbs = if k.weight_gbs > 0.0 { format!("{:.0}", k.weight_gbs) } else { String::new() };
-            println!("    {:<28} {:>4} {:>9.1} us ({:>4.1} %) {:>9.1} us {gbs:>6}", k.kernel, k.launches, k.advance_us, 100.0 * k.advance_us / span, k.busy_us);
+            println!(
+                "    {:<28} {:>4} {:>9.1} us ({:>4.1} %) {:>9.1} us {:>8.1} us {gbs:>6}",
+                k.kernel, k.launches, k.advance_us, 100.0 * k.advance_us / span, k.busy_us, k.handoff_us
+            );
         }
         Ok(())
     };

@@ -141,6 +141,9 @@ pub struct Row {
     pub advance_us: f64,
     /// From the first block's release to the last block's end.
     pub busy_us: f64,
+    /// From the previous launch's end to this launch's first release: the hand-off a
+    /// kernel boundary costs (0 when the release came first, as without a wait).
+    pub handoff_us: f64,
     pub weight_bytes: u64,
 }
 
@@ -167,9 +170,10 @@ pub fn rows(launches: &[Launch], log: &[LaunchInfo], site: impl Fn(u32, u32) -> 
                 None => (site(l.module, l.line), 0),
             };
             let advance_us = l.last_end.saturating_sub(prev_end) as f64 / 1e3;
+            let handoff_us = l.first_wait.saturating_sub(prev_end) as f64 / 1e3;
             prev_end = prev_end.max(l.last_end);
             let busy_us = l.last_end.saturating_sub(l.first_wait) as f64 / 1e3;
-            Row { name, blocks: l.blocks, enter_us: us(l.first_enter), release_us: us(l.first_wait), end_us: us(l.last_end), advance_us, busy_us, weight_bytes }
+            Row { name, blocks: l.blocks, enter_us: us(l.first_enter), release_us: us(l.first_wait), end_us: us(l.last_end), advance_us, busy_us, handoff_us, weight_bytes }
         })
         .collect()
 }
@@ -181,27 +185,30 @@ pub struct KernelShare {
     pub launches: usize,
     pub advance_us: f64,
     pub busy_us: f64,
+    pub handoff_us: f64,
     /// Weight bytes over the advanced time (GEMMs; 0 for the others).
     pub weight_gbs: f64,
 }
 
 /// Per kernel name (the variant suffixes dropped), largest advance first.
 pub fn by_kernel(rows: &[Row]) -> Vec<KernelShare> {
-    let mut m: BTreeMap<String, (usize, f64, f64, u64)> = BTreeMap::new();
+    let mut m: BTreeMap<String, (usize, f64, f64, f64, u64)> = BTreeMap::new();
     for r in rows {
         let e = m.entry(kernel_family(&r.name)).or_default();
         e.0 += 1;
         e.1 += r.advance_us;
         e.2 += r.busy_us;
-        e.3 += r.weight_bytes;
+        e.3 += r.handoff_us;
+        e.4 += r.weight_bytes;
     }
     let mut v: Vec<KernelShare> = m
         .into_iter()
-        .map(|(kernel, (launches, advance_us, busy_us, bytes))| KernelShare {
+        .map(|(kernel, (launches, advance_us, busy_us, handoff_us, bytes))| KernelShare {
             kernel,
             launches,
             advance_us,
             busy_us,
+            handoff_us,
             weight_gbs: if advance_us > 0.0 { bytes as f64 / advance_us / 1e3 } else { 0.0 },
         })
         .collect();
@@ -249,6 +256,8 @@ mod tests {
         assert_eq!((rows[1].enter_us, rows[1].release_us, rows[1].end_us), (0.4, 0.91, 1.4));
         assert_eq!(rows.iter().map(|r| r.advance_us).collect::<Vec<_>>(), vec![0.9, 0.5, 0.8]);
         assert_eq!(rows.iter().map(|r| r.busy_us).collect::<Vec<_>>(), vec![0.9, 0.49, 0.6]);
+        // The second launch was released 10 ns after the first ended; the third 200 ns after.
+        assert_eq!(rows.iter().map(|r| r.handoff_us).collect::<Vec<_>>(), vec![0.0, 0.01, 0.2]);
         let fam = by_kernel(&rows);
         assert_eq!(fam[0].kernel, "kiln_gemm");
         assert!((fam[0].weight_gbs - 2_000_000.0 / 0.9 / 1e3).abs() < 1e-6, "GB/s of the GEMM: {fam:?}");
