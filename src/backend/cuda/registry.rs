@@ -64,8 +64,8 @@ pub const GDN_DECODE_SPLIT: ByXY<&str> = [
 pub const GDN_PREFILL_PREP: [&str; 2] = ["kiln_gdn_prefill_prep_f32", "kiln_gdn_prefill_prep_bf16"];
 pub const GDN_PREFILL_SCAN: &str = "kiln_gdn_prefill_scan";
 pub const QK_NORM_ROPE: [&str; 2] = ["kiln_qk_norm_rope_f32", "kiln_qk_norm_rope_bf16"];
-/// Prefill attention by rows (head, query) per block: 64 (default) or 128
-/// (`KILN_ATTN_PREFILL_ROWS=128`, an experiment).
+/// Prefill attention by rows (head, query) per block: 128 (default since session 8) or
+/// 64 (`KILN_ATTN_PREFILL_ROWS=64`); the same bits.
 pub const ATTN_PREFILL: [&str; 2] = ["kiln_attn_prefill", "kiln_attn_prefill_r128"];
 pub const ATTN_PREFILL_ROWS: [usize; 2] = [64, 128];
 pub const ATTN_DECODE_PARTIAL: &str = "kiln_attn_decode_partial";
