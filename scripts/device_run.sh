@@ -87,6 +87,9 @@
 # to docs/perf/runs.jsonl here; copy it into the checkout's docs/perf/runs.jsonl).
 # KILN_COMMIT names the commit (the device's copy has no .git).
 set -uo pipefail
+# The binaries travel packed (.devbin/bins.tar.xz, scripts/pack_devbin.sh); a call that
+# carries .devbin gets the archive alone, so unpack it here when they are missing.
+if [ ! -x .devbin/kiln ] && [ -f .devbin/bins.tar.xz ]; then tar -xJf .devbin/bins.tar.xz -C .devbin; fi
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 CKPT=/tmp/qwen35_4b_random; REFS=/tmp/refs; ENG=/tmp/engines
 STAGES=${STAGES:-"make build bench nograph peer refs eval"}
