@@ -129,8 +129,8 @@ pub struct CudaBackend {
     verify: Option<VerifyScratch>,
     /// The MTP head's buffers, when it runs (speculation on and the plan has it).
     mtp: Option<MtpDevice>,
-    /// False once `stop_speculation` ran: the buffers stay (snapshots point at the pending
-    /// states), but no step runs the MTP head.
+    /// Whether steps run the MTP head: `mtp.is_some()` until `stop_speculation` (the
+    /// buffers stay, snapshots point at the pending states).
     mtp_on: bool,
     /// `CudaOptions::mtp_full_upkeep`.
     mtp_full_upkeep: bool,
@@ -360,10 +360,7 @@ impl CudaBackend {
         }
         self.upload_meta(step)?;
         let mtp = self.mtp_for_step(&step.layout)?;
-        self.k.set_pdl(self.pdl_stream && self.pdl);
-        let layers = self.stack().forward(step).and_then(|_| self.mtp_inputs(&mtp));
-        self.k.set_pdl(false);
-        layers?;
+        self.k.with_pdl(self.pdl_stream && self.pdl, || self.stack().forward(step).and_then(|_| self.mtp_inputs(&mtp)))?;
         let tokens = self.read_logits(step, bufs)?;
         // After the lm_head: the MTP layer reuses the step's scratch.
         self.mtp_layer(&mtp)?;
@@ -441,9 +438,7 @@ impl CudaBackend {
     fn capture_graph(&self, what: &str, pdl: bool, enqueue: impl FnOnce(&LayerStack<'_>) -> Result<()>) -> Result<cudarc::driver::CudaGraph> {
         let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
         self.stream.begin_capture(mode).map_err(|e| anyhow!("starting {what} graph capture: {e:?}"))?;
-        self.k.set_pdl(pdl);
-        let r = enqueue(&self.stack());
-        self.k.set_pdl(false);
+        let r = self.k.with_pdl(pdl, || enqueue(&self.stack()));
         let g = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags_enum(0));
         r.with_context(|| format!("capturing a {what} graph"))?;
         g.map_err(|e| anyhow!("instantiating a {what} graph: {e:?}"))?.with_context(|| format!("{what} graph capture produced no graph"))
@@ -542,7 +537,7 @@ impl Backend for CudaBackend {
         self.snapshots.drop_snapshot(snapshot)
     }
     fn supports_speculation(&self) -> bool {
-        self.mtp_on && self.mtp.is_some() && self.verify.is_some()
+        self.mtp_on && self.verify.is_some()
     }
     fn stop_speculation(&mut self) -> Result<()> {
         if !self.mtp_on {

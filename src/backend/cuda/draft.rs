@@ -60,7 +60,7 @@ impl CudaBackend {
 
     /// The MTP pass of a forward step laid out as `l`, uploaded; None without the MTP head.
     pub(super) fn mtp_for_step(&self, l: &StepLayout) -> Result<Option<(MtpRows, MtpImage)>> {
-        if self.mtp.is_none() || !self.mtp_on {
+        if !self.mtp_on {
             return Ok(None);
         }
         let rows = MtpRows::for_step(l, self.cap.block_size);
@@ -123,8 +123,7 @@ impl CudaBackend {
         // writes) take programmatic dependent launch as the decode graphs do, so each
         // GEMM's blocks can start and prefetch their weights while the kernel before
         // them finishes.
-        self.k.set_pdl(self.pdl);
-        let enqueued = (|| -> Result<()> {
+        self.k.with_pdl(self.pdl, || -> Result<()> {
             for (j, (rows, img)) in steps.iter().enumerate() {
                 let m = MtpBuffers { meta: dev.draft_meta.at(j * dev.draft_region * 4), ..dev.buf };
                 let stack = self.stack();
@@ -136,9 +135,7 @@ impl CudaBackend {
                 stack.mtp_draft_tokens(m.out, n, self.s.argmax.at(j * n * 4), limit.min(self.cfg.vocab_size))?;
             }
             Ok(())
-        })();
-        self.k.set_pdl(false);
-        enqueued?;
+        })?;
         // `download` synchronises the stream: the draft's launches have finished.
         let mut tokens = vec![0i32; n * k];
         download(&self.stream, &mut tokens, self.s.argmax.ptr)?;

@@ -113,8 +113,9 @@ pub struct Kernels {
     /// The in-graph timeline of a `KILN_TIMELINE=1` build (None otherwise).
     timeline: Option<Timeline>,
     /// While Some, every launch is appended (`record_launches`; the timeline names its
-    /// launches with it).
+    /// launches with it). `logging` mirrors it, so launches take no lock otherwise.
     launch_log: Mutex<Option<Vec<LaunchInfo>>>,
+    logging: AtomicBool,
 }
 
 /// Records of a timeline build's buffer (48 bytes each): a decode step at batch 256 or a
@@ -167,6 +168,7 @@ impl Kernels {
             attn_prefill_rows,
             timeline,
             launch_log: Mutex::new(None),
+            logging: AtomicBool::new(false),
         })
     }
 
@@ -179,11 +181,15 @@ impl Kernels {
     /// returns what was logged.
     pub fn record_launches(&self, on: bool) -> Vec<LaunchInfo> {
         let mut log = self.launch_log.lock().unwrap_or_else(|e| e.into_inner());
+        self.logging.store(on, Ordering::Relaxed);
         std::mem::replace(&mut *log, on.then(Vec::new)).unwrap_or_default()
     }
 
     /// Notes the weight bytes of the last logged launch (a GEMM's).
     pub(crate) fn note_weight_bytes(&self, bytes: u64) {
+        if !self.logging.load(Ordering::Relaxed) {
+            return;
+        }
         if let Some(last) = self.launch_log.lock().unwrap_or_else(|e| e.into_inner()).as_mut().and_then(|l| l.last_mut()) {
             last.weight_bytes = bytes;
         }
@@ -223,6 +229,15 @@ impl Kernels {
         self.pdl.load(Ordering::Relaxed)
     }
 
+    /// Runs `enqueue` with programmatic dependent launch `on`, then turns it off again
+    /// (whatever `enqueue` returns).
+    pub fn with_pdl<T>(&self, on: bool, enqueue: impl FnOnce() -> T) -> T {
+        self.set_pdl(on);
+        let r = enqueue();
+        self.set_pdl(false);
+        r
+    }
+
     /// Which GDN decode kernel `gdn_decode` runs: the column-split one (clusters of
     /// blocks per value head) or the one-block-per-head one. Both compute the same
     /// function; an engine uses one of them for every decode row.
@@ -249,8 +264,10 @@ impl Kernels {
         params: &mut [*mut c_void],
     ) -> Result<()> {
         let f = self.funcs.get(name).with_context(|| format!("unknown kernel `{name}`"))?;
-        if let Some(log) = self.launch_log.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            log.push(LaunchInfo { name: name.to_string(), blocks: grid.0 as u64 * grid.1 as u64 * grid.2 as u64, weight_bytes: 0 });
+        if self.logging.load(Ordering::Relaxed) {
+            if let Some(log) = self.launch_log.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                log.push(LaunchInfo { name: name.to_string(), blocks: grid.0 as u64 * grid.1 as u64 * grid.2 as u64, weight_bytes: 0 });
+            }
         }
         let r = if self.pdl() {
             unsafe {
