@@ -52,6 +52,9 @@
 #            and its logits (bit-identical)
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
 #   peer     shared/bench/peer_torch_graph.py in the same call
+#   membench bench/membench.cu (nvcc on the device): the decode GEMMs' weight bytes read
+#            contiguously, in the skinny kernels' strip pattern and in a packed layout,
+#            without arithmetic (membench.txt): what access pattern and grid cost
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
 #   eval     kiln-eval logits + compare against the references
 #   verify   kiln-eval verify: speculative verification exact against plain decoding at batch
@@ -169,6 +172,10 @@ if has peer; then
   log peer; python3 -m pip install -q --no-index --no-deps --target /tmp/site .peer/*.whl 2>&1 | tail -2
   PYTHONPATH=/tmp/site python3 .peer/peer_torch_graph.py --batch 1,8,32,64,128,256 --ctx 1024 > "$OUT/peer.txt" 2>&1
   grep -E '"[0-9]+": \{|"ms"' "$OUT/peer.txt" | paste - - 
+fi
+if has membench; then
+  log membench; ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
+  NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc); $NVCC -O3 -std=c++17 -arch=sm_${ARCH}a bench/membench.cu -o /tmp/membench 2>&1 | tail -5 && /tmp/membench 2>&1 | tee "$OUT/membench.txt"
 fi
 if has refs; then
   log refs; t=$(date +%s); python3 scripts/gpu_reference.py refs --ckpt "$CKPT" --out "$REFS" --n "$N" 2>&1 | tail -3; log "refs took $(( $(date +%s) - t )) s"
