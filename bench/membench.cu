@@ -90,6 +90,24 @@ __global__ void strips(const unsigned short* __restrict__ W, int N, int K, int k
     if (acc == 0x12345678u) *sink = acc;
 }
 
+// Row-contiguous: a warp owns 16 rows of one K slice and each load instruction reads
+// 512 contiguous bytes of one row (lane L: k = 256 c + 8 L); 16 loads in flight per lane.
+// The kernels could stage these through shared memory to form the same MMA fragments.
+__global__ void rowwise(const unsigned short* __restrict__ W, int N, int K, int ks, unsigned* sink) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int row0 = blockIdx.x * (blockDim.x / 32) * 16 + warp * 16;
+    const int kb = blockIdx.y * ks, ke = min(K, kb + ks);
+    unsigned acc = 0;
+    for (int k = kb + lane * 8; k - lane * 8 < ke; k += 256) {
+        uint4 buf[16];
+#pragma unroll
+        for (int i = 0; i < 16; ++i) buf[i] = (k < ke && row0 + i < N) ? ld_stream(W + (size_t)(row0 + i) * K + k) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int i = 0; i < 16; ++i) acc ^= buf[i].x ^ buf[i].w;
+    }
+    if (acc == 0x12345678u) *sink = acc;
+}
+
 // Persistent: gridDim.x blocks loop over the (tile group, split) items of the packed layout.
 template <int RW, int P, int WARPS>
 __global__ void packed_persist(const unsigned short* __restrict__ W, int N, int K, int ks, int splits, unsigned* sink) {
@@ -185,6 +203,7 @@ int main() {
             dim3 g((s.n + 63) / 64, splits);
             time("strips_reg", g.x * g.y, [&](const unsigned short* w) { strips<1, 4, 4, false><<<g, 128>>>(w, s.n, s.k, ks, sink); });
             time("packed_reg", g.x * g.y, [&](const unsigned short* w) { strips<1, 4, 4, true><<<g, 128>>>(w, s.n, s.k, ks, sink); });
+            time("rowwise_reg", g.x * g.y, [&](const unsigned short* w) { rowwise<<<g, 128>>>(w, s.n, s.k, ks, sink); });
             time("packed_reg_p8", g.x * g.y, [&](const unsigned short* w) { strips<1, 8, 4, true><<<g, 128>>>(w, s.n, s.k, ks, sink); });
         }
         {
