@@ -404,16 +404,18 @@ fn timeline(plan: PathBuf, batch: String, ctx: usize, steps: usize, prefill_len:
         let (span, r) = &timed[timed.len() / 2];
         let handoffs: f64 = r.iter().map(|x| x.handoff_us).sum();
         println!("{title}: span {span:.1} us over {} launches, {handoffs:.1} us of it in hand-offs (median of {}; {} launches logged)", r.len(), timed.len(), log.len());
-        println!("  {:>4} {:<34} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>6}", "#", "kernel", "blocks", "enter", "release", "end", "advance", "busy", "handoff", "GB/s");
+        println!("  (p10/p50/p90: the blocks' ends, and last-rel the last block's release, in us after the first release)");
+        println!("  {:>4} {:<34} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>6} {:>8} {:>6} {:>6} {:>6}", "#", "kernel", "blocks", "enter", "release", "end", "advance", "busy", "handoff", "GB/s", "last-rel", "p10", "p50", "p90");
         for (i, x) in r.iter().enumerate() {
             let gbs = if x.weight_bytes > 0 && x.advance_us > 0.0 { format!("{:.0}", x.weight_bytes as f64 / x.advance_us / 1e3) } else { String::new() };
             println!(
-                "  {i:>4} {:<34} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>8.1} {:>8.1} {:>7.1} {gbs:>6}",
-                x.name, x.blocks, x.enter_us, x.release_us, x.end_us, x.advance_us, x.busy_us, x.handoff_us
+                "  {i:>4} {:<34} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>8.1} {:>8.1} {:>7.1} {gbs:>6} {:>8.1} {:>6.1} {:>6.1} {:>6.1}",
+                x.name, x.blocks, x.enter_us, x.release_us, x.end_us, x.advance_us, x.busy_us, x.handoff_us, x.last_release_from_first_us, x.end_q_us[0], x.end_q_us[1], x.end_q_us[2]
             );
             if let Some(f) = json.as_mut() {
                 let v = serde_json::json!({"run": tag, "i": i, "kernel": x.name, "blocks": x.blocks, "enter_us": x.enter_us, "release_us": x.release_us,
-                    "end_us": x.end_us, "advance_us": x.advance_us, "busy_us": x.busy_us, "handoff_us": x.handoff_us, "weight_bytes": x.weight_bytes});
+                    "end_us": x.end_us, "advance_us": x.advance_us, "busy_us": x.busy_us, "handoff_us": x.handoff_us, "weight_bytes": x.weight_bytes,
+                    "last_release_us": x.last_release_from_first_us, "end_p10_us": x.end_q_us[0], "end_p50_us": x.end_q_us[1], "end_p90_us": x.end_q_us[2]});
                 writeln!(f, "{v}")?;
             }
         }

@@ -109,20 +109,39 @@ pub struct Launch {
     pub first_enter: u64,
     pub first_wait: u64,
     pub last_end: u64,
+    /// The last block's release, and the 10th, 50th and 90th percentile of the blocks'
+    /// ends: a GEMM whose blocks end together streamed evenly; a long way from p90 to the
+    /// last end is a tail (a split-K sum, a last wave); a late last release is a slow ramp.
+    pub last_wait: u64,
+    pub end_q: [u64; 3],
 }
 
 /// Groups records by launch, in launch order (the order of their first block's entry:
 /// a launch's blocks start only after its predecessor's have all started).
 pub fn launches(records: &[BlockRecord]) -> Vec<Launch> {
-    let mut by_grid: BTreeMap<u64, Launch> = BTreeMap::new();
+    let mut by_grid: BTreeMap<u64, (Launch, Vec<u64>)> = BTreeMap::new();
     for r in records {
-        let l = by_grid.entry(r.grid).or_insert(Launch { module: r.module, line: r.line, blocks: 0, first_enter: u64::MAX, first_wait: u64::MAX, last_end: 0 });
+        let (l, ends) = by_grid.entry(r.grid).or_insert_with(|| {
+            let l = Launch { module: r.module, line: r.line, blocks: 0, first_enter: u64::MAX, first_wait: u64::MAX, last_end: 0, last_wait: 0, end_q: [0; 3] };
+            (l, Vec::new())
+        });
         l.blocks += 1;
         l.first_enter = l.first_enter.min(r.t_enter);
         l.first_wait = l.first_wait.min(r.t_wait);
+        l.last_wait = l.last_wait.max(r.t_wait);
         l.last_end = l.last_end.max(r.t_end);
+        ends.push(r.t_end);
     }
-    let mut v: Vec<Launch> = by_grid.into_values().collect();
+    let mut v: Vec<Launch> = by_grid
+        .into_values()
+        .map(|(mut l, mut ends)| {
+            ends.sort_unstable();
+            // Nearest-rank percentiles (the block at ceil(q n) - 1).
+            let at = |q: f64| ends[((q * ends.len() as f64).ceil() as usize).clamp(1, ends.len()) - 1];
+            l.end_q = [at(0.1), at(0.5), at(0.9)];
+            l
+        })
+        .collect();
     v.sort_by_key(|l| (l.first_enter, l.last_end));
     v
 }
@@ -145,6 +164,10 @@ pub struct Row {
     /// kernel boundary costs (0 when the release came first, as without a wait).
     pub handoff_us: f64,
     pub weight_bytes: u64,
+    /// From the first block's release: the last block's release and the 10th, 50th and
+    /// 90th percentile of the blocks' ends (`Launch::end_q`).
+    pub last_release_from_first_us: f64,
+    pub end_q_us: [f64; 3],
 }
 
 /// Names the launches with the host's log: in order, a log entry matches the next launch
@@ -173,7 +196,20 @@ pub fn rows(launches: &[Launch], log: &[LaunchInfo], site: impl Fn(u32, u32) -> 
             let handoff_us = l.first_wait.saturating_sub(prev_end) as f64 / 1e3;
             prev_end = prev_end.max(l.last_end);
             let busy_us = l.last_end.saturating_sub(l.first_wait) as f64 / 1e3;
-            Row { name, blocks: l.blocks, enter_us: us(l.first_enter), release_us: us(l.first_wait), end_us: us(l.last_end), advance_us, busy_us, handoff_us, weight_bytes }
+            let from_release = |t: u64| t.saturating_sub(l.first_wait) as f64 / 1e3;
+            Row {
+                name,
+                blocks: l.blocks,
+                enter_us: us(l.first_enter),
+                release_us: us(l.first_wait),
+                end_us: us(l.last_end),
+                advance_us,
+                busy_us,
+                handoff_us,
+                weight_bytes,
+                last_release_from_first_us: from_release(l.last_wait),
+                end_q_us: l.end_q.map(from_release),
+            }
         })
         .collect()
 }
@@ -262,6 +298,22 @@ mod tests {
         assert_eq!(fam[0].kernel, "kiln_gemm");
         assert!((fam[0].weight_gbs - 2_000_000.0 / 0.9 / 1e3).abs() < 1e-6, "GB/s of the GEMM: {fam:?}");
         assert_eq!(fam.iter().find(|f| f.kernel == "kiln_gemm_tiled").unwrap().launches, 1);
+    }
+
+    #[test]
+    fn block_ends_give_percentiles_and_the_last_release() {
+        // Ten blocks released at 100..109 ns (block i at 100 + i), ending at 1000 + 100 i.
+        let recs: Vec<BlockRecord> = (0..10u64).map(|i| rec(5, 50, 100 + i, 1000 + 100 * i, 7)).collect();
+        let ls = launches(&recs);
+        assert_eq!(ls[0].last_wait, 109);
+        // Nearest rank: p10 is the 1st end, p50 the 5th, p90 the 9th.
+        assert_eq!(ls[0].end_q, [1000, 1400, 1800]);
+        let r = &rows(&ls, &[], |_, _| String::new())[0];
+        assert!((r.last_release_from_first_us - 0.009).abs() < 1e-9);
+        assert_eq!(r.end_q_us, [0.9, 1.3, 1.7]);
+        assert!((r.busy_us - 1.8).abs() < 1e-9);
+        // One block: every percentile is its end.
+        assert_eq!(launches(&[rec(1, 0, 0, 10, 42)])[0].end_q, [10, 10, 10]);
     }
 
     #[test]
