@@ -318,6 +318,49 @@ __device__ __forceinline__ void gemm_epilogue_v2(const float (&acc)[RW][NT][4], 
     if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
 }
 
+// One 32-k chunk (half `h` of the x slab at `slot`) of the shared-x kernel for its first
+// JT batch tiles: per accumulator hi step 0, hi step 1, then (fp32 x) lo step 0, lo step 1,
+// as skinny_gemm; only independent accumulators interleave (the same bits).
+template <int JT, int NTM, int LDB, bool XF32>
+__device__ __forceinline__ void sx_chunk(float (&acc)[2][NTM][4], const unsigned char* slot, const uint4 (&w)[2][2],
+                                         int g, int t, int h) {
+    uint4 hi[JT], lo[JT];
+#pragma unroll
+    for (int j = 0; j < JT; ++j) {
+        const unsigned char* xp = slot + (size_t)(j * 8 + g) * LDB + h * 64 + t * 16;
+        hi[j] = *reinterpret_cast<const uint4*>(xp);
+        if constexpr (XF32) lo[j] = *reinterpret_cast<const uint4*>(xp + 128);
+    }
+#pragma unroll
+    for (int j = 0; j < JT; ++j)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const uint4 a = w[r][0], b = w[r][1];
+            mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, hi[j].x, hi[j].y);
+            mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, hi[j].z, hi[j].w);
+        }
+    if constexpr (XF32) {
+#pragma unroll
+        for (int j = 0; j < JT; ++j)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const uint4 a = w[r][0], b = w[r][1];
+                mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, lo[j].x, lo[j].y);
+                mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, lo[j].z, lo[j].w);
+            }
+    }
+}
+
+// sx_chunk for JT = jt, found among JT = 1..J (nothing for jt = 0).
+template <int J, int NTM, int LDB, bool XF32>
+__device__ __forceinline__ void sx_chunk_live(int jt, float (&acc)[2][NTM][4], const unsigned char* slot,
+                                              const uint4 (&w)[2][2], int g, int t, int h) {
+    if constexpr (J >= 1) {
+        if (jt == J) sx_chunk<J, NTM, LDB, XF32>(acc, slot, w, g, t, h);
+        else sx_chunk_live<J - 1, NTM, LDB, XF32>(jt, acc, slot, w, g, t, h);
+    }
+}
+
 template <int NTM, bool XF32, typename Y>
 __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const void* __restrict__ x,
                                                Y* __restrict__ y, float* __restrict__ ws,
@@ -431,24 +474,9 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
         for (int h = 0; h < 2; ++h) {
             const int c = 2 * st + h;
             if (c < nchunks) {
-#pragma unroll
-                for (int j = 0; j < NTM; ++j) {
-                    if (j < jt) {
-                        const unsigned char* xp = slot + (size_t)(j * 8 + g) * LDB + h * 64 + t * 16;
-                        const uint4 hi = *reinterpret_cast<const uint4*>(xp);
-#pragma unroll
-                        for (int r = 0; r < RW; ++r) {
-                            const uint4 a = wr[h][r][0], b = wr[h][r][1];
-                            mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, hi.x, hi.y);
-                            mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, hi.z, hi.w);
-                            if constexpr (XF32) {
-                                const uint4 lo = *reinterpret_cast<const uint4*>(xp + 128);
-                                mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, lo.x, lo.y);
-                                mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, lo.z, lo.w);
-                            }
-                        }
-                    }
-                }
+                // One specialisation per count of live batch tiles (warp-uniform): no branch
+                // between the accumulators' MMA chains, so they interleave.
+                sx_chunk_live<NTM, NTM, LDB, XF32>(jt, acc, slot, wr[h], g, t, h);
                 load_w(wr[h], c + P);
             }
         }

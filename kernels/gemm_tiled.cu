@@ -54,6 +54,39 @@ __device__ __forceinline__ void mma_w_x(float* acc, const uint4& a, const uint4&
     mma_16816(acc, s1, x23);
 }
 
+// One 32-k chunk (half `h` of the stage at `wt`) for the warp's first JT batch tiles:
+// every accumulator gets hi step 0, hi step 1, then (fp32 x) lo step 0, lo step 1, the
+// order the skinny kernels use; only the interleaving of independent accumulators is
+// free, which leaves every bit unchanged.
+template <int JT, bool XF32>
+__device__ __forceinline__ void tg_chunk(float (&acc)[2][4][4], const unsigned char* wt, int wn, int wm, int g, int t,
+                                         int h) {
+    using L = TgLayout<XF32>;
+    const unsigned char* xh = wt + L::W;
+    uint4 a[2][2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) a[r][hh] = lds128(wt + tg_off(wn * 32 + r * 16 + hh * 8 + g, h * 4 + t));
+    uint4 hi[JT], lo[JT];
+#pragma unroll
+    for (int j = 0; j < JT; ++j) {
+        const int off = tg_off(wm * 32 + j * 8 + g, h * 4 + t);
+        hi[j] = lds128(xh + off);
+        if constexpr (XF32) lo[j] = lds128(xh + L::X + off);
+    }
+#pragma unroll
+    for (int j = 0; j < JT; ++j)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) mma_w_x(acc[r][j], a[r][0], a[r][1], hi[j].x, hi[j].y, hi[j].z, hi[j].w);
+    if constexpr (XF32) {
+#pragma unroll
+        for (int j = 0; j < JT; ++j)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) mma_w_x(acc[r][j], a[r][0], a[r][1], lo[j].x, lo[j].y, lo[j].z, lo[j].w);
+    }
+}
+
 template <bool XF32, typename Y>
 __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const void* __restrict__ x, Y* __restrict__ y,
                                            float* __restrict__ ws, unsigned* __restrict__ counters, int M, int N,
@@ -179,29 +212,18 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
         cp_async_commit();
 
         const unsigned char* wt = tg_smem + (s % TG_STAGES) * L::STAGE;
-        const unsigned char* xh = wt + L::W;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             if (2 * s + h < nchunks) {
-                uint4 a[2][2];
-#pragma unroll
-                for (int r = 0; r < 2; ++r)
-#pragma unroll
-                    for (int hh = 0; hh < 2; ++hh) a[r][hh] = lds128(wt + tg_off(wn * 32 + r * 16 + hh * 8 + g, h * 4 + t));
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    if (j < jt) {
-                        const int off = tg_off(wm * 32 + j * 8 + g, h * 4 + t);
-                        const uint4 hi = lds128(xh + off);
-#pragma unroll
-                        for (int r = 0; r < 2; ++r) {
-                            mma_w_x(acc[r][j], a[r][0], a[r][1], hi.x, hi.y, hi.z, hi.w);
-                            if constexpr (XF32) {
-                                const uint4 lo = lds128(xh + L::X + off);
-                                mma_w_x(acc[r][j], a[r][0], a[r][1], lo.x, lo.y, lo.z, lo.w);
-                            }
-                        }
-                    }
+                // One specialisation per count of live batch tiles (warp-uniform), so a
+                // full tile has no branch between its 8 accumulators' MMA chains and the
+                // scheduler can interleave them (a branch per tile left 2 chains).
+                switch (jt) {
+                    case 4: tg_chunk<4, XF32>(acc, wt, wn, wm, g, t, h); break;
+                    case 3: tg_chunk<3, XF32>(acc, wt, wn, wm, g, t, h); break;
+                    case 2: tg_chunk<2, XF32>(acc, wt, wn, wm, g, t, h); break;
+                    case 1: tg_chunk<1, XF32>(acc, wt, wn, wm, g, t, h); break;
+                    default: break;
                 }
             }
         }

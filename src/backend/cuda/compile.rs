@@ -359,7 +359,14 @@ pub fn compile_module(name: &str, src: &str, arch: &str, dims: &KernelDims, incl
             cubin(prog).map_err(|e| anyhow::anyhow!("kernel module `{name}` for {arch}: {e}"))
         };
         let _ = nv::nvrtcDestroyProgram(&mut prog);
-        Ok(CompiledModule { name: name.to_string(), cubin: out? })
+        let cubin = out?;
+        // KILN_CUBIN_DIR=dir: keep each module's CUBIN as dir/<module>_<arch>.cubin, for
+        // reading the SASS (`cuobjdump -sass`) without a GPU.
+        if let Some(dir) = std::env::var_os("KILN_CUBIN_DIR") {
+            let path = PathBuf::from(dir).join(format!("{name}_{arch}.cubin"));
+            std::fs::write(&path, &cubin).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(CompiledModule { name: name.to_string(), cubin })
     }
 }
 
