@@ -238,6 +238,12 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
             if (c < nchunks) {
                 const int k = kb + c * 32 + t * 8;
                 const bool kok = k < ke;
+                // This chunk's W leaves its buffer, so the loads P chunks ahead go out
+                // before this chunk's x loads and MMAs, not after them.
+                uint4 cur[RW][2];
+#pragma unroll
+                for (int r = 0; r < RW; ++r) cur[r][0] = wr[p][r][0], cur[r][1] = wr[p][r][1];
+                load_w(wr[p], c + P);
 #pragma unroll
                 for (int j = 0; j < NT; ++j) {
                     const int m = j * 8 + g;
@@ -245,7 +251,7 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
                     load_x<XF32>(x, m, K, k, kok && m < M, hi, lo);
 #pragma unroll
                     for (int r = 0; r < RW; ++r) {
-                        const uint4 a = wr[p][r][0], b = wr[p][r][1];
+                        const uint4 a = cur[r][0], b = cur[r][1];
                         mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, hi[0], hi[1]);
                         mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, hi[2], hi[3]);
                         if constexpr (XF32) {
@@ -254,7 +260,6 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
                         }
                     }
                 }
-                load_w(wr[p], c + P);
             }
         }
     }
@@ -476,6 +481,8 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
             if (c < nchunks) {
                 // One specialisation per count of live batch tiles (warp-uniform): no branch
                 // between the accumulators' MMA chains, so they interleave.
+                // (Loading the next W before these MMAs, through a copy, spills at 128
+                // registers: the loads stay after them.)
                 sx_chunk_live<NTM, NTM, LDB, XF32>(jt, acc, slot, wr[h], g, t, h);
                 load_w(wr[h], c + P);
             }
