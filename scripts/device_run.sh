@@ -30,7 +30,8 @@
 #            against the references (compare_attn_pbf16.json)
 #   attn_parts  batch 1 and 8 at ctx 8192 with KILN_ATTN_MAX_PARTS=64 and 128 (decode attention
 #            split into more parts at long context; the default 32 gives 256-key parts at 8K)
-#   timeline a plan built with KILN_TIMELINE=1, then kiln-eval timeline at batch $TL_BATCH (default
+#   timeline a plan built with KILN_TIMELINE=1, then kiln-eval timeline at batch $TL_BATCH (default 1,8,64;
+#            prefill $TL_PREFILL tokens, default 1024; default
 #            1,8,64): one decode step replayed from its graph with every kernel's blocks timed
 #            (entry, PDL release, end): how far each launch moves the step and each GEMM's
 #            weight bandwidth inside the graph, and a 1024-token prefill chunk launch by launch
@@ -263,7 +264,7 @@ fi
 if has timeline; then
   log "timeline: decode steps at batch ${TL_BATCH:=1,8,64} replayed from their graphs, every kernel's blocks timed (a KILN_TIMELINE=1 plan)"
   plan_with tl KILN_TIMELINE=1
-  .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch "$TL_BATCH" --prefill 1024 --out "$OUT/timeline.jsonl" > "$OUT/timeline.txt" 2>&1
+  .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch "$TL_BATCH" --prefill "${TL_PREFILL:-1024}" --out "$OUT/timeline.jsonl" > "$OUT/timeline.txt" 2>&1
   # The log keeps each batch's head line, its first 24 launches (the embedding and the
   # first layers) and the per-kernel sums; timeline.txt and .jsonl have every launch.
   awk '/^(decode|prefill)/ {n = 0; print; next} /^  +[0-9]+ / {if (n++ < 24) print; next} {print}' "$OUT/timeline.txt" | grep -v "^\s*$"
