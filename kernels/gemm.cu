@@ -374,8 +374,11 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
     constexpr int RW = 2, P = 2, RB = 8 * 16 * RW, MP = NTM * 8;
     constexpr int LDB = V2Ldb<XF32>::v;
     constexpr int SLOT = MP * LDB;
-    constexpr int XV = MP * (V2_SK / 8) / GS_THREADS;  // 8-element x vectors per thread per slab
-    static_assert(XV >= 1 && MP * (V2_SK / 8) % GS_THREADS == 0, "v2 x staging");
+    // 8-element x vectors per thread per slab (the m16 variant's 128 vectors leave half
+    // the threads without one).
+    constexpr int XVECS = MP * (V2_SK / 8);
+    constexpr int XV = (XVECS + GS_THREADS - 1) / GS_THREADS;
+    static_assert(XVECS % GS_THREADS == 0 || XVECS < GS_THREADS, "v2 x staging");
     extern __shared__ __align__(16) unsigned char gs_smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -423,7 +426,7 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
         for (int q = 0; q < XV; ++q) {
             const int v = threadIdx.x + q * GS_THREADS;
             const int m = v >> 3, k = kb + st * V2_SK + (v & 7) * 8;
-            const bool ok = st < nslab && m < M && k < ke;
+            const bool ok = v < XVECS && st < nslab && m < M && k < ke;
             if constexpr (XF32) {
                 float4 a = make_float4(0.f, 0.f, 0.f, 0.f), b = a;
                 if (ok) {
@@ -447,6 +450,7 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
 #pragma unroll
         for (int q = 0; q < XV; ++q) {
             const int v = threadIdx.x + q * GS_THREADS;
+            if (XVECS < GS_THREADS && v >= XVECS) continue;
             unsigned char* row = base + (size_t)(v >> 3) * LDB + (v & 7) * 16;
             if constexpr (XF32) {
                 unsigned hi[4], lo[4];
@@ -481,10 +485,19 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
             if (c < nchunks) {
                 // One specialisation per count of live batch tiles (warp-uniform): no branch
                 // between the accumulators' MMA chains, so they interleave.
-                // (Loading the next W before these MMAs, through a copy, spills at 128
-                // registers: the loads stay after them.)
-                sx_chunk_live<NTM, NTM, LDB, XF32>(jt, acc, slot, wr[h], g, t, h);
-                load_w(wr[h], c + P);
+                if constexpr (NTM <= 2) {
+                    // This chunk's W leaves its buffer, so the loads P chunks ahead go out
+                    // before its MMAs (the m16 variant has the registers for the copy).
+                    uint4 cur[RW][2];
+#pragma unroll
+                    for (int r = 0; r < RW; ++r) cur[r][0] = wr[h][r][0], cur[r][1] = wr[h][r][1];
+                    load_w(wr[h], c + P);
+                    sx_chunk_live<NTM, NTM, LDB, XF32>(jt, acc, slot, cur, g, t, h);
+                } else {
+                    // (With the copy the m32 and m64 variants spill at 128 registers.)
+                    sx_chunk_live<NTM, NTM, LDB, XF32>(jt, acc, slot, wr[h], g, t, h);
+                    load_w(wr[h], c + P);
+                }
             }
         }
         if (st + 1 < nslab) {
@@ -523,6 +536,7 @@ GEMM_ALL_M(bf16, bf16, false, bf16, bf16)
         skinny_gemm_v2<NT, XF, YT>(W, x, y, ws, counters, M, N, K, ks, splits);                   \
     }
 #define GEMM_SHARED_X_M(XN, XT, XF, YN, YT)       \
+    GEMM_SHARED_X(XN, XT, XF, YN, YT, 16, 2)      \
     GEMM_SHARED_X(XN, XT, XF, YN, YT, 32, 4)      \
     GEMM_SHARED_X(XN, XT, XF, YN, YT, 64, 8)
 GEMM_SHARED_X_M(f32, float, true, f32, float)

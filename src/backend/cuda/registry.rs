@@ -39,10 +39,16 @@ pub const GEMM: ByXY<[&str; 4]> = [
         ["kiln_gemm_xbf16_ybf16_m8", "kiln_gemm_xbf16_ybf16_m16", "kiln_gemm_xbf16_ybf16_m32", "kiln_gemm_xbf16_ybf16_m64"],
     ],
 ];
-/// Skinny GEMM with x split once per block into shared memory: [x][y][m32, m64].
-pub const GEMM_SX: ByXY<[&str; 2]> = [
-    [["kiln_gemm_sx_xf32_yf32_m32", "kiln_gemm_sx_xf32_yf32_m64"], ["kiln_gemm_sx_xf32_ybf16_m32", "kiln_gemm_sx_xf32_ybf16_m64"]],
-    [["kiln_gemm_sx_xbf16_yf32_m32", "kiln_gemm_sx_xbf16_yf32_m64"], ["kiln_gemm_sx_xbf16_ybf16_m32", "kiln_gemm_sx_xbf16_ybf16_m64"]],
+/// Skinny GEMM with x split once per block into shared memory: [x][y][m16, m32, m64].
+pub const GEMM_SX: ByXY<[&str; 3]> = [
+    [
+        ["kiln_gemm_sx_xf32_yf32_m16", "kiln_gemm_sx_xf32_yf32_m32", "kiln_gemm_sx_xf32_yf32_m64"],
+        ["kiln_gemm_sx_xf32_ybf16_m16", "kiln_gemm_sx_xf32_ybf16_m32", "kiln_gemm_sx_xf32_ybf16_m64"],
+    ],
+    [
+        ["kiln_gemm_sx_xbf16_yf32_m16", "kiln_gemm_sx_xbf16_yf32_m32", "kiln_gemm_sx_xbf16_yf32_m64"],
+        ["kiln_gemm_sx_xbf16_ybf16_m16", "kiln_gemm_sx_xbf16_ybf16_m32", "kiln_gemm_sx_xbf16_ybf16_m64"],
+    ],
 ];
 /// Tiled tensor-core GEMM for M = 17..256 (kernels/gemm_tiled.cu): [x][y].
 pub const GEMM_TILED: ByXY<&str> = [
@@ -50,7 +56,7 @@ pub const GEMM_TILED: ByXY<&str> = [
     ["kiln_gemm_tiled_xbf16_yf32", "kiln_gemm_tiled_xbf16_ybf16"],
 ];
 /// The largest M of each `GEMM_SX` column.
-pub const GEMM_SX_MAX_M: [usize; 2] = [32, 64];
+pub const GEMM_SX_MAX_M: [usize; 3] = [16, 32, 64];
 pub const CONV1D: [&str; 2] = ["kiln_conv1d_f32", "kiln_conv1d_bf16"];
 pub const GDN_DECODE: ByXY<&str> = [
     ["kiln_gdn_decode_f32_f32", "kiln_gdn_decode_f32_bf16"],

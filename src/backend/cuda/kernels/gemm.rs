@@ -256,7 +256,9 @@ impl Kernels {
         }
         if kind == GemmKind::SharedX {
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
-            let si = if m <= GEMM_SX_MAX_M[0] { 0 } else { 1 };
+            // The smallest variant that takes M (m16 has registers to spare for loading
+            // the next W before the MMAs; the bits are the same in all three).
+            let si = GEMM_SX_MAX_M.iter().position(|&v| m <= v).unwrap_or(GEMM_SX_MAX_M.len() - 1);
             let grid = (n.div_ceil(256) as u32, plan.splits as u32, 1);
             let smem = gemm_sx_smem(x_dtype, GEMM_SX_MAX_M[si]) as u32;
             return self.launch(GEMM_SX[x_dtype.idx()][y_dtype.idx()][si], stream, grid, 256, smem, &mut p);
