@@ -568,12 +568,19 @@ extern "C" __global__ void __launch_bounds__(GR_THREADS, 1)
 // Scan.
 // ------------------------------------------------------------------------------------
 
+// Whether dk block ks = q + 4p (q = warp / 2 in 0..3) exists. When 4 divides GR_KT every
+// block does, and saying so at compile time keeps the scan's MMA loop free of a branch
+// per block (the SASS had one per p, leaving 2 of a warp's 4 accumulator chains to
+// interleave); the MMAs, and so the bits, are the same.
+__device__ __forceinline__ bool gs_block_live(int ks) { return GR_KT % 4 == 0 || ks < GR_KT; }
+static_assert(GR_THREADS == 256, "8 warps: q = warp / 2 is 0..3, so ks = q + 4p < GR_KT when 4 divides GR_KT");
+
 // S^T accumulators (dk blocks ks = q + 4p of rows 16 mt..) -> A tiles (mt, ks) of sSA.
 __device__ __forceinline__ void gs_store_sa(uint4* sSA, const float (&sacc)[GS_NP][2][4], int mt, int q, int lane) {
 #pragma unroll
     for (int p = 0; p < GS_NP; ++p) {
         const int ks = q + 4 * p;
-        if (ks < GR_KT) st_a_tile(sSA + (mt * GR_KT + ks) * 64, lane, sacc[p][0], sacc[p][1]);
+        if (gs_block_live(ks)) st_a_tile(sSA + (mt * GR_KT + ks) * 64, lane, sacc[p][0], sacc[p][1]);
     }
 }
 
@@ -717,7 +724,7 @@ extern "C" __global__ void __launch_bounds__(GR_THREADS, 1)
 #pragma unroll
                 for (int p = 0; p < GS_NP; ++p) {
                     const int ks = q + 4 * p;
-                    if (ks < GR_KT) {
+                    if (gs_block_live(ks)) {
 #pragma unroll
                         for (int h2 = 0; h2 < 2; ++h2) {
                             unsigned bh[2], bl[2];
