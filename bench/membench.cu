@@ -43,6 +43,12 @@ __global__ void contig(const uint4* __restrict__ w, size_t n16, unsigned* sink) 
     if (acc == 0x12345678u) *sink = acc;
 }
 
+// The packed layout: W tile (16 rows) `tile` is 16 * K contiguous elements; its 32-k chunk
+// c is 512 elements at c * 512; a lane's 16 bytes of half h (rows 8h..8h+7) at h * 256 + lane * 8.
+__device__ __forceinline__ const unsigned short* packed_at(const unsigned short* W, int K, int tile, int c, int h, int lane) {
+    return W + (size_t)tile * 16 * K + (size_t)c * 512 + h * 256 + lane * 8;
+}
+
 // RW 16-row tiles per warp, P chunks of 32 k in flight, WARPS warps per block.
 template <int RW, int P, int WARPS, bool PACKED>
 __global__ void strips(const unsigned short* __restrict__ W, int N, int K, int ks, unsigned* sink) {
@@ -57,10 +63,7 @@ __global__ void strips(const unsigned short* __restrict__ W, int N, int K, int k
         for (int h = 0; h < 2; ++h) {
             const int row = min(row0 + r * 16 + h * 8 + g, N - 1);
             if (PACKED) {
-                // tile (row / 16) is 16 * K contiguous elements; chunk c of it is 512
-                // elements at c * 512; lane's 16 B of half h at h * 256 + lane * 8.
-                const int tile = min(row0 / 16 + r, N / 16 - 1);
-                p[r][h] = W + (size_t)tile * 16 * K + (size_t)(kb / 32) * 512 + h * 256 + lane * 8;
+                p[r][h] = packed_at(W, K, min(row0 / 16 + r, N / 16 - 1), kb / 32, h, lane);
             } else {
                 p[r][h] = W + (size_t)row * K + kb + t * 8;
             }
@@ -125,10 +128,8 @@ __global__ void packed_persist(const unsigned short* __restrict__ W, int N, int 
 #pragma unroll
                 for (int r = 0; r < RW; ++r)
 #pragma unroll
-                    for (int h = 0; h < 2; ++h) {
-                        const int tile = min(tile0 + r, N / 16 - 1);
-                        buf[q][r][h] = c0 + q < nch ? ld_stream(W + (size_t)tile * 16 * K + (size_t)(kb / 32 + c0 + q) * 512 + h * 256 + lane * 8) : make_uint4(0, 0, 0, 0);
-                    }
+                    for (int h = 0; h < 2; ++h)
+                        buf[q][r][h] = c0 + q < nch ? ld_stream(packed_at(W, K, min(tile0 + r, N / 16 - 1), kb / 32 + c0 + q, h, lane)) : make_uint4(0, 0, 0, 0);
 #pragma unroll
             for (int q = 0; q < P; ++q)
 #pragma unroll

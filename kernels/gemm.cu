@@ -39,15 +39,6 @@ __device__ __forceinline__ uint4 ld_stream(const bf16* p) {
     return r;
 }
 
-__device__ __forceinline__ void mma_bf16(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
-                                         unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 // x fragment of one batch tile for the lane: 8 consecutive k of row m, as bf16 pairs.
 template <bool XF32>
 __device__ __forceinline__ void load_x(const void* xv, int m, int K, int k, bool ok, unsigned* hi,
@@ -251,13 +242,8 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
                     load_x<XF32>(x, m, K, k, kok && m < M, hi, lo);
 #pragma unroll
                     for (int r = 0; r < RW; ++r) {
-                        const uint4 a = cur[r][0], b = cur[r][1];
-                        mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, hi[0], hi[1]);
-                        mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, hi[2], hi[3]);
-                        if constexpr (XF32) {
-                            mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, lo[0], lo[1]);
-                            mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, lo[2], lo[3]);
-                        }
+                        mma_w_x(acc[r][j], cur[r][0], cur[r][1], make_uint4(hi[0], hi[1], hi[2], hi[3]));
+                        if constexpr (XF32) mma_w_x(acc[r][j], cur[r][0], cur[r][1], make_uint4(lo[0], lo[1], lo[2], lo[3]));
                     }
                 }
             }
@@ -336,24 +322,7 @@ __device__ __forceinline__ void sx_chunk(float (&acc)[2][NTM][4], const unsigned
         hi[j] = *reinterpret_cast<const uint4*>(xp);
         if constexpr (XF32) lo[j] = *reinterpret_cast<const uint4*>(xp + 128);
     }
-#pragma unroll
-    for (int j = 0; j < JT; ++j)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const uint4 a = w[r][0], b = w[r][1];
-            mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, hi[j].x, hi[j].y);
-            mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, hi[j].z, hi[j].w);
-        }
-    if constexpr (XF32) {
-#pragma unroll
-        for (int j = 0; j < JT; ++j)
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const uint4 a = w[r][0], b = w[r][1];
-                mma_bf16(acc[r][j], a.x, b.x, a.y, b.y, lo[j].x, lo[j].y);
-                mma_bf16(acc[r][j], a.z, b.z, a.w, b.w, lo[j].z, lo[j].w);
-            }
-    }
+    mma_chunk_tiles<JT, 2, NTM, XF32>(acc, w, hi, lo);
 }
 
 // sx_chunk for JT = jt, found among JT = 1..J (nothing for jt = 0).

@@ -45,15 +45,6 @@ __device__ __forceinline__ int tg_off(int row, int seg) { return row * TG_ROWB +
 
 __device__ __forceinline__ uint4 lds128(const unsigned char* p) { return *reinterpret_cast<const uint4*>(p); }
 
-__device__ __forceinline__ void mma_w_x(float* acc, const uint4& a, const uint4& b, unsigned x0, unsigned x1,
-                                        unsigned x2, unsigned x3) {
-    // a: W row g (8 consecutive k), b: W row g + 8; the chunk's two k16 steps.
-    const unsigned s0[4] = {a.x, b.x, a.y, b.y}, s1[4] = {a.z, b.z, a.w, b.w};
-    const unsigned x01[2] = {x0, x1}, x23[2] = {x2, x3};
-    mma_16816(acc, s0, x01);
-    mma_16816(acc, s1, x23);
-}
-
 // One 32-k chunk (half `h` of the stage at `wt`) for the warp's first JT batch tiles:
 // every accumulator gets hi step 0, hi step 1, then (fp32 x) lo step 0, lo step 1, the
 // order the skinny kernels use; only the interleaving of independent accumulators is
@@ -75,16 +66,7 @@ __device__ __forceinline__ void tg_chunk(float (&acc)[2][4][4], const unsigned c
         hi[j] = lds128(xh + off);
         if constexpr (XF32) lo[j] = lds128(xh + L::X + off);
     }
-#pragma unroll
-    for (int j = 0; j < JT; ++j)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) mma_w_x(acc[r][j], a[r][0], a[r][1], hi[j].x, hi[j].y, hi[j].z, hi[j].w);
-    if constexpr (XF32) {
-#pragma unroll
-        for (int j = 0; j < JT; ++j)
-#pragma unroll
-            for (int r = 0; r < 2; ++r) mma_w_x(acc[r][j], a[r][0], a[r][1], lo[j].x, lo[j].y, lo[j].z, lo[j].w);
-    }
+    mma_chunk_tiles<JT, 2, 4, XF32>(acc, a, hi, lo);
 }
 
 template <bool XF32, typename Y>

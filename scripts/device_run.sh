@@ -30,11 +30,11 @@
 #            against the references (compare_attn_pbf16.json)
 #   attn_parts  batch 1 and 8 at ctx 8192 with KILN_ATTN_MAX_PARTS=64 and 128 (decode attention
 #            split into more parts at long context; the default 32 gives 256-key parts at 8K)
-#   timeline a plan built with KILN_TIMELINE=1, then kiln-eval timeline at batch $TL_BATCH (default 1,8,64;
-#            prefill $TL_PREFILL tokens, default 1024; default
+#   timeline a plan built with KILN_TIMELINE=1, then kiln-eval timeline at batch $TL_BATCH (default
 #            1,8,64): one decode step replayed from its graph with every kernel's blocks timed
 #            (entry, PDL release, end): how far each launch moves the step and each GEMM's
-#            weight bandwidth inside the graph, and a 1024-token prefill chunk launch by launch
+#            weight bandwidth inside the graph, and a prefill chunk of $TL_PREFILL tokens
+#            (default 1024) launch by launch
 #            ($OUT/timeline.txt, timeline.jsonl)
 #   knobs    session 7's prepared experiments, each against the default in the same call
 #            (knobs.txt): the shared-x GEMM for every weight up to 16 rows
