@@ -12,11 +12,17 @@
 //   rows batch invariant (tested on the device).
 //   What differs is how the data reaches the tensor cores. A block owns a 128 (W rows)
 //   x 64 (batch rows) output tile of one split; W and x go through shared memory in
-//   stages of 64 k, three stages deep (W with cp.async, fp32 x through registers,
+//   stages of 64 k, three stages deep (W with cp.async, x through registers: fp32 x is
 //   split into bf16 hi/lo once per block), so each W element read from memory serves
 //   up to 64 batch rows in the block and the other batch tiles of the same W tile run
 //   as neighbouring blocks (L2 hits). 8 warps as 4 (W rows) x 2 (batch rows), 32 x 32
-//   outputs per warp.
+//   outputs per warp. Here x is the MMA's A operand (16 batch rows) and W its B operand
+//   (8 W rows): a lane's 16 bytes of a W row are the B fragments of both k16 steps as
+//   they lie, and x is stored in shared memory already in A-fragment order, so every
+//   fragment is one 16-byte shared load with no register shuffling (with W as A, the
+//   fragments needed ~3 moves per MMA, which left the kernel issue-bound). Each output
+//   gets the same 16 products per k16 step either way (the same k permutation), so the
+//   bits are those of the skinny kernels.
 //   grid (ceil(N / 128) * ceil(M / 64), splits), block 256, dynamic shared memory
 //   KILN_SMEM_GEMM_TILED_{F32,BF16} (registry.rs). counters: one per (W tile, batch
 //   tile), at least ceil(N / 128) * 4, zero before the first launch and left zero.
@@ -38,35 +44,69 @@ template <bool XF32> struct TgLayout {
     static constexpr int SMEM = TG_STAGES * STAGE;
 };
 
-// Byte offset of 16-byte segment `seg` (0..7, k = seg*8..) of tile row `row`. Odd rows
+// Byte offset of 16-byte segment `seg` (0..7, k = seg*8..) of W tile row `row`. Odd rows
 // swap their two halves: the 8 lanes of one 16-byte-load phase read rows 2q and 2q+1,
 // four segments each, which then fall on 32 distinct banks.
 __device__ __forceinline__ int tg_off(int row, int seg) { return row * TG_ROWB + ((seg ^ ((row & 1) << 2)) << 4); }
 
+// Byte offset of lane `l`'s A fragment for k16 step `s` of 32-k chunk `h` of the stage,
+// batch rows 16*jm..16*jm+15 of the block: 16 bytes holding x(g, c..c+1), x(g+8, c..c+1),
+// x(g, c+2..c+3), x(g+8, c+2..c+3) with g = l/4, c = 32h + 8(l%4) + 4s (the skinny
+// kernels' k order). A warp's 32 fragments are 512 contiguous bytes (conflict-free
+// reads); step 1 flips bit 2 of the lane so the writers of one 8-lane store phase
+// (4 lanes x 2 steps) hit 8 distinct 16-byte bank groups.
+__device__ __forceinline__ int tg_xoff(int jm, int h, int s, int l) {
+    return (((jm * 2 + h) * 2 + s) << 9) + ((l ^ (s << 2)) << 4);
+}
+
 __device__ __forceinline__ uint4 lds128(const unsigned char* p) { return *reinterpret_cast<const uint4*>(p); }
 
-// One 32-k chunk (half `h` of the stage at `wt`) for the warp's first JT batch tiles:
-// every accumulator gets hi step 0, hi step 1, then (fp32 x) lo step 0, lo step 1, the
-// order the skinny kernels use; only the interleaving of independent accumulators is
-// free, which leaves every bit unchanged.
+// d += x fragment (A, 16 batch rows) * W fragment (B, two words: 8 W rows).
+__device__ __forceinline__ void tg_mma(float* d, const uint4& xa, unsigned w0, unsigned w1) {
+    const unsigned a[4] = {xa.x, xa.y, xa.z, xa.w}, b[2] = {w0, w1};
+    mma_16816(d, a, b);
+}
+
+// One 32-k chunk (half `h` of the stage at `wt`) for the warp's first JT batch tiles of
+// 16: every accumulator gets hi step 0, hi step 1, then (fp32 x) lo step 0, lo step 1,
+// the order the skinny kernels use; only the interleaving of independent accumulators
+// is free, which leaves every bit unchanged.
 template <int JT, bool XF32>
-__device__ __forceinline__ void tg_chunk(float (&acc)[2][4][4], const unsigned char* wt, int wn, int wm, int g, int t,
+__device__ __forceinline__ void tg_chunk(float (&acc)[2][4][4], const unsigned char* wt, int wn, int wm, int lane,
                                          int h) {
     using L = TgLayout<XF32>;
-    const unsigned char* xh = wt + L::W;
-    uint4 a[2][2];
+    const unsigned char* xs = wt + L::W;
+    const int g = lane >> 2, t = lane & 3;
+    uint4 w[4];
 #pragma unroll
-    for (int r = 0; r < 2; ++r)
+    for (int r = 0; r < 4; ++r) w[r] = lds128(wt + tg_off(wn * 32 + r * 8 + g, h * 4 + t));
+    uint4 hi[JT][2], lo[JT][2];
 #pragma unroll
-        for (int hh = 0; hh < 2; ++hh) a[r][hh] = lds128(wt + tg_off(wn * 32 + r * 16 + hh * 8 + g, h * 4 + t));
-    uint4 hi[JT], lo[JT];
+    for (int j = 0; j < JT; ++j)
 #pragma unroll
-    for (int j = 0; j < JT; ++j) {
-        const int off = tg_off(wm * 32 + j * 8 + g, h * 4 + t);
-        hi[j] = lds128(xh + off);
-        if constexpr (XF32) lo[j] = lds128(xh + L::X + off);
+        for (int s = 0; s < 2; ++s) {
+            const int off = tg_xoff(wm * 2 + j, h, s, lane);
+            hi[j][s] = lds128(xs + off);
+            if constexpr (XF32) lo[j][s] = lds128(xs + L::X + off);
+        }
+#pragma unroll
+    for (int j = 0; j < JT; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) tg_mma(acc[j][r], hi[j][0], w[r].x, w[r].y);
+#pragma unroll
+    for (int j = 0; j < JT; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) tg_mma(acc[j][r], hi[j][1], w[r].z, w[r].w);
+    if constexpr (XF32) {
+#pragma unroll
+        for (int j = 0; j < JT; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) tg_mma(acc[j][r], lo[j][0], w[r].x, w[r].y);
+#pragma unroll
+        for (int j = 0; j < JT; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) tg_mma(acc[j][r], lo[j][1], w[r].z, w[r].w);
     }
-    mma_chunk_tiles<JT, 2, 4, XF32>(acc, a, hi, lo);
 }
 
 template <bool XF32, typename Y>
@@ -84,8 +124,8 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     const int ke = min(K, kb + ks);
     const int nchunks = ke > kb ? (ke - kb + 31) / 32 : 0;
     const int nst = (nchunks + 1) / 2;
-    // Batch tiles of 8 this warp multiplies (warp-uniform; the rest lie past M).
-    const int jt = max(0, min(4, (M - m0 - wm * 32 + 7) / 8));
+    // Batch tiles of 16 this warp multiplies (warp-uniform; the rest lie past M).
+    const int jt = max(0, min(2, (M - m0 - wm * 32 + 15) / 16));
 
     // W stage s: 128 rows x 8 segments, 4 cp.async per thread (zero past N and past ke,
     // as the skinny kernels zero their loads).
@@ -99,98 +139,95 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
             cp_async16(dst + tg_off(row, seg), ok ? W + (size_t)(n0 + row) * K + k : W, ok);
         }
     };
-    // x stage s: 64 rows x 8 segments, 2 per thread.
-    constexpr int XQ = TG_BM * 8 / TG_THREADS;
-    float xr[XQ][8];
-    using XRegs = float[XQ][8];
-    auto x_ok = [&](int s, int i, int& m, int& k) {
-        m = m0 + (i >> 3);
-        k = kb + s * TG_SK + (i & 7) * 8;
-        return s < nst && m < M && k < ke;
-    };
-    auto load_x_regs = [&](int s, XRegs& dst) {  // fp32 x: global -> registers
+    // x stage s through registers. A unit is one pair of batch rows (g, g + 8 of a
+    // 16-row tile) over 4 k (fp32: two units per thread) or 8 k (bf16: one per thread);
+    // 16 neighbouring lanes (fp32) or 8 (bf16) read 256 or 128 contiguous bytes of a row.
+    constexpr int XU = XF32 ? 2 : 1;       // units per thread per stage
+    constexpr int XK = XF32 ? 4 : 8;       // k per unit
+    constexpr int XPR = TG_SK / XK;        // units per row pair per stage
+    uint4 xr[XU][2];
+    using XRegs = uint4[XU][2];
+    auto load_x_regs = [&](int s, XRegs& dst) {  // global -> registers (zero past M, ke)
 #pragma unroll
-        for (int q = 0; q < XQ; ++q) {
-            int m, k;
-            const bool ok = x_ok(s, tid + q * TG_THREADS, m, k);
-            float4 a = make_float4(0.f, 0.f, 0.f, 0.f), b = a;
-            if (ok) {
-                const float* p = reinterpret_cast<const float*>(x) + (size_t)m * K + k;
-                a = __ldg(reinterpret_cast<const float4*>(p));
-                b = __ldg(reinterpret_cast<const float4*>(p + 4));
+        for (int q = 0; q < XU; ++q) {
+            const int u = tid + q * TG_THREADS, pair = u / XPR;
+            const int kc = (u % XPR) * XK, k = kb + s * TG_SK + kc;
+            // Zero past ke by 8-k segments, as the W loads and the skinny kernels.
+            const bool kin = kb + s * TG_SK + (kc & ~7) < ke;
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int m = m0 + (pair >> 3) * 16 + (pair & 7) + 8 * e;
+                dst[q][e] = make_uint4(0u, 0u, 0u, 0u);
+                if (s < nst && m < M && kin) {
+                    const size_t at = (size_t)m * K + k;
+                    dst[q][e] = XF32 ? __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const float*>(x) + at))
+                                     : __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const bf16*>(x) + at));
+                }
             }
-            dst[q][0] = a.x; dst[q][1] = a.y; dst[q][2] = a.z; dst[q][3] = a.w;
-            dst[q][4] = b.x; dst[q][5] = b.y; dst[q][6] = b.z; dst[q][7] = b.w;
         }
     };
-    auto store_x_regs = [&](int s, const XRegs& src) {  // registers -> bf16 hi / lo tiles
-        unsigned char* hi_t = tg_smem + (s % TG_STAGES) * L::STAGE + L::W;
+    auto store_x_regs = [&](int s, const XRegs& src) {  // registers -> A-fragment order
+        unsigned char* xs = tg_smem + (s % TG_STAGES) * L::STAGE + L::W;
 #pragma unroll
-        for (int q = 0; q < XQ; ++q) {
-            const int i = tid + q * TG_THREADS, row = i >> 3, seg = i & 7;
-            unsigned hi[4], lo[4];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                hi[e] = pack_bf16x2(src[q][2 * e], src[q][2 * e + 1]);
-                lo[e] = pack_bf16x2(src[q][2 * e] - bf16lo(hi[e]), src[q][2 * e + 1] - bf16hi(hi[e]));
+        for (int q = 0; q < XU; ++q) {
+            const int u = tid + q * TG_THREADS, pair = u / XPR, jm = pair >> 3, pg = pair & 7;
+            const int kc = (u % XPR) * XK;  // k within the stage
+            const int h = kc >> 5, ft = (kc >> 3) & 3;
+            const uint4 a = src[q][0], b = src[q][1];  // rows g, g + 8
+            if constexpr (XF32) {
+                const float a0 = __uint_as_float(a.x), a1 = __uint_as_float(a.y), a2 = __uint_as_float(a.z),
+                            a3 = __uint_as_float(a.w), b0 = __uint_as_float(b.x), b1 = __uint_as_float(b.y),
+                            b2 = __uint_as_float(b.z), b3 = __uint_as_float(b.w);
+                const unsigned h0 = pack_bf16x2(a0, a1), h1 = pack_bf16x2(b0, b1), h2 = pack_bf16x2(a2, a3),
+                               h3 = pack_bf16x2(b2, b3);
+                const uint4 hv = make_uint4(h0, h1, h2, h3);
+                const uint4 lv = make_uint4(pack_bf16x2(a0 - bf16lo(h0), a1 - bf16hi(h0)),
+                                            pack_bf16x2(b0 - bf16lo(h1), b1 - bf16hi(h1)),
+                                            pack_bf16x2(a2 - bf16lo(h2), a3 - bf16hi(h2)),
+                                            pack_bf16x2(b2 - bf16lo(h3), b3 - bf16hi(h3)));
+                const int off = tg_xoff(jm, h, (kc >> 2) & 1, pg * 4 + ft);
+                *reinterpret_cast<uint4*>(xs + off) = hv;
+                *reinterpret_cast<uint4*>(xs + L::X + off) = lv;
+            } else {
+                *reinterpret_cast<uint4*>(xs + tg_xoff(jm, h, 0, pg * 4 + ft)) = make_uint4(a.x, b.x, a.y, b.y);
+                *reinterpret_cast<uint4*>(xs + tg_xoff(jm, h, 1, pg * 4 + ft)) = make_uint4(a.z, b.z, a.w, b.w);
             }
-            *reinterpret_cast<uint4*>(hi_t + tg_off(row, seg)) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
-            *reinterpret_cast<uint4*>(hi_t + L::X + tg_off(row, seg)) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
-        }
-    };
-    auto load_x_async = [&](int s) {  // bf16 x: global -> shared directly
-        unsigned char* hi_t = tg_smem + (s % TG_STAGES) * L::STAGE + L::W;
-#pragma unroll
-        for (int q = 0; q < XQ; ++q) {
-            const int i = tid + q * TG_THREADS;
-            int m, k;
-            const bool ok = x_ok(s, i, m, k);
-            const bf16* xb = reinterpret_cast<const bf16*>(x);
-            cp_async16(hi_t + tg_off(i >> 3, i & 7), ok ? xb + (size_t)m * K + k : xb, ok);
         }
     };
 
     // Prologue: weights are never written, so their first stages load before the
-    // predecessor kernel finishes (PDL); x only after. Group 0 = W0, W1, x0; group 1 = x1.
+    // predecessor kernel finishes (PDL); x only after. Group 0 = W0, W1; group 1 is empty
+    // (x goes through registers), so the loop's wait<1> finds stage s's W landed.
     load_w(0);
     load_w(1);
     // One thread per W row of the tile: the row's next columns into L2.
     prefetch_rows_early(W, n0, TG_BN, tid, M, N, K, kb, ke, 2 * TG_SK, splits, ks);
     KILN_PDL_ENTER_ROWS(M);
-    if constexpr (XF32) {
+    {
         // Both stages' x loads in flight before either is stored: one dependent L2 round
         // trip at the block's start, not two.
-        float xr1[XQ][8];
+        uint4 xr1[XU][2];
         load_x_regs(0, xr);
         load_x_regs(1, xr1);
         store_x_regs(0, xr);
         store_x_regs(1, xr1);
         cp_async_commit();
         cp_async_commit();
-    } else {
-        load_x_async(0);
-        cp_async_commit();
-        load_x_async(1);
-        cp_async_commit();
     }
 
-    float acc[2][4][4];
+    float acc[2][4][4];  // [batch tile of 16][W tile of 8][fragment]
 #pragma unroll
-    for (int r = 0; r < 2; ++r)
+    for (int j = 0; j < 2; ++j)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int r = 0; r < 4; ++r)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
+            for (int e = 0; e < 4; ++e) acc[j][r][e] = 0.f;
 
     for (int s = 0; s < nst; ++s) {
         cp_async_wait<1>();  // stage s has landed (stage s + 1 may still be in flight)
         __syncthreads();     // ... for every thread; and stage s - 1's slot is free
         load_w(s + 2);
-        if constexpr (XF32) {
-            load_x_regs(s + 2, xr);
-        } else {
-            load_x_async(s + 2);
-        }
+        load_x_regs(s + 2, xr);
         cp_async_commit();
 
         const unsigned char* wt = tg_smem + (s % TG_STAGES) * L::STAGE;
@@ -201,32 +238,30 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
                 // full tile has no branch between its 8 accumulators' MMA chains and the
                 // scheduler can interleave them (a branch per tile left 2 chains).
                 switch (jt) {
-                    case 4: tg_chunk<4, XF32>(acc, wt, wn, wm, g, t, h); break;
-                    case 3: tg_chunk<3, XF32>(acc, wt, wn, wm, g, t, h); break;
-                    case 2: tg_chunk<2, XF32>(acc, wt, wn, wm, g, t, h); break;
-                    case 1: tg_chunk<1, XF32>(acc, wt, wn, wm, g, t, h); break;
+                    case 2: tg_chunk<2, XF32>(acc, wt, wn, wm, lane, h); break;
+                    case 1: tg_chunk<1, XF32>(acc, wt, wn, wm, lane, h); break;
                     default: break;
                 }
             }
         }
-        if constexpr (XF32) store_x_regs(s + 2, xr);  // slot of stage s - 1, free since the barrier
+        store_x_regs(s + 2, xr);  // slot of stage s - 1, free since the barrier
     }
     cp_async_wait<0>();
 
-    // Epilogue: as gemm.cu's. Accumulator e of (r, j): W row n0 + wn*32 + r*16 + g + 8*(e/2),
-    // batch row m0 + wm*32 + j*8 + 2t + e%2. One split: straight to y; else the partial to
-    // ws, and the tile's last block to arrive sums the splits.
+    // Epilogue: as gemm.cu's. Accumulator e of (j, r): batch row m0 + wm*32 + j*16 + g +
+    // 8*(e/2), W row n0 + wn*32 + r*8 + 2t + e%2. One split: straight to y; else the
+    // partial to ws, and the tile's last block to arrive sums the splits.
     float* part = splits == 1 ? nullptr : ws + (size_t)blockIdx.y * M * N;
 #pragma unroll
-    for (int r = 0; r < 2; ++r)
+    for (int j = 0; j < 2; ++j)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int r = 0; r < 4; ++r)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const int n = n0 + wn * 32 + r * 16 + g + 8 * (e >> 1), m = m0 + wm * 32 + j * 8 + 2 * t + (e & 1);
+                const int m = m0 + wm * 32 + j * 16 + g + 8 * (e >> 1), n = n0 + wn * 32 + r * 8 + 2 * t + (e & 1);
                 if (n >= N || m >= M) continue;
-                if (part) __stcg(part + (size_t)m * N + n, acc[r][j][e]);
-                else y[(size_t)m * N + n] = from_f<Y>(acc[r][j][e]);
+                if (part) __stcg(part + (size_t)m * N + n, acc[j][r][e]);
+                else y[(size_t)m * N + n] = from_f<Y>(acc[j][r][e]);
             }
     if (!part) return;
     __threadfence();
