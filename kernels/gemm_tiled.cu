@@ -67,27 +67,26 @@ __device__ __forceinline__ void tg_mma(float* d, const uint4& xa, unsigned w0, u
     mma_16816(d, a, b);
 }
 
-// One 32-k chunk (half `h` of the stage at `wt`) for the warp's first JT batch tiles of
+// One 32-k chunk (half H of the stage at `wt`) for the warp's first JT batch tiles of
 // 16: every accumulator gets hi step 0, hi step 1, then (fp32 x) lo step 0, lo step 1,
 // the order the skinny kernels use; only the interleaving of independent accumulators
-// is free, which leaves every bit unchanged.
-template <int JT, bool XF32>
-__device__ __forceinline__ void tg_chunk(float (&acc)[2][4][4], const unsigned char* wt, int wn, int wm, int lane,
-                                         int h) {
+// is free, which leaves every bit unchanged. wo: the lane's W row offset for this half
+// (tg_off of W tile 0); xo[s]: its x fragment offset for step s (tg_xoff of batch tile
+// 0, half 0), so every shared load is a register plus a constant.
+template <int JT, int H, bool XF32>
+__device__ __forceinline__ void tg_chunk(float (&acc)[2][4][4], const unsigned char* wt, int wo, const int (&xo)[2]) {
     using L = TgLayout<XF32>;
-    const unsigned char* xs = wt + L::W;
-    const int g = lane >> 2, t = lane & 3;
     uint4 w[4];
 #pragma unroll
-    for (int r = 0; r < 4; ++r) w[r] = lds128(wt + tg_off(wn * 32 + r * 8 + g, h * 4 + t));
+    for (int r = 0; r < 4; ++r) w[r] = lds128(wt + wo + r * 8 * TG_ROWB);
     uint4 hi[JT][2], lo[JT][2];
 #pragma unroll
     for (int j = 0; j < JT; ++j)
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
-            const int off = tg_xoff(wm * 2 + j, h, s, lane);
-            hi[j][s] = lds128(xs + off);
-            if constexpr (XF32) lo[j][s] = lds128(xs + L::X + off);
+            const unsigned char* p = wt + L::W + xo[s] + tg_xoff(j, H, 0, 0);
+            hi[j][s] = lds128(p);
+            if constexpr (XF32) lo[j][s] = lds128(p + L::X);
         }
 #pragma unroll
     for (int j = 0; j < JT; ++j)
@@ -106,6 +105,19 @@ __device__ __forceinline__ void tg_chunk(float (&acc)[2][4][4], const unsigned c
         for (int j = 0; j < JT; ++j)
 #pragma unroll
             for (int r = 0; r < 4; ++r) tg_mma(acc[j][r], lo[j][1], w[r].z, w[r].w);
+    }
+}
+
+// The chunk with the live-tile count as a template argument (warp-uniform switch), so a
+// full tile has no branch between its 8 accumulators' MMA chains and the scheduler can
+// interleave them (a branch per tile left 2 chains).
+template <int H, bool XF32>
+__device__ __forceinline__ void tg_chunk_live(float (&acc)[2][4][4], int jt, const unsigned char* wt, int wo,
+                                              const int (&xo)[2]) {
+    switch (jt) {
+        case 2: tg_chunk<2, H, XF32>(acc, wt, wo, xo); break;
+        case 1: tg_chunk<1, H, XF32>(acc, wt, wo, xo); break;
+        default: break;
     }
 }
 
@@ -128,51 +140,56 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     const int jt = max(0, min(2, (M - m0 - wm * 32 + 15) / 16));
 
     // W stage s: 128 rows x 8 segments, 4 cp.async per thread (zero past N and past ke,
-    // as the skinny kernels zero their loads).
+    // as the skinny kernels zero their loads). The thread's rows are wr0 + 32q, its
+    // segment fixed, so one pointer and one shared offset serve every stage.
+    constexpr int WQ = TG_BN * 8 / TG_THREADS;
+    const int wr0 = tid >> 3, wseg = tid & 7;
+    const bf16* wsrc = W + (size_t)(n0 + wr0) * K + kb + wseg * 8;
+    const int wdst = tg_off(wr0, wseg);  // + 32q rows: tg_off's swizzle depends on row parity only
     auto load_w = [&](int s) {
-        unsigned char* dst = tg_smem + (s % TG_STAGES) * L::STAGE;
+        unsigned char* dst = tg_smem + (s % TG_STAGES) * L::STAGE + wdst;
+        const bool kin = s < nst && kb + s * TG_SK + wseg * 8 < ke;
 #pragma unroll
-        for (int q = 0; q < TG_BN * 8 / TG_THREADS; ++q) {
-            const int i = tid + q * TG_THREADS, row = i >> 3, seg = i & 7;
-            const int k = kb + s * TG_SK + seg * 8;
-            const bool ok = s < nst && n0 + row < N && k < ke;
-            cp_async16(dst + tg_off(row, seg), ok ? W + (size_t)(n0 + row) * K + k : W, ok);
+        for (int q = 0; q < WQ; ++q) {
+            const bool ok = kin && n0 + wr0 + 32 * q < N;
+            cp_async16(dst + 32 * q * TG_ROWB, ok ? wsrc + (size_t)32 * q * K + s * TG_SK : W, ok);
         }
     };
     // x stage s through registers. A unit is one pair of batch rows (g, g + 8 of a
-    // 16-row tile) over 4 k (fp32: two units per thread) or 8 k (bf16: one per thread);
-    // 16 neighbouring lanes (fp32) or 8 (bf16) read 256 or 128 contiguous bytes of a row.
+    // 16-row tile) over 4 k (fp32: two units per thread, pairs p and p + 16) or 8 k
+    // (bf16: one per thread); 16 neighbouring lanes (fp32) or 8 (bf16) read 256 or 128
+    // contiguous bytes of a row. A unit's rows are xm + 32q + 8e, its k fixed.
     constexpr int XU = XF32 ? 2 : 1;       // units per thread per stage
     constexpr int XK = XF32 ? 4 : 8;       // k per unit
     constexpr int XPR = TG_SK / XK;        // units per row pair per stage
+    constexpr int XE = XF32 ? 4 : 2;       // bytes per x element
+    const int xpair = tid / XPR, xkc = (tid % XPR) * XK;
+    const int xm = m0 + (xpair >> 3) * 16 + (xpair & 7);
+    const unsigned char* xsrc = reinterpret_cast<const unsigned char*>(x) + ((size_t)xm * K + kb + xkc) * XE;
+    // Where the unit's fragment goes: tg_xoff(pair / 8, h, s, 4 * (pair % 8) + t); the
+    // second fp32 unit (pair + 16) is 2 batch tiles further.
+    const int xh = xkc >> 5, xft = (xkc >> 3) & 3, xl = (xpair & 7) * 4 + xft;
+    const int xdst0 = tg_xoff(xpair >> 3, xh, XF32 ? (xkc >> 2) & 1 : 0, xl);
+    const int xdst1 = tg_xoff(xpair >> 3, xh, 1, xl);  // bf16: step 1 of the same unit
     uint4 xr[XU][2];
     using XRegs = uint4[XU][2];
     auto load_x_regs = [&](int s, XRegs& dst) {  // global -> registers (zero past M, ke)
+        // Zero past ke by 8-k segments, as the W loads and the skinny kernels.
+        const bool kin = s < nst && kb + s * TG_SK + (xkc & ~7) < ke;
 #pragma unroll
-        for (int q = 0; q < XU; ++q) {
-            const int u = tid + q * TG_THREADS, pair = u / XPR;
-            const int kc = (u % XPR) * XK, k = kb + s * TG_SK + kc;
-            // Zero past ke by 8-k segments, as the W loads and the skinny kernels.
-            const bool kin = kb + s * TG_SK + (kc & ~7) < ke;
+        for (int q = 0; q < XU; ++q)
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
-                const int m = m0 + (pair >> 3) * 16 + (pair & 7) + 8 * e;
+                const int dm = 32 * q + 8 * e;
                 dst[q][e] = make_uint4(0u, 0u, 0u, 0u);
-                if (s < nst && m < M && kin) {
-                    const size_t at = (size_t)m * K + k;
-                    dst[q][e] = XF32 ? __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const float*>(x) + at))
-                                     : __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const bf16*>(x) + at));
-                }
+                if (kin && xm + dm < M)
+                    dst[q][e] = __ldg(reinterpret_cast<const uint4*>(xsrc + ((size_t)dm * K + s * TG_SK) * XE));
             }
-        }
     };
     auto store_x_regs = [&](int s, const XRegs& src) {  // registers -> A-fragment order
         unsigned char* xs = tg_smem + (s % TG_STAGES) * L::STAGE + L::W;
 #pragma unroll
         for (int q = 0; q < XU; ++q) {
-            const int u = tid + q * TG_THREADS, pair = u / XPR, jm = pair >> 3, pg = pair & 7;
-            const int kc = (u % XPR) * XK;  // k within the stage
-            const int h = kc >> 5, ft = (kc >> 3) & 3;
             const uint4 a = src[q][0], b = src[q][1];  // rows g, g + 8
             if constexpr (XF32) {
                 const float a0 = __uint_as_float(a.x), a1 = __uint_as_float(a.y), a2 = __uint_as_float(a.z),
@@ -185,15 +202,18 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
                                             pack_bf16x2(b0 - bf16lo(h1), b1 - bf16hi(h1)),
                                             pack_bf16x2(a2 - bf16lo(h2), a3 - bf16hi(h2)),
                                             pack_bf16x2(b2 - bf16lo(h3), b3 - bf16hi(h3)));
-                const int off = tg_xoff(jm, h, (kc >> 2) & 1, pg * 4 + ft);
+                const int off = xdst0 + q * tg_xoff(2, 0, 0, 0);
                 *reinterpret_cast<uint4*>(xs + off) = hv;
                 *reinterpret_cast<uint4*>(xs + L::X + off) = lv;
             } else {
-                *reinterpret_cast<uint4*>(xs + tg_xoff(jm, h, 0, pg * 4 + ft)) = make_uint4(a.x, b.x, a.y, b.y);
-                *reinterpret_cast<uint4*>(xs + tg_xoff(jm, h, 1, pg * 4 + ft)) = make_uint4(a.z, b.z, a.w, b.w);
+                *reinterpret_cast<uint4*>(xs + xdst0) = make_uint4(a.x, b.x, a.y, b.y);
+                *reinterpret_cast<uint4*>(xs + xdst1) = make_uint4(a.z, b.z, a.w, b.w);
             }
         }
     };
+    // The lane's fragment offsets (tg_chunk).
+    const int wo[2] = {tg_off(wn * 32 + g, t), tg_off(wn * 32 + g, 4 + t)};
+    const int xo[2] = {tg_xoff(wm * 2, 0, 0, lane), tg_xoff(wm * 2, 0, 1, lane)};
 
     // Prologue: weights are never written, so their first stages load before the
     // predecessor kernel finishes (PDL); x only after. Group 0 = W0, W1; group 1 is empty
@@ -231,19 +251,8 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
         cp_async_commit();
 
         const unsigned char* wt = tg_smem + (s % TG_STAGES) * L::STAGE;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            if (2 * s + h < nchunks) {
-                // One specialisation per count of live batch tiles (warp-uniform), so a
-                // full tile has no branch between its 8 accumulators' MMA chains and the
-                // scheduler can interleave them (a branch per tile left 2 chains).
-                switch (jt) {
-                    case 2: tg_chunk<2, XF32>(acc, wt, wn, wm, lane, h); break;
-                    case 1: tg_chunk<1, XF32>(acc, wt, wn, wm, lane, h); break;
-                    default: break;
-                }
-            }
-        }
+        tg_chunk_live<0, XF32>(acc, jt, wt, wo[0], xo);
+        if (2 * s + 1 < nchunks) tg_chunk_live<1, XF32>(acc, jt, wt, wo[1], xo);
         store_x_regs(s + 2, xr);  // slot of stage s - 1, free since the barrier
     }
     cp_async_wait<0>();
