@@ -118,9 +118,10 @@ pub struct Kernels {
     logging: AtomicBool,
 }
 
-/// Records of a timeline build's buffer (48 bytes each): a decode step at batch 256 or a
-/// 1024-token prefill chunk fits.
-const TIMELINE_RECORDS: usize = 1 << 21;
+/// Records of a timeline build's buffer (48 bytes each, 768 MB; only timeline builds
+/// allocate it): a decode step at batch 256 or an 8192-token prefill chunk fits (the
+/// 8192-token chunk overflowed 2M records).
+const TIMELINE_RECORDS: usize = 1 << 24;
 
 impl Kernels {
     /// Loads compiled modules (all of `compile::SOURCES`) into `ctx`.
