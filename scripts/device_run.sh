@@ -51,6 +51,8 @@
 #            with 8 warps per block sharing each K/V tile), and its logits (bit-identical);
 #            prefill 1024 and 8192 with KILN_PDL_STREAM=1 (launch-by-launch steps with PDL)
 #            and its logits (bit-identical)
+#   tiled_min  bench at batch 1/8/16/24 with the tiled decode GEMM from M = 17 (default), 9
+#            and 1 (KILN_GEMM_TILED_MIN_M): bench_tiled_min.txt
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
 #   peer     shared/bench/peer_torch_graph.py in the same call
 #   membench bench/membench.cu (nvcc on the device): the decode GEMMs' weight bytes read
@@ -303,6 +305,12 @@ if has knobs; then
 fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
+fi
+if has tiled_min; then
+  # The tiled GEMM for small batches too (session 10: its fragments are plain shared loads).
+  for mm in 17 9 1; do
+    bench_as "tiled_min_m $mm" bench_tiled_min.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_TILED_MIN_M=$mm -- --batch 1,8,16,24 --prefill 16
+  done
 fi
 if has nograph; then
   log "bench without CUDA graphs"; KILN_CUDA_GRAPHS=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,32 --prefill 64 2>&1 | grep "decode batch"

@@ -35,6 +35,10 @@ pub struct GemmChoices {
     /// 32/64/128/256 10/27/36/40 % faster, docs/perf.md). `KILN_GEMM_TILED=0` goes back to
     /// the shared-x kernel for 17..64 rows and 64-row pieces.
     pub tiled: bool,
+    /// The fewest rows the tiled kernel takes (`KILN_GEMM_TILED_MIN_M`, default 17): an
+    /// experiment since its fragments became plain shared loads (session 10); every kernel
+    /// gives the same bits, so any bound keeps rows batch invariant.
+    pub tiled_min_m: usize,
     /// Up to 16 rows, the shared-x kernel for the weights of at least `shared_x_min_n`
     /// columns (`KILN_GEMM_SMALL_SX=0`: the register kernel, as before session 7;
     /// `KILN_GEMM_SX_MIN_N=N` moves the bound, 0 taking shared-x for every weight).
@@ -48,7 +52,7 @@ pub struct GemmChoices {
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM }
     }
 }
 
@@ -60,6 +64,7 @@ impl GemmChoices {
         let num = |var: &str, default: usize| std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
         GemmChoices {
             tiled: flag("KILN_GEMM_TILED", d.tiled),
+            tiled_min_m: num("KILN_GEMM_TILED_MIN_M", d.tiled_min_m).max(1),
             small_shared_x: flag("KILN_GEMM_SMALL_SX", d.small_shared_x),
             shared_x_min_n: num("KILN_GEMM_SX_MIN_N", d.shared_x_min_n),
             warps: num("KILN_GEMM_WARPS", d.warps).max(1),
@@ -87,7 +92,9 @@ impl GemmChoices {
     /// step before (session 6: 5.21 against 4.89 ms) because its early L2 prefetch was
     /// missing and then over budget; `prefetch_cols` fixed both.
     pub fn auto_kind(&self, m: usize, n: usize) -> GemmKind {
-        if m <= 16 {
+        if self.tiled && m >= self.tiled_min_m.min(17) {
+            GemmKind::Tiled
+        } else if m <= 16 {
             if self.small_shared_x && n >= self.shared_x_min_n {
                 GemmKind::SharedX
             } else {
@@ -278,7 +285,7 @@ mod tests {
     fn the_tiled_kernel_takes_17_rows_and_up_by_default() {
         // CI never sets KILN_GEMM_TILED: the default, measured on the device, is the tiled
         // kernel from 17 rows, and decode GEMMs in 256-row pieces.
-        assert!(std::env::var("KILN_GEMM_TILED").is_err());
+        assert!(std::env::var("KILN_GEMM_TILED").is_err() && std::env::var("KILN_GEMM_TILED_MIN_M").is_err());
         assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err() && std::env::var("KILN_GEMM_SX_MIN_N").is_err());
         assert!(std::env::var("KILN_GEMM_WARPS").is_err() && std::env::var("KILN_GEMM_WIDE_WARPS").is_err());
         // With none of the experiments set, the environment gives the defaults.
@@ -294,6 +301,13 @@ mod tests {
             assert_eq!(c.auto_kind(64, n), GemmKind::Tiled);
             assert_eq!(c.auto_kind(65, n), GemmKind::Tiled);
             assert_eq!(c.auto_kind(GEMM_MAX_M, n), GemmKind::Tiled);
+            // The experiment's lower bound moves only the small batches to the tiled
+            // kernel; 17 rows and up stay there whatever it says.
+            let low = GemmChoices { tiled_min_m: 9, ..c };
+            assert_eq!(low.auto_kind(8, n), small);
+            assert_eq!(low.auto_kind(9, n), GemmKind::Tiled);
+            assert_eq!(GemmChoices { tiled_min_m: 40, ..c }.auto_kind(17, n), GemmKind::Tiled);
+            assert_eq!(GemmChoices { tiled: false, tiled_min_m: 1, ..c }.auto_kind(1, n), small);
         }
         // Counters cover the tiled kernel's (W tile, batch tile) pairs and the skinny
         // kernels' 64-row groups.
