@@ -223,17 +223,20 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     // One thread per W row of the tile: the row's next columns into L2.
     prefetch_rows_early(W, n0, TG_BN, tid, M, N, K, kb, ke, 2 * TG_SK, splits, ks);
     KILN_PDL_ENTER_ROWS(M);
-    {
-        // Both stages' x loads in flight before either is stored: one dependent L2 round
-        // trip at the block's start, not two.
-        uint4 xr1[XU][2];
-        load_x_regs(0, xr);
-        load_x_regs(1, xr1);
-        store_x_regs(0, xr);
-        store_x_regs(1, xr1);
-        cp_async_commit();
-        cp_async_commit();
-    }
+    // x goes through two register sets, loaded two stages before they are stored: stage
+    // t's x is loaded in stage t - 4 and stored in stage t - 2 (its slot is free from
+    // that stage's barrier), so a load has two stages of MMAs to arrive. With one set
+    // (loaded and stored in the same stage) the MMAs no longer covered the L2 latency
+    // once their fragments were plain shared loads (ncu: L1TEX scoreboard stalls).
+    uint4 xb[XU][2];
+    load_x_regs(0, xr);
+    load_x_regs(1, xb);  // both in flight before either is stored: one round trip
+    store_x_regs(0, xr);
+    store_x_regs(1, xb);
+    load_x_regs(2, xr);
+    load_x_regs(3, xb);
+    cp_async_commit();
+    cp_async_commit();
 
     float acc[2][4][4];  // [batch tile of 16][W tile of 8][fragment]
 #pragma unroll
@@ -243,17 +246,21 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][r][e] = 0.f;
 
-    for (int s = 0; s < nst; ++s) {
+    // Stage s; `xs` holds stage s + 2's x, and takes stage s + 4's.
+    auto stage = [&](int s, XRegs& xs) {
         cp_async_wait<1>();  // stage s has landed (stage s + 1 may still be in flight)
         __syncthreads();     // ... for every thread; and stage s - 1's slot is free
         load_w(s + 2);
-        load_x_regs(s + 2, xr);
         cp_async_commit();
-
+        store_x_regs(s + 2, xs);  // slot of stage s - 1, free since the barrier
+        load_x_regs(s + 4, xs);
         const unsigned char* wt = tg_smem + (s % TG_STAGES) * L::STAGE;
         tg_chunk_live<0, XF32>(acc, jt, wt, wo[0], xo);
         if (2 * s + 1 < nchunks) tg_chunk_live<1, XF32>(acc, jt, wt, wo[1], xo);
-        store_x_regs(s + 2, xr);  // slot of stage s - 1, free since the barrier
+    };
+    for (int s = 0; s < nst; s += 2) {  // two stages per trip: the sets alternate
+        stage(s, xr);
+        if (s + 1 < nst) stage(s + 1, xb);
     }
     cp_async_wait<0>();
 
