@@ -59,6 +59,15 @@ __device__ __forceinline__ int tg_xoff(int jm, int h, int s, int l) {
     return (((jm * 2 + h) * 2 + s) << 9) + ((l ^ (s << 2)) << 4);
 }
 
+// y[0], y[1] = v0, v1 in one store (y 8-byte aligned for fp32, 4-byte for bf16).
+template <typename Y> __device__ __forceinline__ void store_pair(Y* y, float v0, float v1);
+template <> __device__ __forceinline__ void store_pair<float>(float* y, float v0, float v1) {
+    *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
+}
+template <> __device__ __forceinline__ void store_pair<bf16>(bf16* y, float v0, float v1) {
+    *reinterpret_cast<unsigned*>(y) = pack_bf16x2(v0, v1);
+}
+
 __device__ __forceinline__ uint4 lds128(const unsigned char* p) { return *reinterpret_cast<const uint4*>(p); }
 
 // d += x fragment (A, 16 batch rows) * W fragment (B, two words: 8 W rows).
@@ -267,17 +276,32 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     // Epilogue: as gemm.cu's. Accumulator e of (j, r): batch row m0 + wm*32 + j*16 + g +
     // 8*(e/2), W row n0 + wn*32 + r*8 + 2t + e%2. One split: straight to y; else the
     // partial to ws, and the tile's last block to arrive sums the splits.
+    // Accumulators e and e + 1 are neighbours in a row: one 8-byte store (4 bytes for bf16
+    // y) when N is even, so a warp's store fills whole 32-byte sectors (8 rows x 4 lanes)
+    // instead of half of twice as many.
     float* part = splits == 1 ? nullptr : ws + (size_t)blockIdx.y * M * N;
+    const bool pairs = (N & 1) == 0 && ((reinterpret_cast<size_t>(part ? (void*)part : (void*)y) & 7) == 0);
 #pragma unroll
     for (int j = 0; j < 2; ++j)
 #pragma unroll
         for (int r = 0; r < 4; ++r)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int m = m0 + wm * 32 + j * 16 + g + 8 * (e >> 1), n = n0 + wn * 32 + r * 8 + 2 * t + (e & 1);
+            for (int e = 0; e < 4; e += 2) {
+                const int m = m0 + wm * 32 + j * 16 + g + 8 * (e >> 1), n = n0 + wn * 32 + r * 8 + 2 * t;
                 if (n >= N || m >= M) continue;
-                if (part) __stcg(part + (size_t)m * N + n, acc[j][r][e]);
-                else y[(size_t)m * N + n] = from_f<Y>(acc[j][r][e]);
+                const float v0 = acc[j][r][e], v1 = acc[j][r][e + 1];
+                const size_t at = (size_t)m * N + n;
+                if (pairs) {  // n even and N even: n + 1 < N, and the pair is aligned
+                    if (part) __stcg(reinterpret_cast<float2*>(part + at), make_float2(v0, v1));
+                    else store_pair<Y>(y + at, v0, v1);
+                } else {
+                    if (part) __stcg(part + at, v0);
+                    else y[at] = from_f<Y>(v0);
+                    if (n + 1 < N) {
+                        if (part) __stcg(part + at + 1, v1);
+                        else y[at + 1] = from_f<Y>(v1);
+                    }
+                }
             }
     if (!part) return;
     __threadfence();
