@@ -34,14 +34,17 @@ using namespace kiln;
 #define TG_BN 128     // W rows per block
 #define TG_BM 64      // batch rows per block
 #define TG_SK 64      // k per stage (two 32-k chunks)
-#define TG_STAGES 3
 #define TG_ROWB 128   // bytes per shared-memory row: 64 bf16
+#define TG_XPLANE (TG_BM * TG_ROWB)  // 8 KB: one stage of x hi (x lo follows for fp32 x)
 
-template <bool XF32> struct TgLayout {
+// Shared memory: WST slots of W stages, then XST slots of x stages. W runs WST - 1 stages
+// ahead (cp.async), x XST - 1 (through registers). The default kernel has 3 and 3; the
+// deep one (session 10, an experiment) 5 and 2: twice the W bytes in flight per block
+// in 16 KB more shared memory (114688 bytes: still 2 blocks per SM).
+template <bool XF32, int WST, int XST> struct TgLayout {
     static constexpr int W = TG_BN * TG_ROWB;  // 16 KB
-    static constexpr int X = TG_BM * TG_ROWB;  // 8 KB of x hi (then x lo for fp32 x)
-    static constexpr int STAGE = W + X * (XF32 ? 2 : 1);
-    static constexpr int SMEM = TG_STAGES * STAGE;
+    static constexpr int X = TG_XPLANE * (XF32 ? 2 : 1);
+    static constexpr int SMEM = WST * W + XST * X;
 };
 
 // Byte offset of 16-byte segment `seg` (0..7, k = seg*8..) of W tile row `row`. Odd rows
@@ -83,8 +86,8 @@ __device__ __forceinline__ void tg_mma(float* d, const uint4& xa, unsigned w0, u
 // (tg_off of W tile 0); xo[s]: its x fragment offset for step s (tg_xoff of batch tile
 // 0, half 0), so every shared load is a register plus a constant.
 template <int JT, int H, bool XF32>
-__device__ __forceinline__ void tg_chunk(float (&acc)[2][4][4], const unsigned char* wt, int wo, const int (&xo)[2]) {
-    using L = TgLayout<XF32>;
+__device__ __forceinline__ void tg_chunk(float (&acc)[2][4][4], const unsigned char* wt, const unsigned char* xt, int wo,
+                                         const int (&xo)[2]) {
     uint4 w[4];
 #pragma unroll
     for (int r = 0; r < 4; ++r) w[r] = lds128(wt + wo + r * 8 * TG_ROWB);
@@ -93,9 +96,9 @@ __device__ __forceinline__ void tg_chunk(float (&acc)[2][4][4], const unsigned c
     for (int j = 0; j < JT; ++j)
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
-            const unsigned char* p = wt + L::W + xo[s] + tg_xoff(j, H, 0, 0);
+            const unsigned char* p = xt + xo[s] + tg_xoff(j, H, 0, 0);
             hi[j][s] = lds128(p);
-            if constexpr (XF32) lo[j][s] = lds128(p + L::X);
+            if constexpr (XF32) lo[j][s] = lds128(p + TG_XPLANE);
         }
 #pragma unroll
     for (int j = 0; j < JT; ++j)
@@ -121,20 +124,22 @@ __device__ __forceinline__ void tg_chunk(float (&acc)[2][4][4], const unsigned c
 // full tile has no branch between its 8 accumulators' MMA chains and the scheduler can
 // interleave them (a branch per tile left 2 chains).
 template <int H, bool XF32>
-__device__ __forceinline__ void tg_chunk_live(float (&acc)[2][4][4], int jt, const unsigned char* wt, int wo,
-                                              const int (&xo)[2]) {
+__device__ __forceinline__ void tg_chunk_live(float (&acc)[2][4][4], int jt, const unsigned char* wt,
+                                              const unsigned char* xt, int wo, const int (&xo)[2]) {
     switch (jt) {
-        case 2: tg_chunk<2, H, XF32>(acc, wt, wo, xo); break;
-        case 1: tg_chunk<1, H, XF32>(acc, wt, wo, xo); break;
+        case 2: tg_chunk<2, H, XF32>(acc, wt, xt, wo, xo); break;
+        case 1: tg_chunk<1, H, XF32>(acc, wt, xt, wo, xo); break;
         default: break;
     }
 }
 
-template <bool XF32, typename Y>
+template <bool XF32, int WST, int XST, typename Y>
 __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const void* __restrict__ x, Y* __restrict__ y,
                                            float* __restrict__ ws, unsigned* __restrict__ counters, int M, int N,
                                            int K, int ks, int splits) {
-    using L = TgLayout<XF32>;
+    using L = TgLayout<XF32, WST, XST>;
+    constexpr int WPRE = WST - 1, XPRE = XST - 1;
+    static_assert(WPRE >= XPRE && (XPRE == 1 || XPRE == 2), "x stored 1 or 2 stages ahead, W at least as far");
     extern __shared__ __align__(128) unsigned char tg_smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -156,7 +161,7 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     const bf16* wsrc = W + (size_t)(n0 + wr0) * K + kb + wseg * 8;
     const int wdst = tg_off(wr0, wseg);  // + 32q rows: tg_off's swizzle depends on row parity only
     auto load_w = [&](int s) {
-        unsigned char* dst = tg_smem + (s % TG_STAGES) * L::STAGE + wdst;
+        unsigned char* dst = tg_smem + (s % WST) * L::W + wdst;
         const bool kin = s < nst && kb + s * TG_SK + wseg * 8 < ke;
 #pragma unroll
         for (int q = 0; q < WQ; ++q) {
@@ -196,7 +201,7 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
             }
     };
     auto store_x_regs = [&](int s, const XRegs& src) {  // registers -> A-fragment order
-        unsigned char* xs = tg_smem + (s % TG_STAGES) * L::STAGE + L::W;
+        unsigned char* xs = tg_smem + WST * L::W + (s % XST) * L::X;
 #pragma unroll
         for (int q = 0; q < XU; ++q) {
             const uint4 a = src[q][0], b = src[q][1];  // rows g, g + 8
@@ -213,7 +218,7 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
                                             pack_bf16x2(b2 - bf16lo(h3), b3 - bf16hi(h3)));
                 const int off = xdst0 + q * tg_xoff(2, 0, 0, 0);
                 *reinterpret_cast<uint4*>(xs + off) = hv;
-                *reinterpret_cast<uint4*>(xs + L::X + off) = lv;
+                *reinterpret_cast<uint4*>(xs + TG_XPLANE + off) = lv;
             } else {
                 *reinterpret_cast<uint4*>(xs + xdst0) = make_uint4(a.x, b.x, a.y, b.y);
                 *reinterpret_cast<uint4*>(xs + xdst1) = make_uint4(a.z, b.z, a.w, b.w);
@@ -224,28 +229,34 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     const int wo[2] = {tg_off(wn * 32 + g, t), tg_off(wn * 32 + g, 4 + t)};
     const int xo[2] = {tg_xoff(wm * 2, 0, 0, lane), tg_xoff(wm * 2, 0, 1, lane)};
 
-    // Prologue: weights are never written, so their first stages load before the
-    // predecessor kernel finishes (PDL); x only after. Group 0 = W0, W1; group 1 is empty
-    // (x goes through registers), so the loop's wait<1> finds stage s's W landed.
-    load_w(0);
-    load_w(1);
+    // Prologue: weights are never written, so their first WPRE stages load before the
+    // predecessor kernel finishes (PDL), one cp.async group each; x only after.
+#pragma unroll
+    for (int i = 0; i < WPRE; ++i) {
+        load_w(i);
+        cp_async_commit();
+    }
     // One thread per W row of the tile: the row's next columns into L2.
-    prefetch_rows_early(W, n0, TG_BN, tid, M, N, K, kb, ke, 2 * TG_SK, splits, ks);
+    prefetch_rows_early(W, n0, TG_BN, tid, M, N, K, kb, ke, WPRE * TG_SK, splits, ks);
     KILN_PDL_ENTER_ROWS(M);
-    // x goes through two register sets, loaded two stages before they are stored: stage
-    // t's x is loaded in stage t - 4 and stored in stage t - 2 (its slot is free from
-    // that stage's barrier), so a load has two stages of MMAs to arrive. With one set
-    // (loaded and stored in the same stage) the MMAs no longer covered the L2 latency
-    // once their fragments were plain shared loads (ncu: L1TEX scoreboard stalls).
+    // x goes through two register sets (stage t's in set t % 2), each loaded two stages
+    // before it is stored: stage t's x is loaded in stage t - XPRE - 2 and stored in
+    // stage t - XPRE (its slot is free from that stage's barrier), so a load has two
+    // stages of MMAs to arrive. The first XPRE stages are stored here.
     uint4 xb[XU][2];
-    load_x_regs(0, xr);
-    load_x_regs(1, xb);  // both in flight before either is stored: one round trip
-    store_x_regs(0, xr);
-    store_x_regs(1, xb);
-    load_x_regs(2, xr);
-    load_x_regs(3, xb);
-    cp_async_commit();
-    cp_async_commit();
+    if constexpr (XPRE == 2) {
+        load_x_regs(0, xr);
+        load_x_regs(1, xb);  // both in flight before either is stored: one round trip
+        store_x_regs(0, xr);
+        store_x_regs(1, xb);
+        load_x_regs(2, xr);
+        load_x_regs(3, xb);
+    } else {
+        load_x_regs(0, xr);
+        store_x_regs(0, xr);
+        load_x_regs(1, xb);
+        load_x_regs(2, xr);
+    }
 
     float acc[2][4][4];  // [batch tile of 16][W tile of 8][fragment]
 #pragma unroll
@@ -255,21 +266,27 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][r][e] = 0.f;
 
-    // Stage s; `xs` holds stage s + 2's x, and takes stage s + 4's.
+    // Stage s; `xs` holds stage s + XPRE's x, and takes stage s + XPRE + 2's.
     auto stage = [&](int s, XRegs& xs) {
-        cp_async_wait<1>();  // stage s has landed (stage s + 1 may still be in flight)
-        __syncthreads();     // ... for every thread; and stage s - 1's slot is free
-        load_w(s + 2);
+        cp_async_wait<WPRE - 1>();  // stage s's W has landed (later ones may be in flight)
+        __syncthreads();            // ... for every thread; and stage s - 1's slots are free
+        load_w(s + WPRE);
         cp_async_commit();
-        store_x_regs(s + 2, xs);  // slot of stage s - 1, free since the barrier
-        load_x_regs(s + 4, xs);
-        const unsigned char* wt = tg_smem + (s % TG_STAGES) * L::STAGE;
-        tg_chunk_live<0, XF32>(acc, jt, wt, wo[0], xo);
-        if (2 * s + 1 < nchunks) tg_chunk_live<1, XF32>(acc, jt, wt, wo[1], xo);
+        store_x_regs(s + XPRE, xs);  // x slot of stage s - 1, free since the barrier
+        load_x_regs(s + XPRE + 2, xs);
+        const unsigned char* wt = tg_smem + (s % WST) * L::W;
+        const unsigned char* xt = tg_smem + WST * L::W + (s % XST) * L::X;
+        tg_chunk_live<0, XF32>(acc, jt, wt, xt, wo[0], xo);
+        if (2 * s + 1 < nchunks) tg_chunk_live<1, XF32>(acc, jt, wt, xt, wo[1], xo);
     };
     for (int s = 0; s < nst; s += 2) {  // two stages per trip: the sets alternate
-        stage(s, xr);
-        if (s + 1 < nst) stage(s + 1, xb);
+        if constexpr (XPRE % 2 == 0) {
+            stage(s, xr);
+            if (s + 1 < nst) stage(s + 1, xb);
+        } else {
+            stage(s, xb);
+            if (s + 1 < nst) stage(s + 1, xr);
+        }
     }
     cp_async_wait<0>();
 
@@ -378,16 +395,21 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     if (tid == 0) counters[blockIdx.x] = 0u;
 }
 
-#define GEMM_TILED(XN, XT, XF, YN, YT)                                                           \
-    static_assert(TgLayout<XF>::SMEM == KILN_SMEM_GEMM_TILED_##XN,                               \
+#define GEMM_TILED(NAME, BYTES, WST, XST, XN, XT, XF, YN, YT)                                \
+    static_assert((TgLayout<XF, WST, XST>::SMEM == BYTES),                                      \
                   "the launcher's shared memory (registry.rs) differs from this layout");      \
     extern "C" __global__ void __launch_bounds__(TG_THREADS, 2)                                  \
-        kiln_gemm_tiled_x##XN##_y##YN(const bf16* W, const XT* x, YT* y, float* ws,              \
-                                      unsigned* counters, int M, int N, int K, int ks,           \
-                                      int splits) {                                              \
-        tiled_gemm<XF, YT>(W, x, y, ws, counters, M, N, K, ks, splits);                          \
+        NAME##_x##XN##_y##YN(const bf16* W, const XT* x, YT* y, float* ws, unsigned* counters,   \
+                             int M, int N, int K, int ks, int splits) {                          \
+        tiled_gemm<XF, WST, XST, YT>(W, x, y, ws, counters, M, N, K, ks, splits);                \
     }
-GEMM_TILED(f32, float, true, f32, float)
-GEMM_TILED(f32, float, true, bf16, bf16)
-GEMM_TILED(bf16, bf16, false, f32, float)
-GEMM_TILED(bf16, bf16, false, bf16, bf16)
+GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_f32, 3, 3, f32, float, true, f32, float)
+GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_f32, 3, 3, f32, float, true, bf16, bf16)
+GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_bf16, 3, 3, bf16, bf16, false, f32, float)
+GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_bf16, 3, 3, bf16, bf16, false, bf16, bf16)
+// The deep variant (KILN_GEMM_TILED_DEEP=1 picks it at run time): same arithmetic, so the
+// same bits.
+GEMM_TILED(kiln_gemm_tiled_deep, KILN_SMEM_GEMM_TILED_DEEP_f32, 5, 2, f32, float, true, f32, float)
+GEMM_TILED(kiln_gemm_tiled_deep, KILN_SMEM_GEMM_TILED_DEEP_f32, 5, 2, f32, float, true, bf16, bf16)
+GEMM_TILED(kiln_gemm_tiled_deep, KILN_SMEM_GEMM_TILED_DEEP_bf16, 5, 2, bf16, bf16, false, f32, float)
+GEMM_TILED(kiln_gemm_tiled_deep, KILN_SMEM_GEMM_TILED_DEEP_bf16, 5, 2, bf16, bf16, false, bf16, bf16)

@@ -51,6 +51,8 @@
 #            with 8 warps per block sharing each K/V tile), and its logits (bit-identical);
 #            prefill 1024 and 8192 with KILN_PDL_STREAM=1 (launch-by-launch steps with PDL)
 #            and its logits (bit-identical)
+#   tiled_deep  the tiled decode GEMM with W five stages deep (KILN_GEMM_TILED_DEEP=1): kernel
+#            tests, bench at 32..256 against the default, logits bit-identical (tiled_deep.txt)
 #   tiled_min  bench at batch 1/8/16/24 with the tiled decode GEMM from M = 17 (default), 9
 #            and 1 (KILN_GEMM_TILED_MIN_M): bench_tiled_min.txt
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
@@ -305,6 +307,14 @@ if has knobs; then
 fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
+fi
+if has tiled_deep; then
+  # The tiled GEMM with W five stages deep (KILN_GEMM_TILED_DEEP=1, session 10): its kernel
+  # tests, speed at the tiled batches against the default, and its logits (bit-identical
+  # expected, with batch invariance at 8/64/256).
+  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_GEMM_TILED_DEEP=1 "$t" gemm --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differs" | sed "s/^/deep kernels: /" | tee -a "$OUT/tiled_deep.txt"; done
+  for v in 0 1; do bench_as "tiled_deep $v" tiled_deep.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_TILED_DEEP=$v -- --batch 32,64,128,256 --prefill 16; done
+  [ -f "$REFS/cases.json" ] && logits_check tiled_deep "$ENG/qwen35_4b_random.plan" KILN_GEMM_TILED_DEEP=1
 fi
 if has tiled_min; then
   # The tiled GEMM for small batches too (session 10: its fragments are plain shared loads).

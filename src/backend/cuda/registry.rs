@@ -55,6 +55,11 @@ pub const GEMM_TILED: ByXY<&str> = [
     ["kiln_gemm_tiled_xf32_yf32", "kiln_gemm_tiled_xf32_ybf16"],
     ["kiln_gemm_tiled_xbf16_yf32", "kiln_gemm_tiled_xbf16_ybf16"],
 ];
+/// The tiled GEMM with W five stages deep and x two (an experiment: `KILN_GEMM_TILED_DEEP=1`).
+pub const GEMM_TILED_DEEP: ByXY<&str> = [
+    ["kiln_gemm_tiled_deep_xf32_yf32", "kiln_gemm_tiled_deep_xf32_ybf16"],
+    ["kiln_gemm_tiled_deep_xbf16_yf32", "kiln_gemm_tiled_deep_xbf16_ybf16"],
+];
 /// The largest M of each `GEMM_SX` column.
 pub const GEMM_SX_MAX_M: [usize; 3] = [16, 32, 64];
 pub const CONV1D: [&str; 2] = ["kiln_conv1d_f32", "kiln_conv1d_bf16"];
@@ -127,7 +132,18 @@ pub fn gemm_sx_smem(x: DType, max_m: usize) -> usize {
 /// Dynamic shared memory of kiln_gemm_tiled_*: three stages of 64 k, each a 128-row W
 /// tile and a 64-row x tile (hi, and lo for fp32 x), 128 bytes per row.
 pub fn gemm_tiled_smem(x: DType) -> usize {
-    3 * 128 * (128 + 64 * if x == DType::F32 { 2 } else { 1 })
+    tiled_smem(x, 3, 3)
+}
+
+/// The deep tiled GEMM's: 5 W stages, 2 x stages (114688 bytes with fp32 x).
+pub fn gemm_tiled_deep_smem(x: DType) -> usize {
+    tiled_smem(x, 5, 2)
+}
+
+/// `w_stages` W stages of 128 rows x 128 bytes and `x_stages` x stages of 64 rows x 128
+/// bytes per plane (hi and lo for fp32 x).
+fn tiled_smem(x: DType, w_stages: usize, x_stages: usize) -> usize {
+    w_stages * 128 * 128 + x_stages * 64 * 128 * if x == DType::F32 { 2 } else { 1 }
 }
 
 const BOTH: [DType; 2] = [DType::F32, DType::BF16];
@@ -152,6 +168,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     }
     for x in BOTH {
         add("gemm_tiled", &GEMM_TILED[x.idx()], gemm_tiled_smem(x));
+        add("gemm_tiled", &GEMM_TILED_DEEP[x.idx()], gemm_tiled_deep_smem(x));
     }
     add("conv", &CONV1D, 0);
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
@@ -190,6 +207,7 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
             v.push(format!("-DKILN_SMEM_GEMM_SX_{}_M{m}={}", x.suffix(), gemm_sx_smem(x, m)));
         }
         v.push(format!("-DKILN_SMEM_GEMM_TILED_{}={}", x.suffix(), gemm_tiled_smem(x)));
+        v.push(format!("-DKILN_SMEM_GEMM_TILED_DEEP_{}={}", x.suffix(), gemm_tiled_deep_smem(x)));
     }
     v
 }

@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, DevPtr, Kernels};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_tiled_deep_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_DEEP};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
 
@@ -39,6 +39,9 @@ pub struct GemmChoices {
     /// experiment since its fragments became plain shared loads (session 10); every kernel
     /// gives the same bits, so any bound keeps rows batch invariant.
     pub tiled_min_m: usize,
+    /// The tiled kernel with W five stages deep and x two (`KILN_GEMM_TILED_DEEP=1`, an
+    /// experiment of session 10: twice the weight bytes in flight per block; the same bits).
+    pub tiled_deep: bool,
     /// Up to 16 rows, the shared-x kernel for the weights of at least `shared_x_min_n`
     /// columns (`KILN_GEMM_SMALL_SX=0`: the register kernel, as before session 7;
     /// `KILN_GEMM_SX_MIN_N=N` moves the bound, 0 taking shared-x for every weight).
@@ -52,7 +55,7 @@ pub struct GemmChoices {
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM }
+        GemmChoices { tiled: true, tiled_min_m: 17, tiled_deep: false, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM }
     }
 }
 
@@ -65,6 +68,7 @@ impl GemmChoices {
         GemmChoices {
             tiled: flag("KILN_GEMM_TILED", d.tiled),
             tiled_min_m: num("KILN_GEMM_TILED_MIN_M", d.tiled_min_m).max(1),
+            tiled_deep: flag("KILN_GEMM_TILED_DEEP", d.tiled_deep),
             small_shared_x: flag("KILN_GEMM_SMALL_SX", d.small_shared_x),
             shared_x_min_n: num("KILN_GEMM_SX_MIN_N", d.shared_x_min_n),
             warps: num("KILN_GEMM_WARPS", d.warps).max(1),
@@ -259,7 +263,12 @@ impl Kernels {
         if kind == GemmKind::Tiled {
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
             let grid = ((n.div_ceil(128) * m.div_ceil(64)) as u32, plan.splits as u32, 1);
-            return self.launch(GEMM_TILED[x_dtype.idx()][y_dtype.idx()], stream, grid, 256, gemm_tiled_smem(x_dtype) as u32, &mut p);
+            let (name, smem) = if self.gemm_choices.tiled_deep {
+                (GEMM_TILED_DEEP[x_dtype.idx()][y_dtype.idx()], gemm_tiled_deep_smem(x_dtype))
+            } else {
+                (GEMM_TILED[x_dtype.idx()][y_dtype.idx()], gemm_tiled_smem(x_dtype))
+            };
+            return self.launch(name, stream, grid, 256, smem as u32, &mut p);
         }
         if kind == GemmKind::SharedX {
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
@@ -286,6 +295,7 @@ mod tests {
         // CI never sets KILN_GEMM_TILED: the default, measured on the device, is the tiled
         // kernel from 17 rows, and decode GEMMs in 256-row pieces.
         assert!(std::env::var("KILN_GEMM_TILED").is_err() && std::env::var("KILN_GEMM_TILED_MIN_M").is_err());
+        assert!(std::env::var("KILN_GEMM_TILED_DEEP").is_err());
         assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err() && std::env::var("KILN_GEMM_SX_MIN_N").is_err());
         assert!(std::env::var("KILN_GEMM_WARPS").is_err() && std::env::var("KILN_GEMM_WIDE_WARPS").is_err());
         // With none of the experiments set, the environment gives the defaults.
