@@ -37,7 +37,8 @@ using namespace kiln;
 #define TG_ROWB 128   // bytes per shared-memory row: 64 bf16
 #define TG_XPLANE (TG_BM * TG_ROWB)  // 8 KB: one stage of x hi (x lo follows for fp32 x)
 
-// Shared memory: WST slots of W stages, then XST slots of x stages. W runs WST - 1 stages
+// Shared memory: WST slots of W stages, then XST slots of x stages (the schedule's host
+// model, checked for every variant: src/backend/cuda/kernels/tiled_pipeline.rs). W runs WST - 1 stages
 // ahead (cp.async), x XST - 1 (through registers). The default kernel has 3 and 3; the
 // deep one (session 10, an experiment) 5 and 2: twice the W bytes in flight per block
 // in 16 KB more shared memory (114688 bytes: still 2 blocks per SM).

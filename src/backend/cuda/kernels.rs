@@ -13,6 +13,7 @@ mod attention;
 mod gdn;
 mod gemm;
 mod misc;
+pub mod tiled_pipeline;
 
 pub use attention::{AttnDecode, AttnPrefill, QkNormRope};
 pub use gdn::{Conv1d, GdnDecode, GdnPrefill};

@@ -6,6 +6,7 @@
 //! CPU test checks that the compiled modules export exactly these names.
 
 use super::compile::KernelDims;
+use super::kernels::tiled_pipeline::TILED_VARIANTS;
 use super::kernels::DType;
 
 /// One entry point: its module (a `kernels/*.cu` file) and the dynamic shared memory it
@@ -129,15 +130,20 @@ pub fn gemm_sx_smem(x: DType, max_m: usize) -> usize {
     2 * max_m * if x == DType::F32 { 320 } else { 192 }
 }
 
-/// Dynamic shared memory of kiln_gemm_tiled_*: three stages of 64 k, each a 128-row W
-/// tile and a 64-row x tile (hi, and lo for fp32 x), 128 bytes per row.
+/// Dynamic shared memory of kiln_gemm_tiled_*: three W stages of 64 k (128-row tiles) and
+/// three x stages (64-row tiles, hi and lo for fp32 x), 128 bytes per row. TILED_VARIANTS
+/// holds the stage counts (W slots, x slots) of the default and the deep kernel as
+/// kernels/gemm_tiled.cu instantiates them (its static_asserts compare the bytes these
+/// give), and `tiled_pipeline` checks their schedules.
 pub fn gemm_tiled_smem(x: DType) -> usize {
-    tiled_smem(x, 3, 3)
+    let (w, xs) = TILED_VARIANTS[0];
+    tiled_smem(x, w, xs)
 }
 
 /// The deep tiled GEMM's: 5 W stages, 2 x stages (114688 bytes with fp32 x).
 pub fn gemm_tiled_deep_smem(x: DType) -> usize {
-    tiled_smem(x, 5, 2)
+    let (w, xs) = TILED_VARIANTS[1];
+    tiled_smem(x, w, xs)
 }
 
 /// `w_stages` W stages of 128 rows x 128 bytes and `x_stages` x stages of 64 rows x 128
