@@ -269,34 +269,6 @@ __device__ __forceinline__ void mma_16816(float* d, const unsigned* a, const uns
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// The decode GEMMs' chunk product (gemm.cu, gemm_tiled.cu): a lane's 16 bytes of W rows g
-// (a) and g + 8 (b) hold the A fragments of a 32-k chunk's two k16 steps (k order permuted
-// identically in x), and x (8 bf16 of one batch row) their B fragments: step 0, then 1.
-__device__ __forceinline__ void mma_w_x(float* acc, const uint4& a, const uint4& b, const uint4& x) {
-    const unsigned s0[4] = {a.x, b.x, a.y, b.y}, s1[4] = {a.z, b.z, a.w, b.w};
-    const unsigned x01[2] = {x.x, x.y}, x23[2] = {x.z, x.w};
-    mma_16816(acc, s0, x01);
-    mma_16816(acc, s1, x23);
-}
-
-// One chunk for JT batch tiles and RW W tiles: every accumulator gets x hi's two steps,
-// then (fp32 x) x lo's two, the order every decode GEMM kernel uses, so their bits agree.
-// The accumulators are independent, so the scheduler may interleave their chains.
-template <int JT, int RW, int NT, bool XF32>
-__device__ __forceinline__ void mma_chunk_tiles(float (&acc)[RW][NT][4], const uint4 (&w)[RW][2], const uint4 (&hi)[JT],
-                                                const uint4 (&lo)[JT]) {
-#pragma unroll
-    for (int j = 0; j < JT; ++j)
-#pragma unroll
-        for (int r = 0; r < RW; ++r) mma_w_x(acc[r][j], w[r][0], w[r][1], hi[j]);
-    if constexpr (XF32) {
-#pragma unroll
-        for (int j = 0; j < JT; ++j)
-#pragma unroll
-            for (int r = 0; r < RW; ++r) mma_w_x(acc[r][j], w[r][0], w[r][1], lo[j]);
-    }
-}
-
 // Four 8x8 bf16 matrices from shared memory; lane l gives the address of row l%8 of
 // matrix l/8 (16-byte aligned rows). Plain: r[i] = M_i(g, 2t..2t+1); trans: r[i] = M_i(2t..2t+1, g).
 __device__ __forceinline__ void ldsm_x4(unsigned* r, const bf16* p) {

@@ -12,8 +12,8 @@
 //   rows batch invariant (tested on the device).
 //   What differs is how the data reaches the tensor cores. A block owns a 128 (W rows)
 //   x 64 (batch rows) output tile of one split; W and x go through shared memory in
-//   stages of 64 k, three stages deep (W with cp.async, x through registers: fp32 x is
-//   split into bf16 hi/lo once per block), so each W element read from memory serves
+//   stages of 64 k, several stages deep (W with cp.async, x through registers: fp32 x
+//   is split into bf16 hi/lo once per block), so each W element read from memory serves
 //   up to 64 batch rows in the block and the other batch tiles of the same W tile run
 //   as neighbouring blocks (L2 hits). 8 warps as 4 (W rows) x 2 (batch rows), 32 x 32
 //   outputs per warp. Here x is the MMA's A operand (16 batch rows) and W its B operand
@@ -24,7 +24,7 @@
 //   gets the same 16 products per k16 step either way (the same k permutation), so the
 //   bits are those of the skinny kernels.
 //   grid (ceil(N / 128) * ceil(M / 64), splits), block 256, dynamic shared memory
-//   KILN_SMEM_GEMM_TILED_{F32,BF16} (registry.rs). counters: one per (W tile, batch
+//   KILN_SMEM_GEMM_TILED[_DEEP]_{f32,bf16} (registry.rs). counters: one per (W tile, batch
 //   tile), at least ceil(N / 128) * 4, zero before the first launch and left zero.
 #include "common.cuh"
 
@@ -37,9 +37,9 @@ using namespace kiln;
 #define TG_ROWB 128   // bytes per shared-memory row: 64 bf16
 #define TG_XPLANE (TG_BM * TG_ROWB)  // 8 KB: one stage of x hi (x lo follows for fp32 x)
 
-// Shared memory: WST slots of W stages, then XST slots of x stages (the schedule's host
-// model, checked for every variant: src/backend/cuda/kernels/tiled_pipeline.rs). W runs WST - 1 stages
-// ahead (cp.async), x XST - 1 (through registers). The default kernel has 3 and 3; the
+// Shared memory: WST slots of W stages, then XST slots of x stages. W runs WST - 1 stages
+// ahead (cp.async), x XST - 1 (through registers); registry::TILED_VARIANTS lists the
+// variants, and a host model checks each schedule (kernels/tiled_pipeline.rs). The default kernel has 3 and 3; the
 // deep one (session 10, an experiment) 5 and 2: twice the W bytes in flight per block
 // in 16 KB more shared memory (114688 bytes: still 2 blocks per SM).
 template <bool XF32, int WST, int XST> struct TgLayout {
@@ -92,33 +92,24 @@ __device__ __forceinline__ void tg_chunk(float (&acc)[2][4][4], const unsigned c
     uint4 w[4];
 #pragma unroll
     for (int r = 0; r < 4; ++r) w[r] = lds128(wt + wo + r * 8 * TG_ROWB);
-    uint4 hi[JT][2], lo[JT][2];
+    // x fragments per plane (hi, then lo for fp32 x), batch tile and k16 step.
+    constexpr int NP = XF32 ? 2 : 1;
+    uint4 f[NP][JT][2];
 #pragma unroll
-    for (int j = 0; j < JT; ++j)
-#pragma unroll
-        for (int s = 0; s < 2; ++s) {
-            const unsigned char* p = xt + xo[s] + tg_xoff(j, H, 0, 0);
-            hi[j][s] = lds128(p);
-            if constexpr (XF32) lo[j][s] = lds128(p + TG_XPLANE);
-        }
-#pragma unroll
-    for (int j = 0; j < JT; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) tg_mma(acc[j][r], hi[j][0], w[r].x, w[r].y);
-#pragma unroll
-    for (int j = 0; j < JT; ++j)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) tg_mma(acc[j][r], hi[j][1], w[r].z, w[r].w);
-    if constexpr (XF32) {
+    for (int p = 0; p < NP; ++p)
 #pragma unroll
         for (int j = 0; j < JT; ++j)
 #pragma unroll
-            for (int r = 0; r < 4; ++r) tg_mma(acc[j][r], lo[j][0], w[r].x, w[r].y);
+            for (int s = 0; s < 2; ++s) f[p][j][s] = lds128(xt + p * TG_XPLANE + xo[s] + tg_xoff(j, H, 0, 0));
+    // Step s of W tile r is words 2s, 2s + 1 of its 16 bytes.
 #pragma unroll
-        for (int j = 0; j < JT; ++j)
+    for (int p = 0; p < NP; ++p)
 #pragma unroll
-            for (int r = 0; r < 4; ++r) tg_mma(acc[j][r], lo[j][1], w[r].z, w[r].w);
-    }
+        for (int s = 0; s < 2; ++s)
+#pragma unroll
+            for (int j = 0; j < JT; ++j)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) tg_mma(acc[j][r], f[p][j][s], s ? w[r].z : w[r].x, s ? w[r].w : w[r].y);
 }
 
 // The chunk with the live-tile count as a template argument (warp-uniform switch), so a
@@ -207,16 +198,11 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
         for (int q = 0; q < XU; ++q) {
             const uint4 a = src[q][0], b = src[q][1];  // rows g, g + 8
             if constexpr (XF32) {
-                const float a0 = __uint_as_float(a.x), a1 = __uint_as_float(a.y), a2 = __uint_as_float(a.z),
-                            a3 = __uint_as_float(a.w), b0 = __uint_as_float(b.x), b1 = __uint_as_float(b.y),
-                            b2 = __uint_as_float(b.z), b3 = __uint_as_float(b.w);
-                const unsigned h0 = pack_bf16x2(a0, a1), h1 = pack_bf16x2(b0, b1), h2 = pack_bf16x2(a2, a3),
-                               h3 = pack_bf16x2(b2, b3);
-                const uint4 hv = make_uint4(h0, h1, h2, h3);
-                const uint4 lv = make_uint4(pack_bf16x2(a0 - bf16lo(h0), a1 - bf16hi(h0)),
-                                            pack_bf16x2(b0 - bf16lo(h1), b1 - bf16hi(h1)),
-                                            pack_bf16x2(a2 - bf16lo(h2), a3 - bf16hi(h2)),
-                                            pack_bf16x2(b2 - bf16lo(h3), b3 - bf16hi(h3)));
+                const uint2 p0 = split_bf16x2(__uint_as_float(a.x), __uint_as_float(a.y)),
+                            p1 = split_bf16x2(__uint_as_float(b.x), __uint_as_float(b.y)),
+                            p2 = split_bf16x2(__uint_as_float(a.z), __uint_as_float(a.w)),
+                            p3 = split_bf16x2(__uint_as_float(b.z), __uint_as_float(b.w));
+                const uint4 hv = make_uint4(p0.x, p1.x, p2.x, p3.x), lv = make_uint4(p0.y, p1.y, p2.y, p3.y);
                 const int off = xdst0 + q * tg_xoff(2, 0, 0, 0);
                 *reinterpret_cast<uint4*>(xs + off) = hv;
                 *reinterpret_cast<uint4*>(xs + TG_XPLANE + off) = lv;
@@ -299,6 +285,10 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     // instead of half of twice as many.
     float* part = splits == 1 ? nullptr : ws + (size_t)blockIdx.y * M * N;
     const bool pairs = (N & 1) == 0 && ((reinterpret_cast<size_t>(part ? (void*)part : (void*)y) & 7) == 0);
+    auto put = [&](size_t at, float v) {  // one output (the partial, or y for one split)
+        if (part) __stcg(part + at, v);
+        else y[at] = from_f<Y>(v);
+    };
 #pragma unroll
     for (int j = 0; j < 2; ++j)
 #pragma unroll
@@ -313,12 +303,8 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
                     if (part) __stcg(reinterpret_cast<float2*>(part + at), make_float2(v0, v1));
                     else store_pair<Y>(y + at, v0, v1);
                 } else {
-                    if (part) __stcg(part + at, v0);
-                    else y[at] = from_f<Y>(v0);
-                    if (n + 1 < N) {
-                        if (part) __stcg(part + at + 1, v1);
-                        else y[at + 1] = from_f<Y>(v1);
-                    }
+                    put(at, v0);
+                    if (n + 1 < N) put(at + 1, v1);
                 }
             }
     if (!part) return;

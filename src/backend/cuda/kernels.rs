@@ -13,7 +13,8 @@ mod attention;
 mod gdn;
 mod gemm;
 mod misc;
-pub mod tiled_pipeline;
+#[cfg(test)]
+mod tiled_pipeline;
 
 pub use attention::{AttnDecode, AttnPrefill, QkNormRope};
 pub use gdn::{Conv1d, GdnDecode, GdnPrefill};

@@ -6,7 +6,6 @@
 //! CPU test checks that the compiled modules export exactly these names.
 
 use super::compile::KernelDims;
-use super::kernels::tiled_pipeline::TILED_VARIANTS;
 use super::kernels::DType;
 
 /// One entry point: its module (a `kernels/*.cu` file) and the dynamic shared memory it
@@ -51,16 +50,22 @@ pub const GEMM_SX: ByXY<[&str; 3]> = [
         ["kiln_gemm_sx_xbf16_ybf16_m16", "kiln_gemm_sx_xbf16_ybf16_m32", "kiln_gemm_sx_xbf16_ybf16_m64"],
     ],
 ];
-/// Tiled tensor-core GEMM for M = 17..256 (kernels/gemm_tiled.cu): [x][y].
-pub const GEMM_TILED: ByXY<&str> = [
-    ["kiln_gemm_tiled_xf32_yf32", "kiln_gemm_tiled_xf32_ybf16"],
-    ["kiln_gemm_tiled_xbf16_yf32", "kiln_gemm_tiled_xbf16_ybf16"],
+/// Tiled tensor-core GEMM for M = 17..256 (kernels/gemm_tiled.cu): [variant][x][y], the
+/// default kernel, then the deep one (an experiment: `KILN_GEMM_TILED_DEEP=1`).
+pub const GEMM_TILED: [ByXY<&str>; 2] = [
+    [["kiln_gemm_tiled_xf32_yf32", "kiln_gemm_tiled_xf32_ybf16"], ["kiln_gemm_tiled_xbf16_yf32", "kiln_gemm_tiled_xbf16_ybf16"]],
+    [
+        ["kiln_gemm_tiled_deep_xf32_yf32", "kiln_gemm_tiled_deep_xf32_ybf16"],
+        ["kiln_gemm_tiled_deep_xbf16_yf32", "kiln_gemm_tiled_deep_xbf16_ybf16"],
+    ],
 ];
-/// The tiled GEMM with W five stages deep and x two (an experiment: `KILN_GEMM_TILED_DEEP=1`).
-pub const GEMM_TILED_DEEP: ByXY<&str> = [
-    ["kiln_gemm_tiled_deep_xf32_yf32", "kiln_gemm_tiled_deep_xf32_ybf16"],
-    ["kiln_gemm_tiled_deep_xbf16_yf32", "kiln_gemm_tiled_deep_xbf16_ybf16"],
-];
+/// The stage counts (W slots, x slots) of each `GEMM_TILED` variant, as
+/// kernels/gemm_tiled.cu instantiates them: W runs slots - 1 stages ahead, x slots - 1.
+/// The kernel's static_asserts compare its shared memory with `gemm_tiled_smem`, and
+/// `kernels::tiled_pipeline` checks each schedule for hazards.
+pub const TILED_VARIANTS: [(usize, usize); 2] = [(3, 3), (5, 2)];
+/// The shared-memory define of each `GEMM_TILED` variant (with the x dtype's suffix).
+const TILED_SMEM_DEFINES: [&str; 2] = ["KILN_SMEM_GEMM_TILED", "KILN_SMEM_GEMM_TILED_DEEP"];
 /// The largest M of each `GEMM_SX` column.
 pub const GEMM_SX_MAX_M: [usize; 3] = [16, 32, 64];
 pub const CONV1D: [&str; 2] = ["kiln_conv1d_f32", "kiln_conv1d_bf16"];
@@ -130,25 +135,10 @@ pub fn gemm_sx_smem(x: DType, max_m: usize) -> usize {
     2 * max_m * if x == DType::F32 { 320 } else { 192 }
 }
 
-/// Dynamic shared memory of kiln_gemm_tiled_*: three W stages of 64 k (128-row tiles) and
-/// three x stages (64-row tiles, hi and lo for fp32 x), 128 bytes per row. TILED_VARIANTS
-/// holds the stage counts (W slots, x slots) of the default and the deep kernel as
-/// kernels/gemm_tiled.cu instantiates them (its static_asserts compare the bytes these
-/// give), and `tiled_pipeline` checks their schedules.
-pub fn gemm_tiled_smem(x: DType) -> usize {
-    let (w, xs) = TILED_VARIANTS[0];
-    tiled_smem(x, w, xs)
-}
-
-/// The deep tiled GEMM's: 5 W stages, 2 x stages (114688 bytes with fp32 x).
-pub fn gemm_tiled_deep_smem(x: DType) -> usize {
-    let (w, xs) = TILED_VARIANTS[1];
-    tiled_smem(x, w, xs)
-}
-
-/// `w_stages` W stages of 128 rows x 128 bytes and `x_stages` x stages of 64 rows x 128
-/// bytes per plane (hi and lo for fp32 x).
-fn tiled_smem(x: DType, w_stages: usize, x_stages: usize) -> usize {
+/// Dynamic shared memory of `GEMM_TILED[variant]`: its W stages of 64 k (128-row tiles,
+/// 128 bytes per row) and x stages (64-row tiles, hi and lo planes for fp32 x).
+pub fn gemm_tiled_smem(x: DType, variant: usize) -> usize {
+    let (w_stages, x_stages) = TILED_VARIANTS[variant];
     w_stages * 128 * 128 + x_stages * 64 * 128 * if x == DType::F32 { 2 } else { 1 }
 }
 
@@ -173,8 +163,9 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
         }
     }
     for x in BOTH {
-        add("gemm_tiled", &GEMM_TILED[x.idx()], gemm_tiled_smem(x));
-        add("gemm_tiled", &GEMM_TILED_DEEP[x.idx()], gemm_tiled_deep_smem(x));
+        for (v, names) in GEMM_TILED.iter().enumerate() {
+            add("gemm_tiled", &names[x.idx()], gemm_tiled_smem(x, v));
+        }
     }
     add("conv", &CONV1D, 0);
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
@@ -212,8 +203,9 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
         for m in GEMM_SX_MAX_M {
             v.push(format!("-DKILN_SMEM_GEMM_SX_{}_M{m}={}", x.suffix(), gemm_sx_smem(x, m)));
         }
-        v.push(format!("-DKILN_SMEM_GEMM_TILED_{}={}", x.suffix(), gemm_tiled_smem(x)));
-        v.push(format!("-DKILN_SMEM_GEMM_TILED_DEEP_{}={}", x.suffix(), gemm_tiled_deep_smem(x)));
+        for (variant, define) in TILED_SMEM_DEFINES.iter().enumerate() {
+            v.push(format!("-D{define}_{}={}", x.suffix(), gemm_tiled_smem(x, variant)));
+        }
     }
     v
 }

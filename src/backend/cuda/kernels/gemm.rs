@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, DevPtr, Kernels};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_tiled_deep_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_DEEP};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
 
@@ -263,12 +263,8 @@ impl Kernels {
         if kind == GemmKind::Tiled {
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
             let grid = ((n.div_ceil(128) * m.div_ceil(64)) as u32, plan.splits as u32, 1);
-            let (name, smem) = if self.gemm_choices.tiled_deep {
-                (GEMM_TILED_DEEP[x_dtype.idx()][y_dtype.idx()], gemm_tiled_deep_smem(x_dtype))
-            } else {
-                (GEMM_TILED[x_dtype.idx()][y_dtype.idx()], gemm_tiled_smem(x_dtype))
-            };
-            return self.launch(name, stream, grid, 256, smem as u32, &mut p);
+            let v = self.gemm_choices.tiled_deep as usize;
+            return self.launch(GEMM_TILED[v][x_dtype.idx()][y_dtype.idx()], stream, grid, 256, gemm_tiled_smem(x_dtype, v) as u32, &mut p);
         }
         if kind == GemmKind::SharedX {
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);

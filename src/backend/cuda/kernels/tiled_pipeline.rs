@@ -6,20 +6,18 @@
 //! The model replays one thread's program (every thread runs the same one, with block
 //! barriers between stages) and fails on any hazard: a slot overwritten while a later
 //! MMA still needs it, a stage computed before its W group has landed or before its x was
-//! stored, a register set reloaded before it was stored.
-
-/// The kernel's variants: (W slots, x slots).
-pub const TILED_VARIANTS: [(usize, usize); 2] = [(3, 3), (5, 2)];
+//! stored, a register set reloaded before it was stored. The variants are
+//! `registry::TILED_VARIANTS`. Test-only: nothing at run time needs it.
 
 /// Replays `nst` stages of the kernel's variant (`wst`, `xst`): W `wst - 1` stages ahead,
 /// x `xst - 1`. Err names the first hazard.
-pub fn check_schedule(wst: usize, xst: usize, nst: usize) -> Result<(), String> {
+fn check_schedule(wst: usize, xst: usize, nst: usize) -> Result<(), String> {
     check_distances(wst, wst - 1, xst, xst - 1, nst)
 }
 
 /// The same with any prefetch distances (W `wpre` stages ahead in `wst` slots, x `xpre`
 /// ahead in `xst`), so a test can show the model catching a schedule that is wrong.
-pub fn check_distances(wst: usize, wpre: usize, xst: usize, xpre: usize, nst: usize) -> Result<(), String> {
+fn check_distances(wst: usize, wpre: usize, xst: usize, xpre: usize, nst: usize) -> Result<(), String> {
     if wpre == 0 || xpre == 0 {
         return Err("W and x must be prefetched at least one stage ahead".into());
     }
@@ -108,6 +106,7 @@ pub fn check_distances(wst: usize, wpre: usize, xst: usize, xpre: usize, nst: us
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cuda::registry::TILED_VARIANTS;
 
     #[test]
     fn every_variant_has_a_hazard_free_schedule_at_every_length() {
