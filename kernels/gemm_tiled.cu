@@ -24,7 +24,7 @@
 //   gets the same 16 products per k16 step either way (the same k permutation), so the
 //   bits are those of the skinny kernels.
 //   grid (ceil(N / 128) * ceil(M / 64), splits), block 256, dynamic shared memory
-//   KILN_SMEM_GEMM_TILED[_DEEP]_{f32,bf16} (registry.rs). counters: one per (W tile, batch
+//   KILN_SMEM_GEMM_TILED[_W3X2|_W4X3]_{f32,bf16} (registry.rs). counters: one per (W tile, batch
 //   tile), at least ceil(N / 128) * 4, zero before the first launch and left zero.
 #include "common.cuh"
 
@@ -39,9 +39,9 @@ using namespace kiln;
 
 // Shared memory: WST slots of W stages, then XST slots of x stages. W runs WST - 1 stages
 // ahead (cp.async), x XST - 1 (through registers); registry::TILED_VARIANTS lists the
-// variants, and a host model checks each schedule (kernels/tiled_pipeline.rs). The default kernel has 3 and 3; the
-// deep one (session 10, an experiment) 5 and 2: twice the W bytes in flight per block
-// in 16 KB more shared memory (114688 bytes: still 2 blocks per SM).
+// variants, and a host model checks each schedule (kernels/tiled_pipeline.rs). The default kernel has 3 and 3.
+// Session 10's 5 and 2 (twice the W bytes in flight per block) was 4-9 % slower; the
+// diagnostic 3 and 2 and 4 and 3 tell which of its changes cost.
 template <bool XF32, int WST, int XST> struct TgLayout {
     static constexpr int W = TG_BN * TG_ROWB;  // 16 KB
     static constexpr int X = TG_XPLANE * (XF32 ? 2 : 1);
@@ -394,9 +394,13 @@ GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_f32, 3, 3, f32, float, true, f3
 GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_f32, 3, 3, f32, float, true, bf16, bf16)
 GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_bf16, 3, 3, bf16, bf16, false, f32, float)
 GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_bf16, 3, 3, bf16, bf16, false, bf16, bf16)
-// The deep variant (KILN_GEMM_TILED_DEEP=1 picks it at run time): same arithmetic, so the
-// same bits.
-GEMM_TILED(kiln_gemm_tiled_deep, KILN_SMEM_GEMM_TILED_DEEP_f32, 5, 2, f32, float, true, f32, float)
-GEMM_TILED(kiln_gemm_tiled_deep, KILN_SMEM_GEMM_TILED_DEEP_f32, 5, 2, f32, float, true, bf16, bf16)
-GEMM_TILED(kiln_gemm_tiled_deep, KILN_SMEM_GEMM_TILED_DEEP_bf16, 5, 2, bf16, bf16, false, f32, float)
-GEMM_TILED(kiln_gemm_tiled_deep, KILN_SMEM_GEMM_TILED_DEEP_bf16, 5, 2, bf16, bf16, false, bf16, bf16)
+// Two diagnostic variants (KILN_GEMM_TILED_STAGES=3,2 or 4,3 picks one at run time): x one
+// stage ahead instead of two; W three ahead instead of two. Same arithmetic, same bits.
+GEMM_TILED(kiln_gemm_tiled_w3x2, KILN_SMEM_GEMM_TILED_W3X2_f32, 3, 2, f32, float, true, f32, float)
+GEMM_TILED(kiln_gemm_tiled_w3x2, KILN_SMEM_GEMM_TILED_W3X2_f32, 3, 2, f32, float, true, bf16, bf16)
+GEMM_TILED(kiln_gemm_tiled_w3x2, KILN_SMEM_GEMM_TILED_W3X2_bf16, 3, 2, bf16, bf16, false, f32, float)
+GEMM_TILED(kiln_gemm_tiled_w3x2, KILN_SMEM_GEMM_TILED_W3X2_bf16, 3, 2, bf16, bf16, false, bf16, bf16)
+GEMM_TILED(kiln_gemm_tiled_w4x3, KILN_SMEM_GEMM_TILED_W4X3_f32, 4, 3, f32, float, true, f32, float)
+GEMM_TILED(kiln_gemm_tiled_w4x3, KILN_SMEM_GEMM_TILED_W4X3_f32, 4, 3, f32, float, true, bf16, bf16)
+GEMM_TILED(kiln_gemm_tiled_w4x3, KILN_SMEM_GEMM_TILED_W4X3_bf16, 4, 3, bf16, bf16, false, f32, float)
+GEMM_TILED(kiln_gemm_tiled_w4x3, KILN_SMEM_GEMM_TILED_W4X3_bf16, 4, 3, bf16, bf16, false, bf16, bf16)

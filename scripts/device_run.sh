@@ -51,8 +51,10 @@
 #            with 8 warps per block sharing each K/V tile), and its logits (bit-identical);
 #            prefill 1024 and 8192 with KILN_PDL_STREAM=1 (launch-by-launch steps with PDL)
 #            and its logits (bit-identical)
-#   tiled_deep  the tiled decode GEMM with W five stages deep (KILN_GEMM_TILED_DEEP=1): kernel
-#            tests, bench at 32..256 against the default, logits bit-identical (tiled_deep.txt)
+#   tiled_stages  the tiled decode GEMM's diagnostic stage counts (KILN_GEMM_TILED_STAGES=3,2 and
+#            4,3): kernel tests, bench at 32..256 beside the default, logits (tiled_stages.txt)
+#   ncu_src  ncu's full set and per-instruction (SASS) stall samples of the tiled GEMM at batch 64
+#            and of the prefill's GDN prep and attention (2048 tokens): ncu_src_*
 #   tiled_min  bench at batch 1/8/16/24 with the tiled decode GEMM from M = 17 (default), 9
 #            and 1 (KILN_GEMM_TILED_MIN_M): bench_tiled_min.txt
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
@@ -308,13 +310,30 @@ fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
 fi
-if has tiled_deep; then
-  # The tiled GEMM with W five stages deep (KILN_GEMM_TILED_DEEP=1, session 10): its kernel
-  # tests, speed at the tiled batches against the default, and its logits (bit-identical
-  # expected, with batch invariance at 8/64/256).
-  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_GEMM_TILED_DEEP=1 "$t" gemm --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differs" | sed "s/^/deep kernels: /" | tee -a "$OUT/tiled_deep.txt"; done
-  for v in 0 1; do bench_as "tiled_deep $v" tiled_deep.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_TILED_DEEP=$v -- --batch 32,64,128,256 --prefill 16; done
-  [ -f "$REFS/cases.json" ] && logits_check tiled_deep "$ENG/qwen35_4b_random.plan" KILN_GEMM_TILED_DEEP=1
+if has tiled_stages; then
+  # The tiled GEMM's diagnostic stage counts (KILN_GEMM_TILED_STAGES=W,X, session 11): kernel
+  # tests, speed at the tiled batches beside the default, logits (bit-identical expected).
+  for st in 3,2 4,3; do
+    for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_GEMM_TILED_STAGES=$st "$t" gemm --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differs" | sed "s/^/stages $st kernels: /" | tee -a "$OUT/tiled_stages.txt"; done
+  done
+  for st in 3,3 3,2 4,3; do bench_as "stages $st" tiled_stages.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_TILED_STAGES=$st -- --batch 32,64,128,256 --prefill 16; done
+  if [ -f "$REFS/cases.json" ]; then for st in 3,2 4,3; do logits_check "stages_${st/,/_}" "$ENG/qwen35_4b_random.plan" KILN_GEMM_TILED_STAGES=$st; done; fi
+fi
+if has ncu_src; then
+  # Where the warps of a kernel stall, instruction by instruction: ncu's full set for the
+  # tiled GEMM at batch 64, then for the prefill's GDN prep and attention (a 2048-token
+  # chunk); per run the source page (SASS, one row per instruction with its stall samples)
+  # as CSV and the details page ($OUT/ncu_src_<tag>_*).
+  ncu_src_run() {
+    local tag=$1 kernels=$2 count=$3; shift 3
+    ncu --clock-control none --set full --import-source no -k "regex:$kernels" -c "$count" -f -o "/tmp/ncu_src_$tag" \
+      .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" "$@" > "$OUT/ncu_src_${tag}_run.txt" 2>&1
+    ncu -i "/tmp/ncu_src_$tag.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_src_${tag}_sass.csv" 2> "$OUT/ncu_src_${tag}_err.txt"
+    ncu -i "/tmp/ncu_src_$tag.ncu-rep" --page details --print-details all > "$OUT/ncu_src_${tag}_details.txt" 2>> "$OUT/ncu_src_${tag}_err.txt"
+    wc -l "$OUT"/ncu_src_"$tag"_*; tail -3 "$OUT/ncu_src_${tag}_err.txt"
+  }
+  ncu_src_run tiled kiln_gemm_tiled_xf32_yf32 2 --batch 64 --ctx 1024 --prefill 16 --iters 2
+  ncu_src_run prefill "kiln_attn_prefill_r128|kiln_gdn_prefill_prep" 4 --batch 1 --ctx 16 --prefill 2048 --iters 1
 fi
 if has tiled_min; then
   # The tiled GEMM for small batches too (session 10: its fragments are plain shared loads).

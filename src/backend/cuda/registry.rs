@@ -51,21 +51,27 @@ pub const GEMM_SX: ByXY<[&str; 3]> = [
     ],
 ];
 /// Tiled tensor-core GEMM for M = 17..256 (kernels/gemm_tiled.cu): [variant][x][y], the
-/// default kernel, then the deep one (an experiment: `KILN_GEMM_TILED_DEEP=1`).
-pub const GEMM_TILED: [ByXY<&str>; 2] = [
+/// default kernel, then two diagnostic ones (`KILN_GEMM_TILED_STAGES=3,2` or `4,3`).
+pub const GEMM_TILED: [ByXY<&str>; 3] = [
     [["kiln_gemm_tiled_xf32_yf32", "kiln_gemm_tiled_xf32_ybf16"], ["kiln_gemm_tiled_xbf16_yf32", "kiln_gemm_tiled_xbf16_ybf16"]],
     [
-        ["kiln_gemm_tiled_deep_xf32_yf32", "kiln_gemm_tiled_deep_xf32_ybf16"],
-        ["kiln_gemm_tiled_deep_xbf16_yf32", "kiln_gemm_tiled_deep_xbf16_ybf16"],
+        ["kiln_gemm_tiled_w3x2_xf32_yf32", "kiln_gemm_tiled_w3x2_xf32_ybf16"],
+        ["kiln_gemm_tiled_w3x2_xbf16_yf32", "kiln_gemm_tiled_w3x2_xbf16_ybf16"],
+    ],
+    [
+        ["kiln_gemm_tiled_w4x3_xf32_yf32", "kiln_gemm_tiled_w4x3_xf32_ybf16"],
+        ["kiln_gemm_tiled_w4x3_xbf16_yf32", "kiln_gemm_tiled_w4x3_xbf16_ybf16"],
     ],
 ];
 /// The stage counts (W slots, x slots) of each `GEMM_TILED` variant, as
 /// kernels/gemm_tiled.cu instantiates them: W runs slots - 1 stages ahead, x slots - 1.
 /// The kernel's static_asserts compare its shared memory with `gemm_tiled_smem`, and
-/// `kernels::tiled_pipeline` checks each schedule for hazards.
-pub const TILED_VARIANTS: [(usize, usize); 2] = [(3, 3), (5, 2)];
+/// `kernels::tiled_pipeline` checks each schedule for hazards. Session 10's (5, 2) lost
+/// 4-9 % (docs/perf.md, session 11): the two diagnostic variants tell x's distance ahead
+/// (3, 2) from W's (4, 3).
+pub const TILED_VARIANTS: [(usize, usize); 3] = [(3, 3), (3, 2), (4, 3)];
 /// The shared-memory define of each `GEMM_TILED` variant (with the x dtype's suffix).
-const TILED_SMEM_DEFINES: [&str; 2] = ["KILN_SMEM_GEMM_TILED", "KILN_SMEM_GEMM_TILED_DEEP"];
+const TILED_SMEM_DEFINES: [&str; 3] = ["KILN_SMEM_GEMM_TILED", "KILN_SMEM_GEMM_TILED_W3X2", "KILN_SMEM_GEMM_TILED_W4X3"];
 /// The largest M of each `GEMM_SX` column.
 pub const GEMM_SX_MAX_M: [usize; 3] = [16, 32, 64];
 pub const CONV1D: [&str; 2] = ["kiln_conv1d_f32", "kiln_conv1d_bf16"];
