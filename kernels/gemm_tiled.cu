@@ -24,7 +24,7 @@
 //   gets the same 16 products per k16 step either way (the same k permutation), so the
 //   bits are those of the skinny kernels.
 //   grid (ceil(N / 128) * ceil(M / 64), splits), block 256, dynamic shared memory
-//   KILN_SMEM_GEMM_TILED[_W3X2|_W4X3]_{f32,bf16} (registry.rs). counters: one per (W tile, batch
+//   KILN_SMEM_GEMM_TILED_{f32,bf16} (registry.rs). counters: one per (W tile, batch
 //   tile), at least ceil(N / 128) * 4, zero before the first launch and left zero.
 #include "common.cuh"
 
@@ -38,10 +38,11 @@ using namespace kiln;
 #define TG_XPLANE (TG_BM * TG_ROWB)  // 8 KB: one stage of x hi (x lo follows for fp32 x)
 
 // Shared memory: WST slots of W stages, then XST slots of x stages. W runs WST - 1 stages
-// ahead (cp.async), x XST - 1 (through registers); registry::TILED_VARIANTS lists the
-// variants, and a host model checks each schedule (kernels/tiled_pipeline.rs). The default kernel has 3 and 3.
-// Session 10's 5 and 2 (twice the W bytes in flight per block) was 4-9 % slower; the
-// diagnostic 3 and 2 and 4 and 3 tell which of its changes cost.
+// ahead (cp.async), x XST - 1 (through registers); registry::TILED_STAGES holds the
+// counts, and a host model checks the schedule (kernels/tiled_pipeline.rs). The kernel has
+// 3 and 3 (96 KB for fp32 x). Measured on the H100 with the same bits: 3 and 2 was
+// 0.5-0.9 % faster but spills 36 bytes on sm_100a, 4 and 3 2-6 % and 5 and 2 4-9 % slower
+// (W further ahead costs; x one stage ahead or two is about the same).
 template <bool XF32, int WST, int XST> struct TgLayout {
     static constexpr int W = TG_BN * TG_ROWB;  // 16 KB
     static constexpr int X = TG_XPLANE * (XF32 ? 2 : 1);
@@ -390,17 +391,8 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
                              int M, int N, int K, int ks, int splits) {                          \
         tiled_gemm<XF, WST, XST, YT>(W, x, y, ws, counters, M, N, K, ks, splits);                \
     }
+// W and x three slots each (two stages ahead): registry::TILED_STAGES.
 GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_f32, 3, 3, f32, float, true, f32, float)
 GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_f32, 3, 3, f32, float, true, bf16, bf16)
 GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_bf16, 3, 3, bf16, bf16, false, f32, float)
 GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_bf16, 3, 3, bf16, bf16, false, bf16, bf16)
-// Two diagnostic variants (KILN_GEMM_TILED_STAGES=3,2 or 4,3 picks one at run time): x one
-// stage ahead instead of two; W three ahead instead of two. Same arithmetic, same bits.
-GEMM_TILED(kiln_gemm_tiled_w3x2, KILN_SMEM_GEMM_TILED_W3X2_f32, 3, 2, f32, float, true, f32, float)
-GEMM_TILED(kiln_gemm_tiled_w3x2, KILN_SMEM_GEMM_TILED_W3X2_f32, 3, 2, f32, float, true, bf16, bf16)
-GEMM_TILED(kiln_gemm_tiled_w3x2, KILN_SMEM_GEMM_TILED_W3X2_bf16, 3, 2, bf16, bf16, false, f32, float)
-GEMM_TILED(kiln_gemm_tiled_w3x2, KILN_SMEM_GEMM_TILED_W3X2_bf16, 3, 2, bf16, bf16, false, bf16, bf16)
-GEMM_TILED(kiln_gemm_tiled_w4x3, KILN_SMEM_GEMM_TILED_W4X3_f32, 4, 3, f32, float, true, f32, float)
-GEMM_TILED(kiln_gemm_tiled_w4x3, KILN_SMEM_GEMM_TILED_W4X3_f32, 4, 3, f32, float, true, bf16, bf16)
-GEMM_TILED(kiln_gemm_tiled_w4x3, KILN_SMEM_GEMM_TILED_W4X3_bf16, 4, 3, bf16, bf16, false, f32, float)
-GEMM_TILED(kiln_gemm_tiled_w4x3, KILN_SMEM_GEMM_TILED_W4X3_bf16, 4, 3, bf16, bf16, false, bf16, bf16)

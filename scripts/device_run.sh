@@ -51,8 +51,6 @@
 #            with 8 warps per block sharing each K/V tile), and its logits (bit-identical);
 #            prefill 1024 and 8192 with KILN_PDL_STREAM=1 (launch-by-launch steps with PDL)
 #            and its logits (bit-identical)
-#   tiled_stages  the tiled decode GEMM's diagnostic stage counts (KILN_GEMM_TILED_STAGES=3,2 and
-#            4,3): kernel tests, bench at 32..256 beside the default, logits (tiled_stages.txt)
 #   ncu_src  ncu's full set and per-instruction (SASS) stall samples of the tiled GEMM at batch 64
 #            and of the prefill's GDN prep and attention (2048 tokens): ncu_src_*
 #   tiled_min  bench at batch 1/8/16/24 with the tiled decode GEMM from M = 17 (default), 9
@@ -309,15 +307,6 @@ if has knobs; then
 fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
-fi
-if has tiled_stages; then
-  # The tiled GEMM's diagnostic stage counts (KILN_GEMM_TILED_STAGES=W,X, session 11): kernel
-  # tests, speed at the tiled batches beside the default, logits (bit-identical expected).
-  for st in 3,2 4,3; do
-    for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_GEMM_TILED_STAGES=$st "$t" gemm --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differs" | sed "s/^/stages $st kernels: /" | tee -a "$OUT/tiled_stages.txt"; done
-  done
-  for st in 3,3 3,2 4,3; do bench_as "stages $st" tiled_stages.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_TILED_STAGES=$st -- --batch 32,64,128,256 --prefill 16; done
-  if [ -f "$REFS/cases.json" ]; then for st in 3,2 4,3; do logits_check "stages_${st/,/_}" "$ENG/qwen35_4b_random.plan" KILN_GEMM_TILED_STAGES=$st; done; fi
 fi
 if has ncu_src; then
   # Where the warps of a kernel stall, instruction by instruction: ncu's full set for the

@@ -50,28 +50,19 @@ pub const GEMM_SX: ByXY<[&str; 3]> = [
         ["kiln_gemm_sx_xbf16_ybf16_m16", "kiln_gemm_sx_xbf16_ybf16_m32", "kiln_gemm_sx_xbf16_ybf16_m64"],
     ],
 ];
-/// Tiled tensor-core GEMM for M = 17..256 (kernels/gemm_tiled.cu): [variant][x][y], the
-/// default kernel, then two diagnostic ones (`KILN_GEMM_TILED_STAGES=3,2` or `4,3`).
-pub const GEMM_TILED: [ByXY<&str>; 3] = [
-    [["kiln_gemm_tiled_xf32_yf32", "kiln_gemm_tiled_xf32_ybf16"], ["kiln_gemm_tiled_xbf16_yf32", "kiln_gemm_tiled_xbf16_ybf16"]],
-    [
-        ["kiln_gemm_tiled_w3x2_xf32_yf32", "kiln_gemm_tiled_w3x2_xf32_ybf16"],
-        ["kiln_gemm_tiled_w3x2_xbf16_yf32", "kiln_gemm_tiled_w3x2_xbf16_ybf16"],
-    ],
-    [
-        ["kiln_gemm_tiled_w4x3_xf32_yf32", "kiln_gemm_tiled_w4x3_xf32_ybf16"],
-        ["kiln_gemm_tiled_w4x3_xbf16_yf32", "kiln_gemm_tiled_w4x3_xbf16_ybf16"],
-    ],
+/// Tiled tensor-core GEMM for M = 17..256 (kernels/gemm_tiled.cu): [x][y].
+pub const GEMM_TILED: ByXY<&str> = [
+    ["kiln_gemm_tiled_xf32_yf32", "kiln_gemm_tiled_xf32_ybf16"],
+    ["kiln_gemm_tiled_xbf16_yf32", "kiln_gemm_tiled_xbf16_ybf16"],
 ];
-/// The stage counts (W slots, x slots) of each `GEMM_TILED` variant, as
-/// kernels/gemm_tiled.cu instantiates them: W runs slots - 1 stages ahead, x slots - 1.
-/// The kernel's static_asserts compare its shared memory with `gemm_tiled_smem`, and
-/// `kernels::tiled_pipeline` checks each schedule for hazards. Session 10's (5, 2) lost
-/// 4-9 % (docs/perf.md, session 11): the two diagnostic variants tell x's distance ahead
-/// (3, 2) from W's (4, 3).
-pub const TILED_VARIANTS: [(usize, usize); 3] = [(3, 3), (3, 2), (4, 3)];
-/// The shared-memory define of each `GEMM_TILED` variant (with the x dtype's suffix).
-const TILED_SMEM_DEFINES: [&str; 3] = ["KILN_SMEM_GEMM_TILED", "KILN_SMEM_GEMM_TILED_W3X2", "KILN_SMEM_GEMM_TILED_W4X3"];
+/// The tiled GEMM's stage counts (W slots, x slots), as kernels/gemm_tiled.cu instantiates
+/// it: W runs slots - 1 stages ahead, x slots - 1. The kernel's static_asserts compare its
+/// shared memory with `gemm_tiled_smem`, and `kernels::tiled_pipeline` checks the schedule
+/// for hazards. Measured on the H100 (docs/perf.md, session 11), all with the same bits:
+/// (3, 2) was 0.5-0.9 % faster at batch 32-256 but spills 36 bytes on sm_100a (where users
+/// deploy), (4, 3) was 2-6 % and (5, 2) 4-9 % slower: W further ahead costs, and x one
+/// stage ahead or two is about the same.
+pub const TILED_STAGES: (usize, usize) = (3, 3);
 /// The largest M of each `GEMM_SX` column.
 pub const GEMM_SX_MAX_M: [usize; 3] = [16, 32, 64];
 pub const CONV1D: [&str; 2] = ["kiln_conv1d_f32", "kiln_conv1d_bf16"];
@@ -141,10 +132,10 @@ pub fn gemm_sx_smem(x: DType, max_m: usize) -> usize {
     2 * max_m * if x == DType::F32 { 320 } else { 192 }
 }
 
-/// Dynamic shared memory of `GEMM_TILED[variant]`: its W stages of 64 k (128-row tiles,
-/// 128 bytes per row) and x stages (64-row tiles, hi and lo planes for fp32 x).
-pub fn gemm_tiled_smem(x: DType, variant: usize) -> usize {
-    let (w_stages, x_stages) = TILED_VARIANTS[variant];
+/// Dynamic shared memory of `GEMM_TILED`: its W stages of 64 k (128-row tiles, 128 bytes
+/// per row) and x stages (64-row tiles, hi and lo planes for fp32 x).
+pub fn gemm_tiled_smem(x: DType) -> usize {
+    let (w_stages, x_stages) = TILED_STAGES;
     w_stages * 128 * 128 + x_stages * 64 * 128 * if x == DType::F32 { 2 } else { 1 }
 }
 
@@ -169,9 +160,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
         }
     }
     for x in BOTH {
-        for (v, names) in GEMM_TILED.iter().enumerate() {
-            add("gemm_tiled", &names[x.idx()], gemm_tiled_smem(x, v));
-        }
+        add("gemm_tiled", &GEMM_TILED[x.idx()], gemm_tiled_smem(x));
     }
     add("conv", &CONV1D, 0);
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
@@ -209,9 +198,7 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
         for m in GEMM_SX_MAX_M {
             v.push(format!("-DKILN_SMEM_GEMM_SX_{}_M{m}={}", x.suffix(), gemm_sx_smem(x, m)));
         }
-        for (variant, define) in TILED_SMEM_DEFINES.iter().enumerate() {
-            v.push(format!("-D{define}_{}={}", x.suffix(), gemm_tiled_smem(x, variant)));
-        }
+        v.push(format!("-DKILN_SMEM_GEMM_TILED_{}={}", x.suffix(), gemm_tiled_smem(x)));
     }
     v
 }

@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, DevPtr, Kernels};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, TILED_VARIANTS};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
 
@@ -39,10 +39,6 @@ pub struct GemmChoices {
     /// experiment since its fragments became plain shared loads (session 10); every kernel
     /// gives the same bits, so any bound keeps rows batch invariant.
     pub tiled_min_m: usize,
-    /// Which `TILED_VARIANTS` entry the tiled kernel runs (`KILN_GEMM_TILED_STAGES=W,X`,
-    /// its W and x slots; 0, the default, is 3,3): a diagnostic, every variant gives the
-    /// same bits.
-    pub tiled_variant: usize,
     /// Up to 16 rows, the shared-x kernel for the weights of at least `shared_x_min_n`
     /// columns (`KILN_GEMM_SMALL_SX=0`: the register kernel, as before session 7;
     /// `KILN_GEMM_SX_MIN_N=N` moves the bound, 0 taking shared-x for every weight).
@@ -56,7 +52,7 @@ pub struct GemmChoices {
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, tiled_variant: 0, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM }
     }
 }
 
@@ -69,7 +65,6 @@ impl GemmChoices {
         GemmChoices {
             tiled: flag("KILN_GEMM_TILED", d.tiled),
             tiled_min_m: num("KILN_GEMM_TILED_MIN_M", d.tiled_min_m).max(1),
-            tiled_variant: std::env::var("KILN_GEMM_TILED_STAGES").map_or(d.tiled_variant, |v| tiled_variant(&v)),
             small_shared_x: flag("KILN_GEMM_SMALL_SX", d.small_shared_x),
             shared_x_min_n: num("KILN_GEMM_SX_MIN_N", d.shared_x_min_n),
             warps: num("KILN_GEMM_WARPS", d.warps).max(1),
@@ -169,19 +164,6 @@ pub const WIDE_TARGET_WARPS_PER_SM: usize = 24;
 /// Output columns from which `WIDE_TARGET_WARPS_PER_SM` applies.
 pub const WIDE_N: usize = 12288;
 
-/// The `TILED_VARIANTS` index of `KILN_GEMM_TILED_STAGES`'s "W,X" (its W and x slots); a
-/// value that names no variant is reported and gives the default (0).
-fn tiled_variant(v: &str) -> usize {
-    let parsed = v.split_once(',').and_then(|(w, x)| Some((w.trim().parse().ok()?, x.trim().parse().ok()?)));
-    match parsed.and_then(|p: (usize, usize)| TILED_VARIANTS.iter().position(|&t| t == p)) {
-        Some(i) => i,
-        None => {
-            tracing::warn!("KILN_GEMM_TILED_STAGES={v:?} names none of {TILED_VARIANTS:?}: the default {:?}", TILED_VARIANTS[0]);
-            0
-        }
-    }
-}
-
 impl Kernels {
     /// The default split of K for an N x K weight on this device.
     pub fn gemm_plan(&self, n: usize, k: usize) -> GemmPlan {
@@ -277,8 +259,7 @@ impl Kernels {
         if kind == GemmKind::Tiled {
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
             let grid = ((n.div_ceil(128) * m.div_ceil(64)) as u32, plan.splits as u32, 1);
-            let v = self.gemm_choices.tiled_variant;
-            return self.launch(GEMM_TILED[v][x_dtype.idx()][y_dtype.idx()], stream, grid, 256, gemm_tiled_smem(x_dtype, v) as u32, &mut p);
+            return self.launch(GEMM_TILED[x_dtype.idx()][y_dtype.idx()], stream, grid, 256, gemm_tiled_smem(x_dtype) as u32, &mut p);
         }
         if kind == GemmKind::SharedX {
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
@@ -301,21 +282,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tiled_stages_name_a_variant_or_give_the_default() {
-        assert_eq!(tiled_variant("3,3"), 0);
-        assert_eq!(TILED_VARIANTS[tiled_variant("3,2")], (3, 2));
-        assert_eq!(TILED_VARIANTS[tiled_variant(" 4, 3")], (4, 3));
-        for bad in ["5,2", "3", "", "a,b", "3,3,3"] {
-            assert_eq!(tiled_variant(bad), 0, "{bad:?}");
-        }
-    }
-
-    #[test]
     fn the_tiled_kernel_takes_17_rows_and_up_by_default() {
         // CI never sets KILN_GEMM_TILED: the default, measured on the device, is the tiled
         // kernel from 17 rows, and decode GEMMs in 256-row pieces.
         assert!(std::env::var("KILN_GEMM_TILED").is_err() && std::env::var("KILN_GEMM_TILED_MIN_M").is_err());
-        assert!(std::env::var("KILN_GEMM_TILED_STAGES").is_err());
         assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err() && std::env::var("KILN_GEMM_SX_MIN_N").is_err());
         assert!(std::env::var("KILN_GEMM_WARPS").is_err() && std::env::var("KILN_GEMM_WIDE_WARPS").is_err());
         // With none of the experiments set, the environment gives the defaults.
