@@ -20,7 +20,7 @@
 #   pdl_early  a second plan built with KILN_PDL_EARLY=0 (the kernels before early PDL
 #            triggers and L2 weight prefetch, the default since 2026-12-05): bench at
 #            batch 1/8/64, and its logits against the default plan's when refs exist
-#   cmp_prev  a plan built by an earlier commit's binaries (.devbin/old_<sha>.tar.xz: kiln-build and
+#   cmp_prev  (CMP_PREV_BENCH="flags" also benches the old plan) a plan built by an earlier commit's binaries (.devbin/old_<sha>.tar.xz: kiln-build and
 #            kiln-eval): its teacher-forced logits against this commit's, byte for byte (a change
 #            meant to keep every bit, such as a reduction's load batching, proves it here).
 #            Every "bit-identical to the default plan's" line goes to cmp.txt
@@ -51,6 +51,8 @@
 #            with 8 warps per block sharing each K/V tile), and its logits (bit-identical);
 #            prefill 1024 and 8192 with KILN_PDL_STREAM=1 (launch-by-launch steps with PDL)
 #            and its logits (bit-identical)
+#   tiled_persist  the tiled GEMM with a persistent grid (KILN_GEMM_TILED_PERSIST=1) beside the
+#            default, twice each: bench 32..256, kernel tests, logits (tiled_persist.txt)
 #   ncu_src  ncu's full set and per-instruction (SASS) stall samples of the tiled GEMM at batch 64
 #            and of the prefill's GDN prep and attention (2048 tokens): ncu_src_*
 #   tiled_min  bench at batch 1/8/16/24 with the tiled decode GEMM from M = 17 (default), 9
@@ -248,6 +250,10 @@ if has cmp_prev && [ -f "$REFS/cases.json" ]; then
     # Its own kiln-eval reads the plan (the plan format is the old binary's).
     "/tmp/$old/kiln-eval" logits --plan "/tmp/engines_$old/qwen35_4b_random.plan" --cases "$REFS/cases.json" --out "/tmp/ours_$old.f32" 2>&1 | tail -1
     if cmp -s /tmp/ours.f32 "/tmp/ours_$old.f32"; then echo "$old: teacher-forced logits bit-identical to this commit's"; else echo "$old: logits DIFFER from this commit's"; fi | tee -a "$OUT/cmp.txt"
+    # CMP_PREV_BENCH="kiln-eval bench flags": the old plan's speed on this machine too.
+    if [ -n "${CMP_PREV_BENCH:-}" ]; then
+      "/tmp/$old/kiln-eval" bench --plan "/tmp/engines_$old/qwen35_4b_random.plan" $CMP_PREV_BENCH 2>&1 | grep -E "decode batch|prefill" | sed "s/^/$old: /" | tee -a "$OUT/cmp_bench.txt"
+    fi
     rm -rf "/tmp/engines_$old"
   done
 fi
@@ -307,6 +313,14 @@ if has knobs; then
 fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
+fi
+if has tiled_persist; then
+  # The tiled GEMM's grid sized to the resident blocks, each taking several (tile, split)
+  # units (KILN_GEMM_TILED_PERSIST=1, session 11): speed beside the default, kernel tests,
+  # logits and batch invariance (bit-identical expected).
+  for v in 0 1 0 1; do bench_as "persist $v" tiled_persist.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_TILED_PERSIST=$v -- --batch 32,64,128,256 --prefill 16; done
+  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_GEMM_TILED_PERSIST=1 "$t" gemm --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differs" | sed "s/^/persist kernels: /" | tee -a "$OUT/tiled_persist.txt"; done
+  [ -f "$REFS/cases.json" ] && logits_check persist "$ENG/qwen35_4b_random.plan" KILN_GEMM_TILED_PERSIST=1
 fi
 if has ncu_src; then
   # Where the warps of a kernel stall, instruction by instruction: ncu's full set for the
