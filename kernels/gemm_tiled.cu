@@ -23,8 +23,7 @@
 //   fragments needed ~3 moves per MMA, which left the kernel issue-bound). Each output
 //   gets the same 16 products per k16 step either way (the same k permutation), so the
 //   bits are those of the skinny kernels.
-//   grid (G), G <= units = ceil(N / 128) * ceil(M / 64) * splits (a block per unit, or
-//   fewer blocks that each take several: units blockIdx.x, + G, ...), block 256, dynamic shared memory
+//   grid (ceil(N / 128) * ceil(M / 64), splits), block 256, dynamic shared memory
 //   KILN_SMEM_GEMM_TILED_{f32,bf16} (registry.rs). counters: one per (W tile, batch
 //   tile), at least ceil(N / 128) * 4, zero before the first launch and left zero.
 #include "common.cuh"
@@ -138,26 +137,21 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int wn = warp & 3, wm = warp >> 2;
-    // Units of work: (output tile, split), unit u = tile + split * tiles, the order of the
-    // former 2-D grid. A block takes units blockIdx.x, + gridDim.x, ...: one when the grid
-    // has a block per unit, several when it is sized to the resident slots (persistent),
-    // where the next unit's first W stages load while this one's epilogue runs. A unit's
-    // arithmetic is the same either way.
     const int mtiles = (M + TG_BM - 1) / TG_BM;
-    const int tiles = ((N + TG_BN - 1) / TG_BN) * mtiles;
-    const int units = tiles * splits;
-    int unit = blockIdx.x;
-    if (unit >= units) return;
-    // What the unit's loads need (set_unit); its tile and split are recomputed from `unit`
-    // for the epilogue, so fewer values stay live through the main loop.
-    int n0, kb, ke, nchunks, nst, jt;
+    const int n0 = (blockIdx.x / mtiles) * TG_BN, m0 = (blockIdx.x % mtiles) * TG_BM;
+    const int kb = blockIdx.y * ks;
+    const int ke = min(K, kb + ks);
+    const int nchunks = ke > kb ? (ke - kb + 31) / 32 : 0;
+    const int nst = (nchunks + 1) / 2;
+    // Batch tiles of 16 this warp multiplies (warp-uniform; the rest lie past M).
+    const int jt = max(0, min(2, (M - m0 - wm * 32 + 15) / 16));
 
     // W stage s: 128 rows x 8 segments, 4 cp.async per thread (zero past N and past ke,
     // as the skinny kernels zero their loads). The thread's rows are wr0 + 32q, its
     // segment fixed, so one pointer and one shared offset serve every stage.
     constexpr int WQ = TG_BN * 8 / TG_THREADS;
     const int wr0 = tid >> 3, wseg = tid & 7;
-    const bf16* wsrc = W;  // set_unit
+    const bf16* wsrc = W + (size_t)(n0 + wr0) * K + kb + wseg * 8;
     const int wdst = tg_off(wr0, wseg);  // + 32q rows: tg_off's swizzle depends on row parity only
     auto load_w = [&](int s) {
         unsigned char* dst = tg_smem + (s % WST) * L::W + wdst;
@@ -177,8 +171,8 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     constexpr int XPR = TG_SK / XK;        // units per row pair per stage
     constexpr int XE = XF32 ? 4 : 2;       // bytes per x element
     const int xpair = tid / XPR, xkc = (tid % XPR) * XK;
-    int xm = 0;                        // set_unit
-    const unsigned char* xsrc = nullptr;
+    const int xm = m0 + (xpair >> 3) * 16 + (xpair & 7);
+    const unsigned char* xsrc = reinterpret_cast<const unsigned char*>(x) + ((size_t)xm * K + kb + xkc) * XE;
     // Where the unit's fragment goes: tg_xoff(pair / 8, h, s, 4 * (pair % 8) + t); the
     // second fp32 unit (pair + 16) is 2 batch tiles further.
     const int xh = xkc >> 5, xft = (xkc >> 3) & 3, xl = (xpair & 7) * 4 + xft;
@@ -223,38 +217,43 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     const int wo[2] = {tg_off(wn * 32 + g, t), tg_off(wn * 32 + g, 4 + t)};
     const int xo[2] = {tg_xoff(wm * 2, 0, 0, lane), tg_xoff(wm * 2, 0, 1, lane)};
 
-    auto set_unit = [&](int u) {
-        const int tile = u % tiles;
-        n0 = (tile / mtiles) * TG_BN;
-        const int m0 = (tile % mtiles) * TG_BM;
-        kb = (u / tiles) * ks;
-        ke = min(K, kb + ks);
-        nchunks = ke > kb ? (ke - kb + 31) / 32 : 0;
-        nst = (nchunks + 1) / 2;
-        // Batch tiles of 16 this warp multiplies (warp-uniform; the rest lie past M).
-        jt = max(0, min(2, (M - m0 - wm * 32 + 15) / 16));
-        wsrc = W + (size_t)(n0 + wr0) * K + kb + wseg * 8;
-        xm = m0 + (xpair >> 3) * 16 + (xpair & 7);
-        xsrc = reinterpret_cast<const unsigned char*>(x) + ((size_t)xm * K + kb + xkc) * XE;
-    };
-    // The first WPRE W stages of the unit set last, one cp.async group each, and the next
-    // columns of the tile's rows into L2 (weights are never written: no wait needed).
-    auto w_prologue = [&]() {
+    // Prologue: weights are never written, so their first WPRE stages load before the
+    // predecessor kernel finishes (PDL), one cp.async group each; x only after.
 #pragma unroll
-        for (int i = 0; i < WPRE; ++i) {
-            load_w(i);
-            cp_async_commit();
-        }
-        prefetch_rows_early(W, n0, TG_BN, tid, M, N, K, kb, ke, WPRE * TG_SK, splits, ks);
-    };
-
-    // Prologue: weights are never written, so the first unit's first W stages load before
-    // the predecessor kernel finishes (PDL); x only after.
-    set_unit(unit);
-    w_prologue();
+    for (int i = 0; i < WPRE; ++i) {
+        load_w(i);
+        cp_async_commit();
+    }
+    // One thread per W row of the tile: the row's next columns into L2.
+    prefetch_rows_early(W, n0, TG_BN, tid, M, N, K, kb, ke, WPRE * TG_SK, splits, ks);
     KILN_PDL_ENTER_ROWS(M);
+    // x goes through two register sets (stage t's in set t % 2), each loaded two stages
+    // before it is stored: stage t's x is loaded in stage t - XPRE - 2 and stored in
+    // stage t - XPRE (its slot is free from that stage's barrier), so a load has two
+    // stages of MMAs to arrive. The first XPRE stages are stored here.
     uint4 xb[XU][2];
+    if constexpr (XPRE == 2) {
+        load_x_regs(0, xr);
+        load_x_regs(1, xb);  // both in flight before either is stored: one round trip
+        store_x_regs(0, xr);
+        store_x_regs(1, xb);
+        load_x_regs(2, xr);
+        load_x_regs(3, xb);
+    } else {
+        load_x_regs(0, xr);
+        store_x_regs(0, xr);
+        load_x_regs(1, xb);
+        load_x_regs(2, xr);
+    }
+
     float acc[2][4][4];  // [batch tile of 16][W tile of 8][fragment]
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[j][r][e] = 0.f;
+
     // Stage s; `xs` holds stage s + XPRE's x, and takes stage s + XPRE + 2's.
     auto stage = [&](int s, XRegs& xs) {
         cp_async_wait<WPRE - 1>();  // stage s's W has landed (later ones may be in flight)
@@ -268,164 +267,120 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
         tg_chunk_live<0, XF32>(acc, jt, wt, xt, wo[0], xo);
         if (2 * s + 1 < nchunks) tg_chunk_live<1, XF32>(acc, jt, wt, xt, wo[1], xo);
     };
+    for (int s = 0; s < nst; s += 2) {  // two stages per trip: the sets alternate
+        if constexpr (XPRE % 2 == 0) {
+            stage(s, xr);
+            if (s + 1 < nst) stage(s + 1, xb);
+        } else {
+            stage(s, xb);
+            if (s + 1 < nst) stage(s + 1, xr);
+        }
+    }
+    cp_async_wait<0>();
 
-    // The epilogue of the unit at (en0, em0) of tile etile, split esplit; acc holds it.
-    auto epilogue = [&](int en0, int em0, int etile, int esplit) {
-        // As gemm.cu's. Accumulator e of (j, r): batch row em0 + wm*32 + j*16 + g + 8*(e/2),
-        // W row en0 + wn*32 + r*8 + 2t + e%2. One split: straight to y; else the
-        // partial to ws, and the tile's last block to arrive sums the splits.
-        // Accumulators e and e + 1 are neighbours in a row: one 8-byte store (4 bytes for bf16
-        // y) when N is even, so a warp's store fills whole 32-byte sectors (8 rows x 4 lanes)
-        // instead of half of twice as many.
-        float* part = splits == 1 ? nullptr : ws + (size_t)esplit * M * N;
-        const bool pairs = (N & 1) == 0 && ((reinterpret_cast<size_t>(part ? (void*)part : (void*)y) & 7) == 0);
-        auto put = [&](size_t at, float v) {  // one output (the partial, or y for one split)
-            if (part) __stcg(part + at, v);
-            else y[at] = from_f<Y>(v);
-        };
+    // Epilogue: as gemm.cu's. Accumulator e of (j, r): batch row m0 + wm*32 + j*16 + g +
+    // 8*(e/2), W row n0 + wn*32 + r*8 + 2t + e%2. One split: straight to y; else the
+    // partial to ws, and the tile's last block to arrive sums the splits.
+    // Accumulators e and e + 1 are neighbours in a row: one 8-byte store (4 bytes for bf16
+    // y) when N is even, so a warp's store fills whole 32-byte sectors (8 rows x 4 lanes)
+    // instead of half of twice as many.
+    float* part = splits == 1 ? nullptr : ws + (size_t)blockIdx.y * M * N;
+    const bool pairs = (N & 1) == 0 && ((reinterpret_cast<size_t>(part ? (void*)part : (void*)y) & 7) == 0);
+    auto put = [&](size_t at, float v) {  // one output (the partial, or y for one split)
+        if (part) __stcg(part + at, v);
+        else y[at] = from_f<Y>(v);
+    };
 #pragma unroll
-        for (int j = 0; j < 2; ++j)
+    for (int j = 0; j < 2; ++j)
 #pragma unroll
-            for (int r = 0; r < 4; ++r)
+        for (int r = 0; r < 4; ++r)
 #pragma unroll
-                for (int e = 0; e < 4; e += 2) {
-                    const int m = em0 + wm * 32 + j * 16 + g + 8 * (e >> 1), n = en0 + wn * 32 + r * 8 + 2 * t;
-                    if (n >= N || m >= M) continue;
-                    const float v0 = acc[j][r][e], v1 = acc[j][r][e + 1];
-                    const size_t at = (size_t)m * N + n;
-                    if (pairs) {  // n even and N even: n + 1 < N, and the pair is aligned
-                        if (part) __stcg(reinterpret_cast<float2*>(part + at), make_float2(v0, v1));
-                        else store_pair<Y>(y + at, v0, v1);
-                    } else {
-                        put(at, v0);
-                        if (n + 1 < N) put(at + 1, v1);
-                    }
-                }
-        if (!part) return;
-        __threadfence();
-        __syncthreads();
-        __shared__ unsigned tg_last;
-        if (tid == 0) tg_last = atomicAdd(&counters[etile], 1u) == (unsigned)(splits - 1);
-        __syncthreads();
-        if (!tg_last) return;
-        __threadfence();
-        // The tile's sums, 4 consecutive outputs per item, splits added in order from 0.
-        // A thread owns TG_ITEMS items; it loads TG_RS splits of TG_IG items at once (16
-        // float4 in flight) before adding them, so a tile of 13 splits takes 8 dependent
-        // L2 round trips per thread instead of 32. The additions, and so the bits, are
-        // those of a sum one partial at a time.
-        const size_t stride = (size_t)M * N;
-        const bool vec = (N & 3) == 0 && (reinterpret_cast<size_t>(ws) & 15) == 0;
-        if (vec) {
-            constexpr int TG_ITEMS = (TG_BN / 4) * TG_BM / TG_THREADS, TG_IG = 4, TG_RS = 4;
-            static_assert(TG_ITEMS % TG_IG == 0, "whole groups of items per thread");
-#pragma unroll 1
-            for (int g0 = 0; g0 < TG_ITEMS; g0 += TG_IG) {
-                const float* p[TG_IG];
-                bool ok[TG_IG];
-                float4 s4[TG_IG];
-#pragma unroll
-                for (int u = 0; u < TG_IG; ++u) {
-                    const int i = tid + (g0 + u) * TG_THREADS;
-                    const int n = en0 + (i % (TG_BN / 4)) * 4, m = em0 + i / (TG_BN / 4);
-                    ok[u] = n < N && m < M;
-                    p[u] = ws + (size_t)(ok[u] ? m : 0) * N + (ok[u] ? n : 0);
-                    s4[u] = make_float4(0.f, 0.f, 0.f, 0.f);
-                }
-#pragma unroll 1
-                for (int sp = 0; sp < splits; sp += TG_RS) {
-                    float4 a[TG_IG][TG_RS];
-#pragma unroll
-                    for (int u = 0; u < TG_IG; ++u)
-#pragma unroll
-                        for (int r = 0; r < TG_RS; ++r)
-                            a[u][r] = ok[u] && sp + r < splits ? __ldcg(reinterpret_cast<const float4*>(p[u] + (sp + r) * stride))
-                                                               : make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-                    for (int u = 0; u < TG_IG; ++u)
-#pragma unroll
-                        for (int r = 0; r < TG_RS; ++r)
-                            if (sp + r < splits) {
-                                s4[u].x += a[u][r].x; s4[u].y += a[u][r].y; s4[u].z += a[u][r].z; s4[u].w += a[u][r].w;
-                            }
-                }
-#pragma unroll
-                for (int u = 0; u < TG_IG; ++u) {
-                    if (!ok[u]) continue;
-                    const int i = tid + (g0 + u) * TG_THREADS;
-                    const int n = en0 + (i % (TG_BN / 4)) * 4, m = em0 + i / (TG_BN / 4);
-                    Y* dst = y + (size_t)m * N + n;
-                    dst[0] = from_f<Y>(s4[u].x); dst[1] = from_f<Y>(s4[u].y); dst[2] = from_f<Y>(s4[u].z); dst[3] = from_f<Y>(s4[u].w);
+            for (int e = 0; e < 4; e += 2) {
+                const int m = m0 + wm * 32 + j * 16 + g + 8 * (e >> 1), n = n0 + wn * 32 + r * 8 + 2 * t;
+                if (n >= N || m >= M) continue;
+                const float v0 = acc[j][r][e], v1 = acc[j][r][e + 1];
+                const size_t at = (size_t)m * N + n;
+                if (pairs) {  // n even and N even: n + 1 < N, and the pair is aligned
+                    if (part) __stcg(reinterpret_cast<float2*>(part + at), make_float2(v0, v1));
+                    else store_pair<Y>(y + at, v0, v1);
+                } else {
+                    put(at, v0);
+                    if (n + 1 < N) put(at + 1, v1);
                 }
             }
-        } else {
-            for (int i = tid; i < (TG_BN / 4) * TG_BM; i += TG_THREADS) {
-                const int n = en0 + (i % (TG_BN / 4)) * 4, m = em0 + i / (TG_BN / 4);
-                if (n >= N || m >= M) continue;
-                const float* p = ws + (size_t)m * N + n;
-                float s4[4] = {0.f, 0.f, 0.f, 0.f};
-                for (int sp = 0; sp < splits; ++sp)
+    if (!part) return;
+    __threadfence();
+    __syncthreads();
+    __shared__ unsigned tg_last;
+    if (tid == 0) tg_last = atomicAdd(&counters[blockIdx.x], 1u) == (unsigned)(splits - 1);
+    __syncthreads();
+    if (!tg_last) return;
+    __threadfence();
+    // The tile's sums, 4 consecutive outputs per item, splits added in order from 0.
+    // A thread owns TG_ITEMS items; it loads TG_RS splits of TG_IG items at once (16
+    // float4 in flight) before adding them, so a tile of 13 splits takes 8 dependent
+    // L2 round trips per thread instead of 32. The additions, and so the bits, are
+    // those of a sum one partial at a time.
+    const size_t stride = (size_t)M * N;
+    const bool vec = (N & 3) == 0 && (reinterpret_cast<size_t>(ws) & 15) == 0;
+    if (vec) {
+        constexpr int TG_ITEMS = (TG_BN / 4) * TG_BM / TG_THREADS, TG_IG = 4, TG_RS = 4;
+        static_assert(TG_ITEMS % TG_IG == 0, "whole groups of items per thread");
+#pragma unroll 1
+        for (int g0 = 0; g0 < TG_ITEMS; g0 += TG_IG) {
+            const float* p[TG_IG];
+            bool ok[TG_IG];
+            float4 s4[TG_IG];
 #pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        if (n + e < N) s4[e] += __ldcg(p + sp * stride + e);
+            for (int u = 0; u < TG_IG; ++u) {
+                const int i = tid + (g0 + u) * TG_THREADS;
+                const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
+                ok[u] = n < N && m < M;
+                p[u] = ws + (size_t)(ok[u] ? m : 0) * N + (ok[u] ? n : 0);
+                s4[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+#pragma unroll 1
+            for (int sp = 0; sp < splits; sp += TG_RS) {
+                float4 a[TG_IG][TG_RS];
+#pragma unroll
+                for (int u = 0; u < TG_IG; ++u)
+#pragma unroll
+                    for (int r = 0; r < TG_RS; ++r)
+                        a[u][r] = ok[u] && sp + r < splits ? __ldcg(reinterpret_cast<const float4*>(p[u] + (sp + r) * stride))
+                                                           : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                for (int u = 0; u < TG_IG; ++u)
+#pragma unroll
+                    for (int r = 0; r < TG_RS; ++r)
+                        if (sp + r < splits) {
+                            s4[u].x += a[u][r].x; s4[u].y += a[u][r].y; s4[u].z += a[u][r].z; s4[u].w += a[u][r].w;
+                        }
+            }
+#pragma unroll
+            for (int u = 0; u < TG_IG; ++u) {
+                if (!ok[u]) continue;
+                const int i = tid + (g0 + u) * TG_THREADS;
+                const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
+                Y* dst = y + (size_t)m * N + n;
+                dst[0] = from_f<Y>(s4[u].x); dst[1] = from_f<Y>(s4[u].y); dst[2] = from_f<Y>(s4[u].z); dst[3] = from_f<Y>(s4[u].w);
+            }
+        }
+    } else {
+        for (int i = tid; i < (TG_BN / 4) * TG_BM; i += TG_THREADS) {
+            const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
+            if (n >= N || m >= M) continue;
+            const float* p = ws + (size_t)m * N + n;
+            float s4[4] = {0.f, 0.f, 0.f, 0.f};
+            for (int sp = 0; sp < splits; ++sp)
 #pragma unroll
                 for (int e = 0; e < 4; ++e)
-                    if (n + e < N) y[(size_t)m * N + n + e] = from_f<Y>(s4[e]);
-            }
-        }
-        if (tid == 0) counters[etile] = 0u;
-    };
-
-    for (;;) {
-        // x goes through two register sets (stage t's in set t % 2), each loaded two stages
-        // before it is stored: stage t's x is loaded in stage t - XPRE - 2 and stored in
-        // stage t - XPRE (its slot is free from that stage's barrier), so a load has two
-        // stages of MMAs to arrive. The first XPRE stages are stored here.
-        if constexpr (XPRE == 2) {
-            load_x_regs(0, xr);
-            load_x_regs(1, xb);  // both in flight before either is stored: one round trip
-            store_x_regs(0, xr);
-            store_x_regs(1, xb);
-            load_x_regs(2, xr);
-            load_x_regs(3, xb);
-        } else {
-            load_x_regs(0, xr);
-            store_x_regs(0, xr);
-            load_x_regs(1, xb);
-            load_x_regs(2, xr);
-        }
-
+                    if (n + e < N) s4[e] += __ldcg(p + sp * stride + e);
 #pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[j][r][e] = 0.f;
-
-        for (int s = 0; s < nst; s += 2) {  // two stages per trip: the sets alternate
-            if constexpr (XPRE % 2 == 0) {
-                stage(s, xr);
-                if (s + 1 < nst) stage(s + 1, xb);
-            } else {
-                stage(s, xb);
-                if (s + 1 < nst) stage(s + 1, xr);
-            }
+            for (int e = 0; e < 4; ++e)
+                if (n + e < N) y[(size_t)m * N + n + e] = from_f<Y>(s4[e]);
         }
-        cp_async_wait<0>();
-        __syncthreads();  // every warp is done with this unit's slots
-        // The next unit's first W stages go out before this one's epilogue: they need no
-        // registers and land while the partials are stored and summed.
-        const int etile = unit % tiles, esplit = unit / tiles;
-        const int en0 = (etile / mtiles) * TG_BN, em0 = (etile % mtiles) * TG_BM;
-        const int next = unit + gridDim.x;
-        if (next < units) {
-            set_unit(next);
-            w_prologue();
-        }
-        epilogue(en0, em0, etile, esplit);
-        if (next >= units) break;
-        unit = next;
     }
+    if (tid == 0) counters[blockIdx.x] = 0u;
 }
 
 #define GEMM_TILED(NAME, BYTES, WST, XST, XN, XT, XF, YN, YT)                                \

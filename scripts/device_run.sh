@@ -51,8 +51,6 @@
 #            with 8 warps per block sharing each K/V tile), and its logits (bit-identical);
 #            prefill 1024 and 8192 with KILN_PDL_STREAM=1 (launch-by-launch steps with PDL)
 #            and its logits (bit-identical)
-#   tiled_persist  the tiled GEMM with a persistent grid (KILN_GEMM_TILED_PERSIST=1) beside the
-#            default (PERSIST_RUNS, default "0 1 0 1"): bench 1..256, kernel tests, logits (tiled_persist.txt)
 #   ncu_src  ncu's full set and per-instruction (SASS) stall samples of the tiled GEMM at batch 64
 #            and of the prefill's GDN prep and attention (2048 tokens): ncu_src_*
 #   tiled_min  bench at batch 1/8/16/24 with the tiled decode GEMM from M = 17 (default), 9
@@ -313,16 +311,6 @@ if has knobs; then
 fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
-fi
-if has tiled_persist; then
-  # The tiled GEMM's grid sized to the resident blocks, each taking several (tile, split)
-  # units (KILN_GEMM_TILED_PERSIST=1, session 11): speed beside the default, kernel tests,
-  # logits and batch invariance (bit-identical expected).
-  for v in ${PERSIST_RUNS:-0 1 0 1}; do bench_as "persist $v" tiled_persist.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_TILED_PERSIST=$v -- --batch 1,32,64,128,256 --prefill 16; done
-  for v in 0 1; do
-    for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_GEMM_TILED_PERSIST=$v "$t" gemm --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differs" | sed "s/^/persist $v kernels: /" | tee -a "$OUT/tiled_persist.txt"; done
-  done
-  [ -f "$REFS/cases.json" ] && logits_check persist "$ENG/qwen35_4b_random.plan" KILN_GEMM_TILED_PERSIST=1
 fi
 if has ncu_src; then
   # Where the warps of a kernel stall, instruction by instruction: ncu's full set for the

@@ -35,11 +35,6 @@ pub struct GemmChoices {
     /// 32/64/128/256 10/27/36/40 % faster, docs/perf.md). `KILN_GEMM_TILED=0` goes back to
     /// the shared-x kernel for 17..64 rows and 64-row pieces.
     pub tiled: bool,
-    /// The tiled kernel's grid sized to the resident blocks (2 per SM), each taking several
-    /// (tile, split) units and loading the next unit's first weights during this one's
-    /// epilogue (`KILN_GEMM_TILED_PERSIST=1`, an experiment of session 11); off, a block
-    /// per unit as before. A unit's arithmetic, and so every bit, is the same.
-    pub tiled_persist: bool,
     /// The fewest rows the tiled kernel takes (`KILN_GEMM_TILED_MIN_M`, default 17): an
     /// experiment since its fragments became plain shared loads (session 10); every kernel
     /// gives the same bits, so any bound keeps rows batch invariant.
@@ -57,7 +52,7 @@ pub struct GemmChoices {
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_persist: false, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM }
     }
 }
 
@@ -69,7 +64,6 @@ impl GemmChoices {
         let num = |var: &str, default: usize| std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
         GemmChoices {
             tiled: flag("KILN_GEMM_TILED", d.tiled),
-            tiled_persist: flag("KILN_GEMM_TILED_PERSIST", d.tiled_persist),
             tiled_min_m: num("KILN_GEMM_TILED_MIN_M", d.tiled_min_m).max(1),
             small_shared_x: flag("KILN_GEMM_SMALL_SX", d.small_shared_x),
             shared_x_min_n: num("KILN_GEMM_SX_MIN_N", d.shared_x_min_n),
@@ -170,13 +164,6 @@ pub const WIDE_TARGET_WARPS_PER_SM: usize = 24;
 /// Output columns from which `WIDE_TARGET_WARPS_PER_SM` applies.
 pub const WIDE_N: usize = 12288;
 
-/// Blocks of a tiled GEMM launch: one per (128-row W tile, 64-row batch tile, split) unit,
-/// or with `persist` no more than the resident blocks (2 per SM), each taking several.
-fn tiled_grid(n: usize, m: usize, splits: usize, persist: bool, sms: usize) -> usize {
-    let units = n.div_ceil(128) * m.div_ceil(64) * splits;
-    if persist { units.min(2 * sms) } else { units }
-}
-
 impl Kernels {
     /// The default split of K for an N x K weight on this device.
     pub fn gemm_plan(&self, n: usize, k: usize) -> GemmPlan {
@@ -271,7 +258,7 @@ impl Kernels {
         let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
         if kind == GemmKind::Tiled {
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
-            let grid = (tiled_grid(n, m, plan.splits, self.gemm_choices.tiled_persist, self.num_sms as usize) as u32, 1, 1);
+            let grid = ((n.div_ceil(128) * m.div_ceil(64)) as u32, plan.splits as u32, 1);
             return self.launch(GEMM_TILED[x_dtype.idx()][y_dtype.idx()], stream, grid, 256, gemm_tiled_smem(x_dtype) as u32, &mut p);
         }
         if kind == GemmKind::SharedX {
@@ -295,21 +282,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_persistent_tiled_grid_is_the_resident_blocks_or_the_units() {
-        // qkvz at batch 64 on 132 SMs: 96 W tiles x 1 batch tile x 4 splits = 384 units.
-        assert_eq!(tiled_grid(12288, 64, 4, false, 132), 384);
-        assert_eq!(tiled_grid(12288, 64, 4, true, 132), 264);
-        // Fewer units than resident blocks: one each either way; M past 64 adds batch tiles.
-        assert_eq!(tiled_grid(2560, 17, 13, true, 132), 260);
-        assert_eq!(tiled_grid(2560, 256, 13, false, 132), 20 * 4 * 13);
-    }
-
-    #[test]
     fn the_tiled_kernel_takes_17_rows_and_up_by_default() {
         // CI never sets KILN_GEMM_TILED: the default, measured on the device, is the tiled
         // kernel from 17 rows, and decode GEMMs in 256-row pieces.
         assert!(std::env::var("KILN_GEMM_TILED").is_err() && std::env::var("KILN_GEMM_TILED_MIN_M").is_err());
-        assert!(std::env::var("KILN_GEMM_TILED_PERSIST").is_err());
         assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err() && std::env::var("KILN_GEMM_SX_MIN_N").is_err());
         assert!(std::env::var("KILN_GEMM_WARPS").is_err() && std::env::var("KILN_GEMM_WIDE_WARPS").is_err());
         // With none of the experiments set, the environment gives the defaults.
