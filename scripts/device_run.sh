@@ -52,7 +52,8 @@
 #            prefill 1024 and 8192 with KILN_PDL_STREAM=1 (launch-by-launch steps with PDL)
 #            and its logits (bit-identical)
 #   ncu_src  ncu's full set and per-instruction (SASS) stall samples of the tiled GEMM at batch 64
-#            and of the prefill's GDN prep and attention (2048 tokens): ncu_src_*
+#            and of the prefill's GDN prep, scan and attention (2048 tokens; SRC_PREFILL_KERNELS,
+#            SRC_PREFILL_COUNT): ncu_src_*, read with scripts/ncu_sass.py
 #   tiled_min  bench at batch 1/8/16/24 with the tiled decode GEMM from M = 17 (default), 9
 #            and 1 (KILN_GEMM_TILED_MIN_M): bench_tiled_min.txt
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
@@ -326,7 +327,7 @@ if has ncu_src; then
     wc -l "$OUT"/ncu_src_"$tag"_*; tail -3 "$OUT/ncu_src_${tag}_err.txt"
   }
   ncu_src_run tiled kiln_gemm_tiled_xf32_yf32 2 --batch 64 --ctx 1024 --prefill 16 --iters 2
-  ncu_src_run prefill "kiln_attn_prefill_r128|kiln_gdn_prefill_prep" 4 --batch 1 --ctx 16 --prefill 2048 --iters 1
+  ncu_src_run prefill "${SRC_PREFILL_KERNELS:-kiln_attn_prefill_r128|kiln_gdn_prefill_prep|kiln_gdn_prefill_scan}" "${SRC_PREFILL_COUNT:-7}" --batch 1 --ctx 16 --prefill 2048 --iters 1
 fi
 if has tiled_min; then
   # The tiled GEMM for small batches too (session 10: its fragments are plain shared loads).
