@@ -293,7 +293,8 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
 // reduction loads all partials of 4 outputs at once (float4, 8 splits in flight). The
 // W stream, k order and MMA sequence of every accumulator, and the order of the
 // split sum, are those of skinny_gemm: both variants give bit-identical results for
-// one plan. grid (ceil(N/256), splits), block 256, dynamic shared memory
+// one plan. grid (ceil(N/256), splits), block 256 (the _sx128 m16 kernels: ceil(N/128)
+// and 128), dynamic shared memory
 // 2 * NTM*8 * V2_LDB bytes (KILN_SMEM_GEMM_SX_*, from the registry).
 #define V2_SK 64
 template <bool XF32> struct V2Ldb { static constexpr int v = XF32 ? 320 : 192; };  // bytes, = 64 mod 128
@@ -364,19 +365,20 @@ __device__ __forceinline__ void sx_chunk_live(int jt, float (&acc)[2][NTM][4], c
     }
 }
 
-template <int NTM, bool XF32, typename Y>
+template <int NTM, bool XF32, typename Y, int THREADS = GS_THREADS>
 __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const void* __restrict__ x,
                                                Y* __restrict__ y, float* __restrict__ ws,
                                                unsigned* __restrict__ counters, int M, int N, int K, int ks,
                                                int splits) {
-    constexpr int RW = 2, P = 2, RB = 8 * 16 * RW, MP = NTM * 8;
+    // RB W rows per block: 32 per warp (RW tiles of 16).
+    constexpr int RW = 2, P = 2, RB = (THREADS / 32) * 16 * RW, MP = NTM * 8;
     constexpr int LDB = V2Ldb<XF32>::v;
     constexpr int SLOT = MP * LDB;
     // 8-element x vectors per thread per slab (the m16 variant's 128 vectors leave half
     // the threads without one).
     constexpr int XVECS = MP * (V2_SK / 8);
-    constexpr int XV = (XVECS + GS_THREADS - 1) / GS_THREADS;
-    static_assert(XVECS % GS_THREADS == 0 || XVECS < GS_THREADS, "v2 x staging");
+    constexpr int XV = (XVECS + THREADS - 1) / THREADS;
+    static_assert(XVECS % THREADS == 0 || XVECS < THREADS, "v2 x staging");
     extern __shared__ __align__(16) unsigned char gs_smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -416,13 +418,13 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
                 buf[r][h] = (kok && wok[r][h]) ? ld_stream(wp[r][h] + kb + c * 32) : make_uint4(0, 0, 0, 0);
     };
 
-    // x staging: vector v = threadIdx.x + q * 256 is row v / 8, k offset (v % 8) * 8 of the slab.
+    // x staging: vector v = threadIdx.x + q * THREADS is row v / 8, k offset (v % 8) * 8 of the slab.
     constexpr int XR = XF32 ? 8 : 4;  // 32-bit registers per vector
     unsigned xr[XV][XR];
     auto load_xs = [&](int st) {
 #pragma unroll
         for (int q = 0; q < XV; ++q) {
-            const int v = threadIdx.x + q * GS_THREADS;
+            const int v = threadIdx.x + q * THREADS;
             const int m = v >> 3, k = kb + st * V2_SK + (v & 7) * 8;
             const bool ok = v < XVECS && st < nslab && m < M && k < ke;
             if constexpr (XF32) {
@@ -447,8 +449,8 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
         unsigned char* base = gs_smem + (size_t)slot * SLOT;
 #pragma unroll
         for (int q = 0; q < XV; ++q) {
-            const int v = threadIdx.x + q * GS_THREADS;
-            if (XVECS < GS_THREADS && v >= XVECS) continue;
+            const int v = threadIdx.x + q * THREADS;
+            if (XVECS < THREADS && v >= XVECS) continue;
             unsigned char* row = base + (size_t)(v >> 3) * LDB + (v & 7) * 16;
             if constexpr (XF32) {
                 unsigned hi[4], lo[4];
@@ -504,7 +506,7 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
         }
         __syncthreads();
     }
-    gemm_epilogue_v2<RW, NTM, RB, GS_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits, jt);
+    gemm_epilogue_v2<RW, NTM, RB, THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits, jt);
 }
 
 #define GEMM_VARIANT(XN, XT, XF, YN, YT, MM, NT)                                                  \
@@ -541,3 +543,20 @@ GEMM_SHARED_X_M(f32, float, true, f32, float)
 GEMM_SHARED_X_M(f32, float, true, bf16, bf16)
 GEMM_SHARED_X_M(bf16, bf16, false, f32, float)
 GEMM_SHARED_X_M(bf16, bf16, false, bf16, bf16)
+
+// The m16 shared-x kernel with 128-row blocks (4 warps; `KILN_GEMM_SX_ROWS=128`, an
+// experiment of session 11): twice the blocks of the same split plan, so a wide weight's
+// grid at batch 1 (196-216 blocks of 256 rows on 132 SMs: one or two per SM) spreads
+// ~3 per SM. A row's W stream, MMAs and split sum are a warp's, as in the 256-row block:
+// the same bits.
+#define GEMM_SHARED_X128(XN, XT, XF, YN, YT)                                                     \
+    extern "C" __global__ void __launch_bounds__(128, 4)                                         \
+        kiln_gemm_sx128_x##XN##_y##YN##_m16(const bf16* W, const XT* x, YT* y, float* ws,        \
+                                            unsigned* counters, int M, int N, int K, int ks,     \
+                                            int splits) {                                        \
+        skinny_gemm_v2<2, XF, YT, 128>(W, x, y, ws, counters, M, N, K, ks, splits);              \
+    }
+GEMM_SHARED_X128(f32, float, true, f32, float)
+GEMM_SHARED_X128(f32, float, true, bf16, bf16)
+GEMM_SHARED_X128(bf16, bf16, false, f32, float)
+GEMM_SHARED_X128(bf16, bf16, false, bf16, bf16)

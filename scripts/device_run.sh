@@ -51,6 +51,8 @@
 #            with 8 warps per block sharing each K/V tile), and its logits (bit-identical);
 #            prefill 1024 and 8192 with KILN_PDL_STREAM=1 (launch-by-launch steps with PDL)
 #            and its logits (bit-identical)
+#   sx_rows  the m16 shared-x GEMM with 128-row blocks (KILN_GEMM_SX_ROWS=128) beside the default:
+#            kernel tests, bench at batch 1/8/16 twice each, logits (sx_rows.txt)
 #   ncu_src  ncu's full set and per-instruction (SASS) stall samples of the tiled GEMM at batch 64
 #            and of the prefill's GDN prep, scan and attention (2048 tokens; SRC_PREFILL_KERNELS,
 #            SRC_PREFILL_COUNT): ncu_src_*, read with scripts/ncu_sass.py
@@ -312,6 +314,13 @@ if has knobs; then
 fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
+fi
+if has sx_rows; then
+  # The m16 shared-x GEMM with 128-row blocks (KILN_GEMM_SX_ROWS=128, session 11, unmeasured):
+  # kernel tests, batch 1/8/16 beside the default twice, logits (bit-identical expected).
+  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_GEMM_SX_ROWS=128 "$t" gemm --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differs" | sed "s/^/sx_rows 128 kernels: /" | tee -a "$OUT/sx_rows.txt"; done
+  for v in 256 128 256 128; do bench_as "sx_rows $v" sx_rows.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_SX_ROWS=$v -- --batch 1,8,16 --prefill 16; done
+  [ -f "$REFS/cases.json" ] && logits_check sx_rows "$ENG/qwen35_4b_random.plan" KILN_GEMM_SX_ROWS=128
 fi
 if has ncu_src; then
   # Where the warps of a kernel stall, instruction by instruction: ncu's full set for the

@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, DevPtr, Kernels};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX128, GEMM_SX_MAX_M, GEMM_TILED};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
 
@@ -44,6 +44,11 @@ pub struct GemmChoices {
     /// `KILN_GEMM_SX_MIN_N=N` moves the bound, 0 taking shared-x for every weight).
     pub small_shared_x: bool,
     pub shared_x_min_n: usize,
+    /// W rows per block of the shared-x kernel up to 16 rows: 256 (8 warps, the default) or
+    /// 128 (`KILN_GEMM_SX_ROWS=128`, an experiment of session 11: twice the blocks of the
+    /// same split plan, so a wide weight's grid at batch 1 is not one or two blocks per
+    /// SM). Every row's arithmetic is its warp's either way: the same bits.
+    pub sx_rows: usize,
     /// Warps per SM the split of a weight below `WIDE_N` columns aims at (`KILN_GEMM_WARPS`)
     /// and of a wide one (`KILN_GEMM_WIDE_WARPS`; 16 gives the splits before 2026-12-05).
     pub warps: usize,
@@ -52,7 +57,7 @@ pub struct GemmChoices {
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, sx_rows: 256, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM }
     }
 }
 
@@ -67,6 +72,7 @@ impl GemmChoices {
             tiled_min_m: num("KILN_GEMM_TILED_MIN_M", d.tiled_min_m).max(1),
             small_shared_x: flag("KILN_GEMM_SMALL_SX", d.small_shared_x),
             shared_x_min_n: num("KILN_GEMM_SX_MIN_N", d.shared_x_min_n),
+            sx_rows: if num("KILN_GEMM_SX_ROWS", d.sx_rows) == 128 { 128 } else { 256 },
             warps: num("KILN_GEMM_WARPS", d.warps).max(1),
             wide_warps: num("KILN_GEMM_WIDE_WARPS", d.wide_warps).max(1),
         }
@@ -266,6 +272,10 @@ impl Kernels {
             // The smallest variant that takes M (m16 has registers to spare for loading
             // the next W before the MMAs; the bits are the same in all three).
             let si = GEMM_SX_MAX_M.iter().position(|&v| m <= v).unwrap_or(GEMM_SX_MAX_M.len() - 1);
+            if si == 0 && self.gemm_choices.sx_rows == 128 {
+                let grid = (n.div_ceil(128) as u32, plan.splits as u32, 1);
+                return self.launch(GEMM_SX128[x_dtype.idx()][y_dtype.idx()], stream, grid, 128, gemm_sx_smem(x_dtype, 16) as u32, &mut p);
+            }
             let grid = (n.div_ceil(256) as u32, plan.splits as u32, 1);
             let smem = gemm_sx_smem(x_dtype, GEMM_SX_MAX_M[si]) as u32;
             return self.launch(GEMM_SX[x_dtype.idx()][y_dtype.idx()][si], stream, grid, 256, smem, &mut p);
@@ -287,6 +297,7 @@ mod tests {
         // kernel from 17 rows, and decode GEMMs in 256-row pieces.
         assert!(std::env::var("KILN_GEMM_TILED").is_err() && std::env::var("KILN_GEMM_TILED_MIN_M").is_err());
         assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err() && std::env::var("KILN_GEMM_SX_MIN_N").is_err());
+        assert!(std::env::var("KILN_GEMM_SX_ROWS").is_err());
         assert!(std::env::var("KILN_GEMM_WARPS").is_err() && std::env::var("KILN_GEMM_WIDE_WARPS").is_err());
         // With none of the experiments set, the environment gives the defaults.
         let c = GemmChoices::from_env();
