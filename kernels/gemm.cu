@@ -133,8 +133,16 @@ __device__ __forceinline__ void reduce_store_f4(float* __restrict__ yv, const fl
 // The last block of a row group: y rows [nb, nb + RB) = the sum of the splits'
 // partials in split order from 0 (8 partials in flight per output; the order of the
 // additions, and so the bits, do not depend on how the loads are batched).
-// IN: partials in flight per output group (registers: the register kernel, whose blocks
-// have no register cap, keeps 8 so its occupancy stays; the shared-x kernel takes 16).
+// IN: partials in flight per output group. The shared-x kernel takes 16; the register
+// kernel KILN_GEMM_REDUCE_IN, 16 since session 11 (8 before, for its occupancy; a build
+// knob so one binary can compare them): a 13-split sum is then one L2 round trip, not
+// two, and the last blocks' sums are the tail of every out/o/down launch at batch 1-16
+// (timeline: its last 10 % of blocks end 4-5 us after the rest). The register kernel goes
+// from 70 to 72 registers (m8, sm_90a), still 7 blocks of 128 threads per SM for a grid of
+// ~4. The additions, and so the bits, do not depend on IN.
+#ifndef KILN_GEMM_REDUCE_IN
+#define KILN_GEMM_REDUCE_IN 16
+#endif
 template <int RB, int THREADS, typename Y, int IN>
 __device__ __forceinline__ void reduce_splits(Y* __restrict__ y, const float* __restrict__ ws, int M, int N,
                                               int splits, int nb) {
@@ -197,7 +205,7 @@ __device__ __forceinline__ void gemm_epilogue(const float (&acc)[RW][NT][4], int
     __syncthreads();
     if (!last) return;
     __threadfence();
-    reduce_splits<RB, THREADS, Y, 8>(y, ws, M, N, splits, blockIdx.x * RB);
+    reduce_splits<RB, THREADS, Y, KILN_GEMM_REDUCE_IN>(y, ws, M, N, splits, blockIdx.x * RB);
     if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
 }
 

@@ -51,6 +51,8 @@
 #            with 8 warps per block sharing each K/V tile), and its logits (bit-identical);
 #            prefill 1024 and 8192 with KILN_PDL_STREAM=1 (launch-by-launch steps with PDL)
 #            and its logits (bit-identical)
+#   reduce_in  a plan whose register GEMM sums 8 split partials at once (KILN_GEMM_REDUCE_IN=8,
+#            before session 11) beside the default 16: bench at batch 1/8/16, logits (reduce_in.txt)
 #   sx_rows  the m16 shared-x GEMM with 128-row blocks (KILN_GEMM_SX_ROWS=128) beside the default:
 #            kernel tests, bench at batch 1/8/16 twice each, logits (sx_rows.txt)
 #   ncu_src  ncu's full set and per-instruction (SASS) stall samples of the tiled GEMM at batch 64
@@ -314,6 +316,17 @@ if has knobs; then
 fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
+fi
+if has reduce_in; then
+  # The register GEMM's last-block sum with 8 partials in flight (a plan built with
+  # KILN_GEMM_REDUCE_IN=8, the value before session 11) beside the default 16: batch 1/8/16
+  # twice each, logits (bit-identical expected).
+  plan_with reduce8 KILN_GEMM_REDUCE_IN=8
+  for r in 1 2; do
+    bench_as "reduce_in 16" reduce_in.txt "$ENG/qwen35_4b_random.plan" -- --batch 1,8,16 --prefill 16
+    bench_as "reduce_in 8" reduce_in.txt /tmp/engines_reduce8/qwen35_4b_random.plan -- --batch 1,8,16 --prefill 16
+  done
+  [ -f "$REFS/cases.json" ] && logits_check reduce8 /tmp/engines_reduce8/qwen35_4b_random.plan
 fi
 if has sx_rows; then
   # The m16 shared-x GEMM with 128-row blocks (KILN_GEMM_SX_ROWS=128, session 11, unmeasured):

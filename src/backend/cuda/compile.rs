@@ -40,10 +40,13 @@ pub const SOURCES: &[(&str, &str)] = &[
 /// columns per weight row, 256), `KILN_PF_BUDGET_MB` (its bytes per GEMM, 24), and
 /// `KILN_ATTN_V_EARLY` (1: decode attention loads a key group's values with its keys,
 /// default 0), and `KILN_PDL_EARLY_ROWS` (decode kernels of up to that many batch rows
-/// take the early PDL order, default 16). device_run.sh stage `knobs` measures them.
+/// take the early PDL order, default 16), `KILN_GEMM_REDUCE_IN` (split partials in flight
+/// in the register GEMM's last-block sum, default 16; 8 before session 11). device_run.sh
+/// stages `knobs` and `reduce_in` measure them.
 /// `KILN_TIMELINE=1` builds the diagnostic in-graph timeline into every kernel
 /// (kernels/common.cuh; `kiln-eval timeline` reads it; stage `timeline`).
-pub const BUILD_KNOBS: [&str; 6] = ["KILN_PF_MAX_ROWS", "KILN_PF_K", "KILN_PF_BUDGET_MB", "KILN_ATTN_V_EARLY", "KILN_PDL_EARLY_ROWS", "KILN_TIMELINE"];
+pub const BUILD_KNOBS: [&str; 7] =
+    ["KILN_PF_MAX_ROWS", "KILN_PF_K", "KILN_PF_BUDGET_MB", "KILN_ATTN_V_EARLY", "KILN_PDL_EARLY_ROWS", "KILN_GEMM_REDUCE_IN", "KILN_TIMELINE"];
 
 /// The model dimensions the kernels are specialised for (passed as `-D` defines).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
