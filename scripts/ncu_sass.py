@@ -2,12 +2,14 @@
 """Where a kernel's warps stall, from ncu's source page (device_run.sh stage `ncu_src`:
 `ncu -i REPORT --page source --csv --print-source sass > FILE.csv`).
 
-    python3 scripts/ncu_sass.py FILE.csv [KERNEL_SUBSTRING] [--top N] [--list]
+    python3 scripts/ncu_sass.py FILE.csv [KERNEL_SUBSTRING] [--top N] [--list] [--regions]
 
 Per kernel: stall samples by reason, then the N instructions with the most samples (rows of
 several launches of one kernel are added by address). --list prints every instruction in
 address order with its share, its executions and its two main reasons, so the prologue,
-the loop (executed once per iteration) and the epilogue can be told apart.
+the loop (executed once per iteration) and the epilogue can be told apart. --regions sums
+the samples of each run of instructions between barriers (BAR.SYNC) and says how often the
+run executed relative to the kernel's first instruction: a block's phases at a glance.
 """
 import argparse
 import collections
@@ -42,6 +44,19 @@ def kernels_in(path):
     return out
 
 
+def print_regions(rows, total):
+    """Samples per run of instructions ending at a block barrier, with the run's most
+    executed instruction relative to the first instruction (loop trips per block)."""
+    first = rows[0]["executed"] or 1.0
+    start, acc, peak = 0, 0.0, 0.0
+    for i, r in enumerate(rows):
+        acc += r["samples"]
+        peak = max(peak, r["executed"])
+        if "BAR.SYNC" in r["src"] or i == len(rows) - 1:
+            print(f"   {start:5d}-{i:5d} {100 * acc / total:5.1f} %  x{peak / first:6.1f}")
+            start, acc, peak = i + 1, 0.0, 0.0
+
+
 def num(x):
     try:
         return float(x)
@@ -55,6 +70,7 @@ def main():
     ap.add_argument("kernel", nargs="?", default="")
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--regions", action="store_true")
     args = ap.parse_args()
     for name, rows in kernels_in(args.csv).items():
         if args.kernel not in name:
@@ -66,6 +82,9 @@ def main():
         print(f"== {name}: {len(rows)} instructions, {total:.0f} samples")
         for reason, n in reasons.most_common(10):
             print(f"   {reason:20s} {n:8.0f} {100 * n / total:5.1f} %")
+        if args.regions:
+            print_regions(list(rows.values()), total)
+            continue
         if args.list:
             shown = list(enumerate(rows.values()))
         else:
