@@ -188,7 +188,7 @@ __device__ __forceinline__ void store8(float* p, const float* v) {
     *reinterpret_cast<float4*>(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
 }
 
-// N consecutive elements (N in 1, 2, 4, 8), vectorised.
+// N consecutive elements (N in 1, 2, 4, 8), vectorised (p aligned to N elements).
 template <int N> __device__ __forceinline__ void loadn(const bf16* p, float* o) {
     if constexpr (N == 8) {
         load8(p, o);
@@ -216,6 +216,8 @@ template <int N> __device__ __forceinline__ void storen(bf16* p, const float* v)
         store8(p, v);
     } else if constexpr (N == 4) {
         *reinterpret_cast<uint2*>(p) = make_uint2(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]));
+    } else if constexpr (N == 2) {
+        *reinterpret_cast<unsigned*>(p) = pack_bf16x2(v[0], v[1]);
     } else {
 #pragma unroll
         for (int i = 0; i < N; ++i) p[i] = __float2bfloat16_rn(v[i]);
@@ -224,6 +226,8 @@ template <int N> __device__ __forceinline__ void storen(bf16* p, const float* v)
 template <int N> __device__ __forceinline__ void storen(float* p, const float* v) {
     if constexpr (N == 4) {
         *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    } else if constexpr (N == 2) {
+        *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
     } else {
 #pragma unroll
         for (int i = 0; i < N; ++i) p[i] = v[i];

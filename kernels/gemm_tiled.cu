@@ -39,8 +39,8 @@ using namespace kiln;
 
 // Shared memory: WST slots of W stages, then XST slots of x stages. W runs WST - 1 stages
 // ahead (cp.async), x XST - 1 (through registers); registry::TILED_STAGES holds the
-// counts, and a host model checks the schedule (kernels/tiled_pipeline.rs). The kernel has
-// 3 and 3 (96 KB for fp32 x). Measured on the H100 with the same bits: 3 and 2 was
+// counts (passed as defines), and a host model checks the schedule
+// (kernels/tiled_pipeline.rs). They are 3 and 3 (96 KB for fp32 x). Measured on the H100 with the same bits: 3 and 2 was
 // 0.5-0.9 % faster but spills 36 bytes on sm_100a, 4 and 3 2-6 % and 5 and 2 4-9 % slower
 // (W further ahead costs; x one stage ahead or two is about the same).
 template <bool XF32, int WST, int XST> struct TgLayout {
@@ -62,15 +62,6 @@ __device__ __forceinline__ int tg_off(int row, int seg) { return row * TG_ROWB +
 // (4 lanes x 2 steps) hit 8 distinct 16-byte bank groups.
 __device__ __forceinline__ int tg_xoff(int jm, int h, int s, int l) {
     return (((jm * 2 + h) * 2 + s) << 9) + ((l ^ (s << 2)) << 4);
-}
-
-// y[0], y[1] = v0, v1 in one store (y 8-byte aligned for fp32, 4-byte for bf16).
-template <typename Y> __device__ __forceinline__ void store_pair(Y* y, float v0, float v1);
-template <> __device__ __forceinline__ void store_pair<float>(float* y, float v0, float v1) {
-    *reinterpret_cast<float2*>(y) = make_float2(v0, v1);
-}
-template <> __device__ __forceinline__ void store_pair<bf16>(bf16* y, float v0, float v1) {
-    *reinterpret_cast<unsigned*>(y) = pack_bf16x2(v0, v1);
 }
 
 __device__ __forceinline__ uint4 lds128(const unsigned char* p) { return *reinterpret_cast<const uint4*>(p); }
@@ -302,7 +293,7 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
                 const size_t at = (size_t)m * N + n;
                 if (pairs) {  // n even and N even: n + 1 < N, and the pair is aligned
                     if (part) __stcg(reinterpret_cast<float2*>(part + at), make_float2(v0, v1));
-                    else store_pair<Y>(y + at, v0, v1);
+                    else storen<2>(y + at, acc[j][r] + e);
                 } else {
                     put(at, v0);
                     if (n + 1 < N) put(at + 1, v1);
@@ -383,16 +374,17 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     if (tid == 0) counters[blockIdx.x] = 0u;
 }
 
-#define GEMM_TILED(NAME, BYTES, WST, XST, XN, XT, XF, YN, YT)                                \
-    static_assert((TgLayout<XF, WST, XST>::SMEM == BYTES),                                      \
-                  "the launcher's shared memory (registry.rs) differs from this layout");      \
-    extern "C" __global__ void __launch_bounds__(TG_THREADS, 2)                                  \
-        NAME##_x##XN##_y##YN(const bf16* W, const XT* x, YT* y, float* ws, unsigned* counters,   \
-                             int M, int N, int K, int ks, int splits) {                          \
-        tiled_gemm<XF, WST, XST, YT>(W, x, y, ws, counters, M, N, K, ks, splits);                \
+// The stage counts come from registry::TILED_STAGES (KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS).
+#define GEMM_TILED(XN, XT, XF, YN, YT)                                                          \
+    static_assert((TgLayout<XF, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS>::SMEM == KILN_SMEM_GEMM_TILED_##XN), \
+                  "the launcher's shared memory (registry.rs) differs from this layout");       \
+    extern "C" __global__ void __launch_bounds__(TG_THREADS, 2)                                   \
+        kiln_gemm_tiled_x##XN##_y##YN(const bf16* W, const XT* x, YT* y, float* ws,               \
+                                      unsigned* counters, int M, int N, int K, int ks,            \
+                                      int splits) {                                               \
+        tiled_gemm<XF, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS, YT>(W, x, y, ws, counters, M, N, K, ks, splits); \
     }
-// W and x three slots each (two stages ahead): registry::TILED_STAGES.
-GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_f32, 3, 3, f32, float, true, f32, float)
-GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_f32, 3, 3, f32, float, true, bf16, bf16)
-GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_bf16, 3, 3, bf16, bf16, false, f32, float)
-GEMM_TILED(kiln_gemm_tiled, KILN_SMEM_GEMM_TILED_bf16, 3, 3, bf16, bf16, false, bf16, bf16)
+GEMM_TILED(f32, float, true, f32, float)
+GEMM_TILED(f32, float, true, bf16, bf16)
+GEMM_TILED(bf16, bf16, false, f32, float)
+GEMM_TILED(bf16, bf16, false, bf16, bf16)

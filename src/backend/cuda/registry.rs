@@ -61,10 +61,10 @@ pub const GEMM_TILED: ByXY<&str> = [
     ["kiln_gemm_tiled_xf32_yf32", "kiln_gemm_tiled_xf32_ybf16"],
     ["kiln_gemm_tiled_xbf16_yf32", "kiln_gemm_tiled_xbf16_ybf16"],
 ];
-/// The tiled GEMM's stage counts (W slots, x slots), as kernels/gemm_tiled.cu instantiates
-/// it: W runs slots - 1 stages ahead, x slots - 1. The kernel's static_asserts compare its
-/// shared memory with `gemm_tiled_smem`, and `kernels::tiled_pipeline` checks the schedule
-/// for hazards. Measured on the H100 (docs/perf.md, session 11), all with the same bits:
+/// The tiled GEMM's stage counts (W slots, x slots), the kernel's template arguments
+/// (`smem_defines` passes them): W runs slots - 1 stages ahead, x slots - 1. The kernel
+/// static_asserts its shared memory against `gemm_tiled_smem`, and
+/// `kernels::tiled_pipeline` checks the schedule for hazards. Measured on the H100 (docs/perf.md, session 11), all with the same bits:
 /// (3, 2) was 0.5-0.9 % faster at batch 32-256 but spills 36 bytes on sm_100a (where users
 /// deploy), (4, 3) was 2-6 % and (5, 2) 4-9 % slower: W further ahead costs, and x one
 /// stage ahead or two is about the same.
@@ -197,6 +197,8 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
         format!("-DKILN_SMEM_GDN_PREP={}", gdn_prefill_prep_smem(d.lin_k_dim, d.lin_v_dim)),
         format!("-DKILN_SMEM_GDN_SCAN={}", gdn_prefill_scan_smem(d.lin_k_dim)),
         format!("-DKILN_ARGMAX_SLICE={ARGMAX_SLICE}"),
+        format!("-DKILN_TILED_W_SLOTS={}", TILED_STAGES.0),
+        format!("-DKILN_TILED_X_SLOTS={}", TILED_STAGES.1),
     ];
     for rows in ATTN_PREFILL_ROWS {
         v.push(format!("-DKILN_SMEM_ATTN_PREFILL_R{rows}={}", attn_prefill_smem(d.head_dim, rows)));
