@@ -330,15 +330,16 @@ if has reduce_in; then
 fi
 if has sx_rows; then
   # The m16 shared-x GEMM with 128-row blocks (KILN_GEMM_SX_ROWS=128, session 11, unmeasured):
-  # kernel tests, batch 1/8/16 beside the default twice, logits (bit-identical expected).
+  # the GEMM tests with it as Auto's choice (batch invariance; gemm_matches_f64_reference
+  # runs it in every call), batch 1/8/16 beside the default twice, logits (bit-identical expected).
   for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_GEMM_SX_ROWS=128 "$t" gemm --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differs" | sed "s/^/sx_rows 128 kernels: /" | tee -a "$OUT/sx_rows.txt"; done
   for v in 256 128 256 128; do bench_as "sx_rows $v" sx_rows.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_SX_ROWS=$v -- --batch 1,8,16 --prefill 16; done
   [ -f "$REFS/cases.json" ] && logits_check sx_rows "$ENG/qwen35_4b_random.plan" KILN_GEMM_SX_ROWS=128
 fi
 if has ncu_src; then
   # Where the warps of a kernel stall, instruction by instruction: ncu's full set for the
-  # tiled GEMM at batch 64, then for the prefill's GDN prep and attention (a 2048-token
-  # chunk); per run the source page (SASS, one row per instruction with its stall samples)
+  # tiled GEMM at batch 64, then for the prefill's GDN prep, scan and attention (a
+  # 2048-token chunk; -c 7 reaches layer 3's attention); per run the source page (SASS, one row per instruction with its stall samples)
   # as CSV and the details page ($OUT/ncu_src_<tag>_*).
   ncu_src_run() {
     local tag=$1 kernels=$2 count=$3; shift 3

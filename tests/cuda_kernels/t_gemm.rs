@@ -70,9 +70,13 @@ fn gemm_matches_f64_reference() {
                     continue;
                 }
                 for plan in [default, forced] {
-                    // Up to 64 rows all three kernels; above, the tiled kernel against the
-                    // register kernel run on 64-row pieces.
-                    let kinds: &[GemmKind] = if m <= 64 { &[GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled] } else { &[GemmKind::Tiled] };
+                    // Up to 16 rows all four kernels, up to 64 three; above, the tiled kernel
+                    // against the register kernel run on 64-row pieces.
+                    let kinds: &[GemmKind] = match m {
+                        ..=16 => &[GemmKind::Register, GemmKind::SharedX, GemmKind::SharedX128, GemmKind::Tiled],
+                        ..=64 => &[GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled],
+                        _ => &[GemmKind::Tiled],
+                    };
                     let mut first: Option<Vec<f32>> = (m > 64).then(|| {
                         (0..m).step_by(64).flat_map(|r| {
                             let rows = (m - r).min(64);
@@ -90,7 +94,8 @@ fn gemm_matches_f64_reference() {
                             _ => 1e-5,
                         };
                         check(&format!("gemm M={m} N={n} K={k} x {xt:?} y {yt:?} splits {} {kind:?}", plan.splits), &y, reference, tol);
-                        // The register, shared-x and tiled kernels do the same arithmetic.
+                        // The register, shared-x (both block sizes) and tiled kernels do the
+                        // same arithmetic.
                         if let Some(f) = &first {
                             assert!(f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "gemm M={m} N={n} K={k}: {kind:?} differs from the register kernel");
                         }

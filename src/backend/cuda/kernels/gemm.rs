@@ -18,6 +18,10 @@ pub enum GemmKind {
     /// x converted once per block to bf16 hi/lo in shared memory, batch tiles past M
     /// skipped, vectorised split-K reduction (kiln_gemm_sx_x*; M <= 64).
     SharedX,
+    /// The shared-x kernel in 128-row blocks, twice the blocks of one split plan
+    /// (kiln_gemm_sx128_x*_m16; M <= 16; `KILN_GEMM_SX_ROWS=128` makes it Auto's choice
+    /// where SharedX would be).
+    SharedX128,
     /// 128 x 64 output tiles, W and x staged through shared memory three deep
     /// (kiln_gemm_tiled_x*; any M up to `GEMM_MAX_M`).
     Tiled,
@@ -44,11 +48,11 @@ pub struct GemmChoices {
     /// `KILN_GEMM_SX_MIN_N=N` moves the bound, 0 taking shared-x for every weight).
     pub small_shared_x: bool,
     pub shared_x_min_n: usize,
-    /// W rows per block of the shared-x kernel up to 16 rows: 256 (8 warps, the default) or
-    /// 128 (`KILN_GEMM_SX_ROWS=128`, an experiment of session 11: twice the blocks of the
-    /// same split plan, so a wide weight's grid at batch 1 is not one or two blocks per
-    /// SM). Every row's arithmetic is its warp's either way: the same bits.
-    pub sx_rows: usize,
+    /// Up to 16 rows, `SharedX128` where the shared-x kernel runs (`KILN_GEMM_SX_ROWS=128`,
+    /// an experiment of session 11: twice the blocks of the same split plan, so a wide
+    /// weight's grid at batch 1 is not one or two blocks per SM). Every row's arithmetic is
+    /// its warp's either way: the same bits.
+    pub sx128: bool,
     /// Warps per SM the split of a weight below `WIDE_N` columns aims at (`KILN_GEMM_WARPS`)
     /// and of a wide one (`KILN_GEMM_WIDE_WARPS`; 16 gives the splits before 2026-12-05).
     pub warps: usize,
@@ -57,7 +61,7 @@ pub struct GemmChoices {
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, sx_rows: 256, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, sx128: false, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM }
     }
 }
 
@@ -72,7 +76,7 @@ impl GemmChoices {
             tiled_min_m: num("KILN_GEMM_TILED_MIN_M", d.tiled_min_m).max(1),
             small_shared_x: flag("KILN_GEMM_SMALL_SX", d.small_shared_x),
             shared_x_min_n: num("KILN_GEMM_SX_MIN_N", d.shared_x_min_n),
-            sx_rows: if num("KILN_GEMM_SX_ROWS", d.sx_rows) == 128 { 128 } else { 256 },
+            sx128: std::env::var("KILN_GEMM_SX_ROWS").map_or(d.sx128, |v| v == "128"),
             warps: num("KILN_GEMM_WARPS", d.warps).max(1),
             wide_warps: num("KILN_GEMM_WIDE_WARPS", d.wide_warps).max(1),
         }
@@ -102,7 +106,7 @@ impl GemmChoices {
             GemmKind::Tiled
         } else if m <= 16 {
             if self.small_shared_x && n >= self.shared_x_min_n {
-                GemmKind::SharedX
+                if self.sx128 { GemmKind::SharedX128 } else { GemmKind::SharedX }
             } else {
                 GemmKind::Register
             }
@@ -246,6 +250,7 @@ impl Kernels {
         ensure!(m <= GEMM_MAX_M, "gemm: M = {m} exceeds {GEMM_MAX_M} (use cuBLASLt for prefill)");
         let kind = if kind == GemmKind::Auto { self.gemm_choices.auto_kind(m, n) } else { kind };
         ensure!(m <= SKINNY_MAX_M || kind == GemmKind::Tiled, "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
+        ensure!(m <= 16 || kind != GemmKind::SharedX128, "gemm: M = {m} exceeds 16, the most the SharedX128 kernel takes");
         ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
         ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
         check_aligned(w, 16, "gemm W")?;
@@ -272,13 +277,14 @@ impl Kernels {
             // The smallest variant that takes M (m16 has registers to spare for loading
             // the next W before the MMAs; the bits are the same in all three).
             let si = GEMM_SX_MAX_M.iter().position(|&v| m <= v).unwrap_or(GEMM_SX_MAX_M.len() - 1);
-            if si == 0 && self.gemm_choices.sx_rows == 128 {
-                let grid = (n.div_ceil(128) as u32, plan.splits as u32, 1);
-                return self.launch(GEMM_SX128[x_dtype.idx()][y_dtype.idx()], stream, grid, 128, gemm_sx_smem(x_dtype, 16) as u32, &mut p);
-            }
             let grid = (n.div_ceil(256) as u32, plan.splits as u32, 1);
             let smem = gemm_sx_smem(x_dtype, GEMM_SX_MAX_M[si]) as u32;
             return self.launch(GEMM_SX[x_dtype.idx()][y_dtype.idx()][si], stream, grid, 256, smem, &mut p);
+        }
+        if kind == GemmKind::SharedX128 {
+            let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
+            let grid = (n.div_ceil(128) as u32, plan.splits as u32, 1);
+            return self.launch(GEMM_SX128[x_dtype.idx()][y_dtype.idx()], stream, grid, 128, gemm_sx_smem(x_dtype, 16) as u32, &mut p);
         }
         let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
         let rows_per_block = if mi >= 2 { 128 } else { 64 };
@@ -319,6 +325,12 @@ mod tests {
             assert_eq!(low.auto_kind(9, n), GemmKind::Tiled);
             assert_eq!(GemmChoices { tiled_min_m: 40, ..c }.auto_kind(17, n), GemmKind::Tiled);
             assert_eq!(GemmChoices { tiled: false, tiled_min_m: 1, ..c }.auto_kind(1, n), small);
+            // KILN_GEMM_SX_ROWS=128 swaps only the shared-x choice up to 16 rows.
+            let sx128 = GemmChoices { sx128: true, ..c };
+            let small128 = if small == GemmKind::SharedX { GemmKind::SharedX128 } else { small };
+            assert_eq!(sx128.auto_kind(1, n), small128);
+            assert_eq!(sx128.auto_kind(16, n), small128);
+            assert_eq!(sx128.auto_kind(17, n), GemmKind::Tiled);
         }
         // Counters cover the tiled kernel's (W tile, batch tile) pairs and the skinny
         // kernels' 64-row groups.
