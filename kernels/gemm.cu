@@ -13,7 +13,10 @@
 //   counters[blockIdx.x], which must be zero before the first launch and is left zero)
 //   adds the partials in split order and writes y. The result is therefore
 //   deterministic, and row m of y does not depend on M or on the other rows: the
-//   arithmetic for one output is fixed by (K, ks) alone.
+//   arithmetic for one output is fixed by (K, ks) alone. counters == NULL (splits > 1):
+//   the partials alone, y untouched; their consumer adds them in the same order
+//   (kiln_add_rmsnorm_parts, norm.cu), so it sees the same bits y would have had
+//   without the kernel's tail (a fence, a counter and the last block's sum).
 //   grid (ceil(N / (64 * RW)), splits), block 128 (4 warps), RW = 1 for _m8/_m16 and
 //   2 for _m32/_m64.
 //
@@ -134,14 +137,13 @@ __device__ __forceinline__ void reduce_store_f4(float* __restrict__ yv, const fl
 // partials in split order from 0 (8 partials in flight per output; the order of the
 // additions, and so the bits, do not depend on how the loads are batched).
 // IN: partials in flight per output group. The shared-x kernel takes 16; the register
-// kernel KILN_GEMM_REDUCE_IN, 16 since session 11 (8 before, for its occupancy; a build
-// knob so one binary can compare them): a 13-split sum is then one L2 round trip, not
-// two, and the last blocks' sums are the tail of every out/o/down launch at batch 1-16
-// (timeline: its last 10 % of blocks end 4-5 us after the rest). The register kernel goes
-// from 70 to 72 registers (m8, sm_90a), still 7 blocks of 128 threads per SM for a grid of
-// ~4. The additions, and so the bits, do not depend on IN.
+// kernel KILN_GEMM_REDUCE_IN, 8 (a build knob so one binary can compare them). 16 was
+// the default in session 11, meant to take one L2 round trip off the 13-split sums at
+// the tail of every out/o/down launch, but the H100 step was slower with it (session 12:
+// batch 1 4.52 against 4.43 ms, 8 5.24 against 5.08; bit-identical). The additions, and
+// so the bits, do not depend on IN.
 #ifndef KILN_GEMM_REDUCE_IN
-#define KILN_GEMM_REDUCE_IN 16
+#define KILN_GEMM_REDUCE_IN 8
 #endif
 template <int RB, int THREADS, typename Y, int IN>
 __device__ __forceinline__ void reduce_splits(Y* __restrict__ y, const float* __restrict__ ws, int M, int N,
@@ -198,6 +200,7 @@ __device__ __forceinline__ void gemm_epilogue(const float (&acc)[RW][NT][4], int
                 const int n = row0 + r * 16 + g + 8 * (e >> 1), m = j * 8 + 2 * t + (e & 1);
                 if (n < N && m < M) __stcg(part + (size_t)m * N + n, acc[r][j][e]);
             }
+    if (counters == nullptr) return;  // partials only: the consumer sums them
     __threadfence();
     __syncthreads();
     __shared__ unsigned last;
@@ -336,6 +339,7 @@ __device__ __forceinline__ void gemm_epilogue_v2(const float (&acc)[RW][NT][4], 
                     const int n = row0 + r * 16 + g + 8 * (e >> 1), m = j * 8 + 2 * t + (e & 1);
                     if (n < N && m < M) __stcg(part + (size_t)m * N + n, acc[r][j][e]);
                 }
+    if (counters == nullptr) return;  // partials only: the consumer sums them
     __threadfence();
     __syncthreads();
     __shared__ unsigned v2_last;

@@ -25,7 +25,8 @@
 //   bits are those of the skinny kernels.
 //   grid (ceil(N / 128) * ceil(M / 64), splits), block 256, dynamic shared memory
 //   KILN_SMEM_GEMM_TILED_{f32,bf16} (registry.rs). counters: one per (W tile, batch
-//   tile), at least ceil(N / 128) * 4, zero before the first launch and left zero.
+//   tile), at least ceil(N / 128) * 4, zero before the first launch and left zero;
+//   NULL: the partials alone, for the consumer to sum (as gemm.cu's).
 #include "common.cuh"
 
 using namespace kiln;
@@ -299,7 +300,7 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
                     if (n + 1 < N) put(at + 1, v1);
                 }
             }
-    if (!part) return;
+    if (!part || counters == nullptr) return;  // counters NULL: partials only (gemm.cu)
     __threadfence();
     __syncthreads();
     __shared__ unsigned tg_last;

@@ -12,6 +12,14 @@
 //   y is written to out_bf16 [M][HIDDEN] and/or out_f32 [M][HIDDEN] (each nullable).
 //   grid (M), block 256. Rows are independent (no cross-row arithmetic).
 //
+// kiln_add_rmsnorm_parts(float* residual, const float* parts, int splits,
+//                        long long split_stride, const bf16* w, bf16* out_bf16,
+//                        float* out_f32, int M)
+//   add_rmsnorm_f32 with the delta given as the split-K partials of a decode GEMM
+//   launched without counters (gemm.cu): delta[m][n] = 0 + p0 + p1 + ... in split order,
+//   partial s at parts + s * split_stride + m * HIDDEN + n (fp32, 16-byte aligned). Bit
+//   for bit what the GEMM's own sum followed by add_rmsnorm_f32 gives.
+//
 // kiln_gated_rmsnorm_{in}_{out}(const float* o, const IN* z, int ld_z, const bf16* w,
 //                               OUT* out, int T)
 //   The Gated DeltaNet output norm for prefill (decode fuses it in gdn_decode.cu):
@@ -83,11 +91,13 @@ __device__ __forceinline__ void store_rmsnorm(const float (&v)[NORM_VPT][8], flo
     }
 }
 
-template <typename T>
-__device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, const T* __restrict__ delta,
-                                            int ld_delta, const bf16* __restrict__ w,
-                                            bf16* __restrict__ out_bf16, float* __restrict__ out_f32,
-                                            int M) {
+// Row m's residual += delta (when has_delta; delta_at(m, i, d) loads the 8 delta values
+// at element i), then the norm. One body for both delta forms, so a row's arithmetic is
+// the same whichever form its delta comes in.
+template <typename DeltaAt>
+__device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, bool has_delta, DeltaAt delta_at,
+                                            const bf16* __restrict__ w, bf16* __restrict__ out_bf16,
+                                            float* __restrict__ out_f32, int M) {
     // The norm weight is never written: it loads before the PDL wait (early order), not
     // after the row's sum of squares, one dependent round trip less.
     float wv[NORM_VPT][8];
@@ -104,9 +114,9 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, const 
         const int i = (threadIdx.x + j * NORM_THREADS) * 8;
         if (i < HIDDEN) {
             load8(res + i, v[j]);
-            if (delta != nullptr) {
+            if (has_delta) {
                 float d[8];
-                load8(delta + (size_t)m * ld_delta + i, d);
+                delta_at(m, i, d);
 #pragma unroll
                 for (int e = 0; e < 8; ++e) v[j][e] += d[e];
                 store8(res + i, v[j]);
@@ -120,15 +130,59 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, const 
     if (out_f32 != nullptr) store_rmsnorm(v, inv, wv, out_f32 + (size_t)m * HIDDEN);
 }
 
+template <typename T>
+__device__ __forceinline__ void add_rmsnorm_mat(float* residual, const T* __restrict__ delta, int ld_delta,
+                                                const bf16* w, bf16* out_bf16, float* out_f32, int M) {
+    add_rmsnorm(
+        residual, delta != nullptr,
+        [=](int m, int i, float(&d)[8]) { load8(delta + (size_t)m * ld_delta + i, d); }, w, out_bf16, out_f32, M);
+}
+
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     kiln_add_rmsnorm_f32(float* residual, const float* delta, int ld_delta, const bf16* w,
                          bf16* out_bf16, float* out_f32, int M) {
-    add_rmsnorm<float>(residual, delta, ld_delta, w, out_bf16, out_f32, M);
+    add_rmsnorm_mat<float>(residual, delta, ld_delta, w, out_bf16, out_f32, M);
 }
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     kiln_add_rmsnorm_bf16(float* residual, const bf16* delta, int ld_delta, const bf16* w,
                           bf16* out_bf16, float* out_f32, int M) {
-    add_rmsnorm<bf16>(residual, delta, ld_delta, w, out_bf16, out_f32, M);
+    add_rmsnorm_mat<bf16>(residual, delta, ld_delta, w, out_bf16, out_f32, M);
+}
+
+// Partials loaded at once per 8 outputs (two float4 each): the 13 splits of the down
+// and out projections in one L2 round trip.
+#define PARTS_IN 16
+
+// The delta as `splits` fp32 partials of a split-K GEMM that left their sum to this
+// kernel (gemm.cu, counters NULL): partial s of row m at parts + s * split_stride +
+// m * HIDDEN. They are added in split order from 0, as the GEMM's own last block adds
+// them, so the delta has the bits the GEMM's y would have had.
+extern "C" __global__ void __launch_bounds__(NORM_THREADS)
+    kiln_add_rmsnorm_parts(float* residual, const float* __restrict__ parts, int splits, long long split_stride,
+                           const bf16* w, bf16* out_bf16, float* out_f32, int M) {
+    auto sum_parts = [=](int m, int i, float(&d)[8]) {
+        const float* p = parts + (size_t)m * HIDDEN + i;
+        float4 lo = make_float4(0.f, 0.f, 0.f, 0.f), hi = lo;
+        for (int sp = 0; sp < splits; sp += PARTS_IN) {
+            float4 a[PARTS_IN], b[PARTS_IN];
+#pragma unroll
+            for (int u = 0; u < PARTS_IN; ++u)
+                if (sp + u < splits) {
+                    const float4* q = reinterpret_cast<const float4*>(p + (size_t)(sp + u) * split_stride);
+                    a[u] = __ldcg(q);
+                    b[u] = __ldcg(q + 1);
+                }
+#pragma unroll
+            for (int u = 0; u < PARTS_IN; ++u)
+                if (sp + u < splits) {
+                    lo.x += a[u].x; lo.y += a[u].y; lo.z += a[u].z; lo.w += a[u].w;
+                    hi.x += b[u].x; hi.y += b[u].y; hi.z += b[u].z; hi.w += b[u].w;
+                }
+        }
+        d[0] = lo.x; d[1] = lo.y; d[2] = lo.z; d[3] = lo.w;
+        d[4] = hi.x; d[5] = hi.y; d[6] = hi.z; d[7] = hi.w;
+    };
+    add_rmsnorm(residual, true, sum_parts, w, out_bf16, out_f32, M);
 }
 
 template <typename OUT>

@@ -51,10 +51,9 @@
 #            with 8 warps per block sharing each K/V tile), and its logits (bit-identical);
 #            prefill 1024 and 8192 with KILN_PDL_STREAM=1 (launch-by-launch steps with PDL)
 #            and its logits (bit-identical)
-#   reduce_in  a plan whose register GEMM sums 8 split partials at once (KILN_GEMM_REDUCE_IN=8,
-#            before session 11) beside the default 16: bench at batch 1/8/16, logits (reduce_in.txt)
-#   sx_rows  the m16 shared-x GEMM with 128-row blocks (KILN_GEMM_SX_ROWS=128) beside the default:
-#            kernel tests, bench at batch 1/8/16 twice each, logits (sx_rows.txt)
+#   defer_sum  the out/o/down GEMMs' split-K sums in the next add_rmsnorm (default, session 12)
+#            against the GEMMs summing (KILN_GEMM_DEFER_SUM=0): kernel tests, bench at batch
+#            1..256 twice each, logits (defer_sum.txt)
 #   ncu_src  ncu's full set and per-instruction (SASS) stall samples of the tiled GEMM at batch 64
 #            and of the prefill's GDN prep, scan and attention (2048 tokens; SRC_PREFILL_KERNELS,
 #            SRC_PREFILL_COUNT): ncu_src_*, read with scripts/ncu_sass.py
@@ -317,24 +316,13 @@ fi
 if has nopdl; then
   log "bench with decode graphs captured without PDL"; KILN_PDL=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 1,8,64 2>&1 | grep "decode batch" | tee "$OUT/bench_nopdl.txt"
 fi
-if has reduce_in; then
-  # The register GEMM's last-block sum with 8 partials in flight (a plan built with
-  # KILN_GEMM_REDUCE_IN=8, the value before session 11) beside the default 16: batch 1/8/16
-  # twice each, logits (bit-identical expected).
-  plan_with reduce8 KILN_GEMM_REDUCE_IN=8
-  for r in 1 2; do
-    bench_as "reduce_in 16" reduce_in.txt "$ENG/qwen35_4b_random.plan" -- --batch 1,8,16 --prefill 16
-    bench_as "reduce_in 8" reduce_in.txt /tmp/engines_reduce8/qwen35_4b_random.plan -- --batch 1,8,16 --prefill 16
-  done
-  [ -f "$REFS/cases.json" ] && logits_check reduce8 /tmp/engines_reduce8/qwen35_4b_random.plan
-fi
-if has sx_rows; then
-  # The m16 shared-x GEMM with 128-row blocks (KILN_GEMM_SX_ROWS=128, session 11, unmeasured):
-  # the GEMM tests with it as Auto's choice (batch invariance; gemm_matches_f64_reference
-  # runs it in every call), batch 1/8/16 beside the default twice, logits (bit-identical expected).
-  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_GEMM_SX_ROWS=128 "$t" gemm --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differs" | sed "s/^/sx_rows 128 kernels: /" | tee -a "$OUT/sx_rows.txt"; done
-  for v in 256 128 256 128; do bench_as "sx_rows $v" sx_rows.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_SX_ROWS=$v -- --batch 1,8,16 --prefill 16; done
-  [ -f "$REFS/cases.json" ] && logits_check sx_rows "$ENG/qwen35_4b_random.plan" KILN_GEMM_SX_ROWS=128
+if has defer_sum; then
+  # Session 12: out/o/down leave their split-K sum to the next add_rmsnorm (the default)
+  # against the GEMM summing it (KILN_GEMM_DEFER_SUM=0), the same plan: every batch twice,
+  # the kernel tests of both paths, logits (bit-identical expected).
+  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && "$t" deferred_split_sum add_rmsnorm_parts --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|identical: false|rel err" | tail -8 | sed "s/^/defer_sum kernels: /" | tee -a "$OUT/defer_sum.txt"; done
+  for v in 1 0 1 0; do bench_as "defer_sum $v" defer_sum.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_DEFER_SUM=$v -- --batch 1,8,16,32,64,128,256 --prefill 16; done
+  [ -f "$REFS/cases.json" ] && logits_check defer0 "$ENG/qwen35_4b_random.plan" KILN_GEMM_DEFER_SUM=0
 fi
 if has ncu_src; then
   # Where the warps of a kernel stall, instruction by instruction: ncu's full set for the

@@ -122,7 +122,7 @@ fn add_rmsnorm_matches_cpu() {
             None => None,
         };
         let (ob, of) = (poison_bf16(&s, m * h), poison_f32(&s, m * h));
-        e.k.add_rmsnorm(&s, ptr(&s, &res_d), dm, ptr(&s, &w_d), ptr(&s, &ob), ptr(&s, &of), m).unwrap();
+        e.k.add_rmsnorm(&s, ptr(&s, &res_d), dm.map(Into::into), ptr(&s, &w_d), ptr(&s, &ob), ptr(&s, &of), m).unwrap();
         // Residual: one fp32 add, identical rounding.
         check(&format!("add_rmsnorm M={m} {delta:?} residual"), &down(&s, &res_d), &new_res, 1e-7);
         // fp32 norm: sum-of-squares order differs (2560 terms): 1e-5.

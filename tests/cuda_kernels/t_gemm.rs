@@ -4,7 +4,7 @@ use crate::harness::*;
 use crate::reference as r;
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
-use kiln::backend::cuda::kernels::{DType, GemmKind, GemmPlan, GemmScratch, Kernels, Mat};
+use kiln::backend::cuda::kernels::{DType, Delta, GemmKind, GemmPlan, GemmScratch, Kernels, Mat, SplitParts};
 use kiln::backend::cpu::ops;
 use std::sync::Arc;
 
@@ -166,7 +166,7 @@ fn pdl_chain_matches_ordinary_launches() {
             e.k.gemm(&s, ptr(&s, &w1), ptr(&s, &x), DType::F32, ptr(&s, &y1), DType::F32, m, 2 * inter, h, &gs).unwrap();
             e.k.silu_mul(&s, Mat::f32(ptr(&s, &y1), 2 * inter), inter, Mat::f32(ptr(&s, &y2), inter), inter, m).unwrap();
             e.k.gemm(&s, ptr(&s, &w2), ptr(&s, &y2), DType::F32, ptr(&s, &y3), DType::F32, m, h, inter, &gs).unwrap();
-            e.k.add_rmsnorm(&s, ptr(&s, &res), Some(Mat::f32(ptr(&s, &y3), h)), ptr(&s, &nw), 0, ptr(&s, &x), m).unwrap();
+            e.k.add_rmsnorm(&s, ptr(&s, &res), Some(Mat::f32(ptr(&s, &y3), h).into()), ptr(&s, &nw), 0, ptr(&s, &x), m).unwrap();
         }
         e.k.add_rmsnorm(&s, ptr(&s, &res), None, ptr(&s, &nw), 0, ptr(&s, &out), m).unwrap();
         outs.push(down(&s, &out));
@@ -179,4 +179,91 @@ fn pdl_chain_matches_ordinary_launches() {
         assert!(same, "PDL changed the results");
     }
     let _ = ops::silu(0.0);
+}
+
+/// The out/o/down projections leave their split-K sum to the next add_rmsnorm
+/// (`gemm_deferred`, the default since session 12). The norm must add the partials
+/// exactly as the GEMM's last block would: same residual and outputs, bit for bit, as
+/// `gemm` followed by add_rmsnorm, at every M Auto sends to each kernel (register,
+/// tiled) and for both x dtypes, on the model's two residual shapes (13 splits).
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn deferred_split_sum_matches_gemm_then_norm() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let h = e.k.dims().hidden;
+    let mut g = rng(13);
+    let nw = up(&s, &to_bf16(&rand_vec(&mut g, h, 0.3)));
+    for k in [4096usize, 9216] {
+        let plan = e.k.gemm_plan(h, k);
+        assert!(plan.splits > 1, "K = {k}: the test needs a split plan, got {plan:?}");
+        let w = up(&s, &to_bf16(&randn_vec(&mut g, h * k, 0.05)));
+        let sc = scratch(&s, 256 * h * plan.splits, h);
+        let gs = as_gs(&s, &sc);
+        for m in [1usize, 3, 9, 16, 17, 64, 100, 256] {
+            let x0 = randn_vec(&mut g, m * k, 1.0);
+            let res0 = randn_vec(&mut g, m * h, 1.0);
+            for xt in [DType::F32, DType::BF16] {
+                let (xf, xb) = (up(&s, &x0), up(&s, &to_bf16(&x0)));
+                let xp = if xt == DType::F32 { ptr(&s, &xf) } else { ptr(&s, &xb) };
+                let y = poison_f32(&s, m * h);
+                // The GEMM's own sum, then the norm of y.
+                let (res_a, out_a) = (up(&s, &res0), poison_f32(&s, m * h));
+                e.k.gemm(&s, ptr(&s, &w), xp, xt, ptr(&s, &y), DType::F32, m, h, k, &gs).unwrap();
+                e.k.add_rmsnorm(&s, ptr(&s, &res_a), Some(Mat::f32(ptr(&s, &y), h).into()), ptr(&s, &nw), 0, ptr(&s, &out_a), m).unwrap();
+                // The partials, summed by the norm.
+                let (res_b, out_b) = (up(&s, &res0), poison_f32(&s, m * h));
+                let y_b = poison_f32(&s, m * h);
+                let delta = e.k.gemm_deferred(&s, ptr(&s, &w), xp, xt, ptr(&s, &y_b), m, h, k, &gs).unwrap();
+                assert_eq!(delta, Delta::Parts(SplitParts { ptr: gs.ws, splits: plan.splits, split_stride: m * h }), "K = {k} M = {m}");
+                e.k.add_rmsnorm(&s, ptr(&s, &res_b), Some(delta), ptr(&s, &nw), 0, ptr(&s, &out_b), m).unwrap();
+                let (ra, rb, oa, ob) = (down(&s, &res_a), down(&s, &res_b), down(&s, &out_a), down(&s, &out_b));
+                assert!(oa.iter().all(|v| v.is_finite()), "K = {k} M = {m} {xt:?}: non-finite outputs");
+                let same = ra.iter().zip(&rb).chain(oa.iter().zip(&ob)).all(|(a, b)| a.to_bits() == b.to_bits());
+                println!("deferred split sum K={k} M={m} {xt:?}: residual and norm bit-identical to gemm + add_rmsnorm: {same}");
+                assert!(same, "K = {k} M = {m} {xt:?}: the deferred sum changed the bits");
+                // y is left alone: the partials are the result.
+                assert!(down(&s, &y_b).iter().all(|v| v.is_nan()), "K = {k} M = {m}: gemm_deferred wrote y");
+            }
+        }
+    }
+}
+
+/// kiln_add_rmsnorm_parts against its CPU twin on random partials: split counts around
+/// the kernel's 16 loads in flight (1, 2, 13, 16, 17, 35) and awkward row counts.
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn add_rmsnorm_parts_matches_cpu() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let h = e.k.dims().hidden;
+    let eps = e.k.dims().rms_eps as f32;
+    let mut g = rng(14);
+    let w = round_bf16(&rand_vec(&mut g, h, 0.5));
+    let w_d = up(&s, &to_bf16(&w));
+    for (m, splits) in [(1usize, 1usize), (1, 13), (3, 2), (5, 16), (7, 17), (33, 35)] {
+        let stride = m * h + 8; // partials need not be packed
+        let parts = randn_vec(&mut g, splits * stride, 0.7);
+        let res = randn_vec(&mut g, m * h, 1.0);
+        // The twin: 0 + p0 + p1 + ... in fp32, in split order, then the residual add.
+        let mut new_res = res.clone();
+        for i in 0..m * h {
+            let mut d = 0f32;
+            for sp in 0..splits {
+                d += parts[sp * stride + i];
+            }
+            new_res[i] += d;
+        }
+        let expect = ops::rms_norm(&new_res, &w, eps, 1.0);
+        let (res_d, parts_d) = (up(&s, &res), up(&s, &parts));
+        let (ob, of) = (poison_bf16(&s, m * h), poison_f32(&s, m * h));
+        let delta = Delta::Parts(SplitParts { ptr: ptr(&s, &parts_d), splits, split_stride: stride });
+        e.k.add_rmsnorm(&s, ptr(&s, &res_d), Some(delta), ptr(&s, &w_d), ptr(&s, &ob), ptr(&s, &of), m).unwrap();
+        // The same fp32 additions in the same order as the twin: exact.
+        check(&format!("add_rmsnorm_parts M={m} splits={splits} residual"), &down(&s, &res_d), &new_res, 0.0);
+        // The norm's sum of squares runs in another order (2560 terms): 1e-5, as add_rmsnorm's test.
+        check(&format!("add_rmsnorm_parts M={m} splits={splits} out f32"), &down(&s, &of), &expect, 1e-5);
+        // bf16 output: one rounding of ~2^-9 relative.
+        check(&format!("add_rmsnorm_parts M={m} splits={splits} out bf16"), &from_bf16(&down(&s, &ob)), &expect, 1e-2);
+    }
 }

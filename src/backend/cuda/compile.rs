@@ -41,7 +41,7 @@ pub const SOURCES: &[(&str, &str)] = &[
 /// `KILN_ATTN_V_EARLY` (1: decode attention loads a key group's values with its keys,
 /// default 0), and `KILN_PDL_EARLY_ROWS` (decode kernels of up to that many batch rows
 /// take the early PDL order, default 16), `KILN_GEMM_REDUCE_IN` (split partials in flight
-/// in the register GEMM's last-block sum, default 16; 8 before session 11). device_run.sh
+/// in the register GEMM's last-block sum, default 8; 16 measured slower in session 12). device_run.sh
 /// stages `knobs` and `reduce_in` measure them.
 /// `KILN_TIMELINE=1` builds the diagnostic in-graph timeline into every kernel
 /// (kernels/common.cuh; `kiln-eval timeline` reads it; stage `timeline`).

@@ -18,7 +18,7 @@ mod tiled_pipeline;
 
 pub use attention::{AttnDecode, AttnPrefill, QkNormRope};
 pub use gdn::{Conv1d, GdnDecode, GdnPrefill};
-pub use gemm::{GemmChoices, GemmKind, GemmPlan, GemmScratch, GEMM_MAX_M, TARGET_WARPS_PER_SM};
+pub use gemm::{GemmChoices, GemmKind, GemmPlan, GemmScratch, SplitParts, GEMM_MAX_M, TARGET_WARPS_PER_SM};
 pub use misc::ArgmaxScratch;
 
 use super::compile::{self, CompiledModule, KernelDims};
@@ -85,6 +85,21 @@ impl Mat {
     /// The same columns starting `rows` rows down.
     pub fn rows(self, rows: usize) -> Self {
         Mat { ptr: self.ptr + (rows * self.ld * self.dtype.size()) as u64, ..self }
+    }
+}
+
+/// What `Kernels::add_rmsnorm` adds to the residual.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delta {
+    /// Rows of a matrix (fp32 or bf16).
+    Mat(Mat),
+    /// A decode GEMM's split-K partials, summed by the norm (`Kernels::gemm_deferred`).
+    Parts(SplitParts),
+}
+
+impl From<Mat> for Delta {
+    fn from(m: Mat) -> Self {
+        Delta::Mat(m)
     }
 }
 

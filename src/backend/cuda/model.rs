@@ -6,7 +6,7 @@
 //! into a CUDA graph.
 
 use super::blaslt::BlasLt;
-use super::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, DevPtr, GdnDecode, GdnPrefill, Kernels, Mat, QkNormRope, NULL};
+use super::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, Delta, DevPtr, GdnDecode, GdnPrefill, Kernels, Mat, QkNormRope, NULL};
 use super::pools::{Scratch, StatePools, LOGIT_ROWS};
 use super::weights::{DeviceWeights, FullPtrs, LayerPtrs, LinearPtrs, MixerPtrs};
 use crate::backend::step::{MetaOffsets, Step, StepLayout};
@@ -69,27 +69,26 @@ impl LayerStack<'_> {
             meta_base: self.s.meta.ptr,
             act: self.gemm_input(l),
         };
-        let (t, h, s) = (l.num_tokens(), self.cfg.hidden_size, self.s);
+        let (t, s) = (l.num_tokens(), self.s);
         self.k.embed(self.stream, self.w.embed, rows.at(rows.meta.ids), s.resid.ptr, t)?;
         // Normed activations go to `normed` in the step's GEMM input dtype.
         let (nb, nf) = split_by_dtype(rows.act, s.normed.ptr);
-        let mut delta: Option<Mat> = None;
+        let mut delta: Option<Delta> = None;
         let (mut linear, mut full) = (0, 0);
         for layer in &self.w.layers {
             self.k.add_rmsnorm(self.stream, s.resid.ptr, delta, layer.input_norm, nb, nf, t)?;
-            match &layer.mixer {
+            let mixed = match &layer.mixer {
                 MixerPtrs::Linear(g) => {
-                    self.gated_deltanet(g, linear, &rows)?;
                     linear += 1;
+                    self.gated_deltanet(g, linear - 1, &rows)?
                 }
                 MixerPtrs::Full(a) => {
-                    self.full_attention(a, full, &rows)?;
                     full += 1;
+                    self.full_attention(a, full - 1, &rows)?
                 }
-            }
-            self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(Mat::f32(s.delta.ptr, h)), layer.post_norm, nb, nf, t)?;
-            self.mlp(layer, &rows)?;
-            delta = Some(Mat::f32(s.delta.ptr, h));
+            };
+            self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(mixed), layer.post_norm, nb, nf, t)?;
+            delta = Some(self.mlp(layer, &rows)?);
         }
         // The final norm in the engine's dtype: the lm_head reads it through the skinny GEMM.
         let (fnb, fnf) = split_by_dtype(self.act, s.normed.ptr);
@@ -139,8 +138,8 @@ impl LayerStack<'_> {
 
     /// One Gated DeltaNet mixer (linear layer `li`): fused projection, then the decode
     /// rows through the fused decode step and the prefill chunks through conv + chunked
-    /// scan + gated norm, then out_proj into `s.delta`.
-    fn gated_deltanet(&self, g: &LinearPtrs, li: usize, r: &Rows) -> Result<()> {
+    /// scan + gated norm, then out_proj: the residual's update (`gemm_to_norm`).
+    fn gated_deltanet(&self, g: &LinearPtrs, li: usize, r: &Rows) -> Result<Delta> {
         let (c, k, st, s) = (self.cfg, self.k, self.stream, self.s);
         let (h, t, nd) = (c.hidden_size, r.l.num_tokens(), r.decode_seqs);
         let (qkv_dim, vd, nv) = (c.linear_qkv_dim(), c.linear_value_dim(), c.linear_num_value_heads);
@@ -179,14 +178,14 @@ impl LayerStack<'_> {
             let core = Mat::f32(s.core.ptr, vd).rows(nd);
             k.gated_rmsnorm(st, core.ptr, qkvz.cols(qkv_dim).rows(nd), g.norm, out.rows(nd).ptr, r.act, t - nd)?;
         }
-        self.gemm(g.out, s.mix_in.ptr, r.act, s.delta.ptr, h, vd, r.l)
+        self.gemm_to_norm(g.out, s.mix_in.ptr, r.act, h, vd, r.l)
     }
 
     /// One full-attention mixer (full layer `fi`): fused q/gate/k/v projection, q/k norm
     /// with RoPE and the KV write, decode attention over pages for the decode rows and
-    /// flash prefill attention for the chunks, the sigmoid output gate, then o_proj into
-    /// `s.delta`.
-    fn full_attention(&self, a: &FullPtrs, fi: usize, r: &Rows) -> Result<()> {
+    /// flash prefill attention for the chunks, the sigmoid output gate, then o_proj: the
+    /// residual's update (`gemm_to_norm`).
+    fn full_attention(&self, a: &FullPtrs, fi: usize, r: &Rows) -> Result<Delta> {
         let (c, k, st, s) = (self.cfg, self.k, self.stream, self.s);
         let (h, t, nd) = (c.hidden_size, r.l.num_tokens(), r.decode_seqs);
         let attn_w = c.num_heads * c.head_dim;
@@ -225,16 +224,30 @@ impl LayerStack<'_> {
             let core = Mat::f32(s.core.ptr, attn_w).rows(nd);
             k.output_gate(st, core.ptr, qg.cols(c.head_dim).rows(nd), 2 * c.head_dim, out.rows(nd), t - nd)?;
         }
-        self.gemm(a.o, s.mix_in.ptr, r.act, s.delta.ptr, h, attn_w, r.l)
+        self.gemm_to_norm(a.o, s.mix_in.ptr, r.act, h, attn_w, r.l)
     }
 
-    /// The SiLU-gated MLP of one layer into `s.delta`.
-    fn mlp(&self, layer: &LayerPtrs, r: &Rows) -> Result<()> {
+    /// The SiLU-gated MLP of one layer: the residual's update (`gemm_to_norm`).
+    fn mlp(&self, layer: &LayerPtrs, r: &Rows) -> Result<Delta> {
         let (c, s) = (self.cfg, self.s);
         let (h, i, t) = (c.hidden_size, c.intermediate_size, r.l.num_tokens());
         self.gemm(layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, 2 * i, h, r.l)?;
         self.k.silu_mul(self.stream, Mat::f32(s.wide.ptr, 2 * i), i, Mat { ptr: s.mix_in.ptr, ld: i, dtype: r.act }, i, t)?;
-        self.gemm(layer.down, s.mix_in.ptr, r.act, s.delta.ptr, h, i, r.l)
+        self.gemm_to_norm(layer.down, s.mix_in.ptr, r.act, h, i, r.l)
+    }
+
+    /// A projection back to the residual (out, o, down), whose only consumer is the next
+    /// add_rmsnorm: `s.delta`, or, when the step's rows are one decode GEMM launch, its
+    /// split-K partials, which the norm sums (`Kernels::gemm_deferred`: the same bits
+    /// without the launch's tail). Nothing may use the GEMM scratch before that norm.
+    fn gemm_to_norm(&self, w: DevPtr, x: DevPtr, xdt: DType, n: usize, kdim: usize, l: &StepLayout) -> Result<Delta> {
+        let (s, t, choices) = (self.s, l.num_tokens(), self.k.gemm_choices());
+        let one_launch = t <= choices.decode_gemm_rows() && l.cu_seqlens.windows(2).all(|c| (c[1] - c[0]) as usize <= SKINNY_MAX_CHUNK);
+        if choices.defer_sum && one_launch {
+            return self.k.gemm_deferred(self.stream, w, x, xdt, s.delta.ptr, t, n, kdim, &s.gemm);
+        }
+        self.gemm(w, x, xdt, s.delta.ptr, n, kdim, l)?;
+        Ok(Mat::f32(s.delta.ptr, n).into())
     }
 
     /// y[T][N] = x[T][K] . W[N][K]^T over the step's rows; x is in dtype `xdt` (see

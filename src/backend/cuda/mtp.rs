@@ -45,12 +45,11 @@ impl LayerStack<'_> {
     pub fn mtp_layer(&self, m: &MtpPtrs, b: &MtpBuffers, l: &StepLayout, img: &MtpImage) -> Result<()> {
         let MixerPtrs::Full(attn) = &m.layer.mixer else { bail!("the MTP layer must be a full-attention layer") };
         let rows = self.mtp_fc_and_norm(m, b, l, img)?;
-        let (s, h, t) = (self.s, self.cfg.hidden_size, l.num_tokens());
+        let (s, t) = (self.s, l.num_tokens());
         let (nb, nf) = split_by_dtype(rows.act, s.normed.ptr);
-        self.full_attention(attn, b.kv_layer, &rows)?;
-        let delta = Mat::f32(s.delta.ptr, h);
-        self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(delta), m.layer.post_norm, nb, nf, t)?;
-        self.mlp(&m.layer, &rows)?;
+        let mixed = self.full_attention(attn, b.kv_layer, &rows)?;
+        self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(mixed), m.layer.post_norm, nb, nf, t)?;
+        let delta = self.mlp(&m.layer, &rows)?;
         self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(delta), m.norm, NULL, b.out, t)
     }
 

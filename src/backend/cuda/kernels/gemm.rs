@@ -1,7 +1,7 @@
 //! The decode GEMM: y[M][N] = x[M][K] . W[N][K]^T for M = 1..256 (skinny kernels up to
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
-use super::{check_aligned, int, params, DType, DevPtr, Kernels};
+use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
 use crate::backend::cuda::registry::{gemm_sx_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX128, GEMM_SX_MAX_M, GEMM_TILED};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -57,11 +57,15 @@ pub struct GemmChoices {
     /// and of a wide one (`KILN_GEMM_WIDE_WARPS`; 16 gives the splits before 2026-12-05).
     pub warps: usize,
     pub wide_warps: usize,
+    /// The GEMMs whose only consumer is an add_rmsnorm (out, o, down) leave their split-K
+    /// sum to it (`gemm_deferred`): no fence, counter and last-block sum at the end of the
+    /// launch, the same bits (`KILN_GEMM_DEFER_SUM=0`: the GEMM sums, as before session 12).
+    pub defer_sum: bool,
 }
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, sx128: false, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, sx128: false, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true }
     }
 }
 
@@ -79,6 +83,7 @@ impl GemmChoices {
             sx128: std::env::var("KILN_GEMM_SX_ROWS").map_or(d.sx128, |v| v == "128"),
             warps: num("KILN_GEMM_WARPS", d.warps).max(1),
             wide_warps: num("KILN_GEMM_WIDE_WARPS", d.wide_warps).max(1),
+            defer_sum: flag("KILN_GEMM_DEFER_SUM", d.defer_sum),
         }
     }
 
@@ -156,6 +161,17 @@ pub struct GemmScratch {
     pub counters_len: usize,
 }
 
+/// A decode GEMM's split-K partials, left for their consumer to sum in split order from 0
+/// (`Kernels::gemm_deferred`): partial s of output (m, n) at `ptr` + s * `split_stride` +
+/// m * N + n, fp32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitParts {
+    pub ptr: DevPtr,
+    pub splits: usize,
+    /// fp32 elements between two splits' partials (M * N).
+    pub split_stride: usize,
+}
+
 /// Warps per SM the default plan aims at. Measured on the H200 (docs/kernels.md): 16
 /// beats 8, 24 and 48 at M <= 16 by 15-25% on the MLP shapes (the batch-1 decode
 /// case); at M = 64 24 is ~20% faster. The plan must not depend on M (batch invariance),
@@ -221,6 +237,23 @@ impl Kernels {
         Ok(())
     }
 
+    /// y = x . W^T (fp32 y) with the default plan, its split-K sum left to the consumer:
+    /// when the plan splits K, the partials stay in `scratch.ws` (y untouched) and the
+    /// result says where; else y is written. Either way `add_rmsnorm` of the result adds
+    /// the bits `gemm` would have put in y. The partials live until the next GEMM on this
+    /// scratch, so the consumer must come first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_deferred(&self, stream: &CudaStream, w: DevPtr, x: DevPtr, x_dtype: DType, y: DevPtr, m: usize, n: usize, k: usize, scratch: &GemmScratch) -> Result<Delta> {
+        let plan = self.gemm_plan(n, k);
+        if plan.splits == 1 || m == 0 {
+            self.gemm(stream, w, x, x_dtype, y, DType::F32, m, n, k, scratch)?;
+            return Ok(Delta::Mat(Mat::f32(y, n)));
+        }
+        self.gemm_launch(stream, w, x, x_dtype, y, DType::F32, m, n, k, scratch, plan, GemmKind::Auto, false)?;
+        self.note_weight_bytes((n * k * 2) as u64);
+        Ok(Delta::Parts(SplitParts { ptr: scratch.ws, splits: plan.splits, split_stride: m * n }))
+    }
+
     /// `gemm` with an explicit split (for tuning).
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_with_plan(&self, stream: &CudaStream, w: DevPtr, x: DevPtr, x_dtype: DType, y: DevPtr, y_dtype: DType, m: usize, n: usize, k: usize, scratch: &GemmScratch, plan: GemmPlan) -> Result<()> {
@@ -244,6 +277,28 @@ impl Kernels {
         plan: GemmPlan,
         kind: GemmKind,
     ) -> Result<()> {
+        self.gemm_launch(stream, w, x, x_dtype, y, y_dtype, m, n, k, scratch, plan, kind, true)
+    }
+
+    /// `gemm_ex`; `sum_splits` false leaves a split plan's partials in `scratch.ws` (the
+    /// kernels get no counters: no last-block sum, y untouched).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_launch(
+        &self,
+        stream: &CudaStream,
+        w: DevPtr,
+        x: DevPtr,
+        x_dtype: DType,
+        y: DevPtr,
+        y_dtype: DType,
+        m: usize,
+        n: usize,
+        k: usize,
+        scratch: &GemmScratch,
+        plan: GemmPlan,
+        kind: GemmKind,
+        sum_splits: bool,
+    ) -> Result<()> {
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -265,7 +320,7 @@ impl Kernels {
             17..=32 => 2,
             _ => 3,
         };
-        let (ws, counters) = (scratch.ws, scratch.counters);
+        let (ws, counters) = (scratch.ws, if sum_splits { scratch.counters } else { NULL });
         let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
         if kind == GemmKind::Tiled {
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
@@ -305,10 +360,12 @@ mod tests {
         assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err() && std::env::var("KILN_GEMM_SX_MIN_N").is_err());
         assert!(std::env::var("KILN_GEMM_SX_ROWS").is_err());
         assert!(std::env::var("KILN_GEMM_WARPS").is_err() && std::env::var("KILN_GEMM_WIDE_WARPS").is_err());
+        assert!(std::env::var("KILN_GEMM_DEFER_SUM").is_err());
         // With none of the experiments set, the environment gives the defaults.
         let c = GemmChoices::from_env();
         assert_eq!(c, GemmChoices::default());
         assert!(c.tiled);
+        assert!(c.defer_sum, "out/o/down leave their split sum to the norm by default");
         assert_eq!(c.decode_gemm_rows(), GEMM_MAX_M);
         for n in [64, 2560, 10239, 10240, 12352, 248_320] {
             let small = if n >= SHARED_X_MIN_N { GemmKind::SharedX } else { GemmKind::Register };

@@ -1,7 +1,7 @@
 //! Embedding, norms and elementwise kernels.
 
-use super::{check_aligned, int, params, DType, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{ADD_RMSNORM, ARGMAX, ARGMAX_MASKED, ARGMAX_SLICE, COPY_SEGMENTS, EMBED, MTP_FC_INPUT, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
+use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
+use crate::backend::cuda::registry::{ADD_RMSNORM, ADD_RMSNORM_PARTS, ARGMAX, ARGMAX_MASKED, ARGMAX_SLICE, COPY_SEGMENTS, EMBED, MTP_FC_INPUT, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
 
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -21,12 +21,13 @@ impl Kernels {
 
     /// residual[m] += delta[m] (if given); y = rmsnorm(residual) * (1 + w) written to
     /// `out_bf16` and/or `out_f32` ([M][HIDDEN], either may be NULL). residual is fp32
-    /// [M][HIDDEN]; w bf16 [HIDDEN].
+    /// [M][HIDDEN]; w bf16 [HIDDEN]. A `Delta::Parts` delta is summed here in split order
+    /// (kiln_add_rmsnorm_parts): the same bits as the GEMM's own sum.
     pub fn add_rmsnorm(
         &self,
         stream: &CudaStream,
         residual: DevPtr,
-        delta: Option<Mat>,
+        delta: Option<Delta>,
         w: DevPtr,
         out_bf16: DevPtr,
         out_f32: DevPtr,
@@ -35,14 +36,22 @@ impl Kernels {
         if m == 0 {
             return Ok(());
         }
+        let mi = int(m, "rows")?;
+        if let Some(Delta::Parts(parts)) = delta {
+            check_aligned(parts.ptr, 16, "add_rmsnorm partials")?;
+            ensure!(parts.split_stride % 4 == 0 && parts.split_stride >= m * self.dims().hidden, "add_rmsnorm: partial stride {} for {m} rows", parts.split_stride);
+            let (pp, sp, stride) = (parts.ptr, int(parts.splits, "splits")?, parts.split_stride as i64);
+            let mut p = params!(residual, pp, sp, stride, w, out_bf16, out_f32, mi);
+            return self.launch(ADD_RMSNORM_PARTS, stream, (m as u32, 1, 1), 256, 0, &mut p);
+        }
         let (dp, ld, dt) = match delta {
-            Some(d) => {
+            Some(Delta::Mat(d)) => {
                 ensure!(d.ld % 8 == 0, "add_rmsnorm: delta row stride {} must be a multiple of 8", d.ld);
                 (d.ptr, d.ld, d.dtype)
             }
-            None => (NULL, 0, DType::F32),
+            _ => (NULL, 0, DType::F32),
         };
-        let (ldi, mi) = (int(ld, "ld")?, int(m, "rows")?);
+        let ldi = int(ld, "ld")?;
         let mut p = params!(residual, dp, ldi, w, out_bf16, out_f32, mi);
         self.launch(ADD_RMSNORM[dt.idx()], stream, (m as u32, 1, 1), 256, 0, &mut p)
     }
