@@ -214,20 +214,6 @@ GDN_DECODE(kiln_gdn_decode_bf16_bf16, bf16, bf16)
 static_assert(LIN_DV % GDV_VS == 0 && GDV_CW % 4 == 0 && GDV_CW <= 32 && 32 % GDV_CG == 0, "GDN split: column layout");
 static_assert(LIN_DK % GDV_RG == 0 && GDV_RPT >= 1, "GDN split: LIN_DK must be a multiple of the row groups");
 
-__device__ __forceinline__ void cluster_barrier() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-
-// The float at `p` (this block's shared memory) in the shared memory of cluster block `rank`.
-__device__ __forceinline__ float ld_cluster_f32(const float* p, unsigned rank) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    unsigned remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(a), "r"(rank));
-    float v;
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-    return v;
-}
-
 __device__ __forceinline__ void f4_fma(float4& acc, const float4& s, float x) {
     acc.x += s.x * x; acc.y += s.y * x; acc.z += s.z * x; acc.w += s.w * x;
 }

@@ -64,12 +64,13 @@ extern "C" __global__ void __launch_bounds__(256) kiln_embed(const bf16* __restr
 #define NORM_THREADS 256
 #define NORM_VPT ((HIDDEN / 8 + NORM_THREADS - 1) / NORM_THREADS)
 
-// This thread's vectors of a HIDDEN-long norm weight (vector j at element
-// (threadIdx.x + j * NORM_THREADS) * 8).
-__device__ __forceinline__ void load_norm_w(const bf16* __restrict__ w, float (&wv)[NORM_VPT][8]) {
+// Thread vt's vectors of a HIDDEN-long norm weight (vector j at element
+// (vt + j * NORM_THREADS) * 8). vt is threadIdx.x, except in the cluster kernel, whose
+// blocks are the warps of one NORM_THREADS-thread row.
+__device__ __forceinline__ void load_norm_w(const bf16* __restrict__ w, float (&wv)[NORM_VPT][8], int vt) {
 #pragma unroll
     for (int j = 0; j < NORM_VPT; ++j) {
-        const int i = (threadIdx.x + j * NORM_THREADS) * 8;
+        const int i = (vt + j * NORM_THREADS) * 8;
         if (i < HIDDEN) load8(w + i, wv[j]);
     }
 }
@@ -78,10 +79,10 @@ __device__ __forceinline__ void load_norm_w(const bf16* __restrict__ w, float (&
 // (weights in wv, both laid out as load_norm_w's) to the row at o.
 template <typename OUT>
 __device__ __forceinline__ void store_rmsnorm(const float (&v)[NORM_VPT][8], float inv, const float (&wv)[NORM_VPT][8],
-                                              OUT* __restrict__ o) {
+                                              OUT* __restrict__ o, int vt) {
 #pragma unroll
     for (int j = 0; j < NORM_VPT; ++j) {
-        const int i = (threadIdx.x + j * NORM_THREADS) * 8;
+        const int i = (vt + j * NORM_THREADS) * 8;
         if (i < HIDDEN) {
             float y[8];
 #pragma unroll
@@ -92,26 +93,26 @@ __device__ __forceinline__ void store_rmsnorm(const float (&v)[NORM_VPT][8], flo
 }
 
 // Row m's residual += delta (when has_delta; delta_at(m, i, d) loads the 8 delta values
-// at element i), then the norm. One body for both delta forms, so a row's arithmetic is
-// the same whichever form its delta comes in.
-template <typename DeltaAt>
+// at element i), then the norm, as thread vt of NORM_THREADS; row_sum(ss) returns the sum
+// of every thread's ss, warp sums first, then the 8 warp sums in warp order (block_sum's
+// order). One body for every delta form and both kernels' shapes, so a row's arithmetic
+// is the same whichever runs it.
+template <typename DeltaAt, typename RowSum>
 __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, bool has_delta, DeltaAt delta_at,
-                                            const bf16* __restrict__ w, bf16* __restrict__ out_bf16,
-                                            float* __restrict__ out_f32, int M) {
+                                            RowSum row_sum, int m, int vt, const bf16* __restrict__ w,
+                                            bf16* __restrict__ out_bf16, float* __restrict__ out_f32, int M) {
     // The norm weight is never written: it loads before the PDL wait (early order), not
     // after the row's sum of squares, one dependent round trip less.
     float wv[NORM_VPT][8];
-    load_norm_w(w, wv);
+    load_norm_w(w, wv, vt);
     KILN_PDL_ENTER_ROWS(M);
-    __shared__ float red[32];
-    const int m = blockIdx.x;
     if (m >= M) return;
     float* res = residual + (size_t)m * HIDDEN;
     float v[NORM_VPT][8];
     float ss = 0.f;
 #pragma unroll
     for (int j = 0; j < NORM_VPT; ++j) {
-        const int i = (threadIdx.x + j * NORM_THREADS) * 8;
+        const int i = (vt + j * NORM_THREADS) * 8;
         if (i < HIDDEN) {
             load8(res + i, v[j]);
             if (has_delta) {
@@ -125,17 +126,24 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, bool h
             for (int e = 0; e < 8; ++e) ss += v[j][e] * v[j][e];
         }
     }
-    const float inv = rsqrtf(block_sum(ss, red) / (float)HIDDEN + RMS_EPS);
-    if (out_bf16 != nullptr) store_rmsnorm(v, inv, wv, out_bf16 + (size_t)m * HIDDEN);
-    if (out_f32 != nullptr) store_rmsnorm(v, inv, wv, out_f32 + (size_t)m * HIDDEN);
+    const float inv = rsqrtf(row_sum(ss) / (float)HIDDEN + RMS_EPS);
+    if (out_bf16 != nullptr) store_rmsnorm(v, inv, wv, out_bf16 + (size_t)m * HIDDEN, vt);
+    if (out_f32 != nullptr) store_rmsnorm(v, inv, wv, out_f32 + (size_t)m * HIDDEN, vt);
 }
+
+// block_sum as add_rmsnorm's row_sum (a row per block of NORM_THREADS threads).
+struct BlockRowSum {
+    float* red;
+    __device__ float operator()(float ss) const { return block_sum(ss, red); }
+};
 
 template <typename T>
 __device__ __forceinline__ void add_rmsnorm_mat(float* residual, const T* __restrict__ delta, int ld_delta,
                                                 const bf16* w, bf16* out_bf16, float* out_f32, int M) {
+    __shared__ float red[32];
     add_rmsnorm(
-        residual, delta != nullptr,
-        [=](int m, int i, float(&d)[8]) { load8(delta + (size_t)m * ld_delta + i, d); }, w, out_bf16, out_f32, M);
+        residual, delta != nullptr, [=](int m, int i, float(&d)[8]) { load8(delta + (size_t)m * ld_delta + i, d); },
+        BlockRowSum{red}, blockIdx.x, threadIdx.x, w, out_bf16, out_f32, M);
 }
 
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
@@ -150,39 +158,77 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
 }
 
 // Partials loaded at once per 8 outputs (two float4 each): the 13 splits of the down
-// and out projections in one L2 round trip.
-#define PARTS_IN 16
+// and out projections on 132 SMs in one L2 round trip (15 on a B200's 148: two). 16
+// spilled on sm_90a (both vectors of a thread are in flight together); 13 takes ~182
+// registers, no spills.
+#define PARTS_IN 13
+
+// The sum of `splits` fp32 partials of 8 consecutive outputs at p (split_stride floats
+// apart), in split order from 0, as the GEMMs' own last block adds them.
+__device__ __forceinline__ void sum_parts8(const float* __restrict__ p, int splits, long long split_stride,
+                                           float (&d)[8]) {
+    float4 lo = make_float4(0.f, 0.f, 0.f, 0.f), hi = lo;
+    for (int sp = 0; sp < splits; sp += PARTS_IN) {
+        float4 a[PARTS_IN], b[PARTS_IN];
+#pragma unroll
+        for (int u = 0; u < PARTS_IN; ++u)
+            if (sp + u < splits) {
+                const float4* q = reinterpret_cast<const float4*>(p + (size_t)(sp + u) * split_stride);
+                a[u] = __ldcg(q);
+                b[u] = __ldcg(q + 1);
+            }
+#pragma unroll
+        for (int u = 0; u < PARTS_IN; ++u)
+            if (sp + u < splits) {
+                lo.x += a[u].x; lo.y += a[u].y; lo.z += a[u].z; lo.w += a[u].w;
+                hi.x += b[u].x; hi.y += b[u].y; hi.z += b[u].z; hi.w += b[u].w;
+            }
+    }
+    d[0] = lo.x; d[1] = lo.y; d[2] = lo.z; d[3] = lo.w;
+    d[4] = hi.x; d[5] = hi.y; d[6] = hi.z; d[7] = hi.w;
+}
 
 // The delta as `splits` fp32 partials of a split-K GEMM that left their sum to this
 // kernel (gemm.cu, counters NULL): partial s of row m at parts + s * split_stride +
-// m * HIDDEN. They are added in split order from 0, as the GEMM's own last block adds
-// them, so the delta has the bits the GEMM's y would have had.
+// m * HIDDEN. Their sum has the bits the GEMM's y would have had.
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     kiln_add_rmsnorm_parts(float* residual, const float* __restrict__ parts, int splits, long long split_stride,
                            const bf16* w, bf16* out_bf16, float* out_f32, int M) {
-    auto sum_parts = [=](int m, int i, float(&d)[8]) {
-        const float* p = parts + (size_t)m * HIDDEN + i;
-        float4 lo = make_float4(0.f, 0.f, 0.f, 0.f), hi = lo;
-        for (int sp = 0; sp < splits; sp += PARTS_IN) {
-            float4 a[PARTS_IN], b[PARTS_IN];
-#pragma unroll
-            for (int u = 0; u < PARTS_IN; ++u)
-                if (sp + u < splits) {
-                    const float4* q = reinterpret_cast<const float4*>(p + (size_t)(sp + u) * split_stride);
-                    a[u] = __ldcg(q);
-                    b[u] = __ldcg(q + 1);
-                }
-#pragma unroll
-            for (int u = 0; u < PARTS_IN; ++u)
-                if (sp + u < splits) {
-                    lo.x += a[u].x; lo.y += a[u].y; lo.z += a[u].z; lo.w += a[u].w;
-                    hi.x += b[u].x; hi.y += b[u].y; hi.z += b[u].z; hi.w += b[u].w;
-                }
-        }
-        d[0] = lo.x; d[1] = lo.y; d[2] = lo.z; d[3] = lo.w;
-        d[4] = hi.x; d[5] = hi.y; d[6] = hi.z; d[7] = hi.w;
-    };
-    add_rmsnorm(residual, true, sum_parts, w, out_bf16, out_f32, M);
+    __shared__ float red[32];
+    add_rmsnorm(
+        residual, true,
+        [=](int m, int i, float(&d)[8]) { sum_parts8(parts + (size_t)m * HIDDEN + i, splits, split_stride, d); },
+        BlockRowSum{red}, blockIdx.x, threadIdx.x, w, out_bf16, out_f32, M);
+}
+
+// The same for small M, a row per cluster of NORM_WARPS one-warp blocks: block (r, m) is
+// warp r of kiln_add_rmsnorm_parts' block for row m, with the same vectors, the same warp
+// sum, and the 8 warp sums added in rank order through distributed shared memory (as
+// block_sum adds them). Same bits; a row's partials (13 x 10 KB for down/out) stream
+// through 8 SMs instead of one (a one-block row read them at ~40 GB/s: 4-7 us per norm at
+// batch 1, H100 timeline of session 12). grid (NORM_WARPS, M), block 32.
+#define NORM_WARPS (NORM_THREADS / 32)
+struct ClusterRowSum {
+    float* warp_total;  // this block's shared float
+    __device__ float operator()(float ss) const {
+        const int lane = threadIdx.x & 31;
+        ss = warp_sum(ss);
+        if (lane == 0) *warp_total = ss;
+        cluster_barrier();
+        const float t = lane < NORM_WARPS ? ld_cluster_f32(warp_total, (unsigned)lane) : 0.f;
+        cluster_barrier();  // no block leaves while another still reads its warp_total
+        return warp_sum(t);
+    }
+};
+
+extern "C" __global__ void __cluster_dims__(NORM_WARPS, 1, 1) __launch_bounds__(32)
+    kiln_add_rmsnorm_parts_cl(float* residual, const float* __restrict__ parts, int splits,
+                              long long split_stride, const bf16* w, bf16* out_bf16, float* out_f32, int M) {
+    __shared__ float warp_total;
+    add_rmsnorm(
+        residual, true,
+        [=](int m, int i, float(&d)[8]) { sum_parts8(parts + (size_t)m * HIDDEN + i, splits, split_stride, d); },
+        ClusterRowSum{&warp_total}, blockIdx.y, blockIdx.x * 32 + threadIdx.x, w, out_bf16, out_f32, M);
 }
 
 template <typename OUT>
@@ -191,7 +237,7 @@ __device__ __forceinline__ void mtp_fc_input(const bf16* __restrict__ table, con
                                              const int* __restrict__ hid_rows, const bf16* __restrict__ w_e,
                                              const bf16* __restrict__ w_h, OUT* __restrict__ out, int M) {
     float wv[NORM_VPT][8];
-    load_norm_w(blockIdx.y == 0 ? w_e : w_h, wv);  // a weight: before the PDL wait
+    load_norm_w(blockIdx.y == 0 ? w_e : w_h, wv, threadIdx.x);  // a weight: before the PDL wait
     KILN_PDL_ENTER();
     __shared__ float red[32];
     const int m = blockIdx.x, half = blockIdx.y;
@@ -224,7 +270,7 @@ __device__ __forceinline__ void mtp_fc_input(const bf16* __restrict__ table, con
         }
     }
     const float inv = rsqrtf(block_sum(ss, red) / (float)HIDDEN + RMS_EPS);
-    store_rmsnorm(v, inv, wv, out + (size_t)m * 2 * HIDDEN + half * HIDDEN);
+    store_rmsnorm(v, inv, wv, out + (size_t)m * 2 * HIDDEN + half * HIDDEN, threadIdx.x);
 }
 
 #define MTP_FC_INPUT(NAME, OUT)                                                                        \

@@ -52,8 +52,9 @@
 #            prefill 1024 and 8192 with KILN_PDL_STREAM=1 (launch-by-launch steps with PDL)
 #            and its logits (bit-identical)
 #   defer_sum  the out/o/down GEMMs' split-K sums in the next add_rmsnorm (default, session 12)
-#            against the GEMMs summing (KILN_GEMM_DEFER_SUM=0): kernel tests, bench at batch
-#            1..256 twice each, logits (defer_sum.txt)
+#            against the GEMMs summing (KILN_GEMM_DEFER_SUM=0) and against one-block norms at
+#            batch 1-16 (KILN_GEMM_DEFER_CLUSTER_MAX_M=0, not the cluster norm): kernel
+#            tests, bench at batch 1..256 twice each, logits (defer_sum.txt)
 #   ncu_src  ncu's full set and per-instruction (SASS) stall samples of the tiled GEMM at batch 64
 #            and of the prefill's GDN prep, scan and attention (2048 tokens; SRC_PREFILL_KERNELS,
 #            SRC_PREFILL_COUNT): ncu_src_*, read with scripts/ncu_sass.py
@@ -321,7 +322,11 @@ if has defer_sum; then
   # against the GEMM summing it (KILN_GEMM_DEFER_SUM=0), the same plan: every batch twice,
   # the kernel tests of both paths, logits (bit-identical expected).
   for t in .devbin/cuda_kernels*; do [ -x "$t" ] && "$t" deferred_split_sum add_rmsnorm_parts --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|identical: false|rel err" | tail -8 | sed "s/^/defer_sum kernels: /" | tee -a "$OUT/defer_sum.txt"; done
-  for v in 1 0 1 0; do bench_as "defer_sum $v" defer_sum.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_DEFER_SUM=$v -- --batch 1,8,16,32,64,128,256 --prefill 16; done
+  for r in 1 2; do
+    for v in 1 0; do bench_as "defer_sum $v" defer_sum.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_DEFER_SUM=$v -- --batch 1,8,16,32,64,128,256 --prefill 16; done
+    # The one-block norm at small M too (the cluster norm's baseline).
+    bench_as "defer_sum 1 cluster_max_m 0" defer_sum.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_DEFER_CLUSTER_MAX_M=0 -- --batch 1,8,16 --prefill 16
+  done
   [ -f "$REFS/cases.json" ] && logits_check defer0 "$ENG/qwen35_4b_random.plan" KILN_GEMM_DEFER_SUM=0
 fi
 if has ncu_src; then

@@ -22,8 +22,10 @@ type ByXY<T> = [[T; 2]; 2];
 
 pub const EMBED: &str = "kiln_embed";
 pub const ADD_RMSNORM: [&str; 2] = ["kiln_add_rmsnorm_f32", "kiln_add_rmsnorm_bf16"];
-/// add_rmsnorm whose delta is a decode GEMM's split-K partials (fp32).
+/// add_rmsnorm whose delta is a decode GEMM's split-K partials (fp32): a block per row,
+/// and a cluster of 8 one-warp blocks per row (the same bits).
 pub const ADD_RMSNORM_PARTS: &str = "kiln_add_rmsnorm_parts";
+pub const ADD_RMSNORM_PARTS_CLUSTER: &str = "kiln_add_rmsnorm_parts_cl";
 /// The MTP head's fc input (both norms into one row), by output dtype.
 pub const MTP_FC_INPUT: [&str; 2] = ["kiln_mtp_fc_input_f32", "kiln_mtp_fc_input_bf16"];
 pub const GATED_RMSNORM: ByXY<&str> = [
@@ -157,7 +159,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     };
     add("norm", &[EMBED], 0);
     add("norm", &ADD_RMSNORM, 0);
-    add("norm", &[ADD_RMSNORM_PARTS], 0);
+    add("norm", &[ADD_RMSNORM_PARTS, ADD_RMSNORM_PARTS_CLUSTER], 0);
     add("norm", &MTP_FC_INPUT, 0);
     add("norm", GATED_RMSNORM.as_flattened(), 0);
     add("gemm", GEMM.as_flattened().as_flattened(), 0);

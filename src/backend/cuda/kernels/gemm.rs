@@ -61,11 +61,16 @@ pub struct GemmChoices {
     /// sum to it (`gemm_deferred`): no fence, counter and last-block sum at the end of the
     /// launch, the same bits (`KILN_GEMM_DEFER_SUM=0`: the GEMM sums, as before session 12).
     pub defer_sum: bool,
+    /// Up to this many rows the norm that sums deferred partials runs a cluster of 8
+    /// one-warp blocks per row, not one block (`KILN_GEMM_DEFER_CLUSTER_MAX_M`, default
+    /// 16: a one-block row streams its 13 partials through one SM, 4-7 µs per norm at
+    /// batch 1, which ate the saved tail; the same bits either way).
+    pub defer_cluster_max_m: usize,
 }
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, sx128: false, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, sx128: false, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_cluster_max_m: 16 }
     }
 }
 
@@ -84,6 +89,7 @@ impl GemmChoices {
             warps: num("KILN_GEMM_WARPS", d.warps).max(1),
             wide_warps: num("KILN_GEMM_WIDE_WARPS", d.wide_warps).max(1),
             defer_sum: flag("KILN_GEMM_DEFER_SUM", d.defer_sum),
+            defer_cluster_max_m: num("KILN_GEMM_DEFER_CLUSTER_MAX_M", d.defer_cluster_max_m),
         }
     }
 
@@ -360,7 +366,7 @@ mod tests {
         assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err() && std::env::var("KILN_GEMM_SX_MIN_N").is_err());
         assert!(std::env::var("KILN_GEMM_SX_ROWS").is_err());
         assert!(std::env::var("KILN_GEMM_WARPS").is_err() && std::env::var("KILN_GEMM_WIDE_WARPS").is_err());
-        assert!(std::env::var("KILN_GEMM_DEFER_SUM").is_err());
+        assert!(std::env::var("KILN_GEMM_DEFER_SUM").is_err() && std::env::var("KILN_GEMM_DEFER_CLUSTER_MAX_M").is_err());
         // With none of the experiments set, the environment gives the defaults.
         let c = GemmChoices::from_env();
         assert_eq!(c, GemmChoices::default());

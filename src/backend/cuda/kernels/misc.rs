@@ -1,7 +1,7 @@
 //! Embedding, norms and elementwise kernels.
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{ADD_RMSNORM, ADD_RMSNORM_PARTS, ARGMAX, ARGMAX_MASKED, ARGMAX_SLICE, COPY_SEGMENTS, EMBED, MTP_FC_INPUT, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
+use crate::backend::cuda::registry::{ADD_RMSNORM, ADD_RMSNORM_PARTS, ADD_RMSNORM_PARTS_CLUSTER, ARGMAX, ARGMAX_MASKED, ARGMAX_SLICE, COPY_SEGMENTS, EMBED, MTP_FC_INPUT, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
 
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -42,6 +42,10 @@ impl Kernels {
             ensure!(parts.split_stride % 4 == 0 && parts.split_stride >= m * self.dims().hidden, "add_rmsnorm: partial stride {} for {m} rows", parts.split_stride);
             let (pp, sp, stride) = (parts.ptr, int(parts.splits, "splits")?, parts.split_stride as i64);
             let mut p = params!(residual, pp, sp, stride, w, out_bf16, out_f32, mi);
+            if m <= self.gemm_choices().defer_cluster_max_m {
+                // A row per cluster of 8 one-warp blocks: its partials through 8 SMs.
+                return self.launch(ADD_RMSNORM_PARTS_CLUSTER, stream, (8, m as u32, 1), 32, 0, &mut p);
+            }
             return self.launch(ADD_RMSNORM_PARTS, stream, (m as u32, 1, 1), 256, 0, &mut p);
         }
         let (dp, ld, dt) = match delta {
