@@ -57,7 +57,9 @@
 #            tests, bench at batch 1..256 twice each, logits (defer_sum.txt)
 #   ncu_src  ncu's full set and per-instruction (SASS) stall samples of the tiled GEMM at batch 64
 #            and of the prefill's GDN prep, scan and attention (2048 tokens; SRC_PREFILL_KERNELS,
-#            SRC_PREFILL_COUNT): ncu_src_*, read with scripts/ncu_sass.py
+#            SRC_PREFILL_COUNT), and with NCU_SRC="gdn_decode" of the GDN decode step at batch
+#            64 (NCU_SRC picks the runs; default "tiled prefill"): ncu_src_*, read with
+#            scripts/ncu_sass.py
 #   tiled_min  bench at batch 1/8/16/24 with the tiled decode GEMM from M = 17 (default), 9
 #            and 1 (KILN_GEMM_TILED_MIN_M): bench_tiled_min.txt
 #   nopdl    bench at batch 1/8/64 with decode graphs captured without PDL (KILN_PDL=0)
@@ -342,8 +344,11 @@ if has ncu_src; then
     ncu -i "/tmp/ncu_src_$tag.ncu-rep" --page details --print-details all > "$OUT/ncu_src_${tag}_details.txt" 2>> "$OUT/ncu_src_${tag}_err.txt"
     wc -l "$OUT"/ncu_src_"$tag"_*; tail -3 "$OUT/ncu_src_${tag}_err.txt"
   }
-  ncu_src_run tiled kiln_gemm_tiled_xf32_yf32 2 --batch 64 --ctx 1024 --prefill 16 --iters 2
-  ncu_src_run prefill "${SRC_PREFILL_KERNELS:-kiln_attn_prefill_r128|kiln_gdn_prefill_prep|kiln_gdn_prefill_scan}" "${SRC_PREFILL_COUNT:-7}" --batch 1 --ctx 16 --prefill 2048 --iters 1
+  # NCU_SRC: which runs (default "tiled prefill"; gdn_decode: the fused GDN decode step at batch 64).
+  has_src() { [[ " ${NCU_SRC:-tiled prefill} " == *" $1 "* ]]; }
+  has_src tiled && ncu_src_run tiled kiln_gemm_tiled_xf32_yf32 2 --batch 64 --ctx 1024 --prefill 16 --iters 2
+  has_src prefill && ncu_src_run prefill "${SRC_PREFILL_KERNELS:-kiln_attn_prefill_r128|kiln_gdn_prefill_prep|kiln_gdn_prefill_scan}" "${SRC_PREFILL_COUNT:-7}" --batch 1 --ctx 16 --prefill 2048 --iters 1
+  has_src gdn_decode && ncu_src_run gdn_decode kiln_gdn_decode_f32_f32 2 --batch 64 --ctx 1024 --prefill 16 --iters 2
 fi
 if has tiled_min; then
   # The tiled GEMM for small batches too (session 10: its fragments are plain shared loads).
