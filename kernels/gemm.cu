@@ -304,8 +304,7 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
 // reduction loads all partials of 4 outputs at once (float4, 8 splits in flight). The
 // W stream, k order and MMA sequence of every accumulator, and the order of the
 // split sum, are those of skinny_gemm: both variants give bit-identical results for
-// one plan. grid (ceil(N/256), splits), block 256 (the _sx128 m16 kernels: ceil(N/128)
-// and 128), dynamic shared memory
+// one plan. grid (ceil(N/256), splits), block 256, dynamic shared memory
 // 2 * NTM*8 * V2_LDB bytes (KILN_SMEM_GEMM_SX_*, from the registry).
 #define V2_SK 64
 template <bool XF32> struct V2Ldb { static constexpr int v = XF32 ? 320 : 192; };  // bytes, = 64 mod 128
@@ -555,20 +554,3 @@ GEMM_SHARED_X_M(f32, float, true, f32, float)
 GEMM_SHARED_X_M(f32, float, true, bf16, bf16)
 GEMM_SHARED_X_M(bf16, bf16, false, f32, float)
 GEMM_SHARED_X_M(bf16, bf16, false, bf16, bf16)
-
-// The m16 shared-x kernel with 128-row blocks (4 warps; `KILN_GEMM_SX_ROWS=128`, an
-// experiment of session 11): twice the blocks of the same split plan, so a wide weight's
-// grid at batch 1 (196-216 blocks of 256 rows on 132 SMs: one or two per SM) spreads
-// ~3 per SM. A row's W stream, MMAs and split sum are a warp's, as in the 256-row block:
-// the same bits.
-#define GEMM_SHARED_X128(XN, XT, XF, YN, YT)                                                     \
-    extern "C" __global__ void __launch_bounds__(128, 4)                                         \
-        kiln_gemm_sx128_x##XN##_y##YN##_m16(const bf16* W, const XT* x, YT* y, float* ws,        \
-                                            unsigned* counters, int M, int N, int K, int ks,     \
-                                            int splits) {                                        \
-        skinny_gemm_v2<2, XF, YT, 128>(W, x, y, ws, counters, M, N, K, ks, splits);              \
-    }
-GEMM_SHARED_X128(f32, float, true, f32, float)
-GEMM_SHARED_X128(f32, float, true, bf16, bf16)
-GEMM_SHARED_X128(bf16, bf16, false, f32, float)
-GEMM_SHARED_X128(bf16, bf16, false, bf16, bf16)

@@ -73,7 +73,7 @@ fn gemm_matches_f64_reference() {
                     // Up to 16 rows all four kernels, up to 64 three; above, the tiled kernel
                     // against the register kernel run on 64-row pieces.
                     let kinds: &[GemmKind] = match m {
-                        ..=16 => &[GemmKind::Register, GemmKind::SharedX, GemmKind::SharedX128, GemmKind::Tiled],
+                        ..=16 => &[GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled],
                         ..=64 => &[GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled],
                         _ => &[GemmKind::Tiled],
                     };

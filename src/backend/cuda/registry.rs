@@ -54,12 +54,6 @@ pub const GEMM_SX: ByXY<[&str; 3]> = [
         ["kiln_gemm_sx_xbf16_ybf16_m16", "kiln_gemm_sx_xbf16_ybf16_m32", "kiln_gemm_sx_xbf16_ybf16_m64"],
     ],
 ];
-/// The m16 shared-x GEMM with 128-row blocks (`KILN_GEMM_SX_ROWS=128`, an experiment):
-/// [x][y], the shared memory of `GEMM_SX`'s m16.
-pub const GEMM_SX128: ByXY<&str> = [
-    ["kiln_gemm_sx128_xf32_yf32_m16", "kiln_gemm_sx128_xf32_ybf16_m16"],
-    ["kiln_gemm_sx128_xbf16_yf32_m16", "kiln_gemm_sx128_xbf16_ybf16_m16"],
-];
 /// Tiled tensor-core GEMM for M = 17..256 (kernels/gemm_tiled.cu): [x][y].
 pub const GEMM_TILED: ByXY<&str> = [
     ["kiln_gemm_tiled_xf32_yf32", "kiln_gemm_tiled_xf32_ybf16"],
@@ -168,7 +162,6 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
             for (i, m) in GEMM_SX_MAX_M.iter().enumerate() {
                 add("gemm", &[GEMM_SX[x.idx()][y.idx()][i]], gemm_sx_smem(x, *m));
             }
-            add("gemm", &[GEMM_SX128[x.idx()][y.idx()]], gemm_sx_smem(x, 16));
         }
     }
     for x in BOTH {

@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX128, GEMM_SX_MAX_M, GEMM_TILED};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
 
@@ -18,10 +18,6 @@ pub enum GemmKind {
     /// x converted once per block to bf16 hi/lo in shared memory, batch tiles past M
     /// skipped, vectorised split-K reduction (kiln_gemm_sx_x*; M <= 64).
     SharedX,
-    /// The shared-x kernel in 128-row blocks, twice the blocks of one split plan
-    /// (kiln_gemm_sx128_x*_m16; M <= 16; `KILN_GEMM_SX_ROWS=128` makes it Auto's choice
-    /// where SharedX would be).
-    SharedX128,
     /// 128 x 64 output tiles, W and x staged through shared memory three deep
     /// (kiln_gemm_tiled_x*; any M up to `GEMM_MAX_M`).
     Tiled,
@@ -48,11 +44,6 @@ pub struct GemmChoices {
     /// `KILN_GEMM_SX_MIN_N=N` moves the bound, 0 taking shared-x for every weight).
     pub small_shared_x: bool,
     pub shared_x_min_n: usize,
-    /// Up to 16 rows, `SharedX128` where the shared-x kernel runs (`KILN_GEMM_SX_ROWS=128`,
-    /// an experiment of session 11: twice the blocks of the same split plan, so a wide
-    /// weight's grid at batch 1 is not one or two blocks per SM). Every row's arithmetic is
-    /// its warp's either way: the same bits.
-    pub sx128: bool,
     /// Warps per SM the split of a weight below `WIDE_N` columns aims at (`KILN_GEMM_WARPS`)
     /// and of a wide one (`KILN_GEMM_WIDE_WARPS`; 16 gives the splits before 2026-12-05).
     pub warps: usize,
@@ -70,7 +61,7 @@ pub struct GemmChoices {
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, sx128: false, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_cluster_max_m: 16 }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_cluster_max_m: 16 }
     }
 }
 
@@ -85,7 +76,6 @@ impl GemmChoices {
             tiled_min_m: num("KILN_GEMM_TILED_MIN_M", d.tiled_min_m).max(1),
             small_shared_x: flag("KILN_GEMM_SMALL_SX", d.small_shared_x),
             shared_x_min_n: num("KILN_GEMM_SX_MIN_N", d.shared_x_min_n),
-            sx128: std::env::var("KILN_GEMM_SX_ROWS").map_or(d.sx128, |v| v == "128"),
             warps: num("KILN_GEMM_WARPS", d.warps).max(1),
             wide_warps: num("KILN_GEMM_WIDE_WARPS", d.wide_warps).max(1),
             defer_sum: flag("KILN_GEMM_DEFER_SUM", d.defer_sum),
@@ -117,7 +107,7 @@ impl GemmChoices {
             GemmKind::Tiled
         } else if m <= 16 {
             if self.small_shared_x && n >= self.shared_x_min_n {
-                if self.sx128 { GemmKind::SharedX128 } else { GemmKind::SharedX }
+                GemmKind::SharedX
             } else {
                 GemmKind::Register
             }
@@ -311,7 +301,6 @@ impl Kernels {
         ensure!(m <= GEMM_MAX_M, "gemm: M = {m} exceeds {GEMM_MAX_M} (use cuBLASLt for prefill)");
         let kind = if kind == GemmKind::Auto { self.gemm_choices.auto_kind(m, n) } else { kind };
         ensure!(m <= SKINNY_MAX_M || kind == GemmKind::Tiled, "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
-        ensure!(m <= 16 || kind != GemmKind::SharedX128, "gemm: M = {m} exceeds 16, the most the SharedX128 kernel takes");
         ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
         ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
         check_aligned(w, 16, "gemm W")?;
@@ -342,11 +331,6 @@ impl Kernels {
             let smem = gemm_sx_smem(x_dtype, GEMM_SX_MAX_M[si]) as u32;
             return self.launch(GEMM_SX[x_dtype.idx()][y_dtype.idx()][si], stream, grid, 256, smem, &mut p);
         }
-        if kind == GemmKind::SharedX128 {
-            let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
-            let grid = (n.div_ceil(128) as u32, plan.splits as u32, 1);
-            return self.launch(GEMM_SX128[x_dtype.idx()][y_dtype.idx()], stream, grid, 128, gemm_sx_smem(x_dtype, 16) as u32, &mut p);
-        }
         let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
         let rows_per_block = if mi >= 2 { 128 } else { 64 };
         let grid = (n.div_ceil(rows_per_block) as u32, plan.splits as u32, 1);
@@ -364,7 +348,6 @@ mod tests {
         // kernel from 17 rows, and decode GEMMs in 256-row pieces.
         assert!(std::env::var("KILN_GEMM_TILED").is_err() && std::env::var("KILN_GEMM_TILED_MIN_M").is_err());
         assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err() && std::env::var("KILN_GEMM_SX_MIN_N").is_err());
-        assert!(std::env::var("KILN_GEMM_SX_ROWS").is_err());
         assert!(std::env::var("KILN_GEMM_WARPS").is_err() && std::env::var("KILN_GEMM_WIDE_WARPS").is_err());
         assert!(std::env::var("KILN_GEMM_DEFER_SUM").is_err() && std::env::var("KILN_GEMM_DEFER_CLUSTER_MAX_M").is_err());
         // With none of the experiments set, the environment gives the defaults.
@@ -388,12 +371,6 @@ mod tests {
             assert_eq!(low.auto_kind(9, n), GemmKind::Tiled);
             assert_eq!(GemmChoices { tiled_min_m: 40, ..c }.auto_kind(17, n), GemmKind::Tiled);
             assert_eq!(GemmChoices { tiled: false, tiled_min_m: 1, ..c }.auto_kind(1, n), small);
-            // KILN_GEMM_SX_ROWS=128 swaps only the shared-x choice up to 16 rows.
-            let sx128 = GemmChoices { sx128: true, ..c };
-            let small128 = if small == GemmKind::SharedX { GemmKind::SharedX128 } else { small };
-            assert_eq!(sx128.auto_kind(1, n), small128);
-            assert_eq!(sx128.auto_kind(16, n), small128);
-            assert_eq!(sx128.auto_kind(17, n), GemmKind::Tiled);
         }
         // Counters cover the tiled kernel's (W tile, batch tile) pairs and the skinny
         // kernels' 64-row groups.
