@@ -36,6 +36,8 @@
 #            weight bandwidth inside the graph, and a prefill chunk of $TL_PREFILL tokens
 #            (default 1024) launch by launch
 #            ($OUT/timeline.txt, timeline.jsonl)
+#   splits   bench at batch 1..128 with the K-split targets KILN_GEMM_WARPS=16/20/24/12 (twice)
+#            and KILN_GEMM_WIDE_WARPS=32/16 (splits.txt)
 #   knobs    session 7's prepared experiments, each against the default in the same call
 #            (knobs.txt): the shared-x GEMM for every weight up to 16 rows
 #            (KILN_GEMM_SX_MIN_N=0) at batch 1/8; the split target of the weights below
@@ -283,6 +285,16 @@ if has timeline; then
   # The log keeps each batch's head line, its first 24 launches (the embedding and the
   # first layers) and the per-kernel sums; timeline.txt and .jsonl have every launch.
   awk '/^(decode|prefill)/ {n = 0; print; next} /^  +[0-9]+ / {if (n++ < 24) print; next} {print}' "$OUT/timeline.txt" | grep -v "^\s*$"
+fi
+if has splits; then
+  # The K-split targets again with the deferred split sum (session 12): more splits cost
+  # the out/o/down launches no tail now. KILN_GEMM_WARPS (weights below 12288 columns,
+  # default 16) and KILN_GEMM_WIDE_WARPS (qkvz, gate_up; default 24), the same plan (the
+  # split is chosen at load; each target is its own arithmetic, shared by every row).
+  for r in 1 2; do
+    for w in 16 20 24 12; do bench_as "warps $w" splits.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_WARPS=$w -- --batch 1,8,32,64,128 --prefill 16; done
+  done
+  for ww in 32 16; do bench_as "wide_warps $ww" splits.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_WIDE_WARPS=$ww -- --batch 1,8,32,64,128 --prefill 16; done
 fi
 if has knobs; then
   log "kernel knobs"; P="$ENG/qwen35_4b_random.plan"

@@ -7,7 +7,8 @@ scripts/device_run.sh left in its output folder:
   peer.txt       shared/bench/peer_torch_graph.py (its last JSON object; copy bandwidth)
   compare.json   scripts/gpu_reference.py compare (logits error, agreement by margin)
   eval.txt       kiln-eval logits (batch and mixed-step invariance lines)
-  verify.txt     kiln-eval verify (speculative verification: exact, ms per call)
+  verify.txt     kiln-eval verify (speculative verification: exact, ms per call; the
+                 MTP draft, oracle and adversarial costs: issue 9's `mtp` object)
   serving.txt    scripts/bench_serving.py (one "workload {json}" line per workload)
 
 Missing files leave their fields out; nothing is invented. Usage:
@@ -60,6 +61,37 @@ def parse_compare(rep):
             "agree": agree, "hf_bf16_agree": hf, "nan": rep.get("nan_in_ours")}
 
 
+# Acceptance lengths (tokens per cycle) issue 9 projects the time per token at.
+ACCEPT_LENGTHS = ("2.5", "2.8", "3.2")
+
+
+def parse_mtp(verify):
+    """Issue 9's `mtp` object from kiln-eval verify's text: the draft's cost, verify calls
+    by batch, the oracle's (every draft accepted) and the adversarial (none) time per
+    token, and the projected time per token at ACCEPT_LENGTHS from the oracle's measured
+    cycle (k drafts + one verify, host work included: oracle ms x (k + 1))."""
+    mtp = {}
+    draft = re.search(r"a draft of (\d+) MTP steps over the first (\d+) ids: median ([\d.]+) ms", verify)
+    for m in re.finditer(r"a draft of (\d+) MTP steps over the first (\d+) ids: median ([\d.]+) ms", verify):
+        mtp.setdefault("draft_ms_by_vocab", {})[m.group(2)] = float(m.group(3))
+    if draft:
+        mtp["draft_steps"], mtp["draft_ms"] = int(draft.group(1)), float(draft.group(3))
+    rows = re.findall(r"verify batch (\d+) .*?verify median ([\d.]+) ms", verify)
+    if rows:
+        mtp["verify_ms"] = {b: float(v) for b, v in rows}
+    for key, name in (("plain_tpot_ms", r"plain greedy"), ("oracle_tpot_ms", r"Oracle drafts \((\d+) per cycle\):"),
+                      ("adversarial_tpot_ms", r"Adversarial drafts \(\d+ per cycle\):")):
+        m = re.search(name + r" ([\d.]+) ms per token", verify)
+        if m:
+            mtp[key] = float(m.groups()[-1])
+    oracle = re.search(r"Oracle drafts \((\d+) per cycle\): ([\d.]+) ms per token", verify)
+    if oracle:
+        cycle = float(oracle.group(2)) * (int(oracle.group(1)) + 1)
+        mtp["cycle_ms"] = round(cycle, 3)
+        mtp["projected_tpot_ms"] = {a: round(cycle / float(a), 3) for a in ACCEPT_LENGTHS}
+    return mtp
+
+
 def record(out, commit, gpu):
     line = {"date": datetime.date.today().isoformat(), "commit": commit, "gpu": gpu}
     bench = read(os.path.join(out, "bench.txt"))
@@ -95,6 +127,9 @@ def record(out, commit, gpu):
         line["verify"] = {b: {"exact": ok == "exact", "tokens_per_cycle": float(t), "decode_ms": float(d), "verify_ms": float(v)} for b, ok, t, d, v in rows}
         if "Error" in verify or "panicked" in verify:
             line["verify"]["error"] = verify.strip().splitlines()[-1][:300]
+        mtp = parse_mtp(verify)
+        if mtp:
+            line["mtp"] = mtp
     serving = read(os.path.join(out, "serving.txt"))
     if serving:
         line["serving"] = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"^(\w+) (\{.*\})$", serving, re.M)}

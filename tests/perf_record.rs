@@ -35,6 +35,23 @@ fn a_run_folder_becomes_one_line_with_every_named_field() {
     assert_eq!(c["batch_invariant_sizes"], serde_json::json!([8, 64, 256]));
     assert_eq!(c["mixed_invariant"], true);
     assert_eq!(l["serving"]["c64"]["tpot_p50_ms"], 20.6);
+    // Issue 9's mtp object, from verify.txt: the projections divide the oracle's measured
+    // cycle (k + 1 tokens per cycle, every draft accepted) by each acceptance length.
+    let m = &l["mtp"];
+    assert_eq!(m["draft_steps"], 3);
+    assert_eq!(m["draft_ms"], 1.85);
+    assert_eq!(m["draft_ms_by_vocab"]["32768"], 0.714);
+    assert_eq!(m["verify_ms"]["8"], 7.1);
+    assert_eq!(m["plain_tpot_ms"], 4.539);
+    assert_eq!(m["adversarial_tpot_ms"], 7.139);
+    let (oracle, cycle) = (m["oracle_tpot_ms"].as_f64().unwrap(), m["cycle_ms"].as_f64().unwrap());
+    assert_eq!(oracle, 1.75);
+    assert!((cycle - oracle * 4.0).abs() < 1e-9, "cycle {cycle} from oracle {oracle}");
+    for (accept, key) in [(2.5, "2.5"), (2.8, "2.8"), (3.2, "3.2")] {
+        let p = m["projected_tpot_ms"][key].as_f64().unwrap();
+        assert!((p - cycle / accept).abs() < 1e-3, "projected at {accept}: {p}");
+    }
+    assert_eq!(l["verify"]["1"]["exact"], true);
 }
 
 #[test]
@@ -49,7 +66,7 @@ fn a_failed_invariance_and_missing_stages_are_reported_as_they_are() {
     let l = record(dir.path().to_str().unwrap());
     assert_eq!(l["correctness"]["batch_invariant"], false);
     // Stages that did not run leave their fields out rather than inventing them.
-    for absent in ["decode_ms", "peer_ms", "copy_tbps", "serving"] {
+    for absent in ["decode_ms", "peer_ms", "copy_tbps", "serving", "mtp"] {
         assert!(l.get(absent).is_none(), "{absent} should be absent: {l}");
     }
     assert!(l["correctness"].get("mixed_invariant").is_none());
