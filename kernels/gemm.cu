@@ -212,13 +212,22 @@ __device__ __forceinline__ void gemm_epilogue(const float (&acc)[RW][NT][4], int
     if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
 }
 
+// Chunks of 32 k each warp of the m8/m16 register kernels keeps in flight (a build knob,
+// KILN_GEMM_REG_P, default 4): at batch 1 the out/o/down launches stream at 2.2-2.4 TB/s
+// with 13 splits (~16 warps per SM), and more splits (24 warps per SM) were faster there
+// (session 12: batch 1 -0.125 ms) but change the sums, and so every row's bits, and cost
+// batches 32-128 0.4 ms. Deeper prefetch puts the same bytes in flight without changing a
+// split: the MMA sequence, and so the bits, do not depend on P.
+#ifndef KILN_GEMM_REG_P
+#define KILN_GEMM_REG_P 4
+#endif
 template <int NT, bool XF32, typename Y>
 __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const void* __restrict__ x,
                                             Y* __restrict__ y, float* __restrict__ ws,
                                             unsigned* __restrict__ counters, int M, int N, int K,
                                             int ks, int splits) {
     constexpr int RW = NT >= 4 ? 2 : 1;      // 16-row tiles of W per warp
-    constexpr int P = RW == 1 ? 4 : 2;       // chunks of 32 k in flight
+    constexpr int P = RW == 1 ? KILN_GEMM_REG_P : 2;  // chunks of 32 k in flight
     constexpr int RB = 4 * 16 * RW;          // rows per block
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;

@@ -36,6 +36,8 @@
 #            weight bandwidth inside the graph, and a prefill chunk of $TL_PREFILL tokens
 #            (default 1024) launch by launch
 #            ($OUT/timeline.txt, timeline.jsonl)
+#   reg_p    a plan whose m8/m16 register GEMM keeps 8 chunks of 32 k in flight per warp
+#            (KILN_GEMM_REG_P=8, default 4): bench at batch 1/8/16 twice, the GEMM table test (reg_p.txt)
 #   splits   bench at batch 1..128 with the K-split targets KILN_GEMM_WARPS=16/20/24/12 (twice)
 #            and KILN_GEMM_WIDE_WARPS=32/16 (splits.txt)
 #   knobs    session 7's prepared experiments, each against the default in the same call
@@ -285,6 +287,17 @@ if has timeline; then
   # The log keeps each batch's head line, its first 24 launches (the embedding and the
   # first layers) and the per-kernel sums; timeline.txt and .jsonl have every launch.
   awk '/^(decode|prefill)/ {n = 0; print; next} /^  +[0-9]+ / {if (n++ < 24) print; next} {print}' "$OUT/timeline.txt" | grep -v "^\s*$"
+fi
+if has reg_p; then
+  # The m8/m16 register GEMM with 8 chunks of 32 k in flight per warp (KILN_GEMM_REG_P=8,
+  # a build knob; default 4): batch 1/8/16 beside the default twice, then the GEMM table
+  # test with it (bit-identical to the shared-x and tiled kernels at the same plan).
+  plan_with regp8 KILN_GEMM_REG_P=8
+  for r in 1 2; do
+    bench_as "reg_p 4" reg_p.txt "$ENG/qwen35_4b_random.plan" -- --batch 1,8,16 --prefill 16
+    bench_as "reg_p 8" reg_p.txt /tmp/engines_regp8/qwen35_4b_random.plan -- --batch 1,8,16 --prefill 16
+  done
+  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_GEMM_REG_P=8 "$t" gemm_matches --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differ" | sed "s/^/reg_p 8 kernels: /" | tee -a "$OUT/reg_p.txt"; done
 fi
 if has splits; then
   # The K-split targets again with the deferred split sum (session 12): more splits cost
