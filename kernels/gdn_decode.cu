@@ -42,14 +42,16 @@ static_assert(LIN_DK % GDN_PARTS == 0, "LIN_DK must be a multiple of 4");
 // exp(g) into sc[2], sc[3]; q and k L2-normalised (eps 1e-6), q scaled by 1/sqrt(LIN_DK).
 // Ends synchronised. `own_qk`: this block writes the q/k ring rows (one block per key head);
 // every block writes its own v rows. The ring row written (position p) is not one any block
-// reads in this step.
-template <typename IN, int THREADS, int NV_COLS>
+// reads in this step. tap(pp, ch): the input of channel ch at an earlier position pp (the
+// ring row, or in the fused verify kernel an earlier fed position's qkv row: the ring holds
+// exactly to_f of that input, so the sum is the same); write_ring false: no ring writes.
+template <typename IN, int THREADS, int NV_COLS, typename TapAt>
 __device__ __forceinline__ void gdn_decode_prologue(const IN* __restrict__ qkv_row, IN b_h, IN a_h,
                                                     const bf16* __restrict__ conv_w, float* __restrict__ ring,
                                                     int p, int h, int v0, bool own_qk,
                                                     const float* __restrict__ A_log,
                                                     const float* __restrict__ dt_bias, float* qs, float* ks,
-                                                    float* vs, float* sc) {
+                                                    float* vs, float* sc, TapAt tap, bool write_ring) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int kh = h / GDN_GROUP;
     for (int i = tid; i < 2 * LIN_DK + NV_COLS; i += THREADS) {
@@ -68,10 +70,10 @@ __device__ __forceinline__ void gdn_decode_prologue(const IN* __restrict__ qkv_r
 #pragma unroll
         for (int jj = 0; jj < CONV_K - 1; ++jj) {
             const int pp = p - (CONV_K - 1) + jj;
-            if (pp >= 0) acc += __bfloat162float(conv_w[ch * CONV_K + jj]) * ring[(size_t)(pp % CONV_K) * CONV_DIM + ch];
+            if (pp >= 0) acc += __bfloat162float(conv_w[ch * CONV_K + jj]) * tap(pp, ch);
         }
         *dst = siluf_(acc);
-        if (own) ring[(size_t)(p % CONV_K) * CONV_DIM + ch] = xv;
+        if (own && write_ring) ring[(size_t)(p % CONV_K) * CONV_DIM + ch] = xv;
     }
     if (tid == 0) {
         sc[2] = sigmoidf_(to_f(b_h));
@@ -92,6 +94,62 @@ __device__ __forceinline__ void gdn_decode_prologue(const IN* __restrict__ qkv_r
         else ks[i - LIN_DK] *= sc[1];
     }
     __syncthreads();
+}
+
+// The conv taps of a decode step: the slot's ring.
+struct RingTap {
+    const float* ring;
+    __device__ float operator()(int pp, int ch) const { return ring[(size_t)(pp % CONV_K) * CONV_DIM + ch]; }
+};
+
+// One position's delta rule and gated norm on a head's state held in registers (thread
+// (j, part): column j, rows part*GDN_ROWS..): after the prologue, S *= exp(g);
+// S += k (x) beta (v - S^T k); the new S to S_out; o = S^T q;
+// out_j = o_j * rsqrt(mean(o^2) + eps) * nw * silu(zz) (thread part 0 of each column).
+template <typename OUT>
+__device__ __forceinline__ void gdn_decode_update(float (&s)[GDN_ROWS], int j, int part, const float* qs,
+                                                  const float* ks, const float* vs, const float* sc,
+                                                  float (*red)[LIN_DV], float* wred, float nw, float zz,
+                                                  float* __restrict__ S_out, OUT* __restrict__ out_j) {
+    const float beta = sc[2], eg = sc[3];
+    const float* kp = ks + part * GDN_ROWS;
+    const float* qp = qs + part * GDN_ROWS;
+    float kv0 = 0.f, kv1 = 0.f;
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; r += 2) {
+        s[r] *= eg;
+        kv0 += s[r] * kp[r];
+        if (r + 1 < GDN_ROWS) {
+            s[r + 1] *= eg;
+            kv1 += s[r + 1] * kp[r + 1];
+        }
+    }
+    red[part][j] = kv0 + kv1;
+    __syncthreads();
+    float kv = 0.f;
+#pragma unroll
+    for (int q = 0; q < GDN_PARTS; ++q) kv += red[q][j];
+    const float delta = beta * (vs[j] - kv);
+    float o0 = 0.f, o1 = 0.f;
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; r += 2) {
+        s[r] += kp[r] * delta;
+        o0 += s[r] * qp[r];
+        if (r + 1 < GDN_ROWS) {
+            s[r + 1] += kp[r + 1] * delta;
+            o1 += s[r + 1] * qp[r + 1];
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; ++r) S_out[(size_t)r * LIN_DV] = s[r];
+    __syncthreads();  // everyone has read red[][] (kv) before it is reused
+    red[part][j] = o0 + o1;
+    __syncthreads();
+    float o = 0.f;
+#pragma unroll
+    for (int q = 0; q < GDN_PARTS; ++q) o += red[q][j];
+    const float tot = block_sum(part == 0 ? o * o : 0.f, wred);
+    if (part == 0) *out_j = from_f<OUT>(o * rsqrtf(tot / (float)LIN_DV + RMS_EPS) * nw * siluf_(zz));
 }
 
 template <typename IN, typename OUT>
@@ -129,53 +187,12 @@ __device__ __forceinline__ void gdn_decode(const IN* __restrict__ qkv, int ld_qk
     for (int r = 0; r < GDN_ROWS; ++r) s[r] = Si[(size_t)r * LIN_DV];
 
     // Conv update + SiLU of this head's channels, gates, q/k norms.
+    float* ring = conv_state + (size_t)slot * CONV_K * CONV_DIM;
     gdn_decode_prologue<IN, GDN_DEC_THREADS, LIN_DV>(qkv + (size_t)bi * ld_qkv, b[(size_t)bi * ld_ba + h],
-                                                     a[(size_t)bi * ld_ba + h], conv_w,
-                                                     conv_state + (size_t)slot * CONV_K * CONV_DIM, pos[bi], h, 0,
-                                                     (h % GDN_GROUP) == 0, A_log, dt_bias, qs, ks, vs, sc);
-
-    const float beta = sc[2], eg = sc[3];
-    const float* kp = ks + part * GDN_ROWS;
-    const float* qp = qs + part * GDN_ROWS;
-    float kv0 = 0.f, kv1 = 0.f;
-#pragma unroll
-    for (int r = 0; r < GDN_ROWS; r += 2) {
-        s[r] *= eg;
-        kv0 += s[r] * kp[r];
-        if (r + 1 < GDN_ROWS) {
-            s[r + 1] *= eg;
-            kv1 += s[r + 1] * kp[r + 1];
-        }
-    }
-    red[part][j] = kv0 + kv1;
-    __syncthreads();
-    float kv = 0.f;
-#pragma unroll
-    for (int q = 0; q < GDN_PARTS; ++q) kv += red[q][j];
-    const float delta = beta * (vs[j] - kv);
-    float o0 = 0.f, o1 = 0.f;
-#pragma unroll
-    for (int r = 0; r < GDN_ROWS; r += 2) {
-        s[r] += kp[r] * delta;
-        o0 += s[r] * qp[r];
-        if (r + 1 < GDN_ROWS) {
-            s[r + 1] += kp[r + 1] * delta;
-            o1 += s[r + 1] * qp[r + 1];
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < GDN_ROWS; ++r) S[(size_t)r * LIN_DV] = s[r];
-    __syncthreads();  // everyone has read red[][] (kv) before it is reused
-    red[part][j] = o0 + o1;
-    __syncthreads();
-    float o = 0.f;
-#pragma unroll
-    for (int q = 0; q < GDN_PARTS; ++q) o += red[q][j];
-    const float tot = block_sum(part == 0 ? o * o : 0.f, wred);
-    if (part == 0) {
-        const float y = o * rsqrtf(tot / (float)LIN_DV + RMS_EPS) * nw * siluf_(zz);
-        out[(size_t)bi * ld_out + h * LIN_DV + j] = from_f<OUT>(y);
-    }
+                                                     a[(size_t)bi * ld_ba + h], conv_w, ring, pos[bi], h, 0,
+                                                     (h % GDN_GROUP) == 0, A_log, dt_bias, qs, ks, vs, sc,
+                                                     RingTap{ring}, true);
+    gdn_decode_update<OUT>(s, j, part, qs, ks, vs, sc, red, wred, nw, zz, S, out + (size_t)bi * ld_out + h * LIN_DV + j);
 }
 
 #define GDN_DECODE(NAME, IN, OUT)                                                                  \
@@ -191,6 +208,130 @@ GDN_DECODE(kiln_gdn_decode_f32_f32, float, float)
 GDN_DECODE(kiln_gdn_decode_f32_bf16, float, bf16)
 GDN_DECODE(kiln_gdn_decode_bf16_f32, bf16, float)
 GDN_DECODE(kiln_gdn_decode_bf16_bf16, bf16, bf16)
+
+// ---------------------------------------------------------------------------------
+// Fused verify step, kiln_gdn_verify_{in}_{out}: every fed position of a sequence in one
+// block, in order, instead of one kiln_gdn_decode launch per position (speculative
+// verification, issue 9). Arguments as kiln_gdn_decode's, with the verify step's rows
+// (position-major, `StepLayout::gdn_launches`): position q's rows are
+// [first.q, first.q + count.q) (q < positions <= 4 = CONV_K; .x/.y/.z/.w are q = 0..3),
+// each naming its sequence by slot (a slot appears once per position; padding rows have
+// slot < 0). Position 0 holds every sequence: grid (LIN_NV, count.x), block LIN_DV * 4.
+//   state_io per row as in kiln_gdn_decode: position 0 reads entry .x (the slot's state),
+//   each position writes its state to entry .y (the scratch the commit copies from).
+// Position q of block (h, i) runs the decode step's code on the state the previous
+// position left in registers (the values kiln_gdn_decode would read back from entry .x),
+// so every output and state entry is bit-identical to the per-position launches. The
+// conv ring is only read: taps at positions before the first fed one come from the slot's
+// ring (no fed position overwrites those rows while T <= CONV_K), taps at fed positions
+// from their qkv rows in this step (the ring holds exactly to_f of them).
+// kiln_conv_ring_write then writes the fed positions' ring rows, as the per-position
+// launches leave them.
+template <typename IN>
+struct FedTap {
+    const float* ring;
+    const IN* qkv;
+    const int* rows;  // the sequence's row at each fed position (shared memory)
+    int ld_qkv, p0;
+    __device__ float operator()(int pp, int ch) const {
+        if (pp < p0) return ring[(size_t)(pp % CONV_K) * CONV_DIM + ch];
+        return to_f(qkv[(size_t)rows[pp - p0] * ld_qkv + ch]);
+    }
+};
+
+__device__ __forceinline__ int int4_at(int4 v, int q) { return q == 0 ? v.x : q == 1 ? v.y : q == 2 ? v.z : v.w; }
+
+template <typename IN, typename OUT>
+__device__ __forceinline__ void gdn_verify(const IN* __restrict__ qkv, int ld_qkv, const IN* __restrict__ z, int ld_z,
+                                           const IN* __restrict__ b, const IN* __restrict__ a, int ld_ba,
+                                           const bf16* __restrict__ conv_w, float* __restrict__ conv_state,
+                                           float* __restrict__ state, const float* __restrict__ A_log,
+                                           const float* __restrict__ dt_bias, const bf16* __restrict__ norm_w,
+                                           const int* __restrict__ slots, const int* __restrict__ pos,
+                                           const int2* __restrict__ state_io, int positions, int4 first,
+                                           int4 count, OUT* __restrict__ out, int ld_out) {
+    const int tid = threadIdx.x;
+    const int j = tid % LIN_DV, part = tid / LIN_DV;
+    const float nw = __bfloat162float(norm_w[j]);
+    KILN_PDL_ENTER_ROWS(count.x);
+    __shared__ float qs[LIN_DK], ks[LIN_DK], vs[LIN_DV];
+    __shared__ float red[GDN_PARTS][LIN_DV];
+    __shared__ float sc[4];
+    __shared__ float wred[32];
+    __shared__ int my_rows[CONV_K];  // this sequence's row at each fed position, or -1
+    const int h = blockIdx.x, i = blockIdx.y;
+    if (i >= count.x) return;
+    const int row0 = first.x + i;
+    const int slot = slots[row0];
+    if (slot < 0) return;
+    // Find the sequence's row at every later position (its slot names it).
+    if (tid < CONV_K) my_rows[tid] = tid == 0 ? row0 : -1;
+    __syncthreads();
+    for (int q = 1; q < positions; ++q)
+        for (int r = tid; r < int4_at(count, q); r += GDN_DEC_THREADS)
+            if (slots[int4_at(first, q) + r] == slot) my_rows[q] = int4_at(first, q) + r;
+    __syncthreads();
+    float* ring = conv_state + (size_t)slot * CONV_K * CONV_DIM;
+    const FedTap<IN> tap{ring, qkv, my_rows, ld_qkv, pos[row0]};
+    const size_t in_head = (size_t)part * GDN_ROWS * LIN_DV + j;
+    const float* Si = state + ((size_t)state_io[row0].x * LIN_NV + h) * LIN_DK * LIN_DV + in_head;
+    float s[GDN_ROWS];
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; ++r) s[r] = Si[(size_t)r * LIN_DV];
+    for (int q = 0; q < positions; ++q) {
+        const int row = my_rows[q];
+        if (row < 0) break;  // a sequence's positions are 0..len-1; uniform over the block
+        const float zz = part == 0 ? to_f(z[(size_t)row * ld_z + h * LIN_DV + j]) : 0.f;
+        if (q > 0) __syncthreads();  // the previous position's readers of qs, ks, vs, sc are done
+        gdn_decode_prologue<IN, GDN_DEC_THREADS, LIN_DV>(qkv + (size_t)row * ld_qkv, b[(size_t)row * ld_ba + h],
+                                                         a[(size_t)row * ld_ba + h], conv_w, ring, pos[row], h, 0,
+                                                         false, A_log, dt_bias, qs, ks, vs, sc, tap, false);
+        float* S = state + ((size_t)state_io[row].y * LIN_NV + h) * LIN_DK * LIN_DV + in_head;
+        gdn_decode_update<OUT>(s, j, part, qs, ks, vs, sc, red, wred, nw, zz, S, out + (size_t)row * ld_out + h * LIN_DV + j);
+    }
+}
+
+// One block per SM is enough at verify batches (<= 8 sequences: 256 blocks); with two
+// the bf16-input variants spilled 16 bytes on sm_90a.
+#define GDN_VERIFY(NAME, IN, OUT)                                                                   \
+    extern "C" __global__ void __launch_bounds__(GDN_DEC_THREADS, 1)                                 \
+        NAME(const IN* qkv, int ld_qkv, const IN* z, int ld_z, const IN* b, const IN* a, int ld_ba,  \
+             const bf16* conv_w, float* conv_state, float* state, const float* A_log,               \
+             const float* dt_bias, const bf16* norm_w, const int* slots, const int* pos,            \
+             const int2* state_io, int positions, int4 first, int4 count, OUT* out, int ld_out) {   \
+        gdn_verify<IN, OUT>(qkv, ld_qkv, z, ld_z, b, a, ld_ba, conv_w, conv_state, state, A_log,    \
+                            dt_bias, norm_w, slots, pos, state_io, positions, first, count, out,    \
+                            ld_out);                                                                \
+    }
+GDN_VERIFY(kiln_gdn_verify_f32_f32, float, float)
+GDN_VERIFY(kiln_gdn_verify_f32_bf16, float, bf16)
+GDN_VERIFY(kiln_gdn_verify_bf16_f32, bf16, float)
+GDN_VERIFY(kiln_gdn_verify_bf16_bf16, bf16, bf16)
+
+// kiln_conv_ring_write_{in}(const IN* qkv, int ld_qkv, float* conv_state, const int* slots,
+//     const int* pos, int T): for every row t with slots[t] >= 0, the ring row of position
+//   pos[t] = to_f(qkv[t][0..CONV_DIM)): what kiln_gdn_decode writes into the ring, for the
+//   rows kiln_gdn_verify fed without writing it. A sequence's rows are distinct positions,
+//   at most CONV_K of them, so no two rows write one ring row. grid (T), block 256.
+template <typename IN>
+__device__ __forceinline__ void conv_ring_write(const IN* __restrict__ qkv, int ld_qkv, float* __restrict__ conv_state,
+                                                const int* __restrict__ slots, const int* __restrict__ pos, int T) {
+    KILN_PDL_ENTER();
+    const int t = blockIdx.x;
+    if (t >= T) return;
+    const int slot = slots[t];
+    if (slot < 0) return;
+    float* dst = conv_state + ((size_t)slot * CONV_K + pos[t] % CONV_K) * CONV_DIM;
+    for (int ch = threadIdx.x; ch < CONV_DIM; ch += blockDim.x) dst[ch] = to_f(qkv[(size_t)t * ld_qkv + ch]);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    kiln_conv_ring_write_f32(const float* qkv, int ld_qkv, float* conv_state, const int* slots, const int* pos, int T) {
+    conv_ring_write<float>(qkv, ld_qkv, conv_state, slots, pos, T);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    kiln_conv_ring_write_bf16(const bf16* qkv, int ld_qkv, float* conv_state, const int* slots, const int* pos, int T) {
+    conv_ring_write<bf16>(qkv, ld_qkv, conv_state, slots, pos, T);
+}
 
 // ---------------------------------------------------------------------------------
 // Column-split variant, kiln_gdn_decode_split_{in}_{out}: the same arguments and
@@ -286,7 +427,8 @@ __device__ __forceinline__ void gdn_decode_split(const IN* __restrict__ qkv, int
     gdn_decode_prologue<IN, GDV_THREADS, GDV_CW>(qkv + (size_t)bi * ld_qkv, b[(size_t)bi * ld_ba + h],
                                                  a[(size_t)bi * ld_ba + h], conv_w,
                                                  conv_state + (size_t)slot * CONV_K * CONV_DIM, pos[bi], h, c0,
-                                                 (h % GDN_GROUP) == 0 && slice == 0, A_log, dt_bias, qs, ks, vs, sc);
+                                                 (h % GDN_GROUP) == 0 && slice == 0, A_log, dt_bias, qs, ks, vs, sc,
+                                                 RingTap{conv_state + (size_t)slot * CONV_K * CONV_DIM}, true);
 
     const float beta = sc[2], eg = sc[3];
     float4 kv = make_float4(0.f, 0.f, 0.f, 0.f);

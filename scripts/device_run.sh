@@ -74,7 +74,8 @@
 #   refs     HF fp32/bf16 references for N prompts (16..2000 tokens)
 #   eval     kiln-eval logits + compare against the references
 #   verify   kiln-eval verify: speculative verification exact against plain decoding at batch
-#            1/4/8 (3 drafts), and a verify call's time against a decode step's
+#            1/4/8 (3 drafts), and a verify call's time against a decode step's; again
+#            without graphs, and with the fused GDN verify kernel (KILN_GDN_VERIFY_FUSED=1)
 #   kernels  tests/cuda_kernels (.devbin/cuda_kernels-*) with --ignored (KERNEL_TESTS: name
 #            filters), then the kernel bench (KERNEL_BENCH=0: the tests only)
 #   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
@@ -206,6 +207,9 @@ if has verify; then
   log verify; .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify.txt" | tail -5
   # The same with verify steps launch by launch (graphs are the default).
   log "verify (no graphs)"; KILN_VERIFY_GRAPHS=0 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_graphs.txt" | tail -5
+  # The verify's GDN as one launch per layer (KILN_GDN_VERIFY_FUSED=1, session 12): exact
+  # against plain decoding too, and the verify's time against the run above.
+  log "verify (fused GDN)"; KILN_GDN_VERIFY_FUSED=1 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_fused.txt" | tail -5
 fi
 if has profile; then
   log "ncu: per-kernel times of one 1024-token prefill"

@@ -10,15 +10,31 @@ use crate::harness::*;
 use crate::t_gdn::params;
 use kiln::backend::cuda::kernels::{GdnDecode, Mat};
 
+/// The GDN shapes the tests use: conv channels, window, value heads, head width, out
+/// width, state floats per slot, and the row strides of qkvz and of b|a.
+struct Dims {
+    c: usize,
+    k: usize,
+    nv: usize,
+    dv: usize,
+    vd: usize,
+    ssz: usize,
+    ld: usize,
+    ld_ba: usize,
+}
+
+fn dims(e: &Env) -> Dims {
+    let d = e.k.dims();
+    let (c, nv, dv) = (d.conv_dim(), d.lin_num_v_heads, d.lin_v_dim);
+    Dims { c, k: d.conv_kernel, nv, dv, vd: nv * dv, ssz: nv * d.lin_k_dim * dv, ld: c + nv * dv, ld_ba: 2 * nv }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
 fn verify_positions_through_scratch_equal_decode_steps_and_commit_exactly() {
     let Some(e) = env() else { return };
     let s = stream(e);
-    let d = e.k.dims().clone();
-    let (c, k, nv, dk, dv) = (d.conv_dim(), d.conv_kernel, d.lin_num_v_heads, d.lin_k_dim, d.lin_v_dim);
-    let (vd, ssz) = (nv * dv, nv * dk * dv);
-    let (ld, ld_ba) = (c + vd, 2 * nv);
+    let Dims { c, k, nv, dv, vd, ssz, ld, ld_ba } = dims(e);
     let t = k; // the most positions one verify may feed (the ring restore needs T <= CONV_K)
     let nslots = 5;
     let slots: Vec<i32> = vec![3, 0, 4];
@@ -91,4 +107,76 @@ fn verify_positions_through_scratch_equal_decode_steps_and_commit_exactly() {
         }
     }
     e.k.set_gdn_split(false);
+}
+
+/// The fused verify kernel (`gdn_verify`: every fed position of a sequence in one block,
+/// then `conv_ring_write`) against the per-position decode launches a verify step runs
+/// otherwise, on a verify step's own row layout: position-major, sequences of different
+/// lengths (so later positions hold fewer rows, and a sequence is not at the same index
+/// in every position), padding rows (slot -1) filling each position to a graph's width.
+/// Outputs, every state entry (slots and scratch) and the conv ring: bit for bit.
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn fused_verify_equals_one_launch_per_position() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let Dims { c, k, nv, dv, vd, ssz, ld, ld_ba } = dims(e);
+    let nslots = 6;
+    let slots: [i32; 4] = [3, 0, 5, 1];
+    let start: [i32; 4] = [5, 100, 1, 30]; // 1: a conv tap before position 0 reads zeros
+    let lens: [usize; 4] = [k, 1, 3, 2];
+    let width = 5; // rows per position, as a captured verify graph pads them
+    let scratch = |i: usize, q: usize| (nslots + i * k + q) as i32;
+    // Position-major rows, as VerifyStep::build lays them out.
+    let (mut row_slot, mut row_pos, mut row_io, mut launches) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for q in 0..k {
+        let first = row_slot.len();
+        for i in (0..slots.len()).filter(|&i| lens[i] > q) {
+            row_slot.push(slots[i]);
+            row_pos.push(start[i] + q as i32);
+            row_io.extend([if q == 0 { slots[i] } else { scratch(i, q - 1) }, scratch(i, q)]);
+        }
+        while row_slot.len() - first < width {
+            row_slot.push(-1);
+            row_pos.push(0);
+            row_io.extend([0, 0]);
+        }
+        launches.push((first, width));
+    }
+    let t = row_slot.len();
+    let mut g = rng(29);
+    let p = params(&mut g, c, k, nv, dv);
+    let qkvz = randn_vec(&mut g, t * ld, 1.0);
+    let ba = randn_vec(&mut g, t * ld_ba, 1.5);
+    let ring0 = randn_vec(&mut g, nslots * k * c, 1.0);
+    let mut state0 = randn_vec(&mut g, nslots * ssz, 0.1);
+    state0.extend(vec![0f32; slots.len() * k * ssz]);
+    let (x, bad) = (up(&s, &qkvz), up(&s, &ba));
+    let (cw, al, dtb, nw) = (up(&s, &to_bf16(&p.conv_w)), up(&s, &p.a_log), up(&s, &p.dt_bias), up(&s, &to_bf16(&p.norm_w)));
+    let (sl, ps, io) = (up(&s, &row_slot), up(&s, &row_pos), up(&s, &row_io));
+    let xm = Mat::f32(ptr(&s, &x), ld);
+    let bm = Mat::f32(ptr(&s, &bad), ld_ba);
+    let args = |r0: usize, n: usize, ring: u64, state: u64, out: u64| GdnDecode {
+        qkv: xm.rows(r0), z: xm.cols(c).rows(r0), b: bm.rows(r0), a: bm.cols(nv).rows(r0), conv_w: ptr(&s, &cw), conv_state: ring, state,
+        a_log: ptr(&s, &al), dt_bias: ptr(&s, &dtb), norm_w: ptr(&s, &nw), slots: ptr(&s, &sl) + (r0 * 4) as u64,
+        pos: ptr(&s, &ps) + (r0 * 4) as u64, state_io: ptr(&s, &io) + (r0 * 8) as u64, out: Mat::f32(out, vd).rows(r0), batch: n,
+    };
+    // One decode launch per position.
+    let (ring_a, state_a, out_a) = (up(&s, &ring0), up(&s, &state0), poison_f32(&s, t * vd));
+    for &(r0, n) in &launches {
+        e.k.gdn_decode(&s, &args(r0, n, ptr(&s, &ring_a), ptr(&s, &state_a), ptr(&s, &out_a))).unwrap();
+    }
+    // The fused launch, then the ring rows.
+    let (ring_b, state_b, out_b) = (up(&s, &ring0), up(&s, &state0), poison_f32(&s, t * vd));
+    e.k.gdn_verify(&s, &args(0, t, ptr(&s, &ring_b), ptr(&s, &state_b), ptr(&s, &out_b)), &launches).unwrap();
+    e.k.conv_ring_write(&s, xm, ptr(&s, &ring_b), ptr(&s, &sl), ptr(&s, &ps), t).unwrap();
+    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    let (oa, ob) = (down(&s, &out_a), down(&s, &out_b));
+    let real = |r: usize| row_slot[r] >= 0;
+    assert!((0..t).filter(|&r| real(r)).all(|r| oa[r * vd..(r + 1) * vd].iter().all(|v| v.is_finite())), "per-position launches left a row unwritten");
+    let (so, ss, sr) = (same(&oa, &ob), same(&down(&s, &state_a), &down(&s, &state_b)), same(&down(&s, &ring_a), &down(&s, &ring_b)));
+    println!("fused gdn verify ({} rows, lengths {lens:?}): outputs {so}, state entries {ss}, conv ring {sr}", t);
+    assert!(so && ss && sr, "the fused verify differs from one launch per position");
+    // A launch list the kernel cannot take is refused, not run.
+    assert!(e.k.gdn_verify(&s, &args(0, t, ptr(&s, &ring_b), ptr(&s, &state_b), ptr(&s, &out_b)), &[(0, 2), (2, 3)]).is_err());
 }

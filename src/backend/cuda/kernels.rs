@@ -121,6 +121,7 @@ pub struct Kernels {
     _modules: Vec<Arc<CudaModule>>,
     pdl: AtomicBool,
     gdn_split: AtomicBool,
+    gdn_verify_fused: bool,
     /// Which decode GEMM kernel takes which shape, and the K splits (read at load).
     pub(crate) gemm_choices: GemmChoices,
     /// Rows per block of the prefill attention kernel (`ATTN_PREFILL_ROWS`): 128 (8 warps
@@ -173,6 +174,7 @@ impl Kernels {
         // The column-split GDN decode kernel is opt-in (env KILN_GDN_SPLIT=1) until a device
         // run has checked and timed it.
         let gdn_split = std::env::var("KILN_GDN_SPLIT").is_ok_and(|v| v == "1");
+        let gdn_verify_fused = std::env::var("KILN_GDN_VERIFY_FUSED").is_ok_and(|v| v == "1");
         let attn_prefill_rows = if std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "64") { 64 } else { 128 };
         let timeline = Timeline::attach(&loaded, &ctx.default_stream(), TIMELINE_RECORDS)?;
         Ok(Kernels {
@@ -182,6 +184,7 @@ impl Kernels {
             _modules: loaded,
             pdl: AtomicBool::new(false),
             gdn_split: AtomicBool::new(gdn_split),
+            gdn_verify_fused,
             gemm_choices: GemmChoices::from_env(),
             attn_prefill_rows,
             timeline,
@@ -265,6 +268,14 @@ impl Kernels {
 
     pub fn gdn_split(&self) -> bool {
         self.gdn_split.load(Ordering::Relaxed)
+    }
+
+    /// Whether a verify step runs its GDN as one kiln_gdn_verify launch per layer (every
+    /// fed position of a sequence in one block) instead of one decode launch per position
+    /// (`KILN_GDN_VERIFY_FUSED=1`; session 12, not yet run on a GPU; the same bits by
+    /// construction, tested by t_gdn_verify).
+    pub fn gdn_verify_fused(&self) -> bool {
+        self.gdn_verify_fused && !self.gdn_split()
     }
 
     pub fn gemm_choices(&self) -> &GemmChoices {

@@ -152,16 +152,25 @@ impl LayerStack<'_> {
         let (conv_state, state) = (self.pools.conv_layer(li), self.pools.recurrent_layer(li));
         // Decode rows in one launch, updating each slot's state in place; a verify step's
         // rows in one launch per fed position, each reading the state entry its
-        // predecessor wrote (`StepLayout::state_io`).
+        // predecessor wrote (`StepLayout::state_io`), or (`gdn_verify_fused`) every
+        // position in one launch and the ring rows after it: the same bits.
         let one = [(0, nd)];
         let launches = if r.l.gdn_launches.is_empty() { &one[..] } else { &r.l.gdn_launches[..] };
-        for &(r0, n) in launches.iter().filter(|l| l.1 > 0) {
+        let rows_from = |r0: usize, n: usize| {
             let io = if r.l.state_io.is_empty() { NULL } else { r.at(r.meta.state_io + 2 * r0) };
-            k.gdn_decode(st, &GdnDecode {
+            GdnDecode {
                 qkv: qkvz.rows(r0), z: qkvz.cols(qkv_dim).rows(r0), b: ba.rows(r0), a: ba.cols(nv).rows(r0),
                 conv_w: g.conv, conv_state, state, a_log: g.a_log, dt_bias: g.dt_bias, norm_w: g.norm,
                 slots: r.at(r.meta.slots + r0), pos: r.at(r.meta.pos + r0), state_io: io, out: out.rows(r0), batch: n,
-            })?;
+            }
+        };
+        if !r.l.gdn_launches.is_empty() && k.gdn_verify_fused() {
+            k.gdn_verify(st, &rows_from(0, nd), launches)?;
+            k.conv_ring_write(st, qkvz, conv_state, r.at(r.meta.slots), r.at(r.meta.pos), nd)?;
+        } else {
+            for &(r0, n) in launches.iter().filter(|l| l.1 > 0) {
+                k.gdn_decode(st, &rows_from(r0, n))?;
+            }
         }
         if r.prefill_seqs > 0 {
             let pm = &r.prefill_meta;

@@ -79,6 +79,13 @@ pub const GDN_DECODE_SPLIT: ByXY<&str> = [
     ["kiln_gdn_decode_split_f32_f32", "kiln_gdn_decode_split_f32_bf16"],
     ["kiln_gdn_decode_split_bf16_f32", "kiln_gdn_decode_split_bf16_bf16"],
 ];
+/// Speculative verification's GDN: every fed position of a sequence in one block.
+pub const GDN_VERIFY: ByXY<&str> = [
+    ["kiln_gdn_verify_f32_f32", "kiln_gdn_verify_f32_bf16"],
+    ["kiln_gdn_verify_bf16_f32", "kiln_gdn_verify_bf16_bf16"],
+];
+/// The conv ring rows of fed positions (after kiln_gdn_verify), by qkv dtype.
+pub const CONV_RING_WRITE: [&str; 2] = ["kiln_conv_ring_write_f32", "kiln_conv_ring_write_bf16"];
 pub const GDN_PREFILL_PREP: [&str; 2] = ["kiln_gdn_prefill_prep_f32", "kiln_gdn_prefill_prep_bf16"];
 pub const GDN_PREFILL_SCAN: &str = "kiln_gdn_prefill_scan";
 pub const QK_NORM_ROPE: [&str; 2] = ["kiln_qk_norm_rope_f32", "kiln_qk_norm_rope_bf16"];
@@ -170,6 +177,8 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("conv", &CONV1D, 0);
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
     add("gdn_decode", GDN_DECODE_SPLIT.as_flattened(), 0);
+    add("gdn_decode", GDN_VERIFY.as_flattened(), 0);
+    add("gdn_decode", &CONV_RING_WRITE, 0);
     add("gdn_prefill", &GDN_PREFILL_PREP, gdn_prefill_prep_smem(d.lin_k_dim, d.lin_v_dim));
     add("gdn_prefill", &[GDN_PREFILL_SCAN], gdn_prefill_scan_smem(d.lin_k_dim));
     add("rope_kv", &QK_NORM_ROPE, 0);

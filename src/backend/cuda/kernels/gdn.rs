@@ -2,7 +2,7 @@
 
 use super::{int, params, DevPtr, Kernels, Mat};
 use crate::backend::cuda::registry::{
-    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_DECODE_SPLIT as DECODE_SPLIT,
+    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, CONV_RING_WRITE, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_DECODE_SPLIT as DECODE_SPLIT, GDN_VERIFY,
     GDN_PREFILL_PREP as PREP,
     GDN_PREFILL_SCAN as SCAN,
 };
@@ -138,6 +138,45 @@ impl Kernels {
         }
         let threads = (self.dims.lin_v_dim * 4) as u32;
         self.launch(DECODE[dt.idx()][g.out.dtype.idx()], stream, (nv, g.batch as u32, 1), threads, 0, &mut p)
+    }
+
+    /// A verify step's GDN in one launch (kiln_gdn_verify): `g` as for `gdn_decode` over
+    /// the step's rows (`g.batch` unused), whose fed positions are the position-major row
+    /// ranges `launches` (first row, rows; at most 4, position 0 holding every sequence),
+    /// with `g.state_io` per row. Each position computes as `gdn_decode` over its range
+    /// would; the conv ring is left for `conv_ring_write`.
+    pub fn gdn_verify(&self, stream: &CudaStream, g: &GdnDecode, launches: &[(usize, usize)]) -> Result<()> {
+        ensure!((1..=4).contains(&launches.len()) && launches.len() <= self.dims.conv_kernel, "gdn_verify: {} positions (1 to 4, at most the conv window)", launches.len());
+        ensure!(g.state_io != 0, "gdn_verify: needs the rows' state entries");
+        let dt = g.qkv.dtype;
+        ensure!(g.z.dtype == dt && g.b.dtype == dt && g.a.dtype == dt, "gdn_verify: qkv, z, b, a must share a dtype");
+        ensure!(g.a.ld == g.b.ld, "gdn_verify: b and a must share a row stride");
+        let n0 = launches[0].1;
+        if n0 == 0 {
+            return Ok(());
+        }
+        let (mut first, mut count) = ([0i32; 4], [0i32; 4]);
+        for (q, &(f, n)) in launches.iter().enumerate() {
+            ensure!(n <= n0, "gdn_verify: position {q} has {n} rows, more than position 0's {n0}");
+            (first[q], count[q]) = (int(f, "first row")?, int(n, "rows")?);
+        }
+        let (qkv, ldq, z, ldz, b, a, ldba) = (g.qkv.ptr, int(g.qkv.ld, "ld_qkv")?, g.z.ptr, int(g.z.ld, "ld_z")?, g.b.ptr, g.a.ptr, int(g.b.ld, "ld_ba")?);
+        let (cw, cs, st, al, dtb, nw, sl, ps, io) = (g.conv_w, g.conv_state, g.state, g.a_log, g.dt_bias, g.norm_w, g.slots, g.pos, g.state_io);
+        let (out, ldo, np) = (g.out.ptr, int(g.out.ld, "ld_out")?, int(launches.len(), "positions")?);
+        let mut p = params!(qkv, ldq, z, ldz, b, a, ldba, cw, cs, st, al, dtb, nw, sl, ps, io, np, first, count, out, ldo);
+        let (nv, threads) = (self.dims.lin_num_v_heads as u32, (self.dims.lin_v_dim * 4) as u32);
+        self.launch(GDN_VERIFY[dt.idx()][g.out.dtype.idx()], stream, (nv, n0 as u32, 1), threads, 0, &mut p)
+    }
+
+    /// The conv ring rows of `t` fed rows (`qkv` rows, their `slots` and `pos`), as
+    /// `gdn_decode` writes them: after `gdn_verify`, which only reads the ring.
+    pub fn conv_ring_write(&self, stream: &CudaStream, qkv: Mat, conv_state: DevPtr, slots: DevPtr, pos: DevPtr, t: usize) -> Result<()> {
+        if t == 0 {
+            return Ok(());
+        }
+        let (x, ld, cs, sl, ps, tt) = (qkv.ptr, int(qkv.ld, "ld_qkv")?, conv_state, slots, pos, int(t, "rows")?);
+        let mut p = params!(x, ld, cs, sl, ps, tt);
+        self.launch(CONV_RING_WRITE[qkv.dtype.idx()], stream, (t as u32, 1, 1), 256, 0, &mut p)
     }
 
     /// Bytes of the `GdnPrefill` workspace for launches of at most `max_tokens` rows and
