@@ -385,20 +385,19 @@ __device__ __forceinline__ void sx_chunk_live(int jt, float (&acc)[2][NTM][4], c
     }
 }
 
-template <int NTM, bool XF32, typename Y, int THREADS = GS_THREADS>
+template <int NTM, bool XF32, typename Y>
 __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const void* __restrict__ x,
                                                Y* __restrict__ y, float* __restrict__ ws,
                                                unsigned* __restrict__ counters, int M, int N, int K, int ks,
                                                int splits) {
-    // RB W rows per block: 32 per warp (RW tiles of 16).
-    constexpr int RW = 2, P = 2, RB = (THREADS / 32) * 16 * RW, MP = NTM * 8;
+    constexpr int RW = 2, P = 2, RB = 8 * 16 * RW, MP = NTM * 8;
     constexpr int LDB = V2Ldb<XF32>::v;
     constexpr int SLOT = MP * LDB;
     // 8-element x vectors per thread per slab (the m16 variant's 128 vectors leave half
     // the threads without one).
     constexpr int XVECS = MP * (V2_SK / 8);
-    constexpr int XV = (XVECS + THREADS - 1) / THREADS;
-    static_assert(XVECS % THREADS == 0 || XVECS < THREADS, "v2 x staging");
+    constexpr int XV = (XVECS + GS_THREADS - 1) / GS_THREADS;
+    static_assert(XVECS % GS_THREADS == 0 || XVECS < GS_THREADS, "v2 x staging");
     extern __shared__ __align__(16) unsigned char gs_smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -438,13 +437,13 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
                 buf[r][h] = (kok && wok[r][h]) ? ld_stream(wp[r][h] + kb + c * 32) : make_uint4(0, 0, 0, 0);
     };
 
-    // x staging: vector v = threadIdx.x + q * THREADS is row v / 8, k offset (v % 8) * 8 of the slab.
+    // x staging: vector v = threadIdx.x + q * 256 is row v / 8, k offset (v % 8) * 8 of the slab.
     constexpr int XR = XF32 ? 8 : 4;  // 32-bit registers per vector
     unsigned xr[XV][XR];
     auto load_xs = [&](int st) {
 #pragma unroll
         for (int q = 0; q < XV; ++q) {
-            const int v = threadIdx.x + q * THREADS;
+            const int v = threadIdx.x + q * GS_THREADS;
             const int m = v >> 3, k = kb + st * V2_SK + (v & 7) * 8;
             const bool ok = v < XVECS && st < nslab && m < M && k < ke;
             if constexpr (XF32) {
@@ -469,8 +468,8 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
         unsigned char* base = gs_smem + (size_t)slot * SLOT;
 #pragma unroll
         for (int q = 0; q < XV; ++q) {
-            const int v = threadIdx.x + q * THREADS;
-            if (XVECS < THREADS && v >= XVECS) continue;
+            const int v = threadIdx.x + q * GS_THREADS;
+            if (XVECS < GS_THREADS && v >= XVECS) continue;
             unsigned char* row = base + (size_t)(v >> 3) * LDB + (v & 7) * 16;
             if constexpr (XF32) {
                 unsigned hi[4], lo[4];
@@ -526,7 +525,7 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
         }
         __syncthreads();
     }
-    gemm_epilogue_v2<RW, NTM, RB, THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits, jt);
+    gemm_epilogue_v2<RW, NTM, RB, GS_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits, jt);
 }
 
 #define GEMM_VARIANT(XN, XT, XF, YN, YT, MM, NT)                                                  \

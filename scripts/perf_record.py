@@ -71,22 +71,21 @@ def parse_mtp(verify):
     token, and the projected time per token at ACCEPT_LENGTHS from the oracle's measured
     cycle (k drafts + one verify, host work included: oracle ms x (k + 1))."""
     mtp = {}
-    draft = re.search(r"a draft of (\d+) MTP steps over the first (\d+) ids: median ([\d.]+) ms", verify)
     for m in re.finditer(r"a draft of (\d+) MTP steps over the first (\d+) ids: median ([\d.]+) ms", verify):
+        if not mtp:  # the first line is the full vocabulary's
+            mtp["draft_steps"], mtp["draft_ms"] = int(m.group(1)), float(m.group(3))
         mtp.setdefault("draft_ms_by_vocab", {})[m.group(2)] = float(m.group(3))
-    if draft:
-        mtp["draft_steps"], mtp["draft_ms"] = int(draft.group(1)), float(draft.group(3))
     rows = re.findall(r"verify batch (\d+) .*?verify median ([\d.]+) ms", verify)
     if rows:
         mtp["verify_ms"] = {b: float(v) for b, v in rows}
-    for key, name in (("plain_tpot_ms", r"plain greedy"), ("oracle_tpot_ms", r"Oracle drafts \((\d+) per cycle\):"),
-                      ("adversarial_tpot_ms", r"Adversarial drafts \(\d+ per cycle\):")):
+    for key, name in (("plain_tpot_ms", r"plain greedy"), ("adversarial_tpot_ms", r"Adversarial drafts \(\d+ per cycle\):")):
         m = re.search(name + r" ([\d.]+) ms per token", verify)
         if m:
-            mtp[key] = float(m.groups()[-1])
+            mtp[key] = float(m.group(1))
     oracle = re.search(r"Oracle drafts \((\d+) per cycle\): ([\d.]+) ms per token", verify)
     if oracle:
-        cycle = float(oracle.group(2)) * (int(oracle.group(1)) + 1)
+        mtp["oracle_tpot_ms"] = float(oracle.group(2))
+        cycle = mtp["oracle_tpot_ms"] * (int(oracle.group(1)) + 1)
         mtp["cycle_ms"] = round(cycle, 3)
         mtp["projected_tpot_ms"] = {a: round(cycle / float(a), 3) for a in ACCEPT_LENGTHS}
     return mtp

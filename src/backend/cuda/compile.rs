@@ -43,8 +43,7 @@ pub const SOURCES: &[(&str, &str)] = &[
 /// take the early PDL order, default 16), `KILN_GEMM_REDUCE_IN` (split partials in flight
 /// in the register GEMM's last-block sum, default 8; 16 measured slower in session 12),
 /// `KILN_GEMM_REG_P` (32-k chunks in flight per warp in the m8/m16 register GEMM, default
-/// 4; session 12). device_run.sh
-/// stages `knobs` and `reduce_in` measure them.
+/// 4; session 12). device_run.sh stages `knobs` and `reg_p` measure them.
 /// `KILN_TIMELINE=1` builds the diagnostic in-graph timeline into every kernel
 /// (kernels/common.cuh; `kiln-eval timeline` reads it; stage `timeline`).
 pub const BUILD_KNOBS: [&str; 8] =

@@ -79,12 +79,14 @@ impl LayerStack<'_> {
             self.k.add_rmsnorm(self.stream, s.resid.ptr, delta, layer.input_norm, nb, nf, t)?;
             let mixed = match &layer.mixer {
                 MixerPtrs::Linear(g) => {
+                    let d = self.gated_deltanet(g, linear, &rows)?;
                     linear += 1;
-                    self.gated_deltanet(g, linear - 1, &rows)?
+                    d
                 }
                 MixerPtrs::Full(a) => {
+                    let d = self.full_attention(a, full, &rows)?;
                     full += 1;
-                    self.full_attention(a, full - 1, &rows)?
+                    d
                 }
             };
             self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(mixed), layer.post_norm, nb, nf, t)?;

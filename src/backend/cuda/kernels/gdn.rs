@@ -106,6 +106,16 @@ pub struct GdnPrefill {
     pub workspace_bytes: usize,
 }
 
+impl GdnDecode {
+    /// The dtype qkv, z, b and a share (b and a also share a row stride), or `what`'s error.
+    fn input_dtype(&self, what: &str) -> Result<super::DType> {
+        let dt = self.qkv.dtype;
+        ensure!(self.z.dtype == dt && self.b.dtype == dt && self.a.dtype == dt, "{what}: qkv, z, b, a must share a dtype");
+        ensure!(self.a.ld == self.b.ld, "{what}: b and a must share a row stride");
+        Ok(dt)
+    }
+}
+
 impl Kernels {
     pub fn conv1d(&self, stream: &CudaStream, c: &Conv1d) -> Result<()> {
         if c.nseq == 0 {
@@ -123,9 +133,7 @@ impl Kernels {
         if g.batch == 0 {
             return Ok(());
         }
-        let dt = g.qkv.dtype;
-        ensure!(g.z.dtype == dt && g.b.dtype == dt && g.a.dtype == dt, "gdn_decode: qkv, z, b, a must share a dtype");
-        ensure!(g.a.ld == g.b.ld, "gdn_decode: b and a must share a row stride");
+        let dt = g.input_dtype("gdn_decode")?;
         let (qkv, ldq, z, ldz, b, a, ldba) = (g.qkv.ptr, int(g.qkv.ld, "ld_qkv")?, g.z.ptr, int(g.z.ld, "ld_z")?, g.b.ptr, g.a.ptr, int(g.b.ld, "ld_ba")?);
         let (cw, cs, st, al, dtb, nw, sl, ps, io) = (g.conv_w, g.conv_state, g.state, g.a_log, g.dt_bias, g.norm_w, g.slots, g.pos, g.state_io);
         let (out, ldo, bb) = (g.out.ptr, int(g.out.ld, "ld_out")?, int(g.batch, "batch")?);
@@ -148,9 +156,7 @@ impl Kernels {
     pub fn gdn_verify(&self, stream: &CudaStream, g: &GdnDecode, launches: &[(usize, usize)]) -> Result<()> {
         ensure!((1..=4).contains(&launches.len()) && launches.len() <= self.dims.conv_kernel, "gdn_verify: {} positions (1 to 4, at most the conv window)", launches.len());
         ensure!(g.state_io != 0, "gdn_verify: needs the rows' state entries");
-        let dt = g.qkv.dtype;
-        ensure!(g.z.dtype == dt && g.b.dtype == dt && g.a.dtype == dt, "gdn_verify: qkv, z, b, a must share a dtype");
-        ensure!(g.a.ld == g.b.ld, "gdn_verify: b and a must share a row stride");
+        let dt = g.input_dtype("gdn_verify")?;
         let n0 = launches[0].1;
         if n0 == 0 {
             return Ok(());

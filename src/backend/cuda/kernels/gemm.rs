@@ -147,8 +147,9 @@ pub struct GemmPlan {
 
 /// Scratch for split-K: `ws` fp32 of at least `Kernels::gemm_workspace_floats` elements,
 /// `counters` u32 of at least `Kernels::gemm_counters_len` elements, zeroed once at
-/// allocation (every launch leaves them zero). Launches that share scratch must be
-/// ordered (same stream).
+/// allocation (every launch leaves them zero), or NULL: the kernels then leave the
+/// partials in `ws` for the consumer to sum (`gemm_deferred`). Launches that share
+/// scratch must be ordered (same stream).
 #[derive(Clone, Copy, Debug)]
 pub struct GemmScratch {
     pub ws: DevPtr,
@@ -240,14 +241,16 @@ impl Kernels {
     /// scratch, so the consumer must come first.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_deferred(&self, stream: &CudaStream, w: DevPtr, x: DevPtr, x_dtype: DType, y: DevPtr, m: usize, n: usize, k: usize, scratch: &GemmScratch) -> Result<Delta> {
-        let plan = self.gemm_plan(n, k);
-        if plan.splits == 1 || m == 0 {
-            self.gemm(stream, w, x, x_dtype, y, DType::F32, m, n, k, scratch)?;
-            return Ok(Delta::Mat(Mat::f32(y, n)));
+        if m == 0 || n == 0 {
+            return Ok(Delta::Mat(Mat::f32(y, n))); // nothing launches (and nothing is logged)
         }
-        self.gemm_launch(stream, w, x, x_dtype, y, DType::F32, m, n, k, scratch, plan, GemmKind::Auto, false)?;
+        let plan = self.gemm_plan(n, k);
+        // Without counters the kernels write the partials and stop (no last-block sum);
+        // one split goes straight to y.
+        let parts_only = GemmScratch { counters: NULL, counters_len: 0, ..*scratch };
+        self.gemm_ex(stream, w, x, x_dtype, y, DType::F32, m, n, k, &parts_only, plan, GemmKind::Auto)?;
         self.note_weight_bytes((n * k * 2) as u64);
-        Ok(Delta::Parts(SplitParts { ptr: scratch.ws, splits: plan.splits, split_stride: m * n }))
+        Ok(if plan.splits == 1 { Delta::Mat(Mat::f32(y, n)) } else { Delta::Parts(SplitParts { ptr: scratch.ws, splits: plan.splits, split_stride: m * n }) })
     }
 
     /// `gemm` with an explicit split (for tuning).
@@ -273,28 +276,6 @@ impl Kernels {
         plan: GemmPlan,
         kind: GemmKind,
     ) -> Result<()> {
-        self.gemm_launch(stream, w, x, x_dtype, y, y_dtype, m, n, k, scratch, plan, kind, true)
-    }
-
-    /// `gemm_ex`; `sum_splits` false leaves a split plan's partials in `scratch.ws` (the
-    /// kernels get no counters: no last-block sum, y untouched).
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_launch(
-        &self,
-        stream: &CudaStream,
-        w: DevPtr,
-        x: DevPtr,
-        x_dtype: DType,
-        y: DevPtr,
-        y_dtype: DType,
-        m: usize,
-        n: usize,
-        k: usize,
-        scratch: &GemmScratch,
-        plan: GemmPlan,
-        kind: GemmKind,
-        sum_splits: bool,
-    ) -> Result<()> {
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -307,7 +288,8 @@ impl Kernels {
         check_aligned(x, 16, "gemm x")?;
         if plan.splits > 1 {
             ensure!(scratch.ws_floats >= plan.splits * m * n, "gemm: workspace of {} floats < {} needed", scratch.ws_floats, plan.splits * m * n);
-            ensure!(scratch.counters_len >= Self::gemm_counters_len(n), "gemm: {} counters < {} needed", scratch.counters_len, Self::gemm_counters_len(n));
+            let need = if scratch.counters == NULL { 0 } else { Self::gemm_counters_len(n) };
+            ensure!(scratch.counters_len >= need, "gemm: {} counters < {need} needed", scratch.counters_len);
         }
         let mi = match m {
             1..=8 => 0,
@@ -315,7 +297,7 @@ impl Kernels {
             17..=32 => 2,
             _ => 3,
         };
-        let (ws, counters) = (scratch.ws, if sum_splits { scratch.counters } else { NULL });
+        let (ws, counters) = (scratch.ws, scratch.counters);
         let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
         if kind == GemmKind::Tiled {
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
