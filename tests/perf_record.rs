@@ -46,9 +46,11 @@ fn a_run_folder_becomes_one_line_with_every_named_field() {
     assert_eq!(m["adversarial_tpot_ms"], 7.139);
     let (oracle, cycle) = (m["oracle_tpot_ms"].as_f64().unwrap(), m["cycle_ms"].as_f64().unwrap());
     assert_eq!(oracle, 1.75);
+    // cycle_ms is rounded to 3 decimals; 1.75 x 4 is exact there.
     assert!((cycle - oracle * 4.0).abs() < 1e-9, "cycle {cycle} from oracle {oracle}");
     for (accept, key) in [(2.5, "2.5"), (2.8, "2.8"), (3.2, "3.2")] {
         let p = m["projected_tpot_ms"][key].as_f64().unwrap();
+        // perf_record.py rounds the projections to 3 decimals.
         assert!((p - cycle / accept).abs() < 1e-3, "projected at {accept}: {p}");
     }
     assert_eq!(l["verify"]["1"]["exact"], true);
