@@ -36,6 +36,11 @@
 #            weight bandwidth inside the graph, and a prefill chunk of $TL_PREFILL tokens
 #            (default 1024) launch by launch
 #            ($OUT/timeline.txt, timeline.jsonl)
+#   tl_verify  (uses the timeline stage's plan, built here if missing) kiln-eval timeline at batch 1
+#            with a verify step of 3 drafts beside the decode step, with the verify's GDN launch
+#            by position (default) and fused (KILN_GDN_VERIFY_FUSED=1): timeline_verify*.txt
+#   wgmma_bits  bench/wgmma_bits.cu (.devbin/wgmma_bits, else nvcc here): whether wgmma's k16
+#            step gives mma.sync's bits, and both MMA forms' throughput (wgmma_bits.txt)
 #   reg_p    a plan whose m8/m16 register GEMM keeps 8 chunks of 32 k in flight per warp
 #            (KILN_GEMM_REG_P=8, default 4): bench at batch 1/8/16 twice, the GEMM table test (reg_p.txt)
 #   splits   bench at batch 1..128 with the K-split targets KILN_GEMM_WARPS=16/20/24/12 (twice)
@@ -62,7 +67,8 @@
 #   ncu_src  ncu's full set and per-instruction (SASS) stall samples of the tiled GEMM at batch 64
 #            and of the prefill's GDN prep, scan and attention (2048 tokens; SRC_PREFILL_KERNELS,
 #            SRC_PREFILL_COUNT), and with NCU_SRC="gdn_decode" of the GDN decode step at batch
-#            64 (NCU_SRC picks the runs; default "tiled prefill"): ncu_src_*, read with
+#            64, with "b1" of the batch-1 step's first four GEMMs (NCU_SRC picks the runs;
+#            default "tiled prefill"): ncu_src_*, read with
 #            scripts/ncu_sass.py
 #   tiled_min  bench at batch 1/8/16/24 with the tiled decode GEMM from M = 17 (default), 9
 #            and 1 (KILN_GEMM_TILED_MIN_M): bench_tiled_min.txt
@@ -292,6 +298,18 @@ if has timeline; then
   # first layers) and the per-kernel sums; timeline.txt and .jsonl have every launch.
   awk '/^(decode|prefill)/ {n = 0; print; next} /^  +[0-9]+ / {if (n++ < 24) print; next} {print}' "$OUT/timeline.txt" | grep -v "^\s*$"
 fi
+if has tl_verify; then
+  log "timeline of a verify step (3 drafts) beside the decode step, batch 1, GDN by position and fused"
+  [ -f /tmp/engines_tl/qwen35_4b_random.plan ] || plan_with tl KILN_TIMELINE=1
+  .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch 1 --verify-drafts 3 > "$OUT/timeline_verify.txt" 2>&1
+  KILN_GDN_VERIFY_FUSED=1 .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch 1 --verify-drafts 3 > "$OUT/timeline_verify_fused.txt" 2>&1
+  grep -h -E "^(decode|verify)|^    kiln" "$OUT/timeline_verify.txt" "$OUT/timeline_verify_fused.txt"
+fi
+if has wgmma_bits; then
+  log "wgmma against mma.sync: bits of a k16 step, throughput"
+  [ -x .devbin/wgmma_bits ] || nvcc -O3 -gencode arch=compute_90a,code=sm_90a bench/wgmma_bits.cu -o .devbin/wgmma_bits
+  .devbin/wgmma_bits 2>&1 | tee "$OUT/wgmma_bits.txt"
+fi
 if has reg_p; then
   # The m8/m16 register GEMM with 8 chunks of 32 k in flight per warp (KILN_GEMM_REG_P=8,
   # a build knob; default 4): batch 1/8/16 beside the default twice, then the GEMM table
@@ -367,7 +385,7 @@ if has ncu_src; then
   # as CSV and the details page ($OUT/ncu_src_<tag>_*).
   ncu_src_run() {
     local tag=$1 kernels=$2 count=$3; shift 3
-    ncu --clock-control none --set full --import-source no -k "regex:$kernels" -c "$count" -f -o "/tmp/ncu_src_$tag" \
+    ncu ${NCU_EXTRA:-} --clock-control none --set full --import-source no -k "regex:$kernels" -c "$count" -f -o "/tmp/ncu_src_$tag" \
       .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" "$@" > "$OUT/ncu_src_${tag}_run.txt" 2>&1
     ncu -i "/tmp/ncu_src_$tag.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_src_${tag}_sass.csv" 2> "$OUT/ncu_src_${tag}_err.txt"
     ncu -i "/tmp/ncu_src_$tag.ncu-rep" --page details --print-details all > "$OUT/ncu_src_${tag}_details.txt" 2>> "$OUT/ncu_src_${tag}_err.txt"
@@ -378,6 +396,10 @@ if has ncu_src; then
   has_src tiled && ncu_src_run tiled kiln_gemm_tiled_xf32_yf32 2 --batch 64 --ctx 1024 --prefill 16 --iters 2
   has_src prefill && ncu_src_run prefill "${SRC_PREFILL_KERNELS:-kiln_attn_prefill_r128|kiln_gdn_prefill_prep|kiln_gdn_prefill_scan}" "${SRC_PREFILL_COUNT:-7}" --batch 1 --ctx 16 --prefill 2048 --iters 1
   has_src gdn_decode && ncu_src_run gdn_decode kiln_gdn_decode_f32_f32 2 --batch 64 --ctx 1024 --prefill 16 --iters 2
+  # b1: the batch-1 step's wide GEMM (shared-x m16: qkvz, then gate_up) and the register m8
+  # one (out, then down) of the first layer, as the step launches them.
+  # (Only the last bench step is profiled: the prefills before it run skinny GEMMs too.)
+  has_src b1 && KILN_PROFILE_DECODE=1 NCU_EXTRA="--profile-from-start off" ncu_src_run b1 "kiln_gemm_sx_xf32_yf32_m16|kiln_gemm_xf32_yf32_m8" 4 --batch 1 --ctx 1024 --prefill 16 --iters 2
 fi
 if has tiled_min; then
   # The tiled GEMM for small batches too (session 10: its fragments are plain shared loads).

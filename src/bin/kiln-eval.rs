@@ -17,7 +17,7 @@ use anyhow::{ensure, Context, Result};
 use clap::{Parser, Subcommand};
 use kiln::backend::cpu::ops::argmax;
 use kiln::backend::cuda::{CudaBackend, CudaOptions};
-use kiln::backend::{Backend, SeqChunk, Want};
+use kiln::backend::{Backend, SeqChunk, VerifyChunk, Want};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -74,6 +74,10 @@ enum Cmd {
         /// Also a prefill of this many tokens in one chunk (0: none).
         #[arg(long, default_value_t = 0)]
         prefill: usize,
+        /// Also a verify step (MTP speculation) of this many drafts per sequence at each
+        /// batch (0: none): where the verify's time goes beside a decode step's.
+        #[arg(long, default_value_t = 0)]
+        verify_drafts: usize,
         /// Every launch of each batch's median step as JSON lines.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -365,7 +369,7 @@ fn main() -> Result<()> {
         Cmd::Logits { plan, cases, out } => logits(plan, cases, out),
         Cmd::Bench { plan, batch, ctx, prefill, iters } => bench(plan, batch, ctx, prefill, iters),
         Cmd::Verify { plan, batch, drafts, steps, ctx } => verify(plan, batch, drafts, steps, ctx),
-        Cmd::Timeline { plan, batch, ctx, steps, prefill, out } => timeline(plan, batch, ctx, steps, prefill, out),
+        Cmd::Timeline { plan, batch, ctx, steps, prefill, verify_drafts, out } => timeline(plan, batch, ctx, steps, prefill, verify_drafts, out),
     }
 }
 
@@ -373,12 +377,16 @@ fn main() -> Result<()> {
 /// (to name the launches), then `steps` steps each timed block by block; the step with
 /// the median span is printed launch by launch and summed per kernel. With `prefill`, a
 /// prefill of that many tokens in one chunk (launch by launch) the same way.
-fn timeline(plan: PathBuf, batch: String, ctx: usize, steps: usize, prefill_len: usize, out: Option<PathBuf>) -> Result<()> {
+fn timeline(plan: PathBuf, batch: String, ctx: usize, steps: usize, prefill_len: usize, drafts: usize, out: Option<PathBuf>) -> Result<()> {
     use kiln::backend::cuda::timeline::{launches, rows, Row};
     let batches: Vec<usize> = batch.split(',').map(|b| b.trim().parse().context("--batch")).collect::<Result<_>>()?;
     let maxb = *batches.iter().max().context("--batch")?;
-    let max_seq_len = (ctx + steps + 32).max(prefill_len + 16);
-    let opt = CudaOptions { max_running: Some(maxb), max_seq_len, max_step_tokens: prefill_len.max(2048), ..Default::default() };
+    // A verify step commits what it accepts, so each timed one moves its sequences on.
+    let max_seq_len = (ctx + steps + 32 + (drafts + 1) * (steps + 2)).max(prefill_len + 16);
+    let mut opt = CudaOptions { max_running: Some(maxb), max_seq_len, max_step_tokens: prefill_len.max(2048), ..Default::default() };
+    if drafts > 0 {
+        (opt.spec_positions, opt.spec_rows) = (drafts + 1, maxb);
+    }
     let mut be = CudaBackend::load(&plan, None, &opt)?;
     be.take_timeline()?;
     let per = opt.max_seq_len.div_ceil(be.capacity().block_size);
@@ -444,6 +452,25 @@ fn timeline(plan: PathBuf, batch: String, ctx: usize, steps: usize, prefill_len:
         let log = be.kernels().record_launches(false);
         step(&mut be, 1)?;
         report(format!("decode batch {b} ctx {ctx}"), &format!("decode{b}"), &log, &mut be, steps, &mut step)?;
+        if drafts > 0 {
+            // Drafts that are all wrong (any id but the greedy one would do): each verify
+            // accepts one token, so the sequences move on by one per run.
+            let mut fed = vec![ctx; b];
+            let limit = vocab as usize;
+            let mut verify = |be: &mut CudaBackend, it: usize| -> Result<()> {
+                let toks: Vec<Vec<u32>> = (0..b).map(|s| (0..=drafts as u32).map(|q| (s as u32 * 31 + it as u32 * 7 + q) % vocab).collect()).collect();
+                let chunks: Vec<VerifyChunk> = (0..b).map(|s| VerifyChunk { slot: s, start_pos: fed[s], tokens: &toks[s], blocks: &blocks[s], limit }).collect();
+                for (s, v) in be.verify(&chunks)?.iter().enumerate() {
+                    fed[s] += v.accepted;
+                }
+                Ok(())
+            };
+            be.kernels().record_launches(true);
+            verify(&mut be, 0)?;
+            let log = be.kernels().record_launches(false);
+            verify(&mut be, 1)?;
+            report(format!("verify batch {b} ctx {ctx} drafts {drafts}"), &format!("verify{b}"), &log, &mut be, steps, &mut verify)?;
+        }
     }
     if prefill_len > 0 {
         // Launch by launch (a prefill chunk has no graph): the log of each run is its own.
