@@ -362,26 +362,138 @@ __device__ __forceinline__ void gemm_epilogue_v2(const float (&acc)[RW][NT][4], 
 // One 32-k chunk (half `h` of the x slab at `slot`) of the shared-x kernel for its first
 // JT batch tiles: per accumulator hi step 0, hi step 1, then (fp32 x) lo step 0, lo step 1,
 // as skinny_gemm; only independent accumulators interleave (the same bits).
-template <int JT, int NTM, int LDB, bool XF32>
+// GUARD: the slot holds only `rows` rows (whole-split staging); the others are zeros.
+template <int JT, int NTM, int LDB, bool XF32, bool GUARD>
 __device__ __forceinline__ void sx_chunk(float (&acc)[2][NTM][4], const unsigned char* slot, const uint4 (&w)[2][2],
-                                         int g, int t, int h) {
+                                         int g, int t, int h, int rows) {
     uint4 hi[JT], lo[JT];
 #pragma unroll
     for (int j = 0; j < JT; ++j) {
         const unsigned char* xp = slot + (size_t)(j * 8 + g) * LDB + h * 64 + t * 16;
-        hi[j] = *reinterpret_cast<const uint4*>(xp);
-        if constexpr (XF32) lo[j] = *reinterpret_cast<const uint4*>(xp + 128);
+        if (!GUARD || j * 8 + g < rows) {
+            hi[j] = *reinterpret_cast<const uint4*>(xp);
+            if constexpr (XF32) lo[j] = *reinterpret_cast<const uint4*>(xp + 128);
+        } else {
+            hi[j] = lo[j] = make_uint4(0u, 0u, 0u, 0u);
+        }
     }
     mma_chunk_tiles<JT, 2, NTM, XF32>(acc, w, hi, lo);
 }
 
 // sx_chunk for JT = jt, found among JT = 1..J (nothing for jt = 0).
-template <int J, int NTM, int LDB, bool XF32>
+template <int J, int NTM, int LDB, bool XF32, bool GUARD = false>
 __device__ __forceinline__ void sx_chunk_live(int jt, float (&acc)[2][NTM][4], const unsigned char* slot,
-                                              const uint4 (&w)[2][2], int g, int t, int h) {
+                                              const uint4 (&w)[2][2], int g, int t, int h, int rows = 0) {
     if constexpr (J >= 1) {
-        if (jt == J) sx_chunk<J, NTM, LDB, XF32>(acc, slot, w, g, t, h);
-        else sx_chunk_live<J - 1, NTM, LDB, XF32>(jt, acc, slot, w, g, t, h);
+        if (jt == J) sx_chunk<J, NTM, LDB, XF32, GUARD>(acc, slot, w, g, t, h, rows);
+        else sx_chunk_live<J - 1, NTM, LDB, XF32, GUARD>(jt, acc, slot, w, g, t, h, rows);
+    }
+}
+
+// Whole-split staging of the m16 shared-x kernel: x for the block's entire K slice in
+// shared memory (slab st, row m at st * M * LDB + m * LDB; M rows, not the tile's 8 or
+// 16), written once, so the main loop has no barrier: at batch 1 the per-slab barrier of
+// the two-slot ring held 8 warps to the slowest one's W load (25 % of the stall samples
+// of gate_up, ncu, session 13). Used when it fits KILN_GEMM_SXW_MAX_BYTES (the launcher's
+// rule, registry::gemm_sxw_smem): every qkvz / gate_up / qgkv launch up to 16 rows and
+// the lm_head's up to 8. The fragments, and so the bits, are the ring's.
+#ifndef KILN_GEMM_SXW_MAX_BYTES
+#define KILN_GEMM_SXW_MAX_BYTES 0
+#endif
+// W chunks of 32 k in flight per warp in the whole-split loop (a build knob; the ring
+// keeps 2, its slots' count).
+#ifndef KILN_GEMM_SXW_P
+#define KILN_GEMM_SXW_P 2
+#endif
+template <bool XF32>
+__device__ __forceinline__ bool sxw_fits(int M, int ks) {
+    return (long long)((ks + V2_SK - 1) / V2_SK) * M * V2Ldb<XF32>::v <= KILN_GEMM_SXW_MAX_BYTES;
+}
+
+// One 8-element x vector of the shared-x kernels: loaded (fp32 or bf16; zeros when !ok)
+// into R registers, then stored at `row` as bf16 hi (and, for fp32 x, lo at +128 bytes).
+template <bool XF32> struct SxVec { static constexpr int R = XF32 ? 8 : 4; };
+template <bool XF32>
+__device__ __forceinline__ void sx_load_vec(const void* x, int m, int K, int k, bool ok, unsigned (&xr)[SxVec<XF32>::R]) {
+    if constexpr (XF32) {
+        float4 a = make_float4(0.f, 0.f, 0.f, 0.f), b = a;
+        if (ok) {
+            const float* p = reinterpret_cast<const float*>(x) + (size_t)m * K + k;
+            a = __ldg(reinterpret_cast<const float4*>(p));
+            b = __ldg(reinterpret_cast<const float4*>(p + 4));
+        }
+        xr[0] = __float_as_uint(a.x); xr[1] = __float_as_uint(a.y);
+        xr[2] = __float_as_uint(a.z); xr[3] = __float_as_uint(a.w);
+        xr[4] = __float_as_uint(b.x); xr[5] = __float_as_uint(b.y);
+        xr[6] = __float_as_uint(b.z); xr[7] = __float_as_uint(b.w);
+    } else {
+        uint4 u = make_uint4(0, 0, 0, 0);
+        if (ok) u = __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const bf16*>(x) + (size_t)m * K + k));
+        xr[0] = u.x; xr[1] = u.y; xr[2] = u.z; xr[3] = u.w;
+    }
+}
+template <bool XF32>
+__device__ __forceinline__ void sx_store_vec(unsigned char* row, const unsigned (&xr)[SxVec<XF32>::R]) {
+    if constexpr (XF32) {
+        unsigned hi[4], lo[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float v0 = __uint_as_float(xr[2 * i]), v1 = __uint_as_float(xr[2 * i + 1]);
+            hi[i] = pack_bf16x2(v0, v1);
+            lo[i] = pack_bf16x2(v0 - bf16lo(hi[i]), v1 - bf16hi(hi[i]));
+        }
+        *reinterpret_cast<uint4*>(row) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+        *reinterpret_cast<uint4*>(row + 128) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+    } else {
+        *reinterpret_cast<uint4*>(row) = make_uint4(xr[0], xr[1], xr[2], xr[3]);
+    }
+}
+
+// The whole-split main loop (see sxw_fits): stage x for slabs 0..nslab-1 of M rows (four
+// vectors in flight per thread), one barrier, then every chunk with its W loaded
+// KILN_GEMM_SXW_P chunks ahead and no barrier. `wr` holds chunks 0 and 1 (loaded before
+// the PDL wait); the accumulators get the ring's MMAs in the ring's order.
+template <int NTM, bool XF32, typename LoadW>
+__device__ __forceinline__ void sxw_loop(uint4 (&wr)[2][2][2], LoadW& load_w, float (&acc)[2][NTM][4], int M, int K,
+                                         int kb, int ke, int nchunks, int nslab, int jt, const void* x, int g, int t) {
+    constexpr int LDB = V2Ldb<XF32>::v, PW = KILN_GEMM_SXW_P;
+    static_assert(PW >= 2, "the whole-split loop keeps at least the ring's two chunks in flight");
+    extern __shared__ __align__(16) unsigned char gs_smem[];
+    const int per_row = nslab * 8, vecs = M * per_row, slab = M * LDB;
+    for (int v0 = threadIdx.x; v0 < vecs; v0 += 4 * GS_THREADS) {
+        unsigned xr[4][SxVec<XF32>::R];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const int v = v0 + u * GS_THREADS, m = v / per_row, r = v - m * per_row;
+            const int k = kb + (r >> 3) * V2_SK + (r & 7) * 8;
+            sx_load_vec<XF32>(x, m, K, k, v < vecs && k < ke, xr[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const int v = v0 + u * GS_THREADS, m = v / per_row, r = v - m * per_row;
+            if (v < vecs) sx_store_vec<XF32>(gs_smem + (size_t)(r >> 3) * slab + (size_t)m * LDB + (r & 7) * 16, xr[u]);
+        }
+    }
+    uint4 wq[PW][2][2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) wq[0][r][h] = wr[0][r][h], wq[1][r][h] = wr[1][r][h];
+#pragma unroll
+    for (int p = 2; p < PW; ++p) load_w(wq[p], p);
+    __syncthreads();
+    for (int c0 = 0; c0 < nchunks; c0 += PW) {
+#pragma unroll
+        for (int p = 0; p < PW; ++p) {
+            const int c = c0 + p;
+            if (c < nchunks) {
+                uint4 cur[2][2];
+#pragma unroll
+                for (int r = 0; r < 2; ++r) cur[r][0] = wq[p][r][0], cur[r][1] = wq[p][r][1];
+                load_w(wq[p], c + PW);
+                sx_chunk_live<NTM, NTM, LDB, XF32, true>(jt, acc, gs_smem + (size_t)(c >> 1) * slab, cur, g, t, c & 1, M);
+            }
+        }
     }
 }
 
@@ -398,6 +510,9 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
     constexpr int XVECS = MP * (V2_SK / 8);
     constexpr int XV = (XVECS + GS_THREADS - 1) / GS_THREADS;
     static_assert(XVECS % GS_THREADS == 0 || XVECS < GS_THREADS, "v2 x staging");
+    // Up to 16 rows, the whole K slice when it fits (`sxw_fits`): see skinny_gemm_sxw_loop.
+    bool whole = false;
+    if constexpr (NTM <= 2) whole = sxw_fits<XF32>(M, ks);
     extern __shared__ __align__(16) unsigned char gs_smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -438,30 +553,13 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
     };
 
     // x staging: vector v = threadIdx.x + q * 256 is row v / 8, k offset (v % 8) * 8 of the slab.
-    constexpr int XR = XF32 ? 8 : 4;  // 32-bit registers per vector
-    unsigned xr[XV][XR];
+    unsigned xr[XV][SxVec<XF32>::R];
     auto load_xs = [&](int st) {
 #pragma unroll
         for (int q = 0; q < XV; ++q) {
             const int v = threadIdx.x + q * GS_THREADS;
             const int m = v >> 3, k = kb + st * V2_SK + (v & 7) * 8;
-            const bool ok = v < XVECS && st < nslab && m < M && k < ke;
-            if constexpr (XF32) {
-                float4 a = make_float4(0.f, 0.f, 0.f, 0.f), b = a;
-                if (ok) {
-                    const float* p = reinterpret_cast<const float*>(x) + (size_t)m * K + k;
-                    a = __ldg(reinterpret_cast<const float4*>(p));
-                    b = __ldg(reinterpret_cast<const float4*>(p + 4));
-                }
-                xr[q][0] = __float_as_uint(a.x); xr[q][1] = __float_as_uint(a.y);
-                xr[q][2] = __float_as_uint(a.z); xr[q][3] = __float_as_uint(a.w);
-                xr[q][4] = __float_as_uint(b.x); xr[q][5] = __float_as_uint(b.y);
-                xr[q][6] = __float_as_uint(b.z); xr[q][7] = __float_as_uint(b.w);
-            } else {
-                uint4 u = make_uint4(0, 0, 0, 0);
-                if (ok) u = __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const bf16*>(x) + (size_t)m * K + k));
-                xr[q][0] = u.x; xr[q][1] = u.y; xr[q][2] = u.z; xr[q][3] = u.w;
-            }
+            sx_load_vec<XF32>(x, m, K, k, v < XVECS && st < nslab && m < M && k < ke, xr[q]);
         }
     };
     auto store_xs = [&](int slot) {
@@ -470,20 +568,7 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
         for (int q = 0; q < XV; ++q) {
             const int v = threadIdx.x + q * GS_THREADS;
             if (XVECS < GS_THREADS && v >= XVECS) continue;
-            unsigned char* row = base + (size_t)(v >> 3) * LDB + (v & 7) * 16;
-            if constexpr (XF32) {
-                unsigned hi[4], lo[4];
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const float v0 = __uint_as_float(xr[q][2 * i]), v1 = __uint_as_float(xr[q][2 * i + 1]);
-                    hi[i] = pack_bf16x2(v0, v1);
-                    lo[i] = pack_bf16x2(v0 - bf16lo(hi[i]), v1 - bf16hi(hi[i]));
-                }
-                *reinterpret_cast<uint4*>(row) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
-                *reinterpret_cast<uint4*>(row + 128) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
-            } else {
-                *reinterpret_cast<uint4*>(row) = make_uint4(xr[q][0], xr[q][1], xr[q][2], xr[q][3]);
-            }
+            sx_store_vec<XF32>(base + (size_t)(v >> 3) * LDB + (v & 7) * 16, xr[q]);
         }
     };
 
@@ -491,6 +576,13 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
     for (int p = 0; p < P; ++p) load_w(wr[p], p);
     prefetch_rows_early(W, row0, RW * 16, lane, M, N, K, kb, ke, P * 32, splits, ks);
     KILN_PDL_ENTER_ROWS(M);
+    if constexpr (NTM <= 2) {
+        if (whole) {
+            sxw_loop<NTM, XF32>(wr, load_w, acc, M, K, kb, ke, nchunks, nslab, jt, x, g, t);
+            gemm_epilogue_v2<RW, NTM, RB, GS_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits, jt);
+            return;
+        }
+    }
     load_xs(0);
     store_xs(0);
     load_xs(1);

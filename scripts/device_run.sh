@@ -41,6 +41,10 @@
 #            by position (default) and fused (KILN_GDN_VERIFY_FUSED=1): timeline_verify*.txt
 #   wgmma_bits  bench/wgmma_bits.cu (.devbin/wgmma_bits, else nvcc here): whether wgmma's k16
 #            step gives mma.sync's bits, and both MMA forms' throughput (wgmma_bits.txt)
+#   sxw      the m16 shared-x GEMM staging a whole K slice of x (the default since session 13)
+#            against a plan built with KILN_GEMM_SXW_MAX_BYTES=0 (the two-slab ring), and with
+#            the shared-x kernel for every weight up to 16 rows (KILN_GEMM_SX_MIN_N=0): bench at
+#            batch 1/8/16 twice each, logits of both against the default's (needs refs, eval)
 #   reg_p    a plan whose m8/m16 register GEMM keeps 8 chunks of 32 k in flight per warp
 #            (KILN_GEMM_REG_P=8, default 4): bench at batch 1/8/16 twice, the GEMM table test (reg_p.txt)
 #   splits   bench at batch 1..128 with the K-split targets KILN_GEMM_WARPS=16/20/24/12 (twice)
@@ -309,6 +313,17 @@ if has wgmma_bits; then
   log "wgmma against mma.sync: bits of a k16 step, throughput"
   [ -x .devbin/wgmma_bits ] || nvcc -O3 -gencode arch=compute_90a,code=sm_90a bench/wgmma_bits.cu -o .devbin/wgmma_bits
   .devbin/wgmma_bits 2>&1 | tee "$OUT/wgmma_bits.txt"
+fi
+if has sxw; then
+  log "shared-x GEMM: whole-split x staging against the ring, and for every weight"
+  plan_with sxw0 KILN_GEMM_SXW_MAX_BYTES=0
+  for r in 1 2; do
+    bench_as "sxw whole" sxw.txt "$ENG/qwen35_4b_random.plan" -- --batch 1,8,16 --prefill 16
+    bench_as "sxw ring" sxw.txt /tmp/engines_sxw0/qwen35_4b_random.plan -- --batch 1,8,16 --prefill 16
+    bench_as "sxw whole, every weight" sxw.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_SX_MIN_N=0 -- --batch 1,8,16 --prefill 16
+  done
+  logits_check sxw0 /tmp/engines_sxw0/qwen35_4b_random.plan
+  logits_check sxall "$ENG/qwen35_4b_random.plan" KILN_GEMM_SX_MIN_N=0
 fi
 if has reg_p; then
   # The m8/m16 register GEMM with 8 chunks of 32 k in flight per warp (KILN_GEMM_REG_P=8,

@@ -143,6 +143,27 @@ pub fn gemm_sx_smem(x: DType, max_m: usize) -> usize {
     2 * max_m * if x == DType::F32 { 320 } else { 192 }
 }
 
+/// The most dynamic shared memory the m16 shared-x kernel stages a whole K slice of x in
+/// (kernels/gemm.cu `sxw_fits`): two blocks of it fit an SM (228 KB on sm_90 and sm_100).
+pub const GEMM_SXW_MAX_BYTES: usize = 100 * 1024;
+
+/// The bound compiled into a plan's kernels: `GEMM_SXW_MAX_BYTES`, or less with the
+/// build-time experiment `KILN_GEMM_SXW_MAX_BYTES` (0: the two-slab ring always, the
+/// kernel before session 13). Never more: launches give the kernel at most
+/// `gemm_sxw_smem`'s bytes, which a smaller bound only leaves partly unused.
+pub fn gemm_sxw_max_bytes_built() -> usize {
+    std::env::var("KILN_GEMM_SXW_MAX_BYTES").ok().and_then(|v| v.parse::<usize>().ok()).map_or(GEMM_SXW_MAX_BYTES, |v| v.min(GEMM_SXW_MAX_BYTES))
+}
+
+/// Dynamic shared memory of the m16 shared-x kernel when it stages the whole K slice of x
+/// (M rows, slabs of 64 k of a `ks`-column slice), or None when that does not fit
+/// `GEMM_SXW_MAX_BYTES` or M > 16 (the two-slab ring then, `gemm_sx_smem`). The kernel
+/// takes the same decision from the same numbers.
+pub fn gemm_sxw_smem(x: DType, m: usize, ks: usize) -> Option<usize> {
+    let bytes = ks.div_ceil(64) * m * if x == DType::F32 { 320 } else { 192 };
+    (m <= GEMM_SX_MAX_M[0] && bytes <= GEMM_SXW_MAX_BYTES).then_some(bytes)
+}
+
 /// Dynamic shared memory of `GEMM_TILED`: its W stages of 64 k (128-row tiles, 128 bytes
 /// per row) and x stages (64-row tiles, hi and lo planes for fp32 x).
 pub fn gemm_tiled_smem(x: DType) -> usize {
@@ -167,7 +188,9 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     for x in BOTH {
         for y in BOTH {
             for (i, m) in GEMM_SX_MAX_M.iter().enumerate() {
-                add("gemm", &[GEMM_SX[x.idx()][y.idx()][i]], gemm_sx_smem(x, *m));
+                // The m16 variant may stage a whole K slice (`gemm_sxw_smem`).
+                let most = if i == 0 { gemm_sx_smem(x, *m).max(GEMM_SXW_MAX_BYTES) } else { gemm_sx_smem(x, *m) };
+                add("gemm", &[GEMM_SX[x.idx()][y.idx()][i]], most);
             }
         }
     }
@@ -206,6 +229,7 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
         format!("-DKILN_ARGMAX_SLICE={ARGMAX_SLICE}"),
         format!("-DKILN_TILED_W_SLOTS={}", TILED_STAGES.0),
         format!("-DKILN_TILED_X_SLOTS={}", TILED_STAGES.1),
+        format!("-DKILN_GEMM_SXW_MAX_BYTES={}", gemm_sxw_max_bytes_built()),
     ];
     for rows in ATTN_PREFILL_ROWS {
         v.push(format!("-DKILN_SMEM_ATTN_PREFILL_R{rows}={}", attn_prefill_smem(d.head_dim, rows)));
@@ -233,6 +257,28 @@ pub fn exported_names(cubin: &[u8]) -> std::collections::BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_m16_shared_x_kernel_stages_whole_slices_of_the_model_shapes() {
+        // Qwen3.5-4B on 132 SMs (kernels::gemm's split test): qkvz ks 640, gate_up and qgkv
+        // 864, the lm_head one split of 2560. Every wide weight up to 16 rows stages its
+        // whole slice; the lm_head up to 8 rows (40 slabs x 8 x 320 bytes = the bound).
+        assert_eq!(gemm_sxw_smem(DType::F32, 1, 640), Some(10 * 320));
+        assert_eq!(gemm_sxw_smem(DType::F32, 16, 640), Some(10 * 16 * 320));
+        assert_eq!(gemm_sxw_smem(DType::F32, 16, 864), Some(14 * 16 * 320));
+        assert_eq!(gemm_sxw_smem(DType::F32, 8, 2560), Some(GEMM_SXW_MAX_BYTES));
+        assert_eq!(gemm_sxw_smem(DType::F32, 9, 2560), None);
+        assert_eq!(gemm_sxw_smem(DType::BF16, 13, 2560), Some(40 * 13 * 192));
+        // Above 16 rows the m32 / m64 variants keep their ring.
+        assert_eq!(gemm_sxw_smem(DType::F32, 17, 64), None);
+        // Two blocks of the most it stages fit an SM's 228 KB (sm_90 and sm_100), beside
+        // the 1 KB the driver reserves per block.
+        assert!(2 * (GEMM_SXW_MAX_BYTES + 1024) <= 228 * 1024);
+        // Without the build-time experiment the kernels get the bound the launcher uses.
+        if std::env::var("KILN_GEMM_SXW_MAX_BYTES").is_err() {
+            assert_eq!(gemm_sxw_max_bytes_built(), GEMM_SXW_MAX_BYTES);
+        }
+    }
 
     #[test]
     fn every_name_is_listed_once_and_sizes_match_the_documented_ones() {

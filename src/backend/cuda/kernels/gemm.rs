@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
 
@@ -310,7 +310,10 @@ impl Kernels {
             // the next W before the MMAs; the bits are the same in all three).
             let si = GEMM_SX_MAX_M.iter().position(|&v| m <= v).unwrap_or(GEMM_SX_MAX_M.len() - 1);
             let grid = (n.div_ceil(256) as u32, plan.splits as u32, 1);
-            let smem = gemm_sx_smem(x_dtype, GEMM_SX_MAX_M[si]) as u32;
+            // Up to 16 rows the kernel stages the whole K slice of x when it fits (no
+            // barrier in its loop), else a ring of two 64-k slabs.
+            let ring = gemm_sx_smem(x_dtype, GEMM_SX_MAX_M[si]);
+            let smem = if si == 0 { gemm_sxw_smem(x_dtype, m, plan.ks).map_or(ring, |w| w.max(ring)) } else { ring } as u32;
             return self.launch(GEMM_SX[x_dtype.idx()][y_dtype.idx()][si], stream, grid, 256, smem, &mut p);
         }
         let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
