@@ -312,7 +312,12 @@ GDN_VERIFY(kiln_gdn_verify_bf16_bf16, bf16, bf16)
 //     const int* pos, int T): for every row t with slots[t] >= 0, the ring row of position
 //   pos[t] = to_f(qkv[t][0..CONV_DIM)): what kiln_gdn_decode writes into the ring, for the
 //   rows kiln_gdn_verify fed without writing it. A sequence's rows are distinct positions,
-//   at most CONV_K of them, so no two rows write one ring row. grid (T), block 256.
+//   at most CONV_K of them, so no two rows write one ring row. grid (T, RING_WRITE_SLICES),
+//   block 256: a block writes 1/RING_WRITE_SLICES of a row, RING_WRITE_PER channels per
+//   thread, loads before stores (one block per row took ~7 µs per launch, 0.18 ms per
+//   verify step; session 13 timeline).
+#define RING_WRITE_SLICES 8
+#define RING_WRITE_PER 4
 template <typename IN>
 __device__ __forceinline__ void conv_ring_write(const IN* __restrict__ qkv, int ld_qkv, float* __restrict__ conv_state,
                                                 const int* __restrict__ slots, const int* __restrict__ pos, int T) {
@@ -322,7 +327,22 @@ __device__ __forceinline__ void conv_ring_write(const IN* __restrict__ qkv, int 
     const int slot = slots[t];
     if (slot < 0) return;
     float* dst = conv_state + ((size_t)slot * CONV_K + pos[t] % CONV_K) * CONV_DIM;
-    for (int ch = threadIdx.x; ch < CONV_DIM; ch += blockDim.x) dst[ch] = to_f(qkv[(size_t)t * ld_qkv + ch]);
+    const IN* src = qkv + (size_t)t * ld_qkv;
+    constexpr int STRIDE = 256 * RING_WRITE_SLICES;  // channels between a thread's own
+    const int ch0 = blockIdx.y * 256 + threadIdx.x;
+    float v[RING_WRITE_PER];
+#pragma unroll
+    for (int i = 0; i < RING_WRITE_PER; ++i) {
+        const int ch = ch0 + i * STRIDE;
+        v[i] = ch < CONV_DIM ? to_f(src[ch]) : 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < RING_WRITE_PER; ++i) {
+        const int ch = ch0 + i * STRIDE;
+        if (ch < CONV_DIM) dst[ch] = v[i];
+    }
+    // Channels past what the grid covers (none for CONV_DIM <= 8192), one by one.
+    for (int ch = ch0 + RING_WRITE_PER * STRIDE; ch < CONV_DIM; ch += STRIDE) dst[ch] = to_f(src[ch]);
 }
 extern "C" __global__ void __launch_bounds__(256)
     kiln_conv_ring_write_f32(const float* qkv, int ld_qkv, float* conv_state, const int* slots, const int* pos, int T) {

@@ -44,6 +44,13 @@ pub struct GemmChoices {
     /// `KILN_GEMM_SX_MIN_N=N` moves the bound, 0 taking shared-x for every weight).
     pub small_shared_x: bool,
     pub shared_x_min_n: usize,
+    /// From this many rows (up to 16) the shared-x kernel takes every weight, the narrow
+    /// ones (out, o, down) too (`KILN_GEMM_SX_ALL_MIN_M`; 0 never). H100, session 13 call
+    /// 3, two runs each, bit-identical logits: shared-x for every weight against the
+    /// register kernel for the narrow ones gave batch 16 5.780 / 5.766 against 6.035 /
+    /// 6.027 ms, batch 8 5.112 / 5.114 against 5.178 / 5.175, but batch 1 4.516 / 4.526
+    /// against 4.356 / 4.362 (2..7 rows not measured; they keep the register kernel).
+    pub shared_x_all_min_m: usize,
     /// Warps per SM the split of a weight below `WIDE_N` columns aims at (`KILN_GEMM_WARPS`)
     /// and of a wide one (`KILN_GEMM_WIDE_WARPS`; 16 gives the splits before 2026-12-05).
     pub warps: usize,
@@ -61,7 +68,7 @@ pub struct GemmChoices {
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_cluster_max_m: 16 }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_cluster_max_m: 16 }
     }
 }
 
@@ -76,6 +83,7 @@ impl GemmChoices {
             tiled_min_m: num("KILN_GEMM_TILED_MIN_M", d.tiled_min_m).max(1),
             small_shared_x: flag("KILN_GEMM_SMALL_SX", d.small_shared_x),
             shared_x_min_n: num("KILN_GEMM_SX_MIN_N", d.shared_x_min_n),
+            shared_x_all_min_m: num("KILN_GEMM_SX_ALL_MIN_M", d.shared_x_all_min_m),
             warps: num("KILN_GEMM_WARPS", d.warps).max(1),
             wide_warps: num("KILN_GEMM_WIDE_WARPS", d.wide_warps).max(1),
             defer_sum: flag("KILN_GEMM_DEFER_SUM", d.defer_sum),
@@ -93,7 +101,8 @@ impl GemmChoices {
     }
 
     /// The kernel `GemmKind::Auto` runs: up to M = 16 the shared-x kernel for the wide
-    /// weights and the register kernel for the rest; the tiled kernel above (the only one
+    /// weights and the register kernel for the rest (shared-x for every weight from
+    /// `shared_x_all_min_m` rows); the tiled kernel above (the only one
     /// that takes M > 64), or the shared-x kernel for 17..64 without it. All are
     /// bit-identical for one plan, so the choice may depend on M.
     /// Why shared-x for the wide weights at M <= 16: with the 24-warp splits the register
@@ -106,7 +115,8 @@ impl GemmChoices {
         if self.tiled && m >= self.tiled_min_m.min(17) {
             GemmKind::Tiled
         } else if m <= 16 {
-            if self.small_shared_x && n >= self.shared_x_min_n {
+            let all = self.shared_x_all_min_m > 0 && m >= self.shared_x_all_min_m;
+            if self.small_shared_x && (n >= self.shared_x_min_n || all) {
                 GemmKind::SharedX
             } else {
                 GemmKind::Register
@@ -332,6 +342,7 @@ mod tests {
         // CI never sets KILN_GEMM_TILED: the default, measured on the device, is the tiled
         // kernel from 17 rows, and decode GEMMs in 256-row pieces.
         assert!(std::env::var("KILN_GEMM_TILED").is_err() && std::env::var("KILN_GEMM_TILED_MIN_M").is_err());
+        assert!(std::env::var("KILN_GEMM_SX_ALL_MIN_M").is_err());
         assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err() && std::env::var("KILN_GEMM_SX_MIN_N").is_err());
         assert!(std::env::var("KILN_GEMM_WARPS").is_err() && std::env::var("KILN_GEMM_WIDE_WARPS").is_err());
         assert!(std::env::var("KILN_GEMM_DEFER_SUM").is_err() && std::env::var("KILN_GEMM_DEFER_CLUSTER_MAX_M").is_err());
@@ -344,7 +355,11 @@ mod tests {
         for n in [64, 2560, 10239, 10240, 12352, 248_320] {
             let small = if n >= SHARED_X_MIN_N { GemmKind::SharedX } else { GemmKind::Register };
             assert_eq!(c.auto_kind(1, n), small);
-            assert_eq!(c.auto_kind(16, n), small);
+            assert_eq!(c.auto_kind(7, n), small);
+            // From 8 rows every weight takes the shared-x kernel (measured, session 13).
+            assert_eq!(c.auto_kind(8, n), GemmKind::SharedX);
+            assert_eq!(c.auto_kind(16, n), GemmKind::SharedX);
+            assert_eq!(GemmChoices { shared_x_all_min_m: 0, ..c }.auto_kind(16, n), small);
             assert_eq!(c.auto_kind(17, n), GemmKind::Tiled);
             assert_eq!(c.auto_kind(64, n), GemmKind::Tiled);
             assert_eq!(c.auto_kind(65, n), GemmKind::Tiled);
@@ -352,7 +367,7 @@ mod tests {
             // The experiment's lower bound moves only the small batches to the tiled
             // kernel; 17 rows and up stay there whatever it says.
             let low = GemmChoices { tiled_min_m: 9, ..c };
-            assert_eq!(low.auto_kind(8, n), small);
+            assert_eq!(low.auto_kind(7, n), small);
             assert_eq!(low.auto_kind(9, n), GemmKind::Tiled);
             assert_eq!(GemmChoices { tiled_min_m: 40, ..c }.auto_kind(17, n), GemmKind::Tiled);
             assert_eq!(GemmChoices { tiled: false, tiled_min_m: 1, ..c }.auto_kind(1, n), small);
