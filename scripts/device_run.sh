@@ -38,7 +38,7 @@
 #            ($OUT/timeline.txt, timeline.jsonl)
 #   tl_verify  (uses the timeline stage's plan, built here if missing) kiln-eval timeline at batch 1
 #            with a verify step of 3 drafts beside the decode step, with the verify's GDN launch
-#            by position (default) and fused (KILN_GDN_VERIFY_FUSED=1): timeline_verify*.txt
+#            by position (KILN_GDN_VERIFY_FUSED=0) and fused (=1): timeline_verify*.txt
 #   wgmma_bits  bench/wgmma_bits.cu (.devbin/wgmma_bits, else nvcc here): whether wgmma's k16
 #            step gives mma.sync's bits, and both MMA forms' throughput (wgmma_bits.txt)
 #   sxw      the m16 shared-x GEMM staging a whole K slice of x (the default since session 13)
@@ -85,7 +85,8 @@
 #   eval     kiln-eval logits + compare against the references
 #   verify   kiln-eval verify: speculative verification exact against plain decoding at batch
 #            1/4/8 (3 drafts), and a verify call's time against a decode step's; again
-#            without graphs, and with the fused GDN verify kernel (KILN_GDN_VERIFY_FUSED=1)
+#            without graphs, and with the GDN one launch per position (KILN_GDN_VERIFY_FUSED=0;
+#            the default fuses it up to 4 sequences)
 #   kernels  tests/cuda_kernels (.devbin/cuda_kernels-*) with --ignored (KERNEL_TESTS: name
 #            filters), then the kernel bench (KERNEL_BENCH=0: the tests only)
 #   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
@@ -217,9 +218,9 @@ if has verify; then
   log verify; .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify.txt" | tail -5
   # The same with verify steps launch by launch (graphs are the default).
   log "verify (no graphs)"; KILN_VERIFY_GRAPHS=0 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_graphs.txt" | tail -5
-  # The verify's GDN as one launch per layer (KILN_GDN_VERIFY_FUSED=1, session 12): exact
-  # against plain decoding too, and the verify's time against the run above.
-  log "verify (fused GDN)"; KILN_GDN_VERIFY_FUSED=1 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_fused.txt" | tail -5
+  # The verify's GDN one launch per position (KILN_GDN_VERIFY_FUSED=0; the default runs one
+  # launch per layer up to 4 sequences since session 13): exact too, and its time.
+  log "verify (GDN by position)"; KILN_GDN_VERIFY_FUSED=0 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_by_position.txt" | tail -5
 fi
 if has profile; then
   log "ncu: per-kernel times of one 1024-token prefill"
@@ -305,7 +306,7 @@ fi
 if has tl_verify; then
   log "timeline of a verify step (3 drafts) beside the decode step, batch 1, GDN by position and fused"
   [ -f /tmp/engines_tl/qwen35_4b_random.plan ] || plan_with tl KILN_TIMELINE=1
-  .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch 1 --verify-drafts 3 > "$OUT/timeline_verify.txt" 2>&1
+  KILN_GDN_VERIFY_FUSED=0 .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch 1 --verify-drafts 3 > "$OUT/timeline_verify.txt" 2>&1
   KILN_GDN_VERIFY_FUSED=1 .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch 1 --verify-drafts 3 > "$OUT/timeline_verify_fused.txt" 2>&1
   grep -h -E "^(decode|verify)|^    kiln" "$OUT/timeline_verify.txt" "$OUT/timeline_verify_fused.txt"
 fi

@@ -121,7 +121,8 @@ pub struct Kernels {
     _modules: Vec<Arc<CudaModule>>,
     pdl: AtomicBool,
     gdn_split: AtomicBool,
-    gdn_verify_fused: bool,
+    /// `KILN_GDN_VERIFY_FUSED`: 1 always, 0 never, unset by the batch (`gdn_verify_fused`).
+    gdn_verify_fused: Option<bool>,
     /// Which decode GEMM kernel takes which shape, and the K splits (read at load).
     pub(crate) gemm_choices: GemmChoices,
     /// Rows per block of the prefill attention kernel (`ATTN_PREFILL_ROWS`): 128 (8 warps
@@ -174,7 +175,7 @@ impl Kernels {
         // The column-split GDN decode kernel is opt-in (env KILN_GDN_SPLIT=1) until a device
         // run has checked and timed it.
         let gdn_split = std::env::var("KILN_GDN_SPLIT").is_ok_and(|v| v == "1");
-        let gdn_verify_fused = std::env::var("KILN_GDN_VERIFY_FUSED").is_ok_and(|v| v == "1");
+        let gdn_verify_fused = std::env::var("KILN_GDN_VERIFY_FUSED").ok().map(|v| v != "0");
         let attn_prefill_rows = if std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "64") { 64 } else { 128 };
         let timeline = Timeline::attach(&loaded, &ctx.default_stream(), TIMELINE_RECORDS)?;
         Ok(Kernels {
@@ -270,12 +271,16 @@ impl Kernels {
         self.gdn_split.load(Ordering::Relaxed)
     }
 
-    /// Whether a verify step runs its GDN as one kiln_gdn_verify launch per layer (every
-    /// fed position of a sequence in one block) instead of one decode launch per position
-    /// (`KILN_GDN_VERIFY_FUSED=1`; session 12, not yet run on a GPU; the same bits by
-    /// construction, tested by t_gdn_verify).
-    pub fn gdn_verify_fused(&self) -> bool {
-        self.gdn_verify_fused && !self.gdn_split()
+    /// Whether a verify step of `seqs` sequences runs its GDN as one kiln_gdn_verify launch
+    /// per layer (every fed position of a sequence in one block) instead of one decode
+    /// launch per position. The same bits either way (t_gdn_verify; exact end to end on
+    /// the H100, session 13). By default while its blocks (one per sequence and value
+    /// head, one per SM) fit one wave: H100, 3 drafts, verify 5.079 against 5.101 ms at
+    /// batch 1, 6.121 against 6.410 at 4, but 7.171 against 7.038 at 8 (256 blocks, two
+    /// waves). `KILN_GDN_VERIFY_FUSED=1` / `0` forces it on / off.
+    pub fn gdn_verify_fused(&self, seqs: usize) -> bool {
+        let fits = seqs * self.dims.lin_num_v_heads <= self.num_sms as usize;
+        self.gdn_verify_fused.unwrap_or(fits) && !self.gdn_split()
     }
 
     pub fn gemm_choices(&self) -> &GemmChoices {

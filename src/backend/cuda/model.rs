@@ -166,7 +166,8 @@ impl LayerStack<'_> {
                 slots: r.at(r.meta.slots + r0), pos: r.at(r.meta.pos + r0), state_io: io, out: out.rows(r0), batch: n,
             }
         };
-        if !r.l.gdn_launches.is_empty() && k.gdn_verify_fused() {
+        // Position 0's launch holds every sequence of the verify step.
+        if !r.l.gdn_launches.is_empty() && k.gdn_verify_fused(r.l.gdn_launches[0].1) {
             k.gdn_verify(st, &rows_from(0, nd), launches)?;
             k.conv_ring_write(st, qkvz, conv_state, r.at(r.meta.slots), r.at(r.meta.pos), nd)?;
         } else {
