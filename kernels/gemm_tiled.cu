@@ -118,6 +118,86 @@ __device__ __forceinline__ void tg_chunk_live(float (&acc)[2][4][4], int jt, con
     }
 }
 
+// The tile's split sum after its partials are written: the last block of the tile to
+// arrive (counted in counters[blockIdx.x]) adds the splits in order from 0 into y.
+template <typename Y>
+__device__ __forceinline__ void tg_split_sum(Y* __restrict__ y, const float* __restrict__ ws, unsigned* __restrict__ counters,
+                                             int M, int N, int splits, int n0, int m0) {
+    const int tid = threadIdx.x;
+    __threadfence();
+    __syncthreads();
+    __shared__ unsigned tg_last;
+    if (tid == 0) tg_last = atomicAdd(&counters[blockIdx.x], 1u) == (unsigned)(splits - 1);
+    __syncthreads();
+    if (!tg_last) return;
+    __threadfence();
+    // The tile's sums, 4 consecutive outputs per item, splits added in order from 0.
+    // A thread owns TG_ITEMS items; it loads TG_RS splits of TG_IG items at once (16
+    // float4 in flight) before adding them, so a tile of 13 splits takes 8 dependent
+    // L2 round trips per thread instead of 32. The additions, and so the bits, are
+    // those of a sum one partial at a time.
+    const size_t stride = (size_t)M * N;
+    const bool vec = (N & 3) == 0 && (reinterpret_cast<size_t>(ws) & 15) == 0;
+    if (vec) {
+        constexpr int TG_ITEMS = (TG_BN / 4) * TG_BM / TG_THREADS, TG_IG = 4, TG_RS = 4;
+        static_assert(TG_ITEMS % TG_IG == 0, "whole groups of items per thread");
+#pragma unroll 1
+        for (int g0 = 0; g0 < TG_ITEMS; g0 += TG_IG) {
+            const float* p[TG_IG];
+            bool ok[TG_IG];
+            float4 s4[TG_IG];
+#pragma unroll
+            for (int u = 0; u < TG_IG; ++u) {
+                const int i = tid + (g0 + u) * TG_THREADS;
+                const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
+                ok[u] = n < N && m < M;
+                p[u] = ws + (size_t)(ok[u] ? m : 0) * N + (ok[u] ? n : 0);
+                s4[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+#pragma unroll 1
+            for (int sp = 0; sp < splits; sp += TG_RS) {
+                float4 a[TG_IG][TG_RS];
+#pragma unroll
+                for (int u = 0; u < TG_IG; ++u)
+#pragma unroll
+                    for (int r = 0; r < TG_RS; ++r)
+                        a[u][r] = ok[u] && sp + r < splits ? __ldcg(reinterpret_cast<const float4*>(p[u] + (sp + r) * stride))
+                                                           : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                for (int u = 0; u < TG_IG; ++u)
+#pragma unroll
+                    for (int r = 0; r < TG_RS; ++r)
+                        if (sp + r < splits) {
+                            s4[u].x += a[u][r].x; s4[u].y += a[u][r].y; s4[u].z += a[u][r].z; s4[u].w += a[u][r].w;
+                        }
+            }
+#pragma unroll
+            for (int u = 0; u < TG_IG; ++u) {
+                if (!ok[u]) continue;
+                const int i = tid + (g0 + u) * TG_THREADS;
+                const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
+                Y* dst = y + (size_t)m * N + n;
+                dst[0] = from_f<Y>(s4[u].x); dst[1] = from_f<Y>(s4[u].y); dst[2] = from_f<Y>(s4[u].z); dst[3] = from_f<Y>(s4[u].w);
+            }
+        }
+    } else {
+        for (int i = tid; i < (TG_BN / 4) * TG_BM; i += TG_THREADS) {
+            const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
+            if (n >= N || m >= M) continue;
+            const float* p = ws + (size_t)m * N + n;
+            float s4[4] = {0.f, 0.f, 0.f, 0.f};
+            for (int sp = 0; sp < splits; ++sp)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    if (n + e < N) s4[e] += __ldcg(p + sp * stride + e);
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                if (n + e < N) y[(size_t)m * N + n + e] = from_f<Y>(s4[e]);
+        }
+    }
+    if (tid == 0) counters[blockIdx.x] = 0u;
+}
+
 template <bool XF32, int WST, int XST, typename Y>
 __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const void* __restrict__ x, Y* __restrict__ y,
                                            float* __restrict__ ws, unsigned* __restrict__ counters, int M, int N,
@@ -301,79 +381,240 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
                 }
             }
     if (!part || counters == nullptr) return;  // counters NULL: partials only (gemm.cu)
-    __threadfence();
-    __syncthreads();
-    __shared__ unsigned tg_last;
-    if (tid == 0) tg_last = atomicAdd(&counters[blockIdx.x], 1u) == (unsigned)(splits - 1);
-    __syncthreads();
-    if (!tg_last) return;
-    __threadfence();
-    // The tile's sums, 4 consecutive outputs per item, splits added in order from 0.
-    // A thread owns TG_ITEMS items; it loads TG_RS splits of TG_IG items at once (16
-    // float4 in flight) before adding them, so a tile of 13 splits takes 8 dependent
-    // L2 round trips per thread instead of 32. The additions, and so the bits, are
-    // those of a sum one partial at a time.
-    const size_t stride = (size_t)M * N;
-    const bool vec = (N & 3) == 0 && (reinterpret_cast<size_t>(ws) & 15) == 0;
-    if (vec) {
-        constexpr int TG_ITEMS = (TG_BN / 4) * TG_BM / TG_THREADS, TG_IG = 4, TG_RS = 4;
-        static_assert(TG_ITEMS % TG_IG == 0, "whole groups of items per thread");
-#pragma unroll 1
-        for (int g0 = 0; g0 < TG_ITEMS; g0 += TG_IG) {
-            const float* p[TG_IG];
-            bool ok[TG_IG];
-            float4 s4[TG_IG];
+    tg_split_sum<Y>(y, ws, counters, M, N, splits, n0, m0);
+}
+
+// ---------------------------------------------------------------------------------
+// wgmma variant (sm_90a only; session 13, an experiment behind KILN_GEMM_WGMMA=1):
+// kiln_gemm_tiled_wg_x{f32,bf16}_y{f32,bf16}, the same arguments, grid, block, shared
+// memory size, split plan and bits as kiln_gemm_tiled_*. The MMAs of a 32-k chunk are
+// four wgmma.m64n64k16 per warpgroup instead of 32 mma.sync per warp.
+//   Roles as in the skinny kernels: W is the A operand, from registers (a warp's 16 W rows
+//   in mma.sync's A-fragment layout, which wgmma shares: rows g and g + 8 of the lane's 16
+//   bytes are both k16 steps' fragments, the skinny permutation as it lies), x the B
+//   operand (64 batch rows) from shared memory, K-major core matrices without swizzle:
+//   per k16 step a 2 KB tile, n-group (8 batch rows) at 256 bytes (SBO), the two 8-position
+//   halves at 128 (LBO), batch row at 16, position pair p at 4 p. Position pair p of step
+//   (h, s) holds k = 32h + 8p + 4s + {0, 1} (half 0) or + {2, 3} (half 1): the skinny
+//   kernels' k order, so each output gets the same products in the same positions.
+//   wgmma's k16 step gives mma.sync's bits (bench/wgmma_bits.cu: 2,097,152 outputs, H100,
+//   session 13), and the accumulator sees hi s0, hi s1, lo s0, lo s1 per chunk from zero,
+//   so every output has the skinny kernels' bits. Warpgroup wg owns W rows 64 wg..+63 of
+//   the block's 128; its accumulator d[i] is W row 16 w + g + 8 ((i >> 1) & 1) (w: the
+//   warp in the group) and batch row 8 (i >> 2) + 2t + (i & 1) of the block's 64.
+//   All 64 batch rows are multiplied whatever M is (rows past M are zeros).
+#define TGW_XSTEP 2048  // bytes of one k16 step's x tile (64 rows x 16 positions x 2 bytes)
+
+__device__ __forceinline__ int tgw_xoff(int q, int n, int half, int pair) {
+    return q * TGW_XSTEP + (n >> 3) * 256 + half * 128 + (n & 7) * 16 + pair * 4;
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ unsigned long long tgw_desc(const unsigned char* smem) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    // start >> 4 | LBO 128 >> 4 at bit 16 | SBO 256 >> 4 at bit 32; no swizzle, base 0.
+    return (unsigned long long)((a >> 4) & 0x3FFF) | ((unsigned long long)(128 >> 4) << 16) | ((unsigned long long)(256 >> 4) << 32);
+}
+
+// d[32] += A (W, registers) x B (x, descriptor): one k16 step of the warpgroup's 64 x 64.
+__device__ __forceinline__ void tgw_mma(float (&d)[32], const unsigned (&a)[4], unsigned long long b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+        "{%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+          "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+          "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+          "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+}
+#endif
+
+template <bool XF32, int WST, int XST, typename Y>
+__device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const void* __restrict__ x, Y* __restrict__ y,
+                                              float* __restrict__ ws, unsigned* __restrict__ counters, int M, int N,
+                                              int K, int ks, int splits) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    using L = TgLayout<XF32, WST, XST>;
+    constexpr int WPRE = WST - 1, XPRE = XST - 1;
+    static_assert(WPRE >= XPRE && (XPRE == 1 || XPRE == 2), "x stored 1 or 2 stages ahead, W at least as far");
+    static_assert(4 * TGW_XSTEP == TG_XPLANE, "four k16 steps of x per plane and stage");
+    extern __shared__ __align__(128) unsigned char tg_smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int mtiles = (M + TG_BM - 1) / TG_BM;
+    const int n0 = (blockIdx.x / mtiles) * TG_BN, m0 = (blockIdx.x % mtiles) * TG_BM;
+    const int kb = blockIdx.y * ks;
+    const int ke = min(K, kb + ks);
+    const int nchunks = ke > kb ? (ke - kb + 31) / 32 : 0;
+    const int nst = (nchunks + 1) / 2;
+
+    // W exactly as the mma.sync kernel loads it (cp.async, odd rows' halves swapped).
+    constexpr int WQ = TG_BN * 8 / TG_THREADS;
+    const int wr0 = tid >> 3, wseg = tid & 7;
+    const bf16* wsrc = W + (size_t)(n0 + wr0) * K + kb + wseg * 8;
+    const int wdst = tg_off(wr0, wseg);
+    auto load_w = [&](int s) {
+        unsigned char* dst = tg_smem + (s % WST) * L::W + wdst;
+        const bool kin = s < nst && kb + s * TG_SK + wseg * 8 < ke;
 #pragma unroll
-            for (int u = 0; u < TG_IG; ++u) {
-                const int i = tid + (g0 + u) * TG_THREADS;
-                const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
-                ok[u] = n < N && m < M;
-                p[u] = ws + (size_t)(ok[u] ? m : 0) * N + (ok[u] ? n : 0);
-                s4[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int q = 0; q < WQ; ++q) {
+            const bool ok = kin && n0 + wr0 + 32 * q < N;
+            cp_async16(dst + 32 * q * TG_ROWB, ok ? wsrc + (size_t)32 * q * K + s * TG_SK : W, ok);
+        }
+    };
+    // x units as the mma.sync kernel's (a pair of batch rows r, r + 8 over XK k), stored
+    // as B core-matrix words (tgw_xoff).
+    constexpr int XU = XF32 ? 2 : 1, XK = XF32 ? 4 : 8, XPR = TG_SK / XK, XE = XF32 ? 4 : 2;
+    const int xpair = tid / XPR, xkc = (tid % XPR) * XK;
+    const int xr_local = (xpair >> 3) * 16 + (xpair & 7);  // batch row of the block (unit q adds 32)
+    const int xm = m0 + xr_local;
+    const unsigned char* xsrc = reinterpret_cast<const unsigned char*>(x) + ((size_t)xm * K + kb + xkc) * XE;
+    const int xh = xkc >> 5, xpp = (xkc >> 3) & 3;  // chunk half of the stage, position pair
+    uint4 xr[XU][2];
+    using XRegs = uint4[XU][2];
+    auto load_x_regs = [&](int s, XRegs& dst) {
+        const bool kin = s < nst && kb + s * TG_SK + (xkc & ~7) < ke;
+#pragma unroll
+        for (int q = 0; q < XU; ++q)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int dm = 32 * q + 8 * e;
+                dst[q][e] = make_uint4(0u, 0u, 0u, 0u);
+                if (kin && xm + dm < M)
+                    dst[q][e] = __ldg(reinterpret_cast<const uint4*>(xsrc + ((size_t)dm * K + s * TG_SK) * XE));
             }
-#pragma unroll 1
-            for (int sp = 0; sp < splits; sp += TG_RS) {
-                float4 a[TG_IG][TG_RS];
+    };
+    auto store_x_regs = [&](int s, const XRegs& src) {
+        unsigned char* xs = tg_smem + WST * L::W + (s % XST) * L::X;
 #pragma unroll
-                for (int u = 0; u < TG_IG; ++u)
+        for (int q = 0; q < XU; ++q)
 #pragma unroll
-                    for (int r = 0; r < TG_RS; ++r)
-                        a[u][r] = ok[u] && sp + r < splits ? __ldcg(reinterpret_cast<const float4*>(p[u] + (sp + r) * stride))
-                                                           : make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-                for (int u = 0; u < TG_IG; ++u)
-#pragma unroll
-                    for (int r = 0; r < TG_RS; ++r)
-                        if (sp + r < splits) {
-                            s4[u].x += a[u][r].x; s4[u].y += a[u][r].y; s4[u].z += a[u][r].z; s4[u].w += a[u][r].w;
-                        }
+            for (int e = 0; e < 2; ++e) {
+                const int n = xr_local + 32 * q + 8 * e;
+                const uint4 v = src[q][e];
+                if constexpr (XF32) {
+                    // k = xkc..xkc+3: step s = (xkc >> 2) & 1, halves 0 (k, k+1) and 1 (k+2, k+3).
+                    const int st = xh * 2 + ((xkc >> 2) & 1);
+                    const uint2 p0 = split_bf16x2(__uint_as_float(v.x), __uint_as_float(v.y));
+                    const uint2 p1 = split_bf16x2(__uint_as_float(v.z), __uint_as_float(v.w));
+                    *reinterpret_cast<unsigned*>(xs + tgw_xoff(st, n, 0, xpp)) = p0.x;
+                    *reinterpret_cast<unsigned*>(xs + tgw_xoff(st, n, 1, xpp)) = p1.x;
+                    *reinterpret_cast<unsigned*>(xs + TG_XPLANE + tgw_xoff(st, n, 0, xpp)) = p0.y;
+                    *reinterpret_cast<unsigned*>(xs + TG_XPLANE + tgw_xoff(st, n, 1, xpp)) = p1.y;
+                } else {
+                    // k = xkc..xkc+7: step 0 takes k..k+3, step 1 k+4..k+7.
+                    *reinterpret_cast<unsigned*>(xs + tgw_xoff(xh * 2, n, 0, xpp)) = v.x;
+                    *reinterpret_cast<unsigned*>(xs + tgw_xoff(xh * 2, n, 1, xpp)) = v.y;
+                    *reinterpret_cast<unsigned*>(xs + tgw_xoff(xh * 2 + 1, n, 0, xpp)) = v.z;
+                    *reinterpret_cast<unsigned*>(xs + tgw_xoff(xh * 2 + 1, n, 1, xpp)) = v.w;
+                }
             }
+        // The generic-proxy stores become visible to wgmma (async proxy) after the barrier.
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    };
+    // The lane's W rows: 16 per warp, warpgroup wg at 64 wg.
+    const int wrow = warp * 16 + g;
+    const int wo[2] = {tg_off(wrow, t), tg_off(wrow, 4 + t)};
+
 #pragma unroll
-            for (int u = 0; u < TG_IG; ++u) {
-                if (!ok[u]) continue;
-                const int i = tid + (g0 + u) * TG_THREADS;
-                const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
-                Y* dst = y + (size_t)m * N + n;
-                dst[0] = from_f<Y>(s4[u].x); dst[1] = from_f<Y>(s4[u].y); dst[2] = from_f<Y>(s4[u].z); dst[3] = from_f<Y>(s4[u].w);
+    for (int i = 0; i < WPRE; ++i) {
+        load_w(i);
+        cp_async_commit();
+    }
+    prefetch_rows_early(W, n0, TG_BN, tid, M, N, K, kb, ke, WPRE * TG_SK, splits, ks);
+    KILN_PDL_ENTER_ROWS(M);
+    uint4 xb[XU][2];
+    if constexpr (XPRE == 2) {
+        load_x_regs(0, xr);
+        load_x_regs(1, xb);
+        store_x_regs(0, xr);
+        store_x_regs(1, xb);
+        load_x_regs(2, xr);
+        load_x_regs(3, xb);
+    } else {
+        load_x_regs(0, xr);
+        store_x_regs(0, xr);
+        load_x_regs(1, xb);
+        load_x_regs(2, xr);
+    }
+
+    float acc[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) acc[i] = 0.f;
+
+    auto stage = [&](int s, XRegs& xs) {
+        cp_async_wait<WPRE - 1>();
+        __syncthreads();
+        load_w(s + WPRE);
+        cp_async_commit();
+        store_x_regs(s + XPRE, xs);
+        load_x_regs(s + XPRE + 2, xs);
+        const unsigned char* wt = tg_smem + (s % WST) * L::W;
+        const unsigned char* xt = tg_smem + WST * L::W + (s % XST) * L::X;
+        const bool two = 2 * s + 1 < nchunks;
+        unsigned a[2][2][4];  // [chunk][step][A fragment]
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const uint4 r0 = lds128(wt + wo[h]), r1 = lds128(wt + wo[h] + 8 * TG_ROWB);  // rows g, g + 8
+            a[h][0][0] = r0.x; a[h][0][1] = r1.x; a[h][0][2] = r0.y; a[h][0][3] = r1.y;
+            a[h][1][0] = r0.z; a[h][1][1] = r1.z; a[h][1][2] = r0.w; a[h][1][3] = r1.w;
+        }
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            if (h == 1 && !two) break;
+            tgw_mma(acc, a[h][0], tgw_desc(xt + (2 * h) * TGW_XSTEP));
+            tgw_mma(acc, a[h][1], tgw_desc(xt + (2 * h + 1) * TGW_XSTEP));
+            if constexpr (XF32) {
+                tgw_mma(acc, a[h][0], tgw_desc(xt + TG_XPLANE + (2 * h) * TGW_XSTEP));
+                tgw_mma(acc, a[h][1], tgw_desc(xt + TG_XPLANE + (2 * h + 1) * TGW_XSTEP));
             }
         }
-    } else {
-        for (int i = tid; i < (TG_BN / 4) * TG_BM; i += TG_THREADS) {
-            const int n = n0 + (i % (TG_BN / 4)) * 4, m = m0 + i / (TG_BN / 4);
-            if (n >= N || m >= M) continue;
-            const float* p = ws + (size_t)m * N + n;
-            float s4[4] = {0.f, 0.f, 0.f, 0.f};
-            for (int sp = 0; sp < splits; ++sp)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    if (n + e < N) s4[e] += __ldcg(p + sp * stride + e);
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-                if (n + e < N) y[(size_t)m * N + n + e] = from_f<Y>(s4[e]);
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    };
+    for (int s = 0; s < nst; s += 2) {
+        if constexpr (XPRE % 2 == 0) {
+            stage(s, xr);
+            if (s + 1 < nst) stage(s + 1, xb);
+        } else {
+            stage(s, xb);
+            if (s + 1 < nst) stage(s + 1, xr);
         }
     }
-    if (tid == 0) counters[blockIdx.x] = 0u;
+    cp_async_wait<0>();
+
+    // Epilogue: the partial (or y for one split), then the tile's split sum as the
+    // mma.sync kernel's.
+    float* part = splits == 1 ? nullptr : ws + (size_t)blockIdx.y * M * N;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+        const int n = n0 + wrow + 8 * ((i >> 1) & 1), m = m0 + 8 * (i >> 2) + 2 * t + (i & 1);
+        if (n >= N || m >= M) continue;
+        const size_t at = (size_t)m * N + n;
+        if (part) __stcg(part + at, acc[i]);
+        else y[at] = from_f<Y>(acc[i]);
+    }
+    if (!part || counters == nullptr) return;
+    tg_split_sum<Y>(y, ws, counters, M, N, splits, n0, m0);
+#else
+    __trap();  // only sm_90a has wgmma; the launcher never picks this kernel elsewhere
+#endif
 }
+
+#define GEMM_TILED_WG(XN, XT, XF, YN, YT)                                                        \
+    extern "C" __global__ void __launch_bounds__(TG_THREADS, 2)                                   \
+        kiln_gemm_tiled_wg_x##XN##_y##YN(const bf16* W, const XT* x, YT* y, float* ws,            \
+                                         unsigned* counters, int M, int N, int K, int ks,         \
+                                         int splits) {                                            \
+        tiled_gemm_wg<XF, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS, YT>(W, x, y, ws, counters, M, N, K, ks, splits); \
+    }
+GEMM_TILED_WG(f32, float, true, f32, float)
+GEMM_TILED_WG(f32, float, true, bf16, bf16)
+GEMM_TILED_WG(bf16, bf16, false, f32, float)
+GEMM_TILED_WG(bf16, bf16, false, bf16, bf16)
 
 // The stage counts come from registry::TILED_STAGES (KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS).
 #define GEMM_TILED(XN, XT, XF, YN, YT)                                                          \

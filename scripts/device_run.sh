@@ -41,6 +41,8 @@
 #            by position (KILN_GDN_VERIFY_FUSED=0) and fused (=1): timeline_verify*.txt
 #   wgmma_bits  bench/wgmma_bits.cu (.devbin/wgmma_bits, else nvcc here): whether wgmma's k16
 #            step gives mma.sync's bits, and both MMA forms' throughput (wgmma_bits.txt)
+#   wgmma    the tiled GEMM's wgmma variant (KILN_GEMM_WGMMA=1, sm_90a) against mma.sync: bench at
+#            batch 32-256 twice each, logits against the default's (needs refs, eval): wgmma.txt
 #   sxw      the m16 shared-x GEMM staging a whole K slice of x (the default since session 13)
 #            against a plan built with KILN_GEMM_SXW_MAX_BYTES=0 (the two-slab ring), and with
 #            the shared-x kernel for every weight up to 16 rows (KILN_GEMM_SX_MIN_N=0): bench at
@@ -314,6 +316,14 @@ if has wgmma_bits; then
   log "wgmma against mma.sync: bits of a k16 step, throughput"
   [ -x .devbin/wgmma_bits ] || nvcc -O3 -gencode arch=compute_90a,code=sm_90a bench/wgmma_bits.cu -o .devbin/wgmma_bits
   .devbin/wgmma_bits 2>&1 | tee "$OUT/wgmma_bits.txt"
+fi
+if has wgmma; then
+  log "tiled GEMM: wgmma (KILN_GEMM_WGMMA=1) against mma.sync"
+  for r in 1 2; do
+    bench_as "tiled mma.sync" wgmma.txt "$ENG/qwen35_4b_random.plan" -- --batch 32,64,128,256 --prefill 16
+    bench_as "tiled wgmma" wgmma.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_WGMMA=1 -- --batch 32,64,128,256 --prefill 16
+  done
+  logits_check wgmma "$ENG/qwen35_4b_random.plan" KILN_GEMM_WGMMA=1
 fi
 if has sxw; then
   log "shared-x GEMM: whole-split x staging against the ring, and for every weight"

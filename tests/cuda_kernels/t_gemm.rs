@@ -72,18 +72,21 @@ fn gemm_matches_f64_reference() {
                 for plan in [default, forced] {
                     // Up to 16 rows all four kernels, up to 64 three; above, the tiled kernel
                     // against the register kernel run on 64-row pieces.
-                    let kinds: &[GemmKind] = match m {
-                        ..=16 => &[GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled],
-                        ..=64 => &[GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled],
-                        _ => &[GemmKind::Tiled],
+                    let mut kinds: Vec<GemmKind> = match m {
+                        ..=64 => vec![GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled],
+                        _ => vec![GemmKind::Tiled],
                     };
+                    // On sm_90 the tiled kernel's wgmma variant too (the same bits).
+                    if e.k.has_wgmma() {
+                        kinds.push(GemmKind::TiledWgmma);
+                    }
                     let mut first: Option<Vec<f32>> = (m > 64).then(|| {
                         (0..m).step_by(64).flat_map(|r| {
                             let rows = (m - r).min(64);
                             run_kind(e, &s, &w_d, &x[r * k..(r + rows) * k], xt, yt, rows, n, k, plan, &sc, GemmKind::Register)
                         }).collect()
                     });
-                    for &kind in kinds {
+                    for &kind in &kinds {
                         let y = run_kind(e, &s, &w_d, &x, xt, yt, m, n, k, plan, &sc, kind);
                         let reference = if xt == DType::F32 { &ref_f } else { &ref_b };
                         // x f32 (hi+lo bf16 split): 1e-4; x bf16 (exact products, fp32 sums): 1e-5;

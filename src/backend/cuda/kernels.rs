@@ -120,6 +120,8 @@ pub struct Kernels {
     funcs: HashMap<String, CudaFunction>,
     _modules: Vec<Arc<CudaModule>>,
     pdl: AtomicBool,
+    /// Whether the device has wgmma (compute capability 9.x: the plan's kernels are sm_90a).
+    has_wgmma: bool,
     gdn_split: AtomicBool,
     /// `KILN_GDN_VERIFY_FUSED`: 1 always, 0 never, unset by the batch (`gdn_verify_fused`).
     gdn_verify_fused: Option<bool>,
@@ -169,6 +171,7 @@ impl Kernels {
             }
             loaded.push(module);
         }
+        let has_wgmma = ctx.compute_capability().map_err(|e| anyhow!("compute capability: {e:?}"))?.0 == 9;
         let num_sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| anyhow!("reading the multiprocessor count: {e:?}"))? as u32;
@@ -184,6 +187,7 @@ impl Kernels {
             funcs,
             _modules: loaded,
             pdl: AtomicBool::new(false),
+            has_wgmma,
             gdn_split: AtomicBool::new(gdn_split),
             gdn_verify_fused,
             gemm_choices: GemmChoices::from_env(),
@@ -265,6 +269,11 @@ impl Kernels {
     /// function; an engine uses one of them for every decode row.
     pub fn set_gdn_split(&self, on: bool) {
         self.gdn_split.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether `GemmKind::TiledWgmma` can run here (an sm_90 device).
+    pub fn has_wgmma(&self) -> bool {
+        self.has_wgmma
     }
 
     pub fn gdn_split(&self) -> bool {

@@ -59,6 +59,11 @@ pub const GEMM_TILED: ByXY<&str> = [
     ["kiln_gemm_tiled_xf32_yf32", "kiln_gemm_tiled_xf32_ybf16"],
     ["kiln_gemm_tiled_xbf16_yf32", "kiln_gemm_tiled_xbf16_ybf16"],
 ];
+/// The tiled GEMM with wgmma (sm_90a only, kernels/gemm_tiled.cu `tiled_gemm_wg`): [x][y].
+pub const GEMM_TILED_WG: ByXY<&str> = [
+    ["kiln_gemm_tiled_wg_xf32_yf32", "kiln_gemm_tiled_wg_xf32_ybf16"],
+    ["kiln_gemm_tiled_wg_xbf16_yf32", "kiln_gemm_tiled_wg_xbf16_ybf16"],
+];
 /// The tiled GEMM's stage counts (W slots, x slots), the kernel's template arguments
 /// (`smem_defines` passes them): W runs slots - 1 stages ahead, x slots - 1. The kernel
 /// static_asserts its shared memory against `gemm_tiled_smem`, and
@@ -196,6 +201,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     }
     for x in BOTH {
         add("gemm_tiled", &GEMM_TILED[x.idx()], gemm_tiled_smem(x));
+        add("gemm_tiled", &GEMM_TILED_WG[x.idx()], gemm_tiled_smem(x));
     }
     add("conv", &CONV1D, 0);
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);

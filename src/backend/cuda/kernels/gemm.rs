@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
 
@@ -21,6 +21,8 @@ pub enum GemmKind {
     /// 128 x 64 output tiles, W and x staged through shared memory three deep
     /// (kiln_gemm_tiled_x*; any M up to `GEMM_MAX_M`).
     Tiled,
+    /// The tiled kernel's tiles with wgmma (kiln_gemm_tiled_wg_x*; sm_90a only).
+    TiledWgmma,
 }
 
 /// How decode GEMMs are launched: which kernel takes which M and N, and how K is split.
@@ -64,11 +66,15 @@ pub struct GemmChoices {
     /// 16: a one-block row streams its 13 partials through one SM, 4-7 µs per norm at
     /// batch 1, which ate the saved tail; the same bits either way).
     pub defer_cluster_max_m: usize,
+    /// On sm_90a the tiled kernel's MMAs as wgmma (`KILN_GEMM_WGMMA=1`; session 13, not
+    /// yet run on a GPU, so off): the same bits (wgmma's k16 step equals mma.sync's,
+    /// bench/wgmma_bits.cu), 32 mma.sync per warp and chunk become 4 wgmma per warpgroup.
+    pub wgmma: bool,
 }
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_cluster_max_m: 16 }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_cluster_max_m: 16, wgmma: false }
     }
 }
 
@@ -88,6 +94,7 @@ impl GemmChoices {
             wide_warps: num("KILN_GEMM_WIDE_WARPS", d.wide_warps).max(1),
             defer_sum: flag("KILN_GEMM_DEFER_SUM", d.defer_sum),
             defer_cluster_max_m: num("KILN_GEMM_DEFER_CLUSTER_MAX_M", d.defer_cluster_max_m),
+            wgmma: flag("KILN_GEMM_WGMMA", d.wgmma),
         }
     }
 
@@ -291,7 +298,9 @@ impl Kernels {
         }
         ensure!(m <= GEMM_MAX_M, "gemm: M = {m} exceeds {GEMM_MAX_M} (use cuBLASLt for prefill)");
         let kind = if kind == GemmKind::Auto { self.gemm_choices.auto_kind(m, n) } else { kind };
-        ensure!(m <= SKINNY_MAX_M || kind == GemmKind::Tiled, "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
+        let kind = if kind == GemmKind::Tiled && self.gemm_choices.wgmma && self.has_wgmma() { GemmKind::TiledWgmma } else { kind };
+        ensure!(kind != GemmKind::TiledWgmma || self.has_wgmma(), "gemm: the wgmma kernel needs sm_90a");
+        ensure!(m <= SKINNY_MAX_M || matches!(kind, GemmKind::Tiled | GemmKind::TiledWgmma), "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
         ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
         ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
         check_aligned(w, 16, "gemm W")?;
@@ -309,10 +318,11 @@ impl Kernels {
         };
         let (ws, counters) = (scratch.ws, scratch.counters);
         let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
-        if kind == GemmKind::Tiled {
+        if matches!(kind, GemmKind::Tiled | GemmKind::TiledWgmma) {
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
             let grid = ((n.div_ceil(128) * m.div_ceil(64)) as u32, plan.splits as u32, 1);
-            return self.launch(GEMM_TILED[x_dtype.idx()][y_dtype.idx()], stream, grid, 256, gemm_tiled_smem(x_dtype) as u32, &mut p);
+            let names = if kind == GemmKind::TiledWgmma { &GEMM_TILED_WG } else { &GEMM_TILED };
+            return self.launch(names[x_dtype.idx()][y_dtype.idx()], stream, grid, 256, gemm_tiled_smem(x_dtype) as u32, &mut p);
         }
         if kind == GemmKind::SharedX {
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
@@ -342,7 +352,8 @@ mod tests {
         // CI never sets KILN_GEMM_TILED: the default, measured on the device, is the tiled
         // kernel from 17 rows, and decode GEMMs in 256-row pieces.
         assert!(std::env::var("KILN_GEMM_TILED").is_err() && std::env::var("KILN_GEMM_TILED_MIN_M").is_err());
-        assert!(std::env::var("KILN_GEMM_SX_ALL_MIN_M").is_err());
+        assert!(std::env::var("KILN_GEMM_SX_ALL_MIN_M").is_err() && std::env::var("KILN_GEMM_WGMMA").is_err());
+        assert!(!GemmChoices::default().wgmma, "wgmma stays an experiment until a device run has checked it");
         assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err() && std::env::var("KILN_GEMM_SX_MIN_N").is_err());
         assert!(std::env::var("KILN_GEMM_WARPS").is_err() && std::env::var("KILN_GEMM_WIDE_WARPS").is_err());
         assert!(std::env::var("KILN_GEMM_DEFER_SUM").is_err() && std::env::var("KILN_GEMM_DEFER_CLUSTER_MAX_M").is_err());
