@@ -402,7 +402,8 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
 //   so every output has the skinny kernels' bits. Warpgroup wg owns W rows 64 wg..+63 of
 //   the block's 128; its accumulator d[i] is W row 16 w + g + 8 ((i >> 1) & 1) (w: the
 //   warp in the group) and batch row 8 (i >> 2) + 2t + (i & 1) of the block's 64.
-//   All 64 batch rows are multiplied whatever M is (rows past M are zeros).
+//   The MMAs cover the tile's live batch rows rounded up to 16 (n16..n64; rows past M are
+//   zeros).
 #define TGW_XSTEP 2048  // bytes of one k16 step's x tile (64 rows x 16 positions x 2 bytes)
 
 __device__ __forceinline__ int tgw_xoff(int q, int n, int half, int pair) {
@@ -416,18 +417,57 @@ __device__ __forceinline__ unsigned long long tgw_desc(const unsigned char* smem
     return (unsigned long long)((a >> 4) & 0x3FFF) | ((unsigned long long)(128 >> 4) << 16) | ((unsigned long long)(256 >> 4) << 32);
 }
 
-// d[32] += A (W, registers) x B (x, descriptor): one k16 step of the warpgroup's 64 x 64.
-__device__ __forceinline__ void tgw_mma(float (&d)[32], const unsigned (&a)[4], unsigned long long b) {
+// d[0 .. NB/2) += A (W, registers) x B (x, descriptor): one k16 step of the warpgroup's
+// 64 W rows x NB batch rows (NB = 16, 32, 48 or 64: the tile's live rows, rounded up).
+// The accumulator of an output is the same register whatever NB is, and its products and
+// their order do not depend on NB either.
+template <int NB> __device__ __forceinline__ void tgw_mma(float (&d)[32], const unsigned (&a)[4], unsigned long long b);
+template <> __device__ __forceinline__ void tgw_mma<16>(float (&d)[32], const unsigned (&a)[4], unsigned long long b) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
-        "{%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
-          "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
-          "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
-          "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7}, "
+        "{%8,%9,%10,%11}, %12, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+}
+template <> __device__ __forceinline__ void tgw_mma<32>(float (&d)[32], const unsigned (&a)[4], unsigned long long b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
+        "{%16,%17,%18,%19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+}
+template <> __device__ __forceinline__ void tgw_mma<48>(float (&d)[32], const unsigned (&a)[4], unsigned long long b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23}, "
+        "{%24,%25,%26,%27}, %28, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+}
+template <> __device__ __forceinline__ void tgw_mma<64>(float (&d)[32], const unsigned (&a)[4], unsigned long long b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+        "{%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+}
+
+// A stage's MMAs (one or two 32-k chunks): per chunk hi s0, hi s1, then (fp32 x) lo s0, lo s1.
+template <int NB, bool XF32>
+__device__ __forceinline__ void tgw_stage_mmas(float (&acc)[32], const unsigned (&a)[2][2][4], const unsigned char* xt, bool two) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        if (h == 1 && !two) break;
+        tgw_mma<NB>(acc, a[h][0], tgw_desc(xt + (2 * h) * TGW_XSTEP));
+        tgw_mma<NB>(acc, a[h][1], tgw_desc(xt + (2 * h + 1) * TGW_XSTEP));
+        if constexpr (XF32) {
+            tgw_mma<NB>(acc, a[h][0], tgw_desc(xt + TG_XPLANE + (2 * h) * TGW_XSTEP));
+            tgw_mma<NB>(acc, a[h][1], tgw_desc(xt + TG_XPLANE + (2 * h + 1) * TGW_XSTEP));
+        }
+    }
 }
 #endif
 
@@ -449,6 +489,8 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
     const int ke = min(K, kb + ks);
     const int nchunks = ke > kb ? (ke - kb + 31) / 32 : 0;
     const int nst = (nchunks + 1) / 2;
+    // Batch rows the MMAs cover: the tile's live rows rounded up to 16 (the rest are zeros).
+    const int nb = min(TG_BM, (M - m0 + 15) / 16 * 16);
 
     // W exactly as the mma.sync kernel loads it (cp.async, odd rows' halves swapped).
     constexpr int WQ = TG_BN * 8 / TG_THREADS;
@@ -562,15 +604,11 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
             a[h][1][0] = r0.z; a[h][1][1] = r1.z; a[h][1][2] = r0.w; a[h][1][3] = r1.w;
         }
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            if (h == 1 && !two) break;
-            tgw_mma(acc, a[h][0], tgw_desc(xt + (2 * h) * TGW_XSTEP));
-            tgw_mma(acc, a[h][1], tgw_desc(xt + (2 * h + 1) * TGW_XSTEP));
-            if constexpr (XF32) {
-                tgw_mma(acc, a[h][0], tgw_desc(xt + TG_XPLANE + (2 * h) * TGW_XSTEP));
-                tgw_mma(acc, a[h][1], tgw_desc(xt + TG_XPLANE + (2 * h + 1) * TGW_XSTEP));
-            }
+        switch (nb) {  // block-uniform
+            case 16: tgw_stage_mmas<16, XF32>(acc, a, xt, two); break;
+            case 32: tgw_stage_mmas<32, XF32>(acc, a, xt, two); break;
+            case 48: tgw_stage_mmas<48, XF32>(acc, a, xt, two); break;
+            default: tgw_stage_mmas<64, XF32>(acc, a, xt, two); break;
         }
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
