@@ -291,6 +291,107 @@ __device__ __forceinline__ void gdn_verify(const IN* __restrict__ qkv, int ld_qk
     }
 }
 
+// kiln_gdn_verify_pre_{in}_{out}: kiln_gdn_verify with every position's inputs first
+// (session 13, an experiment behind KILN_GDN_VERIFY_PRE=1): the conv + SiLU of all fed
+// positions' q, k, v channels, their gates and q/k norms in one pass (the taps are all
+// known at the start: the ring before the first fed position, the fed rows after), then
+// the positions' updates one after another on the state in registers. The fused kernel
+// ran each position's prologue in turn, ~5 µs a position at batch 1 (three barriers and
+// the loads of its row between updates; H100 timeline, session 13). Each value is the
+// prologue's own expression on the same inputs, each norm the same lanes' warp_sum, so
+// the bits are kiln_gdn_verify's.
+template <typename IN, typename OUT>
+__device__ __forceinline__ void gdn_verify_pre(const IN* __restrict__ qkv, int ld_qkv, const IN* __restrict__ z, int ld_z,
+                                               const IN* __restrict__ b, const IN* __restrict__ a, int ld_ba,
+                                               const bf16* __restrict__ conv_w, float* __restrict__ conv_state,
+                                               float* __restrict__ state, const float* __restrict__ A_log,
+                                               const float* __restrict__ dt_bias, const bf16* __restrict__ norm_w,
+                                               const int* __restrict__ slots, const int* __restrict__ pos,
+                                               const int2* __restrict__ state_io, int positions, int4 first,
+                                               int4 count, OUT* __restrict__ out, int ld_out) {
+    constexpr int CH = 2 * LIN_DK + LIN_DV;  // a position's q, k, v channels of this head
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int j = tid % LIN_DV, part = tid / LIN_DV;
+    const float nw = __bfloat162float(norm_w[j]);
+    KILN_PDL_ENTER_ROWS(count.x);
+    __shared__ float qkvs[CONV_K][CH];  // per position: q (LIN_DK), k (LIN_DK), v (LIN_DV)
+    __shared__ float zs[CONV_K][LIN_DV];
+    __shared__ float red[GDN_PARTS][LIN_DV];
+    __shared__ float sc[CONV_K][4];
+    __shared__ float wred[32];
+    __shared__ int my_rows[CONV_K];
+    const int h = blockIdx.x, i = blockIdx.y;
+    if (i >= count.x) return;
+    const int row0 = first.x + i;
+    const int slot = slots[row0];
+    if (slot < 0) return;
+    if (tid < CONV_K) my_rows[tid] = tid == 0 ? row0 : -1;
+    __syncthreads();
+    for (int q = 1; q < positions; ++q)
+        for (int r = tid; r < int4_at(count, q); r += GDN_DEC_THREADS)
+            if (slots[int4_at(first, q) + r] == slot) my_rows[q] = int4_at(first, q) + r;
+    __syncthreads();
+    int npos = 0;  // the sequence's fed positions are 0..npos-1
+    while (npos < positions && my_rows[npos] >= 0) ++npos;
+    float* ring = conv_state + (size_t)slot * CONV_K * CONV_DIM;
+    const int p0 = pos[row0];
+    const FedTap<IN> tap{ring, qkv, my_rows, ld_qkv, p0};
+    const size_t in_head = (size_t)part * GDN_ROWS * LIN_DV + j;
+    const float* Si = state + ((size_t)state_io[row0].x * LIN_NV + h) * LIN_DK * LIN_DV + in_head;
+    float s[GDN_ROWS];
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; ++r) s[r] = Si[(size_t)r * LIN_DV];
+    // The gates z of every position (shared memory: a register array indexed by the
+    // position would live on the stack).
+    if (part == 0)
+        for (int q = 0; q < npos; ++q) zs[q][j] = to_f(z[(size_t)my_rows[q] * ld_z + h * LIN_DV + j]);
+    // Every position's conv + SiLU (gdn_decode_prologue's loop body at the position's pos).
+    const int kh = h / GDN_GROUP;
+    for (int e = tid; e < npos * CH; e += GDN_DEC_THREADS) {
+        const int q = e / CH, c = e - q * CH;
+        const int ch = c < LIN_DK ? kh * LIN_DK + c
+                     : c < 2 * LIN_DK ? LIN_KEY_DIM + kh * LIN_DK + (c - LIN_DK)
+                     : 2 * LIN_KEY_DIM + h * LIN_DV + (c - 2 * LIN_DK);
+        const int p = pos[my_rows[q]];
+        const float xv = to_f(qkv[(size_t)my_rows[q] * ld_qkv + ch]);
+        float acc = __bfloat162float(conv_w[ch * CONV_K + CONV_K - 1]) * xv;
+#pragma unroll
+        for (int jj = 0; jj < CONV_K - 1; ++jj) {
+            const int pp = p - (CONV_K - 1) + jj;
+            if (pp >= 0) acc += __bfloat162float(conv_w[ch * CONV_K + jj]) * tap(pp, ch);
+        }
+        qkvs[q][c] = siluf_(acc);
+    }
+    if (tid < npos) {
+        const int row = my_rows[tid];
+        sc[tid][2] = sigmoidf_(to_f(b[(size_t)row * ld_ba + h]));
+        sc[tid][3] = expf(-expf(A_log[h]) * softplusf_(to_f(a[(size_t)row * ld_ba + h]) + dt_bias[h]));
+    }
+    __syncthreads();
+    // L2 norms: warp 2q of q's, warp 2q + 1 of k's (the prologue's warps 0 and 1, lane for lane).
+    if (warp < 2 * npos) {
+        const int q = warp >> 1, kq = warp & 1;
+        const float* v = qkvs[q] + kq * LIN_DK;
+        float ss = 0.f;
+        for (int e = lane; e < LIN_DK; e += 32) ss += v[e] * v[e];
+        ss = warp_sum(ss);
+        if (lane == 0) sc[q][kq] = rsqrtf(ss + 1e-6f) * (kq == 0 ? rsqrtf((float)LIN_DK) : 1.f);
+    }
+    __syncthreads();
+    for (int e = tid; e < npos * 2 * LIN_DK; e += GDN_DEC_THREADS) {
+        const int q = e / (2 * LIN_DK), c = e - q * 2 * LIN_DK;
+        qkvs[q][c] *= sc[q][c < LIN_DK ? 0 : 1];
+    }
+    __syncthreads();
+    for (int q = 0; q < npos; ++q) {
+        if (q > 0) __syncthreads();  // the previous update's last readers of red and wred are done
+        const int row = my_rows[q];
+        float* S = state + ((size_t)state_io[row].y * LIN_NV + h) * LIN_DK * LIN_DV + in_head;
+        gdn_decode_update<OUT>(s, j, part, qkvs[q], qkvs[q] + LIN_DK, qkvs[q] + 2 * LIN_DK, sc[q], red, wred, nw, part == 0 ? zs[q][j] : 0.f, S,
+                               out + (size_t)row * ld_out + h * LIN_DV + j);
+    }
+}
+
 // One block per SM is enough at verify batches (<= 8 sequences: 256 blocks); with two
 // the bf16-input variants spilled 16 bytes on sm_90a.
 #define GDN_VERIFY(NAME, IN, OUT)                                                                   \
@@ -307,6 +408,21 @@ GDN_VERIFY(kiln_gdn_verify_f32_f32, float, float)
 GDN_VERIFY(kiln_gdn_verify_f32_bf16, float, bf16)
 GDN_VERIFY(kiln_gdn_verify_bf16_f32, bf16, float)
 GDN_VERIFY(kiln_gdn_verify_bf16_bf16, bf16, bf16)
+
+#define GDN_VERIFY_PRE(NAME, IN, OUT)                                                               \
+    extern "C" __global__ void __launch_bounds__(GDN_DEC_THREADS, 1)                                 \
+        NAME(const IN* qkv, int ld_qkv, const IN* z, int ld_z, const IN* b, const IN* a, int ld_ba,  \
+             const bf16* conv_w, float* conv_state, float* state, const float* A_log,               \
+             const float* dt_bias, const bf16* norm_w, const int* slots, const int* pos,            \
+             const int2* state_io, int positions, int4 first, int4 count, OUT* out, int ld_out) {   \
+        gdn_verify_pre<IN, OUT>(qkv, ld_qkv, z, ld_z, b, a, ld_ba, conv_w, conv_state, state, A_log, \
+                                dt_bias, norm_w, slots, pos, state_io, positions, first, count, out, \
+                                ld_out);                                                            \
+    }
+GDN_VERIFY_PRE(kiln_gdn_verify_pre_f32_f32, float, float)
+GDN_VERIFY_PRE(kiln_gdn_verify_pre_f32_bf16, float, bf16)
+GDN_VERIFY_PRE(kiln_gdn_verify_pre_bf16_f32, bf16, float)
+GDN_VERIFY_PRE(kiln_gdn_verify_pre_bf16_bf16, bf16, bf16)
 
 // kiln_conv_ring_write_{in}(const IN* qkv, int ld_qkv, float* conv_state, const int* slots,
 //     const int* pos, int T): for every row t with slots[t] >= 0, the ring row of position

@@ -87,8 +87,9 @@
 #   eval     kiln-eval logits + compare against the references
 #   verify   kiln-eval verify: speculative verification exact against plain decoding at batch
 #            1/4/8 (3 drafts), and a verify call's time against a decode step's; again
-#            without graphs, and with the GDN one launch per position (KILN_GDN_VERIFY_FUSED=0;
-#            the default fuses it up to 4 sequences)
+#            without graphs, with the fused GDN computing every position's inputs first
+#            (KILN_GDN_VERIFY_PRE=1), and with the GDN one launch per position
+#            (KILN_GDN_VERIFY_FUSED=0; the default fuses it up to 4 sequences)
 #   kernels  tests/cuda_kernels (.devbin/cuda_kernels-*) with --ignored (KERNEL_TESTS: name
 #            filters), then the kernel bench (KERNEL_BENCH=0: the tests only)
 #   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
@@ -222,6 +223,8 @@ if has verify; then
   log "verify (no graphs)"; KILN_VERIFY_GRAPHS=0 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_graphs.txt" | tail -5
   # The verify's GDN one launch per position (KILN_GDN_VERIFY_FUSED=0; the default runs one
   # launch per layer up to 4 sequences since session 13): exact too, and its time.
+  # The fused verify with every position's inputs first (KILN_GDN_VERIFY_PRE=1, session 13).
+  log "verify (fused, inputs first)"; KILN_GDN_VERIFY_PRE=1 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_pre.txt" | tail -5
   log "verify (GDN by position)"; KILN_GDN_VERIFY_FUSED=0 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_by_position.txt" | tail -5
 fi
 if has profile; then

@@ -166,17 +166,22 @@ fn fused_verify_equals_one_launch_per_position() {
     for &(r0, n) in &launches {
         e.k.gdn_decode(&s, &args(r0, n, ptr(&s, &ring_a), ptr(&s, &state_a), ptr(&s, &out_a))).unwrap();
     }
-    // The fused launch, then the ring rows.
-    let (ring_b, state_b, out_b) = (up(&s, &ring0), up(&s, &state0), poison_f32(&s, t * vd));
-    e.k.gdn_verify(&s, &args(0, t, ptr(&s, &ring_b), ptr(&s, &state_b), ptr(&s, &out_b)), &launches).unwrap();
-    e.k.conv_ring_write(&s, xm, ptr(&s, &ring_b), ptr(&s, &sl), ptr(&s, &ps), t).unwrap();
     let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-    let (oa, ob) = (down(&s, &out_a), down(&s, &out_b));
+    let oa = down(&s, &out_a);
     let real = |r: usize| row_slot[r] >= 0;
     assert!((0..t).filter(|&r| real(r)).all(|r| oa[r * vd..(r + 1) * vd].iter().all(|v| v.is_finite())), "per-position launches left a row unwritten");
-    let (so, ss, sr) = (same(&oa, &ob), same(&down(&s, &state_a), &down(&s, &state_b)), same(&down(&s, &ring_a), &down(&s, &ring_b)));
-    println!("fused gdn verify ({} rows, lengths {lens:?}): outputs {so}, state entries {ss}, conv ring {sr}", t);
-    assert!(so && ss && sr, "the fused verify differs from one launch per position");
+    // The fused launch (both kernels: positions in turn, and every position's inputs
+    // first), then the ring rows.
+    let (ring_b, state_b, out_b) = (up(&s, &ring0), up(&s, &state0), poison_f32(&s, t * vd));
+    for pre in [false, true] {
+        let (ring_b, state_b, out_b) = (up(&s, &ring0), up(&s, &state0), poison_f32(&s, t * vd));
+        e.k.gdn_verify_with(&s, &args(0, t, ptr(&s, &ring_b), ptr(&s, &state_b), ptr(&s, &out_b)), &launches, pre).unwrap();
+        e.k.conv_ring_write(&s, xm, ptr(&s, &ring_b), ptr(&s, &sl), ptr(&s, &ps), t).unwrap();
+        let ob = down(&s, &out_b);
+        let (so, ss, sr) = (same(&oa, &ob), same(&down(&s, &state_a), &down(&s, &state_b)), same(&down(&s, &ring_a), &down(&s, &ring_b)));
+        println!("fused gdn verify (pre {pre}, {} rows, lengths {lens:?}): outputs {so}, state entries {ss}, conv ring {sr}", t);
+        assert!(so && ss && sr, "the fused verify (pre {pre}) differs from one launch per position");
+    }
     // A launch list the kernel cannot take is refused, not run.
     assert!(e.k.gdn_verify(&s, &args(0, t, ptr(&s, &ring_b), ptr(&s, &state_b), ptr(&s, &out_b)), &[(0, 2), (2, 3)]).is_err());
 }

@@ -125,6 +125,9 @@ pub struct Kernels {
     gdn_split: AtomicBool,
     /// `KILN_GDN_VERIFY_FUSED`: 1 always, 0 never, unset by the batch (`gdn_verify_fused`).
     gdn_verify_fused: Option<bool>,
+    /// `KILN_GDN_VERIFY_PRE=1`: the fused verify runs kiln_gdn_verify_pre (session 13, not
+    /// yet run on a GPU).
+    gdn_verify_pre: bool,
     /// Which decode GEMM kernel takes which shape, and the K splits (read at load).
     pub(crate) gemm_choices: GemmChoices,
     /// Rows per block of the prefill attention kernel (`ATTN_PREFILL_ROWS`): 128 (8 warps
@@ -179,6 +182,7 @@ impl Kernels {
         // run has checked and timed it.
         let gdn_split = std::env::var("KILN_GDN_SPLIT").is_ok_and(|v| v == "1");
         let gdn_verify_fused = std::env::var("KILN_GDN_VERIFY_FUSED").ok().map(|v| v != "0");
+        let gdn_verify_pre = std::env::var("KILN_GDN_VERIFY_PRE").is_ok_and(|v| v == "1");
         let attn_prefill_rows = if std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "64") { 64 } else { 128 };
         let timeline = Timeline::attach(&loaded, &ctx.default_stream(), TIMELINE_RECORDS)?;
         Ok(Kernels {
@@ -190,6 +194,7 @@ impl Kernels {
             has_wgmma,
             gdn_split: AtomicBool::new(gdn_split),
             gdn_verify_fused,
+            gdn_verify_pre,
             gemm_choices: GemmChoices::from_env(),
             attn_prefill_rows,
             timeline,
@@ -269,6 +274,13 @@ impl Kernels {
     /// function; an engine uses one of them for every decode row.
     pub fn set_gdn_split(&self, on: bool) {
         self.gdn_split.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether the fused verify's GDN computes every position's inputs first
+    /// (kiln_gdn_verify_pre; `KILN_GDN_VERIFY_PRE=1`, an experiment: the same bits,
+    /// predicted ~2 µs less per fed position at batch 1).
+    pub fn gdn_verify_pre(&self) -> bool {
+        self.gdn_verify_pre
     }
 
     /// Whether `GemmKind::TiledWgmma` can run here (an sm_90 device).

@@ -89,6 +89,11 @@ pub const GDN_VERIFY: ByXY<&str> = [
     ["kiln_gdn_verify_f32_f32", "kiln_gdn_verify_f32_bf16"],
     ["kiln_gdn_verify_bf16_f32", "kiln_gdn_verify_bf16_bf16"],
 ];
+/// The same with every position's inputs computed first (`KILN_GDN_VERIFY_PRE=1`).
+pub const GDN_VERIFY_PRE: ByXY<&str> = [
+    ["kiln_gdn_verify_pre_f32_f32", "kiln_gdn_verify_pre_f32_bf16"],
+    ["kiln_gdn_verify_pre_bf16_f32", "kiln_gdn_verify_pre_bf16_bf16"],
+];
 /// The conv ring rows of fed positions (after kiln_gdn_verify), by qkv dtype.
 pub const CONV_RING_WRITE: [&str; 2] = ["kiln_conv_ring_write_f32", "kiln_conv_ring_write_bf16"];
 pub const GDN_PREFILL_PREP: [&str; 2] = ["kiln_gdn_prefill_prep_f32", "kiln_gdn_prefill_prep_bf16"];
@@ -207,6 +212,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
     add("gdn_decode", GDN_DECODE_SPLIT.as_flattened(), 0);
     add("gdn_decode", GDN_VERIFY.as_flattened(), 0);
+    add("gdn_decode", GDN_VERIFY_PRE.as_flattened(), 0);
     add("gdn_decode", &CONV_RING_WRITE, 0);
     add("gdn_prefill", &GDN_PREFILL_PREP, gdn_prefill_prep_smem(d.lin_k_dim, d.lin_v_dim));
     add("gdn_prefill", &[GDN_PREFILL_SCAN], gdn_prefill_scan_smem(d.lin_k_dim));

@@ -2,7 +2,7 @@
 
 use super::{int, params, DevPtr, Kernels, Mat};
 use crate::backend::cuda::registry::{
-    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, CONV_RING_WRITE, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_DECODE_SPLIT as DECODE_SPLIT, GDN_VERIFY,
+    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, CONV_RING_WRITE, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_DECODE_SPLIT as DECODE_SPLIT, GDN_VERIFY, GDN_VERIFY_PRE,
     GDN_PREFILL_PREP as PREP,
     GDN_PREFILL_SCAN as SCAN,
 };
@@ -156,6 +156,13 @@ impl Kernels {
     /// with `g.state_io` per row. Each position computes as `gdn_decode` over its range
     /// would; the conv ring is left for `conv_ring_write`.
     pub fn gdn_verify(&self, stream: &CudaStream, g: &GdnDecode, launches: &[(usize, usize)]) -> Result<()> {
+        self.gdn_verify_with(stream, g, launches, self.gdn_verify_pre())
+    }
+
+    /// `gdn_verify` with the kernel chosen: `pre`, kiln_gdn_verify_pre (every position's
+    /// conv, gates and norms first, then the updates); else kiln_gdn_verify (each
+    /// position's in turn). The same bits.
+    pub fn gdn_verify_with(&self, stream: &CudaStream, g: &GdnDecode, launches: &[(usize, usize)], pre: bool) -> Result<()> {
         ensure!((1..=4).contains(&launches.len()) && launches.len() <= self.dims.conv_kernel, "gdn_verify: {} positions (1 to 4, at most the conv window)", launches.len());
         ensure!(g.state_io != 0, "gdn_verify: needs the rows' state entries");
         let dt = g.input_dtype("gdn_verify")?;
@@ -173,7 +180,8 @@ impl Kernels {
         let (out, ldo, np) = (g.out.ptr, int(g.out.ld, "ld_out")?, int(launches.len(), "positions")?);
         let mut p = params!(qkv, ldq, z, ldz, b, a, ldba, cw, cs, st, al, dtb, nw, sl, ps, io, np, first, count, out, ldo);
         let (nv, threads) = (self.dims.lin_num_v_heads as u32, (self.dims.lin_v_dim * 4) as u32);
-        self.launch(GDN_VERIFY[dt.idx()][g.out.dtype.idx()], stream, (nv, n0 as u32, 1), threads, 0, &mut p)
+        let names = if pre { &GDN_VERIFY_PRE } else { &GDN_VERIFY };
+        self.launch(names[dt.idx()][g.out.dtype.idx()], stream, (nv, n0 as u32, 1), threads, 0, &mut p)
     }
 
     /// The conv ring rows of `t` fed rows (`qkv` rows, their `slots` and `pos`), as
