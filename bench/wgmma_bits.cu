@@ -39,6 +39,17 @@ __device__ __forceinline__ void mma16816(float* d, const unsigned* a, const unsi
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// The block's 64 x 8 outputs from the accumulator layout mma.sync m16n8k16 and wgmma
+// m64n8k16 share: warp w, rows 16w + g (d0, d1) and + 8 (d2, d3), columns 2t, 2t + 1.
+__device__ __forceinline__ void store_d(float* D, int warp, int g, int t, const float (&d)[4]) {
+    float* o = D + (size_t)blockIdx.x * 64 * 8;
+    const int r = warp * 16 + g;
+    o[r * 8 + 2 * t] = d[0];
+    o[r * 8 + 2 * t + 1] = d[1];
+    o[(r + 8) * 8 + 2 * t] = d[2];
+    o[(r + 8) * 8 + 2 * t + 1] = d[3];
+}
+
 // Two bf16 (k, k + 1) as one register, k even.
 __device__ __forceinline__ unsigned pair(const __nv_bfloat16* p) { return *reinterpret_cast<const unsigned*>(p); }
 
@@ -57,12 +68,7 @@ __global__ void ref_mma(const __nv_bfloat16* A, const __nv_bfloat16* B, float* D
         const unsigned bf[2] = {pair(b + g * 16 + 2 * t), pair(b + g * 16 + 2 * t + 8)};
         mma16816(d, af, bf);
     }
-    float* o = D + (size_t)blockIdx.x * 64 * 8;
-    const int r = warp * 16 + g;
-    o[r * 8 + 2 * t] = d[0];
-    o[r * 8 + 2 * t + 1] = d[1];
-    o[(r + 8) * 8 + 2 * t] = d[2];
-    o[(r + 8) * 8 + 2 * t + 1] = d[3];
+    store_d(D, warp, g, t, d);
 }
 
 // Shared-memory matrix descriptor, no swizzle: start, leading (K direction, between the
@@ -136,12 +142,7 @@ __global__ void ref_wgmma(const __nv_bfloat16* A, const __nv_bfloat16* B, float*
         }
         wg_commit_wait();
     }
-    float* o = D + (size_t)blockIdx.x * 64 * 8;
-    const int r = warp * 16 + g;
-    o[r * 8 + 2 * t] = d[0];
-    o[r * 8 + 2 * t + 1] = d[1];
-    o[(r + 8) * 8 + 2 * t] = d[2];
-    o[(r + 8) * 8 + 2 * t + 1] = d[3];
+    store_d(D, warp, g, t, d);
 }
 
 // ---- throughput: operands fixed in registers / shared memory, no global traffic ----

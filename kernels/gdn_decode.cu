@@ -45,6 +45,43 @@ static_assert(LIN_DK % GDN_PARTS == 0, "LIN_DK must be a multiple of 4");
 // reads in this step. tap(pp, ch): the input of channel ch at an earlier position pp (the
 // ring row, or in the fused verify kernel an earlier fed position's qkv row: the ring holds
 // exactly to_f of that input, so the sum is the same); write_ring false: no ring writes.
+// Channel of item i of a head's conv inputs: q of key head kh (i < LIN_DK), its k, then v
+// column v0 + i - 2 LIN_DK of value head h.
+__device__ __forceinline__ int gdn_channel(int i, int kh, int h, int v0) {
+    return i < LIN_DK ? kh * LIN_DK + i
+         : i < 2 * LIN_DK ? LIN_KEY_DIM + kh * LIN_DK + (i - LIN_DK)
+         : 2 * LIN_KEY_DIM + h * LIN_DV + v0 + (i - 2 * LIN_DK);
+}
+
+// SiLU of channel ch's causal conv at position p: input xv there, the earlier ones from tap.
+template <typename TapAt>
+__device__ __forceinline__ float gdn_conv_silu(float xv, const bf16* __restrict__ conv_w, int ch, int p, TapAt tap) {
+    float acc = __bfloat162float(conv_w[ch * CONV_K + CONV_K - 1]) * xv;
+#pragma unroll
+    for (int jj = 0; jj < CONV_K - 1; ++jj) {
+        const int pp = p - (CONV_K - 1) + jj;
+        if (pp >= 0) acc += __bfloat162float(conv_w[ch * CONV_K + jj]) * tap(pp, ch);
+    }
+    return siluf_(acc);
+}
+
+// beta = sigmoid(b) into sc[2], exp(g) into sc[3] (value head h).
+template <typename IN>
+__device__ __forceinline__ void gdn_gates(IN b_h, IN a_h, const float* __restrict__ A_log, const float* __restrict__ dt_bias,
+                                          int h, float* sc) {
+    sc[2] = sigmoidf_(to_f(b_h));
+    sc[3] = expf(-expf(A_log[h]) * softplusf_(to_f(a_h) + dt_bias[h]));
+}
+
+// One warp: the L2-norm scale of q (is_q: also 1/sqrt(LIN_DK)) or k, in the lane order
+// every GDN kernel uses, stored by lane 0 at *dst.
+__device__ __forceinline__ void gdn_norm_scale(const float* v, int lane, bool is_q, float* dst) {
+    float ss = 0.f;
+    for (int i = lane; i < LIN_DK; i += 32) ss += v[i] * v[i];
+    ss = warp_sum(ss);
+    if (lane == 0) *dst = rsqrtf(ss + 1e-6f) * (is_q ? rsqrtf((float)LIN_DK) : 1.f);
+}
+
 template <typename IN, int THREADS, int NV_COLS, typename TapAt>
 __device__ __forceinline__ void gdn_decode_prologue(const IN* __restrict__ qkv_row, IN b_h, IN a_h,
                                                     const bf16* __restrict__ conv_w, float* __restrict__ ring,
@@ -66,28 +103,13 @@ __device__ __forceinline__ void gdn_decode_prologue(const IN* __restrict__ qkv_r
             ch = 2 * LIN_KEY_DIM + h * LIN_DV + v0 + (i - 2 * LIN_DK); own = true; dst = vs + (i - 2 * LIN_DK);
         }
         const float xv = to_f(qkv_row[ch]);
-        float acc = __bfloat162float(conv_w[ch * CONV_K + CONV_K - 1]) * xv;
-#pragma unroll
-        for (int jj = 0; jj < CONV_K - 1; ++jj) {
-            const int pp = p - (CONV_K - 1) + jj;
-            if (pp >= 0) acc += __bfloat162float(conv_w[ch * CONV_K + jj]) * tap(pp, ch);
-        }
-        *dst = siluf_(acc);
+        *dst = gdn_conv_silu(xv, conv_w, ch, p, tap);
         if (own && write_ring) ring[(size_t)(p % CONV_K) * CONV_DIM + ch] = xv;
     }
-    if (tid == 0) {
-        sc[2] = sigmoidf_(to_f(b_h));
-        sc[3] = expf(-expf(A_log[h]) * softplusf_(to_f(a_h) + dt_bias[h]));
-    }
+    if (tid == 0) gdn_gates(b_h, a_h, A_log, dt_bias, h, sc);
     __syncthreads();
     // L2 norms of q (warp 0) and k (warp 1).
-    if (warp < 2) {
-        float* v = warp == 0 ? qs : ks;
-        float ss = 0.f;
-        for (int i = lane; i < LIN_DK; i += 32) ss += v[i] * v[i];
-        ss = warp_sum(ss);
-        if (lane == 0) sc[warp] = rsqrtf(ss + 1e-6f) * (warp == 0 ? rsqrtf((float)LIN_DK) : 1.f);
-    }
+    if (warp < 2) gdn_norm_scale(warp == 0 ? qs : ks, lane, warp == 0, sc + warp);
     __syncthreads();
     for (int i = tid; i < 2 * LIN_DK; i += THREADS) {
         if (i < LIN_DK) qs[i] *= sc[0];
@@ -241,6 +263,14 @@ struct FedTap {
 
 __device__ __forceinline__ int int4_at(int4 v, int q) { return q == 0 ? v.x : q == 1 ? v.y : q == 2 ? v.z : v.w; }
 
+// my_rows[q] = the row of `slot`'s sequence at fed position q (row0 at 0; a later position
+// names it by slot), or -1. Ends synchronised.
+__device__ __forceinline__ void verify_find_rows(const int* __restrict__ slots, int positions, int4 first, int4 count,
+                                                 int row0, int slot, int* my_rows) {
+    const int tid = threadIdx.x;
+    verify_find_rows(slots, positions, first, count, row0, slot, my_rows);
+}
+
 template <typename IN, typename OUT>
 __device__ __forceinline__ void gdn_verify(const IN* __restrict__ qkv, int ld_qkv, const IN* __restrict__ z, int ld_z,
                                            const IN* __restrict__ b, const IN* __restrict__ a, int ld_ba,
@@ -264,13 +294,7 @@ __device__ __forceinline__ void gdn_verify(const IN* __restrict__ qkv, int ld_qk
     const int row0 = first.x + i;
     const int slot = slots[row0];
     if (slot < 0) return;
-    // Find the sequence's row at every later position (its slot names it).
-    if (tid < CONV_K) my_rows[tid] = tid == 0 ? row0 : -1;
-    __syncthreads();
-    for (int q = 1; q < positions; ++q)
-        for (int r = tid; r < int4_at(count, q); r += GDN_DEC_THREADS)
-            if (slots[int4_at(first, q) + r] == slot) my_rows[q] = int4_at(first, q) + r;
-    __syncthreads();
+    verify_find_rows(slots, positions, first, count, row0, slot, my_rows);
     float* ring = conv_state + (size_t)slot * CONV_K * CONV_DIM;
     const FedTap<IN> tap{ring, qkv, my_rows, ld_qkv, pos[row0]};
     const size_t in_head = (size_t)part * GDN_ROWS * LIN_DV + j;
@@ -348,34 +372,15 @@ __device__ __forceinline__ void gdn_verify_pre(const IN* __restrict__ qkv, int l
     // Every position's conv + SiLU (gdn_decode_prologue's loop body at the position's pos).
     const int kh = h / GDN_GROUP;
     for (int e = tid; e < npos * CH; e += GDN_DEC_THREADS) {
-        const int q = e / CH, c = e - q * CH;
-        const int ch = c < LIN_DK ? kh * LIN_DK + c
-                     : c < 2 * LIN_DK ? LIN_KEY_DIM + kh * LIN_DK + (c - LIN_DK)
-                     : 2 * LIN_KEY_DIM + h * LIN_DV + (c - 2 * LIN_DK);
-        const int p = pos[my_rows[q]];
-        const float xv = to_f(qkv[(size_t)my_rows[q] * ld_qkv + ch]);
-        float acc = __bfloat162float(conv_w[ch * CONV_K + CONV_K - 1]) * xv;
-#pragma unroll
-        for (int jj = 0; jj < CONV_K - 1; ++jj) {
-            const int pp = p - (CONV_K - 1) + jj;
-            if (pp >= 0) acc += __bfloat162float(conv_w[ch * CONV_K + jj]) * tap(pp, ch);
-        }
-        qkvs[q][c] = siluf_(acc);
+        const int q = e / CH, c = e - q * CH, ch = gdn_channel(c, kh, h, 0);
+        qkvs[q][c] = gdn_conv_silu(to_f(qkv[(size_t)my_rows[q] * ld_qkv + ch]), conv_w, ch, pos[my_rows[q]], tap);
     }
-    if (tid < npos) {
-        const int row = my_rows[tid];
-        sc[tid][2] = sigmoidf_(to_f(b[(size_t)row * ld_ba + h]));
-        sc[tid][3] = expf(-expf(A_log[h]) * softplusf_(to_f(a[(size_t)row * ld_ba + h]) + dt_bias[h]));
-    }
+    if (tid < npos) gdn_gates(b[(size_t)my_rows[tid] * ld_ba + h], a[(size_t)my_rows[tid] * ld_ba + h], A_log, dt_bias, h, sc[tid]);
     __syncthreads();
     // L2 norms: warp 2q of q's, warp 2q + 1 of k's (the prologue's warps 0 and 1, lane for lane).
     if (warp < 2 * npos) {
         const int q = warp >> 1, kq = warp & 1;
-        const float* v = qkvs[q] + kq * LIN_DK;
-        float ss = 0.f;
-        for (int e = lane; e < LIN_DK; e += 32) ss += v[e] * v[e];
-        ss = warp_sum(ss);
-        if (lane == 0) sc[q][kq] = rsqrtf(ss + 1e-6f) * (kq == 0 ? rsqrtf((float)LIN_DK) : 1.f);
+        gdn_norm_scale(qkvs[q] + kq * LIN_DK, lane, kq == 0, sc[q] + kq);
     }
     __syncthreads();
     for (int e = tid; e < npos * 2 * LIN_DK; e += GDN_DEC_THREADS) {
@@ -394,35 +399,23 @@ __device__ __forceinline__ void gdn_verify_pre(const IN* __restrict__ qkv, int l
 
 // One block per SM is enough at verify batches (<= 8 sequences: 256 blocks); with two
 // the bf16-input variants spilled 16 bytes on sm_90a.
-#define GDN_VERIFY(NAME, IN, OUT)                                                                   \
+#define GDN_VERIFY(NAME, FN, IN, OUT)                                                               \
     extern "C" __global__ void __launch_bounds__(GDN_DEC_THREADS, 1)                                 \
         NAME(const IN* qkv, int ld_qkv, const IN* z, int ld_z, const IN* b, const IN* a, int ld_ba,  \
              const bf16* conv_w, float* conv_state, float* state, const float* A_log,               \
              const float* dt_bias, const bf16* norm_w, const int* slots, const int* pos,            \
              const int2* state_io, int positions, int4 first, int4 count, OUT* out, int ld_out) {   \
-        gdn_verify<IN, OUT>(qkv, ld_qkv, z, ld_z, b, a, ld_ba, conv_w, conv_state, state, A_log,    \
-                            dt_bias, norm_w, slots, pos, state_io, positions, first, count, out,    \
-                            ld_out);                                                                \
+        FN<IN, OUT>(qkv, ld_qkv, z, ld_z, b, a, ld_ba, conv_w, conv_state, state, A_log, dt_bias,    \
+                    norm_w, slots, pos, state_io, positions, first, count, out, ld_out);            \
     }
-GDN_VERIFY(kiln_gdn_verify_f32_f32, float, float)
-GDN_VERIFY(kiln_gdn_verify_f32_bf16, float, bf16)
-GDN_VERIFY(kiln_gdn_verify_bf16_f32, bf16, float)
-GDN_VERIFY(kiln_gdn_verify_bf16_bf16, bf16, bf16)
-
-#define GDN_VERIFY_PRE(NAME, IN, OUT)                                                               \
-    extern "C" __global__ void __launch_bounds__(GDN_DEC_THREADS, 1)                                 \
-        NAME(const IN* qkv, int ld_qkv, const IN* z, int ld_z, const IN* b, const IN* a, int ld_ba,  \
-             const bf16* conv_w, float* conv_state, float* state, const float* A_log,               \
-             const float* dt_bias, const bf16* norm_w, const int* slots, const int* pos,            \
-             const int2* state_io, int positions, int4 first, int4 count, OUT* out, int ld_out) {   \
-        gdn_verify_pre<IN, OUT>(qkv, ld_qkv, z, ld_z, b, a, ld_ba, conv_w, conv_state, state, A_log, \
-                                dt_bias, norm_w, slots, pos, state_io, positions, first, count, out, \
-                                ld_out);                                                            \
-    }
-GDN_VERIFY_PRE(kiln_gdn_verify_pre_f32_f32, float, float)
-GDN_VERIFY_PRE(kiln_gdn_verify_pre_f32_bf16, float, bf16)
-GDN_VERIFY_PRE(kiln_gdn_verify_pre_bf16_f32, bf16, float)
-GDN_VERIFY_PRE(kiln_gdn_verify_pre_bf16_bf16, bf16, bf16)
+GDN_VERIFY(kiln_gdn_verify_f32_f32, gdn_verify, float, float)
+GDN_VERIFY(kiln_gdn_verify_f32_bf16, gdn_verify, float, bf16)
+GDN_VERIFY(kiln_gdn_verify_bf16_f32, gdn_verify, bf16, float)
+GDN_VERIFY(kiln_gdn_verify_bf16_bf16, gdn_verify, bf16, bf16)
+GDN_VERIFY(kiln_gdn_verify_pre_f32_f32, gdn_verify_pre, float, float)
+GDN_VERIFY(kiln_gdn_verify_pre_f32_bf16, gdn_verify_pre, float, bf16)
+GDN_VERIFY(kiln_gdn_verify_pre_bf16_f32, gdn_verify_pre, bf16, float)
+GDN_VERIFY(kiln_gdn_verify_pre_bf16_bf16, gdn_verify_pre, bf16, bf16)
 
 // kiln_conv_ring_write_{in}(const IN* qkv, int ld_qkv, float* conv_state, const int* slots,
 //     const int* pos, int T): for every row t with slots[t] >= 0, the ring row of position
@@ -432,7 +425,8 @@ GDN_VERIFY_PRE(kiln_gdn_verify_pre_bf16_bf16, bf16, bf16)
 //   block 256: a block writes 1/RING_WRITE_SLICES of a row, RING_WRITE_PER channels per
 //   thread, loads before stores (one block per row took ~7 µs per launch, 0.18 ms per
 //   verify step; session 13 timeline).
-#define RING_WRITE_SLICES 8
+// KILN_RING_WRITE_SLICES: registry::RING_WRITE_SLICES (the launcher's grid.y).
+#define RING_WRITE_SLICES KILN_RING_WRITE_SLICES
 #define RING_WRITE_PER 4
 template <typename IN>
 __device__ __forceinline__ void conv_ring_write(const IN* __restrict__ qkv, int ld_qkv, float* __restrict__ conv_state,

@@ -198,6 +198,72 @@ __device__ __forceinline__ void tg_split_sum(Y* __restrict__ y, const float* __r
     if (tid == 0) counters[blockIdx.x] = 0u;
 }
 
+// What both tiled kernels share for a block: its tile (W rows n0.., batch rows m0..) and
+// K slice, and a thread's part of the loads. W stage s: 128 rows x 8 segments, 4 cp.async
+// per thread (zero past N and past ke, as the skinny kernels zero their loads); the
+// thread's rows are wr0 + 32q, its segment fixed, so one pointer and one shared offset
+// serve every stage. x stage s through registers: a unit is one pair of batch rows (g,
+// g + 8 of a 16-row tile) over 4 k (fp32: two units per thread, pairs p and p + 16) or 8
+// k (bf16: one per thread); 16 neighbouring lanes (fp32) or 8 (bf16) read 256 or 128
+// contiguous bytes of a row. A unit's rows are xm + 32q + 8e, its k fixed (xkc).
+template <bool XF32, int WST> struct TgBlock {
+    static constexpr int WQ = TG_BN * 8 / TG_THREADS;
+    static constexpr int XU = XF32 ? 2 : 1;  // units per thread per stage
+    static constexpr int XK = XF32 ? 4 : 8;  // k per unit
+    static constexpr int XPR = TG_SK / XK;   // units per row pair per stage
+    static constexpr int XE = XF32 ? 4 : 2;  // bytes per x element
+    using XRegs = uint4[XU][2];
+    const bf16* W;
+    int M, N, K, n0, m0, kb, ke, nchunks, nst;
+    int wr0, wseg, wdst;
+    const bf16* wsrc;
+    int xpair, xkc, xm;
+    const unsigned char* xsrc;
+
+    __device__ __forceinline__ TgBlock(const bf16* W_, const void* x, int M_, int N_, int K_, int ks) : W(W_), M(M_), N(N_), K(K_) {
+        const int tid = threadIdx.x;
+        const int mtiles = (M + TG_BM - 1) / TG_BM;
+        n0 = (blockIdx.x / mtiles) * TG_BN;
+        m0 = (blockIdx.x % mtiles) * TG_BM;
+        kb = blockIdx.y * ks;
+        ke = min(K, kb + ks);
+        nchunks = ke > kb ? (ke - kb + 31) / 32 : 0;
+        nst = (nchunks + 1) / 2;
+        wr0 = tid >> 3;
+        wseg = tid & 7;
+        wsrc = W + (size_t)(n0 + wr0) * K + kb + wseg * 8;
+        wdst = tg_off(wr0, wseg);  // + 32q rows: tg_off's swizzle depends on row parity only
+        xpair = tid / XPR;
+        xkc = (tid % XPR) * XK;
+        xm = m0 + (xpair >> 3) * 16 + (xpair & 7);
+        xsrc = reinterpret_cast<const unsigned char*>(x) + ((size_t)xm * K + kb + xkc) * XE;
+    }
+    // W stage s into its slot (s % WST) of `wsm` (WST slots of TG_BN x TG_ROWB bytes).
+    __device__ __forceinline__ void load_w(unsigned char* wsm, int s) const {
+        unsigned char* dst = wsm + (s % WST) * (TG_BN * TG_ROWB) + wdst;
+        const bool kin = s < nst && kb + s * TG_SK + wseg * 8 < ke;
+#pragma unroll
+        for (int q = 0; q < WQ; ++q) {
+            const bool ok = kin && n0 + wr0 + 32 * q < N;
+            cp_async16(dst + 32 * q * TG_ROWB, ok ? wsrc + (size_t)32 * q * K + s * TG_SK : W, ok);
+        }
+    }
+    // x stage s, global -> registers (zero past M, and past ke by 8-k segments as the W
+    // loads and the skinny kernels).
+    __device__ __forceinline__ void load_x(int s, XRegs& dst) const {
+        const bool kin = s < nst && kb + s * TG_SK + (xkc & ~7) < ke;
+#pragma unroll
+        for (int q = 0; q < XU; ++q)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int dm = 32 * q + 8 * e;
+                dst[q][e] = make_uint4(0u, 0u, 0u, 0u);
+                if (kin && xm + dm < M)
+                    dst[q][e] = __ldg(reinterpret_cast<const uint4*>(xsrc + ((size_t)dm * K + s * TG_SK) * XE));
+            }
+    }
+};
+
 template <bool XF32, int WST, int XST, typename Y>
 __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const void* __restrict__ x, Y* __restrict__ y,
                                            float* __restrict__ ws, unsigned* __restrict__ counters, int M, int N,
@@ -209,62 +275,21 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int wn = warp & 3, wm = warp >> 2;
-    const int mtiles = (M + TG_BM - 1) / TG_BM;
-    const int n0 = (blockIdx.x / mtiles) * TG_BN, m0 = (blockIdx.x % mtiles) * TG_BM;
-    const int kb = blockIdx.y * ks;
-    const int ke = min(K, kb + ks);
-    const int nchunks = ke > kb ? (ke - kb + 31) / 32 : 0;
-    const int nst = (nchunks + 1) / 2;
+    const TgBlock<XF32, WST> tb(W, x, M, N, K, ks);
+    const int n0 = tb.n0, m0 = tb.m0, kb = tb.kb, ke = tb.ke, nchunks = tb.nchunks, nst = tb.nst;
+    const int xpair = tb.xpair, xkc = tb.xkc;
+    constexpr int XU = TgBlock<XF32, WST>::XU;
     // Batch tiles of 16 this warp multiplies (warp-uniform; the rest lie past M).
     const int jt = max(0, min(2, (M - m0 - wm * 32 + 15) / 16));
-
-    // W stage s: 128 rows x 8 segments, 4 cp.async per thread (zero past N and past ke,
-    // as the skinny kernels zero their loads). The thread's rows are wr0 + 32q, its
-    // segment fixed, so one pointer and one shared offset serve every stage.
-    constexpr int WQ = TG_BN * 8 / TG_THREADS;
-    const int wr0 = tid >> 3, wseg = tid & 7;
-    const bf16* wsrc = W + (size_t)(n0 + wr0) * K + kb + wseg * 8;
-    const int wdst = tg_off(wr0, wseg);  // + 32q rows: tg_off's swizzle depends on row parity only
-    auto load_w = [&](int s) {
-        unsigned char* dst = tg_smem + (s % WST) * L::W + wdst;
-        const bool kin = s < nst && kb + s * TG_SK + wseg * 8 < ke;
-#pragma unroll
-        for (int q = 0; q < WQ; ++q) {
-            const bool ok = kin && n0 + wr0 + 32 * q < N;
-            cp_async16(dst + 32 * q * TG_ROWB, ok ? wsrc + (size_t)32 * q * K + s * TG_SK : W, ok);
-        }
-    };
-    // x stage s through registers. A unit is one pair of batch rows (g, g + 8 of a
-    // 16-row tile) over 4 k (fp32: two units per thread, pairs p and p + 16) or 8 k
-    // (bf16: one per thread); 16 neighbouring lanes (fp32) or 8 (bf16) read 256 or 128
-    // contiguous bytes of a row. A unit's rows are xm + 32q + 8e, its k fixed.
-    constexpr int XU = XF32 ? 2 : 1;       // units per thread per stage
-    constexpr int XK = XF32 ? 4 : 8;       // k per unit
-    constexpr int XPR = TG_SK / XK;        // units per row pair per stage
-    constexpr int XE = XF32 ? 4 : 2;       // bytes per x element
-    const int xpair = tid / XPR, xkc = (tid % XPR) * XK;
-    const int xm = m0 + (xpair >> 3) * 16 + (xpair & 7);
-    const unsigned char* xsrc = reinterpret_cast<const unsigned char*>(x) + ((size_t)xm * K + kb + xkc) * XE;
+    auto load_w = [&](int s) { tb.load_w(tg_smem, s); };
     // Where the unit's fragment goes: tg_xoff(pair / 8, h, s, 4 * (pair % 8) + t); the
     // second fp32 unit (pair + 16) is 2 batch tiles further.
     const int xh = xkc >> 5, xft = (xkc >> 3) & 3, xl = (xpair & 7) * 4 + xft;
     const int xdst0 = tg_xoff(xpair >> 3, xh, XF32 ? (xkc >> 2) & 1 : 0, xl);
     const int xdst1 = tg_xoff(xpair >> 3, xh, 1, xl);  // bf16: step 1 of the same unit
-    uint4 xr[XU][2];
-    using XRegs = uint4[XU][2];
-    auto load_x_regs = [&](int s, XRegs& dst) {  // global -> registers (zero past M, ke)
-        // Zero past ke by 8-k segments, as the W loads and the skinny kernels.
-        const bool kin = s < nst && kb + s * TG_SK + (xkc & ~7) < ke;
-#pragma unroll
-        for (int q = 0; q < XU; ++q)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int dm = 32 * q + 8 * e;
-                dst[q][e] = make_uint4(0u, 0u, 0u, 0u);
-                if (kin && xm + dm < M)
-                    dst[q][e] = __ldg(reinterpret_cast<const uint4*>(xsrc + ((size_t)dm * K + s * TG_SK) * XE));
-            }
-    };
+    using XRegs = typename TgBlock<XF32, WST>::XRegs;
+    XRegs xr;
+    auto load_x_regs = [&](int s, XRegs& dst) { tb.load_x(s, dst); };
     auto store_x_regs = [&](int s, const XRegs& src) {  // registers -> A-fragment order
         unsigned char* xs = tg_smem + WST * L::W + (s % XST) * L::X;
 #pragma unroll
@@ -483,51 +508,22 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
     extern __shared__ __align__(128) unsigned char tg_smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int mtiles = (M + TG_BM - 1) / TG_BM;
-    const int n0 = (blockIdx.x / mtiles) * TG_BN, m0 = (blockIdx.x % mtiles) * TG_BM;
-    const int kb = blockIdx.y * ks;
-    const int ke = min(K, kb + ks);
-    const int nchunks = ke > kb ? (ke - kb + 31) / 32 : 0;
-    const int nst = (nchunks + 1) / 2;
+    // The tile, K slice and loads of the mma.sync kernel (W by cp.async, odd rows' halves
+    // swapped; x units of a pair of batch rows r, r + 8 over XK k).
+    const TgBlock<XF32, WST> tb(W, x, M, N, K, ks);
+    const int n0 = tb.n0, m0 = tb.m0, kb = tb.kb, ke = tb.ke, nchunks = tb.nchunks, nst = tb.nst;
+    const int xpair = tb.xpair, xkc = tb.xkc;
+    constexpr int XU = TgBlock<XF32, WST>::XU;
     // Batch rows the MMAs cover: the tile's live rows rounded up to 16 (the rest are zeros).
     const int nb = min(TG_BM, (M - m0 + 15) / 16 * 16);
 
-    // W exactly as the mma.sync kernel loads it (cp.async, odd rows' halves swapped).
-    constexpr int WQ = TG_BN * 8 / TG_THREADS;
-    const int wr0 = tid >> 3, wseg = tid & 7;
-    const bf16* wsrc = W + (size_t)(n0 + wr0) * K + kb + wseg * 8;
-    const int wdst = tg_off(wr0, wseg);
-    auto load_w = [&](int s) {
-        unsigned char* dst = tg_smem + (s % WST) * L::W + wdst;
-        const bool kin = s < nst && kb + s * TG_SK + wseg * 8 < ke;
-#pragma unroll
-        for (int q = 0; q < WQ; ++q) {
-            const bool ok = kin && n0 + wr0 + 32 * q < N;
-            cp_async16(dst + 32 * q * TG_ROWB, ok ? wsrc + (size_t)32 * q * K + s * TG_SK : W, ok);
-        }
-    };
-    // x units as the mma.sync kernel's (a pair of batch rows r, r + 8 over XK k), stored
-    // as B core-matrix words (tgw_xoff).
-    constexpr int XU = XF32 ? 2 : 1, XK = XF32 ? 4 : 8, XPR = TG_SK / XK, XE = XF32 ? 4 : 2;
-    const int xpair = tid / XPR, xkc = (tid % XPR) * XK;
+    auto load_w = [&](int s) { tb.load_w(tg_smem, s); };
+    // x units stored as B core-matrix words (tgw_xoff).
     const int xr_local = (xpair >> 3) * 16 + (xpair & 7);  // batch row of the block (unit q adds 32)
-    const int xm = m0 + xr_local;
-    const unsigned char* xsrc = reinterpret_cast<const unsigned char*>(x) + ((size_t)xm * K + kb + xkc) * XE;
     const int xh = xkc >> 5, xpp = (xkc >> 3) & 3;  // chunk half of the stage, position pair
-    uint4 xr[XU][2];
-    using XRegs = uint4[XU][2];
-    auto load_x_regs = [&](int s, XRegs& dst) {
-        const bool kin = s < nst && kb + s * TG_SK + (xkc & ~7) < ke;
-#pragma unroll
-        for (int q = 0; q < XU; ++q)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int dm = 32 * q + 8 * e;
-                dst[q][e] = make_uint4(0u, 0u, 0u, 0u);
-                if (kin && xm + dm < M)
-                    dst[q][e] = __ldg(reinterpret_cast<const uint4*>(xsrc + ((size_t)dm * K + s * TG_SK) * XE));
-            }
-    };
+    using XRegs = typename TgBlock<XF32, WST>::XRegs;
+    XRegs xr;
+    auto load_x_regs = [&](int s, XRegs& dst) { tb.load_x(s, dst); };
     auto store_x_regs = [&](int s, const XRegs& src) {
         unsigned char* xs = tg_smem + WST * L::W + (s % XST) * L::X;
 #pragma unroll

@@ -94,6 +94,8 @@ pub const GDN_VERIFY_PRE: ByXY<&str> = [
     ["kiln_gdn_verify_pre_f32_f32", "kiln_gdn_verify_pre_f32_bf16"],
     ["kiln_gdn_verify_pre_bf16_f32", "kiln_gdn_verify_pre_bf16_bf16"],
 ];
+/// Blocks per row of kiln_conv_ring_write (passed to the kernel as KILN_RING_WRITE_SLICES).
+pub const RING_WRITE_SLICES: usize = 8;
 /// The conv ring rows of fed positions (after kiln_gdn_verify), by qkv dtype.
 pub const CONV_RING_WRITE: [&str; 2] = ["kiln_conv_ring_write_f32", "kiln_conv_ring_write_bf16"];
 pub const GDN_PREFILL_PREP: [&str; 2] = ["kiln_gdn_prefill_prep_f32", "kiln_gdn_prefill_prep_bf16"];
@@ -242,6 +244,7 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
         format!("-DKILN_TILED_W_SLOTS={}", TILED_STAGES.0),
         format!("-DKILN_TILED_X_SLOTS={}", TILED_STAGES.1),
         format!("-DKILN_GEMM_SXW_MAX_BYTES={}", gemm_sxw_max_bytes_built()),
+        format!("-DKILN_RING_WRITE_SLICES={RING_WRITE_SLICES}"),
     ];
     for rows in ATTN_PREFILL_ROWS {
         v.push(format!("-DKILN_SMEM_ATTN_PREFILL_R{rows}={}", attn_prefill_smem(d.head_dim, rows)));

@@ -2,7 +2,7 @@
 
 use super::{int, params, DevPtr, Kernels, Mat};
 use crate::backend::cuda::registry::{
-    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, CONV_RING_WRITE, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_DECODE_SPLIT as DECODE_SPLIT, GDN_VERIFY, GDN_VERIFY_PRE,
+    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, CONV_RING_WRITE, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_DECODE_SPLIT as DECODE_SPLIT, GDN_VERIFY, GDN_VERIFY_PRE, RING_WRITE_SLICES,
     GDN_PREFILL_PREP as PREP,
     GDN_PREFILL_SCAN as SCAN,
 };
@@ -48,8 +48,6 @@ pub struct Conv1d {
 /// Time blocks of 64 tokens per sequence that run in parallel in conv1d (each block
 /// takes time blocks y, y + CONV_TIME_BLOCKS, ...; empty ones exit at once).
 const CONV_TIME_BLOCKS: u32 = 16;
-/// Blocks per row of kiln_conv_ring_write (kernels/gdn_decode.cu RING_WRITE_SLICES).
-const RING_WRITE_SLICES: u32 = 8;
 
 /// One fused decode step for B sequences (kernels/gdn_decode.cu). `qkv`, `z`, `b`, `a`
 /// share one dtype; `b` and `a` share a row stride (`b.ld`).
@@ -192,8 +190,7 @@ impl Kernels {
         }
         let (x, ld, cs, sl, ps, tt) = (qkv.ptr, int(qkv.ld, "ld_qkv")?, conv_state, slots, pos, int(t, "rows")?);
         let mut p = params!(x, ld, cs, sl, ps, tt);
-        // kernels/gdn_decode.cu: RING_WRITE_SLICES blocks per row.
-        self.launch(CONV_RING_WRITE[qkv.dtype.idx()], stream, (t as u32, RING_WRITE_SLICES, 1), 256, 0, &mut p)
+        self.launch(CONV_RING_WRITE[qkv.dtype.idx()], stream, (t as u32, RING_WRITE_SLICES as u32, 1), 256, 0, &mut p)
     }
 
     /// Bytes of the `GdnPrefill` workspace for launches of at most `max_tokens` rows and
