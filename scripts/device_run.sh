@@ -226,6 +226,9 @@ if has verify; then
   # The fused verify with every position's inputs first (KILN_GDN_VERIFY_PRE=1, session 13).
   log "verify (fused, inputs first)"; KILN_GDN_VERIFY_PRE=1 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_pre.txt" | tail -5
   log "verify (GDN by position)"; KILN_GDN_VERIFY_FUSED=0 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_by_position.txt" | tail -5
+  # Drafts from the bf16 lm_head (the default since session 14 is its int8 copy):
+  # the draft call's time against verify.txt's.
+  log "verify (bf16 draft head)"; KILN_DRAFT_HEAD=bf16 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_bf16_head.txt" | tail -5
 fi
 if has profile; then
   log "ncu: per-kernel times of one 1024-token prefill"

@@ -167,6 +167,18 @@ struct SpecArgs {
     /// reads N rows of the table; verification keeps the output exact). Unset: all.
     #[arg(long)]
     speculative_draft_vocab: Option<usize>,
+    /// kiln: the table drafts take their logits from: int8 (a copy of the lm_head made at
+    /// start-up, half the bytes per draft step; the default) or bf16 (the lm_head itself).
+    /// Verification keeps the output identical either way. Unset: env KILN_DRAFT_HEAD.
+    #[arg(long, value_enum)]
+    speculative_draft_head: Option<DraftHeadArg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum DraftHeadArg {
+    Int8,
+    Bf16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, ValueEnum, serde::Serialize)]
@@ -425,6 +437,7 @@ fn cuda_backend(a: &ServeArgs, dir: &Path, tok_dir: &Path, spec: Option<&schedul
         // Speculation: verify scratch for `spec_rows` sequences of k + 1 tokens; the MTP
         // head then runs in every step.
         spec_positions: spec.map_or(0, |sp| sp.num_steps + 1),
+        draft_head_i8: a.speculative.speculative_draft_head.map_or(d.draft_head_i8, |h| h == DraftHeadArg::Int8),
         ..d
     };
     let mut b = CudaBackend::load(&plan, Some(dir), &opt)?;

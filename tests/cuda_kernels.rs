@@ -30,6 +30,8 @@ mod reference;
 mod t_attn;
 #[path = "cuda_kernels/t_basic.rs"]
 mod t_basic;
+#[path = "cuda_kernels/t_draft_head.rs"]
+mod t_draft_head;
 #[path = "cuda_kernels/t_gdn.rs"]
 mod t_gdn;
 #[path = "cuda_kernels/t_gdn_verify.rs"]

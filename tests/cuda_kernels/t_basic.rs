@@ -281,7 +281,7 @@ fn argmax_takes_first_max_and_skips_nan() {
 }
 
 /// Zeroed argmax scratch for `rows` rows (the buffers, then the kernels' view of them).
-fn argmax_scratch(s: &Arc<CudaStream>, rows: usize) -> (CudaSlice<u64>, CudaSlice<u32>, ArgmaxScratch) {
+pub fn argmax_scratch(s: &Arc<CudaStream>, rows: usize) -> (CudaSlice<u64>, CudaSlice<u32>, ArgmaxScratch) {
     let (keys, counters) = (up(s, &vec![0u64; rows]), up(s, &vec![0u32; rows]));
     let ws = ArgmaxScratch { keys: ptr(s, &keys), counters: ptr(s, &counters), rows };
     (keys, counters, ws)

@@ -317,3 +317,42 @@ pub fn argmax(x: &[f32]) -> usize {
     }
     best
 }
+
+/// Twin of `kiln_quant_rows_i8` (the MTP draft's int8 lm_head), bit for bit: per row of
+/// w [n][k] (bf16 values), amax = max |w|, q = 128 + round_half_even(w * (127 / amax)),
+/// scale = amax / 127; a zero row gives q = 128 and scale 0. Returns (q, scale).
+pub fn quantize_rows_i8(w: &[f32], n: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
+    let mut q = vec![128u8; n * k];
+    let mut scale = vec![0f32; n];
+    for r in 0..n {
+        let row = &w[r * k..(r + 1) * k];
+        let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let inv = if amax > 0.0 { 127.0f32 / amax } else { 0.0 };
+        scale[r] = amax / 127.0;
+        for (d, v) in q[r * k..(r + 1) * k].iter_mut().zip(row) {
+            *d = (128.0 + (v * inv).round_ties_even().clamp(-127.0, 127.0)) as u8;
+        }
+    }
+    (q, scale)
+}
+
+/// Reference of `kiln_gemv_i8` in f64: y[m][n] = scale[n] * sum_k (q[n][k] - 128) *
+/// f16(x[m][k]) (x clamped to f16's range, as the kernel stages it); also returns each
+/// output's sum of |terms| (the scale its fp32 rounding error is bounded by).
+pub fn gemv_i8_reference(q: &[u8], scale: &[f32], x: &[f32], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+    let xh: Vec<f64> = x.iter().map(|v| half::f16::from_f32(v.clamp(-65504.0, 65504.0)).to_f64()).collect();
+    let (mut y, mut mag) = (vec![0f64; m * n], vec![0f64; m * n]);
+    for i in 0..m {
+        for r in 0..n {
+            let (mut s, mut a) = (0f64, 0f64);
+            for j in 0..k {
+                let t = (q[r * k + j] as f64 - 128.0) * xh[i * k + j];
+                s += t;
+                a += t.abs();
+            }
+            y[i * n + r] = s * scale[r] as f64;
+            mag[i * n + r] = a * scale[r] as f64;
+        }
+    }
+    (y, mag)
+}

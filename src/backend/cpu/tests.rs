@@ -268,3 +268,33 @@ fn snapshots_are_bounded() {
     b.drop_snapshot(x).unwrap();
     b.snapshot_state(0).unwrap();
 }
+
+#[test]
+fn int8_draft_rows_round_to_within_half_a_step_and_keep_their_sign() {
+    // Rows: ordinary values, a zero row, one outlier with tiny neighbours, a negative
+    // maximum; K = 5 (nothing requires a multiple of 8 on the CPU).
+    let k = 5;
+    let w = [0.5f32, -0.25, 0.125, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1e-4, -2e-4, 8.0, 3e-3, 0.0, -3.0, 1.5, -0.75, 0.01, 2.9];
+    let (q, scale) = super::ops::quantize_rows_i8(&w, 4, k);
+    assert_eq!(scale[1], 0.0);
+    assert!(q[k..2 * k].iter().all(|&b| b == 128), "a zero row is all 128");
+    for r in 0..4 {
+        for j in 0..k {
+            let (v, b) = (w[r * k + j], q[r * k + j]);
+            assert!((1..=255).contains(&b));
+            let back = (b as f32 - 128.0) * scale[r];
+            assert!((back - v).abs() <= 0.5 * scale[r] * 1.0001, "row {r} col {j}: {v} -> {b} -> {back}");
+            assert!(v == 0.0 || back == 0.0 || back.signum() == v.signum(), "row {r} col {j}: sign lost");
+        }
+    }
+    // The largest magnitude lands on +-127 exactly.
+    assert_eq!(q[4], 255);
+    assert_eq!(q[3 * k], 1);
+    // The reference multiplies the dequantized rows by f16-rounded x.
+    let x = [1.0f32, 2.0, -1.0, 0.5, 0.25];
+    let (y, mag) = super::ops::gemv_i8_reference(&q, &scale, &x, 1, 4, k);
+    for r in 0..4 {
+        let want: f64 = (0..k).map(|j| (q[r * k + j] as f64 - 128.0) * x[j] as f64).sum::<f64>() * scale[r] as f64;
+        assert!((y[r] - want).abs() <= 1e-12 && mag[r] >= y[r].abs());
+    }
+}

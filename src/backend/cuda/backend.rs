@@ -9,7 +9,7 @@ use super::model::LayerStack;
 use super::pools::{block_bytes, slot_bytes, Scratch, StatePools, LOGIT_ROWS};
 use super::snapshots::SnapshotPool;
 use super::sizing::{size_pools, DeviceMemory, PoolRequest, MAX_RUNNING_LIMIT};
-use super::weights::DeviceWeights;
+use super::weights::{DeviceWeights, DraftHeadI8};
 use crate::backend::step::{row_copies, Step, StepLimits};
 use crate::backend::{Backend, Capacity, ChunkLogits, SeqChunk, SnapshotId, Verified, VerifyChunk};
 use draft::MtpDevice;
@@ -77,6 +77,11 @@ pub struct CudaOptions {
     /// them launch plainly and are waited for in full). An experiment, env
     /// KILN_PDL_STREAM=1 (stage knobs times prefill with it).
     pub pdl_stream: bool,
+    /// MTP drafts read an int8 copy of the lm_head (made at start-up, 0.64 GB for
+    /// Qwen3.5-4B) instead of the bf16 table: half the bytes of a draft step's largest
+    /// read. Drafts are only proposals, so greedy output is unchanged either way. Env
+    /// KILN_DRAFT_HEAD=bf16 / int8; `--speculative-draft-head`.
+    pub draft_head_i8: bool,
 }
 
 impl Default for CudaOptions {
@@ -100,6 +105,7 @@ impl Default for CudaOptions {
             verify_graphs: std::env::var("KILN_VERIFY_GRAPHS").map_or(true, |v| v != "0"),
             mtp_full_upkeep: std::env::var("KILN_MTP_FULL_UPKEEP").is_ok_and(|v| v == "1"),
             pdl_stream: std::env::var("KILN_PDL_STREAM").is_ok_and(|v| v == "1"),
+            draft_head_i8: std::env::var("KILN_DRAFT_HEAD").map_or(true, |v| v != "bf16"),
         }
     }
 }
@@ -228,6 +234,11 @@ impl CudaBackend {
         // block pool after the model's full-attention layers.
         let run_mtp = spec_positions > 0 && w.mtp.is_some();
         let kv_layers = cfg.num_full_layers() + run_mtp as usize;
+        // The drafts' int8 lm_head, before the pools take what is left.
+        let mut w = w;
+        if run_mtp && opt.draft_head_i8 {
+            w.draft_head = Some(DraftHeadI8::build(&k, &stream, w.lm_head, &cfg)?);
+        }
         let (free, total) = ctx.mem_get_info().map_err(|e| anyhow!("reading free GPU memory: {e:?}"))?;
         let sizes = size_pools(
             // The verify scratch is reserved before the pools are sized.

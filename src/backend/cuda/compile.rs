@@ -32,6 +32,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("attn_prefill", include_str!("../../../kernels/attn_prefill.cu")),
     ("attn_decode", include_str!("../../../kernels/attn_decode.cu")),
     ("elementwise", include_str!("../../../kernels/elementwise.cu")),
+    ("draft_head", include_str!("../../../kernels/draft_head.cu")),
 ];
 
 /// Kernel knobs kiln-build takes from the environment (numbers; the defaults live in the

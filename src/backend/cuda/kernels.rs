@@ -12,6 +12,7 @@
 mod attention;
 mod gdn;
 mod gemm;
+mod draft_head;
 mod misc;
 #[cfg(test)]
 mod tiled_pipeline;

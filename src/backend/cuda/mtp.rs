@@ -99,9 +99,13 @@ impl LayerStack<'_> {
 
     /// Drafts of `rows` fp32 rows at `x` (the MTP output): the argmax below `limit` into
     /// `argmax`, from logits of only the lm_head rows below `limit` (rounded up to 128):
-    /// a draft vocabulary of 32K ids reads an eighth of the table.
+    /// a draft vocabulary of 32K ids reads an eighth of the table. With the int8 copy of
+    /// the table (`DeviceWeights::draft_head`) the logits come from it, at half the bytes.
     pub fn mtp_draft_tokens(&self, x: DevPtr, rows: usize, argmax: DevPtr, limit: usize) -> Result<()> {
         let cols = limit.div_ceil(128).saturating_mul(128).min(self.cfg.vocab_size);
-        self.lm_head_piece(x, rows, cols, self.s.logits.ptr, argmax, Some(limit))
+        let Some(d) = &self.w.draft_head else { return self.lm_head_piece(x, rows, cols, self.s.logits.ptr, argmax, Some(limit)) };
+        let logits = self.s.logits.ptr;
+        self.k.gemv_i8(self.stream, d.q, d.scale, x, logits, rows, cols, self.cfg.hidden_size)?;
+        self.k.argmax(self.stream, Mat::f32(logits, cols), limit.min(cols), argmax, rows, &self.s.argmax_ws)
     }
 }

@@ -123,6 +123,17 @@ pub const ARGMAX_SLICE: usize = 2048;
 pub const F32_TO_BF16: &str = "kiln_f32_to_bf16";
 pub const GATHER_ROWS: [&str; 2] = ["kiln_gather_rows_f32", "kiln_gather_rows_bf16"];
 pub const COPY_SEGMENTS: &str = "kiln_copy_segments";
+/// The MTP draft's int8 lm_head (kernels/draft_head.cu): the start-up quantization and
+/// the draft GEMV.
+pub const QUANT_ROWS_I8: &str = "kiln_quant_rows_i8";
+pub const GEMV_I8: &str = "kiln_gemv_i8";
+/// Most batch rows of one kiln_gemv_i8 launch (DH_MAX_M).
+pub const GEMV_I8_MAX_M: usize = 8;
+
+/// Dynamic shared memory of kiln_gemv_i8: x as f16 rows of K + 8 for `GEMV_I8_MAX_M` rows.
+pub fn gemv_i8_smem(k: usize) -> usize {
+    GEMV_I8_MAX_M * (k + 8) * 2
+}
 
 /// Tokens per GDN prefill chunk (GR_C / GS_C in gdn_prefill.cu).
 pub const GDN_CHUNK: usize = 64;
@@ -231,6 +242,8 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("elementwise", &[F32_TO_BF16], 0);
     add("elementwise", &GATHER_ROWS, 0);
     add("elementwise", &[COPY_SEGMENTS], 0);
+    add("draft_head", &[QUANT_ROWS_I8], 0);
+    add("draft_head", &[GEMV_I8], gemv_i8_smem(d.hidden));
     v
 }
 
@@ -245,6 +258,7 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
         format!("-DKILN_TILED_X_SLOTS={}", TILED_STAGES.1),
         format!("-DKILN_GEMM_SXW_MAX_BYTES={}", gemm_sxw_max_bytes_built()),
         format!("-DKILN_RING_WRITE_SLICES={RING_WRITE_SLICES}"),
+        format!("-DKILN_SMEM_GEMV_I8={}", gemv_i8_smem(d.hidden)),
     ];
     for rows in ATTN_PREFILL_ROWS {
         v.push(format!("-DKILN_SMEM_ATTN_PREFILL_R{rows}={}", attn_prefill_smem(d.head_dim, rows)));

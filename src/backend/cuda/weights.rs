@@ -1,7 +1,7 @@
 //! The plan's packed weights on the device (one upload), resolved to per-layer
 //! addresses the forward pass reads.
 
-use super::kernels::DevPtr;
+use super::kernels::{DevPtr, Kernels};
 use super::memory::{upload, DevBuf};
 use crate::config::{LayerKind, ModelConfig};
 use crate::plan::{self, names, Plan};
@@ -57,6 +57,30 @@ pub struct DeviceWeights {
     pub layers: Vec<LayerPtrs>,
     /// The MTP head, when the plan packs one.
     pub mtp: Option<MtpPtrs>,
+    /// The int8 copy of the lm_head the MTP drafts read (`CudaOptions::draft_head_i8`).
+    pub draft_head: Option<DraftHeadI8>,
+}
+
+/// The MTP draft's int8 copy of the (tied) lm_head: per row, bytes 128 + q and one fp32
+/// scale (kernels/draft_head.cu). Made once at start-up from the bf16 table; drafts are
+/// checked by verification, so its rounding never reaches an output token.
+pub struct DraftHeadI8 {
+    _buf: DevBuf,
+    pub q: DevPtr,
+    pub scale: DevPtr,
+}
+
+impl DraftHeadI8 {
+    /// Quantizes `lm_head` ([vocab][hidden] bf16) into a new device buffer.
+    pub fn build(k: &Kernels, stream: &CudaStream, lm_head: DevPtr, cfg: &ModelConfig) -> Result<Self> {
+        let (n, h) = (cfg.vocab_size, cfg.hidden_size);
+        let qbytes = (n * h).div_ceil(256) * 256;
+        let buf = DevBuf::zeroed(qbytes + n * 4, "the int8 draft lm_head")?;
+        let (q, scale) = (buf.ptr, buf.at(qbytes));
+        k.quant_rows_i8(stream, lm_head, q, scale, n, h)?;
+        stream.synchronize().map_err(|e| anyhow::anyhow!("quantizing the draft lm_head: {e:?}"))?;
+        Ok(DraftHeadI8 { _buf: buf, q, scale })
+    }
 }
 
 impl DeviceWeights {
@@ -120,6 +144,6 @@ impl DeviceWeights {
         let embed = ptr(names::EMBED, Bf16)?;
         let lm_head = if plan.has_tensor(names::LM_HEAD) { ptr(names::LM_HEAD, Bf16)? } else { embed };
         let norm = ptr(names::NORM, Bf16).context("final norm")?;
-        Ok(DeviceWeights { _buf: buf, embed, lm_head, norm, layers, mtp })
+        Ok(DeviceWeights { _buf: buf, embed, lm_head, norm, layers, mtp, draft_head: None })
     }
 }

@@ -1,0 +1,45 @@
+//! The MTP draft's int8 lm_head (kernels/draft_head.cu): quantized once at start-up,
+//! read by every draft step at half the bytes of the bf16 table.
+
+use super::{check_aligned, int, params, DevPtr, Kernels};
+use crate::backend::cuda::registry::{gemv_i8_smem, GEMV_I8, GEMV_I8_MAX_M, QUANT_ROWS_I8};
+use anyhow::{ensure, Result};
+use cudarc::driver::CudaStream;
+
+/// Rows of the table one kiln_gemv_i8 block computes (DH_ROWS_PER_BLOCK).
+const GEMV_I8_ROWS_PER_BLOCK: usize = 256;
+
+impl Kernels {
+    /// q [n][k] (u8, 128 + the int8 value) and scale [n] (fp32) of the bf16 rows w [n][k]
+    /// (`ops::quantize_rows_i8` is the twin). k % 8 == 0.
+    pub fn quant_rows_i8(&self, stream: &CudaStream, w: DevPtr, q: DevPtr, scale: DevPtr, n: usize, k: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        ensure!(k % 8 == 0, "quant_rows_i8: K = {k} must be a multiple of 8");
+        check_aligned(w, 16, "quant_rows_i8 w")?;
+        check_aligned(q, 8, "quant_rows_i8 q")?;
+        let (ni, ki) = (int(n, "N")?, int(k, "K")?);
+        let mut p = params!(w, q, scale, ni, ki);
+        self.launch(QUANT_ROWS_I8, stream, (n.div_ceil(8) as u32, 1, 1), 256, 0, &mut p)
+    }
+
+    /// y [m][n] (fp32) = scale[n] * (q[n] - 128) . f16(x[m]) for fp32 rows x [m][k], m
+    /// rows at a time in launches of up to `GEMV_I8_MAX_M`. k % 64 == 0 and at most the
+    /// hidden size the kernels were built for (their shared memory).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_i8(&self, stream: &CudaStream, q: DevPtr, scale: DevPtr, x: DevPtr, y: DevPtr, m: usize, n: usize, k: usize) -> Result<()> {
+        ensure!(k % 64 == 0 && k <= self.dims().hidden, "gemv_i8: K = {k} must be a multiple of 64, at most {}", self.dims().hidden);
+        check_aligned(q, 16, "gemv_i8 q")?;
+        check_aligned(x, 16, "gemv_i8 x")?;
+        let (ni, ki) = (int(n, "N")?, int(k, "K")?);
+        let smem = gemv_i8_smem(self.dims().hidden) as u32;
+        for r0 in (0..m).step_by(GEMV_I8_MAX_M) {
+            let rows = (m - r0).min(GEMV_I8_MAX_M);
+            let (xp, yp, mi) = (x + (r0 * k * 4) as u64, y + (r0 * n * 4) as u64, int(rows, "M")?);
+            let mut p = params!(q, scale, xp, yp, mi, ni, ki);
+            self.launch(GEMV_I8, stream, (n.div_ceil(GEMV_I8_ROWS_PER_BLOCK) as u32, 1, 1), 256, smem, &mut p)?;
+        }
+        Ok(())
+    }
+}
