@@ -124,6 +124,13 @@ struct RingTap {
     __device__ float operator()(int pp, int ch) const { return ring[(size_t)(pp % CONV_K) * CONV_DIM + ch]; }
 };
 
+// The gated RMSNorm's output of column j: o * rsqrt(mean(o^2) + eps) * norm_w * silu(z),
+// with tot the head's sum of o^2 (block_sum's order).
+template <typename OUT>
+__device__ __forceinline__ OUT gdn_gated_out(float o, float tot, float nw, float zz) {
+    return from_f<OUT>(o * rsqrtf(tot / (float)LIN_DV + RMS_EPS) * nw * siluf_(zz));
+}
+
 // One position's delta rule and gated norm on a head's state held in registers (thread
 // (j, part): column j, rows part*GDN_ROWS..): after the prologue, S *= exp(g);
 // S += k (x) beta (v - S^T k); the new S to S_out; o = S^T q;
@@ -171,7 +178,51 @@ __device__ __forceinline__ void gdn_decode_update(float (&s)[GDN_ROWS], int j, i
 #pragma unroll
     for (int q = 0; q < GDN_PARTS; ++q) o += red[q][j];
     const float tot = block_sum(part == 0 ? o * o : 0.f, wred);
-    if (part == 0) *out_j = from_f<OUT>(o * rsqrtf(tot / (float)LIN_DV + RMS_EPS) * nw * siluf_(zz));
+    if (part == 0) *out_j = gdn_gated_out<OUT>(o, tot, nw, zz);
+}
+
+// The verify updates of kiln_gdn_verify_pre: position q's delta rule as gdn_decode_update
+// computes it, with the column sums through their own shared buffers per position
+// (red_kv[q], red_o[q]) so the chain between positions holds one barrier instead of five;
+// the gated norms of all positions run after the last update (they feed no state). Each
+// sum adds the same values in the same order as gdn_decode_update's, so the bits are the
+// same.
+__device__ __forceinline__ void gdn_verify_update_deferred(float (&s)[GDN_ROWS], int j, int part, const float* qs,
+                                                           const float* ks, const float* vs, const float* sc,
+                                                           float (*red_kv)[LIN_DV], float (*red_o)[LIN_DV],
+                                                           float* __restrict__ S_out) {
+    const float beta = sc[2], eg = sc[3];
+    const float* kp = ks + part * GDN_ROWS;
+    const float* qp = qs + part * GDN_ROWS;
+    float kv0 = 0.f, kv1 = 0.f;
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; r += 2) {
+        s[r] *= eg;
+        kv0 += s[r] * kp[r];
+        if (r + 1 < GDN_ROWS) {
+            s[r + 1] *= eg;
+            kv1 += s[r + 1] * kp[r + 1];
+        }
+    }
+    red_kv[part][j] = kv0 + kv1;
+    __syncthreads();
+    float kv = 0.f;
+#pragma unroll
+    for (int q = 0; q < GDN_PARTS; ++q) kv += red_kv[q][j];
+    const float delta = beta * (vs[j] - kv);
+    float o0 = 0.f, o1 = 0.f;
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; r += 2) {
+        s[r] += kp[r] * delta;
+        o0 += s[r] * qp[r];
+        if (r + 1 < GDN_ROWS) {
+            s[r + 1] += kp[r + 1] * delta;
+            o1 += s[r + 1] * qp[r + 1];
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; ++r) S_out[(size_t)r * LIN_DV] = s[r];
+    red_o[part][j] = o0 + o1;
 }
 
 template <typename IN, typename OUT>
@@ -340,9 +391,10 @@ __device__ __forceinline__ void gdn_verify_pre(const IN* __restrict__ qkv, int l
     KILN_PDL_ENTER_ROWS(count.x);
     __shared__ float qkvs[CONV_K][CH];  // per position: q (LIN_DK), k (LIN_DK), v (LIN_DV)
     __shared__ float zs[CONV_K][LIN_DV];
-    __shared__ float red[GDN_PARTS][LIN_DV];
+    __shared__ float red_kv[CONV_K][GDN_PARTS][LIN_DV];
+    __shared__ float red_o[CONV_K][GDN_PARTS][LIN_DV];
     __shared__ float sc[CONV_K][4];
-    __shared__ float wred[32];
+    __shared__ float wsum[CONV_K][32];
     __shared__ int my_rows[CONV_K];
     const int h = blockIdx.x, i = blockIdx.y;
     if (i >= count.x) return;
@@ -389,11 +441,32 @@ __device__ __forceinline__ void gdn_verify_pre(const IN* __restrict__ qkv, int l
     }
     __syncthreads();
     for (int q = 0; q < npos; ++q) {
-        if (q > 0) __syncthreads();  // the previous update's last readers of red and wred are done
         const int row = my_rows[q];
         float* S = state + ((size_t)state_io[row].y * LIN_NV + h) * LIN_DK * LIN_DV + in_head;
-        gdn_decode_update<OUT>(s, j, part, qkvs[q], qkvs[q] + LIN_DK, qkvs[q] + 2 * LIN_DK, sc[q], red, wred, nw, part == 0 ? zs[q][j] : 0.f, S,
-                               out + (size_t)row * ld_out + h * LIN_DV + j);
+        gdn_verify_update_deferred(s, j, part, qkvs[q], qkvs[q] + LIN_DK, qkvs[q] + 2 * LIN_DK, sc[q], red_kv[q], red_o[q], S);
+    }
+    __syncthreads();
+    // The gated norms: column j's o as gdn_decode_update sums it, then block_sum's sum of
+    // o^2 (warps 0-3 hold part 0; the other warps' shares are the zeros block_sum adds).
+    float o[CONV_K];
+#pragma unroll
+    for (int q = 0; q < CONV_K; ++q) {
+        o[q] = 0.f;
+        if (q < npos) {
+#pragma unroll
+            for (int p = 0; p < GDN_PARTS; ++p) o[q] += red_o[q][p][j];
+            const float w = warp_sum(part == 0 ? o[q] * o[q] : 0.f);
+            if (lane == 0) wsum[q][warp] = w;
+        }
+    }
+    __syncthreads();
+    if (part == 0) {
+#pragma unroll
+        for (int q = 0; q < CONV_K; ++q)
+            if (q < npos) {
+                const float tot = warp_sum(lane < GDN_DEC_THREADS / 32 ? wsum[q][lane] : 0.f);
+                out[(size_t)my_rows[q] * ld_out + h * LIN_DV + j] = gdn_gated_out<OUT>(o[q], tot, nw, zs[q][j]);
+            }
     }
 }
 
