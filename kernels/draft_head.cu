@@ -39,7 +39,6 @@ using namespace kiln;
 #ifdef KILN_SMEM_GEMV_I8
 static_assert(KILN_SMEM_GEMV_I8 == DH_MAX_M * DH_LDX(HIDDEN) * 2, "kiln_gemv_i8's shared memory differs from registry::gemv_i8_smem");
 #endif
-static_assert(HIDDEN % 64 == 0, "kiln_gemv_i8 takes K (the hidden size) in 64-k chunks");
 
 extern "C" __global__ void __launch_bounds__(DH_THREADS) kiln_quant_rows_i8(const bf16* __restrict__ w, unsigned char* __restrict__ q,
                                                                           float* __restrict__ scale, int N, int K) {

@@ -236,7 +236,8 @@ impl CudaBackend {
         let kv_layers = cfg.num_full_layers() + run_mtp as usize;
         // The drafts' int8 lm_head, before the pools take what is left.
         let mut w = w;
-        if run_mtp && opt.draft_head_i8 {
+        // (kiln_gemv_i8 takes K in 64-wide chunks; other hidden sizes draft from bf16.)
+        if run_mtp && opt.draft_head_i8 && cfg.hidden_size % 64 == 0 {
             w.draft_head = Some(DraftHeadI8::build(&k, &stream, w.lm_head, &cfg)?);
         }
         let (free, total) = ctx.mem_get_info().map_err(|e| anyhow!("reading free GPU memory: {e:?}"))?;
