@@ -319,7 +319,12 @@ __device__ __forceinline__ int int4_at(int4 v, int q) { return q == 0 ? v.x : q 
 __device__ __forceinline__ void verify_find_rows(const int* __restrict__ slots, int positions, int4 first, int4 count,
                                                  int row0, int slot, int* my_rows) {
     const int tid = threadIdx.x;
-    verify_find_rows(slots, positions, first, count, row0, slot, my_rows);
+    if (tid < CONV_K) my_rows[tid] = tid == 0 ? row0 : -1;
+    __syncthreads();
+    for (int q = 1; q < positions; ++q)
+        for (int r = tid; r < int4_at(count, q); r += GDN_DEC_THREADS)
+            if (slots[int4_at(first, q) + r] == slot) my_rows[q] = int4_at(first, q) + r;
+    __syncthreads();
 }
 
 template <typename IN, typename OUT>
@@ -401,12 +406,7 @@ __device__ __forceinline__ void gdn_verify_pre(const IN* __restrict__ qkv, int l
     const int row0 = first.x + i;
     const int slot = slots[row0];
     if (slot < 0) return;
-    if (tid < CONV_K) my_rows[tid] = tid == 0 ? row0 : -1;
-    __syncthreads();
-    for (int q = 1; q < positions; ++q)
-        for (int r = tid; r < int4_at(count, q); r += GDN_DEC_THREADS)
-            if (slots[int4_at(first, q) + r] == slot) my_rows[q] = int4_at(first, q) + r;
-    __syncthreads();
+    verify_find_rows(slots, positions, first, count, row0, slot, my_rows);
     int npos = 0;  // the sequence's fed positions are 0..npos-1
     while (npos < positions && my_rows[npos] >= 0) ++npos;
     float* ring = conv_state + (size_t)slot * CONV_K * CONV_DIM;
