@@ -400,3 +400,61 @@ unsafe fn cubin(prog: nv::nvrtcProgram) -> Result<Vec<u8>> {
     ensure!(r == nv::nvrtcResult::NVRTC_SUCCESS, "nvrtcGetCUBIN: {r:?}");
     Ok(buf)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{HEADER, SOURCES};
+
+    /// The device functions defined in `src` with their bodies: `name(` after a
+    /// `__device__` qualifier, the body from the next `{` to its matching `}`.
+    fn device_functions(src: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut rest = src;
+        while let Some(i) = rest.find("__device__") {
+            rest = &rest[i + "__device__".len()..];
+            let (Some(paren), Some(brace)) = (rest.find('('), rest.find('{')) else { break };
+            let (Some(semi), true) = (rest.find(';'), paren < brace) else { continue };
+            if semi < brace && semi < paren {
+                continue; // a declaration or a variable, not a definition
+            }
+            let name = rest[..paren].split(|c: char| !(c.is_alphanumeric() || c == '_')).rfind(|w| !w.is_empty()).unwrap_or("").to_string();
+            let mut depth = 0;
+            let body = &rest[brace..];
+            let end = body.char_indices().find(|&(_, c)| {
+                depth += (c == '{') as i32 - (c == '}') as i32;
+                depth == 0
+            });
+            if let Some((e, _)) = end {
+                out.push((name, body[1..e].to_string()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn no_device_function_calls_itself() {
+        // A recursive helper compiles (with a stack) and runs out of stack on the device:
+        // session 14 found a refactored helper that called itself where its body belonged.
+        let mut seen = 0;
+        for (module, src) in SOURCES.iter().chain(std::iter::once(&HEADER)) {
+            for (name, body) in device_functions(src) {
+                if name.is_empty() {
+                    continue;
+                }
+                seen += 1;
+                assert!(!calls_itself(&name, &body), "{module}: device function `{name}` calls itself");
+            }
+        }
+        assert!(seen > 50, "found only {seen} device functions: the scan is broken");
+        // The scan catches the shape of session 14's bug, and not a call of a longer name.
+        let bad = "__device__ __forceinline__ void find_rows(const int* s, int n) {\n    const int t = 0;\n    find_rows(s, n);\n}\n\
+                   __device__ void g2(int x) { other_g2(x); }\n";
+        let found = device_functions(bad);
+        assert!(found.iter().any(|(n, b)| n == "find_rows" && calls_itself(n, b)), "the scan misses a recursive call: {found:?}");
+        assert!(found.iter().any(|(n, b)| n == "g2" && !calls_itself(n, b)), "a call of another function counted as recursion: {found:?}");
+    }
+
+    fn calls_itself(name: &str, body: &str) -> bool {
+        body.match_indices(&format!("{name}(")).any(|(i, _)| body[..i].chars().next_back().is_none_or(|c| !(c.is_alphanumeric() || c == '_')))
+    }
+}
