@@ -218,17 +218,21 @@ fi
 if has verify; then
   # Issue 9: speculative verification against plain decoding (exact tokens, accepted
   # lengths, bit-identical logits after the commit), and a verify call's time.
-  log verify; .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify.txt" | tail -5
+  # VERIFY_VARIANTS picks the runs (all by default): default graphs pre by_position bf16_head.
+  vv() { [ -z "${VERIFY_VARIANTS:-}" ] || [[ " $VERIFY_VARIANTS " == *" $1 "* ]]; }
+  VERIFY="--plan $ENG/qwen35_4b_random.plan --drafts 3 --steps 24 --ctx 1024"
+  if vv default; then log verify; .devbin/kiln-eval verify $VERIFY --batch 1,4,8 2>&1 | grep -v "^\s*$" | tee "$OUT/verify.txt" | tail -5; fi
   # The same with verify steps launch by launch (graphs are the default).
-  log "verify (no graphs)"; KILN_VERIFY_GRAPHS=0 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_graphs.txt" | tail -5
+  if vv graphs; then log "verify (no graphs)"; KILN_VERIFY_GRAPHS=0 .devbin/kiln-eval verify $VERIFY --batch 1,4,8 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_graphs.txt" | tail -5; fi
+  # The fused verify with every position's inputs first (KILN_GDN_VERIFY_PRE=1, session 13;
+  # its updates' barriers and norms reworked in session 14).
+  if vv pre; then log "verify (fused, inputs first)"; KILN_GDN_VERIFY_PRE=1 .devbin/kiln-eval verify $VERIFY --batch 1,4,8 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_pre.txt" | tail -5; fi
   # The verify's GDN one launch per position (KILN_GDN_VERIFY_FUSED=0; the default runs one
   # launch per layer up to 4 sequences since session 13): exact too, and its time.
-  # The fused verify with every position's inputs first (KILN_GDN_VERIFY_PRE=1, session 13).
-  log "verify (fused, inputs first)"; KILN_GDN_VERIFY_PRE=1 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_pre.txt" | tail -5
-  log "verify (GDN by position)"; KILN_GDN_VERIFY_FUSED=0 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1,4,8 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_by_position.txt" | tail -5
+  if vv by_position; then log "verify (GDN by position)"; KILN_GDN_VERIFY_FUSED=0 .devbin/kiln-eval verify $VERIFY --batch 1,4,8 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_by_position.txt" | tail -5; fi
   # Drafts from the bf16 lm_head (the default since session 14 is its int8 copy):
   # the draft call's time against verify.txt's.
-  log "verify (bf16 draft head)"; KILN_DRAFT_HEAD=bf16 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --batch 1 --drafts 3 --steps 24 --ctx 1024 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_bf16_head.txt" | tail -5
+  if vv bf16_head; then log "verify (bf16 draft head)"; KILN_DRAFT_HEAD=bf16 .devbin/kiln-eval verify $VERIFY --batch 1 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_bf16_head.txt" | tail -5; fi
 fi
 if has profile; then
   log "ncu: per-kernel times of one 1024-token prefill"
