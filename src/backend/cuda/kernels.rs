@@ -126,8 +126,8 @@ pub struct Kernels {
     gdn_split: AtomicBool,
     /// `KILN_GDN_VERIFY_FUSED`: 1 always, 0 never, unset by the batch (`gdn_verify_fused`).
     gdn_verify_fused: Option<bool>,
-    /// `KILN_GDN_VERIFY_PRE=1`: the fused verify runs kiln_gdn_verify_pre (session 13, not
-    /// yet run on a GPU).
+    /// The fused verify runs kiln_gdn_verify_pre (the default since session 14;
+    /// `KILN_GDN_VERIFY_PRE=0` runs kiln_gdn_verify).
     gdn_verify_pre: bool,
     /// Which decode GEMM kernel takes which shape, and the K splits (read at load).
     pub(crate) gemm_choices: GemmChoices,
@@ -183,7 +183,7 @@ impl Kernels {
         // run has checked and timed it.
         let gdn_split = std::env::var("KILN_GDN_SPLIT").is_ok_and(|v| v == "1");
         let gdn_verify_fused = std::env::var("KILN_GDN_VERIFY_FUSED").ok().map(|v| v != "0");
-        let gdn_verify_pre = std::env::var("KILN_GDN_VERIFY_PRE").is_ok_and(|v| v == "1");
+        let gdn_verify_pre = std::env::var("KILN_GDN_VERIFY_PRE").map_or(true, |v| v != "0");
         let attn_prefill_rows = if std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "64") { 64 } else { 128 };
         let timeline = Timeline::attach(&loaded, &ctx.default_stream(), TIMELINE_RECORDS)?;
         Ok(Kernels {
@@ -277,9 +277,10 @@ impl Kernels {
         self.gdn_split.store(on, Ordering::Relaxed);
     }
 
-    /// Whether the fused verify's GDN computes every position's inputs first
-    /// (kiln_gdn_verify_pre; `KILN_GDN_VERIFY_PRE=1`, an experiment: the same bits,
-    /// predicted ~2 µs less per fed position at batch 1).
+    /// Whether the fused verify's GDN computes every position's inputs first and keeps
+    /// one barrier between position updates (kiln_gdn_verify_pre): the same bits as
+    /// kiln_gdn_verify (kernel test), verify 5.017 against 5.090 ms at batch 1 and 6.070
+    /// against 6.586 at 4 (H100, session 14 call 2). `KILN_GDN_VERIFY_PRE=0` turns it off.
     pub fn gdn_verify_pre(&self) -> bool {
         self.gdn_verify_pre
     }
