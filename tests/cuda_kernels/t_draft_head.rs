@@ -51,8 +51,10 @@ fn gemv_i8_matches_its_f64_reference() {
         let got = down(&s, &yd);
         let (want, mag) = ops::gemv_i8_reference(&eq, &es, &x, m, n, k);
         // The products are exact in fp32 (an integer of 8 bits times an f16); only the
-        // fp32 sums round: at most K * 2^-24 of the sum of |terms| for any order.
-        let bound = k as f64 * 2f64.powi(-24);
+        // fp32 sums round: at most K * 2^-23 of the sum of |terms| for any order, even if
+        // the tensor cores truncate rather than round (2^-24 per add when they round; the
+        // H100 gave at most 8.4e-6 at K = 2560, session 14).
+        let bound = k as f64 * 2f64.powi(-23);
         let mut worst = 0f64;
         for i in 0..m * n {
             let err = (got[i] as f64 - want[i]).abs();
