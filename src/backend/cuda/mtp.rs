@@ -9,6 +9,7 @@
 
 use super::{split_by_dtype, LayerStack, Rows};
 use crate::backend::cuda::kernels::{DevPtr, Mat, QkNormRope, NULL};
+use crate::backend::cuda::registry::GEMV_I8_MAX_M;
 use crate::backend::cuda::weights::{MixerPtrs, MtpPtrs};
 use crate::backend::mtp_rows::MtpImage;
 use crate::backend::step::StepLayout;
@@ -103,7 +104,10 @@ impl LayerStack<'_> {
     /// the table (`DeviceWeights::draft_head`) the logits come from it, at half the bytes.
     pub fn mtp_draft_tokens(&self, x: DevPtr, rows: usize, argmax: DevPtr, limit: usize) -> Result<()> {
         let cols = limit.div_ceil(128).saturating_mul(128).min(self.cfg.vocab_size);
-        let Some(d) = &self.w.draft_head else { return self.lm_head_piece(x, rows, cols, self.s.logits.ptr, argmax, Some(limit)) };
+        // (Past 8 rows the int8 GEMV would read its table once per 8: the bf16 GEMM then.)
+        let Some(d) = self.w.draft_head.as_ref().filter(|_| rows <= GEMV_I8_MAX_M) else {
+            return self.lm_head_piece(x, rows, cols, self.s.logits.ptr, argmax, Some(limit));
+        };
         let logits = self.s.logits.ptr;
         self.k.gemv_i8(self.stream, d.q, d.scale, x, logits, rows, cols, self.cfg.hidden_size)?;
         self.k.argmax(self.stream, Mat::f32(logits, cols), limit.min(cols), argmax, rows, &self.s.argmax_ws)
