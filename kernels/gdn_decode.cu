@@ -131,9 +131,51 @@ __device__ __forceinline__ OUT gdn_gated_out(float o, float tot, float nw, float
     return from_f<OUT>(o * rsqrtf(tot / (float)LIN_DV + RMS_EPS) * nw * siluf_(zz));
 }
 
-// One position's delta rule and gated norm on a head's state held in registers (thread
-// (j, part): column j, rows part*GDN_ROWS..): after the prologue, S *= exp(g);
-// S += k (x) beta (v - S^T k); the new S to S_out; o = S^T q;
+// The delta rule's two passes over a thread's rows of S (thread (j, part): column j, rows
+// part*GDN_ROWS..), shared by every GDN decode and verify kernel so their bits agree.
+// S *= exp(g); returns this thread's share of (S^T k)_j.
+__device__ __forceinline__ float gdn_decay_kv(float (&s)[GDN_ROWS], const float* kp, float eg) {
+    float kv0 = 0.f, kv1 = 0.f;
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; r += 2) {
+        s[r] *= eg;
+        kv0 += s[r] * kp[r];
+        if (r + 1 < GDN_ROWS) {
+            s[r + 1] *= eg;
+            kv1 += s[r + 1] * kp[r + 1];
+        }
+    }
+    return kv0 + kv1;
+}
+
+// S += k delta_j, the new rows to S_out; returns this thread's share of (S^T q)_j.
+__device__ __forceinline__ float gdn_update_o(float (&s)[GDN_ROWS], const float* kp, const float* qp, float delta,
+                                              float* __restrict__ S_out) {
+    float o0 = 0.f, o1 = 0.f;
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; r += 2) {
+        s[r] += kp[r] * delta;
+        o0 += s[r] * qp[r];
+        if (r + 1 < GDN_ROWS) {
+            s[r + 1] += kp[r + 1] * delta;
+            o1 += s[r + 1] * qp[r + 1];
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; ++r) S_out[(size_t)r * LIN_DV] = s[r];
+    return o0 + o1;
+}
+
+// Column j's sum of the parts' shares, in part order.
+__device__ __forceinline__ float gdn_column_sum(float (*red)[LIN_DV], int j) {
+    float v = 0.f;
+#pragma unroll
+    for (int q = 0; q < GDN_PARTS; ++q) v += red[q][j];
+    return v;
+}
+
+// One position's delta rule and gated norm on a head's state held in registers, after
+// the prologue: S *= exp(g); S += k (x) beta (v - S^T k); the new S to S_out; o = S^T q;
 // out_j = o_j * rsqrt(mean(o^2) + eps) * nw * silu(zz) (thread part 0 of each column).
 template <typename OUT>
 __device__ __forceinline__ void gdn_decode_update(float (&s)[GDN_ROWS], int j, int part, const float* qs,
@@ -143,40 +185,14 @@ __device__ __forceinline__ void gdn_decode_update(float (&s)[GDN_ROWS], int j, i
     const float beta = sc[2], eg = sc[3];
     const float* kp = ks + part * GDN_ROWS;
     const float* qp = qs + part * GDN_ROWS;
-    float kv0 = 0.f, kv1 = 0.f;
-#pragma unroll
-    for (int r = 0; r < GDN_ROWS; r += 2) {
-        s[r] *= eg;
-        kv0 += s[r] * kp[r];
-        if (r + 1 < GDN_ROWS) {
-            s[r + 1] *= eg;
-            kv1 += s[r + 1] * kp[r + 1];
-        }
-    }
-    red[part][j] = kv0 + kv1;
+    red[part][j] = gdn_decay_kv(s, kp, eg);
     __syncthreads();
-    float kv = 0.f;
-#pragma unroll
-    for (int q = 0; q < GDN_PARTS; ++q) kv += red[q][j];
-    const float delta = beta * (vs[j] - kv);
-    float o0 = 0.f, o1 = 0.f;
-#pragma unroll
-    for (int r = 0; r < GDN_ROWS; r += 2) {
-        s[r] += kp[r] * delta;
-        o0 += s[r] * qp[r];
-        if (r + 1 < GDN_ROWS) {
-            s[r + 1] += kp[r + 1] * delta;
-            o1 += s[r + 1] * qp[r + 1];
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < GDN_ROWS; ++r) S_out[(size_t)r * LIN_DV] = s[r];
+    const float delta = beta * (vs[j] - gdn_column_sum(red, j));
+    const float o_part = gdn_update_o(s, kp, qp, delta, S_out);
     __syncthreads();  // everyone has read red[][] (kv) before it is reused
-    red[part][j] = o0 + o1;
+    red[part][j] = o_part;
     __syncthreads();
-    float o = 0.f;
-#pragma unroll
-    for (int q = 0; q < GDN_PARTS; ++q) o += red[q][j];
+    const float o = gdn_column_sum(red, j);
     const float tot = block_sum(part == 0 ? o * o : 0.f, wred);
     if (part == 0) *out_j = gdn_gated_out<OUT>(o, tot, nw, zz);
 }
@@ -184,45 +200,17 @@ __device__ __forceinline__ void gdn_decode_update(float (&s)[GDN_ROWS], int j, i
 // The verify updates of kiln_gdn_verify_pre: position q's delta rule as gdn_decode_update
 // computes it, with the column sums through their own shared buffers per position
 // (red_kv[q], red_o[q]) so the chain between positions holds one barrier instead of five;
-// the gated norms of all positions run after the last update (they feed no state). Each
-// sum adds the same values in the same order as gdn_decode_update's, so the bits are the
-// same.
+// the gated norms of all positions run after the last update (they feed no state), o from
+// gdn_column_sum(red_o[q], j).
 __device__ __forceinline__ void gdn_verify_update_deferred(float (&s)[GDN_ROWS], int j, int part, const float* qs,
                                                            const float* ks, const float* vs, const float* sc,
                                                            float (*red_kv)[LIN_DV], float (*red_o)[LIN_DV],
                                                            float* __restrict__ S_out) {
-    const float beta = sc[2], eg = sc[3];
     const float* kp = ks + part * GDN_ROWS;
-    const float* qp = qs + part * GDN_ROWS;
-    float kv0 = 0.f, kv1 = 0.f;
-#pragma unroll
-    for (int r = 0; r < GDN_ROWS; r += 2) {
-        s[r] *= eg;
-        kv0 += s[r] * kp[r];
-        if (r + 1 < GDN_ROWS) {
-            s[r + 1] *= eg;
-            kv1 += s[r + 1] * kp[r + 1];
-        }
-    }
-    red_kv[part][j] = kv0 + kv1;
+    red_kv[part][j] = gdn_decay_kv(s, kp, sc[3]);
     __syncthreads();
-    float kv = 0.f;
-#pragma unroll
-    for (int q = 0; q < GDN_PARTS; ++q) kv += red_kv[q][j];
-    const float delta = beta * (vs[j] - kv);
-    float o0 = 0.f, o1 = 0.f;
-#pragma unroll
-    for (int r = 0; r < GDN_ROWS; r += 2) {
-        s[r] += kp[r] * delta;
-        o0 += s[r] * qp[r];
-        if (r + 1 < GDN_ROWS) {
-            s[r + 1] += kp[r + 1] * delta;
-            o1 += s[r + 1] * qp[r + 1];
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < GDN_ROWS; ++r) S_out[(size_t)r * LIN_DV] = s[r];
-    red_o[part][j] = o0 + o1;
+    const float delta = sc[2] * (vs[j] - gdn_column_sum(red_kv, j));
+    red_o[part][j] = gdn_update_o(s, kp, qs + part * GDN_ROWS, delta, S_out);
 }
 
 template <typename IN, typename OUT>
@@ -453,8 +441,7 @@ __device__ __forceinline__ void gdn_verify_pre(const IN* __restrict__ qkv, int l
     for (int q = 0; q < CONV_K; ++q) {
         o[q] = 0.f;
         if (q < npos) {
-#pragma unroll
-            for (int p = 0; p < GDN_PARTS; ++p) o[q] += red_o[q][p][j];
+            o[q] = gdn_column_sum(red_o[q], j);
             const float w = warp_sum(part == 0 ? o[q] * o[q] : 0.f);
             if (lane == 0) wsum[q][warp] = w;
         }

@@ -208,7 +208,7 @@ impl CudaBackend {
         ctx: Arc<CudaContext>,
         stream: Arc<CudaStream>,
         k: Kernels,
-        w: DeviceWeights,
+        mut w: DeviceWeights,
         opt: &CudaOptions,
         device_name: String,
     ) -> Result<Self> {
@@ -235,7 +235,6 @@ impl CudaBackend {
         let run_mtp = spec_positions > 0 && w.mtp.is_some();
         let kv_layers = cfg.num_full_layers() + run_mtp as usize;
         // The drafts' int8 lm_head, before the pools take what is left.
-        let mut w = w;
         // (kiln_gemv_i8 takes K in 64-wide chunks; other hidden sizes draft from bf16.)
         if run_mtp && opt.draft_head_i8 && cfg.hidden_size % 64 == 0 {
             w.draft_head = Some(DraftHeadI8::build(&k, &stream, w.lm_head, &cfg)?);
