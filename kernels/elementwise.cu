@@ -46,6 +46,20 @@
 //   Speculative verification saves the conv rings and commits the accepted state with
 //   one launch each instead of a copy per layer and sequence. grid (blocks per segment,
 //   n), block 256.
+// kiln_spec_feed(const int* drafts, const int* feeds, int n, int* ids, int* mtp_ids)
+//   A speculative cycle's drafts into its verify step: for e < n, ids[feeds[2e + 1]] =
+//   drafts[feeds[2e]], and mtp_ids likewise when not null (the verify's MTP pass pairs
+//   each row with the same token). grid 1, block 256.
+//
+// kiln_spec_accept(const int* ids, const int* greedy, const int* rows, int n, int positions,
+//                  int* accepted, unsigned long long* segs, const int* tags, int nsegs)
+//   Greedy acceptance and the commit's choice on the device: for sequence i < n, with
+//   r = rows + i * positions its verify row per position (-1 past its last),
+//   accepted[i] = 1 + the longest q with ids[r[q + 1]] == greedy[r[q]] for every q' <= q
+//   (the matching drafts plus the bonus token); then every commit copy s < nsegs whose
+//   tag (i << 4 | a) names another length than accepted[i] gets zero bytes (segs as
+//   kiln_copy_segments reads them). n <= 256. grid 1, block 256.
+//
 #include "common.cuh"
 
 using namespace kiln;
@@ -257,4 +271,33 @@ extern "C" __global__ void __launch_bounds__(256) kiln_copy_segments(const unsig
     int4* dst = reinterpret_cast<int4*>(segs[3 * seg + 1]);
     const size_t n16 = segs[3 * seg + 2] / 16;
     for (size_t i = (size_t)blockIdx.x * 256 + threadIdx.x; i < n16; i += (size_t)gridDim.x * 256) dst[i] = src[i];
+}
+
+extern "C" __global__ void __launch_bounds__(256) kiln_spec_feed(const int* drafts, const int* feeds, int n, int* ids, int* mtp_ids) {
+    KILN_PDL_ENTER();
+    for (int e = threadIdx.x; e < n; e += blockDim.x) {
+        const int t = drafts[feeds[2 * e]], r = feeds[2 * e + 1];
+        ids[r] = t;
+        if (mtp_ids) mtp_ids[r] = t;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) kiln_spec_accept(const int* ids, const int* greedy, const int* rows, int n,
+                                                                  int positions, int* accepted,
+                                                                  unsigned long long* segs, const int* tags,
+                                                                  int nsegs) {
+    KILN_PDL_ENTER();
+    __shared__ int acc[256];
+    for (int i = threadIdx.x; i < n && i < 256; i += blockDim.x) {
+        const int* r = rows + (size_t)i * positions;
+        int a = 1;
+        while (a < positions && r[a] >= 0 && ids[r[a]] == greedy[r[a - 1]]) ++a;
+        acc[i] = a;
+        accepted[i] = a;
+    }
+    __syncthreads();
+    for (int s = threadIdx.x; s < nsegs; s += blockDim.x) {
+        const int t = tags[s];
+        if (acc[t >> 4] != (t & 15)) segs[3 * s + 2] = 0;
+    }
 }

@@ -93,6 +93,7 @@
 #   kernels  tests/cuda_kernels (.devbin/cuda_kernels-*) with --ignored (KERNEL_TESTS: name
 #            filters), then the kernel bench (KERNEL_BENCH=0: the tests only)
 #   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
+#            (BACKEND_TESTS: name filters; all by default)
 #   serve    launch_server.sh --model-path: time to /health 200, one request
 #   serving  (with serve) scripts/bench_serving.py against that server
 #   serving_steps  a second server, the seq workload only, then the server's mean decode step
@@ -453,7 +454,7 @@ if has kernels; then
   done
 fi
 if has backend; then
-  log "cuda backend vs cpu backend on the toy model"; for t in .devbin/cuda_backend*; do [ -x "$t" ] && "$t" --ignored --test-threads=1 --nocapture 2>&1 | tee "$OUT/backend.txt" | grep -E "^test |test result|panicked" ; done
+  log "cuda backend vs cpu backend on the toy model"; for t in .devbin/cuda_backend*; do [ -x "$t" ] && "$t" ${BACKEND_TESTS:-} --ignored --test-threads=1 --nocapture 2>&1 | tee "$OUT/backend.txt" | grep -E "^test |test result|panicked" ; done
 fi
 if has eval_split; then
   log "eval with the column-split GDN decode kernel"; logits_check split "$ENG/qwen35_4b_random.plan" KILN_GDN_SPLIT=1

@@ -79,13 +79,11 @@ pub fn greedy_speculative(
         let next = *out.last().expect("one token at least");
         // A cycle emits up to k + 1 tokens: stay within max_new_tokens.
         let k = draft_steps.min(max_new_tokens - out.len() - 1);
-        let fed: Vec<u32> = if k == 0 {
-            vec![next]
+        let v = if k == 0 {
+            backend.verify(&[VerifyChunk { slot: 0, start_pos: pos, tokens: &[next], blocks: &blocks, limit: vocab_limit }])?.remove(0)
         } else {
-            let d = backend.draft(&[DraftChunk { slot: 0, pos, next, steps: k, blocks: &blocks, limit: vocab_limit }])?.remove(0);
-            std::iter::once(next).chain(d).collect()
+            backend.speculate(&[DraftChunk { slot: 0, pos, next, steps: k, blocks: &blocks, limit: vocab_limit }], vocab_limit)?.remove(0)
         };
-        let v = backend.verify(&[VerifyChunk { slot: 0, start_pos: pos, tokens: &fed, blocks: &blocks, limit: vocab_limit }])?.remove(0);
         counts.record(k, v.accepted);
         pos += v.accepted;
         for &t in v.emitted() {

@@ -296,3 +296,67 @@ fn a_timeline_build_times_every_launch_of_a_decode_graph() {
     assert!(rows.windows(2).all(|w| w[0].enter_us <= w[1].enter_us));
     println!("toy decode step at batch 4: {:.1} us over {} launches", rows.iter().map(|r| r.advance_us).sum::<f64>(), rows.len());
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn the_cycle_on_the_device_equals_draft_then_verify() {
+    // `speculate` on the device (drafts fed, acceptance and the commit's choice on the GPU,
+    // one read-back) against the two calls it replaces, from the same state in two slots
+    // of one backend: the same greedy tokens and accepted lengths every cycle, then the
+    // same next decode step's logits bit for bit (recurrent state, conv rings, KV and the
+    // pending MTP state committed alike). Vocabulary limits force the acceptance: drafts
+    // over 1 id are all token 0, so a verify limit of 1 accepts every draft, 2 some, the
+    // whole vocabulary about none. Drafts of unequal length in the batch of 3.
+    use kiln::backend::speculative::draft_then_verify;
+    use kiln::backend::DraftChunk;
+    let b = toy_plan();
+    let opt = CudaOptions { max_running: Some(16), max_seq_len: 256, max_step_tokens: 512, spec_positions: 4, spec_rows: 8, ..Default::default() };
+    let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
+    let vocab = gpu.config().vocab_size;
+    let per = 256 / gpu.capacity().block_size;
+    let stripe = |s: usize| -> Vec<u32> { ((s * per) as u32..((s + 1) * per) as u32).collect() };
+    for (n, verify_limit) in [(1usize, 1usize), (3, 2), (8, vocab), (8, 1), (3, vocab)] {
+        let prompts: Vec<Vec<u32>> = (0..n).map(|s| (0..9 + 5 * s as u32).map(|i| (i * 37 + 11 * s as u32 + 1) % vocab as u32).collect()).collect();
+        let mut pos = vec![0usize; 2 * n];
+        let mut next = vec![0u32; 2 * n];
+        for s in 0..2 * n {
+            gpu.reset_slot(s).unwrap();
+            let p = &prompts[s % n];
+            let out = gpu.forward(&[SeqChunk { slot: s, start_pos: 0, tokens: p, blocks: &stripe(s), want: Want::Argmax { limit: verify_limit }, allowed: None }]).unwrap();
+            (pos[s], next[s]) = (p.len(), out[0].argmax.unwrap());
+        }
+        let blocks: Vec<Vec<u32>> = (0..2 * n).map(stripe).collect();
+        let mut accepted_total = 0;
+        for cycle in 0..6 {
+            let chunks = |group: usize| -> Vec<DraftChunk> {
+                (0..n)
+                    .map(|i| {
+                        let s = group * n + i;
+                        let steps = if n == 3 { 1 + (i + cycle) % 3 } else { 3 };
+                        DraftChunk { slot: s, pos: pos[s], next: next[s], steps, blocks: &blocks[s], limit: 1 }
+                    })
+                    .collect()
+            };
+            let (fused_chunks, two_chunks) = (chunks(0), chunks(1));
+            let fused = gpu.speculate(&fused_chunks, verify_limit).unwrap();
+            let two = draft_then_verify(&mut gpu, &two_chunks, verify_limit).unwrap();
+            assert_eq!(fused, two, "n {n} limit {verify_limit} cycle {cycle}");
+            for (i, v) in fused.iter().enumerate() {
+                accepted_total += v.accepted;
+                for s in [i, n + i] {
+                    pos[s] += v.accepted;
+                    next[s] = v.greedy[v.accepted - 1];
+                }
+            }
+        }
+        println!("n {n} verify limit {verify_limit}: {accepted_total} tokens accepted over {} sequence cycles", 6 * n);
+        // One plain step on all 2n slots: the committed states must be the same.
+        let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let chunks: Vec<SeqChunk> = (0..2 * n).map(|s| SeqChunk { slot: s, start_pos: pos[s], tokens: &toks[s], blocks: &blocks[s], want: Want::Last, allowed: None }).collect();
+        let out = gpu.forward(&chunks).unwrap();
+        for i in 0..n {
+            let (a, b) = (&out[i].data, &out[n + i].data);
+            assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "n {n} limit {verify_limit}: sequence {i}'s next logits differ between the two cycles");
+        }
+    }
+}

@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod forced_draft;
 pub mod mtp_rows;
+pub mod spec_cycle;
 pub mod speculative;
 pub mod step;
 pub mod verify_check;
@@ -160,5 +161,13 @@ pub trait Backend: Send {
     /// keeps the accepted tokens in each slot and discards the rest (see `Verified`).
     fn verify(&mut self, _seqs: &[VerifyChunk<'_>]) -> Result<Vec<Verified>> {
         bail!(speculative::NOT_SUPPORTED)
+    }
+    /// One whole cycle per sequence: `draft` `steps` tokens, then `verify` the sampled
+    /// token and its drafts with greedy tokens below `verify_limit` (what the scheduler
+    /// runs). A device backend may run it without the host in between; this default
+    /// makes the two calls. A failed draft (the main model untouched) is a
+    /// `speculative::DraftFailed`.
+    fn speculate(&mut self, seqs: &[DraftChunk<'_>], verify_limit: usize) -> Result<Vec<Verified>> {
+        speculative::draft_then_verify(self, seqs, verify_limit)
     }
 }

@@ -105,8 +105,12 @@ impl MtpRows {
     /// Chained draft step `j` of `chunks` (one row per sequence): step 0 pairs each slot's
     /// pending hidden state with its sampled token; step j > 0 pairs MTP output row i of
     /// step j - 1 with its draft (the ids then come from the device; `ids` here are 0).
-    pub fn for_draft(chunks: &[DraftChunk<'_>], j: usize, block_size: usize) -> MtpRows {
-        let bt_stride = chunks.iter().map(|c| c.blocks.len()).max().unwrap_or(1).max(1);
+    /// With `pad = Some((rows, bt_stride))`, the fixed shape of a captured draft graph:
+    /// `rows` rows (padding rows name no slot, see no keys and write no KV) and block
+    /// tables of stride `bt_stride`.
+    pub fn for_draft(chunks: &[DraftChunk<'_>], j: usize, block_size: usize, pad: Option<(usize, usize)>) -> MtpRows {
+        let longest = chunks.iter().map(|c| c.blocks.len()).max().unwrap_or(1).max(1);
+        let bt_stride = pad.map_or(longest, |p| p.1.max(longest));
         let mut m = MtpRows { layout: StepLayout { bt_stride, cu_seqlens: vec![0], ..Default::default() }, ..Default::default() };
         for (i, c) in chunks.iter().enumerate() {
             let t = c.pos - 1 + j;
@@ -116,6 +120,11 @@ impl MtpRows {
             let mut table: Vec<i32> = c.blocks.iter().map(|&b| b as i32).collect();
             table.resize(bt_stride, 0);
             m.close_chunk(c.slot as i32, t as i32, t as i32 + 1, &table);
+        }
+        let zeros = vec![0; bt_stride];
+        for _ in chunks.len()..pad.map_or(0, |p| p.0) {
+            m.push_row(0, 0, 0, -1);
+            m.close_chunk(-1, 0, 0, &zeros);
         }
         m
     }

@@ -125,17 +125,28 @@ fn draft_steps_chain_from_the_pending_state() {
         DraftChunk { slot: 1, pos: 6, next: 33, steps: 3, blocks: &b1, limit: 90 },
         DraftChunk { slot: 4, pos: 9, next: 44, steps: 3, blocks: &b4, limit: 90 },
     ];
-    let m0 = MtpRows::for_draft(&chunks, 0, BS);
+    let m0 = MtpRows::for_draft(&chunks, 0, BS, None);
     assert_eq!(m0.layout.ids, vec![33, 44]);
     assert_eq!(m0.hidden, vec![pending_of(1), pending_of(4)]);
     assert_eq!(m0.layout.pos, vec![5, 8]);
     assert_eq!(m0.layout.ctx_lens, vec![6, 9]);
-    let m2 = MtpRows::for_draft(&chunks, 2, BS);
+    let m2 = MtpRows::for_draft(&chunks, 2, BS, None);
     assert_eq!(m2.hidden, vec![0, 1]);
     assert_eq!(m2.layout.pos, vec![7, 10]);
     assert_eq!(m2.layout.ctx_lens, vec![8, 11]);
     assert_eq!(m2.layout.kv_loc[1] as usize, blocks(4)[10 / BS] as usize * BS + 10 % BS);
     assert!(m2.pending.is_empty());
+    // A draft graph's shape: 4 rows, table stride 16, the same image offsets for 1 or 2
+    // sequences; padding rows see no keys and write no KV.
+    let p2 = MtpRows::for_draft(&chunks, 2, BS, Some((4, 16)));
+    let p1 = MtpRows::for_draft(&chunks[..1], 2, BS, Some((4, 16)));
+    assert_eq!(p2.layout.slots, vec![1, 4, -1, -1]);
+    assert_eq!(p2.layout.bt_stride, 16);
+    assert_eq!(&p2.layout.kv_loc[2..], &[-1, -1]);
+    assert_eq!(&p2.layout.ctx_lens[..], &[8, 11, 0, 0]);
+    assert_eq!(p1.image(&[]).meta, p2.image(&[]).meta);
+    assert_eq!(p1.image(&[]).packed.len(), p2.image(&[]).packed.len());
+    assert_eq!(&p2.layout.pos[..2], &m2.layout.pos[..]);
 }
 
 #[test]

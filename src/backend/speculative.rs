@@ -58,6 +58,37 @@ impl Verified {
 /// The error of a backend without speculation (the trait's default).
 pub const NOT_SUPPORTED: &str = "speculation not supported by this backend";
 
+/// The error of a cycle whose draft failed: only the MTP head's state was touched, so the
+/// sequences can go on decoding plainly.
+#[derive(Debug)]
+pub struct DraftFailed(pub anyhow::Error);
+
+impl std::fmt::Display for DraftFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the MTP draft failed: {:#}", self.0)
+    }
+}
+
+impl std::error::Error for DraftFailed {}
+
+/// `Backend::speculate` as two calls: `draft`, then `verify` of each sequence's sampled
+/// token and its drafts.
+pub fn draft_then_verify<B: super::Backend + ?Sized>(b: &mut B, seqs: &[DraftChunk<'_>], verify_limit: usize) -> anyhow::Result<Vec<Verified>> {
+    let drafts = b.draft(seqs).map_err(|e| anyhow::Error::new(DraftFailed(e)))?;
+    anyhow::ensure!(
+        drafts.len() == seqs.len() && drafts.iter().zip(seqs).all(|(d, c)| d.len() == c.steps),
+        DraftFailed(anyhow::anyhow!("the draft returned the wrong number of tokens"))
+    );
+    let fed: Vec<Vec<u32>> = seqs.iter().zip(drafts).map(|(c, d)| std::iter::once(c.next).chain(d).collect()).collect();
+    b.verify(&verify_chunks(seqs, &fed, verify_limit))
+}
+
+/// The verify chunks of a cycle whose fed tokens (the sampled token and the drafts) are
+/// `fed`.
+pub fn verify_chunks<'a>(chunks: &[DraftChunk<'a>], fed: &'a [Vec<u32>], limit: usize) -> Vec<VerifyChunk<'a>> {
+    chunks.iter().zip(fed).map(|(c, f)| VerifyChunk { slot: c.slot, start_pos: c.pos, tokens: f, blocks: c.blocks, limit }).collect()
+}
+
 /// Tokens kept after verifying `fed = [x_n, d_1..d_k]` whose greedy tokens are `greedy`:
 /// 1 + the length of the longest prefix of drafts with `d_{i+1} == greedy[i]`.
 pub fn accepted_len(fed: &[u32], greedy: &[u32]) -> usize {

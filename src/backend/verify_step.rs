@@ -185,19 +185,26 @@ pub fn save_rings(chunks: &[VerifyChunk<'_>], a: &impl StateAddrs) -> Vec<Segmen
 /// wrote.
 pub fn commit(chunks: &[VerifyChunk<'_>], accepted: &[usize], shape: &VerifyShape, a: &impl StateAddrs) -> Result<Vec<Segment>> {
     ensure!(accepted.len() == chunks.len(), "one accepted length per verified sequence");
-    let (k, row) = (a.conv_k(), a.ring_row_bytes());
     let mut v = Vec::new();
     for (i, (c, &acc)) in chunks.iter().zip(accepted).enumerate() {
-        let fed = c.tokens.len();
-        ensure!((1..=fed).contains(&acc), "slot {}: {acc} accepted of {fed} fed positions", c.slot);
-        ensure!(fed <= k, "slot {}: {fed} positions verified, but the conv ring restores at most {k}", c.slot);
-        for l in 0..a.linear_layers() {
-            let bytes = a.recurrent_bytes() as u64;
-            v.push(Segment { src: a.recurrent(l, shape.entry(i, acc - 1)), dst: a.recurrent(l, c.slot), bytes });
-            for q in acc..fed {
-                let off = (((c.start_pos + q) % k) * row) as u64;
-                v.push(Segment { src: a.saved_ring(i, l) + off, dst: a.ring(l, c.slot) + off, bytes: row as u64 });
-            }
+        v.extend(commit_one(i, c, acc, shape, a)?);
+    }
+    Ok(v)
+}
+
+/// `commit`'s copies for chunk `c`, the `i`-th of its verify call, at accepted length `acc`.
+pub fn commit_one(i: usize, c: &VerifyChunk<'_>, acc: usize, shape: &VerifyShape, a: &impl StateAddrs) -> Result<Vec<Segment>> {
+    let (k, row) = (a.conv_k(), a.ring_row_bytes());
+    let fed = c.tokens.len();
+    ensure!((1..=fed).contains(&acc), "slot {}: {acc} accepted of {fed} fed positions", c.slot);
+    ensure!(fed <= k, "slot {}: {fed} positions verified, but the conv ring restores at most {k}", c.slot);
+    let mut v = Vec::new();
+    for l in 0..a.linear_layers() {
+        let bytes = a.recurrent_bytes() as u64;
+        v.push(Segment { src: a.recurrent(l, shape.entry(i, acc - 1)), dst: a.recurrent(l, c.slot), bytes });
+        for q in acc..fed {
+            let off = (((c.start_pos + q) % k) * row) as u64;
+            v.push(Segment { src: a.saved_ring(i, l) + off, dst: a.ring(l, c.slot) + off, bytes: row as u64 });
         }
     }
     Ok(v)
@@ -219,4 +226,4 @@ pub fn segment_words(segs: &[Segment]) -> Vec<u64> {
 
 #[cfg(test)]
 #[path = "verify_step_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -68,10 +68,10 @@ fn a_verify_step_refuses_what_breaks_a_limit() {
 /// A byte memory laid out like the device pools of a toy model: recurrent entries
 /// [layer][slots + scratch][8 bytes], conv rings [layer][slot][K rows][8 bytes], saved
 /// rings [verify seq][layer][K][8].
-struct ToyPools {
-    layers: usize,
-    k: usize,
-    shape: VerifyShape,
+pub(crate) struct ToyPools {
+    pub layers: usize,
+    pub k: usize,
+    pub shape: VerifyShape,
 }
 
 impl ToyPools {

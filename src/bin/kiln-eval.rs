@@ -338,6 +338,22 @@ fn spec_tpot(mut be: Box<dyn Backend>, ctx: usize, drafts: usize, limit: usize) 
         be = fd.into_inner();
     }
     if be.supports_speculation() {
+        // The MTP head's own drafts through `speculate` (the scheduler's call: on the cuda
+        // backend the whole cycle with one read-back). Random weights accept about nothing,
+        // so this is the time of a cycle.
+        let mut counts = Default::default();
+        let (tpot, out) = timed(&mut |k| {
+            let (out, c) = greedy_speculative(be.as_mut(), &prompt, k, &[], limit, drafts)?;
+            counts = c;
+            Ok(out)
+        })?;
+        ensure!(out == plain, "speculative output (MTP drafts) differs from plain greedy");
+        let per_cycle = counts.accept_length();
+        println!(
+            "batch 1 ctx {ctx}: speculative, MTP drafts ({drafts} per cycle): {:.3} ms per token, {per_cycle:.2} tokens per cycle, {:.3} ms per cycle, output identical",
+            tpot * 1e3,
+            tpot * per_cycle * 1e3
+        );
         draft_times(be.as_mut(), &prompt, &plain, drafts, limit)?;
     }
     Ok(())

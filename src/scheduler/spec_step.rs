@@ -8,7 +8,8 @@
 //! requests decode plainly in the same step.
 
 use super::Engine;
-use crate::backend::{DraftChunk, VerifyChunk};
+use crate::backend::speculative::DraftFailed;
+use crate::backend::DraftChunk;
 use crate::sampling::Sampled;
 use crate::scheduler::request::{FinishReason, Output};
 use std::sync::atomic::Ordering::Relaxed;
@@ -95,7 +96,7 @@ impl Engine {
         let limit = self.vocab_limit;
         let draft_limit = self.spec.as_ref().and_then(|rt| rt.cfg.draft_vocab).map_or(limit, |d| d.clamp(1, limit));
         let t0 = Instant::now();
-        let drafts = {
+        let verified = {
             let chunks: Vec<DraftChunk<'_>> = rows
                 .iter()
                 .map(|r| {
@@ -104,42 +105,20 @@ impl Engine {
                     DraftChunk { slot: s.slot.expect("running sequences hold a slot"), pos: s.fed, next, steps: r.k, blocks: &s.blocks, limit: draft_limit }
                 })
                 .collect();
-            self.backend.draft(&chunks)
+            self.backend.speculate(&chunks, limit)
         };
-        let draft_secs = t0.elapsed().as_secs_f64();
-        let drafts = match drafts {
-            Ok(d) if d.len() == rows.len() && d.iter().zip(rows).all(|(d, r)| d.len() == r.k) => d,
-            Ok(_) => return self.turn_off("the draft returned the wrong number of tokens".into()),
-            Err(e) => return self.turn_off(format!("{e:#}")),
-        };
-        let fed: Vec<Vec<u32>> = rows
-            .iter()
-            .zip(drafts)
-            .map(|(r, d)| std::iter::once(*self.running[r.idx].tokens.last().expect("tokens")).chain(d).collect())
-            .collect();
-        let t1 = Instant::now();
-        let verified = {
-            let chunks: Vec<VerifyChunk<'_>> = rows
-                .iter()
-                .zip(&fed)
-                .map(|(r, f)| {
-                    let s = &self.running[r.idx];
-                    VerifyChunk { slot: s.slot.expect("running sequences hold a slot"), start_pos: s.fed, tokens: f, blocks: &s.blocks, limit }
-                })
-                .collect();
-            self.backend.verify(&chunks)
-        };
-        let verify_secs = t1.elapsed().as_secs_f64();
+        let cycle_secs = t0.elapsed().as_secs_f64();
         let verified = match verified {
-            Ok(v) if v.len() == rows.len() && v.iter().zip(&fed).all(|(v, f)| v.greedy.len() == f.len() && (1..=f.len()).contains(&v.accepted)) => v,
-            Ok(_) => return self.fail_rows(rows, "backend error: the verify returned malformed results".into(), done),
+            Ok(v) if v.len() == rows.len() && v.iter().zip(rows).all(|(v, r)| v.greedy.len() == r.k + 1 && (1..=r.k + 1).contains(&v.accepted)) => v,
+            Ok(_) => return self.fail_rows(rows, "backend error: the speculative cycle returned malformed results".into(), done),
+            // A failed draft touched only the MTP head: the sequences go on plainly.
+            Err(e) if e.downcast_ref::<DraftFailed>().is_some() => return self.turn_off(format!("{e:#}")),
             Err(e) => return self.fail_rows(rows, format!("backend error: {e:#}"), done),
         };
         let accepted: Vec<usize> = verified.iter().map(|v| v.accepted).collect();
         if let Some(rt) = self.spec.as_mut() {
             let k_max = rows.iter().map(|r| r.k).max().unwrap_or(1);
-            rt.costs.observe_draft(rows.len(), k_max, draft_secs);
-            rt.costs.observe_verify(rows.len(), verify_secs);
+            rt.costs.observe_cycle(rows.len(), k_max, rt.cfg.num_steps, cycle_secs);
             rt.observe_acceptance(&accepted);
         }
         self.stats.spec_verify_ct.fetch_add(rows.len() as u64, Relaxed);

@@ -69,21 +69,20 @@ pub fn resolve(
     Ok(Some(SpecConfig { num_steps: steps, policy, draft_vocab: None }))
 }
 
-/// Seconds one step takes for a given batch: a plain decode step, one chained draft step,
-/// and the verification of k + 1 tokens per sequence.
+/// Seconds for a given batch: a plain decode step, and a whole speculative cycle of the
+/// configured draft steps (k drafts, the verification of k + 1 tokens per sequence and the
+/// commit, which `Backend::speculate` runs as one call).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepCosts {
     pub plain: f64,
-    pub draft_step: f64,
-    pub verify: f64,
+    pub cycle: f64,
 }
 
 /// Whether a speculative cycle yields tokens faster than plain decoding: plain decoding
-/// gives one token per sequence per step, a cycle (k draft steps + one verify) gives the
-/// expected acceptance length (accepted drafts + the bonus token) per sequence.
-pub fn speculation_pays(c: &StepCosts, draft_steps: usize, expected_accept_len: f64) -> bool {
-    let cycle = c.draft_step * draft_steps as f64 + c.verify;
-    cycle < c.plain * expected_accept_len
+/// gives one token per sequence per step, a cycle gives the expected acceptance length
+/// (accepted drafts + the bonus token) per sequence.
+pub fn speculation_pays(c: &StepCosts, expected_accept_len: f64) -> bool {
+    c.cycle < c.plain * expected_accept_len
 }
 
 /// Assumed cost ratios before anything is measured (relative to a plain step at the same
@@ -93,15 +92,19 @@ pub fn speculation_pays(c: &StepCosts, draft_steps: usize, expected_accept_len: 
 const ASSUMED_DRAFT_STEP: f64 = 0.2;
 const ASSUMED_VERIFY: f64 = 1.3;
 
+/// The assumed cost of a cycle of `k` draft steps, in plain steps.
+fn assumed_cycle(k: usize) -> f64 {
+    ASSUMED_VERIFY + ASSUMED_DRAFT_STEP * k as f64
+}
+
 /// Measured step costs per batch-size bucket (powers of two), as moving averages.
 #[derive(Clone, Debug, Default)]
 pub struct CostTable {
-    buckets: BTreeMap<usize, [Option<f64>; 3]>,
+    buckets: BTreeMap<usize, [Option<f64>; 2]>,
 }
 
 const PLAIN: usize = 0;
-const DRAFT: usize = 1;
-const VERIFY: usize = 2;
+const CYCLE: usize = 1;
 
 fn bucket(batch: usize) -> usize {
     batch.max(1).next_power_of_two()
@@ -115,15 +118,15 @@ impl CostTable {
         let v = &mut self.buckets.entry(bucket(batch)).or_default()[what];
         *v = Some(v.map_or(secs, |old| 0.8 * old + 0.2 * secs));
     }
+
+    /// A plain decode step (no speculation, one token per row).
     pub fn observe_plain(&mut self, batch: usize, secs: f64) {
         self.observe(batch, PLAIN, secs);
     }
-    /// A draft call of `steps` chained steps.
-    pub fn observe_draft(&mut self, batch: usize, steps: usize, secs: f64) {
-        self.observe(batch, DRAFT, secs / steps.max(1) as f64);
-    }
-    pub fn observe_verify(&mut self, batch: usize, secs: f64) {
-        self.observe(batch, VERIFY, secs);
+    /// A speculative cycle whose longest draft had `steps` of the configured `k` (a
+    /// sequence near its max_new_tokens drafts fewer): scaled to k by the assumed ratios.
+    pub fn observe_cycle(&mut self, batch: usize, steps: usize, k: usize, secs: f64) {
+        self.observe(batch, CYCLE, secs * assumed_cycle(k) / assumed_cycle(steps));
     }
 
     /// The nearest bucket's measurement of `what` (ties go to the smaller batch).
@@ -136,22 +139,18 @@ impl CostTable {
             .map(|(_, _, x)| x)
     }
 
-    /// Costs at `batch`: measured where known (the nearest measured bucket), else assumed
-    /// relative to the plain step (1.0 when nothing is measured at all).
-    pub fn at(&self, batch: usize) -> StepCosts {
-        let plain = self.nearest(batch, PLAIN);
-        let p = plain.unwrap_or(1.0);
-        StepCosts {
-            plain: p,
-            draft_step: self.nearest(batch, DRAFT).unwrap_or(ASSUMED_DRAFT_STEP * p),
-            verify: self.nearest(batch, VERIFY).unwrap_or(ASSUMED_VERIFY * p),
-        }
+    /// Costs at `batch` for cycles of `k` draft steps: measured where known (the nearest
+    /// measured bucket), else assumed relative to the plain step (1.0 when nothing is
+    /// measured at all).
+    pub fn at(&self, batch: usize, k: usize) -> StepCosts {
+        let p = self.nearest(batch, PLAIN).unwrap_or(1.0);
+        StepCosts { plain: p, cycle: self.nearest(batch, CYCLE).unwrap_or(assumed_cycle(k) * p) }
     }
 }
 
 /// The per-step decision: speculate for a batch of `batch` decoding sequences?
 pub fn should_speculate(batch: usize, costs: &CostTable, draft_steps: usize, expected_accept_len: f64) -> bool {
-    batch > 0 && draft_steps > 0 && speculation_pays(&costs.at(batch), draft_steps, expected_accept_len)
+    batch > 0 && draft_steps > 0 && speculation_pays(&costs.at(batch, draft_steps), expected_accept_len)
 }
 
 /// A decision-maker over time: the cost table, the running acceptance estimate, and

@@ -23,42 +23,46 @@ fn flags_resolve_as_sglang_names_them() {
 
 #[test]
 fn a_cycle_pays_when_its_cost_per_token_beats_a_plain_step() {
-    let c = StepCosts { plain: 2.0, draft_step: 0.3, verify: 2.4 };
-    // k = 3: a cycle costs 3.3, worth 2.0 per accepted token.
-    assert!(speculation_pays(&c, 3, 2.8));
-    assert!(!speculation_pays(&c, 3, 1.6));
-    assert!(!speculation_pays(&c, 3, 1.65)); // exactly break-even: plain wins
-    assert!(speculation_pays(&c, 3, 1.66));
+    // A cycle costs 3.3, worth 2.0 per accepted token.
+    let c = StepCosts { plain: 2.0, cycle: 3.3 };
+    assert!(speculation_pays(&c, 2.8));
+    assert!(!speculation_pays(&c, 1.6));
+    assert!(!speculation_pays(&c, 1.65)); // exactly break-even: plain wins
+    assert!(speculation_pays(&c, 1.66));
     // Nothing accepted (random weights): never pays.
-    assert!(!speculation_pays(&c, 3, 1.0));
+    assert!(!speculation_pays(&c, 1.0));
 }
 
 #[test]
 fn the_decision_uses_measured_costs_by_batch_and_assumes_before_measuring() {
     let mut t = CostTable::default();
-    // Nothing measured: the assumed ratios make speculation worth trying.
-    assert_eq!(t.at(8), StepCosts { plain: 1.0, draft_step: 0.2, verify: 1.3 });
+    // Nothing measured: the assumed ratios (verify 1.3, a draft step 0.2 plain steps)
+    // make speculation worth trying.
+    assert_eq!(t.at(8, 3), StepCosts { plain: 1.0, cycle: 1.3 + 0.2 * 3.0 });
     assert!(should_speculate(8, &t, 3, 2.5));
     assert!(!should_speculate(0, &t, 3, 2.5));
-    // Small batches: verify costs about a plain step. Large ones: verify costs 3 steps.
+    // Small batches: a cycle costs about 1.5 plain steps. Large ones: 3.7.
     t.observe_plain(1, 2.0e-3);
-    t.observe_draft(1, 3, 0.9e-3);
-    t.observe_verify(1, 2.2e-3);
+    t.observe_cycle(1, 3, 3, 3.1e-3);
     t.observe_plain(64, 6.5e-3);
-    t.observe_draft(64, 3, 4.5e-3);
-    t.observe_verify(64, 19.5e-3);
+    t.observe_cycle(64, 3, 3, 24.0e-3);
     assert!(should_speculate(1, &t, 3, 2.5));
     assert!(!should_speculate(64, &t, 3, 2.5));
     // Batch 48 rounds to the 64 bucket; batch 3 (bucket 4) uses the nearest measured bucket (1).
     assert!(!should_speculate(48, &t, 3, 2.5));
     assert!(should_speculate(3, &t, 3, 2.5));
-    // Only plain measured at a bucket: the others are assumed relative to it.
+    // Only plain measured at a bucket: the cycle is assumed relative to it.
     let mut u = CostTable::default();
     u.observe_plain(16, 4.0);
-    assert_eq!(u.at(16), StepCosts { plain: 4.0, draft_step: 0.2 * 4.0, verify: 1.3 * 4.0 });
+    assert_eq!(u.at(16, 3), StepCosts { plain: 4.0, cycle: (1.3 + 0.2 * 3.0) * 4.0 });
     // Bad measurements are ignored.
-    u.observe_verify(16, f64::NAN);
-    assert_eq!(u.at(16).verify, 1.3 * 4.0);
+    u.observe_cycle(16, 3, 3, f64::NAN);
+    assert_eq!(u.at(16, 3).cycle, (1.3 + 0.2 * 3.0) * 4.0);
+    // A cycle of fewer drafts than configured counts as the configured cycle's share:
+    // 1 of 3 steps assumed 1.5 of 1.9 plain steps.
+    let mut w = CostTable::default();
+    w.observe_cycle(1, 1, 3, 1.5);
+    assert!((w.at(1, 3).cycle - 1.9).abs() < 1e-12);
 }
 
 #[test]
@@ -67,8 +71,7 @@ fn the_runtime_follows_acceptance_and_probes_while_off() {
     assert!(r.decide(1), "speculation starts on");
     // Measured: nothing is ever accepted (random weights), verify costs more than a step.
     r.costs.observe_plain(1, 1.0);
-    r.costs.observe_draft(1, 3, 0.6);
-    r.costs.observe_verify(1, 1.2);
+    r.costs.observe_cycle(1, 3, 3, 1.8);
     for _ in 0..40 {
         r.observe_acceptance(&[1, 1]);
     }

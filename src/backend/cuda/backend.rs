@@ -21,6 +21,8 @@ use cudarc::driver::{CudaContext, CudaStream};
 use std::path::Path;
 use std::sync::Arc;
 
+#[path = "cycle.rs"]
+mod cycle;
 #[path = "draft.rs"]
 mod draft;
 #[path = "verify.rs"]
@@ -145,6 +147,8 @@ pub struct CudaBackend {
     /// Replay verify steps as CUDA graphs (`CudaOptions::verify_graphs`).
     verify_graphs: bool,
     verify_graph_map: std::collections::HashMap<(usize, usize, usize), cudarc::driver::CudaGraph>,
+    /// Draft graphs by (rows, steps, vocabulary limit), under the same switch.
+    draft_graph_map: std::collections::HashMap<(usize, usize, usize), cudarc::driver::CudaGraph>,
 }
 
 /// Decode batch sizes with a captured graph (a batch runs in the smallest that holds it).
@@ -305,6 +309,7 @@ impl CudaBackend {
             mtp,
             verify_graphs: opt.graphs && opt.verify_graphs,
             verify_graph_map: Default::default(),
+            draft_graph_map: Default::default(),
         })
     }
 
@@ -556,6 +561,7 @@ impl Backend for CudaBackend {
         }
         self.mtp_on = false;
         self.verify_graph_map.clear();
+        self.draft_graph_map.clear();
         // Nothing drafts any more: the int8 table's 0.64 GB goes back to the driver.
         self.w.draft_head = None;
         // The decode graphs hold the MTP pass: capture them again without it.
@@ -577,6 +583,10 @@ impl Backend for CudaBackend {
     fn verify(&mut self, seqs: &[VerifyChunk<'_>]) -> Result<Vec<Verified>> {
         self.bind()?;
         self.verify_on_device(seqs).context("cuda verify")
+    }
+    fn speculate(&mut self, seqs: &[crate::backend::DraftChunk<'_>], verify_limit: usize) -> Result<Vec<Verified>> {
+        self.bind()?;
+        self.speculate_on_device(seqs, verify_limit).context("cuda speculative cycle")
     }
 }
 

@@ -87,30 +87,48 @@ impl CudaBackend {
         }
     }
 
-    /// `Backend::draft`: `max(steps)` chained MTP steps over every sequence.
+    /// `Backend::draft`: `max(steps)` chained MTP steps over every sequence (a draft graph
+    /// when one fits, as the verify's), the drafts copied to the host at the end.
     pub(super) fn draft_on_device(&mut self, chunks: &[DraftChunk<'_>]) -> Result<Vec<Vec<u32>>> {
-        let (dev, mw) = match (&self.mtp, &self.w.mtp) {
-            (Some(dev), Some(mw)) => (dev, mw),
+        let k = chunks.iter().map(|c| c.steps).max().unwrap_or(0);
+        let rows = self.enqueue_draft(chunks, self.verify_bucket(chunks.len()))?;
+        // `download` synchronises the stream: the draft's launches have finished.
+        let mut tokens = vec![0i32; rows * k];
+        download(&self.stream, &mut tokens, self.s.argmax.ptr)?;
+        Ok(chunks.iter().enumerate().map(|(i, c)| (0..c.steps).map(|j| tokens[j * rows + i] as u32).collect()).collect())
+    }
+
+    /// Enqueues `max(steps)` chained MTP steps over every sequence, reading nothing back:
+    /// step j's draft of sequence i lands in argmax row `j * rows + i`, where `rows` (the
+    /// return value) is the number of sequences, or `pad`'s: with `pad = Some(b)` the
+    /// steps have the fixed shape of a draft graph of b rows, replayed (captured first
+    /// if new), one per (b, steps, vocabulary limit).
+    pub(super) fn enqueue_draft(&mut self, chunks: &[DraftChunk<'_>], pad: Option<usize>) -> Result<usize> {
+        let dev = match (&self.mtp, &self.w.mtp) {
+            (Some(dev), Some(_)) => dev,
             _ => anyhow::bail!("this cuda backend runs no MTP head (the plan has none, or speculation is off)"),
         };
         let n = chunks.len();
         let k = chunks.iter().map(|c| c.steps).max().unwrap_or(0);
+        let rows = pad.unwrap_or(n);
         ensure!(n > 0 && k > 0, "a draft needs sequences and steps");
-        ensure!(n <= super::LOGIT_ROWS && n * k <= self.s.max_tokens, "{n} sequences x {k} draft steps exceed the draft buffers");
+        ensure!(rows >= n && rows <= super::LOGIT_ROWS && rows * k <= self.s.max_tokens, "{n} sequences x {k} draft steps exceed the draft buffers");
         let limit = chunks[0].limit;
         for c in chunks {
             ensure!(c.slot < self.cap.slots && c.pos >= 1, "slot {}: nothing to draft from at position {}", c.slot, c.pos);
             ensure!(c.limit == limit, "one draft call must use one argmax vocabulary limit");
             ensure!(c.blocks.len() * self.cap.block_size >= c.pos + k, "slot {}: its KV blocks do not cover the draft positions", c.slot);
+            ensure!(c.blocks.len() <= self.max_blocks_per_seq, "slot {} holds more KV blocks than a sequence may ({})", c.slot, self.max_blocks_per_seq);
             ensure!((c.next as usize) < self.cfg.vocab_size, "token id {} is outside the vocabulary", c.next);
         }
         ensure!(k * dev.draft_region * 4 <= dev.draft_meta.bytes, "{k} draft steps exceed the draft buffers (--speculative-num-steps)");
         // Every step's image in one upload, step j at region j.
+        let shape = pad.map(|b| (b, self.max_blocks_per_seq));
         let steps: Vec<(MtpRows, MtpImage)> = (0..k)
             .map(|j| {
-                let rows = MtpRows::for_draft(chunks, j, self.cap.block_size);
-                let img = rows.image(&[]);
-                (rows, img)
+                let r = MtpRows::for_draft(chunks, j, self.cap.block_size, shape);
+                let img = r.image(&[]);
+                (r, img)
             })
             .collect();
         let mut packed = vec![0i32; k * dev.draft_region];
@@ -119,26 +137,38 @@ impl CudaBackend {
             packed[j * dev.draft_region..j * dev.draft_region + img.packed.len()].copy_from_slice(&img.packed);
         }
         upload(&self.stream, dev.draft_meta.ptr, &packed)?;
-        // The draft's launches (all kiln kernels, each waiting for its predecessor's
-        // writes) take programmatic dependent launch as the decode graphs do, so each
-        // GEMM's blocks can start and prefetch their weights while the kernel before
-        // them finishes.
-        self.k.with_pdl(self.pdl, || -> Result<()> {
-            for (j, (rows, img)) in steps.iter().enumerate() {
-                let m = MtpBuffers { meta: dev.draft_meta.at(j * dev.draft_region * 4), ..dev.buf };
-                let stack = self.stack();
-                // Step 0 reads the sampled tokens from the image (and only pending states);
-                // step j the previous step's drafts and outputs.
-                let ids = if j == 0 { m.meta + (img.meta.ids * 4) as u64 } else { self.s.argmax.at((j - 1) * n * 4) };
-                stack.mtp_inputs(mw, &m, &rows.layout, img, m.out, ids)?;
-                stack.mtp_layer(mw, &m, &rows.layout, img)?;
-                stack.mtp_draft_tokens(m.out, n, self.s.argmax.at(j * n * 4), limit.min(self.cfg.vocab_size))?;
+        let limit = limit.min(self.cfg.vocab_size);
+        match pad {
+            Some(b) => {
+                let key = (b, k, limit);
+                if !self.draft_graph_map.contains_key(&key) {
+                    let g = self.capture_graph("draft", self.pdl, |_| self.enqueue_draft_steps(&steps, rows, limit))?;
+                    self.draft_graph_map.insert(key, g);
+                }
+                self.draft_graph_map[&key].launch().map_err(|e| anyhow::anyhow!("launching a draft graph: {e:?}"))?;
             }
-            Ok(())
-        })?;
-        // `download` synchronises the stream: the draft's launches have finished.
-        let mut tokens = vec![0i32; n * k];
-        download(&self.stream, &mut tokens, self.s.argmax.ptr)?;
-        Ok(chunks.iter().enumerate().map(|(i, c)| (0..c.steps).map(|j| tokens[j * n + i] as u32).collect()).collect())
+            // The draft's launches (all kiln kernels, each waiting for its predecessor's
+            // writes) take programmatic dependent launch as the decode graphs do, so each
+            // GEMM's blocks can start and prefetch their weights while the kernel before
+            // them finishes.
+            None => self.k.with_pdl(self.pdl, || self.enqueue_draft_steps(&steps, rows, limit))?,
+        }
+        Ok(rows)
+    }
+
+    /// The launches of a draft's chained steps (images uploaded): step 0 reads the sampled
+    /// tokens from its image (and only pending states), step j the previous step's drafts
+    /// and outputs.
+    fn enqueue_draft_steps(&self, steps: &[(MtpRows, MtpImage)], rows: usize, limit: usize) -> Result<()> {
+        let (Some(dev), Some(mw)) = (&self.mtp, &self.w.mtp) else { anyhow::bail!("the MTP head is not running") };
+        for (j, (r, img)) in steps.iter().enumerate() {
+            let m = MtpBuffers { meta: dev.draft_meta.at(j * dev.draft_region * 4), ..dev.buf };
+            let stack = self.stack();
+            let ids = if j == 0 { m.meta + (img.meta.ids * 4) as u64 } else { self.s.argmax.at((j - 1) * rows * 4) };
+            stack.mtp_inputs(mw, &m, &r.layout, img, m.out, ids)?;
+            stack.mtp_layer(mw, &m, &r.layout, img)?;
+            stack.mtp_draft_tokens(m.out, rows, self.s.argmax.at(j * rows * 4), limit)?;
+        }
+        Ok(())
     }
 }

@@ -123,6 +123,9 @@ pub const ARGMAX_SLICE: usize = 2048;
 pub const F32_TO_BF16: &str = "kiln_f32_to_bf16";
 pub const GATHER_ROWS: [&str; 2] = ["kiln_gather_rows_f32", "kiln_gather_rows_bf16"];
 pub const COPY_SEGMENTS: &str = "kiln_copy_segments";
+/// A speculative cycle on the device: drafts into the verify step, acceptance and the commit's choice.
+pub const SPEC_FEED: &str = "kiln_spec_feed";
+pub const SPEC_ACCEPT: &str = "kiln_spec_accept";
 /// The MTP draft's int8 lm_head (kernels/draft_head.cu): the start-up quantization and
 /// the draft GEMV.
 pub const QUANT_ROWS_I8: &str = "kiln_quant_rows_i8";
@@ -242,6 +245,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("elementwise", &[F32_TO_BF16], 0);
     add("elementwise", &GATHER_ROWS, 0);
     add("elementwise", &[COPY_SEGMENTS], 0);
+    add("elementwise", &[SPEC_FEED, SPEC_ACCEPT], 0);
     add("draft_head", &[QUANT_ROWS_I8], 0);
     add("draft_head", &[GEMV_I8], gemv_i8_smem(d.hidden));
     v

@@ -29,12 +29,22 @@ pub struct VerifyScratch {
     /// Two areas of copy segments (the save's and the commit's), `seg_cap` u64 triples each.
     segs: DevBuf,
     seg_cap: usize,
+    /// An on-device cycle's index arrays (`cycle_ints`).
+    pub(super) cycle: DevBuf,
 }
 
 /// The commit copies one state and up to positions - 1 ring rows per sequence and layer,
-/// and one pending MTP state per sequence.
+/// and one pending MTP state per sequence; an on-device cycle's table holds the commit of
+/// every accepted length 1..=positions (`backend::spec_cycle`).
 fn segment_capacity(c: &ModelConfig, rows: usize, positions: usize) -> usize {
-    rows * c.num_linear_layers() * (1 + positions) + rows
+    let (l, p) = (c.num_linear_layers(), positions);
+    rows * (l * (1 + p) + 1).max(l * (p + p * p.saturating_sub(1) / 2) + p)
+}
+
+/// i32s of an on-device cycle's index arrays: verify rows [rows][positions], feeds
+/// [rows * (positions - 1)][2], and a tag per table copy.
+fn cycle_ints(c: &ModelConfig, rows: usize, positions: usize) -> usize {
+    rows * positions + 2 * rows * positions + segment_capacity(c, rows, positions)
 }
 
 impl VerifyScratch {
@@ -48,7 +58,13 @@ impl VerifyScratch {
             ring_bytes: conv_ring_bytes(c),
             segs: DevBuf::zeroed(2 * seg_cap * 24, "the verify copy segments")?,
             seg_cap,
+            cycle: DevBuf::zeroed(cycle_ints(c, rows, positions) * 4, "the speculative cycle's index arrays")?,
         })
+    }
+
+    /// Segment area `area` (0: the ring save's, 1: the commit's) and its capacity.
+    pub(super) fn seg_area(&self, area: usize) -> (DevPtr, usize) {
+        (self.segs.at(area * self.seg_cap * 24), self.seg_cap)
     }
 
     /// Device bytes of the verify scratch: the recurrent entries the state pool adds, the
@@ -61,15 +77,15 @@ impl VerifyScratch {
             c.conv_kernel - 1
         );
         let per_row = c.num_linear_layers() * (positions * recurrent_entry_bytes(c) + conv_ring_bytes(c));
-        Ok(rows * per_row + 2 * segment_capacity(c, rows, positions) * 24)
+        Ok(rows * per_row + 2 * segment_capacity(c, rows, positions) * 24 + cycle_ints(c, rows, positions) * 4)
     }
 }
 
 /// The state pools' addresses as the commit plan reads them.
-struct Addrs<'a> {
-    pools: &'a StatePools,
-    v: &'a VerifyScratch,
-    cfg: &'a ModelConfig,
+pub(super) struct Addrs<'a> {
+    pub pools: &'a StatePools,
+    pub v: &'a VerifyScratch,
+    pub cfg: &'a ModelConfig,
 }
 
 impl StateAddrs for Addrs<'_> {
@@ -103,7 +119,7 @@ impl CudaBackend {
         // Verify graphs (KILN_VERIFY_GRAPHS=0 turns them off): the batch padded to a bucket of rows per
         // position, one graph per (bucket, positions, argmax limit). Scratch covers
         // spec_rows rounded up to a bucket.
-        let bucket = self.verify_graphs.then(|| VERIFY_BUCKETS.iter().copied().find(|&b| b >= seqs.len() && b <= v.shape.rows.next_power_of_two())).flatten();
+        let bucket = self.verify_bucket(seqs.len());
         let plan = VerifyStep::build(seqs, &self.limits(), &v.shape, bucket)?;
         let addrs = Addrs { pools: &self.pools, v, cfg: &self.cfg };
         self.copy_segments(&save_rings(seqs, &addrs), 0)?;
@@ -141,10 +157,26 @@ impl CudaBackend {
         Ok(greedy.into_iter().zip(accepted).map(|(greedy, accepted)| Verified { greedy, accepted }).collect())
     }
 
+    /// The graph bucket (rows per position) of a verify, or a draft, of `n` sequences:
+    /// the smallest that holds them, within the verify scratch; None runs launch by launch.
+    pub(super) fn verify_bucket(&self, n: usize) -> Option<usize> {
+        let rows = self.verify.as_ref()?.shape.rows;
+        self.verify_graphs.then(|| VERIFY_BUCKETS.iter().copied().find(|&b| b >= n && b <= rows.next_power_of_two())).flatten()
+    }
+
     /// Replays (capturing it first if new) the verify graph of `plan`'s shape: the layers,
     /// the MTP inputs and the lm_head with its argmax over every row. Returns the argmax of
     /// every row (metadata and MTP image already uploaded).
     fn run_verify_graph(&mut self, plan: &VerifyStep, bucket: usize, mtp: &Option<(MtpRows, MtpImage)>) -> Result<Vec<i32>> {
+        self.launch_verify_graph(plan, bucket, mtp)?;
+        let mut tokens = vec![0i32; plan.step.layout.num_tokens()];
+        download(&self.stream, &mut tokens, self.s.argmax.ptr)?;
+        Ok(tokens)
+    }
+
+    /// Enqueues the verify graph of `plan`'s shape (captured first if new); the argmax of
+    /// every row lands in `s.argmax`.
+    pub(super) fn launch_verify_graph(&mut self, plan: &VerifyStep, bucket: usize, mtp: &Option<(MtpRows, MtpImage)>) -> Result<()> {
         let (rows, limit) = (plan.step.layout.num_tokens(), plan.step.argmax_limit);
         let key = (bucket, rows / bucket, limit.unwrap_or(0));
         if !self.verify_graph_map.contains_key(&key) {
@@ -155,15 +187,12 @@ impl CudaBackend {
             })?;
             self.verify_graph_map.insert(key, g);
         }
-        self.verify_graph_map[&key].launch().map_err(|e| anyhow!("launching a verify graph: {e:?}"))?;
-        let mut tokens = vec![0i32; rows];
-        download(&self.stream, &mut tokens, self.s.argmax.ptr)?;
-        Ok(tokens)
+        self.verify_graph_map[&key].launch().map_err(|e| anyhow!("launching a verify graph: {e:?}"))
     }
 
     /// Copies `segs` in one launch, through segment area `area` (0: save, 1: commit; two
     /// areas, so the commit's upload never lands on segments the save still reads).
-    fn copy_segments(&self, segs: &[Segment], area: usize) -> Result<()> {
+    pub(super) fn copy_segments(&self, segs: &[Segment], area: usize) -> Result<()> {
         let v = self.verify.as_ref().context("verify scratch")?;
         ensure!(segs.len() <= v.seg_cap, "{} copy segments exceed the verify scratch's {}", segs.len(), v.seg_cap);
         let at: DevPtr = v.segs.at(area * v.seg_cap * 24);

@@ -1,7 +1,7 @@
 //! Embedding, norms and elementwise kernels.
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{ADD_RMSNORM, ADD_RMSNORM_PARTS, ADD_RMSNORM_PARTS_CLUSTER, ARGMAX, ARGMAX_MASKED, ARGMAX_SLICE, COPY_SEGMENTS, EMBED, MTP_FC_INPUT, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
+use crate::backend::cuda::registry::{ADD_RMSNORM, ADD_RMSNORM_PARTS, ADD_RMSNORM_PARTS_CLUSTER, ARGMAX, ARGMAX_MASKED, ARGMAX_SLICE, COPY_SEGMENTS, EMBED, SPEC_ACCEPT, SPEC_FEED, MTP_FC_INPUT, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
 
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -149,6 +149,32 @@ impl Kernels {
         let ni = int(n, "segments")?;
         let mut p = params!(segs, ni);
         self.launch(COPY_SEGMENTS, stream, (blocks, n as u32, 1), 256, 0, &mut p)
+    }
+
+    /// A speculative cycle's drafts into its verify step: ids[feeds[2e + 1]] =
+    /// drafts[feeds[2e]] for e < n (i32 device arrays), and `mtp_ids` likewise unless NULL.
+    pub fn spec_feed(&self, stream: &CudaStream, drafts: DevPtr, feeds: DevPtr, n: usize, ids: DevPtr, mtp_ids: DevPtr) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let ni = int(n, "feeds")?;
+        let mut p = params!(drafts, feeds, ni, ids, mtp_ids);
+        self.launch(SPEC_FEED, stream, (1, 1, 1), 256, 0, &mut p)
+    }
+
+    /// Each of `n` sequences' accepted length into `accepted` (from the step's `ids`, the
+    /// `greedy` token of every row and `rows`, [n][positions] verify rows, -1 past a
+    /// sequence's last), then zero bytes for the `nsegs` commit copies at `segs` whose tag
+    /// names another length (see `backend::spec_cycle`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn spec_accept(&self, stream: &CudaStream, ids: DevPtr, greedy: DevPtr, rows: DevPtr, n: usize, positions: usize, accepted: DevPtr, segs: DevPtr, tags: DevPtr, nsegs: usize) -> Result<()> {
+        ensure!(n <= crate::backend::spec_cycle::MAX_CYCLE_SEQS, "{n} sequences in one speculative cycle");
+        if n == 0 {
+            return Ok(());
+        }
+        let (ni, pi, si) = (int(n, "sequences")?, int(positions, "positions")?, int(nsegs, "segments")?);
+        let mut p = params!(ids, greedy, rows, ni, pi, accepted, segs, tags, si);
+        self.launch(SPEC_ACCEPT, stream, (1, 1, 1), 256, 0, &mut p)
     }
 
     /// out[m] (i32) = argmax of logits row m over its first n columns (first index wins
