@@ -39,6 +39,8 @@
 #   tl_verify  (uses the timeline stage's plan, built here if missing) kiln-eval timeline at batch 1
 #            with a verify step of 3 drafts beside the decode step, with the verify's GDN launch
 #            by position (KILN_GDN_VERIFY_FUSED=0) and fused (=1): timeline_verify*.txt
+#   mma_perm  bench/mma_perm.cu (nvcc here): whether mma.sync's bits depend on which position of
+#            a k16 step holds which product (mma_perm.txt)
 #   wgmma_bits  bench/wgmma_bits.cu (.devbin/wgmma_bits, else nvcc here): whether wgmma's k16
 #            step gives mma.sync's bits, and both MMA forms' throughput (wgmma_bits.txt)
 #   wgmma    the tiled GEMM's wgmma variant (KILN_GEMM_WGMMA=1, sm_90a) against mma.sync: bench at
@@ -322,6 +324,10 @@ if has tl_verify; then
   KILN_GDN_VERIFY_FUSED=0 .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch 1 --verify-drafts 3 > "$OUT/timeline_verify.txt" 2>&1
   KILN_GDN_VERIFY_FUSED=1 .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch 1 --verify-drafts 3 > "$OUT/timeline_verify_fused.txt" 2>&1
   grep -h -E "^(decode|verify)|^    kiln" "$OUT/timeline_verify.txt" "$OUT/timeline_verify_fused.txt"
+fi
+if has mma_perm; then
+  log "mma_perm: mma.sync bits under permuted k positions"
+  nvcc -O3 -gencode arch=compute_90a,code=sm_90a bench/mma_perm.cu -o /tmp/mma_perm && /tmp/mma_perm 2>&1 | tee "$OUT/mma_perm.txt"
 fi
 if has wgmma_bits; then
   log "wgmma against mma.sync: bits of a k16 step, throughput"
