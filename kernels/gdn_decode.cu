@@ -417,9 +417,10 @@ __device__ __forceinline__ void gdn_verify_pre(const IN* __restrict__ qkv, int l
     }
     if (tid < npos) gdn_gates(b[(size_t)my_rows[tid] * ld_ba + h], a[(size_t)my_rows[tid] * ld_ba + h], A_log, dt_bias, h, sc[tid]);
     __syncthreads();
-    // L2 norms: warp 2q of q's, warp 2q + 1 of k's (the prologue's warps 0 and 1, lane for lane).
-    if (warp < 2 * npos) {
-        const int q = warp >> 1, kq = warp & 1;
+    // L2 norms: norm 2q is q's, 2q + 1 k's (the prologue's warps 0 and 1, lane for lane),
+    // norm w on warp w % warps: a block of LIN_DV = 32 columns has 4 warps for 8 norms.
+    for (int w = warp; w < 2 * npos; w += GDN_DEC_THREADS / 32) {
+        const int q = w >> 1, kq = w & 1;
         gdn_norm_scale(qkvs[q] + kq * LIN_DK, lane, kq == 0, sc[q] + kq);
     }
     __syncthreads();
