@@ -72,6 +72,8 @@
 #            against the GEMMs summing (KILN_GEMM_DEFER_SUM=0) and against one-block norms at
 #            batch 1-16 (KILN_GEMM_DEFER_CLUSTER_MAX_M=0, not the cluster norm): kernel
 #            tests, bench at batch 1..256 twice each, logits (defer_sum.txt)
+#   cluster_norm  bench at batch 32-256 with the deferred sums' norm as 8-block clusters at every M
+#            (KILN_GEMM_DEFER_CLUSTER_MAX_M=256) against the default (16), and its logits
 #   ncu_src  ncu's full set and per-instruction (SASS) stall samples of the tiled GEMM at batch 64
 #            and of the prefill's GDN prep, scan and attention (2048 tokens; SRC_PREFILL_KERNELS,
 #            SRC_PREFILL_COUNT), and with NCU_SRC="gdn_decode" of the GDN decode step at batch
@@ -420,6 +422,16 @@ if has defer_sum; then
     bench_as "defer_sum 1 cluster_max_m 0" defer_sum.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_DEFER_CLUSTER_MAX_M=0 -- --batch 1,8,16 --prefill 16
   done
   [ -f "$REFS/cases.json" ] && logits_check defer0 "$ENG/qwen35_4b_random.plan" KILN_GEMM_DEFER_SUM=0
+fi
+if has cluster_norm; then
+  # Session 15: the deferred split-K sums' norm as clusters of 8 one-warp blocks per row
+  # at every M (KILN_GEMM_DEFER_CLUSTER_MAX_M=256) against the default (clusters up to 16
+  # rows, one block per row above): batch 32-256 twice each, then logits of both
+  # (bit-identical expected: the same vectors through the same add_rmsnorm body).
+  for r in 1 2; do
+    for v in 16 256; do bench_as "cluster_max_m $v" cluster_norm.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_DEFER_CLUSTER_MAX_M=$v -- --batch 32,64,128,256 --prefill 16; done
+  done
+  [ -f "$REFS/cases.json" ] && logits_check cluster256 "$ENG/qwen35_4b_random.plan" KILN_GEMM_DEFER_CLUSTER_MAX_M=256
 fi
 if has ncu_src; then
   # Where the warps of a kernel stall, instruction by instruction: ncu's full set for the
