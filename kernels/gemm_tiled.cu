@@ -410,27 +410,35 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
 }
 
 // ---------------------------------------------------------------------------------
-// wgmma variant (sm_90a only; session 13, an experiment behind KILN_GEMM_WGMMA=1):
+// wgmma variant (sm_90a only; an experiment behind KILN_GEMM_WGMMA=1):
 // kiln_gemm_tiled_wg_x{f32,bf16}_y{f32,bf16}, the same arguments, grid, block, shared
-// memory size, split plan and bits as kiln_gemm_tiled_*. The MMAs of a 32-k chunk are
-// four wgmma.m64n64k16 per warpgroup instead of 32 mma.sync per warp.
-//   Roles as in the skinny kernels: W is the A operand, from registers (a warp's 16 W rows
-//   in mma.sync's A-fragment layout, which wgmma shares: rows g and g + 8 of the lane's 16
-//   bytes are both k16 steps' fragments, the skinny permutation as it lies), x the B
-//   operand (64 batch rows) from shared memory, K-major core matrices without swizzle:
-//   per k16 step a 2 KB tile, n-group (8 batch rows) at 256 bytes (SBO), the two 8-position
-//   halves at 128 (LBO), batch row at 16, position pair p at 4 p. Position pair p of step
-//   (h, s) holds k = 32h + 8p + 4s + {0, 1} (half 0) or + {2, 3} (half 1): the skinny
-//   kernels' k order, so each output gets the same products in the same positions.
-//   wgmma's k16 step gives mma.sync's bits (bench/wgmma_bits.cu: 2,097,152 outputs, H100,
-//   session 13), and the accumulator sees hi s0, hi s1, lo s0, lo s1 per chunk from zero,
-//   so every output has the skinny kernels' bits. Warpgroup wg owns W rows 64 wg..+63 of
-//   the block's 128; its accumulator d[i] is W row 16 w + g + 8 ((i >> 1) & 1) (w: the
-//   warp in the group) and batch row 8 (i >> 2) + 2t + (i & 1) of the block's 64.
-//   The MMAs cover the tile's live batch rows rounded up to 16 (n16..n64; rows past M are
-//   zeros).
-#define TGW_XSTEP 2048  // bytes of one k16 step's x tile (64 rows x 16 positions x 2 bytes)
+// memory size, split plan and bits as kiln_gemm_tiled_*. Session 15: both operands from
+// shared memory and one stage of wgmmas in flight (session 13's kernel read W into
+// registers and waited for every stage's wgmmas, because a register an in-flight wgmma
+// reads cannot be refilled).
+//   Why the bits stay: mma.sync's k16 step depends only on the set of its 16 products,
+//   not on which position holds which (bench/mma_perm.cu, H100: 0 of 2,097,152 outputs
+//   differ under any permutation), and wgmma's step equals mma.sync's (wgmma_bits.cu).
+//   So each step multiplies the skinny kernels' set, step (h, s) of a stage: k = 32h +
+//   8p + 4s + {0..3}, p = 0..3, in these positions: half p >> 1 of the step, 8-byte
+//   piece p & 1 of the core-matrix row. The accumulator still sees hi s0, hi s1, lo s0,
+//   lo s1 per chunk from zero. (The kernel test compares it with the register kernel
+//   bit for bit at M = 1..256.)
+//   W (A operand, 64 rows per warpgroup) by 8-byte cp.async straight into K-major core
+//   matrices without swizzle: per stage slot [warpgroup][step q = 2h + s][2 KB], row r of
+//   the warpgroup at (r >> 3) * 256 + (r & 7) * 16, half at + 128, piece at + 8 (LBO 128,
+//   SBO 256). x (B operand) as before through registers, stored in the same positions.
+//   Pipeline: W one stage ahead, x stored one stage ahead (loaded two before that), three
+//   slots each: a slot is rewritten two stages after the wgmmas that read it, and each
+//   stage waits for all but its own wgmma group (wait_group 1) before the next barrier,
+//   so the barrier at stage s also means every group up to s - 2 is done.
+//   Warpgroup wg owns W rows 64 wg..+63 of the block's 128; its accumulator d[i] is W row
+//   16 w + g + 8 ((i >> 1) & 1) (w: the warp in the group) and batch row 8 (i >> 2) + 2t +
+//   (i & 1) of the block's 64. The MMAs cover the tile's live batch rows rounded up to 16.
+#define TGW_XSTEP 2048  // bytes of one k16 step's tile (64 rows x 16 positions x 2 bytes)
 
+// Byte offset of position pair `pair` (0..3) of core-matrix half `half` of row n of step
+// q's tile (x and each warpgroup's W use the same layout).
 __device__ __forceinline__ int tgw_xoff(int q, int n, int half, int pair) {
     return q * TGW_XSTEP + (n >> 3) * 256 + half * 128 + (n & 7) * 16 + pair * 4;
 }
@@ -442,55 +450,55 @@ __device__ __forceinline__ unsigned long long tgw_desc(const unsigned char* smem
     return (unsigned long long)((a >> 4) & 0x3FFF) | ((unsigned long long)(128 >> 4) << 16) | ((unsigned long long)(256 >> 4) << 32);
 }
 
-// d[0 .. NB/2) += A (W, registers) x B (x, descriptor): one k16 step of the warpgroup's
+// 8 bytes global -> shared (L1-bypassing is 16-byte only: .ca); ok = false zero-fills.
+__device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool ok) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    const int n = ok ? 8 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(s), "l"(gmem), "r"(n) : "memory");
+}
+
+// d[0 .. NB/2) += A (W, descriptor) x B (x, descriptor): one k16 step of the warpgroup's
 // 64 W rows x NB batch rows (NB = 16, 32, 48 or 64: the tile's live rows, rounded up).
 // The accumulator of an output is the same register whatever NB is, and its products and
 // their order do not depend on NB either.
-template <int NB> __device__ __forceinline__ void tgw_mma(float (&d)[32], const unsigned (&a)[4], unsigned long long b);
-template <> __device__ __forceinline__ void tgw_mma<16>(float (&d)[32], const unsigned (&a)[4], unsigned long long b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7}, "
-        "{%8,%9,%10,%11}, %12, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+template <int NB> __device__ __forceinline__ void tgw_mma(float (&d)[32], unsigned long long a, unsigned long long b);
+template <> __device__ __forceinline__ void tgw_mma<16>(float (&d)[32], unsigned long long a, unsigned long long b) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                 : "l"(a), "l"(b));
 }
-template <> __device__ __forceinline__ void tgw_mma<32>(float (&d)[32], const unsigned (&a)[4], unsigned long long b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
-        "{%16,%17,%18,%19}, %20, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+template <> __device__ __forceinline__ void tgw_mma<32>(float (&d)[32], unsigned long long a, unsigned long long b) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                 : "l"(a), "l"(b));
 }
-template <> __device__ __forceinline__ void tgw_mma<48>(float (&d)[32], const unsigned (&a)[4], unsigned long long b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23}, "
-        "{%24,%25,%26,%27}, %28, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+template <> __device__ __forceinline__ void tgw_mma<48>(float (&d)[32], unsigned long long a, unsigned long long b) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23}, %24, %25, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
+                 : "l"(a), "l"(b));
 }
-template <> __device__ __forceinline__ void tgw_mma<64>(float (&d)[32], const unsigned (&a)[4], unsigned long long b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
-        "{%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+template <> __device__ __forceinline__ void tgw_mma<64>(float (&d)[32], unsigned long long a, unsigned long long b) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(a), "l"(b));
 }
 
-// A stage's MMAs (one or two 32-k chunks): per chunk hi s0, hi s1, then (fp32 x) lo s0, lo s1.
+// A stage's wgmmas (one or two 32-k chunks): per chunk hi s0, hi s1, then (fp32 x) lo s0,
+// lo s1; wt is the warpgroup's W tiles of the stage, xt the stage's x.
 template <int NB, bool XF32>
-__device__ __forceinline__ void tgw_stage_mmas(float (&acc)[32], const unsigned (&a)[2][2][4], const unsigned char* xt, bool two) {
+__device__ __forceinline__ void tgw_stage_mmas(float (&acc)[32], const unsigned char* wt, const unsigned char* xt, bool two) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         if (h == 1 && !two) break;
-        tgw_mma<NB>(acc, a[h][0], tgw_desc(xt + (2 * h) * TGW_XSTEP));
-        tgw_mma<NB>(acc, a[h][1], tgw_desc(xt + (2 * h + 1) * TGW_XSTEP));
+#pragma unroll
+        for (int s = 0; s < 2; ++s) tgw_mma<NB>(acc, tgw_desc(wt + (2 * h + s) * TGW_XSTEP), tgw_desc(xt + (2 * h + s) * TGW_XSTEP));
         if constexpr (XF32) {
-            tgw_mma<NB>(acc, a[h][0], tgw_desc(xt + TG_XPLANE + (2 * h) * TGW_XSTEP));
-            tgw_mma<NB>(acc, a[h][1], tgw_desc(xt + TG_XPLANE + (2 * h + 1) * TGW_XSTEP));
+#pragma unroll
+            for (int s = 0; s < 2; ++s) tgw_mma<NB>(acc, tgw_desc(wt + (2 * h + s) * TGW_XSTEP), tgw_desc(xt + TG_XPLANE + (2 * h + s) * TGW_XSTEP));
         }
     }
 }
@@ -502,14 +510,12 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
                                               int K, int ks, int splits) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using L = TgLayout<XF32, WST, XST>;
-    constexpr int WPRE = WST - 1, XPRE = XST - 1;
-    static_assert(WPRE >= XPRE && (XPRE == 1 || XPRE == 2), "x stored 1 or 2 stages ahead, W at least as far");
-    static_assert(4 * TGW_XSTEP == TG_XPLANE, "four k16 steps of x per plane and stage");
+    static_assert(WST >= 3 && XST >= 3, "a slot is rewritten two stages after its wgmmas were issued");
+    static_assert(4 * TGW_XSTEP == TG_XPLANE && 2 * 4 * TGW_XSTEP == L::W, "four k16 steps per plane, two warpgroups of W");
     extern __shared__ __align__(128) unsigned char tg_smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    // The tile, K slice and loads of the mma.sync kernel (W by cp.async, odd rows' halves
-    // swapped; x units of a pair of batch rows r, r + 8 over XK k).
+    // The tile, K slice and x loads of the mma.sync kernel (its W loads are replaced).
     const TgBlock<XF32, WST> tb(W, x, M, N, K, ks);
     const int n0 = tb.n0, m0 = tb.m0, kb = tb.kb, ke = tb.ke, nchunks = tb.nchunks, nst = tb.nst;
     const int xpair = tb.xpair, xkc = tb.xkc;
@@ -517,10 +523,26 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
     // Batch rows the MMAs cover: the tile's live rows rounded up to 16 (the rest are zeros).
     const int nb = min(TG_BM, (M - m0 + 15) / 16 * 16);
 
-    auto load_w = [&](int s) { tb.load_w(tg_smem, s); };
-    // x units stored as B core-matrix words (tgw_xoff).
+    // W: 128 rows x 16 pieces of 8 bytes per stage, 8 per thread; piece c of a row is
+    // k = 4c of the stage: chunk h = c >> 3, p = (c & 7) >> 1, s = c & 1.
+    const int wc = tid & 15, wr = tid >> 4;  // + 16 i rows
+    const int wq = 2 * (wc >> 3) + (wc & 1), wp = (wc & 7) >> 1;
+    const bf16* wsrc = W + (size_t)(n0 + wr) * K + kb + 4 * wc;
+    auto load_w = [&](int s) {
+        unsigned char* slot = tg_smem + (s % WST) * L::W;
+        const bool kin = s < nst && kb + s * TG_SK + 4 * wc < ke;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int r = wr + 16 * i;  // warpgroup r >> 6, its row r & 63
+            const bool ok = kin && n0 + r < N;
+            unsigned char* dst = slot + (r >> 6) * 4 * TGW_XSTEP + tgw_xoff(wq, r & 63, wp >> 1, 2 * (wp & 1));
+            cp_async8(dst, ok ? wsrc + (size_t)16 * i * K + s * TG_SK : W, ok);
+        }
+    };
+    // x units stored in the same positions: k = xkc.. (4 for fp32 x, 8 for bf16) of chunk
+    // xh, position group p (xkc >> 3) & 3.
     const int xr_local = (xpair >> 3) * 16 + (xpair & 7);  // batch row of the block (unit q adds 32)
-    const int xh = xkc >> 5, xpp = (xkc >> 3) & 3;  // chunk half of the stage, position pair
+    const int xh = xkc >> 5, xp = (xkc >> 3) & 3;
     using XRegs = typename TgBlock<XF32, WST>::XRegs;
     XRegs xr;
     auto load_x_regs = [&](int s, XRegs& dst) { tb.load_x(s, dst); };
@@ -533,95 +555,69 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
                 const int n = xr_local + 32 * q + 8 * e;
                 const uint4 v = src[q][e];
                 if constexpr (XF32) {
-                    // k = xkc..xkc+3: step s = (xkc >> 2) & 1, halves 0 (k, k+1) and 1 (k+2, k+3).
-                    const int st = xh * 2 + ((xkc >> 2) & 1);
+                    // k = xkc..xkc+3, all of step (xh, (xkc >> 2) & 1): pairs 2 (xp & 1) and + 1.
+                    const int off = tgw_xoff(xh * 2 + ((xkc >> 2) & 1), n, xp >> 1, 2 * (xp & 1));
                     const uint2 p0 = split_bf16x2(__uint_as_float(v.x), __uint_as_float(v.y));
                     const uint2 p1 = split_bf16x2(__uint_as_float(v.z), __uint_as_float(v.w));
-                    *reinterpret_cast<unsigned*>(xs + tgw_xoff(st, n, 0, xpp)) = p0.x;
-                    *reinterpret_cast<unsigned*>(xs + tgw_xoff(st, n, 1, xpp)) = p1.x;
-                    *reinterpret_cast<unsigned*>(xs + TG_XPLANE + tgw_xoff(st, n, 0, xpp)) = p0.y;
-                    *reinterpret_cast<unsigned*>(xs + TG_XPLANE + tgw_xoff(st, n, 1, xpp)) = p1.y;
+                    *reinterpret_cast<uint2*>(xs + off) = make_uint2(p0.x, p1.x);
+                    *reinterpret_cast<uint2*>(xs + TG_XPLANE + off) = make_uint2(p0.y, p1.y);
                 } else {
-                    // k = xkc..xkc+7: step 0 takes k..k+3, step 1 k+4..k+7.
-                    *reinterpret_cast<unsigned*>(xs + tgw_xoff(xh * 2, n, 0, xpp)) = v.x;
-                    *reinterpret_cast<unsigned*>(xs + tgw_xoff(xh * 2, n, 1, xpp)) = v.y;
-                    *reinterpret_cast<unsigned*>(xs + tgw_xoff(xh * 2 + 1, n, 0, xpp)) = v.z;
-                    *reinterpret_cast<unsigned*>(xs + tgw_xoff(xh * 2 + 1, n, 1, xpp)) = v.w;
+                    // k = xkc..xkc+7: step 0 of chunk xh takes k..k+3, step 1 k+4..k+7.
+                    *reinterpret_cast<uint2*>(xs + tgw_xoff(xh * 2, n, xp >> 1, 2 * (xp & 1))) = make_uint2(v.x, v.y);
+                    *reinterpret_cast<uint2*>(xs + tgw_xoff(xh * 2 + 1, n, xp >> 1, 2 * (xp & 1))) = make_uint2(v.z, v.w);
                 }
             }
-        // The generic-proxy stores become visible to wgmma (async proxy) after the barrier.
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     };
-    // The lane's W rows: 16 per warp, warpgroup wg at 64 wg.
-    const int wrow = warp * 16 + g;
-    const int wo[2] = {tg_off(wrow, t), tg_off(wrow, 4 + t)};
 
-#pragma unroll
-    for (int i = 0; i < WPRE; ++i) {
-        load_w(i);
-        cp_async_commit();
-    }
-    prefetch_rows_early(W, n0, TG_BN, tid, M, N, K, kb, ke, WPRE * TG_SK, splits, ks);
+    load_w(0);
+    cp_async_commit();
+    prefetch_rows_early(W, n0, TG_BN, tid, M, N, K, kb, ke, TG_SK, splits, ks);
     KILN_PDL_ENTER_ROWS(M);
     uint4 xb[XU][2];
-    if constexpr (XPRE == 2) {
-        load_x_regs(0, xr);
-        load_x_regs(1, xb);
-        store_x_regs(0, xr);
-        store_x_regs(1, xb);
-        load_x_regs(2, xr);
-        load_x_regs(3, xb);
-    } else {
-        load_x_regs(0, xr);
-        store_x_regs(0, xr);
-        load_x_regs(1, xb);
-        load_x_regs(2, xr);
-    }
+    load_x_regs(0, xr);
+    store_x_regs(0, xr);
+    load_x_regs(1, xb);
+    load_x_regs(2, xr);
 
     float acc[32];
 #pragma unroll
     for (int i = 0; i < 32; ++i) acc[i] = 0.f;
+    const int wg = warp >> 2;
 
     auto stage = [&](int s, XRegs& xs) {
-        cp_async_wait<WPRE - 1>();
+        cp_async_wait<0>();
+        // This thread's cp.async writes (generic proxy) and x stores become visible to the
+        // wgmmas (async proxy) after the fence and the barrier; the barrier also means every
+        // warpgroup has passed its wait_group 1 of stage s - 1 (groups <= s - 2 are done).
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         __syncthreads();
-        load_w(s + WPRE);
+        load_w(s + 1);  // slot of stage s - 2
         cp_async_commit();
-        store_x_regs(s + XPRE, xs);
-        load_x_regs(s + XPRE + 2, xs);
-        const unsigned char* wt = tg_smem + (s % WST) * L::W;
+        store_x_regs(s + 1, xs);  // slot of stage s - 2
+        load_x_regs(s + 3, xs);
+        const unsigned char* wt = tg_smem + (s % WST) * L::W + wg * 4 * TGW_XSTEP;
         const unsigned char* xt = tg_smem + WST * L::W + (s % XST) * L::X;
         const bool two = 2 * s + 1 < nchunks;
-        unsigned a[2][2][4];  // [chunk][step][A fragment]
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const uint4 r0 = lds128(wt + wo[h]), r1 = lds128(wt + wo[h] + 8 * TG_ROWB);  // rows g, g + 8
-            a[h][0][0] = r0.x; a[h][0][1] = r1.x; a[h][0][2] = r0.y; a[h][0][3] = r1.y;
-            a[h][1][0] = r0.z; a[h][1][1] = r1.z; a[h][1][2] = r0.w; a[h][1][3] = r1.w;
-        }
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
         switch (nb) {  // block-uniform
-            case 16: tgw_stage_mmas<16, XF32>(acc, a, xt, two); break;
-            case 32: tgw_stage_mmas<32, XF32>(acc, a, xt, two); break;
-            case 48: tgw_stage_mmas<48, XF32>(acc, a, xt, two); break;
-            default: tgw_stage_mmas<64, XF32>(acc, a, xt, two); break;
+            case 16: tgw_stage_mmas<16, XF32>(acc, wt, xt, two); break;
+            case 32: tgw_stage_mmas<32, XF32>(acc, wt, xt, two); break;
+            case 48: tgw_stage_mmas<48, XF32>(acc, wt, xt, two); break;
+            default: tgw_stage_mmas<64, XF32>(acc, wt, xt, two); break;
         }
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
     };
     for (int s = 0; s < nst; s += 2) {
-        if constexpr (XPRE % 2 == 0) {
-            stage(s, xr);
-            if (s + 1 < nst) stage(s + 1, xb);
-        } else {
-            stage(s, xb);
-            if (s + 1 < nst) stage(s + 1, xr);
-        }
+        stage(s, xb);
+        if (s + 1 < nst) stage(s + 1, xr);
     }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     cp_async_wait<0>();
 
     // Epilogue: the partial (or y for one split), then the tile's split sum as the
     // mma.sync kernel's.
+    const int wrow = warp * 16 + g;
     float* part = splits == 1 ? nullptr : ws + (size_t)blockIdx.y * M * N;
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
