@@ -71,6 +71,42 @@ __device__ __forceinline__ void mma_chunk_tiles(float (&acc)[RW][NT][4], const u
     }
 }
 
+// The lane's 8 consecutive k of batch row m as loaded (fp32: two float4; bf16: one uint4
+// in .a), zeros when !ok; x_frags turns them into the MMA's bf16 pairs. The register
+// kernel loads a chunk's x one chunk ahead, so the L2 round trip overlaps the previous
+// chunk's MMAs instead of sitting before its own.
+template <bool XF32> struct XRaw { float4 a, b; };
+template <bool XF32>
+__device__ __forceinline__ XRaw<XF32> load_x_raw(const void* xv, int m, int K, int k, bool ok) {
+    XRaw<XF32> r;
+    r.a = r.b = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (!ok) return r;
+    if constexpr (XF32) {
+        const float* p = reinterpret_cast<const float*>(xv) + (size_t)m * K + k;
+        r.a = __ldg(reinterpret_cast<const float4*>(p));
+        r.b = __ldg(reinterpret_cast<const float4*>(p + 4));
+    } else {
+        const bf16* p = reinterpret_cast<const bf16*>(xv) + (size_t)m * K + k;
+        r.a = __ldg(reinterpret_cast<const float4*>(p));  // 8 bf16 as raw bits
+    }
+    return r;
+}
+// load_x's conversion of a raw load (the same bits: zeros give zero pairs, as load_x's
+// !ok path).
+template <bool XF32>
+__device__ __forceinline__ void x_frags(const XRaw<XF32>& r, unsigned* hi, unsigned* lo) {
+    if constexpr (XF32) {
+        const float v[8] = {r.a.x, r.a.y, r.a.z, r.a.w, r.b.x, r.b.y, r.b.z, r.b.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            hi[i] = pack_bf16x2(v[2 * i], v[2 * i + 1]);
+            lo[i] = pack_bf16x2(v[2 * i] - bf16lo(hi[i]), v[2 * i + 1] - bf16hi(hi[i]));
+        }
+    } else {
+        hi[0] = __float_as_uint(r.a.x); hi[1] = __float_as_uint(r.a.y); hi[2] = __float_as_uint(r.a.z); hi[3] = __float_as_uint(r.a.w);
+    }
+}
+
 // x fragment of one batch tile for the lane: 8 consecutive k of row m, as bf16 pairs.
 template <bool XF32>
 __device__ __forceinline__ void load_x(const void* xv, int m, int K, int k, bool ok, unsigned* hi,
@@ -221,6 +257,14 @@ __device__ __forceinline__ void gemm_epilogue(const float (&acc)[RW][NT][4], int
 #ifndef KILN_GEMM_REG_P
 #define KILN_GEMM_REG_P 4
 #endif
+// The m8 register kernel's x two chunks ahead (session 15, an experiment; ncu, session
+// 13: 71 % of its stall samples at batch 1 sat on the conversion of x, each chunk's x
+// load an L2 round trip in the warp's chain). A build knob: KILN_GEMM_X_AHEAD=1
+// (kiln-build); 0 (default until measured) loads each chunk's x at the chunk. The MMAs
+// see the same values either way.
+#ifndef KILN_GEMM_X_AHEAD
+#define KILN_GEMM_X_AHEAD 0
+#endif
 template <int NT, bool XF32, typename Y>
 __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const void* __restrict__ x,
                                             Y* __restrict__ y, float* __restrict__ ws,
@@ -271,6 +315,41 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
     // Weights are never written: their first loads may overlap the predecessor kernel.
     KILN_PDL_ENTER_ROWS(M);
 
+    if constexpr (KILN_GEMM_X_AHEAD != 0 && NT == 1) {
+    // Chunk c's x was loaded two chunks earlier into buffer c & 1 (P is even); once it is
+    // converted, chunk c + 2's goes there, so an L2 round trip has a whole chunk to land
+    // (ptxas sinks the load below the chunk's MMAs; one chunk ahead left it right before
+    // its use). The same values as load_x's at the chunk. Only the m8 variant (batch
+    // 1-8): m16 with bf16 x would spill.
+    static_assert(P % 2 == 0, "two x buffers alternate by chunk parity");
+    XRaw<XF32> xbuf[2];
+    auto load_xs = [&](int c, XRaw<XF32>& dst) {
+        const int k = kb + c * 32 + t * 8;
+        dst = load_x_raw<XF32>(x, g, K, k, c < nchunks && k < ke && g < M);
+    };
+    load_xs(0, xbuf[0]);
+    load_xs(1, xbuf[1]);
+    for (int c0 = 0; c0 < nchunks; c0 += P) {
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+            const int c = c0 + p;
+            if (c < nchunks) {
+                uint4 cur[RW][2];
+#pragma unroll
+                for (int r = 0; r < RW; ++r) cur[r][0] = wr[p][r][0], cur[r][1] = wr[p][r][1];
+                load_w(wr[p], c + P);
+                unsigned hi[4], lo[4];
+                x_frags<XF32>(xbuf[p & 1], hi, lo);
+                load_xs(c + 2, xbuf[p & 1]);
+#pragma unroll
+                for (int r = 0; r < RW; ++r) {
+                    mma_w_x(acc[r][0], cur[r][0], cur[r][1], make_uint4(hi[0], hi[1], hi[2], hi[3]));
+                    if constexpr (XF32) mma_w_x(acc[r][0], cur[r][0], cur[r][1], make_uint4(lo[0], lo[1], lo[2], lo[3]));
+                }
+            }
+        }
+    }
+    } else {
     for (int c0 = 0; c0 < nchunks; c0 += P) {
 #pragma unroll
         for (int p = 0; p < P; ++p) {
@@ -297,6 +376,8 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
                 }
             }
         }
+    }
+
     }
 
     gemm_epilogue<RW, NT, RB, GEMM_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits);

@@ -49,6 +49,8 @@
 #            against a plan built with KILN_GEMM_SXW_MAX_BYTES=0 (the two-slab ring), and with
 #            the shared-x kernel for every weight up to 16 rows (KILN_GEMM_SX_MIN_N=0): bench at
 #            batch 1/8/16 twice each, logits of both against the default's (needs refs, eval)
+#   x_ahead  a plan whose register GEMM loads each chunk's x one chunk ahead (KILN_GEMM_X_AHEAD=1):
+#            bench at batch 1/4/8 twice beside the default, the GEMM table test, logits (x_ahead.txt)
 #   reg_p    a plan whose m8/m16 register GEMM keeps 8 chunks of 32 k in flight per warp
 #            (KILN_GEMM_REG_P=8, default 4): bench at batch 1/8/16 twice, the GEMM table test (reg_p.txt)
 #   splits   bench at batch 1..128 with the K-split targets KILN_GEMM_WARPS=16/20/24/12 (twice)
@@ -365,6 +367,18 @@ if has reg_p; then
     bench_as "reg_p 8" reg_p.txt /tmp/engines_regp8/qwen35_4b_random.plan -- --batch 1,8,16 --prefill 16
   done
   for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_GEMM_REG_P=8 "$t" gemm_matches --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differ" | sed "s/^/reg_p 8 kernels: /" | tee -a "$OUT/reg_p.txt"; done
+fi
+if has x_ahead; then
+  # Session 15: the register GEMM (out/o/down at batch 1-7) with each chunk's x loaded one
+  # chunk ahead (KILN_GEMM_X_AHEAD=1, a build knob; default 0): batch 1/4/8 beside the
+  # default twice, the GEMM table test with it, and its logits (bit-identical expected).
+  plan_with xa1 KILN_GEMM_X_AHEAD=1
+  for r in 1 2; do
+    bench_as "x_ahead 0" x_ahead.txt "$ENG/qwen35_4b_random.plan" -- --batch 1,4,8 --prefill 16
+    bench_as "x_ahead 1" x_ahead.txt /tmp/engines_xa1/qwen35_4b_random.plan -- --batch 1,4,8 --prefill 16
+  done
+  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_GEMM_X_AHEAD=1 "$t" gemm_matches --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differ" | sed "s/^/x_ahead 1 kernels: /" | tee -a "$OUT/x_ahead.txt"; done
+  [ -f "$REFS/cases.json" ] && logits_check xa1 /tmp/engines_xa1/qwen35_4b_random.plan
 fi
 if has splits; then
   # The K-split targets again with the deferred split sum (session 12): more splits cost
