@@ -105,6 +105,7 @@ impl MtpRows {
     /// Chained draft step `j` of `chunks` (one row per sequence): step 0 pairs each slot's
     /// pending hidden state with its sampled token; step j > 0 pairs MTP output row i of
     /// step j - 1 with its draft (the ids then come from the device; `ids` here are 0).
+    /// Step j >= a chunk's `steps` gives that chunk a padding row (its drafts end there).
     /// With `pad = Some((rows, bt_stride))`, the fixed shape of a captured draft graph:
     /// `rows` rows (padding rows name no slot, see no keys and write no KV) and block
     /// tables of stride `bt_stride`.
@@ -112,7 +113,15 @@ impl MtpRows {
         let longest = chunks.iter().map(|c| c.blocks.len()).max().unwrap_or(1).max(1);
         let bt_stride = pad.map_or(longest, |p| p.1.max(longest));
         let mut m = MtpRows { layout: StepLayout { bt_stride, cu_seqlens: vec![0], ..Default::default() }, ..Default::default() };
+        let zeros = vec![0; bt_stride];
         for (i, c) in chunks.iter().enumerate() {
+            if j >= c.steps {
+                // This sequence drafts fewer steps than the call (it is near its token or
+                // context limit, and its KV blocks may end there): a padding row.
+                m.push_row(0, 0, 0, -1);
+                m.close_chunk(-1, 0, 0, &zeros);
+                continue;
+            }
             let t = c.pos - 1 + j;
             let (id, hidden) = if j == 0 { (c.next as i32, pending_of(c.slot)) } else { (0, i as i32) };
             let kv = (c.blocks[t / block_size] as usize * block_size + t % block_size) as i32;
@@ -121,7 +130,6 @@ impl MtpRows {
             table.resize(bt_stride, 0);
             m.close_chunk(c.slot as i32, t as i32, t as i32 + 1, &table);
         }
-        let zeros = vec![0; bt_stride];
         for _ in chunks.len()..pad.map_or(0, |p| p.0) {
             m.push_row(0, 0, 0, -1);
             m.close_chunk(-1, 0, 0, &zeros);

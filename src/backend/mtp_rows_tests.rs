@@ -147,6 +147,16 @@ fn draft_steps_chain_from_the_pending_state() {
     assert_eq!(p1.image(&[]).meta, p2.image(&[]).meta);
     assert_eq!(p1.image(&[]).packed.len(), p2.image(&[]).packed.len());
     assert_eq!(&p2.layout.pos[..2], &m2.layout.pos[..]);
+    // A sequence drafting fewer steps than the call gets padding rows past its last one,
+    // so its KV blocks need cover only its own drafts (the scheduler grows them that far).
+    // Slot 4 at position 7 drafts 1 token: 2 blocks of 4 cover it; step 2 would be
+    // position 8, past them.
+    let short = [chunks[0].clone(), DraftChunk { pos: 7, steps: 1, blocks: &b4[..2], ..chunks[1].clone() }];
+    let s2 = MtpRows::for_draft(&short, 2, BS, None);
+    assert_eq!(s2.layout.slots, vec![1, -1]);
+    assert_eq!(s2.layout.kv_loc[1], -1);
+    assert_eq!(s2.layout.ctx_lens[1], 0);
+    assert_eq!(MtpRows::for_draft(&short, 0, BS, None).layout.slots, vec![1, 4]);
 }
 
 #[test]

@@ -117,7 +117,7 @@ impl CudaBackend {
         for c in chunks {
             ensure!(c.slot < self.cap.slots && c.pos >= 1, "slot {}: nothing to draft from at position {}", c.slot, c.pos);
             ensure!(c.limit == limit, "one draft call must use one argmax vocabulary limit");
-            ensure!(c.blocks.len() * self.cap.block_size >= c.pos + k, "slot {}: its KV blocks do not cover the draft positions", c.slot);
+            ensure!(c.steps >= 1 && c.blocks.len() * self.cap.block_size >= c.pos + c.steps, "slot {}: its KV blocks do not cover the draft positions", c.slot);
             ensure!(c.blocks.len() <= self.max_blocks_per_seq, "slot {} holds more KV blocks than a sequence may ({})", c.slot, self.max_blocks_per_seq);
             ensure!((c.next as usize) < self.cfg.vocab_size, "token id {} is outside the vocabulary", c.next);
         }
