@@ -58,8 +58,7 @@ impl MtpRows {
                 // A padding row of a captured decode graph, or a one-token prompt: a
                 // padding MTP row (no pair, no KV write, no keys), so a decode-shaped step
                 // keeps one MTP row per row.
-                m.push_row(0, 0, 0, -1);
-                m.close_chunk(-1, 0, 0, table);
+                m.push_padding(table);
                 continue;
             }
             // A prompt's first row (position 0) has no pair.
@@ -90,8 +89,7 @@ impl MtpRows {
             let table = &l.block_tables[r * l.bt_stride..(r + 1) * l.bt_stride];
             if l.slots[r] < 0 {
                 // A padding row of a captured verify graph.
-                m.push_row(0, 0, 0, -1);
-                m.close_chunk(-1, 0, 0, table);
+                m.push_padding(table);
                 continue;
             }
             let (slot, t) = (l.slots[r], l.pos[r] as usize - 1);
@@ -118,8 +116,7 @@ impl MtpRows {
             if j >= c.steps {
                 // This sequence drafts fewer steps than the call (it is near its token or
                 // context limit, and its KV blocks may end there): a padding row.
-                m.push_row(0, 0, 0, -1);
-                m.close_chunk(-1, 0, 0, &zeros);
+                m.push_padding(&zeros);
                 continue;
             }
             let t = c.pos - 1 + j;
@@ -131,10 +128,16 @@ impl MtpRows {
             m.close_chunk(c.slot as i32, t as i32, t as i32 + 1, &table);
         }
         for _ in chunks.len()..pad.map_or(0, |p| p.0) {
-            m.push_row(0, 0, 0, -1);
-            m.close_chunk(-1, 0, 0, &zeros);
+            m.push_padding(&zeros);
         }
         m
+    }
+
+    /// A padding row, its own chunk: no slot, no pair, no KV write, no keys (a captured
+    /// graph's fixed shape, or a sequence with nothing to compute at this step).
+    fn push_padding(&mut self, table: &[i32]) {
+        self.push_row(0, 0, 0, -1);
+        self.close_chunk(-1, 0, 0, table);
     }
 
     fn push_row(&mut self, id: i32, pos: i32, hidden: i32, kv_loc: i32) {

@@ -10,10 +10,9 @@ use super::verify::Addrs;
 use super::CudaBackend;
 use crate::backend::cuda::kernels::NULL;
 use crate::backend::cuda::memory::{download, upload};
-use crate::backend::mtp_rows::MtpRows;
 use crate::backend::spec_cycle::CyclePlan;
 use crate::backend::speculative::{draft_then_verify, verify_chunks, DraftFailed};
-use crate::backend::verify_step::{save_rings, segment_words};
+use crate::backend::verify_step::segment_words;
 use crate::backend::{DraftChunk, Verified};
 use anyhow::{ensure, Context, Result};
 
@@ -22,7 +21,6 @@ impl CudaBackend {
     /// graphs are on), else as `draft` then `verify`.
     pub(super) fn speculate_on_device(&mut self, seqs: &[DraftChunk<'_>], verify_limit: usize) -> Result<Vec<Verified>> {
         let Some(bucket) = self.verify_bucket(seqs.len()) else { return draft_then_verify(self, seqs, verify_limit) };
-        ensure!(self.mtp.is_some() && self.w.mtp.is_some(), DraftFailed(anyhow::anyhow!("this cuda backend runs no MTP head")));
         let v = self.verify.as_ref().context("this cuda backend was started without verify scratch (speculation off)")?;
         let addrs = Addrs { pools: &self.pools, v, cfg: &self.cfg };
         let pending = |row: usize, slot: usize| self.pending_copies([(row, slot)]).ok().and_then(|mut s| s.pop());
@@ -42,14 +40,9 @@ impl CudaBackend {
         let cycle = v.cycle.ptr;
         let int_at = |i: usize| cycle + (i * 4) as u64;
 
-        // The draft: step j's tokens in argmax rows j * bucket + i.
+        // The draft (it fails without an MTP head): step j's tokens in argmax rows j * bucket + i.
         self.enqueue_draft(seqs, Some(bucket)).map_err(|e| anyhow::Error::new(DraftFailed(e)))?;
-        let vchunks = verify_chunks(seqs, &plan.fed, verify_limit);
-        let v = self.verify.as_ref().context("verify scratch")?;
-        self.copy_segments(&save_rings(&vchunks, &Addrs { pools: &self.pools, v, cfg: &self.cfg }), 0)?;
-        self.upload_meta(&plan.verify.step)?;
-        let mtp_rows = MtpRows::for_verify(&plan.verify.step.layout, &plan.verify.rows, self.cap.block_size);
-        let mtp = Some((mtp_rows.clone(), self.upload_mtp(&mtp_rows, &[])?));
+        let mtp = self.begin_verify(&verify_chunks(seqs, &plan.fed, verify_limit), &plan.verify)?;
         upload(&self.stream, cycle, &ints)?;
         upload(&self.stream, table_at, &segment_words(&plan.table))?;
         let ids = self.s.meta.at(plan.verify.step.meta.ids * 4);

@@ -121,18 +121,7 @@ impl CudaBackend {
         // spec_rows rounded up to a bucket.
         let bucket = self.verify_bucket(seqs.len());
         let plan = VerifyStep::build(seqs, &self.limits(), &v.shape, bucket)?;
-        let addrs = Addrs { pools: &self.pools, v, cfg: &self.cfg };
-        self.copy_segments(&save_rings(seqs, &addrs), 0)?;
-        self.upload_meta(&plan.step)?;
-        // The MTP pairs of every fed position; the pending state is set by the commit.
-        let mtp = self
-            .mtp
-            .as_ref()
-            .map(|_| {
-                let rows = MtpRows::for_verify(&plan.step.layout, &plan.rows, self.cap.block_size);
-                self.upload_mtp(&rows, &[]).map(|img| (rows, img))
-            })
-            .transpose()?;
+        let mtp = self.begin_verify(seqs, &plan)?;
         let tokens = match bucket {
             Some(b) => self.run_verify_graph(&plan, b, &mtp)?,
             None => {
@@ -155,6 +144,22 @@ impl CudaBackend {
         self.copy_segments(&segs, 1)?;
         self.mtp_layer(&mtp)?;
         Ok(greedy.into_iter().zip(accepted).map(|(greedy, accepted)| Verified { greedy, accepted }).collect())
+    }
+
+    /// Enqueues what precedes a verify step of `chunks` laid out as `plan`: the save of
+    /// their conv rings, the step's metadata and, with the MTP head, the image of its pass
+    /// over every fed position (returned; the commit sets the pending states).
+    pub(super) fn begin_verify(&self, chunks: &[VerifyChunk<'_>], plan: &VerifyStep) -> Result<Option<(MtpRows, MtpImage)>> {
+        let v = self.verify.as_ref().context("verify scratch")?;
+        self.copy_segments(&save_rings(chunks, &Addrs { pools: &self.pools, v, cfg: &self.cfg }), 0)?;
+        self.upload_meta(&plan.step)?;
+        self.mtp
+            .as_ref()
+            .map(|_| {
+                let rows = MtpRows::for_verify(&plan.step.layout, &plan.rows, self.cap.block_size);
+                self.upload_mtp(&rows, &[]).map(|img| (rows, img))
+            })
+            .transpose()
     }
 
     /// The graph bucket (rows per position) of a verify, or a draft, of `n` sequences:
