@@ -315,41 +315,22 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
     // Weights are never written: their first loads may overlap the predecessor kernel.
     KILN_PDL_ENTER_ROWS(M);
 
-    if constexpr (KILN_GEMM_X_AHEAD != 0 && NT == 1) {
-    // Chunk c's x was loaded two chunks earlier into buffer c & 1 (P is even); once it is
-    // converted, chunk c + 2's goes there, so an L2 round trip has a whole chunk to land
-    // (ptxas sinks the load below the chunk's MMAs; one chunk ahead left it right before
-    // its use). The same values as load_x's at the chunk. Only the m8 variant (batch
-    // 1-8): m16 with bf16 x would spill.
-    static_assert(P % 2 == 0, "two x buffers alternate by chunk parity");
+    // KILN_GEMM_X_AHEAD (the m8 variant only: m16 with bf16 x would spill): chunk c's x was
+    // loaded two chunks earlier into buffer c & 1 (P is even); once it is converted, chunk
+    // c + 2's goes there, so an L2 round trip has a whole chunk to land (ptxas sinks the
+    // load below the chunk's MMAs; one chunk ahead left it right before its use). The same
+    // values as load_x's at the chunk.
+    constexpr bool AHEAD = KILN_GEMM_X_AHEAD != 0 && NT == 1;
+    static_assert(!AHEAD || P % 2 == 0, "two x buffers alternate by chunk parity");
     XRaw<XF32> xbuf[2];
     auto load_xs = [&](int c, XRaw<XF32>& dst) {
         const int k = kb + c * 32 + t * 8;
         dst = load_x_raw<XF32>(x, g, K, k, c < nchunks && k < ke && g < M);
     };
-    load_xs(0, xbuf[0]);
-    load_xs(1, xbuf[1]);
-    for (int c0 = 0; c0 < nchunks; c0 += P) {
-#pragma unroll
-        for (int p = 0; p < P; ++p) {
-            const int c = c0 + p;
-            if (c < nchunks) {
-                uint4 cur[RW][2];
-#pragma unroll
-                for (int r = 0; r < RW; ++r) cur[r][0] = wr[p][r][0], cur[r][1] = wr[p][r][1];
-                load_w(wr[p], c + P);
-                unsigned hi[4], lo[4];
-                x_frags<XF32>(xbuf[p & 1], hi, lo);
-                load_xs(c + 2, xbuf[p & 1]);
-#pragma unroll
-                for (int r = 0; r < RW; ++r) {
-                    mma_w_x(acc[r][0], cur[r][0], cur[r][1], make_uint4(hi[0], hi[1], hi[2], hi[3]));
-                    if constexpr (XF32) mma_w_x(acc[r][0], cur[r][0], cur[r][1], make_uint4(lo[0], lo[1], lo[2], lo[3]));
-                }
-            }
-        }
+    if constexpr (AHEAD) {
+        load_xs(0, xbuf[0]);
+        load_xs(1, xbuf[1]);
     }
-    } else {
     for (int c0 = 0; c0 < nchunks; c0 += P) {
 #pragma unroll
         for (int p = 0; p < P; ++p) {
@@ -367,7 +348,12 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
                 for (int j = 0; j < NT; ++j) {
                     const int m = j * 8 + g;
                     unsigned hi[4], lo[4];
-                    load_x<XF32>(x, m, K, k, kok && m < M, hi, lo);
+                    if constexpr (AHEAD) {
+                        x_frags<XF32>(xbuf[p & 1], hi, lo);
+                        load_xs(c + 2, xbuf[p & 1]);
+                    } else {
+                        load_x<XF32>(x, m, K, k, kok && m < M, hi, lo);
+                    }
 #pragma unroll
                     for (int r = 0; r < RW; ++r) {
                         mma_w_x(acc[r][j], cur[r][0], cur[r][1], make_uint4(hi[0], hi[1], hi[2], hi[3]));
@@ -376,8 +362,6 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
                 }
             }
         }
-    }
-
     }
 
     gemm_epilogue<RW, NT, RB, GEMM_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits);
