@@ -18,77 +18,14 @@
 // Prints the outputs whose bits differ from the unpermuted run, for each permutation.
 //
 // Build and run on the device: nvcc -O3 -arch=sm_90a bench/mma_perm.cu -o /tmp/mma_perm && /tmp/mma_perm
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <vector>
-
-#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA %s at %d\n", cudaGetErrorString(e), __LINE__); exit(1); } } while (0)
-
-constexpr int S = 32;  // k16 steps per chain
-
-__device__ __forceinline__ void mma16816(float* d, const unsigned* a, const unsigned* b) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-__device__ __forceinline__ unsigned pair(const __nv_bfloat16* p) { return *reinterpret_cast<const unsigned*>(p); }
-
-// A [blocks][S][64][16] (row-major per step: position k of row r at r * 16 + k),
-// B [blocks][S][8][16] (B[n][k]), D [blocks][64][8]; 4 warps of 16 rows.
-__global__ void chains(const __nv_bfloat16* A, const __nv_bfloat16* B, float* D) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    const __nv_bfloat16* a0 = A + (size_t)blockIdx.x * S * 64 * 16;
-    const __nv_bfloat16* b0 = B + (size_t)blockIdx.x * S * 8 * 16;
-    float d[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int s = 0; s < S; ++s) {
-        const __nv_bfloat16* a = a0 + (size_t)s * 64 * 16 + (warp * 16) * 16;
-        const __nv_bfloat16* b = b0 + (size_t)s * 8 * 16;
-        const unsigned af[4] = {pair(a + g * 16 + 2 * t), pair(a + (g + 8) * 16 + 2 * t), pair(a + g * 16 + 2 * t + 8),
-                                pair(a + (g + 8) * 16 + 2 * t + 8)};
-        const unsigned bf[2] = {pair(b + g * 16 + 2 * t), pair(b + g * 16 + 2 * t + 8)};
-        mma16816(d, af, bf);
-    }
-    float* o = D + (size_t)blockIdx.x * 64 * 8;
-    const int r = warp * 16 + g;
-    o[r * 8 + 2 * t] = d[0];
-    o[r * 8 + 2 * t + 1] = d[1];
-    o[(r + 8) * 8 + 2 * t] = d[2];
-    o[(r + 8) * 8 + 2 * t + 1] = d[3];
-}
-
-static __nv_bfloat16 f2bf_trunc(float f) {
-    uint32_t w;
-    memcpy(&w, &f, 4);
-    uint16_t u = (uint16_t)(w >> 16);
-    __nv_bfloat16 h;
-    memcpy(&h, &u, 2);
-    return h;
-}
+#include "mma_chains.cuh"
 
 int main() {
     const int blocks = 4096;
     const size_t na = (size_t)blocks * S * 64 * 16, nb = (size_t)blocks * S * 8 * 16, nd = (size_t)blocks * 64 * 8;
     std::vector<__nv_bfloat16> A(na), B(nb);
-    uint64_t st = 0x2545F4914F6CDD1Dull;
+    uint64_t st = fill_operands(A, B, 0x2545F4914F6CDD1Dull);  // then the random permutation
     auto rnd = [&]() { st ^= st << 13; st ^= st >> 7; st ^= st << 17; return st; };
-    for (int pass = 0; pass < 2; ++pass) {
-        std::vector<__nv_bfloat16>& v = pass ? B : A;
-        for (size_t i = 0; i < v.size(); ++i) {
-            const uint64_t r = rnd();
-            const size_t blk = pass ? i / (S * 8 * 16) : i / (S * 64 * 16);
-            const int spread = blk % 3 == 0 ? 4 : 24;
-            const int e = (int)(r % (2 * spread + 1)) - spread;
-            const float m = 1.f + (float)((r >> 16) & 0x7F) / 128.f;
-            float x = ldexpf(m, e) * ((r >> 40) & 1 ? -1.f : 1.f);
-            if (((r >> 41) & 31) == 0) x = 0.f;
-            v[i] = f2bf_trunc(x);
-        }
-    }
     // Position permutations: new position p holds old position perm[p].
     int perms[5][16];
     const char* names[5] = {"swap halves (0-7 <-> 8-15)", "reverse within each half", "swap 4-groups within each half",
@@ -112,7 +49,7 @@ int main() {
     auto run = [&](const std::vector<__nv_bfloat16>& a, const std::vector<__nv_bfloat16>& b) {
         CK(cudaMemcpy(dA, a.data(), na * 2, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(dB, b.data(), nb * 2, cudaMemcpyHostToDevice));
-        chains<<<blocks, 128>>>(dA, dB, dD);
+        ref_mma<<<blocks, 128>>>(dA, dB, dD);
         CK(cudaGetLastError());
         CK(cudaDeviceSynchronize());
         std::vector<float> d(nd);
