@@ -49,10 +49,10 @@
 #            against a plan built with KILN_GEMM_SXW_MAX_BYTES=0 (the two-slab ring), and with
 #            the shared-x kernel for every weight up to 16 rows (KILN_GEMM_SX_MIN_N=0): bench at
 #            batch 1/8/16 twice each, logits of both against the default's (needs refs, eval)
-#   x_ahead  a plan whose register GEMM loads each chunk's x one chunk ahead (KILN_GEMM_X_AHEAD=1):
+#   x_ahead  a plan whose m8 register GEMM loads each chunk's x two chunks ahead (KILN_GEMM_X_AHEAD=1):
 #            bench at batch 1/4/8 twice beside the default, the GEMM table test, logits (x_ahead.txt)
 #   reg_p    a plan whose m8/m16 register GEMM keeps 8 chunks of 32 k in flight per warp
-#            (KILN_GEMM_REG_P=8, default 4): bench at batch 1/8/16 twice, the GEMM table test (reg_p.txt)
+#            (KILN_GEMM_REG_P=8, default 4): bench at batch 1/8/16 twice, the GEMM table test, logits with refs (reg_p.txt)
 #   splits   bench at batch 1..128 with the K-split targets KILN_GEMM_WARPS=16/20/24/12 (twice)
 #            and KILN_GEMM_WIDE_WARPS=32/16 (splits.txt)
 #   knobs    session 7's prepared experiments, each against the default in the same call
@@ -161,6 +161,20 @@ bench_as() {
   local tag=$1 file=$2 plan=$3; shift 3
   local vars=(); while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do vars+=("$1"); shift; done; shift
   env "${vars[@]}" .devbin/kiln-eval bench --plan "$plan" "$@" 2>&1 | grep -E "decode batch|prefill" | sed "s/^/$tag: /" | tee -a "$OUT/$file"
+}
+# knob_ab TAG FILE VAR=value BATCHES: a plan built with a kernel build knob against the
+# default plan, the same checkpoint: the bench at BATCHES twice each ("TAG default" and
+# "TAG VAR=value" lines in $OUT/FILE), the GEMM table test with the knob (bit-identical to
+# the other kernels at the same plan), and with refs its logits (bit-identical expected).
+knob_ab() {
+  local tag=$1 file=$2 knob=$3 batches=$4
+  plan_with "$tag" "$knob"
+  for r in 1 2; do
+    bench_as "$tag default" "$file" "$ENG/qwen35_4b_random.plan" -- --batch "$batches" --prefill 16
+    bench_as "$tag $knob" "$file" "/tmp/engines_$tag/qwen35_4b_random.plan" -- --batch "$batches" --prefill 16
+  done
+  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && env "$knob" "$t" gemm_matches --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differ" | sed "s/^/$tag $knob kernels: /" | tee -a "$OUT/$file"; done
+  if [ -f "$REFS/cases.json" ]; then logits_check "$tag" "/tmp/engines_$tag/qwen35_4b_random.plan"; fi
 }
 # step_means PORT: the server's mean decode-only step (backend forward, whole scheduler
 # step) and inter-token latency from /metrics, to set against the client's TPOT.
@@ -358,27 +372,13 @@ if has sxw; then
   logits_check sxall "$ENG/qwen35_4b_random.plan" KILN_GEMM_SX_MIN_N=0
 fi
 if has reg_p; then
-  # The m8/m16 register GEMM with 8 chunks of 32 k in flight per warp (KILN_GEMM_REG_P=8,
-  # a build knob; default 4): batch 1/8/16 beside the default twice, then the GEMM table
-  # test with it (bit-identical to the shared-x and tiled kernels at the same plan).
-  plan_with regp8 KILN_GEMM_REG_P=8
-  for r in 1 2; do
-    bench_as "reg_p 4" reg_p.txt "$ENG/qwen35_4b_random.plan" -- --batch 1,8,16 --prefill 16
-    bench_as "reg_p 8" reg_p.txt /tmp/engines_regp8/qwen35_4b_random.plan -- --batch 1,8,16 --prefill 16
-  done
-  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_GEMM_REG_P=8 "$t" gemm_matches --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differ" | sed "s/^/reg_p 8 kernels: /" | tee -a "$OUT/reg_p.txt"; done
+  # The m8/m16 register GEMM with 8 chunks of 32 k in flight per warp (default 4).
+  knob_ab regp8 reg_p.txt KILN_GEMM_REG_P=8 1,8,16
 fi
 if has x_ahead; then
-  # Session 15: the register GEMM (out/o/down at batch 1-7) with each chunk's x loaded one
-  # chunk ahead (KILN_GEMM_X_AHEAD=1, a build knob; default 0): batch 1/4/8 beside the
-  # default twice, the GEMM table test with it, and its logits (bit-identical expected).
-  plan_with xa1 KILN_GEMM_X_AHEAD=1
-  for r in 1 2; do
-    bench_as "x_ahead 0" x_ahead.txt "$ENG/qwen35_4b_random.plan" -- --batch 1,4,8 --prefill 16
-    bench_as "x_ahead 1" x_ahead.txt /tmp/engines_xa1/qwen35_4b_random.plan -- --batch 1,4,8 --prefill 16
-  done
-  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_GEMM_X_AHEAD=1 "$t" gemm_matches --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differ" | sed "s/^/x_ahead 1 kernels: /" | tee -a "$OUT/x_ahead.txt"; done
-  [ -f "$REFS/cases.json" ] && logits_check xa1 /tmp/engines_xa1/qwen35_4b_random.plan
+  # Session 15: the m8 register GEMM (out/o/down at batch 1-7) with each chunk's x loaded
+  # two chunks ahead (default off).
+  knob_ab xa1 x_ahead.txt KILN_GEMM_X_AHEAD=1 1,4,8
 fi
 if has splits; then
   # The K-split targets again with the deferred split sum (session 12): more splits cost
