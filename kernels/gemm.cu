@@ -2,8 +2,10 @@
 //
 // kiln_gemm_x{f32,bf16}_y{f32,bf16}_m{8,16,32,64}(
 //     const bf16* W, const X* x, Y* y, float* ws, unsigned* counters,
-//     int M, int N, int K, int ks, int splits)
-//   W [N][K] bf16 row-major (as Hugging Face stores a Linear weight); x [M][K] (fp32 or
+//     int M, int N, int K, int ks, int splits, int w_packed)
+//   W [N][K] bf16 row-major (as Hugging Face stores a Linear weight), or with w_packed = 1
+//   in the packed layout (common.cuh; N % 16 == 0, K % 32 == 0) that kiln_pack_weight makes:
+//   the same bits, a warp's loads contiguous; x [M][K] (fp32 or
 //   bf16, row stride K); y [M][N] (fp32 or bf16, row stride N). K % 8 == 0, pointers
 //   16-byte aligned. The _mNN suffix is the largest M the variant takes (pick the
 //   smallest that covers M; rows past M are neither read nor written).
@@ -19,6 +21,10 @@
 //   without the kernel's tail (a fence, a counter and the last block's sum).
 //   grid (ceil(N / (64 * RW)), splits), block 128 (4 warps), RW = 1 for _m8/_m16 and
 //   2 for _m32/_m64.
+//
+// kiln_pack_weight(const bf16* W, bf16* out, int N, int K)
+//   out = W [N][K] (row-major, N % 16 == 0, K % 32 == 0) in the packed layout, once per
+//   weight at load (weight_pack::pack is its CPU twin). Any grid, block 256.
 //
 // How: each warp owns RW*16 rows of W and streams them once with 16-byte
 // ld.global.nc loads (P chunks of 32 k in flight per row pair). Products use
@@ -269,7 +275,7 @@ template <int NT, bool XF32, typename Y>
 __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const void* __restrict__ x,
                                             Y* __restrict__ y, float* __restrict__ ws,
                                             unsigned* __restrict__ counters, int M, int N, int K,
-                                            int ks, int splits) {
+                                            int ks, int splits, int w_packed) {
     constexpr int RW = NT >= 4 ? 2 : 1;      // 16-row tiles of W per warp
     constexpr int P = RW == 1 ? KILN_GEMM_REG_P : 2;  // chunks of 32 k in flight
     constexpr int RB = 4 * 16 * RW;          // rows per block
@@ -288,9 +294,10 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
         for (int h = 0; h < 2; ++h) {
             const int row = row0 + r * 16 + h * 8 + g;
             wok[r][h] = row < N;
-            wp[r][h] = W + (size_t)(wok[r][h] ? row : 0) * K + t * 8;
+            wp[r][h] = w_lane_ptr(W, w_packed, wok[r][h] ? row : 0, K, kb, t);
         }
 
+    const int cstep = w_chunk_step(w_packed);
     float acc[RW][NT][4];
 #pragma unroll
     for (int r = 0; r < RW; ++r)
@@ -307,11 +314,11 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
         for (int r = 0; r < RW; ++r)
 #pragma unroll
             for (int h = 0; h < 2; ++h)
-                buf[r][h] = (kok && wok[r][h]) ? ld_stream(wp[r][h] + kb + c * 32) : make_uint4(0, 0, 0, 0);
+                buf[r][h] = (kok && wok[r][h]) ? ld_stream(wp[r][h] + c * cstep) : make_uint4(0, 0, 0, 0);
     };
 #pragma unroll
     for (int p = 0; p < P; ++p) load_w(wr[p], p);
-    prefetch_rows_early(W, row0, RW * 16, lane, M, N, K, kb, ke, P * 32, splits, ks);
+    prefetch_rows_early(W, row0, RW * 16, lane, M, N, K, kb, ke, P * 32, splits, ks, w_packed);
     // Weights are never written: their first loads may overlap the predecessor kernel.
     KILN_PDL_ENTER_ROWS(M);
 
@@ -566,7 +573,7 @@ template <int NTM, bool XF32, typename Y>
 __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const void* __restrict__ x,
                                                Y* __restrict__ y, float* __restrict__ ws,
                                                unsigned* __restrict__ counters, int M, int N, int K, int ks,
-                                               int splits) {
+                                               int splits, int w_packed) {
     constexpr int RW = 2, P = 2, RB = 8 * 16 * RW, MP = NTM * 8;
     constexpr int LDB = V2Ldb<XF32>::v;
     constexpr int SLOT = MP * LDB;
@@ -596,8 +603,9 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
         for (int h = 0; h < 2; ++h) {
             const int row = row0 + r * 16 + h * 8 + g;
             wok[r][h] = row < N;
-            wp[r][h] = W + (size_t)(wok[r][h] ? row : 0) * K + t * 8;
+            wp[r][h] = w_lane_ptr(W, w_packed, wok[r][h] ? row : 0, K, kb, t);
         }
+    const int cstep = w_chunk_step(w_packed);
     float acc[RW][NTM][4];
 #pragma unroll
     for (int r = 0; r < RW; ++r)
@@ -614,7 +622,7 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
         for (int r = 0; r < RW; ++r)
 #pragma unroll
             for (int h = 0; h < 2; ++h)
-                buf[r][h] = (kok && wok[r][h]) ? ld_stream(wp[r][h] + kb + c * 32) : make_uint4(0, 0, 0, 0);
+                buf[r][h] = (kok && wok[r][h]) ? ld_stream(wp[r][h] + c * cstep) : make_uint4(0, 0, 0, 0);
     };
 
     // x staging: vector v = threadIdx.x + q * 256 is row v / 8, k offset (v % 8) * 8 of the slab.
@@ -639,7 +647,7 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
 
 #pragma unroll
     for (int p = 0; p < P; ++p) load_w(wr[p], p);
-    prefetch_rows_early(W, row0, RW * 16, lane, M, N, K, kb, ke, P * 32, splits, ks);
+    prefetch_rows_early(W, row0, RW * 16, lane, M, N, K, kb, ke, P * 32, splits, ks, w_packed);
     KILN_PDL_ENTER_ROWS(M);
     if constexpr (NTM <= 2) {
         if (whole) {
@@ -689,8 +697,8 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                    \
         kiln_gemm_x##XN##_y##YN##_m##MM(const bf16* W, const XT* x, YT* y, float* ws,             \
                                         unsigned* counters, int M, int N, int K, int ks,          \
-                                        int splits) {                                             \
-        skinny_gemm<NT, XF, YT>(W, x, y, ws, counters, M, N, K, ks, splits);                      \
+                                        int splits, int w_packed) {                                \
+        skinny_gemm<NT, XF, YT>(W, x, y, ws, counters, M, N, K, ks, splits, w_packed);             \
     }
 #define GEMM_ALL_M(XN, XT, XF, YN, YT)        \
     GEMM_VARIANT(XN, XT, XF, YN, YT, 8, 1)    \
@@ -708,8 +716,8 @@ GEMM_ALL_M(bf16, bf16, false, bf16, bf16)
     extern "C" __global__ void __launch_bounds__(GS_THREADS, 2)                                   \
         kiln_gemm_sx_x##XN##_y##YN##_m##MM(const bf16* W, const XT* x, YT* y, float* ws,          \
                                            unsigned* counters, int M, int N, int K, int ks,       \
-                                           int splits) {                                          \
-        skinny_gemm_v2<NT, XF, YT>(W, x, y, ws, counters, M, N, K, ks, splits);                   \
+                                           int splits, int w_packed) {                             \
+        skinny_gemm_v2<NT, XF, YT>(W, x, y, ws, counters, M, N, K, ks, splits, w_packed);          \
     }
 #define GEMM_SHARED_X_M(XN, XT, XF, YN, YT)       \
     GEMM_SHARED_X(XN, XT, XF, YN, YT, 16, 2)      \
@@ -719,3 +727,17 @@ GEMM_SHARED_X_M(f32, float, true, f32, float)
 GEMM_SHARED_X_M(f32, float, true, bf16, bf16)
 GEMM_SHARED_X_M(bf16, bf16, false, f32, float)
 GEMM_SHARED_X_M(bf16, bf16, false, bf16, bf16)
+
+// One thread per 16-byte vector of the packed output, copying the row-major vector it holds.
+extern "C" __global__ void __launch_bounds__(256) kiln_pack_weight(const bf16* __restrict__ W, bf16* __restrict__ out, int N, int K) {
+    KILN_PDL_ENTER();
+    const size_t vecs = (size_t)N * K / 8, tile_elems = (size_t)16 * K;
+    for (size_t v = (size_t)blockIdx.x * blockDim.x + threadIdx.x; v < vecs; v += (size_t)gridDim.x * blockDim.x) {
+        const size_t e = v * 8, tile = e / tile_elems;
+        const int in_tile = (int)(e - tile * tile_elems);  // < 16 K
+        const int c = in_tile >> 9, h = (in_tile >> 8) & 1, lane = (in_tile & 255) >> 3;
+        const size_t row = tile * 16 + h * 8 + (lane >> 2);
+        const int k = c * 32 + (lane & 3) * 8;
+        *reinterpret_cast<uint4*>(out + e) = *reinterpret_cast<const uint4*>(W + row * K + k);
+    }
+}

@@ -45,6 +45,8 @@
 #            step gives mma.sync's bits, and both MMA forms' throughput (wgmma_bits.txt)
 #   wgmma    the tiled GEMM's wgmma variant (KILN_GEMM_WGMMA=1, sm_90a) against mma.sync: bench at
 #            batch 32-256 twice each, logits against the default's (needs refs, eval): wgmma.txt
+#   packed   the decode weights packed at load (KILN_GEMM_PACKED=1) against row-major: bench at
+#            batch 1-32 twice, the packing kernel tests, logits (needs refs), verify (packed.txt)
 #   sxw      the m16 shared-x GEMM staging a whole K slice of x (the default since session 13)
 #            against a plan built with KILN_GEMM_SXW_MAX_BYTES=0 (the two-slab ring), and with
 #            the shared-x kernel for every weight up to 16 rows (KILN_GEMM_SX_MIN_N=0): bench at
@@ -359,6 +361,20 @@ if has wgmma; then
     bench_as "tiled wgmma" wgmma.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_WGMMA=1 -- --batch 32,64,128,256 --prefill 16
   done
   logits_check wgmma "$ENG/qwen35_4b_random.plan" KILN_GEMM_WGMMA=1
+fi
+if has packed; then
+  # Session 16: the decode weights packed at load (KILN_GEMM_PACKED=1, a second copy the
+  # register and shared-x kernels read with contiguous per-warp loads): bench at batch
+  # 1-16 twice each against the default, the kernel tests, logits (bit-identical
+  # expected), and exact speculation with it.
+  log "packed GEMM weights (KILN_GEMM_PACKED=1) against row-major"
+  for r in 1 2; do
+    bench_as "row-major" packed.txt "$ENG/qwen35_4b_random.plan" -- --batch 1,4,8,16,32 --prefill 16
+    bench_as "packed" packed.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_PACKED=1 -- --batch 1,4,8,16,32 --prefill 16
+  done
+  for t in .devbin/cuda_kernels* .devbin/cuda_backend*; do [ -x "$t" ] && "$t" packed --ignored --test-threads=1 --nocapture 2>&1 | grep -E "^test |test result|panicked" | sed "s/^/packed tests: /" | tee -a "$OUT/packed.txt"; done
+  if [ -f "$REFS/cases.json" ]; then logits_check packed "$ENG/qwen35_4b_random.plan" KILN_GEMM_PACKED=1; fi
+  KILN_GEMM_PACKED=1 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --drafts 3 --steps 24 --ctx 1024 --batch 1,4 2>&1 | grep -v "^\s*$" | tee -a "$OUT/packed.txt" | tail -4
 fi
 if has sxw; then
   log "shared-x GEMM: whole-split x staging against the ring, and for every weight"

@@ -128,6 +128,42 @@ fn cuda_backend_matches_the_cpu_backend_on_the_toy_model() {
     }
 }
 
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn packed_weights_give_the_row_major_bits() {
+    // The decode GEMMs reading packed weights (`CudaOptions::packed_weights`) against the
+    // row-major ones: prefill and decode logits bit-identical, alone and in a batch of 8
+    // (the toy model packs out, o, fc, gate_up and qgkv; the rest stays row-major).
+    let b = toy_plan();
+    let opt = |packed| CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, packed_weights: packed, ..Default::default() };
+    let mut rows = CudaBackend::load(&b.plan, None, &opt(false)).unwrap();
+    let mut packed = CudaBackend::load(&b.plan, None, &opt(true)).unwrap();
+    let vocab = b.cfg.vocab_size as u32;
+    let blocks: Vec<u32> = (0..16).collect();
+    for (len, chunk) in [(5usize, 64usize), (70, 128), (40, 16)] {
+        let prompt: Vec<u32> = (0..len as u32).map(|i| (i * 7 + 3) % vocab).collect();
+        let feed: Vec<u32> = (0..8u32).map(|i| (i * 5 + 1) % vocab).collect();
+        let a = run(&mut rows, 0, &prompt, chunk, &feed, &blocks);
+        let p = run(&mut packed, 0, &prompt, chunk, &feed, &blocks);
+        assert!(a.iter().flatten().all(|v| v.is_finite()), "prompt {len}: non-finite logits");
+        assert_eq!(a, p, "prompt {len} (chunks of {chunk}): packed weights change the logits");
+    }
+    // Eight decode rows in one step (the shared-x kernel's batch).
+    let stripes: Vec<Vec<u32>> = (0..8u32).map(|s| (s * 16..(s + 1) * 16).collect()).collect();
+    let mut outs = Vec::new();
+    for be in [&mut rows, &mut packed] {
+        for (s, stripe) in stripes.iter().enumerate() {
+            let p: Vec<u32> = (0..(10 + s as u32 * 3)).map(|i| (i * 13 + s as u32) % vocab).collect();
+            be.reset_slot(s).unwrap();
+            be.forward(&[SeqChunk { slot: s, start_pos: 0, tokens: &p, blocks: stripe, want: Want::Nothing, allowed: None }]).unwrap();
+        }
+        let toks: Vec<[u32; 1]> = (0..8u32).map(|s| [(s * 3 + 1) % vocab]).collect();
+        let chunks: Vec<SeqChunk> = (0..8).map(|s| SeqChunk { slot: s, start_pos: 10 + s * 3, tokens: &toks[s], blocks: &stripes[s], want: Want::Last, allowed: None }).collect();
+        outs.push(be.forward(&chunks).unwrap().into_iter().map(|o| o.data).collect::<Vec<_>>());
+    }
+    assert_eq!(outs[0], outs[1], "a batch of 8: packed weights change the logits");
+}
+
 /// Structured output's greedy token on the device: steps mixing masked argmax rows,
 /// plain argmax rows and logit rows (decode steps through the graphs, and an eager step
 /// with a prefill chunk) give each masked row the CPU twin's masked argmax of the logits

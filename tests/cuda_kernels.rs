@@ -38,5 +38,7 @@ mod t_gdn;
 mod t_gdn_verify;
 #[path = "cuda_kernels/t_gemm.rs"]
 mod t_gemm;
+#[path = "cuda_kernels/t_gemm_packed.rs"]
+mod t_gemm_packed;
 #[path = "cuda_kernels/t_spec_cycle.rs"]
 mod t_spec_cycle;

@@ -12,6 +12,7 @@ pub mod speculative;
 pub mod step;
 pub mod verify_check;
 pub mod verify_step;
+pub mod weight_pack;
 
 use crate::config::ModelConfig;
 use anyhow::{bail, Result};

@@ -84,6 +84,13 @@ pub struct CudaOptions {
     /// read. Drafts are only proposals, so greedy output is unchanged either way. Env
     /// KILN_DRAFT_HEAD=bf16 / int8; `--speculative-draft-head`.
     pub draft_head_i8: bool,
+    /// Pack every decode GEMM weight at load (`DeviceWeights::pack`, `backend::weight_pack`):
+    /// the register and shared-x kernels read a copy whose per-warp chunks are contiguous
+    /// (membench, session 10: 4-14 % faster reads than the row-major strips; a batch-1
+    /// step predicted 0.15-0.27 ms faster), the same bits. Costs a second copy (~8.4 GB for
+    /// Qwen3.5-4B: the tiled kernel and cuBLASLt read row-major). Session 16, not yet run
+    /// on a GPU: off unless env KILN_GEMM_PACKED=1.
+    pub packed_weights: bool,
 }
 
 impl Default for CudaOptions {
@@ -108,6 +115,7 @@ impl Default for CudaOptions {
             mtp_full_upkeep: std::env::var("KILN_MTP_FULL_UPKEEP").is_ok_and(|v| v == "1"),
             pdl_stream: std::env::var("KILN_PDL_STREAM").is_ok_and(|v| v == "1"),
             draft_head_i8: std::env::var("KILN_DRAFT_HEAD").map_or(true, |v| v != "bf16"),
+            packed_weights: std::env::var("KILN_GEMM_PACKED").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -202,7 +210,11 @@ impl CudaBackend {
         let k = Kernels::load(&ctx, &modules, &dims)?;
         // A created stream: graph capture is not allowed on the legacy default stream.
         let stream = ctx.new_stream().map_err(|e| anyhow!("creating a CUDA stream: {e:?}"))?;
-        let w = DeviceWeights::upload(&stream, &plan, &cfg)?;
+        let mut w = DeviceWeights::upload(&stream, &plan, &cfg)?;
+        if opt.packed_weights {
+            let bytes = w.pack(&k, &stream, &plan)?;
+            tracing::info!("packed the decode GEMM weights: {:.2} GB more", bytes as f64 / 1e9);
+        }
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
         Self::with_parts(cfg, ctx, stream, k, w, opt, device_name)
     }
@@ -241,7 +253,7 @@ impl CudaBackend {
         // The drafts' int8 lm_head, before the pools take what is left.
         // (kiln_gemv_i8 takes K in 64-wide chunks; other hidden sizes draft from bf16.)
         if run_mtp && opt.draft_head_i8 && cfg.hidden_size % 64 == 0 {
-            w.draft_head = Some(DraftHeadI8::build(&k, &stream, w.lm_head, &cfg)?);
+            w.draft_head = Some(DraftHeadI8::build(&k, &stream, w.lm_head.rows, &cfg)?);
         }
         let (free, total) = ctx.mem_get_info().map_err(|e| anyhow!("reading free GPU memory: {e:?}"))?;
         let sizes = size_pools(

@@ -6,7 +6,7 @@
 //! into a CUDA graph.
 
 use super::blaslt::BlasLt;
-use super::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, Delta, DevPtr, GdnDecode, GdnPrefill, Kernels, Mat, QkNormRope, NULL};
+use super::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, Delta, DevPtr, GdnDecode, GdnPrefill, GemmWeight, Kernels, Mat, QkNormRope, NULL};
 use super::pools::{Scratch, StatePools, LOGIT_ROWS};
 use super::weights::{DeviceWeights, FullPtrs, LayerPtrs, LinearPtrs, MixerPtrs};
 use crate::backend::step::{MetaOffsets, Step, StepLayout};
@@ -252,7 +252,7 @@ impl LayerStack<'_> {
     /// add_rmsnorm: `s.delta`, or, when the step's rows are one decode GEMM launch, its
     /// split-K partials, which the norm sums (`Kernels::gemm_deferred`: the same bits
     /// without the launch's tail). Nothing may use the GEMM scratch before that norm.
-    fn gemm_to_norm(&self, w: DevPtr, x: DevPtr, xdt: DType, n: usize, kdim: usize, l: &StepLayout) -> Result<Delta> {
+    fn gemm_to_norm(&self, w: GemmWeight, x: DevPtr, xdt: DType, n: usize, kdim: usize, l: &StepLayout) -> Result<Delta> {
         let (s, t, choices) = (self.s, l.num_tokens(), self.k.gemm_choices());
         let one_launch = t <= choices.decode_gemm_rows() && l.cu_seqlens.windows(2).all(|c| (c[1] - c[0]) as usize <= SKINNY_MAX_CHUNK);
         if choices.defer_sum && one_launch {
@@ -269,7 +269,7 @@ impl LayerStack<'_> {
     /// chunk, never on what else is in the step (the skinny GEMM's result does not
     /// depend on M).
     #[allow(clippy::too_many_arguments)]
-    fn gemm(&self, w: DevPtr, x: DevPtr, xdt: DType, y: DevPtr, n: usize, kdim: usize, l: &StepLayout) -> Result<()> {
+    fn gemm(&self, w: GemmWeight, x: DevPtr, xdt: DType, y: DevPtr, n: usize, kdim: usize, l: &StepLayout) -> Result<()> {
         let s = self.s;
         let skinny = |r0: usize, r1: usize| -> Result<()> {
             let piece = self.k.gemm_choices().decode_gemm_rows();
@@ -293,7 +293,7 @@ impl LayerStack<'_> {
                 self.k.f32_to_bf16(self.stream, x + (r0 * kdim * 4) as u64, s.x_bf16.ptr, (r1 - r0) * kdim)?;
                 s.x_bf16.ptr
             };
-            self.blas.borrow_mut().gemm(self.stream, w, xb, y + (r0 * n * 4) as u64, r1 - r0, n, kdim)?;
+            self.blas.borrow_mut().gemm(self.stream, w.rows, xb, y + (r0 * n * 4) as u64, r1 - r0, n, kdim)?;
             run = r1;
         }
         skinny(run, l.num_tokens())

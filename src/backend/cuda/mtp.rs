@@ -66,7 +66,7 @@ impl LayerStack<'_> {
         let (c, s, h) = (self.cfg, self.s, self.cfg.hidden_size);
         let (kq, kv_w) = (2 * c.num_heads * c.head_dim, 2 * c.num_kv_heads * c.head_dim);
         // Rows kq.. of the [q | gate | k | v] weight are k and v.
-        let w_kv = attn.qgkv + (kq * h * 2) as u64;
+        let w_kv = attn.qgkv.from_row(kq, h);
         self.gemm(w_kv, s.normed.ptr, rows.act, s.wide.ptr, kv_w, h, l)?;
         let kv = Mat::f32(s.wide.ptr, kv_w);
         // qk_norm_rope normalises queries too: it reads them from the k/v rows (within

@@ -54,6 +54,8 @@ pub const GEMM_SX: ByXY<[&str; 3]> = [
         ["kiln_gemm_sx_xbf16_ybf16_m16", "kiln_gemm_sx_xbf16_ybf16_m32", "kiln_gemm_sx_xbf16_ybf16_m64"],
     ],
 ];
+/// Repacks a row-major weight into the packed layout the skinny GEMMs may read (once at load).
+pub const PACK_WEIGHT: &str = "kiln_pack_weight";
 /// Tiled tensor-core GEMM for M = 17..256 (kernels/gemm_tiled.cu): [x][y].
 pub const GEMM_TILED: ByXY<&str> = [
     ["kiln_gemm_tiled_xf32_yf32", "kiln_gemm_tiled_xf32_ybf16"],
@@ -211,6 +213,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("norm", &MTP_FC_INPUT, 0);
     add("norm", GATED_RMSNORM.as_flattened(), 0);
     add("gemm", GEMM.as_flattened().as_flattened(), 0);
+    add("gemm", &[PACK_WEIGHT], 0);
     for x in BOTH {
         for y in BOTH {
             for (i, m) in GEMM_SX_MAX_M.iter().enumerate() {

@@ -1,26 +1,27 @@
 //! The plan's packed weights on the device (one upload), resolved to per-layer
 //! addresses the forward pass reads.
 
-use super::kernels::{DevPtr, Kernels};
+use super::kernels::{DevPtr, GemmWeight, Kernels};
 use super::memory::{upload, DevBuf};
 use crate::config::{LayerKind, ModelConfig};
+use crate::backend::weight_pack;
 use crate::plan::{self, names, Plan};
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::CudaStream;
 
 pub struct LinearPtrs {
     /// Fused [qkv | z | b | a] projection rows.
-    pub qkvzba: DevPtr,
+    pub qkvzba: GemmWeight,
     pub conv: DevPtr,
     pub a_log: DevPtr,
     pub dt_bias: DevPtr,
     pub norm: DevPtr,
-    pub out: DevPtr,
+    pub out: GemmWeight,
 }
 
 pub struct FullPtrs {
-    pub qgkv: DevPtr,
-    pub o: DevPtr,
+    pub qgkv: GemmWeight,
+    pub o: GemmWeight,
     pub q_norm: DevPtr,
     pub k_norm: DevPtr,
 }
@@ -34,8 +35,8 @@ pub struct LayerPtrs {
     pub input_norm: DevPtr,
     pub post_norm: DevPtr,
     pub mixer: MixerPtrs,
-    pub gate_up: DevPtr,
-    pub down: DevPtr,
+    pub gate_up: GemmWeight,
+    pub down: GemmWeight,
 }
 
 /// The MTP head (`mtp.*`): the fc input norms, fc, its one decoder layer (full
@@ -44,21 +45,23 @@ pub struct MtpPtrs {
     pub norm_embedding: DevPtr,
     pub norm_hidden: DevPtr,
     /// [hidden][2 * hidden]: the embedding half first.
-    pub fc: DevPtr,
+    pub fc: GemmWeight,
     pub layer: LayerPtrs,
     pub norm: DevPtr,
 }
 
 pub struct DeviceWeights {
-    _buf: DevBuf,
+    buf: DevBuf,
     pub embed: DevPtr,
-    pub lm_head: DevPtr,
+    pub lm_head: GemmWeight,
     pub norm: DevPtr,
     pub layers: Vec<LayerPtrs>,
     /// The MTP head, when the plan packs one.
     pub mtp: Option<MtpPtrs>,
     /// The int8 copy of the lm_head the MTP drafts read (`CudaOptions::draft_head_i8`).
     pub draft_head: Option<DraftHeadI8>,
+    /// The packed copies of the GEMM weights (`pack`), when made.
+    _packed: Option<DevBuf>,
 }
 
 /// The MTP draft's int8 copy of the (tied) lm_head: per row, bytes 128 + q and one fp32
@@ -106,16 +109,16 @@ impl DeviceWeights {
         let layer = |p: &str, kind: &LayerKind| -> Result<LayerPtrs> {
             let mixer = match kind {
                 LayerKind::Linear => MixerPtrs::Linear(LinearPtrs {
-                    qkvzba: ptr(&names::qkvzba(p), Bf16)?,
+                    qkvzba: ptr(&names::qkvzba(p), Bf16)?.into(),
                     conv: ptr(&names::conv(p), Bf16)?,
                     a_log: ptr(&names::a_log(p), F32)?,
                     dt_bias: ptr(&names::dt_bias(p), F32)?,
                     norm: ptr(&names::gdn_norm(p), Bf16)?,
-                    out: ptr(&names::gdn_out(p), Bf16)?,
+                    out: ptr(&names::gdn_out(p), Bf16)?.into(),
                 }),
                 LayerKind::Full => MixerPtrs::Full(FullPtrs {
-                    qgkv: ptr(&names::qgkv(p), Bf16)?,
-                    o: ptr(&names::o(p), Bf16)?,
+                    qgkv: ptr(&names::qgkv(p), Bf16)?.into(),
+                    o: ptr(&names::o(p), Bf16)?.into(),
                     q_norm: ptr(&names::q_norm(p), Bf16)?,
                     k_norm: ptr(&names::k_norm(p), Bf16)?,
                 }),
@@ -124,8 +127,8 @@ impl DeviceWeights {
                 input_norm: ptr(&names::input_norm(p), Bf16)?,
                 post_norm: ptr(&names::post_attention_norm(p), Bf16)?,
                 mixer,
-                gate_up: ptr(&names::gate_up(p), Bf16)?,
-                down: ptr(&names::down(p), Bf16)?,
+                gate_up: ptr(&names::gate_up(p), Bf16)?.into(),
+                down: ptr(&names::down(p), Bf16)?.into(),
             })
         };
         let layers = cfg.layer_kinds.iter().enumerate().map(|(i, kind)| layer(&names::layer(i), kind)).collect::<Result<Vec<_>>>()?;
@@ -133,7 +136,7 @@ impl DeviceWeights {
             Some(MtpPtrs {
                 norm_embedding: ptr(names::MTP_PRE_FC_NORM_EMBEDDING, Bf16)?,
                 norm_hidden: ptr(names::MTP_PRE_FC_NORM_HIDDEN, Bf16)?,
-                fc: ptr(names::MTP_FC, Bf16)?,
+                fc: ptr(names::MTP_FC, Bf16)?.into(),
                 // Qwen3.5 ships one MTP layer, a full-attention decoder layer.
                 layer: layer(&names::mtp_layer(0), &LayerKind::Full).context("the MTP layer")?,
                 norm: ptr(names::MTP_NORM, Bf16)?,
@@ -142,8 +145,58 @@ impl DeviceWeights {
             None
         };
         let embed = ptr(names::EMBED, Bf16)?;
-        let lm_head = if plan.has_tensor(names::LM_HEAD) { ptr(names::LM_HEAD, Bf16)? } else { embed };
+        let lm_head = if plan.has_tensor(names::LM_HEAD) { ptr(names::LM_HEAD, Bf16)? } else { embed }.into();
         let norm = ptr(names::NORM, Bf16).context("final norm")?;
-        Ok(DeviceWeights { _buf: buf, embed, lm_head, norm, layers, mtp, draft_head: None })
+        Ok(DeviceWeights { buf, embed, lm_head, norm, layers, mtp, draft_head: None, _packed: None })
+    }
+
+    /// Every weight a decode GEMM reads.
+    fn gemm_weights_mut(&mut self) -> Vec<&mut GemmWeight> {
+        fn layer<'a>(l: &'a mut LayerPtrs, v: &mut Vec<&'a mut GemmWeight>) {
+            match &mut l.mixer {
+                MixerPtrs::Linear(g) => v.extend([&mut g.qkvzba, &mut g.out]),
+                MixerPtrs::Full(a) => v.extend([&mut a.qgkv, &mut a.o]),
+            }
+            v.extend([&mut l.gate_up, &mut l.down]);
+        }
+        let mut v = Vec::new();
+        for l in &mut self.layers {
+            layer(l, &mut v);
+        }
+        if let Some(m) = &mut self.mtp {
+            layer(&mut m.layer, &mut v);
+            v.push(&mut m.fc);
+        }
+        v.push(&mut self.lm_head);
+        v
+    }
+
+    /// Packs every decode GEMM weight whose shape allows it into one new buffer
+    /// (`GemmChoices::packed`; `backend::weight_pack`): the skinny kernels then read the
+    /// packed copy, the tiled kernel and cuBLASLt the row-major one. Returns the bytes.
+    pub fn pack(&mut self, k: &Kernels, stream: &CudaStream, plan: &Plan) -> Result<usize> {
+        // Each weight's shape from the plan tensor at its address.
+        let (base, buf_ptr) = (plan.header.weights_offset, self.buf.ptr);
+        let shape_at = |p: DevPtr| {
+            plan.header.tensors.iter().find(|t| buf_ptr + (t.offset - base) == p && t.shape.len() == 2).map(|t| (t.shape[0], t.shape[1]))
+        };
+        let mut todo: Vec<(&mut GemmWeight, usize, usize)> = Vec::new();
+        for w in self.gemm_weights_mut() {
+            let (n, kd) = shape_at(w.rows).context("a GEMM weight that is no plan tensor")?;
+            if weight_pack::packable(n, kd) {
+                todo.push((w, n, kd));
+            }
+        }
+        let bytes: usize = todo.iter().map(|(_, n, kd)| n * kd * 2).sum();
+        let buf = DevBuf::zeroed(bytes, "the packed GEMM weights")?;
+        let mut at = 0;
+        for (w, n, kd) in todo {
+            w.packed = buf.at(at);
+            k.pack_weight(stream, w.rows, w.packed, n, kd)?;
+            at += n * kd * 2;
+        }
+        stream.synchronize().map_err(|e| anyhow::anyhow!("packing the GEMM weights: {e:?}"))?;
+        self._packed = Some(buf);
+        Ok(bytes)
     }
 }

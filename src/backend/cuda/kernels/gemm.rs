@@ -2,9 +2,37 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, PACK_WEIGHT};
+use crate::backend::weight_pack;
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
+
+/// A weight the decode GEMMs read: row-major (the tiled kernel and cuBLASLt read that)
+/// and, once packed at load (`Kernels::pack_weight`), its packed copy
+/// (`backend::weight_pack`), which the register and shared-x kernels then read instead:
+/// the same elements reach the same registers, so the same bits, with contiguous loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmWeight {
+    pub rows: DevPtr,
+    /// The packed copy, or NULL.
+    pub packed: DevPtr,
+}
+
+impl From<DevPtr> for GemmWeight {
+    fn from(rows: DevPtr) -> Self {
+        GemmWeight { rows, packed: NULL }
+    }
+}
+
+impl GemmWeight {
+    /// Rows `r`.. of a weight with `k` columns: an offset in both layouts when r % 16 == 0
+    /// (whole packed tiles), else the row-major rows alone.
+    pub fn from_row(self, r: usize, k: usize) -> Self {
+        let off = (r * k * 2) as u64;
+        let packed = if self.packed != NULL && r.is_multiple_of(16) { self.packed + off } else { NULL };
+        GemmWeight { rows: self.rows + off, packed }
+    }
+}
 
 /// Which kernel computes a skinny GEMM. Both give bit-identical results for one plan
 /// (same W stream, k order, MMA sequence and split-K sum order; tested), so choosing by
@@ -205,6 +233,18 @@ pub const WIDE_TARGET_WARPS_PER_SM: usize = 24;
 pub const WIDE_N: usize = 12288;
 
 impl Kernels {
+    /// `out` = the row-major n x k weight `w` in the packed layout (`weight_pack::pack` is
+    /// the twin); n % 16 == 0, k % 32 == 0, both 16-byte aligned.
+    pub fn pack_weight(&self, stream: &CudaStream, w: DevPtr, out: DevPtr, n: usize, k: usize) -> Result<()> {
+        ensure!(weight_pack::packable(n, k), "pack_weight: {n} x {k} is not a multiple of 16 x 32");
+        check_aligned(w, 16, "pack_weight W")?;
+        check_aligned(out, 16, "pack_weight out")?;
+        let (ni, ki) = (int(n, "N")?, int(k, "K")?);
+        let mut p = params!(w, out, ni, ki);
+        let blocks = (n * k / 8).div_ceil(256).min(self.num_sms as usize * 8) as u32;
+        self.launch(PACK_WEIGHT, stream, (blocks, 1, 1), 256, 0, &mut p)
+    }
+
     /// The default split of K for an N x K weight on this device.
     pub fn gemm_plan(&self, n: usize, k: usize) -> GemmPlan {
         Self::gemm_plan_for(self.num_sms as usize, self.gemm_choices.target_warps_per_sm(n), n, k)
@@ -240,7 +280,7 @@ impl Kernels {
     /// y[M][N] = x[M][K] . W[N][K]^T with the default plan. x (row stride K) and y (row
     /// stride N) are fp32 or bf16; W bf16; K % 8 == 0; M <= 64.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm(&self, stream: &CudaStream, w: DevPtr, x: DevPtr, x_dtype: DType, y: DevPtr, y_dtype: DType, m: usize, n: usize, k: usize, scratch: &GemmScratch) -> Result<()> {
+    pub fn gemm(&self, stream: &CudaStream, w: impl Into<GemmWeight>, x: DevPtr, x_dtype: DType, y: DevPtr, y_dtype: DType, m: usize, n: usize, k: usize, scratch: &GemmScratch) -> Result<()> {
         if m == 0 || n == 0 {
             return Ok(()); // nothing launches (and nothing is logged)
         }
@@ -257,7 +297,7 @@ impl Kernels {
     /// the bits `gemm` would have put in y. The partials live until the next GEMM on this
     /// scratch, so the consumer must come first.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_deferred(&self, stream: &CudaStream, w: DevPtr, x: DevPtr, x_dtype: DType, y: DevPtr, m: usize, n: usize, k: usize, scratch: &GemmScratch) -> Result<Delta> {
+    pub fn gemm_deferred(&self, stream: &CudaStream, w: impl Into<GemmWeight>, x: DevPtr, x_dtype: DType, y: DevPtr, m: usize, n: usize, k: usize, scratch: &GemmScratch) -> Result<Delta> {
         if m == 0 || n == 0 {
             return Ok(Delta::Mat(Mat::f32(y, n))); // nothing launches (and nothing is logged)
         }
@@ -272,7 +312,7 @@ impl Kernels {
 
     /// `gemm` with an explicit split (for tuning).
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_with_plan(&self, stream: &CudaStream, w: DevPtr, x: DevPtr, x_dtype: DType, y: DevPtr, y_dtype: DType, m: usize, n: usize, k: usize, scratch: &GemmScratch, plan: GemmPlan) -> Result<()> {
+    pub fn gemm_with_plan(&self, stream: &CudaStream, w: impl Into<GemmWeight>, x: DevPtr, x_dtype: DType, y: DevPtr, y_dtype: DType, m: usize, n: usize, k: usize, scratch: &GemmScratch, plan: GemmPlan) -> Result<()> {
         self.gemm_ex(stream, w, x, x_dtype, y, y_dtype, m, n, k, scratch, plan, GemmKind::Auto)
     }
 
@@ -281,7 +321,7 @@ impl Kernels {
     pub fn gemm_ex(
         &self,
         stream: &CudaStream,
-        w: DevPtr,
+        w: impl Into<GemmWeight>,
         x: DevPtr,
         x_dtype: DType,
         y: DevPtr,
@@ -303,7 +343,9 @@ impl Kernels {
         ensure!(m <= SKINNY_MAX_M || matches!(kind, GemmKind::Tiled | GemmKind::TiledWgmma), "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
         ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
         ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
-        check_aligned(w, 16, "gemm W")?;
+        let w: GemmWeight = w.into();
+        check_aligned(w.rows, 16, "gemm W")?;
+        check_aligned(w.packed, 16, "gemm packed W")?;
         check_aligned(x, 16, "gemm x")?;
         if plan.splits > 1 {
             ensure!(scratch.ws_floats >= plan.splits * m * n, "gemm: workspace of {} floats < {} needed", scratch.ws_floats, plan.splits * m * n);
@@ -319,13 +361,18 @@ impl Kernels {
         let (ws, counters) = (scratch.ws, scratch.counters);
         let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
         if matches!(kind, GemmKind::Tiled | GemmKind::TiledWgmma) {
+            let w = w.rows;
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
             let grid = ((n.div_ceil(128) * m.div_ceil(64)) as u32, plan.splits as u32, 1);
             let names = if kind == GemmKind::TiledWgmma { &GEMM_TILED_WG } else { &GEMM_TILED };
             return self.launch(names[x_dtype.idx()][y_dtype.idx()], stream, grid, 256, gemm_tiled_smem(x_dtype) as u32, &mut p);
         }
+        // The skinny kernels read the packed copy when there is one and this launch covers
+        // whole tiles (a launch over the first N rows of a weight may end inside one).
+        let packed = w.packed != NULL && weight_pack::packable(n, k);
+        let (w, w_packed) = if packed { (w.packed, 1i32) } else { (w.rows, 0i32) };
         if kind == GemmKind::SharedX {
-            let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
+            let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp, w_packed);
             // The smallest variant that takes M (m16 has registers to spare for loading
             // the next W before the MMAs; the bits are the same in all three).
             let si = GEMM_SX_MAX_M.iter().position(|&v| m <= v).unwrap_or(GEMM_SX_MAX_M.len() - 1);
@@ -336,7 +383,7 @@ impl Kernels {
             let smem = if si == 0 { gemm_sxw_smem(x_dtype, m, plan.ks).map_or(ring, |w| w.max(ring)) } else { ring } as u32;
             return self.launch(GEMM_SX[x_dtype.idx()][y_dtype.idx()][si], stream, grid, 256, smem, &mut p);
         }
-        let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
+        let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp, w_packed);
         let rows_per_block = if mi >= 2 { 128 } else { 64 };
         let grid = (n.div_ceil(rows_per_block) as u32, plan.splits as u32, 1);
         self.launch(NAMES[x_dtype.idx()][y_dtype.idx()][mi], stream, grid, 128, 0, &mut p)

@@ -1,0 +1,92 @@
+//! The packed weight layout (backend::weight_pack): the device's packing against its CPU
+//! twin, and the skinny GEMMs reading the packed copy against the row-major one, bit for bit.
+
+use crate::harness::*;
+use cudarc::driver::{CudaSlice, CudaStream};
+use half::bf16;
+use kiln::backend::cuda::kernels::{DType, GemmKind, GemmPlan, GemmScratch, GemmWeight, Kernels};
+use kiln::backend::weight_pack;
+use std::sync::Arc;
+
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn packed_layout_matches_cpu() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let mut g = rng(40);
+    // Shapes: one tile, several tiles and chunks, the qkvzba and down shapes of Qwen3.5-4B.
+    for &(n, k) in &[(16usize, 32usize), (48, 96), (208, 2560), (12_352, 2560), (2560, 9216)] {
+        let w = to_bf16(&randn_vec(&mut g, n * k, 1.0));
+        let (wd, out) = (up(&s, &w), poison_bf16(&s, n * k));
+        e.k.pack_weight(&s, ptr(&s, &wd), ptr(&s, &out), n, k).unwrap();
+        let got: Vec<u16> = down(&s, &out).iter().map(|v| v.to_bits()).collect();
+        let want = weight_pack::pack(&w.iter().map(|v| v.to_bits()).collect::<Vec<u16>>(), n, k);
+        assert!(got == want, "pack_weight {n} x {k} differs from weight_pack::pack");
+    }
+    // A shape that does not pack is refused, not garbled.
+    let wd = up(&s, &to_bf16(&randn_vec(&mut g, 24 * 32, 1.0)));
+    let out = poison_bf16(&s, 24 * 32);
+    assert!(e.k.pack_weight(&s, ptr(&s, &wd), ptr(&s, &out), 24, 32).is_err());
+}
+
+/// y (f32) of one GEMM of `kind` reading `w`.
+#[allow(clippy::too_many_arguments)]
+fn run(e: &Env, s: &Arc<CudaStream>, w: GemmWeight, x: &CudaSlice<f32>, xb: &CudaSlice<bf16>, xt: DType, m: usize, n: usize, k: usize, plan: GemmPlan, sc: &GemmScratch, kind: GemmKind) -> Vec<u32> {
+    let xp = if xt == DType::F32 { ptr(s, x) } else { ptr(s, xb) };
+    let y = poison_f32(s, m * n);
+    e.k.gemm_ex(s, w, xp, xt, ptr(s, &y), DType::F32, m, n, k, sc, plan, kind).unwrap();
+    down(s, &y).iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn gemm_packed_matches_row_major_bits() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let mut g = rng(41);
+    // N multiples of 16 (whole tiles) including one not a multiple of the blocks' 64 or 256
+    // rows; K from one chunk to several splits; the model's out/down shapes.
+    for &(n, k) in &[(64usize, 64usize), (208, 2560), (1040, 4096), (2560, 9216)] {
+        let w = to_bf16(&randn_vec(&mut g, n * k, 0.05));
+        let wd = up(&s, &w);
+        let packed = poison_bf16(&s, n * k);
+        e.k.pack_weight(&s, ptr(&s, &wd), ptr(&s, &packed), n, k).unwrap();
+        let rows = GemmWeight::from(ptr(&s, &wd));
+        let both = GemmWeight { rows: ptr(&s, &wd), packed: ptr(&s, &packed) };
+        let default = e.k.gemm_plan(n, k);
+        let forced = {
+            let ks = (k / 3).div_ceil(32).max(1) * 32;
+            GemmPlan { splits: k.div_ceil(ks), ks }
+        };
+        let splits = default.splits.max(forced.splits);
+        let (ws, counters) = (s.alloc_zeros::<f32>((64 * n * splits).max(1)).unwrap(), s.alloc_zeros::<u32>(Kernels::gemm_counters_len(n)).unwrap());
+        let sc = GemmScratch { ws: ptr(&s, &ws), ws_floats: ws.len(), counters: ptr(&s, &counters), counters_len: counters.len() };
+        for &m in &[1usize, 3, 8, 9, 16, 17, 33, 64] {
+            let x = randn_vec(&mut g, m * k, 1.0);
+            let (xf, xb) = (up(&s, &x), up(&s, &to_bf16(&x)));
+            for xt in [DType::F32, DType::BF16] {
+                for plan in [default, forced] {
+                    for kind in [GemmKind::Register, GemmKind::SharedX] {
+                        let what = format!("M={m} N={n} K={k} {xt:?} splits {} {kind:?}", plan.splits);
+                        let a = run(e, &s, rows, &xf, &xb, xt, m, n, k, plan, &sc, kind);
+                        let b = run(e, &s, both, &xf, &xb, xt, m, n, k, plan, &sc, kind);
+                        assert!(a == b, "{what}: the packed weight gives other bits");
+                        assert!(a.iter().all(|v| f32::from_bits(*v).is_finite()), "{what}: non-finite output");
+                    }
+                }
+                // Rows 16.. (whole tiles, an offset in both layouts) and the first n - 8 rows
+                // (not whole tiles: the launch must read row-major).
+                if n > 16 {
+                    let kind = GemmKind::Auto;
+                    let a = run(e, &s, rows.from_row(16, k), &xf, &xb, xt, m, n - 16, k, default, &sc, kind);
+                    let b = run(e, &s, both.from_row(16, k), &xf, &xb, xt, m, n - 16, k, default, &sc, kind);
+                    assert!(a == b, "M={m} N={n} K={k} {xt:?}: rows 16.. of the packed weight give other bits");
+                    let part = e.k.gemm_plan(n - 8, k);
+                    let a = run(e, &s, rows, &xf, &xb, xt, m, n - 8, k, part, &sc, kind);
+                    let b = run(e, &s, both, &xf, &xb, xt, m, n - 8, k, part, &sc, kind);
+                    assert!(a == b, "M={m} N={} K={k} {xt:?}: a launch ending inside a tile gives other bits", n - 8);
+                }
+            }
+        }
+    }
+}
