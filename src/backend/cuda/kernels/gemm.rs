@@ -451,4 +451,15 @@ mod tests {
         assert_eq!(plan(2560, 4096), 13);
         assert_eq!(plan(248_320, 2560), 1);
     }
+
+    #[test]
+    fn rows_of_a_packed_weight_keep_the_packed_copy_only_at_whole_tiles() {
+        let w = GemmWeight { rows: 0x10_0000, packed: 0x80_0000 };
+        // Rows 32.. of a 2560-column weight: 32 * 2560 * 2 bytes further in both layouts.
+        assert_eq!(w.from_row(32, 2560), GemmWeight { rows: 0x10_0000 + 163_840, packed: 0x80_0000 + 163_840 });
+        // Rows 8.. start inside a tile: row-major only.
+        assert_eq!(w.from_row(8, 2560), GemmWeight { rows: 0x10_0000 + 40_960, packed: NULL });
+        // An unpacked weight stays unpacked.
+        assert_eq!(GemmWeight::from(0x10_0000).from_row(32, 2560).packed, NULL);
+    }
 }
