@@ -177,6 +177,7 @@ knob_ab() {
   done
   for t in .devbin/cuda_kernels*; do [ -x "$t" ] && env "$knob" "$t" gemm_matches --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differ" | sed "s/^/$tag $knob kernels: /" | tee -a "$OUT/$file"; done
   if [ -f "$REFS/cases.json" ]; then logits_check "$tag" "/tmp/engines_$tag/qwen35_4b_random.plan"; fi
+  python3 scripts/ab_table.py "$OUT/$file"
 }
 # step_means PORT: the server's mean decode-only step (backend forward, whole scheduler
 # step) and inter-token latency from /metrics, to set against the client's TPOT.
@@ -361,6 +362,7 @@ if has wgmma; then
     bench_as "tiled wgmma" wgmma.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_WGMMA=1 -- --batch 32,64,128,256 --prefill 16
   done
   logits_check wgmma "$ENG/qwen35_4b_random.plan" KILN_GEMM_WGMMA=1
+  python3 scripts/ab_table.py "$OUT/wgmma.txt"
 fi
 if has packed; then
   # Session 16: the decode weights packed at load (KILN_GEMM_PACKED=1, a second copy the
@@ -375,6 +377,7 @@ if has packed; then
   for t in .devbin/cuda_kernels* .devbin/cuda_backend*; do [ -x "$t" ] && "$t" packed --ignored --test-threads=1 --nocapture 2>&1 | grep -E "^test |test result|panicked" | sed "s/^/packed tests: /" | tee -a "$OUT/packed.txt"; done
   if [ -f "$REFS/cases.json" ]; then logits_check packed "$ENG/qwen35_4b_random.plan" KILN_GEMM_PACKED=1; fi
   KILN_GEMM_PACKED=1 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --drafts 3 --steps 24 --ctx 1024 --batch 1,4 2>&1 | grep -v "^\s*$" | tee -a "$OUT/packed.txt" | tail -4
+  python3 scripts/ab_table.py "$OUT/packed.txt"
 fi
 if has sxw; then
   log "shared-x GEMM: whole-split x staging against the ring, and for every weight"
