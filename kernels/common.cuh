@@ -340,6 +340,8 @@ __device__ __forceinline__ int prefetch_cols(int N, int splits, int ks) {
     const int cols = (int)min((size_t)min(ks, KILN_PF_K), fit) & ~7;  // 16-byte multiples
     return cols >= KILN_PF_MIN_K ? cols : 0;
 }
+// The first element of the 16-row tile holding `row` in the packed layout (below).
+__device__ __forceinline__ const bf16* w_tile(const bf16* W, int row, int K) { return W + (size_t)(row >> 4) * 16 * K; }
 // KILN_PDL_EARLY: before the PDL wait, thread `idx` of a group that owns W rows row0 ..
 // row0 + rows (one thread per row) of a launch over M batch rows asks L2 for up to
 // prefetch_cols of its row's columns after the `skip` its split already loads.
@@ -352,8 +354,8 @@ __device__ __forceinline__ void prefetch_rows_early(const bf16* __restrict__ W, 
     const int cols = min(ke - kb - skip, prefetch_cols(N, splits, ks));
     if (M <= KILN_PF_MAX_ROWS && idx < rows && row0 + idx < N && cols > 0) {
         const int row = row0 + idx;
-        const bf16* p = w_packed ? W + (size_t)(row >> 4) * 16 * K + (size_t)(kb + skip) * 16 + (size_t)(row & 15) * cols
-                              : W + (size_t)row * K + kb + skip;
+        const bf16* p = w_packed ? w_tile(W, row, K) + (size_t)(kb + skip) * 16 + (size_t)(row & 15) * cols
+                                 : W + (size_t)row * K + kb + skip;
         prefetch_l2(p, (unsigned)cols * 2);
     }
 #endif
@@ -369,8 +371,8 @@ __device__ __forceinline__ void prefetch_rows_early(const bf16* __restrict__ W, 
 // The lane's first element of `row` at split start kb (a multiple of 32) in either layout,
 // and the elements from one 32-k chunk to the next.
 __device__ __forceinline__ const bf16* w_lane_ptr(const bf16* W, int w_packed, int row, int K, int kb, int t) {
-    return w_packed ? W + (size_t)(row >> 4) * 16 * K + (size_t)(kb >> 5) * 512 + ((row & 15) >> 3) * 256 + ((row & 7) * 4 + t) * 8
-                 : W + (size_t)row * K + kb + t * 8;
+    return w_packed ? w_tile(W, row, K) + (size_t)(kb >> 5) * 512 + ((row & 15) >> 3) * 256 + ((row & 7) * 4 + t) * 8
+                    : W + (size_t)row * K + kb + t * 8;
 }
 __device__ __forceinline__ int w_chunk_step(int w_packed) { return w_packed ? 512 : 32; }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }

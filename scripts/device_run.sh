@@ -179,6 +179,18 @@ knob_ab() {
   if [ -f "$REFS/cases.json" ]; then logits_check "$tag" "/tmp/engines_$tag/qwen35_4b_random.plan"; fi
   python3 scripts/ab_table.py "$OUT/$file"
 }
+# env_ab BASE_TAG TAG FILE VAR=value BATCHES: a run-time experiment (an environment
+# variable the engine reads at load) against the default, on the default plan: the bench at
+# BATCHES twice each, with refs its logits (bit-identical expected), then the A/B table.
+env_ab() {
+  local base=$1 tag=$2 file=$3 var=$4 batches=$5
+  for r in 1 2; do
+    bench_as "$base" "$file" "$ENG/qwen35_4b_random.plan" -- --batch "$batches" --prefill 16
+    bench_as "$tag" "$file" "$ENG/qwen35_4b_random.plan" "$var" -- --batch "$batches" --prefill 16
+  done
+  if [ -f "$REFS/cases.json" ]; then logits_check "${tag// /_}" "$ENG/qwen35_4b_random.plan" "$var"; fi
+  python3 scripts/ab_table.py "$OUT/$file"
+}
 # step_means PORT: the server's mean decode-only step (backend forward, whole scheduler
 # step) and inter-token latency from /metrics, to set against the client's TPOT.
 step_means() {
@@ -357,27 +369,17 @@ if has wgmma_bits; then
 fi
 if has wgmma; then
   log "tiled GEMM: wgmma (KILN_GEMM_WGMMA=1) against mma.sync"
-  for r in 1 2; do
-    bench_as "tiled mma.sync" wgmma.txt "$ENG/qwen35_4b_random.plan" -- --batch 32,64,128,256 --prefill 16
-    bench_as "tiled wgmma" wgmma.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_WGMMA=1 -- --batch 32,64,128,256 --prefill 16
-  done
-  logits_check wgmma "$ENG/qwen35_4b_random.plan" KILN_GEMM_WGMMA=1
-  python3 scripts/ab_table.py "$OUT/wgmma.txt"
+  env_ab "tiled mma.sync" "tiled wgmma" wgmma.txt KILN_GEMM_WGMMA=1 32,64,128,256
 fi
 if has packed; then
   # Session 16: the decode weights packed at load (KILN_GEMM_PACKED=1, a second copy the
   # register and shared-x kernels read with contiguous per-warp loads): bench at batch
-  # 1-16 twice each against the default, the kernel tests, logits (bit-identical
-  # expected), and exact speculation with it.
+  # 1-32 twice each against the default, logits (bit-identical expected), the kernel and
+  # backend tests, and exact speculation with it.
   log "packed GEMM weights (KILN_GEMM_PACKED=1) against row-major"
-  for r in 1 2; do
-    bench_as "row-major" packed.txt "$ENG/qwen35_4b_random.plan" -- --batch 1,4,8,16,32 --prefill 16
-    bench_as "packed" packed.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_PACKED=1 -- --batch 1,4,8,16,32 --prefill 16
-  done
+  env_ab row-major packed packed.txt KILN_GEMM_PACKED=1 1,4,8,16,32
   for t in .devbin/cuda_kernels* .devbin/cuda_backend*; do [ -x "$t" ] && "$t" packed --ignored --test-threads=1 --nocapture 2>&1 | grep -E "^test |test result|panicked" | sed "s/^/packed tests: /" | tee -a "$OUT/packed.txt"; done
-  if [ -f "$REFS/cases.json" ]; then logits_check packed "$ENG/qwen35_4b_random.plan" KILN_GEMM_PACKED=1; fi
   KILN_GEMM_PACKED=1 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --drafts 3 --steps 24 --ctx 1024 --batch 1,4 2>&1 | grep -v "^\s*$" | tee -a "$OUT/packed.txt" | tail -4
-  python3 scripts/ab_table.py "$OUT/packed.txt"
 fi
 if has sxw; then
   log "shared-x GEMM: whole-split x staging against the ring, and for every weight"

@@ -4,20 +4,20 @@ use crate::harness::*;
 use crate::reference as r;
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
-use kiln::backend::cuda::kernels::{DType, Delta, GemmKind, GemmPlan, GemmScratch, Kernels, Mat, SplitParts};
+use kiln::backend::cuda::kernels::{DType, Delta, GemmKind, GemmPlan, GemmScratch, GemmWeight, Kernels, Mat, SplitParts};
 use kiln::backend::cpu::ops;
 use std::sync::Arc;
 
-struct Scratch {
+pub(crate) struct Scratch {
     ws: CudaSlice<f32>,
     counters: CudaSlice<u32>,
 }
 
-fn scratch(s: &Arc<CudaStream>, floats: usize, n: usize) -> Scratch {
+pub(crate) fn scratch(s: &Arc<CudaStream>, floats: usize, n: usize) -> Scratch {
     Scratch { ws: s.alloc_zeros::<f32>(floats.max(1)).unwrap(), counters: s.alloc_zeros::<u32>(Kernels::gemm_counters_len(n)).unwrap() }
 }
 
-fn as_gs(s: &Arc<CudaStream>, sc: &Scratch) -> GemmScratch {
+pub(crate) fn as_gs(s: &Arc<CudaStream>, sc: &Scratch) -> GemmScratch {
     GemmScratch { ws: ptr(s, &sc.ws), ws_floats: sc.ws.len(), counters: ptr(s, &sc.counters), counters_len: sc.counters.len() }
 }
 
@@ -29,11 +29,17 @@ fn run(e: &Env, s: &Arc<CudaStream>, w: &CudaSlice<bf16>, x: &[f32], xt: DType, 
 
 #[allow(clippy::too_many_arguments)]
 fn run_kind(e: &Env, s: &Arc<CudaStream>, w: &CudaSlice<bf16>, x: &[f32], xt: DType, yt: DType, m: usize, n: usize, k: usize, plan: GemmPlan, sc: &Scratch, kind: GemmKind) -> Vec<f32> {
+    run_weight(e, s, ptr(s, w).into(), x, xt, yt, m, n, k, plan, sc, kind)
+}
+
+/// `run_kind` reading a weight given as both layouts (t_gemm_packed).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_weight(e: &Env, s: &Arc<CudaStream>, w: GemmWeight, x: &[f32], xt: DType, yt: DType, m: usize, n: usize, k: usize, plan: GemmPlan, sc: &Scratch, kind: GemmKind) -> Vec<f32> {
     let (xf, xb) = (up(s, x), up(s, &to_bf16(x)));
     let xp = if xt == DType::F32 { ptr(s, &xf) } else { ptr(s, &xb) };
     let (yf, yb) = (poison_f32(s, m * n), poison_bf16(s, m * n));
     let yp = if yt == DType::F32 { ptr(s, &yf) } else { ptr(s, &yb) };
-    e.k.gemm_ex(s, ptr(s, w), xp, xt, yp, yt, m, n, k, &as_gs(s, sc), plan, kind).unwrap();
+    e.k.gemm_ex(s, w, xp, xt, yp, yt, m, n, k, &as_gs(s, sc), plan, kind).unwrap();
     if yt == DType::F32 {
         down(s, &yf)
     } else {

@@ -2,9 +2,9 @@
 //! twin, and the skinny GEMMs reading the packed copy against the row-major one, bit for bit.
 
 use crate::harness::*;
-use cudarc::driver::{CudaSlice, CudaStream};
-use half::bf16;
-use kiln::backend::cuda::kernels::{DType, GemmKind, GemmPlan, GemmScratch, GemmWeight, Kernels};
+use crate::t_gemm::{run_weight, scratch, Scratch};
+use cudarc::driver::CudaStream;
+use kiln::backend::cuda::kernels::{DType, GemmKind, GemmPlan, GemmWeight};
 use kiln::backend::weight_pack;
 use std::sync::Arc;
 
@@ -29,13 +29,10 @@ fn packed_layout_matches_cpu() {
     assert!(e.k.pack_weight(&s, ptr(&s, &wd), ptr(&s, &out), 24, 32).is_err());
 }
 
-/// y (f32) of one GEMM of `kind` reading `w`.
+/// y's bits of one GEMM of `kind` reading `w` (t_gemm's runner).
 #[allow(clippy::too_many_arguments)]
-fn run(e: &Env, s: &Arc<CudaStream>, w: GemmWeight, x: &CudaSlice<f32>, xb: &CudaSlice<bf16>, xt: DType, m: usize, n: usize, k: usize, plan: GemmPlan, sc: &GemmScratch, kind: GemmKind) -> Vec<u32> {
-    let xp = if xt == DType::F32 { ptr(s, x) } else { ptr(s, xb) };
-    let y = poison_f32(s, m * n);
-    e.k.gemm_ex(s, w, xp, xt, ptr(s, &y), DType::F32, m, n, k, sc, plan, kind).unwrap();
-    down(s, &y).iter().map(|v| v.to_bits()).collect()
+fn bits(e: &Env, s: &Arc<CudaStream>, w: GemmWeight, x: &[f32], xt: DType, m: usize, n: usize, k: usize, plan: GemmPlan, sc: &Scratch, kind: GemmKind) -> Vec<u32> {
+    run_weight(e, s, w, x, xt, DType::F32, m, n, k, plan, sc, kind).iter().map(|v| v.to_bits()).collect()
 }
 
 #[test]
@@ -58,18 +55,15 @@ fn gemm_packed_matches_row_major_bits() {
             let ks = (k / 3).div_ceil(32).max(1) * 32;
             GemmPlan { splits: k.div_ceil(ks), ks }
         };
-        let splits = default.splits.max(forced.splits);
-        let (ws, counters) = (s.alloc_zeros::<f32>((64 * n * splits).max(1)).unwrap(), s.alloc_zeros::<u32>(Kernels::gemm_counters_len(n)).unwrap());
-        let sc = GemmScratch { ws: ptr(&s, &ws), ws_floats: ws.len(), counters: ptr(&s, &counters), counters_len: counters.len() };
+        let sc = scratch(&s, 64 * n * default.splits.max(forced.splits), n);
         for &m in &[1usize, 3, 8, 9, 16, 17, 33, 64] {
             let x = randn_vec(&mut g, m * k, 1.0);
-            let (xf, xb) = (up(&s, &x), up(&s, &to_bf16(&x)));
             for xt in [DType::F32, DType::BF16] {
                 for plan in [default, forced] {
                     for kind in [GemmKind::Register, GemmKind::SharedX] {
                         let what = format!("M={m} N={n} K={k} {xt:?} splits {} {kind:?}", plan.splits);
-                        let a = run(e, &s, rows, &xf, &xb, xt, m, n, k, plan, &sc, kind);
-                        let b = run(e, &s, both, &xf, &xb, xt, m, n, k, plan, &sc, kind);
+                        let a = bits(e, &s, rows, &x, xt, m, n, k, plan, &sc, kind);
+                        let b = bits(e, &s, both, &x, xt, m, n, k, plan, &sc, kind);
                         assert!(a == b, "{what}: the packed weight gives other bits");
                         assert!(a.iter().all(|v| f32::from_bits(*v).is_finite()), "{what}: non-finite output");
                     }
@@ -78,12 +72,12 @@ fn gemm_packed_matches_row_major_bits() {
                 // (not whole tiles: the launch must read row-major).
                 if n > 16 {
                     let kind = GemmKind::Auto;
-                    let a = run(e, &s, rows.from_row(16, k), &xf, &xb, xt, m, n - 16, k, default, &sc, kind);
-                    let b = run(e, &s, both.from_row(16, k), &xf, &xb, xt, m, n - 16, k, default, &sc, kind);
+                    let a = bits(e, &s, rows.from_row(16, k), &x, xt, m, n - 16, k, default, &sc, kind);
+                    let b = bits(e, &s, both.from_row(16, k), &x, xt, m, n - 16, k, default, &sc, kind);
                     assert!(a == b, "M={m} N={n} K={k} {xt:?}: rows 16.. of the packed weight give other bits");
                     let part = e.k.gemm_plan(n - 8, k);
-                    let a = run(e, &s, rows, &xf, &xb, xt, m, n - 8, k, part, &sc, kind);
-                    let b = run(e, &s, both, &xf, &xb, xt, m, n - 8, k, part, &sc, kind);
+                    let a = bits(e, &s, rows, &x, xt, m, n - 8, k, part, &sc, kind);
+                    let b = bits(e, &s, both, &x, xt, m, n - 8, k, part, &sc, kind);
                     assert!(a == b, "M={m} N={} K={k} {xt:?}: a launch ending inside a tile gives other bits", n - 8);
                 }
             }

@@ -8,6 +8,7 @@ use crate::backend::weight_pack;
 use crate::plan::{self, names, Plan};
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::CudaStream;
+use std::collections::HashMap;
 
 pub struct LinearPtrs {
     /// Fused [qkv | z | b | a] projection rows.
@@ -172,17 +173,16 @@ impl DeviceWeights {
     }
 
     /// Packs every decode GEMM weight whose shape allows it into one new buffer
-    /// (`GemmChoices::packed`; `backend::weight_pack`): the skinny kernels then read the
-    /// packed copy, the tiled kernel and cuBLASLt the row-major one. Returns the bytes.
+    /// (`CudaOptions::packed_weights`; `backend::weight_pack`): the skinny kernels then read
+    /// the packed copy, the tiled kernel and cuBLASLt the row-major one. Returns the bytes.
     pub fn pack(&mut self, k: &Kernels, stream: &CudaStream, plan: &Plan) -> Result<usize> {
-        // Each weight's shape from the plan tensor at its address.
+        // The 2-D plan tensors' shapes by device address (where `upload` put them).
         let (base, buf_ptr) = (plan.header.weights_offset, self.buf.ptr);
-        let shape_at = |p: DevPtr| {
-            plan.header.tensors.iter().find(|t| buf_ptr + (t.offset - base) == p && t.shape.len() == 2).map(|t| (t.shape[0], t.shape[1]))
-        };
+        let shapes: HashMap<DevPtr, (usize, usize)> =
+            plan.header.tensors.iter().filter(|t| t.shape.len() == 2).map(|t| (buf_ptr + (t.offset - base), (t.shape[0], t.shape[1]))).collect();
         let mut todo: Vec<(&mut GemmWeight, usize, usize)> = Vec::new();
         for w in self.gemm_weights_mut() {
-            let (n, kd) = shape_at(w.rows).context("a GEMM weight that is no plan tensor")?;
+            let &(n, kd) = shapes.get(&w.rows).context("a GEMM weight that is no plan tensor")?;
             if weight_pack::packable(n, kd) {
                 todo.push((w, n, kd));
             }
