@@ -12,6 +12,11 @@
 //   (gate and up fused: [gate (INTER) | up (INTER)] gives up_off = INTER).
 //   grid (ceil(n/256), M), block 256.
 //
+// kiln_silu_mul_parts_{out}(const float* parts, int splits, long long split_stride,
+//                           int ld_in, int up_off, OUT* out, int ld_out, int n, int M)
+//   The same, gu being the sum in split order of `splits` fp32 partials
+//   (parts + s * split_stride, each [M][ld_in]) that the gate_up GEMM left unsummed.
+//
 // kiln_f32_to_bf16(const float* x, bf16* y, int n)
 //   y[i] = bf16(x[i]) rounded to nearest even, i < n (cuBLASLt's prefill GEMMs take bf16
 //   activations). grid (ceil(n/1024)), block 256, 4 elements per thread.
@@ -137,6 +142,71 @@ SILU_MUL(kiln_silu_mul_f32_f32, float, float)
 SILU_MUL(kiln_silu_mul_f32_bf16, float, bf16)
 SILU_MUL(kiln_silu_mul_bf16_f32, bf16, float)
 SILU_MUL(kiln_silu_mul_bf16_bf16, bf16, bf16)
+
+// Partials of gate and up loaded at once per thread (four outputs each): the gate_up
+// GEMM's 3 splits (132 or 148 SMs) in one L2 round trip.
+#define GLU_PARTS_IN 4
+
+// silu_mul over a split-K GEMM's partials (gemm.cu with counters NULL): the gate and up
+// values are first summed in split order from 0, as the GEMM's own last block adds them
+// (reduce_splits, tg_split_sum), so the output has the bits of gemm + silu_mul without
+// the GEMM's tail (fence, counter, last-block sum). The sum is held in a register where
+// the GEMM stored and reloaded it: the same fp32 value.
+template <typename OUT>
+__device__ __forceinline__ void silu_mul_parts(const float* __restrict__ parts, int splits, long long split_stride,
+                                               int ld_in, int up_off, OUT* __restrict__ out, int ld_out, int n,
+                                               int M) {
+    KILN_PDL_ENTER_ROWS(M);
+    const int m = blockIdx.y;
+    const int i = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (m >= M || i >= n) return;
+    const float* g = parts + (size_t)m * ld_in + i;
+    OUT* o = out + (size_t)m * ld_out + i;
+    const bool vec = ((n | ld_in | up_off | ld_out) & 3) == 0 && (split_stride & 3) == 0 &&
+                     (reinterpret_cast<size_t>(parts) & 15) == 0;
+    if (vec) {
+        float4 gs = make_float4(0.f, 0.f, 0.f, 0.f), us = gs;
+        for (int sp = 0; sp < splits; sp += GLU_PARTS_IN) {
+            float4 a[GLU_PARTS_IN], b[GLU_PARTS_IN];
+#pragma unroll
+            for (int u = 0; u < GLU_PARTS_IN; ++u)
+                if (sp + u < splits) {
+                    const float* q = g + (size_t)(sp + u) * split_stride;
+                    a[u] = __ldcg(reinterpret_cast<const float4*>(q));
+                    b[u] = __ldcg(reinterpret_cast<const float4*>(q + up_off));
+                }
+#pragma unroll
+            for (int u = 0; u < GLU_PARTS_IN; ++u)
+                if (sp + u < splits) {
+                    gs.x += a[u].x; gs.y += a[u].y; gs.z += a[u].z; gs.w += a[u].w;
+                    us.x += b[u].x; us.y += b[u].y; us.z += b[u].z; us.w += b[u].w;
+                }
+        }
+        const float gv[4] = {gs.x, gs.y, gs.z, gs.w}, uv[4] = {us.x, us.y, us.z, us.w};
+        float y[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) y[e] = siluf_(gv[e]) * uv[e];
+        storen<4>(o, y);
+    } else {
+        for (int e = 0; e < 4 && i + e < n; ++e) {
+            float gs = 0.f, us = 0.f;
+            for (int sp = 0; sp < splits; ++sp) {
+                gs += __ldcg(g + (size_t)sp * split_stride + e);
+                us += __ldcg(g + (size_t)sp * split_stride + up_off + e);
+            }
+            o[e] = from_f<OUT>(siluf_(gs) * us);
+        }
+    }
+}
+
+#define SILU_MUL_PARTS(NAME, OUT)                                                                 \
+    extern "C" __global__ void __launch_bounds__(256)                                             \
+        NAME(const float* parts, int splits, long long split_stride, int ld_in, int up_off,       \
+             OUT* out, int ld_out, int n, int M) {                                                \
+        silu_mul_parts<OUT>(parts, splits, split_stride, ld_in, up_off, out, ld_out, n, M);       \
+    }
+SILU_MUL_PARTS(kiln_silu_mul_parts_f32, float)
+SILU_MUL_PARTS(kiln_silu_mul_parts_bf16, bf16)
 
 // A (value, index) candidate as one 64-bit key: larger key = better candidate. High
 // word: the float's bits mapped to an unsigned order (-0 first made +0, so the two

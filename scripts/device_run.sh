@@ -47,6 +47,8 @@
 #            batch 32-256 twice each, logits against the default's (needs refs, eval): wgmma.txt
 #   packed   the decode weights packed at load (KILN_GEMM_PACKED=1) against row-major: bench at
 #            batch 1-32 twice, the packing kernel tests, logits (needs refs), verify (packed.txt)
+#   gate_up_sum  gate_up's split-K sum in silu_mul (default) against the GEMM's own
+#            (KILN_GEMM_DEFER_GATE_UP=0): bench at batch 1-256 twice, logits, the kernel tests (gate_up_sum.txt)
 #   sxw      the m16 shared-x GEMM staging a whole K slice of x (the default since session 13)
 #            against a plan built with KILN_GEMM_SXW_MAX_BYTES=0 (the two-slab ring), and with
 #            the shared-x kernel for every weight up to 16 rows (KILN_GEMM_SX_MIN_N=0): bench at
@@ -380,6 +382,14 @@ if has packed; then
   env_ab row-major packed packed.txt KILN_GEMM_PACKED=1 1,4,8,16,32
   for t in .devbin/cuda_kernels* .devbin/cuda_backend*; do [ -x "$t" ] && "$t" packed --ignored --test-threads=1 --nocapture 2>&1 | grep -E "^test |test result|panicked" | sed "s/^/packed tests: /" | tee -a "$OUT/packed.txt"; done
   KILN_GEMM_PACKED=1 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --drafts 3 --steps 24 --ctx 1024 --batch 1,4 2>&1 | grep -v "^\s*$" | tee -a "$OUT/packed.txt" | tail -4
+fi
+if has gate_up_sum; then
+  # Session 17: the MLP's gate_up leaves its split-K sum to silu_mul (the default) against
+  # the GEMM's own last-block sum (KILN_GEMM_DEFER_GATE_UP=0): bench at batch 1-256 twice
+  # each, logits (bit-identical expected), the two kernel tests.
+  log "gate_up's split sum in silu_mul against the GEMM's own"
+  env_ab "gate_up sum in silu_mul" "gate_up sum in GEMM" gate_up_sum.txt KILN_GEMM_DEFER_GATE_UP=0 1,8,32,64,128,256
+  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && "$t" silu_mul_parts deferred_gate_up --ignored --test-threads=1 --nocapture 2>&1 | grep -E "^test |test result|panicked|differ" | sed "s/^/gate_up_sum tests: /" | tee -a "$OUT/gate_up_sum.txt"; done
 fi
 if has sxw; then
   log "shared-x GEMM: whole-split x staging against the ring, and for every weight"

@@ -40,5 +40,7 @@ mod t_gdn_verify;
 mod t_gemm;
 #[path = "cuda_kernels/t_gemm_packed.rs"]
 mod t_gemm_packed;
+#[path = "cuda_kernels/t_silu_mul_parts.rs"]
+mod t_silu_mul_parts;
 #[path = "cuda_kernels/t_spec_cycle.rs"]
 mod t_spec_cycle;

@@ -224,7 +224,7 @@ fn deferred_split_sum_matches_gemm_then_norm() {
                 let (res_b, out_b) = (up(&s, &res0), poison_f32(&s, m * h));
                 let y_b = poison_f32(&s, m * h);
                 let delta = e.k.gemm_deferred(&s, ptr(&s, &w), xp, xt, ptr(&s, &y_b), m, h, k, &gs).unwrap();
-                assert_eq!(delta, Delta::Parts(SplitParts { ptr: gs.ws, splits: plan.splits, split_stride: m * h }), "K = {k} M = {m}");
+                assert_eq!(delta, Delta::Parts(SplitParts { ptr: gs.ws, splits: plan.splits, split_stride: m * h, ld: h }), "K = {k} M = {m}");
                 e.k.add_rmsnorm(&s, ptr(&s, &res_b), Some(delta), ptr(&s, &nw), 0, ptr(&s, &out_b), m).unwrap();
                 let (ra, rb, oa, ob) = (down(&s, &res_a), down(&s, &res_b), down(&s, &out_a), down(&s, &out_b));
                 assert!(oa.iter().all(|v| v.is_finite()), "K = {k} M = {m} {xt:?}: non-finite outputs");
@@ -266,7 +266,7 @@ fn add_rmsnorm_parts_matches_cpu() {
         let expect = ops::rms_norm(&new_res, &w, eps, 1.0);
         let (res_d, parts_d) = (up(&s, &res), up(&s, &parts));
         let (ob, of) = (poison_bf16(&s, m * h), poison_f32(&s, m * h));
-        let delta = Delta::Parts(SplitParts { ptr: ptr(&s, &parts_d), splits, split_stride: stride });
+        let delta = Delta::Parts(SplitParts { ptr: ptr(&s, &parts_d), splits, split_stride: stride, ld: h });
         e.k.add_rmsnorm(&s, ptr(&s, &res_d), Some(delta), ptr(&s, &w_d), ptr(&s, &ob), ptr(&s, &of), m).unwrap();
         // The same fp32 additions in the same order as the twin: exact.
         check(&format!("add_rmsnorm_parts M={m} splits={splits} residual"), &down(&s, &res_d), &new_res, 0.0);

@@ -243,9 +243,23 @@ impl LayerStack<'_> {
     fn mlp(&self, layer: &LayerPtrs, r: &Rows) -> Result<Delta> {
         let (c, s) = (self.cfg, self.s);
         let (h, i, t) = (c.hidden_size, c.intermediate_size, r.l.num_tokens());
-        self.gemm(layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, 2 * i, h, r.l)?;
-        self.k.silu_mul(self.stream, Mat::f32(s.wide.ptr, 2 * i), i, Mat { ptr: s.mix_in.ptr, ld: i, dtype: r.act }, i, t)?;
+        // gate_up's split-K sum, when it is one decode launch, is left to silu_mul (as
+        // out/o/down leave theirs to the norm): the same bits without the GEMM's tail.
+        let gate_up = if self.k.gemm_choices().defer_gate_up && self.deferrable(r.l) {
+            self.k.gemm_deferred(self.stream, layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, t, 2 * i, h, &s.gemm)?
+        } else {
+            self.gemm(layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, 2 * i, h, r.l)?;
+            Mat::f32(s.wide.ptr, 2 * i).into()
+        };
+        self.k.silu_mul(self.stream, gate_up, i, Mat { ptr: s.mix_in.ptr, ld: i, dtype: r.act }, i, t)?;
         self.gemm_to_norm(layer.down, s.mix_in.ptr, r.act, h, i, r.l)
+    }
+
+    /// Whether a GEMM over step `l`'s rows may leave its split-K sum to its consumer
+    /// (`Kernels::gemm_deferred`): the choice is on and the rows are one decode GEMM launch.
+    fn deferrable(&self, l: &StepLayout) -> bool {
+        let choices = self.k.gemm_choices();
+        choices.defer_sum && l.num_tokens() <= choices.decode_gemm_rows() && l.cu_seqlens.windows(2).all(|c| (c[1] - c[0]) as usize <= SKINNY_MAX_CHUNK)
     }
 
     /// A projection back to the residual (out, o, down), whose only consumer is the next
@@ -253,9 +267,8 @@ impl LayerStack<'_> {
     /// split-K partials, which the norm sums (`Kernels::gemm_deferred`: the same bits
     /// without the launch's tail). Nothing may use the GEMM scratch before that norm.
     fn gemm_to_norm(&self, w: GemmWeight, x: DevPtr, xdt: DType, n: usize, kdim: usize, l: &StepLayout) -> Result<Delta> {
-        let (s, t, choices) = (self.s, l.num_tokens(), self.k.gemm_choices());
-        let one_launch = t <= choices.decode_gemm_rows() && l.cu_seqlens.windows(2).all(|c| (c[1] - c[0]) as usize <= SKINNY_MAX_CHUNK);
-        if choices.defer_sum && one_launch {
+        let (s, t) = (self.s, l.num_tokens());
+        if self.deferrable(l) {
             return self.k.gemm_deferred(self.stream, w, x, xdt, s.delta.ptr, t, n, kdim, &s.gemm);
         }
         self.gemm(w, x, xdt, s.delta.ptr, n, kdim, l)?;

@@ -117,6 +117,8 @@ pub const SILU_MUL: ByXY<&str> = [
     ["kiln_silu_mul_f32_f32", "kiln_silu_mul_f32_bf16"],
     ["kiln_silu_mul_bf16_f32", "kiln_silu_mul_bf16_bf16"],
 ];
+/// silu_mul over the gate_up GEMM's unsummed split-K partials, by output dtype.
+pub const SILU_MUL_PARTS: [&str; 2] = ["kiln_silu_mul_parts_f32", "kiln_silu_mul_parts_bf16"];
 pub const ARGMAX: [&str; 2] = ["kiln_argmax_f32", "kiln_argmax_bf16"];
 pub const ARGMAX_MASKED: &str = "kiln_argmax_masked_f32";
 /// Logits per argmax block (AMAX_SLICE in elementwise.cu): a row of n takes
@@ -243,6 +245,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("attn_decode", &ATTN_DECODE_COMBINE, 0);
     add("elementwise", OUTPUT_GATE.as_flattened(), 0);
     add("elementwise", SILU_MUL.as_flattened(), 0);
+    add("elementwise", &SILU_MUL_PARTS, 0);
     add("elementwise", &ARGMAX, 0);
     add("elementwise", &[ARGMAX_MASKED], 0);
     add("elementwise", &[F32_TO_BF16], 0);

@@ -89,6 +89,9 @@ pub struct GemmChoices {
     /// sum to it (`gemm_deferred`): no fence, counter and last-block sum at the end of the
     /// launch, the same bits (`KILN_GEMM_DEFER_SUM=0`: the GEMM sums, as before session 12).
     pub defer_sum: bool,
+    /// With `defer_sum`, the MLP's gate_up leaves its split-K sum to silu_mul too
+    /// (`KILN_GEMM_DEFER_GATE_UP=0`: the GEMM sums, as before session 17): the same bits.
+    pub defer_gate_up: bool,
     /// Up to this many rows the norm that sums deferred partials runs a cluster of 8
     /// one-warp blocks per row, not one block (`KILN_GEMM_DEFER_CLUSTER_MAX_M`, default
     /// 16: a one-block row streams its 13 partials through one SM, 4-7 µs per norm at
@@ -102,7 +105,7 @@ pub struct GemmChoices {
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_cluster_max_m: 16, wgmma: false }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, wgmma: false }
     }
 }
 
@@ -121,6 +124,7 @@ impl GemmChoices {
             warps: num("KILN_GEMM_WARPS", d.warps).max(1),
             wide_warps: num("KILN_GEMM_WIDE_WARPS", d.wide_warps).max(1),
             defer_sum: flag("KILN_GEMM_DEFER_SUM", d.defer_sum),
+            defer_gate_up: flag("KILN_GEMM_DEFER_GATE_UP", d.defer_gate_up),
             defer_cluster_max_m: num("KILN_GEMM_DEFER_CLUSTER_MAX_M", d.defer_cluster_max_m),
             wgmma: flag("KILN_GEMM_WGMMA", d.wgmma),
         }
@@ -205,13 +209,15 @@ pub struct GemmScratch {
 
 /// A decode GEMM's split-K partials, left for their consumer to sum in split order from 0
 /// (`Kernels::gemm_deferred`): partial s of output (m, n) at `ptr` + s * `split_stride` +
-/// m * N + n, fp32.
+/// m * `ld` + n, fp32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SplitParts {
     pub ptr: DevPtr,
     pub splits: usize,
     /// fp32 elements between two splits' partials (M * N).
     pub split_stride: usize,
+    /// fp32 elements between two rows of a partial (N).
+    pub ld: usize,
 }
 
 /// Warps per SM the default plan aims at. Measured on the H200 (docs/kernels.md): 16
@@ -307,7 +313,7 @@ impl Kernels {
         let parts_only = GemmScratch { counters: NULL, counters_len: 0, ..*scratch };
         self.gemm_ex(stream, w, x, x_dtype, y, DType::F32, m, n, k, &parts_only, plan, GemmKind::Auto)?;
         self.note_weight_bytes((n * k * 2) as u64);
-        Ok(if plan.splits == 1 { Delta::Mat(Mat::f32(y, n)) } else { Delta::Parts(SplitParts { ptr: scratch.ws, splits: plan.splits, split_stride: m * n }) })
+        Ok(if plan.splits == 1 { Delta::Mat(Mat::f32(y, n)) } else { Delta::Parts(SplitParts { ptr: scratch.ws, splits: plan.splits, split_stride: m * n, ld: n }) })
     }
 
     /// `gemm` with an explicit split (for tuning).

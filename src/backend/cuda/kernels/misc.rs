@@ -1,7 +1,7 @@
 //! Embedding, norms and elementwise kernels.
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{ADD_RMSNORM, ADD_RMSNORM_PARTS, ADD_RMSNORM_PARTS_CLUSTER, ARGMAX, ARGMAX_MASKED, ARGMAX_SLICE, COPY_SEGMENTS, EMBED, SPEC_ACCEPT, SPEC_FEED, MTP_FC_INPUT, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL};
+use crate::backend::cuda::registry::{ADD_RMSNORM, ADD_RMSNORM_PARTS, ADD_RMSNORM_PARTS_CLUSTER, ARGMAX, ARGMAX_MASKED, ARGMAX_SLICE, COPY_SEGMENTS, EMBED, SPEC_ACCEPT, SPEC_FEED, MTP_FC_INPUT, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL, SILU_MUL_PARTS};
 
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -40,6 +40,7 @@ impl Kernels {
         if let Some(Delta::Parts(parts)) = delta {
             check_aligned(parts.ptr, 16, "add_rmsnorm partials")?;
             ensure!(parts.split_stride % 4 == 0 && parts.split_stride >= m * self.dims().hidden, "add_rmsnorm: partial stride {} for {m} rows", parts.split_stride);
+            ensure!(parts.ld == self.dims().hidden, "add_rmsnorm: partial rows of {} floats, not the hidden size", parts.ld);
             let (pp, sp, stride) = (parts.ptr, int(parts.splits, "splits")?, parts.split_stride as i64);
             let mut p = params!(residual, pp, sp, stride, w, out_bf16, out_f32, mi);
             if m <= self.gemm_choices().defer_cluster_max_m {
@@ -102,11 +103,23 @@ impl Kernels {
         self.launch(OUTPUT_GATE[gate.dtype.idx()][out.dtype.idx()], stream, (width.div_ceil(4 * 256) as u32, t as u32, 1), 256, 0, &mut p)
     }
 
-    /// out[m][i] = silu(gu[m][i]) * gu[m][up_off + i] for i < n.
-    pub fn silu_mul(&self, stream: &CudaStream, gu: Mat, up_off: usize, out: Mat, n: usize, m: usize) -> Result<()> {
+    /// out[m][i] = silu(gu[m][i]) * gu[m][up_off + i] for i < n. A `Delta::Parts` gu (the
+    /// gate_up GEMM's partials, `gemm_deferred`) is summed here in split order
+    /// (kiln_silu_mul_parts): the same bits as the GEMM's own sum followed by silu_mul.
+    pub fn silu_mul(&self, stream: &CudaStream, gu: impl Into<Delta>, up_off: usize, out: Mat, n: usize, m: usize) -> Result<()> {
         if m == 0 || n == 0 {
             return Ok(());
         }
+        let gu = match gu.into() {
+            Delta::Mat(gu) => gu,
+            Delta::Parts(parts) => {
+                ensure!(parts.split_stride >= m * parts.ld && up_off + n <= parts.ld, "silu_mul: partials of {} x {} floats for {m} rows and {n} + {up_off} columns", parts.split_stride, parts.ld);
+                let (pp, sp, stride) = (parts.ptr, int(parts.splits, "splits")?, parts.split_stride as i64);
+                let (ldi, uo, op, ldo, ni, mi) = (int(parts.ld, "ld_in")?, int(up_off, "up_off")?, out.ptr, int(out.ld, "ld_out")?, int(n, "n")?, int(m, "rows")?);
+                let mut p = params!(pp, sp, stride, ldi, uo, op, ldo, ni, mi);
+                return self.launch(SILU_MUL_PARTS[out.dtype.idx()], stream, (n.div_ceil(4 * 256) as u32, m as u32, 1), 256, 0, &mut p);
+            }
+        };
         let (gp, ldi, uo, op, ldo, ni, mi) = (gu.ptr, int(gu.ld, "ld_in")?, int(up_off, "up_off")?, out.ptr, int(out.ld, "ld_out")?, int(n, "n")?, int(m, "rows")?);
         let mut p = params!(gp, ldi, uo, op, ldo, ni, mi);
         // Four elements per thread (16-byte accesses when every stride allows).
