@@ -49,6 +49,8 @@
 #            batch 1-32 twice, the packing kernel tests, logits (needs refs), verify (packed.txt)
 #   gate_up_sum  gate_up's split-K sum in silu_mul (default) against the GEMM's own
 #            (KILN_GEMM_DEFER_GATE_UP=0): bench at batch 1-256 twice, logits, the kernel tests (gate_up_sum.txt)
+#   conv_fused  the prefill conv inside the GDN pre-pass (KILN_GDN_CONV_FUSED=1) against kiln_conv1d:
+#            prefill 1024 and 8192 twice, logits, the kernel test (conv_fused.txt)
 #   sxw      the m16 shared-x GEMM staging a whole K slice of x (the default since session 13)
 #            against a plan built with KILN_GEMM_SXW_MAX_BYTES=0 (the two-slab ring), and with
 #            the shared-x kernel for every weight up to 16 rows (KILN_GEMM_SX_MIN_N=0): bench at
@@ -390,6 +392,20 @@ if has gate_up_sum; then
   log "gate_up's split sum in silu_mul against the GEMM's own"
   env_ab "gate_up sum in silu_mul" "gate_up sum in GEMM" gate_up_sum.txt KILN_GEMM_DEFER_GATE_UP=0 1,8,32,64,128,256
   for t in .devbin/cuda_kernels*; do [ -x "$t" ] && "$t" silu_mul_parts deferred_gate_up --ignored --test-threads=1 --nocapture 2>&1 | grep -E "^test |test result|panicked|differ" | sed "s/^/gate_up_sum tests: /" | tee -a "$OUT/gate_up_sum.txt"; done
+fi
+if has conv_fused; then
+  # Session 17: the prefill conv inside the GDN pre-pass (KILN_GDN_CONV_FUSED=1) against
+  # kiln_conv1d before it: prefill 1024 and 8192 twice each, logits (bit-identical
+  # expected), the kernel test.
+  log "prefill conv fused into the GDN pre-pass against kiln_conv1d"
+  for r in 1 2; do
+    bench_as "conv1d" conv_fused.txt "$ENG/qwen35_4b_random.plan" -- --batch 1 --ctx 1024 --prefill 1024
+    bench_as "conv fused" conv_fused.txt "$ENG/qwen35_4b_random.plan" KILN_GDN_CONV_FUSED=1 -- --batch 1 --ctx 1024 --prefill 1024
+    bench_as "conv1d 8k" conv_fused.txt "$ENG/qwen35_4b_random.plan" -- --batch 1 --ctx 8192 --prefill 8192
+    bench_as "conv fused 8k" conv_fused.txt "$ENG/qwen35_4b_random.plan" KILN_GDN_CONV_FUSED=1 -- --batch 1 --ctx 8192 --prefill 8192
+  done
+  if [ -f "$REFS/cases.json" ]; then logits_check conv_fused "$ENG/qwen35_4b_random.plan" KILN_GDN_CONV_FUSED=1; fi
+  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && "$t" fused_prefill_conv --ignored --test-threads=1 --nocapture 2>&1 | grep -E "^test |test result|panicked|bit-identical" | sed "s/^/conv_fused tests: /" | tee -a "$OUT/conv_fused.txt"; done
 fi
 if has sxw; then
   log "shared-x GEMM: whole-split x staging against the ring, and for every weight"
