@@ -76,6 +76,9 @@ async fn two_kiln_workers_behind_sglang_router() {
     let router = format!("http://127.0.0.1:{}", free_port());
     let mut cmd = Command::new(&python);
     cmd.args(["-m", "sglang_router.launch_router", "--policy", "cache_aware", "--host", "127.0.0.1", "--log-level", "warn"])
+        // Its metrics port too: the default (29000) is shared by every router on the machine,
+        // so a router left from another run would stop this one from starting.
+        .args(["--prometheus-port", &free_port().to_string()])
         .args(["--port", router.rsplit(':').next().unwrap(), "--worker-urls"])
         .args(&workers);
     spawn(&mut procs, &mut cmd);
