@@ -17,8 +17,12 @@ pub const ARCHES: &[&str] = &["sm_90a", "sm_100a"];
 /// SHA-256 of the kernel sources (computed by build.rs); goes into the plan header.
 pub const KERNEL_SOURCE_HASH: &str = env!("KILN_KERNEL_HASH");
 
-/// The shared header every kernel source includes.
-pub const HEADER: (&str, &str) = ("common.cuh", include_str!("../../../kernels/common.cuh"));
+/// The headers kernel sources include: common.cuh (every module) and gdn_chunk.cuh (the
+/// GDN prefill's pre-pass and scan modules).
+pub const HEADERS: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("../../../kernels/common.cuh")),
+    ("gdn_chunk.cuh", include_str!("../../../kernels/gdn_chunk.cuh")),
+];
 
 /// Kernel sources, one CUDA module each: (module name, source).
 pub const SOURCES: &[(&str, &str)] = &[
@@ -28,6 +32,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("conv", include_str!("../../../kernels/conv.cu")),
     ("gdn_decode", include_str!("../../../kernels/gdn_decode.cu")),
     ("gdn_prefill", include_str!("../../../kernels/gdn_prefill.cu")),
+    ("gdn_scan", include_str!("../../../kernels/gdn_scan.cu")),
     ("rope_kv", include_str!("../../../kernels/rope_kv.cu")),
     ("attn_prefill", include_str!("../../../kernels/attn_prefill.cu")),
     ("attn_decode", include_str!("../../../kernels/attn_decode.cu")),
@@ -308,17 +313,17 @@ pub fn compile_all(arch: &str, dims: &KernelDims, include_dirs: &[PathBuf]) -> R
     out.into_iter().map(|r| r.expect("every module compiled")).collect()
 }
 
-/// Compiles one module (`src` may `#include "common.cuh"`) to a CUBIN for `arch`.
+/// Compiles one module (`src` may `#include` any of `HEADERS`) to a CUBIN for `arch`.
 pub fn compile_module(name: &str, src: &str, arch: &str, dims: &KernelDims, include_dirs: &[PathBuf]) -> Result<CompiledModule> {
     check_arch(arch)?;
     require(CudaLib::Nvrtc)?; // loaded before cudarc's first NVRTC call, which would panic without it
     let c = |s: &str| CString::new(s).context("NUL byte in a kernel source or option");
     let src_c = c(src)?;
     let name_c = c(&format!("{name}.cu"))?;
-    let hdr_src = c(HEADER.1)?;
-    let hdr_name = c(HEADER.0)?;
-    let headers = [hdr_src.as_ptr()];
-    let header_names = [hdr_name.as_ptr()];
+    let hdr_srcs: Vec<CString> = HEADERS.iter().map(|h| c(h.1)).collect::<Result<_>>()?;
+    let hdr_names: Vec<CString> = HEADERS.iter().map(|h| c(h.0)).collect::<Result<_>>()?;
+    let headers: Vec<*const c_char> = hdr_srcs.iter().map(|h| h.as_ptr()).collect();
+    let header_names: Vec<*const c_char> = hdr_names.iter().map(|h| h.as_ptr()).collect();
     let mut opts: Vec<String> = vec![format!("--gpu-architecture={arch}"), "-std=c++17".into()];
     opts.extend(include_dirs.iter().map(|p| format!("--include-path={}", p.display())));
     opts.extend(dims.defines());
@@ -352,7 +357,7 @@ pub fn compile_module(name: &str, src: &str, arch: &str, dims: &KernelDims, incl
 
     unsafe {
         let mut prog: nv::nvrtcProgram = std::ptr::null_mut();
-        nv::nvrtcCreateProgram(&mut prog, src_c.as_ptr(), name_c.as_ptr(), 1, headers.as_ptr(), header_names.as_ptr())
+        nv::nvrtcCreateProgram(&mut prog, src_c.as_ptr(), name_c.as_ptr(), headers.len() as i32, headers.as_ptr(), header_names.as_ptr())
             .result()
             .map_err(|e| anyhow::anyhow!("kernel module `{name}`: nvrtcCreateProgram failed: {e:?}"))?;
         let res = nv::nvrtcCompileProgram(prog, opt_ptrs.len() as i32, opt_ptrs.as_ptr());
@@ -406,7 +411,7 @@ unsafe fn cubin(prog: nv::nvrtcProgram) -> Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{HEADER, SOURCES};
+    use super::{HEADERS, SOURCES};
 
     /// The device functions defined in `src` with their bodies: `name(` after a
     /// `__device__` qualifier, the body from the next `{` to its matching `}`.
@@ -439,7 +444,7 @@ mod tests {
         // A recursive helper compiles (with a stack) and runs out of stack on the device:
         // session 14 found a refactored helper that called itself where its body belonged.
         let mut seen = 0;
-        for (module, src) in SOURCES.iter().chain(std::iter::once(&HEADER)) {
+        for (module, src) in SOURCES.iter().chain(HEADERS) {
             for (name, body) in device_functions(src) {
                 if name.is_empty() {
                     continue;

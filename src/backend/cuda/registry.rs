@@ -238,7 +238,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("gdn_decode", GDN_VERIFY_PRE.as_flattened(), 0);
     add("gdn_decode", &CONV_RING_WRITE, 0);
     add("gdn_prefill", &GDN_PREFILL_PREP, gdn_prefill_prep_smem(d.lin_k_dim, d.lin_v_dim));
-    add("gdn_prefill", &[GDN_PREFILL_SCAN], gdn_prefill_scan_smem(d.lin_k_dim));
+    add("gdn_scan", &[GDN_PREFILL_SCAN], gdn_prefill_scan_smem(d.lin_k_dim));
     add("rope_kv", &QK_NORM_ROPE, 0);
     for (name, rows) in ATTN_PREFILL.iter().zip(ATTN_PREFILL_ROWS) {
         add("attn_prefill", &[name], attn_prefill_smem(d.head_dim, rows));
