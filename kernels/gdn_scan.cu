@@ -22,6 +22,24 @@ __device__ __forceinline__ void gs_store_sa(uint4* sSA, const float (&sacc)[GS_N
     }
 }
 
+// f(accumulator, state element) for each S^T accumulator of the warp and its element of the
+// head's fp32 state slab at Sg (S^T[c][dk] is S[dk][c]); blocks ks >= GR_KT are skipped.
+template <typename F>
+__device__ __forceinline__ void gs_each_state(float* Sg, float (&sacc)[GS_NP][2][4], int q, int mt, int g, int t, F f) {
+#pragma unroll
+    for (int p = 0; p < GS_NP; ++p)
+#pragma unroll
+        for (int h2 = 0; h2 < 2; ++h2) {
+            const int ks = q + 4 * p, c = 16 * mt + g, dk = 16 * ks + 8 * h2 + 2 * t;
+            if (ks < GR_KT) {
+                f(sacc[p][h2][0], Sg[(size_t)dk * LIN_DV + c]);
+                f(sacc[p][h2][1], Sg[(size_t)(dk + 1) * LIN_DV + c]);
+                f(sacc[p][h2][2], Sg[(size_t)dk * LIN_DV + c + 8]);
+                f(sacc[p][h2][3], Sg[(size_t)(dk + 1) * LIN_DV + c + 8]);
+            }
+        }
+}
+
 extern "C" __global__ void __launch_bounds__(GR_THREADS, 1)
     kiln_gdn_prefill_scan(const float* __restrict__ ws, float* __restrict__ state, const int* __restrict__ cu_seqlens,
                           const int* __restrict__ slots, float* __restrict__ out, int ld_out, int ws_chunks, int nseq) {
@@ -54,21 +72,8 @@ extern "C" __global__ void __launch_bounds__(GR_THREADS, 1)
 
     // S^T[c][dk]: sacc[p][h2][e] at c = 16 mt + g + 8 (e>>1), dk = 16 ks + 8 h2 + 2t + (e&1)
     // with ks = q + 4p (blocks ks >= GR_KT unused).
-    float sacc[GS_NP][2][4];
-#pragma unroll
-    for (int p = 0; p < GS_NP; ++p)
-#pragma unroll
-        for (int h2 = 0; h2 < 2; ++h2) {
-            const int ks = q + 4 * p, c = 16 * mt + g, dk = 16 * ks + 8 * h2 + 2 * t;
-            if (ks < GR_KT) {
-                sacc[p][h2][0] = Sg[(size_t)dk * LIN_DV + c];
-                sacc[p][h2][1] = Sg[(size_t)(dk + 1) * LIN_DV + c];
-                sacc[p][h2][2] = Sg[(size_t)dk * LIN_DV + c + 8];
-                sacc[p][h2][3] = Sg[(size_t)(dk + 1) * LIN_DV + c + 8];
-            } else {
-                sacc[p][h2][0] = sacc[p][h2][1] = sacc[p][h2][2] = sacc[p][h2][3] = 0.f;
-            }
-        }
+    float sacc[GS_NP][2][4] = {};
+    gs_each_state(Sg, sacc, q, mt, g, t, [](float& acc, float& st) { acc = st; });
     gs_store_sa(sSA, sacc, mt, q, lane);
 
     // Chunk c's record; its {-W, Q', Kd} tiles go to buffer c & 1 (cp.async), its U^T or
@@ -177,16 +182,5 @@ extern "C" __global__ void __launch_bounds__(GR_THREADS, 1)
     }
     cp_async_wait<0>();
 
-#pragma unroll
-    for (int p = 0; p < GS_NP; ++p)
-#pragma unroll
-        for (int h2 = 0; h2 < 2; ++h2) {
-            const int ks = q + 4 * p, c = 16 * mt + g, dk = 16 * ks + 8 * h2 + 2 * t;
-            if (ks < GR_KT) {
-                Sg[(size_t)dk * LIN_DV + c] = sacc[p][h2][0];
-                Sg[(size_t)(dk + 1) * LIN_DV + c] = sacc[p][h2][1];
-                Sg[(size_t)dk * LIN_DV + c + 8] = sacc[p][h2][2];
-                Sg[(size_t)(dk + 1) * LIN_DV + c + 8] = sacc[p][h2][3];
-            }
-        }
+    gs_each_state(Sg, sacc, q, mt, g, t, [](float& acc, float& st) { st = acc; });
 }
