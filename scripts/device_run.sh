@@ -375,6 +375,14 @@ if has wgmma; then
   log "tiled GEMM: wgmma (KILN_GEMM_WGMMA=1) against mma.sync"
   env_ab "tiled mma.sync" "tiled wgmma" wgmma.txt KILN_GEMM_WGMMA=1 32,64,128,256
 fi
+if has gate_up_sum; then
+  # Session 17: the MLP's gate_up leaves its split-K sum to silu_mul (the default) against
+  # the GEMM's own last-block sum (KILN_GEMM_DEFER_GATE_UP=0): bench at batch 1-256 twice
+  # each, logits (bit-identical expected), the two kernel tests.
+  log "gate_up's split sum in silu_mul against the GEMM's own"
+  env_ab "gate_up sum in silu_mul" "gate_up sum in GEMM" gate_up_sum.txt KILN_GEMM_DEFER_GATE_UP=0 1,8,32,64,128,256
+  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && "$t" silu_mul_parts deferred_gate_up --ignored --test-threads=1 --nocapture 2>&1 | grep -E "^test |test result|panicked|differ" | sed "s/^/gate_up_sum tests: /" | tee -a "$OUT/gate_up_sum.txt"; done
+fi
 if has packed; then
   # Session 16: the decode weights packed at load (KILN_GEMM_PACKED=1, a second copy the
   # register and shared-x kernels read with contiguous per-warp loads): bench at batch
@@ -384,14 +392,6 @@ if has packed; then
   env_ab row-major packed packed.txt KILN_GEMM_PACKED=1 1,4,8,16,32
   for t in .devbin/cuda_kernels* .devbin/cuda_backend*; do [ -x "$t" ] && "$t" packed --ignored --test-threads=1 --nocapture 2>&1 | grep -E "^test |test result|panicked" | sed "s/^/packed tests: /" | tee -a "$OUT/packed.txt"; done
   KILN_GEMM_PACKED=1 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --drafts 3 --steps 24 --ctx 1024 --batch 1,4 2>&1 | grep -v "^\s*$" | tee -a "$OUT/packed.txt" | tail -4
-fi
-if has gate_up_sum; then
-  # Session 17: the MLP's gate_up leaves its split-K sum to silu_mul (the default) against
-  # the GEMM's own last-block sum (KILN_GEMM_DEFER_GATE_UP=0): bench at batch 1-256 twice
-  # each, logits (bit-identical expected), the two kernel tests.
-  log "gate_up's split sum in silu_mul against the GEMM's own"
-  env_ab "gate_up sum in silu_mul" "gate_up sum in GEMM" gate_up_sum.txt KILN_GEMM_DEFER_GATE_UP=0 1,8,32,64,128,256
-  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && "$t" silu_mul_parts deferred_gate_up --ignored --test-threads=1 --nocapture 2>&1 | grep -E "^test |test result|panicked|differ" | sed "s/^/gate_up_sum tests: /" | tee -a "$OUT/gate_up_sum.txt"; done
 fi
 if has conv_fused; then
   # Session 17: the prefill conv inside the GDN pre-pass (KILN_GDN_CONV_FUSED=1) against
