@@ -275,15 +275,6 @@ __device__ __forceinline__ float ld_cluster_f32(const float* p, unsigned rank) {
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
 __device__ __forceinline__ float siluf_(float x) { return x / (1.f + expf(-x)); }
-// The depthwise causal conv of one channel before its SiLU: tap CONV_K-1 on the newest
-// input xv, tap j on win[j], the input CONV_K-1-j tokens earlier (0 before position 0).
-// One expression for kiln_conv1d and the prefill pre-pass that fuses it (the same bits).
-__device__ __forceinline__ float conv_taps(const float (&wk)[CONV_K], const float (&win)[CONV_K - 1], float xv) {
-    float acc = wk[CONV_K - 1] * xv;
-#pragma unroll
-    for (int j = 0; j < CONV_K - 1; ++j) acc += wk[j] * win[j];
-    return acc;
-}
 // torch.nn.functional.softplus (beta 1, threshold 20).
 __device__ __forceinline__ float softplusf_(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 

@@ -22,27 +22,12 @@
 //   a time block's first token come from x, or from the ring before the chunk). Only
 //   blocks with y == 0 read or write the ring (writing it last, from x): no block reads
 //   what another writes.
-//
-// kiln_conv_ring_only_{f32,bf16}(x, ld_x, conv_state, cu_seqlens, slots, start_pos, nseq)
-//   Only kiln_conv1d's ring writes: for a chunk whose conv the GDN prefill pre-pass
-//   computed itself (reading the ring before it), launched after that pass.
-//   grid (ceil(CONV_DIM/128), 1, nseq), block 128.
 #include "common.cuh"
 
 using namespace kiln;
 
 #define CV_TB 64
 #define CV_U 8  // tokens whose inputs one thread loads at once
-
-// Channel c's ring rows of the chunk's last CONV_K positions (ring at the slot's channel c).
-template <typename T>
-__device__ __forceinline__ void conv_ring_tail(const T* __restrict__ x, int ld_x, float* __restrict__ ring, int t0,
-                                               int t1, int p0, int c) {
-    for (int t = max(t0, t1 - CONV_K); t < t1; ++t) {
-        const int p = p0 + (t - t0);
-        ring[(size_t)(p % CONV_K) * CONV_DIM] = to_f(x[(size_t)t * ld_x + c]);
-    }
-}
 
 template <typename T>
 __device__ __forceinline__ void conv1d(const T* __restrict__ x, int ld_x, const bf16* __restrict__ w,
@@ -81,29 +66,22 @@ __device__ __forceinline__ void conv1d(const T* __restrict__ x, int ld_x, const 
             for (int u = 0; u < CV_U; ++u) {
                 if (t0u + u >= te) break;
                 const float xv = xs[u];
-                out[(size_t)(t0u + u) * ld_out + c] = siluf_(conv_taps(wk, win, xv));
+                float acc = wk[CONV_K - 1] * xv;
+#pragma unroll
+                for (int j = 0; j < CONV_K - 1; ++j) acc += wk[j] * win[j];
+                out[(size_t)(t0u + u) * ld_out + c] = siluf_(acc);
 #pragma unroll
                 for (int j = 0; j < CONV_K - 2; ++j) win[j] = win[j + 1];
                 win[CONV_K - 2] = xv;
             }
         }
     }
-    if (blockIdx.y == 0) conv_ring_tail(x, ld_x, ring, t0, t1, p0, c);
-}
-
-// The ring rows alone (after a pre-pass that fused the conv and read the ring).
-template <typename T>
-__device__ __forceinline__ void conv_ring_only(const T* __restrict__ x, int ld_x, float* __restrict__ conv_state,
-                                               const int* __restrict__ cu_seqlens, const int* __restrict__ slots,
-                                               const int* __restrict__ start_pos, int nseq) {
-    KILN_PDL_ENTER();
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    const int s = blockIdx.z;
-    if (c >= CONV_DIM || s >= nseq) return;
-    const int slot = slots[s];
-    if (slot < 0) return;
-    conv_ring_tail(x, ld_x, conv_state + (size_t)slot * CONV_K * CONV_DIM + c, cu_seqlens[s], cu_seqlens[s + 1],
-                   start_pos[s], c);
+    if (blockIdx.y == 0) {  // ring rows of the chunk's last CONV_K positions
+        for (int t = max(t0, t1 - CONV_K); t < t1; ++t) {
+            const int p = p0 + (t - t0);
+            ring[(size_t)(p % CONV_K) * CONV_DIM] = to_f(x[(size_t)t * ld_x + c]);
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -115,14 +93,4 @@ extern "C" __global__ void __launch_bounds__(128)
     kiln_conv1d_bf16(const bf16* x, int ld_x, const bf16* w, float* conv_state, const int* cu_seqlens,
                      const int* slots, const int* start_pos, float* out, int ld_out, int nseq) {
     conv1d<bf16>(x, ld_x, w, conv_state, cu_seqlens, slots, start_pos, out, ld_out, nseq);
-}
-extern "C" __global__ void __launch_bounds__(128)
-    kiln_conv_ring_only_f32(const float* x, int ld_x, float* conv_state, const int* cu_seqlens, const int* slots,
-                            const int* start_pos, int nseq) {
-    conv_ring_only<float>(x, ld_x, conv_state, cu_seqlens, slots, start_pos, nseq);
-}
-extern "C" __global__ void __launch_bounds__(128)
-    kiln_conv_ring_only_bf16(const bf16* x, int ld_x, float* conv_state, const int* cu_seqlens, const int* slots,
-                             const int* start_pos, int nseq) {
-    conv_ring_only<bf16>(x, ld_x, conv_state, cu_seqlens, slots, start_pos, nseq);
 }

@@ -10,12 +10,7 @@
 //
 // kiln_gdn_prefill_prep_{f32,bf16}(const float* qkv, int ld_qkv, const T* b, const T* a,
 //     int ld_ba, const float* A_log, const float* dt_bias, const int* cu_seqlens,
-//     const int* slots, float* ws, int ws_chunks, int nseq, const bf16* conv_w,
-//     const float* conv_state, const int* start_pos)
-//   conv_w NULL: qkv is kiln_conv1d's output (below); else qkv is the conv's input (the
-//   in_proj_qkv output, fp32) and the pre-pass computes kiln_conv1d's outputs itself, the
-//   same bits, reading the ring (conv_state, start_pos as kiln_conv1d's) but not writing
-//   it: kiln_conv_ring_only does that after the pass.
+//     const int* slots, float* ws, int ws_chunks, int nseq)
 // kiln_gdn_prefill_scan(const float* ws, float* state, const int* cu_seqlens,
 //     const int* slots, float* out, int ld_out, int ws_chunks, int nseq)
 //   qkv [T_total][ld_qkv] fp32: the conv + SiLU output (kiln_conv1d_*), channels

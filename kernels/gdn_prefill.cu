@@ -6,114 +6,12 @@
 // ------------------------------------------------------------------------------------
 // Pre-pass.
 // ------------------------------------------------------------------------------------
-// The conv fused into phase 1 (conv_w != NULL; session 17): x holds the conv's inputs
-// (in_proj_qkv's fp32 output) instead of kiln_conv1d's output, which is then never
-// written or read (2 x T x CONV_DIM x 4 bytes less traffic per layer). The chunk's raw q,
-// k and v rows go to sQ, sK, sV, and the CONV_K-1 inputs before its first token (x inside
-// the sequence, the ring before it, zeros before position 0) to sW's first rows; each
-// thread then convolves its own elements from shared memory with kiln_conv1d's
-// arithmetic (conv_taps, the same bits) and, after a barrier, v goes back to sV. rq gets
-// this thread's q or k row half as the unfused load would (zeros past n). The ring is
-// written afterwards by kiln_conv_ring_only (other chunks' blocks read it here).
-#define GR_HALO (CONV_K - 1)
-#define GR_VF (GR_C * LIN_DV / 4 / GR_THREADS)  // v float4s each thread convolves
-static_assert(GR_C * LIN_DV / 4 % GR_THREADS == 0, "v conv split");
-static_assert(3 * GR_HALO <= GR_C, "the halo rows fit sW");
-
-// Channel ch (of the conv's CONV_DIM) at chunk row tok, column c of stream block `raw` (its
-// halo rows at `halo`), through the conv and SiLU.
-__device__ __forceinline__ float prep_conv_at(const float* raw, const float* halo, const bf16* __restrict__ conv_w,
-                                              int tok, int c, int ch) {
-    float wk[CONV_K], win[GR_HALO];
-#pragma unroll
-    for (int j = 0; j < CONV_K; ++j) wk[j] = __bfloat162float(conv_w[(size_t)ch * CONV_K + j]);
-#pragma unroll
-    for (int j = 0; j < GR_HALO; ++j) {
-        const int tt = tok - GR_HALO + j;
-        win[j] = tt >= 0 ? raw[tt * GR_LDX + c] : halo[(tok + j) * GR_LDX + c];
-    }
-    return siluf_(conv_taps(wk, win, raw[tok * GR_LDX + c]));
-}
-
-// Stages stream `sidx` (0 q, 1 k, 2 v: `width` channels from conv channel `base`) of the
-// chunk's rows and its halo with cp.async (zero-filled past n and before position 0).
-__device__ __forceinline__ void prep_stage_raw(float* raw, float* halo, const float* __restrict__ x, int ld_x,
-                                               const float* __restrict__ ring, int base, int width, int tb, int n,
-                                               int t0, int p0) {
-    const int w4 = width / 4;
-    for (int f = threadIdx.x; f < GR_C * w4; f += GR_THREADS) {
-        const int vt = f / w4, c4 = f % w4;
-        cp_async16(raw + vt * GR_LDX + 4 * c4, vt < n ? x + (size_t)(tb + vt) * ld_x + base + 4 * c4 : x, vt < n);
-    }
-    for (int f = threadIdx.x; f < GR_HALO * w4; f += GR_THREADS) {
-        const int j = f / w4, c4 = f % w4, tt = tb - GR_HALO + j, p = p0 + (tt - t0);
-        const float* src = tt >= t0 ? x + (size_t)tt * ld_x + base + 4 * c4
-                         : p >= 0   ? ring + (size_t)(p % CONV_K) * CONV_DIM + base + 4 * c4
-                                    : x;
-        cp_async16(halo + j * GR_LDX + 4 * c4, src, tt >= t0 || p >= 0);
-    }
-}
-
-__device__ __forceinline__ void prep_conv_inputs(const float* __restrict__ x, int ld_x, const bf16* __restrict__ conv_w,
-                                                 const float* __restrict__ ring, int tb, int n, int t0, int p0, int kh,
-                                                 int h, float* sQ, float* sK, float* sV, float* sW,
-                                                 float4 (&rq)[GR_F4]) {
-    const int tid = threadIdx.x;
-    // Halo rows: q's, then k's, then v's (named one by one: an indexed array went to the stack).
-    float* const halo_q = sW;
-    float* const halo_k = sW + GR_HALO * GR_LDX;
-    float* const halo_v = sW + 2 * GR_HALO * GR_LDX;
-    const int base_q = kh * LIN_DK, base_k = LIN_KEY_DIM + kh * LIN_DK, base_v = 2 * LIN_KEY_DIM + h * LIN_DV;
-    prep_stage_raw(sQ, halo_q, x, ld_x, ring, base_q, LIN_DK, tb, n, t0, p0);
-    prep_stage_raw(sK, halo_k, x, ld_x, ring, base_k, LIN_DK, tb, n, t0, p0);
-    prep_stage_raw(sV, halo_v, x, ld_x, ring, base_v, LIN_DV, tb, n, t0, p0);
-    cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-    {
-        const int row = tid >> 1, hf = tid & 1, tok = row & (GR_C - 1);
-        const bool isk = row >= GR_C;
-        const float* raw = isk ? sK : sQ;
-        const float* halo = isk ? halo_k : halo_q;
-        const int base = isk ? base_k : base_q;
-#pragma unroll
-        for (int i = 0; i < GR_F4; ++i) {
-            const int c = 4 * (2 * i + hf);
-            if (tok < n) {
-                rq[i] = make_float4(prep_conv_at(raw, halo, conv_w, tok, c, base + c),
-                                    prep_conv_at(raw, halo, conv_w, tok, c + 1, base + c + 1),
-                                    prep_conv_at(raw, halo, conv_w, tok, c + 2, base + c + 2),
-                                    prep_conv_at(raw, halo, conv_w, tok, c + 3, base + c + 3));
-            } else {
-                rq[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-            }
-        }
-    }
-    float4 vv[GR_VF];
-#pragma unroll
-    for (int r = 0; r < GR_VF; ++r) {
-        const int f = tid + r * GR_THREADS, vt = f / (LIN_DV / 4), c = 4 * (f % (LIN_DV / 4));
-        vv[r] = vt < n ? make_float4(prep_conv_at(sV, halo_v, conv_w, vt, c, base_v + c),
-                                     prep_conv_at(sV, halo_v, conv_w, vt, c + 1, base_v + c + 1),
-                                     prep_conv_at(sV, halo_v, conv_w, vt, c + 2, base_v + c + 2),
-                                     prep_conv_at(sV, halo_v, conv_w, vt, c + 3, base_v + c + 3))
-                       : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
-    __syncthreads();  // every raw and halo read is done: the rows can be overwritten
-#pragma unroll
-    for (int r = 0; r < GR_VF; ++r) {
-        const int f = tid + r * GR_THREADS, vt = f / (LIN_DV / 4), c = 4 * (f % (LIN_DV / 4));
-        *reinterpret_cast<float4*>(sV + vt * GR_LDX + c) = vv[r];
-    }
-}
-
 template <typename T>
 __device__ __forceinline__ void gdn_prep(const float* __restrict__ qkv, int ld_qkv, const T* __restrict__ b,
                                          const T* __restrict__ a, int ld_ba, const float* __restrict__ A_log,
                                          const float* __restrict__ dt_bias, const int* __restrict__ cu_seqlens,
                                          const int* __restrict__ slots, float* __restrict__ ws, int ws_chunks,
-                                         int nseq, const bf16* __restrict__ conv_w,
-                                         const float* __restrict__ conv_state, const int* __restrict__ start_pos) {
+                                         int nseq) {
     extern __shared__ __align__(16) unsigned char gr_smem[];
     KILN_PDL_ENTER();
     {
@@ -156,10 +54,7 @@ __device__ __forceinline__ void gdn_prep(const float* __restrict__ qkv, int ld_q
         const bool isk = row >= GR_C;
         float4 rq[GR_F4];
         const float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (conv_w != nullptr) {  // block-uniform
-            const float* ring = conv_state + (size_t)slots[sq] * CONV_K * CONV_DIM;
-            prep_conv_inputs(qkv, ld_qkv, conv_w, ring, tb, n, t0, start_pos[sq], kh, h, sQ, sK, sV, sW, rq);
-        } else if (tok < n) {
+        if (tok < n) {
             const float4* src = reinterpret_cast<const float4*>(qkv + (size_t)(tb + tok) * ld_qkv +
                                                                 (isk ? LIN_KEY_DIM : 0) + kh * LIN_DK);
 #pragma unroll
@@ -171,14 +66,12 @@ __device__ __forceinline__ void gdn_prep(const float* __restrict__ qkv, int ld_q
         // v goes straight to shared memory (cp.async, zero past n): all of a thread's
         // copies are in flight with the q/k loads. Through registers, each of the 8 was
         // a round trip before the next (ncu: 13 % of the kernel's stall samples on them).
-        if (conv_w == nullptr) {
-            for (int f = tid; f < GR_C * LIN_DV / 4; f += GR_THREADS) {
-                const int vt = f / (LIN_DV / 4), c4 = f % (LIN_DV / 4);
-                const float* src = vt < n ? qkv + (size_t)(tb + vt) * ld_qkv + 2 * LIN_KEY_DIM + h * LIN_DV + 4 * c4 : qkv;
-                cp_async16(sV + vt * GR_LDX + 4 * c4, src, vt < n);
-            }
-            cp_async_commit();
+        for (int f = tid; f < GR_C * LIN_DV / 4; f += GR_THREADS) {
+            const int vt = f / (LIN_DV / 4), c4 = f % (LIN_DV / 4);
+            const float* src = vt < n ? qkv + (size_t)(tb + vt) * ld_qkv + 2 * LIN_KEY_DIM + h * LIN_DV + 4 * c4 : qkv;
+            cp_async16(sV + vt * GR_LDX + 4 * c4, src, vt < n);
         }
+        cp_async_commit();
         if (tid < GR_C) {
             float bb = 0.f, aa = 0.f;
             if (tid < n) {
@@ -467,12 +360,12 @@ __device__ __forceinline__ void gdn_prep(const float* __restrict__ qkv, int ld_q
 extern "C" __global__ void __launch_bounds__(GR_THREADS, 1)
     kiln_gdn_prefill_prep_f32(const float* qkv, int ld_qkv, const float* b, const float* a, int ld_ba,
                               const float* A_log, const float* dt_bias, const int* cu_seqlens, const int* slots,
-                              float* ws, int ws_chunks, int nseq, const bf16* conv_w, const float* conv_state, const int* start_pos) {
-    gdn_prep<float>(qkv, ld_qkv, b, a, ld_ba, A_log, dt_bias, cu_seqlens, slots, ws, ws_chunks, nseq, conv_w, conv_state, start_pos);
+                              float* ws, int ws_chunks, int nseq) {
+    gdn_prep<float>(qkv, ld_qkv, b, a, ld_ba, A_log, dt_bias, cu_seqlens, slots, ws, ws_chunks, nseq);
 }
 extern "C" __global__ void __launch_bounds__(GR_THREADS, 1)
     kiln_gdn_prefill_prep_bf16(const float* qkv, int ld_qkv, const bf16* b, const bf16* a, int ld_ba,
                                const float* A_log, const float* dt_bias, const int* cu_seqlens, const int* slots,
-                               float* ws, int ws_chunks, int nseq, const bf16* conv_w, const float* conv_state, const int* start_pos) {
-    gdn_prep<bf16>(qkv, ld_qkv, b, a, ld_ba, A_log, dt_bias, cu_seqlens, slots, ws, ws_chunks, nseq, conv_w, conv_state, start_pos);
+                               float* ws, int ws_chunks, int nseq) {
+    gdn_prep<bf16>(qkv, ld_qkv, b, a, ld_ba, A_log, dt_bias, cu_seqlens, slots, ws, ws_chunks, nseq);
 }

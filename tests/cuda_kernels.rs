@@ -34,8 +34,6 @@ mod t_basic;
 mod t_draft_head;
 #[path = "cuda_kernels/t_gdn.rs"]
 mod t_gdn;
-#[path = "cuda_kernels/t_gdn_conv_fused.rs"]
-mod t_gdn_conv_fused;
 #[path = "cuda_kernels/t_gdn_verify.rs"]
 mod t_gdn_verify;
 #[path = "cuda_kernels/t_gemm.rs"]

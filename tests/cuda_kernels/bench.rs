@@ -350,7 +350,7 @@ fn bench_gdn_prefill_on(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCh
         let pre = GdnPrefill {
             qkv: ptr(s, &conv_out), ld_qkv: c, b: bm, a: bm.cols(nv), a_log: ptr(s, &al), dt_bias: ptr(s, &dtb), state: ptr(s, &state),
             cu_seqlens: ptr(s, &cu), slots: ptr(s, &sl), out: ptr(s, &raw), ld_out: nv * dv, nseq,
-            tokens: t, max_tokens: len, workspace: ptr(s, &ws), workspace_bytes: ws.len(), conv: None,
+            tokens: t, max_tokens: len, workspace: ptr(s, &ws), workspace_bytes: ws.len(),
         };
         let ms = time_ms(s, 5, |_| k.gdn_prefill(s, &pre).unwrap());
         println!("BENCH gdn_prefill (prep + scan) T={t} as {nseq} x {len}: {:.1} us per layer", ms * 1e3);

@@ -264,7 +264,6 @@ fn prefill_case(e: &Env, s: &std::sync::Arc<cudarc::driver::CudaStream>, g: &mut
         max_tokens: seqs.iter().map(|q| q.0).max().unwrap_or(0),
         workspace: ptr(s, &ws),
         workspace_bytes: ws.len() * 4,
-        conv: None,
     };
     e.k.gdn_prefill(s, &args).unwrap();
     let got = down(s, &out);
@@ -348,7 +347,6 @@ fn gdn_prefill_matches_cpu_and_chunks_compose() {
                 max_tokens: len,
                 workspace: ptr(&s, &ws),
                 workspace_bytes: ws.len() * 4,
-                conv: None,
             };
             e.k.gdn_prefill(&s, &args).unwrap();
             s.synchronize().unwrap();

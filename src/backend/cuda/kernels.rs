@@ -18,7 +18,7 @@ mod misc;
 mod tiled_pipeline;
 
 pub use attention::{AttnDecode, AttnPrefill, QkNormRope};
-pub use gdn::{Conv1d, GdnDecode, GdnPrefill, PrefillConv};
+pub use gdn::{Conv1d, GdnDecode, GdnPrefill};
 pub use gemm::{GemmChoices, GemmKind, GemmPlan, GemmScratch, GemmWeight, SplitParts, GEMM_MAX_M, TARGET_WARPS_PER_SM};
 pub use misc::ArgmaxScratch;
 
@@ -129,9 +129,6 @@ pub struct Kernels {
     /// The fused verify runs kiln_gdn_verify_pre (the default since session 14;
     /// `KILN_GDN_VERIFY_PRE=0` runs kiln_gdn_verify).
     gdn_verify_pre: bool,
-    /// The prefill conv computed inside the GDN pre-pass (`KILN_GDN_CONV_FUSED=1`; session
-    /// 17, off until a device run has timed it): `gdn_conv_fused`.
-    gdn_conv_fused: bool,
     /// Which decode GEMM kernel takes which shape, and the K splits (read at load).
     pub(crate) gemm_choices: GemmChoices,
     /// Rows per block of the prefill attention kernel (`ATTN_PREFILL_ROWS`): 128 (8 warps
@@ -187,7 +184,6 @@ impl Kernels {
         let gdn_split = std::env::var("KILN_GDN_SPLIT").is_ok_and(|v| v == "1");
         let gdn_verify_fused = std::env::var("KILN_GDN_VERIFY_FUSED").ok().map(|v| v != "0");
         let gdn_verify_pre = std::env::var("KILN_GDN_VERIFY_PRE").map_or(true, |v| v != "0");
-        let gdn_conv_fused = std::env::var("KILN_GDN_CONV_FUSED").is_ok_and(|v| v == "1");
         let attn_prefill_rows = if std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "64") { 64 } else { 128 };
         let timeline = Timeline::attach(&loaded, &ctx.default_stream(), TIMELINE_RECORDS)?;
         Ok(Kernels {
@@ -200,7 +196,6 @@ impl Kernels {
             gdn_split: AtomicBool::new(gdn_split),
             gdn_verify_fused,
             gdn_verify_pre,
-            gdn_conv_fused,
             gemm_choices: GemmChoices::from_env(),
             attn_prefill_rows,
             timeline,
@@ -309,13 +304,6 @@ impl Kernels {
     pub fn gdn_verify_fused(&self, seqs: usize) -> bool {
         let fits = seqs * self.dims.lin_num_v_heads <= self.num_sms as usize;
         self.gdn_verify_fused.unwrap_or(fits) && !self.gdn_split()
-    }
-
-    /// Whether a prefill chunk's conv runs inside the GDN pre-pass (`GdnPrefill::conv`, then
-    /// `conv_ring_only`) instead of kiln_conv1d before it: the same bits without writing and
-    /// re-reading the conv's output (2 x tokens x CONV_DIM x 4 bytes per layer).
-    pub fn gdn_conv_fused(&self) -> bool {
-        self.gdn_conv_fused
     }
 
     pub fn gemm_choices(&self) -> &GemmChoices {

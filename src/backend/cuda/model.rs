@@ -6,7 +6,7 @@
 //! into a CUDA graph.
 
 use super::blaslt::BlasLt;
-use super::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, Delta, DevPtr, GdnDecode, GdnPrefill, GemmWeight, Kernels, Mat, PrefillConv, QkNormRope, NULL};
+use super::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, Delta, DevPtr, GdnDecode, GdnPrefill, GemmWeight, Kernels, Mat, QkNormRope, NULL};
 use super::pools::{Scratch, StatePools, LOGIT_ROWS};
 use super::weights::{DeviceWeights, FullPtrs, LayerPtrs, LinearPtrs, MixerPtrs};
 use crate::backend::step::{MetaOffsets, Step, StepLayout};
@@ -177,27 +177,16 @@ impl LayerStack<'_> {
         }
         if r.prefill_seqs > 0 {
             let pm = &r.prefill_meta;
-            let conv = Conv1d {
+            k.conv1d(st, &Conv1d {
                 x: qkvz, w: g.conv, conv_state,
                 cu_seqlens: r.at(pm.cu_seqlens), slots: r.at(pm.slots), start_pos: r.at(pm.start_pos),
                 out: s.conv_out.ptr, ld_out: qkv_dim, nseq: r.prefill_seqs,
-            };
-            // The conv inside the pre-pass (`gdn_conv_fused`), or kiln_conv1d before it.
-            let fused = k.gdn_conv_fused();
-            if !fused {
-                k.conv1d(st, &conv)?;
-            }
+            })?;
             k.gdn_prefill(st, &GdnPrefill {
-                qkv: if fused { qkvz.ptr } else { s.conv_out.ptr },
-                ld_qkv: if fused { qkvz.ld } else { qkv_dim },
-                b: ba, a: ba.cols(nv), a_log: g.a_log, dt_bias: g.dt_bias, state,
+                qkv: s.conv_out.ptr, ld_qkv: qkv_dim, b: ba, a: ba.cols(nv), a_log: g.a_log, dt_bias: g.dt_bias, state,
                 cu_seqlens: r.at(pm.cu_seqlens), slots: r.at(pm.slots), out: s.core.ptr, ld_out: vd, nseq: r.prefill_seqs,
                 tokens: t, max_tokens: r.l.max_seq_tokens(), workspace: s.gdn_ws.ptr, workspace_bytes: s.gdn_ws.bytes,
-                conv: fused.then_some(PrefillConv { w: g.conv, conv_state, start_pos: r.at(pm.start_pos) }),
             })?;
-            if fused {
-                k.conv_ring_only(st, &conv)?;
-            }
             let core = Mat::f32(s.core.ptr, vd).rows(nd);
             k.gated_rmsnorm(st, core.ptr, qkvz.cols(qkv_dim).rows(nd), g.norm, out.rows(nd).ptr, r.act, t - nd)?;
         }

@@ -77,7 +77,6 @@ pub const TILED_STAGES: (usize, usize) = (3, 3);
 /// The largest M of each `GEMM_SX` column.
 pub const GEMM_SX_MAX_M: [usize; 3] = [16, 32, 64];
 pub const CONV1D: [&str; 2] = ["kiln_conv1d_f32", "kiln_conv1d_bf16"];
-pub const CONV_RING_ONLY: [&str; 2] = ["kiln_conv_ring_only_f32", "kiln_conv_ring_only_bf16"];
 pub const GDN_DECODE: ByXY<&str> = [
     ["kiln_gdn_decode_f32_f32", "kiln_gdn_decode_f32_bf16"],
     ["kiln_gdn_decode_bf16_f32", "kiln_gdn_decode_bf16_bf16"],
@@ -231,7 +230,6 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
         add("gemm_tiled", &GEMM_TILED_WG[x.idx()], gemm_tiled_smem(x));
     }
     add("conv", &CONV1D, 0);
-    add("conv", &CONV_RING_ONLY, 0);
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
     add("gdn_decode", GDN_DECODE_SPLIT.as_flattened(), 0);
     add("gdn_decode", GDN_VERIFY.as_flattened(), 0);

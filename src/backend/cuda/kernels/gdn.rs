@@ -1,8 +1,8 @@
 //! Gated DeltaNet: causal conv1d, fused decode step, chunked (UT/WY) prefill.
 
-use super::{int, params, DevPtr, Kernels, Mat, NULL};
+use super::{int, params, DevPtr, Kernels, Mat};
 use crate::backend::cuda::registry::{
-    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, CONV_RING_ONLY, CONV_RING_WRITE, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_DECODE_SPLIT as DECODE_SPLIT, GDN_VERIFY, GDN_VERIFY_PRE, RING_WRITE_SLICES,
+    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, CONV_RING_WRITE, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_DECODE_SPLIT as DECODE_SPLIT, GDN_VERIFY, GDN_VERIFY_PRE, RING_WRITE_SLICES,
     GDN_PREFILL_PREP as PREP,
     GDN_PREFILL_SCAN as SCAN,
 };
@@ -82,7 +82,7 @@ pub struct GdnDecode {
 /// follow with `gated_rmsnorm`. `qkv` must be 16-byte aligned with `ld_qkv % 4 == 0`.
 #[derive(Clone, Copy, Debug)]
 pub struct GdnPrefill {
-    /// fp32 [T_total][ld] conv + SiLU output, or with `conv` the conv's input.
+    /// fp32 [T_total][ld] conv + SiLU output.
     pub qkv: DevPtr,
     pub ld_qkv: usize,
     /// in_proj_b / in_proj_a outputs, same dtype and row stride.
@@ -104,17 +104,6 @@ pub struct GdnPrefill {
     /// 16-byte aligned.
     pub workspace: DevPtr,
     pub workspace_bytes: usize,
-    /// The conv computed in the pre-pass (`Kernels::gdn_conv_fused`): `qkv` is then its
-    /// input, and the ring is read, not written (`conv_ring_only` after this).
-    pub conv: Option<PrefillConv>,
-}
-
-/// The conv1d arguments the pre-pass reads when it computes the conv itself (`Conv1d`'s).
-#[derive(Clone, Copy, Debug)]
-pub struct PrefillConv {
-    pub w: DevPtr,
-    pub conv_state: DevPtr,
-    pub start_pos: DevPtr,
 }
 
 impl GdnDecode {
@@ -138,18 +127,6 @@ impl Kernels {
         let mut p = params!(xp, ldx, w, st, cu, sl, sp, out, ldo, ns);
         let grid = (cd.div_ceil(128) as u32, CONV_TIME_BLOCKS, c.nseq as u32);
         self.launch(CONV[c.x.dtype.idx()], stream, grid, 128, 0, &mut p)
-    }
-
-    /// Only conv1d's ring writes (kiln_conv_ring_only; `c.out` unused): after a pre-pass
-    /// that computed the conv (`GdnPrefill::conv`).
-    pub fn conv_ring_only(&self, stream: &CudaStream, c: &Conv1d) -> Result<()> {
-        if c.nseq == 0 {
-            return Ok(());
-        }
-        let cd = self.dims.conv_dim();
-        let (xp, ldx, st, cu, sl, sp, ns) = (c.x.ptr, int(c.x.ld, "ld_x")?, c.conv_state, c.cu_seqlens, c.slots, c.start_pos, int(c.nseq, "nseq")?);
-        let mut p = params!(xp, ldx, st, cu, sl, sp, ns);
-        self.launch(CONV_RING_ONLY[c.x.dtype.idx()], stream, (cd.div_ceil(128) as u32, 1, c.nseq as u32), 128, 0, &mut p)
     }
 
     pub fn gdn_decode(&self, stream: &CudaStream, g: &GdnDecode) -> Result<()> {
@@ -238,8 +215,7 @@ impl Kernels {
         let (qkv, ldq, b, a, ldba) = (g.qkv, int(g.ld_qkv, "ld_qkv")?, g.b.ptr, g.a.ptr, int(g.b.ld, "ld_ba")?);
         let (al, dtb, st, cu, sl, out, ldo, ns, ws) = (g.a_log, g.dt_bias, g.state, g.cu_seqlens, g.slots, g.out, int(g.ld_out, "ld_out")?, int(g.nseq, "nseq")?, g.workspace);
         let nv = d.lin_num_v_heads as u32;
-        let (cw, cs, sp) = g.conv.map_or((NULL, NULL, NULL), |c| (c.w, c.conv_state, c.start_pos));
-        let mut p = params!(qkv, ldq, b, a, ldba, al, dtb, cu, sl, ws, wsc, ns, cw, cs, sp);
+        let mut p = params!(qkv, ldq, b, a, ldba, al, dtb, cu, sl, ws, wsc, ns);
         let grid = (g.max_tokens.div_ceil(CHUNK) as u32, nv, g.nseq as u32);
         let smem = gdn_prefill_prep_smem(d.lin_k_dim, d.lin_v_dim) as u32;
         self.launch(PREP[g.b.dtype.idx()], stream, grid, PREFILL_THREADS, smem, &mut p)?;
