@@ -263,13 +263,14 @@ __device__ __forceinline__ void gemm_epilogue(const float (&acc)[RW][NT][4], int
 #ifndef KILN_GEMM_REG_P
 #define KILN_GEMM_REG_P 4
 #endif
-// The m8 register kernel's x two chunks ahead (session 15, an experiment; ncu, session
-// 13: 71 % of its stall samples at batch 1 sat on the conversion of x, each chunk's x
-// load an L2 round trip in the warp's chain). A build knob: KILN_GEMM_X_AHEAD=1
-// (kiln-build); 0 (default until measured) loads each chunk's x at the chunk. The MMAs
-// see the same values either way.
+// The m8 register kernel's x two chunks ahead (session 15; ncu, session 13: 71 % of its
+// stall samples at batch 1 sat on the conversion of x, each chunk's x load an L2 round
+// trip in the warp's chain). The default since session 17 (H100, two runs each, logits
+// bit-identical: batch 1 / 4 -1.4 %, 8 unchanged; with the packed weights batch 1 3.99
+// against 4.10 ms). A build knob: KILN_GEMM_X_AHEAD=0 (kiln-build) loads each chunk's x
+// at the chunk. The MMAs see the same values either way.
 #ifndef KILN_GEMM_X_AHEAD
-#define KILN_GEMM_X_AHEAD 0
+#define KILN_GEMM_X_AHEAD 1
 #endif
 template <int NT, bool XF32, typename Y>
 __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const void* __restrict__ x,

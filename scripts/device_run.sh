@@ -45,17 +45,15 @@
 #            step gives mma.sync's bits, and both MMA forms' throughput (wgmma_bits.txt)
 #   wgmma    the tiled GEMM's wgmma variant (KILN_GEMM_WGMMA=1, sm_90a) against mma.sync: bench at
 #            batch 32-256 twice each, logits against the default's (needs refs, eval): wgmma.txt
-#   packed   the decode weights packed at load (KILN_GEMM_PACKED=1) against row-major: bench at
+#   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
 #            batch 1-32 twice, the packing kernel tests, logits (needs refs), verify (packed.txt)
 #   gate_up_sum  gate_up's split-K sum in silu_mul (default) against the GEMM's own
 #            (KILN_GEMM_DEFER_GATE_UP=0): bench at batch 1-256 twice, logits, the kernel tests (gate_up_sum.txt)
-#   conv_fused  the prefill conv inside the GDN pre-pass (KILN_GDN_CONV_FUSED=1) against kiln_conv1d:
-#            prefill 1024 and 8192 twice, logits, the kernel test (conv_fused.txt)
 #   sxw      the m16 shared-x GEMM staging a whole K slice of x (the default since session 13)
 #            against a plan built with KILN_GEMM_SXW_MAX_BYTES=0 (the two-slab ring), and with
 #            the shared-x kernel for every weight up to 16 rows (KILN_GEMM_SX_MIN_N=0): bench at
 #            batch 1/8/16 twice each, logits of both against the default's (needs refs, eval)
-#   x_ahead  a plan whose m8 register GEMM loads each chunk's x two chunks ahead (KILN_GEMM_X_AHEAD=1):
+#   x_ahead  a plan whose m8 register GEMM loads each chunk's x at the chunk (KILN_GEMM_X_AHEAD=0; the default is two chunks ahead):
 #            bench at batch 1/4/8 twice beside the default, the GEMM table test, logits (x_ahead.txt)
 #   reg_p    a plan whose m8/m16 register GEMM keeps 8 chunks of 32 k in flight per warp
 #            (KILN_GEMM_REG_P=8, default 4): bench at batch 1/8/16 twice, the GEMM table test, logits with refs (reg_p.txt)
@@ -384,28 +382,15 @@ if has gate_up_sum; then
   for t in .devbin/cuda_kernels*; do [ -x "$t" ] && "$t" silu_mul_parts deferred_gate_up --ignored --test-threads=1 --nocapture 2>&1 | grep -E "^test |test result|panicked|differ" | sed "s/^/gate_up_sum tests: /" | tee -a "$OUT/gate_up_sum.txt"; done
 fi
 if has packed; then
-  # Session 16: the decode weights packed at load (KILN_GEMM_PACKED=1, a second copy the
-  # register and shared-x kernels read with contiguous per-warp loads): bench at batch
-  # 1-32 twice each against the default, logits (bit-identical expected), the kernel and
-  # backend tests, and exact speculation with it.
-  log "packed GEMM weights (KILN_GEMM_PACKED=1) against row-major"
-  env_ab row-major packed packed.txt KILN_GEMM_PACKED=1 1,4,8,16,32
+  # The decode weights packed at load (session 16; the default where memory allows since
+  # session 17, a second copy the register and shared-x kernels read with contiguous
+  # per-warp loads) against row-major (KILN_GEMM_PACKED=0): bench at batch 1-32 twice
+  # each, logits (bit-identical expected), the kernel and backend tests, and exact
+  # speculation with it.
+  log "packed GEMM weights against row-major (KILN_GEMM_PACKED=0)"
+  env_ab packed row-major packed.txt KILN_GEMM_PACKED=0 1,4,8,16,32
   for t in .devbin/cuda_kernels* .devbin/cuda_backend*; do [ -x "$t" ] && "$t" packed --ignored --test-threads=1 --nocapture 2>&1 | grep -E "^test |test result|panicked" | sed "s/^/packed tests: /" | tee -a "$OUT/packed.txt"; done
   KILN_GEMM_PACKED=1 .devbin/kiln-eval verify --plan "$ENG/qwen35_4b_random.plan" --drafts 3 --steps 24 --ctx 1024 --batch 1,4 2>&1 | grep -v "^\s*$" | tee -a "$OUT/packed.txt" | tail -4
-fi
-if has conv_fused; then
-  # Session 17: the prefill conv inside the GDN pre-pass (KILN_GDN_CONV_FUSED=1) against
-  # kiln_conv1d before it: prefill 1024 and 8192 twice each, logits (bit-identical
-  # expected), the kernel test.
-  log "prefill conv fused into the GDN pre-pass against kiln_conv1d"
-  for r in 1 2; do
-    bench_as "conv1d" conv_fused.txt "$ENG/qwen35_4b_random.plan" -- --batch 1 --ctx 1024 --prefill 1024
-    bench_as "conv fused" conv_fused.txt "$ENG/qwen35_4b_random.plan" KILN_GDN_CONV_FUSED=1 -- --batch 1 --ctx 1024 --prefill 1024
-    bench_as "conv1d 8k" conv_fused.txt "$ENG/qwen35_4b_random.plan" -- --batch 1 --ctx 8192 --prefill 8192
-    bench_as "conv fused 8k" conv_fused.txt "$ENG/qwen35_4b_random.plan" KILN_GDN_CONV_FUSED=1 -- --batch 1 --ctx 8192 --prefill 8192
-  done
-  if [ -f "$REFS/cases.json" ]; then logits_check conv_fused "$ENG/qwen35_4b_random.plan" KILN_GDN_CONV_FUSED=1; fi
-  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && "$t" fused_prefill_conv --ignored --test-threads=1 --nocapture 2>&1 | grep -E "^test |test result|panicked|bit-identical" | sed "s/^/conv_fused tests: /" | tee -a "$OUT/conv_fused.txt"; done
 fi
 if has sxw; then
   log "shared-x GEMM: whole-split x staging against the ring, and for every weight"
@@ -423,9 +408,9 @@ if has reg_p; then
   knob_ab regp8 reg_p.txt KILN_GEMM_REG_P=8 1,8,16
 fi
 if has x_ahead; then
-  # Session 15: the m8 register GEMM (out/o/down at batch 1-7) with each chunk's x loaded
-  # two chunks ahead (default off).
-  knob_ab xa1 x_ahead.txt KILN_GEMM_X_AHEAD=1 1,4,8
+  # The m8 register GEMM (out/o/down at batch 1-7) with each chunk's x loaded two chunks
+  # ahead (session 15; the default since session 17) against x at the chunk.
+  knob_ab xa0 x_ahead.txt KILN_GEMM_X_AHEAD=0 1,4,8
 fi
 if has splits; then
   # The K-split targets again with the deferred split sum (session 12): more splits cost

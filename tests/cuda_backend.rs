@@ -135,7 +135,7 @@ fn packed_weights_give_the_row_major_bits() {
     // row-major ones: prefill and decode logits bit-identical, alone and in a batch of 8
     // (the toy model packs out, o, fc, gate_up and qgkv; the rest stays row-major).
     let b = toy_plan();
-    let opt = |packed| CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, packed_weights: packed, ..Default::default() };
+    let opt = |packed| CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, packed_weights: Some(packed), ..Default::default() };
     let mut rows = CudaBackend::load(&b.plan, None, &opt(false)).unwrap();
     let mut packed = CudaBackend::load(&b.plan, None, &opt(true)).unwrap();
     let vocab = b.cfg.vocab_size as u32;

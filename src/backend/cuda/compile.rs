@@ -50,8 +50,8 @@ pub const SOURCES: &[(&str, &str)] = &[
 /// in the register GEMM's last-block sum, default 8; 16 measured slower in session 12),
 /// `KILN_GEMM_REG_P` (32-k chunks in flight per warp in the m8/m16 register GEMM, default
 /// 4; session 12), `KILN_GEMM_SXW_P` (W chunks in flight per warp in the m16 shared-x
-/// kernel's whole-split loop, default 2; session 13), `KILN_GEMM_X_AHEAD` (1: the register
-/// GEMM loads the next chunk's x before this chunk's MMAs, default 0; session 15).
+/// kernel's whole-split loop, default 2; session 13), `KILN_GEMM_X_AHEAD` (1: the m8 register
+/// GEMM loads x two chunks ahead, the default since session 17; 0 at the chunk).
 /// device_run.sh stages `knobs`, `reg_p`, `sxw` and `x_ahead` measure them.
 /// `KILN_TIMELINE=1` builds the diagnostic in-graph timeline into every kernel
 /// (kernels/common.cuh; `kiln-eval timeline` reads it; stage `timeline`).

@@ -174,8 +174,9 @@ impl DeviceWeights {
 
     /// Packs every decode GEMM weight whose shape allows it into one new buffer
     /// (`CudaOptions::packed_weights`; `backend::weight_pack`): the skinny kernels then read
-    /// the packed copy, the tiled kernel and cuBLASLt the row-major one. Returns the bytes.
-    pub fn pack(&mut self, k: &Kernels, stream: &CudaStream, plan: &Plan) -> Result<usize> {
+    /// the packed copy, the tiled kernel and cuBLASLt the row-major one. Returns the bytes,
+    /// or 0 (nothing packed) when they would exceed `budget`.
+    pub fn pack(&mut self, k: &Kernels, stream: &CudaStream, plan: &Plan, budget: usize) -> Result<usize> {
         // The 2-D plan tensors' shapes by device address (where `upload` put them).
         let (base, buf_ptr) = (plan.header.weights_offset, self.buf.ptr);
         let shapes: HashMap<DevPtr, (usize, usize)> =
@@ -188,6 +189,9 @@ impl DeviceWeights {
             }
         }
         let bytes: usize = todo.iter().map(|(_, n, kd)| n * kd * 2).sum();
+        if bytes > budget {
+            return Ok(0);
+        }
         let buf = DevBuf::zeroed(bytes, "the packed GEMM weights")?;
         let mut at = 0;
         for (w, n, kd) in todo {
