@@ -275,6 +275,33 @@ __device__ __forceinline__ float ld_cluster_f32(const float* p, unsigned rank) {
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
 __device__ __forceinline__ float siluf_(float x) { return x / (1.f + expf(-x)); }
+// The sums of two groups of 4 consecutive outputs (at p and at p + off) over `splits` fp32
+// split-K partials split_stride floats apart, each in split order from 0, as a split-K
+// GEMM's last block adds them (gemm.cu reduce_splits, gemm_tiled.cu tg_split_sum): the
+// same bits. IN partials of each group are loaded at once (one L2 round trip for IN
+// splits); the order of the additions does not depend on IN. 16-byte aligned loads.
+template <int IN>
+__device__ __forceinline__ void sum_parts_4x2(const float* __restrict__ p, int off, int splits,
+                                              long long split_stride, float4& a_sum, float4& b_sum) {
+    a_sum = make_float4(0.f, 0.f, 0.f, 0.f);
+    b_sum = a_sum;
+    for (int sp = 0; sp < splits; sp += IN) {
+        float4 a[IN], b[IN];
+#pragma unroll
+        for (int u = 0; u < IN; ++u)
+            if (sp + u < splits) {
+                const float* q = p + (size_t)(sp + u) * split_stride;
+                a[u] = __ldcg(reinterpret_cast<const float4*>(q));
+                b[u] = __ldcg(reinterpret_cast<const float4*>(q + off));
+            }
+#pragma unroll
+        for (int u = 0; u < IN; ++u)
+            if (sp + u < splits) {
+                a_sum.x += a[u].x; a_sum.y += a[u].y; a_sum.z += a[u].z; a_sum.w += a[u].w;
+                b_sum.x += b[u].x; b_sum.y += b[u].y; b_sum.z += b[u].z; b_sum.w += b[u].w;
+            }
+    }
+}
 // torch.nn.functional.softplus (beta 1, threshold 20).
 __device__ __forceinline__ float softplusf_(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 

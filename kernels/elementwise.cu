@@ -110,6 +110,15 @@ OUTPUT_GATE(kiln_output_gate_f32_bf16, float, bf16)
 OUTPUT_GATE(kiln_output_gate_bf16_f32, bf16, float)
 OUTPUT_GATE(kiln_output_gate_bf16_bf16, bf16, bf16)
 
+// silu(g) * u for 4 consecutive outputs: one expression for silu_mul and silu_mul_parts.
+template <typename OUT>
+__device__ __forceinline__ void store_silu_mul4(OUT* o, const float (&gv)[4], const float (&uv)[4]) {
+    float y[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) y[e] = siluf_(gv[e]) * uv[e];
+    storen<4>(o, y);
+}
+
 // Four consecutive elements per thread: 16-byte (f32) / 8-byte (bf16) accesses when
 // n, ld_in, up_off and ld_out are all multiples of 4, element by element otherwise.
 template <typename IN, typename OUT>
@@ -122,12 +131,10 @@ __device__ __forceinline__ void silu_mul(const IN* __restrict__ gu, int ld_in, i
     const IN* g = gu + (size_t)m * ld_in + i;
     OUT* o = out + (size_t)m * ld_out + i;
     if (((n | ld_in | up_off | ld_out) & 3) == 0) {
-        float gv[4], uv[4], y[4];
+        float gv[4], uv[4];
         loadn<4>(g, gv);
         loadn<4>(g + up_off, uv);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) y[e] = siluf_(gv[e]) * uv[e];
-        storen<4>(o, y);
+        store_silu_mul4(o, gv, uv);
     } else {
         for (int e = 0; e < 4 && i + e < n; ++e) o[e] = from_f<OUT>(siluf_(to_f(g[e])) * to_f(g[up_off + e]));
     }
@@ -148,10 +155,10 @@ SILU_MUL(kiln_silu_mul_bf16_bf16, bf16, bf16)
 #define GLU_PARTS_IN 4
 
 // silu_mul over a split-K GEMM's partials (gemm.cu with counters NULL): the gate and up
-// values are first summed in split order from 0, as the GEMM's own last block adds them
-// (reduce_splits, tg_split_sum), so the output has the bits of gemm + silu_mul without
-// the GEMM's tail (fence, counter, last-block sum). The sum is held in a register where
-// the GEMM stored and reloaded it: the same fp32 value.
+// values are first summed in split order from 0 (sum_parts_4x2, as the GEMM's own last
+// block and the norm of deferred partials add them), so the output has the bits of gemm +
+// silu_mul without the GEMM's tail (fence, counter, last-block sum). The sum is held in a
+// register where the GEMM stored and reloaded it: the same fp32 value.
 template <typename OUT>
 __device__ __forceinline__ void silu_mul_parts(const float* __restrict__ parts, int splits, long long split_stride,
                                                int ld_in, int up_off, OUT* __restrict__ out, int ld_out, int n,
@@ -165,28 +172,10 @@ __device__ __forceinline__ void silu_mul_parts(const float* __restrict__ parts, 
     const bool vec = ((n | ld_in | up_off | ld_out) & 3) == 0 && (split_stride & 3) == 0 &&
                      (reinterpret_cast<size_t>(parts) & 15) == 0;
     if (vec) {
-        float4 gs = make_float4(0.f, 0.f, 0.f, 0.f), us = gs;
-        for (int sp = 0; sp < splits; sp += GLU_PARTS_IN) {
-            float4 a[GLU_PARTS_IN], b[GLU_PARTS_IN];
-#pragma unroll
-            for (int u = 0; u < GLU_PARTS_IN; ++u)
-                if (sp + u < splits) {
-                    const float* q = g + (size_t)(sp + u) * split_stride;
-                    a[u] = __ldcg(reinterpret_cast<const float4*>(q));
-                    b[u] = __ldcg(reinterpret_cast<const float4*>(q + up_off));
-                }
-#pragma unroll
-            for (int u = 0; u < GLU_PARTS_IN; ++u)
-                if (sp + u < splits) {
-                    gs.x += a[u].x; gs.y += a[u].y; gs.z += a[u].z; gs.w += a[u].w;
-                    us.x += b[u].x; us.y += b[u].y; us.z += b[u].z; us.w += b[u].w;
-                }
-        }
+        float4 gs, us;
+        sum_parts_4x2<GLU_PARTS_IN>(g, up_off, splits, split_stride, gs, us);
         const float gv[4] = {gs.x, gs.y, gs.z, gs.w}, uv[4] = {us.x, us.y, us.z, us.w};
-        float y[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) y[e] = siluf_(gv[e]) * uv[e];
-        storen<4>(o, y);
+        store_silu_mul4(o, gv, uv);
     } else {
         for (int e = 0; e < 4 && i + e < n; ++e) {
             float gs = 0.f, us = 0.f;

@@ -167,23 +167,8 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
 // apart), in split order from 0, as the GEMMs' own last block adds them.
 __device__ __forceinline__ void sum_parts8(const float* __restrict__ p, int splits, long long split_stride,
                                            float (&d)[8]) {
-    float4 lo = make_float4(0.f, 0.f, 0.f, 0.f), hi = lo;
-    for (int sp = 0; sp < splits; sp += PARTS_IN) {
-        float4 a[PARTS_IN], b[PARTS_IN];
-#pragma unroll
-        for (int u = 0; u < PARTS_IN; ++u)
-            if (sp + u < splits) {
-                const float4* q = reinterpret_cast<const float4*>(p + (size_t)(sp + u) * split_stride);
-                a[u] = __ldcg(q);
-                b[u] = __ldcg(q + 1);
-            }
-#pragma unroll
-        for (int u = 0; u < PARTS_IN; ++u)
-            if (sp + u < splits) {
-                lo.x += a[u].x; lo.y += a[u].y; lo.z += a[u].z; lo.w += a[u].w;
-                hi.x += b[u].x; hi.y += b[u].y; hi.z += b[u].z; hi.w += b[u].w;
-            }
-    }
+    float4 lo, hi;
+    sum_parts_4x2<PARTS_IN>(p, 4, splits, split_stride, lo, hi);
     d[0] = lo.x; d[1] = lo.y; d[2] = lo.z; d[3] = lo.w;
     d[4] = hi.x; d[5] = hi.y; d[6] = hi.z; d[7] = hi.w;
 }

@@ -218,13 +218,14 @@ impl CudaBackend {
         let stream = ctx.new_stream().map_err(|e| anyhow!("creating a CUDA stream: {e:?}"))?;
         let mut w = DeviceWeights::upload(&stream, &plan, &cfg)?;
         let budget = match opt.packed_weights {
-            Some(forced) => if forced { usize::MAX } else { 0 },
-            None => ctx.mem_get_info().map_err(|e| anyhow!("reading free GPU memory: {e:?}"))?.0 / PACK_FREE_SHARE,
+            Some(false) => None,
+            Some(true) => Some(usize::MAX),
+            None => Some(ctx.mem_get_info().map_err(|e| anyhow!("reading free GPU memory: {e:?}"))?.0 / PACK_FREE_SHARE),
         };
-        if budget > 0 {
+        if let Some(budget) = budget {
             match w.pack(&k, &stream, &plan, budget)? {
-                0 => tracing::info!("decode GEMM weights not packed: the copy would take more than 1/{PACK_FREE_SHARE} of the free memory"),
-                bytes => tracing::info!("packed the decode GEMM weights: {:.2} GB more", bytes as f64 / 1e9),
+                Some(bytes) => tracing::info!("packed the decode GEMM weights: {:.2} GB more", bytes as f64 / 1e9),
+                None => tracing::info!("decode GEMM weights not packed: the copy would take more than 1/{PACK_FREE_SHARE} of the free memory"),
             }
         }
         let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());

@@ -175,8 +175,8 @@ impl DeviceWeights {
     /// Packs every decode GEMM weight whose shape allows it into one new buffer
     /// (`CudaOptions::packed_weights`; `backend::weight_pack`): the skinny kernels then read
     /// the packed copy, the tiled kernel and cuBLASLt the row-major one. Returns the bytes,
-    /// or 0 (nothing packed) when they would exceed `budget`.
-    pub fn pack(&mut self, k: &Kernels, stream: &CudaStream, plan: &Plan, budget: usize) -> Result<usize> {
+    /// or None (nothing packed) when they would exceed `budget`.
+    pub fn pack(&mut self, k: &Kernels, stream: &CudaStream, plan: &Plan, budget: usize) -> Result<Option<usize>> {
         // The 2-D plan tensors' shapes by device address (where `upload` put them).
         let (base, buf_ptr) = (plan.header.weights_offset, self.buf.ptr);
         let shapes: HashMap<DevPtr, (usize, usize)> =
@@ -190,7 +190,7 @@ impl DeviceWeights {
         }
         let bytes: usize = todo.iter().map(|(_, n, kd)| n * kd * 2).sum();
         if bytes > budget {
-            return Ok(0);
+            return Ok(None);
         }
         let buf = DevBuf::zeroed(bytes, "the packed GEMM weights")?;
         let mut at = 0;
@@ -201,6 +201,6 @@ impl DeviceWeights {
         }
         stream.synchronize().map_err(|e| anyhow::anyhow!("packing the GEMM weights: {e:?}"))?;
         self._packed = Some(buf);
-        Ok(bytes)
+        Ok(Some(bytes))
     }
 }
