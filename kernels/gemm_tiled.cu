@@ -427,11 +427,14 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
 //   W (A operand, 64 rows per warpgroup) by 8-byte cp.async straight into K-major core
 //   matrices without swizzle: per stage slot [warpgroup][step q = 2h + s][2 KB], row r of
 //   the warpgroup at (r >> 3) * 256 + (r & 7) * 16, half at + 128, piece at + 8 (LBO 128,
-//   SBO 256). x (B operand) as before through registers, stored in the same positions.
-//   Pipeline: W one stage ahead, x stored one stage ahead (loaded two before that), three
-//   slots each: a slot is rewritten two stages after the wgmmas that read it, and each
-//   stage waits for all but its own wgmma group (wait_group 1) before the next barrier,
-//   so the barrier at stage s also means every group up to s - 2 is done.
+//   SBO 256). x (B operand) through registers, stored in the same positions. A warp's
+//   loads and stores cover 8 rows at a time, so they are free of bank conflicts.
+//   Pipeline (session 18): W two stages ahead, x stored one stage ahead (loaded two
+//   before that), three slots each; a stage issues its wgmmas, then the later stages'
+//   loads and stores, then waits for its wgmmas (wait_group 0), so at the next barrier
+//   the slots it read are free. (Session 15's kernel had W one stage ahead, waited with
+//   wait_group 1 and its 8-byte stores were 8-way bank conflicts: 40-62 % slower than
+//   mma.sync on the H100, session 17.)
 //   Warpgroup wg owns W rows 64 wg..+63 of the block's 128; its accumulator d[i] is W row
 //   16 w + g + 8 ((i >> 1) & 1) (w: the warp in the group) and batch row 8 (i >> 2) + 2t +
 //   (i & 1) of the block's 64. The MMAs cover the tile's live batch rows rounded up to 16.
@@ -510,70 +513,86 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
                                               int K, int ks, int splits) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using L = TgLayout<XF32, WST, XST>;
-    static_assert(WST >= 3 && XST >= 3, "a slot is rewritten two stages after its wgmmas were issued");
+    static_assert(WST >= 3 && XST >= 3, "W two stages ahead and x one: a slot is rewritten after its wgmmas are done");
     static_assert(4 * TGW_XSTEP == TG_XPLANE && 2 * 4 * TGW_XSTEP == L::W, "four k16 steps per plane, two warpgroups of W");
     extern __shared__ __align__(128) unsigned char tg_smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    // The tile, K slice and x loads of the mma.sync kernel (its W loads are replaced).
+    // The tile and K slice of the mma.sync kernel (its loads are replaced).
     const TgBlock<XF32, WST> tb(W, x, M, N, K, ks);
     const int n0 = tb.n0, m0 = tb.m0, kb = tb.kb, ke = tb.ke, nchunks = tb.nchunks, nst = tb.nst;
-    const int xpair = tb.xpair, xkc = tb.xkc;
-    constexpr int XU = TgBlock<XF32, WST>::XU;
     // Batch rows the MMAs cover: the tile's live rows rounded up to 16 (the rest are zeros).
     const int nb = min(TG_BM, (M - m0 + 15) / 16 * 16);
 
-    // W: 128 rows x 16 pieces of 8 bytes per stage, 8 per thread; piece c of a row is
-    // k = 4c of the stage: chunk h = c >> 3, p = (c & 7) >> 1, s = c & 1.
-    const int wc = tid & 15, wr = tid >> 4;  // + 16 i rows
-    const int wq = 2 * (wc >> 3) + (wc & 1), wp = (wc & 7) >> 1;
-    const bf16* wsrc = W + (size_t)(n0 + wr) * K + kb + 4 * wc;
+    // Loads and stores are mapped so that the 32 lanes of a warp write 8 rows x 2 pieces x
+    // 2 steps: a row's 16-byte core-matrix rows of 8 consecutive rows cover the 32 banks
+    // once per step, so every 8-byte cp.async and x store is 2 wavefronts (session 17's
+    // mapping, 16 pieces of one row per 16 lanes, hit 2 bank pairs: 8-way conflicts).
+    // Lane bits: rr = lane & 7 the row, pb = bit 3 the position pair within a core-matrix
+    // half, sb = bit 4 the k16 step (bf16 x: the half instead). A warp instruction reads
+    // 32 contiguous bytes of W per row and 64 of x per row.
+    const int rr = lane & 7, pb = (lane >> 3) & 1, sb = lane >> 4;
+    // W: 128 rows x 16 pieces of 8 bytes per stage, 8 per thread. Piece i of the thread:
+    // row 8 warp + rr of warpgroup i & 1, group hh = i >> 1 (chunk h = hh >> 1, core-matrix
+    // half hh & 1), so k = 16 hh + 8 pb + 4 sb of the stage: step 2h + sb, pair 2 pb.
+    const bf16* wsrc = W + (size_t)(n0 + 8 * warp + rr) * K + kb + 8 * pb + 4 * sb;
+    const int wdst = tgw_xoff(sb, 8 * warp + rr, 0, 2 * pb);
     auto load_w = [&](int s) {
-        unsigned char* slot = tg_smem + (s % WST) * L::W;
-        const bool kin = s < nst && kb + s * TG_SK + 4 * wc < ke;
+        unsigned char* slot = tg_smem + (s % WST) * L::W + wdst;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
-            const int r = wr + 16 * i;  // warpgroup r >> 6, its row r & 63
-            const bool ok = kin && n0 + r < N;
-            unsigned char* dst = slot + (r >> 6) * 4 * TGW_XSTEP + tgw_xoff(wq, r & 63, wp >> 1, 2 * (wp & 1));
-            cp_async8(dst, ok ? wsrc + (size_t)16 * i * K + s * TG_SK : W, ok);
+            const int wgi = i & 1, hh = i >> 1;
+            const bool ok = s < nst && kb + s * TG_SK + 16 * hh + 8 * pb + 4 * sb < ke && n0 + 64 * wgi + 8 * warp + rr < N;
+            unsigned char* dst = slot + wgi * 4 * TGW_XSTEP + (hh >> 1) * 2 * TGW_XSTEP + (hh & 1) * 128;
+            cp_async8(dst, ok ? wsrc + (size_t)64 * wgi * K + s * TG_SK + 16 * hh : W, ok);
         }
     };
-    // x units stored in the same positions: k = xkc.. (4 for fp32 x, 8 for bf16) of chunk
-    // xh, position group p (xkc >> 3) & 3.
-    const int xr_local = (xpair >> 3) * 16 + (xpair & 7);  // batch row of the block (unit q adds 32)
-    const int xh = xkc >> 5, xp = (xkc >> 3) & 3;
-    using XRegs = typename TgBlock<XF32, WST>::XRegs;
+    // x: row 8 warp + rr of the block, XU units of 16 bytes per thread and stage. fp32: unit
+    // u is k = 16 u + 8 pb + 4 sb (4 k of step 2 (u >> 1) + sb, half u & 1); bf16: unit u is
+    // k = 32 u + 16 sb + 8 pb (8 k: steps 2u and 2u + 1, half sb).
+    constexpr int XU = XF32 ? 4 : 2;
+    using XRegs = uint4[XU];
+    const int xrow = 8 * warp + rr;
+    const unsigned char* xsrc = reinterpret_cast<const unsigned char*>(x) +
+                                ((size_t)(m0 + xrow) * K + kb + (XF32 ? 8 * pb + 4 * sb : 16 * sb + 8 * pb)) * (XF32 ? 4 : 2);
+    auto xk = [&](int u) { return XF32 ? 16 * u + 8 * pb + 4 * sb : 32 * u + 16 * sb + 8 * pb; };
     XRegs xr;
-    auto load_x_regs = [&](int s, XRegs& dst) { tb.load_x(s, dst); };
+    auto load_x_regs = [&](int s, XRegs& dst) {
+#pragma unroll
+        for (int u = 0; u < XU; ++u) {
+            dst[u] = make_uint4(0u, 0u, 0u, 0u);
+            // zero past M, and past ke by 8-k segments (as the W loads and the skinny kernels)
+            if (s < nst && m0 + xrow < M && kb + s * TG_SK + (xk(u) & ~7) < ke)
+                dst[u] = __ldg(reinterpret_cast<const uint4*>(xsrc + (size_t)(s * TG_SK + (XF32 ? 16 : 32) * u) * (XF32 ? 4 : 2)));
+        }
+    };
     auto store_x_regs = [&](int s, const XRegs& src) {
         unsigned char* xs = tg_smem + WST * L::W + (s % XST) * L::X;
 #pragma unroll
-        for (int q = 0; q < XU; ++q)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int n = xr_local + 32 * q + 8 * e;
-                const uint4 v = src[q][e];
-                if constexpr (XF32) {
-                    // k = xkc..xkc+3, all of step (xh, (xkc >> 2) & 1): pairs 2 (xp & 1) and + 1.
-                    const int off = tgw_xoff(xh * 2 + ((xkc >> 2) & 1), n, xp >> 1, 2 * (xp & 1));
-                    const uint2 p0 = split_bf16x2(__uint_as_float(v.x), __uint_as_float(v.y));
-                    const uint2 p1 = split_bf16x2(__uint_as_float(v.z), __uint_as_float(v.w));
-                    *reinterpret_cast<uint2*>(xs + off) = make_uint2(p0.x, p1.x);
-                    *reinterpret_cast<uint2*>(xs + TG_XPLANE + off) = make_uint2(p0.y, p1.y);
-                } else {
-                    // k = xkc..xkc+7: step 0 of chunk xh takes k..k+3, step 1 k+4..k+7.
-                    *reinterpret_cast<uint2*>(xs + tgw_xoff(xh * 2, n, xp >> 1, 2 * (xp & 1))) = make_uint2(v.x, v.y);
-                    *reinterpret_cast<uint2*>(xs + tgw_xoff(xh * 2 + 1, n, xp >> 1, 2 * (xp & 1))) = make_uint2(v.z, v.w);
-                }
+        for (int u = 0; u < XU; ++u) {
+            const uint4 v = src[u];
+            if constexpr (XF32) {
+                const int off = tgw_xoff(2 * (u >> 1) + sb, xrow, u & 1, 2 * pb);
+                const uint2 p0 = split_bf16x2(__uint_as_float(v.x), __uint_as_float(v.y));
+                const uint2 p1 = split_bf16x2(__uint_as_float(v.z), __uint_as_float(v.w));
+                *reinterpret_cast<uint2*>(xs + off) = make_uint2(p0.x, p1.x);
+                *reinterpret_cast<uint2*>(xs + TG_XPLANE + off) = make_uint2(p0.y, p1.y);
+            } else {
+                *reinterpret_cast<uint2*>(xs + tgw_xoff(2 * u, xrow, sb, 2 * pb)) = make_uint2(v.x, v.y);
+                *reinterpret_cast<uint2*>(xs + tgw_xoff(2 * u + 1, xrow, sb, 2 * pb)) = make_uint2(v.z, v.w);
             }
+        }
     };
 
+    // W two stages ahead (one cp.async group per stage), x stored one stage ahead and
+    // loaded two before that.
     load_w(0);
     cp_async_commit();
-    prefetch_rows_early(W, n0, TG_BN, tid, M, N, K, kb, ke, TG_SK, splits, ks);
+    load_w(1);
+    cp_async_commit();
+    prefetch_rows_early(W, n0, TG_BN, tid, M, N, K, kb, ke, 2 * TG_SK, splits, ks);
     KILN_PDL_ENTER_ROWS(M);
-    uint4 xb[XU][2];
+    XRegs xb;
     load_x_regs(0, xr);
     store_x_regs(0, xr);
     load_x_regs(1, xb);
@@ -584,17 +603,16 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
     for (int i = 0; i < 32; ++i) acc[i] = 0.f;
     const int wg = warp >> 2;
 
+    // Stage s: the wgmmas are issued first, then the loads for later stages run beside
+    // them, and the warpgroup waits for its wgmmas before the next barrier. So at the
+    // barrier of stage s every wgmma of stage s - 1 is done, and its slots (W and x) can
+    // take stage s + 2's W and (x being one stage ahead) stage s + 1's x.
     auto stage = [&](int s, XRegs& xs) {
-        cp_async_wait<0>();
+        cp_async_wait<1>();  // stage s's W has landed (s + 1's may be in flight)
         // This thread's cp.async writes (generic proxy) and x stores become visible to the
-        // wgmmas (async proxy) after the fence and the barrier; the barrier also means every
-        // warpgroup has passed its wait_group 1 of stage s - 1 (groups <= s - 2 are done).
+        // wgmmas (async proxy) after the fence and the barrier.
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         __syncthreads();
-        load_w(s + 1);  // slot of stage s - 2
-        cp_async_commit();
-        store_x_regs(s + 1, xs);  // slot of stage s - 2
-        load_x_regs(s + 3, xs);
         const unsigned char* wt = tg_smem + (s % WST) * L::W + wg * 4 * TGW_XSTEP;
         const unsigned char* xt = tg_smem + WST * L::W + (s % XST) * L::X;
         const bool two = 2 * s + 1 < nchunks;
@@ -606,7 +624,11 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
             default: tgw_stage_mmas<64, XF32>(acc, wt, xt, two); break;
         }
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+        load_w(s + 2);  // slot of stage s - 1
+        cp_async_commit();
+        store_x_regs(s + 1, xs);  // slot of stage s - 2
+        load_x_regs(s + 3, xs);
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     };
     for (int s = 0; s < nst; s += 2) {
         stage(s, xb);

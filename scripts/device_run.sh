@@ -496,6 +496,10 @@ if has ncu_src; then
   has_src() { [[ " ${NCU_SRC:-tiled prefill} " == *" $1 "* ]]; }
   has_src tiled && ncu_src_run tiled kiln_gemm_tiled_xf32_yf32 2 --batch 64 --ctx 1024 --prefill 16 --iters 2
   has_src prefill && ncu_src_run prefill "${SRC_PREFILL_KERNELS:-kiln_attn_prefill_r128|kiln_gdn_prefill_prep|kiln_gdn_prefill_scan}" "${SRC_PREFILL_COUNT:-7}" --batch 1 --ctx 16 --prefill 2048 --iters 1
+  # tiled256 / wgmma256: the first layer's four tiled GEMMs (qkvz, out, gate_up, down) at
+  # batch 256, mma.sync and the sm_90a wgmma variant (KILN_GEMM_WGMMA=1).
+  has_src tiled256 && ncu_src_run tiled256 kiln_gemm_tiled_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
+  has_src wgmma256 && KILN_GEMM_WGMMA=1 ncu_src_run wgmma256 kiln_gemm_tiled_wg_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
   has_src gdn_decode && ncu_src_run gdn_decode kiln_gdn_decode_f32_f32 2 --batch 64 --ctx 1024 --prefill 16 --iters 2
   # b1: the batch-1 step's wide GEMM (shared-x m16: qkvz, then gate_up) and the register m8
   # one (out, then down) of the first layer, as the step launches them.
