@@ -43,8 +43,9 @@
 #            a k16 step holds which product (mma_perm.txt)
 #   wgmma_bits  bench/wgmma_bits.cu (.devbin/wgmma_bits, else nvcc here): whether wgmma's k16
 #            step gives mma.sync's bits, and both MMA forms' throughput (wgmma_bits.txt)
-#   wgmma    the tiled GEMM's wgmma variant (KILN_GEMM_WGMMA=1, sm_90a) against mma.sync: bench at
-#            batch 32-256 twice each, logits against the default's (needs refs, eval): wgmma.txt
+#   wgmma    the tiled GEMM's wgmma variant (KILN_GEMM_WGMMA=1, sm_90a) against mma.sync, and its
+#            256 x 128 tiles (KILN_GEMM_WGMMA_WIDE=1): bench at batch 32-256 twice each, logits
+#            against the default's (needs refs, eval): wgmma.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
 #            batch 1-32 twice, the packing kernel tests, logits (needs refs), verify (packed.txt)
 #   gate_up_sum  gate_up's split-K sum in silu_mul (default) against the GEMM's own
@@ -372,6 +373,12 @@ fi
 if has wgmma; then
   log "tiled GEMM: wgmma (KILN_GEMM_WGMMA=1) against mma.sync"
   env_ab "tiled mma.sync" "tiled wgmma" wgmma.txt KILN_GEMM_WGMMA=1 32,64,128,256
+  # Session 18: the 256 x 128 tiles of 4 warpgroups (KILN_GEMM_WGMMA_WIDE=1) in the same file.
+  for r in 1 2; do
+    bench_as "tiled wgmma wide" wgmma.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1 -- --batch 32,64,128,256 --prefill 16
+  done
+  if [ -f "$REFS/cases.json" ]; then logits_check tiled_wgmma_wide "$ENG/qwen35_4b_random.plan" KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1; fi
+  python3 scripts/ab_table.py "$OUT/wgmma.txt"
 fi
 if has gate_up_sum; then
   # Session 17: the MLP's gate_up leaves its split-K sum to silu_mul (the default) against
@@ -500,6 +507,7 @@ if has ncu_src; then
   # batch 256, mma.sync and the sm_90a wgmma variant (KILN_GEMM_WGMMA=1).
   has_src tiled256 && ncu_src_run tiled256 kiln_gemm_tiled_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
   has_src wgmma256 && KILN_GEMM_WGMMA=1 ncu_src_run wgmma256 kiln_gemm_tiled_wg_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
+  has_src wide256 && KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1 ncu_src_run wide256 kiln_gemm_tiled_wg4_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
   has_src gdn_decode && ncu_src_run gdn_decode kiln_gdn_decode_f32_f32 2 --batch 64 --ctx 1024 --prefill 16 --iters 2
   # b1: the batch-1 step's wide GEMM (shared-x m16: qkvz, then gate_up) and the register m8
   # one (out, then down) of the first layer, as the step launches them.

@@ -82,9 +82,10 @@ fn gemm_matches_f64_reference() {
                         ..=64 => vec![GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled],
                         _ => vec![GemmKind::Tiled],
                     };
-                    // On sm_90 the tiled kernel's wgmma variant too (the same bits).
+                    // On sm_90 the tiled kernel's wgmma variants too (the same bits): 128 x 64
+                    // tiles and 256 x 128.
                     if e.k.has_wgmma() {
-                        kinds.push(GemmKind::TiledWgmma);
+                        kinds.extend([GemmKind::TiledWgmma, GemmKind::TiledWgmmaWide]);
                     }
                     let mut first: Option<Vec<f32>> = (m > 64).then(|| {
                         (0..m).step_by(64).flat_map(|r| {

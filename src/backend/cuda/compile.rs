@@ -22,6 +22,7 @@ pub const KERNEL_SOURCE_HASH: &str = env!("KILN_KERNEL_HASH");
 pub const HEADERS: &[(&str, &str)] = &[
     ("common.cuh", include_str!("../../../kernels/common.cuh")),
     ("gdn_chunk.cuh", include_str!("../../../kernels/gdn_chunk.cuh")),
+    ("gemm_tiled.cuh", include_str!("../../../kernels/gemm_tiled.cuh")),
 ];
 
 /// Kernel sources, one CUDA module each: (module name, source).
@@ -29,6 +30,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("norm", include_str!("../../../kernels/norm.cu")),
     ("gemm", include_str!("../../../kernels/gemm.cu")),
     ("gemm_tiled", include_str!("../../../kernels/gemm_tiled.cu")),
+    ("gemm_tiled_wg", include_str!("../../../kernels/gemm_tiled_wg.cu")),
     ("conv", include_str!("../../../kernels/conv.cu")),
     ("gdn_decode", include_str!("../../../kernels/gdn_decode.cu")),
     ("gdn_prefill", include_str!("../../../kernels/gdn_prefill.cu")),

@@ -61,10 +61,16 @@ pub const GEMM_TILED: ByXY<&str> = [
     ["kiln_gemm_tiled_xf32_yf32", "kiln_gemm_tiled_xf32_ybf16"],
     ["kiln_gemm_tiled_xbf16_yf32", "kiln_gemm_tiled_xbf16_ybf16"],
 ];
-/// The tiled GEMM with wgmma (sm_90a only, kernels/gemm_tiled.cu `tiled_gemm_wg`): [x][y].
+/// The tiled GEMM with wgmma (sm_90a only, kernels/gemm_tiled_wg.cu `tiled_gemm_wg`): [x][y].
 pub const GEMM_TILED_WG: ByXY<&str> = [
     ["kiln_gemm_tiled_wg_xf32_yf32", "kiln_gemm_tiled_wg_xf32_ybf16"],
     ["kiln_gemm_tiled_wg_xbf16_yf32", "kiln_gemm_tiled_wg_xbf16_ybf16"],
+];
+/// The wgmma tiled GEMM with 4 warpgroups and 256 x 128 tiles (sm_90a only,
+/// kernels/gemm_tiled_wg.cu, `KILN_GEMM_WGMMA_WIDE=1`): [x][y].
+pub const GEMM_TILED_WG4: ByXY<&str> = [
+    ["kiln_gemm_tiled_wg4_xf32_yf32", "kiln_gemm_tiled_wg4_xf32_ybf16"],
+    ["kiln_gemm_tiled_wg4_xbf16_yf32", "kiln_gemm_tiled_wg4_xbf16_ybf16"],
 ];
 /// The tiled GEMM's stage counts (W slots, x slots), the kernel's template arguments
 /// (`smem_defines` passes them): W runs slots - 1 stages ahead, x slots - 1. The kernel
@@ -201,6 +207,12 @@ pub fn gemm_tiled_smem(x: DType) -> usize {
     w_stages * 128 * 128 + x_stages * 64 * 128 * if x == DType::F32 { 2 } else { 1 }
 }
 
+/// Dynamic shared memory of `GEMM_TILED_WG4`: the stages of `gemm_tiled_smem` with twice
+/// the W rows (256) and twice the batch rows (128).
+pub fn gemm_tiled_wg4_smem(x: DType) -> usize {
+    2 * gemm_tiled_smem(x)
+}
+
 const BOTH: [DType; 2] = [DType::F32, DType::BF16];
 
 /// Every entry point, module by module (the order of `compile::SOURCES`).
@@ -227,7 +239,8 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     }
     for x in BOTH {
         add("gemm_tiled", &GEMM_TILED[x.idx()], gemm_tiled_smem(x));
-        add("gemm_tiled", &GEMM_TILED_WG[x.idx()], gemm_tiled_smem(x));
+        add("gemm_tiled_wg", &GEMM_TILED_WG[x.idx()], gemm_tiled_smem(x));
+        add("gemm_tiled_wg", &GEMM_TILED_WG4[x.idx()], gemm_tiled_wg4_smem(x));
     }
     add("conv", &CONV1D, 0);
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
@@ -278,6 +291,7 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
             v.push(format!("-DKILN_SMEM_GEMM_SX_{}_M{m}={}", x.suffix(), gemm_sx_smem(x, m)));
         }
         v.push(format!("-DKILN_SMEM_GEMM_TILED_{}={}", x.suffix(), gemm_tiled_smem(x)));
+        v.push(format!("-DKILN_SMEM_GEMM_TILED_WG4_{}={}", x.suffix(), gemm_tiled_wg4_smem(x)));
     }
     v
 }

@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, PACK_WEIGHT};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_smem, gemm_tiled_wg4_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, GEMM_TILED_WG4, PACK_WEIGHT};
 use crate::backend::weight_pack;
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -51,6 +51,8 @@ pub enum GemmKind {
     Tiled,
     /// The tiled kernel's tiles with wgmma (kiln_gemm_tiled_wg_x*; sm_90a only).
     TiledWgmma,
+    /// wgmma with 4 warpgroups and 256 x 128 tiles (kiln_gemm_tiled_wg4_x*; sm_90a only).
+    TiledWgmmaWide,
 }
 
 /// How decode GEMMs are launched: which kernel takes which M and N, and how K is split.
@@ -101,11 +103,15 @@ pub struct GemmChoices {
     /// yet run on a GPU, so off): the same bits (wgmma's k16 step equals mma.sync's,
     /// bench/wgmma_bits.cu), 32 mma.sync per warp and chunk become 4 wgmma per warpgroup.
     pub wgmma: bool,
+    /// With `wgmma`, the 256 x 128 tiles of 4 warpgroups (`KILN_GEMM_WGMMA_WIDE=1`;
+    /// session 18, not yet run on a GPU): half the L2 bytes per FLOP of the 128 x 64 tiles
+    /// (docs/kernels.md), the same bits.
+    pub wgmma_wide: bool,
 }
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, wgmma: false }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, wgmma: false, wgmma_wide: false }
     }
 }
 
@@ -127,6 +133,7 @@ impl GemmChoices {
             defer_gate_up: flag("KILN_GEMM_DEFER_GATE_UP", d.defer_gate_up),
             defer_cluster_max_m: num("KILN_GEMM_DEFER_CLUSTER_MAX_M", d.defer_cluster_max_m),
             wgmma: flag("KILN_GEMM_WGMMA", d.wgmma),
+            wgmma_wide: flag("KILN_GEMM_WGMMA_WIDE", d.wgmma_wide),
         }
     }
 
@@ -344,9 +351,14 @@ impl Kernels {
         }
         ensure!(m <= GEMM_MAX_M, "gemm: M = {m} exceeds {GEMM_MAX_M} (use cuBLASLt for prefill)");
         let kind = if kind == GemmKind::Auto { self.gemm_choices.auto_kind(m, n) } else { kind };
-        let kind = if kind == GemmKind::Tiled && self.gemm_choices.wgmma && self.has_wgmma() { GemmKind::TiledWgmma } else { kind };
-        ensure!(kind != GemmKind::TiledWgmma || self.has_wgmma(), "gemm: the wgmma kernel needs sm_90a");
-        ensure!(m <= SKINNY_MAX_M || matches!(kind, GemmKind::Tiled | GemmKind::TiledWgmma), "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
+        let c = &self.gemm_choices;
+        let kind = match kind {
+            GemmKind::Tiled if c.wgmma && self.has_wgmma() => if c.wgmma_wide { GemmKind::TiledWgmmaWide } else { GemmKind::TiledWgmma },
+            k => k,
+        };
+        let wgmma = matches!(kind, GemmKind::TiledWgmma | GemmKind::TiledWgmmaWide);
+        ensure!(!wgmma || self.has_wgmma(), "gemm: the wgmma kernels need sm_90a");
+        ensure!(m <= SKINNY_MAX_M || kind == GemmKind::Tiled || wgmma, "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
         ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
         ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
         let w: GemmWeight = w.into();
@@ -366,12 +378,17 @@ impl Kernels {
         };
         let (ws, counters) = (scratch.ws, scratch.counters);
         let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
-        if matches!(kind, GemmKind::Tiled | GemmKind::TiledWgmma) {
+        if kind == GemmKind::Tiled || wgmma {
             let w = w.rows;
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
-            let grid = ((n.div_ceil(128) * m.div_ceil(64)) as u32, plan.splits as u32, 1);
-            let names = if kind == GemmKind::TiledWgmma { &GEMM_TILED_WG } else { &GEMM_TILED };
-            return self.launch(names[x_dtype.idx()][y_dtype.idx()], stream, grid, 256, gemm_tiled_smem(x_dtype) as u32, &mut p);
+            // (tile rows of W, tile rows of the batch, threads, shared memory, names)
+            let (bn, bm, threads, smem, names) = match kind {
+                GemmKind::TiledWgmmaWide => (256, 128, 512, gemm_tiled_wg4_smem(x_dtype), &GEMM_TILED_WG4),
+                GemmKind::TiledWgmma => (128, 64, 256, gemm_tiled_smem(x_dtype), &GEMM_TILED_WG),
+                _ => (128, 64, 256, gemm_tiled_smem(x_dtype), &GEMM_TILED),
+            };
+            let grid = ((n.div_ceil(bn) * m.div_ceil(bm)) as u32, plan.splits as u32, 1);
+            return self.launch(names[x_dtype.idx()][y_dtype.idx()], stream, grid, threads, smem as u32, &mut p);
         }
         // The skinny kernels read the packed copy when there is one and this launch covers
         // whole tiles (a launch over the first N rows of a weight may end inside one).
