@@ -41,9 +41,11 @@
 
 // The tiles and shared memory of a block of WGS warpgroups: 64 WGS W rows x 32 WGS batch
 // rows (WGS = 2: the mma.sync kernel's 128 x 64 and TgLayout's sizes).
-template <bool XF32, int WST, int XST, int WGS> struct TgwLayout {
+#define TGW_WSTEP 2048  // one warpgroup's k16 step of W: 64 rows x 32 bytes
+template <bool XF32_, int WST, int XST, int WGS> struct TgwLayout {
+    static constexpr bool XF32 = XF32_;
     static constexpr int BN = 64 * WGS, BM = 32 * WGS, THREADS = 128 * WGS;
-    static constexpr int WSTEP = 2048;      // one warpgroup's k16 step of W: 64 rows x 32 bytes
+    static constexpr int WSTEP = TGW_WSTEP;
     static constexpr int XSTEP = BM * 32;   // a k16 step of x: BM rows x 32 bytes
     static constexpr int W = WGS * 4 * WSTEP;
     static constexpr int XPLANE = 4 * XSTEP;  // x hi of a stage (x lo follows for fp32 x)
@@ -108,19 +110,18 @@ template <> __device__ __forceinline__ void tgw_mma<128>(float* d, unsigned long
 }
 
 // A stage's wgmmas (one or two 32-k chunks): per chunk hi s0, hi s1, then (fp32 x) lo s0,
-// lo s1; wt is the warpgroup's W tiles of the stage (steps WSTEP apart), xt the stage's x
-// (steps XSTEP apart, x lo XPLANE after x hi).
-template <int NB, bool XF32, int XSTEP>
+// lo s1; wt is the warpgroup's W tiles of the stage, xt the stage's x (layout L).
+template <int NB, typename L>
 __device__ __forceinline__ void tgw_stage_mmas(float* acc, const unsigned char* wt, const unsigned char* xt, bool two) {
-    constexpr int WSTEP = 2048;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         if (h == 1 && !two) break;
 #pragma unroll
-        for (int s = 0; s < 2; ++s) tgw_mma<NB>(acc, tgw_desc(wt + (2 * h + s) * WSTEP), tgw_desc(xt + (2 * h + s) * XSTEP));
-        if constexpr (XF32) {
+        for (int s = 0; s < 2; ++s) tgw_mma<NB>(acc, tgw_desc(wt + (2 * h + s) * L::WSTEP), tgw_desc(xt + (2 * h + s) * L::XSTEP));
+        if constexpr (L::XF32) {
 #pragma unroll
-            for (int s = 0; s < 2; ++s) tgw_mma<NB>(acc, tgw_desc(wt + (2 * h + s) * WSTEP), tgw_desc(xt + 4 * XSTEP + (2 * h + s) * XSTEP));
+            for (int s = 0; s < 2; ++s)
+                tgw_mma<NB>(acc, tgw_desc(wt + (2 * h + s) * L::WSTEP), tgw_desc(xt + L::XPLANE + (2 * h + s) * L::XSTEP));
         }
     }
 }
@@ -138,11 +139,8 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
     extern __shared__ __align__(128) unsigned char tg_smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    // The block's tile and K slice (as TgBlock's for the 128 x 64 tiles).
-    const int mtiles = (M + BM - 1) / BM;
-    const int n0 = (blockIdx.x / mtiles) * BN, m0 = (blockIdx.x % mtiles) * BM;
-    const int kb = blockIdx.y * ks, ke = min(K, kb + ks);
-    const int nchunks = ke > kb ? (ke - kb + 31) / 32 : 0, nst = (nchunks + 1) / 2;
+    const TgTile<BN, BM> tile(M, K, ks);
+    const int n0 = tile.n0, m0 = tile.m0, kb = tile.kb, ke = tile.ke, nchunks = tile.nchunks, nst = tile.nst;
     // Batch rows the MMAs cover: the tile's live rows rounded up to 16 (the rest are zeros;
     // past 64, all 128).
     const int live = min(BM, (M - m0 + 15) / 16 * 16);
@@ -155,32 +153,31 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
     // Lane bits: rr = lane & 7 the row, pb = bit 3 the position pair within a core-matrix
     // half, sb = bit 4 the k16 step (bf16 x: the half instead). A warp instruction reads
     // 32 contiguous bytes of W per row and 64 of x per row.
+    // The thread's row: 8 warp + rr (of the W tile's first half, and of the x tile).
     const int rr = lane & 7, pb = (lane >> 3) & 1, sb = lane >> 4;
+    const int row = 8 * warp + rr;
     // W: BN rows x 16 pieces of 8 bytes per stage, 8 per thread. Piece i of the thread:
-    // row wr = 8 warp + rr + BN / 2 (i & 1) (warpgroup wr >> 6, its row wr & 63), group hh
-    // = i >> 1 (chunk h = hh >> 1, core-matrix half hh & 1), so k = 16 hh + 8 pb + 4 sb of
-    // the stage: step 2h + sb, pair 2 pb.
-    const int wr = 8 * warp + rr;
-    const bf16* wsrc = W + (size_t)(n0 + wr) * K + kb + 8 * pb + 4 * sb;
-    const int wdst = (wr >> 6) * 4 * L::WSTEP + tgw_off(L::WSTEP, sb, wr & 63, 0, 2 * pb);
+    // W row `row` + BN / 2 (i & 1) (warpgroup (row >> 6) + WGS / 2 (i & 1), its row row & 63),
+    // group hh = i >> 1 (chunk h = hh >> 1, core-matrix half hh & 1), so k = 16 hh + 8 pb +
+    // 4 sb of the stage: step 2h + sb, pair 2 pb.
+    const bf16* wsrc = W + (size_t)(n0 + row) * K + kb + 8 * pb + 4 * sb;
+    const int wdst = (row >> 6) * 4 * L::WSTEP + tgw_off(L::WSTEP, sb, row & 63, 0, 2 * pb);
     auto load_w = [&](int s) {
         unsigned char* slot = tg_smem + (s % WST) * L::W + wdst;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             const int half_rows = i & 1, hh = i >> 1;
-            const bool ok = s < nst && kb + s * TG_SK + 16 * hh + 8 * pb + 4 * sb < ke && n0 + (BN / 2) * half_rows + wr < N;
+            const bool ok = s < nst && kb + s * TG_SK + 16 * hh + 8 * pb + 4 * sb < ke && n0 + (BN / 2) * half_rows + row < N;
             unsigned char* dst = slot + half_rows * (WGS / 2) * 4 * L::WSTEP + (hh >> 1) * 2 * L::WSTEP + (hh & 1) * 128;
             cp_async8(dst, ok ? wsrc + (size_t)(BN / 2) * half_rows * K + s * TG_SK + 16 * hh : W, ok);
         }
     };
-    // x: row 8 warp + rr of the block, XU units of 16 bytes per thread and stage. fp32: unit
+    // x: the block's batch row `row`, XU units of 16 bytes per thread and stage. fp32: unit
     // u is k = 16 u + 8 pb + 4 sb (4 k of step 2 (u >> 1) + sb, half u & 1); bf16: unit u is
     // k = 32 u + 16 sb + 8 pb (8 k: steps 2u and 2u + 1, half sb).
-    constexpr int XU = XF32 ? 4 : 2;
+    constexpr int XU = XF32 ? 4 : 2, XE = XF32 ? 4 : 2;  // units, bytes per element
     using XRegs = uint4[XU];
-    const int xrow = 8 * warp + rr;
-    const unsigned char* xsrc = reinterpret_cast<const unsigned char*>(x) +
-                                ((size_t)(m0 + xrow) * K + kb + (XF32 ? 8 * pb + 4 * sb : 16 * sb + 8 * pb)) * (XF32 ? 4 : 2);
+    const unsigned char* xsrc = reinterpret_cast<const unsigned char*>(x) + ((size_t)(m0 + row) * K + kb) * XE;
     auto xk = [&](int u) { return XF32 ? 16 * u + 8 * pb + 4 * sb : 32 * u + 16 * sb + 8 * pb; };
     XRegs xr;
     auto load_x_regs = [&](int s, XRegs& dst) {
@@ -188,8 +185,8 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
         for (int u = 0; u < XU; ++u) {
             dst[u] = make_uint4(0u, 0u, 0u, 0u);
             // zero past M, and past ke by 8-k segments (as the W loads and the skinny kernels)
-            if (s < nst && m0 + xrow < M && kb + s * TG_SK + (xk(u) & ~7) < ke)
-                dst[u] = __ldg(reinterpret_cast<const uint4*>(xsrc + (size_t)(s * TG_SK + (XF32 ? 16 : 32) * u) * (XF32 ? 4 : 2)));
+            if (s < nst && m0 + row < M && kb + s * TG_SK + (xk(u) & ~7) < ke)
+                dst[u] = __ldg(reinterpret_cast<const uint4*>(xsrc + (size_t)(s * TG_SK + xk(u)) * XE));
         }
     };
     auto store_x_regs = [&](int s, const XRegs& src) {
@@ -198,14 +195,14 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
         for (int u = 0; u < XU; ++u) {
             const uint4 v = src[u];
             if constexpr (XF32) {
-                const int off = tgw_off(L::XSTEP, 2 * (u >> 1) + sb, xrow, u & 1, 2 * pb);
+                const int off = tgw_off(L::XSTEP, 2 * (u >> 1) + sb, row, u & 1, 2 * pb);
                 const uint2 p0 = split_bf16x2(__uint_as_float(v.x), __uint_as_float(v.y));
                 const uint2 p1 = split_bf16x2(__uint_as_float(v.z), __uint_as_float(v.w));
                 *reinterpret_cast<uint2*>(xs + off) = make_uint2(p0.x, p1.x);
                 *reinterpret_cast<uint2*>(xs + L::XPLANE + off) = make_uint2(p0.y, p1.y);
             } else {
-                *reinterpret_cast<uint2*>(xs + tgw_off(L::XSTEP, 2 * u, xrow, sb, 2 * pb)) = make_uint2(v.x, v.y);
-                *reinterpret_cast<uint2*>(xs + tgw_off(L::XSTEP, 2 * u + 1, xrow, sb, 2 * pb)) = make_uint2(v.z, v.w);
+                *reinterpret_cast<uint2*>(xs + tgw_off(L::XSTEP, 2 * u, row, sb, 2 * pb)) = make_uint2(v.x, v.y);
+                *reinterpret_cast<uint2*>(xs + tgw_off(L::XSTEP, 2 * u + 1, row, sb, 2 * pb)) = make_uint2(v.z, v.w);
             }
         }
     };
@@ -244,12 +241,12 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
         const bool two = 2 * s + 1 < nchunks;
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
         switch (nb) {  // block-uniform
-            case 16: tgw_stage_mmas<16, XF32, L::XSTEP>(acc, wt, xt, two); break;
-            case 32: tgw_stage_mmas<32, XF32, L::XSTEP>(acc, wt, xt, two); break;
-            case 48: tgw_stage_mmas<48, XF32, L::XSTEP>(acc, wt, xt, two); break;
-            case 64: tgw_stage_mmas<64, XF32, L::XSTEP>(acc, wt, xt, two); break;
+            case 16: tgw_stage_mmas<16, L>(acc, wt, xt, two); break;
+            case 32: tgw_stage_mmas<32, L>(acc, wt, xt, two); break;
+            case 48: tgw_stage_mmas<48, L>(acc, wt, xt, two); break;
+            case 64: tgw_stage_mmas<64, L>(acc, wt, xt, two); break;
             default:
-                if constexpr (NACC == 64) tgw_stage_mmas<128, XF32, L::XSTEP>(acc, wt, xt, two);
+                if constexpr (NACC == 64) tgw_stage_mmas<128, L>(acc, wt, xt, two);
                 break;
         }
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");

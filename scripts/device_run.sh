@@ -182,16 +182,28 @@ knob_ab() {
   if [ -f "$REFS/cases.json" ]; then logits_check "$tag" "/tmp/engines_$tag/qwen35_4b_random.plan"; fi
   python3 scripts/ab_table.py "$OUT/$file"
 }
-# env_ab BASE_TAG TAG FILE VAR=value BATCHES: a run-time experiment (an environment
-# variable the engine reads at load) against the default, on the default plan: the bench at
-# BATCHES twice each, with refs its logits (bit-identical expected), then the A/B table.
+# env_ab BASE_TAG TAG FILE VARS BATCHES [TAG2 VARS2 ...]: run-time experiments (environment
+# variables the engine reads at load; VARS: one or more space-separated VAR=value) against
+# the default, on the default plan: the bench at BATCHES twice each, the variants after
+# the default in each round, with refs each variant's logits (bit-identical expected), then
+# the A/B table.
 env_ab() {
-  local base=$1 tag=$2 file=$3 var=$4 batches=$5
+  local base=$1 file=$3 batches=$5
+  local variants=("$2" "$4"); shift 5; variants+=("$@")
+  local i
   for r in 1 2; do
     bench_as "$base" "$file" "$ENG/qwen35_4b_random.plan" -- --batch "$batches" --prefill 16
-    bench_as "$tag" "$file" "$ENG/qwen35_4b_random.plan" "$var" -- --batch "$batches" --prefill 16
+    for ((i = 0; i < ${#variants[@]}; i += 2)); do
+      # shellcheck disable=SC2086  # VARS splits into its assignments
+      bench_as "${variants[i]}" "$file" "$ENG/qwen35_4b_random.plan" ${variants[i + 1]} -- --batch "$batches" --prefill 16
+    done
   done
-  if [ -f "$REFS/cases.json" ]; then logits_check "${tag// /_}" "$ENG/qwen35_4b_random.plan" "$var"; fi
+  if [ -f "$REFS/cases.json" ]; then
+    for ((i = 0; i < ${#variants[@]}; i += 2)); do
+      # shellcheck disable=SC2086
+      logits_check "${variants[i]// /_}" "$ENG/qwen35_4b_random.plan" ${variants[i + 1]}
+    done
+  fi
   python3 scripts/ab_table.py "$OUT/$file"
 }
 # step_means PORT: the server's mean decode-only step (backend forward, whole scheduler
@@ -372,13 +384,9 @@ if has wgmma_bits; then
 fi
 if has wgmma; then
   log "tiled GEMM: wgmma (KILN_GEMM_WGMMA=1) against mma.sync"
-  env_ab "tiled mma.sync" "tiled wgmma" wgmma.txt KILN_GEMM_WGMMA=1 32,64,128,256
-  # Session 18: the 256 x 128 tiles of 4 warpgroups (KILN_GEMM_WGMMA_WIDE=1) in the same file.
-  for r in 1 2; do
-    bench_as "tiled wgmma wide" wgmma.txt "$ENG/qwen35_4b_random.plan" KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1 -- --batch 32,64,128,256 --prefill 16
-  done
-  if [ -f "$REFS/cases.json" ]; then logits_check tiled_wgmma_wide "$ENG/qwen35_4b_random.plan" KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1; fi
-  python3 scripts/ab_table.py "$OUT/wgmma.txt"
+  # Session 18: with the 256 x 128 tiles of 4 warpgroups (KILN_GEMM_WGMMA_WIDE=1) too.
+  env_ab "tiled mma.sync" "tiled wgmma" wgmma.txt KILN_GEMM_WGMMA=1 32,64,128,256 \
+    "tiled wgmma wide" "KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1"
 fi
 if has gate_up_sum; then
   # Session 17: the MLP's gate_up leaves its split-K sum to silu_mul (the default) against
