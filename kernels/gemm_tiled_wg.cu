@@ -109,13 +109,14 @@ template <> __device__ __forceinline__ void tgw_mma<128>(float* d, unsigned long
                  : "l"(a), "l"(b));
 }
 
-// A stage's wgmmas (one or two 32-k chunks): per chunk hi s0, hi s1, then (fp32 x) lo s0,
-// lo s1; wt is the warpgroup's W tiles of the stage, xt the stage's x (layout L).
-template <int NB, typename L>
-__device__ __forceinline__ void tgw_stage_mmas(float* acc, const unsigned char* wt, const unsigned char* xt, bool two) {
+// A stage's wgmmas (TWO: two 32-k chunks, else one): per chunk hi s0, hi s1, then (fp32 x)
+// lo s0, lo s1; wt is the warpgroup's W tiles of the stage, xt the stage's x (layout L).
+// Straight-line code: a branch among wgmmas in flight makes ptxas inject a
+// warpgroup.arrive (C7519), which waits for every register load in flight.
+template <int NB, bool TWO, typename L>
+__device__ __forceinline__ void tgw_stage_mmas(float* acc, const unsigned char* wt, const unsigned char* xt) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        if (h == 1 && !two) break;
+    for (int h = 0; h < (TWO ? 2 : 1); ++h) {
 #pragma unroll
         for (int s = 0; s < 2; ++s) tgw_mma<NB>(acc, tgw_desc(wt + (2 * h + s) * L::WSTEP), tgw_desc(xt + (2 * h + s) * L::XSTEP));
         if constexpr (L::XF32) {
@@ -125,12 +126,21 @@ __device__ __forceinline__ void tgw_stage_mmas(float* acc, const unsigned char* 
         }
     }
 }
+
+// Keeps the compiler from moving accumulator reads or writes across this point (the
+// wgmmas read and write them asynchronously between wgmma.fence and wait_group).
+template <int N> __device__ __forceinline__ void tgw_fence_acc(float* acc) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(acc[i])::"memory");
+}
 #endif
 
-template <bool XF32, int WST, int XST, int WGS, typename Y>
-__device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const void* __restrict__ x, Y* __restrict__ y,
-                                              float* __restrict__ ws, unsigned* __restrict__ counters, int M, int N,
-                                              int K, int ks, int splits) {
+// The kernel's body for MMAs over NB batch rows (the tile's live rows rounded up to 16;
+// past 64, all 128; the rest are zeros).
+template <bool XF32, int WST, int XST, int WGS, int NB, typename Y>
+__device__ __forceinline__ void tiled_gemm_wg_nb(const bf16* __restrict__ W, const void* __restrict__ x, Y* __restrict__ y,
+                                                 float* __restrict__ ws, unsigned* __restrict__ counters, int M, int N,
+                                                 int K, int ks, int splits) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using L = TgwLayout<XF32, WST, XST, WGS>;
     constexpr int BN = L::BN, BM = L::BM, NACC = BM / 2;
@@ -141,10 +151,6 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
     const int g = lane >> 2, t = lane & 3;
     const TgTile<BN, BM> tile(M, K, ks);
     const int n0 = tile.n0, m0 = tile.m0, kb = tile.kb, ke = tile.ke, nchunks = tile.nchunks, nst = tile.nst;
-    // Batch rows the MMAs cover: the tile's live rows rounded up to 16 (the rest are zeros;
-    // past 64, all 128).
-    const int live = min(BM, (M - m0 + 15) / 16 * 16);
-    const int nb = live > 64 ? 128 : live;
 
     // Loads and stores are mapped so that the 32 lanes of a warp write 8 rows x 2 pieces x
     // 2 steps: a row's 16-byte core-matrix rows of 8 consecutive rows cover the 32 banks
@@ -217,8 +223,8 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
     KILN_PDL_ENTER_ROWS(M);
     XRegs xb;
     load_x_regs(0, xr);
+    load_x_regs(1, xb);  // before stage 0's store waits for its loads
     store_x_regs(0, xr);
-    load_x_regs(1, xb);
     load_x_regs(2, xr);
 
     float acc[NACC];
@@ -229,8 +235,13 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
     // Stage s: the wgmmas are issued first, then the loads for later stages run beside
     // them, and the warpgroup waits for its wgmmas before the next barrier. So at the
     // barrier of stage s every wgmma of stage s - 1 is done, and its slots (W and x) can
-    // take stage s + 2's W and (x being one stage ahead) stage s + 1's x.
-    auto stage = [&](int s, XRegs& xs) {
+    // take stage s + 2's W and (x being one stage ahead) stage s + 1's x. The MMA width NB
+    // is a template parameter (the kernel picks the body by its tile's live rows): a
+    // switch on it per stage put branches among the wgmmas' register uses, and ptxas then injected
+    // warpgroup.arrive 18-22 times per kernel (C7519), each waiting for x's loads in
+    // flight (session 19 ncu: 46 % of the stall samples long scoreboard, 11 % on the
+    // branch after the arrive).
+    auto stage = [&](int s, XRegs& xs, bool two) {  // two: a constant at each call
         cp_async_wait<1>();  // stage s's W has landed (s + 1's may be in flight)
         // This thread's cp.async writes (generic proxy) and x stores become visible to the
         // wgmmas (async proxy) after the fence and the barrier.
@@ -238,27 +249,32 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
         __syncthreads();
         const unsigned char* wt = tg_smem + (s % WST) * L::W + wg * 4 * L::WSTEP;
         const unsigned char* xt = tg_smem + WST * L::W + (s % XST) * L::X;
-        const bool two = 2 * s + 1 < nchunks;
+        tgw_fence_acc<NACC>(acc);
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-        switch (nb) {  // block-uniform
-            case 16: tgw_stage_mmas<16, L>(acc, wt, xt, two); break;
-            case 32: tgw_stage_mmas<32, L>(acc, wt, xt, two); break;
-            case 48: tgw_stage_mmas<48, L>(acc, wt, xt, two); break;
-            case 64: tgw_stage_mmas<64, L>(acc, wt, xt, two); break;
-            default:
-                if constexpr (NACC == 64) tgw_stage_mmas<128, L>(acc, wt, xt, two);
-                break;
-        }
+        if (two) tgw_stage_mmas<NB, true, L>(acc, wt, xt);
+        else tgw_stage_mmas<NB, false, L>(acc, wt, xt);
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         load_w(s + 2);  // slot of stage s - 1
         cp_async_commit();
         store_x_regs(s + 1, xs);  // slot of stage s - 2
         load_x_regs(s + 3, xs);
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        tgw_fence_acc<NACC>(acc);
     };
-    for (int s = 0; s < nst; s += 2) {
-        stage(s, xb);
-        if (s + 1 < nst) stage(s + 1, xr);
+    // Stages of two chunks, then the last stage's single chunk when nchunks is odd: `two`
+    // is a constant in each inlined call, so no branch separates a stage's wgmma.fence,
+    // its wgmmas and its commit, and none merges while they are in flight (ptxas injected
+    // warpgroup.arrive at both, C7519). Even stages use xb, odd ones xr.
+    const int nfull = nchunks / 2;
+    int s = 0;
+    for (; s + 1 < nfull; s += 2) {
+        stage(s, xb, true);
+        stage(s + 1, xr, true);
+    }
+    if (s < nfull) stage(s++, xb, true);
+    if (s < nst) {
+        if (s & 1) stage(s, xr, false);
+        else stage(s, xb, false);
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     cp_async_wait<0>();
@@ -280,6 +296,22 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* __restrict__ W, const 
 #else
     __trap();  // only sm_90a has wgmma; the launcher never picks this kernel elsewhere
 #endif
+}
+
+template <bool XF32, int WST, int XST, int WGS, typename Y>
+__device__ __forceinline__ void tiled_gemm_wg(const bf16* W, const void* x, Y* y, float* ws, unsigned* counters, int M,
+                                              int N, int K, int ks, int splits) {
+    const int m0 = TgTile<64 * WGS, 32 * WGS>(M, K, ks).m0;
+    const int live = min(32 * WGS, (M - m0 + 15) / 16 * 16);
+    switch (live > 64 ? 128 : live) {  // block-uniform
+        case 16: tiled_gemm_wg_nb<XF32, WST, XST, WGS, 16, Y>(W, x, y, ws, counters, M, N, K, ks, splits); break;
+        case 32: tiled_gemm_wg_nb<XF32, WST, XST, WGS, 32, Y>(W, x, y, ws, counters, M, N, K, ks, splits); break;
+        case 48: tiled_gemm_wg_nb<XF32, WST, XST, WGS, 48, Y>(W, x, y, ws, counters, M, N, K, ks, splits); break;
+        case 64: tiled_gemm_wg_nb<XF32, WST, XST, WGS, 64, Y>(W, x, y, ws, counters, M, N, K, ks, splits); break;
+        default:
+            if constexpr (WGS == 4) tiled_gemm_wg_nb<XF32, WST, XST, WGS, 128, Y>(W, x, y, ws, counters, M, N, K, ks, splits);
+            break;
+    }
 }
 
 // The stage counts come from registry::TILED_STAGES (KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS).

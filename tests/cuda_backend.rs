@@ -324,8 +324,21 @@ fn a_timeline_build_times_every_launch_of_a_decode_graph() {
     let launches = kiln::backend::cuda::timeline::launches(&records);
     assert_eq!(launches.len(), log.len(), "every logged launch of the graph is on the timeline once");
     let rows = kiln::backend::cuda::timeline::rows(&launches, &log, |m, l| format!("{m}:{l}"));
-    for (r, l) in rows.iter().zip(&log) {
-        assert_eq!(r.name, l.name, "launch order");
+    // On a mismatch, the launches around it as logged and as recorded (blocks, source site,
+    // entry / release / end in ns from the first entry), so the device log says which side
+    // is off (session 19: an add_rmsnorm named where the log has an m8 GEMM).
+    let around = |i: usize| {
+        let t0 = launches.iter().map(|l| l.first_enter).min().unwrap_or(0);
+        (i.saturating_sub(3)..(i + 4).min(log.len()))
+            .map(|j| {
+                let l = &launches[j];
+                format!("  {j}: log {} ({} blocks) | recorded {}:{} {} blocks, enter {} release {} end {}", log[j].name, log[j].blocks, l.module, l.line, l.blocks, l.first_enter - t0, l.first_wait - t0, l.last_end - t0)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (i, (r, l)) in rows.iter().zip(&log).enumerate() {
+        assert_eq!(r.name, l.name, "launch order at {i}:\n{}", around(i));
         assert!(r.blocks <= l.blocks && r.blocks > 0, "{}: {} blocks recorded of {}", l.name, r.blocks, l.blocks);
     }
     assert!(rows.iter().any(|r| r.weight_bytes > 0), "the GEMMs carry their weight bytes");

@@ -365,7 +365,7 @@ pub fn compile_module(name: &str, src: &str, arch: &str, dims: &KernelDims, incl
         let res = nv::nvrtcCompileProgram(prog, opt_ptrs.len() as i32, opt_ptrs.as_ptr());
         let log = program_log(prog);
         if verbose {
-            eprintln!("{name} ({arch}):\n{}", log.trim_end());
+            eprintln!("{name} ({arch}), NVRTC options {}:\n{}", opts.join(" "), log.trim_end());
         }
         let out = if res != nv::nvrtcResult::NVRTC_SUCCESS {
             Err(anyhow::anyhow!(
