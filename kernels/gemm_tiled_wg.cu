@@ -39,6 +39,15 @@
 //   2t + (i & 1) of the block's 32 WGS. The MMAs cover the tile's live batch rows rounded
 //   up to 16 (to 64 or 128 past 64 rows).
 
+// fp32 x by cp.async into a per-thread staging slot, converted to hi/lo a stage later
+// (1, the default), or through registers (0). Why: each stage's fence.proxy.async is a
+// MEMBAR.ALL.CTA, which waits for every load the thread has in flight, so x loaded into
+// registers two stages ahead had less than a stage to arrive (session 19 ncu: long
+// scoreboard on the fence and the barrier); cp.async is not a load the fence waits for.
+#ifndef KILN_TGW_X_STAGED
+#define KILN_TGW_X_STAGED 1
+#endif
+
 // The tiles and shared memory of a block of WGS warpgroups: 64 WGS W rows x 32 WGS batch
 // rows (WGS = 2: the mma.sync kernel's 128 x 64 and TgLayout's sizes).
 #define TGW_WSTEP 2048  // one warpgroup's k16 step of W: 64 rows x 32 bytes
@@ -50,7 +59,11 @@ template <bool XF32_, int WST, int XST, int WGS> struct TgwLayout {
     static constexpr int W = WGS * 4 * WSTEP;
     static constexpr int XPLANE = 4 * XSTEP;  // x hi of a stage (x lo follows for fp32 x)
     static constexpr int X = XPLANE * (XF32 ? 2 : 1);
-    static constexpr int SMEM = WST * W + XST * X;
+    // fp32 x's staging slot (cp.async target, [unit][thread] x 16 bytes, 4 units a thread),
+    // allocated whether or not KILN_TGW_X_STAGED uses it, so both variants run at the same
+    // occupancy (2 blocks of 112 KB per SM for 128 x 64 tiles; 224 KB for 256 x 128).
+    static constexpr int XSTG = XF32 ? THREADS * 4 * 16 : 0;
+    static constexpr int SMEM = WST * W + XST * X + XSTG;
 };
 
 // Byte offset of position pair `pair` (0..3) of core-matrix half `half` of row n of step
@@ -213,19 +226,54 @@ __device__ __forceinline__ void tiled_gemm_wg_nb(const bf16* __restrict__ W, con
         }
     };
 
-    // W two stages ahead (one cp.async group per stage), x stored one stage ahead and
-    // loaded two before that.
+    // Staged fp32 x: the thread's 4 units of stage s by cp.async into its staging slot (the
+    // same zeros as load_x_regs: nothing is read past M or ke), and, once they have landed,
+    // from there through the hi/lo split into stage s's x slot. Only this thread reads what
+    // it copied, so cp_async_wait is the only synchronisation; the slot is refilled after
+    // the stores that consume its previous contents.
+    constexpr bool STAGED = XF32 && KILN_TGW_X_STAGED;
+    unsigned char* xstg = tg_smem + WST * L::W + XST * L::X + tid * 16;
+    auto copy_x_async = [&](int s) {
+#pragma unroll
+        for (int u = 0; u < XU; ++u) {
+            const bool ok = s < nst && m0 + row < M && kb + s * TG_SK + (xk(u) & ~7) < ke;
+            cp_async16(xstg + u * L::THREADS * 16, ok ? xsrc + (size_t)(s * TG_SK + xk(u)) * XE : xsrc, ok);
+        }
+    };
+    auto store_x_staged = [&](int s) {
+        XRegs v;
+#pragma unroll
+        for (int u = 0; u < XU; ++u) v[u] = *reinterpret_cast<const uint4*>(xstg + u * L::THREADS * 16);
+        store_x_regs(s, v);
+    };
+
+    // W two stages ahead (one cp.async group per stage). x through registers: stored one
+    // stage ahead and loaded two before that. Staged x: stored two stages ahead (the slot of
+    // stage s + 2 is stage s - 1's, free after stage s's barrier), copied one stage before
+    // that; groups in order W(0), x(2), W(1), then per stage x(s + 3), W(s + 2), so stage s
+    // waits for W(s) with 2 groups in flight and for x(s + 2) with 1.
+    XRegs xb;
     load_w(0);
     cp_async_commit();
-    load_w(1);
-    cp_async_commit();
+    if constexpr (!STAGED) {
+        load_w(1);
+        cp_async_commit();
+    }
     prefetch_rows_early(W, n0, BN, tid, M, N, K, kb, ke, 2 * TG_SK, splits, ks);
     KILN_PDL_ENTER_ROWS(M);
-    XRegs xb;
     load_x_regs(0, xr);
     load_x_regs(1, xb);  // before stage 0's store waits for its loads
-    store_x_regs(0, xr);
-    load_x_regs(2, xr);
+    if constexpr (STAGED) {
+        copy_x_async(2);
+        cp_async_commit();
+        load_w(1);
+        cp_async_commit();
+        store_x_regs(0, xr);
+        store_x_regs(1, xb);
+    } else {
+        store_x_regs(0, xr);
+        load_x_regs(2, xr);
+    }
 
     float acc[NACC];
 #pragma unroll
@@ -242,7 +290,8 @@ __device__ __forceinline__ void tiled_gemm_wg_nb(const bf16* __restrict__ W, con
     // flight (session 19 ncu: 46 % of the stall samples long scoreboard, 11 % on the
     // branch after the arrive).
     auto stage = [&](int s, XRegs& xs, bool two) {  // two: a constant at each call
-        cp_async_wait<1>();  // stage s's W has landed (s + 1's may be in flight)
+        if constexpr (STAGED) cp_async_wait<2>();  // W(s) has landed
+        else cp_async_wait<1>();                   // W(s) has landed (W(s + 1) may be in flight)
         // This thread's cp.async writes (generic proxy) and x stores become visible to the
         // wgmmas (async proxy) after the fence and the barrier.
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -254,10 +303,19 @@ __device__ __forceinline__ void tiled_gemm_wg_nb(const bf16* __restrict__ W, con
         if (two) tgw_stage_mmas<NB, true, L>(acc, wt, xt);
         else tgw_stage_mmas<NB, false, L>(acc, wt, xt);
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        load_w(s + 2);  // slot of stage s - 1
-        cp_async_commit();
-        store_x_regs(s + 1, xs);  // slot of stage s - 2
-        load_x_regs(s + 3, xs);
+        if constexpr (STAGED) {
+            cp_async_wait<1>();  // x(s + 2) has landed (W(s + 1) may be in flight)
+            store_x_staged(s + 2);  // slot of stage s - 1
+            copy_x_async(s + 3);
+            cp_async_commit();
+            load_w(s + 2);  // slot of stage s - 1
+            cp_async_commit();
+        } else {
+            load_w(s + 2);  // slot of stage s - 1
+            cp_async_commit();
+            store_x_regs(s + 1, xs);  // slot of stage s - 2
+            load_x_regs(s + 3, xs);
+        }
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
         tgw_fence_acc<NACC>(acc);
     };
@@ -324,10 +382,10 @@ __device__ __forceinline__ void tiled_gemm_wg(const bf16* W, const void* x, Y* y
                                                int splits) {                                      \
         tiled_gemm_wg<XF, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS, WGS, YT>(W, x, y, ws, counters, M, N, K, ks, splits); \
     }
-GEMM_TILED_WG(wg, GEMM_TILED, 2, 2, f32, float, true, f32, float)
-GEMM_TILED_WG(wg, GEMM_TILED, 2, 2, f32, float, true, bf16, bf16)
-GEMM_TILED_WG(wg, GEMM_TILED, 2, 2, bf16, bf16, false, f32, float)
-GEMM_TILED_WG(wg, GEMM_TILED, 2, 2, bf16, bf16, false, bf16, bf16)
+GEMM_TILED_WG(wg, GEMM_TILED_WG, 2, 2, f32, float, true, f32, float)
+GEMM_TILED_WG(wg, GEMM_TILED_WG, 2, 2, f32, float, true, bf16, bf16)
+GEMM_TILED_WG(wg, GEMM_TILED_WG, 2, 2, bf16, bf16, false, f32, float)
+GEMM_TILED_WG(wg, GEMM_TILED_WG, 2, 2, bf16, bf16, false, bf16, bf16)
 GEMM_TILED_WG(wg4, GEMM_TILED_WG4, 4, 1, f32, float, true, f32, float)
 GEMM_TILED_WG(wg4, GEMM_TILED_WG4, 4, 1, f32, float, true, bf16, bf16)
 GEMM_TILED_WG(wg4, GEMM_TILED_WG4, 4, 1, bf16, bf16, false, f32, float)

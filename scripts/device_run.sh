@@ -46,6 +46,9 @@
 #   wgmma    the tiled GEMM's wgmma variant (KILN_GEMM_WGMMA=1, sm_90a) against mma.sync, and its
 #            256 x 128 tiles (KILN_GEMM_WGMMA_WIDE=1): bench at batch 32-256 twice each, logits
 #            against the default's (needs refs, eval): wgmma.txt
+#   wgmma_x  the wgmma GEMM's fp32 x by a cp.async staging slot (default) against registers (a
+#            plan built with KILN_TGW_X_STAGED=0), both under KILN_GEMM_WGMMA=1 and wide: bench
+#            at batch 64-256 twice each, the kernel table test with registers: wgmma_x.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
 #            batch 1-32 twice, the packing kernel tests, logits (needs refs), verify (packed.txt)
 #   gate_up_sum  gate_up's split-K sum in silu_mul (default) against the GEMM's own
@@ -387,6 +390,22 @@ if has wgmma; then
   # Session 18: with the 256 x 128 tiles of 4 warpgroups (KILN_GEMM_WGMMA_WIDE=1) too.
   env_ab "tiled mma.sync" "tiled wgmma" wgmma.txt KILN_GEMM_WGMMA=1 32,64,128,256 \
     "tiled wgmma wide" "KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1"
+fi
+if has wgmma_x; then
+  # Session 19: the wgmma GEMM's fp32 x by cp.async through a staging slot (the default)
+  # against through registers (a plan built with KILN_TGW_X_STAGED=0), both kernels under
+  # KILN_GEMM_WGMMA=1 (and the wide tiles); the kernel table test with the register path.
+  log "wgmma x: staging slot (default) against registers"
+  plan_with xreg KILN_TGW_X_STAGED=0
+  for r in 1 2; do
+    for w in "KILN_GEMM_WGMMA=1" "KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1"; do
+      # shellcheck disable=SC2086  # w splits into its assignments
+      bench_as "staged $w" wgmma_x.txt "$ENG/qwen35_4b_random.plan" $w -- --batch 64,128,256 --prefill 16
+      # shellcheck disable=SC2086
+      bench_as "registers $w" wgmma_x.txt "/tmp/engines_xreg/qwen35_4b_random.plan" $w -- --batch 64,128,256 --prefill 16
+    done
+  done
+  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_TGW_X_STAGED=0 "$t" gemm_matches --ignored --test-threads=1 2>&1 | grep -E "test result|panicked|differ" | sed "s/^/xreg kernels: /" | tee -a "$OUT/wgmma_x.txt"; done
 fi
 if has gate_up_sum; then
   # Session 17: the MLP's gate_up leaves its split-K sum to silu_mul (the default) against
