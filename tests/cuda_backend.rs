@@ -342,7 +342,7 @@ fn a_timeline_build_times_every_launch_of_a_decode_graph() {
         assert!(r.blocks <= l.blocks && r.blocks > 0, "{}: {} blocks recorded of {}", l.name, r.blocks, l.blocks);
     }
     assert!(rows.iter().any(|r| r.weight_bytes > 0), "the GEMMs carry their weight bytes");
-    assert!(rows.windows(2).all(|w| w[0].enter_us <= w[1].enter_us));
+    assert!(rows.windows(2).all(|w| w[0].release_us <= w[1].release_us && w[0].end_us <= w[1].release_us + 0.1), "releases in order, each after its predecessor's end");
     println!("toy decode step at batch 4: {:.1} us over {} launches", rows.iter().map(|r| r.advance_us).sum::<f64>(), rows.len());
 }
 

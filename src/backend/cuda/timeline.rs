@@ -116,8 +116,13 @@ pub struct Launch {
     pub end_q: [u64; 3],
 }
 
-/// Groups records by launch, in launch order (the order of their first block's entry:
-/// a launch's blocks start only after its predecessor's have all started).
+/// Groups records by launch, in launch order: the order of their first block's release
+/// from the PDL wait, which comes only after the predecessor has ended (every kernel of a
+/// step waits for its predecessor). Not the order of entries: a PDL successor may be
+/// launched once every block of its predecessor has triggered, and a block triggers when
+/// its warps do, so the successor's first entry can precede the predecessor's thread 0
+/// reaching its own entry (session 19: the toy model's timeline test saw an add_rmsnorm
+/// enter before the m8 GEMM it follows).
 pub fn launches(records: &[BlockRecord]) -> Vec<Launch> {
     let mut by_grid: BTreeMap<u64, (Launch, Vec<u64>)> = BTreeMap::new();
     for r in records {
@@ -142,7 +147,7 @@ pub fn launches(records: &[BlockRecord]) -> Vec<Launch> {
             l
         })
         .collect();
-    v.sort_by_key(|l| (l.first_enter, l.last_end));
+    v.sort_by_key(|l| (l.first_wait, l.first_enter, l.last_end));
     v
 }
 
@@ -298,6 +303,14 @@ mod tests {
         assert_eq!(fam[0].kernel, "kiln_gemm");
         assert!((fam[0].weight_gbs - 2_000_000.0 / 0.9 / 1e3).abs() < 1e-6, "GB/s of the GEMM: {fam:?}");
         assert_eq!(fam.iter().find(|f| f.kernel == "kiln_gemm_tiled").unwrap().launches, 1);
+    }
+
+    #[test]
+    fn a_successor_entering_before_its_predecessor_sorts_after_it_by_release() {
+        // PDL: grid 4's block entered at 90, before grid 8's thread 0 recorded its entry at
+        // 100, but was released only after grid 8 ended (300).
+        let ls = launches(&[rec(8, 100, 110, 300, 1), rec(4, 90, 310, 400, 2)]);
+        assert_eq!(ls.iter().map(|l| l.line).collect::<Vec<_>>(), vec![1, 2]);
     }
 
     #[test]
