@@ -1,11 +1,12 @@
 // The tiled decode GEMM with wgmma (sm_90a only; an experiment behind KILN_GEMM_WGMMA=1).
 //
-// kiln_gemm_tiled_wg_x{f32,bf16}_y{f32,bf16}: the same arguments, grid, block, shared
-// memory size, split plan and bits as kiln_gemm_tiled_* (gemm_tiled.cu).
+// kiln_gemm_tiled_wg_x{f32,bf16}_y{f32,bf16}: the same arguments, grid, block, split plan
+// and bits as kiln_gemm_tiled_* (gemm_tiled.cu); shared memory KILN_SMEM_GEMM_TILED_WG_*
+// (the same stages, plus fp32 x's 16 KB staging slot: 112 KB).
 // kiln_gemm_tiled_wg4_x{f32,bf16}_y{f32,bf16} (session 18, KILN_GEMM_WGMMA_WIDE=1): the
 // same with 4 warpgroups and 256 (W) x 128 (batch) tiles: grid (ceil(N / 256) * ceil(M /
 // 128), splits), block 512, one block per SM, KILN_SMEM_GEMM_TILED_WG4_{f32,bf16} of
-// shared memory (192 KB for fp32 x). Why: at batch 128-256 both tiled kernels read N M K
+// shared memory (224 KB for fp32 x). Why: at batch 128-256 both tiled kernels read N M K
 // / 16 bytes of W and x from L2 per GEMM (64 FLOP per L2 byte with 128 x 64 tiles); 256 x
 // 128 tiles double that (docs/kernels.md). Counters: one per tile, fewer than the 128 x
 // 64 kernel's.
@@ -26,7 +27,8 @@
 //   W (A operand, 64 rows per warpgroup) by 8-byte cp.async straight into K-major core
 //   matrices without swizzle: per stage slot [warpgroup][step q = 2h + s][2 KB], row r of
 //   the warpgroup at (r >> 3) * 256 + (r & 7) * 16, half at + 128, piece at + 8 (LBO 128,
-//   SBO 256). x (B operand) through registers, stored in the same positions. A warp's
+//   SBO 256). x (B operand) stored in the same positions (fp32 x by a cp.async staging
+//   slot and the hi/lo split, KILN_TGW_X_STAGED; bf16 x through registers). A warp's
 //   loads and stores cover 8 rows at a time, so they are free of bank conflicts.
 //   Pipeline (session 18): W two stages ahead, x stored one stage ahead (loaded two
 //   before that), three slots each; a stage issues its wgmmas, then the later stages'
@@ -162,6 +164,9 @@ __device__ __forceinline__ void tiled_gemm_wg_nb(const bf16* __restrict__ W, con
     extern __shared__ __align__(128) unsigned char tg_smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
+    // The tile again rather than from the dispatcher: passed in, its values stay live across
+    // the width switch and the wide staged kernel spills 28 bytes (ptxas 13.0); recomputed,
+    // ptxas rematerialises them from blockIdx (0 spilled, a few integer ops per block).
     const TgTile<BN, BM> tile(M, K, ks);
     const int n0 = tile.n0, m0 = tile.m0, kb = tile.kb, ke = tile.ke, nchunks = tile.nchunks, nst = tile.nst;
 
@@ -359,7 +364,7 @@ __device__ __forceinline__ void tiled_gemm_wg_nb(const bf16* __restrict__ W, con
 template <bool XF32, int WST, int XST, int WGS, typename Y>
 __device__ __forceinline__ void tiled_gemm_wg(const bf16* W, const void* x, Y* y, float* ws, unsigned* counters, int M,
                                               int N, int K, int ks, int splits) {
-    const int m0 = TgTile<64 * WGS, 32 * WGS>(M, K, ks).m0;
+    const int m0 = TgTile<64 * WGS, 32 * WGS>(M, K, ks).m0;  // the body's tile: only m0 here
     const int live = min(32 * WGS, (M - m0 + 15) / 16 * 16);
     switch (live > 64 ? 128 : live) {  // block-uniform
         case 16: tiled_gemm_wg_nb<XF32, WST, XST, WGS, 16, Y>(W, x, y, ws, counters, M, N, K, ks, splits); break;

@@ -207,17 +207,13 @@ pub fn gemm_tiled_smem(x: DType) -> usize {
     w_stages * 128 * 128 + x_stages * 64 * 128 * if x == DType::F32 { 2 } else { 1 }
 }
 
-/// Dynamic shared memory of `GEMM_TILED_WG`: the stages of `gemm_tiled_smem`, and for fp32
-/// x a staging slot of 64 bytes per thread (256 threads; kernels/gemm_tiled_wg.cu XSTG).
-pub fn gemm_tiled_wg_smem(x: DType) -> usize {
-    gemm_tiled_smem(x) + if x == DType::F32 { 256 * 64 } else { 0 }
-}
-
-/// Dynamic shared memory of `GEMM_TILED_WG4`: the stages of `gemm_tiled_smem` with twice
-/// the W rows (256) and twice the batch rows (128), and the staging slot of its 512
-/// threads for fp32 x.
-pub fn gemm_tiled_wg4_smem(x: DType) -> usize {
-    2 * gemm_tiled_wg_smem(x)
+/// Dynamic shared memory of the wgmma tiled GEMM with `warpgroups` (2: `GEMM_TILED_WG`,
+/// 128 x 64 tiles; 4: `GEMM_TILED_WG4`, 256 x 128): the stages of `gemm_tiled_smem` scaled
+/// with the tile, and for fp32 x a staging slot of 64 bytes per thread (128 threads per
+/// warpgroup; kernels/gemm_tiled_wg.cu `XSTG`).
+pub fn gemm_tiled_wg_smem(x: DType, warpgroups: usize) -> usize {
+    let staging = if x == DType::F32 { 128 * warpgroups * 64 } else { 0 };
+    warpgroups / 2 * gemm_tiled_smem(x) + staging
 }
 
 const BOTH: [DType; 2] = [DType::F32, DType::BF16];
@@ -246,8 +242,8 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     }
     for x in BOTH {
         add("gemm_tiled", &GEMM_TILED[x.idx()], gemm_tiled_smem(x));
-        add("gemm_tiled_wg", &GEMM_TILED_WG[x.idx()], gemm_tiled_wg_smem(x));
-        add("gemm_tiled_wg", &GEMM_TILED_WG4[x.idx()], gemm_tiled_wg4_smem(x));
+        add("gemm_tiled_wg", &GEMM_TILED_WG[x.idx()], gemm_tiled_wg_smem(x, 2));
+        add("gemm_tiled_wg", &GEMM_TILED_WG4[x.idx()], gemm_tiled_wg_smem(x, 4));
     }
     add("conv", &CONV1D, 0);
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
@@ -298,8 +294,8 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
             v.push(format!("-DKILN_SMEM_GEMM_SX_{}_M{m}={}", x.suffix(), gemm_sx_smem(x, m)));
         }
         v.push(format!("-DKILN_SMEM_GEMM_TILED_{}={}", x.suffix(), gemm_tiled_smem(x)));
-        v.push(format!("-DKILN_SMEM_GEMM_TILED_WG_{}={}", x.suffix(), gemm_tiled_wg_smem(x)));
-        v.push(format!("-DKILN_SMEM_GEMM_TILED_WG4_{}={}", x.suffix(), gemm_tiled_wg4_smem(x)));
+        v.push(format!("-DKILN_SMEM_GEMM_TILED_WG_{}={}", x.suffix(), gemm_tiled_wg_smem(x, 2)));
+        v.push(format!("-DKILN_SMEM_GEMM_TILED_WG4_{}={}", x.suffix(), gemm_tiled_wg_smem(x, 4)));
     }
     v
 }

@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_smem, gemm_tiled_wg4_smem, gemm_tiled_wg_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, GEMM_TILED_WG4, PACK_WEIGHT};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_smem, gemm_tiled_wg_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, GEMM_TILED_WG4, PACK_WEIGHT};
 use crate::backend::weight_pack;
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -383,8 +383,8 @@ impl Kernels {
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
             // (tile rows of W, tile rows of the batch, threads, shared memory, names)
             let (bn, bm, threads, smem, names) = match kind {
-                GemmKind::TiledWgmmaWide => (256, 128, 512, gemm_tiled_wg4_smem(x_dtype), &GEMM_TILED_WG4),
-                GemmKind::TiledWgmma => (128, 64, 256, gemm_tiled_wg_smem(x_dtype), &GEMM_TILED_WG),
+                GemmKind::TiledWgmmaWide => (256, 128, 512, gemm_tiled_wg_smem(x_dtype, 4), &GEMM_TILED_WG4),
+                GemmKind::TiledWgmma => (128, 64, 256, gemm_tiled_wg_smem(x_dtype, 2), &GEMM_TILED_WG),
                 _ => (128, 64, 256, gemm_tiled_smem(x_dtype), &GEMM_TILED),
             };
             let grid = ((n.div_ceil(bn) * m.div_ceil(bm)) as u32, plan.splits as u32, 1);
