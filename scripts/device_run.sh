@@ -6,7 +6,6 @@
 #   build    kiln-build the plan (timed)
 #   bench    kiln-eval bench: decode steps at batch 1..256, ctx 1024; prefill 1024; batch 1 at
 #            ctx 8192 and prefill 8192 (bench8k.txt)
-#   bench_split  bench with KILN_GDN_SPLIT=1 (column-split GDN decode kernel)
 #   profile  ncu: per-kernel times of one 1024-token prefill (profile.txt)
 #   stalls   ncu's SpeedOfLight / WarpStateStats / Occupancy sections for the kernels matching
 #            $STALL_KERNELS (default the prefill attention and GDN kernels), $STALL_COUNT launches,
@@ -325,9 +324,6 @@ fi
 if has bench_bf16; then
   log "bench with bf16 GEMM inputs"; KILN_ACT=bf16 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -E "decode batch|prefill"
 fi
-if has bench_split; then
-  log "bench with the column-split GDN decode kernel"; KILN_GDN_SPLIT=1 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -E "decode batch|prefill" | tee "$OUT/bench_split.txt"
-fi
 if has bench_tiled; then
   log "bench without the tiled decode GEMM"; KILN_GEMM_TILED=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 8,32,64,128,256 2>&1 | grep "decode batch" | tee "$OUT/bench_tiled.txt"
 fi
@@ -557,9 +553,6 @@ if has kernels; then
 fi
 if has backend; then
   log "cuda backend vs cpu backend on the toy model"; for t in .devbin/cuda_backend*; do [ -x "$t" ] && "$t" ${BACKEND_TESTS:-} --ignored --test-threads=1 --nocapture 2>&1 | tee "$OUT/backend.txt" | grep -E "^test |test result|panicked" ; done
-fi
-if has eval_split; then
-  log "eval with the column-split GDN decode kernel"; logits_check split "$ENG/qwen35_4b_random.plan" KILN_GDN_SPLIT=1
 fi
 if has eval_bf16; then
   log "eval with bf16 GEMM inputs"; logits_check bf16 "$ENG/qwen35_4b_random.plan" KILN_ACT=bf16

@@ -267,8 +267,7 @@ fn bench_gdn(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng) {
     let (c, nv, dk, dv) = (d.conv_dim(), d.lin_num_v_heads, d.lin_k_dim, d.lin_v_dim);
     let ssz = nv * dk * dv;
     let ld = c + nv * dv;
-    for (split, b) in [false, true].into_iter().flat_map(|sp| [1usize, 8, 32, 64, 128].map(move |b| (sp, b))) {
-        k.set_gdn_split(split);
+    for b in [1usize, 8, 32, 64, 128] {
         let rotate = 4;
         let state = up(s, &randn_vec(g, rotate * b * ssz, 0.1));
         let ring = up(s, &randn_vec(g, rotate * b * 4 * c, 1.0));
@@ -293,10 +292,8 @@ fn bench_gdn(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng) {
             k.gdn_decode(s, &args).unwrap()
         });
         let bytes = (b * ssz * 4 * 2) as f64;
-        let name = if split { "gdn_decode_split" } else { "gdn_decode" };
-        println!("BENCH {name} B={b:3}: {:7.1} us, state {:6.0} GB/s (read + write)", ms * 1e3, gbps(bytes, ms));
+        println!("BENCH gdn_decode B={b:3}: {:7.1} us, state {:6.0} GB/s (read + write)", ms * 1e3, gbps(bytes, ms));
     }
-    k.set_gdn_split(false);
     // Prefill of one 1024-token sequence: conv, then the recurrence.
     let t = 1024usize;
     let x = up(s, &randn_vec(g, t * ld, 1.0));

@@ -64,49 +64,45 @@ fn verify_positions_through_scratch_equal_decode_steps_and_commit_exactly() {
         };
         e.k.gdn_decode(&s, &args).unwrap();
     };
-    for split in [false, true] {
-        e.k.set_gdn_split(split);
-        // Plain decode, one position per step; the slot state and ring after each.
-        let (ring_a, state_a, out_a) = (up(&s, &ring0), up(&s, &state0), poison_f32(&s, ns * t * vd));
-        let (mut rings, mut states) = (Vec::new(), Vec::new());
-        for q in 0..t {
-            let pos = up(&s, &start.iter().map(|p| p + q as i32).collect::<Vec<_>>());
-            launch(q, ptr(&s, &ring_a), ptr(&s, &state_a), ptr(&s, &out_a), 0, ptr(&s, &pos));
-            rings.push(down(&s, &ring_a));
-            states.push(down(&s, &state_a));
-        }
-        // Verify: the same positions through scratch entries.
-        let (ring_b, state_b, out_b) = (up(&s, &ring0), up(&s, &state0), poison_f32(&s, ns * t * vd));
-        for q in 0..t {
-            let pos = up(&s, &start.iter().map(|p| p + q as i32).collect::<Vec<_>>());
-            let io: Vec<i32> = (0..ns).flat_map(|i| [if q == 0 { slots[i] } else { scratch(i, q - 1) }, scratch(i, q)]).collect();
-            let io = up(&s, &io);
-            launch(q, ptr(&s, &ring_b), ptr(&s, &state_b), ptr(&s, &out_b), ptr(&s, &io), ptr(&s, &pos));
-        }
-        let (oa, ob) = (down(&s, &out_a), down(&s, &out_b));
-        assert!(oa.iter().all(|v| v.is_finite()), "split={split}: plain decode left rows unwritten");
-        assert!(oa.iter().zip(&ob).all(|(a, b)| a.to_bits() == b.to_bits()), "split={split}: verify outputs differ from decode steps");
-        let mut st = down(&s, &state_b);
-        assert!(st[..nslots * ssz].iter().zip(&state0).all(|(a, b)| a.to_bits() == b.to_bits()), "split={split}: verify wrote a slot's own state");
-        // Commit, per sequence: state after the last accepted position into the slot;
-        // ring rows of rejected positions back from the ring saved before the verify.
-        let mut ring = down(&s, &ring_b);
-        for i in 0..ns {
-            let (slot, a) = (slots[i] as usize, accept[i]);
-            let from = scratch(i, a - 1) as usize * ssz;
-            st.copy_within(from..from + ssz, slot * ssz);
-            for q in a..t {
-                let row = (slot * k + (start[i] as usize + q) % k) * c;
-                ring[row..row + c].copy_from_slice(&ring0[row..row + c]);
-            }
-            let (want_s, want_r) = (&states[a - 1], &rings[a - 1]);
-            let same_s = st[slot * ssz..(slot + 1) * ssz].iter().zip(&want_s[slot * ssz..(slot + 1) * ssz]).all(|(x, y)| x.to_bits() == y.to_bits());
-            let same_r = ring[slot * k * c..(slot + 1) * k * c].iter().zip(&want_r[slot * k * c..(slot + 1) * k * c]).all(|(x, y)| x.to_bits() == y.to_bits());
-            println!("gdn verify split={split} seq {i} accepted {a}/{t}: state {same_s}, conv ring {same_r}");
-            assert!(same_s && same_r, "split={split}: sequence {i} after committing {a} of {t} differs from {a} decode steps");
-        }
+    // Plain decode, one position per step; the slot state and ring after each.
+    let (ring_a, state_a, out_a) = (up(&s, &ring0), up(&s, &state0), poison_f32(&s, ns * t * vd));
+    let (mut rings, mut states) = (Vec::new(), Vec::new());
+    for q in 0..t {
+        let pos = up(&s, &start.iter().map(|p| p + q as i32).collect::<Vec<_>>());
+        launch(q, ptr(&s, &ring_a), ptr(&s, &state_a), ptr(&s, &out_a), 0, ptr(&s, &pos));
+        rings.push(down(&s, &ring_a));
+        states.push(down(&s, &state_a));
     }
-    e.k.set_gdn_split(false);
+    // Verify: the same positions through scratch entries.
+    let (ring_b, state_b, out_b) = (up(&s, &ring0), up(&s, &state0), poison_f32(&s, ns * t * vd));
+    for q in 0..t {
+        let pos = up(&s, &start.iter().map(|p| p + q as i32).collect::<Vec<_>>());
+        let io: Vec<i32> = (0..ns).flat_map(|i| [if q == 0 { slots[i] } else { scratch(i, q - 1) }, scratch(i, q)]).collect();
+        let io = up(&s, &io);
+        launch(q, ptr(&s, &ring_b), ptr(&s, &state_b), ptr(&s, &out_b), ptr(&s, &io), ptr(&s, &pos));
+    }
+    let (oa, ob) = (down(&s, &out_a), down(&s, &out_b));
+    assert!(oa.iter().all(|v| v.is_finite()), "plain decode left rows unwritten");
+    assert!(oa.iter().zip(&ob).all(|(a, b)| a.to_bits() == b.to_bits()), "verify outputs differ from decode steps");
+    let mut st = down(&s, &state_b);
+    assert!(st[..nslots * ssz].iter().zip(&state0).all(|(a, b)| a.to_bits() == b.to_bits()), "verify wrote a slot's own state");
+    // Commit, per sequence: state after the last accepted position into the slot;
+    // ring rows of rejected positions back from the ring saved before the verify.
+    let mut ring = down(&s, &ring_b);
+    for i in 0..ns {
+        let (slot, a) = (slots[i] as usize, accept[i]);
+        let from = scratch(i, a - 1) as usize * ssz;
+        st.copy_within(from..from + ssz, slot * ssz);
+        for q in a..t {
+            let row = (slot * k + (start[i] as usize + q) % k) * c;
+            ring[row..row + c].copy_from_slice(&ring0[row..row + c]);
+        }
+        let (want_s, want_r) = (&states[a - 1], &rings[a - 1]);
+        let same_s = st[slot * ssz..(slot + 1) * ssz].iter().zip(&want_s[slot * ssz..(slot + 1) * ssz]).all(|(x, y)| x.to_bits() == y.to_bits());
+        let same_r = ring[slot * k * c..(slot + 1) * k * c].iter().zip(&want_r[slot * k * c..(slot + 1) * k * c]).all(|(x, y)| x.to_bits() == y.to_bits());
+        println!("gdn verify seq {i} accepted {a}/{t}: state {same_s}, conv ring {same_r}");
+        assert!(same_s && same_r, "sequence {i} after committing {a} of {t} differs from {a} decode steps");
+    }
 }
 
 /// The fused verify kernel (`gdn_verify`: every fed position of a sequence in one block,

@@ -123,7 +123,6 @@ pub struct Kernels {
     pdl: AtomicBool,
     /// Whether the device has wgmma (compute capability 9.x: the plan's kernels are sm_90a).
     has_wgmma: bool,
-    gdn_split: AtomicBool,
     /// `KILN_GDN_VERIFY_FUSED`: 1 always, 0 never, unset by the batch (`gdn_verify_fused`).
     gdn_verify_fused: Option<bool>,
     /// The fused verify runs kiln_gdn_verify_pre (the default since session 14;
@@ -179,9 +178,6 @@ impl Kernels {
         let num_sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| anyhow!("reading the multiprocessor count: {e:?}"))? as u32;
-        // The column-split GDN decode kernel is opt-in (env KILN_GDN_SPLIT=1) until a device
-        // run has checked and timed it.
-        let gdn_split = std::env::var("KILN_GDN_SPLIT").is_ok_and(|v| v == "1");
         let gdn_verify_fused = std::env::var("KILN_GDN_VERIFY_FUSED").ok().map(|v| v != "0");
         let gdn_verify_pre = std::env::var("KILN_GDN_VERIFY_PRE").map_or(true, |v| v != "0");
         let attn_prefill_rows = if std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "64") { 64 } else { 128 };
@@ -193,7 +189,6 @@ impl Kernels {
             _modules: loaded,
             pdl: AtomicBool::new(false),
             has_wgmma,
-            gdn_split: AtomicBool::new(gdn_split),
             gdn_verify_fused,
             gdn_verify_pre,
             gemm_choices: GemmChoices::from_env(),
@@ -270,13 +265,6 @@ impl Kernels {
         r
     }
 
-    /// Which GDN decode kernel `gdn_decode` runs: the column-split one (clusters of
-    /// blocks per value head) or the one-block-per-head one. Both compute the same
-    /// function; an engine uses one of them for every decode row.
-    pub fn set_gdn_split(&self, on: bool) {
-        self.gdn_split.store(on, Ordering::Relaxed);
-    }
-
     /// Whether the fused verify's GDN computes every position's inputs first and keeps
     /// one barrier between position updates (kiln_gdn_verify_pre): the same bits as
     /// kiln_gdn_verify (kernel test), verify 5.017 against 5.090 ms at batch 1 and 6.070
@@ -290,10 +278,6 @@ impl Kernels {
         self.has_wgmma
     }
 
-    pub fn gdn_split(&self) -> bool {
-        self.gdn_split.load(Ordering::Relaxed)
-    }
-
     /// Whether a verify step of `seqs` sequences runs its GDN as one kiln_gdn_verify launch
     /// per layer (every fed position of a sequence in one block) instead of one decode
     /// launch per position. The same bits either way (t_gdn_verify; exact end to end on
@@ -303,7 +287,7 @@ impl Kernels {
     /// waves). `KILN_GDN_VERIFY_FUSED=1` / `0` forces it on / off.
     pub fn gdn_verify_fused(&self, seqs: usize) -> bool {
         let fits = seqs * self.dims.lin_num_v_heads <= self.num_sms as usize;
-        self.gdn_verify_fused.unwrap_or(fits) && !self.gdn_split()
+        self.gdn_verify_fused.unwrap_or(fits)
     }
 
     pub fn gemm_choices(&self) -> &GemmChoices {

@@ -87,11 +87,6 @@ pub const GDN_DECODE: ByXY<&str> = [
     ["kiln_gdn_decode_f32_f32", "kiln_gdn_decode_f32_bf16"],
     ["kiln_gdn_decode_bf16_f32", "kiln_gdn_decode_bf16_bf16"],
 ];
-/// The column-split GDN decode step (clusters of up to 8 blocks per value head).
-pub const GDN_DECODE_SPLIT: ByXY<&str> = [
-    ["kiln_gdn_decode_split_f32_f32", "kiln_gdn_decode_split_f32_bf16"],
-    ["kiln_gdn_decode_split_bf16_f32", "kiln_gdn_decode_split_bf16_bf16"],
-];
 /// Speculative verification's GDN: every fed position of a sequence in one block.
 pub const GDN_VERIFY: ByXY<&str> = [
     ["kiln_gdn_verify_f32_f32", "kiln_gdn_verify_f32_bf16"],
@@ -247,7 +242,6 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     }
     add("conv", &CONV1D, 0);
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
-    add("gdn_decode", GDN_DECODE_SPLIT.as_flattened(), 0);
     add("gdn_decode", GDN_VERIFY.as_flattened(), 0);
     add("gdn_decode", GDN_VERIFY_PRE.as_flattened(), 0);
     add("gdn_decode", &CONV_RING_WRITE, 0);

@@ -2,7 +2,7 @@
 
 use super::{int, params, DevPtr, Kernels, Mat};
 use crate::backend::cuda::registry::{
-    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, CONV_RING_WRITE, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_DECODE_SPLIT as DECODE_SPLIT, GDN_VERIFY, GDN_VERIFY_PRE, RING_WRITE_SLICES,
+    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, CONV_RING_WRITE, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_VERIFY, GDN_VERIFY_PRE, RING_WRITE_SLICES,
     GDN_PREFILL_PREP as PREP,
     GDN_PREFILL_SCAN as SCAN,
 };
@@ -18,12 +18,6 @@ const SCAN_COLS: usize = 32;
 /// each), exp(cum_last) padded to 16 bytes.
 pub(crate) fn gdn_prefill_record_floats(dk: usize, dv: usize) -> usize {
     192 * dk + 128 * dv + 4
-}
-
-/// Blocks per value head of kiln_gdn_decode_split_* (GDV_VS in gdn_decode.cu): 16-column
-/// slices, at most 8 (a portable cluster).
-pub(crate) fn gdn_split_slices(lin_v_dim: usize) -> usize {
-    (lin_v_dim / 16).min(8)
 }
 
 /// Causal conv1d + SiLU over a chunk of several sequences (kernels/conv.cu).
@@ -139,11 +133,6 @@ impl Kernels {
         let (out, ldo, bb) = (g.out.ptr, int(g.out.ld, "ld_out")?, int(g.batch, "batch")?);
         let mut p = params!(qkv, ldq, z, ldz, b, a, ldba, cw, cs, st, al, dtb, nw, sl, ps, io, out, ldo, bb);
         let nv = self.dims.lin_num_v_heads as u32;
-        if self.gdn_split() {
-            // Column-split kernel: clusters of `gdn_split_slices` blocks per head.
-            let grid = (nv * gdn_split_slices(self.dims.lin_v_dim) as u32, g.batch as u32, 1);
-            return self.launch(DECODE_SPLIT[dt.idx()][g.out.dtype.idx()], stream, grid, 128, 0, &mut p);
-        }
         let threads = (self.dims.lin_v_dim * 4) as u32;
         self.launch(DECODE[dt.idx()][g.out.dtype.idx()], stream, (nv, g.batch as u32, 1), threads, 0, &mut p)
     }
