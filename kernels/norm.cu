@@ -109,18 +109,12 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, bool h
     if (m >= M) return;
     float* res = residual + (size_t)m * HIDDEN;
     float v[NORM_VPT][8];
-    // Every residual vector first, so their loads share one round trip with the first
-    // delta's (the stores below cannot be moved above loads of the same row).
-#pragma unroll
-    for (int j = 0; j < NORM_VPT; ++j) {
-        const int i = (vt + j * NORM_THREADS) * 8;
-        if (i < HIDDEN) load8(res + i, v[j]);
-    }
     float ss = 0.f;
 #pragma unroll
     for (int j = 0; j < NORM_VPT; ++j) {
         const int i = (vt + j * NORM_THREADS) * 8;
         if (i < HIDDEN) {
+            load8(res + i, v[j]);
             if (has_delta) {
                 float d[8];
                 delta_at(m, i, d);
@@ -212,62 +206,14 @@ struct ClusterRowSum {
     }
 };
 
-// The cluster kernel's delta: a thread with a second vector (vt + NORM_THREADS, the first
-// 64 threads of the row) sends that vector's partials to shared memory by cp.async when it
-// starts the first one, so both vectors' partials are one L2 round trip instead of two
-// (16 partials per vector in registers spilled). The sum is sum_parts_4x2's: 0 + p0 + p1
-// + ... per output in split order, so the bits are the same.
-#define PARTS_SMEM 16  // most splits the second vector stages (more: loads at the vector)
-// A build knob (kiln-build), so one call can compare: KILN_NORM_PARTS_STAGED=0 loads the
-// second vector's partials at the vector, as before session 20. The same bits either way.
-#ifndef KILN_NORM_PARTS_STAGED
-#define KILN_NORM_PARTS_STAGED 1
-#endif
-struct ClusterDelta {
-    const float* parts;
-    int splits;
-    long long split_stride;
-    float (*stage)[32][8];  // [PARTS_SMEM][lane][8]
-    __device__ void operator()(int m, int i, float (&d)[8]) const {
-        const float* row = parts + (size_t)m * HIDDEN;
-        const int lane = threadIdx.x & 31;
-        const int j = i / (NORM_THREADS * 8);  // which of the thread's vectors
-        if (j == 0) {
-            const int i2 = i + NORM_THREADS * 8;
-            if (KILN_NORM_PARTS_STAGED && i2 < HIDDEN && splits <= PARTS_SMEM) {
-                for (int sp = 0; sp < splits; ++sp) {
-                    const float* q = row + (size_t)sp * split_stride + i2;
-                    cp_async16(&stage[sp][lane][0], q, true);
-                    cp_async16(&stage[sp][lane][4], q + 4, true);
-                }
-                cp_async_commit();
-            }
-            sum_parts8(row + i, splits, split_stride, d);
-            return;
-        }
-        if (!KILN_NORM_PARTS_STAGED || j > 1 || splits > PARTS_SMEM) {  // not staged
-            sum_parts8(row + i, splits, split_stride, d);
-            return;
-        }
-        cp_async_wait<0>();  // this thread's own copies: no barrier needed
-#pragma unroll
-        for (int e = 0; e < 8; ++e) d[e] = 0.f;
-        for (int sp = 0; sp < splits; ++sp) {
-            const float4 a = *reinterpret_cast<const float4*>(&stage[sp][lane][0]);
-            const float4 b = *reinterpret_cast<const float4*>(&stage[sp][lane][4]);
-            d[0] += a.x; d[1] += a.y; d[2] += a.z; d[3] += a.w;
-            d[4] += b.x; d[5] += b.y; d[6] += b.z; d[7] += b.w;
-        }
-    }
-};
-
 extern "C" __global__ void __cluster_dims__(NORM_WARPS, 1, 1) __launch_bounds__(32)
     kiln_add_rmsnorm_parts_cl(float* residual, const float* __restrict__ parts, int splits,
                               long long split_stride, const bf16* w, bf16* out_bf16, float* out_f32, int M) {
     __shared__ float warp_total;
-    __shared__ __align__(16) float stage[PARTS_SMEM][32][8];
-    add_rmsnorm(residual, true, ClusterDelta{parts, splits, split_stride, stage}, ClusterRowSum{&warp_total},
-                blockIdx.y, blockIdx.x * 32 + threadIdx.x, w, out_bf16, out_f32, M);
+    add_rmsnorm(
+        residual, true,
+        [=](int m, int i, float(&d)[8]) { sum_parts8(parts + (size_t)m * HIDDEN + i, splits, split_stride, d); },
+        ClusterRowSum{&warp_total}, blockIdx.y, blockIdx.x * 32 + threadIdx.x, w, out_bf16, out_f32, M);
 }
 
 template <typename OUT>

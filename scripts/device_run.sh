@@ -49,9 +49,6 @@
 #            plan built with KILN_TGW_X_STAGED=0), both under KILN_GEMM_WGMMA=1 and wide
 #            (knob_ab): bench at batch 64-256 twice each, the kernel table test with
 #            registers, logits with refs: wgmma_x.txt
-#   norm_staged  the deferred-sum norm (_parts_cl, batch <= 16) with its second vector's partials
-#            staged by cp.async (default since session 20) against loaded at the vector
-#            (a plan built with KILN_NORM_PARTS_STAGED=0), batch 1/4/8/16: norm_staged.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
 #            batch 1-32 twice, the packing kernel tests, logits (needs refs), verify (packed.txt)
 #   gate_up_sum  gate_up's split-K sum in silu_mul (default) against the GEMM's own
@@ -404,10 +401,6 @@ if has wgmma_x; then
   log "wgmma x: staging slot (default) against registers"
   knob_ab xreg wgmma_x.txt KILN_TGW_X_STAGED=0 64,128,256 KILN_GEMM_WGMMA=1
   knob_ab xreg wgmma_x.txt KILN_TGW_X_STAGED=0 64,128,256 KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1
-fi
-if has norm_staged; then
-  log "deferred-sum norm: second vector staged by cp.async (default) against loaded at the vector"
-  knob_ab normv norm_staged.txt KILN_NORM_PARTS_STAGED=0 1,4,8,16
 fi
 if has gate_up_sum; then
   # Session 17: the MLP's gate_up leaves its split-K sum to silu_mul (the default) against

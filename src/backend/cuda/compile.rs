@@ -59,12 +59,9 @@ pub const SOURCES: &[(&str, &str)] = &[
 /// (kernels/common.cuh; `kiln-eval timeline` reads it; stage `timeline`).
 /// `KILN_TGW_X_STAGED` (the wgmma tiled GEMM's fp32 x by cp.async through a staging slot,
 /// default 1 since session 19; 0 through registers; stage `wgmma_x`).
-/// `KILN_NORM_PARTS_STAGED` (kiln_add_rmsnorm_parts_cl's second vector's partials by
-/// cp.async while the first's load, default 1 since session 20; 0 at the vector; stage
-/// `norm_staged`).
-pub const BUILD_KNOBS: [&str; 12] = [
+pub const BUILD_KNOBS: [&str; 11] = [
     "KILN_PF_MAX_ROWS", "KILN_PF_K", "KILN_PF_BUDGET_MB", "KILN_ATTN_V_EARLY", "KILN_PDL_EARLY_ROWS", "KILN_GEMM_REDUCE_IN", "KILN_GEMM_REG_P", "KILN_GEMM_SXW_P",
-    "KILN_GEMM_X_AHEAD", "KILN_TIMELINE", "KILN_TGW_X_STAGED", "KILN_NORM_PARTS_STAGED",
+    "KILN_GEMM_X_AHEAD", "KILN_TIMELINE", "KILN_TGW_X_STAGED",
 ];
 
 /// The model dimensions the kernels are specialised for (passed as `-D` defines).
