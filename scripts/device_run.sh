@@ -49,6 +49,8 @@
 #            plan built with KILN_TGW_X_STAGED=0), both under KILN_GEMM_WGMMA=1 and wide
 #            (knob_ab): bench at batch 64-256 twice each, the kernel table test with
 #            registers, logits with refs: wgmma_x.txt
+#   sx_all   the shared-x GEMM for every weight up to 16 rows (KILN_GEMM_SX_MIN_N=0) against the
+#            default (register kernel for out/o/down below 8 rows), batch 1/4/8: sx_all.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
 #            batch 1-32 twice, the packing kernel tests, logits (needs refs), verify (packed.txt)
 #   gate_up_sum  gate_up's split-K sum in silu_mul (default) against the GEMM's own
@@ -367,7 +369,9 @@ fi
 if has timeline; then
   log "timeline: decode steps at batch ${TL_BATCH:=1,8,64} replayed from their graphs, every kernel's blocks timed (a KILN_TIMELINE=1 plan)"
   plan_with tl KILN_TIMELINE=1
-  .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch "$TL_BATCH" --prefill "${TL_PREFILL:-1024}" --out "$OUT/timeline.jsonl" > "$OUT/timeline.txt" 2>&1
+  .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch "$TL_BATCH" --prefill "${TL_PREFILL:-1024}" --out "$OUT/timeline.jsonl" \
+    --blocks "$OUT/timeline_blocks.jsonl" > "$OUT/timeline.txt" 2>&1
+  xz -f "$OUT/timeline_blocks.jsonl"  # every block of every launch: large
   # The log keeps each batch's head line, its first 24 launches (the embedding and the
   # first layers) and the per-kernel sums; timeline.txt and .jsonl have every launch.
   awk '/^(decode|prefill)/ {n = 0; print; next} /^  +[0-9]+ / {if (n++ < 24) print; next} {print}' "$OUT/timeline.txt" | grep -v "^\s*$"
@@ -401,6 +405,12 @@ if has wgmma_x; then
   log "wgmma x: staging slot (default) against registers"
   knob_ab xreg wgmma_x.txt KILN_TGW_X_STAGED=0 64,128,256 KILN_GEMM_WGMMA=1
   knob_ab xreg wgmma_x.txt KILN_TGW_X_STAGED=0 64,128,256 KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1
+fi
+if has sx_all; then
+  # The shared-x kernel for every weight up to 16 rows (KILN_GEMM_SX_MIN_N=0) against the
+  # register kernel for out/o/down below 8 rows (the default): the same bits.
+  log "small batches: shared-x GEMM for every weight against the register kernel for the narrow ones"
+  env_ab "register (default)" "shared-x all" sx_all.txt KILN_GEMM_SX_MIN_N=0 1,4,8
 fi
 if has gate_up_sum; then
   # Session 17: the MLP's gate_up leaves its split-K sum to silu_mul (the default) against

@@ -9,7 +9,7 @@
 //!   kiln-eval verify --plan P [--batch 1,4,8] [--drafts 3] [--steps 24] [--ctx 1024]
 //!       speculative verification against plain decoding (exact tokens, accepted
 //!       lengths, bit-identical logits after the commit) and its time per call.
-//!   kiln-eval timeline --plan P [--batch 1,8,64] [--ctx 1024] [--steps 5] [--prefill N] [--out F]
+//!   kiln-eval timeline --plan P [--batch 1,8,64] [--ctx 1024] [--steps 5] [--prefill N] [--out F] [--blocks F]
 //!       one decode step per batch size replayed from its graph, every kernel's blocks
 //!       timed inside it (a plan built with KILN_TIMELINE=1, backend/cuda/timeline.rs).
 
@@ -81,6 +81,10 @@ enum Cmd {
         /// Every launch of each batch's median step as JSON lines.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Every block of each batch's median step as JSON lines (launch, SM, block,
+        /// release and end from the launch's first release): which blocks end late.
+        #[arg(long)]
+        blocks: Option<PathBuf>,
     },
 }
 
@@ -385,7 +389,7 @@ fn main() -> Result<()> {
         Cmd::Logits { plan, cases, out } => logits(plan, cases, out),
         Cmd::Bench { plan, batch, ctx, prefill, iters } => bench(plan, batch, ctx, prefill, iters),
         Cmd::Verify { plan, batch, drafts, steps, ctx } => verify(plan, batch, drafts, steps, ctx),
-        Cmd::Timeline { plan, batch, ctx, steps, prefill, verify_drafts, out } => timeline(plan, batch, ctx, steps, prefill, verify_drafts, out),
+        Cmd::Timeline { plan, batch, ctx, steps, prefill, verify_drafts, out, blocks } => timeline(plan, batch, ctx, steps, prefill, verify_drafts, out, blocks),
     }
 }
 
@@ -393,8 +397,9 @@ fn main() -> Result<()> {
 /// (to name the launches), then `steps` steps each timed block by block; the step with
 /// the median span is printed launch by launch and summed per kernel. With `prefill`, a
 /// prefill of that many tokens in one chunk (launch by launch) the same way.
-fn timeline(plan: PathBuf, batch: String, ctx: usize, steps: usize, prefill_len: usize, drafts: usize, out: Option<PathBuf>) -> Result<()> {
-    use kiln::backend::cuda::timeline::{launches, rows, Row};
+#[allow(clippy::too_many_arguments)]
+fn timeline(plan: PathBuf, batch: String, ctx: usize, steps: usize, prefill_len: usize, drafts: usize, out: Option<PathBuf>, blocks_out: Option<PathBuf>) -> Result<()> {
+    use kiln::backend::cuda::timeline::{block_times, launches, rows, BlockTime, Row};
     let batches: Vec<usize> = batch.split(',').map(|b| b.trim().parse().context("--batch")).collect::<Result<_>>()?;
     let maxb = *batches.iter().max().context("--batch")?;
     // A verify step commits what it accepts, so each timed one moves its sequences on.
@@ -413,19 +418,29 @@ fn timeline(plan: PathBuf, batch: String, ctx: usize, steps: usize, prefill_len:
     }
     let site = |m: u32, l: u32| format!("{}:{l}", kiln::backend::cuda::compile::SOURCES.get(m as usize).map_or("?", |s| s.0));
     let mut json = out.as_ref().map(std::fs::File::create).transpose()?.map(std::io::BufWriter::new);
+    let mut block_json = blocks_out.as_ref().map(std::fs::File::create).transpose()?.map(std::io::BufWriter::new);
     // Times `runs` repetitions of `run` with the launches named by `log`; prints the median.
     let mut report = |title: String, tag: &str, log: &[kiln::backend::cuda::timeline::LaunchInfo], be: &mut CudaBackend, runs: usize, run: &mut dyn FnMut(&mut CudaBackend, usize) -> Result<()>| -> Result<()> {
         be.take_timeline()?;
-        let mut timed: Vec<(f64, Vec<Row>)> = Vec::new();
+        let mut timed: Vec<(f64, Vec<Row>, Vec<BlockTime>)> = Vec::new();
         for it in 0..runs.max(1) {
             run(be, it)?;
             let (records, lost) = be.take_timeline()?;
             ensure!(!lost, "{title}: the timeline buffer overflowed");
-            let r = rows(&launches(&records), log, site);
-            timed.push((r.iter().map(|x| x.advance_us).sum(), r));
+            let ls = launches(&records);
+            let r = rows(&ls, log, site);
+            let bt = if block_json.is_some() { block_times(&records, &ls) } else { Vec::new() };
+            timed.push((r.iter().map(|x| x.advance_us).sum(), r, bt));
         }
         timed.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (span, r) = &timed[timed.len() / 2];
+        let (span, r, bt) = &timed[timed.len() / 2];
+        if let Some(f) = block_json.as_mut() {
+            for b in bt {
+                let v = serde_json::json!({"run": tag, "i": b.launch, "kernel": r[b.launch].name, "sm": b.sm, "block": b.block,
+                    "release_us": b.release_us, "end_us": b.end_us});
+                writeln!(f, "{v}")?;
+            }
+        }
         let handoffs: f64 = r.iter().map(|x| x.handoff_us).sum();
         println!("{title}: span {span:.1} us over {} launches, {handoffs:.1} us of it in hand-offs (median of {}; {} launches logged)", r.len(), timed.len(), log.len());
         println!("  (p10/p50/p90: the blocks' ends, and last-rel the last block's release, in us after the first release)");

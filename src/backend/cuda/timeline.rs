@@ -103,6 +103,8 @@ pub struct LaunchInfo {
 /// One launch seen on the timeline: its blocks' records grouped by %gridid.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Launch {
+    /// The launch's %gridid (what groups its blocks).
+    pub grid: u64,
     pub module: u32,
     pub line: u32,
     pub blocks: u64,
@@ -127,7 +129,7 @@ pub fn launches(records: &[BlockRecord]) -> Vec<Launch> {
     let mut by_grid: BTreeMap<u64, (Launch, Vec<u64>)> = BTreeMap::new();
     for r in records {
         let (l, ends) = by_grid.entry(r.grid).or_insert_with(|| {
-            let l = Launch { module: r.module, line: r.line, blocks: 0, first_enter: u64::MAX, first_wait: u64::MAX, last_end: 0, last_wait: 0, end_q: [0; 3] };
+            let l = Launch { grid: r.grid, module: r.module, line: r.line, blocks: 0, first_enter: u64::MAX, first_wait: u64::MAX, last_end: 0, last_wait: 0, end_q: [0; 3] };
             (l, Vec::new())
         });
         l.blocks += 1;
@@ -148,6 +150,36 @@ pub fn launches(records: &[BlockRecord]) -> Vec<Launch> {
         })
         .collect();
     v.sort_by_key(|l| (l.first_wait, l.first_enter, l.last_end));
+    v
+}
+
+/// One block of a launch, for finding which blocks (or SMs) end a launch late.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockTime {
+    /// The launch's index in `launches` order.
+    pub launch: usize,
+    pub sm: u32,
+    pub block: u32,
+    /// The block's release from the PDL wait and its end, in µs after the launch's first
+    /// release.
+    pub release_us: f64,
+    pub end_us: f64,
+}
+
+/// Every record as a `BlockTime` of its launch (by %gridid; records of a grid missing from
+/// `launches` are dropped), in launch order, then block order.
+pub fn block_times(records: &[BlockRecord], launches: &[Launch]) -> Vec<BlockTime> {
+    let index: BTreeMap<u64, usize> = launches.iter().enumerate().map(|(i, l)| (l.grid, i)).collect();
+    let mut v: Vec<BlockTime> = records
+        .iter()
+        .filter_map(|r| {
+            let &i = index.get(&r.grid)?;
+            let t0 = launches[i].first_wait;
+            let us = |t: u64| t.saturating_sub(t0) as f64 / 1e3;
+            Some(BlockTime { launch: i, sm: r.sm, block: r.block, release_us: us(r.t_wait), end_us: us(r.t_end) })
+        })
+        .collect();
+    v.sort_by_key(|b| (b.launch, b.block));
     v
 }
 
@@ -327,6 +359,22 @@ mod tests {
         assert!((r.busy_us - 1.8).abs() < 1e-9);
         // One block: every percentile is its end.
         assert_eq!(launches(&[rec(1, 0, 0, 10, 42)])[0].end_q, [10, 10, 10]);
+    }
+
+    #[test]
+    fn block_times_follow_launch_order_and_count_from_the_first_release() {
+        // Grid 9 is released after grid 4 ends, so it is launch 1; its blocks come back
+        // in block order with times from its own first release (1010 ns).
+        let mut recs = vec![rec(4, 0, 100, 900, 1), rec(9, 50, 1010, 1500, 2), rec(9, 60, 1030, 2400, 2)];
+        (recs[0].sm, recs[0].block) = (3, 0);
+        (recs[1].sm, recs[1].block) = (5, 1);
+        (recs[2].sm, recs[2].block) = (7, 0);
+        recs.push(rec(77, 0, 0, 1, 9)); // a grid not among the launches
+        let ls = launches(&recs[..3]);
+        let bt = block_times(&recs, &ls);
+        assert_eq!(bt.iter().map(|b| (b.launch, b.block, b.sm)).collect::<Vec<_>>(), vec![(0, 0, 3), (1, 0, 7), (1, 1, 5)]);
+        assert!((bt[1].release_us - 0.02).abs() < 1e-9 && (bt[1].end_us - 1.39).abs() < 1e-9, "{bt:?}");
+        assert!((bt[2].release_us - 0.0).abs() < 1e-9 && (bt[2].end_us - 0.49).abs() < 1e-9, "{bt:?}");
     }
 
     #[test]
