@@ -49,6 +49,8 @@
 #            plan built with KILN_TGW_X_STAGED=0), both under KILN_GEMM_WGMMA=1 and wide
 #            (knob_ab): bench at batch 64-256 twice each, the kernel table test with
 #            registers, logits with refs: wgmma_x.txt
+#   reg_spread  the register GEMM with unused shared memory capping its blocks per SM
+#            (KILN_GEMM_REG_SPREAD=1) against the default, batch $SPREAD_BATCHES (1,4): reg_spread.txt
 #   sx_all   the shared-x GEMM for every weight up to 16 rows (KILN_GEMM_SX_MIN_N=0) against the
 #            default (register kernel for out/o/down below 8 rows), batch 1/4/8: sx_all.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
@@ -405,6 +407,13 @@ if has wgmma_x; then
   log "wgmma x: staging slot (default) against registers"
   knob_ab xreg wgmma_x.txt KILN_TGW_X_STAGED=0 64,128,256 KILN_GEMM_WGMMA=1
   knob_ab xreg wgmma_x.txt KILN_TGW_X_STAGED=0 64,128,256 KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1
+fi
+if has reg_spread; then
+  # The register GEMM's blocks spread over every SM (KILN_GEMM_REG_SPREAD=1: unused dynamic
+  # shared memory caps them at ceil(blocks / SMs) per SM) against the default (up to 6 per SM
+  # by registers): the same kernel and grid.
+  log "register GEMM: blocks spread over every SM against packed by the block scheduler"
+  env_ab "default" "spread" reg_spread.txt KILN_GEMM_REG_SPREAD=1 "${SPREAD_BATCHES:-1,4}"
 fi
 if has sx_all; then
   # The shared-x kernel for every weight up to 16 rows (KILN_GEMM_SX_MIN_N=0) against the

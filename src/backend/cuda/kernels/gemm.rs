@@ -107,11 +107,19 @@ pub struct GemmChoices {
     /// session 18, not yet run on a GPU): half the L2 bytes per FLOP of the 128 x 64 tiles
     /// (docs/kernels.md), the same bits.
     pub wgmma_wide: bool,
+    /// Spread the register kernel's blocks over every SM (`KILN_GEMM_REG_SPREAD=1`): its
+    /// 78 registers let 6 blocks share an SM, and at batch 1 a launch of 520 blocks (out,
+    /// o, down) sat on 107-113 SMs, 60 of them holding 6, while the rest held few or none
+    /// (the SMs still busy with the previous GEMM when its blocks launched early): those
+    /// 60 stream half again as much as an even share, the down GEMM's 5-7 µs tail (H100
+    /// per-block timeline, session 20). Unused dynamic shared memory (`spread_smem`) caps
+    /// the blocks per SM; the arithmetic is untouched.
+    pub reg_spread: bool,
 }
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, wgmma: false, wgmma_wide: false }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, wgmma: false, wgmma_wide: false, reg_spread: false }
     }
 }
 
@@ -134,6 +142,7 @@ impl GemmChoices {
             defer_cluster_max_m: num("KILN_GEMM_DEFER_CLUSTER_MAX_M", d.defer_cluster_max_m),
             wgmma: flag("KILN_GEMM_WGMMA", d.wgmma),
             wgmma_wide: flag("KILN_GEMM_WGMMA_WIDE", d.wgmma_wide),
+            reg_spread: flag("KILN_GEMM_REG_SPREAD", d.reg_spread),
         }
     }
 
@@ -409,13 +418,46 @@ impl Kernels {
         let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp, w_packed);
         let rows_per_block = if mi >= 2 { 128 } else { 64 };
         let grid = (n.div_ceil(rows_per_block) as u32, plan.splits as u32, 1);
-        self.launch(NAMES[x_dtype.idx()][y_dtype.idx()][mi], stream, grid, 128, 0, &mut p)
+        let smem = if c.reg_spread { spread_smem(grid.0 as usize * grid.1 as usize, self.num_sms as usize) } else { 0 };
+        self.launch(NAMES[x_dtype.idx()][y_dtype.idx()][mi], stream, grid, 128, smem, &mut p)
     }
+}
+
+/// Shared memory per SM on sm_90 and sm_100 (228 KB), and what the driver keeps per block.
+const SMEM_PER_SM: usize = 228 * 1024;
+const SMEM_PER_BLOCK_RESERVED: usize = 1024;
+
+/// Dynamic shared memory (unused) that leaves room for at most ceil(blocks / sms) blocks
+/// of a launch per SM, so the block scheduler spreads them over every SM instead of
+/// filling some to the register limit; 0 when that cap is above 5 (registers already hold
+/// the register kernel to 6). At most 48 KB, the most a launch takes without opting in.
+pub fn spread_smem(blocks: usize, sms: usize) -> u32 {
+    let cap = blocks.div_ceil(sms.max(1)).max(1);
+    if cap > 5 {
+        return 0;
+    }
+    // The smallest size at which cap + 1 blocks no longer fit.
+    let need = (SMEM_PER_SM / (cap + 1) + 1).saturating_sub(SMEM_PER_BLOCK_RESERVED);
+    need.div_ceil(256).saturating_mul(256).min(48 * 1024) as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spread_smem_caps_the_blocks_per_sm() {
+        let fits = |smem: u32| SMEM_PER_SM / (smem as usize + SMEM_PER_BLOCK_RESERVED);
+        // out/o/down at batch 1 on 132 SMs: 520 blocks, at most 4 per SM.
+        let s = spread_smem(520, 132);
+        assert!(s > 0 && s <= 48 * 1024 && fits(s) == 4, "{s} bytes let {} blocks share an SM", fits(s));
+        // 5 per SM (600 blocks); no cap beyond 5 (registers hold 6).
+        assert_eq!(fits(spread_smem(600, 132)), 5);
+        assert_eq!(spread_smem(800, 132), 0);
+        // Fewer blocks than SMs: one per SM would need more than 48 KB, so the cap is the
+        // most 48 KB gives (4 a SM), still an even spread for so few blocks.
+        assert_eq!(fits(spread_smem(100, 132)), 4);
+    }
 
     #[test]
     fn the_tiled_kernel_takes_17_rows_and_up_by_default() {
