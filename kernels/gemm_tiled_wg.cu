@@ -2,11 +2,11 @@
 //
 // kiln_gemm_tiled_wg_x{f32,bf16}_y{f32,bf16}: the same arguments, grid, block, split plan
 // and bits as kiln_gemm_tiled_* (gemm_tiled.cu); shared memory KILN_SMEM_GEMM_TILED_WG_*
-// (the same stages, plus fp32 x's 16 KB staging slot: 112 KB).
+// (the same stages: 96 KB for fp32 x).
 // kiln_gemm_tiled_wg4_x{f32,bf16}_y{f32,bf16} (session 18, KILN_GEMM_WGMMA_WIDE=1): the
 // same with 4 warpgroups and 256 (W) x 128 (batch) tiles: grid (ceil(N / 256) * ceil(M /
 // 128), splits), block 512, one block per SM, KILN_SMEM_GEMM_TILED_WG4_{f32,bf16} of
-// shared memory (224 KB for fp32 x). Why: at batch 128-256 both tiled kernels read N M K
+// shared memory (192 KB for fp32 x). Why: at batch 128-256 both tiled kernels read N M K
 // / 16 bytes of W and x from L2 per GEMM (64 FLOP per L2 byte with 128 x 64 tiles); 256 x
 // 128 tiles double that (docs/kernels.md). Counters: one per tile, fewer than the 128 x
 // 64 kernel's.
@@ -27,8 +27,8 @@
 //   W (A operand, 64 rows per warpgroup) by 8-byte cp.async straight into K-major core
 //   matrices without swizzle: per stage slot [warpgroup][step q = 2h + s][2 KB], row r of
 //   the warpgroup at (r >> 3) * 256 + (r & 7) * 16, half at + 128, piece at + 8 (LBO 128,
-//   SBO 256). x (B operand) stored in the same positions (fp32 x by a cp.async staging
-//   slot and the hi/lo split, KILN_TGW_X_STAGED; bf16 x through registers). A warp's
+//   SBO 256). x (B operand) stored in the same positions (through registers, fp32 x
+//   split into hi/lo on the way). A warp's
 //   loads and stores cover 8 rows at a time, so they are free of bank conflicts.
 //   Pipeline (session 18): W two stages ahead, x stored one stage ahead (loaded two
 //   before that), three slots each; a stage issues its wgmmas, then the later stages'
@@ -41,14 +41,10 @@
 //   2t + (i & 1) of the block's 32 WGS. The MMAs cover the tile's live batch rows rounded
 //   up to 16 (to 64 or 128 past 64 rows).
 
-// fp32 x by cp.async into a per-thread staging slot, converted to hi/lo a stage later
-// (1, the default), or through registers (0). Why: each stage's fence.proxy.async is a
-// MEMBAR.ALL.CTA, which waits for every load the thread has in flight, so x loaded into
-// registers two stages ahead had less than a stage to arrive (session 19 ncu: long
-// scoreboard on the fence and the barrier); cp.async is not a load the fence waits for.
-#ifndef KILN_TGW_X_STAGED
-#define KILN_TGW_X_STAGED 1
-#endif
+// (Session 19 also built fp32 x by cp.async through a per-thread staging slot, split a
+// stage later, so that the per-stage proxy fence, a MEMBAR.ALL.CTA, had no register
+// loads to wait for: measured 6 % slower than through registers at batch 64-256, the 256 x
+// 128 kernel within 1.5 % (session 20, H100), so it was removed.)
 
 // The tiles and shared memory of a block of WGS warpgroups: 64 WGS W rows x 32 WGS batch
 // rows (WGS = 2: the mma.sync kernel's 128 x 64 and TgLayout's sizes).
@@ -61,11 +57,7 @@ template <bool XF32_, int WST, int XST, int WGS> struct TgwLayout {
     static constexpr int W = WGS * 4 * WSTEP;
     static constexpr int XPLANE = 4 * XSTEP;  // x hi of a stage (x lo follows for fp32 x)
     static constexpr int X = XPLANE * (XF32 ? 2 : 1);
-    // fp32 x's staging slot (cp.async target, [unit][thread] x 16 bytes, 4 units a thread),
-    // allocated whether or not KILN_TGW_X_STAGED uses it, so both variants run at the same
-    // occupancy (2 blocks of 112 KB per SM for 128 x 64 tiles; 224 KB for 256 x 128).
-    static constexpr int XSTG = XF32 ? THREADS * 4 * 16 : 0;
-    static constexpr int SMEM = WST * W + XST * X + XSTG;
+    static constexpr int SMEM = WST * W + XST * X;
 };
 
 // Byte offset of position pair `pair` (0..3) of core-matrix half `half` of row n of step
@@ -165,8 +157,8 @@ __device__ __forceinline__ void tiled_gemm_wg_nb(const bf16* __restrict__ W, con
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     // The tile again rather than from the dispatcher: passed in, its values stay live across
-    // the width switch and the wide staged kernel spills 28 bytes (ptxas 13.0); recomputed,
-    // ptxas rematerialises them from blockIdx (0 spilled, a few integer ops per block).
+    // the width switch (28 bytes spilled in session 19, ptxas 13.0); recomputed, ptxas
+    // rematerialises them from blockIdx (a few integer ops per block).
     const TgTile<BN, BM> tile(M, K, ks);
     const int n0 = tile.n0, m0 = tile.m0, kb = tile.kb, ke = tile.ke, nchunks = tile.nchunks, nst = tile.nst;
 
@@ -231,54 +223,19 @@ __device__ __forceinline__ void tiled_gemm_wg_nb(const bf16* __restrict__ W, con
         }
     };
 
-    // Staged fp32 x: the thread's 4 units of stage s by cp.async into its staging slot (the
-    // same zeros as load_x_regs: nothing is read past M or ke), and, once they have landed,
-    // from there through the hi/lo split into stage s's x slot. Only this thread reads what
-    // it copied, so cp_async_wait is the only synchronisation; the slot is refilled after
-    // the stores that consume its previous contents.
-    constexpr bool STAGED = XF32 && KILN_TGW_X_STAGED;
-    unsigned char* xstg = tg_smem + WST * L::W + XST * L::X + tid * 16;
-    auto copy_x_async = [&](int s) {
-#pragma unroll
-        for (int u = 0; u < XU; ++u) {
-            const bool ok = s < nst && m0 + row < M && kb + s * TG_SK + (xk(u) & ~7) < ke;
-            cp_async16(xstg + u * L::THREADS * 16, ok ? xsrc + (size_t)(s * TG_SK + xk(u)) * XE : xsrc, ok);
-        }
-    };
-    auto store_x_staged = [&](int s) {
-        XRegs v;
-#pragma unroll
-        for (int u = 0; u < XU; ++u) v[u] = *reinterpret_cast<const uint4*>(xstg + u * L::THREADS * 16);
-        store_x_regs(s, v);
-    };
-
-    // W two stages ahead (one cp.async group per stage). x through registers: stored one
-    // stage ahead and loaded two before that. Staged x: stored two stages ahead (the slot of
-    // stage s + 2 is stage s - 1's, free after stage s's barrier), copied one stage before
-    // that; groups in order W(0), x(2), W(1), then per stage x(s + 3), W(s + 2), so stage s
-    // waits for W(s) with 2 groups in flight and for x(s + 2) with 1.
+    // W two stages ahead (one cp.async group per stage); x through registers, stored one
+    // stage ahead and loaded two before that.
     XRegs xb;
     load_w(0);
     cp_async_commit();
-    if constexpr (!STAGED) {
-        load_w(1);
-        cp_async_commit();
-    }
+    load_w(1);
+    cp_async_commit();
     prefetch_rows_early(W, n0, BN, tid, M, N, K, kb, ke, 2 * TG_SK, splits, ks);
     KILN_PDL_ENTER_ROWS(M);
     load_x_regs(0, xr);
     load_x_regs(1, xb);  // before stage 0's store waits for its loads
-    if constexpr (STAGED) {
-        copy_x_async(2);
-        cp_async_commit();
-        load_w(1);
-        cp_async_commit();
-        store_x_regs(0, xr);
-        store_x_regs(1, xb);
-    } else {
-        store_x_regs(0, xr);
-        load_x_regs(2, xr);
-    }
+    store_x_regs(0, xr);
+    load_x_regs(2, xr);
 
     float acc[NACC];
 #pragma unroll
@@ -295,8 +252,7 @@ __device__ __forceinline__ void tiled_gemm_wg_nb(const bf16* __restrict__ W, con
     // flight (session 19 ncu: 46 % of the stall samples long scoreboard, 11 % on the
     // branch after the arrive).
     auto stage = [&](int s, XRegs& xs, bool two) {  // two: a constant at each call
-        if constexpr (STAGED) cp_async_wait<2>();  // W(s) has landed
-        else cp_async_wait<1>();                   // W(s) has landed (W(s + 1) may be in flight)
+        cp_async_wait<1>();  // W(s) has landed (W(s + 1) may be in flight)
         // This thread's cp.async writes (generic proxy) and x stores become visible to the
         // wgmmas (async proxy) after the fence and the barrier.
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -308,19 +264,10 @@ __device__ __forceinline__ void tiled_gemm_wg_nb(const bf16* __restrict__ W, con
         if (two) tgw_stage_mmas<NB, true, L>(acc, wt, xt);
         else tgw_stage_mmas<NB, false, L>(acc, wt, xt);
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        if constexpr (STAGED) {
-            cp_async_wait<1>();  // x(s + 2) has landed (W(s + 1) may be in flight)
-            store_x_staged(s + 2);  // slot of stage s - 1
-            copy_x_async(s + 3);
-            cp_async_commit();
-            load_w(s + 2);  // slot of stage s - 1
-            cp_async_commit();
-        } else {
-            load_w(s + 2);  // slot of stage s - 1
-            cp_async_commit();
-            store_x_regs(s + 1, xs);  // slot of stage s - 2
-            load_x_regs(s + 3, xs);
-        }
+        load_w(s + 2);  // slot of stage s - 1
+        cp_async_commit();
+        store_x_regs(s + 1, xs);  // slot of stage s - 2
+        load_x_regs(s + 3, xs);
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
         tgw_fence_acc<NACC>(acc);
     };

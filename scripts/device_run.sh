@@ -45,14 +45,8 @@
 #   wgmma    the tiled GEMM's wgmma variant (KILN_GEMM_WGMMA=1, sm_90a) against mma.sync, and its
 #            256 x 128 tiles (KILN_GEMM_WGMMA_WIDE=1): bench at batch 32-256 twice each, logits
 #            against the default's (needs refs, eval): wgmma.txt
-#   wgmma_x  the wgmma GEMM's fp32 x by a cp.async staging slot (default) against registers (a
-#            plan built with KILN_TGW_X_STAGED=0), both under KILN_GEMM_WGMMA=1 and wide
-#            (knob_ab): bench at batch 64-256 twice each, the kernel table test with
-#            registers, logits with refs: wgmma_x.txt
 #   reg_spread  the register GEMM with unused shared memory capping its blocks per SM
 #            (KILN_GEMM_REG_SPREAD=1) against the default, batch $SPREAD_BATCHES (1,4): reg_spread.txt
-#   sx_all   the shared-x GEMM for every weight up to 16 rows (KILN_GEMM_SX_MIN_N=0) against the
-#            default (register kernel for out/o/down below 8 rows), batch 1/4/8: sx_all.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
 #            batch 1-32 twice, the packing kernel tests, logits (needs refs), verify (packed.txt)
 #   gate_up_sum  gate_up's split-K sum in silu_mul (default) against the GEMM's own
@@ -174,25 +168,20 @@ bench_as() {
   local vars=(); while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do vars+=("$1"); shift; done; shift
   env "${vars[@]}" .devbin/kiln-eval bench --plan "$plan" "$@" 2>&1 | grep -E "decode batch|prefill" | sed "s/^/$tag: /" | tee -a "$OUT/$file"
 }
-# knob_ab TAG FILE VAR=value BATCHES [RUN_VAR=value ...]: a plan built with a kernel build
-# knob against the default plan, the same checkpoint, both run with the RUN_VARs (run-time
-# choices such as KILN_GEMM_WGMMA=1; none: the defaults): the bench at BATCHES twice each
-# ("TAG[ RUN_VARS] default" and "... VAR=value" lines in $OUT/FILE), the GEMM table test
-# with the knob (bit-identical to the other kernels at the same plan), and with refs its
-# logits (bit-identical to the default plan's expected). The knob's plan is built once per
-# TAG in a run, so several calls with one TAG share it.
-KNOB_PLANS=""
+# knob_ab TAG FILE VAR=value BATCHES: a plan built with a kernel build knob against the
+# default plan, the same checkpoint: the bench at BATCHES twice each ("TAG default" and "TAG
+# VAR=value" lines in $OUT/FILE), the GEMM table test with the knob (bit-identical to the
+# other kernels at the same plan), and with refs its logits (bit-identical to the default
+# plan's expected).
 knob_ab() {
-  local tag=$1 file=$2 knob=$3 batches=$4; shift 4
-  local run=("$@") label="$tag${*:+ $*}"
-  # (built in this run, not kept from an earlier call's binaries on a warm machine)
-  [[ " $KNOB_PLANS " == *" $tag "* ]] || { plan_with "$tag" "$knob"; KNOB_PLANS+=" $tag"; }
+  local tag=$1 file=$2 knob=$3 batches=$4
+  plan_with "$tag" "$knob"
   for r in 1 2; do
-    bench_as "$label default" "$file" "$ENG/qwen35_4b_random.plan" "${run[@]}" -- --batch "$batches" --prefill 16
-    bench_as "$label $knob" "$file" "/tmp/engines_$tag/qwen35_4b_random.plan" "${run[@]}" -- --batch "$batches" --prefill 16
+    bench_as "$tag default" "$file" "$ENG/qwen35_4b_random.plan" -- --batch "$batches" --prefill 16
+    bench_as "$tag $knob" "$file" "/tmp/engines_$tag/qwen35_4b_random.plan" -- --batch "$batches" --prefill 16
   done
-  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && env "$knob" "$t" gemm_matches --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differ" | sed "s/^/$label $knob kernels: /" | tee -a "$OUT/$file"; done
-  if [ -f "$REFS/cases.json" ]; then logits_check "${label// /_}" "/tmp/engines_$tag/qwen35_4b_random.plan" "${run[@]}"; fi
+  for t in .devbin/cuda_kernels*; do [ -x "$t" ] && env "$knob" "$t" gemm_matches --ignored --test-threads=1 --nocapture 2>&1 | grep -E "test result|panicked|differ" | sed "s/^/$tag $knob kernels: /" | tee -a "$OUT/$file"; done
+  if [ -f "$REFS/cases.json" ]; then logits_check "$tag" "/tmp/engines_$tag/qwen35_4b_random.plan"; fi
   python3 scripts/ab_table.py "$OUT/$file"
 }
 # env_ab BASE_TAG TAG FILE VARS BATCHES [TAG2 VARS2 ...]: run-time experiments (environment
@@ -400,26 +389,12 @@ if has wgmma; then
   env_ab "tiled mma.sync" "tiled wgmma" wgmma.txt KILN_GEMM_WGMMA=1 32,64,128,256 \
     "tiled wgmma wide" "KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1"
 fi
-if has wgmma_x; then
-  # Session 19: the wgmma GEMM's fp32 x by cp.async through a staging slot (the default)
-  # against through registers (a plan built with KILN_TGW_X_STAGED=0), both kernels under
-  # KILN_GEMM_WGMMA=1, then with the wide tiles.
-  log "wgmma x: staging slot (default) against registers"
-  knob_ab xreg wgmma_x.txt KILN_TGW_X_STAGED=0 64,128,256 KILN_GEMM_WGMMA=1
-  knob_ab xreg wgmma_x.txt KILN_TGW_X_STAGED=0 64,128,256 KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1
-fi
 if has reg_spread; then
   # The register GEMM's blocks spread over every SM (KILN_GEMM_REG_SPREAD=1: unused dynamic
   # shared memory caps them at ceil(blocks / SMs) per SM) against the default (up to 6 per SM
   # by registers): the same kernel and grid.
   log "register GEMM: blocks spread over every SM against packed by the block scheduler"
   env_ab "default" "spread" reg_spread.txt KILN_GEMM_REG_SPREAD=1 "${SPREAD_BATCHES:-1,4}"
-fi
-if has sx_all; then
-  # The shared-x kernel for every weight up to 16 rows (KILN_GEMM_SX_MIN_N=0) against the
-  # register kernel for out/o/down below 8 rows (the default): the same bits.
-  log "small batches: shared-x GEMM for every weight against the register kernel for the narrow ones"
-  env_ab "register (default)" "shared-x all" sx_all.txt KILN_GEMM_SX_MIN_N=0 1,4,8
 fi
 if has gate_up_sum; then
   # Session 17: the MLP's gate_up leaves its split-K sum to silu_mul (the default) against

@@ -399,7 +399,7 @@ fn main() -> Result<()> {
 /// prefill of that many tokens in one chunk (launch by launch) the same way.
 #[allow(clippy::too_many_arguments)]
 fn timeline(plan: PathBuf, batch: String, ctx: usize, steps: usize, prefill_len: usize, drafts: usize, out: Option<PathBuf>, blocks_out: Option<PathBuf>) -> Result<()> {
-    use kiln::backend::cuda::timeline::{block_times, launches, rows, BlockTime, Row};
+    use kiln::backend::cuda::timeline::{block_times, launches, rows, BlockRecord, Launch, Row};
     let batches: Vec<usize> = batch.split(',').map(|b| b.trim().parse().context("--batch")).collect::<Result<_>>()?;
     let maxb = *batches.iter().max().context("--batch")?;
     // A verify step commits what it accepts, so each timed one moves its sequences on.
@@ -422,20 +422,21 @@ fn timeline(plan: PathBuf, batch: String, ctx: usize, steps: usize, prefill_len:
     // Times `runs` repetitions of `run` with the launches named by `log`; prints the median.
     let mut report = |title: String, tag: &str, log: &[kiln::backend::cuda::timeline::LaunchInfo], be: &mut CudaBackend, runs: usize, run: &mut dyn FnMut(&mut CudaBackend, usize) -> Result<()>| -> Result<()> {
         be.take_timeline()?;
-        let mut timed: Vec<(f64, Vec<Row>, Vec<BlockTime>)> = Vec::new();
+        // Per run: its span, rows, and (for --blocks) its records and launches.
+        let mut timed: Vec<(f64, Vec<Row>, Vec<BlockRecord>, Vec<Launch>)> = Vec::new();
         for it in 0..runs.max(1) {
             run(be, it)?;
             let (records, lost) = be.take_timeline()?;
             ensure!(!lost, "{title}: the timeline buffer overflowed");
             let ls = launches(&records);
             let r = rows(&ls, log, site);
-            let bt = if block_json.is_some() { block_times(&records, &ls) } else { Vec::new() };
-            timed.push((r.iter().map(|x| x.advance_us).sum(), r, bt));
+            let (records, ls) = if block_json.is_some() { (records, ls) } else { (Vec::new(), Vec::new()) };
+            timed.push((r.iter().map(|x| x.advance_us).sum(), r, records, ls));
         }
         timed.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (span, r, bt) = &timed[timed.len() / 2];
+        let (span, r, records, ls) = &timed[timed.len() / 2];
         if let Some(f) = block_json.as_mut() {
-            for b in bt {
+            for b in block_times(records, ls) {
                 let v = serde_json::json!({"run": tag, "i": b.launch, "kernel": r[b.launch].name, "sm": b.sm, "block": b.block,
                     "release_us": b.release_us, "end_us": b.end_us});
                 writeln!(f, "{v}")?;

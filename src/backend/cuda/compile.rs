@@ -57,11 +57,9 @@ pub const SOURCES: &[(&str, &str)] = &[
 /// device_run.sh stages `knobs`, `reg_p`, `sxw` and `x_ahead` measure them.
 /// `KILN_TIMELINE=1` builds the diagnostic in-graph timeline into every kernel
 /// (kernels/common.cuh; `kiln-eval timeline` reads it; stage `timeline`).
-/// `KILN_TGW_X_STAGED` (the wgmma tiled GEMM's fp32 x by cp.async through a staging slot,
-/// default 1 since session 19; 0 through registers; stage `wgmma_x`).
-pub const BUILD_KNOBS: [&str; 11] = [
+pub const BUILD_KNOBS: [&str; 10] = [
     "KILN_PF_MAX_ROWS", "KILN_PF_K", "KILN_PF_BUDGET_MB", "KILN_ATTN_V_EARLY", "KILN_PDL_EARLY_ROWS", "KILN_GEMM_REDUCE_IN", "KILN_GEMM_REG_P", "KILN_GEMM_SXW_P",
-    "KILN_GEMM_X_AHEAD", "KILN_TIMELINE", "KILN_TGW_X_STAGED",
+    "KILN_GEMM_X_AHEAD", "KILN_TIMELINE",
 ];
 
 /// The model dimensions the kernels are specialised for (passed as `-D` defines).

@@ -118,6 +118,9 @@ pub(crate) fn int(v: usize, what: &str) -> Result<i32> {
 pub struct Kernels {
     pub(crate) dims: KernelDims,
     pub(crate) num_sms: u32,
+    /// Shared memory per SM, and what the driver reserves per resident block (bytes).
+    smem_per_sm: usize,
+    smem_reserved_per_block: usize,
     funcs: HashMap<String, CudaFunction>,
     _modules: Vec<Arc<CudaModule>>,
     pdl: AtomicBool,
@@ -178,6 +181,9 @@ impl Kernels {
         let num_sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| anyhow!("reading the multiprocessor count: {e:?}"))? as u32;
+        let attr = |a, what: &str| ctx.attribute(a).map_err(|e| anyhow!("reading {what}: {e:?}")).map(|v| v as usize);
+        let smem_per_sm = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR, "the shared memory per SM")?;
+        let smem_reserved_per_block = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK, "the shared memory reserved per block")?;
         let gdn_verify_fused = std::env::var("KILN_GDN_VERIFY_FUSED").ok().map(|v| v != "0");
         let gdn_verify_pre = std::env::var("KILN_GDN_VERIFY_PRE").map_or(true, |v| v != "0");
         let attn_prefill_rows = if std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "64") { 64 } else { 128 };
@@ -185,6 +191,8 @@ impl Kernels {
         Ok(Kernels {
             dims: dims.clone(),
             num_sms,
+            smem_per_sm,
+            smem_reserved_per_block,
             funcs,
             _modules: loaded,
             pdl: AtomicBool::new(false),
@@ -271,6 +279,15 @@ impl Kernels {
     /// against 6.586 at 4 (H100, session 14 call 2). `KILN_GDN_VERIFY_PRE=0` turns it off.
     pub fn gdn_verify_pre(&self) -> bool {
         self.gdn_verify_pre
+    }
+
+    /// Dynamic shared memory (unused) that spreads a launch of `blocks` blocks of `name` (of
+    /// `threads` threads, no shared memory of its own) over every SM (`gemm::spread_smem`,
+    /// with the kernel's occupancy and this device's shared memory).
+    pub(crate) fn spread_smem(&self, name: &str, threads: u32, blocks: usize) -> Result<u32> {
+        let f = self.funcs.get(name).with_context(|| format!("unknown kernel `{name}`"))?;
+        let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None).map_err(|e| anyhow!("occupancy of {name}: {e:?}"))?;
+        Ok(gemm::spread_smem(blocks, self.num_sms as usize, per_sm as usize, self.smem_per_sm, self.smem_reserved_per_block))
     }
 
     /// Whether `GemmKind::TiledWgmma` can run here (an sm_90 device).

@@ -204,11 +204,9 @@ pub fn gemm_tiled_smem(x: DType) -> usize {
 
 /// Dynamic shared memory of the wgmma tiled GEMM with `warpgroups` (2: `GEMM_TILED_WG`,
 /// 128 x 64 tiles; 4: `GEMM_TILED_WG4`, 256 x 128): the stages of `gemm_tiled_smem` scaled
-/// with the tile, and for fp32 x a staging slot of 64 bytes per thread (128 threads per
-/// warpgroup; kernels/gemm_tiled_wg.cu `XSTG`).
+/// with the tile.
 pub fn gemm_tiled_wg_smem(x: DType, warpgroups: usize) -> usize {
-    let staging = if x == DType::F32 { 128 * warpgroups * 64 } else { 0 };
-    warpgroups / 2 * gemm_tiled_smem(x) + staging
+    warpgroups / 2 * gemm_tiled_smem(x)
 }
 
 const BOTH: [DType; 2] = [DType::F32, DType::BF16];

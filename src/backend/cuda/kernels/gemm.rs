@@ -418,26 +418,24 @@ impl Kernels {
         let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp, w_packed);
         let rows_per_block = if mi >= 2 { 128 } else { 64 };
         let grid = (n.div_ceil(rows_per_block) as u32, plan.splits as u32, 1);
-        let smem = if c.reg_spread { spread_smem(grid.0 as usize * grid.1 as usize, self.num_sms as usize) } else { 0 };
-        self.launch(NAMES[x_dtype.idx()][y_dtype.idx()][mi], stream, grid, 128, smem, &mut p)
+        let name = NAMES[x_dtype.idx()][y_dtype.idx()][mi];
+        let smem = if c.reg_spread { self.spread_smem(name, 128, grid.0 as usize * grid.1 as usize)? } else { 0 };
+        self.launch(name, stream, grid, 128, smem, &mut p)
     }
 }
 
-/// Shared memory per SM on sm_90 and sm_100 (228 KB), and what the driver keeps per block.
-const SMEM_PER_SM: usize = 228 * 1024;
-const SMEM_PER_BLOCK_RESERVED: usize = 1024;
-
 /// Dynamic shared memory (unused) that leaves room for at most ceil(blocks / sms) blocks
 /// of a launch per SM, so the block scheduler spreads them over every SM instead of
-/// filling some to the register limit; 0 when that cap is above 5 (registers already hold
-/// the register kernel to 6). At most 48 KB, the most a launch takes without opting in.
-pub fn spread_smem(blocks: usize, sms: usize) -> u32 {
+/// filling some to the kernel's occupancy `per_sm` (registers); 0 when the cap is not
+/// below it. `smem_per_sm` and `reserved` (per block) are the device's. At most 48 KB, the
+/// most a launch takes without opting in.
+pub fn spread_smem(blocks: usize, sms: usize, per_sm: usize, smem_per_sm: usize, reserved: usize) -> u32 {
     let cap = blocks.div_ceil(sms.max(1)).max(1);
-    if cap > 5 {
+    if cap >= per_sm {
         return 0;
     }
     // The smallest size at which cap + 1 blocks no longer fit.
-    let need = (SMEM_PER_SM / (cap + 1) + 1).saturating_sub(SMEM_PER_BLOCK_RESERVED);
+    let need = (smem_per_sm / (cap + 1) + 1).saturating_sub(reserved);
     need.div_ceil(256).saturating_mul(256).min(48 * 1024) as u32
 }
 
@@ -447,16 +445,20 @@ mod tests {
 
     #[test]
     fn spread_smem_caps_the_blocks_per_sm() {
-        let fits = |smem: u32| SMEM_PER_SM / (smem as usize + SMEM_PER_BLOCK_RESERVED);
+        // An H100 (228 KB of shared memory per SM, 1 KB reserved per block) and the m8
+        // register kernel (6 blocks per SM by its registers).
+        let (smem, reserved, per_sm) = (228 * 1024, 1024, 6);
+        let spread = |blocks| spread_smem(blocks, 132, per_sm, smem, reserved);
+        let fits = |pad: u32| smem / (pad as usize + reserved);
         // out/o/down at batch 1 on 132 SMs: 520 blocks, at most 4 per SM.
-        let s = spread_smem(520, 132);
+        let s = spread(520);
         assert!(s > 0 && s <= 48 * 1024 && fits(s) == 4, "{s} bytes let {} blocks share an SM", fits(s));
-        // 5 per SM (600 blocks); no cap beyond 5 (registers hold 6).
-        assert_eq!(fits(spread_smem(600, 132)), 5);
-        assert_eq!(spread_smem(800, 132), 0);
+        // 5 per SM (600 blocks); no pad where the registers already cap it (6 per SM).
+        assert_eq!(fits(spread(600)), 5);
+        assert_eq!(spread(800), 0);
         // Fewer blocks than SMs: one per SM would need more than 48 KB, so the cap is the
         // most 48 KB gives (4 a SM), still an even spread for so few blocks.
-        assert_eq!(fits(spread_smem(100, 132)), 4);
+        assert_eq!(fits(spread(100)), 4);
     }
 
     #[test]
