@@ -35,6 +35,8 @@
 #            weight bandwidth inside the graph, and a prefill chunk of $TL_PREFILL tokens
 #            (default 1024) launch by launch
 #            ($OUT/timeline.txt, timeline.jsonl)
+#   tl_spread  the timeline stage's batches again with KILN_GEMM_REG_SPREAD=1 (same plan), and
+#            scripts/timeline_blocks.py on the m8 register GEMM of both (timeline_spread*.txt)
 #   tl_verify  (uses the timeline stage's plan, built here if missing) kiln-eval timeline at batch 1
 #            with a verify step of 3 drafts beside the decode step, with the verify's GDN launch
 #            by position (KILN_GDN_VERIFY_FUSED=0) and fused (=1): timeline_verify*.txt
@@ -366,6 +368,18 @@ if has timeline; then
   # The log keeps each batch's head line, its first 24 launches (the embedding and the
   # first layers) and the per-kernel sums; timeline.txt and .jsonl have every launch.
   awk '/^(decode|prefill)/ {n = 0; print; next} /^  +[0-9]+ / {if (n++ < 24) print; next} {print}' "$OUT/timeline.txt" | grep -v "^\s*$"
+fi
+if has tl_spread; then
+  # The same timeline with the register GEMM's blocks spread (a run-time knob: same plan).
+  log "timeline at batch ${TL_BATCH:=1,8,64} with KILN_GEMM_REG_SPREAD=1"
+  [ -f /tmp/engines_tl/qwen35_4b_random.plan ] || plan_with tl KILN_TIMELINE=1
+  KILN_GEMM_REG_SPREAD=1 .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch "$TL_BATCH" --prefill "${TL_PREFILL:-1024}" \
+    --out "$OUT/timeline_spread.jsonl" --blocks "$OUT/timeline_spread_blocks.jsonl" > "$OUT/timeline_spread.txt" 2>&1
+  xz -f "$OUT/timeline_spread_blocks.jsonl"
+  grep -E "^(decode|prefill)|^    kiln" "$OUT/timeline_spread.txt"
+  for f in timeline_blocks timeline_spread_blocks; do
+    [ -f "$OUT/$f.jsonl.xz" ] && python3 scripts/timeline_blocks.py "$OUT/$f.jsonl.xz" --kernel kiln_gemm_xf32_yf32_m8 --gx 40 > "$OUT/$f.summary.txt" 2>&1 && head -40 "$OUT/$f.summary.txt"
+  done
 fi
 if has tl_verify; then
   log "timeline of a verify step (3 drafts) beside the decode step, batch 1, GDN by position and fused"
