@@ -35,7 +35,7 @@
 #            weight bandwidth inside the graph, and a prefill chunk of $TL_PREFILL tokens
 #            (default 1024) launch by launch
 #            ($OUT/timeline.txt, timeline.jsonl)
-#   tl_spread  the timeline stage's batches again with KILN_GEMM_REG_SPREAD=1 (same plan), and
+#   tl_spread  the timeline stage's batches again with KILN_GEMM_REG_SPREAD=0 (same plan), and
 #            scripts/timeline_blocks.py on the m8 register GEMM of both (timeline_spread*.txt)
 #   tl_verify  (uses the timeline stage's plan, built here if missing) kiln-eval timeline at batch 1
 #            with a verify step of 3 drafts beside the decode step, with the verify's GDN launch
@@ -47,8 +47,11 @@
 #   wgmma    the tiled GEMM's wgmma variant (KILN_GEMM_WGMMA=1, sm_90a) against mma.sync, and its
 #            256 x 128 tiles (KILN_GEMM_WGMMA_WIDE=1): bench at batch 32-256 twice each, logits
 #            against the default's (needs refs, eval): wgmma.txt
-#   reg_spread  the register GEMM with unused shared memory capping its blocks per SM
-#            (KILN_GEMM_REG_SPREAD=1) against the default, batch $SPREAD_BATCHES (1,4): reg_spread.txt
+#   pf_budget  plans built with KILN_PF_BUDGET_MB=$PF_BUDGETS (default "0 8"; the early L2 weight
+#            prefetch's MB per GEMM, default 24) against the default: bench at $PF_BATCHES
+#            (1,4,8) twice, the GEMM table test, logits (pf_budget.txt)
+#   reg_spread  the register GEMM packed by the block scheduler (KILN_GEMM_REG_SPREAD=0) against
+#            the default (unused shared memory caps its blocks per SM), batch $SPREAD_BATCHES (1,4): reg_spread.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
 #            batch 1-32 twice, the packing kernel tests, logits (needs refs), verify (packed.txt)
 #   gate_up_sum  gate_up's split-K sum in silu_mul (default) against the GEMM's own
@@ -370,10 +373,10 @@ if has timeline; then
   awk '/^(decode|prefill)/ {n = 0; print; next} /^  +[0-9]+ / {if (n++ < 24) print; next} {print}' "$OUT/timeline.txt" | grep -v "^\s*$"
 fi
 if has tl_spread; then
-  # The same timeline with the register GEMM's blocks spread (a run-time knob: same plan).
-  log "timeline at batch ${TL_BATCH:=1,8,64} with KILN_GEMM_REG_SPREAD=1"
+  # The same timeline with the register GEMM's blocks packed (a run-time knob: same plan).
+  log "timeline at batch ${TL_BATCH:=1,8,64} with KILN_GEMM_REG_SPREAD=0"
   [ -f /tmp/engines_tl/qwen35_4b_random.plan ] || plan_with tl KILN_TIMELINE=1
-  KILN_GEMM_REG_SPREAD=1 .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch "$TL_BATCH" --prefill "${TL_PREFILL:-1024}" \
+  KILN_GEMM_REG_SPREAD=0 .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch "$TL_BATCH" --prefill "${TL_PREFILL:-1024}" \
     --out "$OUT/timeline_spread.jsonl" --blocks "$OUT/timeline_spread_blocks.jsonl" > "$OUT/timeline_spread.txt" 2>&1
   xz -f "$OUT/timeline_spread_blocks.jsonl"
   grep -E "^(decode|prefill)|^    kiln" "$OUT/timeline_spread.txt"
@@ -403,12 +406,19 @@ if has wgmma; then
   env_ab "tiled mma.sync" "tiled wgmma" wgmma.txt KILN_GEMM_WGMMA=1 32,64,128,256 \
     "tiled wgmma wide" "KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1"
 fi
+if has pf_budget; then
+  # The early L2 weight prefetch's bytes per GEMM (KILN_PF_BUDGET_MB, default 24): at batch 1
+  # the deferred-sum norm before gate_up takes 7 us against 3.6-4.3 before qkvz, while
+  # gate_up's early blocks prefetch (timeline, session 21).
+  log "L2 prefetch budget per GEMM: ${PF_BUDGETS:=0 8} MB against the default 24"
+  for mb in $PF_BUDGETS; do knob_ab "pf$mb" pf_budget.txt "KILN_PF_BUDGET_MB=$mb" "${PF_BATCHES:-1,4,8}"; done
+fi
 if has reg_spread; then
-  # The register GEMM's blocks spread over every SM (KILN_GEMM_REG_SPREAD=1: unused dynamic
-  # shared memory caps them at ceil(blocks / SMs) per SM) against the default (up to 6 per SM
-  # by registers): the same kernel and grid.
-  log "register GEMM: blocks spread over every SM against packed by the block scheduler"
-  env_ab "default" "spread" reg_spread.txt KILN_GEMM_REG_SPREAD=1 "${SPREAD_BATCHES:-1,4}"
+  # The register GEMM's blocks spread over every SM (the default since session 21: unused
+  # dynamic shared memory caps them at ceil(blocks / SMs) per SM) against packed by the block
+  # scheduler (KILN_GEMM_REG_SPREAD=0: up to 6 per SM by registers): the same kernel and grid.
+  log "register GEMM: blocks packed by the block scheduler against spread over every SM (default)"
+  env_ab "default" "packed" reg_spread.txt KILN_GEMM_REG_SPREAD=0 "${SPREAD_BATCHES:-1,4}"
 fi
 if has gate_up_sum; then
   # Session 17: the MLP's gate_up leaves its split-K sum to silu_mul (the default) against

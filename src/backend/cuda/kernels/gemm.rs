@@ -107,19 +107,22 @@ pub struct GemmChoices {
     /// session 18, not yet run on a GPU): half the L2 bytes per FLOP of the 128 x 64 tiles
     /// (docs/kernels.md), the same bits.
     pub wgmma_wide: bool,
-    /// Spread the register kernel's blocks over every SM (`KILN_GEMM_REG_SPREAD=1`): its
+    /// Spread the register kernel's blocks over every SM (default; `KILN_GEMM_REG_SPREAD=0`
+    /// packs them as the block scheduler does): its
     /// 78 registers let 6 blocks share an SM, and at batch 1 a launch of 520 blocks (out,
     /// o, down) sat on 107-113 SMs, 60 of them holding 6, while the rest held few or none
     /// (the SMs still busy with the previous GEMM when its blocks launched early): those
     /// 60 stream half again as much as an even share, the down GEMM's 5-7 µs tail (H100
     /// per-block timeline, session 20). Unused dynamic shared memory (`spread_smem`) caps
-    /// the blocks per SM; the arithmetic is untouched.
+    /// the blocks per SM; the arithmetic is untouched. Measured (H100, session 21): batch 1
+    /// 3.981 -> 3.785 ms, batch 4 4.146 -> 4.032, batch 8 unchanged (shared-x from 8 rows),
+    /// the down GEMM's last block 20-25 -> 16-18 µs after its release, logits bit-identical.
     pub reg_spread: bool,
 }
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, wgmma: false, wgmma_wide: false, reg_spread: false }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, wgmma: false, wgmma_wide: false, reg_spread: true }
     }
 }
 
@@ -471,11 +474,13 @@ mod tests {
         assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err() && std::env::var("KILN_GEMM_SX_MIN_N").is_err());
         assert!(std::env::var("KILN_GEMM_WARPS").is_err() && std::env::var("KILN_GEMM_WIDE_WARPS").is_err());
         assert!(std::env::var("KILN_GEMM_DEFER_SUM").is_err() && std::env::var("KILN_GEMM_DEFER_CLUSTER_MAX_M").is_err());
+        assert!(std::env::var("KILN_GEMM_REG_SPREAD").is_err());
         // With none of the experiments set, the environment gives the defaults.
         let c = GemmChoices::from_env();
         assert_eq!(c, GemmChoices::default());
         assert!(c.tiled);
         assert!(c.defer_sum, "out/o/down leave their split sum to the norm by default");
+        assert!(c.reg_spread, "the register kernel's blocks spread over every SM (measured, session 21)");
         assert_eq!(c.decode_gemm_rows(), GEMM_MAX_M);
         for n in [64, 2560, 10239, 10240, 12352, 248_320] {
             let small = if n >= SHARED_X_MIN_N { GemmKind::SharedX } else { GemmKind::Register };
