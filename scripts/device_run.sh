@@ -50,6 +50,8 @@
 #   pf_budget  plans built with KILN_PF_BUDGET_MB=$PF_BUDGETS (default "0 8"; the early L2 weight
 #            prefetch's MB per GEMM, default 24) against the default: bench at $PF_BATCHES
 #            (1,4,8) twice, the GEMM table test, logits (pf_budget.txt)
+#   norm_trigger  a plan built with KILN_NORM_LATE_TRIGGER=1 (the norms launch their successor
+#            after their loads) against the default: bench at $PF_BATCHES twice, logits (norm_trigger.txt)
 #   reg_spread  the register GEMM packed by the block scheduler (KILN_GEMM_REG_SPREAD=0) against
 #            the default (unused shared memory caps its blocks per SM), batch $SPREAD_BATCHES (1,4): reg_spread.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
@@ -412,6 +414,12 @@ if has pf_budget; then
   # gate_up's early blocks prefetch (timeline, session 21).
   log "L2 prefetch budget per GEMM: ${PF_BUDGETS:=0 8} MB against the default 24"
   for mb in $PF_BUDGETS; do knob_ab "pf$mb" pf_budget.txt "KILN_PF_BUDGET_MB=$mb" "${PF_BATCHES:-1,4,8}"; done
+fi
+if has norm_trigger; then
+  # The norms launch their successor after their loads (KILN_NORM_LATE_TRIGGER=1) against at
+  # entry: the gate_up GEMM's early prefetch otherwise queues ahead of the norm's L2 reads.
+  log "norms: successor launched after the loads against at entry"
+  knob_ab nlt norm_trigger.txt KILN_NORM_LATE_TRIGGER=1 "${PF_BATCHES:-1,4,8}"
 fi
 if has reg_spread; then
   # The register GEMM's blocks spread over every SM (the default since session 21: unused
