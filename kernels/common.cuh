@@ -263,6 +263,12 @@ __device__ __forceinline__ void cluster_barrier() {
     asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
+// The same without ordering memory (no fence): for a barrier that only keeps blocks alive
+// while others read their shared memory, after every such read has been consumed.
+__device__ __forceinline__ void cluster_barrier_relaxed() {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+}
+
 // The float at `p` (this block's shared memory) in the shared memory of cluster block `rank`.
 __device__ __forceinline__ float ld_cluster_f32(const float* p, unsigned rank) {
     const unsigned a = (unsigned)__cvta_generic_to_shared(p);

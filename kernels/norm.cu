@@ -83,19 +83,42 @@ __device__ __forceinline__ void load_norm_w(const bf16* __restrict__ w, float (&
 
 // Stores y = v * inv * (1 + w) for the vectors of one HIDDEN row this thread holds in v
 // (weights in wv, both laid out as load_norm_w's) to the row at o.
+// One vector of y = v * inv * (1 + w) to o.
+template <typename OUT>
+__device__ __forceinline__ void store_rmsnorm_vec(const float (&v)[8], float inv, const float (&wv)[8], OUT* __restrict__ o) {
+    float y[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) y[e] = v[e] * inv * (1.f + wv[e]);
+    store8(o, y);
+}
 template <typename OUT>
 __device__ __forceinline__ void store_rmsnorm(const float (&v)[NORM_VPT][8], float inv, const float (&wv)[NORM_VPT][8],
                                               OUT* __restrict__ o, int vt) {
 #pragma unroll
     for (int j = 0; j < NORM_VPT; ++j) {
         const int i = (vt + j * NORM_THREADS) * 8;
-        if (i < HIDDEN) {
-            float y[8];
-#pragma unroll
-            for (int e = 0; e < 8; ++e) y[e] = v[j][e] * inv * (1.f + wv[j][e]);
-            store8(o + i, y);
-        }
+        if (i < HIDDEN) store_rmsnorm_vec(v[j], inv, wv[j], o + i);
     }
+}
+
+// A row's vector at element i: the residual plus (when has_delta) the delta.
+template <typename DeltaAt>
+__device__ __forceinline__ void norm_vec_in(const float* __restrict__ res, bool has_delta, DeltaAt delta_at, int m,
+                                            int i, float (&v)[8]) {
+    load8(res + i, v);
+    if (has_delta) {
+        float d[8];
+        delta_at(m, i, d);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] += d[e];
+    }
+}
+
+// ss plus a vector's squares, in element order.
+__device__ __forceinline__ float norm_ss_add(float ss, const float (&v)[8]) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) ss += v[e] * v[e];
+    return ss;
 }
 
 // Row m's residual += delta (when has_delta; delta_at(m, i, d) loads the 8 delta values
@@ -128,16 +151,9 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, bool h
     for (int j = 0; j < NORM_VPT; ++j) {
         const int i = (vt + j * NORM_THREADS) * 8;
         if (i < HIDDEN) {
-            load8(res + i, v[j]);
-            if (has_delta) {
-                float d[8];
-                delta_at(m, i, d);
-#pragma unroll
-                for (int e = 0; e < 8; ++e) v[j][e] += d[e];
-                store8(res + i, v[j]);
-            }
-#pragma unroll
-            for (int e = 0; e < 8; ++e) ss += v[j][e] * v[j][e];
+            norm_vec_in(res, has_delta, delta_at, m, i, v[j]);
+            if (has_delta) store8(res + i, v[j]);
+            ss = norm_ss_add(ss, v[j]);
         }
     }
 #if KILN_NORM_LATE_TRIGGER
@@ -231,6 +247,53 @@ extern "C" __global__ void __cluster_dims__(NORM_WARPS, 1, 1) __launch_bounds__(
         residual, true,
         [=](int m, int i, float(&d)[8]) { sum_parts8(parts + (size_t)m * HIDDEN + i, splits, split_stride, d); },
         ClusterRowSum{&warp_total}, blockIdx.y, blockIdx.x * 32 + threadIdx.x, w, out_bf16, out_f32, M);
+}
+
+// kiln_add_rmsnorm_parts_cl with a warp per vector (`GemmChoices::defer_cluster_vec_warps`):
+// block (r, m), NORM_VPT warps; warp j, lane l holds vector j of virtual thread r * 32 + l,
+// so every vector's partials are in flight at once (the one-warp blocks load a thread's
+// second vector after the first: two L2 round trips). The virtual thread's sum of squares
+// passes from warp to warp in vector order (add_rmsnorm's loop), then the cluster adds the
+// warp sums as ClusterRowSum does; the residual is stored after that, so the barrier's
+// release fence waits on no store. Same arithmetic, so the same bits.
+extern "C" __global__ void __cluster_dims__(NORM_WARPS, 1, 1) __launch_bounds__(32 * NORM_VPT)
+    kiln_add_rmsnorm_parts_clw(float* residual, const float* __restrict__ parts, int splits,
+                               long long split_stride, const bf16* w, bf16* out_bf16, float* out_f32, int M) {
+    __shared__ float chain[32];
+    __shared__ float warp_total;
+    const int lane = threadIdx.x & 31, j = threadIdx.x >> 5;
+    const int m = blockIdx.y;
+    const int i = (blockIdx.x * 32 + lane + j * NORM_THREADS) * 8;
+    const bool has = i < HIDDEN;
+    float wv[8];
+    if (has) load8(w + i, wv);
+    KILN_PDL_ENTER_ROWS(M);
+    if (m >= M) return;
+    float* res = residual + (size_t)m * HIDDEN;
+    const auto delta_at = [=](int mm, int ii, float(&d)[8]) { sum_parts8(parts + (size_t)mm * HIDDEN + ii, splits, split_stride, d); };
+    float v[8];
+    if (has) norm_vec_in(res, true, delta_at, m, i, v);
+    float ss = 0.f;
+#pragma unroll
+    for (int q = 0; q < NORM_VPT; ++q) {
+        if (j == q) {
+            if (q > 0) ss = chain[lane];
+            if (has) ss = norm_ss_add(ss, v);
+            chain[lane] = ss;
+        }
+        __syncthreads();
+    }
+    // Every warp holds the virtual threads' sums; warp 0 publishes the block's.
+    ss = warp_sum(chain[lane]);
+    if (threadIdx.x == 0) warp_total = ss;
+    cluster_barrier();
+    const float total = warp_sum(lane < NORM_WARPS ? ld_cluster_f32(&warp_total, (unsigned)lane) : 0.f);
+    cluster_barrier_relaxed();  // no block leaves while another still reads its warp_total
+    if (!has) return;
+    store8(res + i, v);
+    const float inv = rsqrtf(total / (float)HIDDEN + RMS_EPS);
+    if (out_bf16 != nullptr) store_rmsnorm_vec(v, inv, wv, out_bf16 + (size_t)m * HIDDEN + i);
+    if (out_f32 != nullptr) store_rmsnorm_vec(v, inv, wv, out_f32 + (size_t)m * HIDDEN + i);
 }
 
 template <typename OUT>

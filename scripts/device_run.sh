@@ -50,6 +50,8 @@
 #   pf_budget  plans built with KILN_PF_BUDGET_MB=$PF_BUDGETS (default "0 8"; the early L2 weight
 #            prefetch's MB per GEMM, default 24) against the default: bench at $PF_BATCHES
 #            (1,4,8) twice, the GEMM table test, logits (pf_budget.txt)
+#   norm_warps  the cluster norm with a warp per vector (KILN_GEMM_DEFER_CLUSTER_WARPS=1, run time)
+#            against the default: bench at $PF_BATCHES twice, logits (norm_warps.txt)
 #   norm_trigger  a plan built with KILN_NORM_LATE_TRIGGER=1 (the norms launch their successor
 #            after their loads) against the default: bench at $PF_BATCHES twice, logits (norm_trigger.txt)
 #   reg_spread  the register GEMM packed by the block scheduler (KILN_GEMM_REG_SPREAD=0) against
@@ -414,6 +416,12 @@ if has pf_budget; then
   # gate_up's early blocks prefetch (timeline, session 21).
   log "L2 prefetch budget per GEMM: ${PF_BUDGETS:=0 8} MB against the default 24"
   for mb in $PF_BUDGETS; do knob_ab "pf$mb" pf_budget.txt "KILN_PF_BUDGET_MB=$mb" "${PF_BATCHES:-1,4,8}"; done
+fi
+if has norm_warps; then
+  # The deferred-sum cluster norm with a warp per vector (KILN_GEMM_DEFER_CLUSTER_WARPS=1: both
+  # of a thread's vectors in flight at once, the residual stored after the cluster barrier).
+  log "cluster norm: a warp per vector against a thread per two vectors"
+  env_ab "default" "vec warps" norm_warps.txt KILN_GEMM_DEFER_CLUSTER_WARPS=1 "${PF_BATCHES:-1,4,8}"
 fi
 if has norm_trigger; then
   # The norms launch their successor after their loads (KILN_NORM_LATE_TRIGGER=1) against at

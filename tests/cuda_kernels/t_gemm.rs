@@ -4,7 +4,7 @@ use crate::harness::*;
 use crate::reference as r;
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
-use kiln::backend::cuda::kernels::{DType, Delta, GemmKind, GemmPlan, GemmScratch, GemmWeight, Kernels, Mat, SplitParts};
+use kiln::backend::cuda::kernels::{DType, Delta, GemmKind, GemmPlan, GemmScratch, GemmWeight, Kernels, Mat, NormPartsForm, SplitParts};
 use kiln::backend::cpu::ops;
 use std::sync::Arc;
 
@@ -275,5 +275,21 @@ fn add_rmsnorm_parts_matches_cpu() {
         check(&format!("add_rmsnorm_parts M={m} splits={splits} out f32"), &down(&s, &of), &expect, 1e-5);
         // bf16 output: one rounding of ~2^-9 relative.
         check(&format!("add_rmsnorm_parts M={m} splits={splits} out bf16"), &from_bf16(&down(&s, &ob)), &expect, 1e-2);
+        // Every kernel form gives the same bits (a row's result may not depend on which
+        // form the batch size picks).
+        let (want_res, want_b, want_f) = (down(&s, &res_d), down(&s, &ob), down(&s, &of));
+        for form in [NormPartsForm::Block, NormPartsForm::Cluster, NormPartsForm::ClusterVecWarps] {
+            let res_f = up(&s, &res);
+            let (ob_f, of_f) = (poison_bf16(&s, m * h), poison_f32(&s, m * h));
+            let sp = SplitParts { ptr: ptr(&s, &parts_d), splits, split_stride: stride, ld: h };
+            e.k.add_rmsnorm_parts(&s, ptr(&s, &res_f), sp, ptr(&s, &w_d), ptr(&s, &ob_f), ptr(&s, &of_f), m, form).unwrap();
+            let got_f = down(&s, &of_f);
+            assert!(got_f.iter().all(|v| v.is_finite()), "{form:?} M={m} splits={splits}: non-finite outputs");
+            let same_f = got_f.iter().zip(&want_f).all(|(a, b)| a.to_bits() == b.to_bits());
+            let same_r = down(&s, &res_f).iter().zip(&want_res).all(|(a, b)| a.to_bits() == b.to_bits());
+            let same_b = down(&s, &ob_f).iter().zip(&want_b).all(|(a, b)| a.to_bits() == b.to_bits());
+            println!("add_rmsnorm_parts {form:?} M={m} splits={splits}: bit-identical to add_rmsnorm's choice: {}", same_f && same_r && same_b);
+            assert!(same_f && same_r && same_b, "{form:?} M={m} splits={splits}: bits differ (out f32 {same_f}, residual {same_r}, out bf16 {same_b})");
+        }
     }
 }

@@ -20,7 +20,7 @@ mod tiled_pipeline;
 pub use attention::{AttnDecode, AttnPrefill, QkNormRope};
 pub use gdn::{Conv1d, GdnDecode, GdnPrefill};
 pub use gemm::{GemmChoices, GemmKind, GemmPlan, GemmScratch, GemmWeight, SplitParts, GEMM_MAX_M, TARGET_WARPS_PER_SM};
-pub use misc::ArgmaxScratch;
+pub use misc::{ArgmaxScratch, NormPartsForm};
 
 use super::compile::{self, CompiledModule, KernelDims};
 use super::registry;

@@ -26,6 +26,8 @@ pub const ADD_RMSNORM: [&str; 2] = ["kiln_add_rmsnorm_f32", "kiln_add_rmsnorm_bf
 /// and a cluster of 8 one-warp blocks per row (the same bits).
 pub const ADD_RMSNORM_PARTS: &str = "kiln_add_rmsnorm_parts";
 pub const ADD_RMSNORM_PARTS_CLUSTER: &str = "kiln_add_rmsnorm_parts_cl";
+/// The cluster form with a warp per vector (`GemmChoices::defer_cluster_vec_warps`).
+pub const ADD_RMSNORM_PARTS_CLUSTER_WARPS: &str = "kiln_add_rmsnorm_parts_clw";
 /// The MTP head's fc input (both norms into one row), by output dtype.
 pub const MTP_FC_INPUT: [&str; 2] = ["kiln_mtp_fc_input_f32", "kiln_mtp_fc_input_bf16"];
 pub const GATED_RMSNORM: ByXY<&str> = [
@@ -219,7 +221,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     };
     add("norm", &[EMBED], 0);
     add("norm", &ADD_RMSNORM, 0);
-    add("norm", &[ADD_RMSNORM_PARTS, ADD_RMSNORM_PARTS_CLUSTER], 0);
+    add("norm", &[ADD_RMSNORM_PARTS, ADD_RMSNORM_PARTS_CLUSTER, ADD_RMSNORM_PARTS_CLUSTER_WARPS], 0);
     add("norm", &MTP_FC_INPUT, 0);
     add("norm", GATED_RMSNORM.as_flattened(), 0);
     add("gemm", GEMM.as_flattened().as_flattened(), 0);

@@ -99,6 +99,11 @@ pub struct GemmChoices {
     /// 16: a one-block row streams its 13 partials through one SM, 4-7 µs per norm at
     /// batch 1, which ate the saved tail; the same bits either way).
     pub defer_cluster_max_m: usize,
+    /// The cluster norm with a warp per vector (`KILN_GEMM_DEFER_CLUSTER_WARPS=1`, session
+    /// 21, unmeasured): a thread's two vectors of the 2560-wide row loaded at once instead
+    /// of one after the other (two L2 round trips, SASS), the residual stored after the
+    /// cluster barrier so its release fence waits on no store. The same bits.
+    pub defer_cluster_vec_warps: bool,
     /// On sm_90a the tiled kernel's MMAs as wgmma (`KILN_GEMM_WGMMA=1`; session 13, not
     /// yet run on a GPU, so off): the same bits (wgmma's k16 step equals mma.sync's,
     /// bench/wgmma_bits.cu), 32 mma.sync per warp and chunk become 4 wgmma per warpgroup.
@@ -122,7 +127,7 @@ pub struct GemmChoices {
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, wgmma: false, wgmma_wide: false, reg_spread: true }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true }
     }
 }
 
@@ -143,6 +148,7 @@ impl GemmChoices {
             defer_sum: flag("KILN_GEMM_DEFER_SUM", d.defer_sum),
             defer_gate_up: flag("KILN_GEMM_DEFER_GATE_UP", d.defer_gate_up),
             defer_cluster_max_m: num("KILN_GEMM_DEFER_CLUSTER_MAX_M", d.defer_cluster_max_m),
+            defer_cluster_vec_warps: flag("KILN_GEMM_DEFER_CLUSTER_WARPS", d.defer_cluster_vec_warps),
             wgmma: flag("KILN_GEMM_WGMMA", d.wgmma),
             wgmma_wide: flag("KILN_GEMM_WGMMA_WIDE", d.wgmma_wide),
             reg_spread: flag("KILN_GEMM_REG_SPREAD", d.reg_spread),
@@ -474,7 +480,7 @@ mod tests {
         assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err() && std::env::var("KILN_GEMM_SX_MIN_N").is_err());
         assert!(std::env::var("KILN_GEMM_WARPS").is_err() && std::env::var("KILN_GEMM_WIDE_WARPS").is_err());
         assert!(std::env::var("KILN_GEMM_DEFER_SUM").is_err() && std::env::var("KILN_GEMM_DEFER_CLUSTER_MAX_M").is_err());
-        assert!(std::env::var("KILN_GEMM_REG_SPREAD").is_err());
+        assert!(std::env::var("KILN_GEMM_REG_SPREAD").is_err() && std::env::var("KILN_GEMM_DEFER_CLUSTER_WARPS").is_err());
         // With none of the experiments set, the environment gives the defaults.
         let c = GemmChoices::from_env();
         assert_eq!(c, GemmChoices::default());

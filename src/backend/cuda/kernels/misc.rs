@@ -1,10 +1,20 @@
 //! Embedding, norms and elementwise kernels.
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{ADD_RMSNORM, ADD_RMSNORM_PARTS, ADD_RMSNORM_PARTS_CLUSTER, ARGMAX, ARGMAX_MASKED, ARGMAX_SLICE, COPY_SEGMENTS, EMBED, SPEC_ACCEPT, SPEC_FEED, MTP_FC_INPUT, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL, SILU_MUL_PARTS};
+use crate::backend::cuda::registry::{ADD_RMSNORM, ADD_RMSNORM_PARTS, ADD_RMSNORM_PARTS_CLUSTER, ADD_RMSNORM_PARTS_CLUSTER_WARPS, ARGMAX, ARGMAX_MASKED, ARGMAX_SLICE, COPY_SEGMENTS, EMBED, SPEC_ACCEPT, SPEC_FEED, MTP_FC_INPUT, F32_TO_BF16, GATED_RMSNORM, GATHER_ROWS, OUTPUT_GATE, SILU_MUL, SILU_MUL_PARTS};
 
+use super::SplitParts;
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
+
+/// The kernels of add_rmsnorm with a split-K partials delta: a block per row, a cluster
+/// of 8 one-warp blocks per row, or that cluster with a warp per vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormPartsForm {
+    Block,
+    Cluster,
+    ClusterVecWarps,
+}
 
 impl Kernels {
     /// out[m][..HIDDEN] (fp32) = table[ids[m]] (bf16 [VOCAB][HIDDEN]); bad ids give zeros.
@@ -38,16 +48,15 @@ impl Kernels {
         }
         let mi = int(m, "rows")?;
         if let Some(Delta::Parts(parts)) = delta {
-            check_aligned(parts.ptr, 16, "add_rmsnorm partials")?;
-            ensure!(parts.split_stride % 4 == 0 && parts.split_stride >= m * self.dims().hidden, "add_rmsnorm: partial stride {} for {m} rows", parts.split_stride);
-            ensure!(parts.ld == self.dims().hidden, "add_rmsnorm: partial rows of {} floats, not the hidden size", parts.ld);
-            let (pp, sp, stride) = (parts.ptr, int(parts.splits, "splits")?, parts.split_stride as i64);
-            let mut p = params!(residual, pp, sp, stride, w, out_bf16, out_f32, mi);
-            if m <= self.gemm_choices().defer_cluster_max_m {
-                // A row per cluster of 8 one-warp blocks: its partials through 8 SMs.
-                return self.launch(ADD_RMSNORM_PARTS_CLUSTER, stream, (8, m as u32, 1), 32, 0, &mut p);
-            }
-            return self.launch(ADD_RMSNORM_PARTS, stream, (m as u32, 1, 1), 256, 0, &mut p);
+            let c = self.gemm_choices();
+            let form = if m > c.defer_cluster_max_m {
+                NormPartsForm::Block
+            } else if c.defer_cluster_vec_warps {
+                NormPartsForm::ClusterVecWarps
+            } else {
+                NormPartsForm::Cluster
+            };
+            return self.add_rmsnorm_parts(stream, residual, parts, w, out_bf16, out_f32, m, form);
         }
         let (dp, ld, dt) = match delta {
             Some(Delta::Mat(d)) => {
@@ -59,6 +68,31 @@ impl Kernels {
         let ldi = int(ld, "ld")?;
         let mut p = params!(residual, dp, ldi, w, out_bf16, out_f32, mi);
         self.launch(ADD_RMSNORM[dt.idx()], stream, (m as u32, 1, 1), 256, 0, &mut p)
+    }
+
+    /// add_rmsnorm of a `Delta::Parts` delta in the given kernel form (`add_rmsnorm`
+    /// chooses by the rows and `GemmChoices`; every form gives the same bits).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_rmsnorm_parts(&self, stream: &CudaStream, residual: DevPtr, parts: SplitParts, w: DevPtr, out_bf16: DevPtr, out_f32: DevPtr, m: usize, form: NormPartsForm) -> Result<()> {
+        if m == 0 {
+            return Ok(());
+        }
+        let hidden = self.dims().hidden;
+        check_aligned(parts.ptr, 16, "add_rmsnorm partials")?;
+        ensure!(parts.split_stride % 4 == 0 && parts.split_stride >= m * hidden, "add_rmsnorm: partial stride {} for {m} rows", parts.split_stride);
+        ensure!(parts.ld == hidden, "add_rmsnorm: partial rows of {} floats, not the hidden size", parts.ld);
+        let (pp, sp, stride, mi) = (parts.ptr, int(parts.splits, "splits")?, parts.split_stride as i64, int(m, "rows")?);
+        let mut p = params!(residual, pp, sp, stride, w, out_bf16, out_f32, mi);
+        match form {
+            NormPartsForm::Block => self.launch(ADD_RMSNORM_PARTS, stream, (m as u32, 1, 1), 256, 0, &mut p),
+            // A row per cluster of 8 one-warp blocks: its partials through 8 SMs.
+            NormPartsForm::Cluster => self.launch(ADD_RMSNORM_PARTS_CLUSTER, stream, (8, m as u32, 1), 32, 0, &mut p),
+            // The same with a warp per 8-float vector of a 256-thread row (norm.cu NORM_VPT).
+            NormPartsForm::ClusterVecWarps => {
+                let vpt = (hidden / 8).div_ceil(256) as u32;
+                self.launch(ADD_RMSNORM_PARTS_CLUSTER_WARPS, stream, (8, m as u32, 1), 32 * vpt, 0, &mut p)
+            }
+        }
     }
 
     /// The MTP head's fc input: row m of `out` ([M][2*HIDDEN], dtype `out_dtype`) is
