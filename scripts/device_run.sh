@@ -35,8 +35,9 @@
 #            weight bandwidth inside the graph, and a prefill chunk of $TL_PREFILL tokens
 #            (default 1024) launch by launch
 #            ($OUT/timeline.txt, timeline.jsonl)
-#   tl_spread  the timeline stage's batches again with KILN_GEMM_REG_SPREAD=0 (same plan), and
-#            scripts/timeline_blocks.py on the m8 register GEMM of both (timeline_spread*.txt)
+#   tl_env   the timeline stage's batches again with the run-time variables $TL_ENV (default
+#            KILN_GEMM_REG_SPREAD=0; same plan), and scripts/timeline_blocks.py on $TL_KERNEL
+#            (default the m8 register GEMM, --gx $TL_GX) in both (timeline_env*.txt)
 #   tl_verify  (uses the timeline stage's plan, built here if missing) kiln-eval timeline at batch 1
 #            with a verify step of 3 drafts beside the decode step, with the verify's GDN launch
 #            by position (KILN_GDN_VERIFY_FUSED=0) and fused (=1): timeline_verify*.txt
@@ -376,16 +377,19 @@ if has timeline; then
   # first layers) and the per-kernel sums; timeline.txt and .jsonl have every launch.
   awk '/^(decode|prefill)/ {n = 0; print; next} /^  +[0-9]+ / {if (n++ < 24) print; next} {print}' "$OUT/timeline.txt" | grep -v "^\s*$"
 fi
-if has tl_spread; then
-  # The same timeline with the register GEMM's blocks packed (a run-time knob: same plan).
-  log "timeline at batch ${TL_BATCH:=1,8,64} with KILN_GEMM_REG_SPREAD=0"
+if has tl_env; then
+  # The same timeline with run-time variables set (same plan): TL_ENV, default the register
+  # GEMM's blocks packed; then the per-block summary of TL_KERNEL in both.
+  : "${TL_ENV:=KILN_GEMM_REG_SPREAD=0}"
+  log "timeline at batch ${TL_BATCH:=1,8,64} with $TL_ENV"
   [ -f /tmp/engines_tl/qwen35_4b_random.plan ] || plan_with tl KILN_TIMELINE=1
-  KILN_GEMM_REG_SPREAD=0 .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch "$TL_BATCH" --prefill "${TL_PREFILL:-1024}" \
-    --out "$OUT/timeline_spread.jsonl" --blocks "$OUT/timeline_spread_blocks.jsonl" > "$OUT/timeline_spread.txt" 2>&1
-  xz -f "$OUT/timeline_spread_blocks.jsonl"
-  grep -E "^(decode|prefill)|^    kiln" "$OUT/timeline_spread.txt"
-  for f in timeline_blocks timeline_spread_blocks; do
-    [ -f "$OUT/$f.jsonl.xz" ] && python3 scripts/timeline_blocks.py "$OUT/$f.jsonl.xz" --kernel kiln_gemm_xf32_yf32_m8 --gx 40 > "$OUT/$f.summary.txt" 2>&1 && head -40 "$OUT/$f.summary.txt"
+  # shellcheck disable=SC2086  # TL_ENV splits into its assignments
+  env $TL_ENV .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch "$TL_BATCH" --prefill "${TL_PREFILL:-1024}" \
+    --out "$OUT/timeline_env.jsonl" --blocks "$OUT/timeline_env_blocks.jsonl" > "$OUT/timeline_env.txt" 2>&1
+  xz -f "$OUT/timeline_env_blocks.jsonl"
+  grep -E "^(decode|prefill)|^    kiln" "$OUT/timeline_env.txt"
+  for f in timeline_blocks timeline_env_blocks; do
+    [ -f "$OUT/$f.jsonl.xz" ] && python3 scripts/timeline_blocks.py "$OUT/$f.jsonl.xz" --kernel "${TL_KERNEL:-kiln_gemm_xf32_yf32_m8}" --gx "${TL_GX:-40}" > "$OUT/$f.summary.txt" 2>&1 && head -40 "$OUT/$f.summary.txt"
   done
 fi
 if has tl_verify; then
