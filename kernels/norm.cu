@@ -60,8 +60,9 @@ extern "C" __global__ void __launch_bounds__(256) kiln_embed(const bf16* __restr
     }
 }
 
-// KILN_NORM_LATE_TRIGGER=1 (an experiment, session 21): the norms launch their successor
-// after their loads instead of at entry (early) or after the wait (late).
+// KILN_NORM_LATE_TRIGGER=1 (an experiment, session 21): the add_rmsnorm kernels (not the
+// warp-per-vector cluster form) launch their successor after their loads instead of at
+// entry (early) or after the wait (late).
 #ifndef KILN_NORM_LATE_TRIGGER
 #define KILN_NORM_LATE_TRIGGER 0
 #endif
@@ -81,8 +82,6 @@ __device__ __forceinline__ void load_norm_w(const bf16* __restrict__ w, float (&
     }
 }
 
-// Stores y = v * inv * (1 + w) for the vectors of one HIDDEN row this thread holds in v
-// (weights in wv, both laid out as load_norm_w's) to the row at o.
 // One vector of y = v * inv * (1 + w) to o.
 template <typename OUT>
 __device__ __forceinline__ void store_rmsnorm_vec(const float (&v)[8], float inv, const float (&wv)[8], OUT* __restrict__ o) {
@@ -91,6 +90,8 @@ __device__ __forceinline__ void store_rmsnorm_vec(const float (&v)[8], float inv
     for (int e = 0; e < 8; ++e) y[e] = v[e] * inv * (1.f + wv[e]);
     store8(o, y);
 }
+// Stores y = v * inv * (1 + w) for the vectors of one HIDDEN row this thread holds in v
+// (weights in wv, both laid out as load_norm_w's) to the row at o.
 template <typename OUT>
 __device__ __forceinline__ void store_rmsnorm(const float (&v)[NORM_VPT][8], float inv, const float (&wv)[NORM_VPT][8],
                                               OUT* __restrict__ o, int vt) {
