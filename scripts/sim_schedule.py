@@ -15,11 +15,18 @@ Session 7's reading: with these costs, shortest-prefill gives c64 TTFT p50 / TPO
 targets (H100-scaled 1180 / 13.9 measured, about 900 / 12.7 here), so they need faster
 steps, not another schedule.
 
-usage: sim_schedule.py [--budgets 1024,2048,4096]
+usage: sim_schedule.py [--budgets 1024,2048,4096] [--costs s7|s21]
 """
 import argparse, random
 
-DECODE_MS = [(0, 0.0), (1, 4.87), (8, 5.50), (32, 8.16), (64, 11.39), (128, 20.82), (256, 39.55)]
+# Decode step at batch B (ms) and prefill cost per token (ms), H100, by when measured:
+# session 7 (2026-12-05, call 4) and session 21 (83ee372 bench with the batch-1/4 register
+# GEMM spread of the same call; prefill 1024 at 19.9 ms).
+COSTS = {
+    "s7": ([(0, 0.0), (1, 4.87), (8, 5.50), (32, 8.16), (64, 11.39), (128, 20.82), (256, 39.55)], 0.0195),
+    "s21": ([(0, 0.0), (1, 3.785), (4, 4.03), (8, 4.468), (32, 6.532), (64, 9.145), (128, 16.867), (256, 32.967)], 0.0194),
+}
+DECODE_MS, PREFILL_MS_PER_TOKEN = COSTS["s7"]
 
 
 def workload(seed=0, n=64, vocab=150000):
@@ -40,7 +47,7 @@ def decode_ms(b):
 
 
 def prefill_ms(chunks):
-    return 1.0 + sum(n * (0.0195 + 0.55e-6 * (s + n / 2)) for s, n in chunks) if chunks else 0.0
+    return 1.0 + sum(n * (PREFILL_MS_PER_TOKEN + 0.55e-6 * (s + n / 2)) for s, n in chunks) if chunks else 0.0
 
 
 def cut_schedule(budget, first=256):
@@ -90,7 +97,9 @@ def simulate(policy, step_budget, max_running=256, work=None):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--budgets", default="1024,2048,4096")
+    ap.add_argument("--costs", default="s7", choices=sorted(COSTS), help="whose step costs (COSTS)")
     a = ap.parse_args()
+    DECODE_MS, PREFILL_MS_PER_TOKEN = COSTS[a.costs]
     for b in map(int, a.budgets.split(",")):
         for p in ("fcfs", "shortest-prefill"):
             print(simulate(p, b))
