@@ -49,8 +49,9 @@
 #            256 x 128 tiles (KILN_GEMM_WGMMA_WIDE=1): bench at batch 32-256 twice each, logits
 #            against the default's (needs refs, eval): wgmma.txt
 #   pf_budget  plans built with KILN_PF_BUDGET_MB=$PF_BUDGETS (default "0 8"; the early L2 weight
-#            prefetch's MB per GEMM, default 24) against the default: bench at $PF_BATCHES
-#            (1,4,8) twice, the GEMM table test, logits (pf_budget.txt)
+#            prefetch's MB per GEMM, default 24; with $PF_K also KILN_PF_K, its columns per
+#            row, default 256) against the default: bench at $PF_BATCHES (1,4,8) twice, the
+#            GEMM table test, logits (pf_budget.txt)
 #   norm_warps  the cluster norm with a warp per vector (KILN_GEMM_DEFER_CLUSTER_WARPS=1, run time)
 #            against the default: bench at $PF_BATCHES twice, logits (norm_warps.txt)
 #   norm_trigger  a plan built with KILN_NORM_LATE_TRIGGER=1 (the norms launch their successor
@@ -418,8 +419,13 @@ if has pf_budget; then
   # The early L2 weight prefetch's bytes per GEMM (KILN_PF_BUDGET_MB, default 24): at batch 1
   # the deferred-sum norm before gate_up takes 7 us against 3.6-4.3 before qkvz, while
   # gate_up's early blocks prefetch (timeline, session 21).
-  log "L2 prefetch budget per GEMM: ${PF_BUDGETS:=0 8} MB against the default 24"
-  for mb in $PF_BUDGETS; do knob_ab "pf$mb" pf_budget.txt "KILN_PF_BUDGET_MB=$mb" "${PF_BATCHES:-1,4,8}"; done
+  # A budget above 24 MB needs more columns per row than KILN_PF_K's 256 (gate_up takes 224
+  # at 24 MB): PF_K sets it for these plans.
+  log "L2 prefetch budget per GEMM: ${PF_BUDGETS:=0 8} MB against the default 24 (KILN_PF_K ${PF_K:-256})"
+  (
+    if [ -n "${PF_K:-}" ]; then export KILN_PF_K=$PF_K; fi
+    for mb in $PF_BUDGETS; do knob_ab "pf$mb" pf_budget.txt "KILN_PF_BUDGET_MB=$mb" "${PF_BATCHES:-1,4,8}"; done
+  )
 fi
 if has norm_warps; then
   # The deferred-sum cluster norm with a warp per vector (KILN_GEMM_DEFER_CLUSTER_WARPS=1: both
