@@ -139,6 +139,14 @@ struct TimelineBlock {
     KILN_TL_WAITED                                \
     do {                                          \
     } while (0)
+// The wait alone (the timeline's entry and release recorded as above): the kernel launches
+// its successor itself later, with KILN_GRIDDEP_LAUNCH().
+#define KILN_PDL_WAIT_ONLY() \
+    KILN_TL_ENTER            \
+    KILN_GRIDDEP_WAIT();     \
+    KILN_TL_WAITED           \
+    do {                     \
+    } while (0)
 #define KILN_PDL_ENTER() KILN_PDL_ENTER_IF_EARLY(KILN_PDL_EARLY)
 #define KILN_PDL_ENTER_ROWS(rows) KILN_PDL_ENTER_IF_EARLY(KILN_PDL_EARLY && (rows) <= KILN_PDL_EARLY_ROWS)
 

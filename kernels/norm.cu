@@ -138,9 +138,7 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, bool h
 #if KILN_NORM_LATE_TRIGGER
     // The successor (a GEMM, whose early blocks prefetch weights) launches only once this
     // row's loads have returned, so its prefetch does not queue ahead of them.
-    KILN_TL_ENTER
-    KILN_GRIDDEP_WAIT();
-    KILN_TL_WAITED
+    KILN_PDL_WAIT_ONLY();
 #else
     KILN_PDL_ENTER_ROWS(M);
 #endif

@@ -121,6 +121,9 @@ pub struct Kernels {
     /// Shared memory per SM, and what the driver reserves per resident block (bytes).
     smem_per_sm: usize,
     smem_reserved_per_block: usize,
+    /// Blocks of each register GEMM kernel (`registry::GEMM`) an SM holds (the driver's
+    /// occupancy at `GEMM_REG_THREADS`, read at load).
+    reg_gemm_per_sm: HashMap<&'static str, usize>,
     funcs: HashMap<String, CudaFunction>,
     _modules: Vec<Arc<CudaModule>>,
     pdl: AtomicBool,
@@ -184,6 +187,13 @@ impl Kernels {
         let attr = |a, what: &str| ctx.attribute(a).map_err(|e| anyhow!("reading {what}: {e:?}")).map(|v| v as usize);
         let smem_per_sm = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR, "the shared memory per SM")?;
         let smem_reserved_per_block = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK, "the shared memory reserved per block")?;
+        // The register GEMM's occupancy, once: `spread_smem` needs it at every launch.
+        let mut reg_gemm_per_sm = HashMap::new();
+        for &name in registry::GEMM.as_flattened().as_flattened() {
+            let f = funcs.get(name).with_context(|| format!("kernel `{name}` not loaded"))?;
+            let n = f.occupancy_max_active_blocks_per_multiprocessor(gemm::GEMM_REG_THREADS, 0, None).map_err(|e| anyhow!("occupancy of {name}: {e:?}"))?;
+            reg_gemm_per_sm.insert(name, n as usize);
+        }
         let gdn_verify_fused = std::env::var("KILN_GDN_VERIFY_FUSED").ok().map(|v| v != "0");
         let gdn_verify_pre = std::env::var("KILN_GDN_VERIFY_PRE").map_or(true, |v| v != "0");
         let attn_prefill_rows = if std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "64") { 64 } else { 128 };
@@ -193,6 +203,7 @@ impl Kernels {
             num_sms,
             smem_per_sm,
             smem_reserved_per_block,
+            reg_gemm_per_sm,
             funcs,
             _modules: loaded,
             pdl: AtomicBool::new(false),
@@ -281,13 +292,12 @@ impl Kernels {
         self.gdn_verify_pre
     }
 
-    /// Dynamic shared memory (unused) that spreads a launch of `blocks` blocks of `name` (of
-    /// `threads` threads, no shared memory of its own) over every SM (`gemm::spread_smem`,
-    /// with the kernel's occupancy and this device's shared memory).
-    pub(crate) fn spread_smem(&self, name: &str, threads: u32, blocks: usize) -> Result<u32> {
-        let f = self.funcs.get(name).with_context(|| format!("unknown kernel `{name}`"))?;
-        let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None).map_err(|e| anyhow!("occupancy of {name}: {e:?}"))?;
-        Ok(gemm::spread_smem(blocks, self.num_sms as usize, per_sm as usize, self.smem_per_sm, self.smem_reserved_per_block))
+    /// Dynamic shared memory (unused) that spreads a launch of `blocks` blocks of the
+    /// register GEMM kernel `name` over every SM (`gemm::spread_smem`, with the kernel's
+    /// occupancy and this device's shared memory).
+    pub(crate) fn spread_smem(&self, name: &str, blocks: usize) -> Result<u32> {
+        let &per_sm = self.reg_gemm_per_sm.get(name).with_context(|| format!("`{name}` is not a register GEMM kernel"))?;
+        Ok(gemm::spread_smem(blocks, self.num_sms as usize, per_sm, self.smem_per_sm, self.smem_reserved_per_block))
     }
 
     /// Whether `GemmKind::TiledWgmma` can run here (an sm_90 device).

@@ -428,10 +428,13 @@ impl Kernels {
         let rows_per_block = if mi >= 2 { 128 } else { 64 };
         let grid = (n.div_ceil(rows_per_block) as u32, plan.splits as u32, 1);
         let name = NAMES[x_dtype.idx()][y_dtype.idx()][mi];
-        let smem = if c.reg_spread { self.spread_smem(name, 128, grid.0 as usize * grid.1 as usize)? } else { 0 };
-        self.launch(name, stream, grid, 128, smem, &mut p)
+        let smem = if c.reg_spread { self.spread_smem(name, grid.0 as usize * grid.1 as usize)? } else { 0 };
+        self.launch(name, stream, grid, GEMM_REG_THREADS, smem, &mut p)
     }
 }
+
+/// Threads of a register GEMM block (kernels/gemm.cu GEMM_THREADS).
+pub(crate) const GEMM_REG_THREADS: u32 = 128;
 
 /// Dynamic shared memory (unused) that leaves room for at most ceil(blocks / sms) blocks
 /// of a launch per SM, so the block scheduler spreads them over every SM instead of

@@ -46,7 +46,6 @@ impl Kernels {
         if m == 0 {
             return Ok(());
         }
-        let mi = int(m, "rows")?;
         if let Some(Delta::Parts(parts)) = delta {
             let c = self.gemm_choices();
             let form = if m > c.defer_cluster_max_m {
@@ -65,7 +64,7 @@ impl Kernels {
             }
             _ => (NULL, 0, DType::F32),
         };
-        let ldi = int(ld, "ld")?;
+        let (ldi, mi) = (int(ld, "ld")?, int(m, "rows")?);
         let mut p = params!(residual, dp, ldi, w, out_bf16, out_f32, mi);
         self.launch(ADD_RMSNORM[dt.idx()], stream, (m as u32, 1, 1), 256, 0, &mut p)
     }
