@@ -38,8 +38,8 @@
 // (kernels/tiled_pipeline.rs). They are 3 and 3 (96 KB for fp32 x). Measured on the H100 with the same bits: 3 and 2 was
 // 0.5-0.9 % faster but spills 36 bytes on sm_100a, 4 and 3 2-6 % and 5 and 2 4-9 % slower
 // (W further ahead costs; x one stage ahead or two is about the same).
-template <bool XF32, int WST, int XST> struct TgLayout {
-    static constexpr int W = TG_BN * TG_ROWB;  // 16 KB
+template <bool XF32, int WST, int XST, int BN = TG_BN> struct TgLayout {
+    static constexpr int W = BN * TG_ROWB;  // 16 KB (32 KB for the wide kernel's 256 rows)
     static constexpr int X = TG_XPLANE * (XF32 ? 2 : 1);
     static constexpr int SMEM = WST * W + XST * X;
 };
@@ -57,8 +57,10 @@ __device__ __forceinline__ int tg_off(int row, int seg) { return row * TG_ROWB +
 // g + 8 of a 16-row tile) over 4 k (fp32: two units per thread, pairs p and p + 16) or 8
 // k (bf16: one per thread); 16 neighbouring lanes (fp32) or 8 (bf16) read 256 or 128
 // contiguous bytes of a row. A unit's rows are xm + 32q + 8e, its k fixed (xkc).
-template <bool XF32, int WST> struct TgBlock : TgTile<TG_BN, TG_BM> {
-    static constexpr int WQ = TG_BN * 8 / TG_THREADS;
+template <bool XF32, int WST, int BN = TG_BN> struct TgBlock : TgTile<BN, TG_BM> {
+    using Tile = TgTile<BN, TG_BM>;
+    using Tile::n0; using Tile::m0; using Tile::kb; using Tile::ke; using Tile::nst;
+    static constexpr int WQ = BN * 8 / TG_THREADS;
     static constexpr int XU = XF32 ? 2 : 1;  // units per thread per stage
     static constexpr int XK = XF32 ? 4 : 8;  // k per unit
     static constexpr int XPR = TG_SK / XK;   // units per row pair per stage
@@ -72,7 +74,7 @@ template <bool XF32, int WST> struct TgBlock : TgTile<TG_BN, TG_BM> {
     const unsigned char* xsrc;
 
     __device__ __forceinline__ TgBlock(const bf16* W_, const void* x, int M_, int N_, int K_, int ks)
-        : TgTile(M_, K_, ks), W(W_), M(M_), N(N_), K(K_) {
+        : Tile(M_, K_, ks), W(W_), M(M_), N(N_), K(K_) {
         const int tid = threadIdx.x;
         wr0 = tid >> 3;
         wseg = tid & 7;
@@ -85,7 +87,7 @@ template <bool XF32, int WST> struct TgBlock : TgTile<TG_BN, TG_BM> {
     }
     // W stage s into its slot (s % WST) of `wsm` (WST slots of TG_BN x TG_ROWB bytes).
     __device__ __forceinline__ void load_w(unsigned char* wsm, int s) const {
-        unsigned char* dst = wsm + (s % WST) * (TG_BN * TG_ROWB) + wdst;
+        unsigned char* dst = wsm + (s % WST) * (BN * TG_ROWB) + wdst;
         const bool kin = s < nst && kb + s * TG_SK + wseg * 8 < ke;
 #pragma unroll
         for (int q = 0; q < WQ; ++q) {
@@ -133,12 +135,12 @@ __device__ __forceinline__ void tg_mma(float* d, const uint4& xa, unsigned w0, u
 // is free, which leaves every bit unchanged. wo: the lane's W row offset for this half
 // (tg_off of W tile 0); xo[s]: its x fragment offset for step s (tg_xoff of batch tile
 // 0, half 0), so every shared load is a register plus a constant.
-template <int JT, int H, bool XF32>
-__device__ __forceinline__ void tg_chunk(float (&acc)[2][4][4], const unsigned char* wt, const unsigned char* xt, int wo,
+template <int JT, int H, bool XF32, int WT>
+__device__ __forceinline__ void tg_chunk(float (&acc)[2][WT][4], const unsigned char* wt, const unsigned char* xt, int wo,
                                          const int (&xo)[2]) {
-    uint4 w[4];
+    uint4 w[WT];
 #pragma unroll
-    for (int r = 0; r < 4; ++r) w[r] = lds128(wt + wo + r * 8 * TG_ROWB);
+    for (int r = 0; r < WT; ++r) w[r] = lds128(wt + wo + r * 8 * TG_ROWB);
     // x fragments per plane (hi, then lo for fp32 x), batch tile and k16 step.
     constexpr int NP = XF32 ? 2 : 1;
     uint4 f[NP][JT][2];
@@ -156,39 +158,43 @@ __device__ __forceinline__ void tg_chunk(float (&acc)[2][4][4], const unsigned c
 #pragma unroll
             for (int j = 0; j < JT; ++j)
 #pragma unroll
-                for (int r = 0; r < 4; ++r) tg_mma(acc[j][r], f[p][j][s], s ? w[r].z : w[r].x, s ? w[r].w : w[r].y);
+                for (int r = 0; r < WT; ++r) tg_mma(acc[j][r], f[p][j][s], s ? w[r].z : w[r].x, s ? w[r].w : w[r].y);
 }
 
 // The chunk with the live-tile count as a template argument (warp-uniform switch), so a
 // full tile has no branch between its 8 accumulators' MMA chains and the scheduler can
 // interleave them (a branch per tile left 2 chains).
-template <int H, bool XF32>
-__device__ __forceinline__ void tg_chunk_live(float (&acc)[2][4][4], int jt, const unsigned char* wt,
+template <int H, bool XF32, int WT>
+__device__ __forceinline__ void tg_chunk_live(float (&acc)[2][WT][4], int jt, const unsigned char* wt,
                                               const unsigned char* xt, int wo, const int (&xo)[2]) {
     switch (jt) {
-        case 2: tg_chunk<2, H, XF32>(acc, wt, xt, wo, xo); break;
-        case 1: tg_chunk<1, H, XF32>(acc, wt, xt, wo, xo); break;
+        case 2: tg_chunk<2, H, XF32, WT>(acc, wt, xt, wo, xo); break;
+        case 1: tg_chunk<1, H, XF32, WT>(acc, wt, xt, wo, xo); break;
         default: break;
     }
 }
 
 
 
-template <bool XF32, int WST, int XST, typename Y>
+// WT: W tiles of 8 rows per warp (4: 128-row blocks, two per SM; 8: the wide kernel's
+// 256-row blocks, one per SM).
+template <bool XF32, int WST, int XST, typename Y, int WT = 4>
 __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const void* __restrict__ x, Y* __restrict__ y,
                                            float* __restrict__ ws, unsigned* __restrict__ counters, int M, int N,
                                            int K, int ks, int splits) {
-    using L = TgLayout<XF32, WST, XST>;
+    constexpr int BN = 32 * WT;  // 4 warps along W
+    using L = TgLayout<XF32, WST, XST, BN>;
     constexpr int WPRE = WST - 1, XPRE = XST - 1;
     static_assert(WPRE >= XPRE && (XPRE == 1 || XPRE == 2), "x stored 1 or 2 stages ahead, W at least as far");
     extern __shared__ __align__(128) unsigned char tg_smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int wn = warp & 3, wm = warp >> 2;
-    const TgBlock<XF32, WST> tb(W, x, M, N, K, ks);
+    using Block = TgBlock<XF32, WST, BN>;
+    const Block tb(W, x, M, N, K, ks);
     const int n0 = tb.n0, m0 = tb.m0, kb = tb.kb, ke = tb.ke, nchunks = tb.nchunks, nst = tb.nst;
     const int xpair = tb.xpair, xkc = tb.xkc;
-    constexpr int XU = TgBlock<XF32, WST>::XU;
+    constexpr int XU = Block::XU;
     // Batch tiles of 16 this warp multiplies (warp-uniform; the rest lie past M).
     const int jt = max(0, min(2, (M - m0 - wm * 32 + 15) / 16));
     auto load_w = [&](int s) { tb.load_w(tg_smem, s); };
@@ -197,7 +203,7 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     const int xh = xkc >> 5, xft = (xkc >> 3) & 3, xl = (xpair & 7) * 4 + xft;
     const int xdst0 = tg_xoff(xpair >> 3, xh, XF32 ? (xkc >> 2) & 1 : 0, xl);
     const int xdst1 = tg_xoff(xpair >> 3, xh, 1, xl);  // bf16: step 1 of the same unit
-    using XRegs = typename TgBlock<XF32, WST>::XRegs;
+    using XRegs = typename Block::XRegs;
     XRegs xr;
     auto load_x_regs = [&](int s, XRegs& dst) { tb.load_x(s, dst); };
     auto store_x_regs = [&](int s, const XRegs& src) {  // registers -> A-fragment order
@@ -221,7 +227,7 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
         }
     };
     // The lane's fragment offsets (tg_chunk).
-    const int wo[2] = {tg_off(wn * 32 + g, t), tg_off(wn * 32 + g, 4 + t)};
+    const int wo[2] = {tg_off(wn * 8 * WT + g, t), tg_off(wn * 8 * WT + g, 4 + t)};
     const int xo[2] = {tg_xoff(wm * 2, 0, 0, lane), tg_xoff(wm * 2, 0, 1, lane)};
 
     // Prologue: weights are never written, so their first WPRE stages load before the
@@ -232,7 +238,7 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
         cp_async_commit();
     }
     // One thread per W row of the tile: the row's next columns into L2.
-    prefetch_rows_early(W, n0, TG_BN, tid, M, N, K, kb, ke, WPRE * TG_SK, splits, ks);
+    prefetch_rows_early(W, n0, BN, tid, M, N, K, kb, ke, WPRE * TG_SK, splits, ks);
     KILN_PDL_ENTER_ROWS(M);
     // x goes through two register sets (stage t's in set t % 2), each loaded two stages
     // before it is stored: stage t's x is loaded in stage t - XPRE - 2 and stored in
@@ -253,11 +259,11 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
         load_x_regs(2, xr);
     }
 
-    float acc[2][4][4];  // [batch tile of 16][W tile of 8][fragment]
+    float acc[2][WT][4];  // [batch tile of 16][W tile of 8][fragment]
 #pragma unroll
     for (int j = 0; j < 2; ++j)
 #pragma unroll
-        for (int r = 0; r < 4; ++r)
+        for (int r = 0; r < WT; ++r)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[j][r][e] = 0.f;
 
@@ -271,8 +277,8 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
         load_x_regs(s + XPRE + 2, xs);
         const unsigned char* wt = tg_smem + (s % WST) * L::W;
         const unsigned char* xt = tg_smem + WST * L::W + (s % XST) * L::X;
-        tg_chunk_live<0, XF32>(acc, jt, wt, xt, wo[0], xo);
-        if (2 * s + 1 < nchunks) tg_chunk_live<1, XF32>(acc, jt, wt, xt, wo[1], xo);
+        tg_chunk_live<0, XF32, WT>(acc, jt, wt, xt, wo[0], xo);
+        if (2 * s + 1 < nchunks) tg_chunk_live<1, XF32, WT>(acc, jt, wt, xt, wo[1], xo);
     };
     for (int s = 0; s < nst; s += 2) {  // two stages per trip: the sets alternate
         if constexpr (XPRE % 2 == 0) {
@@ -286,7 +292,7 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     cp_async_wait<0>();
 
     // Epilogue: as gemm.cu's. Accumulator e of (j, r): batch row m0 + wm*32 + j*16 + g +
-    // 8*(e/2), W row n0 + wn*32 + r*8 + 2t + e%2. One split: straight to y; else the
+    // 8*(e/2), W row n0 + wn*8*WT + r*8 + 2t + e%2. One split: straight to y; else the
     // partial to ws, and the tile's last block to arrive sums the splits.
     // Accumulators e and e + 1 are neighbours in a row: one 8-byte store (4 bytes for bf16
     // y) when N is even, so a warp's store fills whole 32-byte sectors (8 rows x 4 lanes)
@@ -300,10 +306,10 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
 #pragma unroll
     for (int j = 0; j < 2; ++j)
 #pragma unroll
-        for (int r = 0; r < 4; ++r)
+        for (int r = 0; r < WT; ++r)
 #pragma unroll
             for (int e = 0; e < 4; e += 2) {
-                const int m = m0 + wm * 32 + j * 16 + g + 8 * (e >> 1), n = n0 + wn * 32 + r * 8 + 2 * t;
+                const int m = m0 + wm * 32 + j * 16 + g + 8 * (e >> 1), n = n0 + wn * 8 * WT + r * 8 + 2 * t;
                 if (n >= N || m >= M) continue;
                 const float v0 = acc[j][r][e], v1 = acc[j][r][e + 1];
                 const size_t at = (size_t)m * N + n;
@@ -316,7 +322,7 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
                 }
             }
     if (!part || counters == nullptr) return;  // counters NULL: partials only (gemm.cu)
-    tg_split_sum<Y>(y, ws, counters, M, N, splits, n0, m0);
+    tg_split_sum<Y, BN>(y, ws, counters, M, N, splits, n0, m0);
 }
 
 // The stage counts come from registry::TILED_STAGES (KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS).
@@ -333,3 +339,23 @@ GEMM_TILED(f32, float, true, f32, float)
 GEMM_TILED(f32, float, true, bf16, bf16)
 GEMM_TILED(bf16, bf16, false, f32, float)
 GEMM_TILED(bf16, bf16, false, bf16, bf16)
+
+// The wide kernel (session 22, `KILN_GEMM_TILED_WIDE_MIN_M`): 256 W rows per block, 64 per
+// warp (8 W tiles), one block per SM with up to 255 registers. Per warp and 32-k chunk 8 W
+// and 8 x fragment loads feed 64 MMAs, against 4 + 8 for 32 (shared-memory reads per MMA
+// 0.375 -> 0.25), and each block splits its x once per 256 W rows instead of 128: the
+// shared-memory traffic and the conversions that bound the 128-row kernel at batch 128-256
+// (docs/kernels.md). The same MMAs per accumulator in the same order: the same bits.
+#define GEMM_TILED_WIDE(XN, XT, XF, YN, YT)                                                     \
+    static_assert((TgLayout<XF, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS, 256>::SMEM == KILN_SMEM_GEMM_TILED_WIDE_##XN), \
+                  "the launcher's shared memory (registry.rs) differs from this layout");       \
+    extern "C" __global__ void __launch_bounds__(TG_THREADS, 1)                                   \
+        kiln_gemm_tiled_w_x##XN##_y##YN(const bf16* W, const XT* x, YT* y, float* ws,             \
+                                        unsigned* counters, int M, int N, int K, int ks,          \
+                                        int splits) {                                             \
+        tiled_gemm<XF, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS, YT, 8>(W, x, y, ws, counters, M, N, K, ks, splits); \
+    }
+GEMM_TILED_WIDE(f32, float, true, f32, float)
+GEMM_TILED_WIDE(f32, float, true, bf16, bf16)
+GEMM_TILED_WIDE(bf16, bf16, false, f32, float)
+GEMM_TILED_WIDE(bf16, bf16, false, bf16, bf16)

@@ -56,6 +56,9 @@
 #            against the default: bench at $PF_BATCHES twice, logits (norm_warps.txt)
 #   norm_trigger  a plan built with KILN_NORM_LATE_TRIGGER=1 (the norms launch their successor
 #            after their loads) against the default: bench at $PF_BATCHES twice, logits (norm_trigger.txt)
+#   tiled_wide  the tiled GEMM's 256-row blocks (KILN_GEMM_TILED_WIDE_MIN_M=17, run time) against
+#            the default 128-row blocks: bench at $WIDE_BATCHES (32,64,128,256) twice, logits (tiled_wide.txt);
+#            KERNEL_TESTS=gemm_matches checks its bits against the other kernels
 #   reg_spread  the register GEMM packed by the block scheduler (KILN_GEMM_REG_SPREAD=0) against
 #            the default (unused shared memory caps its blocks per SM), batch $SPREAD_BATCHES (1,4): reg_spread.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
@@ -438,6 +441,12 @@ if has norm_trigger; then
   # entry: the gate_up GEMM's early prefetch otherwise queues ahead of the norm's L2 reads.
   log "norms: successor launched after the loads against at entry"
   knob_ab nlt norm_trigger.txt KILN_NORM_LATE_TRIGGER=1 "${PF_BATCHES:-1,4,8}"
+fi
+if has tiled_wide; then
+  # The tiled GEMM with 256-row blocks, one per SM (KILN_GEMM_TILED_WIDE_MIN_M: from that many
+  # rows; 64 W rows per warp, a third fewer shared-memory reads per MMA) against 128-row blocks.
+  log "tiled GEMM: 256-row blocks against 128-row"
+  env_ab "default" "wide" tiled_wide.txt KILN_GEMM_TILED_WIDE_MIN_M=17 "${WIDE_BATCHES:-32,64,128,256}"
 fi
 if has reg_spread; then
   # The register GEMM's blocks spread over every SM (the default since session 21: unused

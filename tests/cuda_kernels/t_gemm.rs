@@ -76,11 +76,11 @@ fn gemm_matches_f64_reference() {
                     continue;
                 }
                 for plan in [default, forced] {
-                    // Up to 16 rows all four kernels, up to 64 three; above, the tiled kernel
-                    // against the register kernel run on 64-row pieces.
+                    // Up to 64 rows the register, shared-x and both tiled kernels; above, the tiled kernels
+                    // (128- and 256-row blocks) against the register kernel run on 64-row pieces.
                     let mut kinds: Vec<GemmKind> = match m {
-                        ..=64 => vec![GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled],
-                        _ => vec![GemmKind::Tiled],
+                        ..=64 => vec![GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled, GemmKind::TiledWide],
+                        _ => vec![GemmKind::Tiled, GemmKind::TiledWide],
                     };
                     // On sm_90 the tiled kernel's wgmma variants too (the same bits): 128 x 64
                     // tiles and 256 x 128.

@@ -63,6 +63,11 @@ pub const GEMM_TILED: ByXY<&str> = [
     ["kiln_gemm_tiled_xf32_yf32", "kiln_gemm_tiled_xf32_ybf16"],
     ["kiln_gemm_tiled_xbf16_yf32", "kiln_gemm_tiled_xbf16_ybf16"],
 ];
+/// The tiled GEMM with 256-row blocks, one per SM (kernels/gemm_tiled.cu, `GemmKind::TiledWide`): [x][y].
+pub const GEMM_TILED_WIDE: ByXY<&str> = [
+    ["kiln_gemm_tiled_w_xf32_yf32", "kiln_gemm_tiled_w_xf32_ybf16"],
+    ["kiln_gemm_tiled_w_xbf16_yf32", "kiln_gemm_tiled_w_xbf16_ybf16"],
+];
 /// The tiled GEMM with wgmma (sm_90a only, kernels/gemm_tiled_wg.cu `tiled_gemm_wg`): [x][y].
 pub const GEMM_TILED_WG: ByXY<&str> = [
     ["kiln_gemm_tiled_wg_xf32_yf32", "kiln_gemm_tiled_wg_xf32_ybf16"],
@@ -200,8 +205,14 @@ pub fn gemm_sxw_smem(x: DType, m: usize, ks: usize) -> Option<usize> {
 /// Dynamic shared memory of `GEMM_TILED`: its W stages of 64 k (128-row tiles, 128 bytes
 /// per row) and x stages (64-row tiles, hi and lo planes for fp32 x).
 pub fn gemm_tiled_smem(x: DType) -> usize {
+    gemm_tiled_rows_smem(x, 128)
+}
+
+/// Dynamic shared memory of the tiled GEMM with `rows` W rows per block (`GEMM_TILED`: 128,
+/// `GEMM_TILED_WIDE`: 256).
+pub fn gemm_tiled_rows_smem(x: DType, rows: usize) -> usize {
     let (w_stages, x_stages) = TILED_STAGES;
-    w_stages * 128 * 128 + x_stages * 64 * 128 * if x == DType::F32 { 2 } else { 1 }
+    w_stages * rows * 128 + x_stages * 64 * 128 * if x == DType::F32 { 2 } else { 1 }
 }
 
 /// Dynamic shared memory of the wgmma tiled GEMM with `warpgroups` (2: `GEMM_TILED_WG`,
@@ -237,6 +248,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     }
     for x in BOTH {
         add("gemm_tiled", &GEMM_TILED[x.idx()], gemm_tiled_smem(x));
+        add("gemm_tiled", &GEMM_TILED_WIDE[x.idx()], gemm_tiled_rows_smem(x, 256));
         add("gemm_tiled_wg", &GEMM_TILED_WG[x.idx()], gemm_tiled_wg_smem(x, 2));
         add("gemm_tiled_wg", &GEMM_TILED_WG4[x.idx()], gemm_tiled_wg_smem(x, 4));
     }
@@ -288,6 +300,7 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
             v.push(format!("-DKILN_SMEM_GEMM_SX_{}_M{m}={}", x.suffix(), gemm_sx_smem(x, m)));
         }
         v.push(format!("-DKILN_SMEM_GEMM_TILED_{}={}", x.suffix(), gemm_tiled_smem(x)));
+        v.push(format!("-DKILN_SMEM_GEMM_TILED_WIDE_{}={}", x.suffix(), gemm_tiled_rows_smem(x, 256)));
         v.push(format!("-DKILN_SMEM_GEMM_TILED_WG_{}={}", x.suffix(), gemm_tiled_wg_smem(x, 2)));
         v.push(format!("-DKILN_SMEM_GEMM_TILED_WG4_{}={}", x.suffix(), gemm_tiled_wg_smem(x, 4)));
     }

@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_smem, gemm_tiled_wg_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, GEMM_TILED_WG4, PACK_WEIGHT};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_rows_smem, gemm_tiled_smem, gemm_tiled_wg_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, GEMM_TILED_WIDE, GEMM_TILED_WG4, PACK_WEIGHT};
 use crate::backend::weight_pack;
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -49,6 +49,9 @@ pub enum GemmKind {
     /// 128 x 64 output tiles, W and x staged through shared memory three deep
     /// (kiln_gemm_tiled_x*; any M up to `GEMM_MAX_M`).
     Tiled,
+    /// 256 x 64 output tiles, one block per SM, 64 W rows per warp (kiln_gemm_tiled_w_x*;
+    /// any M up to `GEMM_MAX_M`; `GemmChoices::tiled_wide_min_m`).
+    TiledWide,
     /// The tiled kernel's tiles with wgmma (kiln_gemm_tiled_wg_x*; sm_90a only).
     TiledWgmma,
     /// wgmma with 4 warpgroups and 256 x 128 tiles (kiln_gemm_tiled_wg4_x*; sm_90a only).
@@ -123,11 +126,16 @@ pub struct GemmChoices {
     /// 3.981 -> 3.785 ms, batch 4 4.146 -> 4.032, batch 8 unchanged (shared-x from 8 rows),
     /// the down GEMM's last block 20-25 -> 16-18 µs after its release, logits bit-identical.
     pub reg_spread: bool,
+    /// From this many rows the tiled GEMMs run the wide kernel (256 x 64 tiles, one block
+    /// per SM, 64 W rows per warp: a third fewer shared-memory reads per MMA and half the
+    /// x conversions; `KILN_GEMM_TILED_WIDE_MIN_M`, session 22, unmeasured, so 0: never).
+    /// The same bits whatever the bound.
+    pub tiled_wide_min_m: usize,
 }
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true, tiled_wide_min_m: 0 }
     }
 }
 
@@ -152,6 +160,7 @@ impl GemmChoices {
             wgmma: flag("KILN_GEMM_WGMMA", d.wgmma),
             wgmma_wide: flag("KILN_GEMM_WGMMA_WIDE", d.wgmma_wide),
             reg_spread: flag("KILN_GEMM_REG_SPREAD", d.reg_spread),
+            tiled_wide_min_m: num("KILN_GEMM_TILED_WIDE_MIN_M", d.tiled_wide_min_m),
         }
     }
 
@@ -372,11 +381,13 @@ impl Kernels {
         let c = &self.gemm_choices;
         let kind = match kind {
             GemmKind::Tiled if c.wgmma && self.has_wgmma() => if c.wgmma_wide { GemmKind::TiledWgmmaWide } else { GemmKind::TiledWgmma },
+            GemmKind::Tiled if c.tiled_wide_min_m > 0 && m >= c.tiled_wide_min_m => GemmKind::TiledWide,
             k => k,
         };
         let wgmma = matches!(kind, GemmKind::TiledWgmma | GemmKind::TiledWgmmaWide);
         ensure!(!wgmma || self.has_wgmma(), "gemm: the wgmma kernels need sm_90a");
-        ensure!(m <= SKINNY_MAX_M || kind == GemmKind::Tiled || wgmma, "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
+        let tiled = matches!(kind, GemmKind::Tiled | GemmKind::TiledWide);
+        ensure!(m <= SKINNY_MAX_M || tiled || wgmma, "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
         ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
         ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
         let w: GemmWeight = w.into();
@@ -396,13 +407,14 @@ impl Kernels {
         };
         let (ws, counters) = (scratch.ws, scratch.counters);
         let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
-        if kind == GemmKind::Tiled || wgmma {
+        if tiled || wgmma {
             let w = w.rows;
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
             // (tile rows of W, tile rows of the batch, threads, shared memory, names)
             let (bn, bm, threads, smem, names) = match kind {
                 GemmKind::TiledWgmmaWide => (256, 128, 512, gemm_tiled_wg_smem(x_dtype, 4), &GEMM_TILED_WG4),
                 GemmKind::TiledWgmma => (128, 64, 256, gemm_tiled_wg_smem(x_dtype, 2), &GEMM_TILED_WG),
+                GemmKind::TiledWide => (256, 64, 256, gemm_tiled_rows_smem(x_dtype, 256), &GEMM_TILED_WIDE),
                 _ => (128, 64, 256, gemm_tiled_smem(x_dtype), &GEMM_TILED),
             };
             let grid = ((n.div_ceil(bn) * m.div_ceil(bm)) as u32, plan.splits as u32, 1);
