@@ -583,6 +583,8 @@ if has ncu_src; then
   has_src tiled256 && ncu_src_run tiled256 kiln_gemm_tiled_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
   has_src wgmma256 && KILN_GEMM_WGMMA=1 ncu_src_run wgmma256 kiln_gemm_tiled_wg_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
   has_src wide256 && KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1 ncu_src_run wide256 kiln_gemm_tiled_wg4_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
+  # tw256: the same four GEMMs through the 256-row tiled kernel (KILN_GEMM_TILED_WIDE_MIN_M).
+  has_src tw256 && KILN_GEMM_TILED_WIDE_MIN_M=17 ncu_src_run tw256 kiln_gemm_tiled_w_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
   has_src gdn_decode && ncu_src_run gdn_decode kiln_gdn_decode_f32_f32 2 --batch 64 --ctx 1024 --prefill 16 --iters 2
   # b1: the batch-1 step's wide GEMM (shared-x m16: qkvz, then gate_up) and the register m8
   # one (out, then down) of the first layer, as the step launches them.
