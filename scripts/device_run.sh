@@ -285,7 +285,7 @@ fi
 if has verify; then
   # Issue 9: speculative verification against plain decoding (exact tokens, accepted
   # lengths, bit-identical logits after the commit), and a verify call's time.
-  # VERIFY_VARIANTS picks the runs (all by default): default graphs pre by_position bf16_head.
+  # VERIFY_VARIANTS picks the runs (all by default): default graphs pre by_position bf16_head int4_head.
   vv() { [ -z "${VERIFY_VARIANTS:-}" ] || [[ " $VERIFY_VARIANTS " == *" $1 "* ]]; }
   VERIFY="--plan $ENG/qwen35_4b_random.plan --drafts 3 --steps 24 --ctx 1024"
   if vv default; then log verify; .devbin/kiln-eval verify $VERIFY --batch 1,4,8 2>&1 | grep -v "^\s*$" | tee "$OUT/verify.txt" | tail -5; fi
@@ -300,6 +300,9 @@ if has verify; then
   # Drafts from the bf16 lm_head (the default since session 14 is its int8 copy):
   # the draft call's time against verify.txt's.
   if vv bf16_head; then log "verify (bf16 draft head)"; KILN_DRAFT_HEAD=bf16 .devbin/kiln-eval verify $VERIFY --batch 1 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_bf16_head.txt" | tail -5; fi
+  # Drafts from the int4 copy (session 22, a scale per 128 weights): the draft call's time,
+  # and exactness (verification decides every token whatever the table).
+  if vv int4_head; then log "verify (int4 draft head)"; KILN_DRAFT_HEAD=int4 .devbin/kiln-eval verify $VERIFY --batch 1,4 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_int4_head.txt" | tail -5; fi
 fi
 if has profile; then
   log "ncu: per-kernel times of one 1024-token prefill"

@@ -168,8 +168,9 @@ struct SpecArgs {
     #[arg(long)]
     speculative_draft_vocab: Option<usize>,
     /// kiln: the table drafts take their logits from: int8 (a copy of the lm_head made at
-    /// start-up, half the bytes per draft step; the default) or bf16 (the lm_head itself).
-    /// Verification keeps the output identical either way. Unset: env KILN_DRAFT_HEAD.
+    /// start-up, half the bytes per draft step; the default), int4 (a scale per 128
+    /// weights, 0.53 bytes a weight) or bf16 (the lm_head itself). Verification keeps the
+    /// output identical either way. Unset: env KILN_DRAFT_HEAD.
     #[arg(long, value_enum)]
     speculative_draft_head: Option<DraftHeadArg>,
 }
@@ -178,6 +179,7 @@ struct SpecArgs {
 #[serde(rename_all = "lowercase")]
 enum DraftHeadArg {
     Int8,
+    Int4,
     Bf16,
 }
 
@@ -411,7 +413,7 @@ fn no_stand_in(dir: &Path, why: impl std::fmt::Display) -> anyhow::Error {
 #[cfg(feature = "cuda")]
 fn cuda_backend(a: &ServeArgs, dir: &Path, tok_dir: &Path, spec: Option<&scheduler::SpecConfig>) -> Result<(Box<dyn Backend>, Tokenizer, Option<String>)> {
     use kiln::backend::cuda::libs::{self, CudaLib};
-    use kiln::backend::cuda::{CudaBackend, CudaOptions};
+    use kiln::backend::cuda::{CudaBackend, CudaOptions, DraftHeadKind};
     let facts = libs::probe();
     let (gpu, arch) = libs::usable_gpu(&facts).map_err(|e| no_stand_in(dir, e))?;
     libs::require(CudaLib::CublasLt)?;
@@ -437,7 +439,11 @@ fn cuda_backend(a: &ServeArgs, dir: &Path, tok_dir: &Path, spec: Option<&schedul
         // Speculation: verify scratch for `spec_rows` sequences of k + 1 tokens; the MTP
         // head then runs in every step.
         spec_positions: spec.map_or(0, |sp| sp.num_steps + 1),
-        draft_head_i8: a.speculative.speculative_draft_head.map_or(d.draft_head_i8, |h| h == DraftHeadArg::Int8),
+        draft_head: a.speculative.speculative_draft_head.map_or(d.draft_head, |h| match h {
+            DraftHeadArg::Int8 => DraftHeadKind::Int8,
+            DraftHeadArg::Int4 => DraftHeadKind::Int4,
+            DraftHeadArg::Bf16 => DraftHeadKind::Bf16,
+        }),
         ..d
     };
     let mut b = CudaBackend::load(&plan, Some(dir), &opt)?;

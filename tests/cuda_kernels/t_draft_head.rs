@@ -95,3 +95,96 @@ fn int8_drafts_agree_with_bf16_drafts() {
     // wrong scale, a lost sign) cannot reach.
     assert!(same * 10 >= m * 9, "int8 drafts agree on only {same} of {m} rows");
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn quant_rows_i4_equals_its_cpu_twin_bit_for_bit() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let mut g = rng(44);
+    // (rows, K): one row, a ragged count of rows past a block's 8, one group, an odd
+    // number of groups (a warp's 256 k not filled), the hidden size.
+    for (n, k) in [(1usize, 2560usize), (13, 128), (9, 384), (70, 2560)] {
+        let sg = kiln::backend::cuda::kernels::Kernels::i4_scale_stride(k);
+        let mut w = round_bf16(&randn_vec(&mut g, n * k, 0.05));
+        // Row 1's first group zero (scale 0, every nibble 8); row 2 one large outlier.
+        if n > 2 {
+            w[k..k + 128].fill(0.0);
+            w[2 * k + k / 2] = 3.0;
+        }
+        let (q, sc) = (up(&s, &vec![0u8; n * k / 2]), up(&s, &vec![0f32; n * sg]));
+        let wd = up(&s, &to_bf16(&w));
+        e.k.quant_rows_i4(&s, ptr(&s, &wd), ptr(&s, &q), ptr(&s, &sc), n, k).unwrap();
+        let (eq, es) = ops::quantize_rows_i4(&w, n, k, sg);
+        let (gq, gs) = (down(&s, &q), down(&s, &sc));
+        assert_eq!(gs.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), es.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "scales N={n} K={k}");
+        assert_eq!(gq, eq, "quantized nibbles N={n} K={k}");
+        println!("quant_rows_i4 N={n} K={k}: bit-identical to the twin");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn gemv_i4_matches_its_f64_reference() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let mut g = rng(45);
+    let h = e.k.dims().hidden;
+    // (M, N, K): one row and one group, a ragged N inside one block, past a warp's 32 rows
+    // with 5 groups (a partial group of 4 chunks), two launches of 8 rows (11), the hidden
+    // size with a block-and-a-bit of rows.
+    for (m, n, k) in [(1usize, 1usize, 128usize), (3, 100, 640), (8, 257, 2560.min(h)), (11, 1000, 512), (5, 300, h)] {
+        let sg = kiln::backend::cuda::kernels::Kernels::i4_scale_stride(k);
+        let w = round_bf16(&randn_vec(&mut g, n * k, 0.05));
+        let (eq, es) = ops::quantize_rows_i4(&w, n, k, sg);
+        let mut x = randn_vec(&mut g, m * k, 2.0);
+        x[0] = 1.0e6; // clamped to f16's 65504 by both
+        let (qd, sd, xd, yd) = (up(&s, &eq), up(&s, &es), up(&s, &x), poison_f32(&s, m * n));
+        e.k.gemv_i4(&s, ptr(&s, &qd), ptr(&s, &sd), ptr(&s, &xd), ptr(&s, &yd), m, n, k).unwrap();
+        let got = down(&s, &yd);
+        let (want, mag) = ops::gemv_i4_reference(&eq, &es, sg, &x, m, n, k);
+        // The products are exact in fp32 (a 4-bit integer times an f16); each 128-k group's
+        // sum rounds (at most 128 * 2^-23 of its |terms|), its product with the scale and
+        // the running sum round once more each: within (K + 2 K / 128) * 2^-23 of the sum
+        // of |terms| for any order and rounding mode.
+        let bound = (k + 2 * k / 128) as f64 * 2f64.powi(-23);
+        let mut worst = 0f64;
+        for i in 0..m * n {
+            let err = (got[i] as f64 - want[i]).abs();
+            assert!(!got[i].is_nan() && err <= bound * mag[i] + 1e-30, "gemv_i4 M={m} N={n} K={k}: y[{i}] = {} against {} (|terms| {})", got[i], want[i], mag[i]);
+            worst = worst.max(err / mag[i].max(1e-30));
+        }
+        println!("gemv_i4 M={m} N={n} K={k}: worst error {worst:.2e} of |terms| (bound {bound:.2e})");
+    }
+}
+
+/// How often the int4 table's argmax equals the bf16 table's, beside the int8 table's, on
+/// the same random rows as `int8_drafts_agree_with_bf16_drafts`: a measurement (printed)
+/// with a floor that a broken table (wrong nibble order, wrong group scale) cannot reach.
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn int4_drafts_mostly_agree_with_bf16_drafts() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let mut g = rng(43);
+    let (m, n, k) = (64usize, 16384usize, e.k.dims().hidden);
+    let sg = kiln::backend::cuda::kernels::Kernels::i4_scale_stride(k);
+    let w = round_bf16(&randn_vec(&mut g, n * k, 0.02));
+    let x: Vec<f32> = randn_vec(&mut g, m * k, 1.0).iter().enumerate().map(|(i, v)| if i % k < 16 { v * 20.0 } else { *v }).collect();
+    let (eq, es) = ops::quantize_rows_i4(&w, n, k, sg);
+    let (qd, sd, xd, yd) = (up(&s, &eq), up(&s, &es), up(&s, &x), poison_f32(&s, m * n));
+    e.k.gemv_i4(&s, ptr(&s, &qd), ptr(&s, &sd), ptr(&s, &xd), ptr(&s, &yd), m, n, k).unwrap();
+    let (_keys, _counters, ws) = argmax_scratch(&s, m);
+    let out = up(&s, &vec![-1i32; m]);
+    e.k.argmax(&s, Mat::f32(ptr(&s, &yd), n), n, ptr(&s, &out), m, &ws).unwrap();
+    let got = down(&s, &out);
+    let mut same = 0;
+    for i in 0..m {
+        let logits: Vec<f32> = (0..n).map(|r| (0..k).map(|j| w[r * k + j] as f64 * x[i * k + j] as f64).sum::<f64>() as f32).collect();
+        same += (ops::argmax(&logits) as i32 == got[i]) as usize;
+    }
+    println!("int4 drafts: {same} of {m} rows take the bf16 table's argmax");
+    // Random rows' top-2 margins are far smaller than a trained model's, and int4's
+    // rounding (a step of amax / 7 per 128 weights) is 18x int8's: half is the floor here.
+    assert!(same * 2 >= m, "int4 drafts agree on only {same} of {m} rows");
+}

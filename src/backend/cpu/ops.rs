@@ -356,3 +356,66 @@ pub fn gemv_i8_reference(q: &[u8], scale: &[f32], x: &[f32], m: usize, n: usize,
     }
     (y, mag)
 }
+
+/// k per scale of the int4 draft table (kernels/draft_head.cu DH4_GROUP_K).
+pub const I4_GROUP_K: usize = 128;
+
+/// Nibble of element k % 8 in its 32-bit word of the int4 table: k0 k2 k4 k6 in nibbles
+/// 0-3, k1 k3 k5 k7 in 4-7 (one shift and mask then gives an MMA fragment's f16 pair).
+const I4_NIBBLE: [usize; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
+
+/// Twin of `kiln_quant_rows_i4`, bit for bit: per row of w [n][k] (bf16 values) and group
+/// c of 128 k, amax = max |w|, v = 8 + clamp(round_half_even(w * (7 / amax)), -7, 7),
+/// scale[r * sg + c] = amax / 7 (a zero group: v = 8, scale 0). q is [n][k / 2] bytes in the
+/// kernel's nibble order; scale has `sg` entries per row (groups past k / 128 stay 0).
+/// k % 128 == 0.
+pub fn quantize_rows_i4(w: &[f32], n: usize, k: usize, sg: usize) -> (Vec<u8>, Vec<f32>) {
+    assert!(k % I4_GROUP_K == 0 && sg >= k / I4_GROUP_K, "quantize_rows_i4: K = {k}, scale stride {sg}");
+    let mut q = vec![0u8; n * k / 2];
+    let mut scale = vec![0f32; n * sg];
+    for r in 0..n {
+        for c in 0..k / I4_GROUP_K {
+            let group = &w[r * k + c * I4_GROUP_K..r * k + (c + 1) * I4_GROUP_K];
+            let amax = group.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let inv = if amax > 0.0 { 7.0f32 / amax } else { 0.0 };
+            scale[r * sg + c] = amax / 7.0;
+            for (j, v) in group.iter().enumerate() {
+                let kk = c * I4_GROUP_K + j;
+                let val = (8.0 + (v * inv).round_ties_even().clamp(-7.0, 7.0)) as u32;
+                let word = r * k / 8 + kk / 8;
+                let bit = 4 * I4_NIBBLE[kk % 8];
+                let byte = &mut q[4 * word + bit / 8];
+                *byte |= (val << (bit % 8)) as u8;
+            }
+        }
+    }
+    (q, scale)
+}
+
+/// Element (row r, k) of the int4 table as its integer value v - 8 (in -7..7).
+pub fn i4_value(q: &[u8], k: usize, r: usize, kk: usize) -> i32 {
+    let word = r * k / 8 + kk / 8;
+    let bit = 4 * I4_NIBBLE[kk % 8];
+    ((q[4 * word + bit / 8] >> (bit % 8)) & 0xF) as i32 - 8
+}
+
+/// Reference of `kiln_gemv_i4` in f64: y[m][n] = sum over groups c of scale[n][c] * sum_k
+/// (v - 8) * f16(x[m][k]); also each output's sum of |terms| (the scale of its fp32
+/// rounding error).
+pub fn gemv_i4_reference(q: &[u8], scale: &[f32], sg: usize, x: &[f32], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+    let xh: Vec<f64> = x.iter().map(|v| half::f16::from_f32(v.clamp(-65504.0, 65504.0)).to_f64()).collect();
+    let (mut y, mut mag) = (vec![0f64; m * n], vec![0f64; m * n]);
+    for i in 0..m {
+        for r in 0..n {
+            let (mut s, mut a) = (0f64, 0f64);
+            for kk in 0..k {
+                let t = i4_value(q, k, r, kk) as f64 * xh[i * k + kk] * scale[r * sg + kk / I4_GROUP_K] as f64;
+                s += t;
+                a += t.abs();
+            }
+            y[i * n + r] = s;
+            mag[i * n + r] = a;
+        }
+    }
+    (y, mag)
+}

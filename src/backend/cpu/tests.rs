@@ -298,3 +298,46 @@ fn int8_draft_rows_round_to_within_half_a_step_and_keep_their_sign() {
         assert!((y[r] - want).abs() <= 1e-12 && mag[r] >= y[r].abs());
     }
 }
+
+#[test]
+fn int4_draft_rows_round_to_within_half_a_step_per_group_and_keep_their_sign() {
+    use super::ops::{gemv_i4_reference, i4_value, quantize_rows_i4, I4_GROUP_K};
+    // Two rows of two groups: ordinary values with one outlier per group, then a zero
+    // group beside a group whose maximum is negative; a padded scale stride of 4.
+    let (n, k, sg) = (2usize, 2 * I4_GROUP_K, 4usize);
+    let mut w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
+    w[5] = 3.0;
+    w[I4_GROUP_K + 7] = -1.75;
+    w[k..k + I4_GROUP_K].fill(0.0);
+    w[k + I4_GROUP_K + 3] = -9.0;
+    let (q, scale) = quantize_rows_i4(&w, n, k, sg);
+    assert_eq!(q.len(), n * k / 2);
+    assert_eq!((scale[2], scale[3], scale[sg]), (0.0, 0.0, 0.0), "padding and the zero group");
+    for r in 0..n {
+        for kk in 0..k {
+            let (v, iv) = (w[r * k + kk], i4_value(&q, k, r, kk));
+            let s = scale[r * sg + kk / I4_GROUP_K];
+            assert!((-7..=7).contains(&iv), "row {r} k {kk}: {iv}");
+            let back = iv as f32 * s;
+            assert!((back - v).abs() <= 0.5 * s * 1.0001, "row {r} k {kk}: {v} -> {iv} -> {back}");
+            assert!(v == 0.0 || back == 0.0 || back.signum() == v.signum(), "row {r} k {kk}: sign lost");
+        }
+    }
+    // Each group's largest magnitude lands on +-7 exactly, whatever its nibble position.
+    assert_eq!(i4_value(&q, k, 0, 5), 7);
+    assert_eq!(i4_value(&q, k, 0, I4_GROUP_K + 7), -7);
+    assert_eq!(i4_value(&q, k, 1, I4_GROUP_K + 3), -7);
+    assert!((0..I4_GROUP_K).all(|kk| i4_value(&q, k, 1, kk) == 0), "a zero group is all 8");
+    // Nibble order: word 0 of row 0 holds k 0..7 as k0 k2 k4 k6 k1 k3 k5 k7.
+    let word = u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
+    for (kk, nib) in [(0, 0), (2, 1), (4, 2), (6, 3), (1, 4), (3, 5), (5, 6), (7, 7)] {
+        assert_eq!(((word >> (4 * nib)) & 0xF) as i32 - 8, i4_value(&q, k, 0, kk), "k {kk} in nibble {nib}");
+    }
+    // The reference scales each group's sum by its own scale.
+    let x: Vec<f32> = (0..k).map(|i| (i % 7) as f32 * 0.5 - 1.0).collect();
+    let (y, mag) = gemv_i4_reference(&q, &scale, sg, &x, 1, n, k);
+    for r in 0..n {
+        let want: f64 = (0..k).map(|kk| i4_value(&q, k, r, kk) as f64 * scale[r * sg + kk / I4_GROUP_K] as f64 * x[kk] as f64).sum();
+        assert!((y[r] - want).abs() <= 1e-12 * mag[r].max(1.0) && mag[r] >= y[r].abs());
+    }
+}

@@ -9,7 +9,7 @@ use super::model::LayerStack;
 use super::pools::{block_bytes, slot_bytes, Scratch, StatePools, LOGIT_ROWS};
 use super::snapshots::SnapshotPool;
 use super::sizing::{size_pools, DeviceMemory, PoolRequest, MAX_RUNNING_LIMIT};
-use super::weights::{DeviceWeights, DraftHeadI8};
+use super::weights::{DeviceWeights, DraftHead, DraftHeadKind};
 use crate::backend::step::{row_copies, Step, StepLimits};
 use crate::backend::{Backend, Capacity, ChunkLogits, SeqChunk, SnapshotId, Verified, VerifyChunk};
 use draft::MtpDevice;
@@ -80,10 +80,11 @@ pub struct CudaOptions {
     /// KILN_PDL_STREAM=1 (stage knobs times prefill with it).
     pub pdl_stream: bool,
     /// MTP drafts read an int8 copy of the lm_head (made at start-up, 0.64 GB for
-    /// Qwen3.5-4B) instead of the bf16 table: half the bytes of a draft step's largest
-    /// read. Drafts are only proposals, so greedy output is unchanged either way. Env
-    /// KILN_DRAFT_HEAD=bf16 / int8; `--speculative-draft-head`.
-    pub draft_head_i8: bool,
+    /// Qwen3.5-4B; the default) or an int4 one (0.34 GB) instead of the bf16 table: half
+    /// or about a quarter of the bytes of a draft step's largest read. Drafts are only
+    /// proposals, so greedy output is unchanged either way. Env KILN_DRAFT_HEAD=bf16 /
+    /// int8 / int4; `--speculative-draft-head`.
+    pub draft_head: DraftHeadKind,
     /// Pack every decode GEMM weight at load (`DeviceWeights::pack`, `backend::weight_pack`):
     /// the register and shared-x kernels read a copy whose per-warp chunks are contiguous,
     /// the same bits. Measured (H100, session 17, two runs each, logits bit-identical): a
@@ -120,7 +121,7 @@ impl Default for CudaOptions {
             verify_graphs: std::env::var("KILN_VERIFY_GRAPHS").map_or(true, |v| v != "0"),
             mtp_full_upkeep: std::env::var("KILN_MTP_FULL_UPKEEP").is_ok_and(|v| v == "1"),
             pdl_stream: std::env::var("KILN_PDL_STREAM").is_ok_and(|v| v == "1"),
-            draft_head_i8: std::env::var("KILN_DRAFT_HEAD").map_or(true, |v| v != "bf16"),
+            draft_head: std::env::var("KILN_DRAFT_HEAD").ok().and_then(|v| DraftHeadKind::parse(&v)).unwrap_or(DraftHeadKind::Int8),
             packed_weights: std::env::var("KILN_GEMM_PACKED").ok().map(|v| v != "0"),
         }
     }
@@ -263,10 +264,12 @@ impl CudaBackend {
         // block pool after the model's full-attention layers.
         let run_mtp = spec_positions > 0 && w.mtp.is_some();
         let kv_layers = cfg.num_full_layers() + run_mtp as usize;
-        // The drafts' int8 lm_head, before the pools take what is left.
-        // (kiln_gemv_i8 takes K in 64-wide chunks; other hidden sizes draft from bf16.)
-        if run_mtp && opt.draft_head_i8 && cfg.hidden_size % 64 == 0 {
-            w.draft_head = Some(DraftHeadI8::build(&k, &stream, w.lm_head.rows, &cfg)?);
+        // The drafts' quantized lm_head, before the pools take what is left.
+        // (kiln_gemv_i8 takes K in 64-wide chunks, kiln_gemv_i4 in 128-wide ones; other
+        // hidden sizes draft from bf16.)
+        let chunk = if opt.draft_head == DraftHeadKind::Int4 { 128 } else { 64 };
+        if run_mtp && opt.draft_head != DraftHeadKind::Bf16 && cfg.hidden_size.is_multiple_of(chunk) {
+            w.draft_head = Some(DraftHead::build(&k, &stream, w.lm_head.rows, &cfg, opt.draft_head)?);
         }
         let (free, total) = ctx.mem_get_info().map_err(|e| anyhow!("reading free GPU memory: {e:?}"))?;
         let sizes = size_pools(
@@ -587,7 +590,7 @@ impl Backend for CudaBackend {
         self.mtp_on = false;
         self.verify_graph_map.clear();
         self.draft_graph_map.clear();
-        // Nothing drafts any more: the int8 table's 0.64 GB goes back to the driver.
+        // Nothing drafts any more: the quantized table goes back to the driver.
         self.w.draft_head = None;
         // The decode graphs hold the MTP pass: capture them again without it.
         let keys: Vec<(usize, Option<usize>)> = self.graphs.keys().copied().collect();

@@ -16,3 +16,4 @@ pub mod timeline;
 mod weights;
 
 pub use backend::{CudaBackend, CudaOptions};
+pub use weights::DraftHeadKind;

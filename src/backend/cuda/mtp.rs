@@ -10,7 +10,7 @@
 use super::{split_by_dtype, LayerStack, Rows};
 use crate::backend::cuda::kernels::{DevPtr, Mat, QkNormRope, NULL};
 use crate::backend::cuda::registry::GEMV_I8_MAX_M;
-use crate::backend::cuda::weights::{MixerPtrs, MtpPtrs};
+use crate::backend::cuda::weights::{DraftHeadKind, MixerPtrs, MtpPtrs};
 use crate::backend::mtp_rows::MtpImage;
 use crate::backend::step::StepLayout;
 use anyhow::{bail, Result};
@@ -100,8 +100,8 @@ impl LayerStack<'_> {
 
     /// Drafts of `rows` fp32 rows at `x` (the MTP output): the argmax below `limit` into
     /// `argmax`, from logits of only the lm_head rows below `limit` (rounded up to 128):
-    /// a draft vocabulary of 32K ids reads an eighth of the table. With the int8 copy of
-    /// the table (`DeviceWeights::draft_head`) the logits come from it, at half the bytes.
+    /// a draft vocabulary of 32K ids reads an eighth of the table. With a quantized copy of
+    /// the table (`DeviceWeights::draft_head`, int8 or int4) the logits come from it.
     pub fn mtp_draft_tokens(&self, x: DevPtr, rows: usize, argmax: DevPtr, limit: usize) -> Result<()> {
         let cols = limit.div_ceil(128).saturating_mul(128).min(self.cfg.vocab_size);
         // (Past 8 rows the int8 GEMV would read its table once per 8: the bf16 GEMM then.)
@@ -109,7 +109,10 @@ impl LayerStack<'_> {
             return self.lm_head_piece(x, rows, cols, self.s.logits.ptr, argmax, Some(limit));
         };
         let logits = self.s.logits.ptr;
-        self.k.gemv_i8(self.stream, d.q, d.scale, x, logits, rows, cols, self.cfg.hidden_size)?;
+        match d.kind {
+            DraftHeadKind::Int4 => self.k.gemv_i4(self.stream, d.q, d.scale, x, logits, rows, cols, self.cfg.hidden_size)?,
+            _ => self.k.gemv_i8(self.stream, d.q, d.scale, x, logits, rows, cols, self.cfg.hidden_size)?,
+        }
         self.k.argmax(self.stream, Mat::f32(logits, cols), limit.min(cols), argmax, rows, &self.s.argmax_ws)
     }
 }

@@ -142,6 +142,11 @@ pub const SPEC_ACCEPT: &str = "kiln_spec_accept";
 /// the draft GEMV.
 pub const QUANT_ROWS_I8: &str = "kiln_quant_rows_i8";
 pub const GEMV_I8: &str = "kiln_gemv_i8";
+/// The int4 table (one scale per 128 k): quantization and GEMV, shared memory as gemv_i8's.
+pub const QUANT_ROWS_I4: &str = "kiln_quant_rows_i4";
+pub const GEMV_I4: &str = "kiln_gemv_i4";
+/// k per int4 scale group (DH4_GROUP_K).
+pub const I4_GROUP_K: usize = 128;
 /// Most batch rows of one kiln_gemv_i8 launch (DH_MAX_M).
 pub const GEMV_I8_MAX_M: usize = 8;
 
@@ -276,6 +281,8 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("elementwise", &[SPEC_FEED, SPEC_ACCEPT], 0);
     add("draft_head", &[QUANT_ROWS_I8], 0);
     add("draft_head", &[GEMV_I8], gemv_i8_smem(d.hidden));
+    add("draft_head", &[QUANT_ROWS_I4], 0);
+    add("draft_head", &[GEMV_I4], gemv_i8_smem(d.hidden));
     v
 }
 

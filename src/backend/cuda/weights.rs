@@ -59,31 +59,64 @@ pub struct DeviceWeights {
     pub layers: Vec<LayerPtrs>,
     /// The MTP head, when the plan packs one.
     pub mtp: Option<MtpPtrs>,
-    /// The int8 copy of the lm_head the MTP drafts read (`CudaOptions::draft_head_i8`).
-    pub draft_head: Option<DraftHeadI8>,
+    /// The int8 or int4 copy of the lm_head the MTP drafts read (`CudaOptions::draft_head`).
+    pub draft_head: Option<DraftHead>,
     /// The packed copies of the GEMM weights (`pack`), when made.
     _packed: Option<DevBuf>,
 }
 
-/// The MTP draft's int8 copy of the (tied) lm_head: per row, bytes 128 + q and one fp32
-/// scale (kernels/draft_head.cu). Made once at start-up from the bf16 table; drafts are
-/// checked by verification, so its rounding never reaches an output token.
-pub struct DraftHeadI8 {
+/// Which table MTP drafts take their logits from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DraftHeadKind {
+    /// The bf16 lm_head itself.
+    Bf16,
+    /// Per row, bytes 128 + q and one fp32 scale: half the bf16 table's bytes.
+    Int8,
+    /// Nibbles 8 + q and one fp32 scale per 128 k: 0.53 bytes a weight.
+    Int4,
+}
+
+impl DraftHeadKind {
+    /// `bf16`, `int8` or `int4` (env KILN_DRAFT_HEAD, `--speculative-draft-head`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "bf16" => Some(Self::Bf16),
+            "int8" => Some(Self::Int8),
+            "int4" => Some(Self::Int4),
+            _ => None,
+        }
+    }
+}
+
+/// The MTP draft's quantized copy of the (tied) lm_head (kernels/draft_head.cu). Made
+/// once at start-up from the bf16 table; drafts are checked by verification, so its
+/// rounding never reaches an output token.
+pub struct DraftHead {
     _buf: DevBuf,
+    pub kind: DraftHeadKind,
     pub q: DevPtr,
     pub scale: DevPtr,
 }
 
-impl DraftHeadI8 {
-    /// Quantizes `lm_head` ([vocab][hidden] bf16) into a new device buffer.
-    pub fn build(k: &Kernels, stream: &CudaStream, lm_head: DevPtr, cfg: &ModelConfig) -> Result<Self> {
+impl DraftHead {
+    /// Quantizes `lm_head` ([vocab][hidden] bf16) into a new device buffer (`kind` Int8 or
+    /// Int4).
+    pub fn build(k: &Kernels, stream: &CudaStream, lm_head: DevPtr, cfg: &ModelConfig, kind: DraftHeadKind) -> Result<Self> {
         let (n, h) = (cfg.vocab_size, cfg.hidden_size);
-        let qbytes = (n * h).div_ceil(256) * 256;
-        let buf = DevBuf::zeroed(qbytes + n * 4, "the int8 draft lm_head")?;
+        let (qbytes, scales) = match kind {
+            DraftHeadKind::Int8 => (n * h, n),
+            DraftHeadKind::Int4 => (n * h / 2, n * Kernels::i4_scale_stride(h)),
+            DraftHeadKind::Bf16 => anyhow::bail!("the bf16 draft head is the lm_head itself"),
+        };
+        let qbytes = qbytes.div_ceil(256) * 256;
+        let buf = DevBuf::zeroed(qbytes + scales * 4, "the quantized draft lm_head")?;
         let (q, scale) = (buf.ptr, buf.at(qbytes));
-        k.quant_rows_i8(stream, lm_head, q, scale, n, h)?;
+        match kind {
+            DraftHeadKind::Int4 => k.quant_rows_i4(stream, lm_head, q, scale, n, h)?,
+            _ => k.quant_rows_i8(stream, lm_head, q, scale, n, h)?,
+        }
         stream.synchronize().map_err(|e| anyhow::anyhow!("quantizing the draft lm_head: {e:?}"))?;
-        Ok(DraftHeadI8 { _buf: buf, q, scale })
+        Ok(DraftHead { _buf: buf, kind, q, scale })
     }
 }
 
