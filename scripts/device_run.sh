@@ -59,6 +59,9 @@
 #   tiled_wide  the tiled GEMM's 256-row blocks (KILN_GEMM_TILED_WIDE_MIN_M=17, run time) against
 #            the default 128-row blocks: bench at $WIDE_BATCHES (32,64,128,256) twice, logits (tiled_wide.txt);
 #            KERNEL_TESTS=gemm_matches checks its bits against the other kernels
+#   attn_staged  decode attention's partial kernel staging keys and values by cp.async
+#            (KILN_ATTN_DECODE_STAGED=1, run time) against direct loads: bench at ctx 8192
+#            (batch 1, 8) and 1024 (1, 64) twice, logits (attn_staged.txt)
 #   reg_spread  the register GEMM packed by the block scheduler (KILN_GEMM_REG_SPREAD=0) against
 #            the default (unused shared memory caps its blocks per SM), batch $SPREAD_BATCHES (1,4): reg_spread.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
@@ -450,6 +453,19 @@ if has tiled_wide; then
   # rows; 64 W rows per warp, a third fewer shared-memory reads per MMA) against 128-row blocks.
   log "tiled GEMM: 256-row blocks against 128-row"
   env_ab "default" "wide" tiled_wide.txt KILN_GEMM_TILED_WIDE_MIN_M=17 "${WIDE_BATCHES:-32,64,128,256}"
+fi
+if has attn_staged; then
+  # Decode attention's partial kernel with each lane's keys and values staged by cp.async two
+  # groups ahead (KILN_ATTN_DECODE_STAGED=1, run time) against direct loads: ctx 8192 at batch
+  # 1 and 8, ctx 1024 at 1 and 64, twice each; logits (bit-identical expected).
+  log "decode attention: staged against direct loads"
+  for r in 1 2; do
+    for v in 0 1; do
+      bench_as "attn_staged=$v ctx8192" attn_staged.txt "$ENG/qwen35_4b_random.plan" KILN_ATTN_DECODE_STAGED=$v -- --batch 1,8 --ctx 8192 --prefill 16
+      bench_as "attn_staged=$v ctx1024" attn_staged.txt "$ENG/qwen35_4b_random.plan" KILN_ATTN_DECODE_STAGED=$v -- --batch 1,64 --prefill 16
+    done
+  done
+  if [ -f "$REFS/cases.json" ]; then logits_check attn_staged "$ENG/qwen35_4b_random.plan" KILN_ATTN_DECODE_STAGED=1; fi
 fi
 if has reg_spread; then
   # The register GEMM's blocks spread over every SM (the default since session 21: unused

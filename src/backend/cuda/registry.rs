@@ -116,6 +116,13 @@ pub const QK_NORM_ROPE: [&str; 2] = ["kiln_qk_norm_rope_f32", "kiln_qk_norm_rope
 pub const ATTN_PREFILL: [&str; 2] = ["kiln_attn_prefill", "kiln_attn_prefill_r128"];
 pub const ATTN_PREFILL_ROWS: [usize; 2] = [64, 128];
 pub const ATTN_DECODE_PARTIAL: &str = "kiln_attn_decode_partial";
+/// The partial kernel with each lane's keys and values staged by cp.async (`KILN_ATTN_DECODE_STAGED`).
+pub const ATTN_DECODE_PARTIAL_STAGED: &str = "kiln_attn_decode_partial_staged";
+/// Dynamic shared memory of `ATTN_DECODE_PARTIAL_STAGED`: 4 warps x 3 ring slots x 8 keys x
+/// (key, value) x 32 lanes x the lane's HEAD_DIM / 32 bf16 dims (AD_SMEM_STAGED).
+pub fn attn_decode_staged_smem(head_dim: usize) -> usize {
+    4 * 3 * 8 * 2 * 32 * (head_dim / 32) * 2
+}
 pub const ATTN_DECODE_COMBINE: [&str; 2] = ["kiln_attn_decode_combine_f32", "kiln_attn_decode_combine_bf16"];
 pub const OUTPUT_GATE: ByXY<&str> = [
     ["kiln_output_gate_f32_f32", "kiln_output_gate_f32_bf16"],
@@ -269,6 +276,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
         add("attn_prefill", &[name], attn_prefill_smem(d.head_dim, rows));
     }
     add("attn_decode", &[ATTN_DECODE_PARTIAL], 0);
+    add("attn_decode", &[ATTN_DECODE_PARTIAL_STAGED], attn_decode_staged_smem(d.head_dim));
     add("attn_decode", &ATTN_DECODE_COMBINE, 0);
     add("elementwise", OUTPUT_GATE.as_flattened(), 0);
     add("elementwise", SILU_MUL.as_flattened(), 0);
@@ -298,6 +306,7 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
         format!("-DKILN_GEMM_SXW_MAX_BYTES={}", gemm_sxw_max_bytes_built()),
         format!("-DKILN_RING_WRITE_SLICES={RING_WRITE_SLICES}"),
         format!("-DKILN_SMEM_GEMV_I8={}", gemv_i8_smem(d.hidden)),
+        format!("-DKILN_SMEM_ATTN_DECODE_STAGED={}", attn_decode_staged_smem(d.head_dim)),
     ];
     for rows in ATTN_PREFILL_ROWS {
         v.push(format!("-DKILN_SMEM_ATTN_PREFILL_R{rows}={}", attn_prefill_smem(d.head_dim, rows)));
