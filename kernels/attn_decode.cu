@@ -77,13 +77,20 @@ __device__ __forceinline__ float reduce_scatter32(float (&v)[32], int lane) {
 static_assert(KILN_SMEM_ATTN_DECODE_STAGED == AD_SMEM_STAGED, "kiln_attn_decode_partial_staged's shared memory differs from registry.rs");
 #endif
 
+// BYTES (4, 8 or 16: a lane's HEAD_DIM / 32 bf16 dims) global -> shared, no registers.
+template <int BYTES> __device__ __forceinline__ void ad_cp_async(void* smem, const void* gmem) {
+    static_assert(BYTES == 4 || BYTES == 8 || BYTES == 16, "cp.async copies 4, 8 or 16 bytes");
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    if constexpr (BYTES == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+    else asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(s), "l"(gmem), "n"(BYTES) : "memory");
+}
+
 template <bool STAGED>
 __device__ __forceinline__ void attn_decode_partial(const float* __restrict__ q, const bf16* __restrict__ k_cache,
                                                     const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,
                                                     int bt_stride, const int* __restrict__ ctx_lens, int block_size,
                                                     float* __restrict__ part_acc, float* __restrict__ part_ml, int max_parts,
                                                     int B) {
-    static_assert(!STAGED || AD_LANE_BYTES == 16, "the staged kernel copies 16 bytes (8 bf16 dims) per lane and key");
     extern __shared__ __align__(16) unsigned char ad_smem[];
     KILN_PDL_ENTER_ROWS(B);
     __shared__ float wm[AD_WARPS][GQA_GROUP], wl[AD_WARPS][GQA_GROUP];
@@ -137,8 +144,8 @@ __device__ __forceinline__ void attn_decode_partial(const float* __restrict__ q,
 #pragma unroll
                     for (int kk = 0; kk < AD_KG; ++kk) {
                         const size_t o = key_off(min(g0 + kk, ke - 1));
-                        cp_async16(slot_at(i % AD_SLOTS, kk, 0), k_cache + o, true);
-                        cp_async16(slot_at(i % AD_SLOTS, kk, 1), v_cache + o, true);
+                        ad_cp_async<AD_LANE_BYTES>(slot_at(i % AD_SLOTS, kk, 0), k_cache + o);
+                        ad_cp_async<AD_LANE_BYTES>(slot_at(i % AD_SLOTS, kk, 1), v_cache + o);
                     }
                 }
                 cp_async_commit();
@@ -171,7 +178,7 @@ __device__ __forceinline__ void attn_decode_partial(const float* __restrict__ q,
 #pragma unroll
             for (int kk = 0; kk < AD_KG; ++kk) {
                 float kf[AD_DPL];
-                if constexpr (STAGED) load8(reinterpret_cast<const bf16*>(slot_at(gi % AD_SLOTS, kk, 0)), kf);
+                if constexpr (STAGED) loadn<AD_DPL>(reinterpret_cast<const bf16*>(slot_at(gi % AD_SLOTS, kk, 0)), kf);
                 else loadn<AD_DPL>(k_cache + off[kk], kf);
 #pragma unroll
                 for (int h = 0; h < GQA_GROUP; ++h) {
@@ -204,7 +211,7 @@ __device__ __forceinline__ void attn_decode_partial(const float* __restrict__ q,
             for (int kk = 0; kk < AD_KG; ++kk) {
                 float vf[AD_DPL];
                 if constexpr (STAGED) {
-                    load8(reinterpret_cast<const bf16*>(slot_at(gi % AD_SLOTS, kk, 1)), vf);
+                    loadn<AD_DPL>(reinterpret_cast<const bf16*>(slot_at(gi % AD_SLOTS, kk, 1)), vf);
                 } else {
 #if KILN_ATTN_V_EARLY
 #pragma unroll
@@ -264,7 +271,7 @@ extern "C" __global__ void __launch_bounds__(AD_THREADS)
 }
 
 // grid and arguments as kiln_attn_decode_partial's; dynamic shared memory AD_SMEM_STAGED
-// (96 KB at HEAD_DIM 256: two blocks per SM).
+// (96 KB at HEAD_DIM 256 and 4 query heads per KV head: two blocks per SM).
 extern "C" __global__ void __launch_bounds__(AD_THREADS)
     kiln_attn_decode_partial_staged(const float* __restrict__ q, const bf16* __restrict__ k_cache,
                                     const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,

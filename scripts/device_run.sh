@@ -62,6 +62,9 @@
 #   attn_staged  decode attention's partial kernel staging keys and values by cp.async
 #            (KILN_ATTN_DECODE_STAGED=1, run time) against direct loads: bench at ctx 8192
 #            (batch 1, 8) and 1024 (1, 64) twice, logits (attn_staged.txt)
+#   gdn_pairs  the GDN decode step two rows a block with the second's state staged in shared
+#            memory (KILN_GDN_DECODE_PAIRS=1, run time) against one: bench at $GDN_BATCHES
+#            (8,64,256) twice, logits (gdn_pairs.txt)
 #   reg_spread  the register GEMM packed by the block scheduler (KILN_GEMM_REG_SPREAD=0) against
 #            the default (unused shared memory caps its blocks per SM), batch $SPREAD_BATCHES (1,4): reg_spread.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
@@ -466,6 +469,12 @@ if has attn_staged; then
     done
   done
   if [ -f "$REFS/cases.json" ]; then logits_check attn_staged "$ENG/qwen35_4b_random.plan" KILN_ATTN_DECODE_STAGED=1; fi
+fi
+if has gdn_pairs; then
+  # The GDN decode step two rows a block, the second row's state slab copied into shared memory
+  # while the first computes (KILN_GDN_DECODE_PAIRS=1, run time) against a row a block.
+  log "GDN decode: two rows a block against one"
+  env_ab "default" "gdn pairs" gdn_pairs.txt KILN_GDN_DECODE_PAIRS=1 "${GDN_BATCHES:-8,64,256}"
 fi
 if has reg_spread; then
   # The register GEMM's blocks spread over every SM (the default since session 21: unused

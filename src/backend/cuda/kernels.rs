@@ -144,6 +144,10 @@ pub struct Kernels {
     /// cp.async ring two groups ahead (`KILN_ATTN_DECODE_STAGED=1`, session 22, unmeasured,
     /// so off): the same bits (attn_decode.cu).
     pub(crate) attn_decode_staged: bool,
+    /// The GDN decode step two rows a block, the second row's state copied into shared
+    /// memory while the first computes (`KILN_GDN_DECODE_PAIRS=1`, session 22, unmeasured,
+    /// so off): the same bits (gdn_decode.cu).
+    pub(crate) gdn_decode_pairs: bool,
     /// The in-graph timeline of a `KILN_TIMELINE=1` build (None otherwise).
     timeline: Option<Timeline>,
     /// While Some, every launch is appended (`record_launches`; the timeline names its
@@ -217,6 +221,7 @@ impl Kernels {
             gemm_choices: GemmChoices::from_env(),
             attn_prefill_rows,
             attn_decode_staged: std::env::var("KILN_ATTN_DECODE_STAGED").is_ok_and(|v| v == "1"),
+            gdn_decode_pairs: std::env::var("KILN_GDN_DECODE_PAIRS").is_ok_and(|v| v == "1"),
             timeline,
             launch_log: Mutex::new(None),
             logging: AtomicBool::new(false),

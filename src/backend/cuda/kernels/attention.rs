@@ -127,7 +127,7 @@ impl Kernels {
         let mut p = params!(q, kc, vc, bt, bts, cl, bs, pa, pm, mp, b);
         let grid = (a.max_parts as u32, self.dims.num_kv_heads as u32, a.batch as u32);
         if staged {
-            self.launch(ATTN_DECODE_PARTIAL_STAGED, stream, grid, 128, attn_decode_staged_smem(self.dims.head_dim) as u32, &mut p)?;
+            self.launch(ATTN_DECODE_PARTIAL_STAGED, stream, grid, 128, attn_decode_staged_smem(&self.dims) as u32, &mut p)?;
         } else {
             self.launch(ATTN_DECODE_PARTIAL, stream, grid, 128, 0, &mut p)?;
         }
