@@ -85,12 +85,15 @@ template <int BYTES> __device__ __forceinline__ void ad_cp_async(void* smem, con
     else asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(s), "l"(gmem), "n"(BYTES) : "memory");
 }
 
-template <bool STAGED>
+template <bool STAGED_ASKED>
 __device__ __forceinline__ void attn_decode_partial(const float* __restrict__ q, const bf16* __restrict__ k_cache,
                                                     const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,
                                                     int bt_stride, const int* __restrict__ ctx_lens, int block_size,
                                                     float* __restrict__ part_acc, float* __restrict__ part_ml, int max_parts,
                                                     int B) {
+    // A lane's dims of a key below 4 bytes (HEAD_DIM < 64, toy models only) cannot go by
+    // cp.async: the staged entry loads directly there.
+    constexpr bool STAGED = STAGED_ASKED && AD_LANE_BYTES >= 4;
     extern __shared__ __align__(16) unsigned char ad_smem[];
     KILN_PDL_ENTER_ROWS(B);
     __shared__ float wm[AD_WARPS][GQA_GROUP], wl[AD_WARPS][GQA_GROUP];
