@@ -128,14 +128,16 @@ pub struct GemmChoices {
     pub reg_spread: bool,
     /// From this many rows the tiled GEMMs run the wide kernel (256 x 64 tiles, one block
     /// per SM, 64 W rows per warp: a third fewer shared-memory reads per MMA and half the
-    /// x conversions; `KILN_GEMM_TILED_WIDE_MIN_M`, session 22, unmeasured, so 0: never).
-    /// The same bits whatever the bound.
+    /// x conversions; `KILN_GEMM_TILED_WIDE_MIN_M`, 0 never). The same bits whatever the
+    /// bound. Measured (H100, session 22, from 17 rows against none, two runs each,
+    /// logits bit-identical): batch 32 +1.1 %, 64 -1.4 %, 128 -3.3 %, 256 -4.0 % (31.6
+    /// against 32.9 ms), so the default takes it from 64 rows.
     pub tiled_wide_min_m: usize,
 }
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true, tiled_wide_min_m: 0 }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true, tiled_wide_min_m: 64 }
     }
 }
 
@@ -186,7 +188,7 @@ impl GemmChoices {
     /// missing and then over budget; `prefetch_cols` fixed both.
     pub fn auto_kind(&self, m: usize, n: usize) -> GemmKind {
         if self.tiled && m >= self.tiled_min_m.min(17) {
-            GemmKind::Tiled
+            if self.tiled_wide_min_m > 0 && m >= self.tiled_wide_min_m { GemmKind::TiledWide } else { GemmKind::Tiled }
         } else if m <= 16 {
             let all = self.shared_x_all_min_m > 0 && m >= self.shared_x_all_min_m;
             if self.small_shared_x && (n >= self.shared_x_min_n || all) {
@@ -377,11 +379,14 @@ impl Kernels {
             return Ok(());
         }
         ensure!(m <= GEMM_MAX_M, "gemm: M = {m} exceeds {GEMM_MAX_M} (use cuBLASLt for prefill)");
-        let kind = if kind == GemmKind::Auto { self.gemm_choices.auto_kind(m, n) } else { kind };
+        let auto = kind == GemmKind::Auto;
+        let kind = if auto { self.gemm_choices.auto_kind(m, n) } else { kind };
         let c = &self.gemm_choices;
+        // The wgmma experiment replaces the tiled kernels (an explicit TiledWide stays, for
+        // the table test).
         let kind = match kind {
             GemmKind::Tiled if c.wgmma && self.has_wgmma() => if c.wgmma_wide { GemmKind::TiledWgmmaWide } else { GemmKind::TiledWgmma },
-            GemmKind::Tiled if c.tiled_wide_min_m > 0 && m >= c.tiled_wide_min_m => GemmKind::TiledWide,
+            GemmKind::TiledWide if auto && c.wgmma && self.has_wgmma() => if c.wgmma_wide { GemmKind::TiledWgmmaWide } else { GemmKind::TiledWgmma },
             k => k,
         };
         let wgmma = matches!(kind, GemmKind::TiledWgmma | GemmKind::TiledWgmmaWide);
@@ -512,9 +517,11 @@ mod tests {
             assert_eq!(c.auto_kind(16, n), GemmKind::SharedX);
             assert_eq!(GemmChoices { shared_x_all_min_m: 0, ..c }.auto_kind(16, n), small);
             assert_eq!(c.auto_kind(17, n), GemmKind::Tiled);
-            assert_eq!(c.auto_kind(64, n), GemmKind::Tiled);
-            assert_eq!(c.auto_kind(65, n), GemmKind::Tiled);
-            assert_eq!(c.auto_kind(GEMM_MAX_M, n), GemmKind::Tiled);
+            assert_eq!(c.auto_kind(63, n), GemmKind::Tiled);
+            // From 64 rows the 256-row blocks (measured, session 22); 0 never.
+            assert_eq!(c.auto_kind(64, n), GemmKind::TiledWide);
+            assert_eq!(c.auto_kind(GEMM_MAX_M, n), GemmKind::TiledWide);
+            assert_eq!(GemmChoices { tiled_wide_min_m: 0, ..c }.auto_kind(GEMM_MAX_M, n), GemmKind::Tiled);
             // The experiment's lower bound moves only the small batches to the tiled
             // kernel; 17 rows and up stay there whatever it says.
             let low = GemmChoices { tiled_min_m: 9, ..c };
