@@ -62,39 +62,11 @@ __device__ __forceinline__ float reduce_scatter32(float (&v)[32], int lane) {
     return v[0];
 }
 
-// The staged partial kernel (kiln_attn_decode_partial_staged, session 22): the same
-// arithmetic in the same order, with each lane's key and value bytes of a group copied by
-// cp.async into a ring of AD_SLOTS groups in shared memory, AD_SLOTS - 1 groups ahead. A
-// lane reads back only the 16 bytes it copied itself (its 8 dims of each key), so the ring
-// needs no barrier: cp.async.wait_group alone makes them visible to it. Why: the direct
-// kernel's warp loads a group's keys, waits, computes, loads its values, waits: two
-// dependent round trips per 8 keys, so at ctx 8192 (256-key parts, 8 groups per warp, one
-// 4-warp block per SM) it streams the cache at ~1/3 of copy bandwidth (docs/kernels.md).
-#define AD_SLOTS 3
-#define AD_LANE_BYTES (AD_DPL * 2)
-#define AD_SMEM_STAGED (AD_WARPS * AD_SLOTS * AD_KG * 2 * 32 * AD_LANE_BYTES)
-#ifdef KILN_SMEM_ATTN_DECODE_STAGED
-static_assert(KILN_SMEM_ATTN_DECODE_STAGED == AD_SMEM_STAGED, "kiln_attn_decode_partial_staged's shared memory differs from registry.rs");
-#endif
-
-// BYTES (4, 8 or 16: a lane's HEAD_DIM / 32 bf16 dims) global -> shared, no registers.
-template <int BYTES> __device__ __forceinline__ void ad_cp_async(void* smem, const void* gmem) {
-    static_assert(BYTES == 4 || BYTES == 8 || BYTES == 16, "cp.async copies 4, 8 or 16 bytes");
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    if constexpr (BYTES == 16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
-    else asm volatile("cp.async.ca.shared.global [%0], [%1], %2;" ::"r"(s), "l"(gmem), "n"(BYTES) : "memory");
-}
-
-template <bool STAGED_ASKED>
-__device__ __forceinline__ void attn_decode_partial(const float* __restrict__ q, const bf16* __restrict__ k_cache,
-                                                    const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,
-                                                    int bt_stride, const int* __restrict__ ctx_lens, int block_size,
-                                                    float* __restrict__ part_acc, float* __restrict__ part_ml, int max_parts,
-                                                    int B) {
-    // A lane's dims of a key below 4 bytes (HEAD_DIM < 64, toy models only) cannot go by
-    // cp.async: the staged entry loads directly there.
-    constexpr bool STAGED = STAGED_ASKED && AD_LANE_BYTES >= 4;
-    extern __shared__ __align__(16) unsigned char ad_smem[];
+extern "C" __global__ void __launch_bounds__(AD_THREADS)
+    kiln_attn_decode_partial(const float* __restrict__ q, const bf16* __restrict__ k_cache,
+                             const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,
+                             int bt_stride, const int* __restrict__ ctx_lens, int block_size,
+                             float* __restrict__ part_acc, float* __restrict__ part_ml, int max_parts, int B) {
     KILN_PDL_ENTER_ROWS(B);
     __shared__ float wm[AD_WARPS][GQA_GROUP], wl[AD_WARPS][GQA_GROUP];
     __shared__ float wacc[AD_WARPS][GQA_GROUP][HEAD_DIM];
@@ -117,15 +89,6 @@ __device__ __forceinline__ void attn_decode_partial(const float* __restrict__ q,
         for (int e = 0; e < AD_DPL; ++e) qr[h][e] *= qscale;
     }
 
-    // The cache offset of this lane's 8 dims of key n (clamped into the part: masked below).
-    auto key_off = [&](int n) -> size_t {
-        const size_t blk = (size_t)bt[n / block_size];
-        return ((blk * NUM_KV_HEADS + kvh) * block_size + (n % block_size)) * HEAD_DIM + lane * AD_DPL;
-    };
-    // Staged: this lane's bytes of key kk of ring slot `slot`, keys then values.
-    unsigned char* ring = ad_smem + (size_t)warp * AD_SLOTS * AD_KG * 2 * 32 * AD_LANE_BYTES + lane * AD_LANE_BYTES;
-    auto slot_at = [&](int slot, int kk, int kv) { return ring + ((slot * AD_KG + kk) * 2 + kv) * 32 * AD_LANE_BYTES; };
-
     for (int part = blockIdx.x; part < nparts; part += gridDim.x) {
         const int kb = part * ps, ke = min(L, kb + ps);
         float m = -KILN_INF, l = 0.f;  // stats of head my_h (same in its AD_KG lanes)
@@ -135,54 +98,27 @@ __device__ __forceinline__ void attn_decode_partial(const float* __restrict__ q,
 #pragma unroll
             for (int e = 0; e < AD_DPL; ++e) acc[h][e] = 0.f;
 
-        // Group i of this warp starts at key kb + warp * AD_KG + i * AD_WARPS * AD_KG.
-        const int g_first = kb + warp * AD_KG, g_step = AD_WARPS * AD_KG;
-        const int ngroups = g_first < ke ? (ke - g_first + g_step - 1) / g_step : 0;
-        // Staged: group i's keys and values into slot i % AD_SLOTS (an empty commit past the
-        // last group keeps one commit per group, so wait<AD_SLOTS - 1> is always group i).
-        auto issue = [&](int i) {
-            if constexpr (STAGED) {
-                if (i < ngroups) {
-                    const int g0 = g_first + i * g_step;
-#pragma unroll
-                    for (int kk = 0; kk < AD_KG; ++kk) {
-                        const size_t o = key_off(min(g0 + kk, ke - 1));
-                        ad_cp_async<AD_LANE_BYTES>(slot_at(i % AD_SLOTS, kk, 0), k_cache + o);
-                        ad_cp_async<AD_LANE_BYTES>(slot_at(i % AD_SLOTS, kk, 1), v_cache + o);
-                    }
-                }
-                cp_async_commit();
-            }
-        };
-#pragma unroll
-        for (int i = 0; i < AD_SLOTS - 1; ++i) issue(i);
-
-        for (int gi = 0; gi < ngroups; ++gi) {
-            const int g0 = g_first + gi * g_step;
+        for (int g0 = kb + warp * AD_KG; g0 < ke; g0 += AD_WARPS * AD_KG) {
             size_t off[AD_KG];
             float vals[32];
-            if constexpr (STAGED) {
-                issue(gi + AD_SLOTS - 1);  // into the slot group gi - 1 used (this lane's bytes only)
-                cp_async_wait<AD_SLOTS - 1>();
-            } else {
 #pragma unroll
-                for (int kk = 0; kk < AD_KG; ++kk) off[kk] = key_off(min(g0 + kk, ke - 1));
+            for (int kk = 0; kk < AD_KG; ++kk) {
+                const int n = min(g0 + kk, ke - 1);  // clamp: masked below
+                const size_t blk = (size_t)bt[n / block_size];
+                off[kk] = ((blk * NUM_KV_HEADS + kvh) * block_size + (n % block_size)) * HEAD_DIM + lane * AD_DPL;
             }
 #if KILN_ATTN_V_EARLY
             // The group's values are loaded with its keys (their addresses are known), so
             // their latency overlaps the dot products and the softmax instead of following
             // them; the arithmetic is unchanged.
             float vf_all[AD_KG][AD_DPL];
-            if constexpr (!STAGED) {
 #pragma unroll
-                for (int kk = 0; kk < AD_KG; ++kk) loadn<AD_DPL>(v_cache + off[kk], vf_all[kk]);
-            }
+            for (int kk = 0; kk < AD_KG; ++kk) loadn<AD_DPL>(v_cache + off[kk], vf_all[kk]);
 #endif
 #pragma unroll
             for (int kk = 0; kk < AD_KG; ++kk) {
                 float kf[AD_DPL];
-                if constexpr (STAGED) loadn<AD_DPL>(reinterpret_cast<const bf16*>(slot_at(gi % AD_SLOTS, kk, 0)), kf);
-                else loadn<AD_DPL>(k_cache + off[kk], kf);
+                loadn<AD_DPL>(k_cache + off[kk], kf);
 #pragma unroll
                 for (int h = 0; h < GQA_GROUP; ++h) {
                     float d = 0.f;
@@ -212,17 +148,12 @@ __device__ __forceinline__ void attn_decode_partial(const float* __restrict__ q,
             }
 #pragma unroll
             for (int kk = 0; kk < AD_KG; ++kk) {
-                float vf[AD_DPL];
-                if constexpr (STAGED) {
-                    loadn<AD_DPL>(reinterpret_cast<const bf16*>(slot_at(gi % AD_SLOTS, kk, 1)), vf);
-                } else {
 #if KILN_ATTN_V_EARLY
-#pragma unroll
-                    for (int e = 0; e < AD_DPL; ++e) vf[e] = vf_all[kk][e];
+                const float(&vf)[AD_DPL] = vf_all[kk];
 #else
-                    loadn<AD_DPL>(v_cache + off[kk], vf);
+                float vf[AD_DPL];
+                loadn<AD_DPL>(v_cache + off[kk], vf);
 #endif
-                }
 #pragma unroll
                 for (int h = 0; h < GQA_GROUP; ++h) {
                     const float pk = __shfl_sync(0xffffffffu, p, h * AD_KG + kk);
@@ -261,26 +192,7 @@ __device__ __forceinline__ void attn_decode_partial(const float* __restrict__ q,
                 part_ml[row * 2 + 1] = ls;
             }
         }
-        if constexpr (STAGED) cp_async_wait<0>();  // no copy of this part outlives it
     }
-}
-
-extern "C" __global__ void __launch_bounds__(AD_THREADS)
-    kiln_attn_decode_partial(const float* __restrict__ q, const bf16* __restrict__ k_cache,
-                             const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,
-                             int bt_stride, const int* __restrict__ ctx_lens, int block_size,
-                             float* __restrict__ part_acc, float* __restrict__ part_ml, int max_parts, int B) {
-    attn_decode_partial<false>(q, k_cache, v_cache, block_tables, bt_stride, ctx_lens, block_size, part_acc, part_ml, max_parts, B);
-}
-
-// grid and arguments as kiln_attn_decode_partial's; dynamic shared memory AD_SMEM_STAGED
-// (96 KB at HEAD_DIM 256 and 4 query heads per KV head: two blocks per SM).
-extern "C" __global__ void __launch_bounds__(AD_THREADS)
-    kiln_attn_decode_partial_staged(const float* __restrict__ q, const bf16* __restrict__ k_cache,
-                                    const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,
-                                    int bt_stride, const int* __restrict__ ctx_lens, int block_size,
-                                    float* __restrict__ part_acc, float* __restrict__ part_ml, int max_parts, int B) {
-    attn_decode_partial<true>(q, k_cache, v_cache, block_tables, bt_stride, ctx_lens, block_size, part_acc, part_ml, max_parts, B);
 }
 
 template <typename OUT>

@@ -213,17 +213,7 @@ __device__ __forceinline__ void gdn_verify_update_deferred(float (&s)[GDN_ROWS],
     red_o[part][j] = gdn_update_o(s, kp, qs + part * GDN_ROWS, delta, S_out);
 }
 
-// The state slab of a head: [LIN_DK][LIN_DV] fp32, contiguous (64 KB at 128 x 128).
-#define GDN_SLAB (LIN_DK * LIN_DV)
-static_assert(GDN_SLAB % (4 * GDN_DEC_THREADS) == 0, "the slab splits into 16-byte copies per thread");
-
-// PAIRS (kiln_gdn_decode_pair_*, session 22): a block takes rows bi and bi + gridDim.y of
-// head h, in turn, and copies the second row's state slab into shared memory (cp.async,
-// 16 bytes a copy) while the first computes, so a block's compute and store phases overlap
-// the next state's load (one block per (head, row) leaves the memory idle in them: ~77 %
-// of copy at batch 64, H100). Each row computes exactly as the one-row kernel (the same
-// device functions on the same values): the same bits.
-template <typename IN, typename OUT, bool PAIRS>
+template <typename IN, typename OUT>
 __device__ __forceinline__ void gdn_decode(const IN* __restrict__ qkv, int ld_qkv, const IN* __restrict__ z,
                                            int ld_z, const IN* __restrict__ b, const IN* __restrict__ a,
                                            int ld_ba, const bf16* __restrict__ conv_w,
@@ -232,7 +222,6 @@ __device__ __forceinline__ void gdn_decode(const IN* __restrict__ qkv, int ld_qk
                                            const bf16* __restrict__ norm_w, const int* __restrict__ slots,
                                            const int* __restrict__ pos, const int2* __restrict__ state_io,
                                            OUT* __restrict__ out, int ld_out, int B) {
-    extern __shared__ __align__(16) float gdn_next[];  // PAIRS: the second row's slab
     const int tid = threadIdx.x;
     const int j = tid % LIN_DV, part = tid / LIN_DV;
     // The gated norm's weight before the PDL wait (a weight) and the gate z right after
@@ -243,58 +232,28 @@ __device__ __forceinline__ void gdn_decode(const IN* __restrict__ qkv, int ld_qk
     __shared__ float red[GDN_PARTS][LIN_DV];
     __shared__ float sc[4];
     __shared__ float wred[32];
-    const int h = blockIdx.x;
+    const int h = blockIdx.x, bi = blockIdx.y;
+    if (bi >= B) return;
+    const float zz = part == 0 ? to_f(z[(size_t)bi * ld_z + h * LIN_DV + j]) : 0.f;
+    const int slot = slots[bi];
+    if (slot < 0) return;
+
+    const int2 io = state_io ? state_io[bi] : make_int2(slot, slot);
+    // State loads first so their latency overlaps the conv.
     const size_t in_head = (size_t)part * GDN_ROWS * LIN_DV + j;
-    // The second row's slab goes out first (rows past B or padding copy nothing).
-    bool staged = false;
-    if constexpr (PAIRS) {
-        const int b2 = blockIdx.y + gridDim.y;
-        const int slot2 = b2 < B ? slots[b2] : -1;
-        if (slot2 >= 0) {
-            const int src = state_io ? state_io[b2].x : slot2;
-            const float* slab = state + ((size_t)src * LIN_NV + h) * GDN_SLAB;
+    const float* Si = state + ((size_t)io.x * LIN_NV + h) * LIN_DK * LIN_DV + in_head;
+    float* S = state + ((size_t)io.y * LIN_NV + h) * LIN_DK * LIN_DV + in_head;
+    float s[GDN_ROWS];
 #pragma unroll
-            for (int u = 0; u < GDN_SLAB / (4 * GDN_DEC_THREADS); ++u) {
-                const int f = (u * GDN_DEC_THREADS + tid) * 4;
-                cp_async16(gdn_next + f, slab + f, true);
-            }
-            staged = true;
-        }
-        cp_async_commit();
-    }
-#pragma unroll 1
-    for (int it = 0; it < (PAIRS ? 2 : 1); ++it) {
-        const int bi = blockIdx.y + it * gridDim.y;
-        if (bi >= B) break;
-        const float zz = part == 0 ? to_f(z[(size_t)bi * ld_z + h * LIN_DV + j]) : 0.f;
-        const int slot = slots[bi];
-        if (slot < 0) continue;  // the whole block: slot is per row
+    for (int r = 0; r < GDN_ROWS; ++r) s[r] = Si[(size_t)r * LIN_DV];
 
-        const int2 io = state_io ? state_io[bi] : make_int2(slot, slot);
-        float* S = state + ((size_t)io.y * LIN_NV + h) * GDN_SLAB + in_head;
-        float s[GDN_ROWS];
-        if (it == 1 && staged) {
-            cp_async_wait<0>();
-            __syncthreads();  // every thread's copies have landed
-#pragma unroll
-            for (int r = 0; r < GDN_ROWS; ++r) s[r] = gdn_next[in_head + (size_t)r * LIN_DV];
-        } else {
-            // State loads first so their latency overlaps the conv.
-            const float* Si = state + ((size_t)io.x * LIN_NV + h) * GDN_SLAB + in_head;
-#pragma unroll
-            for (int r = 0; r < GDN_ROWS; ++r) s[r] = Si[(size_t)r * LIN_DV];
-        }
-        if (it == 1) __syncthreads();  // the first row's readers of qs, ks, vs, sc, red are done
-
-        // Conv update + SiLU of this head's channels, gates, q/k norms.
-        float* ring = conv_state + (size_t)slot * CONV_K * CONV_DIM;
-        gdn_decode_prologue<IN, GDN_DEC_THREADS, LIN_DV>(qkv + (size_t)bi * ld_qkv, b[(size_t)bi * ld_ba + h],
-                                                         a[(size_t)bi * ld_ba + h], conv_w, ring, pos[bi], h, 0,
-                                                         (h % GDN_GROUP) == 0, A_log, dt_bias, qs, ks, vs, sc,
-                                                         RingTap{ring}, true);
-        gdn_decode_update<OUT>(s, j, part, qs, ks, vs, sc, red, wred, nw, zz, S, out + (size_t)bi * ld_out + h * LIN_DV + j);
-    }
-    if constexpr (PAIRS) cp_async_wait<0>();  // (a padding first row: nothing outlives the block)
+    // Conv update + SiLU of this head's channels, gates, q/k norms.
+    float* ring = conv_state + (size_t)slot * CONV_K * CONV_DIM;
+    gdn_decode_prologue<IN, GDN_DEC_THREADS, LIN_DV>(qkv + (size_t)bi * ld_qkv, b[(size_t)bi * ld_ba + h],
+                                                     a[(size_t)bi * ld_ba + h], conv_w, ring, pos[bi], h, 0,
+                                                     (h % GDN_GROUP) == 0, A_log, dt_bias, qs, ks, vs, sc,
+                                                     RingTap{ring}, true);
+    gdn_decode_update<OUT>(s, j, part, qs, ks, vs, sc, red, wred, nw, zz, S, out + (size_t)bi * ld_out + h * LIN_DV + j);
 }
 
 #define GDN_DECODE(NAME, IN, OUT)                                                                  \
@@ -303,26 +262,13 @@ __device__ __forceinline__ void gdn_decode(const IN* __restrict__ qkv, int ld_qk
              const bf16* conv_w, float* conv_state, float* state, const float* A_log,              \
              const float* dt_bias, const bf16* norm_w, const int* slots, const int* pos, \
              const int2* state_io, OUT* out, int ld_out, int B) {                                  \
-        gdn_decode<IN, OUT, PAIRS>(qkv, ld_qkv, z, ld_z, b, a, ld_ba, conv_w, conv_state, state, A_log, \
-                                   dt_bias, norm_w, slots, pos, state_io, out, ld_out, B);         \
+        gdn_decode<IN, OUT>(qkv, ld_qkv, z, ld_z, b, a, ld_ba, conv_w, conv_state, state, A_log,   \
+                            dt_bias, norm_w, slots, pos, state_io, out, ld_out, B);                \
     }
-#define PAIRS false
 GDN_DECODE(kiln_gdn_decode_f32_f32, float, float)
 GDN_DECODE(kiln_gdn_decode_f32_bf16, float, bf16)
 GDN_DECODE(kiln_gdn_decode_bf16_f32, bf16, float)
 GDN_DECODE(kiln_gdn_decode_bf16_bf16, bf16, bf16)
-#undef PAIRS
-// grid (LIN_NV, ceil(B / 2)): block (h, y) takes rows y and y + gridDim.y; dynamic shared
-// memory GDN_SLAB * 4 bytes (KILN_SMEM_GDN_DECODE_PAIR).
-#ifdef KILN_SMEM_GDN_DECODE_PAIR
-static_assert(KILN_SMEM_GDN_DECODE_PAIR == GDN_SLAB * 4, "kiln_gdn_decode_pair's shared memory differs from registry.rs");
-#endif
-#define PAIRS true
-GDN_DECODE(kiln_gdn_decode_pair_f32_f32, float, float)
-GDN_DECODE(kiln_gdn_decode_pair_f32_bf16, float, bf16)
-GDN_DECODE(kiln_gdn_decode_pair_bf16_f32, bf16, float)
-GDN_DECODE(kiln_gdn_decode_pair_bf16_bf16, bf16, bf16)
-#undef PAIRS
 
 // ---------------------------------------------------------------------------------
 // Fused verify step, kiln_gdn_verify_{in}_{out}: every fed position of a sequence in one

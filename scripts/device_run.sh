@@ -56,15 +56,10 @@
 #            against the default: bench at $PF_BATCHES twice, logits (norm_warps.txt)
 #   norm_trigger  a plan built with KILN_NORM_LATE_TRIGGER=1 (the norms launch their successor
 #            after their loads) against the default: bench at $PF_BATCHES twice, logits (norm_trigger.txt)
-#   tiled_wide  the tiled GEMM's 256-row blocks (KILN_GEMM_TILED_WIDE_MIN_M=17, run time) against
-#            the default 128-row blocks: bench at $WIDE_BATCHES (32,64,128,256) twice, logits (tiled_wide.txt);
+#   tiled_wide  the tiled GEMM's 128-row blocks everywhere (KILN_GEMM_TILED_WIDE_MIN_M=0, run time)
+#            against the default (256-row blocks from 64 rows) and 256-row blocks from 17 rows:
+#            bench at $WIDE_BATCHES (32,64,128,256) twice, logits (tiled_wide.txt);
 #            KERNEL_TESTS=gemm_matches checks its bits against the other kernels
-#   attn_staged  decode attention's partial kernel staging keys and values by cp.async
-#            (KILN_ATTN_DECODE_STAGED=1, run time) against direct loads: bench at ctx 8192
-#            (batch 1, 8) and 1024 (1, 64) twice, logits (attn_staged.txt)
-#   gdn_pairs  the GDN decode step two rows a block with the second's state staged in shared
-#            memory (KILN_GDN_DECODE_PAIRS=1, run time) against one: bench at $GDN_BATCHES
-#            (8,64,256) twice, logits (gdn_pairs.txt)
 #   reg_spread  the register GEMM packed by the block scheduler (KILN_GEMM_REG_SPREAD=0) against
 #            the default (unused shared memory caps its blocks per SM), batch $SPREAD_BATCHES (1,4): reg_spread.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
@@ -452,29 +447,10 @@ if has norm_trigger; then
   knob_ab nlt norm_trigger.txt KILN_NORM_LATE_TRIGGER=1 "${PF_BATCHES:-1,4,8}"
 fi
 if has tiled_wide; then
-  # The tiled GEMM with 256-row blocks, one per SM (KILN_GEMM_TILED_WIDE_MIN_M: from that many
-  # rows; 64 W rows per warp, a third fewer shared-memory reads per MMA) against 128-row blocks.
-  log "tiled GEMM: 256-row blocks against 128-row"
-  env_ab "default" "wide" tiled_wide.txt KILN_GEMM_TILED_WIDE_MIN_M=17 "${WIDE_BATCHES:-32,64,128,256}"
-fi
-if has attn_staged; then
-  # Decode attention's partial kernel with each lane's keys and values staged by cp.async two
-  # groups ahead (KILN_ATTN_DECODE_STAGED=1, run time) against direct loads: ctx 8192 at batch
-  # 1 and 8, ctx 1024 at 1 and 64, twice each; logits (bit-identical expected).
-  log "decode attention: staged against direct loads"
-  for r in 1 2; do
-    for v in 0 1; do
-      bench_as "attn_staged=$v ctx8192" attn_staged.txt "$ENG/qwen35_4b_random.plan" KILN_ATTN_DECODE_STAGED=$v -- --batch 1,8 --ctx 8192 --prefill 16
-      bench_as "attn_staged=$v ctx1024" attn_staged.txt "$ENG/qwen35_4b_random.plan" KILN_ATTN_DECODE_STAGED=$v -- --batch 1,64 --prefill 16
-    done
-  done
-  if [ -f "$REFS/cases.json" ]; then logits_check attn_staged "$ENG/qwen35_4b_random.plan" KILN_ATTN_DECODE_STAGED=1; fi
-fi
-if has gdn_pairs; then
-  # The GDN decode step two rows a block, the second row's state slab copied into shared memory
-  # while the first computes (KILN_GDN_DECODE_PAIRS=1, run time) against a row a block.
-  log "GDN decode: two rows a block against one"
-  env_ab "default" "gdn pairs" gdn_pairs.txt KILN_GDN_DECODE_PAIRS=1 "${GDN_BATCHES:-8,64,256}"
+  # The tiled GEMM's 256-row blocks, one per SM (KILN_GEMM_TILED_WIDE_MIN_M: from that many
+  # rows, 0 never; the default 64 since session 22) against 128-row blocks everywhere.
+  log "tiled GEMM: 256-row blocks from 64 rows (default) against never and from 17"
+  env_ab "default" "narrow" tiled_wide.txt KILN_GEMM_TILED_WIDE_MIN_M=0 "${WIDE_BATCHES:-32,64,128,256}" "wide from 17" KILN_GEMM_TILED_WIDE_MIN_M=17
 fi
 if has reg_spread; then
   # The register GEMM's blocks spread over every SM (the default since session 21: unused

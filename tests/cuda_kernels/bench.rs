@@ -410,11 +410,8 @@ fn bench_attention(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng
             block_size: bs, part_acc: ptr(s, &pa), part_ml: ptr(s, &pm), max_parts, gate: None, gate_hs: 2 * hd, out: Mat::f32(ptr(s, &out), nh * hd), batch: b,
         };
         let bytes = (b * ctx * nkv * hd * 2 * 2) as f64;
-        for staged in [false, true] {
-            let ms = time_ms(s, 20, |_| k.attn_decode_with(s, &args, staged).unwrap());
-            let kind = if staged { "staged" } else { "direct" };
-            println!("BENCH attn_decode {kind} ctx={ctx} B={b:2} parts {max_parts}: {:7.1} us (partial + combine), KV {:6.0} GB/s", ms * 1e3, gbps(bytes, ms));
-        }
+        let ms = time_ms(s, 20, |_| k.attn_decode(s, &args).unwrap());
+        println!("BENCH attn_decode ctx={ctx} B={b:2} parts {max_parts}: {:7.1} us (partial + combine), KV {:6.0} GB/s", ms * 1e3, gbps(bytes, ms));
     }
     let t = 1024usize;
     let blocks = t / bs;

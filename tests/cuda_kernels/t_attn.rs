@@ -234,14 +234,6 @@ fn attn_decode_matches_cpu_and_is_batch_invariant() {
         };
         e.k.attn_decode(&s, &args).unwrap();
         let got = if ot == DType::F32 { down(&s, &of) } else { from_bf16(&down(&s, &ob)) };
-        // The staged partial kernel (keys and values through a cp.async ring) gives the
-        // same bits as the direct one, whichever is the default.
-        for staged in [false, true] {
-            e.k.attn_decode_with(&s, &args, staged).unwrap();
-            let again = if ot == DType::F32 { down(&s, &of) } else { from_bf16(&down(&s, &ob)) };
-            let same = again.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "attn_decode max_parts={max_parts}: the {} partial kernel differs from the default", if staged { "staged" } else { "direct" });
-        }
         let gate_used = if ot == DType::BF16 { round_bf16(&gate) } else { gate.clone() };
         let mut expect = plain.clone();
         if gated {

@@ -188,23 +188,6 @@ fn gdn_decode_matches_cpu() {
         check(&format!("gdn_decode B={bsz} {it:?}->{ot:?} out"), &pick(&got), &pick(&out_x), if ot == DType::F32 { 1e-4 } else { 1e-2 });
         check(&format!("gdn_decode B={bsz} {it:?}->{ot:?} state"), &down(&s, &state_d), &state_x, 1e-5);
         check(&format!("gdn_decode B={bsz} {it:?}->{ot:?} conv ring"), &down(&s, &ring_d), &ring_x, 0.0);
-
-        // Both kernels (a row a block; two rows a block with the second's state staged in
-        // shared memory) from the same initial state: every output, state and ring bit
-        // the same, whichever is the default.
-        let mut runs = Vec::new();
-        for pairs in [false, true] {
-            let (ring_p, state_p) = (up(&s, &ring0), up(&s, &state0));
-            let (of_p, ob_p) = (poison_f32(&s, bsz * vd), poison_bf16(&s, bsz * vd));
-            let om_p = if ot == DType::F32 { Mat::f32(ptr(&s, &of_p), vd) } else { Mat::bf16(ptr(&s, &ob_p), vd) };
-            let a = GdnDecode { conv_state: ptr(&s, &ring_p), state: ptr(&s, &state_p), out: om_p, ..args };
-            e.k.gdn_decode_with(&s, &a, pairs).unwrap();
-            let out_bits: Vec<u32> = if ot == DType::F32 { down(&s, &of_p).iter().map(|v| v.to_bits()).collect() } else { down(&s, &ob_p).iter().map(|v| v.to_bits() as u32).collect() };
-            let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-            runs.push((out_bits, bits(down(&s, &state_p)), bits(down(&s, &ring_p))));
-        }
-        println!("gdn_decode B={bsz}: two rows a block bit-identical to one: {}", runs[0] == runs[1]);
-        assert!(runs[0] == runs[1], "gdn_decode B={bsz} {it:?}->{ot:?}: the paired kernel differs from the one-row kernel");
     }
 }
 

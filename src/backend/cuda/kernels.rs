@@ -140,14 +140,6 @@ pub struct Kernels {
     /// share each K/V tile; measured on the H100 2026-12-05: an 8192-token prefill 179.6
     /// against 193.9 ms, bit-identical logits), or 64 with `KILN_ATTN_PREFILL_ROWS=64`.
     pub(crate) attn_prefill_rows: usize,
-    /// Decode attention's partial kernel stages each lane's keys and values through a
-    /// cp.async ring two groups ahead (`KILN_ATTN_DECODE_STAGED=1`, session 22, unmeasured,
-    /// so off): the same bits (attn_decode.cu).
-    pub(crate) attn_decode_staged: bool,
-    /// The GDN decode step two rows a block, the second row's state copied into shared
-    /// memory while the first computes (`KILN_GDN_DECODE_PAIRS=1`, session 22, unmeasured,
-    /// so off): the same bits (gdn_decode.cu).
-    pub(crate) gdn_decode_pairs: bool,
     /// The in-graph timeline of a `KILN_TIMELINE=1` build (None otherwise).
     timeline: Option<Timeline>,
     /// While Some, every launch is appended (`record_launches`; the timeline names its
@@ -220,8 +212,6 @@ impl Kernels {
             gdn_verify_pre,
             gemm_choices: GemmChoices::from_env(),
             attn_prefill_rows,
-            attn_decode_staged: std::env::var("KILN_ATTN_DECODE_STAGED").is_ok_and(|v| v == "1"),
-            gdn_decode_pairs: std::env::var("KILN_GDN_DECODE_PAIRS").is_ok_and(|v| v == "1"),
             timeline,
             launch_log: Mutex::new(None),
             logging: AtomicBool::new(false),

@@ -94,16 +94,6 @@ pub const GDN_DECODE: ByXY<&str> = [
     ["kiln_gdn_decode_f32_f32", "kiln_gdn_decode_f32_bf16"],
     ["kiln_gdn_decode_bf16_f32", "kiln_gdn_decode_bf16_bf16"],
 ];
-/// The GDN decode step two rows a block, the second row's state staged in shared memory
-/// while the first computes (`KILN_GDN_DECODE_PAIRS=1`): [in][out].
-pub const GDN_DECODE_PAIR: ByXY<&str> = [
-    ["kiln_gdn_decode_pair_f32_f32", "kiln_gdn_decode_pair_f32_bf16"],
-    ["kiln_gdn_decode_pair_bf16_f32", "kiln_gdn_decode_pair_bf16_bf16"],
-];
-/// Dynamic shared memory of `GDN_DECODE_PAIR`: one head's fp32 state slab.
-pub fn gdn_decode_pair_smem(lin_k_dim: usize, lin_v_dim: usize) -> usize {
-    lin_k_dim * lin_v_dim * 4
-}
 /// Speculative verification's GDN: every fed position of a sequence in one block.
 pub const GDN_VERIFY: ByXY<&str> = [
     ["kiln_gdn_verify_f32_f32", "kiln_gdn_verify_f32_bf16"],
@@ -126,14 +116,6 @@ pub const QK_NORM_ROPE: [&str; 2] = ["kiln_qk_norm_rope_f32", "kiln_qk_norm_rope
 pub const ATTN_PREFILL: [&str; 2] = ["kiln_attn_prefill", "kiln_attn_prefill_r128"];
 pub const ATTN_PREFILL_ROWS: [usize; 2] = [64, 128];
 pub const ATTN_DECODE_PARTIAL: &str = "kiln_attn_decode_partial";
-/// The partial kernel with each lane's keys and values staged by cp.async (`KILN_ATTN_DECODE_STAGED`).
-pub const ATTN_DECODE_PARTIAL_STAGED: &str = "kiln_attn_decode_partial_staged";
-/// Dynamic shared memory of `ATTN_DECODE_PARTIAL_STAGED`: 4 warps x 3 ring slots x a group's
-/// 32 / GQA keys x (key, value) x 32 lanes x the lane's HEAD_DIM / 32 bf16 dims (AD_SMEM_STAGED).
-pub fn attn_decode_staged_smem(d: &KernelDims) -> usize {
-    let group_keys = 32 / (d.num_heads / d.num_kv_heads);
-    4 * 3 * group_keys * 2 * 32 * (d.head_dim / 32) * 2
-}
 pub const ATTN_DECODE_COMBINE: [&str; 2] = ["kiln_attn_decode_combine_f32", "kiln_attn_decode_combine_bf16"];
 pub const OUTPUT_GATE: ByXY<&str> = [
     ["kiln_output_gate_f32_f32", "kiln_output_gate_f32_bf16"],
@@ -277,7 +259,6 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     }
     add("conv", &CONV1D, 0);
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
-    add("gdn_decode", GDN_DECODE_PAIR.as_flattened(), gdn_decode_pair_smem(d.lin_k_dim, d.lin_v_dim));
     add("gdn_decode", GDN_VERIFY.as_flattened(), 0);
     add("gdn_decode", GDN_VERIFY_PRE.as_flattened(), 0);
     add("gdn_decode", &CONV_RING_WRITE, 0);
@@ -288,7 +269,6 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
         add("attn_prefill", &[name], attn_prefill_smem(d.head_dim, rows));
     }
     add("attn_decode", &[ATTN_DECODE_PARTIAL], 0);
-    add("attn_decode", &[ATTN_DECODE_PARTIAL_STAGED], attn_decode_staged_smem(d));
     add("attn_decode", &ATTN_DECODE_COMBINE, 0);
     add("elementwise", OUTPUT_GATE.as_flattened(), 0);
     add("elementwise", SILU_MUL.as_flattened(), 0);
@@ -318,8 +298,6 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
         format!("-DKILN_GEMM_SXW_MAX_BYTES={}", gemm_sxw_max_bytes_built()),
         format!("-DKILN_RING_WRITE_SLICES={RING_WRITE_SLICES}"),
         format!("-DKILN_SMEM_GEMV_I8={}", gemv_i8_smem(d.hidden)),
-        format!("-DKILN_SMEM_ATTN_DECODE_STAGED={}", attn_decode_staged_smem(d)),
-        format!("-DKILN_SMEM_GDN_DECODE_PAIR={}", gdn_decode_pair_smem(d.lin_k_dim, d.lin_v_dim)),
     ];
     for rows in ATTN_PREFILL_ROWS {
         v.push(format!("-DKILN_SMEM_ATTN_PREFILL_R{rows}={}", attn_prefill_smem(d.head_dim, rows)));

@@ -1,7 +1,7 @@
 //! Full attention: q/k norm + RoPE + paged KV write, prefill and decode attention.
 
 use super::{int, params, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{attn_decode_staged_smem, attn_prefill_smem, ATTN_DECODE_COMBINE as COMBINE, ATTN_DECODE_PARTIAL, ATTN_DECODE_PARTIAL_STAGED, ATTN_PREFILL, ATTN_PREFILL_ROWS, QK_NORM_ROPE as ROPE};
+use crate::backend::cuda::registry::{attn_prefill_smem, ATTN_DECODE_COMBINE as COMBINE, ATTN_DECODE_PARTIAL, ATTN_PREFILL, ATTN_PREFILL_ROWS, QK_NORM_ROPE as ROPE};
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::CudaStream;
 
@@ -112,12 +112,6 @@ impl Kernels {
 
     /// Partition + combine launches (max_parts partition blocks per sequence and KV head).
     pub fn attn_decode(&self, stream: &CudaStream, a: &AttnDecode) -> Result<()> {
-        self.attn_decode_with(stream, a, self.attn_decode_staged)
-    }
-
-    /// `attn_decode` with the partial kernel chosen: `staged` (keys and values through a
-    /// cp.async ring) or direct loads. The same bits either way.
-    pub fn attn_decode_with(&self, stream: &CudaStream, a: &AttnDecode, staged: bool) -> Result<()> {
         if a.batch == 0 {
             return Ok(());
         }
@@ -126,11 +120,7 @@ impl Kernels {
         let (bs, pa, pm, mp, b) = (int(a.block_size, "block_size")?, a.part_acc, a.part_ml, int(a.max_parts, "max_parts")?, int(a.batch, "batch")?);
         let mut p = params!(q, kc, vc, bt, bts, cl, bs, pa, pm, mp, b);
         let grid = (a.max_parts as u32, self.dims.num_kv_heads as u32, a.batch as u32);
-        if staged {
-            self.launch(ATTN_DECODE_PARTIAL_STAGED, stream, grid, 128, attn_decode_staged_smem(&self.dims) as u32, &mut p)?;
-        } else {
-            self.launch(ATTN_DECODE_PARTIAL, stream, grid, 128, 0, &mut p)?;
-        }
+        self.launch(ATTN_DECODE_PARTIAL, stream, grid, 128, 0, &mut p)?;
 
         let (gp, ldg) = match a.gate {
             Some(g) => {

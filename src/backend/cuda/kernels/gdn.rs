@@ -2,7 +2,7 @@
 
 use super::{int, params, DevPtr, Kernels, Mat};
 use crate::backend::cuda::registry::{
-    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, CONV_RING_WRITE, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_DECODE_PAIR as DECODE_PAIR, gdn_decode_pair_smem, GDN_VERIFY, GDN_VERIFY_PRE, RING_WRITE_SLICES,
+    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, CONV_RING_WRITE, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_VERIFY, GDN_VERIFY_PRE, RING_WRITE_SLICES,
     GDN_PREFILL_PREP as PREP,
     GDN_PREFILL_SCAN as SCAN,
 };
@@ -124,13 +124,6 @@ impl Kernels {
     }
 
     pub fn gdn_decode(&self, stream: &CudaStream, g: &GdnDecode) -> Result<()> {
-        self.gdn_decode_with(stream, g, self.gdn_decode_pairs)
-    }
-
-    /// `gdn_decode` with the kernel chosen: `pairs`, two rows a block with the second's
-    /// state staged while the first computes (kiln_gdn_decode_pair_*), else a row a block.
-    /// The same bits.
-    pub fn gdn_decode_with(&self, stream: &CudaStream, g: &GdnDecode, pairs: bool) -> Result<()> {
         if g.batch == 0 {
             return Ok(());
         }
@@ -141,10 +134,6 @@ impl Kernels {
         let mut p = params!(qkv, ldq, z, ldz, b, a, ldba, cw, cs, st, al, dtb, nw, sl, ps, io, out, ldo, bb);
         let nv = self.dims.lin_num_v_heads as u32;
         let threads = (self.dims.lin_v_dim * 4) as u32;
-        if pairs && g.batch > 1 {
-            let smem = gdn_decode_pair_smem(self.dims.lin_k_dim, self.dims.lin_v_dim) as u32;
-            return self.launch(DECODE_PAIR[dt.idx()][g.out.dtype.idx()], stream, (nv, g.batch.div_ceil(2) as u32, 1), threads, smem, &mut p);
-        }
         self.launch(DECODE[dt.idx()][g.out.dtype.idx()], stream, (nv, g.batch as u32, 1), threads, 0, &mut p)
     }
 
