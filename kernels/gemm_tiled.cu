@@ -326,36 +326,27 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
 }
 
 // The stage counts come from registry::TILED_STAGES (KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS).
-#define GEMM_TILED(XN, XT, XF, YN, YT)                                                          \
-    static_assert((TgLayout<XF, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS>::SMEM == KILN_SMEM_GEMM_TILED_##XN), \
+// PRE: the entry's name stem; WT: W tiles per warp (the block has 32 * WT rows); BLOCKS:
+// blocks per SM the registers are held to; SMEM_DEF: the registry's define for this width.
+#define GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, XN, XT, XF, YN, YT)                           \
+    static_assert((TgLayout<XF, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS, 32 * WT>::SMEM == SMEM_DEF##_##XN), \
                   "the launcher's shared memory (registry.rs) differs from this layout");       \
-    extern "C" __global__ void __launch_bounds__(TG_THREADS, 2)                                   \
-        kiln_gemm_tiled_x##XN##_y##YN(const bf16* W, const XT* x, YT* y, float* ws,               \
-                                      unsigned* counters, int M, int N, int K, int ks,            \
-                                      int splits) {                                               \
-        tiled_gemm<XF, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS, YT>(W, x, y, ws, counters, M, N, K, ks, splits); \
+    extern "C" __global__ void __launch_bounds__(TG_THREADS, BLOCKS)                              \
+        PRE##_x##XN##_y##YN(const bf16* W, const XT* x, YT* y, float* ws, unsigned* counters,    \
+                            int M, int N, int K, int ks, int splits) {                            \
+        tiled_gemm<XF, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS, YT, WT>(W, x, y, ws, counters, M, N, K, ks, splits); \
     }
-GEMM_TILED(f32, float, true, f32, float)
-GEMM_TILED(f32, float, true, bf16, bf16)
-GEMM_TILED(bf16, bf16, false, f32, float)
-GEMM_TILED(bf16, bf16, false, bf16, bf16)
-
+#define GEMM_TILED_ALL(PRE, WT, BLOCKS, SMEM_DEF)                                  \
+    GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, f32, float, true, f32, float)      \
+    GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, f32, float, true, bf16, bf16)      \
+    GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, bf16, bf16, false, f32, float)     \
+    GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, bf16, bf16, false, bf16, bf16)
+// 128 W rows per block, two blocks per SM.
+GEMM_TILED_ALL(kiln_gemm_tiled, 4, 2, KILN_SMEM_GEMM_TILED)
 // The wide kernel (session 22, `KILN_GEMM_TILED_WIDE_MIN_M`): 256 W rows per block, 64 per
 // warp (8 W tiles), one block per SM with up to 255 registers. Per warp and 32-k chunk 8 W
 // and 8 x fragment loads feed 64 MMAs, against 4 + 8 for 32 (shared-memory reads per MMA
 // 0.375 -> 0.25), and each block splits its x once per 256 W rows instead of 128: the
 // shared-memory traffic and the conversions that bound the 128-row kernel at batch 128-256
 // (docs/kernels.md). The same MMAs per accumulator in the same order: the same bits.
-#define GEMM_TILED_WIDE(XN, XT, XF, YN, YT)                                                     \
-    static_assert((TgLayout<XF, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS, 256>::SMEM == KILN_SMEM_GEMM_TILED_WIDE_##XN), \
-                  "the launcher's shared memory (registry.rs) differs from this layout");       \
-    extern "C" __global__ void __launch_bounds__(TG_THREADS, 1)                                   \
-        kiln_gemm_tiled_w_x##XN##_y##YN(const bf16* W, const XT* x, YT* y, float* ws,             \
-                                        unsigned* counters, int M, int N, int K, int ks,          \
-                                        int splits) {                                             \
-        tiled_gemm<XF, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS, YT, 8>(W, x, y, ws, counters, M, N, K, ks, splits); \
-    }
-GEMM_TILED_WIDE(f32, float, true, f32, float)
-GEMM_TILED_WIDE(f32, float, true, bf16, bf16)
-GEMM_TILED_WIDE(bf16, bf16, false, f32, float)
-GEMM_TILED_WIDE(bf16, bf16, false, bf16, bf16)
+GEMM_TILED_ALL(kiln_gemm_tiled_w, 8, 1, KILN_SMEM_GEMM_TILED_WIDE)

@@ -384,10 +384,11 @@ impl Kernels {
         let c = &self.gemm_choices;
         // The wgmma experiment replaces the tiled kernels (an explicit TiledWide stays, for
         // the table test).
-        let kind = match kind {
-            GemmKind::Tiled if c.wgmma && self.has_wgmma() => if c.wgmma_wide { GemmKind::TiledWgmmaWide } else { GemmKind::TiledWgmma },
-            GemmKind::TiledWide if auto && c.wgmma && self.has_wgmma() => if c.wgmma_wide { GemmKind::TiledWgmmaWide } else { GemmKind::TiledWgmma },
-            k => k,
+        let to_wgmma = kind == GemmKind::Tiled || (auto && kind == GemmKind::TiledWide);
+        let kind = if to_wgmma && c.wgmma && self.has_wgmma() {
+            if c.wgmma_wide { GemmKind::TiledWgmmaWide } else { GemmKind::TiledWgmma }
+        } else {
+            kind
         };
         let wgmma = matches!(kind, GemmKind::TiledWgmma | GemmKind::TiledWgmmaWide);
         ensure!(!wgmma || self.has_wgmma(), "gemm: the wgmma kernels need sm_90a");
