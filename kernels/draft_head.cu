@@ -84,6 +84,34 @@ __device__ __forceinline__ void mma_f16_16816(float* c, const unsigned (&a)[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The 4 table rows lane (g, t) of a warp streams: r[i] = row0 + 16 * tile + g + 8 * half
+// (i = 2 * tile + half); a row past N gives ok[i] false and r[i] 0 (read nothing, zeros).
+__device__ __forceinline__ void dh_lane_rows(int row0, int g, int N, int (&r)[4], bool (&ok)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int row = row0 + 16 * (i >> 1) + g + 8 * (i & 1);
+        ok[i] = row < N;
+        r[i] = ok[i] ? row : 0;
+    }
+}
+
+// x [M][K] fp32 -> f16 [DH_MAX_M][K + 8] in shared memory (clamped to f16's range, rows
+// past M zero), then a barrier.
+__device__ __forceinline__ void dh_stage_x(const float* __restrict__ x, __half* xs, int M, int K) {
+    for (int i = threadIdx.x; i < DH_MAX_M * (K / 4); i += DH_THREADS) {
+        const int m = i / (K / 4), k = (i % (K / 4)) * 4;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (m < M) v = *reinterpret_cast<const float4*>(x + (size_t)m * K + k);
+        const float lim = 65504.f;
+        const __half2 a = __floats2half2_rn(fminf(fmaxf(v.x, -lim), lim), fminf(fmaxf(v.y, -lim), lim));
+        const __half2 b = __floats2half2_rn(fminf(fmaxf(v.z, -lim), lim), fminf(fmaxf(v.w, -lim), lim));
+        __half2* d = reinterpret_cast<__half2*>(xs + m * DH_LDX(K) + k);
+        d[0] = a;
+        d[1] = b;
+    }
+    __syncthreads();
+}
+
 extern "C" __global__ void __launch_bounds__(DH_THREADS) kiln_gemv_i8(const unsigned char* __restrict__ q, const float* __restrict__ scale,
                                                                     const float* __restrict__ x, float* __restrict__ y, int M, int N,
                                                                     int K) {
@@ -91,15 +119,12 @@ extern "C" __global__ void __launch_bounds__(DH_THREADS) kiln_gemv_i8(const unsi
     __half* xs = reinterpret_cast<__half*>(dh_smem);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * DH_ROWS_PER_BLOCK + warp * DH_ROWS_PER_WARP;
-    // Rows r = row0 + 16 * tile + g + 8 * half; a row past N reads nothing (zeros).
-    const unsigned char* src[4];
+    int r[4];
     bool ok[4];
+    dh_lane_rows(row0, g, N, r, ok);
+    const unsigned char* src[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int r = row0 + 16 * (i >> 1) + g + 8 * (i & 1);
-        ok[i] = r < N;
-        src[i] = q + (size_t)(ok[i] ? r : 0) * K + 16 * t;
-    }
+    for (int i = 0; i < 4; ++i) src[i] = q + (size_t)r[i] * K + 16 * t;
     const int chunks = K / 64;
     uint4 w[DH_GROUP][4];
     auto load_group = [&](int c0) {
@@ -115,19 +140,7 @@ extern "C" __global__ void __launch_bounds__(DH_THREADS) kiln_gemv_i8(const unsi
     // the PDL wait.
     load_group(0);
     KILN_PDL_ENTER();
-    // x as f16 [8][K + 8], rows past M zero.
-    for (int i = threadIdx.x; i < DH_MAX_M * (K / 4); i += DH_THREADS) {
-        const int m = i / (K / 4), k = (i % (K / 4)) * 4;
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (m < M) v = *reinterpret_cast<const float4*>(x + (size_t)m * K + k);
-        const float lim = 65504.f;
-        const __half2 a = __floats2half2_rn(fminf(fmaxf(v.x, -lim), lim), fminf(fmaxf(v.y, -lim), lim));
-        const __half2 b = __floats2half2_rn(fminf(fmaxf(v.z, -lim), lim), fminf(fmaxf(v.w, -lim), lim));
-        __half2* d = reinterpret_cast<__half2*>(xs + m * DH_LDX(K) + k);
-        d[0] = a;
-        d[1] = b;
-    }
-    __syncthreads();
+    dh_stage_x(x, xs, M, K);
     float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
     const __half* xrow = xs + g * DH_LDX(K) + 16 * t;
     for (int c0 = 0; c0 < chunks; c0 += DH_GROUP) {
@@ -236,17 +249,15 @@ extern "C" __global__ void __launch_bounds__(DH_THREADS) kiln_gemv_i4(const unsi
     __half* xs = reinterpret_cast<__half*>(dh_smem);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * DH_ROWS_PER_BLOCK + warp * DH_ROWS_PER_WARP;
-    // Rows r = row0 + 16 * tile + g + 8 * half (i = 2 * tile + half); a row past N reads
-    // nothing (zeros, scale 0).
+    int r[4];
+    bool ok[4];
+    dh_lane_rows(row0, g, N, r, ok);
     const unsigned char* src[4];
     const float* scl[4];
-    bool ok[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const int r = row0 + 16 * (i >> 1) + g + 8 * (i & 1);
-        ok[i] = r < N;
-        src[i] = q + (size_t)(ok[i] ? r : 0) * (K / 2) + 16 * t;
-        scl[i] = scale + (size_t)(ok[i] ? r : 0) * sg;
+        src[i] = q + (size_t)r[i] * (K / 2) + 16 * t;
+        scl[i] = scale + (size_t)r[i] * sg;
     }
     const int chunks = K / DH4_GROUP_K;
     uint4 w[DH_GROUP][4];
@@ -265,18 +276,7 @@ extern "C" __global__ void __launch_bounds__(DH_THREADS) kiln_gemv_i4(const unsi
     };
     load_group(0);
     KILN_PDL_ENTER();
-    for (int i = threadIdx.x; i < DH_MAX_M * (K / 4); i += DH_THREADS) {
-        const int m = i / (K / 4), k = (i % (K / 4)) * 4;
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (m < M) v = *reinterpret_cast<const float4*>(x + (size_t)m * K + k);
-        const float lim = 65504.f;
-        const __half2 a = __floats2half2_rn(fminf(fmaxf(v.x, -lim), lim), fminf(fmaxf(v.y, -lim), lim));
-        const __half2 b = __floats2half2_rn(fminf(fmaxf(v.z, -lim), lim), fminf(fmaxf(v.w, -lim), lim));
-        __half2* d = reinterpret_cast<__half2*>(xs + m * DH_LDX(K) + k);
-        d[0] = a;
-        d[1] = b;
-    }
-    __syncthreads();
+    dh_stage_x(x, xs, M, K);
     float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
     const __half* xrow = xs + g * DH_LDX(K) + 32 * t;
     static_assert(DH_GROUP == 4, "a float4 of scales per row and group");

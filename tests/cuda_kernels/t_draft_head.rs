@@ -54,46 +54,20 @@ fn gemv_i8_matches_its_f64_reference() {
         // fp32 sums round: at most K * 2^-23 of the sum of |terms| for any order, even if
         // the tensor cores truncate rather than round (2^-24 per add when they round; the
         // H100 gave at most 8.4e-6 at K = 2560, session 14).
-        let bound = k as f64 * 2f64.powi(-23);
-        let mut worst = 0f64;
-        for i in 0..m * n {
-            let err = (got[i] as f64 - want[i]).abs();
-            assert!(err <= bound * mag[i] + 1e-30, "gemv_i8 M={m} N={n} K={k}: y[{i}] = {} against {} (|terms| {})", got[i], want[i], mag[i]);
-            worst = worst.max(err / mag[i].max(1e-30));
-        }
-        println!("gemv_i8 M={m} N={n} K={k}: worst error {worst:.2e} of |terms| (bound {bound:.2e})");
+        check_gemv(&format!("gemv_i8 M={m} N={n} K={k}"), &got, &want, &mag, k as f64 * 2f64.powi(-23));
     }
 }
 
-/// How often the int8 table's argmax equals the bf16 table's on random rows: drafts from
-/// it must be the bf16 drafts nearly always, or speculation would accept less.
-#[test]
-#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
-fn int8_drafts_agree_with_bf16_drafts() {
-    let Some(e) = env() else { return };
-    let s = stream(e);
-    let mut g = rng(43);
-    let (m, n, k) = (64usize, 16384usize, e.k.dims().hidden);
-    let w = round_bf16(&randn_vec(&mut g, n * k, 0.02));
-    // Hidden rows with a few large directions, as a trained model's are.
-    let x: Vec<f32> = randn_vec(&mut g, m * k, 1.0).iter().enumerate().map(|(i, v)| if i % k < 16 { v * 20.0 } else { *v }).collect();
-    let (eq, es) = ops::quantize_rows_i8(&w, n, k);
-    let (qd, sd, xd, yd) = (up(&s, &eq), up(&s, &es), up(&s, &x), poison_f32(&s, m * n));
-    e.k.gemv_i8(&s, ptr(&s, &qd), ptr(&s, &sd), ptr(&s, &xd), ptr(&s, &yd), m, n, k).unwrap();
-    let (_keys, _counters, ws) = argmax_scratch(&s, m);
-    let out = up(&s, &vec![-1i32; m]);
-    e.k.argmax(&s, Mat::f32(ptr(&s, &yd), n), n, ptr(&s, &out), m, &ws).unwrap();
-    let got = down(&s, &out);
-    let mut same = 0;
-    for i in 0..m {
-        let logits: Vec<f32> = (0..n).map(|r| (0..k).map(|j| w[r * k + j] as f64 * x[i * k + j] as f64).sum::<f64>() as f32).collect();
-        same += (ops::argmax(&logits) as i32 == got[i]) as usize;
+/// Every output of a draft GEMV within `bound` of its sum of |terms| from the f64
+/// reference (NaN fails); prints the worst relative error.
+fn check_gemv(what: &str, got: &[f32], want: &[f64], mag: &[f64], bound: f64) {
+    let mut worst = 0f64;
+    for i in 0..got.len() {
+        let err = (got[i] as f64 - want[i]).abs();
+        assert!(!got[i].is_nan() && err <= bound * mag[i] + 1e-30, "{what}: y[{i}] = {} against {} (|terms| {})", got[i], want[i], mag[i]);
+        worst = worst.max(err / mag[i].max(1e-30));
     }
-    println!("int8 drafts: {same} of {m} rows take the bf16 table's argmax");
-    // Random rows have small top-2 margins (the largest of 16384 Gaussians), far smaller
-    // than a trained model's; 90 % here is a floor that a broken table (wrong rows,
-    // wrong scale, a lost sign) cannot reach.
-    assert!(same * 10 >= m * 9, "int8 drafts agree on only {same} of {m} rows");
+    println!("{what}: worst error {worst:.2e} of |terms| (bound {bound:.2e})");
 }
 
 #[test]
@@ -147,44 +121,48 @@ fn gemv_i4_matches_its_f64_reference() {
         // sum rounds (at most 128 * 2^-23 of its |terms|), its product with the scale and
         // the running sum round once more each: within (K + 2 K / 128) * 2^-23 of the sum
         // of |terms| for any order and rounding mode.
-        let bound = (k + 2 * k / 128) as f64 * 2f64.powi(-23);
-        let mut worst = 0f64;
-        for i in 0..m * n {
-            let err = (got[i] as f64 - want[i]).abs();
-            assert!(!got[i].is_nan() && err <= bound * mag[i] + 1e-30, "gemv_i4 M={m} N={n} K={k}: y[{i}] = {} against {} (|terms| {})", got[i], want[i], mag[i]);
-            worst = worst.max(err / mag[i].max(1e-30));
-        }
-        println!("gemv_i4 M={m} N={n} K={k}: worst error {worst:.2e} of |terms| (bound {bound:.2e})");
+        check_gemv(&format!("gemv_i4 M={m} N={n} K={k}"), &got, &want, &mag, (k + 2 * k / 128) as f64 * 2f64.powi(-23));
     }
 }
 
-/// How often the int4 table's argmax equals the bf16 table's, beside the int8 table's, on
-/// the same random rows as `int8_drafts_agree_with_bf16_drafts`: a measurement (printed)
-/// with a floor that a broken table (wrong nibble order, wrong group scale) cannot reach.
+/// How often the int8 and int4 tables' argmaxes equal the bf16 table's on random rows
+/// (the bf16 argmaxes computed once for both): int8 drafts must be the bf16 drafts nearly
+/// always, or speculation would accept less; int4's agreement is a measurement (printed)
+/// with a floor that a broken table (wrong rows, nibble order, scale, a lost sign) cannot
+/// reach.
 #[test]
 #[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
-fn int4_drafts_mostly_agree_with_bf16_drafts() {
+fn int8_and_int4_drafts_agree_with_bf16_drafts() {
     let Some(e) = env() else { return };
     let s = stream(e);
     let mut g = rng(43);
     let (m, n, k) = (64usize, 16384usize, e.k.dims().hidden);
-    let sg = kiln::backend::cuda::kernels::Kernels::i4_scale_stride(k);
     let w = round_bf16(&randn_vec(&mut g, n * k, 0.02));
+    // Hidden rows with a few large directions, as a trained model's are.
     let x: Vec<f32> = randn_vec(&mut g, m * k, 1.0).iter().enumerate().map(|(i, v)| if i % k < 16 { v * 20.0 } else { *v }).collect();
-    let (eq, es) = ops::quantize_rows_i4(&w, n, k, sg);
-    let (qd, sd, xd, yd) = (up(&s, &eq), up(&s, &es), up(&s, &x), poison_f32(&s, m * n));
-    e.k.gemv_i4(&s, ptr(&s, &qd), ptr(&s, &sd), ptr(&s, &xd), ptr(&s, &yd), m, n, k).unwrap();
+    let bf16_argmax: Vec<i32> = (0..m)
+        .map(|i| ops::argmax(&(0..n).map(|r| (0..k).map(|j| w[r * k + j] as f64 * x[i * k + j] as f64).sum::<f64>() as f32).collect::<Vec<_>>()) as i32)
+        .collect();
+    let (xd, yd) = (up(&s, &x), poison_f32(&s, m * n));
     let (_keys, _counters, ws) = argmax_scratch(&s, m);
     let out = up(&s, &vec![-1i32; m]);
-    e.k.argmax(&s, Mat::f32(ptr(&s, &yd), n), n, ptr(&s, &out), m, &ws).unwrap();
-    let got = down(&s, &out);
-    let mut same = 0;
-    for i in 0..m {
-        let logits: Vec<f32> = (0..n).map(|r| (0..k).map(|j| w[r * k + j] as f64 * x[i * k + j] as f64).sum::<f64>() as f32).collect();
-        same += (ops::argmax(&logits) as i32 == got[i]) as usize;
-    }
-    println!("int4 drafts: {same} of {m} rows take the bf16 table's argmax");
-    // Random rows' top-2 margins are far smaller than a trained model's, and int4's
-    // rounding (a step of amax / 7 per 128 weights) is 18x int8's: half is the floor here.
-    assert!(same * 2 >= m, "int4 drafts agree on only {same} of {m} rows");
+    // The share of rows whose draft is the bf16 table's, after `gemv` wrote the logits.
+    let agreement = |gemv: &dyn Fn()| -> usize {
+        gemv();
+        e.k.argmax(&s, Mat::f32(ptr(&s, &yd), n), n, ptr(&s, &out), m, &ws).unwrap();
+        down(&s, &out).iter().zip(&bf16_argmax).filter(|(a, b)| a == b).count()
+    };
+    let (eq, es) = ops::quantize_rows_i8(&w, n, k);
+    let (qd, sd) = (up(&s, &eq), up(&s, &es));
+    let same8 = agreement(&|| e.k.gemv_i8(&s, ptr(&s, &qd), ptr(&s, &sd), ptr(&s, &xd), ptr(&s, &yd), m, n, k).unwrap());
+    let sg = kiln::backend::cuda::kernels::Kernels::i4_scale_stride(k);
+    let (eq4, es4) = ops::quantize_rows_i4(&w, n, k, sg);
+    let (qd4, sd4) = (up(&s, &eq4), up(&s, &es4));
+    let same4 = agreement(&|| e.k.gemv_i4(&s, ptr(&s, &qd4), ptr(&s, &sd4), ptr(&s, &xd), ptr(&s, &yd), m, n, k).unwrap());
+    println!("int8 drafts: {same8} of {m} rows take the bf16 table's argmax; int4: {same4}");
+    // Random rows have small top-2 margins (the largest of 16384 Gaussians), far smaller
+    // than a trained model's; 90 % here is a floor that a broken int8 table cannot reach.
+    assert!(same8 * 10 >= m * 9, "int8 drafts agree on only {same8} of {m} rows");
+    // int4's rounding (a step of amax / 7 per 128 weights) is 18x int8's: half is its floor.
+    assert!(same4 * 2 >= m, "int4 drafts agree on only {same4} of {m} rows");
 }

@@ -337,21 +337,27 @@ pub fn quantize_rows_i8(w: &[f32], n: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
 }
 
 /// Reference of `kiln_gemv_i8` in f64: y[m][n] = scale[n] * sum_k (q[n][k] - 128) *
-/// f16(x[m][k]) (x clamped to f16's range, as the kernel stages it); also returns each
-/// output's sum of |terms| (the scale its fp32 rounding error is bounded by).
+/// f16(x[m][k]); also each output's sum of |terms| (`quantized_gemv_reference`).
 pub fn gemv_i8_reference(q: &[u8], scale: &[f32], x: &[f32], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+    quantized_gemv_reference(x, m, n, k, |r, j| (q[r * k + j] as f64 - 128.0) * scale[r] as f64)
+}
+
+/// y[i][r] = sum_j w(r, j) * f16(x[i][j]) in f64 (x clamped to f16's range, as the draft
+/// GEMVs stage it), with each output's sum of |terms| (the scale its fp32 rounding error
+/// is bounded by); w(r, j) is a quantized table's dequantized weight.
+fn quantized_gemv_reference(x: &[f32], m: usize, n: usize, k: usize, w: impl Fn(usize, usize) -> f64) -> (Vec<f64>, Vec<f64>) {
     let xh: Vec<f64> = x.iter().map(|v| half::f16::from_f32(v.clamp(-65504.0, 65504.0)).to_f64()).collect();
     let (mut y, mut mag) = (vec![0f64; m * n], vec![0f64; m * n]);
     for i in 0..m {
         for r in 0..n {
             let (mut s, mut a) = (0f64, 0f64);
             for j in 0..k {
-                let t = (q[r * k + j] as f64 - 128.0) * xh[i * k + j];
+                let t = w(r, j) * xh[i * k + j];
                 s += t;
                 a += t.abs();
             }
-            y[i * n + r] = s * scale[r] as f64;
-            mag[i * n + r] = a * scale[r] as f64;
+            y[i * n + r] = s;
+            mag[i * n + r] = a;
         }
     }
     (y, mag)
@@ -400,22 +406,7 @@ pub fn i4_value(q: &[u8], k: usize, r: usize, kk: usize) -> i32 {
 }
 
 /// Reference of `kiln_gemv_i4` in f64: y[m][n] = sum over groups c of scale[n][c] * sum_k
-/// (v - 8) * f16(x[m][k]); also each output's sum of |terms| (the scale of its fp32
-/// rounding error).
+/// (v - 8) * f16(x[m][k]); also each output's sum of |terms| (`quantized_gemv_reference`).
 pub fn gemv_i4_reference(q: &[u8], scale: &[f32], sg: usize, x: &[f32], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
-    let xh: Vec<f64> = x.iter().map(|v| half::f16::from_f32(v.clamp(-65504.0, 65504.0)).to_f64()).collect();
-    let (mut y, mut mag) = (vec![0f64; m * n], vec![0f64; m * n]);
-    for i in 0..m {
-        for r in 0..n {
-            let (mut s, mut a) = (0f64, 0f64);
-            for kk in 0..k {
-                let t = i4_value(q, k, r, kk) as f64 * xh[i * k + kk] * scale[r * sg + kk / I4_GROUP_K] as f64;
-                s += t;
-                a += t.abs();
-            }
-            y[i * n + r] = s;
-            mag[i * n + r] = a;
-        }
-    }
-    (y, mag)
+    quantized_gemv_reference(x, m, n, k, |r, j| i4_value(q, k, r, j) as f64 * scale[r * sg + j / I4_GROUP_K] as f64)
 }

@@ -34,14 +34,19 @@ impl Kernels {
         check_aligned(q, 16, "gemv_i8 q")?;
         check_aligned(x, 16, "gemv_i8 x")?;
         let (ni, ki) = (int(n, "N")?, int(k, "K")?);
-        let smem = gemv_i8_smem(self.dims().hidden) as u32;
-        for r0 in (0..m).step_by(GEMV_I8_MAX_M) {
-            let rows = (m - r0).min(GEMV_I8_MAX_M);
-            let (xp, yp, mi) = (x + (r0 * k * 4) as u64, y + (r0 * n * 4) as u64, int(rows, "M")?);
+        let (grid, smem) = self.gemv_shape(n);
+        for (xp, yp, rows) in gemv_pieces(x, y, m, n, k) {
+            let mi = int(rows, "M")?;
             let mut p = params!(q, scale, xp, yp, mi, ni, ki);
-            self.launch(GEMV_I8, stream, (n.div_ceil(GEMV_I8_ROWS_PER_BLOCK) as u32, 1, 1), 256, smem, &mut p)?;
+            self.launch(GEMV_I8, stream, grid, 256, smem, &mut p)?;
         }
         Ok(())
+    }
+
+    /// The grid and shared memory of a draft GEMV over n table rows (kiln_gemv_i8 and _i4
+    /// share them: 256 rows a block, x staged as f16 for the built hidden size).
+    fn gemv_shape(&self, n: usize) -> ((u32, u32, u32), u32) {
+        ((n.div_ceil(GEMV_I8_ROWS_PER_BLOCK) as u32, 1, 1), gemv_i8_smem(self.dims().hidden) as u32)
     }
 
     /// Scale entries per row of the int4 table (groups of `I4_GROUP_K`, padded to 4 so a
@@ -76,13 +81,18 @@ impl Kernels {
         check_aligned(scale, 16, "gemv_i4 scale")?;
         check_aligned(x, 16, "gemv_i4 x")?;
         let (ni, ki, sg) = (int(n, "N")?, int(k, "K")?, int(Self::i4_scale_stride(k), "scale stride")?);
-        let smem = gemv_i8_smem(self.dims().hidden) as u32;
-        for r0 in (0..m).step_by(GEMV_I8_MAX_M) {
-            let rows = (m - r0).min(GEMV_I8_MAX_M);
-            let (xp, yp, mi) = (x + (r0 * k * 4) as u64, y + (r0 * n * 4) as u64, int(rows, "M")?);
+        let (grid, smem) = self.gemv_shape(n);
+        for (xp, yp, rows) in gemv_pieces(x, y, m, n, k) {
+            let mi = int(rows, "M")?;
             let mut p = params!(q, scale, xp, yp, mi, ni, ki, sg);
-            self.launch(GEMV_I4, stream, (n.div_ceil(GEMV_I8_ROWS_PER_BLOCK) as u32, 1, 1), 256, smem, &mut p)?;
+            self.launch(GEMV_I4, stream, grid, 256, smem, &mut p)?;
         }
         Ok(())
     }
+}
+
+/// A draft GEMV's launches over m fp32 rows x [m][k] -> y [m][n]: (x, y, rows) of each piece
+/// of up to `GEMV_I8_MAX_M` rows (the kernels' batch tile).
+fn gemv_pieces(x: DevPtr, y: DevPtr, m: usize, n: usize, k: usize) -> impl Iterator<Item = (DevPtr, DevPtr, usize)> {
+    (0..m).step_by(GEMV_I8_MAX_M).map(move |r0| (x + (r0 * k * 4) as u64, y + (r0 * n * 4) as u64, (m - r0).min(GEMV_I8_MAX_M)))
 }
