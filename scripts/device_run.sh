@@ -450,7 +450,7 @@ if has tiled_wide; then
   # The tiled GEMM's 256-row blocks, one per SM (KILN_GEMM_TILED_WIDE_MIN_M: from that many
   # rows, 0 never; the default 64 since session 22) against 128-row blocks everywhere.
   log "tiled GEMM: 256-row blocks from 64 rows (default) against never and from 17"
-  env_ab "default" "narrow" tiled_wide.txt KILN_GEMM_TILED_WIDE_MIN_M=0 "${WIDE_BATCHES:-32,64,128,256}" "wide from 17" KILN_GEMM_TILED_WIDE_MIN_M=17
+  env_ab "default" "narrow" tiled_wide.txt KILN_GEMM_TILED_WIDE_MIN_M=0 "${WIDE_BATCHES:-32,64,128,256}" "wide from 128" KILN_GEMM_TILED_WIDE_MIN_M=128
 fi
 if has reg_spread; then
   # The register GEMM's blocks spread over every SM (the default since session 21: unused
@@ -584,7 +584,7 @@ if has ncu_src; then
   has_src prefill && ncu_src_run prefill "${SRC_PREFILL_KERNELS:-kiln_attn_prefill_r128|kiln_gdn_prefill_prep|kiln_gdn_prefill_scan}" "${SRC_PREFILL_COUNT:-7}" --batch 1 --ctx 16 --prefill 2048 --iters 1
   # tiled256 / wgmma256: the first layer's four tiled GEMMs (qkvz, out, gate_up, down) at
   # batch 256, mma.sync and the sm_90a wgmma variant (KILN_GEMM_WGMMA=1).
-  has_src tiled256 && ncu_src_run tiled256 kiln_gemm_tiled_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
+  has_src tiled256 && KILN_GEMM_TILED_WIDE_MIN_M=0 ncu_src_run tiled256 kiln_gemm_tiled_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
   has_src wgmma256 && KILN_GEMM_WGMMA=1 ncu_src_run wgmma256 kiln_gemm_tiled_wg_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
   has_src wide256 && KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1 ncu_src_run wide256 kiln_gemm_tiled_wg4_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
   # tw256: the same four GEMMs through the 256-row tiled kernel (KILN_GEMM_TILED_WIDE_MIN_M).

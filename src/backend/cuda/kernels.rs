@@ -122,8 +122,8 @@ pub struct Kernels {
     smem_per_sm: usize,
     smem_reserved_per_block: usize,
     /// Blocks of each register GEMM kernel (`registry::GEMM`) an SM holds (the driver's
-    /// occupancy at `GEMM_REG_THREADS`, read at load).
-    reg_gemm_per_sm: HashMap<&'static str, usize>,
+    /// occupancy at `GEMM_REG_THREADS`, read at load), and its static shared memory.
+    reg_gemm_per_sm: HashMap<&'static str, (usize, usize)>,
     funcs: HashMap<String, CudaFunction>,
     _modules: Vec<Arc<CudaModule>>,
     pdl: AtomicBool,
@@ -192,7 +192,8 @@ impl Kernels {
         for &name in registry::GEMM.as_flattened().as_flattened() {
             let f = funcs.get(name).with_context(|| format!("kernel `{name}` not loaded"))?;
             let n = f.occupancy_max_active_blocks_per_multiprocessor(gemm::GEMM_REG_THREADS, 0, None).map_err(|e| anyhow!("occupancy of {name}: {e:?}"))?;
-            reg_gemm_per_sm.insert(name, n as usize);
+            let static_smem = f.shared_size_bytes().map_err(|e| anyhow!("static shared memory of {name}: {e:?}"))?;
+            reg_gemm_per_sm.insert(name, (n as usize, static_smem as usize));
         }
         let gdn_verify_fused = std::env::var("KILN_GDN_VERIFY_FUSED").ok().map(|v| v != "0");
         let gdn_verify_pre = std::env::var("KILN_GDN_VERIFY_PRE").map_or(true, |v| v != "0");
@@ -296,8 +297,8 @@ impl Kernels {
     /// register GEMM kernel `name` over every SM (`gemm::spread_smem`, with the kernel's
     /// occupancy and this device's shared memory).
     pub(crate) fn spread_smem(&self, name: &str, blocks: usize) -> Result<u32> {
-        let &per_sm = self.reg_gemm_per_sm.get(name).with_context(|| format!("`{name}` is not a register GEMM kernel"))?;
-        Ok(gemm::spread_smem(blocks, self.num_sms as usize, per_sm, self.smem_per_sm, self.smem_reserved_per_block))
+        let &(per_sm, static_smem) = self.reg_gemm_per_sm.get(name).with_context(|| format!("`{name}` is not a register GEMM kernel"))?;
+        Ok(gemm::spread_smem(blocks, self.num_sms as usize, per_sm, self.smem_per_sm, self.smem_reserved_per_block, static_smem))
     }
 
     /// Whether `GemmKind::TiledWgmma` can run here (an sm_90 device).

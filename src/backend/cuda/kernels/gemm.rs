@@ -457,16 +457,19 @@ pub(crate) const GEMM_REG_THREADS: u32 = 128;
 /// Dynamic shared memory (unused) that leaves room for at most ceil(blocks / sms) blocks
 /// of a launch per SM, so the block scheduler spreads them over every SM instead of
 /// filling some to the kernel's occupancy `per_sm` (registers); 0 when the cap is not
-/// below it. `smem_per_sm` and `reserved` (per block) are the device's. At most 48 KB, the
-/// most a launch takes without opting in.
-pub fn spread_smem(blocks: usize, sms: usize, per_sm: usize, smem_per_sm: usize, reserved: usize) -> u32 {
+/// below it. `smem_per_sm` and `reserved` (per block) are the device's, `static_smem` the
+/// kernel's own `__shared__` bytes. Static plus dynamic stays within 48 KB, the most a
+/// launch takes without opting in (48 KB of pad on a kernel with 4 static bytes was
+/// CUDA_ERROR_INVALID_VALUE at <= 3 blocks per SM, session 23).
+pub fn spread_smem(blocks: usize, sms: usize, per_sm: usize, smem_per_sm: usize, reserved: usize, static_smem: usize) -> u32 {
     let cap = blocks.div_ceil(sms.max(1)).max(1);
     if cap >= per_sm {
         return 0;
     }
     // The smallest size at which cap + 1 blocks no longer fit.
-    let need = (smem_per_sm / (cap + 1) + 1).saturating_sub(reserved);
-    need.div_ceil(256).saturating_mul(256).min(48 * 1024) as u32
+    let need = (smem_per_sm / (cap + 1) + 1).saturating_sub(reserved + static_smem);
+    let most = (48 * 1024usize).saturating_sub(static_smem) / 256 * 256;
+    need.div_ceil(256).saturating_mul(256).min(most) as u32
 }
 
 #[cfg(test)]
@@ -478,7 +481,7 @@ mod tests {
         // An H100 (228 KB of shared memory per SM, 1 KB reserved per block) and the m8
         // register kernel (6 blocks per SM by its registers).
         let (smem, reserved, per_sm) = (228 * 1024, 1024, 6);
-        let spread = |blocks| spread_smem(blocks, 132, per_sm, smem, reserved);
+        let spread = |blocks| spread_smem(blocks, 132, per_sm, smem, reserved, 0);
         let fits = |pad: u32| smem / (pad as usize + reserved);
         // out/o/down at batch 1 on 132 SMs: 520 blocks, at most 4 per SM.
         let s = spread(520);
@@ -489,6 +492,14 @@ mod tests {
         // Fewer blocks than SMs: one per SM would need more than 48 KB, so the cap is the
         // most 48 KB gives (4 a SM), still an even spread for so few blocks.
         assert_eq!(fits(spread(100)), 4);
+        // A kernel with its own shared memory (the split counter, 4 bytes): static plus
+        // pad within 48 KB at every block count, and the pad still caps the blocks per SM.
+        for blocks in [1, 100, 320, 396, 520, 600] {
+            let s = spread_smem(blocks, 132, per_sm, smem, reserved, 4) as usize;
+            assert!(s + 4 <= 48 * 1024, "{blocks} blocks: {s} bytes of pad");
+            let fits = smem / (s + 4 + reserved);
+            assert!(fits <= blocks.div_ceil(132).max(4), "{blocks} blocks: {fits} fit an SM");
+        }
     }
 
     #[test]
