@@ -271,6 +271,102 @@ GDN_DECODE(kiln_gdn_decode_bf16_f32, bf16, float)
 GDN_DECODE(kiln_gdn_decode_bf16_bf16, bf16, bf16)
 
 // ---------------------------------------------------------------------------------
+// The decode step with each head's state split over a cluster of GDN_CSPLIT blocks,
+// kiln_gdn_decode_split_{in}_{out} (arguments as kiln_gdn_decode's): block (h * GDN_CSPLIT
+// + c, bi) owns value columns [c * 32, c * 32 + 32) of head h, thread (jj, part) column
+// c * 32 + jj and the same rows as in kiln_gdn_decode. At batch 1 kiln_gdn_decode runs 32
+// blocks on 32 SMs, each streaming its head's 128 KB of state at ~20 GB/s (6.4 us, 654 GB/s
+// over the step's 4 MB on the H100, session 23); split, the same state streams through
+// 128 SMs. Bit-identical to kiln_gdn_decode: every column's sums are one block's in the
+// same part order, the conv, gates and q/k norms are the same per-channel code, and the
+// gated norm's sum of o^2 is block_sum's: warp k's sum (columns 32k..32k+31 in lane order)
+// is rank k's one part-0 warp, and the ranks' sums are added in block_sum's second stage
+// (a warp_sum with zeros past them) through distributed shared memory.
+#define GDN_CSPLIT (LIN_DV / 32)
+#define GDN_SPLIT_THREADS (32 * GDN_PARTS)
+static_assert(GDN_CSPLIT >= 1 && GDN_CSPLIT <= 8, "a portable cluster holds at most 8 blocks");
+
+template <typename IN, typename OUT>
+__device__ __forceinline__ void gdn_decode_split(const IN* __restrict__ qkv, int ld_qkv, const IN* __restrict__ z,
+                                                 int ld_z, const IN* __restrict__ b, const IN* __restrict__ a,
+                                                 int ld_ba, const bf16* __restrict__ conv_w,
+                                                 float* __restrict__ conv_state, float* __restrict__ state,
+                                                 const float* __restrict__ A_log, const float* __restrict__ dt_bias,
+                                                 const bf16* __restrict__ norm_w, const int* __restrict__ slots,
+                                                 const int* __restrict__ pos, const int2* __restrict__ state_io,
+                                                 OUT* __restrict__ out, int ld_out, int B) {
+    const int tid = threadIdx.x, lane = tid & 31;
+    const int jj = tid % 32, part = tid / 32;
+    const int h = blockIdx.x / GDN_CSPLIT, c = blockIdx.x % GDN_CSPLIT, bi = blockIdx.y;
+    const int v0 = c * 32, j = v0 + jj;
+    const float nw = __bfloat162float(norm_w[j]);
+    KILN_PDL_ENTER_ROWS(B);
+    __shared__ float qs[LIN_DK], ks[LIN_DK], vs[32];
+    __shared__ float red[GDN_PARTS][32];
+    __shared__ float sc[4];
+    __shared__ float warp_total;
+    // Uniform over a cluster (one (h, bi)): no block waits at a cluster barrier for one
+    // that left.
+    if (bi >= B) return;
+    const float zz = part == 0 ? to_f(z[(size_t)bi * ld_z + h * LIN_DV + j]) : 0.f;
+    const int slot = slots[bi];
+    if (slot < 0) return;
+
+    const int2 io = state_io ? state_io[bi] : make_int2(slot, slot);
+    const size_t in_head = (size_t)part * GDN_ROWS * LIN_DV + j;
+    const float* Si = state + ((size_t)io.x * LIN_NV + h) * LIN_DK * LIN_DV + in_head;
+    float* S = state + ((size_t)io.y * LIN_NV + h) * LIN_DK * LIN_DV + in_head;
+    float s[GDN_ROWS];
+#pragma unroll
+    for (int r = 0; r < GDN_ROWS; ++r) s[r] = Si[(size_t)r * LIN_DV];
+
+    float* ring = conv_state + (size_t)slot * CONV_K * CONV_DIM;
+    gdn_decode_prologue<IN, GDN_SPLIT_THREADS, 32>(qkv + (size_t)bi * ld_qkv, b[(size_t)bi * ld_ba + h],
+                                                   a[(size_t)bi * ld_ba + h], conv_w, ring, pos[bi], h, v0,
+                                                   (h % GDN_GROUP) == 0 && c == 0, A_log, dt_bias, qs, ks, vs, sc,
+                                                   RingTap{ring}, true);
+    // gdn_decode_update on this block's columns.
+    const float* kp = ks + part * GDN_ROWS;
+    const float* qp = qs + part * GDN_ROWS;
+    red[part][jj] = gdn_decay_kv(s, kp, sc[3]);
+    __syncthreads();
+    float kv = 0.f;
+#pragma unroll
+    for (int q = 0; q < GDN_PARTS; ++q) kv += red[q][jj];
+    const float delta = sc[2] * (vs[jj] - kv);
+    const float o_part = gdn_update_o(s, kp, qp, delta, S);
+    __syncthreads();
+    red[part][jj] = o_part;
+    __syncthreads();
+    // Every thread passes the cluster barriers (they count the cluster's threads); warp 0
+    // (part 0) holds the columns' outputs.
+    float o = 0.f;
+#pragma unroll
+    for (int q = 0; q < GDN_PARTS; ++q) o += red[q][jj];
+    const float w = warp_sum(o * o);
+    if (tid == 0) warp_total = w;
+    cluster_barrier();
+    const float t = lane < GDN_CSPLIT ? ld_cluster_f32(&warp_total, (unsigned)lane) : 0.f;
+    cluster_barrier();  // no block leaves while another still reads its warp_total
+    const float tot = warp_sum(t);
+    if (part == 0) out[(size_t)bi * ld_out + h * LIN_DV + j] = gdn_gated_out<OUT>(o, tot, nw, zz);
+}
+
+#define GDN_DECODE_SPLIT(NAME, IN, OUT)                                                             \
+    extern "C" __global__ void __cluster_dims__(GDN_CSPLIT, 1, 1) __launch_bounds__(GDN_SPLIT_THREADS, 8) \
+        NAME(const IN* qkv, int ld_qkv, const IN* z, int ld_z, const IN* b, const IN* a, int ld_ba,  \
+             const bf16* conv_w, float* conv_state, float* state, const float* A_log,               \
+             const float* dt_bias, const bf16* norm_w, const int* slots, const int* pos,            \
+             const int2* state_io, OUT* out, int ld_out, int B) {                                   \
+        gdn_decode_split<IN, OUT>(qkv, ld_qkv, z, ld_z, b, a, ld_ba, conv_w, conv_state, state,     \
+                                  A_log, dt_bias, norm_w, slots, pos, state_io, out, ld_out, B);     \
+    }
+GDN_DECODE_SPLIT(kiln_gdn_decode_split_f32_f32, float, float)
+GDN_DECODE_SPLIT(kiln_gdn_decode_split_f32_bf16, float, bf16)
+GDN_DECODE_SPLIT(kiln_gdn_decode_split_bf16_f32, bf16, float)
+GDN_DECODE_SPLIT(kiln_gdn_decode_split_bf16_bf16, bf16, bf16)
+
+// ---------------------------------------------------------------------------------
 // Fused verify step, kiln_gdn_verify_{in}_{out}: every fed position of a sequence in one
 // block, in order, instead of one kiln_gdn_decode launch per position (speculative
 // verification, issue 9). Arguments as kiln_gdn_decode's, with the verify step's rows
