@@ -60,11 +60,6 @@
 #            against the default (256-row blocks from 64 rows) and 256-row blocks from 17 rows:
 #            bench at $WIDE_BATCHES (32,64,128,256) twice, logits (tiled_wide.txt);
 #            KERNEL_TESTS=gemm_matches checks its bits against the other kernels
-#   gdn_split  the GDN decode step split over clusters up to $GDN_SPLIT_MAX_B (default 32, run
-#            time) against never (KILN_GDN_DECODE_SPLIT_MAX_B=0) and always (=256): bench at
-#            $GDN_SPLIT_BATCHES (1,8,32,64) twice, logits (gdn_split.txt)
-#   wide_n   the wide tiled GEMM for lm_head only (KILN_GEMM_TILED_WIDE_MIN_N=65536, run time)
-#            against the default (every weight): bench at 64,128,256 twice, logits (wide_n.txt)
 #   reg_spread  the register GEMM packed by the block scheduler (KILN_GEMM_REG_SPREAD=0) against
 #            the default (unused shared memory caps its blocks per SM), batch $SPREAD_BATCHES (1,4): reg_spread.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
@@ -456,14 +451,6 @@ if has tiled_wide; then
   # rows, 0 never; the default 64 since session 22) against 128-row blocks everywhere.
   log "tiled GEMM: 256-row blocks from 64 rows (default) against never and from 17"
   env_ab "default" "narrow" tiled_wide.txt KILN_GEMM_TILED_WIDE_MIN_M=0 "${WIDE_BATCHES:-32,64,128,256}" "wide from 128" KILN_GEMM_TILED_WIDE_MIN_M=128
-fi
-if has gdn_split; then
-  log "GDN decode split over clusters (default up to 32 rows) against never and always"
-  env_ab "default" "unsplit" gdn_split.txt KILN_GDN_DECODE_SPLIT_MAX_B=0 "${GDN_SPLIT_BATCHES:-1,8,32,64}" "split always" KILN_GDN_DECODE_SPLIT_MAX_B=256
-fi
-if has wide_n; then
-  log "wide tiled GEMM for lm_head only against every weight"
-  env_ab "default" "lm_head wide" wide_n.txt KILN_GEMM_TILED_WIDE_MIN_N=65536 "64,128,256"
 fi
 if has reg_spread; then
   # The register GEMM's blocks spread over every SM (the default since session 21: unused

@@ -290,15 +290,12 @@ fn bench_gdn(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng) {
             a_log: ptr(s, &al), dt_bias: ptr(s, &dtb), norm_w: ptr(s, &nw), slots: 0, pos: ptr(s, &pos), state_io: 0, out: Mat::f32(ptr(s, &out), nv * dv), batch: b,
         };
         let sl: Vec<u64> = slot_sets.iter().map(|v| ptr(s, v)).collect();
-        for split in [false, true] {
-            let ms = time_ms(s, 20, |i| {
-                args.slots = sl[i % rotate];
-                k.gdn_decode_with(s, &args, split).unwrap()
-            });
-            let bytes = (b * ssz * 4 * 2) as f64;
-            let name = if split { "gdn_decode_split" } else { "gdn_decode" };
-            println!("BENCH {name:16} B={b:3}: {:7.1} us, state {:6.0} GB/s (read + write)", ms * 1e3, gbps(bytes, ms));
-        }
+        let ms = time_ms(s, 20, |i| {
+            args.slots = sl[i % rotate];
+            k.gdn_decode(s, &args).unwrap()
+        });
+        let bytes = (b * ssz * 4 * 2) as f64;
+        println!("BENCH gdn_decode B={b:3}: {:7.1} us, state {:6.0} GB/s (read + write)", ms * 1e3, gbps(bytes, ms));
     }
     // Prefill of one 1024-token sequence: conv, then the recurrence.
     let t = 1024usize;

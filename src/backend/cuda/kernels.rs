@@ -131,9 +131,6 @@ pub struct Kernels {
     has_wgmma: bool,
     /// `KILN_GDN_VERIFY_FUSED`: 1 always, 0 never, unset by the batch (`gdn_verify_fused`).
     gdn_verify_fused: Option<bool>,
-    /// The largest batch whose GDN decode step runs split over clusters
-    /// (`KILN_GDN_DECODE_SPLIT_MAX_B`, 0 never; `gdn_decode_split`).
-    gdn_split_max_b: usize,
     /// The fused verify runs kiln_gdn_verify_pre (the default since session 14;
     /// `KILN_GDN_VERIFY_PRE=0` runs kiln_gdn_verify).
     gdn_verify_pre: bool,
@@ -199,10 +196,6 @@ impl Kernels {
             reg_gemm_per_sm.insert(name, (n as usize, static_smem as usize));
         }
         let gdn_verify_fused = std::env::var("KILN_GDN_VERIFY_FUSED").ok().map(|v| v != "0");
-        let gdn_split_max_b = match std::env::var("KILN_GDN_DECODE_SPLIT_MAX_B") {
-            Ok(v) => v.parse().with_context(|| format!("KILN_GDN_DECODE_SPLIT_MAX_B={v:?} is not a batch size"))?,
-            Err(_) => gdn::GDN_DECODE_SPLIT_MAX_B,
-        };
         let gdn_verify_pre = std::env::var("KILN_GDN_VERIFY_PRE").map_or(true, |v| v != "0");
         let attn_prefill_rows = if std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "64") { 64 } else { 128 };
         let timeline = Timeline::attach(&loaded, &ctx.default_stream(), TIMELINE_RECORDS)?;
@@ -217,7 +210,6 @@ impl Kernels {
             pdl: AtomicBool::new(false),
             has_wgmma,
             gdn_verify_fused,
-            gdn_split_max_b,
             gdn_verify_pre,
             gemm_choices: GemmChoices::from_env(),
             attn_prefill_rows,
@@ -312,13 +304,6 @@ impl Kernels {
     /// Whether `GemmKind::TiledWgmma` can run here (an sm_90 device).
     pub fn has_wgmma(&self) -> bool {
         self.has_wgmma
-    }
-
-    /// Whether a GDN decode step of `batch` rows runs kiln_gdn_decode_split (each head's
-    /// state over a cluster of LIN_DV / 32 blocks) instead of kiln_gdn_decode (a block per
-    /// head): the same bits (t_gdn_decode), more SMs streaming the state at small batches.
-    pub fn gdn_decode_split(&self, batch: usize) -> bool {
-        batch <= self.gdn_split_max_b
     }
 
     /// Whether a verify step of `seqs` sequences runs its GDN as one kiln_gdn_verify launch

@@ -94,11 +94,6 @@ pub const GDN_DECODE: ByXY<&str> = [
     ["kiln_gdn_decode_f32_f32", "kiln_gdn_decode_f32_bf16"],
     ["kiln_gdn_decode_bf16_f32", "kiln_gdn_decode_bf16_bf16"],
 ];
-/// The decode step with each head's state over a cluster of LIN_DV / 32 blocks (small batches).
-pub const GDN_DECODE_SPLIT: ByXY<&str> = [
-    ["kiln_gdn_decode_split_f32_f32", "kiln_gdn_decode_split_f32_bf16"],
-    ["kiln_gdn_decode_split_bf16_f32", "kiln_gdn_decode_split_bf16_bf16"],
-];
 /// Speculative verification's GDN: every fed position of a sequence in one block.
 pub const GDN_VERIFY: ByXY<&str> = [
     ["kiln_gdn_verify_f32_f32", "kiln_gdn_verify_f32_bf16"],
@@ -264,7 +259,6 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     }
     add("conv", &CONV1D, 0);
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
-    add("gdn_decode", GDN_DECODE_SPLIT.as_flattened(), 0);
     add("gdn_decode", GDN_VERIFY.as_flattened(), 0);
     add("gdn_decode", GDN_VERIFY_PRE.as_flattened(), 0);
     add("gdn_decode", &CONV_RING_WRITE, 0);

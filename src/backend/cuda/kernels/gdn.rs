@@ -2,7 +2,7 @@
 
 use super::{int, params, DevPtr, Kernels, Mat};
 use crate::backend::cuda::registry::{
-    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, CONV_RING_WRITE, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_DECODE_SPLIT as DECODE_SPLIT, GDN_VERIFY, GDN_VERIFY_PRE, RING_WRITE_SLICES,
+    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, CONV_RING_WRITE, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_VERIFY, GDN_VERIFY_PRE, RING_WRITE_SLICES,
     GDN_PREFILL_PREP as PREP,
     GDN_PREFILL_SCAN as SCAN,
 };
@@ -42,13 +42,6 @@ pub struct Conv1d {
 /// Time blocks of 64 tokens per sequence that run in parallel in conv1d (each block
 /// takes time blocks y, y + CONV_TIME_BLOCKS, ...; empty ones exit at once).
 const CONV_TIME_BLOCKS: u32 = 16;
-
-/// The largest batch whose GDN decode step runs split over clusters by default
-/// (`Kernels::gdn_decode_split`; `KILN_GDN_DECODE_SPLIT_MAX_B` overrides). Predicted from
-/// the kernel bench (H100, session 23: kiln_gdn_decode at 654 / 2015 / 2408 / 2614 GB/s at
-/// batch 1 / 8 / 32 / 64 against a 3030 GB/s copy): the split helps while a block per head
-/// leaves SMs idle or unbalanced; not yet measured.
-pub const GDN_DECODE_SPLIT_MAX_B: usize = 32;
 
 /// One fused decode step for B sequences (kernels/gdn_decode.cu). `qkv`, `z`, `b`, `a`
 /// share one dtype; `b` and `a` share a row stride (`b.ld`).
@@ -131,12 +124,6 @@ impl Kernels {
     }
 
     pub fn gdn_decode(&self, stream: &CudaStream, g: &GdnDecode) -> Result<()> {
-        self.gdn_decode_with(stream, g, self.gdn_decode_split(g.batch))
-    }
-
-    /// `gdn_decode` with the kernel chosen: `split`, kiln_gdn_decode_split (a cluster of
-    /// blocks per head); else kiln_gdn_decode. The same bits (t_gdn).
-    pub fn gdn_decode_with(&self, stream: &CudaStream, g: &GdnDecode, split: bool) -> Result<()> {
         if g.batch == 0 {
             return Ok(());
         }
@@ -146,11 +133,6 @@ impl Kernels {
         let (out, ldo, bb) = (g.out.ptr, int(g.out.ld, "ld_out")?, int(g.batch, "batch")?);
         let mut p = params!(qkv, ldq, z, ldz, b, a, ldba, cw, cs, st, al, dtb, nw, sl, ps, io, out, ldo, bb);
         let nv = self.dims.lin_num_v_heads as u32;
-        if split {
-            // A cluster of LIN_DV / 32 blocks per head, 32 columns and 4 row parts each.
-            let csplit = (self.dims.lin_v_dim / 32) as u32;
-            return self.launch(DECODE_SPLIT[dt.idx()][g.out.dtype.idx()], stream, (nv * csplit, g.batch as u32, 1), 32 * 4, 0, &mut p);
-        }
         let threads = (self.dims.lin_v_dim * 4) as u32;
         self.launch(DECODE[dt.idx()][g.out.dtype.idx()], stream, (nv, g.batch as u32, 1), threads, 0, &mut p)
     }

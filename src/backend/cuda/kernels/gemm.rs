@@ -133,18 +133,11 @@ pub struct GemmChoices {
     /// logits bit-identical): batch 32 +1.1 %, 64 -1.4 %, 128 -3.3 %, 256 -4.0 % (31.6
     /// against 32.9 ms), so the default takes it from 64 rows.
     pub tiled_wide_min_m: usize,
-    /// Only weights of at least this many rows take the wide kernel
-    /// (`KILN_GEMM_TILED_WIDE_MIN_N`, default 0: every weight). The kernel bench (H100,
-    /// session 23) has it faster than 128-row blocks only for lm_head (M = 128: 972 against
-    /// 1158 us; 256: 1886 against 2250) and slower or even for the layer weights (down at
-    /// M = 64: 48.7 against 41.4 us, 128: 70.4 against 65.9); 65536 (lm_head only) is the
-    /// experiment, not yet measured in the step.
-    pub tiled_wide_min_n: usize,
 }
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true, tiled_wide_min_m: 64, tiled_wide_min_n: 0 }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true, tiled_wide_min_m: 64 }
     }
 }
 
@@ -170,7 +163,6 @@ impl GemmChoices {
             wgmma_wide: flag("KILN_GEMM_WGMMA_WIDE", d.wgmma_wide),
             reg_spread: flag("KILN_GEMM_REG_SPREAD", d.reg_spread),
             tiled_wide_min_m: num("KILN_GEMM_TILED_WIDE_MIN_M", d.tiled_wide_min_m),
-            tiled_wide_min_n: num("KILN_GEMM_TILED_WIDE_MIN_N", d.tiled_wide_min_n),
         }
     }
 
@@ -196,8 +188,7 @@ impl GemmChoices {
     /// missing and then over budget; `prefetch_cols` fixed both.
     pub fn auto_kind(&self, m: usize, n: usize) -> GemmKind {
         if self.tiled && m >= self.tiled_min_m.min(17) {
-            let wide = self.tiled_wide_min_m > 0 && m >= self.tiled_wide_min_m && n >= self.tiled_wide_min_n;
-            if wide { GemmKind::TiledWide } else { GemmKind::Tiled }
+            if self.tiled_wide_min_m > 0 && m >= self.tiled_wide_min_m { GemmKind::TiledWide } else { GemmKind::Tiled }
         } else if m <= 16 {
             let all = self.shared_x_all_min_m > 0 && m >= self.shared_x_all_min_m;
             if self.small_shared_x && (n >= self.shared_x_min_n || all) {
@@ -543,9 +534,6 @@ mod tests {
             assert_eq!(c.auto_kind(64, n), GemmKind::TiledWide);
             assert_eq!(c.auto_kind(GEMM_MAX_M, n), GemmKind::TiledWide);
             assert_eq!(GemmChoices { tiled_wide_min_m: 0, ..c }.auto_kind(GEMM_MAX_M, n), GemmKind::Tiled);
-            // A row bound keeps the narrower weights on 128-row blocks, the wide ones not.
-            let lm_only = GemmChoices { tiled_wide_min_n: 65536, ..c };
-            assert_eq!(lm_only.auto_kind(GEMM_MAX_M, n), if n >= 65536 { GemmKind::TiledWide } else { GemmKind::Tiled });
             // The experiment's lower bound moves only the small batches to the tiled
             // kernel; 17 rows and up stay there whatever it says.
             let low = GemmChoices { tiled_min_m: 9, ..c };
