@@ -362,7 +362,9 @@ impl Kernels {
                 cudarc::driver::result::launch_kernel(f.cu_function(), grid, (block, 1, 1), smem, stream.cu_stream(), params)
             }
         };
-        r.map_err(|e| anyhow!("launching {name} (grid {grid:?}, block {block}): {e:?}"))
+        // The shared memory is in the message: CUDA_ERROR_INVALID_VALUE names no argument,
+        // and an over-budget dynamic size was the cause once (session 23).
+        r.map_err(|e| anyhow!("launching {name} (grid {grid:?}, block {block}, {smem} bytes of dynamic shared memory): {e:?}"))
     }
 }
 
