@@ -272,14 +272,17 @@ __device__ __forceinline__ void gemm_epilogue(const float (&acc)[RW][NT][4], int
 #ifndef KILN_GEMM_X_AHEAD
 #define KILN_GEMM_X_AHEAD 1
 #endif
-template <int NT, bool XF32, typename Y>
+// WPB: warps per block (4; the m8h variant 2: 32-row blocks, twice as many of them, so
+// a launch's last blocks carry half the rows; each warp's rows, chunks and MMAs are the
+// same, so are the bits).
+template <int NT, bool XF32, typename Y, int WPB = 4>
 __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const void* __restrict__ x,
                                             Y* __restrict__ y, float* __restrict__ ws,
                                             unsigned* __restrict__ counters, int M, int N, int K,
                                             int ks, int splits, int w_packed) {
     constexpr int RW = NT >= 4 ? 2 : 1;      // 16-row tiles of W per warp
     constexpr int P = RW == 1 ? KILN_GEMM_REG_P : 2;  // chunks of 32 k in flight
-    constexpr int RB = 4 * 16 * RW;          // rows per block
+    constexpr int RB = WPB * 16 * RW;        // rows per block
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * RB + warp * 16 * RW;
@@ -372,7 +375,7 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
         }
     }
 
-    gemm_epilogue<RW, NT, RB, GEMM_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits);
+    gemm_epilogue<RW, NT, RB, WPB * 32, Y>(acc, row0, g, t, y, ws, counters, M, N, splits);
 }
 
 // ---------------------------------------------------------------------------------
@@ -710,6 +713,20 @@ GEMM_ALL_M(f32, float, true, f32, float)
 GEMM_ALL_M(f32, float, true, bf16, bf16)
 GEMM_ALL_M(bf16, bf16, false, f32, float)
 GEMM_ALL_M(bf16, bf16, false, bf16, bf16)
+
+// kiln_gemm_x*_y*_m8h: the m8 kernel with 32-row blocks of two warps
+// (`GemmKind::RegisterHalf`, `KILN_GEMM_REG_HALF=1`).
+#define GEMM_HALF(XN, XT, XF, YN, YT)                                                             \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS / 2)                                \
+        kiln_gemm_x##XN##_y##YN##_m8h(const bf16* W, const XT* x, YT* y, float* ws,               \
+                                      unsigned* counters, int M, int N, int K, int ks,            \
+                                      int splits, int w_packed) {                                  \
+        skinny_gemm<1, XF, YT, GEMM_THREADS / 64>(W, x, y, ws, counters, M, N, K, ks, splits, w_packed); \
+    }
+GEMM_HALF(f32, float, true, f32, float)
+GEMM_HALF(f32, float, true, bf16, bf16)
+GEMM_HALF(bf16, bf16, false, f32, float)
+GEMM_HALF(bf16, bf16, false, bf16, bf16)
 
 #define GEMM_SHARED_X(XN, XT, XF, YN, YT, MM, NT)                                                \
     static_assert(2 * NT * 8 * V2Ldb<XF>::v == KILN_SMEM_GEMM_SX_##XN##_M##MM,                    \

@@ -60,6 +60,9 @@
 #            against the default (256-row blocks from 64 rows) and 256-row blocks from 17 rows:
 #            bench at $WIDE_BATCHES (32,64,128,256) twice, logits (tiled_wide.txt);
 #            KERNEL_TESTS=gemm_matches checks its bits against the other kernels
+#   reg_half  the register GEMM in 32-row blocks up to 8 rows (KILN_GEMM_REG_HALF=1, run time)
+#            against the default 64-row blocks: bench at $HALF_BATCHES (1,4,8) twice, logits
+#            (reg_half.txt); KERNEL_TESTS=gemm_matches checks its bits against the other kernels
 #   reg_spread  the register GEMM packed by the block scheduler (KILN_GEMM_REG_SPREAD=0) against
 #            the default (unused shared memory caps its blocks per SM), batch $SPREAD_BATCHES (1,4): reg_spread.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
@@ -451,6 +454,10 @@ if has tiled_wide; then
   # rows, 0 never; the default 64 since session 22) against 128-row blocks everywhere.
   log "tiled GEMM: 256-row blocks from 64 rows (default) against never and from 17"
   env_ab "default" "narrow" tiled_wide.txt KILN_GEMM_TILED_WIDE_MIN_M=0 "${WIDE_BATCHES:-32,64,128,256}" "wide from 128" KILN_GEMM_TILED_WIDE_MIN_M=128
+fi
+if has reg_half; then
+  log "register GEMM in 32-row blocks up to 8 rows against 64-row blocks"
+  env_ab "default" "half blocks" reg_half.txt KILN_GEMM_REG_HALF=1 "${HALF_BATCHES:-1,4,8}"
 fi
 if has reg_spread; then
   # The register GEMM's blocks spread over every SM (the default since session 21: unused

@@ -84,6 +84,10 @@ fn bench_kernels() {
             let configs: &[(usize, DType, GemmKind)] = if *pname == "default" {
                 &[
                     (1, DType::F32, GemmKind::Auto),
+                    (1, DType::F32, GemmKind::Register),
+                    (1, DType::F32, GemmKind::RegisterHalf),
+                    (4, DType::F32, GemmKind::Register),
+                    (4, DType::F32, GemmKind::RegisterHalf),
                     (8, DType::F32, GemmKind::Auto),
                     (16, DType::F32, GemmKind::Auto),
                     (32, DType::F32, GemmKind::SharedX),

@@ -121,8 +121,8 @@ pub struct Kernels {
     /// Shared memory per SM, and what the driver reserves per resident block (bytes).
     smem_per_sm: usize,
     smem_reserved_per_block: usize,
-    /// Blocks of each register GEMM kernel (`registry::GEMM`) an SM holds (the driver's
-    /// occupancy at `GEMM_REG_THREADS`, read at load), and its static shared memory.
+    /// Blocks of each register GEMM kernel (`registry::GEMM`, `GEMM_HALF`) an SM holds (the
+    /// driver's occupancy at its block size, read at load), and its static shared memory.
     reg_gemm_per_sm: HashMap<&'static str, (usize, usize)>,
     funcs: HashMap<String, CudaFunction>,
     _modules: Vec<Arc<CudaModule>>,
@@ -189,9 +189,11 @@ impl Kernels {
         let smem_reserved_per_block = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK, "the shared memory reserved per block")?;
         // The register GEMM's occupancy, once: `spread_smem` needs it at every launch.
         let mut reg_gemm_per_sm = HashMap::new();
-        for &name in registry::GEMM.as_flattened().as_flattened() {
+        let full = registry::GEMM.as_flattened().as_flattened().iter().map(|&n| (n, gemm::GEMM_REG_THREADS));
+        let half = registry::GEMM_HALF.as_flattened().iter().map(|&n| (n, gemm::GEMM_REG_THREADS / 2));
+        for (name, threads) in full.chain(half) {
             let f = funcs.get(name).with_context(|| format!("kernel `{name}` not loaded"))?;
-            let n = f.occupancy_max_active_blocks_per_multiprocessor(gemm::GEMM_REG_THREADS, 0, None).map_err(|e| anyhow!("occupancy of {name}: {e:?}"))?;
+            let n = f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None).map_err(|e| anyhow!("occupancy of {name}: {e:?}"))?;
             let static_smem = f.shared_size_bytes().map_err(|e| anyhow!("static shared memory of {name}: {e:?}"))?;
             reg_gemm_per_sm.insert(name, (n as usize, static_smem as usize));
         }

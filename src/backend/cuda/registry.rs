@@ -45,6 +45,11 @@ pub const GEMM: ByXY<[&str; 4]> = [
         ["kiln_gemm_xbf16_ybf16_m8", "kiln_gemm_xbf16_ybf16_m16", "kiln_gemm_xbf16_ybf16_m32", "kiln_gemm_xbf16_ybf16_m64"],
     ],
 ];
+/// The m8 register GEMM with 32-row blocks of two warps (`GemmKind::RegisterHalf`): [x][y].
+pub const GEMM_HALF: ByXY<&str> = [
+    ["kiln_gemm_xf32_yf32_m8h", "kiln_gemm_xf32_ybf16_m8h"],
+    ["kiln_gemm_xbf16_yf32_m8h", "kiln_gemm_xbf16_ybf16_m8h"],
+];
 /// Skinny GEMM with x split once per block into shared memory: [x][y][m16, m32, m64].
 pub const GEMM_SX: ByXY<[&str; 3]> = [
     [
@@ -241,6 +246,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("norm", &MTP_FC_INPUT, 0);
     add("norm", GATED_RMSNORM.as_flattened(), 0);
     add("gemm", GEMM.as_flattened().as_flattened(), 0);
+    add("gemm", GEMM_HALF.as_flattened(), 0);
     add("gemm", &[PACK_WEIGHT], 0);
     for x in BOTH {
         for y in BOTH {

@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_rows_smem, gemm_tiled_smem, gemm_tiled_wg_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, GEMM_TILED_WIDE, GEMM_TILED_WG4, PACK_WEIGHT};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_rows_smem, gemm_tiled_smem, gemm_tiled_wg_smem, GEMM as NAMES, GEMM_HALF, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, GEMM_TILED_WIDE, GEMM_TILED_WG4, PACK_WEIGHT};
 use crate::backend::weight_pack;
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -43,6 +43,9 @@ pub enum GemmKind {
     Auto,
     /// Each warp reads x through L1 (kiln_gemm_x*).
     Register,
+    /// The register kernel for M <= 8 in 32-row blocks of two warps (kiln_gemm_x*_m8h):
+    /// twice the blocks, half the rows each; the same bits.
+    RegisterHalf,
     /// x converted once per block to bf16 hi/lo in shared memory, batch tiles past M
     /// skipped, vectorised split-K reduction (kiln_gemm_sx_x*; M <= 64).
     SharedX,
@@ -133,11 +136,17 @@ pub struct GemmChoices {
     /// logits bit-identical): batch 32 +1.1 %, 64 -1.4 %, 128 -3.3 %, 256 -4.0 % (31.6
     /// against 32.9 ms), so the default takes it from 64 rows.
     pub tiled_wide_min_m: usize,
+    /// Up to 8 rows the register kernel runs 32-row blocks (`GemmKind::RegisterHalf`,
+    /// `KILN_GEMM_REG_HALF=1`; off until measured). Why: at batch 1 the down GEMM's 520
+    /// 64-row blocks are all resident at once and its last ones end 5-7 µs after the median
+    /// (H100 timeline, session 20: p50 16.4, last 23-25 µs after release), ~0.2 ms of the
+    /// step over 32 layers; with half the rows a block, the slowest carries half the work.
+    pub reg_half: bool,
 }
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true, tiled_wide_min_m: 64 }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true, tiled_wide_min_m: 64, reg_half: false }
     }
 }
 
@@ -163,6 +172,7 @@ impl GemmChoices {
             wgmma_wide: flag("KILN_GEMM_WGMMA_WIDE", d.wgmma_wide),
             reg_spread: flag("KILN_GEMM_REG_SPREAD", d.reg_spread),
             tiled_wide_min_m: num("KILN_GEMM_TILED_WIDE_MIN_M", d.tiled_wide_min_m),
+            reg_half: flag("KILN_GEMM_REG_HALF", d.reg_half),
         }
     }
 
@@ -193,6 +203,8 @@ impl GemmChoices {
             let all = self.shared_x_all_min_m > 0 && m >= self.shared_x_all_min_m;
             if self.small_shared_x && (n >= self.shared_x_min_n || all) {
                 GemmKind::SharedX
+            } else if self.reg_half && m <= 8 {
+                GemmKind::RegisterHalf
             } else {
                 GemmKind::Register
             }
@@ -314,7 +326,8 @@ impl Kernels {
     }
 
     /// Counters needed for an N-row weight: one per 64 rows (register and shared-x
-    /// kernels) or per 128-row W tile and 64-row batch tile (tiled kernel, up to 4).
+    /// kernels; 32 for RegisterHalf) or per 128-row W tile and 64-row batch tile (tiled
+    /// kernel, up to 4): n / 128 * 4 covers them all.
     pub fn gemm_counters_len(n: usize) -> usize {
         n.div_ceil(128) * GEMM_MAX_M.div_ceil(64)
     }
@@ -443,11 +456,16 @@ impl Kernels {
             return self.launch(GEMM_SX[x_dtype.idx()][y_dtype.idx()][si], stream, grid, 256, smem, &mut p);
         }
         let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp, w_packed);
-        let rows_per_block = if mi >= 2 { 128 } else { 64 };
+        let half = kind == GemmKind::RegisterHalf;
+        ensure!(!half || m <= 8, "gemm: M = {m} exceeds 8, the most the RegisterHalf kernel takes");
+        let (rows_per_block, threads, name) = if half {
+            (32, GEMM_REG_THREADS / 2, GEMM_HALF[x_dtype.idx()][y_dtype.idx()])
+        } else {
+            (if mi >= 2 { 128 } else { 64 }, GEMM_REG_THREADS, NAMES[x_dtype.idx()][y_dtype.idx()][mi])
+        };
         let grid = (n.div_ceil(rows_per_block) as u32, plan.splits as u32, 1);
-        let name = NAMES[x_dtype.idx()][y_dtype.idx()][mi];
         let smem = if c.reg_spread { self.spread_smem(name, grid.0 as usize * grid.1 as usize)? } else { 0 };
-        self.launch(name, stream, grid, GEMM_REG_THREADS, smem, &mut p)
+        self.launch(name, stream, grid, threads, smem, &mut p)
     }
 }
 
@@ -524,6 +542,12 @@ mod tests {
             let small = if n >= SHARED_X_MIN_N { GemmKind::SharedX } else { GemmKind::Register };
             assert_eq!(c.auto_kind(1, n), small);
             assert_eq!(c.auto_kind(7, n), small);
+            // The 32-row register blocks take only what the register kernel took, up to 8 rows.
+            let half = GemmChoices { reg_half: true, ..c };
+            let small_half = if small == GemmKind::Register { GemmKind::RegisterHalf } else { small };
+            assert_eq!((half.auto_kind(1, n), half.auto_kind(7, n)), (small_half, small_half));
+            assert_eq!(GemmChoices { shared_x_all_min_m: 0, ..half }.auto_kind(8, n), small_half);
+            assert_eq!(GemmChoices { shared_x_all_min_m: 0, ..half }.auto_kind(9, n), small);
             // From 8 rows every weight takes the shared-x kernel (measured, session 13).
             assert_eq!(c.auto_kind(8, n), GemmKind::SharedX);
             assert_eq!(c.auto_kind(16, n), GemmKind::SharedX);
