@@ -62,18 +62,20 @@ __device__ __forceinline__ float reduce_scatter32(float (&v)[32], int lane) {
     return v[0];
 }
 
-extern "C" __global__ void __launch_bounds__(AD_THREADS)
-    kiln_attn_decode_partial(const float* __restrict__ q, const bf16* __restrict__ k_cache,
-                             const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,
-                             int bt_stride, const int* __restrict__ ctx_lens, int block_size,
-                             float* __restrict__ part_acc, float* __restrict__ part_ml, int max_parts, int B) {
+// The partitions of block (x, kvh, b): their unnormalised outputs and softmax stats to
+// part_acc / part_ml. Returns the sequence's partition count, 0 for a padding row.
+__device__ __forceinline__ int attn_decode_partial_body(const float* __restrict__ q, const bf16* __restrict__ k_cache,
+                                                        const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,
+                                                        int bt_stride, const int* __restrict__ ctx_lens, int block_size,
+                                                        float* __restrict__ part_acc, float* __restrict__ part_ml,
+                                                        int max_parts, int B) {
     KILN_PDL_ENTER_ROWS(B);
     __shared__ float wm[AD_WARPS][GQA_GROUP], wl[AD_WARPS][GQA_GROUP];
     __shared__ float wacc[AD_WARPS][GQA_GROUP][HEAD_DIM];
     const int b = blockIdx.z, kvh = blockIdx.y;
-    if (b >= B) return;
+    if (b >= B) return 0;
     const int L = ctx_lens[b];
-    if (L <= 0) return;
+    if (L <= 0) return 0;
     int nparts, ps;
     decode_parts(L, max_parts, nparts, ps);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -193,6 +195,35 @@ extern "C" __global__ void __launch_bounds__(AD_THREADS)
             }
         }
     }
+    return nparts;
+}
+
+extern "C" __global__ void __launch_bounds__(AD_THREADS)
+    kiln_attn_decode_partial(const float* __restrict__ q, const bf16* __restrict__ k_cache,
+                             const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,
+                             int bt_stride, const int* __restrict__ ctx_lens, int block_size,
+                             float* __restrict__ part_acc, float* __restrict__ part_ml, int max_parts, int B) {
+    attn_decode_partial_body(q, k_cache, v_cache, block_tables, bt_stride, ctx_lens, block_size, part_acc, part_ml,
+                             max_parts, B);
+}
+
+// Output d of head h of row b from its partitions (row0 = (b * NUM_HEADS + h) * max_parts),
+// added in partition order; gated by sigmoid(gv) when gated. One function for the combine
+// kernel and the fused kernel's last block, so both give the same bits. The partials are
+// read through L2 (another block of the fused kernel wrote them).
+__device__ __forceinline__ float combine_one(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
+                                             size_t row0, int nparts, int d, bool gated, float gv) {
+    float M = -KILN_INF;
+    for (int p = 0; p < nparts; ++p) M = fmaxf(M, __ldcg(part_ml + (row0 + p) * 2));
+    float a = 0.f, ls = 0.f;
+    for (int p = 0; p < nparts; ++p) {
+        const float f = exp2f(__ldcg(part_ml + (row0 + p) * 2) - M);
+        a += f * __ldcg(part_acc + (row0 + p) * HEAD_DIM + d);
+        ls += f * __ldcg(part_ml + (row0 + p) * 2 + 1);
+    }
+    float y = a / ls;
+    if (gated) y *= sigmoidf_(gv);
+    return y;
 }
 
 template <typename OUT>
@@ -211,16 +242,7 @@ __device__ __forceinline__ void decode_combine(const float* __restrict__ part_ac
     int nparts, ps;
     decode_parts(L, max_parts, nparts, ps);
     const size_t row0 = ((size_t)b * NUM_HEADS + h) * max_parts;
-    float M = -KILN_INF;
-    for (int p = 0; p < nparts; ++p) M = fmaxf(M, part_ml[(row0 + p) * 2]);
-    float a = 0.f, ls = 0.f;
-    for (int p = 0; p < nparts; ++p) {
-        const float f = exp2f(part_ml[(row0 + p) * 2] - M);
-        a += f * part_acc[(row0 + p) * HEAD_DIM + d];
-        ls += f * part_ml[(row0 + p) * 2 + 1];
-    }
-    float y = a / ls;
-    if (gate != nullptr) y *= sigmoidf_(gv);
+    const float y = combine_one(part_acc, part_ml, row0, nparts, d, gate != nullptr, gv);
     out[(size_t)b * ld_out + (size_t)h * HEAD_DIM + d] = from_f<OUT>(y);
 }
 
@@ -234,3 +256,49 @@ extern "C" __global__ void __launch_bounds__(HEAD_DIM)
                                   const bf16* gate, int ld_gate, int gate_hs, bf16* out, int ld_out, int B) {
     decode_combine<bf16>(part_acc, part_ml, ctx_lens, max_parts, gate, ld_gate, gate_hs, out, ld_out, B);
 }
+
+// kiln_attn_decode_fused_{out}(partial's arguments, then combine's gate, ld_gate, gate_hs,
+//     out, ld_out, and unsigned* counters [B][NUM_KV_HEADS], zero before the first launch
+//     and left zero): the partial kernel, whose last block to finish a (row, KV head)
+//     combines its GQA_GROUP heads as kiln_attn_decode_combine does (combine_one: the same
+//     bits) instead of a second launch (`KILN_ATTN_FUSED_COMBINE=1`, off until measured).
+//     grid (G <= max_parts, NUM_KV_HEADS, B), block AD_THREADS.
+template <typename OUT>
+__device__ __forceinline__ void attn_decode_fused(const float* __restrict__ q, const bf16* __restrict__ k_cache,
+                                                  const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,
+                                                  int bt_stride, const int* __restrict__ ctx_lens, int block_size,
+                                                  float* __restrict__ part_acc, float* __restrict__ part_ml, int max_parts,
+                                                  const OUT* __restrict__ gate, int ld_gate, int gate_hs,
+                                                  OUT* __restrict__ out, int ld_out, unsigned* __restrict__ counters, int B) {
+    const int nparts = attn_decode_partial_body(q, k_cache, v_cache, block_tables, bt_stride, ctx_lens, block_size,
+                                                part_acc, part_ml, max_parts, B);
+    // Blocks past the partitions wrote nothing and do not count.
+    if ((int)blockIdx.x >= nparts) return;
+    const int b = blockIdx.z, kvh = blockIdx.y;
+    __shared__ unsigned last;
+    __threadfence();
+    __syncthreads();
+    unsigned* cnt = counters + (size_t)b * NUM_KV_HEADS + kvh;
+    if (threadIdx.x == 0) last = atomicAdd(cnt, 1u) == (unsigned)(min((int)gridDim.x, nparts) - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int idx = threadIdx.x; idx < GQA_GROUP * HEAD_DIM; idx += AD_THREADS) {
+        const int h = kvh * GQA_GROUP + idx / HEAD_DIM, d = idx % HEAD_DIM;
+        const float gv = gate != nullptr ? to_f(gate[(size_t)b * ld_gate + (size_t)h * gate_hs + d]) : 0.f;
+        const size_t row0 = ((size_t)b * NUM_HEADS + h) * max_parts;
+        out[(size_t)b * ld_out + (size_t)h * HEAD_DIM + d] = from_f<OUT>(combine_one(part_acc, part_ml, row0, nparts, d, gate != nullptr, gv));
+    }
+    if (threadIdx.x == 0) *cnt = 0u;
+}
+
+#define ATTN_DECODE_FUSED(NAME, OUT)                                                                          \
+    extern "C" __global__ void __launch_bounds__(AD_THREADS)                                                  \
+        NAME(const float* q, const bf16* k_cache, const bf16* v_cache, const int* block_tables, int bt_stride, \
+             const int* ctx_lens, int block_size, float* part_acc, float* part_ml, int max_parts,             \
+             const OUT* gate, int ld_gate, int gate_hs, OUT* out, int ld_out, unsigned* counters, int B) {    \
+        attn_decode_fused<OUT>(q, k_cache, v_cache, block_tables, bt_stride, ctx_lens, block_size, part_acc,  \
+                               part_ml, max_parts, gate, ld_gate, gate_hs, out, ld_out, counters, B);          \
+    }
+ATTN_DECODE_FUSED(kiln_attn_decode_fused_f32, float)
+ATTN_DECODE_FUSED(kiln_attn_decode_fused_bf16, bf16)

@@ -63,6 +63,9 @@
 #   reg_half  the register GEMM in 32-row blocks up to 8 rows (KILN_GEMM_REG_HALF=1, run time)
 #            against the default 64-row blocks: bench at $HALF_BATCHES (1,4,8) twice, logits
 #            (reg_half.txt); KERNEL_TESTS=gemm_matches checks its bits against the other kernels
+#   attn_fused  decode attention in one launch whose last blocks combine (KILN_ATTN_FUSED_COMBINE=1,
+#            run time) against partial + combine: bench at 1,8,64 twice, and batch 1 / 8 at
+#            ctx 8192, logits (attn_fused.txt)
 #   reg_spread  the register GEMM packed by the block scheduler (KILN_GEMM_REG_SPREAD=0) against
 #            the default (unused shared memory caps its blocks per SM), batch $SPREAD_BATCHES (1,4): reg_spread.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
@@ -458,6 +461,14 @@ fi
 if has reg_half; then
   log "register GEMM in 32-row blocks up to 8 rows against 64-row blocks"
   env_ab "default" "half blocks" reg_half.txt KILN_GEMM_REG_HALF=1 "${HALF_BATCHES:-1,4,8}"
+fi
+if has attn_fused; then
+  log "decode attention: the partial kernel's last blocks combine against a combine launch"
+  env_ab "default" "fused combine" attn_fused.txt KILN_ATTN_FUSED_COMBINE=1 "1,8,64"
+  for r in 1 2; do
+    bench_as "default" attn_fused.txt "$ENG/qwen35_4b_random.plan" -- --batch 1,8 --ctx 8192 --prefill 16
+    bench_as "fused combine" attn_fused.txt "$ENG/qwen35_4b_random.plan" KILN_ATTN_FUSED_COMBINE=1 -- --batch 1,8 --ctx 8192 --prefill 16
+  done
 fi
 if has reg_spread; then
   # The register GEMM's blocks spread over every SM (the default since session 21: unused

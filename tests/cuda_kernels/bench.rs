@@ -409,13 +409,18 @@ fn bench_attention(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng
         let (na, nm) = k.attn_decode_scratch(b, max_parts);
         let (pa, pm) = (s.alloc_zeros::<f32>(na).unwrap(), s.alloc_zeros::<f32>(nm).unwrap());
         let out = s.alloc_zeros::<f32>(b * nh * hd).unwrap();
+        let cnt = s.alloc_zeros::<u32>(k.attn_decode_counters(b)).unwrap();
         let args = AttnDecode {
             q: ptr(s, &q), k_cache: ptr(s, &kc), v_cache: ptr(s, &vc), block_tables: ptr(s, &bt), bt_stride: ctx / bs, ctx_lens: ptr(s, &cl),
             block_size: bs, part_acc: ptr(s, &pa), part_ml: ptr(s, &pm), max_parts, gate: None, gate_hs: 2 * hd, out: Mat::f32(ptr(s, &out), nh * hd), batch: b,
+            counters: ptr(s, &cnt),
         };
         let bytes = (b * ctx * nkv * hd * 2 * 2) as f64;
-        let ms = time_ms(s, 20, |_| k.attn_decode(s, &args).unwrap());
-        println!("BENCH attn_decode ctx={ctx} B={b:2} parts {max_parts}: {:7.1} us (partial + combine), KV {:6.0} GB/s", ms * 1e3, gbps(bytes, ms));
+        for fused in [false, true] {
+            let ms = time_ms(s, 20, |_| k.attn_decode_with(s, &args, fused).unwrap());
+            let form = if fused { "fused" } else { "partial + combine" };
+            println!("BENCH attn_decode ctx={ctx} B={b:2} parts {max_parts}: {:7.1} us ({form}), KV {:6.0} GB/s", ms * 1e3, gbps(bytes, ms));
+        }
     }
     let t = 1024usize;
     let blocks = t / bs;

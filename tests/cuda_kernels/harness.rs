@@ -139,3 +139,12 @@ pub fn check(what: &str, out: &[f32], reference: &[f32], tol: f64) {
     println!("{what}: rel err {e:.3e} (tol {tol:.0e}){}", if nan > 0 { format!(", {nan} NaN") } else { String::new() });
     assert!(e <= tol, "{what}: rel err {e:.3e} > {tol:.0e} ({nan} NaN of {})", out.len());
 }
+
+/// Asserts two f32 buffers hold the same bits (NaN payloads included), naming the first
+/// index that differs.
+pub fn assert_bits_eq(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+        panic!("{what}: element {i} is {:e} ({:#x}), expected {:e} ({:#x})", got[i], got[i].to_bits(), want[i], want[i].to_bits());
+    }
+}

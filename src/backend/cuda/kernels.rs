@@ -131,6 +131,9 @@ pub struct Kernels {
     has_wgmma: bool,
     /// `KILN_GDN_VERIFY_FUSED`: 1 always, 0 never, unset by the batch (`gdn_verify_fused`).
     gdn_verify_fused: Option<bool>,
+    /// `KILN_ATTN_FUSED_COMBINE=1`: decode attention in one launch whose last blocks
+    /// combine (`attn_decode`); off until measured.
+    pub(crate) attn_fused_combine: bool,
     /// The fused verify runs kiln_gdn_verify_pre (the default since session 14;
     /// `KILN_GDN_VERIFY_PRE=0` runs kiln_gdn_verify).
     gdn_verify_pre: bool,
@@ -198,6 +201,7 @@ impl Kernels {
             reg_gemm_per_sm.insert(name, (n as usize, static_smem as usize));
         }
         let gdn_verify_fused = std::env::var("KILN_GDN_VERIFY_FUSED").ok().map(|v| v != "0");
+        let attn_fused_combine = std::env::var("KILN_ATTN_FUSED_COMBINE").is_ok_and(|v| v == "1");
         let gdn_verify_pre = std::env::var("KILN_GDN_VERIFY_PRE").map_or(true, |v| v != "0");
         let attn_prefill_rows = if std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "64") { 64 } else { 128 };
         let timeline = Timeline::attach(&loaded, &ctx.default_stream(), TIMELINE_RECORDS)?;
@@ -212,6 +216,7 @@ impl Kernels {
             pdl: AtomicBool::new(false),
             has_wgmma,
             gdn_verify_fused,
+            attn_fused_combine,
             gdn_verify_pre,
             gemm_choices: GemmChoices::from_env(),
             attn_prefill_rows,

@@ -122,6 +122,8 @@ pub const ATTN_PREFILL: [&str; 2] = ["kiln_attn_prefill", "kiln_attn_prefill_r12
 pub const ATTN_PREFILL_ROWS: [usize; 2] = [64, 128];
 pub const ATTN_DECODE_PARTIAL: &str = "kiln_attn_decode_partial";
 pub const ATTN_DECODE_COMBINE: [&str; 2] = ["kiln_attn_decode_combine_f32", "kiln_attn_decode_combine_bf16"];
+/// The partial kernel whose last block per (row, KV head) combines (`KILN_ATTN_FUSED_COMBINE=1`), by output dtype.
+pub const ATTN_DECODE_FUSED: [&str; 2] = ["kiln_attn_decode_fused_f32", "kiln_attn_decode_fused_bf16"];
 pub const OUTPUT_GATE: ByXY<&str> = [
     ["kiln_output_gate_f32_f32", "kiln_output_gate_f32_bf16"],
     ["kiln_output_gate_bf16_f32", "kiln_output_gate_bf16_bf16"],
@@ -276,6 +278,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     }
     add("attn_decode", &[ATTN_DECODE_PARTIAL], 0);
     add("attn_decode", &ATTN_DECODE_COMBINE, 0);
+    add("attn_decode", &ATTN_DECODE_FUSED, 0);
     add("elementwise", OUTPUT_GATE.as_flattened(), 0);
     add("elementwise", SILU_MUL.as_flattened(), 0);
     add("elementwise", &SILU_MUL_PARTS, 0);
