@@ -334,6 +334,47 @@ pub fn exported_names(cubin: &[u8]) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// Shared memory a launch may take without opting in (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`),
+/// static and dynamic together.
+pub const SMEM_NO_OPT_IN: usize = 48 * 1024;
+/// The most one block may take on sm_90 and sm_100 with the opt-in (227 KB).
+pub const SMEM_OPT_IN_MAX: usize = 227 * 1024;
+/// What sm_90 and sm_100 reserve per block, outside both limits above; their cubins count
+/// it in every kernel's `.nv.shared` section.
+pub const SMEM_RESERVED_PER_BLOCK: usize = 1024;
+
+/// The size of each kernel's `.nv.shared.<kernel>` section in a compiled module (cubin,
+/// ELF64): its static shared memory plus, on sm_90 / sm_100, the reserved
+/// `SMEM_RESERVED_PER_BLOCK`. Empty for bytes that are not a 64-bit little-endian ELF.
+pub fn static_shared_bytes(cubin: &[u8]) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    let rd = |off: usize, n: usize| -> Option<u64> {
+        let b = cubin.get(off..off + n)?;
+        Some(b.iter().rev().fold(0u64, |a, &x| (a << 8) | x as u64))
+    };
+    if !cubin.starts_with(b"\x7fELF") || cubin.get(4) != Some(&2) || cubin.get(5) != Some(&1) {
+        return out;
+    }
+    let (Some(shoff), Some(shentsize), Some(shnum), Some(shstrndx)) = (rd(0x28, 8), rd(0x3A, 2), rd(0x3C, 2), rd(0x3E, 2)) else {
+        return out;
+    };
+    let header = |i: u64| -> Option<(u64, u64, u64)> {
+        let h = (shoff + i * shentsize) as usize;
+        Some((rd(h, 4)?, rd(h + 24, 8)?, rd(h + 32, 8)?)) // name offset, file offset, size
+    };
+    let Some((_, str_off, str_size)) = header(shstrndx) else { return out };
+    let Some(names) = cubin.get(str_off as usize..(str_off + str_size) as usize) else { return out };
+    for i in 0..shnum {
+        let Some((name_off, _, size)) = header(i) else { continue };
+        let Some(tail) = names.get(name_off as usize..) else { continue };
+        let name = &tail[..tail.iter().position(|b| *b == 0).unwrap_or(tail.len())];
+        if let Some(kernel) = name.strip_prefix(b".nv.shared.") {
+            out.insert(String::from_utf8_lossy(kernel).into_owned(), size as usize);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,6 +416,15 @@ mod tests {
         assert!(e.iter().all(|x| x.smem <= 232448), "an entry point needs more than 227 KB of shared memory");
         let big: Vec<&str> = e.iter().filter(|x| x.smem > 48 * 1024).map(|x| x.name).collect();
         assert!(big.contains(&ATTN_PREFILL[0]) && big.contains(&ATTN_PREFILL[1]) && big.contains(&GDN_PREFILL_SCAN), "{big:?}");
+    }
+
+    #[test]
+    fn static_shared_bytes_reads_only_elf64() {
+        // Not ELF, 32-bit ELF, and a truncated header: nothing, rather than a panic or a guess
+        // (t_basic reads real cubins).
+        assert!(static_shared_bytes(b"kiln_embed\0").is_empty());
+        assert!(static_shared_bytes(b"\x7fELF\x01\x01").is_empty());
+        assert!(static_shared_bytes(b"\x7fELF\x02\x01\x01\x00").is_empty());
     }
 
     #[test]
