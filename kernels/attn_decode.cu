@@ -275,14 +275,8 @@ __device__ __forceinline__ void attn_decode_fused(const float* __restrict__ q, c
     // Blocks past the partitions wrote nothing and do not count.
     if ((int)blockIdx.x >= nparts) return;
     const int b = blockIdx.z, kvh = blockIdx.y;
-    __shared__ unsigned last;
-    __threadfence();
-    __syncthreads();
     unsigned* cnt = counters + (size_t)b * NUM_KV_HEADS + kvh;
-    if (threadIdx.x == 0) last = atomicAdd(cnt, 1u) == (unsigned)(min((int)gridDim.x, nparts) - 1);
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    if (!block_arrives_last(cnt, (unsigned)min((int)gridDim.x, nparts))) return;
     for (int idx = threadIdx.x; idx < GQA_GROUP * HEAD_DIM; idx += AD_THREADS) {
         const int h = kvh * GQA_GROUP + idx / HEAD_DIM, d = idx % HEAD_DIM;
         const float gv = gate != nullptr ? to_f(gate[(size_t)b * ld_gate + (size_t)h * gate_hs + d]) : 0.f;

@@ -271,6 +271,22 @@ __device__ __forceinline__ void cluster_barrier() {
     asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
+// Whether this block is the last of `arrivals` blocks to count itself on `counter` (the
+// same answer in every thread of the block): every thread's earlier global writes are
+// fenced before the count, and the last block fences again before it reads the others'.
+// The split-K sums and the fused decode attention's combine run in that block; it resets
+// the counter for the next launch.
+__device__ __forceinline__ bool block_arrives_last(unsigned* counter, unsigned arrivals) {
+    __shared__ unsigned arrived_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) arrived_last = atomicAdd(counter, 1u) == arrivals - 1;
+    __syncthreads();
+    if (!arrived_last) return false;
+    __threadfence();
+    return true;
+}
+
 // The same without ordering memory (no fence): for a barrier that only keeps blocks alive
 // while others read their shared memory, after every such read has been consumed.
 __device__ __forceinline__ void cluster_barrier_relaxed() {

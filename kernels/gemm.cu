@@ -38,8 +38,6 @@
 
 using namespace kiln;
 
-#define GEMM_THREADS 128
-
 __device__ __forceinline__ uint4 ld_stream(const bf16* p) {
     uint4 r;
     asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
@@ -243,13 +241,7 @@ __device__ __forceinline__ void gemm_epilogue(const float (&acc)[RW][NT][4], int
                 if (n < N && m < M) __stcg(part + (size_t)m * N + n, acc[r][j][e]);
             }
     if (counters == nullptr) return;  // partials only: the consumer sums them
-    __threadfence();
-    __syncthreads();
-    __shared__ unsigned last;
-    if (threadIdx.x == 0) last = atomicAdd(&counters[blockIdx.x], 1u) == (unsigned)(splits - 1);
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    if (!block_arrives_last(&counters[blockIdx.x], (unsigned)splits)) return;
     reduce_splits<RB, THREADS, Y, KILN_GEMM_REDUCE_IN>(y, ws, M, N, splits, blockIdx.x * RB);
     if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
 }
@@ -424,13 +416,7 @@ __device__ __forceinline__ void gemm_epilogue_v2(const float (&acc)[RW][NT][4], 
                     if (n < N && m < M) __stcg(part + (size_t)m * N + n, acc[r][j][e]);
                 }
     if (counters == nullptr) return;  // partials only: the consumer sums them
-    __threadfence();
-    __syncthreads();
-    __shared__ unsigned v2_last;
-    if (threadIdx.x == 0) v2_last = atomicAdd(&counters[blockIdx.x], 1u) == (unsigned)(splits - 1);
-    __syncthreads();
-    if (!v2_last) return;
-    __threadfence();
+    if (!block_arrives_last(&counters[blockIdx.x], (unsigned)splits)) return;
     reduce_splits<RB, THREADS, Y, 16>(y, ws, M, N, splits, blockIdx.x * RB);
     if (threadIdx.x == 0) counters[blockIdx.x] = 0u;
 }
@@ -697,36 +683,25 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
     gemm_epilogue_v2<RW, NTM, RB, GS_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits, jt);
 }
 
-#define GEMM_VARIANT(XN, XT, XF, YN, YT, MM, NT)                                                  \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                    \
-        kiln_gemm_x##XN##_y##YN##_m##MM(const bf16* W, const XT* x, YT* y, float* ws,             \
+// SUF: the name's suffix (m8 ... m64; m8h the m8 kernel in 32-row blocks of two warps,
+// `GemmKind::RegisterHalf`); NT: batch tiles of 8; WPB: warps per block.
+#define GEMM_VARIANT(XN, XT, XF, YN, YT, SUF, NT, WPB)                                           \
+    extern "C" __global__ void __launch_bounds__(WPB * 32)                                        \
+        kiln_gemm_x##XN##_y##YN##_##SUF(const bf16* W, const XT* x, YT* y, float* ws,             \
                                         unsigned* counters, int M, int N, int K, int ks,          \
                                         int splits, int w_packed) {                                \
-        skinny_gemm<NT, XF, YT>(W, x, y, ws, counters, M, N, K, ks, splits, w_packed);             \
+        skinny_gemm<NT, XF, YT, WPB>(W, x, y, ws, counters, M, N, K, ks, splits, w_packed);        \
     }
-#define GEMM_ALL_M(XN, XT, XF, YN, YT)        \
-    GEMM_VARIANT(XN, XT, XF, YN, YT, 8, 1)    \
-    GEMM_VARIANT(XN, XT, XF, YN, YT, 16, 2)   \
-    GEMM_VARIANT(XN, XT, XF, YN, YT, 32, 4)   \
-    GEMM_VARIANT(XN, XT, XF, YN, YT, 64, 8)
+#define GEMM_ALL_M(XN, XT, XF, YN, YT)          \
+    GEMM_VARIANT(XN, XT, XF, YN, YT, m8, 1, 4)  \
+    GEMM_VARIANT(XN, XT, XF, YN, YT, m16, 2, 4) \
+    GEMM_VARIANT(XN, XT, XF, YN, YT, m32, 4, 4) \
+    GEMM_VARIANT(XN, XT, XF, YN, YT, m64, 8, 4) \
+    GEMM_VARIANT(XN, XT, XF, YN, YT, m8h, 1, 2)
 GEMM_ALL_M(f32, float, true, f32, float)
 GEMM_ALL_M(f32, float, true, bf16, bf16)
 GEMM_ALL_M(bf16, bf16, false, f32, float)
 GEMM_ALL_M(bf16, bf16, false, bf16, bf16)
-
-// kiln_gemm_x*_y*_m8h: the m8 kernel with 32-row blocks of two warps
-// (`GemmKind::RegisterHalf`, `KILN_GEMM_REG_HALF=1`).
-#define GEMM_HALF(XN, XT, XF, YN, YT)                                                             \
-    extern "C" __global__ void __launch_bounds__(GEMM_THREADS / 2)                                \
-        kiln_gemm_x##XN##_y##YN##_m8h(const bf16* W, const XT* x, YT* y, float* ws,               \
-                                      unsigned* counters, int M, int N, int K, int ks,            \
-                                      int splits, int w_packed) {                                  \
-        skinny_gemm<1, XF, YT, GEMM_THREADS / 64>(W, x, y, ws, counters, M, N, K, ks, splits, w_packed); \
-    }
-GEMM_HALF(f32, float, true, f32, float)
-GEMM_HALF(f32, float, true, bf16, bf16)
-GEMM_HALF(bf16, bf16, false, f32, float)
-GEMM_HALF(bf16, bf16, false, bf16, bf16)
 
 #define GEMM_SHARED_X(XN, XT, XF, YN, YT, MM, NT)                                                \
     static_assert(2 * NT * 8 * V2Ldb<XF>::v == KILN_SMEM_GEMM_SX_##XN##_M##MM,                    \

@@ -34,13 +34,7 @@ template <typename Y, int BN = TG_BN, int BM = TG_BM, int THREADS = TG_THREADS>
 __device__ __forceinline__ void tg_split_sum(Y* __restrict__ y, const float* __restrict__ ws, unsigned* __restrict__ counters,
                                              int M, int N, int splits, int n0, int m0) {
     const int tid = threadIdx.x;
-    __threadfence();
-    __syncthreads();
-    __shared__ unsigned tg_last;
-    if (tid == 0) tg_last = atomicAdd(&counters[blockIdx.x], 1u) == (unsigned)(splits - 1);
-    __syncthreads();
-    if (!tg_last) return;
-    __threadfence();
+    if (!block_arrives_last(&counters[blockIdx.x], (unsigned)splits)) return;
     // The tile's sums, 4 consecutive outputs per item, splits added in order from 0.
     // A thread owns TG_ITEMS items; it loads TG_RS splits of TG_IG items at once (16
     // float4 in flight) before adding them, so a tile of 13 splits takes 8 dependent

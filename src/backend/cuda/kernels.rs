@@ -175,7 +175,7 @@ impl Kernels {
                 let func = module
                     .load_function(e.name)
                     .map_err(|err| anyhow!("kernel `{}` not found in module `{name}`: {err:?}", e.name))?;
-                if e.smem > 48 * 1024 {
+                if e.smem > registry::SMEM_NO_OPT_IN {
                     func.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, e.smem as i32)
                         .map_err(|err| anyhow!("raising {}'s shared memory to {} bytes: {err:?}", e.name, e.smem))?;
                 }

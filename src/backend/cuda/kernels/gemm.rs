@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_rows_smem, gemm_tiled_smem, gemm_tiled_wg_smem, GEMM as NAMES, GEMM_HALF, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, GEMM_TILED_WIDE, GEMM_TILED_WG4, PACK_WEIGHT};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_rows_smem, gemm_tiled_smem, gemm_tiled_wg_smem, GEMM as NAMES, GEMM_HALF, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, GEMM_TILED_WIDE, GEMM_TILED_WG4, PACK_WEIGHT, SMEM_NO_OPT_IN};
 use crate::backend::weight_pack;
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -469,7 +469,7 @@ impl Kernels {
     }
 }
 
-/// Threads of a register GEMM block (kernels/gemm.cu GEMM_THREADS).
+/// Threads of a register GEMM block (kernels/gemm.cu GEMM_ALL_M: 4 warps; half for m8h).
 pub(crate) const GEMM_REG_THREADS: u32 = 128;
 
 /// Dynamic shared memory (unused) that leaves room for at most ceil(blocks / sms) blocks
@@ -486,7 +486,7 @@ pub fn spread_smem(blocks: usize, sms: usize, per_sm: usize, smem_per_sm: usize,
     }
     // The smallest size at which cap + 1 blocks no longer fit.
     let need = (smem_per_sm / (cap + 1) + 1).saturating_sub(reserved + static_smem);
-    let most = (48 * 1024usize).saturating_sub(static_smem) / 256 * 256;
+    let most = SMEM_NO_OPT_IN.saturating_sub(static_smem) / 256 * 256;
     need.div_ceil(256).saturating_mul(256).min(most) as u32
 }
 
