@@ -57,7 +57,7 @@
 #   norm_trigger  a plan built with KILN_NORM_LATE_TRIGGER=1 (the norms launch their successor
 #            after their loads) against the default: bench at $PF_BATCHES twice, logits (norm_trigger.txt)
 #   tiled_wide  the tiled GEMM's 128-row blocks everywhere (KILN_GEMM_TILED_WIDE_MIN_M=0, run time)
-#            against the default (256-row blocks from 64 rows) and 256-row blocks from 17 rows:
+#            against the default (256-row blocks from 64 rows) and 256-row blocks from 128 rows:
 #            bench at $WIDE_BATCHES (32,64,128,256) twice, logits (tiled_wide.txt);
 #            KERNEL_TESTS=gemm_matches checks its bits against the other kernels
 #   reg_half  the register GEMM in 32-row blocks up to 8 rows (KILN_GEMM_REG_HALF=1, run time)
@@ -455,7 +455,7 @@ fi
 if has tiled_wide; then
   # The tiled GEMM's 256-row blocks, one per SM (KILN_GEMM_TILED_WIDE_MIN_M: from that many
   # rows, 0 never; the default 64 since session 22) against 128-row blocks everywhere.
-  log "tiled GEMM: 256-row blocks from 64 rows (default) against never and from 17"
+  log "tiled GEMM: 256-row blocks from 64 rows (default) against never and from 128"
   env_ab "default" "narrow" tiled_wide.txt KILN_GEMM_TILED_WIDE_MIN_M=0 "${WIDE_BATCHES:-32,64,128,256}" "wide from 128" KILN_GEMM_TILED_WIDE_MIN_M=128
 fi
 if has reg_half; then
