@@ -21,6 +21,12 @@
 //   y[i] = bf16(x[i]) rounded to nearest even, i < n (cuBLASLt's prefill GEMMs take bf16
 //   activations). grid (ceil(n/1024)), block 256, 4 elements per thread.
 //
+// kiln_split_hilo(const float* x, bf16* xs, int rows, int K)
+//   Row m of x (K fp32, K % 4 == 0) as two bf16 planes in row m of xs (2K bf16: hi, then
+//   lo): hi = bf16(x), lo = bf16(x - hi), split_bf16x2's two roundings, so the tiled GEMM
+//   that reads xs (kiln_gemm_tiled*_xs) feeds its MMAs the bits it would split from x
+//   itself. grid (ceil(rows * K / 1024)), block 256, 4 elements per thread.
+//
 // kiln_gather_rows_{f32,bf16}(const T* src, const int* rows, T* dst, int width, int n)
 //   dst[i][0..width) = src[rows[i]][0..width), i < n (the lm_head's input rows of a step,
 //   in one launch instead of a copy per row). grid (n), block 256.
@@ -300,6 +306,18 @@ extern "C" __global__ void __launch_bounds__(256) kiln_f32_to_bf16(const float* 
     } else {
         for (int j = i; j < n; j++) y[j] = __float2bfloat16_rn(x[j]);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256) kiln_split_hilo(const float* __restrict__ x, bf16* __restrict__ xs, int rows, int K) {
+    KILN_PDL_ENTER();
+    const int i = (blockIdx.x * 256 + threadIdx.x) * 4;  // K % 4 == 0: a float4 never crosses a row
+    if (i >= rows * K) return;
+    const int m = i / K, c = i - m * K;
+    const float4 v = *reinterpret_cast<const float4*>(x + i);
+    const uint2 p0 = split_bf16x2(v.x, v.y), p1 = split_bf16x2(v.z, v.w);
+    bf16* row = xs + (size_t)m * 2 * K + c;
+    *reinterpret_cast<uint2*>(row) = make_uint2(p0.x, p1.x);
+    *reinterpret_cast<uint2*>(row + K) = make_uint2(p0.y, p1.y);
 }
 
 template <typename T>

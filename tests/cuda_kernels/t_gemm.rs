@@ -11,14 +11,17 @@ use std::sync::Arc;
 pub(crate) struct Scratch {
     ws: CudaSlice<f32>,
     counters: CudaSlice<u32>,
+    /// x split for the split-x kinds: 256 rows at the tests' largest K.
+    xs: CudaSlice<f32>,
 }
 
 pub(crate) fn scratch(s: &Arc<CudaStream>, floats: usize, n: usize) -> Scratch {
-    Scratch { ws: s.alloc_zeros::<f32>(floats.max(1)).unwrap(), counters: s.alloc_zeros::<u32>(Kernels::gemm_counters_len(n)).unwrap() }
+    let xs = s.alloc_zeros::<f32>(256 * 9216).unwrap();
+    Scratch { ws: s.alloc_zeros::<f32>(floats.max(1)).unwrap(), counters: s.alloc_zeros::<u32>(Kernels::gemm_counters_len(n)).unwrap(), xs }
 }
 
 pub(crate) fn as_gs(s: &Arc<CudaStream>, sc: &Scratch) -> GemmScratch {
-    GemmScratch { ws: ptr(s, &sc.ws), ws_floats: sc.ws.len(), counters: ptr(s, &sc.counters), counters_len: sc.counters.len() }
+    GemmScratch { ws: ptr(s, &sc.ws), ws_floats: sc.ws.len(), counters: ptr(s, &sc.counters), counters_len: sc.counters.len(), xs: ptr(s, &sc.xs), xs_bytes: sc.xs.len() * 4 }
 }
 
 /// Runs one GEMM; returns y as f32.
@@ -87,6 +90,10 @@ fn gemm_matches_f64_reference() {
                     // tiles and 256 x 128.
                     if e.k.has_wgmma() {
                         kinds.extend([GemmKind::TiledWgmma, GemmKind::TiledWgmmaWide]);
+                    }
+                    // fp32 x split beforehand (kiln_split_hilo) into both tiled kernels: the same bits.
+                    if xt == DType::F32 {
+                        kinds.extend([GemmKind::TiledSplitX, GemmKind::TiledWideSplitX]);
                     }
                     let mut first: Option<Vec<f32>> = (m > 64).then(|| {
                         (0..m).step_by(64).flat_map(|r| {

@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_rows_smem, gemm_tiled_smem, gemm_tiled_wg_smem, GEMM as NAMES, GEMM_HALF, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, GEMM_TILED_WIDE, GEMM_TILED_WG4, PACK_WEIGHT, SMEM_NO_OPT_IN};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_rows_smem, gemm_tiled_smem, gemm_tiled_wg_smem, GEMM as NAMES, GEMM_HALF, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, GEMM_TILED_WIDE, GEMM_TILED_WG4, GEMM_TILED_WIDE_XS, GEMM_TILED_XS, gemm_tiled_xs_smem, PACK_WEIGHT, SMEM_NO_OPT_IN, SPLIT_HILO};
 use crate::backend::weight_pack;
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -59,6 +59,11 @@ pub enum GemmKind {
     TiledWgmma,
     /// wgmma with 4 warpgroups and 256 x 128 tiles (kiln_gemm_tiled_wg4_x*; sm_90a only).
     TiledWgmmaWide,
+    /// `Tiled` / `TiledWide` fed x already split into bf16 hi / lo planes (fp32 x only):
+    /// `kiln_split_hilo` into `GemmScratch::xs`, then kiln_gemm_tiled{,_w}_xs_y* (x by
+    /// cp.async, no conversions in the loop). The same bits.
+    TiledSplitX,
+    TiledWideSplitX,
 }
 
 /// How decode GEMMs are launched: which kernel takes which M and N, and how K is split.
@@ -142,11 +147,18 @@ pub struct GemmChoices {
     /// (H100 timeline, session 20: p50 16.4, last 23-25 µs after release), ~0.2 ms of the
     /// step over 32 layers; with half the rows a block, the slowest carries half the work.
     pub reg_half: bool,
+    /// The tiled GEMMs take fp32 x split once into bf16 hi / lo planes by `kiln_split_hilo`
+    /// (`GemmKind::TiledSplitX`, `KILN_GEMM_SPLIT_X=1`; session 24, off until measured):
+    /// x then streams into shared memory by cp.async beside W instead of through registers
+    /// and conversions (ncu at batch 256, session 23: 13 % of the wide kernel's stall
+    /// samples were the conversion waiting for x's loads). The same bits; one more launch
+    /// per tiled GEMM until x's producers write the planes themselves.
+    pub split_x: bool,
 }
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true, tiled_wide_min_m: 64, reg_half: false }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true, tiled_wide_min_m: 64, reg_half: false, split_x: false }
     }
 }
 
@@ -173,6 +185,7 @@ impl GemmChoices {
             reg_spread: flag("KILN_GEMM_REG_SPREAD", d.reg_spread),
             tiled_wide_min_m: num("KILN_GEMM_TILED_WIDE_MIN_M", d.tiled_wide_min_m),
             reg_half: flag("KILN_GEMM_REG_HALF", d.reg_half),
+            split_x: flag("KILN_GEMM_SPLIT_X", d.split_x),
         }
     }
 
@@ -253,6 +266,10 @@ pub struct GemmScratch {
     pub ws_floats: usize,
     pub counters: DevPtr,
     pub counters_len: usize,
+    /// x split into bf16 hi / lo planes for the split-x kinds (`GemmChoices::split_x`):
+    /// at least `GEMM_MAX_M` rows of 4 K bytes, or NULL (then those kinds are not taken).
+    pub xs: DevPtr,
+    pub xs_bytes: usize,
 }
 
 /// A decode GEMM's split-K partials, left for their consumer to sum in split order from 0
@@ -403,6 +420,18 @@ impl Kernels {
         } else {
             kind
         };
+        // The split-x experiment takes the mma.sync tiled kernels' fp32-x launches.
+        let kind = match kind {
+            GemmKind::Tiled if auto && c.split_x && x_dtype == DType::F32 && scratch.xs != NULL => GemmKind::TiledSplitX,
+            GemmKind::TiledWide if auto && c.split_x && x_dtype == DType::F32 && scratch.xs != NULL => GemmKind::TiledWideSplitX,
+            k => k,
+        };
+        if matches!(kind, GemmKind::TiledSplitX | GemmKind::TiledWideSplitX) {
+            ensure!(x_dtype == DType::F32, "gemm: the split-x kernels split fp32 x, not {x_dtype:?}");
+            ensure!(scratch.xs_bytes >= m * k * 4, "gemm: split-x scratch of {} bytes < {} needed", scratch.xs_bytes, m * k * 4);
+            self.split_hilo(stream, x, scratch.xs, m, k)?;
+            return self.gemm_tiled_presplit(stream, w, scratch.xs, y, y_dtype, m, n, k, scratch, plan, kind == GemmKind::TiledWideSplitX);
+        }
         let wgmma = matches!(kind, GemmKind::TiledWgmma | GemmKind::TiledWgmmaWide);
         ensure!(!wgmma || self.has_wgmma(), "gemm: the wgmma kernels need sm_90a");
         let tiled = matches!(kind, GemmKind::Tiled | GemmKind::TiledWide);
@@ -466,6 +495,47 @@ impl Kernels {
         let grid = (n.div_ceil(rows_per_block) as u32, plan.splits as u32, 1);
         let smem = if c.reg_spread { self.spread_smem(name, grid.0 as usize * grid.1 as usize)? } else { 0 };
         self.launch(name, stream, grid, threads, smem, &mut p)
+    }
+}
+
+impl Kernels {
+    /// xs row m = bf16 hi of x row m, then bf16 lo (K each; `kiln_split_hilo`): the split-x
+    /// GEMMs' input, the roundings the fp32-x kernels make. rows * k % 4 == 0 not needed,
+    /// k % 4 == 0 is.
+    pub fn split_hilo(&self, stream: &CudaStream, x: DevPtr, xs: DevPtr, rows: usize, k: usize) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        ensure!(k.is_multiple_of(4), "split_hilo: K = {k} must be a multiple of 4");
+        check_aligned(x, 16, "split_hilo x")?;
+        check_aligned(xs, 16, "split_hilo xs")?;
+        let (ri, ki) = (int(rows, "rows")?, int(k, "K")?);
+        let mut p = params!(x, xs, ri, ki);
+        self.launch(SPLIT_HILO, stream, ((rows * k).div_ceil(1024) as u32, 1, 1), 256, 0, &mut p)
+    }
+
+    /// The tiled GEMM (128-row blocks, or 256 with `wide`) on x already split by
+    /// `split_hilo` (`xs`, M rows of 2K bf16): the bits of the fp32-x tiled kernels.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_tiled_presplit(&self, stream: &CudaStream, w: impl Into<GemmWeight>, xs: DevPtr, y: DevPtr, y_dtype: DType, m: usize, n: usize, k: usize, scratch: &GemmScratch, plan: GemmPlan, wide: bool) -> Result<()> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        ensure!(m <= GEMM_MAX_M, "gemm: M = {m} exceeds {GEMM_MAX_M}");
+        ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
+        ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
+        if plan.splits > 1 {
+            ensure!(scratch.ws_floats >= plan.splits * m * n, "gemm: workspace of {} floats < {} needed", scratch.ws_floats, plan.splits * m * n);
+        }
+        let w = w.into().rows;
+        check_aligned(w, 16, "gemm W")?;
+        check_aligned(xs, 16, "gemm xs")?;
+        let (ws, counters) = (scratch.ws, scratch.counters);
+        let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
+        let mut p = params!(w, xs, y, ws, counters, mm, nn, kk, ks, sp);
+        let (bn, names, smem) = if wide { (256, &GEMM_TILED_WIDE_XS, gemm_tiled_xs_smem(256)) } else { (128, &GEMM_TILED_XS, gemm_tiled_xs_smem(128)) };
+        let grid = ((n.div_ceil(bn) * m.div_ceil(64)) as u32, plan.splits as u32, 1);
+        self.launch(names[y_dtype.idx()], stream, grid, 256, smem as u32, &mut p)
     }
 }
 
