@@ -64,7 +64,9 @@
 #            against the default 64-row blocks: bench at $HALF_BATCHES (1,4,8) twice, logits
 #            (reg_half.txt); KERNEL_TESTS=gemm_matches checks its bits against the other kernels
 #   split_x  the tiled GEMMs on x split into bf16 hi / lo planes first (KILN_GEMM_SPLIT_X=1, run
-#            time) against the default at batch 32-256, logits (split_x.txt); KERNEL_TESTS=gemm_matches
+#            time), and with the norms writing the split for qkvz / qgkv / gate_up
+#            (+ KILN_GEMM_SPLIT_X_NORM=1), against the default at batch 32-256, logits and
+#            batch invariance to 256 (split_x.txt); KERNEL_TESTS=gemm_matches
 #            checks its bits, the kernel bench times it with and without the split launch
 #   attn_fused  decode attention in one launch whose last blocks combine (KILN_ATTN_FUSED_COMBINE=1,
 #            run time) against partial + combine: bench at 1,8,64 twice, and batch 1 / 8 at
@@ -466,8 +468,9 @@ if has reg_half; then
   env_ab "default" "half blocks" reg_half.txt KILN_GEMM_REG_HALF=1 "${HALF_BATCHES:-1,4,8}"
 fi
 if has split_x; then
-  log "split_x: KILN_GEMM_SPLIT_X=1 against the default"
-  env_ab "default" "split x" split_x.txt KILN_GEMM_SPLIT_X=1 "${SPLIT_BATCHES:-32,64,128,256}"
+  log "split_x: KILN_GEMM_SPLIT_X=1 (a split launch per tiled GEMM), and with the norms writing the split, against the default"
+  env_ab "default" "split x" split_x.txt KILN_GEMM_SPLIT_X=1 "${SPLIT_BATCHES:-32,64,128,256}" \
+    "split x norm" "KILN_GEMM_SPLIT_X=1 KILN_GEMM_SPLIT_X_NORM=1"
 fi
 if has attn_fused; then
   log "decode attention: the partial kernel's last blocks combine against a combine launch"

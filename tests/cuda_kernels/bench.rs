@@ -77,7 +77,7 @@ fn bench_kernels() {
         let wsb = s.alloc_zeros::<f32>((256 * n * max_splits).max(1)).unwrap();
         let cnt = s.alloc_zeros::<u32>(Kernels::gemm_counters_len(n)).unwrap();
         let xsb = s.alloc_zeros::<f32>(256 * kk).unwrap();
-        let scratch = GemmScratch { ws: ptr(&s, &wsb), ws_floats: wsb.len(), counters: ptr(&s, &cnt), counters_len: cnt.len(), xs: ptr(&s, &xsb), xs_bytes: xsb.len() * 4 };
+        let scratch = GemmScratch { ws: ptr(&s, &wsb), ws_floats: wsb.len(), counters: ptr(&s, &cnt), counters_len: cnt.len(), xs: ptr(&s, &xsb), xs_bytes: xsb.len() * 4, xs_of: 0 };
         let x = up(&s, &randn_vec(&mut g, 256 * kk, 1.0));
         let xb = up(&s, &to_bf16(&randn_vec(&mut g, 256 * kk, 1.0)));
         let y = s.alloc_zeros::<f32>(256 * n).unwrap();
@@ -209,7 +209,7 @@ fn bench_gemm_sweep() {
         let max_splits = cands.iter().map(|p| p.splits).max().unwrap();
         let wsb = s.alloc_zeros::<f32>(64 * n * max_splits).unwrap();
         let cnt = s.alloc_zeros::<u32>(Kernels::gemm_counters_len(n)).unwrap();
-        let scratch = GemmScratch { ws: ptr(&s, &wsb), ws_floats: wsb.len(), counters: ptr(&s, &cnt), counters_len: cnt.len(), xs: 0, xs_bytes: 0 };
+        let scratch = GemmScratch { ws: ptr(&s, &wsb), ws_floats: wsb.len(), counters: ptr(&s, &cnt), counters_len: cnt.len(), xs: 0, xs_bytes: 0, xs_of: 0 };
         let x = up(&s, &randn_vec(&mut g, 64 * kk, 1.0));
         let xb = up(&s, &to_bf16(&randn_vec(&mut g, 64 * kk, 1.0)));
         let y = s.alloc_zeros::<f32>(64 * n).unwrap();
@@ -268,7 +268,7 @@ fn bench_pdl_chain(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng
     let max_ws = shapes.iter().map(|&(n, kk)| 64 * n * k.gemm_plan(n, kk).splits).max().unwrap();
     let wsb = s.alloc_zeros::<f32>(max_ws).unwrap();
     let cnt = s.alloc_zeros::<u32>(Kernels::gemm_counters_len(18432)).unwrap();
-    let scratch = GemmScratch { ws: ptr(s, &wsb), ws_floats: wsb.len(), counters: ptr(s, &cnt), counters_len: cnt.len(), xs: 0, xs_bytes: 0 };
+    let scratch = GemmScratch { ws: ptr(s, &wsb), ws_floats: wsb.len(), counters: ptr(s, &cnt), counters_len: cnt.len(), xs: 0, xs_bytes: 0, xs_of: 0 };
     for m in [1usize, 8, 32] {
         for pdl in [false, true] {
             k.set_pdl(pdl);

@@ -143,6 +143,19 @@ fn add_rmsnorm_matches_cpu() {
         // fp32 norm: sum-of-squares order differs (2560 terms): 1e-5.
         check(&format!("add_rmsnorm M={m} {delta:?} out f32"), &down(&s, &of), &expect, 1e-5);
         check(&format!("add_rmsnorm M={m} {delta:?} out bf16"), &from_bf16(&down(&s, &ob)), &expect, 1e-2);
+        // The split output (add_rmsnorm_split, from the same residual and delta) is, bit for
+        // bit, split_hilo of the fp32 output: what the split-x GEMMs would make of it.
+        let res_d2 = up(&s, &res);
+        let (of2, xs) = (poison_f32(&s, m * h), poison_bf16(&s, 2 * m * h));
+        e.k.add_rmsnorm_split(&s, ptr(&s, &res_d2), dm.map(Into::into), ptr(&s, &w_d), 0, ptr(&s, &of2), ptr(&s, &xs), m).unwrap();
+        let xs_ref = poison_bf16(&s, 2 * m * h);
+        e.k.split_hilo(&s, ptr(&s, &of2), ptr(&s, &xs_ref), m, h).unwrap();
+        let (a, b) = (down(&s, &xs), down(&s, &xs_ref));
+        assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "add_rmsnorm M={m} {delta:?}: split output differs from split_hilo");
+        assert_eq!(down(&s, &of2).iter().map(|v| v.to_bits()).collect::<Vec<_>>(), down(&s, &of).iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "add_rmsnorm M={m}: fp32 output changed with the split");
+        // hi + lo is the fp32 output to about 16 mantissa bits (the split's purpose).
+        let hl: Vec<f32> = (0..m * h).map(|i| { let (r, c) = (i / h, i % h); a[r * 2 * h + c].to_f32() + a[r * 2 * h + h + c].to_f32() }).collect();
+        check(&format!("add_rmsnorm M={m} split hi + lo"), &hl, &down(&s, &of2), 1e-5);
     }
 }
 

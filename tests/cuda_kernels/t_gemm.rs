@@ -21,7 +21,7 @@ pub(crate) fn scratch(s: &Arc<CudaStream>, floats: usize, n: usize) -> Scratch {
 }
 
 pub(crate) fn as_gs(s: &Arc<CudaStream>, sc: &Scratch) -> GemmScratch {
-    GemmScratch { ws: ptr(s, &sc.ws), ws_floats: sc.ws.len(), counters: ptr(s, &sc.counters), counters_len: sc.counters.len(), xs: ptr(s, &sc.xs), xs_bytes: sc.xs.len() * 4 }
+    GemmScratch { ws: ptr(s, &sc.ws), ws_floats: sc.ws.len(), counters: ptr(s, &sc.counters), counters_len: sc.counters.len(), xs: ptr(s, &sc.xs), xs_bytes: sc.xs.len() * 4, xs_of: 0 }
 }
 
 /// Runs one GEMM; returns y as f32.
@@ -299,5 +299,14 @@ fn add_rmsnorm_parts_matches_cpu() {
             println!("add_rmsnorm_parts {form:?} M={m} splits={splits}: bit-identical to add_rmsnorm's choice: {}", same_f && same_r && same_b);
             assert!(same_f && same_r && same_b, "{form:?} M={m} splits={splits}: bits differ (out f32 {same_f}, residual {same_r}, out bf16 {same_b})");
         }
+        // With a split output (the block form): the same fp32 bits, and the split is
+        // split_hilo's of them.
+        let res_x = up(&s, &res);
+        let (of_x, xs, xs_ref) = (poison_f32(&s, m * h), poison_bf16(&s, 2 * m * h), poison_bf16(&s, 2 * m * h));
+        let sp = SplitParts { ptr: ptr(&s, &parts_d), splits, split_stride: stride, ld: h };
+        e.k.add_rmsnorm_split(&s, ptr(&s, &res_x), Some(Delta::Parts(sp)), ptr(&s, &w_d), 0, ptr(&s, &of_x), ptr(&s, &xs), m).unwrap();
+        e.k.split_hilo(&s, ptr(&s, &of_x), ptr(&s, &xs_ref), m, h).unwrap();
+        assert!(down(&s, &of_x).iter().zip(&want_f).all(|(a, b)| a.to_bits() == b.to_bits()), "M={m} splits={splits}: fp32 output changed with the split");
+        assert!(down(&s, &xs).iter().zip(&down(&s, &xs_ref)).all(|(a, b)| a.to_bits() == b.to_bits()), "M={m} splits={splits}: split output differs from split_hilo");
     }
 }

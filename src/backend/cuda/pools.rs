@@ -167,10 +167,11 @@ impl Scratch {
         let gemm_ws = DevBuf::zeroed(ws * 4, "the GEMM split-K workspace")?;
         let gemm_counters = DevBuf::zeroed(counters * 4, "the GEMM counters")?;
         // x split for the split-x experiment (GemmChoices::split_x): a launch's rows at the largest K.
-        let xs_bytes = if k.gemm_choices().split_x { GEMM_MAX_M * shapes.iter().map(|s| s.1).max().unwrap_or(0) * 4 } else { 0 };
+        let split = k.gemm_choices().split_x || k.gemm_choices().split_x_norm;
+        let xs_bytes = if split { GEMM_MAX_M * shapes.iter().map(|s| s.1).max().unwrap_or(0) * 4 } else { 0 };
         let gemm_xs = DevBuf::zeroed(xs_bytes.max(16), "the GEMM split-x input")?;
         let xs = if xs_bytes > 0 { gemm_xs.ptr } else { NULL };
-        let gemm = GemmScratch { ws: gemm_ws.ptr, ws_floats: ws, counters: gemm_counters.ptr, counters_len: counters, xs, xs_bytes };
+        let gemm = GemmScratch { ws: gemm_ws.ptr, ws_floats: ws, counters: gemm_counters.ptr, counters_len: counters, xs, xs_bytes, xs_of: NULL };
         let argmax_rows = t.max(logit_rows).max(LOGIT_ROWS);
         let (key_bytes, counter_bytes) = ArgmaxScratch::bytes(argmax_rows);
         let argmax_keys = DevBuf::zeroed(key_bytes, "the argmax keys")?;

@@ -154,11 +154,16 @@ pub struct GemmChoices {
     /// samples were the conversion waiting for x's loads). The same bits; one more launch
     /// per tiled GEMM until x's producers write the planes themselves.
     pub split_x: bool,
+    /// The norms before qkvz / qgkv / gate_up write their output split as well
+    /// (`Kernels::add_rmsnorm_split`), and those GEMMs' tiled launches read it, with no
+    /// split launch (`KILN_GEMM_SPLIT_X_NORM=1`; session 24, off until measured). The
+    /// same bits.
+    pub split_x_norm: bool,
 }
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true, tiled_wide_min_m: 64, reg_half: false, split_x: false }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true, tiled_wide_min_m: 64, reg_half: false, split_x: false, split_x_norm: false }
     }
 }
 
@@ -186,6 +191,7 @@ impl GemmChoices {
             tiled_wide_min_m: num("KILN_GEMM_TILED_WIDE_MIN_M", d.tiled_wide_min_m),
             reg_half: flag("KILN_GEMM_REG_HALF", d.reg_half),
             split_x: flag("KILN_GEMM_SPLIT_X", d.split_x),
+            split_x_norm: flag("KILN_GEMM_SPLIT_X_NORM", d.split_x_norm),
         }
     }
 
@@ -270,6 +276,10 @@ pub struct GemmScratch {
     /// at least `GEMM_MAX_M` rows of 4 K bytes, or NULL (then those kinds are not taken).
     pub xs: DevPtr,
     pub xs_bytes: usize,
+    /// When not NULL, `xs` already holds the split of the fp32 rows at `xs_of` (a norm
+    /// wrote both, `add_rmsnorm_split`): a tiled launch on x = `xs_of` + d reads `xs` + d
+    /// (the same 4 K bytes a row in both) instead of splitting x again.
+    pub xs_of: DevPtr,
 }
 
 /// A decode GEMM's split-K partials, left for their consumer to sum in split order from 0
@@ -420,6 +430,14 @@ impl Kernels {
         } else {
             kind
         };
+        // x already split by its norm: the tiled launches read the split rows.
+        let tiled_auto = auto && matches!(kind, GemmKind::Tiled | GemmKind::TiledWide) && x_dtype == DType::F32;
+        if tiled_auto && scratch.xs_of != NULL && x >= scratch.xs_of {
+            let d = (x - scratch.xs_of) as usize;
+            if d.is_multiple_of(k * 4) && d + m * k * 4 <= scratch.xs_bytes {
+                return self.gemm_tiled_presplit(stream, w, scratch.xs + d as u64, y, y_dtype, m, n, k, scratch, plan, kind == GemmKind::TiledWide);
+            }
+        }
         // The split-x experiment takes the mma.sync tiled kernels' fp32-x launches.
         let kind = match kind {
             GemmKind::Tiled if auto && c.split_x && x_dtype == DType::F32 && scratch.xs != NULL => GemmKind::TiledSplitX,

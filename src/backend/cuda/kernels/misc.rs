@@ -43,19 +43,30 @@ impl Kernels {
         out_f32: DevPtr,
         m: usize,
     ) -> Result<()> {
+        self.add_rmsnorm_split(stream, residual, delta, w, out_bf16, out_f32, NULL, m)
+    }
+
+    /// `add_rmsnorm` that also writes y split into bf16 hi / lo planes (`out_split`, row m
+    /// at m * 4 HIDDEN bytes: HIDDEN hi, then HIDDEN lo; NULL: none), what `split_hilo`
+    /// makes of the fp32 output, for the split-x GEMMs (`GemmChoices::split_x_norm`). The
+    /// split needs the one-block-per-row kernels, so rows that would take the cluster
+    /// form (up to `defer_cluster_max_m`) take the block form instead (the same bits).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_rmsnorm_split(&self, stream: &CudaStream, residual: DevPtr, delta: Option<Delta>, w: DevPtr, out_bf16: DevPtr, out_f32: DevPtr, out_split: DevPtr, m: usize) -> Result<()> {
         if m == 0 {
             return Ok(());
         }
+        check_aligned(out_split, 16, "add_rmsnorm split output")?;
         if let Some(Delta::Parts(parts)) = delta {
             let c = self.gemm_choices();
-            let form = if m > c.defer_cluster_max_m {
+            let form = if m > c.defer_cluster_max_m || out_split != NULL {
                 NormPartsForm::Block
             } else if c.defer_cluster_vec_warps {
                 NormPartsForm::ClusterVecWarps
             } else {
                 NormPartsForm::Cluster
             };
-            return self.add_rmsnorm_parts(stream, residual, parts, w, out_bf16, out_f32, m, form);
+            return self.add_rmsnorm_parts_ex(stream, residual, parts, w, out_bf16, out_f32, out_split, m, form);
         }
         let (dp, ld, dt) = match delta {
             Some(Delta::Mat(d)) => {
@@ -65,7 +76,7 @@ impl Kernels {
             _ => (NULL, 0, DType::F32),
         };
         let (ldi, mi) = (int(ld, "ld")?, int(m, "rows")?);
-        let mut p = params!(residual, dp, ldi, w, out_bf16, out_f32, mi);
+        let mut p = params!(residual, dp, ldi, w, out_bf16, out_f32, mi, out_split);
         self.launch(ADD_RMSNORM[dt.idx()], stream, (m as u32, 1, 1), 256, 0, &mut p)
     }
 
@@ -73,9 +84,15 @@ impl Kernels {
     /// chooses by the rows and `GemmChoices`; every form gives the same bits).
     #[allow(clippy::too_many_arguments)]
     pub fn add_rmsnorm_parts(&self, stream: &CudaStream, residual: DevPtr, parts: SplitParts, w: DevPtr, out_bf16: DevPtr, out_f32: DevPtr, m: usize, form: NormPartsForm) -> Result<()> {
+        self.add_rmsnorm_parts_ex(stream, residual, parts, w, out_bf16, out_f32, NULL, m, form)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_rmsnorm_parts_ex(&self, stream: &CudaStream, residual: DevPtr, parts: SplitParts, w: DevPtr, out_bf16: DevPtr, out_f32: DevPtr, out_split: DevPtr, m: usize, form: NormPartsForm) -> Result<()> {
         if m == 0 {
             return Ok(());
         }
+        ensure!(out_split == NULL || form == NormPartsForm::Block, "add_rmsnorm: only the block form writes a split output");
         let hidden = self.dims().hidden;
         check_aligned(parts.ptr, 16, "add_rmsnorm partials")?;
         ensure!(parts.split_stride % 4 == 0 && parts.split_stride >= m * hidden, "add_rmsnorm: partial stride {} for {m} rows", parts.split_stride);
@@ -83,7 +100,10 @@ impl Kernels {
         let (pp, sp, stride, mi) = (parts.ptr, int(parts.splits, "splits")?, parts.split_stride as i64, int(m, "rows")?);
         let mut p = params!(residual, pp, sp, stride, w, out_bf16, out_f32, mi);
         match form {
-            NormPartsForm::Block => self.launch(ADD_RMSNORM_PARTS, stream, (m as u32, 1, 1), 256, 0, &mut p),
+            NormPartsForm::Block => {
+                let mut p = params!(residual, pp, sp, stride, w, out_bf16, out_f32, mi, out_split);
+                self.launch(ADD_RMSNORM_PARTS, stream, (m as u32, 1, 1), 256, 0, &mut p)
+            }
             // A row per cluster of 8 one-warp blocks: its partials through 8 SMs.
             NormPartsForm::Cluster => self.launch(ADD_RMSNORM_PARTS_CLUSTER, stream, (8, m as u32, 1), 32, 0, &mut p),
             // The same with a warp per 8-float vector of a 256-thread row (norm.cu NORM_VPT).
