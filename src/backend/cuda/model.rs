@@ -264,8 +264,12 @@ impl LayerStack<'_> {
             self.gemm_sc(&r.normed_gemm, layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, 2 * i, h, r.l)?;
             Mat::f32(s.wide.ptr, 2 * i).into()
         };
-        self.k.silu_mul(self.stream, gate_up, i, Mat { ptr: s.mix_in.ptr, ld: i, dtype: r.act }, i, t)?;
-        self.gemm_to_norm(layer.down, s.mix_in.ptr, r.act, h, i, r.l)
+        // With the norms' split on, silu_mul splits its output too, for down.
+        let split = r.normed_gemm.xs_of != NULL;
+        let xs = if split { s.gemm.xs } else { NULL };
+        self.k.silu_mul_split(self.stream, gate_up, i, Mat { ptr: s.mix_in.ptr, ld: i, dtype: r.act }, i, t, xs)?;
+        let sc = if split { GemmScratch { xs_of: s.mix_in.ptr, ..s.gemm } } else { s.gemm };
+        self.gemm_to_norm_sc(&sc, layer.down, s.mix_in.ptr, r.act, h, i, r.l)
     }
 
     /// Whether a GEMM over step `l`'s rows may leave its split-K sum to its consumer
@@ -280,11 +284,17 @@ impl LayerStack<'_> {
     /// split-K partials, which the norm sums (`Kernels::gemm_deferred`: the same bits
     /// without the launch's tail). Nothing may use the GEMM scratch before that norm.
     fn gemm_to_norm(&self, w: GemmWeight, x: DevPtr, xdt: DType, n: usize, kdim: usize, l: &StepLayout) -> Result<Delta> {
+        self.gemm_to_norm_sc(&self.s.gemm, w, x, xdt, n, kdim, l)
+    }
+
+    /// `gemm_to_norm` with the GEMM scratch `sc` (x's split ready in it for down).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_to_norm_sc(&self, sc: &GemmScratch, w: GemmWeight, x: DevPtr, xdt: DType, n: usize, kdim: usize, l: &StepLayout) -> Result<Delta> {
         let (s, t) = (self.s, l.num_tokens());
         if self.deferrable(l) {
-            return self.k.gemm_deferred(self.stream, w, x, xdt, s.delta.ptr, t, n, kdim, &s.gemm);
+            return self.k.gemm_deferred(self.stream, w, x, xdt, s.delta.ptr, t, n, kdim, sc);
         }
-        self.gemm(w, x, xdt, s.delta.ptr, n, kdim, l)?;
+        self.gemm_sc(sc, w, x, xdt, s.delta.ptr, n, kdim, l)?;
         Ok(Mat::f32(s.delta.ptr, n).into())
     }
 

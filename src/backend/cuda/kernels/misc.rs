@@ -160,21 +160,31 @@ impl Kernels {
     /// gate_up GEMM's partials, `gemm_deferred`) is summed here in split order
     /// (kiln_silu_mul_parts): the same bits as the GEMM's own sum followed by silu_mul.
     pub fn silu_mul(&self, stream: &CudaStream, gu: impl Into<Delta>, up_off: usize, out: Mat, n: usize, m: usize) -> Result<()> {
+        self.silu_mul_split(stream, gu, up_off, out, n, m, NULL)
+    }
+
+    /// `silu_mul` that also writes its fp32 result split into bf16 hi / lo planes
+    /// (`out_split`: row m at m * 4 n bytes, n hi then n lo; NULL: none), `split_hilo`'s
+    /// rows, for the split-x down GEMM (`GemmChoices::split_x_norm`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn silu_mul_split(&self, stream: &CudaStream, gu: impl Into<Delta>, up_off: usize, out: Mat, n: usize, m: usize, out_split: DevPtr) -> Result<()> {
         if m == 0 || n == 0 {
             return Ok(());
         }
+        ensure!(out_split == NULL || n.is_multiple_of(4), "silu_mul: a split output needs n % 4 == 0, not {n}");
+        check_aligned(out_split, 16, "silu_mul split output")?;
         let gu = match gu.into() {
             Delta::Mat(gu) => gu,
             Delta::Parts(parts) => {
                 ensure!(parts.split_stride >= m * parts.ld && up_off + n <= parts.ld, "silu_mul: partials of {} x {} floats for {m} rows and {n} + {up_off} columns", parts.split_stride, parts.ld);
                 let (pp, sp, stride) = (parts.ptr, int(parts.splits, "splits")?, parts.split_stride as i64);
                 let (ldi, uo, op, ldo, ni, mi) = (int(parts.ld, "ld_in")?, int(up_off, "up_off")?, out.ptr, int(out.ld, "ld_out")?, int(n, "n")?, int(m, "rows")?);
-                let mut p = params!(pp, sp, stride, ldi, uo, op, ldo, ni, mi);
+                let mut p = params!(pp, sp, stride, ldi, uo, op, ldo, ni, mi, out_split);
                 return self.launch(SILU_MUL_PARTS[out.dtype.idx()], stream, (n.div_ceil(4 * 256) as u32, m as u32, 1), 256, 0, &mut p);
             }
         };
         let (gp, ldi, uo, op, ldo, ni, mi) = (gu.ptr, int(gu.ld, "ld_in")?, int(up_off, "up_off")?, out.ptr, int(out.ld, "ld_out")?, int(n, "n")?, int(m, "rows")?);
-        let mut p = params!(gp, ldi, uo, op, ldo, ni, mi);
+        let mut p = params!(gp, ldi, uo, op, ldo, ni, mi, out_split);
         // Four elements per thread (16-byte accesses when every stride allows).
         self.launch(SILU_MUL[gu.dtype.idx()][out.dtype.idx()], stream, (n.div_ceil(4 * 256) as u32, m as u32, 1), 256, 0, &mut p)
     }
