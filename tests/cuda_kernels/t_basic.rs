@@ -480,3 +480,33 @@ fn mtp_fc_input_matches_cpu() {
     check("mtp_fc_input f32", &down(&s, &of), &expect, 1e-5);
     check("mtp_fc_input bf16", &from_bf16(&down(&s, &ob)), &expect, 1e-2);
 }
+
+/// kiln_split_hilo against its CPU twin (ops::split_hilo), bit for bit, on awkward shapes:
+/// one row, K not a multiple of the 1024-element block, a row count that ends inside a
+/// block, the model's widest K; random values of mixed magnitude with exact zeros and bf16
+/// halfway cases mixed in.
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn split_hilo_matches_cpu() {
+    let Some(e) = env() else { return };
+    let s = stream(e);
+    let mut g = rng(41);
+    for (rows, k) in [(1usize, 4usize), (3, 12), (17, 2560), (5, 1020), (256, 9216), (7, 4100)] {
+        let mut x = randn_vec(&mut g, rows * k, 3.0);
+        for (i, v) in x.iter_mut().enumerate() {
+            match i % 7 {
+                0 => *v = 0.0,
+                3 => *v = 1.0 + 1.0 / 256.0,
+                5 => *v *= 1e-20,
+                _ => {}
+            }
+        }
+        let want = ops::split_hilo(&x, k);
+        let (xd, xs) = (up(&s, &x), poison_bf16(&s, 2 * rows * k));
+        e.k.split_hilo(&s, ptr(&s, &xd), ptr(&s, &xs), rows, k).unwrap();
+        let got = down(&s, &xs);
+        let diff = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        println!("split_hilo rows={rows} K={k}: {diff} of {} values differ from the twin", got.len());
+        assert_eq!(diff, 0, "split_hilo rows={rows} K={k}");
+    }
+}

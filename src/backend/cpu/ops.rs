@@ -410,3 +410,42 @@ pub fn i4_value(q: &[u8], k: usize, r: usize, kk: usize) -> i32 {
 pub fn gemv_i4_reference(q: &[u8], scale: &[f32], sg: usize, x: &[f32], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
     quantized_gemv_reference(x, m, n, k, |r, j| i4_value(q, k, r, j) as f64 * scale[r * sg + j / I4_GROUP_K] as f64)
 }
+
+/// Twin of `kiln_split_hilo`: each row of `k` fp32 values as `k` bf16 hi, then `k` bf16 lo,
+/// hi = bf16(x) and lo = bf16(x - hi), both round to nearest even: x ~= hi + lo to about 16
+/// mantissa bits, the two operands the kernels feed the bf16 tensor cores per fp32 value.
+pub fn split_hilo(x: &[f32], k: usize) -> Vec<half::bf16> {
+    let mut out = Vec::with_capacity(2 * x.len());
+    for row in x.chunks(k) {
+        let hi: Vec<half::bf16> = row.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        out.extend(row.iter().zip(&hi).map(|(&v, h)| half::bf16::from_f32(v - h.to_f32())));
+        let lo = out.split_off(out.len() - row.len());
+        out.extend(hi);
+        out.extend(lo);
+    }
+    out
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    #[test]
+    fn split_hilo_rows_are_hi_then_lo_and_sum_to_x_within_16_bits() {
+        // Awkward values: exact bf16, halfway cases, tiny, huge, negative zero.
+        let x = [1.0f32, 1.0 + 1.0 / 256.0, 3.1415927, -2.7182817, 1e-30, -6.0e37, -0.0, 0.33333334];
+        let s = split_hilo(&x, 4);
+        assert_eq!(s.len(), 16);
+        for (r, row) in x.chunks(4).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                let (hi, lo) = (s[r * 8 + c], s[r * 8 + 4 + c]);
+                assert_eq!(hi, half::bf16::from_f32(v), "hi of {v}");
+                let err = (hi.to_f32() as f64 + lo.to_f32() as f64 - v as f64).abs();
+                // Two roundings of 8 bits each: within 2^-16 of |x| (plus the subnormal floor).
+                assert!(err <= (v.abs() as f64) * 2f64.powi(-16) + 1e-38, "{v}: hi + lo off by {err}");
+            }
+        }
+        // 1 + 2^-8 is a bf16 halfway case: hi rounds to even (1.0), lo carries 2^-8 exactly.
+        assert_eq!((s[1].to_f32(), s[5].to_f32()), (1.0, 1.0 / 256.0));
+    }
+}
