@@ -127,11 +127,7 @@ __device__ __forceinline__ void store_silu_mul4(OUT* o, const float (&gv)[4], co
 #pragma unroll
     for (int e = 0; e < 4; ++e) y[e] = siluf_(gv[e]) * uv[e];
     storen<4>(o, y);
-    if (xs != nullptr) {
-        const uint2 p0 = split_bf16x2(y[0], y[1]), p1 = split_bf16x2(y[2], y[3]);
-        *reinterpret_cast<uint2*>(xs) = make_uint2(p0.x, p1.x);
-        *reinterpret_cast<uint2*>(xs + n) = make_uint2(p0.y, p1.y);
-    }
+    if (xs != nullptr) store_split<4>(xs, n, y);
 }
 // One element's split (the scalar path): split_bf16x2's roundings.
 __device__ __forceinline__ void store_split1(bf16* xs, int n, float y) {
@@ -337,10 +333,8 @@ extern "C" __global__ void __launch_bounds__(256) kiln_split_hilo(const float* _
     if (i >= rows * K) return;
     const int m = i / K, c = i - m * K;
     const float4 v = *reinterpret_cast<const float4*>(x + i);
-    const uint2 p0 = split_bf16x2(v.x, v.y), p1 = split_bf16x2(v.z, v.w);
-    bf16* row = xs + (size_t)m * 2 * K + c;
-    *reinterpret_cast<uint2*>(row) = make_uint2(p0.x, p1.x);
-    *reinterpret_cast<uint2*>(row + K) = make_uint2(p0.y, p1.y);
+    const float y[4] = {v.x, v.y, v.z, v.w};
+    store_split<4>(xs + (size_t)m * 2 * K + c, K, y);
 }
 
 template <typename T>

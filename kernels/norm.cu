@@ -105,9 +105,8 @@ __device__ __forceinline__ void store_rmsnorm(const float (&v)[NORM_VPT][8], flo
     }
 }
 
-// The same y as bf16 hi / lo planes of a split row (hi at o, lo at o + HIDDEN):
-// split_bf16x2 of the y store_rmsnorm_vec computes, so the planes are what
-// kiln_split_hilo makes of the fp32 output.
+// The same y as a split row (hi at o, lo at o + HIDDEN): store_split of the y
+// store_rmsnorm_vec computes, so the planes are what kiln_split_hilo makes of the fp32 output.
 __device__ __forceinline__ void store_rmsnorm_split(const float (&v)[NORM_VPT][8], float inv,
                                                     const float (&wv)[NORM_VPT][8], bf16* __restrict__ o, int vt) {
 #pragma unroll
@@ -117,11 +116,7 @@ __device__ __forceinline__ void store_rmsnorm_split(const float (&v)[NORM_VPT][8
         float y[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) y[e] = v[j][e] * inv * (1.f + wv[j][e]);
-        uint2 p[4];
-#pragma unroll
-        for (int q = 0; q < 4; ++q) p[q] = split_bf16x2(y[2 * q], y[2 * q + 1]);
-        *reinterpret_cast<uint4*>(o + i) = make_uint4(p[0].x, p[1].x, p[2].x, p[3].x);
-        *reinterpret_cast<uint4*>(o + HIDDEN + i) = make_uint4(p[0].y, p[1].y, p[2].y, p[3].y);
+        store_split<8>(o + i, HIDDEN, y);
     }
 }
 
