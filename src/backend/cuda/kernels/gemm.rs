@@ -276,9 +276,9 @@ pub struct GemmScratch {
     /// at least `GEMM_MAX_M` rows of 4 K bytes, or NULL (then those kinds are not taken).
     pub xs: DevPtr,
     pub xs_bytes: usize,
-    /// When not NULL, `xs` already holds the split of the fp32 rows at `xs_of` (a norm
-    /// wrote both, `add_rmsnorm_split`): a tiled launch on x = `xs_of` + d reads `xs` + d
-    /// (the same 4 K bytes a row in both) instead of splitting x again.
+    /// When not NULL, x = `xs_of` + d was written only split, at `xs` + d (the same 4 K
+    /// bytes a row in both), by its producer (`add_rmsnorm_split`, `silu_mul_split`): the
+    /// launch reads it there (tiled kernels only; anything else is an error).
     pub xs_of: DevPtr,
 }
 
@@ -430,41 +430,33 @@ impl Kernels {
         } else {
             kind
         };
-        // x already split by its norm: the tiled launches read the split rows.
-        let tiled_auto = auto && matches!(kind, GemmKind::Tiled | GemmKind::TiledWide) && x_dtype == DType::F32;
-        if tiled_auto && scratch.xs_of != NULL && x >= scratch.xs_of {
-            let d = (x - scratch.xs_of) as usize;
-            if d.is_multiple_of(k * 4) && d + m * k * 4 <= scratch.xs_bytes {
-                return self.gemm_tiled_presplit(stream, w, scratch.xs + d as u64, y, y_dtype, m, n, k, scratch, plan, kind == GemmKind::TiledWide);
-            }
+        let tiled_f32 = matches!(kind, GemmKind::Tiled | GemmKind::TiledWide) && x_dtype == DType::F32;
+        let wide = matches!(kind, GemmKind::TiledWide | GemmKind::TiledWideSplitX);
+        // x already split by its producer (`xs_of`, split_x_norm): the launch must read the
+        // split rows, since the producer wrote no fp32 copy.
+        if scratch.xs_of != NULL {
+            let d = x.checked_sub(scratch.xs_of).map_or(usize::MAX, |d| d as usize);
+            let readable = auto && tiled_f32 && d.is_multiple_of(k * 4) && d.saturating_add(m * k * 4) <= scratch.xs_bytes;
+            ensure!(readable, "gemm: x (M = {m}, K = {k}, {kind:?}) was written only split at xs_of, and this launch cannot read it");
+            return self.gemm_tiled_presplit(stream, w, scratch.xs + d as u64, y, y_dtype, m, n, k, scratch, plan, wide);
         }
-        // The split-x experiment takes the mma.sync tiled kernels' fp32-x launches.
-        let kind = match kind {
-            GemmKind::Tiled if auto && c.split_x && x_dtype == DType::F32 && scratch.xs != NULL => GemmKind::TiledSplitX,
-            GemmKind::TiledWide if auto && c.split_x && x_dtype == DType::F32 && scratch.xs != NULL => GemmKind::TiledWideSplitX,
-            k => k,
-        };
-        if matches!(kind, GemmKind::TiledSplitX | GemmKind::TiledWideSplitX) {
+        // The split-x experiment: the mma.sync tiled kernels' fp32-x launches split x first.
+        let split = matches!(kind, GemmKind::TiledSplitX | GemmKind::TiledWideSplitX) || (auto && tiled_f32 && c.split_x && scratch.xs != NULL);
+        if split {
             ensure!(x_dtype == DType::F32, "gemm: the split-x kernels split fp32 x, not {x_dtype:?}");
             ensure!(scratch.xs_bytes >= m * k * 4, "gemm: split-x scratch of {} bytes < {} needed", scratch.xs_bytes, m * k * 4);
             self.split_hilo(stream, x, scratch.xs, m, k)?;
-            return self.gemm_tiled_presplit(stream, w, scratch.xs, y, y_dtype, m, n, k, scratch, plan, kind == GemmKind::TiledWideSplitX);
+            return self.gemm_tiled_presplit(stream, w, scratch.xs, y, y_dtype, m, n, k, scratch, plan, wide);
         }
         let wgmma = matches!(kind, GemmKind::TiledWgmma | GemmKind::TiledWgmmaWide);
         ensure!(!wgmma || self.has_wgmma(), "gemm: the wgmma kernels need sm_90a");
         let tiled = matches!(kind, GemmKind::Tiled | GemmKind::TiledWide);
         ensure!(m <= SKINNY_MAX_M || tiled || wgmma, "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
-        ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
-        ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
+        Self::check_gemm_launch(m, n, k, plan, scratch)?;
         let w: GemmWeight = w.into();
         check_aligned(w.rows, 16, "gemm W")?;
         check_aligned(w.packed, 16, "gemm packed W")?;
         check_aligned(x, 16, "gemm x")?;
-        if plan.splits > 1 {
-            ensure!(scratch.ws_floats >= plan.splits * m * n, "gemm: workspace of {} floats < {} needed", scratch.ws_floats, plan.splits * m * n);
-            let need = if scratch.counters == NULL { 0 } else { Self::gemm_counters_len(n) };
-            ensure!(scratch.counters_len >= need, "gemm: {} counters < {need} needed", scratch.counters_len);
-        }
         let mi = match m {
             1..=8 => 0,
             9..=16 => 1,
@@ -517,6 +509,18 @@ impl Kernels {
 }
 
 impl Kernels {
+    /// What every decode GEMM launch needs of K, its split plan and the split-K scratch.
+    fn check_gemm_launch(m: usize, n: usize, k: usize, plan: GemmPlan, scratch: &GemmScratch) -> Result<()> {
+        ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
+        ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
+        if plan.splits > 1 {
+            ensure!(scratch.ws_floats >= plan.splits * m * n, "gemm: workspace of {} floats < {} needed", scratch.ws_floats, plan.splits * m * n);
+            let need = if scratch.counters == NULL { 0 } else { Self::gemm_counters_len(n) };
+            ensure!(scratch.counters_len >= need, "gemm: {} counters < {need} needed", scratch.counters_len);
+        }
+        Ok(())
+    }
+
     /// xs row m = bf16 hi of x row m, then bf16 lo (K each; `kiln_split_hilo`): the split-x
     /// GEMMs' input, the roundings the fp32-x kernels make. rows * k % 4 == 0 not needed,
     /// k % 4 == 0 is.
@@ -540,11 +544,7 @@ impl Kernels {
             return Ok(());
         }
         ensure!(m <= GEMM_MAX_M, "gemm: M = {m} exceeds {GEMM_MAX_M}");
-        ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
-        ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
-        if plan.splits > 1 {
-            ensure!(scratch.ws_floats >= plan.splits * m * n, "gemm: workspace of {} floats < {} needed", scratch.ws_floats, plan.splits * m * n);
-        }
+        Self::check_gemm_launch(m, n, k, plan, scratch)?;
         let w = w.into().rows;
         check_aligned(w, 16, "gemm W")?;
         check_aligned(xs, 16, "gemm xs")?;
