@@ -12,7 +12,8 @@
 //   out[m*ld_out + i] = silu(gu[m*ld_in + i]) * gu[m*ld_in + up_off + i], i < n
 //   (gate and up fused: [gate (INTER) | up (INTER)] gives up_off = INTER); out_split
 //   (nullable) gets the fp32 result split, row m at m*2n: n bf16 hi, then n bf16 lo
-//   (kiln_split_hilo's rows, for the split-x down GEMM). grid (ceil(n/1024), M), block 256.
+//   (kiln_split_hilo's rows, for the split-x down GEMM); out may then be null (only the
+//   split is read). grid (ceil(n/1024), M), block 256.
 //
 // kiln_silu_mul_parts_{out}(const float* parts, int splits, long long split_stride,
 //                           int ld_in, int up_off, OUT* out, int ld_out, int n, int M)
@@ -120,13 +121,13 @@ OUTPUT_GATE(kiln_output_gate_bf16_f32, bf16, float)
 OUTPUT_GATE(kiln_output_gate_bf16_bf16, bf16, bf16)
 
 // silu(g) * u for 4 consecutive outputs: one expression for silu_mul and silu_mul_parts.
-// With `xs` (not null): the same 4 values split into bf16 hi at xs and lo at xs + n.
+// To o and/or (not null) xs: the same 4 values split into bf16 hi at xs and lo at xs + n.
 template <typename OUT>
 __device__ __forceinline__ void store_silu_mul4(OUT* o, const float (&gv)[4], const float (&uv)[4], bf16* xs, int n) {
     float y[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e) y[e] = siluf_(gv[e]) * uv[e];
-    storen<4>(o, y);
+    if (o != nullptr) storen<4>(o, y);
     if (xs != nullptr) store_split<4>(xs, n, y);
 }
 // One element's split (the scalar path): split_bf16x2's roundings.
@@ -146,7 +147,7 @@ __device__ __forceinline__ void silu_mul(const IN* __restrict__ gu, int ld_in, i
     const int i = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (m >= M || i >= n) return;
     const IN* g = gu + (size_t)m * ld_in + i;
-    OUT* o = out + (size_t)m * ld_out + i;
+    OUT* o = out != nullptr ? out + (size_t)m * ld_out + i : nullptr;
     bf16* xs = out_split != nullptr ? out_split + (size_t)m * 2 * n + i : nullptr;
     if (((n | ld_in | up_off | ld_out) & 3) == 0) {
         float gv[4], uv[4];
@@ -156,7 +157,7 @@ __device__ __forceinline__ void silu_mul(const IN* __restrict__ gu, int ld_in, i
     } else {
         for (int e = 0; e < 4 && i + e < n; ++e) {
             const float y = siluf_(to_f(g[e])) * to_f(g[up_off + e]);
-            o[e] = from_f<OUT>(y);
+            if (o != nullptr) o[e] = from_f<OUT>(y);
             if (xs != nullptr) store_split1(xs + e, n, y);
         }
     }
@@ -190,7 +191,7 @@ __device__ __forceinline__ void silu_mul_parts(const float* __restrict__ parts, 
     const int i = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (m >= M || i >= n) return;
     const float* g = parts + (size_t)m * ld_in + i;
-    OUT* o = out + (size_t)m * ld_out + i;
+    OUT* o = out != nullptr ? out + (size_t)m * ld_out + i : nullptr;
     bf16* xs = out_split != nullptr ? out_split + (size_t)m * 2 * n + i : nullptr;
     const bool vec = ((n | ld_in | up_off | ld_out) & 3) == 0 && (split_stride & 3) == 0 &&
                      (reinterpret_cast<size_t>(parts) & 15) == 0;
@@ -207,7 +208,7 @@ __device__ __forceinline__ void silu_mul_parts(const float* __restrict__ parts, 
                 us += __ldcg(g + (size_t)sp * split_stride + up_off + e);
             }
             const float y = siluf_(gs) * us;
-            o[e] = from_f<OUT>(y);
+            if (o != nullptr) o[e] = from_f<OUT>(y);
             if (xs != nullptr) store_split1(xs + e, n, y);
         }
     }

@@ -74,17 +74,16 @@ impl LayerStack<'_> {
             act: self.gemm_input(l),
             normed_gemm: self.s.gemm,
         };
-        // The norms write their output split too when the step's rows are one decode
-        // GEMM launch of tiled size in fp32 (split_x_norm): xs then holds that split until
-        // the GEMM after the norm has read it (its other users run later in stream order).
-        let c = self.k.gemm_choices();
-        let split_norm = c.split_x_norm && self.s.gemm.xs != NULL && rows.act == DType::F32 && l.num_tokens() >= c.tiled_min_m.min(17) && self.deferrable(l);
+        // The norms write their output only split when the step's rows are one decode GEMM
+        // launch of tiled size in fp32 (split_x_norm): xs then holds that split until the
+        // GEMM after the norm has read it (its other users run later in stream order).
+        let split_norm = self.k.gemm_choices().producers_split(l.num_tokens()) && self.s.gemm.xs != NULL && rows.act == DType::F32 && self.deferrable(l);
         let rows = if split_norm { Rows { normed_gemm: GemmScratch { xs_of: self.s.normed.ptr, ..self.s.gemm }, ..rows } } else { rows };
         let xs = if split_norm { self.s.gemm.xs } else { NULL };
         let (t, s) = (l.num_tokens(), self.s);
         self.k.embed(self.stream, self.w.embed, rows.at(rows.meta.ids), s.resid.ptr, t)?;
-        // Normed activations go to `normed` in the step's GEMM input dtype.
-        let (nb, nf) = split_by_dtype(rows.act, s.normed.ptr);
+        // Normed activations go to `normed` in the step's GEMM input dtype (or only split).
+        let (nb, nf) = if split_norm { (NULL, NULL) } else { split_by_dtype(rows.act, s.normed.ptr) };
         let mut delta: Option<Delta> = None;
         let (mut linear, mut full) = (0, 0);
         for layer in &self.w.layers {
@@ -264,10 +263,10 @@ impl LayerStack<'_> {
             self.gemm_sc(&r.normed_gemm, layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, 2 * i, h, r.l)?;
             Mat::f32(s.wide.ptr, 2 * i).into()
         };
-        // With the norms' split on, silu_mul splits its output too, for down.
+        // With the norms' split on, silu_mul writes its output only split, for down.
         let split = r.normed_gemm.xs_of != NULL;
-        let xs = if split { s.gemm.xs } else { NULL };
-        self.k.silu_mul_split(self.stream, gate_up, i, Mat { ptr: s.mix_in.ptr, ld: i, dtype: r.act }, i, t, xs)?;
+        let (out, xs) = if split { (NULL, s.gemm.xs) } else { (s.mix_in.ptr, NULL) };
+        self.k.silu_mul_split(self.stream, gate_up, i, Mat { ptr: out, ld: i, dtype: r.act }, i, t, xs)?;
         let sc = if split { GemmScratch { xs_of: s.mix_in.ptr, ..s.gemm } } else { s.gemm };
         self.gemm_to_norm_sc(&sc, layer.down, s.mix_in.ptr, r.act, h, i, r.l)
     }

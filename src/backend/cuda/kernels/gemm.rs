@@ -195,6 +195,12 @@ impl GemmChoices {
         }
     }
 
+    /// Whether a decode step of `m` rows (one GEMM launch) takes `split_x_norm`: its
+    /// GEMMs all run the mma.sync tiled kernels, the only ones that read a split x.
+    pub fn producers_split(&self, m: usize) -> bool {
+        self.split_x_norm && self.tiled && !self.wgmma && m >= self.tiled_min_m.min(17) && m <= GEMM_MAX_M
+    }
+
     /// Rows of one decode GEMM launch: 256 with the tiled kernel, else 64.
     pub fn decode_gemm_rows(&self) -> usize {
         if self.tiled {
@@ -626,6 +632,10 @@ mod tests {
         assert!(c.defer_sum, "out/o/down leave their split sum to the norm by default");
         assert!(c.reg_spread, "the register kernel's blocks spread over every SM (measured, session 21)");
         assert_eq!(c.decode_gemm_rows(), GEMM_MAX_M);
+        // The producers' split takes exactly the steps whose GEMMs are all tiled (17..256 rows).
+        let sn = GemmChoices { split_x_norm: true, ..c };
+        assert!(!c.producers_split(64) && !sn.producers_split(16) && sn.producers_split(17) && sn.producers_split(256));
+        assert!(!GemmChoices { tiled: false, ..sn }.producers_split(64) && !GemmChoices { wgmma: true, ..sn }.producers_split(64));
         for n in [64, 2560, 10239, 10240, 12352, 248_320] {
             let small = if n >= SHARED_X_MIN_N { GemmKind::SharedX } else { GemmKind::Register };
             assert_eq!(c.auto_kind(1, n), small);

@@ -165,13 +165,15 @@ impl Kernels {
 
     /// `silu_mul` that also writes its fp32 result split into bf16 hi / lo planes
     /// (`out_split`: row m at m * 4 n bytes, n hi then n lo; NULL: none), `split_hilo`'s
-    /// rows, for the split-x down GEMM (`GemmChoices::split_x_norm`).
+    /// rows, for the split-x down GEMM (`GemmChoices::split_x_norm`); `out.ptr` may then be
+    /// NULL (no plain output).
     #[allow(clippy::too_many_arguments)]
     pub fn silu_mul_split(&self, stream: &CudaStream, gu: impl Into<Delta>, up_off: usize, out: Mat, n: usize, m: usize, out_split: DevPtr) -> Result<()> {
         if m == 0 || n == 0 {
             return Ok(());
         }
         ensure!(out_split == NULL || n.is_multiple_of(4), "silu_mul: a split output needs n % 4 == 0, not {n}");
+        ensure!(out.ptr != NULL || out_split != NULL, "silu_mul: no output");
         check_aligned(out_split, 16, "silu_mul split output")?;
         let gu = match gu.into() {
             Delta::Mat(gu) => gu,
