@@ -208,9 +208,7 @@ extern "C" __global__ void __launch_bounds__(AD_THREADS)
 }
 
 // Output d of head h of row b from its partitions (row0 = (b * NUM_HEADS + h) * max_parts),
-// added in partition order; gated by sigmoid(gv) when gated. One function for the combine
-// kernel and the fused kernel's last block, so both give the same bits. The partials are
-// read through L2 (another block of the fused kernel wrote them).
+// added in partition order; gated by sigmoid(gv) when gated.
 __device__ __forceinline__ float combine_one(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
                                              size_t row0, int nparts, int d, bool gated, float gv) {
     float M = -KILN_INF;
@@ -257,42 +255,3 @@ extern "C" __global__ void __launch_bounds__(HEAD_DIM)
     decode_combine<bf16>(part_acc, part_ml, ctx_lens, max_parts, gate, ld_gate, gate_hs, out, ld_out, B);
 }
 
-// kiln_attn_decode_fused_{out}(partial's arguments, then combine's gate, ld_gate, gate_hs,
-//     out, ld_out, and unsigned* counters [B][NUM_KV_HEADS], zero before the first launch
-//     and left zero): the partial kernel, whose last block to finish a (row, KV head)
-//     combines its GQA_GROUP heads as kiln_attn_decode_combine does (combine_one: the same
-//     bits) instead of a second launch (`KILN_ATTN_FUSED_COMBINE=1`, off until measured).
-//     grid (G <= max_parts, NUM_KV_HEADS, B), block AD_THREADS.
-template <typename OUT>
-__device__ __forceinline__ void attn_decode_fused(const float* __restrict__ q, const bf16* __restrict__ k_cache,
-                                                  const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,
-                                                  int bt_stride, const int* __restrict__ ctx_lens, int block_size,
-                                                  float* __restrict__ part_acc, float* __restrict__ part_ml, int max_parts,
-                                                  const OUT* __restrict__ gate, int ld_gate, int gate_hs,
-                                                  OUT* __restrict__ out, int ld_out, unsigned* __restrict__ counters, int B) {
-    const int nparts = attn_decode_partial_body(q, k_cache, v_cache, block_tables, bt_stride, ctx_lens, block_size,
-                                                part_acc, part_ml, max_parts, B);
-    // Blocks past the partitions wrote nothing and do not count.
-    if ((int)blockIdx.x >= nparts) return;
-    const int b = blockIdx.z, kvh = blockIdx.y;
-    unsigned* cnt = counters + (size_t)b * NUM_KV_HEADS + kvh;
-    if (!block_arrives_last(cnt, (unsigned)min((int)gridDim.x, nparts))) return;
-    for (int idx = threadIdx.x; idx < GQA_GROUP * HEAD_DIM; idx += AD_THREADS) {
-        const int h = kvh * GQA_GROUP + idx / HEAD_DIM, d = idx % HEAD_DIM;
-        const float gv = gate != nullptr ? to_f(gate[(size_t)b * ld_gate + (size_t)h * gate_hs + d]) : 0.f;
-        const size_t row0 = ((size_t)b * NUM_HEADS + h) * max_parts;
-        out[(size_t)b * ld_out + (size_t)h * HEAD_DIM + d] = from_f<OUT>(combine_one(part_acc, part_ml, row0, nparts, d, gate != nullptr, gv));
-    }
-    if (threadIdx.x == 0) *cnt = 0u;
-}
-
-#define ATTN_DECODE_FUSED(NAME, OUT)                                                                          \
-    extern "C" __global__ void __launch_bounds__(AD_THREADS)                                                  \
-        NAME(const float* q, const bf16* k_cache, const bf16* v_cache, const int* block_tables, int bt_stride, \
-             const int* ctx_lens, int block_size, float* part_acc, float* part_ml, int max_parts,             \
-             const OUT* gate, int ld_gate, int gate_hs, OUT* out, int ld_out, unsigned* counters, int B) {    \
-        attn_decode_fused<OUT>(q, k_cache, v_cache, block_tables, bt_stride, ctx_lens, block_size, part_acc,  \
-                               part_ml, max_parts, gate, ld_gate, gate_hs, out, ld_out, counters, B);          \
-    }
-ATTN_DECODE_FUSED(kiln_attn_decode_fused_f32, float)
-ATTN_DECODE_FUSED(kiln_attn_decode_fused_bf16, bf16)

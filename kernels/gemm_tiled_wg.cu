@@ -144,11 +144,17 @@ template <int N> __device__ __forceinline__ void tgw_fence_acc(float* acc) {
 
 // The kernel's body for MMAs over NB batch rows (the tile's live rows rounded up to 16;
 // past 64, all 128; the rest are zeros).
-template <bool XF32, int WST, int XST, int WGS, int NB, typename Y>
+// XS (session 25, the split-x lead on wgmma): x arrives split (kiln_split_hilo's rows: K bf16
+// hi, then K bf16 lo) and goes to the same positions by 8-byte cp.async in W's commit group,
+// two stages ahead like W, so no x registers, conversions or stores in the loop (session 20's
+// ncu had 48 % long-scoreboard stalls on them). The bytes land where the fp32-x path stores
+// them (split_bf16x2 of the same values): the same wgmmas, the same bits.
+template <bool XF32, int WST, int XST, int WGS, int NB, typename Y, bool XS = false>
 __device__ __forceinline__ void tiled_gemm_wg_nb(const bf16* __restrict__ W, const void* __restrict__ x, Y* __restrict__ y,
                                                  float* __restrict__ ws, unsigned* __restrict__ counters, int M, int N,
                                                  int K, int ks, int splits) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    static_assert(!XS || XF32, "split x has both planes, as fp32 x");
     using L = TgwLayout<XF32, WST, XST, WGS>;
     constexpr int BN = L::BN, BM = L::BM, NACC = BM / 2;
     static_assert(WST >= 3 && XST >= 3, "W two stages ahead and x one: a slot is rewritten after its wgmmas are done");
@@ -223,8 +229,24 @@ __device__ __forceinline__ void tiled_gemm_wg_nb(const bf16* __restrict__ W, con
         }
     };
 
+    // XS: unit u's 4 k (fp32 x's unit u) of each plane by cp.async into store_x_regs's places.
+    const bf16* xssrc = reinterpret_cast<const bf16*>(x) + (size_t)(m0 + row) * 2 * K + kb;
+    auto load_x_split = [&](int s) {
+        unsigned char* xs = tg_smem + WST * L::W + (s % XST) * L::X;
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const int k = 16 * u + 8 * pb + 4 * sb, off = tgw_off(L::XSTEP, 2 * (u >> 1) + sb, row, u & 1, 2 * pb);
+            const bool ok = s < nst && m0 + row < M && kb + s * TG_SK + k < ke;
+            const bf16* src = xssrc + s * TG_SK + k;
+            cp_async8(xs + off, ok ? src : W, ok);
+            cp_async8(xs + L::XPLANE + off, ok ? src + K : W, ok);
+        }
+    };
+
     // W two stages ahead (one cp.async group per stage); x through registers, stored one
-    // stage ahead and loaded two before that.
+    // stage ahead and loaded two before that. XS: W's first two stages, then (after the
+    // PDL wait) x's, a group each; every stage then commits one group (W and x of stage
+    // s + 2), so waiting until one group is in flight leaves stage s's W and x landed.
     XRegs xb;
     load_w(0);
     cp_async_commit();
@@ -232,10 +254,17 @@ __device__ __forceinline__ void tiled_gemm_wg_nb(const bf16* __restrict__ W, con
     cp_async_commit();
     prefetch_rows_early(W, n0, BN, tid, M, N, K, kb, ke, 2 * TG_SK, splits, ks);
     KILN_PDL_ENTER_ROWS(M);
-    load_x_regs(0, xr);
-    load_x_regs(1, xb);  // before stage 0's store waits for its loads
-    store_x_regs(0, xr);
-    load_x_regs(2, xr);
+    if constexpr (XS) {
+        load_x_split(0);
+        cp_async_commit();
+        load_x_split(1);
+        cp_async_commit();
+    } else {
+        load_x_regs(0, xr);
+        load_x_regs(1, xb);  // before stage 0's store waits for its loads
+        store_x_regs(0, xr);
+        load_x_regs(2, xr);
+    }
 
     float acc[NACC];
 #pragma unroll
@@ -265,9 +294,14 @@ __device__ __forceinline__ void tiled_gemm_wg_nb(const bf16* __restrict__ W, con
         else tgw_stage_mmas<NB, false, L>(acc, wt, xt);
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         load_w(s + 2);  // slot of stage s - 1
-        cp_async_commit();
-        store_x_regs(s + 1, xs);  // slot of stage s - 2
-        load_x_regs(s + 3, xs);
+        if constexpr (XS) {
+            load_x_split(s + 2);  // slot of stage s - 1 too
+            cp_async_commit();
+        } else {
+            cp_async_commit();
+            store_x_regs(s + 1, xs);  // slot of stage s - 2
+            load_x_regs(s + 3, xs);
+        }
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
         tgw_fence_acc<NACC>(acc);
     };
@@ -308,18 +342,18 @@ __device__ __forceinline__ void tiled_gemm_wg_nb(const bf16* __restrict__ W, con
 #endif
 }
 
-template <bool XF32, int WST, int XST, int WGS, typename Y>
+template <bool XF32, int WST, int XST, int WGS, typename Y, bool XS = false>
 __device__ __forceinline__ void tiled_gemm_wg(const bf16* W, const void* x, Y* y, float* ws, unsigned* counters, int M,
                                               int N, int K, int ks, int splits) {
     const int m0 = TgTile<64 * WGS, 32 * WGS>(M, K, ks).m0;  // the body's tile: only m0 here
     const int live = min(32 * WGS, (M - m0 + 15) / 16 * 16);
     switch (live > 64 ? 128 : live) {  // block-uniform
-        case 16: tiled_gemm_wg_nb<XF32, WST, XST, WGS, 16, Y>(W, x, y, ws, counters, M, N, K, ks, splits); break;
-        case 32: tiled_gemm_wg_nb<XF32, WST, XST, WGS, 32, Y>(W, x, y, ws, counters, M, N, K, ks, splits); break;
-        case 48: tiled_gemm_wg_nb<XF32, WST, XST, WGS, 48, Y>(W, x, y, ws, counters, M, N, K, ks, splits); break;
-        case 64: tiled_gemm_wg_nb<XF32, WST, XST, WGS, 64, Y>(W, x, y, ws, counters, M, N, K, ks, splits); break;
+        case 16: tiled_gemm_wg_nb<XF32, WST, XST, WGS, 16, Y, XS>(W, x, y, ws, counters, M, N, K, ks, splits); break;
+        case 32: tiled_gemm_wg_nb<XF32, WST, XST, WGS, 32, Y, XS>(W, x, y, ws, counters, M, N, K, ks, splits); break;
+        case 48: tiled_gemm_wg_nb<XF32, WST, XST, WGS, 48, Y, XS>(W, x, y, ws, counters, M, N, K, ks, splits); break;
+        case 64: tiled_gemm_wg_nb<XF32, WST, XST, WGS, 64, Y, XS>(W, x, y, ws, counters, M, N, K, ks, splits); break;
         default:
-            if constexpr (WGS == 4) tiled_gemm_wg_nb<XF32, WST, XST, WGS, 128, Y>(W, x, y, ws, counters, M, N, K, ks, splits);
+            if constexpr (WGS == 4) tiled_gemm_wg_nb<XF32, WST, XST, WGS, 128, Y, XS>(W, x, y, ws, counters, M, N, K, ks, splits);
             break;
     }
 }
@@ -342,3 +376,18 @@ GEMM_TILED_WG(wg4, GEMM_TILED_WG4, 4, 1, f32, float, true, f32, float)
 GEMM_TILED_WG(wg4, GEMM_TILED_WG4, 4, 1, f32, float, true, bf16, bf16)
 GEMM_TILED_WG(wg4, GEMM_TILED_WG4, 4, 1, bf16, bf16, false, f32, float)
 GEMM_TILED_WG(wg4, GEMM_TILED_WG4, 4, 1, bf16, bf16, false, bf16, bf16)
+
+// The split-x wgmma kernels, kiln_gemm_tiled_wg{,4}_xs_y{f32,bf16}(W, xs, y, ...): x as
+// kiln_split_hilo's rows (GemmKind::TiledWgmmaSplitX / TiledWgmmaWideSplitX); the shared
+// memory of fp32 x.
+#define GEMM_TILED_WG_XS(NAME, SMEMN, WGS, MINB, YN, YT)                                           \
+    extern "C" __global__ void __launch_bounds__(128 * WGS, MINB)                                 \
+        kiln_gemm_tiled_##NAME##_xs_y##YN(const bf16* W, const bf16* xs, YT* y, float* ws,        \
+                                          unsigned* counters, int M, int N, int K, int ks,        \
+                                          int splits) {                                           \
+        tiled_gemm_wg<true, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS, WGS, YT, true>(W, xs, y, ws, counters, M, N, K, ks, splits); \
+    }
+GEMM_TILED_WG_XS(wg, GEMM_TILED_WG, 2, 2, f32, float)
+GEMM_TILED_WG_XS(wg, GEMM_TILED_WG, 2, 2, bf16, bf16)
+GEMM_TILED_WG_XS(wg4, GEMM_TILED_WG4, 4, 1, f32, float)
+GEMM_TILED_WG_XS(wg4, GEMM_TILED_WG4, 4, 1, bf16, bf16)

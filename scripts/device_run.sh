@@ -60,17 +60,11 @@
 #            against the default (256-row blocks from 64 rows) and 256-row blocks from 128 rows:
 #            bench at $WIDE_BATCHES (32,64,128,256) twice, logits (tiled_wide.txt);
 #            KERNEL_TESTS=gemm_matches checks its bits against the other kernels
-#   reg_half  the register GEMM in 32-row blocks up to 8 rows (KILN_GEMM_REG_HALF=1, run time)
-#            against the default 64-row blocks: bench at $HALF_BATCHES (1,4,8) twice, logits
-#            (reg_half.txt); KERNEL_TESTS=gemm_matches checks its bits against the other kernels
 #   split_x  the tiled GEMMs on x split into bf16 hi / lo planes first (KILN_GEMM_SPLIT_X=1, run
 #            time), and with the norms writing the split for qkvz / qgkv / gate_up
 #            (+ KILN_GEMM_SPLIT_X_NORM=1), against the default at batch 32-256, logits and
 #            batch invariance to 256 (split_x.txt); KERNEL_TESTS=gemm_matches
 #            checks its bits, the kernel bench times it with and without the split launch
-#   attn_fused  decode attention in one launch whose last blocks combine (KILN_ATTN_FUSED_COMBINE=1,
-#            run time) against partial + combine: bench at 1,8,64 twice, and batch 1 / 8 at
-#            ctx 8192, logits (attn_fused.txt)
 #   reg_spread  the register GEMM packed by the block scheduler (KILN_GEMM_REG_SPREAD=0) against
 #            the default (unused shared memory caps its blocks per SM), batch $SPREAD_BATCHES (1,4): reg_spread.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
@@ -128,6 +122,9 @@
 #            without graphs, with the fused GDN computing every position's inputs first
 #            (KILN_GDN_VERIFY_PRE=1), and with the GDN one launch per position
 #            (KILN_GDN_VERIFY_FUSED=0; the default fuses it up to 4 sequences)
+#   wgmma_xs the wgmma tiled GEMMs (both tile sizes) fed split x by the producers
+#            (KILN_GEMM_WGMMA=1 KILN_GEMM_SPLIT_X=1 KILN_GEMM_SPLIT_X_NORM=1) against the
+#            default at $SPLIT_BATCHES (default 64,128,256), logits (wgmma_xs.txt)
 #   kernels  tests/cuda_kernels (.devbin/cuda_kernels-*) with --ignored (KERNEL_TESTS: name
 #            filters), then the kernel bench (KERNEL_BENCH=0: the tests only)
 #   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
@@ -463,22 +460,17 @@ if has tiled_wide; then
   log "tiled GEMM: 256-row blocks from 64 rows (default) against never and from 128"
   env_ab "default" "narrow" tiled_wide.txt KILN_GEMM_TILED_WIDE_MIN_M=0 "${WIDE_BATCHES:-32,64,128,256}" "wide from 128" KILN_GEMM_TILED_WIDE_MIN_M=128
 fi
-if has reg_half; then
-  log "register GEMM in 32-row blocks up to 8 rows against 64-row blocks"
-  env_ab "default" "half blocks" reg_half.txt KILN_GEMM_REG_HALF=1 "${HALF_BATCHES:-1,4,8}"
-fi
 if has split_x; then
   log "split_x: KILN_GEMM_SPLIT_X=1 (a split launch per tiled GEMM), and with the norms writing the split, against the default"
   env_ab "default" "split x" split_x.txt KILN_GEMM_SPLIT_X=1 "${SPLIT_BATCHES:-32,64,128,256}" \
     "split x norm" "KILN_GEMM_SPLIT_X=1 KILN_GEMM_SPLIT_X_NORM=1"
 fi
-if has attn_fused; then
-  log "decode attention: the partial kernel's last blocks combine against a combine launch"
-  env_ab "default" "fused combine" attn_fused.txt KILN_ATTN_FUSED_COMBINE=1 "1,8,64"
-  for r in 1 2; do
-    bench_as "default" attn_fused.txt "$ENG/qwen35_4b_random.plan" -- --batch 1,8 --ctx 8192 --prefill 16
-    bench_as "fused combine" attn_fused.txt "$ENG/qwen35_4b_random.plan" KILN_ATTN_FUSED_COMBINE=1 -- --batch 1,8 --ctx 8192 --prefill 16
-  done
+if has wgmma_xs; then
+  # Session 25: the wgmma tiled kernels fed split x (x by cp.async beside W, no conversions in
+  # the loop), with the producers writing the split, against the mma.sync default.
+  log "wgmma_xs: KILN_GEMM_WGMMA=1 with split x from the producers, both tile sizes, against the default"
+  env_ab "default" "wgmma split x norm" wgmma_xs.txt "KILN_GEMM_WGMMA=1 KILN_GEMM_SPLIT_X=1 KILN_GEMM_SPLIT_X_NORM=1" \
+    "${SPLIT_BATCHES:-64,128,256}" "wgmma wide split x norm" "KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1 KILN_GEMM_SPLIT_X=1 KILN_GEMM_SPLIT_X_NORM=1"
 fi
 if has reg_spread; then
   # The register GEMM's blocks spread over every SM (the default since session 21: unused

@@ -86,9 +86,7 @@ fn bench_kernels() {
                 &[
                     (1, DType::F32, GemmKind::Auto),
                     (1, DType::F32, GemmKind::Register),
-                    (1, DType::F32, GemmKind::RegisterHalf),
                     (4, DType::F32, GemmKind::Register),
-                    (4, DType::F32, GemmKind::RegisterHalf),
                     (8, DType::F32, GemmKind::Auto),
                     (16, DType::F32, GemmKind::Auto),
                     (32, DType::F32, GemmKind::SharedX),
@@ -129,12 +127,15 @@ fn bench_kernels() {
             // producers wrote the planes): the gain the split launch hides.
             if *pname == "default" {
                 k.split_hilo(&s, ptr(&s, &x), ptr(&s, &xsb), 256, kk).unwrap();
-                for (m, wide) in [(64usize, true), (128, true), (256, false), (256, true)] {
+                let mut presplit = vec![(64usize, GemmKind::TiledWideSplitX), (128, GemmKind::TiledWideSplitX), (256, GemmKind::TiledSplitX), (256, GemmKind::TiledWideSplitX)];
+                if k.has_wgmma() {
+                    presplit.extend([(64, GemmKind::TiledWgmmaSplitX), (128, GemmKind::TiledWgmmaWideSplitX), (256, GemmKind::TiledWgmmaSplitX), (256, GemmKind::TiledWgmmaWideSplitX)]);
+                }
+                for (m, kind) in presplit {
                     let yp = ptr(&s, &y);
-                    let ms = time_ms(&s, 20, |i| k.gemm_tiled_presplit(&s, wps[i % copies], ptr(&s, &xsb), yp, DType::F32, m, n, kk, &scratch, *plan, wide).unwrap());
+                    let ms = time_ms(&s, 20, |i| k.gemm_tiled_presplit(&s, wps[i % copies], ptr(&s, &xsb), yp, DType::F32, m, n, kk, &scratch, *plan, kind).unwrap());
                     println!(
-                        "BENCH gemm {name:8} N={n:6} K={kk:5} M={m:3} x presplit {} plan {pname:7} (splits {:2}): {:8.1} us, {:6.0} GB/s",
-                        if wide { "TiledWide" } else { "Tiled" },
+                        "BENCH gemm {name:8} N={n:6} K={kk:5} M={m:3} x presplit {kind:?} plan {pname:7} (splits {:2}): {:8.1} us, {:6.0} GB/s",
                         plan.splits,
                         ms * 1e3,
                         gbps(wbytes as f64, ms)
@@ -430,18 +431,13 @@ fn bench_attention(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng
         let (na, nm) = k.attn_decode_scratch(b, max_parts);
         let (pa, pm) = (s.alloc_zeros::<f32>(na).unwrap(), s.alloc_zeros::<f32>(nm).unwrap());
         let out = s.alloc_zeros::<f32>(b * nh * hd).unwrap();
-        let cnt = s.alloc_zeros::<u32>(k.attn_decode_counters(b)).unwrap();
         let args = AttnDecode {
             q: ptr(s, &q), k_cache: ptr(s, &kc), v_cache: ptr(s, &vc), block_tables: ptr(s, &bt), bt_stride: ctx / bs, ctx_lens: ptr(s, &cl),
             block_size: bs, part_acc: ptr(s, &pa), part_ml: ptr(s, &pm), max_parts, gate: None, gate_hs: 2 * hd, out: Mat::f32(ptr(s, &out), nh * hd), batch: b,
-            counters: ptr(s, &cnt),
         };
         let bytes = (b * ctx * nkv * hd * 2 * 2) as f64;
-        for fused in [false, true] {
-            let ms = time_ms(s, 20, |_| k.attn_decode_with(s, &args, fused).unwrap());
-            let form = if fused { "fused" } else { "partial + combine" };
-            println!("BENCH attn_decode ctx={ctx} B={b:2} parts {max_parts}: {:7.1} us ({form}), KV {:6.0} GB/s", ms * 1e3, gbps(bytes, ms));
-        }
+        let ms = time_ms(s, 20, |_| k.attn_decode(s, &args).unwrap());
+        println!("BENCH attn_decode ctx={ctx} B={b:2} parts {max_parts}: {:7.1} us (partial + combine), KV {:6.0} GB/s", ms * 1e3, gbps(bytes, ms));
     }
     let t = 1024usize;
     let blocks = t / bs;

@@ -82,7 +82,7 @@ fn gemm_matches_f64_reference() {
                     // Up to 64 rows the register, shared-x and both tiled kernels; above, the tiled kernels
                     // (128- and 256-row blocks) against the register kernel run on 64-row pieces.
                     let mut kinds: Vec<GemmKind> = match m {
-                        ..=8 => vec![GemmKind::Register, GemmKind::RegisterHalf, GemmKind::SharedX, GemmKind::Tiled, GemmKind::TiledWide],
+                        ..=8 => vec![GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled, GemmKind::TiledWide],
                         ..=64 => vec![GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled, GemmKind::TiledWide],
                         _ => vec![GemmKind::Tiled, GemmKind::TiledWide],
                     };
@@ -91,9 +91,13 @@ fn gemm_matches_f64_reference() {
                     if e.k.has_wgmma() {
                         kinds.extend([GemmKind::TiledWgmma, GemmKind::TiledWgmmaWide]);
                     }
-                    // fp32 x split beforehand (kiln_split_hilo) into both tiled kernels: the same bits.
+                    // fp32 x split beforehand (kiln_split_hilo) into the tiled kernels (mma.sync,
+                    // and on sm_90 wgmma): the same bits.
                     if xt == DType::F32 {
                         kinds.extend([GemmKind::TiledSplitX, GemmKind::TiledWideSplitX]);
+                        if e.k.has_wgmma() {
+                            kinds.extend([GemmKind::TiledWgmmaSplitX, GemmKind::TiledWgmmaWideSplitX]);
+                        }
                     }
                     let mut first: Option<Vec<f32>> = (m > 64).then(|| {
                         (0..m).step_by(64).flat_map(|r| {

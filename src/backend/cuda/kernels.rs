@@ -121,7 +121,7 @@ pub struct Kernels {
     /// Shared memory per SM, and what the driver reserves per resident block (bytes).
     smem_per_sm: usize,
     smem_reserved_per_block: usize,
-    /// Blocks of each register GEMM kernel (`registry::GEMM`, `GEMM_HALF`) an SM holds (the
+    /// Blocks of each register GEMM kernel (`registry::GEMM`) an SM holds (the
     /// driver's occupancy at its block size, read at load), and its static shared memory.
     reg_gemm_per_sm: HashMap<&'static str, (usize, usize)>,
     funcs: HashMap<String, CudaFunction>,
@@ -131,9 +131,6 @@ pub struct Kernels {
     has_wgmma: bool,
     /// `KILN_GDN_VERIFY_FUSED`: 1 always, 0 never, unset by the batch (`gdn_verify_fused`).
     gdn_verify_fused: Option<bool>,
-    /// `KILN_ATTN_FUSED_COMBINE=1`: decode attention in one launch whose last blocks
-    /// combine (`attn_decode`); off until measured.
-    pub(crate) attn_fused_combine: bool,
     /// The fused verify runs kiln_gdn_verify_pre (the default since session 14;
     /// `KILN_GDN_VERIFY_PRE=0` runs kiln_gdn_verify).
     gdn_verify_pre: bool,
@@ -192,16 +189,13 @@ impl Kernels {
         let smem_reserved_per_block = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK, "the shared memory reserved per block")?;
         // The register GEMM's occupancy, once: `spread_smem` needs it at every launch.
         let mut reg_gemm_per_sm = HashMap::new();
-        let full = registry::GEMM.as_flattened().as_flattened().iter().map(|&n| (n, gemm::GEMM_REG_THREADS));
-        let half = registry::GEMM_HALF.as_flattened().iter().map(|&n| (n, gemm::GEMM_REG_THREADS / 2));
-        for (name, threads) in full.chain(half) {
+        for (name, threads) in registry::GEMM.as_flattened().as_flattened().iter().map(|&n| (n, gemm::GEMM_REG_THREADS)) {
             let f = funcs.get(name).with_context(|| format!("kernel `{name}` not loaded"))?;
             let n = f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None).map_err(|e| anyhow!("occupancy of {name}: {e:?}"))?;
             let static_smem = f.shared_size_bytes().map_err(|e| anyhow!("static shared memory of {name}: {e:?}"))?;
             reg_gemm_per_sm.insert(name, (n as usize, static_smem as usize));
         }
         let gdn_verify_fused = std::env::var("KILN_GDN_VERIFY_FUSED").ok().map(|v| v != "0");
-        let attn_fused_combine = std::env::var("KILN_ATTN_FUSED_COMBINE").is_ok_and(|v| v == "1");
         let gdn_verify_pre = std::env::var("KILN_GDN_VERIFY_PRE").map_or(true, |v| v != "0");
         let attn_prefill_rows = if std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "64") { 64 } else { 128 };
         let timeline = Timeline::attach(&loaded, &ctx.default_stream(), TIMELINE_RECORDS)?;
@@ -216,7 +210,6 @@ impl Kernels {
             pdl: AtomicBool::new(false),
             has_wgmma,
             gdn_verify_fused,
-            attn_fused_combine,
             gdn_verify_pre,
             gemm_choices: GemmChoices::from_env(),
             attn_prefill_rows,

@@ -232,7 +232,6 @@ impl LayerStack<'_> {
                 ctx_lens: r.at(r.meta.ctx_lens), block_size: self.pools.block_size,
                 part_acc: s.part_acc.ptr, part_ml: s.part_ml.ptr, max_parts: s.max_parts,
                 gate: Some(qg.cols(c.head_dim)), gate_hs: 2 * c.head_dim, out: combine_out, batch: nd,
-                counters: s.attn_counters.ptr,
             })?;
             if r.act == DType::BF16 {
                 k.f32_to_bf16(st, s.core.ptr, s.mix_in.ptr, nd * attn_w)?;

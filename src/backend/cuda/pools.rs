@@ -123,8 +123,6 @@ pub struct Scratch {
     pub argmax_ws: ArgmaxScratch,
     pub part_acc: DevBuf,
     pub part_ml: DevBuf,
-    /// The fused decode attention's counters (u32 [rows][NUM_KV_HEADS], left zero).
-    pub attn_counters: DevBuf,
     pub max_parts: usize,
     /// GDN prefill pre-pass output (Kernels::gdn_prefill_workspace).
     pub gdn_ws: DevBuf,
@@ -200,7 +198,6 @@ impl Scratch {
             argmax_ws,
             part_acc: DevBuf::zeroed(acc * f, "decode attention partials")?,
             part_ml: DevBuf::zeroed(ml * f, "decode attention partials")?,
-            attn_counters: DevBuf::zeroed(k.attn_decode_counters(max_seqs) * 4, "decode attention counters")?,
             max_parts,
             gdn_ws: DevBuf::zeroed(k.gdn_prefill_workspace(max_tokens, max_seqs), "the GDN prefill workspace")?,
             _gemm_ws: gemm_ws,

@@ -45,11 +45,6 @@ pub const GEMM: ByXY<[&str; 4]> = [
         ["kiln_gemm_xbf16_ybf16_m8", "kiln_gemm_xbf16_ybf16_m16", "kiln_gemm_xbf16_ybf16_m32", "kiln_gemm_xbf16_ybf16_m64"],
     ],
 ];
-/// The m8 register GEMM with 32-row blocks of two warps (`GemmKind::RegisterHalf`): [x][y].
-pub const GEMM_HALF: ByXY<&str> = [
-    ["kiln_gemm_xf32_yf32_m8h", "kiln_gemm_xf32_ybf16_m8h"],
-    ["kiln_gemm_xbf16_yf32_m8h", "kiln_gemm_xbf16_ybf16_m8h"],
-];
 /// Skinny GEMM with x split once per block into shared memory: [x][y][m16, m32, m64].
 pub const GEMM_SX: ByXY<[&str; 3]> = [
     [
@@ -90,6 +85,10 @@ pub const GEMM_TILED_WG4: ByXY<&str> = [
     ["kiln_gemm_tiled_wg4_xf32_yf32", "kiln_gemm_tiled_wg4_xf32_ybf16"],
     ["kiln_gemm_tiled_wg4_xbf16_yf32", "kiln_gemm_tiled_wg4_xbf16_ybf16"],
 ];
+/// The wgmma tiled GEMMs fed split x (sm_90a only, kernels/gemm_tiled_wg.cu `XS`,
+/// `GemmKind::TiledWgmmaSplitX` / `TiledWgmmaWideSplitX`): [y]. Shared memory as fp32 x.
+pub const GEMM_TILED_WG_XS: [&str; 2] = ["kiln_gemm_tiled_wg_xs_yf32", "kiln_gemm_tiled_wg_xs_ybf16"];
+pub const GEMM_TILED_WG4_XS: [&str; 2] = ["kiln_gemm_tiled_wg4_xs_yf32", "kiln_gemm_tiled_wg4_xs_ybf16"];
 /// The tiled GEMM's stage counts (W slots, x slots), the kernel's template arguments
 /// (`smem_defines` passes them): W runs slots - 1 stages ahead, x slots - 1. The kernel
 /// static_asserts its shared memory against `gemm_tiled_smem`, and
@@ -128,8 +127,6 @@ pub const ATTN_PREFILL: [&str; 2] = ["kiln_attn_prefill", "kiln_attn_prefill_r12
 pub const ATTN_PREFILL_ROWS: [usize; 2] = [64, 128];
 pub const ATTN_DECODE_PARTIAL: &str = "kiln_attn_decode_partial";
 pub const ATTN_DECODE_COMBINE: [&str; 2] = ["kiln_attn_decode_combine_f32", "kiln_attn_decode_combine_bf16"];
-/// The partial kernel whose last block per (row, KV head) combines (`KILN_ATTN_FUSED_COMBINE=1`), by output dtype.
-pub const ATTN_DECODE_FUSED: [&str; 2] = ["kiln_attn_decode_fused_f32", "kiln_attn_decode_fused_bf16"];
 pub const OUTPUT_GATE: ByXY<&str> = [
     ["kiln_output_gate_f32_f32", "kiln_output_gate_f32_bf16"],
     ["kiln_output_gate_bf16_f32", "kiln_output_gate_bf16_bf16"],
@@ -260,7 +257,6 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("norm", &MTP_FC_INPUT, 0);
     add("norm", GATED_RMSNORM.as_flattened(), 0);
     add("gemm", GEMM.as_flattened().as_flattened(), 0);
-    add("gemm", GEMM_HALF.as_flattened(), 0);
     add("gemm", &[PACK_WEIGHT], 0);
     for x in BOTH {
         for y in BOTH {
@@ -273,6 +269,8 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     }
     add("gemm_tiled", &GEMM_TILED_XS, gemm_tiled_xs_smem(128));
     add("gemm_tiled", &GEMM_TILED_WIDE_XS, gemm_tiled_xs_smem(256));
+    add("gemm_tiled_wg", &GEMM_TILED_WG_XS, gemm_tiled_wg_smem(DType::F32, 2));
+    add("gemm_tiled_wg", &GEMM_TILED_WG4_XS, gemm_tiled_wg_smem(DType::F32, 4));
     for x in BOTH {
         add("gemm_tiled", &GEMM_TILED[x.idx()], gemm_tiled_smem(x));
         add("gemm_tiled", &GEMM_TILED_WIDE[x.idx()], gemm_tiled_rows_smem(x, 256));
@@ -292,7 +290,6 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     }
     add("attn_decode", &[ATTN_DECODE_PARTIAL], 0);
     add("attn_decode", &ATTN_DECODE_COMBINE, 0);
-    add("attn_decode", &ATTN_DECODE_FUSED, 0);
     add("elementwise", OUTPUT_GATE.as_flattened(), 0);
     add("elementwise", SILU_MUL.as_flattened(), 0);
     add("elementwise", &SILU_MUL_PARTS, 0);

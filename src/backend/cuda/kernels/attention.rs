@@ -1,7 +1,7 @@
 //! Full attention: q/k norm + RoPE + paged KV write, prefill and decode attention.
 
 use super::{int, params, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{attn_prefill_smem, ATTN_DECODE_COMBINE as COMBINE, ATTN_DECODE_FUSED, ATTN_DECODE_PARTIAL, ATTN_PREFILL, ATTN_PREFILL_ROWS, QK_NORM_ROPE as ROPE};
+use crate::backend::cuda::registry::{attn_prefill_smem, ATTN_DECODE_COMBINE as COMBINE, ATTN_DECODE_PARTIAL, ATTN_PREFILL, ATTN_PREFILL_ROWS, QK_NORM_ROPE as ROPE};
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::CudaStream;
 
@@ -72,9 +72,6 @@ pub struct AttnDecode {
     /// [B][ld] output, head h at h*HEAD_DIM.
     pub out: Mat,
     pub batch: usize,
-    /// u32 [B][NUM_KV_HEADS], zero (and left zero): lets the fused kernel's last block
-    /// per row and KV head combine (`Kernels::attn_fused_combine`); NULL: two launches.
-    pub counters: DevPtr,
 }
 
 impl Kernels {
@@ -113,20 +110,14 @@ impl Kernels {
         self.launch(ATTN_PREFILL[v], stream, grid, 2 * rows as u32, smem, &mut p)
     }
 
-    /// Partition + combine launches (max_parts partition blocks per sequence and KV head),
-    /// or with `attn_fused_combine` and counters one launch whose last blocks combine.
+    /// Partition + combine launches (max_parts partition blocks per sequence and KV head).
+    /// (Session 23's one-launch form, the last block per row and KV head combining, measured
+    /// +3.1 to +3.5 % a step at batch 1 / 8 / 64 in session 25: deleted.)
     pub fn attn_decode(&self, stream: &CudaStream, a: &AttnDecode) -> Result<()> {
-        self.attn_decode_with(stream, a, self.attn_fused_combine && a.counters != NULL)
-    }
-
-    /// `attn_decode` with the form chosen: `fused` (needs `a.counters`) or two launches.
-    /// The same bits (t_attn).
-    pub fn attn_decode_with(&self, stream: &CudaStream, a: &AttnDecode, fused: bool) -> Result<()> {
         if a.batch == 0 {
             return Ok(());
         }
         ensure!(a.max_parts > 0, "attn_decode: max_parts must be positive");
-        ensure!(!fused || a.counters != NULL, "attn_decode: the fused form needs its counters");
         let (q, kc, vc, bt, bts, cl) = (a.q, a.k_cache, a.v_cache, a.block_tables, int(a.bt_stride, "bt_stride")?, a.ctx_lens);
         let (bs, pa, pm, mp, b) = (int(a.block_size, "block_size")?, a.part_acc, a.part_ml, int(a.max_parts, "max_parts")?, int(a.batch, "batch")?);
         let (gp, ldg) = match a.gate {
@@ -138,21 +129,11 @@ impl Kernels {
         };
         let (hs, op, ldo) = (int(a.gate_hs, "gate_hs")?, a.out.ptr, int(a.out.ld, "ld_out")?);
         let grid = (a.max_parts as u32, self.dims.num_kv_heads as u32, a.batch as u32);
-        if fused {
-            let cn = a.counters;
-            let mut p = params!(q, kc, vc, bt, bts, cl, bs, pa, pm, mp, gp, ldg, hs, op, ldo, cn, b);
-            return self.launch(ATTN_DECODE_FUSED[a.out.dtype.idx()], stream, grid, 128, 0, &mut p);
-        }
         let mut p = params!(q, kc, vc, bt, bts, cl, bs, pa, pm, mp, b);
         self.launch(ATTN_DECODE_PARTIAL, stream, grid, 128, 0, &mut p)?;
         let mut p = params!(pa, pm, cl, mp, gp, ldg, hs, op, ldo, b);
         let grid = (self.dims.num_heads as u32, a.batch as u32, 1);
         self.launch(COMBINE[a.out.dtype.idx()], stream, grid, self.dims.head_dim as u32, 0, &mut p)
-    }
-
-    /// Counters the fused form needs for `batch` rows (u32, zeroed once).
-    pub fn attn_decode_counters(&self, batch: usize) -> usize {
-        batch * self.dims.num_kv_heads
     }
 
     /// Scratch elements attn_decode needs: (part_acc floats, part_ml floats).

@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_rows_smem, gemm_tiled_smem, gemm_tiled_wg_smem, GEMM as NAMES, GEMM_HALF, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, GEMM_TILED_WIDE, GEMM_TILED_WG4, GEMM_TILED_WIDE_XS, GEMM_TILED_XS, gemm_tiled_xs_smem, PACK_WEIGHT, SMEM_NO_OPT_IN, SPLIT_HILO};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_rows_smem, gemm_tiled_smem, gemm_tiled_wg_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, GEMM_TILED_WIDE, GEMM_TILED_WG4, GEMM_TILED_WIDE_XS, GEMM_TILED_XS, GEMM_TILED_WG_XS, GEMM_TILED_WG4_XS, gemm_tiled_xs_smem, PACK_WEIGHT, SMEM_NO_OPT_IN, SPLIT_HILO};
 use crate::backend::weight_pack;
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -43,9 +43,6 @@ pub enum GemmKind {
     Auto,
     /// Each warp reads x through L1 (kiln_gemm_x*).
     Register,
-    /// The register kernel for M <= 8 in 32-row blocks of two warps (kiln_gemm_x*_m8h):
-    /// twice the blocks, half the rows each; the same bits.
-    RegisterHalf,
     /// x converted once per block to bf16 hi/lo in shared memory, batch tiles past M
     /// skipped, vectorised split-K reduction (kiln_gemm_sx_x*; M <= 64).
     SharedX,
@@ -64,6 +61,25 @@ pub enum GemmKind {
     /// cp.async, no conversions in the loop). The same bits.
     TiledSplitX,
     TiledWideSplitX,
+    /// The wgmma kernels fed split x the same way (kiln_gemm_tiled_wg{,4}_xs_y*; sm_90a
+    /// only; with `KILN_GEMM_WGMMA=1` and `KILN_GEMM_SPLIT_X=1`). The same bits.
+    TiledWgmmaSplitX,
+    TiledWgmmaWideSplitX,
+}
+
+impl GemmKind {
+    /// The kind that reads this kind's x split beforehand (itself for the split kinds);
+    /// None for the kernels that have no split-x form.
+    pub fn split_x(self) -> Option<GemmKind> {
+        use GemmKind::*;
+        match self {
+            Tiled | TiledSplitX => Some(TiledSplitX),
+            TiledWide | TiledWideSplitX => Some(TiledWideSplitX),
+            TiledWgmma | TiledWgmmaSplitX => Some(TiledWgmmaSplitX),
+            TiledWgmmaWide | TiledWgmmaWideSplitX => Some(TiledWgmmaWideSplitX),
+            Auto | Register | SharedX => None,
+        }
+    }
 }
 
 /// How decode GEMMs are launched: which kernel takes which M and N, and how K is split.
@@ -141,12 +157,6 @@ pub struct GemmChoices {
     /// logits bit-identical): batch 32 +1.1 %, 64 -1.4 %, 128 -3.3 %, 256 -4.0 % (31.6
     /// against 32.9 ms), so the default takes it from 64 rows.
     pub tiled_wide_min_m: usize,
-    /// Up to 8 rows the register kernel runs 32-row blocks (`GemmKind::RegisterHalf`,
-    /// `KILN_GEMM_REG_HALF=1`; off until measured). Why: at batch 1 the down GEMM's 520
-    /// 64-row blocks are all resident at once and its last ones end 5-7 µs after the median
-    /// (H100 timeline, session 20: p50 16.4, last 23-25 µs after release), ~0.2 ms of the
-    /// step over 32 layers; with half the rows a block, the slowest carries half the work.
-    pub reg_half: bool,
     /// The tiled GEMMs take fp32 x split once into bf16 hi / lo planes by `kiln_split_hilo`
     /// (`GemmKind::TiledSplitX`, `KILN_GEMM_SPLIT_X=1`; session 24, off until measured):
     /// x then streams into shared memory by cp.async beside W instead of through registers
@@ -163,7 +173,7 @@ pub struct GemmChoices {
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true, tiled_wide_min_m: 64, reg_half: false, split_x: false, split_x_norm: false }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true, tiled_wide_min_m: 64, split_x: false, split_x_norm: false }
     }
 }
 
@@ -189,16 +199,15 @@ impl GemmChoices {
             wgmma_wide: flag("KILN_GEMM_WGMMA_WIDE", d.wgmma_wide),
             reg_spread: flag("KILN_GEMM_REG_SPREAD", d.reg_spread),
             tiled_wide_min_m: num("KILN_GEMM_TILED_WIDE_MIN_M", d.tiled_wide_min_m),
-            reg_half: flag("KILN_GEMM_REG_HALF", d.reg_half),
             split_x: flag("KILN_GEMM_SPLIT_X", d.split_x),
             split_x_norm: flag("KILN_GEMM_SPLIT_X_NORM", d.split_x_norm),
         }
     }
 
     /// Whether a decode step of `m` rows (one GEMM launch) takes `split_x_norm`: its
-    /// GEMMs all run the mma.sync tiled kernels, the only ones that read a split x.
+    /// GEMMs all run the tiled kernels (mma.sync or wgmma), the ones that read a split x.
     pub fn producers_split(&self, m: usize) -> bool {
-        self.split_x_norm && self.tiled && !self.wgmma && m >= self.tiled_min_m.min(17) && m <= GEMM_MAX_M
+        self.split_x_norm && self.tiled && m >= self.tiled_min_m.min(17) && m <= GEMM_MAX_M
     }
 
     /// Rows of one decode GEMM launch: 256 with the tiled kernel, else 64.
@@ -228,8 +237,6 @@ impl GemmChoices {
             let all = self.shared_x_all_min_m > 0 && m >= self.shared_x_all_min_m;
             if self.small_shared_x && (n >= self.shared_x_min_n || all) {
                 GemmKind::SharedX
-            } else if self.reg_half && m <= 8 {
-                GemmKind::RegisterHalf
             } else {
                 GemmKind::Register
             }
@@ -359,7 +366,7 @@ impl Kernels {
     }
 
     /// Counters needed for an N-row weight: one per 64 rows (register and shared-x
-    /// kernels; 32 for RegisterHalf) or per 128-row W tile and 64-row batch tile (tiled
+    /// kernels) or per 128-row W tile and 64-row batch tile (tiled
     /// kernel, up to 4): n / 128 * 4 covers them all.
     pub fn gemm_counters_len(n: usize) -> usize {
         n.div_ceil(128) * GEMM_MAX_M.div_ceil(64)
@@ -436,24 +443,24 @@ impl Kernels {
         } else {
             kind
         };
-        let tiled_f32 = matches!(kind, GemmKind::Tiled | GemmKind::TiledWide) && x_dtype == DType::F32;
-        let wide = matches!(kind, GemmKind::TiledWide | GemmKind::TiledWideSplitX);
+        // The kind's split-x form when x is fp32 and this is a tiled kind (mma.sync or wgmma).
+        let split_kind = kind.split_x().filter(|_| x_dtype == DType::F32);
+        let explicit_split = split_kind == Some(kind);
         // x already split by its producer (`xs_of`, split_x_norm): the launch must read the
         // split rows, since the producer wrote no fp32 copy.
         if scratch.xs_of != NULL {
             let d = x.checked_sub(scratch.xs_of).map_or(usize::MAX, |d| d as usize);
-            let readable = auto && tiled_f32 && d.is_multiple_of(k * 4) && d.saturating_add(m * k * 4) <= scratch.xs_bytes;
+            let readable = auto && split_kind.is_some() && d.is_multiple_of(k * 4) && d.saturating_add(m * k * 4) <= scratch.xs_bytes;
             ensure!(readable, "gemm: x (M = {m}, K = {k}, {kind:?}) was written only split at xs_of, and this launch cannot read it");
-            return self.gemm_tiled_presplit(stream, w, scratch.xs + d as u64, y, y_dtype, m, n, k, scratch, plan, wide);
+            return self.gemm_tiled_presplit(stream, w, scratch.xs + d as u64, y, y_dtype, m, n, k, scratch, plan, split_kind.unwrap_or(kind));
         }
-        // The split-x experiment: the mma.sync tiled kernels' fp32-x launches split x first.
-        let split = matches!(kind, GemmKind::TiledSplitX | GemmKind::TiledWideSplitX) || (auto && tiled_f32 && c.split_x && scratch.xs != NULL);
-        if split {
-            ensure!(x_dtype == DType::F32, "gemm: the split-x kernels split fp32 x, not {x_dtype:?}");
+        // The split-x experiment: the tiled kernels' fp32-x launches split x first.
+        if let Some(sk) = split_kind.filter(|_| explicit_split || (auto && c.split_x && scratch.xs != NULL)) {
             ensure!(scratch.xs_bytes >= m * k * 4, "gemm: split-x scratch of {} bytes < {} needed", scratch.xs_bytes, m * k * 4);
             self.split_hilo(stream, x, scratch.xs, m, k)?;
-            return self.gemm_tiled_presplit(stream, w, scratch.xs, y, y_dtype, m, n, k, scratch, plan, wide);
+            return self.gemm_tiled_presplit(stream, w, scratch.xs, y, y_dtype, m, n, k, scratch, plan, sk);
         }
+        ensure!(kind.split_x() != Some(kind), "gemm: the split-x kernels split fp32 x, not {x_dtype:?}");
         let wgmma = matches!(kind, GemmKind::TiledWgmma | GemmKind::TiledWgmmaWide);
         ensure!(!wgmma || self.has_wgmma(), "gemm: the wgmma kernels need sm_90a");
         let tiled = matches!(kind, GemmKind::Tiled | GemmKind::TiledWide);
@@ -501,16 +508,10 @@ impl Kernels {
             return self.launch(GEMM_SX[x_dtype.idx()][y_dtype.idx()][si], stream, grid, 256, smem, &mut p);
         }
         let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp, w_packed);
-        let half = kind == GemmKind::RegisterHalf;
-        ensure!(!half || m <= 8, "gemm: M = {m} exceeds 8, the most the RegisterHalf kernel takes");
-        let (rows_per_block, threads, name) = if half {
-            (32, GEMM_REG_THREADS / 2, GEMM_HALF[x_dtype.idx()][y_dtype.idx()])
-        } else {
-            (if mi >= 2 { 128 } else { 64 }, GEMM_REG_THREADS, NAMES[x_dtype.idx()][y_dtype.idx()][mi])
-        };
-        let grid = (n.div_ceil(rows_per_block) as u32, plan.splits as u32, 1);
+        let name = NAMES[x_dtype.idx()][y_dtype.idx()][mi];
+        let grid = (n.div_ceil(if mi >= 2 { 128 } else { 64 }) as u32, plan.splits as u32, 1);
         let smem = if c.reg_spread { self.spread_smem(name, grid.0 as usize * grid.1 as usize)? } else { 0 };
-        self.launch(name, stream, grid, threads, smem, &mut p)
+        self.launch(name, stream, grid, GEMM_REG_THREADS, smem, &mut p)
     }
 }
 
@@ -545,11 +546,14 @@ impl Kernels {
     /// The tiled GEMM (128-row blocks, or 256 with `wide`) on x already split by
     /// `split_hilo` (`xs`, M rows of 2K bf16): the bits of the fp32-x tiled kernels.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_tiled_presplit(&self, stream: &CudaStream, w: impl Into<GemmWeight>, xs: DevPtr, y: DevPtr, y_dtype: DType, m: usize, n: usize, k: usize, scratch: &GemmScratch, plan: GemmPlan, wide: bool) -> Result<()> {
+    pub fn gemm_tiled_presplit(&self, stream: &CudaStream, w: impl Into<GemmWeight>, xs: DevPtr, y: DevPtr, y_dtype: DType, m: usize, n: usize, k: usize, scratch: &GemmScratch, plan: GemmPlan, kind: GemmKind) -> Result<()> {
         if m == 0 || n == 0 {
             return Ok(());
         }
         ensure!(m <= GEMM_MAX_M, "gemm: M = {m} exceeds {GEMM_MAX_M}");
+        ensure!(kind.split_x() == Some(kind), "gemm: {kind:?} does not read split x");
+        let wgmma = matches!(kind, GemmKind::TiledWgmmaSplitX | GemmKind::TiledWgmmaWideSplitX);
+        ensure!(!wgmma || self.has_wgmma(), "gemm: the wgmma kernels need sm_90a");
         Self::check_gemm_launch(m, n, k, plan, scratch)?;
         let w = w.into().rows;
         check_aligned(w, 16, "gemm W")?;
@@ -557,13 +561,19 @@ impl Kernels {
         let (ws, counters) = (scratch.ws, scratch.counters);
         let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
         let mut p = params!(w, xs, y, ws, counters, mm, nn, kk, ks, sp);
-        let (bn, names, smem) = if wide { (256, &GEMM_TILED_WIDE_XS, gemm_tiled_xs_smem(256)) } else { (128, &GEMM_TILED_XS, gemm_tiled_xs_smem(128)) };
-        let grid = ((n.div_ceil(bn) * m.div_ceil(64)) as u32, plan.splits as u32, 1);
-        self.launch(names[y_dtype.idx()], stream, grid, 256, smem as u32, &mut p)
+        // (tile rows of W, tile rows of the batch, threads, shared memory, names)
+        let (bn, bm, threads, smem, names) = match kind {
+            GemmKind::TiledWideSplitX => (256, 64, 256, gemm_tiled_xs_smem(256), &GEMM_TILED_WIDE_XS),
+            GemmKind::TiledWgmmaSplitX => (128, 64, 256, gemm_tiled_wg_smem(DType::F32, 2), &GEMM_TILED_WG_XS),
+            GemmKind::TiledWgmmaWideSplitX => (256, 128, 512, gemm_tiled_wg_smem(DType::F32, 4), &GEMM_TILED_WG4_XS),
+            _ => (128, 64, 256, gemm_tiled_xs_smem(128), &GEMM_TILED_XS),
+        };
+        let grid = ((n.div_ceil(bn) * m.div_ceil(bm)) as u32, plan.splits as u32, 1);
+        self.launch(names[y_dtype.idx()], stream, grid, threads, smem as u32, &mut p)
     }
 }
 
-/// Threads of a register GEMM block (kernels/gemm.cu GEMM_ALL_M: 4 warps; half for m8h).
+/// Threads of a register GEMM block (kernels/gemm.cu GEMM_ALL_M: 4 warps).
 pub(crate) const GEMM_REG_THREADS: u32 = 128;
 
 /// Dynamic shared memory (unused) that leaves room for at most ceil(blocks / sms) blocks
@@ -635,17 +645,12 @@ mod tests {
         // The producers' split takes exactly the steps whose GEMMs are all tiled (17..256 rows).
         let sn = GemmChoices { split_x_norm: true, ..c };
         assert!(!c.producers_split(64) && !sn.producers_split(16) && sn.producers_split(17) && sn.producers_split(256));
-        assert!(!GemmChoices { tiled: false, ..sn }.producers_split(64) && !GemmChoices { wgmma: true, ..sn }.producers_split(64));
+        // The wgmma kernels read the split too (kiln_gemm_tiled_wg*_xs, session 25).
+        assert!(!GemmChoices { tiled: false, ..sn }.producers_split(64) && GemmChoices { wgmma: true, ..sn }.producers_split(64));
         for n in [64, 2560, 10239, 10240, 12352, 248_320] {
             let small = if n >= SHARED_X_MIN_N { GemmKind::SharedX } else { GemmKind::Register };
             assert_eq!(c.auto_kind(1, n), small);
             assert_eq!(c.auto_kind(7, n), small);
-            // The 32-row register blocks take only what the register kernel took, up to 8 rows.
-            let half = GemmChoices { reg_half: true, ..c };
-            let small_half = if small == GemmKind::Register { GemmKind::RegisterHalf } else { small };
-            assert_eq!((half.auto_kind(1, n), half.auto_kind(7, n)), (small_half, small_half));
-            assert_eq!(GemmChoices { shared_x_all_min_m: 0, ..half }.auto_kind(8, n), small_half);
-            assert_eq!(GemmChoices { shared_x_all_min_m: 0, ..half }.auto_kind(9, n), small);
             // From 8 rows every weight takes the shared-x kernel (measured, session 13).
             assert_eq!(c.auto_kind(8, n), GemmKind::SharedX);
             assert_eq!(c.auto_kind(16, n), GemmKind::SharedX);
