@@ -173,23 +173,6 @@ __device__ __forceinline__ uint2 split_bf16x2(float x0, float x1) {
     const unsigned hi = pack_bf16x2(x0, x1);
     return make_uint2(hi, pack_bf16x2(x0 - bf16lo(hi), x1 - bf16hi(hi)));
 }
-// N (4 or 8) consecutive values split by split_bf16x2: bf16 hi at `hi`, lo at `hi + plane`
-// (a row of the split-x layout, kiln_split_hilo: K hi, then K lo, so plane = K). One
-// vector store per plane.
-template <int N>
-__device__ __forceinline__ void store_split(bf16* hi, size_t plane, const float* y) {
-    static_assert(N == 4 || N == 8, "4 or 8 values per store");
-    uint2 p[N / 2];
-#pragma unroll
-    for (int q = 0; q < N / 2; ++q) p[q] = split_bf16x2(y[2 * q], y[2 * q + 1]);
-    if constexpr (N == 4) {
-        *reinterpret_cast<uint2*>(hi) = make_uint2(p[0].x, p[1].x);
-        *reinterpret_cast<uint2*>(hi + plane) = make_uint2(p[0].y, p[1].y);
-    } else {
-        *reinterpret_cast<uint4*>(hi) = make_uint4(p[0].x, p[1].x, p[2].x, p[3].x);
-        *reinterpret_cast<uint4*>(hi + plane) = make_uint4(p[0].y, p[1].y, p[2].y, p[3].y);
-    }
-}
 
 // 8 consecutive elements <-> 8 floats (16-byte aligned for bf16, 32-byte for float).
 __device__ __forceinline__ void load8(const bf16* p, float* o) {

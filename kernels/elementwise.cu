@@ -7,29 +7,19 @@
 //   (with the fused q_proj layout, gate = qg + HEAD_DIM and gate_hs = 2*HEAD_DIM).
 //   grid (ceil(NUM_HEADS*HEAD_DIM/1024), T), block 256 (four elements per thread).
 //
-// kiln_silu_mul_{in}_{out}(const IN* gu, int ld_in, int up_off, OUT* out, int ld_out, int n, int M,
-//                         bf16* out_split)
+// kiln_silu_mul_{in}_{out}(const IN* gu, int ld_in, int up_off, OUT* out, int ld_out, int n, int M)
 //   out[m*ld_out + i] = silu(gu[m*ld_in + i]) * gu[m*ld_in + up_off + i], i < n
-//   (gate and up fused: [gate (INTER) | up (INTER)] gives up_off = INTER); out_split
-//   (nullable) gets the fp32 result split, row m at m*2n: n bf16 hi, then n bf16 lo
-//   (kiln_split_hilo's rows, for the split-x down GEMM); out may then be null (only the
-//   split is read). grid (ceil(n/1024), M), block 256.
+//   (gate and up fused: [gate (INTER) | up (INTER)] gives up_off = INTER).
+//   grid (ceil(n/256), M), block 256.
 //
 // kiln_silu_mul_parts_{out}(const float* parts, int splits, long long split_stride,
 //                           int ld_in, int up_off, OUT* out, int ld_out, int n, int M)
 //   The same, gu being the sum in split order of `splits` fp32 partials
-//   (parts + s * split_stride, each [M][ld_in]) that the gate_up GEMM left unsummed
-//   (and the same trailing out_split).
+//   (parts + s * split_stride, each [M][ld_in]) that the gate_up GEMM left unsummed.
 //
 // kiln_f32_to_bf16(const float* x, bf16* y, int n)
 //   y[i] = bf16(x[i]) rounded to nearest even, i < n (cuBLASLt's prefill GEMMs take bf16
 //   activations). grid (ceil(n/1024)), block 256, 4 elements per thread.
-//
-// kiln_split_hilo(const float* x, bf16* xs, int rows, int K)
-//   Row m of x (K fp32, K % 4 == 0) as two bf16 planes in row m of xs (2K bf16: hi, then
-//   lo): hi = bf16(x), lo = bf16(x - hi), split_bf16x2's two roundings, so the tiled GEMM
-//   that reads xs (kiln_gemm_tiled*_xs) feeds its MMAs the bits it would split from x
-//   itself. grid (ceil(rows * K / 1024)), block 256, 4 elements per thread.
 //
 // kiln_gather_rows_{f32,bf16}(const T* src, const int* rows, T* dst, int width, int n)
 //   dst[i][0..width) = src[rows[i]][0..width), i < n (the lm_head's input rows of a step,
@@ -121,52 +111,39 @@ OUTPUT_GATE(kiln_output_gate_bf16_f32, bf16, float)
 OUTPUT_GATE(kiln_output_gate_bf16_bf16, bf16, bf16)
 
 // silu(g) * u for 4 consecutive outputs: one expression for silu_mul and silu_mul_parts.
-// To o and/or (not null) xs: the same 4 values split into bf16 hi at xs and lo at xs + n.
 template <typename OUT>
-__device__ __forceinline__ void store_silu_mul4(OUT* o, const float (&gv)[4], const float (&uv)[4], bf16* xs, int n) {
+__device__ __forceinline__ void store_silu_mul4(OUT* o, const float (&gv)[4], const float (&uv)[4]) {
     float y[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e) y[e] = siluf_(gv[e]) * uv[e];
-    if (o != nullptr) storen<4>(o, y);
-    if (xs != nullptr) store_split<4>(xs, n, y);
-}
-// One element's split (the scalar path): split_bf16x2's roundings.
-__device__ __forceinline__ void store_split1(bf16* xs, int n, float y) {
-    const bf16 h = __float2bfloat16_rn(y);
-    xs[0] = h;
-    xs[n] = __float2bfloat16_rn(y - __bfloat162float(h));
+    storen<4>(o, y);
 }
 
 // Four consecutive elements per thread: 16-byte (f32) / 8-byte (bf16) accesses when
 // n, ld_in, up_off and ld_out are all multiples of 4, element by element otherwise.
 template <typename IN, typename OUT>
 __device__ __forceinline__ void silu_mul(const IN* __restrict__ gu, int ld_in, int up_off, OUT* __restrict__ out,
-                                         int ld_out, int n, int M, bf16* __restrict__ out_split) {
+                                         int ld_out, int n, int M) {
     KILN_PDL_ENTER_ROWS(M);
     const int m = blockIdx.y;
     const int i = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (m >= M || i >= n) return;
     const IN* g = gu + (size_t)m * ld_in + i;
-    OUT* o = out != nullptr ? out + (size_t)m * ld_out + i : nullptr;
-    bf16* xs = out_split != nullptr ? out_split + (size_t)m * 2 * n + i : nullptr;
+    OUT* o = out + (size_t)m * ld_out + i;
     if (((n | ld_in | up_off | ld_out) & 3) == 0) {
         float gv[4], uv[4];
         loadn<4>(g, gv);
         loadn<4>(g + up_off, uv);
-        store_silu_mul4(o, gv, uv, xs, n);
+        store_silu_mul4(o, gv, uv);
     } else {
-        for (int e = 0; e < 4 && i + e < n; ++e) {
-            const float y = siluf_(to_f(g[e])) * to_f(g[up_off + e]);
-            if (o != nullptr) o[e] = from_f<OUT>(y);
-            if (xs != nullptr) store_split1(xs + e, n, y);
-        }
+        for (int e = 0; e < 4 && i + e < n; ++e) o[e] = from_f<OUT>(siluf_(to_f(g[e])) * to_f(g[up_off + e]));
     }
 }
 
 #define SILU_MUL(NAME, IN, OUT)                                                                   \
     extern "C" __global__ void __launch_bounds__(256)                                             \
-        NAME(const IN* gu, int ld_in, int up_off, OUT* out, int ld_out, int n, int M, bf16* out_split) { \
-        silu_mul<IN, OUT>(gu, ld_in, up_off, out, ld_out, n, M, out_split);                       \
+        NAME(const IN* gu, int ld_in, int up_off, OUT* out, int ld_out, int n, int M) {           \
+        silu_mul<IN, OUT>(gu, ld_in, up_off, out, ld_out, n, M);                                  \
     }
 SILU_MUL(kiln_silu_mul_f32_f32, float, float)
 SILU_MUL(kiln_silu_mul_f32_bf16, float, bf16)
@@ -185,21 +162,20 @@ SILU_MUL(kiln_silu_mul_bf16_bf16, bf16, bf16)
 template <typename OUT>
 __device__ __forceinline__ void silu_mul_parts(const float* __restrict__ parts, int splits, long long split_stride,
                                                int ld_in, int up_off, OUT* __restrict__ out, int ld_out, int n,
-                                               int M, bf16* __restrict__ out_split) {
+                                               int M) {
     KILN_PDL_ENTER_ROWS(M);
     const int m = blockIdx.y;
     const int i = (blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (m >= M || i >= n) return;
     const float* g = parts + (size_t)m * ld_in + i;
-    OUT* o = out != nullptr ? out + (size_t)m * ld_out + i : nullptr;
-    bf16* xs = out_split != nullptr ? out_split + (size_t)m * 2 * n + i : nullptr;
+    OUT* o = out + (size_t)m * ld_out + i;
     const bool vec = ((n | ld_in | up_off | ld_out) & 3) == 0 && (split_stride & 3) == 0 &&
                      (reinterpret_cast<size_t>(parts) & 15) == 0;
     if (vec) {
         float4 gs, us;
         sum_parts_4x2<GLU_PARTS_IN>(g, up_off, splits, split_stride, gs, us);
         const float gv[4] = {gs.x, gs.y, gs.z, gs.w}, uv[4] = {us.x, us.y, us.z, us.w};
-        store_silu_mul4(o, gv, uv, xs, n);
+        store_silu_mul4(o, gv, uv);
     } else {
         for (int e = 0; e < 4 && i + e < n; ++e) {
             float gs = 0.f, us = 0.f;
@@ -207,9 +183,7 @@ __device__ __forceinline__ void silu_mul_parts(const float* __restrict__ parts, 
                 gs += __ldcg(g + (size_t)sp * split_stride + e);
                 us += __ldcg(g + (size_t)sp * split_stride + up_off + e);
             }
-            const float y = siluf_(gs) * us;
-            if (o != nullptr) o[e] = from_f<OUT>(y);
-            if (xs != nullptr) store_split1(xs + e, n, y);
+            o[e] = from_f<OUT>(siluf_(gs) * us);
         }
     }
 }
@@ -217,8 +191,8 @@ __device__ __forceinline__ void silu_mul_parts(const float* __restrict__ parts, 
 #define SILU_MUL_PARTS(NAME, OUT)                                                                 \
     extern "C" __global__ void __launch_bounds__(256)                                             \
         NAME(const float* parts, int splits, long long split_stride, int ld_in, int up_off,       \
-             OUT* out, int ld_out, int n, int M, bf16* out_split) {                               \
-        silu_mul_parts<OUT>(parts, splits, split_stride, ld_in, up_off, out, ld_out, n, M, out_split); \
+             OUT* out, int ld_out, int n, int M) {                                                \
+        silu_mul_parts<OUT>(parts, splits, split_stride, ld_in, up_off, out, ld_out, n, M);       \
     }
 SILU_MUL_PARTS(kiln_silu_mul_parts_f32, float)
 SILU_MUL_PARTS(kiln_silu_mul_parts_bf16, bf16)
@@ -326,16 +300,6 @@ extern "C" __global__ void __launch_bounds__(256) kiln_f32_to_bf16(const float* 
     } else {
         for (int j = i; j < n; j++) y[j] = __float2bfloat16_rn(x[j]);
     }
-}
-
-extern "C" __global__ void __launch_bounds__(256) kiln_split_hilo(const float* __restrict__ x, bf16* __restrict__ xs, int rows, int K) {
-    KILN_PDL_ENTER();
-    const int i = (blockIdx.x * 256 + threadIdx.x) * 4;  // K % 4 == 0: a float4 never crosses a row
-    if (i >= rows * K) return;
-    const int m = i / K, c = i - m * K;
-    const float4 v = *reinterpret_cast<const float4*>(x + i);
-    const float y[4] = {v.x, v.y, v.z, v.w};
-    store_split<4>(xs + (size_t)m * 2 * K + c, K, y);
 }
 
 template <typename T>

@@ -135,10 +135,7 @@ __device__ __forceinline__ void tg_mma(float* d, const uint4& xa, unsigned w0, u
 // is free, which leaves every bit unchanged. wo: the lane's W row offset for this half
 // (tg_off of W tile 0); xo[s]: its x fragment offset for step s (tg_xoff of batch tile
 // 0, half 0), so every shared load is a register plus a constant.
-// XS: x arrived split (kiln_split_hilo) and lies in shared memory as rows (tg_off, like W):
-// xo[h] is then the lane's offset of row g at k 8t of half h, and the fragments are
-// assembled from rows g and g + 8 (below).
-template <int JT, int H, bool XF32, int WT, bool XS = false>
+template <int JT, int H, bool XF32, int WT>
 __device__ __forceinline__ void tg_chunk(float (&acc)[2][WT][4], const unsigned char* wt, const unsigned char* xt, int wo,
                                          const int (&xo)[2]) {
     uint4 w[WT];
@@ -150,20 +147,9 @@ __device__ __forceinline__ void tg_chunk(float (&acc)[2][WT][4], const unsigned 
 #pragma unroll
     for (int p = 0; p < NP; ++p)
 #pragma unroll
-        for (int j = 0; j < JT; ++j) {
-            if constexpr (XS) {
-                // u: k 8t..8t+7 of row g (words: k pairs 0-1, 2-3, 4-5, 6-7), v: of row g + 8.
-                // Step s takes k 8t + 4s..+3 (tg_xoff's order): {g: 4s, 4s+1 | g+8: 4s, 4s+1 |
-                // g: 4s+2, 4s+3 | g+8: 4s+2, 4s+3}, the words split_bf16x2 would give.
-                const unsigned char* r = xt + p * TG_XPLANE + xo[H] + j * 16 * TG_ROWB;
-                const uint4 u = lds128(r), v = lds128(r + 8 * TG_ROWB);
-                f[p][j][0] = make_uint4(u.x, v.x, u.y, v.y);
-                f[p][j][1] = make_uint4(u.z, v.z, u.w, v.w);
-            } else {
+        for (int j = 0; j < JT; ++j)
 #pragma unroll
-                for (int s = 0; s < 2; ++s) f[p][j][s] = lds128(xt + p * TG_XPLANE + xo[s] + tg_xoff(j, H, 0, 0));
-            }
-        }
+            for (int s = 0; s < 2; ++s) f[p][j][s] = lds128(xt + p * TG_XPLANE + xo[s] + tg_xoff(j, H, 0, 0));
     // Step s of W tile r is words 2s, 2s + 1 of its 16 bytes.
 #pragma unroll
     for (int p = 0; p < NP; ++p)
@@ -178,56 +164,17 @@ __device__ __forceinline__ void tg_chunk(float (&acc)[2][WT][4], const unsigned 
 // The chunk with the live-tile count as a template argument (warp-uniform switch), so a
 // full tile has no branch between its 8 accumulators' MMA chains and the scheduler can
 // interleave them (a branch per tile left 2 chains).
-template <int H, bool XF32, int WT, bool XS = false>
+template <int H, bool XF32, int WT>
 __device__ __forceinline__ void tg_chunk_live(float (&acc)[2][WT][4], int jt, const unsigned char* wt,
                                               const unsigned char* xt, int wo, const int (&xo)[2]) {
     switch (jt) {
-        case 2: tg_chunk<2, H, XF32, WT, XS>(acc, wt, xt, wo, xo); break;
-        case 1: tg_chunk<1, H, XF32, WT, XS>(acc, wt, xt, wo, xo); break;
+        case 2: tg_chunk<2, H, XF32, WT>(acc, wt, xt, wo, xo); break;
+        case 1: tg_chunk<1, H, XF32, WT>(acc, wt, xt, wo, xo); break;
         default: break;
     }
 }
 
 
-
-// The tiled kernels' epilogue: accumulator e of (j, r) is batch row m0 + wm*32 + j*16 + g +
-// 8*(e/2), W row n0 + wn*8*WT + r*8 + 2t + e%2 (as gemm.cu's). One split: straight to y;
-// else the partial to ws, and the tile's last block to arrive sums the splits.
-template <typename Y, int WT>
-__device__ __forceinline__ void tg_epilogue(const float (&acc)[2][WT][4], Y* __restrict__ y, float* __restrict__ ws,
-                                            unsigned* __restrict__ counters, int M, int N, int splits, int n0, int m0,
-                                            int wm, int wn, int g, int t) {
-    constexpr int BN = 32 * WT;
-    // Accumulators e and e + 1 are neighbours in a row: one 8-byte store (4 bytes for bf16
-    // y) when N is even, so a warp's store fills whole 32-byte sectors (8 rows x 4 lanes)
-    // instead of half of twice as many.
-    float* part = splits == 1 ? nullptr : ws + (size_t)blockIdx.y * M * N;
-    const bool pairs = (N & 1) == 0 && ((reinterpret_cast<size_t>(part ? (void*)part : (void*)y) & 7) == 0);
-    auto put = [&](size_t at, float v) {  // one output (the partial, or y for one split)
-        if (part) __stcg(part + at, v);
-        else y[at] = from_f<Y>(v);
-    };
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int r = 0; r < WT; ++r)
-#pragma unroll
-            for (int e = 0; e < 4; e += 2) {
-                const int m = m0 + wm * 32 + j * 16 + g + 8 * (e >> 1), n = n0 + wn * 8 * WT + r * 8 + 2 * t;
-                if (n >= N || m >= M) continue;
-                const float v0 = acc[j][r][e], v1 = acc[j][r][e + 1];
-                const size_t at = (size_t)m * N + n;
-                if (pairs) {  // n even and N even: n + 1 < N, and the pair is aligned
-                    if (part) __stcg(reinterpret_cast<float2*>(part + at), make_float2(v0, v1));
-                    else storen<2>(y + at, acc[j][r] + e);
-                } else {
-                    put(at, v0);
-                    if (n + 1 < N) put(at + 1, v1);
-                }
-            }
-    if (!part || counters == nullptr) return;  // counters NULL: partials only (gemm.cu)
-    tg_split_sum<Y, BN>(y, ws, counters, M, N, splits, n0, m0);
-}
 
 // WT: W tiles of 8 rows per warp (4: 128-row blocks, two per SM; 8: the wide kernel's
 // 256-row blocks, one per SM).
@@ -344,85 +291,38 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     }
     cp_async_wait<0>();
 
-    tg_epilogue<Y, WT>(acc, y, ws, counters, M, N, splits, n0, m0, wm, wn, g, t);
-}
-
-// kiln_gemm_tiled{,_w}_xs_y{f32,bf16}(const bf16* W, const bf16* xs, Y* y, ...): the tiled
-// kernels with x already split (KILN_GEMM_SPLIT_X=1, an experiment): row m of xs is K bf16 hi
-// then K bf16 lo (kiln_split_hilo, the roundings the fp32-x kernels make), so x reaches
-// shared memory by cp.async like W, in the same ring and group as W's stage, with no
-// register loads or conversions in the loop (13 % of the wide kernel's stall samples at
-// batch 256 were the conversion waiting for x, ncu, session 23). Its rows lie as W's
-// (tg_off), and tg_chunk<XS> builds each fragment from rows g and g + 8, so every MMA
-// gets the words of the fp32-x kernel: the same bits. Shared memory: WST slots of W and
-// WST of x (both planes); x waits for the predecessor (PDL), W's first stages do not.
-template <int WST, typename Y, int WT>
-__device__ __forceinline__ void tiled_gemm_xs(const bf16* __restrict__ W, const bf16* __restrict__ xs, Y* __restrict__ y,
-                                              float* __restrict__ ws, unsigned* __restrict__ counters, int M, int N,
-                                              int K, int ks, int splits) {
-    constexpr int BN = 32 * WT, WPRE = WST - 1;
-    constexpr int WSLOT = BN * TG_ROWB, XSLOT = 2 * TG_XPLANE;
-    extern __shared__ __align__(128) unsigned char tg_smem[];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, t = lane & 3;
-    const int wn = warp & 3, wm = warp >> 2;
-    const TgBlock<true, WST, BN> tb(W, xs, M, N, K, ks);
-    const int n0 = tb.n0, m0 = tb.m0, kb = tb.kb, ke = tb.ke, nchunks = tb.nchunks, nst = tb.nst;
-    const int jt = max(0, min(2, (M - m0 - wm * 32 + 15) / 16));
-    // x stage s: 64 rows x 8 segments x 2 planes; the thread's rows xr0 + 32q, segment fixed
-    // (zero past M, and past ke by 8-k segments as W).
-    const int xr0 = tid >> 3, xseg = tid & 7;
-    const bf16* xsrc = xs + (size_t)(m0 + xr0) * 2 * K + kb + xseg * 8;
-    const int xdst = tg_off(xr0, xseg);
-    auto load_x = [&](int s) {
-        unsigned char* dst = tg_smem + WST * WSLOT + (s % WST) * XSLOT + xdst;
-        const bool kin = s < nst && kb + s * TG_SK + xseg * 8 < ke;
-#pragma unroll
-        for (int q = 0; q < 2; ++q)
-#pragma unroll
-            for (int p = 0; p < 2; ++p) {
-                const bool ok = kin && m0 + xr0 + 32 * q < M;
-                cp_async16(dst + p * TG_XPLANE + 32 * q * TG_ROWB, ok ? xsrc + (size_t)64 * q * K + p * K + s * TG_SK : xs, ok);
-            }
+    // Epilogue: as gemm.cu's. Accumulator e of (j, r): batch row m0 + wm*32 + j*16 + g +
+    // 8*(e/2), W row n0 + wn*8*WT + r*8 + 2t + e%2. One split: straight to y; else the
+    // partial to ws, and the tile's last block to arrive sums the splits.
+    // Accumulators e and e + 1 are neighbours in a row: one 8-byte store (4 bytes for bf16
+    // y) when N is even, so a warp's store fills whole 32-byte sectors (8 rows x 4 lanes)
+    // instead of half of twice as many.
+    float* part = splits == 1 ? nullptr : ws + (size_t)blockIdx.y * M * N;
+    const bool pairs = (N & 1) == 0 && ((reinterpret_cast<size_t>(part ? (void*)part : (void*)y) & 7) == 0);
+    auto put = [&](size_t at, float v) {  // one output (the partial, or y for one split)
+        if (part) __stcg(part + at, v);
+        else y[at] = from_f<Y>(v);
     };
-    // Prologue: W's first WPRE stages before the predecessor finishes (PDL), then x's, one
-    // group each; stage s then issues one group (W and x of stage s + WPRE), so waiting
-    // until WPRE - 1 groups are in flight always leaves stage s's W and x landed.
-#pragma unroll
-    for (int i = 0; i < WPRE; ++i) {
-        tb.load_w(tg_smem, i);
-        cp_async_commit();
-    }
-    prefetch_rows_early(W, n0, BN, tid, M, N, K, kb, ke, WPRE * TG_SK, splits, ks);
-    KILN_PDL_ENTER_ROWS(M);
-#pragma unroll
-    for (int i = 0; i < WPRE; ++i) {
-        load_x(i);
-        cp_async_commit();
-    }
-    float acc[2][WT][4];
 #pragma unroll
     for (int j = 0; j < 2; ++j)
 #pragma unroll
         for (int r = 0; r < WT; ++r)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][r][e] = 0.f;
-    const int wo[2] = {tg_off(wn * 8 * WT + g, t), tg_off(wn * 8 * WT + g, 4 + t)};
-    const int xo[2] = {tg_off(wm * 32 + g, t), tg_off(wm * 32 + g, 4 + t)};
-#pragma unroll 1
-    for (int s = 0; s < nst; ++s) {
-        cp_async_wait<WPRE - 1>();
-        __syncthreads();  // stage s landed for every thread; stage s - 1's slots are free
-        tb.load_w(tg_smem, s + WPRE);
-        load_x(s + WPRE);
-        cp_async_commit();
-        const unsigned char* wt = tg_smem + (s % WST) * WSLOT;
-        const unsigned char* xt = tg_smem + WST * WSLOT + (s % WST) * XSLOT;
-        tg_chunk_live<0, true, WT, true>(acc, jt, wt, xt, wo[0], xo);
-        if (2 * s + 1 < nchunks) tg_chunk_live<1, true, WT, true>(acc, jt, wt, xt, wo[1], xo);
-    }
-    cp_async_wait<0>();
-    tg_epilogue<Y, WT>(acc, y, ws, counters, M, N, splits, n0, m0, wm, wn, g, t);
+            for (int e = 0; e < 4; e += 2) {
+                const int m = m0 + wm * 32 + j * 16 + g + 8 * (e >> 1), n = n0 + wn * 8 * WT + r * 8 + 2 * t;
+                if (n >= N || m >= M) continue;
+                const float v0 = acc[j][r][e], v1 = acc[j][r][e + 1];
+                const size_t at = (size_t)m * N + n;
+                if (pairs) {  // n even and N even: n + 1 < N, and the pair is aligned
+                    if (part) __stcg(reinterpret_cast<float2*>(part + at), make_float2(v0, v1));
+                    else storen<2>(y + at, acc[j][r] + e);
+                } else {
+                    put(at, v0);
+                    if (n + 1 < N) put(at + 1, v1);
+                }
+            }
+    if (!part || counters == nullptr) return;  // counters NULL: partials only (gemm.cu)
+    tg_split_sum<Y, BN>(y, ws, counters, M, N, splits, n0, m0);
 }
 
 // The stage counts come from registry::TILED_STAGES (KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS).
@@ -450,17 +350,3 @@ GEMM_TILED_ALL(kiln_gemm_tiled, 4, 2, KILN_SMEM_GEMM_TILED)
 // shared-memory traffic and the conversions that bound the 128-row kernel at batch 128-256
 // (docs/kernels.md). The same MMAs per accumulator in the same order: the same bits.
 GEMM_TILED_ALL(kiln_gemm_tiled_w, 8, 1, KILN_SMEM_GEMM_TILED_WIDE)
-
-// The split-x kernels (tiled_gemm_xs), both widths: W slots as above, as many x slots.
-#define GEMM_TILED_XS_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, YN, YT)                                           \
-    static_assert(KILN_TILED_W_SLOTS * (32 * WT * TG_ROWB + 2 * TG_XPLANE) == SMEM_DEF,                  \
-                  "the launcher's shared memory (registry.rs) differs from this layout");              \
-    extern "C" __global__ void __launch_bounds__(TG_THREADS, BLOCKS)                                     \
-        PRE##_xs_y##YN(const bf16* W, const bf16* xs, YT* y, float* ws, unsigned* counters, int M, int N, \
-                       int K, int ks, int splits) {                                                      \
-        tiled_gemm_xs<KILN_TILED_W_SLOTS, YT, WT>(W, xs, y, ws, counters, M, N, K, ks, splits);           \
-    }
-GEMM_TILED_XS_ENTRY(kiln_gemm_tiled, 4, 2, KILN_SMEM_GEMM_TILED_XS, f32, float)
-GEMM_TILED_XS_ENTRY(kiln_gemm_tiled, 4, 2, KILN_SMEM_GEMM_TILED_XS, bf16, bf16)
-GEMM_TILED_XS_ENTRY(kiln_gemm_tiled_w, 8, 1, KILN_SMEM_GEMM_TILED_WIDE_XS, f32, float)
-GEMM_TILED_XS_ENTRY(kiln_gemm_tiled_w, 8, 1, KILN_SMEM_GEMM_TILED_WIDE_XS, bf16, bf16)

@@ -1,6 +1,6 @@
-// Shared by the two tiled decode GEMMs (gemm_tiled.cu: mma.sync; gemm_tiled_wg.cu: wgmma on
-// sm_90a): the tile and stage constants, a block's tile and K slice (TgTile), and the
-// split-K sum of a tile's partials by its last block.
+// The tiled decode GEMMs' shared pieces (gemm_tiled.cu; the wgmma form that also used them
+// was deleted in session 25): the tile and stage constants, a block's tile and K slice
+// (TgTile), and the split-K sum of a tile's partials by its last block.
 #pragma once
 #include "common.cuh"
 

@@ -5,19 +5,16 @@
 //   An id outside [0, VOCAB) gives a zero row. grid (M), block 256.
 //
 // kiln_add_rmsnorm_{f32,bf16}(float* residual, const T* delta, int ld_delta,
-//                             const bf16* w, bf16* out_bf16, float* out_f32, int M,
-//                             bf16* out_split)
+//                             const bf16* w, bf16* out_bf16, float* out_f32, int M)
 //   residual [M][HIDDEN] fp32, updated in place: residual += delta (delta [M][ld_delta]
 //   of type T, nullable: then the residual is only normalised). Then
 //   y = residual * rsqrt(mean(residual^2) + RMS_EPS) * (1 + w), w [HIDDEN] bf16;
-//   y is written to out_bf16 [M][HIDDEN] and/or out_f32 [M][HIDDEN] and/or out_split
-//   [M][2*HIDDEN] (each nullable; out_split row m: bf16 hi of y, then bf16 lo, as
-//   kiln_split_hilo writes it from out_f32: the split-x tiled GEMMs' input).
+//   y is written to out_bf16 [M][HIDDEN] and/or out_f32 [M][HIDDEN] (each nullable).
 //   grid (M), block 256. Rows are independent (no cross-row arithmetic).
 //
 // kiln_add_rmsnorm_parts(float* residual, const float* parts, int splits,
 //                        long long split_stride, const bf16* w, bf16* out_bf16,
-//                        float* out_f32, int M, bf16* out_split)
+//                        float* out_f32, int M)
 //   add_rmsnorm_f32 with the delta given as the split-K partials of a decode GEMM
 //   launched without counters (gemm.cu): delta[m][n] = 0 + p0 + p1 + ... in split order,
 //   partial s at parts + s * split_stride + m * HIDDEN + n (fp32, 16-byte aligned). Bit
@@ -105,21 +102,6 @@ __device__ __forceinline__ void store_rmsnorm(const float (&v)[NORM_VPT][8], flo
     }
 }
 
-// The same y as a split row (hi at o, lo at o + HIDDEN): store_split of the y
-// store_rmsnorm_vec computes, so the planes are what kiln_split_hilo makes of the fp32 output.
-__device__ __forceinline__ void store_rmsnorm_split(const float (&v)[NORM_VPT][8], float inv,
-                                                    const float (&wv)[NORM_VPT][8], bf16* __restrict__ o, int vt) {
-#pragma unroll
-    for (int j = 0; j < NORM_VPT; ++j) {
-        const int i = (vt + j * NORM_THREADS) * 8;
-        if (i >= HIDDEN) continue;
-        float y[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) y[e] = v[j][e] * inv * (1.f + wv[j][e]);
-        store_split<8>(o + i, HIDDEN, y);
-    }
-}
-
 // A row's vector at element i: the residual plus (when has_delta) the delta.
 template <typename DeltaAt>
 __device__ __forceinline__ void norm_vec_in(const float* __restrict__ res, bool has_delta, DeltaAt delta_at, int m,
@@ -148,8 +130,7 @@ __device__ __forceinline__ float norm_ss_add(float ss, const float (&v)[8]) {
 template <typename DeltaAt, typename RowSum>
 __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, bool has_delta, DeltaAt delta_at,
                                             RowSum row_sum, int m, int vt, const bf16* __restrict__ w,
-                                            bf16* __restrict__ out_bf16, float* __restrict__ out_f32, int M,
-                                            bf16* __restrict__ out_split = nullptr) {
+                                            bf16* __restrict__ out_bf16, float* __restrict__ out_f32, int M) {
     // The norm weight is never written: it loads before the PDL wait (early order), not
     // after the row's sum of squares, one dependent round trip less.
     float wv[NORM_VPT][8];
@@ -180,7 +161,6 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, bool h
     const float inv = rsqrtf(row_sum(ss) / (float)HIDDEN + RMS_EPS);
     if (out_bf16 != nullptr) store_rmsnorm(v, inv, wv, out_bf16 + (size_t)m * HIDDEN, vt);
     if (out_f32 != nullptr) store_rmsnorm(v, inv, wv, out_f32 + (size_t)m * HIDDEN, vt);
-    if (out_split != nullptr) store_rmsnorm_split(v, inv, wv, out_split + (size_t)m * 2 * HIDDEN, vt);
 }
 
 // block_sum as add_rmsnorm's row_sum (a row per block of NORM_THREADS threads).
@@ -191,22 +171,22 @@ struct BlockRowSum {
 
 template <typename T>
 __device__ __forceinline__ void add_rmsnorm_mat(float* residual, const T* __restrict__ delta, int ld_delta,
-                                                const bf16* w, bf16* out_bf16, float* out_f32, int M, bf16* out_split) {
+                                                const bf16* w, bf16* out_bf16, float* out_f32, int M) {
     __shared__ float red[32];
     add_rmsnorm(
         residual, delta != nullptr, [=](int m, int i, float(&d)[8]) { load8(delta + (size_t)m * ld_delta + i, d); },
-        BlockRowSum{red}, blockIdx.x, threadIdx.x, w, out_bf16, out_f32, M, out_split);
+        BlockRowSum{red}, blockIdx.x, threadIdx.x, w, out_bf16, out_f32, M);
 }
 
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     kiln_add_rmsnorm_f32(float* residual, const float* delta, int ld_delta, const bf16* w,
-                         bf16* out_bf16, float* out_f32, int M, bf16* out_split) {
-    add_rmsnorm_mat<float>(residual, delta, ld_delta, w, out_bf16, out_f32, M, out_split);
+                         bf16* out_bf16, float* out_f32, int M) {
+    add_rmsnorm_mat<float>(residual, delta, ld_delta, w, out_bf16, out_f32, M);
 }
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     kiln_add_rmsnorm_bf16(float* residual, const bf16* delta, int ld_delta, const bf16* w,
-                          bf16* out_bf16, float* out_f32, int M, bf16* out_split) {
-    add_rmsnorm_mat<bf16>(residual, delta, ld_delta, w, out_bf16, out_f32, M, out_split);
+                          bf16* out_bf16, float* out_f32, int M) {
+    add_rmsnorm_mat<bf16>(residual, delta, ld_delta, w, out_bf16, out_f32, M);
 }
 
 // Partials loaded at once per 8 outputs (two float4 each): the 13 splits of the down
@@ -230,12 +210,12 @@ __device__ __forceinline__ void sum_parts8(const float* __restrict__ p, int spli
 // m * HIDDEN. Their sum has the bits the GEMM's y would have had.
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     kiln_add_rmsnorm_parts(float* residual, const float* __restrict__ parts, int splits, long long split_stride,
-                           const bf16* w, bf16* out_bf16, float* out_f32, int M, bf16* out_split) {
+                           const bf16* w, bf16* out_bf16, float* out_f32, int M) {
     __shared__ float red[32];
     add_rmsnorm(
         residual, true,
         [=](int m, int i, float(&d)[8]) { sum_parts8(parts + (size_t)m * HIDDEN + i, splits, split_stride, d); },
-        BlockRowSum{red}, blockIdx.x, threadIdx.x, w, out_bf16, out_f32, M, out_split);
+        BlockRowSum{red}, blockIdx.x, threadIdx.x, w, out_bf16, out_f32, M);
 }
 
 // The same for small M, a row per cluster of NORM_WARPS one-warp blocks: block (r, m) is

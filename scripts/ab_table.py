@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An A/B bench file of device_run.sh (packed.txt, wgmma.txt, x_ahead.txt, ...) as a table.
+"""An A/B bench file of device_run.sh (packed.txt, tiled_wide.txt, x_ahead.txt, ...) as a table.
 
 Each line is `TAG: decode batch B ctx C: median X ms/step ...` (bench_as); a tag appears
 once per repetition. Prints, per tag, every repetition's median at each batch, their

@@ -43,11 +43,6 @@
 #            by position (KILN_GDN_VERIFY_FUSED=0) and fused (=1): timeline_verify*.txt
 #   mma_perm  bench/mma_perm.cu (nvcc here): whether mma.sync's bits depend on which position of
 #            a k16 step holds which product (mma_perm.txt)
-#   wgmma_bits  bench/wgmma_bits.cu (.devbin/wgmma_bits, else nvcc here): whether wgmma's k16
-#            step gives mma.sync's bits, and both MMA forms' throughput (wgmma_bits.txt)
-#   wgmma    the tiled GEMM's wgmma variant (KILN_GEMM_WGMMA=1, sm_90a) against mma.sync, and its
-#            256 x 128 tiles (KILN_GEMM_WGMMA_WIDE=1): bench at batch 32-256 twice each, logits
-#            against the default's (needs refs, eval): wgmma.txt
 #   pf_budget  plans built with KILN_PF_BUDGET_MB=$PF_BUDGETS (default "0 8"; the early L2 weight
 #            prefetch's MB per GEMM, default 24; with $PF_K also KILN_PF_K, its columns per
 #            row, default 256) against the default: bench at $PF_BATCHES (1,4,8) twice, the
@@ -60,11 +55,6 @@
 #            against the default (256-row blocks from 64 rows) and 256-row blocks from 128 rows:
 #            bench at $WIDE_BATCHES (32,64,128,256) twice, logits (tiled_wide.txt);
 #            KERNEL_TESTS=gemm_matches checks its bits against the other kernels
-#   split_x  the tiled GEMMs on x split into bf16 hi / lo planes first (KILN_GEMM_SPLIT_X=1, run
-#            time), and with the norms writing the split for qkvz / qgkv / gate_up
-#            (+ KILN_GEMM_SPLIT_X_NORM=1), against the default at batch 32-256, logits and
-#            batch invariance to 256 (split_x.txt); KERNEL_TESTS=gemm_matches
-#            checks its bits, the kernel bench times it with and without the split launch
 #   reg_spread  the register GEMM packed by the block scheduler (KILN_GEMM_REG_SPREAD=0) against
 #            the default (unused shared memory caps its blocks per SM), batch $SPREAD_BATCHES (1,4): reg_spread.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
@@ -122,9 +112,6 @@
 #            without graphs, with the fused GDN computing every position's inputs first
 #            (KILN_GDN_VERIFY_PRE=1), and with the GDN one launch per position
 #            (KILN_GDN_VERIFY_FUSED=0; the default fuses it up to 4 sequences)
-#   wgmma_xs the wgmma tiled GEMMs (both tile sizes) fed split x by the producers
-#            (KILN_GEMM_WGMMA=1 KILN_GEMM_SPLIT_X=1 KILN_GEMM_SPLIT_X_NORM=1) against the
-#            default at $SPLIT_BATCHES (default 64,128,256), logits (wgmma_xs.txt)
 #   kernels  tests/cuda_kernels (.devbin/cuda_kernels-*) with --ignored (KERNEL_TESTS: name
 #            filters), then the kernel bench (KERNEL_BENCH=0: the tests only)
 #   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
@@ -419,17 +406,6 @@ if has mma_perm; then
   log "mma_perm: mma.sync bits under permuted k positions"
   nvcc -O3 -gencode arch=compute_90a,code=sm_90a bench/mma_perm.cu -o /tmp/mma_perm && /tmp/mma_perm 2>&1 | tee "$OUT/mma_perm.txt"
 fi
-if has wgmma_bits; then
-  log "wgmma against mma.sync: bits of a k16 step, throughput"
-  [ -x .devbin/wgmma_bits ] || nvcc -O3 -gencode arch=compute_90a,code=sm_90a bench/wgmma_bits.cu -o .devbin/wgmma_bits
-  .devbin/wgmma_bits 2>&1 | tee "$OUT/wgmma_bits.txt"
-fi
-if has wgmma; then
-  log "tiled GEMM: wgmma (KILN_GEMM_WGMMA=1) against mma.sync"
-  # Session 18: with the 256 x 128 tiles of 4 warpgroups (KILN_GEMM_WGMMA_WIDE=1) too.
-  env_ab "tiled mma.sync" "tiled wgmma" wgmma.txt KILN_GEMM_WGMMA=1 32,64,128,256 \
-    "tiled wgmma wide" "KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1"
-fi
 if has pf_budget; then
   # The early L2 weight prefetch's bytes per GEMM (KILN_PF_BUDGET_MB, default 24): at batch 1
   # the deferred-sum norm before gate_up takes 7 us against 3.6-4.3 before qkvz, while
@@ -459,18 +435,6 @@ if has tiled_wide; then
   # rows, 0 never; the default 64 since session 22) against 128-row blocks everywhere.
   log "tiled GEMM: 256-row blocks from 64 rows (default) against never and from 128"
   env_ab "default" "narrow" tiled_wide.txt KILN_GEMM_TILED_WIDE_MIN_M=0 "${WIDE_BATCHES:-32,64,128,256}" "wide from 128" KILN_GEMM_TILED_WIDE_MIN_M=128
-fi
-if has split_x; then
-  log "split_x: KILN_GEMM_SPLIT_X=1 (a split launch per tiled GEMM), and with the norms writing the split, against the default"
-  env_ab "default" "split x" split_x.txt KILN_GEMM_SPLIT_X=1 "${SPLIT_BATCHES:-32,64,128,256}" \
-    "split x norm" "KILN_GEMM_SPLIT_X=1 KILN_GEMM_SPLIT_X_NORM=1"
-fi
-if has wgmma_xs; then
-  # Session 25: the wgmma tiled kernels fed split x (x by cp.async beside W, no conversions in
-  # the loop), with the producers writing the split, against the mma.sync default.
-  log "wgmma_xs: KILN_GEMM_WGMMA=1 with split x from the producers, both tile sizes, against the default"
-  env_ab "default" "wgmma split x norm" wgmma_xs.txt "KILN_GEMM_WGMMA=1 KILN_GEMM_SPLIT_X=1 KILN_GEMM_SPLIT_X_NORM=1" \
-    "${SPLIT_BATCHES:-64,128,256}" "wgmma wide split x norm" "KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1 KILN_GEMM_SPLIT_X=1 KILN_GEMM_SPLIT_X_NORM=1"
 fi
 if has reg_spread; then
   # The register GEMM's blocks spread over every SM (the default since session 21: unused
@@ -602,11 +566,8 @@ if has ncu_src; then
   has_src() { [[ " ${NCU_SRC:-tiled prefill} " == *" $1 "* ]]; }
   has_src tiled && ncu_src_run tiled kiln_gemm_tiled_xf32_yf32 2 --batch 64 --ctx 1024 --prefill 16 --iters 2
   has_src prefill && ncu_src_run prefill "${SRC_PREFILL_KERNELS:-kiln_attn_prefill_r128|kiln_gdn_prefill_prep|kiln_gdn_prefill_scan}" "${SRC_PREFILL_COUNT:-7}" --batch 1 --ctx 16 --prefill 2048 --iters 1
-  # tiled256 / wgmma256: the first layer's four tiled GEMMs (qkvz, out, gate_up, down) at
-  # batch 256, mma.sync and the sm_90a wgmma variant (KILN_GEMM_WGMMA=1).
+  # tiled256: the first layer's four tiled GEMMs (qkvz, out, gate_up, down) at batch 256.
   has_src tiled256 && KILN_GEMM_TILED_WIDE_MIN_M=0 ncu_src_run tiled256 kiln_gemm_tiled_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
-  has_src wgmma256 && KILN_GEMM_WGMMA=1 ncu_src_run wgmma256 kiln_gemm_tiled_wg_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
-  has_src wide256 && KILN_GEMM_WGMMA=1 KILN_GEMM_WGMMA_WIDE=1 ncu_src_run wide256 kiln_gemm_tiled_wg4_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
   # tw256: the same four GEMMs through the 256-row tiled kernel (KILN_GEMM_TILED_WIDE_MIN_M).
   has_src tw256 && KILN_GEMM_TILED_WIDE_MIN_M=17 ncu_src_run tw256 kiln_gemm_tiled_w_xf32 4 --batch 256 --ctx 1024 --prefill 16 --iters 2
   has_src gdn_decode && ncu_src_run gdn_decode kiln_gdn_decode_f32_f32 2 --batch 64 --ctx 1024 --prefill 16 --iters 2

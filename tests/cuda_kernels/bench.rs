@@ -76,8 +76,7 @@ fn bench_kernels() {
         let max_splits = plans.iter().map(|p| p.1.splits).max().unwrap();
         let wsb = s.alloc_zeros::<f32>((256 * n * max_splits).max(1)).unwrap();
         let cnt = s.alloc_zeros::<u32>(Kernels::gemm_counters_len(n)).unwrap();
-        let xsb = s.alloc_zeros::<f32>(256 * kk).unwrap();
-        let scratch = GemmScratch { ws: ptr(&s, &wsb), ws_floats: wsb.len(), counters: ptr(&s, &cnt), counters_len: cnt.len(), xs: ptr(&s, &xsb), xs_bytes: xsb.len() * 4, xs_of: 0 };
+        let scratch = GemmScratch { ws: ptr(&s, &wsb), ws_floats: wsb.len(), counters: ptr(&s, &cnt), counters_len: cnt.len() };
         let x = up(&s, &randn_vec(&mut g, 256 * kk, 1.0));
         let xb = up(&s, &to_bf16(&randn_vec(&mut g, 256 * kk, 1.0)));
         let y = s.alloc_zeros::<f32>(256 * n).unwrap();
@@ -98,10 +97,6 @@ fn bench_kernels() {
                     (128, DType::F32, GemmKind::TiledWide),
                     (256, DType::F32, GemmKind::Tiled),
                     (256, DType::F32, GemmKind::TiledWide),
-                    (64, DType::F32, GemmKind::TiledWideSplitX),
-                    (128, DType::F32, GemmKind::TiledWideSplitX),
-                    (256, DType::F32, GemmKind::TiledSplitX),
-                    (256, DType::F32, GemmKind::TiledWideSplitX),
                     (1, DType::BF16, GemmKind::Auto),
                     (64, DType::BF16, GemmKind::SharedX),
                     (64, DType::BF16, GemmKind::Tiled),
@@ -122,25 +117,6 @@ fn bench_kernels() {
                     ms * 1e3,
                     gbps(wbytes as f64, ms)
                 );
-            }
-            // The split-x kernels alone, x split once beforehand (what they would take if x's
-            // producers wrote the planes): the gain the split launch hides.
-            if *pname == "default" {
-                k.split_hilo(&s, ptr(&s, &x), ptr(&s, &xsb), 256, kk).unwrap();
-                let mut presplit = vec![(64usize, GemmKind::TiledWideSplitX), (128, GemmKind::TiledWideSplitX), (256, GemmKind::TiledSplitX), (256, GemmKind::TiledWideSplitX)];
-                if k.has_wgmma() {
-                    presplit.extend([(64, GemmKind::TiledWgmmaSplitX), (128, GemmKind::TiledWgmmaWideSplitX), (256, GemmKind::TiledWgmmaSplitX), (256, GemmKind::TiledWgmmaWideSplitX)]);
-                }
-                for (m, kind) in presplit {
-                    let yp = ptr(&s, &y);
-                    let ms = time_ms(&s, 20, |i| k.gemm_tiled_presplit(&s, wps[i % copies], ptr(&s, &xsb), yp, DType::F32, m, n, kk, &scratch, *plan, kind).unwrap());
-                    println!(
-                        "BENCH gemm {name:8} N={n:6} K={kk:5} M={m:3} x presplit {kind:?} plan {pname:7} (splits {:2}): {:8.1} us, {:6.0} GB/s",
-                        plan.splits,
-                        ms * 1e3,
-                        gbps(wbytes as f64, ms)
-                    );
-                }
             }
         }
     }
@@ -210,7 +186,7 @@ fn bench_gemm_sweep() {
         let max_splits = cands.iter().map(|p| p.splits).max().unwrap();
         let wsb = s.alloc_zeros::<f32>(64 * n * max_splits).unwrap();
         let cnt = s.alloc_zeros::<u32>(Kernels::gemm_counters_len(n)).unwrap();
-        let scratch = GemmScratch { ws: ptr(&s, &wsb), ws_floats: wsb.len(), counters: ptr(&s, &cnt), counters_len: cnt.len(), xs: 0, xs_bytes: 0, xs_of: 0 };
+        let scratch = GemmScratch { ws: ptr(&s, &wsb), ws_floats: wsb.len(), counters: ptr(&s, &cnt), counters_len: cnt.len() };
         let x = up(&s, &randn_vec(&mut g, 64 * kk, 1.0));
         let xb = up(&s, &to_bf16(&randn_vec(&mut g, 64 * kk, 1.0)));
         let y = s.alloc_zeros::<f32>(64 * n).unwrap();
@@ -269,7 +245,7 @@ fn bench_pdl_chain(e: &Env, s: &Arc<CudaStream>, g: &mut rand_chacha::ChaCha8Rng
     let max_ws = shapes.iter().map(|&(n, kk)| 64 * n * k.gemm_plan(n, kk).splits).max().unwrap();
     let wsb = s.alloc_zeros::<f32>(max_ws).unwrap();
     let cnt = s.alloc_zeros::<u32>(Kernels::gemm_counters_len(18432)).unwrap();
-    let scratch = GemmScratch { ws: ptr(s, &wsb), ws_floats: wsb.len(), counters: ptr(s, &cnt), counters_len: cnt.len(), xs: 0, xs_bytes: 0, xs_of: 0 };
+    let scratch = GemmScratch { ws: ptr(s, &wsb), ws_floats: wsb.len(), counters: ptr(s, &cnt), counters_len: cnt.len() };
     for m in [1usize, 8, 32] {
         for pdl in [false, true] {
             k.set_pdl(pdl);

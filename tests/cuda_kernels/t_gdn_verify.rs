@@ -83,7 +83,7 @@ fn verify_positions_through_scratch_equal_decode_steps_and_commit_exactly() {
     }
     let (oa, ob) = (down(&s, &out_a), down(&s, &out_b));
     assert!(oa.iter().all(|v| v.is_finite()), "plain decode left rows unwritten");
-    assert!(oa.iter().zip(&ob).all(|(a, b)| a.to_bits() == b.to_bits()), "verify outputs differ from decode steps");
+    assert_bits_eq(&oa, &ob, "verify outputs against the decode steps");
     let mut st = down(&s, &state_b);
     assert!(st[..nslots * ssz].iter().zip(&state0).all(|(a, b)| a.to_bits() == b.to_bits()), "verify wrote a slot's own state");
     // Commit, per sequence: state after the last accepted position into the slot;

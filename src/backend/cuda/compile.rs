@@ -30,7 +30,6 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("norm", include_str!("../../../kernels/norm.cu")),
     ("gemm", include_str!("../../../kernels/gemm.cu")),
     ("gemm_tiled", include_str!("../../../kernels/gemm_tiled.cu")),
-    ("gemm_tiled_wg", include_str!("../../../kernels/gemm_tiled_wg.cu")),
     ("conv", include_str!("../../../kernels/conv.cu")),
     ("gdn_decode", include_str!("../../../kernels/gdn_decode.cu")),
     ("gdn_prefill", include_str!("../../../kernels/gdn_prefill.cu")),

@@ -127,8 +127,6 @@ pub struct Kernels {
     funcs: HashMap<String, CudaFunction>,
     _modules: Vec<Arc<CudaModule>>,
     pdl: AtomicBool,
-    /// Whether the device has wgmma (compute capability 9.x: the plan's kernels are sm_90a).
-    has_wgmma: bool,
     /// `KILN_GDN_VERIFY_FUSED`: 1 always, 0 never, unset by the batch (`gdn_verify_fused`).
     gdn_verify_fused: Option<bool>,
     /// The fused verify runs kiln_gdn_verify_pre (the default since session 14;
@@ -180,7 +178,6 @@ impl Kernels {
             }
             loaded.push(module);
         }
-        let has_wgmma = ctx.compute_capability().map_err(|e| anyhow!("compute capability: {e:?}"))?.0 == 9;
         let num_sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| anyhow!("reading the multiprocessor count: {e:?}"))? as u32;
@@ -208,7 +205,6 @@ impl Kernels {
             funcs,
             _modules: loaded,
             pdl: AtomicBool::new(false),
-            has_wgmma,
             gdn_verify_fused,
             gdn_verify_pre,
             gemm_choices: GemmChoices::from_env(),
@@ -299,11 +295,6 @@ impl Kernels {
     pub(crate) fn spread_smem(&self, name: &str, blocks: usize) -> Result<u32> {
         let &(per_sm, static_smem) = self.reg_gemm_per_sm.get(name).with_context(|| format!("`{name}` is not a register GEMM kernel"))?;
         Ok(gemm::spread_smem(blocks, self.num_sms as usize, per_sm, self.smem_per_sm, self.smem_reserved_per_block, static_smem))
-    }
-
-    /// Whether `GemmKind::TiledWgmma` can run here (an sm_90 device).
-    pub fn has_wgmma(&self) -> bool {
-        self.has_wgmma
     }
 
     /// Whether a verify step of `seqs` sequences runs its GDN as one kiln_gdn_verify launch

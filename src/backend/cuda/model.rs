@@ -6,7 +6,7 @@
 //! into a CUDA graph.
 
 use super::blaslt::BlasLt;
-use super::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, Delta, DevPtr, GdnDecode, GdnPrefill, GemmScratch, GemmWeight, Kernels, Mat, QkNormRope, NULL};
+use super::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, Delta, DevPtr, GdnDecode, GdnPrefill, GemmWeight, Kernels, Mat, QkNormRope, NULL};
 use super::pools::{Scratch, StatePools, LOGIT_ROWS};
 use super::weights::{DeviceWeights, FullPtrs, LayerPtrs, LinearPtrs, MixerPtrs};
 use crate::backend::step::{MetaOffsets, Step, StepLayout};
@@ -46,10 +46,6 @@ struct Rows<'s> {
     meta_base: DevPtr,
     /// The dtype the layers' GEMM inputs are written in for this step.
     act: DType,
-    /// The GEMM scratch for the GEMMs that read the norms' output (qkvz, qgkv, gate_up):
-    /// the engine's, with `xs_of` set when the norms also write their output split
-    /// (`GemmChoices::split_x_norm`).
-    normed_gemm: GemmScratch,
 }
 
 impl Rows<'_> {
@@ -72,22 +68,15 @@ impl LayerStack<'_> {
             prefill_seqs: step.groups.prefill_seqs,
             meta_base: self.s.meta.ptr,
             act: self.gemm_input(l),
-            normed_gemm: self.s.gemm,
         };
-        // The norms write their output only split when the step's rows are one decode GEMM
-        // launch of tiled size in fp32 (split_x_norm): xs then holds that split until the
-        // GEMM after the norm has read it (its other users run later in stream order).
-        let split_norm = self.k.gemm_choices().producers_split(l.num_tokens()) && self.s.gemm.xs != NULL && rows.act == DType::F32 && self.deferrable(l);
-        let rows = if split_norm { Rows { normed_gemm: GemmScratch { xs_of: self.s.normed.ptr, ..self.s.gemm }, ..rows } } else { rows };
-        let xs = if split_norm { self.s.gemm.xs } else { NULL };
         let (t, s) = (l.num_tokens(), self.s);
         self.k.embed(self.stream, self.w.embed, rows.at(rows.meta.ids), s.resid.ptr, t)?;
-        // Normed activations go to `normed` in the step's GEMM input dtype (or only split).
-        let (nb, nf) = if split_norm { (NULL, NULL) } else { split_by_dtype(rows.act, s.normed.ptr) };
+        // Normed activations go to `normed` in the step's GEMM input dtype.
+        let (nb, nf) = split_by_dtype(rows.act, s.normed.ptr);
         let mut delta: Option<Delta> = None;
         let (mut linear, mut full) = (0, 0);
         for layer in &self.w.layers {
-            self.k.add_rmsnorm_split(self.stream, s.resid.ptr, delta, layer.input_norm, nb, nf, xs, t)?;
+            self.k.add_rmsnorm(self.stream, s.resid.ptr, delta, layer.input_norm, nb, nf, t)?;
             let mixed = match &layer.mixer {
                 MixerPtrs::Linear(g) => {
                     let d = self.gated_deltanet(g, linear, &rows)?;
@@ -100,7 +89,7 @@ impl LayerStack<'_> {
                     d
                 }
             };
-            self.k.add_rmsnorm_split(self.stream, s.resid.ptr, Some(mixed), layer.post_norm, nb, nf, xs, t)?;
+            self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(mixed), layer.post_norm, nb, nf, t)?;
             delta = Some(self.mlp(layer, &rows)?);
         }
         // The final norm in the engine's dtype: the lm_head reads it through the skinny GEMM.
@@ -158,7 +147,7 @@ impl LayerStack<'_> {
         let (qkv_dim, vd, nv) = (c.linear_qkv_dim(), c.linear_value_dim(), c.linear_num_value_heads);
         // One GEMM for [qkv | z | b | a]; the consumers read views of its rows.
         let wide_w = qkv_dim + vd + 2 * nv;
-        self.gemm_sc(&r.normed_gemm, g.qkvzba, s.normed.ptr, r.act, s.wide.ptr, wide_w, h, r.l)?;
+        self.gemm(g.qkvzba, s.normed.ptr, r.act, s.wide.ptr, wide_w, h, r.l)?;
         let qkvz = Mat::f32(s.wide.ptr, wide_w);
         let ba = qkvz.cols(qkv_dim + vd);
         let out = Mat { ptr: s.mix_in.ptr, ld: vd, dtype: r.act };
@@ -213,7 +202,7 @@ impl LayerStack<'_> {
         let (h, t, nd) = (c.hidden_size, r.l.num_tokens(), r.decode_seqs);
         let attn_w = c.num_heads * c.head_dim;
         let qgkv_w = (2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
-        self.gemm_sc(&r.normed_gemm, a.qgkv, s.normed.ptr, r.act, s.wide.ptr, qgkv_w, h, r.l)?;
+        self.gemm(a.qgkv, s.normed.ptr, r.act, s.wide.ptr, qgkv_w, h, r.l)?;
         let qg = Mat::f32(s.wide.ptr, qgkv_w);
         let kq = 2 * c.num_heads * c.head_dim;
         let (kc, vc) = (self.pools.k_layer(fi), self.pools.v_layer(fi));
@@ -257,17 +246,13 @@ impl LayerStack<'_> {
         // gate_up's split-K sum, when it is one decode launch, is left to silu_mul (as
         // out/o/down leave theirs to the norm): the same bits without the GEMM's tail.
         let gate_up = if self.k.gemm_choices().defer_gate_up && self.deferrable(r.l) {
-            self.k.gemm_deferred(self.stream, layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, t, 2 * i, h, &r.normed_gemm)?
+            self.k.gemm_deferred(self.stream, layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, t, 2 * i, h, &s.gemm)?
         } else {
-            self.gemm_sc(&r.normed_gemm, layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, 2 * i, h, r.l)?;
+            self.gemm(layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, 2 * i, h, r.l)?;
             Mat::f32(s.wide.ptr, 2 * i).into()
         };
-        // With the norms' split on, silu_mul writes its output only split, for down.
-        let split = r.normed_gemm.xs_of != NULL;
-        let (out, xs) = if split { (NULL, s.gemm.xs) } else { (s.mix_in.ptr, NULL) };
-        self.k.silu_mul_split(self.stream, gate_up, i, Mat { ptr: out, ld: i, dtype: r.act }, i, t, xs)?;
-        let sc = if split { GemmScratch { xs_of: s.mix_in.ptr, ..s.gemm } } else { s.gemm };
-        self.gemm_to_norm_sc(&sc, layer.down, s.mix_in.ptr, r.act, h, i, r.l)
+        self.k.silu_mul(self.stream, gate_up, i, Mat { ptr: s.mix_in.ptr, ld: i, dtype: r.act }, i, t)?;
+        self.gemm_to_norm(layer.down, s.mix_in.ptr, r.act, h, i, r.l)
     }
 
     /// Whether a GEMM over step `l`'s rows may leave its split-K sum to its consumer
@@ -282,17 +267,11 @@ impl LayerStack<'_> {
     /// split-K partials, which the norm sums (`Kernels::gemm_deferred`: the same bits
     /// without the launch's tail). Nothing may use the GEMM scratch before that norm.
     fn gemm_to_norm(&self, w: GemmWeight, x: DevPtr, xdt: DType, n: usize, kdim: usize, l: &StepLayout) -> Result<Delta> {
-        self.gemm_to_norm_sc(&self.s.gemm, w, x, xdt, n, kdim, l)
-    }
-
-    /// `gemm_to_norm` with the GEMM scratch `sc` (x's split ready in it for down).
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_to_norm_sc(&self, sc: &GemmScratch, w: GemmWeight, x: DevPtr, xdt: DType, n: usize, kdim: usize, l: &StepLayout) -> Result<Delta> {
         let (s, t) = (self.s, l.num_tokens());
         if self.deferrable(l) {
-            return self.k.gemm_deferred(self.stream, w, x, xdt, s.delta.ptr, t, n, kdim, sc);
+            return self.k.gemm_deferred(self.stream, w, x, xdt, s.delta.ptr, t, n, kdim, &s.gemm);
         }
-        self.gemm_sc(sc, w, x, xdt, s.delta.ptr, n, kdim, l)?;
+        self.gemm(w, x, xdt, s.delta.ptr, n, kdim, l)?;
         Ok(Mat::f32(s.delta.ptr, n).into())
     }
 
@@ -304,19 +283,13 @@ impl LayerStack<'_> {
     /// depend on M).
     #[allow(clippy::too_many_arguments)]
     fn gemm(&self, w: GemmWeight, x: DevPtr, xdt: DType, y: DevPtr, n: usize, kdim: usize, l: &StepLayout) -> Result<()> {
-        self.gemm_sc(&self.s.gemm, w, x, xdt, y, n, kdim, l)
-    }
-
-    /// `gemm` with the GEMM scratch `sc` (`Rows::normed_gemm` for the norms' readers).
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_sc(&self, sc: &GemmScratch, w: GemmWeight, x: DevPtr, xdt: DType, y: DevPtr, n: usize, kdim: usize, l: &StepLayout) -> Result<()> {
         let s = self.s;
         let skinny = |r0: usize, r1: usize| -> Result<()> {
             let piece = self.k.gemm_choices().decode_gemm_rows();
             for r in (r0..r1).step_by(piece) {
                 let rows = (r1 - r).min(piece);
                 let (xo, yo) = (x + (r * kdim * xdt.size()) as u64, y + (r * n * 4) as u64);
-                self.k.gemm(self.stream, w, xo, xdt, yo, DType::F32, rows, n, kdim, sc)?;
+                self.k.gemm(self.stream, w, xo, xdt, yo, DType::F32, rows, n, kdim, &s.gemm)?;
             }
             Ok(())
         };

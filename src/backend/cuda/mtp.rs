@@ -90,7 +90,6 @@ impl LayerStack<'_> {
             prefill_seqs: l.num_seqs() - decode_seqs,
             meta_base: b.meta,
             act: self.gemm_input(l),
-            normed_gemm: self.s.gemm,  // the MTP layer's norms write no split
         };
         let (s, h, t) = (self.s, self.cfg.hidden_size, l.num_tokens());
         self.gemm(m.fc, b.cat, rows.act, s.resid.ptr, h, 2 * h, l)?;

@@ -2,7 +2,7 @@
 //! recurrent state and conv ring per linear layer) and paged KV blocks for the
 //! full-attention layers; plus the per-step scratch buffers.
 
-use super::kernels::{ArgmaxScratch, DevPtr, GemmScratch, Kernels, GEMM_MAX_M, NULL};
+use super::kernels::{ArgmaxScratch, DevPtr, GemmScratch, Kernels, GEMM_MAX_M};
 use super::memory::DevBuf;
 use crate::backend::step::MetaOffsets;
 use crate::config::ModelConfig;
@@ -128,7 +128,6 @@ pub struct Scratch {
     pub gdn_ws: DevBuf,
     _gemm_ws: DevBuf,
     _gemm_counters: DevBuf,
-    _gemm_xs: DevBuf,
     pub gemm: GemmScratch,
 }
 
@@ -164,12 +163,7 @@ impl Scratch {
         let counters = shapes.iter().map(|(n, _)| Kernels::gemm_counters_len(*n)).max().unwrap_or(1);
         let gemm_ws = DevBuf::zeroed(ws * 4, "the GEMM split-K workspace")?;
         let gemm_counters = DevBuf::zeroed(counters * 4, "the GEMM counters")?;
-        // x split for the split-x experiment (GemmChoices::split_x): a launch's rows at the largest K.
-        let split = k.gemm_choices().split_x || k.gemm_choices().split_x_norm;
-        let xs_bytes = if split { GEMM_MAX_M * shapes.iter().map(|s| s.1).max().unwrap_or(0) * 4 } else { 0 };
-        let gemm_xs = DevBuf::zeroed(xs_bytes.max(16), "the GEMM split-x input")?;
-        let xs = if xs_bytes > 0 { gemm_xs.ptr } else { NULL };
-        let gemm = GemmScratch { ws: gemm_ws.ptr, ws_floats: ws, counters: gemm_counters.ptr, counters_len: counters, xs, xs_bytes, xs_of: NULL };
+        let gemm = GemmScratch { ws: gemm_ws.ptr, ws_floats: ws, counters: gemm_counters.ptr, counters_len: counters };
         let argmax_rows = t.max(logit_rows).max(LOGIT_ROWS);
         let (key_bytes, counter_bytes) = ArgmaxScratch::bytes(argmax_rows);
         let argmax_keys = DevBuf::zeroed(key_bytes, "the argmax keys")?;
@@ -202,7 +196,6 @@ impl Scratch {
             gdn_ws: DevBuf::zeroed(k.gdn_prefill_workspace(max_tokens, max_seqs), "the GDN prefill workspace")?,
             _gemm_ws: gemm_ws,
             _gemm_counters: gemm_counters,
-            _gemm_xs: gemm_xs,
             gemm,
         })
     }

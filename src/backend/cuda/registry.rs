@@ -68,27 +68,6 @@ pub const GEMM_TILED_WIDE: ByXY<&str> = [
     ["kiln_gemm_tiled_w_xf32_yf32", "kiln_gemm_tiled_w_xf32_ybf16"],
     ["kiln_gemm_tiled_w_xbf16_yf32", "kiln_gemm_tiled_w_xbf16_ybf16"],
 ];
-/// The tiled GEMMs reading x already split into bf16 hi / lo planes (`kiln_split_hilo`;
-/// kernels/gemm_tiled.cu `tiled_gemm_xs`, `GemmKind::TiledSplitX` / `TiledWideSplitX`): [y].
-pub const GEMM_TILED_XS: [&str; 2] = ["kiln_gemm_tiled_xs_yf32", "kiln_gemm_tiled_xs_ybf16"];
-pub const GEMM_TILED_WIDE_XS: [&str; 2] = ["kiln_gemm_tiled_w_xs_yf32", "kiln_gemm_tiled_w_xs_ybf16"];
-/// fp32 rows -> bf16 hi / lo planes per row, the split-x GEMMs' input.
-pub const SPLIT_HILO: &str = "kiln_split_hilo";
-/// The tiled GEMM with wgmma (sm_90a only, kernels/gemm_tiled_wg.cu `tiled_gemm_wg`): [x][y].
-pub const GEMM_TILED_WG: ByXY<&str> = [
-    ["kiln_gemm_tiled_wg_xf32_yf32", "kiln_gemm_tiled_wg_xf32_ybf16"],
-    ["kiln_gemm_tiled_wg_xbf16_yf32", "kiln_gemm_tiled_wg_xbf16_ybf16"],
-];
-/// The wgmma tiled GEMM with 4 warpgroups and 256 x 128 tiles (sm_90a only,
-/// kernels/gemm_tiled_wg.cu, `KILN_GEMM_WGMMA_WIDE=1`): [x][y].
-pub const GEMM_TILED_WG4: ByXY<&str> = [
-    ["kiln_gemm_tiled_wg4_xf32_yf32", "kiln_gemm_tiled_wg4_xf32_ybf16"],
-    ["kiln_gemm_tiled_wg4_xbf16_yf32", "kiln_gemm_tiled_wg4_xbf16_ybf16"],
-];
-/// The wgmma tiled GEMMs fed split x (sm_90a only, kernels/gemm_tiled_wg.cu `XS`,
-/// `GemmKind::TiledWgmmaSplitX` / `TiledWgmmaWideSplitX`): [y]. Shared memory as fp32 x.
-pub const GEMM_TILED_WG_XS: [&str; 2] = ["kiln_gemm_tiled_wg_xs_yf32", "kiln_gemm_tiled_wg_xs_ybf16"];
-pub const GEMM_TILED_WG4_XS: [&str; 2] = ["kiln_gemm_tiled_wg4_xs_yf32", "kiln_gemm_tiled_wg4_xs_ybf16"];
 /// The tiled GEMM's stage counts (W slots, x slots), the kernel's template arguments
 /// (`smem_defines` passes them): W runs slots - 1 stages ahead, x slots - 1. The kernel
 /// static_asserts its shared memory against `gemm_tiled_smem`, and
@@ -230,19 +209,6 @@ pub fn gemm_tiled_rows_smem(x: DType, rows: usize) -> usize {
     w_stages * rows * 128 + x_stages * 64 * 128 * if x == DType::F32 { 2 } else { 1 }
 }
 
-/// Dynamic shared memory of the split-x tiled GEMM with `rows` W rows per block: W's
-/// stages, and as many x stages (both planes, 64 rows of 128 bytes each).
-pub fn gemm_tiled_xs_smem(rows: usize) -> usize {
-    TILED_STAGES.0 * (rows * 128 + 2 * 64 * 128)
-}
-
-/// Dynamic shared memory of the wgmma tiled GEMM with `warpgroups` (2: `GEMM_TILED_WG`,
-/// 128 x 64 tiles; 4: `GEMM_TILED_WG4`, 256 x 128): the stages of `gemm_tiled_smem` scaled
-/// with the tile.
-pub fn gemm_tiled_wg_smem(x: DType, warpgroups: usize) -> usize {
-    warpgroups / 2 * gemm_tiled_smem(x)
-}
-
 const BOTH: [DType; 2] = [DType::F32, DType::BF16];
 
 /// Every entry point, module by module (the order of `compile::SOURCES`).
@@ -267,15 +233,9 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
             }
         }
     }
-    add("gemm_tiled", &GEMM_TILED_XS, gemm_tiled_xs_smem(128));
-    add("gemm_tiled", &GEMM_TILED_WIDE_XS, gemm_tiled_xs_smem(256));
-    add("gemm_tiled_wg", &GEMM_TILED_WG_XS, gemm_tiled_wg_smem(DType::F32, 2));
-    add("gemm_tiled_wg", &GEMM_TILED_WG4_XS, gemm_tiled_wg_smem(DType::F32, 4));
     for x in BOTH {
         add("gemm_tiled", &GEMM_TILED[x.idx()], gemm_tiled_smem(x));
         add("gemm_tiled", &GEMM_TILED_WIDE[x.idx()], gemm_tiled_rows_smem(x, 256));
-        add("gemm_tiled_wg", &GEMM_TILED_WG[x.idx()], gemm_tiled_wg_smem(x, 2));
-        add("gemm_tiled_wg", &GEMM_TILED_WG4[x.idx()], gemm_tiled_wg_smem(x, 4));
     }
     add("conv", &CONV1D, 0);
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
@@ -295,7 +255,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("elementwise", &SILU_MUL_PARTS, 0);
     add("elementwise", &ARGMAX, 0);
     add("elementwise", &[ARGMAX_MASKED], 0);
-    add("elementwise", &[F32_TO_BF16, SPLIT_HILO], 0);
+    add("elementwise", &[F32_TO_BF16], 0);
     add("elementwise", &GATHER_ROWS, 0);
     add("elementwise", &[COPY_SEGMENTS], 0);
     add("elementwise", &[SPEC_FEED, SPEC_ACCEPT], 0);
@@ -319,8 +279,6 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
         format!("-DKILN_RING_WRITE_SLICES={RING_WRITE_SLICES}"),
         format!("-DKILN_SMEM_GEMV_I8={}", gemv_i8_smem(d.hidden)),
     ];
-    v.push(format!("-DKILN_SMEM_GEMM_TILED_XS={}", gemm_tiled_xs_smem(128)));
-    v.push(format!("-DKILN_SMEM_GEMM_TILED_WIDE_XS={}", gemm_tiled_xs_smem(256)));
     for rows in ATTN_PREFILL_ROWS {
         v.push(format!("-DKILN_SMEM_ATTN_PREFILL_R{rows}={}", attn_prefill_smem(d.head_dim, rows)));
     }
@@ -330,8 +288,6 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
         }
         v.push(format!("-DKILN_SMEM_GEMM_TILED_{}={}", x.suffix(), gemm_tiled_smem(x)));
         v.push(format!("-DKILN_SMEM_GEMM_TILED_WIDE_{}={}", x.suffix(), gemm_tiled_rows_smem(x, 256)));
-        v.push(format!("-DKILN_SMEM_GEMM_TILED_WG_{}={}", x.suffix(), gemm_tiled_wg_smem(x, 2)));
-        v.push(format!("-DKILN_SMEM_GEMM_TILED_WG4_{}={}", x.suffix(), gemm_tiled_wg_smem(x, 4)));
     }
     v
 }

@@ -2,7 +2,7 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_rows_smem, gemm_tiled_smem, gemm_tiled_wg_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WG, GEMM_TILED_WIDE, GEMM_TILED_WG4, GEMM_TILED_WIDE_XS, GEMM_TILED_XS, GEMM_TILED_WG_XS, GEMM_TILED_WG4_XS, gemm_tiled_xs_smem, PACK_WEIGHT, SMEM_NO_OPT_IN, SPLIT_HILO};
+use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_rows_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WIDE, PACK_WEIGHT, SMEM_NO_OPT_IN};
 use crate::backend::weight_pack;
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -52,34 +52,6 @@ pub enum GemmKind {
     /// 256 x 64 output tiles, one block per SM, 64 W rows per warp (kiln_gemm_tiled_w_x*;
     /// any M up to `GEMM_MAX_M`; `GemmChoices::tiled_wide_min_m`).
     TiledWide,
-    /// The tiled kernel's tiles with wgmma (kiln_gemm_tiled_wg_x*; sm_90a only).
-    TiledWgmma,
-    /// wgmma with 4 warpgroups and 256 x 128 tiles (kiln_gemm_tiled_wg4_x*; sm_90a only).
-    TiledWgmmaWide,
-    /// `Tiled` / `TiledWide` fed x already split into bf16 hi / lo planes (fp32 x only):
-    /// `kiln_split_hilo` into `GemmScratch::xs`, then kiln_gemm_tiled{,_w}_xs_y* (x by
-    /// cp.async, no conversions in the loop). The same bits.
-    TiledSplitX,
-    TiledWideSplitX,
-    /// The wgmma kernels fed split x the same way (kiln_gemm_tiled_wg{,4}_xs_y*; sm_90a
-    /// only; with `KILN_GEMM_WGMMA=1` and `KILN_GEMM_SPLIT_X=1`). The same bits.
-    TiledWgmmaSplitX,
-    TiledWgmmaWideSplitX,
-}
-
-impl GemmKind {
-    /// The kind that reads this kind's x split beforehand (itself for the split kinds);
-    /// None for the kernels that have no split-x form.
-    pub fn split_x(self) -> Option<GemmKind> {
-        use GemmKind::*;
-        match self {
-            Tiled | TiledSplitX => Some(TiledSplitX),
-            TiledWide | TiledWideSplitX => Some(TiledWideSplitX),
-            TiledWgmma | TiledWgmmaSplitX => Some(TiledWgmmaSplitX),
-            TiledWgmmaWide | TiledWgmmaWideSplitX => Some(TiledWgmmaWideSplitX),
-            Auto | Register | SharedX => None,
-        }
-    }
 }
 
 /// How decode GEMMs are launched: which kernel takes which M and N, and how K is split.
@@ -131,14 +103,6 @@ pub struct GemmChoices {
     /// of one after the other (two L2 round trips, SASS), the residual stored after the
     /// cluster barrier so its release fence waits on no store. The same bits.
     pub defer_cluster_vec_warps: bool,
-    /// On sm_90a the tiled kernel's MMAs as wgmma (`KILN_GEMM_WGMMA=1`; session 13, not
-    /// yet run on a GPU, so off): the same bits (wgmma's k16 step equals mma.sync's,
-    /// bench/wgmma_bits.cu), 32 mma.sync per warp and chunk become 4 wgmma per warpgroup.
-    pub wgmma: bool,
-    /// With `wgmma`, the 256 x 128 tiles of 4 warpgroups (`KILN_GEMM_WGMMA_WIDE=1`;
-    /// session 18, not yet run on a GPU): half the L2 bytes per FLOP of the 128 x 64 tiles
-    /// (docs/kernels.md), the same bits.
-    pub wgmma_wide: bool,
     /// Spread the register kernel's blocks over every SM (default; `KILN_GEMM_REG_SPREAD=0`
     /// packs them as the block scheduler does): its
     /// 78 registers let 6 blocks share an SM, and at batch 1 a launch of 520 blocks (out,
@@ -157,23 +121,11 @@ pub struct GemmChoices {
     /// logits bit-identical): batch 32 +1.1 %, 64 -1.4 %, 128 -3.3 %, 256 -4.0 % (31.6
     /// against 32.9 ms), so the default takes it from 64 rows.
     pub tiled_wide_min_m: usize,
-    /// The tiled GEMMs take fp32 x split once into bf16 hi / lo planes by `kiln_split_hilo`
-    /// (`GemmKind::TiledSplitX`, `KILN_GEMM_SPLIT_X=1`; session 24, off until measured):
-    /// x then streams into shared memory by cp.async beside W instead of through registers
-    /// and conversions (ncu at batch 256, session 23: 13 % of the wide kernel's stall
-    /// samples were the conversion waiting for x's loads). The same bits; one more launch
-    /// per tiled GEMM until x's producers write the planes themselves.
-    pub split_x: bool,
-    /// The norms before qkvz / qgkv / gate_up write their output split as well
-    /// (`Kernels::add_rmsnorm_split`), and those GEMMs' tiled launches read it, with no
-    /// split launch (`KILN_GEMM_SPLIT_X_NORM=1`; session 24, off until measured). The
-    /// same bits.
-    pub split_x_norm: bool,
 }
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, wgmma: false, wgmma_wide: false, reg_spread: true, tiled_wide_min_m: 64, split_x: false, split_x_norm: false }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: false, reg_spread: true, tiled_wide_min_m: 64 }
     }
 }
 
@@ -195,19 +147,9 @@ impl GemmChoices {
             defer_gate_up: flag("KILN_GEMM_DEFER_GATE_UP", d.defer_gate_up),
             defer_cluster_max_m: num("KILN_GEMM_DEFER_CLUSTER_MAX_M", d.defer_cluster_max_m),
             defer_cluster_vec_warps: flag("KILN_GEMM_DEFER_CLUSTER_WARPS", d.defer_cluster_vec_warps),
-            wgmma: flag("KILN_GEMM_WGMMA", d.wgmma),
-            wgmma_wide: flag("KILN_GEMM_WGMMA_WIDE", d.wgmma_wide),
             reg_spread: flag("KILN_GEMM_REG_SPREAD", d.reg_spread),
             tiled_wide_min_m: num("KILN_GEMM_TILED_WIDE_MIN_M", d.tiled_wide_min_m),
-            split_x: flag("KILN_GEMM_SPLIT_X", d.split_x),
-            split_x_norm: flag("KILN_GEMM_SPLIT_X_NORM", d.split_x_norm),
         }
-    }
-
-    /// Whether a decode step of `m` rows (one GEMM launch) takes `split_x_norm`: its
-    /// GEMMs all run the tiled kernels (mma.sync or wgmma), the ones that read a split x.
-    pub fn producers_split(&self, m: usize) -> bool {
-        self.split_x_norm && self.tiled && m >= self.tiled_min_m.min(17) && m <= GEMM_MAX_M
     }
 
     /// Rows of one decode GEMM launch: 256 with the tiled kernel, else 64.
@@ -285,14 +227,6 @@ pub struct GemmScratch {
     pub ws_floats: usize,
     pub counters: DevPtr,
     pub counters_len: usize,
-    /// x split into bf16 hi / lo planes for the split-x kinds (`GemmChoices::split_x`):
-    /// at least `GEMM_MAX_M` rows of 4 K bytes, or NULL (then those kinds are not taken).
-    pub xs: DevPtr,
-    pub xs_bytes: usize,
-    /// When not NULL, x = `xs_of` + d was written only split, at `xs` + d (the same 4 K
-    /// bytes a row in both), by its producer (`add_rmsnorm_split`, `silu_mul_split`): the
-    /// launch reads it there (tiled kernels only; anything else is an error).
-    pub xs_of: DevPtr,
 }
 
 /// A decode GEMM's split-K partials, left for their consumer to sum in split order from 0
@@ -435,41 +369,19 @@ impl Kernels {
         let auto = kind == GemmKind::Auto;
         let kind = if auto { self.gemm_choices.auto_kind(m, n) } else { kind };
         let c = &self.gemm_choices;
-        // The wgmma experiment replaces the tiled kernels (an explicit TiledWide stays, for
-        // the table test).
-        let to_wgmma = kind == GemmKind::Tiled || (auto && kind == GemmKind::TiledWide);
-        let kind = if to_wgmma && c.wgmma && self.has_wgmma() {
-            if c.wgmma_wide { GemmKind::TiledWgmmaWide } else { GemmKind::TiledWgmma }
-        } else {
-            kind
-        };
-        // The kind's split-x form when x is fp32 and this is a tiled kind (mma.sync or wgmma).
-        let split_kind = kind.split_x().filter(|_| x_dtype == DType::F32);
-        let explicit_split = split_kind == Some(kind);
-        // x already split by its producer (`xs_of`, split_x_norm): the launch must read the
-        // split rows, since the producer wrote no fp32 copy.
-        if scratch.xs_of != NULL {
-            let d = x.checked_sub(scratch.xs_of).map_or(usize::MAX, |d| d as usize);
-            let readable = auto && split_kind.is_some() && d.is_multiple_of(k * 4) && d.saturating_add(m * k * 4) <= scratch.xs_bytes;
-            ensure!(readable, "gemm: x (M = {m}, K = {k}, {kind:?}) was written only split at xs_of, and this launch cannot read it");
-            return self.gemm_tiled_presplit(stream, w, scratch.xs + d as u64, y, y_dtype, m, n, k, scratch, plan, split_kind.unwrap_or(kind));
-        }
-        // The split-x experiment: the tiled kernels' fp32-x launches split x first.
-        if let Some(sk) = split_kind.filter(|_| explicit_split || (auto && c.split_x && scratch.xs != NULL)) {
-            ensure!(scratch.xs_bytes >= m * k * 4, "gemm: split-x scratch of {} bytes < {} needed", scratch.xs_bytes, m * k * 4);
-            self.split_hilo(stream, x, scratch.xs, m, k)?;
-            return self.gemm_tiled_presplit(stream, w, scratch.xs, y, y_dtype, m, n, k, scratch, plan, sk);
-        }
-        ensure!(kind.split_x() != Some(kind), "gemm: the split-x kernels split fp32 x, not {x_dtype:?}");
-        let wgmma = matches!(kind, GemmKind::TiledWgmma | GemmKind::TiledWgmmaWide);
-        ensure!(!wgmma || self.has_wgmma(), "gemm: the wgmma kernels need sm_90a");
         let tiled = matches!(kind, GemmKind::Tiled | GemmKind::TiledWide);
-        ensure!(m <= SKINNY_MAX_M || tiled || wgmma, "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
-        Self::check_gemm_launch(m, n, k, plan, scratch)?;
+        ensure!(m <= SKINNY_MAX_M || tiled, "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
+        ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
+        ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
         let w: GemmWeight = w.into();
         check_aligned(w.rows, 16, "gemm W")?;
         check_aligned(w.packed, 16, "gemm packed W")?;
         check_aligned(x, 16, "gemm x")?;
+        if plan.splits > 1 {
+            ensure!(scratch.ws_floats >= plan.splits * m * n, "gemm: workspace of {} floats < {} needed", scratch.ws_floats, plan.splits * m * n);
+            let need = if scratch.counters == NULL { 0 } else { Self::gemm_counters_len(n) };
+            ensure!(scratch.counters_len >= need, "gemm: {} counters < {need} needed", scratch.counters_len);
+        }
         let mi = match m {
             1..=8 => 0,
             9..=16 => 1,
@@ -478,18 +390,16 @@ impl Kernels {
         };
         let (ws, counters) = (scratch.ws, scratch.counters);
         let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
-        if tiled || wgmma {
+        if tiled {
             let w = w.rows;
             let mut p = params!(w, x, y, ws, counters, mm, nn, kk, ks, sp);
             // (tile rows of W, tile rows of the batch, threads, shared memory, names)
-            let (bn, bm, threads, smem, names) = match kind {
-                GemmKind::TiledWgmmaWide => (256, 128, 512, gemm_tiled_wg_smem(x_dtype, 4), &GEMM_TILED_WG4),
-                GemmKind::TiledWgmma => (128, 64, 256, gemm_tiled_wg_smem(x_dtype, 2), &GEMM_TILED_WG),
-                GemmKind::TiledWide => (256, 64, 256, gemm_tiled_rows_smem(x_dtype, 256), &GEMM_TILED_WIDE),
-                _ => (128, 64, 256, gemm_tiled_smem(x_dtype), &GEMM_TILED),
+            let (bn, smem, names) = match kind {
+                GemmKind::TiledWide => (256, gemm_tiled_rows_smem(x_dtype, 256), &GEMM_TILED_WIDE),
+                _ => (128, gemm_tiled_smem(x_dtype), &GEMM_TILED),
             };
-            let grid = ((n.div_ceil(bn) * m.div_ceil(bm)) as u32, plan.splits as u32, 1);
-            return self.launch(names[x_dtype.idx()][y_dtype.idx()], stream, grid, threads, smem as u32, &mut p);
+            let grid = ((n.div_ceil(bn) * m.div_ceil(64)) as u32, plan.splits as u32, 1);
+            return self.launch(names[x_dtype.idx()][y_dtype.idx()], stream, grid, 256, smem as u32, &mut p);
         }
         // The skinny kernels read the packed copy when there is one and this launch covers
         // whole tiles (a launch over the first N rows of a weight may end inside one).
@@ -512,64 +422,6 @@ impl Kernels {
         let grid = (n.div_ceil(if mi >= 2 { 128 } else { 64 }) as u32, plan.splits as u32, 1);
         let smem = if c.reg_spread { self.spread_smem(name, grid.0 as usize * grid.1 as usize)? } else { 0 };
         self.launch(name, stream, grid, GEMM_REG_THREADS, smem, &mut p)
-    }
-}
-
-impl Kernels {
-    /// What every decode GEMM launch needs of K, its split plan and the split-K scratch.
-    fn check_gemm_launch(m: usize, n: usize, k: usize, plan: GemmPlan, scratch: &GemmScratch) -> Result<()> {
-        ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
-        ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
-        if plan.splits > 1 {
-            ensure!(scratch.ws_floats >= plan.splits * m * n, "gemm: workspace of {} floats < {} needed", scratch.ws_floats, plan.splits * m * n);
-            let need = if scratch.counters == NULL { 0 } else { Self::gemm_counters_len(n) };
-            ensure!(scratch.counters_len >= need, "gemm: {} counters < {need} needed", scratch.counters_len);
-        }
-        Ok(())
-    }
-
-    /// xs row m = bf16 hi of x row m, then bf16 lo (K each; `kiln_split_hilo`): the split-x
-    /// GEMMs' input, the roundings the fp32-x kernels make. rows * k % 4 == 0 not needed,
-    /// k % 4 == 0 is.
-    pub fn split_hilo(&self, stream: &CudaStream, x: DevPtr, xs: DevPtr, rows: usize, k: usize) -> Result<()> {
-        if rows == 0 {
-            return Ok(());
-        }
-        ensure!(k.is_multiple_of(4), "split_hilo: K = {k} must be a multiple of 4");
-        check_aligned(x, 16, "split_hilo x")?;
-        check_aligned(xs, 16, "split_hilo xs")?;
-        let (ri, ki) = (int(rows, "rows")?, int(k, "K")?);
-        let mut p = params!(x, xs, ri, ki);
-        self.launch(SPLIT_HILO, stream, ((rows * k).div_ceil(1024) as u32, 1, 1), 256, 0, &mut p)
-    }
-
-    /// The tiled GEMM (128-row blocks, or 256 with `wide`) on x already split by
-    /// `split_hilo` (`xs`, M rows of 2K bf16): the bits of the fp32-x tiled kernels.
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemm_tiled_presplit(&self, stream: &CudaStream, w: impl Into<GemmWeight>, xs: DevPtr, y: DevPtr, y_dtype: DType, m: usize, n: usize, k: usize, scratch: &GemmScratch, plan: GemmPlan, kind: GemmKind) -> Result<()> {
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        ensure!(m <= GEMM_MAX_M, "gemm: M = {m} exceeds {GEMM_MAX_M}");
-        ensure!(kind.split_x() == Some(kind), "gemm: {kind:?} does not read split x");
-        let wgmma = matches!(kind, GemmKind::TiledWgmmaSplitX | GemmKind::TiledWgmmaWideSplitX);
-        ensure!(!wgmma || self.has_wgmma(), "gemm: the wgmma kernels need sm_90a");
-        Self::check_gemm_launch(m, n, k, plan, scratch)?;
-        let w = w.into().rows;
-        check_aligned(w, 16, "gemm W")?;
-        check_aligned(xs, 16, "gemm xs")?;
-        let (ws, counters) = (scratch.ws, scratch.counters);
-        let (mm, nn, kk, ks, sp) = (int(m, "M")?, int(n, "N")?, int(k, "K")?, int(plan.ks, "ks")?, int(plan.splits, "splits")?);
-        let mut p = params!(w, xs, y, ws, counters, mm, nn, kk, ks, sp);
-        // (tile rows of W, tile rows of the batch, threads, shared memory, names)
-        let (bn, bm, threads, smem, names) = match kind {
-            GemmKind::TiledWideSplitX => (256, 64, 256, gemm_tiled_xs_smem(256), &GEMM_TILED_WIDE_XS),
-            GemmKind::TiledWgmmaSplitX => (128, 64, 256, gemm_tiled_wg_smem(DType::F32, 2), &GEMM_TILED_WG_XS),
-            GemmKind::TiledWgmmaWideSplitX => (256, 128, 512, gemm_tiled_wg_smem(DType::F32, 4), &GEMM_TILED_WG4_XS),
-            _ => (128, 64, 256, gemm_tiled_xs_smem(128), &GEMM_TILED_XS),
-        };
-        let grid = ((n.div_ceil(bn) * m.div_ceil(bm)) as u32, plan.splits as u32, 1);
-        self.launch(names[y_dtype.idx()], stream, grid, threads, smem as u32, &mut p)
     }
 }
 
@@ -629,8 +481,7 @@ mod tests {
         // CI never sets KILN_GEMM_TILED: the default, measured on the device, is the tiled
         // kernel from 17 rows, and decode GEMMs in 256-row pieces.
         assert!(std::env::var("KILN_GEMM_TILED").is_err() && std::env::var("KILN_GEMM_TILED_MIN_M").is_err());
-        assert!(std::env::var("KILN_GEMM_SX_ALL_MIN_M").is_err() && std::env::var("KILN_GEMM_WGMMA").is_err());
-        assert!(!GemmChoices::default().wgmma, "wgmma stays an experiment until a device run has checked it");
+        assert!(std::env::var("KILN_GEMM_SX_ALL_MIN_M").is_err() && std::env::var("KILN_GEMM_TILED_WIDE_MIN_M").is_err());
         assert!(std::env::var("KILN_GEMM_SMALL_SX").is_err() && std::env::var("KILN_GEMM_SX_MIN_N").is_err());
         assert!(std::env::var("KILN_GEMM_WARPS").is_err() && std::env::var("KILN_GEMM_WIDE_WARPS").is_err());
         assert!(std::env::var("KILN_GEMM_DEFER_SUM").is_err() && std::env::var("KILN_GEMM_DEFER_CLUSTER_MAX_M").is_err());
@@ -642,11 +493,6 @@ mod tests {
         assert!(c.defer_sum, "out/o/down leave their split sum to the norm by default");
         assert!(c.reg_spread, "the register kernel's blocks spread over every SM (measured, session 21)");
         assert_eq!(c.decode_gemm_rows(), GEMM_MAX_M);
-        // The producers' split takes exactly the steps whose GEMMs are all tiled (17..256 rows).
-        let sn = GemmChoices { split_x_norm: true, ..c };
-        assert!(!c.producers_split(64) && !sn.producers_split(16) && sn.producers_split(17) && sn.producers_split(256));
-        // The wgmma kernels read the split too (kiln_gemm_tiled_wg*_xs, session 25).
-        assert!(!GemmChoices { tiled: false, ..sn }.producers_split(64) && GemmChoices { wgmma: true, ..sn }.producers_split(64));
         for n in [64, 2560, 10239, 10240, 12352, 248_320] {
             let small = if n >= SHARED_X_MIN_N { GemmKind::SharedX } else { GemmKind::Register };
             assert_eq!(c.auto_kind(1, n), small);

@@ -43,30 +43,19 @@ impl Kernels {
         out_f32: DevPtr,
         m: usize,
     ) -> Result<()> {
-        self.add_rmsnorm_split(stream, residual, delta, w, out_bf16, out_f32, NULL, m)
-    }
-
-    /// `add_rmsnorm` that also writes y split into bf16 hi / lo planes (`out_split`, row m
-    /// at m * 4 HIDDEN bytes: HIDDEN hi, then HIDDEN lo; NULL: none), what `split_hilo`
-    /// makes of the fp32 output, for the split-x GEMMs (`GemmChoices::split_x_norm`). The
-    /// split needs the one-block-per-row kernels, so rows that would take the cluster
-    /// form (up to `defer_cluster_max_m`) take the block form instead (the same bits).
-    #[allow(clippy::too_many_arguments)]
-    pub fn add_rmsnorm_split(&self, stream: &CudaStream, residual: DevPtr, delta: Option<Delta>, w: DevPtr, out_bf16: DevPtr, out_f32: DevPtr, out_split: DevPtr, m: usize) -> Result<()> {
         if m == 0 {
             return Ok(());
         }
-        check_aligned(out_split, 16, "add_rmsnorm split output")?;
         if let Some(Delta::Parts(parts)) = delta {
             let c = self.gemm_choices();
-            let form = if m > c.defer_cluster_max_m || out_split != NULL {
+            let form = if m > c.defer_cluster_max_m {
                 NormPartsForm::Block
             } else if c.defer_cluster_vec_warps {
                 NormPartsForm::ClusterVecWarps
             } else {
                 NormPartsForm::Cluster
             };
-            return self.add_rmsnorm_parts_ex(stream, residual, parts, w, out_bf16, out_f32, out_split, m, form);
+            return self.add_rmsnorm_parts(stream, residual, parts, w, out_bf16, out_f32, m, form);
         }
         let (dp, ld, dt) = match delta {
             Some(Delta::Mat(d)) => {
@@ -76,7 +65,7 @@ impl Kernels {
             _ => (NULL, 0, DType::F32),
         };
         let (ldi, mi) = (int(ld, "ld")?, int(m, "rows")?);
-        let mut p = params!(residual, dp, ldi, w, out_bf16, out_f32, mi, out_split);
+        let mut p = params!(residual, dp, ldi, w, out_bf16, out_f32, mi);
         self.launch(ADD_RMSNORM[dt.idx()], stream, (m as u32, 1, 1), 256, 0, &mut p)
     }
 
@@ -84,15 +73,9 @@ impl Kernels {
     /// chooses by the rows and `GemmChoices`; every form gives the same bits).
     #[allow(clippy::too_many_arguments)]
     pub fn add_rmsnorm_parts(&self, stream: &CudaStream, residual: DevPtr, parts: SplitParts, w: DevPtr, out_bf16: DevPtr, out_f32: DevPtr, m: usize, form: NormPartsForm) -> Result<()> {
-        self.add_rmsnorm_parts_ex(stream, residual, parts, w, out_bf16, out_f32, NULL, m, form)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn add_rmsnorm_parts_ex(&self, stream: &CudaStream, residual: DevPtr, parts: SplitParts, w: DevPtr, out_bf16: DevPtr, out_f32: DevPtr, out_split: DevPtr, m: usize, form: NormPartsForm) -> Result<()> {
         if m == 0 {
             return Ok(());
         }
-        ensure!(out_split == NULL || form == NormPartsForm::Block, "add_rmsnorm: only the block form writes a split output");
         let hidden = self.dims().hidden;
         check_aligned(parts.ptr, 16, "add_rmsnorm partials")?;
         ensure!(parts.split_stride % 4 == 0 && parts.split_stride >= m * hidden, "add_rmsnorm: partial stride {} for {m} rows", parts.split_stride);
@@ -100,10 +83,7 @@ impl Kernels {
         let (pp, sp, stride, mi) = (parts.ptr, int(parts.splits, "splits")?, parts.split_stride as i64, int(m, "rows")?);
         let mut p = params!(residual, pp, sp, stride, w, out_bf16, out_f32, mi);
         match form {
-            NormPartsForm::Block => {
-                let mut p = params!(residual, pp, sp, stride, w, out_bf16, out_f32, mi, out_split);
-                self.launch(ADD_RMSNORM_PARTS, stream, (m as u32, 1, 1), 256, 0, &mut p)
-            }
+            NormPartsForm::Block => self.launch(ADD_RMSNORM_PARTS, stream, (m as u32, 1, 1), 256, 0, &mut p),
             // A row per cluster of 8 one-warp blocks: its partials through 8 SMs.
             NormPartsForm::Cluster => self.launch(ADD_RMSNORM_PARTS_CLUSTER, stream, (8, m as u32, 1), 32, 0, &mut p),
             // The same with a warp per 8-float vector of a 256-thread row (norm.cu NORM_VPT).
@@ -160,33 +140,21 @@ impl Kernels {
     /// gate_up GEMM's partials, `gemm_deferred`) is summed here in split order
     /// (kiln_silu_mul_parts): the same bits as the GEMM's own sum followed by silu_mul.
     pub fn silu_mul(&self, stream: &CudaStream, gu: impl Into<Delta>, up_off: usize, out: Mat, n: usize, m: usize) -> Result<()> {
-        self.silu_mul_split(stream, gu, up_off, out, n, m, NULL)
-    }
-
-    /// `silu_mul` that also writes its fp32 result split into bf16 hi / lo planes
-    /// (`out_split`: row m at m * 4 n bytes, n hi then n lo; NULL: none), `split_hilo`'s
-    /// rows, for the split-x down GEMM (`GemmChoices::split_x_norm`); `out.ptr` may then be
-    /// NULL (no plain output).
-    #[allow(clippy::too_many_arguments)]
-    pub fn silu_mul_split(&self, stream: &CudaStream, gu: impl Into<Delta>, up_off: usize, out: Mat, n: usize, m: usize, out_split: DevPtr) -> Result<()> {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        ensure!(out_split == NULL || n.is_multiple_of(4), "silu_mul: a split output needs n % 4 == 0, not {n}");
-        ensure!(out.ptr != NULL || out_split != NULL, "silu_mul: no output");
-        check_aligned(out_split, 16, "silu_mul split output")?;
         let gu = match gu.into() {
             Delta::Mat(gu) => gu,
             Delta::Parts(parts) => {
                 ensure!(parts.split_stride >= m * parts.ld && up_off + n <= parts.ld, "silu_mul: partials of {} x {} floats for {m} rows and {n} + {up_off} columns", parts.split_stride, parts.ld);
                 let (pp, sp, stride) = (parts.ptr, int(parts.splits, "splits")?, parts.split_stride as i64);
                 let (ldi, uo, op, ldo, ni, mi) = (int(parts.ld, "ld_in")?, int(up_off, "up_off")?, out.ptr, int(out.ld, "ld_out")?, int(n, "n")?, int(m, "rows")?);
-                let mut p = params!(pp, sp, stride, ldi, uo, op, ldo, ni, mi, out_split);
+                let mut p = params!(pp, sp, stride, ldi, uo, op, ldo, ni, mi);
                 return self.launch(SILU_MUL_PARTS[out.dtype.idx()], stream, (n.div_ceil(4 * 256) as u32, m as u32, 1), 256, 0, &mut p);
             }
         };
         let (gp, ldi, uo, op, ldo, ni, mi) = (gu.ptr, int(gu.ld, "ld_in")?, int(up_off, "up_off")?, out.ptr, int(out.ld, "ld_out")?, int(n, "n")?, int(m, "rows")?);
-        let mut p = params!(gp, ldi, uo, op, ldo, ni, mi, out_split);
+        let mut p = params!(gp, ldi, uo, op, ldo, ni, mi);
         // Four elements per thread (16-byte accesses when every stride allows).
         self.launch(SILU_MUL[gu.dtype.idx()][out.dtype.idx()], stream, (n.div_ceil(4 * 256) as u32, m as u32, 1), 256, 0, &mut p)
     }

@@ -7,8 +7,7 @@
 //! barriers between stages) and fails on any hazard: a slot overwritten while a later
 //! MMA still needs it, a stage computed before its W group has landed or before its x was
 //! stored, a register set reloaded before it was stored. The kernel's counts are
-//! `registry::TILED_STAGES`. The split-x kernels' schedule (x by cp.async beside W) has
-//! its own replay, `check_split_x_schedule`. Test-only: nothing at run time needs it.
+//! `registry::TILED_STAGES`. Test-only: nothing at run time needs it.
 
 /// Replays `nst` stages of the kernel with stage counts (`wst`, `xst`): W `wst - 1` stages ahead,
 /// x `xst - 1`. Err names the first hazard.
@@ -104,53 +103,6 @@ fn check_distances(wst: usize, wpre: usize, xst: usize, xpre: usize, nst: usize)
     Ok(())
 }
 
-/// The split-x kernels' schedule (`tiled_gemm_xs<WST>`): x arrives split, so it travels
-/// like W, by cp.async into `wst` slots of its own `wpre` stages ahead; the prologue commits
-/// W's first `wpre` stages one group each (before the PDL wait), then x's; each stage then
-/// waits until `wpre - 1` groups are in flight, passes the barrier and commits one group
-/// with W and x of stage s + `wpre`. Err names the first hazard: a stage computed before
-/// the group holding its W or x landed, or a slot overwritten before its stage was computed.
-fn check_split_x_schedule(wst: usize, wpre: usize, nst: usize) -> Result<(), String> {
-    if wpre == 0 {
-        return Err("W and x must be prefetched at least one stage ahead".into());
-    }
-    let (mut w_slot, mut x_slot) = (vec![None::<usize>; wst], vec![None::<usize>; wst]);
-    let mut groups: Vec<(Option<usize>, Option<usize>)> = Vec::new(); // (W stage, x stage) per group
-    let put = |slots: &mut [Option<usize>], s: usize, what: &str, now: usize| -> Result<(), String> {
-        if let Some(old) = slots[s % wst] {
-            if old + 1 > now {
-                return Err(format!("stage {now}: {what}({s}) overwrites {what}({old}) before it is computed"));
-            }
-        }
-        slots[s % wst] = Some(s);
-        Ok(())
-    };
-    for i in 0..wpre {
-        put(&mut w_slot, i, "W", 0)?;
-        groups.push((Some(i), None));
-    }
-    for i in 0..wpre {
-        put(&mut x_slot, i, "x", 0)?;
-        groups.push((None, Some(i)));
-    }
-    for s in 0..nst {
-        let landed = groups.len().saturating_sub(wpre - 1);
-        // The barrier: stage s - 1 is computed, so its slots may be refilled.
-        put(&mut w_slot, s + wpre, "W", s)?;
-        put(&mut x_slot, s + wpre, "x", s)?;
-        groups.push((Some(s + wpre), Some(s + wpre)));
-        let wg = groups.iter().position(|g| g.0 == Some(s)).ok_or(format!("stage {s}: W never issued"))?;
-        let xg = groups.iter().position(|g| g.1 == Some(s)).ok_or(format!("stage {s}: x never issued"))?;
-        if wg >= landed || xg >= landed {
-            return Err(format!("stage {s}: computed before its {} group landed", if wg >= landed { "W" } else { "x" }));
-        }
-        if w_slot[s % wst] != Some(s) || x_slot[s % wst] != Some(s) {
-            return Err(format!("stage {s}: slots hold W {:?}, x {:?}", w_slot[s % wst], x_slot[s % wst]));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,19 +118,6 @@ mod tests {
                 check_schedule(wst, xst, nst).unwrap_or_else(|e| panic!("stages ({wst}, {xst}), {nst} stages: {e}"));
             }
         }
-    }
-
-    #[test]
-    fn the_split_x_schedule_is_hazard_free_and_the_model_sees_its_hazards() {
-        // The kernel: W and x WST - 1 stages ahead in WST slots each, for every length.
-        let (w, _) = TILED_STAGES;
-        for wst in [w, 2, 4, 5] {
-            for nst in 1..=16 {
-                check_split_x_schedule(wst, wst - 1, nst).unwrap_or_else(|e| panic!("{wst} slots, {nst} stages: {e}"));
-            }
-        }
-        // As many stages ahead as slots: stage s + 3 lands on stage s's slots before its MMAs.
-        assert!(check_split_x_schedule(3, 3, 6).unwrap_err().contains("overwrites"));
     }
 
     #[test]
