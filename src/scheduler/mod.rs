@@ -11,7 +11,8 @@
 //! snapshots) lets a request resume from the longest cached prefix of its prompt, with
 //! bit-identical results (see `policy.rs`).
 //!
-//! Files: `mod.rs` (this: config, handle, tickets), `engine.rs` (the loop), `policy.rs`
+//! Files: `mod.rs` (this: config, handle, tickets), `engine.rs` (the loop) with `emit.rs`
+//! (its token output path: sampling, stop rules, delivery), `policy.rs`
 //! (pure decisions: chunk cuts, admission, what to cache), `pool.rs` (slot and block
 //! pools), `prefix_cache.rs` (the cache's tree), `cache.rs` (the cache in the loop),
 //! `request.rs` (request/output types), `seq.rs` (per-request state), `text.rs` (detokenizer,
