@@ -62,20 +62,18 @@ __device__ __forceinline__ float reduce_scatter32(float (&v)[32], int lane) {
     return v[0];
 }
 
-// The partitions of block (x, kvh, b): their unnormalised outputs and softmax stats to
-// part_acc / part_ml. Returns the sequence's partition count, 0 for a padding row.
-__device__ __forceinline__ int attn_decode_partial_body(const float* __restrict__ q, const bf16* __restrict__ k_cache,
-                                                        const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,
-                                                        int bt_stride, const int* __restrict__ ctx_lens, int block_size,
-                                                        float* __restrict__ part_acc, float* __restrict__ part_ml,
-                                                        int max_parts, int B) {
+extern "C" __global__ void __launch_bounds__(AD_THREADS)
+    kiln_attn_decode_partial(const float* __restrict__ q, const bf16* __restrict__ k_cache,
+                             const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,
+                             int bt_stride, const int* __restrict__ ctx_lens, int block_size,
+                             float* __restrict__ part_acc, float* __restrict__ part_ml, int max_parts, int B) {
     KILN_PDL_ENTER_ROWS(B);
     __shared__ float wm[AD_WARPS][GQA_GROUP], wl[AD_WARPS][GQA_GROUP];
     __shared__ float wacc[AD_WARPS][GQA_GROUP][HEAD_DIM];
     const int b = blockIdx.z, kvh = blockIdx.y;
-    if (b >= B) return 0;
+    if (b >= B) return;
     const int L = ctx_lens[b];
-    if (L <= 0) return 0;
+    if (L <= 0) return;
     int nparts, ps;
     decode_parts(L, max_parts, nparts, ps);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -195,33 +193,6 @@ __device__ __forceinline__ int attn_decode_partial_body(const float* __restrict_
             }
         }
     }
-    return nparts;
-}
-
-extern "C" __global__ void __launch_bounds__(AD_THREADS)
-    kiln_attn_decode_partial(const float* __restrict__ q, const bf16* __restrict__ k_cache,
-                             const bf16* __restrict__ v_cache, const int* __restrict__ block_tables,
-                             int bt_stride, const int* __restrict__ ctx_lens, int block_size,
-                             float* __restrict__ part_acc, float* __restrict__ part_ml, int max_parts, int B) {
-    attn_decode_partial_body(q, k_cache, v_cache, block_tables, bt_stride, ctx_lens, block_size, part_acc, part_ml,
-                             max_parts, B);
-}
-
-// Output d of head h of row b from its partitions (row0 = (b * NUM_HEADS + h) * max_parts),
-// added in partition order; gated by sigmoid(gv) when gated.
-__device__ __forceinline__ float combine_one(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
-                                             size_t row0, int nparts, int d, bool gated, float gv) {
-    float M = -KILN_INF;
-    for (int p = 0; p < nparts; ++p) M = fmaxf(M, __ldcg(part_ml + (row0 + p) * 2));
-    float a = 0.f, ls = 0.f;
-    for (int p = 0; p < nparts; ++p) {
-        const float f = exp2f(__ldcg(part_ml + (row0 + p) * 2) - M);
-        a += f * __ldcg(part_acc + (row0 + p) * HEAD_DIM + d);
-        ls += f * __ldcg(part_ml + (row0 + p) * 2 + 1);
-    }
-    float y = a / ls;
-    if (gated) y *= sigmoidf_(gv);
-    return y;
 }
 
 template <typename OUT>
@@ -240,7 +211,16 @@ __device__ __forceinline__ void decode_combine(const float* __restrict__ part_ac
     int nparts, ps;
     decode_parts(L, max_parts, nparts, ps);
     const size_t row0 = ((size_t)b * NUM_HEADS + h) * max_parts;
-    const float y = combine_one(part_acc, part_ml, row0, nparts, d, gate != nullptr, gv);
+    float M = -KILN_INF;
+    for (int p = 0; p < nparts; ++p) M = fmaxf(M, part_ml[(row0 + p) * 2]);
+    float a = 0.f, ls = 0.f;
+    for (int p = 0; p < nparts; ++p) {
+        const float f = exp2f(part_ml[(row0 + p) * 2] - M);
+        a += f * part_acc[(row0 + p) * HEAD_DIM + d];
+        ls += f * part_ml[(row0 + p) * 2 + 1];
+    }
+    float y = a / ls;
+    if (gate != nullptr) y *= sigmoidf_(gv);
     out[(size_t)b * ld_out + (size_t)h * HEAD_DIM + d] = from_f<OUT>(y);
 }
 
@@ -254,4 +234,3 @@ extern "C" __global__ void __launch_bounds__(HEAD_DIM)
                                   const bf16* gate, int ld_gate, int gate_hs, bf16* out, int ld_out, int B) {
     decode_combine<bf16>(part_acc, part_ml, ctx_lens, max_parts, gate, ld_gate, gate_hs, out, ld_out, B);
 }
-

@@ -38,6 +38,8 @@
 
 using namespace kiln;
 
+#define GEMM_THREADS 128  // 4 warps (the launcher: GEMM_REG_THREADS, cuda/kernels/gemm.rs)
+
 __device__ __forceinline__ uint4 ld_stream(const bf16* p) {
     uint4 r;
     asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
@@ -269,10 +271,9 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
                                             Y* __restrict__ y, float* __restrict__ ws,
                                             unsigned* __restrict__ counters, int M, int N, int K,
                                             int ks, int splits, int w_packed) {
-    constexpr int WPB = 4;                   // warps per block
     constexpr int RW = NT >= 4 ? 2 : 1;      // 16-row tiles of W per warp
     constexpr int P = RW == 1 ? KILN_GEMM_REG_P : 2;  // chunks of 32 k in flight
-    constexpr int RB = WPB * 16 * RW;        // rows per block
+    constexpr int RB = GEMM_THREADS / 32 * 16 * RW;  // rows per block
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * RB + warp * 16 * RW;
@@ -365,7 +366,7 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
         }
     }
 
-    gemm_epilogue<RW, NT, RB, WPB * 32, Y>(acc, row0, g, t, y, ws, counters, M, N, splits);
+    gemm_epilogue<RW, NT, RB, GEMM_THREADS, Y>(acc, row0, g, t, y, ws, counters, M, N, splits);
 }
 
 // ---------------------------------------------------------------------------------
@@ -684,7 +685,7 @@ __device__ __forceinline__ void skinny_gemm_v2(const bf16* __restrict__ W, const
 // SUF: the name's suffix (m8 ... m64); NT: batch tiles of 8. (Session 23's m8h, the m8
 // kernel in 32-row blocks of two warps, measured +2.4 % at batch 1 in session 25: deleted.)
 #define GEMM_VARIANT(XN, XT, XF, YN, YT, SUF, NT)                                                \
-    extern "C" __global__ void __launch_bounds__(128)                                             \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                    \
         kiln_gemm_x##XN##_y##YN##_##SUF(const bf16* W, const XT* x, YT* y, float* ws,             \
                                         unsigned* counters, int M, int N, int K, int ks,          \
                                         int splits, int w_packed) {                                \

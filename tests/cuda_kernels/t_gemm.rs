@@ -79,7 +79,6 @@ fn gemm_matches_f64_reference() {
                     // Up to 64 rows the register, shared-x and both tiled kernels; above, the tiled kernels
                     // (128- and 256-row blocks) against the register kernel run on 64-row pieces.
                     let kinds: Vec<GemmKind> = match m {
-                        ..=8 => vec![GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled, GemmKind::TiledWide],
                         ..=64 => vec![GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled, GemmKind::TiledWide],
                         _ => vec![GemmKind::Tiled, GemmKind::TiledWide],
                     };

@@ -60,8 +60,8 @@ fn gemm_packed_matches_row_major_bits() {
             let x = randn_vec(&mut g, m * k, 1.0);
             for xt in [DType::F32, DType::BF16] {
                 for plan in [default, forced] {
-                    let kinds: &[GemmKind] = if m <= 8 { &[GemmKind::Register, GemmKind::SharedX] } else { &[GemmKind::Register, GemmKind::SharedX] };
-                    for &kind in kinds {
+                    let kinds = [GemmKind::Register, GemmKind::SharedX];
+                    for &kind in &kinds {
                         let what = format!("M={m} N={n} K={k} {xt:?} splits {} {kind:?}", plan.splits);
                         let a = bits(e, &s, rows, &x, xt, m, n, k, plan, &sc, kind);
                         let b = bits(e, &s, both, &x, xt, m, n, k, plan, &sc, kind);

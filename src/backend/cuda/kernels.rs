@@ -186,9 +186,9 @@ impl Kernels {
         let smem_reserved_per_block = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK, "the shared memory reserved per block")?;
         // The register GEMM's occupancy, once: `spread_smem` needs it at every launch.
         let mut reg_gemm_per_sm = HashMap::new();
-        for (name, threads) in registry::GEMM.as_flattened().as_flattened().iter().map(|&n| (n, gemm::GEMM_REG_THREADS)) {
+        for &name in registry::GEMM.as_flattened().as_flattened() {
             let f = funcs.get(name).with_context(|| format!("kernel `{name}` not loaded"))?;
-            let n = f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None).map_err(|e| anyhow!("occupancy of {name}: {e:?}"))?;
+            let n = f.occupancy_max_active_blocks_per_multiprocessor(gemm::GEMM_REG_THREADS, 0, None).map_err(|e| anyhow!("occupancy of {name}: {e:?}"))?;
             let static_smem = f.shared_size_bytes().map_err(|e| anyhow!("static shared memory of {name}: {e:?}"))?;
             reg_gemm_per_sm.insert(name, (n as usize, static_smem as usize));
         }

@@ -120,6 +120,10 @@ impl Kernels {
         ensure!(a.max_parts > 0, "attn_decode: max_parts must be positive");
         let (q, kc, vc, bt, bts, cl) = (a.q, a.k_cache, a.v_cache, a.block_tables, int(a.bt_stride, "bt_stride")?, a.ctx_lens);
         let (bs, pa, pm, mp, b) = (int(a.block_size, "block_size")?, a.part_acc, a.part_ml, int(a.max_parts, "max_parts")?, int(a.batch, "batch")?);
+        let mut p = params!(q, kc, vc, bt, bts, cl, bs, pa, pm, mp, b);
+        let grid = (a.max_parts as u32, self.dims.num_kv_heads as u32, a.batch as u32);
+        self.launch(ATTN_DECODE_PARTIAL, stream, grid, 128, 0, &mut p)?;
+
         let (gp, ldg) = match a.gate {
             Some(g) => {
                 ensure!(g.dtype == a.out.dtype, "attn_decode: the gate must have the output's dtype");
@@ -128,9 +132,6 @@ impl Kernels {
             None => (NULL, 0),
         };
         let (hs, op, ldo) = (int(a.gate_hs, "gate_hs")?, a.out.ptr, int(a.out.ld, "ld_out")?);
-        let grid = (a.max_parts as u32, self.dims.num_kv_heads as u32, a.batch as u32);
-        let mut p = params!(q, kc, vc, bt, bts, cl, bs, pa, pm, mp, b);
-        self.launch(ATTN_DECODE_PARTIAL, stream, grid, 128, 0, &mut p)?;
         let mut p = params!(pa, pm, cl, mp, gp, ldg, hs, op, ldo, b);
         let grid = (self.dims.num_heads as u32, a.batch as u32, 1);
         self.launch(COMBINE[a.out.dtype.idx()], stream, grid, self.dims.head_dim as u32, 0, &mut p)
