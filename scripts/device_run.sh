@@ -41,6 +41,9 @@
 #   tl_verify  (uses the timeline stage's plan, built here if missing) kiln-eval timeline at batch 1
 #            with a verify step of 3 drafts beside the decode step, with the verify's GDN launch
 #            by position (KILN_GDN_VERIFY_FUSED=0) and fused (=1): timeline_verify*.txt
+#   mma_rate  bench/mma_rate.cu (nvcc here): mma.sync m16n8k16 TFLOP/s by warps per SM and
+#            independent accumulator chains, on registers alone and with the tiled GEMM's
+#            shared loads (mma_rate.txt): what the tensor pipe allows the tiled kernels
 #   mma_perm  bench/mma_perm.cu (nvcc here): whether mma.sync's bits depend on which position of
 #            a k16 step holds which product (mma_perm.txt)
 #   pf_budget  plans built with KILN_PF_BUDGET_MB=$PF_BUDGETS (default "0 8"; the early L2 weight
@@ -401,6 +404,10 @@ if has tl_verify; then
   KILN_GDN_VERIFY_FUSED=0 .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch 1 --verify-drafts 3 > "$OUT/timeline_verify.txt" 2>&1
   KILN_GDN_VERIFY_FUSED=1 .devbin/kiln-eval timeline --plan /tmp/engines_tl/qwen35_4b_random.plan --batch 1 --verify-drafts 3 > "$OUT/timeline_verify_fused.txt" 2>&1
   grep -h -E "^(decode|verify)|^    kiln" "$OUT/timeline_verify.txt" "$OUT/timeline_verify_fused.txt"
+fi
+if has mma_rate; then
+  log "mma_rate: mma.sync throughput by warps per SM and chains"
+  nvcc -O3 -gencode arch=compute_90a,code=sm_90a bench/mma_rate.cu -o /tmp/mma_rate && /tmp/mma_rate 2>&1 | tee "$OUT/mma_rate.txt"
 fi
 if has mma_perm; then
   log "mma_perm: mma.sync bits under permuted k positions"
