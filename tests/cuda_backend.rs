@@ -164,6 +164,52 @@ fn packed_weights_give_the_row_major_bits() {
     assert_eq!(outs[0], outs[1], "a batch of 8: packed weights change the logits");
 }
 
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn a_long_prefill_chunk_computes_the_same_bits_alone_and_in_a_mixed_step() {
+    // A chunk longer than 64 tokens (cuBLASLt, bf16 activations) alone, where every GEMM
+    // input is written as bf16 in place, and in a step that also holds decode rows and a
+    // short chunk, where its rows come last (`decode_first`) and their GEMM inputs go to
+    // `x_bf16` (`Rows::bf16_from`): the chunk's last logits and the decode steps after it
+    // (which read its KV and GDN state) bit-identical, whatever order the caller gives.
+    let b = toy_plan();
+    let opt = CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, ..Default::default() };
+    let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
+    let vocab = b.cfg.vocab_size as u32;
+    let stripes: Vec<Vec<u32>> = (0..8u32).map(|s| (s * 16..(s + 1) * 16).collect()).collect();
+    let long: Vec<u32> = (0..100u32).map(|i| (i * 17 + 5) % vocab).collect();
+    let feed: Vec<u32> = (0..4u32).map(|i| (i * 29 + 3) % vocab).collect();
+    let alone = run(&mut gpu, 0, &long, 128, &feed, &stripes[0]);
+    for order in [[0usize, 1, 2, 3], [1, 3, 2, 0]] {
+        // Slots 1 and 2 decode (10-token prompts), slot 3 prefills 20 tokens, slot 4 the long chunk.
+        for s in [1usize, 2] {
+            let p: Vec<u32> = (0..10u32).map(|i| (i * 13 + s as u32) % vocab).collect();
+            gpu.reset_slot(s).unwrap();
+            gpu.forward(&[SeqChunk { slot: s, start_pos: 0, tokens: &p, blocks: &stripes[s], want: Want::Nothing, allowed: None }]).unwrap();
+        }
+        gpu.reset_slot(3).unwrap();
+        gpu.reset_slot(4).unwrap();
+        let short: Vec<u32> = (0..20u32).map(|i| (i * 11 + 2) % vocab).collect();
+        let ones = [[7u32 % vocab], [9u32 % vocab]];
+        let all = [
+            SeqChunk { slot: 4, start_pos: 0, tokens: &long, blocks: &stripes[4], want: Want::Last, allowed: None },
+            SeqChunk { slot: 1, start_pos: 10, tokens: &ones[0], blocks: &stripes[1], want: Want::Last, allowed: None },
+            SeqChunk { slot: 3, start_pos: 0, tokens: &short, blocks: &stripes[3], want: Want::Last, allowed: None },
+            SeqChunk { slot: 2, start_pos: 10, tokens: &ones[1], blocks: &stripes[2], want: Want::Last, allowed: None },
+        ];
+        let chunks: Vec<SeqChunk> = order.iter().map(|&i| all[i].clone()).collect();
+        let out = gpu.forward(&chunks).unwrap();
+        let at = order.iter().position(|&i| i == 0).unwrap();
+        assert!(out[at].data.iter().all(|v| v.is_finite()), "order {order:?}: non-finite logits");
+        assert_eq!(out[at].data, alone[0], "order {order:?}: the long chunk's last logits differ beside decode rows and a short chunk");
+        for (i, t) in feed.iter().enumerate() {
+            let tok = [*t];
+            let o = gpu.forward(&[SeqChunk { slot: 4, start_pos: long.len() + i, tokens: &tok, blocks: &stripes[4], want: Want::Last, allowed: None }]).unwrap();
+            assert_eq!(o[0].data, alone[1 + i], "order {order:?}: decode step {i} after the mixed prefill differs");
+        }
+    }
+}
+
 /// Structured output's greedy token on the device: steps mixing masked argmax rows,
 /// plain argmax rows and logit rows (decode steps through the graphs, and an eager step
 /// with a prefill chunk) give each masked row the CPU twin's masked argmax of the logits

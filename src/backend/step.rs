@@ -178,12 +178,24 @@ pub fn row_copies(dest: &[Option<(usize, usize)>], range: std::ops::Range<usize>
     out
 }
 
-/// The order in which a step lays out its chunks: single-token chunks (decode) first, the
-/// rest after, each group in the caller's order. `order[i]` is the caller's index of the
-/// i-th laid-out chunk.
+/// Longest chunk the decode GEMMs take; a longer one (prefill) goes to cuBLASLt with bf16
+/// activations (`cuda::model`).
+pub const SKINNY_MAX_CHUNK: usize = 64;
+
+/// The order in which a step lays out its chunks: single-token chunks (decode) first, then
+/// the other chunks of at most `SKINNY_MAX_CHUNK` tokens, then the longer ones, each group
+/// in the caller's order. `order[i]` is the caller's index of the i-th laid-out chunk.
+/// The long chunks last make their rows one run (`StepLayout::long_rows_from`), which the
+/// CUDA layers write as bf16 GEMM inputs directly. A chunk's rows compute the same
+/// wherever it lies in the step, so the order changes no result.
 pub fn decode_first(chunks: &[SeqChunk<'_>]) -> Vec<usize> {
-    let (mut order, rest): (Vec<usize>, Vec<usize>) = (0..chunks.len()).partition(|&i| chunks[i].tokens.len() == 1);
-    order.extend(rest);
+    let class = |i: usize| match chunks[i].tokens.len() {
+        1 => 0,
+        n if n <= SKINNY_MAX_CHUNK => 1,
+        _ => 2,
+    };
+    let mut order: Vec<usize> = (0..chunks.len()).collect();
+    order.sort_by_key(|&i| class(i)); // stable: the caller's order within a group
     order
 }
 
@@ -196,6 +208,19 @@ pub fn in_caller_order<T>(order: &[usize], laid_out: Vec<T>) -> Vec<T> {
 }
 
 impl StepLayout {
+    /// The first row of the trailing run of chunks longer than `SKINNY_MAX_CHUNK` (the
+    /// rows cuBLASLt multiplies), or the number of rows when the last chunk is not long.
+    pub fn long_rows_from(&self) -> usize {
+        let mut from = self.num_tokens();
+        for w in self.cu_seqlens.windows(2).rev() {
+            if (w[1] - w[0]) as usize <= SKINNY_MAX_CHUNK {
+                break;
+            }
+            from = w[0] as usize;
+        }
+        from
+    }
+
     /// How many leading sequences have exactly one token (the decode rows).
     pub fn decode_seqs(&self) -> usize {
         self.cu_seqlens.windows(2).take_while(|w| w[1] - w[0] == 1).count()
@@ -452,22 +477,27 @@ mod tests {
 
     #[test]
     fn decode_chunks_lead_in_a_stable_order() {
-        let (long, one) = ([1u32, 2, 3], [4u32]);
-        let blocks = [0u32];
-        let chunks: Vec<SeqChunk> = [(0, &long[..]), (1, &one[..]), (2, &long[..]), (3, &one[..]), (4, &one[..])]
+        let (short, one) = ([1u32, 2, 3], [4u32]);
+        let long: Vec<u32> = (0..SKINNY_MAX_CHUNK as u32 + 1).collect();
+        let blocks: Vec<u32> = (0..8).collect();
+        let chunks: Vec<SeqChunk> = [(0, &long[..]), (1, &one[..]), (2, &short[..]), (3, &one[..]), (4, &long[..]), (5, &short[..]), (6, &one[..])]
             .into_iter()
             .map(|(slot, tokens)| SeqChunk { slot, start_pos: 5, tokens, blocks: &blocks, want: Want::Last, allowed: None })
             .collect();
         let order = decode_first(&chunks);
-        assert_eq!(order, vec![1, 3, 4, 0, 2]);
+        assert_eq!(order, vec![1, 3, 6, 2, 5, 0, 4], "decode, then short, then long chunks, each in the caller's order");
         let laid: Vec<SeqChunk> = order.iter().map(|&i| chunks[i].clone()).collect();
         let l = StepLayout::new(&laid, 16).unwrap();
         assert_eq!(l.decode_seqs(), 3);
-        assert_eq!(StepLayout::new(&chunks, 16).unwrap().decode_seqs(), 0);
+        assert_eq!(l.long_rows_from(), 3 + 2 * 3, "the two long chunks' rows are the trailing run");
+        let unordered = StepLayout::new(&chunks, 16).unwrap();
+        assert_eq!(unordered.decode_seqs(), 0);
+        assert_eq!(unordered.long_rows_from(), unordered.num_tokens(), "the last chunk is not long: no trailing run");
+        assert_eq!(StepLayout::new(&chunks[..1], 16).unwrap().long_rows_from(), 0, "one long chunk: every row");
         assert_eq!(decode_first(&chunks[1..2]), vec![0]);
         // Results computed in laid-out order go back to the caller's chunks.
         let laid_out_slots: Vec<usize> = laid.iter().map(|c| c.slot).collect();
-        assert_eq!(in_caller_order(&order, laid_out_slots), vec![0, 1, 2, 3, 4]);
+        assert_eq!(in_caller_order(&order, laid_out_slots), vec![0, 1, 2, 3, 4, 5, 6]);
     }
 
     #[test]

@@ -9,17 +9,14 @@ use super::blaslt::BlasLt;
 use super::kernels::{AttnDecode, AttnPrefill, Conv1d, DType, Delta, DevPtr, GdnDecode, GdnPrefill, GemmWeight, Kernels, Mat, QkNormRope, NULL};
 use super::pools::{Scratch, StatePools, LOGIT_ROWS};
 use super::weights::{DeviceWeights, FullPtrs, LayerPtrs, LinearPtrs, MixerPtrs};
-use crate::backend::step::{MetaOffsets, Step, StepLayout};
+use crate::backend::step::{MetaOffsets, Step, StepLayout, SKINNY_MAX_CHUNK};
 use crate::config::ModelConfig;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use cudarc::driver::CudaStream;
 use std::cell::RefCell;
 
 #[path = "mtp.rs"]
 pub(super) mod mtp;
-
-/// Longest chunk the skinny GEMM computes; longer chunks (prefill) go to cuBLASLt.
-const SKINNY_MAX_CHUNK: usize = 64;
 
 /// The backend's device state, borrowed for one step.
 pub(super) struct LayerStack<'a> {
@@ -46,12 +43,34 @@ struct Rows<'s> {
     meta_base: DevPtr,
     /// The dtype the layers' GEMM inputs are written in for this step.
     act: DType,
+    /// From this row on (the trailing run of long chunks of a step that also has decode
+    /// or short rows: `StepLayout::long_rows_from`), GEMM inputs are written as bf16 to
+    /// `Scratch::x_bf16` (row r at r * K), where cuBLASLt reads them, instead of in `act`
+    /// and converted: the same bf16 values. The row count when there is no such run.
+    bf16_from: usize,
 }
 
 impl Rows<'_> {
     /// Device address of the i32 at element offset `off` of the metadata image.
     fn at(&self, off: usize) -> DevPtr {
         self.meta_base + (off * 4) as u64
+    }
+
+    /// Rows `from..to` as at most two runs `(r0, r1, bf16)`: before `bf16_from` (GEMM
+    /// inputs in place, in `act`) and from it (bf16 in `x_bf16`).
+    fn runs(&self, from: usize, to: usize) -> impl Iterator<Item = (usize, usize, bool)> {
+        let cut = self.bf16_from.clamp(from, to);
+        [(from, cut, false), (cut, to, true)].into_iter().filter(|(a, b, _)| b > a)
+    }
+}
+
+/// Where rows from `r0` of a GEMM input of `ld` columns go: `x_bf16` as bf16 (`bf16`), else
+/// `base` in `act`.
+fn gemm_input_at(s: &Scratch, base: DevPtr, act: DType, ld: usize, r0: usize, bf16: bool) -> Mat {
+    if bf16 {
+        Mat { ptr: s.x_bf16.ptr, ld, dtype: DType::BF16 }.rows(r0)
+    } else {
+        Mat { ptr: base, ld, dtype: act }.rows(r0)
     }
 }
 
@@ -68,15 +87,14 @@ impl LayerStack<'_> {
             prefill_seqs: step.groups.prefill_seqs,
             meta_base: self.s.meta.ptr,
             act: self.gemm_input(l),
+            bf16_from: if self.gemm_input(l) == DType::F32 { l.long_rows_from() } else { l.num_tokens() },
         };
         let (t, s) = (l.num_tokens(), self.s);
         self.k.embed(self.stream, self.w.embed, rows.at(rows.meta.ids), s.resid.ptr, t)?;
-        // Normed activations go to `normed` in the step's GEMM input dtype.
-        let (nb, nf) = split_by_dtype(rows.act, s.normed.ptr);
         let mut delta: Option<Delta> = None;
         let (mut linear, mut full) = (0, 0);
         for layer in &self.w.layers {
-            self.k.add_rmsnorm(self.stream, s.resid.ptr, delta, layer.input_norm, nb, nf, t)?;
+            self.norm_to_gemm_input(delta, layer.input_norm, &rows)?;
             let mixed = match &layer.mixer {
                 MixerPtrs::Linear(g) => {
                     let d = self.gated_deltanet(g, linear, &rows)?;
@@ -89,12 +107,29 @@ impl LayerStack<'_> {
                     d
                 }
             };
-            self.k.add_rmsnorm(self.stream, s.resid.ptr, Some(mixed), layer.post_norm, nb, nf, t)?;
+            self.norm_to_gemm_input(Some(mixed), layer.post_norm, &rows)?;
             delta = Some(self.mlp(layer, &rows)?);
         }
         // The final norm in the engine's dtype: the lm_head reads it through the skinny GEMM.
         let (fnb, fnf) = split_by_dtype(self.act, s.normed.ptr);
         self.k.add_rmsnorm(self.stream, s.resid.ptr, delta, self.w.norm, fnb, fnf, t)
+    }
+
+    /// The residual's update and RMSNorm of every row of the step: the normed rows are the
+    /// next GEMM's input (`normed` in the step's dtype, or `x_bf16` from `bf16_from`).
+    fn norm_to_gemm_input(&self, delta: Option<Delta>, w: DevPtr, r: &Rows) -> Result<()> {
+        let (s, h) = (self.s, self.cfg.hidden_size);
+        for (r0, r1, bf16) in r.runs(0, r.l.num_tokens()) {
+            let d = match delta {
+                Some(Delta::Mat(m)) => Some(Delta::Mat(m.rows(r0))),
+                Some(Delta::Parts(_)) if r0 > 0 => bail!("split-K partials cannot be summed from row {r0}"),
+                d => d,
+            };
+            let out = gemm_input_at(s, s.normed.ptr, r.act, h, r0, bf16);
+            let (nb, nf) = split_by_dtype(out.dtype, out.ptr);
+            self.k.add_rmsnorm(self.stream, s.resid.ptr + (r0 * h * 4) as u64, d, w, nb, nf, r1 - r0)?;
+        }
+        Ok(())
     }
 
     /// The lm_head (and, with `argmax_limit`, the greedy argmax) over normed rows
@@ -147,7 +182,7 @@ impl LayerStack<'_> {
         let (qkv_dim, vd, nv) = (c.linear_qkv_dim(), c.linear_value_dim(), c.linear_num_value_heads);
         // One GEMM for [qkv | z | b | a]; the consumers read views of its rows.
         let wide_w = qkv_dim + vd + 2 * nv;
-        self.gemm(g.qkvzba, s.normed.ptr, r.act, s.wide.ptr, wide_w, h, r.l)?;
+        self.gemm(g.qkvzba, s.normed.ptr, r.act, s.wide.ptr, wide_w, h, r.l, r.bf16_from)?;
         let qkvz = Mat::f32(s.wide.ptr, wide_w);
         let ba = qkvz.cols(qkv_dim + vd);
         let out = Mat { ptr: s.mix_in.ptr, ld: vd, dtype: r.act };
@@ -187,10 +222,13 @@ impl LayerStack<'_> {
                 cu_seqlens: r.at(pm.cu_seqlens), slots: r.at(pm.slots), out: s.core.ptr, ld_out: vd, nseq: r.prefill_seqs,
                 tokens: t, max_tokens: r.l.max_seq_tokens(), workspace: s.gdn_ws.ptr, workspace_bytes: s.gdn_ws.bytes,
             })?;
-            let core = Mat::f32(s.core.ptr, vd).rows(nd);
-            k.gated_rmsnorm(st, core.ptr, qkvz.cols(qkv_dim).rows(nd), g.norm, out.rows(nd).ptr, r.act, t - nd)?;
+            let core = Mat::f32(s.core.ptr, vd);
+            for (r0, r1, bf16) in r.runs(nd, t) {
+                let o = gemm_input_at(s, out.ptr, r.act, vd, r0, bf16);
+                k.gated_rmsnorm(st, core.rows(r0).ptr, qkvz.cols(qkv_dim).rows(r0), g.norm, o.ptr, o.dtype, r1 - r0)?;
+            }
         }
-        self.gemm_to_norm(g.out, s.mix_in.ptr, r.act, h, vd, r.l)
+        self.gemm_to_norm(g.out, s.mix_in.ptr, h, vd, r)
     }
 
     /// One full-attention mixer (full layer `fi`): fused q/gate/k/v projection, q/k norm
@@ -202,7 +240,7 @@ impl LayerStack<'_> {
         let (h, t, nd) = (c.hidden_size, r.l.num_tokens(), r.decode_seqs);
         let attn_w = c.num_heads * c.head_dim;
         let qgkv_w = (2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
-        self.gemm(a.qgkv, s.normed.ptr, r.act, s.wide.ptr, qgkv_w, h, r.l)?;
+        self.gemm(a.qgkv, s.normed.ptr, r.act, s.wide.ptr, qgkv_w, h, r.l, r.bf16_from)?;
         let qg = Mat::f32(s.wide.ptr, qgkv_w);
         let kq = 2 * c.num_heads * c.head_dim;
         let (kc, vc) = (self.pools.k_layer(fi), self.pools.v_layer(fi));
@@ -233,10 +271,13 @@ impl LayerStack<'_> {
                 block_tables: r.at(pm.block_tables), bt_stride: r.l.bt_stride, block_size: self.pools.block_size,
                 out: s.core.ptr, nseq: r.prefill_seqs, max_tokens: r.l.max_seq_tokens(),
             })?;
-            let core = Mat::f32(s.core.ptr, attn_w).rows(nd);
-            k.output_gate(st, core.ptr, qg.cols(c.head_dim).rows(nd), 2 * c.head_dim, out.rows(nd), t - nd)?;
+            let core = Mat::f32(s.core.ptr, attn_w);
+            for (r0, r1, bf16) in r.runs(nd, t) {
+                let o = gemm_input_at(s, out.ptr, r.act, attn_w, r0, bf16);
+                k.output_gate(st, core.rows(r0).ptr, qg.cols(c.head_dim).rows(r0), 2 * c.head_dim, o, r1 - r0)?;
+            }
         }
-        self.gemm_to_norm(a.o, s.mix_in.ptr, r.act, h, attn_w, r.l)
+        self.gemm_to_norm(a.o, s.mix_in.ptr, h, attn_w, r)
     }
 
     /// The SiLU-gated MLP of one layer: the residual's update (`gemm_to_norm`).
@@ -248,11 +289,18 @@ impl LayerStack<'_> {
         let gate_up = if self.k.gemm_choices().defer_gate_up && self.deferrable(r.l) {
             self.k.gemm_deferred(self.stream, layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, t, 2 * i, h, &s.gemm)?
         } else {
-            self.gemm(layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, 2 * i, h, r.l)?;
+            self.gemm(layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, 2 * i, h, r.l, r.bf16_from)?;
             Mat::f32(s.wide.ptr, 2 * i).into()
         };
-        self.k.silu_mul(self.stream, gate_up, i, Mat { ptr: s.mix_in.ptr, ld: i, dtype: r.act }, i, t)?;
-        self.gemm_to_norm(layer.down, s.mix_in.ptr, r.act, h, i, r.l)
+        for (r0, r1, bf16) in r.runs(0, t) {
+            let gu = match gate_up {
+                Delta::Mat(m) => Delta::Mat(m.rows(r0)),
+                Delta::Parts(_) if r0 > 0 => bail!("split-K partials cannot be summed from row {r0}"),
+                d => d,
+            };
+            self.k.silu_mul(self.stream, gu, i, gemm_input_at(s, s.mix_in.ptr, r.act, i, r0, bf16), i, r1 - r0)?;
+        }
+        self.gemm_to_norm(layer.down, s.mix_in.ptr, h, i, r)
     }
 
     /// Whether a GEMM over step `l`'s rows may leave its split-K sum to its consumer
@@ -266,23 +314,24 @@ impl LayerStack<'_> {
     /// add_rmsnorm: `s.delta`, or, when the step's rows are one decode GEMM launch, its
     /// split-K partials, which the norm sums (`Kernels::gemm_deferred`: the same bits
     /// without the launch's tail). Nothing may use the GEMM scratch before that norm.
-    fn gemm_to_norm(&self, w: GemmWeight, x: DevPtr, xdt: DType, n: usize, kdim: usize, l: &StepLayout) -> Result<Delta> {
-        let (s, t) = (self.s, l.num_tokens());
+    fn gemm_to_norm(&self, w: GemmWeight, x: DevPtr, n: usize, kdim: usize, r: &Rows) -> Result<Delta> {
+        let (s, l, xdt) = (self.s, r.l, r.act);
         if self.deferrable(l) {
-            return self.k.gemm_deferred(self.stream, w, x, xdt, s.delta.ptr, t, n, kdim, &s.gemm);
+            return self.k.gemm_deferred(self.stream, w, x, xdt, s.delta.ptr, l.num_tokens(), n, kdim, &s.gemm);
         }
-        self.gemm(w, x, xdt, s.delta.ptr, n, kdim, l)?;
+        self.gemm(w, x, xdt, s.delta.ptr, n, kdim, l, r.bf16_from)?;
         Ok(Mat::f32(s.delta.ptr, n).into())
     }
 
     /// y[T][N] = x[T][K] . W[N][K]^T over the step's rows; x is in dtype `xdt` (see
-    /// `gemm_input`). A chunk longer than 64 tokens (prefill) goes through cuBLASLt
+    /// `gemm_input`), except rows from `bf16_from`, whose bf16 copy is in `x_bf16` (see
+    /// `Rows::bf16_from`). A chunk longer than 64 tokens (prefill) goes through cuBLASLt
     /// (bf16 activations, one call with M = its length); every other row through the
     /// decode GEMM in pieces of up to 256 rows (64 with `KILN_GEMM_TILED=0`). Either way a row's result depends only on its own
     /// chunk, never on what else is in the step (the skinny GEMM's result does not
     /// depend on M).
     #[allow(clippy::too_many_arguments)]
-    fn gemm(&self, w: GemmWeight, x: DevPtr, xdt: DType, y: DevPtr, n: usize, kdim: usize, l: &StepLayout) -> Result<()> {
+    fn gemm(&self, w: GemmWeight, x: DevPtr, xdt: DType, y: DevPtr, n: usize, kdim: usize, l: &StepLayout, bf16_from: usize) -> Result<()> {
         let s = self.s;
         let skinny = |r0: usize, r1: usize| -> Result<()> {
             let piece = self.k.gemm_choices().decode_gemm_rows();
@@ -302,6 +351,8 @@ impl LayerStack<'_> {
             skinny(run, r0)?;
             let xb = if xdt == DType::BF16 {
                 x + (r0 * kdim * 2) as u64
+            } else if r0 >= bf16_from {
+                s.x_bf16.ptr + (r0 * kdim * 2) as u64
             } else {
                 self.k.f32_to_bf16(self.stream, x + (r0 * kdim * 4) as u64, s.x_bf16.ptr, (r1 - r0) * kdim)?;
                 s.x_bf16.ptr
