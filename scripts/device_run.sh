@@ -50,6 +50,10 @@
 #            prefetch's MB per GEMM, default 24; with $PF_K also KILN_PF_K, its columns per
 #            row, default 256) against the default: bench at $PF_BATCHES (1,4,8) twice, the
 #            GEMM table test, logits (pf_budget.txt)
+#   mixed    mixed steps (kiln-eval bench --mixed: decode rows and one prefill chunk in a step,
+#            $MIXED, default "16:2048,64:2048,64:512") with the long chunk's GEMM inputs
+#            written as bf16 by their producers (the default) against fp32 then converted
+#            (KILN_MIXED_BF16_INPUTS=0), twice each (mixed.txt)
 #   norm_warps  the cluster norm with a warp per vector (KILN_GEMM_DEFER_CLUSTER_WARPS=1, run time)
 #            against the default: bench at $PF_BATCHES twice, logits (norm_warps.txt)
 #   norm_trigger  a plan built with KILN_NORM_LATE_TRIGGER=1 (the norms launch their successor
@@ -424,6 +428,15 @@ if has pf_budget; then
     if [ -n "${PF_K:-}" ]; then export KILN_PF_K=$PF_K; fi
     for mb in $PF_BUDGETS; do knob_ab "pf$mb" pf_budget.txt "KILN_PF_BUDGET_MB=$mb" "${PF_BATCHES:-1,4,8}"; done
   )
+fi
+if has mixed; then
+  log "mixed steps: bf16 GEMM inputs written directly against converted"
+  for run in 1 2; do
+    for v in 1 0; do
+      bench_as "bf16_inputs=$v run $run" mixed.txt "$ENG/qwen35_4b_random.plan" KILN_MIXED_BF16_INPUTS=$v -- \
+        --batch 16,64 --ctx 1024 --prefill 2048 --iters 10 --mixed "${MIXED:-16:2048,64:2048,64:512}"
+    done
+  done
 fi
 if has norm_warps; then
   # The deferred-sum cluster norm with a warp per vector (KILN_GEMM_DEFER_CLUSTER_WARPS=1: both

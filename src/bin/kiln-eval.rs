@@ -49,6 +49,10 @@ enum Cmd {
         prefill: usize,
         #[arg(long, default_value_t = 30)]
         iters: usize,
+        /// Mixed steps "B:P,...": B decode rows (ctx tokens each) and one P-token prefill
+        /// chunk in the same step, as a server runs them under load.
+        #[arg(long, default_value = "")]
+        mixed: String,
     },
     Verify {
         #[arg(long)]
@@ -236,14 +240,25 @@ fn mixed_step_invariance(be: &mut CudaBackend, prompts: &[Vec<u32>], per: usize)
     Ok(())
 }
 
-fn bench(plan: PathBuf, batch: String, ctx: usize, prefill_len: usize, iters: usize) -> Result<()> {
+fn bench(plan: PathBuf, batch: String, ctx: usize, prefill_len: usize, iters: usize, mixed: String) -> Result<()> {
     let batches: Vec<usize> = batch.split(',').map(|b| b.trim().parse().context("--batch")).collect::<Result<_>>()?;
-    let maxb = *batches.iter().max().unwrap();
-    let opt = CudaOptions { max_running: Some(maxb.max(1)), max_seq_len: (ctx + iters + 16).max(prefill_len + 16), ..Default::default() };
+    let mixed: Vec<(usize, usize)> = mixed
+        .split(',')
+        .filter(|m| !m.trim().is_empty())
+        .map(|m| {
+            let (b, p) = m.trim().split_once(':').context("--mixed takes B:P pairs")?;
+            Ok((b.parse().context("--mixed B")?, p.parse().context("--mixed P")?))
+        })
+        .collect::<Result<_>>()?;
+    let maxb = batches.iter().chain(mixed.iter().map(|m| &m.0)).copied().max().unwrap();
+    let longest = mixed.iter().map(|m| m.1).max().unwrap_or(0).max(prefill_len);
+    let step_tokens = mixed.iter().map(|m| m.0 + m.1).max().unwrap_or(0).max(2048);
+    // One slot past the decode rows for the mixed steps' prefill chunk.
+    let opt = CudaOptions { max_running: Some(maxb.max(1) + usize::from(!mixed.is_empty())), max_seq_len: (ctx + iters + 16).max(longest + 16), max_step_tokens: step_tokens, ..Default::default() };
     let mut be = CudaBackend::load(&plan, None, &opt)?;
     let per = opt.max_seq_len.div_ceil(be.capacity().block_size);
     let vocab = be.config().vocab_size as u32;
-    let prompt: Vec<u32> = (0..prefill_len.max(ctx) as u32).map(|i| (i * 7919 + 13) % 248_000 % vocab).collect();
+    let prompt: Vec<u32> = (0..longest.max(ctx) as u32).map(|i| (i * 7919 + 13) % 248_000 % vocab).collect();
     // Prefill timing.
     let blocks0 = stripe(0, per);
     prefill(&mut be, 0, &prompt[..prefill_len], &blocks0, 2048)?;
@@ -278,6 +293,25 @@ fn bench(plan: PathBuf, batch: String, ctx: usize, prefill_len: usize, iters: us
         }
         ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!("decode batch {b} ctx {ctx}: median {:.3} ms/step (greedy on device), min {:.3}", ts[ts.len() / 2], ts[0]);
+    }
+    let limit = 248_077.min(vocab as usize);
+    for &(b, p) in &mixed {
+        let (pslot, pblocks) = (maxb, stripe(maxb, per));
+        let all_blocks: Vec<Vec<u32>> = (0..b).map(|s| stripe(s, per)).collect();
+        let mut ts = Vec::new();
+        for it in 0..10 {
+            be.reset_slot(pslot)?;
+            let feeds: Vec<[u32; 1]> = (0..b).map(|s| [(s as u32 * 31 + it as u32) % vocab]).collect();
+            let mut chunks: Vec<SeqChunk> = (0..b)
+                .map(|s| SeqChunk { slot: s, start_pos: ctx, tokens: &feeds[s], blocks: &all_blocks[s], want: Want::Argmax { limit }, allowed: None })
+                .collect();
+            chunks.push(SeqChunk { slot: pslot, start_pos: 0, tokens: &prompt[..p], blocks: &pblocks, want: Want::Argmax { limit }, allowed: None });
+            let t0 = Instant::now();
+            be.forward(&chunks)?;
+            ts.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!("mixed step: decode batch {b} ctx {ctx} + prefill {p}: median {:.3} ms/step, min {:.3}", ts[ts.len() / 2], ts[0]);
     }
     Ok(())
 }
@@ -387,7 +421,7 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt().with_env_filter("info").init();
     match Cli::parse().cmd {
         Cmd::Logits { plan, cases, out } => logits(plan, cases, out),
-        Cmd::Bench { plan, batch, ctx, prefill, iters } => bench(plan, batch, ctx, prefill, iters),
+        Cmd::Bench { plan, batch, ctx, prefill, iters, mixed } => bench(plan, batch, ctx, prefill, iters, mixed),
         Cmd::Verify { plan, batch, drafts, steps, ctx } => verify(plan, batch, drafts, steps, ctx),
         Cmd::Timeline { plan, batch, ctx, steps, prefill, verify_drafts, out, blocks } => timeline(plan, batch, ctx, steps, prefill, verify_drafts, out, blocks),
     }

@@ -29,6 +29,8 @@ pub(super) struct LayerStack<'a> {
     pub stream: &'a CudaStream,
     /// The engine's GEMM input dtype (see `CudaOptions::act`).
     pub act: DType,
+    /// `CudaOptions::mixed_bf16_inputs`.
+    pub mixed_bf16_inputs: bool,
 }
 
 /// Where one step's rows and metadata are: the step itself and the device address of
@@ -87,7 +89,7 @@ impl LayerStack<'_> {
             prefill_seqs: step.groups.prefill_seqs,
             meta_base: self.s.meta.ptr,
             act: self.gemm_input(l),
-            bf16_from: if self.gemm_input(l) == DType::F32 { l.long_rows_from() } else { l.num_tokens() },
+            bf16_from: if self.mixed_bf16_inputs && self.gemm_input(l) == DType::F32 { l.long_rows_from() } else { l.num_tokens() },
         };
         let (t, s) = (l.num_tokens(), self.s);
         self.k.embed(self.stream, self.w.embed, rows.at(rows.meta.ids), s.resid.ptr, t)?;
