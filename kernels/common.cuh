@@ -139,14 +139,6 @@ struct TimelineBlock {
     KILN_TL_WAITED                                \
     do {                                          \
     } while (0)
-// The wait alone (the timeline's entry and release recorded as above): the kernel launches
-// its successor itself later, with KILN_GRIDDEP_LAUNCH().
-#define KILN_PDL_WAIT_ONLY() \
-    KILN_TL_ENTER            \
-    KILN_GRIDDEP_WAIT();     \
-    KILN_TL_WAITED           \
-    do {                     \
-    } while (0)
 #define KILN_PDL_ENTER() KILN_PDL_ENTER_IF_EARLY(KILN_PDL_EARLY)
 #define KILN_PDL_ENTER_ROWS(rows) KILN_PDL_ENTER_IF_EARLY(KILN_PDL_EARLY && (rows) <= KILN_PDL_EARLY_ROWS)
 
@@ -375,15 +367,18 @@ __device__ __forceinline__ void prefetch_l2(const void* gmem, unsigned bytes) {
 // Columns of each weight row a GEMM block asks L2 for before its PDL wait (KILN_PDL_EARLY):
 // KILN_PF_K, or fewer where the whole GEMM's request (N rows x splits) would pass
 // KILN_PF_BUDGET bytes (a share of L2), and none below KILN_PF_MIN_K (the lm_head's
-// 248K rows). Shortening instead of switching off matters: with the 24-warp splits
-// (qkvz 4, gate_up 3) the all-or-nothing rule dropped their prefetch, and the batch-1
-// step went from 4.89 to 5.50 ms on the H100 (docs/perf.md, session 7).
+// 248K rows). Shortening instead of switching off mattered in session 7 (the batch-1 step
+// 4.89 -> 5.50 ms without it, H100). Off by default since session 26: with the packed
+// weights, the spread register kernel and the cluster norms, the step is faster without
+// it (H100, two runs each, logits bit-identical: batch 1 3.80 -> 3.75 ms, 4 4.09 -> 4.04, 8
+// 4.49 -> 4.31; a 40 MB budget was 4-5 % slower). KILN_PF_BUDGET_MB=24 (kiln-build) brings
+// it back.
 #ifndef KILN_PF_K
 #define KILN_PF_K 256
 #endif
 #define KILN_PF_MIN_K 64
 #ifndef KILN_PF_BUDGET_MB
-#define KILN_PF_BUDGET_MB 24
+#define KILN_PF_BUDGET_MB 0
 #endif
 #define KILN_PF_BUDGET ((size_t)KILN_PF_BUDGET_MB << 20)
 // Launches of more than KILN_PF_MAX_ROWS batch rows skip it: the tiled GEMM at batch 32

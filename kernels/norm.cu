@@ -60,13 +60,6 @@ extern "C" __global__ void __launch_bounds__(256) kiln_embed(const bf16* __restr
     }
 }
 
-// KILN_NORM_LATE_TRIGGER=1 (an experiment, session 21): the add_rmsnorm kernels (not the
-// warp-per-vector cluster form) launch their successor after their loads instead of at
-// entry (early) or after the wait (late).
-#ifndef KILN_NORM_LATE_TRIGGER
-#define KILN_NORM_LATE_TRIGGER 0
-#endif
-
 // Vectors of 8 per thread; VPT vectors per thread cover the row with 256 threads.
 #define NORM_THREADS 256
 #define NORM_VPT ((HIDDEN / 8 + NORM_THREADS - 1) / NORM_THREADS)
@@ -135,13 +128,7 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, bool h
     // after the row's sum of squares, one dependent round trip less.
     float wv[NORM_VPT][8];
     load_norm_w(w, wv, vt);
-#if KILN_NORM_LATE_TRIGGER
-    // The successor (a GEMM, whose early blocks prefetch weights) launches only once this
-    // row's loads have returned, so its prefetch does not queue ahead of them.
-    KILN_PDL_WAIT_ONLY();
-#else
     KILN_PDL_ENTER_ROWS(M);
-#endif
     if (m >= M) return;
     float* res = residual + (size_t)m * HIDDEN;
     float v[NORM_VPT][8];
@@ -155,9 +142,6 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, bool h
             ss = norm_ss_add(ss, v[j]);
         }
     }
-#if KILN_NORM_LATE_TRIGGER
-    KILN_GRIDDEP_LAUNCH();
-#endif
     const float inv = rsqrtf(row_sum(ss) / (float)HIDDEN + RMS_EPS);
     if (out_bf16 != nullptr) store_rmsnorm(v, inv, wv, out_bf16 + (size_t)m * HIDDEN, vt);
     if (out_f32 != nullptr) store_rmsnorm(v, inv, wv, out_f32 + (size_t)m * HIDDEN, vt);

@@ -46,18 +46,16 @@
 #            shared loads (mma_rate.txt): what the tensor pipe allows the tiled kernels
 #   mma_perm  bench/mma_perm.cu (nvcc here): whether mma.sync's bits depend on which position of
 #            a k16 step holds which product (mma_perm.txt)
-#   pf_budget  plans built with KILN_PF_BUDGET_MB=$PF_BUDGETS (default "0 8"; the early L2 weight
-#            prefetch's MB per GEMM, default 24; with $PF_K also KILN_PF_K, its columns per
+#   pf_budget  plans built with KILN_PF_BUDGET_MB=$PF_BUDGETS (default "24"; the early L2 weight
+#            prefetch's MB per GEMM, default 0 since session 26; with $PF_K also KILN_PF_K, its columns per
 #            row, default 256) against the default: bench at $PF_BATCHES (1,4,8) twice, the
 #            GEMM table test, logits (pf_budget.txt)
 #   mixed    mixed steps (kiln-eval bench --mixed: decode rows and one prefill chunk in a step,
 #            $MIXED, default "16:2048,64:2048,64:512") with the long chunk's GEMM inputs
 #            written as bf16 by their producers (the default) against fp32 then converted
 #            (KILN_MIXED_BF16_INPUTS=0), twice each (mixed.txt)
-#   norm_warps  the cluster norm with a warp per vector (KILN_GEMM_DEFER_CLUSTER_WARPS=1, run time)
-#            against the default: bench at $PF_BATCHES twice, logits (norm_warps.txt)
-#   norm_trigger  a plan built with KILN_NORM_LATE_TRIGGER=1 (the norms launch their successor
-#            after their loads) against the default: bench at $PF_BATCHES twice, logits (norm_trigger.txt)
+#   norm_warps  the cluster norm with a thread per two vectors (KILN_GEMM_DEFER_CLUSTER_WARPS=0, run time)
+#            against the default (a warp per vector, since session 26): bench at $PF_BATCHES twice, logits (norm_warps.txt)
 #   tiled_wide  the tiled GEMM's 128-row blocks everywhere (KILN_GEMM_TILED_WIDE_MIN_M=0, run time)
 #            against the default (256-row blocks from 64 rows) and 256-row blocks from 128 rows:
 #            bench at $WIDE_BATCHES (32,64,128,256) twice, logits (tiled_wide.txt);
@@ -418,12 +416,11 @@ if has mma_perm; then
   nvcc -O3 -gencode arch=compute_90a,code=sm_90a bench/mma_perm.cu -o /tmp/mma_perm && /tmp/mma_perm 2>&1 | tee "$OUT/mma_perm.txt"
 fi
 if has pf_budget; then
-  # The early L2 weight prefetch's bytes per GEMM (KILN_PF_BUDGET_MB, default 24): at batch 1
-  # the deferred-sum norm before gate_up takes 7 us against 3.6-4.3 before qkvz, while
-  # gate_up's early blocks prefetch (timeline, session 21).
+  # The early L2 weight prefetch's bytes per GEMM (KILN_PF_BUDGET_MB; 0, off, since session 26:
+  # 0 against 24 was 1-4 % faster at batch 1-8 on the H100, 40 MB 4-5 % slower).
   # A budget above 24 MB needs more columns per row than KILN_PF_K's 256 (gate_up takes 224
   # at 24 MB): PF_K sets it for these plans.
-  log "L2 prefetch budget per GEMM: ${PF_BUDGETS:=0 8} MB against the default 24 (KILN_PF_K ${PF_K:-256})"
+  log "L2 prefetch budget per GEMM: ${PF_BUDGETS:=24} MB against the default 0 (KILN_PF_K ${PF_K:-256})"
   (
     if [ -n "${PF_K:-}" ]; then export KILN_PF_K=$PF_K; fi
     for mb in $PF_BUDGETS; do knob_ab "pf$mb" pf_budget.txt "KILN_PF_BUDGET_MB=$mb" "${PF_BATCHES:-1,4,8}"; done
@@ -439,16 +436,10 @@ if has mixed; then
   done
 fi
 if has norm_warps; then
-  # The deferred-sum cluster norm with a warp per vector (KILN_GEMM_DEFER_CLUSTER_WARPS=1: both
-  # of a thread's vectors in flight at once, the residual stored after the cluster barrier).
-  log "cluster norm: a warp per vector against a thread per two vectors"
-  env_ab "default" "vec warps" norm_warps.txt KILN_GEMM_DEFER_CLUSTER_WARPS=1 "${PF_BATCHES:-1,4,8}"
-fi
-if has norm_trigger; then
-  # The norms launch their successor after their loads (KILN_NORM_LATE_TRIGGER=1) against at
-  # entry: the gate_up GEMM's early prefetch otherwise queues ahead of the norm's L2 reads.
-  log "norms: successor launched after the loads against at entry"
-  knob_ab nlt norm_trigger.txt KILN_NORM_LATE_TRIGGER=1 "${PF_BATCHES:-1,4,8}"
+  # The deferred-sum cluster norm with a thread per two vectors (KILN_GEMM_DEFER_CLUSTER_WARPS=0)
+  # against the default warp per vector (both of a thread's vectors in flight at once).
+  log "cluster norm: a thread per two vectors against a warp per vector"
+  env_ab "default" "two vectors a thread" norm_warps.txt KILN_GEMM_DEFER_CLUSTER_WARPS=0 "${PF_BATCHES:-1,4,8}"
 fi
 if has tiled_wide; then
   # The tiled GEMM's 256-row blocks, one per SM (KILN_GEMM_TILED_WIDE_MIN_M: from that many
