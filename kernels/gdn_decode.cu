@@ -166,8 +166,9 @@ __device__ __forceinline__ float gdn_update_o(float (&s)[GDN_ROWS], const float*
     return o0 + o1;
 }
 
-// Column j's sum of the parts' shares, in part order.
-__device__ __forceinline__ float gdn_column_sum(float (*red)[LIN_DV], int j) {
+// Column j's sum of the parts' shares, in part order (W: the columns a block holds).
+template <int W>
+__device__ __forceinline__ float gdn_column_sum(float (*red)[W], int j) {
     float v = 0.f;
 #pragma unroll
     for (int q = 0; q < GDN_PARTS; ++q) v += red[q][j];
@@ -202,9 +203,10 @@ __device__ __forceinline__ void gdn_decode_update(float (&s)[GDN_ROWS], int j, i
 // (red_kv[q], red_o[q]) so the chain between positions holds one barrier instead of five;
 // the gated norms of all positions run after the last update (they feed no state), o from
 // gdn_column_sum(red_o[q], j).
+template <int W>
 __device__ __forceinline__ void gdn_verify_update_deferred(float (&s)[GDN_ROWS], int j, int part, const float* qs,
                                                            const float* ks, const float* vs, const float* sc,
-                                                           float (*red_kv)[LIN_DV], float (*red_o)[LIN_DV],
+                                                           float (*red_kv)[W], float (*red_o)[W],
                                                            float* __restrict__ S_out) {
     const float* kp = ks + part * GDN_ROWS;
     red_kv[part][j] = gdn_decay_kv(s, kp, sc[3]);
@@ -303,14 +305,15 @@ struct FedTap {
 __device__ __forceinline__ int int4_at(int4 v, int q) { return q == 0 ? v.x : q == 1 ? v.y : q == 2 ? v.z : v.w; }
 
 // my_rows[q] = the row of `slot`'s sequence at fed position q (row0 at 0; a later position
-// names it by slot), or -1. Ends synchronised.
+// names it by slot), or -1, by a block of THREADS threads. Ends synchronised.
+template <int THREADS = GDN_DEC_THREADS>
 __device__ __forceinline__ void verify_find_rows(const int* __restrict__ slots, int positions, int4 first, int4 count,
                                                  int row0, int slot, int* my_rows) {
     const int tid = threadIdx.x;
     if (tid < CONV_K) my_rows[tid] = tid == 0 ? row0 : -1;
     __syncthreads();
     for (int q = 1; q < positions; ++q)
-        for (int r = tid; r < int4_at(count, q); r += GDN_DEC_THREADS)
+        for (int r = tid; r < int4_at(count, q); r += THREADS)
             if (slots[int4_at(first, q) + r] == slot) my_rows[q] = int4_at(first, q) + r;
     __syncthreads();
 }
@@ -359,16 +362,81 @@ __device__ __forceinline__ void gdn_verify(const IN* __restrict__ qkv, int ld_qk
     }
 }
 
+// The body of kiln_gdn_verify_pre and kiln_gdn_verify_split after the state loads, for a
+// block of THREADS threads holding W value columns from v0 (thread (jj, part): column v0 +
+// jj): every fed position's gates z, conv + SiLU of q, k and the block's v channels (all
+// taps are known at the start: the ring before the first fed position, the fed rows
+// after), gates and q / k L2 norms, then the positions' delta rules in turn on the state
+// in registers, each position's state to its entry. Each value is gdn_decode_prologue's
+// own expression on the same inputs and each norm the same lanes' warp_sum, so the bits
+// are kiln_gdn_verify's. Ends synchronised; o's column sums are left in red_o.
+template <typename IN, int THREADS, int W>
+__device__ __forceinline__ void gdn_verify_positions(float (&s)[GDN_ROWS], const IN* __restrict__ qkv, int ld_qkv,
+                                                     const IN* __restrict__ z, int ld_z, const IN* __restrict__ b,
+                                                     const IN* __restrict__ a, int ld_ba, const bf16* __restrict__ conv_w,
+                                                     float* __restrict__ state, const float* __restrict__ A_log,
+                                                     const float* __restrict__ dt_bias, const int* __restrict__ pos,
+                                                     const int2* __restrict__ state_io, const int* my_rows, int npos,
+                                                     int h, int v0, size_t in_head, const FedTap<IN>& tap,
+                                                     float (*qkvs)[2 * LIN_DK + W], float (*zs)[W],
+                                                     float (*red_kv)[GDN_PARTS][W], float (*red_o)[GDN_PARTS][W],
+                                                     float (*sc)[4]) {
+    constexpr int CH = 2 * LIN_DK + W;  // a position's q, k and v channels of this block
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int jj = tid % W, part = tid / W;
+    // The gates z of every position (shared memory: a register array indexed by the
+    // position would live on the stack).
+    if (part == 0)
+        for (int q = 0; q < npos; ++q) zs[q][jj] = to_f(z[(size_t)my_rows[q] * ld_z + h * LIN_DV + v0 + jj]);
+    // Every position's conv + SiLU (gdn_decode_prologue's loop body at the position's pos).
+    const int kh = h / GDN_GROUP;
+    for (int e = tid; e < npos * CH; e += THREADS) {
+        const int q = e / CH, c = e - q * CH, ch = gdn_channel(c, kh, h, v0);
+        qkvs[q][c] = gdn_conv_silu(to_f(qkv[(size_t)my_rows[q] * ld_qkv + ch]), conv_w, ch, pos[my_rows[q]], tap);
+    }
+    if (tid < npos) gdn_gates(b[(size_t)my_rows[tid] * ld_ba + h], a[(size_t)my_rows[tid] * ld_ba + h], A_log, dt_bias, h, sc[tid]);
+    __syncthreads();
+    // L2 norms: norm 2q is q's, 2q + 1 k's (the prologue's warps 0 and 1, lane for lane),
+    // norm w on warp w % warps.
+    for (int w = warp; w < 2 * npos; w += THREADS / 32) {
+        const int q = w >> 1, kq = w & 1;
+        gdn_norm_scale(qkvs[q] + kq * LIN_DK, lane, kq == 0, sc[q] + kq);
+    }
+    __syncthreads();
+    for (int e = tid; e < npos * 2 * LIN_DK; e += THREADS) {
+        const int q = e / (2 * LIN_DK), c = e - q * 2 * LIN_DK;
+        qkvs[q][c] *= sc[q][c < LIN_DK ? 0 : 1];
+    }
+    __syncthreads();
+    for (int q = 0; q < npos; ++q) {
+        float* S = state + ((size_t)state_io[my_rows[q]].y * LIN_NV + h) * LIN_DK * LIN_DV + in_head;
+        gdn_verify_update_deferred(s, jj, part, qkvs[q], qkvs[q] + LIN_DK, qkvs[q] + 2 * LIN_DK, sc[q], red_kv[q], red_o[q], S);
+    }
+    __syncthreads();
+}
+
 // kiln_gdn_verify_pre_{in}_{out}: kiln_gdn_verify with every position's inputs first
-// (session 13, an experiment behind KILN_GDN_VERIFY_PRE=1): the conv + SiLU of all fed
-// positions' q, k, v channels, their gates and q/k norms in one pass (the taps are all
-// known at the start: the ring before the first fed position, the fed rows after), then
-// the positions' updates one after another on the state in registers. The fused kernel
-// ran each position's prologue in turn, ~5 µs a position at batch 1 (three barriers and
-// the loads of its row between updates; H100 timeline, session 13). Each value is the
-// prologue's own expression on the same inputs, each norm the same lanes' warp_sum, so
-// the bits are kiln_gdn_verify's.
-template <typename IN, typename OUT>
+// (session 13; the default since session 14): gdn_verify_positions, then the gated norms.
+// kiln_gdn_verify ran each position's prologue in turn, ~5 µs a position at batch 1 (three
+// barriers and the loads of its row between updates; H100 timeline, session 13).
+// kiln_gdn_verify_split_{in}_{out} (session 26, an experiment, `KILN_GDN_VERIFY_SPLIT_MAX_SEQS`):
+// kiln_gdn_verify_pre with each head's state over a cluster of GDN_CSPLIT blocks. Block
+// (h * GDN_CSPLIT + c, i) owns value columns [32c, 32c + 32) of head h; thread (jj, part)
+// column 32c + jj and the rows of kiln_gdn_decode's thread (32c + jj, part). Why: at batch 1
+// kiln_gdn_verify_pre's 32 blocks each store 4 positions x 64 KB of state and end 15 us
+// after their release, against 5.5 for gdn_decode's one position (H100 per-block timeline,
+// session 26); split, 128 blocks store 64 KB each. Bit-identical: every column's sums are
+// one block's in part order, the conv, gates and q/k norms the same per-channel code on
+// the same lanes (each block of the cluster repeats q's and k's), and a gated norm's sum
+// of o^2 is block_sum's: rank c's one part-0 warp sum is kiln_gdn_verify_pre's warp c's,
+// and the ranks' sums meet in its second stage (a warp_sum, zeros past them) through
+// distributed shared memory.
+#define GDN_CSPLIT (LIN_DV / 32)
+#define GDN_SPLIT_THREADS (32 * GDN_PARTS)
+static_assert(GDN_CSPLIT >= 1 && GDN_CSPLIT <= 8, "a portable cluster holds at most 8 blocks");
+
+// CSPLIT: blocks per head (1: kiln_gdn_verify_pre; GDN_CSPLIT: kiln_gdn_verify_split).
+template <typename IN, typename OUT, int CSPLIT = 1>
 __device__ __forceinline__ void gdn_verify_pre(const IN* __restrict__ qkv, int ld_qkv, const IN* __restrict__ z, int ld_z,
                                                const IN* __restrict__ b, const IN* __restrict__ a, int ld_ba,
                                                const bf16* __restrict__ conv_w, float* __restrict__ conv_state,
@@ -377,24 +445,28 @@ __device__ __forceinline__ void gdn_verify_pre(const IN* __restrict__ qkv, int l
                                                const int* __restrict__ slots, const int* __restrict__ pos,
                                                const int2* __restrict__ state_io, int positions, int4 first,
                                                int4 count, OUT* __restrict__ out, int ld_out) {
-    constexpr int CH = 2 * LIN_DK + LIN_DV;  // a position's q, k, v channels of this head
+    constexpr int W = LIN_DV / CSPLIT, THREADS = W * GDN_PARTS;  // a block's value columns, threads
+    static_assert(CSPLIT == 1 || W == 32, "a split block's part-0 warp holds its columns");
+    constexpr int CH = 2 * LIN_DK + W;  // a position's q, k and v channels of this block
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int j = tid % LIN_DV, part = tid / LIN_DV;
+    const int h = blockIdx.x / CSPLIT, v0 = (blockIdx.x % CSPLIT) * W, i = blockIdx.y;
+    const int jj = tid % W, part = tid / W, j = v0 + jj;
     const float nw = __bfloat162float(norm_w[j]);
     KILN_PDL_ENTER_ROWS(count.x);
-    __shared__ float qkvs[CONV_K][CH];  // per position: q (LIN_DK), k (LIN_DK), v (LIN_DV)
-    __shared__ float zs[CONV_K][LIN_DV];
-    __shared__ float red_kv[CONV_K][GDN_PARTS][LIN_DV];
-    __shared__ float red_o[CONV_K][GDN_PARTS][LIN_DV];
+    __shared__ float qkvs[CONV_K][CH];  // per position: q (LIN_DK), k (LIN_DK), v (W)
+    __shared__ float zs[CONV_K][W];
+    __shared__ float red_kv[CONV_K][GDN_PARTS][W];
+    __shared__ float red_o[CONV_K][GDN_PARTS][W];
     __shared__ float sc[CONV_K][4];
-    __shared__ float wsum[CONV_K][32];
+    __shared__ float wsum[CONV_K][THREADS / 32];
     __shared__ int my_rows[CONV_K];
-    const int h = blockIdx.x, i = blockIdx.y;
+    // Uniform over a cluster (one (h, i)): no block waits at a cluster barrier for one
+    // that left.
     if (i >= count.x) return;
     const int row0 = first.x + i;
     const int slot = slots[row0];
     if (slot < 0) return;
-    verify_find_rows(slots, positions, first, count, row0, slot, my_rows);
+    verify_find_rows<THREADS>(slots, positions, first, count, row0, slot, my_rows);
     int npos = 0;  // the sequence's fed positions are 0..npos-1
     while (npos < positions && my_rows[npos] >= 0) ++npos;
     float* ring = conv_state + (size_t)slot * CONV_K * CONV_DIM;
@@ -405,57 +477,35 @@ __device__ __forceinline__ void gdn_verify_pre(const IN* __restrict__ qkv, int l
     float s[GDN_ROWS];
 #pragma unroll
     for (int r = 0; r < GDN_ROWS; ++r) s[r] = Si[(size_t)r * LIN_DV];
-    // The gates z of every position (shared memory: a register array indexed by the
-    // position would live on the stack).
-    if (part == 0)
-        for (int q = 0; q < npos; ++q) zs[q][j] = to_f(z[(size_t)my_rows[q] * ld_z + h * LIN_DV + j]);
-    // Every position's conv + SiLU (gdn_decode_prologue's loop body at the position's pos).
-    const int kh = h / GDN_GROUP;
-    for (int e = tid; e < npos * CH; e += GDN_DEC_THREADS) {
-        const int q = e / CH, c = e - q * CH, ch = gdn_channel(c, kh, h, 0);
-        qkvs[q][c] = gdn_conv_silu(to_f(qkv[(size_t)my_rows[q] * ld_qkv + ch]), conv_w, ch, pos[my_rows[q]], tap);
-    }
-    if (tid < npos) gdn_gates(b[(size_t)my_rows[tid] * ld_ba + h], a[(size_t)my_rows[tid] * ld_ba + h], A_log, dt_bias, h, sc[tid]);
-    __syncthreads();
-    // L2 norms: norm 2q is q's, 2q + 1 k's (the prologue's warps 0 and 1, lane for lane),
-    // norm w on warp w % warps: a block of LIN_DV = 32 columns has 4 warps for 8 norms.
-    for (int w = warp; w < 2 * npos; w += GDN_DEC_THREADS / 32) {
-        const int q = w >> 1, kq = w & 1;
-        gdn_norm_scale(qkvs[q] + kq * LIN_DK, lane, kq == 0, sc[q] + kq);
-    }
-    __syncthreads();
-    for (int e = tid; e < npos * 2 * LIN_DK; e += GDN_DEC_THREADS) {
-        const int q = e / (2 * LIN_DK), c = e - q * 2 * LIN_DK;
-        qkvs[q][c] *= sc[q][c < LIN_DK ? 0 : 1];
-    }
-    __syncthreads();
-    for (int q = 0; q < npos; ++q) {
-        const int row = my_rows[q];
-        float* S = state + ((size_t)state_io[row].y * LIN_NV + h) * LIN_DK * LIN_DV + in_head;
-        gdn_verify_update_deferred(s, j, part, qkvs[q], qkvs[q] + LIN_DK, qkvs[q] + 2 * LIN_DK, sc[q], red_kv[q], red_o[q], S);
-    }
-    __syncthreads();
+    gdn_verify_positions<IN, THREADS, W>(s, qkv, ld_qkv, z, ld_z, b, a, ld_ba, conv_w, state, A_log, dt_bias, pos,
+                                         state_io, my_rows, npos, h, v0, in_head, tap, qkvs, zs, red_kv, red_o, sc);
     // The gated norms: column j's o as gdn_decode_update sums it, then block_sum's sum of
-    // o^2 (warps 0-3 hold part 0; the other warps' shares are the zeros block_sum adds).
+    // o^2 (the part-0 warps hold the columns; the other warps' shares are the zeros
+    // block_sum adds). Split, the head's part-0 warps are the cluster's ranks' warp 0.
     float o[CONV_K];
 #pragma unroll
     for (int q = 0; q < CONV_K; ++q) {
         o[q] = 0.f;
         if (q < npos) {
-            o[q] = gdn_column_sum(red_o[q], j);
+            o[q] = gdn_column_sum(red_o[q], jj);
             const float w = warp_sum(part == 0 ? o[q] * o[q] : 0.f);
             if (lane == 0) wsum[q][warp] = w;
         }
     }
-    __syncthreads();
+    if constexpr (CSPLIT == 1) __syncthreads();
+    else cluster_barrier();  // every thread of the cluster: the barrier counts them all
     if (part == 0) {
 #pragma unroll
         for (int q = 0; q < CONV_K; ++q)
             if (q < npos) {
-                const float tot = warp_sum(lane < GDN_DEC_THREADS / 32 ? wsum[q][lane] : 0.f);
-                out[(size_t)my_rows[q] * ld_out + h * LIN_DV + j] = gdn_gated_out<OUT>(o[q], tot, nw, zs[q][j]);
+                float share;  // warp `lane`'s sum of the head (block_sum's first stage)
+                if constexpr (CSPLIT == 1) share = lane < THREADS / 32 ? wsum[q][lane] : 0.f;
+                else share = lane < CSPLIT ? ld_cluster_f32(&wsum[q][0], (unsigned)lane) : 0.f;
+                const float tot = warp_sum(share);
+                out[(size_t)my_rows[q] * ld_out + h * LIN_DV + j] = gdn_gated_out<OUT>(o[q], tot, nw, zs[q][jj]);
             }
     }
+    if constexpr (CSPLIT > 1) cluster_barrier();  // no block leaves while another reads its sums
 }
 
 // One block per SM is enough at verify batches (<= 8 sequences: 256 blocks); with two
@@ -477,6 +527,20 @@ GDN_VERIFY(kiln_gdn_verify_pre_f32_f32, gdn_verify_pre, float, float)
 GDN_VERIFY(kiln_gdn_verify_pre_f32_bf16, gdn_verify_pre, float, bf16)
 GDN_VERIFY(kiln_gdn_verify_pre_bf16_f32, gdn_verify_pre, bf16, float)
 GDN_VERIFY(kiln_gdn_verify_pre_bf16_bf16, gdn_verify_pre, bf16, bf16)
+
+#define GDN_VERIFY_SPLIT(NAME, IN, OUT)                                                             \
+    extern "C" __global__ void __cluster_dims__(GDN_CSPLIT, 1, 1) __launch_bounds__(GDN_SPLIT_THREADS, 4) \
+        NAME(const IN* qkv, int ld_qkv, const IN* z, int ld_z, const IN* b, const IN* a, int ld_ba,  \
+             const bf16* conv_w, float* conv_state, float* state, const float* A_log,               \
+             const float* dt_bias, const bf16* norm_w, const int* slots, const int* pos,            \
+             const int2* state_io, int positions, int4 first, int4 count, OUT* out, int ld_out) {   \
+        gdn_verify_pre<IN, OUT, GDN_CSPLIT>(qkv, ld_qkv, z, ld_z, b, a, ld_ba, conv_w, conv_state, state, A_log, \
+                                            dt_bias, norm_w, slots, pos, state_io, positions, first, count, out, ld_out); \
+    }
+GDN_VERIFY_SPLIT(kiln_gdn_verify_split_f32_f32, float, float)
+GDN_VERIFY_SPLIT(kiln_gdn_verify_split_f32_bf16, float, bf16)
+GDN_VERIFY_SPLIT(kiln_gdn_verify_split_bf16_f32, bf16, float)
+GDN_VERIFY_SPLIT(kiln_gdn_verify_split_bf16_bf16, bf16, bf16)
 
 // kiln_conv_ring_write_{in}(const IN* qkv, int ld_qkv, float* conv_state, const int* slots,
 //     const int* pos, int T): for every row t with slots[t] >= 0, the ring row of position

@@ -116,7 +116,8 @@
 #            1/4/8 (3 drafts), and a verify call's time against a decode step's; again
 #            without graphs, with the fused GDN computing every position's inputs first
 #            (KILN_GDN_VERIFY_PRE=1), and with the GDN one launch per position
-#            (KILN_GDN_VERIFY_FUSED=0; the default fuses it up to 4 sequences)
+#            (KILN_GDN_VERIFY_FUSED=0; the default fuses it up to 4 sequences), and with each
+#            head's GDN over a cluster of 4 blocks (KILN_GDN_VERIFY_SPLIT_MAX_SEQS=4)
 #   kernels  tests/cuda_kernels (.devbin/cuda_kernels-*) with --ignored (KERNEL_TESTS: name
 #            filters), then the kernel bench (KERNEL_BENCH=0: the tests only)
 #   backend  tests/cuda_backend.rs (.devbin/cuda_backend-*): the cuda backend against the cpu one
@@ -286,7 +287,7 @@ fi
 if has verify; then
   # Issue 9: speculative verification against plain decoding (exact tokens, accepted
   # lengths, bit-identical logits after the commit), and a verify call's time.
-  # VERIFY_VARIANTS picks the runs (all by default): default graphs pre by_position bf16_head int4_head.
+  # VERIFY_VARIANTS picks the runs (all by default): default graphs pre by_position bf16_head int4_head split.
   vv() { [ -z "${VERIFY_VARIANTS:-}" ] || [[ " $VERIFY_VARIANTS " == *" $1 "* ]]; }
   VERIFY="--plan $ENG/qwen35_4b_random.plan --drafts 3 --steps 24 --ctx 1024"
   if vv default; then log verify; .devbin/kiln-eval verify $VERIFY --batch 1,4,8 2>&1 | grep -v "^\s*$" | tee "$OUT/verify.txt" | tail -5; fi
@@ -304,6 +305,9 @@ if has verify; then
   # Drafts from the int4 copy (session 22, a scale per 128 weights): the draft call's time,
   # and exactness (verification decides every token whatever the table).
   if vv int4_head; then log "verify (int4 draft head)"; KILN_DRAFT_HEAD=int4 .devbin/kiln-eval verify $VERIFY --batch 1,4 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_int4_head.txt" | tail -5; fi
+  # The verify's GDN with each head over a cluster of 4 blocks (kiln_gdn_verify_split, session
+  # 26) up to 4 sequences: exact, and its time against verify.txt's (run both for an A/B).
+  if vv split; then log "verify (GDN split over clusters)"; KILN_GDN_VERIFY_SPLIT_MAX_SEQS=4 .devbin/kiln-eval verify $VERIFY --batch 1,4 2>&1 | grep -v "^\s*$" | tee "$OUT/verify_split.txt" | tail -5; fi
 fi
 if has profile; then
   log "ncu: per-kernel times of one 1024-token prefill"

@@ -8,7 +8,7 @@
 
 use crate::harness::*;
 use crate::t_gdn::params;
-use kiln::backend::cuda::kernels::{GdnDecode, Mat};
+use kiln::backend::cuda::kernels::{GdnDecode, GdnVerifyKind, Mat};
 
 /// The GDN shapes the tests use: conv channels, window, value heads, head width, out
 /// width, state floats per slot, and the row strides of qkvz and of b|a.
@@ -110,7 +110,8 @@ fn verify_positions_through_scratch_equal_decode_steps_and_commit_exactly() {
 /// otherwise, on a verify step's own row layout: position-major, sequences of different
 /// lengths (so later positions hold fewer rows, and a sequence is not at the same index
 /// in every position), padding rows (slot -1) filling each position to a graph's width.
-/// Outputs, every state entry (slots and scratch) and the conv ring: bit for bit.
+/// Outputs, every state entry (slots and scratch) and the conv ring: bit for bit, for each
+/// fused kernel (`GdnVerifyKind`: in turn, inputs first, and split over a cluster).
 #[test]
 #[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
 fn fused_verify_equals_one_launch_per_position() {
@@ -169,14 +170,14 @@ fn fused_verify_equals_one_launch_per_position() {
     // The fused launch (both kernels: positions in turn, and every position's inputs
     // first), then the ring rows.
     let (ring_b, state_b, out_b) = (up(&s, &ring0), up(&s, &state0), poison_f32(&s, t * vd));
-    for pre in [false, true] {
+    for kind in [GdnVerifyKind::InTurn, GdnVerifyKind::Pre, GdnVerifyKind::Split] {
         let (ring_b, state_b, out_b) = (up(&s, &ring0), up(&s, &state0), poison_f32(&s, t * vd));
-        e.k.gdn_verify_with(&s, &args(0, t, ptr(&s, &ring_b), ptr(&s, &state_b), ptr(&s, &out_b)), &launches, pre).unwrap();
+        e.k.gdn_verify_with(&s, &args(0, t, ptr(&s, &ring_b), ptr(&s, &state_b), ptr(&s, &out_b)), &launches, kind).unwrap();
         e.k.conv_ring_write(&s, xm, ptr(&s, &ring_b), ptr(&s, &sl), ptr(&s, &ps), t).unwrap();
         let ob = down(&s, &out_b);
         let (so, ss, sr) = (same(&oa, &ob), same(&down(&s, &state_a), &down(&s, &state_b)), same(&down(&s, &ring_a), &down(&s, &ring_b)));
-        println!("fused gdn verify (pre {pre}, {} rows, lengths {lens:?}): outputs {so}, state entries {ss}, conv ring {sr}", t);
-        assert!(so && ss && sr, "the fused verify (pre {pre}) differs from one launch per position");
+        println!("fused gdn verify ({kind:?}, {} rows, lengths {lens:?}): outputs {so}, state entries {ss}, conv ring {sr}", t);
+        assert!(so && ss && sr, "the fused verify ({kind:?}) differs from one launch per position");
     }
     // A launch list the kernel cannot take is refused, not run.
     assert!(e.k.gdn_verify(&s, &args(0, t, ptr(&s, &ring_b), ptr(&s, &state_b), ptr(&s, &out_b)), &[(0, 2), (2, 3)]).is_err());

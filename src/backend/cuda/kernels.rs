@@ -18,7 +18,7 @@ mod misc;
 mod tiled_pipeline;
 
 pub use attention::{AttnDecode, AttnPrefill, QkNormRope};
-pub use gdn::{Conv1d, GdnDecode, GdnPrefill};
+pub use gdn::{Conv1d, GdnDecode, GdnPrefill, GdnVerifyKind};
 pub use gemm::{GemmChoices, GemmKind, GemmPlan, GemmScratch, GemmWeight, SplitParts, GEMM_MAX_M, TARGET_WARPS_PER_SM};
 pub use misc::{ArgmaxScratch, NormPartsForm};
 
@@ -132,6 +132,9 @@ pub struct Kernels {
     /// The fused verify runs kiln_gdn_verify_pre (the default since session 14;
     /// `KILN_GDN_VERIFY_PRE=0` runs kiln_gdn_verify).
     gdn_verify_pre: bool,
+    /// Up to this many sequences the fused verify runs kiln_gdn_verify_split
+    /// (`KILN_GDN_VERIFY_SPLIT_MAX_SEQS`, default 0: never; an experiment of session 26).
+    gdn_verify_split_max_seqs: usize,
     /// Which decode GEMM kernel takes which shape, and the K splits (read at load).
     pub(crate) gemm_choices: GemmChoices,
     /// Rows per block of the prefill attention kernel (`ATTN_PREFILL_ROWS`): 128 (8 warps
@@ -194,6 +197,7 @@ impl Kernels {
         }
         let gdn_verify_fused = std::env::var("KILN_GDN_VERIFY_FUSED").ok().map(|v| v != "0");
         let gdn_verify_pre = std::env::var("KILN_GDN_VERIFY_PRE").map_or(true, |v| v != "0");
+        let gdn_verify_split_max_seqs = std::env::var("KILN_GDN_VERIFY_SPLIT_MAX_SEQS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
         let attn_prefill_rows = if std::env::var("KILN_ATTN_PREFILL_ROWS").is_ok_and(|v| v == "64") { 64 } else { 128 };
         let timeline = Timeline::attach(&loaded, &ctx.default_stream(), TIMELINE_RECORDS)?;
         Ok(Kernels {
@@ -207,6 +211,7 @@ impl Kernels {
             pdl: AtomicBool::new(false),
             gdn_verify_fused,
             gdn_verify_pre,
+            gdn_verify_split_max_seqs,
             gemm_choices: GemmChoices::from_env(),
             attn_prefill_rows,
             timeline,
@@ -287,6 +292,19 @@ impl Kernels {
     /// against 6.586 at 4 (H100, session 14 call 2). `KILN_GDN_VERIFY_PRE=0` turns it off.
     pub fn gdn_verify_pre(&self) -> bool {
         self.gdn_verify_pre
+    }
+
+    /// The kernel of a fused verify over `seqs` sequences: `KILN_GDN_VERIFY_SPLIT_MAX_SEQS`
+    /// sequences or fewer the cluster-split form, else kiln_gdn_verify_pre (or with
+    /// `KILN_GDN_VERIFY_PRE=0` kiln_gdn_verify). The same bits.
+    pub fn gdn_verify_kind(&self, seqs: usize) -> GdnVerifyKind {
+        if seqs <= self.gdn_verify_split_max_seqs {
+            GdnVerifyKind::Split
+        } else if self.gdn_verify_pre {
+            GdnVerifyKind::Pre
+        } else {
+            GdnVerifyKind::InTurn
+        }
     }
 
     /// Dynamic shared memory (unused) that spreads a launch of `blocks` blocks of the

@@ -93,6 +93,12 @@ pub const GDN_VERIFY_PRE: ByXY<&str> = [
     ["kiln_gdn_verify_pre_f32_f32", "kiln_gdn_verify_pre_f32_bf16"],
     ["kiln_gdn_verify_pre_bf16_f32", "kiln_gdn_verify_pre_bf16_bf16"],
 ];
+/// The pre form with each head over a cluster of blocks of 32 value columns
+/// (`KILN_GDN_VERIFY_SPLIT_MAX_SEQS`, an experiment).
+pub const GDN_VERIFY_SPLIT: ByXY<&str> = [
+    ["kiln_gdn_verify_split_f32_f32", "kiln_gdn_verify_split_f32_bf16"],
+    ["kiln_gdn_verify_split_bf16_f32", "kiln_gdn_verify_split_bf16_bf16"],
+];
 /// Blocks per row of kiln_conv_ring_write (passed to the kernel as KILN_RING_WRITE_SLICES).
 pub const RING_WRITE_SLICES: usize = 8;
 /// The conv ring rows of fed positions (after kiln_gdn_verify), by qkv dtype.
@@ -241,6 +247,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
     add("gdn_decode", GDN_VERIFY.as_flattened(), 0);
     add("gdn_decode", GDN_VERIFY_PRE.as_flattened(), 0);
+    add("gdn_decode", GDN_VERIFY_SPLIT.as_flattened(), 0);
     add("gdn_decode", &CONV_RING_WRITE, 0);
     add("gdn_prefill", &GDN_PREFILL_PREP, gdn_prefill_prep_smem(d.lin_k_dim, d.lin_v_dim));
     add("gdn_scan", &[GDN_PREFILL_SCAN], gdn_prefill_scan_smem(d.lin_k_dim));

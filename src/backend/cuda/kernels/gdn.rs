@@ -2,12 +2,25 @@
 
 use super::{int, params, DevPtr, Kernels, Mat};
 use crate::backend::cuda::registry::{
-    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, CONV_RING_WRITE, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_VERIFY, GDN_VERIFY_PRE, RING_WRITE_SLICES,
+    gdn_prefill_prep_smem, gdn_prefill_scan_smem, CONV1D as CONV, CONV_RING_WRITE, GDN_CHUNK as CHUNK, GDN_DECODE as DECODE, GDN_VERIFY, GDN_VERIFY_PRE, GDN_VERIFY_SPLIT, RING_WRITE_SLICES,
     GDN_PREFILL_PREP as PREP,
     GDN_PREFILL_SCAN as SCAN,
 };
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
+
+/// Which kernel runs a verify step's GDN in one launch. Every one gives the bits of one
+/// gdn_decode launch per fed position (t_gdn_verify).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GdnVerifyKind {
+    /// kiln_gdn_verify: each position's conv, gates and norms, then its update, in turn.
+    InTurn,
+    /// kiln_gdn_verify_pre: every position's inputs first, then the updates (the default).
+    Pre,
+    /// kiln_gdn_verify_split: Pre with each head's state over a cluster of blocks of 32
+    /// value columns (4x the blocks; `KILN_GDN_VERIFY_SPLIT_MAX_SEQS`, an experiment).
+    Split,
+}
 
 /// Threads of a prefill block (GR_THREADS), value columns a scan block owns, tokens per chunk.
 const PREFILL_THREADS: u32 = 256;
@@ -143,13 +156,12 @@ impl Kernels {
     /// with `g.state_io` per row. Each position computes as `gdn_decode` over its range
     /// would; the conv ring is left for `conv_ring_write`.
     pub fn gdn_verify(&self, stream: &CudaStream, g: &GdnDecode, launches: &[(usize, usize)]) -> Result<()> {
-        self.gdn_verify_with(stream, g, launches, self.gdn_verify_pre())
+        let kind = self.gdn_verify_kind(launches.first().map_or(0, |l| l.1));
+        self.gdn_verify_with(stream, g, launches, kind)
     }
 
-    /// `gdn_verify` with the kernel chosen: `pre`, kiln_gdn_verify_pre (every position's
-    /// conv, gates and norms first, then the updates); else kiln_gdn_verify (each
-    /// position's in turn). The same bits.
-    pub fn gdn_verify_with(&self, stream: &CudaStream, g: &GdnDecode, launches: &[(usize, usize)], pre: bool) -> Result<()> {
+    /// `gdn_verify` with the kernel chosen (`GdnVerifyKind`). The same bits.
+    pub fn gdn_verify_with(&self, stream: &CudaStream, g: &GdnDecode, launches: &[(usize, usize)], kind: GdnVerifyKind) -> Result<()> {
         ensure!((1..=4).contains(&launches.len()) && launches.len() <= self.dims.conv_kernel, "gdn_verify: {} positions (1 to 4, at most the conv window)", launches.len());
         ensure!(g.state_io != 0, "gdn_verify: needs the rows' state entries");
         let dt = g.input_dtype("gdn_verify")?;
@@ -166,9 +178,14 @@ impl Kernels {
         let (cw, cs, st, al, dtb, nw, sl, ps, io) = (g.conv_w, g.conv_state, g.state, g.a_log, g.dt_bias, g.norm_w, g.slots, g.pos, g.state_io);
         let (out, ldo, np) = (g.out.ptr, int(g.out.ld, "ld_out")?, int(launches.len(), "positions")?);
         let mut p = params!(qkv, ldq, z, ldz, b, a, ldba, cw, cs, st, al, dtb, nw, sl, ps, io, np, first, count, out, ldo);
-        let (nv, threads) = (self.dims.lin_num_v_heads as u32, (self.dims.lin_v_dim * 4) as u32);
-        let names = if pre { &GDN_VERIFY_PRE } else { &GDN_VERIFY };
-        self.launch(names[dt.idx()][g.out.dtype.idx()], stream, (nv, n0 as u32, 1), threads, 0, &mut p)
+        let (nv, dv) = (self.dims.lin_num_v_heads as u32, self.dims.lin_v_dim as u32);
+        // Blocks per head and threads per block (4 row parts of each block's columns).
+        let (names, per_head, threads) = match kind {
+            GdnVerifyKind::InTurn => (&GDN_VERIFY, 1, dv * 4),
+            GdnVerifyKind::Pre => (&GDN_VERIFY_PRE, 1, dv * 4),
+            GdnVerifyKind::Split => (&GDN_VERIFY_SPLIT, dv / 32, 32 * 4),
+        };
+        self.launch(names[dt.idx()][g.out.dtype.idx()], stream, (nv * per_head, n0 as u32, 1), threads, 0, &mut p)
     }
 
     /// The conv ring rows of `t` fed rows (`qkv` rows, their `slots` and `pos`), as
