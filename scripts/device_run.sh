@@ -44,6 +44,9 @@
 #   mma_rate  bench/mma_rate.cu (nvcc here): mma.sync m16n8k16 TFLOP/s by warps per SM and
 #            independent accumulator chains, on registers alone and with the tiled GEMM's
 #            shared loads (mma_rate.txt): what the tensor pipe allows the tiled kernels
+#   tiled_stage  bench/tiled_stage.cu (nvcc here): the wide tiled GEMM's stage built up piece by
+#            piece (MMAs and shared loads, + barrier, + W by cp.async, + x load / split / store,
+#            + the partial tile's store) in gate_up's shape at M = 256: time per stage (tiled_stage.txt)
 #   mma_perm  bench/mma_perm.cu (nvcc here): whether mma.sync's bits depend on which position of
 #            a k16 step holds which product (mma_perm.txt)
 #   pf_budget  plans built with KILN_PF_BUDGET_MB=$PF_BUDGETS (default "24"; the early L2 weight
@@ -414,6 +417,10 @@ fi
 if has mma_rate; then
   log "mma_rate: mma.sync throughput by warps per SM and chains"
   nvcc -O3 -gencode arch=compute_90a,code=sm_90a bench/mma_rate.cu -o /tmp/mma_rate && /tmp/mma_rate 2>&1 | tee "$OUT/mma_rate.txt"
+fi
+if has tiled_stage; then
+  log "tiled_stage: the wide tiled GEMM's stage piece by piece"
+  nvcc -O3 -gencode arch=compute_90a,code=sm_90a bench/tiled_stage.cu -o /tmp/tiled_stage && /tmp/tiled_stage 2>&1 | tee "$OUT/tiled_stage.txt"
 fi
 if has mma_perm; then
   log "mma_perm: mma.sync bits under permuted k positions"
