@@ -14,6 +14,11 @@
 //   +x      x's stage (64 rows x 64 fp32) loaded two stages ahead into registers, split
 //           into bf16 hi / lo and stored to shared memory (the kernel's store_x_regs)
 //   +epi    the block's fp32 partial tile (64 KB) stored at the end (__stcg)
+// and two candidate changes to the full stage: `paired` (one cp.async wait and barrier per
+// two stages, four slots a ring) and `x-by-cp.async` (x's fp32 stage copied by cp.async in
+// the group of W two stages earlier into a staging slot, split from there: no x registers,
+// no global-load wait at the split). Both together would need a fourth staging slot, past
+// the shared memory.
 // The fragments read are not the loaded data's (timing only; the bits are checked by the
 // GEMM table test). Build and run on the device:
 //   nvcc -O3 -arch=sm_90a bench/tiled_stage.cu -o /tmp/tiled_stage && /tmp/tiled_stage
@@ -24,12 +29,16 @@
 
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA %s at %d\n", cudaGetErrorString(e), __LINE__); exit(1); } } while (0)
 
-constexpr int THREADS = 256, BN = 256, BM = 64, SK = 64, STAGES = 14, SLOTS = 3;
+constexpr int THREADS = 256, BN = 256, BM = 64, SK = 64, STAGES = 14;
 constexpr int WSTAGE = BN * SK * 2;     // 32 KB of W a stage
-constexpr int XSTAGE = BM * SK * 2 * 2; // 16 KB of x hi + lo a stage
-constexpr int SMEM = SLOTS * (WSTAGE + XSTAGE);
+constexpr int XSTAGE = BM * SK * 2 * 2; // 16 KB of x hi + lo a stage (also an fp32 stage)
 constexpr int K = STAGES * SK;          // 896 (gate_up's split is 864)
-enum { BAR = 1, WCP = 2, XLD = 4, EPI = 8 };
+enum { BAR = 1, WCP = 2, XLD = 4, EPI = 8, PAIR = 16, XCP = 32 };
+// Slots per ring: 4 when the barrier comes every two stages (the pair being computed and
+// the pair being loaded), else 3; with x by cp.async, 3 more fp32 staging slots.
+template <int MODE> __host__ __device__ constexpr int slots() { return (MODE & PAIR) ? 4 : 3; }
+template <int MODE> __host__ __device__ constexpr int smem_bytes() { return slots<MODE>() * (WSTAGE + XSTAGE) + ((MODE & XCP) ? 3 * XSTAGE : 0); }
+static_assert(smem_bytes<BAR | WCP | XCP>() <= 227 * 1024 && smem_bytes<BAR | WCP | XLD | PAIR>() <= 227 * 1024, "shared memory");
 
 __device__ __forceinline__ void mma16816(float* d, const unsigned* a, const unsigned* b) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
@@ -49,9 +58,12 @@ __device__ __forceinline__ float hi_f(unsigned u) { return __uint_as_float(u & 0
 
 template <int MODE>
 __global__ void __launch_bounds__(THREADS, 1) stage_bench(const __nv_bfloat16* W, const float* x, float* part) {
+    constexpr int SLOTS = slots<MODE>();
+    constexpr bool PAIRED = MODE & PAIR, XREG = MODE & XLD, XASYNC = MODE & XCP;
     extern __shared__ __align__(128) unsigned char sm[];
     unsigned char* wring = sm;
     unsigned char* xring = sm + SLOTS * WSTAGE;
+    unsigned char* xstage = xring + SLOTS * XSTAGE;  // fp32 x by cp.async (XCP)
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     // Four neighbouring blocks share a W tile (the batch tiles), each has its own x tile.
     const int wt = blockIdx.x / 4, xt = blockIdx.x % 4;
@@ -60,54 +72,93 @@ __global__ void __launch_bounds__(THREADS, 1) stage_bench(const __nv_bfloat16* W
     float acc[16][4];
 #pragma unroll
     for (int c = 0; c < 16; ++c) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = 0.f;
-    // A thread's W pieces: rows tid / 8 + 32 q, 16-byte segment tid % 8; x: 4 float4 a stage.
-    auto load_w = [&](int s) {
-        if (!(MODE & WCP) || s >= STAGES) return;
-        unsigned char* dst = wring + (s % SLOTS) * WSTAGE;
+    // x stage t's fp32 copy into staging slot t % 3 (XCP): a thread's 4 float4.
+    auto stage_x = [&](int t) {
+        if (!XASYNC || t >= STAGES) return;
+        unsigned char* dst = xstage + (t % 3) * XSTAGE;
 #pragma unroll
-        for (int q = 0; q < 8; ++q) {
-            const int row = tid / 8 + 32 * q, seg = tid % 8;
-            cp_async16(dst + row * 128 + ((seg ^ ((row & 1) << 2)) << 4), wsrc + ((size_t)row * K + s * SK) * 2 + seg * 16);
+        for (int u = 0; u < 4; ++u) {
+            const int idx = tid + u * THREADS, row = idx / 16, col = (idx % 16) * 4;
+            cp_async16(dst + idx * 16, xsrc + (size_t)row * K + t * SK + col);
+        }
+    };
+    // A thread's W pieces of stage s: rows tid / 8 + 32 q, 16-byte segment tid % 8 (odd
+    // rows' halves swapped, as tg_off); with XCP, x stage s + 2 in the same group (split
+    // at stage s, two groups and one wait later).
+    auto load_w = [&](int s) {
+        stage_x(s + 2);
+        if (s >= STAGES) return;
+        if (MODE & WCP) {
+            unsigned char* dst = wring + (s % SLOTS) * WSTAGE;
+#pragma unroll
+            for (int q = 0; q < 8; ++q) {
+                const int row = tid / 8 + 32 * q, seg = tid % 8;
+                cp_async16(dst + row * 128 + ((seg ^ ((row & 1) << 2)) << 4), wsrc + ((size_t)row * K + s * SK) * 2 + seg * 16);
+            }
         }
     };
     auto load_x = [&](int s, float4 (&r)[4]) {
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
             const int idx = tid + u * THREADS, row = idx / 16, col = (idx % 16) * 4;
-            r[u] = (MODE & XLD) && s < STAGES ? *reinterpret_cast<const float4*>(xsrc + (size_t)row * K + s * SK + col)
-                                             : make_float4(0.f, 0.f, 0.f, 0.f);
+            r[u] = XREG && s < STAGES ? *reinterpret_cast<const float4*>(xsrc + (size_t)row * K + s * SK + col)
+                                      : make_float4(0.f, 0.f, 0.f, 0.f);
         }
     };
-    auto store_x = [&](int s, const float4 (&r)[4]) {
-        if (!(MODE & XLD)) return;
+    // The split into the hi / lo planes of x slot s (from registers, or with XCP from the
+    // fp32 staging slot its cp.async filled).
+    auto store_x = [&](int s, const float4 (&regs)[4]) {
+        if (!XREG && !XASYNC) return;
         unsigned char* dst = xring + (s % SLOTS) * XSTAGE;
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
-            const unsigned h0 = pack2(r[u].x, r[u].y), h1 = pack2(r[u].z, r[u].w);
-            const unsigned l0 = pack2(r[u].x - lo_f(h0), r[u].y - hi_f(h0)), l1 = pack2(r[u].z - lo_f(h1), r[u].w - hi_f(h1));
+            const float4 r = XASYNC ? *reinterpret_cast<const float4*>(xstage + (s % 3) * XSTAGE + (tid + u * THREADS) * 16) : regs[u];
+            const unsigned h0 = pack2(r.x, r.y), h1 = pack2(r.z, r.w);
+            const unsigned l0 = pack2(r.x - lo_f(h0), r.y - hi_f(h0)), l1 = pack2(r.z - lo_f(h1), r.w - hi_f(h1));
             const int off = (tid + u * THREADS) * 8;
             *reinterpret_cast<uint2*>(dst + off) = make_uint2(h0, h1);
             *reinterpret_cast<uint2*>(dst + XSTAGE / 2 + off) = make_uint2(l0, l1);
         }
     };
+    auto commit = [] { asm volatile("cp.async.commit_group;" ::: "memory"); };
     float4 xa[4], xb[4];
+    // W two stages ahead (one group a stage); x stored two ahead, loaded two before its store
+    // (XCP: its first two stages staged and waited for here).
+    stage_x(0);
+    stage_x(1);
+    commit();
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
     load_w(0);
-    asm volatile("cp.async.commit_group;" ::: "memory");
+    commit();
     load_w(1);
-    asm volatile("cp.async.commit_group;" ::: "memory");
+    commit();
     load_x(0, xa);
-    store_x(0, xa);
     load_x(1, xb);
+    store_x(0, xa);
+    store_x(1, xb);
     load_x(2, xa);
+    load_x(3, xb);
     const uint4* ws4 = reinterpret_cast<const uint4*>(wring);
     const uint4* xs4 = reinterpret_cast<const uint4*>(xring);
     for (int s = 0; s < STAGES; ++s) {
-        if (MODE & WCP) asm volatile("cp.async.wait_group 1;" ::: "memory");
-        if (MODE & BAR) __syncthreads();
-        load_w(s + 2);
-        asm volatile("cp.async.commit_group;" ::: "memory");
-        if (s % 2 == 0) { store_x(s + 1, xb); load_x(s + 3, xb); }
-        else { store_x(s + 1, xa); load_x(s + 3, xa); }
+        // Paired: one wait and barrier per two stages; W for both stages of the next pair.
+        if (!PAIRED || s % 2 == 0) {
+            if (MODE & (WCP | XCP)) {
+                if (PAIRED) asm volatile("cp.async.wait_group 0;" ::: "memory");
+                else asm volatile("cp.async.wait_group 1;" ::: "memory");
+            }
+            if (MODE & BAR) __syncthreads();
+            load_w(s + 2);
+            commit();
+            if (PAIRED) {
+                load_w(s + 3);
+                commit();
+            }
+        }
+        // x(s + 2) into its slot (free: read two stages ago, before the last barrier; visible
+        // by the barrier before stage s + 2), then the next loads into the set just stored.
+        if (s % 2 == 0) { store_x(s + 2, xa); load_x(s + 4, xa); }
+        else { store_x(s + 2, xb); load_x(s + 4, xb); }
         const int wslot = (s % SLOTS) * (WSTAGE / 16), xslot = (s % SLOTS) * (XSTAGE / 16);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -147,6 +198,7 @@ __global__ void __launch_bounds__(THREADS, 1) stage_bench(const __nv_bfloat16* W
 
 template <int MODE>
 void run(const char* name, int sms, const __nv_bfloat16* W, const float* x, float* part) {
+    constexpr int SMEM = smem_bytes<MODE>();
     CK(cudaFuncSetAttribute(stage_bench<MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM));
     const int blocks = 864;
     stage_bench<MODE><<<blocks, THREADS, SMEM>>>(W, x, part);  // warm
@@ -186,5 +238,9 @@ int main() {
     run<BAR | XLD>("+bar+x", sms, W, x, part);
     run<BAR | WCP | XLD>("+bar+w+x", sms, W, x, part);
     run<BAR | WCP | XLD | EPI>("+bar+w+x+epi", sms, W, x, part);
+    // Candidate changes: one barrier and wait per two stages (4 slots); x by cp.async in W's
+    // groups into an fp32 staging slot, split from shared memory instead of from registers.
+    run<BAR | WCP | XLD | PAIR>("paired", sms, W, x, part);
+    run<BAR | WCP | XCP>("x-by-cp.async", sms, W, x, part);
     return 0;
 }
