@@ -177,15 +177,21 @@ __device__ __forceinline__ void tg_chunk_live(float (&acc)[2][WT][4], int jt, co
 
 
 // WT: W tiles of 8 rows per warp (4: 128-row blocks, two per SM; 8: the wide kernel's
-// 256-row blocks, one per SM).
-template <bool XF32, int WST, int XST, typename Y, int WT = 4>
+// 256-row blocks, one per SM). PAIRED: one cp.async wait and block barrier per two stages
+// instead of per stage (an experiment, kiln_gemm_tiled_w2_*): the pair's W stages land
+// together and the next pair's two W groups go out after the barrier, so W and x need a
+// fourth slot each (the pair computed and the pair loaded); each stage's MMAs are the
+// same, so the same bits. kernels/tiled_pipeline.rs checks both schedules.
+template <bool XF32, int WST, int XST, typename Y, int WT = 4, bool PAIRED = false>
 __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const void* __restrict__ x, Y* __restrict__ y,
                                            float* __restrict__ ws, unsigned* __restrict__ counters, int M, int N,
                                            int K, int ks, int splits) {
     constexpr int BN = 32 * WT;  // 4 warps along W
     using L = TgLayout<XF32, WST, XST, BN>;
-    constexpr int WPRE = WST - 1, XPRE = XST - 1;
+    // Stages W and x run ahead: slots - 1, or with pairs slots - 2 (a pair in flight).
+    constexpr int WPRE = WST - 1 - PAIRED, XPRE = XST - 1 - PAIRED;
     static_assert(WPRE >= XPRE && (XPRE == 1 || XPRE == 2), "x stored 1 or 2 stages ahead, W at least as far");
+    static_assert(!PAIRED || (WPRE == 2 && XPRE == 2), "pairs: W and x two stages ahead");
     extern __shared__ __align__(128) unsigned char tg_smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -269,11 +275,20 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
 
     // Stage s; `xs` holds stage s + XPRE's x, and takes stage s + XPRE + 2's.
     auto stage = [&](int s, XRegs& xs) {
-        cp_async_wait<WPRE - 1>();  // stage s's W has landed (later ones may be in flight)
-        __syncthreads();            // ... for every thread; and stage s - 1's slots are free
-        load_w(s + WPRE);
-        cp_async_commit();
-        store_x_regs(s + XPRE, xs);  // x slot of stage s - 1, free since the barrier
+        if (!PAIRED) {
+            cp_async_wait<WPRE - 1>();  // stage s's W has landed (later ones may be in flight)
+            __syncthreads();            // ... for every thread; and stage s - 1's slots are free
+            load_w(s + WPRE);
+            cp_async_commit();
+        } else if ((s & 1) == 0) {
+            cp_async_wait<0>();  // stages s and s + 1's W have landed
+            __syncthreads();     // ... for every thread; stages s - 2 and s - 1's slots are free
+            load_w(s + WPRE);
+            cp_async_commit();
+            load_w(s + WPRE + 1);
+            cp_async_commit();
+        }
+        store_x_regs(s + XPRE, xs);  // x slot of stage s - 1 (pairs: s - 2), free since the barrier
         load_x_regs(s + XPRE + 2, xs);
         const unsigned char* wt = tg_smem + (s % WST) * L::W;
         const unsigned char* xt = tg_smem + WST * L::W + (s % XST) * L::X;
@@ -328,19 +343,21 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
 // The stage counts come from registry::TILED_STAGES (KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS).
 // PRE: the entry's name stem; WT: W tiles per warp (the block has 32 * WT rows); BLOCKS:
 // blocks per SM the registers are held to; SMEM_DEF: the registry's define for this width.
-#define GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, XN, XT, XF, YN, YT)                           \
-    static_assert((TgLayout<XF, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS, 32 * WT>::SMEM == SMEM_DEF##_##XN), \
+#define GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, WS, XS, PAIRED, XN, XT, XF, YN, YT)             \
+    static_assert((TgLayout<XF, WS, XS, 32 * WT>::SMEM == SMEM_DEF##_##XN),                      \
                   "the launcher's shared memory (registry.rs) differs from this layout");       \
     extern "C" __global__ void __launch_bounds__(TG_THREADS, BLOCKS)                              \
         PRE##_x##XN##_y##YN(const bf16* W, const XT* x, YT* y, float* ws, unsigned* counters,    \
                             int M, int N, int K, int ks, int splits) {                            \
-        tiled_gemm<XF, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS, YT, WT>(W, x, y, ws, counters, M, N, K, ks, splits); \
+        tiled_gemm<XF, WS, XS, YT, WT, PAIRED>(W, x, y, ws, counters, M, N, K, ks, splits);      \
     }
-#define GEMM_TILED_ALL(PRE, WT, BLOCKS, SMEM_DEF)                                  \
-    GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, f32, float, true, f32, float)      \
-    GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, f32, float, true, bf16, bf16)      \
-    GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, bf16, bf16, false, f32, float)     \
-    GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, bf16, bf16, false, bf16, bf16)
+#define GEMM_TILED_ALL_SLOTS(PRE, WT, BLOCKS, SMEM_DEF, WS, XS, PAIRED)                                  \
+    GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, WS, XS, PAIRED, f32, float, true, f32, float)      \
+    GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, WS, XS, PAIRED, f32, float, true, bf16, bf16)      \
+    GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, WS, XS, PAIRED, bf16, bf16, false, f32, float)     \
+    GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, WS, XS, PAIRED, bf16, bf16, false, bf16, bf16)
+#define GEMM_TILED_ALL(PRE, WT, BLOCKS, SMEM_DEF) \
+    GEMM_TILED_ALL_SLOTS(PRE, WT, BLOCKS, SMEM_DEF, KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS, false)
 // 128 W rows per block, two blocks per SM.
 GEMM_TILED_ALL(kiln_gemm_tiled, 4, 2, KILN_SMEM_GEMM_TILED)
 // The wide kernel (session 22, `KILN_GEMM_TILED_WIDE_MIN_M`): 256 W rows per block, 64 per
@@ -350,3 +367,6 @@ GEMM_TILED_ALL(kiln_gemm_tiled, 4, 2, KILN_SMEM_GEMM_TILED)
 // shared-memory traffic and the conversions that bound the 128-row kernel at batch 128-256
 // (docs/kernels.md). The same MMAs per accumulator in the same order: the same bits.
 GEMM_TILED_ALL(kiln_gemm_tiled_w, 8, 1, KILN_SMEM_GEMM_TILED_WIDE)
+// The wide kernel with one wait and barrier per two stages (session 26, `KILN_GEMM_TILED_PAIRED=1`,
+// an experiment): four W and four x slots (192 KB for fp32 x), the same bits.
+GEMM_TILED_ALL_SLOTS(kiln_gemm_tiled_w2, 8, 1, KILN_SMEM_GEMM_TILED_WIDE2, 4, 4, true)

@@ -63,6 +63,8 @@
 #            against the default (256-row blocks from 64 rows) and 256-row blocks from 128 rows:
 #            bench at $WIDE_BATCHES (32,64,128,256) twice, logits (tiled_wide.txt);
 #            KERNEL_TESTS=gemm_matches checks its bits against the other kernels
+#   tiled_paired  the wide tiled GEMM with one wait and barrier per two stages (KILN_GEMM_TILED_PAIRED=1,
+#            run time) against the default: bench at $WIDE_BATCHES (64,128,256) twice, logits (tiled_paired.txt)
 #   reg_spread  the register GEMM packed by the block scheduler (KILN_GEMM_REG_SPREAD=0) against
 #            the default (unused shared memory caps its blocks per SM), batch $SPREAD_BATCHES (1,4): reg_spread.txt
 #   packed   the decode weights packed at load (the default) against row-major (KILN_GEMM_PACKED=0): bench at
@@ -457,6 +459,13 @@ if has tiled_wide; then
   # rows, 0 never; the default 64 since session 22) against 128-row blocks everywhere.
   log "tiled GEMM: 256-row blocks from 64 rows (default) against never and from 128"
   env_ab "default" "narrow" tiled_wide.txt KILN_GEMM_TILED_WIDE_MIN_M=0 "${WIDE_BATCHES:-32,64,128,256}" "wide from 128" KILN_GEMM_TILED_WIDE_MIN_M=128
+fi
+if has tiled_paired; then
+  # The wide tiled GEMM with one cp.async wait and barrier per two stages (KILN_GEMM_TILED_PAIRED=1,
+  # kiln_gemm_tiled_w2_*, session 26) against the default: the same bits (GEMM table test,
+  # logits), time at the batches the wide kernel takes.
+  log "tiled GEMM: paired barriers against one per stage"
+  env_ab "default" "paired" tiled_paired.txt KILN_GEMM_TILED_PAIRED=1 "${WIDE_BATCHES:-64,128,256}"
 fi
 if has reg_spread; then
   # The register GEMM's blocks spread over every SM (the default since session 21: unused

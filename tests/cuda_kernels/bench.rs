@@ -97,6 +97,8 @@ fn bench_kernels() {
                     (128, DType::F32, GemmKind::TiledWide),
                     (256, DType::F32, GemmKind::Tiled),
                     (256, DType::F32, GemmKind::TiledWide),
+                    (128, DType::F32, GemmKind::TiledWidePaired),
+                    (256, DType::F32, GemmKind::TiledWidePaired),
                     (1, DType::BF16, GemmKind::Auto),
                     (64, DType::BF16, GemmKind::SharedX),
                     (64, DType::BF16, GemmKind::Tiled),

@@ -76,11 +76,13 @@ fn gemm_matches_f64_reference() {
                     continue;
                 }
                 for plan in [default, forced] {
-                    // Up to 64 rows the register, shared-x and both tiled kernels; above, the tiled kernels
-                    // (128- and 256-row blocks) against the register kernel run on 64-row pieces.
+                    // Up to 64 rows the register, shared-x and every tiled kernel; above, the tiled
+                    // kernels (128- and 256-row blocks, the latter also with paired barriers)
+                    // against the register kernel run on 64-row pieces.
+                    let tiled = [GemmKind::Tiled, GemmKind::TiledWide, GemmKind::TiledWidePaired];
                     let kinds: Vec<GemmKind> = match m {
-                        ..=64 => vec![GemmKind::Register, GemmKind::SharedX, GemmKind::Tiled, GemmKind::TiledWide],
-                        _ => vec![GemmKind::Tiled, GemmKind::TiledWide],
+                        ..=64 => [GemmKind::Register, GemmKind::SharedX].into_iter().chain(tiled).collect(),
+                        _ => tiled.to_vec(),
                     };
                     let mut first: Option<Vec<f32>> = (m > 64).then(|| {
                         (0..m).step_by(64).flat_map(|r| {

@@ -68,6 +68,14 @@ pub const GEMM_TILED_WIDE: ByXY<&str> = [
     ["kiln_gemm_tiled_w_xf32_yf32", "kiln_gemm_tiled_w_xf32_ybf16"],
     ["kiln_gemm_tiled_w_xbf16_yf32", "kiln_gemm_tiled_w_xbf16_ybf16"],
 ];
+/// The wide tiled GEMM with one cp.async wait and barrier per two stages
+/// (`GemmKind::TiledWidePaired`, an experiment): [x][y].
+pub const GEMM_TILED_WIDE_PAIRED: ByXY<&str> = [
+    ["kiln_gemm_tiled_w2_xf32_yf32", "kiln_gemm_tiled_w2_xf32_ybf16"],
+    ["kiln_gemm_tiled_w2_xbf16_yf32", "kiln_gemm_tiled_w2_xbf16_ybf16"],
+];
+/// Its slots (W, x): a pair computed, a pair loading.
+pub const TILED_PAIRED_SLOTS: (usize, usize) = (4, 4);
 /// The tiled GEMM's stage counts (W slots, x slots), the kernel's template arguments
 /// (`smem_defines` passes them): W runs slots - 1 stages ahead, x slots - 1. The kernel
 /// static_asserts its shared memory against `gemm_tiled_smem`, and
@@ -211,8 +219,12 @@ pub fn gemm_tiled_smem(x: DType) -> usize {
 /// Dynamic shared memory of the tiled GEMM with `rows` W rows per block (`GEMM_TILED`: 128,
 /// `GEMM_TILED_WIDE`: 256).
 pub fn gemm_tiled_rows_smem(x: DType, rows: usize) -> usize {
-    let (w_stages, x_stages) = TILED_STAGES;
-    w_stages * rows * 128 + x_stages * 64 * 128 * if x == DType::F32 { 2 } else { 1 }
+    gemm_tiled_slots_smem(x, rows, TILED_STAGES)
+}
+
+/// The same with (W, x) `slots` (`TILED_PAIRED_SLOTS` for `GEMM_TILED_WIDE_PAIRED`).
+pub fn gemm_tiled_slots_smem(x: DType, rows: usize, slots: (usize, usize)) -> usize {
+    slots.0 * rows * 128 + slots.1 * 64 * 128 * if x == DType::F32 { 2 } else { 1 }
 }
 
 const BOTH: [DType; 2] = [DType::F32, DType::BF16];
@@ -242,6 +254,7 @@ pub fn entries(d: &KernelDims) -> Vec<Entry> {
     for x in BOTH {
         add("gemm_tiled", &GEMM_TILED[x.idx()], gemm_tiled_smem(x));
         add("gemm_tiled", &GEMM_TILED_WIDE[x.idx()], gemm_tiled_rows_smem(x, 256));
+        add("gemm_tiled", &GEMM_TILED_WIDE_PAIRED[x.idx()], gemm_tiled_slots_smem(x, 256, TILED_PAIRED_SLOTS));
     }
     add("conv", &CONV1D, 0);
     add("gdn_decode", GDN_DECODE.as_flattened(), 0);
@@ -295,6 +308,7 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
         }
         v.push(format!("-DKILN_SMEM_GEMM_TILED_{}={}", x.suffix(), gemm_tiled_smem(x)));
         v.push(format!("-DKILN_SMEM_GEMM_TILED_WIDE_{}={}", x.suffix(), gemm_tiled_rows_smem(x, 256)));
+        v.push(format!("-DKILN_SMEM_GEMM_TILED_WIDE2_{}={}", x.suffix(), gemm_tiled_slots_smem(x, 256, TILED_PAIRED_SLOTS)));
     }
     v
 }

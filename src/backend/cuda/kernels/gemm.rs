@@ -2,7 +2,10 @@
 //! 64 rows, the tiled tensor-core kernel up to 256; one arithmetic for all).
 
 use super::{check_aligned, int, params, DType, Delta, DevPtr, Kernels, Mat, NULL};
-use crate::backend::cuda::registry::{gemm_sx_smem, gemm_sxw_smem, gemm_tiled_rows_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WIDE, PACK_WEIGHT, SMEM_NO_OPT_IN};
+use crate::backend::cuda::registry::{
+    gemm_sx_smem, gemm_sxw_smem, gemm_tiled_rows_smem, gemm_tiled_slots_smem, gemm_tiled_smem, GEMM as NAMES, GEMM_SX, GEMM_SX_MAX_M, GEMM_TILED, GEMM_TILED_WIDE,
+    GEMM_TILED_WIDE_PAIRED, PACK_WEIGHT, SMEM_NO_OPT_IN, TILED_PAIRED_SLOTS,
+};
 use crate::backend::weight_pack;
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaStream;
@@ -52,6 +55,9 @@ pub enum GemmKind {
     /// 256 x 64 output tiles, one block per SM, 64 W rows per warp (kiln_gemm_tiled_w_x*;
     /// any M up to `GEMM_MAX_M`; `GemmChoices::tiled_wide_min_m`).
     TiledWide,
+    /// TiledWide with one cp.async wait and block barrier per two stages and four slots a
+    /// ring (kiln_gemm_tiled_w2_x*; `GemmChoices::tiled_paired`, an experiment).
+    TiledWidePaired,
 }
 
 /// How decode GEMMs are launched: which kernel takes which M and N, and how K is split.
@@ -124,11 +130,16 @@ pub struct GemmChoices {
     /// logits bit-identical): batch 32 +1.1 %, 64 -1.4 %, 128 -3.3 %, 256 -4.0 % (31.6
     /// against 32.9 ms), so the default takes it from 64 rows.
     pub tiled_wide_min_m: usize,
+    /// The wide tiled GEMM as `TiledWidePaired` (`KILN_GEMM_TILED_PAIRED=1`, session 26, an
+    /// experiment, unmeasured): half the per-stage waits and barriers, which with one block
+    /// per SM nothing else covers (the stage runs at ~60 % of mma.sync's rate, docs/kernels.md).
+    /// The same bits.
+    pub tiled_paired: bool,
 }
 
 impl Default for GemmChoices {
     fn default() -> Self {
-        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: true, reg_spread: true, tiled_wide_min_m: 64 }
+        GemmChoices { tiled: true, tiled_min_m: 17, small_shared_x: true, shared_x_min_n: SHARED_X_MIN_N, shared_x_all_min_m: 8, warps: TARGET_WARPS_PER_SM, wide_warps: WIDE_TARGET_WARPS_PER_SM, defer_sum: true, defer_gate_up: true, defer_cluster_max_m: 16, defer_cluster_vec_warps: true, reg_spread: true, tiled_wide_min_m: 64, tiled_paired: false }
     }
 }
 
@@ -152,6 +163,7 @@ impl GemmChoices {
             defer_cluster_vec_warps: flag("KILN_GEMM_DEFER_CLUSTER_WARPS", d.defer_cluster_vec_warps),
             reg_spread: flag("KILN_GEMM_REG_SPREAD", d.reg_spread),
             tiled_wide_min_m: num("KILN_GEMM_TILED_WIDE_MIN_M", d.tiled_wide_min_m),
+            tiled_paired: flag("KILN_GEMM_TILED_PAIRED", d.tiled_paired),
         }
     }
 
@@ -177,7 +189,13 @@ impl GemmChoices {
     /// missing and then over budget; `prefetch_cols` fixed both.
     pub fn auto_kind(&self, m: usize, n: usize) -> GemmKind {
         if self.tiled && m >= self.tiled_min_m.min(17) {
-            if self.tiled_wide_min_m > 0 && m >= self.tiled_wide_min_m { GemmKind::TiledWide } else { GemmKind::Tiled }
+            if self.tiled_wide_min_m == 0 || m < self.tiled_wide_min_m {
+                GemmKind::Tiled
+            } else if self.tiled_paired {
+                GemmKind::TiledWidePaired
+            } else {
+                GemmKind::TiledWide
+            }
         } else if m <= 16 {
             let all = self.shared_x_all_min_m > 0 && m >= self.shared_x_all_min_m;
             if self.small_shared_x && (n >= self.shared_x_min_n || all) {
@@ -372,7 +390,7 @@ impl Kernels {
         let auto = kind == GemmKind::Auto;
         let kind = if auto { self.gemm_choices.auto_kind(m, n) } else { kind };
         let c = &self.gemm_choices;
-        let tiled = matches!(kind, GemmKind::Tiled | GemmKind::TiledWide);
+        let tiled = matches!(kind, GemmKind::Tiled | GemmKind::TiledWide | GemmKind::TiledWidePaired);
         ensure!(m <= SKINNY_MAX_M || tiled, "gemm: M = {m} exceeds {SKINNY_MAX_M}, the most the {kind:?} kernel takes");
         ensure!(k > 0 && k.is_multiple_of(8), "gemm: K = {k} must be a positive multiple of 8");
         ensure!(plan.ks.is_multiple_of(32) && plan.ks > 0 && plan.splits == k.div_ceil(plan.ks), "gemm: bad plan {plan:?} for K = {k}");
@@ -399,6 +417,7 @@ impl Kernels {
             // (tile rows of W, tile rows of the batch, threads, shared memory, names)
             let (bn, smem, names) = match kind {
                 GemmKind::TiledWide => (256, gemm_tiled_rows_smem(x_dtype, 256), &GEMM_TILED_WIDE),
+                GemmKind::TiledWidePaired => (256, gemm_tiled_slots_smem(x_dtype, 256, TILED_PAIRED_SLOTS), &GEMM_TILED_WIDE_PAIRED),
                 _ => (128, gemm_tiled_smem(x_dtype), &GEMM_TILED),
             };
             let grid = ((n.div_ceil(bn) * m.div_ceil(64)) as u32, plan.splits as u32, 1);
@@ -489,6 +508,7 @@ mod tests {
         assert!(std::env::var("KILN_GEMM_WARPS").is_err() && std::env::var("KILN_GEMM_WIDE_WARPS").is_err());
         assert!(std::env::var("KILN_GEMM_DEFER_SUM").is_err() && std::env::var("KILN_GEMM_DEFER_CLUSTER_MAX_M").is_err());
         assert!(std::env::var("KILN_GEMM_REG_SPREAD").is_err() && std::env::var("KILN_GEMM_DEFER_CLUSTER_WARPS").is_err());
+        assert!(std::env::var("KILN_GEMM_TILED_PAIRED").is_err());
         // With none of the experiments set, the environment gives the defaults.
         let c = GemmChoices::from_env();
         assert_eq!(c, GemmChoices::default());
@@ -510,6 +530,11 @@ mod tests {
             assert_eq!(c.auto_kind(64, n), GemmKind::TiledWide);
             assert_eq!(c.auto_kind(GEMM_MAX_M, n), GemmKind::TiledWide);
             assert_eq!(GemmChoices { tiled_wide_min_m: 0, ..c }.auto_kind(GEMM_MAX_M, n), GemmKind::Tiled);
+            // The paired-barrier experiment takes the wide kernel's rows, and only those.
+            let paired = GemmChoices { tiled_paired: true, ..c };
+            assert_eq!(paired.auto_kind(GEMM_MAX_M, n), GemmKind::TiledWidePaired);
+            assert_eq!(paired.auto_kind(63, n), GemmKind::Tiled);
+            assert_eq!(GemmChoices { tiled_wide_min_m: 0, ..paired }.auto_kind(GEMM_MAX_M, n), GemmKind::Tiled);
             // The experiment's lower bound moves only the small batches to the tiled
             // kernel; 17 rows and up stay there whatever it says.
             let low = GemmChoices { tiled_min_m: 9, ..c };
