@@ -81,6 +81,7 @@ impl LayerStack<'_> {
     /// image is already at `s.meta`. Leaves the normed final hidden rows in `s.normed`.
     pub fn forward(&self, step: &Step) -> Result<()> {
         let l = &step.layout;
+        let act = self.gemm_input(l);
         let rows = Rows {
             l,
             meta: step.meta,
@@ -88,8 +89,8 @@ impl LayerStack<'_> {
             decode_seqs: step.groups.decode_seqs,
             prefill_seqs: step.groups.prefill_seqs,
             meta_base: self.s.meta.ptr,
-            act: self.gemm_input(l),
-            bf16_from: if self.mixed_bf16_inputs && self.gemm_input(l) == DType::F32 { l.long_rows_from() } else { l.num_tokens() },
+            act,
+            bf16_from: if self.mixed_bf16_inputs && act == DType::F32 { l.long_rows_from() } else { l.num_tokens() },
         };
         let (t, s) = (l.num_tokens(), self.s);
         self.k.embed(self.stream, self.w.embed, rows.at(rows.meta.ids), s.resid.ptr, t)?;
