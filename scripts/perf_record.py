@@ -10,6 +10,10 @@ scripts/device_run.sh left in its output folder:
   verify.txt     kiln-eval verify (speculative verification: exact, ms per call; the
                  MTP draft, oracle and adversarial costs: issue 9's `mtp` object)
   serving.txt    scripts/bench_serving.py (one "workload {json}" line per workload)
+  *.txt          the A/B stages' bench lines ("TAG: decode batch B ctx C[ + prefill P]: median
+                 X ms", device_run.sh bench_as): `ab_ms` {file stem: {TAG: {B or B+P: [X, ...]}}}
+  kernels.txt, backend.txt   the GPU tests' "test result" lines: `gpu_tests`
+  mma_rate.txt, tiled_stage.txt   bench/*.cu: `mma_rate_tflops`, `tiled_stage_us_per_stage`
 
 Missing files leave their fields out; nothing is invented. Usage:
   perf_record.py --out DIR --commit SHA --gpu NAME [--append docs/perf/runs.jsonl]
@@ -91,6 +95,18 @@ def parse_mtp(verify):
     return mtp
 
 
+AB_LINE = re.compile(r"^(.+?): (?:mixed step: )?decode batch (\d+) ctx \d+(?: \+ prefill (\d+))?: median ([\d.]+)", re.M)
+
+
+def parse_ab(text):
+    """The bench lines of an A/B file, by tag and batch (B, or B+P for a mixed step), in order."""
+    ab = {}
+    for tag, b, p, ms in AB_LINE.findall(text):
+        key = b if not p else f"{b}+{p}"
+        ab.setdefault(tag.strip(), {}).setdefault(key, []).append(float(ms))
+    return ab
+
+
 def record(out, commit, gpu):
     line = {"date": datetime.date.today().isoformat(), "commit": commit, "gpu": gpu}
     bench = read(os.path.join(out, "bench.txt"))
@@ -132,6 +148,31 @@ def record(out, commit, gpu):
     serving = read(os.path.join(out, "serving.txt"))
     if serving:
         line["serving"] = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"^(\w+) (\{.*\})$", serving, re.M)}
+    tests = {}
+    for name, what in (("kernels.txt", "cuda_kernels"), ("backend.txt", "cuda_backend")):
+        text = read(os.path.join(out, name))
+        m = text and re.search(r"test result: (\w+)\. (\d+) passed; (\d+) failed", text)
+        if m:
+            tests[what] = {"passed": int(m.group(2)), "failed": int(m.group(3))}
+    if tests:
+        line["gpu_tests"] = tests
+    mma = read(os.path.join(out, "mma_rate.txt"))
+    if mma:
+        rows = re.findall(r"^(\w+)\s+warps/SM\s+(\d+) chains\s+(\d+).*?:\s+([\d.]+) TFLOP/s", mma, re.M)
+        line["mma_rate_tflops"] = {f"{kind} warps {w} chains {c}": float(t) for kind, w, c, t in rows}
+    stage = read(os.path.join(out, "tiled_stage.txt"))
+    if stage:
+        rows = re.findall(r"^(\S+)\s+[\d.]+ us\s+[\d.]+ TFLOP/s\s+([\d.]+) us per stage", stage, re.M)
+        line["tiled_stage_us_per_stage"] = {name: float(us) for name, us in rows}
+    ab = {}
+    for name in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+        # (log.txt repeats every stage's lines; the plain benches are decode_ms.)
+        if name.endswith(".txt") and name not in ("bench.txt", "bench8k.txt", "log.txt"):
+            parsed = parse_ab(read(os.path.join(out, name)) or "")
+            if parsed:
+                ab[name[:-4]] = parsed
+    if ab:
+        line["ab_ms"] = ab
     return line
 
 

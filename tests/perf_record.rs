@@ -73,3 +73,37 @@ fn a_failed_invariance_and_missing_stages_are_reported_as_they_are() {
     }
     assert!(l["correctness"].get("mixed_invariant").is_none());
 }
+
+#[test]
+fn ab_stages_gpu_tests_and_microbenchmarks_become_fields() {
+    // The shapes device_run.sh writes: bench_as lines prefixed by their tag (a mixed step's
+    // too), the GPU tests' result lines, and bench/*.cu's tables.
+    let dir = tempfile::tempdir().unwrap();
+    let w = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    w(
+        "mixed.txt",
+        "bf16_inputs=1 run 1: prefill 2048 tokens: median 38.47 ms\n\
+         bf16_inputs=1 run 1: decode batch 64 ctx 1024: median 9.297 ms/step (greedy on device), min 9.284\n\
+         bf16_inputs=1 run 1: mixed step: decode batch 64 ctx 1024 + prefill 2048: median 49.327 ms/step, min 48.896\n\
+         bf16_inputs=1 run 1: mixed step: decode batch 64 ctx 1024 + prefill 2048: median 48.910 ms/step, min 48.643\n",
+    );
+    w("bench.txt", "decode batch 1 ctx 1024: median 3.810 ms/step (greedy on device), min 3.781\n");
+    // The call's log repeats every stage's lines: not an A/B of its own.
+    w("log.txt", "bf16_inputs=1 run 1: decode batch 64 ctx 1024: median 9.297 ms/step (greedy on device), min 9.284\n");
+    w("kernels.txt", "test t_gemm::gemm_matches ... ok\ntest result: ok. 37 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out\n");
+    w("backend.txt", "test result: FAILED. 7 passed; 1 failed; 0 ignored\n");
+    w("mma_rate.txt", "regs warps/SM  8 chains  2 regs  20:   637.5 TFLOP/s (0.869 ms)\nlds  warps/SM 16 chains 16 regs 119:   572.5 TFLOP/s (1.934 ms)\n");
+    w("tiled_stage.txt", "+bar+w+x        1234.5 us   400.0 TFLOP/s  1.58 us per stage (6.5 waves of blocks)\n");
+    let l = record(dir.path().to_str().unwrap());
+    let m = &l["ab_ms"]["mixed"]["bf16_inputs=1 run 1"];
+    assert_eq!(m["64"], serde_json::json!([9.297]));
+    assert_eq!(m["64+2048"], serde_json::json!([49.327, 48.91]), "both runs of a mixed step, in order");
+    assert!(l["ab_ms"].get("bench").is_none(), "the plain bench is decode_ms, not an A/B: {l}");
+    assert!(l["ab_ms"].get("log").is_none(), "the log is not an A/B: {l}");
+    assert_eq!(l["decode_ms"]["1"], 3.81);
+    assert_eq!(l["gpu_tests"]["cuda_kernels"], serde_json::json!({"passed": 37, "failed": 0}));
+    assert_eq!(l["gpu_tests"]["cuda_backend"]["failed"], 1, "a failed GPU test is recorded as failed");
+    assert_eq!(l["mma_rate_tflops"]["regs warps 8 chains 2"], 637.5);
+    assert_eq!(l["mma_rate_tflops"]["lds warps 16 chains 16"], 572.5);
+    assert_eq!(l["tiled_stage_us_per_stage"]["+bar+w+x"], 1.58);
+}
