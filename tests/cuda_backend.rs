@@ -70,11 +70,21 @@ fn toy_plan() -> plan_fixture::Built {
     built(&o, Some(arch), &kernels)
 }
 
+/// Options for the toy model: `running` slots, 256-token sequences, 512-token steps.
+fn toy_options(running: usize) -> CudaOptions {
+    CudaOptions { max_running: Some(running), max_seq_len: 256, max_step_tokens: 512, ..Default::default() }
+}
+
+/// KV blocks for `n` slots, 16 each (slot s owns blocks 16s..16s + 15).
+fn stripes(n: u32) -> Vec<Vec<u32>> {
+    (0..n).map(|s| (s * 16..(s + 1) * 16).collect()).collect()
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
 fn cuda_backend_matches_the_cpu_backend_on_the_toy_model() {
     let b = toy_plan();
-    let opt = CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, ..Default::default() };
+    let opt = toy_options(8);
     let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
     let (cpu_cfg, w) = kiln::checkpoint::load(&b.model).unwrap();
     let cap = Capacity { slots: 8, block_size: 16, kv_blocks: 8 * 16, max_seq_len: 256 };
@@ -111,8 +121,8 @@ fn cuda_backend_matches_the_cpu_backend_on_the_toy_model() {
     let prompt: Vec<u32> = (0..40u32).map(|i| (i * 3 + 2) % vocab).collect();
     let feed: Vec<u32> = (0..6u32).map(|i| (i * 11 + 4) % vocab).collect();
     let alone = run(&mut gpu, 0, &prompt, 64, &feed, &blocks);
-    let stripes: Vec<Vec<u32>> = (0..8u32).map(|s| (s * 16..(s + 1) * 16).collect()).collect();
-    let mut gpu8 = CudaBackend::load(&b.plan, None, &CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, ..Default::default() }).unwrap();
+    let stripes = stripes(8);
+    let mut gpu8 = CudaBackend::load(&b.plan, None, &toy_options(8)).unwrap();
     for (s, stripe) in stripes.iter().enumerate() {
         let p: Vec<u32> = if s == 0 { prompt.clone() } else { (0..(20 + s as u32 * 9)).map(|i| (i * 13 + s as u32) % vocab).collect() };
         gpu8.reset_slot(s).unwrap();
@@ -135,7 +145,7 @@ fn packed_weights_give_the_row_major_bits() {
     // row-major ones: prefill and decode logits bit-identical, alone and in a batch of 8
     // (the toy model packs out, o, fc, gate_up and qgkv; the rest stays row-major).
     let b = toy_plan();
-    let opt = |packed| CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, packed_weights: Some(packed), ..Default::default() };
+    let opt = |packed| CudaOptions { packed_weights: Some(packed), ..toy_options(8) };
     let mut rows = CudaBackend::load(&b.plan, None, &opt(false)).unwrap();
     let mut packed = CudaBackend::load(&b.plan, None, &opt(true)).unwrap();
     let vocab = b.cfg.vocab_size as u32;
@@ -149,7 +159,7 @@ fn packed_weights_give_the_row_major_bits() {
         assert_eq!(a, p, "prompt {len} (chunks of {chunk}): packed weights change the logits");
     }
     // Eight decode rows in one step (the shared-x kernel's batch).
-    let stripes: Vec<Vec<u32>> = (0..8u32).map(|s| (s * 16..(s + 1) * 16).collect()).collect();
+    let stripes = stripes(8);
     let mut outs = Vec::new();
     for be in [&mut rows, &mut packed] {
         for (s, stripe) in stripes.iter().enumerate() {
@@ -173,10 +183,10 @@ fn a_long_prefill_chunk_computes_the_same_bits_alone_and_in_a_mixed_step() {
     // `x_bf16` (`Rows::bf16_from`): the chunk's last logits and the decode steps after it
     // (which read its KV and GDN state) bit-identical, whatever order the caller gives.
     let b = toy_plan();
-    let opt = CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, ..Default::default() };
+    let opt = toy_options(8);
     let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
     let vocab = b.cfg.vocab_size as u32;
-    let stripes: Vec<Vec<u32>> = (0..8u32).map(|s| (s * 16..(s + 1) * 16).collect()).collect();
+    let stripes = stripes(8);
     let long: Vec<u32> = (0..100u32).map(|i| (i * 17 + 5) % vocab).collect();
     let feed: Vec<u32> = (0..4u32).map(|i| (i * 29 + 3) % vocab).collect();
     let alone = run(&mut gpu, 0, &long, 128, &feed, &stripes[0]);
@@ -219,12 +229,12 @@ fn a_long_prefill_chunk_computes_the_same_bits_alone_and_in_a_mixed_step() {
 fn masked_greedy_rows_take_the_argmax_over_their_allowed_ids() {
     use kiln::backend::cpu::ops::argmax_masked;
     let b = toy_plan();
-    let opt = CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, ..Default::default() };
+    let opt = toy_options(8);
     let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
     let vocab = b.cfg.vocab_size;
     let limit = vocab - 5;
     let words = vocab.div_ceil(32);
-    let stripes: Vec<Vec<u32>> = (0..4u32).map(|s| (s * 16..(s + 1) * 16).collect()).collect();
+    let stripes = stripes(4);
     let prompts: Vec<Vec<u32>> = (0..4u32).map(|s| (0..(10 + s * 7)).map(|i| (i * 13 + s) % vocab as u32).collect()).collect();
     let mut seed = 0x9e37_79b9u32;
     let mut rand = move || {
@@ -283,7 +293,7 @@ fn cuda_verify_is_exact_against_its_own_plain_decoding() {
     // lengths, ring wrap-around at every offset).
     let b = toy_plan();
     for (verify_graphs, n) in [(false, 1usize), (false, 5), (true, 1), (true, 5)] {
-        let opt = CudaOptions { max_running: Some(8), max_seq_len: 256, max_step_tokens: 512, spec_positions: 4, spec_rows: 8, verify_graphs, ..Default::default() };
+        let opt = CudaOptions { spec_positions: 4, spec_rows: 8, verify_graphs, ..toy_options(8) };
         let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
         let vocab = gpu.config().vocab_size;
         let per = 256 / gpu.capacity().block_size;
@@ -294,7 +304,7 @@ fn cuda_verify_is_exact_against_its_own_plain_decoding() {
     }
     let vocab = b.cfg.vocab_size;
     // Without verify scratch the backend refuses clearly.
-    let mut plain = CudaBackend::load(&b.plan, None, &CudaOptions { max_running: Some(2), max_seq_len: 256, max_step_tokens: 512, ..Default::default() }).unwrap();
+    let mut plain = CudaBackend::load(&b.plan, None, &toy_options(2)).unwrap();
     let t = [1u32, 2];
     let blocks: Vec<u32> = (0..16).collect();
     let err = plain.verify(&[kiln::backend::VerifyChunk { slot: 0, start_pos: 0, tokens: &t, blocks: &blocks, limit: vocab }]).unwrap_err();
@@ -308,7 +318,7 @@ fn cuda_speculation_with_the_mtp_head_gives_plain_greedy_output() {
     // decoding (on the same backend), and the device drafts agree with the CPU backend's
     // MTP head on the toy model (a wrong pairing or position accepts about nothing).
     let b = toy_plan();
-    let opt = CudaOptions { max_running: Some(2), max_seq_len: 256, max_step_tokens: 512, spec_positions: 4, spec_rows: 2, ..Default::default() };
+    let opt = CudaOptions { spec_positions: 4, spec_rows: 2, ..toy_options(2) };
     let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
     assert!(gpu.supports_speculation());
     let vocab = gpu.config().vocab_size;
@@ -343,11 +353,11 @@ fn a_timeline_build_times_every_launch_of_a_decode_graph() {
     std::env::set_var("KILN_TIMELINE", "1");
     let b = toy_plan();
     std::env::remove_var("KILN_TIMELINE");
-    let opt = CudaOptions { max_running: Some(4), max_seq_len: 256, max_step_tokens: 512, ..Default::default() };
+    let opt = toy_options(4);
     let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
     assert!(gpu.kernels().timeline().is_some(), "the timeline build's modules have no kiln_timeline");
     let vocab = gpu.config().vocab_size as u32;
-    let stripes: Vec<Vec<u32>> = (0..4u32).map(|s| (s * 16..(s + 1) * 16).collect()).collect();
+    let stripes = stripes(4);
     let prompt: Vec<u32> = (0..20u32).map(|i| (i * 11 + 2) % vocab).collect();
     for (s, blocks) in stripes.iter().enumerate() {
         gpu.reset_slot(s).unwrap();
@@ -405,7 +415,7 @@ fn the_cycle_on_the_device_equals_draft_then_verify() {
     use kiln::backend::speculative::draft_then_verify;
     use kiln::backend::DraftChunk;
     let b = toy_plan();
-    let opt = CudaOptions { max_running: Some(16), max_seq_len: 256, max_step_tokens: 512, spec_positions: 4, spec_rows: 8, ..Default::default() };
+    let opt = CudaOptions { spec_positions: 4, spec_rows: 8, ..toy_options(16) };
     let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
     let vocab = gpu.config().vocab_size;
     let per = 256 / gpu.capacity().block_size;

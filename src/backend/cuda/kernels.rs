@@ -104,6 +104,18 @@ impl From<Mat> for Delta {
     }
 }
 
+impl Delta {
+    /// The same delta from row `r` on. Split-K partials are summed by one launch over all
+    /// their rows, so they can only start at row 0.
+    pub fn rows(self, r: usize) -> Result<Self> {
+        match self {
+            Delta::Mat(m) => Ok(Delta::Mat(m.rows(r))),
+            Delta::Parts(_) if r > 0 => Err(anyhow!("split-K partials cannot be summed from row {r}")),
+            parts => Ok(parts),
+        }
+    }
+}
+
 /// Pointers to typed locals, as cuLaunchKernel wants its parameters.
 macro_rules! params {
     ($($x:ident),* $(,)?) => { [$( &$x as *const _ as *mut ::std::ffi::c_void ),*] };
@@ -286,17 +298,12 @@ impl Kernels {
         r
     }
 
-    /// Whether the fused verify's GDN computes every position's inputs first and keeps
-    /// one barrier between position updates (kiln_gdn_verify_pre): the same bits as
-    /// kiln_gdn_verify (kernel test), verify 5.017 against 5.090 ms at batch 1 and 6.070
-    /// against 6.586 at 4 (H100, session 14 call 2). `KILN_GDN_VERIFY_PRE=0` turns it off.
-    pub fn gdn_verify_pre(&self) -> bool {
-        self.gdn_verify_pre
-    }
-
     /// The kernel of a fused verify over `seqs` sequences: `KILN_GDN_VERIFY_SPLIT_MAX_SEQS`
     /// sequences or fewer the cluster-split form, else kiln_gdn_verify_pre (or with
-    /// `KILN_GDN_VERIFY_PRE=0` kiln_gdn_verify). The same bits.
+    /// `KILN_GDN_VERIFY_PRE=0` kiln_gdn_verify). The same bits (kernel test). The pre form
+    /// computes every position's inputs first and keeps one barrier between position
+    /// updates: verify 5.017 against 5.090 ms at batch 1 and 6.070 against 6.586 at 4
+    /// (H100, session 14 call 2).
     pub fn gdn_verify_kind(&self, seqs: usize) -> GdnVerifyKind {
         if seqs <= self.gdn_verify_split_max_seqs {
             GdnVerifyKind::Split
@@ -380,4 +387,19 @@ impl Kernels {
 pub(crate) fn check_aligned(p: DevPtr, bytes: u64, what: &str) -> Result<()> {
     ensure!(p.is_multiple_of(bytes), "{what}: device pointer {p:#x} is not {bytes}-byte aligned");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delta_from_a_row_moves_a_matrix_and_keeps_partials_at_row_zero() {
+        let m = Mat { ptr: 0x1000, ld: 2560, dtype: DType::F32 };
+        assert_eq!(Delta::Mat(m).rows(3).unwrap(), Delta::Mat(Mat { ptr: 0x1000 + 3 * 2560 * 4, ..m }));
+        let parts = Delta::Parts(SplitParts { ptr: 0x2000, splits: 13, split_stride: 2560, ld: 2560 });
+        assert_eq!(parts.rows(0).unwrap(), parts);
+        let e = parts.rows(1).unwrap_err().to_string();
+        assert!(e.contains("row 1"), "{e}");
+    }
 }

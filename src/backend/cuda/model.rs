@@ -11,7 +11,7 @@ use super::pools::{Scratch, StatePools, LOGIT_ROWS};
 use super::weights::{DeviceWeights, FullPtrs, LayerPtrs, LinearPtrs, MixerPtrs};
 use crate::backend::step::{MetaOffsets, Step, StepLayout, SKINNY_MAX_CHUNK};
 use crate::config::ModelConfig;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use cudarc::driver::CudaStream;
 use std::cell::RefCell;
 
@@ -123,11 +123,7 @@ impl LayerStack<'_> {
     fn norm_to_gemm_input(&self, delta: Option<Delta>, w: DevPtr, r: &Rows) -> Result<()> {
         let (s, h) = (self.s, self.cfg.hidden_size);
         for (r0, r1, bf16) in r.runs(0, r.l.num_tokens()) {
-            let d = match delta {
-                Some(Delta::Mat(m)) => Some(Delta::Mat(m.rows(r0))),
-                Some(Delta::Parts(_)) if r0 > 0 => bail!("split-K partials cannot be summed from row {r0}"),
-                d => d,
-            };
+            let d = delta.map(|d| d.rows(r0)).transpose()?;
             let out = gemm_input_at(s, s.normed.ptr, r.act, h, r0, bf16);
             let (nb, nf) = split_by_dtype(out.dtype, out.ptr);
             self.k.add_rmsnorm(self.stream, s.resid.ptr + (r0 * h * 4) as u64, d, w, nb, nf, r1 - r0)?;
@@ -185,7 +181,7 @@ impl LayerStack<'_> {
         let (qkv_dim, vd, nv) = (c.linear_qkv_dim(), c.linear_value_dim(), c.linear_num_value_heads);
         // One GEMM for [qkv | z | b | a]; the consumers read views of its rows.
         let wide_w = qkv_dim + vd + 2 * nv;
-        self.gemm(g.qkvzba, s.normed.ptr, r.act, s.wide.ptr, wide_w, h, r.l, r.bf16_from)?;
+        self.gemm(g.qkvzba, s.normed.ptr, s.wide.ptr, wide_w, h, r)?;
         let qkvz = Mat::f32(s.wide.ptr, wide_w);
         let ba = qkvz.cols(qkv_dim + vd);
         let out = Mat { ptr: s.mix_in.ptr, ld: vd, dtype: r.act };
@@ -243,7 +239,7 @@ impl LayerStack<'_> {
         let (h, t, nd) = (c.hidden_size, r.l.num_tokens(), r.decode_seqs);
         let attn_w = c.num_heads * c.head_dim;
         let qgkv_w = (2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim;
-        self.gemm(a.qgkv, s.normed.ptr, r.act, s.wide.ptr, qgkv_w, h, r.l, r.bf16_from)?;
+        self.gemm(a.qgkv, s.normed.ptr, s.wide.ptr, qgkv_w, h, r)?;
         let qg = Mat::f32(s.wide.ptr, qgkv_w);
         let kq = 2 * c.num_heads * c.head_dim;
         let (kc, vc) = (self.pools.k_layer(fi), self.pools.v_layer(fi));
@@ -292,16 +288,11 @@ impl LayerStack<'_> {
         let gate_up = if self.k.gemm_choices().defer_gate_up && self.deferrable(r.l) {
             self.k.gemm_deferred(self.stream, layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, t, 2 * i, h, &s.gemm)?
         } else {
-            self.gemm(layer.gate_up, s.normed.ptr, r.act, s.wide.ptr, 2 * i, h, r.l, r.bf16_from)?;
+            self.gemm(layer.gate_up, s.normed.ptr, s.wide.ptr, 2 * i, h, r)?;
             Mat::f32(s.wide.ptr, 2 * i).into()
         };
         for (r0, r1, bf16) in r.runs(0, t) {
-            let gu = match gate_up {
-                Delta::Mat(m) => Delta::Mat(m.rows(r0)),
-                Delta::Parts(_) if r0 > 0 => bail!("split-K partials cannot be summed from row {r0}"),
-                d => d,
-            };
-            self.k.silu_mul(self.stream, gu, i, gemm_input_at(s, s.mix_in.ptr, r.act, i, r0, bf16), i, r1 - r0)?;
+            self.k.silu_mul(self.stream, gate_up.rows(r0)?, i, gemm_input_at(s, s.mix_in.ptr, r.act, i, r0, bf16), i, r1 - r0)?;
         }
         self.gemm_to_norm(layer.down, s.mix_in.ptr, h, i, r)
     }
@@ -318,24 +309,23 @@ impl LayerStack<'_> {
     /// split-K partials, which the norm sums (`Kernels::gemm_deferred`: the same bits
     /// without the launch's tail). Nothing may use the GEMM scratch before that norm.
     fn gemm_to_norm(&self, w: GemmWeight, x: DevPtr, n: usize, kdim: usize, r: &Rows) -> Result<Delta> {
-        let (s, l, xdt) = (self.s, r.l, r.act);
-        if self.deferrable(l) {
-            return self.k.gemm_deferred(self.stream, w, x, xdt, s.delta.ptr, l.num_tokens(), n, kdim, &s.gemm);
+        let s = self.s;
+        if self.deferrable(r.l) {
+            return self.k.gemm_deferred(self.stream, w, x, r.act, s.delta.ptr, r.l.num_tokens(), n, kdim, &s.gemm);
         }
-        self.gemm(w, x, xdt, s.delta.ptr, n, kdim, l, r.bf16_from)?;
+        self.gemm(w, x, s.delta.ptr, n, kdim, r)?;
         Ok(Mat::f32(s.delta.ptr, n).into())
     }
 
-    /// y[T][N] = x[T][K] . W[N][K]^T over the step's rows; x is in dtype `xdt` (see
-    /// `gemm_input`), except rows from `bf16_from`, whose bf16 copy is in `x_bf16` (see
-    /// `Rows::bf16_from`). A chunk longer than 64 tokens (prefill) goes through cuBLASLt
+    /// y[T][N] = x[T][K] . W[N][K]^T over the rows of `r`; x is in the step's dtype `r.act`
+    /// (see `gemm_input`), except rows from `r.bf16_from`, whose bf16 copy is in `x_bf16`
+    /// (see `Rows::bf16_from`). A chunk longer than 64 tokens (prefill) goes through cuBLASLt
     /// (bf16 activations, one call with M = its length); every other row through the
     /// decode GEMM in pieces of up to 256 rows (64 with `KILN_GEMM_TILED=0`). Either way a row's result depends only on its own
     /// chunk, never on what else is in the step (the skinny GEMM's result does not
     /// depend on M).
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(&self, w: GemmWeight, x: DevPtr, xdt: DType, y: DevPtr, n: usize, kdim: usize, l: &StepLayout, bf16_from: usize) -> Result<()> {
-        let s = self.s;
+    fn gemm(&self, w: GemmWeight, x: DevPtr, y: DevPtr, n: usize, kdim: usize, r: &Rows) -> Result<()> {
+        let (s, l, xdt, bf16_from) = (self.s, r.l, r.act, r.bf16_from);
         let skinny = |r0: usize, r1: usize| -> Result<()> {
             let piece = self.k.gemm_choices().decode_gemm_rows();
             for r in (r0..r1).step_by(piece) {
@@ -371,7 +361,7 @@ impl LayerStack<'_> {
     /// producers write it directly, bit-identical to converting their fp32 output),
     /// else the engine's activation dtype.
     fn gemm_input(&self, l: &StepLayout) -> DType {
-        if l.cu_seqlens.windows(2).all(|w| (w[1] - w[0]) as usize > SKINNY_MAX_CHUNK) {
+        if l.long_rows_from() == 0 {
             DType::BF16
         } else {
             self.act

@@ -67,7 +67,7 @@ impl LayerStack<'_> {
         let (kq, kv_w) = (2 * c.num_heads * c.head_dim, 2 * c.num_kv_heads * c.head_dim);
         // Rows kq.. of the [q | gate | k | v] weight are k and v.
         let w_kv = attn.qgkv.from_row(kq, h);
-        self.gemm(w_kv, s.normed.ptr, rows.act, s.wide.ptr, kv_w, h, l, rows.bf16_from)?;
+        self.gemm(w_kv, s.normed.ptr, s.wide.ptr, kv_w, h, &rows)?;
         let kv = Mat::f32(s.wide.ptr, kv_w);
         // qk_norm_rope normalises queries too: it reads them from the k/v rows (within
         // `wide`, sized for the whole projection) and writes them to `q`, unused.
@@ -95,7 +95,7 @@ impl LayerStack<'_> {
             bf16_from: l.num_tokens(),
         };
         let (s, h, t) = (self.s, self.cfg.hidden_size, l.num_tokens());
-        self.gemm(m.fc, b.cat, rows.act, s.resid.ptr, h, 2 * h, l, rows.bf16_from)?;
+        self.gemm(m.fc, b.cat, s.resid.ptr, h, 2 * h, &rows)?;
         let (nb, nf) = split_by_dtype(rows.act, s.normed.ptr);
         self.k.add_rmsnorm(self.stream, s.resid.ptr, None, m.layer.input_norm, nb, nf, t)?;
         Ok(rows)
