@@ -13,6 +13,7 @@
 // Only instructions that exist on both sm_90 and sm_100 are used (mma.sync, ld.global.nc).
 #pragma once
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #if !defined(HIDDEN) || !defined(INTER) || !defined(VOCAB) || !defined(NUM_HEADS) ||        \
     !defined(NUM_KV_HEADS) || !defined(HEAD_DIM) || !defined(ROTARY_DIM) ||                 \
@@ -166,23 +167,80 @@ __device__ __forceinline__ uint2 split_bf16x2(float x0, float x1) {
     return make_uint2(hi, pack_bf16x2(x0 - bf16lo(hi), x1 - bf16hi(hi)));
 }
 
-// 8 consecutive elements <-> 8 floats (16-byte aligned for bf16, 32-byte for float).
-__device__ __forceinline__ void load8(const bf16* p, float* o) {
-    uint4 u = *reinterpret_cast<const uint4*>(p);
-    o[0] = bf16lo(u.x); o[1] = bf16hi(u.x); o[2] = bf16lo(u.y); o[3] = bf16hi(u.y);
-    o[4] = bf16lo(u.z); o[5] = bf16hi(u.z); o[6] = bf16lo(u.w); o[7] = bf16hi(u.w);
+// The GEMMs' 16-bit operand (docs/numerics.md): the type of every GEMM weight and of
+// every GEMM input written in 16 bits. bf16 by default, where fp32 x goes to the tensor
+// cores as bf16 hi + lo (two MMAs per product, ~16 bits of x). A plan built with
+// KILN_GEMM_F16=1 holds its GEMM weights (and the tied embedding) as fp16 and feeds x as
+// fp16: one MMA per product, 11 bits of x, W exact for |w| >= 2^-14 (docs/numerics.md has
+// the emulated accuracy of both). Only the GEMMs (gemm.cu, gemm_tiled.cu) and the
+// kernels that write their 16-bit inputs or read their weights use `gop`; the KV cache and
+// every other bf16 tensor stay bf16.
+#ifndef KILN_GEMM_F16
+#define KILN_GEMM_F16 0
+#endif
+#if KILN_GEMM_F16
+typedef __half gop;
+#else
+typedef bf16 gop;
+#endif
+// Whether a GEMM's fp32 x has a lo part (a second MMA per product).
+#define GOP_LO (!KILN_GEMM_F16)
+// A pair of 16-bit floats in one 32-bit word, per type: pack (round to nearest), the
+// two halves' values, one element.
+template <typename T> struct H16;
+template <> struct H16<bf16> {
+    static __device__ __forceinline__ unsigned pack(float lo, float hi) { return pack_bf16x2(lo, hi); }
+    static __device__ __forceinline__ float lo(unsigned v) { return bf16lo(v); }
+    static __device__ __forceinline__ float hi(unsigned v) { return bf16hi(v); }
+    static __device__ __forceinline__ bf16 one(float x) { return __float2bfloat16_rn(x); }
+};
+template <> struct H16<__half> {
+    static __device__ __forceinline__ unsigned pack(float lo, float hi) {
+        __half2 v = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<unsigned*>(&v);
+    }
+    static __device__ __forceinline__ float lo(unsigned v) { return __half2float(__ushort_as_half((unsigned short)(v & 0xffffu))); }
+    static __device__ __forceinline__ float hi(unsigned v) { return __half2float(__ushort_as_half((unsigned short)(v >> 16))); }
+    static __device__ __forceinline__ __half one(float x) { return __float2half_rn(x); }
+};
+// Two floats rounded to a pair of GEMM operands (round to nearest, as cuBLASLt's inputs
+// and every decode GEMM's x): the same bits whoever rounds them.
+__device__ __forceinline__ unsigned pack_gop2(float lo, float hi) { return H16<gop>::pack(lo, hi); }
+// The lo pair of two fp32 x whose hi pair is `hi` (pack_gop2): bf16(x - hi), or 0 with
+// fp16 operands (GOP_LO 0).
+__device__ __forceinline__ unsigned gop_lo2(float x0, float x1, unsigned hi) {
+#if KILN_GEMM_F16
+    return 0u;
+#else
+    return pack_bf16x2(x0 - bf16lo(hi), x1 - bf16hi(hi));
+#endif
 }
+// {hi, lo} operand pairs of two fp32 x: bf16 hi + lo, or fp16 and no lo (GOP_LO 0).
+__device__ __forceinline__ uint2 gop_split2(float x0, float x1) {
+    const unsigned hi = pack_gop2(x0, x1);
+    return make_uint2(hi, gop_lo2(x0, x1, hi));
+}
+// 8 consecutive elements <-> 8 floats (16-byte aligned for bf16, 32-byte for float).
+template <typename T> __device__ __forceinline__ void load8_16(const T* p, float* o) {
+    using H = H16<T>;
+    uint4 u = *reinterpret_cast<const uint4*>(p);
+    o[0] = H::lo(u.x); o[1] = H::hi(u.x); o[2] = H::lo(u.y); o[3] = H::hi(u.y);
+    o[4] = H::lo(u.z); o[5] = H::hi(u.z); o[6] = H::lo(u.w); o[7] = H::hi(u.w);
+}
+__device__ __forceinline__ void load8(const bf16* p, float* o) { load8_16(p, o); }
 __device__ __forceinline__ void load8(const float* p, float* o) {
     float4 a = *reinterpret_cast<const float4*>(p);
     float4 b = *reinterpret_cast<const float4*>(p + 4);
     o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
 }
-__device__ __forceinline__ void store8(bf16* p, const float* v) {
+template <typename T> __device__ __forceinline__ void store8_16(T* p, const float* v) {
+    using H = H16<T>;
     uint4 u;
-    u.x = pack_bf16x2(v[0], v[1]); u.y = pack_bf16x2(v[2], v[3]);
-    u.z = pack_bf16x2(v[4], v[5]); u.w = pack_bf16x2(v[6], v[7]);
+    u.x = H::pack(v[0], v[1]); u.y = H::pack(v[2], v[3]);
+    u.z = H::pack(v[4], v[5]); u.w = H::pack(v[6], v[7]);
     *reinterpret_cast<uint4*>(p) = u;
 }
+__device__ __forceinline__ void store8(bf16* p, const float* v) { store8_16(p, v); }
 __device__ __forceinline__ void store8(float* p, const float* v) {
     *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
     *reinterpret_cast<float4*>(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
@@ -211,18 +269,20 @@ template <int N> __device__ __forceinline__ void loadn(const float* p, float* o)
         for (int i = 0; i < N; ++i) o[i] = p[i];
     }
 }
-template <int N> __device__ __forceinline__ void storen(bf16* p, const float* v) {
+template <int N, typename T> __device__ __forceinline__ void storen_16(T* p, const float* v) {
+    using H = H16<T>;
     if constexpr (N == 8) {
-        store8(p, v);
+        store8_16(p, v);
     } else if constexpr (N == 4) {
-        *reinterpret_cast<uint2*>(p) = make_uint2(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]));
+        *reinterpret_cast<uint2*>(p) = make_uint2(H::pack(v[0], v[1]), H::pack(v[2], v[3]));
     } else if constexpr (N == 2) {
-        *reinterpret_cast<unsigned*>(p) = pack_bf16x2(v[0], v[1]);
+        *reinterpret_cast<unsigned*>(p) = H::pack(v[0], v[1]);
     } else {
 #pragma unroll
-        for (int i = 0; i < N; ++i) p[i] = __float2bfloat16_rn(v[i]);
+        for (int i = 0; i < N; ++i) p[i] = H::one(v[i]);
     }
 }
+template <int N> __device__ __forceinline__ void storen(bf16* p, const float* v) { storen_16<N>(p, v); }
 template <int N> __device__ __forceinline__ void storen(float* p, const float* v) {
     if constexpr (N == 4) {
         *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
@@ -324,6 +384,15 @@ __device__ __forceinline__ void sum_parts_4x2(const float* __restrict__ p, int o
             }
     }
 }
+#if KILN_GEMM_F16
+// The same for fp16 GEMM operands (with KILN_GEMM_F16 = 0, gop is bf16: the overloads above).
+__device__ __forceinline__ void load8(const gop* p, float* o) { load8_16(p, o); }
+__device__ __forceinline__ void store8(gop* p, const float* v) { store8_16(p, v); }
+template <int N> __device__ __forceinline__ void storen(gop* p, const float* v) { storen_16<N>(p, v); }
+#endif
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+
 // torch.nn.functional.softplus (beta 1, threshold 20).
 __device__ __forceinline__ float softplusf_(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 
@@ -336,6 +405,18 @@ __device__ __forceinline__ void mma_16816(float* d, const unsigned* a, const uns
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// d += a * b on GEMM operands (bf16, or fp16 with KILN_GEMM_F16), same fragments.
+__device__ __forceinline__ void mma_gop(float* d, const unsigned* a, const unsigned* b) {
+#if KILN_GEMM_F16
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    mma_16816(d, a, b);
+#endif
 }
 
 // Four 8x8 bf16 matrices from shared memory; lane l gives the address of row l%8 of

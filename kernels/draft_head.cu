@@ -40,12 +40,12 @@ using namespace kiln;
 static_assert(KILN_SMEM_GEMV_I8 == DH_MAX_M * DH_LDX(HIDDEN) * 2, "kiln_gemv_i8's shared memory differs from registry::gemv_i8_smem");
 #endif
 
-extern "C" __global__ void __launch_bounds__(DH_THREADS) kiln_quant_rows_i8(const bf16* __restrict__ w, unsigned char* __restrict__ q,
+extern "C" __global__ void __launch_bounds__(DH_THREADS) kiln_quant_rows_i8(const gop* __restrict__ w, unsigned char* __restrict__ q,
                                                                           float* __restrict__ scale, int N, int K) {
     KILN_PDL_ENTER();
     const int lane = threadIdx.x & 31, n = blockIdx.x * (DH_THREADS / 32) + (threadIdx.x >> 5);
     if (n >= N) return;
-    const bf16* row = w + (size_t)n * K;
+    const gop* row = w + (size_t)n * K;
     float amax = 0.f;
     for (int k = lane * 8; k < K; k += 256) {
         float f[8];
@@ -203,12 +203,12 @@ extern "C" __global__ void __launch_bounds__(DH_THREADS) kiln_gemv_i8(const unsi
 //   grid, block and shared memory as kiln_gemv_i8.
 #define DH4_GROUP_K 128
 
-extern "C" __global__ void __launch_bounds__(DH_THREADS) kiln_quant_rows_i4(const bf16* __restrict__ w, unsigned char* __restrict__ q,
+extern "C" __global__ void __launch_bounds__(DH_THREADS) kiln_quant_rows_i4(const gop* __restrict__ w, unsigned char* __restrict__ q,
                                                                           float* __restrict__ scale, int N, int K, int sg) {
     KILN_PDL_ENTER();
     const int lane = threadIdx.x & 31, n = blockIdx.x * (DH_THREADS / 32) + (threadIdx.x >> 5);
     if (n >= N) return;
-    const bf16* row = w + (size_t)n * K;
+    const gop* row = w + (size_t)n * K;
     // Nibble position of k % 8: k0 k2 k4 k6 in nibbles 0-3, k1 k3 k5 k7 in 4-7.
     const int pos[8] = {0, 4, 1, 5, 2, 6, 3, 7};
     for (int k0 = 0; k0 < K; k0 += 256) {

@@ -65,6 +65,8 @@
 //   tag (i << 4 | a) names another length than accepted[i] gets zero bytes (segs as
 //   kiln_copy_segments reads them). n <= 256. grid 1, block 256.
 //
+// A 16-bit output of silu_mul, output_gate, f32_to_bf16 and gather_rows is a GEMM input:
+// the GEMMs' operand type `gop` (common.cuh; "bf16" in those names means it).
 #include "common.cuh"
 
 using namespace kiln;
@@ -106,9 +108,9 @@ __device__ __forceinline__ void output_gate(const float* __restrict__ attn, cons
         output_gate<G, OUT>(attn, gate, ld_gate, gate_hs, out, ld_out, T);                        \
     }
 OUTPUT_GATE(kiln_output_gate_f32_f32, float, float)
-OUTPUT_GATE(kiln_output_gate_f32_bf16, float, bf16)
+OUTPUT_GATE(kiln_output_gate_f32_bf16, float, gop)
 OUTPUT_GATE(kiln_output_gate_bf16_f32, bf16, float)
-OUTPUT_GATE(kiln_output_gate_bf16_bf16, bf16, bf16)
+OUTPUT_GATE(kiln_output_gate_bf16_bf16, bf16, gop)
 
 // silu(g) * u for 4 consecutive outputs: one expression for silu_mul and silu_mul_parts.
 template <typename OUT>
@@ -146,9 +148,9 @@ __device__ __forceinline__ void silu_mul(const IN* __restrict__ gu, int ld_in, i
         silu_mul<IN, OUT>(gu, ld_in, up_off, out, ld_out, n, M);                                  \
     }
 SILU_MUL(kiln_silu_mul_f32_f32, float, float)
-SILU_MUL(kiln_silu_mul_f32_bf16, float, bf16)
+SILU_MUL(kiln_silu_mul_f32_bf16, float, gop)
 SILU_MUL(kiln_silu_mul_bf16_f32, bf16, float)
-SILU_MUL(kiln_silu_mul_bf16_bf16, bf16, bf16)
+SILU_MUL(kiln_silu_mul_bf16_bf16, bf16, gop)
 
 // Partials of gate and up loaded at once per thread (four outputs each): the gate_up
 // GEMM's 3 splits (132 or 148 SMs) in one L2 round trip.
@@ -195,7 +197,7 @@ __device__ __forceinline__ void silu_mul_parts(const float* __restrict__ parts, 
         silu_mul_parts<OUT>(parts, splits, split_stride, ld_in, up_off, out, ld_out, n, M);       \
     }
 SILU_MUL_PARTS(kiln_silu_mul_parts_f32, float)
-SILU_MUL_PARTS(kiln_silu_mul_parts_bf16, bf16)
+SILU_MUL_PARTS(kiln_silu_mul_parts_bf16, gop)
 
 // A (value, index) candidate as one 64-bit key: larger key = better candidate. High
 // word: the float's bits mapped to an unsigned order (-0 first made +0, so the two
@@ -287,18 +289,17 @@ extern "C" __global__ void __launch_bounds__(AMAX_THREADS)
     argmax_slice<float, true>(logits + (size_t)m * ld, n, masks + (size_t)k * words, m, out, keys, counters);
 }
 
-extern "C" __global__ void __launch_bounds__(256) kiln_f32_to_bf16(const float* __restrict__ x, bf16* __restrict__ y, int n) {
+extern "C" __global__ void __launch_bounds__(256) kiln_f32_to_bf16(const float* __restrict__ x, gop* __restrict__ y, int n) {
     // Like every kiln kernel: under PDL (the decode graphs), wait for the predecessor's
     // writes (with KILN_ACT=bf16 this reads the attention combine's output).
     KILN_PDL_ENTER();
     const int i = (blockIdx.x * 256 + threadIdx.x) * 4;
     if (i + 3 < n) {
         const float4 v = *reinterpret_cast<const float4*>(x + i);
-        bf162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-        *reinterpret_cast<bf162*>(y + i) = lo;
-        *reinterpret_cast<bf162*>(y + i + 2) = hi;
+        *reinterpret_cast<unsigned*>(y + i) = pack_gop2(v.x, v.y);
+        *reinterpret_cast<unsigned*>(y + i + 2) = pack_gop2(v.z, v.w);
     } else {
-        for (int j = i; j < n; j++) y[j] = __float2bfloat16_rn(x[j]);
+        for (int j = i; j < n; j++) y[j] = from_f<gop>(x[j]);
     }
 }
 
@@ -318,8 +319,8 @@ extern "C" __global__ void __launch_bounds__(256)
     gather_rows<float>(src, rows, dst, width, n);
 }
 extern "C" __global__ void __launch_bounds__(256)
-    kiln_gather_rows_bf16(const bf16* src, const int* rows, bf16* dst, int width, int n) {
-    gather_rows<bf16>(src, rows, dst, width, n);
+    kiln_gather_rows_bf16(const gop* src, const int* rows, gop* dst, int width, int n) {
+    gather_rows<gop>(src, rows, dst, width, n);
 }
 
 extern "C" __global__ void __launch_bounds__(256) kiln_copy_segments(const unsigned long long* segs, int n) {

@@ -268,9 +268,9 @@ __device__ __forceinline__ void gdn_decode(const IN* __restrict__ qkv, int ld_qk
                             dt_bias, norm_w, slots, pos, state_io, out, ld_out, B);                \
     }
 GDN_DECODE(kiln_gdn_decode_f32_f32, float, float)
-GDN_DECODE(kiln_gdn_decode_f32_bf16, float, bf16)
+GDN_DECODE(kiln_gdn_decode_f32_bf16, float, gop)
 GDN_DECODE(kiln_gdn_decode_bf16_f32, bf16, float)
-GDN_DECODE(kiln_gdn_decode_bf16_bf16, bf16, bf16)
+GDN_DECODE(kiln_gdn_decode_bf16_bf16, bf16, gop)
 
 // ---------------------------------------------------------------------------------
 // Fused verify step, kiln_gdn_verify_{in}_{out}: every fed position of a sequence in one
@@ -520,13 +520,13 @@ __device__ __forceinline__ void gdn_verify_pre(const IN* __restrict__ qkv, int l
                     norm_w, slots, pos, state_io, positions, first, count, out, ld_out);            \
     }
 GDN_VERIFY(kiln_gdn_verify_f32_f32, gdn_verify, float, float)
-GDN_VERIFY(kiln_gdn_verify_f32_bf16, gdn_verify, float, bf16)
+GDN_VERIFY(kiln_gdn_verify_f32_bf16, gdn_verify, float, gop)
 GDN_VERIFY(kiln_gdn_verify_bf16_f32, gdn_verify, bf16, float)
-GDN_VERIFY(kiln_gdn_verify_bf16_bf16, gdn_verify, bf16, bf16)
+GDN_VERIFY(kiln_gdn_verify_bf16_bf16, gdn_verify, bf16, gop)
 GDN_VERIFY(kiln_gdn_verify_pre_f32_f32, gdn_verify_pre, float, float)
-GDN_VERIFY(kiln_gdn_verify_pre_f32_bf16, gdn_verify_pre, float, bf16)
+GDN_VERIFY(kiln_gdn_verify_pre_f32_bf16, gdn_verify_pre, float, gop)
 GDN_VERIFY(kiln_gdn_verify_pre_bf16_f32, gdn_verify_pre, bf16, float)
-GDN_VERIFY(kiln_gdn_verify_pre_bf16_bf16, gdn_verify_pre, bf16, bf16)
+GDN_VERIFY(kiln_gdn_verify_pre_bf16_bf16, gdn_verify_pre, bf16, gop)
 
 #define GDN_VERIFY_SPLIT(NAME, IN, OUT)                                                             \
     extern "C" __global__ void __cluster_dims__(GDN_CSPLIT, 1, 1) __launch_bounds__(GDN_SPLIT_THREADS, 4) \
@@ -538,9 +538,9 @@ GDN_VERIFY(kiln_gdn_verify_pre_bf16_bf16, gdn_verify_pre, bf16, bf16)
                                             dt_bias, norm_w, slots, pos, state_io, positions, first, count, out, ld_out); \
     }
 GDN_VERIFY_SPLIT(kiln_gdn_verify_split_f32_f32, float, float)
-GDN_VERIFY_SPLIT(kiln_gdn_verify_split_f32_bf16, float, bf16)
+GDN_VERIFY_SPLIT(kiln_gdn_verify_split_f32_bf16, float, gop)
 GDN_VERIFY_SPLIT(kiln_gdn_verify_split_bf16_f32, bf16, float)
-GDN_VERIFY_SPLIT(kiln_gdn_verify_split_bf16_bf16, bf16, bf16)
+GDN_VERIFY_SPLIT(kiln_gdn_verify_split_bf16_bf16, bf16, gop)
 
 // kiln_conv_ring_write_{in}(const IN* qkv, int ld_qkv, float* conv_state, const int* slots,
 //     const int* pos, int T): for every row t with slots[t] >= 0, the ring row of position

@@ -33,7 +33,9 @@
 // is permuted identically for A and B so that one 16-byte load per lane of W row r
 // holds exactly the A fragments of two k16 steps, and x needs one 8-element load per
 // lane and batch tile. fp32 x is split into bf16 hi + lo parts (two MMAs), which keeps
-// about 16 mantissa bits of x: near-fp32 accuracy at no extra weight traffic.
+// about 16 mantissa bits of x: near-fp32 accuracy at no extra weight traffic. In a plan
+// built with KILN_GEMM_F16=1, W and 16-bit x are fp16 and fp32 x is rounded to fp16, one
+// MMA per product (common.cuh, `gop`; docs/numerics.md).
 #include "common.cuh"
 
 using namespace kiln;
@@ -54,13 +56,13 @@ __device__ __forceinline__ uint4 ld_stream(const bf16* p) {
 __device__ __forceinline__ void mma_w_x(float* acc, const uint4& a, const uint4& b, const uint4& x) {
     const unsigned s0[4] = {a.x, b.x, a.y, b.y}, s1[4] = {a.z, b.z, a.w, b.w};
     const unsigned x01[2] = {x.x, x.y}, x23[2] = {x.z, x.w};
-    mma_16816(acc, s0, x01);
-    mma_16816(acc, s1, x23);
+    mma_gop(acc, s0, x01);
+    mma_gop(acc, s1, x23);
 }
 
 // One chunk for JT batch tiles and RW W tiles: every accumulator gets x hi's two steps,
-// then (fp32 x) x lo's two, the order every decode GEMM kernel uses (gemm_tiled.cu too),
-// so their bits agree.
+// then (fp32 x with bf16 operands) x lo's two, the order every decode GEMM kernel uses
+// (gemm_tiled.cu too), so their bits agree.
 // The accumulators are independent, so the scheduler may interleave their chains.
 template <int JT, int RW, int NT, bool XF32>
 __device__ __forceinline__ void mma_chunk_tiles(float (&acc)[RW][NT][4], const uint4 (&w)[RW][2], const uint4 (&hi)[JT],
@@ -69,7 +71,7 @@ __device__ __forceinline__ void mma_chunk_tiles(float (&acc)[RW][NT][4], const u
     for (int j = 0; j < JT; ++j)
 #pragma unroll
         for (int r = 0; r < RW; ++r) mma_w_x(acc[r][j], w[r][0], w[r][1], hi[j]);
-    if constexpr (XF32) {
+    if constexpr (XF32 && GOP_LO) {
 #pragma unroll
         for (int j = 0; j < JT; ++j)
 #pragma unroll
@@ -105,8 +107,8 @@ __device__ __forceinline__ void x_frags(const XRaw<XF32>& r, unsigned* hi, unsig
         const float v[8] = {r.a.x, r.a.y, r.a.z, r.a.w, r.b.x, r.b.y, r.b.z, r.b.w};
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            hi[i] = pack_bf16x2(v[2 * i], v[2 * i + 1]);
-            lo[i] = pack_bf16x2(v[2 * i] - bf16lo(hi[i]), v[2 * i + 1] - bf16hi(hi[i]));
+            hi[i] = pack_gop2(v[2 * i], v[2 * i + 1]);
+            lo[i] = gop_lo2(v[2 * i], v[2 * i + 1], hi[i]);
         }
     } else {
         hi[0] = __float_as_uint(r.a.x); hi[1] = __float_as_uint(r.a.y); hi[2] = __float_as_uint(r.a.z); hi[3] = __float_as_uint(r.a.w);
@@ -129,8 +131,8 @@ __device__ __forceinline__ void load_x(const void* xv, int m, int K, int k, bool
         const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            hi[i] = pack_bf16x2(v[2 * i], v[2 * i + 1]);
-            lo[i] = pack_bf16x2(v[2 * i] - bf16lo(hi[i]), v[2 * i + 1] - bf16hi(hi[i]));
+            hi[i] = pack_gop2(v[2 * i], v[2 * i + 1]);
+            lo[i] = gop_lo2(v[2 * i], v[2 * i + 1], hi[i]);
         }
     } else {
         const bf16* p = reinterpret_cast<const bf16*>(xv) + (size_t)m * K + k;
@@ -359,7 +361,7 @@ __device__ __forceinline__ void skinny_gemm(const bf16* __restrict__ W, const vo
 #pragma unroll
                     for (int r = 0; r < RW; ++r) {
                         mma_w_x(acc[r][j], cur[r][0], cur[r][1], make_uint4(hi[0], hi[1], hi[2], hi[3]));
-                        if constexpr (XF32) mma_w_x(acc[r][j], cur[r][0], cur[r][1], make_uint4(lo[0], lo[1], lo[2], lo[3]));
+                        if constexpr (XF32 && GOP_LO) mma_w_x(acc[r][j], cur[r][0], cur[r][1], make_uint4(lo[0], lo[1], lo[2], lo[3]));
                     }
                 }
             }
@@ -433,7 +435,7 @@ __device__ __forceinline__ void sx_chunk(float (&acc)[2][NTM][4], const unsigned
         const unsigned char* xp = slot + (size_t)(j * 8 + g) * LDB + h * 64 + t * 16;
         if (!GUARD || j * 8 + g < rows) {
             hi[j] = *reinterpret_cast<const uint4*>(xp);
-            if constexpr (XF32) lo[j] = *reinterpret_cast<const uint4*>(xp + 128);
+            if constexpr (XF32 && GOP_LO) lo[j] = *reinterpret_cast<const uint4*>(xp + 128);
         } else {
             hi[j] = lo[j] = make_uint4(0u, 0u, 0u, 0u);
         }
@@ -500,11 +502,11 @@ __device__ __forceinline__ void sx_store_vec(unsigned char* row, const unsigned 
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const float v0 = __uint_as_float(xr[2 * i]), v1 = __uint_as_float(xr[2 * i + 1]);
-            hi[i] = pack_bf16x2(v0, v1);
-            lo[i] = pack_bf16x2(v0 - bf16lo(hi[i]), v1 - bf16hi(hi[i]));
+            hi[i] = pack_gop2(v0, v1);
+            lo[i] = gop_lo2(v0, v1, hi[i]);
         }
         *reinterpret_cast<uint4*>(row) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
-        *reinterpret_cast<uint4*>(row + 128) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+        if constexpr (GOP_LO) *reinterpret_cast<uint4*>(row + 128) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
     } else {
         *reinterpret_cast<uint4*>(row) = make_uint4(xr[0], xr[1], xr[2], xr[3]);
     }

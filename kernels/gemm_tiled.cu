@@ -126,11 +126,11 @@ __device__ __forceinline__ uint4 lds128(const unsigned char* p) { return *reinte
 // d += x fragment (A, 16 batch rows) * W fragment (B, two words: 8 W rows).
 __device__ __forceinline__ void tg_mma(float* d, const uint4& xa, unsigned w0, unsigned w1) {
     const unsigned a[4] = {xa.x, xa.y, xa.z, xa.w}, b[2] = {w0, w1};
-    mma_16816(d, a, b);
+    mma_gop(d, a, b);
 }
 
 // One 32-k chunk (half H of the stage at `wt`) for the warp's first JT batch tiles of
-// 16: every accumulator gets hi step 0, hi step 1, then (fp32 x) lo step 0, lo step 1,
+// 16: every accumulator gets hi step 0, hi step 1, then (fp32 x, bf16 operands) lo step 0, lo step 1,
 // the order the skinny kernels use; only the interleaving of independent accumulators
 // is free, which leaves every bit unchanged. wo: the lane's W row offset for this half
 // (tg_off of W tile 0); xo[s]: its x fragment offset for step s (tg_xoff of batch tile
@@ -141,8 +141,8 @@ __device__ __forceinline__ void tg_chunk(float (&acc)[2][WT][4], const unsigned 
     uint4 w[WT];
 #pragma unroll
     for (int r = 0; r < WT; ++r) w[r] = lds128(wt + wo + r * 8 * TG_ROWB);
-    // x fragments per plane (hi, then lo for fp32 x), batch tile and k16 step.
-    constexpr int NP = XF32 ? 2 : 1;
+    // x fragments per plane (hi, then lo for fp32 x with bf16 operands), batch tile and k16 step.
+    constexpr int NP = XF32 && GOP_LO ? 2 : 1;
     uint4 f[NP][JT][2];
 #pragma unroll
     for (int p = 0; p < NP; ++p)
@@ -218,14 +218,14 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
         for (int q = 0; q < XU; ++q) {
             const uint4 a = src[q][0], b = src[q][1];  // rows g, g + 8
             if constexpr (XF32) {
-                const uint2 p0 = split_bf16x2(__uint_as_float(a.x), __uint_as_float(a.y)),
-                            p1 = split_bf16x2(__uint_as_float(b.x), __uint_as_float(b.y)),
-                            p2 = split_bf16x2(__uint_as_float(a.z), __uint_as_float(a.w)),
-                            p3 = split_bf16x2(__uint_as_float(b.z), __uint_as_float(b.w));
+                const uint2 p0 = gop_split2(__uint_as_float(a.x), __uint_as_float(a.y)),
+                            p1 = gop_split2(__uint_as_float(b.x), __uint_as_float(b.y)),
+                            p2 = gop_split2(__uint_as_float(a.z), __uint_as_float(a.w)),
+                            p3 = gop_split2(__uint_as_float(b.z), __uint_as_float(b.w));
                 const uint4 hv = make_uint4(p0.x, p1.x, p2.x, p3.x), lv = make_uint4(p0.y, p1.y, p2.y, p3.y);
                 const int off = xdst0 + q * tg_xoff(2, 0, 0, 0);
                 *reinterpret_cast<uint4*>(xs + off) = hv;
-                *reinterpret_cast<uint4*>(xs + TG_XPLANE + off) = lv;
+                if constexpr (GOP_LO) *reinterpret_cast<uint4*>(xs + TG_XPLANE + off) = lv;
             } else {
                 *reinterpret_cast<uint4*>(xs + xdst0) = make_uint4(a.x, b.x, a.y, b.y);
                 *reinterpret_cast<uint4*>(xs + xdst1) = make_uint4(a.z, b.z, a.w, b.w);

@@ -1,19 +1,23 @@
 // Embedding gather and RMSNorms.
 //
-// kiln_embed(const bf16* table, const int* ids, float* out, int M)
+// A 16-bit output here is a GEMM input, and the embedding table is the tied lm_head: both
+// are the GEMMs' operand type `gop` (common.cuh): bf16, or fp16 in a KILN_GEMM_F16 plan
+// ("bf16" in a kernel name means that 16-bit type).
+//
+// kiln_embed(const gop* table, const int* ids, float* out, int M)
 //   table [VOCAB][HIDDEN] bf16; ids [M]; out [M][HIDDEN] fp32 (the residual stream).
 //   An id outside [0, VOCAB) gives a zero row. grid (M), block 256.
 //
 // kiln_add_rmsnorm_{f32,bf16}(float* residual, const T* delta, int ld_delta,
-//                             const bf16* w, bf16* out_bf16, float* out_f32, int M)
+//                             const bf16* w, gop* out16, float* out_f32, int M)
 //   residual [M][HIDDEN] fp32, updated in place: residual += delta (delta [M][ld_delta]
 //   of type T, nullable: then the residual is only normalised). Then
 //   y = residual * rsqrt(mean(residual^2) + RMS_EPS) * (1 + w), w [HIDDEN] bf16;
-//   y is written to out_bf16 [M][HIDDEN] and/or out_f32 [M][HIDDEN] (each nullable).
+//   y is written to out16 [M][HIDDEN] and/or out_f32 [M][HIDDEN] (each nullable).
 //   grid (M), block 256. Rows are independent (no cross-row arithmetic).
 //
 // kiln_add_rmsnorm_parts(float* residual, const float* parts, int splits,
-//                        long long split_stride, const bf16* w, bf16* out_bf16,
+//                        long long split_stride, const bf16* w, gop* out16,
 //                        float* out_f32, int M)
 //   add_rmsnorm_f32 with the delta given as the split-K partials of a decode GEMM
 //   launched without counters (gemm.cu): delta[m][n] = 0 + p0 + p1 + ... in split order,
@@ -27,7 +31,7 @@
 //   out[t][h*LIN_DV + j] = x_j * rsqrt(mean(x^2) + RMS_EPS) * w_j * silu(z[t*ld_z + h*LIN_DV + j]),
 //   w [LIN_DV] bf16 applied plainly (not 1 + w). grid (ceil(T*LIN_NV/8)), block 256 (a warp per head).
 //
-// kiln_mtp_fc_input_{f32,bf16}(const bf16* table, const int* ids, const float* hid,
+// kiln_mtp_fc_input_{f32,bf16}(const gop* table, const int* ids, const float* hid,
 //                              const float* pending, const int* hid_rows, const bf16* w_e,
 //                              const bf16* w_h, OUT* out, int M)
 //   The MTP head's fc input, row m of out [M][2*HIDDEN]: [rmsnorm(table[ids[m]]) * (1 + w_e) |
@@ -38,7 +42,7 @@
 
 using namespace kiln;
 
-extern "C" __global__ void __launch_bounds__(256) kiln_embed(const bf16* __restrict__ table,
+extern "C" __global__ void __launch_bounds__(256) kiln_embed(const gop* __restrict__ table,
                                                              const int* __restrict__ ids,
                                                              float* __restrict__ out, int M) {
     KILN_PDL_ENTER();
@@ -46,7 +50,7 @@ extern "C" __global__ void __launch_bounds__(256) kiln_embed(const bf16* __restr
     if (m >= M) return;
     const int id = ids[m];
     const bool ok = id >= 0 && id < VOCAB;
-    const bf16* src = table + (size_t)(ok ? id : 0) * HIDDEN;
+    const gop* src = table + (size_t)(ok ? id : 0) * HIDDEN;
     float* dst = out + (size_t)m * HIDDEN;
     for (int i = threadIdx.x * 8; i < HIDDEN; i += blockDim.x * 8) {
         float v[8];
@@ -123,7 +127,7 @@ __device__ __forceinline__ float norm_ss_add(float ss, const float (&v)[8]) {
 template <typename DeltaAt, typename RowSum>
 __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, bool has_delta, DeltaAt delta_at,
                                             RowSum row_sum, int m, int vt, const bf16* __restrict__ w,
-                                            bf16* __restrict__ out_bf16, float* __restrict__ out_f32, int M) {
+                                            gop* __restrict__ out16, float* __restrict__ out_f32, int M) {
     // The norm weight is never written: it loads before the PDL wait (early order), not
     // after the row's sum of squares, one dependent round trip less.
     float wv[NORM_VPT][8];
@@ -143,7 +147,7 @@ __device__ __forceinline__ void add_rmsnorm(float* __restrict__ residual, bool h
         }
     }
     const float inv = rsqrtf(row_sum(ss) / (float)HIDDEN + RMS_EPS);
-    if (out_bf16 != nullptr) store_rmsnorm(v, inv, wv, out_bf16 + (size_t)m * HIDDEN, vt);
+    if (out16 != nullptr) store_rmsnorm(v, inv, wv, out16 + (size_t)m * HIDDEN, vt);
     if (out_f32 != nullptr) store_rmsnorm(v, inv, wv, out_f32 + (size_t)m * HIDDEN, vt);
 }
 
@@ -155,22 +159,22 @@ struct BlockRowSum {
 
 template <typename T>
 __device__ __forceinline__ void add_rmsnorm_mat(float* residual, const T* __restrict__ delta, int ld_delta,
-                                                const bf16* w, bf16* out_bf16, float* out_f32, int M) {
+                                                const bf16* w, gop* out16, float* out_f32, int M) {
     __shared__ float red[32];
     add_rmsnorm(
         residual, delta != nullptr, [=](int m, int i, float(&d)[8]) { load8(delta + (size_t)m * ld_delta + i, d); },
-        BlockRowSum{red}, blockIdx.x, threadIdx.x, w, out_bf16, out_f32, M);
+        BlockRowSum{red}, blockIdx.x, threadIdx.x, w, out16, out_f32, M);
 }
 
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     kiln_add_rmsnorm_f32(float* residual, const float* delta, int ld_delta, const bf16* w,
-                         bf16* out_bf16, float* out_f32, int M) {
-    add_rmsnorm_mat<float>(residual, delta, ld_delta, w, out_bf16, out_f32, M);
+                         gop* out16, float* out_f32, int M) {
+    add_rmsnorm_mat<float>(residual, delta, ld_delta, w, out16, out_f32, M);
 }
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     kiln_add_rmsnorm_bf16(float* residual, const bf16* delta, int ld_delta, const bf16* w,
-                          bf16* out_bf16, float* out_f32, int M) {
-    add_rmsnorm_mat<bf16>(residual, delta, ld_delta, w, out_bf16, out_f32, M);
+                          gop* out16, float* out_f32, int M) {
+    add_rmsnorm_mat<bf16>(residual, delta, ld_delta, w, out16, out_f32, M);
 }
 
 // Partials loaded at once per 8 outputs (two float4 each): the 13 splits of the down
@@ -194,12 +198,12 @@ __device__ __forceinline__ void sum_parts8(const float* __restrict__ p, int spli
 // m * HIDDEN. Their sum has the bits the GEMM's y would have had.
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     kiln_add_rmsnorm_parts(float* residual, const float* __restrict__ parts, int splits, long long split_stride,
-                           const bf16* w, bf16* out_bf16, float* out_f32, int M) {
+                           const bf16* w, gop* out16, float* out_f32, int M) {
     __shared__ float red[32];
     add_rmsnorm(
         residual, true,
         [=](int m, int i, float(&d)[8]) { sum_parts8(parts + (size_t)m * HIDDEN + i, splits, split_stride, d); },
-        BlockRowSum{red}, blockIdx.x, threadIdx.x, w, out_bf16, out_f32, M);
+        BlockRowSum{red}, blockIdx.x, threadIdx.x, w, out16, out_f32, M);
 }
 
 // The same for small M, a row per cluster of NORM_WARPS one-warp blocks: block (r, m) is
@@ -224,12 +228,12 @@ struct ClusterRowSum {
 
 extern "C" __global__ void __cluster_dims__(NORM_WARPS, 1, 1) __launch_bounds__(32)
     kiln_add_rmsnorm_parts_cl(float* residual, const float* __restrict__ parts, int splits,
-                              long long split_stride, const bf16* w, bf16* out_bf16, float* out_f32, int M) {
+                              long long split_stride, const bf16* w, gop* out16, float* out_f32, int M) {
     __shared__ float warp_total;
     add_rmsnorm(
         residual, true,
         [=](int m, int i, float(&d)[8]) { sum_parts8(parts + (size_t)m * HIDDEN + i, splits, split_stride, d); },
-        ClusterRowSum{&warp_total}, blockIdx.y, blockIdx.x * 32 + threadIdx.x, w, out_bf16, out_f32, M);
+        ClusterRowSum{&warp_total}, blockIdx.y, blockIdx.x * 32 + threadIdx.x, w, out16, out_f32, M);
 }
 
 // kiln_add_rmsnorm_parts_cl with a warp per vector (`GemmChoices::defer_cluster_vec_warps`):
@@ -241,7 +245,7 @@ extern "C" __global__ void __cluster_dims__(NORM_WARPS, 1, 1) __launch_bounds__(
 // release fence waits on no store. Same arithmetic, so the same bits.
 extern "C" __global__ void __cluster_dims__(NORM_WARPS, 1, 1) __launch_bounds__(32 * NORM_VPT)
     kiln_add_rmsnorm_parts_clw(float* residual, const float* __restrict__ parts, int splits,
-                               long long split_stride, const bf16* w, bf16* out_bf16, float* out_f32, int M) {
+                               long long split_stride, const bf16* w, gop* out16, float* out_f32, int M) {
     __shared__ float chain[32];
     __shared__ float warp_total;
     const int lane = threadIdx.x & 31, j = threadIdx.x >> 5;
@@ -275,12 +279,12 @@ extern "C" __global__ void __cluster_dims__(NORM_WARPS, 1, 1) __launch_bounds__(
     if (!has) return;
     store8(res + i, v);
     const float inv = rsqrtf(total / (float)HIDDEN + RMS_EPS);
-    if (out_bf16 != nullptr) store_rmsnorm_vec(v, inv, wv, out_bf16 + (size_t)m * HIDDEN + i);
+    if (out16 != nullptr) store_rmsnorm_vec(v, inv, wv, out16 + (size_t)m * HIDDEN + i);
     if (out_f32 != nullptr) store_rmsnorm_vec(v, inv, wv, out_f32 + (size_t)m * HIDDEN + i);
 }
 
 template <typename OUT>
-__device__ __forceinline__ void mtp_fc_input(const bf16* __restrict__ table, const int* __restrict__ ids,
+__device__ __forceinline__ void mtp_fc_input(const gop* __restrict__ table, const int* __restrict__ ids,
                                              const float* __restrict__ hid, const float* __restrict__ pending,
                                              const int* __restrict__ hid_rows, const bf16* __restrict__ w_e,
                                              const bf16* __restrict__ w_h, OUT* __restrict__ out, int M) {
@@ -290,7 +294,7 @@ __device__ __forceinline__ void mtp_fc_input(const bf16* __restrict__ table, con
     __shared__ float red[32];
     const int m = blockIdx.x, half = blockIdx.y;
     if (m >= M) return;
-    const bf16* emb = nullptr;
+    const gop* emb = nullptr;
     const float* h = nullptr;
     if (half == 0) {
         const int id = ids[m];
@@ -323,12 +327,12 @@ __device__ __forceinline__ void mtp_fc_input(const bf16* __restrict__ table, con
 
 #define MTP_FC_INPUT(NAME, OUT)                                                                        \
     extern "C" __global__ void __launch_bounds__(NORM_THREADS)                                         \
-        NAME(const bf16* table, const int* ids, const float* hid, const float* pending,                \
+        NAME(const gop* table, const int* ids, const float* hid, const float* pending,                \
              const int* hid_rows, const bf16* w_e, const bf16* w_h, OUT* out, int M) {                  \
         mtp_fc_input<OUT>(table, ids, hid, pending, hid_rows, w_e, w_h, out, M);                       \
     }
 MTP_FC_INPUT(kiln_mtp_fc_input_f32, float)
-MTP_FC_INPUT(kiln_mtp_fc_input_bf16, bf16)
+MTP_FC_INPUT(kiln_mtp_fc_input_bf16, gop)
 
 // ---------------------------------------------------------------------------------
 // Gated RMSNorm (Gated DeltaNet output), one warp per (token, value head).
@@ -365,6 +369,6 @@ __device__ __forceinline__ void gated_rmsnorm(const float* __restrict__ o, const
         gated_rmsnorm<IN, OUT>(o, z, ld_z, w, out, T);                                          \
     }
 GATED_NORM(kiln_gated_rmsnorm_f32_f32, float, float)
-GATED_NORM(kiln_gated_rmsnorm_f32_bf16, float, bf16)
+GATED_NORM(kiln_gated_rmsnorm_f32_bf16, float, gop)
 GATED_NORM(kiln_gated_rmsnorm_bf16_f32, bf16, float)
-GATED_NORM(kiln_gated_rmsnorm_bf16_bf16, bf16, bf16)
+GATED_NORM(kiln_gated_rmsnorm_bf16_bf16, bf16, gop)

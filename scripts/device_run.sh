@@ -13,6 +13,10 @@
 #            GEMM at batch 64: STALL_KERNELS=kiln_gemm_tiled STALL_BENCH="--batch 64 --ctx 1024 --prefill 16 --iters 2"
 #   profile_decode  ncu over one decode step at batch 1 and at batch 64 (ctx 1024): time, DRAM
 #            bytes and achieved bandwidth per kernel, and per GEMM weight (grid) (profile_decode.txt)
+#   bench_bf16  bench at $BF16_BATCHES (1,8,32,64,128,256) with KILN_ACT=bf16 (one MMA per product
+#            on 16-bit GEMM inputs: the fp16 GEMM contract's step times, docs/numerics.md) against
+#            the default, two runs each (bench_bf16.txt)
+#   eval_bf16  logits and accuracy with KILN_ACT=bf16
 #   bench_tiled  bench with the pre-tiled decode GEMMs (KILN_GEMM_TILED=0: shared-x for M = 17..64,
 #            64-row pieces; the tiled kernel is the default since 2026-12-05): batch 8..256
 #   eval_tiled   logits, accuracy and batch invariance (8/64/256) with KILN_GEMM_TILED=0
@@ -342,7 +346,13 @@ if has stalls; then
   grep -vE "^\s*$|^==PROF==|^\s*-+\s*$|prefill 1024|decode batch|INFO" "$OUT/stalls.txt" | sed -E 's/ +/ /g' | head -300
 fi
 if has bench_bf16; then
-  log "bench with bf16 GEMM inputs"; KILN_ACT=bf16 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" 2>&1 | grep -E "decode batch|prefill"
+  # One MMA per product on 16-bit GEMM inputs (KILN_ACT=bf16): the step times an fp16 GEMM
+  # contract would have (docs/numerics.md), against the default, two runs each.
+  log "bench with bf16 GEMM inputs against the default"
+  for r in 1 2; do
+    bench_as default bench_bf16.txt "$ENG/qwen35_4b_random.plan" -- --batch "${BF16_BATCHES:-1,8,32,64,128,256}"
+    bench_as act_bf16 bench_bf16.txt "$ENG/qwen35_4b_random.plan" KILN_ACT=bf16 -- --batch "${BF16_BATCHES:-1,8,32,64,128,256}"
+  done
 fi
 if has bench_tiled; then
   log "bench without the tiled decode GEMM"; KILN_GEMM_TILED=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 8,32,64,128,256 2>&1 | grep "decode batch" | tee "$OUT/bench_tiled.txt"

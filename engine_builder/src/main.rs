@@ -194,6 +194,11 @@ fn build(args: &Args) -> Result<()> {
     if args.no_kernels && args.arch.is_some() {
         bail!("--no-kernels builds a plan without kernels, so --arch does not apply");
     }
+    // fp16 GEMM operands (kernels/common.cuh, docs/numerics.md) need the plan's GEMM weights
+    // in fp16 too, which plans cannot hold yet: the knob only compiles the kernels.
+    if std::env::var("KILN_GEMM_F16").is_ok_and(|v| v != "0") {
+        bail!("KILN_GEMM_F16 is set, but a plan's GEMM weights are bf16 (fp16 weights are not built yet): unset it, or use it with --compile-only");
+    }
     eprintln!("{}", builder_version());
     if !args.no_kernels {
         log_driver();

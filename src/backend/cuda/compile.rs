@@ -52,13 +52,16 @@ pub const SOURCES: &[(&str, &str)] = &[
 /// `KILN_GEMM_REG_P` (32-k chunks in flight per warp in the m8/m16 register GEMM, default
 /// 4; session 12), `KILN_GEMM_SXW_P` (W chunks in flight per warp in the m16 shared-x
 /// kernel's whole-split loop, default 2; session 13), `KILN_GEMM_X_AHEAD` (1: the m8 register
-/// GEMM loads x two chunks ahead, the default since session 17; 0 at the chunk).
+/// GEMM loads x two chunks ahead, the default since session 17; 0 at the chunk),
+/// `KILN_GEMM_F16` (1: fp16 GEMM operands, one MMA per product, kernels/common.cuh and
+/// docs/numerics.md; kiln-build takes it only with --compile-only until plans hold fp16
+/// GEMM weights).
 /// device_run.sh stages `knobs`, `reg_p`, `sxw` and `x_ahead` measure them.
 /// `KILN_TIMELINE=1` builds the diagnostic in-graph timeline into every kernel
 /// (kernels/common.cuh; `kiln-eval timeline` reads it; stage `timeline`).
-pub const BUILD_KNOBS: [&str; 10] = [
+pub const BUILD_KNOBS: [&str; 11] = [
     "KILN_PF_MAX_ROWS", "KILN_PF_K", "KILN_PF_BUDGET_MB", "KILN_ATTN_V_EARLY", "KILN_PDL_EARLY_ROWS", "KILN_GEMM_REDUCE_IN", "KILN_GEMM_REG_P", "KILN_GEMM_SXW_P",
-    "KILN_GEMM_X_AHEAD", "KILN_TIMELINE",
+    "KILN_GEMM_X_AHEAD", "KILN_TIMELINE", "KILN_GEMM_F16",
 ];
 
 /// The model dimensions the kernels are specialised for (passed as `-D` defines).
