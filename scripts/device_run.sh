@@ -17,6 +17,9 @@
 #            on 16-bit GEMM inputs: the fp16 GEMM contract's step times, docs/numerics.md) against
 #            the default, two runs each (bench_bf16.txt)
 #   eval_bf16  logits and accuracy with KILN_ACT=bf16
+#   f16      a plan with fp16 GEMM operands (kiln-build --gemm-operands f16) against the default:
+#            bench at $F16_BATCHES (1,8,32,64,128,256) twice each (bench_f16.txt), and with refs
+#            its accuracy and batch / mixed-step invariance (eval_f16.txt, compare_f16.json)
 #   bench_tiled  bench with the pre-tiled decode GEMMs (KILN_GEMM_TILED=0: shared-x for M = 17..64,
 #            64-row pieces; the tiled kernel is the default since 2026-12-05): batch 8..256
 #   eval_tiled   logits, accuracy and batch invariance (8/64/256) with KILN_GEMM_TILED=0
@@ -353,6 +356,19 @@ if has bench_bf16; then
     bench_as default bench_bf16.txt "$ENG/qwen35_4b_random.plan" -- --batch "${BF16_BATCHES:-1,8,32,64,128,256}"
     bench_as act_bf16 bench_bf16.txt "$ENG/qwen35_4b_random.plan" KILN_ACT=bf16 -- --batch "${BF16_BATCHES:-1,8,32,64,128,256}"
   done
+fi
+if has f16; then
+  # fp16 GEMM operands (kiln-build --gemm-operands f16, docs/numerics.md): fp16 GEMM weights
+  # and kernels, one MMA per product, against the default plan: bench at $F16_BATCHES twice
+  # each (bench_f16.txt), and with refs its accuracy and invariance (eval_f16.txt,
+  # compare_f16.json; its logits differ from the default plan's by design).
+  log "fp16 GEMM operands: plan, bench against the default, accuracy"
+  .devbin/kiln-build --model "$CKPT" --out /tmp/engines_f16 --name qwen35_4b_random --gemm-operands f16 2>&1 | tail -1
+  for r in 1 2; do
+    bench_as default bench_f16.txt "$ENG/qwen35_4b_random.plan" -- --batch "${F16_BATCHES:-1,8,32,64,128,256}"
+    bench_as gemm_f16 bench_f16.txt /tmp/engines_f16/qwen35_4b_random.plan -- --batch "${F16_BATCHES:-1,8,32,64,128,256}"
+  done
+  if [ -f "$REFS/cases.json" ]; then logits_check f16 /tmp/engines_f16/qwen35_4b_random.plan; fi
 fi
 if has bench_tiled; then
   log "bench without the tiled decode GEMM"; KILN_GEMM_TILED=0 .devbin/kiln-eval bench --plan "$ENG/qwen35_4b_random.plan" --batch 8,32,64,128,256 2>&1 | grep "decode batch" | tee "$OUT/bench_tiled.txt"

@@ -30,8 +30,8 @@ KILN_ATTN_P_BF16=1 target/release/kiln-build --compile-only --arch sm_90a,sm_100
 # The kernel knobs' variants (compile::BUILD_KNOBS; stage knobs of device_run.sh measures them).
 KILN_ATTN_V_EARLY=1 KILN_PF_K=512 KILN_PF_BUDGET_MB=48 KILN_PDL_EARLY_ROWS=64 KILN_PF_MAX_ROWS=256 KILN_TIMELINE=1 \
     target/release/kiln-build --compile-only --arch sm_90a,sm_100a | tail -1
-# fp16 GEMM operands (KILN_GEMM_F16=1, docs/numerics.md; kernels only until plans hold fp16 weights).
-KILN_GEMM_F16=1 target/release/kiln-build --compile-only --arch sm_90a,sm_100a | tail -1
+# fp16 GEMM operands (kernels/common.cuh's KILN_GEMM_F16, docs/numerics.md).
+target/release/kiln-build --compile-only --gemm-operands f16 --arch sm_90a,sm_100a | tail -1
 # NVRTC 12.8 (CUDA 12.8/12.9 containers), found as beside torch: only through the wheels
 # of the python3 on PATH, nothing on LD_LIBRARY_PATH, headers from the runtime wheel.
 cu12_bin="$(scripts/ci_nvrtc.sh --cu12)"

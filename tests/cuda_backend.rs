@@ -11,8 +11,8 @@ use kiln::backend::cpu::CpuBackend;
 use kiln::backend::cuda::compile::{self, KernelDims};
 use kiln::backend::cuda::{CudaBackend, CudaOptions};
 use kiln::backend::{Backend, Capacity, SeqChunk, Want};
-use kiln::plan::{Arch, KernelImage};
-use plan_fixture::{built, Opts};
+use kiln::plan::{Arch, DType, KernelImage};
+use plan_fixture::{built_as, Opts};
 
 /// ‖a − b‖ / ‖b‖ in f64; infinite when `a` holds a NaN or infinity.
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
@@ -54,6 +54,12 @@ fn run(be: &mut dyn Backend, slot: usize, prompt: &[u32], chunk: usize, feed: &[
 
 /// The toy model's plan, built with kernels for this GPU.
 fn toy_plan() -> plan_fixture::Built {
+    toy_plan_as(false)
+}
+
+/// The toy plan with bf16 GEMM operands, or fp16 ones (`gemm_f16`: fp16 weights and
+/// kernels, docs/numerics.md).
+fn toy_plan_as(gemm_f16: bool) -> plan_fixture::Built {
     let ctx = cudarc::driver::CudaContext::new(0).expect("a CUDA device");
     let (major, minor) = ctx.compute_capability().unwrap();
     let arch = Arch::from_compute_capability(major, minor).unwrap();
@@ -62,12 +68,13 @@ fn toy_plan() -> plan_fixture::Built {
     let cfg_json = plan_fixture::config_json(&o);
     let cfg = kiln::config::ModelConfig::from_json(&cfg_json).unwrap();
     let inc = compile::find_cuda_include().expect("CUDA headers (KILN_CUDA_INCLUDE)");
-    let kernels: Vec<KernelImage> = compile::compile_all(arch.as_str(), &KernelDims::from_config(&cfg), &[inc])
+    let dims = KernelDims { gemm_f16, ..KernelDims::from_config(&cfg) };
+    let kernels: Vec<KernelImage> = compile::compile_all(arch.as_str(), &dims, &[inc])
         .unwrap()
         .into_iter()
         .map(|m| KernelImage { name: m.name, cubin: m.cubin })
         .collect();
-    built(&o, Some(arch), &kernels)
+    built_as(&o, Some(arch), &kernels, if gemm_f16 { DType::F16 } else { DType::Bf16 })
 }
 
 /// Options for the toy model: `running` slots, 256-token sequences, 512-token steps.
@@ -83,7 +90,19 @@ fn stripes(n: u32) -> Vec<Vec<u32>> {
 #[test]
 #[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
 fn cuda_backend_matches_the_cpu_backend_on_the_toy_model() {
-    let b = toy_plan();
+    matches_cpu_and_batch_invariant(&toy_plan());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU (run on the device with --ignored)"]
+fn an_f16_plan_matches_the_cpu_backend_and_stays_batch_invariant() {
+    // fp16 GEMM weights and operands (one MMA per product): the same bounds as bf16's.
+    matches_cpu_and_batch_invariant(&toy_plan_as(true));
+}
+
+/// The plan's logits against the CPU backend's (prefill on both GEMM paths, then decode),
+/// and its decode rows bit for bit alone and among 7 other sequences.
+fn matches_cpu_and_batch_invariant(b: &plan_fixture::Built) {
     let opt = toy_options(8);
     let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
     let (cpu_cfg, w) = kiln::checkpoint::load(&b.model).unwrap();
@@ -104,7 +123,8 @@ fn cuda_backend_matches_the_cpu_backend_on_the_toy_model() {
             // The GPU reads exactly the stored bf16 weights; decode rows keep fp32
             // activations split into bf16 hi + lo (~1e-5 relative), prefill chunks of
             // more than 64 tokens feed cuBLASLt bf16 activations (2^-9 relative rounding
-            // per element, amplified by 4 layers of random weights). 3e-2 is 3x the
+            // per element, amplified by 4 layers of random weights); an f16 plan rounds
+            // every GEMM input to fp16 (2^-12), finer than that. 3e-2 is 3x the
             // full-size bar against fp32 (1.1e-2); a wrong index or mask gives errors
             // near 1.
             assert!(e < 3e-2, "prompt {len} (chunks of {chunk}), row {i}: rel err {e:.3e}");
@@ -182,7 +202,12 @@ fn a_long_prefill_chunk_computes_the_same_bits_alone_and_in_a_mixed_step() {
     // short chunk, where its rows come last (`decode_first`) and their GEMM inputs go to
     // `x_bf16` (`Rows::bf16_from`): the chunk's last logits and the decode steps after it
     // (which read its KV and GDN state) bit-identical, whatever order the caller gives.
-    let b = toy_plan();
+    // The f16 plan too (fp16 GEMM inputs there).
+    long_chunk_alone_and_mixed(&toy_plan());
+    long_chunk_alone_and_mixed(&toy_plan_as(true));
+}
+
+fn long_chunk_alone_and_mixed(b: &plan_fixture::Built) {
     let opt = toy_options(8);
     let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
     let vocab = b.cfg.vocab_size as u32;
@@ -291,8 +316,9 @@ fn cuda_verify_is_exact_against_its_own_plain_decoding() {
     // is plain decoding's, accepted lengths follow the drafts, and the step after each
     // commit is bit-identical to plain decoding (batch 1 and 5, sequences of unequal
     // lengths, ring wrap-around at every offset).
-    let b = toy_plan();
-    for (verify_graphs, n) in [(false, 1usize), (false, 5), (true, 1), (true, 5)] {
+    // The f16 plan too: its verify rows compute like its decode rows.
+    for (verify_graphs, n, f16) in [(false, 1usize, false), (false, 5, false), (true, 1, false), (true, 5, false), (true, 5, true)] {
+        let b = toy_plan_as(f16);
         let opt = CudaOptions { spec_positions: 4, spec_rows: 8, verify_graphs, ..toy_options(8) };
         let mut gpu = CudaBackend::load(&b.plan, None, &opt).unwrap();
         let vocab = gpu.config().vocab_size;
@@ -300,8 +326,9 @@ fn cuda_verify_is_exact_against_its_own_plain_decoding() {
         let prompts: Vec<Vec<u32>> = (0..n).map(|s| (0..20 + 7 * s as u32).map(|i| (i * 131 + 7 * s as u32 + 3) % vocab as u32).collect()).collect();
         let blocks: Vec<Vec<u32>> = (0..n).map(|s| ((s * per) as u32..((s + 1) * per) as u32).collect()).collect();
         let r = kiln::backend::verify_check::check(&mut gpu, &prompts, &blocks, 30, 3, vocab).unwrap();
-        println!("batch {n}, verify graphs {verify_graphs}: {r:?}");
+        println!("batch {n}, verify graphs {verify_graphs}, f16 {f16}: {r:?}");
     }
+    let b = toy_plan();
     let vocab = b.cfg.vocab_size;
     // Without verify scratch the backend refuses clearly.
     let mut plain = CudaBackend::load(&b.plan, None, &toy_options(2)).unwrap();

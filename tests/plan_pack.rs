@@ -6,7 +6,7 @@ mod plan_fixture;
 use kiln::checkpoint::Checkpoint;
 use kiln::config::{LayerKind, ModelConfig};
 use kiln::plan::{names, plan_packing, write_plan, DType, Plan, ALIGN};
-use plan_fixture::{build_info, built, write_model, Opts, Stored};
+use plan_fixture::{build_info, built, rewrite_f32, write_model, Opts, Stored};
 use safetensors::Dtype;
 
 /// Compares two value slices and reports the first difference, not both slices.
@@ -216,25 +216,6 @@ fn f32_and_f16_inputs_convert_to_bf16_round_to_nearest_even() {
     for (k, (x, want)) in cases.iter().enumerate() {
         assert_eq!(got[k], *want, "bf16({x:e})");
     }
-}
-
-/// Replaces one f32 tensor's data in model.safetensors.
-fn rewrite_f32(dir: &std::path::Path, name: &str, data: &[f32]) {
-    use safetensors::tensor::TensorView;
-    let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let new: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let views: std::collections::HashMap<String, TensorView> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| {
-            let d = if n == name { &new[..] } else { v.data() };
-            (n, TensorView::new(v.dtype(), v.shape().to_vec(), d).unwrap())
-        })
-        .collect();
-    let out = safetensors::serialize(&views, &None).unwrap();
-    std::fs::write(&path, out).unwrap();
 }
 
 #[test]

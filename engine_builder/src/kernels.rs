@@ -24,9 +24,10 @@ pub fn nvrtc() -> Result<((u32, u32), String)> {
     Ok((l.version, l.line()))
 }
 
-/// Every kernel module for `arch`, specialised to `cfg`'s dimensions.
-pub fn compile(arch: Arch, cfg: &ModelConfig, include: &[PathBuf]) -> Result<Vec<KernelImage>> {
-    let dims = KernelDims::from_config(cfg);
+/// Every kernel module for `arch`, specialised to `cfg`'s dimensions and the GEMM operand
+/// type (`gemm_f16`: fp16, docs/numerics.md).
+pub fn compile(arch: Arch, cfg: &ModelConfig, gemm_f16: bool, include: &[PathBuf]) -> Result<Vec<KernelImage>> {
+    let dims = KernelDims { gemm_f16, ..KernelDims::from_config(cfg) };
     let modules = compile_all(arch.as_str(), &dims, include)
         .with_context(|| format!("compiling the CUDA kernels for {arch}"))?;
     Ok(modules.into_iter().map(|m| KernelImage { name: m.name, cubin: m.cubin }).collect())

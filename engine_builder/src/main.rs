@@ -25,7 +25,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::checkpoint::Checkpoint;
 use kiln::config::ModelConfig;
-use kiln::plan::{plan_packing, tokenizer_hash, write_plan, Arch, BuildInfo, Expected, Limits, Plan};
+use kiln::plan::{plan_packing_as, tokenizer_hash, write_plan, Arch, BuildInfo, DType, Expected, Limits, Plan};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -68,6 +68,17 @@ struct Args {
     /// CUDA_HOME/include, /usr/local/cuda/include, or the venv of scripts/ci_nvrtc.sh.
     #[arg(long = "include", value_name = "DIR")]
     include: Vec<PathBuf>,
+    /// The GEMMs' operand type: bf16 (x split into bf16 hi + lo, two MMAs per product) or
+    /// f16 (fp16 weights and inputs, one MMA per product; docs/numerics.md). Kernels and
+    /// weights follow it; the plan's header `dtype` records it.
+    #[arg(long, value_name = "TYPE", default_value = "bf16", value_parser = ["bf16", "f16"])]
+    gemm_operands: String,
+}
+
+impl Args {
+    fn gemm_f16(&self) -> bool {
+        self.gemm_operands == "f16"
+    }
 }
 
 fn builder_version() -> String {
@@ -155,7 +166,7 @@ fn compile_only(args: &Args) -> Result<()> {
     }
     for arch in archs {
         let t = Instant::now();
-        let modules = kernels::compile(arch, &cfg, &include)?;
+        let modules = kernels::compile(arch, &cfg, args.gemm_f16(), &include)?;
         let total: usize = modules.iter().map(|m| m.cubin.len()).sum();
         println!("{arch}: {} modules, {total} bytes of cubin, {:.2} s", modules.len(), t.elapsed().as_secs_f64());
         for m in &modules {
@@ -194,11 +205,6 @@ fn build(args: &Args) -> Result<()> {
     if args.no_kernels && args.arch.is_some() {
         bail!("--no-kernels builds a plan without kernels, so --arch does not apply");
     }
-    // fp16 GEMM operands (kernels/common.cuh, docs/numerics.md) need the plan's GEMM weights
-    // in fp16 too, which plans cannot hold yet: the knob only compiles the kernels.
-    if std::env::var("KILN_GEMM_F16").is_ok_and(|v| v != "0") {
-        bail!("KILN_GEMM_F16 is set, but a plan's GEMM weights are bf16 (fp16 weights are not built yet): unset it, or use it with --compile-only");
-    }
     eprintln!("{}", builder_version());
     if !args.no_kernels {
         log_driver();
@@ -231,13 +237,14 @@ fn build(args: &Args) -> Result<()> {
     }
     let (ck, packing) = phase("open + check checkpoint", || {
         let ck = Checkpoint::open(model)?;
-        let packing = plan_packing(&ck, &cfg)?;
+        let gemm = if args.gemm_f16() { DType::F16 } else { DType::Bf16 };
+        let packing = plan_packing_as(&ck, &cfg, gemm)?;
         Ok((ck, packing))
     })?;
     let kernels = match arch {
         Some(a) => {
             let include = kernels::include_dirs(&args.include);
-            phase(&format!("compile kernels ({a})"), || kernels::compile(a, &cfg, &include))?
+            phase(&format!("compile kernels ({a})"), || kernels::compile(a, &cfg, args.gemm_f16(), &include))?
         }
         None => Vec::new(),
     };

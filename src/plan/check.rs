@@ -2,7 +2,7 @@
 //! what it was built for, what we have, and the fix.
 
 use super::arch::Arch;
-use super::format::{PlanHeader, FORMAT_VERSION, KERNEL_HASH, PLAN_DTYPE};
+use super::format::{PlanHeader, FORMAT_VERSION, KERNEL_HASH, PLAN_DTYPES};
 use super::ident::{config_hash, tokenizer_hash};
 use crate::checkpoint::{Checkpoint, Fingerprint};
 use crate::config::ModelConfig;
@@ -95,8 +95,12 @@ impl PlanHeader {
                 want.format_version
             );
         }
-        if self.dtype != PLAN_DTYPE {
-            bail!("{plan} holds {} weights but this kiln runs {PLAN_DTYPE}; rebuild it with kiln-build", self.dtype);
+        if !PLAN_DTYPES.contains(&self.dtype.as_str()) {
+            bail!(
+                "{plan} holds {} GEMM weights but this kiln runs {}; rebuild it with kiln-build",
+                self.dtype,
+                PLAN_DTYPES.join(" or ")
+            );
         }
         if let Some(arch) = want.arch {
             match self.arch {

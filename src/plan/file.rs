@@ -32,13 +32,18 @@ pub struct TensorRef<'a> {
 }
 
 impl TensorRef<'_> {
-    /// The values as f32 (bf16 widened exactly). For tests and the CPU backend.
+    /// The values as f32 (bf16 and f16 widened exactly). For tests and the CPU backend.
     pub fn to_f32(&self) -> Vec<f32> {
         match self.entry.dtype {
             DType::Bf16 => self
                 .bytes
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                .collect(),
+            DType::F16 => self
+                .bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
                 .collect(),
             DType::F32 => self.bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         }

@@ -31,8 +31,10 @@ pub const ALIGN: u64 = 256;
 pub const PREFIX_LEN: usize = 64;
 /// Hash of the CUDA kernel sources this kiln was built from (see build.rs).
 pub const KERNEL_HASH: &str = env!("KILN_KERNEL_HASH");
-/// The only weight dtype kiln plans carry (small vectors are kept in f32).
-pub const PLAN_DTYPE: &str = "bf16";
+/// The GEMM weight dtypes a plan may carry (its header's `dtype`; every other matrix and
+/// norm weight is bf16, small vectors f32): bf16, or f16 for the fp16 GEMM contract
+/// (docs/numerics.md; the kernels compiled with KILN_GEMM_F16).
+pub const PLAN_DTYPES: [&str; 2] = ["bf16", "f16"];
 
 pub fn align_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
@@ -42,13 +44,14 @@ pub fn align_up(x: u64, a: u64) -> u64 {
 #[serde(rename_all = "lowercase")]
 pub enum DType {
     Bf16,
+    F16,
     F32,
 }
 
 impl DType {
     pub fn size(self) -> usize {
         match self {
-            DType::Bf16 => 2,
+            DType::Bf16 | DType::F16 => 2,
             DType::F32 => 4,
         }
     }
@@ -123,7 +126,7 @@ pub struct PlanHeader {
     pub tokenizer_hash: String,
     /// The checkpoint the weights were packed from (see `checkpoint::Fingerprint`).
     pub checkpoint: Fingerprint,
-    /// Weight dtype (`bf16`).
+    /// The GEMM weights' dtype (`bf16` or `f16`, `PLAN_DTYPES`).
     pub dtype: String,
     pub limits: Limits,
     /// Where the checkpoint came from and its layout (informational).
@@ -139,6 +142,13 @@ pub struct PlanHeader {
     pub kernels: Vec<KernelEntry>,
     pub tensors: Vec<TensorEntry>,
     pub skipped: Vec<Skipped>,
+}
+
+impl PlanHeader {
+    /// Whether the plan's GEMM weights (and kernels) are fp16 (docs/numerics.md).
+    pub fn gemm_f16(&self) -> bool {
+        self.dtype == "f16"
+    }
 }
 
 /// The decoded fixed prefix.

@@ -3,7 +3,9 @@
 //! layouts the kernels read; `docs/plan.md` describes it for people.
 //!
 //! Rules:
-//! - every matrix is bf16, row-major [out, in] as in Hugging Face (`y = W x`);
+//! - every matrix is row-major [out, in] as in Hugging Face (`y = W x`); the GEMM weights
+//!   (and the embedding, the tied lm_head) in the plan's GEMM dtype: bf16, or f16 for the
+//!   fp16 GEMM contract (docs/numerics.md);
 //! - fused matrices are row concatenations of whole checkpoint matrices, each keeping
 //!   its stored row order (so a fused GEMM's output is the concatenation of the
 //!   separate outputs);
@@ -44,14 +46,14 @@ fn spec(name: String, dtype: DType, shape: &[usize], sources: Vec<(String, usize
     PackedSpec { name, dtype, shape: shape.to_vec(), sources }
 }
 
-/// A bf16 matrix: row concatenation of `sources` (name, rows).
-fn matrix(name: String, shape: &[usize], sources: Vec<(String, usize)>) -> PackedSpec {
-    spec(name, DType::Bf16, shape, sources)
+/// A GEMM weight in dtype `g`: row concatenation of `sources` (name, rows).
+fn matrix(g: DType, name: String, shape: &[usize], sources: Vec<(String, usize)>) -> PackedSpec {
+    spec(name, g, shape, sources)
 }
 
-/// A matrix with one source.
-fn matrix1(name: String, shape: &[usize], source: String) -> PackedSpec {
-    spec(name, DType::Bf16, shape, vec![(source, shape[0])])
+/// A GEMM weight with one source.
+fn matrix1(g: DType, name: String, shape: &[usize], source: String) -> PackedSpec {
+    spec(name, g, shape, vec![(source, shape[0])])
 }
 
 /// A norm weight: bf16 (as the checkpoint stores it; the kernels read bf16 norm
@@ -126,24 +128,25 @@ pub mod names {
 }
 
 /// Gated full attention: `p` is the packed prefix, `src` the checkpoint prefix.
-fn full_attention(p: &str, src: &str, c: &ModelConfig) -> Vec<PackedSpec> {
+fn full_attention(g: DType, p: &str, src: &str, c: &ModelConfig) -> Vec<PackedSpec> {
     let (h, hd) = (c.hidden_size, c.head_dim);
     let a = |n: &str| format!("{src}.self_attn.{n}.weight");
     vec![
         // [q_proj rows as stored: per head, hd query rows then hd gate rows | k_proj | v_proj]
         matrix(
+            g,
             names::qgkv(p),
             &[(2 * c.num_heads + 2 * c.num_kv_heads) * hd, h],
             vec![(a("q_proj"), 2 * c.num_heads * hd), (a("k_proj"), c.num_kv_heads * hd), (a("v_proj"), c.num_kv_heads * hd)],
         ),
-        matrix1(names::o(p), &[h, c.num_heads * hd], a("o_proj")),
+        matrix1(g, names::o(p), &[h, c.num_heads * hd], a("o_proj")),
         norm(names::q_norm(p), hd, a("q_norm")),
         norm(names::k_norm(p), hd, a("k_norm")),
     ]
 }
 
 /// Gated DeltaNet.
-fn linear_attention(p: &str, src: &str, c: &ModelConfig) -> Vec<PackedSpec> {
+fn linear_attention(g: DType, p: &str, src: &str, c: &ModelConfig) -> Vec<PackedSpec> {
     let (h, nv) = (c.hidden_size, c.linear_num_value_heads);
     let (qkv, vd) = (c.linear_qkv_dim(), c.linear_value_dim());
     let a = |n: &str| format!("{src}.linear_attn.{n}");
@@ -151,58 +154,60 @@ fn linear_attention(p: &str, src: &str, c: &ModelConfig) -> Vec<PackedSpec> {
         // [in_proj_qkv rows as stored (q: key heads x dk, k: key heads x dk, v: value heads x dv)
         //  | in_proj_z | in_proj_b | in_proj_a (one row per value head each)]: one GEMM.
         matrix(
+            g,
             names::qkvzba(p),
             &[qkv + vd + 2 * nv, h],
             vec![(a("in_proj_qkv.weight"), qkv), (a("in_proj_z.weight"), vd), (a("in_proj_b.weight"), nv), (a("in_proj_a.weight"), nv)],
         ),
         // bf16 [channels, kernel]: the stored [channels, 1, kernel] without its singleton dim
-        matrix1(names::conv(p), &[qkv, c.conv_kernel], a("conv1d.weight")),
+        spec(names::conv(p), DType::Bf16, &[qkv, c.conv_kernel], vec![(a("conv1d.weight"), qkv)]),
         vector(names::a_log(p), &[nv], a("A_log")),
         vector(names::dt_bias(p), &[nv], a("dt_bias")),
         // applied as plain w (not 1 + w)
         norm(names::gdn_norm(p), c.linear_value_head_dim, a("norm.weight")),
-        matrix1(names::gdn_out(p), &[h, vd], a("out_proj.weight")),
+        matrix1(g, names::gdn_out(p), &[h, vd], a("out_proj.weight")),
     ]
 }
 
-fn layer(p: &str, src: &str, kind: LayerKind, c: &ModelConfig) -> Vec<PackedSpec> {
+fn layer(g: DType, p: &str, src: &str, kind: LayerKind, c: &ModelConfig) -> Vec<PackedSpec> {
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let mut out = vec![norm(names::input_norm(p), h, format!("{src}.input_layernorm.weight"))];
     out.extend(match kind {
-        LayerKind::Linear => linear_attention(p, src, c),
-        LayerKind::Full => full_attention(p, src, c),
+        LayerKind::Linear => linear_attention(g, p, src, c),
+        LayerKind::Full => full_attention(g, p, src, c),
     });
     out.push(norm(names::post_attention_norm(p), h, format!("{src}.post_attention_layernorm.weight")));
     out.push(matrix(
+        g,
         names::gate_up(p),
         &[2 * i, h],
         vec![(format!("{src}.mlp.gate_proj.weight"), i), (format!("{src}.mlp.up_proj.weight"), i)],
     ));
-    out.push(matrix1(names::down(p), &[h, i], format!("{src}.mlp.down_proj.weight")));
+    out.push(matrix1(g, names::down(p), &[h, i], format!("{src}.mlp.down_proj.weight")));
     out
 }
 
 /// Every packed tensor, in payload order. `lm_head`: the checkpoint has an untied
-/// lm_head to pack; `mtp`: it has the MTP head.
-pub fn packed_specs(c: &ModelConfig, lm_head: bool, mtp: bool) -> Vec<PackedSpec> {
+/// lm_head to pack; `mtp`: it has the MTP head; `g`: the GEMM weights' dtype (bf16 or f16).
+pub fn packed_specs(c: &ModelConfig, lm_head: bool, mtp: bool, g: DType) -> Vec<PackedSpec> {
     let (h, v) = (c.hidden_size, c.vocab_size);
-    let mut out = vec![matrix1(names::EMBED.into(), &[v, h], "embed_tokens.weight".into())];
+    let mut out = vec![matrix1(g, names::EMBED.into(), &[v, h], "embed_tokens.weight".into())];
     for (i, kind) in c.layer_kinds.iter().enumerate() {
         let p = names::layer(i);
-        out.extend(layer(&p, &p, *kind, c));
+        out.extend(layer(g, &p, &p, *kind, c));
     }
     out.push(norm(names::NORM.into(), h, "norm.weight".into()));
     if lm_head {
-        out.push(matrix1(names::LM_HEAD.into(), &[v, h], "lm_head.weight".into()));
+        out.push(matrix1(g, names::LM_HEAD.into(), &[v, h], "lm_head.weight".into()));
     }
     if mtp {
         out.push(norm(names::MTP_PRE_FC_NORM_EMBEDDING.into(), h, "mtp.pre_fc_norm_embedding.weight".into()));
         out.push(norm(names::MTP_PRE_FC_NORM_HIDDEN.into(), h, "mtp.pre_fc_norm_hidden.weight".into()));
         // [hidden, 2 * hidden]: input is concat(norm_embedding(embed), norm_hidden(hidden)) as stored
-        out.push(matrix1(names::MTP_FC.into(), &[h, 2 * h], "mtp.fc.weight".into()));
+        out.push(matrix1(g, names::MTP_FC.into(), &[h, 2 * h], "mtp.fc.weight".into()));
         for j in 0..c.mtp_num_layers {
             let p = names::mtp_layer(j);
-            out.extend(layer(&p, &p, LayerKind::Full, c));
+            out.extend(layer(g, &p, &p, LayerKind::Full, c));
         }
         out.push(norm(names::MTP_NORM.into(), h, "mtp.norm.weight".into()));
     }

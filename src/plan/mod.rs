@@ -32,5 +32,5 @@ pub use format::{
 };
 pub use ident::{config_hash, tokenizer_hash};
 pub use layout::{names, packed_specs, PackedSpec};
-pub use pack::{plan_packing, Packing};
+pub use pack::{plan_packing, plan_packing_as, Packing};
 pub use write::{make_header, write_plan, BuildInfo, KernelImage};

@@ -1,6 +1,6 @@
 //! Packing: checks a checkpoint against its config, decides what goes into the plan
 //! (every checkpoint tensor is packed or explicitly skipped), and streams each packed
-//! tensor's bytes, converting bf16 / f16 / f32 inputs to the plan dtype.
+//! tensor's bytes, converting bf16 / f16 / f32 inputs to each packed tensor's dtype.
 
 use super::format::{DType, Skipped};
 use super::layout::{packed_specs, PackedSpec};
@@ -16,6 +16,8 @@ use std::io::Write;
 pub struct Packing {
     pub specs: Vec<PackedSpec>,
     pub skipped: Vec<Skipped>,
+    /// The GEMM weights' dtype (the header's `dtype`).
+    pub gemm: DType,
 }
 
 impl Packing {
@@ -36,10 +38,18 @@ fn mtp_present(ck: &Checkpoint, cfg: &ModelConfig) -> Result<bool> {
     Ok(missing.is_empty() && cfg.mtp_num_layers > 0)
 }
 
-/// Validates `ck` against `cfg` (names, shapes, dtypes) and lists the plan's tensors.
-/// Errors name the offending tensor: missing, misshaped, of another dtype, unknown, or
-/// present but used by no packed tensor.
+/// Validates `ck` against `cfg` (names, shapes, dtypes) and lists the plan's tensors,
+/// GEMM weights in bf16. Errors name the offending tensor: missing, misshaped, of another
+/// dtype, unknown, or present but used by no packed tensor.
 pub fn plan_packing(ck: &Checkpoint, cfg: &ModelConfig) -> Result<Packing> {
+    plan_packing_as(ck, cfg, DType::Bf16)
+}
+
+/// `plan_packing` with the GEMM weights in `gemm` (bf16, or f16: docs/numerics.md).
+pub fn plan_packing_as(ck: &Checkpoint, cfg: &ModelConfig, gemm: DType) -> Result<Packing> {
+    if gemm == DType::F32 {
+        bail!("GEMM weights are bf16 or f16, not f32");
+    }
     ck.validate(&expected_tensors(cfg))?;
     let mtp = mtp_present(ck, cfg)?;
     let has_lm_head = ck.tensors.contains_key("lm_head.weight");
@@ -55,7 +65,7 @@ pub fn plan_packing(ck: &Checkpoint, cfg: &ModelConfig) -> Result<Packing> {
             skipped.push(Skipped { name: name.clone(), reason: "config has mtp_num_hidden_layers = 0".into() });
         }
     }
-    let specs = packed_specs(cfg, has_lm_head && !cfg.tie_word_embeddings, mtp);
+    let specs = packed_specs(cfg, has_lm_head && !cfg.tie_word_embeddings, mtp, gemm);
 
     // Every source has exactly the rows x row width the layout says, and every
     // checkpoint tensor is used exactly once or skipped.
@@ -100,16 +110,41 @@ pub fn plan_packing(ck: &Checkpoint, cfg: &ModelConfig) -> Result<Packing> {
             if unused.len() == 1 { "is" } else { "are" }
         );
     }
-    Ok(Packing { specs, skipped })
+    Ok(Packing { specs, skipped, gemm })
 }
 
 /// Elements converted per chunk (bounds the scratch buffer and progress granularity).
 const CHUNK_ELEMS: usize = 1 << 21;
 
-/// Converts `src` (little-endian `dtype` values) to `to` into `out`. f32 -> bf16 rounds to
-/// nearest, ties to even (half's `from_f32`); bf16/f16 -> f32 is exact.
-fn convert(dtype: Dtype, src: &[u8], to: DType, out: &mut Vec<u8>) {
+/// Largest magnitude an fp16 holds (finite).
+const F16_MAX: f32 = 65504.0;
+
+/// The values of `src` (little-endian `dtype`) as f32, exactly.
+fn widen(dtype: Dtype, src: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    let step = if dtype == Dtype::F32 { 4 } else { 2 };
+    src.chunks_exact(step).map(move |c| match dtype {
+        Dtype::BF16 => half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32(),
+        Dtype::F16 => half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32(),
+        _ => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+    })
+}
+
+/// Converts `src` (little-endian `dtype` values) to `to` into `out`. f32 -> bf16 / f16
+/// rounds to nearest, ties to even (half's `from_f32`); bf16 -> f16 is exact for
+/// 2^-14 <= |x| < 65504 and keeps an absolute error <= 2^-25 below (fp16 subnormals);
+/// bf16/f16 -> f32 is exact. A value an fp16 cannot hold (|x| > 65504, inf, NaN) is an
+/// error naming the tensor.
+fn convert(name: &str, dtype: Dtype, src: &[u8], to: DType, out: &mut Vec<u8>) -> Result<()> {
     out.clear();
+    if to == DType::F16 {
+        for x in widen(dtype, src) {
+            if !(x.abs() <= F16_MAX) {
+                bail!("tensor `{name}` holds {x}, which an fp16 GEMM weight cannot (|x| <= {F16_MAX}): build the plan with bf16 GEMM weights");
+            }
+            out.extend_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes());
+        }
+        return Ok(());
+    }
     let u16s = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
     let f32s = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     let bf = |x: f32| half::bf16::from_f32(x).to_bits().to_le_bytes();
@@ -138,6 +173,7 @@ fn convert(dtype: Dtype, src: &[u8], to: DType, out: &mut Vec<u8>) {
         (Dtype::F32, DType::F32) => out.extend_from_slice(src),
         _ => unreachable!("dtype checked by plan_packing"),
     }
+    Ok(())
 }
 
 /// Streams one packed tensor into `out`; `progress` gets the bytes of each write.
@@ -159,14 +195,14 @@ pub fn write_packed(
             other => bail!("tensor `{}`: dtype {other:?} is not supported", info.stored_name),
         };
         let n = bytes.len() / esize;
-        let direct = info.dtype == Dtype::BF16 && spec.dtype == DType::Bf16;
+        let direct = (info.dtype == Dtype::BF16 && spec.dtype == DType::Bf16) || (info.dtype == Dtype::F16 && spec.dtype == DType::F16);
         for start in (0..n).step_by(CHUNK_ELEMS) {
             let m = CHUNK_ELEMS.min(n - start);
             let chunk = &bytes[start * esize..(start + m) * esize];
             let data: &[u8] = if direct {
                 chunk
             } else {
-                convert(info.dtype, chunk, spec.dtype, &mut buf);
+                convert(&info.stored_name, info.dtype, chunk, spec.dtype, &mut buf)?;
                 &buf
             };
             out.write_all(data).with_context(|| format!("writing packed tensor `{}`", spec.name))?;

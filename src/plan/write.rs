@@ -4,8 +4,8 @@
 
 use super::arch::Arch;
 use super::format::{
-    align_up, payload_offset, KernelEntry, Limits, PlanHeader, Prefix, TensorEntry, TensorPart, ALIGN,
-    FORMAT_VERSION, KERNEL_HASH, PLAN_DTYPE,
+    align_up, payload_offset, DType, KernelEntry, Limits, PlanHeader, Prefix, TensorEntry, TensorPart, ALIGN,
+    FORMAT_VERSION, KERNEL_HASH,
 };
 use super::ident::{config_hash, sha256_hex};
 use super::pack::{write_packed, Packing};
@@ -99,7 +99,11 @@ pub fn make_header(
         model_config: serde_json::to_value(cfg).context("serializing ModelConfig")?,
         tokenizer_hash: info.tokenizer_hash.clone(),
         checkpoint,
-        dtype: PLAN_DTYPE.to_string(),
+        dtype: match packing.gemm {
+            DType::F16 => "f16",
+            _ => "bf16",
+        }
+        .to_string(),
         limits: info.limits.clone(),
         source: info.source.clone(),
         created_unix,

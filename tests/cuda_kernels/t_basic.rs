@@ -54,6 +54,7 @@ fn nvrtc_compiles_every_kernel_for_sm90a_and_sm100a() {
     let tiny = KernelDims {
         hidden: 64, intermediate: 128, vocab: 1024, num_heads: 4, num_kv_heads: 2, head_dim: 64, rotary_dim: 16,
         rope_theta: 1e7, lin_num_k_heads: 2, lin_num_v_heads: 4, lin_k_dim: 32, lin_v_dim: 32, conv_kernel: 4, rms_eps: 1e-6,
+        gemm_f16: false,
     };
     compile::compile_all("sm_90a", &tiny, std::slice::from_ref(&inc)).unwrap_or_else(|e| panic!("tiny shape: {e:#}"));
     // A broken kernel gives an error naming the module and carrying NVRTC's log.

@@ -4,7 +4,7 @@
 
 use kiln::checkpoint::{expected_tensors, Checkpoint};
 use kiln::config::ModelConfig;
-use kiln::plan::{plan_packing, write_plan, Arch, BuildInfo, KernelImage, Limits, PlanHeader};
+use kiln::plan::{plan_packing_as, write_plan, Arch, BuildInfo, DType, KernelImage, Limits, PlanHeader};
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -133,9 +133,14 @@ pub fn build_info(model: &Path, arch: Option<Arch>) -> BuildInfo {
 
 /// Packs the model in `model` into `out` (no kernels unless given).
 pub fn build_plan(model: &Path, out: &Path, arch: Option<Arch>, kernels: &[KernelImage]) -> PlanHeader {
+    build_plan_as(model, out, arch, kernels, DType::Bf16)
+}
+
+/// `build_plan` with the GEMM weights in `gemm` (bf16 or f16; the kernels must match).
+pub fn build_plan_as(model: &Path, out: &Path, arch: Option<Arch>, kernels: &[KernelImage], gemm: DType) -> PlanHeader {
     let cfg = ModelConfig::from_file(&model.join("config.json")).unwrap();
     let ck = Checkpoint::open(model).unwrap();
-    let packing = plan_packing(&ck, &cfg).unwrap();
+    let packing = plan_packing_as(&ck, &cfg, gemm).unwrap();
     write_plan(out, &ck, &cfg, &packing, &build_info(model, arch), kernels, &mut |_, _| {}).unwrap()
 }
 
@@ -149,11 +154,35 @@ pub struct Built {
 }
 
 pub fn built(o: &Opts, arch: Option<Arch>, kernels: &[KernelImage]) -> Built {
+    built_as(o, arch, kernels, DType::Bf16)
+}
+
+/// `built` with the GEMM weights in `gemm` (bf16 or f16; the kernels must match).
+pub fn built_as(o: &Opts, arch: Option<Arch>, kernels: &[KernelImage], gemm: DType) -> Built {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     std::fs::create_dir(&model).unwrap();
     let (cfg, stored) = write_model(&model, o, 7);
     let plan = tmp.path().join("engines").join("toy.plan");
-    build_plan(&model, &plan, arch, kernels);
+    build_plan_as(&model, &plan, arch, kernels, gemm);
     Built { tmp, model, plan, cfg, stored }
+}
+
+/// Replaces one f32 tensor's data in model.safetensors.
+pub fn rewrite_f32(dir: &std::path::Path, name: &str, data: &[f32]) {
+    use safetensors::tensor::TensorView;
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let new: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let views: std::collections::HashMap<String, TensorView> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let d = if n == name { &new[..] } else { v.data() };
+            (n, TensorView::new(v.dtype(), v.shape().to_vec(), d).unwrap())
+        })
+        .collect();
+    let out = safetensors::serialize(&views, &None).unwrap();
+    std::fs::write(&path, out).unwrap();
 }

@@ -215,7 +215,8 @@ impl CudaBackend {
         }
         plan.check(&want)?;
         let cfg = plan.model_config()?;
-        let dims = KernelDims::from_config(&cfg);
+        // The GEMM operand type is the plan's: its weights and its kernels were built for it.
+        let dims = KernelDims { gemm_f16: plan.header.gemm_f16(), ..KernelDims::from_config(&cfg) };
         let modules: Vec<CompiledModule> = plan
             .header
             .kernels
@@ -320,7 +321,7 @@ impl CudaBackend {
             graph_max_bs,
             "cuda backend ready on {device_name}"
         );
-        let blas = std::cell::RefCell::new(BlasLt::new()?);
+        let blas = std::cell::RefCell::new(BlasLt::new(k.dims().gemm_f16)?);
         Ok(CudaBackend {
             cfg,
             cap,

@@ -1,5 +1,5 @@
-//! cuBLASLt for the compute-bound prefill GEMMs: y[M][N] (fp32) = x[M][K] (bf16) · W[N][K]ᵀ
-//! (bf16), fp32 accumulation. One algorithm per (M, N, K), chosen once by cuBLASLt's
+//! cuBLASLt for the compute-bound prefill GEMMs: y[M][N] (fp32) = x[M][K] · W[N][K]ᵀ, both
+//! bf16 (or fp16 in a plan with fp16 GEMM weights), fp32 accumulation. One algorithm per (M, N, K), chosen once by cuBLASLt's
 //! heuristic and cached, so the same chunk length always computes the same way.
 
 use super::kernels::DevPtr;
@@ -22,6 +22,9 @@ struct LtPlan {
 
 pub struct BlasLt {
     handle: sys::cublasLtHandle_t,
+    /// The type of W and x: bf16, or fp16 in a plan with fp16 GEMM weights
+    /// (docs/numerics.md); the producers write x in the same type.
+    operand: sys::cudaDataType,
     workspace: DevBuf,
     plans: HashMap<(usize, usize, usize), LtPlan>,
 }
@@ -31,9 +34,10 @@ fn err(what: &str) -> impl Fn(lt::CublasError) -> anyhow::Error + '_ {
 }
 
 impl BlasLt {
-    pub fn new() -> Result<Self> {
+    pub fn new(f16: bool) -> Result<Self> {
         let handle = lt::create_handle().map_err(err("create handle (is libcublasLt installed?)"))?;
-        Ok(BlasLt { handle, workspace: DevBuf::zeroed(WORKSPACE, "the cuBLASLt workspace")?, plans: HashMap::new() })
+        let operand = if f16 { sys::cudaDataType::CUDA_R_16F } else { sys::cudaDataType::CUDA_R_16BF };
+        Ok(BlasLt { handle, operand, workspace: DevBuf::zeroed(WORKSPACE, "the cuBLASLt workspace")?, plans: HashMap::new() })
     }
 
     fn plan(&mut self, m: usize, n: usize, k: usize) -> Result<&LtPlan> {
@@ -51,7 +55,7 @@ impl BlasLt {
                 )
             }
             .map_err(err("set transa"))?;
-            let bf = sys::cudaDataType::CUDA_R_16BF;
+            let bf = self.operand;
             let a = lt::create_matrix_layout(bf, k as u64, n as u64, k as i64).map_err(err("layout A"))?;
             let b = lt::create_matrix_layout(bf, k as u64, m as u64, k as i64).map_err(err("layout B"))?;
             let c = lt::create_matrix_layout(sys::cudaDataType::CUDA_R_32F, n as u64, m as u64, n as i64).map_err(err("layout C"))?;

@@ -52,19 +52,17 @@ pub const SOURCES: &[(&str, &str)] = &[
 /// `KILN_GEMM_REG_P` (32-k chunks in flight per warp in the m8/m16 register GEMM, default
 /// 4; session 12), `KILN_GEMM_SXW_P` (W chunks in flight per warp in the m16 shared-x
 /// kernel's whole-split loop, default 2; session 13), `KILN_GEMM_X_AHEAD` (1: the m8 register
-/// GEMM loads x two chunks ahead, the default since session 17; 0 at the chunk),
-/// `KILN_GEMM_F16` (1: fp16 GEMM operands, one MMA per product, kernels/common.cuh and
-/// docs/numerics.md; kiln-build takes it only with --compile-only until plans hold fp16
-/// GEMM weights).
+/// GEMM loads x two chunks ahead, the default since session 17; 0 at the chunk).
 /// device_run.sh stages `knobs`, `reg_p`, `sxw` and `x_ahead` measure them.
 /// `KILN_TIMELINE=1` builds the diagnostic in-graph timeline into every kernel
 /// (kernels/common.cuh; `kiln-eval timeline` reads it; stage `timeline`).
-pub const BUILD_KNOBS: [&str; 11] = [
+pub const BUILD_KNOBS: [&str; 10] = [
     "KILN_PF_MAX_ROWS", "KILN_PF_K", "KILN_PF_BUDGET_MB", "KILN_ATTN_V_EARLY", "KILN_PDL_EARLY_ROWS", "KILN_GEMM_REDUCE_IN", "KILN_GEMM_REG_P", "KILN_GEMM_SXW_P",
-    "KILN_GEMM_X_AHEAD", "KILN_TIMELINE", "KILN_GEMM_F16",
+    "KILN_GEMM_X_AHEAD", "KILN_TIMELINE",
 ];
 
-/// The model dimensions the kernels are specialised for (passed as `-D` defines).
+/// The model dimensions the kernels are specialised for (passed as `-D` defines), and
+/// the GEMMs' operand type, which fixes the kernels' types as a dimension would.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct KernelDims {
     pub hidden: usize,
@@ -81,6 +79,9 @@ pub struct KernelDims {
     pub lin_v_dim: usize,
     pub conv_kernel: usize,
     pub rms_eps: f64,
+    /// fp16 GEMM operands (`KILN_GEMM_F16`, kernels/common.cuh, docs/numerics.md): a plan
+    /// whose GEMM weights are fp16 (header dtype `f16`); bf16 otherwise.
+    pub gemm_f16: bool,
 }
 
 impl KernelDims {
@@ -100,6 +101,7 @@ impl KernelDims {
             lin_v_dim: c.linear_value_head_dim,
             conv_kernel: c.conv_kernel,
             rms_eps: c.rms_norm_eps,
+            gemm_f16: false,
         }
     }
 
@@ -120,6 +122,7 @@ impl KernelDims {
             lin_v_dim: 128,
             conv_kernel: 4,
             rms_eps: 1e-6,
+            gemm_f16: false,
         }
     }
 
@@ -155,7 +158,7 @@ impl KernelDims {
     /// The `-D` defines of this shape.
     pub fn defines(&self) -> Vec<String> {
         let d = self;
-        vec![
+        let mut v = vec![
             format!("-DHIDDEN={}", d.hidden),
             format!("-DINTER={}", d.intermediate),
             format!("-DVOCAB={}", d.vocab),
@@ -170,7 +173,11 @@ impl KernelDims {
             format!("-DLIN_DV={}", d.lin_v_dim),
             format!("-DCONV_K={}", d.conv_kernel),
             format!("-DRMS_EPS={:e}f", d.rms_eps as f32),
-        ]
+        ];
+        if d.gemm_f16 {
+            v.push("-DKILN_GEMM_F16=1".into());
+        }
+        v
     }
 }
 

@@ -140,19 +140,22 @@ impl DeviceWeights {
             Ok(buf.ptr + (t.entry.offset - base))
         };
         use plan::DType::{Bf16, F32};
+        // The GEMM weights' (and the embedding's) dtype is the plan's: bf16, or f16 with
+        // kernels compiled for fp16 GEMM operands (docs/numerics.md).
+        let g = if plan.header.gemm_f16() { plan::DType::F16 } else { Bf16 };
         let layer = |p: &str, kind: &LayerKind| -> Result<LayerPtrs> {
             let mixer = match kind {
                 LayerKind::Linear => MixerPtrs::Linear(LinearPtrs {
-                    qkvzba: ptr(&names::qkvzba(p), Bf16)?.into(),
+                    qkvzba: ptr(&names::qkvzba(p), g)?.into(),
                     conv: ptr(&names::conv(p), Bf16)?,
                     a_log: ptr(&names::a_log(p), F32)?,
                     dt_bias: ptr(&names::dt_bias(p), F32)?,
                     norm: ptr(&names::gdn_norm(p), Bf16)?,
-                    out: ptr(&names::gdn_out(p), Bf16)?.into(),
+                    out: ptr(&names::gdn_out(p), g)?.into(),
                 }),
                 LayerKind::Full => MixerPtrs::Full(FullPtrs {
-                    qgkv: ptr(&names::qgkv(p), Bf16)?.into(),
-                    o: ptr(&names::o(p), Bf16)?.into(),
+                    qgkv: ptr(&names::qgkv(p), g)?.into(),
+                    o: ptr(&names::o(p), g)?.into(),
                     q_norm: ptr(&names::q_norm(p), Bf16)?,
                     k_norm: ptr(&names::k_norm(p), Bf16)?,
                 }),
@@ -161,8 +164,8 @@ impl DeviceWeights {
                 input_norm: ptr(&names::input_norm(p), Bf16)?,
                 post_norm: ptr(&names::post_attention_norm(p), Bf16)?,
                 mixer,
-                gate_up: ptr(&names::gate_up(p), Bf16)?.into(),
-                down: ptr(&names::down(p), Bf16)?.into(),
+                gate_up: ptr(&names::gate_up(p), g)?.into(),
+                down: ptr(&names::down(p), g)?.into(),
             })
         };
         let layers = cfg.layer_kinds.iter().enumerate().map(|(i, kind)| layer(&names::layer(i), kind)).collect::<Result<Vec<_>>>()?;
@@ -170,7 +173,7 @@ impl DeviceWeights {
             Some(MtpPtrs {
                 norm_embedding: ptr(names::MTP_PRE_FC_NORM_EMBEDDING, Bf16)?,
                 norm_hidden: ptr(names::MTP_PRE_FC_NORM_HIDDEN, Bf16)?,
-                fc: ptr(names::MTP_FC, Bf16)?.into(),
+                fc: ptr(names::MTP_FC, g)?.into(),
                 // Qwen3.5 ships one MTP layer, a full-attention decoder layer.
                 layer: layer(&names::mtp_layer(0), &LayerKind::Full).context("the MTP layer")?,
                 norm: ptr(names::MTP_NORM, Bf16)?,
@@ -178,8 +181,8 @@ impl DeviceWeights {
         } else {
             None
         };
-        let embed = ptr(names::EMBED, Bf16)?;
-        let lm_head = if plan.has_tensor(names::LM_HEAD) { ptr(names::LM_HEAD, Bf16)? } else { embed }.into();
+        let embed = ptr(names::EMBED, g)?;
+        let lm_head = if plan.has_tensor(names::LM_HEAD) { ptr(names::LM_HEAD, g)? } else { embed }.into();
         let norm = ptr(names::NORM, Bf16).context("final norm")?;
         Ok(DeviceWeights { buf, embed, lm_head, norm, layers, mtp, draft_head: None, _packed: None })
     }
