@@ -185,6 +185,14 @@ typedef bf16 gop;
 #endif
 // Whether a GEMM's fp32 x has a lo part (a second MMA per product).
 #define GOP_LO (!KILN_GEMM_F16)
+// fp16 holds |x| <= 65504. A normalised GEMM input stays far below (|x| <= sqrt(HIDDEN)
+// x |1 + w|), but silu(gate) x up, the down projection's input, has no such bound: in an
+// fp16 plan it is written times 2^-GOP_DOWN_LOG2 and the down weights are packed times
+// 2^+GOP_DOWN_LOG2, exact powers of two whose product is 1 (compile.rs passes the one
+// number, src/plan/layout.rs DOWN_SCALE_LOG2), so fp16 holds inputs up to ~1M.
+#if KILN_GEMM_F16 && !defined(GOP_DOWN_LOG2)
+#error "fp16 GEMM kernels need GOP_DOWN_LOG2 (compile.rs passes plan::layout::DOWN_SCALE_LOG2)"
+#endif
 // A pair of 16-bit floats in one 32-bit word, per type: pack (round to nearest), the
 // two halves' values, one element.
 template <typename T> struct H16;

@@ -112,12 +112,22 @@ OUTPUT_GATE(kiln_output_gate_f32_bf16, float, gop)
 OUTPUT_GATE(kiln_output_gate_bf16_f32, bf16, float)
 OUTPUT_GATE(kiln_output_gate_bf16_bf16, bf16, gop)
 
+// silu(g) * u as the down projection's input: times 2^-GOP_DOWN_LOG2 in an fp16 plan
+// (common.cuh), exactly; as is otherwise.
+__device__ __forceinline__ float down_in(float silu_g_u) {
+#if KILN_GEMM_F16
+    return silu_g_u * (1.f / (1 << GOP_DOWN_LOG2));
+#else
+    return silu_g_u;
+#endif
+}
+
 // silu(g) * u for 4 consecutive outputs: one expression for silu_mul and silu_mul_parts.
 template <typename OUT>
 __device__ __forceinline__ void store_silu_mul4(OUT* o, const float (&gv)[4], const float (&uv)[4]) {
     float y[4];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) y[e] = siluf_(gv[e]) * uv[e];
+    for (int e = 0; e < 4; ++e) y[e] = down_in(siluf_(gv[e]) * uv[e]);
     storen<4>(o, y);
 }
 
@@ -138,7 +148,7 @@ __device__ __forceinline__ void silu_mul(const IN* __restrict__ gu, int ld_in, i
         loadn<4>(g + up_off, uv);
         store_silu_mul4(o, gv, uv);
     } else {
-        for (int e = 0; e < 4 && i + e < n; ++e) o[e] = from_f<OUT>(siluf_(to_f(g[e])) * to_f(g[up_off + e]));
+        for (int e = 0; e < 4 && i + e < n; ++e) o[e] = from_f<OUT>(down_in(siluf_(to_f(g[e])) * to_f(g[up_off + e])));
     }
 }
 
@@ -185,7 +195,7 @@ __device__ __forceinline__ void silu_mul_parts(const float* __restrict__ parts, 
                 gs += __ldcg(g + (size_t)sp * split_stride + e);
                 us += __ldcg(g + (size_t)sp * split_stride + up_off + e);
             }
-            o[e] = from_f<OUT>(siluf_(gs) * us);
+            o[e] = from_f<OUT>(down_in(siluf_(gs) * us));
         }
     }
 }

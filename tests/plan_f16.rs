@@ -7,6 +7,7 @@ mod plan_fixture;
 
 use kiln::checkpoint::Checkpoint;
 use kiln::config::{LayerKind, ModelConfig};
+use kiln::plan::layout::DOWN_SCALE_LOG2;
 use kiln::plan::{names, plan_packing, plan_packing_as, write_plan, DType, Expected, Plan};
 use plan_fixture::{build_info, write_model, Opts};
 use safetensors::Dtype;
@@ -76,6 +77,13 @@ fn f16_plans_hold_the_gemm_weights_in_fp16_and_everything_else_unchanged() {
         if b.entry.dtype != DType::F16 {
             assert_eq!(a.bytes, b.bytes, "{}: not a GEMM weight, so the same bytes", t.name);
             continue;
+        }
+        // The down projections are stored times 2^DOWN_SCALE_LOG2 (their input is written
+        // times its inverse: kernels/common.cuh GOP_DOWN_LOG2), everything else as is.
+        let s = if t.name.ends_with(".mlp.down") { DOWN_SCALE_LOG2 } else { 0 };
+        assert_eq!(b.entry.scale_log2, s, "{}", t.name);
+        for (x, y) in b.to_f32().into_iter().zip(b.stored_f32()) {
+            assert_eq!((x * 2f32.powi(s)).to_bits(), y.to_bits(), "{}: the stored scale", t.name);
         }
         // bf16 -> fp16 keeps every value of magnitude 2^-14 and above exactly (fp16 has
         // more mantissa bits and those exponents); below, fp16 subnormals round to a

@@ -32,8 +32,18 @@ pub struct TensorRef<'a> {
 }
 
 impl TensorRef<'_> {
-    /// The values as f32 (bf16 and f16 widened exactly). For tests and the CPU backend.
+    /// The weights as f32 (bf16 and f16 widened exactly, a stored scale undone exactly).
+    /// For tests and the CPU backend.
     pub fn to_f32(&self) -> Vec<f32> {
+        let v = self.stored_f32();
+        match self.entry.scale_log2 {
+            0 => v,
+            s => v.into_iter().map(|x| x * 2f32.powi(-s)).collect(),
+        }
+    }
+
+    /// The stored values as f32, as the kernels read them.
+    pub fn stored_f32(&self) -> Vec<f32> {
         match self.entry.dtype {
             DType::Bf16 => self
                 .bytes

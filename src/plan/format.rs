@@ -85,11 +85,19 @@ pub struct TensorPart {
     pub rows: usize,
 }
 
+fn is_zero(v: &i32) -> bool {
+    *v == 0
+}
+
 /// One packed tensor in the payload, row-major, little-endian.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TensorEntry {
     pub name: String,
     pub dtype: DType,
+    /// The stored values are the weights times 2^scale_log2 (the down projection of an
+    /// fp16 plan, `layout::DOWN_SCALE_LOG2`); absent means 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scale_log2: i32,
     pub shape: Vec<usize>,
     pub offset: u64,
     pub len: u64,

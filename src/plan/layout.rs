@@ -29,6 +29,9 @@ pub struct PackedSpec {
     /// Checkpoint tensors (canonical names) and the rows each gives, concatenated along
     /// dim 0 in this order.
     pub sources: Vec<(String, usize)>,
+    /// The stored values are the checkpoint's times 2^scale_log2 (exact): the down
+    /// projection of an fp16 plan (`DOWN_SCALE_LOG2`), 0 everywhere else.
+    pub scale_log2: i32,
 }
 
 impl PackedSpec {
@@ -43,8 +46,14 @@ impl PackedSpec {
 }
 
 fn spec(name: String, dtype: DType, shape: &[usize], sources: Vec<(String, usize)>) -> PackedSpec {
-    PackedSpec { name, dtype, shape: shape.to_vec(), sources }
+    PackedSpec { name, dtype, shape: shape.to_vec(), sources, scale_log2: 0 }
 }
+
+/// In an fp16 plan the down projection's weights are stored times 2^DOWN_SCALE_LOG2 and its
+/// input is written times 2^-DOWN_SCALE_LOG2 (kernels/common.cuh GOP_DOWN_LOG2, the same
+/// number): silu(gate) * up has no bound like a normalised input's, and this keeps it
+/// within fp16's range up to ~1M. Powers of two, so the products are unchanged.
+pub const DOWN_SCALE_LOG2: i32 = 4;
 
 /// A GEMM weight in dtype `g`: row concatenation of `sources` (name, rows).
 fn matrix(g: DType, name: String, shape: &[usize], sources: Vec<(String, usize)>) -> PackedSpec {
@@ -183,7 +192,11 @@ fn layer(g: DType, p: &str, src: &str, kind: LayerKind, c: &ModelConfig) -> Vec<
         &[2 * i, h],
         vec![(format!("{src}.mlp.gate_proj.weight"), i), (format!("{src}.mlp.up_proj.weight"), i)],
     ));
-    out.push(matrix1(g, names::down(p), &[h, i], format!("{src}.mlp.down_proj.weight")));
+    let mut down = matrix1(g, names::down(p), &[h, i], format!("{src}.mlp.down_proj.weight"));
+    if g == DType::F16 {
+        down.scale_log2 = DOWN_SCALE_LOG2;
+    }
+    out.push(down);
     out
 }
 

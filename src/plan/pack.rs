@@ -130,16 +130,21 @@ fn widen(dtype: Dtype, src: &[u8]) -> impl Iterator<Item = f32> + '_ {
 }
 
 /// Converts `src` (little-endian `dtype` values) to `to` into `out`. f32 -> bf16 / f16
-/// rounds to nearest, ties to even (half's `from_f32`); bf16 -> f16 is exact for
-/// 2^-14 <= |x| < 65504 and keeps an absolute error <= 2^-25 below (fp16 subnormals);
-/// bf16/f16 -> f32 is exact. A value an fp16 cannot hold (|x| > 65504, inf, NaN) is an
-/// error naming the tensor.
-fn convert(name: &str, dtype: Dtype, src: &[u8], to: DType, out: &mut Vec<u8>) -> Result<()> {
+/// rounds to nearest, ties to even (half's `from_f32`); bf16 -> f16 (times 2^scale_log2
+/// first, exactly) is exact for 2^-14 <= |x| <= 65504 and keeps an absolute error <= 2^-25
+/// below (fp16 subnormals); bf16/f16 -> f32 is exact. A value an fp16 cannot hold
+/// (|x| > 65504, inf, NaN) is an error naming the tensor. Only fp16 targets take a scale.
+fn convert(name: &str, dtype: Dtype, src: &[u8], to: DType, scale_log2: i32, out: &mut Vec<u8>) -> Result<()> {
     out.clear();
+    debug_assert!(scale_log2 == 0 || to == DType::F16, "only fp16 tensors are stored scaled");
     if to == DType::F16 {
-        for x in widen(dtype, src) {
+        let scale = 2f32.powi(scale_log2);
+        for w in widen(dtype, src) {
+            let x = w * scale;
             if !(x.abs() <= F16_MAX) {
-                bail!("tensor `{name}` holds {x}, which an fp16 GEMM weight cannot (|x| <= {F16_MAX}): build the plan with bf16 GEMM weights");
+                bail!(
+                    "tensor `{name}` holds {w}, which an fp16 GEMM weight cannot (|x| <= {F16_MAX} after a scale of 2^{scale_log2}): build the plan with bf16 GEMM weights"
+                );
             }
             out.extend_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes());
         }
@@ -195,14 +200,15 @@ pub fn write_packed(
             other => bail!("tensor `{}`: dtype {other:?} is not supported", info.stored_name),
         };
         let n = bytes.len() / esize;
-        let direct = (info.dtype == Dtype::BF16 && spec.dtype == DType::Bf16) || (info.dtype == Dtype::F16 && spec.dtype == DType::F16);
+        let direct = spec.scale_log2 == 0
+            && ((info.dtype == Dtype::BF16 && spec.dtype == DType::Bf16) || (info.dtype == Dtype::F16 && spec.dtype == DType::F16));
         for start in (0..n).step_by(CHUNK_ELEMS) {
             let m = CHUNK_ELEMS.min(n - start);
             let chunk = &bytes[start * esize..(start + m) * esize];
             let data: &[u8] = if direct {
                 chunk
             } else {
-                convert(&info.stored_name, info.dtype, chunk, spec.dtype, &mut buf)?;
+                convert(&info.stored_name, info.dtype, chunk, spec.dtype, spec.scale_log2, &mut buf)?;
                 &buf
             };
             out.write_all(data).with_context(|| format!("writing packed tensor `{}`", spec.name))?;

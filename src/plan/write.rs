@@ -78,6 +78,7 @@ pub fn make_header(
         tentries.push(TensorEntry {
             name: s.name.clone(),
             dtype: s.dtype,
+            scale_log2: s.scale_log2,
             shape: s.shape.clone(),
             offset: pos,
             len,

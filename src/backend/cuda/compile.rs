@@ -176,6 +176,7 @@ impl KernelDims {
         ];
         if d.gemm_f16 {
             v.push("-DKILN_GEMM_F16=1".into());
+            v.push(format!("-DGOP_DOWN_LOG2={}", crate::plan::layout::DOWN_SCALE_LOG2));
         }
         v
     }
