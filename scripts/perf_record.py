@@ -6,6 +6,8 @@ scripts/device_run.sh left in its output folder:
   bench8k.txt    kiln-eval bench --batch 1 --ctx 8192 --prefill 8192
   peer.txt       shared/bench/peer_torch_graph.py (its last JSON object; copy bandwidth)
   compare.json   scripts/gpu_reference.py compare (logits error, agreement by margin)
+  compare_TAG.json, eval_TAG.txt   the same for another plan (stage f16: the fp16 GEMM
+                 plan): `correctness_by_plan` {TAG: {...}}
   eval.txt       kiln-eval logits (batch and mixed-step invariance lines)
   verify.txt     kiln-eval verify (speculative verification: exact, ms per call; the
                  MTP draft, oracle and adversarial costs: issue 9's `mtp` object)
@@ -107,6 +109,24 @@ def parse_ab(text):
     return ab
 
 
+def correctness(out, suffix):
+    """compare{suffix}.json and eval{suffix}.txt: error, agreement and invariance ({} if absent)."""
+    c = {}
+    compare = read(os.path.join(out, f"compare{suffix}.json"))
+    if compare:
+        c = parse_compare(last_json_object(compare))
+    ev = read(os.path.join(out, f"eval{suffix}.txt"))
+    if ev:
+        inv = re.findall(r"batch invariance \(.*?among (\d+) others\): (\w+)", ev)
+        if inv:
+            c["batch_invariant"] = all(r == "identical" for _, r in inv)
+            c["batch_invariant_sizes"] = [int(n) + 1 for n, _ in inv]
+        mixed = re.search(r"mixed-step invariance \(.*?\): (.*)", ev)
+        if mixed:
+            c["mixed_invariant"] = mixed.group(1).startswith("bit-identical")
+    return c
+
+
 def record(out, commit, gpu):
     line = {"date": datetime.date.today().isoformat(), "commit": commit, "gpu": gpu}
     bench = read(os.path.join(out, "bench.txt"))
@@ -123,19 +143,16 @@ def record(out, commit, gpu):
         rep = last_json_object(peer)
         line["peer_ms"] = {str(b): v["ms"] for b, v in rep["steps"].items()}
         line["copy_tbps"] = round(rep["copy_bw_TBps"], 3)
-    compare = read(os.path.join(out, "compare.json"))
-    if compare:
-        line["correctness"] = parse_compare(last_json_object(compare))
-    ev = read(os.path.join(out, "eval.txt"))
-    if ev:
-        c = line.setdefault("correctness", {})
-        inv = re.findall(r"batch invariance \(.*?among (\d+) others\): (\w+)", ev)
-        if inv:
-            c["batch_invariant"] = all(r == "identical" for _, r in inv)
-            c["batch_invariant_sizes"] = [int(n) + 1 for n, _ in inv]
-        mixed = re.search(r"mixed-step invariance \(.*?\): (.*)", ev)
-        if mixed:
-            c["mixed_invariant"] = mixed.group(1).startswith("bit-identical")
+    c = correctness(out, "")
+    if c:
+        line["correctness"] = c
+    # Another plan's accuracy (device_run.sh logits_check TAG: compare_TAG.json, eval_TAG.txt),
+    # e.g. the fp16 GEMM plan's (stage f16).
+    tags = sorted(n[len("compare_"):-len(".json")] for n in (os.listdir(out) if os.path.isdir(out) else [])
+                  if n.startswith("compare_") and n.endswith(".json"))
+    variants = {t: correctness(out, "_" + t) for t in tags}
+    if any(variants.values()):
+        line["correctness_by_plan"] = {t: v for t, v in variants.items() if v}
     verify = read(os.path.join(out, "verify.txt"))
     if verify:
         rows = re.findall(r"verify batch (\d+) .*?: (\w+) \(.*?(\d+\.\d+) tokens per cycle\); decode step median ([\d.]+) ms, verify median ([\d.]+) ms", verify)

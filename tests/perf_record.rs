@@ -107,3 +107,30 @@ fn ab_stages_gpu_tests_and_microbenchmarks_become_fields() {
     assert_eq!(l["mma_rate_tflops"]["lds warps 16 chains 16"], 572.5);
     assert_eq!(l["tiled_stage_us_per_stage"]["+bar+w+x"], 1.58);
 }
+
+#[test]
+fn another_plans_accuracy_is_recorded_beside_the_default_plans() {
+    // device_run.sh stage f16: logits_check f16 writes compare_f16.json and eval_f16.txt.
+    let dir = tempfile::tempdir().unwrap();
+    let w = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    w(
+        "compare_f16.json",
+        "{\"positions\": 1056, \"rel_err_vs_fp32\": {\"ours\": 0.0049, \"hf_bf16\": 0.0743}, \"nan_in_ours\": false,\n\
+         \"agreement_with_fp32\": {\">0.0\": {\"n\": 1056, \"ours\": 0.995, \"hf_bf16\": 0.81}, \">0.05\": {\"n\": 840, \"ours\": 1.0, \"hf_bf16\": 0.886},\n\
+         \">0.2\": {\"n\": 430, \"ours\": 1.0, \"hf_bf16\": 1.0}, \">0.5\": {\"n\": 100, \"ours\": 1.0, \"hf_bf16\": 1.0}}}\n",
+    );
+    w(
+        "eval_f16.txt",
+        "batch invariance (32 greedy tokens, alone vs among 7 others): identical\n\
+         batch invariance (32 greedy tokens, alone vs among 255 others): DIFFERENT\n\
+         mixed-step invariance (decode rows beside prefill chunks): bit-identical\n",
+    );
+    let l = record(dir.path().to_str().unwrap());
+    let c = &l["correctness_by_plan"]["f16"];
+    assert_eq!(c["rel_err"], 0.0049);
+    assert_eq!(c["agree"]["0"], 0.995);
+    assert_eq!(c["batch_invariant"], false, "one differing batch size fails it");
+    assert_eq!(c["batch_invariant_sizes"], serde_json::json!([8, 256]));
+    assert_eq!(c["mixed_invariant"], true);
+    assert!(l.get("correctness").is_none(), "the default plan's fields stay absent without its files: {l}");
+}
