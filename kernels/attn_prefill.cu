@@ -37,6 +37,12 @@ using namespace kiln;
 #ifndef KILN_ATTN_P_BF16
 #define KILN_ATTN_P_BF16 0
 #endif
+// KILN_ATTN_Q_BF16 (an experiment, off by default): the scores from q's bf16 part only, half
+// the q.k MMAs and no q lo loads (docs/numerics.md: q and P rounded to bf16 in prefill
+// attention moved the emulated logits error by < 1 %; K is bf16 already).
+#ifndef KILN_ATTN_Q_BF16
+#define KILN_ATTN_Q_BF16 0
+#endif
 
 #define AP_KT 32                        // keys per tile
 #define AP_LD (HEAD_DIM + 8)            // padded bf16 row (16-byte aligned, conflict-free ldmatrix)
@@ -175,17 +181,24 @@ __device__ __forceinline__ void attn_prefill(const float* __restrict__ q, const 
         for (int j = 0; j < AP_KT / 8; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.f;
 #pragma unroll 4
         for (int kk = 0; kk < AP_KS; ++kk) {
-            unsigned ah[4], al[4];
+            unsigned ah[4];
             ldsm_x4(ah, qh_w + kk * 16);
+#if !KILN_ATTN_Q_BF16
+            unsigned al[4];
             ldsm_x4(al, ql_w + kk * 16);
+#endif
 #pragma unroll
             for (int jp = 0; jp < AP_KT / 16; ++jp) {
                 // Matrices: keys 16jp+0..7 at d 16kk, +8; keys 16jp+8..15 at d 16kk, +8.
                 unsigned b[4];
                 ldsm_x4(b, kb + (16 * jp + (lm >> 1) * 8 + lr) * AP_LD + kk * 16 + (lm & 1) * 8);
+#if !KILN_ATTN_Q_BF16
                 mma_16816(sc[2 * jp], al, b);
+#endif
                 mma_16816(sc[2 * jp], ah, b);
+#if !KILN_ATTN_Q_BF16
                 mma_16816(sc[2 * jp + 1], al, b + 2);
+#endif
                 mma_16816(sc[2 * jp + 1], ah, b + 2);
             }
         }

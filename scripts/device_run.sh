@@ -31,9 +31,10 @@
 #            meant to keep every bit, such as a reduction's load batching, proves it here).
 #            Every "bit-identical to the default plan's" line goes to cmp.txt
 #   sweep    the decode GEMM on every shape under candidate K splits (bench_gemm_sweep: sweep.txt)
-#   attn_pbf16  a second plan built with KILN_ATTN_P_BF16=1 (prefill attention with bf16
-#            probabilities: half its P.V MMAs): prefill 1024 and 8192, and its accuracy
-#            against the references (compare_attn_pbf16.json)
+#   attn_pbf16  plans built with KILN_ATTN_P_BF16=1 (prefill attention with bf16 probabilities:
+#            half its P.V MMAs) and with KILN_ATTN_Q_BF16=1 too (bf16 q: half its q.k MMAs):
+#            prefill 1024 and 8192 against the default (bench_attn_pbf16.txt), and each one's
+#            accuracy against the references (compare_attn_pbf16.json, compare_attn_qpbf16.json)
 #   attn_parts  batch 1 and 8 at ctx 8192 with KILN_ATTN_MAX_PARTS=64 and 128 (decode attention
 #            split into more parts at long context; the default 32 gives 256-key parts at 8K)
 #   timeline a plan built with KILN_TIMELINE=1, then kiln-eval timeline at batch $TL_BATCH (default
@@ -400,10 +401,19 @@ if has sweep; then
   log "decode GEMM sweep"; for t in .devbin/cuda_kernels*; do [ -x "$t" ] && KILN_CUDA_BENCH=1 "$t" bench_gemm_sweep --ignored --nocapture 2>&1 | grep SWEEP > "$OUT/sweep.txt"; done; wc -l "$OUT/sweep.txt"
 fi
 if has attn_pbf16; then
-  log "plan with KILN_ATTN_P_BF16=1"; plan_with pbf16 KILN_ATTN_P_BF16=1
-  for c in 8192 1024; do bench_as pbf16 bench_attn_pbf16.txt /tmp/engines_pbf16/qwen35_4b_random.plan -- --batch 1 --ctx $c --prefill $c; done
-  [ -f "$REFS/cases.json" ] && logits_check attn_pbf16 /tmp/engines_pbf16/qwen35_4b_random.plan
-  rm -rf /tmp/engines_pbf16
+  # Prefill attention with one MMA per product: P's bf16 part only (KILN_ATTN_P_BF16=1), and
+  # q's too (KILN_ATTN_Q_BF16=1; docs/numerics.md): prefill 8192 / 1024 against the default
+  # plan, then each plan's accuracy.
+  for v in "pbf16 KILN_ATTN_P_BF16=1" "qpbf16 KILN_ATTN_P_BF16=1 KILN_ATTN_Q_BF16=1"; do
+    read -r tag knobs <<< "$v"
+    log "plan with $knobs"; plan_with "$tag" $knobs
+    for c in 8192 1024; do
+      bench_as default bench_attn_pbf16.txt "$ENG/qwen35_4b_random.plan" -- --batch 1 --ctx $c --prefill $c
+      bench_as "$tag" bench_attn_pbf16.txt "/tmp/engines_$tag/qwen35_4b_random.plan" -- --batch 1 --ctx $c --prefill $c
+    done
+    if [ -f "$REFS/cases.json" ]; then logits_check "attn_$tag" "/tmp/engines_$tag/qwen35_4b_random.plan"; fi
+    rm -rf "/tmp/engines_$tag"
+  done
 fi
 if has attn_parts; then
   for p in 32 64 128; do

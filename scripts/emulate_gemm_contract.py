@@ -66,28 +66,53 @@ def exact(x):
     return x
 
 
-# variant: (long prompts' rows, every other row). kiln today is `hilo`.
-RULES = {"hilo": (bf16, hilo), "bf16": (bf16, bf16), "fp16": (bf16, fp16_scaled),
-         "fp16_all": (fp16_scaled, fp16_scaled), "hilo_pf16": (fp16_scaled, hilo),
-         "kv_only": (exact, exact), "fp16_plain_all": (fp16_plain, fp16_plain), "fp16_w": (bf16, fp16_scaled)}
+# variant: (GEMM inputs of long prompts' rows, of every other row, the KV cache, the
+# prompt rows' q and probabilities in prefill attention). kiln today is `hilo`; its
+# prefill attention splits q and P into bf16 hi + lo (`exact` here, ~16 bits).
+RULES = {"hilo": (bf16, hilo, bf16, exact), "bf16": (bf16, bf16, bf16, exact), "fp16": (bf16, fp16_scaled, bf16, exact),
+         "fp16_all": (fp16_scaled, fp16_scaled, bf16, exact), "hilo_pf16": (fp16_scaled, hilo, bf16, exact),
+         "kv_only": (exact, exact, bf16, exact), "fp16_plain_all": (fp16_plain, fp16_plain, bf16, exact),
+         "fp16_w": (bf16, fp16_scaled, bf16, exact),
+         # One MMA per product in prefill attention too: q and P rounded, with a bf16 or an
+         # fp16 KV cache (the operands of one MMA share a type).
+         "hilo_qp_bf16": (bf16, hilo, bf16, bf16), "fp16_all_qp_bf16": (fp16_scaled, fp16_scaled, bf16, bf16),
+         "fp16_all_kv16": (fp16_scaled, fp16_scaled, fp16_scaled, exact),
+         "fp16_all_kv16_qp16": (fp16_scaled, fp16_scaled, fp16_scaled, fp16_scaled)}
 
 
 class Emulation:
-    """Rounds Linear inputs (prompt rows bf16, the rest by `rule`) and K / V to bf16."""
+    """Rounds Linear inputs, K / V and the prompt rows' attention q and P by a variant's rules."""
 
     def __init__(self, model, prompt_len, rules):
-        self.p, (self.prefill_rule, self.rule), self.handles = prompt_len, rules, []
+        self.p, (self.prefill_rule, self.rule, kv, self.qp), self.handles = prompt_len, rules, []
         for name, mod in model.named_modules():
             if isinstance(mod, torch.nn.Linear):
                 long_prompt = prompt_len > 64 and name != "lm_head"
                 self.handles.append(mod.register_forward_pre_hook(self.round_long if long_prompt else self.round_all))
                 if name.endswith("self_attn.v_proj"):
-                    self.handles.append(mod.register_forward_hook(lambda m, i, o: bf16(o)))
-        self.rope = mq.apply_rotary_pos_emb
-        def rope_kv_bf16(q, k, cos, sin, *a, **kw):
+                    self.handles.append(mod.register_forward_hook(lambda m, i, o: kv(o)))
+        self.rope, self.attn = mq.apply_rotary_pos_emb, mq.eager_attention_forward
+        def rope_kv(q, k, cos, sin, *a, **kw):
             q, k = self.rope(q, k, cos, sin, *a, **kw)
-            return q, bf16(k)
-        mq.apply_rotary_pos_emb = rope_kv_bf16
+            return q, kv(k)
+        mq.apply_rotary_pos_emb = rope_kv
+        mq.eager_attention_forward = self.attention
+
+    def attention(self, module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        """Softmax attention as kiln's prefill kernel rounds it: the prompt rows' scaled q and
+        unnormalised probabilities by the variant's rule, the sum of the unrounded ones."""
+        k = mq.repeat_kv(key, module.num_key_value_groups)
+        v = mq.repeat_kv(value, module.num_key_value_groups)
+        q = query * scaling
+        q = torch.cat([self.qp(q[:, :, :self.p]), q[:, :, self.p:]], dim=2)
+        s = torch.matmul(q, k.transpose(2, 3))
+        if attention_mask is not None:
+            s = s + attention_mask
+        e = torch.exp(s - s.amax(dim=-1, keepdim=True))
+        l = e.sum(dim=-1, keepdim=True)
+        e = torch.cat([self.qp(e[:, :, :self.p]), e[:, :, self.p:]], dim=2)
+        out = torch.matmul(e, v) / l
+        return out.transpose(1, 2).contiguous(), None
 
     def round_all(self, mod, args):
         return (self.rule(args[0]),) + tuple(args[1:])
@@ -102,13 +127,13 @@ class Emulation:
     def close(self):
         for h in self.handles:
             h.remove()
-        mq.apply_rotary_pos_emb = self.rope
+        mq.apply_rotary_pos_emb, mq.eager_attention_forward = self.rope, self.attn
 
 
 def make_model(seed):
     torch.manual_seed(seed)
     cfg = Qwen3_5TextConfig(**TEXT)
-    cfg._attn_implementation = "sdpa"
+    cfg._attn_implementation = "eager"  # the emulation replaces eager_attention_forward
     model = Qwen3_5ForCausalLM(cfg).float().eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

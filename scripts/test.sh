@@ -27,6 +27,8 @@ grep -E '^(NVRTC|sm_)' <<<"$out"
 KILN_PDL_EARLY=0 target/release/kiln-build --compile-only --arch sm_90a,sm_100a | tail -1
 # The prefill attention experiment with bf16 probabilities (KILN_ATTN_P_BF16=1, off by default).
 KILN_ATTN_P_BF16=1 target/release/kiln-build --compile-only --arch sm_90a,sm_100a | tail -1
+# ... and with bf16 q too (KILN_ATTN_Q_BF16=1, docs/numerics.md).
+KILN_ATTN_P_BF16=1 KILN_ATTN_Q_BF16=1 target/release/kiln-build --compile-only --arch sm_90a,sm_100a | tail -1
 # The kernel knobs' variants (compile::BUILD_KNOBS; stage knobs of device_run.sh measures them).
 KILN_ATTN_V_EARLY=1 KILN_PF_K=512 KILN_PF_BUDGET_MB=48 KILN_PDL_EARLY_ROWS=64 KILN_PF_MAX_ROWS=256 KILN_TIMELINE=1 \
     target/release/kiln-build --compile-only --arch sm_90a,sm_100a | tail -1

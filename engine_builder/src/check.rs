@@ -7,7 +7,7 @@
 use anyhow::{bail, Context, Result};
 use kiln::checkpoint::Checkpoint;
 use kiln::config::ModelConfig;
-use kiln::plan::{plan_packing, tokenizer_hash, Packing};
+use kiln::plan::{plan_packing_as, tokenizer_hash, DType, Packing};
 use kiln::tokenizer::Tokenizer;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,8 +49,9 @@ impl CheckReport {
     }
 }
 
-/// Checks the checkpoint in `dir` as a build would, without reading tensor data.
-pub fn check(dir: &Path) -> Result<CheckReport> {
+/// Checks the checkpoint in `dir` as a build with GEMM weights in `gemm` would, without
+/// reading tensor data (so an fp16 plan's range check is left to the build).
+pub fn check(dir: &Path, gemm: DType) -> Result<CheckReport> {
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     let tok_path = dir.join("tokenizer.json");
     if !tok_path.is_file() {
@@ -62,7 +63,7 @@ pub fn check(dir: &Path) -> Result<CheckReport> {
         bail!("the tokenizer has {} tokens but the model's vocab_size is {}", tok.vocab_size(), cfg.vocab_size);
     }
     let ck = Checkpoint::open_headers(dir)?;
-    let packing = plan_packing(&ck, &cfg).with_context(|| format!("checking {}", dir.display()))?;
+    let packing = plan_packing_as(&ck, &cfg, gemm).with_context(|| format!("checking {}", dir.display()))?;
     Ok(CheckReport {
         model_type: cfg.model_type.clone(),
         tensors: ck.tensors.len(),

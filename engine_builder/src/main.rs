@@ -79,6 +79,13 @@ impl Args {
     fn gemm_f16(&self) -> bool {
         self.gemm_operands == "f16"
     }
+    fn gemm_dtype(&self) -> DType {
+        if self.gemm_f16() {
+            DType::F16
+        } else {
+            DType::Bf16
+        }
+    }
 }
 
 fn builder_version() -> String {
@@ -237,8 +244,7 @@ fn build(args: &Args) -> Result<()> {
     }
     let (ck, packing) = phase("open + check checkpoint", || {
         let ck = Checkpoint::open(model)?;
-        let gemm = if args.gemm_f16() { DType::F16 } else { DType::Bf16 };
-        let packing = plan_packing_as(&ck, &cfg, gemm)?;
+        let packing = plan_packing_as(&ck, &cfg, args.gemm_dtype())?;
         Ok((ck, packing))
     })?;
     let kernels = match arch {
@@ -300,7 +306,7 @@ fn check_only(args: &Args) -> Result<()> {
     let Some(model) = args.model.as_deref() else {
         bail!("--check-only needs --model DIR (the checkpoint folder)");
     };
-    let report = check::check(model)?;
+    let report = check::check(model, args.gemm_dtype())?;
     println!("{}", report.summary(model));
     Ok(())
 }

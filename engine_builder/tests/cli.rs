@@ -62,6 +62,22 @@ fn builds_a_plan_without_kernels() {
 }
 
 #[test]
+fn gemm_operands_f16_builds_and_checks_an_fp16_plan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = model(tmp.path(), &Opts::default());
+    let out = tmp.path().join("engines");
+    let args = ["--model", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--no-kernels", "--gemm-operands", "f16"];
+    let o = kiln_build(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let plan = Plan::open(&out.join("toy-model.nokernels.plan")).unwrap();
+    plan.check(&Expected::default().with_model_dir(&m).unwrap()).unwrap();
+    assert!(plan.header.gemm_f16(), "header dtype {}", plan.header.dtype);
+    // (--check-only with it: tests/official_layout.rs, which has a real tokenizer.)
+    let o = kiln_build(&["--model", m.to_str().unwrap(), "--no-kernels", "--gemm-operands", "fp8"]);
+    assert!(!o.status.success() && text(&o).contains("possible values: bf16, f16"), "{}", text(&o));
+}
+
+#[test]
 fn names_and_limits_come_from_the_flags() {
     let tmp = tempfile::tempdir().unwrap();
     let m = model(tmp.path(), &Opts::default());

@@ -174,6 +174,13 @@ fn check_only_accepts_the_official_layout_reading_headers_alone() {
     assert!(!out.exists(), "--check-only created {}", out.display());
     assert_eq!(listing(&dir), before, "--check-only changed the checkpoint folder");
     println!("{line}");
+    // An fp16 plan (--gemm-operands f16): the GEMM weights' conversions are bf16 -> f16.
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln-build"))
+        .args(["--check-only", "--gemm-operands", "f16", "--model", dir.to_str().unwrap()])
+        .output()
+        .expect("running kiln-build");
+    let f16 = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && f16.contains("bf16->f16") && !line.contains("bf16->f16"), "{f16}\n{line}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! cuBLASLt for the compute-bound prefill GEMMs: y[M][N] (fp32) = x[M][K] · W[N][K]ᵀ, both
-//! bf16 (or fp16 in a plan with fp16 GEMM weights), fp32 accumulation. One algorithm per (M, N, K), chosen once by cuBLASLt's
-//! heuristic and cached, so the same chunk length always computes the same way.
+//! bf16 (or fp16 in a plan with fp16 GEMM weights), fp32 accumulation. One algorithm per
+//! (M, N, K), chosen once by cuBLASLt's heuristic and cached, so the same chunk length
+//! always computes the same way.
 
 use super::kernels::DevPtr;
 use super::memory::DevBuf;
@@ -55,9 +56,9 @@ impl BlasLt {
                 )
             }
             .map_err(err("set transa"))?;
-            let bf = self.operand;
-            let a = lt::create_matrix_layout(bf, k as u64, n as u64, k as i64).map_err(err("layout A"))?;
-            let b = lt::create_matrix_layout(bf, k as u64, m as u64, k as i64).map_err(err("layout B"))?;
+            let op = self.operand;
+            let a = lt::create_matrix_layout(op, k as u64, n as u64, k as i64).map_err(err("layout A"))?;
+            let b = lt::create_matrix_layout(op, k as u64, m as u64, k as i64).map_err(err("layout B"))?;
             let c = lt::create_matrix_layout(sys::cudaDataType::CUDA_R_32F, n as u64, m as u64, n as i64).map_err(err("layout C"))?;
             let pref = lt::create_matmul_pref().map_err(err("preference"))?;
             let ws = WORKSPACE as u64;

@@ -352,6 +352,11 @@ pub fn compile_module(name: &str, src: &str, arch: &str, dims: &KernelDims, incl
     if std::env::var("KILN_ATTN_P_BF16").is_ok_and(|v| v == "1") {
         opts.push("-DKILN_ATTN_P_BF16=1".into());
     }
+    // KILN_ATTN_Q_BF16=1 (an experiment, off by default): the scores from q's bf16 part only,
+    // half the q.k MMAs (device_run.sh stage attn_pbf16 with ATTN_Q=1).
+    if std::env::var("KILN_ATTN_Q_BF16").is_ok_and(|v| v == "1") {
+        opts.push("-DKILN_ATTN_Q_BF16=1".into());
+    }
     // Numeric kernel knobs for measurements (each a `#ifndef` default in the kernels),
     // passed through when set in the environment.
     for name in BUILD_KNOBS {
