@@ -457,7 +457,12 @@ fn check_plan(plan: &Path, dir: &Path, arch: kiln::plan::Arch) -> Result<()> {
     use kiln::backend::cuda::libs::{require, CudaLib};
     let p = kiln::plan::Plan::open(plan)?;
     if let Some((a, b)) = p.header.nvrtc_version {
-        tracing::info!("plan {}: kernels compiled by NVRTC {a}.{b} for {}", plan.display(), p.header.arch.map_or("-", |x| x.as_str()));
+        tracing::info!(
+            "plan {}: kernels compiled by NVRTC {a}.{b} for {}, {} GEMM operands",
+            plan.display(),
+            p.header.arch.map_or("-", |x| x.as_str()),
+            p.header.dtype
+        );
     }
     let mut want = kiln::plan::Expected::for_gpu(arch).with_model_dir(dir)?;
     want.driver_cuda = Some(require(CudaLib::Driver)?.version);
