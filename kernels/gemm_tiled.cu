@@ -340,7 +340,8 @@ __device__ __forceinline__ void tiled_gemm(const bf16* __restrict__ W, const voi
     tg_split_sum<Y, BN>(y, ws, counters, M, N, splits, n0, m0);
 }
 
-// The stage counts come from registry::TILED_STAGES (KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS).
+// The stage counts come from registry::TILED_STAGES (KILN_TILED_W_SLOTS, KILN_TILED_X_SLOTS)
+// and, for the paired kernel, registry::TILED_PAIRED_SLOTS (KILN_TILED_PAIRED_*_SLOTS).
 // PRE: the entry's name stem; WT: W tiles per warp (the block has 32 * WT rows); BLOCKS:
 // blocks per SM the registers are held to; SMEM_DEF: the registry's define for this width.
 #define GEMM_TILED_ENTRY(PRE, WT, BLOCKS, SMEM_DEF, WS, XS, PAIRED, XN, XT, XF, YN, YT)             \
@@ -369,4 +370,4 @@ GEMM_TILED_ALL(kiln_gemm_tiled, 4, 2, KILN_SMEM_GEMM_TILED)
 GEMM_TILED_ALL(kiln_gemm_tiled_w, 8, 1, KILN_SMEM_GEMM_TILED_WIDE)
 // The wide kernel with one wait and barrier per two stages (session 26, `KILN_GEMM_TILED_PAIRED=1`,
 // an experiment): four W and four x slots (192 KB for fp32 x), the same bits.
-GEMM_TILED_ALL_SLOTS(kiln_gemm_tiled_w2, 8, 1, KILN_SMEM_GEMM_TILED_WIDE2, 4, 4, true)
+GEMM_TILED_ALL_SLOTS(kiln_gemm_tiled_w2, 8, 1, KILN_SMEM_GEMM_TILED_WIDE2, KILN_TILED_PAIRED_W_SLOTS, KILN_TILED_PAIRED_X_SLOTS, true)

@@ -184,11 +184,13 @@ logits_check() {
     if cmp -s /tmp/ours.f32 "/tmp/ours_$tag.f32"; then echo "$tag: teacher-forced logits bit-identical to the default plan's"; else echo "$tag: logits DIFFER from the default plan's"; fi | tee -a "$OUT/cmp.txt"
   fi
 }
-# plan_with TAG [VAR=value ...]: the checkpoint's plan built with those variables set, at
-# /tmp/engines_TAG/qwen35_4b_random.plan (a kernel knob or experiment compiled in).
+# plan_with TAG [VAR=value ...] [-- kiln-build flags]: the checkpoint's plan built with those
+# variables set (and flags given), at /tmp/engines_TAG/qwen35_4b_random.plan (a kernel knob
+# or experiment compiled in).
 plan_with() {
   local tag=$1; shift
-  env "$@" .devbin/kiln-build --model "$CKPT" --out "/tmp/engines_$tag" --name qwen35_4b_random 2>&1 | tail -1
+  local vars=(); while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do vars+=("$1"); shift; done; [ "$#" -gt 0 ] && shift
+  env "${vars[@]}" .devbin/kiln-build --model "$CKPT" --out "/tmp/engines_$tag" --name qwen35_4b_random "$@" 2>&1 | tail -1
 }
 # bench_as TAG FILE PLAN [VAR=value ...] -- [kiln-eval bench flags]: the bench's decode and
 # prefill lines with those variables set, each prefixed with TAG, appended to $OUT/FILE.
@@ -364,7 +366,7 @@ if has f16; then
   # each (bench_f16.txt), and with refs its accuracy and invariance (eval_f16.txt,
   # compare_f16.json; its logits differ from the default plan's by design).
   log "fp16 GEMM operands: plan, bench against the default, accuracy"
-  .devbin/kiln-build --model "$CKPT" --out /tmp/engines_f16 --name qwen35_4b_random --gemm-operands f16 2>&1 | tail -1
+  plan_with f16 -- --gemm-operands f16
   for r in 1 2; do
     bench_as default bench_f16.txt "$ENG/qwen35_4b_random.plan" -- --batch "${F16_BATCHES:-1,8,32,64,128,256}"
     bench_as gemm_f16 bench_f16.txt /tmp/engines_f16/qwen35_4b_random.plan -- --batch "${F16_BATCHES:-1,8,32,64,128,256}"

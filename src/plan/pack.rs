@@ -129,54 +129,30 @@ fn widen(dtype: Dtype, src: &[u8]) -> impl Iterator<Item = f32> + '_ {
     })
 }
 
-/// Converts `src` (little-endian `dtype` values) to `to` into `out`. f32 -> bf16 / f16
-/// rounds to nearest, ties to even (half's `from_f32`); bf16 -> f16 (times 2^scale_log2
-/// first, exactly) is exact for 2^-14 <= |x| <= 65504 and keeps an absolute error <= 2^-25
-/// below (fp16 subnormals); bf16/f16 -> f32 is exact. A value an fp16 cannot hold
-/// (|x| > 65504, inf, NaN) is an error naming the tensor. Only fp16 targets take a scale.
+/// Converts `src` (little-endian `dtype` values) to `to` into `out`, through f32 (exact
+/// from every input dtype). f32 -> bf16 / f16 rounds to nearest, ties to even (half's
+/// `from_f32`); bf16 -> f16 (times 2^scale_log2 first, exactly) is exact for 2^-14 <= |x|
+/// <= 65504 and keeps an absolute error <= 2^-25 below (fp16 subnormals). A value an fp16
+/// cannot hold (|x| > 65504, inf, NaN) is an error naming the tensor. Only fp16 targets take
+/// a scale.
 fn convert(name: &str, dtype: Dtype, src: &[u8], to: DType, scale_log2: i32, out: &mut Vec<u8>) -> Result<()> {
     out.clear();
     debug_assert!(scale_log2 == 0 || to == DType::F16, "only fp16 tensors are stored scaled");
-    if to == DType::F16 {
-        let scale = 2f32.powi(scale_log2);
-        for w in widen(dtype, src) {
-            let x = w * scale;
-            if !(x.abs() <= F16_MAX) {
-                bail!(
-                    "tensor `{name}` holds {w}, which an fp16 GEMM weight cannot (|x| <= {F16_MAX} after a scale of 2^{scale_log2}): build the plan with bf16 GEMM weights"
-                );
-            }
-            out.extend_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes());
-        }
-        return Ok(());
-    }
-    let u16s = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
-    let f32s = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let bf = |x: f32| half::bf16::from_f32(x).to_bits().to_le_bytes();
-    match (dtype, to) {
-        (Dtype::BF16, DType::Bf16) => out.extend_from_slice(src),
-        (Dtype::F16, DType::Bf16) => {
-            for c in src.chunks_exact(2) {
-                out.extend_from_slice(&bf(half::f16::from_bits(u16s(c)).to_f32()));
+    let scale = 2f32.powi(scale_log2);
+    for w in widen(dtype, src) {
+        match to {
+            DType::F32 => out.extend_from_slice(&w.to_le_bytes()),
+            DType::Bf16 => out.extend_from_slice(&half::bf16::from_f32(w).to_bits().to_le_bytes()),
+            DType::F16 => {
+                let x = w * scale;
+                if !(x.abs() <= F16_MAX) {
+                    bail!(
+                        "tensor `{name}` holds {w}, which an fp16 GEMM weight cannot (|x| <= {F16_MAX} after a scale of 2^{scale_log2}): build the plan with bf16 GEMM weights"
+                    );
+                }
+                out.extend_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes());
             }
         }
-        (Dtype::F32, DType::Bf16) => {
-            for c in src.chunks_exact(4) {
-                out.extend_from_slice(&bf(f32s(c)));
-            }
-        }
-        (Dtype::BF16, DType::F32) => {
-            for c in src.chunks_exact(2) {
-                out.extend_from_slice(&half::bf16::from_bits(u16s(c)).to_f32().to_le_bytes());
-            }
-        }
-        (Dtype::F16, DType::F32) => {
-            for c in src.chunks_exact(2) {
-                out.extend_from_slice(&half::f16::from_bits(u16s(c)).to_f32().to_le_bytes());
-            }
-        }
-        (Dtype::F32, DType::F32) => out.extend_from_slice(src),
-        _ => unreachable!("dtype checked by plan_packing"),
     }
     Ok(())
 }
@@ -200,8 +176,9 @@ pub fn write_packed(
             other => bail!("tensor `{}`: dtype {other:?} is not supported", info.stored_name),
         };
         let n = bytes.len() / esize;
+        // Stored as packed: the bytes as they are.
         let direct = spec.scale_log2 == 0
-            && ((info.dtype == Dtype::BF16 && spec.dtype == DType::Bf16) || (info.dtype == Dtype::F16 && spec.dtype == DType::F16));
+            && matches!((info.dtype, spec.dtype), (Dtype::BF16, DType::Bf16) | (Dtype::F16, DType::F16) | (Dtype::F32, DType::F32));
         for start in (0..n).step_by(CHUNK_ELEMS) {
             let m = CHUNK_ELEMS.min(n - start);
             let chunk = &bytes[start * esize..(start + m) * esize];

@@ -320,7 +320,8 @@ impl LayerStack<'_> {
     /// y[T][N] = x[T][K] . W[N][K]^T over the rows of `r`; x is in the step's dtype `r.act`
     /// (see `gemm_input`), except rows from `r.bf16_from`, whose bf16 copy is in `x_bf16`
     /// (see `Rows::bf16_from`). A chunk longer than 64 tokens (prefill) goes through cuBLASLt
-    /// (bf16 activations, one call with M = its length); every other row through the
+    /// (16-bit activations: the GEMM operand type, bf16 or an f16 plan's fp16; one call with
+    /// M = its length); every other row through the
     /// decode GEMM in pieces of up to 256 rows (64 with `KILN_GEMM_TILED=0`). Either way a row's result depends only on its own
     /// chunk, never on what else is in the step (the skinny GEMM's result does not
     /// depend on M).

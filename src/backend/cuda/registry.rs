@@ -74,7 +74,8 @@ pub const GEMM_TILED_WIDE_PAIRED: ByXY<&str> = [
     ["kiln_gemm_tiled_w2_xf32_yf32", "kiln_gemm_tiled_w2_xf32_ybf16"],
     ["kiln_gemm_tiled_w2_xbf16_yf32", "kiln_gemm_tiled_w2_xbf16_ybf16"],
 ];
-/// Its slots (W, x): a pair computed, a pair loading.
+/// Its slots (W, x): a pair computed, a pair loading (the kernel's template arguments,
+/// passed by `smem_defines` as KILN_TILED_PAIRED_W_SLOTS / KILN_TILED_PAIRED_X_SLOTS).
 pub const TILED_PAIRED_SLOTS: (usize, usize) = (4, 4);
 /// The tiled GEMM's stage counts (W slots, x slots), the kernel's template arguments
 /// (`smem_defines` passes them): W runs slots - 1 stages ahead, x slots - 1. The kernel
@@ -295,6 +296,8 @@ pub fn smem_defines(d: &KernelDims) -> Vec<String> {
         format!("-DKILN_ARGMAX_SLICE={ARGMAX_SLICE}"),
         format!("-DKILN_TILED_W_SLOTS={}", TILED_STAGES.0),
         format!("-DKILN_TILED_X_SLOTS={}", TILED_STAGES.1),
+        format!("-DKILN_TILED_PAIRED_W_SLOTS={}", TILED_PAIRED_SLOTS.0),
+        format!("-DKILN_TILED_PAIRED_X_SLOTS={}", TILED_PAIRED_SLOTS.1),
         format!("-DKILN_GEMM_SXW_MAX_BYTES={}", gemm_sxw_max_bytes_built()),
         format!("-DKILN_RING_WRITE_SLICES={RING_WRITE_SLICES}"),
         format!("-DKILN_SMEM_GEMV_I8={}", gemv_i8_smem(d.hidden)),
